@@ -1,0 +1,107 @@
+use std::fmt::Write as _;
+use std::path::Path;
+
+use chrono::Utc;
+
+use super::{EXIT_CONFIG, EXIT_OK, load_config};
+use crate::config::{Config, DestinationKind, SourceConfig};
+
+pub fn run(path: &Path) -> i32 {
+    let Some(config) = load_config(path) else {
+        return EXIT_CONFIG;
+    };
+    print!("{}", summary(&config, Utc::now()));
+    EXIT_OK
+}
+
+/// One screen: what will run, when, and where it goes. No secrets: passwords are split
+/// out of URLs at load time and secret files are named, never read out.
+pub fn summary(config: &Config, now: chrono::DateTime<Utc>) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "config {}: ok", config.path.display());
+    let _ = writeln!(
+        out,
+        "log: level {}, format {:?}{}",
+        config.log.level,
+        config.log.format,
+        config
+            .log
+            .dir
+            .as_ref()
+            .map(|d| format!(
+                ", files in {} ({:?}, keep {})",
+                d.display(),
+                config.log.rotation,
+                config.log.keep_files
+            ))
+            .unwrap_or_default()
+    );
+    let _ = writeln!(out, "destinations:");
+    for d in config.destinations.values() {
+        let what = match &d.kind {
+            DestinationKind::Local(l) => format!("local {}", l.path.display()),
+            DestinationKind::S3(s) => {
+                let mut t = format!("s3://{}", s.bucket);
+                if !s.prefix.is_empty() {
+                    t.push('/');
+                    t.push_str(&s.prefix);
+                }
+                if let Some(ep) = &s.endpoint {
+                    let _ = write!(t, " at {ep}");
+                }
+                if let Some(r) = &s.region {
+                    let _ = write!(t, ", region {r}");
+                }
+                if let Some(c) = &s.storage_class {
+                    let _ = write!(t, ", class {c}");
+                }
+                t.push_str(match &s.credentials {
+                    Some(_) => ", credentials from config",
+                    None => ", credentials from the AWS chain",
+                });
+                t
+            }
+        };
+        let _ = writeln!(out, "  {:<12} {what}", d.name);
+        let _ = writeln!(out, "  {:<12} retention: {}", "", d.retention.describe());
+        if !config
+            .jobs
+            .values()
+            .any(|j| j.destinations.contains(&d.name))
+        {
+            let _ = writeln!(out, "  {:<12} warning: no job uses this destination", "");
+        }
+    }
+    let _ = writeln!(out, "jobs:");
+    for j in config.jobs.values() {
+        let _ = writeln!(
+            out,
+            "  {:<12} schedule \"{}\" ({}), compression {:?}",
+            j.name,
+            j.schedule.expr(),
+            j.schedule.tz(),
+            j.compression
+        );
+        for s in &j.sources {
+            match s {
+                SourceConfig::Postgres(p) => {
+                    let _ = writeln!(out, "  {:<12} source {} (postgres {})", "", s.name(), p.url);
+                }
+            }
+        }
+        let _ = writeln!(
+            out,
+            "  {:<12} destinations: {}",
+            "",
+            j.destinations.join(", ")
+        );
+        let next: Vec<String> = j
+            .schedule
+            .upcoming(now, 3)
+            .iter()
+            .map(|t| t.format("%Y-%m-%d %H:%M:%S %Z").to_string())
+            .collect();
+        let _ = writeln!(out, "  {:<12} next runs: {}", "", next.join(", "));
+    }
+    out
+}

@@ -1,0 +1,27 @@
+use std::path::Path;
+use std::sync::Arc;
+
+use super::{
+    EXIT_CONFIG, EXIT_FAILED, EXIT_OK, init_logging, load_config, runtime, shutdown_signal,
+};
+use crate::logging::Console;
+
+pub fn run(path: &Path) -> i32 {
+    let Some(config) = load_config(path) else {
+        return EXIT_CONFIG;
+    };
+    let _guard = match init_logging(&config, Console::Stdout) {
+        Ok(g) => g,
+        Err(code) => return code,
+    };
+    let Some(rt) = runtime() else {
+        return EXIT_FAILED;
+    };
+    match rt.block_on(crate::daemon::run(Arc::new(config), shutdown_signal())) {
+        Ok(()) => EXIT_OK,
+        Err(e) => {
+            tracing::error!("{e}");
+            EXIT_FAILED
+        }
+    }
+}

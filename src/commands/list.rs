@@ -1,0 +1,107 @@
+use std::fmt::Write as _;
+use std::path::Path;
+
+use super::{EXIT_CONFIG, EXIT_FAILED, EXIT_OK, init_logging, load_config, runtime};
+use crate::config::Config;
+use crate::logging::Console;
+use crate::manifest::{self, JobListing};
+use crate::pipeline::human_bytes;
+use crate::storage;
+
+pub fn run(path: &Path, job: Option<&str>) -> i32 {
+    let Some(config) = load_config(path) else {
+        return EXIT_CONFIG;
+    };
+    let _guard = match init_logging(&config, Console::Stderr) {
+        Ok(g) => g,
+        Err(code) => return code,
+    };
+    if let Some(j) = job
+        && let Err(e) = crate::restore::find_job(&config, j)
+    {
+        eprintln!("error: {e}");
+        return EXIT_CONFIG;
+    }
+    let Some(rt) = runtime() else {
+        return EXIT_FAILED;
+    };
+    let (text, failures) = rt.block_on(render(&config, job));
+    print!("{text}");
+    if failures > 0 { EXIT_FAILED } else { EXIT_OK }
+}
+
+/// The listing as text, and how many destinations could not be read.
+pub async fn render(config: &Config, only_job: Option<&str>) -> (String, usize) {
+    let mut out = String::new();
+    let mut failures = 0;
+    for dest in config.destinations.values() {
+        let jobs: Vec<&crate::config::Job> = config
+            .jobs
+            .values()
+            .filter(|j| only_job.is_none_or(|o| o == j.name))
+            .filter(|j| j.destinations.contains(&dest.name))
+            .collect();
+        if jobs.is_empty() {
+            continue;
+        }
+        let st = storage::open(dest).await;
+        let _ = writeln!(out, "destination {} ({})", dest.name, st.location());
+        for job in jobs {
+            let listing = match JobListing::read(st.as_ref(), &job.name).await {
+                Ok(l) => l,
+                Err(e) => {
+                    failures += 1;
+                    let _ = writeln!(out, "  job {}: cannot list: {e}", job.name);
+                    continue;
+                }
+            };
+            let published = listing.published(&job.name);
+            let tz = job.schedule.tz();
+            let _ = writeln!(out, "  job {} ({} backups)", job.name, published.len());
+            if published.is_empty() {
+                continue;
+            }
+            let _ = writeln!(
+                out,
+                "    {:<22}  {:<25}  {:>10}  SOURCES",
+                "ID",
+                format!("TIME ({tz})"),
+                "SIZE"
+            );
+            for p in published {
+                let local = p
+                    .time
+                    .with_timezone(&tz)
+                    .format("%Y-%m-%d %H:%M:%S %Z")
+                    .to_string();
+                match manifest::read_manifest(st.as_ref(), &job.name, &p.id).await {
+                    Ok(m) => {
+                        let sources = m
+                            .sources
+                            .iter()
+                            .map(|s| format!("{} ({})", s.name, s.kind))
+                            .collect::<Vec<_>>()
+                            .join(", ");
+                        let _ = writeln!(
+                            out,
+                            "    {:<22}  {:<25}  {:>10}  {}",
+                            p.id,
+                            local,
+                            human_bytes(m.stored_size()),
+                            sources
+                        );
+                    }
+                    Err(e) => {
+                        failures += 1;
+                        let _ = writeln!(
+                            out,
+                            "    {:<22}  {:<25}  {:>10}  unreadable manifest: {e}",
+                            p.id, local, "?"
+                        );
+                    }
+                }
+            }
+        }
+    }
+    (out, failures)
+}

@@ -1,0 +1,169 @@
+//! One file per subcommand. Each returns the process exit code; errors a user can fix
+//! are printed as one clear message, never a panic or a backtrace.
+
+pub mod check_config;
+pub mod daemon;
+pub mod list;
+pub mod restore;
+pub mod run;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+/// Exit codes: 0 success, 1 the operation failed, 2 bad config or usage.
+pub const EXIT_OK: i32 = 0;
+pub const EXIT_FAILED: i32 = 1;
+pub const EXIT_CONFIG: i32 = 2;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "stowage",
+    version,
+    about = "Streaming database backups for docker compose stacks"
+)]
+pub struct Cli {
+    /// Config file (.toml, .yaml or .yml)
+    #[arg(
+        long,
+        short,
+        global = true,
+        env = "STOWAGE_CONFIG",
+        default_value = "/config/stowage.toml"
+    )]
+    pub config: PathBuf,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run every job on its schedule until SIGTERM/SIGINT (the container's command)
+    Daemon,
+    /// Run one job now, in the foreground; exit 0 only if published everywhere
+    Run {
+        /// Job name, as in [jobs.NAME]
+        job: String,
+    },
+    /// List published backups per destination, newest first
+    List {
+        /// Only this job
+        job: Option<String>,
+    },
+    /// Restore a backup's PostgreSQL source into a database
+    Restore {
+        /// Job name
+        job: String,
+        /// Backup id (or a unique prefix of one), or "latest"
+        #[arg(default_value = "latest")]
+        id: String,
+        /// Target database URL, e.g. postgres://postgres@db:5432/app
+        #[arg(long)]
+        to: String,
+        /// Destination to restore from (default: the first of the job's destinations that has the backup)
+        #[arg(long)]
+        from: Option<String>,
+        /// Source to restore when the backup has several
+        #[arg(long)]
+        only: Option<String>,
+        /// Drop and replace the backup's objects in a non-empty target
+        #[arg(long)]
+        clean: bool,
+        /// Skip ownership and privileges (when the target lacks the original roles)
+        #[arg(long)]
+        no_owner: bool,
+    },
+    /// Validate the config and print a summary; reads nothing but the config
+    CheckConfig,
+}
+
+pub fn run(cli: Cli) -> i32 {
+    match cli.command {
+        Command::CheckConfig => check_config::run(&cli.config),
+        Command::Daemon => daemon::run(&cli.config),
+        Command::Run { job } => run::run(&cli.config, &job),
+        Command::List { job } => list::run(&cli.config, job.as_deref()),
+        Command::Restore {
+            job,
+            id,
+            to,
+            from,
+            only,
+            clean,
+            no_owner,
+        } => restore::run(
+            &cli.config,
+            crate::restore::RestoreRequest {
+                job,
+                id,
+                to,
+                from,
+                only,
+                clean,
+                no_owner,
+            },
+        ),
+    }
+}
+
+/// Load the config or print why not; `None` means exit with [`EXIT_CONFIG`].
+pub(crate) fn load_config(path: &std::path::Path) -> Option<crate::config::Config> {
+    match crate::config::load(path) {
+        Ok(c) => Some(c),
+        Err(e) => {
+            eprintln!("error: {e}");
+            None
+        }
+    }
+}
+
+pub(crate) fn runtime() -> Option<tokio::runtime::Runtime> {
+    match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => Some(rt),
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            None
+        }
+    }
+}
+
+/// Completes on the first SIGTERM or SIGINT.
+pub(crate) async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) {
+            (Ok(mut term), Ok(mut int)) => {
+                tokio::select! {
+                    _ = term.recv() => tracing::info!("received SIGTERM"),
+                    _ = int.recv() => tracing::info!("received SIGINT"),
+                }
+            }
+            _ => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+pub(crate) fn init_logging(
+    config: &crate::config::Config,
+    console: crate::logging::Console,
+) -> Result<Option<tracing_appender::non_blocking::WorkerGuard>, i32> {
+    crate::logging::init(&config.log, console).map_err(|e| {
+        eprintln!("error: {e}");
+        EXIT_CONFIG
+    })
+}

@@ -1,0 +1,42 @@
+use std::path::Path;
+
+use super::{EXIT_CONFIG, EXIT_FAILED, EXIT_OK, init_logging, load_config, runtime};
+use crate::logging::Console;
+use crate::restore::{RestoreError, RestoreRequest};
+
+pub fn run(path: &Path, req: RestoreRequest) -> i32 {
+    let Some(config) = load_config(path) else {
+        return EXIT_CONFIG;
+    };
+    let _guard = match init_logging(&config, Console::Stderr) {
+        Ok(g) => g,
+        Err(code) => return code,
+    };
+    let Some(rt) = runtime() else {
+        return EXIT_FAILED;
+    };
+    match rt.block_on(crate::restore::restore(&config, &req)) {
+        Ok(m) => {
+            println!(
+                "restored {} backup {} into {}",
+                m.job,
+                m.id,
+                redact(&req.to)
+            );
+            EXIT_OK
+        }
+        Err(e) => {
+            eprintln!("error: restore failed: {e}");
+            match e {
+                RestoreError::Usage(_) => EXIT_CONFIG,
+                _ => EXIT_FAILED,
+            }
+        }
+    }
+}
+
+fn redact(url: &str) -> String {
+    crate::config::PgUrl::from_target(url)
+        .map(|u| u.to_string())
+        .unwrap_or_else(|_| "the target".to_string())
+}

@@ -1,0 +1,824 @@
+//! Configuration: read (figment: file + `STOWAGE_…__…` environment overrides), then
+//! validated purely into the types the scheduler and pipeline use. The only I/O here is
+//! reading the config file and checking that the secret files it names are readable.
+
+pub mod raw;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use chrono_tz::Tz;
+use figment::Figment;
+use figment::providers::{Env, Format, Toml, Yaml};
+
+pub use raw::{Checksums, Compression, LogFormat, Rotation};
+
+use crate::retention::RetentionPolicy;
+use crate::schedule::{Schedule, parse_timezone};
+
+/// S3 rejects multipart parts under 5 MiB (except the last one).
+pub const MIN_PART_SIZE: u64 = 5 * 1024 * 1024;
+pub const DEFAULT_PART_SIZE: u64 = 8 * 1024 * 1024;
+pub const DEFAULT_MAX_IN_FLIGHT: usize = 2;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error(
+        "config file {path:?} not found: create it (see the examples in config/) or point --config / STOWAGE_CONFIG at it"
+    )]
+    NotFound { path: PathBuf },
+    #[error("config file {path:?} has an unsupported extension: use .toml, .yaml or .yml")]
+    Extension { path: PathBuf },
+    #[error("invalid config {path:?}:\n{}", bullet(.problems))]
+    Invalid {
+        path: PathBuf,
+        problems: Vec<String>,
+    },
+}
+
+fn bullet(problems: &[String]) -> String {
+    problems
+        .iter()
+        .map(|p| format!("  - {p}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub path: PathBuf,
+    pub log: LogConfig,
+    pub destinations: BTreeMap<String, Destination>,
+    pub jobs: BTreeMap<String, Job>,
+}
+
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    pub level: String,
+    pub format: LogFormat,
+    pub dir: Option<PathBuf>,
+    pub rotation: Rotation,
+    pub keep_files: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct Destination {
+    pub name: String,
+    pub kind: DestinationKind,
+    pub retention: RetentionPolicy,
+}
+
+#[derive(Debug, Clone)]
+pub enum DestinationKind {
+    Local(LocalConfig),
+    S3(S3Config),
+}
+
+#[derive(Debug, Clone)]
+pub struct LocalConfig {
+    pub path: PathBuf,
+}
+
+#[derive(Debug, Clone)]
+pub struct S3Config {
+    pub bucket: String,
+    /// Normalised: no leading or trailing slash, may be empty.
+    pub prefix: String,
+    pub region: Option<String>,
+    pub endpoint: Option<String>,
+    pub force_path_style: bool,
+    pub storage_class: Option<String>,
+    pub credentials: Option<StaticCredentials>,
+    pub part_size: u64,
+    pub max_in_flight: usize,
+    pub checksums: Checksums,
+}
+
+#[derive(Clone)]
+pub struct StaticCredentials {
+    pub access_key_id: String,
+    pub secret_access_key: Secret,
+}
+
+impl fmt::Debug for StaticCredentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "StaticCredentials({}, ***)", self.access_key_id)
+    }
+}
+
+/// A value that must never reach a log line or `check-config` output.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: String) -> Self {
+        Secret(value)
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Job {
+    pub name: String,
+    pub schedule: Schedule,
+    pub compression: Compression,
+    pub compression_level: Option<i32>,
+    pub destinations: Vec<String>,
+    pub sources: Vec<SourceConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub enum SourceConfig {
+    Postgres(PostgresConfig),
+}
+
+impl SourceConfig {
+    pub fn name(&self) -> &str {
+        match self {
+            SourceConfig::Postgres(p) => &p.name,
+        }
+    }
+    pub fn kind(&self) -> &'static str {
+        match self {
+            SourceConfig::Postgres(_) => "postgres",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct PostgresConfig {
+    pub name: String,
+    pub url: PgUrl,
+    pub bin_dir: Option<PathBuf>,
+}
+
+/// A libpq URL with its password split off, so the password can be handed to the child
+/// process through `PGPASSWORD` instead of its command line (visible in `ps`) and is
+/// never printed.
+#[derive(Clone)]
+pub struct PgUrl {
+    without_password: url::Url,
+    password: Option<Secret>,
+}
+
+impl PgUrl {
+    pub fn parse(text: &str, password_override: Option<Secret>) -> Result<PgUrl, String> {
+        let mut url = url::Url::parse(text).map_err(|e| {
+            format!("{e}; expected a URL such as \"postgres://user@host:5432/dbname\"")
+        })?;
+        if url.scheme() != "postgres" && url.scheme() != "postgresql" {
+            return Err(format!(
+                "scheme \"{}\" is not postgres: expected a URL such as \"postgres://user@host:5432/dbname\"",
+                url.scheme()
+            ));
+        }
+        if url.host_str().is_none_or(str::is_empty) {
+            return Err(
+                "the URL names no host: expected \"postgres://user@host:5432/dbname\"".into(),
+            );
+        }
+        if url.path().trim_start_matches('/').is_empty() {
+            return Err(
+                "the URL names no database: expected \"postgres://user@host:5432/dbname\"".into(),
+            );
+        }
+        let in_url = url.password().map(|p| {
+            Secret::new(
+                percent_encoding::percent_decode_str(p)
+                    .decode_utf8_lossy()
+                    .into_owned(),
+            )
+        });
+        // set_password only fails for URLs that cannot have credentials; ours has a host.
+        let _ = url.set_password(None);
+        Ok(PgUrl {
+            without_password: url,
+            password: password_override.or(in_url),
+        })
+    }
+
+    pub fn from_target(text: &str) -> Result<PgUrl, String> {
+        PgUrl::parse(text, None)
+    }
+
+    /// The URL to hand to libpq tools (no password in it).
+    pub fn conninfo(&self) -> &str {
+        self.without_password.as_str()
+    }
+
+    pub fn password(&self) -> Option<&Secret> {
+        self.password.as_ref()
+    }
+
+    pub fn database(&self) -> &str {
+        self.without_password.path().trim_start_matches('/')
+    }
+
+    pub fn with_database(&self, db: &str) -> PgUrl {
+        let mut u = self.without_password.clone();
+        u.set_path(db);
+        PgUrl {
+            without_password: u,
+            password: self.password.clone(),
+        }
+    }
+}
+
+impl fmt::Display for PgUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.without_password.as_str())
+    }
+}
+
+impl fmt::Debug for PgUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "PgUrl({})", self.without_password)
+    }
+}
+
+/// Where the config is read from when `--config` is not given.
+pub fn default_path() -> PathBuf {
+    std::env::var_os("STOWAGE_CONFIG")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/config/stowage.toml"))
+}
+
+/// Read and validate. Environment overrides are `STOWAGE_<KEY>__<KEY>…` (for example
+/// `STOWAGE_JOBS__REPLAY__SCHEDULE`); only names containing `__` are overrides, so
+/// `STOWAGE_CONFIG` and other top-level variables never collide with config keys.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    load_with_env(path, true)
+}
+
+pub fn load_with_env(path: &Path, use_env: bool) -> Result<Config, ConfigError> {
+    let ext = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .map(str::to_ascii_lowercase);
+    let mut figment = match ext.as_deref() {
+        Some("toml") => Figment::from(Toml::file_exact(path)),
+        Some("yaml") | Some("yml") => Figment::from(Yaml::file_exact(path)),
+        _ => {
+            return Err(ConfigError::Extension {
+                path: path.to_path_buf(),
+            });
+        }
+    };
+    if !path.exists() {
+        return Err(ConfigError::NotFound {
+            path: path.to_path_buf(),
+        });
+    }
+    if use_env {
+        figment = figment.merge(
+            Env::prefixed("STOWAGE_")
+                .filter(|k| k.as_str().contains("__"))
+                .split("__"),
+        );
+    }
+    let raw: raw::RawConfig = figment.extract().map_err(|e| ConfigError::Invalid {
+        path: path.to_path_buf(),
+        problems: e.into_iter().map(|e| describe_figment_error(&e)).collect(),
+    })?;
+    validate(path, raw).map_err(|problems| ConfigError::Invalid {
+        path: path.to_path_buf(),
+        problems,
+    })
+}
+
+fn describe_figment_error(e: &figment::Error) -> String {
+    use figment::error::Kind;
+    let key = e.path.join(".");
+    let origin = e
+        .metadata
+        .as_ref()
+        .filter(|m| m.name.contains("environment"))
+        .map(|m| {
+            let profile = e.profile.clone().unwrap_or_default();
+            format!(
+                " (from environment variable {})",
+                m.interpolate(&profile, &e.path).to_uppercase()
+            )
+        })
+        .unwrap_or_default();
+    let msg = match &e.kind {
+        Kind::UnknownField(field, expected) => {
+            let full = if key.is_empty() {
+                field.clone()
+            } else if key.ends_with(field.as_str()) {
+                key.clone()
+            } else {
+                format!("{key}.{field}")
+            };
+            format!(
+                "{full}: unknown key \"{field}\"{}; valid keys here: {}",
+                suggest(field, expected),
+                expected.join(", ")
+            )
+        }
+        Kind::MissingField(field) => {
+            let full = if key.is_empty() {
+                field.to_string()
+            } else {
+                format!("{key}.{field}")
+            };
+            format!("{full}: required key is missing")
+        }
+        Kind::UnknownVariant(value, expected) => format!(
+            "{}: unknown value \"{value}\"{}; expected one of: {}",
+            if key.is_empty() { "(top level)" } else { &key },
+            suggest(value, expected),
+            expected.join(", ")
+        ),
+        Kind::InvalidType(actual, expected) => format!(
+            "{}: expected {expected}, found {actual}",
+            if key.is_empty() { "(top level)" } else { &key }
+        ),
+        Kind::Message(m) => {
+            if key.is_empty() {
+                m.clone()
+            } else {
+                format!("{key}: {m}")
+            }
+        }
+        other => {
+            if key.is_empty() {
+                other.to_string()
+            } else {
+                format!("{key}: {other}")
+            }
+        }
+    };
+    format!("{msg}{origin}")
+}
+
+/// "did you mean" for a mistyped key or value.
+fn suggest(got: &str, expected: &[&str]) -> String {
+    expected
+        .iter()
+        .map(|e| (strsim_distance(got, e), e))
+        .filter(|(d, e)| *d <= 2 && *d < e.len())
+        .min()
+        .map(|(_, e)| format!(" (did you mean \"{e}\"?)"))
+        .unwrap_or_default()
+}
+
+/// Levenshtein distance; tiny inputs only (key names).
+fn strsim_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1; b.len() + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let cost = usize::from(ca != *cb);
+            cur[j + 1] = (prev[j] + cost).min(prev[j + 1] + 1).min(cur[j] + 1);
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
+const NAME_RULE: &str = "use 1-64 characters from a-z, A-Z, 0-9, '-' and '_'";
+
+fn read_secret(path: &Path, key: &str, problems: &mut Vec<String>) -> Option<Secret> {
+    match std::fs::read_to_string(path) {
+        Ok(s) => {
+            let s = s.trim_end_matches(['\n', '\r']).to_string();
+            if s.is_empty() {
+                problems.push(format!("{key}: file {path:?} is empty"));
+                None
+            } else {
+                Some(Secret::new(s))
+            }
+        }
+        Err(e) => {
+            problems.push(format!(
+                "{key}: cannot read {path:?}: {}; mount the secret there or remove the key",
+                io_reason(&e)
+            ));
+            None
+        }
+    }
+}
+
+pub(crate) fn io_reason(e: &std::io::Error) -> String {
+    match e.kind() {
+        std::io::ErrorKind::NotFound => "no such file".to_string(),
+        std::io::ErrorKind::PermissionDenied => "permission denied".to_string(),
+        _ => e.to_string().to_lowercase(),
+    }
+}
+
+/// Parse "8MiB", "16MB", "5242880" into bytes.
+fn parse_size(text: &str) -> Option<u64> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num.parse().ok()?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1024,
+        "m" | "mb" | "mib" => 1024 * 1024,
+        "g" | "gb" | "gib" => 1024 * 1024 * 1024,
+        _ => return None,
+    };
+    n.checked_mul(mult)
+}
+
+fn retention(raw: raw::RawRetention, key: &str, problems: &mut Vec<String>) -> RetentionPolicy {
+    let mut check = |name: &str, v: Option<u32>| {
+        if v == Some(0) {
+            problems.push(format!(
+                "{key}.retention.{name}: must be at least 1 (remove the key to not use this rule)"
+            ));
+        }
+        v
+    };
+    RetentionPolicy {
+        keep_last: check("keep_last", raw.keep_last),
+        keep_hourly: check("keep_hourly", raw.keep_hourly),
+        keep_daily: check("keep_daily", raw.keep_daily),
+        keep_weekly: check("keep_weekly", raw.keep_weekly),
+        keep_monthly: check("keep_monthly", raw.keep_monthly),
+        keep_yearly: check("keep_yearly", raw.keep_yearly),
+        max_age: raw.max_age.as_deref().and_then(|text| {
+            match humantime::parse_duration(text) {
+                Ok(d) if !d.is_zero() => Some(d),
+                Ok(_) => {
+                    problems.push(format!("{key}.retention.max_age: must be longer than 0"));
+                    None
+                }
+                Err(e) => {
+                    problems.push(format!(
+                        "{key}.retention.max_age: invalid duration \"{text}\" ({e}); use e.g. \"30d\", \"12h\" or \"8w\""
+                    ));
+                    None
+                }
+            }
+        }),
+    }
+}
+
+const STORAGE_CLASSES: &[&str] = &[
+    "STANDARD",
+    "REDUCED_REDUNDANCY",
+    "STANDARD_IA",
+    "ONEZONE_IA",
+    "INTELLIGENT_TIERING",
+    "GLACIER",
+    "GLACIER_IR",
+    "DEEP_ARCHIVE",
+];
+
+fn validate(path: &Path, raw: raw::RawConfig) -> Result<Config, Vec<String>> {
+    let mut problems = Vec::new();
+
+    if let Err(e) = tracing_subscriber::EnvFilter::try_new(&raw.log.level) {
+        problems.push(format!(
+            "log.level: invalid filter \"{}\" ({e}); use e.g. \"info\", \"debug\" or \"stowage=debug,info\"",
+            raw.log.level
+        ));
+    }
+    if raw.log.keep_files == 0 {
+        problems.push("log.keep_files: must be at least 1".to_string());
+    }
+    if let Some(dir) = &raw.log.dir
+        && !dir.is_absolute()
+    {
+        problems.push(format!("log.dir: {dir:?} must be an absolute path"));
+    }
+    let log = LogConfig {
+        level: raw.log.level,
+        format: raw.log.format,
+        dir: raw.log.dir,
+        rotation: raw.log.rotation,
+        keep_files: raw.log.keep_files,
+    };
+
+    let mut destinations = BTreeMap::new();
+    for (name, d) in raw.destinations {
+        let key = format!("destinations.{name}");
+        if !valid_name(&name) {
+            problems.push(format!(
+                "{key}: invalid destination name \"{name}\": {NAME_RULE}"
+            ));
+        }
+        let (kind, ret) = match d {
+            raw::RawDestination::Local(l) => {
+                if !l.path.is_absolute() {
+                    problems.push(format!(
+                        "{key}.path: {:?} must be an absolute path (a mounted volume such as \"/var/backups/stowage\")",
+                        l.path
+                    ));
+                }
+                (
+                    DestinationKind::Local(LocalConfig { path: l.path }),
+                    l.retention,
+                )
+            }
+            raw::RawDestination::S3(s) => {
+                let s3 = validate_s3(&key, s, &mut problems);
+                (DestinationKind::S3(s3.0), s3.1)
+            }
+        };
+        let retention = retention(ret, &key, &mut problems);
+        destinations.insert(
+            name.clone(),
+            Destination {
+                name,
+                kind,
+                retention,
+            },
+        );
+    }
+
+    let mut jobs = BTreeMap::new();
+    if raw.jobs.is_empty() {
+        problems.push("jobs: no job is defined; add a [jobs.NAME] section (see config/)".into());
+    }
+    for (name, j) in raw.jobs {
+        let key = format!("jobs.{name}");
+        if !valid_name(&name) {
+            problems.push(format!("{key}: invalid job name \"{name}\": {NAME_RULE}"));
+        }
+        let tz: Option<Tz> = match parse_timezone(&j.timezone) {
+            Ok(tz) => Some(tz),
+            Err(e) => {
+                problems.push(format!("{key}.timezone: {e}"));
+                None
+            }
+        };
+        let schedule = match Schedule::parse(&j.schedule, tz.unwrap_or(Tz::UTC)) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                problems.push(format!("{key}.schedule: {e}"));
+                None
+            }
+        };
+        if let Some(level) = j.compression_level {
+            let range = match j.compression {
+                Compression::Zstd => 1..=19,
+                Compression::Gzip => 1..=9,
+                Compression::None => 0..=0,
+            };
+            if !range.contains(&level) {
+                problems.push(format!(
+                    "{key}.compression_level: {level} is out of range for {:?} ({}..={})",
+                    j.compression,
+                    range.start(),
+                    range.end()
+                ));
+            }
+        }
+        if j.destinations.is_empty() {
+            problems.push(format!(
+                "{key}.destinations: the job has no destination; add e.g. destinations = [\"local\"]"
+            ));
+        }
+        let mut seen = BTreeSet::new();
+        for d in &j.destinations {
+            if !seen.insert(d.as_str()) {
+                problems.push(format!("{key}.destinations: \"{d}\" is listed twice"));
+            } else if !destinations.contains_key(d) {
+                let defined: Vec<&str> = destinations.keys().map(String::as_str).collect();
+                problems.push(format!(
+                    "{key}.destinations: unknown destination \"{d}\"{}; defined destinations: {}",
+                    suggest(d, &defined),
+                    if defined.is_empty() {
+                        "none (add a [destinations.NAME] section)".to_string()
+                    } else {
+                        defined.join(", ")
+                    }
+                ));
+            }
+        }
+        if j.sources.is_empty() {
+            problems.push(format!(
+                "{key}.sources: the job has no source; add a [[{key}.sources]] entry"
+            ));
+        }
+        let mut names = BTreeSet::new();
+        let mut sources = Vec::new();
+        for (i, s) in j.sources.into_iter().enumerate() {
+            let skey = format!("{key}.sources[{i}]");
+            match s {
+                raw::RawSource::Postgres(p) => {
+                    if !valid_name(&p.name) {
+                        problems.push(format!(
+                            "{skey}.name: invalid source name \"{}\": {NAME_RULE}",
+                            p.name
+                        ));
+                    } else if !names.insert(p.name.clone()) {
+                        problems.push(format!(
+                            "{skey}.name: duplicate source name \"{}\" in job \"{name}\"; each source needs its own name",
+                            p.name
+                        ));
+                    }
+                    let password = p.password_file.as_deref().and_then(|f| {
+                        read_secret(f, &format!("{skey}.password_file"), &mut problems)
+                    });
+                    let url = match PgUrl::parse(&p.url, password) {
+                        Ok(u) => Some(u),
+                        Err(e) => {
+                            problems.push(format!("{skey}.url: invalid postgres URL: {e}"));
+                            None
+                        }
+                    };
+                    if let Some(dir) = &p.bin_dir
+                        && !dir.is_dir()
+                    {
+                        problems.push(format!(
+                            "{skey}.bin_dir: {dir:?} is not a directory; remove the key to use pg_dump from PATH"
+                        ));
+                    }
+                    if let Some(url) = url {
+                        sources.push(SourceConfig::Postgres(PostgresConfig {
+                            name: p.name,
+                            url,
+                            bin_dir: p.bin_dir,
+                        }));
+                    }
+                }
+            }
+        }
+        if let Some(schedule) = schedule {
+            jobs.insert(
+                name.clone(),
+                Job {
+                    name,
+                    schedule,
+                    compression: j.compression,
+                    compression_level: j.compression_level,
+                    destinations: j.destinations,
+                    sources,
+                },
+            );
+        }
+    }
+
+    if problems.is_empty() {
+        Ok(Config {
+            path: path.to_path_buf(),
+            log,
+            destinations,
+            jobs,
+        })
+    } else {
+        Err(problems)
+    }
+}
+
+fn validate_s3(
+    key: &str,
+    s: raw::RawS3,
+    problems: &mut Vec<String>,
+) -> (S3Config, raw::RawRetention) {
+    let bucket_ok = (3..=63).contains(&s.bucket.len())
+        && s.bucket
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.');
+    if !bucket_ok {
+        problems.push(format!(
+            "{key}.bucket: \"{}\" is not a valid bucket name (3-63 characters: a-z, 0-9, '-', '.')",
+            s.bucket
+        ));
+    }
+    if let Some(ep) = &s.endpoint {
+        match url::Url::parse(ep) {
+            Ok(u) if u.scheme() == "http" || u.scheme() == "https" => {}
+            _ => problems.push(format!(
+                "{key}.endpoint: \"{ep}\" is not an http(s) URL; use e.g. \"http://minio:9000\""
+            )),
+        }
+    }
+    let storage_class = s.storage_class.map(|c| {
+        let upper = c.to_ascii_uppercase();
+        if !STORAGE_CLASSES.contains(&upper.as_str()) {
+            problems.push(format!(
+                "{key}.storage_class: unknown storage class \"{c}\"; expected one of: {}",
+                STORAGE_CLASSES.join(", ")
+            ));
+        }
+        upper
+    });
+    let credentials = match (s.access_key_id, s.secret_access_key_file) {
+        (Some(id), Some(file)) => {
+            read_secret(&file, &format!("{key}.secret_access_key_file"), problems).map(|secret| {
+                StaticCredentials {
+                    access_key_id: id,
+                    secret_access_key: secret,
+                }
+            })
+        }
+        (Some(_), None) => {
+            problems.push(format!(
+                "{key}.access_key_id: needs secret_access_key_file as well (or remove both to use the AWS credential chain)"
+            ));
+            None
+        }
+        (None, Some(_)) => {
+            problems.push(format!(
+                "{key}.secret_access_key_file: needs access_key_id as well (or remove both to use the AWS credential chain)"
+            ));
+            None
+        }
+        (None, None) => None,
+    };
+    let part_size = match s.part_size.as_deref().map(|t| (t, parse_size(t))) {
+        None => DEFAULT_PART_SIZE,
+        Some((_, Some(n))) if n >= MIN_PART_SIZE => n,
+        Some((t, Some(_))) => {
+            problems.push(format!(
+                "{key}.part_size: \"{t}\" is below S3's minimum part size of 5MiB"
+            ));
+            DEFAULT_PART_SIZE
+        }
+        Some((t, None)) => {
+            problems.push(format!(
+                "{key}.part_size: \"{t}\" is not a size; use e.g. \"8MiB\""
+            ));
+            DEFAULT_PART_SIZE
+        }
+    };
+    let max_in_flight = match s.max_in_flight {
+        None => DEFAULT_MAX_IN_FLIGHT,
+        Some(n) if (1..=16).contains(&n) => n,
+        Some(n) => {
+            problems.push(format!("{key}.max_in_flight: {n} is out of range (1..=16)"));
+            DEFAULT_MAX_IN_FLIGHT
+        }
+    };
+    (
+        S3Config {
+            bucket: s.bucket,
+            prefix: s.prefix.trim_matches('/').to_string(),
+            region: s.region,
+            endpoint: s.endpoint,
+            force_path_style: s.force_path_style,
+            storage_class,
+            credentials,
+            part_size,
+            max_in_flight,
+            checksums: s.checksums,
+        },
+        s.retention,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pg_url_hides_password() {
+        let u = PgUrl::parse("postgres://app:s%40cret@db:5432/prod", None).expect("valid url");
+        assert_eq!(u.conninfo(), "postgres://app@db:5432/prod");
+        assert_eq!(u.password().map(Secret::expose), Some("s@cret"));
+        assert!(!format!("{u} {u:?}").contains("cret"));
+        assert_eq!(u.database(), "prod");
+    }
+
+    #[test]
+    fn password_file_wins_over_url() {
+        let u = PgUrl::parse(
+            "postgres://app:old@db/prod",
+            Some(Secret::new("new".into())),
+        )
+        .expect("valid url");
+        assert_eq!(u.password().map(Secret::expose), Some("new"));
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("8MiB"), Some(8 << 20));
+        assert_eq!(parse_size("5242880"), Some(5 << 20));
+        assert_eq!(parse_size("1 GB"), Some(1 << 30));
+        assert_eq!(parse_size("lots"), None);
+    }
+
+    #[test]
+    fn suggestions() {
+        assert_eq!(
+            suggest("scedule", &["schedule", "timezone"]),
+            " (did you mean \"schedule\"?)"
+        );
+        assert_eq!(suggest("xyz", &["schedule"]), "");
+    }
+}

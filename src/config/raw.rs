@@ -1,0 +1,172 @@
+//! The config file as serde sees it. Every struct denies unknown keys so a typo is an
+//! error naming the key, never a silently ignored setting. Nothing here is validated
+//! beyond its type: `super::validate` turns these into the types the rest of stowage uses.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    #[serde(default)]
+    pub log: RawLog,
+    #[serde(default)]
+    pub destinations: BTreeMap<String, RawDestination>,
+    #[serde(default)]
+    pub jobs: BTreeMap<String, RawJob>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLog {
+    #[serde(default = "default_level")]
+    pub level: String,
+    #[serde(default)]
+    pub format: LogFormat,
+    pub dir: Option<PathBuf>,
+    #[serde(default)]
+    pub rotation: Rotation,
+    #[serde(default = "default_keep_files")]
+    pub keep_files: usize,
+}
+
+impl Default for RawLog {
+    fn default() -> Self {
+        RawLog {
+            level: default_level(),
+            format: LogFormat::default(),
+            dir: None,
+            rotation: Rotation::default(),
+            keep_files: default_keep_files(),
+        }
+    }
+}
+
+fn default_level() -> String {
+    "info".to_string()
+}
+
+fn default_keep_files() -> usize {
+    14
+}
+
+#[derive(Debug, Deserialize, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Debug, Deserialize, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Rotation {
+    #[default]
+    Daily,
+    Hourly,
+    Never,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum RawDestination {
+    Local(RawLocal),
+    S3(RawS3),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLocal {
+    pub path: PathBuf,
+    #[serde(default)]
+    pub retention: RawRetention,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawS3 {
+    pub bucket: String,
+    #[serde(default)]
+    pub prefix: String,
+    pub region: Option<String>,
+    pub endpoint: Option<String>,
+    #[serde(default)]
+    pub force_path_style: bool,
+    pub storage_class: Option<String>,
+    pub access_key_id: Option<String>,
+    pub secret_access_key_file: Option<PathBuf>,
+    /// "8MiB" style; bigger parts mean fewer requests but more memory per in-flight part.
+    pub part_size: Option<String>,
+    pub max_in_flight: Option<usize>,
+    /// Some S3-compatible stores reject the SDK's default request checksums.
+    #[serde(default)]
+    pub checksums: Checksums,
+    #[serde(default)]
+    pub retention: RawRetention,
+}
+
+#[derive(Debug, Deserialize, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Checksums {
+    #[default]
+    WhenSupported,
+    WhenRequired,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawRetention {
+    pub keep_last: Option<u32>,
+    pub keep_hourly: Option<u32>,
+    pub keep_daily: Option<u32>,
+    pub keep_weekly: Option<u32>,
+    pub keep_monthly: Option<u32>,
+    pub keep_yearly: Option<u32>,
+    pub max_age: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawJob {
+    pub schedule: String,
+    #[serde(default = "default_timezone")]
+    pub timezone: String,
+    #[serde(default)]
+    pub compression: Compression,
+    pub compression_level: Option<i32>,
+    #[serde(default)]
+    pub destinations: Vec<String>,
+    #[serde(default)]
+    pub sources: Vec<RawSource>,
+}
+
+fn default_timezone() -> String {
+    "UTC".to_string()
+}
+
+#[derive(Debug, Deserialize, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    #[default]
+    Zstd,
+    Gzip,
+    None,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum RawSource {
+    Postgres(RawPostgres),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPostgres {
+    pub name: String,
+    pub url: String,
+    pub password_file: Option<PathBuf>,
+    /// Directory holding pg_dump/pg_restore/psql; default: found on PATH.
+    pub bin_dir: Option<PathBuf>,
+}

@@ -1,0 +1,16 @@
+//! stowage: a backup daemon for docker compose stacks. Data flows one way:
+//! config (raw serde → validated) → scheduler → pipeline (sources → compress → fan-out →
+//! storages → manifest publish → retention); restore reads it back.
+
+pub mod codec;
+pub mod commands;
+pub mod config;
+pub mod daemon;
+pub mod logging;
+pub mod manifest;
+pub mod pipeline;
+pub mod restore;
+pub mod retention;
+pub mod schedule;
+pub mod source;
+pub mod storage;

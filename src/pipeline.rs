@@ -1,0 +1,504 @@
+//! One run of a job: sources in order → compress → fan out to every destination at once →
+//! publish a manifest per destination → retention on each destination that published.
+//!
+//! Failure rules: a source failure fails the whole run and nothing is published anywhere;
+//! a destination failure only loses that destination (the others still publish, the run
+//! still reports failure). Whatever a failed destination received is removed, and
+//! retention never runs where the run did not publish.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use chrono::Utc;
+use futures::future::join_all;
+use sha2::{Digest, Sha256};
+use tokio::io::AsyncReadExt;
+use tokio::sync::mpsc;
+use tokio_util::io::InspectReader;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use crate::codec;
+use crate::config::{Config, Job};
+use crate::manifest::{self, FORMAT_VERSION, JobListing, Manifest, SourceEntry};
+use crate::retention;
+use crate::source::{self, Source, SourceError};
+use crate::storage::{self, Chunk, Storage};
+
+const READ_CHUNK: usize = 256 * 1024;
+/// Chunks buffered per destination: enough to absorb jitter, small enough that a slow
+/// destination applies backpressure to the dump instead of growing memory.
+const CHANNEL_DEPTH: usize = 8;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Published on every destination.
+    Success,
+    /// Published on some destinations only.
+    Partial,
+    Failed,
+    Cancelled,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Success => "success",
+            Outcome::Partial => "partial",
+            Outcome::Failed => "failed",
+            Outcome::Cancelled => "cancelled",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct RunReport {
+    pub job: String,
+    pub id: String,
+    pub outcome: Outcome,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub duration: Duration,
+    pub published: Vec<String>,
+    /// destination (or "source") → reason
+    pub errors: Vec<(String, String)>,
+}
+
+struct Target {
+    name: String,
+    storage: Box<dyn Storage>,
+    policy: retention::RetentionPolicy,
+    error: Option<String>,
+    /// Whether anything of this run may have been written here (so cleanup is needed).
+    touched: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum StreamError {
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    #[error("cancelled")]
+    Cancelled,
+    #[error("every destination failed")]
+    NoDestinationLeft,
+    #[error("reading the dump: {0}")]
+    Read(String),
+}
+
+pub async fn run_job(config: &Config, job: &Job, cancel: CancellationToken) -> RunReport {
+    let started = Utc::now();
+    let t0 = Instant::now();
+    let id = manifest::new_id(started);
+    let jn = job.name.as_str();
+    info!(
+        job = jn,
+        id = %id,
+        "backup started: {} source(s) → {}",
+        job.sources.len(),
+        job.destinations.join(", ")
+    );
+
+    let mut targets = Vec::new();
+    for name in &job.destinations {
+        let Some(dest) = config.destinations.get(name) else {
+            continue;
+        };
+        targets.push(Target {
+            name: name.clone(),
+            storage: storage::open(dest).await,
+            policy: dest.retention.clone(),
+            error: None,
+            touched: false,
+        });
+    }
+
+    info!(job = jn, id = %id, "stage: preflight");
+    let checks = join_all(targets.iter().map(|t| t.storage.preflight())).await;
+    for (t, r) in targets.iter_mut().zip(checks) {
+        if let Err(e) = r {
+            error!(job = jn, destination = %t.name, "destination {} ({}): {e}", t.name, t.storage.location());
+            t.error = Some(e.to_string());
+        }
+    }
+
+    let mut entries = Vec::new();
+    let mut tools = BTreeMap::new();
+    tools.insert("stowage".to_string(), env!("CARGO_PKG_VERSION").to_string());
+    let mut fatal: Option<(String, String, Outcome)> = None;
+    let mut bytes_in = 0u64;
+
+    if targets.iter().all(|t| t.error.is_some()) {
+        fatal = Some((
+            "destinations".into(),
+            "no destination is usable".into(),
+            Outcome::Failed,
+        ));
+    }
+
+    for src_cfg in &job.sources {
+        if fatal.is_some() {
+            break;
+        }
+        let src = source::build(src_cfg);
+        match src.tool_version().await {
+            Ok((tool, version)) => {
+                tools.insert(tool, version);
+            }
+            Err(e) => {
+                fatal = Some((
+                    format!("source {}", src.name()),
+                    e.to_string(),
+                    Outcome::Failed,
+                ));
+                break;
+            }
+        }
+        let key = manifest::object_key(jn, &id, src.name(), src.extension(), job.compression);
+        info!(job = jn, id = %id, source = src.name(), "stage: dump {} {} → {}", src.kind(), src.name(), key);
+        for t in targets.iter_mut().filter(|t| t.error.is_none()) {
+            t.touched = true;
+        }
+        match stream_source(src.as_ref(), &key, job, &mut targets, &cancel).await {
+            Ok(entry) => {
+                bytes_in += entry.raw_size;
+                info!(
+                    job = jn,
+                    id = %id,
+                    source = src.name(),
+                    "stage: source {} done: {} in, {} stored, sha256 {}",
+                    src.name(),
+                    human_bytes(entry.raw_size),
+                    human_bytes(entry.size),
+                    entry.sha256
+                );
+                entries.push(entry);
+            }
+            Err(StreamError::Cancelled) => {
+                fatal = Some((
+                    "run".into(),
+                    "cancelled by shutdown".into(),
+                    Outcome::Cancelled,
+                ));
+            }
+            Err(e) => {
+                fatal = Some((
+                    format!("source {}", src.name()),
+                    e.to_string(),
+                    Outcome::Failed,
+                ));
+            }
+        }
+    }
+
+    let mut published = Vec::new();
+    if fatal.is_none() {
+        info!(job = jn, id = %id, "stage: publish manifest");
+        let m = Manifest {
+            format: FORMAT_VERSION,
+            job: jn.to_string(),
+            id: id.clone(),
+            started_at: started,
+            finished_at: Utc::now(),
+            compression: job.compression,
+            sources: entries.clone(),
+            tools,
+        };
+        match serde_json::to_vec_pretty(&m) {
+            Ok(body) => {
+                let body = Bytes::from(body);
+                let key = manifest::manifest_key(jn, &id);
+                let live: Vec<usize> = (0..targets.len())
+                    .filter(|i| targets[*i].error.is_none())
+                    .collect();
+                let results = join_all(
+                    live.iter()
+                        .map(|i| targets[*i].storage.put_bytes(&key, body.clone())),
+                )
+                .await;
+                for (i, r) in live.into_iter().zip(results) {
+                    match r {
+                        Ok(()) => published.push(targets[i].name.clone()),
+                        Err(e) => targets[i].error = Some(e.to_string()),
+                    }
+                }
+            }
+            Err(e) => fatal = Some(("manifest".into(), e.to_string(), Outcome::Failed)),
+        }
+    }
+
+    // Remove whatever this run left on destinations where it did not publish.
+    for t in targets
+        .iter()
+        .filter(|t| t.touched && !published.contains(&t.name))
+    {
+        cleanup(t.storage.as_ref(), jn, &id, &t.name).await;
+    }
+
+    let mut errors: Vec<(String, String)> = Vec::new();
+    for t in &targets {
+        if let Some(e) = &t.error {
+            error!(job = jn, id = %id, destination = %t.name, "destination {} failed: {e}", t.name);
+            errors.push((t.name.clone(), e.clone()));
+        }
+    }
+    if let Some((what, why, _)) = &fatal {
+        error!(job = jn, id = %id, "{what} failed: {why}");
+        errors.push((what.clone(), why.clone()));
+    }
+
+    if !published.is_empty() {
+        info!(job = jn, id = %id, "stage: retention");
+    }
+    for t in targets.iter().filter(|t| published.contains(&t.name)) {
+        if let Err(e) = apply_retention(t, job).await {
+            // The backup is published; a retention failure only delays pruning.
+            warn!(job = jn, destination = %t.name, "retention on {} failed: {e}", t.name);
+        }
+    }
+
+    let outcome = match &fatal {
+        Some((_, _, o)) => *o,
+        None if published.len() == targets.len() => Outcome::Success,
+        None if !published.is_empty() => Outcome::Partial,
+        None => Outcome::Failed,
+    };
+    let bytes_out: u64 = if published.is_empty() {
+        0
+    } else {
+        entries.iter().map(|e| e.size).sum()
+    };
+    let report = RunReport {
+        job: jn.to_string(),
+        id,
+        outcome,
+        bytes_in,
+        bytes_out,
+        duration: t0.elapsed(),
+        published,
+        errors,
+    };
+    log_summary(&report);
+    report
+}
+
+async fn stream_source(
+    src: &dyn Source,
+    key: &str,
+    job: &Job,
+    targets: &mut [Target],
+    cancel: &CancellationToken,
+) -> Result<SourceEntry, StreamError> {
+    let dump = src.dump().await?;
+    let raw = Arc::new(AtomicU64::new(0));
+    let counter = raw.clone();
+    let counted = InspectReader::new(dump.reader, move |b: &[u8]| {
+        counter.fetch_add(b.len() as u64, Ordering::Relaxed);
+    });
+    let mut reader = codec::compress(Box::new(counted), job.compression, job.compression_level);
+
+    let live: Vec<usize> = (0..targets.len())
+        .filter(|i| targets[*i].error.is_none())
+        .collect();
+    let mut senders = Vec::new();
+    let mut receivers = Vec::new();
+    for i in &live {
+        let (tx, rx) = mpsc::channel::<Chunk>(CHANNEL_DEPTH);
+        senders.push((*i, tx));
+        receivers.push(rx);
+    }
+    let uploads = join_all(
+        live.iter()
+            .zip(receivers)
+            .map(|(i, rx)| targets[*i].storage.put_stream(key, rx)),
+    );
+
+    let finish = dump.finish;
+    let pump = async move {
+        let mut hasher = Sha256::new();
+        let mut stored = 0u64;
+        let mut buf = BytesMut::with_capacity(READ_CHUNK);
+        loop {
+            buf.reserve(READ_CHUNK);
+            let n = tokio::select! {
+                _ = cancel.cancelled() => return Err(StreamError::Cancelled),
+                r = reader.read_buf(&mut buf) => r.map_err(|e| StreamError::Read(e.to_string()))?,
+            };
+            if n == 0 {
+                break;
+            }
+            let chunk: Bytes = buf.split().freeze();
+            hasher.update(&chunk);
+            stored += chunk.len() as u64;
+            let mut alive = Vec::with_capacity(senders.len());
+            for (i, tx) in senders.drain(..) {
+                // A send fails only when that destination's upload gave up; it reports why.
+                if tx.send(Chunk::Data(chunk.clone())).await.is_ok() {
+                    alive.push((i, tx));
+                }
+            }
+            senders = alive;
+            if senders.is_empty() {
+                return Err(StreamError::NoDestinationLeft);
+            }
+        }
+        // The bytes are only a backup if the tool says the dump is complete.
+        finish.await?;
+        for (_, tx) in &senders {
+            let _ = tx.send(Chunk::End).await;
+        }
+        Ok((hex::encode(hasher.finalize()), stored))
+    };
+
+    let (pumped, results) = tokio::join!(pump, uploads);
+    let mut any_ok = false;
+    for (i, r) in live.iter().zip(results) {
+        match r {
+            Ok(_) => any_ok = true,
+            Err(e) => {
+                // "abandoned" only echoes a source failure, which is reported on its own.
+                if targets[*i].error.is_none() && !matches!(e, storage::StorageError::Abandoned) {
+                    targets[*i].error = Some(e.to_string());
+                }
+            }
+        }
+    }
+    let (sha256, size) = pumped?;
+    if !any_ok {
+        return Err(StreamError::NoDestinationLeft);
+    }
+    Ok(SourceEntry {
+        name: src.name().to_string(),
+        kind: src.kind().to_string(),
+        format: src.format().to_string(),
+        key: key.to_string(),
+        size,
+        raw_size: raw.load(Ordering::Relaxed),
+        sha256,
+    })
+}
+
+async fn cleanup(storage: &dyn Storage, job: &str, id: &str, dest: &str) {
+    let prefix = manifest::backup_prefix(job, id);
+    match storage.list(&prefix).await {
+        Ok(objs) if objs.is_empty() => {}
+        Ok(objs) => {
+            let keys: Vec<String> = objs.into_iter().map(|o| o.key).collect();
+            match storage.delete(&keys).await {
+                Ok(()) => info!(
+                    job,
+                    id,
+                    destination = dest,
+                    "removed {} object(s) of the failed run from {dest}",
+                    keys.len()
+                ),
+                Err(e) => warn!(
+                    job,
+                    id,
+                    destination = dest,
+                    "could not remove leftovers of the failed run from {dest}: {e}"
+                ),
+            }
+        }
+        Err(e) => warn!(
+            job,
+            id,
+            destination = dest,
+            "could not list leftovers of the failed run on {dest}: {e}"
+        ),
+    }
+}
+
+async fn apply_retention(t: &Target, job: &Job) -> Result<(), storage::StorageError> {
+    if t.policy.is_keep_all() {
+        return Ok(());
+    }
+    // From the destination's own listing, not local state: survives restarts and
+    // counts backups written by other stowage processes too.
+    let listing = JobListing::read(t.storage.as_ref(), &job.name).await?;
+    let published = listing.published(&job.name);
+    let input: Vec<(String, chrono::DateTime<Utc>)> =
+        published.iter().map(|p| (p.id.clone(), p.time)).collect();
+    let decisions = retention::apply(&input, &t.policy, job.schedule.tz(), Utc::now());
+    let mut removed = 0;
+    for d in decisions.iter().filter(|d| !d.keep) {
+        manifest::delete_backup(t.storage.as_ref(), &listing, &job.name, &d.id).await?;
+        removed += 1;
+        info!(job = %job.name, destination = %t.name, "retention: removed backup {} from {}", d.id, t.name);
+    }
+    info!(
+        job = %job.name,
+        destination = %t.name,
+        "retention on {} ({}): kept {}, removed {removed}",
+        t.name,
+        t.policy.describe(),
+        decisions.len() - removed
+    );
+    Ok(())
+}
+
+fn log_summary(r: &RunReport) {
+    let secs = r.duration.as_secs_f64();
+    let ratio = if r.bytes_out > 0 {
+        r.bytes_in as f64 / r.bytes_out as f64
+    } else {
+        0.0
+    };
+    let throughput = if secs > 0.0 {
+        r.bytes_in as f64 / secs / (1024.0 * 1024.0)
+    } else {
+        0.0
+    };
+    let line = format!(
+        "backup {}: job={} id={} in={} out={} ratio={:.2} duration={:.1}s throughput={:.1}MiB/s destinations={}",
+        r.outcome.as_str(),
+        r.job,
+        r.id,
+        human_bytes(r.bytes_in),
+        human_bytes(r.bytes_out),
+        ratio,
+        secs,
+        throughput,
+        if r.published.is_empty() {
+            "none".to_string()
+        } else {
+            r.published.join(",")
+        }
+    );
+    let fields = (r.bytes_in, r.bytes_out, secs);
+    match r.outcome {
+        Outcome::Success => info!(
+            summary = true,
+            outcome = r.outcome.as_str(),
+            bytes_in = fields.0,
+            bytes_out = fields.1,
+            duration_s = fields.2,
+            "{line}"
+        ),
+        _ => error!(
+            summary = true,
+            outcome = r.outcome.as_str(),
+            bytes_in = fields.0,
+            bytes_out = fields.1,
+            duration_s = fields.2,
+            "{line}"
+        ),
+    }
+}
+
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}

@@ -1,0 +1,247 @@
+//! A directory on a mounted volume. Objects are written as `<key>.partial` and renamed
+//! into place after an fsync, so a crash never leaves a truncated file under a real name.
+
+use std::path::{Path, PathBuf};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use tokio::fs;
+use tokio::io::{AsyncWriteExt, BufWriter};
+use tokio::sync::mpsc;
+
+use super::{Chunk, ObjectMeta, ObjectReader, Storage, StorageError};
+
+pub const PARTIAL_SUFFIX: &str = ".partial";
+
+pub struct LocalStorage {
+    root: PathBuf,
+}
+
+impl LocalStorage {
+    pub fn new(root: PathBuf) -> Self {
+        LocalStorage { root }
+    }
+
+    fn path(&self, key: &str) -> PathBuf {
+        self.root.join(key)
+    }
+
+    fn io_err(&self, what: &str, path: &Path, e: std::io::Error) -> StorageError {
+        let reason = crate::config::io_reason(&e);
+        match e.kind() {
+            std::io::ErrorKind::NotFound => {
+                StorageError::NotFound(format!("{what} {path:?}: {reason}"))
+            }
+            std::io::ErrorKind::PermissionDenied => StorageError::Denied(format!(
+                "{what} {path:?}: {reason}; the volume must be writable by the user stowage runs as"
+            )),
+            _ => StorageError::Io(format!("{what} {path:?}: {reason}")),
+        }
+    }
+
+    async fn write_partial(
+        &self,
+        partial: &Path,
+        mut body: mpsc::Receiver<Chunk>,
+    ) -> Result<u64, StorageError> {
+        let file = fs::File::create(partial)
+            .await
+            .map_err(|e| self.io_err("cannot create", partial, e))?;
+        let mut w = BufWriter::with_capacity(256 * 1024, file);
+        let mut written = 0u64;
+        loop {
+            match body.recv().await {
+                Some(Chunk::Data(b)) => {
+                    w.write_all(&b)
+                        .await
+                        .map_err(|e| self.io_err("cannot write", partial, e))?;
+                    written += b.len() as u64;
+                }
+                Some(Chunk::End) => break,
+                None => return Err(StorageError::Abandoned),
+            }
+        }
+        w.flush()
+            .await
+            .map_err(|e| self.io_err("cannot write", partial, e))?;
+        w.get_ref()
+            .sync_all()
+            .await
+            .map_err(|e| self.io_err("cannot sync", partial, e))?;
+        Ok(written)
+    }
+
+    async fn commit(&self, partial: &Path, target: &Path) -> Result<(), StorageError> {
+        fs::rename(partial, target)
+            .await
+            .map_err(|e| self.io_err("cannot rename", partial, e))?;
+        // The rename is only durable once the directory entry is on disk.
+        if let Some(dir) = target.parent()
+            && let Ok(d) = fs::File::open(dir).await
+        {
+            let _ = d.sync_all().await;
+        }
+        Ok(())
+    }
+
+    async fn ensure_parent(&self, path: &Path) -> Result<(), StorageError> {
+        if let Some(parent) = path.parent() {
+            fs::create_dir_all(parent)
+                .await
+                .map_err(|e| self.io_err("cannot create directory", parent, e))?;
+        }
+        Ok(())
+    }
+}
+
+fn partial_path(path: &Path) -> PathBuf {
+    let mut s = path.as_os_str().to_owned();
+    s.push(PARTIAL_SUFFIX);
+    PathBuf::from(s)
+}
+
+#[async_trait]
+impl Storage for LocalStorage {
+    fn location(&self) -> String {
+        self.root.display().to_string()
+    }
+
+    async fn preflight(&self) -> Result<(), StorageError> {
+        fs::create_dir_all(&self.root)
+            .await
+            .map_err(|e| self.io_err("cannot create backup directory", &self.root, e))?;
+        let probe = self.root.join(".stowage-write-test");
+        fs::write(&probe, b"ok")
+            .await
+            .map_err(|e| self.io_err("cannot write in", &self.root, e))?;
+        let _ = fs::remove_file(&probe).await;
+        Ok(())
+    }
+
+    async fn put_stream(
+        &self,
+        key: &str,
+        body: mpsc::Receiver<Chunk>,
+    ) -> Result<u64, StorageError> {
+        let target = self.path(key);
+        self.ensure_parent(&target).await?;
+        let partial = partial_path(&target);
+        match self.write_partial(&partial, body).await {
+            Ok(n) => {
+                self.commit(&partial, &target).await?;
+                Ok(n)
+            }
+            Err(e) => {
+                let _ = fs::remove_file(&partial).await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn put_bytes(&self, key: &str, data: Bytes) -> Result<(), StorageError> {
+        let target = self.path(key);
+        self.ensure_parent(&target).await?;
+        let partial = partial_path(&target);
+        let result = async {
+            let mut f = fs::File::create(&partial)
+                .await
+                .map_err(|e| self.io_err("cannot create", &partial, e))?;
+            f.write_all(&data)
+                .await
+                .map_err(|e| self.io_err("cannot write", &partial, e))?;
+            f.sync_all()
+                .await
+                .map_err(|e| self.io_err("cannot sync", &partial, e))?;
+            self.commit(&partial, &target).await
+        }
+        .await;
+        if result.is_err() {
+            let _ = fs::remove_file(&partial).await;
+        }
+        result
+    }
+
+    async fn get(&self, key: &str) -> Result<ObjectReader, StorageError> {
+        let path = self.path(key);
+        let f = fs::File::open(&path)
+            .await
+            .map_err(|e| self.io_err("cannot open", &path, e))?;
+        Ok(Box::new(f))
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StorageError> {
+        // Walk only the directory the prefix points into: a job's backups live under
+        // "<job>/", so a listing never scans other jobs' trees.
+        let (dir_part, _) = prefix.rsplit_once('/').unwrap_or(("", prefix));
+        let start = self.root.join(dir_part);
+        let mut out = Vec::new();
+        let mut stack = vec![start];
+        while let Some(dir) = stack.pop() {
+            let mut rd = match fs::read_dir(&dir).await {
+                Ok(rd) => rd,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(self.io_err("cannot list", &dir, e)),
+            };
+            while let Some(entry) = rd
+                .next_entry()
+                .await
+                .map_err(|e| self.io_err("cannot list", &dir, e))?
+            {
+                let path = entry.path();
+                let ft = entry
+                    .file_type()
+                    .await
+                    .map_err(|e| self.io_err("cannot stat", &path, e))?;
+                if ft.is_dir() {
+                    stack.push(path);
+                } else if ft.is_file() {
+                    let Ok(rel) = path.strip_prefix(&self.root) else {
+                        continue;
+                    };
+                    let key = rel
+                        .components()
+                        .map(|c| c.as_os_str().to_string_lossy())
+                        .collect::<Vec<_>>()
+                        .join("/");
+                    if key.starts_with(prefix) {
+                        let size = entry.metadata().await.map(|m| m.len()).unwrap_or(0);
+                        out.push(ObjectMeta { key, size });
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    async fn delete(&self, keys: &[String]) -> Result<(), StorageError> {
+        let mut dirs = Vec::new();
+        for key in keys {
+            let path = self.path(key);
+            match fs::remove_file(&path).await {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(self.io_err("cannot delete", &path, e)),
+            }
+            if let Some(parent) = path.parent() {
+                dirs.push(parent.to_path_buf());
+            }
+        }
+        // Leave no empty backup directories behind; remove_dir refuses non-empty ones,
+        // so a directory still holding anything (another backup's files) stays.
+        dirs.sort();
+        dirs.dedup();
+        for dir in dirs.into_iter().rev() {
+            let mut d = dir.as_path();
+            while d != self.root && d.starts_with(&self.root) {
+                if fs::remove_dir(d).await.is_err() {
+                    break;
+                }
+                match d.parent() {
+                    Some(p) => d = p,
+                    None => break,
+                }
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,87 @@
+//! Destinations as dumb key/value stores. Keys are relative to the destination's root
+//! (a directory, or a bucket + prefix) and use '/' separators. Everything that knows what
+//! a backup is (layout, manifests, retention) lives above this trait, written once.
+
+pub mod local;
+pub mod s3;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use tokio::io::AsyncRead;
+use tokio::sync::mpsc;
+
+use crate::config::{Destination, DestinationKind};
+
+/// One item of a streamed upload. The object only becomes visible after `End`: a channel
+/// that closes without it means the producer failed, and the upload is thrown away.
+#[derive(Debug)]
+pub enum Chunk {
+    Data(Bytes),
+    End,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectMeta {
+    pub key: String,
+    pub size: u64,
+}
+
+pub type ObjectReader = Box<dyn AsyncRead + Send + Unpin>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("{0}")]
+    Unreachable(String),
+    #[error("{0}")]
+    Denied(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Io(String),
+    #[error("upload abandoned: the data stream ended early")]
+    Abandoned,
+}
+
+#[async_trait]
+pub trait Storage: Send + Sync {
+    /// Human-readable location, e.g. "/var/backups/stowage" or "s3://bucket/prefix".
+    fn location(&self) -> String;
+
+    /// Cheap check that the destination exists and is writable, run before any dump.
+    async fn preflight(&self) -> Result<(), StorageError>;
+
+    /// Stream `body` into `key`. Nothing is visible at `key` unless the stream ends with
+    /// [`Chunk::End`]; on any failure, partial data (files, multipart uploads) is removed.
+    async fn put_stream(&self, key: &str, body: mpsc::Receiver<Chunk>)
+    -> Result<u64, StorageError>;
+
+    /// Write a small object atomically (readers see the old state or the whole new one).
+    async fn put_bytes(&self, key: &str, data: Bytes) -> Result<(), StorageError>;
+
+    async fn get(&self, key: &str) -> Result<ObjectReader, StorageError>;
+
+    async fn get_bytes(&self, key: &str) -> Result<Bytes, StorageError> {
+        use tokio::io::AsyncReadExt;
+        let mut r = self.get(key).await?;
+        let mut buf = Vec::new();
+        r.read_to_end(&mut buf)
+            .await
+            .map_err(|e| StorageError::Io(format!("reading {key}: {e}")))?;
+        Ok(Bytes::from(buf))
+    }
+
+    /// Every object whose key starts with `prefix`, in no particular order.
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StorageError>;
+
+    /// Delete these keys; keys that are already gone are not an error.
+    async fn delete(&self, keys: &[String]) -> Result<(), StorageError>;
+}
+
+/// Build the backend for a destination. S3 clients are built here, when a command needs
+/// them, not at start-up: an idle daemon should not carry an HTTP stack.
+pub async fn open(dest: &Destination) -> Box<dyn Storage> {
+    match &dest.kind {
+        DestinationKind::Local(l) => Box::new(local::LocalStorage::new(l.path.clone())),
+        DestinationKind::S3(s) => Box::new(s3::S3Storage::new(s.clone()).await),
+    }
+}

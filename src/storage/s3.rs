@@ -1,0 +1,475 @@
+//! S3 and S3-compatible stores. Streams go up as multipart uploads with a small, fixed
+//! number of parts in flight, so memory stays at (max_in_flight + 1) × part_size whatever
+//! the size of the backup, and nothing is ever staged on disk.
+
+use async_trait::async_trait;
+use aws_sdk_s3::Client;
+use aws_sdk_s3::config::{
+    BehaviorVersion, Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation,
+};
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::types::{
+    CompletedMultipartUpload, CompletedPart, Delete, ObjectIdentifier, StorageClass,
+};
+use bytes::{Bytes, BytesMut};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+
+use super::{Chunk, ObjectMeta, ObjectReader, Storage, StorageError};
+use crate::config::{Checksums, S3Config};
+
+pub struct S3Storage {
+    client: Client,
+    cfg: S3Config,
+}
+
+impl S3Storage {
+    pub async fn new(cfg: S3Config) -> Self {
+        let mut loader = aws_config::defaults(BehaviorVersion::latest());
+        // Without an explicit region the SDK would ask the EC2 metadata service, which is
+        // slow and noisy everywhere but EC2; S3-compatible stores ignore the region anyway.
+        let region = cfg
+            .region
+            .clone()
+            .or_else(|| std::env::var("AWS_REGION").ok())
+            .or_else(|| std::env::var("AWS_DEFAULT_REGION").ok())
+            .unwrap_or_else(|| "us-east-1".to_string());
+        loader = loader.region(Region::new(region));
+        if let Some(c) = &cfg.credentials {
+            loader = loader.credentials_provider(Credentials::new(
+                c.access_key_id.clone(),
+                c.secret_access_key.expose().to_string(),
+                None,
+                None,
+                "stowage-config",
+            ));
+        }
+        let shared = loader.load().await;
+        let mut b =
+            aws_sdk_s3::config::Builder::from(&shared).force_path_style(cfg.force_path_style);
+        if let Some(ep) = &cfg.endpoint {
+            b = b.endpoint_url(ep.clone());
+        }
+        if cfg.checksums == Checksums::WhenRequired {
+            b = b
+                .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
+                .response_checksum_validation(ResponseChecksumValidation::WhenRequired);
+        }
+        S3Storage {
+            client: Client::from_conf(b.build()),
+            cfg,
+        }
+    }
+
+    fn full_key(&self, key: &str) -> String {
+        if self.cfg.prefix.is_empty() {
+            key.to_string()
+        } else {
+            format!("{}/{key}", self.cfg.prefix)
+        }
+    }
+
+    fn endpoint(&self) -> String {
+        self.cfg
+            .endpoint
+            .clone()
+            .unwrap_or_else(|| "the AWS S3 endpoint".to_string())
+    }
+
+    /// Turn an SDK error into one line that says what failed and what to check.
+    fn map_err<E>(
+        &self,
+        what: &str,
+        err: SdkError<E, aws_sdk_s3::config::http::HttpResponse>,
+    ) -> StorageError
+    where
+        E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    {
+        let bucket = &self.cfg.bucket;
+        match &err {
+            SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) => {
+                StorageError::Unreachable(format!(
+                    "{what}: cannot reach {} ({}); check the endpoint and the network",
+                    self.endpoint(),
+                    root_cause(&err)
+                ))
+            }
+            SdkError::ConstructionFailure(_) => {
+                let cause = root_cause(&err);
+                if cause.to_lowercase().contains("credential") {
+                    StorageError::Denied(format!(
+                        "{what}: no AWS credentials found ({cause}); set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, mount ~/.aws/credentials, or set access_key_id and secret_access_key_file"
+                    ))
+                } else {
+                    StorageError::Io(format!("{what}: {cause}"))
+                }
+            }
+            SdkError::ServiceError(se) => {
+                let status = se.raw().status().as_u16();
+                let code = err.code().unwrap_or("");
+                let message = err.message().unwrap_or("");
+                let detail = match (code, message) {
+                    ("", "") => format!("HTTP {status}"),
+                    (c, "") => format!("{c}, HTTP {status}"),
+                    ("", m) => format!("{m}, HTTP {status}"),
+                    (c, m) => format!("{c}: {m}, HTTP {status}"),
+                };
+                match status {
+                    403 | 401 => StorageError::Denied(format!(
+                        "{what}: access denied to bucket \"{bucket}\" ({detail}); check the credentials and the bucket policy"
+                    )),
+                    404 if code == "NoSuchBucket" || code.is_empty() || code == "NotFound" => {
+                        StorageError::NotFound(format!(
+                            "{what}: bucket \"{bucket}\" does not exist at {} ({detail}); create it or fix the bucket name",
+                            self.endpoint()
+                        ))
+                    }
+                    404 => StorageError::NotFound(format!("{what}: not found ({detail})")),
+                    301 => StorageError::Io(format!(
+                        "{what}: bucket \"{bucket}\" is in another region ({detail}); set region to the bucket's region"
+                    )),
+                    _ => StorageError::Io(format!("{what}: {detail}")),
+                }
+            }
+            _ => StorageError::Io(format!("{what}: {}", root_cause(&err))),
+        }
+    }
+
+    async fn abort(&self, key: &str, upload_id: &str) {
+        if let Err(e) = self
+            .client
+            .abort_multipart_upload()
+            .bucket(&self.cfg.bucket)
+            .key(key)
+            .upload_id(upload_id)
+            .send()
+            .await
+        {
+            tracing::warn!(
+                bucket = %self.cfg.bucket,
+                key,
+                "could not abort multipart upload {upload_id}: {}; a bucket lifecycle rule for incomplete uploads will remove it",
+                root_cause(&e)
+            );
+        }
+    }
+
+    async fn multipart(
+        &self,
+        key: &str,
+        first: Bytes,
+        body: &mut mpsc::Receiver<Chunk>,
+        buf: &mut BytesMut,
+        total: &mut u64,
+    ) -> Result<(), StorageError> {
+        let mut create = self
+            .client
+            .create_multipart_upload()
+            .bucket(&self.cfg.bucket)
+            .key(key);
+        if let Some(class) = &self.cfg.storage_class {
+            create = create.storage_class(StorageClass::from(class.as_str()));
+        }
+        let created = create
+            .send()
+            .await
+            .map_err(|e| self.map_err("starting multipart upload", e))?;
+        let upload_id = created
+            .upload_id()
+            .ok_or_else(|| StorageError::Io("the store returned no upload id".into()))?
+            .to_string();
+        let result = self
+            .upload_parts(key, &upload_id, first, body, buf, total)
+            .await;
+        if result.is_err() {
+            self.abort(key, &upload_id).await;
+        }
+        result
+    }
+
+    async fn upload_parts(
+        &self,
+        key: &str,
+        upload_id: &str,
+        first: Bytes,
+        body: &mut mpsc::Receiver<Chunk>,
+        buf: &mut BytesMut,
+        total: &mut u64,
+    ) -> Result<(), StorageError> {
+        let part_size = self.cfg.part_size as usize;
+        let mut in_flight: JoinSet<Result<CompletedPart, StorageError>> = JoinSet::new();
+        let mut done: Vec<CompletedPart> = Vec::new();
+        let mut next_part = 1i32;
+        let mut pending = Some(first);
+        let mut finished = false;
+        loop {
+            if let Some(part) = pending.take() {
+                while in_flight.len() >= self.cfg.max_in_flight {
+                    done.push(join_one(&mut in_flight).await?);
+                }
+                in_flight.spawn(upload_part(
+                    self.client.clone(),
+                    self.cfg.bucket.clone(),
+                    key.to_string(),
+                    upload_id.to_string(),
+                    next_part,
+                    part,
+                ));
+                next_part += 1;
+            }
+            if finished {
+                break;
+            }
+            match body.recv().await {
+                Some(Chunk::Data(b)) => {
+                    *total += b.len() as u64;
+                    buf.extend_from_slice(&b);
+                    if buf.len() >= part_size {
+                        pending = Some(buf.split_to(part_size).freeze());
+                    }
+                }
+                Some(Chunk::End) => {
+                    finished = true;
+                    if !buf.is_empty() {
+                        pending = Some(buf.split().freeze());
+                    }
+                }
+                None => return Err(StorageError::Abandoned),
+            }
+            // A failed part should stop the upload now, not after the whole dump.
+            while let Some(r) = in_flight.try_join_next() {
+                done.push(flatten(r)?);
+            }
+        }
+        while !in_flight.is_empty() {
+            done.push(join_one(&mut in_flight).await?);
+        }
+        done.sort_by_key(|p| p.part_number());
+        self.client
+            .complete_multipart_upload()
+            .bucket(&self.cfg.bucket)
+            .key(key)
+            .upload_id(upload_id)
+            .multipart_upload(
+                CompletedMultipartUpload::builder()
+                    .set_parts(Some(done))
+                    .build(),
+            )
+            .send()
+            .await
+            .map_err(|e| self.map_err("completing multipart upload", e))?;
+        Ok(())
+    }
+}
+
+fn flatten(
+    r: Result<Result<CompletedPart, StorageError>, tokio::task::JoinError>,
+) -> Result<CompletedPart, StorageError> {
+    r.map_err(|e| StorageError::Io(format!("part upload task failed: {e}")))?
+}
+
+async fn join_one(
+    set: &mut JoinSet<Result<CompletedPart, StorageError>>,
+) -> Result<CompletedPart, StorageError> {
+    match set.join_next().await {
+        Some(r) => flatten(r),
+        None => Err(StorageError::Io("no part upload in flight".into())),
+    }
+}
+
+async fn upload_part(
+    client: Client,
+    bucket: String,
+    key: String,
+    upload_id: String,
+    number: i32,
+    data: Bytes,
+) -> Result<CompletedPart, StorageError> {
+    let out = client
+        .upload_part()
+        .bucket(&bucket)
+        .key(&key)
+        .upload_id(&upload_id)
+        .part_number(number)
+        .body(ByteStream::from(data))
+        .send()
+        .await
+        .map_err(|e| {
+            StorageError::Io(format!(
+                "uploading part {number} of {key}: {}",
+                root_cause(&e)
+            ))
+        })?;
+    Ok(CompletedPart::builder()
+        .part_number(number)
+        .set_e_tag(out.e_tag().map(str::to_string))
+        .set_checksum_crc32(out.checksum_crc32().map(str::to_string))
+        .build())
+}
+
+/// The innermost error's text: "connection refused (os error 111)" rather than the SDK's
+/// "dispatch failure" wrapper.
+fn root_cause(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut cur: &(dyn std::error::Error + 'static) = err;
+    let mut text = cur.to_string();
+    while let Some(next) = cur.source() {
+        let t = next.to_string();
+        if !t.is_empty() {
+            text = t;
+        }
+        cur = next;
+    }
+    text.to_lowercase()
+}
+
+#[async_trait]
+impl Storage for S3Storage {
+    fn location(&self) -> String {
+        if self.cfg.prefix.is_empty() {
+            format!("s3://{}", self.cfg.bucket)
+        } else {
+            format!("s3://{}/{}", self.cfg.bucket, self.cfg.prefix)
+        }
+    }
+
+    async fn preflight(&self) -> Result<(), StorageError> {
+        self.client
+            .head_bucket()
+            .bucket(&self.cfg.bucket)
+            .send()
+            .await
+            .map_err(|e| self.map_err("checking bucket", e))?;
+        Ok(())
+    }
+
+    async fn put_stream(
+        &self,
+        key: &str,
+        mut body: mpsc::Receiver<Chunk>,
+    ) -> Result<u64, StorageError> {
+        let key = self.full_key(key);
+        let part_size = self.cfg.part_size as usize;
+        let mut buf = BytesMut::with_capacity(part_size);
+        let mut total = 0u64;
+        // Small objects go up in one PutObject; the first full part switches to multipart.
+        loop {
+            match body.recv().await {
+                Some(Chunk::Data(b)) => {
+                    total += b.len() as u64;
+                    buf.extend_from_slice(&b);
+                    if buf.len() >= part_size {
+                        let first = buf.split_to(part_size).freeze();
+                        self.multipart(&key, first, &mut body, &mut buf, &mut total)
+                            .await?;
+                        return Ok(total);
+                    }
+                }
+                Some(Chunk::End) => break,
+                None => return Err(StorageError::Abandoned),
+            }
+        }
+        let mut put = self
+            .client
+            .put_object()
+            .bucket(&self.cfg.bucket)
+            .key(&key)
+            .body(ByteStream::from(buf.freeze()));
+        if let Some(class) = &self.cfg.storage_class {
+            put = put.storage_class(StorageClass::from(class.as_str()));
+        }
+        put.send().await.map_err(|e| self.map_err("uploading", e))?;
+        Ok(total)
+    }
+
+    async fn put_bytes(&self, key: &str, data: Bytes) -> Result<(), StorageError> {
+        // Manifests stay in the default class even on archive tiers: listing and restore
+        // must read them without a retrieval request.
+        self.client
+            .put_object()
+            .bucket(&self.cfg.bucket)
+            .key(self.full_key(key))
+            .content_type("application/json")
+            .body(ByteStream::from(data))
+            .send()
+            .await
+            .map_err(|e| self.map_err("uploading", e))?;
+        Ok(())
+    }
+
+    async fn get(&self, key: &str) -> Result<ObjectReader, StorageError> {
+        let full = self.full_key(key);
+        let out = self
+            .client
+            .get_object()
+            .bucket(&self.cfg.bucket)
+            .key(&full)
+            .send()
+            .await
+            .map_err(|e| self.map_err(&format!("downloading {full}"), e))?;
+        Ok(Box::new(out.body.into_async_read()))
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StorageError> {
+        let full_prefix = self.full_key(prefix);
+        let strip = if self.cfg.prefix.is_empty() {
+            0
+        } else {
+            self.cfg.prefix.len() + 1
+        };
+        let mut pages = self
+            .client
+            .list_objects_v2()
+            .bucket(&self.cfg.bucket)
+            .prefix(&full_prefix)
+            .into_paginator()
+            .send();
+        let mut out = Vec::new();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| self.map_err("listing", e))?;
+            for obj in page.contents() {
+                if let Some(k) = obj.key()
+                    && k.len() >= strip
+                {
+                    out.push(ObjectMeta {
+                        key: k[strip..].to_string(),
+                        size: obj.size().unwrap_or(0).max(0) as u64,
+                    });
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    async fn delete(&self, keys: &[String]) -> Result<(), StorageError> {
+        for batch in keys.chunks(1000) {
+            let ids = batch
+                .iter()
+                .map(|k| ObjectIdentifier::builder().key(self.full_key(k)).build())
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| StorageError::Io(format!("building delete request: {e}")))?;
+            let delete = Delete::builder()
+                .set_objects(Some(ids))
+                .quiet(true)
+                .build()
+                .map_err(|e| StorageError::Io(format!("building delete request: {e}")))?;
+            let out = self
+                .client
+                .delete_objects()
+                .bucket(&self.cfg.bucket)
+                .delete(delete)
+                .send()
+                .await
+                .map_err(|e| self.map_err("deleting", e))?;
+            if let Some(first) = out.errors().first() {
+                return Err(StorageError::Io(format!(
+                    "deleting {}: {} {}",
+                    first.key().unwrap_or("?"),
+                    first.code().unwrap_or(""),
+                    first.message().unwrap_or("")
+                )));
+            }
+        }
+        Ok(())
+    }
+}
