@@ -297,7 +297,17 @@ pub fn load_with_env(path: &Path, use_env: bool) -> Result<Config, ConfigError> 
 
 fn describe_figment_error(e: &figment::Error) -> String {
     use figment::error::Kind;
-    let key = e.path.join(".");
+    let key = e.path.iter().fold(String::new(), |mut acc, seg| {
+        if seg.parse::<usize>().is_ok() {
+            acc.push_str(&format!("[{seg}]"));
+        } else {
+            if !acc.is_empty() {
+                acc.push('.');
+            }
+            acc.push_str(seg);
+        }
+        acc
+    });
     let origin = e
         .metadata
         .as_ref()
@@ -340,8 +350,9 @@ fn describe_figment_error(e: &figment::Error) -> String {
             expected.join(", ")
         ),
         Kind::InvalidType(actual, expected) => format!(
-            "{}: expected {expected}, found {actual}",
-            if key.is_empty() { "(top level)" } else { &key }
+            "{}: expected {}, found {actual}",
+            if key.is_empty() { "(top level)" } else { &key },
+            friendly_type(expected)
         ),
         Kind::Message(m) => {
             if key.is_empty() {
@@ -359,6 +370,15 @@ fn describe_figment_error(e: &figment::Error) -> String {
         }
     };
     format!("{msg}{origin}")
+}
+
+fn friendly_type(expected: &str) -> &str {
+    match expected {
+        "u32" | "u64" | "usize" => "a whole number",
+        "i32" | "i64" => "an integer",
+        "a boolean" | "bool" => "true or false",
+        other => other,
+    }
 }
 
 /// "did you mean" for a mistyped key or value.
@@ -520,25 +540,45 @@ fn validate(path: &Path, raw: raw::RawConfig) -> Result<Config, Vec<String>> {
                 "{key}: invalid destination name \"{name}\": {NAME_RULE}"
             ));
         }
-        let (kind, ret) = match d {
-            raw::RawDestination::Local(l) => {
-                if !l.path.is_absolute() {
-                    problems.push(format!(
-                        "{key}.path: {:?} must be an absolute path (a mounted volume such as \"/var/backups/stowage\")",
-                        l.path
-                    ));
+        let kind = match d.kind {
+            raw::DestinationType::Local => {
+                only_for(
+                    &key,
+                    "s3",
+                    &[
+                        ("bucket", d.bucket.is_some()),
+                        ("prefix", d.prefix.is_some()),
+                        ("region", d.region.is_some()),
+                        ("endpoint", d.endpoint.is_some()),
+                        ("force_path_style", d.force_path_style.is_some()),
+                        ("storage_class", d.storage_class.is_some()),
+                        ("access_key_id", d.access_key_id.is_some()),
+                        ("secret_access_key_file", d.secret_access_key_file.is_some()),
+                        ("part_size", d.part_size.is_some()),
+                        ("max_in_flight", d.max_in_flight.is_some()),
+                        ("checksums", d.checksums.is_some()),
+                    ],
+                    &mut problems,
+                );
+                match &d.path {
+                    None => problems.push(format!(
+                        "{key}.path: required for type = \"local\"; e.g. path = \"/var/backups/stowage\""
+                    )),
+                    Some(p) if !p.is_absolute() => problems.push(format!(
+                        "{key}.path: {p:?} must be an absolute path (a mounted volume such as \"/var/backups/stowage\")"
+                    )),
+                    Some(_) => {}
                 }
-                (
-                    DestinationKind::Local(LocalConfig { path: l.path }),
-                    l.retention,
-                )
+                DestinationKind::Local(LocalConfig {
+                    path: d.path.clone().unwrap_or_default(),
+                })
             }
-            raw::RawDestination::S3(s) => {
-                let s3 = validate_s3(&key, s, &mut problems);
-                (DestinationKind::S3(s3.0), s3.1)
+            raw::DestinationType::S3 => {
+                only_for(&key, "local", &[("path", d.path.is_some())], &mut problems);
+                DestinationKind::S3(validate_s3(&key, &d, &mut problems))
             }
         };
-        let retention = retention(ret, &key, &mut problems);
+        let retention = retention(d.retention, &key, &mut problems);
         destinations.insert(
             name.clone(),
             Destination {
@@ -580,8 +620,8 @@ fn validate(path: &Path, raw: raw::RawConfig) -> Result<Config, Vec<String>> {
             };
             if !range.contains(&level) {
                 problems.push(format!(
-                    "{key}.compression_level: {level} is out of range for {:?} ({}..={})",
-                    j.compression,
+                    "{key}.compression_level: {level} is out of range for {} ({}..={})",
+                    j.compression.as_str(),
                     range.start(),
                     range.end()
                 ));
@@ -618,30 +658,36 @@ fn validate(path: &Path, raw: raw::RawConfig) -> Result<Config, Vec<String>> {
         let mut sources = Vec::new();
         for (i, s) in j.sources.into_iter().enumerate() {
             let skey = format!("{key}.sources[{i}]");
-            match s {
-                raw::RawSource::Postgres(p) => {
-                    if !valid_name(&p.name) {
-                        problems.push(format!(
-                            "{skey}.name: invalid source name \"{}\": {NAME_RULE}",
-                            p.name
-                        ));
-                    } else if !names.insert(p.name.clone()) {
-                        problems.push(format!(
-                            "{skey}.name: duplicate source name \"{}\" in job \"{name}\"; each source needs its own name",
-                            p.name
-                        ));
-                    }
-                    let password = p.password_file.as_deref().and_then(|f| {
+            if !valid_name(&s.name) {
+                problems.push(format!(
+                    "{skey}.name: invalid source name \"{}\": {NAME_RULE}",
+                    s.name
+                ));
+            } else if !names.insert(s.name.clone()) {
+                problems.push(format!(
+                    "{skey}.name: duplicate source name \"{}\" in job \"{name}\"; each source needs its own name",
+                    s.name
+                ));
+            }
+            match s.kind {
+                raw::SourceType::Postgres => {
+                    let password = s.password_file.as_deref().and_then(|f| {
                         read_secret(f, &format!("{skey}.password_file"), &mut problems)
                     });
-                    let url = match PgUrl::parse(&p.url, password) {
-                        Ok(u) => Some(u),
-                        Err(e) => {
+                    let url = match s.url.as_deref().map(|u| PgUrl::parse(u, password)) {
+                        Some(Ok(u)) => Some(u),
+                        Some(Err(e)) => {
                             problems.push(format!("{skey}.url: invalid postgres URL: {e}"));
                             None
                         }
+                        None => {
+                            problems.push(format!(
+                                "{skey}.url: required for type = \"postgres\"; e.g. url = \"postgres://user@db:5432/app\""
+                            ));
+                            None
+                        }
                     };
-                    if let Some(dir) = &p.bin_dir
+                    if let Some(dir) = &s.bin_dir
                         && !dir.is_dir()
                     {
                         problems.push(format!(
@@ -650,9 +696,9 @@ fn validate(path: &Path, raw: raw::RawConfig) -> Result<Config, Vec<String>> {
                     }
                     if let Some(url) = url {
                         sources.push(SourceConfig::Postgres(PostgresConfig {
-                            name: p.name,
+                            name: s.name,
                             url,
-                            bin_dir: p.bin_dir,
+                            bin_dir: s.bin_dir,
                         }));
                     }
                 }
@@ -685,20 +731,33 @@ fn validate(path: &Path, raw: raw::RawConfig) -> Result<Config, Vec<String>> {
     }
 }
 
-fn validate_s3(
-    key: &str,
-    s: raw::RawS3,
-    problems: &mut Vec<String>,
-) -> (S3Config, raw::RawRetention) {
-    let bucket_ok = (3..=63).contains(&s.bucket.len())
-        && s.bucket
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.');
-    if !bucket_ok {
+/// Keys that belong to another destination type are errors, not silently ignored.
+fn only_for(key: &str, other: &str, keys: &[(&str, bool)], problems: &mut Vec<String>) {
+    for (k, present) in keys {
+        if *present {
+            problems.push(format!(
+                "{key}.{k}: only valid for type = \"{other}\"; remove it or change the type"
+            ));
+        }
+    }
+}
+
+fn validate_s3(key: &str, s: &raw::RawDestination, problems: &mut Vec<String>) -> S3Config {
+    let bucket = s.bucket.clone().unwrap_or_default();
+    if s.bucket.is_none() {
         problems.push(format!(
-            "{key}.bucket: \"{}\" is not a valid bucket name (3-63 characters: a-z, 0-9, '-', '.')",
-            s.bucket
+            "{key}.bucket: required for type = \"s3\"; e.g. bucket = \"my-backups\""
         ));
+    } else {
+        let ok = (3..=63).contains(&bucket.len())
+            && bucket
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.');
+        if !ok {
+            problems.push(format!(
+                "{key}.bucket: \"{bucket}\" is not a valid bucket name (3-63 characters: a-z, 0-9, '-', '.')"
+            ));
+        }
     }
     if let Some(ep) = &s.endpoint {
         match url::Url::parse(ep) {
@@ -708,7 +767,7 @@ fn validate_s3(
             )),
         }
     }
-    let storage_class = s.storage_class.map(|c| {
+    let storage_class = s.storage_class.as_ref().map(|c| {
         let upper = c.to_ascii_uppercase();
         if !STORAGE_CLASSES.contains(&upper.as_str()) {
             problems.push(format!(
@@ -718,11 +777,11 @@ fn validate_s3(
         }
         upper
     });
-    let credentials = match (s.access_key_id, s.secret_access_key_file) {
+    let credentials = match (&s.access_key_id, &s.secret_access_key_file) {
         (Some(id), Some(file)) => {
-            read_secret(&file, &format!("{key}.secret_access_key_file"), problems).map(|secret| {
+            read_secret(file, &format!("{key}.secret_access_key_file"), problems).map(|secret| {
                 StaticCredentials {
-                    access_key_id: id,
+                    access_key_id: id.clone(),
                     secret_access_key: secret,
                 }
             })
@@ -765,21 +824,23 @@ fn validate_s3(
             DEFAULT_MAX_IN_FLIGHT
         }
     };
-    (
-        S3Config {
-            bucket: s.bucket,
-            prefix: s.prefix.trim_matches('/').to_string(),
-            region: s.region,
-            endpoint: s.endpoint,
-            force_path_style: s.force_path_style,
-            storage_class,
-            credentials,
-            part_size,
-            max_in_flight,
-            checksums: s.checksums,
-        },
-        s.retention,
-    )
+    S3Config {
+        bucket,
+        prefix: s
+            .prefix
+            .as_deref()
+            .unwrap_or("")
+            .trim_matches('/')
+            .to_string(),
+        region: s.region.clone(),
+        endpoint: s.endpoint.clone(),
+        force_path_style: s.force_path_style.unwrap_or(false),
+        storage_class,
+        credentials,
+        part_size,
+        max_in_flight,
+        checksums: s.checksums.unwrap_or_default(),
+    }
 }
 
 #[cfg(test)]

@@ -69,31 +69,30 @@ pub enum Rotation {
     Never,
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(tag = "type", rename_all = "lowercase")]
-pub enum RawDestination {
-    Local(RawLocal),
-    S3(RawS3),
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum DestinationType {
+    Local,
+    S3,
 }
 
+/// One flat struct for every destination type (rather than a serde-tagged enum) so that
+/// errors keep their full key path, and a key of the wrong type gets its own message.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawLocal {
-    pub path: PathBuf,
+pub struct RawDestination {
+    #[serde(rename = "type")]
+    pub kind: DestinationType,
     #[serde(default)]
     pub retention: RawRetention,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawS3 {
-    pub bucket: String,
-    #[serde(default)]
-    pub prefix: String,
+    // local
+    pub path: Option<PathBuf>,
+    // s3
+    pub bucket: Option<String>,
+    pub prefix: Option<String>,
     pub region: Option<String>,
     pub endpoint: Option<String>,
-    #[serde(default)]
-    pub force_path_style: bool,
+    pub force_path_style: Option<bool>,
     pub storage_class: Option<String>,
     pub access_key_id: Option<String>,
     pub secret_access_key_file: Option<PathBuf>,
@@ -101,10 +100,7 @@ pub struct RawS3 {
     pub part_size: Option<String>,
     pub max_in_flight: Option<usize>,
     /// Some S3-compatible stores reject the SDK's default request checksums.
-    #[serde(default)]
-    pub checksums: Checksums,
-    #[serde(default)]
-    pub retention: RawRetention,
+    pub checksums: Option<Checksums>,
 }
 
 #[derive(Debug, Deserialize, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -155,17 +151,30 @@ pub enum Compression {
     None,
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(tag = "type", rename_all = "lowercase")]
-pub enum RawSource {
-    Postgres(RawPostgres),
+impl Compression {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Compression::Zstd => "zstd",
+            Compression::Gzip => "gzip",
+            Compression::None => "none",
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum SourceType {
+    Postgres,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawPostgres {
+pub struct RawSource {
+    #[serde(rename = "type")]
+    pub kind: SourceType,
     pub name: String,
-    pub url: String,
+    // postgres
+    pub url: Option<String>,
     pub password_file: Option<PathBuf>,
     /// Directory holding pg_dump/pg_restore/psql; default: found on PATH.
     pub bin_dir: Option<PathBuf>,

@@ -1,0 +1,201 @@
+//! Config loading: every shipped example parses, and bad configs get one specific message
+//! naming the key (snapshotted, so a change in wording is a reviewed change).
+
+use std::path::{Path, PathBuf};
+
+use stowage::config::{self, ConfigError};
+
+/// The shipped examples name secrets under /run/secrets; point those at dummy files so
+/// the example is tested exactly as shipped otherwise.
+fn load_example(name: &str) -> Result<config::Config, ConfigError> {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let secrets = dir.path().join("secrets");
+    std::fs::create_dir_all(&secrets).expect("mkdir");
+    for f in ["pg_password", "minio_secret"] {
+        std::fs::write(secrets.join(f), "dummy\n").expect("write secret");
+    }
+    let src = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("config")
+        .join(name);
+    let text = std::fs::read_to_string(&src).expect("read example");
+    let text = text.replace("/run/secrets/", &format!("{}/", secrets.display()));
+    let path = dir.path().join(name);
+    std::fs::write(&path, text).expect("write example");
+    config::load_with_env(&path, false)
+}
+
+#[test]
+fn every_shipped_example_parses() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+    let mut names: Vec<String> = std::fs::read_dir(&dir)
+        .expect("config/ exists")
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".toml") || n.ends_with(".yaml") || n.ends_with(".yml"))
+        .collect();
+    names.sort();
+    assert!(
+        names.len() >= 3,
+        "expected the shipped examples, found {names:?}"
+    );
+    for name in names {
+        let cfg =
+            load_example(&name).unwrap_or_else(|e| panic!("config/{name} does not load: {e}"));
+        assert!(!cfg.jobs.is_empty(), "config/{name} has no job");
+    }
+}
+
+#[test]
+fn main_example_matches_the_documented_shape() {
+    let cfg = load_example("stowage.toml").expect("loads");
+    let job = &cfg.jobs["replay"];
+    assert_eq!(job.destinations, vec!["local", "offsite"]);
+    assert_eq!(job.schedule.tz(), chrono_tz::Europe::Stockholm);
+    assert_eq!(cfg.destinations["local"].retention.keep_last, Some(5));
+    assert_eq!(cfg.destinations["offsite"].retention.keep_monthly, Some(6));
+    match &job.sources[0] {
+        config::SourceConfig::Postgres(p) => {
+            assert_eq!(p.url.password().map(|s| s.expose()), Some("dummy"));
+            assert!(!p.url.to_string().contains("dummy"));
+        }
+    }
+}
+
+const BASE: &str = r#"
+[destinations.local]
+type = "local"
+path = "/var/backups/stowage"
+retention = { keep_last = 5 }
+
+[jobs.app]
+schedule = "0 3 * * *"
+destinations = ["local"]
+
+[[jobs.app.sources]]
+type = "postgres"
+name = "db"
+url = "postgres://postgres@db:5432/app"
+"#;
+
+struct Case {
+    name: &'static str,
+    file: &'static str,
+    text: String,
+}
+
+fn case(name: &'static str, text: impl Into<String>) -> Case {
+    Case {
+        name,
+        file: "stowage.toml",
+        text: text.into(),
+    }
+}
+
+fn cases() -> Vec<Case> {
+    vec![
+        case("unknown top-level key", format!("{BASE}\n[jobz]\n")),
+        case("misspelt job key", BASE.replace("schedule =", "scedule =")),
+        case("unknown key in destination", BASE.replace("type = \"local\"", "type = \"local\"\ncompress = true")),
+        case("unknown key in retention", BASE.replace("keep_last = 5", "keep_lats = 5")),
+        case("cron with 4 fields", BASE.replace("0 3 * * *", "0 3 * *")),
+        case("cron value out of range", BASE.replace("0 3 * * *", "0 25 * * *")),
+        case("unknown alias", BASE.replace("0 3 * * *", "@fortnightly")),
+        case("unknown timezone", BASE.replace("destinations = [\"local\"]", "timezone = \"Europe/Stokholm\"\ndestinations = [\"local\"]")),
+        case("unknown destination in job", BASE.replace("destinations = [\"local\"]", "destinations = [\"local\", \"ofsite\"]")),
+        case("destination listed twice", BASE.replace("destinations = [\"local\"]", "destinations = [\"local\", \"local\"]")),
+        case("job without destinations", BASE.replace("destinations = [\"local\"]", "destinations = []")),
+        case(
+            "duplicate source name",
+            format!("{BASE}\n[[jobs.app.sources]]\ntype = \"postgres\"\nname = \"db\"\nurl = \"postgres://postgres@db2/app\"\n"),
+        ),
+        case("missing password file", BASE.replace("url = \"postgres://postgres@db:5432/app\"", "url = \"postgres://postgres@db:5432/app\"\npassword_file = \"/nonexistent/pg_password\"")),
+        case("not a postgres url", BASE.replace("postgres://postgres@db:5432/app", "mysql://root@db/app")),
+        case("postgres url without database", BASE.replace("postgres://postgres@db:5432/app", "postgres://postgres@db:5432")),
+        case("unknown destination type", BASE.replace("type = \"local\"", "type = \"ftp\"")),
+        case("unknown source type", BASE.replace("type = \"postgres\"", "type = \"oracle\"")),
+        case("unknown compression", BASE.replace("destinations = [\"local\"]", "compression = \"xz\"\ndestinations = [\"local\"]")),
+        case("compression level out of range", BASE.replace("destinations = [\"local\"]", "compression_level = 30\ndestinations = [\"local\"]")),
+        case("s3 key on a local destination", BASE.replace("type = \"local\"", "type = \"local\"\nbucket = \"backups\"")),
+        case("relative local path", BASE.replace("/var/backups/stowage", "backups")),
+        case("keep_last zero", BASE.replace("keep_last = 5", "keep_last = 0")),
+        case("keep_last wrong type", BASE.replace("keep_last = 5", "keep_last = \"five\"")),
+        case("bad max_age", BASE.replace("keep_last = 5", "max_age = \"a month\"")),
+        case("bad log level", format!("[log]\nlevel = \"stowage=loud\"\n{BASE}")),
+        case("bad log format", format!("[log]\nformat = \"xml\"\n{BASE}")),
+        case("relative log dir", format!("[log]\ndir = \"logs\"\n{BASE}")),
+        case("no jobs", "[destinations.local]\ntype = \"local\"\npath = \"/b\"\n".to_string()),
+        case("job without sources", BASE.split("[[jobs.app.sources]]").next().unwrap_or_default().to_string()),
+        case("invalid job name", BASE.replace("jobs.app", "jobs.\"my app\"")),
+        case(
+            "s3 bad bucket and endpoint",
+            format!("{BASE}\n[destinations.s3]\ntype = \"s3\"\nbucket = \"My_Bucket\"\nendpoint = \"minio:9000\"\n"),
+        ),
+        case(
+            "s3 key id without secret file",
+            format!("{BASE}\n[destinations.s3]\ntype = \"s3\"\nbucket = \"backups\"\naccess_key_id = \"AKIA\"\n"),
+        ),
+        case(
+            "s3 part size too small",
+            format!("{BASE}\n[destinations.s3]\ntype = \"s3\"\nbucket = \"backups\"\npart_size = \"1MiB\"\n"),
+        ),
+        case(
+            "s3 unknown storage class",
+            format!("{BASE}\n[destinations.s3]\ntype = \"s3\"\nbucket = \"backups\"\nstorage_class = \"COLD\"\n"),
+        ),
+        case("toml syntax error", BASE.replace("schedule = \"0 3 * * *\"", "schedule = \"0 3 * * *")),
+        Case {
+            name: "yaml unknown key",
+            file: "stowage.yaml",
+            text: "jobs:\n  app:\n    schedule: '@daily'\n    retries: 3\n".to_string(),
+        },
+        Case {
+            name: "unsupported extension",
+            file: "stowage.ini",
+            text: BASE.to_string(),
+        },
+    ]
+}
+
+fn message(dir: &Path, c: &Case) -> String {
+    let path: PathBuf = dir.join(c.file);
+    std::fs::write(&path, &c.text).expect("write case");
+    let err = match config::load_with_env(&path, false) {
+        Ok(_) => panic!("case {:?} was accepted", c.name),
+        Err(e) => e.to_string(),
+    };
+    std::fs::remove_file(&path).expect("remove case");
+    err.replace(&dir.display().to_string(), "<dir>")
+}
+
+#[test]
+fn bad_configs_get_specific_messages() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut all = String::new();
+    for c in cases() {
+        let msg = message(dir.path(), &c);
+        all.push_str(&format!("## {}\n{msg}\n\n", c.name));
+    }
+    insta::assert_snapshot!(all);
+}
+
+#[test]
+fn missing_file_says_how_to_fix() {
+    let err = config::load_with_env(Path::new("/nonexistent/stowage.toml"), false)
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(
+        err.contains("\"/nonexistent/stowage.toml\" not found"),
+        "{err}"
+    );
+    assert!(err.contains("STOWAGE_CONFIG"), "{err}");
+}
+
+#[test]
+fn base_case_is_valid() {
+    // Guards the table above: each case must fail because of its own change.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("stowage.toml");
+    std::fs::write(&path, BASE).expect("write");
+    config::load_with_env(&path, false).expect("the base config is valid");
+}

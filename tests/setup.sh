@@ -1,0 +1,168 @@
+#!/usr/bin/env bash
+# Install the tools stowage's integration tests need (see tests/common/mod.rs).
+# Idempotent; meant for a fresh Debian 12 machine. Run as root, or as a user with sudo.
+#
+#   - apt packages: postgresql (15), postgresql-client, zstd, python3-venv, build tools
+#   - moto_server + awscli in a venv at $HOME/.cache/stowage-tools/venv
+#   - s3s-fs 0.14.1 (cargo install, ~4 min) into $HOME/.cache/stowage-tools/bin,
+#     unless an s3s-fs binary is already available
+#
+# Lookup order used by the tests (and honoured here):
+#   PostgreSQL: $STOWAGE_PG_BIN, else /usr/lib/postgresql/15/bin
+#   moto:       $STOWAGE_MOTO_SERVER, moto_server on PATH, $HOME/.cache/stowage-tools/venv/bin/moto_server
+#   s3s-fs:     $STOWAGE_S3S_FS, s3s-fs on PATH, $HOME/.cargo/bin/s3s-fs, $HOME/.cache/stowage-tools/bin/s3s-fs
+set -euo pipefail
+
+TOOLS_DIR="$HOME/.cache/stowage-tools"
+VENV="$TOOLS_DIR/venv"
+S3S_FS_VERSION="0.14.1"
+PG_BIN="${STOWAGE_PG_BIN:-/usr/lib/postgresql/15/bin}"
+PYTHON="${PYTHON:-python3}"
+
+log() { printf '[setup] %s\n' "$*"; }
+die() { printf '[setup] ERROR: %s\n' "$*" >&2; exit 1; }
+trap 'printf "[setup] ERROR: command failed (line %s): %s\n" "$LINENO" "$BASH_COMMAND" >&2' ERR
+
+if [ "$(id -u)" -eq 0 ]; then
+    SUDO=()
+elif command -v sudo >/dev/null 2>&1; then
+    SUDO=(sudo)
+else
+    SUDO=(__no_sudo__)
+fi
+as_root() {
+    if [ "${SUDO[0]:-}" = "__no_sudo__" ]; then
+        die "need root for: $* (run this script as root or install sudo)"
+    fi
+    "${SUDO[@]}" "$@"
+}
+
+# ---------------------------------------------------------------------------------------------
+# 1. Debian packages
+# ---------------------------------------------------------------------------------------------
+# Each package is installed only when what the tests use from it is missing.
+missing=()
+need() { missing+=("$1"); log "missing: $2 -> will install $1"; }
+[ -x "$PG_BIN/initdb" ] && [ -x "$PG_BIN/pg_ctl" ] || need postgresql "$PG_BIN/initdb, pg_ctl"
+[ -x "$PG_BIN/psql" ] && [ -x "$PG_BIN/pg_dump" ] && [ -x "$PG_BIN/pg_restore" ] \
+    || need postgresql-client "$PG_BIN/psql, pg_dump, pg_restore"
+command -v zstd >/dev/null 2>&1 || need zstd "zstd"
+if ! command -v "$PYTHON" >/dev/null 2>&1; then
+    need python3 "$PYTHON"
+    need python3-venv "python venv/ensurepip"
+elif [ ! -x "$VENV/bin/moto_server" ] && ! "$PYTHON" -m ensurepip --version >/dev/null 2>&1; then
+    need python3-venv "python venv/ensurepip"
+fi
+command -v cc >/dev/null 2>&1 && command -v make >/dev/null 2>&1 || need build-essential "cc, make"
+[ -e /etc/ssl/certs/ca-certificates.crt ] || need ca-certificates "CA bundle"
+
+if [ "${#missing[@]}" -eq 0 ]; then
+    log "system packages: nothing to install"
+else
+    command -v apt-get >/dev/null 2>&1 || die "missing packages ${missing[*]} and no apt-get"
+    export DEBIAN_FRONTEND=noninteractive
+    need_update=0
+    if ! compgen -G "/var/lib/apt/lists/*_Packages" >/dev/null; then
+        need_update=1
+    else
+        for p in "${missing[@]}"; do
+            cand="$(apt-cache policy "$p" 2>/dev/null | awk '/Candidate:/ {print $2}')"
+            if [ -z "$cand" ] || [ "$cand" = "(none)" ]; then
+                need_update=1
+                break
+            fi
+        done
+    fi
+    if [ "$need_update" -eq 1 ]; then
+        log "running apt-get update (package lists missing or stale)"
+        as_root apt-get update
+    fi
+    log "installing: ${missing[*]}"
+    if ! as_root apt-get install -y --no-install-recommends "${missing[@]}"; then
+        if [ "$need_update" -eq 0 ]; then
+            log "install failed; retrying after apt-get update"
+            as_root apt-get update
+            as_root apt-get install -y --no-install-recommends "${missing[@]}"
+        else
+            die "apt-get install failed"
+        fi
+    fi
+fi
+
+for tool in initdb pg_ctl psql pg_dump pg_restore; do
+    [ -x "$PG_BIN/$tool" ] || die "$PG_BIN/$tool not found (set STOWAGE_PG_BIN to a PostgreSQL bin dir)"
+done
+log "PostgreSQL: $("$PG_BIN/postgres" --version) in $PG_BIN"
+getent passwd postgres >/dev/null || die "no 'postgres' system user (needed to run initdb as root)"
+
+# ---------------------------------------------------------------------------------------------
+# 2. moto (+ awscli) in a venv
+# ---------------------------------------------------------------------------------------------
+if [ -n "${STOWAGE_MOTO_SERVER:-}" ]; then
+    [ -x "$STOWAGE_MOTO_SERVER" ] || die "STOWAGE_MOTO_SERVER=$STOWAGE_MOTO_SERVER is not executable"
+    log "moto: using STOWAGE_MOTO_SERVER=$STOWAGE_MOTO_SERVER"
+elif [ -x "$VENV/bin/moto_server" ]; then
+    log "moto: already installed at $VENV/bin/moto_server"
+else
+    mkdir -p "$TOOLS_DIR"
+    if [ ! -x "$VENV/bin/pip" ]; then
+        log "creating venv $VENV"
+        rm -rf "$VENV"
+        "$PYTHON" -m venv "$VENV"
+    fi
+    log "installing moto[server] and awscli into $VENV"
+    "$VENV/bin/pip" install --quiet 'moto[server]' awscli
+    [ -x "$VENV/bin/moto_server" ] || die "pip install finished but $VENV/bin/moto_server is missing"
+    log "moto: installed $VENV/bin/moto_server"
+fi
+
+# ---------------------------------------------------------------------------------------------
+# 3. s3s-fs
+# ---------------------------------------------------------------------------------------------
+find_s3s_fs() {
+    if [ -n "${STOWAGE_S3S_FS:-}" ] && [ -x "$STOWAGE_S3S_FS" ]; then
+        echo "$STOWAGE_S3S_FS"; return 0
+    fi
+    if command -v s3s-fs >/dev/null 2>&1; then
+        command -v s3s-fs; return 0
+    fi
+    for c in "$HOME/.cargo/bin/s3s-fs" "$TOOLS_DIR/bin/s3s-fs"; do
+        if [ -x "$c" ]; then echo "$c"; return 0; fi
+    done
+    return 1
+}
+
+# Another `cargo install s3s-fs` already running (e.g. started by hand): wait for it rather than
+# building a second copy.
+wait_for_other_install() {
+    local waited=0
+    while pgrep -f "cargo install s3s-fs" >/dev/null 2>&1; do
+        if [ "$waited" -eq 0 ]; then
+            log "s3s-fs: another 'cargo install s3s-fs' is running; waiting for it (up to 20 min)"
+        fi
+        sleep 10
+        waited=$((waited + 10))
+        [ "$waited" -lt 1200 ] || die "gave up waiting for the other s3s-fs install"
+    done
+}
+
+if [ -n "${STOWAGE_S3S_FS:-}" ] && [ ! -x "$STOWAGE_S3S_FS" ]; then
+    die "STOWAGE_S3S_FS=$STOWAGE_S3S_FS is not executable"
+fi
+if ! s3s="$(find_s3s_fs)"; then
+    wait_for_other_install
+fi
+if s3s="$(find_s3s_fs)"; then
+    log "s3s-fs: already installed at $s3s"
+else
+    command -v cargo >/dev/null 2>&1 || die "cargo not found: install a Rust toolchain (rustup) first"
+    log "s3s-fs: building s3s-fs@$S3S_FS_VERSION into $TOOLS_DIR (takes ~4 min)"
+    mkdir -p "$TOOLS_DIR"
+    cargo install "s3s-fs@$S3S_FS_VERSION" --features binary --locked --root "$TOOLS_DIR"
+    s3s="$(find_s3s_fs)" || die "cargo install finished but no s3s-fs binary found"
+    log "s3s-fs: installed $s3s"
+fi
+"$s3s" --version >/dev/null || die "$s3s does not run"
+
+command -v zstd >/dev/null 2>&1 || die "zstd not on PATH"
+log "done: PostgreSQL ($PG_BIN), moto, s3s-fs ($("$s3s" --version)), zstd all available"
