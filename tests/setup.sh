@@ -97,12 +97,15 @@ getent passwd postgres >/dev/null || die "no 'postgres' system user (needed to r
 
 # ---------------------------------------------------------------------------------------------
 # 2. moto (+ awscli) in a venv
+# Pinned: moto 5.2.x answers CompleteMultipartUpload with a <CompleteMultipartUploadResponse>
+# root that aws-sdk-s3 (correctly) rejects; 5.1.18 answers as S3 does.
+MOTO_VERSION=5.1.18
 # ---------------------------------------------------------------------------------------------
 if [ -n "${STOWAGE_MOTO_SERVER:-}" ]; then
     [ -x "$STOWAGE_MOTO_SERVER" ] || die "STOWAGE_MOTO_SERVER=$STOWAGE_MOTO_SERVER is not executable"
     log "moto: using STOWAGE_MOTO_SERVER=$STOWAGE_MOTO_SERVER"
-elif [ -x "$VENV/bin/moto_server" ]; then
-    log "moto: already installed at $VENV/bin/moto_server"
+elif [ -x "$VENV/bin/moto_server" ] && "$VENV/bin/pip" show moto 2>/dev/null | grep -qx "Version: $MOTO_VERSION"; then
+    log "moto: $MOTO_VERSION already installed at $VENV/bin/moto_server"
 else
     mkdir -p "$TOOLS_DIR"
     if [ ! -x "$VENV/bin/pip" ]; then
@@ -111,7 +114,7 @@ else
         "$PYTHON" -m venv "$VENV"
     fi
     log "installing moto[server] and awscli into $VENV"
-    "$VENV/bin/pip" install --quiet 'moto[server]' awscli
+    "$VENV/bin/pip" install --quiet "moto[server]==$MOTO_VERSION" awscli
     [ -x "$VENV/bin/moto_server" ] || die "pip install finished but $VENV/bin/moto_server is missing"
     log "moto: installed $VENV/bin/moto_server"
 fi

@@ -91,6 +91,11 @@ pub async fn render(config: &Config, only_job: Option<&str>) -> (String, usize) 
                             sources
                         );
                     }
+                    // Retention in a running daemon may delete a backup between the
+                    // listing and this read: it is simply gone, not an error.
+                    Err(crate::manifest::ManifestError::Storage(
+                        crate::storage::StorageError::NotFound(_),
+                    )) => {}
                     Err(e) => {
                         failures += 1;
                         let _ = writeln!(

@@ -308,15 +308,15 @@ fn describe_figment_error(e: &figment::Error) -> String {
         }
         acc
     });
+    // Name the variable the user actually set, e.g. STOWAGE_JOBS__APP__COMPRESSION.
     let origin = e
         .metadata
         .as_ref()
         .filter(|m| m.name.contains("environment"))
-        .map(|m| {
-            let profile = e.profile.clone().unwrap_or_default();
+        .map(|_| {
             format!(
-                " (from environment variable {})",
-                m.interpolate(&profile, &e.path).to_uppercase()
+                " (from environment variable STOWAGE_{})",
+                e.path.join("__").to_uppercase()
             )
         })
         .unwrap_or_default();

@@ -129,7 +129,7 @@ impl S3Storage {
                     301 => StorageError::Io(format!(
                         "{what}: bucket \"{bucket}\" is in another region ({detail}); set region to the bucket's region"
                     )),
-                    _ => StorageError::Io(format!("{what}: {detail}")),
+                    _ => StorageError::Io(format!("{what}: {detail} ({})", root_cause(&err))),
                 }
             }
             _ => StorageError::Io(format!("{what}: {}", root_cause(&err))),
@@ -304,7 +304,6 @@ async fn upload_part(
     Ok(CompletedPart::builder()
         .part_number(number)
         .set_e_tag(out.e_tag().map(str::to_string))
-        .set_checksum_crc32(out.checksum_crc32().map(str::to_string))
         .build())
 }
 

@@ -86,15 +86,17 @@ fn find_tool(env_var: &str, name: &str, fallbacks: &[PathBuf]) -> PathBuf {
         );
         return p;
     }
+    // The locations tests/setup.sh installs to come first: they hold the pinned versions
+    // (a moto_server elsewhere on PATH may be one with a known S3 incompatibility).
+    if let Some(p) = fallbacks.iter().find(|p| is_executable(p)) {
+        return p.clone();
+    }
     if let Some(p) = std::env::var_os("PATH").and_then(|path| {
         std::env::split_paths(&path)
             .map(|d| d.join(name))
             .find(|p| is_executable(p))
     }) {
         return p;
-    }
-    if let Some(p) = fallbacks.iter().find(|p| is_executable(p)) {
-        return p.clone();
     }
     let looked: Vec<String> = fallbacks.iter().map(|p| p.display().to_string()).collect();
     panic!(

@@ -1,0 +1,586 @@
+#!/usr/bin/env bash
+# Benchmark: stowage `run` (PostgreSQL → S3) against a raw pg_dump and against the classic
+# cron script (`pg_dump | gzip > file && aws s3 sync`), on a generated database of a chosen
+# size. Starts its own PostgreSQL 15 and moto_server on random loopback ports and removes
+# everything on exit. See bench/README.md for what is measured and how to read it.
+#
+#   bench/run.sh                      # one size, 1024 MiB
+#   bench/run.sh --sizes 256,1024     # several sizes in one invocation
+#   bench/run.sh --size-mb 256 --repeat 3 --no-build
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+BENCH="$ROOT/bench"
+
+SIZES="1024"
+REPEAT=1
+BUILD=1
+KEEP_WORK=0
+IDLE_WAIT=300
+IDLE_MAX_PCT=20
+STOWAGE="${STOWAGE:-}"
+RESULTS_DIR="$BENCH/results"
+PG_BIN="${PG_BIN:-/usr/lib/postgresql/15/bin}"
+TOOLS="${STOWAGE_TOOLS:-$HOME/.cache/stowage-tools}"
+VENV="$TOOLS/venv"
+
+usage() {
+    cat <<EOF
+usage: bench/run.sh [options]
+  --size-mb N        database size in MiB (default 1024)
+  --sizes A,B,...    run the whole benchmark at each size (e.g. 256,1024)
+  --repeat N         run every measurement N times, report the run with the median wall time (default 1)
+  --stowage PATH     stowage binary to test (default: build and use target/release/stowage)
+  --no-build         do not run cargo build --release (uses the existing binary)
+  --results-dir DIR  where the JSON results go (default bench/results)
+  --idle-wait SECS   before each measurement wait up to SECS (default 300, 0 = never) for the machine's
+                     CPU use to drop under 20% (other work on a shared box skews the figures)
+  --keep-work        keep the temp dir (logs, configs, GNU time outputs) instead of removing it
+env: PG_BIN (default /usr/lib/postgresql/15/bin), STOWAGE_TOOLS (venv for moto/awscli)
+EOF
+}
+
+while [[ $# -gt 0 ]]; do
+    case "$1" in
+        --size-mb) SIZES="$2"; shift 2 ;;
+        --sizes) SIZES="$2"; shift 2 ;;
+        --repeat) REPEAT="$2"; shift 2 ;;
+        --stowage) STOWAGE="$2"; BUILD=0; shift 2 ;;
+        --no-build) BUILD=0; shift ;;
+        --keep-work) KEEP_WORK=1; shift ;;
+        --idle-wait) IDLE_WAIT="$2"; shift 2 ;;
+        --results-dir) RESULTS_DIR="$2"; shift 2 ;;
+        -h|--help) usage; exit 0 ;;
+        *) echo "unknown option: $1" >&2; usage >&2; exit 2 ;;
+    esac
+done
+IFS=',' read -r -a SIZE_LIST <<<"$SIZES"
+for s in "${SIZE_LIST[@]}"; do
+    [[ "$s" =~ ^[0-9]+$ && "$s" -ge 16 ]] || { echo "invalid size: $s (MiB, at least 16)" >&2; exit 2; }
+done
+[[ "$REPEAT" =~ ^[1-9][0-9]*$ ]] || { echo "invalid --repeat: $REPEAT" >&2; exit 2; }
+
+log() { printf '[bench %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+# ---------------------------------------------------------------------------------------
+# Tools
+# ---------------------------------------------------------------------------------------
+[[ -x "$PG_BIN/initdb" && -x "$PG_BIN/pg_dump" ]] \
+    || die "PostgreSQL 15 not found in $PG_BIN (apt-get install postgresql, or set PG_BIN)"
+if [[ ! -x /usr/bin/time ]]; then
+    log "installing GNU time"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq time >/dev/null \
+        || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq time >/dev/null; }
+fi
+id postgres >/dev/null 2>&1 || die "no postgres user (initdb refuses to run as root)"
+
+if [[ ! -x "$VENV/bin/moto_server" || ! -x "$VENV/bin/aws" ]]; then
+    if [[ -f "$ROOT/tests/setup.sh" ]]; then
+        log "setting up moto/awscli with tests/setup.sh"
+        STOWAGE_TOOLS="$TOOLS" bash "$ROOT/tests/setup.sh" >&2
+    fi
+fi
+if [[ ! -x "$VENV/bin/moto_server" || ! -x "$VENV/bin/aws" ]]; then
+    log "creating $VENV with moto[server] and awscli"
+    mkdir -p "$TOOLS"
+    python3 -m venv "$VENV"
+    "$VENV/bin/pip" install -q --upgrade pip >&2
+    "$VENV/bin/pip" install -q 'moto[server]' awscli >&2
+fi
+PY="$VENV/bin/python"
+AWS="$VENV/bin/aws"
+
+if [[ -z "$STOWAGE" ]]; then
+    STOWAGE="${CARGO_TARGET_DIR:-$ROOT/target}/release/stowage"
+fi
+if [[ "$BUILD" == 1 ]]; then
+    log "cargo build --release (waits if another build holds the lock)"
+    (cd "$ROOT" && cargo build --release --quiet) || die "cargo build --release failed"
+fi
+[[ -x "$STOWAGE" ]] || die "stowage binary not found at $STOWAGE (build it or pass --stowage)"
+
+# ---------------------------------------------------------------------------------------
+# Temp dir and servers (random ports; stopped and removed on exit)
+# ---------------------------------------------------------------------------------------
+WORK="$(mktemp -d "${TMPDIR:-/tmp}/stowage-bench.XXXXXX")"
+chmod 755 "$WORK"
+PGDATA="$WORK/pgdata"
+MOTO_PID=""
+PG_STARTED=0
+
+cleanup() {
+    local rc=$?
+    set +e
+    if [[ "$PG_STARTED" == 1 ]]; then
+        runuser -u postgres -- "$PG_BIN/pg_ctl" -D "$PGDATA" -m fast -w stop >/dev/null 2>&1
+    fi
+    if [[ -n "$MOTO_PID" ]]; then
+        kill "$MOTO_PID" 2>/dev/null
+        wait "$MOTO_PID" 2>/dev/null
+    fi
+    if [[ "$KEEP_WORK" == 1 ]]; then
+        rm -rf "$PGDATA"
+        log "kept $WORK"
+    else
+        rm -rf "$WORK"
+    fi
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# A private copy: a concurrent `cargo build` must not swap the binary between measurements.
+cp "$STOWAGE" "$WORK/stowage"
+STOWAGE_SRC="$STOWAGE"
+STOWAGE="$WORK/stowage"
+
+# Everything stays on loopback; S3 credentials are dummies (moto does not check them).
+export NO_PROXY="127.0.0.1,localhost" no_proxy="127.0.0.1,localhost"
+unset HTTP_PROXY HTTPS_PROXY http_proxy https_proxy ALL_PROXY all_proxy AWS_PROFILE AWS_SESSION_TOKEN
+export AWS_ACCESS_KEY_ID=bench AWS_SECRET_ACCESS_KEY=bench AWS_DEFAULT_REGION=us-east-1 AWS_REGION=us-east-1
+export AWS_CONFIG_FILE=/dev/null AWS_SHARED_CREDENTIALS_FILE=/dev/null AWS_EC2_METADATA_DISABLED=true
+# stowage runs pg_dump from PATH: make it PostgreSQL 15's, not Debian's version wrapper.
+export PATH="$PG_BIN:$PATH"
+export PGCONNECT_TIMEOUT=15
+
+free_port() {
+    "$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
+}
+
+PG_PORT="$(free_port)"
+log "starting PostgreSQL ($("$PG_BIN/postgres" --version | awk '{print $3}')) on 127.0.0.1:$PG_PORT"
+mkdir -p "$PGDATA"
+chown postgres: "$PGDATA"
+runuser -u postgres -- "$PG_BIN/initdb" -D "$PGDATA" -U postgres --auth=trust >"$WORK/initdb.log" 2>&1 \
+    || { cat "$WORK/initdb.log" >&2; die "initdb failed"; }
+# Default durability (fsync on); a bigger max_wal_size only spares the load from checkpoint storms.
+PG_STARTED=1
+runuser -u postgres -- "$PG_BIN/pg_ctl" -D "$PGDATA" -l "$PGDATA/server.log" -w -t 60 \
+    -o "-p $PG_PORT -k $PGDATA -c listen_addresses=127.0.0.1 -c max_wal_size=4GB" start >/dev/null \
+    || { cat "$PGDATA/server.log" >&2; die "PostgreSQL did not start"; }
+PG_ADMIN="postgres://postgres@127.0.0.1:$PG_PORT/postgres"
+
+MOTO_PORT="$(free_port)"
+log "starting moto_server on 127.0.0.1:$MOTO_PORT"
+"$VENV/bin/moto_server" -H 127.0.0.1 -p "$MOTO_PORT" >"$WORK/moto.log" 2>&1 &
+MOTO_PID=$!
+ENDPOINT="http://127.0.0.1:$MOTO_PORT"
+for _ in $(seq 1 100); do
+    if "$PY" -c "import urllib.request,sys; urllib.request.urlopen('$ENDPOINT/', timeout=1)" 2>/dev/null; then
+        break
+    fi
+    kill -0 "$MOTO_PID" 2>/dev/null || { cat "$WORK/moto.log" >&2; die "moto_server exited"; }
+    sleep 0.2
+done
+"$AWS" --endpoint-url "$ENDPOINT" s3 mb s3://bench >/dev/null
+
+s3_total_bytes() { # prefix → sum of object sizes under s3://bench/prefix/
+    "$AWS" --endpoint-url "$ENDPOINT" s3 ls "s3://bench/$1/" --recursive --summarize \
+        | awk '/Total Size:/ {print $3}'
+}
+
+# ---------------------------------------------------------------------------------------
+# Data: realistic random rows (text, jsonb, numeric, timestamps), ~3x compressible
+# ---------------------------------------------------------------------------------------
+SCHEMA_SQL="$WORK/schema.sql"
+BATCH_SQL="$WORK/batch.sql"
+cat >"$SCHEMA_SQL" <<'SQL'
+CREATE TABLE customers (
+  id bigint PRIMARY KEY,
+  name text NOT NULL,
+  email text NOT NULL,
+  country char(2) NOT NULL,
+  created_at timestamptz NOT NULL,
+  balance numeric(12,2) NOT NULL,
+  profile jsonb
+);
+CREATE TABLE events (
+  id bigint PRIMARY KEY,
+  customer_id bigint NOT NULL,
+  occurred_at timestamptz NOT NULL,
+  kind text NOT NULL,
+  amount numeric(12,2),
+  session_id text NOT NULL,
+  payload jsonb NOT NULL,
+  note text
+);
+CREATE FUNCTION bench_words() RETURNS text[] IMMUTABLE LANGUAGE sql AS $$
+  SELECT '{account,active,address,after,agent,alpha,amount,apple,archive,backup,balance,basket,batch,before,billing,blue,branch,bucket,cache,card,cart,change,check,client,cloud,code,column,commit,config,coupon,credit,customer,daily,data,debit,delivery,device,discount,domain,draft,email,error,event,export,failed,field,file,filter,first,green,group,guest,handle,header,import,index,invoice,item,label,last,ledger,limit,login,logout,manager,member,merge,message,method,mobile,monthly,network,notice,order,owner,package,page,paid,partner,payment,pending,period,phone,plan,price,product,profile,queue,quota,record,refund,region,report,request,retry,review,route,sale,search,session,shipping,signup,status,stock,store,stream,subscription,summary,support,system,table,task,ticket,token,total,trial,update,upgrade,user,value,vendor,version,view,visit,wallet,warehouse,weekly,yellow}'::text[]
+$$;
+SQL
+cat >"$BATCH_SQL" <<'SQL'
+-- events :first .. :first + :n - 1, and one customer per ten events
+INSERT INTO events
+SELECT g,
+       1 + (random()*999999)::int,
+       timestamptz '2022-01-01' + g * interval '9 seconds' + random() * interval '9 seconds',
+       (ARRAY['page_view','click','login','logout','purchase','refund','signup','search','add_to_cart','checkout','error','api_call'])[1 + (g*7 + (random()*3)::int) % 12],
+       CASE WHEN random() < 0.4 THEN round((random()*2000)::numeric, 2) END,
+       md5(random()::text),
+       jsonb_build_object(
+         'ip', format('10.%s.%s.%s', (random()*255)::int, (random()*255)::int, (random()*255)::int),
+         'ua', (ARRAY['Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 Chrome/120.0','Mozilla/5.0 (Windows NT 10.0; Win64; x64) Firefox/121.0','Mozilla/5.0 (iPhone; CPU iPhone OS 17_1 like Mac OS X) Safari/604.1','curl/8.4.0','okhttp/4.12.0','python-requests/2.31.0'])[1 + (random()*5)::int],
+         'path', '/api/v2/' || w[1 + (random()*(cardinality(w)-1))::int] || '/' || (random()*100000)::int,
+         'status', (ARRAY[200,200,200,200,201,204,301,400,404,500])[1 + (random()*9)::int],
+         'latency_ms', round((random()*random()*900)::numeric, 1),
+         'trace', substr(md5(random()::text), 1, 16),
+         'tags', jsonb_build_array(w[1 + (random()*(cardinality(w)-1))::int], w[1 + (random()*(cardinality(w)-1))::int])
+       ),
+       CASE WHEN random() < 0.6 THEN
+         (SELECT string_agg(w[1 + (random()*(cardinality(w)-1))::int + 0*i], ' ') FROM generate_series(1, 4 + (g % 13)) i)
+       END
+FROM generate_series(:first::bigint, :first::bigint + :n - 1) g, bench_words() w;
+INSERT INTO customers
+SELECT g,
+       initcap(w[1 + (random()*(cardinality(w)-1))::int]) || ' ' || initcap(w[1 + (random()*(cardinality(w)-1))::int]) || ' ' || substr(md5(random()::text), 1, 6),
+       substr(md5(random()::text), 1, 10) || '@' || w[1 + (random()*(cardinality(w)-1))::int] || '.example',
+       (ARRAY['US','DE','FR','GB','NL','ES','IT','PL','SE','JP','BR','IN'])[1 + (random()*11)::int],
+       timestamptz '2018-01-01' + random() * interval '2000 days',
+       round((random()*50000 - 10000)::numeric, 2),
+       jsonb_build_object(
+         'newsletter', random() < 0.3,
+         'plan', (ARRAY['free','basic','pro','enterprise'])[1 + (random()*3)::int],
+         'phone', '+' || (1000000000 + (random()*8999999999)::bigint)::text,
+         'address', jsonb_build_object('street', (random()*999)::int || ' ' || initcap(w[1 + (random()*(cardinality(w)-1))::int]) || ' St', 'zip', lpad(((random()*99999)::int)::text, 5, '0')),
+         'api_key', md5(random()::text) || md5(random()::text)
+       )
+FROM generate_series(:first::bigint / 10, (:first::bigint + :n - 1) / 10 - 1) g, bench_words() w
+ON CONFLICT DO NOTHING;
+SQL
+
+psql_q() { # url, psql args...
+    local url="$1"; shift
+    "$PG_BIN/psql" -X -q -v ON_ERROR_STOP=1 -d "$url" "$@"
+}
+
+load_database() { # size_mib url
+    local target=$(( $1 * 1024 * 1024 )) url="$2" size base done_rows=0 n bpr t0
+    t0=$(date +%s)
+    psql_q "$url" -f "$SCHEMA_SQL"
+    base=$(psql_q "$url" -At -c "select pg_database_size(current_database())")
+    size=$base
+    n=100000
+    while (( size < target )); do
+        psql_q "$url" -v first=$((done_rows + 1)) -v n=$n -f "$BATCH_SQL"
+        done_rows=$((done_rows + n))
+        size=$(psql_q "$url" -At -c "select pg_database_size(current_database())")
+        bpr=$(( (size - base) / done_rows ))
+        (( bpr > 0 )) || bpr=1
+        n=$(( (target - size) / bpr ))
+        n=$(( (n / 10 + 1) * 10 ))
+        (( n > 500000 )) && n=500000
+        (( n < 2000 )) && n=2000
+        log "  loaded $done_rows events: $((size / 1048576)) MiB"
+    done
+    psql_q "$url" -c "VACUUM (ANALYZE)" -c "CHECKPOINT"
+    log "  load took $(( $(date +%s) - t0 )) s"
+}
+
+# ---------------------------------------------------------------------------------------
+# Measurement helpers
+# ---------------------------------------------------------------------------------------
+now() { date +%s.%N; }
+
+cpu_busy_pct() { # share of all CPUs busy over one second
+    local c1 c2 busy1 busy2 tot1 tot2
+    read -r -a c1 </proc/stat; sleep 1; read -r -a c2 </proc/stat
+    tot1=$(( c1[1]+c1[2]+c1[3]+c1[4]+c1[5]+c1[6]+c1[7]+c1[8] )); busy1=$(( tot1 - c1[4] - c1[5] ))
+    tot2=$(( c2[1]+c2[2]+c2[3]+c2[4]+c2[5]+c2[6]+c2[7]+c2[8] )); busy2=$(( tot2 - c2[4] - c2[5] ))
+    echo $(( (busy2 - busy1) * 100 / (tot2 - tot1 > 0 ? tot2 - tot1 : 1) ))
+}
+
+# wait_idle DIR: wait (bounded) for other work on the machine to calm down; record what we saw.
+wait_idle() {
+    local d="$1" busy waited=0
+    busy=$(cpu_busy_pct)
+    while (( busy > IDLE_MAX_PCT && waited < IDLE_WAIT )); do
+        (( waited == 0 )) && log "    machine is ${busy}% busy; waiting (up to ${IDLE_WAIT}s) for it to calm down"
+        sleep 4
+        waited=$(( waited + 5 ))
+        busy=$(cpu_busy_pct)
+    done
+    echo "$busy" >"$d/busy"
+    cat /proc/loadavg >"$d/loadavg"
+}
+
+# Samples VmHWM (peak RSS, kB) of a process and of its children until it exits.
+# Writes "own_kb children_max_kb" to $2.
+sample_hwm() {
+    local pid="$1" out="$2" own=0 kids=0 k v kid kids_list
+    while [[ -e "/proc/$pid/status" ]]; do
+        while read -r k v _; do
+            if [[ "$k" == "VmHWM:" ]]; then (( v > own )) && own=$v; break; fi
+        done 2>/dev/null <"/proc/$pid/status" || true
+        kids_list=""
+        read -r kids_list 2>/dev/null <"/proc/$pid/task/$pid/children" || true
+        for kid in $kids_list; do
+            while read -r k v _; do
+                if [[ "$k" == "VmHWM:" ]]; then (( v > kids )) && kids=$v; break; fi
+            done 2>/dev/null <"/proc/$kid/status" || true
+        done
+        # a zombie has no VmHWM line any more; stop once it is gone
+        grep -q '^State:.*Z' "/proc/$pid/status" 2>/dev/null && break
+        sleep 0.05
+    done
+    echo "$own $kids" >"$out"
+}
+
+write_config() { # file compression prefix url
+    cat >"$1" <<EOF
+[log]
+level = "info"
+
+[destinations.s3]
+type = "s3"
+bucket = "bench"
+prefix = "$3"
+endpoint = "$ENDPOINT"
+force_path_style = true
+
+[jobs.bench]
+schedule = "@daily"
+compression = "$2"
+destinations = ["s3"]
+
+[[jobs.bench.sources]]
+type = "postgres"
+name = "db"
+url = "$4"
+EOF
+}
+
+# measure_raw DIR URL
+measure_raw() {
+    local d="$1" url="$2" t0 t1
+    wait_idle "$d"
+    t0=$(now)
+    /usr/bin/time -v -o "$d/time" "$PG_BIN/pg_dump" -Fc -Z0 -d "$url" >/dev/null
+    t1=$(now)
+    echo "$t0 $t1" >"$d/wall"
+}
+
+# measure_stowage DIR COMPRESSION PREFIX URL
+measure_stowage() {
+    local d="$1" comp="$2" prefix="$3" url="$4" t0 t1 tpid spid="" rc=0
+    write_config "$d/stowage.toml" "$comp" "$prefix" "$url"
+    wait_idle "$d"
+    t0=$(now)
+    /usr/bin/time -v -o "$d/time" "$STOWAGE" --config "$d/stowage.toml" run bench >"$d/stowage.log" 2>&1 &
+    tpid=$!
+    for _ in $(seq 1 200); do
+        read -r spid _ 2>/dev/null <"/proc/$tpid/task/$tpid/children" || true
+        [[ -n "$spid" ]] && break
+        kill -0 "$tpid" 2>/dev/null || break
+        sleep 0.01
+    done
+    if [[ -n "$spid" ]]; then sample_hwm "$spid" "$d/hwm"; else echo "0 0" >"$d/hwm"; fi
+    wait "$tpid" || rc=$?
+    t1=$(now)
+    echo "$t0 $t1" >"$d/wall"
+    if [[ "$rc" != 0 ]]; then
+        cat "$d/stowage.log" >&2
+        die "stowage run ($comp) exited with $rc"
+    fi
+    s3_total_bytes "$prefix" >"$d/stored"
+    local mkey
+    mkey=$("$AWS" --endpoint-url "$ENDPOINT" s3 ls "s3://bench/$prefix/" --recursive | awk '/manifest\.json$/ {print $4}' | tail -1)
+    "$AWS" --endpoint-url "$ENDPOINT" s3 cp "s3://bench/$mkey" "$d/manifest.json" --only-show-errors
+}
+
+# measure_cron DIR PREFIX URL: pg_dump (plain) | gzip > file, then aws s3 sync.
+measure_cron() {
+    local d="$1" prefix="$2" url="$3" out t0 t1 t2
+    out="$d/out"
+    rm -rf "$out"; mkdir -p "$out"
+    wait_idle "$d"
+    t0=$(now)
+    /usr/bin/time -v -o "$d/time-dump" "$PG_BIN/pg_dump" -d "$url" \
+        | /usr/bin/time -v -o "$d/time-gzip" gzip >"$out/benchdb-$(date +%Y%m%d-%H%M).psql.gz"
+    t1=$(now)
+    /usr/bin/time -v -o "$d/time-sync" "$AWS" s3 sync "$out" "s3://bench/$prefix" \
+        --endpoint-url "$ENDPOINT" --only-show-errors
+    t2=$(now)
+    echo "$t0 $t1 $t2" >"$d/wall"
+    rm -rf "$out"
+    s3_total_bytes "$prefix" >"$d/stored"
+}
+
+# ---------------------------------------------------------------------------------------
+# One size
+# ---------------------------------------------------------------------------------------
+STAMP="$(date -u +%Y%m%dT%H%M%SZ)"
+mkdir -p "$RESULTS_DIR"
+SUMMARY_FILES=()
+
+run_size() {
+    local mib="$1" db="bench_${1}mb" url sd r
+    url="postgres://postgres@127.0.0.1:$PG_PORT/$db"
+    sd="$WORK/size-$mib"
+    mkdir -p "$sd"
+    log "== $mib MiB: generating data"
+    psql_q "$PG_ADMIN" -c "DROP DATABASE IF EXISTS $db" -c "CREATE DATABASE $db"
+    load_database "$mib" "$url"
+    psql_q "$url" -At -c "select pg_database_size(current_database())" >"$sd/db_size"
+    log "  pg_database_size = $(( $(cat "$sd/db_size") / 1048576 )) MiB"
+
+    log "  warm-up pg_dump (not timed)"
+    "$PG_BIN/pg_dump" -Fc -Z0 -d "$url" >/dev/null
+
+    for r in $(seq 1 "$REPEAT"); do
+        local p="${mib}mb/r$r"
+        mkdir -p "$sd/r$r/raw" "$sd/r$r/zstd" "$sd/r$r/cron" "$sd/r$r/gzip"
+        log "  [$r/$REPEAT] (a) raw pg_dump -Fc -Z0 > /dev/null"
+        measure_raw "$sd/r$r/raw" "$url"
+        log "  [$r/$REPEAT] (b) stowage run, zstd"
+        measure_stowage "$sd/r$r/zstd" zstd "$p/stowage-zstd" "$url"
+        log "  [$r/$REPEAT] (c) cron script: pg_dump | gzip > file && aws s3 sync"
+        measure_cron "$sd/r$r/cron" "$p/cron" "$url"
+        log "  [$r/$REPEAT] (d) stowage run, gzip"
+        measure_stowage "$sd/r$r/gzip" gzip "$p/stowage-gzip" "$url"
+    done
+    # moto keeps objects in memory: free them before the next size.
+    "$AWS" --endpoint-url "$ENDPOINT" s3 rm "s3://bench/${mib}mb/" --recursive --only-show-errors
+
+    local json="$RESULTS_DIR/$STAMP-${mib}mb.json"
+    "$PY" - "$sd" "$mib" "$REPEAT" "$json" "$STOWAGE_SRC" <<'PY'
+import json, os, platform, sys
+
+sd, mib, repeat, out, stowage = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5]
+MiB = 1024 * 1024
+
+def read(path):
+    with open(path) as f:
+        return f.read().strip()
+
+def gnu_time(path):
+    t = {}
+    for line in read(path).splitlines():
+        k, _, v = line.strip().rpartition(": ")
+        t[k] = v
+    return {
+        "user_s": float(t["User time (seconds)"]),
+        "sys_s": float(t["System time (seconds)"]),
+        "max_rss_kb": int(t["Maximum resident set size (kbytes)"]),
+        "exit": int(t.get("Exit status", "0")),
+    }
+
+def load(kind, r):
+    d = f"{sd}/r{r}/{kind}"
+    w = [float(x) for x in read(f"{d}/wall").split()]
+    m = {"loadavg_before": float(read(f"{d}/loadavg").split()[0]),
+         "other_cpu_busy_pct_before": int(read(f"{d}/busy"))}
+    if kind == "raw":
+        t = gnu_time(f"{d}/time")
+        m.update(wall_s=w[1] - w[0], cpu_s=t["user_s"] + t["sys_s"],
+                 peak_rss_mib=t["max_rss_kb"] / 1024, stored_bytes=None)
+    elif kind in ("zstd", "gzip"):
+        t = gnu_time(f"{d}/time")
+        own, kids = (int(x) for x in read(f"{d}/hwm").split())
+        man = json.loads(read(f"{d}/manifest.json"))
+        m.update(wall_s=w[1] - w[0],
+                 cpu_s=t["user_s"] + t["sys_s"],  # stowage + its pg_dump child
+                 peak_rss_mib=own / 1024,          # stowage's own VmHWM
+                 pg_dump_peak_rss_mib=kids / 1024,
+                 tree_max_rss_mib=t["max_rss_kb"] / 1024,
+                 stored_bytes=int(read(f"{d}/stored")),
+                 dump_bytes=sum(s["raw_size"] for s in man["sources"]))
+    else:  # cron
+        td, tg, ts = (gnu_time(f"{d}/time-{x}") for x in ("dump", "gzip", "sync"))
+        m.update(wall_s=w[2] - w[0], dump_gzip_wall_s=w[1] - w[0], sync_wall_s=w[2] - w[1],
+                 cpu_s=sum(x["user_s"] + x["sys_s"] for x in (td, tg, ts)),
+                 peak_rss_mib=max(td["max_rss_kb"], tg["max_rss_kb"], ts["max_rss_kb"]) / 1024,
+                 pg_dump_peak_rss_mib=td["max_rss_kb"] / 1024,
+                 gzip_peak_rss_mib=tg["max_rss_kb"] / 1024,
+                 aws_peak_rss_mib=ts["max_rss_kb"] / 1024,
+                 stored_bytes=int(read(f"{d}/stored")))
+    return m
+
+def median_run(kind):
+    runs = [load(kind, r) for r in range(1, repeat + 1)]
+    walls = [x["wall_s"] for x in runs]
+    med = sorted(runs, key=lambda x: x["wall_s"])[(len(runs) - 1) // 2]
+    med = dict(med)
+    if repeat > 1:
+        med["all_walls_s"] = [round(x, 3) for x in walls]
+    return {k: (round(v, 3) if isinstance(v, float) else v) for k, v in med.items()}
+
+m = {"raw_pg_dump": median_run("raw"), "stowage_zstd": median_run("zstd"),
+     "cron_pg_dump_gzip_aws_sync": median_run("cron"), "stowage_gzip": median_run("gzip")}
+raw, z, cron, g = (m[k] for k in ("raw_pg_dump", "stowage_zstd", "cron_pg_dump_gzip_aws_sync", "stowage_gzip"))
+ratios = {
+    "stowage_wall_over_raw_pg_dump": round(z["wall_s"] / raw["wall_s"], 3),
+    "stowage_wall_over_cron": round(z["wall_s"] / cron["wall_s"], 3),
+    "stowage_gzip_wall_over_cron": round(g["wall_s"] / cron["wall_s"], 3),
+    "stowage_peak_rss_mib": z["peak_rss_mib"],
+}
+targets = {"stowage_wall_over_raw_pg_dump": 1.2, "stowage_wall_over_cron": 0.4, "stowage_peak_rss_mib": 64}
+db_size = int(read(f"{sd}/db_size"))
+res = {
+    "size_mib_requested": mib,
+    "pg_database_size_bytes": db_size,
+    "dump_bytes_custom_uncompressed": z["dump_bytes"],
+    "repeat": repeat,
+    "machine": {"cpus": os.cpu_count(), "kernel": platform.release(),
+                "mem_mib": os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // MiB},
+    "stowage_binary": stowage,
+    "measurements": m,
+    "ratios": ratios,
+    "targets": targets,
+    "pass": {k: ratios[k] <= v for k, v in targets.items()},
+}
+with open(out, "w") as f:
+    json.dump(res, f, indent=1)
+    f.write("\n")
+
+def mb(b):
+    return "-" if b is None else f"{b / MiB:.1f}"
+
+print()
+print(f"== {mib} MiB requested: pg_database_size {db_size / MiB:.0f} MiB, "
+      f"pg_dump -Fc -Z0 output {z['dump_bytes'] / MiB:.0f} MiB"
+      + (f", median of {repeat} runs" if repeat > 1 else ""))
+print(f"{'':34}{'wall s':>8}{'cpu s':>8}{'peak RSS MiB':>14}{'stored MiB':>12}{'ratio':>7}")
+rows = [("(a) raw pg_dump -Fc -Z0 >/dev/null", raw), ("(b) stowage run, zstd", z),
+        ("(c) cron: pg_dump|gzip; aws sync", cron), ("(d) stowage run, gzip", g)]
+for name, x in rows:
+    ratio = "" if not x.get("stored_bytes") else f"{z['dump_bytes'] / x['stored_bytes']:.2f}"
+    print(f"{name:34}{x['wall_s']:8.2f}{x['cpu_s']:8.2f}{x['peak_rss_mib']:14.1f}{mb(x['stored_bytes']):>12}{ratio:>7}")
+print(f"    cron detail: pg_dump|gzip {cron['dump_gzip_wall_s']:.2f} s + aws s3 sync {cron['sync_wall_s']:.2f} s; "
+      f"peak RSS pg_dump {cron['pg_dump_peak_rss_mib']:.1f}, gzip {cron['gzip_peak_rss_mib']:.1f}, "
+      f"aws {cron['aws_peak_rss_mib']:.1f} MiB")
+print(f"    stowage detail: RSS is stowage's own peak; its pg_dump child peaked at "
+      f"{z['pg_dump_peak_rss_mib']:.1f} MiB (zstd) / {g['pg_dump_peak_rss_mib']:.1f} MiB (gzip); "
+      f"cpu s includes that child")
+def verdict(k):
+    return "ok" if res["pass"][k] else "MISSED"
+print(f"    stowage wall / raw pg_dump wall = {ratios['stowage_wall_over_raw_pg_dump']:.2f}  (target <= 1.2: {verdict('stowage_wall_over_raw_pg_dump')})")
+print(f"    stowage wall / cron wall        = {ratios['stowage_wall_over_cron']:.2f}  (target <= 0.4: {verdict('stowage_wall_over_cron')});"
+      f" with gzip: {ratios['stowage_gzip_wall_over_cron']:.2f}")
+print(f"    stowage peak RSS                = {ratios['stowage_peak_rss_mib']:.1f} MiB (target <= 64: {verdict('stowage_peak_rss_mib')})")
+print(f"    results: {out}")
+PY
+    SUMMARY_FILES+=("$RESULTS_DIR/$STAMP-${mib}mb.json")
+    psql_q "$PG_ADMIN" -c "DROP DATABASE $db"
+}
+
+log "stowage: $STOWAGE_SRC ($("$STOWAGE" --version 2>/dev/null || echo '?'))"
+for mib in "${SIZE_LIST[@]}"; do
+    run_size "$mib"
+done
+
+if (( ${#SUMMARY_FILES[@]} > 1 )); then
+    "$PY" - "${SUMMARY_FILES[@]}" <<'PY'
+import json, sys
+print()
+print("== summary (stowage zstd)")
+print(f"{'DB MiB':>7}{'raw s':>8}{'stowage s':>10}{'cron s':>8}{'/raw':>6}{'/cron':>7}{'RSS MiB':>9}{'stored MiB':>11}")
+for p in sys.argv[1:]:
+    r = json.load(open(p))
+    m = r["measurements"]
+    print(f"{r['pg_database_size_bytes'] / 2**20:7.0f}{m['raw_pg_dump']['wall_s']:8.2f}{m['stowage_zstd']['wall_s']:10.2f}"
+          f"{m['cron_pg_dump_gzip_aws_sync']['wall_s']:8.2f}{r['ratios']['stowage_wall_over_raw_pg_dump']:6.2f}"
+          f"{r['ratios']['stowage_wall_over_cron']:7.2f}{m['stowage_zstd']['peak_rss_mib']:9.1f}"
+          f"{m['stowage_zstd']['stored_bytes'] / 2**20:11.1f}")
+PY
+fi

@@ -1,0 +1,632 @@
+//! End to end, through the real binary, against a real PostgreSQL and real S3-compatible
+//! servers (moto, and s3s-fs which checks request signatures). Round trips are verified by
+//! restoring and comparing every table's rows.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{PgServer, S3Server, run_stowage, seed_sample_db};
+
+const BUCKET: &str = "backups";
+/// Rows of sample data: big enough that the compressed dump spans two 5 MiB parts.
+const ROWS: usize = 40_000;
+
+struct Setup {
+    dir: tempfile::TempDir,
+    config: PathBuf,
+    local: PathBuf,
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// A config with a local destination and an S3 destination ("offsite").
+fn write_config(
+    pg_url: &str,
+    s3: &S3Server,
+    local_retention: &str,
+    s3_retention: &str,
+    bucket: &str,
+) -> Setup {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let local = dir.path().join("local");
+    let secret = dir.path().join("s3_secret");
+    std::fs::write(&secret, format!("{}\n", s3.secret_key())).expect("secret");
+    let config = dir.path().join("stowage.toml");
+    let body = format!(
+        r#"
+[log]
+level = "info"
+dir = "{logs}"
+
+[destinations.local]
+type = "local"
+path = "{local}"
+retention = {local_retention}
+
+[destinations.offsite]
+type = "s3"
+bucket = "{bucket}"
+prefix = "nightly"
+endpoint = "{endpoint}"
+force_path_style = true
+access_key_id = "{key}"
+secret_access_key_file = "{secret}"
+part_size = "5MiB"
+retention = {s3_retention}
+
+[jobs.app]
+schedule = "0 3 * * *"
+timezone = "Europe/Stockholm"
+destinations = ["local", "offsite"]
+
+[[jobs.app.sources]]
+type = "postgres"
+name = "db"
+url = "{pg_url}"
+"#,
+        logs = dir.path().join("logs").display(),
+        local = local.display(),
+        endpoint = s3.endpoint(),
+        key = s3.access_key(),
+        secret = secret.display(),
+    );
+    std::fs::write(&config, body).expect("config");
+    Setup { dir, config, local }
+}
+
+fn run_ok(cfg: &Path) -> Output {
+    let out = run_stowage(cfg, ["run", "app"]);
+    assert!(out.status.success(), "run failed:\n{}", text(&out));
+    out
+}
+
+/// Published backup ids per destination, from `stowage list`.
+fn listed(cfg: &Path) -> Vec<(String, Vec<String>)> {
+    listed_maybe_failing(cfg, false)
+}
+
+fn listed_maybe_failing(cfg: &Path, may_fail: bool) -> Vec<(String, Vec<String>)> {
+    let out = run_stowage(cfg, ["list", "app"]);
+    assert!(
+        may_fail || out.status.success(),
+        "list failed:\n{}",
+        text(&out)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let mut result: Vec<(String, Vec<String>)> = Vec::new();
+    for line in stdout.lines() {
+        if let Some(rest) = line.strip_prefix("destination ") {
+            let name = rest
+                .split_whitespace()
+                .next()
+                .unwrap_or_default()
+                .to_string();
+            result.push((name, Vec::new()));
+        } else if let Some(id) = line.split_whitespace().next()
+            && id.len() == 20
+            && id.ends_with('Z')
+            && let Some(last) = result.last_mut()
+        {
+            last.1.push(id.to_string());
+        }
+    }
+    result
+}
+
+fn ids_on(cfg: &Path, dest: &str) -> Vec<String> {
+    listed(cfg)
+        .into_iter()
+        .find(|(d, _)| d == dest)
+        .map(|(_, ids)| ids)
+        .unwrap_or_default()
+}
+
+fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+fn restore(cfg: &Path, args: &[&str]) -> Output {
+    let mut all = vec!["restore", "app"];
+    all.extend_from_slice(args);
+    run_stowage(cfg, all)
+}
+
+async fn round_trip(s3: S3Server) {
+    let pg = PgServer::start();
+    seed_sample_db(&pg, "app", ROWS);
+    s3.create_bucket(BUCKET).await;
+    let setup = write_config(
+        &pg.url("app"),
+        &s3,
+        "{ keep_last = 5 }",
+        "{ keep_last = 5 }",
+        BUCKET,
+    );
+
+    let out = run_ok(&setup.config);
+    let log = text(&out);
+    assert!(
+        log.contains("backup success: job=app"),
+        "no summary line:\n{log}"
+    );
+
+    // Listed on both destinations, same id.
+    let list = listed(&setup.config);
+    assert_eq!(list.len(), 2, "{list:?}");
+    let id = list[0].1.first().cloned().expect("one backup");
+    for (dest, ids) in &list {
+        assert_eq!(ids, &vec![id.clone()], "destination {dest}");
+    }
+
+    // The S3 object and the local file are byte-identical, and multipart was used.
+    let key = format!("app/{id}/db.pgdump.zst");
+    let local_bytes = std::fs::read(setup.local.join(&key)).expect("local file");
+    let s3_bytes = s3.get(BUCKET, &format!("nightly/{key}")).await;
+    assert!(
+        local_bytes.len() > 5 * 1024 * 1024,
+        "dump too small to exercise multipart: {}",
+        local_bytes.len()
+    );
+    assert!(
+        local_bytes == s3_bytes,
+        "S3 object differs from the local file"
+    );
+
+    // Restore from each destination into a fresh database: every table equal.
+    let want = pg.table_checksums("app");
+    assert!(want.len() >= 3, "{want:?}");
+    for (dest, db) in [("offsite", "from_s3"), ("local", "from_local")] {
+        pg.create_db(db);
+        let out = restore(&setup.config, &[&id, "--to", &pg.url(db), "--from", dest]);
+        assert!(
+            out.status.success(),
+            "restore from {dest} failed:\n{}",
+            text(&out)
+        );
+        assert_eq!(pg.table_checksums(db), want, "restored from {dest}");
+    }
+
+    // A target that already has tables is refused unless --clean.
+    pg.psql(
+        "app",
+        "update public.customers set name = 'changed' where id % 7 = 0",
+    );
+    let out = restore(&setup.config, &["latest", "--to", &pg.url("app")]);
+    assert!(!out.status.success(), "restore over data must be refused");
+    assert!(
+        text(&out).contains("already has") && text(&out).contains("--clean"),
+        "{}",
+        text(&out)
+    );
+    assert_ne!(
+        pg.table_checksums("app"),
+        want,
+        "refused restore must not touch the target"
+    );
+    let out = restore(
+        &setup.config,
+        &["latest", "--to", &pg.url("app"), "--clean"],
+    );
+    assert!(
+        out.status.success(),
+        "restore --clean failed:\n{}",
+        text(&out)
+    );
+    assert_eq!(pg.table_checksums("app"), want);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn round_trip_moto() {
+    round_trip(S3Server::moto()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn round_trip_s3s_fs_checks_signatures() {
+    round_trip(S3Server::s3s_fs()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keep_last_five_after_seven_runs() {
+    let pg = PgServer::start();
+    seed_sample_db(&pg, "app", 500);
+    let s3 = S3Server::moto();
+    s3.create_bucket(BUCKET).await;
+    let setup = write_config(
+        &pg.url("app"),
+        &s3,
+        "{ keep_last = 5 }",
+        "{ keep_last = 5 }",
+        BUCKET,
+    );
+    let mut all = Vec::new();
+    for _ in 0..7 {
+        run_ok(&setup.config);
+        all = ids_on(&setup.config, "local");
+    }
+    let local = ids_on(&setup.config, "local");
+    let remote = ids_on(&setup.config, "offsite");
+    assert_eq!(local.len(), 5, "{local:?}");
+    assert_eq!(local, remote);
+    assert_eq!(local, all);
+    let mut sorted = local.clone();
+    sorted.sort_by(|a, b| b.cmp(a));
+    assert_eq!(local, sorted, "newest first");
+    // No leftovers: exactly a manifest and a dump per kept backup, on both sides.
+    let keys = s3.list_keys(BUCKET, "nightly/").await;
+    assert_eq!(keys.len(), 10, "{keys:?}");
+    assert_eq!(files_under(&setup.local).len(), 10);
+    let dirs: BTreeSet<String> = std::fs::read_dir(setup.local.join("app"))
+        .expect("job dir")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(dirs, local.iter().cloned().collect());
+}
+
+/// Snapshot of everything stored: (key, bytes) on both destinations.
+async fn stored(setup: &Setup, s3: &S3Server) -> Vec<(String, Vec<u8>)> {
+    let mut out = Vec::new();
+    for p in files_under(&setup.local) {
+        let rel = p
+            .strip_prefix(&setup.local)
+            .expect("under")
+            .display()
+            .to_string();
+        out.push((format!("local:{rel}"), std::fs::read(&p).expect("read")));
+    }
+    for k in s3.list_keys(BUCKET, "").await {
+        let body = s3.get(BUCKET, &k).await;
+        out.push((format!("s3:{k}"), body));
+    }
+    out
+}
+
+async fn assert_clean_failure(
+    setup: &Setup,
+    s3: &S3Server,
+    before: &[(String, Vec<u8>)],
+    out: &Output,
+    expect_in_log: &str,
+) {
+    let log = text(out);
+    assert!(!out.status.success(), "run should fail:\n{log}");
+    assert!(
+        log.contains(expect_in_log),
+        "expected {expect_in_log:?} in:\n{log}"
+    );
+    assert!(
+        log.contains("backup failed: job=app"),
+        "no failure summary:\n{log}"
+    );
+    assert_eq!(
+        s3.open_multipart_uploads(BUCKET).await,
+        0,
+        "multipart upload left open"
+    );
+    let partials: Vec<PathBuf> = files_under(&setup.local)
+        .into_iter()
+        .filter(|p| p.to_string_lossy().ends_with(".partial"))
+        .collect();
+    assert!(partials.is_empty(), "{partials:?}");
+    let after = stored(setup, s3).await;
+    let names = |v: &[(String, Vec<u8>)]| v.iter().map(|(k, _)| k.clone()).collect::<Vec<_>>();
+    assert_eq!(names(&after), names(before), "stored objects changed");
+    assert!(after == before, "an earlier backup's bytes changed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_dumps_publish_nothing_and_touch_nothing() {
+    let mut pg = PgServer::start();
+    // Big enough that the dump is still streaming (multipart under way) when it is killed.
+    seed_sample_db(&pg, "app", 150_000);
+    let s3 = S3Server::moto();
+    s3.create_bucket(BUCKET).await;
+    let setup = write_config(
+        &pg.url("app"),
+        &s3,
+        "{ keep_last = 5 }",
+        "{ keep_last = 5 }",
+        BUCKET,
+    );
+    for _ in 0..5 {
+        run_ok(&setup.config);
+    }
+    let before = stored(&setup, &s3).await;
+    let ids = ids_on(&setup.config, "local");
+    assert_eq!(ids.len(), 5);
+
+    // 1. A database that does not exist: pg_dump fails at once, its stderr is in the log.
+    let bad = write_config(
+        &pg.url("nope"),
+        &s3,
+        "{ keep_last = 5 }",
+        "{ keep_last = 5 }",
+        BUCKET,
+    );
+    let bad_cfg = bad.dir.path().join("bad.toml");
+    let body = std::fs::read_to_string(&bad.config).expect("read").replace(
+        &bad.local.display().to_string(),
+        &setup.local.display().to_string(),
+    );
+    std::fs::write(&bad_cfg, body).expect("write");
+    let out = run_stowage(&bad_cfg, ["run", "app"]);
+    assert_clean_failure(
+        &setup,
+        &s3,
+        &before,
+        &out,
+        "database \"nope\" does not exist",
+    )
+    .await;
+
+    // 2. The backend is terminated mid-stream, after multipart parts have gone up.
+    let mut child = Command::new(common::stowage_bin())
+        .arg("--config")
+        .arg(&setup.config)
+        .args(["run", "app"])
+        .env_remove("AWS_ACCESS_KEY_ID")
+        .env_remove("AWS_SECRET_ACCESS_KEY")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn stowage");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let partial_size: u64 = files_under(&setup.local)
+            .iter()
+            .filter(|p| p.to_string_lossy().ends_with(".partial"))
+            .filter_map(|p| std::fs::metadata(p).ok())
+            .map(|m| m.len())
+            .sum();
+        if partial_size > 6 * 1024 * 1024 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "dump never got going");
+        assert!(
+            child.try_wait().expect("try_wait").is_none(),
+            "the run ended before it could be interrupted"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let killed = pg.terminate_backends("app");
+    assert!(killed >= 1, "no backend to terminate");
+    let out = child.wait_with_output().expect("wait");
+    assert_clean_failure(&setup, &s3, &before, &out, "pg_dump failed").await;
+
+    // 3. The server goes away before the run: connection refused, clean failure.
+    pg.stop();
+    let out = run_stowage(&setup.config, ["run", "app"]);
+    assert_clean_failure(&setup, &s3, &before, &out, "pg_dump failed").await;
+
+    // The five earlier backups are still listed on both sides.
+    assert_eq!(ids_on(&setup.config, "local"), ids);
+    assert_eq!(ids_on(&setup.config, "offsite"), ids);
+}
+
+/// S3 problems: one line naming the destination and the cause; the local copy still publishes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_errors_name_destination_and_cause() {
+    let pg = PgServer::start();
+    seed_sample_db(&pg, "app", 500);
+    let s3 = S3Server::s3s_fs();
+    s3.create_bucket(BUCKET).await;
+
+    let unreachable = common::free_port();
+    type Edit = Box<dyn Fn(String) -> String>;
+    let cases: Vec<(String, Edit, &str)> = vec![
+        (
+            "unreachable".into(),
+            Box::new(move |c: String| {
+                c.replace(
+                    &format!("http://127.0.0.1:{}", s3_port(&c)),
+                    &format!("http://127.0.0.1:{unreachable}"),
+                )
+            }),
+            "cannot reach",
+        ),
+        (
+            "wrong bucket".into(),
+            Box::new(|c: String| c.replace("bucket = \"backups\"", "bucket = \"no-such-bucket\"")),
+            "bucket \"no-such-bucket\" does not exist",
+        ),
+        (
+            "wrong credentials".into(),
+            Box::new(|c: String| c.replace(common::TEST_ACCESS_KEY, "wrongkey")),
+            "access denied",
+        ),
+    ];
+    for (name, edit, cause) in cases {
+        let setup = write_config(
+            &pg.url("app"),
+            &s3,
+            "{ keep_last = 5 }",
+            "{ keep_last = 5 }",
+            BUCKET,
+        );
+        let body = edit(std::fs::read_to_string(&setup.config).expect("read"));
+        std::fs::write(&setup.config, body).expect("write");
+        let started = Instant::now();
+        let out = run_stowage(&setup.config, ["run", "app"]);
+        let log = text(&out);
+        assert!(!out.status.success(), "{name}: run must fail\n{log}");
+        let line = log
+            .lines()
+            .find(|l| l.starts_with("error: offsite:"))
+            .unwrap_or_else(|| panic!("{name}: no error line for the destination:\n{log}"));
+        assert!(line.contains(cause), "{name}: {line}");
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "{name}: took {:?}",
+            started.elapsed()
+        );
+        // The healthy destination still got its backup; list reports the broken one.
+        let list = listed_maybe_failing(&setup.config, true);
+        let local = list
+            .iter()
+            .find(|(d, _)| d == "local")
+            .map(|(_, ids)| ids.len());
+        assert_eq!(local, Some(1), "{name}: {list:?}");
+    }
+}
+
+fn s3_port(config: &str) -> String {
+    config
+        .split("endpoint = \"http://127.0.0.1:")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .unwrap_or_default()
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_config_env_override_and_no_secrets() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pw = dir.path().join("pw");
+    std::fs::write(&pw, "file-secret-123\n").expect("pw");
+    let cfg = dir.path().join("stowage.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"
+[destinations.local]
+type = "local"
+path = "/var/backups/stowage"
+[jobs.app]
+schedule = "0 3 * * *"
+destinations = ["local"]
+[[jobs.app.sources]]
+type = "postgres"
+name = "db"
+url = "postgres://app:url-secret-456@db:5432/app"
+password_file = "{}"
+"#,
+            pw.display()
+        ),
+    )
+    .expect("write");
+    let out = common::run_stowage_with_env(
+        &cfg,
+        ["check-config"],
+        &[("STOWAGE_JOBS__APP__SCHEDULE", "30 4 * * *")],
+    );
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    assert!(
+        t.contains("schedule \"30 4 * * *\""),
+        "env override not applied:\n{t}"
+    );
+    assert!(t.contains("04:30:00 UTC"), "{t}");
+    assert!(
+        !t.contains("secret-123") && !t.contains("url-secret-456"),
+        "secret leaked:\n{t}"
+    );
+    assert!(t.contains("postgres://app@db:5432/app"), "{t}");
+
+    // A bad override is reported with the variable's name.
+    let out = common::run_stowage_with_env(
+        &cfg,
+        ["check-config"],
+        &[("STOWAGE_JOBS__APP__COMPRESSION", "xz")],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    let t = text(&out);
+    assert!(
+        t.contains("jobs.app.compression") && t.contains("STOWAGE_JOBS__APP__COMPRESSION"),
+        "{t}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn daemon_runs_on_schedule_logs_to_files_and_stops_on_sigterm() {
+    let pg = PgServer::start();
+    seed_sample_db(&pg, "app", 500);
+    let s3 = S3Server::moto();
+    s3.create_bucket(BUCKET).await;
+    let setup = write_config(
+        &pg.url("app"),
+        &s3,
+        "{ keep_last = 3 }",
+        "{ keep_last = 3 }",
+        BUCKET,
+    );
+    let body = std::fs::read_to_string(&setup.config)
+        .expect("read")
+        .replace("schedule = \"0 3 * * *\"", "schedule = \"*/2 * * * * *\"");
+    std::fs::write(&setup.config, body).expect("write");
+
+    let mut child = Command::new(common::stowage_bin())
+        .arg("--config")
+        .arg(&setup.config)
+        .arg("daemon")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn daemon");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while ids_on(&setup.config, "local").len() < 4 {
+        assert!(Instant::now() < deadline, "daemon did not produce backups");
+        assert!(
+            child.try_wait().expect("try_wait").is_none(),
+            "daemon exited early"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    // SAFETY-free signal: kill(1) is the same call docker stop makes.
+    let stopped = Instant::now();
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let out = child.wait_with_output().expect("wait");
+    assert!(
+        stopped.elapsed() < Duration::from_secs(10),
+        "stop took {:?}",
+        stopped.elapsed()
+    );
+    let log = text(&out);
+    assert!(out.status.success(), "daemon exit: {:?}\n{log}", out.status);
+    assert!(log.contains("next run of app"), "{log}");
+    assert!(log.contains("backup success: job=app"), "{log}");
+    assert!(log.contains("stopped"), "{log}");
+    // Retention held while running, and nothing half-written is listed or left behind.
+    assert_eq!(ids_on(&setup.config, "local").len(), 3);
+    assert_eq!(ids_on(&setup.config, "offsite").len(), 3);
+    assert!(
+        !files_under(&setup.local)
+            .iter()
+            .any(|p| p.to_string_lossy().ends_with(".partial"))
+    );
+    assert_eq!(s3.open_multipart_uploads(BUCKET).await, 0);
+    // The log volume got a log file with the same lines.
+    let logs = files_under(&setup.dir.path().join("logs"));
+    assert_eq!(logs.len(), 1, "{logs:?}");
+    let file_log = std::fs::read_to_string(&logs[0]).expect("log file");
+    assert!(file_log.contains("backup success: job=app"), "{file_log}");
+}
