@@ -9,8 +9,8 @@
 #
 # Lookup order used by the tests (and honoured here):
 #   PostgreSQL: $STOWAGE_PG_BIN, else /usr/lib/postgresql/15/bin
-#   moto:       $STOWAGE_MOTO_SERVER, moto_server on PATH, $HOME/.cache/stowage-tools/venv/bin/moto_server
-#   s3s-fs:     $STOWAGE_S3S_FS, s3s-fs on PATH, $HOME/.cargo/bin/s3s-fs, $HOME/.cache/stowage-tools/bin/s3s-fs
+#   moto:       $STOWAGE_MOTO_SERVER, $HOME/.cache/stowage-tools/venv/bin/moto_server (pinned), moto_server on PATH
+#   s3s-fs:     $STOWAGE_S3S_FS, $HOME/.cargo/bin/s3s-fs, $HOME/.cache/stowage-tools/bin/s3s-fs, s3s-fs on PATH
 set -euo pipefail
 
 TOOLS_DIR="$HOME/.cache/stowage-tools"
