@@ -630,3 +630,62 @@ async fn daemon_runs_on_schedule_logs_to_files_and_stops_on_sigterm() {
     let file_log = std::fs::read_to_string(&logs[0]).expect("log file");
     assert!(file_log.contains("backup success: job=app"), "{file_log}");
 }
+
+/// A job due again while its previous run is still going is skipped with a warning; a
+/// SIGTERM in the middle of a run abandons it without publishing or leaving debris.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overlapping_run_is_skipped_and_sigterm_abandons_cleanly() {
+    let pg = PgServer::start();
+    // A dump that takes several seconds, against a schedule firing every second.
+    seed_sample_db(&pg, "app", 100_000);
+    let s3 = S3Server::moto();
+    s3.create_bucket(BUCKET).await;
+    let setup = write_config(&pg.url("app"), &s3, "{ keep_last = 3 }", "{ keep_last = 3 }", BUCKET);
+    let body = std::fs::read_to_string(&setup.config)
+        .expect("read")
+        .replace("schedule = \"0 3 * * *\"", "schedule = \"* * * * * *\"");
+    std::fs::write(&setup.config, body).expect("write");
+
+    let mut child = Command::new(common::stowage_bin())
+        .arg("--config")
+        .arg(&setup.config)
+        .arg("daemon")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn daemon");
+    // Wait until a run is well under way (data streaming to the local .partial file).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let streaming = files_under(&setup.local)
+            .iter()
+            .filter(|p| p.to_string_lossy().ends_with(".partial"))
+            .filter_map(|p| std::fs::metadata(p).ok())
+            .any(|m| m.len() > 6 * 1024 * 1024);
+        if streaming {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no run got going");
+        assert!(child.try_wait().expect("try_wait").is_none(), "daemon exited early");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let out = child.wait_with_output().expect("wait");
+    let log = text(&out);
+    assert!(out.status.success(), "{log}");
+    assert!(log.contains("still running from its previous start; skipping"), "{log}");
+    assert!(log.contains("backup cancelled: job=app"), "{log}");
+    // Whatever had been published before stays; the abandoned run left nothing behind.
+    let published = ids_on(&setup.config, "local").len();
+    assert_eq!(ids_on(&setup.config, "offsite").len(), published);
+    let files = files_under(&setup.local);
+    assert!(!files.iter().any(|p| p.to_string_lossy().ends_with(".partial")), "{files:?}");
+    assert_eq!(files.len(), 2 * published, "{files:?}");
+    assert_eq!(s3.open_multipart_uploads(BUCKET).await, 0);
+    assert_eq!(s3.list_keys(BUCKET, "").await.len(), 2 * published);
+}
