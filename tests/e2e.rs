@@ -640,7 +640,13 @@ async fn overlapping_run_is_skipped_and_sigterm_abandons_cleanly() {
     seed_sample_db(&pg, "app", 100_000);
     let s3 = S3Server::moto();
     s3.create_bucket(BUCKET).await;
-    let setup = write_config(&pg.url("app"), &s3, "{ keep_last = 3 }", "{ keep_last = 3 }", BUCKET);
+    let setup = write_config(
+        &pg.url("app"),
+        &s3,
+        "{ keep_last = 3 }",
+        "{ keep_last = 3 }",
+        BUCKET,
+    );
     let body = std::fs::read_to_string(&setup.config)
         .expect("read")
         .replace("schedule = \"0 3 * * *\"", "schedule = \"* * * * * *\"");
@@ -666,7 +672,10 @@ async fn overlapping_run_is_skipped_and_sigterm_abandons_cleanly() {
             break;
         }
         assert!(Instant::now() < deadline, "no run got going");
-        assert!(child.try_wait().expect("try_wait").is_none(), "daemon exited early");
+        assert!(
+            child.try_wait().expect("try_wait").is_none(),
+            "daemon exited early"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     std::thread::sleep(Duration::from_millis(1500));
@@ -678,13 +687,21 @@ async fn overlapping_run_is_skipped_and_sigterm_abandons_cleanly() {
     let out = child.wait_with_output().expect("wait");
     let log = text(&out);
     assert!(out.status.success(), "{log}");
-    assert!(log.contains("still running from its previous start; skipping"), "{log}");
+    assert!(
+        log.contains("still running from its previous start; skipping"),
+        "{log}"
+    );
     assert!(log.contains("backup cancelled: job=app"), "{log}");
     // Whatever had been published before stays; the abandoned run left nothing behind.
     let published = ids_on(&setup.config, "local").len();
     assert_eq!(ids_on(&setup.config, "offsite").len(), published);
     let files = files_under(&setup.local);
-    assert!(!files.iter().any(|p| p.to_string_lossy().ends_with(".partial")), "{files:?}");
+    assert!(
+        !files
+            .iter()
+            .any(|p| p.to_string_lossy().ends_with(".partial")),
+        "{files:?}"
+    );
     assert_eq!(files.len(), 2 * published, "{files:?}");
     assert_eq!(s3.open_multipart_uploads(BUCKET).await, 0);
     assert_eq!(s3.list_keys(BUCKET, "").await.len(), 2 * published);

@@ -226,7 +226,7 @@ impl S3Storage {
                     *total += b.len() as u64;
                     buf.extend_from_slice(&b);
                     if buf.len() >= part_size {
-                        pending = Some(buf.split_to(part_size).freeze());
+                        pending = Some(take_part(buf, part_size));
                     }
                 }
                 Some(Chunk::End) => {
@@ -261,6 +261,16 @@ impl S3Storage {
             .map_err(|e| self.map_err("completing multipart upload", e))?;
         Ok(())
     }
+}
+
+/// Hand the first `part_size` bytes over as a part and start a fresh buffer of exactly one
+/// part: refilling a buffer that shares its allocation with an in-flight part would make
+/// BytesMut reallocate by doubling, up to twice the part size per buffer.
+fn take_part(buf: &mut BytesMut, part_size: usize) -> Bytes {
+    let rest = buf.split_off(part_size);
+    let part = std::mem::replace(buf, BytesMut::with_capacity(part_size));
+    buf.extend_from_slice(&rest);
+    part.freeze()
 }
 
 fn flatten(
@@ -358,7 +368,7 @@ impl Storage for S3Storage {
                     total += b.len() as u64;
                     buf.extend_from_slice(&b);
                     if buf.len() >= part_size {
-                        let first = buf.split_to(part_size).freeze();
+                        let first = take_part(&mut buf, part_size);
                         self.multipart(&key, first, &mut body, &mut buf, &mut total)
                             .await?;
                         return Ok(total);
