@@ -160,6 +160,7 @@ runuser -u postgres -- "$PG_BIN/pg_ctl" -D "$PGDATA" -l "$PGDATA/server.log" -w 
     -o "-p $PG_PORT -k $PGDATA -c listen_addresses=127.0.0.1 -c max_wal_size=4GB" start >/dev/null \
     || { cat "$PGDATA/server.log" >&2; die "PostgreSQL did not start"; }
 PG_ADMIN="postgres://postgres@127.0.0.1:$PG_PORT/postgres"
+read -r PG_PID <"$PGDATA/postmaster.pid"
 
 MOTO_PORT="$(free_port)"
 log "starting moto_server on 127.0.0.1:$MOTO_PORT"
@@ -290,6 +291,23 @@ cpu_busy_pct() { # share of all CPUs busy over one second
     echo $(( (busy2 - busy1) * 100 / (tot2 - tot1 > 0 ? tot2 - tot1 : 1) ))
 }
 
+# Busy CPU ticks so far: whole machine, PostgreSQL server (postmaster + reaped backends), moto.
+proc_ticks() {
+    local st f
+    st=$(<"/proc/$1/stat")
+    read -r -a f <<<"${st##*) }"
+    echo $(( f[11] + f[12] + f[13] + f[14] ))
+}
+cpu_snapshot() {
+    local c
+    read -r -a c </proc/stat
+    echo "$(( c[1] + c[2] + c[3] + c[6] + c[7] + c[8] )) $(proc_ticks "$PG_PID") $(proc_ticks "$MOTO_PID")"
+}
+cpu_after() { # let the server reap the backend first
+    sleep 0.3
+    cpu_snapshot
+}
+
 # wait_idle DIR: wait (bounded) for other work on the machine to calm down; record what we saw.
 wait_idle() {
     local d="$1" busy waited=0
@@ -354,9 +372,11 @@ EOF
 measure_raw() {
     local d="$1" url="$2" t0 t1
     wait_idle "$d"
+    cpu_snapshot >"$d/cpu0"
     t0=$(now)
     /usr/bin/time -v -o "$d/time" "$PG_BIN/pg_dump" -Fc -Z0 -d "$url" >/dev/null
     t1=$(now)
+    cpu_after >"$d/cpu1"
     echo "$t0 $t1" >"$d/wall"
 }
 
@@ -365,6 +385,7 @@ measure_stowage() {
     local d="$1" comp="$2" prefix="$3" url="$4" t0 t1 tpid spid="" rc=0
     write_config "$d/stowage.toml" "$comp" "$prefix" "$url"
     wait_idle "$d"
+    cpu_snapshot >"$d/cpu0"
     t0=$(now)
     /usr/bin/time -v -o "$d/time" "$STOWAGE" --config "$d/stowage.toml" run bench >"$d/stowage.log" 2>&1 &
     tpid=$!
@@ -377,6 +398,7 @@ measure_stowage() {
     if [[ -n "$spid" ]]; then sample_hwm "$spid" "$d/hwm"; else echo "0 0" >"$d/hwm"; fi
     wait "$tpid" || rc=$?
     t1=$(now)
+    cpu_after >"$d/cpu1"
     echo "$t0 $t1" >"$d/wall"
     if [[ "$rc" != 0 ]]; then
         cat "$d/stowage.log" >&2
@@ -394,6 +416,7 @@ measure_cron() {
     out="$d/out"
     rm -rf "$out"; mkdir -p "$out"
     wait_idle "$d"
+    cpu_snapshot >"$d/cpu0"
     t0=$(now)
     /usr/bin/time -v -o "$d/time-dump" "$PG_BIN/pg_dump" -d "$url" \
         | /usr/bin/time -v -o "$d/time-gzip" gzip >"$out/benchdb-$(date +%Y%m%d-%H%M).psql.gz"
@@ -401,6 +424,7 @@ measure_cron() {
     /usr/bin/time -v -o "$d/time-sync" "$AWS" s3 sync "$out" "s3://bench/$prefix" \
         --endpoint-url "$ENDPOINT" --only-show-errors
     t2=$(now)
+    cpu_after >"$d/cpu1"
     echo "$t0 $t1 $t2" >"$d/wall"
     rm -rf "$out"
     s3_total_bytes "$prefix" >"$d/stored"
@@ -470,6 +494,10 @@ def load(kind, r):
     w = [float(x) for x in read(f"{d}/wall").split()]
     m = {"loadavg_before": float(read(f"{d}/loadavg").split()[0]),
          "other_cpu_busy_pct_before": int(read(f"{d}/busy"))}
+    c0 = [int(x) for x in read(f"{d}/cpu0").split()]
+    c1 = [int(x) for x in read(f"{d}/cpu1").split()]
+    hz = os.sysconf("SC_CLK_TCK")
+    m["machine_cpu_s"], m["pg_server_cpu_s"], m["moto_cpu_s"] = ((b - a) / hz for a, b in zip(c0, c1))
     if kind == "raw":
         t = gnu_time(f"{d}/time")
         m.update(wall_s=w[1] - w[0], cpu_s=t["user_s"] + t["sys_s"],
@@ -540,12 +568,14 @@ print()
 print(f"== {mib} MiB requested: pg_database_size {db_size / MiB:.0f} MiB, "
       f"pg_dump -Fc -Z0 output {z['dump_bytes'] / MiB:.0f} MiB"
       + (f", median of {repeat} runs" if repeat > 1 else ""))
-print(f"{'':34}{'wall s':>8}{'cpu s':>8}{'peak RSS MiB':>14}{'stored MiB':>12}{'ratio':>7}")
+print(f"{'':34}{'wall s':>8}{'cpu s':>7}{'pg srv':>7}{'moto':>6}{'all':>6}{'peak RSS MiB':>13}{'stored MiB':>11}{'ratio':>6}")
 rows = [("(a) raw pg_dump -Fc -Z0 >/dev/null", raw), ("(b) stowage run, zstd", z),
         ("(c) cron: pg_dump|gzip; aws sync", cron), ("(d) stowage run, gzip", g)]
 for name, x in rows:
     ratio = "" if not x.get("stored_bytes") else f"{z['dump_bytes'] / x['stored_bytes']:.2f}"
-    print(f"{name:34}{x['wall_s']:8.2f}{x['cpu_s']:8.2f}{x['peak_rss_mib']:14.1f}{mb(x['stored_bytes']):>12}{ratio:>7}")
+    print(f"{name:34}{x['wall_s']:8.2f}{x['cpu_s']:7.2f}{x['pg_server_cpu_s']:7.2f}{x['moto_cpu_s']:6.2f}"
+          f"{x['machine_cpu_s']:6.1f}{x['peak_rss_mib']:13.1f}{mb(x['stored_bytes']):>11}{ratio:>6}")
+print("    cpu s = the measured processes (user+sys); pg srv / moto = the servers' CPU during the run; all = whole machine")
 print(f"    cron detail: pg_dump|gzip {cron['dump_gzip_wall_s']:.2f} s + aws s3 sync {cron['sync_wall_s']:.2f} s; "
       f"peak RSS pg_dump {cron['pg_dump_peak_rss_mib']:.1f}, gzip {cron['gzip_peak_rss_mib']:.1f}, "
       f"aws {cron['aws_peak_rss_mib']:.1f} MiB")

@@ -6,7 +6,7 @@ mod common;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{PgServer, S3Server, run_stowage, seed_sample_db};
@@ -149,6 +149,68 @@ fn files_under(dir: &Path) -> Vec<PathBuf> {
     }
     out.sort();
     out
+}
+
+fn spawn_stowage(cfg: &Path, args: &[&str]) -> Child {
+    Command::new(common::stowage_bin())
+        .arg("--config")
+        .arg(cfg)
+        .args(args)
+        .env_remove("AWS_ACCESS_KEY_ID")
+        .env_remove("AWS_SECRET_ACCESS_KEY")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn stowage")
+}
+
+/// Block until the running backup has streamed more than `bytes` into its local `.partial`
+/// file: the dump is well under way and S3 multipart parts are going up.
+fn wait_until_streaming(setup: &Setup, child: &mut Child, bytes: u64) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let streamed: u64 = partials(&setup.local)
+            .iter()
+            .filter_map(|p| std::fs::metadata(p).ok())
+            .map(|m| m.len())
+            .sum();
+        if streamed > bytes {
+            return;
+        }
+        assert!(Instant::now() < deadline, "no backup got going");
+        assert!(
+            child.try_wait().expect("try_wait").is_none(),
+            "stowage exited before it could be interrupted"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn partials(dir: &Path) -> Vec<PathBuf> {
+    files_under(dir)
+        .into_iter()
+        .filter(|p| p.to_string_lossy().ends_with(".partial"))
+        .collect()
+}
+
+/// What `docker stop` does: SIGTERM, then wait.
+fn sigterm(child: Child) -> Output {
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    child.wait_with_output().expect("wait")
+}
+
+fn set_schedule(setup: &Setup, schedule: &str) {
+    let body = std::fs::read_to_string(&setup.config)
+        .expect("read")
+        .replace(
+            "schedule = \"0 3 * * *\"",
+            &format!("schedule = \"{schedule}\""),
+        );
+    std::fs::write(&setup.config, body).expect("write");
 }
 
 fn restore(cfg: &Path, args: &[&str]) -> Output {
@@ -329,11 +391,8 @@ async fn assert_clean_failure(
         0,
         "multipart upload left open"
     );
-    let partials: Vec<PathBuf> = files_under(&setup.local)
-        .into_iter()
-        .filter(|p| p.to_string_lossy().ends_with(".partial"))
-        .collect();
-    assert!(partials.is_empty(), "{partials:?}");
+    let left = partials(&setup.local);
+    assert!(left.is_empty(), "{left:?}");
     let after = stored(setup, s3).await;
     let names = |v: &[(String, Vec<u8>)]| v.iter().map(|(k, _)| k.clone()).collect::<Vec<_>>();
     assert_eq!(names(&after), names(before), "stored objects changed");
@@ -386,34 +445,8 @@ async fn failed_dumps_publish_nothing_and_touch_nothing() {
     .await;
 
     // 2. The backend is terminated mid-stream, after multipart parts have gone up.
-    let mut child = Command::new(common::stowage_bin())
-        .arg("--config")
-        .arg(&setup.config)
-        .args(["run", "app"])
-        .env_remove("AWS_ACCESS_KEY_ID")
-        .env_remove("AWS_SECRET_ACCESS_KEY")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn stowage");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let partial_size: u64 = files_under(&setup.local)
-            .iter()
-            .filter(|p| p.to_string_lossy().ends_with(".partial"))
-            .filter_map(|p| std::fs::metadata(p).ok())
-            .map(|m| m.len())
-            .sum();
-        if partial_size > 6 * 1024 * 1024 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "dump never got going");
-        assert!(
-            child.try_wait().expect("try_wait").is_none(),
-            "the run ended before it could be interrupted"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let mut child = spawn_stowage(&setup.config, &["run", "app"]);
+    wait_until_streaming(&setup, &mut child, 6 * 1024 * 1024);
     let killed = pg.terminate_backends("app");
     assert!(killed >= 1, "no backend to terminate");
     let out = child.wait_with_output().expect("wait");
@@ -575,36 +608,30 @@ async fn daemon_runs_on_schedule_logs_to_files_and_stops_on_sigterm() {
         "{ keep_last = 3 }",
         BUCKET,
     );
-    let body = std::fs::read_to_string(&setup.config)
-        .expect("read")
-        .replace("schedule = \"0 3 * * *\"", "schedule = \"*/2 * * * * *\"");
-    std::fs::write(&setup.config, body).expect("write");
-
-    let mut child = Command::new(common::stowage_bin())
-        .arg("--config")
-        .arg(&setup.config)
-        .arg("daemon")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn daemon");
+    set_schedule(&setup, "*/2 * * * * *");
+    let mut child = spawn_stowage(&setup.config, &["daemon"]);
     let deadline = Instant::now() + Duration::from_secs(60);
-    while ids_on(&setup.config, "local").len() < 4 {
-        assert!(Instant::now() < deadline, "daemon did not produce backups");
+    // Count finished runs in the log file (retention keeps the listing at 3).
+    let successes = || -> usize {
+        files_under(&setup.dir.path().join("logs"))
+            .iter()
+            .filter_map(|p| std::fs::read_to_string(p).ok())
+            .map(|t| t.matches("backup success: job=app").count())
+            .sum()
+    };
+    while successes() < 4 {
+        assert!(
+            Instant::now() < deadline,
+            "daemon did not produce 4 backups"
+        );
         assert!(
             child.try_wait().expect("try_wait").is_none(),
             "daemon exited early"
         );
         std::thread::sleep(Duration::from_millis(300));
     }
-    // SAFETY-free signal: kill(1) is the same call docker stop makes.
     let stopped = Instant::now();
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .expect("kill");
-    assert!(status.success());
-    let out = child.wait_with_output().expect("wait");
+    let out = sigterm(child);
     assert!(
         stopped.elapsed() < Duration::from_secs(10),
         "stop took {:?}",
@@ -618,11 +645,7 @@ async fn daemon_runs_on_schedule_logs_to_files_and_stops_on_sigterm() {
     // Retention held while running, and nothing half-written is listed or left behind.
     assert_eq!(ids_on(&setup.config, "local").len(), 3);
     assert_eq!(ids_on(&setup.config, "offsite").len(), 3);
-    assert!(
-        !files_under(&setup.local)
-            .iter()
-            .any(|p| p.to_string_lossy().ends_with(".partial"))
-    );
+    assert!(partials(&setup.local).is_empty());
     assert_eq!(s3.open_multipart_uploads(BUCKET).await, 0);
     // The log volume got a log file with the same lines.
     let logs = files_under(&setup.dir.path().join("logs"));
@@ -647,44 +670,11 @@ async fn overlapping_run_is_skipped_and_sigterm_abandons_cleanly() {
         "{ keep_last = 3 }",
         BUCKET,
     );
-    let body = std::fs::read_to_string(&setup.config)
-        .expect("read")
-        .replace("schedule = \"0 3 * * *\"", "schedule = \"* * * * * *\"");
-    std::fs::write(&setup.config, body).expect("write");
-
-    let mut child = Command::new(common::stowage_bin())
-        .arg("--config")
-        .arg(&setup.config)
-        .arg("daemon")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn daemon");
-    // Wait until a run is well under way (data streaming to the local .partial file).
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let streaming = files_under(&setup.local)
-            .iter()
-            .filter(|p| p.to_string_lossy().ends_with(".partial"))
-            .filter_map(|p| std::fs::metadata(p).ok())
-            .any(|m| m.len() > 6 * 1024 * 1024);
-        if streaming {
-            break;
-        }
-        assert!(Instant::now() < deadline, "no run got going");
-        assert!(
-            child.try_wait().expect("try_wait").is_none(),
-            "daemon exited early"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    set_schedule(&setup, "* * * * * *");
+    let mut child = spawn_stowage(&setup.config, &["daemon"]);
+    wait_until_streaming(&setup, &mut child, 6 * 1024 * 1024);
     std::thread::sleep(Duration::from_millis(1500));
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .expect("kill");
-    assert!(status.success());
-    let out = child.wait_with_output().expect("wait");
+    let out = sigterm(child);
     let log = text(&out);
     assert!(out.status.success(), "{log}");
     assert!(
@@ -696,12 +686,7 @@ async fn overlapping_run_is_skipped_and_sigterm_abandons_cleanly() {
     let published = ids_on(&setup.config, "local").len();
     assert_eq!(ids_on(&setup.config, "offsite").len(), published);
     let files = files_under(&setup.local);
-    assert!(
-        !files
-            .iter()
-            .any(|p| p.to_string_lossy().ends_with(".partial")),
-        "{files:?}"
-    );
+    assert!(partials(&setup.local).is_empty(), "{files:?}");
     assert_eq!(files.len(), 2 * published, "{files:?}");
     assert_eq!(s3.open_multipart_uploads(BUCKET).await, 0);
     assert_eq!(s3.list_keys(BUCKET, "").await.len(), 2 * published);
