@@ -462,9 +462,9 @@ run_size() {
         measure_cron "$sd/r$r/cron" "$p/cron" "$url"
         log "  [$r/$REPEAT] (d) stowage run, gzip"
         measure_stowage "$sd/r$r/gzip" gzip "$p/stowage-gzip" "$url"
+        # moto keeps objects in memory: free them once measured.
+        "$AWS" --endpoint-url "$ENDPOINT" s3 rm "s3://bench/$p/" --recursive --only-show-errors
     done
-    # moto keeps objects in memory: free them before the next size.
-    "$AWS" --endpoint-url "$ENDPOINT" s3 rm "s3://bench/${mib}mb/" --recursive --only-show-errors
 
     local json="$RESULTS_DIR/$STAMP-${mib}mb.json"
     "$PY" - "$sd" "$mib" "$REPEAT" "$json" "$STOWAGE_SRC" <<'PY'

@@ -16,8 +16,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
-use crate::config::Config;
-use crate::pipeline;
+use crate::config::{Config, Job};
+use crate::manifest::JobListing;
+use crate::{pipeline, storage};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -51,23 +52,37 @@ pub async fn run(
         tracker: TaskTracker::new(),
         cancel: CancellationToken::new(),
     });
+    let mut slots = Vec::new();
     for name in config.jobs.keys() {
         let slot = Arc::new(JobSlot {
             name: name.clone(),
             running: AtomicBool::new(false),
         });
-        arm(sched.clone(), ctx.clone(), slot, Utc::now()).await?;
+        arm(sched.clone(), ctx.clone(), slot.clone(), Utc::now()).await?;
+        slots.push(slot);
     }
     sched
         .start()
         .await
         .map_err(|e| DaemonError::Scheduler(e.to_string()))?;
+    let pid_file = pid_file();
+    if let Err(e) = std::fs::write(&pid_file, std::process::id().to_string()) {
+        warn!(
+            "cannot write {}: {e}; `stowage health` will report the daemon as down",
+            pid_file.display()
+        );
+    }
     info!(
         "stowage {} running {} job(s) from {}",
         env!("CARGO_PKG_VERSION"),
         config.jobs.len(),
         config.path.display()
     );
+    for slot in &slots {
+        let (ctx2, slot2) = (ctx.clone(), slot.clone());
+        ctx.tracker
+            .spawn(async move { catch_up(&ctx2, &slot2).await });
+    }
 
     shutdown.await;
     info!("shutdown requested: no new runs will start");
@@ -80,6 +95,7 @@ pub async fn run(
         info!("waiting for running backups to stop");
     }
     ctx.tracker.wait().await;
+    let _ = std::fs::remove_file(&pid_file);
     info!("stopped");
     Ok(())
 }
@@ -147,4 +163,105 @@ fn fire(ctx: &Arc<Ctx>, slot: &Arc<JobSlot>) {
         }
         slot2.running.store(false, Ordering::SeqCst);
     });
+}
+
+/// Where the daemon records its pid for `stowage health` (`$STOWAGE_PID_FILE`, default
+/// `/tmp/stowage-daemon.pid`).
+pub fn pid_file() -> std::path::PathBuf {
+    std::env::var_os("STOWAGE_PID_FILE")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::PathBuf::from("/tmp/stowage-daemon.pid"))
+}
+
+/// A restart (config edit, host reboot, crash) must not cost a backup: when the newest
+/// published backup is older than one schedule period, or there is none, run now.
+async fn catch_up(ctx: &Arc<Ctx>, slot: &Arc<JobSlot>) {
+    let Some(job) = ctx.config.jobs.get(&slot.name) else {
+        return;
+    };
+    if !job.catch_up {
+        return;
+    }
+    let now = Utc::now();
+    let newest = newest_backup(&ctx.config, job).await;
+    let period = job.schedule.period(now);
+    if catch_up_due(newest, period, now) {
+        match newest {
+            None => {
+                info!(job = %slot.name, "catch-up: job {} has no published backup yet; running now", slot.name)
+            }
+            Some(t) => info!(
+                job = %slot.name,
+                "catch-up: newest backup of {} is from {}, older than its schedule period; running now",
+                slot.name,
+                t.format("%Y-%m-%dT%H:%M:%SZ")
+            ),
+        }
+        fire(ctx, slot);
+    }
+}
+
+/// Newest published backup of `job` on any of its destinations, from their own listings
+/// (not local state, which a fresh container does not have).
+async fn newest_backup(config: &Config, job: &Job) -> Option<DateTime<Utc>> {
+    let mut newest = None;
+    for name in &job.destinations {
+        let Some(dest) = config.destinations.get(name) else {
+            continue;
+        };
+        let st = storage::open(dest).await;
+        match JobListing::read(st.as_ref(), &job.name).await {
+            Ok(l) => {
+                if let Some(p) = l.published(&job.name).first() {
+                    newest = newest.max(Some(p.time));
+                }
+            }
+            Err(e) => {
+                warn!(job = %job.name, destination = %name, "catch-up: cannot list {name}: {e}")
+            }
+        }
+    }
+    newest
+}
+
+/// Pure: is a catch-up run due? A schedule without a computable period never catches up.
+pub fn catch_up_due(
+    newest: Option<DateTime<Utc>>,
+    period: Option<chrono::Duration>,
+    now: DateTime<Utc>,
+) -> bool {
+    match (newest, period) {
+        (_, None) => false,
+        (None, Some(_)) => true,
+        (Some(t), Some(p)) => now - t > p,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::catch_up_due;
+    use chrono::{Duration, TimeZone, Utc};
+
+    #[test]
+    fn catch_up_rules() {
+        let now = Utc
+            .with_ymd_and_hms(2026, 11, 22, 12, 0, 0)
+            .single()
+            .expect("valid");
+        let day = Some(Duration::hours(24));
+        assert!(catch_up_due(None, day, now), "no backup at all");
+        assert!(
+            catch_up_due(Some(now - Duration::hours(25)), day, now),
+            "stale"
+        );
+        assert!(
+            !catch_up_due(Some(now - Duration::hours(23)), day, now),
+            "fresh"
+        );
+        assert!(
+            !catch_up_due(Some(now - Duration::hours(24)), day, now),
+            "exactly one period"
+        );
+        assert!(!catch_up_due(None, None, now), "no period");
+    }
 }

@@ -3,6 +3,7 @@
 
 pub mod check_config;
 pub mod daemon;
+pub mod health;
 pub mod list;
 pub mod restore;
 pub mod run;
@@ -76,11 +77,14 @@ pub enum Command {
     },
     /// Validate the config and print a summary; reads nothing but the config
     CheckConfig,
+    /// Exit 0 when the config is valid and a daemon is running (for HEALTHCHECK)
+    Health,
 }
 
 pub fn run(cli: Cli) -> i32 {
     match cli.command {
         Command::CheckConfig => check_config::run(&cli.config),
+        Command::Health => health::run(&cli.config),
         Command::Daemon => daemon::run(&cli.config),
         Command::Run { job } => run::run(&cli.config, &job),
         Command::List { job } => list::run(&cli.config, job.as_deref()),

@@ -132,6 +132,7 @@ pub struct Job {
     pub schedule: Schedule,
     pub compression: Compression,
     pub compression_level: Option<i32>,
+    pub catch_up: bool,
     pub destinations: Vec<String>,
     pub sources: Vec<SourceConfig>,
 }
@@ -712,6 +713,7 @@ fn validate(path: &Path, raw: raw::RawConfig) -> Result<Config, Vec<String>> {
                     schedule,
                     compression: j.compression,
                     compression_level: j.compression_level,
+                    catch_up: j.catch_up,
                     destinations: j.destinations,
                     sources,
                 },

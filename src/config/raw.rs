@@ -132,10 +132,17 @@ pub struct RawJob {
     #[serde(default)]
     pub compression: Compression,
     pub compression_level: Option<i32>,
+    /// On start, run at once when the newest backup is older than one schedule period.
+    #[serde(default = "default_true")]
+    pub catch_up: bool,
     #[serde(default)]
     pub destinations: Vec<String>,
     #[serde(default)]
     pub sources: Vec<RawSource>,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 fn default_timezone() -> String {

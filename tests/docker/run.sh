@@ -1,0 +1,230 @@
+#!/usr/bin/env bash
+# The image and the compose stack on a real Docker engine, offline (no registry, no BuildKit):
+#   1. Debian's docker.io + docker-compose, dockerd started here, a debian:bookworm-slim base
+#      image made with debootstrap + docker import;
+#   2. a local PostgreSQL 15 image (tests/docker/postgres) standing in for postgres:15;
+#   3. the real Dockerfile, fed a host-built release binary (docker/prebuilt/stowage);
+#   4. compose.yaml + tests/docker/compose.ci.yaml: first backup within 60 s, restore and
+#      compare, docker logs and the log volume, config edits + restart, invalid config,
+#      docker stop while idle and during a backup.
+# Prints the figures the closing note needs (image size, idle RSS, stop times).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+ROOT=$(pwd)
+
+export DOCKER_BUILDKIT=0 COMPOSE_DOCKER_CLI_BUILD=0
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/stowage-ci/target}"
+PROJECT=stowageci
+BACKUP="${PROJECT}_backup_1"
+DB="${PROJECT}_db_1"
+WORK=$(mktemp -d)
+export STOWAGE_CI_CONFIG="$WORK/stowage.toml"
+COMPOSE=(docker-compose -p "$PROJECT" -f compose.yaml -f tests/docker/compose.ci.yaml)
+DOCKERD_PID=""
+
+step() { printf '\n== %s\n' "$*"; }
+fail() { printf 'FAIL: %s\n' "$*" >&2; exit 1; }
+now_ms() { date +%s%3N; }
+
+cleanup() {
+    set +e
+    if [ -n "${STACK_UP:-}" ]; then
+        "${COMPOSE[@]}" logs --no-color backup > "$WORK/backup.log" 2>&1
+        "${COMPOSE[@]}" down -v --remove-orphans > /dev/null 2>&1
+    fi
+    rm -f "$ROOT/docker/prebuilt/stowage"
+    if [ -n "$DOCKERD_PID" ]; then
+        kill "$DOCKERD_PID" 2>/dev/null
+        wait "$DOCKERD_PID" 2>/dev/null
+    fi
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+step "docker engine"
+need=()
+command -v dockerd >/dev/null || need+=(docker.io)
+command -v docker-compose >/dev/null || need+=(docker-compose)
+command -v debootstrap >/dev/null || need+=(debootstrap)
+if [ ${#need[@]} -gt 0 ]; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" > /dev/null
+fi
+if ! docker info > /dev/null 2>&1; then
+    dockerd > "$WORK/dockerd.log" 2>&1 &
+    DOCKERD_PID=$!
+    for _ in $(seq 1 60); do docker info > /dev/null 2>&1 && break; sleep 0.5; done
+    docker info > /dev/null 2>&1 || { cat "$WORK/dockerd.log"; fail "dockerd did not start"; }
+fi
+docker version --format 'engine {{.Server.Version}}, client {{.Client.Version}}'
+
+step "base image debian:bookworm-slim"
+if ! docker image inspect debian:bookworm-slim > /dev/null 2>&1; then
+    # The mirror apt already uses on this machine (never a host name written in the repo).
+    mirror=$(awk '/^URIs:/{u=$2} /^Suites:/ && / bookworm( |$)/{print u; exit}' /etc/apt/sources.list.d/*.sources 2>/dev/null || true)
+    [ -n "$mirror" ] || mirror=$(awk '$1=="deb" && $3=="bookworm"{print $2; exit}' /etc/apt/sources.list 2>/dev/null || true)
+    [ -n "$mirror" ] || fail "cannot find the bookworm apt mirror in /etc/apt"
+    rootfs="$WORK/rootfs"
+    debootstrap --variant=minbase bookworm "$rootfs" "$mirror" > "$WORK/debootstrap.log" 2>&1 \
+        || { tail -20 "$WORK/debootstrap.log"; fail "debootstrap failed"; }
+    rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/lib/apt/lists/*
+    tar -C "$rootfs" -c . | docker import --change 'CMD ["bash"]' - debian:bookworm-slim > /dev/null
+    rm -rf "$rootfs"
+fi
+
+step "CI postgres image (stand-in for postgres:15-bookworm)"
+docker build -q -t stowage-ci/postgres:15 tests/docker/postgres > /dev/null
+
+step "stowage release binary"
+t0=$(now_ms)
+cargo build --release --locked
+cp "$CARGO_TARGET_DIR/release/stowage" docker/prebuilt/stowage
+echo "built in $(( ($(now_ms) - t0) / 1000 )) s"
+
+step "image from Dockerfile"
+t0=$(now_ms)
+docker build -t stowage:ci \
+    --build-arg BUILDER_IMAGE=debian:bookworm-slim \
+    --build-arg PG_MAJOR=15 \
+    --build-arg PG_IMAGE=stowage-ci/postgres:15 \
+    . > "$WORK/build.log" 2>&1 || { tail -30 "$WORK/build.log"; fail "docker build failed"; }
+echo "built in $(( ($(now_ms) - t0) / 1000 )) s"
+size=$(docker image inspect -f '{{.Size}}' stowage:ci)
+gz=$(docker save stowage:ci | gzip -c | wc -c)
+printf 'image size: %d MB uncompressed, %d MB compressed (docker save | gzip)\n' \
+    $((size / 1000000)) $((gz / 1000000))
+
+step "stowage --version and check-config in the image"
+docker run --rm stowage:ci stowage --version
+docker run --rm -v "$ROOT/docker/secrets/pg_password:/run/secrets/pg_password:ro" \
+    stowage:ci stowage check-config
+docker run --rm stowage:ci pg_dump --version
+
+step "compose stack up"
+cp config/compose.toml "$STOWAGE_CI_CONFIG"
+chmod 644 "$STOWAGE_CI_CONFIG"
+STACK_UP=1
+t0=$(now_ms)
+"${COMPOSE[@]}" up -d
+# Wait for the first published backup (the job has none yet, so it runs at start).
+first=""
+while [ $(( $(now_ms) - t0 )) -lt 90000 ]; do
+    first=$(docker exec "$BACKUP" stowage list app 2>/dev/null | awk '$1 ~ /^[0-9]{8}T[0-9.]+Z$/ {print $1; exit}' || true)
+    [ -n "$first" ] && break
+    sleep 1
+done
+[ -n "$first" ] || { docker logs "$BACKUP" 2>&1 | tail -30; fail "no backup listed after 90 s"; }
+elapsed=$(( $(now_ms) - t0 ))
+echo "first backup $first listed $((elapsed / 1000)).$(( (elapsed % 1000) / 100 )) s after compose up"
+[ "$elapsed" -le 60000 ] || fail "first backup took longer than 60 s"
+
+step "restore into a fresh database, compare every table"
+checksums() {
+    docker exec "$DB" psql -X -A -t -U postgres -d "$1" -c "
+      select c.relname || ':' || (xpath('/row/n/text()',
+        query_to_xml(format('select count(*) as n from %I.%I', n.nspname, c.relname), false, true, '')))[1]::text
+        || ':' || (xpath('/row/h/text()',
+        query_to_xml(format('select md5(coalesce(string_agg(t::text, chr(10) order by t::text), '''')) as h from %I.%I t', n.nspname, c.relname), false, true, '')))[1]::text
+      from pg_class c join pg_namespace n on n.oid = c.relnamespace
+      where c.relkind = 'r' and n.nspname = 'public' order by 1"
+}
+docker exec "$DB" createdb -U postgres restored
+docker exec "$BACKUP" sh -c 'stowage restore app latest --to "postgres://postgres:$(cat /run/secrets/pg_password)@db:5432/restored"'
+want=$(checksums app); got=$(checksums restored)
+echo "$want"
+[ -n "$want" ] && [ "$want" = "$got" ] || fail "restored tables differ: $got"
+
+step "docker logs and the shared log volume"
+docker logs "$BACKUP" 2>&1 | grep -m1 "backup success: job=app" || fail "no summary line in docker logs"
+docker exec "$BACKUP" sh -c 'ls /var/log/stowage && grep -l "backup success: job=app" /var/log/stowage/stowage.*.log' \
+    || fail "no log file with the summary on the log volume"
+
+step "idle RSS and docker stop while idle"
+sleep 3
+docker stats --no-stream --format 'idle memory: {{.MemUsage}}' "$BACKUP"
+t0=$(now_ms); docker stop "$BACKUP" > /dev/null; idle_stop=$(( $(now_ms) - t0 ))
+echo "docker stop (idle): ${idle_stop} ms"
+[ "$idle_stop" -lt 2000 ] || fail "idle stop took ${idle_stop} ms"
+code=$(docker inspect -f '{{.State.ExitCode}}' "$BACKUP")
+[ "$code" = 0 ] || fail "exit code after stop: $code"
+docker start "$BACKUP" > /dev/null
+
+step "edit the mounted config (add a job), restart: new config in effect"
+cat >> "$STOWAGE_CI_CONFIG" <<'TOML'
+
+[jobs.hourly]
+schedule = "@hourly"
+destinations = ["local"]
+[[jobs.hourly.sources]]
+type = "postgres"
+name = "db"
+url = "postgres://postgres@db:5432/app"
+password_file = "/run/secrets/pg_password"
+TOML
+since=$(date -u +%Y-%m-%dT%H:%M:%S)
+"${COMPOSE[@]}" restart backup
+ok=""
+for _ in $(seq 1 60); do
+    if docker logs --since "$since" "$BACKUP" 2>&1 | grep -q "backup success: job=hourly"; then ok=1; break; fi
+    sleep 1
+done
+[ -n "$ok" ] || { docker logs --since "$since" "$BACKUP" 2>&1 | tail -20; fail "the added job did not run after restart"; }
+docker exec "$BACKUP" stowage list hourly | grep -E '^\s+[0-9]{8}T' > /dev/null || fail "hourly not listed"
+echo "added job ran and is listed"
+
+step "an invalid edit: clear error in docker logs, non-zero exit"
+cp "$STOWAGE_CI_CONFIG" "$WORK/good.toml"
+sed -i 's/^schedule = "@hourly"/schedule = "0 25 * * *"/' "$STOWAGE_CI_CONFIG"
+since=$(date -u +%Y-%m-%dT%H:%M:%S)
+"${COMPOSE[@]}" restart backup
+sleep 3
+docker logs --since "$since" "$BACKUP" 2>&1 | grep -m1 'jobs.hourly.schedule: invalid schedule "0 25 \* \* \*"' \
+    || { docker logs --since "$since" "$BACKUP" 2>&1 | tail; fail "no clear config error in docker logs"; }
+state=$(docker inspect -f '{{.State.Status}} exit={{.State.ExitCode}} restarts={{.RestartCount}}' "$BACKUP")
+echo "container: $state"
+case "$state" in *"exit=2"*) ;; *) fail "expected exit code 2, got: $state" ;; esac
+cp "$WORK/good.toml" "$STOWAGE_CI_CONFIG"
+"${COMPOSE[@]}" up -d backup > /dev/null 2>&1 || "${COMPOSE[@]}" restart backup
+for _ in $(seq 1 30); do
+    [ "$(docker inspect -f '{{.State.Running}}' "$BACKUP")" = true ] && break
+    sleep 1
+done
+
+step "docker stop during a running backup: finished or cleanly abandoned"
+# Enough data that a dump takes a few seconds, and a new job that catch-up runs at start.
+docker exec "$DB" psql -q -U postgres -d app -c \
+    "create table big as select g as id, md5(g::text) || md5((g * 7)::text) || repeat(md5(random()::text), 4) as v
+     from generate_series(1, 1500000) g"
+cat >> "$STOWAGE_CI_CONFIG" <<'TOML'
+
+[jobs.big]
+schedule = "@daily"
+destinations = ["local"]
+[[jobs.big.sources]]
+type = "postgres"
+name = "db"
+url = "postgres://postgres@db:5432/app"
+password_file = "/run/secrets/pg_password"
+TOML
+since=$(date -u +%Y-%m-%dT%H:%M:%S)
+"${COMPOSE[@]}" restart backup
+running=""
+for _ in $(seq 1 300); do
+    if docker logs --since "$since" "$BACKUP" 2>&1 | grep -q "stage: dump postgres db → big/"; then running=1; break; fi
+    sleep 0.1
+done
+[ -n "$running" ] || fail "the big job did not start"
+sleep 1
+t0=$(now_ms); docker stop "$BACKUP" > /dev/null; busy_stop=$(( $(now_ms) - t0 ))
+echo "docker stop (during a backup): ${busy_stop} ms"
+docker logs --since "$since" "$BACKUP" 2>&1 | grep -E "backup (cancelled|success): job=big" \
+    || fail "the interrupted run logged no outcome"
+volume="${PROJECT}_backups"
+leftovers=$(docker run --rm -v "$volume:/b" debian:bookworm-slim sh -c '
+    find /b -name "*.partial";
+    for d in /b/*/*/; do [ -f "$d/manifest.json" ] || echo "unpublished: $d"; done')
+[ -z "$leftovers" ] || fail "leftovers after stop: $leftovers"
+echo "no partial file, no unpublished backup directory"
+
+echo
+echo "docker: all checks passed (image $((size / 1000000)) MB / $((gz / 1000000)) MB gz, idle stop ${idle_stop} ms, busy stop ${busy_stop} ms)"
