@@ -691,3 +691,63 @@ async fn overlapping_run_is_skipped_and_sigterm_abandons_cleanly() {
     assert_eq!(s3.open_multipart_uploads(BUCKET).await, 0);
     assert_eq!(s3.list_keys(BUCKET, "").await.len(), 2 * published);
 }
+
+/// On start, a job with no backup (or only a stale one) runs at once; a fresh one does not;
+/// `catch_up = false` turns it off. Restarting the container must never cost a backup.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn catch_up_runs_at_start_only_when_due() {
+    let pg = PgServer::start();
+    seed_sample_db(&pg, "app", 500);
+    let s3 = S3Server::moto();
+    s3.create_bucket(BUCKET).await;
+    let setup = write_config(
+        &pg.url("app"),
+        &s3,
+        "{ keep_last = 5 }",
+        "{ keep_last = 5 }",
+        BUCKET,
+    );
+
+    let start_and_stop = |wait: Duration| -> String {
+        let mut child = spawn_stowage(&setup.config, &["daemon"]);
+        let deadline = Instant::now() + wait;
+        while Instant::now() < deadline {
+            assert!(
+                child.try_wait().expect("try_wait").is_none(),
+                "daemon exited early"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        text(&sigterm(child))
+    };
+
+    // No backup yet: the daily job runs right away.
+    let first = start_and_stop(Duration::from_secs(8));
+    assert!(
+        first.contains("catch-up: job app has no published backup yet"),
+        "{first}"
+    );
+    assert!(first.contains("backup success: job=app"), "{first}");
+    assert_eq!(ids_on(&setup.config, "local").len(), 1);
+
+    // Fresh backup: a restart does not run it again.
+    let second = start_and_stop(Duration::from_secs(4));
+    assert!(!second.contains("catch-up"), "{second}");
+    assert_eq!(ids_on(&setup.config, "local").len(), 1);
+
+    // Turned off: no run even with nothing fresh (a new, empty destination prefix).
+    let body = std::fs::read_to_string(&setup.config)
+        .expect("read")
+        .replace("timezone = ", "catch_up = false\ntimezone = ")
+        .replace("prefix = \"nightly\"", "prefix = \"other\"")
+        .replace(
+            "local\"\npath = \"",
+            "local\"\npath = \"/nonexistent-unused",
+        );
+    std::fs::write(&setup.config, body).expect("write");
+    let third = start_and_stop(Duration::from_secs(4));
+    assert!(
+        !third.contains("catch-up") && !third.contains("backup started"),
+        "{third}"
+    );
+}
