@@ -35,12 +35,12 @@ RUN mkdir -p /pgclient/bin /pgclient/lib \
 
 FROM ${RUNTIME_IMAGE}
 ARG PG_MAJOR
-# libpq5 brings the client library's own dependencies (TLS, Kerberos, LDAP); the library
-# itself comes from the postgres image, matching the tools. tini runs as PID 1 so signals
-# reach stowage and pg_dump children are reaped; zstd is there for by-hand restores.
+# libpq5 brings the client library's own dependencies (TLS, Kerberos, LDAP) and libreadline8
+# psql's; libpq itself comes from the postgres image, matching the tools. tini runs as PID 1
+# so signals reach stowage and pg_dump children are reaped; zstd is for by-hand restores.
 RUN apt-get update \
- && apt-get install -y --no-install-recommends ca-certificates libpq5 tini zstd \
- && rm -rf /var/lib/apt/lists/* \
+ && apt-get install -y --no-install-recommends ca-certificates libpq5 libreadline8 tini zstd \
+ && rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin /var/log/apt /var/log/dpkg.log \
  && useradd --system --uid 10001 --user-group --home-dir /var/lib/stowage --create-home stowage \
  && mkdir -p /config /var/backups/stowage /var/log/stowage \
  && chown stowage:stowage /var/backups/stowage /var/log/stowage

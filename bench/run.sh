@@ -73,6 +73,8 @@ if [[ ! -x /usr/bin/time ]]; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq time >/dev/null \
         || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq time >/dev/null; }
 fi
+HAVE_ZSTD=0
+command -v zstd >/dev/null 2>&1 && HAVE_ZSTD=1
 id postgres >/dev/null 2>&1 || die "no postgres user (initdb refuses to run as root)"
 
 if [[ ! -x "$VENV/bin/moto_server" || ! -x "$VENV/bin/aws" ]]; then
@@ -261,7 +263,10 @@ load_database() { # size_mib url
     psql_q "$url" -f "$SCHEMA_SQL"
     base=$(psql_q "$url" -At -c "select pg_database_size(current_database())")
     size=$base
-    n=100000
+    # first batch: ~400 bytes a row, at most 100k rows; later batches from the measured size
+    n=$(( target / 400 / 10 * 10 ))
+    (( n > 100000 )) && n=100000
+    (( n < 2000 )) && n=2000
     while (( size < target )); do
         psql_q "$url" -v first=$((done_rows + 1)) -v n=$n -f "$BATCH_SQL"
         done_rows=$((done_rows + n))
@@ -380,6 +385,20 @@ measure_raw() {
     echo "$t0 $t1" >"$d/wall"
 }
 
+# measure_ref DIR URL: pg_dump -Fc -Z0 | zstd -3 > /dev/null — compression alone, nothing
+# uploaded: what any streaming tool has to pay on top of (a) on this machine.
+measure_ref() {
+    local d="$1" url="$2" t0 t1
+    wait_idle "$d"
+    cpu_snapshot >"$d/cpu0"
+    t0=$(now)
+    /usr/bin/time -v -o "$d/time-dump" "$PG_BIN/pg_dump" -Fc -Z0 -d "$url" \
+        | /usr/bin/time -v -o "$d/time-zstd" zstd -3 -T1 -q >/dev/null
+    t1=$(now)
+    cpu_after >"$d/cpu1"
+    echo "$t0 $t1" >"$d/wall"
+}
+
 # measure_stowage DIR COMPRESSION PREFIX URL
 measure_stowage() {
     local d="$1" comp="$2" prefix="$3" url="$4" t0 t1 tpid spid="" rc=0
@@ -443,7 +462,7 @@ run_size() {
     sd="$WORK/size-$mib"
     mkdir -p "$sd"
     log "== $mib MiB: generating data"
-    psql_q "$PG_ADMIN" -c "DROP DATABASE IF EXISTS $db" -c "CREATE DATABASE $db"
+    psql_q "$PG_ADMIN" -c "SET client_min_messages = warning" -c "DROP DATABASE IF EXISTS $db" -c "CREATE DATABASE $db"
     load_database "$mib" "$url"
     psql_q "$url" -At -c "select pg_database_size(current_database())" >"$sd/db_size"
     log "  pg_database_size = $(( $(cat "$sd/db_size") / 1048576 )) MiB"
@@ -453,7 +472,7 @@ run_size() {
 
     for r in $(seq 1 "$REPEAT"); do
         local p="${mib}mb/r$r"
-        mkdir -p "$sd/r$r/raw" "$sd/r$r/zstd" "$sd/r$r/cron" "$sd/r$r/gzip"
+        mkdir -p "$sd/r$r/raw" "$sd/r$r/ref" "$sd/r$r/zstd" "$sd/r$r/cron" "$sd/r$r/gzip"
         log "  [$r/$REPEAT] (a) raw pg_dump -Fc -Z0 > /dev/null"
         measure_raw "$sd/r$r/raw" "$url"
         log "  [$r/$REPEAT] (b) stowage run, zstd"
@@ -462,15 +481,20 @@ run_size() {
         measure_cron "$sd/r$r/cron" "$p/cron" "$url"
         log "  [$r/$REPEAT] (d) stowage run, gzip"
         measure_stowage "$sd/r$r/gzip" gzip "$p/stowage-gzip" "$url"
+        if [[ "$HAVE_ZSTD" == 1 ]]; then
+            log "  [$r/$REPEAT] (e) reference: pg_dump -Fc -Z0 | zstd -3 > /dev/null"
+            measure_ref "$sd/r$r/ref" "$url"
+        fi
         # moto keeps objects in memory: free them once measured.
         "$AWS" --endpoint-url "$ENDPOINT" s3 rm "s3://bench/$p/" --recursive --only-show-errors
     done
 
     local json="$RESULTS_DIR/$STAMP-${mib}mb.json"
-    "$PY" - "$sd" "$mib" "$REPEAT" "$json" "$STOWAGE_SRC" <<'PY'
+    "$PY" - "$sd" "$mib" "$REPEAT" "$json" "$STOWAGE_SRC" "$HAVE_ZSTD" <<'PY'
 import json, os, platform, sys
 
 sd, mib, repeat, out, stowage = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5]
+have_ref = sys.argv[6] == "1"
 MiB = 1024 * 1024
 
 def read(path):
@@ -513,6 +537,10 @@ def load(kind, r):
                  tree_max_rss_mib=t["max_rss_kb"] / 1024,
                  stored_bytes=int(read(f"{d}/stored")),
                  dump_bytes=sum(s["raw_size"] for s in man["sources"]))
+    elif kind == "ref":
+        td, tz = (gnu_time(f"{d}/time-{x}") for x in ("dump", "zstd"))
+        m.update(wall_s=w[1] - w[0], cpu_s=sum(x["user_s"] + x["sys_s"] for x in (td, tz)),
+                 peak_rss_mib=max(td["max_rss_kb"], tz["max_rss_kb"]) / 1024, stored_bytes=None)
     else:  # cron
         td, tg, ts = (gnu_time(f"{d}/time-{x}") for x in ("dump", "gzip", "sync"))
         m.update(wall_s=w[2] - w[0], dump_gzip_wall_s=w[1] - w[0], sync_wall_s=w[2] - w[1],
@@ -531,17 +559,24 @@ def median_run(kind):
     med = dict(med)
     if repeat > 1:
         med["all_walls_s"] = [round(x, 3) for x in walls]
+        med["all_peak_rss_mib"] = [round(x["peak_rss_mib"], 1) for x in runs]
+    med["max_peak_rss_mib"] = max(x["peak_rss_mib"] for x in runs)
     return {k: (round(v, 3) if isinstance(v, float) else v) for k, v in med.items()}
 
 m = {"raw_pg_dump": median_run("raw"), "stowage_zstd": median_run("zstd"),
      "cron_pg_dump_gzip_aws_sync": median_run("cron"), "stowage_gzip": median_run("gzip")}
 raw, z, cron, g = (m[k] for k in ("raw_pg_dump", "stowage_zstd", "cron_pg_dump_gzip_aws_sync", "stowage_gzip"))
+ref = None
+if have_ref:
+    ref = m["reference_pg_dump_zstd3_devnull"] = median_run("ref")
 ratios = {
     "stowage_wall_over_raw_pg_dump": round(z["wall_s"] / raw["wall_s"], 3),
     "stowage_wall_over_cron": round(z["wall_s"] / cron["wall_s"], 3),
     "stowage_gzip_wall_over_cron": round(g["wall_s"] / cron["wall_s"], 3),
-    "stowage_peak_rss_mib": z["peak_rss_mib"],
+    "stowage_peak_rss_mib": z["max_peak_rss_mib"],  # worst run, not the median one
 }
+if ref:
+    ratios["reference_wall_over_raw_pg_dump"] = round(ref["wall_s"] / raw["wall_s"], 3)
 targets = {"stowage_wall_over_raw_pg_dump": 1.2, "stowage_wall_over_cron": 0.4, "stowage_peak_rss_mib": 64}
 db_size = int(read(f"{sd}/db_size"))
 res = {
@@ -571,6 +606,8 @@ print(f"== {mib} MiB requested: pg_database_size {db_size / MiB:.0f} MiB, "
 print(f"{'':34}{'wall s':>8}{'cpu s':>7}{'pg srv':>7}{'moto':>6}{'all':>6}{'peak RSS MiB':>13}{'stored MiB':>11}{'ratio':>6}")
 rows = [("(a) raw pg_dump -Fc -Z0 >/dev/null", raw), ("(b) stowage run, zstd", z),
         ("(c) cron: pg_dump|gzip; aws sync", cron), ("(d) stowage run, gzip", g)]
+if ref:
+    rows.append(("(e) ref: pg_dump|zstd -3 >/dev/null", ref))
 for name, x in rows:
     ratio = "" if not x.get("stored_bytes") else f"{z['dump_bytes'] / x['stored_bytes']:.2f}"
     print(f"{name:34}{x['wall_s']:8.2f}{x['cpu_s']:7.2f}{x['pg_server_cpu_s']:7.2f}{x['moto_cpu_s']:6.2f}"
@@ -587,7 +624,9 @@ def verdict(k):
 print(f"    stowage wall / raw pg_dump wall = {ratios['stowage_wall_over_raw_pg_dump']:.2f}  (target <= 1.2: {verdict('stowage_wall_over_raw_pg_dump')})")
 print(f"    stowage wall / cron wall        = {ratios['stowage_wall_over_cron']:.2f}  (target <= 0.4: {verdict('stowage_wall_over_cron')});"
       f" with gzip: {ratios['stowage_gzip_wall_over_cron']:.2f}")
-print(f"    stowage peak RSS                = {ratios['stowage_peak_rss_mib']:.1f} MiB (target <= 64: {verdict('stowage_peak_rss_mib')})")
+print(f"    stowage peak RSS (worst run)    = {ratios['stowage_peak_rss_mib']:.1f} MiB (target <= 64: {verdict('stowage_peak_rss_mib')})")
+if ref:
+    print(f"    reference: pg_dump | zstd -3 > /dev/null takes {ratios['reference_wall_over_raw_pg_dump']:.2f}x raw pg_dump here (no hashing, no upload)")
 print(f"    results: {out}")
 PY
     SUMMARY_FILES+=("$RESULTS_DIR/$STAMP-${mib}mb.json")
@@ -610,7 +649,7 @@ for p in sys.argv[1:]:
     m = r["measurements"]
     print(f"{r['pg_database_size_bytes'] / 2**20:7.0f}{m['raw_pg_dump']['wall_s']:8.2f}{m['stowage_zstd']['wall_s']:10.2f}"
           f"{m['cron_pg_dump_gzip_aws_sync']['wall_s']:8.2f}{r['ratios']['stowage_wall_over_raw_pg_dump']:6.2f}"
-          f"{r['ratios']['stowage_wall_over_cron']:7.2f}{m['stowage_zstd']['peak_rss_mib']:9.1f}"
+          f"{r['ratios']['stowage_wall_over_cron']:7.2f}{m['stowage_zstd']['max_peak_rss_mib']:9.1f}"
           f"{m['stowage_zstd']['stored_bytes'] / 2**20:11.1f}")
 PY
 fi

@@ -31,7 +31,14 @@ pub enum Console {
 type BoxedLayer = Box<dyn Layer<Registry> + Send + Sync>;
 
 pub fn init(cfg: &LogConfig, console: Console) -> Result<Option<WorkerGuard>, LogError> {
-    let filter = || EnvFilter::try_new(&cfg.level).map_err(|e| LogError::Filter(e.to_string()));
+    // The scheduler library logs its own housekeeping at INFO ("Job creator created"...);
+    // keep it at WARN unless the user's filter names it.
+    let directives = if cfg.level.contains("tokio_cron_scheduler") {
+        cfg.level.clone()
+    } else {
+        format!("{},tokio_cron_scheduler=warn", cfg.level)
+    };
+    let filter = || EnvFilter::try_new(&directives).map_err(|e| LogError::Filter(e.to_string()));
     let mut layers: Vec<BoxedLayer> = Vec::new();
 
     let console_layer: BoxedLayer = match (cfg.format, console) {

@@ -112,13 +112,16 @@ STRIPPED="$CARGO_TARGET_DIR/$TARGET/release/stowage.stripped"
 $TRIPLE-strip -o "$STRIPPED" "$BIN"
 size_bin=$(stat -c %s "$BIN")
 size_stripped=$(stat -c %s "$STRIPPED")
-printf 'size: %s bytes unstripped, %s bytes stripped (%s)\n' "$size_bin" "$size_stripped" "$STRIPPED"
+printf 'size: %s bytes as built, %s bytes after %s-strip (%s)\n' "$size_bin" "$size_stripped" "$TRIPLE" "$STRIPPED"
+[ "$size_bin" -ne "$size_stripped" ] || echo "(same size: the release profile already strips)"
 
 # The ARM binary under qemu-user; children it spawns (pg_dump...) are host binaries and run natively.
 QEMU=(qemu-arm-static -L "$SYSROOT")
 WRAPPER="$WORK/stowage-armv7"
+CALLS="$WORK/wrapper-calls"
 cat >"$WRAPPER" <<EOF
 #!/bin/sh
+echo "\$*" >>'$CALLS'
 exec qemu-arm-static -L '$SYSROOT' '$BIN' "\$@"
 EOF
 chmod +x "$WRAPPER"
@@ -174,7 +177,9 @@ rc=$?
 set -e
 [ "$rc" -eq 2 ] || fail "bad timezone: want exit 2, got $rc:
 $bad"
-echo "bad timezone refused (exit 2): $(head -n1 <<<"$bad")"
+grep -q "jobs.app.timezone" <<<"$bad" || fail "bad timezone error does not name jobs.app.timezone:
+$bad"
+echo "bad timezone refused (exit 2): $(grep "jobs.app.timezone" <<<"$bad")"
 
 # -------------------------------------------------------------------------------------------
 step "backup + restore under qemu (e2e round_trip_moto, round_trip_s3s_fs_checks_signatures)"
@@ -186,10 +191,15 @@ rc=${PIPESTATUS[0]}
 set -e
 [ "$rc" -eq 0 ] || fail "e2e round trips with the ARM binary failed (exit $rc)"
 grep -q "test result: ok. 2 passed" "$log" || fail "expected exactly 2 e2e tests to run and pass"
+# The tests really ran the ARM binary (STOWAGE_BIN honoured): run, list and restore went through it.
+for cmd in " run app" " list app" " restore app"; do
+    grep -q -- "$cmd" "$CALLS" 2>/dev/null || fail "the e2e tests never ran '${cmd# }' through $WRAPPER"
+done
+echo "ARM binary invocations by the e2e tests: $(wc -l <"$CALLS")"
 
 end_step
 echo "== summary ($TARGET)"
-printf 'binary: %s bytes unstripped, %s bytes stripped\n' "$size_bin" "$size_stripped"
+printf 'binary: %s bytes as built, %s bytes stripped\n' "$size_bin" "$size_stripped"
 printf '%s\n' "${TIMINGS[@]}"
 printf '%5ss  total\n' "$((SECONDS - START))"
 echo "OK"

@@ -151,8 +151,30 @@ fn files_under(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
-fn spawn_stowage(cfg: &Path, args: &[&str]) -> Child {
-    Command::new(common::stowage_bin())
+/// A stowage child process that is killed if the test panics before stopping it, so a
+/// failed test never leaves a daemon running backups in the background.
+struct Running(Option<Child>);
+
+impl Running {
+    fn child(&mut self) -> &mut Child {
+        self.0.as_mut().expect("child already taken")
+    }
+    fn take(mut self) -> Child {
+        self.0.take().expect("child already taken")
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(c) = self.0.as_mut() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn spawn_stowage(cfg: &Path, args: &[&str]) -> Running {
+    let child = Command::new(common::stowage_bin())
         .arg("--config")
         .arg(cfg)
         .args(args)
@@ -161,12 +183,13 @@ fn spawn_stowage(cfg: &Path, args: &[&str]) -> Child {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("spawn stowage")
+        .expect("spawn stowage");
+    Running(Some(child))
 }
 
 /// Block until the running backup has streamed more than `bytes` into its local `.partial`
 /// file: the dump is well under way and S3 multipart parts are going up.
-fn wait_until_streaming(setup: &Setup, child: &mut Child, bytes: u64) {
+fn wait_until_streaming(setup: &Setup, child: &mut Running, bytes: u64) {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let streamed: u64 = partials(&setup.local)
@@ -179,7 +202,7 @@ fn wait_until_streaming(setup: &Setup, child: &mut Child, bytes: u64) {
         }
         assert!(Instant::now() < deadline, "no backup got going");
         assert!(
-            child.try_wait().expect("try_wait").is_none(),
+            child.child().try_wait().expect("try_wait").is_none(),
             "stowage exited before it could be interrupted"
         );
         std::thread::sleep(Duration::from_millis(20));
@@ -194,7 +217,8 @@ fn partials(dir: &Path) -> Vec<PathBuf> {
 }
 
 /// What `docker stop` does: SIGTERM, then wait.
-fn sigterm(child: Child) -> Output {
+fn sigterm(running: Running) -> Output {
+    let child = running.take();
     let status = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
@@ -393,6 +417,17 @@ async fn assert_clean_failure(
     );
     let left = partials(&setup.local);
     assert!(left.is_empty(), "{left:?}");
+    // No debris either: every backup directory left is a published one.
+    for dir in std::fs::read_dir(setup.local.join("app"))
+        .expect("job dir")
+        .flatten()
+    {
+        assert!(
+            dir.path().join("manifest.json").exists(),
+            "unpublished leftover {:?}",
+            dir.path()
+        );
+    }
     let after = stored(setup, s3).await;
     let names = |v: &[(String, Vec<u8>)]| v.iter().map(|(k, _)| k.clone()).collect::<Vec<_>>();
     assert_eq!(names(&after), names(before), "stored objects changed");
@@ -449,7 +484,7 @@ async fn failed_dumps_publish_nothing_and_touch_nothing() {
     wait_until_streaming(&setup, &mut child, 6 * 1024 * 1024);
     let killed = pg.terminate_backends("app");
     assert!(killed >= 1, "no backend to terminate");
-    let out = child.wait_with_output().expect("wait");
+    let out = child.take().wait_with_output().expect("wait");
     assert_clean_failure(&setup, &s3, &before, &out, "pg_dump failed").await;
 
     // 3. The server goes away before the run: connection refused, clean failure.
@@ -625,7 +660,7 @@ async fn daemon_runs_on_schedule_logs_to_files_and_stops_on_sigterm() {
             "daemon did not produce 4 backups"
         );
         assert!(
-            child.try_wait().expect("try_wait").is_none(),
+            child.child().try_wait().expect("try_wait").is_none(),
             "daemon exited early"
         );
         std::thread::sleep(Duration::from_millis(300));
@@ -713,7 +748,7 @@ async fn catch_up_runs_at_start_only_when_due() {
         let deadline = Instant::now() + wait;
         while Instant::now() < deadline {
             assert!(
-                child.try_wait().expect("try_wait").is_none(),
+                child.child().try_wait().expect("try_wait").is_none(),
                 "daemon exited early"
             );
             std::thread::sleep(Duration::from_millis(200));

@@ -84,6 +84,22 @@ impl LocalStorage {
         Ok(())
     }
 
+    /// Remove the now-empty directories above `path`, up to (not including) the root, so a
+    /// deleted or abandoned backup leaves no empty `<job>/<id>/` behind. `remove_dir` refuses
+    /// a non-empty directory, so anything still holding files (another backup) stays.
+    async fn prune_empty_dirs(&self, path: &Path) {
+        let mut d = path.parent();
+        while let Some(dir) = d {
+            if dir == self.root
+                || !dir.starts_with(&self.root)
+                || fs::remove_dir(dir).await.is_err()
+            {
+                break;
+            }
+            d = dir.parent();
+        }
+    }
+
     async fn ensure_parent(&self, path: &Path) -> Result<(), StorageError> {
         if let Some(parent) = path.parent() {
             fs::create_dir_all(parent)
@@ -133,6 +149,7 @@ impl Storage for LocalStorage {
             }
             Err(e) => {
                 let _ = fs::remove_file(&partial).await;
+                self.prune_empty_dirs(&target).await;
                 Err(e)
             }
         }
@@ -226,21 +243,10 @@ impl Storage for LocalStorage {
                 dirs.push(parent.to_path_buf());
             }
         }
-        // Leave no empty backup directories behind; remove_dir refuses non-empty ones,
-        // so a directory still holding anything (another backup's files) stays.
         dirs.sort();
         dirs.dedup();
         for dir in dirs.into_iter().rev() {
-            let mut d = dir.as_path();
-            while d != self.root && d.starts_with(&self.root) {
-                if fs::remove_dir(d).await.is_err() {
-                    break;
-                }
-                match d.parent() {
-                    Some(p) => d = p,
-                    None => break,
-                }
-            }
+            self.prune_empty_dirs(&dir.join("_")).await;
         }
         Ok(())
     }

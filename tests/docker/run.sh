@@ -67,7 +67,13 @@ if ! docker image inspect debian:bookworm-slim > /dev/null 2>&1; then
     rootfs="$WORK/rootfs"
     debootstrap --variant=minbase bookworm "$rootfs" "$mirror" > "$WORK/debootstrap.log" 2>&1 \
         || { tail -20 "$WORK/debootstrap.log"; fail "debootstrap failed"; }
-    rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/lib/apt/lists/*
+    # Trim what the official slim image leaves out, so image sizes are comparable.
+    rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/lib/apt/lists/* \
+        "$rootfs"/usr/share/doc/* "$rootfs"/usr/share/man/* "$rootfs"/usr/share/info/* \
+        "$rootfs"/usr/share/locale/* "$rootfs"/var/cache/debconf/*-old
+    # and keep them out of later apt installs in images built on it, as slim does
+    printf 'path-exclude /usr/share/doc/*\npath-exclude /usr/share/man/*\npath-exclude /usr/share/info/*\npath-exclude /usr/share/locale/*\n' \
+        > "$rootfs/etc/dpkg/dpkg.cfg.d/docker-slim"
     tar -C "$rootfs" -c . | docker import --change 'CMD ["bash"]' - debian:bookworm-slim > /dev/null
     rm -rf "$rootfs"
 fi
@@ -90,9 +96,10 @@ docker build -t stowage:ci \
     . > "$WORK/build.log" 2>&1 || { tail -30 "$WORK/build.log"; fail "docker build failed"; }
 echo "built in $(( ($(now_ms) - t0) / 1000 )) s"
 size=$(docker image inspect -f '{{.Size}}' stowage:ci)
+base=$(docker image inspect -f '{{.Size}}' debian:bookworm-slim)
 gz=$(docker save stowage:ci | gzip -c | wc -c)
-printf 'image size: %d MB uncompressed, %d MB compressed (docker save | gzip)\n' \
-    $((size / 1000000)) $((gz / 1000000))
+printf 'image size: %d MB uncompressed (%d MB of it the debootstrap base, %d MB added), %d MB compressed (docker save | gzip)\n' \
+    $((size / 1000000)) $((base / 1000000)) $(((size - base) / 1000000)) $((gz / 1000000))
 
 step "stowage --version and check-config in the image"
 docker run --rm stowage:ci stowage --version
@@ -109,7 +116,7 @@ t0=$(now_ms)
 # Wait for the first published backup (the job has none yet, so it runs at start).
 first=""
 while [ $(( $(now_ms) - t0 )) -lt 90000 ]; do
-    first=$(docker exec "$BACKUP" stowage list app 2>/dev/null | awk '$1 ~ /^[0-9]{8}T[0-9.]+Z$/ {print $1; exit}' || true)
+    first=$("${COMPOSE[@]}" exec -T backup stowage list app 2>/dev/null | grep -oE '^ +[0-9]{8}T[0-9.]+Z' | head -n1 | tr -d ' ' || true)
     [ -n "$first" ] && break
     sleep 1
 done
@@ -128,15 +135,17 @@ checksums() {
       from pg_class c join pg_namespace n on n.oid = c.relnamespace
       where c.relkind = 'r' and n.nspname = 'public' order by 1"
 }
-docker exec "$DB" createdb -U postgres restored
-docker exec "$BACKUP" sh -c 'stowage restore app latest --to "postgres://postgres:$(cat /run/secrets/pg_password)@db:5432/restored"'
+# The README's quick start, line by line.
+"${COMPOSE[@]}" exec -T db createdb -U postgres restored
+"${COMPOSE[@]}" exec -T backup sh -c \
+  'stowage restore app latest --to "postgres://postgres:$(cat /run/secrets/pg_password)@db:5432/restored"'
 want=$(checksums app); got=$(checksums restored)
 echo "$want"
 [ -n "$want" ] && [ "$want" = "$got" ] || fail "restored tables differ: $got"
 
 step "docker logs and the shared log volume"
 docker logs "$BACKUP" 2>&1 | grep -m1 "backup success: job=app" || fail "no summary line in docker logs"
-docker exec "$BACKUP" sh -c 'ls /var/log/stowage && grep -l "backup success: job=app" /var/log/stowage/stowage.*.log' \
+"${COMPOSE[@]}" exec -T backup sh -c 'ls /var/log/stowage && grep -l "backup success: job=app" /var/log/stowage/stowage.*.log' \
     || fail "no log file with the summary on the log volume"
 
 step "idle RSS and docker stop while idle"
@@ -169,7 +178,7 @@ for _ in $(seq 1 60); do
     sleep 1
 done
 [ -n "$ok" ] || { docker logs --since "$since" "$BACKUP" 2>&1 | tail -20; fail "the added job did not run after restart"; }
-docker exec "$BACKUP" stowage list hourly | grep -E '^\s+[0-9]{8}T' > /dev/null || fail "hourly not listed"
+"${COMPOSE[@]}" exec -T backup stowage list hourly | grep -E '^\s+[0-9]{8}T' > /dev/null || fail "hourly not listed"
 echo "added job ran and is listed"
 
 step "an invalid edit: clear error in docker logs, non-zero exit"
