@@ -148,6 +148,11 @@ docker logs "$BACKUP" 2>&1 | grep -m1 "backup success: job=app" || fail "no summ
 "${COMPOSE[@]}" exec -T backup sh -c 'ls /var/log/stowage && grep -l "backup success: job=app" /var/log/stowage/stowage.*.log' \
     || fail "no log file with the summary on the log volume"
 
+step "healthcheck command"
+"${COMPOSE[@]}" exec -T backup stowage health || fail "stowage health reports unhealthy"
+docker inspect -f '{{json .Config.Healthcheck.Test}}' "$BACKUP" | grep -q '"stowage","health"' \
+    || fail "the image's HEALTHCHECK does not run stowage health"
+
 step "idle RSS and docker stop while idle"
 sleep 3
 docker stats --no-stream --format 'idle memory: {{.MemUsage}}' "$BACKUP"
