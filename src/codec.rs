@@ -36,6 +36,35 @@ pub fn decompress(r: Reader, c: Compression) -> Reader {
     }
 }
 
+/// Drain `r` in its own task into a bounded queue of up to `chunks` × 256 KiB, and read
+/// from that queue. The producer behind `r` (pg_dump writing into a 64 KiB pipe) then keeps
+/// running while the consumer compresses, instead of blocking on every chunk.
+pub fn read_ahead(mut r: Reader, chunks: usize) -> Reader {
+    use tokio::io::AsyncReadExt;
+    let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<bytes::Bytes>>(chunks.max(1));
+    tokio::spawn(async move {
+        loop {
+            let mut buf = bytes::BytesMut::with_capacity(BUF);
+            match r.read_buf(&mut buf).await {
+                Ok(0) => break,
+                Ok(_) => {
+                    if tx.send(Ok(buf.freeze())).await.is_err() {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    let _ = tx.send(Err(e)).await;
+                    break;
+                }
+            }
+        }
+    });
+    let stream = futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    });
+    Box::new(tokio_util::io::StreamReader::new(Box::pin(stream)))
+}
+
 /// Passes bytes through and, at end of stream, fails with `InvalidData` unless their size
 /// and sha256 match what the manifest recorded. The error surfaces *before* the consumer
 /// sees end-of-file, so a restore can be killed before it commits corrupt data.
@@ -121,6 +150,28 @@ mod tests {
             .await
             .expect("decompress");
         assert_eq!(out, data);
+    }
+
+    #[tokio::test]
+    async fn read_ahead_passes_everything_and_errors_through() {
+        let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 253) as u8).collect();
+        let mut out = Vec::new();
+        read_ahead(Box::new(std::io::Cursor::new(data.clone())), 4)
+            .read_to_end(&mut out)
+            .await
+            .expect("read");
+        assert_eq!(out, data);
+
+        let failing = tokio_util::io::StreamReader::new(futures::stream::iter(vec![
+            Ok(bytes::Bytes::from_static(b"abc")),
+            Err(std::io::Error::other("pipe broke")),
+        ]));
+        let mut out = Vec::new();
+        let err = read_ahead(Box::new(failing), 4)
+            .read_to_end(&mut out)
+            .await
+            .expect_err("error must pass through");
+        assert!(err.to_string().contains("pipe broke"));
     }
 
     #[tokio::test]

@@ -29,6 +29,9 @@ use crate::source::{self, Source, SourceError};
 use crate::storage::{self, Chunk, Storage};
 
 const READ_CHUNK: usize = 256 * 1024;
+/// Chunks of the raw dump read ahead of the compressor (16 × 256 KiB = 4 MiB): pg_dump's
+/// pipe holds only 64 KiB, so without this it stalls every time zstd works on a chunk.
+const READ_AHEAD_CHUNKS: usize = 16;
 /// Chunks buffered per destination: enough to absorb jitter, small enough that a slow
 /// destination applies backpressure to the dump instead of growing memory.
 const CHANNEL_DEPTH: usize = 8;
@@ -297,7 +300,8 @@ async fn stream_source(
     let counted = InspectReader::new(dump.reader, move |b: &[u8]| {
         counter.fetch_add(b.len() as u64, Ordering::Relaxed);
     });
-    let mut reader = codec::compress(Box::new(counted), job.compression, job.compression_level);
+    let decoupled = codec::read_ahead(Box::new(counted), READ_AHEAD_CHUNKS);
+    let mut reader = codec::compress(decoupled, job.compression, job.compression_level);
 
     let live: Vec<usize> = (0..targets.len())
         .filter(|i| targets[*i].error.is_none())
