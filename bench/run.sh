@@ -17,7 +17,7 @@ REPEAT=1
 BUILD=1
 KEEP_WORK=0
 IDLE_WAIT=300
-IDLE_MAX_PCT=20
+IDLE_MAX_PCT=15
 STOWAGE="${STOWAGE:-}"
 RESULTS_DIR="$BENCH/results"
 PG_BIN="${PG_BIN:-/usr/lib/postgresql/15/bin}"
@@ -29,12 +29,13 @@ usage() {
 usage: bench/run.sh [options]
   --size-mb N        database size in MiB (default 1024)
   --sizes A,B,...    run the whole benchmark at each size (e.g. 256,1024)
-  --repeat N         run every measurement N times, report the run with the median wall time (default 1)
+  --repeat N         run every measurement N times; report the median (by wall time) of the runs
+                     during which other work used under 5% of the CPU (default 1)
   --stowage PATH     stowage binary to test (default: build and use target/release/stowage)
   --no-build         do not run cargo build --release (uses the existing binary)
   --results-dir DIR  where the JSON results go (default bench/results)
   --idle-wait SECS   before each measurement wait up to SECS (default 300, 0 = never) for the machine's
-                     CPU use to drop under 20% (other work on a shared box skews the figures)
+                     CPU use to drop under 15% (other work on a shared box skews the figures)
   --keep-work        keep the temp dir (logs, configs, GNU time outputs) instead of removing it
 env: PG_BIN (default /usr/lib/postgresql/15/bin), STOWAGE_TOOLS (venv for moto/awscli)
 EOF
@@ -107,6 +108,8 @@ fi
 # ---------------------------------------------------------------------------------------
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/stowage-bench.XXXXXX")"
 chmod 755 "$WORK"
+mkfifo "$WORK/pause"            # `read -t` on it is a sleep that does not fork
+exec {PAUSE_FD}<>"$WORK/pause"
 PGDATA="$WORK/pgdata"
 MOTO_PID=""
 PG_STARTED=0
@@ -136,6 +139,13 @@ trap 'exit 130' INT TERM
 cp "$STOWAGE" "$WORK/stowage"
 STOWAGE_SRC="$STOWAGE"
 STOWAGE="$WORK/stowage"
+# What was measured: the binary's hash and build time, and the commit of the tree (+dirty src).
+STOWAGE_ID="$(sha256sum "$STOWAGE" | cut -c1-16) built $(date -u -r "$STOWAGE_SRC" +%Y-%m-%dT%H:%M:%SZ)"
+if GIT_REV="$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null)"; then
+    git -C "$ROOT" diff --quiet HEAD -- src Cargo.toml Cargo.lock 2>/dev/null || GIT_REV="$GIT_REV+dirty"
+else
+    GIT_REV="unknown"
+fi
 
 # Everything stays on loopback; S3 credentials are dummies (moto does not check them).
 export NO_PROXY="127.0.0.1,localhost" no_proxy="127.0.0.1,localhost"
@@ -263,8 +273,8 @@ load_database() { # size_mib url
     psql_q "$url" -f "$SCHEMA_SQL"
     base=$(psql_q "$url" -At -c "select pg_database_size(current_database())")
     size=$base
-    # first batch: ~400 bytes a row, at most 100k rows; later batches from the measured size
-    n=$(( target / 400 / 10 * 10 ))
+    # first batch: ~500 bytes a row, at most 100k rows; later batches from the measured size
+    n=$(( target / 2 / 500 / 10 * 10 ))
     (( n > 100000 )) && n=100000
     (( n < 2000 )) && n=2000
     while (( size < target )); do
@@ -327,14 +337,21 @@ wait_idle() {
     cat /proc/loadavg >"$d/loadavg"
 }
 
-# Samples VmHWM (peak RSS, kB) of a process and of its children until it exits.
-# Writes "own_kb children_max_kb" to $2.
+# Samples VmHWM (peak RSS, kB) of a process and of its children until it exits, every 0.1 s.
+# Writes "own_kb children_max_kb" to $2. Builtins only, and the pause is a read with a
+# timeout on a FIFO nobody writes: no fork per sample, so it steals next to no CPU from
+# what it measures.
 sample_hwm() {
-    local pid="$1" out="$2" own=0 kids=0 k v kid kids_list
+    local pid="$1" out="$2" own=0 kids=0 k v kid kids_list zombie
     while [[ -e "/proc/$pid/status" ]]; do
+        zombie=0
         while read -r k v _; do
-            if [[ "$k" == "VmHWM:" ]]; then (( v > own )) && own=$v; break; fi
+            case "$k" in
+                State:) [[ "$v" == Z ]] && zombie=1 ;;
+                VmHWM:) (( v > own )) && own=$v; break ;;
+            esac
         done 2>/dev/null <"/proc/$pid/status" || true
+        (( zombie )) && break
         kids_list=""
         read -r kids_list 2>/dev/null <"/proc/$pid/task/$pid/children" || true
         for kid in $kids_list; do
@@ -342,9 +359,7 @@ sample_hwm() {
                 if [[ "$k" == "VmHWM:" ]]; then (( v > kids )) && kids=$v; break; fi
             done 2>/dev/null <"/proc/$kid/status" || true
         done
-        # a zombie has no VmHWM line any more; stop once it is gone
-        grep -q '^State:.*Z' "/proc/$pid/status" 2>/dev/null && break
-        sleep 0.05
+        read -r -t 0.1 -u "$PAUSE_FD" _ || true
     done
     echo "$own $kids" >"$out"
 }
@@ -412,7 +427,7 @@ measure_stowage() {
         read -r spid _ 2>/dev/null <"/proc/$tpid/task/$tpid/children" || true
         [[ -n "$spid" ]] && break
         kill -0 "$tpid" 2>/dev/null || break
-        sleep 0.01
+        read -r -t 0.01 -u "$PAUSE_FD" _ || true
     done
     if [[ -n "$spid" ]]; then sample_hwm "$spid" "$d/hwm"; else echo "0 0" >"$d/hwm"; fi
     wait "$tpid" || rc=$?
@@ -490,11 +505,12 @@ run_size() {
     done
 
     local json="$RESULTS_DIR/$STAMP-${mib}mb.json"
-    "$PY" - "$sd" "$mib" "$REPEAT" "$json" "$STOWAGE_SRC" "$HAVE_ZSTD" <<'PY'
+    "$PY" - "$sd" "$mib" "$REPEAT" "$json" "$STOWAGE_SRC" "$HAVE_ZSTD" "$STOWAGE_ID" "$GIT_REV" <<'PY'
 import json, os, platform, sys
 
 sd, mib, repeat, out, stowage = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5]
 have_ref = sys.argv[6] == "1"
+stowage_id, git_rev = sys.argv[7], sys.argv[8]
 MiB = 1024 * 1024
 
 def read(path):
@@ -552,28 +568,39 @@ def load(kind, r):
                  stored_bytes=int(read(f"{d}/stored")))
     return m
 
-def median_run(kind):
+def pick_run(kind):
+    """All runs of one measurement. Runs during which other work on the machine used more
+    than 5% of its CPU are set aside (unless all were); of the rest the median by wall time
+    is reported (the lower one for an even count)."""
     runs = [load(kind, r) for r in range(1, repeat + 1)]
-    walls = [x["wall_s"] for x in runs]
-    med = sorted(runs, key=lambda x: x["wall_s"])[(len(runs) - 1) // 2]
-    med = dict(med)
+    cpus = os.cpu_count() or 1
+    for x in runs:
+        mine = x["cpu_s"] + x["pg_server_cpu_s"] + x["moto_cpu_s"]
+        x["other_cpu_s"] = max(0.0, x["machine_cpu_s"] - mine)
+        x["clean"] = x["other_cpu_s"] <= 0.05 * cpus * (x["wall_s"] + 0.3)
+    pool = [i for i, x in enumerate(runs) if x["clean"]] or list(range(len(runs)))
+    pool.sort(key=lambda i: runs[i]["wall_s"])
+    i = pool[(len(pool) - 1) // 2]
+    best = dict(runs[i])
     if repeat > 1:
-        med["all_walls_s"] = [round(x, 3) for x in walls]
-        med["all_peak_rss_mib"] = [round(x["peak_rss_mib"], 1) for x in runs]
-    med["max_peak_rss_mib"] = max(x["peak_rss_mib"] for x in runs)
-    return {k: (round(v, 3) if isinstance(v, float) else v) for k, v in med.items()}
+        best["selected_run"] = i + 1
+        best["runs"] = [dict({k: round(x[k], 2) for k in ("wall_s", "cpu_s", "pg_server_cpu_s", "moto_cpu_s",
+                                                          "other_cpu_s", "peak_rss_mib")}, clean=x["clean"])
+                        for x in runs]
+    best["max_peak_rss_mib"] = max(x["peak_rss_mib"] for x in runs)
+    return {k: (round(v, 3) if isinstance(v, float) else v) for k, v in best.items()}
 
-m = {"raw_pg_dump": median_run("raw"), "stowage_zstd": median_run("zstd"),
-     "cron_pg_dump_gzip_aws_sync": median_run("cron"), "stowage_gzip": median_run("gzip")}
+m = {"raw_pg_dump": pick_run("raw"), "stowage_zstd": pick_run("zstd"),
+     "cron_pg_dump_gzip_aws_sync": pick_run("cron"), "stowage_gzip": pick_run("gzip")}
 raw, z, cron, g = (m[k] for k in ("raw_pg_dump", "stowage_zstd", "cron_pg_dump_gzip_aws_sync", "stowage_gzip"))
 ref = None
 if have_ref:
-    ref = m["reference_pg_dump_zstd3_devnull"] = median_run("ref")
+    ref = m["reference_pg_dump_zstd3_devnull"] = pick_run("ref")
 ratios = {
     "stowage_wall_over_raw_pg_dump": round(z["wall_s"] / raw["wall_s"], 3),
     "stowage_wall_over_cron": round(z["wall_s"] / cron["wall_s"], 3),
     "stowage_gzip_wall_over_cron": round(g["wall_s"] / cron["wall_s"], 3),
-    "stowage_peak_rss_mib": z["max_peak_rss_mib"],  # worst run, not the median one
+    "stowage_peak_rss_mib": z["max_peak_rss_mib"],  # worst of all runs
 }
 if ref:
     ratios["reference_wall_over_raw_pg_dump"] = round(ref["wall_s"] / raw["wall_s"], 3)
@@ -587,6 +614,8 @@ res = {
     "machine": {"cpus": os.cpu_count(), "kernel": platform.release(),
                 "mem_mib": os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // MiB},
     "stowage_binary": stowage,
+    "stowage_binary_id": stowage_id,
+    "git_rev": git_rev,
     "measurements": m,
     "ratios": ratios,
     "targets": targets,
@@ -602,8 +631,8 @@ def mb(b):
 print()
 print(f"== {mib} MiB requested: pg_database_size {db_size / MiB:.0f} MiB, "
       f"pg_dump -Fc -Z0 output {z['dump_bytes'] / MiB:.0f} MiB"
-      + (f", median of {repeat} runs" if repeat > 1 else ""))
-print(f"{'':34}{'wall s':>8}{'cpu s':>7}{'pg srv':>7}{'moto':>6}{'all':>6}{'peak RSS MiB':>13}{'stored MiB':>11}{'ratio':>6}")
+      + (f", median of the clean runs out of {repeat}" if repeat > 1 else ""))
+print(f"{'':34}{'wall s':>8}{'cpu s':>7}{'pg srv':>7}{'moto':>6}{'other':>6}{'peak RSS MiB':>13}{'stored MiB':>11}{'ratio':>6}")
 rows = [("(a) raw pg_dump -Fc -Z0 >/dev/null", raw), ("(b) stowage run, zstd", z),
         ("(c) cron: pg_dump|gzip; aws sync", cron), ("(d) stowage run, gzip", g)]
 if ref:
@@ -611,8 +640,9 @@ if ref:
 for name, x in rows:
     ratio = "" if not x.get("stored_bytes") else f"{z['dump_bytes'] / x['stored_bytes']:.2f}"
     print(f"{name:34}{x['wall_s']:8.2f}{x['cpu_s']:7.2f}{x['pg_server_cpu_s']:7.2f}{x['moto_cpu_s']:6.2f}"
-          f"{x['machine_cpu_s']:6.1f}{x['peak_rss_mib']:13.1f}{mb(x['stored_bytes']):>11}{ratio:>6}")
-print("    cpu s = the measured processes (user+sys); pg srv / moto = the servers' CPU during the run; all = whole machine")
+          f"{x['other_cpu_s']:6.1f}{x['peak_rss_mib']:13.1f}{mb(x['stored_bytes']):>11}{ratio:>6}")
+print("    cpu s = the measured processes (user+sys); pg srv / moto = the servers' CPU meanwhile;"
+      " other = CPU anything else used meanwhile (noise)")
 print(f"    cron detail: pg_dump|gzip {cron['dump_gzip_wall_s']:.2f} s + aws s3 sync {cron['sync_wall_s']:.2f} s; "
       f"peak RSS pg_dump {cron['pg_dump_peak_rss_mib']:.1f}, gzip {cron['gzip_peak_rss_mib']:.1f}, "
       f"aws {cron['aws_peak_rss_mib']:.1f} MiB")
@@ -633,7 +663,7 @@ PY
     psql_q "$PG_ADMIN" -c "DROP DATABASE $db"
 }
 
-log "stowage: $STOWAGE_SRC ($("$STOWAGE" --version 2>/dev/null || echo '?'))"
+log "stowage: $STOWAGE_SRC ($("$STOWAGE" --version 2>/dev/null || echo '?'); sha256 $STOWAGE_ID; tree $GIT_REV)"
 for mib in "${SIZE_LIST[@]}"; do
     run_size "$mib"
 done
