@@ -84,6 +84,17 @@ url = "{pg_url}"
     Setup { dir, config, local }
 }
 
+/// The usual fixture: PostgreSQL seeded with `rows`, moto with the bucket, and a config
+/// with both destinations under the same retention rule.
+async fn moto_stack(rows: usize, retention: &str) -> (PgServer, S3Server, Setup) {
+    let pg = PgServer::start();
+    seed_sample_db(&pg, "app", rows);
+    let s3 = S3Server::moto();
+    s3.create_bucket(BUCKET).await;
+    let setup = write_config(&pg.url("app"), &s3, retention, retention, BUCKET);
+    (pg, s3, setup)
+}
+
 fn run_ok(cfg: &Path) -> Output {
     let out = run_stowage(cfg, ["run", "app"]);
     assert!(out.status.success(), "run failed:\n{}", text(&out));
@@ -339,17 +350,7 @@ async fn round_trip_s3s_fs_checks_signatures() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keep_last_five_after_seven_runs() {
-    let pg = PgServer::start();
-    seed_sample_db(&pg, "app", 500);
-    let s3 = S3Server::moto();
-    s3.create_bucket(BUCKET).await;
-    let setup = write_config(
-        &pg.url("app"),
-        &s3,
-        "{ keep_last = 5 }",
-        "{ keep_last = 5 }",
-        BUCKET,
-    );
+    let (_pg, s3, setup) = moto_stack(500, "{ keep_last = 5 }").await;
     let mut all = Vec::new();
     for _ in 0..7 {
         run_ok(&setup.config);
@@ -436,18 +437,8 @@ async fn assert_clean_failure(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failed_dumps_publish_nothing_and_touch_nothing() {
-    let mut pg = PgServer::start();
     // Big enough that the dump is still streaming (multipart under way) when it is killed.
-    seed_sample_db(&pg, "app", 150_000);
-    let s3 = S3Server::moto();
-    s3.create_bucket(BUCKET).await;
-    let setup = write_config(
-        &pg.url("app"),
-        &s3,
-        "{ keep_last = 5 }",
-        "{ keep_last = 5 }",
-        BUCKET,
-    );
+    let (mut pg, s3, setup) = moto_stack(150_000, "{ keep_last = 5 }").await;
     for _ in 0..5 {
         run_ok(&setup.config);
     }
@@ -632,17 +623,7 @@ password_file = "{}"
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn daemon_runs_on_schedule_logs_to_files_and_stops_on_sigterm() {
-    let pg = PgServer::start();
-    seed_sample_db(&pg, "app", 500);
-    let s3 = S3Server::moto();
-    s3.create_bucket(BUCKET).await;
-    let setup = write_config(
-        &pg.url("app"),
-        &s3,
-        "{ keep_last = 3 }",
-        "{ keep_last = 3 }",
-        BUCKET,
-    );
+    let (_pg, s3, setup) = moto_stack(500, "{ keep_last = 3 }").await;
     set_schedule(&setup, "*/2 * * * * *");
     let mut child = spawn_stowage(&setup.config, &["daemon"]);
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -693,18 +674,8 @@ async fn daemon_runs_on_schedule_logs_to_files_and_stops_on_sigterm() {
 /// SIGTERM in the middle of a run abandons it without publishing or leaving debris.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn overlapping_run_is_skipped_and_sigterm_abandons_cleanly() {
-    let pg = PgServer::start();
     // A dump that takes several seconds, against a schedule firing every second.
-    seed_sample_db(&pg, "app", 100_000);
-    let s3 = S3Server::moto();
-    s3.create_bucket(BUCKET).await;
-    let setup = write_config(
-        &pg.url("app"),
-        &s3,
-        "{ keep_last = 3 }",
-        "{ keep_last = 3 }",
-        BUCKET,
-    );
+    let (_pg, s3, setup) = moto_stack(100_000, "{ keep_last = 3 }").await;
     set_schedule(&setup, "* * * * * *");
     let mut child = spawn_stowage(&setup.config, &["daemon"]);
     wait_until_streaming(&setup, &mut child, 6 * 1024 * 1024);
@@ -731,17 +702,7 @@ async fn overlapping_run_is_skipped_and_sigterm_abandons_cleanly() {
 /// `catch_up = false` turns it off. Restarting the container must never cost a backup.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn catch_up_runs_at_start_only_when_due() {
-    let pg = PgServer::start();
-    seed_sample_db(&pg, "app", 500);
-    let s3 = S3Server::moto();
-    s3.create_bucket(BUCKET).await;
-    let setup = write_config(
-        &pg.url("app"),
-        &s3,
-        "{ keep_last = 5 }",
-        "{ keep_last = 5 }",
-        BUCKET,
-    );
+    let (_pg, _s3, setup) = moto_stack(500, "{ keep_last = 5 }").await;
 
     let start_and_stop = |wait: Duration| -> String {
         let mut child = spawn_stowage(&setup.config, &["daemon"]);

@@ -25,6 +25,20 @@ DOCKERD_PID=""
 step() { printf '\n== %s\n' "$*"; }
 fail() { printf 'FAIL: %s\n' "$*" >&2; exit 1; }
 now_ms() { date +%s%3N; }
+# Append a job backing up the app database to the mounted config (as a user would edit it).
+add_job() {
+    cat >> "$STOWAGE_CI_CONFIG" <<TOML
+
+[jobs.$1]
+schedule = "$2"
+destinations = ["local"]
+[[jobs.$1.sources]]
+type = "postgres"
+name = "db"
+url = "postgres://postgres@db:5432/app"
+password_file = "/run/secrets/pg_password"
+TOML
+}
 
 cleanup() {
     set +e
@@ -164,17 +178,7 @@ code=$(docker inspect -f '{{.State.ExitCode}}' "$BACKUP")
 docker start "$BACKUP" > /dev/null
 
 step "edit the mounted config (add a job), restart: new config in effect"
-cat >> "$STOWAGE_CI_CONFIG" <<'TOML'
-
-[jobs.hourly]
-schedule = "@hourly"
-destinations = ["local"]
-[[jobs.hourly.sources]]
-type = "postgres"
-name = "db"
-url = "postgres://postgres@db:5432/app"
-password_file = "/run/secrets/pg_password"
-TOML
+add_job hourly "@hourly"
 since=$(date -u +%Y-%m-%dT%H:%M:%S)
 "${COMPOSE[@]}" restart backup
 ok=""
@@ -194,7 +198,12 @@ since=$(date -u +%Y-%m-%dT%H:%M:%S)
 sleep 3
 docker logs --since "$since" "$BACKUP" 2>&1 | grep -m1 'jobs.hourly.schedule: invalid schedule "0 25 \* \* \*"' \
     || { docker logs --since "$since" "$BACKUP" 2>&1 | tail; fail "no clear config error in docker logs"; }
-state=$(docker inspect -f '{{.State.Status}} exit={{.State.ExitCode}} restarts={{.RestartCount}}' "$BACKUP")
+# Docker keeps restarting it (unless-stopped); sample until we catch it between attempts.
+state=""
+for _ in $(seq 1 100); do
+    state=$(docker inspect -f '{{.State.Status}} exit={{.State.ExitCode}} restarts={{.RestartCount}}' "$BACKUP")
+    case "$state" in running*) sleep 0.1 ;; *) break ;; esac
+done
 echo "container: $state"
 case "$state" in *"exit=2"*) ;; *) fail "expected exit code 2, got: $state" ;; esac
 cp "$WORK/good.toml" "$STOWAGE_CI_CONFIG"
@@ -209,17 +218,7 @@ step "docker stop during a running backup: finished or cleanly abandoned"
 docker exec "$DB" psql -q -U postgres -d app -c \
     "create table big as select g as id, md5(g::text) || md5((g * 7)::text) || repeat(md5(random()::text), 4) as v
      from generate_series(1, 1500000) g"
-cat >> "$STOWAGE_CI_CONFIG" <<'TOML'
-
-[jobs.big]
-schedule = "@daily"
-destinations = ["local"]
-[[jobs.big.sources]]
-type = "postgres"
-name = "db"
-url = "postgres://postgres@db:5432/app"
-password_file = "/run/secrets/pg_password"
-TOML
+add_job big "@daily"
 since=$(date -u +%Y-%m-%dT%H:%M:%S)
 "${COMPOSE[@]}" restart backup
 running=""
