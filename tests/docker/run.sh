@@ -25,6 +25,10 @@ DOCKERD_PID=""
 step() { printf '\n== %s\n' "$*"; }
 fail() { printf 'FAIL: %s\n' "$*" >&2; exit 1; }
 now_ms() { date +%s%3N; }
+# The sidecar's docker logs (optionally --since T) into a file: grepping a file, not a pipe,
+# because with pipefail an early-exiting grep would fail the pipeline through SIGPIPE.
+backup_logs() { docker logs "$@" "$BACKUP" > "$WORK/logs.txt" 2>&1 || true; }
+logs_have() { grep -E -m1 -- "$1" "$WORK/logs.txt"; }
 # Append a job backing up the app database to the mounted config (as a user would edit it).
 add_job() {
     cat >> "$STOWAGE_CI_CONFIG" <<TOML
@@ -134,7 +138,7 @@ while [ $(( $(now_ms) - t0 )) -lt 90000 ]; do
     [ -n "$first" ] && break
     sleep 1
 done
-[ -n "$first" ] || { docker logs "$BACKUP" 2>&1 | tail -30; fail "no backup listed after 90 s"; }
+[ -n "$first" ] || { backup_logs; tail -30 "$WORK/logs.txt"; fail "no backup listed after 90 s"; }
 elapsed=$(( $(now_ms) - t0 ))
 echo "first backup $first listed $((elapsed / 1000)).$(( (elapsed % 1000) / 100 )) s after compose up"
 [ "$elapsed" -le 60000 ] || fail "first backup took longer than 60 s"
@@ -158,13 +162,15 @@ echo "$want"
 [ -n "$want" ] && [ "$want" = "$got" ] || fail "restored tables differ: $got"
 
 step "docker logs and the shared log volume"
-docker logs "$BACKUP" 2>&1 | grep -m1 "backup success: job=app" || fail "no summary line in docker logs"
+backup_logs
+logs_have "backup success: job=app" || fail "no summary line in docker logs"
 "${COMPOSE[@]}" exec -T backup sh -c 'ls /var/log/stowage && grep -l "backup success: job=app" /var/log/stowage/stowage.*.log' \
     || fail "no log file with the summary on the log volume"
 
 step "healthcheck command"
 "${COMPOSE[@]}" exec -T backup stowage health || fail "stowage health reports unhealthy"
-docker inspect -f '{{json .Config.Healthcheck.Test}}' "$BACKUP" | grep -q '"stowage","health"' \
+hc=$(docker inspect -f '{{json .Config.Healthcheck.Test}}' "$BACKUP")
+[[ "$hc" == *'"stowage","health"'* ]] \
     || fail "the image's HEALTHCHECK does not run stowage health"
 
 step "idle RSS and docker stop while idle"
@@ -183,10 +189,11 @@ since=$(date -u +%Y-%m-%dT%H:%M:%S)
 "${COMPOSE[@]}" restart backup
 ok=""
 for _ in $(seq 1 60); do
-    if docker logs --since "$since" "$BACKUP" 2>&1 | grep -q "backup success: job=hourly"; then ok=1; break; fi
+    backup_logs --since "$since"
+    if logs_have "backup success: job=hourly" > /dev/null; then ok=1; break; fi
     sleep 1
 done
-[ -n "$ok" ] || { docker logs --since "$since" "$BACKUP" 2>&1 | tail -20; fail "the added job did not run after restart"; }
+[ -n "$ok" ] || { tail -20 "$WORK/logs.txt"; fail "the added job did not run after restart"; }
 "${COMPOSE[@]}" exec -T backup stowage list hourly | grep -E '^\s+[0-9]{8}T' > /dev/null || fail "hourly not listed"
 echo "added job ran and is listed"
 
@@ -196,8 +203,9 @@ sed -i 's/^schedule = "@hourly"/schedule = "0 25 * * *"/' "$STOWAGE_CI_CONFIG"
 since=$(date -u +%Y-%m-%dT%H:%M:%S)
 "${COMPOSE[@]}" restart backup
 sleep 3
-docker logs --since "$since" "$BACKUP" 2>&1 | grep -m1 'jobs.hourly.schedule: invalid schedule "0 25 \* \* \*"' \
-    || { docker logs --since "$since" "$BACKUP" 2>&1 | tail; fail "no clear config error in docker logs"; }
+backup_logs --since "$since"
+logs_have 'jobs\.hourly\.schedule: invalid schedule "0 25 \* \* \*"' \
+    || { tail "$WORK/logs.txt"; fail "no clear config error in docker logs"; }
 # Docker keeps restarting it (unless-stopped); sample until we catch it between attempts.
 state=""
 for _ in $(seq 1 100); do
@@ -223,14 +231,16 @@ since=$(date -u +%Y-%m-%dT%H:%M:%S)
 "${COMPOSE[@]}" restart backup
 running=""
 for _ in $(seq 1 300); do
-    if docker logs --since "$since" "$BACKUP" 2>&1 | grep -q "stage: dump postgres db → big/"; then running=1; break; fi
+    backup_logs --since "$since"
+    if logs_have "stage: dump postgres db → big/" > /dev/null; then running=1; break; fi
     sleep 0.1
 done
 [ -n "$running" ] || fail "the big job did not start"
 sleep 1
 t0=$(now_ms); docker stop "$BACKUP" > /dev/null; busy_stop=$(( $(now_ms) - t0 ))
 echo "docker stop (during a backup): ${busy_stop} ms"
-docker logs --since "$since" "$BACKUP" 2>&1 | grep -E "backup (cancelled|success): job=big" \
+backup_logs --since "$since"
+logs_have "backup (cancelled|success): job=big" \
     || fail "the interrupted run logged no outcome"
 volume="${PROJECT}_backups"
 leftovers=$(docker run --rm -v "$volume:/b" debian:bookworm-slim sh -c '
