@@ -29,6 +29,18 @@ now_ms() { date +%s%3N; }
 # because with pipefail an early-exiting grep would fail the pipeline through SIGPIPE.
 backup_logs() { docker logs "$@" "$BACKUP" > "$WORK/logs.txt" 2>&1 || true; }
 logs_have() { grep -E -m1 -- "$1" "$WORK/logs.txt"; }
+# Restart the sidecar and poll its logs since then for PATTERN, TRIES times INTERVAL apart.
+# Leaves `since` set and the logs in $WORK/logs.txt for the checks that follow.
+restart_until() {
+    since=$(date -u +%Y-%m-%dT%H:%M:%S)
+    "${COMPOSE[@]}" restart backup
+    for _ in $(seq 1 "$2"); do
+        backup_logs --since "$since"
+        logs_have "$1" > /dev/null && return 0
+        sleep "$3"
+    done
+    return 1
+}
 # Append a job backing up the app database to the mounted config (as a user would edit it).
 add_job() {
     cat >> "$STOWAGE_CI_CONFIG" <<TOML
@@ -185,15 +197,8 @@ docker start "$BACKUP" > /dev/null
 
 step "edit the mounted config (add a job), restart: new config in effect"
 add_job hourly "@hourly"
-since=$(date -u +%Y-%m-%dT%H:%M:%S)
-"${COMPOSE[@]}" restart backup
-ok=""
-for _ in $(seq 1 60); do
-    backup_logs --since "$since"
-    if logs_have "backup success: job=hourly" > /dev/null; then ok=1; break; fi
-    sleep 1
-done
-[ -n "$ok" ] || { tail -20 "$WORK/logs.txt"; fail "the added job did not run after restart"; }
+restart_until "backup success: job=hourly" 60 1 \
+    || { tail -20 "$WORK/logs.txt"; fail "the added job did not run after restart"; }
 "${COMPOSE[@]}" exec -T backup stowage list hourly | grep -E '^\s+[0-9]{8}T' > /dev/null || fail "hourly not listed"
 echo "added job ran and is listed"
 
@@ -227,15 +232,7 @@ docker exec "$DB" psql -q -U postgres -d app -c \
     "create table big as select g as id, md5(g::text) || md5((g * 7)::text) || repeat(md5(random()::text), 4) as v
      from generate_series(1, 1500000) g"
 add_job big "@daily"
-since=$(date -u +%Y-%m-%dT%H:%M:%S)
-"${COMPOSE[@]}" restart backup
-running=""
-for _ in $(seq 1 300); do
-    backup_logs --since "$since"
-    if logs_have "stage: dump postgres db → big/" > /dev/null; then running=1; break; fi
-    sleep 0.1
-done
-[ -n "$running" ] || fail "the big job did not start"
+restart_until "stage: dump postgres db → big/" 300 0.1 || fail "the big job did not start"
 sleep 1
 t0=$(now_ms); docker stop "$BACKUP" > /dev/null; busy_stop=$(( $(now_ms) - t0 ))
 echo "docker stop (during a backup): ${busy_stop} ms"
