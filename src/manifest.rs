@@ -2,7 +2,10 @@
 //!
 //! ```text
 //! <root>/<job>/<id>/<source>.<ext>[.zst|.gz]   data, one object per source
+//! <root>/<job>/<id>/<source>.files.json[.zst]  files source: index of path → content hash
 //! <root>/<job>/<id>/manifest.json              written last: the backup exists once it does
+//! <root>/<job>/blobs/<aa>/<sha256>[.zst]       file contents, shared by all backups of the job
+//! <root>/<job>/locks/<id>.backup|.sweep        a backup or a blob sweep in progress
 //! ```
 //! `<id>` is the UTC start time (`20261122T030000.123Z`), so ids sort by time as strings.
 //! A directory/prefix without `manifest.json` is a failed or running backup: `list`,
@@ -50,6 +53,11 @@ pub fn object_key(job: &str, id: &str, source: &str, ext: &str, c: Compression) 
     format!("{job}/{id}/{source}.{ext}{}", compression_suffix(c))
 }
 
+/// The index of a files source: `<job>/<id>/<source>.files.json.zst`.
+pub fn index_key(job: &str, id: &str, source: &str, c: Compression) -> String {
+    object_key(job, id, source, "files.json", c)
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Manifest {
     pub format: u32,
@@ -78,14 +86,42 @@ pub struct SourceEntry {
     pub raw_size: u64,
     /// sha256 of the stored object, hex.
     pub sha256: String,
+    /// postgres: tables dumped but skipped by default on restore.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub exclude_tables: Vec<String>,
+    /// files: what the index references and what this run uploaded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub files: Option<FilesStats>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct FilesStats {
+    /// Files in the index.
+    pub count: u64,
+    /// Their total size: what a restore into an empty directory writes.
+    pub bytes: u64,
+    /// Files whose content no destination had yet (uploaded by this run).
+    pub new_files: u64,
+    /// Raw size of that new content.
+    pub new_bytes: u64,
+    /// Bytes this run stored for them (compressed), per destination.
+    pub uploaded: u64,
 }
 
 impl Manifest {
+    /// Bytes this backup added to a destination (shared blobs it reuses not counted).
     pub fn stored_size(&self) -> u64 {
-        self.sources.iter().map(|s| s.size).sum()
+        self.sources
+            .iter()
+            .map(|s| s.size + s.files.as_ref().map_or(0, |f| f.uploaded))
+            .sum()
     }
+    /// Bytes the sources produced (for files: the size of the tree).
     pub fn raw_size(&self) -> u64 {
-        self.sources.iter().map(|s| s.raw_size).sum()
+        self.sources
+            .iter()
+            .map(|s| s.files.as_ref().map_or(s.raw_size, |f| f.bytes))
+            .sum()
     }
 }
 
@@ -101,19 +137,27 @@ pub struct Published {
 pub struct JobListing {
     /// id → every key under that backup's prefix
     pub backups: BTreeMap<String, Vec<ObjectMeta>>,
+    /// Content-addressed file blobs shared by the job's backups (`<job>/blobs/…`).
+    pub blobs: Vec<ObjectMeta>,
+    /// Lock objects of running backups and sweeps (`<job>/locks/…`).
+    pub locks: Vec<ObjectMeta>,
 }
 
 impl JobListing {
     pub async fn read(storage: &dyn Storage, job: &str) -> Result<JobListing, StorageError> {
         let objects = storage.list(&format!("{job}/")).await?;
-        let mut backups: BTreeMap<String, Vec<ObjectMeta>> = BTreeMap::new();
+        let mut listing = JobListing::default();
         for o in objects {
             let rest = &o.key[job.len() + 1..];
-            if let Some((id, _)) = rest.split_once('/') {
-                backups.entry(id.to_string()).or_default().push(o);
+            if let Some((dir, _)) = rest.split_once('/') {
+                match dir {
+                    crate::blobs::BLOBS_DIR => listing.blobs.push(o),
+                    crate::blobs::LOCKS_DIR => listing.locks.push(o),
+                    id => listing.backups.entry(id.to_string()).or_default().push(o),
+                }
             }
         }
-        Ok(JobListing { backups })
+        Ok(listing)
     }
 
     /// Published backups (those with a manifest), newest first.

@@ -57,9 +57,40 @@ fn main_example_matches_the_documented_shape() {
         config::SourceConfig::Postgres(p) => {
             assert_eq!(p.url.password().map(|s| s.expose()), Some("dummy"));
             assert!(!p.url.to_string().contains("dummy"));
+            assert_eq!(p.exclude_tables, vec!["application_data_backups"]);
         }
+        other => panic!("the first source should be the database, got {other:?}"),
     }
+    match &job.sources[1] {
+        config::SourceConfig::Files(f) => {
+            assert_eq!(f.path, Path::new("/data/uploads"));
+            assert!(f.immutable);
+            assert_eq!(f.exclude, vec!["tmp", "*.part"]);
+        }
+        other => panic!("the second source should be the files, got {other:?}"),
+    }
+    assert!(cfg.warnings.is_empty(), "{:?}", cfg.warnings);
 }
+
+#[test]
+fn files_before_database_is_a_warning() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("stowage.toml");
+    let text = BASE.replace(
+        "[[jobs.app.sources]]\ntype = \"postgres\"",
+        "[[jobs.app.sources]]\ntype = \"files\"\nname = \"media\"\npath = \"/data/media\"\n\n[[jobs.app.sources]]\ntype = \"postgres\"",
+    );
+    std::fs::write(&path, text).expect("write");
+    let cfg = config::load_with_env(&path, false).expect("valid, with a warning");
+    assert_eq!(cfg.warnings.len(), 1, "{:?}", cfg.warnings);
+    assert!(
+        cfg.warnings[0].contains("files source \"media\" runs before database source \"db\""),
+        "{}",
+        cfg.warnings[0]
+    );
+}
+
+const FILES: &str = "\n[[jobs.app.sources]]\ntype = \"files\"\nname = \"media\"\n";
 
 const BASE: &str = r#"
 [destinations.local]
@@ -141,6 +172,19 @@ fn cases() -> Vec<Case> {
         case(
             "s3 unknown storage class",
             format!("{BASE}\n[destinations.s3]\ntype = \"s3\"\nbucket = \"backups\"\nstorage_class = \"COLD\"\n"),
+        ),
+        case("files source without path", format!("{BASE}{FILES}")),
+        case("files source with relative path", format!("{BASE}{FILES}path = \"media\"\n")),
+        case("files source with bad glob", format!("{BASE}{FILES}path = \"/data/media\"\nexclude = [\"tmp/[a\", \"\"]\n")),
+        case("postgres key on a files source", format!("{BASE}{FILES}path = \"/data/media\"\nurl = \"postgres://db/app\"\nexclude_tables = [\"x\"]\n")),
+        case("files key on a postgres source", BASE.replace("url = \"postgres://postgres@db:5432/app\"", "url = \"postgres://postgres@db:5432/app\"\npath = \"/data\"\nimmutable = true")),
+        case("bad exclude_tables", BASE.replace("url = \"postgres://postgres@db:5432/app\"", "url = \"postgres://postgres@db:5432/app\"\nexclude_tables = [\"a.b.c\", \"\"]")),
+        case(
+            "exclude_tables on a job without database",
+            format!(
+                "[destinations.local]\ntype = \"local\"\npath = \"/b\"\n[jobs.files]\nschedule = \"@daily\"\ndestinations = [\"local\"]\nexclude_tables = [\"x\"]\n{}path = \"/data/media\"\n",
+                {FILES}.replace("jobs.app", "jobs.files")
+            ),
         ),
         case("toml syntax error", BASE.replace("schedule = \"0 3 * * *\"", "schedule = \"0 3 * * *")),
         Case {

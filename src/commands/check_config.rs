@@ -19,6 +19,9 @@ pub fn run(path: &Path) -> i32 {
 pub fn summary(config: &Config, now: chrono::DateTime<Utc>) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "config {}: ok", config.path.display());
+    for w in &config.warnings {
+        let _ = writeln!(out, "warning: {w}");
+    }
     let _ = writeln!(
         out,
         "log: level {}, format {:?}{}",
@@ -86,6 +89,34 @@ pub fn summary(config: &Config, now: chrono::DateTime<Utc>) -> String {
             match s {
                 SourceConfig::Postgres(p) => {
                     let _ = writeln!(out, "  {:<12} source {} (postgres {})", "", s.name(), p.url);
+                    if !p.exclude_tables.is_empty() {
+                        let _ = writeln!(
+                            out,
+                            "  {:<12}   skipped on restore by default: {}",
+                            "",
+                            p.exclude_tables.join(", ")
+                        );
+                    }
+                }
+                SourceConfig::Files(f) => {
+                    let _ = writeln!(
+                        out,
+                        "  {:<12} source {} (files {}{}{}{})",
+                        "",
+                        s.name(),
+                        f.path.display(),
+                        if f.include.is_empty() {
+                            String::new()
+                        } else {
+                            format!(", include {}", f.include.join(" "))
+                        },
+                        if f.exclude.is_empty() {
+                            String::new()
+                        } else {
+                            format!(", exclude {}", f.exclude.join(" "))
+                        },
+                        if f.immutable { ", immutable" } else { "" }
+                    );
                 }
             }
         }

@@ -79,7 +79,7 @@ pub async fn render(config: &Config, only_job: Option<&str>) -> (String, usize) 
                         let sources = m
                             .sources
                             .iter()
-                            .map(|s| format!("{} ({})", s.name, s.kind))
+                            .map(describe_source)
                             .collect::<Vec<_>>()
                             .join(", ");
                         let _ = writeln!(
@@ -109,4 +109,20 @@ pub async fn render(config: &Config, only_job: Option<&str>) -> (String, usize) 
         }
     }
     (out, failures)
+}
+
+/// "db (postgres, 1.2 MiB)" or "uploads (files: 2000 files, 10 new, 1.2 MiB of 7.8 MiB uploaded)":
+/// for files, how much this backup uploaded against what it references shows the dedup.
+fn describe_source(s: &crate::manifest::SourceEntry) -> String {
+    match &s.files {
+        Some(f) => format!(
+            "{} (files: {} files, {} new, {} of {} uploaded)",
+            s.name,
+            f.count,
+            f.new_files,
+            human_bytes(f.new_bytes),
+            human_bytes(f.bytes)
+        ),
+        None => format!("{} ({}, {})", s.name, s.kind, human_bytes(s.size)),
+    }
 }

@@ -52,28 +52,50 @@ pub enum Command {
         /// Only this job
         job: Option<String>,
     },
-    /// Restore a backup's PostgreSQL source into a database
+    /// Restore a backup: its database (into --to), then its files (in place, or --files-to)
+    #[command(after_help = "Examples:\n  \
+        stowage restore app latest --to postgres://postgres@db:5432/app --clean\n  \
+        stowage restore app latest --only uploads --dry-run\n  \
+        stowage restore app 20261122 --only db --to postgres://postgres@db/app --table orders")]
     Restore {
         /// Job name
         job: String,
         /// Backup id (or a unique prefix of one), or "latest"
         #[arg(default_value = "latest")]
         id: String,
-        /// Target database URL, e.g. postgres://postgres@db:5432/app
+        /// Target database URL, e.g. postgres://postgres@db:5432/app (needed for a database source)
         #[arg(long)]
-        to: String,
+        to: Option<String>,
         /// Destination to restore from (default: the first of the job's destinations that has the backup)
         #[arg(long)]
         from: Option<String>,
-        /// Source to restore when the backup has several
-        #[arg(long)]
-        only: Option<String>,
+        /// Restore only this source (repeatable; default: all, databases first)
+        #[arg(long, value_name = "SOURCE")]
+        only: Vec<String>,
         /// Drop and replace the backup's objects in a non-empty target
         #[arg(long)]
         clean: bool,
         /// Skip ownership and privileges (when the target lacks the original roles)
         #[arg(long)]
         no_owner: bool,
+        /// Restore only this table ("name" or "schema.name"; repeatable) into an existing database
+        #[arg(long, value_name = "TABLE")]
+        table: Vec<String>,
+        /// Do not restore this table (repeatable)
+        #[arg(long, value_name = "TABLE")]
+        exclude_table: Vec<String>,
+        /// Also restore the tables the job marks as exclude_tables
+        #[arg(long)]
+        all_tables: bool,
+        /// Restore files into this directory (default: the source's path)
+        #[arg(long, value_name = "DIR")]
+        files_to: Option<PathBuf>,
+        /// Move local files the backup lacks here (default: DIR/../orphan_files)
+        #[arg(long, value_name = "DIR")]
+        orphans_to: Option<PathBuf>,
+        /// Print what would be fetched, replaced and moved; change nothing
+        #[arg(long)]
+        dry_run: bool,
     },
     /// Validate the config and print a summary; reads nothing but the config
     CheckConfig,
@@ -96,6 +118,12 @@ pub fn run(cli: Cli) -> i32 {
             only,
             clean,
             no_owner,
+            table,
+            exclude_table,
+            all_tables,
+            files_to,
+            orphans_to,
+            dry_run,
         } => restore::run(
             &cli.config,
             crate::restore::RestoreRequest {
@@ -106,6 +134,12 @@ pub fn run(cli: Cli) -> i32 {
                 only,
                 clean,
                 no_owner,
+                tables: table,
+                exclude_tables: exclude_table,
+                all_tables,
+                files_to,
+                orphans_to,
+                dry_run,
             },
         ),
     }
@@ -166,8 +200,12 @@ pub(crate) fn init_logging(
     config: &crate::config::Config,
     console: crate::logging::Console,
 ) -> Result<Option<tracing_appender::non_blocking::WorkerGuard>, i32> {
-    crate::logging::init(&config.log, console).map_err(|e| {
+    let guard = crate::logging::init(&config.log, console).map_err(|e| {
         eprintln!("error: {e}");
         EXIT_CONFIG
-    })
+    })?;
+    for w in &config.warnings {
+        tracing::warn!("config {}: {w}", config.path.display());
+    }
+    Ok(guard)
 }

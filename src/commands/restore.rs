@@ -16,13 +16,16 @@ pub fn run(path: &Path, req: RestoreRequest) -> i32 {
         return EXIT_FAILED;
     };
     match rt.block_on(crate::restore::restore(&config, &req)) {
-        Ok(m) => {
-            println!(
-                "restored {} backup {} into {}",
-                m.job,
-                m.id,
-                redact(&req.to)
-            );
+        Ok(summary) => {
+            for line in &summary.lines {
+                println!("{line}");
+            }
+            if !req.dry_run {
+                println!(
+                    "restored {} backup {} from {}",
+                    summary.manifest.job, summary.manifest.id, summary.destination
+                );
+            }
             EXIT_OK
         }
         Err(e) => {
@@ -33,10 +36,4 @@ pub fn run(path: &Path, req: RestoreRequest) -> i32 {
             }
         }
     }
-}
-
-fn redact(url: &str) -> String {
-    crate::config::PgUrl::from_target(url)
-        .map(|u| u.to_string())
-        .unwrap_or_else(|_| "the target".to_string())
 }

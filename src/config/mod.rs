@@ -51,6 +51,8 @@ pub struct Config {
     pub log: LogConfig,
     pub destinations: BTreeMap<String, Destination>,
     pub jobs: BTreeMap<String, Job>,
+    /// Valid but probably unintended settings, logged at start and shown by check-config.
+    pub warnings: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -140,17 +142,20 @@ pub struct Job {
 #[derive(Debug, Clone)]
 pub enum SourceConfig {
     Postgres(PostgresConfig),
+    Files(FilesConfig),
 }
 
 impl SourceConfig {
     pub fn name(&self) -> &str {
         match self {
             SourceConfig::Postgres(p) => &p.name,
+            SourceConfig::Files(f) => &f.name,
         }
     }
     pub fn kind(&self) -> &'static str {
         match self {
             SourceConfig::Postgres(_) => "postgres",
+            SourceConfig::Files(_) => "files",
         }
     }
 }
@@ -160,6 +165,18 @@ pub struct PostgresConfig {
     pub name: String,
     pub url: PgUrl,
     pub bin_dir: Option<PathBuf>,
+    /// Dumped, but skipped by default on restore (job-level list + this source's own).
+    pub exclude_tables: Vec<String>,
+}
+
+/// A directory tree backed up file by file into content-addressed blobs.
+#[derive(Debug, Clone)]
+pub struct FilesConfig {
+    pub name: String,
+    pub path: PathBuf,
+    pub include: Vec<String>,
+    pub exclude: Vec<String>,
+    pub immutable: bool,
 }
 
 /// A libpq URL with its password split off, so the password can be handed to the child
@@ -510,6 +527,7 @@ const STORAGE_CLASSES: &[&str] = &[
 
 fn validate(path: &Path, raw: raw::RawConfig) -> Result<Config, Vec<String>> {
     let mut problems = Vec::new();
+    let mut warnings = Vec::new();
 
     if let Err(e) = tracing_subscriber::EnvFilter::try_new(&raw.log.level) {
         problems.push(format!(
@@ -672,6 +690,17 @@ fn validate(path: &Path, raw: raw::RawConfig) -> Result<Config, Vec<String>> {
             }
             match s.kind {
                 raw::SourceType::Postgres => {
+                    only_for(
+                        &skey,
+                        "files",
+                        &[
+                            ("path", s.path.is_some()),
+                            ("include", s.include.is_some()),
+                            ("exclude", s.exclude.is_some()),
+                            ("immutable", s.immutable.is_some()),
+                        ],
+                        &mut problems,
+                    );
                     let password = s.password_file.as_deref().and_then(|f| {
                         read_secret(f, &format!("{skey}.password_file"), &mut problems)
                     });
@@ -695,15 +724,92 @@ fn validate(path: &Path, raw: raw::RawConfig) -> Result<Config, Vec<String>> {
                             "{skey}.bin_dir: {dir:?} is not a directory; remove the key to use pg_dump from PATH"
                         ));
                     }
+                    let own = s.exclude_tables.unwrap_or_default();
+                    check_tables(&format!("{skey}.exclude_tables"), &own, &mut problems);
+                    let mut exclude_tables = j.exclude_tables.clone();
+                    exclude_tables
+                        .extend(own.into_iter().filter(|t| !j.exclude_tables.contains(t)));
                     if let Some(url) = url {
                         sources.push(SourceConfig::Postgres(PostgresConfig {
                             name: s.name,
                             url,
                             bin_dir: s.bin_dir,
+                            exclude_tables,
+                        }));
+                    }
+                }
+                raw::SourceType::Files => {
+                    only_for(
+                        &skey,
+                        "postgres",
+                        &[
+                            ("url", s.url.is_some()),
+                            ("password_file", s.password_file.is_some()),
+                            ("bin_dir", s.bin_dir.is_some()),
+                            ("exclude_tables", s.exclude_tables.is_some()),
+                        ],
+                        &mut problems,
+                    );
+                    match &s.path {
+                        None => problems.push(format!(
+                            "{skey}.path: required for type = \"files\"; e.g. path = \"/data/uploads\""
+                        )),
+                        Some(p) if !p.is_absolute() => problems.push(format!(
+                            "{skey}.path: {p:?} must be an absolute path (the directory as mounted in this container)"
+                        )),
+                        Some(_) => {}
+                    }
+                    let include = s.include.unwrap_or_default();
+                    let exclude = s.exclude.unwrap_or_default();
+                    for (field, globs) in [("include", &include), ("exclude", &exclude)] {
+                        for (n, g) in globs.iter().enumerate() {
+                            if let Err(e) = crate::source::files::PathFilter::check_glob(g) {
+                                problems.push(format!("{skey}.{field}[{n}]: {e}"));
+                            }
+                        }
+                    }
+                    if let Some(path) = s.path {
+                        sources.push(SourceConfig::Files(FilesConfig {
+                            name: s.name,
+                            path,
+                            include,
+                            exclude,
+                            immutable: s.immutable.unwrap_or(false),
                         }));
                     }
                 }
             }
+        }
+        check_tables(
+            &format!("{key}.exclude_tables"),
+            &j.exclude_tables,
+            &mut problems,
+        );
+        if !j.exclude_tables.is_empty()
+            && !sources
+                .iter()
+                .any(|s| matches!(s, SourceConfig::Postgres(_)))
+        {
+            problems.push(format!(
+                "{key}.exclude_tables: the job has no postgres source; remove the key or add a source with type = \"postgres\""
+            ));
+        }
+        // Coherence rule: a database is dumped before the files its rows point at, so a
+        // restore may bring back an orphan file but never a row whose file is missing.
+        if let (Some(f), Some(d)) = (
+            sources
+                .iter()
+                .position(|s| matches!(s, SourceConfig::Files(_))),
+            sources
+                .iter()
+                .rposition(|s| matches!(s, SourceConfig::Postgres(_))),
+        ) && f < d
+        {
+            warnings.push(format!(
+                "{key}.sources: files source \"{}\" runs before database source \"{}\"; list databases first so that every restored row finds its file",
+                sources[f].name(),
+                sources[d].name()
+            ));
         }
         if let Some(schedule) = schedule {
             jobs.insert(
@@ -727,9 +833,19 @@ fn validate(path: &Path, raw: raw::RawConfig) -> Result<Config, Vec<String>> {
             log,
             destinations,
             jobs,
+            warnings,
         })
     } else {
         Err(problems)
+    }
+}
+
+/// Table names as `pg_restore -L` filtering understands them ("name" or "schema.name").
+fn check_tables(key: &str, tables: &[String], problems: &mut Vec<String>) {
+    for (n, t) in tables.iter().enumerate() {
+        if let Err(e) = crate::source::pg_toc::TableName::parse(t) {
+            problems.push(format!("{key}[{n}]: {e}"));
+        }
     }
 }
 

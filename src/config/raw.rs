@@ -137,6 +137,10 @@ pub struct RawJob {
     pub catch_up: bool,
     #[serde(default)]
     pub destinations: Vec<String>,
+    /// Tables of every postgres source that are dumped but skipped by default on restore
+    /// (the application's own backup bookkeeping, for instance).
+    #[serde(default)]
+    pub exclude_tables: Vec<String>,
     #[serde(default)]
     pub sources: Vec<RawSource>,
 }
@@ -172,6 +176,7 @@ impl Compression {
 #[serde(rename_all = "lowercase")]
 pub enum SourceType {
     Postgres,
+    Files,
 }
 
 #[derive(Debug, Deserialize)]
@@ -185,4 +190,12 @@ pub struct RawSource {
     pub password_file: Option<PathBuf>,
     /// Directory holding pg_dump/pg_restore/psql; default: found on PATH.
     pub bin_dir: Option<PathBuf>,
+    pub exclude_tables: Option<Vec<String>>,
+    // files
+    pub path: Option<PathBuf>,
+    pub include: Option<Vec<String>>,
+    pub exclude: Option<Vec<String>>,
+    /// Files are never modified in place (a new version gets a new name): a path whose
+    /// size and mtime match the previous backup is not re-read.
+    pub immutable: Option<bool>,
 }

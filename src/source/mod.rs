@@ -3,6 +3,8 @@
 //! drained concurrently (a full stderr pipe would otherwise stall the tool) and quoted in
 //! the error when it fails.
 
+pub mod files;
+pub mod pg_toc;
 pub mod postgres;
 
 use std::process::ExitStatus;
@@ -13,7 +15,7 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::process::{Child, ChildStderr};
 use tokio::task::JoinHandle;
 
-use crate::config::SourceConfig;
+use crate::config::PostgresConfig;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
@@ -46,6 +48,19 @@ pub struct RestoreOptions {
     pub clean: bool,
     /// Do not restore ownership (needed when the target lacks the original roles).
     pub no_owner: bool,
+    /// Restore only these tables ("name" or "schema.name"), into an existing database.
+    pub tables: Vec<String>,
+    /// Leave these tables out.
+    pub exclude_tables: Vec<String>,
+    /// Say what would be restored; change nothing.
+    pub dry_run: bool,
+}
+
+/// A stored archive that can be read from its start more than once (selective restore
+/// reads the table of contents before the data). Each stream is decompressed and checked.
+#[async_trait]
+pub trait Archive: Send + Sync {
+    async fn open(&self) -> Result<Box<dyn AsyncRead + Send + Unpin>, SourceError>;
 }
 
 #[async_trait]
@@ -59,18 +74,18 @@ pub trait Source: Send + Sync {
     /// Tool name and version, recorded in the manifest.
     async fn tool_version(&self) -> Result<(String, String), SourceError>;
     async fn dump(&self) -> Result<Dump, SourceError>;
-    /// Restore from the uncompressed stream.
+    /// Restore from the archive; returns lines describing what was (or, in a dry run,
+    /// would be) restored.
     async fn restore(
         &self,
-        data: Box<dyn AsyncRead + Send + Unpin>,
+        archive: &dyn Archive,
         opts: &RestoreOptions,
-    ) -> Result<(), SourceError>;
+    ) -> Result<Vec<String>, SourceError>;
 }
 
-pub fn build(cfg: &SourceConfig) -> Box<dyn Source> {
-    match cfg {
-        SourceConfig::Postgres(p) => Box::new(postgres::Postgres::new(p.clone())),
-    }
+/// Database sources stream; a files source is handled file by file by the pipeline.
+pub fn postgres(cfg: &PostgresConfig) -> Box<dyn Source> {
+    Box::new(postgres::Postgres::new(cfg.clone()))
 }
 
 /// Keep the last `STDERR_LIMIT` bytes of a child's stderr: the end of it is where tools

@@ -8,10 +8,11 @@ use std::process::Stdio;
 
 use async_trait::async_trait;
 use futures::FutureExt;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::Command;
 
-use super::{Dump, RestoreOptions, Source, SourceError, drain_stderr, wait_child};
+use super::pg_toc::{self, Selection, TableName};
+use super::{Archive, Dump, RestoreOptions, Source, SourceError, drain_stderr, wait_child};
 use crate::config::{PgUrl, PostgresConfig};
 
 pub struct Postgres {
@@ -63,6 +64,53 @@ impl Postgres {
             tool: tool.to_string(),
             reason,
         }
+    }
+
+    /// Run `pg_restore ARGS` on a fresh stream of the archive and return its output. Used
+    /// for the table of contents and the schema, which pg_restore prints after reading
+    /// only the archive's header: it exits early and the rest is never downloaded.
+    async fn capture(&self, archive: &dyn Archive, args: &[&str]) -> Result<String, SourceError> {
+        let mut cmd = Command::new(self.tool("pg_restore"));
+        cmd.args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        let mut data = archive.open().await?;
+        let mut child = cmd.spawn().map_err(|e| self.spawn_err("pg_restore", e))?;
+        let (Some(mut stdin), Some(mut stdout), Some(stderr)) =
+            (child.stdin.take(), child.stdout.take(), child.stderr.take())
+        else {
+            return Err(SourceError::Io("pg_restore started without pipes".into()));
+        };
+        let stderr = drain_stderr(stderr);
+        let reader = tokio::spawn(async move {
+            let mut out = Vec::new();
+            stdout.read_to_end(&mut out).await.map(|_| out)
+        });
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            match data.read(&mut buf).await {
+                Ok(0) => break,
+                Ok(n) => {
+                    if stdin.write_all(&buf[..n]).await.is_err() {
+                        break; // it has read what it needs
+                    }
+                }
+                Err(e) => {
+                    let _ = child.kill().await;
+                    return Err(SourceError::Io(format!("reading the backup: {e}")));
+                }
+            }
+        }
+        drop(stdin);
+        drop(data);
+        let out = reader
+            .await
+            .map_err(|e| SourceError::Io(format!("pg_restore output: {e}")))?
+            .map_err(|e| SourceError::Io(format!("pg_restore output: {e}")))?;
+        wait_child("pg_restore", child, stderr).await?;
+        Ok(String::from_utf8_lossy(&out).into_owned())
     }
 
     /// Number of user tables in the target database, to refuse restoring over data.
@@ -140,16 +188,109 @@ impl Source for Postgres {
 
     async fn restore(
         &self,
-        mut data: Box<dyn AsyncRead + Send + Unpin>,
+        archive: &dyn Archive,
         opts: &RestoreOptions,
-    ) -> Result<(), SourceError> {
+    ) -> Result<Vec<String>, SourceError> {
         let url = PgUrl::from_target(&opts.target)
             .map_err(|e| SourceError::Refused(format!("invalid --to URL: {e}")))?;
-        if !opts.clean {
+        let mut lines = Vec::new();
+        let parse = |names: &[String]| -> Result<Vec<TableName>, SourceError> {
+            names
+                .iter()
+                .map(|t| TableName::parse(t).map_err(SourceError::Refused))
+                .collect()
+        };
+        let selection = Selection {
+            include: parse(&opts.tables)?,
+            exclude: parse(&opts.exclude_tables)?,
+        };
+        let selective = !selection.include.is_empty() || !selection.exclude.is_empty();
+        let mut list_file = None;
+        if selective {
+            // Both read only the archive's header: cheap even for a big dump.
+            let toc = self.capture(archive, &["--list"]).await?;
+            let schema = self
+                .capture(archive, &["--schema-only", "--file=-"])
+                .await?;
+            let filtered = pg_toc::filter(&toc, &schema, &selection);
+            let unmatched_includes: Vec<&String> = filtered
+                .unmatched
+                .iter()
+                .filter(|u| selection.include.iter().any(|t| t.to_string() == **u))
+                .collect();
+            if !unmatched_includes.is_empty() || filtered.tables.is_empty() {
+                let all = pg_toc::filter(&toc, &schema, &Selection::default());
+                return Err(SourceError::Refused(format!(
+                    "{}; tables in this backup: {}",
+                    if unmatched_includes.is_empty() {
+                        "no table left to restore".to_string()
+                    } else {
+                        format!(
+                            "table(s) not in this backup: {}",
+                            unmatched_includes
+                                .iter()
+                                .map(|s| s.as_str())
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        )
+                    },
+                    all.tables.join(", ")
+                )));
+            }
+            for u in filtered
+                .unmatched
+                .iter()
+                .filter(|u| !unmatched_includes.contains(u))
+            {
+                tracing::warn!("excluded table {u} is not in this backup");
+            }
+            if selection.include.is_empty() {
+                lines.push(format!(
+                    "{}: {} table(s); skipped: {}",
+                    self.cfg.name,
+                    filtered.tables.len(),
+                    if filtered.skipped.is_empty() {
+                        "none".to_string()
+                    } else {
+                        filtered.skipped.join(", ")
+                    }
+                ));
+            } else {
+                lines.push(format!(
+                    "{}: only table(s) {}",
+                    self.cfg.name,
+                    filtered.tables.join(", ")
+                ));
+            }
+            let mut f = tempfile::Builder::new()
+                .prefix("stowage-restore-")
+                .suffix(".list")
+                .tempfile()
+                .map_err(|e| SourceError::Io(format!("cannot create the restore list: {e}")))?;
+            std::io::Write::write_all(&mut f, filtered.list.as_bytes())
+                .map_err(|e| SourceError::Io(format!("cannot write the restore list: {e}")))?;
+            list_file = Some(f);
+        }
+        if opts.dry_run {
+            lines.push(format!(
+                "would restore {} into {url}{}",
+                self.cfg.name,
+                if opts.clean {
+                    " (--clean: replacing the objects it contains)"
+                } else {
+                    ""
+                }
+            ));
+            return Ok(lines);
+        }
+        // A whole-database restore goes into an empty database (or replaces with --clean);
+        // selected tables go into an existing one, where pg_restore itself refuses to
+        // overwrite a table that exists (unless --clean).
+        if !opts.clean && selection.include.is_empty() {
             let n = self.count_tables(&url).await?;
             if n > 0 {
                 return Err(SourceError::Refused(format!(
-                    "target database \"{}\" already has {n} table(s); restore into an empty database, or pass --clean to drop and replace the objects in the backup",
+                    "target database \"{}\" already has {n} table(s); restore into an empty database, or pass --clean to drop and replace the objects in the backup, or --table NAME to restore single tables",
                     url.database()
                 )));
             }
@@ -159,12 +300,16 @@ impl Source for Postgres {
         cmd.args(["--exit-on-error", "--single-transaction", "--dbname"])
             .arg(url.conninfo())
             .stdin(Stdio::piped());
+        if let Some(f) = &list_file {
+            cmd.arg("--use-list").arg(f.path());
+        }
         if opts.clean {
             cmd.args(["--clean", "--if-exists"]);
         }
         if opts.no_owner {
             cmd.args(["--no-owner", "--no-privileges"]);
         }
+        let mut data = archive.open().await?;
         let mut child = cmd.spawn().map_err(|e| self.spawn_err("pg_restore", e))?;
         let (Some(mut stdin), Some(stderr)) = (child.stdin.take(), child.stderr.take()) else {
             return Err(SourceError::Io("pg_restore started without pipes".into()));
@@ -193,17 +338,29 @@ impl Source for Postgres {
             return Err(e);
         }
         drop(stdin);
-        wait_child("pg_restore", child, stderr).await.map_err(|e| match e {
-            SourceError::Failed {
-                tool,
-                status,
-                stderr,
-            } if stderr.contains("role \"") && stderr.contains("does not exist") => SourceError::Failed {
-                tool,
-                status,
-                stderr: format!("{stderr}\nhint: the target lacks the backup's roles; retry with --no-owner"),
-            },
-            other => other,
-        })
+        wait_child("pg_restore", child, stderr)
+            .await
+            .map_err(|e| match e {
+                SourceError::Failed {
+                    tool,
+                    status,
+                    stderr,
+                } => {
+                    let hint = if stderr.contains("role \"") && stderr.contains("does not exist") {
+                        "\nhint: the target lacks the backup's roles; retry with --no-owner"
+                    } else if stderr.contains("already exists") && !opts.clean {
+                        "\nhint: the target already has this object; pass --clean to drop and replace it"
+                    } else {
+                        ""
+                    };
+                    SourceError::Failed {
+                        tool,
+                        status,
+                        stderr: format!("{stderr}{hint}"),
+                    }
+                }
+                other => other,
+            })?;
+        Ok(lines)
     }
 }

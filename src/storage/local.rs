@@ -110,9 +110,13 @@ impl LocalStorage {
     }
 }
 
+/// `<target>.<pid>-<n>.partial`: unique per writer, because two runs may write the same
+/// content-addressed blob at once and must not interleave in one temporary file.
 fn partial_path(path: &Path) -> PathBuf {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let mut s = path.as_os_str().to_owned();
-    s.push(PARTIAL_SUFFIX);
+    s.push(format!(".{}-{n}{PARTIAL_SUFFIX}", std::process::id()));
     PathBuf::from(s)
 }
 

@@ -6,7 +6,10 @@
 //! still reports failure). Whatever a failed destination received is removed, and
 //! retention never runs where the run did not publish.
 
+mod files;
+
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -21,8 +24,9 @@ use tokio_util::io::InspectReader;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
+use crate::blobs::{self, LockKind, SweepOutcome};
 use crate::codec;
-use crate::config::{Config, Job};
+use crate::config::{Config, Job, SourceConfig};
 use crate::manifest::{self, FORMAT_VERSION, JobListing, Manifest, SourceEntry};
 use crate::retention;
 use crate::source::{self, Source, SourceError};
@@ -77,6 +81,8 @@ struct Target {
     error: Option<String>,
     /// Whether anything of this run may have been written here (so cleanup is needed).
     touched: bool,
+    /// Whether this run holds a backup lock here (it reuses shared file blobs).
+    locked: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -89,6 +95,10 @@ enum StreamError {
     NoDestinationLeft,
     #[error("reading the dump: {0}")]
     Read(String),
+    #[error("{0}")]
+    Files(String),
+    #[error("the file changed while it was read")]
+    Changed,
 }
 
 pub async fn run_job(config: &Config, job: &Job, cancel: CancellationToken) -> RunReport {
@@ -115,6 +125,7 @@ pub async fn run_job(config: &Config, job: &Job, cancel: CancellationToken) -> R
             policy: dest.retention.clone(),
             error: None,
             touched: false,
+            locked: false,
         });
     }
 
@@ -133,7 +144,35 @@ pub async fn run_job(config: &Config, job: &Job, cancel: CancellationToken) -> R
     let mut fatal: Option<(String, String, Outcome)> = None;
     let mut bytes_in = 0u64;
 
-    if targets.iter().all(|t| t.error.is_some()) {
+    // A job with files reuses blobs earlier backups uploaded: announce it so that no
+    // concurrent sweep deletes one of them before this backup's manifest references it.
+    if job
+        .sources
+        .iter()
+        .any(|s| matches!(s, SourceConfig::Files(_)))
+    {
+        for t in targets.iter_mut().filter(|t| t.error.is_none()) {
+            t.touched = true;
+            match blobs::lock_backup(t.storage.as_ref(), jn, &id, &cancel).await {
+                Ok(()) => t.locked = true,
+                Err(blobs::BlobError::Cancelled) => {
+                    t.locked = true;
+                    fatal = Some((
+                        "run".into(),
+                        "cancelled by shutdown".into(),
+                        Outcome::Cancelled,
+                    ));
+                }
+                Err(e) => {
+                    t.locked = true;
+                    error!(job = jn, destination = %t.name, "destination {}: cannot take the backup lock: {e}", t.name);
+                    t.error = Some(format!("cannot take the backup lock: {e}"));
+                }
+            }
+        }
+    }
+
+    if fatal.is_none() && targets.iter().all(|t| t.error.is_some()) {
         fatal = Some((
             "destinations".into(),
             "no destination is usable".into(),
@@ -145,38 +184,71 @@ pub async fn run_job(config: &Config, job: &Job, cancel: CancellationToken) -> R
         if fatal.is_some() {
             break;
         }
-        let src = source::build(src_cfg);
-        match src.tool_version().await {
-            Ok((tool, version)) => {
-                tools.insert(tool, version);
+        let result = match src_cfg {
+            SourceConfig::Files(f) => {
+                info!(job = jn, id = %id, source = %f.name, "stage: files {} from {}", f.name, f.path.display());
+                for t in targets.iter_mut().filter(|t| t.error.is_none()) {
+                    t.touched = true;
+                }
+                files::backup(f, job, &id, &mut targets, &cancel).await
             }
-            Err(e) => {
-                fatal = Some((
-                    format!("source {}", src.name()),
-                    e.to_string(),
-                    Outcome::Failed,
-                ));
-                break;
+            SourceConfig::Postgres(p) => {
+                let src = source::postgres(p);
+                match src.tool_version().await {
+                    Ok((tool, version)) => {
+                        tools.insert(tool, version);
+                    }
+                    Err(e) => {
+                        fatal = Some((
+                            format!("source {}", src.name()),
+                            e.to_string(),
+                            Outcome::Failed,
+                        ));
+                        break;
+                    }
+                }
+                let key =
+                    manifest::object_key(jn, &id, src.name(), src.extension(), job.compression);
+                info!(job = jn, id = %id, source = src.name(), "stage: dump {} {} → {}", src.kind(), src.name(), key);
+                for t in targets.iter_mut().filter(|t| t.error.is_none()) {
+                    t.touched = true;
+                }
+                stream_source(src.as_ref(), &key, job, &mut targets, &cancel)
+                    .await
+                    .map(|mut entry| {
+                        if let SourceConfig::Postgres(p) = src_cfg {
+                            entry.exclude_tables = p.exclude_tables.clone();
+                        }
+                        entry
+                    })
             }
-        }
-        let key = manifest::object_key(jn, &id, src.name(), src.extension(), job.compression);
-        info!(job = jn, id = %id, source = src.name(), "stage: dump {} {} → {}", src.kind(), src.name(), key);
-        for t in targets.iter_mut().filter(|t| t.error.is_none()) {
-            t.touched = true;
-        }
-        match stream_source(src.as_ref(), &key, job, &mut targets, &cancel).await {
+        };
+        let name = src_cfg.name();
+        match result {
             Ok(entry) => {
-                bytes_in += entry.raw_size;
-                info!(
-                    job = jn,
-                    id = %id,
-                    source = src.name(),
-                    "stage: source {} done: {} in, {} stored, sha256 {}",
-                    src.name(),
-                    human_bytes(entry.raw_size),
-                    human_bytes(entry.size),
-                    entry.sha256
-                );
+                bytes_in += entry.files.as_ref().map_or(entry.raw_size, |f| f.bytes);
+                match &entry.files {
+                    Some(f) => info!(
+                        job = jn,
+                        id = %id,
+                        source = name,
+                        "stage: source {name} done: {} files, {}; {} new ({}) uploaded as {}",
+                        f.count,
+                        human_bytes(f.bytes),
+                        f.new_files,
+                        human_bytes(f.new_bytes),
+                        human_bytes(f.uploaded)
+                    ),
+                    None => info!(
+                        job = jn,
+                        id = %id,
+                        source = name,
+                        "stage: source {name} done: {} in, {} stored, sha256 {}",
+                        human_bytes(entry.raw_size),
+                        human_bytes(entry.size),
+                        entry.sha256
+                    ),
+                }
                 entries.push(entry);
             }
             Err(StreamError::Cancelled) => {
@@ -187,11 +259,7 @@ pub async fn run_job(config: &Config, job: &Job, cancel: CancellationToken) -> R
                 ));
             }
             Err(e) => {
-                fatal = Some((
-                    format!("source {}", src.name()),
-                    e.to_string(),
-                    Outcome::Failed,
-                ));
+                fatal = Some((format!("source {name}"), e.to_string(), Outcome::Failed));
             }
         }
     }
@@ -256,10 +324,14 @@ pub async fn run_job(config: &Config, job: &Job, cancel: CancellationToken) -> R
         info!(job = jn, id = %id, "stage: retention");
     }
     for t in targets.iter().filter(|t| published.contains(&t.name)) {
-        if let Err(e) = apply_retention(t, job).await {
+        if let Err(e) = apply_retention(t, job, &id).await {
             // The backup is published; a retention failure only delays pruning.
             warn!(job = jn, destination = %t.name, "retention on {} failed: {e}", t.name);
         }
+    }
+
+    for t in targets.iter().filter(|t| t.locked) {
+        blobs::unlock(t.storage.as_ref(), jn, &id, LockKind::Backup).await;
     }
 
     let outcome = match &fatal {
@@ -271,7 +343,10 @@ pub async fn run_job(config: &Config, job: &Job, cancel: CancellationToken) -> R
     let bytes_out: u64 = if published.is_empty() {
         0
     } else {
-        entries.iter().map(|e| e.size).sum()
+        entries
+            .iter()
+            .map(|e| e.size + e.files.as_ref().map_or(0, |f| f.uploaded))
+            .sum()
     };
     let report = RunReport {
         job: jn.to_string(),
@@ -301,62 +376,18 @@ async fn stream_source(
         counter.fetch_add(b.len() as u64, Ordering::Relaxed);
     });
     let decoupled = codec::read_ahead(Box::new(counted), READ_AHEAD_CHUNKS);
-    let mut reader = codec::compress(decoupled, job.compression, job.compression_level);
+    let reader = codec::compress(decoupled, job.compression, job.compression_level);
 
     let live: Vec<usize> = (0..targets.len())
         .filter(|i| targets[*i].error.is_none())
         .collect();
-    let mut senders = Vec::new();
-    let mut receivers = Vec::new();
-    for i in &live {
-        let (tx, rx) = mpsc::channel::<Chunk>(CHANNEL_DEPTH);
-        senders.push((*i, tx));
-        receivers.push(rx);
-    }
-    let uploads = join_all(
-        live.iter()
-            .zip(receivers)
-            .map(|(i, rx)| targets[*i].storage.put_stream(key, rx)),
-    );
-
+    let storages: Vec<&dyn Storage> = live.iter().map(|i| targets[*i].storage.as_ref()).collect();
     let finish = dump.finish;
-    let pump = async move {
-        let mut hasher = Sha256::new();
-        let mut stored = 0u64;
-        let mut buf = BytesMut::with_capacity(READ_CHUNK);
-        loop {
-            buf.reserve(READ_CHUNK);
-            let n = tokio::select! {
-                _ = cancel.cancelled() => return Err(StreamError::Cancelled),
-                r = reader.read_buf(&mut buf) => r.map_err(|e| StreamError::Read(e.to_string()))?,
-            };
-            if n == 0 {
-                break;
-            }
-            let chunk: Bytes = buf.split().freeze();
-            hasher.update(&chunk);
-            stored += chunk.len() as u64;
-            let mut alive = Vec::with_capacity(senders.len());
-            for (i, tx) in senders.drain(..) {
-                // A send fails only when that destination's upload gave up; it reports why.
-                if tx.send(Chunk::Data(chunk.clone())).await.is_ok() {
-                    alive.push((i, tx));
-                }
-            }
-            senders = alive;
-            if senders.is_empty() {
-                return Err(StreamError::NoDestinationLeft);
-            }
-        }
-        // The bytes are only a backup if the tool says the dump is complete.
-        finish.await?;
-        for (_, tx) in &senders {
-            let _ = tx.send(Chunk::End).await;
-        }
-        Ok((hex::encode(hasher.finalize()), stored))
-    };
-
-    let (pumped, results) = tokio::join!(pump, uploads);
+    // The bytes are only a backup if the tool says the dump is complete.
+    let (pumped, results) = fan_out(reader, key, &storages, cancel, async move {
+        finish.await.map_err(StreamError::from)
+    })
+    .await;
     let mut any_ok = false;
     for (i, r) in live.iter().zip(results) {
         match r {
@@ -381,7 +412,74 @@ async fn stream_source(
         size,
         raw_size: raw.load(Ordering::Relaxed),
         sha256,
+        exclude_tables: Vec::new(),
+        files: None,
     })
+}
+
+/// Stream `reader` into `key` on every storage at once, through bounded channels (a slow
+/// destination slows the producer instead of growing memory). The object is completed
+/// only if `complete` succeeds once the reader is exhausted; otherwise every upload is
+/// abandoned and nothing becomes visible. Returns the stored bytes' sha256 and size, and
+/// each storage's result in order.
+async fn fan_out(
+    mut reader: codec::Reader,
+    key: &str,
+    storages: &[&dyn Storage],
+    cancel: &CancellationToken,
+    complete: impl Future<Output = Result<(), StreamError>>,
+) -> (
+    Result<(String, u64), StreamError>,
+    Vec<Result<u64, storage::StorageError>>,
+) {
+    let mut senders = Vec::new();
+    let mut receivers = Vec::new();
+    for _ in storages {
+        let (tx, rx) = mpsc::channel::<Chunk>(CHANNEL_DEPTH);
+        senders.push(tx);
+        receivers.push(rx);
+    }
+    let uploads = join_all(
+        storages
+            .iter()
+            .zip(receivers)
+            .map(|(st, rx)| st.put_stream(key, rx)),
+    );
+    let pump = async move {
+        let mut hasher = Sha256::new();
+        let mut stored = 0u64;
+        let mut buf = BytesMut::with_capacity(READ_CHUNK);
+        loop {
+            buf.reserve(READ_CHUNK);
+            let n = tokio::select! {
+                _ = cancel.cancelled() => return Err(StreamError::Cancelled),
+                r = reader.read_buf(&mut buf) => r.map_err(|e| StreamError::Read(e.to_string()))?,
+            };
+            if n == 0 {
+                break;
+            }
+            let chunk: Bytes = buf.split().freeze();
+            hasher.update(&chunk);
+            stored += chunk.len() as u64;
+            let mut alive = Vec::with_capacity(senders.len());
+            for tx in senders.drain(..) {
+                // A send fails only when that destination's upload gave up; it reports why.
+                if tx.send(Chunk::Data(chunk.clone())).await.is_ok() {
+                    alive.push(tx);
+                }
+            }
+            senders = alive;
+            if senders.is_empty() {
+                return Err(StreamError::NoDestinationLeft);
+            }
+        }
+        complete.await?;
+        for tx in &senders {
+            let _ = tx.send(Chunk::End).await;
+        }
+        Ok((hex::encode(hasher.finalize()), stored))
+    };
+    tokio::join!(pump, uploads)
 }
 
 async fn cleanup(storage: &dyn Storage, job: &str, id: &str, dest: &str) {
@@ -415,7 +513,7 @@ async fn cleanup(storage: &dyn Storage, job: &str, id: &str, dest: &str) {
     }
 }
 
-async fn apply_retention(t: &Target, job: &Job) -> Result<(), storage::StorageError> {
+async fn apply_retention(t: &Target, job: &Job, own_id: &str) -> Result<(), storage::StorageError> {
     if t.policy.is_keep_all() {
         return Ok(());
     }
@@ -440,6 +538,31 @@ async fn apply_retention(t: &Target, job: &Job) -> Result<(), storage::StorageEr
         t.policy.describe(),
         decisions.len() - removed
     );
+    // Blobs only become garbage when a backup referencing them goes.
+    if removed > 0 && !listing.blobs.is_empty() {
+        match blobs::sweep(t.storage.as_ref(), &job.name, own_id, job.compression).await {
+            Ok(SweepOutcome::Swept {
+                deleted,
+                kept,
+                left,
+            }) => info!(
+                job = %job.name,
+                destination = %t.name,
+                "blob sweep on {}: deleted {deleted} unreferenced blob(s), kept {kept}{}",
+                t.name,
+                if left > 0 { format!(", {left} left for the next sweep (time budget)") } else { String::new() }
+            ),
+            Ok(SweepOutcome::Postponed { by }) => info!(
+                job = %job.name,
+                destination = %t.name,
+                "blob sweep postponed on {}: backup {by} of this job is in progress and may reference them",
+                t.name
+            ),
+            Err(e) => {
+                warn!(job = %job.name, destination = %t.name, "blob sweep on {} failed: {e}; unreferenced blobs stay until the next sweep", t.name)
+            }
+        }
+    }
     Ok(())
 }
 

@@ -1,0 +1,449 @@
+//! Content-addressed file storage shared by all backups of a job, the index that maps a
+//! backup's paths to it, and the lock protocol that keeps blob sweeps from deleting what a
+//! backup being written is about to reference.
+//!
+//! ```text
+//! <job>/blobs/<aa>/<sha256>[.zst|.gz]   one object per distinct content; sha256 of the raw bytes
+//! <job>/<id>/<source>.files.json.zst    the index of one backup (see [`FileIndex`])
+//! <job>/locks/<id>.backup               a backup of the job is running (it may reuse blobs)
+//! <job>/locks/<id>.sweep                a sweep is deleting unreferenced blobs
+//! ```
+//!
+//! The lock protocol (both sides write their lock, then list the others'): a sweep that
+//! sees a live backup lock postpones itself; a backup that sees a live sweep lock waits
+//! for it before listing which blobs exist. With read-after-write consistent listings (S3
+//! since 2020, local directories) at least one side sees the other, so a blob is never
+//! deleted between a backup deciding to reuse it and the backup's manifest being published.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use tokio::io::AsyncReadExt;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::codec;
+use crate::config::Compression;
+use crate::manifest::{self, JobListing, Manifest, SourceEntry};
+use crate::storage::{Storage, StorageError};
+
+pub const BLOBS_DIR: &str = "blobs";
+pub const LOCKS_DIR: &str = "locks";
+pub const INDEX_FORMAT: u32 = 1;
+
+/// A backup lock older than this belongs to a crashed run and no longer blocks sweeps.
+const BACKUP_LOCK_STALE: Duration = Duration::from_secs(24 * 3600);
+/// Sweeps stop deleting well before this, so an older sweep lock is a crashed sweep's.
+const SWEEP_LOCK_STALE: Duration = Duration::from_secs(15 * 60);
+/// A sweep stops (and leaves the rest for next time) after this long.
+const SWEEP_BUDGET: Duration = Duration::from_secs(5 * 60);
+
+pub fn blob_key(job: &str, sha256: &str, c: Compression) -> String {
+    let fan = sha256.get(..2).unwrap_or("00");
+    format!(
+        "{job}/{BLOBS_DIR}/{fan}/{sha256}{}",
+        manifest::compression_suffix(c)
+    )
+}
+
+/// The index of one files source in one backup. Stored as JSON (compressed like the rest
+/// of the job), so it can be read with `zstd -dc | jq` when restoring by hand.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct FileIndex {
+    pub format: u32,
+    pub source: String,
+    /// The directory as configured when the backup was taken.
+    pub root: String,
+    /// The source's filters then: a restore only orphans files these would have included.
+    #[serde(default)]
+    pub include: Vec<String>,
+    #[serde(default)]
+    pub exclude: Vec<String>,
+    /// Sorted by path.
+    pub files: Vec<IndexEntry>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct IndexEntry {
+    /// Relative to the root, '/'-separated.
+    pub path: String,
+    pub size: u64,
+    /// Unix permission bits.
+    pub mode: u32,
+    /// Modification time, nanoseconds since the Unix epoch.
+    pub mtime: i64,
+    /// sha256 of the raw content, hex.
+    pub sha256: String,
+    /// Key of the blob holding the content (relative to the destination's root).
+    pub blob: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BlobError {
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error("{0}")]
+    Corrupt(String),
+    #[error("cancelled")]
+    Cancelled,
+}
+
+/// Serialize and compress an index.
+pub async fn encode_index(index: &FileIndex, c: Compression) -> Result<(Bytes, u64), BlobError> {
+    let json = serde_json::to_vec(index)
+        .map_err(|e| BlobError::Corrupt(format!("encoding the file index: {e}")))?;
+    let raw = json.len() as u64;
+    let packed = compress_bytes(Bytes::from(json), c, None).await?;
+    Ok((packed, raw))
+}
+
+pub async fn compress_bytes(
+    data: Bytes,
+    c: Compression,
+    level: Option<i32>,
+) -> Result<Bytes, BlobError> {
+    if c == Compression::None {
+        return Ok(data);
+    }
+    let mut r = codec::compress(Box::new(std::io::Cursor::new(data)), c, level);
+    let mut out = Vec::new();
+    r.read_to_end(&mut out)
+        .await
+        .map_err(|e| BlobError::Corrupt(format!("compressing: {e}")))?;
+    Ok(Bytes::from(out))
+}
+
+/// Read a backup's index, checking the stored object against the manifest's sha256.
+pub async fn read_index(
+    storage: &dyn Storage,
+    entry: &SourceEntry,
+    c: Compression,
+) -> Result<FileIndex, BlobError> {
+    let raw = storage.get(&entry.key).await?;
+    let verified = codec::Verify::new(raw, &entry.sha256, entry.size, &entry.key);
+    let mut r = codec::decompress(Box::new(verified), c);
+    let mut json = Vec::new();
+    r.read_to_end(&mut json)
+        .await
+        .map_err(|e| BlobError::Corrupt(format!("reading {}: {e}", entry.key)))?;
+    serde_json::from_slice(&json)
+        .map_err(|e| BlobError::Corrupt(format!("file index {} is not valid: {e}", entry.key)))
+}
+
+/// Hashes of the blobs a destination holds, from a job listing (keys in the current
+/// compression only: the index names one key per content, the same on every destination).
+pub fn existing_blobs(listing: &JobListing, job: &str, c: Compression) -> HashSet<String> {
+    listing
+        .blobs
+        .iter()
+        .filter_map(|o| hash_of_blob(job, &o.key, c))
+        .collect()
+}
+
+fn hash_of_blob(job: &str, key: &str, c: Compression) -> Option<String> {
+    let rest = key.strip_prefix(&format!("{job}/{BLOBS_DIR}/"))?;
+    let (_, name) = rest.split_once('/')?;
+    let hash = name.strip_suffix(manifest::compression_suffix(c))?;
+    (hash.len() == 64 && hash.bytes().all(|b| b.is_ascii_hexdigit())).then(|| hash.to_string())
+}
+
+pub fn lock_key(job: &str, id: &str, kind: LockKind) -> String {
+    format!("{job}/{LOCKS_DIR}/{id}.{}", kind.as_str())
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LockKind {
+    Backup,
+    Sweep,
+}
+
+impl LockKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            LockKind::Backup => "backup",
+            LockKind::Sweep => "sweep",
+        }
+    }
+}
+
+/// A lock seen in a listing: its id (the holder's start time) and kind.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lock {
+    pub id: String,
+    pub kind: LockKind,
+    pub since: DateTime<Utc>,
+}
+
+pub fn parse_locks(job: &str, keys: impl IntoIterator<Item = String>) -> Vec<Lock> {
+    let prefix = format!("{job}/{LOCKS_DIR}/");
+    keys.into_iter()
+        .filter_map(|k| {
+            let name = k.strip_prefix(&prefix)?.to_string();
+            let (id, kind) = name.rsplit_once('.')?;
+            let kind = match kind {
+                "backup" => LockKind::Backup,
+                "sweep" => LockKind::Sweep,
+                _ => return None,
+            };
+            let since = manifest::parse_id(id)?;
+            Some(Lock {
+                id: id.to_string(),
+                kind,
+                since,
+            })
+        })
+        .collect()
+}
+
+/// Whether a lock still counts (its holder may be alive).
+pub fn is_live(lock: &Lock, now: DateTime<Utc>) -> bool {
+    let limit = match lock.kind {
+        LockKind::Backup => BACKUP_LOCK_STALE,
+        LockKind::Sweep => SWEEP_LOCK_STALE,
+    };
+    now.signed_duration_since(lock.since)
+        .to_std()
+        .map(|age| age < limit)
+        .unwrap_or(true)
+}
+
+async fn list_locks(storage: &dyn Storage, job: &str) -> Result<Vec<Lock>, StorageError> {
+    let objs = storage.list(&format!("{job}/{LOCKS_DIR}/")).await?;
+    Ok(parse_locks(job, objs.into_iter().map(|o| o.key)))
+}
+
+/// Announce a backup that may reuse existing blobs, then wait out any sweep in progress.
+pub async fn lock_backup(
+    storage: &dyn Storage,
+    job: &str,
+    id: &str,
+    cancel: &CancellationToken,
+) -> Result<(), BlobError> {
+    storage
+        .put_bytes(
+            &lock_key(job, id, LockKind::Backup),
+            Bytes::from_static(b"{}"),
+        )
+        .await?;
+    let mut waited = false;
+    loop {
+        let sweeping: Vec<Lock> = list_locks(storage, job)
+            .await?
+            .into_iter()
+            .filter(|l| l.kind == LockKind::Sweep && is_live(l, Utc::now()))
+            .collect();
+        if sweeping.is_empty() {
+            if waited {
+                info!(job, "blob sweep finished; continuing");
+            }
+            return Ok(());
+        }
+        if !waited {
+            info!(
+                job,
+                "waiting for the blob sweep started at {} on {} to finish",
+                sweeping[0].id,
+                storage.location()
+            );
+            waited = true;
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return Err(BlobError::Cancelled),
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
+}
+
+pub async fn unlock(storage: &dyn Storage, job: &str, id: &str, kind: LockKind) {
+    let key = lock_key(job, id, kind);
+    if let Err(e) = storage.delete(std::slice::from_ref(&key)).await {
+        warn!(
+            job,
+            "could not remove lock {key} from {}: {e}",
+            storage.location()
+        );
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SweepOutcome {
+    /// Unreferenced blobs deleted / still present (budget exhausted).
+    Swept {
+        deleted: usize,
+        kept: usize,
+        left: usize,
+    },
+    /// Another backup of the job is running; its blobs may not be referenced yet.
+    Postponed { by: String },
+}
+
+/// Mark and sweep: delete the blobs no published backup of the job references.
+/// `own_id` is the calling run (its own backup lock does not block it).
+pub async fn sweep(
+    storage: &dyn Storage,
+    job: &str,
+    own_id: &str,
+    c: Compression,
+) -> Result<SweepOutcome, BlobError> {
+    let sweep_id = manifest::new_id(Utc::now());
+    storage
+        .put_bytes(
+            &lock_key(job, &sweep_id, LockKind::Sweep),
+            Bytes::from_static(b"{}"),
+        )
+        .await?;
+    let result = sweep_locked(storage, job, own_id, c).await;
+    unlock(storage, job, &sweep_id, LockKind::Sweep).await;
+    result
+}
+
+async fn sweep_locked(
+    storage: &dyn Storage,
+    job: &str,
+    own_id: &str,
+    _c: Compression,
+) -> Result<SweepOutcome, BlobError> {
+    let started = std::time::Instant::now();
+    let now = Utc::now();
+    let listing = JobListing::read(storage, job).await?;
+    let locks = parse_locks(job, listing.locks.iter().map(|o| o.key.clone()));
+    if let Some(other) = locks
+        .iter()
+        .find(|l| l.kind == LockKind::Backup && l.id != own_id && is_live(l, now))
+    {
+        return Ok(SweepOutcome::Postponed {
+            by: other.id.clone(),
+        });
+    }
+    // Mark: every blob referenced by a published backup. Any unreadable manifest or index
+    // stops the sweep: deleting on incomplete knowledge could destroy a backup.
+    let mut referenced: HashSet<String> = HashSet::new();
+    for p in listing.published(job) {
+        let m: Manifest = match manifest::read_manifest(storage, job, &p.id).await {
+            Ok(m) => m,
+            // Deleted by a concurrent retention after the listing: references nothing now.
+            Err(manifest::ManifestError::Storage(StorageError::NotFound(_))) => continue,
+            Err(e) => {
+                return Err(BlobError::Corrupt(format!(
+                    "sweep stopped, backup {} unreadable: {e}",
+                    p.id
+                )));
+            }
+        };
+        for e in m.sources.iter().filter(|s| s.files.is_some()) {
+            let index = read_index(storage, e, m.compression).await.map_err(|err| {
+                BlobError::Corrupt(format!("sweep stopped, backup {}: {err}", p.id))
+            })?;
+            referenced.extend(index.files.into_iter().map(|f| f.blob));
+        }
+    }
+    let garbage: Vec<String> = listing
+        .blobs
+        .iter()
+        .map(|o| o.key.clone())
+        .filter(|k| !referenced.contains(k) && !k.ends_with(crate::storage::local::PARTIAL_SUFFIX))
+        .collect();
+    let kept = listing.blobs.len() - garbage.len();
+    let mut deleted = 0;
+    for batch in garbage.chunks(1000) {
+        if started.elapsed() > SWEEP_BUDGET {
+            break;
+        }
+        storage.delete(batch).await?;
+        deleted += batch.len();
+    }
+    Ok(SweepOutcome::Swept {
+        deleted,
+        kept,
+        left: garbage.len() - deleted,
+    })
+}
+
+/// The previous backup's index of this source, for `immutable` sources: path → entry.
+pub async fn previous_index(
+    storage: &dyn Storage,
+    listing: &JobListing,
+    job: &str,
+    source: &str,
+) -> Option<HashMap<String, IndexEntry>> {
+    for p in listing.published(job) {
+        let Ok(m) = manifest::read_manifest(storage, job, &p.id).await else {
+            continue;
+        };
+        let Some(e) = m
+            .sources
+            .iter()
+            .find(|s| s.name == source && s.files.is_some())
+        else {
+            continue;
+        };
+        return match read_index(storage, e, m.compression).await {
+            Ok(ix) => Some(ix.files.into_iter().map(|f| (f.path.clone(), f)).collect()),
+            Err(err) => {
+                warn!(
+                    job,
+                    source,
+                    "cannot read the previous index of {source} ({err}); re-reading every file"
+                );
+                None
+            }
+        };
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    #[test]
+    fn blob_keys_round_trip() {
+        let h = "ab".repeat(32);
+        let k = blob_key("app", &h, Compression::Zstd);
+        assert_eq!(k, format!("app/blobs/ab/{h}.zst"));
+        assert_eq!(hash_of_blob("app", &k, Compression::Zstd), Some(h.clone()));
+        // Another compression's blob is not this compression's content.
+        assert_eq!(hash_of_blob("app", &k, Compression::Gzip), None);
+        assert_eq!(
+            hash_of_blob("app", &format!("{k}.1-0.partial"), Compression::Zstd),
+            None
+        );
+        assert_eq!(
+            hash_of_blob("app", "app/blobs/ab/short.zst", Compression::Zstd),
+            None
+        );
+    }
+
+    #[test]
+    fn locks_parse_and_go_stale() {
+        let now = Utc
+            .with_ymd_and_hms(2026, 11, 22, 12, 0, 0)
+            .single()
+            .expect("valid");
+        let keys = vec![
+            "app/locks/20261122T115900.000Z.sweep".to_string(),
+            "app/locks/20261122T100000.000Z.sweep".to_string(),
+            "app/locks/20261121T130000.000Z.backup".to_string(),
+            "app/locks/20261120T120000.000Z.backup".to_string(),
+            "app/locks/garbage".to_string(),
+        ];
+        let locks = parse_locks("app", keys);
+        assert_eq!(locks.len(), 4);
+        let live: Vec<(&str, LockKind)> = locks
+            .iter()
+            .filter(|l| is_live(l, now))
+            .map(|l| (l.id.as_str(), l.kind))
+            .collect();
+        assert_eq!(
+            live,
+            vec![
+                ("20261122T115900.000Z", LockKind::Sweep),
+                ("20261121T130000.000Z", LockKind::Backup)
+            ]
+        );
+    }
+}

@@ -1,0 +1,406 @@
+//! Find a published backup and put it back: databases first (storage → sha256 check →
+//! decompress → pg_restore, streamed), then files (only what is missing or different is
+//! downloaded; local files the backup lacks are moved aside, never deleted).
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use tracing::{info, warn};
+
+use crate::codec;
+use crate::config::{Config, Job, PostgresConfig, SourceConfig};
+use crate::manifest::{self, JobListing, Manifest, SourceEntry};
+use crate::pipeline::human_bytes;
+use crate::source::{self, Archive, RestoreOptions, SourceError};
+use crate::storage::{self, Storage};
+
+mod files;
+
+#[derive(Debug, Clone, Default)]
+pub struct RestoreRequest {
+    pub job: String,
+    /// An id, a unique prefix of one, or "latest".
+    pub id: String,
+    /// Target database URL (needed when a postgres source is restored).
+    pub to: Option<String>,
+    pub from: Option<String>,
+    /// Sources to restore (default: all, databases first).
+    pub only: Vec<String>,
+    pub clean: bool,
+    pub no_owner: bool,
+    pub tables: Vec<String>,
+    pub exclude_tables: Vec<String>,
+    /// Also restore the tables the backup marks as excluded.
+    pub all_tables: bool,
+    pub files_to: Option<PathBuf>,
+    pub orphans_to: Option<PathBuf>,
+    pub dry_run: bool,
+}
+
+/// What a restore did (or would do), for the command to print.
+#[derive(Debug)]
+pub struct RestoreSummary {
+    pub manifest: Manifest,
+    pub destination: String,
+    pub lines: Vec<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RestoreError {
+    #[error("{0}")]
+    Usage(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Storage(String),
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    #[error("{0}")]
+    Files(String),
+}
+
+pub fn find_job<'a>(config: &'a Config, name: &str) -> Result<&'a Job, RestoreError> {
+    config.jobs.get(name).ok_or_else(|| {
+        RestoreError::Usage(format!(
+            "unknown job \"{name}\"; jobs in {}: {}",
+            config.path.display(),
+            config.jobs.keys().cloned().collect::<Vec<_>>().join(", ")
+        ))
+    })
+}
+
+/// Resolve "latest", a full id or a unique id prefix against a newest-first list.
+pub fn resolve_id(ids: &[String], wanted: &str) -> Result<Option<String>, String> {
+    if wanted == "latest" {
+        return Ok(ids.first().cloned());
+    }
+    if ids.iter().any(|i| i == wanted) {
+        return Ok(Some(wanted.to_string()));
+    }
+    let matches: Vec<&String> = ids.iter().filter(|i| i.starts_with(wanted)).collect();
+    match matches.len() {
+        0 => Ok(None),
+        1 => Ok(Some(matches[0].clone())),
+        _ => Err(format!(
+            "\"{wanted}\" matches {} backups ({}); give more of the id",
+            matches.len(),
+            matches
+                .iter()
+                .take(5)
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )),
+    }
+}
+
+pub async fn restore(
+    config: &Config,
+    req: &RestoreRequest,
+) -> Result<RestoreSummary, RestoreError> {
+    let job = find_job(config, &req.job)?;
+    let candidates: Vec<String> = match &req.from {
+        Some(d) => {
+            if !config.destinations.contains_key(d) {
+                return Err(RestoreError::Usage(format!(
+                    "unknown destination \"{d}\" in --from; destinations: {}",
+                    config
+                        .destinations
+                        .keys()
+                        .cloned()
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )));
+            }
+            vec![d.clone()]
+        }
+        None => job.destinations.clone(),
+    };
+
+    // First destination (in the job's order) that has the backup wins; an unreachable
+    // one is skipped so a dead S3 endpoint does not block a restore from the local volume.
+    let mut found: Option<(Box<dyn Storage>, String, String)> = None;
+    let mut tried = Vec::new();
+    for name in &candidates {
+        let Some(dest) = config.destinations.get(name) else {
+            continue;
+        };
+        let st = storage::open(dest).await;
+        let listing = match JobListing::read(st.as_ref(), &job.name).await {
+            Ok(l) => l,
+            Err(e) => {
+                warn!(destination = %name, "cannot list {name}: {e}");
+                tried.push(format!("{name} (unreachable: {e})"));
+                continue;
+            }
+        };
+        let ids: Vec<String> = listing
+            .published(&job.name)
+            .into_iter()
+            .map(|p| p.id)
+            .collect();
+        match resolve_id(&ids, &req.id).map_err(RestoreError::Usage)? {
+            Some(id) => {
+                found = Some((st, name.clone(), id));
+                break;
+            }
+            None => tried.push(format!("{name} ({} backups)", ids.len())),
+        }
+    }
+    let Some((st, dest_name, id)) = found else {
+        return Err(RestoreError::NotFound(format!(
+            "no published backup \"{}\" of job \"{}\" in: {}; see `stowage list {}`",
+            req.id,
+            job.name,
+            tried.join(", "),
+            job.name
+        )));
+    };
+
+    let manifest = manifest::read_manifest(st.as_ref(), &job.name, &id)
+        .await
+        .map_err(|e| RestoreError::Storage(e.to_string()))?;
+    let plan = plan(&manifest, req)?;
+    let mut lines = Vec::new();
+    if req.dry_run {
+        lines.push(format!(
+            "dry run: nothing is changed; backup {id} of job {} from {dest_name}",
+            job.name
+        ));
+    }
+    // Databases first, then files: the order the set was taken in, so rows never point
+    // at files that are not there yet.
+    for entry in &plan.databases {
+        let t0 = Instant::now();
+        let to = req.to.clone().unwrap_or_default();
+        let target = crate::config::PgUrl::from_target(&to)
+            .map_err(|e| RestoreError::Usage(format!("invalid --to URL \"{to}\": {e}")))?;
+        // Restore with the job's own tool settings when the source still exists in config.
+        let bin_dir = job.sources.iter().find_map(|s| match s {
+            SourceConfig::Postgres(p) if p.name == entry.name => p.bin_dir.clone(),
+            _ => None,
+        });
+        let src = source::postgres(&PostgresConfig {
+            name: entry.name.clone(),
+            url: target.clone(),
+            bin_dir,
+            exclude_tables: Vec::new(),
+        });
+        let mut exclude: Vec<String> = if req.all_tables {
+            Vec::new()
+        } else {
+            entry
+                .exclude_tables
+                .iter()
+                .filter(|t| !req.tables.contains(t))
+                .cloned()
+                .collect()
+        };
+        exclude.extend(req.exclude_tables.iter().cloned());
+        info!(
+            job = %job.name,
+            id = %id,
+            destination = %dest_name,
+            "restoring {} ({}, {}) from {} into {}",
+            entry.name,
+            entry.format,
+            human_bytes(entry.size),
+            dest_name,
+            target
+        );
+        let archive = StoredArchive {
+            storage: st.as_ref(),
+            key: entry.key.clone(),
+            sha256: entry.sha256.clone(),
+            size: entry.size,
+            compression: manifest.compression,
+            dest: dest_name.clone(),
+        };
+        let out = src
+            .restore(
+                &archive,
+                &RestoreOptions {
+                    target: to.clone(),
+                    clean: req.clean,
+                    no_owner: req.no_owner,
+                    tables: req.tables.clone(),
+                    exclude_tables: exclude,
+                    dry_run: req.dry_run,
+                },
+            )
+            .await?;
+        lines.extend(out);
+        if !req.dry_run {
+            info!(
+                job = %job.name,
+                id = %id,
+                "restore finished: {} restored in {:.1}s (sha256 verified)",
+                entry.name,
+                t0.elapsed().as_secs_f64()
+            );
+            lines.push(format!("database {}: restored into {target}", entry.name));
+        }
+    }
+    for entry in &plan.files {
+        let configured = job.sources.iter().find_map(|s| match s {
+            SourceConfig::Files(f) if f.name == entry.name => Some(f.path.clone()),
+            _ => None,
+        });
+        let out = files::restore(
+            st.as_ref(),
+            entry,
+            manifest.compression,
+            files::Target {
+                dir: req.files_to.clone().or(configured),
+                orphans: req.orphans_to.clone(),
+                dry_run: req.dry_run,
+            },
+        )
+        .await?;
+        lines.extend(out);
+    }
+    Ok(RestoreSummary {
+        manifest,
+        destination: dest_name,
+        lines,
+    })
+}
+
+struct Plan<'a> {
+    databases: Vec<&'a SourceEntry>,
+    files: Vec<&'a SourceEntry>,
+}
+
+/// Which of the backup's sources to restore, checked against the request before any work.
+fn plan<'a>(manifest: &'a Manifest, req: &RestoreRequest) -> Result<Plan<'a>, RestoreError> {
+    let names: Vec<&str> = manifest.sources.iter().map(|s| s.name.as_str()).collect();
+    for o in &req.only {
+        if !names.contains(&o.as_str()) {
+            return Err(RestoreError::Usage(format!(
+                "backup {} has no source \"{o}\"; its sources: {}",
+                manifest.id,
+                names.join(", ")
+            )));
+        }
+    }
+    let chosen: Vec<&SourceEntry> = manifest
+        .sources
+        .iter()
+        .filter(|s| req.only.is_empty() || req.only.contains(&s.name))
+        .collect();
+    let databases: Vec<&SourceEntry> = chosen
+        .iter()
+        .copied()
+        .filter(|s| s.kind == "postgres")
+        .collect();
+    let files: Vec<&SourceEntry> = chosen
+        .iter()
+        .copied()
+        .filter(|s| s.files.is_some())
+        .collect();
+    if databases.len() > 1 {
+        return Err(RestoreError::Usage(format!(
+            "backup {} has {} database sources ({}); restore one at a time with --only NAME --to URL",
+            manifest.id,
+            databases.len(),
+            databases
+                .iter()
+                .map(|s| s.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )));
+    }
+    if let Some(db) = databases.first()
+        && req.to.is_none()
+    {
+        return Err(RestoreError::Usage(format!(
+            "backup {} has database source \"{}\": give --to postgres://USER@HOST:PORT/DB{}",
+            manifest.id,
+            db.name,
+            if files.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    ", or restore only the files with --only {}",
+                    files
+                        .iter()
+                        .map(|s| s.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(" --only ")
+                )
+            }
+        )));
+    }
+    if databases.is_empty() {
+        if req.to.is_some() {
+            return Err(RestoreError::Usage(
+                "--to is for database sources, and none is being restored; remove it".into(),
+            ));
+        }
+        if !req.tables.is_empty() || !req.exclude_tables.is_empty() || req.all_tables {
+            return Err(RestoreError::Usage(
+                "--table, --exclude-table and --all-tables are for database sources, and none is being restored".into(),
+            ));
+        }
+    }
+    if files.len() > 1 && req.files_to.is_some() {
+        return Err(RestoreError::Usage(format!(
+            "backup {} has {} files sources; --files-to needs one: add --only NAME",
+            manifest.id,
+            files.len()
+        )));
+    }
+    if files.is_empty() && (req.files_to.is_some() || req.orphans_to.is_some()) {
+        return Err(RestoreError::Usage(
+            "--files-to and --orphans-to are for files sources, and none is being restored".into(),
+        ));
+    }
+    if databases.is_empty() && files.is_empty() {
+        return Err(RestoreError::NotFound(format!(
+            "backup {} has nothing this version of stowage can restore",
+            manifest.id
+        )));
+    }
+    Ok(Plan { databases, files })
+}
+
+/// A source's object on a destination, opened afresh for each pass of a restore.
+struct StoredArchive<'a> {
+    storage: &'a dyn Storage,
+    key: String,
+    sha256: String,
+    size: u64,
+    compression: crate::config::Compression,
+    dest: String,
+}
+
+#[async_trait::async_trait]
+impl Archive for StoredArchive<'_> {
+    async fn open(&self) -> Result<codec::Reader, SourceError> {
+        let raw = self
+            .storage
+            .get(&self.key)
+            .await
+            .map_err(|e| SourceError::Io(format!("{}: {e}", self.dest)))?;
+        let verified = codec::Verify::new(raw, &self.sha256, self.size, &self.key);
+        Ok(codec::decompress(Box::new(verified), self.compression))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::resolve_id;
+
+    #[test]
+    fn ids() {
+        let ids = vec![
+            "20261122T030000.000Z".to_string(),
+            "20261121T030000.000Z".to_string(),
+        ];
+        assert_eq!(resolve_id(&ids, "latest"), Ok(Some(ids[0].clone())));
+        assert_eq!(resolve_id(&ids, "20261121"), Ok(Some(ids[1].clone())));
+        assert_eq!(resolve_id(&ids, "2027"), Ok(None));
+        assert!(resolve_id(&ids, "2026").is_err());
+        assert_eq!(resolve_id(&[], "latest"), Ok(None));
+    }
+}

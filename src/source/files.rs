@@ -1,0 +1,310 @@
+//! A directory tree, backed up file by file. Unlike a database it is not one byte stream:
+//! each file's content is stored once per destination as a content-addressed blob (see
+//! `blobs.rs`) and a backup is an index of path → content hash. This module knows the
+//! tree: which files the source's globs select, their metadata, and their hashes.
+
+use std::io::Read;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use globset::{Glob, GlobBuilder, GlobSet, GlobSetBuilder};
+use sha2::{Digest, Sha256};
+
+/// Which relative paths a files source covers. Patterns follow .gitignore habits: one
+/// without a '/' matches a file or directory name at any depth ("*.tmp", "cache"); one
+/// with a '/' is anchored at the root ("media/tmp/**"); `*` never crosses a '/', `**` does;
+/// a pattern naming a directory covers everything under it.
+#[derive(Debug, Clone)]
+pub struct PathFilter {
+    include: Option<GlobSet>,
+    exclude: GlobSet,
+}
+
+impl PathFilter {
+    pub fn new(include: &[String], exclude: &[String]) -> Result<PathFilter, String> {
+        let include = if include.is_empty() {
+            None
+        } else {
+            Some(build_set(include)?)
+        };
+        Ok(PathFilter {
+            include,
+            exclude: build_set(exclude)?,
+        })
+    }
+
+    /// Validate one pattern (for config errors that name the key).
+    pub fn check_glob(pattern: &str) -> Result<(), String> {
+        expand(pattern).map(|_| ())
+    }
+
+    /// `rel` is '/'-separated and relative to the root.
+    pub fn matches(&self, rel: &str) -> bool {
+        self.include.as_ref().is_none_or(|s| s.is_match(rel)) && !self.exclude.is_match(rel)
+    }
+}
+
+fn expand(pattern: &str) -> Result<Vec<Glob>, String> {
+    let p = pattern.trim();
+    if p.is_empty() {
+        return Err("empty glob pattern; remove it".to_string());
+    }
+    let anchored = p.trim_start_matches('/').trim_end_matches('/');
+    let bases: Vec<String> = if p.trim_end_matches('/').contains('/') {
+        vec![anchored.to_string()]
+    } else {
+        vec![format!("**/{anchored}")]
+    };
+    let mut out = Vec::new();
+    for base in bases {
+        for text in [base.clone(), format!("{base}/**")] {
+            let g = GlobBuilder::new(&text)
+                .literal_separator(true)
+                .backslash_escape(true)
+                .build()
+                .map_err(|e| format!("invalid glob \"{pattern}\": {}", e.kind()))?;
+            out.push(g);
+        }
+    }
+    Ok(out)
+}
+
+fn build_set(patterns: &[String]) -> Result<GlobSet, String> {
+    let mut b = GlobSetBuilder::new();
+    for p in patterns {
+        for g in expand(p)? {
+            b.add(g);
+        }
+    }
+    b.build().map_err(|e| format!("invalid globs: {e}"))
+}
+
+/// One regular file of the tree, as seen by the scan.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileMeta {
+    /// Relative, '/'-separated.
+    pub path: String,
+    pub size: u64,
+    pub mode: u32,
+    /// Nanoseconds since the Unix epoch.
+    pub mtime: i64,
+}
+
+#[derive(Debug, Default)]
+pub struct Scan {
+    /// Sorted by path.
+    pub files: Vec<FileMeta>,
+    /// Symlinks, sockets, fifos, devices and names that are not UTF-8: not backed up.
+    pub skipped: Vec<String>,
+}
+
+pub fn mtime_ns(t: SystemTime) -> i64 {
+    match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => i64::try_from(d.as_nanos()).unwrap_or(i64::MAX),
+        Err(e) => -i64::try_from(e.duration().as_nanos()).unwrap_or(i64::MAX),
+    }
+}
+
+pub fn system_time(ns: i64) -> SystemTime {
+    if ns >= 0 {
+        UNIX_EPOCH + std::time::Duration::from_nanos(ns.unsigned_abs())
+    } else {
+        UNIX_EPOCH - std::time::Duration::from_nanos(ns.unsigned_abs())
+    }
+}
+
+/// Walk `root` (blocking: run it on a blocking thread). Files that vanish during the
+/// walk are simply not there; a directory that cannot be read fails the scan, because a
+/// backup silently missing part of the tree is worse than a failed one.
+pub fn scan(root: &Path, filter: &PathFilter) -> Result<Scan, String> {
+    match std::fs::metadata(root) {
+        Ok(m) if m.is_dir() => {}
+        Ok(_) => return Err(format!("{} is not a directory", root.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(format!(
+                "directory {} does not exist; check the source's path and the container's volume mounts",
+                root.display()
+            ));
+        }
+        Err(e) => return Err(format!("cannot read {}: {e}", root.display())),
+    }
+    let mut out = Scan::default();
+    let walker = walkdir::WalkDir::new(root)
+        .follow_links(false)
+        .sort_by_file_name();
+    for entry in walker {
+        let entry = match entry {
+            Ok(e) => e,
+            Err(e) => {
+                if e.io_error()
+                    .is_some_and(|io| io.kind() == std::io::ErrorKind::NotFound)
+                {
+                    continue;
+                }
+                let at = e
+                    .path()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_else(|| root.display().to_string());
+                return Err(format!("cannot read {at}: {e}"));
+            }
+        };
+        if entry.depth() == 0 || entry.file_type().is_dir() {
+            continue;
+        }
+        let Ok(rel) = entry.path().strip_prefix(root) else {
+            continue;
+        };
+        let Some(rel) = rel_string(rel) else {
+            out.skipped
+                .push(format!("{} (name is not UTF-8)", entry.path().display()));
+            continue;
+        };
+        if !filter.matches(&rel) {
+            continue;
+        }
+        if !entry.file_type().is_file() {
+            out.skipped.push(rel);
+            continue;
+        }
+        let meta = match entry.metadata() {
+            Ok(m) => m,
+            Err(e)
+                if e.io_error()
+                    .is_some_and(|io| io.kind() == std::io::ErrorKind::NotFound) =>
+            {
+                continue;
+            }
+            Err(e) => return Err(format!("cannot stat {}: {e}", entry.path().display())),
+        };
+        out.files.push(FileMeta {
+            path: rel,
+            size: meta.len(),
+            mode: meta.permissions().mode() & 0o7777,
+            mtime: meta.modified().map(mtime_ns).unwrap_or(0),
+        });
+    }
+    Ok(out)
+}
+
+fn rel_string(rel: &Path) -> Option<String> {
+    let parts: Option<Vec<&str>> = rel.components().map(|c| c.as_os_str().to_str()).collect();
+    parts.map(|p| p.join("/"))
+}
+
+/// The path of a relative '/'-separated key under `root`, refusing anything that could
+/// escape it (an index is data read from storage, so it is not trusted blindly).
+pub fn safe_join(root: &Path, rel: &str) -> Option<PathBuf> {
+    let mut out = root.to_path_buf();
+    for part in rel.split('/') {
+        if part.is_empty() || part == "." || part == ".." || part.contains('\0') {
+            return None;
+        }
+        out.push(part);
+    }
+    Some(out)
+}
+
+/// sha256 and size of a file (blocking).
+pub fn hash_file(path: &Path) -> std::io::Result<(String, u64)> {
+    let mut f = std::fs::File::open(path)?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut n = 0u64;
+    loop {
+        let k = f.read(&mut buf)?;
+        if k == 0 {
+            break;
+        }
+        h.update(&buf[..k]);
+        n += k as u64;
+    }
+    Ok((hex::encode(h.finalize()), n))
+}
+
+pub fn hash_bytes(data: &[u8]) -> String {
+    hex::encode(Sha256::digest(data))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn f(include: &[&str], exclude: &[&str]) -> PathFilter {
+        let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        PathFilter::new(&s(include), &s(exclude)).expect("valid globs")
+    }
+
+    #[test]
+    fn globs_follow_gitignore_habits() {
+        let all = f(&[], &[]);
+        assert!(all.matches("a/b/c.jpg"));
+
+        let ex = f(&[], &["*.tmp", "cache", "media/tmp/**", "/top.txt"]);
+        assert!(!ex.matches("x.tmp"));
+        assert!(!ex.matches("deep/er/x.tmp"));
+        assert!(!ex.matches("cache/a/b"));
+        assert!(!ex.matches("a/cache/b"));
+        assert!(!ex.matches("media/tmp/1.jpg"));
+        assert!(ex.matches("other/media/tmp/1.jpg"));
+        assert!(!ex.matches("top.txt"));
+        assert!(ex.matches("a/top.txt.keep"));
+        assert!(ex.matches("a/b.jpg"));
+
+        let inc = f(&["*.jpg", "docs"], &["private/**"]);
+        assert!(inc.matches("a.jpg"));
+        assert!(inc.matches("x/y/a.jpg"));
+        assert!(inc.matches("docs/readme.txt"));
+        assert!(!inc.matches("a.png"));
+        assert!(!inc.matches("private/a.jpg"));
+        // '*' does not cross directories in anchored patterns.
+        let anchored = f(&["media/*.jpg"], &[]);
+        assert!(anchored.matches("media/a.jpg"));
+        assert!(!anchored.matches("media/sub/a.jpg"));
+    }
+
+    #[test]
+    fn bad_globs_are_named() {
+        let e = PathFilter::check_glob("a/[b").expect_err("unclosed class");
+        assert!(e.contains("\"a/[b\""), "{e}");
+        assert!(PathFilter::check_glob("  ").is_err());
+    }
+
+    #[test]
+    fn joins_refuse_escapes() {
+        let root = Path::new("/data");
+        assert_eq!(
+            safe_join(root, "a/b.jpg"),
+            Some(PathBuf::from("/data/a/b.jpg"))
+        );
+        assert_eq!(safe_join(root, "../etc/passwd"), None);
+        assert_eq!(safe_join(root, "a//b"), None);
+        assert_eq!(safe_join(root, "/abs"), None);
+        assert_eq!(safe_join(root, "a/./b"), None);
+    }
+
+    #[test]
+    fn scans_sorted_filtered_regular_files() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let r = dir.path();
+        std::fs::create_dir_all(r.join("b/c")).expect("mkdir");
+        std::fs::create_dir_all(r.join("tmp")).expect("mkdir");
+        std::fs::write(r.join("b/c/2.jpg"), b"two").expect("write");
+        std::fs::write(r.join("a.jpg"), b"one").expect("write");
+        std::fs::write(r.join("tmp/x"), b"skip").expect("write");
+        std::os::unix::fs::symlink(r.join("a.jpg"), r.join("link.jpg")).expect("symlink");
+        let s = scan(r, &f(&[], &["tmp"])).expect("scan");
+        let paths: Vec<&str> = s.files.iter().map(|f| f.path.as_str()).collect();
+        assert_eq!(paths, vec!["a.jpg", "b/c/2.jpg"]);
+        assert_eq!(s.files[0].size, 3);
+        assert_eq!(s.skipped, vec!["link.jpg".to_string()]);
+        let missing = scan(&r.join("nope"), &f(&[], &[])).expect_err("missing root");
+        assert!(missing.contains("does not exist"), "{missing}");
+    }
+
+    #[test]
+    fn mtimes_round_trip() {
+        let t = UNIX_EPOCH + std::time::Duration::new(1_763_795_000, 123_456_789);
+        assert_eq!(system_time(mtime_ns(t)), t);
+    }
+}
