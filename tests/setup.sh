@@ -2,7 +2,7 @@
 # Install the tools stowage's integration tests need (see tests/common/mod.rs).
 # Idempotent; meant for a fresh Debian 12 machine. Run as root, or as a user with sudo.
 #
-#   - apt packages: postgresql (15), postgresql-client, zstd, python3-venv, build tools
+#   - apt packages: postgresql (15), postgresql-client, zstd, jq, python3-venv, build tools
 #   - moto_server + awscli in a venv at $HOME/.cache/stowage-tools/venv
 #   - s3s-fs 0.14.1 (cargo install, ~4 min) into $HOME/.cache/stowage-tools/bin,
 #     unless an s3s-fs binary is already available
@@ -47,6 +47,7 @@ need() { missing+=("$1"); log "missing: $2 -> will install $1"; }
 [ -x "$PG_BIN/psql" ] && [ -x "$PG_BIN/pg_dump" ] && [ -x "$PG_BIN/pg_restore" ] \
     || need postgresql-client "$PG_BIN/psql, pg_dump, pg_restore"
 command -v zstd >/dev/null 2>&1 || need zstd "zstd"
+command -v jq >/dev/null 2>&1 || need jq "jq (the README's by-hand files restore, tests/by_hand.rs)"
 if ! command -v "$PYTHON" >/dev/null 2>&1; then
     need python3 "$PYTHON"
     need python3-venv "python venv/ensurepip"

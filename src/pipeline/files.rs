@@ -27,6 +27,9 @@ const SMALL_FILE: u64 = 1024 * 1024;
 /// Files in flight: uploads of small objects are latency-bound, so overlap them. Memory
 /// stays bounded: at most this many small files, and big files stream in parts.
 const CONCURRENCY: usize = 8;
+/// Big files stream one at a time: each S3 multipart upload holds
+/// (max_in_flight + 1) × part_size in memory, which must stay bounded on a 1 GB board.
+const BIG_AT_ONCE: usize = 1;
 /// A file rewritten while it is being read is retried this many times, then fails the run.
 const ATTEMPTS: usize = 3;
 
@@ -71,6 +74,7 @@ struct Ctx<'a> {
     dests: Vec<Dest<'a>>,
     previous: Option<HashMap<String, IndexEntry>>,
     cancel: &'a CancellationToken,
+    big: tokio::sync::Semaphore,
 }
 
 /// What one file contributed.
@@ -155,6 +159,7 @@ pub(super) async fn backup(
         dests,
         previous,
         cancel,
+        big: tokio::sync::Semaphore::new(BIG_AT_ONCE),
     };
     let total = scan.files.len();
     let mut results = futures::stream::iter(scan.files)
@@ -370,6 +375,11 @@ async fn upload_streamed(
     sha: &str,
     need: &[&Dest<'_>],
 ) -> Result<Option<u64>, StreamError> {
+    let _permit = ctx
+        .big
+        .acquire()
+        .await
+        .map_err(|_| StreamError::Cancelled)?;
     let file = match tokio::fs::File::open(path).await {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
