@@ -389,7 +389,124 @@ impl Archive for StoredArchive<'_> {
 
 #[cfg(test)]
 mod tests {
-    use super::resolve_id;
+    use super::{RestoreError, RestoreRequest, plan, resolve_id};
+    use crate::manifest::{FilesStats, Manifest, SourceEntry};
+
+    fn entry(name: &str, kind: &str) -> SourceEntry {
+        SourceEntry {
+            name: name.into(),
+            kind: kind.into(),
+            format: String::new(),
+            key: format!("app/X/{name}"),
+            size: 1,
+            raw_size: 1,
+            sha256: String::new(),
+            exclude_tables: Vec::new(),
+            files: (kind == "files").then(FilesStats::default),
+        }
+    }
+
+    fn manifest(sources: &[(&str, &str)]) -> Manifest {
+        Manifest {
+            format: 1,
+            job: "app".into(),
+            id: "X".into(),
+            started_at: chrono::Utc::now(),
+            finished_at: chrono::Utc::now(),
+            compression: crate::config::Compression::Zstd,
+            sources: sources.iter().map(|(n, k)| entry(n, k)).collect(),
+            tools: Default::default(),
+        }
+    }
+
+    fn req(f: impl FnOnce(&mut RestoreRequest)) -> RestoreRequest {
+        let mut r = RestoreRequest {
+            job: "app".into(),
+            id: "latest".into(),
+            ..Default::default()
+        };
+        f(&mut r);
+        r
+    }
+
+    /// Which sources a request restores (databases, then files), or its usage error.
+    fn outcome(m: &Manifest, r: &RestoreRequest) -> Result<(Vec<String>, Vec<String>), String> {
+        match plan(m, r) {
+            Ok(p) => Ok((
+                p.databases.iter().map(|s| s.name.clone()).collect(),
+                p.files.iter().map(|s| s.name.clone()).collect(),
+            )),
+            Err(RestoreError::Usage(e) | RestoreError::NotFound(e)) => Err(e),
+            Err(e) => Err(format!("unexpected: {e}")),
+        }
+    }
+
+    #[test]
+    fn plans_check_the_request_before_any_work() {
+        let set = manifest(&[("db", "postgres"), ("uploads", "files"), ("media", "files")]);
+        let to = |r: &mut RestoreRequest| r.to = Some("postgres://h/db".into());
+        let ok = |d: &[&str], f: &[&str]| {
+            Ok((
+                d.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+                f.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+            ))
+        };
+        assert_eq!(outcome(&set, &req(to)), ok(&["db"], &["uploads", "media"]));
+        let e = outcome(&set, &req(|_| {})).expect_err("no --to");
+        assert!(
+            e.contains("--to") && e.contains("--only uploads --only media"),
+            "{e}"
+        );
+        assert_eq!(
+            outcome(&set, &req(|r| r.only = vec!["uploads".into()])),
+            ok(&[], &["uploads"])
+        );
+        let e = outcome(&set, &req(|r| r.only = vec!["upload".into()])).expect_err("typo");
+        assert!(
+            e.contains("no source \"upload\"") && e.contains("db, uploads, media"),
+            "{e}"
+        );
+        let e = outcome(
+            &set,
+            &req(|r| {
+                r.only = vec!["uploads".into()];
+                r.to = Some("postgres://h/db".into());
+            }),
+        )
+        .expect_err("--to without a database");
+        assert!(e.contains("--to"), "{e}");
+        let e = outcome(
+            &set,
+            &req(|r| {
+                to(r);
+                r.files_to = Some("/x".into());
+            }),
+        )
+        .expect_err("--files-to with two files sources");
+        assert!(e.contains("--only"), "{e}");
+        let e = outcome(
+            &set,
+            &req(|r| {
+                r.only = vec!["media".into()];
+                r.tables = vec!["orders".into()];
+            }),
+        )
+        .expect_err("--table without a database");
+        assert!(e.contains("--table"), "{e}");
+        let two_dbs = manifest(&[("a", "postgres"), ("b", "postgres")]);
+        let e = outcome(&two_dbs, &req(to)).expect_err("two databases, one --to");
+        assert!(e.contains("--only NAME"), "{e}");
+        assert_eq!(
+            outcome(
+                &two_dbs,
+                &req(|r| {
+                    to(r);
+                    r.only = vec!["b".into()];
+                })
+            ),
+            ok(&["b"], &[])
+        );
+    }
 
     #[test]
     fn ids() {

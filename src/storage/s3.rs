@@ -201,10 +201,10 @@ impl S3Storage {
         let mut in_flight: JoinSet<Result<CompletedPart, StorageError>> = JoinSet::new();
         let mut done: Vec<CompletedPart> = Vec::new();
         let mut next_part = 1i32;
-        let mut pending = Some(first);
+        let mut pending = std::collections::VecDeque::from([first]);
         let mut finished = false;
         loop {
-            if let Some(part) = pending.take() {
+            while let Some(part) = pending.pop_front() {
                 while in_flight.len() >= self.cfg.max_in_flight {
                     done.push(join_one(&mut in_flight).await?);
                 }
@@ -224,15 +224,12 @@ impl S3Storage {
             match body.recv().await {
                 Some(Chunk::Data(b)) => {
                     *total += b.len() as u64;
-                    buf.extend_from_slice(&b);
-                    if buf.len() >= part_size {
-                        pending = Some(take_part(buf, part_size));
-                    }
+                    pending.extend(push(buf, &b, part_size));
                 }
                 Some(Chunk::End) => {
                     finished = true;
                     if !buf.is_empty() {
-                        pending = Some(buf.split().freeze());
+                        pending.push_back(buf.split().freeze());
                     }
                 }
                 None => return Err(StorageError::Abandoned),
@@ -263,14 +260,21 @@ impl S3Storage {
     }
 }
 
-/// Hand the first `part_size` bytes over as a part and start a fresh buffer of exactly one
-/// part: refilling a buffer that shares its allocation with an in-flight part would make
-/// BytesMut reallocate by doubling, up to twice the part size per buffer.
-fn take_part(buf: &mut BytesMut, part_size: usize) -> Bytes {
-    let rest = buf.split_off(part_size);
-    let part = std::mem::replace(buf, BytesMut::with_capacity(part_size));
-    buf.extend_from_slice(&rest);
-    part.freeze()
+/// Append `data` without ever growing `buf` past one part (BytesMut would reallocate by
+/// doubling, holding up to twice the part size): full parts are handed back, and a fresh
+/// buffer of exactly one part is started for the rest.
+fn push(buf: &mut BytesMut, mut data: &[u8], part_size: usize) -> Vec<Bytes> {
+    let mut parts = Vec::new();
+    loop {
+        let room = part_size.saturating_sub(buf.len());
+        if data.len() < room {
+            buf.extend_from_slice(data);
+            return parts;
+        }
+        buf.extend_from_slice(&data[..room]);
+        data = &data[room..];
+        parts.push(std::mem::replace(buf, BytesMut::with_capacity(part_size)).freeze());
+    }
 }
 
 fn flatten(
@@ -366,9 +370,18 @@ impl Storage for S3Storage {
             match body.recv().await {
                 Some(Chunk::Data(b)) => {
                     total += b.len() as u64;
-                    buf.extend_from_slice(&b);
-                    if buf.len() >= part_size {
-                        let first = take_part(&mut buf, part_size);
+                    let mut parts = push(&mut buf, &b, part_size);
+                    if !parts.is_empty() {
+                        let first = parts.remove(0);
+                        // Rare (a chunk bigger than a part): put the extra parts back in front.
+                        if !parts.is_empty() {
+                            let mut rest = BytesMut::new();
+                            for p in &parts[..] {
+                                rest.extend_from_slice(p);
+                            }
+                            rest.extend_from_slice(&buf);
+                            buf = rest;
+                        }
                         self.multipart(&key, first, &mut body, &mut buf, &mut total)
                             .await?;
                         return Ok(total);
@@ -480,5 +493,35 @@ impl Storage for S3Storage {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod push_tests {
+    use super::push;
+    use bytes::BytesMut;
+
+    #[test]
+    fn parts_are_exact_and_the_buffer_never_outgrows_one() {
+        let part = 1000;
+        let mut buf = BytesMut::with_capacity(part);
+        let mut parts = Vec::new();
+        let mut sent = Vec::new();
+        for i in 0..37u32 {
+            let chunk: Vec<u8> = (0..(97 + i * 13)).map(|k| (k + i) as u8).collect();
+            sent.extend_from_slice(&chunk);
+            parts.extend(push(&mut buf, &chunk, part));
+            assert!(buf.capacity() <= part, "buffer grew to {}", buf.capacity());
+        }
+        assert!(parts.iter().all(|p| p.len() == part));
+        let mut got: Vec<u8> = parts.iter().flat_map(|p| p.to_vec()).collect();
+        got.extend_from_slice(&buf);
+        assert_eq!(got, sent);
+        // A chunk spanning several parts.
+        let mut buf = BytesMut::with_capacity(part);
+        let big = vec![7u8; 2500];
+        let parts = push(&mut buf, &big, part);
+        assert_eq!(parts.len(), 2);
+        assert_eq!(buf.len(), 500);
     }
 }
