@@ -11,6 +11,7 @@ use crate::codec;
 use crate::config::{Config, Job, PostgresConfig, SourceConfig};
 use crate::manifest::{self, JobListing, Manifest, SourceEntry};
 use crate::pipeline::human_bytes;
+use crate::source::pg_toc::TableName;
 use crate::source::{self, Archive, RestoreOptions, SourceError};
 use crate::storage::{self, Storage};
 
@@ -189,10 +190,16 @@ pub async fn restore(
         let mut exclude: Vec<String> = if req.all_tables {
             Vec::new()
         } else {
+            // A table named with --table is wanted even if the job excludes it.
+            let named: Vec<TableName> = req
+                .tables
+                .iter()
+                .filter_map(|t| TableName::parse(t).ok())
+                .collect();
             entry
                 .exclude_tables
                 .iter()
-                .filter(|t| !req.tables.contains(t))
+                .filter(|t| TableName::parse(t).is_ok_and(|x| !named.contains(&x)))
                 .cloned()
                 .collect()
         };

@@ -262,6 +262,13 @@ impl Source for Postgres {
                     filtered.tables.join(", ")
                 ));
             }
+            if !filtered.dropped.is_empty() {
+                lines.push(format!(
+                    "{}: left out because they need a table that is not restored: {}",
+                    self.cfg.name,
+                    filtered.dropped.join("; ")
+                ));
+            }
             let mut f = tempfile::Builder::new()
                 .prefix("stowage-restore-")
                 .suffix(".list")
