@@ -9,6 +9,11 @@
 //! `list_keys`, `get`, `open_multipart_uploads`) are `async`: write S3 tests as `#[tokio::test]`.
 //! No `block_on` helper is provided.
 //!
+//! Also here: `S3Server::requests()` (moto's own access log, for server-side request counts),
+//! `spawn_stowage` + `Running` (a background stowage whose output can be read while it runs),
+//! `PgServer::session` (a psql session kept open, e.g. to hold a lock), and file helpers (seeded
+//! `Rng`, `write_random_files`, `read_tree`, `sha256_hex`, `zstd_decompress`, `wait_for`).
+//!
 //! Overrides: `STOWAGE_PG_BIN` (PostgreSQL bin dir), `STOWAGE_MOTO_SERVER`, `STOWAGE_S3S_FS`,
 //! `STOWAGE_BIN` (stowage binary).
 #![allow(dead_code)]
@@ -16,14 +21,17 @@
 use std::collections::{BTreeMap, HashSet};
 use std::ffi::OsStr;
 use std::fs::File;
-use std::io::{Read, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::{Mutex, OnceLock};
+use std::process::{Child, ChildStdin, Command, ExitStatus, Output, Stdio};
+use std::sync::{Arc, Mutex, OnceLock, mpsc};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
+
+use sha2::Digest;
 
 /// Access key the S3 test servers are started with (moto accepts any credentials).
 pub const TEST_ACCESS_KEY: &str = "stowagetestaccesskey";
@@ -1029,5 +1037,507 @@ fn http_probe(addr: &SocketAddr) -> Result<(), String> {
             "unexpected reply {:?}",
             String::from_utf8_lossy(&buf[..got])
         ))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// moto's request log (server-side request counts)
+// ---------------------------------------------------------------------------------------------
+
+/// One request as moto's HTTP server (werkzeug) logged it:
+/// `127.0.0.1 - - [22/Nov/2026 07:11:02] "PUT /bucket/prefix/app/blobs/ab/abcd.zst HTTP/1.1" 200 -`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct S3Request {
+    /// `GET`, `PUT`, `HEAD`, `POST`, `DELETE`.
+    pub method: String,
+    /// Percent-decoded path without the query: `/bucket/key` (path-style addressing).
+    pub path: String,
+    /// Raw query string without `?` (`uploads`, `partNumber=1&uploadId=...`, `list-type=2&...`).
+    pub query: String,
+    pub status: u16,
+}
+
+impl S3Request {
+    /// The object key if the request addressed an object in `bucket`.
+    pub fn key_in(&self, bucket: &str) -> Option<&str> {
+        self.path
+            .strip_prefix('/')
+            .and_then(|p| p.strip_prefix(bucket))
+            .and_then(|p| p.strip_prefix('/'))
+            .filter(|k| !k.is_empty())
+    }
+
+    /// A request that sends object content: PutObject, CreateMultipartUpload (`POST ?uploads`),
+    /// UploadPart (`PUT ?partNumber=`) or CompleteMultipartUpload (`POST ?uploadId=`).
+    pub fn is_upload(&self) -> bool {
+        self.method == "PUT" || (self.method == "POST" && self.query.contains("upload"))
+    }
+
+    /// GetObject (a read of object content; `HEAD` is not one).
+    pub fn is_download(&self) -> bool {
+        self.method == "GET"
+    }
+}
+
+/// Parse one werkzeug access-log line; None for anything else (startup banner, warnings).
+pub fn parse_moto_log_line(line: &str) -> Option<S3Request> {
+    let (_, rest) = line.split_once("] \"")?;
+    let (request, rest) = rest.split_once("\" ")?;
+    let mut parts = request.split(' ');
+    let method = parts.next()?.to_string();
+    let target = parts.next()?;
+    let proto = parts.next()?;
+    if !proto.starts_with("HTTP/") || !method.chars().all(|c| c.is_ascii_uppercase()) {
+        return None;
+    }
+    let status: u16 = rest.split_whitespace().next()?.parse().ok()?;
+    let (raw_path, query) = target.split_once('?').unwrap_or((target, ""));
+    let path = percent_encoding::percent_decode_str(raw_path)
+        .decode_utf8_lossy()
+        .into_owned();
+    Some(S3Request {
+        method,
+        path,
+        query: query.to_string(),
+        status,
+    })
+}
+
+impl S3Server {
+    /// Every request moto has logged so far, in order. moto only (s3s-fs logs differently).
+    /// werkzeug logs a request before its response goes out, so once a client has its answer
+    /// (e.g. stowage has exited) the request is in the log.
+    pub fn requests(&self) -> Vec<S3Request> {
+        assert_eq!(
+            self.kind, "moto",
+            "request counting reads moto's access log; not available on {}",
+            self.kind
+        );
+        self.log().lines().filter_map(parse_moto_log_line).collect()
+    }
+
+    /// A mark for `requests_since`: the number of requests logged so far.
+    pub fn request_mark(&self) -> usize {
+        self.requests().len()
+    }
+
+    /// The requests logged after `mark` (from `request_mark`).
+    pub fn requests_since(&self, mark: usize) -> Vec<S3Request> {
+        let all = self.requests();
+        assert!(
+            mark <= all.len(),
+            "mark {mark} is past the log ({} requests)",
+            all.len()
+        );
+        all[mark..].to_vec()
+    }
+
+    /// Delete objects (one DeleteObject each).
+    pub async fn delete(&self, bucket: &str, key: &str) {
+        self.client()
+            .await
+            .delete_object()
+            .bucket(bucket)
+            .key(key)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("delete {bucket}/{key} on {}: {}", self.kind, sdk_err(&e)));
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// A stowage process in the background
+// ---------------------------------------------------------------------------------------------
+
+/// A background stowage process whose stdout/stderr are collected as they come (so a test can
+/// wait for a log line), killed if the test panics before waiting for it.
+pub struct Running {
+    child: Option<Child>,
+    stdout: Arc<Mutex<Vec<u8>>>,
+    stderr: Arc<Mutex<Vec<u8>>>,
+    readers: Vec<JoinHandle<()>>,
+    what: String,
+}
+
+fn collect_into(mut pipe: impl Read + Send + 'static, buf: Arc<Mutex<Vec<u8>>>) -> JoinHandle<()> {
+    std::thread::spawn(move || {
+        let mut chunk = [0u8; 8192];
+        loop {
+            match pipe.read(&mut chunk) {
+                Ok(0) | Err(_) => break,
+                Ok(k) => buf
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .extend_from_slice(&chunk[..k]),
+            }
+        }
+    })
+}
+
+/// Start `stowage --config <config> <args...>` in the background (same environment as
+/// `run_stowage`: no inherited `AWS_*`, `NO_COLOR=1`).
+pub fn spawn_stowage<I, S>(config_path: impl AsRef<Path>, args: I) -> Running
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    let mut cmd = Command::new(stowage_bin());
+    cmd.arg("--config").arg(config_path.as_ref()).args(args);
+    strip_aws_env(&mut cmd);
+    cmd.env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let what = format!("{cmd:?}");
+    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {what}: {e}"));
+    let stdout = Arc::new(Mutex::new(Vec::new()));
+    let stderr = Arc::new(Mutex::new(Vec::new()));
+    let readers = vec![
+        collect_into(child.stdout.take().expect("stdout"), stdout.clone()),
+        collect_into(child.stderr.take().expect("stderr"), stderr.clone()),
+    ];
+    Running {
+        child: Some(child),
+        stdout,
+        stderr,
+        readers,
+        what,
+    }
+}
+
+impl Running {
+    /// stdout then stderr, as far as written.
+    pub fn output_so_far(&self) -> String {
+        let out = self.stdout.lock().unwrap_or_else(|e| e.into_inner());
+        let err = self.stderr.lock().unwrap_or_else(|e| e.into_inner());
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out),
+            String::from_utf8_lossy(&err)
+        )
+    }
+
+    /// Exit status if the process has exited.
+    pub fn exited(&mut self) -> Option<ExitStatus> {
+        self.child
+            .as_mut()
+            .and_then(|c| c.try_wait().expect("try_wait"))
+    }
+
+    /// Wait for the process (at most `timeout`; then it is killed and this panics).
+    pub fn wait(mut self, timeout: Duration) -> Output {
+        let deadline = Instant::now() + timeout;
+        let status = loop {
+            if let Some(s) = self.exited() {
+                break s;
+            }
+            if Instant::now() >= deadline {
+                if let Some(c) = self.child.as_mut() {
+                    let _ = c.kill();
+                    let _ = c.wait();
+                }
+                panic!(
+                    "{} did not finish within {timeout:?}\n--- output ---\n{}",
+                    self.what,
+                    self.output_so_far()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        self.child = None;
+        for r in self.readers.drain(..) {
+            let _ = r.join();
+        }
+        let take = |b: &Arc<Mutex<Vec<u8>>>| {
+            std::mem::take(&mut *b.lock().unwrap_or_else(|e| e.into_inner()))
+        };
+        Output {
+            status,
+            stdout: take(&self.stdout),
+            stderr: take(&self.stderr),
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(c) = self.child.as_mut() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// An open psql session (to hold a transaction or a lock across steps)
+// ---------------------------------------------------------------------------------------------
+
+/// A psql process kept open: statements run one `exec` at a time in the same session, so a
+/// `begin; lock table ...` holds its lock until a later `exec("commit")`. Killed on drop (the
+/// server then rolls back and releases the locks).
+pub struct PsqlSession {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    lines: mpsc::Receiver<String>,
+    stderr: Arc<Mutex<Vec<u8>>>,
+    seq: u64,
+    db: String,
+}
+
+impl PgServer {
+    /// Open a psql session on `db` (`-X -A -t -q -v ON_ERROR_STOP=1`, statements fed on stdin).
+    pub fn session(&self, db: &str) -> PsqlSession {
+        let mut child = Command::new(self.bin.join("psql"))
+            .args(["-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1"])
+            .args(["-h", "127.0.0.1", "-U", "postgres"])
+            .arg("-p")
+            .arg(self.port.to_string())
+            .arg("-d")
+            .arg(db)
+            .args(["-f", "-"])
+            .env_remove("PGPASSWORD")
+            .env_remove("PGSERVICE")
+            .env_remove("PGOPTIONS")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn psql session");
+        let stdin = child.stdin.take();
+        let stdout = child.stdout.take().expect("psql stdout");
+        let stderr = Arc::new(Mutex::new(Vec::new()));
+        collect_into(child.stderr.take().expect("psql stderr"), stderr.clone());
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        PsqlSession {
+            child,
+            stdin,
+            lines,
+            stderr,
+            seq: 0,
+            db: db.to_string(),
+        }
+    }
+}
+
+impl PsqlSession {
+    /// Run `sql` (one or more statements) and wait until psql has finished it; returns its
+    /// output lines joined by `\n`. Panics (with psql's stderr) if psql fails or takes > 60 s.
+    pub fn exec(&mut self, sql: &str) -> String {
+        self.seq += 1;
+        let marker = format!("__stowage_session_done_{}__", self.seq);
+        let input = format!("{sql}\n;\n\\echo {marker}\n");
+        let stdin = self.stdin.as_mut().expect("session closed");
+        stdin
+            .write_all(input.as_bytes())
+            .and_then(|_| stdin.flush())
+            .unwrap_or_else(|e| panic!("write to psql on {}: {e}\n{}", self.db, self.stderr()));
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut out = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) if line == marker => return out.join("\n"),
+                Ok(line) => out.push(line),
+                Err(mpsc::RecvTimeoutError::Timeout) => panic!(
+                    "psql session on {} did not finish {sql:?} within 60 s\n{}",
+                    self.db,
+                    self.stderr()
+                ),
+                Err(mpsc::RecvTimeoutError::Disconnected) => panic!(
+                    "psql session on {} exited during {sql:?}: {}",
+                    self.db,
+                    self.stderr()
+                ),
+            }
+        }
+    }
+
+    fn stderr(&self) -> String {
+        String::from_utf8_lossy(&self.stderr.lock().unwrap_or_else(|e| e.into_inner())).into_owned()
+    }
+
+    /// End the session (stdin closed, process waited for).
+    pub fn close(mut self) {
+        drop(self.stdin.take());
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for PsqlSession {
+    fn drop(&mut self) {
+        drop(self.stdin.take());
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Files: seeded randomness, trees, hashes, zstd
+// ---------------------------------------------------------------------------------------------
+
+/// Small deterministic PRNG (splitmix64): reproducible test data without a rand dependency.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed ^ 0x5DEE_CE66_D1CE_4E5B)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `0..n` (n > 0).
+    pub fn below(&mut self, n: u64) -> u64 {
+        assert!(n > 0);
+        self.next_u64() % n
+    }
+
+    /// Uniform in `lo..hi`.
+    pub fn range(&mut self, lo: usize, hi: usize) -> usize {
+        assert!(lo < hi, "empty range {lo}..{hi}");
+        lo + self.below((hi - lo) as u64) as usize
+    }
+
+    pub fn bytes(&mut self, n: usize) -> Vec<u8> {
+        let mut v = Vec::with_capacity(n + 8);
+        while v.len() < n {
+            v.extend_from_slice(&self.next_u64().to_le_bytes());
+        }
+        v.truncate(n);
+        v
+    }
+
+    /// `n` lowercase hex characters.
+    pub fn hex(&mut self, n: usize) -> String {
+        let mut s = hex::encode(self.bytes(n.div_ceil(2)));
+        s.truncate(n);
+        s
+    }
+
+    /// `k` distinct elements of `items`, in a random order.
+    pub fn pick<T: Clone>(&mut self, items: &[T], k: usize) -> Vec<T> {
+        assert!(k <= items.len(), "cannot pick {k} of {}", items.len());
+        let mut idx: Vec<usize> = (0..items.len()).collect();
+        for i in 0..k {
+            let j = i + self.below((idx.len() - i) as u64) as usize;
+            idx.swap(i, j);
+        }
+        idx[..k].iter().map(|&i| items[i].clone()).collect()
+    }
+}
+
+pub fn sha256_hex(data: &[u8]) -> String {
+    hex::encode(sha2::Sha256::digest(data))
+}
+
+/// Write `data` at `root/rel` (parents created).
+pub fn write_file(root: &Path, rel: &str, data: &[u8]) {
+    let p = root.join(rel);
+    if let Some(parent) = p.parent() {
+        std::fs::create_dir_all(parent)
+            .unwrap_or_else(|e| panic!("create {}: {e}", parent.display()));
+    }
+    std::fs::write(&p, data).unwrap_or_else(|e| panic!("write {}: {e}", p.display()));
+}
+
+/// Write one random file (size in `sizes`) per relative path; returns path -> content.
+pub fn write_random_files(
+    rng: &mut Rng,
+    root: &Path,
+    rels: impl IntoIterator<Item = String>,
+    sizes: std::ops::Range<usize>,
+) -> BTreeMap<String, Vec<u8>> {
+    let mut out = BTreeMap::new();
+    for rel in rels {
+        let len = rng.range(sizes.start, sizes.end);
+        let data = rng.bytes(len);
+        write_file(root, &rel, &data);
+        out.insert(rel, data);
+    }
+    out
+}
+
+/// Every regular file under `root`, recursively, as `/`-separated relative paths, sorted.
+/// A missing `root` is empty.
+pub fn list_tree(root: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            let p = e.path();
+            let Ok(ft) = e.file_type() else { continue };
+            if ft.is_dir() {
+                stack.push(p);
+            } else if ft.is_file() {
+                let rel = p.strip_prefix(root).expect("under root");
+                let parts: Vec<String> = rel
+                    .components()
+                    .map(|c| c.as_os_str().to_string_lossy().into_owned())
+                    .collect();
+                out.push(parts.join("/"));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Contents of every regular file under `root` (see `list_tree`).
+pub fn read_tree(root: &Path) -> BTreeMap<String, Vec<u8>> {
+    list_tree(root)
+        .into_iter()
+        .map(|rel| {
+            let data = std::fs::read(root.join(&rel))
+                .unwrap_or_else(|e| panic!("read {}/{rel}: {e}", root.display()));
+            (rel, data)
+        })
+        .collect()
+}
+
+/// Decompress a zstd frame with the `zstd` CLI (installed by tests/setup.sh).
+pub fn zstd_decompress(data: &[u8]) -> Vec<u8> {
+    let mut child = Command::new("zstd")
+        .args(["-d", "-c", "-q"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn zstd: {e}; {SETUP_HINT}"));
+    let mut stdin = child.stdin.take().expect("zstd stdin");
+    let input = data.to_vec();
+    let writer = std::thread::spawn(move || {
+        let _ = stdin.write_all(&input);
+    });
+    let out = child.wait_with_output().expect("wait for zstd");
+    let _ = writer.join();
+    assert!(out.status.success(), "zstd -d failed: {}", describe(&out));
+    out.stdout
+}
+
+/// Poll `cond` every 50 ms until it holds; panic naming `what` after `timeout`.
+pub fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !cond() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
