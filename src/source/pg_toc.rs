@@ -38,10 +38,12 @@
 //! an FK to a table that is not restored, a TABLE ATTACH / INDEX ATTACH to a partitioned
 //! table that is not restored, a view or materialized view over such a table (then, in turn,
 //! whatever stands on that view), a function with a SQL-standard body reading it, an
-//! inheritance child (`INHERITS (parent)`) of a parent that is not restored. Tables count as
-//! existing only if restored; with an include list, views and other non-table objects are
-//! assumed to exist in the target already. So with only excludes, the list restores into an
-//! empty database; with includes, into one that has the archive's non-table objects.
+//! inheritance child (`INHERITS (parent)`) of a parent that is not restored. This applies
+//! without an include list, where the target is an empty database and tables exist only if
+//! restored. With an include list the target is an existing database, and everything the
+//! selection does not restore is assumed to be there already: nothing is left out for a
+//! dependency (an FK of a restored table is recreated; if what it references is really
+//! missing, pg_restore fails the single transaction, naming it).
 //!
 //! A partition is a table of its own (as for `pg_dump -t`): naming a partitioned table does
 //! not select its partitions, and a partition restored without its parent stays detached.
@@ -1126,10 +1128,16 @@ impl<'a> Model<'a> {
         keep
     }
 
-    /// Whether statements may rely on relation `key` existing after the restore: a table iff
-    /// it is restored; anything else iff it is restored or, with an include list, assumed to be
-    /// in the target already.
+    /// Whether statements may rely on relation `key` existing after the restore: with an
+    /// include list, always (see below); otherwise iff it is restored.
     fn available(&mut self, key: &Key) -> bool {
+        // With an include list the target is an existing database: what the selection does
+        // not restore is assumed to be there (an FK of a restored table to another table is
+        // recreated; if that table is really missing, pg_restore fails the transaction
+        // naming it, rather than the FK being silently lost).
+        if !self.include_all {
+            return true;
+        }
         let anchor = self.anchor(key);
         match self.rel(&anchor).map(|r| (r.kind, r.def, r.wanted)) {
             Some((Kind::Table, Some(def), _)) => self.keep(def),
@@ -1470,16 +1478,14 @@ mod tests {
     #[test]
     fn include_one_table() {
         let f = run(&["orders"], &[]);
+        // Into an existing database: its FK to users is kept (users is assumed to be there).
         assert_eq!(
             ids(&f.list, true),
-            [219, 3583, 218, 3553, 3596, 3366, 3367, 3401]
+            [219, 3583, 218, 3553, 3596, 3366, 3367, 3401, 3397]
         );
         assert_eq!(f.tables, ["public.orders"]);
         assert_eq!(f.skipped, all_but(&["public.orders"]));
-        assert_eq!(
-            f.dropped,
-            ["FK CONSTRAINT public orders orders_user_id_fkey (needs public.users)"]
-        );
+        assert!(f.dropped.is_empty());
     }
 
     #[test]
@@ -1545,12 +1551,11 @@ mod tests {
         assert_eq!(f.tables, ["public.\"Mixed Case\""]);
         assert_eq!(
             ids(&f.list, true),
-            [232, 3579, 3580, 231, 3581, 3358, 3565, 3594, 3388, 3389]
+            [
+                232, 3579, 3580, 231, 3581, 3358, 3565, 3594, 3388, 3389, 3400
+            ]
         );
-        assert_eq!(
-            f.dropped,
-            ["FK CONSTRAINT public Mixed Case Mixed Case_order_id_fkey (needs public.orders)"]
-        );
+        assert!(f.dropped.is_empty());
 
         let f = run(&["public.\"Mixed Case\"", "orders"], &[]);
         assert!(ids(&f.list, true).contains(&3400));
@@ -1703,9 +1708,10 @@ mod tests {
         assert_eq!(sorted(ids(&f.list, false)), [221, 222, 3411, 3412]);
         assert_eq!(f.skipped, ["public.parent", "public.child"]);
         assert_eq!(f.dropped, ["TABLE public child (needs public.parent)"]);
+        // Into an existing database the parent is assumed to be there.
         let f = odd(&["child"], &[]);
-        assert!(f.tables.is_empty());
-        assert_eq!(f.dropped, ["TABLE public child (needs public.parent)"]);
+        assert_eq!(f.tables, ["public.child"]);
+        assert!(f.dropped.is_empty());
         let f = odd(&["child", "parent"], &[]);
         assert_eq!(ids(&f.list, true), [221, 222, 3412, 3411]);
     }
