@@ -5,12 +5,12 @@
 //! each next fire time is computed by [`crate::schedule`] in the job's real timezone and
 //! armed as a one-shot job; when it fires it arms the next one.
 
-use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use chrono::{DateTime, Utc};
 use futures::future::BoxFuture;
+use tokio::sync::mpsc;
 use tokio_cron_scheduler::{Job as SchedJob, JobScheduler};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -30,6 +30,30 @@ struct Ctx {
     config: Arc<Config>,
     tracker: TaskTracker,
     cancel: CancellationToken,
+    /// Set on the first stop signal: nothing new starts from then on.
+    stopping: AtomicBool,
+    /// Runs that ended cancelled (abandoned by the stop).
+    abandoned: AtomicUsize,
+}
+
+/// What the daemon is told from outside (signals, in production).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signal {
+    /// SIGTERM/SIGINT: the first lets running backups finish within the grace, the second
+    /// abandons them.
+    Stop(&'static str),
+    /// SIGHUP.
+    Reload,
+}
+
+/// How the daemon stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stopped {
+    /// Every running backup finished (published or failed on its own).
+    Clean,
+    /// A running backup was abandoned (grace over, or a second signal): nothing of it was
+    /// published and its partial uploads were removed.
+    Abandoned,
 }
 
 struct JobSlot {
@@ -37,13 +61,14 @@ struct JobSlot {
     running: AtomicBool,
 }
 
-/// Run until `shutdown` completes. Running backups are then cancelled, which abandons
-/// them cleanly (child processes killed, uploads aborted, nothing published), and this
-/// returns once they have all stopped.
+/// Run until a stop signal. Scheduling then stops and running backups get the config's
+/// `shutdown_grace` to finish; past it, or on a second stop signal, they are cancelled,
+/// which abandons them cleanly (child processes killed, uploads aborted, nothing
+/// published). Returns once every task has stopped.
 pub async fn run(
     config: Arc<Config>,
-    shutdown: impl Future<Output = ()>,
-) -> Result<(), DaemonError> {
+    mut signals: mpsc::Receiver<Signal>,
+) -> Result<Stopped, DaemonError> {
     let mut sched = JobScheduler::new()
         .await
         .map_err(|e| DaemonError::Scheduler(e.to_string()))?;
@@ -51,6 +76,8 @@ pub async fn run(
         config: config.clone(),
         tracker: TaskTracker::new(),
         cancel: CancellationToken::new(),
+        stopping: AtomicBool::new(false),
+        abandoned: AtomicUsize::new(0),
     });
     let mut slots = Vec::new();
     for name in config.jobs.keys() {
@@ -84,20 +111,60 @@ pub async fn run(
             .spawn(async move { catch_up(&ctx2, &slot2).await });
     }
 
-    shutdown.await;
-    info!("shutdown requested: no new runs will start");
+    let reason = loop {
+        match signals.recv().await {
+            Some(Signal::Stop(name)) => break name.to_string(),
+            Some(Signal::Reload) => info!(
+                "SIGHUP: reloading the config is not supported yet; restart the container to apply changes"
+            ),
+            None => break "end of signals".to_string(),
+        }
+    };
+    ctx.stopping.store(true, Ordering::SeqCst);
+    info!("{reason}: stopping; no new runs will start");
     if let Err(e) = sched.shutdown().await {
         warn!("scheduler shutdown: {e}");
     }
-    ctx.cancel.cancel();
     ctx.tracker.close();
+    let grace = config.shutdown_grace;
     if !ctx.tracker.is_empty() {
-        info!("waiting for running backups to stop");
+        info!(
+            "waiting up to {} for running backups to finish (send the signal again to abandon them now)",
+            humantime::format_duration(grace)
+        );
+        tokio::select! {
+            _ = ctx.tracker.wait() => {}
+            _ = tokio::time::sleep(grace) => {
+                warn!("shutdown grace of {} is over: abandoning running backups", humantime::format_duration(grace));
+            }
+            s = next_stop(&mut signals) => {
+                warn!("{s} again: abandoning running backups now");
+            }
+        }
     }
+    ctx.cancel.cancel();
     ctx.tracker.wait().await;
     let _ = std::fs::remove_file(&pid_file);
-    info!("stopped");
-    Ok(())
+    let abandoned = ctx.abandoned.load(Ordering::SeqCst);
+    if abandoned > 0 {
+        warn!("stopped; {abandoned} running backup(s) abandoned, nothing of them published");
+        Ok(Stopped::Abandoned)
+    } else {
+        info!("stopped");
+        Ok(Stopped::Clean)
+    }
+}
+
+/// The next stop signal (reloads are ignored while stopping).
+async fn next_stop(signals: &mut mpsc::Receiver<Signal>) -> String {
+    loop {
+        match signals.recv().await {
+            Some(Signal::Stop(name)) => return name.to_string(),
+            Some(Signal::Reload) => {}
+            // No more signals can come: wait out the grace instead.
+            None => std::future::pending::<()>().await,
+        }
+    }
 }
 
 fn arm(
@@ -149,7 +216,7 @@ fn arm(
 }
 
 fn fire(ctx: &Arc<Ctx>, slot: &Arc<JobSlot>) {
-    if ctx.cancel.is_cancelled() {
+    if ctx.stopping.load(Ordering::SeqCst) {
         return;
     }
     if slot.running.swap(true, Ordering::SeqCst) {
@@ -159,7 +226,10 @@ fn fire(ctx: &Arc<Ctx>, slot: &Arc<JobSlot>) {
     let (ctx2, slot2) = (ctx.clone(), slot.clone());
     ctx.tracker.spawn(async move {
         if let Some(job) = ctx2.config.jobs.get(&slot2.name) {
-            let _ = pipeline::run_job(&ctx2.config, job, ctx2.cancel.child_token()).await;
+            let report = pipeline::run_job(&ctx2.config, job, ctx2.cancel.child_token()).await;
+            if report.outcome == pipeline::Outcome::Cancelled {
+                ctx2.abandoned.fetch_add(1, Ordering::SeqCst);
+            }
         }
         slot2.running.store(false, Ordering::SeqCst);
     });
@@ -183,7 +253,11 @@ async fn catch_up(ctx: &Arc<Ctx>, slot: &Arc<JobSlot>) {
         return;
     }
     let now = Utc::now();
-    let newest = newest_backup(&ctx.config, job).await;
+    let newest = tokio::select! {
+        n = newest_backup(&ctx.config, job) => n,
+        // Listing an unreachable S3 endpoint can take a while; a stop should not wait.
+        _ = ctx.cancel.cancelled() => return,
+    };
     let period = job.schedule.period(now);
     if catch_up_due(newest, period, now) {
         match newest {

@@ -238,6 +238,35 @@ fn sigterm(running: Running) -> Output {
     child.wait_with_output().expect("wait")
 }
 
+fn signal(running: &Running, sig: &str) {
+    let child = running.0.as_ref().expect("running");
+    let status = Command::new("kill")
+        .args([&format!("-{sig}"), &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+}
+
+/// Wait until the daemon's log file (the config's `[log] dir`) has a line with `needle`.
+fn wait_for_log(setup: &Setup, running: &mut Running, needle: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let found = files_under(&setup.dir.path().join("logs"))
+            .iter()
+            .filter_map(|p| std::fs::read_to_string(p).ok())
+            .any(|t| t.contains(needle));
+        if found {
+            return;
+        }
+        assert!(Instant::now() < deadline, "no log line with {needle:?}");
+        assert!(
+            running.child().try_wait().expect("try_wait").is_none(),
+            "stowage exited while waiting for {needle:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 fn set_schedule(setup: &Setup, schedule: &str) {
     let body = std::fs::read_to_string(&setup.config)
         .expect("read")
@@ -671,20 +700,26 @@ async fn daemon_runs_on_schedule_logs_to_files_and_stops_on_sigterm() {
 }
 
 /// A job due again while its previous run is still going is skipped with a warning; a
-/// SIGTERM in the middle of a run abandons it without publishing or leaving debris.
+/// second SIGTERM in the middle of a run abandons it without publishing or leaving debris.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn overlapping_run_is_skipped_and_sigterm_abandons_cleanly() {
+async fn overlapping_run_is_skipped_and_second_sigterm_abandons_cleanly() {
     // A dump that takes several seconds, against a schedule firing every second.
     let (_pg, s3, setup) = moto_stack(100_000, "{ keep_last = 3 }").await;
     set_schedule(&setup, "* * * * * *");
     let mut child = spawn_stowage(&setup.config, &["daemon"]);
     wait_until_streaming(&setup, &mut child, 6 * 1024 * 1024);
     std::thread::sleep(Duration::from_millis(1500));
+    signal(&child, "TERM");
+    wait_for_log(&setup, &mut child, "waiting up to 30s for running backups");
     let out = sigterm(child);
     let log = text(&out);
-    assert!(out.status.success(), "{log}");
+    assert_eq!(out.status.code(), Some(3), "{log}");
     assert!(
         log.contains("still running from its previous start; skipping"),
+        "{log}"
+    );
+    assert!(
+        log.contains("SIGTERM again: abandoning running backups now"),
         "{log}"
     );
     assert!(log.contains("backup cancelled: job=app"), "{log}");
@@ -696,6 +731,41 @@ async fn overlapping_run_is_skipped_and_sigterm_abandons_cleanly() {
     assert_eq!(files.len(), 2 * published, "{files:?}");
     assert_eq!(s3.open_multipart_uploads(BUCKET).await, 0);
     assert_eq!(s3.list_keys(BUCKET, "").await.len(), 2 * published);
+}
+
+/// The first SIGTERM lets a running backup finish (and publish) within the grace; past the
+/// grace it is abandoned, with exit code 3.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_a_running_backup_finish_within_the_grace() {
+    let (_pg, s3, setup) = moto_stack(100_000, "{ keep_last = 5 }").await;
+    // The catch-up run at start is the backup being stopped.
+    let mut child = spawn_stowage(&setup.config, &["daemon"]);
+    wait_until_streaming(&setup, &mut child, 2 * 1024 * 1024);
+    let out = sigterm(child);
+    let log = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{log}");
+    assert!(
+        log.contains("SIGTERM: stopping; no new runs will start"),
+        "{log}"
+    );
+    assert!(log.contains("backup success: job=app"), "{log}");
+    assert_eq!(ids_on(&setup.config, "local").len(), 1);
+    assert_eq!(ids_on(&setup.config, "offsite").len(), 1);
+
+    // A grace too short for the dump: abandoned, nothing published, nothing left.
+    let body = std::fs::read_to_string(&setup.config).expect("read");
+    std::fs::write(&setup.config, format!("shutdown_grace = \"1s\"\n{body}")).expect("write");
+    // Every second: the backup just taken is already stale, so catch-up runs at once.
+    set_schedule(&setup, "* * * * * *");
+    let mut child = spawn_stowage(&setup.config, &["daemon"]);
+    wait_until_streaming(&setup, &mut child, 2 * 1024 * 1024);
+    let out = sigterm(child);
+    let log = text(&out);
+    assert_eq!(out.status.code(), Some(3), "{log}");
+    assert!(log.contains("shutdown grace of 1s is over"), "{log}");
+    assert!(log.contains("backup cancelled: job=app"), "{log}");
+    assert!(partials(&setup.local).is_empty());
+    assert_eq!(s3.open_multipart_uploads(BUCKET).await, 0);
 }
 
 /// On start, a job with no backup (or only a stale one) runs at once; a fresh one does not;

@@ -2,8 +2,9 @@ use std::path::Path;
 use std::sync::Arc;
 
 use super::{
-    EXIT_CONFIG, EXIT_FAILED, EXIT_OK, init_logging, load_config, runtime, shutdown_signal,
+    EXIT_ABANDONED, EXIT_CONFIG, EXIT_FAILED, EXIT_OK, init_logging, load_config, runtime, signals,
 };
+use crate::daemon::Stopped;
 use crate::logging::Console;
 
 pub fn run(path: &Path) -> i32 {
@@ -17,8 +18,9 @@ pub fn run(path: &Path) -> i32 {
     let Some(rt) = runtime() else {
         return EXIT_FAILED;
     };
-    match rt.block_on(crate::daemon::run(Arc::new(config), shutdown_signal())) {
-        Ok(()) => EXIT_OK,
+    match rt.block_on(async { crate::daemon::run(Arc::new(config), signals()).await }) {
+        Ok(Stopped::Clean) => EXIT_OK,
+        Ok(Stopped::Abandoned) => EXIT_ABANDONED,
         Err(e) => {
             tracing::error!("{e}");
             EXIT_FAILED

@@ -12,10 +12,12 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
-/// Exit codes: 0 success, 1 the operation failed, 2 bad config or usage.
+/// Exit codes: 0 success, 1 the operation failed, 2 bad config or usage, 3 the daemon
+/// stopped by abandoning a running backup (nothing of it was published).
 pub const EXIT_OK: i32 = 0;
 pub const EXIT_FAILED: i32 = 1;
 pub const EXIT_CONFIG: i32 = 2;
+pub const EXIT_ABANDONED: i32 = 3;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -194,6 +196,41 @@ pub(crate) async fn shutdown_signal() {
     {
         let _ = tokio::signal::ctrl_c().await;
     }
+}
+
+/// SIGTERM/SIGINT (stop) and SIGHUP (reload) as a stream, for the daemon: it needs to see
+/// a second stop signal too. Must be called inside the runtime.
+pub(crate) fn signals() -> tokio::sync::mpsc::Receiver<crate::daemon::Signal> {
+    use crate::daemon::Signal;
+    let (tx, rx) = tokio::sync::mpsc::channel(8);
+    tokio::spawn(async move {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            if let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
+                signal(SignalKind::terminate()),
+                signal(SignalKind::interrupt()),
+                signal(SignalKind::hangup()),
+            ) {
+                loop {
+                    let s = tokio::select! {
+                        _ = term.recv() => Signal::Stop("SIGTERM"),
+                        _ = int.recv() => Signal::Stop("SIGINT"),
+                        _ = hup.recv() => Signal::Reload,
+                    };
+                    if tx.send(s).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+        while tokio::signal::ctrl_c().await.is_ok() {
+            if tx.send(Signal::Stop("interrupt")).await.is_err() {
+                return;
+            }
+        }
+    });
+    rx
 }
 
 pub(crate) fn init_logging(

@@ -21,6 +21,8 @@ use crate::schedule::{Schedule, parse_timezone};
 pub const MIN_PART_SIZE: u64 = 5 * 1024 * 1024;
 pub const DEFAULT_PART_SIZE: u64 = 8 * 1024 * 1024;
 pub const DEFAULT_MAX_IN_FLIGHT: usize = 2;
+/// Docker's own default stop timeout is 10 s; compose.yaml raises it above this.
+pub const DEFAULT_SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(30);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -48,6 +50,8 @@ fn bullet(problems: &[String]) -> String {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub path: PathBuf,
+    /// After SIGTERM, running backups get this long to finish before they are abandoned.
+    pub shutdown_grace: std::time::Duration,
     pub log: LogConfig,
     pub destinations: BTreeMap<String, Destination>,
     pub jobs: BTreeMap<String, Job>,
@@ -543,6 +547,15 @@ fn validate(path: &Path, raw: raw::RawConfig) -> Result<Config, Vec<String>> {
     {
         problems.push(format!("log.dir: {dir:?} must be an absolute path"));
     }
+    let shutdown_grace = match raw.shutdown_grace.as_deref() {
+        None => DEFAULT_SHUTDOWN_GRACE,
+        Some(text) => humantime::parse_duration(text).unwrap_or_else(|e| {
+            problems.push(format!(
+                "shutdown_grace: invalid duration \"{text}\" ({e}); use e.g. \"30s\" or \"2m\" (\"0s\": abandon at once)"
+            ));
+            DEFAULT_SHUTDOWN_GRACE
+        }),
+    };
     let log = LogConfig {
         level: raw.log.level,
         format: raw.log.format,
@@ -830,6 +843,7 @@ fn validate(path: &Path, raw: raw::RawConfig) -> Result<Config, Vec<String>> {
     if problems.is_empty() {
         Ok(Config {
             path: path.to_path_buf(),
+            shutdown_grace,
             log,
             destinations,
             jobs,

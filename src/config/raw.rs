@@ -10,6 +10,8 @@ use serde::Deserialize;
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct RawConfig {
+    /// How long a running backup may take to finish after SIGTERM ("30s", "2m").
+    pub shutdown_grace: Option<String>,
     #[serde(default)]
     pub log: RawLog,
     #[serde(default)]
