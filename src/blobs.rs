@@ -215,19 +215,33 @@ async fn list_locks(storage: &dyn Storage, job: &str) -> Result<Vec<Lock>, Stora
     Ok(parse_locks(job, objs.into_iter().map(|o| o.key)))
 }
 
-/// Announce a backup that may reuse existing blobs, then wait out any sweep in progress.
+/// The lock's content: who holds it, so a later start can tell a crashed holder.
+fn lock_body() -> Bytes {
+    Bytes::from(serde_json::to_vec(crate::owner::Owner::current()).unwrap_or_default())
+}
+
+/// The holder recorded in a lock, if it can be read.
+pub async fn lock_owner(storage: &dyn Storage, key: &str) -> Option<crate::owner::Owner> {
+    let body = storage.get_bytes(key).await.ok()?;
+    serde_json::from_slice(&body).ok()
+}
+
+/// Announce a running backup (every run holds one, so a later start can recognise the
+/// leftovers of a crashed run). With `reuses_blobs`, also wait out any sweep in progress
+/// before the backup looks at which blobs exist.
 pub async fn lock_backup(
     storage: &dyn Storage,
     job: &str,
     id: &str,
+    reuses_blobs: bool,
     cancel: &CancellationToken,
 ) -> Result<(), BlobError> {
     storage
-        .put_bytes(
-            &lock_key(job, id, LockKind::Backup),
-            Bytes::from_static(b"{}"),
-        )
+        .put_bytes(&lock_key(job, id, LockKind::Backup), lock_body())
         .await?;
+    if !reuses_blobs {
+        return Ok(());
+    }
     let mut waited = false;
     loop {
         let sweeping: Vec<Lock> = list_locks(storage, job)
@@ -290,10 +304,7 @@ pub async fn sweep(
 ) -> Result<SweepOutcome, BlobError> {
     let sweep_id = manifest::new_id(Utc::now());
     storage
-        .put_bytes(
-            &lock_key(job, &sweep_id, LockKind::Sweep),
-            Bytes::from_static(b"{}"),
-        )
+        .put_bytes(&lock_key(job, &sweep_id, LockKind::Sweep), lock_body())
         .await?;
     let result = sweep_locked(storage, job, own_id, c).await;
     unlock(storage, job, &sweep_id, LockKind::Sweep).await;

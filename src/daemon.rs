@@ -105,10 +105,16 @@ pub async fn run(
         config.jobs.len(),
         config.path.display()
     );
+    let started = Utc::now();
     for slot in &slots {
         let (ctx2, slot2) = (ctx.clone(), slot.clone());
-        ctx.tracker
-            .spawn(async move { catch_up(&ctx2, &slot2).await });
+        ctx.tracker.spawn(async move {
+            tokio::select! {
+                _ = recover(&ctx2, &slot2, started) => {}
+                _ = ctx2.cancel.cancelled() => return,
+            }
+            catch_up(&ctx2, &slot2).await
+        });
     }
 
     let reason = loop {
@@ -241,6 +247,22 @@ pub fn pid_file() -> std::path::PathBuf {
     std::env::var_os("STOWAGE_PID_FILE")
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|| std::path::PathBuf::from("/tmp/stowage-daemon.pid"))
+}
+
+/// Before anything else, remove what runs killed by a crash left on the job's destinations.
+async fn recover(ctx: &Arc<Ctx>, slot: &Arc<JobSlot>, started: DateTime<Utc>) {
+    let Some(job) = ctx.config.jobs.get(&slot.name) else {
+        return;
+    };
+    for name in &job.destinations {
+        let Some(dest) = ctx.config.destinations.get(name) else {
+            continue;
+        };
+        let st = storage::open(dest).await;
+        if let Err(e) = crate::recover::clean(st.as_ref(), &job.name, started).await {
+            warn!(job = %job.name, destination = %name, "cannot check {name} for leftovers of interrupted runs: {e}");
+        }
+    }
 }
 
 /// A restart (config edit, host reboot, crash) must not cost a backup: when the newest

@@ -768,6 +768,53 @@ async fn sigterm_lets_a_running_backup_finish_within_the_grace() {
     assert_eq!(s3.open_multipart_uploads(BUCKET).await, 0);
 }
 
+/// kill -9 in the middle of an upload leaves a `.partial` file, an open multipart upload,
+/// an unpublished prefix and a lock; the next start removes them all before its catch-up run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_mid_upload_then_restart_cleans_the_leftovers() {
+    let (_pg, s3, setup) = moto_stack(100_000, "{ keep_last = 5 }").await;
+    let mut child = spawn_stowage(&setup.config, &["daemon"]);
+    wait_until_streaming(&setup, &mut child, 6 * 1024 * 1024);
+    // Wait for the first multipart part, so an upload is open at the server.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while s3.open_multipart_uploads(BUCKET).await == 0 {
+        assert!(Instant::now() < deadline, "no multipart upload started");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut killed = child.take();
+    killed.kill().expect("kill -9");
+    let _ = killed.wait();
+    assert!(
+        !partials(&setup.local).is_empty(),
+        "a crash leaves a .partial file"
+    );
+    assert!(s3.open_multipart_uploads(BUCKET).await > 0);
+    assert!(ids_on(&setup.config, "local").is_empty());
+    let locks = |dir: &Path| files_under(&dir.join("app/locks")).len();
+    assert_eq!(locks(&setup.local), 1, "the dead run's lock is left");
+
+    let mut child = spawn_stowage(&setup.config, &["daemon"]);
+    wait_for_log(&setup, &mut child, "backup success: job=app");
+    let out = sigterm(child);
+    let log = text(&out);
+    assert!(out.status.success(), "{log}");
+    assert!(
+        log.contains("recovered leftovers of interrupted runs on")
+            && log.contains("1 unpublished backup(s)")
+            && log.contains("1 open upload(s)"),
+        "{log}"
+    );
+    // The restart's catch-up run published; nothing of the killed run is left anywhere.
+    assert_eq!(ids_on(&setup.config, "local").len(), 1);
+    assert_eq!(ids_on(&setup.config, "offsite").len(), 1);
+    assert!(partials(&setup.local).is_empty());
+    assert_eq!(s3.open_multipart_uploads(BUCKET).await, 0);
+    assert_eq!(locks(&setup.local), 0);
+    let files = files_under(&setup.local);
+    assert_eq!(files.len(), 2, "{files:?}");
+    assert_eq!(s3.list_keys(BUCKET, "").await.len(), 2);
+}
+
 /// On start, a job with no backup (or only a stale one) runs at once; a fresh one does not;
 /// `catch_up = false` turns it off. Restarting the container must never cost a backup.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -144,16 +144,17 @@ pub async fn run_job(config: &Config, job: &Job, cancel: CancellationToken) -> R
     let mut fatal: Option<(String, String, Outcome)> = None;
     let mut bytes_in = 0u64;
 
-    // A job with files reuses blobs earlier backups uploaded: announce it so that no
-    // concurrent sweep deletes one of them before this backup's manifest references it.
-    if job
+    // Every run announces itself with a lock (a later start tells a crashed run's leftovers
+    // by it). A job with files also reuses blobs earlier backups uploaded, so no concurrent
+    // sweep may delete one of them before this backup's manifest references it.
+    let reuses_blobs = job
         .sources
         .iter()
-        .any(|s| matches!(s, SourceConfig::Files(_)))
+        .any(|s| matches!(s, SourceConfig::Files(_)));
     {
         for t in targets.iter_mut().filter(|t| t.error.is_none()) {
             t.touched = true;
-            match blobs::lock_backup(t.storage.as_ref(), jn, &id, &cancel).await {
+            match blobs::lock_backup(t.storage.as_ref(), jn, &id, reuses_blobs, &cancel).await {
                 Ok(()) => t.locked = true,
                 Err(blobs::BlobError::Cancelled) => {
                     t.locked = true;

@@ -26,6 +26,15 @@ pub struct ObjectMeta {
     pub size: u64,
 }
 
+/// An upload that was started and neither completed nor aborted (S3 multipart).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpenUpload {
+    /// Relative to the destination's root, like every key.
+    pub key: String,
+    pub id: String,
+    pub initiated: Option<chrono::DateTime<chrono::Utc>>,
+}
+
 pub type ObjectReader = Box<dyn AsyncRead + Send + Unpin>;
 
 #[derive(Debug, thiserror::Error)]
@@ -75,6 +84,17 @@ pub trait Storage: Send + Sync {
 
     /// Delete these keys; keys that are already gone are not an error.
     async fn delete(&self, keys: &[String]) -> Result<(), StorageError>;
+
+    /// Uploads under `prefix` left open (by a crashed process). Stores without such a
+    /// thing have none.
+    async fn open_uploads(&self, _prefix: &str) -> Result<Vec<OpenUpload>, StorageError> {
+        Ok(Vec::new())
+    }
+
+    /// Abort an open upload, freeing what its parts occupy.
+    async fn abort_upload(&self, _upload: &OpenUpload) -> Result<(), StorageError> {
+        Ok(())
+    }
 }
 
 /// Build the backend for a destination. S3 clients are built here, when a command needs

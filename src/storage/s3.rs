@@ -16,7 +16,7 @@ use bytes::{Bytes, BytesMut};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
-use super::{Chunk, ObjectMeta, ObjectReader, Storage, StorageError};
+use super::{Chunk, ObjectMeta, ObjectReader, OpenUpload, Storage, StorageError};
 use crate::config::{Checksums, S3Config};
 
 pub struct S3Storage {
@@ -463,6 +463,58 @@ impl Storage for S3Storage {
         Ok(out)
     }
 
+    async fn open_uploads(&self, prefix: &str) -> Result<Vec<OpenUpload>, StorageError> {
+        let mut out = Vec::new();
+        let (mut key_marker, mut id_marker): (Option<String>, Option<String>) = (None, None);
+        loop {
+            let page = self
+                .client
+                .list_multipart_uploads()
+                .bucket(&self.cfg.bucket)
+                .prefix(self.full_key(prefix))
+                .set_key_marker(key_marker.clone())
+                .set_upload_id_marker(id_marker.clone())
+                .send()
+                .await
+                .map_err(|e| self.map_err("listing open multipart uploads", e))?;
+            for u in page.uploads() {
+                let (Some(key), Some(id)) = (u.key(), u.upload_id()) else {
+                    continue;
+                };
+                let Some(key) = self.relative(key) else {
+                    continue;
+                };
+                out.push(OpenUpload {
+                    key,
+                    id: id.to_string(),
+                    initiated: u
+                        .initiated()
+                        .and_then(|t| chrono::DateTime::from_timestamp(t.secs(), t.subsec_nanos())),
+                });
+            }
+            if page.is_truncated() != Some(true) {
+                return Ok(out);
+            }
+            key_marker = page.next_key_marker().map(str::to_string);
+            id_marker = page.next_upload_id_marker().map(str::to_string);
+            if key_marker.is_none() && id_marker.is_none() {
+                return Ok(out);
+            }
+        }
+    }
+
+    async fn abort_upload(&self, upload: &OpenUpload) -> Result<(), StorageError> {
+        self.client
+            .abort_multipart_upload()
+            .bucket(&self.cfg.bucket)
+            .key(self.full_key(&upload.key))
+            .upload_id(&upload.id)
+            .send()
+            .await
+            .map_err(|e| self.map_err("aborting a multipart upload", e))?;
+        Ok(())
+    }
+
     async fn delete(&self, keys: &[String]) -> Result<(), StorageError> {
         for batch in keys.chunks(1000) {
             let ids = batch
@@ -493,6 +545,17 @@ impl Storage for S3Storage {
             }
         }
         Ok(())
+    }
+}
+
+impl S3Storage {
+    fn relative(&self, full: &str) -> Option<String> {
+        if self.cfg.prefix.is_empty() {
+            Some(full.to_string())
+        } else {
+            full.strip_prefix(&format!("{}/", self.cfg.prefix))
+                .map(str::to_string)
+        }
     }
 }
 

@@ -1,0 +1,136 @@
+//! On start, finish what a crash (kill -9, OOM, power loss) interrupted: a run that died
+//! leaves an unpublished `<job>/<id>/` prefix, its lock, `.partial` files on local volumes
+//! and open multipart uploads on S3. None of it is visible as a backup, but it takes space
+//! and a stale lock holds off blob sweeps. A run is known dead when its lock names a
+//! process of this host and boot that is gone; a lock from another host counts as dead
+//! only once stale. Published backups are never touched.
+
+use std::collections::{BTreeSet, HashMap};
+
+use chrono::{DateTime, Utc};
+use tracing::{info, warn};
+
+use crate::blobs::{self, LockKind};
+use crate::manifest::{self, JobListing};
+use crate::storage::local::{PARTIAL_SUFFIX, partial_owner_alive};
+use crate::storage::{Storage, StorageError};
+
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Recovered {
+    /// Unpublished backups (ids) whose objects were removed.
+    pub runs: Vec<String>,
+    pub objects: usize,
+    pub partials: usize,
+    pub uploads: usize,
+    pub locks: usize,
+}
+
+impl Recovered {
+    pub fn is_empty(&self) -> bool {
+        self.objects == 0 && self.partials == 0 && self.uploads == 0 && self.locks == 0
+    }
+}
+
+/// Clean one job's leftovers on one destination. `started` is this process's start: an
+/// unlocked, unpublished prefix older than it can only be a crashed run's (every run
+/// takes its lock before writing anything).
+pub async fn clean(
+    storage: &dyn Storage,
+    job: &str,
+    started: DateTime<Utc>,
+) -> Result<Recovered, StorageError> {
+    let mut out = Recovered::default();
+    let listing = JobListing::read(storage, job).await?;
+    let mut lock_state: HashMap<String, bool> = HashMap::new(); // id → holder alive
+    for lock in blobs::parse_locks(job, listing.locks.iter().map(|o| o.key.clone())) {
+        let key = blobs::lock_key(job, &lock.id, lock.kind);
+        let alive = match blobs::lock_owner(storage, &key)
+            .await
+            .and_then(|o| o.is_alive())
+        {
+            Some(alive) => alive,
+            // Another host's (or an unreadable) lock: trust it until it is stale.
+            None => blobs::is_live(&lock, Utc::now()),
+        };
+        if !alive {
+            storage.delete(std::slice::from_ref(&key)).await?;
+            out.locks += 1;
+        }
+        if lock.kind == LockKind::Backup {
+            lock_state.insert(lock.id.clone(), alive);
+        }
+    }
+    let published: BTreeSet<String> = listing.published(job).into_iter().map(|p| p.id).collect();
+    let mut dead: BTreeSet<String> = BTreeSet::new();
+    for (id, objects) in &listing.backups {
+        if published.contains(id) {
+            continue;
+        }
+        let crashed = match lock_state.get(id) {
+            Some(alive) => !alive,
+            None => manifest::parse_id(id).is_none_or(|t| t < started),
+        };
+        if !crashed {
+            continue;
+        }
+        let keys: Vec<String> = objects.iter().map(|o| o.key.clone()).collect();
+        storage.delete(&keys).await?;
+        out.objects += keys.len();
+        out.runs.push(id.clone());
+        dead.insert(id.clone());
+    }
+    // Blob uploads of dead writers: temporary files whose process is gone.
+    let partials: Vec<String> = listing
+        .blobs
+        .iter()
+        .chain(&listing.locks)
+        .map(|o| o.key.clone())
+        .filter(|k| k.ends_with(PARTIAL_SUFFIX) && !partial_owner_alive(k))
+        .collect();
+    if !partials.is_empty() {
+        storage.delete(&partials).await?;
+        out.partials = partials.len();
+    }
+    // Open multipart uploads: of a dead run's prefix, or of blobs when no other run of the
+    // job is alive (a blob upload carries no run id). Only those begun before this start.
+    let others_alive = lock_state.values().any(|alive| *alive);
+    for u in storage.open_uploads(&format!("{job}/")).await? {
+        if u.initiated.is_some_and(|t| t >= started) {
+            continue;
+        }
+        let rest = &u.key[job.len().min(u.key.len())..];
+        let id = rest.trim_start_matches('/').split('/').next().unwrap_or("");
+        let abandon = if id == blobs::BLOBS_DIR {
+            !others_alive
+        } else {
+            dead.contains(id)
+                || published.contains(id)
+                || !lock_state.get(id).copied().unwrap_or(false)
+        };
+        if abandon {
+            match storage.abort_upload(&u).await {
+                Ok(()) => out.uploads += 1,
+                Err(e) => warn!(job, "cannot abort the open upload of {}: {e}", u.key),
+            }
+        }
+    }
+    if !out.is_empty() {
+        info!(
+            job,
+            destination = %storage.location(),
+            "recovered leftovers of interrupted runs on {}: {} unpublished backup(s) ({} object(s)){}, {} temporary file(s), {} open upload(s), {} stale lock(s)",
+            storage.location(),
+            out.runs.len(),
+            out.objects,
+            if out.runs.is_empty() {
+                String::new()
+            } else {
+                format!(" [{}]", out.runs.join(", "))
+            },
+            out.partials,
+            out.uploads,
+            out.locks
+        );
+    }
+    Ok(out)
+}
