@@ -18,6 +18,7 @@ use tracing::{error, info, warn};
 
 use crate::config::{Config, Job};
 use crate::manifest::JobListing;
+use crate::status;
 use crate::{pipeline, storage};
 
 #[derive(Debug, thiserror::Error)]
@@ -34,6 +35,23 @@ struct Ctx {
     stopping: AtomicBool,
     /// Runs that ended cancelled (abandoned by the stop).
     abandoned: AtomicUsize,
+    /// For `stowage health` (saved to the state file on every change).
+    state: std::sync::Mutex<status::State>,
+}
+
+impl Ctx {
+    fn update(&self, job: &str, f: impl FnOnce(&mut status::JobStatus)) {
+        let Ok(mut state) = self.state.lock() else {
+            return;
+        };
+        f(state.jobs.entry(job.to_string()).or_default());
+        if let Err(e) = status::save(&state) {
+            warn!(
+                "cannot write {}: {e}; `stowage health` cannot see the jobs' state",
+                status::state_file().display()
+            );
+        }
+    }
 }
 
 /// What the daemon is told from outside (signals, in production).
@@ -78,7 +96,20 @@ pub async fn run(
         cancel: CancellationToken::new(),
         stopping: AtomicBool::new(false),
         abandoned: AtomicUsize::new(0),
+        state: std::sync::Mutex::new(status::State {
+            pid: std::process::id(),
+            started_at: Some(Utc::now()),
+            jobs: Default::default(),
+        }),
     });
+    if let Ok(state) = ctx.state.lock()
+        && let Err(e) = status::save(&state)
+    {
+        warn!(
+            "cannot write {}: {e}; `stowage health` will report the daemon as unhealthy",
+            status::state_file().display()
+        );
+    }
     let mut slots = Vec::new();
     for name in config.jobs.keys() {
         let slot = Arc::new(JobSlot {
@@ -151,6 +182,7 @@ pub async fn run(
     ctx.cancel.cancel();
     ctx.tracker.wait().await;
     let _ = std::fs::remove_file(&pid_file);
+    let _ = std::fs::remove_file(status::state_file());
     let abandoned = ctx.abandoned.load(Ordering::SeqCst);
     if abandoned > 0 {
         warn!("stopped; {abandoned} running backup(s) abandoned, nothing of them published");
@@ -236,6 +268,24 @@ fn fire(ctx: &Arc<Ctx>, slot: &Arc<JobSlot>) {
             if report.outcome == pipeline::Outcome::Cancelled {
                 ctx2.abandoned.fetch_add(1, Ordering::SeqCst);
             }
+            ctx2.update(&slot2.name, |s| {
+                if !report.published.is_empty() {
+                    s.newest_backup = s.newest_backup.max(crate::manifest::parse_id(&report.id));
+                }
+                s.last_run = Some(status::RunStatus {
+                    id: report.id.clone(),
+                    outcome: report.outcome.as_str().to_string(),
+                    finished_at: Utc::now(),
+                    duration_s: report.duration.as_secs_f64(),
+                    bytes_in: report.bytes_in,
+                    bytes_out: report.bytes_out,
+                    errors: report
+                        .errors
+                        .iter()
+                        .map(|(what, why)| format!("{what}: {why}"))
+                        .collect(),
+                });
+            });
         }
         slot2.running.store(false, Ordering::SeqCst);
     });
@@ -271,15 +321,19 @@ async fn catch_up(ctx: &Arc<Ctx>, slot: &Arc<JobSlot>) {
     let Some(job) = ctx.config.jobs.get(&slot.name) else {
         return;
     };
-    if !job.catch_up {
-        return;
-    }
     let now = Utc::now();
     let newest = tokio::select! {
         n = newest_backup(&ctx.config, job) => n,
         // Listing an unreachable S3 endpoint can take a while; a stop should not wait.
         _ = ctx.cancel.cancelled() => return,
     };
+    // Known for `health` even when catch-up is off.
+    ctx.update(&slot.name, |s| {
+        s.newest_backup = s.newest_backup.max(newest)
+    });
+    if !job.catch_up {
+        return;
+    }
     let period = job.schedule.period(now);
     if catch_up_due(newest, period, now) {
         match newest {

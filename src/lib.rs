@@ -16,4 +16,5 @@ pub mod restore;
 pub mod retention;
 pub mod schedule;
 pub mod source;
+pub mod status;
 pub mod storage;

@@ -77,6 +77,8 @@ const FIELD_ACCEPTS: [&str; 6] = [
 /// Enough fires to see a short month or a DST day, cheap enough for yearly
 /// schedules.
 const PERIOD_SAMPLE: usize = 8;
+/// Enough fires to cover a week of an hourly-on-weekdays job.
+const GAP_SAMPLE: usize = 200;
 
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
 pub enum ScheduleError {
@@ -281,6 +283,16 @@ impl Schedule {
             .windows(2)
             .map(|pair| pair[1].signed_duration_since(pair[0]))
             .min()
+    }
+
+    /// Longest gap between the fires of the coming weeks: a weekday-only job's Friday to
+    /// Monday, so that a staleness limit derived from it does not cry wolf every weekend.
+    pub fn longest_gap(&self, after: DateTime<Utc>) -> Option<Duration> {
+        let fires: Vec<DateTime<Utc>> = self.fires_after(after).take(GAP_SAMPLE).collect();
+        fires
+            .windows(2)
+            .map(|pair| pair[1].signed_duration_since(pair[0]))
+            .max()
     }
 
     fn fires_after(&self, after: DateTime<Utc>) -> impl Iterator<Item = DateTime<Utc>> + '_ {

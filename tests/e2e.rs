@@ -815,6 +815,88 @@ async fn sigkill_mid_upload_then_restart_cleans_the_leftovers() {
     assert_eq!(s3.list_keys(BUCKET, "").await.len(), 2);
 }
 
+/// `health` is healthy after a good run, goes unhealthy once the newest backup is older
+/// than `max_staleness` or the last run failed, and recovers after the next good run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_follows_staleness_and_failures() {
+    let (pg, _s3, setup) = moto_stack(500, "{ keep_last = 5 }").await;
+    let body = std::fs::read_to_string(&setup.config)
+        .expect("read")
+        .replace("timezone = ", "max_staleness = \"4s\"\ntimezone = ");
+    std::fs::write(&setup.config, &body).expect("write");
+    let pid_file = setup.dir.path().join("stowage.pid");
+    let state_file = setup.dir.path().join("state.json");
+    let envs = [
+        ("STOWAGE_PID_FILE", pid_file.as_os_str()),
+        ("STOWAGE_STATE_FILE", state_file.as_os_str()),
+    ];
+    let daemon = || {
+        let child = Command::new(common::stowage_bin())
+            .arg("--config")
+            .arg(&setup.config)
+            .arg("daemon")
+            .envs(envs)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn daemon");
+        Running(Some(child))
+    };
+    let health = || {
+        let out = Command::new(common::stowage_bin())
+            .arg("--config")
+            .arg(&setup.config)
+            .arg("health")
+            .envs(envs)
+            .output()
+            .expect("health");
+        (out.status.code(), text(&out))
+    };
+    let wait_health = |code: i32, what: &str| -> String {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let (c, t) = health();
+            if c == Some(code) {
+                return t;
+            }
+            assert!(Instant::now() < deadline, "health never became {what}: {t}");
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    };
+
+    assert_eq!(health().0, Some(1), "no daemon yet: unhealthy");
+    // The catch-up run makes it healthy; 4 s later the backup is stale.
+    let mut child = daemon();
+    wait_for_log(&setup, &mut child, "backup success: job=app");
+    let t = wait_health(0, "healthy");
+    assert!(t.contains("healthy: daemon running"), "{t}");
+    let t = wait_health(1, "unhealthy (stale)");
+    assert!(
+        t.contains("newest backup is from") && t.contains("older than max_staleness 4s"),
+        "{t}"
+    );
+    assert!(sigterm(child).status.success());
+
+    // A restart (now every second, so the stale backup is due) runs and is healthy again.
+    set_schedule(&setup, "* * * * * *");
+    let mut child = daemon();
+    wait_for_log(&setup, &mut child, "catch-up: newest backup of app");
+    wait_health(0, "healthy again");
+    assert!(sigterm(child).status.success());
+
+    // A failing run: unhealthy, naming the job and the cause.
+    pg.psql("postgres", "alter database app rename to app_gone");
+    let mut child = daemon();
+    wait_for_log(&setup, &mut child, "backup failed: job=app");
+    let t = wait_health(1, "unhealthy (failed)");
+    assert!(
+        t.contains("job app: last run") && t.contains("failed"),
+        "{t}"
+    );
+    assert!(sigterm(child).status.success());
+    assert_eq!(health().0, Some(1), "stopped daemon: unhealthy");
+}
+
 /// On start, a job with no backup (or only a stale one) runs at once; a fresh one does not;
 /// `catch_up = false` turns it off. Restarting the container must never cost a backup.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

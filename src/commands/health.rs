@@ -1,13 +1,15 @@
 use std::path::Path;
 
+use chrono::Utc;
+
 use super::{EXIT_CONFIG, EXIT_FAILED, EXIT_OK, load_config};
 
-/// For the container's HEALTHCHECK: the config is valid and the daemon is alive.
-/// (Backup freshness joins this check in a later release.)
+/// For the container's HEALTHCHECK: the config is valid, the daemon is alive, and every
+/// job's newest backup is fresh (within `max_staleness`) and its last run succeeded.
 pub fn run(path: &Path) -> i32 {
-    if load_config(path).is_none() {
+    let Some(config) = load_config(path) else {
         return EXIT_CONFIG;
-    }
+    };
     let pid_file = crate::daemon::pid_file();
     let pid = match std::fs::read_to_string(&pid_file) {
         Ok(p) => p.trim().to_string(),
@@ -24,14 +26,31 @@ pub fn run(path: &Path) -> i32 {
         && std::fs::read(format!("/proc/{pid}/cmdline"))
             .map(|c| String::from_utf8_lossy(&c).contains("stowage"))
             .unwrap_or(false);
-    if alive {
-        println!("healthy: config ok, daemon running (pid {pid})");
-        EXIT_OK
-    } else {
+    if !alive {
         eprintln!(
             "unhealthy: the daemon (pid {pid} in {}) is not running",
             pid_file.display()
         );
+        return EXIT_FAILED;
+    }
+    let state = match crate::status::load() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("unhealthy: daemon running (pid {pid}) but its state is unknown: {e}");
+            return EXIT_FAILED;
+        }
+    };
+    let problems = crate::status::problems(&config, &state, Utc::now());
+    if problems.is_empty() {
+        println!(
+            "healthy: daemon running (pid {pid}), {} job(s) fresh",
+            config.jobs.len()
+        );
+        EXIT_OK
+    } else {
+        for p in &problems {
+            eprintln!("unhealthy: {p}");
+        }
         EXIT_FAILED
     }
 }

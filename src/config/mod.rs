@@ -139,8 +139,20 @@ pub struct Job {
     pub compression: Compression,
     pub compression_level: Option<i32>,
     pub catch_up: bool,
+    pub max_staleness: Option<std::time::Duration>,
     pub destinations: Vec<String>,
     pub sources: Vec<SourceConfig>,
+}
+
+impl Job {
+    /// How old the newest backup may get before `health` fails: the configured value, or
+    /// twice the longest gap between the job's runs.
+    pub fn staleness_limit(&self, now: chrono::DateTime<chrono::Utc>) -> Option<chrono::Duration> {
+        match self.max_staleness {
+            Some(d) => chrono::Duration::from_std(d).ok(),
+            None => self.schedule.longest_gap(now).map(|g| g * 2),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -644,6 +656,21 @@ fn validate(path: &Path, raw: raw::RawConfig) -> Result<Config, Vec<String>> {
                 None
             }
         };
+        let max_staleness = j.max_staleness.as_deref().and_then(|text| {
+            match humantime::parse_duration(text) {
+                Ok(d) if d.is_zero() => {
+                    problems.push(format!("{key}.max_staleness: must be longer than 0"));
+                    None
+                }
+                Ok(d) => Some(d),
+                Err(e) => {
+                    problems.push(format!(
+                        "{key}.max_staleness: invalid duration \"{text}\" ({e}); use e.g. \"36h\" or \"3d\""
+                    ));
+                    None
+                }
+            }
+        });
         if let Some(level) = j.compression_level {
             let range = match j.compression {
                 Compression::Zstd => 1..=19,
@@ -833,6 +860,7 @@ fn validate(path: &Path, raw: raw::RawConfig) -> Result<Config, Vec<String>> {
                     compression: j.compression,
                     compression_level: j.compression_level,
                     catch_up: j.catch_up,
+                    max_staleness,
                     destinations: j.destinations,
                     sources,
                 },

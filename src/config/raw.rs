@@ -137,6 +137,9 @@ pub struct RawJob {
     /// On start, run at once when the newest backup is older than one schedule period.
     #[serde(default = "default_true")]
     pub catch_up: bool,
+    /// `health` fails when the newest backup is older than this (default: 2× the longest
+    /// gap between runs).
+    pub max_staleness: Option<String>,
     #[serde(default)]
     pub destinations: Vec<String>,
     /// Tables of every postgres source that are dumped but skipped by default on restore

@@ -1,0 +1,254 @@
+//! What the daemon knows about its jobs (newest published backup, last run), kept in a
+//! small JSON file so that `stowage health` — a separate process run by Docker's
+//! HEALTHCHECK every 30 s — can judge it without listing every destination each time.
+//! The verdict itself is a pure function of (config, state, now).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use chrono::{DateTime, Duration, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::config::Config;
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct State {
+    pub pid: u32,
+    pub started_at: Option<DateTime<Utc>>,
+    pub jobs: BTreeMap<String, JobStatus>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct JobStatus {
+    /// Newest backup published on any destination (from their listings at start, then from
+    /// this daemon's own runs).
+    pub newest_backup: Option<DateTime<Utc>>,
+    pub last_run: Option<RunStatus>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunStatus {
+    pub id: String,
+    /// success | partial | failed | cancelled
+    pub outcome: String,
+    pub finished_at: DateTime<Utc>,
+    pub duration_s: f64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    /// "what: why" for each failure.
+    pub errors: Vec<String>,
+}
+
+/// `$STOWAGE_STATE_FILE`, default `/tmp/stowage-state.json` (next to the pid file).
+pub fn state_file() -> PathBuf {
+    std::env::var_os("STOWAGE_STATE_FILE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/tmp/stowage-state.json"))
+}
+
+/// Write atomically: `health` may read at any moment.
+pub fn save(state: &State) -> std::io::Result<()> {
+    let path = state_file();
+    let tmp = path.with_extension("json.tmp");
+    let body = serde_json::to_vec_pretty(state).map_err(std::io::Error::other)?;
+    std::fs::write(&tmp, body)?;
+    std::fs::rename(&tmp, &path)
+}
+
+pub fn load() -> Result<State, String> {
+    let path = state_file();
+    let body = std::fs::read(&path).map_err(|e| {
+        format!(
+            "{} unreadable: {}",
+            path.display(),
+            crate::config::io_reason(&e)
+        )
+    })?;
+    serde_json::from_slice(&body).map_err(|e| format!("{} is not valid: {e}", path.display()))
+}
+
+/// Why the daemon's jobs are unhealthy; empty means healthy. A job is unhealthy when its
+/// newest backup is older than its staleness limit, or when its last run did not publish
+/// everywhere. A job without any backup yet gets the limit's time from the daemon's start
+/// (its first run may be a long one).
+pub fn problems(config: &Config, state: &State, now: DateTime<Utc>) -> Vec<String> {
+    let mut out = Vec::new();
+    for job in config.jobs.values() {
+        let status = state.jobs.get(&job.name).cloned().unwrap_or_default();
+        if let Some(run) = &status.last_run
+            && run.outcome != "success"
+            && run.outcome != "cancelled"
+        {
+            out.push(format!(
+                "job {}: last run {} {} at {}{}",
+                job.name,
+                run.id,
+                run.outcome,
+                run.finished_at.format("%Y-%m-%dT%H:%M:%SZ"),
+                if run.errors.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {}", run.errors.join("; "))
+                }
+            ));
+        }
+        let Some(limit) = job.staleness_limit(now) else {
+            continue;
+        };
+        match status.newest_backup {
+            Some(t) if now - t > limit => out.push(format!(
+                "job {}: newest backup is from {} ({} ago), older than max_staleness {}",
+                job.name,
+                t.format("%Y-%m-%dT%H:%M:%SZ"),
+                human(now - t),
+                human(limit)
+            )),
+            Some(_) => {}
+            None => {
+                let since = state.started_at.unwrap_or(now);
+                if now - since > limit {
+                    out.push(format!(
+                        "job {}: no backup at all, {} after the daemon started (max_staleness {})",
+                        job.name,
+                        human(now - since),
+                        human(limit)
+                    ));
+                }
+            }
+        }
+    }
+    out
+}
+
+fn human(d: Duration) -> String {
+    let secs = d.num_seconds().max(0) as u64;
+    humantime::format_duration(std::time::Duration::from_secs(secs)).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    fn config(extra: &str) -> Config {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("stowage.toml");
+        std::fs::write(
+            &path,
+            format!(
+                r#"
+[destinations.local]
+type = "local"
+path = "/b"
+
+[jobs.daily]
+schedule = "0 3 * * *"
+destinations = ["local"]
+{extra}
+[[jobs.daily.sources]]
+type = "files"
+name = "f"
+path = "/data"
+
+[jobs.weekdays]
+schedule = "0 3 * * 1-5"
+destinations = ["local"]
+max_staleness = "4d"
+
+[[jobs.weekdays.sources]]
+type = "files"
+name = "f"
+path = "/data"
+"#
+            ),
+        )
+        .expect("write");
+        crate::config::load_with_env(&path, false).expect("valid")
+    }
+
+    fn run(outcome: &str, at: DateTime<Utc>) -> Option<RunStatus> {
+        Some(RunStatus {
+            id: "X".into(),
+            outcome: outcome.into(),
+            finished_at: at,
+            duration_s: 1.0,
+            bytes_in: 1,
+            bytes_out: 1,
+            errors: if outcome == "success" {
+                vec![]
+            } else {
+                vec!["source db: pg_dump failed".into()]
+            },
+        })
+    }
+
+    #[test]
+    fn verdicts() {
+        // Monday 2026-11-23 12:00 UTC.
+        let now = Utc
+            .with_ymd_and_hms(2026, 11, 23, 12, 0, 0)
+            .single()
+            .expect("valid");
+        let cfg = config("");
+        let h = |hours: i64| Some(now - Duration::hours(hours));
+        let state = |daily: JobStatus, weekdays: JobStatus| State {
+            pid: 1,
+            started_at: Some(now - Duration::days(30)),
+            jobs: [
+                ("daily".to_string(), daily),
+                ("weekdays".to_string(), weekdays),
+            ]
+            .into(),
+        };
+        let fresh = JobStatus {
+            newest_backup: h(9),
+            last_run: run("success", now - Duration::hours(9)),
+        };
+        assert!(problems(&cfg, &state(fresh.clone(), fresh.clone()), now).is_empty());
+
+        // Daily: 2 × 24 h by default. 47 h is fine, 49 h is not.
+        let aged = |hours| JobStatus {
+            newest_backup: h(hours),
+            last_run: run("success", now - Duration::hours(hours)),
+        };
+        assert!(problems(&cfg, &state(aged(47), fresh.clone()), now).is_empty());
+        let p = problems(&cfg, &state(aged(49), fresh.clone()), now);
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(
+            p[0].starts_with("job daily: newest backup is from"),
+            "{p:?}"
+        );
+        assert!(p[0].contains("older than max_staleness 2days"), "{p:?}");
+
+        // Weekdays: Friday 03:00 to Monday 03:00 is fine with max_staleness = 4d.
+        assert!(problems(&cfg, &state(fresh.clone(), aged(81)), now).is_empty());
+
+        // A failed or partial last run is unhealthy even if a backup is fresh; a run
+        // cancelled by a stop is not.
+        for (outcome, bad) in [("failed", true), ("partial", true), ("cancelled", false)] {
+            let s = JobStatus {
+                newest_backup: h(1),
+                last_run: run(outcome, now),
+            };
+            let p = problems(&cfg, &state(s, fresh.clone()), now);
+            assert_eq!(!p.is_empty(), bad, "{outcome}: {p:?}");
+            if bad {
+                assert!(p[0].contains("pg_dump failed"), "{p:?}");
+            }
+        }
+
+        // No backup yet: fine while the daemon is young, not after the limit.
+        let none = JobStatus::default();
+        let mut young = state(none.clone(), fresh.clone());
+        young.started_at = Some(now - Duration::hours(1));
+        assert!(problems(&cfg, &young, now).is_empty());
+        let p = problems(&cfg, &state(none, fresh), now);
+        assert!(p[0].contains("no backup at all"), "{p:?}");
+
+        // An explicit limit wins over the schedule's.
+        let strict = config("max_staleness = \"2h\"");
+        let p = problems(&strict, &state(aged(3), aged(3)), now);
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(p[0].contains("max_staleness 2h"), "{p:?}");
+    }
+}
