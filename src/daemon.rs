@@ -33,6 +33,8 @@ struct Ctx {
     cancel: CancellationToken,
     /// Set on the first stop signal: nothing new starts from then on.
     stopping: AtomicBool,
+    /// Cancelled on the first stop signal: ends waits between retries.
+    stop: CancellationToken,
     /// Runs that ended cancelled (abandoned by the stop).
     abandoned: AtomicUsize,
     /// For `stowage health` (saved to the state file on every change).
@@ -95,6 +97,7 @@ pub async fn run(
         tracker: TaskTracker::new(),
         cancel: CancellationToken::new(),
         stopping: AtomicBool::new(false),
+        stop: CancellationToken::new(),
         abandoned: AtomicUsize::new(0),
         state: std::sync::Mutex::new(status::State {
             pid: std::process::id(),
@@ -158,6 +161,7 @@ pub async fn run(
         }
     };
     ctx.stopping.store(true, Ordering::SeqCst);
+    ctx.stop.cancel();
     info!("{reason}: stopping; no new runs will start");
     if let Err(e) = sched.shutdown().await {
         warn!("scheduler shutdown: {e}");
@@ -264,30 +268,64 @@ fn fire(ctx: &Arc<Ctx>, slot: &Arc<JobSlot>) {
     let (ctx2, slot2) = (ctx.clone(), slot.clone());
     ctx.tracker.spawn(async move {
         if let Some(job) = ctx2.config.jobs.get(&slot2.name) {
-            let report = pipeline::run_job(&ctx2.config, job, ctx2.cancel.child_token()).await;
-            if report.outcome == pipeline::Outcome::Cancelled {
-                ctx2.abandoned.fetch_add(1, Ordering::SeqCst);
-            }
-            ctx2.update(&slot2.name, |s| {
-                if !report.published.is_empty() {
-                    s.newest_backup = s.newest_backup.max(crate::manifest::parse_id(&report.id));
-                }
-                s.last_run = Some(status::RunStatus {
-                    id: report.id.clone(),
-                    outcome: report.outcome.as_str().to_string(),
-                    finished_at: Utc::now(),
-                    duration_s: report.duration.as_secs_f64(),
-                    bytes_in: report.bytes_in,
-                    bytes_out: report.bytes_out,
-                    errors: report
-                        .errors
-                        .iter()
-                        .map(|(what, why)| format!("{what}: {why}"))
-                        .collect(),
-                });
-            });
+            run_with_retries(&ctx2, job).await;
         }
         slot2.running.store(false, Ordering::SeqCst);
+    });
+}
+
+/// One scheduled run, tried again up to `retries` times while it fails (never while the
+/// daemon is stopping). Each attempt is a full, independent run with its own id.
+async fn run_with_retries(ctx: &Arc<Ctx>, job: &Job) {
+    let mut attempt = 0;
+    loop {
+        let report = pipeline::run_job(&ctx.config, job, ctx.cancel.child_token()).await;
+        record(ctx, &job.name, &report);
+        let failed = matches!(
+            report.outcome,
+            pipeline::Outcome::Failed | pipeline::Outcome::Partial
+        );
+        if !failed || attempt >= job.retries || ctx.stopping.load(Ordering::SeqCst) {
+            return;
+        }
+        attempt += 1;
+        warn!(
+            job = %job.name,
+            "run {} of {} {}; retry {attempt}/{} in {}",
+            report.id,
+            job.name,
+            report.outcome.as_str(),
+            job.retries,
+            humantime::format_duration(job.retry_delay)
+        );
+        tokio::select! {
+            _ = tokio::time::sleep(job.retry_delay) => {}
+            _ = ctx.stop.cancelled() => return,
+        }
+    }
+}
+
+fn record(ctx: &Arc<Ctx>, job: &str, report: &pipeline::RunReport) {
+    if report.outcome == pipeline::Outcome::Cancelled {
+        ctx.abandoned.fetch_add(1, Ordering::SeqCst);
+    }
+    ctx.update(job, |s| {
+        if !report.published.is_empty() {
+            s.newest_backup = s.newest_backup.max(crate::manifest::parse_id(&report.id));
+        }
+        s.last_run = Some(status::RunStatus {
+            id: report.id.clone(),
+            outcome: report.outcome.as_str().to_string(),
+            finished_at: Utc::now(),
+            duration_s: report.duration.as_secs_f64(),
+            bytes_in: report.bytes_in,
+            bytes_out: report.bytes_out,
+            errors: report
+                .errors
+                .iter()
+                .map(|(what, why)| format!("{what}: {why}"))
+                .collect(),
+        });
     });
 }
 

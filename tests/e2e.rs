@@ -897,6 +897,34 @@ async fn health_follows_staleness_and_failures() {
     assert_eq!(health().0, Some(1), "stopped daemon: unhealthy");
 }
 
+/// A scheduled run that fails is tried again after `retry_delay`; the retry succeeds once
+/// the cause is gone, and the failed attempt left nothing behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_scheduled_run_is_retried() {
+    let (pg, s3, setup) = moto_stack(500, "{ keep_last = 5 }").await;
+    let body = std::fs::read_to_string(&setup.config)
+        .expect("read")
+        .replace(
+            "timezone = ",
+            "retries = 2\nretry_delay = \"2s\"\ntimezone = ",
+        );
+    std::fs::write(&setup.config, &body).expect("write");
+    pg.psql("postgres", "alter database app rename to app_away");
+    // No backup yet: the catch-up run at start fails, then waits 2 s.
+    let mut child = spawn_stowage(&setup.config, &["daemon"]);
+    wait_for_log(&setup, &mut child, "retry 1/2 in 2s");
+    pg.psql("postgres", "alter database app_away rename to app");
+    wait_for_log(&setup, &mut child, "backup success: job=app");
+    let out = sigterm(child);
+    let log = text(&out);
+    assert!(out.status.success(), "{log}");
+    assert!(log.contains("backup failed: job=app"), "{log}");
+    assert_eq!(ids_on(&setup.config, "local").len(), 1);
+    assert_eq!(ids_on(&setup.config, "offsite").len(), 1);
+    assert_eq!(files_under(&setup.local).len(), 2);
+    assert_eq!(s3.list_keys(BUCKET, "").await.len(), 2);
+}
+
 /// On start, a job with no backup (or only a stale one) runs at once; a fresh one does not;
 /// `catch_up = false` turns it off. Restarting the container must never cost a backup.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -21,6 +21,8 @@ use crate::schedule::{Schedule, parse_timezone};
 pub const MIN_PART_SIZE: u64 = 5 * 1024 * 1024;
 pub const DEFAULT_PART_SIZE: u64 = 8 * 1024 * 1024;
 pub const DEFAULT_MAX_IN_FLIGHT: usize = 2;
+pub const DEFAULT_RETRIES: u32 = 2;
+pub const DEFAULT_RETRY_DELAY: std::time::Duration = std::time::Duration::from_secs(60);
 /// Docker's own default stop timeout is 10 s; compose.yaml raises it above this.
 pub const DEFAULT_SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(30);
 
@@ -140,6 +142,9 @@ pub struct Job {
     pub compression_level: Option<i32>,
     pub catch_up: bool,
     pub max_staleness: Option<std::time::Duration>,
+    /// Further attempts of a failed scheduled run, `retry_delay` apart.
+    pub retries: u32,
+    pub retry_delay: std::time::Duration,
     pub destinations: Vec<String>,
     pub sources: Vec<SourceConfig>,
 }
@@ -671,6 +676,21 @@ fn validate(path: &Path, raw: raw::RawConfig) -> Result<Config, Vec<String>> {
                 }
             }
         });
+        let retries = j.retries.unwrap_or(DEFAULT_RETRIES);
+        if retries > 100 {
+            problems.push(format!(
+                "{key}.retries: {retries} is too many; use 0..=100 (each waits retry_delay)"
+            ));
+        }
+        let retry_delay = match j.retry_delay.as_deref() {
+            None => DEFAULT_RETRY_DELAY,
+            Some(text) => humantime::parse_duration(text).unwrap_or_else(|e| {
+                problems.push(format!(
+                    "{key}.retry_delay: invalid duration \"{text}\" ({e}); use e.g. \"1m\" or \"30s\""
+                ));
+                DEFAULT_RETRY_DELAY
+            }),
+        };
         if let Some(level) = j.compression_level {
             let range = match j.compression {
                 Compression::Zstd => 1..=19,
@@ -861,6 +881,8 @@ fn validate(path: &Path, raw: raw::RawConfig) -> Result<Config, Vec<String>> {
                     compression_level: j.compression_level,
                     catch_up: j.catch_up,
                     max_staleness,
+                    retries,
+                    retry_delay,
                     destinations: j.destinations,
                     sources,
                 },

@@ -140,6 +140,9 @@ pub struct RawJob {
     /// `health` fails when the newest backup is older than this (default: 2× the longest
     /// gap between runs).
     pub max_staleness: Option<String>,
+    /// Scheduled runs that fail are tried again this many times, `retry_delay` apart.
+    pub retries: Option<u32>,
+    pub retry_delay: Option<String>,
     #[serde(default)]
     pub destinations: Vec<String>,
     /// Tables of every postgres source that are dumped but skipped by default on restore

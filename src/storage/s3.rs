@@ -19,6 +19,9 @@ use tokio::task::JoinSet;
 use super::{Chunk, ObjectMeta, ObjectReader, OpenUpload, Storage, StorageError};
 use crate::config::{Checksums, S3Config};
 
+/// Attempts per S3 request (the first one included).
+const S3_ATTEMPTS: u32 = 5;
+
 pub struct S3Storage {
     client: Client,
     cfg: S3Config,
@@ -36,6 +39,22 @@ impl S3Storage {
             .or_else(|| std::env::var("AWS_DEFAULT_REGION").ok())
             .unwrap_or_else(|| "us-east-1".to_string());
         loader = loader.region(Region::new(region));
+        // Transient failures (connection reset, 5xx, throttling) are retried per request —
+        // per part of a multipart upload — with exponential backoff and full jitter, so a
+        // blip does not fail a whole backup. A store that stays down fails the run after
+        // about a minute; the job's own `retries` take it from there.
+        loader = loader
+            .retry_config(
+                aws_config::retry::RetryConfig::standard()
+                    .with_max_attempts(S3_ATTEMPTS)
+                    .with_initial_backoff(std::time::Duration::from_secs(1))
+                    .with_max_backoff(std::time::Duration::from_secs(20)),
+            )
+            .timeout_config(
+                aws_config::timeout::TimeoutConfig::builder()
+                    .connect_timeout(std::time::Duration::from_secs(10))
+                    .build(),
+            );
         if let Some(c) = &cfg.credentials {
             loader = loader.credentials_provider(Credentials::new(
                 c.access_key_id.clone(),
