@@ -925,6 +925,62 @@ async fn failed_scheduled_run_is_retried() {
     assert_eq!(s3.list_keys(BUCKET, "").await.len(), 2);
 }
 
+/// `nice`/`ionice` put the job's pg_dump at low CPU and I/O priority (seen in /proc while
+/// the dump is held up by a table lock).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nice_and_ionice_apply_to_pg_dump() {
+    let (pg, _s3, setup) = moto_stack(500, "{ keep_last = 5 }").await;
+    let body = std::fs::read_to_string(&setup.config)
+        .expect("read")
+        .replace("timezone = ", "nice = 19\nionice = \"idle\"\ntimezone = ");
+    std::fs::write(&setup.config, &body).expect("write");
+    let mut lock = pg.session("app");
+    lock.exec("begin; lock table public.orders in access exclusive mode");
+    let mut child = spawn_stowage(&setup.config, &["run", "app"]);
+    let stowage_pid = child.child().id();
+    // The pg_dump child of this stowage process.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let dump_pid = loop {
+        let found = std::fs::read_dir("/proc")
+            .expect("/proc")
+            .filter_map(|e| e.ok())
+            .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()))
+            .find(|pid| {
+                let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+                let fields: Vec<&str> = stat
+                    .rsplit_once(')')
+                    .map(|(_, rest)| rest.split_whitespace().collect())
+                    .unwrap_or_default();
+                let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+                // The dump itself, not the `pg_dump --version` run before it.
+                stat.contains("(pg_dump)")
+                    && fields.get(1) == Some(&stowage_pid.to_string().as_str())
+                    && String::from_utf8_lossy(&cmdline).contains("--format=custom")
+            });
+        if let Some(pid) = found {
+            break pid;
+        }
+        assert!(Instant::now() < deadline, "no pg_dump child of stowage");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let stat = std::fs::read_to_string(format!("/proc/{dump_pid}/stat")).expect("stat");
+    let after_comm: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, r)| r.split_whitespace().collect())
+        .unwrap_or_default();
+    // Field 19 (nice) is the 17th after the command name.
+    assert_eq!(after_comm.get(16), Some(&"19"), "{stat}");
+    let io = Command::new("ionice")
+        .args(["-p", &dump_pid.to_string()])
+        .output()
+        .expect("ionice");
+    assert_eq!(String::from_utf8_lossy(&io.stdout).trim(), "idle");
+    lock.exec("commit");
+    lock.close();
+    let out = child.take().wait_with_output().expect("wait");
+    assert!(out.status.success(), "{}", text(&out));
+}
+
 /// On start, a job with no backup (or only a stale one) runs at once; a fresh one does not;
 /// `catch_up = false` turns it off. Restarting the container must never cost a backup.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -181,11 +181,47 @@ impl SourceConfig {
     }
 }
 
+/// Scheduling priority for child processes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Priority {
+    /// 0 (normal) ..= 19 (lowest).
+    pub nice: Option<i32>,
+    pub io: Option<IoPriority>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IoPriority {
+    /// Only when no one else uses the disk.
+    Idle,
+    /// 0 (highest) ..= 7 (lowest) within the normal class.
+    BestEffort(u8),
+}
+
+impl IoPriority {
+    pub fn parse(text: &str) -> Result<IoPriority, String> {
+        let t = text.trim().to_ascii_lowercase();
+        match t.split_once(':') {
+            None if t == "idle" => Ok(IoPriority::Idle),
+            None if t == "best-effort" => Ok(IoPriority::BestEffort(7)),
+            Some(("best-effort", level)) => match level.parse::<u8>() {
+                Ok(l) if l <= 7 => Ok(IoPriority::BestEffort(l)),
+                _ => Err(format!(
+                    "invalid ionice \"{text}\": the best-effort level is 0 (highest) to 7 (lowest)"
+                )),
+            },
+            _ => Err(format!(
+                "invalid ionice \"{text}\"; use \"idle\", \"best-effort\" or \"best-effort:0\"..\"best-effort:7\""
+            )),
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct PostgresConfig {
     pub name: String,
     pub url: PgUrl,
     pub bin_dir: Option<PathBuf>,
+    pub priority: Priority,
     /// Dumped, but skipped by default on restore (job-level list + this source's own).
     pub exclude_tables: Vec<String>,
 }
@@ -676,6 +712,19 @@ fn validate(path: &Path, raw: raw::RawConfig) -> Result<Config, Vec<String>> {
                 }
             }
         });
+        if let Some(n) = j.nice
+            && !(0..=19).contains(&n)
+        {
+            problems.push(format!(
+                "{key}.nice: {n} is out of range; use 0 (normal) to 19 (lowest priority)"
+            ));
+        }
+        let io = j.ionice.as_deref().and_then(|t| {
+            IoPriority::parse(t)
+                .map_err(|e| problems.push(format!("{key}.ionice: {e}")))
+                .ok()
+        });
+        let priority = Priority { nice: j.nice, io };
         let retries = j.retries.unwrap_or(DEFAULT_RETRIES);
         if retries > 100 {
             problems.push(format!(
@@ -794,6 +843,7 @@ fn validate(path: &Path, raw: raw::RawConfig) -> Result<Config, Vec<String>> {
                             name: s.name,
                             url,
                             bin_dir: s.bin_dir,
+                            priority,
                             exclude_tables,
                         }));
                     }

@@ -143,6 +143,11 @@ pub struct RawJob {
     /// Scheduled runs that fail are tried again this many times, `retry_delay` apart.
     pub retries: Option<u32>,
     pub retry_delay: Option<String>,
+    /// CPU and I/O priority of the job's dump processes (pg_dump), so a backup does not
+    /// starve the application on a small box: nice 0..19, ionice "idle" or
+    /// "best-effort[:0-7]".
+    pub nice: Option<i32>,
+    pub ionice: Option<String>,
     #[serde(default)]
     pub destinations: Vec<String>,
     /// Tables of every postgres source that are dumped but skipped by default on restore

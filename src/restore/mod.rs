@@ -186,6 +186,7 @@ pub async fn restore(
             url: target.clone(),
             bin_dir,
             exclude_tables: Vec::new(),
+            priority: Default::default(),
         });
         let mut exclude: Vec<String> = if req.all_tables {
             Vec::new()

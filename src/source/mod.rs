@@ -88,6 +88,32 @@ pub fn postgres(cfg: &PostgresConfig) -> Box<dyn Source> {
     Box::new(postgres::Postgres::new(cfg.clone()))
 }
 
+/// Apply the job's nice/ionice to a child process, in the child between fork and exec.
+pub(crate) fn lower_priority(cmd: &mut tokio::process::Command, p: crate::config::Priority) {
+    if p == crate::config::Priority::default() {
+        return;
+    }
+    // SAFETY: the closure runs in the forked child before exec and only makes two
+    // async-signal-safe system calls; it touches no memory shared with the parent.
+    unsafe {
+        cmd.pre_exec(move || {
+            if let Some(n) = p.nice {
+                libc::setpriority(libc::PRIO_PROCESS, 0, n);
+            }
+            if let Some(io) = p.io {
+                // ioprio_set(IOPRIO_WHO_PROCESS, 0, class << 13 | level)
+                let (class, level) = match io {
+                    crate::config::IoPriority::Idle => (3i64, 0i64),
+                    crate::config::IoPriority::BestEffort(l) => (2, i64::from(l)),
+                };
+                libc::syscall(libc::SYS_ioprio_set, 1i64, 0i64, (class << 13) | level);
+            }
+            // Best effort: a refused priority change must not stop the backup.
+            Ok(())
+        });
+    }
+}
+
 /// Keep the last `STDERR_LIMIT` bytes of a child's stderr: the end of it is where tools
 /// say why they failed, and an unbounded buffer could grow without limit.
 const STDERR_LIMIT: usize = 16 * 1024;

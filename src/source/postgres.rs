@@ -33,6 +33,7 @@ impl Postgres {
 
     fn command(&self, tool: &str, url: &PgUrl) -> Command {
         let mut cmd = Command::new(self.tool(tool));
+        super::lower_priority(&mut cmd, self.cfg.priority);
         // Never prompt: there is no terminal in a container and a prompt would hang forever.
         cmd.arg("--no-password")
             .env("PGAPPNAME", "stowage")
