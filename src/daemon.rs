@@ -5,8 +5,9 @@
 //! each next fire time is computed by [`crate::schedule`] in the job's real timezone and
 //! armed as a one-shot job; when it fires it arms the next one.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 use chrono::{DateTime, Utc};
 use futures::future::BoxFuture;
@@ -28,7 +29,10 @@ pub enum DaemonError {
 }
 
 struct Ctx {
-    config: Arc<Config>,
+    /// Swapped by a reload; each run keeps the snapshot it started with.
+    config: std::sync::RwLock<Arc<Config>>,
+    /// Bumped by a reload: timers armed under an older generation die quietly.
+    generation: AtomicU64,
     tracker: TaskTracker,
     cancel: CancellationToken,
     /// Set on the first stop signal: nothing new starts from then on.
@@ -42,6 +46,13 @@ struct Ctx {
 }
 
 impl Ctx {
+    fn config(&self) -> Arc<Config> {
+        match self.config.read() {
+            Ok(c) => c.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
     fn update(&self, job: &str, f: impl FnOnce(&mut status::JobStatus)) {
         let Ok(mut state) = self.state.lock() else {
             return;
@@ -89,11 +100,9 @@ pub async fn run(
     config: Arc<Config>,
     mut signals: mpsc::Receiver<Signal>,
 ) -> Result<Stopped, DaemonError> {
-    let mut sched = JobScheduler::new()
-        .await
-        .map_err(|e| DaemonError::Scheduler(e.to_string()))?;
     let ctx = Arc::new(Ctx {
-        config: config.clone(),
+        config: std::sync::RwLock::new(config.clone()),
+        generation: AtomicU64::new(0),
         tracker: TaskTracker::new(),
         cancel: CancellationToken::new(),
         stopping: AtomicBool::new(false),
@@ -113,19 +122,11 @@ pub async fn run(
             status::state_file().display()
         );
     }
-    let mut slots = Vec::new();
+    let mut slots: BTreeMap<String, Arc<JobSlot>> = BTreeMap::new();
     for name in config.jobs.keys() {
-        let slot = Arc::new(JobSlot {
-            name: name.clone(),
-            running: AtomicBool::new(false),
-        });
-        arm(sched.clone(), ctx.clone(), slot.clone(), Utc::now()).await?;
-        slots.push(slot);
+        slots.insert(name.clone(), new_slot(name));
     }
-    sched
-        .start()
-        .await
-        .map_err(|e| DaemonError::Scheduler(e.to_string()))?;
+    let mut sched = start_scheduler(&ctx, &slots).await?;
     let pid_file = pid_file();
     if let Err(e) = std::fs::write(&pid_file, std::process::id().to_string()) {
         warn!(
@@ -140,7 +141,7 @@ pub async fn run(
         config.path.display()
     );
     let started = Utc::now();
-    for slot in &slots {
+    for slot in slots.values() {
         let (ctx2, slot2) = (ctx.clone(), slot.clone());
         ctx.tracker.spawn(async move {
             tokio::select! {
@@ -154,9 +155,11 @@ pub async fn run(
     let reason = loop {
         match signals.recv().await {
             Some(Signal::Stop(name)) => break name.to_string(),
-            Some(Signal::Reload) => info!(
-                "SIGHUP: reloading the config is not supported yet; restart the container to apply changes"
-            ),
+            Some(Signal::Reload) => {
+                if let Err(e) = reload(&ctx, &mut sched, &mut slots).await {
+                    error!("{e}");
+                }
+            }
             None => break "end of signals".to_string(),
         }
     };
@@ -167,7 +170,7 @@ pub async fn run(
         warn!("scheduler shutdown: {e}");
     }
     ctx.tracker.close();
-    let grace = config.shutdown_grace;
+    let grace = ctx.config().shutdown_grace;
     if !ctx.tracker.is_empty() {
         info!(
             "waiting up to {} for running backups to finish (send the signal again to abandon them now)",
@@ -209,14 +212,116 @@ async fn next_stop(signals: &mut mpsc::Receiver<Signal>) -> String {
     }
 }
 
+fn new_slot(name: &str) -> Arc<JobSlot> {
+    Arc::new(JobSlot {
+        name: name.to_string(),
+        running: AtomicBool::new(false),
+    })
+}
+
+/// A scheduler with every job armed under the current generation.
+async fn start_scheduler(
+    ctx: &Arc<Ctx>,
+    slots: &BTreeMap<String, Arc<JobSlot>>,
+) -> Result<JobScheduler, DaemonError> {
+    let sched = JobScheduler::new()
+        .await
+        .map_err(|e| DaemonError::Scheduler(e.to_string()))?;
+    let generation = ctx.generation.load(Ordering::SeqCst);
+    for slot in slots.values() {
+        arm(
+            sched.clone(),
+            ctx.clone(),
+            slot.clone(),
+            Utc::now(),
+            generation,
+        )
+        .await?;
+    }
+    sched
+        .start()
+        .await
+        .map_err(|e| DaemonError::Scheduler(e.to_string()))?;
+    Ok(sched)
+}
+
+/// SIGHUP: read the config file again. An invalid file is rejected as a whole and the
+/// running config stays in effect. A valid one replaces the schedule: runs in progress
+/// finish with the config they started with; jobs new to the file get the start-up
+/// treatment (leftover cleanup, catch-up).
+async fn reload(
+    ctx: &Arc<Ctx>,
+    sched: &mut JobScheduler,
+    slots: &mut BTreeMap<String, Arc<JobSlot>>,
+) -> Result<(), DaemonError> {
+    let old = ctx.config();
+    let new = match crate::config::load(&old.path) {
+        Ok(c) => Arc::new(c),
+        Err(e) => {
+            error!("SIGHUP: config reload rejected, the running config stays in effect: {e}");
+            return Ok(());
+        }
+    };
+    for w in &new.warnings {
+        warn!("config {}: {w}", new.path.display());
+    }
+    if new.log != old.log {
+        warn!("SIGHUP: [log] settings take effect on the next restart");
+    }
+    match ctx.config.write() {
+        Ok(mut c) => *c = new.clone(),
+        Err(poisoned) => *poisoned.into_inner() = new.clone(),
+    }
+    ctx.generation.fetch_add(1, Ordering::SeqCst);
+    if let Err(e) = sched.shutdown().await {
+        warn!("scheduler shutdown: {e}");
+    }
+    slots.retain(|name, _| new.jobs.contains_key(name));
+    let mut added = Vec::new();
+    for name in new.jobs.keys() {
+        if !slots.contains_key(name) {
+            slots.insert(name.clone(), new_slot(name));
+            added.push(name.clone());
+        }
+    }
+    *sched = start_scheduler(ctx, slots).await?;
+    info!(
+        "SIGHUP: config reloaded from {}: {} job(s){}",
+        new.path.display(),
+        new.jobs.len(),
+        if added.is_empty() {
+            String::new()
+        } else {
+            format!(", new: {}", added.join(", "))
+        }
+    );
+    let started = Utc::now();
+    for name in added {
+        let Some(slot) = slots.get(&name).cloned() else {
+            continue;
+        };
+        let ctx2 = ctx.clone();
+        ctx.tracker.spawn(async move {
+            tokio::select! {
+                _ = recover(&ctx2, &slot, started) => {}
+                _ = ctx2.cancel.cancelled() => return,
+            }
+            catch_up(&ctx2, &slot).await
+        });
+    }
+    Ok(())
+}
+
 fn arm(
     sched: JobScheduler,
     ctx: Arc<Ctx>,
     slot: Arc<JobSlot>,
     after: DateTime<Utc>,
+    generation: u64,
 ) -> BoxFuture<'static, Result<(), DaemonError>> {
     Box::pin(async move {
-        let Some(job) = ctx.config.jobs.get(&slot.name) else {
+        let config = ctx.config();
+        let Some(job) = config.jobs.get(&slot.name) else {
             return Ok(());
         };
         let Some(next) = job.schedule.next_after(after) else {
@@ -229,13 +334,17 @@ fn arm(
         let one_shot = SchedJob::new_one_shot_at_instant_async(instant, move |uuid, sched| {
             let (ctx, slot) = (c2.clone(), s2.clone());
             Box::pin(async move {
+                if ctx.generation.load(Ordering::SeqCst) != generation {
+                    // Armed before a reload: the new schedule has its own timer.
+                    return;
+                }
                 fire(&ctx, &slot);
                 let _ = sched.remove(&uuid).await;
                 // Re-arm from the later of the planned time and now: a late wake-up
                 // (suspended host) skips missed fires instead of firing them in a burst.
                 let after = next.max(Utc::now());
                 if !ctx.cancel.is_cancelled()
-                    && let Err(e) = arm(sched, ctx.clone(), slot.clone(), after).await
+                    && let Err(e) = arm(sched, ctx.clone(), slot.clone(), after, generation).await
                 {
                     error!(job = %slot.name, "cannot schedule the next run: {e}");
                 }
@@ -267,8 +376,9 @@ fn fire(ctx: &Arc<Ctx>, slot: &Arc<JobSlot>) {
     }
     let (ctx2, slot2) = (ctx.clone(), slot.clone());
     ctx.tracker.spawn(async move {
-        if let Some(job) = ctx2.config.jobs.get(&slot2.name) {
-            run_with_retries(&ctx2, job).await;
+        let config = ctx2.config();
+        if let Some(job) = config.jobs.get(&slot2.name) {
+            run_with_retries(&ctx2, &config, job).await;
         }
         slot2.running.store(false, Ordering::SeqCst);
     });
@@ -276,10 +386,10 @@ fn fire(ctx: &Arc<Ctx>, slot: &Arc<JobSlot>) {
 
 /// One scheduled run, tried again up to `retries` times while it fails (never while the
 /// daemon is stopping). Each attempt is a full, independent run with its own id.
-async fn run_with_retries(ctx: &Arc<Ctx>, job: &Job) {
+async fn run_with_retries(ctx: &Arc<Ctx>, config: &Config, job: &Job) {
     let mut attempt = 0;
     loop {
-        let report = pipeline::run_job(&ctx.config, job, ctx.cancel.child_token()).await;
+        let report = pipeline::run_job(config, job, ctx.cancel.child_token()).await;
         record(ctx, &job.name, &report);
         let failed = matches!(
             report.outcome,
@@ -339,11 +449,12 @@ pub fn pid_file() -> std::path::PathBuf {
 
 /// Before anything else, remove what runs killed by a crash left on the job's destinations.
 async fn recover(ctx: &Arc<Ctx>, slot: &Arc<JobSlot>, started: DateTime<Utc>) {
-    let Some(job) = ctx.config.jobs.get(&slot.name) else {
+    let config = ctx.config();
+    let Some(job) = config.jobs.get(&slot.name) else {
         return;
     };
     for name in &job.destinations {
-        let Some(dest) = ctx.config.destinations.get(name) else {
+        let Some(dest) = config.destinations.get(name) else {
             continue;
         };
         let st = storage::open(dest).await;
@@ -356,12 +467,13 @@ async fn recover(ctx: &Arc<Ctx>, slot: &Arc<JobSlot>, started: DateTime<Utc>) {
 /// A restart (config edit, host reboot, crash) must not cost a backup: when the newest
 /// published backup is older than one schedule period, or there is none, run now.
 async fn catch_up(ctx: &Arc<Ctx>, slot: &Arc<JobSlot>) {
-    let Some(job) = ctx.config.jobs.get(&slot.name) else {
+    let config = ctx.config();
+    let Some(job) = config.jobs.get(&slot.name) else {
         return;
     };
     let now = Utc::now();
     let newest = tokio::select! {
-        n = newest_backup(&ctx.config, job) => n,
+        n = newest_backup(&config, job) => n,
         // Listing an unreachable S3 endpoint can take a while; a stop should not wait.
         _ = ctx.cancel.cancelled() => return,
     };

@@ -981,6 +981,63 @@ async fn nice_and_ionice_apply_to_pg_dump() {
     assert!(out.status.success(), "{}", text(&out));
 }
 
+/// SIGHUP applies a valid edited config without a restart (a new job runs), and rejects an
+/// invalid one with a clear log line while the running config keeps working.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_a_valid_config_and_rejects_an_invalid_one() {
+    let (_pg, _s3, setup) = moto_stack(500, "{ keep_last = 3 }").await;
+    let mut child = spawn_stowage(&setup.config, &["daemon"]);
+    wait_for_log(&setup, &mut child, "backup success: job=app");
+    let successes = |job: &str| -> usize {
+        files_under(&setup.dir.path().join("logs"))
+            .iter()
+            .filter_map(|p| std::fs::read_to_string(p).ok())
+            .map(|t| t.matches(&format!("backup success: job={job} ")).count())
+            .sum()
+    };
+
+    // A second job, every 2 seconds, to the local destination only.
+    let body = std::fs::read_to_string(&setup.config).expect("read");
+    let db_url = body
+        .lines()
+        .find_map(|l| l.strip_prefix("url = "))
+        .expect("url line")
+        .to_string();
+    let good = format!(
+        "{body}\n[jobs.second]\nschedule = \"*/2 * * * * *\"\ndestinations = [\"local\"]\n\n[[jobs.second.sources]]\ntype = \"postgres\"\nname = \"db\"\nurl = {db_url}\n"
+    );
+    std::fs::write(&setup.config, &good).expect("write");
+    signal(&child, "HUP");
+    wait_for_log(&setup, &mut child, "config reloaded from");
+    wait_for_log(&setup, &mut child, "backup success: job=second");
+
+    // An invalid edit is rejected; the running config (with job second) goes on.
+    std::fs::write(&setup.config, good.replace("*/2 * * * * *", "0 25 * * *")).expect("write");
+    signal(&child, "HUP");
+    wait_for_log(&setup, &mut child, "config reload rejected");
+    let before = successes("second");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while successes("second") <= before {
+        assert!(
+            Instant::now() < deadline,
+            "job second stopped after a rejected reload"
+        );
+        assert!(
+            child.child().try_wait().expect("try_wait").is_none(),
+            "daemon exited"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let out = sigterm(child);
+    let log = text(&out);
+    assert!(out.status.success(), "{log}");
+    assert!(log.contains("new: second"), "{log}");
+    assert!(
+        log.contains("jobs.second.schedule: invalid schedule \"0 25 * * *\""),
+        "the rejection names the key: {log}"
+    );
+}
+
 /// On start, a job with no backup (or only a stale one) runs at once; a fresh one does not;
 /// `catch_up = false` turns it off. Restarting the container must never cost a backup.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
