@@ -26,6 +26,8 @@ use crate::{pipeline, storage};
 pub enum DaemonError {
     #[error("scheduler: {0}")]
     Scheduler(String),
+    #[error("{0}")]
+    Server(String),
 }
 
 struct Ctx {
@@ -43,6 +45,22 @@ struct Ctx {
     abandoned: AtomicUsize,
     /// For `stowage health` (saved to the state file on every change).
     state: std::sync::Mutex<status::State>,
+    metrics: crate::server::Metrics,
+}
+
+impl crate::server::View for Ctx {
+    fn config(&self) -> Arc<Config> {
+        Ctx::config(self)
+    }
+    fn state(&self) -> status::State {
+        match self.state.lock() {
+            Ok(s) => s.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+    fn metrics(&self) -> &crate::server::Metrics {
+        &self.metrics
+    }
 }
 
 impl Ctx {
@@ -113,7 +131,17 @@ pub async fn run(
             started_at: Some(Utc::now()),
             jobs: Default::default(),
         }),
+        metrics: crate::server::Metrics::new(),
     });
+    let server_stop = CancellationToken::new();
+    let server = match config.listen {
+        Some(addr) => Some(
+            crate::server::start(addr, ctx.clone(), server_stop.clone())
+                .await
+                .map_err(DaemonError::Server)?,
+        ),
+        None => None,
+    };
     if let Ok(state) = ctx.state.lock()
         && let Err(e) = status::save(&state)
     {
@@ -188,6 +216,11 @@ pub async fn run(
     }
     ctx.cancel.cancel();
     ctx.tracker.wait().await;
+    // Health and metrics stay available until the last backup has stopped.
+    server_stop.cancel();
+    if let Some(h) = server {
+        let _ = h.await;
+    }
     let _ = std::fs::remove_file(&pid_file);
     let _ = std::fs::remove_file(status::state_file());
     let abandoned = ctx.abandoned.load(Ordering::SeqCst);
@@ -423,7 +456,7 @@ fn record(ctx: &Arc<Ctx>, job: &str, report: &pipeline::RunReport) {
         if !report.published.is_empty() {
             s.newest_backup = s.newest_backup.max(crate::manifest::parse_id(&report.id));
         }
-        s.last_run = Some(status::RunStatus {
+        let run = status::RunStatus {
             id: report.id.clone(),
             outcome: report.outcome.as_str().to_string(),
             finished_at: Utc::now(),
@@ -435,8 +468,12 @@ fn record(ctx: &Arc<Ctx>, job: &str, report: &pipeline::RunReport) {
                 .iter()
                 .map(|(what, why)| format!("{what}: {why}"))
                 .collect(),
-        });
+        };
+        s.recent.insert(0, run.clone());
+        s.recent.truncate(status::RECENT_RUNS);
+        s.last_run = Some(run);
     });
+    ctx.metrics.record(job, report);
 }
 
 /// Where the daemon records its pid for `stowage health` (`$STOWAGE_PID_FILE`, default

@@ -15,6 +15,7 @@ pub mod recover;
 pub mod restore;
 pub mod retention;
 pub mod schedule;
+pub mod server;
 pub mod source;
 pub mod status;
 pub mod storage;

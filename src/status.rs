@@ -24,7 +24,13 @@ pub struct JobStatus {
     /// this daemon's own runs).
     pub newest_backup: Option<DateTime<Utc>>,
     pub last_run: Option<RunStatus>,
+    /// The last few runs, newest first (for the status page).
+    #[serde(default)]
+    pub recent: Vec<RunStatus>,
 }
+
+/// Runs kept in [`JobStatus::recent`].
+pub const RECENT_RUNS: usize = 10;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RunStatus {
@@ -203,6 +209,7 @@ path = "/data"
         let fresh = JobStatus {
             newest_backup: h(9),
             last_run: run("success", now - Duration::hours(9)),
+            recent: Vec::new(),
         };
         assert!(problems(&cfg, &state(fresh.clone(), fresh.clone()), now).is_empty());
 
@@ -210,6 +217,7 @@ path = "/data"
         let aged = |hours| JobStatus {
             newest_backup: h(hours),
             last_run: run("success", now - Duration::hours(hours)),
+            recent: Vec::new(),
         };
         assert!(problems(&cfg, &state(aged(47), fresh.clone()), now).is_empty());
         let p = problems(&cfg, &state(aged(49), fresh.clone()), now);
@@ -229,6 +237,7 @@ path = "/data"
             let s = JobStatus {
                 newest_backup: h(1),
                 last_run: run(outcome, now),
+                recent: Vec::new(),
             };
             let p = problems(&cfg, &state(s, fresh.clone()), now);
             assert_eq!(!p.is_empty(), bad, "{outcome}: {p:?}");

@@ -153,6 +153,7 @@ fn cases() -> Vec<Case> {
         case("bad max_age", BASE.replace("keep_last = 5", "max_age = \"a month\"")),
         case("bad log level", format!("[log]\nlevel = \"stowage=loud\"\n{BASE}")),
         case("bad nice and ionice", BASE.replace("destinations = [\"local\"]", "nice = -5\nionice = \"realtime\"\nretry_delay = \"soon\"\ndestinations = [\"local\"]")),
+        case("bad server listen", format!("[server]\nlisten = \"localhost\"\n{BASE}")),
         case("bad shutdown_grace", format!("shutdown_grace = \"half a minute\"\n{BASE}")),
         case("bad log format", format!("[log]\nformat = \"xml\"\n{BASE}")),
         case("relative log dir", format!("[log]\ndir = \"logs\"\n{BASE}")),

@@ -1038,6 +1038,128 @@ async fn sighup_reloads_a_valid_config_and_rejects_an_invalid_one() {
     );
 }
 
+fn http_get(port: u16, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut conn = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    conn.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    write!(
+        conn,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .expect("request");
+    let mut raw = String::new();
+    conn.read_to_string(&mut raw).expect("response");
+    let (head, body) = raw.split_once("\r\n\r\n").expect("http response");
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .expect("status code");
+    (code, body.to_string())
+}
+
+/// The HTTP listener: /healthz follows the same verdict as `stowage health`, /metrics is
+/// valid Prometheus text with the per-job figures, / is a status page.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_listener_serves_health_metrics_and_status() {
+    let (_pg, _s3, setup) = moto_stack(500, "{ keep_last = 3 }").await;
+    let port = common::free_port();
+    let body = std::fs::read_to_string(&setup.config)
+        .expect("read")
+        .replace("timezone = ", "max_staleness = \"5s\"\ntimezone = ");
+    std::fs::write(
+        &setup.config,
+        format!("[server]\nlisten = \"127.0.0.1:{port}\"\n{body}"),
+    )
+    .expect("write");
+    let mut child = spawn_stowage(&setup.config, &["daemon"]);
+    wait_for_log(&setup, &mut child, "backup success: job=app");
+
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let (code, text_body) = loop {
+        let (code, body) = http_get(port, "/healthz");
+        if code == 200 || Instant::now() > deadline {
+            break (code, body);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(code, 200, "{text_body}");
+
+    let (code, metrics) = http_get(port, "/metrics");
+    assert_eq!(code, 200);
+    let scrape = prometheus_parse::Scrape::parse(
+        metrics
+            .lines()
+            .map(|l| Ok::<_, std::io::Error>(l.to_string())),
+    )
+    .expect("valid Prometheus text format");
+    let value = |name: &str, labels: &[(&str, &str)]| -> f64 {
+        let s = scrape
+            .samples
+            .iter()
+            .find(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+            .unwrap_or_else(|| panic!("no sample {name} {labels:?} in:\n{metrics}"));
+        match s.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => v,
+            _ => panic!("unexpected type for {name}"),
+        }
+    };
+    assert_eq!(
+        value(
+            "stowage_runs_total",
+            &[("job", "app"), ("outcome", "success")]
+        ),
+        1.0
+    );
+    let last = value("stowage_last_success_timestamp_seconds", &[("job", "app")]);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs_f64();
+    assert!(now - last < 60.0 && now >= last, "{last} vs {now}");
+    assert!(value("stowage_last_run_duration_seconds", &[("job", "app")]) > 0.0);
+    assert!(value("stowage_read_bytes_total", &[("job", "app")]) > 0.0);
+    assert!(value("stowage_stored_bytes_total", &[("job", "app")]) > 0.0);
+    assert_eq!(
+        value(
+            "stowage_backups",
+            &[("job", "app"), ("destination", "local")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        value(
+            "stowage_backups",
+            &[("job", "app"), ("destination", "offsite")]
+        ),
+        1.0
+    );
+    assert!(value("stowage_process_resident_memory_bytes", &[]) > 1_000_000.0);
+
+    let (code, page) = http_get(port, "/");
+    assert_eq!(code, 200);
+    assert!(
+        page.contains("<td>app</td>") && page.contains("success"),
+        "{page}"
+    );
+
+    // Stale after 5 s: /healthz says so with the reason.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (code, body) = loop {
+        let (code, body) = http_get(port, "/healthz");
+        if code == 503 || Instant::now() > deadline {
+            break (code, body);
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("older than max_staleness 5s"), "{body}");
+    assert!(sigterm(child).status.success());
+}
+
 /// On start, a job with no backup (or only a stale one) runs at once; a fresh one does not;
 /// `catch_up = false` turns it off. Restarting the container must never cost a backup.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

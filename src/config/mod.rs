@@ -54,6 +54,8 @@ pub struct Config {
     pub path: PathBuf,
     /// After SIGTERM, running backups get this long to finish before they are abandoned.
     pub shutdown_grace: std::time::Duration,
+    /// Address of the HTTP listener (/healthz, /metrics, /), if any.
+    pub listen: Option<std::net::SocketAddr>,
     pub log: LogConfig,
     pub destinations: BTreeMap<String, Destination>,
     pub jobs: BTreeMap<String, Job>,
@@ -609,6 +611,17 @@ fn validate(path: &Path, raw: raw::RawConfig) -> Result<Config, Vec<String>> {
             DEFAULT_SHUTDOWN_GRACE
         }),
     };
+    let listen = raw.server.as_ref().and_then(|s| {
+        s.listen
+            .parse::<std::net::SocketAddr>()
+            .map_err(|e| {
+                problems.push(format!(
+                    "server.listen: invalid address \"{}\" ({e}); use IP:PORT, e.g. \"0.0.0.0:9090\"",
+                    s.listen
+                ))
+            })
+            .ok()
+    });
     let log = LogConfig {
         level: raw.log.level,
         format: raw.log.format,
@@ -944,6 +957,7 @@ fn validate(path: &Path, raw: raw::RawConfig) -> Result<Config, Vec<String>> {
         Ok(Config {
             path: path.to_path_buf(),
             shutdown_grace,
+            listen,
             log,
             destinations,
             jobs,

@@ -14,10 +14,18 @@ pub struct RawConfig {
     pub shutdown_grace: Option<String>,
     #[serde(default)]
     pub log: RawLog,
+    pub server: Option<RawServer>,
     #[serde(default)]
     pub destinations: BTreeMap<String, RawDestination>,
     #[serde(default)]
     pub jobs: BTreeMap<String, RawJob>,
+}
+
+/// The optional HTTP listener: /healthz, /metrics, and a status page.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawServer {
+    pub listen: String,
 }
 
 #[derive(Debug, Deserialize)]

@@ -72,6 +72,8 @@ pub struct RunReport {
     pub published: Vec<String>,
     /// destination (or "source") → reason
     pub errors: Vec<(String, String)>,
+    /// destination → published backups it holds after retention
+    pub kept: Vec<(String, usize)>,
 }
 
 struct Target {
@@ -324,10 +326,14 @@ pub async fn run_job(config: &Config, job: &Job, cancel: CancellationToken) -> R
     if !published.is_empty() {
         info!(job = jn, id = %id, "stage: retention");
     }
+    let mut kept = Vec::new();
     for t in targets.iter().filter(|t| published.contains(&t.name)) {
-        if let Err(e) = apply_retention(t, job, &id).await {
+        match apply_retention(t, job, &id).await {
+            Ok(n) => kept.push((t.name.clone(), n)),
             // The backup is published; a retention failure only delays pruning.
-            warn!(job = jn, destination = %t.name, "retention on {} failed: {e}", t.name);
+            Err(e) => {
+                warn!(job = jn, destination = %t.name, "retention on {} failed: {e}", t.name)
+            }
         }
     }
 
@@ -358,6 +364,7 @@ pub async fn run_job(config: &Config, job: &Job, cancel: CancellationToken) -> R
         duration: t0.elapsed(),
         published,
         errors,
+        kept,
     };
     log_summary(&report);
     report
@@ -514,14 +521,19 @@ async fn cleanup(storage: &dyn Storage, job: &str, id: &str, dest: &str) {
     }
 }
 
-async fn apply_retention(t: &Target, job: &Job, own_id: &str) -> Result<(), storage::StorageError> {
-    if t.policy.is_keep_all() {
-        return Ok(());
-    }
+/// Returns how many published backups the destination holds afterwards.
+async fn apply_retention(
+    t: &Target,
+    job: &Job,
+    own_id: &str,
+) -> Result<usize, storage::StorageError> {
     // From the destination's own listing, not local state: survives restarts and
     // counts backups written by other stowage processes too.
     let listing = JobListing::read(t.storage.as_ref(), &job.name).await?;
     let published = listing.published(&job.name);
+    if t.policy.is_keep_all() {
+        return Ok(published.len());
+    }
     let input: Vec<(String, chrono::DateTime<Utc>)> =
         published.iter().map(|p| (p.id.clone(), p.time)).collect();
     let decisions = retention::apply(&input, &t.policy, job.schedule.tz(), Utc::now());
@@ -564,7 +576,7 @@ async fn apply_retention(t: &Target, job: &Job, own_id: &str) -> Result<(), stor
             }
         }
     }
-    Ok(())
+    Ok(decisions.len() - removed)
 }
 
 fn log_summary(r: &RunReport) {

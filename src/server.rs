@@ -1,0 +1,294 @@
+//! The optional HTTP listener (`[server] listen = "0.0.0.0:9090"`): `/healthz` (the same
+//! verdict as `stowage health`), `/metrics` (Prometheus text format) and `/`, a small
+//! read-only status page. Everything it shows comes from the daemon's memory: a scrape
+//! never touches a destination.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+use chrono::Utc;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::pipeline::RunReport;
+use crate::status;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct JobLabel {
+    job: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RunLabels {
+    job: String,
+    outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DestLabels {
+    job: String,
+    destination: String,
+}
+
+/// Per-job counters and gauges, updated after every run.
+pub struct Metrics {
+    registry: Registry,
+    runs: Family<RunLabels, Counter>,
+    last_success: Family<JobLabel, Gauge<f64, AtomicU64>>,
+    last_duration: Family<JobLabel, Gauge<f64, AtomicU64>>,
+    bytes_in: Family<JobLabel, Counter>,
+    bytes_out: Family<JobLabel, Counter>,
+    kept: Family<DestLabels, Gauge>,
+    rss: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("stowage");
+        let m = Metrics {
+            runs: Family::default(),
+            last_success: Family::default(),
+            last_duration: Family::default(),
+            bytes_in: Family::default(),
+            bytes_out: Family::default(),
+            kept: Family::default(),
+            rss: Gauge::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "runs",
+            "Finished runs by outcome (success, partial, failed, cancelled)",
+            m.runs.clone(),
+        );
+        registry.register(
+            "last_success_timestamp_seconds",
+            "Unix time of the job's last run that published on every destination",
+            m.last_success.clone(),
+        );
+        registry.register(
+            "last_run_duration_seconds",
+            "Duration of the job's last run",
+            m.last_duration.clone(),
+        );
+        registry.register(
+            "read_bytes",
+            "Bytes the job's sources produced (files: bytes referenced)",
+            m.bytes_in.clone(),
+        );
+        registry.register(
+            "stored_bytes",
+            "Bytes the job's runs stored per destination (after compression and dedup)",
+            m.bytes_out.clone(),
+        );
+        registry.register(
+            "backups",
+            "Published backups a destination holds, after the last retention",
+            m.kept.clone(),
+        );
+        registry.register(
+            "process_resident_memory_bytes",
+            "Resident memory of the stowage process",
+            m.rss.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+
+    pub fn record(&self, job: &str, r: &RunReport) {
+        let job_l = JobLabel {
+            job: job.to_string(),
+        };
+        self.runs
+            .get_or_create(&RunLabels {
+                job: job.to_string(),
+                outcome: r.outcome.as_str().to_string(),
+            })
+            .inc();
+        if r.outcome == crate::pipeline::Outcome::Success {
+            self.last_success
+                .get_or_create(&job_l)
+                .set(Utc::now().timestamp_millis() as f64 / 1000.0);
+        }
+        self.last_duration
+            .get_or_create(&job_l)
+            .set(r.duration.as_secs_f64());
+        self.bytes_in.get_or_create(&job_l).inc_by(r.bytes_in);
+        self.bytes_out.get_or_create(&job_l).inc_by(r.bytes_out);
+        for (dest, n) in &r.kept {
+            self.kept
+                .get_or_create(&DestLabels {
+                    job: job.to_string(),
+                    destination: dest.clone(),
+                })
+                .set(i64::try_from(*n).unwrap_or(i64::MAX));
+        }
+    }
+
+    pub fn render(&self) -> String {
+        self.rss.set(i64::try_from(resident_bytes()).unwrap_or(0));
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}
+
+fn resident_bytes() -> u64 {
+    // statm: size resident shared text lib data dt, in pages.
+    let pages = std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .unwrap_or(0);
+    // SAFETY: sysconf has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    pages * u64::try_from(page).unwrap_or(4096)
+}
+
+/// What the handlers read: the daemon's current config, state and metrics.
+pub trait View: Send + Sync + 'static {
+    fn config(&self) -> Arc<Config>;
+    fn state(&self) -> status::State;
+    fn metrics(&self) -> &Metrics;
+}
+
+/// Bind now (so a bad address fails the start with a clear error), serve until `stop`.
+pub async fn start<V: View>(
+    addr: SocketAddr,
+    view: Arc<V>,
+    stop: CancellationToken,
+) -> Result<tokio::task::JoinHandle<()>, String> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| format!("cannot listen on {addr} (server.listen): {e}"))?;
+    let app = Router::new()
+        .route("/healthz", get(healthz::<V>))
+        .route("/metrics", get(metrics::<V>))
+        .route("/", get(index::<V>))
+        .with_state(view);
+    tracing::info!("HTTP listener on {addr}: /healthz, /metrics, /");
+    Ok(tokio::spawn(async move {
+        let served = axum::serve(listener, app)
+            .with_graceful_shutdown(async move { stop.cancelled().await })
+            .await;
+        if let Err(e) = served {
+            tracing::error!("HTTP listener stopped: {e}");
+        }
+    }))
+}
+
+async fn healthz<V: View>(State(view): State<Arc<V>>) -> Response {
+    let problems = status::problems(&view.config(), &view.state(), Utc::now());
+    if problems.is_empty() {
+        (StatusCode::OK, "ok\n").into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("unhealthy\n{}\n", problems.join("\n")),
+        )
+            .into_response()
+    }
+}
+
+async fn metrics<V: View>(State(view): State<Arc<V>>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        view.metrics().render(),
+    )
+        .into_response()
+}
+
+async fn index<V: View>(State(view): State<Arc<V>>) -> Html<String> {
+    let config = view.config();
+    let state = view.state();
+    let now = Utc::now();
+    let problems = status::problems(&config, &state, now);
+    let mut rows = String::new();
+    let mut recent = String::new();
+    for job in config.jobs.values() {
+        let s = state.jobs.get(&job.name).cloned().unwrap_or_default();
+        let next = job
+            .schedule
+            .upcoming(now, 1)
+            .first()
+            .map(|t| t.format("%Y-%m-%d %H:%M %Z").to_string())
+            .unwrap_or_else(|| "never".into());
+        let newest = s
+            .newest_backup
+            .map(|t| t.format("%Y-%m-%d %H:%M:%S UTC").to_string())
+            .unwrap_or_else(|| "none".into());
+        let last = s
+            .last_run
+            .as_ref()
+            .map(|r| format!("{} ({:.1}s)", r.outcome, r.duration_s))
+            .unwrap_or_else(|| "-".into());
+        rows.push_str(&format!(
+            "<tr><td>{}</td><td><code>{}</code> ({})</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>\n",
+            esc(&job.name),
+            esc(job.schedule.expr()),
+            esc(&job.schedule.tz().to_string()),
+            esc(&next),
+            esc(&newest),
+            esc(&last),
+            esc(&job.destinations.join(", "))
+        ));
+        for r in &s.recent {
+            recent.push_str(&format!(
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.1}s</td><td>{}</td></tr>\n",
+                esc(&job.name),
+                esc(&r.id),
+                esc(&r.outcome),
+                r.finished_at.format("%Y-%m-%d %H:%M:%S UTC"),
+                r.duration_s,
+                esc(&r.errors.join("; "))
+            ));
+        }
+    }
+    let health = if problems.is_empty() {
+        "<p class=ok>healthy</p>".to_string()
+    } else {
+        format!(
+            "<p class=bad>unhealthy</p><ul>{}</ul>",
+            problems
+                .iter()
+                .map(|p| format!("<li>{}</li>", esc(p)))
+                .collect::<String>()
+        )
+    };
+    Html(format!(
+        "<!doctype html><html><head><meta charset=utf-8><title>stowage</title>\
+         <style>body{{font-family:sans-serif;margin:2em}}td,th{{padding:.2em .8em;text-align:left}}\
+         .ok{{color:green}}.bad{{color:#b00}}</style></head><body>\
+         <h1>stowage {}</h1>{health}\
+         <h2>Jobs</h2><table><tr><th>job</th><th>schedule</th><th>next run</th><th>newest backup</th><th>last run</th><th>destinations</th></tr>\n{rows}</table>\
+         <h2>Recent runs</h2><table><tr><th>job</th><th>id</th><th>outcome</th><th>finished</th><th>duration</th><th>errors</th></tr>\n{recent}</table>\
+         <p><a href=/metrics>metrics</a> · <a href=/healthz>healthz</a></p></body></html>\n",
+        env!("CARGO_PKG_VERSION")
+    ))
+}
+
+fn esc(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
