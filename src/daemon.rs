@@ -422,8 +422,10 @@ fn fire(ctx: &Arc<Ctx>, slot: &Arc<JobSlot>) {
 async fn run_with_retries(ctx: &Arc<Ctx>, config: &Config, job: &Job) {
     let mut attempt = 0;
     loop {
+        crate::notify::started(job).await;
         let report = pipeline::run_job(config, job, ctx.cancel.child_token()).await;
         record(ctx, &job.name, &report);
+        crate::notify::finished(job, &report).await;
         let failed = matches!(
             report.outcome,
             pipeline::Outcome::Failed | pipeline::Outcome::Partial

@@ -9,6 +9,7 @@ pub mod config;
 pub mod daemon;
 pub mod logging;
 pub mod manifest;
+pub mod notify;
 pub mod owner;
 pub mod pipeline;
 pub mod recover;

@@ -154,6 +154,16 @@ fn cases() -> Vec<Case> {
         case("bad log level", format!("[log]\nlevel = \"stowage=loud\"\n{BASE}")),
         case("bad nice and ionice", BASE.replace("destinations = [\"local\"]", "nice = -5\nionice = \"realtime\"\nretry_delay = \"soon\"\ndestinations = [\"local\"]")),
         case("bad server listen", format!("[server]\nlisten = \"localhost\"\n{BASE}")),
+        case(
+            "bad notify entries",
+            format!(
+                "{BASE}\n[[jobs.app.notify]]\ntype = \"healthchecks\"\nurl = \"hc-ping.com/x\"\non_success = true\n\n[[jobs.app.notify]]\ntype = \"webhook\"\n"
+            ),
+        ),
+        case(
+            "unknown notify type",
+            format!("{BASE}\n[[jobs.app.notify]]\ntype = \"pager\"\nurl = \"https://x\"\n"),
+        ),
         case("bad shutdown_grace", format!("shutdown_grace = \"half a minute\"\n{BASE}")),
         case("bad log format", format!("[log]\nformat = \"xml\"\n{BASE}")),
         case("relative log dir", format!("[log]\ndir = \"logs\"\n{BASE}")),

@@ -1160,6 +1160,143 @@ async fn http_listener_serves_health_metrics_and_status() {
     assert!(sigterm(child).status.success());
 }
 
+/// A tiny HTTP server recording every request (method, path, body); answers 200.
+struct Receiver {
+    port: u16,
+    seen: std::sync::Arc<std::sync::Mutex<Vec<(String, String, String)>>>,
+}
+
+impl Receiver {
+    fn start() -> Receiver {
+        use std::io::{BufRead, BufReader, Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log = seen.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming().flatten() {
+                let mut reader = BufReader::new(conn);
+                let mut line = String::new();
+                if reader.read_line(&mut line).is_err() {
+                    continue;
+                }
+                let mut parts = line.split_whitespace();
+                let (method, path) = (
+                    parts.next().unwrap_or("").to_string(),
+                    parts.next().unwrap_or("").to_string(),
+                );
+                let mut len = 0usize;
+                loop {
+                    let mut h = String::new();
+                    if reader.read_line(&mut h).is_err() || h.trim().is_empty() {
+                        break;
+                    }
+                    if let Some((k, v)) = h.split_once(':')
+                        && k.eq_ignore_ascii_case("content-length")
+                    {
+                        len = v.trim().parse().unwrap_or(0);
+                    }
+                }
+                let mut body = vec![0u8; len];
+                let _ = reader.read_exact(&mut body);
+                log.lock().expect("lock").push((
+                    method,
+                    path,
+                    String::from_utf8_lossy(&body).into_owned(),
+                ));
+                let _ = reader.get_mut().write_all(
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok",
+                );
+            }
+        });
+        Receiver { port, seen }
+    }
+
+    fn take(&self) -> Vec<(String, String, String)> {
+        std::mem::take(&mut *self.seen.lock().expect("lock"))
+    }
+}
+
+/// Notifications: healthchecks-style pings around every run (/start, then success or
+/// /fail), webhooks (JSON and Slack-compatible) for failures, and for successes if asked;
+/// URLs (which hold tokens) never reach the log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notifications_report_runs() {
+    let (pg, _s3, setup) = moto_stack(500, "{ keep_last = 3 }").await;
+    let rx = Receiver::start();
+    let p = rx.port;
+    let body = std::fs::read_to_string(&setup.config).expect("read");
+    let notify = format!(
+        "\n[[jobs.app.notify]]\ntype = \"healthchecks\"\nurl = \"http://127.0.0.1:{p}/ping/sekrit-uuid\"\n\n\
+         [[jobs.app.notify]]\ntype = \"webhook\"\nurl = \"http://127.0.0.1:{p}/hook/sekrit\"\non_success = true\n\n\
+         [[jobs.app.notify]]\ntype = \"webhook\"\nformat = \"slack\"\nurl = \"http://127.0.0.1:{p}/slack/sekrit\"\n"
+    );
+    std::fs::write(&setup.config, format!("{body}{notify}")).expect("write");
+
+    let out = run_stowage(&setup.config, ["run", "app"]);
+    let log = text(&out);
+    assert!(out.status.success(), "{log}");
+    assert!(!log.contains("sekrit"), "a URL reached the log: {log}");
+    let got = rx.take();
+    let paths: Vec<&str> = got.iter().map(|(_, p, _)| p.as_str()).collect();
+    assert_eq!(
+        paths,
+        vec![
+            "/ping/sekrit-uuid/start",
+            "/ping/sekrit-uuid",
+            "/hook/sekrit"
+        ],
+        "{got:#?}"
+    );
+    assert!(got.iter().all(|(m, _, _)| m == "POST"));
+    let event: serde_json::Value = serde_json::from_str(&got[2].2).expect("json body");
+    assert_eq!(event["job"], "app");
+    assert_eq!(event["outcome"], "success");
+    assert_eq!(event["published"], serde_json::json!(["local", "offsite"]));
+
+    pg.psql("postgres", "alter database app rename to app_away");
+    let out = run_stowage(&setup.config, ["run", "app"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let got = rx.take();
+    let paths: Vec<&str> = got.iter().map(|(_, p, _)| p.as_str()).collect();
+    assert_eq!(
+        paths,
+        vec![
+            "/ping/sekrit-uuid/start",
+            "/ping/sekrit-uuid/fail",
+            "/hook/sekrit",
+            "/slack/sekrit"
+        ],
+        "{got:#?}"
+    );
+    assert!(
+        got[1].2.contains("backup failed for job app"),
+        "{}",
+        got[1].2
+    );
+    let event: serde_json::Value = serde_json::from_str(&got[2].2).expect("json body");
+    assert_eq!(event["outcome"], "failed");
+    assert!(
+        event["errors"][0]
+            .as_str()
+            .unwrap_or("")
+            .contains("app_away")
+            || event["errors"][0]
+                .as_str()
+                .unwrap_or("")
+                .contains("does not exist"),
+        "{event}"
+    );
+    let slack: serde_json::Value = serde_json::from_str(&got[3].2).expect("json body");
+    assert!(
+        slack["text"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("stowage: backup failed for job app"),
+        "{slack}"
+    );
+}
+
 /// On start, a job with no backup (or only a stale one) runs at once; a fresh one does not;
 /// `catch_up = false` turns it off. Restarting the container must never cost a backup.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

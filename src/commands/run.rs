@@ -34,7 +34,10 @@ pub fn run(path: &Path, job_name: &str) -> i32 {
             shutdown_signal().await;
             on_signal.cancel();
         });
-        crate::pipeline::run_job(&config, job, cancel).await
+        crate::notify::started(job).await;
+        let report = crate::pipeline::run_job(&config, job, cancel).await;
+        crate::notify::finished(job, &report).await;
+        report
     });
     if report.outcome == Outcome::Success {
         EXIT_OK

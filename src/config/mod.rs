@@ -144,6 +144,7 @@ pub struct Job {
     pub compression_level: Option<i32>,
     pub catch_up: bool,
     pub max_staleness: Option<std::time::Duration>,
+    pub notify: Vec<Notify>,
     /// Further attempts of a failed scheduled run, `retry_delay` apart.
     pub retries: u32,
     pub retry_delay: std::time::Duration,
@@ -179,6 +180,32 @@ impl SourceConfig {
         match self {
             SourceConfig::Postgres(_) => "postgres",
             SourceConfig::Files(_) => "files",
+        }
+    }
+}
+
+/// One place a job reports its runs to.
+#[derive(Debug, Clone)]
+pub struct Notify {
+    pub kind: raw::NotifyType,
+    /// May hold a token: shown only through [`Notify::redacted`].
+    pub url: Secret,
+    pub format: raw::WebhookFormat,
+    /// Webhooks: also report successful runs (failures always are).
+    pub on_success: bool,
+}
+
+impl Notify {
+    /// scheme://host[:port]/… for logs.
+    pub fn redacted(&self) -> String {
+        match url::Url::parse(self.url.expose()) {
+            Ok(u) => format!(
+                "{}://{}{}/…",
+                u.scheme(),
+                u.host_str().unwrap_or(""),
+                u.port().map(|p| format!(":{p}")).unwrap_or_default()
+            ),
+            Err(_) => "…".to_string(),
         }
     }
 }
@@ -738,6 +765,57 @@ fn validate(path: &Path, raw: raw::RawConfig) -> Result<Config, Vec<String>> {
                 .ok()
         });
         let priority = Priority { nice: j.nice, io };
+        let mut notify = Vec::new();
+        for (n, raw_n) in j.notify.iter().enumerate() {
+            let nkey = format!("{key}.notify[{n}]");
+            let url = match (&raw_n.url, &raw_n.url_file) {
+                (Some(u), None) => Some(Secret::new(u.clone())),
+                (None, Some(f)) => read_secret(f, &format!("{nkey}.url_file"), &mut problems),
+                (Some(_), Some(_)) => {
+                    problems.push(format!("{nkey}: give url or url_file, not both"));
+                    None
+                }
+                (None, None) => {
+                    problems.push(format!(
+                        "{nkey}.url: required; e.g. url = \"https://hc-ping.com/<uuid>\", or url_file = \"/run/secrets/webhook\""
+                    ));
+                    None
+                }
+            };
+            if let Some(u) = &url {
+                match url::Url::parse(u.expose()) {
+                    Ok(p) if p.scheme() == "http" || p.scheme() == "https" => {}
+                    _ => problems.push(format!(
+                        "{nkey}.url: not an http(s) URL{}",
+                        if raw_n.url.is_some() {
+                            format!(" (\"{}\")", raw_n.url.as_deref().unwrap_or(""))
+                        } else {
+                            String::new()
+                        }
+                    )),
+                }
+            }
+            if raw_n.kind == raw::NotifyType::Healthchecks {
+                if raw_n.format.is_some() {
+                    problems.push(format!(
+                        "{nkey}.format: only valid for type = \"webhook\"; remove it or change the type"
+                    ));
+                }
+                if raw_n.on_success.is_some() {
+                    problems.push(format!(
+                        "{nkey}.on_success: healthchecks pings always report success (that is how the check knows the job is alive); remove the key"
+                    ));
+                }
+            }
+            if let Some(url) = url {
+                notify.push(Notify {
+                    kind: raw_n.kind,
+                    url,
+                    format: raw_n.format.unwrap_or_default(),
+                    on_success: raw_n.on_success.unwrap_or(false),
+                });
+            }
+        }
         let retries = j.retries.unwrap_or(DEFAULT_RETRIES);
         if retries > 100 {
             problems.push(format!(
@@ -944,6 +1022,7 @@ fn validate(path: &Path, raw: raw::RawConfig) -> Result<Config, Vec<String>> {
                     compression_level: j.compression_level,
                     catch_up: j.catch_up,
                     max_staleness,
+                    notify,
                     retries,
                     retry_delay,
                     destinations: j.destinations,

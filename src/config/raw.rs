@@ -21,6 +21,36 @@ pub struct RawConfig {
     pub jobs: BTreeMap<String, RawJob>,
 }
 
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum NotifyType {
+    /// POST a JSON body (or a Slack-compatible one) to a URL.
+    Webhook,
+    /// healthchecks.io-style pings: URL/start, URL (success), URL/fail.
+    Healthchecks,
+}
+
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum WebhookFormat {
+    #[default]
+    Json,
+    /// `{"text": "..."}`, which Slack, Mattermost, Rocket.Chat and Discord's /slack accept.
+    Slack,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawNotify {
+    #[serde(rename = "type")]
+    pub kind: NotifyType,
+    /// The URL, or a file holding it (webhook URLs are secrets).
+    pub url: Option<String>,
+    pub url_file: Option<PathBuf>,
+    pub format: Option<WebhookFormat>,
+    pub on_success: Option<bool>,
+}
+
 /// The optional HTTP listener: /healthz, /metrics, and a status page.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -156,6 +186,9 @@ pub struct RawJob {
     /// "best-effort[:0-7]".
     pub nice: Option<i32>,
     pub ionice: Option<String>,
+    /// Where to say how runs went: failures always, successes if asked.
+    #[serde(default)]
+    pub notify: Vec<RawNotify>,
     #[serde(default)]
     pub destinations: Vec<String>,
     /// Tables of every postgres source that are dumped but skipped by default on restore

@@ -1,0 +1,165 @@
+//! Tell someone how a run went: webhooks (a JSON body, or Slack-compatible `{"text"}`)
+//! for failures (and successes if asked), and healthchecks.io-style pings (`/start`, the
+//! URL itself on success, `/fail`), whose service alerts when the pings stop. A
+//! notification that cannot be delivered is logged and never changes the run's outcome.
+
+use std::time::Duration;
+
+use serde::Serialize;
+use tracing::{info, warn};
+
+use crate::config::{Job, Notify, raw::NotifyType, raw::WebhookFormat};
+use crate::pipeline::{Outcome, RunReport, human_bytes};
+
+const TIMEOUT: Duration = Duration::from_secs(10);
+const ATTEMPTS: usize = 2;
+
+/// The webhook JSON body.
+#[derive(Debug, Serialize)]
+pub struct Event<'a> {
+    pub job: &'a str,
+    pub id: &'a str,
+    pub outcome: &'a str,
+    pub duration_s: f64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub published: &'a [String],
+    pub errors: Vec<String>,
+    pub host: String,
+}
+
+fn client() -> Option<reqwest::Client> {
+    reqwest::Client::builder()
+        .timeout(TIMEOUT)
+        .user_agent(concat!("stowage/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|e| warn!("cannot build the HTTP client for notifications: {e}"))
+        .ok()
+}
+
+/// Before a run: healthchecks `/start` pings (they measure the run's duration).
+pub async fn started(job: &Job) {
+    let pings: Vec<&Notify> = job
+        .notify
+        .iter()
+        .filter(|n| n.kind == NotifyType::Healthchecks)
+        .collect();
+    if pings.is_empty() {
+        return;
+    }
+    let Some(client) = client() else { return };
+    for n in pings {
+        let url = format!("{}/start", n.url.expose().trim_end_matches('/'));
+        send(n, &job.name, client.post(&url).body(String::new())).await;
+    }
+}
+
+/// After a run. A run cancelled by a stop is not reported: it is neither a failure nor a
+/// backup.
+pub async fn finished(job: &Job, report: &RunReport) {
+    if job.notify.is_empty() || report.outcome == Outcome::Cancelled {
+        return;
+    }
+    let Some(client) = client() else { return };
+    let ok = report.outcome == Outcome::Success;
+    let summary = summary(report);
+    for n in &job.notify {
+        let req = match n.kind {
+            NotifyType::Healthchecks => {
+                let base = n.url.expose().trim_end_matches('/').to_string();
+                let url = if ok { base } else { format!("{base}/fail") };
+                client.post(url).body(summary.clone())
+            }
+            NotifyType::Webhook => {
+                if ok && !n.on_success {
+                    continue;
+                }
+                match n.format {
+                    WebhookFormat::Json => client.post(n.url.expose()).json(&event(report)),
+                    WebhookFormat::Slack => client
+                        .post(n.url.expose())
+                        .json(&serde_json::json!({ "text": summary })),
+                }
+            }
+        };
+        send(n, &job.name, req).await;
+    }
+}
+
+pub fn event(report: &RunReport) -> Event<'_> {
+    Event {
+        job: &report.job,
+        id: &report.id,
+        outcome: report.outcome.as_str(),
+        duration_s: report.duration.as_secs_f64(),
+        bytes_in: report.bytes_in,
+        bytes_out: report.bytes_out,
+        published: &report.published,
+        errors: report
+            .errors
+            .iter()
+            .map(|(what, why)| format!("{what}: {why}"))
+            .collect(),
+        host: std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_default(),
+    }
+}
+
+/// One line for chat and ping bodies.
+pub fn summary(r: &RunReport) -> String {
+    let mut s = format!(
+        "stowage: backup {} for job {} (id {}, {:.1}s, {} in, {} stored, on {})",
+        r.outcome.as_str(),
+        r.job,
+        r.id,
+        r.duration.as_secs_f64(),
+        human_bytes(r.bytes_in),
+        human_bytes(r.bytes_out),
+        if r.published.is_empty() {
+            "no destination".to_string()
+        } else {
+            r.published.join(", ")
+        }
+    );
+    for (what, why) in &r.errors {
+        s.push_str(&format!("\n- {what}: {why}"));
+    }
+    s
+}
+
+async fn send(n: &Notify, job: &str, req: reqwest::RequestBuilder) {
+    let kind = match n.kind {
+        NotifyType::Webhook => "webhook",
+        NotifyType::Healthchecks => "healthchecks ping",
+    };
+    let mut last = String::new();
+    for attempt in 1..=ATTEMPTS {
+        let Some(r) = req.try_clone() else { break };
+        match r.send().await {
+            Ok(resp) if resp.status().is_success() => {
+                info!(job, "notified {kind} {}", n.redacted());
+                return;
+            }
+            Ok(resp) => last = format!("HTTP {}", resp.status()),
+            // Without the URL: reqwest's error text may include it.
+            Err(e) => {
+                last = if e.is_timeout() {
+                    "timed out".to_string()
+                } else if e.is_connect() {
+                    "cannot connect".to_string()
+                } else {
+                    "request failed".to_string()
+                }
+            }
+        }
+        if attempt < ATTEMPTS {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        }
+    }
+    warn!(
+        job,
+        "could not notify {kind} {}: {last}; the run's outcome is unchanged",
+        n.redacted()
+    );
+}
