@@ -190,7 +190,8 @@ sleep 3
 docker stats --no-stream --format 'idle memory: {{.MemUsage}}' "$BACKUP"
 t0=$(now_ms); docker stop "$BACKUP" > /dev/null; idle_stop=$(( $(now_ms) - t0 ))
 echo "docker stop (idle): ${idle_stop} ms"
-[ "$idle_stop" -lt 2000 ] || fail "idle stop took ${idle_stop} ms"
+# Timing is reported, not asserted (it depends on the machine's load); what must hold is
+# that stowage exited by itself (0), not by Docker's SIGKILL after the timeout (137).
 code=$(docker inspect -f '{{.State.ExitCode}}' "$BACKUP")
 [ "$code" = 0 ] || fail "exit code after stop: $code"
 docker start "$BACKUP" > /dev/null
