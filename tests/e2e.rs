@@ -267,6 +267,14 @@ fn wait_for_log(setup: &Setup, running: &mut Running, needle: &str) {
     }
 }
 
+/// Add keys to `[jobs.app]` (before its `timezone` line).
+fn job_keys(setup: &Setup, keys: &str) {
+    let body = std::fs::read_to_string(&setup.config)
+        .expect("read")
+        .replace("timezone = ", &format!("{keys}\ntimezone = "));
+    std::fs::write(&setup.config, body).expect("write");
+}
+
 fn set_schedule(setup: &Setup, schedule: &str) {
     let body = std::fs::read_to_string(&setup.config)
         .expect("read")
@@ -820,10 +828,7 @@ async fn sigkill_mid_upload_then_restart_cleans_the_leftovers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_follows_staleness_and_failures() {
     let (pg, _s3, setup) = moto_stack(500, "{ keep_last = 5 }").await;
-    let body = std::fs::read_to_string(&setup.config)
-        .expect("read")
-        .replace("timezone = ", "max_staleness = \"4s\"\ntimezone = ");
-    std::fs::write(&setup.config, &body).expect("write");
+    job_keys(&setup, "max_staleness = \"4s\"");
     let pid_file = setup.dir.path().join("stowage.pid");
     let state_file = setup.dir.path().join("state.json");
     let envs = [
@@ -902,13 +907,7 @@ async fn health_follows_staleness_and_failures() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failed_scheduled_run_is_retried() {
     let (pg, s3, setup) = moto_stack(500, "{ keep_last = 5 }").await;
-    let body = std::fs::read_to_string(&setup.config)
-        .expect("read")
-        .replace(
-            "timezone = ",
-            "retries = 2\nretry_delay = \"2s\"\ntimezone = ",
-        );
-    std::fs::write(&setup.config, &body).expect("write");
+    job_keys(&setup, "retries = 2\nretry_delay = \"2s\"");
     pg.psql("postgres", "alter database app rename to app_away");
     // No backup yet: the catch-up run at start fails, then waits 2 s.
     let mut child = spawn_stowage(&setup.config, &["daemon"]);
@@ -930,10 +929,7 @@ async fn failed_scheduled_run_is_retried() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nice_and_ionice_apply_to_pg_dump() {
     let (pg, _s3, setup) = moto_stack(500, "{ keep_last = 5 }").await;
-    let body = std::fs::read_to_string(&setup.config)
-        .expect("read")
-        .replace("timezone = ", "nice = 19\nionice = \"idle\"\ntimezone = ");
-    std::fs::write(&setup.config, &body).expect("write");
+    job_keys(&setup, "nice = 19\nionice = \"idle\"");
     let mut lock = pg.session("app");
     lock.exec("begin; lock table public.orders in access exclusive mode");
     let mut child = spawn_stowage(&setup.config, &["run", "app"]);
@@ -1065,9 +1061,8 @@ fn http_get(port: u16, path: &str) -> (u16, String) {
 async fn http_listener_serves_health_metrics_and_status() {
     let (_pg, _s3, setup) = moto_stack(500, "{ keep_last = 3 }").await;
     let port = common::free_port();
-    let body = std::fs::read_to_string(&setup.config)
-        .expect("read")
-        .replace("timezone = ", "max_staleness = \"5s\"\ntimezone = ");
+    job_keys(&setup, "max_staleness = \"5s\"");
+    let body = std::fs::read_to_string(&setup.config).expect("read");
     std::fs::write(
         &setup.config,
         format!("[server]\nlisten = \"127.0.0.1:{port}\"\n{body}"),
