@@ -1292,6 +1292,78 @@ async fn notifications_report_runs() {
     );
 }
 
+/// A tmpfs mounted for the test, unmounted even when the test fails.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &Path, size: &str) -> Tmpfs {
+        std::fs::create_dir_all(dir).expect("mount point");
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .output()
+            .expect("run mount");
+        assert!(
+            out.status.success(),
+            "this test mounts a small tmpfs and needs root: {}",
+            text(&out)
+        );
+        Tmpfs(dir.to_path_buf())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+/// The local volume fills up in the middle of a write: that destination fails with the
+/// cause named, the other still publishes, nothing half-written stays on the full volume
+/// and the backup already there is untouched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_local_destination_fails_cleanly() {
+    let (pg, s3, setup) = moto_stack(500, "{ keep_last = 5 }").await;
+    let _fs = Tmpfs::mount(&setup.local, "3m");
+    run_ok(&setup.config);
+    let before: Vec<(PathBuf, Vec<u8>)> = files_under(&setup.local)
+        .into_iter()
+        .map(|p| {
+            let data = std::fs::read(&p).expect("read");
+            (p, data)
+        })
+        .collect();
+    assert_eq!(before.len(), 2);
+    // Grow the database well past the volume's free space (random text barely compresses).
+    pg.psql(
+        "app",
+        "create table filler as select g, md5(random()::text) || md5(random()::text) as v \
+         from generate_series(1, 200000) g",
+    );
+    let out = run_stowage(&setup.config, ["run", "app"]);
+    let log = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{log}");
+    assert!(log.contains("backup partial: job=app"), "{log}");
+    assert!(
+        log.contains("destination local failed") && log.contains("no space left on device"),
+        "the cause is named: {log}"
+    );
+    let after: Vec<(PathBuf, Vec<u8>)> = files_under(&setup.local)
+        .into_iter()
+        .map(|p| {
+            let data = std::fs::read(&p).expect("read");
+            (p, data)
+        })
+        .collect();
+    assert_eq!(
+        after, before,
+        "the full volume holds exactly the earlier backup"
+    );
+    assert_eq!(ids_on(&setup.config, "local").len(), 1);
+    assert_eq!(ids_on(&setup.config, "offsite").len(), 2);
+    assert_eq!(s3.open_multipart_uploads(BUCKET).await, 0);
+}
+
 /// On start, a job with no backup (or only a stale one) runs at once; a fresh one does not;
 /// `catch_up = false` turns it off. Restarting the container must never cost a backup.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
