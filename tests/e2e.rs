@@ -515,8 +515,31 @@ async fn failed_dumps_publish_nothing_and_touch_nothing() {
     let out = child.take().wait_with_output().expect("wait");
     assert_clean_failure(&setup, &s3, &before, &out, "pg_dump failed").await;
 
-    // 3. The server goes away before the run: connection refused, clean failure.
+    // 3. pg_dump itself is killed (kill -9) mid-stream.
+    let mut child = spawn_stowage(&setup.config, &["run", "app"]);
+    wait_until_streaming(&setup, &mut child, 6 * 1024 * 1024);
+    let pkill = Command::new("pkill")
+        .args([
+            "-KILL",
+            "-x",
+            "-P",
+            &child.child().id().to_string(),
+            "pg_dump",
+        ])
+        .status()
+        .expect("pkill");
+    assert!(pkill.success(), "no pg_dump child to kill");
+    let out = child.take().wait_with_output().expect("wait");
+    assert_clean_failure(&setup, &s3, &before, &out, "killed by signal 9").await;
+
+    // 4. PostgreSQL is stopped mid-dump (pg_ctl stop -m fast).
+    let mut child = spawn_stowage(&setup.config, &["run", "app"]);
+    wait_until_streaming(&setup, &mut child, 6 * 1024 * 1024);
     pg.stop();
+    let out = child.take().wait_with_output().expect("wait");
+    assert_clean_failure(&setup, &s3, &before, &out, "pg_dump failed").await;
+
+    // 5. The server is down before the run: connection refused, clean failure.
     let out = run_stowage(&setup.config, ["run", "app"]);
     assert_clean_failure(&setup, &s3, &before, &out, "pg_dump failed").await;
 
