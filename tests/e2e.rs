@@ -1387,6 +1387,63 @@ async fn full_local_destination_fails_cleanly() {
     assert_eq!(s3.open_multipart_uploads(BUCKET).await, 0);
 }
 
+/// The S3 server goes down in the middle of a multipart upload. Back within seconds: the
+/// SDK's per-part retries carry the upload through and the backup restores. Down for good:
+/// that destination fails cleanly (after its retries) and the local copy still publishes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_outage_mid_upload_is_retried_or_fails_cleanly() {
+    let pg = PgServer::start();
+    seed_sample_db(&pg, "app", 100_000);
+    let mut s3 = S3Server::s3s_fs();
+    s3.create_bucket(BUCKET).await;
+    let setup = write_config(
+        &pg.url("app"),
+        &s3,
+        "{ keep_last = 5 }",
+        "{ keep_last = 5 }",
+        BUCKET,
+    );
+
+    // Back after 3 s.
+    let mut child = spawn_stowage(&setup.config, &["run", "app"]);
+    wait_until_streaming(&setup, &mut child, 6 * 1024 * 1024);
+    s3.stop();
+    std::thread::sleep(Duration::from_secs(3));
+    s3.start_again();
+    let out = child.take().wait_with_output().expect("wait");
+    let log = text(&out);
+    assert!(
+        out.status.success(),
+        "the upload should survive a 3 s outage: {log}"
+    );
+    assert_eq!(ids_on(&setup.config, "offsite").len(), 1);
+    pg.create_db("restored");
+    let r = restore(
+        &setup.config,
+        &["--from", "offsite", "--to", &pg.url("restored")],
+    );
+    assert!(r.status.success(), "{}", text(&r));
+    assert_eq!(pg.table_checksums("restored"), pg.table_checksums("app"));
+
+    // Down for good: offsite fails with the cause, local publishes, nothing else changes.
+    let mut child = spawn_stowage(&setup.config, &["run", "app"]);
+    wait_until_streaming(&setup, &mut child, 6 * 1024 * 1024);
+    s3.stop();
+    let out = child.take().wait_with_output().expect("wait");
+    let log = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{log}");
+    assert!(log.contains("backup partial: job=app"), "{log}");
+    assert!(log.contains("destination offsite failed"), "{log}");
+    assert!(partials(&setup.local).is_empty());
+    s3.start_again();
+    assert_eq!(ids_on(&setup.config, "local").len(), 2);
+    assert_eq!(
+        ids_on(&setup.config, "offsite").len(),
+        1,
+        "no new backup on offsite"
+    );
+}
+
 /// On start, a job with no backup (or only a stale one) runs at once; a fresh one does not;
 /// `catch_up = false` turns it off. Restarting the container must never cost a backup.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -731,21 +731,40 @@ impl S3Server {
     /// s3s-fs (file-system backed, checks SigV4). No ListMultipartUploads, storage classes,
     /// versioning or RestoreObject. Data lives in `data_dir()`.
     pub fn s3s_fs() -> S3Server {
-        let bin = s3s_fs_binary();
-        Self::spawn("s3s-fs", |port, dir| {
-            let data = dir.join("data");
-            std::fs::create_dir_all(&data).expect("create s3s-fs data dir");
-            let mut c = Command::new(&bin);
-            c.args(["--host", "127.0.0.1", "--port", &port.to_string()])
-                .args([
-                    "--access-key",
-                    TEST_ACCESS_KEY,
-                    "--secret-key",
-                    TEST_SECRET_KEY,
-                ])
-                .arg(&data);
-            c
-        })
+        Self::spawn("s3s-fs", s3s_fs_command)
+    }
+
+    /// Kill the server (as a crash or an outage would): connections are refused until
+    /// [`S3Server::start_again`].
+    pub fn stop(&mut self) {
+        kill_group(&mut self.child);
+    }
+
+    /// Start a stopped s3s-fs again on the same port, over the same data directory (moto
+    /// keeps its data in memory, so it cannot come back with it).
+    pub fn start_again(&mut self) {
+        assert_eq!(
+            self.kind, "s3s-fs",
+            "only s3s-fs keeps its data across a restart"
+        );
+        let log_file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&self.log)
+            .expect("open server log");
+        let mut cmd = s3s_fs_command(self.port, self.dir.path());
+        strip_aws_env(&mut cmd);
+        cmd.stdin(Stdio::null())
+            .stdout(log_file.try_clone().expect("clone log handle"))
+            .stderr(log_file)
+            .process_group(0);
+        self.child = cmd.spawn().expect("restart s3s-fs");
+        wait_ready(
+            &mut self.child,
+            self.kind,
+            self.port,
+            Duration::from_secs(20),
+        )
+        .unwrap_or_else(|e| panic!("s3s-fs did not come back: {e}"));
     }
 
     fn spawn(kind: &'static str, make: impl Fn(u16, &Path) -> Command) -> S3Server {
@@ -969,6 +988,21 @@ impl S3Server {
         }
         count
     }
+}
+
+fn s3s_fs_command(port: u16, dir: &Path) -> Command {
+    let data = dir.join("data");
+    std::fs::create_dir_all(&data).expect("create s3s-fs data dir");
+    let mut c = Command::new(s3s_fs_binary());
+    c.args(["--host", "127.0.0.1", "--port", &port.to_string()])
+        .args([
+            "--access-key",
+            TEST_ACCESS_KEY,
+            "--secret-key",
+            TEST_SECRET_KEY,
+        ])
+        .arg(&data);
+    c
 }
 
 impl Drop for S3Server {
