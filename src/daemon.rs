@@ -549,7 +549,7 @@ async fn newest_backup(config: &Config, job: &Job) -> Option<DateTime<Utc>> {
             continue;
         };
         let st = storage::open(dest).await;
-        match JobListing::read(st.as_ref(), &job.name).await {
+        match JobListing::read_backups(st.as_ref(), &job.name).await {
             Ok(l) => {
                 if let Some(p) = l.published(&job.name).first() {
                     newest = newest.max(Some(p.time));

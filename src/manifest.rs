@@ -144,8 +144,25 @@ pub struct JobListing {
 }
 
 impl JobListing {
+    /// Everything under `<job>/`: backups, blobs and locks.
     pub async fn read(storage: &dyn Storage, job: &str) -> Result<JobListing, StorageError> {
         let objects = storage.list(&format!("{job}/")).await?;
+        Ok(Self::from_objects(job, objects))
+    }
+
+    /// Backups only. Ids start with a digit and sort before `blobs/` and `locks/`, so the
+    /// listing stops before paging through thousands of file blobs.
+    pub async fn read_backups(
+        storage: &dyn Storage,
+        job: &str,
+    ) -> Result<JobListing, StorageError> {
+        let objects = storage
+            .list_until(&format!("{job}/"), &format!("{job}/a"))
+            .await?;
+        Ok(Self::from_objects(job, objects))
+    }
+
+    fn from_objects(job: &str, objects: Vec<ObjectMeta>) -> JobListing {
         let mut listing = JobListing::default();
         for o in objects {
             let rest = &o.key[job.len() + 1..];
@@ -157,7 +174,7 @@ impl JobListing {
                 }
             }
         }
-        Ok(listing)
+        listing
     }
 
     /// Published backups (those with a manifest), newest first.

@@ -47,7 +47,7 @@ pub async fn render(config: &Config, only_job: Option<&str>) -> (String, usize) 
         let st = storage::open(dest).await;
         let _ = writeln!(out, "destination {} ({})", dest.name, st.location());
         for job in jobs {
-            let listing = match JobListing::read(st.as_ref(), &job.name).await {
+            let listing = match JobListing::read_backups(st.as_ref(), &job.name).await {
                 Ok(l) => l,
                 Err(e) => {
                     failures += 1;

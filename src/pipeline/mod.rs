@@ -529,7 +529,7 @@ async fn apply_retention(
 ) -> Result<usize, storage::StorageError> {
     // From the destination's own listing, not local state: survives restarts and
     // counts backups written by other stowage processes too.
-    let listing = JobListing::read(t.storage.as_ref(), &job.name).await?;
+    let listing = JobListing::read_backups(t.storage.as_ref(), &job.name).await?;
     let published = listing.published(&job.name);
     if t.policy.is_keep_all() {
         return Ok(published.len());
@@ -552,7 +552,11 @@ async fn apply_retention(
         decisions.len() - removed
     );
     // Blobs only become garbage when a backup referencing them goes.
-    if removed > 0 && !listing.blobs.is_empty() {
+    let has_files = job
+        .sources
+        .iter()
+        .any(|s| matches!(s, SourceConfig::Files(_)));
+    if removed > 0 && has_files {
         match blobs::sweep(t.storage.as_ref(), &job.name, own_id, job.compression).await {
             Ok(SweepOutcome::Swept {
                 deleted,

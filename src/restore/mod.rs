@@ -127,7 +127,7 @@ pub async fn restore(
             continue;
         };
         let st = storage::open(dest).await;
-        let listing = match JobListing::read(st.as_ref(), &job.name).await {
+        let listing = match JobListing::read_backups(st.as_ref(), &job.name).await {
             Ok(l) => l,
             Err(e) => {
                 warn!(destination = %name, "cannot list {name}: {e}");

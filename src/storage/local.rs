@@ -141,6 +141,66 @@ pub fn partial_owner_alive(key: &str) -> bool {
     }
 }
 
+impl LocalStorage {
+    async fn walk(&self, prefix: &str, end: Option<&str>) -> Result<Vec<ObjectMeta>, StorageError> {
+        // Walk only the directory the prefix points into: a job's backups live under
+        // "<job>/", so a listing never scans other jobs' trees.
+        let (dir_part, _) = prefix.rsplit_once('/').unwrap_or(("", prefix));
+        let start = self.root.join(dir_part);
+        let mut out = Vec::new();
+        let mut stack = vec![start];
+        while let Some(dir) = stack.pop() {
+            let mut rd = match fs::read_dir(&dir).await {
+                Ok(rd) => rd,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(self.io_err("cannot list", &dir, e)),
+            };
+            while let Some(entry) = rd
+                .next_entry()
+                .await
+                .map_err(|e| self.io_err("cannot list", &dir, e))?
+            {
+                let path = entry.path();
+                let ft = entry
+                    .file_type()
+                    .await
+                    .map_err(|e| self.io_err("cannot stat", &path, e))?;
+                if ft.is_dir() {
+                    // Below `end` only: a job's backups without walking its blobs.
+                    let beyond = end.is_some_and(|e| {
+                        path.strip_prefix(&self.root).is_ok_and(|rel| {
+                            let mut k = rel
+                                .components()
+                                .map(|c| c.as_os_str().to_string_lossy())
+                                .collect::<Vec<_>>()
+                                .join("/");
+                            k.push('/');
+                            k.as_str() >= e
+                        })
+                    });
+                    if !beyond {
+                        stack.push(path);
+                    }
+                } else if ft.is_file() {
+                    let Ok(rel) = path.strip_prefix(&self.root) else {
+                        continue;
+                    };
+                    let key = rel
+                        .components()
+                        .map(|c| c.as_os_str().to_string_lossy())
+                        .collect::<Vec<_>>()
+                        .join("/");
+                    if key.starts_with(prefix) && end.is_none_or(|e| key.as_str() < e) {
+                        let size = entry.metadata().await.map(|m| m.len()).unwrap_or(0);
+                        out.push(ObjectMeta { key, size });
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
 #[async_trait]
 impl Storage for LocalStorage {
     fn location(&self) -> String {
@@ -212,47 +272,11 @@ impl Storage for LocalStorage {
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StorageError> {
-        // Walk only the directory the prefix points into: a job's backups live under
-        // "<job>/", so a listing never scans other jobs' trees.
-        let (dir_part, _) = prefix.rsplit_once('/').unwrap_or(("", prefix));
-        let start = self.root.join(dir_part);
-        let mut out = Vec::new();
-        let mut stack = vec![start];
-        while let Some(dir) = stack.pop() {
-            let mut rd = match fs::read_dir(&dir).await {
-                Ok(rd) => rd,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(self.io_err("cannot list", &dir, e)),
-            };
-            while let Some(entry) = rd
-                .next_entry()
-                .await
-                .map_err(|e| self.io_err("cannot list", &dir, e))?
-            {
-                let path = entry.path();
-                let ft = entry
-                    .file_type()
-                    .await
-                    .map_err(|e| self.io_err("cannot stat", &path, e))?;
-                if ft.is_dir() {
-                    stack.push(path);
-                } else if ft.is_file() {
-                    let Ok(rel) = path.strip_prefix(&self.root) else {
-                        continue;
-                    };
-                    let key = rel
-                        .components()
-                        .map(|c| c.as_os_str().to_string_lossy())
-                        .collect::<Vec<_>>()
-                        .join("/");
-                    if key.starts_with(prefix) {
-                        let size = entry.metadata().await.map(|m| m.len()).unwrap_or(0);
-                        out.push(ObjectMeta { key, size });
-                    }
-                }
-            }
-        }
-        Ok(out)
+        self.walk(prefix, None).await
+    }
+
+    async fn list_until(&self, prefix: &str, end: &str) -> Result<Vec<ObjectMeta>, StorageError> {
+        self.walk(prefix, Some(end)).await
     }
 
     async fn delete(&self, keys: &[String]) -> Result<(), StorageError> {

@@ -82,6 +82,17 @@ pub trait Storage: Send + Sync {
     /// Every object whose key starts with `prefix`, in no particular order.
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StorageError>;
 
+    /// Keys under `prefix` that sort before `end`. Stores that list in key order stop
+    /// there, so a job's backups can be listed without paging through its blobs.
+    async fn list_until(&self, prefix: &str, end: &str) -> Result<Vec<ObjectMeta>, StorageError> {
+        Ok(self
+            .list(prefix)
+            .await?
+            .into_iter()
+            .filter(|o| o.key.as_str() < end)
+            .collect())
+    }
+
     /// Delete these keys; keys that are already gone are not an error.
     async fn delete(&self, keys: &[String]) -> Result<(), StorageError>;
 

@@ -452,34 +452,11 @@ impl Storage for S3Storage {
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StorageError> {
-        let full_prefix = self.full_key(prefix);
-        let strip = if self.cfg.prefix.is_empty() {
-            0
-        } else {
-            self.cfg.prefix.len() + 1
-        };
-        let mut pages = self
-            .client
-            .list_objects_v2()
-            .bucket(&self.cfg.bucket)
-            .prefix(&full_prefix)
-            .into_paginator()
-            .send();
-        let mut out = Vec::new();
-        while let Some(page) = pages.next().await {
-            let page = page.map_err(|e| self.map_err("listing", e))?;
-            for obj in page.contents() {
-                if let Some(k) = obj.key()
-                    && k.len() >= strip
-                {
-                    out.push(ObjectMeta {
-                        key: k[strip..].to_string(),
-                        size: obj.size().unwrap_or(0).max(0) as u64,
-                    });
-                }
-            }
-        }
-        Ok(out)
+        self.list_before(prefix, None).await
+    }
+
+    async fn list_until(&self, prefix: &str, end: &str) -> Result<Vec<ObjectMeta>, StorageError> {
+        self.list_before(prefix, Some(end)).await
     }
 
     async fn open_uploads(&self, prefix: &str) -> Result<Vec<OpenUpload>, StorageError> {
@@ -564,6 +541,49 @@ impl Storage for S3Storage {
             }
         }
         Ok(())
+    }
+}
+
+impl S3Storage {
+    /// Keys under `prefix`, in S3's (lexicographic) order; with `end`, paging stops at the
+    /// first key at or after it.
+    async fn list_before(
+        &self,
+        prefix: &str,
+        end: Option<&str>,
+    ) -> Result<Vec<ObjectMeta>, StorageError> {
+        let full_prefix = self.full_key(prefix);
+        let strip = if self.cfg.prefix.is_empty() {
+            0
+        } else {
+            self.cfg.prefix.len() + 1
+        };
+        let mut pages = self
+            .client
+            .list_objects_v2()
+            .bucket(&self.cfg.bucket)
+            .prefix(&full_prefix)
+            .into_paginator()
+            .send();
+        let mut out = Vec::new();
+        'pages: while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| self.map_err("listing", e))?;
+            for obj in page.contents() {
+                if let Some(k) = obj.key()
+                    && k.len() >= strip
+                {
+                    let key = &k[strip..];
+                    if end.is_some_and(|e| key >= e) {
+                        break 'pages;
+                    }
+                    out.push(ObjectMeta {
+                        key: key.to_string(),
+                        size: obj.size().unwrap_or(0).max(0) as u64,
+                    });
+                }
+            }
+        }
+        Ok(out)
     }
 }
 
