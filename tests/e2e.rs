@@ -247,24 +247,33 @@ fn signal(running: &Running, sig: &str) {
     assert!(status.success());
 }
 
-/// Wait until the daemon's log file (the config's `[log] dir`) has a line with `needle`.
-fn wait_for_log(setup: &Setup, running: &mut Running, needle: &str) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let found = files_under(&setup.dir.path().join("logs"))
-            .iter()
-            .filter_map(|p| std::fs::read_to_string(p).ok())
-            .any(|t| t.contains(needle));
-        if found {
-            return;
-        }
-        assert!(Instant::now() < deadline, "no log line with {needle:?}");
+/// Poll `done` until it holds, failing after `secs` or as soon as stowage exits.
+fn poll_running(running: &mut Running, what: &str, secs: u64, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
         assert!(
             running.child().try_wait().expect("try_wait").is_none(),
-            "stowage exited while waiting for {needle:?}"
+            "stowage exited while waiting for {what}"
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// How many times `needle` occurs in the daemon's log files (the config's `[log] dir`).
+fn log_count(setup: &Setup, needle: &str) -> usize {
+    files_under(&setup.dir.path().join("logs"))
+        .iter()
+        .filter_map(|p| std::fs::read_to_string(p).ok())
+        .map(|t| t.matches(needle).count())
+        .sum()
+}
+
+/// Wait until the daemon's log files have a line with `needle`.
+fn wait_for_log(setup: &Setup, running: &mut Running, needle: &str) {
+    poll_running(running, &format!("a log line with {needle:?}"), 30, || {
+        log_count(setup, needle) > 0
+    });
 }
 
 /// Add keys to `[jobs.app]` (before its `timezone` line).
@@ -686,26 +695,10 @@ async fn daemon_runs_on_schedule_logs_to_files_and_stops_on_sigterm() {
     let (_pg, s3, setup) = moto_stack(500, "{ keep_last = 3 }").await;
     set_schedule(&setup, "*/2 * * * * *");
     let mut child = spawn_stowage(&setup.config, &["daemon"]);
-    let deadline = Instant::now() + Duration::from_secs(60);
     // Count finished runs in the log file (retention keeps the listing at 3).
-    let successes = || -> usize {
-        files_under(&setup.dir.path().join("logs"))
-            .iter()
-            .filter_map(|p| std::fs::read_to_string(p).ok())
-            .map(|t| t.matches("backup success: job=app").count())
-            .sum()
-    };
-    while successes() < 4 {
-        assert!(
-            Instant::now() < deadline,
-            "daemon did not produce 4 backups"
-        );
-        assert!(
-            child.child().try_wait().expect("try_wait").is_none(),
-            "daemon exited early"
-        );
-        std::thread::sleep(Duration::from_millis(300));
-    }
+    poll_running(&mut child, "4 backups", 60, || {
+        log_count(&setup, "backup success: job=app") >= 4
+    });
     let stopped = Instant::now();
     let out = sigterm(child);
     assert!(
@@ -1007,13 +1000,6 @@ async fn sighup_reloads_a_valid_config_and_rejects_an_invalid_one() {
     let (_pg, _s3, setup) = moto_stack(500, "{ keep_last = 3 }").await;
     let mut child = spawn_stowage(&setup.config, &["daemon"]);
     wait_for_log(&setup, &mut child, "backup success: job=app");
-    let successes = |job: &str| -> usize {
-        files_under(&setup.dir.path().join("logs"))
-            .iter()
-            .filter_map(|p| std::fs::read_to_string(p).ok())
-            .map(|t| t.matches(&format!("backup success: job={job} ")).count())
-            .sum()
-    };
 
     // A second job, every 2 seconds, to the local destination only.
     let body = std::fs::read_to_string(&setup.config).expect("read");
@@ -1034,19 +1020,14 @@ async fn sighup_reloads_a_valid_config_and_rejects_an_invalid_one() {
     std::fs::write(&setup.config, good.replace("*/2 * * * * *", "0 25 * * *")).expect("write");
     signal(&child, "HUP");
     wait_for_log(&setup, &mut child, "config reload rejected");
-    let before = successes("second");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while successes("second") <= before {
-        assert!(
-            Instant::now() < deadline,
-            "job second stopped after a rejected reload"
-        );
-        assert!(
-            child.child().try_wait().expect("try_wait").is_none(),
-            "daemon exited"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    let second = "backup success: job=second ";
+    let before = log_count(&setup, second);
+    poll_running(
+        &mut child,
+        "job second to go on after a rejected reload",
+        30,
+        || log_count(&setup, second) > before,
+    );
     let out = sigterm(child);
     let log = text(&out);
     assert!(out.status.success(), "{log}");
