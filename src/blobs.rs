@@ -300,13 +300,12 @@ pub async fn sweep(
     storage: &dyn Storage,
     job: &str,
     own_id: &str,
-    c: Compression,
 ) -> Result<SweepOutcome, BlobError> {
     let sweep_id = manifest::new_id(Utc::now());
     storage
         .put_bytes(&lock_key(job, &sweep_id, LockKind::Sweep), lock_body())
         .await?;
-    let result = sweep_locked(storage, job, own_id, c).await;
+    let result = sweep_locked(storage, job, own_id).await;
     unlock(storage, job, &sweep_id, LockKind::Sweep).await;
     result
 }
@@ -315,7 +314,6 @@ async fn sweep_locked(
     storage: &dyn Storage,
     job: &str,
     own_id: &str,
-    _c: Compression,
 ) -> Result<SweepOutcome, BlobError> {
     let started = std::time::Instant::now();
     let now = Utc::now();

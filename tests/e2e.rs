@@ -1059,6 +1059,22 @@ fn http_get(port: u16, path: &str) -> (u16, String) {
     (code, body.to_string())
 }
 
+/// Poll /healthz until it answers `code`; returns that answer's body.
+fn healthz_becomes(port: u16, code: u16, secs: u64) -> String {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        let (got, body) = http_get(port, "/healthz");
+        if got == code {
+            return body;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "/healthz never answered {code}: {got} {body}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// The HTTP listener: /healthz follows the same verdict as `stowage health`, /metrics is
 /// valid Prometheus text with the per-job figures, / is a status page.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1075,15 +1091,7 @@ async fn http_listener_serves_health_metrics_and_status() {
     let mut child = spawn_stowage(&setup.config, &["daemon"]);
     wait_for_log(&setup, &mut child, "backup success: job=app");
 
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let (code, text_body) = loop {
-        let (code, body) = http_get(port, "/healthz");
-        if code == 200 || Instant::now() > deadline {
-            break (code, body);
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    assert_eq!(code, 200, "{text_body}");
+    healthz_becomes(port, 200, 20);
 
     let (code, metrics) = http_get(port, "/metrics");
     assert_eq!(code, 200);
@@ -1146,15 +1154,7 @@ async fn http_listener_serves_health_metrics_and_status() {
     );
 
     // Stale after 5 s: /healthz says so with the reason.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let (code, body) = loop {
-        let (code, body) = http_get(port, "/healthz");
-        if code == 503 || Instant::now() > deadline {
-            break (code, body);
-        }
-        std::thread::sleep(Duration::from_millis(250));
-    };
-    assert_eq!(code, 503, "{body}");
+    let body = healthz_becomes(port, 503, 30);
     assert!(body.contains("older than max_staleness 5s"), "{body}");
     assert!(sigterm(child).status.success());
 }

@@ -153,6 +153,13 @@ pub struct Job {
 }
 
 impl Job {
+    /// Whether the job stores files as shared blobs (and so needs blob locks and sweeps).
+    pub fn has_files(&self) -> bool {
+        self.sources
+            .iter()
+            .any(|s| matches!(s, SourceConfig::Files(_)))
+    }
+
     /// How old the newest backup may get before `health` fails: the configured value, or
     /// twice the longest gap between the job's runs.
     pub fn staleness_limit(&self, now: chrono::DateTime<chrono::Utc>) -> Option<chrono::Duration> {

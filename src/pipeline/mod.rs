@@ -149,28 +149,22 @@ pub async fn run_job(config: &Config, job: &Job, cancel: CancellationToken) -> R
     // Every run announces itself with a lock (a later start tells a crashed run's leftovers
     // by it). A job with files also reuses blobs earlier backups uploaded, so no concurrent
     // sweep may delete one of them before this backup's manifest references it.
-    let reuses_blobs = job
-        .sources
-        .iter()
-        .any(|s| matches!(s, SourceConfig::Files(_)));
-    {
-        for t in targets.iter_mut().filter(|t| t.error.is_none()) {
-            t.touched = true;
-            match blobs::lock_backup(t.storage.as_ref(), jn, &id, reuses_blobs, &cancel).await {
-                Ok(()) => t.locked = true,
-                Err(blobs::BlobError::Cancelled) => {
-                    t.locked = true;
-                    fatal = Some((
-                        "run".into(),
-                        "cancelled by shutdown".into(),
-                        Outcome::Cancelled,
-                    ));
-                }
-                Err(e) => {
-                    t.locked = true;
-                    error!(job = jn, destination = %t.name, "destination {}: cannot take the backup lock: {e}", t.name);
-                    t.error = Some(format!("cannot take the backup lock: {e}"));
-                }
+    for t in targets.iter_mut().filter(|t| t.error.is_none()) {
+        t.touched = true;
+        // Even a failed attempt may have written the lock: always remove it at the end.
+        t.locked = true;
+        match blobs::lock_backup(t.storage.as_ref(), jn, &id, job.has_files(), &cancel).await {
+            Ok(()) => {}
+            Err(blobs::BlobError::Cancelled) => {
+                fatal = Some((
+                    "run".into(),
+                    "cancelled by shutdown".into(),
+                    Outcome::Cancelled,
+                ));
+            }
+            Err(e) => {
+                error!(job = jn, destination = %t.name, "destination {}: cannot take the backup lock: {e}", t.name);
+                t.error = Some(format!("cannot take the backup lock: {e}"));
             }
         }
     }
@@ -552,12 +546,8 @@ async fn apply_retention(
         decisions.len() - removed
     );
     // Blobs only become garbage when a backup referencing them goes.
-    let has_files = job
-        .sources
-        .iter()
-        .any(|s| matches!(s, SourceConfig::Files(_)));
-    if removed > 0 && has_files {
-        match blobs::sweep(t.storage.as_ref(), &job.name, own_id, job.compression).await {
+    if removed > 0 && job.has_files() {
+        match blobs::sweep(t.storage.as_ref(), &job.name, own_id).await {
             Ok(SweepOutcome::Swept {
                 deleted,
                 kept,
