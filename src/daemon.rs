@@ -30,6 +30,10 @@ pub enum DaemonError {
     Server(String),
 }
 
+/// How long abandoned runs get to clean up once the grace is over. The shipped compose
+/// file's `stop_grace_period` covers `shutdown_grace` plus this.
+pub const ABANDON_CLEANUP: std::time::Duration = std::time::Duration::from_secs(10);
+
 struct Ctx {
     /// Swapped by a reload; each run keeps the snapshot it started with.
     config: std::sync::RwLock<Arc<Config>>,
@@ -41,7 +45,8 @@ struct Ctx {
     stopping: AtomicBool,
     /// Cancelled on the first stop signal: ends waits between retries.
     stop: CancellationToken,
-    /// Runs that ended cancelled (abandoned by the stop).
+    /// Runs the stop cut short: abandoned unpublished, or published with retention
+    /// interrupted.
     abandoned: AtomicUsize,
     /// For `stowage health` (saved to the state file on every change).
     state: std::sync::Mutex<status::State>,
@@ -100,8 +105,9 @@ pub enum Signal {
 pub enum Stopped {
     /// Every running backup finished (published or failed on its own).
     Clean,
-    /// A running backup was abandoned (grace over, or a second signal): nothing of it was
-    /// published and its partial uploads were removed.
+    /// The stop cut work short (grace over, or a second signal): a running backup was
+    /// abandoned, nothing of it published and its partial uploads removed; or retention
+    /// after a published backup was interrupted, to be finished by the next run.
     Abandoned,
 }
 
@@ -215,7 +221,19 @@ pub async fn run(
         }
     }
     ctx.cancel.cancel();
-    ctx.tracker.wait().await;
+    // Abandoned runs clean up after themselves (kill children, abort uploads, remove what
+    // they wrote). Against a store that stopped answering that could take forever; what is
+    // left then is removed by the next start's recovery.
+    if tokio::time::timeout(ABANDON_CLEANUP, ctx.tracker.wait())
+        .await
+        .is_err()
+    {
+        ctx.abandoned.fetch_add(1, Ordering::SeqCst);
+        warn!(
+            "abandoned runs did not finish their cleanup within {}; the next start removes what they left",
+            humantime::format_duration(ABANDON_CLEANUP)
+        );
+    }
     // Health and metrics stay available until the last backup has stopped.
     server_stop.cancel();
     if let Some(h) = server {
@@ -451,7 +469,7 @@ async fn run_with_retries(ctx: &Arc<Ctx>, config: &Config, job: &Job) {
 }
 
 fn record(ctx: &Arc<Ctx>, job: &str, report: &pipeline::RunReport) {
-    if report.outcome == pipeline::Outcome::Cancelled {
+    if report.outcome == pipeline::Outcome::Cancelled || report.retention_interrupted {
         ctx.abandoned.fetch_add(1, Ordering::SeqCst);
     }
     ctx.update(job, |s| {

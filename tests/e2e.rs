@@ -113,25 +113,7 @@ fn listed_maybe_failing(cfg: &Path, may_fail: bool) -> Vec<(String, Vec<String>)
         "list failed:\n{}",
         text(&out)
     );
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    let mut result: Vec<(String, Vec<String>)> = Vec::new();
-    for line in stdout.lines() {
-        if let Some(rest) = line.strip_prefix("destination ") {
-            let name = rest
-                .split_whitespace()
-                .next()
-                .unwrap_or_default()
-                .to_string();
-            result.push((name, Vec::new()));
-        } else if let Some(id) = line.split_whitespace().next()
-            && id.len() == 20
-            && id.ends_with('Z')
-            && let Some(last) = result.last_mut()
-        {
-            last.1.push(id.to_string());
-        }
-    }
-    result
+    common::parse_listing(&String::from_utf8_lossy(&out.stdout))
 }
 
 fn ids_on(cfg: &Path, dest: &str) -> Vec<String> {

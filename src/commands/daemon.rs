@@ -18,7 +18,11 @@ pub fn run(path: &Path) -> i32 {
     let Some(rt) = runtime() else {
         return EXIT_FAILED;
     };
-    match rt.block_on(async { crate::daemon::run(Arc::new(config), signals()).await }) {
+    let stopped = rt.block_on(async { crate::daemon::run(Arc::new(config), signals()).await });
+    // Tasks still hanging on an unresponsive store (past the cleanup budget) are dropped,
+    // which kills their child processes; nothing may keep the process from exiting.
+    rt.shutdown_timeout(std::time::Duration::from_secs(1));
+    match stopped {
         Ok(Stopped::Clean) => EXIT_OK,
         Ok(Stopped::Abandoned) => EXIT_ABANDONED,
         Err(e) => {

@@ -12,8 +12,9 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
-/// Exit codes: 0 success, 1 the operation failed, 2 bad config or usage, 3 the daemon
-/// stopped by abandoning a running backup (nothing of it was published).
+/// Exit codes: 0 success, 1 the operation failed, 2 bad config or usage, 3 the daemon's
+/// stop cut work short (a running backup abandoned, nothing of it published; or retention
+/// interrupted after its backup was published).
 pub const EXIT_OK: i32 = 0;
 pub const EXIT_FAILED: i32 = 1;
 pub const EXIT_CONFIG: i32 = 2;

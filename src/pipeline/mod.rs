@@ -39,6 +39,9 @@ const READ_AHEAD_CHUNKS: usize = 16;
 /// Chunks buffered per destination: enough to absorb jitter, small enough that a slow
 /// destination applies backpressure to the dump instead of growing memory.
 const CHANNEL_DEPTH: usize = 8;
+/// After a cancel, how long uploads get to abandon on their own (aborting their multipart
+/// uploads) before they are dropped: one stuck on a hung request would hold the stop forever.
+const ABANDON_WAIT: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
@@ -74,6 +77,9 @@ pub struct RunReport {
     pub errors: Vec<(String, String)>,
     /// destination → published backups it holds after retention
     pub kept: Vec<(String, usize)>,
+    /// The stop cut retention short: the backup is published, the pruning it would have
+    /// done waits for the next run.
+    pub retention_interrupted: bool,
 }
 
 struct Target {
@@ -261,6 +267,14 @@ pub async fn run_job(config: &Config, job: &Job, cancel: CancellationToken) -> R
         }
     }
 
+    // A stop that came while the last upload completed: abandon rather than publish.
+    if fatal.is_none() && cancel.is_cancelled() {
+        fatal = Some((
+            "run".into(),
+            "cancelled by shutdown".into(),
+            Outcome::Cancelled,
+        ));
+    }
     let mut published = Vec::new();
     if fatal.is_none() {
         info!(job = jn, id = %id, "stage: publish manifest");
@@ -281,15 +295,31 @@ pub async fn run_job(config: &Config, job: &Job, cancel: CancellationToken) -> R
                 let live: Vec<usize> = (0..targets.len())
                     .filter(|i| targets[*i].error.is_none())
                     .collect();
-                let results = join_all(
+                let puts = join_all(
                     live.iter()
                         .map(|i| targets[*i].storage.put_bytes(&key, body.clone())),
-                )
-                .await;
-                for (i, r) in live.into_iter().zip(results) {
-                    match r {
-                        Ok(()) => published.push(targets[i].name.clone()),
-                        Err(e) => targets[i].error = Some(e.to_string()),
+                );
+                // Dropped on a stop: a manifest that landed anyway is removed by the cleanup
+                // below, because nothing counts as published until every put has answered.
+                let results = tokio::select! {
+                    r = puts => Some(r),
+                    _ = cancel.cancelled() => None,
+                };
+                match results {
+                    Some(results) => {
+                        for (i, r) in live.into_iter().zip(results) {
+                            match r {
+                                Ok(()) => published.push(targets[i].name.clone()),
+                                Err(e) => targets[i].error = Some(e.to_string()),
+                            }
+                        }
+                    }
+                    None => {
+                        fatal = Some((
+                            "run".into(),
+                            "cancelled by shutdown".into(),
+                            Outcome::Cancelled,
+                        ))
                     }
                 }
             }
@@ -298,11 +328,12 @@ pub async fn run_job(config: &Config, job: &Job, cancel: CancellationToken) -> R
     }
 
     // Remove whatever this run left on destinations where it did not publish.
+    let abandoned = matches!(fatal, Some((_, _, Outcome::Cancelled)));
     for t in targets
         .iter()
         .filter(|t| t.touched && !published.contains(&t.name))
     {
-        cleanup(t.storage.as_ref(), jn, &id, &t.name).await;
+        cleanup(t.storage.as_ref(), jn, &id, &t.name, abandoned).await;
     }
 
     let mut errors: Vec<(String, String)> = Vec::new();
@@ -321,12 +352,25 @@ pub async fn run_job(config: &Config, job: &Job, cancel: CancellationToken) -> R
         info!(job = jn, id = %id, "stage: retention");
     }
     let mut kept = Vec::new();
+    let mut retention_interrupted = false;
     for t in targets.iter().filter(|t| published.contains(&t.name)) {
-        match apply_retention(t, job, &id).await {
-            Ok(n) => kept.push((t.name.clone(), n)),
+        // Cut short by a stop, retention leaves at worst a backup whose manifest is gone and
+        // whose data is not: no longer listed, and removed by the next start's recovery.
+        let r = tokio::select! {
+            biased;
+            _ = cancel.cancelled() => None,
+            r = apply_retention(t, job, &id) => Some(r),
+        };
+        match r {
+            Some(Ok(n)) => kept.push((t.name.clone(), n)),
             // The backup is published; a retention failure only delays pruning.
-            Err(e) => {
+            Some(Err(e)) => {
                 warn!(job = jn, destination = %t.name, "retention on {} failed: {e}", t.name)
+            }
+            None => {
+                warn!(job = jn, destination = %t.name, "retention on {} interrupted by the stop; backup {id} is published, and the next run prunes what this one did not", t.name);
+                retention_interrupted = true;
+                break;
             }
         }
     }
@@ -359,6 +403,7 @@ pub async fn run_job(config: &Config, job: &Job, cancel: CancellationToken) -> R
         published,
         errors,
         kept,
+        retention_interrupted,
     };
     log_summary(&report);
     report
@@ -481,11 +526,51 @@ async fn fan_out(
         }
         Ok((hex::encode(hasher.finalize()), stored))
     };
-    tokio::join!(pump, uploads)
+    let work = async { tokio::join!(pump, uploads) };
+    tokio::pin!(work);
+    tokio::select! {
+        r = &mut work => r,
+        _ = cancel.cancelled() => {
+            // The pump stops at once and uploads still streaming abandon on their own; one
+            // stuck at its store (a request that does not answer) is dropped after a moment,
+            // and the run's cleanup removes what it left.
+            match tokio::time::timeout(ABANDON_WAIT, &mut work).await {
+                Ok((_, results)) => (Err(StreamError::Cancelled), results),
+                Err(_) => (
+                    Err(StreamError::Cancelled),
+                    storages.iter().map(|_| Err(storage::StorageError::Abandoned)).collect(),
+                ),
+            }
+        }
+    }
 }
 
-async fn cleanup(storage: &dyn Storage, job: &str, id: &str, dest: &str) {
+async fn cleanup(storage: &dyn Storage, job: &str, id: &str, dest: &str, abandoned: bool) {
     let prefix = manifest::backup_prefix(job, id);
+    // An abandoned upload may have been dropped before it could abort itself.
+    if abandoned {
+        match storage.open_uploads(&prefix).await {
+            Ok(open) => {
+                for u in open {
+                    if let Err(e) = storage.abort_upload(&u).await {
+                        warn!(
+                            job,
+                            id,
+                            destination = dest,
+                            "could not abort the open upload of {} on {dest}: {e}; the next start retries",
+                            u.key
+                        );
+                    }
+                }
+            }
+            Err(e) => warn!(
+                job,
+                id,
+                destination = dest,
+                "could not list open uploads of the abandoned run on {dest}: {e}; the next start retries"
+            ),
+        }
+    }
     match storage.list(&prefix).await {
         Ok(objs) if objs.is_empty() => {}
         Ok(objs) => {

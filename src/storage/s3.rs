@@ -21,6 +21,8 @@ use crate::config::{Checksums, S3Config};
 
 /// Attempts per S3 request (the first one included).
 const S3_ATTEMPTS: u32 = 5;
+/// Per attempt of one request (one part, at most `part_size`).
+const S3_ATTEMPT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
 
 pub struct S3Storage {
     client: Client,
@@ -53,6 +55,10 @@ impl S3Storage {
             .timeout_config(
                 aws_config::timeout::TimeoutConfig::builder()
                     .connect_timeout(std::time::Duration::from_secs(10))
+                    // A store that accepts a request and never answers would otherwise hold
+                    // the run (and every later one, skipped as overlapping) forever. Generous:
+                    // one part of a big upload over a slow uplink takes minutes.
+                    .operation_attempt_timeout(S3_ATTEMPT_TIMEOUT)
                     .build(),
             );
         if let Some(c) = &cfg.credentials {
@@ -471,8 +477,17 @@ impl Storage for S3Storage {
                 .set_key_marker(key_marker.clone())
                 .set_upload_id_marker(id_marker.clone())
                 .send()
-                .await
-                .map_err(|e| self.map_err("listing open multipart uploads", e))?;
+                .await;
+            let page = match page {
+                Ok(p) => p,
+                // Some S3-compatible stores cannot list uploads at all; there is nothing to
+                // find then (their own cleanup, or a lifecycle rule, must handle them).
+                Err(SdkError::ServiceError(se)) if se.raw().status().as_u16() == 501 => {
+                    tracing::debug!(bucket = %self.cfg.bucket, "the store does not list multipart uploads");
+                    return Ok(out);
+                }
+                Err(e) => return Err(self.map_err("listing open multipart uploads", e)),
+            };
             for u in page.uploads() {
                 let (Some(key), Some(id)) = (u.key(), u.upload_id()) else {
                     continue;

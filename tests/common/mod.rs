@@ -18,6 +18,8 @@
 //! `STOWAGE_BIN` (stowage binary).
 #![allow(dead_code)]
 
+pub mod proxy;
+
 use std::collections::{BTreeMap, HashSet};
 use std::ffi::OsStr;
 use std::fs::File;
@@ -1179,6 +1181,28 @@ impl S3Server {
     }
 }
 
+/// Published backup ids per destination, newest first, from `stowage list` output.
+pub fn parse_listing(stdout: &str) -> Vec<(String, Vec<String>)> {
+    let mut result: Vec<(String, Vec<String>)> = Vec::new();
+    for line in stdout.lines() {
+        if let Some(rest) = line.strip_prefix("destination ") {
+            let name = rest
+                .split_whitespace()
+                .next()
+                .unwrap_or_default()
+                .to_string();
+            result.push((name, Vec::new()));
+        } else if let Some(id) = line.split_whitespace().next()
+            && id.len() == 20
+            && id.ends_with('Z')
+            && let Some(last) = result.last_mut()
+        {
+            last.1.push(id.to_string());
+        }
+    }
+    result
+}
+
 // ---------------------------------------------------------------------------------------------
 // A stowage process in the background
 // ---------------------------------------------------------------------------------------------
@@ -1215,9 +1239,26 @@ where
     I: IntoIterator<Item = S>,
     S: AsRef<OsStr>,
 {
+    spawn_stowage_with_env(config_path, args, &[])
+}
+
+/// Like `spawn_stowage`, with extra environment variables (e.g. the daemon's
+/// `STOWAGE_PID_FILE` / `STOWAGE_STATE_FILE`, so parallel tests do not share them).
+pub fn spawn_stowage_with_env<I, S>(
+    config_path: impl AsRef<Path>,
+    args: I,
+    envs: &[(&str, &OsStr)],
+) -> Running
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
     let mut cmd = Command::new(stowage_bin());
     cmd.arg("--config").arg(config_path.as_ref()).args(args);
     strip_aws_env(&mut cmd);
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
     cmd.env("NO_COLOR", "1")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -1240,6 +1281,41 @@ where
 }
 
 impl Running {
+    /// The process id (while it has not been waited for).
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(Child::id).expect("running")
+    }
+
+    /// Send a signal (`"TERM"`, `"KILL"`, `"HUP"`, ...) with kill(1).
+    pub fn signal(&self, sig: &str) {
+        let status = Command::new("kill")
+            .args([format!("-{sig}"), self.pid().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success(), "kill -{sig} {}", self.pid());
+    }
+
+    /// Wait until the output so far contains `needle`; panics after `timeout` or when the
+    /// process exits first.
+    pub fn wait_for_output(&mut self, needle: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while !self.output_so_far().contains(needle) {
+            assert!(
+                self.exited().is_none(),
+                "{} exited before printing {needle:?}:\n{}",
+                self.what,
+                self.output_so_far()
+            );
+            assert!(
+                Instant::now() < deadline,
+                "{} printed no {needle:?} within {timeout:?}:\n{}",
+                self.what,
+                self.output_so_far()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// stdout then stderr, as far as written.
     pub fn output_so_far(&self) -> String {
         let out = self.stdout.lock().unwrap_or_else(|e| e.into_inner());
