@@ -379,10 +379,16 @@ fn arm(
             warn!(job = %slot.name, "schedule \"{}\" has no future run; the job will not run", job.schedule.expr());
             return Ok(());
         };
-        let wait = (next - Utc::now()).to_std().unwrap_or_default();
-        let instant = std::time::Instant::now() + wait;
+        // tokio-cron-scheduler stores a one-shot's time in whole seconds, as now + wait with
+        // both truncated: handed the exact wait, it fires up to a second early. Hand it the
+        // whole seconds from this second to the fire time (cron times are whole seconds),
+        // plus half a second so that its truncation of the wait lands on them.
+        let secs = u64::try_from(next.timestamp() - Utc::now().timestamp()).unwrap_or(0);
+        let instant = std::time::Instant::now()
+            + std::time::Duration::from_secs(secs)
+            + std::time::Duration::from_millis(500);
         let (c2, s2) = (ctx.clone(), slot.clone());
-        let one_shot = SchedJob::new_one_shot_at_instant_async(instant, move |uuid, sched| {
+        let one_shot = SchedJob::new_one_shot_at_instant_async(instant, move |_, sched| {
             let (ctx, slot) = (c2.clone(), s2.clone());
             Box::pin(async move {
                 if ctx.generation.load(Ordering::SeqCst) != generation {
@@ -390,7 +396,8 @@ fn arm(
                     return;
                 }
                 fire(&ctx, &slot);
-                let _ = sched.remove(&uuid).await;
+                // No remove here: the scheduler drops a one-shot once it has run, and
+                // removing it first races that bookkeeping ("Could not get job metadata").
                 // Re-arm from the later of the planned time and now: a late wake-up
                 // (suspended host) skips missed fires instead of firing them in a burst.
                 let after = next.max(Utc::now());

@@ -821,6 +821,51 @@ async fn sigkill_mid_upload_then_restart_cleans_the_leftovers() {
     assert_eq!(s3.list_keys(BUCKET, "").await.len(), 2);
 }
 
+/// tokio-cron-scheduler keeps one-shot times in whole seconds; a scheduled run must still
+/// never start before the time the daemon announced for it ("next run of app at …").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scheduled_runs_never_start_early() {
+    let (_pg, _s3, setup) = moto_stack(200, "{ keep_last = 3 }").await;
+    set_schedule(&setup, "*/2 * * * * *");
+    job_keys(&setup, "catch_up = false");
+    let mut child = spawn_stowage(&setup.config, &["daemon"]);
+    poll_running(&mut child, "four scheduled runs", 60, || {
+        log_count(&setup, "backup success: job=app") >= 4
+    });
+    let out = sigterm(child);
+    let log = text(&out);
+    let mut announced: Option<chrono::NaiveDateTime> = None;
+    let mut checked = 0;
+    for line in log.lines() {
+        if let Some((_, rest)) = line.split_once("next run of app at ") {
+            let utc = rest
+                .split_once(" (")
+                .and_then(|(_, r)| r.split_once(')'))
+                .map(|(t, _)| t)
+                .expect("announced time in UTC");
+            announced = Some(
+                chrono::NaiveDateTime::parse_from_str(utc, "%Y-%m-%dT%H:%M:%SZ")
+                    .expect("announced time"),
+            );
+        } else if line.contains("backup started:") {
+            let id = line
+                .split_once(" id=")
+                .map(|(_, r)| r.trim_start_matches('"'))
+                .and_then(|r| r.get(..20))
+                .expect("run id");
+            let started =
+                chrono::NaiveDateTime::parse_from_str(id, "%Y%m%dT%H%M%S%.3fZ").expect("id time");
+            let due = announced.expect("a run announced before it starts");
+            assert!(
+                started >= due,
+                "run {id} started before its announced time {due}:\n{log}"
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked >= 4, "{log}");
+}
+
 /// `health` is healthy after a good run, goes unhealthy once the newest backup is older
 /// than `max_staleness` or the last run failed, and recovers after the next good run.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -18,11 +18,12 @@ mod common;
 
 use std::cell::Cell;
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Output;
 use std::time::Duration;
 
 use common::proxy::FaultProxy;
+use common::store::{Listing, Stores};
 use common::{PgServer, Running, S3Server, run_stowage, seed_sample_db};
 
 const BUCKET: &str = "backups";
@@ -148,92 +149,30 @@ url = "{pg}"
         }
     }
 
+    fn stores(&self) -> Stores<'_> {
+        Stores {
+            local: &self.local,
+            s3: &self.s3,
+            bucket: BUCKET,
+            prefix: PREFIX,
+            job: "app",
+        }
+    }
+
     /// What `stowage list` shows, per destination, after checking that each listed backup
     /// is whole: every object of its manifest present with the recorded size and sha256.
-    async fn sound_listing(&self) -> BTreeMap<String, Vec<String>> {
+    async fn sound_listing(&self) -> Listing {
         let out = run_stowage(&self.config, ["list", "app"]);
         assert!(out.status.success(), "list failed:\n{}", text(&out));
-        let listed: BTreeMap<String, Vec<String>> =
-            common::parse_listing(&String::from_utf8_lossy(&out.stdout))
-                .into_iter()
-                .collect();
-        for (dest, ids) in &listed {
-            for id in ids {
-                let manifest = self.read(dest, &format!("app/{id}/manifest.json")).await;
-                let m: serde_json::Value = serde_json::from_slice(&manifest)
-                    .unwrap_or_else(|e| panic!("{dest}: manifest of {id}: {e}"));
-                let sources = m["sources"].as_array().expect("sources");
-                assert!(!sources.is_empty(), "{dest}: {id} has no sources");
-                for s in sources {
-                    let key = s["key"].as_str().expect("key");
-                    let body = self.read(dest, key).await;
-                    assert_eq!(
-                        body.len() as u64,
-                        s["size"].as_u64().expect("size"),
-                        "{dest}: {key} is not the size its manifest records"
-                    );
-                    assert_eq!(
-                        common::sha256_hex(&body),
-                        s["sha256"].as_str().expect("sha256"),
-                        "{dest}: {key} does not hash to its manifest's sha256"
-                    );
-                }
-            }
-        }
+        let listed: Listing = common::parse_listing(&String::from_utf8_lossy(&out.stdout))
+            .into_iter()
+            .collect();
+        self.stores().assert_whole(&listed, true).await;
         listed
     }
 
-    async fn read(&self, dest: &str, key: &str) -> Vec<u8> {
-        match dest {
-            "local" => std::fs::read(self.local.join(key))
-                .unwrap_or_else(|e| panic!("local: {key} is listed but unreadable: {e}")),
-            "offsite" => self.s3.get(BUCKET, &format!("{PREFIX}/{key}")).await,
-            other => panic!("unknown destination {other}"),
-        }
-    }
-
-    /// Backup prefixes on each destination that have no manifest (a failed or crashed run's
-    /// debris), and whatever else a run must not leave: `.partial` files, locks, open
-    /// multipart uploads.
     async fn debris(&self) -> Vec<String> {
-        let mut out = Vec::new();
-        let job = self.local.join("app");
-        for e in std::fs::read_dir(&job).into_iter().flatten().flatten() {
-            let name = e.file_name().to_string_lossy().into_owned();
-            if name == "locks" {
-                for l in std::fs::read_dir(e.path()).into_iter().flatten().flatten() {
-                    out.push(format!("local lock {}", l.path().display()));
-                }
-            } else if !e.path().join("manifest.json").exists() {
-                out.push(format!("local unpublished {name}"));
-            }
-        }
-        for p in files_under(&self.local) {
-            if p.to_string_lossy().ends_with(".partial") {
-                out.push(format!("local partial {}", p.display()));
-            }
-        }
-        let keys = self.s3.list_keys(BUCKET, &format!("{PREFIX}/app/")).await;
-        let mut prefixes: BTreeMap<String, bool> = BTreeMap::new();
-        for k in &keys {
-            let rest = &k[format!("{PREFIX}/app/").len()..];
-            let (first, tail) = rest.split_once('/').unwrap_or((rest, ""));
-            if first == "locks" {
-                out.push(format!("s3 lock {k}"));
-                continue;
-            }
-            *prefixes.entry(first.to_string()).or_default() |= tail == "manifest.json";
-        }
-        for (p, has_manifest) in prefixes {
-            if !has_manifest {
-                out.push(format!("s3 unpublished {p}"));
-            }
-        }
-        let open = self.s3.open_multipart_uploads(BUCKET).await;
-        if open > 0 {
-            out.push(format!("s3 {open} open multipart upload(s)"));
-        }
-        out
+        self.stores().debris().await
     }
 
     async fn assert_no_debris(&self) {
@@ -243,7 +182,7 @@ url = "{pg}"
 
     /// Restore every listed backup from its destination into a fresh database: each equals
     /// the original.
-    fn assert_all_restore(&self, listed: &BTreeMap<String, Vec<String>>) {
+    fn assert_all_restore(&self, listed: &Listing) {
         for (dest, ids) in listed {
             for id in ids {
                 let n = self.restores.get();
@@ -295,26 +234,17 @@ url = "{pg}"
     }
 }
 
-fn files_under(dir: &Path) -> Vec<PathBuf> {
-    walkdir::WalkDir::new(dir)
-        .into_iter()
-        .flatten()
-        .filter(|e| e.file_type().is_file())
-        .map(|e| e.into_path())
-        .collect()
-}
-
 /// SIGTERM and wait for the exit.
 fn stop(d: Running) -> Output {
     d.signal("TERM");
     d.wait(WAIT)
 }
 
-fn ids(listed: &BTreeMap<String, Vec<String>>, dest: &str) -> Vec<String> {
+fn ids(listed: &Listing, dest: &str) -> Vec<String> {
     listed.get(dest).cloned().unwrap_or_default()
 }
 
-fn newest(listed: &BTreeMap<String, Vec<String>>) -> BTreeSet<String> {
+fn newest(listed: &Listing) -> BTreeSet<String> {
     listed.values().filter_map(|v| v.first().cloned()).collect()
 }
 
@@ -564,4 +494,64 @@ async fn a_hung_store_does_not_hold_the_stop() {
     assert_eq!(st.sound_listing().await, before);
     st.assert_no_debris().await;
     st.assert_all_restore(&before);
+}
+
+/// Transient 5xx answers are retried per request (each part of the upload on its own): a
+/// run through a store failing a third of its requests still publishes a backup that
+/// restores. A store that keeps failing fails that destination with one clear line, the
+/// local copy is still published, and nothing is left on the store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_errors_are_retried_and_an_outage_fails_cleanly() {
+    let st = Stack::new(5).await;
+    // The first two attempts of every part and of the completion fail; a fifth of the
+    // other requests fail at random.
+    let attempts = std::sync::Mutex::new(std::collections::HashMap::<String, usize>::new());
+    st.proxy.fail_when(Some(Box::new(move |r| {
+        if !r.query.contains("partNumber=") && !r.is_complete_multipart() {
+            return false;
+        }
+        let mut seen = attempts.lock().unwrap_or_else(|e| e.into_inner());
+        let n = seen.entry(format!("{}?{}", r.path, r.query)).or_default();
+        *n += 1;
+        *n <= 2
+    })));
+    st.proxy.fail_randomly(200, 42);
+    st.backups(1);
+    st.proxy.fail_when(None);
+    st.proxy.fail_randomly(0, 1);
+    let log = st.proxy.requests();
+    let parts: BTreeSet<&str> = log
+        .iter()
+        .filter(|l| l.request.query.contains("partNumber="))
+        .map(|l| l.request.query.as_str())
+        .collect();
+    assert!(parts.len() >= 2, "not a multipart upload: {parts:?}");
+    for p in &parts {
+        let tries: Vec<bool> = log
+            .iter()
+            .filter(|l| l.request.query == *p)
+            .map(|l| l.injected)
+            .collect();
+        assert_eq!(tries, [true, true, false], "part {p}: attempts (injected?)");
+    }
+    let before = st.sound_listing().await;
+    assert_eq!(ids(&before, "offsite").len(), 1);
+    st.assert_all_restore(&before);
+
+    st.proxy.set_outage(true);
+    let out = run_stowage(&st.config, ["run", "app"]);
+    st.proxy.set_outage(false);
+    let log = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{log}");
+    assert!(
+        log.contains("destination offsite failed: checking bucket: ")
+            && log.contains("answered HTTP 503, and again on retries")
+            && log.contains("and again on retries; the store is down or overloaded"),
+        "{log}"
+    );
+    assert!(log.contains("backup partial: job=app"), "{log}");
+    let after = st.sound_listing().await;
+    assert_eq!(ids(&after, "offsite"), ids(&before, "offsite"));
+    assert_eq!(ids(&after, "local").len(), 2);
+    st.assert_no_debris().await;
 }

@@ -166,6 +166,15 @@ impl Source for Postgres {
             .output()
             .await
             .map_err(|e| self.spawn_err("pg_dump", e))?;
+        // A pg_dump that cannot even report its version (wrong architecture, missing
+        // libpq, killed) will not dump either: say so now, not as an empty version.
+        if !out.status.success() {
+            return Err(SourceError::Failed {
+                tool: "pg_dump --version".to_string(),
+                status: super::describe_status(out.status),
+                stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+            });
+        }
         Ok((
             "pg_dump".to_string(),
             String::from_utf8_lossy(&out.stdout).trim().to_string(),

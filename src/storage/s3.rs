@@ -154,6 +154,11 @@ impl S3Storage {
                     301 => StorageError::Io(format!(
                         "{what}: bucket \"{bucket}\" is in another region ({detail}); set region to the bucket's region"
                     )),
+                    // The SDK has retried it already: the store is down or overloaded.
+                    500..=599 => StorageError::Unreachable(format!(
+                        "{what}: {} answered {detail}, and again on retries; the store is down or overloaded",
+                        self.endpoint()
+                    )),
                     _ => StorageError::Io(format!("{what}: {detail} ({})", root_cause(&err))),
                 }
             }

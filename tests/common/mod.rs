@@ -19,6 +19,7 @@
 #![allow(dead_code)]
 
 pub mod proxy;
+pub mod store;
 
 use std::collections::{BTreeMap, HashSet};
 use std::ffi::OsStr;
@@ -1314,6 +1315,12 @@ impl Running {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// stdout as far as written (the daemon logs there).
+    pub fn stdout_so_far(&self) -> String {
+        let out = self.stdout.lock().unwrap_or_else(|e| e.into_inner());
+        String::from_utf8_lossy(&out).into_owned()
     }
 
     /// stdout then stderr, as far as written.

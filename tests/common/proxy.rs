@@ -76,7 +76,7 @@ pub struct Logged {
     pub injected: bool,
 }
 
-type Matcher = Box<dyn Fn(&ProxyRequest) -> bool + Send + Sync>;
+pub type Matcher = Box<dyn Fn(&ProxyRequest) -> bool + Send + Sync>;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Gate {
@@ -92,6 +92,7 @@ struct Hold {
 
 struct Inner {
     hold: Option<Hold>,
+    fail_when: Option<Matcher>,
     fail_per_mille: u64,
     rng: u64,
     outage: bool,
@@ -138,6 +139,7 @@ impl FaultProxy {
                 .expect("proxy's http client"),
             inner: Mutex::new(Inner {
                 hold: None,
+                fail_when: None,
                 fail_per_mille: 0,
                 rng: 0x9E37_79B9_7F4A_7C15,
                 outage: false,
@@ -235,6 +237,12 @@ impl FaultProxy {
         }
     }
 
+    /// Answer 503 SlowDown to every request `matcher` picks (it may keep state, e.g. to
+    /// fail only the first attempts of each request); `None` ends it.
+    pub fn fail_when(&self, matcher: Option<Matcher>) {
+        self.shared.lock().fail_when = matcher;
+    }
+
     /// Fail `per_mille`/1000 of the requests (not held ones) with 503 SlowDown or 500
     /// InternalError, chosen by a generator seeded with `seed`.
     pub fn fail_randomly(&self, per_mille: u64, seed: u64) {
@@ -288,6 +296,9 @@ fn decide(shared: &Shared, req: &ProxyRequest) -> Decision {
         && (h.matcher)(req)
     {
         return Decision::Wait(h.gate.subscribe());
+    }
+    if i.fail_when.as_ref().is_some_and(|m| m(req)) {
+        return Decision::Inject(StatusCode::SERVICE_UNAVAILABLE, "SlowDown");
     }
     if i.outage {
         return Decision::Inject(StatusCode::SERVICE_UNAVAILABLE, "SlowDown");

@@ -1,0 +1,227 @@
+//! Idle footprint of the daemon: memory and wakeups once it has nothing to do.
+//!
+//! `cargo bench --bench idle` (release build; see bench/README.md). Starts its own
+//! PostgreSQL and moto (the test harness's, `tests/common`), then two daemons side by side:
+//! - **minimal**: one job, a local destination, no HTTP listener;
+//! - **full**: the same job to a local and an S3 destination, with `[server] listen`.
+//!
+//! Each takes its catch-up backup at start (so its idle state is the one after real work),
+//! then idles. Sampled every 10 s: RSS (and its anonymous part), threads, and context
+//! switches summed over the threads; wakeups per minute are the switches over the second
+//! half of the idle time, per minute. `STOWAGE_IDLE_SECS` (default 600),
+//! `STOWAGE_IDLE_OUT` (JSON; default bench/results/<UTC>-idle.json).
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{PgServer, Running, S3Server, seed_sample_db};
+
+#[derive(Default, Clone, Copy)]
+struct Sample {
+    secs: f64,
+    rss_kib: u64,
+    anon_kib: u64,
+    threads: u64,
+    switches: u64,
+}
+
+fn status_kib(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix(field))
+                .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// Voluntary + involuntary context switches of every thread: each is the thread going to
+/// sleep or being put to sleep, so a thread that wakes up N times switches about N times.
+fn switches(pid: u32) -> (u64, u64) {
+    let mut total = 0;
+    let mut threads = 0;
+    for t in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        threads += 1;
+        let status = std::fs::read_to_string(t.path().join("status")).unwrap_or_default();
+        for l in status.lines() {
+            if let Some(v) = l
+                .strip_prefix("voluntary_ctxt_switches:")
+                .or_else(|| l.strip_prefix("nonvoluntary_ctxt_switches:"))
+            {
+                total += v.trim().parse::<u64>().unwrap_or(0);
+            }
+        }
+    }
+    (total, threads)
+}
+
+fn sample(pid: u32, t0: Instant) -> Sample {
+    let (switches, threads) = switches(pid);
+    Sample {
+        secs: t0.elapsed().as_secs_f64(),
+        rss_kib: status_kib(pid, "VmRSS:"),
+        anon_kib: status_kib(pid, "RssAnon:"),
+        threads,
+        switches,
+    }
+}
+
+struct Daemon {
+    name: &'static str,
+    running: Running,
+    samples: Vec<Sample>,
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() {
+    let idle: u64 = std::env::var("STOWAGE_IDLE_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(600);
+    let pg = PgServer::start();
+    seed_sample_db(&pg, "app", 20_000);
+    let s3 = S3Server::moto();
+    s3.create_bucket("backups").await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, s3.secret_key()).expect("secret");
+    let job = |dests: &str| {
+        format!(
+            r#"
+[jobs.app]
+schedule = "0 3 * * *"
+timezone = "Europe/Berlin"
+destinations = [{dests}]
+
+[[jobs.app.sources]]
+type = "postgres"
+name = "db"
+url = "{}"
+"#,
+            pg.url("app")
+        )
+    };
+    let local = |name: &str| {
+        format!(
+            "[destinations.local]\ntype = \"local\"\npath = \"{}\"\nretention = {{ keep_last = 7 }}\n",
+            dir.path().join(name).display()
+        )
+    };
+    let port = common::free_port();
+    let configs = [
+        (
+            "minimal",
+            format!("{}{}", local("minimal"), job("\"local\"")),
+        ),
+        (
+            "full",
+            format!(
+                "[server]\nlisten = \"127.0.0.1:{port}\"\n\n{}\n[destinations.offsite]\ntype = \"s3\"\nbucket = \"backups\"\nendpoint = \"{}\"\nforce_path_style = true\naccess_key_id = \"{}\"\nsecret_access_key_file = \"{}\"\nretention = {{ keep_daily = 7 }}\n{}",
+                local("full"),
+                s3.endpoint(),
+                s3.access_key(),
+                secret.display(),
+                job("\"local\", \"offsite\"")
+            ),
+        ),
+    ];
+    let mut daemons = Vec::new();
+    for (name, body) in configs {
+        let cfg = dir.path().join(format!("{name}.toml"));
+        std::fs::write(&cfg, body).expect("config");
+        let pid = dir.path().join(format!("{name}.pid"));
+        let state = dir.path().join(format!("{name}.state"));
+        let running = common::spawn_stowage_with_env(
+            &cfg,
+            ["daemon"],
+            &[
+                ("STOWAGE_PID_FILE", pid.as_os_str()),
+                ("STOWAGE_STATE_FILE", state.as_os_str()),
+            ],
+        );
+        daemons.push(Daemon {
+            name,
+            running,
+            samples: Vec::new(),
+        });
+    }
+    for d in &mut daemons {
+        d.running
+            .wait_for_output("backup success: job=app", Duration::from_secs(120));
+    }
+    eprintln!("idle: both daemons took their catch-up backup; idling {idle} s");
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_secs(idle) {
+        for d in &mut daemons {
+            d.samples.push(sample(d.running.pid(), t0));
+        }
+        std::thread::sleep(Duration::from_secs(10));
+    }
+    for d in &mut daemons {
+        d.samples.push(sample(d.running.pid(), t0));
+    }
+
+    let mut report = serde_json::Map::new();
+    report.insert("idle_seconds".into(), idle.into());
+    println!(
+        "{:<8} {:>14} {:>14} {:>8} {:>16}",
+        "daemon", "RSS start KiB", "RSS end KiB", "threads", "wakeups/min"
+    );
+    for d in &daemons {
+        let first = d.samples.first().copied().unwrap_or_default();
+        let last = d.samples.last().copied().unwrap_or_default();
+        let mid = d
+            .samples
+            .iter()
+            .find(|s| s.secs >= last.secs / 2.0)
+            .copied()
+            .unwrap_or(first);
+        let minutes = (last.secs - mid.secs) / 60.0;
+        let per_min = if minutes > 0.0 {
+            last.switches.saturating_sub(mid.switches) as f64 / minutes
+        } else {
+            0.0
+        };
+        println!(
+            "{:<8} {:>14} {:>14} {:>8} {:>16.1}",
+            d.name, first.rss_kib, last.rss_kib, last.threads, per_min
+        );
+        report.insert(
+            d.name.into(),
+            serde_json::json!({
+                "rss_kib_after_backup": first.rss_kib,
+                "rss_kib_end": last.rss_kib,
+                "rss_anon_kib_end": last.anon_kib,
+                "threads_end": last.threads,
+                "wakeups_per_minute": (per_min * 10.0).round() / 10.0,
+                "samples": d.samples.iter().map(|s| serde_json::json!([
+                    s.secs.round(), s.rss_kib, s.anon_kib, s.threads, s.switches
+                ])).collect::<Vec<_>>(),
+            }),
+        );
+    }
+    let out = std::env::var("STOWAGE_IDLE_OUT").unwrap_or_else(|_| {
+        format!(
+            "{}/bench/results/{}-idle.json",
+            env!("CARGO_MANIFEST_DIR"),
+            chrono::Utc::now().format("%Y%m%dT%H%M%SZ")
+        )
+    });
+    std::fs::write(
+        &out,
+        serde_json::to_string_pretty(&serde_json::Value::Object(report)).expect("json"),
+    )
+    .expect("write results");
+    eprintln!("idle: results in {out}");
+    for d in daemons {
+        d.running.signal("TERM");
+        let _ = d.running.wait(Duration::from_secs(60));
+    }
+}
