@@ -22,7 +22,7 @@ use std::path::PathBuf;
 use std::process::Output;
 use std::time::Duration;
 
-use common::proxy::FaultProxy;
+use common::proxy::{FaultProxy, ProxyRequest};
 use common::store::{Listing, Stores};
 use common::{PgServer, Running, S3Server, run_stowage, seed_sample_db};
 
@@ -142,6 +142,36 @@ url = "{pg}"
         )
     }
 
+    /// A daemon that runs the job at once (every second, with this grace), stopped in its
+    /// tracks at the first request `at` picks: that request is held at the proxy.
+    fn daemon_held_at(
+        &self,
+        grace: &str,
+        at: impl Fn(&ProxyRequest) -> bool + Send + Sync + 'static,
+    ) -> Running {
+        self.configure(EVERY_SECOND, grace);
+        self.proxy.hold(at);
+        let d = self.daemon();
+        self.proxy.wait_held(1, WAIT);
+        d
+    }
+
+    /// SIGKILL: a crash. The held request never reaches the store.
+    fn crash(&self, d: Running) {
+        d.signal("KILL");
+        let _ = d.wait(WAIT);
+        self.proxy.refuse_held();
+    }
+
+    /// Stop with a second SIGTERM (after the first one's "waiting" line).
+    fn stop_twice(&self, mut d: Running) -> Output {
+        d.signal("TERM");
+        d.wait_for_output("waiting up to 30s for running backups", WAIT);
+        let out = stop(d);
+        self.proxy.refuse_held();
+        out
+    }
+
     fn backups(&self, n: usize) {
         for _ in 0..n {
             let out = run_stowage(&self.config, ["run", "app"]);
@@ -216,6 +246,14 @@ url = "{pg}"
         }
     }
 
+    /// After a fault is over: exactly `expect` listed, each whole, nothing left behind, and
+    /// every listed backup restores to the original data.
+    async fn assert_intact(&self, expect: &Listing) {
+        assert_eq!(&self.sound_listing().await, expect);
+        self.assert_no_debris().await;
+        self.assert_all_restore(expect);
+    }
+
     /// Start the daemon with a schedule that runs nothing, wait until it has logged each of
     /// `expect` (what it recovered), stop it; returns its log.
     fn restart_and_recover(&self, expect: &[&str]) -> String {
@@ -257,10 +295,7 @@ async fn sigterm_during_upload() {
     assert_eq!(ids(&before, "offsite").len(), 1);
 
     // 1. The first SIGTERM: the upload completes within the grace and is published.
-    st.configure(EVERY_SECOND, "30s");
-    st.proxy.hold(|r| r.is_complete_multipart());
-    let mut d = st.daemon();
-    st.proxy.wait_held(1, WAIT);
+    let mut d = st.daemon_held_at("30s", |r| r.is_complete_multipart());
     d.signal("TERM");
     d.wait_for_output("waiting up to 30s for running backups", WAIT);
     st.proxy.release();
@@ -277,10 +312,7 @@ async fn sigterm_during_upload() {
     st.assert_all_restore(&after);
 
     // 2. The grace runs out while the store holds the completion: abandoned, exit 3.
-    st.configure(EVERY_SECOND, "2s");
-    st.proxy.hold(|r| r.is_complete_multipart());
-    let d = st.daemon();
-    st.proxy.wait_held(1, WAIT);
+    let d = st.daemon_held_at("2s", |r| r.is_complete_multipart());
     let out = stop(d);
     st.proxy.refuse_held();
     let log = text(&out);
@@ -291,14 +323,8 @@ async fn sigterm_during_upload() {
     st.assert_no_debris().await;
 
     // 3. A second SIGTERM abandons it at once.
-    st.configure(EVERY_SECOND, "30s");
-    st.proxy.hold(|r| r.is_complete_multipart());
-    let mut d = st.daemon();
-    st.proxy.wait_held(1, WAIT);
-    d.signal("TERM");
-    d.wait_for_output("waiting up to 30s for running backups", WAIT);
-    let out = stop(d);
-    st.proxy.refuse_held();
+    let d = st.daemon_held_at("30s", |r| r.is_complete_multipart());
+    let out = st.stop_twice(d);
     let log = text(&out);
     assert_eq!(out.status.code(), Some(3), "{log}");
     assert!(log.contains("SIGTERM again: abandoning"), "{log}");
@@ -317,13 +343,8 @@ async fn sigkill_during_upload_then_restart() {
     st.backups(1);
     let before = st.sound_listing().await;
 
-    st.configure(EVERY_SECOND, "30s");
-    st.proxy.hold(|r| r.is_complete_multipart());
-    let d = st.daemon();
-    st.proxy.wait_held(1, WAIT);
-    d.signal("KILL");
-    let _ = d.wait(WAIT);
-    st.proxy.refuse_held();
+    let d = st.daemon_held_at("30s", |r| r.is_complete_multipart());
+    st.crash(d);
 
     assert_eq!(
         st.sound_listing().await,
@@ -348,9 +369,7 @@ async fn sigkill_during_upload_then_restart() {
         "recovered leftovers of interrupted runs",
         "1 open upload(s)",
     ]);
-    assert_eq!(st.sound_listing().await, before);
-    st.assert_no_debris().await;
-    st.assert_all_restore(&before);
+    st.assert_intact(&before).await;
 }
 
 /// Retention removes the oldest backup after a new one is published: its manifest first,
@@ -363,11 +382,8 @@ async fn sigterm_during_retention() {
     let oldest = ids(&before, "offsite")[1].clone();
 
     // 1. The first SIGTERM: retention finishes within the grace.
-    st.configure(EVERY_SECOND, "30s");
     let target = format!("app/{oldest}/db.");
-    st.proxy.hold(move |r| r.deletes(&target));
-    let mut d = st.daemon();
-    st.proxy.wait_held(1, WAIT);
+    let mut d = st.daemon_held_at("30s", move |r| r.deletes(&target));
     d.signal("TERM");
     d.wait_for_output("waiting up to 30s for running backups", WAIT);
     st.proxy.release();
@@ -395,13 +411,8 @@ async fn sigterm_during_retention() {
     //    is half deleted (no longer listed), exit 3; the next start finishes the job.
     let oldest = ids(&after, "offsite")[1].clone();
     let target = format!("app/{oldest}/db.");
-    st.proxy.hold(move |r| r.deletes(&target));
-    let mut d = st.daemon();
-    st.proxy.wait_held(1, WAIT);
-    d.signal("TERM");
-    d.wait_for_output("waiting up to 30s for running backups", WAIT);
-    let out = stop(d);
-    st.proxy.refuse_held();
+    let d = st.daemon_held_at("30s", move |r| r.deletes(&target));
+    let out = st.stop_twice(d);
     let log = text(&out);
     assert_eq!(out.status.code(), Some(3), "{log}");
     assert!(log.contains("backup success: job=app"), "{log}");
@@ -433,14 +444,9 @@ async fn sigkill_during_retention_then_restart() {
     let before = st.sound_listing().await;
     let oldest = ids(&before, "offsite")[1].clone();
 
-    st.configure(EVERY_SECOND, "30s");
     let target = format!("app/{oldest}/db.");
-    st.proxy.hold(move |r| r.deletes(&target));
-    let d = st.daemon();
-    st.proxy.wait_held(1, WAIT);
-    d.signal("KILL");
-    let _ = d.wait(WAIT);
-    st.proxy.refuse_held();
+    let d = st.daemon_held_at("30s", move |r| r.deletes(&target));
+    st.crash(d);
 
     let crashed = st.sound_listing().await;
     assert_eq!(ids(&crashed, "offsite").len(), 2, "{crashed:?}");
@@ -454,9 +460,7 @@ async fn sigkill_during_retention_then_restart() {
     st.assert_all_restore(&crashed);
 
     st.restart_and_recover(&["recovered leftovers of interrupted runs", &oldest]);
-    assert_eq!(st.sound_listing().await, crashed);
-    st.assert_no_debris().await;
-    st.assert_all_restore(&crashed);
+    st.assert_intact(&crashed).await;
 }
 
 /// A store that accepts requests and never answers them must not hold a stop: past the
@@ -468,18 +472,15 @@ async fn a_hung_store_does_not_hold_the_stop() {
     st.backups(1);
     let before = st.sound_listing().await;
 
-    st.configure(EVERY_SECOND, "1s");
     // From the first part on, every request hangs: the upload, its abort, the cleanup.
     let tripped = std::sync::atomic::AtomicBool::new(false);
-    st.proxy.hold(move |r| {
+    let d = st.daemon_held_at("1s", move |r| {
         use std::sync::atomic::Ordering::SeqCst;
         if r.query.contains("partNumber=") {
             tripped.store(true, SeqCst);
         }
         tripped.load(SeqCst)
     });
-    let d = st.daemon();
-    st.proxy.wait_held(1, WAIT);
     let out = stop(d);
     let log = text(&out);
     assert_eq!(out.status.code(), Some(3), "{log}");
@@ -491,9 +492,7 @@ async fn a_hung_store_does_not_hold_the_stop() {
     assert_eq!(st.sound_listing().await, before);
 
     st.restart_and_recover(&["recovered leftovers of interrupted runs"]);
-    assert_eq!(st.sound_listing().await, before);
-    st.assert_no_debris().await;
-    st.assert_all_restore(&before);
+    st.assert_intact(&before).await;
 }
 
 /// Transient 5xx answers are retried per request (each part of the upload on its own): a

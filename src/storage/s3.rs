@@ -154,8 +154,9 @@ impl S3Storage {
                     301 => StorageError::Io(format!(
                         "{what}: bucket \"{bucket}\" is in another region ({detail}); set region to the bucket's region"
                     )),
-                    // The SDK has retried it already: the store is down or overloaded.
-                    500..=599 => StorageError::Unreachable(format!(
+                    // The SDK has retried it already: the store is down or overloaded
+                    // (501 is a store that lacks the operation, not one that is down).
+                    500 | 502..=599 => StorageError::Unreachable(format!(
                         "{what}: {} answered {detail}, and again on retries; the store is down or overloaded",
                         self.endpoint()
                     )),
