@@ -282,6 +282,29 @@ fn restore(cfg: &Path, args: &[&str]) -> Output {
     run_stowage(cfg, all)
 }
 
+/// Each of `ids` restores into a fresh database on `pg` with every table equal to `want`,
+/// from the two destinations in turn.
+fn assert_all_restore(
+    cfg: &Path,
+    pg: &PgServer,
+    ids: &[String],
+    want: &std::collections::BTreeMap<String, String>,
+) {
+    for (i, id) in ids.iter().enumerate() {
+        let dest = ["local", "offsite"][i % 2];
+        let db = format!("earlier_{i}");
+        pg.create_db(&db);
+        let out = restore(cfg, &[id, "--from", dest, "--to", &pg.url(&db)]);
+        assert!(
+            out.status.success(),
+            "restore of {id} from {dest}:\n{}",
+            text(&out)
+        );
+        assert_eq!(&pg.table_checksums(&db), want, "{id} from {dest}");
+        pg.drop_db(&db);
+    }
+}
+
 async fn round_trip(s3: S3Server) {
     let pg = PgServer::start();
     seed_sample_db(&pg, "app", ROWS);
@@ -473,6 +496,7 @@ async fn failed_dumps_publish_nothing_and_touch_nothing() {
     let before = stored(&setup, &s3).await;
     let ids = ids_on(&setup.config, "local");
     assert_eq!(ids.len(), 5);
+    let want = pg.table_checksums("app");
 
     // 1. A database that does not exist: pg_dump fails at once, its stderr is in the log.
     let bad = write_config(
@@ -534,9 +558,11 @@ async fn failed_dumps_publish_nothing_and_touch_nothing() {
     let out = run_stowage(&setup.config, ["run", "app"]);
     assert_clean_failure(&setup, &s3, &before, &out, "pg_dump failed").await;
 
-    // The five earlier backups are still listed on both sides.
+    // The five earlier backups are still listed on both sides, and restore (into a fresh
+    // server: this one was stopped).
     assert_eq!(ids_on(&setup.config, "local"), ids);
     assert_eq!(ids_on(&setup.config, "offsite"), ids);
+    assert_all_restore(&setup.config, &PgServer::start(), &ids, &want);
 }
 
 /// S3 problems: one line naming the destination and the cause; the local copy still publishes.
@@ -1365,6 +1391,7 @@ async fn full_local_destination_fails_cleanly() {
         })
         .collect();
     assert_eq!(before.len(), 2);
+    let want = pg.table_checksums("app");
     // Grow the database well past the volume's free space (random text barely compresses).
     pg.psql(
         "app",
@@ -1390,9 +1417,11 @@ async fn full_local_destination_fails_cleanly() {
         after, before,
         "the full volume holds exactly the earlier backup"
     );
-    assert_eq!(ids_on(&setup.config, "local").len(), 1);
+    let earlier = ids_on(&setup.config, "local");
+    assert_eq!(earlier.len(), 1);
     assert_eq!(ids_on(&setup.config, "offsite").len(), 2);
     assert_eq!(s3.open_multipart_uploads(BUCKET).await, 0);
+    assert_all_restore(&setup.config, &pg, &earlier, &want);
 }
 
 /// The S3 server goes down in the middle of a multipart upload. Back within seconds: the
