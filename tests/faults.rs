@@ -91,23 +91,7 @@ shutdown_grace = "{grace}"
 
 [log]
 level = "info"
-
-[destinations.local]
-type = "local"
-path = "{local}"
-retention = {{ keep_last = {keep} }}
-
-[destinations.offsite]
-type = "s3"
-bucket = "{BUCKET}"
-prefix = "{PREFIX}"
-endpoint = "{endpoint}"
-force_path_style = true
-access_key_id = "{key}"
-secret_access_key_file = "{secret}"
-part_size = "5MiB"
-retention = {{ keep_last = {keep} }}
-
+{destinations}
 [jobs.app]
 schedule = "{schedule}"
 timezone = "UTC"
@@ -119,11 +103,12 @@ type = "postgres"
 name = "db"
 url = "{pg}"
 "#,
-            local = self.local.display(),
-            keep = self.keep,
-            endpoint = self.proxy.endpoint(),
-            key = self.s3.access_key(),
-            secret = secret.display(),
+            destinations = self.stores().destinations_toml(
+                &self.proxy.endpoint(),
+                &secret,
+                self.keep,
+                self.keep
+            ),
             pg = self.pg.url("app"),
         );
         std::fs::write(&self.config, body).expect("config");

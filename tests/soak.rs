@@ -112,32 +112,21 @@ impl Soak {
         std::fs::write(&secret, s3.secret_key()).expect("secret");
         let config = dir.path().join("stowage.toml");
         let direct = dir.path().join("direct.toml");
+        let stores = Stores {
+            local: &local,
+            s3: &s3,
+            bucket: BUCKET,
+            prefix: PREFIX,
+            job: "app",
+        };
         let write_config = |path: &PathBuf, endpoint: String| {
-            std::fs::write(
-                path,
-                format!(
-                    r#"
+            let body = format!(
+                r#"
 shutdown_grace = "5s"
 
 [log]
 level = "info"
-
-[destinations.local]
-type = "local"
-path = "{local}"
-retention = {{ keep_last = {KEEP_LOCAL} }}
-
-[destinations.offsite]
-type = "s3"
-bucket = "{BUCKET}"
-prefix = "{PREFIX}"
-endpoint = "{endpoint}"
-force_path_style = true
-access_key_id = "{key}"
-secret_access_key_file = "{secret}"
-part_size = "5MiB"
-retention = {{ keep_last = {KEEP_S3} }}
-
+{destinations}
 [jobs.app]
 schedule = "*/2 * * * * *"
 timezone = "UTC"
@@ -155,14 +144,11 @@ type = "files"
 name = "uploads"
 path = "{files}"
 "#,
-                    local = local.display(),
-                    key = s3.access_key(),
-                    secret = secret.display(),
-                    pg = pg.url("app"),
-                    files = files.display(),
-                ),
-            )
-            .expect("config");
+                destinations = stores.destinations_toml(&endpoint, &secret, KEEP_LOCAL, KEEP_S3),
+                pg = pg.url("app"),
+                files = files.display(),
+            );
+            std::fs::write(path, body).expect("config");
         };
         // The daemon goes through the fault proxy; the checks read the store directly.
         write_config(&config, proxy.endpoint());
