@@ -71,7 +71,7 @@ pub struct Manifest {
     pub tools: BTreeMap<String, String>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct SourceEntry {
     pub name: String,
     #[serde(rename = "type")]
@@ -86,9 +86,19 @@ pub struct SourceEntry {
     pub raw_size: u64,
     /// sha256 of the stored object, hex.
     pub sha256: String,
-    /// postgres: tables dumped but skipped by default on restore.
+    /// Databases: tables dumped but skipped by default on restore.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub exclude_tables: Vec<String>,
+    /// Databases: the dump tool and its version, e.g. "pg_dump (PostgreSQL) 15.18".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool: Option<String>,
+    /// Databases: the server's version, when the engine can tell.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_version: Option<String>,
+    /// Databases: the tables or collections the dump holds, so `list` (and the healer) can
+    /// tell which backup has an object without downloading it. Absent when unknown.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub objects: Option<Vec<String>>,
     /// files: what the index references and what this run uploaded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub files: Option<FilesStats>,

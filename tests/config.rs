@@ -54,10 +54,11 @@ fn main_example_matches_the_documented_shape() {
     assert_eq!(cfg.destinations["local"].retention.keep_last, Some(5));
     assert_eq!(cfg.destinations["offsite"].retention.keep_monthly, Some(6));
     match &job.sources[0] {
-        config::SourceConfig::Postgres(p) => {
-            assert_eq!(p.url.password().map(|s| s.expose()), Some("dummy"));
-            assert!(!p.url.to_string().contains("dummy"));
-            assert_eq!(p.exclude_tables, vec!["application_data_backups"]);
+        config::SourceConfig::Database(d) => {
+            assert_eq!(d.kind(), "postgres");
+            // The password file was read (the example's is "dummy") and is never shown.
+            assert!(!d.describe().contains("dummy") && !format!("{d:?}").contains("dummy"));
+            assert_eq!(d.default_excludes(), vec!["application_data_backups"]);
         }
         other => panic!("the first source should be the database, got {other:?}"),
     }

@@ -87,14 +87,15 @@ pub fn summary(config: &Config, now: chrono::DateTime<Utc>) -> String {
         );
         for s in &j.sources {
             match s {
-                SourceConfig::Postgres(p) => {
-                    let _ = writeln!(out, "  {:<12} source {} (postgres {})", "", s.name(), p.url);
-                    if !p.exclude_tables.is_empty() {
+                SourceConfig::Database(d) => {
+                    let _ = writeln!(out, "  {:<12} source {} ({})", "", s.name(), d.describe());
+                    let excluded = d.default_excludes();
+                    if !excluded.is_empty() {
                         let _ = writeln!(
                             out,
                             "  {:<12}   skipped on restore by default: {}",
                             "",
-                            p.exclude_tables.join(", ")
+                            excluded.join(", ")
                         );
                     }
                 }

@@ -66,9 +66,10 @@ pub enum Command {
         /// Backup id (or a unique prefix of one), or "latest"
         #[arg(default_value = "latest")]
         id: String,
-        /// Target database URL, e.g. postgres://postgres@db:5432/app (needed for a database source)
-        #[arg(long)]
-        to: Option<String>,
+        /// Where a database goes: its URL or file, as the engine takes it; with several
+        /// databases, SOURCE=TARGET for each (repeatable)
+        #[arg(long, value_name = "[SOURCE=]TARGET")]
+        to: Vec<String>,
         /// Destination to restore from (default: the first of the job's destinations that has the backup)
         #[arg(long)]
         from: Option<String>,

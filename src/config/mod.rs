@@ -14,6 +14,9 @@ use figment::providers::{Env, Format, Toml, Yaml};
 
 pub use raw::{Checksums, Compression, LogFormat, Rotation};
 
+use std::sync::Arc;
+
+use crate::engine::Database;
 use crate::retention::RetentionPolicy;
 use crate::schedule::{Schedule, parse_timezone};
 
@@ -172,21 +175,28 @@ impl Job {
 
 #[derive(Debug, Clone)]
 pub enum SourceConfig {
-    Postgres(PostgresConfig),
+    /// A database, configured and validated by its engine (`src/source/<engine>/`).
+    Database(Arc<dyn Database>),
     Files(FilesConfig),
 }
 
 impl SourceConfig {
     pub fn name(&self) -> &str {
         match self {
-            SourceConfig::Postgres(p) => &p.name,
+            SourceConfig::Database(d) => d.name(),
             SourceConfig::Files(f) => &f.name,
         }
     }
     pub fn kind(&self) -> &'static str {
         match self {
-            SourceConfig::Postgres(_) => "postgres",
+            SourceConfig::Database(d) => d.kind(),
             SourceConfig::Files(_) => "files",
+        }
+    }
+    pub fn database(&self) -> Option<&Arc<dyn Database>> {
+        match self {
+            SourceConfig::Database(d) => Some(d),
+            SourceConfig::Files(_) => None,
         }
     }
 }
@@ -252,16 +262,6 @@ impl IoPriority {
     }
 }
 
-#[derive(Debug, Clone)]
-pub struct PostgresConfig {
-    pub name: String,
-    pub url: PgUrl,
-    pub bin_dir: Option<PathBuf>,
-    pub priority: Priority,
-    /// Dumped, but skipped by default on restore (job-level list + this source's own).
-    pub exclude_tables: Vec<String>,
-}
-
 /// A directory tree backed up file by file into content-addressed blobs.
 #[derive(Debug, Clone)]
 pub struct FilesConfig {
@@ -270,90 +270,6 @@ pub struct FilesConfig {
     pub include: Vec<String>,
     pub exclude: Vec<String>,
     pub immutable: bool,
-}
-
-/// A libpq URL with its password split off, so the password can be handed to the child
-/// process through `PGPASSWORD` instead of its command line (visible in `ps`) and is
-/// never printed.
-#[derive(Clone)]
-pub struct PgUrl {
-    without_password: url::Url,
-    password: Option<Secret>,
-}
-
-impl PgUrl {
-    pub fn parse(text: &str, password_override: Option<Secret>) -> Result<PgUrl, String> {
-        let mut url = url::Url::parse(text).map_err(|e| {
-            format!("{e}; expected a URL such as \"postgres://user@host:5432/dbname\"")
-        })?;
-        if url.scheme() != "postgres" && url.scheme() != "postgresql" {
-            return Err(format!(
-                "scheme \"{}\" is not postgres: expected a URL such as \"postgres://user@host:5432/dbname\"",
-                url.scheme()
-            ));
-        }
-        if url.host_str().is_none_or(str::is_empty) {
-            return Err(
-                "the URL names no host: expected \"postgres://user@host:5432/dbname\"".into(),
-            );
-        }
-        if url.path().trim_start_matches('/').is_empty() {
-            return Err(
-                "the URL names no database: expected \"postgres://user@host:5432/dbname\"".into(),
-            );
-        }
-        let in_url = url.password().map(|p| {
-            Secret::new(
-                percent_encoding::percent_decode_str(p)
-                    .decode_utf8_lossy()
-                    .into_owned(),
-            )
-        });
-        // set_password only fails for URLs that cannot have credentials; ours has a host.
-        let _ = url.set_password(None);
-        Ok(PgUrl {
-            without_password: url,
-            password: password_override.or(in_url),
-        })
-    }
-
-    pub fn from_target(text: &str) -> Result<PgUrl, String> {
-        PgUrl::parse(text, None)
-    }
-
-    /// The URL to hand to libpq tools (no password in it).
-    pub fn conninfo(&self) -> &str {
-        self.without_password.as_str()
-    }
-
-    pub fn password(&self) -> Option<&Secret> {
-        self.password.as_ref()
-    }
-
-    pub fn database(&self) -> &str {
-        self.without_password.path().trim_start_matches('/')
-    }
-
-    pub fn with_database(&self, db: &str) -> PgUrl {
-        let mut u = self.without_password.clone();
-        u.set_path(db);
-        PgUrl {
-            without_password: u,
-            password: self.password.clone(),
-        }
-    }
-}
-
-impl fmt::Display for PgUrl {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.without_password.as_str())
-    }
-}
-
-impl fmt::Debug for PgUrl {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "PgUrl({})", self.without_password)
-    }
 }
 
 /// Where the config is read from when `--config` is not given.
@@ -882,6 +798,7 @@ fn validate(path: &Path, raw: raw::RawConfig) -> Result<Config, Vec<String>> {
         }
         let mut names = BTreeSet::new();
         let mut sources = Vec::new();
+        let mut used_job_excludes = false;
         for (i, s) in j.sources.into_iter().enumerate() {
             let skey = format!("{key}.sources[{i}]");
             if !valid_name(&s.name) {
@@ -895,111 +812,47 @@ fn validate(path: &Path, raw: raw::RawConfig) -> Result<Config, Vec<String>> {
                     s.name
                 ));
             }
-            match s.kind {
-                raw::SourceType::Postgres => {
-                    only_for(
-                        &skey,
-                        "files",
-                        &[
-                            ("path", s.path.is_some()),
-                            ("include", s.include.is_some()),
-                            ("exclude", s.exclude.is_some()),
-                            ("immutable", s.immutable.is_some()),
-                        ],
-                        &mut problems,
-                    );
-                    let password = s.password_file.as_deref().and_then(|f| {
-                        read_secret(f, &format!("{skey}.password_file"), &mut problems)
-                    });
-                    let url = match s.url.as_deref().map(|u| PgUrl::parse(u, password)) {
-                        Some(Ok(u)) => Some(u),
-                        Some(Err(e)) => {
-                            problems.push(format!("{skey}.url: invalid postgres URL: {e}"));
-                            None
-                        }
-                        None => {
-                            problems.push(format!(
-                                "{skey}.url: required for type = \"postgres\"; e.g. url = \"postgres://user@db:5432/app\""
-                            ));
-                            None
-                        }
-                    };
-                    if let Some(dir) = &s.bin_dir
-                        && !dir.is_dir()
-                    {
-                        problems.push(format!(
-                            "{skey}.bin_dir: {dir:?} is not a directory; remove the key to use pg_dump from PATH"
-                        ));
-                    }
-                    let own = s.exclude_tables.unwrap_or_default();
-                    check_tables(&format!("{skey}.exclude_tables"), &own, &mut problems);
-                    let mut exclude_tables = j.exclude_tables.clone();
-                    exclude_tables
-                        .extend(own.into_iter().filter(|t| !j.exclude_tables.contains(t)));
-                    if let Some(url) = url {
-                        sources.push(SourceConfig::Postgres(PostgresConfig {
-                            name: s.name,
-                            url,
-                            bin_dir: s.bin_dir,
-                            priority,
-                            exclude_tables,
-                        }));
-                    }
+            let mut section = Section {
+                key: skey.clone(),
+                name: s.name.clone(),
+                values: s.rest,
+                priority,
+                job_exclude_tables: &j.exclude_tables,
+                used_job_excludes: false,
+                problems: &mut problems,
+            };
+            if s.kind == "files" {
+                if let Some(f) = files_source(&mut section) {
+                    sources.push(SourceConfig::Files(f));
                 }
-                raw::SourceType::Files => {
-                    only_for(
-                        &skey,
-                        "postgres",
-                        &[
-                            ("url", s.url.is_some()),
-                            ("password_file", s.password_file.is_some()),
-                            ("bin_dir", s.bin_dir.is_some()),
-                            ("exclude_tables", s.exclude_tables.is_some()),
-                        ],
-                        &mut problems,
-                    );
-                    match &s.path {
-                        None => problems.push(format!(
-                            "{skey}.path: required for type = \"files\"; e.g. path = \"/data/uploads\""
-                        )),
-                        Some(p) if !p.is_absolute() => problems.push(format!(
-                            "{skey}.path: {p:?} must be an absolute path (the directory as mounted in this container)"
-                        )),
-                        Some(_) => {}
-                    }
-                    let include = s.include.unwrap_or_default();
-                    let exclude = s.exclude.unwrap_or_default();
-                    for (field, globs) in [("include", &include), ("exclude", &exclude)] {
-                        for (n, g) in globs.iter().enumerate() {
-                            if let Err(e) = crate::source::files::PathFilter::check_glob(g) {
-                                problems.push(format!("{skey}.{field}[{n}]: {e}"));
-                            }
-                        }
-                    }
-                    if let Some(path) = s.path {
-                        sources.push(SourceConfig::Files(FilesConfig {
-                            name: s.name,
-                            path,
-                            include,
-                            exclude,
-                            immutable: s.immutable.unwrap_or(false),
-                        }));
-                    }
+            } else if let Some(engine) = crate::engine::find(&s.kind) {
+                let db = engine.configure(&mut section);
+                used_job_excludes |= section.used_job_excludes;
+                if let Some(db) = db {
+                    sources.push(SourceConfig::Database(db));
                 }
+            } else {
+                let mut kinds = crate::engine::kinds();
+                kinds.push("files");
+                problems.push(format!(
+                    "{skey}.type: unknown value \"{}\"{}; expected one of: {}",
+                    s.kind,
+                    suggest(&s.kind, &kinds),
+                    kinds.join(", ")
+                ));
             }
         }
-        check_tables(
-            &format!("{key}.exclude_tables"),
-            &j.exclude_tables,
-            &mut problems,
-        );
-        if !j.exclude_tables.is_empty()
-            && !sources
-                .iter()
-                .any(|s| matches!(s, SourceConfig::Postgres(_)))
-        {
+        if !j.exclude_tables.is_empty() && !used_job_excludes {
             problems.push(format!(
-                "{key}.exclude_tables: the job has no postgres source; remove the key or add a source with type = \"postgres\""
+                "{key}.exclude_tables: the job has no database source with tables; remove the key or add a source with type = {}",
+                crate::engine::kinds()
+                    .iter()
+                    .filter(|k| {
+                        crate::engine::find(k).is_some_and(|e| e.kind() == **k && e.has_tables())
+                    })
+                    .map(|k| format!("\"{k}\""))
+                    .collect::<Vec<_>>()
+                    .join(" or ")
             ));
         }
         // Coherence rule: a database is dumped before the files its rows point at, so a
@@ -1010,7 +863,7 @@ fn validate(path: &Path, raw: raw::RawConfig) -> Result<Config, Vec<String>> {
                 .position(|s| matches!(s, SourceConfig::Files(_))),
             sources
                 .iter()
-                .rposition(|s| matches!(s, SourceConfig::Postgres(_))),
+                .rposition(|s| matches!(s, SourceConfig::Database(_))),
         ) && f < d
         {
             warnings.push(format!(
@@ -1054,13 +907,215 @@ fn validate(path: &Path, raw: raw::RawConfig) -> Result<Config, Vec<String>> {
     }
 }
 
-/// Table names as `pg_restore -L` filtering understands them ("name" or "schema.name").
-fn check_tables(key: &str, tables: &[String], problems: &mut Vec<String>) {
-    for (n, t) in tables.iter().enumerate() {
-        if let Err(e) = crate::source::pg_toc::TableName::parse(t) {
-            problems.push(format!("{key}[{n}]: {e}"));
+/// A source's section of the config as its engine sees it: every key but `type` and
+/// `name`, the job-level settings that apply to it, and where to report problems (with
+/// the full key path, so messages read like every other config error).
+pub struct Section<'a> {
+    key: String,
+    /// The source's name (already checked by config).
+    pub name: String,
+    values: figment::value::Dict,
+    /// The job's nice/ionice, for the engine's child processes.
+    pub priority: Priority,
+    job_exclude_tables: &'a [String],
+    used_job_excludes: bool,
+    problems: &'a mut Vec<String>,
+}
+
+impl Section<'_> {
+    /// Full key path of one of the section's keys, e.g. "jobs.app.sources[0].url".
+    pub fn key(&self, field: &str) -> String {
+        format!("{}.{field}", self.key)
+    }
+
+    /// Report a problem with one key: "jobs.app.sources[0].url: <message>".
+    pub fn problem(&mut self, field: &str, message: impl fmt::Display) {
+        let key = self.key(field);
+        self.problems.push(format!("{key}: {message}"));
+    }
+
+    /// Whether a problem was reported for this section since `mark` ([`Section::mark`]).
+    pub fn mark(&self) -> usize {
+        self.problems.len()
+    }
+    pub fn failed_since(&self, mark: usize) -> bool {
+        self.problems.len() > mark
+    }
+
+    /// Deserialize the section into the engine's own config type. Use
+    /// `#[serde(deny_unknown_fields)]` on it: a key of another engine is then reported as
+    /// "unknown key …; valid keys here: …", with a suggestion for a typo.
+    pub fn parse<T: serde::de::DeserializeOwned>(&mut self) -> Option<T> {
+        let mut values = self.values.clone();
+        let mut unknown = Vec::new();
+        // serde stops at the first unknown key: take each one out and try again, so every
+        // stray key gets its own line.
+        loop {
+            let value = figment::value::Value::from(values.clone());
+            match value.deserialize::<T>() {
+                Ok(t) if unknown.is_empty() => return Some(t),
+                Ok(_) => break,
+                Err(errors) => {
+                    let mut progressed = false;
+                    for e in errors {
+                        if let figment::error::Kind::UnknownField(field, expected) = &e.kind
+                            && values.remove(field).is_some()
+                        {
+                            unknown.push(self.unknown_key(field, expected));
+                            progressed = true;
+                        } else {
+                            let msg = describe_figment_error(&e);
+                            self.problems.push(format!("{}.{msg}", self.key));
+                        }
+                    }
+                    if !progressed {
+                        break;
+                    }
+                }
+            }
+        }
+        self.problems.extend(unknown);
+        None
+    }
+
+    /// "unknown key", or "only valid for type = …" when another source type takes it.
+    fn unknown_key(&self, field: &str, expected: &[&str]) -> String {
+        let key = self.key(field);
+        let mut owners: Vec<&str> = crate::engine::registered()
+            .iter()
+            .filter(|e| e.keys().contains(&field))
+            .map(|e| e.kind())
+            .collect();
+        if serde_fields::<RawFiles>().contains(&field) {
+            owners.push("files");
+        }
+        if owners.is_empty() {
+            format!(
+                "{key}: unknown key \"{field}\"{}; valid keys here: {}",
+                suggest(field, expected),
+                expected.join(", ")
+            )
+        } else {
+            format!(
+                "{key}: only valid for type = {}; remove it or change the type",
+                owners
+                    .iter()
+                    .map(|o| format!("\"{o}\""))
+                    .collect::<Vec<_>>()
+                    .join(" or ")
+            )
         }
     }
+
+    /// Read a secret file named by key `field`; `None` (and a problem) when unreadable.
+    pub fn secret(&mut self, field: &str, path: &Path) -> Option<Secret> {
+        let key = self.key(field);
+        read_secret(path, &key, self.problems)
+    }
+
+    /// The job-level `exclude_tables`, for engines whose objects are tables. Asking for
+    /// them marks them as used (the job-level key is an error when no source uses it).
+    pub fn job_exclude_tables(&mut self) -> Vec<String> {
+        self.used_job_excludes = true;
+        self.job_exclude_tables.to_vec()
+    }
+
+    /// Report problems of the job-level `exclude_tables` entries (validated by the engine
+    /// that uses them), named by the job-level key.
+    pub fn job_exclude_problem(&mut self, index: usize, message: impl fmt::Display) {
+        let job_key = self
+            .key
+            .rsplit_once(".sources[")
+            .map_or(self.key.as_str(), |(j, _)| j);
+        let line = format!("{job_key}.exclude_tables[{index}]: {message}");
+        if !self.problems.contains(&line) {
+            self.problems.push(line);
+        }
+    }
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFiles {
+    path: Option<PathBuf>,
+    include: Option<Vec<String>>,
+    exclude: Option<Vec<String>>,
+    /// Files are never modified in place (a new version gets a new name): a path whose
+    /// size and mtime match the previous backup is not re-read.
+    immutable: Option<bool>,
+}
+
+/// The keys a serde struct accepts (its fields, as `deserialize_struct` is told them), so
+/// that an engine's key list is its config type and never a second list to keep in step.
+pub fn serde_fields<T: serde::de::DeserializeOwned>() -> &'static [&'static str] {
+    struct Capture(Option<&'static [&'static str]>);
+    #[derive(Debug)]
+    struct Stop;
+    impl fmt::Display for Stop {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("stop")
+        }
+    }
+    impl std::error::Error for Stop {}
+    impl serde::de::Error for Stop {
+        fn custom<M: fmt::Display>(_: M) -> Self {
+            Stop
+        }
+    }
+    impl<'de> serde::Deserializer<'de> for &mut Capture {
+        type Error = Stop;
+        fn deserialize_any<V: serde::de::Visitor<'de>>(self, _: V) -> Result<V::Value, Stop> {
+            Err(Stop)
+        }
+        fn deserialize_struct<V: serde::de::Visitor<'de>>(
+            self,
+            _: &'static str,
+            fields: &'static [&'static str],
+            _: V,
+        ) -> Result<V::Value, Stop> {
+            self.0 = Some(fields);
+            Err(Stop)
+        }
+        serde::forward_to_deserialize_any! {
+            bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes
+            byte_buf option unit unit_struct newtype_struct seq tuple tuple_struct map enum
+            identifier ignored_any
+        }
+    }
+    let mut c = Capture(None);
+    let _ = T::deserialize(&mut c);
+    c.0.unwrap_or(&[])
+}
+
+fn files_source(section: &mut Section<'_>) -> Option<FilesConfig> {
+    let raw: RawFiles = section.parse()?;
+    match &raw.path {
+        None => section.problem(
+            "path",
+            "required for type = \"files\"; e.g. path = \"/data/uploads\"",
+        ),
+        Some(p) if !p.is_absolute() => section.problem(
+            "path",
+            format!("{p:?} must be an absolute path (the directory as mounted in this container)"),
+        ),
+        Some(_) => {}
+    }
+    let include = raw.include.unwrap_or_default();
+    let exclude = raw.exclude.unwrap_or_default();
+    for (field, globs) in [("include", &include), ("exclude", &exclude)] {
+        for (n, g) in globs.iter().enumerate() {
+            if let Err(e) = crate::pathfilter::PathFilter::check_glob(g) {
+                section.problem(&format!("{field}[{n}]"), e);
+            }
+        }
+    }
+    Some(FilesConfig {
+        name: section.name.clone(),
+        path: raw.path?,
+        include,
+        exclude,
+        immutable: raw.immutable.unwrap_or(false),
+    })
 }
 
 /// Keys that belong to another destination type are errors, not silently ignored.
@@ -1178,25 +1233,6 @@ fn validate_s3(key: &str, s: &raw::RawDestination, problems: &mut Vec<String>) -
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn pg_url_hides_password() {
-        let u = PgUrl::parse("postgres://app:s%40cret@db:5432/prod", None).expect("valid url");
-        assert_eq!(u.conninfo(), "postgres://app@db:5432/prod");
-        assert_eq!(u.password().map(Secret::expose), Some("s@cret"));
-        assert!(!format!("{u} {u:?}").contains("cret"));
-        assert_eq!(u.database(), "prod");
-    }
-
-    #[test]
-    fn password_file_wins_over_url() {
-        let u = PgUrl::parse(
-            "postgres://app:old@db/prod",
-            Some(Secret::new("new".into())),
-        )
-        .expect("valid url");
-        assert_eq!(u.password().map(Secret::expose), Some("new"));
-    }
 
     #[test]
     fn sizes() {

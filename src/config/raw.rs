@@ -181,7 +181,7 @@ pub struct RawJob {
     /// Scheduled runs that fail are tried again this many times, `retry_delay` apart.
     pub retries: Option<u32>,
     pub retry_delay: Option<String>,
-    /// CPU and I/O priority of the job's dump processes (pg_dump), so a backup does not
+    /// CPU and I/O priority of the job's dump processes, so a backup does not
     /// starve the application on a small box: nice 0..19, ionice "idle" or
     /// "best-effort[:0-7]".
     pub nice: Option<i32>,
@@ -191,7 +191,7 @@ pub struct RawJob {
     pub notify: Vec<RawNotify>,
     #[serde(default)]
     pub destinations: Vec<String>,
-    /// Tables of every postgres source that are dumped but skipped by default on restore
+    /// Tables of every database source that are dumped but skipped by default on restore
     /// (the application's own backup bookkeeping, for instance).
     #[serde(default)]
     pub exclude_tables: Vec<String>,
@@ -226,30 +226,14 @@ impl Compression {
     }
 }
 
-#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum SourceType {
-    Postgres,
-    Files,
-}
-
+/// One source of a job. `type` picks who validates the rest: "files" is config's own,
+/// any other value names a database engine (`crate::engine`), which reads the remaining
+/// keys into its own serde type (unknown keys are errors there, with their full path).
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RawSource {
     #[serde(rename = "type")]
-    pub kind: SourceType,
+    pub kind: String,
     pub name: String,
-    // postgres
-    pub url: Option<String>,
-    pub password_file: Option<PathBuf>,
-    /// Directory holding pg_dump/pg_restore/psql; default: found on PATH.
-    pub bin_dir: Option<PathBuf>,
-    pub exclude_tables: Option<Vec<String>>,
-    // files
-    pub path: Option<PathBuf>,
-    pub include: Option<Vec<String>>,
-    pub exclude: Option<Vec<String>>,
-    /// Files are never modified in place (a new version gets a new name): a path whose
-    /// size and mtime match the previous backup is not re-read.
-    pub immutable: Option<bool>,
+    #[serde(flatten)]
+    pub rest: figment::value::Dict,
 }

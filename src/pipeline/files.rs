@@ -251,8 +251,8 @@ pub(super) async fn backup(
         size: packed.len() as u64,
         raw_size,
         sha256: hex::encode(Sha256::digest(&packed)),
-        exclude_tables: Vec::new(),
         files: Some(stats),
+        ..Default::default()
     })
 }
 

@@ -27,9 +27,9 @@ use tracing::{error, info, warn};
 use crate::blobs::{self, LockKind, SweepOutcome};
 use crate::codec;
 use crate::config::{Config, Job, SourceConfig};
+use crate::engine::{Database, DumpInfo, SourceError};
 use crate::manifest::{self, FORMAT_VERSION, JobListing, Manifest, SourceEntry};
 use crate::retention;
-use crate::source::{self, Source, SourceError};
 use crate::storage::{self, Chunk, Storage};
 
 const READ_CHUNK: usize = 256 * 1024;
@@ -195,33 +195,30 @@ pub async fn run_job(config: &Config, job: &Job, cancel: CancellationToken) -> R
                 }
                 files::backup(f, job, &id, &mut targets, &cancel).await
             }
-            SourceConfig::Postgres(p) => {
-                let src = source::postgres(p);
-                match src.tool_version().await {
+            SourceConfig::Database(db) => {
+                let tool = match db.tool_version().await {
                     Ok((tool, version)) => {
-                        tools.insert(tool, version);
+                        tools.insert(tool, version.clone());
+                        version
                     }
                     Err(e) => {
                         fatal = Some((
-                            format!("source {}", src.name()),
+                            format!("source {}", db.name()),
                             e.to_string(),
                             Outcome::Failed,
                         ));
                         break;
                     }
-                }
-                let key =
-                    manifest::object_key(jn, &id, src.name(), src.extension(), job.compression);
-                info!(job = jn, id = %id, source = src.name(), "stage: dump {} {} → {}", src.kind(), src.name(), key);
+                };
+                let key = manifest::object_key(jn, &id, db.name(), db.extension(), job.compression);
+                info!(job = jn, id = %id, source = db.name(), "stage: dump {} {} → {}", db.kind(), db.name(), key);
                 for t in targets.iter_mut().filter(|t| t.error.is_none()) {
                     t.touched = true;
                 }
-                stream_source(src.as_ref(), &key, job, &mut targets, &cancel)
+                stream_source(db.as_ref(), &key, job, &mut targets, &cancel)
                     .await
                     .map(|mut entry| {
-                        if let SourceConfig::Postgres(p) = src_cfg {
-                            entry.exclude_tables = p.exclude_tables.clone();
-                        }
+                        entry.tool = Some(tool);
                         entry
                     })
             }
@@ -410,7 +407,7 @@ pub async fn run_job(config: &Config, job: &Job, cancel: CancellationToken) -> R
 }
 
 async fn stream_source(
-    src: &dyn Source,
+    src: &dyn Database,
     key: &str,
     job: &Job,
     targets: &mut [Target],
@@ -430,9 +427,15 @@ async fn stream_source(
         .collect();
     let storages: Vec<&dyn Storage> = live.iter().map(|i| targets[*i].storage.as_ref()).collect();
     let finish = dump.finish;
+    let info = Arc::new(std::sync::Mutex::new(DumpInfo::default()));
+    let learnt = info.clone();
     // The bytes are only a backup if the tool says the dump is complete.
     let (pumped, results) = fan_out(reader, key, &storages, cancel, async move {
-        finish.await.map_err(StreamError::from)
+        let i = finish.await?;
+        if let Ok(mut l) = learnt.lock() {
+            *l = i;
+        }
+        Ok(())
     })
     .await;
     let mut any_ok = false;
@@ -451,6 +454,7 @@ async fn stream_source(
     if !any_ok {
         return Err(StreamError::NoDestinationLeft);
     }
+    let info = info.lock().map(|i| i.clone()).unwrap_or_default();
     Ok(SourceEntry {
         name: src.name().to_string(),
         kind: src.kind().to_string(),
@@ -459,7 +463,10 @@ async fn stream_source(
         size,
         raw_size: raw.load(Ordering::Relaxed),
         sha256,
-        exclude_tables: Vec::new(),
+        exclude_tables: src.default_excludes(),
+        tool: None,
+        server_version: info.server_version,
+        objects: info.objects,
         files: None,
     })
 }

@@ -1,18 +1,19 @@
 //! Find a published backup and put it back: databases first (storage → sha256 check →
-//! decompress → pg_restore, streamed), then files (only what is missing or different is
+//! decompress → the engine's restore tool, streamed), then files (only what is missing or different is
 //! downloaded; local files the backup lacks are moved aside, never deleted).
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Instant;
 
 use tracing::{info, warn};
 
 use crate::codec;
-use crate::config::{Config, Job, PostgresConfig, SourceConfig};
+use crate::config::{Config, Job, SourceConfig};
+use crate::engine::{self, Archive, Database, RestoreOptions, SourceError};
 use crate::manifest::{self, JobListing, Manifest, SourceEntry};
 use crate::pipeline::human_bytes;
-use crate::source::pg_toc::TableName;
-use crate::source::{self, Archive, RestoreOptions, SourceError};
 use crate::storage::{self, Storage};
 
 mod files;
@@ -22,8 +23,8 @@ pub struct RestoreRequest {
     pub job: String,
     /// An id, a unique prefix of one, or "latest".
     pub id: String,
-    /// Target database URL (needed when a postgres source is restored).
-    pub to: Option<String>,
+    /// Where databases go: "TARGET" (one database restored) or "SOURCE=TARGET" each.
+    pub to: Vec<String>,
     pub from: Option<String>,
     /// Sources to restore (default: all, databases first).
     pub only: Vec<String>,
@@ -56,6 +57,12 @@ pub enum RestoreError {
     Storage(String),
     #[error(transparent)]
     Source(#[from] SourceError),
+    #[error("database {source_name}: {source}")]
+    Database {
+        source_name: String,
+        #[source]
+        source: SourceError,
+    },
     #[error("{0}")]
     Files(String),
 }
@@ -161,7 +168,7 @@ pub async fn restore(
     let manifest = manifest::read_manifest(st.as_ref(), &job.name, &id)
         .await
         .map_err(|e| RestoreError::Storage(e.to_string()))?;
-    let plan = plan(&manifest, req)?;
+    let plan = plan(&manifest, req, &|e| database_for(job, e))?;
     let mut lines = Vec::new();
     if req.dry_run {
         lines.push(format!(
@@ -171,36 +178,17 @@ pub async fn restore(
     }
     // Databases first, then files: the order the set was taken in, so rows never point
     // at files that are not there yet.
-    for entry in &plan.databases {
+    for step in &plan.databases {
+        let entry = step.entry;
         let t0 = Instant::now();
-        let to = req.to.clone().unwrap_or_default();
-        let target = crate::config::PgUrl::from_target(&to)
-            .map_err(|e| RestoreError::Usage(format!("invalid --to URL \"{to}\": {e}")))?;
-        // Restore with the job's own tool settings when the source still exists in config.
-        let bin_dir = job.sources.iter().find_map(|s| match s {
-            SourceConfig::Postgres(p) if p.name == entry.name => p.bin_dir.clone(),
-            _ => None,
-        });
-        let src = source::postgres(&PostgresConfig {
-            name: entry.name.clone(),
-            url: target.clone(),
-            bin_dir,
-            exclude_tables: Vec::new(),
-            priority: Default::default(),
-        });
         let mut exclude: Vec<String> = if req.all_tables {
             Vec::new()
         } else {
             // A table named with --table is wanted even if the job excludes it.
-            let named: Vec<TableName> = req
-                .tables
-                .iter()
-                .filter_map(|t| TableName::parse(t).ok())
-                .collect();
             entry
                 .exclude_tables
                 .iter()
-                .filter(|t| TableName::parse(t).is_ok_and(|x| !named.contains(&x)))
+                .filter(|t| !req.tables.iter().any(|n| same_table(n, t)))
                 .cloned()
                 .collect()
         };
@@ -214,7 +202,7 @@ pub async fn restore(
             entry.format,
             human_bytes(entry.size),
             dest_name,
-            target
+            step.target
         );
         let archive = StoredArchive {
             storage: st.as_ref(),
@@ -224,11 +212,12 @@ pub async fn restore(
             compression: manifest.compression,
             dest: dest_name.clone(),
         };
-        let out = src
+        let out = step
+            .database
             .restore(
                 &archive,
                 &RestoreOptions {
-                    target: to.clone(),
+                    target: step.target.clone(),
                     clean: req.clean,
                     no_owner: req.no_owner,
                     tables: req.tables.clone(),
@@ -236,7 +225,11 @@ pub async fn restore(
                     dry_run: req.dry_run,
                 },
             )
-            .await?;
+            .await
+            .map_err(|e| RestoreError::Database {
+                source_name: entry.name.clone(),
+                source: e,
+            })?;
         lines.extend(out);
         if !req.dry_run {
             info!(
@@ -246,7 +239,10 @@ pub async fn restore(
                 entry.name,
                 t0.elapsed().as_secs_f64()
             );
-            lines.push(format!("database {}: restored into {target}", entry.name));
+            lines.push(format!(
+                "database {}: restored into {}",
+                entry.name, step.target
+            ));
         }
     }
     for entry in &plan.files {
@@ -274,13 +270,64 @@ pub async fn restore(
     })
 }
 
+/// The source a backup's database is restored with: the job's own, when the config still
+/// has a source of that name and engine (its tool settings), else the engine's defaults.
+fn database_for(job: &Job, entry: &SourceEntry) -> Option<Arc<dyn Database>> {
+    job.sources
+        .iter()
+        .filter_map(SourceConfig::database)
+        .find(|d| d.name() == entry.name && d.kind() == entry.kind)
+        .cloned()
+        .or_else(|| engine::find(&entry.kind).map(|e| e.unconfigured(&entry.name)))
+}
+
+/// Whether two table names given by a user and a manifest are the same table, ignoring a
+/// "public." the one has and the other has not.
+fn same_table(a: &str, b: &str) -> bool {
+    let strip = |t: &str| t.strip_prefix("public.").unwrap_or(t).to_string();
+    strip(a) == strip(b)
+}
+
+struct DatabaseStep<'a> {
+    entry: &'a SourceEntry,
+    database: Arc<dyn Database>,
+    target: String,
+}
+
 struct Plan<'a> {
-    databases: Vec<&'a SourceEntry>,
+    databases: Vec<DatabaseStep<'a>>,
     files: Vec<&'a SourceEntry>,
 }
 
-/// Which of the backup's sources to restore, checked against the request before any work.
-fn plan<'a>(manifest: &'a Manifest, req: &RestoreRequest) -> Result<Plan<'a>, RestoreError> {
+/// Split `--to` values into per-source targets ("SOURCE=TARGET") and one plain target. A
+/// value is per-source when what precedes its first '=' is a source name (no ':' or '/',
+/// which every URL and path has before any '=').
+fn split_targets(values: &[String]) -> (BTreeMap<String, String>, Vec<String>) {
+    let mut named = BTreeMap::new();
+    let mut plain = Vec::new();
+    for v in values {
+        match v.split_once('=') {
+            Some((name, target))
+                if !name.is_empty()
+                    && name
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') =>
+            {
+                named.insert(name.to_string(), target.to_string());
+            }
+            _ => plain.push(v.clone()),
+        }
+    }
+    (named, plain)
+}
+
+/// Which of the backup's sources to restore, and where, checked against the request before
+/// any work.
+fn plan<'a>(
+    manifest: &'a Manifest,
+    req: &RestoreRequest,
+    database_for: &dyn Fn(&SourceEntry) -> Option<Arc<dyn Database>>,
+) -> Result<Plan<'a>, RestoreError> {
     let names: Vec<&str> = manifest.sources.iter().map(|s| s.name.as_str()).collect();
     for o in &req.only {
         if !names.contains(&o.as_str()) {
@@ -296,36 +343,71 @@ fn plan<'a>(manifest: &'a Manifest, req: &RestoreRequest) -> Result<Plan<'a>, Re
         .iter()
         .filter(|s| req.only.is_empty() || req.only.contains(&s.name))
         .collect();
-    let databases: Vec<&SourceEntry> = chosen
-        .iter()
-        .copied()
-        .filter(|s| s.kind == "postgres")
-        .collect();
     let files: Vec<&SourceEntry> = chosen
         .iter()
         .copied()
         .filter(|s| s.files.is_some())
         .collect();
-    if databases.len() > 1 {
-        return Err(RestoreError::Usage(format!(
-            "backup {} has {} database sources ({}); restore one at a time with --only NAME --to URL",
-            manifest.id,
-            databases.len(),
-            databases
+    let mut dbs = Vec::new();
+    for s in chosen.iter().copied().filter(|s| s.files.is_none()) {
+        match database_for(s) {
+            Some(d) => dbs.push((s, d)),
+            None => {
+                return Err(RestoreError::NotFound(format!(
+                    "backup {} has source \"{}\" of type \"{}\", which this version of stowage cannot restore; use a newer stowage, or restore it by hand (README: restore by hand)",
+                    manifest.id, s.name, s.kind
+                )));
+            }
+        }
+    }
+    let (named, plain) = split_targets(&req.to);
+    let db_names: Vec<&str> = dbs.iter().map(|(s, _)| s.name.as_str()).collect();
+    for n in named.keys() {
+        if !db_names.contains(&n.as_str()) {
+            let all_dbs: Vec<&str> = manifest
+                .sources
                 .iter()
+                .filter(|s| s.files.is_none())
                 .map(|s| s.name.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
+                .collect();
+            return Err(RestoreError::Usage(format!(
+                "--to {n}=…: {}; database sources of backup {}: {}",
+                if all_dbs.contains(&n.as_str()) {
+                    format!("source \"{n}\" is not being restored (see --only)")
+                } else {
+                    format!("backup {} has no database source \"{n}\"", manifest.id)
+                },
+                manifest.id,
+                if all_dbs.is_empty() {
+                    "none".to_string()
+                } else {
+                    all_dbs.join(", ")
+                }
+            )));
+        }
+    }
+    if plain.len() > 1 {
+        return Err(RestoreError::Usage(format!(
+            "--to is given {} times without a source name; give one target per database as --to SOURCE=TARGET",
+            plain.len()
         )));
     }
-    if let Some(db) = databases.first()
-        && req.to.is_none()
-    {
+    if !plain.is_empty() && dbs.len() > 1 {
         return Err(RestoreError::Usage(format!(
-            "backup {} has database source \"{}\": give --to postgres://USER@HOST:PORT/DB{}",
+            "backup {} has {} database sources ({}); name each target as --to SOURCE=TARGET, or restore one with --only NAME",
             manifest.id,
-            db.name,
-            if files.is_empty() {
+            dbs.len(),
+            db_names.join(", ")
+        )));
+    }
+    let mut databases = Vec::new();
+    for (entry, database) in dbs {
+        let Some(target) = named
+            .get(&entry.name)
+            .cloned()
+            .or_else(|| plain.first().cloned())
+        else {
+            let others = if files.is_empty() {
                 String::new()
             } else {
                 format!(
@@ -336,11 +418,50 @@ fn plan<'a>(manifest: &'a Manifest, req: &RestoreRequest) -> Result<Plan<'a>, Re
                         .collect::<Vec<_>>()
                         .join(" --only ")
                 )
-            }
+            };
+            return Err(RestoreError::Usage(format!(
+                "backup {} has database source \"{}\" ({}): give --to {}{}{others}",
+                manifest.id,
+                entry.name,
+                entry.kind,
+                database.target_example(),
+                if db_names.len() > 1 {
+                    format!(" as --to {}=TARGET", entry.name)
+                } else {
+                    String::new()
+                }
+            )));
+        };
+        if let Err(e) = database.check_target(&target) {
+            return Err(RestoreError::Usage(format!(
+                "invalid --to for source \"{}\" ({}) \"{target}\": {e}",
+                entry.name, entry.kind
+            )));
+        }
+        databases.push(DatabaseStep {
+            entry,
+            database,
+            target,
+        });
+    }
+    let selecting = !req.tables.is_empty() || !req.exclude_tables.is_empty() || req.all_tables;
+    if selecting && databases.len() > 1 {
+        return Err(RestoreError::Usage(format!(
+            "--table, --exclude-table and --all-tables apply to one database; add --only NAME (one of: {})",
+            db_names.join(", ")
+        )));
+    }
+    if let Some(d) = databases.first()
+        && (!req.tables.is_empty() || !req.exclude_tables.is_empty())
+        && !d.database.selects_objects()
+    {
+        return Err(RestoreError::Usage(format!(
+            "source \"{}\" is a {} backup, which is restored whole; remove --table and --exclude-table",
+            d.entry.name, d.entry.kind
         )));
     }
     if databases.is_empty() {
-        if req.to.is_some() {
+        if !req.to.is_empty() {
             return Err(RestoreError::Usage(
                 "--to is for database sources, and none is being restored; remove it".into(),
             ));
@@ -389,7 +510,10 @@ impl Archive for StoredArchive<'_> {
             .storage
             .get(&self.key)
             .await
-            .map_err(|e| SourceError::Io(format!("{}: {e}", self.dest)))?;
+            .map_err(|e| SourceError::Archive {
+                place: self.dest.clone(),
+                source: Box::new(e),
+            })?;
         let verified = codec::Verify::new(raw, &self.sha256, self.size, &self.key);
         Ok(codec::decompress(Box::new(verified), self.compression))
     }
@@ -409,8 +533,8 @@ mod tests {
             size: 1,
             raw_size: 1,
             sha256: String::new(),
-            exclude_tables: Vec::new(),
             files: (kind == "files").then(FilesStats::default),
+            ..Default::default()
         }
     }
 
@@ -439,9 +563,11 @@ mod tests {
 
     /// Which sources a request restores (databases, then files), or its usage error.
     fn outcome(m: &Manifest, r: &RestoreRequest) -> Result<(Vec<String>, Vec<String>), String> {
-        match plan(m, r) {
+        let resolve =
+            |e: &SourceEntry| crate::engine::find(&e.kind).map(|x| x.unconfigured(&e.name));
+        match plan(m, r, &resolve) {
             Ok(p) => Ok((
-                p.databases.iter().map(|s| s.name.clone()).collect(),
+                p.databases.iter().map(|s| s.entry.name.clone()).collect(),
                 p.files.iter().map(|s| s.name.clone()).collect(),
             )),
             Err(RestoreError::Usage(e) | RestoreError::NotFound(e)) => Err(e),
@@ -452,7 +578,7 @@ mod tests {
     #[test]
     fn plans_check_the_request_before_any_work() {
         let set = manifest(&[("db", "postgres"), ("uploads", "files"), ("media", "files")]);
-        let to = |r: &mut RestoreRequest| r.to = Some("postgres://h/db".into());
+        let to = |r: &mut RestoreRequest| r.to = vec!["postgres://h/db".into()];
         let ok = |d: &[&str], f: &[&str]| {
             Ok((
                 d.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
@@ -478,7 +604,7 @@ mod tests {
             &set,
             &req(|r| {
                 r.only = vec!["uploads".into()];
-                r.to = Some("postgres://h/db".into());
+                r.to = vec!["postgres://h/db".into()];
             }),
         )
         .expect_err("--to without a database");

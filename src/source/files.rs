@@ -8,77 +8,8 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use globset::{Glob, GlobBuilder, GlobSet, GlobSetBuilder};
+pub use crate::pathfilter::PathFilter;
 use sha2::{Digest, Sha256};
-
-/// Which relative paths a files source covers. Patterns follow .gitignore habits: one
-/// without a '/' matches a file or directory name at any depth ("*.tmp", "cache"); one
-/// with a '/' is anchored at the root ("media/tmp/**"); `*` never crosses a '/', `**` does;
-/// a pattern naming a directory covers everything under it.
-#[derive(Debug, Clone)]
-pub struct PathFilter {
-    include: Option<GlobSet>,
-    exclude: GlobSet,
-}
-
-impl PathFilter {
-    pub fn new(include: &[String], exclude: &[String]) -> Result<PathFilter, String> {
-        let include = if include.is_empty() {
-            None
-        } else {
-            Some(build_set(include)?)
-        };
-        Ok(PathFilter {
-            include,
-            exclude: build_set(exclude)?,
-        })
-    }
-
-    /// Validate one pattern (for config errors that name the key).
-    pub fn check_glob(pattern: &str) -> Result<(), String> {
-        expand(pattern).map(|_| ())
-    }
-
-    /// `rel` is '/'-separated and relative to the root.
-    pub fn matches(&self, rel: &str) -> bool {
-        self.include.as_ref().is_none_or(|s| s.is_match(rel)) && !self.exclude.is_match(rel)
-    }
-}
-
-fn expand(pattern: &str) -> Result<Vec<Glob>, String> {
-    let p = pattern.trim();
-    if p.is_empty() {
-        return Err("empty glob pattern; remove it".to_string());
-    }
-    let anchored = p.trim_start_matches('/').trim_end_matches('/');
-    let bases: Vec<String> = if p.trim_end_matches('/').contains('/') {
-        vec![anchored.to_string()]
-    } else {
-        vec![format!("**/{anchored}")]
-    };
-    let mut out = Vec::new();
-    for base in bases {
-        for text in [base.clone(), format!("{base}/**")] {
-            let g = GlobBuilder::new(&text)
-                .literal_separator(true)
-                .backslash_escape(true)
-                .build()
-                .map_err(|e| format!("invalid glob \"{pattern}\": {}", e.kind()))?;
-            out.push(g);
-        }
-    }
-    Ok(out)
-}
-
-fn build_set(patterns: &[String]) -> Result<GlobSet, String> {
-    let mut b = GlobSetBuilder::new();
-    for p in patterns {
-        for g in expand(p)? {
-            b.add(g);
-        }
-    }
-    b.build().map_err(|e| format!("invalid globs: {e}"))
-}
 
 /// One regular file of the tree, as seen by the scan.
 #[derive(Debug, Clone, PartialEq, Eq)]

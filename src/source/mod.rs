@@ -1,92 +1,23 @@
-//! Sources produce a backup as a byte stream and restore from one. Each source runs an
-//! external tool (pg_dump, pg_restore) as a child process: killed when dropped, its stderr
-//! drained concurrently (a full stderr pipe would otherwise stall the tool) and quoted in
-//! the error when it fails.
+//! Sources: the database engines, one folder each, and the files source (a directory tree,
+//! handled file by file by the pipeline). The interface every engine implements is in
+//! `crate::engine`; this module registers the engines and holds what their child processes
+//! share: killed when dropped, stderr drained concurrently (a full stderr pipe would
+//! otherwise stall the tool) and quoted in the error when the tool fails.
 
 pub mod files;
-pub mod pg_toc;
 pub mod postgres;
+pub mod url;
 
-use std::process::ExitStatus;
+use std::process::{ExitStatus, Stdio};
 
-use async_trait::async_trait;
-use futures::future::BoxFuture;
-use tokio::io::{AsyncRead, AsyncReadExt};
-use tokio::process::{Child, ChildStderr};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::process::{Child, ChildStderr, ChildStdin};
 use tokio::task::JoinHandle;
 
-use crate::config::PostgresConfig;
+pub use crate::engine::{Archive, Database, Dump, DumpInfo, Engine, RestoreOptions, SourceError};
 
-#[derive(Debug, thiserror::Error)]
-pub enum SourceError {
-    #[error("cannot start {tool}: {reason}")]
-    Spawn { tool: String, reason: String },
-    #[error("{tool} failed ({status}): {stderr}")]
-    Failed {
-        tool: String,
-        status: String,
-        stderr: String,
-    },
-    #[error("{0}")]
-    Refused(String),
-    #[error("{0}")]
-    Io(String),
-}
-
-/// A running dump: read `reader` to the end, then await `finish` to learn whether the
-/// bytes read are a complete, valid dump (the tool's exit status).
-pub struct Dump {
-    pub reader: Box<dyn AsyncRead + Send + Unpin>,
-    pub finish: BoxFuture<'static, Result<(), SourceError>>,
-}
-
-#[derive(Debug, Clone, Default)]
-pub struct RestoreOptions {
-    /// Target (a postgres URL for database sources).
-    pub target: String,
-    /// Replace existing objects instead of refusing a non-empty target.
-    pub clean: bool,
-    /// Do not restore ownership (needed when the target lacks the original roles).
-    pub no_owner: bool,
-    /// Restore only these tables ("name" or "schema.name"), into an existing database.
-    pub tables: Vec<String>,
-    /// Leave these tables out.
-    pub exclude_tables: Vec<String>,
-    /// Say what would be restored; change nothing.
-    pub dry_run: bool,
-}
-
-/// A stored archive that can be read from its start more than once (selective restore
-/// reads the table of contents before the data). Each stream is decompressed and checked.
-#[async_trait]
-pub trait Archive: Send + Sync {
-    async fn open(&self) -> Result<Box<dyn AsyncRead + Send + Unpin>, SourceError>;
-}
-
-#[async_trait]
-pub trait Source: Send + Sync {
-    fn name(&self) -> &str;
-    fn kind(&self) -> &'static str;
-    /// File extension of the uncompressed stream, e.g. "pgdump".
-    fn extension(&self) -> &'static str;
-    /// What the uncompressed stream is, for the manifest and the README's by-hand restore.
-    fn format(&self) -> &'static str;
-    /// Tool name and version, recorded in the manifest.
-    async fn tool_version(&self) -> Result<(String, String), SourceError>;
-    async fn dump(&self) -> Result<Dump, SourceError>;
-    /// Restore from the archive; returns lines describing what was (or, in a dry run,
-    /// would be) restored.
-    async fn restore(
-        &self,
-        archive: &dyn Archive,
-        opts: &RestoreOptions,
-    ) -> Result<Vec<String>, SourceError>;
-}
-
-/// Database sources stream; a files source is handled file by file by the pipeline.
-pub fn postgres(cfg: &PostgresConfig) -> Box<dyn Source> {
-    Box::new(postgres::Postgres::new(cfg.clone()))
-}
+/// Every database engine. Adding one: its folder under `src/source/` and one line here.
+pub static ENGINES: &[&dyn Engine] = &[&postgres::Postgres];
 
 /// Apply the job's nice/ionice to a child process, in the child between fork and exec.
 pub(crate) fn lower_priority(cmd: &mut tokio::process::Command, p: crate::config::Priority) {
@@ -146,7 +77,7 @@ pub(crate) async fn wait_child(
     let status: ExitStatus = child
         .wait()
         .await
-        .map_err(|e| SourceError::Io(format!("waiting for {tool}: {e}")))?;
+        .map_err(|e| SourceError::io(format!("waiting for {tool}"), e))?;
     let text = stderr.await.unwrap_or_default();
     if status.success() {
         if !text.is_empty() {
@@ -178,4 +109,112 @@ pub(crate) fn describe_status(status: ExitStatus) -> String {
         Some(c) => format!("exit code {c}"),
         None => "unknown exit status".to_string(),
     }
+}
+
+/// The error for a tool that could not be started: "not found" says what to install.
+pub(crate) fn spawn_error(tool: &str, e: std::io::Error, install_hint: &str) -> SourceError {
+    let reason = if e.kind() == std::io::ErrorKind::NotFound {
+        format!("{tool} not found on PATH; {install_hint}")
+    } else {
+        e.to_string()
+    };
+    SourceError::Spawn {
+        tool: tool.to_string(),
+        reason,
+    }
+}
+
+/// Standard settings for an engine's child process: no terminal input unless piped
+/// later, output piped, killed when dropped (a cancelled run must not leave a dump
+/// running), and the job's priority.
+pub(crate) fn tool_command(
+    program: impl AsRef<std::ffi::OsStr>,
+    priority: crate::config::Priority,
+) -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new(program);
+    lower_priority(&mut cmd, priority);
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    cmd
+}
+
+/// Spawn a dump tool whose stdout is the backup: the reader is its stdout, `finish` its
+/// exit status (with stderr quoted on failure).
+pub(crate) fn spawn_dump(
+    tool: &str,
+    mut cmd: tokio::process::Command,
+    install_hint: &str,
+) -> Result<
+    (
+        Box<dyn AsyncRead + Send + Unpin>,
+        futures::future::BoxFuture<'static, Result<(), SourceError>>,
+    ),
+    SourceError,
+> {
+    use futures::FutureExt;
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| spawn_error(tool, e, install_hint))?;
+    let (Some(stdout), Some(stderr)) = (child.stdout.take(), child.stderr.take()) else {
+        return Err(SourceError::Protocol(format!(
+            "{tool} started without pipes"
+        )));
+    };
+    let stderr = drain_stderr(stderr);
+    let tool = tool.to_string();
+    Ok((
+        Box::new(stdout),
+        async move { wait_child(&tool, child, stderr).await }.boxed(),
+    ))
+}
+
+/// Copy a backup stream into a restore tool's stdin. A read error kills the tool before
+/// its stdin is closed, so it can never take a truncated stream for a complete one (and
+/// commit it); a tool that stops reading is left to report why through its exit status.
+pub(crate) async fn feed(
+    data: &mut (dyn AsyncRead + Send + Unpin),
+    stdin: ChildStdin,
+    child: &mut Child,
+) -> Result<(), SourceError> {
+    let mut stdin = stdin;
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        let n = match data.read(&mut buf).await {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) => {
+                let _ = child.kill().await;
+                return Err(SourceError::io("reading the backup", e));
+            }
+        };
+        if stdin.write_all(&buf[..n]).await.is_err() {
+            break;
+        }
+    }
+    drop(stdin);
+    Ok(())
+}
+
+/// Run a restore tool with the archive on its stdin and wait for it.
+pub(crate) async fn restore_through(
+    tool: &str,
+    mut cmd: tokio::process::Command,
+    archive: &dyn Archive,
+    install_hint: &str,
+) -> Result<(), SourceError> {
+    cmd.stdin(Stdio::piped());
+    let mut data = archive.open().await?;
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| spawn_error(tool, e, install_hint))?;
+    let (Some(stdin), Some(stderr)) = (child.stdin.take(), child.stderr.take()) else {
+        return Err(SourceError::Protocol(format!(
+            "{tool} started without pipes"
+        )));
+    };
+    let stderr = drain_stderr(stderr);
+    feed(data.as_mut(), stdin, &mut child).await?;
+    wait_child(tool, child, stderr).await
 }

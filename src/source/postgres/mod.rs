@@ -3,37 +3,162 @@
 //! `pg_restore` fed from a stream. The archive is a standard custom-format dump, so
 //! `zstd -d < db.pgdump.zst | pg_restore -d …` restores it without stowage.
 
+pub mod toc;
+
 use std::path::PathBuf;
 use std::process::Stdio;
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use futures::FutureExt;
+use serde::Deserialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::Command;
+use tokio_util::io::InspectReader;
 
-use super::pg_toc::{self, Selection, TableName};
-use super::{Archive, Dump, RestoreOptions, Source, SourceError, drain_stderr, wait_child};
-use crate::config::{PgUrl, PostgresConfig};
+use self::toc::{Selection, TableName};
+use super::url::{DbUrl, UrlSpec};
+use super::{
+    Archive, Database, Dump, DumpInfo, Engine, RestoreOptions, SourceError, drain_stderr,
+    wait_child,
+};
+use crate::config::{Priority, Section};
 
-pub struct Postgres {
-    cfg: PostgresConfig,
+const URL: UrlSpec = UrlSpec {
+    engine: "postgres",
+    schemes: &["postgres", "postgresql"],
+    example: "postgres://user@host:5432/dbname",
+    database_required: true,
+};
+
+/// The archive's header (TOC and schema) comes first in a custom-format dump; keeping this
+/// much of the stream lets `pg_restore --list` read what the dump holds without a second
+/// pass. A schema bigger than this only loses the object list in the manifest.
+const HEADER_KEEP: usize = 4 * 1024 * 1024;
+
+/// `type = "postgres"`.
+pub struct Postgres;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPostgres {
+    url: Option<String>,
+    password_file: Option<PathBuf>,
+    /// Directory holding pg_dump/pg_restore/psql; default: found on PATH.
+    bin_dir: Option<PathBuf>,
+    exclude_tables: Option<Vec<String>>,
 }
 
-impl Postgres {
-    pub fn new(cfg: PostgresConfig) -> Self {
-        Postgres { cfg }
+impl Engine for Postgres {
+    fn kind(&self) -> &'static str {
+        "postgres"
     }
 
+    fn keys(&self) -> &'static [&'static str] {
+        crate::config::serde_fields::<RawPostgres>()
+    }
+
+    fn has_tables(&self) -> bool {
+        true
+    }
+
+    fn configure(&self, section: &mut Section<'_>) -> Option<Arc<dyn Database>> {
+        let raw: RawPostgres = section.parse()?;
+        let mark = section.mark();
+        let password = raw
+            .password_file
+            .as_deref()
+            .and_then(|f| section.secret("password_file", f));
+        let url = match raw.url.as_deref().map(|u| DbUrl::parse(u, &URL, password)) {
+            Some(Ok(u)) => Some(u),
+            Some(Err(e)) => {
+                section.problem("url", format!("invalid postgres URL: {e}"));
+                None
+            }
+            None => {
+                section.problem(
+                    "url",
+                    "required for type = \"postgres\"; e.g. url = \"postgres://user@db:5432/app\"",
+                );
+                None
+            }
+        };
+        if let Some(dir) = &raw.bin_dir
+            && !dir.is_dir()
+        {
+            section.problem(
+                "bin_dir",
+                format!("{dir:?} is not a directory; remove the key to use pg_dump from PATH"),
+            );
+        }
+        let own = raw.exclude_tables.unwrap_or_default();
+        for (n, t) in own.iter().enumerate() {
+            if let Err(e) = TableName::parse(t) {
+                section.problem(&format!("exclude_tables[{n}]"), e);
+            }
+        }
+        let job = section.job_exclude_tables();
+        for (n, t) in job.iter().enumerate() {
+            if let Err(e) = TableName::parse(t) {
+                section.job_exclude_problem(n, e);
+            }
+        }
+        let mut exclude_tables = job.clone();
+        exclude_tables.extend(own.into_iter().filter(|t| !job.contains(t)));
+        if section.failed_since(mark) {
+            return None;
+        }
+        Some(Arc::new(PostgresSource {
+            name: section.name.clone(),
+            url: Some(url?),
+            bin_dir: raw.bin_dir,
+            priority: section.priority,
+            exclude_tables,
+        }))
+    }
+
+    fn unconfigured(&self, name: &str) -> Arc<dyn Database> {
+        Arc::new(PostgresSource {
+            name: name.to_string(),
+            url: None,
+            bin_dir: None,
+            priority: Priority::default(),
+            exclude_tables: Vec::new(),
+        })
+    }
+}
+
+/// A configured PostgreSQL source. `url` is `None` for a source made only to restore.
+#[derive(Debug)]
+pub struct PostgresSource {
+    name: String,
+    url: Option<DbUrl>,
+    bin_dir: Option<PathBuf>,
+    priority: Priority,
+    /// Dumped, but skipped by default on restore (job-level list + this source's own).
+    exclude_tables: Vec<String>,
+}
+
+impl PostgresSource {
     fn tool(&self, name: &str) -> PathBuf {
-        match &self.cfg.bin_dir {
+        match &self.bin_dir {
             Some(dir) => dir.join(name),
             None => PathBuf::from(name),
         }
     }
 
-    fn command(&self, tool: &str, url: &PgUrl) -> Command {
+    fn own_url(&self) -> Result<&DbUrl, SourceError> {
+        self.url.as_ref().ok_or_else(|| {
+            SourceError::Refused(format!(
+                "source \"{}\" is not in the config; give the database with --to",
+                self.name
+            ))
+        })
+    }
+
+    fn command(&self, tool: &str, url: &DbUrl) -> Command {
         let mut cmd = Command::new(self.tool(tool));
-        super::lower_priority(&mut cmd, self.cfg.priority);
+        super::lower_priority(&mut cmd, self.priority);
         // Never prompt: there is no terminal in a container and a prompt would hang forever.
         cmd.arg("--no-password")
             .env("PGAPPNAME", "stowage")
@@ -52,8 +177,7 @@ impl Postgres {
         let reason = if e.kind() == std::io::ErrorKind::NotFound {
             format!(
                 "{tool} not found{}; install the PostgreSQL client tools (at least the server's major version) or set bin_dir",
-                self.cfg
-                    .bin_dir
+                self.bin_dir
                     .as_ref()
                     .map(|d| format!(" in {}", d.display()))
                     .unwrap_or_else(|| " on PATH".to_string())
@@ -64,6 +188,26 @@ impl Postgres {
         SourceError::Spawn {
             tool: tool.to_string(),
             reason,
+        }
+    }
+
+    /// What a dump's header says: the server version and the tables it holds.
+    async fn header_info(&self, header: Vec<u8>) -> DumpInfo {
+        let archive = BytesArchive(header);
+        let Ok(list) = self.capture(&archive, &["--list"]).await else {
+            return DumpInfo::default();
+        };
+        let server_version = list.lines().find_map(|l| {
+            l.strip_prefix(";     Dumped from database version: ")
+                .map(|v| v.trim().to_string())
+        });
+        let objects = match self.capture(&archive, &["--schema-only", "--file=-"]).await {
+            Ok(schema) => Some(toc::filter(&list, &schema, &Selection::default()).tables),
+            Err(_) => None,
+        };
+        DumpInfo {
+            server_version,
+            objects,
         }
     }
 
@@ -82,7 +226,9 @@ impl Postgres {
         let (Some(mut stdin), Some(mut stdout), Some(stderr)) =
             (child.stdin.take(), child.stdout.take(), child.stderr.take())
         else {
-            return Err(SourceError::Io("pg_restore started without pipes".into()));
+            return Err(SourceError::Protocol(
+                "pg_restore started without pipes".into(),
+            ));
         };
         let stderr = drain_stderr(stderr);
         let reader = tokio::spawn(async move {
@@ -100,7 +246,7 @@ impl Postgres {
                 }
                 Err(e) => {
                     let _ = child.kill().await;
-                    return Err(SourceError::Io(format!("reading the backup: {e}")));
+                    return Err(SourceError::io("reading the backup", e));
                 }
             }
         }
@@ -108,24 +254,25 @@ impl Postgres {
         drop(data);
         let out = reader
             .await
-            .map_err(|e| SourceError::Io(format!("pg_restore output: {e}")))?
-            .map_err(|e| SourceError::Io(format!("pg_restore output: {e}")))?;
+            .map_err(|e| SourceError::Protocol(format!("pg_restore output: {e}")))?
+            .map_err(|e| SourceError::io("reading pg_restore's output", e))?;
         wait_child("pg_restore", child, stderr).await?;
         Ok(String::from_utf8_lossy(&out).into_owned())
     }
 
-    /// Number of user tables in the target database, to refuse restoring over data.
-    async fn count_tables(&self, url: &PgUrl) -> Result<u64, SourceError> {
+    /// User tables of a live database ("schema.name"), to refuse restoring over data and
+    /// for the healer's presence checks.
+    async fn tables_in(&self, url: &DbUrl) -> Result<Vec<String>, SourceError> {
         let mut cmd = self.command("psql", url);
         cmd.args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "--dbname"])
             .arg(url.conninfo())
             .arg("-c")
             .arg(
-                "select count(*) from pg_catalog.pg_class c \
+                "select n.nspname || '.' || c.relname from pg_catalog.pg_class c \
                  join pg_catalog.pg_namespace n on n.oid = c.relnamespace \
                  where c.relkind in ('r','p') \
                  and n.nspname not in ('pg_catalog','information_schema') \
-                 and n.nspname not like 'pg_toast%'",
+                 and n.nspname not like 'pg_toast%' order by 1",
             );
         let out = cmd.output().await.map_err(|e| self.spawn_err("psql", e))?;
         if !out.status.success() {
@@ -134,17 +281,33 @@ impl Postgres {
                 String::from_utf8_lossy(&out.stderr).trim()
             )));
         }
-        let text = String::from_utf8_lossy(&out.stdout);
-        text.trim()
-            .parse()
-            .map_err(|_| SourceError::Io(format!("unexpected psql output: {text:?}")))
+        Ok(String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .map(str::to_string)
+            .collect())
     }
 }
 
+/// A dump's header held in memory, read as an archive.
+struct BytesArchive(Vec<u8>);
+
 #[async_trait]
-impl Source for Postgres {
+impl Archive for BytesArchive {
+    async fn open(&self) -> Result<Box<dyn tokio::io::AsyncRead + Send + Unpin>, SourceError> {
+        Ok(Box::new(std::io::Cursor::new(self.0.clone())))
+    }
+}
+
+fn parse_target(target: &str) -> Result<DbUrl, String> {
+    DbUrl::parse(target, &URL, None)
+}
+
+#[async_trait]
+impl Database for PostgresSource {
     fn name(&self) -> &str {
-        &self.cfg.name
+        &self.name
     }
 
     fn kind(&self) -> &'static str {
@@ -157,6 +320,47 @@ impl Source for Postgres {
 
     fn format(&self) -> &'static str {
         "pg_dump custom"
+    }
+
+    fn describe(&self) -> String {
+        match &self.url {
+            Some(u) => format!("postgres {u}"),
+            None => "postgres".to_string(),
+        }
+    }
+
+    fn target_example(&self) -> &'static str {
+        "postgres://USER@HOST:PORT/DB"
+    }
+
+    fn check_target(&self, target: &str) -> Result<(), String> {
+        parse_target(target).map(|_| ())
+    }
+
+    fn default_excludes(&self) -> Vec<String> {
+        self.exclude_tables.clone()
+    }
+
+    fn selects_objects(&self) -> bool {
+        true
+    }
+
+    async fn archive_objects(&self, archive: &dyn Archive) -> Result<Vec<String>, SourceError> {
+        let list = self.capture(archive, &["--list"]).await?;
+        let schema = self
+            .capture(archive, &["--schema-only", "--file=-"])
+            .await?;
+        Ok(toc::filter(&list, &schema, &Selection::default()).tables)
+    }
+
+    async fn live_objects(&self, target: Option<&str>) -> Result<Vec<String>, SourceError> {
+        match target {
+            Some(t) => {
+                let url = parse_target(t).map_err(SourceError::Refused)?;
+                self.tables_in(&url).await
+            }
+            None => self.tables_in(self.own_url()?).await,
+        }
     }
 
     async fn tool_version(&self) -> Result<(String, String), SourceError> {
@@ -182,17 +386,45 @@ impl Source for Postgres {
     }
 
     async fn dump(&self) -> Result<Dump, SourceError> {
-        let mut cmd = self.command("pg_dump", &self.cfg.url);
+        let url = self.own_url()?;
+        let mut cmd = self.command("pg_dump", url);
         cmd.args(["--format=custom", "--compress=0", "--dbname"])
-            .arg(self.cfg.url.conninfo());
+            .arg(url.conninfo());
         let mut child = cmd.spawn().map_err(|e| self.spawn_err("pg_dump", e))?;
         let (Some(stdout), Some(stderr)) = (child.stdout.take(), child.stderr.take()) else {
-            return Err(SourceError::Io("pg_dump started without pipes".into()));
+            return Err(SourceError::Protocol(
+                "pg_dump started without pipes".into(),
+            ));
         };
         let stderr = drain_stderr(stderr);
+        let header = Arc::new(Mutex::new(Vec::new()));
+        let keep = header.clone();
+        let reader = InspectReader::new(stdout, move |b: &[u8]| {
+            if let Ok(mut h) = keep.lock()
+                && h.len() < HEADER_KEEP
+            {
+                let n = b.len().min(HEADER_KEEP - h.len());
+                h.extend_from_slice(&b[..n]);
+            }
+        });
+        let me = PostgresSource {
+            name: self.name.clone(),
+            url: self.url.clone(),
+            bin_dir: self.bin_dir.clone(),
+            priority: self.priority,
+            exclude_tables: Vec::new(),
+        };
         Ok(Dump {
-            reader: Box::new(stdout),
-            finish: wait_child("pg_dump", child, stderr).boxed(),
+            reader: Box::new(reader),
+            finish: async move {
+                wait_child("pg_dump", child, stderr).await?;
+                let header = header
+                    .lock()
+                    .map(|mut h| std::mem::take(&mut *h))
+                    .unwrap_or_default();
+                Ok(me.header_info(header).await)
+            }
+            .boxed(),
         })
     }
 
@@ -201,7 +433,7 @@ impl Source for Postgres {
         archive: &dyn Archive,
         opts: &RestoreOptions,
     ) -> Result<Vec<String>, SourceError> {
-        let url = PgUrl::from_target(&opts.target)
+        let url = parse_target(&opts.target)
             .map_err(|e| SourceError::Refused(format!("invalid --to URL: {e}")))?;
         let mut lines = Vec::new();
         let parse = |names: &[String]| -> Result<Vec<TableName>, SourceError> {
@@ -222,14 +454,14 @@ impl Source for Postgres {
             let schema = self
                 .capture(archive, &["--schema-only", "--file=-"])
                 .await?;
-            let filtered = pg_toc::filter(&toc, &schema, &selection);
+            let filtered = toc::filter(&toc, &schema, &selection);
             let unmatched_includes: Vec<&String> = filtered
                 .unmatched
                 .iter()
                 .filter(|u| selection.include.iter().any(|t| t.to_string() == **u))
                 .collect();
             if !unmatched_includes.is_empty() || filtered.tables.is_empty() {
-                let all = pg_toc::filter(&toc, &schema, &Selection::default());
+                let all = toc::filter(&toc, &schema, &Selection::default());
                 return Err(SourceError::Refused(format!(
                     "{}; tables in this backup: {}",
                     if unmatched_includes.is_empty() {
@@ -257,7 +489,7 @@ impl Source for Postgres {
             if selection.include.is_empty() {
                 lines.push(format!(
                     "{}: {} table(s); skipped: {}",
-                    self.cfg.name,
+                    self.name,
                     filtered.tables.len(),
                     if filtered.skipped.is_empty() {
                         "none".to_string()
@@ -268,14 +500,14 @@ impl Source for Postgres {
             } else {
                 lines.push(format!(
                     "{}: only table(s) {}",
-                    self.cfg.name,
+                    self.name,
                     filtered.tables.join(", ")
                 ));
             }
             if !filtered.dropped.is_empty() {
                 lines.push(format!(
                     "{}: left out because they need a table that is not restored: {}",
-                    self.cfg.name,
+                    self.name,
                     filtered.dropped.join("; ")
                 ));
             }
@@ -283,15 +515,15 @@ impl Source for Postgres {
                 .prefix("stowage-restore-")
                 .suffix(".list")
                 .tempfile()
-                .map_err(|e| SourceError::Io(format!("cannot create the restore list: {e}")))?;
+                .map_err(|e| SourceError::io("cannot create the restore list", e))?;
             std::io::Write::write_all(&mut f, filtered.list.as_bytes())
-                .map_err(|e| SourceError::Io(format!("cannot write the restore list: {e}")))?;
+                .map_err(|e| SourceError::io("cannot write the restore list", e))?;
             list_file = Some(f);
         }
         if opts.dry_run {
             lines.push(format!(
                 "would restore {} into {url}{}",
-                self.cfg.name,
+                self.name,
                 if opts.clean {
                     " (--clean: replacing the objects it contains)"
                 } else {
@@ -304,7 +536,7 @@ impl Source for Postgres {
         // selected tables go into an existing one, where pg_restore itself refuses to
         // overwrite a table that exists (unless --clean).
         if !opts.clean && selection.include.is_empty() {
-            let n = self.count_tables(&url).await?;
+            let n = self.tables_in(&url).await?.len();
             if n > 0 {
                 return Err(SourceError::Refused(format!(
                     "target database \"{}\" already has {n} table(s); restore into an empty database, or pass --clean to drop and replace the objects in the backup, or --table NAME to restore single tables",
@@ -329,7 +561,9 @@ impl Source for Postgres {
         let mut data = archive.open().await?;
         let mut child = cmd.spawn().map_err(|e| self.spawn_err("pg_restore", e))?;
         let (Some(mut stdin), Some(stderr)) = (child.stdin.take(), child.stderr.take()) else {
-            return Err(SourceError::Io("pg_restore started without pipes".into()));
+            return Err(SourceError::Protocol(
+                "pg_restore started without pipes".into(),
+            ));
         };
         let stderr = drain_stderr(stderr);
         let mut buf = vec![0u8; 256 * 1024];
@@ -339,7 +573,7 @@ impl Source for Postgres {
                 Ok(0) => break,
                 Ok(n) => n,
                 Err(e) => {
-                    copy_err = Some(SourceError::Io(format!("reading the backup: {e}")));
+                    copy_err = Some(SourceError::io("reading the backup", e));
                     break;
                 }
             };

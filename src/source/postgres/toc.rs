@@ -49,7 +49,7 @@
 //! not select its partitions, and a partition restored without its parent stays detached.
 //!
 //! The test fixtures are real PostgreSQL 15 output of the databases made by
-//! `pg_toc_fixtures/*.setup.sql`:
+//! `toc_fixtures/*.setup.sql`:
 //! ```text
 //! createdb shop && psql -d shop -f pg15.setup.sql
 //! pg_dump -Fc -Z0 shop | cat > shop.dump
@@ -1169,8 +1169,8 @@ mod tests {
     use super::*;
 
     /// `pg_restore -l` and `pg_restore -s -f -` of a PostgreSQL 15 dump of `pg15.setup.sql`.
-    const LIST: &str = include_str!("pg_toc_fixtures/pg15.list");
-    const SQL: &str = include_str!("pg_toc_fixtures/pg15.sql");
+    const LIST: &str = include_str!("toc_fixtures/pg15.list");
+    const SQL: &str = include_str!("toc_fixtures/pg15.sql");
 
     fn sel(include: &[&str], exclude: &[&str]) -> Selection {
         let parse = |names: &[&str]| {
@@ -1606,8 +1606,8 @@ mod tests {
     // --- the second fixture: awkward names and rarer objects
 
     /// The same for `pg15_odd.setup.sql`.
-    const ODD_LIST: &str = include_str!("pg_toc_fixtures/pg15_odd.list");
-    const ODD_SQL: &str = include_str!("pg_toc_fixtures/pg15_odd.sql");
+    const ODD_LIST: &str = include_str!("toc_fixtures/pg15_odd.list");
+    const ODD_SQL: &str = include_str!("toc_fixtures/pg15_odd.sql");
 
     fn odd(include: &[&str], exclude: &[&str]) -> Filtered {
         run_on(ODD_LIST, ODD_SQL, include, exclude)

@@ -1,0 +1,191 @@
+//! The interface between stowage and a database engine. Everything that knows a database
+//! (its URL, its tools, its objects) lives in the engine's folder under `src/source/`;
+//! config, pipeline, restore, check-config and the manifest only see these traits.
+//!
+//! # Adding an engine
+//! 1. A folder `src/source/<engine>/` with a `mod.rs` holding a unit struct that implements
+//!    [`Engine`] (the `type` value(s), section validation) and a type that implements
+//!    [`Database`] (dump, restore, objects). Its config section is a serde struct with
+//!    `#[serde(deny_unknown_fields)]`, read with [`Section::parse`]: unknown keys then get
+//!    "unknown key … did you mean" messages with their full key path.
+//! 2. One line in [`crate::source::ENGINES`].
+//!
+//! Nothing else changes: `type = "<engine>"` is accepted in config, the pipeline streams its
+//! dump (compress → fan-out → storages), the manifest records its format, versions and
+//! objects, and `restore --to <source>=<target>` hands the stream back to it.
+
+use std::fmt;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use futures::future::BoxFuture;
+use tokio::io::AsyncRead;
+
+pub use crate::config::Section;
+
+/// One kind of database, registered in [`crate::source::ENGINES`].
+pub trait Engine: Send + Sync {
+    /// The `type = "..."` value, e.g. "postgres".
+    fn kind(&self) -> &'static str;
+    /// Other accepted `type` values, e.g. "mysql" for "mariadb".
+    fn aliases(&self) -> &'static [&'static str] {
+        &[]
+    }
+    /// The keys its section accepts: `crate::config::serde_fields::<ItsRawConfig>()`.
+    fn keys(&self) -> &'static [&'static str];
+    /// Whether the engine's objects are tables that `exclude_tables` can name.
+    fn has_tables(&self) -> bool {
+        false
+    }
+    /// Validate the source's section (every key but `type` and `name`) and build the
+    /// source. Problems go to `section` with their key path; `None` when there were any.
+    /// No I/O beyond reading the secret files the section names.
+    fn configure(&self, section: &mut Section<'_>) -> Option<Arc<dyn Database>>;
+    /// The source to restore a backup with when the job no longer configures a source of
+    /// that name (the backup outlived a config change): default tool settings.
+    fn unconfigured(&self, name: &str) -> Arc<dyn Database>;
+}
+
+/// A configured database source: dumps a byte stream and restores from one.
+#[async_trait]
+pub trait Database: Send + Sync + fmt::Debug {
+    fn name(&self) -> &str;
+    /// The engine's `type` value.
+    fn kind(&self) -> &'static str;
+    /// File extension of the uncompressed stream, e.g. "pgdump".
+    fn extension(&self) -> &'static str;
+    /// What the uncompressed stream is, for the manifest and the README's by-hand restore.
+    fn format(&self) -> &'static str;
+    /// One line for check-config, e.g. "postgres postgres://app@db:5432/app"; no secrets.
+    fn describe(&self) -> String;
+    /// What `restore --to` takes for this engine, for messages, e.g. "postgres://USER@HOST:PORT/DB".
+    fn target_example(&self) -> &'static str;
+    /// Check a restore target before any work is done (syntax only, no I/O).
+    fn check_target(&self, target: &str) -> Result<(), String>;
+    /// Objects (tables) dumped but skipped by default on restore, recorded in the manifest.
+    fn default_excludes(&self) -> Vec<String> {
+        Vec::new()
+    }
+    /// Whether `--table` / `--exclude-table` mean something for this engine.
+    fn selects_objects(&self) -> bool {
+        false
+    }
+    /// Dump tool name and version, e.g. ("pg_dump", "pg_dump (PostgreSQL) 15.18"). A tool
+    /// that cannot report its version will not dump either: that is an error.
+    async fn tool_version(&self) -> Result<(String, String), SourceError>;
+    /// Start a dump. Read `Dump::reader` to the end, then await `Dump::finish`.
+    async fn dump(&self) -> Result<Dump, SourceError>;
+    /// Objects (tables, collections) the archive holds, read from the archive itself.
+    async fn archive_objects(&self, archive: &dyn Archive) -> Result<Vec<String>, SourceError>;
+    /// Objects present in a live database: `target` as given to restore, or the source's
+    /// own database when `None`.
+    async fn live_objects(&self, target: Option<&str>) -> Result<Vec<String>, SourceError>;
+    /// Restore from the archive; returns lines describing what was (or, in a dry run,
+    /// would be) restored.
+    async fn restore(
+        &self,
+        archive: &dyn Archive,
+        opts: &RestoreOptions,
+    ) -> Result<Vec<String>, SourceError>;
+}
+
+/// What an engine learnt while dumping, recorded in the manifest.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct DumpInfo {
+    /// Server version, e.g. "15.18", when the engine can tell.
+    pub server_version: Option<String>,
+    /// Tables or collections in the dump; `None` when the engine cannot tell.
+    pub objects: Option<Vec<String>>,
+}
+
+/// A running dump: read `reader` to the end, then await `finish` to learn whether the
+/// bytes read are a complete, valid dump (the tool's exit status) and what it held.
+pub struct Dump {
+    pub reader: Box<dyn AsyncRead + Send + Unpin>,
+    pub finish: BoxFuture<'static, Result<DumpInfo, SourceError>>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct RestoreOptions {
+    /// Target as given with `--to` (a URL or a path, the engine says which).
+    pub target: String,
+    /// Replace existing objects instead of refusing a non-empty target.
+    pub clean: bool,
+    /// Do not restore ownership (needed when the target lacks the original roles).
+    pub no_owner: bool,
+    /// Restore only these objects ("name" or "schema.name"), into an existing database.
+    pub tables: Vec<String>,
+    /// Leave these objects out (the request's and, unless `--all-tables`, the backup's
+    /// default excludes not named in `tables`).
+    pub exclude_tables: Vec<String>,
+    /// Say what would be restored; change nothing.
+    pub dry_run: bool,
+}
+
+/// A stored archive that can be read from its start more than once (selective restore
+/// reads the table of contents before the data). Each stream is decompressed and checked.
+#[async_trait]
+pub trait Archive: Send + Sync {
+    async fn open(&self) -> Result<Box<dyn AsyncRead + Send + Unpin>, SourceError>;
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error("cannot start {tool}: {reason}")]
+    Spawn { tool: String, reason: String },
+    #[error("{tool} failed ({status}): {stderr}")]
+    Failed {
+        tool: String,
+        status: String,
+        stderr: String,
+    },
+    /// The request cannot be carried out as asked (a non-empty target, an unknown table).
+    #[error("{0}")]
+    Refused(String),
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The stored backup could not be read (the destination's own error).
+    #[error("{place}: {source}")]
+    Archive {
+        place: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// Output of a tool that stowage could not make sense of.
+    #[error("{0}")]
+    Protocol(String),
+}
+
+impl SourceError {
+    pub fn io(context: impl Into<String>, source: std::io::Error) -> SourceError {
+        SourceError::Io {
+            context: context.into(),
+            source,
+        }
+    }
+}
+
+/// The engine registered for a `type` value (or alias).
+pub fn find(kind: &str) -> Option<&'static dyn Engine> {
+    crate::source::ENGINES
+        .iter()
+        .copied()
+        .find(|e| e.kind() == kind || e.aliases().contains(&kind))
+}
+
+/// Every registered engine.
+pub fn registered() -> &'static [&'static dyn Engine] {
+    crate::source::ENGINES
+}
+
+/// Every accepted `type` value of a database source, for messages.
+pub fn kinds() -> Vec<&'static str> {
+    crate::source::ENGINES
+        .iter()
+        .flat_map(|e| std::iter::once(e.kind()).chain(e.aliases().iter().copied()))
+        .collect()
+}
