@@ -2,12 +2,10 @@
 //! backup's paths to it, and the lock protocol that keeps blob sweeps from deleting what a
 //! backup being written is about to reference.
 //!
-//! ```text
-//! <job>/blobs/<aa>/<sha256>[.zst|.gz]   one object per distinct content; sha256 of the raw bytes
-//! <job>/<id>/<source>.files.json.zst    the index of one backup (see [`FileIndex`])
-//! <job>/locks/<id>.backup               a backup of the job is running (it may reuse blobs)
-//! <job>/locks/<id>.sweep                a sweep is deleting unreferenced blobs
-//! ```
+//! Keys (`crate::layout`): blobs at `<job>/blobs/<aa>/<sha256>[.zst|.gz]` (sha256 of the raw
+//! bytes), one index per files source and backup, and locks at `<job>/locks/<id>.backup`
+//! (a backup that may reuse blobs is running) or `.sweep` (unreferenced blobs are being
+//! deleted).
 //!
 //! The lock protocol (both sides write their lock, then list the others'): a sweep that
 //! sees a live backup lock postpones itself; a backup that sees a live sweep lock waits
@@ -30,8 +28,7 @@ use crate::config::Compression;
 use crate::manifest::{self, JobListing, Manifest, SourceEntry};
 use crate::storage::{Storage, StorageError};
 
-pub const BLOBS_DIR: &str = "blobs";
-pub const LOCKS_DIR: &str = "locks";
+pub use crate::layout::{BLOBS_DIR, LOCKS_DIR, blob_key};
 pub const INDEX_FORMAT: u32 = 1;
 
 /// A backup lock older than this belongs to a crashed run and no longer blocks sweeps.
@@ -40,14 +37,6 @@ const BACKUP_LOCK_STALE: Duration = Duration::from_secs(24 * 3600);
 const SWEEP_LOCK_STALE: Duration = Duration::from_secs(15 * 60);
 /// A sweep stops (and leaves the rest for next time) after this long.
 const SWEEP_BUDGET: Duration = Duration::from_secs(5 * 60);
-
-pub fn blob_key(job: &str, sha256: &str, c: Compression) -> String {
-    let fan = sha256.get(..2).unwrap_or("00");
-    format!(
-        "{job}/{BLOBS_DIR}/{fan}/{sha256}{}",
-        manifest::compression_suffix(c)
-    )
-}
 
 /// The index of one files source in one backup. Stored as JSON (compressed like the rest
 /// of the job), so it can be read with `zstd -dc | jq` when restoring by hand.
@@ -143,15 +132,10 @@ pub fn existing_blobs(listing: &JobListing, job: &str, c: Compression) -> HashSe
         .collect()
 }
 
-fn hash_of_blob(job: &str, key: &str, c: Compression) -> Option<String> {
-    let rest = key.strip_prefix(&format!("{job}/{BLOBS_DIR}/"))?;
-    let (_, name) = rest.split_once('/')?;
-    let hash = name.strip_suffix(manifest::compression_suffix(c))?;
-    (hash.len() == 64 && hash.bytes().all(|b| b.is_ascii_hexdigit())).then(|| hash.to_string())
-}
+use crate::layout::hash_of_blob;
 
 pub fn lock_key(job: &str, id: &str, kind: LockKind) -> String {
-    format!("{job}/{LOCKS_DIR}/{id}.{}", kind.as_str())
+    crate::layout::lock_key(job, id, kind.as_str())
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -178,7 +162,7 @@ pub struct Lock {
 }
 
 pub fn parse_locks(job: &str, keys: impl IntoIterator<Item = String>) -> Vec<Lock> {
-    let prefix = format!("{job}/{LOCKS_DIR}/");
+    let prefix = crate::layout::locks_prefix(job);
     keys.into_iter()
         .filter_map(|k| {
             let name = k.strip_prefix(&prefix)?.to_string();
@@ -188,7 +172,7 @@ pub fn parse_locks(job: &str, keys: impl IntoIterator<Item = String>) -> Vec<Loc
                 "sweep" => LockKind::Sweep,
                 _ => return None,
             };
-            let since = manifest::parse_id(id)?;
+            let since = crate::layout::parse_id(id)?;
             Some(Lock {
                 id: id.to_string(),
                 kind,
@@ -211,7 +195,7 @@ pub fn is_live(lock: &Lock, now: DateTime<Utc>) -> bool {
 }
 
 async fn list_locks(storage: &dyn Storage, job: &str) -> Result<Vec<Lock>, StorageError> {
-    let objs = storage.list(&format!("{job}/{LOCKS_DIR}/")).await?;
+    let objs = storage.list(&crate::layout::locks_prefix(job)).await?;
     Ok(parse_locks(job, objs.into_iter().map(|o| o.key)))
 }
 
@@ -301,7 +285,7 @@ pub async fn sweep(
     job: &str,
     own_id: &str,
 ) -> Result<SweepOutcome, BlobError> {
-    let sweep_id = manifest::new_id(Utc::now());
+    let sweep_id = crate::layout::new_id(Utc::now());
     storage
         .put_bytes(&lock_key(job, &sweep_id, LockKind::Sweep), lock_body())
         .await?;

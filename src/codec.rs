@@ -37,7 +37,7 @@ pub fn decompress(r: Reader, c: Compression) -> Reader {
 }
 
 /// Drain `r` in its own task into a bounded queue of up to `chunks` × 256 KiB, and read
-/// from that queue. The producer behind `r` (pg_dump writing into a 64 KiB pipe) then keeps
+/// from that queue. The producer behind `r` (a dump tool writing into a 64 KiB pipe) then keeps
 /// running while the consumer compresses, instead of blocking on every chunk.
 pub fn read_ahead(mut r: Reader, chunks: usize) -> Reader {
     use tokio::io::AsyncReadExt;

@@ -517,12 +517,9 @@ async fn recover(ctx: &Arc<Ctx>, slot: &Arc<JobSlot>, started: DateTime<Utc>) {
     let Some(job) = config.jobs.get(&slot.name) else {
         return;
     };
-    for name in &job.destinations {
-        let Some(dest) = config.destinations.get(name) else {
-            continue;
-        };
-        let st = storage::open(dest).await;
-        if let Err(e) = crate::recover::clean(st.as_ref(), &job.name, started).await {
+    for js in storage::open_job(&config, job).await {
+        let name = js.name;
+        if let Err(e) = crate::recover::clean(js.storage.as_ref(), &job.name, started).await {
             warn!(job = %job.name, destination = %name, "cannot check {name} for leftovers of interrupted runs: {e}");
         }
     }
@@ -569,12 +566,9 @@ async fn catch_up(ctx: &Arc<Ctx>, slot: &Arc<JobSlot>) {
 /// (not local state, which a fresh container does not have).
 async fn newest_backup(config: &Config, job: &Job) -> Option<DateTime<Utc>> {
     let mut newest = None;
-    for name in &job.destinations {
-        let Some(dest) = config.destinations.get(name) else {
-            continue;
-        };
-        let st = storage::open(dest).await;
-        match JobListing::read_backups(st.as_ref(), &job.name).await {
+    for js in storage::open_job(config, job).await {
+        let name = js.name;
+        match JobListing::read_backups(js.storage.as_ref(), &job.name).await {
             Ok(l) => {
                 if let Some(p) = l.published(&job.name).first() {
                     newest = newest.max(Some(p.time));

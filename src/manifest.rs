@@ -1,62 +1,20 @@
-//! The storage layout and the manifest that publishes a backup.
-//!
-//! ```text
-//! <root>/<job>/<id>/<source>.<ext>[.zst|.gz]   data, one object per source
-//! <root>/<job>/<id>/<source>.files.json[.zst]  files source: index of path → content hash
-//! <root>/<job>/<id>/manifest.json              written last: the backup exists once it does
-//! <root>/<job>/blobs/<aa>/<sha256>[.zst]       file contents, shared by all backups of the job
-//! <root>/<job>/locks/<id>.backup|.sweep        a backup or a blob sweep in progress
-//! ```
-//! `<id>` is the UTC start time (`20261122T030000.123Z`), so ids sort by time as strings.
-//! A directory/prefix without `manifest.json` is a failed or running backup: `list`,
-//! `restore` and retention never see it.
+//! The manifest that publishes a backup, and listings of a job's backups. Key names are in
+//! `crate::layout`.
 
 use std::collections::BTreeMap;
 
-use chrono::{DateTime, NaiveDateTime, Utc};
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::config::Compression;
+use crate::layout::{self, KeyKind};
 use crate::storage::{ObjectMeta, Storage, StorageError};
 
-pub const MANIFEST: &str = "manifest.json";
 pub const FORMAT_VERSION: u32 = 1;
-const ID_FORMAT: &str = "%Y%m%dT%H%M%S%.3fZ";
 
-pub fn new_id(now: DateTime<Utc>) -> String {
-    now.format(ID_FORMAT).to_string()
-}
-
-pub fn parse_id(id: &str) -> Option<DateTime<Utc>> {
-    NaiveDateTime::parse_from_str(id, ID_FORMAT)
-        .ok()
-        .map(|n| n.and_utc())
-}
-
-pub fn backup_prefix(job: &str, id: &str) -> String {
-    format!("{job}/{id}/")
-}
-
-pub fn manifest_key(job: &str, id: &str) -> String {
-    format!("{job}/{id}/{MANIFEST}")
-}
-
-pub fn compression_suffix(c: Compression) -> &'static str {
-    match c {
-        Compression::Zstd => ".zst",
-        Compression::Gzip => ".gz",
-        Compression::None => "",
-    }
-}
-
-pub fn object_key(job: &str, id: &str, source: &str, ext: &str, c: Compression) -> String {
-    format!("{job}/{id}/{source}.{ext}{}", compression_suffix(c))
-}
-
-/// The index of a files source: `<job>/<id>/<source>.files.json.zst`.
-pub fn index_key(job: &str, id: &str, source: &str, c: Compression) -> String {
-    object_key(job, id, source, "files.json", c)
-}
+pub use crate::layout::{
+    backup_prefix, compression_suffix, index_key, manifest_key, new_id, object_key, parse_id,
+};
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Manifest {
@@ -156,7 +114,7 @@ pub struct JobListing {
 impl JobListing {
     /// Everything under `<job>/`: backups, blobs and locks.
     pub async fn read(storage: &dyn Storage, job: &str) -> Result<JobListing, StorageError> {
-        let objects = storage.list(&format!("{job}/")).await?;
+        let objects = storage.list(&layout::job_prefix(job)).await?;
         Ok(Self::from_objects(job, objects))
     }
 
@@ -167,7 +125,7 @@ impl JobListing {
         job: &str,
     ) -> Result<JobListing, StorageError> {
         let objects = storage
-            .list_until(&format!("{job}/"), &format!("{job}/a"))
+            .list_until(&layout::job_prefix(job), &layout::backups_end(job))
             .await?;
         Ok(Self::from_objects(job, objects))
     }
@@ -175,13 +133,14 @@ impl JobListing {
     fn from_objects(job: &str, objects: Vec<ObjectMeta>) -> JobListing {
         let mut listing = JobListing::default();
         for o in objects {
-            let rest = &o.key[job.len() + 1..];
-            if let Some((dir, _)) = rest.split_once('/') {
-                match dir {
-                    crate::blobs::BLOBS_DIR => listing.blobs.push(o),
-                    crate::blobs::LOCKS_DIR => listing.locks.push(o),
-                    id => listing.backups.entry(id.to_string()).or_default().push(o),
+            match layout::classify(job, &o.key) {
+                KeyKind::Blob => listing.blobs.push(o),
+                KeyKind::Lock => listing.locks.push(o),
+                KeyKind::Backup(id) => {
+                    let id = id.to_string();
+                    listing.backups.entry(id).or_default().push(o)
                 }
+                KeyKind::Other => {}
             }
         }
         listing

@@ -94,7 +94,10 @@ pub async fn clean(
     // Open multipart uploads: of a dead run's prefix, or of blobs when no other run of the
     // job is alive (a blob upload carries no run id). Only those begun before this start.
     let others_alive = lock_state.values().any(|alive| *alive);
-    for u in storage.open_uploads(&format!("{job}/")).await? {
+    for u in storage
+        .open_uploads(&crate::layout::job_prefix(job))
+        .await?
+    {
         if u.initiated.is_some_and(|t| t >= started) {
             continue;
         }

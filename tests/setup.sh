@@ -2,7 +2,8 @@
 # Install the tools stowage's integration tests need (see tests/common/mod.rs).
 # Idempotent; meant for a fresh Debian 12 machine. Run as root, or as a user with sudo.
 #
-#   - apt packages: postgresql (15), postgresql-client, zstd, jq, python3-venv, build tools
+#   - apt packages: postgresql (15), postgresql-client, mariadb-server, mariadb-client,
+#     redis-server, redis-tools, sqlite3, zstd, jq, python3-venv, build tools
 #   - moto_server + awscli in a venv at $HOME/.cache/stowage-tools/venv
 #   - s3s-fs 0.14.1 (cargo install, ~4 min) into $HOME/.cache/stowage-tools/bin,
 #     unless an s3s-fs binary is already available
@@ -46,6 +47,12 @@ need() { missing+=("$1"); log "missing: $2 -> will install $1"; }
 [ -x "$PG_BIN/initdb" ] && [ -x "$PG_BIN/pg_ctl" ] || need postgresql "$PG_BIN/initdb, pg_ctl"
 [ -x "$PG_BIN/psql" ] && [ -x "$PG_BIN/pg_dump" ] && [ -x "$PG_BIN/pg_restore" ] \
     || need postgresql-client "$PG_BIN/psql, pg_dump, pg_restore"
+command -v mariadbd >/dev/null 2>&1 || [ -x /usr/sbin/mariadbd ] || need mariadb-server "mariadbd, mariadb-install-db"
+command -v mariadb-dump >/dev/null 2>&1 && command -v mariadb >/dev/null 2>&1 \
+    || need mariadb-client "mariadb, mariadb-dump"
+command -v redis-server >/dev/null 2>&1 || need redis-server "redis-server"
+command -v redis-cli >/dev/null 2>&1 || need redis-tools "redis-cli"
+command -v sqlite3 >/dev/null 2>&1 || need sqlite3 "sqlite3 (the README's by-hand SQLite checks)"
 command -v zstd >/dev/null 2>&1 || need zstd "zstd"
 command -v jq >/dev/null 2>&1 || need jq "jq (the README's by-hand files restore, tests/by_hand.rs)"
 if ! command -v "$PYTHON" >/dev/null 2>&1; then
@@ -169,4 +176,12 @@ fi
 "$s3s" --version >/dev/null || die "$s3s does not run"
 
 command -v zstd >/dev/null 2>&1 || die "zstd not on PATH"
-log "done: PostgreSQL ($PG_BIN), moto, s3s-fs ($("$s3s" --version)), zstd all available"
+# Debian starts the packaged servers on install; the tests start their own on random ports.
+for svc in mariadb redis-server; do
+    if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet "$svc" 2>/dev/null; then
+        as_root systemctl stop "$svc" || true
+    fi
+done
+log "MariaDB: $(mariadbd --version 2>/dev/null || /usr/sbin/mariadbd --version)"
+log "Redis: $(redis-server --version)"
+log "done: PostgreSQL ($PG_BIN), MariaDB, Redis, moto, s3s-fs ($("$s3s" --version)), zstd all available"

@@ -8,7 +8,7 @@ use crate::manifest::{self, JobListing};
 use crate::pipeline::human_bytes;
 use crate::storage;
 
-pub fn run(path: &Path, job: Option<&str>) -> i32 {
+pub fn run(path: &Path, job: Option<&str>, holding: Option<&str>) -> i32 {
     let Some(config) = load_config(path) else {
         return EXIT_CONFIG;
     };
@@ -25,13 +25,19 @@ pub fn run(path: &Path, job: Option<&str>) -> i32 {
     let Some(rt) = runtime() else {
         return EXIT_FAILED;
     };
-    let (text, failures) = rt.block_on(render(&config, job));
+    let (text, failures) = rt.block_on(render(&config, job, holding));
     print!("{text}");
     if failures > 0 { EXIT_FAILED } else { EXIT_OK }
 }
 
-/// The listing as text, and how many destinations could not be read.
-pub async fn render(config: &Config, only_job: Option<&str>) -> (String, usize) {
+/// The listing as text, and how many destinations could not be read. With `holding`, only
+/// backups whose manifest lists that table or collection (read from the manifests: nothing
+/// is downloaded).
+pub async fn render(
+    config: &Config,
+    only_job: Option<&str>,
+    holding: Option<&str>,
+) -> (String, usize) {
     let mut out = String::new();
     let mut failures = 0;
     for dest in config.destinations.values() {
@@ -75,6 +81,7 @@ pub async fn render(config: &Config, only_job: Option<&str>) -> (String, usize) 
                     .format("%Y-%m-%d %H:%M:%S %Z")
                     .to_string();
                 match manifest::read_manifest(st.as_ref(), &job.name, &p.id).await {
+                    Ok(m) if holding.is_some_and(|h| !holds(&m, h)) => {}
                     Ok(m) => {
                         let sources = m
                             .sources
@@ -123,6 +130,29 @@ fn describe_source(s: &crate::manifest::SourceEntry) -> String {
             human_bytes(f.new_bytes),
             human_bytes(f.bytes)
         ),
-        None => format!("{} ({}, {})", s.name, s.kind, human_bytes(s.size)),
+        None => match &s.objects {
+            Some(o) => format!(
+                "{} ({}, {}, {} {})",
+                s.name,
+                s.kind,
+                human_bytes(s.size),
+                o.len(),
+                if o.len() == 1 { "object" } else { "objects" }
+            ),
+            None => format!("{} ({}, {})", s.name, s.kind, human_bytes(s.size)),
+        },
     }
+}
+
+/// Whether a backup holds a table or collection: "orders" matches "orders" and any
+/// "<schema or database>.orders"; "public.orders" matches only itself.
+fn holds(m: &crate::manifest::Manifest, name: &str) -> bool {
+    m.sources.iter().any(|s| {
+        s.objects.as_ref().is_some_and(|objs| {
+            objs.iter().any(|o| {
+                o == name
+                    || (!name.contains('.') && o.rsplit_once('.').is_some_and(|(_, t)| t == name))
+            })
+        })
+    })
 }

@@ -54,12 +54,17 @@ pub enum Command {
     List {
         /// Only this job
         job: Option<String>,
+        /// Only backups that hold this table or collection ("orders" or "public.orders"),
+        /// as recorded in their manifests
+        #[arg(long, value_name = "OBJECT")]
+        holding: Option<String>,
     },
     /// Restore a backup: its database (into --to), then its files (in place, or --files-to)
     #[command(after_help = "Examples:\n  \
         stowage restore app latest --to postgres://postgres@db:5432/app --clean\n  \
         stowage restore app latest --only uploads --dry-run\n  \
-        stowage restore app 20261122 --only db --to postgres://postgres@db/app --table orders")]
+        stowage restore app 20261122 --only db --to postgres://postgres@db/app --table orders\n  \
+        stowage restore app latest --to db=postgres://postgres@db/app --to cache=/restore/dump.rdb")]
     Restore {
         /// Job name
         job: String,
@@ -113,7 +118,9 @@ pub fn run(cli: Cli) -> i32 {
         Command::Health => health::run(&cli.config),
         Command::Daemon => daemon::run(&cli.config),
         Command::Run { job } => run::run(&cli.config, &job),
-        Command::List { job } => list::run(&cli.config, job.as_deref()),
+        Command::List { job, holding } => {
+            list::run(&cli.config, job.as_deref(), holding.as_deref())
+        }
         Command::Restore {
             job,
             id,

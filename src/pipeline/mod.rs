@@ -33,7 +33,7 @@ use crate::retention;
 use crate::storage::{self, Chunk, Storage};
 
 const READ_CHUNK: usize = 256 * 1024;
-/// Chunks of the raw dump read ahead of the compressor (16 × 256 KiB = 4 MiB): pg_dump's
+/// Chunks of the raw dump read ahead of the compressor (16 × 256 KiB = 4 MiB): a dump tool's
 /// pipe holds only 64 KiB, so without this it stalls every time zstd works on a chunk.
 const READ_AHEAD_CHUNKS: usize = 16;
 /// Chunks buffered per destination: enough to absorb jitter, small enough that a slow
@@ -123,14 +123,11 @@ pub async fn run_job(config: &Config, job: &Job, cancel: CancellationToken) -> R
     );
 
     let mut targets = Vec::new();
-    for name in &job.destinations {
-        let Some(dest) = config.destinations.get(name) else {
-            continue;
-        };
+    for js in storage::open_job(config, job).await {
         targets.push(Target {
-            name: name.clone(),
-            storage: storage::open(dest).await,
-            policy: dest.retention.clone(),
+            name: js.name.to_string(),
+            storage: js.storage,
+            policy: js.destination.retention.clone(),
             error: None,
             touched: false,
             locked: false,

@@ -107,9 +107,9 @@ pub async fn restore(
     req: &RestoreRequest,
 ) -> Result<RestoreSummary, RestoreError> {
     let job = find_job(config, &req.job)?;
-    let candidates: Vec<String> = match &req.from {
+    let candidates: Vec<(String, Box<dyn Storage>)> = match &req.from {
         Some(d) => {
-            if !config.destinations.contains_key(d) {
+            let Some(dest) = config.destinations.get(d) else {
                 return Err(RestoreError::Usage(format!(
                     "unknown destination \"{d}\" in --from; destinations: {}",
                     config
@@ -119,21 +119,21 @@ pub async fn restore(
                         .collect::<Vec<_>>()
                         .join(", ")
                 )));
-            }
-            vec![d.clone()]
+            };
+            vec![(d.clone(), storage::open(dest).await)]
         }
-        None => job.destinations.clone(),
+        None => storage::open_job(config, job)
+            .await
+            .into_iter()
+            .map(|js| (js.name.to_string(), js.storage))
+            .collect(),
     };
 
     // First destination (in the job's order) that has the backup wins; an unreachable
     // one is skipped so a dead S3 endpoint does not block a restore from the local volume.
     let mut found: Option<(Box<dyn Storage>, String, String)> = None;
     let mut tried = Vec::new();
-    for name in &candidates {
-        let Some(dest) = config.destinations.get(name) else {
-            continue;
-        };
-        let st = storage::open(dest).await;
+    for (name, st) in candidates {
         let listing = match JobListing::read_backups(st.as_ref(), &job.name).await {
             Ok(l) => l,
             Err(e) => {

@@ -108,6 +108,32 @@ pub trait Storage: Send + Sync {
     }
 }
 
+/// One of a job's destinations, opened.
+pub struct JobStorage<'a> {
+    pub name: &'a str,
+    pub destination: &'a Destination,
+    pub storage: Box<dyn Storage>,
+}
+
+/// A job's destinations in the job's order, opened: the one place that turns a job's
+/// destination names into storages (config validation guarantees every name is defined).
+pub async fn open_job<'a>(
+    config: &'a crate::config::Config,
+    job: &'a crate::config::Job,
+) -> Vec<JobStorage<'a>> {
+    let mut out = Vec::new();
+    for name in &job.destinations {
+        if let Some(destination) = config.destinations.get(name) {
+            out.push(JobStorage {
+                name,
+                destination,
+                storage: open(destination).await,
+            });
+        }
+    }
+    out
+}
+
 /// Build the backend for a destination. S3 clients are built here, when a command needs
 /// them, not at start-up: an idle daemon should not carry an HTTP stack.
 pub async fn open(dest: &Destination) -> Box<dyn Storage> {
