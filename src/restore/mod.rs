@@ -643,6 +643,115 @@ mod tests {
     }
 
     #[test]
+    fn several_databases_take_one_named_target_each() {
+        let set = manifest(&[
+            ("db", "postgres"),
+            ("legacy", "postgres"),
+            ("uploads", "files"),
+        ]);
+        let ok = |d: &[&str], f: &[&str]| {
+            Ok((
+                d.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+                f.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+            ))
+        };
+        let named = |r: &mut RestoreRequest| {
+            r.to = vec![
+                "db=postgres://h/a".into(),
+                "legacy=postgres://h/b?sslmode=disable".into(),
+            ]
+        };
+        assert_eq!(
+            outcome(&set, &req(named)),
+            ok(&["db", "legacy"], &["uploads"])
+        );
+        let targets = {
+            let resolve =
+                |e: &SourceEntry| crate::engine::find(&e.kind).map(|x| x.unconfigured(&e.name));
+            let r = req(named);
+            let p = plan(&set, &r, &resolve).expect("plan");
+            p.databases
+                .iter()
+                .map(|d| (d.entry.name.clone(), d.target.clone()))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            targets,
+            vec![
+                ("db".to_string(), "postgres://h/a".to_string()),
+                (
+                    "legacy".to_string(),
+                    "postgres://h/b?sslmode=disable".to_string()
+                )
+            ]
+        );
+        // One of two named: the other is missing, and the message says how to name it.
+        let e = outcome(&set, &req(|r| r.to = vec!["db=postgres://h/a".into()]))
+            .expect_err("legacy has no target");
+        assert!(
+            e.contains("\"legacy\"") && e.contains("--to legacy=TARGET"),
+            "{e}"
+        );
+        // A name that is not a database source of the backup.
+        let e =
+            outcome(&set, &req(|r| r.to = vec!["dbb=postgres://h/a".into()])).expect_err("typo");
+        assert!(
+            e.contains("no database source \"dbb\"") && e.contains("db, legacy"),
+            "{e}"
+        );
+        let e = outcome(&set, &req(|r| r.to = vec!["uploads=/x".into()])).expect_err("files");
+        assert!(e.contains("no database source \"uploads\""), "{e}");
+        // Named for a source left out by --only.
+        let e = outcome(
+            &set,
+            &req(|r| {
+                r.only = vec!["db".into()];
+                r.to = vec!["db=postgres://h/a".into(), "legacy=postgres://h/b".into()];
+            }),
+        )
+        .expect_err("legacy not restored");
+        assert!(e.contains("not being restored"), "{e}");
+        // A target the engine cannot take is refused before any work.
+        let e = outcome(
+            &set,
+            &req(|r| {
+                r.only = vec!["db".into()];
+                r.to = vec!["db=mysql://h/a".into()];
+            }),
+        )
+        .expect_err("wrong scheme");
+        assert!(e.contains("invalid --to for source \"db\""), "{e}");
+        // --table with two databases is ambiguous.
+        let e = outcome(
+            &set,
+            &req(|r| {
+                named(r);
+                r.tables = vec!["orders".into()];
+            }),
+        )
+        .expect_err("--table, two databases");
+        assert!(e.contains("--only NAME"), "{e}");
+        // A URL with '=' in its query is a plain target, not SOURCE=TARGET.
+        assert_eq!(
+            outcome(
+                &set,
+                &req(|r| {
+                    r.only = vec!["db".into()];
+                    r.to = vec!["postgres://h/a?options=-c%20x=1".into()];
+                })
+            ),
+            ok(&["db"], &[])
+        );
+        // A backup made by an engine this build does not know.
+        let odd = manifest(&[("q", "oracle")]);
+        let e = outcome(&odd, &req(|r| r.to = vec!["x".into()])).expect_err("unknown engine");
+        assert!(
+            e.contains("type \"oracle\"") && e.contains("by hand"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn ids() {
         let ids = vec![
             "20261122T030000.000Z".to_string(),
