@@ -478,3 +478,42 @@ fn bad_configs_get_specific_messages() {
     }
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
 }
+
+/// The restore command learns the target and --clean from its environment, and what it
+/// prints is passed on.
+#[test]
+fn restore_command_gets_target_and_clean() {
+    let fx = Fixture::new();
+    let cfg = fx.config(
+        "env.toml",
+        &[source(
+            "db",
+            &["echo", "hello"],
+            &format!(
+                "restore = {}",
+                toml_argv(&[
+                    "sh",
+                    "-c",
+                    "read line; echo \"got=$line target=$STOWAGE_RESTORE_TARGET clean=${STOWAGE_RESTORE_CLEAN:-no} arg=$1\"",
+                    "sh",
+                    "{target}/x",
+                ])
+            ),
+        )],
+    );
+    fx.run_ok(&cfg);
+    let out = run_stowage(&cfg, ["restore", JOB, "--to", "db=/srv/a b"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("got=hello target=/srv/a b clean=no arg=/srv/a b/x"),
+        "{}",
+        text(&out)
+    );
+    let out = run_stowage(&cfg, ["restore", JOB, "--to", "-", "--clean"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("got=hello target=- clean=1 arg=-/x"),
+        "{}",
+        text(&out)
+    );
+}
