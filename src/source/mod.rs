@@ -4,7 +4,9 @@
 //! share: killed when dropped, stderr drained concurrently (a full stderr pipe would
 //! otherwise stall the tool) and quoted in the error when the tool fails.
 
+pub mod command;
 pub mod files;
+pub mod mongodb;
 pub mod postgres;
 pub mod url;
 
@@ -17,7 +19,7 @@ use tokio::task::JoinHandle;
 pub use crate::engine::{Archive, Database, Dump, DumpInfo, Engine, RestoreOptions, SourceError};
 
 /// Every database engine. Adding one: its folder under `src/source/` and one line here.
-pub static ENGINES: &[&dyn Engine] = &[&postgres::Postgres];
+pub static ENGINES: &[&dyn Engine] = &[&postgres::Postgres, &command::Command, &mongodb::MongoDb];
 
 /// Apply the job's nice/ionice to a child process, in the child between fork and exec.
 pub(crate) fn lower_priority(cmd: &mut tokio::process::Command, p: crate::config::Priority) {
