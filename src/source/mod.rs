@@ -142,6 +142,11 @@ pub(crate) fn tool_command(
     cmd
 }
 
+/// A dump tool's stdout.
+pub(crate) type DumpReader = Box<dyn AsyncRead + Send + Unpin>;
+/// Resolves when the tool exits: `Ok` only for a clean exit.
+pub(crate) type ExitFuture = futures::future::BoxFuture<'static, Result<(), SourceError>>;
+
 /// Spawn a dump tool whose stdout is the backup: the reader is its stdout, `finish` its
 /// exit status (with stderr quoted on failure).
 pub(crate) fn spawn_dump(
