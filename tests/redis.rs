@@ -692,6 +692,71 @@ fn compose_procedure_stop_restore_start() {
     );
 }
 
+/// A server with appendonly yes loads its AOF and ignores dump.rdb: restored under an
+/// existing AOF the backup is silently not used, and with the AOF moved away the server
+/// starts empty (and saves that over the restored file). The README's procedure: move the
+/// AOF aside, start once with appendonly no (loads the RDB), CONFIG SET appendonly yes
+/// (writes a new AOF from it), restart as configured.
+#[test]
+fn appendonly_server_procedure() {
+    let aof = ["--appendonly", "yes", "--save", "3600 1"];
+    let mut redis = RedisServer::start_with(RedisOptions {
+        args: aof.iter().map(|a| a.to_string()).collect(),
+        ..Default::default()
+    });
+    seed_small(&redis, "aof");
+    let original = redis.snapshot();
+    let setup = Setup::new();
+    let cfg = setup.config("stowage.toml", &redis.url(), None, "");
+    setup.backup(&cfg);
+    redis.cmd(&[b"FLUSHALL"]);
+    redis.cmd(&[b"SET", b"after-the-accident", b"1"]);
+    redis.stop();
+    let target = format!("cache={}", redis.rdb_path().display());
+    let aof_dir = redis.dir().join("appendonlydir");
+    assert!(aof_dir.is_dir());
+
+    // The pitfall: the AOF wins.
+    let out = setup.restore_ok(&cfg, &["--to", &target, "--clean"]);
+    assert!(
+        text(&out).contains("holds an append-only file"),
+        "{}",
+        text(&out)
+    );
+    redis.restart();
+    assert!(
+        redis
+            .snapshot()
+            .keys
+            .contains_key(&(0, b"after-the-accident".to_vec()))
+    );
+    redis.stop();
+
+    // The procedure.
+    setup.restore_ok(&cfg, &["--to", &target, "--clean"]);
+    std::fs::rename(&aof_dir, redis.dir().join("appendonlydir.before-restore")).expect("mv");
+    redis.restart_with(&["--appendonly", "no"]);
+    redis.cmd(&[b"CONFIG", b"SET", b"appendonly", b"yes"]);
+    common::wait_for("the new AOF", Duration::from_secs(30), || {
+        redis
+            .info_field("persistence", "aof_rewrite_in_progress")
+            .as_deref()
+            == Some("0")
+            && redis
+                .info_field("persistence", "aof_rewrite_scheduled")
+                .as_deref()
+                == Some("0")
+            && redis.info_field("persistence", "aof_enabled").as_deref() == Some("1")
+    });
+    redis.stop();
+    redis.restart_with(&aof);
+    assert_eq!(
+        redis.info_field("persistence", "aof_enabled").as_deref(),
+        Some("1")
+    );
+    original.assert_restored_in(&redis.snapshot());
+}
+
 #[test]
 fn config_errors_name_the_key_and_the_fix() {
     let setup = Setup::new();

@@ -291,6 +291,13 @@ impl RedisServer {
         }
     }
 
+    /// Start again on the same port and directory with other extra arguments (in place of
+    /// the ones given at start), e.g. `["--appendonly", "yes"]`.
+    pub fn restart_with(&mut self, args: &[&str]) {
+        self.args = args.iter().map(|a| a.to_string()).collect();
+        self.restart();
+    }
+
     /// Every key of every logical database: type, value, TTL.
     pub fn snapshot(&self) -> Snapshot {
         let mut conn = self.conn();
