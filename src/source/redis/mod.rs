@@ -135,10 +135,13 @@ fn parse_url(text: &str, password: Option<Secret>) -> Result<DbUrl, String> {
         ));
     }
     if let Ok(u) = url::Url::parse(text)
-        && let Some(q) = u.query()
+        && u.query().is_some()
     {
+        // Names only: a value may be a password.
+        let names: Vec<String> = u.query_pairs().map(|(k, _)| k.into_owned()).collect();
         return Err(format!(
-            "parameters (\"?{q}\") are not supported; give the password with password_file: url = \"{plain}\""
+            "parameters ({}) are not supported; give the password with password_file: url = \"{plain}\"",
+            names.join(", ")
         ));
     }
     Ok(url)
@@ -616,8 +619,11 @@ mod tests {
         );
         let e = parse_url("rediss://u:pw@cache:6379", None).expect_err("tls");
         assert!(e.contains("rediss://") && !e.contains("pw"), "{e}");
-        let e = parse_url("redis://cache?password=x", None).expect_err("query");
-        assert!(e.contains("password_file"), "{e}");
+        let e = parse_url("redis://cache?password=hunter2", None).expect_err("query");
+        assert!(
+            e.contains("parameters (password)") && !e.contains("hunter2"),
+            "{e}"
+        );
         let e = parse_url("postgres://cache", None).expect_err("scheme");
         assert!(e.contains("is not redis"), "{e}");
     }
