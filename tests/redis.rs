@@ -261,6 +261,27 @@ fn seed_small(redis: &RedisServer, marker: &str) {
     c.cmd(&[b"SET", b"k", b"v", b"EX", b"600"]);
 }
 
+/// Running redis-cli processes: (arguments, environment), NUL-separated as in /proc.
+fn redis_cli_processes() -> Vec<(String, String)> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let dir = entry.path();
+        let Ok(cmdline) = std::fs::read(dir.join("cmdline")) else {
+            continue;
+        };
+        let args = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        if args
+            .split(' ')
+            .next()
+            .is_some_and(|a| a.ends_with("redis-cli"))
+        {
+            let env = std::fs::read(dir.join("environ")).unwrap_or_default();
+            found.push((args, String::from_utf8_lossy(&env).replace('\0', " ")));
+        }
+    }
+    found
+}
+
 /// Whether `redis-check-rdb` accepts a file (it verifies the checksum too).
 fn assert_rdb_ok(path: &Path) {
     let out = Command::new("redis-check-rdb")
@@ -400,7 +421,27 @@ fn passwords_acl_users_and_wrong_passwords() {
     // The default user, with password_file.
     let pw = setup.secret("default_pw", "default-secret-pw");
     let cfg = setup.config("default.toml", &redis.url(), Some(&pw), "");
-    let out = run_stowage(&cfg, ["run", JOB]);
+    // Slowed down (200 ms per key) so that redis-cli can be seen while it runs: the
+    // password is in its environment, never in its arguments.
+    redis.cmd(&[b"CONFIG", b"SET", b"rdb-key-save-delay", b"200000"]);
+    let running = spawn_stowage(&cfg, ["run", JOB]);
+    let ours = format!("-p {} ", redis.port());
+    let mut dump = None;
+    common::wait_for("redis-cli --rdb to run", Duration::from_secs(30), || {
+        for (args, env) in redis_cli_processes() {
+            assert!(!args.contains("default-secret-pw"), "{args}");
+            if args.contains(&ours) && args.contains("--rdb") && !env.is_empty() {
+                dump = Some(env);
+            }
+        }
+        dump.is_some()
+    });
+    assert!(
+        dump.is_some_and(|env| env.contains("REDISCLI_AUTH=default-secret-pw ")),
+        "the password reaches redis-cli through its environment"
+    );
+    let out = running.wait(Duration::from_secs(60));
+    redis.cmd(&[b"CONFIG", b"SET", b"rdb-key-save-delay", b"0"]);
     assert!(out.status.success(), "{}", text(&out));
     assert!(!text(&out).contains("default-secret-pw"));
 
