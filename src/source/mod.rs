@@ -8,6 +8,7 @@ pub mod command;
 pub mod files;
 pub mod mongodb;
 pub mod postgres;
+pub mod redis;
 pub mod url;
 
 use std::process::{ExitStatus, Stdio};
@@ -19,7 +20,14 @@ use tokio::task::JoinHandle;
 pub use crate::engine::{Archive, Database, Dump, DumpInfo, Engine, RestoreOptions, SourceError};
 
 /// Every database engine. Adding one: its folder under `src/source/` and one line here.
-pub static ENGINES: &[&dyn Engine] = &[&postgres::Postgres, &command::Command, &mongodb::MongoDb];
+// One engine a line: the order is the order `type` values are listed in messages.
+#[rustfmt::skip]
+pub static ENGINES: &[&dyn Engine] = &[
+    &postgres::Postgres,
+    &redis::Redis,
+    &mongodb::MongoDb,
+    &command::Command,
+];
 
 /// Apply the job's nice/ionice to a child process, in the child between fork and exec.
 pub(crate) fn lower_priority(cmd: &mut tokio::process::Command, p: crate::config::Priority) {

@@ -19,6 +19,7 @@
 #![allow(dead_code)]
 
 pub mod proxy;
+pub mod redis;
 pub mod store;
 
 use std::collections::{BTreeMap, HashSet};
