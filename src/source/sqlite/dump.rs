@@ -57,8 +57,10 @@ pub(super) async fn start(path: PathBuf, priority: Priority) -> Result<Dump, Sou
                 return; // the dump was abandoned before it began
             }
             let result = snapshot.stream(&tx);
-            // The connection is closed (the read transaction ended) before the reader can
-            // see the end of the stream, which comes only when `tx` is dropped.
+            // The read transaction ends (the connection closes) before the reader can see
+            // the end of the stream, which comes only when `tx` is dropped: once the
+            // pipeline has read everything, the database is no longer held.
+            drop(snapshot);
             let _ = done_tx.send(result);
             drop(tx);
         })

@@ -33,6 +33,16 @@
 //! rollback-journal mode a writer cannot commit while the dump reads: it waits for its own
 //! busy timeout and then gets SQLITE_BUSY, so a large database in rollback mode delays the
 //! application's writes for the length of the dump; WAL mode avoids that.
+//!
+//! Like any reader of a WAL database, stowage needs write access to its `-shm` file (or
+//! to the directory, to create it). A dump of a WAL database that no application has open
+//! leaves an empty `-wal` and a `-shm` beside it (a read-only connection cannot remove
+//! them): they are harmless, and the application removes them when it next closes it.
+//!
+//! SQLite's locks are POSIX locks, which a process loses on a file as soon as it closes
+//! any descriptor of that file: a `files` source that reads the database's directory
+//! while a dump of it runs in the same daemon (two jobs at once) would release the
+//! dump's lock. Leave the database files out of `files` sources.
 
 mod dump;
 mod header;

@@ -424,7 +424,7 @@ async fn copy_image(
         return Err(not_an_image(&format!("{p} ({bytes} bytes)")));
     }
     let page_size = header::page_size(&head).unwrap_or(1);
-    if bytes % u64::from(page_size) != 0 {
+    if !bytes.is_multiple_of(u64::from(page_size)) {
         return Err(not_an_image(&format!(
             "{bytes} bytes is not a whole number of its {page_size}-byte pages"
         )));
