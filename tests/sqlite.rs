@@ -490,7 +490,7 @@ fn snapshot_while_writing(wal: bool) {
     wait_until("the writer commits", || writer.commits() > 50);
     let before = writer.commits();
     let t0 = Instant::now();
-    let (id, out) = fx.backup(&cfg);
+    let (id, _) = fx.backup(&cfg);
     let took = t0.elapsed();
     let after = writer.commits();
     writer.stop();
@@ -526,7 +526,6 @@ fn snapshot_while_writing(wal: bool) {
         if wal { "WAL" } else { "rollback-journal" },
         after - before
     );
-    let _ = out;
     assert_eq!(
         fx.manifest(&id)["sources"][0]["objects"],
         serde_json::json!(["a", "b"])
