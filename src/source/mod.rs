@@ -9,6 +9,7 @@ pub mod files;
 pub mod mongodb;
 pub mod postgres;
 pub mod redis;
+pub mod sqlite;
 pub mod url;
 
 use std::process::{ExitStatus, Stdio};
@@ -24,6 +25,7 @@ pub use crate::engine::{Archive, Database, Dump, DumpInfo, Engine, RestoreOption
 #[rustfmt::skip]
 pub static ENGINES: &[&dyn Engine] = &[
     &postgres::Postgres,
+    &sqlite::Sqlite,
     &redis::Redis,
     &mongodb::MongoDb,
     &command::Command,
@@ -161,13 +163,7 @@ pub(crate) fn spawn_dump(
     tool: &str,
     mut cmd: tokio::process::Command,
     install_hint: &str,
-) -> Result<
-    (
-        Box<dyn AsyncRead + Send + Unpin>,
-        futures::future::BoxFuture<'static, Result<(), SourceError>>,
-    ),
-    SourceError,
-> {
+) -> Result<(DumpReader, ExitFuture), SourceError> {
     use futures::FutureExt;
     let mut child = cmd
         .spawn()
