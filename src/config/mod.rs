@@ -953,8 +953,12 @@ impl Section<'_> {
         loop {
             let value = figment::value::Value::from(values.clone());
             match value.deserialize::<T>() {
-                Ok(t) if unknown.is_empty() => return Some(t),
-                Ok(_) => break,
+                // With stray keys reported, the rest is still validated: every problem of
+                // the section is listed at once (the config is invalid either way).
+                Ok(t) => {
+                    self.problems.extend(unknown);
+                    return Some(t);
+                }
                 Err(errors) => {
                     let mut progressed = false;
                     for e in errors {
