@@ -5,6 +5,7 @@
 //! otherwise stall the tool) and quoted in the error when the tool fails.
 
 pub mod files;
+pub mod mariadb;
 pub mod postgres;
 pub mod url;
 
@@ -17,7 +18,7 @@ use tokio::task::JoinHandle;
 pub use crate::engine::{Archive, Database, Dump, DumpInfo, Engine, RestoreOptions, SourceError};
 
 /// Every database engine. Adding one: its folder under `src/source/` and one line here.
-pub static ENGINES: &[&dyn Engine] = &[&postgres::Postgres];
+pub static ENGINES: &[&dyn Engine] = &[&postgres::Postgres, &mariadb::MariaDb];
 
 /// Apply the job's nice/ionice to a child process, in the child between fork and exec.
 pub(crate) fn lower_priority(cmd: &mut tokio::process::Command, p: crate::config::Priority) {
