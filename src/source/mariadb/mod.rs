@@ -56,6 +56,12 @@ const DUMP_ARGS: &[&str] = &[
     "--no-tablespaces",
 ];
 
+/// A dump is restored statement by statement, and MariaDB commits every DDL statement at
+/// once: a restore that stops half-way cannot be rolled back.
+const PARTLY_RESTORED: &str = "the target database is now partly restored (a MariaDB restore cannot run as one transaction); restore again into an empty database, or with --clean";
+
+/// The client gives up on an unreachable server after this instead of the system's minutes
+/// (mariadb-dump has no such option).
 const CONNECT_TIMEOUT: &str = "--connect-timeout=15";
 
 /// `type = "mariadb"` (also `type = "mysql"`).
@@ -245,7 +251,6 @@ impl Connection {
         if let Some(u) = url.user() {
             args.push(format!("--user={u}").into());
         }
-        args.push(CONNECT_TIMEOUT.into());
         Connection {
             args,
             _option_file: option_file,
@@ -348,12 +353,17 @@ impl MariaDbSource {
         let conn = Connection::new(url, self.password_for(url));
         let mut cmd = self.command(&path, &conn);
         // Names in hex: any byte a name may hold survives the tab-separated output.
-        cmd.args(["--batch", "--skip-column-names", "--execute"])
-            .arg(
-                "select hex(table_name), table_type from information_schema.tables \
+        cmd.args([
+            CONNECT_TIMEOUT,
+            "--batch",
+            "--skip-column-names",
+            "--execute",
+        ])
+        .arg(
+            "select hex(table_name), table_type from information_schema.tables \
                  where table_schema = database() order by table_name",
-            )
-            .arg(url.database());
+        )
+        .arg(url.database());
         let out = cmd.output().await.map_err(|e| self.spawn_err(tool, e))?;
         if !out.status.success() {
             return Err(SourceError::Refused(format!(
@@ -705,6 +715,7 @@ impl Database for MariaDbSource {
         // --binary-mode: the dump's bytes go to the server as they are ('\0' and '\\' in
         // data included); the server's packet limit still applies, the client's is raised.
         cmd.args([
+            CONNECT_TIMEOUT,
             "--batch",
             "--binary-mode",
             "--default-character-set=utf8mb4",
@@ -722,11 +733,20 @@ impl Database for MariaDbSource {
             )));
         };
         let stderr = drain_stderr(stderr);
-        if selective {
-            feed(&mut filtered, stdin, &mut child).await?;
+        let fed = if selective {
+            feed(&mut filtered, stdin, &mut child).await
         } else {
-            feed(&mut filtered.inner, stdin, &mut child).await?;
-        }
+            feed(&mut filtered.inner, stdin, &mut child).await
+        };
+        // The client was killed before the statement it was reading could run, but the
+        // ones before it have run.
+        fed.map_err(|e| match e {
+            SourceError::Io { context, source } => SourceError::Io {
+                context: format!("{PARTLY_RESTORED}; the cause: {context}"),
+                source,
+            },
+            other => other,
+        })?;
         let result = wait_child(tool, child, stderr).await;
         drop(conn);
         result.map_err(|e| match e {
@@ -740,6 +760,9 @@ impl Database for MariaDbSource {
                         "\nhint: create the database first: CREATE DATABASE `{}`",
                         url.database().replace('`', "``")
                     )
+                } else if stderr.contains(" at line ") {
+                    // A statement of the dump failed: the ones before it have run.
+                    format!("\nhint: {PARTLY_RESTORED}")
                 } else {
                     String::new()
                 };
@@ -842,9 +865,31 @@ mod tests {
                 OsString::from("--protocol=SOCKET"),
                 "--socket=/run/mysqld/mysqld.sock".into(),
                 "--user=app".into(),
-                CONNECT_TIMEOUT.into()
             ]
         );
+    }
+
+    #[test]
+    fn dump_tool_falls_back_to_mysqldump() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let source = |bin_dir: &Path| MariaDbSource {
+            name: "db".into(),
+            url: None,
+            bin_dir: Some(bin_dir.to_path_buf()),
+            priority: Priority::default(),
+            exclude_tables: Vec::new(),
+        };
+        // Neither there: the new name, for the "not found" message.
+        let (tool, path) = source(dir.path()).tool(DUMP_TOOLS);
+        assert_eq!(
+            (tool, path),
+            ("mariadb-dump", dir.path().join("mariadb-dump"))
+        );
+        std::fs::write(dir.path().join("mysqldump"), "").expect("mysqldump");
+        let (tool, path) = source(dir.path()).tool(DUMP_TOOLS);
+        assert_eq!((tool, path), ("mysqldump", dir.path().join("mysqldump")));
+        std::fs::write(dir.path().join("mariadb-dump"), "").expect("mariadb-dump");
+        assert_eq!(source(dir.path()).tool(DUMP_TOOLS).0, "mariadb-dump");
     }
 
     #[test]
