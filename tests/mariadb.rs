@@ -472,6 +472,38 @@ fn selected_tables_restore_into_an_existing_database() {
         "table(s) not in this backup: ordres; tables in this backup: audit, customers, odd`name here, orders",
     );
     assert!(!t.contains("panicked"), "{t}");
+    restore_refused(
+        &s.config,
+        &[
+            "latest",
+            "--to",
+            &db.url("app"),
+            "--table",
+            "orders",
+            "--exclude-table",
+            "orders",
+        ],
+        "no table left to restore",
+    );
+    // A dry run says what it would do and does nothing (orders exists: no --clean needed
+    // to look).
+    let before = db.table_checksums("app");
+    let out = restore_ok(
+        &s.config,
+        &[
+            "latest",
+            "--to",
+            &db.url("app"),
+            "--table",
+            "orders",
+            "--dry-run",
+        ],
+    );
+    assert!(
+        out.contains("only table(s) orders") && out.contains("would restore db into"),
+        "{out}"
+    );
+    assert_eq!(db.table_checksums("app"), before);
 
     // Everything but customers, into a fresh database: the view over customers cannot be
     // created and is left out (and said so); orders still references customers by its key.

@@ -628,6 +628,13 @@ impl Database for MariaDbSource {
             .map_err(|e| SourceError::Refused(format!("invalid --to URL: {e}")))?;
         check_names(&opts.tables)?;
         check_names(&opts.exclude_tables)?;
+        if opts.no_owner {
+            // Objects keep their DEFINER: restoring them as another user needs the SET USER
+            // (or SUPER) privilege, or a user of that name on the target.
+            tracing::warn!(
+                "--no-owner has no effect on a MariaDB restore: views, triggers, routines and events keep their DEFINER"
+            );
+        }
         let selection = Selection {
             include: opts.tables.clone(),
             exclude: opts.exclude_tables.clone(),
@@ -640,6 +647,11 @@ impl Database for MariaDbSource {
             .cloned()
             .collect();
         if !selection.include.is_empty() {
+            if wanted.is_empty() {
+                return Err(SourceError::Refused(
+                    "no table left to restore: every table named with --table is also excluded (--exclude-table, or the backup's exclude_tables without --all-tables)".to_string(),
+                ));
+            }
             // Usually stops early: the named tables' sections are found long before the end.
             let in_backup = scan_archive(archive, Some(&selection.include)).await?;
             let missing: Vec<&str> = selection
@@ -648,14 +660,11 @@ impl Database for MariaDbSource {
                 .filter(|t| !in_backup.contains(t))
                 .map(String::as_str)
                 .collect();
-            if !missing.is_empty() || wanted.is_empty() {
+            if !missing.is_empty() {
+                // The scan read to the end: the list is complete.
                 return Err(SourceError::Refused(format!(
-                    "{}; tables in this backup: {}",
-                    if missing.is_empty() {
-                        "no table left to restore".to_string()
-                    } else {
-                        format!("table(s) not in this backup: {}", missing.join(", "))
-                    },
+                    "table(s) not in this backup: {}; tables in this backup: {}",
+                    missing.join(", "),
                     if in_backup.is_empty() {
                         "none".to_string()
                     } else {

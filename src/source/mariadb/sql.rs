@@ -126,6 +126,31 @@ fn is_footer(line: &[u8]) -> bool {
     line.starts_with(b"/*!40") && line.windows(6).any(|w| w == b"=@OLD_")
 }
 
+/// The first '\n', eight bytes at a time: every byte of a dump passes through here, most
+/// of them in long INSERT lines.
+fn find_newline(bytes: &[u8]) -> Option<usize> {
+    const LO: u64 = 0x0101_0101_0101_0101;
+    const HI: u64 = 0x8080_8080_8080_8080;
+    const NL: u64 = LO * b'\n' as u64;
+    let mut chunks = bytes.chunks_exact(8);
+    let mut at = 0;
+    for c in &mut chunks {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(c);
+        let x = u64::from_le_bytes(word) ^ NL;
+        // Nonzero iff some byte of x is zero, i.e. some byte was '\n'.
+        if (x.wrapping_sub(LO) & !x & HI) != 0 {
+            return c.iter().position(|&b| b == b'\n').map(|i| at + i);
+        }
+        at += 8;
+    }
+    chunks
+        .remainder()
+        .iter()
+        .position(|&b| b == b'\n')
+        .map(|i| at + i)
+}
+
 /// Receives a stream line by line, from [`Splitter`].
 pub trait Lines {
     type Route: Copy;
@@ -162,7 +187,7 @@ impl<R: Copy> Splitter<R> {
     ) -> Result<(), FilterError> {
         while !input.is_empty() {
             if let Some(route) = self.rest {
-                match input.iter().position(|&b| b == b'\n') {
+                match find_newline(input) {
                     Some(i) => {
                         to.emit(route, &input[..=i])?;
                         self.rest = None;
@@ -174,7 +199,7 @@ impl<R: Copy> Splitter<R> {
             }
             let room = HEAD_MAX - self.head.len();
             let window = &input[..input.len().min(room)];
-            match window.iter().position(|&b| b == b'\n') {
+            match find_newline(window) {
                 Some(i) => {
                     self.head.extend_from_slice(&input[..=i]);
                     input = &input[i + 1..];
@@ -596,6 +621,22 @@ mod tests {
         Selection {
             include: include.iter().map(|s| s.to_string()).collect(),
             exclude: exclude.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn newlines_are_found_anywhere() {
+        for len in 0..40 {
+            for nl in 0..len {
+                let mut v = vec![b'x'; len];
+                v[nl] = b'\n';
+                if nl + 3 < len {
+                    v[nl + 3] = b'\n';
+                }
+                assert_eq!(find_newline(&v), Some(nl), "len {len} at {nl}");
+            }
+            assert_eq!(find_newline(&vec![0x8a; len]), None);
+            assert_eq!(find_newline(&vec![0x0b; len]), None);
         }
     }
 
