@@ -28,10 +28,22 @@ pub fn compress(r: Reader, c: Compression, level: Option<i32>) -> Reader {
     }
 }
 
+/// Decompress `r`, reading it to its very end. A decoder otherwise stops at the end of
+/// its frame without asking for the end of the stream, and a [`Verify`] beneath it, which
+/// checks size and sha256 only when it sees that end, would never speak: a damaged archive
+/// would restore as if it were whole.
 pub fn decompress(r: Reader, c: Compression) -> Reader {
     match c {
-        Compression::Zstd => Box::new(ZstdDecoder::new(BufReader::with_capacity(BUF, r))),
-        Compression::Gzip => Box::new(GzipDecoder::new(BufReader::with_capacity(BUF, r))),
+        Compression::Zstd => {
+            let mut d = ZstdDecoder::new(BufReader::with_capacity(BUF, r));
+            d.multiple_members(true);
+            Box::new(d)
+        }
+        Compression::Gzip => {
+            let mut d = GzipDecoder::new(BufReader::with_capacity(BUF, r));
+            d.multiple_members(true);
+            Box::new(d)
+        }
         Compression::None => r,
     }
 }
@@ -179,6 +191,56 @@ mod tests {
         roundtrip(Compression::Zstd).await;
         roundtrip(Compression::Gzip).await;
         roundtrip(Compression::None).await;
+    }
+
+    /// A byte flipped inside the compressed object is caught through the decoder, for both
+    /// codecs: the decoder must read to the end so that the check runs.
+    #[tokio::test]
+    async fn damaged_compressed_objects_fail_through_the_decoder() {
+        use tokio::io::AsyncReadExt;
+        for c in [Compression::Zstd, Compression::Gzip] {
+            let data: Vec<u8> = (0..200_000u32).map(|i| (i * 7 % 251) as u8).collect();
+            let mut packed = Vec::new();
+            compress(Box::new(std::io::Cursor::new(data.clone())), c, None)
+                .read_to_end(&mut packed)
+                .await
+                .expect("compress");
+            let sha = hex::encode(Sha256::digest(&packed));
+            let size = packed.len() as u64;
+            let open = |bytes: Vec<u8>| {
+                decompress(
+                    Box::new(Verify::new(
+                        Box::new(std::io::Cursor::new(bytes)),
+                        &sha,
+                        size,
+                        "db.sql",
+                    )),
+                    c,
+                )
+            };
+            let mut out = Vec::new();
+            open(packed.clone())
+                .read_to_end(&mut out)
+                .await
+                .expect("intact object reads");
+            assert_eq!(out, data);
+            // The last byte of the object, where a decoder that stops at its frame's end
+            // never looks (for gzip: the trailer's size field).
+            let mut damaged = packed.clone();
+            let last = damaged.len() - 1;
+            damaged[last] ^= 0x01;
+            let mut out = Vec::new();
+            let e = open(damaged).read_to_end(&mut out).await;
+            assert!(e.is_err(), "{c:?}: a damaged last byte went unnoticed");
+            // Trailing bytes after a whole frame are damage too.
+            let mut longer = packed.clone();
+            longer.extend_from_slice(b"junk");
+            let mut out = Vec::new();
+            assert!(
+                open(longer).read_to_end(&mut out).await.is_err(),
+                "{c:?}: trailing bytes went unnoticed"
+            );
+        }
     }
 
     #[tokio::test]

@@ -111,6 +111,7 @@ impl Stack {
             &mut rng,
             &dir.path().join("uploads"),
             (0..20).map(|i| format!("{}/f{i}.bin", i % 3)),
+            100..20_000,
         );
         Stack {
             pg,
@@ -288,7 +289,10 @@ fn one_job_with_every_engine_restores_each_into_its_own_target() {
     dry.push("--dry-run".into());
     let said = ok(&run_stowage(&config, &dry), "restore --dry-run");
     for name in ["db", "shop", "cache", "notes"] {
-        assert!(said.contains(name), "dry run does not mention {name}:\n{said}");
+        assert!(
+            said.contains(name),
+            "dry run does not mention {name}:\n{said}"
+        );
     }
     assert!(!rdb.exists() && !notes.exists() && !uploads.exists());
     assert!(s.pg.table_names("app_restored").is_empty());
@@ -304,7 +308,9 @@ fn one_job_with_every_engine_restores_each_into_its_own_target() {
         s.maria.table_checksums("shop")
     );
     let restored_redis = RedisServer::start_with_rdb(&rdb);
-    s.redis.snapshot().assert_restored_in(&restored_redis.snapshot());
+    s.redis
+        .snapshot()
+        .assert_restored_in(&restored_redis.snapshot());
     assert_eq!(sqlite_rows(&notes), sqlite_rows(&s.path("notes.db")));
     assert!(sqlite_rows(&notes).starts_with("ok\n"));
     assert_eq!(read_tree(&uploads), read_tree(&s.path("uploads")));

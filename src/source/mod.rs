@@ -6,6 +6,7 @@
 
 pub mod command;
 pub mod files;
+pub mod mariadb;
 pub mod mongodb;
 pub mod postgres;
 pub mod redis;
@@ -25,6 +26,7 @@ pub use crate::engine::{Archive, Database, Dump, DumpInfo, Engine, RestoreOption
 #[rustfmt::skip]
 pub static ENGINES: &[&dyn Engine] = &[
     &postgres::Postgres,
+    &mariadb::MariaDb,
     &sqlite::Sqlite,
     &redis::Redis,
     &mongodb::MongoDb,
@@ -206,26 +208,4 @@ pub(crate) async fn feed(
     }
     drop(stdin);
     Ok(())
-}
-
-/// Run a restore tool with the archive on its stdin and wait for it.
-pub(crate) async fn restore_through(
-    tool: &str,
-    mut cmd: tokio::process::Command,
-    archive: &dyn Archive,
-    install_hint: &str,
-) -> Result<(), SourceError> {
-    cmd.stdin(Stdio::piped());
-    let mut data = archive.open().await?;
-    let mut child = cmd
-        .spawn()
-        .map_err(|e| spawn_error(tool, e, install_hint))?;
-    let (Some(stdin), Some(stderr)) = (child.stdin.take(), child.stderr.take()) else {
-        return Err(SourceError::Protocol(format!(
-            "{tool} started without pipes"
-        )));
-    };
-    let stderr = drain_stderr(stderr);
-    feed(data.as_mut(), stdin, &mut child).await?;
-    wait_child(tool, child, stderr).await
 }

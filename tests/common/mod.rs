@@ -18,6 +18,7 @@
 //! `STOWAGE_BIN` (stowage binary).
 #![allow(dead_code)]
 
+pub mod mariadb;
 pub mod proxy;
 pub mod redis;
 pub mod store;

@@ -1,0 +1,909 @@
+//! MariaDB and MySQL through their own tools: `mariadb-dump` (or `mysqldump`) streamed out as
+//! SQL text, read in one consistent InnoDB snapshot (`--single-transaction`), binary columns
+//! as hex so the text survives any charset handling, and fed back to the `mariadb` (or
+//! `mysql`) client on restore. The archive is a plain dump, so
+//! `zstd -d < db.sql.zst | mariadb -h HOST -u USER DB` restores it without stowage.
+//!
+//! Passwords reach the tools through a private option file (`--defaults-extra-file`, mode
+//! 0600, removed when the tool is done) and never their command line, where `ps` shows it.
+
+pub mod sql;
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, ready};
+
+use async_trait::async_trait;
+use futures::FutureExt;
+use serde::Deserialize;
+use tokio::io::{AsyncRead, AsyncReadExt, ReadBuf};
+use tokio::process::Command;
+use tokio_util::io::InspectReader;
+
+use self::sql::{Filter, Scanner, Selection};
+use super::url::{DbUrl, UrlSpec};
+use super::{
+    Archive, Database, Dump, DumpInfo, Engine, RestoreOptions, SourceError, drain_stderr, feed,
+    wait_child,
+};
+use crate::config::{Priority, Secret, Section};
+
+const URL: UrlSpec = UrlSpec {
+    engine: "mariadb",
+    schemes: &["mysql", "mariadb"],
+    example: "mysql://user@host:3306/dbname",
+    database_required: true,
+};
+
+/// The dump tool, newest name first: MariaDB renamed mysqldump, and keeps the old name only
+/// as a compatibility link that some images leave out (Oracle's MySQL has only the old one).
+const DUMP_TOOLS: &[&str] = &["mariadb-dump", "mysqldump"];
+const CLIENT_TOOLS: &[&str] = &["mariadb", "mysql"];
+
+/// `--single-transaction`: one consistent snapshot of InnoDB tables without locking them.
+/// `--hex-blob`: binary columns as hex literals, so no client charset setting can mangle them.
+/// `--no-tablespaces`: the PROCESS privilege it needs is rarely granted to a backup user.
+const DUMP_ARGS: &[&str] = &[
+    "--single-transaction",
+    "--routines",
+    "--triggers",
+    "--events",
+    "--hex-blob",
+    "--default-character-set=utf8mb4",
+    "--no-tablespaces",
+];
+
+/// A dump is restored statement by statement, and MariaDB commits every DDL statement at
+/// once: a restore that stops half-way cannot be rolled back.
+const PARTLY_RESTORED: &str = "the target database is now partly restored (a MariaDB restore cannot run as one transaction); restore again into an empty database, or with --clean";
+
+/// The client gives up on an unreachable server after this instead of the system's minutes
+/// (mariadb-dump has no such option).
+const CONNECT_TIMEOUT: &str = "--connect-timeout=15";
+
+/// `type = "mariadb"` (also `type = "mysql"`).
+pub struct MariaDb;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMariaDb {
+    url: Option<String>,
+    password_file: Option<PathBuf>,
+    /// Directory holding mariadb-dump/mariadb (or mysqldump/mysql); default: found on PATH.
+    bin_dir: Option<PathBuf>,
+    exclude_tables: Option<Vec<String>>,
+}
+
+impl Engine for MariaDb {
+    fn kind(&self) -> &'static str {
+        "mariadb"
+    }
+
+    fn aliases(&self) -> &'static [&'static str] {
+        &["mysql"]
+    }
+
+    fn keys(&self) -> &'static [&'static str] {
+        crate::config::serde_fields::<RawMariaDb>()
+    }
+
+    fn has_tables(&self) -> bool {
+        true
+    }
+
+    fn configure(&self, section: &mut Section<'_>) -> Option<Arc<dyn Database>> {
+        let raw: RawMariaDb = section.parse()?;
+        let mark = section.mark();
+        let password = raw
+            .password_file
+            .as_deref()
+            .and_then(|f| section.secret("password_file", f));
+        let url = match raw.url.as_deref().map(|u| parse_url(u, password)) {
+            Some(Ok(u)) => Some(u),
+            Some(Err(e)) => {
+                section.problem("url", format!("invalid mariadb URL: {e}"));
+                None
+            }
+            None => {
+                section.problem(
+                    "url",
+                    "required for type = \"mariadb\" (or \"mysql\"); e.g. url = \"mysql://user@db:3306/app\"",
+                );
+                None
+            }
+        };
+        if let Some(dir) = &raw.bin_dir
+            && !dir.is_dir()
+        {
+            section.problem(
+                "bin_dir",
+                format!("{dir:?} is not a directory; remove the key to use mariadb-dump from PATH"),
+            );
+        }
+        let own = raw.exclude_tables.unwrap_or_default();
+        for (n, t) in own.iter().enumerate() {
+            if let Err(e) = sql::check_table_name(t) {
+                section.problem(&format!("exclude_tables[{n}]"), e);
+            }
+        }
+        let job = section.job_exclude_tables();
+        for (n, t) in job.iter().enumerate() {
+            if let Err(e) = sql::check_table_name(t) {
+                section.job_exclude_problem(n, e);
+            }
+        }
+        let mut exclude_tables = job.clone();
+        exclude_tables.extend(own.into_iter().filter(|t| !job.contains(t)));
+        if section.failed_since(mark) {
+            return None;
+        }
+        Some(Arc::new(MariaDbSource {
+            name: section.name.clone(),
+            url: Some(url?),
+            bin_dir: raw.bin_dir,
+            priority: section.priority,
+            exclude_tables,
+        }))
+    }
+
+    fn unconfigured(&self, name: &str) -> Arc<dyn Database> {
+        Arc::new(MariaDbSource {
+            name: name.to_string(),
+            url: None,
+            bin_dir: None,
+            priority: Priority::default(),
+            exclude_tables: Vec::new(),
+        })
+    }
+}
+
+fn parse_url(text: &str, password: Option<Secret>) -> Result<DbUrl, String> {
+    let url = DbUrl::parse(text, &URL, password)?;
+    if url.database().contains('/') {
+        return Err(format!(
+            "\"{}\" is not a database name: expected a URL such as \"{}\"",
+            url.database(),
+            URL.example
+        ));
+    }
+    Ok(url)
+}
+
+/// A configured MariaDB/MySQL source. `url` is `None` for a source made only to restore.
+#[derive(Debug)]
+pub struct MariaDbSource {
+    name: String,
+    url: Option<DbUrl>,
+    bin_dir: Option<PathBuf>,
+    priority: Priority,
+    /// Dumped, but skipped by default on restore (job-level list + this source's own).
+    exclude_tables: Vec<String>,
+}
+
+/// How a tool connects: its leading arguments, and the option file they name (kept alive
+/// until the tool is done with it).
+struct Connection {
+    args: Vec<OsString>,
+    _option_file: Option<tempfile::NamedTempFile>,
+    /// When no option file could be written (a read-only /tmp): the client's own variable.
+    env_password: Option<Secret>,
+}
+
+/// A password as an option-file value: quoted, with the escapes the client's option-file
+/// reader undoes (a '#' inside quotes is not a comment).
+fn option_value(password: &str) -> String {
+    let mut v = String::with_capacity(password.len() + 2);
+    v.push('"');
+    for c in password.chars() {
+        match c {
+            '\\' => v.push_str("\\\\"),
+            '"' => v.push_str("\\\""),
+            '\n' => v.push_str("\\n"),
+            '\r' => v.push_str("\\r"),
+            '\t' => v.push_str("\\t"),
+            '\u{8}' => v.push_str("\\b"),
+            c => v.push(c),
+        }
+    }
+    v.push('"');
+    v
+}
+
+impl Connection {
+    fn new(url: &DbUrl, password: Option<&Secret>) -> Connection {
+        let mut args: Vec<OsString> = Vec::new();
+        let mut option_file = None;
+        let mut env_password = None;
+        if let Some(pw) = password {
+            match write_option_file(pw) {
+                Ok(f) => {
+                    // The tools only honour this option as their very first argument.
+                    let mut a = OsString::from("--defaults-extra-file=");
+                    a.push(f.path());
+                    args.push(a);
+                    option_file = Some(f);
+                }
+                Err(e) => {
+                    tracing::debug!(
+                        "cannot write a private option file ({e}); passing the password in MYSQL_PWD"
+                    );
+                    env_password = Some(pw.clone());
+                }
+            }
+        }
+        if let Some(socket) = url.query("socket") {
+            args.push("--protocol=SOCKET".into());
+            let mut a = OsString::from("--socket=");
+            a.push(socket);
+            args.push(a);
+        } else {
+            // Without it, "localhost" means the local socket, not the host the URL names.
+            args.push("--protocol=TCP".into());
+            let host = url.host().trim_start_matches('[').trim_end_matches(']');
+            args.push(format!("--host={host}").into());
+            if let Some(p) = url.port() {
+                args.push(format!("--port={p}").into());
+            }
+        }
+        if let Some(u) = url.user() {
+            args.push(format!("--user={u}").into());
+        }
+        Connection {
+            args,
+            _option_file: option_file,
+            env_password,
+        }
+    }
+}
+
+fn write_option_file(password: &Secret) -> std::io::Result<tempfile::NamedTempFile> {
+    // tempfile creates it 0600; it is removed when dropped.
+    let mut f = tempfile::Builder::new()
+        .prefix("stowage-my-")
+        .suffix(".cnf")
+        .tempfile()?;
+    let body = format!("[client]\npassword={}\n", option_value(password.expose()));
+    std::io::Write::write_all(&mut f, body.as_bytes())?;
+    std::io::Write::flush(&mut f)?;
+    Ok(f)
+}
+
+fn on_path(name: &str) -> Option<PathBuf> {
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+}
+
+impl MariaDbSource {
+    /// The first of `names` that exists (in bin_dir, else on PATH), with its name.
+    fn tool(&self, names: &[&'static str]) -> (&'static str, PathBuf) {
+        for n in names {
+            let found = match &self.bin_dir {
+                Some(dir) => Some(dir.join(n)).filter(|p| p.is_file()),
+                None => on_path(n),
+            };
+            if let Some(p) = found {
+                return (n, p);
+            }
+        }
+        let first = names[0];
+        match &self.bin_dir {
+            Some(dir) => (first, dir.join(first)),
+            None => (first, PathBuf::from(first)),
+        }
+    }
+
+    fn own_url(&self) -> Result<&DbUrl, SourceError> {
+        self.url.as_ref().ok_or_else(|| {
+            SourceError::Refused(format!(
+                "source \"{}\" is not in the config; give the database with --to",
+                self.name
+            ))
+        })
+    }
+
+    /// A target's password: its own, else the source's when the target is the same server
+    /// and user (restoring into another database next to the source).
+    fn password_for<'a>(&'a self, target: &'a DbUrl) -> Option<&'a Secret> {
+        target.password().or_else(|| {
+            self.url
+                .as_ref()
+                .filter(|own| {
+                    own.host() == target.host()
+                        && own.port() == target.port()
+                        && own.user() == target.user()
+                })
+                .and_then(DbUrl::password)
+        })
+    }
+
+    fn command(&self, program: &Path, conn: &Connection) -> Command {
+        let mut cmd = super::tool_command(program, self.priority);
+        cmd.args(&conn.args);
+        if let Some(pw) = &conn.env_password {
+            cmd.env("MYSQL_PWD", pw.expose());
+        }
+        cmd
+    }
+
+    fn spawn_err(&self, tool: &str, e: std::io::Error) -> SourceError {
+        let reason = if e.kind() == std::io::ErrorKind::NotFound {
+            format!(
+                "{tool} not found{}; install the MariaDB client tools (Debian: mariadb-client) or set bin_dir",
+                self.bin_dir
+                    .as_ref()
+                    .map(|d| format!(" in {}", d.display()))
+                    .unwrap_or_else(|| " on PATH".to_string())
+            )
+        } else {
+            e.to_string()
+        };
+        SourceError::Spawn {
+            tool: tool.to_string(),
+            reason,
+        }
+    }
+
+    /// Tables and views of a live database, with their type ("BASE TABLE", "VIEW", ...).
+    async fn relations(&self, url: &DbUrl) -> Result<Vec<(String, String)>, SourceError> {
+        let (tool, path) = self.tool(CLIENT_TOOLS);
+        let conn = Connection::new(url, self.password_for(url));
+        let mut cmd = self.command(&path, &conn);
+        // Names in hex: any byte a name may hold survives the tab-separated output.
+        cmd.args([
+            CONNECT_TIMEOUT,
+            "--batch",
+            "--skip-column-names",
+            "--execute",
+        ])
+        .arg(
+            "select hex(table_name), table_type from information_schema.tables \
+                 where table_schema = database() order by table_name",
+        )
+        .arg(url.database());
+        let out = cmd.output().await.map_err(|e| self.spawn_err(tool, e))?;
+        if !out.status.success() {
+            return Err(SourceError::Refused(format!(
+                "cannot read the tables of {url}: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
+        }
+        let text = String::from_utf8_lossy(&out.stdout);
+        let mut rels = Vec::new();
+        for line in text.lines().filter(|l| !l.trim().is_empty()) {
+            let (name, kind) = line.split_once('\t').unwrap_or((line, ""));
+            let name = hex::decode(name.trim()).map_err(|e| {
+                SourceError::Protocol(format!("{tool} printed {line:?} for a table name: {e}"))
+            })?;
+            rels.push((
+                String::from_utf8_lossy(&name).into_owned(),
+                kind.trim().to_string(),
+            ));
+        }
+        Ok(rels)
+    }
+
+    async fn base_tables(&self, url: &DbUrl) -> Result<Vec<String>, SourceError> {
+        Ok(self
+            .relations(url)
+            .await?
+            .into_iter()
+            .filter(|(_, kind)| kind == "BASE TABLE")
+            .map(|(name, _)| name)
+            .collect())
+    }
+}
+
+/// Read an archive's tables; with `until`, stop reading as soon as all of those are seen
+/// (for a selective restore that names few tables of a big dump).
+async fn scan_archive(
+    archive: &dyn Archive,
+    until: Option<&[String]>,
+) -> Result<Vec<String>, SourceError> {
+    let mut data = archive.open().await?;
+    let mut scanner = Scanner::default();
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        let n = data
+            .read(&mut buf)
+            .await
+            .map_err(|e| SourceError::io("reading the backup", e))?;
+        if n == 0 {
+            break;
+        }
+        scanner.push(&buf[..n]);
+        if let Some(want) = until
+            && want.iter().all(|w| scanner.tables().contains(w))
+        {
+            break;
+        }
+    }
+    Ok(scanner.finish().tables)
+}
+
+fn parse_target(target: &str) -> Result<DbUrl, String> {
+    parse_url(target, None)
+}
+
+fn check_names(names: &[String]) -> Result<(), SourceError> {
+    for n in names {
+        sql::check_table_name(n).map_err(SourceError::Refused)?;
+    }
+    Ok(())
+}
+
+/// The archive read through a [`Filter`]: only the selected tables' sections reach the client.
+struct Filtered<R> {
+    inner: R,
+    filter: Filter,
+    buf: Box<[u8]>,
+    /// How much of the filter's output has been handed out.
+    taken: usize,
+    done: bool,
+}
+
+impl<R> Filtered<R> {
+    fn new(inner: R, filter: Filter) -> Self {
+        Filtered {
+            inner,
+            filter,
+            buf: vec![0u8; 64 * 1024].into_boxed_slice(),
+            taken: 0,
+            done: false,
+        }
+    }
+}
+
+impl<R: AsyncRead + Unpin> AsyncRead for Filtered<R> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        dst: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let me = self.get_mut();
+        loop {
+            let out = me.filter.output();
+            if me.taken < out.len() {
+                let n = dst.remaining().min(out.len() - me.taken);
+                dst.put_slice(&out[me.taken..me.taken + n]);
+                me.taken += n;
+                if me.taken == out.len() {
+                    out.clear();
+                    me.taken = 0;
+                }
+                return Poll::Ready(Ok(()));
+            }
+            if me.done {
+                return Poll::Ready(Ok(()));
+            }
+            let mut rb = ReadBuf::new(&mut me.buf);
+            ready!(Pin::new(&mut me.inner).poll_read(cx, &mut rb))?;
+            let got = rb.filled();
+            let r = if got.is_empty() {
+                me.done = true;
+                me.filter.finish()
+            } else {
+                me.filter.push(got)
+            };
+            r.map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
+        }
+    }
+}
+
+#[async_trait]
+impl Database for MariaDbSource {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn kind(&self) -> &'static str {
+        "mariadb"
+    }
+
+    fn extension(&self) -> &'static str {
+        "sql"
+    }
+
+    fn format(&self) -> &'static str {
+        "mariadb-dump SQL"
+    }
+
+    fn describe(&self) -> String {
+        match &self.url {
+            Some(u) => format!("mariadb {u}"),
+            None => "mariadb".to_string(),
+        }
+    }
+
+    fn target_example(&self) -> &'static str {
+        "mysql://USER@HOST:PORT/DB"
+    }
+
+    fn check_target(&self, target: &str) -> Result<(), String> {
+        parse_target(target).map(|_| ())
+    }
+
+    fn default_excludes(&self) -> Vec<String> {
+        self.exclude_tables.clone()
+    }
+
+    fn selects_objects(&self) -> bool {
+        true
+    }
+
+    async fn tool_version(&self) -> Result<(String, String), SourceError> {
+        let (tool, path) = self.tool(DUMP_TOOLS);
+        let out = Command::new(&path)
+            .arg("--version")
+            .stdin(Stdio::null())
+            .kill_on_drop(true)
+            .output()
+            .await
+            .map_err(|e| self.spawn_err(tool, e))?;
+        // A dump tool that cannot even report its version will not dump either.
+        if !out.status.success() {
+            return Err(SourceError::Failed {
+                tool: format!("{tool} --version"),
+                status: super::describe_status(out.status),
+                stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+            });
+        }
+        Ok((
+            tool.to_string(),
+            String::from_utf8_lossy(&out.stdout).trim().to_string(),
+        ))
+    }
+
+    async fn dump(&self) -> Result<Dump, SourceError> {
+        let url = self.own_url()?;
+        let (tool, path) = self.tool(DUMP_TOOLS);
+        let conn = Connection::new(url, url.password());
+        let mut cmd = self.command(&path, &conn);
+        cmd.args(DUMP_ARGS).arg(url.database());
+        let mut child = cmd.spawn().map_err(|e| self.spawn_err(tool, e))?;
+        let (Some(stdout), Some(stderr)) = (child.stdout.take(), child.stderr.take()) else {
+            return Err(SourceError::Protocol(format!(
+                "{tool} started without pipes"
+            )));
+        };
+        let stderr = drain_stderr(stderr);
+        let scanner = Arc::new(Mutex::new(Scanner::default()));
+        let seen = scanner.clone();
+        let reader = InspectReader::new(stdout, move |b: &[u8]| {
+            if let Ok(mut s) = seen.lock() {
+                s.push(b);
+            }
+        });
+        Ok(Dump {
+            reader: Box::new(reader),
+            finish: async move {
+                let result = wait_child(tool, child, stderr).await;
+                // The option file goes only once the tool is done with it.
+                drop(conn);
+                result?;
+                let scanned = scanner
+                    .lock()
+                    .map(|mut s| std::mem::take(&mut *s))
+                    .unwrap_or_default()
+                    .finish();
+                // The exit status is the authority; this only catches a tool that exits 0
+                // without finishing its output.
+                if !scanned.completed {
+                    return Err(SourceError::Protocol(format!(
+                        "{tool} exited successfully but its output does not end with \"-- Dump completed\"; the dump is incomplete"
+                    )));
+                }
+                Ok(DumpInfo {
+                    server_version: scanned.server_version,
+                    objects: Some(scanned.tables),
+                })
+            }
+            .boxed(),
+        })
+    }
+
+    async fn archive_objects(&self, archive: &dyn Archive) -> Result<Vec<String>, SourceError> {
+        scan_archive(archive, None).await
+    }
+
+    async fn live_objects(&self, target: Option<&str>) -> Result<Vec<String>, SourceError> {
+        match target {
+            Some(t) => {
+                let url = parse_target(t).map_err(SourceError::Refused)?;
+                self.base_tables(&url).await
+            }
+            None => self.base_tables(self.own_url()?).await,
+        }
+    }
+
+    async fn restore(
+        &self,
+        archive: &dyn Archive,
+        opts: &RestoreOptions,
+    ) -> Result<Vec<String>, SourceError> {
+        let url = parse_target(&opts.target)
+            .map_err(|e| SourceError::Refused(format!("invalid --to URL: {e}")))?;
+        check_names(&opts.tables)?;
+        check_names(&opts.exclude_tables)?;
+        if opts.no_owner {
+            // Objects keep their DEFINER: restoring them as another user needs the SET USER
+            // (or SUPER) privilege, or a user of that name on the target.
+            tracing::warn!(
+                "--no-owner has no effect on a MariaDB restore: views, triggers, routines and events keep their DEFINER"
+            );
+        }
+        let selection = Selection {
+            include: opts.tables.clone(),
+            exclude: opts.exclude_tables.clone(),
+        };
+        let mut lines = Vec::new();
+        let wanted: Vec<String> = selection
+            .include
+            .iter()
+            .filter(|t| selection.wants(t))
+            .cloned()
+            .collect();
+        if !selection.include.is_empty() {
+            if wanted.is_empty() {
+                return Err(SourceError::Refused(
+                    "no table left to restore: every table named with --table is also excluded (--exclude-table, or the backup's exclude_tables without --all-tables)".to_string(),
+                ));
+            }
+            // Usually stops early: the named tables' sections are found long before the end.
+            let in_backup = scan_archive(archive, Some(&selection.include)).await?;
+            let missing: Vec<&str> = selection
+                .include
+                .iter()
+                .filter(|t| !in_backup.contains(t))
+                .map(String::as_str)
+                .collect();
+            if !missing.is_empty() {
+                // The scan read to the end: the list is complete.
+                return Err(SourceError::Refused(format!(
+                    "table(s) not in this backup: {}; tables in this backup: {}",
+                    missing.join(", "),
+                    if in_backup.is_empty() {
+                        "none".to_string()
+                    } else {
+                        in_backup.join(", ")
+                    }
+                )));
+            }
+            lines.push(format!(
+                "{}: only table(s) {} (with their triggers; views, routines and events are left out)",
+                self.name,
+                wanted.join(", ")
+            ));
+        }
+        if opts.dry_run {
+            lines.push(format!(
+                "would restore {} into {url}{}",
+                self.name,
+                if opts.clean {
+                    " (--clean: replacing the objects it contains)"
+                } else {
+                    ""
+                }
+            ));
+            return Ok(lines);
+        }
+        // The dump drops each object before creating it: without --clean, make sure that
+        // replaces nothing.
+        if !opts.clean {
+            let live = self.relations(&url).await?;
+            if selection.include.is_empty() {
+                if !live.is_empty() {
+                    return Err(SourceError::Refused(format!(
+                        "target database \"{}\" already has {} table(s); restore into an empty database, or pass --clean to drop and replace the objects in the backup, or --table NAME to restore single tables",
+                        url.database(),
+                        live.len()
+                    )));
+                }
+            } else {
+                let clash: Vec<&str> = wanted
+                    .iter()
+                    .filter(|t| live.iter().any(|(n, _)| n == *t))
+                    .map(String::as_str)
+                    .collect();
+                if !clash.is_empty() {
+                    return Err(SourceError::Refused(format!(
+                        "target database \"{}\" already has table(s) {}; pass --clean to drop and replace them, or drop them first",
+                        url.database(),
+                        clash.join(", ")
+                    )));
+                }
+            }
+        }
+
+        let (tool, path) = self.tool(CLIENT_TOOLS);
+        let conn = Connection::new(&url, self.password_for(&url));
+        let mut cmd = self.command(&path, &conn);
+        // --binary-mode: the dump's bytes go to the server as they are ('\0' and '\\' in
+        // data included); the server's packet limit still applies, the client's is raised.
+        cmd.args([
+            CONNECT_TIMEOUT,
+            "--batch",
+            "--binary-mode",
+            "--default-character-set=utf8mb4",
+            "--max-allowed-packet=1G",
+        ])
+        .arg(url.database())
+        .stdin(Stdio::piped());
+        let data = archive.open().await?;
+        let selective = !selection.include.is_empty() || !selection.exclude.is_empty();
+        let mut filtered = Filtered::new(data, Filter::new(selection.clone()));
+        let mut child = cmd.spawn().map_err(|e| self.spawn_err(tool, e))?;
+        let (Some(stdin), Some(stderr)) = (child.stdin.take(), child.stderr.take()) else {
+            return Err(SourceError::Protocol(format!(
+                "{tool} started without pipes"
+            )));
+        };
+        let stderr = drain_stderr(stderr);
+        let fed = if selective {
+            feed(&mut filtered, stdin, &mut child).await
+        } else {
+            feed(&mut filtered.inner, stdin, &mut child).await
+        };
+        // The client was killed before the statement it was reading could run, but the
+        // ones before it have run.
+        fed.map_err(|e| match e {
+            SourceError::Io { context, source } => SourceError::Io {
+                context: format!("{PARTLY_RESTORED}; the cause: {context}"),
+                source,
+            },
+            other => other,
+        })?;
+        let result = wait_child(tool, child, stderr).await;
+        drop(conn);
+        result.map_err(|e| match e {
+            SourceError::Failed {
+                tool,
+                status,
+                stderr,
+            } => {
+                let hint = if stderr.contains("Unknown database") {
+                    format!(
+                        "\nhint: create the database first: CREATE DATABASE `{}`",
+                        url.database().replace('`', "``")
+                    )
+                } else if stderr.contains(" at line ") {
+                    // A statement of the dump failed: the ones before it have run.
+                    format!("\nhint: {PARTLY_RESTORED}")
+                } else {
+                    String::new()
+                };
+                SourceError::Failed {
+                    tool,
+                    status,
+                    stderr: format!("{stderr}{hint}"),
+                }
+            }
+            other => other,
+        })?;
+        if selective {
+            let report = filtered.filter.report();
+            if selection.include.is_empty() {
+                lines.push(format!(
+                    "{}: {} table(s); skipped: {}",
+                    self.name,
+                    report.tables.len(),
+                    if report.skipped.is_empty() {
+                        "none".to_string()
+                    } else {
+                        report.skipped.join(", ")
+                    }
+                ));
+                for t in selection
+                    .exclude
+                    .iter()
+                    .filter(|t| !report.skipped.contains(t))
+                {
+                    tracing::warn!("excluded table {t} is not in this backup");
+                }
+                if !report.views_left_out.is_empty() {
+                    lines.push(format!(
+                        "{}: left out because they need a table that is not restored: view(s) {}",
+                        self.name,
+                        report.views_left_out.join(", ")
+                    ));
+                }
+            }
+        }
+        Ok(lines)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls() {
+        let u = parse_url("mysql://app:s%40cret@db:3306/shop", None).expect("valid");
+        assert_eq!(u.database(), "shop");
+        assert_eq!(u.password().map(Secret::expose), Some("s@cret"));
+        assert!(parse_url("mariadb://app@db/shop", None).is_ok());
+        let e = parse_url("postgres://app@db/shop", None).expect_err("scheme");
+        assert!(
+            e.contains("is not mariadb") && e.contains("mysql://"),
+            "{e}"
+        );
+        let e = parse_url("mysql://app@db:3306", None).expect_err("no database");
+        assert!(e.contains("names no database"), "{e}");
+        let e = parse_url("mysql://app@db/a/b", None).expect_err("slash");
+        assert!(e.contains("\"a/b\" is not a database name"), "{e}");
+    }
+
+    #[test]
+    fn connection_arguments_never_hold_the_password() {
+        let u = parse_url("mysql://app:topsecret@db.example:3307/shop", None).expect("valid");
+        let c = Connection::new(&u, u.password());
+        let args: Vec<String> = c
+            .args
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        assert!(args[0].starts_with("--defaults-extra-file="), "{args:?}");
+        assert!(args.contains(&"--protocol=TCP".to_string()));
+        assert!(args.contains(&"--host=db.example".to_string()));
+        assert!(args.contains(&"--port=3307".to_string()));
+        assert!(args.contains(&"--user=app".to_string()));
+        assert!(!args.iter().any(|a| a.contains("topsecret")), "{args:?}");
+        let path = c._option_file.as_ref().expect("option file").path();
+        let body = std::fs::read_to_string(path).expect("read option file");
+        assert_eq!(body, "[client]\npassword=\"topsecret\"\n");
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(path).expect("stat").permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let kept = path.to_path_buf();
+        drop(c);
+        assert!(!kept.exists(), "option file left behind");
+
+        let s = parse_url(
+            "mysql://app@localhost/shop?socket=/run/mysqld/mysqld.sock",
+            None,
+        )
+        .expect("valid");
+        let c = Connection::new(&s, None);
+        assert_eq!(
+            c.args,
+            vec![
+                OsString::from("--protocol=SOCKET"),
+                "--socket=/run/mysqld/mysqld.sock".into(),
+                "--user=app".into(),
+            ]
+        );
+    }
+
+    #[test]
+    fn dump_tool_falls_back_to_mysqldump() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let source = |bin_dir: &Path| MariaDbSource {
+            name: "db".into(),
+            url: None,
+            bin_dir: Some(bin_dir.to_path_buf()),
+            priority: Priority::default(),
+            exclude_tables: Vec::new(),
+        };
+        // Neither there: the new name, for the "not found" message.
+        let (tool, path) = source(dir.path()).tool(DUMP_TOOLS);
+        assert_eq!(
+            (tool, path),
+            ("mariadb-dump", dir.path().join("mariadb-dump"))
+        );
+        std::fs::write(dir.path().join("mysqldump"), "").expect("mysqldump");
+        let (tool, path) = source(dir.path()).tool(DUMP_TOOLS);
+        assert_eq!((tool, path), ("mysqldump", dir.path().join("mysqldump")));
+        std::fs::write(dir.path().join("mariadb-dump"), "").expect("mariadb-dump");
+        assert_eq!(source(dir.path()).tool(DUMP_TOOLS).0, "mariadb-dump");
+    }
+
+    #[test]
+    fn option_values_are_escaped() {
+        assert_eq!(option_value(r#"a"b\c#d e'f"#), r#""a\"b\\c#d e'f""#);
+        assert_eq!(option_value("x\ny\t"), r#""x\ny\t""#);
+    }
+}
