@@ -83,9 +83,9 @@ impl Stack {
         maria.create_db("shop");
         maria.sql(
             "shop",
-            "CREATE TABLE customers (id INT PRIMARY KEY, name VARCHAR(100)) ENGINE=InnoDB;
+            "CREATE TABLE customers (id INT PRIMARY KEY, name VARCHAR(100)) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4;
              CREATE TABLE orders (id INT PRIMARY KEY, customer_id INT, total DECIMAL(10,2), note TEXT,
-               FOREIGN KEY (customer_id) REFERENCES customers(id)) ENGINE=InnoDB;
+               FOREIGN KEY (customer_id) REFERENCES customers(id)) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4;
              INSERT INTO customers VALUES (1,'ada'),(2,'bob'),(3,'çé 🎉');
              INSERT INTO orders VALUES (10,1,9.99,'first'),(11,2,100.00,NULL),(12,3,0.01,'x');",
         );
