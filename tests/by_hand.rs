@@ -8,6 +8,7 @@ mod common;
 use std::path::Path;
 use std::process::Command;
 
+use common::mariadb::MariaDbServer;
 use common::{PgServer, run_stowage, seed_sample_db};
 
 fn write_tree(root: &Path) -> Vec<(String, Vec<u8>)> {
@@ -146,6 +147,68 @@ zstd -d < $B/db.pgdump.zst | pg_restore -L $W/list.txt --single-transaction -d "
     // Identical files share one blob.
     let blobs = walk_count(&root.join("replay/blobs"));
     assert_eq!(blobs, files.len() - 1);
+}
+
+/// The README's MariaDB recipe: `mariadb -e 'CREATE DATABASE …'`, then the decompressed
+/// dump into the `mariadb` client, as written (with the test server's host, port and user
+/// in place of the README's `-h shop-db -u root -p`).
+#[test]
+fn readme_by_hand_restore_of_a_mariadb_backup() {
+    let maria = MariaDbServer::start();
+    maria.create_db("shop");
+    maria.sql(
+        "shop",
+        "CREATE TABLE items (id INT PRIMARY KEY, name VARCHAR(50), img BLOB) DEFAULT CHARSET=utf8mb4;
+         INSERT INTO items VALUES (1, 'tea ☕', x'00ff7f80'), (2, NULL, NULL), (3, 'x', '');
+         CREATE VIEW named AS SELECT id, name FROM items WHERE name IS NOT NULL;",
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path().join("backups");
+    let config = dir.path().join("stowage.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[destinations.local]
+type = "local"
+path = "{root}"
+
+[jobs.shop]
+schedule = "@daily"
+catch_up = false
+destinations = ["local"]
+
+[[jobs.shop.sources]]
+type = "mariadb"
+name = "shop"
+url = "{url}"
+"#,
+            root = root.display(),
+            url = maria.url("shop"),
+        ),
+    )
+    .expect("write config");
+    let out = run_stowage(&config, ["run", "shop"]);
+    assert!(out.status.success(), "backup failed: {}", describe(&out));
+    let b = std::fs::read_dir(root.join("shop"))
+        .expect("job dir")
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.join("manifest.json").exists())
+        .expect("a published backup");
+    let login = format!("-h 127.0.0.1 -P {} -u root", maria.port());
+    bash(
+        &format!(
+            "mariadb {login} -e 'CREATE DATABASE shop_restored'
+             zstd -d < $B/shop.sql.zst | mariadb {login} shop_restored"
+        ),
+        &[("B", &b.display().to_string())],
+    );
+    assert_eq!(
+        maria.table_checksums("shop_restored"),
+        maria.table_checksums("shop")
+    );
+    assert_eq!(maria.view_names("shop_restored"), vec!["named".to_string()]);
 }
 
 fn describe(out: &std::process::Output) -> String {
