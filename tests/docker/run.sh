@@ -3,7 +3,10 @@
 #   1. Debian's docker.io + docker-compose, dockerd started here, a debian:bookworm-slim base
 #      image made with debootstrap + docker import;
 #   2. a local PostgreSQL 15 image (tests/docker/postgres) standing in for postgres:15;
-#   3. the real Dockerfile, fed a host-built release binary (docker/prebuilt/stowage);
+#   3. the real Dockerfile, fed a host-built release binary (docker/prebuilt/stowage): its
+#      database clients run as the image's user and talk to real MariaDB and Redis servers
+#      (Debian's, on this host), perl stays out; a second build with MONGODB_TOOLS_DEB set
+#      to a stand-in .deb (MongoDB's own cannot be fetched here) keeps just its two tools;
 #   4. compose.yaml + tests/docker/compose.ci.yaml: first backup within 60 s, restore and
 #      compare, docker logs and the log volume, config edits + restart, invalid config,
 #      docker stop while idle and during a backup.
@@ -21,6 +24,9 @@ WORK=$(mktemp -d)
 export STOWAGE_CI_CONFIG="$WORK/stowage.toml"
 COMPOSE=(docker-compose -p "$PROJECT" -f compose.yaml -f tests/docker/compose.ci.yaml)
 DOCKERD_PID=""
+MARIADB_PID=""
+REDIS_PID=""
+FAKE_MONGO_DEB=docker/prebuilt/mongodb-database-tools-ci.deb
 
 step() { printf '\n== %s\n' "$*"; }
 fail() { printf 'FAIL: %s\n' "$*" >&2; exit 1; }
@@ -41,6 +47,17 @@ restart_until() {
     done
     return 1
 }
+free_port() {
+    local p
+    for _ in $(seq 1 50); do
+        p=$(shuf -i 20000-60999 -n 1)
+        (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null || { echo "$p"; return 0; }
+    done
+    fail "no free port"
+}
+# A client tool of the image, run as the image's user with the host's network (the test
+# servers listen on the host's loopback).
+in_image() { local tool=$1; shift; docker run --rm -i --network host --entrypoint "$tool" "$@"; }
 # Append a job backing up the app database to the mounted config (as a user would edit it).
 add_job() {
     cat >> "$STOWAGE_CI_CONFIG" <<TOML
@@ -62,7 +79,12 @@ cleanup() {
         "${COMPOSE[@]}" logs --no-color backup > "$WORK/backup.log" 2>&1
         "${COMPOSE[@]}" down -v --remove-orphans > /dev/null 2>&1
     fi
-    rm -f "$ROOT/docker/prebuilt/stowage"
+    rm -f "$ROOT/docker/prebuilt/stowage" "$ROOT/$FAKE_MONGO_DEB"
+    docker image rm stowage:ci-mongo > /dev/null 2>&1
+    for pid in $MARIADB_PID $REDIS_PID; do
+        kill "$pid" 2>/dev/null
+        wait "$pid" 2>/dev/null
+    done
     if [ -n "$DOCKERD_PID" ]; then
         kill "$DOCKERD_PID" 2>/dev/null
         wait "$DOCKERD_PID" 2>/dev/null
@@ -76,6 +98,10 @@ need=()
 command -v dockerd >/dev/null || need+=(docker.io)
 command -v docker-compose >/dev/null || need+=(docker-compose)
 command -v debootstrap >/dev/null || need+=(debootstrap)
+command -v mariadbd >/dev/null || need+=(mariadb-server)
+command -v mariadb >/dev/null || need+=(mariadb-client)
+command -v redis-server >/dev/null || need+=(redis-server)
+command -v redis-check-rdb >/dev/null || need+=(redis-tools)
 if [ ${#need[@]} -gt 0 ]; then
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" > /dev/null
@@ -118,6 +144,7 @@ cp "$CARGO_TARGET_DIR/release/stowage" docker/prebuilt/stowage
 echo "built in $(( ($(now_ms) - t0) / 1000 )) s"
 
 step "image from Dockerfile"
+rm -f "$FAKE_MONGO_DEB"
 t0=$(now_ms)
 docker build -t stowage:ci \
     --build-arg BUILDER_IMAGE=debian:bookworm-slim \
@@ -136,6 +163,120 @@ docker run --rm stowage:ci stowage --version
 docker run --rm -v "$ROOT/docker/secrets/pg_password:/run/secrets/pg_password:ro" \
     stowage:ci stowage check-config
 docker run --rm stowage:ci pg_dump --version
+
+step "database clients in the image, as its user; no perl, no client packages"
+user=$(docker run --rm --entrypoint id stowage:ci -un)
+[ "$user" = stowage ] || fail "the image runs as $user, not stowage"
+for tool in pg_dump pg_restore psql mariadb-dump mysqldump mariadb mysql redis-cli; do
+    out=$(docker run --rm --entrypoint "$tool" stowage:ci --version 2>&1) \
+        || fail "$tool --version failed in the image: $out"
+    echo "$tool: $out"
+done
+# perl-base (Debian's Essential interpreter, part of every base image) stays; the full perl
+# that mariadb-client drags in must not, nor any of the client packages themselves.
+installed=$(docker run --rm --entrypoint dpkg-query stowage:ci -W -f '${db:Status-Abbrev} ${Package}\n' | awk '$1 == "ii" {print $2}')
+for pkg in perl perl-modules-5.36 libperl5.36 mariadb-client mariadb-client-core mariadb-common redis-tools; do
+    ! grep -qx "$pkg" <<< "$installed" || fail "package $pkg is installed in the image"
+done
+docker run --rm --entrypoint sh stowage:ci -c '[ ! -e /usr/share/perl ] && ! command -v mongodump' \
+    || fail "perl's library or mongodump is in the default image"
+echo "not installed: perl, mariadb-client(-core), redis-tools; no mongodump"
+
+step "the image's MariaDB and Redis clients against real servers"
+mdb="$WORK/mariadb"
+mkdir -p "$mdb"
+mariadb-install-db --user=root --datadir="$mdb/data" --auth-root-authentication-method=normal \
+    --skip-test-db > "$mdb/install.log" 2>&1 || { tail -20 "$mdb/install.log"; fail "mariadb-install-db failed"; }
+mport=$(free_port)
+mariadbd --no-defaults --user=root --datadir="$mdb/data" --port="$mport" --bind-address=127.0.0.1 \
+    --socket="$mdb/sock" --pid-file="$mdb/pid" --log-error="$mdb/error.log" > "$mdb/stderr.log" 2>&1 &
+MARIADB_PID=$!
+msql() { mariadb --no-defaults -S "$mdb/sock" -u root "$@"; }
+for _ in $(seq 1 60); do msql -e 'select 1' > /dev/null 2>&1 && break; sleep 0.5; done
+msql -e 'select 1' > /dev/null || { tail -20 "$mdb/error.log"; fail "mariadbd did not start"; }
+# An ed25519 account: logging in needs the client auth plugins the image copies.
+msql <<'SQL'
+INSTALL SONAME 'auth_ed25519';
+CREATE DATABASE app;
+CREATE DATABASE restored;
+USE app;
+CREATE TABLE items (id INT PRIMARY KEY, name VARCHAR(64), data BLOB);
+INSERT INTO items SELECT seq, CONCAT('item ', seq, ' é'), UNHEX(MD5(seq)) FROM seq_1_to_1000;
+CREATE USER 'stowage'@'127.0.0.1' IDENTIFIED VIA ed25519 USING PASSWORD('ci-secret');
+CREATE USER 'stowage'@'localhost' IDENTIFIED VIA ed25519 USING PASSWORD('ci-secret');
+GRANT ALL ON *.* TO 'stowage'@'127.0.0.1';
+GRANT ALL ON *.* TO 'stowage'@'localhost';
+SQL
+in_image mariadb-dump -e MYSQL_PWD=ci-secret stowage:ci -h 127.0.0.1 -P "$mport" -u stowage \
+    --single-transaction --hex-blob app > "$WORK/app.sql" || fail "mariadb-dump in the image failed"
+in_image mariadb -e MYSQL_PWD=ci-secret stowage:ci -h 127.0.0.1 -P "$mport" -u stowage restored \
+    < "$WORK/app.sql" || fail "mariadb in the image could not restore the dump"
+sums=$(msql -N -e 'CHECKSUM TABLE app.items, restored.items EXTENDED' | awk '{print $2}' | sort -u)
+[ -n "$sums" ] && [ "$(wc -l <<< "$sums")" = 1 ] && [ "$sums" != NULL ] || fail "restored MariaDB table differs"
+echo "mariadb-dump → mariadb round trip (ed25519 login): $(wc -c < "$WORK/app.sql") bytes of SQL, checksums equal"
+rport=$(free_port)
+mkdir -p "$WORK/redis"
+redis-server --port "$rport" --bind 127.0.0.1 --dir "$WORK/redis" --save "" --appendonly no \
+    --repl-diskless-sync-delay 0 --requirepass ci-secret > "$WORK/redis/server.log" 2>&1 &
+REDIS_PID=$!
+rcli() { REDISCLI_AUTH=ci-secret redis-cli -p "$rport" "$@"; }
+for _ in $(seq 1 60); do [ "$(rcli ping 2>/dev/null)" = PONG ] && break; sleep 0.5; done
+[ "$(rcli ping)" = PONG ] || { tail "$WORK/redis/server.log"; fail "redis-server did not start"; }
+rcli set stowage-ci-key stowage-ci-value > /dev/null
+in_image redis-cli -e REDISCLI_AUTH=ci-secret stowage:ci -h 127.0.0.1 -p "$rport" --rdb - \
+    > "$WORK/dump.rdb" 2> "$WORK/redis/cli.log" || { cat "$WORK/redis/cli.log"; fail "redis-cli --rdb - in the image failed"; }
+[ "$(head -c 5 "$WORK/dump.rdb")" = REDIS ] || fail "redis-cli --rdb - did not write an RDB file"
+redis-check-rdb "$WORK/dump.rdb" > "$WORK/redis/check.log" 2>&1 || { cat "$WORK/redis/check.log"; fail "the RDB file is damaged"; }
+grep -aq stowage-ci-value "$WORK/dump.rdb" || fail "the RDB file lacks the key"
+echo "redis-cli --rdb - (with AUTH): $(wc -c < "$WORK/dump.rdb") bytes, redis-check-rdb OK"
+kill "$MARIADB_PID" "$REDIS_PID"
+wait "$MARIADB_PID" "$REDIS_PID" 2>/dev/null || true
+MARIADB_PID="" REDIS_PID=""
+
+step "MONGODB_TOOLS_DEB: a build with a stand-in mongodb-database-tools .deb"
+# Same name, layout and Depends mechanics as MongoDB's package; liblzo2-2 stands for a
+# library the runtime image lacks, to see the Depends installed.
+fake="$WORK/mongodb-tools"
+mkdir -p "$fake/DEBIAN" "$fake/usr/bin"
+for t in mongodump mongorestore bsondump; do
+    printf '#!/bin/sh\necho "%s version: 100.0.0-ci"\n' "$t" > "$fake/usr/bin/$t"
+    chmod 755 "$fake/usr/bin/$t"
+done
+cat > "$fake/DEBIAN/control" <<CONTROL
+Package: mongodb-database-tools
+Version: 100.0.0-ci
+Architecture: $(dpkg --print-architecture)
+Maintainer: stowage CI <ci@example.invalid>
+Depends: libc6 (>= 2.17), liblzo2-2 (>= 2.0) | liblzo2-dev
+Description: stand-in for MongoDB's database tools (stowage CI)
+CONTROL
+dpkg-deb --root-owner-group --build "$fake" "$FAKE_MONGO_DEB" > /dev/null
+mongo_build() {
+    docker build --force-rm -t stowage:ci-mongo \
+        --build-arg BUILDER_IMAGE=debian:bookworm-slim \
+        --build-arg PG_MAJOR=15 \
+        --build-arg PG_IMAGE=stowage-ci/postgres:15 \
+        --build-arg MONGODB_TOOLS_DEB="$FAKE_MONGO_DEB" \
+        --build-arg MONGODB_TOOLS_SHA256="$1" \
+        . > "$WORK/build-mongo.log" 2>&1
+}
+! mongo_build 0000000000000000000000000000000000000000000000000000000000000000 \
+    || fail "a wrong MONGODB_TOOLS_SHA256 was accepted"
+grep -q 'FAILED' "$WORK/build-mongo.log" || { tail "$WORK/build-mongo.log"; fail "no checksum error for a wrong MONGODB_TOOLS_SHA256"; }
+t0=$(now_ms)
+mongo_build "$(sha256sum "$FAKE_MONGO_DEB" | cut -d' ' -f1)" \
+    || { tail -30 "$WORK/build-mongo.log"; fail "docker build with MONGODB_TOOLS_DEB failed"; }
+echo "built in $(( ($(now_ms) - t0) / 1000 )) s"
+for tool in mongodump mongorestore; do
+    out=$(docker run --rm --entrypoint "$tool" stowage:ci-mongo --version) || fail "$tool missing"
+    echo "$tool: $out"
+done
+docker run --rm --entrypoint sh stowage:ci-mongo -c \
+    '! command -v bsondump && dpkg-query -W liblzo2-2 && [ ! -e /usr/local/share/stowage ]' > /dev/null \
+    || fail "the MongoDB build kept other tools or missed the package's Depends"
+echo "only mongodump and mongorestore kept; Depends (liblzo2-2) installed"
+docker image rm stowage:ci-mongo > /dev/null
+rm -f "$FAKE_MONGO_DEB"
 
 step "compose stack up"
 cp config/compose.toml "$STOWAGE_CI_CONFIG"
