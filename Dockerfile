@@ -41,6 +41,8 @@ FROM ${BUILDER_IMAGE} AS build
 WORKDIR /src
 COPY docker/prebuilt/ /prebuilt/
 COPY Cargo.toml Cargo.lock ./
+# .cargo/config.toml compiles SQLite with the page reader the sqlite engine's snapshot uses.
+COPY .cargo ./.cargo
 COPY src ./src
 RUN if [ -x /prebuilt/stowage ]; then cp /prebuilt/stowage /stowage; \
     else cargo build --release --locked && cp target/release/stowage /stowage; fi
