@@ -11,7 +11,7 @@ fn load_example(name: &str) -> Result<config::Config, ConfigError> {
     let dir = tempfile::tempdir().expect("tempdir");
     let secrets = dir.path().join("secrets");
     std::fs::create_dir_all(&secrets).expect("mkdir");
-    for f in ["pg_password", "minio_secret"] {
+    for f in ["pg_password", "minio_secret", "mariadb_password"] {
         std::fs::write(secrets.join(f), "dummy\n").expect("write secret");
     }
     let src = Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -342,7 +342,7 @@ fn restore_refuses_a_non_empty_target_unless_clean_and_mysql_is_an_alias() {
     let t = text(&out);
     assert!(!out.status.success(), "check-config accepted:\n{t}");
     assert!(
-        t.contains("sources[0].path: only valid for type = \"files\""),
+        t.contains("sources[0].path: only valid for type = \"sqlite\" or \"files\""),
         "{t}"
     );
     let bad = setup(

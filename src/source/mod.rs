@@ -33,6 +33,71 @@ pub static ENGINES: &[&dyn Engine] = &[
     &command::Command,
 ];
 
+/// The `url` (+ `password_file`) pair of a networked engine's section: the password file
+/// is read, the URL parsed by the engine, and a missing or bad URL reported with the
+/// engine's example. `None` when there was a problem.
+pub(crate) fn section_url<U>(
+    section: &mut crate::config::Section<'_>,
+    url: Option<&str>,
+    password_file: Option<&std::path::Path>,
+    parse: impl FnOnce(&str, Option<crate::config::Secret>) -> Result<U, String>,
+    engine: &str,
+    required: &str,
+) -> Option<U> {
+    let password = password_file.and_then(|f| section.secret("password_file", f));
+    match url.map(|u| parse(u, password)) {
+        Some(Ok(u)) => Some(u),
+        Some(Err(e)) => {
+            section.problem("url", format!("invalid {engine} URL: {e}"));
+            None
+        }
+        None => {
+            section.problem("url", required);
+            None
+        }
+    }
+}
+
+/// `bin_dir`, where an engine's tools are instead of PATH, must be a directory.
+pub(crate) fn check_bin_dir(
+    section: &mut crate::config::Section<'_>,
+    dir: Option<&std::path::Path>,
+    tool: &str,
+) {
+    if let Some(dir) = dir
+        && !dir.is_dir()
+    {
+        section.problem(
+            "bin_dir",
+            format!("{dir:?} is not a directory; remove the key to use {tool} from PATH"),
+        );
+    }
+}
+
+/// The tables a source skips by default on restore: the job's `exclude_tables` followed by
+/// the source's own, each name checked by the engine (`check`).
+pub(crate) fn table_excludes(
+    section: &mut crate::config::Section<'_>,
+    own: Option<Vec<String>>,
+    check: impl Fn(&str) -> Result<(), String>,
+) -> Vec<String> {
+    let own = own.unwrap_or_default();
+    for (n, t) in own.iter().enumerate() {
+        if let Err(e) = check(t) {
+            section.problem(&format!("exclude_tables[{n}]"), e);
+        }
+    }
+    let job = section.job_exclude_tables();
+    for (n, t) in job.iter().enumerate() {
+        if let Err(e) = check(t) {
+            section.job_exclude_problem(n, e);
+        }
+    }
+    let mut all = job.clone();
+    all.extend(own.into_iter().filter(|t| !job.contains(t)));
+    all
+}
+
 /// Apply the job's nice/ionice to a child process, in the child between fork and exec.
 pub(crate) fn lower_priority(cmd: &mut tokio::process::Command, p: crate::config::Priority) {
     if p == crate::config::Priority::default() {

@@ -97,46 +97,17 @@ impl Engine for MariaDb {
     fn configure(&self, section: &mut Section<'_>) -> Option<Arc<dyn Database>> {
         let raw: RawMariaDb = section.parse()?;
         let mark = section.mark();
-        let password = raw
-            .password_file
-            .as_deref()
-            .and_then(|f| section.secret("password_file", f));
-        let url = match raw.url.as_deref().map(|u| parse_url(u, password)) {
-            Some(Ok(u)) => Some(u),
-            Some(Err(e)) => {
-                section.problem("url", format!("invalid mariadb URL: {e}"));
-                None
-            }
-            None => {
-                section.problem(
-                    "url",
-                    "required for type = \"mariadb\" (or \"mysql\"); e.g. url = \"mysql://user@db:3306/app\"",
-                );
-                None
-            }
-        };
-        if let Some(dir) = &raw.bin_dir
-            && !dir.is_dir()
-        {
-            section.problem(
-                "bin_dir",
-                format!("{dir:?} is not a directory; remove the key to use mariadb-dump from PATH"),
-            );
-        }
-        let own = raw.exclude_tables.unwrap_or_default();
-        for (n, t) in own.iter().enumerate() {
-            if let Err(e) = sql::check_table_name(t) {
-                section.problem(&format!("exclude_tables[{n}]"), e);
-            }
-        }
-        let job = section.job_exclude_tables();
-        for (n, t) in job.iter().enumerate() {
-            if let Err(e) = sql::check_table_name(t) {
-                section.job_exclude_problem(n, e);
-            }
-        }
-        let mut exclude_tables = job.clone();
-        exclude_tables.extend(own.into_iter().filter(|t| !job.contains(t)));
+        let url = super::section_url(
+            section,
+            raw.url.as_deref(),
+            raw.password_file.as_deref(),
+            parse_url,
+            "mariadb",
+            "required for type = \"mariadb\" (or \"mysql\"); e.g. url = \"mysql://user@db:3306/app\"",
+        );
+        super::check_bin_dir(section, raw.bin_dir.as_deref(), "mariadb-dump");
+        let exclude_tables =
+            super::table_excludes(section, raw.exclude_tables, sql::check_table_name);
         if section.failed_since(mark) {
             return None;
         }

@@ -65,46 +65,18 @@ impl Engine for Postgres {
     fn configure(&self, section: &mut Section<'_>) -> Option<Arc<dyn Database>> {
         let raw: RawPostgres = section.parse()?;
         let mark = section.mark();
-        let password = raw
-            .password_file
-            .as_deref()
-            .and_then(|f| section.secret("password_file", f));
-        let url = match raw.url.as_deref().map(|u| DbUrl::parse(u, &URL, password)) {
-            Some(Ok(u)) => Some(u),
-            Some(Err(e)) => {
-                section.problem("url", format!("invalid postgres URL: {e}"));
-                None
-            }
-            None => {
-                section.problem(
-                    "url",
-                    "required for type = \"postgres\"; e.g. url = \"postgres://user@db:5432/app\"",
-                );
-                None
-            }
-        };
-        if let Some(dir) = &raw.bin_dir
-            && !dir.is_dir()
-        {
-            section.problem(
-                "bin_dir",
-                format!("{dir:?} is not a directory; remove the key to use pg_dump from PATH"),
-            );
-        }
-        let own = raw.exclude_tables.unwrap_or_default();
-        for (n, t) in own.iter().enumerate() {
-            if let Err(e) = TableName::parse(t) {
-                section.problem(&format!("exclude_tables[{n}]"), e);
-            }
-        }
-        let job = section.job_exclude_tables();
-        for (n, t) in job.iter().enumerate() {
-            if let Err(e) = TableName::parse(t) {
-                section.job_exclude_problem(n, e);
-            }
-        }
-        let mut exclude_tables = job.clone();
-        exclude_tables.extend(own.into_iter().filter(|t| !job.contains(t)));
+        let url = super::section_url(
+            section,
+            raw.url.as_deref(),
+            raw.password_file.as_deref(),
+            |u, pw| DbUrl::parse(u, &URL, pw),
+            "postgres",
+            "required for type = \"postgres\"; e.g. url = \"postgres://user@db:5432/app\"",
+        );
+        super::check_bin_dir(section, raw.bin_dir.as_deref(), "pg_dump");
+        let exclude_tables = super::table_excludes(section, raw.exclude_tables, |t| {
+            TableName::parse(t).map(|_| ())
+        });
         if section.failed_since(mark) {
             return None;
         }
