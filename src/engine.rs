@@ -8,7 +8,8 @@
 //!    [`Database`] (dump, restore, objects). Its config section is a serde struct with
 //!    `#[serde(deny_unknown_fields)]`, read with [`Section::parse`]: unknown keys then get
 //!    "unknown key … did you mean" messages with their full key path.
-//! 2. One line in [`crate::source::ENGINES`].
+//! 2. One line in the `engines!` list in `src/source/mod.rs`, which declares the module and
+//!    registers the engine in [`crate::source::ENGINES`].
 //!
 //! Nothing else changes: `type = "<engine>"` is accepted in config, the pipeline streams its
 //! dump (compress → fan-out → storages), the manifest records its format, versions and

@@ -4,13 +4,7 @@
 //! share: killed when dropped, stderr drained concurrently (a full stderr pipe would
 //! otherwise stall the tool) and quoted in the error when the tool fails.
 
-pub mod command;
 pub mod files;
-pub mod mariadb;
-pub mod mongodb;
-pub mod postgres;
-pub mod redis;
-pub mod sqlite;
 pub mod url;
 
 use std::process::{ExitStatus, Stdio};
@@ -21,17 +15,24 @@ use tokio::task::JoinHandle;
 
 pub use crate::engine::{Archive, Database, Dump, DumpInfo, Engine, RestoreOptions, SourceError};
 
-/// Every database engine. Adding one: its folder under `src/source/` and one line here.
-// One engine a line: the order is the order `type` values are listed in messages.
-#[rustfmt::skip]
-pub static ENGINES: &[&dyn Engine] = &[
-    &postgres::Postgres,
-    &mariadb::MariaDb,
-    &sqlite::Sqlite,
-    &redis::Redis,
-    &mongodb::MongoDb,
-    &command::Command,
-];
+/// Declares each engine's module (its folder) and lists it in `ENGINES`.
+macro_rules! engines {
+    ($($module:ident::$engine:ident),* $(,)?) => {
+        $(pub mod $module;)*
+        /// Every database engine, in the order `type` values are listed in messages.
+        pub static ENGINES: &[&dyn Engine] = &[$(&$module::$engine),*];
+    };
+}
+
+// Adding an engine: its folder `src/source/<engine>/` and one line here.
+engines! {
+    postgres::Postgres,
+    mariadb::MariaDb,
+    sqlite::Sqlite,
+    redis::Redis,
+    mongodb::MongoDb,
+    command::Command,
+}
 
 /// The `url` (+ `password_file`) pair of a networked engine's section: the password file
 /// is read, the URL parsed by the engine, and a missing or bad URL reported with the
