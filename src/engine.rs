@@ -67,6 +67,11 @@ pub trait Database: Send + Sync + fmt::Debug {
     fn default_excludes(&self) -> Vec<String> {
         Vec::new()
     }
+    /// Whether two object names, one given by a user and one from a manifest, name the same
+    /// object (an engine with case folding or quoting rules overrides this).
+    fn same_object(&self, a: &str, b: &str) -> bool {
+        a == b
+    }
     /// Whether `--table` / `--exclude-table` mean something for this engine.
     fn selects_objects(&self) -> bool {
         false

@@ -5,21 +5,14 @@
 
 mod common;
 
+use common::text;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::Output;
 
 use common::{Rng, read_tree, run_stowage, write_random_files, zstd_decompress};
 
 const JOB: &str = "app";
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
 
 fn toml_str(s: impl std::fmt::Display) -> String {
     format!("{:?}", s.to_string())

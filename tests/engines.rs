@@ -5,6 +5,8 @@
 
 mod common;
 
+use common::text;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Output;
@@ -12,14 +14,6 @@ use std::process::Output;
 use common::mariadb::MariaDbServer;
 use common::redis::RedisServer;
 use common::{PgServer, Rng, read_tree, run_stowage, seed_sample_db, write_random_files};
-
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
 
 fn ok(out: &Output, what: &str) -> String {
     let t = text(out);

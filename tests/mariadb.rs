@@ -5,6 +5,8 @@
 
 mod common;
 
+use common::text;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Output;
@@ -17,14 +19,6 @@ const BUCKET: &str = "backups";
 const BACKUP_USER: &str = "backup";
 /// Quotes, a backslash, a '#' and spaces: everything an option file must escape or quote.
 const BACKUP_PASSWORD: &str = "pa\"ss\\w#rd 'x";
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
 
 fn toml_str(s: impl std::fmt::Display) -> String {
     format!("{:?}", s.to_string())

@@ -11,6 +11,8 @@
 
 mod common;
 
+use common::text;
+
 use std::io::Write;
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
@@ -62,14 +64,6 @@ fn skip(extra: &[&str]) -> bool {
         return true;
     }
     false
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
 }
 
 fn toml_str(s: impl std::fmt::Display) -> String {

@@ -6,6 +6,8 @@
 
 mod common;
 
+use common::text;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -19,14 +21,6 @@ use rusqlite::Connection;
 use rusqlite::types::ValueRef;
 
 const JOB: &str = "app";
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
 
 /// A temp dir with a local destination and a config whose job `app` backs up one sqlite
 /// source `db`.

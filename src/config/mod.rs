@@ -845,12 +845,10 @@ fn validate(path: &Path, raw: raw::RawConfig) -> Result<Config, Vec<String>> {
         if !j.exclude_tables.is_empty() && !used_job_excludes {
             problems.push(format!(
                 "{key}.exclude_tables: the job has no database source with tables; remove the key or add a source with type = {}",
-                crate::engine::kinds()
+                crate::engine::registered()
                     .iter()
-                    .filter(|k| {
-                        crate::engine::find(k).is_some_and(|e| e.kind() == **k && e.has_tables())
-                    })
-                    .map(|k| format!("\"{k}\""))
+                    .filter(|e| e.has_tables())
+                    .map(|e| format!("\"{}\"", e.kind()))
                     .collect::<Vec<_>>()
                     .join(" or ")
             ));

@@ -419,7 +419,7 @@ async fn upload_streamed(
         }
     }
     match pumped {
-        Ok((_, stored)) => Ok(Some(stored)),
+        Ok((_, stored, ())) => Ok(Some(stored)),
         Err(StreamError::Changed) => Ok(None),
         Err(StreamError::Read(e)) => Err(StreamError::Files(format!(
             "files source {}: cannot read {}: {e}",

@@ -27,7 +27,7 @@ use tracing::{error, info, warn};
 use crate::blobs::{self, LockKind, SweepOutcome};
 use crate::codec;
 use crate::config::{Config, Job, SourceConfig};
-use crate::engine::{Database, DumpInfo, SourceError};
+use crate::engine::{Database, SourceError};
 use crate::manifest::{self, FORMAT_VERSION, JobListing, Manifest, SourceEntry};
 use crate::retention;
 use crate::storage::{self, Chunk, Storage};
@@ -424,15 +424,9 @@ async fn stream_source(
         .collect();
     let storages: Vec<&dyn Storage> = live.iter().map(|i| targets[*i].storage.as_ref()).collect();
     let finish = dump.finish;
-    let info = Arc::new(std::sync::Mutex::new(DumpInfo::default()));
-    let learnt = info.clone();
     // The bytes are only a backup if the tool says the dump is complete.
     let (pumped, results) = fan_out(reader, key, &storages, cancel, async move {
-        let i = finish.await?;
-        if let Ok(mut l) = learnt.lock() {
-            *l = i;
-        }
-        Ok(())
+        finish.await.map_err(StreamError::from)
     })
     .await;
     let mut any_ok = false;
@@ -447,11 +441,10 @@ async fn stream_source(
             }
         }
     }
-    let (sha256, size) = pumped?;
+    let (sha256, size, info) = pumped?;
     if !any_ok {
         return Err(StreamError::NoDestinationLeft);
     }
-    let info = info.lock().map(|i| i.clone()).unwrap_or_default();
     Ok(SourceEntry {
         name: src.name().to_string(),
         kind: src.kind().to_string(),
@@ -471,16 +464,16 @@ async fn stream_source(
 /// Stream `reader` into `key` on every storage at once, through bounded channels (a slow
 /// destination slows the producer instead of growing memory). The object is completed
 /// only if `complete` succeeds once the reader is exhausted; otherwise every upload is
-/// abandoned and nothing becomes visible. Returns the stored bytes' sha256 and size, and
-/// each storage's result in order.
-async fn fan_out(
+/// abandoned and nothing becomes visible. Returns the stored bytes' sha256 and size with
+/// what `complete` returned, and each storage's result in order.
+async fn fan_out<T>(
     mut reader: codec::Reader,
     key: &str,
     storages: &[&dyn Storage],
     cancel: &CancellationToken,
-    complete: impl Future<Output = Result<(), StreamError>>,
+    complete: impl Future<Output = Result<T, StreamError>>,
 ) -> (
-    Result<(String, u64), StreamError>,
+    Result<(String, u64, T), StreamError>,
     Vec<Result<u64, storage::StorageError>>,
 ) {
     let mut senders = Vec::new();
@@ -524,11 +517,11 @@ async fn fan_out(
                 return Err(StreamError::NoDestinationLeft);
             }
         }
-        complete.await?;
+        let done = complete.await?;
         for tx in &senders {
             let _ = tx.send(Chunk::End).await;
         }
-        Ok((hex::encode(hasher.finalize()), stored))
+        Ok((hex::encode(hasher.finalize()), stored, done))
     };
     let work = async { tokio::join!(pump, uploads) };
     tokio::pin!(work);

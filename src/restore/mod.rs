@@ -188,7 +188,7 @@ pub async fn restore(
             entry
                 .exclude_tables
                 .iter()
-                .filter(|t| !req.tables.iter().any(|n| same_table(n, t)))
+                .filter(|t| !req.tables.iter().any(|n| step.database.same_object(n, t)))
                 .cloned()
                 .collect()
         };
@@ -279,13 +279,6 @@ fn database_for(job: &Job, entry: &SourceEntry) -> Option<Arc<dyn Database>> {
         .find(|d| d.name() == entry.name && d.kind() == entry.kind)
         .cloned()
         .or_else(|| engine::find(&entry.kind).map(|e| e.unconfigured(&entry.name)))
-}
-
-/// Whether two table names given by a user and a manifest are the same table, ignoring a
-/// "public." the one has and the other has not.
-fn same_table(a: &str, b: &str) -> bool {
-    let strip = |t: &str| t.strip_prefix("public.").unwrap_or(t).to_string();
-    strip(a) == strip(b)
 }
 
 struct DatabaseStep<'a> {

@@ -149,21 +149,19 @@ pub(crate) fn drain_stderr(stderr: ChildStderr) -> JoinHandle<String> {
     })
 }
 
-pub(crate) async fn wait_child(
+/// Wait for a tool; its stderr on a clean exit, `Failed` quoting it otherwise.
+pub(crate) async fn wait_child_stderr(
     tool: &str,
     mut child: Child,
     stderr: JoinHandle<String>,
-) -> Result<(), SourceError> {
+) -> Result<String, SourceError> {
     let status: ExitStatus = child
         .wait()
         .await
         .map_err(|e| SourceError::io(format!("waiting for {tool}"), e))?;
     let text = stderr.await.unwrap_or_default();
     if status.success() {
-        if !text.is_empty() {
-            tracing::warn!(tool, "{}", text);
-        }
-        Ok(())
+        Ok(text)
     } else {
         Err(SourceError::Failed {
             tool: tool.to_string(),
@@ -175,6 +173,19 @@ pub(crate) async fn wait_child(
             },
         })
     }
+}
+
+/// Wait for a tool whose stderr, on success, is worth a warning.
+pub(crate) async fn wait_child(
+    tool: &str,
+    child: Child,
+    stderr: JoinHandle<String>,
+) -> Result<(), SourceError> {
+    let text = wait_child_stderr(tool, child, stderr).await?;
+    if !text.is_empty() {
+        tracing::warn!(tool, "{}", text);
+    }
+    Ok(())
 }
 
 pub(crate) fn describe_status(status: ExitStatus) -> String {

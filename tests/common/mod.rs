@@ -127,6 +127,15 @@ fn strip_aws_env(cmd: &mut Command) {
     }
 }
 
+/// A command's stdout then stderr, for assertions on what a user would see.
+pub fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
 fn describe(out: &Output) -> String {
     format!(
         "status: {}\n--- stdout ---\n{}\n--- stderr ---\n{}",

@@ -32,7 +32,7 @@ mod select;
 mod url;
 
 use std::path::PathBuf;
-use std::process::{ExitStatus, Stdio};
+use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
@@ -219,28 +219,12 @@ fn restore_summary(stderr: &str) -> Option<String> {
 /// Wait for a tool whose stderr is progress chatter: quoted only when it fails.
 async fn wait_tool(
     tool: &str,
-    mut child: Child,
+    child: Child,
     stderr: JoinHandle<String>,
 ) -> Result<String, SourceError> {
-    let status: ExitStatus = child
-        .wait()
-        .await
-        .map_err(|e| SourceError::io(format!("waiting for {tool}"), e))?;
-    let text = stderr.await.unwrap_or_default();
-    if status.success() {
-        tracing::debug!(tool, "{}", text);
-        Ok(text)
-    } else {
-        Err(SourceError::Failed {
-            tool: tool.to_string(),
-            status: describe_status(status),
-            stderr: if text.is_empty() {
-                "no error output".to_string()
-            } else {
-                text
-            },
-        })
-    }
+    let text = super::wait_child_stderr(tool, child, stderr).await?;
+    tracing::debug!(tool, "{}", text);
+    Ok(text)
 }
 
 const LIST_SCRIPT: &str = r#"

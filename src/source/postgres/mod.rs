@@ -101,7 +101,7 @@ impl Engine for Postgres {
 }
 
 /// A configured PostgreSQL source. `url` is `None` for a source made only to restore.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct PostgresSource {
     name: String,
     url: Option<DbUrl>,
@@ -317,6 +317,11 @@ impl Database for PostgresSource {
         true
     }
 
+    /// As `pg_dump -t` reads them: unquoted parts fold to lower case.
+    fn same_object(&self, a: &str, b: &str) -> bool {
+        matches!((TableName::parse(a), TableName::parse(b)), (Ok(x), Ok(y)) if x == y)
+    }
+
     async fn archive_objects(&self, archive: &dyn Archive) -> Result<Vec<String>, SourceError> {
         let list = self.capture(archive, &["--list"]).await?;
         let schema = self
@@ -379,13 +384,8 @@ impl Database for PostgresSource {
                 h.extend_from_slice(&b[..n]);
             }
         });
-        let me = PostgresSource {
-            name: self.name.clone(),
-            url: self.url.clone(),
-            bin_dir: self.bin_dir.clone(),
-            priority: self.priority,
-            exclude_tables: Vec::new(),
-        };
+        // The header is read after the dump, by this source's own pg_restore.
+        let me = self.clone();
         Ok(Dump {
             reader: Box::new(reader),
             finish: async move {
