@@ -114,6 +114,18 @@ pub enum Stopped {
 struct JobSlot {
     name: String,
     running: AtomicBool,
+    healing: AtomicBool,
+    /// Held by a backup attempt and by a heal pass: the healer never restores while the
+    /// job's backup runs, and a backup never dumps a database the healer is restoring.
+    /// Whichever comes second waits its turn.
+    turn: tokio::sync::Mutex<()>,
+}
+
+/// What a timer starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Task {
+    Backup,
+    Heal,
 }
 
 /// Run until a stop signal. Scheduling then stops and running backups get the config's
@@ -267,6 +279,8 @@ fn new_slot(name: &str) -> Arc<JobSlot> {
     Arc::new(JobSlot {
         name: name.to_string(),
         running: AtomicBool::new(false),
+        healing: AtomicBool::new(false),
+        turn: tokio::sync::Mutex::new(()),
     })
 }
 
@@ -279,15 +293,26 @@ async fn start_scheduler(
         .await
         .map_err(|e| DaemonError::Scheduler(e.to_string()))?;
     let generation = ctx.generation.load(Ordering::SeqCst);
+    let config = ctx.config();
     for slot in slots.values() {
-        arm(
-            sched.clone(),
-            ctx.clone(),
-            slot.clone(),
-            Utc::now(),
-            generation,
-        )
-        .await?;
+        let heals = config
+            .jobs
+            .get(&slot.name)
+            .is_some_and(|j| j.heal.is_some());
+        for task in [Task::Backup, Task::Heal] {
+            if task == Task::Heal && !heals {
+                continue;
+            }
+            arm(
+                sched.clone(),
+                ctx.clone(),
+                slot.clone(),
+                Utc::now(),
+                generation,
+                task,
+            )
+            .await?;
+        }
     }
     sched
         .start()
@@ -369,14 +394,20 @@ fn arm(
     slot: Arc<JobSlot>,
     after: DateTime<Utc>,
     generation: u64,
+    task: Task,
 ) -> BoxFuture<'static, Result<(), DaemonError>> {
     Box::pin(async move {
         let config = ctx.config();
         let Some(job) = config.jobs.get(&slot.name) else {
             return Ok(());
         };
-        let Some(next) = job.schedule.next_after(after) else {
-            warn!(job = %slot.name, "schedule \"{}\" has no future run; the job will not run", job.schedule.expr());
+        let schedule = match (task, &job.heal) {
+            (Task::Backup, _) => &job.schedule,
+            (Task::Heal, Some(h)) => &h.schedule,
+            (Task::Heal, None) => return Ok(()),
+        };
+        let Some(next) = schedule.next_after(after) else {
+            warn!(job = %slot.name, "schedule \"{}\" has no future run; the job will not run", schedule.expr());
             return Ok(());
         };
         // tokio-cron-scheduler stores a one-shot's time in whole seconds, as now + wait with
@@ -395,14 +426,18 @@ fn arm(
                     // Armed before a reload: the new schedule has its own timer.
                     return;
                 }
-                fire(&ctx, &slot);
+                match task {
+                    Task::Backup => fire(&ctx, &slot),
+                    Task::Heal => fire_heal(&ctx, &slot),
+                }
                 // No remove here: the scheduler drops a one-shot once it has run, and
                 // removing it first races that bookkeeping ("Could not get job metadata").
                 // Re-arm from the later of the planned time and now: a late wake-up
                 // (suspended host) skips missed fires instead of firing them in a burst.
                 let after = next.max(Utc::now());
                 if !ctx.cancel.is_cancelled()
-                    && let Err(e) = arm(sched, ctx.clone(), slot.clone(), after, generation).await
+                    && let Err(e) =
+                        arm(sched, ctx.clone(), slot.clone(), after, generation, task).await
                 {
                     error!(job = %slot.name, "cannot schedule the next run: {e}");
                 }
@@ -413,13 +448,17 @@ fn arm(
             .add(one_shot)
             .await
             .map_err(|e| DaemonError::Scheduler(e.to_string()))?;
-        info!(
-            job = %slot.name,
-            "next run of {} at {} ({})",
-            slot.name,
-            next.with_timezone(&job.schedule.tz()).format("%Y-%m-%d %H:%M:%S %Z"),
+        let when = format!(
+            "{} ({})",
+            next.with_timezone(&schedule.tz())
+                .format("%Y-%m-%d %H:%M:%S %Z"),
             next.format("%Y-%m-%dT%H:%M:%SZ")
         );
+        match task {
+            Task::Backup => info!(job = %slot.name, "next run of {} at {when}", slot.name),
+            // Heals come every few minutes: their timers are not worth a line each.
+            Task::Heal => tracing::debug!(job = %slot.name, "next heal of {} at {when}", slot.name),
+        }
         Ok(())
     })
 }
@@ -436,19 +475,96 @@ fn fire(ctx: &Arc<Ctx>, slot: &Arc<JobSlot>) {
     ctx.tracker.spawn(async move {
         let config = ctx2.config();
         if let Some(job) = config.jobs.get(&slot2.name) {
-            run_with_retries(&ctx2, &config, job).await;
+            run_with_retries(&ctx2, &config, job, &slot2).await;
         }
         slot2.running.store(false, Ordering::SeqCst);
     });
 }
 
+/// Start a heal pass unless one is still going; it waits for a running backup of the job.
+fn fire_heal(ctx: &Arc<Ctx>, slot: &Arc<JobSlot>) {
+    if ctx.stopping.load(Ordering::SeqCst) || slot.healing.swap(true, Ordering::SeqCst) {
+        return;
+    }
+    let (ctx2, slot2) = (ctx.clone(), slot.clone());
+    ctx.tracker.spawn(async move {
+        let config = ctx2.config();
+        if let Some(job) = config.jobs.get(&slot2.name) {
+            let turn = match slot2.turn.try_lock() {
+                Ok(t) => Some(t),
+                Err(_) => {
+                    info!(job = %job.name, "heal {}: waiting for the job's backup to finish", job.name);
+                    tokio::select! {
+                        t = slot2.turn.lock() => Some(t),
+                        _ = ctx2.stop.cancelled() => None,
+                    }
+                }
+            };
+            if turn.is_some() && !ctx2.stopping.load(Ordering::SeqCst) {
+                // A stop past the grace drops the pass: its restore's processes are killed
+                // and the open transaction rolls back. The pass runs on a blocking thread
+                // because the restore future is not provably `Send` (rustc#102211: its
+                // streams borrow), and `block_on` does not ask for that.
+                let (config3, name, cancel) =
+                    (config.clone(), job.name.clone(), ctx2.cancel.clone());
+                let handle = tokio::runtime::Handle::current();
+                let report = tokio::task::spawn_blocking(move || {
+                    handle.block_on(async {
+                        let job = config3.jobs.get(&name)?;
+                        tokio::select! {
+                            r = crate::heal::heal(&config3, job, false) => Some(r),
+                            _ = cancel.cancelled() => None,
+                        }
+                    })
+                })
+                .await
+                .ok()
+                .flatten();
+                drop(turn);
+                if let Some(report) = report {
+                    record_heal(&ctx2, &report);
+                    crate::notify::healed(job, &report).await;
+                }
+            }
+        }
+        slot2.healing.store(false, Ordering::SeqCst);
+    });
+}
+
+fn record_heal(ctx: &Arc<Ctx>, report: &crate::heal::HealReport) {
+    ctx.update(&report.job, |s| {
+        let h = status::HealStatus {
+            outcome: report.outcome.as_str().to_string(),
+            finished_at: Utc::now(),
+            summary: report.summary(),
+        };
+        if report.outcome != crate::heal::HealOutcome::Ok {
+            s.heals.insert(0, h.clone());
+            s.heals.truncate(status::RECENT_RUNS);
+        }
+        s.last_heal = Some(h);
+    });
+    ctx.metrics.record_heal(report);
+}
+
 /// One scheduled run, tried again up to `retries` times while it fails (never while the
 /// daemon is stopping). Each attempt is a full, independent run with its own id.
-async fn run_with_retries(ctx: &Arc<Ctx>, config: &Config, job: &Job) {
+async fn run_with_retries(ctx: &Arc<Ctx>, config: &Config, job: &Job, slot: &JobSlot) {
     let mut attempt = 0;
     loop {
+        let turn = match slot.turn.try_lock() {
+            Ok(t) => t,
+            Err(_) => {
+                info!(job = %job.name, "run of {}: waiting for the healer to finish", job.name);
+                tokio::select! {
+                    t = slot.turn.lock() => t,
+                    _ = ctx.stop.cancelled() => return,
+                }
+            }
+        };
         crate::notify::started(job).await;
         let report = pipeline::run_job(config, job, ctx.cancel.child_token()).await;
+        drop(turn);
         record(ctx, &job.name, &report);
         crate::notify::finished(job, &report).await;
         let failed = matches!(

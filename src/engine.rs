@@ -72,6 +72,12 @@ pub trait Database: Send + Sync + fmt::Debug {
     fn same_object(&self, a: &str, b: &str) -> bool {
         a == b
     }
+    /// The source's own database as `restore` takes it for `target` (credentials come from
+    /// the source's config), for the healer; `None` when the engine cannot restore into
+    /// its own source.
+    fn own_target(&self) -> Option<String> {
+        None
+    }
     /// Whether `--table` / `--exclude-table` mean something for this engine.
     fn selects_objects(&self) -> bool {
         false
@@ -161,6 +167,10 @@ pub enum SourceError {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    /// The restore did its main work, but not all of it: what is missing and how to
+    /// finish it by hand.
+    #[error("{0}")]
+    Incomplete(String),
     /// Output of a tool that stowage could not make sense of.
     #[error("{0}")]
     Protocol(String),

@@ -8,6 +8,7 @@ pub mod commands;
 pub mod config;
 pub mod daemon;
 pub mod engine;
+pub mod heal;
 pub mod layout;
 pub mod logging;
 pub mod manifest;

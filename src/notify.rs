@@ -9,6 +9,7 @@ use serde::Serialize;
 use tracing::{info, warn};
 
 use crate::config::{Job, Notify, raw::NotifyType, raw::WebhookFormat};
+use crate::heal::{HealOutcome, HealReport};
 use crate::pipeline::{Outcome, RunReport, human_bytes};
 
 const TIMEOUT: Duration = Duration::from_secs(10);
@@ -86,6 +87,49 @@ pub async fn finished(job: &Job, report: &RunReport) {
     }
 }
 
+/// After a heal pass that found something missing, or could not check: webhooks get the
+/// report (`"event": "heal"`), healthchecks pings `/fail` when the job is left unhealthy. A
+/// pass that found everything present says nothing: it runs every few minutes.
+pub async fn healed(job: &Job, report: &HealReport) {
+    if job.notify.is_empty() || report.outcome == HealOutcome::Ok {
+        return;
+    }
+    let Some(client) = client() else { return };
+    let ok = report.outcome.healthy();
+    let summary = format!("stowage: {}", report.summary());
+    for n in &job.notify {
+        let req = match n.kind {
+            // A success ping would tell the check the backup ran: only failures go there.
+            NotifyType::Healthchecks if ok => continue,
+            NotifyType::Healthchecks => {
+                let url = format!("{}/fail", n.url.expose().trim_end_matches('/'));
+                client.post(url).body(summary.clone())
+            }
+            // Something was missing: worth telling even when it was put back.
+            NotifyType::Webhook => match n.format {
+                WebhookFormat::Json => {
+                    let mut body = serde_json::to_value(report).unwrap_or_default();
+                    if let Some(o) = body.as_object_mut() {
+                        o.insert("event".into(), "heal".into());
+                        o.insert("host".into(), host().into());
+                    }
+                    client.post(n.url.expose()).json(&body)
+                }
+                WebhookFormat::Slack => client
+                    .post(n.url.expose())
+                    .json(&serde_json::json!({ "text": summary })),
+            },
+        };
+        send(n, &job.name, req).await;
+    }
+}
+
+fn host() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_default()
+}
+
 pub fn event(report: &RunReport) -> Event<'_> {
     Event {
         job: &report.job,
@@ -100,9 +144,7 @@ pub fn event(report: &RunReport) -> Event<'_> {
             .iter()
             .map(|(what, why)| format!("{what}: {why}"))
             .collect(),
-        host: std::fs::read_to_string("/proc/sys/kernel/hostname")
-            .map(|h| h.trim().to_string())
-            .unwrap_or_default(),
+        host: host(),
     }
 }
 

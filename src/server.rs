@@ -50,6 +50,8 @@ pub struct Metrics {
     bytes_in: Family<JobLabel, Counter>,
     bytes_out: Family<JobLabel, Counter>,
     kept: Family<DestLabels, Gauge>,
+    heals: Family<RunLabels, Counter>,
+    healed_objects: Family<JobLabel, Counter>,
     rss: Gauge,
 }
 
@@ -69,6 +71,8 @@ impl Metrics {
             bytes_in: Family::default(),
             bytes_out: Family::default(),
             kept: Family::default(),
+            heals: Family::default(),
+            healed_objects: Family::default(),
             rss: Gauge::default(),
             registry: Registry::default(),
         };
@@ -101,6 +105,16 @@ impl Metrics {
             "backups",
             "Published backups a destination holds, after the last retention",
             m.kept.clone(),
+        );
+        registry.register(
+            "heals",
+            "Healer passes by outcome (ok, healed, dry_run, failed, unreachable)",
+            m.heals.clone(),
+        );
+        registry.register(
+            "heal_restored_objects",
+            "Tables or collections the healer restored",
+            m.healed_objects.clone(),
         );
         registry.register(
             "process_resident_memory_bytes",
@@ -138,6 +152,19 @@ impl Metrics {
                 })
                 .set(i64::try_from(*n).unwrap_or(i64::MAX));
         }
+    }
+
+    pub fn record_heal(&self, r: &crate::heal::HealReport) {
+        self.heals
+            .get_or_create(&RunLabels {
+                job: r.job.clone(),
+                outcome: r.outcome.as_str().to_string(),
+            })
+            .inc();
+        let restored = if r.dry_run { 0 } else { r.restored.len() };
+        self.healed_objects
+            .get_or_create(&JobLabel { job: r.job.clone() })
+            .inc_by(u64::try_from(restored).unwrap_or(0));
     }
 
     pub fn render(&self) -> String {
@@ -224,6 +251,7 @@ async fn index<V: View>(State(view): State<Arc<V>>) -> Html<String> {
     let problems = status::problems(&config, &state, now);
     let mut rows = String::new();
     let mut recent = String::new();
+    let mut heals = String::new();
     for job in config.jobs.values() {
         let s = state.jobs.get(&job.name).cloned().unwrap_or_default();
         let next = job
@@ -241,14 +269,33 @@ async fn index<V: View>(State(view): State<Arc<V>>) -> Html<String> {
             .as_ref()
             .map(|r| format!("{} ({:.1}s)", r.outcome, r.duration_s))
             .unwrap_or_else(|| "-".into());
+        let heal = match (&job.heal, &s.last_heal) {
+            (None, _) => "-".to_string(),
+            (Some(h), None) => format!("watching {} ({})", h.source, h.schedule.expr()),
+            (Some(_), Some(l)) => format!(
+                "{} at {}",
+                l.outcome,
+                l.finished_at.format("%Y-%m-%d %H:%M:%S UTC")
+            ),
+        };
+        for h in &s.heals {
+            heals.push_str(&format!(
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>\n",
+                esc(&job.name),
+                h.finished_at.format("%Y-%m-%d %H:%M:%S UTC"),
+                esc(&h.outcome),
+                esc(&h.summary)
+            ));
+        }
         rows.push_str(&format!(
-            "<tr><td>{}</td><td><code>{}</code> ({})</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>\n",
+            "<tr><td>{}</td><td><code>{}</code> ({})</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>\n",
             esc(&job.name),
             esc(job.schedule.expr()),
             esc(&job.schedule.tz().to_string()),
             esc(&next),
             esc(&newest),
             esc(&last),
+            esc(&heal),
             esc(&job.destinations.join(", "))
         ));
         for r in &s.recent {
@@ -279,8 +326,9 @@ async fn index<V: View>(State(view): State<Arc<V>>) -> Html<String> {
          <style>body{{font-family:sans-serif;margin:2em}}td,th{{padding:.2em .8em;text-align:left}}\
          .ok{{color:green}}.bad{{color:#b00}}</style></head><body>\
          <h1>stowage {}</h1>{health}\
-         <h2>Jobs</h2><table><tr><th>job</th><th>schedule</th><th>next run</th><th>newest backup</th><th>last run</th><th>destinations</th></tr>\n{rows}</table>\
+         <h2>Jobs</h2><table><tr><th>job</th><th>schedule</th><th>next run</th><th>newest backup</th><th>last run</th><th>last heal</th><th>destinations</th></tr>\n{rows}</table>\
          <h2>Recent runs</h2><table><tr><th>job</th><th>id</th><th>outcome</th><th>finished</th><th>duration</th><th>errors</th></tr>\n{recent}</table>\
+         <h2>Heals</h2><table><tr><th>job</th><th>finished</th><th>outcome</th><th>summary</th></tr>\n{heals}</table>\
          <p><a href=/metrics>metrics</a> · <a href=/healthz>healthz</a></p></body></html>\n",
         env!("CARGO_PKG_VERSION")
     ))

@@ -27,6 +27,22 @@ pub struct JobStatus {
     /// The last few runs, newest first (for the status page).
     #[serde(default)]
     pub recent: Vec<RunStatus>,
+    /// The healer's last pass, when the job has one.
+    #[serde(default)]
+    pub last_heal: Option<HealStatus>,
+    /// The healer's last passes that found something missing or could not check, newest
+    /// first.
+    #[serde(default)]
+    pub heals: Vec<HealStatus>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HealStatus {
+    /// ok | healed | dry_run | failed | unreachable
+    pub outcome: String,
+    pub finished_at: DateTime<Utc>,
+    /// The heal's one-line summary.
+    pub summary: String,
 }
 
 /// Runs kept in [`JobStatus::recent`].
@@ -96,6 +112,17 @@ pub fn problems(config: &Config, state: &State, now: DateTime<Utc>) -> Vec<Strin
                 } else {
                     format!(": {}", run.errors.join("; "))
                 }
+            ));
+        }
+        if let Some(heal) = &status.last_heal
+            && (heal.outcome == "failed" || heal.outcome == "unreachable")
+        {
+            out.push(format!(
+                "job {}: heal at {} {}: {}",
+                job.name,
+                heal.finished_at.format("%Y-%m-%dT%H:%M:%SZ"),
+                heal.outcome,
+                heal.summary
             ));
         }
         let Some(limit) = job.staleness_limit(now) else {
@@ -210,6 +237,7 @@ path = "/data"
             newest_backup: h(9),
             last_run: run("success", now - Duration::hours(9)),
             recent: Vec::new(),
+            ..JobStatus::default()
         };
         assert!(problems(&cfg, &state(fresh.clone(), fresh.clone()), now).is_empty());
 
@@ -218,6 +246,7 @@ path = "/data"
             newest_backup: h(hours),
             last_run: run("success", now - Duration::hours(hours)),
             recent: Vec::new(),
+            ..JobStatus::default()
         };
         assert!(problems(&cfg, &state(aged(47), fresh.clone()), now).is_empty());
         let p = problems(&cfg, &state(aged(49), fresh.clone()), now);
@@ -238,11 +267,34 @@ path = "/data"
                 newest_backup: h(1),
                 last_run: run(outcome, now),
                 recent: Vec::new(),
+                ..JobStatus::default()
             };
             let p = problems(&cfg, &state(s, fresh.clone()), now);
             assert_eq!(!p.is_empty(), bad, "{outcome}: {p:?}");
             if bad {
                 assert!(p[0].contains("pg_dump failed"), "{p:?}");
+            }
+        }
+
+        // The healer: a failed or unreachable last pass is unhealthy, with the
+        // outcome named; a heal that put things back is not.
+        for (outcome, bad) in [
+            ("unreachable", true),
+            ("failed", true),
+            ("healed", false),
+            ("ok", false),
+            ("dry_run", false),
+        ] {
+            let mut s = fresh.clone();
+            s.last_heal = Some(HealStatus {
+                outcome: outcome.to_string(),
+                finished_at: now,
+                summary: "heal daily: db unreachable, nothing checked or restored".into(),
+            });
+            let p = problems(&cfg, &state(s, fresh.clone()), now);
+            assert_eq!(!p.is_empty(), bad, "{outcome}: {p:?}");
+            if bad {
+                assert!(p[0].contains(outcome), "{p:?}");
             }
         }
 

@@ -70,6 +70,11 @@ fn main_example_matches_the_documented_shape() {
         }
         other => panic!("the second source should be the files, got {other:?}"),
     }
+    let heal = job.heal.as_ref().expect("the example has a healer");
+    assert_eq!(heal.source, "db");
+    assert_eq!(heal.watch, vec!["users", "public.replays"]);
+    assert_eq!(heal.backups, 3);
+    assert!(!heal.dry_run);
     assert!(cfg.warnings.is_empty(), "{:?}", cfg.warnings);
 }
 
@@ -213,6 +218,13 @@ fn cases() -> Vec<Case> {
         case("command with a shell string", format!("{BASE}\n[[jobs.app.sources]]\ntype = \"command\"\nname = \"ldap\"\ndump = \"slapcat -n 1 | gzip\"\n")),
         case("files key on a command source", format!("{BASE}\n[[jobs.app.sources]]\ntype = \"command\"\nname = \"ldap\"\ndump = [\"slapcat\"]\npath = \"/var/lib/ldap\"\n")),
         case("exclude_tables on a job with only redis", format!("{BASE}\n[[jobs.cache.sources]]\ntype = \"redis\"\nname = \"cache\"\nurl = \"redis://cache:6379\"\n\n[jobs.cache]\nschedule = \"@daily\"\ndestinations = [\"local\"]\nexclude_tables = [\"x\"]\n")),
+        case("heal without watch", format!("{BASE}\n[jobs.app.heal]\nschedule = \"*/5 * * * *\"\n")),
+        case("heal with bad schedule, star among names and zero backups", format!("{BASE}\n[jobs.app.heal]\nschedule = \"every 5 minutes\"\nwatch = [\"*\", \"orders\", \"\"]\nbackups = 0\n")),
+        case("heal of an unknown source", format!("{BASE}\n[jobs.app.heal]\nsource = \"dbb\"\nwatch = [\"orders\"]\n")),
+        case("heal of a files source", format!("{BASE}{FILES}path = \"/data/media\"\n\n[jobs.app.heal]\nsource = \"media\"\nwatch = [\"orders\"]\n")),
+        case("heal with two database sources and no source", format!("{BASE}\n[[jobs.app.sources]]\ntype = \"mariadb\"\nname = \"shop\"\nurl = \"mysql://root@shop-db:3306/shop\"\n\n[jobs.app.heal]\nwatch = [\"orders\"]\n")),
+        case("heal of a redis source", format!("{BASE}\n[[jobs.app.sources]]\ntype = \"redis\"\nname = \"cache\"\nurl = \"redis://cache:6379\"\n\n[jobs.app.heal]\nsource = \"cache\"\nwatch = [\"orders\"]\n")),
+        case("misspelt heal key", format!("{BASE}\n[jobs.app.heal]\nwatched = [\"orders\"]\n")),
         case("toml syntax error", BASE.replace("schedule = \"0 3 * * *\"", "schedule = \"0 3 * * *")),
         Case {
             name: "yaml unknown key",

@@ -1,7 +1,8 @@
 //! `type = "mongodb"` end to end against a real mongod started per test (random port, temp
 //! dir): a database with a few collections dumped and restored into another database and
 //! compared document by document, one collection restored alone, a non-empty target refused
-//! and replaced with --clean, and a wrong password failing the run without showing it.
+//! and replaced with --clean, a wrong password failing the run without showing it, and the
+//! healer putting a dropped collection back.
 //!
 //! MongoDB is not packaged for Debian 12 and no registry reachable here ships a server or the
 //! database tools: where `mongod`, `mongodump` and `mongorestore` are not on PATH these tests
@@ -471,4 +472,42 @@ fn wrong_password_fails() {
     assert!(!text(&r).contains("right-pw"), "{}", text(&r));
     let all: Vec<&str> = COLLECTIONS.iter().map(|(c, _)| *c).collect();
     assert_same(&login("shop"), &login("shop_copy"), &all);
+}
+
+/// The healer puts a dropped collection back from the newest backup, and leaves the
+/// collections that are there alone.
+#[test]
+fn heal_puts_a_dropped_collection_back() {
+    if skip(&["mongosh"]) {
+        return;
+    }
+    let server = Mongod::start(false);
+    let shop = server.url("shop");
+    seed(&shop);
+    let fx = Fixture::new();
+    let cfg = fx.config(
+        "c.toml",
+        &format!(
+            "url = {}\n\n[jobs.{JOB}.heal]\nwatch = [\"orders\", \"users\"]\n",
+            toml_str(&shop)
+        ),
+    );
+    fx.run_ok(&cfg);
+    let orders = export(&shop, "orders");
+    tool(
+        "mongosh",
+        &["--quiet", &shop, "--eval", "db.orders.drop()"],
+        None,
+    );
+    assert!(export(&shop, "orders").is_empty());
+    let out = run_stowage(&cfg, ["heal", JOB]);
+    assert!(out.status.success(), "heal:\n{}", text(&out));
+    assert!(text(&out).contains("1 missing (orders)"), "{}", text(&out));
+    assert_eq!(export(&shop, "orders"), orders);
+    let again = run_stowage(&cfg, ["heal", JOB]);
+    assert!(
+        text(&again).contains("all 2 watched object(s) present"),
+        "{}",
+        text(&again)
+    );
 }

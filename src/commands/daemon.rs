@@ -1,18 +1,13 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use super::{
-    EXIT_ABANDONED, EXIT_CONFIG, EXIT_FAILED, EXIT_OK, init_logging, load_config, runtime, signals,
-};
+use super::{EXIT_ABANDONED, EXIT_FAILED, EXIT_OK, runtime, signals, start};
 use crate::daemon::Stopped;
 use crate::logging::Console;
 
 pub fn run(path: &Path) -> i32 {
-    let Some(config) = load_config(path) else {
-        return EXIT_CONFIG;
-    };
-    let _guard = match init_logging(&config, Console::Stdout) {
-        Ok(g) => g,
+    let (config, _guard) = match start(path, Console::Stdout) {
+        Ok(c) => c,
         Err(code) => return code,
     };
     let Some(rt) = runtime() else {

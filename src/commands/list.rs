@@ -1,7 +1,7 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
-use super::{EXIT_CONFIG, EXIT_FAILED, EXIT_OK, init_logging, load_config, runtime};
+use super::{EXIT_CONFIG, EXIT_FAILED, EXIT_OK, runtime, start};
 use crate::config::Config;
 use crate::logging::Console;
 use crate::manifest::{self, JobListing};
@@ -9,11 +9,8 @@ use crate::pipeline::human_bytes;
 use crate::storage;
 
 pub fn run(path: &Path, job: Option<&str>, holding: Option<&str>) -> i32 {
-    let Some(config) = load_config(path) else {
-        return EXIT_CONFIG;
-    };
-    let _guard = match init_logging(&config, Console::Stderr) {
-        Ok(g) => g,
+    let (config, _guard) = match start(path, Console::Stderr) {
+        Ok(c) => c,
         Err(code) => return code,
     };
     if let Some(j) = job

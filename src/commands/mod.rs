@@ -3,6 +3,7 @@
 
 pub mod check_config;
 pub mod daemon;
+pub mod heal;
 pub mod health;
 pub mod list;
 pub mod restore;
@@ -106,6 +107,15 @@ pub enum Command {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Check the job's watched tables now and restore the missing ones from the newest
+    /// backups that hold them ([jobs.NAME.heal]); exit 1 if any could not be restored
+    Heal {
+        /// Job name
+        job: String,
+        /// Say what is missing and where it would come from; restore nothing
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Validate the config and print a summary; reads nothing but the config
     CheckConfig,
     /// Exit 0 when the config is valid and a daemon is running (for HEALTHCHECK)
@@ -118,6 +128,7 @@ pub fn run(cli: Cli) -> i32 {
         Command::Health => health::run(&cli.config),
         Command::Daemon => daemon::run(&cli.config),
         Command::Run { job } => run::run(&cli.config, &job),
+        Command::Heal { job, dry_run } => heal::run(&cli.config, &job, dry_run),
         Command::List { job, holding } => {
             list::run(&cli.config, job.as_deref(), holding.as_deref())
         }
@@ -240,6 +251,34 @@ pub(crate) fn signals() -> tokio::sync::mpsc::Receiver<crate::daemon::Signal> {
         }
     });
     rx
+}
+
+/// The config, with logging started: how every command that does work begins. Err is the
+/// exit code, the error already printed.
+pub(crate) fn start(
+    path: &std::path::Path,
+    console: crate::logging::Console,
+) -> Result<
+    (
+        crate::config::Config,
+        Option<tracing_appender::non_blocking::WorkerGuard>,
+    ),
+    i32,
+> {
+    let config = load_config(path).ok_or(EXIT_CONFIG)?;
+    let guard = init_logging(&config, console)?;
+    Ok((config, guard))
+}
+
+/// The job named on the command line; Err is the exit code, the error already printed.
+pub(crate) fn job_named<'a>(
+    config: &'a crate::config::Config,
+    name: &str,
+) -> Result<&'a crate::config::Job, i32> {
+    crate::restore::find_job(config, name).map_err(|e| {
+        eprintln!("error: {e}");
+        EXIT_CONFIG
+    })
 }
 
 pub(crate) fn init_logging(

@@ -1,15 +1,12 @@
 use std::path::Path;
 
-use super::{EXIT_CONFIG, EXIT_FAILED, EXIT_OK, init_logging, load_config, runtime};
+use super::{EXIT_CONFIG, EXIT_FAILED, EXIT_OK, runtime, start};
 use crate::logging::Console;
 use crate::restore::{RestoreError, RestoreRequest};
 
 pub fn run(path: &Path, req: RestoreRequest) -> i32 {
-    let Some(config) = load_config(path) else {
-        return EXIT_CONFIG;
-    };
-    let _guard = match init_logging(&config, Console::Stderr) {
-        Ok(g) => g,
+    let (config, _guard) = match start(path, Console::Stderr) {
+        Ok(c) => c,
         Err(code) => return code,
     };
     let Some(rt) = runtime() else {

@@ -2,26 +2,18 @@ use std::path::Path;
 
 use tokio_util::sync::CancellationToken;
 
-use super::{
-    EXIT_CONFIG, EXIT_FAILED, EXIT_OK, init_logging, load_config, runtime, shutdown_signal,
-};
+use super::{EXIT_FAILED, EXIT_OK, job_named, runtime, shutdown_signal, start};
 use crate::logging::Console;
 use crate::pipeline::Outcome;
 
 pub fn run(path: &Path, job_name: &str) -> i32 {
-    let Some(config) = load_config(path) else {
-        return EXIT_CONFIG;
-    };
-    let _guard = match init_logging(&config, Console::Stdout) {
-        Ok(g) => g,
+    let (config, _guard) = match start(path, Console::Stdout) {
+        Ok(c) => c,
         Err(code) => return code,
     };
-    let job = match crate::restore::find_job(&config, job_name) {
+    let job = match job_named(&config, job_name) {
         Ok(j) => j,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return EXIT_CONFIG;
-        }
+        Err(code) => return code,
     };
     let Some(rt) = runtime() else {
         return EXIT_FAILED;

@@ -120,6 +120,124 @@ impl fmt::Debug for StaticCredentials {
     }
 }
 
+/// Validate `[jobs.NAME.heal]` against the job's sources.
+fn heal_config(
+    key: &str,
+    raw: &raw::RawHeal,
+    tz: Tz,
+    sources: &[SourceConfig],
+    problems: &mut Vec<String>,
+) -> Option<Heal> {
+    let key = format!("{key}.heal");
+    let mark = problems.len();
+    let expr = raw.schedule.as_deref().unwrap_or(DEFAULT_HEAL_SCHEDULE);
+    let schedule = Schedule::parse(expr, tz)
+        .map_err(|e| problems.push(format!("{key}.schedule: {e}")))
+        .ok();
+    let healable: Vec<&Arc<dyn Database>> = sources
+        .iter()
+        .filter_map(SourceConfig::database)
+        .filter(|d| d.selects_objects() && d.own_target().is_some())
+        .collect();
+    let names = |v: &[&Arc<dyn Database>]| {
+        v.iter()
+            .map(|d| format!("\"{}\"", d.name()))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let source = match &raw.source {
+        Some(name) => match sources.iter().find(|s| s.name() == name) {
+            Some(SourceConfig::Database(d)) if healable.iter().any(|h| h.name() == name) => {
+                Some(d.name().to_string())
+            }
+            Some(s) => {
+                problems.push(format!(
+                    "{key}.source: source \"{name}\" is a {} source, which the healer cannot check table by table; it watches sources of type {}",
+                    match s {
+                        SourceConfig::Database(d) => d.kind(),
+                        SourceConfig::Files(_) => "files",
+                    },
+                    healable_kinds()
+                ));
+                None
+            }
+            None => {
+                problems.push(format!(
+                    "{key}.source: the job has no source \"{name}\"{}",
+                    if healable.is_empty() {
+                        String::new()
+                    } else {
+                        format!("; its sources with tables: {}", names(&healable))
+                    }
+                ));
+                None
+            }
+        },
+        None => match healable.as_slice() {
+            [one] => Some(one.name().to_string()),
+            [] => {
+                problems.push(format!(
+                    "{key}: the job has no database source with tables or collections to watch; the healer watches sources of type {}",
+                    healable_kinds()
+                ));
+                None
+            }
+            several => {
+                problems.push(format!(
+                    "{key}.source: the job has {} sources with tables ({}); name the one to watch, e.g. source = \"{}\"",
+                    several.len(),
+                    names(several),
+                    several[0].name()
+                ));
+                None
+            }
+        },
+    };
+    if raw.watch.is_empty() {
+        problems.push(format!(
+            "{key}.watch: missing or empty; list the tables that must exist, e.g. watch = [\"orders\", \"public.customers\"], or watch = [\"*\"] for every table in the newest backup"
+        ));
+    }
+    for (i, w) in raw.watch.iter().enumerate() {
+        if w.trim().is_empty() {
+            problems.push(format!("{key}.watch[{i}]: empty name"));
+        } else if w == "*" && raw.watch.len() > 1 {
+            problems.push(format!(
+                "{key}.watch: \"*\" already means every table in the newest backup; give it alone, or list names without it"
+            ));
+        }
+    }
+    let backups = match raw.backups {
+        Some(0) => {
+            problems.push(format!(
+                "{key}.backups: 0 searches nothing; give how many of the newest backups to search (default 3)"
+            ));
+            None
+        }
+        Some(n) => usize::try_from(n).ok(),
+        None => Some(3),
+    };
+    if problems.len() > mark {
+        return None;
+    }
+    Some(Heal {
+        schedule: schedule?,
+        source: source?,
+        watch: raw.watch.clone(),
+        backups: backups?,
+        dry_run: raw.dry_run,
+    })
+}
+
+fn healable_kinds() -> String {
+    crate::engine::registered()
+        .iter()
+        .filter(|e| e.unconfigured("-").selects_objects())
+        .map(|e| format!("\"{}\"", e.kind()))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// A value that must never reach a log line or `check-config` output.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret(String);
@@ -153,9 +271,41 @@ pub struct Job {
     pub retry_delay: std::time::Duration,
     pub destinations: Vec<String>,
     pub sources: Vec<SourceConfig>,
+    pub heal: Option<Heal>,
+}
+
+/// `[jobs.NAME.heal]`, validated: see [`crate::heal`].
+#[derive(Debug, Clone)]
+pub struct Heal {
+    pub schedule: Schedule,
+    /// A database source of the job whose engine selects objects.
+    pub source: String,
+    /// Objects that must exist; `["*"]` = every one in the newest backup.
+    pub watch: Vec<String>,
+    pub backups: usize,
+    pub dry_run: bool,
+}
+
+/// The healer's schedule when `[jobs.NAME.heal]` gives none: every 5 minutes.
+pub const DEFAULT_HEAL_SCHEDULE: &str = "*/5 * * * *";
+
+impl Heal {
+    /// Whether the watch list is "every object of the newest backup".
+    pub fn watches_all(&self) -> bool {
+        self.watch.iter().any(|w| w == "*")
+    }
 }
 
 impl Job {
+    /// The database source the healer watches.
+    pub fn heal_source(&self) -> Option<&Arc<dyn Database>> {
+        let heal = self.heal.as_ref()?;
+        self.sources
+            .iter()
+            .filter_map(SourceConfig::database)
+            .find(|d| d.name() == heal.source)
+    }
+
     /// Whether the job stores files as shared blobs (and so needs blob locks and sweeps).
     pub fn has_files(&self) -> bool {
         self.sources
@@ -870,6 +1020,10 @@ fn validate(path: &Path, raw: raw::RawConfig) -> Result<Config, Vec<String>> {
                 sources[d].name()
             ));
         }
+        let heal = j
+            .heal
+            .as_ref()
+            .and_then(|h| heal_config(&key, h, tz.unwrap_or(Tz::UTC), &sources, &mut problems));
         if let Some(schedule) = schedule {
             jobs.insert(
                 name.clone(),
@@ -885,6 +1039,7 @@ fn validate(path: &Path, raw: raw::RawConfig) -> Result<Config, Vec<String>> {
                     retry_delay,
                     destinations: j.destinations,
                     sources,
+                    heal,
                 },
             );
         }

@@ -197,6 +197,26 @@ pub struct RawJob {
     pub exclude_tables: Vec<String>,
     #[serde(default)]
     pub sources: Vec<RawSource>,
+    /// Put missing tables (or collections) back from the newest backups that hold them.
+    pub heal: Option<RawHeal>,
+}
+
+/// `[jobs.NAME.heal]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHeal {
+    /// How often to look (default every 5 minutes), in the job's timezone.
+    pub schedule: Option<String>,
+    /// The database source to watch (default: the job's only one with tables).
+    pub source: Option<String>,
+    /// Tables or collections that must exist; ["*"] = every one in the newest backup.
+    #[serde(default)]
+    pub watch: Vec<String>,
+    /// How many of the newest published backups to search (default 3).
+    pub backups: Option<u32>,
+    /// Only report what would be restored.
+    #[serde(default)]
+    pub dry_run: bool,
 }
 
 fn default_true() -> bool {

@@ -269,20 +269,27 @@ pub(crate) async fn feed(
     child: &mut Child,
 ) -> Result<(), SourceError> {
     let mut stdin = stdin;
-    let mut buf = vec![0u8; 256 * 1024];
-    loop {
-        let n = match data.read(&mut buf).await {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) => {
-                let _ = child.kill().await;
-                return Err(SourceError::io("reading the backup", e));
-            }
-        };
-        if stdin.write_all(&buf[..n]).await.is_err() {
-            break;
-        }
+    if let Err(e) = copy_until_closed(data, &mut stdin).await {
+        let _ = child.kill().await;
+        return Err(SourceError::io("reading the backup", e));
     }
     drop(stdin);
     Ok(())
+}
+
+/// Copy `data` into a tool's stdin until `data` ends or the tool stops reading. Only a
+/// failed read is an error: a tool may stop early on purpose (pg_restore, once the entries
+/// it was told to restore are behind it; its exit status says whether that was success),
+/// but a backup that cannot be read, or fails its checksum, must stop the restore.
+pub(crate) async fn copy_until_closed(
+    data: &mut (impl AsyncRead + Unpin + ?Sized),
+    to: &mut (impl tokio::io::AsyncWrite + Unpin),
+) -> std::io::Result<()> {
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        let n = data.read(&mut buf).await?;
+        if n == 0 || to.write_all(&buf[..n]).await.is_err() {
+            return Ok(());
+        }
+    }
 }

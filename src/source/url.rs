@@ -71,6 +71,20 @@ impl DbUrl {
         self.password.as_ref()
     }
 
+    /// A restore target without a password of its own uses the source's, when it names the
+    /// same server and user (the source's own database, or a scratch one beside it).
+    pub fn or_password_of(mut self, source: Option<&DbUrl>) -> DbUrl {
+        if self.password.is_none()
+            && let Some(own) = source
+            && own.host() == self.host()
+            && own.port() == self.port()
+            && own.user() == self.user()
+        {
+            self.password = own.password.clone();
+        }
+        self
+    }
+
     pub fn host(&self) -> &str {
         self.without_password.host_str().unwrap_or("")
     }

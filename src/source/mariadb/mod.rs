@@ -320,41 +320,140 @@ impl MariaDbSource {
 
     /// Tables and views of a live database, with their type ("BASE TABLE", "VIEW", ...).
     async fn relations(&self, url: &DbUrl) -> Result<Vec<(String, String)>, SourceError> {
+        // Names in hex: any byte a name may hold survives the tab-separated output.
+        let rows = self
+            .rows(
+                url,
+                "select hex(table_name), table_type from information_schema.tables \
+                 where table_schema = database() order by table_name",
+            )
+            .await
+            .map_err(|e| match e {
+                SourceError::Failed { stderr, .. } => {
+                    SourceError::Refused(format!("cannot read the tables of {url}: {stderr}"))
+                }
+                other => other,
+            })?;
+        let mut rels = Vec::new();
+        for row in rows {
+            let (name, kind) = match row.as_slice() {
+                [name, kind, ..] => (name.as_str(), kind.as_str()),
+                [name] => (name.as_str(), ""),
+                [] => continue,
+            };
+            let decoded = hex::decode(name.trim()).map_err(|e| {
+                SourceError::Protocol(format!("the server sent {name:?} for a table name: {e}"))
+            })?;
+            rels.push((
+                String::from_utf8_lossy(&decoded).into_owned(),
+                kind.trim().to_string(),
+            ));
+        }
+        Ok(rels)
+    }
+
+    /// Run one statement; its rows, tab-separated fields (give binary-safe values as hex).
+    async fn rows(&self, url: &DbUrl, sql: &str) -> Result<Vec<Vec<String>>, SourceError> {
         let (tool, path) = self.tool(CLIENT_TOOLS);
         let conn = Connection::new(url, self.password_for(url));
         let mut cmd = self.command(&path, &conn);
-        // Names in hex: any byte a name may hold survives the tab-separated output.
         cmd.args([
             CONNECT_TIMEOUT,
             "--batch",
             "--skip-column-names",
             "--execute",
         ])
-        .arg(
-            "select hex(table_name), table_type from information_schema.tables \
-                 where table_schema = database() order by table_name",
-        )
+        .arg(sql)
         .arg(url.database());
         let out = cmd.output().await.map_err(|e| self.spawn_err(tool, e))?;
         if !out.status.success() {
-            return Err(SourceError::Refused(format!(
-                "cannot read the tables of {url}: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            )));
+            return Err(SourceError::Failed {
+                tool: tool.to_string(),
+                status: super::describe_status(out.status),
+                stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+            });
         }
-        let text = String::from_utf8_lossy(&out.stdout);
-        let mut rels = Vec::new();
-        for line in text.lines().filter(|l| !l.trim().is_empty()) {
-            let (name, kind) = line.split_once('\t').unwrap_or((line, ""));
-            let name = hex::decode(name.trim()).map_err(|e| {
-                SourceError::Protocol(format!("{tool} printed {line:?} for a table name: {e}"))
-            })?;
-            rels.push((
-                String::from_utf8_lossy(&name).into_owned(),
-                kind.trim().to_string(),
-            ));
+        Ok(String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| l.split('\t').map(str::to_string).collect())
+            .collect())
+    }
+
+    /// Foreign keys to or from `tables` that rows of the target break, one line each:
+    /// "constraint on child → parent: N row(s)".
+    async fn broken_foreign_keys(
+        &self,
+        url: &DbUrl,
+        tables: &[String],
+    ) -> Result<Vec<String>, SourceError> {
+        let names = tables
+            .iter()
+            .map(|t| format!("unhex('{}')", hex::encode(t)))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let keys = self
+            .rows(
+                url,
+                &format!(
+                    "select hex(constraint_name), hex(table_name), hex(referenced_table_name), \
+                            group_concat(hex(column_name) order by ordinal_position), \
+                            group_concat(hex(referenced_column_name) order by ordinal_position) \
+                     from information_schema.key_column_usage \
+                     where table_schema = database() and referenced_table_schema = database() \
+                       and (table_name in ({names}) or referenced_table_name in ({names})) \
+                     group by constraint_name, table_name, referenced_table_name \
+                     order by table_name, constraint_name"
+                ),
+            )
+            .await?;
+        let text = |h: &str| {
+            hex::decode(h)
+                .map(|b| String::from_utf8_lossy(&b).into_owned())
+                .map_err(|e| SourceError::Protocol(format!("bad hex {h:?} from the server: {e}")))
+        };
+        let mut broken = Vec::new();
+        for k in keys {
+            let [name, child, parent, cols, refs] = k.as_slice() else {
+                continue;
+            };
+            let (name, child, parent) = (text(name)?, text(child)?, text(parent)?);
+            let cols = cols.split(',').map(text).collect::<Result<Vec<_>, _>>()?;
+            let refs = refs.split(',').map(text).collect::<Result<Vec<_>, _>>()?;
+            let q = sql::quote_name;
+            let sql = format!(
+                "select count(*) from {} c where {} and not exists (select 1 from {} p where {})",
+                q(&child),
+                cols.iter()
+                    .map(|c| format!("c.{} is not null", q(c)))
+                    .collect::<Vec<_>>()
+                    .join(" and "),
+                q(&parent),
+                cols.iter()
+                    .zip(&refs)
+                    .map(|(c, r)| format!("p.{} = c.{}", q(r), q(c)))
+                    .collect::<Vec<_>>()
+                    .join(" and ")
+            );
+            let count = match self.rows(url, &sql).await {
+                Ok(rows) => rows
+                    .first()
+                    .and_then(|r| r.first())
+                    .and_then(|n| n.parse::<u64>().ok())
+                    .unwrap_or(0),
+                Err(SourceError::Failed { stderr, .. }) => {
+                    broken.push(format!("{name} on {child} → {parent}: cannot check: {stderr}"));
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            if count > 0 {
+                broken.push(format!(
+                    "{name} on {child} → {parent}: {count} row(s) of {child} point at no row of {parent}"
+                ));
+            }
         }
-        Ok(rels)
+        Ok(broken)
     }
 
     async fn base_tables(&self, url: &DbUrl) -> Result<Vec<String>, SourceError> {
@@ -499,6 +598,10 @@ impl Database for MariaDbSource {
 
     fn default_excludes(&self) -> Vec<String> {
         self.exclude_tables.clone()
+    }
+
+    fn own_target(&self) -> Option<String> {
+        self.url.as_ref().map(|u| u.to_string())
     }
 
     fn selects_objects(&self) -> bool {
@@ -781,6 +884,19 @@ impl Database for MariaDbSource {
                         report.views_left_out.join(", ")
                     ));
                 }
+            }
+        }
+        if !wanted.is_empty() {
+            // The dump restores with foreign key checks off, so keys to and from the
+            // restored tables are kept but were never checked against the rows around them.
+            let broken = self.broken_foreign_keys(&url, &wanted).await?;
+            if !broken.is_empty() {
+                return Err(SourceError::Incomplete(format!(
+                    "restored table(s) {}, but rows break {} foreign key(s) to or from them:\n{}\nfix or remove those rows (the restore ran with foreign key checks off, as mariadb-dump's output asks)",
+                    wanted.join(", "),
+                    broken.len(),
+                    broken.join("\n")
+                )));
             }
         }
         Ok(lines)

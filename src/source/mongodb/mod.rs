@@ -382,6 +382,10 @@ impl Database for MongoSource {
         MongoUrl::parse(target, None).map(|_| ())
     }
 
+    fn own_target(&self) -> Option<String> {
+        self.url.as_ref().map(|u| u.to_string())
+    }
+
     fn selects_objects(&self) -> bool {
         true
     }

@@ -317,9 +317,16 @@ impl Database for PostgresSource {
         true
     }
 
-    /// As `pg_dump -t` reads them: unquoted parts fold to lower case.
+    /// As `pg_dump -t` reads them: unquoted parts fold to lower case, and a name without
+    /// a schema names the table of that name in any schema.
     fn same_object(&self, a: &str, b: &str) -> bool {
-        matches!((TableName::parse(a), TableName::parse(b)), (Ok(x), Ok(y)) if x == y)
+        match (TableName::parse(a), TableName::parse(b)) {
+            (Ok(x), Ok(y)) => {
+                x.name == y.name
+                    && (x.schema.is_none() || y.schema.is_none() || x.schema == y.schema)
+            }
+            _ => false,
+        }
     }
 
     async fn archive_objects(&self, archive: &dyn Archive) -> Result<Vec<String>, SourceError> {
@@ -333,7 +340,9 @@ impl Database for PostgresSource {
     async fn live_objects(&self, target: Option<&str>) -> Result<Vec<String>, SourceError> {
         match target {
             Some(t) => {
-                let url = parse_target(t).map_err(SourceError::Refused)?;
+                let url = parse_target(t)
+                    .map_err(SourceError::Refused)?
+                    .or_password_of(self.url.as_ref());
                 self.tables_in(&url).await
             }
             None => self.tables_in(self.own_url()?).await,
@@ -400,13 +409,18 @@ impl Database for PostgresSource {
         })
     }
 
+    fn own_target(&self) -> Option<String> {
+        self.url.as_ref().map(|u| u.to_string())
+    }
+
     async fn restore(
         &self,
         archive: &dyn Archive,
         opts: &RestoreOptions,
     ) -> Result<Vec<String>, SourceError> {
         let url = parse_target(&opts.target)
-            .map_err(|e| SourceError::Refused(format!("invalid --to URL: {e}")))?;
+            .map_err(|e| SourceError::Refused(format!("invalid --to URL: {e}")))?
+            .or_password_of(self.url.as_ref());
         let mut lines = Vec::new();
         let parse = |names: &[String]| -> Result<Vec<TableName>, SourceError> {
             names
@@ -414,115 +428,285 @@ impl Database for PostgresSource {
                 .map(|t| TableName::parse(t).map_err(SourceError::Refused))
                 .collect()
         };
-        let selection = Selection {
+        let mut selection = Selection {
             include: parse(&opts.tables)?,
             exclude: parse(&opts.exclude_tables)?,
+            bring: Vec::new(),
         };
         let selective = !selection.include.is_empty() || !selection.exclude.is_empty();
-        let mut list_file = None;
-        if selective {
-            // Both read only the archive's header: cheap even for a big dump.
-            let toc = self.capture(archive, &["--list"]).await?;
-            let schema = self
-                .capture(archive, &["--schema-only", "--file=-"])
-                .await?;
-            let filtered = toc::filter(&toc, &schema, &selection);
-            let unmatched_includes: Vec<&String> = filtered
-                .unmatched
-                .iter()
-                .filter(|u| selection.include.iter().any(|t| t.to_string() == **u))
-                .collect();
-            if !unmatched_includes.is_empty() || filtered.tables.is_empty() {
-                let all = toc::filter(&toc, &schema, &Selection::default());
-                return Err(SourceError::Refused(format!(
-                    "{}; tables in this backup: {}",
-                    if unmatched_includes.is_empty() {
-                        "no table left to restore".to_string()
-                    } else {
-                        format!(
-                            "table(s) not in this backup: {}",
-                            unmatched_includes
-                                .iter()
-                                .map(|s| s.as_str())
-                                .collect::<Vec<_>>()
-                                .join(", ")
-                        )
-                    },
-                    all.tables.join(", ")
-                )));
-            }
-            for u in filtered
-                .unmatched
-                .iter()
-                .filter(|u| !unmatched_includes.contains(u))
-            {
-                tracing::warn!("excluded table {u} is not in this backup");
-            }
-            if selection.include.is_empty() {
-                lines.push(format!(
-                    "{}: {} table(s); skipped: {}",
-                    self.name,
-                    filtered.tables.len(),
-                    if filtered.skipped.is_empty() {
-                        "none".to_string()
-                    } else {
-                        filtered.skipped.join(", ")
-                    }
-                ));
-            } else {
-                lines.push(format!(
-                    "{}: only table(s) {}",
-                    self.name,
-                    filtered.tables.join(", ")
-                ));
-            }
-            if !filtered.dropped.is_empty() {
-                lines.push(format!(
-                    "{}: left out because they need a table that is not restored: {}",
-                    self.name,
-                    filtered.dropped.join("; ")
-                ));
-            }
-            let mut f = tempfile::Builder::new()
-                .prefix("stowage-restore-")
-                .suffix(".list")
-                .tempfile()
-                .map_err(|e| SourceError::io("cannot create the restore list", e))?;
-            std::io::Write::write_all(&mut f, filtered.list.as_bytes())
-                .map_err(|e| SourceError::io("cannot write the restore list", e))?;
-            list_file = Some(f);
+        if !selective {
+            return self.restore_whole(archive, opts, &url).await;
         }
-        if opts.dry_run {
-            lines.push(format!(
-                "would restore {} into {url}{}",
-                self.name,
-                if opts.clean {
-                    " (--clean: replacing the objects it contains)"
+        // Both read only the archive's header: cheap even for a big dump.
+        let toc = self.capture(archive, &["--list"]).await?;
+        let schema = self
+            .capture(archive, &["--schema-only", "--file=-"])
+            .await?;
+        let mut filtered = toc::filter(&toc, &schema, &selection);
+        let unmatched_includes: Vec<&String> = filtered
+            .unmatched
+            .iter()
+            .filter(|u| selection.include.iter().any(|t| t.to_string() == **u))
+            .collect();
+        if !unmatched_includes.is_empty() || filtered.tables.is_empty() {
+            let all = toc::filter(&toc, &schema, &Selection::default());
+            return Err(SourceError::Refused(format!(
+                "{}; tables in this backup: {}",
+                if unmatched_includes.is_empty() {
+                    "no table left to restore".to_string()
                 } else {
-                    ""
+                    format!(
+                        "table(s) not in this backup: {}",
+                        unmatched_includes
+                            .iter()
+                            .map(|s| s.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )
+                },
+                all.tables.join(", ")
+            )));
+        }
+        for u in filtered
+            .unmatched
+            .iter()
+            .filter(|u| !unmatched_includes.contains(u))
+        {
+            tracing::warn!("excluded table {u} is not in this backup");
+        }
+        let tables_only = !selection.include.is_empty();
+        if tables_only {
+            lines.push(format!(
+                "{}: only table(s) {}",
+                self.name,
+                filtered.tables.join(", ")
+            ));
+        } else {
+            lines.push(format!(
+                "{}: {} table(s); skipped: {}",
+                self.name,
+                filtered.tables.len(),
+                if filtered.skipped.is_empty() {
+                    "none".to_string()
+                } else {
+                    filtered.skipped.join(", ")
                 }
             ));
+        }
+        if !filtered.dropped.is_empty() {
+            lines.push(format!(
+                "{}: left out because they need a table that is not restored: {}",
+                self.name,
+                filtered.dropped.join("; ")
+            ));
+        }
+        if !tables_only {
+            let list = list_file(&filtered.list)?;
+            if opts.dry_run {
+                lines.push(self.would(opts, &url));
+                return Ok(lines);
+            }
+            self.check_empty(opts, &url).await?;
+            self.pg_restore_into(archive, opts, &url, Some(list.path()))
+                .await?;
             return Ok(lines);
         }
-        // A whole-database restore goes into an empty database (or replaces with --clean);
-        // selected tables go into an existing one, where pg_restore itself refuses to
-        // overwrite a table that exists (unless --clean).
-        if !opts.clean && selection.include.is_empty() {
-            let n = self.tables_in(&url).await?.len();
-            if n > 0 {
+
+        // Selected tables go into an existing database: what they need must be there or come
+        // along, and the foreign keys of other tables that point at them come back with them.
+        if opts.dry_run {
+            lines.push(self.would(opts, &url));
+            return Ok(lines);
+        }
+        let live = self.tables_in(&url).await?;
+        let present = |t: &String| {
+            TableName::parse(t).is_ok_and(|want| {
+                live.iter().any(|l| {
+                    l.split_once('.')
+                        .is_some_and(|(schema, name)| want.matches(schema, name))
+                })
+            })
+        };
+        if !opts.clean {
+            let clash: Vec<&String> = filtered.tables.iter().filter(|t| present(t)).collect();
+            if !clash.is_empty() {
                 return Err(SourceError::Refused(format!(
-                    "target database \"{}\" already has {n} table(s); restore into an empty database, or pass --clean to drop and replace the objects in the backup, or --table NAME to restore single tables",
+                    "table(s) {} already exist in target database \"{}\"; pass --clean to replace them (foreign keys and views of other tables that depend on them are dropped and re-added in the same transaction), or drop them first",
+                    clash.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", "),
                     url.database()
                 )));
             }
         }
-        let mut cmd = self.command("pg_restore", &url);
-        // One transaction: a restore that fails half-way leaves the target as it was.
+        if !filtered.needs.is_empty() {
+            let (tables, missing): (Vec<toc::Needed>, Vec<toc::Needed>) = self
+                .missing_in(&url, &filtered.needs)
+                .await?
+                .into_iter()
+                .partition(|n| n.desc == "TABLE");
+            if !tables.is_empty() {
+                let names: Vec<String> = tables.iter().map(|t| t.qualified()).collect();
+                return Err(SourceError::Refused(format!(
+                    "table(s) {} have foreign keys to {}, which target database \"{}\" lacks; nothing was changed. Restore {} too (--table {}), or the whole backup into an empty database",
+                    filtered.tables.join(", "),
+                    names.join(", "),
+                    url.database(),
+                    if names.len() == 1 { "it" } else { "them" },
+                    names.join(" --table ")
+                )));
+            }
+            if !missing.is_empty() {
+                lines.push(format!(
+                    "{}: also restoring {} (the tables need them and the target lacks them)",
+                    self.name,
+                    missing
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ));
+                selection.bring = missing;
+                filtered = toc::filter(&toc, &schema, &selection);
+            }
+        }
+        let list = list_file(&filtered.list)?;
+        let dependents = if opts.clean {
+            self.dependents(&url, &filtered.tables).await?
+        } else {
+            Vec::new()
+        };
+        self.restore_in_transaction(archive, opts, &url, list.path(), &dependents)
+            .await?;
+        if !dependents.is_empty() {
+            lines.push(format!(
+                "{}: dropped and re-added in the same transaction (they depend on the replaced table(s)): {}",
+                self.name,
+                dependents
+                    .iter()
+                    .map(|d| d.label.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+        let (added, failed) = self.readd_foreign_keys(&url, &filtered.referencing).await?;
+        if !added.is_empty() {
+            lines.push(format!(
+                "{}: re-added foreign key(s) of other tables: {}",
+                self.name,
+                added.join(", ")
+            ));
+        }
+        if !failed.is_empty() {
+            return Err(SourceError::Incomplete(format!(
+                "restored table(s) {}, but {} foreign key(s) of other tables that point at them could not be re-added:\n{}\nfix or remove the rows that break them, then run the statement(s) above with psql",
+                filtered.tables.join(", "),
+                failed.len(),
+                failed.join("\n")
+            )));
+        }
+        Ok(lines)
+    }
+}
+
+/// A foreign key of another table that points at a table being replaced (`--clean`).
+#[derive(Debug)]
+struct Dependent {
+    drop: String,
+    add: String,
+    /// "constraint on schema.table", for messages.
+    label: String,
+}
+
+/// The `pg_restore -L` list, in a private temp file removed when dropped.
+fn list_file(list: &str) -> Result<tempfile::NamedTempFile, SourceError> {
+    let mut f = tempfile::Builder::new()
+        .prefix("stowage-restore-")
+        .suffix(".list")
+        .tempfile()
+        .map_err(|e| SourceError::io("cannot create the restore list", e))?;
+    std::io::Write::write_all(&mut f, list.as_bytes())
+        .map_err(|e| SourceError::io("cannot write the restore list", e))?;
+    Ok(f)
+}
+
+/// `value` as an SQL string literal (standard_conforming_strings is on since 9.1).
+fn sql_literal(value: &str) -> String {
+    format!("'{}'", value.replace('\'', "''"))
+}
+
+/// Hints for what pg_restore or psql said, appended to their error.
+fn restore_hint(stderr: &str, clean: bool) -> &'static str {
+    if stderr.contains("role \"") && stderr.contains("does not exist") {
+        "\nhint: the target lacks the backup's roles; retry with --no-owner"
+    } else if stderr.contains("because other objects depend on it") {
+        "\nhint: nothing was changed. Something stowage does not re-create for you (a materialized view, a rule) depends on the table: drop it first, or restore the whole backup into an empty database"
+    } else if stderr.contains("violates foreign key constraint") {
+        "\nhint: nothing was changed. Rows of another table point at rows that this backup's copy of the table lacks: restore that table too (one more --table), or remove those rows first"
+    } else if stderr.contains("does not exist") {
+        "\nhint: nothing was changed. The target lacks something these tables need: restore it too with --table, or restore the whole backup into an empty database"
+    } else if stderr.contains("already exists") && !clean {
+        "\nhint: the target already has this object; pass --clean to drop and replace it"
+    } else {
+        ""
+    }
+}
+
+impl PostgresSource {
+    fn would(&self, opts: &RestoreOptions, url: &DbUrl) -> String {
+        format!(
+            "would restore {} into {url}{}",
+            self.name,
+            if opts.clean {
+                " (--clean: replacing the objects it contains)"
+            } else {
+                ""
+            }
+        )
+    }
+
+    async fn restore_whole(
+        &self,
+        archive: &dyn Archive,
+        opts: &RestoreOptions,
+        url: &DbUrl,
+    ) -> Result<Vec<String>, SourceError> {
+        if opts.dry_run {
+            return Ok(vec![self.would(opts, url)]);
+        }
+        self.check_empty(opts, url).await?;
+        self.pg_restore_into(archive, opts, url, None).await?;
+        Ok(Vec::new())
+    }
+
+    /// A whole-database restore goes into an empty database, or replaces with --clean.
+    async fn check_empty(&self, opts: &RestoreOptions, url: &DbUrl) -> Result<(), SourceError> {
+        if opts.clean {
+            return Ok(());
+        }
+        let n = self.tables_in(url).await?.len();
+        if n > 0 {
+            return Err(SourceError::Refused(format!(
+                "target database \"{}\" already has {n} table(s); restore into an empty database, or pass --clean to drop and replace the objects in the backup, or --table NAME to restore single tables",
+                url.database()
+            )));
+        }
+        Ok(())
+    }
+
+    /// `pg_restore` straight into the target, in one transaction: a restore that fails
+    /// half-way leaves the target as it was.
+    async fn pg_restore_into(
+        &self,
+        archive: &dyn Archive,
+        opts: &RestoreOptions,
+        url: &DbUrl,
+        list: Option<&std::path::Path>,
+    ) -> Result<(), SourceError> {
+        let mut cmd = self.command("pg_restore", url);
         cmd.args(["--exit-on-error", "--single-transaction", "--dbname"])
             .arg(url.conninfo())
             .stdin(Stdio::piped());
-        if let Some(f) = &list_file {
-            cmd.arg("--use-list").arg(f.path());
+        if let Some(list) = list {
+            cmd.arg("--use-list").arg(list);
         }
         if opts.clean {
             cmd.args(["--clean", "--if-exists"]);
@@ -532,58 +716,307 @@ impl Database for PostgresSource {
         }
         let mut data = archive.open().await?;
         let mut child = cmd.spawn().map_err(|e| self.spawn_err("pg_restore", e))?;
-        let (Some(mut stdin), Some(stderr)) = (child.stdin.take(), child.stderr.take()) else {
+        let (Some(stdin), Some(stderr)) = (child.stdin.take(), child.stderr.take()) else {
             return Err(SourceError::Protocol(
                 "pg_restore started without pipes".into(),
             ));
         };
         let stderr = drain_stderr(stderr);
-        let mut buf = vec![0u8; 256 * 1024];
-        let mut copy_err = None;
-        loop {
-            let n = match data.read(&mut buf).await {
-                Ok(0) => break,
-                Ok(n) => n,
-                Err(e) => {
-                    copy_err = Some(SourceError::io("reading the backup", e));
-                    break;
-                }
-            };
-            if stdin.write_all(&buf[..n]).await.is_err() {
-                // pg_restore stopped reading: its exit status and stderr say why.
-                break;
-            }
-        }
-        if let Some(e) = copy_err {
-            // Kill before closing stdin, so pg_restore cannot commit a truncated archive.
-            let mut child = child;
-            let _ = child.kill().await;
-            return Err(e);
-        }
-        drop(stdin);
+        super::feed(&mut data, stdin, &mut child).await?;
         wait_child("pg_restore", child, stderr)
             .await
-            .map_err(|e| match e {
-                SourceError::Failed {
-                    tool,
-                    status,
-                    stderr,
-                } => {
-                    let hint = if stderr.contains("role \"") && stderr.contains("does not exist") {
-                        "\nhint: the target lacks the backup's roles; retry with --no-owner"
-                    } else if stderr.contains("already exists") && !opts.clean {
-                        "\nhint: the target already has this object; pass --clean to drop and replace it"
-                    } else {
-                        ""
-                    };
-                    SourceError::Failed {
-                        tool,
-                        status,
-                        stderr: format!("{stderr}{hint}"),
+            .map_err(|e| with_hint(e, opts.clean))
+    }
+
+    /// Selected tables: `pg_restore -f -` (the SQL of the listed entries) piped into one psql
+    /// transaction, between statements of our own: with `dependents`, their foreign keys
+    /// are dropped before and re-added after, so `--clean` can replace a table that others
+    /// reference, and any failure (a row that no longer satisfies a re-added key included)
+    /// rolls everything back. COMMIT is sent only after everything else succeeded.
+    async fn restore_in_transaction(
+        &self,
+        archive: &dyn Archive,
+        opts: &RestoreOptions,
+        url: &DbUrl,
+        list: &std::path::Path,
+        dependents: &[Dependent],
+    ) -> Result<(), SourceError> {
+        let mut sqlgen = self.command("pg_restore", url);
+        sqlgen.arg("--file=-").arg("--use-list").arg(list).stdin(Stdio::piped());
+        if opts.clean {
+            sqlgen.args(["--clean", "--if-exists"]);
+        }
+        if opts.no_owner {
+            sqlgen.args(["--no-owner", "--no-privileges"]);
+        }
+        let mut psql = self.command("psql", url);
+        psql.args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "--dbname"])
+            .arg(url.conninfo())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null());
+        let mut data = archive.open().await?;
+        let mut sqlgen = sqlgen.spawn().map_err(|e| self.spawn_err("pg_restore", e))?;
+        let mut psql = psql.spawn().map_err(|e| self.spawn_err("psql", e))?;
+        let (Some(mut sqlgen_in), Some(mut sqlgen_out), Some(sqlgen_err)) =
+            (sqlgen.stdin.take(), sqlgen.stdout.take(), sqlgen.stderr.take())
+        else {
+            return Err(SourceError::Protocol(
+                "pg_restore started without pipes".into(),
+            ));
+        };
+        let (Some(mut sql_in), Some(sql_err)) = (psql.stdin.take(), psql.stderr.take()) else {
+            return Err(SourceError::Protocol("psql started without pipes".into()));
+        };
+        let sqlgen_err = drain_stderr(sqlgen_err);
+        let sql_err = drain_stderr(sql_err);
+        let mut before = String::from("BEGIN;\n");
+        for d in dependents {
+            before.push_str(&d.drop);
+            before.push('\n');
+        }
+        let fed = async {
+            let copied = super::copy_until_closed(&mut data, &mut sqlgen_in).await;
+            drop(sqlgen_in);
+            copied
+        };
+        let pump = async {
+            let pumped = async {
+                sql_in.write_all(before.as_bytes()).await?;
+                tokio::io::copy(&mut sqlgen_out, &mut sql_in).await
+            }
+            .await;
+            if pumped.is_err() {
+                // psql stopped (its stderr says why): stop the generator too, or it would
+                // wait forever for us to read its output.
+                let _ = sqlgen.start_kill();
+            }
+            pumped
+        };
+        let (fed, pumped) = tokio::join!(fed, pump);
+        let generated = wait_child("pg_restore", sqlgen, sqlgen_err).await;
+        let ok = fed.is_ok() && pumped.is_ok() && generated.is_ok();
+        if ok {
+            let mut after = String::new();
+            // Reverse order: foreign keys, then views, shallowest first.
+            for d in dependents.iter().rev() {
+                after.push_str(&d.add);
+                after.push('\n');
+            }
+            after.push_str("COMMIT;\n");
+            // A failed write shows in psql's exit status below.
+            let _ = sql_in.write_all(after.as_bytes()).await;
+        }
+        // Without COMMIT, psql's end of input rolls the transaction back.
+        drop(sql_in);
+        let applied = wait_child("psql", psql, sql_err).await;
+        if let Err(e) = applied {
+            return Err(with_hint(e, opts.clean));
+        }
+        generated.map_err(|e| with_hint(e, opts.clean))?;
+        if let Err(e) = fed {
+            return Err(SourceError::io("reading the backup", e));
+        }
+        if let Err(e) = pumped {
+            return Err(SourceError::io("feeding psql", e));
+        }
+        Ok(())
+    }
+
+    /// Run one query with psql and return its rows, fields split on U+001F.
+    async fn query(&self, url: &DbUrl, sql: &[&str]) -> Result<Vec<Vec<String>>, SourceError> {
+        let mut cmd = self.command("psql", url);
+        // Unit and record separators: values (a view's definition) may hold newlines.
+        cmd.args(["-X", "-q", "-A", "-t", "-F", "\u{1f}", "-R", "\u{1e}"])
+            .args(["-v", "ON_ERROR_STOP=1", "--dbname"])
+            .arg(url.conninfo());
+        for s in sql {
+            cmd.arg("-c").arg(s);
+        }
+        let out = cmd.output().await.map_err(|e| self.spawn_err("psql", e))?;
+        if !out.status.success() {
+            return Err(SourceError::Failed {
+                tool: "psql".to_string(),
+                status: super::describe_status(out.status),
+                stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+            });
+        }
+        Ok(String::from_utf8_lossy(&out.stdout)
+            .split('\u{1e}')
+            .map(|l| l.trim_end_matches('\n'))
+            .filter(|l| !l.is_empty())
+            .map(|l| l.split('\u{1f}').map(str::to_string).collect())
+            .collect())
+    }
+
+    /// Which of `needs` the target lacks.
+    async fn missing_in(
+        &self,
+        url: &DbUrl,
+        needs: &[toc::Needed],
+    ) -> Result<Vec<toc::Needed>, SourceError> {
+        let checks: Vec<String> = needs
+            .iter()
+            .enumerate()
+            .map(|(i, n)| {
+                let present = match n.desc.as_str() {
+                    "SEQUENCE" | "TABLE" => format!("to_regclass({}) is not null", sql_literal(&n.qualified())),
+                    "TYPE" | "DOMAIN" => {
+                        format!("to_regtype({}) is not null", sql_literal(&n.qualified()))
                     }
+                    _ => format!(
+                        "exists (select 1 from pg_catalog.pg_proc p join pg_catalog.pg_namespace s on s.oid = p.pronamespace where s.nspname = {} and p.proname = {})",
+                        sql_literal(&n.schema),
+                        sql_literal(&n.name)
+                    ),
+                };
+                format!("({i}, {present})")
+            })
+            .collect();
+        let sql = format!(
+            "select i from (values {}) as x(i, present) where not present",
+            checks.join(", ")
+        );
+        let rows = self.query(url, &[&sql]).await?;
+        Ok(rows
+            .iter()
+            .filter_map(|r| r.first()?.parse::<usize>().ok())
+            .filter_map(|i| needs.get(i).cloned())
+            .collect())
+    }
+
+    /// What in the target depends on `tables` and would block replacing them: foreign keys
+    /// of other tables pointing at them, and views over them.
+    async fn dependents(
+        &self,
+        url: &DbUrl,
+        tables: &[String],
+    ) -> Result<Vec<Dependent>, SourceError> {
+        let oids = format!(
+            "array[{}]::pg_catalog.oid[]",
+            tables
+                .iter()
+                .map(|t| format!("pg_catalog.to_regclass({})", sql_literal(t)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        // With an empty search_path every name comes out schema-qualified, as the restore
+        // session (pg_dump's SQL sets the same) needs them.
+        let sql = format!(
+            "select format('ALTER TABLE %s DROP CONSTRAINT %I;', c.conrelid::regclass, c.conname), \
+                    format('ALTER TABLE %s ADD CONSTRAINT %I %s;', c.conrelid::regclass, c.conname, pg_catalog.pg_get_constraintdef(c.oid)), \
+                    format('%s on %s', c.conname, c.conrelid::regclass) \
+             from pg_catalog.pg_constraint c \
+             where c.contype = 'f' and c.confrelid = any ({oids}) and not (c.conrelid = any ({oids})) \
+             order by 3"
+        );
+        // Views over them (and views over those) would block the DROP TABLE: dropped first,
+        // deepest first, and re-created from their live definition with owner and grants.
+        let views = format!(
+            "with recursive deps(oid, depth) as ( \
+               select r.ev_class, 1 \
+               from pg_catalog.pg_depend d join pg_catalog.pg_rewrite r on r.oid = d.objid \
+               where d.classid = 'pg_catalog.pg_rewrite'::pg_catalog.regclass \
+                 and d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass \
+                 and d.refobjid = any ({oids}) and not (r.ev_class = any ({oids})) \
+               union \
+               select r.ev_class, deps.depth + 1 \
+               from deps join pg_catalog.pg_depend d on d.refobjid = deps.oid \
+                 and d.classid = 'pg_catalog.pg_rewrite'::pg_catalog.regclass \
+                 and d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass \
+               join pg_catalog.pg_rewrite r on r.oid = d.objid \
+               where r.ev_class <> deps.oid and deps.depth < 32 \
+             ), v as (select oid, max(depth) as depth from deps group by oid) \
+             select format('DROP VIEW %s;', c.oid::pg_catalog.regclass), \
+                    format('CREATE VIEW %s AS %s ALTER VIEW %s OWNER TO %I;', c.oid::pg_catalog.regclass, \
+                           pg_catalog.pg_get_viewdef(c.oid), c.oid::pg_catalog.regclass, \
+                           pg_catalog.pg_get_userbyid(c.relowner)) \
+                    || coalesce((select pg_catalog.string_agg(format(' GRANT %s ON %s TO %s;', \
+                           a.privilege_type, c.oid::pg_catalog.regclass, \
+                           case when a.grantee = 0 then 'PUBLIC' \
+                                else pg_catalog.quote_ident(pg_catalog.pg_get_userbyid(a.grantee)) end), '') \
+                         from pg_catalog.aclexplode(c.relacl) a where a.grantee <> c.relowner), ''), \
+                    format('view %s', c.oid::pg_catalog.regclass) \
+             from v join pg_catalog.pg_class c on c.oid = v.oid \
+             where c.relkind = 'v' \
+             order by v.depth desc, 3"
+        );
+        let mut out = Vec::new();
+        for sql in [views, sql] {
+            let rows = self.query(url, &["set search_path = ''", &sql]).await?;
+            out.extend(
+                rows.into_iter()
+                    .filter_map(|r| match <[String; 3]>::try_from(r) {
+                        Ok([drop, add, label]) => Some(Dependent { drop, add, label }),
+                        Err(_) => None,
+                    }),
+            );
+        }
+        Ok(out)
+    }
+
+    /// After restoring tables: add back the archive's foreign keys of other tables that point
+    /// at them, where that table exists and lacks the key (a `DROP TABLE … CASCADE` removed
+    /// it). Each on its own: the restored tables stay whatever happens. Returns the keys
+    /// added and, for each that could not be, the reason and the statement.
+    async fn readd_foreign_keys(
+        &self,
+        url: &DbUrl,
+        fks: &[toc::ForeignKey],
+    ) -> Result<(Vec<String>, Vec<String>), SourceError> {
+        let (mut added, mut failed) = (Vec::new(), Vec::new());
+        if fks.is_empty() {
+            return Ok((added, failed));
+        }
+        let live = self.tables_in(url).await?;
+        let existing = self
+            .query(
+                url,
+                &["select n.nspname, r.relname, c.conname from pg_catalog.pg_constraint c \
+                   join pg_catalog.pg_class r on r.oid = c.conrelid \
+                   join pg_catalog.pg_namespace n on n.oid = r.relnamespace where c.contype = 'f'"],
+            )
+            .await?;
+        for fk in fks {
+            let table_there = live.contains(&format!("{}.{}", fk.schema, fk.table_name));
+            let key_there = existing
+                .iter()
+                .any(|r| r[..] == [fk.schema.clone(), fk.table_name.clone(), fk.name.clone()]);
+            if !table_there || key_there {
+                continue;
+            }
+            let label = format!("{} on {}", fk.name, fk.table);
+            match self.query(url, &[&fk.sql]).await {
+                Ok(_) => added.push(label),
+                Err(SourceError::Failed { stderr, .. }) => {
+                    let why = stderr
+                        .lines()
+                        .find(|l| l.contains("ERROR:"))
+                        .unwrap_or(stderr.as_str())
+                        .trim()
+                        .to_string();
+                    failed.push(format!("- {label}: {why}\n  {}", fk.sql.replace('\n', " ")));
                 }
-                other => other,
-            })?;
-        Ok(lines)
+                Err(e) => return Err(e),
+            }
+        }
+        Ok((added, failed))
+    }
+}
+
+fn with_hint(e: SourceError, clean: bool) -> SourceError {
+    match e {
+        SourceError::Failed {
+            tool,
+            status,
+            stderr,
+        } => {
+            let hint = restore_hint(&stderr, clean);
+            SourceError::Failed {
+                tool,
+                status,
+                stderr: format!("{stderr}{hint}"),
+            }
+        }
+        other => other,
     }
 }

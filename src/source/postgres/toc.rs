@@ -202,6 +202,9 @@ pub struct Selection {
     pub include: Vec<TableName>,
     /// Never restore these tables nor objects that belong to them (applied after include).
     pub exclude: Vec<TableName>,
+    /// With an include list: objects of no table (sequences, types, functions) to restore
+    /// too, because the target lacks them (from [`Filtered::needs`]).
+    pub bring: Vec<Needed>,
 }
 
 impl Selection {
@@ -229,6 +232,52 @@ pub struct Filtered {
     /// restored: an FK to a table, a partition attached to a table, a view over a table or
     /// over such a view. As `<DESC> <schema> <tag> (needs <schema.relation>)`, in list order.
     pub dropped: Vec<String>,
+    /// With an include list: foreign keys of tables that are not restored which reference a
+    /// restored table. They belong to their own table, so they are not in the list; after a
+    /// table was dropped with CASCADE they are gone from the target too, and are re-added
+    /// once the table is back.
+    pub referencing: Vec<ForeignKey>,
+    /// With an include list: objects that belong to no restored table but that the restored
+    /// entries use (a sequence in a DEFAULT, a column's type or domain, a function called by
+    /// a default, check or trigger). The target must have them, or they come along through
+    /// [`Selection::bring`].
+    pub needs: Vec<Needed>,
+}
+
+/// An object of the archive that belongs to no table: a standalone sequence, a type or
+/// domain, or a function (every overload of the name).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Needed {
+    /// The archive's DESC: "SEQUENCE", "TYPE", "DOMAIN" or "FUNCTION".
+    pub desc: String,
+    pub schema: String,
+    pub name: String,
+}
+
+impl Needed {
+    /// As SQL names it, for messages and catalog lookups: `billing.invoice_no_seq`.
+    pub fn qualified(&self) -> String {
+        display_rel(&self.schema, &self.name)
+    }
+}
+
+impl fmt::Display for Needed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}", self.desc.to_lowercase(), self.qualified())
+    }
+}
+
+/// A foreign key constraint as the archive defines it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ForeignKey {
+    /// The referencing table, "schema.table" as in [`Filtered::tables`].
+    pub table: String,
+    pub schema: String,
+    pub table_name: String,
+    pub name: String,
+    /// The archive's statement (`ALTER TABLE ONLY … ADD CONSTRAINT … FOREIGN KEY …;`),
+    /// schema-qualified as pg_dump writes it.
+    pub sql: String,
 }
 
 /// Filters the TOC `list` (`pg_restore -l`) by `sel`, using the archive's schema-only SQL
@@ -286,6 +335,15 @@ pub fn filter(list: &str, schema_sql: &str, sel: &Selection) -> Filtered {
         }
     }
 
+    let (referencing, needs) = if sel.include.is_empty() {
+        (Vec::new(), Vec::new())
+    } else {
+        (
+            model.referencing(&keep, schema_sql),
+            model.needs(&keep, schema_sql),
+        )
+    };
+
     let mut unmatched: Vec<String> = Vec::new();
     for pattern in sel.include.iter().chain(&sel.exclude) {
         let hit = model
@@ -303,7 +361,42 @@ pub fn filter(list: &str, schema_sql: &str, sel: &Selection) -> Filtered {
         skipped,
         unmatched,
         dropped,
+        referencing,
+        needs,
     }
+}
+
+/// The statement under the schema SQL's header `-- Name: <tag>; Type: <desc>; Schema:
+/// <schema>; …`, trimmed; `None` when the archive has no such entry.
+fn section_text(sql: &str, desc: &str, schema: &str, tag: &str) -> Option<String> {
+    let header = format!("-- Name: {tag}; Type: {desc}; Schema: {schema};");
+    let at = sql.find(&header)?;
+    let rest = &sql[at + header.len()..];
+    // The header block ends with a line "--"; the statement runs to the next block.
+    let body_start = rest.find("\n--\n")? + 4;
+    let body = &rest[body_start..];
+    let end = body.find("\n--\n").unwrap_or(body.len());
+    Some(body[..end].trim().to_string())
+}
+
+/// Sequences named by `nextval('schema.seq'::regclass)` in a statement's text.
+fn nextval_names(text: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut rest = text;
+    while let Some(at) = rest.find("nextval('") {
+        rest = &rest[at + "nextval('".len()..];
+        let Some(end) = rest.find('\'') else { break };
+        let name = rest[..end].replace("''", "'");
+        if let Ok(TableName {
+            schema: Some(schema),
+            name,
+        }) = TableName::parse(&name)
+        {
+            out.push((schema, name));
+        }
+        rest = &rest[end..];
+    }
+    out
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -778,6 +871,7 @@ struct Model<'a> {
     state: Vec<State>,
     /// Why an entry that would otherwise be kept is dropped.
     blocked: Vec<Option<Key>>,
+    bring: Vec<Needed>,
 }
 
 impl<'a> Model<'a> {
@@ -793,6 +887,7 @@ impl<'a> Model<'a> {
             include_all: sel.include.is_empty(),
             state: vec![State::Unknown; n],
             blocked: vec![None; n],
+            bring: sel.bring.clone(),
         };
         model.collect_relations(sel);
         for i in 0..n {
@@ -1105,10 +1200,14 @@ impl<'a> Model<'a> {
         self.state[i] = State::Busy;
         let base = match self.belongs[i].clone() {
             Belongs::Header => true,
-            Belongs::Nothing => self.include_all,
+            Belongs::Nothing => self.include_all || self.brought(i),
             Belongs::Rel(key) => {
                 let anchor = self.anchor(&key);
+                let brought = self.bring.iter().any(|b| {
+                    b.desc == "SEQUENCE" && b.schema == anchor.0 && b.name == anchor.1
+                });
                 match self.rel(&anchor).map(|r| (r.kind, r.def, r.wanted)) {
+                    Some((Kind::Sequence, _, _)) if brought => true,
                     Some((_, Some(def), _)) if def != i => self.keep(def),
                     Some((Kind::Table, _, wanted)) => wanted,
                     _ => self.include_all,
@@ -1126,6 +1225,133 @@ impl<'a> Model<'a> {
         };
         self.state[i] = if keep { State::Keep } else { State::Drop };
         keep
+    }
+
+    /// Whether entry `i` (of no table) defines an object of [`Selection::bring`].
+    fn brought(&self, i: usize) -> bool {
+        let e = &self.entries[i];
+        self.bring
+            .iter()
+            .any(|b| b.desc == e.desc && b.schema == e.schema && object_name(e) == b.name)
+    }
+
+    /// Whether `key`'s fate is that of a table the selection restores.
+    fn restored_table(&self, key: &Key) -> bool {
+        let anchor = self.anchor(key);
+        self.rel(&anchor)
+            .is_some_and(|r| r.kind == Kind::Table && r.wanted)
+    }
+
+    /// See [`Filtered::referencing`].
+    fn referencing(&self, keep: &[bool], schema_sql: &str) -> Vec<ForeignKey> {
+        let mut out = Vec::new();
+        for (i, e) in self.entries.iter().enumerate() {
+            if e.desc != "FK CONSTRAINT" || keep[i] {
+                continue;
+            }
+            let Belongs::Rel(own) = &self.belongs[i] else {
+                continue;
+            };
+            let owner = self.anchor(own);
+            if self.restored_table(&owner)
+                || !self.refs[i].iter().any(|r| self.restored_table(r))
+            {
+                continue;
+            }
+            let name = e
+                .tag
+                .strip_prefix(owner.1.as_str())
+                .and_then(|t| t.strip_prefix(' '))
+                .unwrap_or(e.tag);
+            if let Some(sql) = section_text(schema_sql, e.desc, e.schema, e.tag) {
+                out.push(ForeignKey {
+                    table: display_rel(&owner.0, &owner.1),
+                    schema: owner.0.clone(),
+                    table_name: owner.1.clone(),
+                    name: name.to_string(),
+                    sql,
+                });
+            }
+        }
+        out
+    }
+
+    /// See [`Filtered::needs`].
+    fn needs(&self, keep: &[bool], schema_sql: &str) -> Vec<Needed> {
+        let defines = |desc: &[&str], schema: &str, name: &str| {
+            self.entries
+                .iter()
+                .find(|e| desc.contains(&e.desc) && e.schema == schema && object_name(e) == name)
+                .map(|e| e.desc.to_string())
+        };
+        let mut out: Vec<Needed> = Vec::new();
+        let mut add = |n: Needed| {
+            if !out.contains(&n) {
+                out.push(n);
+            }
+        };
+        let sequence = |key: &Key| {
+            self.rel(key).is_some_and(|r| r.kind == Kind::Sequence) && !self.restored_table(key)
+        };
+        for (i, e) in self.entries.iter().enumerate() {
+            let Belongs::Rel(own) = &self.belongs[i] else {
+                continue;
+            };
+            if !keep[i] || !self.restored_table(own) {
+                continue;
+            }
+            let toks = self.stmt[i];
+            let mut at = 0;
+            while at < toks.len() {
+                let Some((parts, next)) = qualified_name(toks, at) else {
+                    at += 1;
+                    continue;
+                };
+                if let [schema, name] = parts.as_slice() {
+                    let key = (schema.clone(), name.clone());
+                    let references = at > 0 && is_kw(toks.get(at - 1), "REFERENCES");
+                    let call = toks.get(next) == Some(&Tok::Punct('(')) && !references;
+                    let found = if references {
+                        // A foreign key to a table the selection does not restore: it must
+                        // be in the target (tables are never brought along: rows are data).
+                        (self.rel(&key).is_some_and(|r| r.kind == Kind::Table)
+                            && !self.restored_table(&key))
+                        .then(|| "TABLE".to_string())
+                    } else if call {
+                        defines(&["FUNCTION"], schema, name)
+                    } else if self.rel(&key).is_none() {
+                        defines(&["TYPE", "DOMAIN"], schema, name)
+                    } else if sequence(&key) {
+                        Some("SEQUENCE".to_string())
+                    } else {
+                        None
+                    };
+                    if let Some(desc) = found {
+                        add(Needed {
+                            desc,
+                            schema: schema.clone(),
+                            name: name.clone(),
+                        });
+                    }
+                }
+                at = next;
+            }
+            // A sequence in a default is a string literal: `nextval('s'::regclass)`.
+            if matches!(e.desc, "TABLE" | "DEFAULT")
+                && let Some(text) = section_text(schema_sql, e.desc, e.schema, e.tag)
+            {
+                for key in nextval_names(&text) {
+                    if sequence(&key) {
+                        add(Needed {
+                            desc: "SEQUENCE".to_string(),
+                            schema: key.0,
+                            name: key.1,
+                        });
+                    }
+                }
+            }
+        }
+        out
     }
 
     /// Whether statements may rely on relation `key` existing after the restore: with an
@@ -1146,6 +1372,14 @@ impl<'a> Model<'a> {
             Some((_, Some(def), _)) => self.keep(def),
             _ => true,
         }
+    }
+}
+
+/// The object an entry of no table defines: its tag, without a function's argument list.
+fn object_name<'e>(e: &Entry<'e>) -> &'e str {
+    match e.desc {
+        "FUNCTION" | "PROCEDURE" | "AGGREGATE" => e.tag.split('(').next().unwrap_or(e.tag),
+        _ => e.tag,
     }
 }
 
@@ -1182,6 +1416,7 @@ mod tests {
         Selection {
             include: parse(include),
             exclude: parse(exclude),
+            bring: Vec::new(),
         }
     }
 
@@ -1510,6 +1745,122 @@ mod tests {
         assert!(ids(&f.list, true).contains(&3397));
         assert!(f.dropped.is_empty());
         assert_eq!(f.tables, ["public.orders", "public.users"]);
+    }
+
+    fn fks(f: &Filtered) -> Vec<(&str, &str)> {
+        f.referencing
+            .iter()
+            .map(|k| (k.table.as_str(), k.name.as_str()))
+            .collect()
+    }
+
+    fn needed(f: &Filtered) -> Vec<String> {
+        f.needs
+            .iter()
+            .map(|n| format!("{} {}", n.desc, n.qualified()))
+            .collect()
+    }
+
+    #[test]
+    fn restoring_a_referenced_table_names_the_foreign_keys_pointing_at_it() {
+        let f = run(&["users"], &[]);
+        assert_eq!(
+            fks(&f),
+            [
+                ("public.events", "events_user_id_fkey"),
+                ("public.orders", "orders_user_id_fkey")
+            ]
+        );
+        // The statement to re-add it is pg_dump's own, from the archive's schema.
+        assert_eq!(
+            f.referencing[1].sql,
+            "ALTER TABLE ONLY public.orders\n    ADD CONSTRAINT orders_user_id_fkey FOREIGN KEY (user_id) REFERENCES public.users(id);"
+        );
+        assert_eq!(
+            (f.referencing[1].schema.as_str(), f.referencing[1].table_name.as_str()),
+            ("public", "orders")
+        );
+
+        let f = run(&["orders"], &[]);
+        assert_eq!(
+            fks(&f),
+            [
+                ("billing.invoices", "invoices_order_id_fkey"),
+                ("public.\"Mixed Case\"", "Mixed Case_order_id_fkey")
+            ]
+        );
+        // Restored together, the FK between them is part of the restore, not re-added.
+        let f = run(&["orders", "billing.invoices"], &[]);
+        assert_eq!(
+            fks(&f),
+            [("public.\"Mixed Case\"", "Mixed Case_order_id_fkey")]
+        );
+        // A table nothing references.
+        assert!(run(&["billing.invoices"], &[]).referencing.is_empty());
+        // A whole restore re-adds nothing by hand.
+        assert!(run(&[], &[]).referencing.is_empty());
+    }
+
+    #[test]
+    fn names_the_sequences_types_and_functions_a_table_uses() {
+        // `number integer DEFAULT nextval('billing.invoice_no_seq'::regclass)`: a sequence
+        // not owned by the table, so not restored with it.
+        // Its foreign key to orders: the target must have that table (it is not brought).
+        assert_eq!(
+            needed(&run(&["billing.invoices"], &[])),
+            ["SEQUENCE billing.invoice_no_seq", "TABLE public.orders"]
+        );
+        // `status public.order_status`, a trigger calling touch_updated_at(), an FK to users.
+        assert_eq!(
+            needed(&run(&["orders"], &[])),
+            [
+                "TYPE public.order_status",
+                "FUNCTION public.touch_updated_at",
+                "TABLE public.users"
+            ]
+        );
+        // Restored together, orders is no longer a need of invoices.
+        assert!(
+            !needed(&run(&["orders", "billing.invoices"], &[]))
+                .contains(&"TABLE public.orders".to_string())
+        );
+        // Its own identity/serial sequence is not a need: it comes with the table.
+        assert!(needed(&run(&["users"], &[])).is_empty());
+    }
+
+    #[test]
+    fn brought_objects_are_restored_with_the_table() {
+        let mut s = sel(&["billing.invoices"], &[]);
+        assert!(!ids(&filter(LIST, SQL, &s).list, true).contains(&220));
+        s.bring = vec![Needed {
+            desc: "SEQUENCE".into(),
+            schema: "billing".into(),
+            name: "invoice_no_seq".into(),
+        }];
+        let f = filter(LIST, SQL, &s);
+        let kept = ids(&f.list, true);
+        // The sequence and its current value.
+        assert!(kept.contains(&220), "{kept:?}");
+        assert!(kept.contains(&3592), "{kept:?}");
+        // Other sequences are still left out.
+        assert!(!kept.contains(&225), "{kept:?}");
+        assert_eq!(f.tables, ["billing.invoices"]);
+
+        let mut s = sel(&["orders"], &[]);
+        s.bring = vec![
+            Needed {
+                desc: "TYPE".into(),
+                schema: "public".into(),
+                name: "order_status".into(),
+            },
+            Needed {
+                desc: "FUNCTION".into(),
+                schema: "public".into(),
+                name: "touch_updated_at".into(),
+            },
+        ];
+        let kept = ids(&filter(LIST, SQL, &s).list, true);
+        assert!(kept.contains(&907) && kept.contains(&281), "{kept:?}");
     }
 
     #[test]
