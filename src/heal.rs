@@ -417,6 +417,8 @@ fn one_line(text: &str) -> String {
 /// is skipped.
 async fn candidates(config: &Config, job: &Job, source: &str, n: usize) -> Vec<Candidate> {
     let mut stores = storage::open_job(config, job).await;
+    // An archive tier needs a retrieval (hours) before a restore: not a source for healing.
+    stores.retain(|s| restore::archive_class(config, s.name).is_none());
     // Stable: the job's order among local ones and among the others.
     stores.sort_by_key(|s| !matches!(s.destination.kind, DestinationKind::Local(_)));
     let mut ids: Vec<(manifest::Published, Vec<usize>)> = Vec::new();

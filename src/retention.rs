@@ -244,6 +244,44 @@ pub fn apply(
     decisions
 }
 
+/// About how far back `policy` keeps backups made every `gap`: the age of the oldest
+/// backup its rules would keep once enough backups exist. None: forever (keep all, or a
+/// `max_age` too large to represent).
+pub fn horizon(policy: &RetentionPolicy, gap: TimeDelta) -> Option<TimeDelta> {
+    if policy.is_keep_all() {
+        return None;
+    }
+    let times = |n: Option<u32>, period: TimeDelta| -> TimeDelta {
+        n.map(|n| period.max(gap) * i32::try_from(n).unwrap_or(i32::MAX))
+            .unwrap_or_default()
+    };
+    let rules = [
+        times(policy.keep_last, gap),
+        times(policy.keep_hourly, TimeDelta::hours(1)),
+        times(policy.keep_daily, TimeDelta::days(1)),
+        times(policy.keep_weekly, TimeDelta::weeks(1)),
+        times(policy.keep_monthly, TimeDelta::days(30)),
+        times(policy.keep_yearly, TimeDelta::days(365)),
+    ];
+    let age = match policy.max_age {
+        Some(a) => Some(TimeDelta::from_std(a).ok()?),
+        None => None,
+    };
+    rules.into_iter().chain(age).max()
+}
+
+/// Keep (reason `"min_storage"`) every backup that `decisions` would remove and that is
+/// younger than `min` at `now`: archive storage classes bill a minimum storage duration, so
+/// deleting earlier saves nothing and loses a backup. Pure, like [`apply`].
+pub fn hold_minimum(decisions: &mut [Decision], min: TimeDelta, now: DateTime<Utc>) {
+    for d in decisions.iter_mut().filter(|d| !d.keep) {
+        if now.signed_duration_since(d.time) < min {
+            d.keep = true;
+            d.reasons.push("min_storage");
+        }
+    }
+}
+
 /// Counts beyond the number of backups behave identically, so saturating on
 /// (hypothetical) 16-bit targets cannot change a decision.
 fn to_usize(n: u32) -> usize {
@@ -280,6 +318,91 @@ mod tests {
 
     fn set(ids: &[&str]) -> BTreeSet<String> {
         ids.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn minimum_storage_duration_holds_young_backups() {
+        // Daily backups for 200 days before NOW, keep_last = 3, on a 180-day class.
+        let list: Vec<(String, DateTime<Utc>)> = (0..200)
+            .map(|d| (format!("b{d:03}"), now() - TimeDelta::days(d)))
+            .collect();
+        let policy = RetentionPolicy {
+            keep_last: Some(3),
+            ..RetentionPolicy::default()
+        };
+        let table = [
+            // (minimum days, backups kept)
+            (0, 3),
+            (30, 30),
+            (90, 90),
+            (180, 180),
+        ];
+        for (days, n) in table {
+            let mut ds = apply(&list, &policy, UTC, now());
+            hold_minimum(&mut ds, TimeDelta::days(days), now());
+            assert_eq!(ds.iter().filter(|d| d.keep).count(), n, "{days} days");
+            // The oldest held one is just younger than the minimum; the rules' reasons
+            // stay as they were.
+            let held: Vec<&Decision> = ds.iter().filter(|d| d.reasons == ["min_storage"]).collect();
+            assert_eq!(held.len(), n.saturating_sub(3), "{days} days");
+            assert!(held.iter().all(|d| now() - d.time < TimeDelta::days(days)));
+            assert_eq!(ds[0].reasons, ["last"]);
+        }
+        // Exactly at the minimum a backup may go; one second younger it stays.
+        let edge = backups(&[
+            ("new", NOW),
+            ("at", "2025-03-17T12:00:00Z"),
+            ("under", "2025-03-17T12:00:01Z"),
+        ]);
+        let mut ds = apply(&edge, &policy_last(1), UTC, now());
+        hold_minimum(&mut ds, TimeDelta::days(90), now());
+        assert_eq!(kept(&ds), set(&["new", "under"]));
+    }
+
+    #[test]
+    fn horizons() {
+        let day = TimeDelta::days(1);
+        let p = |f: fn(&mut RetentionPolicy)| {
+            let mut p = RetentionPolicy::default();
+            f(&mut p);
+            p
+        };
+        let table: [(RetentionPolicy, TimeDelta, Option<TimeDelta>); 8] = [
+            (RetentionPolicy::default(), day, None),
+            (policy_last(5), day, Some(day * 5)),
+            (
+                policy_last(5),
+                TimeDelta::hours(1),
+                Some(TimeDelta::hours(5)),
+            ),
+            (p(|p| p.keep_daily = Some(7)), day, Some(day * 7)),
+            // Weekly backups under keep_daily = 7: seven of them, seven weeks.
+            (p(|p| p.keep_daily = Some(7)), day * 7, Some(day * 49)),
+            (
+                p(|p| {
+                    p.keep_daily = Some(7);
+                    p.keep_monthly = Some(6);
+                }),
+                day,
+                Some(day * 180),
+            ),
+            (p(|p| p.keep_yearly = Some(2)), day, Some(day * 730)),
+            (
+                p(|p| p.max_age = Some(Duration::from_secs(100 * 86_400))),
+                day,
+                Some(day * 100),
+            ),
+        ];
+        for (policy, gap, want) in table {
+            assert_eq!(horizon(&policy, gap), want, "{}", policy.describe());
+        }
+    }
+
+    fn policy_last(n: u32) -> RetentionPolicy {
+        RetentionPolicy {
+            keep_last: Some(n),
+            ..RetentionPolicy::default()
+        }
     }
 
     fn reasons_of<'a>(ds: &'a [Decision], id: &str) -> &'a [&'static str] {

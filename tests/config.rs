@@ -96,6 +96,42 @@ fn files_before_database_is_a_warning() {
     );
 }
 
+/// A retention rule that deletes backups younger than the storage class bills for is a
+/// warning naming both and the usual pattern; a rule that keeps them long enough is not.
+#[test]
+fn retention_shorter_than_the_minimum_storage_duration_is_a_warning() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("stowage.toml");
+    let with = |class: &str, retention: &str, extra: &str| {
+        let text = BASE.replace(
+            "destinations = [\"local\"]",
+            "destinations = [\"local\", \"cold\"]",
+        ) + &format!(
+            "\n[destinations.cold]\ntype = \"s3\"\nbucket = \"archive\"\nstorage_class = \"{class}\"\nretention = {retention}\n{extra}"
+        );
+        std::fs::write(&path, text).expect("write");
+        config::load_with_env(&path, false)
+            .expect("valid, maybe with a warning")
+            .warnings
+    };
+    let w = with("DEEP_ARCHIVE", "{ keep_daily = 7 }", "");
+    assert_eq!(
+        w,
+        [
+            "destinations.cold: DEEP_ARCHIVE bills every object for at least 180 days, but retention (keep_daily=7) keeps backups only about 7 days: they are kept 180 days instead (early_delete = true deletes them earlier and still pays for 180 days). The usual pattern: recent backups on a local or STANDARD destination, monthly ones in the archive tier with their own retention, e.g. retention = { keep_monthly = 12 }"
+        ]
+    );
+    let w = with("GLACIER", "{ keep_last = 30 }", "early_delete = true\n");
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert!(
+        w[0].contains("keeps backups only about 30 days: early_delete = true deletes them earlier, and each is still billed for 90 days"),
+        "{w:?}"
+    );
+    assert!(with("DEEP_ARCHIVE", "{ keep_monthly = 12 }", "").is_empty());
+    assert!(with("STANDARD_IA", "{ keep_daily = 30 }", "").is_empty());
+    assert!(with("STANDARD", "{ keep_last = 1 }", "").is_empty());
+}
+
 const FILES: &str = "\n[[jobs.app.sources]]\ntype = \"files\"\nname = \"media\"\n";
 
 const BASE: &str = r#"
@@ -225,6 +261,15 @@ fn cases() -> Vec<Case> {
         case("heal with two database sources and no source", format!("{BASE}\n[[jobs.app.sources]]\ntype = \"mariadb\"\nname = \"shop\"\nurl = \"mysql://root@shop-db:3306/shop\"\n\n[jobs.app.heal]\nwatch = [\"orders\"]\n")),
         case("heal of a redis source", format!("{BASE}\n[[jobs.app.sources]]\ntype = \"redis\"\nname = \"cache\"\nurl = \"redis://cache:6379\"\n\n[jobs.app.heal]\nsource = \"cache\"\nwatch = [\"orders\"]\n")),
         case("misspelt heal key", format!("{BASE}\n[jobs.app.heal]\nwatched = [\"orders\"]\n")),
+        case(
+            "archive retrieval problems",
+            format!(
+                "{BASE}\n[destinations.cold]\ntype = \"s3\"\nbucket = \"archive\"\nstorage_class = \"DEEP_ARCHIVE\"\nretrieval = {{ days = 0, tier = \"Expedited\" }}\n\n\
+                 [destinations.ir]\ntype = \"s3\"\nbucket = \"archive\"\nstorage_class = \"GLACIER_IR\"\nretrieval = {{ tier = \"Fast\" }}\n"
+            ),
+        ),
+        case("retrieval on a local destination", BASE.replace("type = \"local\"", "type = \"local\"\nretrieval = { days = 3 }\nearly_delete = true")),
+        case("unknown retrieval key", format!("{BASE}\n[destinations.cold]\ntype = \"s3\"\nbucket = \"archive\"\nstorage_class = \"GLACIER\"\nretrieval = {{ day = 3 }}\n")),
         case("toml syntax error", BASE.replace("schedule = \"0 3 * * *\"", "schedule = \"0 3 * * *")),
         Case {
             name: "yaml unknown key",

@@ -57,6 +57,25 @@ pub fn summary(config: &Config, now: chrono::DateTime<Utc>) -> String {
                 }
                 if let Some(c) = &s.storage_class {
                     let _ = write!(t, ", class {c}");
+                    if c.needs_retrieval() {
+                        let _ = write!(
+                            t,
+                            " (retrieval: {} tier, {} days)",
+                            s.retrieval.tier, s.retrieval.days
+                        );
+                    }
+                    if c.min_storage_days() > 0 {
+                        let _ = write!(
+                            t,
+                            ", minimum storage {} days{}",
+                            c.min_storage_days(),
+                            if s.early_delete {
+                                " (early_delete)"
+                            } else {
+                                ""
+                            }
+                        );
+                    }
                 }
                 t.push_str(match &s.credentials {
                     Some(_) => ", credentials from config",

@@ -7,7 +7,9 @@ pub mod heal;
 pub mod health;
 pub mod list;
 pub mod restore;
+pub mod retrieve;
 pub mod run;
+pub mod status;
 
 use std::path::PathBuf;
 
@@ -15,11 +17,13 @@ use clap::{Parser, Subcommand};
 
 /// Exit codes: 0 success, 1 the operation failed, 2 bad config or usage, 3 the daemon's
 /// stop cut work short (a running backup abandoned, nothing of it published; or retention
-/// interrupted after its backup was published).
+/// interrupted after its backup was published), 4 a restore from an archive destination
+/// waits for a retrieval (requested; run it again later).
 pub const EXIT_OK: i32 = 0;
 pub const EXIT_FAILED: i32 = 1;
 pub const EXIT_CONFIG: i32 = 2;
 pub const EXIT_ABANDONED: i32 = 3;
+pub const EXIT_PENDING: i32 = 4;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -106,6 +110,39 @@ pub enum Command {
         /// Print what would be fetched, replaced and moved; change nothing
         #[arg(long)]
         dry_run: bool,
+        /// From an archive destination (GLACIER, DEEP_ARCHIVE): wait for the retrieval,
+        /// then restore (default: request it and exit 4)
+        #[arg(long)]
+        wait: bool,
+        /// Keep the downloaded objects in DIR and read them from there next time, so a
+        /// restore can be repeated without another retrieval
+        #[arg(long, value_name = "DIR")]
+        download_to: Option<PathBuf>,
+    },
+    /// Where a backup on an archive destination stands: how many objects a restore needs
+    /// are exists / available / pending / ready / local
+    Status {
+        /// Job name
+        job: String,
+        /// Backup id (or a unique prefix of one), or "latest"
+        #[arg(default_value = "latest")]
+        id: String,
+        #[command(flatten)]
+        scope: Scope,
+        /// List every object with its state
+        #[arg(long, short)]
+        verbose: bool,
+    },
+    /// Request the retrieval of the objects a restore of this backup needs from an archive
+    /// destination (asking again is harmless)
+    Retrieve {
+        /// Job name
+        job: String,
+        /// Backup id (or a unique prefix of one), or "latest"
+        #[arg(default_value = "latest")]
+        id: String,
+        #[command(flatten)]
+        scope: Scope,
     },
     /// Check the job's watched tables now and restore the missing ones from the newest
     /// backups that hold them ([jobs.NAME.heal]); exit 1 if any could not be restored
@@ -120,6 +157,56 @@ pub enum Command {
     CheckConfig,
     /// Exit 0 when the config is valid and a daemon is running (for HEALTHCHECK)
     Health,
+}
+
+/// Which part of a backup `status` and `retrieve` look at: what the same restore would need.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Scope {
+    /// Destination (default: the first of the job's destinations that has the backup)
+    #[arg(long)]
+    pub from: Option<String>,
+    /// Only this source (repeatable; default: all)
+    #[arg(long, value_name = "SOURCE")]
+    pub only: Vec<String>,
+    /// Where files would be restored (default: the source's path): files already there
+    /// with the backup's content count as "exists" and are never retrieved
+    #[arg(long, value_name = "DIR")]
+    pub files_to: Option<PathBuf>,
+    /// Objects already downloaded here (restore --download-to) count as "local"
+    #[arg(long, value_name = "DIR")]
+    pub download_to: Option<PathBuf>,
+}
+
+impl Scope {
+    /// Load the config, start logging, and run `f` on the survey request; Err is the exit
+    /// code, the error already printed.
+    fn run<T, F, Fut>(&self, path: &std::path::Path, job: &str, id: &str, f: F) -> Result<T, i32>
+    where
+        F: FnOnce(std::sync::Arc<crate::config::Config>, crate::restore::SurveyRequest) -> Fut,
+        Fut: std::future::Future<Output = Result<T, crate::restore::RestoreError>>,
+    {
+        let (config, _guard) = start(path, crate::logging::Console::Stderr)?;
+        let rt = runtime().ok_or(EXIT_FAILED)?;
+        rt.block_on(f(std::sync::Arc::new(config), self.survey(job, id)))
+            .map_err(|e| {
+                eprintln!("error: {e}");
+                match e {
+                    crate::restore::RestoreError::Usage(_) => EXIT_CONFIG,
+                    _ => EXIT_FAILED,
+                }
+            })
+    }
+
+    fn survey(&self, job: &str, id: &str) -> crate::restore::SurveyRequest {
+        crate::restore::SurveyRequest {
+            job: job.to_string(),
+            id: id.to_string(),
+            from: self.from.clone(),
+            only: self.only.clone(),
+            files_to: self.files_to.clone(),
+            download_to: self.download_to.clone(),
+        }
+    }
 }
 
 pub fn run(cli: Cli) -> i32 {
@@ -146,6 +233,8 @@ pub fn run(cli: Cli) -> i32 {
             files_to,
             orphans_to,
             dry_run,
+            wait,
+            download_to,
         } => restore::run(
             &cli.config,
             crate::restore::RestoreRequest {
@@ -162,8 +251,17 @@ pub fn run(cli: Cli) -> i32 {
                 files_to,
                 orphans_to,
                 dry_run,
+                wait,
+                download_to,
             },
         ),
+        Command::Status {
+            job,
+            id,
+            scope,
+            verbose,
+        } => status::run(&cli.config, &job, &id, &scope, verbose),
+        Command::Retrieve { job, id, scope } => retrieve::run(&cli.config, &job, &id, &scope),
     }
 }
 

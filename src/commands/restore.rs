@@ -1,6 +1,6 @@
 use std::path::Path;
 
-use super::{EXIT_CONFIG, EXIT_FAILED, EXIT_OK, runtime, start};
+use super::{EXIT_CONFIG, EXIT_FAILED, EXIT_OK, EXIT_PENDING, runtime, start};
 use crate::logging::Console;
 use crate::restore::{RestoreError, RestoreRequest};
 
@@ -24,6 +24,10 @@ pub fn run(path: &Path, req: RestoreRequest) -> i32 {
                 );
             }
             EXIT_OK
+        }
+        Err(RestoreError::RetrievalPending(why)) => {
+            eprintln!("retrieval pending: {why}");
+            EXIT_PENDING
         }
         Err(e) => {
             eprintln!("error: restore failed: {e}");

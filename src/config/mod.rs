@@ -8,6 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+use chrono::{DateTime, TimeDelta, Utc};
 use chrono_tz::Tz;
 use figment::Figment;
 use figment::providers::{Env, Format, Toml, Yaml};
@@ -19,6 +20,7 @@ use std::sync::Arc;
 use crate::engine::Database;
 use crate::retention::RetentionPolicy;
 use crate::schedule::{Schedule, parse_timezone};
+use crate::storage::class::{Retrieval, RetrievalTier, StorageClass};
 
 /// S3 rejects multipart parts under 5 MiB (except the last one).
 pub const MIN_PART_SIZE: u64 = 5 * 1024 * 1024;
@@ -82,6 +84,28 @@ pub struct Destination {
     pub retention: RetentionPolicy,
 }
 
+impl Destination {
+    /// The storage class of its data objects, for S3 destinations that set one.
+    pub fn storage_class(&self) -> Option<StorageClass> {
+        match &self.kind {
+            DestinationKind::S3(s) => s.storage_class,
+            DestinationKind::Local(_) => None,
+        }
+    }
+
+    /// How young a backup retention must keep whatever its rules say: the class's minimum
+    /// storage duration, unless `early_delete = true`.
+    pub fn min_storage(&self) -> Option<(StorageClass, u32)> {
+        match &self.kind {
+            DestinationKind::S3(s) if !s.early_delete => s
+                .storage_class
+                .filter(|c| c.min_storage_days() > 0)
+                .map(|c| (c, c.min_storage_days())),
+            _ => None,
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub enum DestinationKind {
     Local(LocalConfig),
@@ -101,7 +125,11 @@ pub struct S3Config {
     pub region: Option<String>,
     pub endpoint: Option<String>,
     pub force_path_style: bool,
-    pub storage_class: Option<String>,
+    /// Of data objects (dumps, file blobs); manifests and indexes are always STANDARD.
+    pub storage_class: Option<StorageClass>,
+    pub retrieval: Retrieval,
+    /// Retention may delete a backup younger than the class's minimum storage duration.
+    pub early_delete: bool,
     pub credentials: Option<StaticCredentials>,
     pub part_size: u64,
     pub max_in_flight: usize,
@@ -227,6 +255,57 @@ fn heal_config(
         backups: backups?,
         dry_run: raw.dry_run,
     })
+}
+
+/// Destinations in a class with a minimum storage duration whose retention would delete
+/// backups younger than it: they are kept that long anyway (or, with early_delete, deleted
+/// and billed as if kept), which is rarely what the rule's author meant.
+fn early_delete_warnings(
+    destinations: &BTreeMap<String, Destination>,
+    jobs: &BTreeMap<String, Job>,
+    now: DateTime<Utc>,
+) -> Vec<String> {
+    let mut out = Vec::new();
+    for d in destinations.values() {
+        let Some(class) = d.storage_class() else {
+            continue;
+        };
+        let days = class.min_storage_days();
+        if days == 0 {
+            continue;
+        }
+        // The most frequent job decides how young its oldest kept backup is.
+        let Some(gap) = jobs
+            .values()
+            .filter(|j| j.destinations.contains(&d.name))
+            .filter_map(|j| j.schedule.period(now))
+            .min()
+        else {
+            continue;
+        };
+        let Some(horizon) = crate::retention::horizon(&d.retention, gap) else {
+            continue;
+        };
+        if horizon >= TimeDelta::days(days.into()) {
+            continue;
+        }
+        let then = if d.min_storage().is_some() {
+            format!(
+                "they are kept {days} days instead (early_delete = true deletes them earlier and still pays for {days} days)"
+            )
+        } else {
+            format!(
+                "early_delete = true deletes them earlier, and each is still billed for {days} days"
+            )
+        };
+        out.push(format!(
+            "destinations.{}: {class} bills every object for at least {days} days, but retention ({}) keeps backups only about {} days: {then}. The usual pattern: recent backups on a local or STANDARD destination, monthly ones in the archive tier with their own retention, e.g. retention = {{ keep_monthly = 12 }}",
+            d.name,
+            d.retention.describe(),
+            horizon.num_days().max(1)
+        ));
+    }
+    out
 }
 
 fn healable_kinds() -> String {
@@ -673,17 +752,6 @@ fn retention(raw: raw::RawRetention, key: &str, problems: &mut Vec<String>) -> R
     }
 }
 
-const STORAGE_CLASSES: &[&str] = &[
-    "STANDARD",
-    "REDUCED_REDUNDANCY",
-    "STANDARD_IA",
-    "ONEZONE_IA",
-    "INTELLIGENT_TIERING",
-    "GLACIER",
-    "GLACIER_IR",
-    "DEEP_ARCHIVE",
-];
-
 fn validate(path: &Path, raw: raw::RawConfig) -> Result<Config, Vec<String>> {
     let mut problems = Vec::new();
     let mut warnings = Vec::new();
@@ -755,6 +823,8 @@ fn validate(path: &Path, raw: raw::RawConfig) -> Result<Config, Vec<String>> {
                         ("part_size", d.part_size.is_some()),
                         ("max_in_flight", d.max_in_flight.is_some()),
                         ("checksums", d.checksums.is_some()),
+                        ("retrieval", d.retrieval.is_some()),
+                        ("early_delete", d.early_delete.is_some()),
                     ],
                     &mut problems,
                 );
@@ -1045,6 +1115,7 @@ fn validate(path: &Path, raw: raw::RawConfig) -> Result<Config, Vec<String>> {
         }
     }
 
+    warnings.extend(early_delete_warnings(&destinations, &jobs, Utc::now()));
     if problems.is_empty() {
         Ok(Config {
             path: path.to_path_buf(),
@@ -1311,16 +1382,51 @@ fn validate_s3(key: &str, s: &raw::RawDestination, problems: &mut Vec<String>) -
             )),
         }
     }
-    let storage_class = s.storage_class.as_ref().map(|c| {
-        let upper = c.to_ascii_uppercase();
-        if !STORAGE_CLASSES.contains(&upper.as_str()) {
+    let storage_class = s.storage_class.as_ref().and_then(|c| {
+        let class = StorageClass::parse(c);
+        if class.is_none() {
             problems.push(format!(
                 "{key}.storage_class: unknown storage class \"{c}\"; expected one of: {}",
-                STORAGE_CLASSES.join(", ")
+                StorageClass::ALL.map(StorageClass::as_str).join(", ")
             ));
         }
-        upper
+        class
     });
+    let mut retrieval = Retrieval::default();
+    if let Some(r) = &s.retrieval {
+        match r.days {
+            Some(0) => problems.push(format!(
+                "{key}.retrieval.days: 0 leaves no time to download a retrieved copy; give the days it stays readable, e.g. 3"
+            )),
+            Some(d) => retrieval.days = d,
+            None => {}
+        }
+        if let Some(t) = &r.tier {
+            match RetrievalTier::parse(t) {
+                Some(tier) => retrieval.tier = tier,
+                None => problems.push(format!(
+                    "{key}.retrieval.tier: unknown tier \"{t}\"; expected one of: {}",
+                    RetrievalTier::ALL.map(RetrievalTier::as_str).join(", ")
+                )),
+            }
+        }
+        match storage_class {
+            Some(c) if c.needs_retrieval() => {
+                if retrieval.tier.usual_delay(c).is_none() {
+                    problems.push(format!(
+                        "{key}.retrieval.tier: {c} has no {} retrieval; use \"Standard\" (within 12 hours) or \"Bulk\" (within 48 hours)",
+                        retrieval.tier
+                    ));
+                }
+            }
+            _ => problems.push(format!(
+                "{key}.retrieval: only storage classes GLACIER and DEEP_ARCHIVE need a retrieval{}; remove it",
+                storage_class
+                    .map(|c| format!(" ({c} is read directly)"))
+                    .unwrap_or_default()
+            )),
+        }
+    }
     let credentials = match (&s.access_key_id, &s.secret_access_key_file) {
         (Some(id), Some(file)) => {
             read_secret(file, &format!("{key}.secret_access_key_file"), problems).map(|secret| {
@@ -1380,6 +1486,8 @@ fn validate_s3(key: &str, s: &raw::RawDestination, problems: &mut Vec<String>) -
         endpoint: s.endpoint.clone(),
         force_path_style: s.force_path_style.unwrap_or(false),
         storage_class,
+        retrieval,
+        early_delete: s.early_delete.unwrap_or(false),
         credentials,
         part_size,
         max_in_flight,

@@ -141,6 +141,17 @@ pub struct RawDestination {
     pub max_in_flight: Option<usize>,
     /// Some S3-compatible stores reject the SDK's default request checksums.
     pub checksums: Option<Checksums>,
+    /// Archive classes: how a retrieval is requested.
+    pub retrieval: Option<RawRetrieval>,
+    /// Let retention delete backups younger than the class's minimum storage duration.
+    pub early_delete: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRetrieval {
+    pub days: Option<u32>,
+    pub tier: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]

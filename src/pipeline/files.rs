@@ -353,11 +353,7 @@ async fn upload_small(
     let packed = blobs::compress_bytes(data, ctx.job.compression, ctx.job.compression_level)
         .await
         .map_err(|e| StreamError::Files(e.to_string()))?;
-    let results = join_all(
-        need.iter()
-            .map(|d| d.storage.put_bytes(key, packed.clone())),
-    )
-    .await;
+    let results = join_all(need.iter().map(|d| d.storage.put_data(key, packed.clone()))).await;
     for (d, r) in need.iter().zip(results) {
         if let Err(e) = r {
             d.fail(format!("uploading {key}: {e}"));

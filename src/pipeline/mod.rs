@@ -30,6 +30,7 @@ use crate::config::{Config, Job, SourceConfig};
 use crate::engine::{Database, SourceError};
 use crate::manifest::{self, FORMAT_VERSION, JobListing, Manifest, SourceEntry};
 use crate::retention;
+use crate::storage::class::StorageClass;
 use crate::storage::{self, Chunk, Storage};
 
 const READ_CHUNK: usize = 256 * 1024;
@@ -86,6 +87,8 @@ struct Target {
     name: String,
     storage: Box<dyn Storage>,
     policy: retention::RetentionPolicy,
+    /// The storage class's minimum storage duration (days), unless early_delete.
+    min_storage: Option<(StorageClass, u32)>,
     error: Option<String>,
     /// Whether anything of this run may have been written here (so cleanup is needed).
     touched: bool,
@@ -128,6 +131,7 @@ pub async fn run_job(config: &Config, job: &Job, cancel: CancellationToken) -> R
             name: js.name.to_string(),
             storage: js.storage,
             policy: js.destination.retention.clone(),
+            min_storage: js.destination.min_storage(),
             error: None,
             touched: false,
             locked: false,
@@ -612,7 +616,23 @@ async fn apply_retention(
     }
     let input: Vec<(String, chrono::DateTime<Utc>)> =
         published.iter().map(|p| (p.id.clone(), p.time)).collect();
-    let decisions = retention::apply(&input, &t.policy, job.schedule.tz(), Utc::now());
+    let now = Utc::now();
+    let mut decisions = retention::apply(&input, &t.policy, job.schedule.tz(), now);
+    if let Some((class, days)) = t.min_storage {
+        retention::hold_minimum(&mut decisions, chrono::TimeDelta::days(days.into()), now);
+        let held = decisions
+            .iter()
+            .filter(|d| d.reasons.contains(&"min_storage"))
+            .count();
+        if held > 0 {
+            info!(
+                job = %job.name,
+                destination = %t.name,
+                "retention on {}: keeping {held} backup(s) the rules would remove: younger than {class}'s minimum storage duration of {days} days (early_delete = true deletes them and pays the rest)",
+                t.name
+            );
+        }
+    }
     let mut removed = 0;
     for d in decisions.iter().filter(|d| !d.keep) {
         manifest::delete_backup(t.storage.as_ref(), &listing, &job.name, &d.id).await?;
@@ -629,7 +649,10 @@ async fn apply_retention(
     );
     // Blobs only become garbage when a backup referencing them goes.
     if removed > 0 && job.has_files() {
-        match blobs::sweep(t.storage.as_ref(), &job.name, own_id).await {
+        let min_age = t
+            .min_storage
+            .map(|(_, days)| chrono::TimeDelta::days(days.into()));
+        match blobs::sweep(t.storage.as_ref(), &job.name, own_id, min_age).await {
             Ok(SweepOutcome::Swept {
                 deleted,
                 kept,

@@ -39,40 +39,36 @@ enum Action {
     Replace,
 }
 
-pub async fn restore(
+/// A files source's backup held against the directory it would be restored into.
+pub(super) struct Compared {
+    pub index: blobs::FileIndex,
+    pub dir: PathBuf,
+    /// Local files the source's filters cover, by relative path.
+    local: HashMap<String, FileMeta>,
+    /// Paths whose local file has the backup's content: nothing to download.
+    pub same: HashSet<String>,
+}
+
+/// Read the index and compare every file with what `dir` (default: the backup's root)
+/// holds, by size, then by sha256 of the local file (nothing is downloaded).
+pub(super) async fn compare(
     storage: &dyn Storage,
     entry: &SourceEntry,
     compression: Compression,
-    target: Target,
-) -> Result<Vec<String>, RestoreError> {
+    dir: Option<PathBuf>,
+) -> Result<Compared, RestoreError> {
     let name = entry.name.as_str();
     let err = |e: String| RestoreError::Files(format!("files {name}: {e}"));
     let index = blobs::read_index(storage, entry, compression)
         .await
         .map_err(|e| err(e.to_string()))?;
-    let dir = target
-        .dir
-        .clone()
-        .unwrap_or_else(|| PathBuf::from(&index.root));
+    let dir = dir.unwrap_or_else(|| PathBuf::from(&index.root));
     if !dir.is_absolute() {
         return Err(RestoreError::Usage(format!(
             "--files-to {}: give an absolute path",
             dir.display()
         )));
     }
-    let orphan_base = target
-        .orphans
-        .clone()
-        .unwrap_or_else(|| dir.parent().unwrap_or(Path::new("/")).join("orphan_files"));
-    if orphan_base.starts_with(&dir) {
-        return Err(RestoreError::Usage(format!(
-            "orphans would go to {}, inside the directory being restored ({}); choose another place with --orphans-to",
-            orphan_base.display(),
-            dir.display()
-        )));
-    }
-    let orphan_dir = orphan_base.join(Utc::now().format("%Y%m%dT%H%M%SZ").to_string());
-
     // What is there now, seen through the same filters the backup used.
     let filter = PathFilter::new(&index.include, &index.exclude).map_err(err)?;
     let local: HashMap<String, FileMeta> = if dir.exists() {
@@ -88,7 +84,6 @@ pub async fn restore(
     } else {
         HashMap::new()
     };
-
     for f in &index.files {
         if tree::safe_join(&dir, &f.path).is_none() {
             return Err(err(format!(
@@ -97,27 +92,22 @@ pub async fn restore(
             )));
         }
     }
-    let wanted: HashSet<&str> = index.files.iter().map(|f| f.path.as_str()).collect();
-    let mut orphans: Vec<&String> = local
-        .keys()
-        .filter(|p| !wanted.contains(p.as_str()))
-        .collect();
-    orphans.sort();
 
-    // Same size: compare content (reading the local file, no download).
+    // Same size: compare content (reading the local file, no download). Items are owned
+    // so the future stays `Send`.
     let checks = futures::stream::iter(index.files.iter().filter_map(|f| {
         let here = local.get(&f.path)?;
-        Some((f, here.size))
+        Some((f.path.clone(), f.sha256.clone(), f.size, here.size))
     }))
-    .map(|(f, size)| {
-        let path = dir.join(&f.path);
+    .map(|(rel, sha256, size, here)| {
+        let path = dir.join(&rel);
         async move {
-            if size != f.size {
-                return Ok((f.path.as_str(), false));
+            if size != here {
+                return Ok((rel, false));
             }
             let p = path.clone();
             match tokio::task::spawn_blocking(move || tree::hash_file(&p)).await {
-                Ok(Ok((sha, _))) => Ok((f.path.as_str(), sha == f.sha256)),
+                Ok(Ok((sha, _))) => Ok((rel, sha == sha256)),
                 Ok(Err(e)) => Err(format!("cannot read {}: {e}", path.display())),
                 Err(e) => Err(format!("hashing aborted: {e}")),
             }
@@ -126,13 +116,54 @@ pub async fn restore(
     .buffer_unordered(4)
     .collect::<Vec<_>>()
     .await;
-    let mut same: HashSet<&str> = HashSet::new();
+    let mut same = HashSet::new();
     for c in checks {
         let (p, equal) = c.map_err(err)?;
         if equal {
             same.insert(p);
         }
     }
+    Ok(Compared {
+        index,
+        dir,
+        local,
+        same,
+    })
+}
+
+pub async fn restore(
+    storage: &dyn Storage,
+    entry: &SourceEntry,
+    compression: Compression,
+    target: Target,
+) -> Result<Vec<String>, RestoreError> {
+    let name = entry.name.as_str();
+    let err = |e: String| RestoreError::Files(format!("files {name}: {e}"));
+    let Compared {
+        index,
+        dir,
+        local,
+        same,
+    } = compare(storage, entry, compression, target.dir.clone()).await?;
+    let orphan_base = target
+        .orphans
+        .clone()
+        .unwrap_or_else(|| dir.parent().unwrap_or(Path::new("/")).join("orphan_files"));
+    if orphan_base.starts_with(&dir) {
+        return Err(RestoreError::Usage(format!(
+            "orphans would go to {}, inside the directory being restored ({}); choose another place with --orphans-to",
+            orphan_base.display(),
+            dir.display()
+        )));
+    }
+    let orphan_dir = orphan_base.join(Utc::now().format("%Y%m%dT%H%M%SZ").to_string());
+    let wanted: HashSet<&str> = index.files.iter().map(|f| f.path.as_str()).collect();
+    let mut orphans: Vec<&String> = local
+        .keys()
+        .filter(|p| !wanted.contains(p.as_str()))
+        .collect();
+    orphans.sort();
+
     let work: Vec<(&IndexEntry, Action)> = index
         .files
         .iter()

@@ -14,9 +14,11 @@ use crate::config::{Config, Job, SourceConfig};
 use crate::engine::{self, Archive, Database, RestoreOptions, SourceError};
 use crate::manifest::{self, JobListing, Manifest, SourceEntry};
 use crate::pipeline::human_bytes;
+use crate::storage::class::StorageClass;
 use crate::storage::{self, Storage};
 
 mod files;
+pub mod lifecycle;
 
 #[derive(Debug, Clone, Default)]
 pub struct RestoreRequest {
@@ -37,6 +39,10 @@ pub struct RestoreRequest {
     pub files_to: Option<PathBuf>,
     pub orphans_to: Option<PathBuf>,
     pub dry_run: bool,
+    /// Archive destinations: wait for a retrieval instead of exiting with "pending".
+    pub wait: bool,
+    /// Keep downloaded objects here and read them from here next time.
+    pub download_to: Option<PathBuf>,
 }
 
 /// What a restore did (or would do), for the command to print.
@@ -65,6 +71,17 @@ pub enum RestoreError {
     },
     #[error("{0}")]
     Files(String),
+    /// Objects of an archive destination are not retrieved yet (their retrieval has been
+    /// requested): run again later.
+    #[error("{0}")]
+    RetrievalPending(String),
+}
+
+/// A published backup, found on one destination.
+pub struct Located {
+    pub storage: Box<dyn Storage>,
+    pub destination: String,
+    pub manifest: Manifest,
 }
 
 pub fn find_job<'a>(config: &'a Config, name: &str) -> Result<&'a Job, RestoreError> {
@@ -102,12 +119,15 @@ pub fn resolve_id(ids: &[String], wanted: &str) -> Result<Option<String>, String
     }
 }
 
-pub async fn restore(
+/// The backup `id` (an id, a unique prefix, or "latest") of `job`: from destination
+/// `from`, or the first of the job's destinations, in its order, that has it.
+pub async fn locate(
     config: &Config,
-    req: &RestoreRequest,
-) -> Result<RestoreSummary, RestoreError> {
-    let job = find_job(config, &req.job)?;
-    let candidates: Vec<(String, Box<dyn Storage>)> = match &req.from {
+    job: &Job,
+    from: Option<&String>,
+    id: &str,
+) -> Result<Located, RestoreError> {
+    let candidates: Vec<(String, Box<dyn Storage>)> = match from {
         Some(d) => {
             let Some(dest) = config.destinations.get(d) else {
                 return Err(RestoreError::Usage(format!(
@@ -147,7 +167,7 @@ pub async fn restore(
             .into_iter()
             .map(|p| p.id)
             .collect();
-        match resolve_id(&ids, &req.id).map_err(RestoreError::Usage)? {
+        match resolve_id(&ids, id).map_err(RestoreError::Usage)? {
             Some(id) => {
                 found = Some((st, name.clone(), id));
                 break;
@@ -155,19 +175,41 @@ pub async fn restore(
             None => tried.push(format!("{name} ({} backups)", ids.len())),
         }
     }
-    let Some((st, dest_name, id)) = found else {
+    let Some((storage, destination, id)) = found else {
         return Err(RestoreError::NotFound(format!(
             "no published backup \"{}\" of job \"{}\" in: {}; see `stowage list {}`",
-            req.id,
+            id,
             job.name,
             tried.join(", "),
             job.name
         )));
     };
 
-    let manifest = manifest::read_manifest(st.as_ref(), &job.name, &id)
+    let manifest = manifest::read_manifest(storage.as_ref(), &job.name, &id)
         .await
         .map_err(|e| RestoreError::Storage(e.to_string()))?;
+    Ok(Located {
+        storage,
+        destination,
+        manifest,
+    })
+}
+
+pub async fn restore(
+    config: &Config,
+    req: &RestoreRequest,
+) -> Result<RestoreSummary, RestoreError> {
+    let job = find_job(config, &req.job)?;
+    let Located {
+        storage,
+        destination: dest_name,
+        manifest,
+    } = locate(config, job, req.from.as_ref(), &req.id).await?;
+    let id = manifest.id.clone();
+    let st: Box<dyn Storage> = match &req.download_to {
+        Some(dir) => Box::new(storage::cached::Cached::new(storage, dir.clone())),
+        None => storage,
+    };
     let plan = plan(&manifest, req, &|e| database_for(job, e))?;
     let mut lines = Vec::new();
     if req.dry_run {
@@ -175,6 +217,57 @@ pub async fn restore(
             "dry run: nothing is changed; backup {id} of job {} from {dest_name}",
             job.name
         ));
+    }
+    if let Some((class, settings)) = archive_class(config, &dest_name) {
+        let sources: Vec<&SourceEntry> = plan
+            .databases
+            .iter()
+            .map(|d| d.entry)
+            .chain(plan.files.iter().copied())
+            .collect();
+        let files_dir = |e: &SourceEntry| files_dir(job, req, e);
+        let mut survey = lifecycle::survey(
+            st.as_ref(),
+            &sources,
+            manifest.compression,
+            &files_dir,
+            req.download_to.as_deref(),
+        )
+        .await?;
+        if req.dry_run {
+            lines.push(format!(
+                "{dest_name} is {class}: {} (a restore requests the retrieval of the {} available)",
+                survey.counts(),
+                survey.count(lifecycle::State::Available)
+            ));
+        } else if !survey.restorable() {
+            let requested = lifecycle::request(st.as_ref(), &mut survey, settings).await?;
+            let delay = settings.tier.usual_delay(class).unwrap_or("hours");
+            if requested > 0 {
+                info!(
+                    job = %job.name,
+                    id = %id,
+                    destination = %dest_name,
+                    "requested the retrieval of {requested} object(s) from {dest_name} ({class}, {} tier, usually {delay}; readable for {} days)",
+                    settings.tier,
+                    settings.days
+                );
+            }
+            if !req.wait {
+                return Err(RestoreError::RetrievalPending(format!(
+                    "backup {id} on {dest_name} ({class}) is not retrieved yet: {}; {}retrieval takes {delay} ({} tier). Run this restore again then (or add --wait); `stowage status {} {id}` shows progress",
+                    survey.counts(),
+                    if requested > 0 {
+                        format!("requested {requested} object(s) now; ")
+                    } else {
+                        String::new()
+                    },
+                    settings.tier,
+                    job.name
+                )));
+            }
+            wait_for_retrieval(st.as_ref(), &mut survey, &dest_name).await?;
+        }
     }
     // Databases first, then files: the order the set was taken in, so rows never point
     // at files that are not there yet.
@@ -246,16 +339,12 @@ pub async fn restore(
         }
     }
     for entry in &plan.files {
-        let configured = job.sources.iter().find_map(|s| match s {
-            SourceConfig::Files(f) if f.name == entry.name => Some(f.path.clone()),
-            _ => None,
-        });
         let out = files::restore(
             st.as_ref(),
             entry,
             manifest.compression,
             files::Target {
-                dir: req.files_to.clone().or(configured),
+                dir: files_dir(job, req, entry),
                 orphans: req.orphans_to.clone(),
                 dry_run: req.dry_run,
             },
@@ -268,6 +357,130 @@ pub async fn restore(
         destination: dest_name,
         lines,
     })
+}
+
+/// What `status` and `retrieve` look at: the objects the same restore would need.
+#[derive(Debug, Clone, Default)]
+pub struct SurveyRequest {
+    pub job: String,
+    pub id: String,
+    pub from: Option<String>,
+    pub only: Vec<String>,
+    pub files_to: Option<PathBuf>,
+    pub download_to: Option<PathBuf>,
+}
+
+/// A backup's objects and their retrieval states.
+pub struct Surveyed {
+    pub located: Located,
+    /// The destination's archive class and retrieval settings (None: reads directly).
+    pub archive: Option<(StorageClass, crate::storage::class::Retrieval)>,
+    pub survey: lifecycle::Survey,
+}
+
+pub async fn survey(config: &Config, req: &SurveyRequest) -> Result<Surveyed, RestoreError> {
+    let job = find_job(config, &req.job)?;
+    let located = locate(config, job, req.from.as_ref(), &req.id).await?;
+    let m = &located.manifest;
+    for o in &req.only {
+        if !m.sources.iter().any(|s| &s.name == o) {
+            return Err(RestoreError::Usage(format!(
+                "--only {o}: backup {} has no source \"{o}\"; its sources: {}",
+                m.id,
+                m.sources
+                    .iter()
+                    .map(|s| s.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        }
+    }
+    let sources: Vec<&SourceEntry> = m
+        .sources
+        .iter()
+        .filter(|s| req.only.is_empty() || req.only.contains(&s.name))
+        .collect();
+    let files_dir = |e: &SourceEntry| files_dir_for(job, req.files_to.as_ref(), e);
+    let survey = lifecycle::survey(
+        located.storage.as_ref(),
+        &sources,
+        m.compression,
+        &files_dir,
+        req.download_to.as_deref(),
+    )
+    .await?;
+    Ok(Surveyed {
+        archive: archive_class(config, &located.destination),
+        located,
+        survey,
+    })
+}
+
+fn files_dir(job: &Job, req: &RestoreRequest, entry: &SourceEntry) -> Option<PathBuf> {
+    files_dir_for(job, req.files_to.as_ref(), entry)
+}
+
+/// Where a files source is restored: `--files-to`, else the configured source's path, else
+/// (None) the directory recorded in the backup.
+fn files_dir_for(job: &Job, files_to: Option<&PathBuf>, entry: &SourceEntry) -> Option<PathBuf> {
+    files_to.cloned().or_else(|| {
+        job.sources.iter().find_map(|s| match s {
+            SourceConfig::Files(f) if f.name == entry.name => Some(f.path.clone()),
+            _ => None,
+        })
+    })
+}
+
+/// The destination's storage class and retrieval settings, when reading it needs a
+/// retrieval.
+pub fn archive_class(
+    config: &Config,
+    destination: &str,
+) -> Option<(StorageClass, crate::storage::class::Retrieval)> {
+    let d = config.destinations.get(destination)?;
+    let class = d.storage_class().filter(|c| c.needs_retrieval())?;
+    match &d.kind {
+        crate::config::DestinationKind::S3(s) => Some((class, s.retrieval)),
+        crate::config::DestinationKind::Local(_) => None,
+    }
+}
+
+/// Poll until every object is restorable: 1 s, doubling up to 10 minutes between checks
+/// (a retrieval takes minutes to hours), with a progress line each time.
+async fn wait_for_retrieval(
+    storage: &dyn Storage,
+    survey: &mut lifecycle::Survey,
+    destination: &str,
+) -> Result<(), RestoreError> {
+    let mut delay = std::time::Duration::from_secs(1);
+    let max = std::time::Duration::from_secs(600);
+    loop {
+        let total = survey.objects.len();
+        let done = survey
+            .objects
+            .iter()
+            .filter(|o| o.state.restorable())
+            .count();
+        if done == total {
+            info!("retrieval from {destination} complete: {}", survey.counts());
+            return Ok(());
+        }
+        info!(
+            "waiting for the retrieval from {destination}: {done} of {total} object(s) restorable ({}); next check in {}",
+            survey.counts(),
+            humantime::format_duration(delay)
+        );
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(max);
+        lifecycle::refresh(storage, survey).await?;
+        // A retrieved copy that expired meanwhile is archived again: ask once more.
+        if survey.count(lifecycle::State::Available) > 0 {
+            return Err(RestoreError::RetrievalPending(format!(
+                "{} object(s) on {destination} are archived again (their retrieved copy expired); run the restore again",
+                survey.count(lifecycle::State::Available)
+            )));
+        }
+    }
 }
 
 /// The source a backup's database is restored with: the job's own, when the config still

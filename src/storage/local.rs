@@ -191,8 +191,14 @@ impl LocalStorage {
                         .collect::<Vec<_>>()
                         .join("/");
                     if key.starts_with(prefix) && end.is_none_or(|e| key.as_str() < e) {
-                        let size = entry.metadata().await.map(|m| m.len()).unwrap_or(0);
-                        out.push(ObjectMeta { key, size });
+                        let meta = entry.metadata().await.ok();
+                        out.push(ObjectMeta {
+                            key,
+                            size: meta.as_ref().map_or(0, |m| m.len()),
+                            modified: meta
+                                .and_then(|m| m.modified().ok())
+                                .map(chrono::DateTime::<chrono::Utc>::from),
+                        });
                     }
                 }
             }

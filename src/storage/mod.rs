@@ -2,6 +2,8 @@
 //! (a directory, or a bucket + prefix) and use '/' separators. Everything that knows what
 //! a backup is (layout, manifests, retention) lives above this trait, written once.
 
+pub mod cached;
+pub mod class;
 pub mod local;
 pub mod s3;
 
@@ -24,6 +26,8 @@ pub enum Chunk {
 pub struct ObjectMeta {
     pub key: String,
     pub size: u64,
+    /// When it was written, where the store says.
+    pub modified: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 /// An upload that was started and neither completed nor aborted (S3 multipart).
@@ -37,6 +41,19 @@ pub struct OpenUpload {
 
 pub type ObjectReader = Box<dyn AsyncRead + Send + Unpin>;
 
+/// Where an object stands with respect to reading it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retrieval {
+    /// Readable now (any class that needs no retrieval).
+    Readable,
+    /// In an archive class, no retrieval requested (or the retrieved copy expired).
+    Archived,
+    /// A retrieval is under way.
+    Pending,
+    /// Retrieved: readable until the copy expires.
+    Retrieved,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
     #[error("{0}")]
@@ -49,6 +66,9 @@ pub enum StorageError {
     Io(String),
     #[error("upload abandoned: the data stream ended early")]
     Abandoned,
+    /// An object in an archive class that has not been retrieved.
+    #[error("{0}")]
+    NotRetrieved(String),
 }
 
 #[async_trait]
@@ -65,7 +85,14 @@ pub trait Storage: Send + Sync {
     -> Result<u64, StorageError>;
 
     /// Write a small object atomically (readers see the old state or the whole new one).
+    /// For what stowage reads to plan (manifests, indexes, locks): never in an archive class.
     async fn put_bytes(&self, key: &str, data: Bytes) -> Result<(), StorageError>;
+
+    /// Like `put_bytes`, for backup data (a small file blob): stored in the destination's
+    /// class, like `put_stream`.
+    async fn put_data(&self, key: &str, data: Bytes) -> Result<(), StorageError> {
+        self.put_bytes(key, data).await
+    }
 
     async fn get(&self, key: &str) -> Result<ObjectReader, StorageError>;
 
@@ -95,6 +122,22 @@ pub trait Storage: Send + Sync {
 
     /// Delete these keys; keys that are already gone are not an error.
     async fn delete(&self, keys: &[String]) -> Result<(), StorageError>;
+
+    /// Whether `key` can be read now, or must (or is being) retrieved first.
+    async fn retrieval(&self, _key: &str) -> Result<Retrieval, StorageError> {
+        Ok(Retrieval::Readable)
+    }
+
+    /// Ask for an archived `key` to be made readable for `days`. Asking again while a
+    /// retrieval is under way, or for a readable object, is not an error.
+    async fn request_retrieval(
+        &self,
+        _key: &str,
+        _days: u32,
+        _tier: class::RetrievalTier,
+    ) -> Result<(), StorageError> {
+        Ok(())
+    }
 
     /// Uploads under `prefix` left open (by a crashed process). Stores without such a
     /// thing have none.

@@ -10,14 +10,19 @@ use aws_sdk_s3::config::{
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{
-    CompletedMultipartUpload, CompletedPart, Delete, ObjectIdentifier, StorageClass,
+    CompletedMultipartUpload, CompletedPart, Delete, GlacierJobParameters, ObjectIdentifier,
+    RestoreRequest, StorageClass, Tier,
 };
 use bytes::{Bytes, BytesMut};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
-use super::{Chunk, ObjectMeta, ObjectReader, OpenUpload, Storage, StorageError};
+use super::class::RetrievalTier;
+use super::{Chunk, ObjectMeta, ObjectReader, OpenUpload, Retrieval, Storage, StorageError};
 use crate::config::{Checksums, S3Config};
+
+/// What to do about an archived object that was read before its retrieval.
+const RETRIEVE_HINT: &str = "run `stowage retrieve JOB ID --from DESTINATION`, then restore again once it is retrieved (hours; `stowage status` shows when)";
 
 /// Attempts per S3 request (the first one included).
 const S3_ATTEMPTS: u32 = 5;
@@ -141,6 +146,14 @@ impl S3Storage {
                     (c, m) => format!("{c}: {m}, HTTP {status}"),
                 };
                 match status {
+                    // S3 says 403 for an archived object: not a credentials problem.
+                    _ if code == "InvalidObjectState" => StorageError::NotRetrieved(format!(
+                        "{what}: the object is in {} and has not been retrieved ({detail}); {RETRIEVE_HINT}",
+                        self.cfg
+                            .storage_class
+                            .filter(|c| c.needs_retrieval())
+                            .map_or("an archive storage class", |c| c.as_str())
+                    )),
                     403 | 401 => StorageError::Denied(format!(
                         "{what}: access denied to bucket \"{bucket}\" ({detail}); check the credentials and the bucket policy"
                     )),
@@ -165,6 +178,20 @@ impl S3Storage {
             }
             _ => StorageError::Io(format!("{what}: {}", root_cause(&err))),
         }
+    }
+
+    /// HEAD of `full` (a full key): its storage class and retrieval status.
+    async fn head(
+        &self,
+        full: &str,
+    ) -> Result<aws_sdk_s3::operation::head_object::HeadObjectOutput, StorageError> {
+        self.client
+            .head_object()
+            .bucket(&self.cfg.bucket)
+            .key(full)
+            .send()
+            .await
+            .map_err(|e| self.map_err(&format!("checking {full}"), e))
     }
 
     async fn abort(&self, key: &str, upload_id: &str) {
@@ -436,8 +463,8 @@ impl Storage for S3Storage {
     }
 
     async fn put_bytes(&self, key: &str, data: Bytes) -> Result<(), StorageError> {
-        // Manifests stay in the default class even on archive tiers: listing and restore
-        // must read them without a retrieval request.
+        // Manifests, indexes and locks stay in the default class even on archive tiers:
+        // listing and planning a restore must read them without a retrieval request.
         self.client
             .put_object()
             .bucket(&self.cfg.bucket)
@@ -450,21 +477,102 @@ impl Storage for S3Storage {
         Ok(())
     }
 
+    async fn put_data(&self, key: &str, data: Bytes) -> Result<(), StorageError> {
+        let mut put = self
+            .client
+            .put_object()
+            .bucket(&self.cfg.bucket)
+            .key(self.full_key(key))
+            .body(ByteStream::from(data));
+        if let Some(class) = &self.cfg.storage_class {
+            put = put.storage_class(StorageClass::from(class.as_str()));
+        }
+        put.send().await.map_err(|e| self.map_err("uploading", e))?;
+        Ok(())
+    }
+
     async fn get(&self, key: &str) -> Result<ObjectReader, StorageError> {
         let full = self.full_key(key);
-        let out = self
+        let out = match self
             .client
             .get_object()
             .bucket(&self.cfg.bucket)
             .key(&full)
             .send()
             .await
-            .map_err(|e| self.map_err(&format!("downloading {full}"), e))?;
+            .map_err(|e| self.map_err(&format!("downloading {full}"), e))
+        {
+            Ok(out) => out,
+            // Name the object's own class (the config may not say, or say another).
+            Err(StorageError::NotRetrieved(why)) => {
+                let class = self
+                    .head(&full)
+                    .await
+                    .ok()
+                    .and_then(|h| h.storage_class().map(|c| c.as_str().to_string()));
+                return Err(StorageError::NotRetrieved(match class {
+                    Some(c) => format!(
+                        "downloading {full}: the object is in {c} and has not been retrieved; {RETRIEVE_HINT}"
+                    ),
+                    None => why,
+                }));
+            }
+            Err(e) => return Err(e),
+        };
         Ok(Box::new(out.body.into_async_read()))
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StorageError> {
         self.list_before(prefix, None).await
+    }
+
+    async fn retrieval(&self, key: &str) -> Result<Retrieval, StorageError> {
+        let full = self.full_key(key);
+        let head = self.head(&full).await?;
+        let archived = head
+            .storage_class()
+            .is_some_and(|c| matches!(c, StorageClass::Glacier | StorageClass::DeepArchive));
+        if !archived {
+            return Ok(Retrieval::Readable);
+        }
+        // x-amz-restore: `ongoing-request="true"`, or `ongoing-request="false",
+        // expiry-date="…"` once the copy is readable.
+        Ok(match head.restore() {
+            None => Retrieval::Archived,
+            Some(r) if r.contains("ongoing-request=\"true\"") => Retrieval::Pending,
+            Some(_) => Retrieval::Retrieved,
+        })
+    }
+
+    async fn request_retrieval(
+        &self,
+        key: &str,
+        days: u32,
+        tier: RetrievalTier,
+    ) -> Result<(), StorageError> {
+        let full = self.full_key(key);
+        let params = GlacierJobParameters::builder()
+            .tier(Tier::from(tier.as_str()))
+            .build()
+            .map_err(|e| StorageError::Io(format!("retrieval request for {full}: {e}")))?;
+        let request = RestoreRequest::builder()
+            .days(i32::try_from(days).unwrap_or(i32::MAX))
+            .glacier_job_parameters(params)
+            .build();
+        match self
+            .client
+            .restore_object()
+            .bucket(&self.cfg.bucket)
+            .key(&full)
+            .restore_request(request)
+            .send()
+            .await
+        {
+            Ok(_) => Ok(()),
+            // Asked before and still under way: nothing more to do.
+            Err(e) if e.code() == Some("RestoreAlreadyInProgress") => Ok(()),
+            Err(e) => Err(self.map_err(&format!("requesting the retrieval of {full}"), e)),
+        }
     }
 
     async fn list_until(&self, prefix: &str, end: &str) -> Result<Vec<ObjectMeta>, StorageError> {
@@ -600,6 +708,9 @@ impl S3Storage {
                     out.push(ObjectMeta {
                         key: key.to_string(),
                         size: obj.size().unwrap_or(0).max(0) as u64,
+                        modified: obj.last_modified().and_then(|t| {
+                            chrono::DateTime::from_timestamp(t.secs(), t.subsec_nanos())
+                        }),
                     });
                 }
             }

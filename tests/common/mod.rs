@@ -719,6 +719,15 @@ fn moto_binary() -> PathBuf {
     )
 }
 
+/// The AWS CLI tests/setup.sh installs beside moto (or `$STOWAGE_AWS_CLI`, or on PATH).
+pub fn aws_cli() -> PathBuf {
+    find_tool(
+        "STOWAGE_AWS_CLI",
+        "aws",
+        &[home_dir().join(".cache/stowage-tools/venv/bin/aws")],
+    )
+}
+
 fn s3s_fs_binary() -> PathBuf {
     let home = home_dir();
     find_tool(
@@ -845,6 +854,23 @@ impl S3Server {
     /// `http://127.0.0.1:PORT`
     pub fn endpoint(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// moto only: keep each retrieval (RestoreObject) pending for `reads` reads of the
+    /// object's state (HEAD or GET) before it completes; 0 restores the default (at once).
+    pub fn hold_retrievals(&self, reads: u32) {
+        assert_eq!(self.kind, "moto", "only moto emulates retrievals");
+        let transition = if reads == 0 {
+            r#"{"progression": "immediate"}"#.to_string()
+        } else {
+            format!(r#"{{"progression": "manual", "times": {reads}}}"#)
+        };
+        let body = format!(r#"{{"model_name": "s3::keyrestore", "transition": {transition}}}"#);
+        let (code, answer) = http_post(self.port, "/moto-api/state-manager/set-transition", &body);
+        assert!(
+            (200..300).contains(&code),
+            "set-transition: {code} {answer}"
+        );
     }
 
     pub fn access_key(&self) -> &'static str {
@@ -1736,6 +1762,29 @@ impl Receiver {
     pub fn take(&self) -> Vec<(String, String, String)> {
         std::mem::take(&mut *self.seen.lock().expect("lock"))
     }
+}
+
+/// POST a JSON body; the status code and body of the answer.
+pub fn http_post(port: u16, path: &str, body: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut conn = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    conn.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    write!(
+        conn,
+        "POST {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .expect("request");
+    let mut raw = String::new();
+    conn.read_to_string(&mut raw).expect("response");
+    let (head, answer) = raw.split_once("\r\n\r\n").unwrap_or((raw.as_str(), ""));
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .expect("status code");
+    (code, answer.to_string())
 }
 
 pub fn http_get(port: u16, path: &str) -> (u16, String) {
