@@ -115,9 +115,11 @@ struct JobSlot {
     name: String,
     running: AtomicBool,
     healing: AtomicBool,
-    /// Held by a backup attempt and by a heal pass: the healer never restores while the
-    /// job's backup runs, and a backup never dumps a database the healer is restoring.
-    /// Whichever comes second waits its turn.
+    verifying: AtomicBool,
+    /// Held by a backup attempt, a heal pass and a verify: the healer never restores while
+    /// the job's backup runs, a backup never dumps a database the healer is restoring, and
+    /// a verify never reads a backup that retention is deleting. Whichever comes second
+    /// waits its turn.
     turn: tokio::sync::Mutex<()>,
 }
 
@@ -126,6 +128,7 @@ struct JobSlot {
 enum Task {
     Backup,
     Heal,
+    Verify,
 }
 
 /// Run until a stop signal. Scheduling then stops and running backups get the config's
@@ -280,6 +283,7 @@ fn new_slot(name: &str) -> Arc<JobSlot> {
         name: name.to_string(),
         running: AtomicBool::new(false),
         healing: AtomicBool::new(false),
+        verifying: AtomicBool::new(false),
         turn: tokio::sync::Mutex::new(()),
     })
 }
@@ -295,12 +299,16 @@ async fn start_scheduler(
     let generation = ctx.generation.load(Ordering::SeqCst);
     let config = ctx.config();
     for slot in slots.values() {
-        let heals = config
-            .jobs
-            .get(&slot.name)
-            .is_some_and(|j| j.heal.is_some());
-        for task in [Task::Backup, Task::Heal] {
-            if task == Task::Heal && !heals {
+        let Some(job) = config.jobs.get(&slot.name) else {
+            continue;
+        };
+        for task in [Task::Backup, Task::Heal, Task::Verify] {
+            let armed = match task {
+                Task::Backup => true,
+                Task::Heal => job.heal.is_some(),
+                Task::Verify => job.verify.is_some(),
+            };
+            if !armed {
                 continue;
             }
             arm(
@@ -401,10 +409,16 @@ fn arm(
         let Some(job) = config.jobs.get(&slot.name) else {
             return Ok(());
         };
-        let schedule = match (task, &job.heal) {
-            (Task::Backup, _) => &job.schedule,
-            (Task::Heal, Some(h)) => &h.schedule,
-            (Task::Heal, None) => return Ok(()),
+        let schedule = match task {
+            Task::Backup => &job.schedule,
+            Task::Heal => match &job.heal {
+                Some(h) => &h.schedule,
+                None => return Ok(()),
+            },
+            Task::Verify => match &job.verify {
+                Some(v) => v,
+                None => return Ok(()),
+            },
         };
         let Some(next) = schedule.next_after(after) else {
             warn!(job = %slot.name, "schedule \"{}\" has no future run; the job will not run", schedule.expr());
@@ -429,6 +443,7 @@ fn arm(
                 match task {
                     Task::Backup => fire(&ctx, &slot),
                     Task::Heal => fire_heal(&ctx, &slot),
+                    Task::Verify => fire_verify(&ctx, &slot),
                 }
                 // No remove here: the scheduler drops a one-shot once it has run, and
                 // removing it first races that bookkeeping ("Could not get job metadata").
@@ -458,6 +473,7 @@ fn arm(
             Task::Backup => info!(job = %slot.name, "next run of {} at {when}", slot.name),
             // Heals come every few minutes: their timers are not worth a line each.
             Task::Heal => tracing::debug!(job = %slot.name, "next heal of {} at {when}", slot.name),
+            Task::Verify => info!(job = %slot.name, "next verify of {} at {when}", slot.name),
         }
         Ok(())
     })
@@ -483,7 +499,62 @@ fn fire(ctx: &Arc<Ctx>, slot: &Arc<JobSlot>) {
 
 /// Start a heal pass unless one is still going; it waits for a running backup of the job.
 fn fire_heal(ctx: &Arc<Ctx>, slot: &Arc<JobSlot>) {
-    if ctx.stopping.load(Ordering::SeqCst) || slot.healing.swap(true, Ordering::SeqCst) {
+    fire_in_turn(
+        ctx,
+        slot,
+        |s| &s.healing,
+        "heal",
+        |config, job| Box::pin(crate::heal::heal(config, job, false)),
+        |ctx, job, report| {
+            record_heal(ctx, &report);
+            Box::pin(async move { crate::notify::healed(&job, &report).await })
+        },
+    );
+}
+
+/// Start a verify of the newest backup on every destination unless one is still going.
+fn fire_verify(ctx: &Arc<Ctx>, slot: &Arc<JobSlot>) {
+    fire_in_turn(
+        ctx,
+        slot,
+        |s| &s.verifying,
+        "verify",
+        |config, job| {
+            Box::pin(async move {
+                crate::verify::verify(
+                    config,
+                    job,
+                    &crate::verify::Which::One("latest".into()),
+                    None,
+                )
+                .await
+                .unwrap_or_else(|e| crate::verify::VerifyReport {
+                    job: job.name.clone(),
+                    unreachable: vec![e.to_string()],
+                    ..Default::default()
+                })
+            })
+        },
+        |ctx, job, report| {
+            record_verify(ctx, &report);
+            Box::pin(async move { crate::notify::verified(&job, &report).await })
+        },
+    );
+}
+
+/// A pass beside the backups (heal, verify): one at a time (`busy`), in turn with the
+/// job's backups, dropped by a stop past the grace. The pass runs on a blocking thread
+/// because the restore and verify futures are not provably `Send` (rustc#102211: their
+/// streams borrow), and `block_on` does not ask for that.
+fn fire_in_turn<R: Send + 'static>(
+    ctx: &Arc<Ctx>,
+    slot: &Arc<JobSlot>,
+    busy: fn(&JobSlot) -> &AtomicBool,
+    what: &'static str,
+    pass: for<'a> fn(&'a Config, &'a Job) -> futures::future::LocalBoxFuture<'a, R>,
+    done: fn(&Arc<Ctx>, Job, R) -> BoxFuture<'static, ()>,
+) {
+    if ctx.stopping.load(Ordering::SeqCst) || busy(slot).swap(true, Ordering::SeqCst) {
         return;
     }
     let (ctx2, slot2) = (ctx.clone(), slot.clone());
@@ -493,7 +564,7 @@ fn fire_heal(ctx: &Arc<Ctx>, slot: &Arc<JobSlot>) {
             let turn = match slot2.turn.try_lock() {
                 Ok(t) => Some(t),
                 Err(_) => {
-                    info!(job = %job.name, "heal {}: waiting for the job's backup to finish", job.name);
+                    info!(job = %job.name, "{what} {}: waiting for the job's backup to finish", job.name);
                     tokio::select! {
                         t = slot2.turn.lock() => Some(t),
                         _ = ctx2.stop.cancelled() => None,
@@ -501,18 +572,14 @@ fn fire_heal(ctx: &Arc<Ctx>, slot: &Arc<JobSlot>) {
                 }
             };
             if turn.is_some() && !ctx2.stopping.load(Ordering::SeqCst) {
-                // A stop past the grace drops the pass: its restore's processes are killed
-                // and the open transaction rolls back. The pass runs on a blocking thread
-                // because the restore future is not provably `Send` (rustc#102211: its
-                // streams borrow), and `block_on` does not ask for that.
                 let (config3, name, cancel) =
                     (config.clone(), job.name.clone(), ctx2.cancel.clone());
                 let handle = tokio::runtime::Handle::current();
-                let report = tokio::task::spawn_blocking(move || {
+                let result = tokio::task::spawn_blocking(move || {
                     handle.block_on(async {
                         let job = config3.jobs.get(&name)?;
                         tokio::select! {
-                            r = crate::heal::heal(&config3, job, false) => Some(r),
+                            r = pass(&config3, job) => Some(r),
                             _ = cancel.cancelled() => None,
                         }
                     })
@@ -521,14 +588,42 @@ fn fire_heal(ctx: &Arc<Ctx>, slot: &Arc<JobSlot>) {
                 .ok()
                 .flatten();
                 drop(turn);
-                if let Some(report) = report {
-                    record_heal(&ctx2, &report);
-                    crate::notify::healed(job, &report).await;
+                if let Some(result) = result {
+                    done(&ctx2, job.clone(), result).await;
                 }
             }
         }
-        slot2.healing.store(false, Ordering::SeqCst);
+        busy(&slot2).store(false, Ordering::SeqCst);
     });
+}
+
+fn record_verify(ctx: &Arc<Ctx>, report: &crate::verify::VerifyReport) {
+    let ok = report.problems() == 0;
+    let line = report.summary();
+    if ok {
+        info!(job = %report.job, "{line}");
+    } else {
+        for l in report.lines().iter().filter(|l| l.starts_with("  ")) {
+            error!(job = %report.job, "verify {}: {}", report.job, l.trim());
+        }
+        error!(job = %report.job, "{line}");
+    }
+    ctx.update(&report.job, |s| {
+        s.last_verify = Some(status::VerifyStatus {
+            ok,
+            finished_at: Utc::now(),
+            summary: line.clone(),
+            problems: report
+                .lines()
+                .into_iter()
+                .filter(|l| {
+                    l.starts_with("  ") || l.starts_with(&format!("verify {}: ", report.job))
+                })
+                .map(|l| l.trim().to_string())
+                .collect(),
+        });
+    });
+    ctx.metrics.record_verify(report);
 }
 
 fn record_heal(ctx: &Arc<Ctx>, report: &crate::heal::HealReport) {

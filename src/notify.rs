@@ -124,6 +124,46 @@ pub async fn healed(job: &Job, report: &HealReport) {
     }
 }
 
+/// A scheduled verify: webhooks and a healthchecks `/fail` when it found problems (and
+/// webhooks with `on_success` when it found none).
+pub async fn verified(job: &Job, report: &crate::verify::VerifyReport) {
+    let ok = report.problems() == 0;
+    if job.notify.is_empty() || (ok && !job.notify.iter().any(|n| n.on_success)) {
+        return;
+    }
+    let Some(client) = client() else { return };
+    let mut text = format!("stowage: {}", report.summary());
+    if !ok {
+        text.push('\n');
+        text.push_str(&report.lines().join("\n"));
+    }
+    for n in &job.notify {
+        let req = match n.kind {
+            NotifyType::Healthchecks if ok => continue,
+            NotifyType::Healthchecks => {
+                let url = format!("{}/fail", n.url.expose().trim_end_matches('/'));
+                client.post(url).body(text.clone())
+            }
+            NotifyType::Webhook if ok && !n.on_success => continue,
+            NotifyType::Webhook => match n.format {
+                WebhookFormat::Json => {
+                    let mut body = serde_json::to_value(report).unwrap_or_default();
+                    if let Some(o) = body.as_object_mut() {
+                        o.insert("event".into(), "verify".into());
+                        o.insert("outcome".into(), if ok { "ok" } else { "failed" }.into());
+                        o.insert("host".into(), host().into());
+                    }
+                    client.post(n.url.expose()).json(&body)
+                }
+                WebhookFormat::Slack => client
+                    .post(n.url.expose())
+                    .json(&serde_json::json!({ "text": text })),
+            },
+        };
+        send(n, &job.name, req).await;
+    }
+}
+
 fn host() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())

@@ -52,6 +52,8 @@ pub struct Metrics {
     kept: Family<DestLabels, Gauge>,
     heals: Family<RunLabels, Counter>,
     healed_objects: Family<JobLabel, Counter>,
+    verifies: Family<RunLabels, Counter>,
+    verify_ok: Family<JobLabel, Gauge<f64, AtomicU64>>,
     rss: Gauge,
 }
 
@@ -73,6 +75,8 @@ impl Metrics {
             kept: Family::default(),
             heals: Family::default(),
             healed_objects: Family::default(),
+            verifies: Family::default(),
+            verify_ok: Family::default(),
             rss: Gauge::default(),
             registry: Registry::default(),
         };
@@ -115,6 +119,16 @@ impl Metrics {
             "heal_restored_objects",
             "Tables or collections the healer restored",
             m.healed_objects.clone(),
+        );
+        registry.register(
+            "verifies",
+            "Scheduled verifies by outcome (ok, failed)",
+            m.verifies.clone(),
+        );
+        registry.register(
+            "verify_last_success_timestamp_seconds",
+            "Unix time of the job's last scheduled verify that found every copy whole and readable",
+            m.verify_ok.clone(),
         );
         registry.register(
             "process_resident_memory_bytes",
@@ -165,6 +179,21 @@ impl Metrics {
         self.healed_objects
             .get_or_create(&JobLabel { job: r.job.clone() })
             .inc_by(u64::try_from(restored).unwrap_or(0));
+    }
+
+    pub fn record_verify(&self, r: &crate::verify::VerifyReport) {
+        let ok = r.problems() == 0;
+        self.verifies
+            .get_or_create(&RunLabels {
+                job: r.job.clone(),
+                outcome: if ok { "ok" } else { "failed" }.to_string(),
+            })
+            .inc();
+        if ok {
+            self.verify_ok
+                .get_or_create(&JobLabel { job: r.job.clone() })
+                .set(chrono::Utc::now().timestamp_millis() as f64 / 1000.0);
+        }
     }
 
     pub fn render(&self) -> String {
@@ -278,6 +307,16 @@ async fn index<V: View>(State(view): State<Arc<V>>) -> Html<String> {
                 l.finished_at.format("%Y-%m-%d %H:%M:%S UTC")
             ),
         };
+        let verify = match (&job.verify, &s.last_verify) {
+            (None, _) => "-".to_string(),
+            (Some(v), None) => format!("scheduled ({})", v.expr()),
+            (Some(_), Some(l)) => format!(
+                "{} at {}: {}",
+                if l.ok { "ok" } else { "failed" },
+                l.finished_at.format("%Y-%m-%d %H:%M:%S UTC"),
+                l.summary
+            ),
+        };
         for h in &s.heals {
             heals.push_str(&format!(
                 "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>\n",
@@ -288,7 +327,7 @@ async fn index<V: View>(State(view): State<Arc<V>>) -> Html<String> {
             ));
         }
         rows.push_str(&format!(
-            "<tr><td>{}</td><td><code>{}</code> ({})</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>\n",
+            "<tr><td>{}</td><td><code>{}</code> ({})</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>\n",
             esc(&job.name),
             esc(job.schedule.expr()),
             esc(&job.schedule.tz().to_string()),
@@ -296,6 +335,7 @@ async fn index<V: View>(State(view): State<Arc<V>>) -> Html<String> {
             esc(&newest),
             esc(&last),
             esc(&heal),
+            esc(&verify),
             esc(&job.destinations.join(", "))
         ));
         for r in &s.recent {
@@ -326,7 +366,7 @@ async fn index<V: View>(State(view): State<Arc<V>>) -> Html<String> {
          <style>body{{font-family:sans-serif;margin:2em}}td,th{{padding:.2em .8em;text-align:left}}\
          .ok{{color:green}}.bad{{color:#b00}}</style></head><body>\
          <h1>stowage {}</h1>{health}\
-         <h2>Jobs</h2><table><tr><th>job</th><th>schedule</th><th>next run</th><th>newest backup</th><th>last run</th><th>last heal</th><th>destinations</th></tr>\n{rows}</table>\
+         <h2>Jobs</h2><table><tr><th>job</th><th>schedule</th><th>next run</th><th>newest backup</th><th>last run</th><th>last heal</th><th>last verify</th><th>destinations</th></tr>\n{rows}</table>\
          <h2>Recent runs</h2><table><tr><th>job</th><th>id</th><th>outcome</th><th>finished</th><th>duration</th><th>errors</th></tr>\n{recent}</table>\
          <h2>Heals</h2><table><tr><th>job</th><th>finished</th><th>outcome</th><th>summary</th></tr>\n{heals}</table>\
          <p><a href=/metrics>metrics</a> · <a href=/healthz>healthz</a></p></body></html>\n",

@@ -34,6 +34,20 @@ pub struct JobStatus {
     /// first.
     #[serde(default)]
     pub heals: Vec<HealStatus>,
+    /// The last scheduled verify, when the job has one.
+    #[serde(default)]
+    pub last_verify: Option<VerifyStatus>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VerifyStatus {
+    pub ok: bool,
+    pub finished_at: DateTime<Utc>,
+    /// The verify's summary line.
+    pub summary: String,
+    /// What was missing, corrupt or unreadable (empty when ok).
+    #[serde(default)]
+    pub problems: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -123,6 +137,16 @@ pub fn problems(config: &Config, state: &State, now: DateTime<Utc>) -> Vec<Strin
                 heal.finished_at.format("%Y-%m-%dT%H:%M:%SZ"),
                 heal.outcome,
                 heal.summary
+            ));
+        }
+        if let Some(v) = &status.last_verify
+            && !v.ok
+        {
+            out.push(format!(
+                "job {}: verify at {} found problems: {}",
+                job.name,
+                v.finished_at.format("%Y-%m-%dT%H:%M:%SZ"),
+                v.problems.join("; ")
             ));
         }
         let Some(limit) = job.staleness_limit(now) else {
@@ -297,6 +321,28 @@ path = "/data"
                 assert!(p[0].contains(outcome), "{p:?}");
             }
         }
+
+        // A verify that found problems is unhealthy, naming them.
+        let mut s = fresh.clone();
+        s.last_verify = Some(VerifyStatus {
+            ok: false,
+            finished_at: now,
+            summary: "verify daily: 2 backup copy(ies) checked, 1 problem(s)".into(),
+            problems: vec!["db: app/X/db.pgdump.zst is missing".into()],
+        });
+        let p = problems(&cfg, &state(s.clone(), fresh.clone()), now);
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(
+            p[0].contains("verify at") && p[0].contains("db: app/X/db.pgdump.zst is missing"),
+            "{p:?}"
+        );
+        s.last_verify = Some(VerifyStatus {
+            ok: true,
+            finished_at: now,
+            summary: "verify daily: all whole".into(),
+            problems: Vec::new(),
+        });
+        assert!(problems(&cfg, &state(s, fresh.clone()), now).is_empty());
 
         // No backup yet: fine while the daemon is young, not after the limit.
         let none = JobStatus::default();

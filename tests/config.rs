@@ -270,6 +270,7 @@ fn cases() -> Vec<Case> {
         ),
         case("retrieval on a local destination", BASE.replace("type = \"local\"", "type = \"local\"\nretrieval = { days = 3 }\nearly_delete = true")),
         case("unknown retrieval key", format!("{BASE}\n[destinations.cold]\ntype = \"s3\"\nbucket = \"archive\"\nstorage_class = \"GLACIER\"\nretrieval = {{ day = 3 }}\n")),
+        case("bad verify schedule", BASE.replace("destinations = [\"local\"]", "verify = \"sundays\"\ndestinations = [\"local\"]")),
         case("toml syntax error", BASE.replace("schedule = \"0 3 * * *\"", "schedule = \"0 3 * * *")),
         Case {
             name: "yaml unknown key",

@@ -10,6 +10,7 @@ pub mod restore;
 pub mod retrieve;
 pub mod run;
 pub mod status;
+pub mod verify;
 
 use std::path::PathBuf;
 
@@ -144,6 +145,22 @@ pub enum Command {
         #[command(flatten)]
         scope: Scope,
     },
+    /// Re-read backups and check them against their manifests: sizes, sha256, the dump
+    /// through its engine's reader, every blob of a files index; exit 1 if anything is
+    /// missing, corrupt or unreadable
+    Verify {
+        /// Job name
+        job: String,
+        /// Backup id (or a unique prefix of one), or "latest"
+        #[arg(default_value = "latest", conflicts_with = "all")]
+        id: String,
+        /// Every published backup
+        #[arg(long)]
+        all: bool,
+        /// Only this destination (default: every destination of the job)
+        #[arg(long)]
+        from: Option<String>,
+    },
     /// Check the job's watched tables now and restore the missing ones from the newest
     /// backups that hold them ([jobs.NAME.heal]); exit 1 if any could not be restored
     Heal {
@@ -262,6 +279,16 @@ pub fn run(cli: Cli) -> i32 {
             verbose,
         } => status::run(&cli.config, &job, &id, &scope, verbose),
         Command::Retrieve { job, id, scope } => retrieve::run(&cli.config, &job, &id, &scope),
+        Command::Verify { job, id, all, from } => verify::run(
+            &cli.config,
+            &job,
+            if all {
+                crate::verify::Which::All
+            } else {
+                crate::verify::Which::One(id)
+            },
+            from.as_deref(),
+        ),
     }
 }
 

@@ -351,6 +351,8 @@ pub struct Job {
     pub destinations: Vec<String>,
     pub sources: Vec<SourceConfig>,
     pub heal: Option<Heal>,
+    /// When the daemon verifies the newest backup on every destination.
+    pub verify: Option<Schedule>,
 }
 
 /// `[jobs.NAME.heal]`, validated: see [`crate::heal`].
@@ -1094,6 +1096,11 @@ fn validate(path: &Path, raw: raw::RawConfig) -> Result<Config, Vec<String>> {
             .heal
             .as_ref()
             .and_then(|h| heal_config(&key, h, tz.unwrap_or(Tz::UTC), &sources, &mut problems));
+        let verify = j.verify.as_deref().and_then(|expr| {
+            Schedule::parse(expr, tz.unwrap_or(Tz::UTC))
+                .map_err(|e| problems.push(format!("{key}.verify: {e}")))
+                .ok()
+        });
         if let Some(schedule) = schedule {
             jobs.insert(
                 name.clone(),
@@ -1110,6 +1117,7 @@ fn validate(path: &Path, raw: raw::RawConfig) -> Result<Config, Vec<String>> {
                     destinations: j.destinations,
                     sources,
                     heal,
+                    verify,
                 },
             );
         }

@@ -210,6 +210,8 @@ pub struct RawJob {
     pub sources: Vec<RawSource>,
     /// Put missing tables (or collections) back from the newest backups that hold them.
     pub heal: Option<RawHeal>,
+    /// Cron schedule of `stowage verify` for the newest backup on every destination.
+    pub verify: Option<String>,
 }
 
 /// `[jobs.NAME.heal]`.

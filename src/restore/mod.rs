@@ -485,7 +485,7 @@ async fn wait_for_retrieval(
 
 /// The source a backup's database is restored with: the job's own, when the config still
 /// has a source of that name and engine (its tool settings), else the engine's defaults.
-fn database_for(job: &Job, entry: &SourceEntry) -> Option<Arc<dyn Database>> {
+pub fn database_for(job: &Job, entry: &SourceEntry) -> Option<Arc<dyn Database>> {
     job.sources
         .iter()
         .filter_map(SourceConfig::database)
@@ -700,13 +700,32 @@ fn plan<'a>(
 }
 
 /// A source's object on a destination, opened afresh for each pass of a restore.
-struct StoredArchive<'a> {
+/// A source's stored object, read back decompressed and checked against its manifest entry.
+pub struct StoredArchive<'a> {
     storage: &'a dyn Storage,
     key: String,
     sha256: String,
     size: u64,
     compression: crate::config::Compression,
     dest: String,
+}
+
+impl<'a> StoredArchive<'a> {
+    pub fn new(
+        storage: &'a dyn Storage,
+        entry: &SourceEntry,
+        compression: crate::config::Compression,
+        dest: &str,
+    ) -> StoredArchive<'a> {
+        StoredArchive {
+            storage,
+            key: entry.key.clone(),
+            sha256: entry.sha256.clone(),
+            size: entry.size,
+            compression,
+            dest: dest.to_string(),
+        }
+    }
 }
 
 #[async_trait::async_trait]
