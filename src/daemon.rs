@@ -598,29 +598,22 @@ fn fire_in_turn<R: Send + 'static>(
 }
 
 fn record_verify(ctx: &Arc<Ctx>, report: &crate::verify::VerifyReport) {
-    let ok = report.problems() == 0;
+    let problems = report.problem_lines();
     let line = report.summary();
-    if ok {
+    if problems.is_empty() {
         info!(job = %report.job, "{line}");
     } else {
-        for l in report.lines().iter().filter(|l| l.starts_with("  ")) {
-            error!(job = %report.job, "verify {}: {}", report.job, l.trim());
+        for p in &problems {
+            error!(job = %report.job, "verify {}: {p}", report.job);
         }
         error!(job = %report.job, "{line}");
     }
     ctx.update(&report.job, |s| {
         s.last_verify = Some(status::VerifyStatus {
-            ok,
+            ok: problems.is_empty(),
             finished_at: Utc::now(),
             summary: line.clone(),
-            problems: report
-                .lines()
-                .into_iter()
-                .filter(|l| {
-                    l.starts_with("  ") || l.starts_with(&format!("verify {}: ", report.job))
-                })
-                .map(|l| l.trim().to_string())
-                .collect(),
+            problems: problems.clone(),
         });
     });
     ctx.metrics.record_verify(report);

@@ -193,7 +193,7 @@ pub async fn heal(config: &Config, job: &Job, dry_run: bool) -> HealReport {
     };
     let dry_run = dry_run || settings.dry_run;
     let mut report = HealReport::new(&job.name, db.name(), dry_run);
-    pass(config, job, db.as_ref(), dry_run, &mut report).await;
+    pass(config, job, settings, db.as_ref(), dry_run, &mut report).await;
     report.duration_s = t0.elapsed().as_secs_f64();
     let line = report.summary();
     match report.outcome {
@@ -207,13 +207,11 @@ pub async fn heal(config: &Config, job: &Job, dry_run: bool) -> HealReport {
 async fn pass(
     config: &Config,
     job: &Job,
+    settings: &crate::config::Heal,
     db: &dyn Database,
     dry_run: bool,
     report: &mut HealReport,
 ) {
-    let Some(settings) = job.heal.as_ref() else {
-        return;
-    };
     let live = match db.live_objects(None).await {
         Ok(l) => l,
         Err(e) => {

@@ -91,51 +91,52 @@ pub async fn finished(job: &Job, report: &RunReport) {
 /// report (`"event": "heal"`), healthchecks pings `/fail` when the job is left unhealthy. A
 /// pass that found everything present says nothing: it runs every few minutes.
 pub async fn healed(job: &Job, report: &HealReport) {
-    if job.notify.is_empty() || report.outcome == HealOutcome::Ok {
+    if report.outcome == HealOutcome::Ok {
         return;
     }
-    let Some(client) = client() else { return };
+    // Something was missing: worth telling webhooks even when it was put back.
     let ok = report.outcome.healthy();
-    let summary = format!("stowage: {}", report.summary());
-    for n in &job.notify {
-        let req = match n.kind {
-            // A success ping would tell the check the backup ran: only failures go there.
-            NotifyType::Healthchecks if ok => continue,
-            NotifyType::Healthchecks => {
-                let url = format!("{}/fail", n.url.expose().trim_end_matches('/'));
-                client.post(url).body(summary.clone())
-            }
-            // Something was missing: worth telling even when it was put back.
-            NotifyType::Webhook => match n.format {
-                WebhookFormat::Json => {
-                    let mut body = serde_json::to_value(report).unwrap_or_default();
-                    if let Some(o) = body.as_object_mut() {
-                        o.insert("event".into(), "heal".into());
-                        o.insert("host".into(), host().into());
-                    }
-                    client.post(n.url.expose()).json(&body)
-                }
-                WebhookFormat::Slack => client
-                    .post(n.url.expose())
-                    .json(&serde_json::json!({ "text": summary })),
-            },
-        };
-        send(n, &job.name, req).await;
-    }
+    let body = serde_json::to_value(report).unwrap_or_default();
+    let text = format!("stowage: {}", report.summary());
+    send_pass(job, "heal", ok, true, body, text).await;
 }
 
 /// A scheduled verify: webhooks and a healthchecks `/fail` when it found problems (and
 /// webhooks with `on_success` when it found none).
 pub async fn verified(job: &Job, report: &crate::verify::VerifyReport) {
     let ok = report.problems() == 0;
-    if job.notify.is_empty() || (ok && !job.notify.iter().any(|n| n.on_success)) {
-        return;
+    let mut body = serde_json::to_value(report).unwrap_or_default();
+    if let Some(o) = body.as_object_mut() {
+        o.insert("outcome".into(), if ok { "ok" } else { "failed" }.into());
     }
-    let Some(client) = client() else { return };
     let mut text = format!("stowage: {}", report.summary());
     if !ok {
         text.push('\n');
         text.push_str(&report.lines().join("\n"));
+    }
+    send_pass(job, "verify", ok, false, body, text).await;
+}
+
+/// Send a pass beside the backups (heal, verify) to the job's notifications: healthchecks
+/// `/fail` when it leaves the job unhealthy (a success ping would tell the check a backup
+/// ran), webhooks when not `ok`, when `always`, or when they ask for successes; JSON webhooks
+/// get `body` with `"event"` and `"host"`, Slack ones `text`.
+async fn send_pass(
+    job: &Job,
+    event: &str,
+    ok: bool,
+    always: bool,
+    body: serde_json::Value,
+    text: String,
+) {
+    if job.notify.is_empty() {
+        return;
+    }
+    let Some(client) = client() else { return };
+    let mut body = body;
+    if let Some(o) = body.as_object_mut() {
+        o.insert("event".into(), event.into());
+        o.insert("host".into(), host().into());
     }
     for n in &job.notify {
         let req = match n.kind {
@@ -144,17 +145,9 @@ pub async fn verified(job: &Job, report: &crate::verify::VerifyReport) {
                 let url = format!("{}/fail", n.url.expose().trim_end_matches('/'));
                 client.post(url).body(text.clone())
             }
-            NotifyType::Webhook if ok && !n.on_success => continue,
+            NotifyType::Webhook if ok && !always && !n.on_success => continue,
             NotifyType::Webhook => match n.format {
-                WebhookFormat::Json => {
-                    let mut body = serde_json::to_value(report).unwrap_or_default();
-                    if let Some(o) = body.as_object_mut() {
-                        o.insert("event".into(), "verify".into());
-                        o.insert("outcome".into(), if ok { "ok" } else { "failed" }.into());
-                        o.insert("host".into(), host().into());
-                    }
-                    client.post(n.url.expose()).json(&body)
-                }
+                WebhookFormat::Json => client.post(n.url.expose()).json(&body),
                 WebhookFormat::Slack => client
                     .post(n.url.expose())
                     .json(&serde_json::json!({ "text": text })),

@@ -43,7 +43,20 @@ pub struct VerifyReport {
 
 impl VerifyReport {
     pub fn problems(&self) -> usize {
-        self.checked.iter().map(|c| c.problems.len()).sum::<usize>() + self.unreachable.len()
+        self.problem_lines().len()
+    }
+
+    /// Every problem, each naming its backup and destination.
+    pub fn problem_lines(&self) -> Vec<String> {
+        self.checked
+            .iter()
+            .flat_map(|c| {
+                c.problems
+                    .iter()
+                    .map(move |p| format!("{} on {}: {p}", c.id, c.destination))
+            })
+            .chain(self.unreachable.iter().cloned())
+            .collect()
     }
 
     /// One line per backup and destination, then its problems indented.

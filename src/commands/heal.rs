@@ -1,6 +1,6 @@
 use std::path::Path;
 
-use super::{EXIT_CONFIG, EXIT_FAILED, EXIT_OK, job_named, runtime, start};
+use super::{EXIT_CONFIG, EXIT_FAILED, EXIT_OK, with_job};
 use crate::heal::HealOutcome;
 use crate::logging::Console;
 
@@ -8,32 +8,23 @@ use crate::logging::Console;
 /// with --dry-run, can be), 1 when something could not be (or the database is
 /// unreachable), 2 for bad config.
 pub fn run(path: &Path, job_name: &str, dry_run: bool) -> i32 {
-    let (config, _guard) = match start(path, Console::Stderr) {
-        Ok(c) => c,
-        Err(code) => return code,
-    };
-    let job = match job_named(&config, job_name) {
-        Ok(j) => j,
-        Err(code) => return code,
-    };
-    if job.heal.is_none() {
-        eprintln!(
-            "error: job \"{job_name}\" has no healer; add a [jobs.{job_name}.heal] section to {} with the tables to watch (README: Healer)",
-            config.path.display()
-        );
-        return EXIT_CONFIG;
-    }
-    let Some(rt) = runtime() else {
-        return EXIT_FAILED;
-    };
-    let report = rt.block_on(async {
-        let report = crate::heal::heal(&config, job, dry_run).await;
-        crate::notify::healed(job, &report).await;
-        report
-    });
-    println!("{}", report.summary());
-    match report.outcome {
-        HealOutcome::Ok | HealOutcome::Healed | HealOutcome::DryRun => EXIT_OK,
-        HealOutcome::Failed | HealOutcome::Unreachable => EXIT_FAILED,
-    }
+    with_job(path, Console::Stderr, job_name, |config, job, rt| {
+        if job.heal.is_none() {
+            eprintln!(
+                "error: job \"{job_name}\" has no healer; add a [jobs.{job_name}.heal] section to {} with the tables to watch (README: Healer)",
+                config.path.display()
+            );
+            return EXIT_CONFIG;
+        }
+        let report = rt.block_on(async {
+            let report = crate::heal::heal(config, job, dry_run).await;
+            crate::notify::healed(job, &report).await;
+            report
+        });
+        println!("{}", report.summary());
+        match report.outcome {
+            HealOutcome::Ok | HealOutcome::Healed | HealOutcome::DryRun => EXIT_OK,
+            HealOutcome::Failed | HealOutcome::Unreachable => EXIT_FAILED,
+        }
+    })
 }

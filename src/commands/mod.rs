@@ -395,15 +395,30 @@ pub(crate) fn start(
     Ok((config, guard))
 }
 
-/// The job named on the command line; Err is the exit code, the error already printed.
-pub(crate) fn job_named<'a>(
-    config: &'a crate::config::Config,
+/// How a command about one job begins: config, logging, the job named on the command
+/// line, a runtime; then `f`, whose exit code is the command's. Each failure before `f` is
+/// printed and gives its exit code.
+pub(crate) fn with_job(
+    path: &std::path::Path,
+    console: crate::logging::Console,
     name: &str,
-) -> Result<&'a crate::config::Job, i32> {
-    crate::restore::find_job(config, name).map_err(|e| {
-        eprintln!("error: {e}");
-        EXIT_CONFIG
-    })
+    f: impl FnOnce(&crate::config::Config, &crate::config::Job, &tokio::runtime::Runtime) -> i32,
+) -> i32 {
+    let (config, _guard) = match start(path, console) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let job = match crate::restore::find_job(&config, name) {
+        Ok(j) => j,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return EXIT_CONFIG;
+        }
+    };
+    match runtime() {
+        Some(rt) => f(&config, job, &rt),
+        None => EXIT_FAILED,
+    }
 }
 
 pub(crate) fn init_logging(

@@ -1,6 +1,6 @@
 use std::path::Path;
 
-use super::{EXIT_CONFIG, EXIT_FAILED, EXIT_OK, job_named, runtime, start};
+use super::{EXIT_CONFIG, EXIT_FAILED, EXIT_OK, with_job};
 use crate::logging::Console;
 use crate::restore::RestoreError;
 use crate::verify::Which;
@@ -8,18 +8,9 @@ use crate::verify::Which;
 /// Re-read the chosen backups and say, per backup and destination, whether they are whole
 /// and readable: 0 all good, 1 anything missing, corrupt or unreadable, 2 bad usage.
 pub fn run(path: &Path, job_name: &str, which: Which, from: Option<&str>) -> i32 {
-    let (config, _guard) = match start(path, Console::Stderr) {
-        Ok(c) => c,
-        Err(code) => return code,
-    };
-    let job = match job_named(&config, job_name) {
-        Ok(j) => j,
-        Err(code) => return code,
-    };
-    let Some(rt) = runtime() else {
-        return EXIT_FAILED;
-    };
-    match rt.block_on(crate::verify::verify(&config, job, &which, from)) {
+    with_job(path, Console::Stderr, job_name, |config, job, rt| match rt
+        .block_on(crate::verify::verify(config, job, &which, from))
+    {
         Ok(report) => {
             for line in report.lines() {
                 println!("{line}");
@@ -38,5 +29,5 @@ pub fn run(path: &Path, job_name: &str, which: Which, from: Option<&str>) -> i32
                 _ => EXIT_FAILED,
             }
         }
-    }
+    })
 }

@@ -159,14 +159,9 @@ pub async fn survey(
             let state = if local {
                 State::Local
             } else {
-                match storage.retrieval(&key).await {
-                    Ok(Retrieval::Readable | Retrieval::Retrieved) => State::Ready,
-                    Ok(Retrieval::Archived) => State::Available,
-                    Ok(Retrieval::Pending) => State::Pending,
-                    Err(e) => return Err(RestoreError::Storage(e.to_string())),
-                }
+                state_of(storage, &key).await?
             };
-            Ok(Object {
+            Ok::<_, RestoreError>(Object {
                 source,
                 name: key,
                 state,
@@ -222,17 +217,24 @@ pub async fn refresh(storage: &dyn Storage, survey: &mut Survey) -> Result<(), R
         .iter_mut()
         .filter(|o| matches!(o.state, State::Available | State::Pending))
     {
-        o.state = match storage
-            .retrieval(&o.name)
+        o.state = state_of(storage, &o.name).await?;
+    }
+    Ok(())
+}
+
+/// What the store says of `key`, in lifecycle terms.
+async fn state_of(storage: &dyn Storage, key: &str) -> Result<State, RestoreError> {
+    Ok(
+        match storage
+            .retrieval(key)
             .await
             .map_err(|e| RestoreError::Storage(e.to_string()))?
         {
             Retrieval::Readable | Retrieval::Retrieved => State::Ready,
             Retrieval::Archived => State::Available,
             Retrieval::Pending => State::Pending,
-        };
-    }
-    Ok(())
+        },
+    )
 }
 
 #[cfg(test)]

@@ -225,7 +225,7 @@ pub async fn restore(
             .map(|d| d.entry)
             .chain(plan.files.iter().copied())
             .collect();
-        let files_dir = |e: &SourceEntry| files_dir(job, req, e);
+        let files_dir = |e: &SourceEntry| files_dir_for(job, req.files_to.as_ref(), e);
         let mut survey = lifecycle::survey(
             st.as_ref(),
             &sources,
@@ -344,7 +344,7 @@ pub async fn restore(
             entry,
             manifest.compression,
             files::Target {
-                dir: files_dir(job, req, entry),
+                dir: files_dir_for(job, req.files_to.as_ref(), entry),
                 orphans: req.orphans_to.clone(),
                 dry_run: req.dry_run,
             },
@@ -414,10 +414,6 @@ pub async fn survey(config: &Config, req: &SurveyRequest) -> Result<Surveyed, Re
         located,
         survey,
     })
-}
-
-fn files_dir(job: &Job, req: &RestoreRequest, entry: &SourceEntry) -> Option<PathBuf> {
-    files_dir_for(job, req.files_to.as_ref(), entry)
 }
 
 /// Where a files source is restored: `--files-to`, else the configured source's path, else

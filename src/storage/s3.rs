@@ -529,9 +529,10 @@ impl Storage for S3Storage {
     async fn retrieval(&self, key: &str) -> Result<Retrieval, StorageError> {
         let full = self.full_key(key);
         let head = self.head(&full).await?;
-        let archived = head
-            .storage_class()
-            .is_some_and(|c| matches!(c, StorageClass::Glacier | StorageClass::DeepArchive));
+        // By the object's own class: the config may say another, or none.
+        let archived = head.storage_class().is_some_and(|c| {
+            super::class::StorageClass::parse(c.as_str()).is_some_and(|c| c.needs_retrieval())
+        });
         if !archived {
             return Ok(Retrieval::Readable);
         }

@@ -519,6 +519,7 @@ impl Database for PostgresSource {
             return Ok(lines);
         }
         let live = self.tables_in(&url).await?;
+        // Catalog names are raw, not SQL: matched as they are, not parsed.
         let present = |t: &String| {
             TableName::parse(t).is_ok_and(|want| {
                 live.iter().any(|l| {
@@ -607,7 +608,8 @@ impl Database for PostgresSource {
     }
 }
 
-/// A foreign key of another table that points at a table being replaced (`--clean`).
+/// Something that depends on a table being replaced (`--clean`): a foreign key of another
+/// table, or a view over it.
 #[derive(Debug)]
 struct Dependent {
     drop: String,
