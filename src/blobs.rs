@@ -23,10 +23,13 @@ use tokio::io::AsyncReadExt;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::codec;
+use crate::codec::{self, Packing};
 use crate::config::Compression;
+use crate::crypt::{Keys, Sealer};
+use crate::layout::Form;
 use crate::manifest::{self, JobListing, Manifest, SourceEntry};
 use crate::storage::{Storage, StorageError};
+use std::sync::Arc;
 
 pub use crate::layout::{BLOBS_DIR, LOCKS_DIR, blob_key};
 pub const INDEX_FORMAT: u32 = 1;
@@ -76,17 +79,72 @@ pub enum BlobError {
     Storage(#[from] StorageError),
     #[error("{0}")]
     Corrupt(String),
+    #[error(transparent)]
+    Crypt(Box<crate::crypt::CryptError>),
     #[error("cancelled")]
     Cancelled,
 }
 
-/// Serialize and compress an index.
-pub async fn encode_index(index: &FileIndex, c: Compression) -> Result<(Bytes, u64), BlobError> {
+/// Serialize, compress and (for an encrypting job) encrypt an index.
+pub async fn encode_index(
+    index: &FileIndex,
+    c: Compression,
+    sealer: Option<&Arc<Sealer>>,
+) -> Result<(Bytes, u64), BlobError> {
     let json = serde_json::to_vec(index)
         .map_err(|e| BlobError::Corrupt(format!("encoding the file index: {e}")))?;
     let raw = json.len() as u64;
-    let packed = compress_bytes(Bytes::from(json), c, None).await?;
+    let packed = pack_bytes(Bytes::from(json), c, None, sealer).await?;
     Ok((packed, raw))
+}
+
+/// Compress, then encrypt when the job encrypts: a small object as it is stored.
+pub async fn pack_bytes(
+    data: Bytes,
+    c: Compression,
+    level: Option<i32>,
+    sealer: Option<&Arc<Sealer>>,
+) -> Result<Bytes, BlobError> {
+    let packed = compress_bytes(data, c, level).await?;
+    let Some(sealer) = sealer else {
+        return Ok(packed);
+    };
+    let mut r = crate::crypt::seal(Box::new(std::io::Cursor::new(packed)), sealer.clone());
+    let mut out = Vec::new();
+    r.read_to_end(&mut out)
+        .await
+        .map_err(|e| BlobError::Corrupt(format!("encrypting: {e}")))?;
+    Ok(Bytes::from(out))
+}
+
+/// The clear list of blob keys an encrypted index references (`layout::refs_key`), so a
+/// sweep can mark without a key: it reveals only names the blob listing shows anyway.
+pub async fn encode_refs(index: &FileIndex, c: Compression) -> Result<Bytes, BlobError> {
+    let mut keys: Vec<&str> = index.files.iter().map(|f| f.blob.as_str()).collect();
+    keys.sort_unstable();
+    keys.dedup();
+    let mut text = keys.join("\n");
+    text.push('\n');
+    compress_bytes(Bytes::from(text), c, None).await
+}
+
+pub async fn read_refs(
+    storage: &dyn Storage,
+    r: &crate::manifest::StoredRef,
+    c: Compression,
+) -> Result<Vec<String>, BlobError> {
+    let raw = storage.get(&r.key).await?;
+    let verified = codec::Verify::new(raw, &r.sha256, r.size, &r.key);
+    let mut text = String::new();
+    codec::decompress(Box::new(verified), c)
+        .read_to_string(&mut text)
+        .await
+        .map_err(|e| BlobError::Corrupt(format!("reading {}: {e}", r.key)))?;
+    Ok(text
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(str::to_string)
+        .collect())
 }
 
 pub async fn compress_bytes(
@@ -109,11 +167,14 @@ pub async fn compress_bytes(
 pub async fn read_index(
     storage: &dyn Storage,
     entry: &SourceEntry,
-    c: Compression,
+    packing: &Packing,
 ) -> Result<FileIndex, BlobError> {
     let raw = storage.get(&entry.key).await?;
     let verified = codec::Verify::new(raw, &entry.sha256, entry.size, &entry.key);
-    let mut r = codec::decompress(Box::new(verified), c);
+    let mut r = packing
+        .unpack(Box::new(verified), &entry.key)
+        .await
+        .map_err(|e| BlobError::Crypt(Box::new(e)))?;
     let mut json = Vec::new();
     r.read_to_end(&mut json)
         .await
@@ -124,11 +185,11 @@ pub async fn read_index(
 
 /// Hashes of the blobs a destination holds, from a job listing (keys in the current
 /// compression only: the index names one key per content, the same on every destination).
-pub fn existing_blobs(listing: &JobListing, job: &str, c: Compression) -> HashSet<String> {
+pub fn existing_blobs(listing: &JobListing, job: &str, form: Form) -> HashSet<String> {
     listing
         .blobs
         .iter()
-        .filter_map(|o| hash_of_blob(job, &o.key, c))
+        .filter_map(|o| hash_of_blob(job, &o.key, form))
         .collect()
 }
 
@@ -331,10 +392,24 @@ async fn sweep_locked(
             }
         };
         for e in m.sources.iter().filter(|s| s.files.is_some()) {
-            let index = read_index(storage, e, m.compression).await.map_err(|err| {
-                BlobError::Corrupt(format!("sweep stopped, backup {}: {err}", p.id))
-            })?;
-            referenced.extend(index.files.into_iter().map(|f| f.blob));
+            let stop = |err| BlobError::Corrupt(format!("sweep stopped, backup {}: {err}", p.id));
+            match (&e.refs, m.encryption.is_some()) {
+                (Some(r), _) => {
+                    referenced.extend(read_refs(storage, r, m.compression).await.map_err(stop)?)
+                }
+                (None, true) => {
+                    return Err(BlobError::Corrupt(format!(
+                        "sweep stopped, backup {}: encrypted files source {} lists no blob references",
+                        p.id, e.name
+                    )));
+                }
+                (None, false) => {
+                    let index = read_index(storage, e, &Packing::of(&m, None))
+                        .await
+                        .map_err(stop)?;
+                    referenced.extend(index.files.into_iter().map(|f| f.blob));
+                }
+            }
         }
     }
     let young = |o: &crate::storage::ObjectMeta| {
@@ -369,6 +444,7 @@ pub async fn previous_index(
     listing: &JobListing,
     job: &str,
     source: &str,
+    keys: Option<Arc<Keys>>,
 ) -> Option<HashMap<String, IndexEntry>> {
     for p in listing.published(job) {
         let Ok(m) = manifest::read_manifest(storage, job, &p.id).await else {
@@ -381,7 +457,12 @@ pub async fn previous_index(
         else {
             continue;
         };
-        return match read_index(storage, e, m.compression).await {
+        if m.encryption.is_some() && keys.is_none() {
+            // Without the identity the index cannot be read: every file is hashed again
+            // (nothing is uploaded again: blob names still match).
+            return None;
+        }
+        return match read_index(storage, e, &Packing::of(&m, keys.clone())).await {
             Ok(ix) => Some(ix.files.into_iter().map(|f| (f.path.clone(), f)).collect()),
             Err(err) => {
                 warn!(

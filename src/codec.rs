@@ -9,8 +9,47 @@ use sha2::{Digest, Sha256};
 use tokio::io::{AsyncRead, BufReader, ReadBuf};
 
 use crate::config::Compression;
+use crate::crypt::{CryptError, Keys};
+use std::sync::Arc;
 
 pub type Reader = Box<dyn AsyncRead + Send + Unpin>;
+
+/// How to read a backup's objects back: its compression, and the age keys when the
+/// manifest says it is encrypted.
+#[derive(Debug, Clone)]
+pub struct Packing {
+    pub compression: Compression,
+    pub encrypted: bool,
+    pub keys: Option<Arc<Keys>>,
+}
+
+impl Packing {
+    pub fn of(m: &crate::manifest::Manifest, keys: Option<Arc<Keys>>) -> Packing {
+        Packing {
+            compression: m.compression,
+            encrypted: m.encryption.is_some(),
+            keys,
+        }
+    }
+
+    pub fn plain(compression: Compression) -> Packing {
+        Packing {
+            compression,
+            encrypted: false,
+            keys: None,
+        }
+    }
+
+    /// Decrypt (when encrypted) and decompress `raw`, the stored bytes of `what`.
+    pub async fn unpack(&self, raw: Reader, what: &str) -> Result<Reader, CryptError> {
+        let r = if self.encrypted {
+            crate::crypt::open(raw, self.keys.as_ref(), what).await?
+        } else {
+            raw
+        };
+        Ok(decompress(r, self.compression))
+    }
+}
 
 const BUF: usize = 256 * 1024;
 

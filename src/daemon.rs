@@ -116,6 +116,7 @@ struct JobSlot {
     running: AtomicBool,
     healing: AtomicBool,
     verifying: AtomicBool,
+    drilling: AtomicBool,
     /// Held by a backup attempt, a heal pass and a verify: the healer never restores while
     /// the job's backup runs, a backup never dumps a database the healer is restoring, and
     /// a verify never reads a backup that retention is deleting. Whichever comes second
@@ -129,6 +130,7 @@ enum Task {
     Backup,
     Heal,
     Verify,
+    Drill,
 }
 
 /// Run until a stop signal. Scheduling then stops and running backups get the config's
@@ -284,6 +286,7 @@ fn new_slot(name: &str) -> Arc<JobSlot> {
         running: AtomicBool::new(false),
         healing: AtomicBool::new(false),
         verifying: AtomicBool::new(false),
+        drilling: AtomicBool::new(false),
         turn: tokio::sync::Mutex::new(()),
     })
 }
@@ -302,11 +305,12 @@ async fn start_scheduler(
         let Some(job) = config.jobs.get(&slot.name) else {
             continue;
         };
-        for task in [Task::Backup, Task::Heal, Task::Verify] {
+        for task in [Task::Backup, Task::Heal, Task::Verify, Task::Drill] {
             let armed = match task {
                 Task::Backup => true,
                 Task::Heal => job.heal.is_some(),
                 Task::Verify => job.verify.is_some(),
+                Task::Drill => job.drill.is_some(),
             };
             if !armed {
                 continue;
@@ -419,6 +423,10 @@ fn arm(
                 Some(v) => v,
                 None => return Ok(()),
             },
+            Task::Drill => match &job.drill {
+                Some(d) => &d.schedule,
+                None => return Ok(()),
+            },
         };
         let Some(next) = schedule.next_after(after) else {
             warn!(job = %slot.name, "schedule \"{}\" has no future run; the job will not run", schedule.expr());
@@ -444,6 +452,7 @@ fn arm(
                     Task::Backup => fire(&ctx, &slot),
                     Task::Heal => fire_heal(&ctx, &slot),
                     Task::Verify => fire_verify(&ctx, &slot),
+                    Task::Drill => fire_drill(&ctx, &slot),
                 }
                 // No remove here: the scheduler drops a one-shot once it has run, and
                 // removing it first races that bookkeeping ("Could not get job metadata").
@@ -474,6 +483,7 @@ fn arm(
             // Heals come every few minutes: their timers are not worth a line each.
             Task::Heal => tracing::debug!(job = %slot.name, "next heal of {} at {when}", slot.name),
             Task::Verify => info!(job = %slot.name, "next verify of {} at {when}", slot.name),
+            Task::Drill => info!(job = %slot.name, "next restore drill of {} at {when}", slot.name),
         }
         Ok(())
     })
@@ -526,6 +536,7 @@ fn fire_verify(ctx: &Arc<Ctx>, slot: &Arc<JobSlot>) {
                     job,
                     &crate::verify::Which::One("latest".into()),
                     None,
+                    job.encryption.as_ref().and_then(|e| e.keys.clone()),
                 )
                 .await
                 .unwrap_or_else(|e| crate::verify::VerifyReport {
@@ -542,7 +553,46 @@ fn fire_verify(ctx: &Arc<Ctx>, slot: &Arc<JobSlot>) {
     );
 }
 
-/// A pass beside the backups (heal, verify): one at a time (`busy`), in turn with the
+/// Start a restore drill unless one is still going.
+fn fire_drill(ctx: &Arc<Ctx>, slot: &Arc<JobSlot>) {
+    fire_in_turn(
+        ctx,
+        slot,
+        |s| &s.drilling,
+        "drill",
+        |config, job| {
+            Box::pin(crate::drill::drill(
+                config,
+                job,
+                job.encryption.as_ref().and_then(|e| e.keys.clone()),
+            ))
+        },
+        |ctx, job, report| {
+            record_drill(ctx, &report);
+            Box::pin(async move { crate::notify::drilled(&job, &report).await })
+        },
+    );
+}
+
+fn record_drill(ctx: &Arc<Ctx>, report: &crate::drill::DrillReport) {
+    let line = report.summary();
+    if report.passed() {
+        info!(job = %report.job, "{line}");
+    } else {
+        error!(job = %report.job, "{line}");
+    }
+    ctx.update(&report.job, |s| {
+        s.last_drill = Some(status::VerifyStatus {
+            ok: report.passed(),
+            finished_at: Utc::now(),
+            summary: line.clone(),
+            problems: report.problems.clone(),
+        });
+    });
+    ctx.metrics.record_drill(report);
+}
+
+/// A pass beside the backups (heal, verify, drill): one at a time (`busy`), in turn with the
 /// job's backups, dropped by a stop past the grace. The pass runs on a blocking thread
 /// because the restore and verify futures are not provably `Send` (rustc#102211: their
 /// streams borrow), and `block_on` does not ask for that.

@@ -87,6 +87,16 @@ pub trait Database: Send + Sync + fmt::Debug {
     async fn tool_version(&self) -> Result<(String, String), SourceError>;
     /// Start a dump. Read `Dump::reader` to the end, then await `Dump::finish`.
     async fn dump(&self) -> Result<Dump, SourceError>;
+    /// A dump that also counts each table's rows in the dump's own snapshot
+    /// (`DumpInfo::rows`), for drills to compare a restore with. Engines that cannot count
+    /// in the same snapshot dump without counts.
+    async fn dump_counting_rows(&self) -> Result<Dump, SourceError> {
+        self.dump().await
+    }
+    /// Restore drills: `None` when the engine cannot run them.
+    fn scratch(&self) -> Option<&dyn Scratch> {
+        None
+    }
     /// Objects (tables, collections) the archive holds, read from the archive itself.
     async fn archive_objects(&self, archive: &dyn Archive) -> Result<Vec<String>, SourceError>;
     /// Objects present in a live database: `target` as given to restore, or the source's
@@ -108,6 +118,26 @@ pub struct DumpInfo {
     pub server_version: Option<String>,
     /// Tables or collections in the dump; `None` when the engine cannot tell.
     pub objects: Option<Vec<String>>,
+    /// Rows per table in the dump's snapshot, when asked for and the engine can tell.
+    pub rows: Option<std::collections::BTreeMap<String, u64>>,
+}
+
+/// What a restore drill (`crate::drill`) needs from an engine: a scratch database it
+/// creates, restores into through [`Database::restore`], inspects, and drops.
+#[async_trait]
+pub trait Scratch: Send + Sync {
+    /// Whether `target` names the source's own database, which a drill must never touch.
+    fn is_own_database(&self, target: &str) -> bool;
+    /// Create `target`, empty; what a crashed drill left there is dropped first.
+    async fn create(&self, target: &str) -> Result<(), SourceError>;
+    async fn drop(&self, target: &str) -> Result<(), SourceError>;
+    /// Rows per table, named as in the manifest's `objects`.
+    async fn row_counts(
+        &self,
+        target: &str,
+    ) -> Result<std::collections::BTreeMap<String, u64>, SourceError>;
+    /// Run a check; true when it returns one row holding true.
+    async fn check(&self, target: &str, query: &str) -> Result<bool, SourceError>;
 }
 
 /// A running dump: read `reader` to the end, then await `finish` to learn whether the

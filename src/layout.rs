@@ -2,10 +2,12 @@
 //! keys, not what they mean; the manifest, blob and lock code build their keys here.
 //!
 //! ```text
-//! <root>/<job>/<id>/<source>.<ext>[.zst|.gz]   data, one object per database source
-//! <root>/<job>/<id>/<source>.files.json[.zst]  files source: index of path → content hash
-//! <root>/<job>/<id>/manifest.json              written last: the backup exists once it does
-//! <root>/<job>/blobs/<aa>/<sha256>[.zst]       file contents, shared by all backups of the job
+//! <root>/<job>/<id>/<source>.<ext>[.zst|.gz][.age]   data, one object per database source
+//! <root>/<job>/<id>/<source>.files.json[.zst][.age]  files source: index of path → content hash
+//! <root>/<job>/<id>/<source>.blobs.txt[.zst]         encrypted files source: the blob keys its
+//!                                                    index references, in clear, for blob sweeps
+//! <root>/<job>/<id>/manifest.json                    written last: the backup exists once it does
+//! <root>/<job>/blobs/<aa>/<name>[.zst][.age]         file contents, shared by all backups of the job
 //! <root>/<job>/locks/<id>.backup|.sweep        a backup or a blob sweep in progress
 //! ```
 //! `<id>` is the UTC start time (`20261122T030000.123Z`), so ids sort by time as strings, and
@@ -50,6 +52,36 @@ pub fn manifest_key(job: &str, id: &str) -> String {
     format!("{job}/{id}/{MANIFEST}")
 }
 
+/// How an object is stored: its compression, and whether it is an age file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Form {
+    pub compression: Compression,
+    pub encrypted: bool,
+}
+
+impl From<Compression> for Form {
+    fn from(compression: Compression) -> Form {
+        Form {
+            compression,
+            encrypted: false,
+        }
+    }
+}
+
+impl Form {
+    pub fn suffix(self) -> String {
+        format!(
+            "{}{}",
+            compression_suffix(self.compression),
+            if self.encrypted {
+                crate::crypt::SUFFIX
+            } else {
+                ""
+            }
+        )
+    }
+}
+
 pub fn compression_suffix(c: Compression) -> &'static str {
     match c {
         Compression::Zstd => ".zst",
@@ -58,25 +90,31 @@ pub fn compression_suffix(c: Compression) -> &'static str {
     }
 }
 
-pub fn object_key(job: &str, id: &str, source: &str, ext: &str, c: Compression) -> String {
-    format!("{job}/{id}/{source}.{ext}{}", compression_suffix(c))
+pub fn object_key(job: &str, id: &str, source: &str, ext: &str, form: impl Into<Form>) -> String {
+    format!("{job}/{id}/{source}.{ext}{}", form.into().suffix())
 }
 
 /// The index of a files source: `<job>/<id>/<source>.files.json.zst`.
-pub fn index_key(job: &str, id: &str, source: &str, c: Compression) -> String {
-    object_key(job, id, source, "files.json", c)
+pub fn index_key(job: &str, id: &str, source: &str, form: impl Into<Form>) -> String {
+    object_key(job, id, source, "files.json", form)
 }
 
-pub fn blob_key(job: &str, sha256: &str, c: Compression) -> String {
-    let fan = sha256.get(..2).unwrap_or("00");
-    format!("{job}/{BLOBS_DIR}/{fan}/{sha256}{}", compression_suffix(c))
+/// The clear list of blob keys an encrypted files source's index references.
+pub fn refs_key(job: &str, id: &str, source: &str, c: Compression) -> String {
+    object_key(job, id, source, "blobs.txt", c)
 }
 
-/// The content hash a blob key names, if it is one.
-pub fn hash_of_blob(job: &str, key: &str, c: Compression) -> Option<String> {
+/// `name`: the content's sha256, or its keyed name when the job has a blob key.
+pub fn blob_key(job: &str, name: &str, form: impl Into<Form>) -> String {
+    let fan = name.get(..2).unwrap_or("00");
+    format!("{job}/{BLOBS_DIR}/{fan}/{name}{}", form.into().suffix())
+}
+
+/// The name a blob key carries, if it is a blob stored in `form`.
+pub fn hash_of_blob(job: &str, key: &str, form: impl Into<Form>) -> Option<String> {
     let rest = key.strip_prefix(&format!("{job}/{BLOBS_DIR}/"))?;
     let (_, name) = rest.split_once('/')?;
-    let hash = name.strip_suffix(compression_suffix(c))?;
+    let hash = name.strip_suffix(form.into().suffix().as_str())?;
     (hash.len() == 64 && hash.bytes().all(|b| b.is_ascii_hexdigit())).then(|| hash.to_string())
 }
 

@@ -24,6 +24,9 @@ pub struct Manifest {
     pub started_at: DateTime<Utc>,
     pub finished_at: DateTime<Utc>,
     pub compression: Compression,
+    /// "age" when every object holding data is an age file (`crate::crypt`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encryption: Option<String>,
     pub sources: Vec<SourceEntry>,
     /// e.g. {"stowage": "0.1.0", "pg_dump": "pg_dump (PostgreSQL) 15.18"}
     pub tools: BTreeMap<String, String>,
@@ -60,6 +63,22 @@ pub struct SourceEntry {
     /// files: what the index references and what this run uploaded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub files: Option<FilesStats>,
+    /// Encrypted files sources: the clear list of blob keys the index references, so
+    /// blob sweeps need no key to read the index.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refs: Option<StoredRef>,
+    /// Databases: rows per table (or collection) in the dump's snapshot, when the engine
+    /// counts them; a drill compares a restore against these.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rows: Option<BTreeMap<String, u64>>,
+}
+
+/// A further stored object of a source, with what checks it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct StoredRef {
+    pub key: String,
+    pub size: u64,
+    pub sha256: String,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -77,6 +96,13 @@ pub struct FilesStats {
 }
 
 impl Manifest {
+    /// How this backup's objects are stored.
+    pub fn form(&self) -> layout::Form {
+        layout::Form {
+            compression: self.compression,
+            encrypted: self.encryption.is_some(),
+        }
+    }
     /// Bytes this backup added to a destination (shared blobs it reuses not counted).
     pub fn stored_size(&self) -> u64 {
         self.sources

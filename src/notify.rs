@@ -117,7 +117,19 @@ pub async fn verified(job: &Job, report: &crate::verify::VerifyReport) {
     send_pass(job, "verify", ok, false, body, text).await;
 }
 
-/// Send a pass beside the backups (heal, verify) to the job's notifications: healthchecks
+/// A restore drill: like a verify, `/fail` and webhooks when it failed.
+pub async fn drilled(job: &Job, report: &crate::drill::DrillReport) {
+    let ok = report.passed();
+    let mut body = serde_json::to_value(report).unwrap_or_default();
+    if let Some(o) = body.as_object_mut() {
+        o.insert("outcome".into(), if ok { "ok" } else { "failed" }.into());
+        o.insert("summary".into(), report.summary().into());
+    }
+    let text = format!("stowage: {}", report.summary());
+    send_pass(job, "drill", ok, false, body, text).await;
+}
+
+/// Send a pass beside the backups (heal, verify, drill) to the job's notifications: healthchecks
 /// `/fail` when it leaves the job unhealthy (a success ping would tell the check a backup
 /// ran), webhooks when not `ok`, when `always`, or when they ask for successes; JSON webhooks
 /// get `body` with `"event"` and `"host"`, Slack ones `text`.

@@ -54,6 +54,9 @@ pub struct Metrics {
     healed_objects: Family<JobLabel, Counter>,
     verifies: Family<RunLabels, Counter>,
     verify_ok: Family<JobLabel, Gauge<f64, AtomicU64>>,
+    drills: Family<RunLabels, Counter>,
+    drill_ok: Family<JobLabel, Gauge<f64, AtomicU64>>,
+    drill_seconds: Family<JobLabel, Gauge<f64, AtomicU64>>,
     rss: Gauge,
 }
 
@@ -77,6 +80,9 @@ impl Metrics {
             healed_objects: Family::default(),
             verifies: Family::default(),
             verify_ok: Family::default(),
+            drills: Family::default(),
+            drill_ok: Family::default(),
+            drill_seconds: Family::default(),
             rss: Gauge::default(),
             registry: Registry::default(),
         };
@@ -129,6 +135,21 @@ impl Metrics {
             "verify_last_success_timestamp_seconds",
             "Unix time of the job's last scheduled verify that found every copy whole and readable",
             m.verify_ok.clone(),
+        );
+        registry.register(
+            "drills",
+            "Restore drills by outcome (ok, failed)",
+            m.drills.clone(),
+        );
+        registry.register(
+            "drill_last_success_timestamp_seconds",
+            "Unix time of the job's last restore drill that passed",
+            m.drill_ok.clone(),
+        );
+        registry.register(
+            "drill_duration_seconds",
+            "How long the job's last restore drill took to restore and check: the measured recovery time",
+            m.drill_seconds.clone(),
         );
         registry.register(
             "process_resident_memory_bytes",
@@ -192,6 +213,25 @@ impl Metrics {
         if ok {
             self.verify_ok
                 .get_or_create(&JobLabel { job: r.job.clone() })
+                .set(chrono::Utc::now().timestamp_millis() as f64 / 1000.0);
+        }
+    }
+
+    pub fn record_drill(&self, r: &crate::drill::DrillReport) {
+        let ok = r.passed();
+        let job = JobLabel { job: r.job.clone() };
+        self.drills
+            .get_or_create(&RunLabels {
+                job: r.job.clone(),
+                outcome: if ok { "ok" } else { "failed" }.to_string(),
+            })
+            .inc();
+        self.drill_seconds
+            .get_or_create(&job)
+            .set(r.duration.as_secs_f64());
+        if ok {
+            self.drill_ok
+                .get_or_create(&job)
                 .set(chrono::Utc::now().timestamp_millis() as f64 / 1000.0);
         }
     }
@@ -317,6 +357,16 @@ async fn index<V: View>(State(view): State<Arc<V>>) -> Html<String> {
                 l.summary
             ),
         };
+        let drill = match (&job.drill, &s.last_drill) {
+            (None, _) => "-".to_string(),
+            (Some(d), None) => format!("scheduled ({})", d.schedule.expr()),
+            (Some(_), Some(l)) => format!(
+                "{} at {}: {}",
+                if l.ok { "ok" } else { "failed" },
+                l.finished_at.format("%Y-%m-%d %H:%M:%S UTC"),
+                l.summary
+            ),
+        };
         for h in &s.heals {
             heals.push_str(&format!(
                 "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>\n",
@@ -327,7 +377,7 @@ async fn index<V: View>(State(view): State<Arc<V>>) -> Html<String> {
             ));
         }
         rows.push_str(&format!(
-            "<tr><td>{}</td><td><code>{}</code> ({})</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>\n",
+            "<tr><td>{}</td><td><code>{}</code> ({})</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>\n",
             esc(&job.name),
             esc(job.schedule.expr()),
             esc(&job.schedule.tz().to_string()),
@@ -336,6 +386,7 @@ async fn index<V: View>(State(view): State<Arc<V>>) -> Html<String> {
             esc(&last),
             esc(&heal),
             esc(&verify),
+            esc(&drill),
             esc(&job.destinations.join(", "))
         ));
         for r in &s.recent {
@@ -366,7 +417,7 @@ async fn index<V: View>(State(view): State<Arc<V>>) -> Html<String> {
          <style>body{{font-family:sans-serif;margin:2em}}td,th{{padding:.2em .8em;text-align:left}}\
          .ok{{color:green}}.bad{{color:#b00}}</style></head><body>\
          <h1>stowage {}</h1>{health}\
-         <h2>Jobs</h2><table><tr><th>job</th><th>schedule</th><th>next run</th><th>newest backup</th><th>last run</th><th>last heal</th><th>last verify</th><th>destinations</th></tr>\n{rows}</table>\
+         <h2>Jobs</h2><table><tr><th>job</th><th>schedule</th><th>next run</th><th>newest backup</th><th>last run</th><th>last heal</th><th>last verify</th><th>last drill</th><th>destinations</th></tr>\n{rows}</table>\
          <h2>Recent runs</h2><table><tr><th>job</th><th>id</th><th>outcome</th><th>finished</th><th>duration</th><th>errors</th></tr>\n{recent}</table>\
          <h2>Heals</h2><table><tr><th>job</th><th>finished</th><th>outcome</th><th>summary</th></tr>\n{heals}</table>\
          <p><a href=/metrics>metrics</a> · <a href=/healthz>healthz</a></p></body></html>\n",

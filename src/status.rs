@@ -37,6 +37,9 @@ pub struct JobStatus {
     /// The last scheduled verify, when the job has one.
     #[serde(default)]
     pub last_verify: Option<VerifyStatus>,
+    /// The last restore drill, when the job has one (its summary carries the duration).
+    #[serde(default)]
+    pub last_drill: Option<VerifyStatus>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -147,6 +150,16 @@ pub fn problems(config: &Config, state: &State, now: DateTime<Utc>) -> Vec<Strin
                 job.name,
                 v.finished_at.format("%Y-%m-%dT%H:%M:%SZ"),
                 v.problems.join("; ")
+            ));
+        }
+        if let Some(d) = &status.last_drill
+            && !d.ok
+        {
+            out.push(format!(
+                "job {}: restore drill at {} failed: {}",
+                job.name,
+                d.finished_at.format("%Y-%m-%dT%H:%M:%SZ"),
+                d.problems.join("; ")
             ));
         }
         let Some(limit) = job.staleness_limit(now) else {

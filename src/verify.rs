@@ -8,8 +8,11 @@ use std::collections::HashMap;
 
 use serde::Serialize;
 
-use crate::codec;
+use std::sync::Arc;
+
+use crate::codec::{self, Packing};
 use crate::config::{Config, Job};
+use crate::crypt::Keys;
 use crate::manifest::{self, JobListing, Manifest, SourceEntry};
 use crate::pipeline::human_bytes;
 use crate::restore::{self, RestoreError};
@@ -107,11 +110,14 @@ impl VerifyReport {
 }
 
 /// Verify `which` backups of `job` on `from` (default: every destination of the job).
+/// `keys` read encrypted backups; without them an encrypted object is checked by its
+/// size and sha256 only (and a files source by its clear blob list).
 pub async fn verify(
     config: &Config,
     job: &Job,
     which: &Which,
     from: Option<&str>,
+    keys: Option<Arc<Keys>>,
 ) -> Result<VerifyReport, RestoreError> {
     let mut report = VerifyReport {
         job: job.name.clone(),
@@ -177,7 +183,19 @@ pub async fn verify(
                 problems: Vec::new(),
             };
             match manifest::read_manifest(st.storage.as_ref(), &job.name, &id).await {
-                Ok(m) => check_backup(job, st.storage.as_ref(), &m, &sizes, archived, &mut c).await,
+                Ok(m) => {
+                    let packing = Packing::of(&m, keys.clone());
+                    check_backup(
+                        job,
+                        st.storage.as_ref(),
+                        &m,
+                        &packing,
+                        &sizes,
+                        archived,
+                        &mut c,
+                    )
+                    .await
+                }
                 Err(e) => c.problems.push(format!("manifest: unreadable: {e}")),
             }
             report.checked.push(c);
@@ -201,6 +219,7 @@ async fn check_backup(
     job: &Job,
     storage: &dyn Storage,
     m: &Manifest,
+    packing: &Packing,
     sizes: &HashMap<&str, u64>,
     archived: bool,
     c: &mut Checked,
@@ -235,9 +254,9 @@ async fn check_backup(
             }
         }
         let result = if entry.files.is_some() {
-            check_files(storage, entry, m.compression, sizes).await
+            check_files(storage, entry, packing, sizes).await
         } else {
-            check_database(job, storage, entry, m.compression).await
+            check_database(job, storage, entry, packing).await
         };
         match result {
             Ok(ok) => c.ok.push(format!("{name}: {ok}")),
@@ -253,7 +272,7 @@ async fn check_database(
     job: &Job,
     storage: &dyn Storage,
     entry: &SourceEntry,
-    compression: crate::config::Compression,
+    packing: &Packing,
 ) -> Result<String, Vec<String>> {
     let raw = storage
         .get(&entry.key)
@@ -271,7 +290,14 @@ async fn check_database(
             entry.kind
         ));
     };
-    let archive = restore::StoredArchive::new(storage, entry, compression, "verify");
+    if packing.encrypted && packing.keys.is_none() {
+        return Ok(format!(
+            "{}, sha256 ok (encrypted: give --identity to also check that {} reads it)",
+            human_bytes(entry.size),
+            db.kind()
+        ));
+    }
+    let archive = restore::StoredArchive::new(storage, entry, packing, "verify");
     let objects = db
         .archive_objects(&archive)
         .await
@@ -288,10 +314,41 @@ async fn check_database(
 async fn check_files(
     storage: &dyn Storage,
     entry: &SourceEntry,
-    compression: crate::config::Compression,
+    packing: &Packing,
     sizes: &HashMap<&str, u64>,
 ) -> Result<String, Vec<String>> {
-    let index = crate::blobs::read_index(storage, entry, compression)
+    // Without the key, an encrypted index is checked by its sha256 and the blobs by the
+    // clear list the backup keeps for sweeps.
+    if packing.encrypted
+        && packing.keys.is_none()
+        && let Some(r) = &entry.refs
+    {
+        let raw = storage
+            .get(&entry.key)
+            .await
+            .map_err(|e| vec![format!("index {} cannot be read: {e}", entry.key)])?;
+        let mut verified = codec::Verify::new(raw, &entry.sha256, entry.size, &entry.key);
+        tokio::io::copy(&mut verified, &mut tokio::io::sink())
+            .await
+            .map_err(|e| vec![e.to_string()])?;
+        let blobs = crate::blobs::read_refs(storage, r, packing.compression)
+            .await
+            .map_err(|e| vec![format!("blob list {}: {e}", r.key)])?;
+        let problems: Vec<String> = blobs
+            .iter()
+            .filter(|b| !sizes.contains_key(b.as_str()))
+            .map(|b| format!("blob {b} is missing"))
+            .collect();
+        return if problems.is_empty() {
+            Ok(format!(
+                "index sha256 ok (encrypted: give --identity to read it), all {} blob(s) present",
+                blobs.len()
+            ))
+        } else {
+            Err(problems)
+        };
+    }
+    let index = crate::blobs::read_index(storage, entry, packing)
         .await
         .map_err(|e| vec![format!("index {}: {e}", entry.key)])?;
     let mut problems = Vec::new();

@@ -75,6 +75,10 @@ fn main_example_matches_the_documented_shape() {
     assert_eq!(heal.watch, vec!["users", "public.replays"]);
     assert_eq!(heal.backups, 3);
     assert!(!heal.dry_run);
+    let drill = job.drill.as_ref().expect("the example has a drill");
+    assert_eq!(drill.source, "db");
+    assert_eq!(drill.checks.len(), 1);
+    assert!(job.verify.is_some());
     assert!(cfg.warnings.is_empty(), "{:?}", cfg.warnings);
 }
 
@@ -277,6 +281,26 @@ fn cases() -> Vec<Case> {
             file: "stowage.yaml",
             text: "jobs:\n  app:\n    schedule: '@daily'\n    retries: 3\n".to_string(),
         },
+        case(
+            "encryption without recipients",
+            BASE.replace("destinations = [\"local\"]", "destinations = [\"local\"]\nencryption = { identity_file = \"/nonexistent/key.txt\" }"),
+        ),
+        case(
+            "encryption recipient that is not age",
+            BASE.replace("destinations = [\"local\"]", "destinations = [\"local\"]\nencryption = { recipients = [\"age1notakey\", \"ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAA\"] }"),
+        ),
+        case(
+            "encryption with recipients and a passphrase",
+            BASE.replace("destinations = [\"local\"]", "destinations = [\"local\"]\nencryption = { recipients = [\"age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p\"], passphrase_file = \"/nonexistent/pass\" }"),
+        ),
+        case(
+            "drill into the source database",
+            format!("{BASE}\n[jobs.app.drill]\nschedule = \"0 5 * * 0\"\nto = \"postgres://postgres@127.0.0.1:5432/app\"\n"),
+        ),
+        case(
+            "drill with a bad target and an empty check",
+            format!("{BASE}\n[jobs.app.drill]\nschedule = \"0 5 * * 0\"\nto = \"mysql://db/scratch\"\nchecks = [\" \"]\n"),
+        ),
         Case {
             name: "unsupported extension",
             file: "stowage.ini",

@@ -153,6 +153,35 @@ pub fn summary(config: &Config, now: chrono::DateTime<Utc>) -> String {
             .map(|t| t.format("%Y-%m-%d %H:%M:%S %Z").to_string())
             .collect();
         let _ = writeln!(out, "  {:<12} next runs: {}", "", next.join(", "));
+        if let Some(e) = &j.encryption {
+            let _ = writeln!(
+                out,
+                "  {:<12} encryption: age, {}; {}",
+                "",
+                if e.uses_passphrase() {
+                    "passphrase".to_string()
+                } else {
+                    format!("{:?}", e.sealer)
+                        .replace("Sealer(", "")
+                        .replace(')', "")
+                },
+                if e.keys.is_some() {
+                    "identity configured (heal, verify and drills can read backups)"
+                } else {
+                    "no identity here (restore needs --identity)"
+                }
+            );
+        }
+        if let Some(d) = &j.drill {
+            let _ = writeln!(
+                out,
+                "  {:<12} drill: {} into a scratch database ({}), {} check(s)",
+                "",
+                d.source,
+                d.schedule.expr(),
+                d.checks.len()
+            );
+        }
     }
     out
 }

@@ -80,12 +80,15 @@ pub async fn render(
                 match manifest::read_manifest(st.as_ref(), &job.name, &p.id).await {
                     Ok(m) if holding.is_some_and(|h| !holds(&m, h)) => {}
                     Ok(m) => {
-                        let sources = m
+                        let mut sources = m
                             .sources
                             .iter()
                             .map(describe_source)
                             .collect::<Vec<_>>()
                             .join(", ");
+                        if let Some(scheme) = &m.encryption {
+                            sources.push_str(&format!(" [encrypted: {scheme}]"));
+                        }
                         let _ = writeln!(
                             out,
                             "    {:<22}  {:<25}  {:>10}  {}",

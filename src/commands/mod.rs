@@ -3,6 +3,7 @@
 
 pub mod check_config;
 pub mod daemon;
+pub mod drill;
 pub mod heal;
 pub mod health;
 pub mod list;
@@ -119,6 +120,10 @@ pub enum Command {
         /// restore can be repeated without another retrieval
         #[arg(long, value_name = "DIR")]
         download_to: Option<PathBuf>,
+        /// age identity file for an encrypted backup (default: the job's identity_file or
+        /// passphrase_file)
+        #[arg(long, value_name = "FILE")]
+        identity: Option<PathBuf>,
     },
     /// Where a backup on an archive destination stands: how many objects a restore needs
     /// are exists / available / pending / ready / local
@@ -160,6 +165,20 @@ pub enum Command {
         /// Only this destination (default: every destination of the job)
         #[arg(long)]
         from: Option<String>,
+        /// age identity file, to read encrypted backups through (default: the job's
+        /// identity_file; without one, encrypted objects are checked by size and sha256)
+        #[arg(long, value_name = "FILE")]
+        identity: Option<PathBuf>,
+    },
+    /// Restore the newest backup into the job's scratch database ([jobs.NAME.drill]),
+    /// compare its tables and row counts with the backup's, run the checks, drop it;
+    /// exit 1 if the drill fails
+    Drill {
+        /// Job name
+        job: String,
+        /// age identity file for an encrypted backup (default: the job's identity_file)
+        #[arg(long, value_name = "FILE")]
+        identity: Option<PathBuf>,
     },
     /// Check the job's watched tables now and restore the missing ones from the newest
     /// backups that hold them ([jobs.NAME.heal]); exit 1 if any could not be restored
@@ -192,6 +211,9 @@ pub struct Scope {
     /// Objects already downloaded here (restore --download-to) count as "local"
     #[arg(long, value_name = "DIR")]
     pub download_to: Option<PathBuf>,
+    /// age identity file, for the index of an encrypted files source
+    #[arg(long, value_name = "FILE")]
+    pub identity: Option<PathBuf>,
 }
 
 impl Scope {
@@ -222,6 +244,7 @@ impl Scope {
             only: self.only.clone(),
             files_to: self.files_to.clone(),
             download_to: self.download_to.clone(),
+            identity: self.identity.clone(),
         }
     }
 }
@@ -252,6 +275,7 @@ pub fn run(cli: Cli) -> i32 {
             dry_run,
             wait,
             download_to,
+            identity,
         } => restore::run(
             &cli.config,
             crate::restore::RestoreRequest {
@@ -270,6 +294,7 @@ pub fn run(cli: Cli) -> i32 {
                 dry_run,
                 wait,
                 download_to,
+                identity,
             },
         ),
         Command::Status {
@@ -279,7 +304,13 @@ pub fn run(cli: Cli) -> i32 {
             verbose,
         } => status::run(&cli.config, &job, &id, &scope, verbose),
         Command::Retrieve { job, id, scope } => retrieve::run(&cli.config, &job, &id, &scope),
-        Command::Verify { job, id, all, from } => verify::run(
+        Command::Verify {
+            job,
+            id,
+            all,
+            from,
+            identity,
+        } => verify::run(
             &cli.config,
             &job,
             if all {
@@ -288,7 +319,9 @@ pub fn run(cli: Cli) -> i32 {
                 crate::verify::Which::One(id)
             },
             from.as_deref(),
+            identity.as_ref(),
         ),
+        Command::Drill { job, identity } => drill::run(&cli.config, &job, identity.as_ref()),
     }
 }
 

@@ -1,4 +1,4 @@
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use super::{EXIT_CONFIG, EXIT_FAILED, EXIT_OK, with_job};
 use crate::logging::Console;
@@ -7,10 +7,27 @@ use crate::verify::Which;
 
 /// Re-read the chosen backups and say, per backup and destination, whether they are whole
 /// and readable: 0 all good, 1 anything missing, corrupt or unreadable, 2 bad usage.
-pub fn run(path: &Path, job_name: &str, which: Which, from: Option<&str>) -> i32 {
-    with_job(path, Console::Stderr, job_name, |config, job, rt| match rt
-        .block_on(crate::verify::verify(config, job, &which, from))
-    {
+pub fn run(
+    path: &Path,
+    job_name: &str,
+    which: Which,
+    from: Option<&str>,
+    identity: Option<&PathBuf>,
+) -> i32 {
+    with_job(path, Console::Stderr, job_name, |config, job, rt| {
+        let keys = match crate::restore::keys_for(job, identity) {
+            Ok(k) => k,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return EXIT_CONFIG;
+            }
+        };
+        report(rt.block_on(crate::verify::verify(config, job, &which, from, keys)))
+    })
+}
+
+fn report(result: Result<crate::verify::VerifyReport, RestoreError>) -> i32 {
+    match result {
         Ok(report) => {
             for line in report.lines() {
                 println!("{line}");
@@ -29,5 +46,5 @@ pub fn run(path: &Path, job_name: &str, which: Which, from: Option<&str>) -> i32
                 _ => EXIT_FAILED,
             }
         }
-    })
+    }
 }

@@ -257,6 +257,188 @@ fn heal_config(
     })
 }
 
+/// Validate `encryption = { … }`: recipients (inline and from a file) or a passphrase,
+/// and the optional identity and blob key. Reads the files it names.
+fn encryption_config(
+    key: &str,
+    raw: &raw::RawEncryption,
+    sources: &[SourceConfig],
+    problems: &mut Vec<String>,
+    warnings: &mut Vec<String>,
+) -> Option<crate::crypt::Encryption> {
+    use crate::crypt::{Keys, Sealer, recipients_in};
+    let key = format!("{key}.encryption");
+    let mark = problems.len();
+    let mut listed: Vec<(String, String)> = raw
+        .recipients
+        .iter()
+        .enumerate()
+        .map(|(i, r)| (format!("{key}.recipients[{i}]"), r.trim().to_string()))
+        .collect();
+    if let Some(f) = &raw.recipients_file {
+        let fkey = format!("{key}.recipients_file");
+        if let Some(text) = read_secret(f, &fkey, problems) {
+            let found = recipients_in(text.expose(), &format!("{fkey} ({})", f.display()));
+            if found.is_empty() {
+                problems.push(format!(
+                    "{fkey}: {} holds no recipient (age1… lines, as age-keygen -y prints them)",
+                    f.display()
+                ));
+            }
+            listed.extend(found);
+        }
+    }
+    let passphrase = raw
+        .passphrase_file
+        .as_ref()
+        .and_then(|f| read_secret(f, &format!("{key}.passphrase_file"), problems));
+    let sealer = match (listed.is_empty(), raw.passphrase_file.is_some()) {
+        (false, true) => {
+            problems.push(format!(
+                "{key}: give recipients (or recipients_file) or passphrase_file, not both; age cannot mix a passphrase with recipients"
+            ));
+            None
+        }
+        (true, false) => {
+            if raw.recipients_file.is_none() {
+                problems.push(format!(
+                    "{key}: no recipient; give recipients = [\"age1…\"] (age-keygen -y key.txt prints it), recipients_file, or passphrase_file"
+                ));
+            }
+            None
+        }
+        (false, false) => Sealer::recipients(&listed)
+            .map_err(|e| problems.extend(e))
+            .ok(),
+        (true, true) => passphrase.as_ref().map(|p| Sealer::passphrase(p.expose())),
+    };
+    let keys = match (&raw.identity_file, &raw.passphrase_file) {
+        (Some(f), _) => {
+            let ikey = format!("{key}.identity_file");
+            read_secret(f, &ikey, problems).and_then(|text| {
+                Keys::identity_file(text.expose(), &format!("{ikey} ({})", f.display()))
+                    .map_err(|e| problems.push(e))
+                    .ok()
+            })
+        }
+        (None, Some(f)) => passphrase.as_ref().map(|p| {
+            Keys::passphrase(
+                p.expose(),
+                &format!("{key}.passphrase_file ({})", f.display()),
+            )
+        }),
+        (None, None) => None,
+    };
+    let blob_key = raw
+        .blob_key_file
+        .as_ref()
+        .and_then(|f| read_secret(f, &format!("{key}.blob_key_file"), problems));
+    if problems.len() > mark {
+        return None;
+    }
+    if raw.passphrase_file.is_some() && sources.iter().any(|s| matches!(s, SourceConfig::Files(_)))
+    {
+        warnings.push(format!(
+            "{key}: a passphrase costs about a second of scrypt per object, and a files source stores one object per new file; use recipients for jobs with files"
+        ));
+    }
+    Some(crate::crypt::Encryption::new(sealer?, keys, blob_key))
+}
+
+/// Validate `[jobs.NAME.drill]` against the job's sources.
+fn drill_config(
+    key: &str,
+    raw: &raw::RawDrill,
+    tz: Tz,
+    sources: &[SourceConfig],
+    problems: &mut Vec<String>,
+) -> Option<Drill> {
+    let key = format!("{key}.drill");
+    let mark = problems.len();
+    let schedule = Schedule::parse(&raw.schedule, tz)
+        .map_err(|e| problems.push(format!("{key}.schedule: {e}")))
+        .ok();
+    let drillable: Vec<&Arc<dyn Database>> = sources
+        .iter()
+        .filter_map(SourceConfig::database)
+        .filter(|d| d.scratch().is_some())
+        .collect();
+    let kinds = || {
+        crate::engine::registered()
+            .iter()
+            .filter(|e| e.unconfigured("x").scratch().is_some())
+            .map(|e| format!("\"{}\"", e.kind()))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let source = match (&raw.source, drillable.as_slice()) {
+        (Some(name), _) => match drillable.iter().find(|d| d.name() == name) {
+            Some(d) => Some((*d).clone()),
+            None => {
+                problems.push(format!(
+                    "{key}.source: \"{name}\" is not a database source of the job that can be drilled; drills restore sources of type {}",
+                    kinds()
+                ));
+                None
+            }
+        },
+        (None, [one]) => Some((*one).clone()),
+        (None, []) => {
+            problems.push(format!(
+                "{key}: the job has no database source a drill can restore; drills restore sources of type {}",
+                kinds()
+            ));
+            None
+        }
+        (None, several) => {
+            problems.push(format!(
+                "{key}.source: the job has {} sources a drill can restore; name one, e.g. source = \"{}\"",
+                several.len(),
+                several[0].name()
+            ));
+            None
+        }
+    };
+    if let Some(db) = &source {
+        if let Err(e) = db.check_target(&raw.to) {
+            problems.push(format!("{key}.to: {e}"));
+        } else if let Some(scratch) = db.scratch()
+            && scratch.is_own_database(&raw.to)
+        {
+            problems.push(format!(
+                "{key}.to: \"{}\" is the database of source \"{}\"; a drill creates and drops its target, so give a scratch database, e.g. .../stowage_drill",
+                redact_url(&raw.to),
+                db.name()
+            ));
+        }
+    }
+    for (i, c) in raw.checks.iter().enumerate() {
+        if c.trim().is_empty() {
+            problems.push(format!("{key}.checks[{i}]: empty query"));
+        }
+    }
+    if problems.len() > mark {
+        return None;
+    }
+    Some(Drill {
+        schedule: schedule?,
+        source: source?.name().to_string(),
+        to: raw.to.clone(),
+        checks: raw.checks.clone(),
+    })
+}
+
+/// A URL without its password, for messages.
+fn redact_url(text: &str) -> String {
+    match url::Url::parse(text) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("***"));
+            u.to_string()
+        }
+        _ => text.to_string(),
+    }
+}
+
 /// Destinations in a class with a minimum storage duration whose retention would delete
 /// backups younger than it: they are kept that long anyway (or, with early_delete, deleted
 /// and billed as if kept), which is rarely what the rule's author meant.
@@ -353,6 +535,19 @@ pub struct Job {
     pub heal: Option<Heal>,
     /// When the daemon verifies the newest backup on every destination.
     pub verify: Option<Schedule>,
+    pub encryption: Option<crate::crypt::Encryption>,
+    pub drill: Option<Drill>,
+}
+
+/// `[jobs.NAME.drill]`, validated: see [`crate::drill`].
+#[derive(Debug, Clone)]
+pub struct Drill {
+    pub schedule: Schedule,
+    /// A database source of the job whose engine can drill.
+    pub source: String,
+    /// The scratch database, as `restore --to` takes it.
+    pub to: String,
+    pub checks: Vec<String>,
 }
 
 /// `[jobs.NAME.heal]`, validated: see [`crate::heal`].
@@ -385,6 +580,23 @@ impl Job {
             .iter()
             .filter_map(SourceConfig::database)
             .find(|d| d.name() == heal.source)
+    }
+
+    /// How the job stores new objects.
+    pub fn form(&self) -> crate::layout::Form {
+        crate::layout::Form {
+            compression: self.compression,
+            encrypted: self.encryption.is_some(),
+        }
+    }
+
+    /// The drilled source.
+    pub fn drill_source(&self) -> Option<&Arc<dyn Database>> {
+        let drill = self.drill.as_ref()?;
+        self.sources
+            .iter()
+            .filter_map(SourceConfig::database)
+            .find(|d| d.name() == drill.source)
     }
 
     /// Whether the job stores files as shared blobs (and so needs blob locks and sweeps).
@@ -1101,6 +1313,25 @@ fn validate(path: &Path, raw: raw::RawConfig) -> Result<Config, Vec<String>> {
                 .map_err(|e| problems.push(format!("{key}.verify: {e}")))
                 .ok()
         });
+        let encryption = j
+            .encryption
+            .as_ref()
+            .and_then(|e| encryption_config(&key, e, &sources, &mut problems, &mut warnings));
+        let drill = j
+            .drill
+            .as_ref()
+            .and_then(|d| drill_config(&key, d, tz.unwrap_or(Tz::UTC), &sources, &mut problems));
+        if let Some(e) = &encryption
+            && e.keys.is_none()
+        {
+            for (what, on) in [("heal", heal.is_some()), ("drill", drill.is_some())] {
+                if on {
+                    problems.push(format!(
+                        "{key}.{what}: the job's backups are encrypted and the daemon has no key to read them; add identity_file = \"/run/secrets/age_identity\" to {key}.encryption (or remove the {what})"
+                    ));
+                }
+            }
+        }
         if let Some(schedule) = schedule {
             jobs.insert(
                 name.clone(),
@@ -1118,6 +1349,8 @@ fn validate(path: &Path, raw: raw::RawConfig) -> Result<Config, Vec<String>> {
                     sources,
                     heal,
                     verify,
+                    encryption,
+                    drill,
                 },
             );
         }

@@ -212,6 +212,41 @@ pub struct RawJob {
     pub heal: Option<RawHeal>,
     /// Cron schedule of `stowage verify` for the newest backup on every destination.
     pub verify: Option<String>,
+    /// Encrypt every object holding data with age.
+    pub encryption: Option<RawEncryption>,
+    /// Restore the newest backup into a scratch database on a schedule, and check it.
+    pub drill: Option<RawDrill>,
+}
+
+/// `encryption = { … }` on a job.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawEncryption {
+    /// age recipients (`age1…`).
+    #[serde(default)]
+    pub recipients: Vec<String>,
+    /// A file of recipients, one per line.
+    pub recipients_file: Option<PathBuf>,
+    /// A passphrase instead of recipients (scrypt; about a second per object).
+    pub passphrase_file: Option<PathBuf>,
+    /// The identity that reads backups back, for heal, verify, drills and restore.
+    pub identity_file: Option<PathBuf>,
+    /// A secret that keys blob names, so they do not reveal the content's sha256.
+    pub blob_key_file: Option<PathBuf>,
+}
+
+/// `[jobs.NAME.drill]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDrill {
+    pub schedule: String,
+    /// The scratch database, created and dropped by each drill.
+    pub to: String,
+    /// The database source to drill (default: the job's only one that can be drilled).
+    pub source: Option<String>,
+    /// SQL that must return true in the restored database.
+    #[serde(default)]
+    pub checks: Vec<String>,
 }
 
 /// `[jobs.NAME.heal]`.

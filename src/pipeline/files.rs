@@ -14,7 +14,7 @@ use tokio_util::io::InspectReader;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use super::{StreamError, Target, fan_out};
+use super::{StreamError, Target, fan_out, seal};
 use crate::blobs::{self, FileIndex, INDEX_FORMAT, IndexEntry};
 use crate::config::{FilesConfig, Job};
 use crate::manifest::{self, FilesStats, JobListing, SourceEntry};
@@ -128,7 +128,7 @@ pub(super) async fn backup(
     for (i, l) in live.iter().zip(listings) {
         match l {
             Ok(listing) => {
-                let have = blobs::existing_blobs(&listing, &job.name, job.compression);
+                let have = blobs::existing_blobs(&listing, &job.name, job.form());
                 dests.push(Dest {
                     storage: targets[*i].storage.as_ref(),
                     have: Mutex::new(have),
@@ -147,7 +147,9 @@ pub(super) async fn backup(
     }
     let previous = match (&first_listing, cfg.immutable) {
         (Some((i, listing)), true) => {
-            blobs::previous_index(targets[*i].storage.as_ref(), listing, &job.name, name).await
+            let keys = job.encryption.as_ref().and_then(|e| e.keys.clone());
+            blobs::previous_index(targets[*i].storage.as_ref(), listing, &job.name, name, keys)
+                .await
         }
         _ => None,
     };
@@ -212,20 +214,35 @@ pub(super) async fn backup(
         exclude: cfg.exclude.clone(),
         files: entries,
     };
-    let (packed, raw_size) = blobs::encode_index(&index, job.compression)
+    let sealer = job.encryption.as_ref().map(|e| &e.sealer);
+    let (packed, raw_size) = blobs::encode_index(&index, job.compression, sealer)
         .await
         .map_err(|e| fail(e.to_string()))?;
-    let key = manifest::index_key(&job.name, id, name, job.compression);
+    let key = manifest::index_key(&job.name, id, name, job.form());
+    let refs = match sealer {
+        Some(_) => {
+            let body = blobs::encode_refs(&index, job.compression)
+                .await
+                .map_err(|e| fail(e.to_string()))?;
+            Some((
+                crate::layout::refs_key(&job.name, id, name, job.compression),
+                body,
+            ))
+        }
+        None => None,
+    };
     let writers: Vec<usize> = dest_targets
         .iter()
         .copied()
         .filter(|i| targets[*i].error.is_none())
         .collect();
-    let written = join_all(
-        writers
-            .iter()
-            .map(|i| targets[*i].storage.put_bytes(&key, packed.clone())),
-    )
+    let written = join_all(writers.iter().map(|i| async {
+        let st = targets[*i].storage.as_ref();
+        if let Some((rk, body)) = &refs {
+            st.put_bytes(rk, body.clone()).await?;
+        }
+        st.put_bytes(&key, packed.clone()).await
+    }))
     .await;
     let mut any = false;
     for (i, r) in writers.iter().zip(written) {
@@ -252,6 +269,11 @@ pub(super) async fn backup(
         raw_size,
         sha256: hex::encode(Sha256::digest(&packed)),
         files: Some(stats),
+        refs: refs.map(|(key, body)| manifest::StoredRef {
+            key,
+            size: body.len() as u64,
+            sha256: hex::encode(Sha256::digest(&body)),
+        }),
         ..Default::default()
     })
 }
@@ -292,8 +314,12 @@ async fn process(ctx: &Ctx<'_>, meta: FileMeta) -> Result<Option<Done>, StreamEr
                 }
             }
         };
-        let key = blobs::blob_key(&ctx.job.name, &sha, ctx.job.compression);
-        let need: Vec<&Dest> = ctx.dests.iter().filter(|d| d.claim(&sha)).collect();
+        let name = match &ctx.job.encryption {
+            Some(e) => e.blob_name(&sha),
+            None => sha.clone(),
+        };
+        let key = blobs::blob_key(&ctx.job.name, &name, ctx.job.form());
+        let need: Vec<&Dest> = ctx.dests.iter().filter(|d| d.claim(&name)).collect();
         let entry = IndexEntry {
             path: meta.path.clone(),
             size,
@@ -316,7 +342,7 @@ async fn process(ctx: &Ctx<'_>, meta: FileMeta) -> Result<Option<Done>, StreamEr
                 None => {
                     // The content changed under us: what was read is not `sha`.
                     for d in &need {
-                        d.unclaim(&sha);
+                        d.unclaim(&name);
                     }
                     trust_previous = false;
                     continue;
@@ -350,7 +376,8 @@ async fn upload_small(
     data: Bytes,
     need: &[&Dest<'_>],
 ) -> Result<u64, StreamError> {
-    let packed = blobs::compress_bytes(data, ctx.job.compression, ctx.job.compression_level)
+    let sealer = ctx.job.encryption.as_ref().map(|e| &e.sealer);
+    let packed = blobs::pack_bytes(data, ctx.job.compression, ctx.job.compression_level, sealer)
         .await
         .map_err(|e| StreamError::Files(e.to_string()))?;
     let results = join_all(need.iter().map(|d| d.storage.put_data(key, packed.clone()))).await;
@@ -388,10 +415,13 @@ async fn upload_streamed(
             h.update(b);
         }
     });
-    let reader = crate::codec::compress(
-        Box::new(inspected),
-        ctx.job.compression,
-        ctx.job.compression_level,
+    let reader = seal(
+        ctx.job,
+        crate::codec::compress(
+            Box::new(inspected),
+            ctx.job.compression,
+            ctx.job.compression_level,
+        ),
     );
     let storages: Vec<&dyn Storage> = need.iter().map(|d| d.storage).collect();
     let expected = sha.to_string();

@@ -211,7 +211,7 @@ pub async fn run_job(config: &Config, job: &Job, cancel: CancellationToken) -> R
                         break;
                     }
                 };
-                let key = manifest::object_key(jn, &id, db.name(), db.extension(), job.compression);
+                let key = manifest::object_key(jn, &id, db.name(), db.extension(), job.form());
                 info!(job = jn, id = %id, source = db.name(), "stage: dump {} {} → {}", db.kind(), db.name(), key);
                 for t in targets.iter_mut().filter(|t| t.error.is_none()) {
                     t.touched = true;
@@ -283,6 +283,10 @@ pub async fn run_job(config: &Config, job: &Job, cancel: CancellationToken) -> R
             started_at: started,
             finished_at: Utc::now(),
             compression: job.compression,
+            encryption: job
+                .encryption
+                .as_ref()
+                .map(|_| crate::crypt::SCHEME.to_string()),
             sources: entries.clone(),
             tools,
         };
@@ -414,14 +418,22 @@ async fn stream_source(
     targets: &mut [Target],
     cancel: &CancellationToken,
 ) -> Result<SourceEntry, StreamError> {
-    let dump = src.dump().await?;
+    // Rows are counted only for a drill to compare with: counting reads every table once more.
+    let dump = if job.drill.as_ref().is_some_and(|d| d.source == src.name()) {
+        src.dump_counting_rows().await?
+    } else {
+        src.dump().await?
+    };
     let raw = Arc::new(AtomicU64::new(0));
     let counter = raw.clone();
     let counted = InspectReader::new(dump.reader, move |b: &[u8]| {
         counter.fetch_add(b.len() as u64, Ordering::Relaxed);
     });
     let decoupled = codec::read_ahead(Box::new(counted), READ_AHEAD_CHUNKS);
-    let reader = codec::compress(decoupled, job.compression, job.compression_level);
+    let reader = seal(
+        job,
+        codec::compress(decoupled, job.compression, job.compression_level),
+    );
 
     let live: Vec<usize> = (0..targets.len())
         .filter(|i| targets[*i].error.is_none())
@@ -461,8 +473,18 @@ async fn stream_source(
         tool: None,
         server_version: info.server_version,
         objects: info.objects,
+        rows: info.rows,
         files: None,
+        refs: None,
     })
+}
+
+/// The encryption stage, for a job that encrypts.
+fn seal(job: &Job, r: codec::Reader) -> codec::Reader {
+    match &job.encryption {
+        Some(e) => crate::crypt::seal(r, e.sealer.clone()),
+        None => r,
+    }
 }
 
 /// Stream `reader` into `key` on every storage at once, through bounded channels (a slow

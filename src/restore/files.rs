@@ -16,8 +16,8 @@ use tracing::{debug, info};
 
 use super::RestoreError;
 use crate::blobs::{self, IndexEntry};
-use crate::codec;
-use crate::config::Compression;
+use crate::codec::Packing;
+
 use crate::manifest::SourceEntry;
 use crate::pipeline::human_bytes;
 use crate::source::files::{self as tree, FileMeta, PathFilter};
@@ -54,12 +54,12 @@ pub(super) struct Compared {
 pub(super) async fn compare(
     storage: &dyn Storage,
     entry: &SourceEntry,
-    compression: Compression,
+    packing: &Packing,
     dir: Option<PathBuf>,
 ) -> Result<Compared, RestoreError> {
     let name = entry.name.as_str();
     let err = |e: String| RestoreError::Files(format!("files {name}: {e}"));
-    let index = blobs::read_index(storage, entry, compression)
+    let index = blobs::read_index(storage, entry, packing)
         .await
         .map_err(|e| err(e.to_string()))?;
     let dir = dir.unwrap_or_else(|| PathBuf::from(&index.root));
@@ -134,7 +134,7 @@ pub(super) async fn compare(
 pub async fn restore(
     storage: &dyn Storage,
     entry: &SourceEntry,
-    compression: Compression,
+    packing: &Packing,
     target: Target,
 ) -> Result<Vec<String>, RestoreError> {
     let name = entry.name.as_str();
@@ -144,7 +144,7 @@ pub async fn restore(
         dir,
         local,
         same,
-    } = compare(storage, entry, compression, target.dir.clone()).await?;
+    } = compare(storage, entry, packing, target.dir.clone()).await?;
     let orphan_base = target
         .orphans
         .clone()
@@ -230,7 +230,7 @@ pub async fn restore(
             let dir = &dir;
             let orphan_dir = &orphan_dir;
             async move {
-                fetch(storage, compression, dir, f).await?;
+                fetch(storage, packing, dir, f).await?;
                 let path = dir.join(&f.path);
                 if *a == Action::Replace {
                     let to = orphan_dir.join(&f.path);
@@ -285,7 +285,7 @@ fn temp_path(path: &Path) -> PathBuf {
 /// Download one file into its temporary name, verified, with mode and mtime set.
 async fn fetch(
     storage: &dyn Storage,
-    compression: Compression,
+    packing: &Packing,
     dir: &Path,
     f: &IndexEntry,
 ) -> Result<(), String> {
@@ -301,7 +301,10 @@ async fn fetch(
             .get(&f.blob)
             .await
             .map_err(|e| format!("cannot fetch {} for {}: {e}", f.blob, f.path))?;
-        let mut r = codec::decompress(raw, compression);
+        let mut r = packing
+            .unpack(raw, &f.blob)
+            .await
+            .map_err(|e| format!("cannot read {} for {}: {e}", f.blob, f.path))?;
         let mut out = tokio::fs::File::create(&tmp)
             .await
             .map_err(|e| format!("cannot create {}: {e}", tmp.display()))?;

@@ -19,7 +19,6 @@ use serde::Serialize;
 
 use super::RestoreError;
 use super::files;
-use crate::config::Compression;
 use crate::manifest::SourceEntry;
 use crate::storage::class::Retrieval as RetrievalSettings;
 use crate::storage::{Retrieval, Storage, cached};
@@ -126,7 +125,7 @@ fn counts_of<'a>(objects: impl Iterator<Item = &'a Object>) -> String {
 pub async fn survey(
     storage: &dyn Storage,
     sources: &[&SourceEntry],
-    compression: Compression,
+    packing: &crate::codec::Packing,
     files_dir: &dyn Fn(&SourceEntry) -> Option<PathBuf>,
     download_to: Option<&Path>,
 ) -> Result<Survey, RestoreError> {
@@ -137,7 +136,7 @@ pub async fn survey(
             wanted.push((entry.name.clone(), entry.key.clone()));
             continue;
         }
-        let compared = files::compare(storage, entry, compression, files_dir(entry)).await?;
+        let compared = files::compare(storage, entry, packing, files_dir(entry)).await?;
         let mut blobs = BTreeSet::new();
         for f in &compared.index.files {
             if compared.same.contains(&f.path) {

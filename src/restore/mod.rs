@@ -43,6 +43,9 @@ pub struct RestoreRequest {
     pub wait: bool,
     /// Keep downloaded objects here and read them from here next time.
     pub download_to: Option<PathBuf>,
+    /// The age identity file for encrypted backups (else the job's identity_file or
+    /// passphrase_file).
+    pub identity: Option<PathBuf>,
 }
 
 /// What a restore did (or would do), for the command to print.
@@ -75,6 +78,42 @@ pub enum RestoreError {
     /// requested): run again later.
     #[error("{0}")]
     RetrievalPending(String),
+    #[error(transparent)]
+    Crypt(#[from] crate::crypt::CryptError),
+}
+
+/// The keys that read `job`'s encrypted backups: `--identity FILE` when given, else the
+/// job's own identity_file or passphrase_file.
+pub fn keys_for(
+    job: &Job,
+    identity: Option<&PathBuf>,
+) -> Result<Option<Arc<crate::crypt::Keys>>, RestoreError> {
+    match identity {
+        Some(path) => crate::crypt::Keys::read_identity_file(path)
+            .map(|k| Some(Arc::new(k)))
+            .map_err(RestoreError::Usage),
+        None => Ok(job.encryption.as_ref().and_then(|e| e.keys.clone())),
+    }
+}
+
+/// Open every encrypted object a restore will read, far enough to find its key: a wrong
+/// or missing identity fails here, before anything is written to a target.
+pub async fn check_keys(
+    storage: &dyn Storage,
+    packing: &codec::Packing,
+    keys: &[&str],
+) -> Result<(), RestoreError> {
+    if !packing.encrypted {
+        return Ok(());
+    }
+    for key in keys {
+        let raw = storage
+            .get(key)
+            .await
+            .map_err(|e| RestoreError::Storage(format!("{key}: {e}")))?;
+        crate::crypt::open(raw, packing.keys.as_ref(), key).await?;
+    }
+    Ok(())
 }
 
 /// A published backup, found on one destination.
@@ -211,6 +250,7 @@ pub async fn restore(
         None => storage,
     };
     let plan = plan(&manifest, req, &|e| database_for(job, e))?;
+    let packing = codec::Packing::of(&manifest, keys_for(job, req.identity.as_ref())?);
     let mut lines = Vec::new();
     if req.dry_run {
         lines.push(format!(
@@ -229,7 +269,7 @@ pub async fn restore(
         let mut survey = lifecycle::survey(
             st.as_ref(),
             &sources,
-            manifest.compression,
+            &packing,
             &files_dir,
             req.download_to.as_deref(),
         )
@@ -269,6 +309,13 @@ pub async fn restore(
             wait_for_retrieval(st.as_ref(), &mut survey, &dest_name).await?;
         }
     }
+    let reads: Vec<&str> = plan
+        .databases
+        .iter()
+        .map(|d| d.entry.key.as_str())
+        .chain(plan.files.iter().map(|e| e.key.as_str()))
+        .collect();
+    check_keys(st.as_ref(), &packing, &reads).await?;
     // Databases first, then files: the order the set was taken in, so rows never point
     // at files that are not there yet.
     for step in &plan.databases {
@@ -297,14 +344,7 @@ pub async fn restore(
             dest_name,
             step.target
         );
-        let archive = StoredArchive {
-            storage: st.as_ref(),
-            key: entry.key.clone(),
-            sha256: entry.sha256.clone(),
-            size: entry.size,
-            compression: manifest.compression,
-            dest: dest_name.clone(),
-        };
+        let archive = StoredArchive::new(st.as_ref(), entry, &packing, &dest_name);
         let out = step
             .database
             .restore(
@@ -342,7 +382,7 @@ pub async fn restore(
         let out = files::restore(
             st.as_ref(),
             entry,
-            manifest.compression,
+            &packing,
             files::Target {
                 dir: files_dir_for(job, req.files_to.as_ref(), entry),
                 orphans: req.orphans_to.clone(),
@@ -368,6 +408,7 @@ pub struct SurveyRequest {
     pub only: Vec<String>,
     pub files_to: Option<PathBuf>,
     pub download_to: Option<PathBuf>,
+    pub identity: Option<PathBuf>,
 }
 
 /// A backup's objects and their retrieval states.
@@ -401,10 +442,11 @@ pub async fn survey(config: &Config, req: &SurveyRequest) -> Result<Surveyed, Re
         .filter(|s| req.only.is_empty() || req.only.contains(&s.name))
         .collect();
     let files_dir = |e: &SourceEntry| files_dir_for(job, req.files_to.as_ref(), e);
+    let packing = codec::Packing::of(m, keys_for(job, req.identity.as_ref())?);
     let survey = lifecycle::survey(
         located.storage.as_ref(),
         &sources,
-        m.compression,
+        &packing,
         &files_dir,
         req.download_to.as_deref(),
     )
@@ -702,7 +744,7 @@ pub struct StoredArchive<'a> {
     key: String,
     sha256: String,
     size: u64,
-    compression: crate::config::Compression,
+    packing: codec::Packing,
     dest: String,
 }
 
@@ -710,7 +752,7 @@ impl<'a> StoredArchive<'a> {
     pub fn new(
         storage: &'a dyn Storage,
         entry: &SourceEntry,
-        compression: crate::config::Compression,
+        packing: &codec::Packing,
         dest: &str,
     ) -> StoredArchive<'a> {
         StoredArchive {
@@ -718,7 +760,7 @@ impl<'a> StoredArchive<'a> {
             key: entry.key.clone(),
             sha256: entry.sha256.clone(),
             size: entry.size,
-            compression,
+            packing: packing.clone(),
             dest: dest.to_string(),
         }
     }
@@ -736,7 +778,13 @@ impl Archive for StoredArchive<'_> {
                 source: Box::new(e),
             })?;
         let verified = codec::Verify::new(raw, &self.sha256, self.size, &self.key);
-        Ok(codec::decompress(Box::new(verified), self.compression))
+        self.packing
+            .unpack(Box::new(verified), &self.key)
+            .await
+            .map_err(|e| SourceError::Archive {
+                place: self.dest.clone(),
+                source: Box::new(e),
+            })
     }
 }
 
@@ -767,6 +815,7 @@ mod tests {
             started_at: chrono::Utc::now(),
             finished_at: chrono::Utc::now(),
             compression: crate::config::Compression::Zstd,
+            encryption: None,
             sources: sources.iter().map(|(n, k)| entry(n, k)).collect(),
             tools: Default::default(),
         }

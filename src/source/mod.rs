@@ -13,7 +13,9 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::process::{Child, ChildStderr, ChildStdin};
 use tokio::task::JoinHandle;
 
-pub use crate::engine::{Archive, Database, Dump, DumpInfo, Engine, RestoreOptions, SourceError};
+pub use crate::engine::{
+    Archive, Database, Dump, DumpInfo, Engine, RestoreOptions, Scratch, SourceError,
+};
 
 /// Declares each engine's module (its folder) and lists it in `ENGINES`.
 macro_rules! engines {

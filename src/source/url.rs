@@ -85,6 +85,18 @@ impl DbUrl {
         self
     }
 
+    /// The same server and credentials, another database (e.g. "postgres" to create one).
+    pub fn with_database(&self, database: &str) -> DbUrl {
+        let mut u = self.without_password.clone();
+        let encoded =
+            percent_encoding::utf8_percent_encode(database, percent_encoding::NON_ALPHANUMERIC);
+        u.set_path(&format!("/{encoded}"));
+        DbUrl {
+            without_password: u,
+            password: self.password.clone(),
+        }
+    }
+
     pub fn host(&self) -> &str {
         self.without_password.host_str().unwrap_or("")
     }

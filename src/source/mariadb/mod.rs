@@ -673,6 +673,7 @@ impl Database for MariaDbSource {
                 Ok(DumpInfo {
                     server_version: scanned.server_version,
                     objects: Some(scanned.tables),
+                    rows: None,
                 })
             }
             .boxed(),

@@ -437,6 +437,7 @@ impl Database for MongoSource {
                     Ok(p) => DumpInfo {
                         server_version: p.server_version.clone(),
                         objects: Some(p.objects()),
+                        rows: None,
                     },
                     Err(e) => {
                         tracing::warn!(

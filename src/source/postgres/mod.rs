@@ -19,8 +19,8 @@ use tokio_util::io::InspectReader;
 use self::toc::{Selection, TableName};
 use super::url::{DbUrl, UrlSpec};
 use super::{
-    Archive, Database, Dump, DumpInfo, Engine, RestoreOptions, SourceError, drain_stderr,
-    wait_child,
+    Archive, Database, Dump, DumpInfo, Engine, RestoreOptions, Scratch, SourceError,
+    drain_stderr, wait_child,
 };
 use crate::config::{Priority, Section};
 
@@ -163,6 +163,64 @@ impl PostgresSource {
         }
     }
 
+    /// `pg_dump` of the source; with a counter, in the snapshot its session exported, and
+    /// the counts it took in that snapshot go into the dump's info.
+    async fn dump_in(&self, counter: Option<RowCounter>) -> Result<Dump, SourceError> {
+        let url = self.own_url()?;
+        let mut cmd = self.command("pg_dump", url);
+        cmd.args(["--format=custom", "--compress=0"]);
+        if let Some(c) = &counter {
+            cmd.arg(format!("--snapshot={}", c.snapshot));
+        }
+        cmd.arg("--dbname").arg(url.conninfo());
+        let mut child = cmd.spawn().map_err(|e| self.spawn_err("pg_dump", e))?;
+        let (Some(stdout), Some(stderr)) = (child.stdout.take(), child.stderr.take()) else {
+            return Err(SourceError::Protocol(
+                "pg_dump started without pipes".into(),
+            ));
+        };
+        let stderr = drain_stderr(stderr);
+        let header = Arc::new(Mutex::new(Vec::new()));
+        let keep = header.clone();
+        let reader = InspectReader::new(stdout, move |b: &[u8]| {
+            if let Ok(mut h) = keep.lock()
+                && h.len() < HEADER_KEEP
+            {
+                let n = b.len().min(HEADER_KEEP - h.len());
+                h.extend_from_slice(&b[..n]);
+            }
+        });
+        // The header is read after the dump, by this source's own pg_restore.
+        let me = self.clone();
+        let name = self.name.clone();
+        Ok(Dump {
+            reader: Box::new(reader),
+            finish: async move {
+                let dumped = wait_child("pg_dump", child, stderr).await;
+                // The snapshot's session ends only now: pg_dump has long imported it.
+                let rows = match counter {
+                    Some(c) => match c.finish().await {
+                        Ok(rows) => Some(rows),
+                        Err(e) => {
+                            tracing::warn!(source = %name, "row counts for the drill failed ({e}); the manifest records none");
+                            None
+                        }
+                    },
+                    None => None,
+                };
+                dumped?;
+                let header = header
+                    .lock()
+                    .map(|mut h| std::mem::take(&mut *h))
+                    .unwrap_or_default();
+                let mut info = me.header_info(header).await;
+                info.rows = rows;
+                Ok(info)
+            }
+            .boxed(),
+        })
+    }
+
     /// What a dump's header says: the server version and the tables it holds.
     async fn header_info(&self, header: Vec<u8>) -> DumpInfo {
         let archive = BytesArchive(header);
@@ -180,6 +238,7 @@ impl PostgresSource {
         DumpInfo {
             server_version,
             objects,
+            rows: None,
         }
     }
 
@@ -259,6 +318,185 @@ impl PostgresSource {
             .filter(|l| !l.is_empty())
             .map(str::to_string)
             .collect())
+    }
+}
+
+/// Exact rows of every user table ("schema.name"), in one statement: each count is run
+/// through query_to_xml, so a single snapshot sees them all.
+const COUNT_ROWS: &str = "select n.nspname || '.' || c.relname, \
+     (xpath('/row/c/text()', query_to_xml(format('select count(*) as c from %I.%I', n.nspname, c.relname), false, true, '')))[1]::text \
+     from pg_catalog.pg_class c join pg_catalog.pg_namespace n on n.oid = c.relnamespace \
+     where c.relkind in ('r','p') and n.nspname not in ('pg_catalog','information_schema') \
+     and n.nspname not like 'pg_toast%' order by 1";
+const COUNT_END: &str = "stowage:counted";
+
+fn parse_counts(lines: &[String]) -> Result<std::collections::BTreeMap<String, u64>, SourceError> {
+    lines
+        .iter()
+        .map(|l| {
+            let (t, n) = l.split_once('\u{1f}').ok_or_else(|| {
+                SourceError::Protocol(format!("unexpected row count line from psql: {l:?}"))
+            })?;
+            let n = n.trim().parse::<u64>().map_err(|_| {
+                SourceError::Protocol(format!("unexpected row count from psql: {l:?}"))
+            })?;
+            Ok((t.to_string(), n))
+        })
+        .collect()
+}
+
+/// A psql session that exports its snapshot for pg_dump and counts rows in it while the
+/// dump streams; the transaction stays open until the dump is done.
+struct RowCounter {
+    snapshot: String,
+    child: tokio::process::Child,
+    stdin: tokio::process::ChildStdin,
+    counts: tokio::task::JoinHandle<Result<Vec<String>, SourceError>>,
+    stderr: tokio::task::JoinHandle<String>,
+}
+
+impl RowCounter {
+    async fn start(src: &PostgresSource, url: &DbUrl) -> Result<RowCounter, SourceError> {
+        use tokio::io::AsyncBufReadExt;
+        let mut cmd = src.command("psql", url);
+        cmd.args(["-X", "-q", "-A", "-t", "-F", "\u{1f}", "-v", "ON_ERROR_STOP=1", "--dbname"])
+            .arg(url.conninfo())
+            .stdin(Stdio::piped());
+        let mut child = cmd.spawn().map_err(|e| src.spawn_err("psql", e))?;
+        let (Some(mut stdin), Some(stdout), Some(stderr)) =
+            (child.stdin.take(), child.stdout.take(), child.stderr.take())
+        else {
+            return Err(SourceError::Protocol("psql started without pipes".into()));
+        };
+        let stderr = drain_stderr(stderr);
+        let io = |e| SourceError::io("talking to psql", e);
+        stdin
+            .write_all(
+                format!(
+                    "begin isolation level repeatable read, read only;\nselect pg_export_snapshot();\n{COUNT_ROWS};\nselect '{COUNT_END}';\n"
+                )
+                .as_bytes(),
+            )
+            .await
+            .map_err(io)?;
+        let mut lines = tokio::io::BufReader::new(stdout).lines();
+        let Some(snapshot) = lines.next_line().await.map_err(io)? else {
+            drop(stdin);
+            wait_child("psql", child, stderr).await?;
+            return Err(SourceError::Protocol("psql exported no snapshot".into()));
+        };
+        let counts = tokio::spawn(async move {
+            let mut out = Vec::new();
+            while let Some(l) = lines
+                .next_line()
+                .await
+                .map_err(|e| SourceError::io("reading row counts", e))?
+            {
+                if l == COUNT_END {
+                    return Ok(out);
+                }
+                out.push(l);
+            }
+            Err(SourceError::Protocol("psql ended before the row counts".into()))
+        });
+        Ok(RowCounter {
+            snapshot: snapshot.trim().to_string(),
+            child,
+            stdin,
+            counts,
+            stderr,
+        })
+    }
+
+    async fn finish(mut self) -> Result<std::collections::BTreeMap<String, u64>, SourceError> {
+        let counted = self.counts.await;
+        let _ = self.stdin.write_all(b"commit;\n").await;
+        drop(self.stdin);
+        wait_child("psql", self.child, self.stderr).await?;
+        let lines = counted.map_err(|e| SourceError::Protocol(format!("row counts: {e}")))??;
+        parse_counts(&lines)
+    }
+}
+
+#[async_trait]
+impl Scratch for PostgresSource {
+    /// By name alone: the same database reached under another host name must not pass.
+    fn is_own_database(&self, target: &str) -> bool {
+        match (&self.url, parse_target(target)) {
+            (Some(own), Ok(t)) => own.database() == t.database(),
+            _ => false,
+        }
+    }
+
+    async fn create(&self, target: &str) -> Result<(), SourceError> {
+        let url = self.scratch_url(target)?;
+        let name = quote_ident(&url.database());
+        let admin = url.with_database("postgres");
+        self.query(
+            &admin,
+            &[
+                &format!("drop database if exists {name} with (force)"),
+                &format!("create database {name}"),
+            ],
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn drop(&self, target: &str) -> Result<(), SourceError> {
+        let url = self.scratch_url(target)?;
+        let name = quote_ident(&url.database());
+        self.query(
+            &url.with_database("postgres"),
+            &[&format!("drop database if exists {name} with (force)")],
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn row_counts(
+        &self,
+        target: &str,
+    ) -> Result<std::collections::BTreeMap<String, u64>, SourceError> {
+        let url = self.scratch_url(target)?;
+        let rows = self.query(&url, &[COUNT_ROWS]).await?;
+        parse_counts(&rows.into_iter().map(|r| r.join("\u{1f}")).collect::<Vec<_>>())
+    }
+
+    async fn check(&self, target: &str, query: &str) -> Result<bool, SourceError> {
+        let url = self.scratch_url(target)?;
+        let rows = self.query(&url, &[query]).await?;
+        match rows.as_slice() {
+            [row] if row.len() == 1 => match row[0].as_str() {
+                "t" => Ok(true),
+                "f" => Ok(false),
+                other => Err(SourceError::Refused(format!(
+                    "the check returned {other:?}, not a boolean; write it to return true or false, e.g. select count(*) > 0 from orders"
+                ))),
+            },
+            _ => Err(SourceError::Refused(format!(
+                "the check returned {} row(s); it must return one boolean, e.g. select count(*) > 0 from orders",
+                rows.len()
+            ))),
+        }
+    }
+}
+
+fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+impl PostgresSource {
+    fn scratch_url(&self, target: &str) -> Result<DbUrl, SourceError> {
+        if self.is_own_database(target) {
+            return Err(SourceError::Refused(format!(
+                "{} is the database of source \"{}\"; a drill only uses a scratch database",
+                target, self.name
+            )));
+        }
+        Ok(parse_target(target)
+            .map_err(SourceError::Refused)?
+            .or_password_of(self.url.as_ref()))
     }
 }
 
@@ -372,41 +610,22 @@ impl Database for PostgresSource {
     }
 
     async fn dump(&self) -> Result<Dump, SourceError> {
+        self.dump_in(None).await
+    }
+
+    async fn dump_counting_rows(&self) -> Result<Dump, SourceError> {
         let url = self.own_url()?;
-        let mut cmd = self.command("pg_dump", url);
-        cmd.args(["--format=custom", "--compress=0", "--dbname"])
-            .arg(url.conninfo());
-        let mut child = cmd.spawn().map_err(|e| self.spawn_err("pg_dump", e))?;
-        let (Some(stdout), Some(stderr)) = (child.stdout.take(), child.stderr.take()) else {
-            return Err(SourceError::Protocol(
-                "pg_dump started without pipes".into(),
-            ));
-        };
-        let stderr = drain_stderr(stderr);
-        let header = Arc::new(Mutex::new(Vec::new()));
-        let keep = header.clone();
-        let reader = InspectReader::new(stdout, move |b: &[u8]| {
-            if let Ok(mut h) = keep.lock()
-                && h.len() < HEADER_KEEP
-            {
-                let n = b.len().min(HEADER_KEEP - h.len());
-                h.extend_from_slice(&b[..n]);
+        match RowCounter::start(self, url).await {
+            Ok(counter) => self.dump_in(Some(counter)).await,
+            Err(e) => {
+                tracing::warn!(source = %self.name, "cannot count rows for the drill ({e}); dumping without counts");
+                self.dump_in(None).await
             }
-        });
-        // The header is read after the dump, by this source's own pg_restore.
-        let me = self.clone();
-        Ok(Dump {
-            reader: Box::new(reader),
-            finish: async move {
-                wait_child("pg_dump", child, stderr).await?;
-                let header = header
-                    .lock()
-                    .map(|mut h| std::mem::take(&mut *h))
-                    .unwrap_or_default();
-                Ok(me.header_info(header).await)
-            }
-            .boxed(),
-        })
+        }
+    }
+
+    fn scratch(&self) -> Option<&dyn Scratch> {
+        Some(self)
     }
 
     fn own_target(&self) -> Option<String> {

@@ -183,6 +183,7 @@ fn parse_info(text: &str) -> DumpInfo {
     let mut info = DumpInfo {
         server_version: None,
         objects: Some(Vec::new()),
+        rows: None,
     };
     for line in text.lines().map(str::trim) {
         if let Some(v) = line.strip_prefix("redis_version:") {

@@ -189,6 +189,7 @@ impl Snapshot {
         Ok(DumpInfo {
             server_version: written_by.or_else(|| Some(rusqlite::version().to_string())),
             objects: Some(self.tables.clone()),
+            rows: None,
         })
     }
 }
