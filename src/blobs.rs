@@ -203,6 +203,8 @@ pub fn lock_key(job: &str, id: &str, kind: LockKind) -> String {
 pub enum LockKind {
     Backup,
     Sweep,
+    /// A restore of the job is writing into its database or files.
+    Restore,
 }
 
 impl LockKind {
@@ -210,6 +212,7 @@ impl LockKind {
         match self {
             LockKind::Backup => "backup",
             LockKind::Sweep => "sweep",
+            LockKind::Restore => "restore",
         }
     }
 }
@@ -231,6 +234,7 @@ pub fn parse_locks(job: &str, keys: impl IntoIterator<Item = String>) -> Vec<Loc
             let kind = match kind {
                 "backup" => LockKind::Backup,
                 "sweep" => LockKind::Sweep,
+                "restore" => LockKind::Restore,
                 _ => return None,
             };
             let since = crate::layout::parse_id(id)?;
@@ -246,7 +250,7 @@ pub fn parse_locks(job: &str, keys: impl IntoIterator<Item = String>) -> Vec<Loc
 /// Whether a lock still counts (its holder may be alive).
 pub fn is_live(lock: &Lock, now: DateTime<Utc>) -> bool {
     let limit = match lock.kind {
-        LockKind::Backup => BACKUP_LOCK_STALE,
+        LockKind::Backup | LockKind::Restore => BACKUP_LOCK_STALE,
         LockKind::Sweep => SWEEP_LOCK_STALE,
     };
     now.signed_duration_since(lock.since)
@@ -312,6 +316,111 @@ pub async fn lock_backup(
         tokio::select! {
             _ = cancel.cancelled() => return Err(BlobError::Cancelled),
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
+}
+
+/// Another process's backup or restore of the job, holding a live lock here.
+#[derive(Debug, Clone)]
+pub struct Holder {
+    pub lock: Lock,
+    pub owner: Option<crate::owner::Owner>,
+}
+
+impl std::fmt::Display for Holder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let what = match self.lock.kind {
+            LockKind::Restore => "restore",
+            _ => "backup",
+        };
+        match &self.owner {
+            Some(o) => write!(
+                f,
+                "a {what} by stowage on host {}, pid {}, since {}",
+                o.host,
+                o.pid,
+                self.lock.since.format("%Y-%m-%dT%H:%M:%SZ")
+            ),
+            None => write!(
+                f,
+                "a {what} since {}",
+                self.lock.since.format("%Y-%m-%dT%H:%M:%SZ")
+            ),
+        }
+    }
+}
+
+/// Backups and restores of `job` by other live processes (their locks here), oldest
+/// first. This process's own locks, stale locks and locks of processes known to be gone
+/// do not count.
+pub async fn holders(
+    storage: &dyn Storage,
+    job: &str,
+    own_id: &str,
+) -> Result<Vec<Holder>, StorageError> {
+    let me = crate::owner::Owner::current();
+    let mut out = Vec::new();
+    for lock in list_locks(storage, job).await? {
+        if lock.id == own_id || lock.kind == LockKind::Sweep || !is_live(&lock, Utc::now()) {
+            continue;
+        }
+        let owner = lock_owner(storage, &lock_key(job, &lock.id, lock.kind)).await;
+        match &owner {
+            Some(o) if o == me => continue,
+            Some(o) if o.is_alive() == Some(false) => continue,
+            _ => {}
+        }
+        out.push(Holder { lock, owner });
+    }
+    out.sort_by(|a, b| a.lock.id.cmp(&b.lock.id));
+    Ok(out)
+}
+
+/// Take the job's lock of `kind` on every storage: write it, then look for another
+/// process's. On a conflict the lock is taken back (so two starting at once never both
+/// proceed), and the holder is returned; with `wait`, it waits for the holder to finish
+/// and tries again instead. `Ok(None)`: the lock is held.
+pub async fn claim_job(
+    storages: &[&dyn Storage],
+    job: &str,
+    id: &str,
+    kind: LockKind,
+    wait: bool,
+    cancel: &CancellationToken,
+) -> Result<Option<Holder>, BlobError> {
+    let mut announced = false;
+    loop {
+        for st in storages {
+            st.put_bytes(&lock_key(job, id, kind), lock_body()).await?;
+        }
+        let mut holder = None;
+        for st in storages {
+            if let Some(h) = holders(*st, job, id).await?.into_iter().next() {
+                holder = Some(h);
+                break;
+            }
+        }
+        let Some(holder) = holder else {
+            if announced {
+                info!(job, "the other run of {job} finished; continuing");
+            }
+            return Ok(None);
+        };
+        for st in storages {
+            unlock(*st, job, id, kind).await;
+        }
+        if !wait {
+            return Ok(Some(holder));
+        }
+        if !announced {
+            info!(job, "waiting for {holder} of job {job} to finish");
+            announced = true;
+        }
+        // Jittered, so two waiting processes do not keep colliding.
+        let pause = Duration::from_millis(2000 + u64::from(std::process::id() % 1000));
+        tokio::select! {
+            _ = cancel.cancelled() => return Err(BlobError::Cancelled),
+            _ = tokio::time::sleep(pause) => {}
         }
     }
 }

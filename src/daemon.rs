@@ -51,6 +51,8 @@ struct Ctx {
     /// For `stowage health` (saved to the state file on every change).
     state: std::sync::Mutex<status::State>,
     metrics: crate::server::Metrics,
+    /// Every job's published backups, read from its destinations.
+    history: crate::history::History,
 }
 
 impl crate::server::View for Ctx {
@@ -65,6 +67,9 @@ impl crate::server::View for Ctx {
     }
     fn metrics(&self) -> &crate::server::Metrics {
         &self.metrics
+    }
+    fn history(&self, job: &str) -> crate::history::JobHistory {
+        self.history.get(job)
     }
 }
 
@@ -155,6 +160,7 @@ pub async fn run(
             jobs: Default::default(),
         }),
         metrics: crate::server::Metrics::new(),
+        history: crate::history::History::default(),
     });
     let server_stop = CancellationToken::new();
     let server = match config.listen {
@@ -199,9 +205,32 @@ pub async fn run(
                 _ = recover(&ctx2, &slot2, started) => {}
                 _ = ctx2.cancel.cancelled() => return,
             }
-            catch_up(&ctx2, &slot2).await
+            catch_up(&ctx2, &slot2).await;
+            tokio::select! {
+                _ = refresh_history(&ctx2, &slot2.name) => {}
+                _ = ctx2.stop.cancelled() => {}
+            }
         });
     }
+    // The history also changes without this daemon (`stowage run`, another host's
+    // retention): read it again now and then.
+    let ctx2 = ctx.clone();
+    ctx.tracker.spawn(async move {
+        // Ends with the first stop signal: a stop waits for backups, not for this.
+        loop {
+            tokio::select! {
+                _ = ctx2.stop.cancelled() => return,
+                _ = tokio::time::sleep(HISTORY_REFRESH) => {}
+            }
+            let names: Vec<String> = ctx2.config().jobs.keys().cloned().collect();
+            for name in names {
+                tokio::select! {
+                    _ = ctx2.stop.cancelled() => return,
+                    _ = refresh_history(&ctx2, &name) => {}
+                }
+            }
+        }
+    });
 
     let reason = loop {
         match signals.recv().await {
@@ -701,9 +730,15 @@ async fn run_with_retries(ctx: &Arc<Ctx>, config: &Config, job: &Job, slot: &Job
             }
         };
         crate::notify::started(job).await;
-        let report = pipeline::run_job(config, job, ctx.cancel.child_token()).await;
+        // A `stowage run` of the same job in another process: wait for it, then run.
+        let opts = pipeline::RunOptions { wait_lock: true };
+        let report = pipeline::run_job(config, job, opts, ctx.cancel.child_token()).await;
         drop(turn);
         record(ctx, &job.name, &report);
+        tokio::select! {
+            _ = refresh_history(ctx, &job.name) => {}
+            _ = ctx.stop.cancelled() => {}
+        }
         crate::notify::finished(job, &report).await;
         let failed = matches!(
             report.outcome,
@@ -727,6 +762,19 @@ async fn run_with_retries(ctx: &Arc<Ctx>, config: &Config, job: &Job, slot: &Job
             _ = ctx.stop.cancelled() => return,
         }
     }
+}
+
+/// How often the daemon re-reads its jobs' histories from their destinations.
+const HISTORY_REFRESH: std::time::Duration = std::time::Duration::from_secs(15 * 60);
+
+/// Read the job's published backups again; the page and the metrics follow.
+async fn refresh_history(ctx: &Arc<Ctx>, job: &str) {
+    let config = ctx.config();
+    let Some(job) = config.jobs.get(job) else {
+        return;
+    };
+    let h = ctx.history.refresh(&config, job).await;
+    ctx.metrics.record_history(&job.name, &h);
 }
 
 fn record(ctx: &Arc<Ctx>, job: &str, report: &pipeline::RunReport) {
@@ -796,6 +844,9 @@ async fn catch_up(ctx: &Arc<Ctx>, slot: &Arc<JobSlot>) {
     ctx.update(&slot.name, |s| {
         s.newest_backup = s.newest_backup.max(newest)
     });
+    if let Some(t) = newest {
+        ctx.metrics.seed_last_success(&slot.name, t);
+    }
     if !job.catch_up {
         return;
     }

@@ -160,8 +160,11 @@ pub struct RestoreOptions {
     /// Leave these objects out (the request's and, unless `--all-tables`, the backup's
     /// default excludes not named in `tables`).
     pub exclude_tables: Vec<String>,
-    /// Say what would be restored; change nothing.
+    /// Say what would be restored; change nothing (but connect and check the target, and
+    /// fail where the restore would).
     pub dry_run: bool,
+    /// Create the target database when it does not exist (engines with databases).
+    pub create: bool,
 }
 
 /// A stored archive that can be read from its start more than once (selective restore

@@ -48,7 +48,7 @@ pub struct Metrics {
     last_success: Family<JobLabel, Gauge<f64, AtomicU64>>,
     last_duration: Family<JobLabel, Gauge<f64, AtomicU64>>,
     bytes_in: Family<JobLabel, Counter>,
-    bytes_out: Family<JobLabel, Counter>,
+    bytes_out: Family<DestLabels, Counter>,
     kept: Family<DestLabels, Gauge>,
     heals: Family<RunLabels, Counter>,
     healed_objects: Family<JobLabel, Counter>,
@@ -178,7 +178,14 @@ impl Metrics {
             .get_or_create(&job_l)
             .set(r.duration.as_secs_f64());
         self.bytes_in.get_or_create(&job_l).inc_by(r.bytes_in);
-        self.bytes_out.get_or_create(&job_l).inc_by(r.bytes_out);
+        for dest in &r.published {
+            self.bytes_out
+                .get_or_create(&DestLabels {
+                    job: job.to_string(),
+                    destination: dest.clone(),
+                })
+                .inc_by(r.bytes_out);
+        }
         for (dest, n) in &r.kept {
             self.kept
                 .get_or_create(&DestLabels {
@@ -186,6 +193,36 @@ impl Metrics {
                     destination: dest.clone(),
                 })
                 .set(i64::try_from(*n).unwrap_or(i64::MAX));
+        }
+    }
+
+    /// After a start: the newest published backup found on the job's destinations, so the
+    /// staleness alert works before the daemon's first run (never moves the gauge back).
+    pub fn seed_last_success(&self, job: &str, newest: chrono::DateTime<Utc>) {
+        let g = self.last_success.get_or_create(&JobLabel {
+            job: job.to_string(),
+        });
+        let t = newest.timestamp_millis() as f64 / 1000.0;
+        if g.get() < t {
+            g.set(t);
+        }
+    }
+
+    /// What the destinations hold, read after a start, after each run and now and then:
+    /// right after a restart and after backups made by `stowage run`.
+    pub fn record_history(&self, job: &str, h: &crate::history::JobHistory) {
+        for (dest, held) in &h.held {
+            if let Ok(n) = held {
+                self.kept
+                    .get_or_create(&DestLabels {
+                        job: job.to_string(),
+                        destination: dest.clone(),
+                    })
+                    .set(i64::try_from(*n).unwrap_or(i64::MAX));
+            }
+        }
+        if let Some(p) = h.newest() {
+            self.seed_last_success(job, p.time);
         }
     }
 
@@ -262,6 +299,8 @@ pub trait View: Send + Sync + 'static {
     fn config(&self) -> Arc<Config>;
     fn state(&self) -> status::State;
     fn metrics(&self) -> &Metrics;
+    /// The job's published backups, as its destinations hold them.
+    fn history(&self, job: &str) -> crate::history::JobHistory;
 }
 
 /// Bind now (so a bad address fails the start with a clear error), serve until `stop`.
@@ -318,86 +357,32 @@ async fn index<V: View>(State(view): State<Arc<V>>) -> Html<String> {
     let state = view.state();
     let now = Utc::now();
     let problems = status::problems(&config, &state, now);
-    let mut rows = String::new();
+    let mut jobs = String::new();
     let mut recent = String::new();
     let mut heals = String::new();
     for job in config.jobs.values() {
         let s = state.jobs.get(&job.name).cloned().unwrap_or_default();
-        let next = job
-            .schedule
-            .upcoming(now, 1)
-            .first()
-            .map(|t| t.format("%Y-%m-%d %H:%M %Z").to_string())
-            .unwrap_or_else(|| "never".into());
-        let newest = s
-            .newest_backup
-            .map(|t| t.format("%Y-%m-%d %H:%M:%S UTC").to_string())
-            .unwrap_or_else(|| "none".into());
-        let last = s
-            .last_run
-            .as_ref()
-            .map(|r| format!("{} ({:.1}s)", r.outcome, r.duration_s))
-            .unwrap_or_else(|| "-".into());
-        let heal = match (&job.heal, &s.last_heal) {
-            (None, _) => "-".to_string(),
-            (Some(h), None) => format!("watching {} ({})", h.source, h.schedule.expr()),
-            (Some(_), Some(l)) => format!(
-                "{} at {}",
-                l.outcome,
-                l.finished_at.format("%Y-%m-%d %H:%M:%S UTC")
-            ),
-        };
-        let verify = match (&job.verify, &s.last_verify) {
-            (None, _) => "-".to_string(),
-            (Some(v), None) => format!("scheduled ({})", v.expr()),
-            (Some(_), Some(l)) => format!(
-                "{} at {}: {}",
-                if l.ok { "ok" } else { "failed" },
-                l.finished_at.format("%Y-%m-%d %H:%M:%S UTC"),
-                l.summary
-            ),
-        };
-        let drill = match (&job.drill, &s.last_drill) {
-            (None, _) => "-".to_string(),
-            (Some(d), None) => format!("scheduled ({})", d.schedule.expr()),
-            (Some(_), Some(l)) => format!(
-                "{} at {}: {}",
-                if l.ok { "ok" } else { "failed" },
-                l.finished_at.format("%Y-%m-%d %H:%M:%S UTC"),
-                l.summary
-            ),
-        };
-        for h in &s.heals {
-            heals.push_str(&format!(
-                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>\n",
-                esc(&job.name),
-                h.finished_at.format("%Y-%m-%d %H:%M:%S UTC"),
-                esc(&h.outcome),
-                esc(&h.summary)
-            ));
-        }
-        rows.push_str(&format!(
-            "<tr><td>{}</td><td><code>{}</code> ({})</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>\n",
-            esc(&job.name),
-            esc(job.schedule.expr()),
-            esc(&job.schedule.tz().to_string()),
-            esc(&next),
-            esc(&newest),
-            esc(&last),
-            esc(&heal),
-            esc(&verify),
-            esc(&drill),
-            esc(&job.destinations.join(", "))
-        ));
+        let h = view.history(&job.name);
+        jobs.push_str(&job_section(job, &s, &h, now));
+        let tz = job.schedule.tz();
         for r in &s.recent {
             recent.push_str(&format!(
                 "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.1}s</td><td>{}</td></tr>\n",
                 esc(&job.name),
                 esc(&r.id),
                 esc(&r.outcome),
-                r.finished_at.format("%Y-%m-%d %H:%M:%S UTC"),
+                esc(&local(r.finished_at, tz)),
                 r.duration_s,
                 esc(&r.errors.join("; "))
+            ));
+        }
+        for x in &s.heals {
+            heals.push_str(&format!(
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>\n",
+                esc(&job.name),
+                esc(&local(x.finished_at, tz)),
+                esc(&x.outcome),
+                esc(&x.summary)
             ));
         }
     }
@@ -412,17 +397,150 @@ async fn index<V: View>(State(view): State<Arc<V>>) -> Html<String> {
                 .collect::<String>()
         )
     };
+    // The script only marks which plots the browser laid out (for the page's own test and
+    // for anyone curious); the page works without it.
     Html(format!(
         "<!doctype html><html><head><meta charset=utf-8><title>stowage</title>\
-         <style>body{{font-family:sans-serif;margin:2em}}td,th{{padding:.2em .8em;text-align:left}}\
-         .ok{{color:green}}.bad{{color:#b00}}</style></head><body>\
+         <meta http-equiv=refresh content=60>\
+         <style>body{{font-family:sans-serif;margin:2em;max-width:70em}}td,th{{padding:.2em .8em;text-align:left;vertical-align:top}}\
+         .ok{{color:green}}.bad{{color:#b00}}.muted{{color:#666}}section{{border-top:1px solid #ddd;margin-top:1.5em}}</style></head><body>\
          <h1>stowage {}</h1>{health}\
-         <h2>Jobs</h2><table><tr><th>job</th><th>schedule</th><th>next run</th><th>newest backup</th><th>last run</th><th>last heal</th><th>last verify</th><th>last drill</th><th>destinations</th></tr>\n{rows}</table>\
-         <h2>Recent runs</h2><table><tr><th>job</th><th>id</th><th>outcome</th><th>finished</th><th>duration</th><th>errors</th></tr>\n{recent}</table>\
+         <p class=muted>as of {} (refreshes every minute)</p>\
+         {jobs}\
+         <h2>Recent runs of this daemon</h2><table><tr><th>job</th><th>id</th><th>outcome</th><th>finished</th><th>duration</th><th>errors</th></tr>\n{recent}</table>\
          <h2>Heals</h2><table><tr><th>job</th><th>finished</th><th>outcome</th><th>summary</th></tr>\n{heals}</table>\
-         <p><a href=/metrics>metrics</a> · <a href=/healthz>healthz</a></p></body></html>\n",
-        env!("CARGO_PKG_VERSION")
+         <p><a href=/metrics>metrics</a> · <a href=/healthz>healthz</a></p>\
+         <script>document.body.dataset.plotsRendered=[...document.querySelectorAll('svg.plot')].filter(s=>s.getBBox().width>0).length</script>\
+         </body></html>\n",
+        env!("CARGO_PKG_VERSION"),
+        now.format("%Y-%m-%d %H:%M:%S UTC"),
     ))
+}
+
+/// One job: its state at a glance, in the job's own timezone.
+fn job_section(
+    job: &crate::config::Job,
+    s: &status::JobStatus,
+    h: &crate::history::JobHistory,
+    now: chrono::DateTime<Utc>,
+) -> String {
+    let tz = job.schedule.tz();
+    let next = job
+        .schedule
+        .upcoming(now, 1)
+        .first()
+        .map(|t| local(t.with_timezone(&Utc), tz))
+        .unwrap_or_else(|| "never".into());
+    let newest_time = h.newest().map(|p| p.time).max(s.newest_backup);
+    let newest = match newest_time {
+        Some(t) => format!("{} ({})", local(t, tz), ago(now - t)),
+        None => "none yet".into(),
+    };
+    let last = match &s.last_run {
+        Some(r) => format!(
+            "{} at {} ({:.1}s){}",
+            r.outcome,
+            local(r.finished_at, tz),
+            r.duration_s,
+            if r.errors.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", r.errors.join("; "))
+            }
+        ),
+        None => match h.newest() {
+            Some(p) => format!("published {} (no run by this daemon since its start)", p.id),
+            None => "-".into(),
+        },
+    };
+    let pass = |l: &Option<status::VerifyStatus>, scheduled: Option<String>| match (scheduled, l) {
+        (None, _) => "-".to_string(),
+        (Some(expr), None) => format!("scheduled ({expr})"),
+        (Some(_), Some(l)) => format!(
+            "{} at {}: {}",
+            if l.ok { "ok" } else { "failed" },
+            local(l.finished_at, tz),
+            l.summary
+        ),
+    };
+    let verify = pass(
+        &s.last_verify,
+        job.verify.as_ref().map(|v| v.expr().to_string()),
+    );
+    let drill = pass(
+        &s.last_drill,
+        job.drill.as_ref().map(|d| d.schedule.expr().to_string()),
+    );
+    let heal = match (&job.heal, &s.last_heal) {
+        (None, _) => "-".to_string(),
+        (Some(x), None) => format!("watching {} ({})", x.source, x.schedule.expr()),
+        (Some(_), Some(l)) => format!("{} at {}", l.outcome, local(l.finished_at, tz)),
+    };
+    let held: Vec<String> = h
+        .held
+        .iter()
+        .map(|(d, n)| match n {
+            Ok(n) => format!("{d}: {n} backup{}", if *n == 1 { "" } else { "s" }),
+            Err(e) => format!("{d}: cannot list ({e})"),
+        })
+        .collect();
+    let held = if held.is_empty() {
+        job.destinations.join(", ")
+    } else {
+        held.join("; ")
+    };
+    let shrunk = match h.shrunk() {
+        Some(why) => format!("<p class=bad>⚠ {}</p>", esc(&why)),
+        None => String::new(),
+    };
+    let mut last_backups = String::new();
+    for p in h.backups.iter().take(5) {
+        last_backups.push_str(&format!(
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.1}s</td></tr>",
+            esc(&p.id),
+            esc(&local(p.time, tz)),
+            crate::pipeline::human_bytes(p.raw),
+            crate::pipeline::human_bytes(p.stored),
+            p.duration_s
+        ));
+    }
+    let row = |k: &str, v: &str| format!("<tr><th>{k}</th><td>{}</td></tr>", esc(v));
+    format!(
+        "<section><h2>{name}</h2><p class=muted>times in {tz}</p>{shrunk}\
+         <table><tr><td>job</td><td>{name}</td></tr>{}{}{}{}{}{}{}{}{}</table>\
+         {plot}\
+         <h3>last backups</h3><table><tr><th>id</th><th>started</th><th>size</th><th>stored</th><th>duration</th></tr>{last_backups}</table></section>",
+        row("schedule", &format!("{} ({tz})", job.schedule.expr())),
+        row("next run", &next),
+        row("newest backup", &newest),
+        row("last run", &last),
+        row("backups held", &held),
+        row("last heal", &heal),
+        row("last verify", &verify),
+        row("last drill", &drill),
+        row(
+            "history read",
+            &h.refreshed.map_or("not yet".into(), |t| ago(now - t)),
+        ),
+        name = esc(&job.name),
+        plot = crate::history::plot(h),
+    )
+}
+
+/// "2026-12-02 03:00 CET"
+fn local(t: chrono::DateTime<Utc>, tz: chrono_tz::Tz) -> String {
+    t.with_timezone(&tz).format("%Y-%m-%d %H:%M %Z").to_string()
+}
+
+/// "3 h ago", "2 days ago"
+fn ago(d: chrono::TimeDelta) -> String {
+    let s = d.num_seconds().max(0);
+    match s {
+        0..60 => format!("{s} s ago"),
+        60..3600 => format!("{} min ago", s / 60),
+        3600..86400 => format!("{} h ago", s / 3600),
+        _ => format!("{} days ago", s / 86400),
+    }
 }
 
 fn esc(s: &str) -> String {

@@ -158,9 +158,10 @@ pub async fn verify(
                     None if from.is_none() && want != "latest" => continue,
                     None => {
                         report.unreachable.push(format!(
-                            "{} has no published backup \"{want}\" ({} backups)",
+                            "{} has no published backup \"{want}\" ({} backup{})",
                             st.name,
-                            ids.len()
+                            ids.len(),
+                            if ids.len() == 1 { "" } else { "s" }
                         ));
                         continue;
                     }
@@ -278,6 +279,9 @@ async fn check_database(
         .get(&entry.key)
         .await
         .map_err(|e| vec![format!("{} cannot be read: {e}", entry.key)])?;
+    let progress =
+        crate::progress::Progress::new(format!("verify {}: read", entry.key), Some(entry.size));
+    let raw = crate::progress::counted(raw, progress.clone());
     let mut verified = codec::Verify::new(raw, &entry.sha256, entry.size, &entry.key);
     let mut sink = tokio::io::sink();
     tokio::io::copy(&mut verified, &mut sink)

@@ -121,7 +121,11 @@ impl Fixture {
         let list = run_stowage(cfg, ["list", JOB]);
         assert!(list.status.success(), "list:\n{}", text(&list));
         assert!(
-            text(&list).contains(&format!("job {JOB} ({} backups)", ids.len())),
+            text(&list).contains(&format!(
+                "job {JOB} ({} backup{})",
+                ids.len(),
+                if ids.len() == 1 { "" } else { "s" }
+            )),
             "list must show only the earlier backups:\n{}",
             text(&list)
         );

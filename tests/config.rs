@@ -1,5 +1,6 @@
-//! Config loading: every shipped example parses, and bad configs get one specific message
-//! naming the key (snapshotted, so a change in wording is a reviewed change).
+//! Config loading: every shipped example parses, and bad configs get specific messages,
+//! one line per problem naming its key, every problem at once (snapshotted, so a change
+//! in wording is a reviewed change); top-level keys from the environment.
 
 use std::path::{Path, PathBuf};
 
@@ -301,6 +302,40 @@ fn cases() -> Vec<Case> {
             "drill with a bad target and an empty check",
             format!("{BASE}\n[jobs.app.drill]\nschedule = \"0 5 * * 0\"\nto = \"mysql://db/scratch\"\nchecks = [\" \"]\n"),
         ),
+        case("misspelt job key and unknown destination", BASE.replace("schedule =", "scedule =").replace("[\"local\"]", "[\"locl\"]")),
+        case(
+            "misspelt retention and job keys",
+            BASE.replace("retention =", "retension =").replace("schedule =", "scedule ="),
+        ),
+        case(
+            "missing required keys and other problems",
+            BASE.replace("schedule = \"0 3 * * *\"\n", "compression = \"xz\"\n")
+                + "\n[jobs.app.drill]\nschedule = \"0 5 * * 0\"\nchecks = [\" \"]\n\n[[jobs.app.notify]]\nurl = \"https://hc-ping.com/x\"\n",
+        ),
+        case(
+            "wrong types in several places",
+            format!("shutdown_grace = 30\n[server]\nlisten = 9090\n{BASE}")
+                .replace("keep_last = 5", "keep_last = \"five\", keep_daily = -1")
+                .replace("destinations = [\"local\"]", "destinations = [\"local\", 3, \"ofsite\"]\ncatch_up = \"yes\"\nexclude_tables = \"sessions\""),
+        ),
+        case(
+            "a destination that is not a table",
+            BASE.replace("[destinations.local]\ntype = \"local\"\npath = \"/var/backups/stowage\"\nretention = { keep_last = 5 }", "[destinations]\nlocal = \"/var/backups/stowage\"")
+                .replace("[\"local\"]", "[\"local\", \"ofsite\"]"),
+        ),
+        case(
+            "unknown destination type and its keys",
+            format!("{BASE}\n[destinations.cold]\ntype = \"glacier\"\nbucket = \"archive\"\nretention = {{ keep_last = 0 }}\n"),
+        ),
+        case(
+            "source with a name of the wrong type and no type",
+            format!("{BASE}\n[[jobs.app.sources]]\ntype = \"files\"\nname = 7\npath = \"/data\"\n\n[[jobs.app.sources]]\nname = \"other\"\nurl = \"x\"\n"),
+        ),
+        Case {
+            name: "yaml with empty sections",
+            file: "stowage.yaml",
+            text: "log:\njobs:\n  app:\n  other:\n    schedule: '@daily'\n    destinations: [nowhere]\n    sources:\n      - {type: files, name: f, path: /data}\n".to_string(),
+        },
         Case {
             name: "unsupported extension",
             file: "stowage.ini",
@@ -351,4 +386,244 @@ fn base_case_is_valid() {
     let path = dir.path().join("stowage.toml");
     std::fs::write(&path, BASE).expect("write");
     config::load_with_env(&path, false).expect("the base config is valid");
+}
+
+/// Several mistakes in one file, in several sections: every one is reported, each on its
+/// own line naming its key, in the order of the keys, and nothing else (no "required key
+/// is missing" for a key a "did you mean" names, no problem about a removed value).
+#[test]
+fn every_problem_is_reported_at_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("stowage.toml");
+    std::fs::write(
+        &path,
+        r#"
+shutdown_grace = 30
+
+[destinations.local]
+type = "local"
+path = "/var/backups/stowage"
+retension = { keep_last = 5 }
+
+[jobs.app]
+scedule = "0 3 * * *"
+destinations = ["locl"]
+compression_level = "high"
+
+[[jobs.app.sources]]
+type = "postgres"
+name = "db"
+url = "postgres://postgres@db:5432/app"
+sslmod = "require"
+
+[jobs.other]
+schedule = "0 4 * * *"
+timezone = "Mars/Olympus"
+destinations = ["local", 3]
+retries = "three"
+
+[[jobs.other.sources]]
+type = "files"
+name = "media"
+path = "media"
+"#,
+    )
+    .expect("write");
+    let err = config::load_with_env(&path, false)
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    let expected = [
+        (
+            "destinations.local.retension",
+            "unknown key \"retension\" (did you mean \"retention\"?)",
+        ),
+        (
+            "jobs.app.compression_level",
+            "expected an integer, found string \"high\"",
+        ),
+        (
+            "jobs.app.destinations",
+            "unknown destination \"locl\" (did you mean \"local\"?)",
+        ),
+        (
+            "jobs.app.scedule",
+            "unknown key \"scedule\" (did you mean \"schedule\"?)",
+        ),
+        ("jobs.app.sources[0].sslmod", "unknown key \"sslmod\""),
+        (
+            "jobs.other.destinations[1]",
+            "expected a string, found the number 3",
+        ),
+        (
+            "jobs.other.retries",
+            "expected a whole number, found string \"three\"",
+        ),
+        (
+            "jobs.other.sources[0].path",
+            "\"media\" must be an absolute path",
+        ),
+        ("jobs.other.timezone", "unknown timezone \"Mars/Olympus\""),
+        ("shutdown_grace", "expected a string, found the number 30"),
+    ];
+    let lines: Vec<&str> = err.lines().skip(1).collect();
+    assert!(
+        err.lines()
+            .next()
+            .unwrap_or_default()
+            .starts_with("invalid config"),
+        "{err}"
+    );
+    assert_eq!(lines.len(), expected.len(), "{err}");
+    for (line, (key, what)) in lines.iter().zip(expected) {
+        let (k, message) = line
+            .strip_prefix("  - ")
+            .and_then(|l| l.split_once(": "))
+            .unwrap_or_else(|| panic!("not a problem line: {line:?}\n{err}"));
+        assert_eq!(k, key, "{err}");
+        assert!(message.starts_with(what), "{key}: {message:?}\n{err}");
+    }
+}
+
+/// `stowage --config PATH check-config` with `vars` set and no other `STOWAGE_…` variable
+/// (the harness's own, or an override in the developer's shell): exit status and output.
+fn check_config_with_env(path: &Path, vars: &[(&str, &str)]) -> (Option<i32>, String) {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_stowage"));
+    cmd.arg("--config").arg(path).arg("check-config");
+    for (k, _) in std::env::vars_os() {
+        if k.to_string_lossy()
+            .to_ascii_uppercase()
+            .starts_with("STOWAGE_")
+        {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.env("NO_COLOR", "1").envs(vars.iter().copied());
+    let out = cmd.output().expect("run stowage check-config");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code(), text)
+}
+
+/// A top-level key is overridden by `STOWAGE_<KEY>` (no `__`): a bad value is reported
+/// naming the variable, a near miss of the key is an unknown key naming the variable, and
+/// stowage's own variables (`STOWAGE_CONFIG`, `STOWAGE_PID_FILE`, …) and unrelated ones
+/// are not config.
+#[test]
+fn top_level_keys_come_from_the_environment() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("stowage.toml");
+    std::fs::write(&path, BASE).expect("write");
+
+    let (code, out) = check_config_with_env(
+        &path,
+        &[
+            ("STOWAGE_SHUTDOWN_GRACE", "2s"),
+            ("STOWAGE_CONFIG", "/nonexistent/other.toml"),
+            ("STOWAGE_PID_FILE", "/nonexistent/stowage.pid"),
+            ("STOWAGE_STATE_FILE", "/nonexistent/state.json"),
+            ("STOWAGE_RESTORE_TARGET", "x"),
+            ("STOWAGE_PG_BIN", "/usr/lib/postgresql/15/bin"),
+        ],
+    );
+    assert_eq!(code, Some(0), "{out}");
+
+    let (code, out) = check_config_with_env(&path, &[("STOWAGE_SHUTDOWN_GRACE", "soon")]);
+    assert_eq!(code, Some(2), "{out}");
+    assert!(
+        out.contains("  - shutdown_grace: invalid duration \"soon\"")
+            && out.contains("(from environment variable STOWAGE_SHUTDOWN_GRACE)\n"),
+        "{out}"
+    );
+
+    let (code, out) = check_config_with_env(&path, &[("STOWAGE_SHUTDOWN_GRACEE", "2s")]);
+    assert_eq!(code, Some(2), "{out}");
+    assert!(
+        out.contains(
+            "  - shutdown_gracee: unknown key \"shutdown_gracee\" (did you mean \"shutdown_grace\"?); valid keys here: shutdown_grace, log, server, destinations, jobs (from environment variable STOWAGE_SHUTDOWN_GRACEE)\n"
+        ),
+        "{out}"
+    );
+
+    // A bad override and a mistake in the file: both, each naming its origin.
+    std::fs::write(&path, BASE.replace("schedule =", "scedule =")).expect("write");
+    let (code, out) = check_config_with_env(
+        &path,
+        &[
+            ("STOWAGE_SHUTDOWN_GRACE", "soon"),
+            ("STOWAGE_LOG__LEVEL", "loud=1=2"),
+        ],
+    );
+    assert_eq!(code, Some(2), "{out}");
+    let lines: Vec<&str> = out.lines().filter(|l| l.starts_with("  - ")).collect();
+    assert_eq!(lines.len(), 3, "{out}");
+    assert!(
+        lines[0].starts_with("  - jobs.app.scedule: unknown key"),
+        "{out}"
+    );
+    assert!(
+        lines[1].starts_with("  - log.level: invalid filter \"loud=1=2\"")
+            && lines[1].ends_with("(from environment variable STOWAGE_LOG__LEVEL)"),
+        "{out}"
+    );
+    assert!(
+        lines[2].starts_with("  - shutdown_grace: invalid duration \"soon\"")
+            && lines[2].ends_with("(from environment variable STOWAGE_SHUTDOWN_GRACE)"),
+        "{out}"
+    );
+}
+
+/// The value of `STOWAGE_SHUTDOWN_GRACE` is the one loaded: checked in a child process
+/// (this test binary, running only `shutdown_grace_from_the_environment_child`), so that
+/// no variable is set in this process, whose other tests run in parallel threads.
+#[test]
+fn shutdown_grace_from_the_environment_is_applied() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("stowage.toml");
+    std::fs::write(&path, format!("shutdown_grace = \"1m\"\n{BASE}")).expect("write");
+    let mut cmd = std::process::Command::new(std::env::current_exe().expect("current_exe"));
+    cmd.args([
+        "--exact",
+        "shutdown_grace_from_the_environment_child",
+        "--nocapture",
+        "--test-threads=1",
+    ]);
+    for (k, _) in std::env::vars_os() {
+        if k.to_string_lossy()
+            .to_ascii_uppercase()
+            .starts_with("STOWAGE_")
+        {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.env(CHILD_CONFIG, &path)
+        .env("STOWAGE_SHUTDOWN_GRACE", "2s")
+        .env("STOWAGE_CONFIG", "/nonexistent/other.toml");
+    let out = cmd.output().expect("run the child test");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("child: shutdown_grace 2s"), "{text}");
+}
+
+/// Names the config file of `shutdown_grace_from_the_environment_is_applied`'s child.
+const CHILD_CONFIG: &str = "CONFIG_TEST_CHILD_CONFIG";
+
+#[test]
+fn shutdown_grace_from_the_environment_child() {
+    let Some(path) = std::env::var_os(CHILD_CONFIG) else {
+        return; // not the child: nothing to do
+    };
+    let cfg = config::load_with_env(Path::new(&path), true).expect("loads");
+    assert_eq!(cfg.shutdown_grace, std::time::Duration::from_secs(2));
+    // The file's value is what applies without the environment.
+    let cfg = config::load_with_env(Path::new(&path), false).expect("loads");
+    assert_eq!(cfg.shutdown_grace, std::time::Duration::from_secs(60));
+    println!("child: shutdown_grace 2s");
 }

@@ -339,5 +339,5 @@ fn one_engine_failing_fails_the_whole_set() {
         "the failed run changed the destination"
     );
     let listed = ok(&run_stowage(&config, ["list", "app"]), "list");
-    assert!(listed.contains("(1 backups)"), "{listed}");
+    assert!(listed.contains("(1 backup)"), "{listed}");
 }

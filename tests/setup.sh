@@ -3,7 +3,7 @@
 # Idempotent; meant for a fresh Debian 12 machine. Run as root, or as a user with sudo.
 #
 #   - apt packages: postgresql (15), postgresql-client, mariadb-server, mariadb-client,
-#     redis-server, redis-tools, sqlite3, zstd, age, jq, python3-venv, build tools
+#     redis-server, redis-tools, sqlite3, zstd, age, chromium, jq, python3-venv, build tools
 #   - moto_server + awscli in a venv at $HOME/.cache/stowage-tools/venv
 #   - s3s-fs 0.14.1 (cargo install, ~4 min) into $HOME/.cache/stowage-tools/bin,
 #     unless an s3s-fs binary is already available
@@ -55,6 +55,7 @@ command -v redis-cli >/dev/null 2>&1 || need redis-tools "redis-cli"
 command -v sqlite3 >/dev/null 2>&1 || need sqlite3 "sqlite3 (the README's by-hand SQLite checks)"
 command -v zstd >/dev/null 2>&1 || need zstd "zstd"
 command -v age >/dev/null 2>&1 || need age "age (the README's by-hand encrypted restore)"
+command -v chromium >/dev/null 2>&1 || need chromium "chromium (headless: the status page's rendering test)"
 command -v jq >/dev/null 2>&1 || need jq "jq (the README's by-hand files restore, tests/by_hand.rs)"
 if ! command -v "$PYTHON" >/dev/null 2>&1; then
     need python3 "$PYTHON"

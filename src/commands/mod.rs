@@ -3,6 +3,7 @@
 
 pub mod check_config;
 pub mod daemon;
+pub mod download;
 pub mod drill;
 pub mod heal;
 pub mod health;
@@ -20,7 +21,8 @@ use clap::{Parser, Subcommand};
 /// Exit codes: 0 success, 1 the operation failed, 2 bad config or usage, 3 the daemon's
 /// stop cut work short (a running backup abandoned, nothing of it published; or retention
 /// interrupted after its backup was published), 4 a restore from an archive destination
-/// waits for a retrieval (requested; run it again later).
+/// waits for a retrieval (requested; run it again later), or a download from one waits
+/// for a retrieval (see `stowage retrieve`).
 pub const EXIT_OK: i32 = 0;
 pub const EXIT_FAILED: i32 = 1;
 pub const EXIT_CONFIG: i32 = 2;
@@ -56,6 +58,10 @@ pub enum Command {
     Run {
         /// Job name, as in [jobs.NAME]
         job: String,
+        /// When another process (the daemon) is running this job, wait for it to finish
+        /// instead of refusing
+        #[arg(long)]
+        wait_lock: bool,
     },
     /// List published backups per destination, newest first
     List {
@@ -65,6 +71,39 @@ pub enum Command {
         /// as recorded in their manifests
         #[arg(long, value_name = "OBJECT")]
         holding: Option<String>,
+        /// One JSON document on stdout, per job and destination, with stable fields (see
+        /// the README's "list --json")
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write one database source of a backup as its standard file (the pg_dump -Fc
+    /// archive, the SQL text, the .rdb, ...): decrypted, decompressed and checked against
+    /// the manifest, for tools outside stowage
+    #[command(after_help = "Examples:\n  \
+        stowage download app latest --only db -o /restore/app.pgdump\n  \
+        pg_restore -d postgres://postgres@db/app_copy /restore/app.pgdump\n  \
+        stowage download app 20261122 --only db -o - | pg_restore -l")]
+    Download {
+        /// Job name
+        job: String,
+        /// Backup id (or a unique prefix of one), or "latest"
+        #[arg(default_value = "latest")]
+        id: String,
+        /// The source to write (a database source; files sources are restored with
+        /// `restore --only SOURCE --files-to DIR`)
+        #[arg(long, value_name = "SOURCE")]
+        only: String,
+        /// The file to write ("-": stdout); it appears only once complete and verified,
+        /// replacing an existing file
+        #[arg(long, short, value_name = "FILE")]
+        output: PathBuf,
+        /// Destination to read (default: the first of the job's destinations that has the backup)
+        #[arg(long)]
+        from: Option<String>,
+        /// age identity file for an encrypted backup (default: the job's identity_file or
+        /// passphrase_file)
+        #[arg(long, value_name = "FILE")]
+        identity: Option<PathBuf>,
     },
     /// Restore a backup: its database (into --to), then its files (in place, or --files-to)
     #[command(after_help = "Examples:\n  \
@@ -124,6 +163,13 @@ pub enum Command {
         /// passphrase_file)
         #[arg(long, value_name = "FILE")]
         identity: Option<PathBuf>,
+        /// Create the target database when it does not exist
+        #[arg(long)]
+        create: bool,
+        /// When another process is backing up or restoring this job, wait for it to finish
+        /// instead of refusing
+        #[arg(long)]
+        wait_lock: bool,
     },
     /// Where a backup on an archive destination stands: how many objects a restore needs
     /// are exists / available / pending / ready / local
@@ -254,11 +300,31 @@ pub fn run(cli: Cli) -> i32 {
         Command::CheckConfig => check_config::run(&cli.config),
         Command::Health => health::run(&cli.config),
         Command::Daemon => daemon::run(&cli.config),
-        Command::Run { job } => run::run(&cli.config, &job),
-        Command::Heal { job, dry_run } => heal::run(&cli.config, &job, dry_run),
-        Command::List { job, holding } => {
-            list::run(&cli.config, job.as_deref(), holding.as_deref())
+        Command::Run { job, wait_lock } => {
+            run::run(&cli.config, &job, crate::pipeline::RunOptions { wait_lock })
         }
+        Command::Heal { job, dry_run } => heal::run(&cli.config, &job, dry_run),
+        Command::List { job, holding, json } => {
+            list::run(&cli.config, job.as_deref(), holding.as_deref(), json)
+        }
+        Command::Download {
+            job,
+            id,
+            only,
+            output,
+            from,
+            identity,
+        } => download::run(
+            &cli.config,
+            download::Request {
+                job,
+                id,
+                only,
+                output,
+                from,
+                identity,
+            },
+        ),
         Command::Restore {
             job,
             id,
@@ -276,6 +342,8 @@ pub fn run(cli: Cli) -> i32 {
             wait,
             download_to,
             identity,
+            create,
+            wait_lock,
         } => restore::run(
             &cli.config,
             crate::restore::RestoreRequest {
@@ -295,6 +363,8 @@ pub fn run(cli: Cli) -> i32 {
                 wait,
                 download_to,
                 identity,
+                wait_lock,
+                create,
             },
         ),
         Command::Status {

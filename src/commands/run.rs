@@ -6,7 +6,7 @@ use super::{EXIT_FAILED, EXIT_OK, shutdown_signal, with_job};
 use crate::logging::Console;
 use crate::pipeline::Outcome;
 
-pub fn run(path: &Path, job_name: &str) -> i32 {
+pub fn run(path: &Path, job_name: &str, opts: crate::pipeline::RunOptions) -> i32 {
     with_job(path, Console::Stdout, job_name, |config, job, rt| {
         let report = rt.block_on(async {
             let cancel = CancellationToken::new();
@@ -17,7 +17,7 @@ pub fn run(path: &Path, job_name: &str) -> i32 {
                 on_signal.cancel();
             });
             crate::notify::started(job).await;
-            let report = crate::pipeline::run_job(config, job, cancel).await;
+            let report = crate::pipeline::run_job(config, job, opts, cancel).await;
             crate::notify::finished(job, &report).await;
             report
         });

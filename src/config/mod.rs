@@ -1,6 +1,7 @@
-//! Configuration: read (figment: file + `STOWAGE_…__…` environment overrides), then
+//! Configuration: read (figment: file + `STOWAGE_…` environment overrides), then
 //! validated purely into the types the scheduler and pipeline use. The only I/O here is
 //! reading the config file and checking that the secret files it names are readable.
+//! Every problem is reported at once, one line each naming its key.
 
 pub mod raw;
 
@@ -723,8 +724,13 @@ pub fn default_path() -> PathBuf {
 }
 
 /// Read and validate. Environment overrides are `STOWAGE_<KEY>__<KEY>…` (for example
-/// `STOWAGE_JOBS__REPLAY__SCHEDULE`); only names containing `__` are overrides, so
-/// `STOWAGE_CONFIG` and other top-level variables never collide with config keys.
+/// `STOWAGE_JOBS__REPLAY__SCHEDULE`), and `STOWAGE_<KEY>` for a top-level key (for example
+/// `STOWAGE_SHUTDOWN_GRACE`). Other `STOWAGE_…` variables without `__` are not config:
+/// those stowage reads for itself ([`OWN_VARIABLES`]) and any others are ignored, except
+/// near misses of a top-level key, which are reported like an unknown key in the file.
+///
+/// Every problem is reported at once: see `read_raw` for how parsing goes on past the
+/// first bad key, and `sort_problems` for the order.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
     load_with_env(path, true)
 }
@@ -750,22 +756,477 @@ pub fn load_with_env(path: &Path, use_env: bool) -> Result<Config, ConfigError> 
     }
     if use_env {
         figment = figment.merge(
-            Env::prefixed("STOWAGE_")
-                .filter(|k| k.as_str().contains("__"))
+            Env::prefixed(ENV_PREFIX)
+                .filter(|k| is_config_variable(k.as_str()))
                 .split("__"),
         );
     }
-    let raw: raw::RawConfig = figment.extract().map_err(|e| ConfigError::Invalid {
-        path: path.to_path_buf(),
-        problems: e.into_iter().map(|e| describe_figment_error(&e)).collect(),
-    })?;
-    validate(path, raw).map_err(|problems| ConfigError::Invalid {
-        path: path.to_path_buf(),
-        problems,
+    let invalid = |mut problems: Vec<String>| {
+        sort_problems(&mut problems);
+        ConfigError::Invalid {
+            path: path.to_path_buf(),
+            problems,
+        }
+    };
+    let (raw, reading) = read_raw(&figment).map_err(invalid)?;
+    match validate(path, raw) {
+        Ok(config) if reading.problems.is_empty() => Ok(config),
+        Ok(_) => Err(invalid(reading.problems)),
+        Err(found) => {
+            let mut problems = reading.problems.clone();
+            problems.extend(
+                found
+                    .iter()
+                    .filter(|line| !reading.is_consequence(line))
+                    .map(|line| reading.with_origin(line)),
+            );
+            if problems.is_empty() {
+                // Cannot happen (a stand-in comes with a reported problem), but never
+                // turn an invalid config into an empty list.
+                problems = found;
+            }
+            Err(invalid(problems))
+        }
+    }
+}
+
+const ENV_PREFIX: &str = "STOWAGE_";
+
+/// `STOWAGE_<NAME>` variables stowage reads for itself (`STOWAGE_CONFIG`, the daemon's pid
+/// and state files) or sets for its child processes: never config keys.
+pub const OWN_VARIABLES: [&str; 6] = [
+    "config",
+    "pid_file",
+    "state_file",
+    "restore_target",
+    "restore_clean",
+    "progress_interval",
+];
+
+/// Whether `STOWAGE_<name>` is read as config: any name with `__` (a key in a section), a
+/// top-level key, or a near miss of one (so that a typo is reported, not ignored). Other
+/// `STOWAGE_…` variables (the test harness's, a user's own) are none of config's business.
+fn is_config_variable(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    if name.contains("__") {
+        return true;
+    }
+    if OWN_VARIABLES.contains(&name.as_str()) {
+        return false;
+    }
+    serde_fields::<raw::RawConfig>().iter().any(|key| {
+        let d = strsim_distance(&name, key);
+        // Stricter than "did you mean" on short keys: STOWAGE_PG is not a typo of "log".
+        d == 0 || (d <= 2 && 2 * d < key.len())
     })
 }
 
+/// A required key's stand-in while the rest of the config is checked; a problem that
+/// mentions it is a consequence of the missing key, already reported.
+const STAND_IN: &str = "\u{2026}missing\u{2026}";
+
+/// How many bad keys one load takes out before it gives up (each is one more pass).
+const MAX_PASSES: usize = 1000;
+
+/// A key path as figment gives it: names, and array indices as decimal text.
+type KeyPath = Vec<String>;
+
+/// What [`read_raw`] found on its way to a `RawConfig`.
+struct Reading<'f> {
+    figment: &'f Figment,
+    /// The merged config (file and environment), minus the bad keys taken out.
+    tree: figment::value::Value,
+    problems: Vec<String>,
+    /// Keys reported, or set to a stand-in: a later problem at or under one of them is a
+    /// consequence (of a value taken out or made up), not news.
+    settled: Vec<KeyPath>,
+    /// Required keys set to a stand-in.
+    stand_ins: Vec<KeyPath>,
+    /// Absent keys a "did you mean" pointed at: that they are missing (to serde or to
+    /// validation) adds nothing.
+    suggested: BTreeSet<KeyPath>,
+}
+
+/// Deserialize the merged config, going on past every bad key: serde stops at the first
+/// error, so each error's key is reported and taken out of the value tree (or, for a
+/// table of the wrong type, replaced by an empty one) and the rest parsed again. A
+/// required key that is missing then is reported once (unless a "did you mean" already
+/// named it) and set to a stand-in, so that the rest of its section is still validated;
+/// the problems validation finds about stand-ins are dropped by
+/// [`Reading::is_consequence`]. `Err` when parsing cannot go on (a syntax error, a bad
+/// top level); validation then does not run.
+fn read_raw(figment: &Figment) -> Result<(raw::RawConfig, Reading<'_>), Vec<String>> {
+    let tree = figment.find_value("").map_err(|e| {
+        e.into_iter()
+            .map(|e| describe_figment_error(&e))
+            .collect::<Vec<_>>()
+    })?;
+    let mut reading = Reading {
+        figment,
+        tree,
+        problems: Vec::new(),
+        settled: Vec::new(),
+        stand_ins: Vec::new(),
+        suggested: BTreeSet::new(),
+    };
+    for _ in 0..MAX_PASSES {
+        let errors = match reading.tree.deserialize::<raw::RawConfig>() {
+            Ok(raw) => return Ok((raw, reading)),
+            Err(errors) => errors,
+        };
+        let mut progressed = false;
+        for e in errors {
+            progressed |= reading.take_out(&e);
+        }
+        if !progressed {
+            break;
+        }
+    }
+    Err(reading.problems)
+}
+
+impl Reading<'_> {
+    /// Report `e` (unless it is a consequence of an earlier problem) and change the tree
+    /// so that the next pass gets past it. `false`: no way past it.
+    fn take_out(&mut self, e: &figment::Error) -> bool {
+        use figment::error::Kind;
+        use figment::value::{Dict, Value};
+        let path: KeyPath = e.path.clone();
+        if self.stand_ins.contains(&path) {
+            // The stand-in's type was wrong: an enum needs one of its values, another
+            // type a value of its own. Nothing to report (the key is).
+            let value = match &e.kind {
+                Kind::UnknownVariant(_, expected) => expected.first().map(|v| Value::from(*v)),
+                Kind::InvalidType(_, expected) => stand_in_for(expected),
+                _ => None,
+            };
+            return match value {
+                Some(v) if !self.is_stand_in_value(&path, &v) => self.set(&path, v),
+                _ => self.give_up(e),
+            };
+        }
+        match &e.kind {
+            Kind::MissingField(field) => {
+                let mut key = path.clone();
+                key.push(field.to_string());
+                if !self.is_settled(&key) && !self.suggested.contains(&key) {
+                    self.report(e, None);
+                }
+                self.settled.push(key.clone());
+                self.stand_ins.push(key.clone());
+                self.set(&key, Value::from(STAND_IN))
+            }
+            _ if path.is_empty() => self.give_up(e),
+            Kind::UnknownField(field, expected) => {
+                let mut key = path.clone();
+                if key.last() != Some(field) {
+                    key.push(field.clone());
+                }
+                self.report(e, Some(&key));
+                if let Some(s) = closest(field, expected) {
+                    let mut meant = key[..key.len() - 1].to_vec();
+                    meant.push(s.to_string());
+                    if find(&self.tree, &meant).is_none() {
+                        self.suggested.insert(meant);
+                    }
+                }
+                self.remove(&key)
+            }
+            Kind::InvalidType(_, expected) if expects_table(expected) => {
+                // Keep the table (a destination that is not a table still exists, for
+                // the jobs that name it); its keys are consequences.
+                self.report(e, Some(&path));
+                self.set(&path, Value::from(Dict::new()))
+            }
+            Kind::InvalidType(_, expected) if is_index(&path) => {
+                // Taking an element out would shift the indices of later ones.
+                self.report(e, Some(&path));
+                match stand_in_for(expected) {
+                    Some(v) => {
+                        self.stand_ins.push(path.clone());
+                        self.set(&path, v)
+                    }
+                    // No stand-in of this type (none in the config today): take it out.
+                    None => self.remove(&path),
+                }
+            }
+            _ => {
+                self.report(e, Some(&path));
+                self.remove(&path)
+            }
+        }
+    }
+
+    /// Report what could not be got past, once; parsing stops.
+    fn give_up(&mut self, e: &figment::Error) -> bool {
+        if self.problems.is_empty() || !self.is_settled(&e.path) {
+            self.report(e, Some(&e.path));
+        }
+        false
+    }
+
+    /// One line for `e`, naming the environment variable when the value came from one.
+    fn report(&mut self, e: &figment::Error, at: Option<&KeyPath>) {
+        let origin = at.map(|key| self.env_origin(key)).unwrap_or_default();
+        let line = describe_error(e, &origin);
+        if !self.problems.contains(&line) {
+            self.problems.push(line);
+        }
+        let mut key = e.path.clone();
+        if let figment::error::Kind::MissingField(field) = &e.kind {
+            key.push(field.to_string());
+        }
+        self.settled.push(at.cloned().unwrap_or(key));
+    }
+
+    /// " (from environment variable STOWAGE_…)" when the value at `key` was set by the
+    /// environment: by one variable, or (a table) by variables for all its keys.
+    fn env_origin(&self, key: &[String]) -> String {
+        let Some(value) = find(&self.tree, key) else {
+            return String::new();
+        };
+        let mut leaves = Vec::new();
+        collect_leaves(value, key.to_vec(), &mut leaves);
+        let from_env = |v: &figment::value::Value| {
+            self.figment
+                .get_metadata(v.tag())
+                .is_some_and(|m| m.name.contains("environment"))
+        };
+        if leaves.is_empty() || !leaves.iter().all(|(_, v)| from_env(v)) {
+            return String::new();
+        }
+        let mut names: Vec<String> = leaves
+            .iter()
+            .map(|(path, _)| self.variable_name(path))
+            .collect();
+        names.dedup();
+        format!(
+            " (from environment variable{} {})",
+            if names.len() > 1 { "s" } else { "" },
+            names.join(", ")
+        )
+    }
+
+    /// The variable that sets `key`: STOWAGE_ and the key's names joined by `__`, up to
+    /// an array (a variable sets a whole array, e.g. `STOWAGE_JOBS__APP__DESTINATIONS`).
+    fn variable_name(&self, key: &[String]) -> String {
+        let mut names = Vec::new();
+        let mut value = Some(&self.tree);
+        for seg in key {
+            match value {
+                Some(figment::value::Value::Array(..)) => break,
+                Some(v) => value = find(v, std::slice::from_ref(seg)),
+                None => {}
+            }
+            names.push(seg.to_uppercase());
+        }
+        format!("{ENV_PREFIX}{}", names.join("__"))
+    }
+
+    fn is_settled(&self, key: &[String]) -> bool {
+        self.settled.iter().any(|s| key.starts_with(s))
+    }
+
+    fn is_stand_in_value(&self, key: &[String], value: &figment::value::Value) -> bool {
+        find(&self.tree, key).is_some_and(|v| v == value)
+    }
+
+    /// Whether a validation problem is about a key already reported, a key a "did you
+    /// mean" named, or a stand-in (its value, or, for a stand-in `type`, what that type
+    /// allows), and so adds nothing.
+    fn is_consequence(&self, line: &str) -> bool {
+        if line.contains(STAND_IN) {
+            return true;
+        }
+        let key = problem_key(line);
+        self.is_settled(&key)
+            || self.suggested.iter().any(|s| key.starts_with(s))
+            || self.stand_ins.iter().any(|s| {
+                s.last().is_some_and(|k| k == "type")
+                    && key.starts_with(&s[..s.len() - 1])
+                    && line.contains("type = ")
+            })
+    }
+
+    /// A validation problem about a key set from the environment says which variable.
+    fn with_origin(&self, line: &str) -> String {
+        let key = problem_key(line);
+        if line.contains("(from environment variable") {
+            return line.to_string();
+        }
+        format!("{line}{}", self.env_origin(&key))
+    }
+
+    fn set(&mut self, key: &[String], value: figment::value::Value) -> bool {
+        use figment::value::Value;
+        let Some((last, parent)) = key.split_last() else {
+            return false;
+        };
+        match find_mut(&mut self.tree, parent) {
+            Some(Value::Dict(_, d)) => {
+                d.insert(last.clone(), value);
+                true
+            }
+            Some(Value::Array(_, a)) => match last.parse::<usize>().ok().and_then(|i| a.get_mut(i))
+            {
+                Some(slot) => {
+                    *slot = value;
+                    true
+                }
+                None => false,
+            },
+            _ => false,
+        }
+    }
+
+    fn remove(&mut self, key: &[String]) -> bool {
+        use figment::value::Value;
+        let Some((last, parent)) = key.split_last() else {
+            return false;
+        };
+        match find_mut(&mut self.tree, parent) {
+            Some(Value::Dict(_, d)) => d.remove(last).is_some(),
+            Some(Value::Array(_, a)) => match last.parse::<usize>() {
+                Ok(i) if i < a.len() => {
+                    a.remove(i);
+                    true
+                }
+                _ => false,
+            },
+            _ => false,
+        }
+    }
+}
+
+fn find<'v>(
+    mut value: &'v figment::value::Value,
+    key: &[String],
+) -> Option<&'v figment::value::Value> {
+    use figment::value::Value;
+    for seg in key {
+        value = match value {
+            Value::Dict(_, d) => d.get(seg)?,
+            Value::Array(_, a) => a.get(seg.parse::<usize>().ok()?)?,
+            _ => return None,
+        };
+    }
+    Some(value)
+}
+
+fn find_mut<'v>(
+    mut value: &'v mut figment::value::Value,
+    key: &[String],
+) -> Option<&'v mut figment::value::Value> {
+    use figment::value::Value;
+    for seg in key {
+        value = match value {
+            Value::Dict(_, d) => d.get_mut(seg)?,
+            Value::Array(_, a) => a.get_mut(seg.parse::<usize>().ok()?)?,
+            _ => return None,
+        };
+    }
+    Some(value)
+}
+
+fn is_index(key: &[String]) -> bool {
+    key.last().is_some_and(|k| k.parse::<usize>().is_ok())
+}
+
+/// serde's name for what a table (struct or map) deserializes from.
+fn expects_table(expected: &str) -> bool {
+    expected.starts_with("struct ") || expected == "a map"
+}
+
+/// A stand-in of the type serde expected, for the types it can be made up for.
+fn stand_in_for(expected: &str) -> Option<figment::value::Value> {
+    use figment::value::{Dict, Value};
+    match expected {
+        "a string" | "path string" => Some(Value::from(STAND_IN)),
+        "a sequence" => Some(Value::from(Vec::<Value>::new())),
+        e if expects_table(e) => Some(Value::from(Dict::new())),
+        _ => None,
+    }
+}
+
+/// The key a problem line names ("jobs.app.sources[1].url: …"), as a key path.
+fn problem_key(line: &str) -> KeyPath {
+    let key = line.split_once(": ").map_or(line, |(k, _)| k);
+    let mut path = Vec::new();
+    for part in key.split('.') {
+        let mut pieces = part.split('[');
+        if let Some(name) = pieces.next()
+            && !name.is_empty()
+        {
+            path.push(name.to_string());
+        }
+        for index in pieces {
+            path.push(index.trim_end_matches(']').to_string());
+        }
+    }
+    path
+}
+
+/// The values under `value` that are not tables, with their keys.
+fn collect_leaves<'v>(
+    value: &'v figment::value::Value,
+    key: KeyPath,
+    out: &mut Vec<(KeyPath, &'v figment::value::Value)>,
+) {
+    match value {
+        figment::value::Value::Dict(_, d) if !d.is_empty() => {
+            for (k, v) in d {
+                let mut sub = key.clone();
+                sub.push(k.clone());
+                collect_leaves(v, sub, out);
+            }
+        }
+        _ => out.push((key, value)),
+    }
+}
+
+/// Every problem once, sorted by the key it names (section by section, entry by entry,
+/// then key by key; array elements by index), so one mistake's lines stay together and
+/// the order does not depend on which check found a problem first. Lines naming the
+/// same key keep their order.
+fn sort_problems(problems: &mut Vec<String>) {
+    #[derive(PartialEq, Eq, PartialOrd, Ord)]
+    enum Seg {
+        Index(usize),
+        Name(String),
+    }
+    let mut seen = BTreeSet::new();
+    problems.retain(|p| seen.insert(p.clone()));
+    problems.sort_by_cached_key(|line| {
+        problem_key(line)
+            .into_iter()
+            .map(|s| match s.parse::<usize>() {
+                Ok(i) => Seg::Index(i),
+                Err(_) => Seg::Name(s),
+            })
+            .collect::<Vec<_>>()
+    });
+}
+
 fn describe_figment_error(e: &figment::Error) -> String {
+    // Name the variable the user actually set, e.g. STOWAGE_JOBS__APP__COMPRESSION.
+    let origin = if e
+        .metadata
+        .as_ref()
+        .is_some_and(|m| m.name.contains("environment"))
+    {
+        format!(
+            " (from environment variable {ENV_PREFIX}{})",
+            e.path.join("__").to_uppercase()
+        )
+    } else {
+        String::new()
+    };
+    describe_error(e, &origin)
+}
+
+/// One line for a serde error: the key, what is wrong, and how to fix it, then `origin`
+/// (which environment variable set the value, if one did).
+fn describe_error(e: &figment::Error, origin: &str) -> String {
     use figment::error::Kind;
     let key = e.path.iter().fold(String::new(), |mut acc, seg| {
         if seg.parse::<usize>().is_ok() {
@@ -778,18 +1239,6 @@ fn describe_figment_error(e: &figment::Error) -> String {
         }
         acc
     });
-    // Name the variable the user actually set, e.g. STOWAGE_JOBS__APP__COMPRESSION.
-    let origin = e
-        .metadata
-        .as_ref()
-        .filter(|m| m.name.contains("environment"))
-        .map(|_| {
-            format!(
-                " (from environment variable STOWAGE_{})",
-                e.path.join("__").to_uppercase()
-            )
-        })
-        .unwrap_or_default();
     let msg = match &e.kind {
         Kind::UnknownField(field, expected) => {
             let full = if key.is_empty() {
@@ -819,10 +1268,11 @@ fn describe_figment_error(e: &figment::Error) -> String {
             suggest(value, expected),
             expected.join(", ")
         ),
-        Kind::InvalidType(actual, expected) => format!(
-            "{}: expected {}, found {actual}",
+        Kind::InvalidType(actual, expected) | Kind::InvalidValue(actual, expected) => format!(
+            "{}: expected {}, found {}",
             if key.is_empty() { "(top level)" } else { &key },
-            friendly_type(expected)
+            friendly_type(expected),
+            friendly_actual(actual)
         ),
         Kind::Message(m) => {
             if key.is_empty() {
@@ -847,19 +1297,42 @@ fn friendly_type(expected: &str) -> &str {
         "u32" | "u64" | "usize" => "a whole number",
         "i32" | "i64" => "an integer",
         "a boolean" | "bool" => "true or false",
+        "a sequence" => "an array",
+        e if expects_table(e) => "a table",
         other => other,
+    }
+}
+
+/// What was found instead, in the config file's words.
+fn friendly_actual(actual: &figment::error::Actual) -> String {
+    use figment::error::Actual;
+    match actual {
+        Actual::Unsigned(n) => format!("the number {n}"),
+        Actual::Signed(n) => format!("the number {n}"),
+        Actual::Float(n) => format!("the number {n}"),
+        Actual::Bool(b) => format!("{b}"),
+        Actual::Seq => "an array".to_string(),
+        Actual::Map => "a table".to_string(),
+        Actual::Unit | Actual::Option => "nothing".to_string(),
+        other => other.to_string(),
     }
 }
 
 /// "did you mean" for a mistyped key or value.
 fn suggest(got: &str, expected: &[&str]) -> String {
+    closest(got, expected)
+        .map(|e| format!(" (did you mean \"{e}\"?)"))
+        .unwrap_or_default()
+}
+
+/// The expected name closest to `got`, if close enough to be a typo of it.
+fn closest<'e>(got: &str, expected: &[&'e str]) -> Option<&'e str> {
     expected
         .iter()
-        .map(|e| (strsim_distance(got, e), e))
+        .map(|e| (strsim_distance(got, e), *e))
         .filter(|(d, e)| *d <= 2 && *d < e.len())
         .min()
-        .map(|(_, e)| format!(" (did you mean \"{e}\"?)"))
-        .unwrap_or_default()
+        .map(|(_, e)| e)
 }
 
 /// Levenshtein distance; tiny inputs only (key names).
@@ -1746,6 +2219,84 @@ mod tests {
         assert_eq!(parse_size("5242880"), Some(5 << 20));
         assert_eq!(parse_size("1 GB"), Some(1 << 30));
         assert_eq!(parse_size("lots"), None);
+    }
+
+    #[test]
+    fn config_variables_from_the_environment() {
+        // Keys in sections, top-level keys (any case), and near misses of those.
+        for name in [
+            "jobs__app__schedule",
+            "LOG__LEVEL",
+            "shutdown_grace",
+            "SHUTDOWN_GRACE",
+            "shutdown_gracee",
+            "SHUTDOWN_GRCE",
+            "log",
+            "jobz",
+        ] {
+            assert!(is_config_variable(name), "{name}");
+        }
+        // stowage's own variables, the test harness's, and anything not close to a key.
+        for name in [
+            "CONFIG",
+            "PID_FILE",
+            "STATE_FILE",
+            "RESTORE_TARGET",
+            "RESTORE_CLEAN",
+            "BIN",
+            "PG_BIN",
+            "CI_CONFIG",
+            "MOTO_SERVER",
+            "REDIS_SERVER",
+            "S3S_FS",
+            "MARIADB_BIN",
+            "AWS_CLI",
+            "SOAK_LOG",
+            "TIMEOUT",
+        ] {
+            assert!(!is_config_variable(name), "{name}");
+        }
+        // A top-level key named like one of stowage's own variables could never be set.
+        for key in serde_fields::<raw::RawConfig>() {
+            assert!(!OWN_VARIABLES.contains(key), "{key}");
+        }
+    }
+
+    #[test]
+    fn problems_are_sorted_by_key_and_listed_once() {
+        let mut p: Vec<String> = [
+            "jobs.app.sources[10].url: b",
+            "jobs.app.sources[2].url: a",
+            "jobs.app.schedule: c",
+            "destinations.local.path: d",
+            "jobs.app.sources[2].url: a",
+            "jobs.app.destinations: second",
+            "jobs: e",
+            "jobs.app.destinations: first",
+            "jobs.app.sources: f",
+        ]
+        .map(String::from)
+        .to_vec();
+        // Same key: the order found (validation's) is kept.
+        p.swap(5, 7);
+        sort_problems(&mut p);
+        assert_eq!(
+            p,
+            [
+                "destinations.local.path: d",
+                "jobs: e",
+                "jobs.app.destinations: first",
+                "jobs.app.destinations: second",
+                "jobs.app.schedule: c",
+                "jobs.app.sources: f",
+                "jobs.app.sources[2].url: a",
+                "jobs.app.sources[10].url: b",
+            ]
+        );
+        assert_eq!(
+            problem_key("jobs.app.sources[1].exclude[0]: invalid glob"),
+            ["jobs", "app", "sources", "1", "exclude", "0"]
+        );
     }
 
     #[test]

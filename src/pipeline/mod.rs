@@ -112,7 +112,19 @@ enum StreamError {
     Changed,
 }
 
-pub async fn run_job(config: &Config, job: &Job, cancel: CancellationToken) -> RunReport {
+/// How a run meets another process's run of the same job.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RunOptions {
+    /// Wait for it to finish (the daemon; `run --wait-lock`) instead of refusing.
+    pub wait_lock: bool,
+}
+
+pub async fn run_job(
+    config: &Config,
+    job: &Job,
+    opts: RunOptions,
+    cancel: CancellationToken,
+) -> RunReport {
     let started = Utc::now();
     let t0 = Instant::now();
     let id = manifest::new_id(started);
@@ -152,6 +164,38 @@ pub async fn run_job(config: &Config, job: &Job, cancel: CancellationToken) -> R
     tools.insert("stowage".to_string(), env!("CARGO_PKG_VERSION").to_string());
     let mut fatal: Option<(String, String, Outcome)> = None;
     let mut bytes_in = 0u64;
+
+    // One run of a job at a time, across processes (`stowage run` beside the daemon): two
+    // dumps at once would double the load, and both runs' retention would prune the same
+    // backups.
+    if fatal.is_none() {
+        let live: Vec<&dyn Storage> = targets
+            .iter()
+            .filter(|t| t.error.is_none())
+            .map(|t| t.storage.as_ref())
+            .collect();
+        match blobs::claim_job(&live, jn, &id, LockKind::Backup, opts.wait_lock, &cancel).await {
+            Ok(None) => {}
+            Ok(Some(holder)) => {
+                fatal = Some((
+                    "run".into(),
+                    format!(
+                        "job {jn} is already running: {holder}; nothing was started. Wait for it to finish, or run again with --wait-lock to wait"
+                    ),
+                    Outcome::Failed,
+                ))
+            }
+            Err(blobs::BlobError::Cancelled) => {
+                fatal = Some((
+                    "run".into(),
+                    "cancelled by shutdown".into(),
+                    Outcome::Cancelled,
+                ))
+            }
+            // A destination that cannot take a lock fails on its own just below.
+            Err(e) => warn!(job = jn, "cannot check for other runs of {jn}: {e}"),
+        }
+    }
 
     // Every run announces itself with a lock (a later start tells a crashed run's leftovers
     // by it). A job with files also reuses blobs earlier backups uploaded, so no concurrent
@@ -426,8 +470,12 @@ async fn stream_source(
     };
     let raw = Arc::new(AtomicU64::new(0));
     let counter = raw.clone();
+    let progress =
+        crate::progress::Progress::new(format!("backup {} {}: dumped", job.name, src.name()), None);
+    let shown = progress.clone();
     let counted = InspectReader::new(dump.reader, move |b: &[u8]| {
         counter.fetch_add(b.len() as u64, Ordering::Relaxed);
+        shown.add(b.len() as u64);
     });
     let decoupled = codec::read_ahead(Box::new(counted), READ_AHEAD_CHUNKS);
     let reader = seal(
@@ -457,6 +505,7 @@ async fn stream_source(
             }
         }
     }
+    progress.finish();
     let (sha256, size, info) = pumped?;
     if !any_ok {
         return Err(StreamError::NoDestinationLeft);

@@ -225,12 +225,16 @@ pub async fn restore(
         human_bytes(fetch_bytes),
         dir.display()
     );
+    let progress =
+        crate::progress::Progress::new(format!("restore {name}: files"), Some(fetch_bytes));
     let results = futures::stream::iter(work.iter())
         .map(|(f, a)| {
             let dir = &dir;
             let orphan_dir = &orphan_dir;
+            let progress = &progress;
             async move {
                 fetch(storage, packing, dir, f).await?;
+                progress.add(f.size);
                 let path = dir.join(&f.path);
                 if *a == Action::Replace {
                     let to = orphan_dir.join(&f.path);
@@ -249,6 +253,7 @@ pub async fn restore(
         .buffer_unordered(CONCURRENCY)
         .collect::<Vec<_>>()
         .await;
+    progress.finish();
     for r in results {
         let (p, a) = r.map_err(err)?;
         if a == Action::Replace {

@@ -46,6 +46,10 @@ pub struct RestoreRequest {
     /// The age identity file for encrypted backups (else the job's identity_file or
     /// passphrase_file).
     pub identity: Option<PathBuf>,
+    /// Wait for another process's backup or restore of the job instead of refusing.
+    pub wait_lock: bool,
+    /// Create a target database that does not exist.
+    pub create: bool,
 }
 
 /// What a restore did (or would do), for the command to print.
@@ -80,6 +84,9 @@ pub enum RestoreError {
     RetrievalPending(String),
     #[error(transparent)]
     Crypt(#[from] crate::crypt::CryptError),
+    /// Another process is backing up or restoring the job.
+    #[error("{0}")]
+    Busy(String),
 }
 
 /// The keys that read `job`'s encrypted backups: `--identity FILE` when given, else the
@@ -211,7 +218,11 @@ pub async fn locate(
                 found = Some((st, name.clone(), id));
                 break;
             }
-            None => tried.push(format!("{name} ({} backups)", ids.len())),
+            None => tried.push(format!(
+                "{name} ({} backup{})",
+                ids.len(),
+                if ids.len() == 1 { "" } else { "s" }
+            )),
         }
     }
     let Some((storage, destination, id)) = found else {
@@ -244,13 +255,77 @@ pub async fn restore(
         destination: dest_name,
         manifest,
     } = locate(config, job, req.from.as_ref(), &req.id).await?;
-    let id = manifest.id.clone();
     let st: Box<dyn Storage> = match &req.download_to {
         Some(dir) => Box::new(storage::cached::Cached::new(storage, dir.clone())),
         None => storage,
     };
     let plan = plan(&manifest, req, &|e| database_for(job, e))?;
     let packing = codec::Packing::of(&manifest, keys_for(job, req.identity.as_ref())?);
+    // A restore never runs beside another process's backup of the job (which would dump
+    // a half-restored database) or another restore.
+    let lock_id = manifest::new_id(chrono::Utc::now());
+    if !req.dry_run {
+        let never = tokio_util::sync::CancellationToken::new();
+        match crate::blobs::claim_job(
+            &[st.as_ref()],
+            &job.name,
+            &lock_id,
+            crate::blobs::LockKind::Restore,
+            req.wait_lock,
+            &never,
+        )
+        .await
+        {
+            Ok(None) => {}
+            Ok(Some(holder)) => {
+                return Err(RestoreError::Busy(format!(
+                    "job {} is busy: {holder}; nothing was restored. Wait for it to finish, or add --wait-lock to wait",
+                    job.name
+                )));
+            }
+            Err(e) => {
+                return Err(RestoreError::Storage(format!(
+                    "cannot take the restore lock on {dest_name}: {e}"
+                )));
+            }
+        }
+    }
+    let result = restore_locked(
+        config,
+        req,
+        job,
+        st.as_ref(),
+        &dest_name,
+        &manifest,
+        plan,
+        &packing,
+    )
+    .await;
+    if !req.dry_run {
+        crate::blobs::unlock(
+            st.as_ref(),
+            &job.name,
+            &lock_id,
+            crate::blobs::LockKind::Restore,
+        )
+        .await;
+    }
+    result
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn restore_locked(
+    config: &Config,
+    req: &RestoreRequest,
+    job: &Job,
+    st: &dyn Storage,
+    dest_name: &str,
+    manifest: &Manifest,
+    plan: Plan<'_>,
+    packing: &codec::Packing,
+) -> Result<RestoreSummary, RestoreError> {
+    let id = manifest.id.clone();
+    let dest_name = dest_name.to_string();
     let mut lines = Vec::new();
     if req.dry_run {
         lines.push(format!(
@@ -267,9 +342,9 @@ pub async fn restore(
             .collect();
         let files_dir = |e: &SourceEntry| files_dir_for(job, req.files_to.as_ref(), e);
         let mut survey = lifecycle::survey(
-            st.as_ref(),
+            st,
             &sources,
-            &packing,
+            packing,
             &files_dir,
             req.download_to.as_deref(),
         )
@@ -281,7 +356,7 @@ pub async fn restore(
                 survey.count(lifecycle::State::Available)
             ));
         } else if !survey.restorable() {
-            let requested = lifecycle::request(st.as_ref(), &mut survey, settings).await?;
+            let requested = lifecycle::request(st, &mut survey, settings).await?;
             let delay = settings.tier.usual_delay(class).unwrap_or("hours");
             if requested > 0 {
                 info!(
@@ -306,7 +381,7 @@ pub async fn restore(
                     job.name
                 )));
             }
-            wait_for_retrieval(st.as_ref(), &mut survey, &dest_name).await?;
+            wait_for_retrieval(st, &mut survey, &dest_name).await?;
         }
     }
     let reads: Vec<&str> = plan
@@ -315,7 +390,7 @@ pub async fn restore(
         .map(|d| d.entry.key.as_str())
         .chain(plan.files.iter().map(|e| e.key.as_str()))
         .collect();
-    check_keys(st.as_ref(), &packing, &reads).await?;
+    check_keys(st, packing, &reads).await?;
     // Databases first, then files: the order the set was taken in, so rows never point
     // at files that are not there yet.
     for step in &plan.databases {
@@ -344,7 +419,8 @@ pub async fn restore(
             dest_name,
             step.target
         );
-        let archive = StoredArchive::new(st.as_ref(), entry, &packing, &dest_name);
+        let archive = StoredArchive::new(st, entry, packing, &dest_name)
+            .with_progress(format!("restore {}: read", entry.name));
         let out = step
             .database
             .restore(
@@ -356,6 +432,7 @@ pub async fn restore(
                     tables: req.tables.clone(),
                     exclude_tables: exclude,
                     dry_run: req.dry_run,
+                    create: req.create,
                 },
             )
             .await
@@ -380,9 +457,9 @@ pub async fn restore(
     }
     for entry in &plan.files {
         let out = files::restore(
-            st.as_ref(),
+            st,
             entry,
-            &packing,
+            packing,
             files::Target {
                 dir: files_dir_for(job, req.files_to.as_ref(), entry),
                 orphans: req.orphans_to.clone(),
@@ -393,7 +470,7 @@ pub async fn restore(
         lines.extend(out);
     }
     Ok(RestoreSummary {
-        manifest,
+        manifest: manifest.clone(),
         destination: dest_name,
         lines,
     })
@@ -746,9 +823,16 @@ pub struct StoredArchive<'a> {
     size: u64,
     packing: codec::Packing,
     dest: String,
+    progress: Option<Arc<crate::progress::Progress>>,
 }
 
 impl<'a> StoredArchive<'a> {
+    /// Show the progress of reading it (each pass from the start).
+    pub fn with_progress(mut self, what: impl Into<String>) -> Self {
+        self.progress = Some(crate::progress::Progress::new(what, Some(self.size)));
+        self
+    }
+
     pub fn new(
         storage: &'a dyn Storage,
         entry: &SourceEntry,
@@ -762,6 +846,7 @@ impl<'a> StoredArchive<'a> {
             size: entry.size,
             packing: packing.clone(),
             dest: dest.to_string(),
+            progress: None,
         }
     }
 }
@@ -777,6 +862,13 @@ impl Archive for StoredArchive<'_> {
                 place: self.dest.clone(),
                 source: Box::new(e),
             })?;
+        let raw = match &self.progress {
+            Some(p) => {
+                p.restart();
+                crate::progress::counted(raw, p.clone())
+            }
+            None => raw,
+        };
         let verified = codec::Verify::new(raw, &self.sha256, self.size, &self.key);
         self.packing
             .unpack(Box::new(verified), &self.key)

@@ -71,15 +71,23 @@ impl DbUrl {
         self.password.as_ref()
     }
 
-    /// A restore target without a password of its own uses the source's, when it names the
-    /// same server and user (the source's own database, or a scratch one beside it).
+    /// A restore target without credentials of its own uses the source's: a target that
+    /// names no user gets the source's user, and a target with the source's user and no
+    /// password gets the source's password (from the URL or `password_file`), on whatever
+    /// server it names: `--to postgres://postgres@db2/copy` restores as the job does.
     pub fn or_password_of(mut self, source: Option<&DbUrl>) -> DbUrl {
-        if self.password.is_none()
-            && let Some(own) = source
-            && own.host() == self.host()
-            && own.port() == self.port()
-            && own.user() == self.user()
+        let Some(own) = source else {
+            return self;
+        };
+        if self.user().is_none()
+            && let Some(user) = own.user()
         {
+            let encoded =
+                percent_encoding::utf8_percent_encode(&user, percent_encoding::NON_ALPHANUMERIC)
+                    .to_string();
+            let _ = self.without_password.set_username(&encoded);
+        }
+        if self.password.is_none() && own.user() == self.user() {
             self.password = own.password.clone();
         }
         self
@@ -174,6 +182,34 @@ mod tests {
         )
         .expect("valid url");
         assert_eq!(u.password().map(Secret::expose), Some("new"));
+    }
+
+    #[test]
+    fn targets_take_the_sources_credentials_when_they_give_none() {
+        let source = DbUrl::parse(
+            "postgres://app@db/prod",
+            &PG,
+            Some(Secret::new("pw".into())),
+        )
+        .expect("valid url");
+        let cases = [
+            // (target, user after, password taken)
+            ("postgres://db2/copy", Some("app"), true),
+            ("postgres://app@db2:5433/copy", Some("app"), true),
+            ("postgres://other@db/copy", Some("other"), false),
+            ("postgres://app:own@db/copy", Some("app"), false),
+        ];
+        for (target, user, taken) in cases {
+            let t = DbUrl::parse(target, &PG, None)
+                .expect("valid url")
+                .or_password_of(Some(&source));
+            assert_eq!(t.user().as_deref(), user, "{target}");
+            assert_eq!(
+                t.password().map(Secret::expose) == Some("pw"),
+                taken,
+                "{target}"
+            );
+        }
     }
 
     #[test]

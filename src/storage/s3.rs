@@ -405,13 +405,31 @@ impl Storage for S3Storage {
     }
 
     async fn preflight(&self) -> Result<(), StorageError> {
-        self.client
+        let Err(e) = self
+            .client
             .head_bucket()
             .bucket(&self.cfg.bucket)
             .send()
             .await
-            .map_err(|e| self.map_err("checking bucket", e))?;
-        Ok(())
+        else {
+            return Ok(());
+        };
+        // A HEAD answer has no body, so S3's own error code (InvalidAccessKeyId,
+        // SignatureDoesNotMatch, AccessDenied, …) is lost: ask again with a GET to learn it.
+        if let SdkError::ServiceError(se) = &e
+            && se.err().code().is_none()
+            && let Err(listed) = self
+                .client
+                .list_objects_v2()
+                .bucket(&self.cfg.bucket)
+                .max_keys(1)
+                .send()
+                .await
+            && listed.code().is_some()
+        {
+            return Err(self.map_err("checking bucket", listed));
+        }
+        Err(self.map_err("checking bucket", e))
     }
 
     async fn put_stream(

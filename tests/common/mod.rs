@@ -1807,3 +1807,26 @@ pub fn http_get(port: u16, path: &str) -> (u16, String) {
         .expect("status code");
     (code, body.to_string())
 }
+
+impl PgServer {
+    /// A login role that must give `password` over TCP (scram-sha-256), superuser so it can
+    /// create databases; every other connection stays trusted.
+    pub fn require_password(&self, role: &str, password: &str) {
+        self.psql(
+            "postgres",
+            &format!(
+                "create role {} login superuser password '{}'",
+                quote_ident(role),
+                password.replace('\'', "''")
+            ),
+        );
+        let hba = self.data_dir().join("pg_hba.conf");
+        let old = std::fs::read_to_string(&hba).expect("read pg_hba.conf");
+        std::fs::write(
+            &hba,
+            format!("host all {role} 127.0.0.1/32 scram-sha-256\n{old}"),
+        )
+        .expect("write pg_hba.conf");
+        self.psql("postgres", "select pg_reload_conf()");
+    }
+}

@@ -753,18 +753,6 @@ impl Database for MariaDbSource {
                 wanted.join(", ")
             ));
         }
-        if opts.dry_run {
-            lines.push(format!(
-                "would restore {} into {url}{}",
-                self.name,
-                if opts.clean {
-                    " (--clean: replacing the objects it contains)"
-                } else {
-                    ""
-                }
-            ));
-            return Ok(lines);
-        }
         // The dump drops each object before creating it: without --clean, make sure that
         // replaces nothing.
         if !opts.clean {
@@ -793,6 +781,23 @@ impl Database for MariaDbSource {
             }
         }
 
+        // A dry run has connected and checked what the restore checks; with --clean, it
+        // still connects.
+        if opts.dry_run && opts.clean {
+            self.relations(&url).await?;
+        }
+        if opts.dry_run {
+            lines.push(format!(
+                "would restore {} into {url}{}",
+                self.name,
+                if opts.clean {
+                    " (--clean: replacing the objects it contains)"
+                } else {
+                    ""
+                }
+            ));
+            return Ok(lines);
+        }
         let (tool, path) = self.tool(CLIENT_TOOLS);
         let conn = Connection::new(&url, self.password_for(&url));
         let mut cmd = self.command(&path, &conn);

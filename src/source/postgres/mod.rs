@@ -307,9 +307,11 @@ impl PostgresSource {
             );
         let out = cmd.output().await.map_err(|e| self.spawn_err("psql", e))?;
         if !out.status.success() {
+            let stderr = String::from_utf8_lossy(&out.stderr);
             return Err(SourceError::Refused(format!(
-                "cannot connect to target {url}: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
+                "cannot connect to target {url}: {}{}",
+                stderr.trim(),
+                connect_hint(&stderr, url)
             )));
         }
         Ok(String::from_utf8_lossy(&out.stdout)
@@ -641,6 +643,11 @@ impl Database for PostgresSource {
             .map_err(|e| SourceError::Refused(format!("invalid --to URL: {e}")))?
             .or_password_of(self.url.as_ref());
         let mut lines = Vec::new();
+        let created = if opts.create {
+            self.ensure_database(&url, opts, &mut lines).await?
+        } else {
+            false
+        };
         let parse = |names: &[String]| -> Result<Vec<TableName>, SourceError> {
             names
                 .iter()
@@ -654,7 +661,8 @@ impl Database for PostgresSource {
         };
         let selective = !selection.include.is_empty() || !selection.exclude.is_empty();
         if !selective {
-            return self.restore_whole(archive, opts, &url).await;
+            lines.extend(self.restore_whole(archive, opts, &url, created).await?);
+            return Ok(lines);
         }
         // Both read only the archive's header: cheap even for a big dump.
         let toc = self.capture(archive, &["--list"]).await?;
@@ -721,11 +729,14 @@ impl Database for PostgresSource {
         }
         if !tables_only {
             let list = list_file(&filtered.list)?;
+            // A dry run checks what the restore would check, and fails where it would.
+            if !created {
+                self.check_empty(opts, &url).await?;
+            }
             if opts.dry_run {
                 lines.push(self.would(opts, &url));
                 return Ok(lines);
             }
-            self.check_empty(opts, &url).await?;
             self.pg_restore_into(archive, opts, &url, Some(list.path()))
                 .await?;
             return Ok(lines);
@@ -733,11 +744,14 @@ impl Database for PostgresSource {
 
         // Selected tables go into an existing database: what they need must be there or come
         // along, and the foreign keys of other tables that point at them come back with them.
-        if opts.dry_run {
-            lines.push(self.would(opts, &url));
-            return Ok(lines);
-        }
-        let live = self.tables_in(&url).await?;
+        // A dry run's --create: the database does not exist yet, so there is nothing to
+        // look at in it.
+        let not_yet = created && opts.dry_run;
+        let live = if not_yet {
+            Vec::new()
+        } else {
+            self.tables_in(&url).await?
+        };
         // Catalog names are raw, not SQL: matched as they are, not parsed.
         let present = |t: &String| {
             TableName::parse(t).is_ok_and(|want| {
@@ -757,7 +771,7 @@ impl Database for PostgresSource {
                 )));
             }
         }
-        if !filtered.needs.is_empty() {
+        if !filtered.needs.is_empty() && !not_yet {
             let (tables, missing): (Vec<toc::Needed>, Vec<toc::Needed>) = self
                 .missing_in(&url, &filtered.needs)
                 .await?
@@ -789,11 +803,26 @@ impl Database for PostgresSource {
             }
         }
         let list = list_file(&filtered.list)?;
-        let dependents = if opts.clean {
+        let dependents = if opts.clean && !not_yet {
             self.dependents(&url, &filtered.tables).await?
         } else {
             Vec::new()
         };
+        if opts.dry_run {
+            if !dependents.is_empty() {
+                lines.push(format!(
+                    "{}: would drop and re-add in the same transaction: {}",
+                    self.name,
+                    dependents
+                        .iter()
+                        .map(|d| d.label.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ));
+            }
+            lines.push(self.would(opts, &url));
+            return Ok(lines);
+        }
         self.restore_in_transaction(archive, opts, &url, list.path(), &dependents)
             .await?;
         if !dependents.is_empty() {
@@ -854,6 +883,44 @@ fn sql_literal(value: &str) -> String {
     format!("'{}'", value.replace('\'', "''"))
 }
 
+/// What to do when psql could not connect, from what it said; empty when unknown.
+fn connect_hint(stderr: &str, url: &DbUrl) -> String {
+    if stderr.contains("no password supplied") || stderr.contains("password authentication failed")
+    {
+        format!(
+            "\nhint: give the password of user \"{}\": in the URL (postgres://USER:PASSWORD@HOST/DB), in PGPASSWORD, or in ~/.pgpass; a target that names the job source's user (or no user) uses the source's password_file",
+            url.user().unwrap_or_default()
+        )
+    } else if stderr.contains(&format!("database \"{}\" does not exist", url.database())) {
+        format!(
+            "\nhint: create it first (psql -c 'create database \"{db}\"'), or add --create to let restore create it",
+            db = url.database()
+        )
+    } else if stderr.contains("Connection refused") || stderr.contains("could not translate host name") {
+        "\nhint: check that the server is running and that the host and port in the URL are right".to_string()
+    } else {
+        String::new()
+    }
+}
+
+fn with_connect_hint(e: SourceError, url: &DbUrl) -> SourceError {
+    match e {
+        SourceError::Failed {
+            tool,
+            status,
+            stderr,
+        } => {
+            let hint = connect_hint(&stderr, url);
+            SourceError::Failed {
+                tool,
+                status,
+                stderr: format!("{stderr}{hint}"),
+            }
+        }
+        e => e,
+    }
+}
+
 /// Hints for what pg_restore or psql said, appended to their error.
 fn restore_hint(stderr: &str, clean: bool) -> &'static str {
     if stderr.contains("role \"") && stderr.contains("does not exist") {
@@ -889,18 +956,60 @@ impl PostgresSource {
         archive: &dyn Archive,
         opts: &RestoreOptions,
         url: &DbUrl,
+        created: bool,
     ) -> Result<Vec<String>, SourceError> {
+        // A dry run connects and checks what the restore would check.
+        if !created {
+            self.check_empty(opts, url).await?;
+        }
         if opts.dry_run {
             return Ok(vec![self.would(opts, url)]);
         }
-        self.check_empty(opts, url).await?;
         self.pg_restore_into(archive, opts, url, None).await?;
         Ok(Vec::new())
     }
 
-    /// A whole-database restore goes into an empty database, or replaces with --clean.
+    /// `--create`: create the target database when it does not exist. True when it was
+    /// (or, in a dry run, would be) created: it is empty.
+    async fn ensure_database(
+        &self,
+        url: &DbUrl,
+        opts: &RestoreOptions,
+        lines: &mut Vec<String>,
+    ) -> Result<bool, SourceError> {
+        let name = url.database();
+        let admin = url.with_database("postgres");
+        let exists = self
+            .query(
+                &admin,
+                &[&format!(
+                    "select 1 from pg_catalog.pg_database where datname = {}",
+                    sql_literal(&name)
+                )],
+            )
+            .await
+            .map_err(|e| with_connect_hint(e, &admin))?;
+        if !exists.is_empty() {
+            return Ok(false);
+        }
+        if opts.dry_run {
+            lines.push(format!("would create database \"{name}\" (--create)"));
+            return Ok(true);
+        }
+        self.query(&admin, &[&format!("create database {}", quote_ident(&name))])
+            .await
+            .map_err(|e| with_connect_hint(e, &admin))?;
+        lines.push(format!("created database \"{name}\""));
+        Ok(true)
+    }
+
+    /// A whole-database restore goes into an empty database, or replaces with --clean
+    /// (whose dry run says how many tables are there now).
     async fn check_empty(&self, opts: &RestoreOptions, url: &DbUrl) -> Result<(), SourceError> {
         if opts.clean {
+            if opts.dry_run {
+                self.tables_in(url).await?;
+            }
             return Ok(());
         }
         let n = self.tables_in(url).await?.len();
