@@ -19,6 +19,7 @@ pub mod notify;
 pub mod owner;
 pub mod pathfilter;
 pub mod pipeline;
+pub mod preflight;
 pub mod progress;
 pub mod recover;
 pub mod restore;

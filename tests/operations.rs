@@ -355,3 +355,59 @@ fn backups_and_restores_show_progress() {
         "a progress bar on the terminal: {said}"
     );
 }
+
+/// `run --dry-run` checks every source and destination and says what the run would do,
+/// retention included, changing nothing; `check-config --connect` runs the same checks for
+/// every job and names what does not answer.
+#[test]
+fn dry_run_and_check_config_connect_check_everything() {
+    let pg = PgServer::start();
+    seed_sample_db(&pg, "app", 30);
+    let s = setup(&[pg_source(&pg.url("app"))], "");
+    let cfg = std::fs::read_to_string(&s.config).expect("config");
+    std::fs::write(
+        &s.config,
+        cfg.replace("[jobs.app]", "retention = { keep_last = 2 }\n\n[jobs.app]"),
+    )
+    .expect("config");
+    let first = s.backup();
+    s.backup();
+
+    let (code, out) = s.stowage(&["run", "app", "--dry-run"]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("would dump db (postgres"), "{out}");
+    assert!(out.contains("3 table(s) or collection(s) now"), "{out}");
+    assert!(
+        out.contains(
+            "reachable and writable, 2 backup(s); retention (keep_last=2) would then delete"
+        ) && out.contains(&first),
+        "{out}"
+    );
+    let (_, listed) = s.stowage(&["list", "app"]);
+    assert!(listed.contains("(2 backups)"), "nothing ran: {listed}");
+
+    // A second job whose database does not answer and whose destination is a file.
+    let blocker = s.dir.path().join("not-a-dir");
+    std::fs::write(&blocker, "x").expect("file");
+    let cfg = std::fs::read_to_string(&s.config).expect("config");
+    std::fs::write(
+        &s.config,
+        format!(
+            "{cfg}\n[destinations.broken]\ntype = \"local\"\npath = \"{}\"\n\n[jobs.other]\nschedule = \"0 3 * * *\"\ndestinations = [\"broken\"]\n\n[[jobs.other.sources]]\ntype = \"postgres\"\nname = \"db\"\nurl = \"postgres://postgres@127.0.0.1:{}/app\"\n",
+            blocker.join("sub").display(),
+            common::free_port()
+        ),
+    )
+    .expect("config");
+    let (code, out) = s.stowage(&["check-config", "--connect"]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains("job app:") && out.contains("would dump db"),
+        "{out}"
+    );
+    assert!(out.contains("problem: source db: cannot connect:"), "{out}");
+    assert!(out.contains("problem: destination broken ("), "{out}");
+    assert!(out.contains("connect: 2 problem(s)"), "{out}");
+    let (code, _) = s.stowage(&["check-config"]);
+    assert_eq!(code, Some(0), "without --connect nothing is contacted");
+}

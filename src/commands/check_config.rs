@@ -6,12 +6,36 @@ use chrono::Utc;
 use super::{EXIT_CONFIG, EXIT_OK, load_config};
 use crate::config::{Config, DestinationKind, SourceConfig};
 
-pub fn run(path: &Path) -> i32 {
+pub fn run(path: &Path, connect: bool) -> i32 {
     let Some(config) = load_config(path) else {
         return EXIT_CONFIG;
     };
     print!("{}", summary(&config, Utc::now()));
-    EXIT_OK
+    if !connect {
+        return EXIT_OK;
+    }
+    let Some(rt) = super::runtime() else {
+        return super::EXIT_FAILED;
+    };
+    let mut problems = 0;
+    for job in config.jobs.values() {
+        let checked = rt.block_on(crate::preflight::check_job(&config, job));
+        println!("job {}:", job.name);
+        for l in &checked.lines {
+            println!("  {l}");
+        }
+        for p in &checked.problems {
+            println!("  problem: {p}");
+        }
+        problems += checked.problems.len();
+    }
+    if problems == 0 {
+        println!("connect: every source and destination answered");
+        EXIT_OK
+    } else {
+        println!("connect: {problems} problem(s)");
+        super::EXIT_FAILED
+    }
 }
 
 /// One screen: what will run, when, and where it goes. No secrets: passwords are split

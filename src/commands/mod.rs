@@ -62,6 +62,10 @@ pub enum Command {
         /// instead of refusing
         #[arg(long)]
         wait_lock: bool,
+        /// Check every source and destination (reachable, writable) and say what would be
+        /// dumped, uploaded and what retention would delete; change nothing
+        #[arg(long)]
+        dry_run: bool,
     },
     /// List published backups per destination, newest first
     List {
@@ -236,7 +240,12 @@ pub enum Command {
         dry_run: bool,
     },
     /// Validate the config and print a summary; reads nothing but the config
-    CheckConfig,
+    CheckConfig {
+        /// Also connect: every job's sources and destinations reachable (and writable), as
+        /// `run --dry-run` checks them
+        #[arg(long)]
+        connect: bool,
+    },
     /// Exit 0 when the config is valid and a daemon is running (for HEALTHCHECK)
     Health,
 }
@@ -297,10 +306,13 @@ impl Scope {
 
 pub fn run(cli: Cli) -> i32 {
     match cli.command {
-        Command::CheckConfig => check_config::run(&cli.config),
+        Command::CheckConfig { connect } => check_config::run(&cli.config, connect),
         Command::Health => health::run(&cli.config),
         Command::Daemon => daemon::run(&cli.config),
-        Command::Run { job, wait_lock } => {
+        Command::Run {
+            job, dry_run: true, ..
+        } => run::dry_run(&cli.config, &job),
+        Command::Run { job, wait_lock, .. } => {
             run::run(&cli.config, &job, crate::pipeline::RunOptions { wait_lock })
         }
         Command::Heal { job, dry_run } => heal::run(&cli.config, &job, dry_run),

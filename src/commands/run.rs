@@ -6,6 +6,25 @@ use super::{EXIT_FAILED, EXIT_OK, shutdown_signal, with_job};
 use crate::logging::Console;
 use crate::pipeline::Outcome;
 
+/// `run --dry-run`: check every source and destination, say what the run would do.
+pub fn dry_run(path: &Path, job_name: &str) -> i32 {
+    with_job(path, Console::Stderr, job_name, |config, job, rt| {
+        let checked = rt.block_on(crate::preflight::check_job(config, job));
+        println!("dry run of job {job_name}: nothing is dumped, uploaded or deleted");
+        for l in &checked.lines {
+            println!("{l}");
+        }
+        for p in &checked.problems {
+            println!("problem: {p}");
+        }
+        if checked.problems.is_empty() {
+            EXIT_OK
+        } else {
+            EXIT_FAILED
+        }
+    })
+}
+
 pub fn run(path: &Path, job_name: &str, opts: crate::pipeline::RunOptions) -> i32 {
     with_job(path, Console::Stdout, job_name, |config, job, rt| {
         let report = rt.block_on(async {
