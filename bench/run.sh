@@ -76,6 +76,13 @@ if [[ ! -x /usr/bin/time ]]; then
 fi
 HAVE_ZSTD=0
 command -v zstd >/dev/null 2>&1 && HAVE_ZSTD=1
+# (f) encrypts to an age X25519 recipient generated here; age-keygen comes with Debian's `age`.
+if ! command -v age-keygen >/dev/null 2>&1; then
+    log "installing age (for age-keygen)"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq age >/dev/null \
+        || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq age >/dev/null; } \
+        || die "age-keygen not found and apt-get install age failed: measurement (f) needs it"
+fi
 id postgres >/dev/null 2>&1 || die "no postgres user (initdb refuses to run as root)"
 
 if [[ ! -x "$VENV/bin/moto_server" || ! -x "$VENV/bin/aws" ]]; then
@@ -146,6 +153,13 @@ if GIT_REV="$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null)"; then
 else
     GIT_REV="unknown"
 fi
+
+# (f) stowage zstd+age: a throwaway age X25519 key pair in the temp dir; the job gets only the
+# recipient (public key), like a real backup host.
+AGE_KEY="$WORK/age-key.txt"
+age-keygen -o "$AGE_KEY" 2>/dev/null || die "age-keygen -o $AGE_KEY failed"
+AGE_RECIPIENT="$(age-keygen -y "$AGE_KEY")"
+[[ "$AGE_RECIPIENT" == age1* ]] || die "age-keygen -y gave no age1... recipient: $AGE_RECIPIENT"
 
 # Everything stays on loopback; S3 credentials are dummies (moto does not check them).
 export NO_PROXY="127.0.0.1,localhost" no_proxy="127.0.0.1,localhost"
@@ -337,12 +351,16 @@ wait_idle() {
     cat /proc/loadavg >"$d/loadavg"
 }
 
-# Samples VmHWM (peak RSS, kB) of a process and of its children until it exits, every 0.1 s.
-# Writes "own_kb children_max_kb" to $2. Builtins only, and the pause is a read with a
+# Samples VmHWM (peak RSS, kB) of a process and of its children until it exits, every 0.1 s,
+# and the CPU ticks (user+sys) of each child as last seen (stowage's pg_dump: stowage reaps it,
+# so this is the only way to split GNU time's total; it misses at most the child's last 0.1 s).
+# Writes "own_kb children_max_kb children_ticks" to $2. Builtins only, and the pause is a read with a
 # timeout on a FIFO nobody writes: no fork per sample, so it steals next to no CPU from
 # what it measures.
 sample_hwm() {
-    local pid="$1" out="$2" own=0 kids=0 k v kid kids_list zombie
+    local pid="$1" out="$2" own=0 kids=0 k v kid kids_list zombie st t ticks=0
+    local -a f
+    local -A kt=()
     while [[ -e "/proc/$pid/status" ]]; do
         zombie=0
         while read -r k v _; do
@@ -358,13 +376,22 @@ sample_hwm() {
             while read -r k v _; do
                 if [[ "$k" == "VmHWM:" ]]; then (( v > kids )) && kids=$v; break; fi
             done 2>/dev/null <"/proc/$kid/status" || true
+            st=""
+            read -r st 2>/dev/null <"/proc/$kid/stat" || true
+            if [[ -n "$st" ]]; then
+                read -r -a f <<<"${st##*) }"
+                kt[$kid]=$(( f[11] + f[12] ))
+            fi
         done
         read -r -t 0.1 -u "$PAUSE_FD" _ || true
     done
-    echo "$own $kids" >"$out"
+    for t in "${kt[@]}"; do ticks=$(( ticks + t )); done
+    echo "$own $kids $ticks" >"$out"
 }
 
-write_config() { # file compression prefix url
+write_config() { # file compression prefix url [age-recipient: adds encryption to the job]
+    local enc=""
+    [[ -n "${5:-}" ]] && enc="encryption = { recipients = [\"$5\"] }"
     cat >"$1" <<EOF
 [log]
 level = "info"
@@ -380,6 +407,7 @@ force_path_style = true
 schedule = "@daily"
 compression = "$2"
 destinations = ["s3"]
+$enc
 
 [[jobs.bench.sources]]
 type = "postgres"
@@ -414,10 +442,41 @@ measure_ref() {
     echo "$t0 $t1" >"$d/wall"
 }
 
-# measure_stowage DIR COMPRESSION PREFIX URL
+# check_stored DIR PREFIX ENCRYPTED(0|1): after a stowage measurement (untimed), make sure the
+# backup is what the measurement claims: with encryption, the dump object's key ends in
+# .pgdump.zst.age (and no plain .pgdump.zst is there), the manifest says "encryption": "age" and
+# the object starts with age's magic line (first bytes fetched with a ranged GET); without, the
+# key has no .age and the manifest no encryption. Dies otherwise, so (f) can never silently
+# measure a plain run (or (b) an encrypted one). Writes the key checked to DIR/object_key.
+check_stored() {
+    local d="$1" prefix="$2" enc="$3" comp keys key ext
+    comp=$(awk -F'"' '/^compression = / {print $2; exit}' "$d/stowage.toml")
+    case "$comp" in zstd) ext=".zst" ;; gzip) ext=".gz" ;; *) ext="" ;; esac
+    keys=$("$AWS" --endpoint-url "$ENDPOINT" s3 ls "s3://bench/$prefix/" --recursive | awk '{print $4}')
+    if [[ "$enc" == 1 ]]; then
+        key=$(grep -E "/db\.pgdump${ext//./\\.}\.age\$" <<<"$keys" | tail -1 || true)
+        [[ -n "$key" ]] || { printf '%s\n' "$keys" >&2; die "(f) encrypted run stored no */db.pgdump$ext.age object under $prefix: it was not encrypted"; }
+        ! grep -qE "\.pgdump${ext//./\\.}\$" <<<"$keys" \
+            || { printf '%s\n' "$keys" >&2; die "(f) encrypted run also stored a plain .pgdump$ext object under $prefix"; }
+        "$AWS" --endpoint-url "$ENDPOINT" s3api get-object --bucket bench --key "$key" \
+            --range bytes=0-63 "$d/object_head" >/dev/null
+        [[ "$(head -c 21 "$d/object_head")" == "age-encryption.org/v1" ]] \
+            || die "(f) object $key does not start with age's header (age-encryption.org/v1): not an age file"
+        "$PY" -c 'import json,sys; m=json.load(open(sys.argv[1])); sys.exit(m.get("encryption") != "age")' "$d/manifest.json" \
+            || die "(f) manifest of $prefix does not say \"encryption\": \"age\""
+    else
+        key=$(grep -E "/db\.pgdump${ext//./\\.}\$" <<<"$keys" | tail -1 || true)
+        [[ -n "$key" ]] || { printf '%s\n' "$keys" >&2; die "stowage run stored no */db.pgdump$ext object under $prefix"; }
+        "$PY" -c 'import json,sys; m=json.load(open(sys.argv[1])); sys.exit(m.get("encryption") is not None)' "$d/manifest.json" \
+            || die "manifest of the plain run $prefix says it is encrypted"
+    fi
+    echo "$key" >"$d/object_key"
+}
+
+# measure_stowage DIR COMPRESSION PREFIX URL [AGE-RECIPIENT]
 measure_stowage() {
-    local d="$1" comp="$2" prefix="$3" url="$4" t0 t1 tpid spid="" rc=0
-    write_config "$d/stowage.toml" "$comp" "$prefix" "$url"
+    local d="$1" comp="$2" prefix="$3" url="$4" recipient="${5:-}" t0 t1 tpid spid="" rc=0
+    write_config "$d/stowage.toml" "$comp" "$prefix" "$url" "$recipient"
     wait_idle "$d"
     cpu_snapshot >"$d/cpu0"
     t0=$(now)
@@ -436,12 +495,13 @@ measure_stowage() {
     echo "$t0 $t1" >"$d/wall"
     if [[ "$rc" != 0 ]]; then
         cat "$d/stowage.log" >&2
-        die "stowage run ($comp) exited with $rc"
+        die "stowage run ($comp${recipient:+ + age}) exited with $rc"
     fi
     s3_total_bytes "$prefix" >"$d/stored"
     local mkey
     mkey=$("$AWS" --endpoint-url "$ENDPOINT" s3 ls "s3://bench/$prefix/" --recursive | awk '/manifest\.json$/ {print $4}' | tail -1)
     "$AWS" --endpoint-url "$ENDPOINT" s3 cp "s3://bench/$mkey" "$d/manifest.json" --only-show-errors
+    check_stored "$d" "$prefix" "$([[ -n "$recipient" ]] && echo 1 || echo 0)"
 }
 
 # measure_cron DIR PREFIX URL: pg_dump (plain) | gzip > file, then aws s3 sync.
@@ -487,11 +547,22 @@ run_size() {
 
     for r in $(seq 1 "$REPEAT"); do
         local p="${mib}mb/r$r"
-        mkdir -p "$sd/r$r/raw" "$sd/r$r/ref" "$sd/r$r/zstd" "$sd/r$r/cron" "$sd/r$r/gzip"
+        mkdir -p "$sd/r$r/raw" "$sd/r$r/ref" "$sd/r$r/zstd" "$sd/r$r/cron" "$sd/r$r/gzip" "$sd/r$r/age"
         log "  [$r/$REPEAT] (a) raw pg_dump -Fc -Z0 > /dev/null"
         measure_raw "$sd/r$r/raw" "$url"
-        log "  [$r/$REPEAT] (b) stowage run, zstd"
-        measure_stowage "$sd/r$r/zstd" zstd "$p/stowage-zstd" "$url"
+        # (b) and (f) back to back, so their ratio compares like with like; their order
+        # alternates between repetitions so that neither always goes first.
+        if (( r % 2 == 1 )); then
+            log "  [$r/$REPEAT] (b) stowage run, zstd"
+            measure_stowage "$sd/r$r/zstd" zstd "$p/stowage-zstd" "$url"
+            log "  [$r/$REPEAT] (f) stowage run, zstd + age"
+            measure_stowage "$sd/r$r/age" zstd "$p/stowage-zstd-age" "$url" "$AGE_RECIPIENT"
+        else
+            log "  [$r/$REPEAT] (f) stowage run, zstd + age"
+            measure_stowage "$sd/r$r/age" zstd "$p/stowage-zstd-age" "$url" "$AGE_RECIPIENT"
+            log "  [$r/$REPEAT] (b) stowage run, zstd"
+            measure_stowage "$sd/r$r/zstd" zstd "$p/stowage-zstd" "$url"
+        fi
         log "  [$r/$REPEAT] (c) cron script: pg_dump | gzip > file && aws s3 sync"
         measure_cron "$sd/r$r/cron" "$p/cron" "$url"
         log "  [$r/$REPEAT] (d) stowage run, gzip"
@@ -542,9 +613,10 @@ def load(kind, r):
         t = gnu_time(f"{d}/time")
         m.update(wall_s=w[1] - w[0], cpu_s=t["user_s"] + t["sys_s"],
                  peak_rss_mib=t["max_rss_kb"] / 1024, stored_bytes=None)
-    elif kind in ("zstd", "gzip"):
+    elif kind in ("zstd", "gzip", "age"):
         t = gnu_time(f"{d}/time")
-        own, kids = (int(x) for x in read(f"{d}/hwm").split())
+        hwm = [int(x) for x in read(f"{d}/hwm").split()]
+        own, kids = hwm[0], hwm[1]
         man = json.loads(read(f"{d}/manifest.json"))
         m.update(wall_s=w[1] - w[0],
                  cpu_s=t["user_s"] + t["sys_s"],  # stowage + its pg_dump child
@@ -553,6 +625,11 @@ def load(kind, r):
                  tree_max_rss_mib=t["max_rss_kb"] / 1024,
                  stored_bytes=int(read(f"{d}/stored")),
                  dump_bytes=sum(s["raw_size"] for s in man["sources"]))
+        if len(hwm) > 2:  # the pg_dump child's ticks as last sampled (<= 0.1 s short)
+            hz = os.sysconf("SC_CLK_TCK")
+            m.update(pg_dump_cpu_s=hwm[2] / hz, stowage_own_cpu_s=m["cpu_s"] - hwm[2] / hz)
+        m["encryption"] = man.get("encryption")
+        m["object_key"] = read(f"{d}/object_key")  # checked by check_stored: .age (f) or not
     elif kind == "ref":
         td, tz = (gnu_time(f"{d}/time-{x}") for x in ("dump", "zstd"))
         m.update(wall_s=w[1] - w[0], cpu_s=sum(x["user_s"] + x["sys_s"] for x in (td, tz)),
@@ -569,7 +646,7 @@ def load(kind, r):
     return m
 
 cpus = os.cpu_count() or 1
-kinds = ["raw", "zstd", "cron", "gzip"] + (["ref"] if have_ref else [])
+kinds = ["raw", "zstd", "cron", "gzip", "age"] + (["ref"] if have_ref else [])
 RUNS = {}
 for kind in kinds:
     RUNS[kind] = [load(kind, r) for r in range(1, repeat + 1)]
@@ -598,17 +675,20 @@ def pick_run(kind):
     best["max_peak_rss_mib"] = max(x["peak_rss_mib"] for x in runs)
     return {k: (round(v, 3) if isinstance(v, float) else v) for k, v in best.items()}
 
-def wall_ratio(num, den):
+def wall_ratio(num, den, key="wall_s"):
     """Median over the repetitions of num's wall / den's wall within the same repetition
-    (measured seconds apart, so under the same conditions), clean pairs only unless none is."""
+    (measured seconds apart, so under the same conditions), clean pairs only unless none is.
+    With key="cpu_s" (or another figure of both): the same for that figure."""
     pairs = list(zip(RUNS[num], RUNS[den]))
     clean = [(a, b) for a, b in pairs if a["clean"] and b["clean"]] or pairs
-    per_run = [a["wall_s"] / b["wall_s"] for a, b in clean]
+    per_run = [a[key] / b[key] for a, b in clean]
     return round(lower_median(per_run), 3), [round(x, 3) for x in per_run]
 
 m = {"raw_pg_dump": pick_run("raw"), "stowage_zstd": pick_run("zstd"),
-     "cron_pg_dump_gzip_aws_sync": pick_run("cron"), "stowage_gzip": pick_run("gzip")}
-raw, z, cron, g = (m[k] for k in ("raw_pg_dump", "stowage_zstd", "cron_pg_dump_gzip_aws_sync", "stowage_gzip"))
+     "cron_pg_dump_gzip_aws_sync": pick_run("cron"), "stowage_gzip": pick_run("gzip"),
+     "stowage_zstd_age": pick_run("age")}
+raw, z, cron, g, fa = (m[k] for k in ("raw_pg_dump", "stowage_zstd", "cron_pg_dump_gzip_aws_sync", "stowage_gzip",
+                                      "stowage_zstd_age"))
 ref = None
 if have_ref:
     ref = m["reference_pg_dump_zstd3_devnull"] = pick_run("ref")
@@ -617,8 +697,19 @@ for name, num, den in (("stowage_wall_over_raw_pg_dump", "zstd", "raw"),
                        ("stowage_wall_over_cron", "zstd", "cron"),
                        ("stowage_gzip_wall_over_cron", "gzip", "cron")) + ((("reference_wall_over_raw_pg_dump", "ref", "raw"),) if ref else ()):
     ratios[name], per_run_ratios[name] = wall_ratio(num, den)
+# (f)/(b): what encryption costs, within each repetition ((b) and (f) run back to back).
+# cpu = user+sys of stowage and its pg_dump child (GNU time); own cpu = without pg_dump.
+ratios["stowage_age_wall_over_stowage_zstd"], per_run_ratios["stowage_age_wall_over_stowage_zstd"] = \
+    wall_ratio("age", "zstd")
+ratios["stowage_age_cpu_over_stowage_zstd"], per_run_ratios["stowage_age_cpu_over_stowage_zstd"] = \
+    wall_ratio("age", "zstd", "cpu_s")
+if all("stowage_own_cpu_s" in x for k in ("age", "zstd") for x in RUNS[k]):
+    ratios["stowage_age_own_cpu_over_stowage_zstd_own_cpu"], \
+        per_run_ratios["stowage_age_own_cpu_over_stowage_zstd_own_cpu"] = wall_ratio("age", "zstd", "stowage_own_cpu_s")
 ratios["stowage_peak_rss_mib"] = z["max_peak_rss_mib"]  # worst of all runs
-targets = {"stowage_wall_over_raw_pg_dump": 1.2, "stowage_wall_over_cron": 0.4, "stowage_peak_rss_mib": 64}
+ratios["stowage_age_peak_rss_mib"] = fa["max_peak_rss_mib"]
+targets = {"stowage_wall_over_raw_pg_dump": 1.2, "stowage_wall_over_cron": 0.4, "stowage_peak_rss_mib": 64,
+           "stowage_age_wall_over_stowage_zstd": 1.1, "stowage_age_cpu_over_stowage_zstd": 1.1}
 db_size = int(read(f"{sd}/db_size"))
 res = {
     "size_mib_requested": mib,
@@ -652,6 +743,7 @@ rows = [("(a) raw pg_dump -Fc -Z0 >/dev/null", raw), ("(b) stowage run, zstd", z
         ("(c) cron: pg_dump|gzip; aws sync", cron), ("(d) stowage run, gzip", g)]
 if ref:
     rows.append(("(e) ref: pg_dump|zstd -3 >/dev/null", ref))
+rows.append(("(f) stowage run, zstd + age", fa))
 for name, x in rows:
     ratio = "" if not x.get("stored_bytes") else f"{z['dump_bytes'] / x['stored_bytes']:.2f}"
     print(f"{name:34}{x['wall_s']:8.2f}{x['cpu_s']:7.2f}{x['pg_server_cpu_s']:7.2f}{x['moto_cpu_s']:6.2f}"
@@ -664,6 +756,12 @@ print(f"    cron detail: pg_dump|gzip {cron['dump_gzip_wall_s']:.2f} s + aws s3 
 print(f"    stowage detail: RSS is stowage's own peak; its pg_dump child peaked at "
       f"{z['pg_dump_peak_rss_mib']:.1f} MiB (zstd) / {g['pg_dump_peak_rss_mib']:.1f} MiB (gzip); "
       f"cpu s includes that child")
+if "stowage_own_cpu_s" in z and "stowage_own_cpu_s" in fa:
+    print(f"    stowage cpu s split: zstd {z['stowage_own_cpu_s']:.2f} + pg_dump {z['pg_dump_cpu_s']:.2f}; "
+          f"zstd+age {fa['stowage_own_cpu_s']:.2f} + pg_dump {fa['pg_dump_cpu_s']:.2f} "
+          f"(pg_dump's ticks as last sampled, <= 0.1 s short)")
+print(f"    (f) stored {fa['object_key'].rsplit('/', 1)[-1]} (age header and manifest \"encryption\": "
+      f"\"{fa['encryption']}\" checked); (b) stored {z['object_key'].rsplit('/', 1)[-1]}")
 def verdict(k):
     return "ok" if res["pass"][k] else "MISSED"
 if repeat > 1:
@@ -673,6 +771,17 @@ print(f"    stowage wall / raw pg_dump wall = {ratios['stowage_wall_over_raw_pg_
 print(f"    stowage wall / cron wall        = {ratios['stowage_wall_over_cron']:.2f}  (target <= 0.4: {verdict('stowage_wall_over_cron')});"
       f" with gzip: {ratios['stowage_gzip_wall_over_cron']:.2f}")
 print(f"    stowage peak RSS (worst run)    = {ratios['stowage_peak_rss_mib']:.1f} MiB (target <= 64: {verdict('stowage_peak_rss_mib')})")
+if repeat > 1:
+    print("    (f)/(b) per repetition: wall " + ", ".join(f"{x:.2f}" for x in per_run_ratios["stowage_age_wall_over_stowage_zstd"])
+          + "; cpu " + ", ".join(f"{x:.2f}" for x in per_run_ratios["stowage_age_cpu_over_stowage_zstd"]))
+print(f"    (f) zstd+age / (b) zstd, wall   = {ratios['stowage_age_wall_over_stowage_zstd']:.2f}  "
+      f"(target <= 1.1: {verdict('stowage_age_wall_over_stowage_zstd')})")
+print(f"    (f) zstd+age / (b) zstd, cpu    = {ratios['stowage_age_cpu_over_stowage_zstd']:.2f}  "
+      f"(target <= 1.1: {verdict('stowage_age_cpu_over_stowage_zstd')}; user+sys, pg_dump child included)"
+      + (f"; stowage's own cpu only: {ratios['stowage_age_own_cpu_over_stowage_zstd_own_cpu']:.2f}"
+         if "stowage_age_own_cpu_over_stowage_zstd_own_cpu" in ratios else ""))
+print(f"    (f) zstd+age peak RSS (worst run) = {ratios['stowage_age_peak_rss_mib']:.1f} MiB "
+      f"(zstd: {ratios['stowage_peak_rss_mib']:.1f} MiB); stored {fa['stored_bytes'] / MiB:.1f} MiB vs {z['stored_bytes'] / MiB:.1f} MiB")
 if ref:
     print(f"    reference: pg_dump | zstd -3 > /dev/null takes {ratios['reference_wall_over_raw_pg_dump']:.2f}x raw pg_dump here (no hashing, no upload)")
 print(f"    results: {out}")
@@ -690,14 +799,17 @@ if (( ${#SUMMARY_FILES[@]} > 1 )); then
     "$PY" - "${SUMMARY_FILES[@]}" <<'PY'
 import json, sys
 print()
-print("== summary (stowage zstd)")
-print(f"{'DB MiB':>7}{'raw s':>8}{'stowage s':>10}{'cron s':>8}{'/raw':>6}{'/cron':>7}{'RSS MiB':>9}{'stored MiB':>11}")
+print("== summary (stowage zstd; age wall/cpu = (f) zstd+age over (b) zstd)")
+print(f"{'DB MiB':>7}{'raw s':>8}{'stowage s':>10}{'cron s':>8}{'/raw':>6}{'/cron':>7}{'RSS MiB':>9}{'stored MiB':>11}"
+      f"{'+age s':>8}{'age wall':>9}{'age cpu':>8}")
 for p in sys.argv[1:]:
     r = json.load(open(p))
     m = r["measurements"]
     print(f"{r['pg_database_size_bytes'] / 2**20:7.0f}{m['raw_pg_dump']['wall_s']:8.2f}{m['stowage_zstd']['wall_s']:10.2f}"
           f"{m['cron_pg_dump_gzip_aws_sync']['wall_s']:8.2f}{r['ratios']['stowage_wall_over_raw_pg_dump']:6.2f}"
           f"{r['ratios']['stowage_wall_over_cron']:7.2f}{m['stowage_zstd']['max_peak_rss_mib']:9.1f}"
-          f"{m['stowage_zstd']['stored_bytes'] / 2**20:11.1f}")
+          f"{m['stowage_zstd']['stored_bytes'] / 2**20:11.1f}"
+          f"{m['stowage_zstd_age']['wall_s']:8.2f}{r['ratios']['stowage_age_wall_over_stowage_zstd']:9.2f}"
+          f"{r['ratios']['stowage_age_cpu_over_stowage_zstd']:8.2f}")
 PY
 fi
