@@ -19,8 +19,16 @@ fn interval() -> Duration {
         .unwrap_or(Duration::from_secs(10))
 }
 
+/// What is counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unit {
+    Bytes,
+    Objects,
+}
+
 pub struct Progress {
     what: String,
+    unit: Unit,
     total: Option<u64>,
     done: AtomicU64,
     started: Instant,
@@ -32,14 +40,26 @@ pub struct Progress {
 impl Progress {
     /// `total`: bytes expected, when known (then a percentage and an ETA are shown).
     pub fn new(what: impl Into<String>, total: Option<u64>) -> Arc<Progress> {
+        Self::counting(what, total, Unit::Bytes)
+    }
+
+    /// Objects rather than bytes (retrieval requests).
+    pub fn objects(what: impl Into<String>, total: u64) -> Arc<Progress> {
+        Self::counting(what, Some(total), Unit::Objects)
+    }
+
+    fn counting(what: impl Into<String>, total: Option<u64>, unit: Unit) -> Arc<Progress> {
         let what = what.into();
         let every = interval();
         let bar = std::io::stderr().is_terminal().then(|| {
             let bar = match total {
                 Some(t) => indicatif::ProgressBar::new(t).with_style(
-                    indicatif::ProgressStyle::with_template(
-                        "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}, ETA {eta}",
-                    )
+                    indicatif::ProgressStyle::with_template(match unit {
+                        Unit::Bytes => {
+                            "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}, ETA {eta}"
+                        }
+                        Unit::Objects => "{msg} [{bar:30}] {pos}/{len} objects, ETA {eta}",
+                    })
                     .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
                     .progress_chars("=> "),
                 ),
@@ -57,6 +77,7 @@ impl Progress {
         });
         Arc::new(Progress {
             what,
+            unit,
             total,
             done: AtomicU64::new(0),
             started: Instant::now(),
@@ -99,6 +120,15 @@ impl Progress {
 
     /// "restore db: 1.2 GiB of 3.4 GiB (35%), 45.1 MiB/s, about 48s left"
     fn line(&self, done: u64) -> String {
+        if self.unit == Unit::Objects {
+            let total = self.total.unwrap_or(0).max(1);
+            return format!(
+                "{}: {done} of {} object(s) ({}%)",
+                self.what,
+                total,
+                done.min(total) * 100 / total
+            );
+        }
         let secs = self.started.elapsed().as_secs_f64().max(0.001);
         let rate = done as f64 / secs;
         let mut line = format!("{}: {}", self.what, human_bytes(done));
@@ -144,6 +174,7 @@ mod tests {
     fn lines_say_how_far_how_fast_and_how_long() {
         let p = Progress {
             what: "restore db".into(),
+            unit: Unit::Bytes,
             total: Some(4 * 1024 * 1024),
             done: AtomicU64::new(0),
             started: Instant::now() - Duration::from_secs(2),
@@ -159,6 +190,7 @@ mod tests {
         assert!(line.contains("/s, about "), "{line}");
         let unknown = Progress {
             what: "backup app db".into(),
+            unit: Unit::Bytes,
             total: None,
             done: AtomicU64::new(0),
             started: Instant::now(),
@@ -167,5 +199,19 @@ mod tests {
             every: Duration::from_secs(10),
         };
         assert!(unknown.line(2048).starts_with("backup app db: 2.0 KiB, "));
+        let objects = Progress {
+            what: "retrieval requests".into(),
+            unit: Unit::Objects,
+            total: Some(40),
+            done: AtomicU64::new(0),
+            started: Instant::now(),
+            bar: None,
+            next_log: Mutex::new(Instant::now()),
+            every: Duration::from_secs(10),
+        };
+        assert_eq!(
+            objects.line(12),
+            "retrieval requests: 12 of 40 object(s) (30%)"
+        );
     }
 }

@@ -384,11 +384,41 @@ fn restore_refuses_a_non_empty_target_unless_clean_and_mysql_is_an_alias() {
     assert_eq!(db.table_checksums("app"), want);
     assert_eq!(objects_work(&db, "app")["trigger"], "1");
 
-    // A database that does not exist: the client's message and what to do.
+    // A database that does not exist: the client's message and what to do; a dry run
+    // connects and fails the same way; --create makes it.
     restore_refused(
         &s.config,
         &["latest", "--to", &db.url("missing")],
         "Unknown database 'missing'",
+    );
+    let said = restore_refused(
+        &s.config,
+        &["latest", "--dry-run", "--to", &db.url("missing")],
+        "Unknown database 'missing'",
+    );
+    assert!(said.contains("add --create"), "{said}");
+    let said = restore_ok(
+        &s.config,
+        &[
+            "latest",
+            "--dry-run",
+            "--create",
+            "--to",
+            &db.url("created"),
+        ],
+    );
+    assert!(said.contains("would create database \"created\""), "{said}");
+    let said = restore_ok(
+        &s.config,
+        &["latest", "--create", "--to", &db.url("created")],
+    );
+    assert!(said.contains("created database \"created\""), "{said}");
+    assert_eq!(db.table_checksums("created"), want);
+    // A dry run into a non-empty database fails like the restore.
+    restore_refused(
+        &s.config,
+        &["latest", "--dry-run", "--to", &db.url("created")],
+        "target database \"created\" already has 5 table(s)",
     );
     // A bad URL is refused before any work.
     restore_refused(

@@ -188,12 +188,18 @@ pub async fn request(
         .filter(|o| o.state == State::Available)
         .map(|o| o.name.clone())
         .collect();
+    let progress = crate::progress::Progress::objects("retrieval requests", keys.len() as u64);
     let results = futures::stream::iter(keys)
-        .map(|key| async move {
-            storage
-                .request_retrieval(&key, settings.days, settings.tier)
-                .await
-                .map(|()| key)
+        .map(|key| {
+            let progress = progress.clone();
+            async move {
+                let r = storage
+                    .request_retrieval(&key, settings.days, settings.tier)
+                    .await
+                    .map(|()| key);
+                progress.add(1);
+                r
+            }
         })
         .buffered(CONCURRENCY)
         .collect::<Vec<_>>()

@@ -329,9 +329,16 @@ impl MariaDbSource {
             )
             .await
             .map_err(|e| match e {
-                SourceError::Failed { stderr, .. } => {
-                    SourceError::Refused(format!("cannot read the tables of {url}: {stderr}"))
-                }
+                SourceError::Failed { stderr, .. } => SourceError::Refused(format!(
+                    "cannot read the tables of {url}: {stderr}{}",
+                    if stderr.contains("Unknown database") {
+                        "\nhint: create it first (CREATE DATABASE …), or add --create to let restore create it"
+                    } else if stderr.contains("Access denied") {
+                        "\nhint: give the target's password in the URL (mysql://USER:PASSWORD@HOST/DB); a target that names the job source's user uses the source's password_file"
+                    } else {
+                        ""
+                    }
+                )),
                 other => other,
             })?;
         let mut rels = Vec::new();
@@ -350,6 +357,44 @@ impl MariaDbSource {
             ));
         }
         Ok(rels)
+    }
+
+    /// `--create`: create the target database when it does not exist. True when it was (or,
+    /// in a dry run, would be) created.
+    async fn ensure_database(
+        &self,
+        url: &DbUrl,
+        opts: &RestoreOptions,
+        lines: &mut Vec<String>,
+    ) -> Result<bool, SourceError> {
+        let name = url.database();
+        let admin = url.with_database("information_schema");
+        let exists = self
+            .rows(
+                &admin,
+                &format!(
+                    "select 1 from information_schema.schemata where schema_name = unhex('{}')",
+                    hex::encode(&name)
+                ),
+            )
+            .await?;
+        if !exists.is_empty() {
+            return Ok(false);
+        }
+        if opts.dry_run {
+            lines.push(format!("would create database \"{name}\" (--create)"));
+            return Ok(true);
+        }
+        self.rows(
+            &admin,
+            &format!(
+                "create database `{}` character set utf8mb4",
+                name.replace('`', "``")
+            ),
+        )
+        .await?;
+        lines.push(format!("created database \"{name}\""));
+        Ok(true)
     }
 
     /// Run one statement; its rows, tab-separated fields (give binary-safe values as hex).
@@ -715,6 +760,9 @@ impl Database for MariaDbSource {
             exclude: opts.exclude_tables.clone(),
         };
         let mut lines = Vec::new();
+        let created = opts.create && self.ensure_database(&url, opts, &mut lines).await?;
+        // A dry run's --create: nothing to look at in a database that does not exist yet.
+        let not_yet = created && opts.dry_run;
         let wanted: Vec<String> = selection
             .include
             .iter()
@@ -755,7 +803,7 @@ impl Database for MariaDbSource {
         }
         // The dump drops each object before creating it: without --clean, make sure that
         // replaces nothing.
-        if !opts.clean {
+        if !opts.clean && !not_yet {
             let live = self.relations(&url).await?;
             if selection.include.is_empty() {
                 if !live.is_empty() {
@@ -783,7 +831,7 @@ impl Database for MariaDbSource {
 
         // A dry run has connected and checked what the restore checks; with --clean, it
         // still connects.
-        if opts.dry_run && opts.clean {
+        if opts.dry_run && opts.clean && !not_yet {
             self.relations(&url).await?;
         }
         if opts.dry_run {
