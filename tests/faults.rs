@@ -516,7 +516,12 @@ async fn s3_errors_are_retried_and_an_outage_fails_cleanly() {
             .filter(|l| l.request.query == *p)
             .map(|l| l.injected)
             .collect();
-        assert_eq!(tries, [true, true, false], "part {p}: attempts (injected?)");
+        // The two injected failures, then (after any random ones) success, within the
+        // SDK's 5 attempts.
+        assert!(
+            tries.len() <= 5 && tries.starts_with(&[true, true]) && tries.last() == Some(&false),
+            "part {p}: attempts (injected?) {tries:?}"
+        );
     }
     let before = st.sound_listing().await;
     assert_eq!(ids(&before, "offsite").len(), 1);

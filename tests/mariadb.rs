@@ -509,9 +509,21 @@ fn selected_tables_restore_into_an_existing_database() {
         ],
         "no table left to restore",
     );
-    // A dry run says what it would do and does nothing (orders exists: no --clean needed
-    // to look).
+    // A dry run fails where the restore would (orders exists, no --clean); with --clean it
+    // says what it would do and does nothing.
     let before = db.table_checksums("app");
+    restore_refused(
+        &s.config,
+        &[
+            "latest",
+            "--to",
+            &db.url("app"),
+            "--table",
+            "orders",
+            "--dry-run",
+        ],
+        "already has table(s) orders",
+    );
     let out = restore_ok(
         &s.config,
         &[
@@ -520,6 +532,7 @@ fn selected_tables_restore_into_an_existing_database() {
             &db.url("app"),
             "--table",
             "orders",
+            "--clean",
             "--dry-run",
         ],
     );

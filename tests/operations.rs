@@ -17,18 +17,12 @@ struct Setup {
 
 impl Setup {
     fn stowage(&self, args: &[&str]) -> (Option<i32>, String) {
-        let out = run_stowage(&self.config, args);
-        (out.status.code(), text(&out))
+        common::stowage_says(&self.config, args)
     }
 
+    /// `stowage run app`; the new backup's id.
     fn backup(&self) -> String {
-        let (code, out) = self.stowage(&["run", "app"]);
-        assert_eq!(code, Some(0), "{out}");
-        out.split("id=")
-            .nth(1)
-            .and_then(|r| r.split_whitespace().next())
-            .expect("backup id")
-            .to_string()
+        common::backup_of(&self.config, "app")
     }
 }
 

@@ -1443,60 +1443,63 @@ async fn rotation_sweeps_unreferenced_blobs_but_never_those_of_a_running_backup(
         fx.s3_locks().await
     );
 
-    // A runs without Z and W: retention deletes P, the last published backup with Z. Neither
-    // Z nor W is referenced by a published backup, but B is writing one that references both.
+    // A, without Z and W, while B runs: one run of a job at a time (across processes), so
+    // A is refused, naming B's process, and touches nothing: its retention cannot delete P
+    // and its sweep cannot take Z or W from under B.
     std::fs::remove_file(uploads.join("keep/z.bin")).expect("remove");
     std::fs::remove_file(uploads.join("keep/w.bin")).expect("remove");
-    let mut a = spawn_stowage(&cfg_a, ["run", JOB]);
-    let deadline = Instant::now() + Duration::from_secs(90);
-    while a.exited().is_none() {
-        assert!(
-            Instant::now() < deadline,
-            "run A did not finish within 90 s while backup B was in progress: its sweep must be \
-             postponed, not wait for B\n{}",
-            a.output_so_far()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let a_out = a.wait(Duration::from_secs(10));
-    assert!(a_out.status.success(), "run A failed:\n{}", text(&a_out));
+    let a_out = run_stowage(&cfg_a, ["run", JOB]);
     let a_log = text(&a_out);
-    assert!(a_log.contains("sweep postponed"), "A's log:\n{a_log}");
-    let id_a1 = fx.new_id(&before_b, &a_log);
+    assert_eq!(
+        a_out.status.code(),
+        Some(1),
+        "run A must be refused:\n{a_log}"
+    );
+    assert!(
+        a_log.contains(&format!(
+            "job {JOB} is already running: a backup by stowage on host"
+        )) && a_log.contains(&format!("pid {}", b.pid())),
+        "A names B's process:\n{a_log}"
+    );
     assert_eq!(
         fx.local_ids(),
-        vec![id_q.clone(), id_a1.clone()],
-        "P deleted"
+        vec![id_p.clone(), id_q.clone()],
+        "nothing deleted"
     );
-    assert_eq!(fx.s3_ids().await, fx.local_ids());
     let (local, s3) = (fx.local_blobs(), fx.s3_blobs().await);
     for (what, blob) in [("Z", &z_blob), ("W", &w_blob)] {
-        assert!(
-            local.contains(blob),
-            "{what}'s blob swept from local under B's feet"
-        );
-        assert!(
-            s3.contains(blob),
-            "{what}'s blob swept from offsite under B's feet"
-        );
+        assert!(local.contains(blob), "{what}'s blob gone from local");
+        assert!(s3.contains(blob), "{what}'s blob gone from offsite");
     }
-    assert!(local.is_superset(&fx.local_referenced()));
-    assert!(s3.is_superset(&fx.s3_referenced().await));
 
-    // B publishes; its own retention deletes Q and sweeps (nothing else running).
+    // B publishes; its retention deletes P.
     release(lock);
     let b_out = b.wait(RUN_TIMEOUT);
     assert!(b_out.status.success(), "B failed:\n{}", text(&b_out));
     let ids = fx.local_ids();
     assert_eq!(ids.len(), 2, "{ids:?}");
-    assert!(ids.contains(&id_a1), "{ids:?}");
-    let id_b = ids.iter().find(|i| **i != id_a1).cloned().expect("B's id");
-    assert!(
-        !before_b.contains(&id_b) && id_b < id_a1,
-        "B started before A: {ids:?}"
-    );
+    assert!(ids.contains(&id_q), "{ids:?}");
+    let id_b = ids.iter().find(|i| **i != id_q).cloned().expect("B's id");
+    assert!(!before_b.contains(&id_b), "{ids:?}");
     assert_eq!(fx.s3_ids().await, ids);
     fx.assert_blobs_match_references("after B published").await;
+
+    // Now A runs: retention deletes Q; Z and W, which only B references, stay.
+    let id_a1 = fx.run_backup(&cfg_a);
+    assert_eq!(fx.local_ids(), vec![id_b.clone(), id_a1.clone()]);
+    assert_eq!(fx.s3_ids().await, fx.local_ids());
+    let (local, s3) = (fx.local_blobs(), fx.s3_blobs().await);
+    for (what, blob) in [("Z", &z_blob), ("W", &w_blob)] {
+        assert!(
+            local.contains(blob),
+            "{what}'s blob swept from local while B holds it"
+        );
+        assert!(
+            s3.contains(blob),
+            "{what}'s blob swept from offsite while B holds it"
+        );
+    }
+    fx.assert_blobs_match_references("after A ran").await;
 
     // B restores Z and W with their content, from either destination.
     for dest in ["offsite", "local"] {

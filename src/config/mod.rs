@@ -134,6 +134,8 @@ pub struct S3Config {
     pub credentials: Option<StaticCredentials>,
     pub part_size: u64,
     pub max_in_flight: usize,
+    /// Parts a multipart upload may have; past a tenth of them each, parts double.
+    pub max_parts: u32,
     pub checksums: Checksums,
 }
 
@@ -1509,6 +1511,7 @@ fn validate(path: &Path, raw: raw::RawConfig) -> Result<Config, Vec<String>> {
                         ("secret_access_key_file", d.secret_access_key_file.is_some()),
                         ("part_size", d.part_size.is_some()),
                         ("max_in_flight", d.max_in_flight.is_some()),
+                        ("max_parts", d.max_parts.is_some()),
                         ("checksums", d.checksums.is_some()),
                         ("retrieval", d.retrieval.is_some()),
                         ("early_delete", d.early_delete.is_some()),
@@ -2188,6 +2191,16 @@ fn validate_s3(key: &str, s: &raw::RawDestination, problems: &mut Vec<String>) -
             DEFAULT_MAX_IN_FLIGHT
         }
     };
+    let max_parts = match s.max_parts {
+        None => 10_000,
+        Some(n) if (2..=10_000).contains(&n) => n,
+        Some(n) => {
+            problems.push(format!(
+                "{key}.max_parts: {n} is out of range (2..=10000; AWS allows 10000)"
+            ));
+            10_000
+        }
+    };
     S3Config {
         bucket,
         prefix: s
@@ -2205,6 +2218,7 @@ fn validate_s3(key: &str, s: &raw::RawDestination, problems: &mut Vec<String>) -
         credentials,
         part_size,
         max_in_flight,
+        max_parts,
         checksums: s.checksums.unwrap_or_default(),
     }
 }

@@ -139,6 +139,8 @@ pub struct RawDestination {
     /// "8MiB" style; bigger parts mean fewer requests but more memory per in-flight part.
     pub part_size: Option<String>,
     pub max_in_flight: Option<usize>,
+    /// The store's limit on parts per multipart upload (10,000 on AWS and most others).
+    pub max_parts: Option<u32>,
     /// Some S3-compatible stores reject the SDK's default request checksums.
     pub checksums: Option<Checksums>,
     /// Archive classes: how a retrieval is requested.

@@ -255,7 +255,10 @@ impl S3Storage {
         buf: &mut BytesMut,
         total: &mut u64,
     ) -> Result<(), StorageError> {
-        let part_size = self.cfg.part_size as usize;
+        let base = self.cfg.part_size as usize;
+        let max_parts = self.cfg.max_parts;
+        // Parts cut so far (the first is cut by the caller).
+        let mut cut = 1u32;
         let mut in_flight: JoinSet<Result<CompletedPart, StorageError>> = JoinSet::new();
         let mut done: Vec<CompletedPart> = Vec::new();
         let mut next_part = 1i32;
@@ -282,7 +285,16 @@ impl S3Storage {
             match body.recv().await {
                 Some(Chunk::Data(b)) => {
                     *total += b.len() as u64;
-                    pending.extend(push(buf, &b, part_size));
+                    let size = part_size_for(cut + 1, base, max_parts);
+                    let parts = push(buf, &b, size);
+                    cut += parts.len() as u32;
+                    if cut > max_parts {
+                        return Err(StorageError::Io(format!(
+                            "{key}: the object outgrew {max_parts} parts of up to {} each; raise part_size",
+                            crate::pipeline::human_bytes(size as u64)
+                        )));
+                    }
+                    pending.extend(parts);
                 }
                 Some(Chunk::End) => {
                     finished = true;
@@ -321,6 +333,18 @@ impl S3Storage {
 /// Append `data` without ever growing `buf` past one part (BytesMut would reallocate by
 /// doubling, holding up to twice the part size): full parts are handed back, and a fresh
 /// buffer of exactly one part is started for the rest.
+/// S3 allows `max_parts` parts (10,000): at a fixed 8 MiB an object could not exceed 80
+/// GiB, and the size of a streamed dump is not known in advance. So the part size doubles
+/// after every tenth of the allowed parts: 8 MiB parts for the first 8 GiB, 16 MiB for the
+/// next 16 GiB, …, about 8 TiB in all (S3's own limit is 5 TiB). Memory grows with the part
+/// size only for objects that need it.
+fn part_size_for(part: u32, base: usize, max_parts: u32) -> usize {
+    const MAX_PART: usize = 5 * 1024 * 1024 * 1024;
+    let step = (max_parts / 10).max(1);
+    let doublings = ((part.saturating_sub(1)) / step).min(20);
+    base.saturating_mul(1usize << doublings).min(MAX_PART)
+}
+
 fn push(buf: &mut BytesMut, mut data: &[u8], part_size: usize) -> Vec<Bytes> {
     let mut parts = Vec::new();
     loop {
@@ -416,8 +440,11 @@ impl Storage for S3Storage {
         };
         // A HEAD answer has no body, so S3's own error code (InvalidAccessKeyId,
         // SignatureDoesNotMatch, AccessDenied, …) is lost: ask again with a GET to learn it.
+        // Only for refusals (4xx): a store that is down answers the GET no better, and
+        // asking again would only repeat the retries.
         if let SdkError::ServiceError(se) = &e
             && se.err().code().is_none()
+            && se.raw().status().is_client_error()
             && let Err(listed) = self
                 .client
                 .list_objects_v2()
@@ -776,5 +803,28 @@ mod push_tests {
         let parts = push(&mut buf, &big, part);
         assert_eq!(parts.len(), 2);
         assert_eq!(buf.len(), 500);
+    }
+}
+
+#[cfg(test)]
+mod part_size_tests {
+    use super::part_size_for;
+
+    #[test]
+    fn parts_double_after_each_tenth_of_the_limit() {
+        let mib = 1 << 20;
+        assert_eq!(part_size_for(1, 8 * mib, 10_000), 8 * mib);
+        assert_eq!(part_size_for(1000, 8 * mib, 10_000), 8 * mib);
+        assert_eq!(part_size_for(1001, 8 * mib, 10_000), 16 * mib);
+        assert_eq!(part_size_for(2001, 8 * mib, 10_000), 32 * mib);
+        // 10,000 parts hold more than S3's 5 TiB object limit.
+        let total: u64 = (1..=10_000)
+            .map(|p| part_size_for(p, 8 * mib, 10_000) as u64)
+            .sum();
+        assert!(total > 5 * (1u64 << 40), "{total}");
+        // Never above S3's 5 GiB part limit.
+        assert_eq!(part_size_for(10_000, 1 << 30, 10), 5 * (1 << 30));
+        // A tiny limit doubles at every part.
+        assert_eq!(part_size_for(3, 5 * mib, 4), 20 * mib);
     }
 }

@@ -1830,3 +1830,20 @@ impl PgServer {
         self.psql("postgres", "select pg_reload_conf()");
     }
 }
+
+/// Exit code and all output of `stowage --config CONFIG ARGS…`.
+pub fn stowage_says(config: &Path, args: &[&str]) -> (Option<i32>, String) {
+    let out = run_stowage(config, args);
+    (out.status.code(), text(&out))
+}
+
+/// `stowage run JOB`, which must succeed; the new backup's id (from its summary line).
+pub fn backup_of(config: &Path, job: &str) -> String {
+    let (code, out) = stowage_says(config, &["run", job]);
+    assert_eq!(code, Some(0), "{out}");
+    out.split("id=")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .expect("backup id")
+        .to_string()
+}

@@ -904,20 +904,25 @@ fn connect_hint(stderr: &str, url: &DbUrl) -> String {
 }
 
 fn with_connect_hint(e: SourceError, url: &DbUrl) -> SourceError {
+    hinted(e, |stderr| connect_hint(stderr, url))
+}
+
+/// A tool's failure with what to do about it (from what it said) appended.
+fn hinted(e: SourceError, hint: impl FnOnce(&str) -> String) -> SourceError {
     match e {
         SourceError::Failed {
             tool,
             status,
             stderr,
         } => {
-            let hint = connect_hint(&stderr, url);
+            let hint = hint(&stderr);
             SourceError::Failed {
                 tool,
                 status,
                 stderr: format!("{stderr}{hint}"),
             }
         }
-        e => e,
+        other => other,
     }
 }
 
@@ -1334,19 +1339,5 @@ impl PostgresSource {
 }
 
 fn with_hint(e: SourceError, clean: bool) -> SourceError {
-    match e {
-        SourceError::Failed {
-            tool,
-            status,
-            stderr,
-        } => {
-            let hint = restore_hint(&stderr, clean);
-            SourceError::Failed {
-                tool,
-                status,
-                stderr: format!("{stderr}{hint}"),
-            }
-        }
-        other => other,
-    }
+    hinted(e, |stderr| restore_hint(stderr, clean).to_string())
 }
