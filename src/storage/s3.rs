@@ -339,10 +339,12 @@ impl S3Storage {
 /// next 16 GiB, …, about 8 TiB in all (S3's own limit is 5 TiB). Memory grows with the part
 /// size only for objects that need it.
 fn part_size_for(part: u32, base: usize, max_parts: u32) -> usize {
-    const MAX_PART: usize = 5 * 1024 * 1024 * 1024;
+    // In u64: 5 GiB does not fit a 32-bit usize (armv7).
+    const MAX_PART: u64 = 5 << 30;
     let step = (max_parts / 10).max(1);
-    let doublings = ((part.saturating_sub(1)) / step).min(20);
-    base.saturating_mul(1usize << doublings).min(MAX_PART)
+    let doublings = (part.saturating_sub(1) / step).min(20);
+    let size = (base as u64).saturating_mul(1 << doublings).min(MAX_PART);
+    usize::try_from(size).unwrap_or(usize::MAX)
 }
 
 fn push(buf: &mut BytesMut, mut data: &[u8], part_size: usize) -> Vec<Bytes> {
@@ -823,7 +825,7 @@ mod part_size_tests {
             .sum();
         assert!(total > 5 * (1u64 << 40), "{total}");
         // Never above S3's 5 GiB part limit.
-        assert_eq!(part_size_for(10_000, 1 << 30, 10), 5 * (1 << 30));
+        assert_eq!(part_size_for(10_000, 1 << 30, 10) as u64, 5u64 << 30);
         // A tiny limit doubles at every part.
         assert_eq!(part_size_for(3, 5 * mib, 4), 20 * mib);
     }
