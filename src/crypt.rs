@@ -8,6 +8,7 @@
 //! and drills. Blob names are the content's sha256, or an HMAC of it under `blob_key_file`
 //! so that a name no longer tells whether a known file is in the backup.
 
+use std::future::Future as _;
 use std::io;
 use std::pin::Pin;
 use std::str::FromStr;
@@ -74,11 +75,7 @@ pub struct Sealer {
 
 impl std::fmt::Debug for Sealer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        if self.passphrase {
-            f.write_str("Sealer(passphrase)")
-        } else {
-            write!(f, "Sealer({} recipient(s))", self.recipients.len())
-        }
+        write!(f, "Sealer({})", self.describe())
     }
 }
 
@@ -107,6 +104,15 @@ impl Sealer {
             recipients,
             passphrase: false,
         })
+    }
+
+    /// "passphrase" or "N recipient(s)", for check-config.
+    pub fn describe(&self) -> String {
+        if self.passphrase {
+            "passphrase".to_string()
+        } else {
+            format!("{} recipient(s)", self.recipients.len())
+        }
     }
 
     pub fn passphrase(passphrase: &str) -> Sealer {
@@ -250,10 +256,6 @@ impl Encryption {
             None => sha256.to_string(),
         }
     }
-
-    pub fn uses_passphrase(&self) -> bool {
-        self.sealer.passphrase
-    }
 }
 
 fn blob_hmac(key: &[u8], sha256: &str) -> String {
@@ -329,8 +331,6 @@ impl Drop for Sealed {
         }
     }
 }
-
-use std::future::Future as _;
 
 /// Open an age file for reading: the header is read and a key found before this returns,
 /// so a wrong identity fails here, before a restore touches its target.

@@ -18,7 +18,6 @@ use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
 use crate::config::{Config, Job};
-use crate::manifest::JobListing;
 use crate::status;
 use crate::{pipeline, storage};
 
@@ -206,10 +205,6 @@ pub async fn run(
                 _ = ctx2.cancel.cancelled() => return,
             }
             catch_up(&ctx2, &slot2).await;
-            tokio::select! {
-                _ = refresh_history(&ctx2, &slot2.name) => {}
-                _ = ctx2.stop.cancelled() => {}
-            }
         });
     }
     // The history also changes without this daemon (`stowage run`, another host's
@@ -767,14 +762,17 @@ async fn run_with_retries(ctx: &Arc<Ctx>, config: &Config, job: &Job, slot: &Job
 /// How often the daemon re-reads its jobs' histories from their destinations.
 const HISTORY_REFRESH: std::time::Duration = std::time::Duration::from_secs(15 * 60);
 
-/// Read the job's published backups again; the page and the metrics follow.
-async fn refresh_history(ctx: &Arc<Ctx>, job: &str) {
+/// Read the job's published backups again (newest from the destinations' own listings,
+/// not local state, which a fresh container does not have); the page and the metrics
+/// follow.
+async fn refresh_history(ctx: &Arc<Ctx>, job: &str) -> crate::history::JobHistory {
     let config = ctx.config();
     let Some(job) = config.jobs.get(job) else {
-        return;
+        return Default::default();
     };
     let h = ctx.history.refresh(&config, job).await;
     ctx.metrics.record_history(&job.name, &h);
+    h
 }
 
 fn record(ctx: &Arc<Ctx>, job: &str, report: &pipeline::RunReport) {
@@ -835,18 +833,22 @@ async fn catch_up(ctx: &Arc<Ctx>, slot: &Arc<JobSlot>) {
         return;
     };
     let now = Utc::now();
-    let newest = tokio::select! {
-        n = newest_backup(&config, job) => n,
+    // One read of the destinations serves catch-up, health, the page and the metrics.
+    let h = tokio::select! {
+        h = refresh_history(ctx, &slot.name) => h,
         // Listing an unreachable S3 endpoint can take a while; a stop should not wait.
-        _ = ctx.cancel.cancelled() => return,
+        _ = ctx.stop.cancelled() => return,
     };
+    for (name, held) in &h.held {
+        if let Err(e) = held {
+            warn!(job = %job.name, destination = %name, "catch-up: cannot list {name}: {e}");
+        }
+    }
+    let newest = h.newest_published;
     // Known for `health` even when catch-up is off.
     ctx.update(&slot.name, |s| {
         s.newest_backup = s.newest_backup.max(newest)
     });
-    if let Some(t) = newest {
-        ctx.metrics.seed_last_success(&slot.name, t);
-    }
     if !job.catch_up {
         return;
     }
@@ -865,26 +867,6 @@ async fn catch_up(ctx: &Arc<Ctx>, slot: &Arc<JobSlot>) {
         }
         fire(ctx, slot);
     }
-}
-
-/// Newest published backup of `job` on any of its destinations, from their own listings
-/// (not local state, which a fresh container does not have).
-async fn newest_backup(config: &Config, job: &Job) -> Option<DateTime<Utc>> {
-    let mut newest = None;
-    for js in storage::open_job(config, job).await {
-        let name = js.name;
-        match JobListing::read_backups(js.storage.as_ref(), &job.name).await {
-            Ok(l) => {
-                if let Some(p) = l.published(&job.name).first() {
-                    newest = newest.max(Some(p.time));
-                }
-            }
-            Err(e) => {
-                warn!(job = %job.name, destination = %name, "catch-up: cannot list {name}: {e}")
-            }
-        }
-    }
-    newest
 }
 
 /// Pure: is a catch-up run due? A schedule without a computable period never catches up.

@@ -37,6 +37,8 @@ pub struct JobHistory {
     pub held: Vec<(String, Result<usize, String>)>,
     /// Newest first, at most [`PLOTTED`], from the first destination that holds backups.
     pub backups: Vec<Point>,
+    /// Start of the newest published backup on any destination.
+    pub newest_published: Option<DateTime<Utc>>,
 }
 
 impl JobHistory {
@@ -93,6 +95,7 @@ impl History {
                 Ok(listing) => {
                     let published = listing.published(&job.name);
                     h.held.push((js.name.to_string(), Ok(published.len())));
+                    h.newest_published = h.newest_published.max(published.first().map(|p| p.time));
                     if ids.is_none() && !published.is_empty() {
                         ids = Some((
                             js.storage,

@@ -121,10 +121,11 @@ pub async fn check_job(config: &Config, job: &Job) -> Checked {
         // The next backup, as retention will see it once it is published.
         held.insert(0, (crate::layout::new_id(now), now));
         let policy = &js.destination.retention;
-        let mut decisions = retention::apply(&held, policy, job.schedule.tz(), now);
-        if let Some((_, days)) = js.destination.min_storage() {
-            retention::hold_minimum(&mut decisions, chrono::TimeDelta::days(days.into()), now);
-        }
+        let min = js
+            .destination
+            .min_storage()
+            .map(|(_, days)| chrono::TimeDelta::days(days.into()));
+        let decisions = retention::decide(&held, policy, job.schedule.tz(), min, now);
         let gone: Vec<&str> = decisions
             .iter()
             .filter(|d| !d.keep)

@@ -273,6 +273,22 @@ pub fn horizon(policy: &RetentionPolicy, gap: TimeDelta) -> Option<TimeDelta> {
 /// Keep (reason `"min_storage"`) every backup that `decisions` would remove and that is
 /// younger than `min` at `now`: archive storage classes bill a minimum storage duration, so
 /// deleting earlier saves nothing and loses a backup. Pure, like [`apply`].
+/// `apply`, then `hold_minimum` when the destination's class has a minimum storage
+/// duration: what a run's retention (and `run --dry-run`) decides.
+pub fn decide(
+    backups: &[(String, DateTime<Utc>)],
+    policy: &RetentionPolicy,
+    tz: Tz,
+    min_storage: Option<TimeDelta>,
+    now: DateTime<Utc>,
+) -> Vec<Decision> {
+    let mut decisions = apply(backups, policy, tz, now);
+    if let Some(min) = min_storage {
+        hold_minimum(&mut decisions, min, now);
+    }
+    decisions
+}
+
 pub fn hold_minimum(decisions: &mut [Decision], min: TimeDelta, now: DateTime<Utc>) {
     for d in decisions.iter_mut().filter(|d| !d.keep) {
         if now.signed_duration_since(d.time) < min {

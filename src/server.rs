@@ -221,8 +221,8 @@ impl Metrics {
                     .set(i64::try_from(*n).unwrap_or(i64::MAX));
             }
         }
-        if let Some(p) = h.newest() {
-            self.seed_last_success(job, p.time);
+        if let Some(t) = h.newest_published {
+            self.seed_last_success(job, t);
         }
     }
 

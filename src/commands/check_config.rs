@@ -182,13 +182,7 @@ pub fn summary(config: &Config, now: chrono::DateTime<Utc>) -> String {
                 out,
                 "  {:<12} encryption: age, {}; {}",
                 "",
-                if e.uses_passphrase() {
-                    "passphrase".to_string()
-                } else {
-                    format!("{:?}", e.sealer)
-                        .replace("Sealer(", "")
-                        .replace(')', "")
-                },
+                e.sealer.describe(),
                 if e.keys.is_some() {
                     "identity configured (heal, verify and drills can read backups)"
                 } else {

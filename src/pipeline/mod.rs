@@ -688,9 +688,11 @@ async fn apply_retention(
     let input: Vec<(String, chrono::DateTime<Utc>)> =
         published.iter().map(|p| (p.id.clone(), p.time)).collect();
     let now = Utc::now();
-    let mut decisions = retention::apply(&input, &t.policy, job.schedule.tz(), now);
+    let min = t
+        .min_storage
+        .map(|(_, days)| chrono::TimeDelta::days(days.into()));
+    let decisions = retention::decide(&input, &t.policy, job.schedule.tz(), min, now);
     if let Some((class, days)) = t.min_storage {
-        retention::hold_minimum(&mut decisions, chrono::TimeDelta::days(days.into()), now);
         let held = decisions
             .iter()
             .filter(|d| d.reasons.contains(&"min_storage"))
