@@ -1,4 +1,5 @@
-//! Idle footprint of the daemon: memory and wakeups once it has nothing to do.
+//! Idle footprint of the daemon: memory and wakeups once it has nothing to do, and again
+//! after a scheduled backup.
 //!
 //! `cargo bench --bench idle` (release build; see bench/README.md). Starts its own
 //! PostgreSQL and moto (the test harness's, `tests/common`), then two daemons side by side:
@@ -6,10 +7,12 @@
 //! - **full**: the same job to a local and an S3 destination, with `[server] listen`.
 //!
 //! Each takes its catch-up backup at start (so its idle state is the one after real work),
-//! then idles. Sampled every 10 s: RSS (and its anonymous part), threads, and context
-//! switches summed over the threads; wakeups per minute are the switches over the second
-//! half of the idle time, per minute. `STOWAGE_IDLE_SECS` (default 600),
-//! `STOWAGE_IDLE_OUT` (JSON; default bench/results/<UTC>-idle.json).
+//! then idles for `STOWAGE_IDLE_SECS` (default 600); the job's schedule (a daily time, UTC)
+//! is set to the first whole minute after that, so each then takes a scheduled backup and
+//! idles `STOWAGE_AFTER_SECS` more (default 180): memory must return to the idle figure.
+//! Sampled every 10 s: RSS (and its anonymous part), threads, and context switches summed
+//! over the threads; wakeups per minute are the switches over the second half of the first
+//! idle time, per minute. `STOWAGE_IDLE_OUT` (JSON; default bench/results/<UTC>-idle.json).
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -85,6 +88,22 @@ async fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(600);
+    let after: u64 = std::env::var("STOWAGE_AFTER_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(180);
+    // Set-up and the catch-up backups take well under two minutes here.
+    let fire_at = {
+        let t = chrono::Utc::now() + chrono::TimeDelta::seconds(120 + idle as i64);
+        let t = t + chrono::TimeDelta::seconds(60 - i64::from(chrono::Timelike::second(&t)));
+        chrono::DurationRound::duration_trunc(t, chrono::TimeDelta::minutes(1)).expect("minute")
+    };
+    let schedule = format!(
+        "{} {} * * *",
+        chrono::Timelike::minute(&fire_at),
+        chrono::Timelike::hour(&fire_at)
+    );
+    eprintln!("idle: the scheduled backup fires at {fire_at} (\"{schedule}\" UTC)");
     let pg = PgServer::start();
     seed_sample_db(&pg, "app", 20_000);
     let s3 = S3Server::moto();
@@ -96,8 +115,8 @@ async fn main() {
         format!(
             r#"
 [jobs.app]
-schedule = "0 3 * * *"
-timezone = "Europe/Berlin"
+schedule = "{schedule}"
+timezone = "UTC"
 destinations = [{dests}]
 
 [[jobs.app.sources]]
@@ -105,7 +124,7 @@ type = "postgres"
 name = "db"
 url = "{}"
 "#,
-            pg.url("app")
+            pg.url("app"),
         )
     };
     let local = |name: &str| {
@@ -138,7 +157,12 @@ url = "{}"
         std::fs::write(&cfg, body).expect("config");
         let pid = dir.path().join(format!("{name}.pid"));
         let state = dir.path().join(format!("{name}.state"));
-        let running = common::spawn_stowage_with_env(
+        // Each daemon from its own copy of the binary, as each container has its own: the
+        // kernel pages code out only where no other process maps the same page.
+        let bin = dir.path().join(format!("{name}-stowage"));
+        std::fs::copy(common::stowage_bin(), &bin).expect("copy the stowage binary");
+        let running = common::spawn_binary_with_env(
+            &bin,
             &cfg,
             ["daemon"],
             &[
@@ -156,51 +180,98 @@ url = "{}"
         d.running
             .wait_for_output("backup success: job=app", Duration::from_secs(120));
     }
-    eprintln!("idle: both daemons took their catch-up backup; idling {idle} s");
+    eprintln!(
+        "idle: both daemons took their catch-up backup; idling until {fire_at}, then {after} s more"
+    );
     let t0 = Instant::now();
-    while t0.elapsed() < Duration::from_secs(idle) {
+    let until_fire = (fire_at - chrono::Utc::now())
+        .to_std()
+        .unwrap_or_default()
+        .saturating_sub(Duration::from_secs(5));
+    let end = until_fire + Duration::from_secs(5 + after);
+    let mut before_fire: Vec<Sample> = Vec::new();
+    while t0.elapsed() < end {
         for d in &mut daemons {
             d.samples.push(sample(d.running.pid(), t0));
         }
-        std::thread::sleep(Duration::from_secs(10));
+        let now = t0.elapsed();
+        if now >= until_fire && before_fire.is_empty() {
+            before_fire = daemons
+                .iter()
+                .map(|d| sample(d.running.pid(), t0))
+                .collect();
+        }
+        // Every 10 s, and once exactly 5 s before the scheduled backup: the idle figures
+        // end there, before the backup wakes anything.
+        let step = if now < until_fire {
+            (until_fire - now).min(Duration::from_secs(10))
+        } else {
+            Duration::from_secs(10)
+        };
+        std::thread::sleep(step);
     }
     for d in &mut daemons {
         d.samples.push(sample(d.running.pid(), t0));
     }
 
     let mut report = serde_json::Map::new();
-    report.insert("idle_seconds".into(), idle.into());
+    report.insert("idle_seconds".into(), until_fire.as_secs().into());
+    report.insert("after_seconds".into(), after.into());
+    report.insert("scheduled_backup_at".into(), fire_at.to_rfc3339().into());
     println!(
-        "{:<8} {:>14} {:>14} {:>8} {:>16}",
-        "daemon", "RSS start KiB", "RSS end KiB", "threads", "wakeups/min"
+        "{:<8} {:>10} {:>10} {:>10} {:>8} {:>12} {:>11} {:>11}",
+        "daemon",
+        "RSS KiB",
+        "anon KiB",
+        "wakes/min",
+        "threads",
+        "2nd backup",
+        "RSS after",
+        "anon after"
     );
-    for d in &daemons {
+    for (i, d) in daemons.iter().enumerate() {
         let first = d.samples.first().copied().unwrap_or_default();
         let last = d.samples.last().copied().unwrap_or_default();
+        let idle_end = before_fire.get(i).copied().unwrap_or(last);
         let mid = d
             .samples
             .iter()
-            .find(|s| s.secs >= last.secs / 2.0)
+            .find(|s| s.secs >= idle_end.secs / 2.0)
             .copied()
             .unwrap_or(first);
-        let minutes = (last.secs - mid.secs) / 60.0;
+        let minutes = (idle_end.secs - mid.secs) / 60.0;
         let per_min = if minutes > 0.0 {
-            last.switches.saturating_sub(mid.switches) as f64 / minutes
+            idle_end.switches.saturating_sub(mid.switches) as f64 / minutes
         } else {
             0.0
         };
+        let backups = d
+            .running
+            .output_so_far()
+            .matches("backup success: job=app")
+            .count();
         println!(
-            "{:<8} {:>14} {:>14} {:>8} {:>16.1}",
-            d.name, first.rss_kib, last.rss_kib, last.threads, per_min
+            "{:<8} {:>10} {:>10} {:>10.1} {:>8} {:>12} {:>11} {:>11}",
+            d.name,
+            idle_end.rss_kib,
+            idle_end.anon_kib,
+            per_min,
+            idle_end.threads,
+            if backups >= 2 { "taken" } else { "MISSING" },
+            last.rss_kib,
+            last.anon_kib
         );
         report.insert(
             d.name.into(),
             serde_json::json!({
-                "rss_kib_after_backup": first.rss_kib,
-                "rss_kib_end": last.rss_kib,
-                "rss_anon_kib_end": last.anon_kib,
-                "threads_end": last.threads,
+                "rss_kib_after_catch_up": first.rss_kib,
+                "rss_kib_idle": idle_end.rss_kib,
+                "rss_anon_kib_idle": idle_end.anon_kib,
+                "threads_idle": idle_end.threads,
                 "wakeups_per_minute": (per_min * 10.0).round() / 10.0,
+                "backups_taken": backups,
+                "rss_kib_after_scheduled_backup": last.rss_kib,
+                "rss_anon_kib_after_scheduled_backup": last.anon_kib,
                 "samples": d.samples.iter().map(|s| serde_json::json!([
                     s.secs.round(), s.rss_kib, s.anon_kib, s.threads, s.switches
                 ])).collect::<Vec<_>>(),

@@ -1,12 +1,18 @@
 #!/usr/bin/env bash
-# Benchmark: stowage `run` (PostgreSQL → S3) against a raw pg_dump and against the classic
-# cron script (`pg_dump | gzip > file && aws s3 sync`), on a generated database of a chosen
-# size. Starts its own PostgreSQL 15 and moto_server on random loopback ports and removes
-# everything on exit. See bench/README.md for what is measured and how to read it.
+# Benchmark: stowage `run` (PostgreSQL → S3) beside its peers on the same database and the
+# same S3 server: a raw pg_dump, the floor `pg_dump | zstd -3 | aws s3 cp -`, restic
+# (`restic backup --stdin` to an S3 repository) and the classic cron script
+# (`pg_dump | gzip > file && aws s3 sync`); then restore speed: `stowage restore` of the backup
+# against `pg_restore` (also -j 2, -j 4) of a local file into fresh databases. On a generated
+# database of a chosen size. Starts its own PostgreSQL 15 and moto_server on random loopback
+# ports and removes everything on exit. See bench/README.md for what is measured and how to
+# read it.
 #
-#   bench/run.sh                      # one size, 1024 MiB
+#   bench/run.sh                      # one size, 1024 MiB, everything
 #   bench/run.sh --sizes 256,1024     # several sizes in one invocation
 #   bench/run.sh --size-mb 256 --repeat 3 --no-build
+#   bench/run.sh --size-mb 10240 --only stowage     # stowage's backup alone (e.g. its RSS at 10 GiB)
+#   bench/run.sh --size-mb 1024 --profile BIN       # plus one perf-recorded backup with BIN
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -20,6 +26,9 @@ IDLE_WAIT=300
 IDLE_MAX_PCT=15
 STOWAGE="${STOWAGE:-}"
 RESULTS_DIR="$BENCH/results"
+ALL_KINDS="raw,floor,stowage,restic,cron,gzip,ref,age,restore"
+ONLY="$ALL_KINDS"
+PROFILE_BIN=""
 PG_BIN="${PG_BIN:-/usr/lib/postgresql/15/bin}"
 TOOLS="${STOWAGE_TOOLS:-$HOME/.cache/stowage-tools}"
 VENV="$TOOLS/venv"
@@ -37,6 +46,18 @@ usage: bench/run.sh [options]
   --idle-wait SECS   before each measurement wait up to SECS (default 300, 0 = never) for the machine's
                      CPU use to drop under 15% (other work on a shared box skews the figures)
   --keep-work        keep the temp dir (logs, configs, GNU time outputs) instead of removing it
+  --only A,B,...     run only these measurements (default: all of them):
+                       raw      (a) pg_dump -Fc -Z0 > /dev/null
+                       floor    (b) pg_dump -Fc -Z0 | zstd -3 -T1 | aws s3 cp - s3://...
+                       stowage  (c) stowage run, zstd
+                       restic   (d) pg_dump -Fc -Z0 | restic backup --stdin (S3 repository)
+                       cron     (e) pg_dump | gzip > file && aws s3 sync
+                       gzip     stowage run, gzip        ref  pg_dump -Fc -Z0 | zstd -3 > /dev/null
+                       age      stowage run, zstd + age
+                       restore  stowage restore of (c)'s backup vs pg_restore (-j 1/2/4) of a
+                                local file, into fresh databases (needs stowage)
+  --profile BIN      after the timed runs of each size, one more (untimed) stowage backup as (c)
+                     under perf record -g, with BIN (an unstripped build); top symbols to the JSON
 env: PG_BIN (default /usr/lib/postgresql/15/bin), STOWAGE_TOOLS (venv for moto/awscli)
 EOF
 }
@@ -51,6 +72,8 @@ while [[ $# -gt 0 ]]; do
         --keep-work) KEEP_WORK=1; shift ;;
         --idle-wait) IDLE_WAIT="$2"; shift 2 ;;
         --results-dir) RESULTS_DIR="$2"; shift 2 ;;
+        --only) ONLY="$2"; shift 2 ;;
+        --profile) PROFILE_BIN="$2"; shift 2 ;;
         -h|--help) usage; exit 0 ;;
         *) echo "unknown option: $1" >&2; usage >&2; exit 2 ;;
     esac
@@ -60,6 +83,17 @@ for s in "${SIZE_LIST[@]}"; do
     [[ "$s" =~ ^[0-9]+$ && "$s" -ge 16 ]] || { echo "invalid size: $s (MiB, at least 16)" >&2; exit 2; }
 done
 [[ "$REPEAT" =~ ^[1-9][0-9]*$ ]] || { echo "invalid --repeat: $REPEAT" >&2; exit 2; }
+IFS=',' read -r -a ONLY_LIST <<<"$ONLY"
+for k in "${ONLY_LIST[@]}"; do
+    [[ ",$ALL_KINDS," == *",$k,"* ]] || { echo "unknown measurement in --only: $k (one of $ALL_KINDS)" >&2; exit 2; }
+done
+want() { [[ ",$ONLY," == *",$1,"* ]]; }
+if want restore && ! want stowage; then
+    echo "--only restore needs stowage too (it restores the backup (c) made)" >&2; exit 2
+fi
+if [[ -n "$PROFILE_BIN" ]]; then
+    [[ -x "$PROFILE_BIN" ]] || { echo "--profile: $PROFILE_BIN is not an executable" >&2; exit 2; }
+fi
 
 log() { printf '[bench %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -76,8 +110,25 @@ if [[ ! -x /usr/bin/time ]]; then
 fi
 HAVE_ZSTD=0
 command -v zstd >/dev/null 2>&1 && HAVE_ZSTD=1
+if want floor && [[ "$HAVE_ZSTD" != 1 ]]; then
+    log "installing zstd (for the floor pipeline)"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq zstd >/dev/null \
+        || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq zstd >/dev/null; } \
+        || die "zstd not found and apt-get install zstd failed: the floor measurement needs it"
+    HAVE_ZSTD=1
+fi
+# (d) restic: Debian's package (0.14 on Debian 12).
+if want restic && ! command -v restic >/dev/null 2>&1; then
+    log "installing restic"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq restic >/dev/null \
+        || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq restic >/dev/null; } \
+        || die "restic not found and apt-get install restic failed: measurement (d) needs it"
+fi
+if [[ -n "$PROFILE_BIN" ]] && ! command -v perf >/dev/null 2>&1; then
+    die "--profile needs perf (apt-get install linux-perf)"
+fi
 # (f) encrypts to an age X25519 recipient generated here; age-keygen comes with Debian's `age`.
-if ! command -v age-keygen >/dev/null 2>&1; then
+if want age && ! command -v age-keygen >/dev/null 2>&1; then
     log "installing age (for age-keygen)"
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq age >/dev/null \
         || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq age >/dev/null; } \
@@ -157,9 +208,12 @@ fi
 # (f) stowage zstd+age: a throwaway age X25519 key pair in the temp dir; the job gets only the
 # recipient (public key), like a real backup host.
 AGE_KEY="$WORK/age-key.txt"
-age-keygen -o "$AGE_KEY" 2>/dev/null || die "age-keygen -o $AGE_KEY failed"
-AGE_RECIPIENT="$(age-keygen -y "$AGE_KEY")"
-[[ "$AGE_RECIPIENT" == age1* ]] || die "age-keygen -y gave no age1... recipient: $AGE_RECIPIENT"
+AGE_RECIPIENT=""
+if want age; then
+    age-keygen -o "$AGE_KEY" 2>/dev/null || die "age-keygen -o $AGE_KEY failed"
+    AGE_RECIPIENT="$(age-keygen -y "$AGE_KEY")"
+    [[ "$AGE_RECIPIENT" == age1* ]] || die "age-keygen -y gave no age1... recipient: $AGE_RECIPIENT"
+fi
 
 # Everything stays on loopback; S3 credentials are dummies (moto does not check them).
 export NO_PROXY="127.0.0.1,localhost" no_proxy="127.0.0.1,localhost"
@@ -169,6 +223,9 @@ export AWS_CONFIG_FILE=/dev/null AWS_SHARED_CREDENTIALS_FILE=/dev/null AWS_EC2_M
 # stowage runs pg_dump from PATH: make it PostgreSQL 15's, not Debian's version wrapper.
 export PATH="$PG_BIN:$PATH"
 export PGCONNECT_TIMEOUT=15
+# restic: a throwaway repository password; its cache in the temp dir.
+export RESTIC_PASSWORD=bench RESTIC_CACHE_DIR="$WORK/restic-cache"
+unset RESTIC_REPOSITORY RESTIC_PASSWORD_FILE RESTIC_PASSWORD_COMMAND
 
 free_port() {
     "$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
@@ -504,6 +561,125 @@ measure_stowage() {
     check_stored "$d" "$prefix" "$([[ -n "$recipient" ]] && echo 1 || echo 0)"
 }
 
+# measure_floor DIR PREFIX URL: (b) pg_dump -Fc -Z0 | zstd -3 -T1 | aws s3 cp - s3://bench/PREFIX/…
+# The least any streaming tool with zstd -3 to this S3 server can take: nothing hashed, nothing
+# checked, awscli's own multipart upload (8 MiB parts, 10 threads; --expected-size is only
+# needed above 50 GB).
+measure_floor() {
+    local d="$1" prefix="$2" url="$3" t0 t1
+    wait_idle "$d"
+    cpu_snapshot >"$d/cpu0"
+    t0=$(now)
+    /usr/bin/time -v -o "$d/time-dump" "$PG_BIN/pg_dump" -Fc -Z0 -d "$url" \
+        | /usr/bin/time -v -o "$d/time-zstd" zstd -3 -T1 -q \
+        | /usr/bin/time -v -o "$d/time-aws" "$AWS" s3 cp - "s3://bench/$prefix/db.pgdump.zst" \
+            --endpoint-url "$ENDPOINT" --only-show-errors
+    t1=$(now)
+    cpu_after >"$d/cpu1"
+    echo "$t0 $t1" >"$d/wall"
+    s3_total_bytes "$prefix" >"$d/stored"
+}
+
+# measure_restic DIR PREFIX URL: (d) pg_dump -Fc -Z0 | restic backup --stdin into a fresh S3
+# repository s3:http://127.0.0.1:PORT/bench/PREFIX/restic (plain HTTP on loopback; `restic
+# init`, untimed, first). A fresh repository each time: pg_dump's output is the same every
+# run, so a second backup into the same repository would dedupe everything and upload nothing,
+# while stowage uploads it whole every time. restic 0.14 makes repository format 2, which
+# compresses (zstd, "auto" level) by default.
+measure_restic() {
+    local d="$1" prefix="$2" url="$3" t0 t1 repo
+    repo="s3:$ENDPOINT/bench/$prefix/restic"
+    echo "$repo" >"$d/repo"
+    restic -r "$repo" init >"$d/init.log" 2>&1 || { cat "$d/init.log" >&2; die "restic init $repo failed"; }
+    wait_idle "$d"
+    cpu_snapshot >"$d/cpu0"
+    t0=$(now)
+    /usr/bin/time -v -o "$d/time-dump" "$PG_BIN/pg_dump" -Fc -Z0 -d "$url" \
+        | /usr/bin/time -v -o "$d/time-restic" restic -r "$repo" backup --stdin --stdin-filename db.pgdump \
+            --host bench --json >"$d/restic.json" 2>"$d/restic.err" \
+        || { cat "$d/restic.err" >&2; die "restic backup failed"; }
+    t1=$(now)
+    cpu_after >"$d/cpu1"
+    echo "$t0 $t1" >"$d/wall"
+    s3_total_bytes "$prefix/restic" >"$d/stored"
+    grep '"message_type":"summary"' "$d/restic.json" >"$d/summary.json" \
+        || { cat "$d/restic.json" "$d/restic.err" >&2; die "restic backup printed no summary"; }
+}
+
+# run_sampled DIR CMD...: run CMD under GNU time (DIR/time) in the background, sample the peak
+# RSS of the process GNU time starts (and of its children) until it exits (DIR/hwm); return its
+# exit status. Output to DIR/out.log.
+run_sampled() {
+    local d="$1" tpid spid="" rc=0
+    shift
+    /usr/bin/time -v -o "$d/time" "$@" >"$d/out.log" 2>&1 &
+    tpid=$!
+    for _ in $(seq 1 200); do
+        read -r spid _ 2>/dev/null <"/proc/$tpid/task/$tpid/children" || true
+        [[ -n "$spid" ]] && break
+        kill -0 "$tpid" 2>/dev/null || break
+        read -r -t 0.01 -u "$PAUSE_FD" _ || true
+    done
+    if [[ -n "$spid" ]]; then sample_hwm "$spid" "$d/hwm"; else echo "0 0" >"$d/hwm"; fi
+    wait "$tpid" || rc=$?
+    return "$rc"
+}
+
+# Row counts of the generated tables (a restore must bring them all back).
+row_counts() { # url
+    psql_q "$1" -At -c "select (select count(*) from events) || ' ' || (select count(*) from customers) || ' ' || (select coalesce(sum(id), 0) from customers)"
+}
+
+# measure_restore DIR KIND URL_ADMIN DB SRC_COUNTS CONFIG|DUMPFILE [JOBS]: restore into the
+# fresh database DB (created here, untimed, after a CHECKPOINT so no earlier restore's dirty
+# pages are flushed on this one's time), then check its row counts against the source's, and
+# drop it. KIND stowage: `stowage restore bench latest --to URL` with CONFIG ((c)'s job: it
+# streams the backup from S3 into `pg_restore --exit-on-error --single-transaction`). KIND pg:
+# `pg_restore [-j JOBS] -d URL DUMPFILE` (the file is read once beforehand, untimed, so it comes
+# from the page cache like stowage's comes from moto's memory). KIND pg1tx: as pg with stowage's
+# options (--exit-on-error --single-transaction), the like-for-like figure.
+measure_restore() {
+    local d="$1" kind="$2" admin="$3" db="$4" src="$5" arg="$6" jobs="${7:-1}" url t0 t1 rc=0 got
+    url="${admin%/*}/$db"
+    psql_q "$admin" -c "SET client_min_messages = warning" -c "DROP DATABASE IF EXISTS $db" -c "CREATE DATABASE $db" -c "CHECKPOINT"
+    [[ "$kind" == stowage ]] || cat "$arg" >/dev/null
+    wait_idle "$d"
+    cpu_snapshot >"$d/cpu0"
+    t0=$(now)
+    case "$kind" in
+        stowage) run_sampled "$d" "$STOWAGE" --config "$arg" restore bench latest --to "$url" || rc=$? ;;
+        pg) run_sampled "$d" "$PG_BIN/pg_restore" -j "$jobs" -d "$url" "$arg" || rc=$? ;;
+        pg1tx) run_sampled "$d" "$PG_BIN/pg_restore" --exit-on-error --single-transaction -d "$url" "$arg" || rc=$? ;;
+    esac
+    t1=$(now)
+    cpu_after >"$d/cpu1"
+    echo "$t0 $t1" >"$d/wall"
+    if [[ "$rc" != 0 ]]; then
+        cat "$d/out.log" >&2
+        die "restore ($kind -j $jobs) into $db exited with $rc"
+    fi
+    got=$(row_counts "$url")
+    echo "$got" >"$d/rows"
+    [[ "$got" == "$src" ]] || die "restore ($kind -j $jobs) into $db: rows (events customers sum(customers.id)) $got, source has $src"
+    psql_q "$admin" -c "DROP DATABASE $db"
+}
+
+# profile_stowage DIR PREFIX URL: one (c) backup with $PROFILE_BIN under perf record -g (not
+# timed; separate from the measurements); the report of stowage's own samples, by symbol.
+profile_stowage() {
+    local d="$1" prefix="$2" url="$3"
+    mkdir -p "$d"
+    write_config "$d/stowage.toml" zstd "$prefix" "$url"
+    wait_idle "$d"
+    perf record -q -F 999 -g -o "$d/perf.data" -- "$PROFILE_BIN" --config "$d/stowage.toml" run bench \
+        >"$d/stowage.log" 2>&1 || { cat "$d/stowage.log" >&2; die "profiled stowage run failed"; }
+    # By thread name: stowage's threads are "stowage" and "tokio-rt-worker"; its children "pg_dump"
+    # and "pg_restore" (which reads the archive's header after the dump).
+    perf report -i "$d/perf.data" --no-children --sort comm,dso,symbol --stdio -q -g none \
+        --percent-limit 0.05 2>/dev/null >"$d/report.txt" || die "perf report failed"
+    perf report -i "$d/perf.data" --no-children --sort comm --stdio -q -g none 2>/dev/null >"$d/report-comm.txt" || true
+}
+
 # measure_cron DIR PREFIX URL: pg_dump (plain) | gzip > file, then aws s3 sync.
 measure_cron() {
     local d="$1" prefix="$2" url="$3" out t0 t1 t2
@@ -545,43 +721,108 @@ run_size() {
     log "  warm-up pg_dump (not timed)"
     "$PG_BIN/pg_dump" -Fc -Z0 -d "$url" >/dev/null
 
+    local src_rows="" dumpfile="$WORK/local-${mib}mb.pgdump" kinds=()
+    if want restore; then
+        src_rows=$(row_counts "$url")
+        log "  local pg_dump -Fc -Z0 file for pg_restore (not timed); source rows (events customers sum(id)): $src_rows"
+        "$PG_BIN/pg_dump" -Fc -Z0 -d "$url" -f "$dumpfile"
+        chmod 644 "$dumpfile"
+    fi
+
     for r in $(seq 1 "$REPEAT"); do
-        local p="${mib}mb/r$r"
-        mkdir -p "$sd/r$r/raw" "$sd/r$r/ref" "$sd/r$r/zstd" "$sd/r$r/cron" "$sd/r$r/gzip" "$sd/r$r/age"
-        log "  [$r/$REPEAT] (a) raw pg_dump -Fc -Z0 > /dev/null"
-        measure_raw "$sd/r$r/raw" "$url"
-        # (b) and (f) back to back, so their ratio compares like with like; their order
-        # alternates between repetitions so that neither always goes first.
-        if (( r % 2 == 1 )); then
-            log "  [$r/$REPEAT] (b) stowage run, zstd"
-            measure_stowage "$sd/r$r/zstd" zstd "$p/stowage-zstd" "$url"
-            log "  [$r/$REPEAT] (f) stowage run, zstd + age"
-            measure_stowage "$sd/r$r/age" zstd "$p/stowage-zstd-age" "$url" "$AGE_RECIPIENT"
-        else
-            log "  [$r/$REPEAT] (f) stowage run, zstd + age"
-            measure_stowage "$sd/r$r/age" zstd "$p/stowage-zstd-age" "$url" "$AGE_RECIPIENT"
-            log "  [$r/$REPEAT] (b) stowage run, zstd"
-            measure_stowage "$sd/r$r/zstd" zstd "$p/stowage-zstd" "$url"
+        local p="${mib}mb/r$r" rd="$sd/r$r"
+        mkdir -p "$rd"/{raw,floor,zstd,restic,cron,gzip,ref,age} \
+            "$rd"/{restore-stowage,restore-pg,restore-pg1tx,restore-pg-j2,restore-pg-j4}
+        if want raw; then
+            log "  [$r/$REPEAT] (a) raw pg_dump -Fc -Z0 > /dev/null"
+            measure_raw "$rd/raw" "$url"
         fi
-        log "  [$r/$REPEAT] (c) cron script: pg_dump | gzip > file && aws s3 sync"
-        measure_cron "$sd/r$r/cron" "$p/cron" "$url"
-        log "  [$r/$REPEAT] (d) stowage run, gzip"
-        measure_stowage "$sd/r$r/gzip" gzip "$p/stowage-gzip" "$url"
-        if [[ "$HAVE_ZSTD" == 1 ]]; then
-            log "  [$r/$REPEAT] (e) reference: pg_dump -Fc -Z0 | zstd -3 > /dev/null"
-            measure_ref "$sd/r$r/ref" "$url"
+        if want floor; then
+            log "  [$r/$REPEAT] (b) floor: pg_dump -Fc -Z0 | zstd -3 -T1 | aws s3 cp -"
+            measure_floor "$rd/floor" "$p/floor" "$url"
+        fi
+        # (c) and stowage zstd+age back to back, so their ratio compares like with like; their
+        # order alternates between repetitions so that neither always goes first.
+        local order=()
+        want stowage && order+=(zstd)
+        want age && { if (( r % 2 == 1 )); then order+=(age); else order=(age "${order[@]}"); fi; }
+        for k in "${order[@]}"; do
+            if [[ "$k" == zstd ]]; then
+                log "  [$r/$REPEAT] (c) stowage run, zstd"
+                measure_stowage "$rd/zstd" zstd "$p/stowage-zstd" "$url"
+            else
+                log "  [$r/$REPEAT] stowage run, zstd + age"
+                measure_stowage "$rd/age" zstd "$p/stowage-zstd-age" "$url" "$AGE_RECIPIENT"
+            fi
+        done
+        if want restic; then
+            log "  [$r/$REPEAT] (d) restic: pg_dump -Fc -Z0 | restic backup --stdin (S3 repository)"
+            measure_restic "$rd/restic" "$p" "$url"
+        fi
+        if want cron; then
+            log "  [$r/$REPEAT] (e) cron script: pg_dump | gzip > file && aws s3 sync"
+            measure_cron "$rd/cron" "$p/cron" "$url"
+        fi
+        if want gzip; then
+            log "  [$r/$REPEAT] stowage run, gzip"
+            measure_stowage "$rd/gzip" gzip "$p/stowage-gzip" "$url"
+        fi
+        if want ref && [[ "$HAVE_ZSTD" == 1 ]]; then
+            log "  [$r/$REPEAT] reference: pg_dump -Fc -Z0 | zstd -3 > /dev/null"
+            measure_ref "$rd/ref" "$url"
+        fi
+        if want restore; then
+            # stowage first in odd repetitions, last in even ones.
+            local rorder=(pg pg1tx pg-j2 pg-j4)
+            if (( r % 2 == 1 )); then rorder=(stowage "${rorder[@]}"); else rorder+=(stowage); fi
+            for k in "${rorder[@]}"; do
+                case "$k" in
+                    stowage)
+                        log "  [$r/$REPEAT] restore: stowage restore bench latest --to <fresh db> (from S3)"
+                        measure_restore "$rd/restore-stowage" stowage "$PG_ADMIN" "restore_${mib}_r${r}_stowage" "$src_rows" "$rd/zstd/stowage.toml" ;;
+                    pg)
+                        log "  [$r/$REPEAT] restore: pg_restore -d <fresh db> local.pgdump"
+                        measure_restore "$rd/restore-pg" pg "$PG_ADMIN" "restore_${mib}_r${r}_pg" "$src_rows" "$dumpfile" 1 ;;
+                    pg1tx)
+                        log "  [$r/$REPEAT] restore: pg_restore --exit-on-error --single-transaction -d <fresh db> local.pgdump"
+                        measure_restore "$rd/restore-pg1tx" pg1tx "$PG_ADMIN" "restore_${mib}_r${r}_pg1tx" "$src_rows" "$dumpfile" ;;
+                    pg-j*)
+                        log "  [$r/$REPEAT] restore: pg_restore -j ${k#pg-j} -d <fresh db> local.pgdump"
+                        measure_restore "$rd/restore-$k" pg "$PG_ADMIN" "restore_${mib}_r${r}_pg_j${k#pg-j}" "$src_rows" "$dumpfile" "${k#pg-j}" ;;
+                esac
+            done
         fi
         # moto keeps objects in memory: free them once measured.
         "$AWS" --endpoint-url "$ENDPOINT" s3 rm "s3://bench/$p/" --recursive --only-show-errors
     done
+    rm -f "$dumpfile"
+    if [[ -n "$PROFILE_BIN" ]]; then
+        log "  profile: one stowage run (c) with $PROFILE_BIN under perf record -g (not timed)"
+        profile_stowage "$sd/profile" "${mib}mb/profile" "$url"
+        "$AWS" --endpoint-url "$ENDPOINT" s3 rm "s3://bench/${mib}mb/profile/" --recursive --only-show-errors
+    fi
 
-    local json="$RESULTS_DIR/$STAMP-${mib}mb.json"
-    "$PY" - "$sd" "$mib" "$REPEAT" "$json" "$STOWAGE_SRC" "$HAVE_ZSTD" "$STOWAGE_ID" "$GIT_REV" <<'PY'
-import json, os, platform, sys
+    for k in "${ONLY_LIST[@]}"; do
+        case "$k" in
+            stowage) kinds+=(zstd) ;;
+            ref) [[ "$HAVE_ZSTD" == 1 ]] && kinds+=(ref) ;;
+            restore) kinds+=(restore-stowage restore-pg restore-pg1tx restore-pg-j2 restore-pg-j4) ;;
+            *) kinds+=("$k") ;;
+        esac
+    done
+    local suffix=""
+    [[ "$ONLY" == "$ALL_KINDS" ]] || suffix="-only-${ONLY//,/-}"
+
+    local json="$RESULTS_DIR/$STAMP-${mib}mb$suffix.json"
+    "$PY" - "$sd" "$mib" "$REPEAT" "$json" "$STOWAGE_SRC" "$HAVE_ZSTD" "$STOWAGE_ID" "$GIT_REV" "${kinds[*]}" \
+        "$PROFILE_BIN" "$(restic version 2>/dev/null | awk '{print $2}')" <<'PY'
+import json, os, platform, re, sys
 
 sd, mib, repeat, out, stowage = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5]
 have_ref = sys.argv[6] == "1"
 stowage_id, git_rev = sys.argv[7], sys.argv[8]
+kinds = sys.argv[9].split()
+profile_bin, restic_version = sys.argv[10], sys.argv[11]
 MiB = 1024 * 1024
 
 def read(path):
@@ -600,6 +841,9 @@ def gnu_time(path):
         "exit": int(t.get("Exit status", "0")),
     }
 
+def cpu(t):
+    return t["user_s"] + t["sys_s"]
+
 def load(kind, r):
     d = f"{sd}/r{r}/{kind}"
     w = [float(x) for x in read(f"{d}/wall").split()]
@@ -611,7 +855,7 @@ def load(kind, r):
     m["machine_cpu_s"], m["pg_server_cpu_s"], m["moto_cpu_s"] = ((b - a) / hz for a, b in zip(c0, c1))
     if kind == "raw":
         t = gnu_time(f"{d}/time")
-        m.update(wall_s=w[1] - w[0], cpu_s=t["user_s"] + t["sys_s"],
+        m.update(wall_s=w[1] - w[0], cpu_s=cpu(t),
                  peak_rss_mib=t["max_rss_kb"] / 1024, stored_bytes=None)
     elif kind in ("zstd", "gzip", "age"):
         t = gnu_time(f"{d}/time")
@@ -619,25 +863,53 @@ def load(kind, r):
         own, kids = hwm[0], hwm[1]
         man = json.loads(read(f"{d}/manifest.json"))
         m.update(wall_s=w[1] - w[0],
-                 cpu_s=t["user_s"] + t["sys_s"],  # stowage + its pg_dump child
+                 cpu_s=cpu(t),                     # stowage + its pg_dump child
                  peak_rss_mib=own / 1024,          # stowage's own VmHWM
                  pg_dump_peak_rss_mib=kids / 1024,
                  tree_max_rss_mib=t["max_rss_kb"] / 1024,
                  stored_bytes=int(read(f"{d}/stored")),
                  dump_bytes=sum(s["raw_size"] for s in man["sources"]))
         if len(hwm) > 2:  # the pg_dump child's ticks as last sampled (<= 0.1 s short)
-            hz = os.sysconf("SC_CLK_TCK")
             m.update(pg_dump_cpu_s=hwm[2] / hz, stowage_own_cpu_s=m["cpu_s"] - hwm[2] / hz)
         m["encryption"] = man.get("encryption")
         m["object_key"] = read(f"{d}/object_key")  # checked by check_stored: .age (f) or not
     elif kind == "ref":
         td, tz = (gnu_time(f"{d}/time-{x}") for x in ("dump", "zstd"))
-        m.update(wall_s=w[1] - w[0], cpu_s=sum(x["user_s"] + x["sys_s"] for x in (td, tz)),
+        m.update(wall_s=w[1] - w[0], cpu_s=sum(cpu(x) for x in (td, tz)),
                  peak_rss_mib=max(td["max_rss_kb"], tz["max_rss_kb"]) / 1024, stored_bytes=None)
+    elif kind == "floor":
+        td, tz, ta = (gnu_time(f"{d}/time-{x}") for x in ("dump", "zstd", "aws"))
+        m.update(wall_s=w[1] - w[0], cpu_s=sum(cpu(x) for x in (td, tz, ta)),
+                 pg_dump_cpu_s=cpu(td), zstd_cpu_s=cpu(tz), aws_cpu_s=cpu(ta),
+                 peak_rss_mib=max(td["max_rss_kb"], tz["max_rss_kb"], ta["max_rss_kb"]) / 1024,
+                 pg_dump_peak_rss_mib=td["max_rss_kb"] / 1024, zstd_peak_rss_mib=tz["max_rss_kb"] / 1024,
+                 aws_peak_rss_mib=ta["max_rss_kb"] / 1024,
+                 stored_bytes=int(read(f"{d}/stored")))
+    elif kind == "restic":
+        td, tr = (gnu_time(f"{d}/time-{x}") for x in ("dump", "restic"))
+        summ = json.loads(read(f"{d}/summary.json"))
+        m.update(wall_s=w[1] - w[0], cpu_s=cpu(td) + cpu(tr), pg_dump_cpu_s=cpu(td), restic_cpu_s=cpu(tr),
+                 peak_rss_mib=max(td["max_rss_kb"], tr["max_rss_kb"]) / 1024,
+                 pg_dump_peak_rss_mib=td["max_rss_kb"] / 1024, restic_peak_rss_mib=tr["max_rss_kb"] / 1024,
+                 stored_bytes=int(read(f"{d}/stored")),
+                 restic_data_added=summ.get("data_added"),
+                 restic_total_bytes_processed=summ.get("total_bytes_processed"),
+                 repository=read(f"{d}/repo"))
+    elif kind.startswith("restore-"):
+        t = gnu_time(f"{d}/time")
+        hwm = [int(x) for x in read(f"{d}/hwm").split()]
+        m.update(wall_s=w[1] - w[0], cpu_s=cpu(t), stored_bytes=None,
+                 tree_max_rss_mib=t["max_rss_kb"] / 1024, rows=read(f"{d}/rows"))
+        if kind == "restore-stowage":
+            m.update(peak_rss_mib=hwm[0] / 1024, pg_restore_peak_rss_mib=hwm[1] / 1024)
+            if len(hwm) > 2:
+                m.update(pg_restore_cpu_s=hwm[2] / hz, stowage_own_cpu_s=m["cpu_s"] - hwm[2] / hz)
+        else:
+            m.update(peak_rss_mib=t["max_rss_kb"] / 1024)
     else:  # cron
         td, tg, ts = (gnu_time(f"{d}/time-{x}") for x in ("dump", "gzip", "sync"))
         m.update(wall_s=w[2] - w[0], dump_gzip_wall_s=w[1] - w[0], sync_wall_s=w[2] - w[1],
-                 cpu_s=sum(x["user_s"] + x["sys_s"] for x in (td, tg, ts)),
+                 cpu_s=sum(cpu(x) for x in (td, tg, ts)),
                  peak_rss_mib=max(td["max_rss_kb"], tg["max_rss_kb"], ts["max_rss_kb"]) / 1024,
                  pg_dump_peak_rss_mib=td["max_rss_kb"] / 1024,
                  gzip_peak_rss_mib=tg["max_rss_kb"] / 1024,
@@ -646,7 +918,6 @@ def load(kind, r):
     return m
 
 cpus = os.cpu_count() or 1
-kinds = ["raw", "zstd", "cron", "gzip", "age"] + (["ref"] if have_ref else [])
 RUNS = {}
 for kind in kinds:
     RUNS[kind] = [load(kind, r) for r in range(1, repeat + 1)]
@@ -673,6 +944,7 @@ def pick_run(kind):
                                                           "other_cpu_s", "peak_rss_mib")}, clean=x["clean"])
                         for x in runs]
     best["max_peak_rss_mib"] = max(x["peak_rss_mib"] for x in runs)
+    best["min_peak_rss_mib"] = min(x["peak_rss_mib"] for x in runs)
     return {k: (round(v, 3) if isinstance(v, float) else v) for k, v in best.items()}
 
 def wall_ratio(num, den, key="wall_s"):
@@ -684,109 +956,234 @@ def wall_ratio(num, den, key="wall_s"):
     per_run = [a[key] / b[key] for a, b in clean]
     return round(lower_median(per_run), 3), [round(x, 3) for x in per_run]
 
-m = {"raw_pg_dump": pick_run("raw"), "stowage_zstd": pick_run("zstd"),
-     "cron_pg_dump_gzip_aws_sync": pick_run("cron"), "stowage_gzip": pick_run("gzip"),
-     "stowage_zstd_age": pick_run("age")}
-raw, z, cron, g, fa = (m[k] for k in ("raw_pg_dump", "stowage_zstd", "cron_pg_dump_gzip_aws_sync", "stowage_gzip",
-                                      "stowage_zstd_age"))
-ref = None
-if have_ref:
-    ref = m["reference_pg_dump_zstd3_devnull"] = pick_run("ref")
-ratios, per_run_ratios = {}, {}
-for name, num, den in (("stowage_wall_over_raw_pg_dump", "zstd", "raw"),
-                       ("stowage_wall_over_cron", "zstd", "cron"),
-                       ("stowage_gzip_wall_over_cron", "gzip", "cron")) + ((("reference_wall_over_raw_pg_dump", "ref", "raw"),) if ref else ()):
-    ratios[name], per_run_ratios[name] = wall_ratio(num, den)
-# (f)/(b): what encryption costs, within each repetition ((b) and (f) run back to back).
+NAMES = {"raw": "raw_pg_dump", "floor": "floor_zstd_aws", "zstd": "stowage_zstd", "restic": "restic_stdin",
+         "cron": "cron_pg_dump_gzip_aws_sync", "gzip": "stowage_gzip", "age": "stowage_zstd_age",
+         "ref": "reference_pg_dump_zstd3_devnull",
+         "restore-stowage": "restore_stowage", "restore-pg": "restore_pg_restore",
+         "restore-pg1tx": "restore_pg_restore_single_transaction",
+         "restore-pg-j2": "restore_pg_restore_j2", "restore-pg-j4": "restore_pg_restore_j4"}
+m = {NAMES[k]: pick_run(k) for k in kinds}
+M = {k: m[NAMES[k]] for k in kinds}  # by short name
+has = lambda *ks: all(k in RUNS for k in ks)
+
+ratios, per_run_ratios, targets = {}, {}, {}
+def ratio(name, num, den, key="wall_s", target=None):
+    if has(num, den):
+        ratios[name], per_run_ratios[name] = wall_ratio(num, den, key)
+        if target is not None:
+            targets[name] = target
+for name, num, den, tgt in (("stowage_wall_over_raw_pg_dump", "zstd", "raw", 1.2),
+                            ("stowage_wall_over_floor", "zstd", "floor", 1.1),
+                            ("stowage_wall_over_restic", "zstd", "restic", 1.0),
+                            ("stowage_wall_over_cron", "zstd", "cron", 0.4),
+                            ("stowage_gzip_wall_over_cron", "gzip", "cron", None),
+                            ("floor_wall_over_raw_pg_dump", "floor", "raw", None),
+                            ("restic_wall_over_raw_pg_dump", "restic", "raw", None),
+                            ("reference_wall_over_raw_pg_dump", "ref", "raw", None),
+                            ("restore_stowage_wall_over_pg_restore", "restore-stowage", "restore-pg", 1.15),
+                            ("restore_stowage_wall_over_pg_restore_single_transaction", "restore-stowage", "restore-pg1tx", None),
+                            ("restore_pg_restore_j2_wall_over_pg_restore", "restore-pg-j2", "restore-pg", None),
+                            ("restore_pg_restore_j4_wall_over_pg_restore", "restore-pg-j4", "restore-pg", None),
+                            ("restore_pg_restore_j2_wall_over_single_transaction", "restore-pg-j2", "restore-pg1tx", None)):
+    ratio(name, num, den, target=tgt)
+ratio("stowage_cpu_over_floor", "zstd", "floor", "cpu_s")
+ratio("stowage_cpu_over_restic", "zstd", "restic", "cpu_s")
+# stowage zstd+age over stowage zstd: what encryption costs ((c) and it run back to back).
 # cpu = user+sys of stowage and its pg_dump child (GNU time); own cpu = without pg_dump.
-ratios["stowage_age_wall_over_stowage_zstd"], per_run_ratios["stowage_age_wall_over_stowage_zstd"] = \
-    wall_ratio("age", "zstd")
-ratios["stowage_age_cpu_over_stowage_zstd"], per_run_ratios["stowage_age_cpu_over_stowage_zstd"] = \
-    wall_ratio("age", "zstd", "cpu_s")
-if all("stowage_own_cpu_s" in x for k in ("age", "zstd") for x in RUNS[k]):
-    ratios["stowage_age_own_cpu_over_stowage_zstd_own_cpu"], \
-        per_run_ratios["stowage_age_own_cpu_over_stowage_zstd_own_cpu"] = wall_ratio("age", "zstd", "stowage_own_cpu_s")
-ratios["stowage_peak_rss_mib"] = z["max_peak_rss_mib"]  # worst of all runs
-ratios["stowage_age_peak_rss_mib"] = fa["max_peak_rss_mib"]
-targets = {"stowage_wall_over_raw_pg_dump": 1.2, "stowage_wall_over_cron": 0.4, "stowage_peak_rss_mib": 64,
-           "stowage_age_wall_over_stowage_zstd": 1.1, "stowage_age_cpu_over_stowage_zstd": 1.1}
+ratio("stowage_age_wall_over_stowage_zstd", "age", "zstd", target=1.1)
+ratio("stowage_age_cpu_over_stowage_zstd", "age", "zstd", "cpu_s", target=1.1)
+if has("age", "zstd") and all("stowage_own_cpu_s" in x for k in ("age", "zstd") for x in RUNS[k]):
+    ratio("stowage_age_own_cpu_over_stowage_zstd_own_cpu", "age", "zstd", "stowage_own_cpu_s")
+if has("zstd"):
+    ratios["stowage_peak_rss_mib"] = M["zstd"]["max_peak_rss_mib"]  # worst of all runs
+    targets["stowage_peak_rss_mib"] = 64
+    # "peak RSS below both": stowage's worst run against the best run of each peer.
+    for name, k in (("floor", "floor"), ("restic", "restic")):
+        if has(k):
+            ratios[f"stowage_peak_rss_over_{name}_peak_rss"] = round(M["zstd"]["max_peak_rss_mib"] / M[k]["min_peak_rss_mib"], 3)
+            targets[f"stowage_peak_rss_over_{name}_peak_rss"] = 1.0
+if has("age"):
+    ratios["stowage_age_peak_rss_mib"] = M["age"]["max_peak_rss_mib"]
+STRICT = {"stowage_wall_over_restic", "stowage_peak_rss_over_floor_peak_rss", "stowage_peak_rss_over_restic_peak_rss"}
+passed = {k: (ratios[k] < v if k in STRICT else ratios[k] <= v) for k, v in targets.items()}
+
+# How busy the machine was: what the script saw before each measurement and during it.
+allruns = [x for k in kinds for x in RUNS[k]]
+noise = {"measurements": len(allruns), "clean": sum(x["clean"] for x in allruns),
+         "other_cpu_s_total": round(sum(x["other_cpu_s"] for x in allruns), 1),
+         "measured_wall_s_total": round(sum(x["wall_s"] for x in allruns), 1),
+         "loadavg_before_min_max": [min(x["loadavg_before"] for x in allruns), max(x["loadavg_before"] for x in allruns)],
+         "busy_pct_before_median": lower_median([x["other_cpu_busy_pct_before"] for x in allruns]),
+         "rule": "a run is clean when other work used <= 5% of the machine's CPU during it"}
+
 db_size = int(read(f"{sd}/db_size"))
+dump_bytes = next((M[k]["dump_bytes"] for k in ("zstd", "gzip", "age") if k in M), None)
 res = {
     "size_mib_requested": mib,
     "pg_database_size_bytes": db_size,
-    "dump_bytes_custom_uncompressed": z["dump_bytes"],
+    "dump_bytes_custom_uncompressed": dump_bytes,
     "repeat": repeat,
+    "measured": kinds,
     "machine": {"cpus": os.cpu_count(), "kernel": platform.release(),
                 "mem_mib": os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // MiB},
+    "noise": noise,
     "stowage_binary": stowage,
     "stowage_binary_id": stowage_id,
     "git_rev": git_rev,
+    "restic_version": restic_version if "restic" in kinds else None,
     "measurements": m,
     "ratios": ratios,
     "per_repetition_ratios": per_run_ratios,
     "targets": targets,
-    "pass": {k: ratios[k] <= v for k, v in targets.items()},
+    "pass": passed,
 }
+
+# The profile (--profile): perf report lines "  12.34%  comm  dso  [.] symbol".
+prof_dir = f"{sd}/profile"
+AREAS = [("zstd", lambda s, d: re.search(r"ZSTD|HUF_|FSE_|HIST_|zstd", s)),
+         ("sha256", lambda s, d: re.search(r"sha2|sha256|SHA256", s, re.I)),
+         ("crc/checksums", lambda s, d: re.search(r"crc|checksum", s, re.I)),
+         ("age/chacha20-poly1305", lambda s, d: re.search(r"chacha|poly1305|age::", s, re.I)),
+         ("memcpy/memmove/memset", lambda s, d: re.search(r"mem(cpy|move|set)", s)),
+         ("allocator", lambda s, d: re.search(r"malloc|free|realloc|_int_|alloc::|__rust_(alloc|dealloc|realloc)|cfree", s)),
+         ("HTTP/S3 client (hyper, aws-smithy, aws-sdk, sigv4)", lambda s, d: re.search(r"hyper|h2::|http::|aws_smithy|aws_sdk|aws_sigv4|aws_runtime|rustls|aws_lc", s)),
+         ("tokio runtime", lambda s, d: re.search(r"tokio", s)),
+         ("kernel (syscalls: pipe reads, socket writes, faults)", lambda s, d: d == "[kernel.kallsyms]"),
+         ("libc other", lambda s, d: d.startswith("libc")),
+         ("other", lambda s, d: True)]
+if profile_bin and os.path.exists(f"{prof_dir}/report.txt"):
+    rows = []
+    for line in read(f"{prof_dir}/report.txt").splitlines():
+        mm = re.match(r"\s*([\d.]+)%\s+(\S+)\s+(\S+)\s+\[(.)\]\s+(.*)$", line)
+        if mm:
+            rows.append((float(mm[1]), mm[2], mm[3], mm[5].strip()))
+    by_comm = {}
+    for pct, comm, dso, sym in rows:
+        by_comm[comm] = by_comm.get(comm, 0) + pct
+    # stowage's children: pg_dump, and pg_restore (it reads the archive's header after the dump)
+    own = [r for r in rows if r[1] not in ("pg_dump", "pg_restore", "perf", "perf-exec", "time")]
+    own_total = sum(r[0] for r in own) or 1
+    areas = {}
+    for pct, comm, dso, sym in own:
+        name = next(n for n, f in AREAS if f(sym, dso))
+        areas[name] = areas.get(name, 0) + pct
+    res["profile"] = {
+        "binary": profile_bin,
+        "how": "perf record -F 999 -g of one stowage run (c), separate from the timed runs; "
+               "perf report --no-children --sort comm,dso,symbol (symbols >= 0.05%)",
+        "samples_pct_by_thread_name": {k: round(v, 1) for k, v in sorted(by_comm.items(), key=lambda kv: -kv[1])},
+        "stowage_own_pct_of_all_samples": round(own_total, 1),
+        "stowage_areas_pct_of_stowage": {k: round(100 * v / own_total, 1)
+                                          for k, v in sorted(areas.items(), key=lambda kv: -kv[1])},
+        "stowage_top_symbols": [{"pct_of_stowage": round(100 * p / own_total, 2), "thread": c, "dso": d, "symbol": s[:160]}
+                                for p, c, d, s in sorted(own, key=lambda r: -r[0])[:40]],
+    }
+
 with open(out, "w") as f:
     json.dump(res, f, indent=1)
     f.write("\n")
 
 def mb(b):
     return "-" if b is None else f"{b / MiB:.1f}"
+def verdict(k):
+    return "ok" if passed[k] else "MISSED"
 
 print()
-print(f"== {mib} MiB requested: pg_database_size {db_size / MiB:.0f} MiB, "
-      f"pg_dump -Fc -Z0 output {z['dump_bytes'] / MiB:.0f} MiB"
+print(f"== {mib} MiB requested: pg_database_size {db_size / MiB:.0f} MiB"
+      + (f", pg_dump -Fc -Z0 output {dump_bytes / MiB:.0f} MiB" if dump_bytes else "")
       + (f", median of the clean runs out of {repeat}" if repeat > 1 else ""))
-print(f"{'':34}{'wall s':>8}{'cpu s':>7}{'pg srv':>7}{'moto':>6}{'other':>6}{'peak RSS MiB':>13}{'stored MiB':>11}{'ratio':>6}")
-rows = [("(a) raw pg_dump -Fc -Z0 >/dev/null", raw), ("(b) stowage run, zstd", z),
-        ("(c) cron: pg_dump|gzip; aws sync", cron), ("(d) stowage run, gzip", g)]
-if ref:
-    rows.append(("(e) ref: pg_dump|zstd -3 >/dev/null", ref))
-rows.append(("(f) stowage run, zstd + age", fa))
-for name, x in rows:
-    ratio = "" if not x.get("stored_bytes") else f"{z['dump_bytes'] / x['stored_bytes']:.2f}"
-    print(f"{name:34}{x['wall_s']:8.2f}{x['cpu_s']:7.2f}{x['pg_server_cpu_s']:7.2f}{x['moto_cpu_s']:6.2f}"
-          f"{x['other_cpu_s']:6.1f}{x['peak_rss_mib']:13.1f}{mb(x['stored_bytes']):>11}{ratio:>6}")
+print(f"{'':40}{'wall s':>8}{'cpu s':>7}{'pg srv':>7}{'moto':>6}{'other':>6}{'peak RSS MiB':>13}{'stored MiB':>11}{'ratio':>6}")
+LABELS = [("raw", "(a) raw pg_dump -Fc -Z0 >/dev/null"), ("floor", "(b) floor: pg_dump|zstd -3|aws s3 cp -"),
+          ("zstd", "(c) stowage run, zstd"), ("restic", "(d) pg_dump|restic backup --stdin"),
+          ("cron", "(e) cron: pg_dump|gzip; aws s3 sync"),
+          ("gzip", "    stowage run, gzip"), ("ref", "    ref: pg_dump|zstd -3 >/dev/null"),
+          ("age", "    stowage run, zstd + age")]
+for k, name in LABELS:
+    if k not in M:
+        continue
+    x = M[k]
+    ratio_s = "" if not (x.get("stored_bytes") and dump_bytes) else f"{dump_bytes / x['stored_bytes']:.2f}"
+    print(f"{name:40}{x['wall_s']:8.2f}{x['cpu_s']:7.2f}{x['pg_server_cpu_s']:7.2f}{x['moto_cpu_s']:6.2f}"
+          f"{x['other_cpu_s']:6.1f}{x['peak_rss_mib']:13.1f}{mb(x['stored_bytes']):>11}{ratio_s:>6}")
 print("    cpu s = the measured processes (user+sys); pg srv / moto = the servers' CPU meanwhile;"
       " other = CPU anything else used meanwhile (noise)")
-print(f"    cron detail: pg_dump|gzip {cron['dump_gzip_wall_s']:.2f} s + aws s3 sync {cron['sync_wall_s']:.2f} s; "
-      f"peak RSS pg_dump {cron['pg_dump_peak_rss_mib']:.1f}, gzip {cron['gzip_peak_rss_mib']:.1f}, "
-      f"aws {cron['aws_peak_rss_mib']:.1f} MiB")
-print(f"    stowage detail: RSS is stowage's own peak; its pg_dump child peaked at "
-      f"{z['pg_dump_peak_rss_mib']:.1f} MiB (zstd) / {g['pg_dump_peak_rss_mib']:.1f} MiB (gzip); "
-      f"cpu s includes that child")
-if "stowage_own_cpu_s" in z and "stowage_own_cpu_s" in fa:
-    print(f"    stowage cpu s split: zstd {z['stowage_own_cpu_s']:.2f} + pg_dump {z['pg_dump_cpu_s']:.2f}; "
-          f"zstd+age {fa['stowage_own_cpu_s']:.2f} + pg_dump {fa['pg_dump_cpu_s']:.2f} "
-          f"(pg_dump's ticks as last sampled, <= 0.1 s short)")
-print(f"    (f) stored {fa['object_key'].rsplit('/', 1)[-1]} (age header and manifest \"encryption\": "
-      f"\"{fa['encryption']}\" checked); (b) stored {z['object_key'].rsplit('/', 1)[-1]}")
-def verdict(k):
-    return "ok" if res["pass"][k] else "MISSED"
+if "floor" in M:
+    f_ = M["floor"]
+    print(f"    floor detail: cpu pg_dump {f_['pg_dump_cpu_s']:.2f} + zstd {f_['zstd_cpu_s']:.2f} + aws {f_['aws_cpu_s']:.2f} s; "
+          f"peak RSS pg_dump {f_['pg_dump_peak_rss_mib']:.1f}, zstd {f_['zstd_peak_rss_mib']:.1f}, aws {f_['aws_peak_rss_mib']:.1f} MiB")
+if "restic" in M:
+    r_ = M["restic"]
+    print(f"    restic detail: cpu pg_dump {r_['pg_dump_cpu_s']:.2f} + restic {r_['restic_cpu_s']:.2f} s; "
+          f"peak RSS pg_dump {r_['pg_dump_peak_rss_mib']:.1f}, restic {r_['restic_peak_rss_mib']:.1f} MiB; "
+          f"restic {restic_version}, new repository each run")
+if "cron" in M:
+    cron = M["cron"]
+    print(f"    cron detail: pg_dump|gzip {cron['dump_gzip_wall_s']:.2f} s + aws s3 sync {cron['sync_wall_s']:.2f} s; "
+          f"peak RSS pg_dump {cron['pg_dump_peak_rss_mib']:.1f}, gzip {cron['gzip_peak_rss_mib']:.1f}, "
+          f"aws {cron['aws_peak_rss_mib']:.1f} MiB")
+if "zstd" in M:
+    z = M["zstd"]
+    print(f"    stowage detail: RSS is stowage's own peak (worst run {z['max_peak_rss_mib']:.1f} MiB); its pg_dump child peaked at "
+          f"{z['pg_dump_peak_rss_mib']:.1f} MiB; cpu s includes that child"
+          + (f" (stowage {z['stowage_own_cpu_s']:.2f} + pg_dump {z['pg_dump_cpu_s']:.2f})" if "stowage_own_cpu_s" in z else ""))
+if "age" in M and "zstd" in M:
+    fa = M["age"]
+    print(f"    zstd+age stored {fa['object_key'].rsplit('/', 1)[-1]} (age header and manifest \"encryption\": "
+          f"\"{fa['encryption']}\" checked); zstd stored {M['zstd']['object_key'].rsplit('/', 1)[-1]}")
+rlabels = [("restore-stowage", "stowage restore (from S3)"), ("restore-pg", "pg_restore -d (local file)"),
+           ("restore-pg1tx", "pg_restore --single-transaction"),
+           ("restore-pg-j2", "pg_restore -j 2"), ("restore-pg-j4", "pg_restore -j 4")]
+if any(k in M for k, _ in rlabels):
+    print()
+    print(f"{'restore into a fresh database':40}{'wall s':>8}{'cpu s':>7}{'pg srv':>7}{'moto':>6}{'other':>6}{'peak RSS MiB':>13}  rows checked")
+    for k, name in rlabels:
+        if k in M:
+            x = M[k]
+            print(f"{name:40}{x['wall_s']:8.2f}{x['cpu_s']:7.2f}{x['pg_server_cpu_s']:7.2f}{x['moto_cpu_s']:6.2f}"
+                  f"{x['other_cpu_s']:6.1f}{x['peak_rss_mib']:13.1f}  {x['rows']}")
+    print("    peak RSS: stowage's own (its pg_restore child: "
+          + (f"{M['restore-stowage']['pg_restore_peak_rss_mib']:.1f} MiB" if "restore-stowage" in M else "-")
+          + "); pg_restore: GNU time's max over it and its workers")
+print()
 if repeat > 1:
-    print("    wall ratios below: median of the per-repetition ratios (clean pairs), e.g. stowage/raw: "
-          + ", ".join(f"{x:.2f}" for x in per_run_ratios["stowage_wall_over_raw_pg_dump"]))
-print(f"    stowage wall / raw pg_dump wall = {ratios['stowage_wall_over_raw_pg_dump']:.2f}  (target <= 1.2: {verdict('stowage_wall_over_raw_pg_dump')})")
-print(f"    stowage wall / cron wall        = {ratios['stowage_wall_over_cron']:.2f}  (target <= 0.4: {verdict('stowage_wall_over_cron')});"
-      f" with gzip: {ratios['stowage_gzip_wall_over_cron']:.2f}")
-print(f"    stowage peak RSS (worst run)    = {ratios['stowage_peak_rss_mib']:.1f} MiB (target <= 64: {verdict('stowage_peak_rss_mib')})")
-if repeat > 1:
-    print("    (f)/(b) per repetition: wall " + ", ".join(f"{x:.2f}" for x in per_run_ratios["stowage_age_wall_over_stowage_zstd"])
-          + "; cpu " + ", ".join(f"{x:.2f}" for x in per_run_ratios["stowage_age_cpu_over_stowage_zstd"]))
-print(f"    (f) zstd+age / (b) zstd, wall   = {ratios['stowage_age_wall_over_stowage_zstd']:.2f}  "
-      f"(target <= 1.1: {verdict('stowage_age_wall_over_stowage_zstd')})")
-print(f"    (f) zstd+age / (b) zstd, cpu    = {ratios['stowage_age_cpu_over_stowage_zstd']:.2f}  "
-      f"(target <= 1.1: {verdict('stowage_age_cpu_over_stowage_zstd')}; user+sys, pg_dump child included)"
-      + (f"; stowage's own cpu only: {ratios['stowage_age_own_cpu_over_stowage_zstd_own_cpu']:.2f}"
-         if "stowage_age_own_cpu_over_stowage_zstd_own_cpu" in ratios else ""))
-print(f"    (f) zstd+age peak RSS (worst run) = {ratios['stowage_age_peak_rss_mib']:.1f} MiB "
-      f"(zstd: {ratios['stowage_peak_rss_mib']:.1f} MiB); stored {fa['stored_bytes'] / MiB:.1f} MiB vs {z['stored_bytes'] / MiB:.1f} MiB")
-if ref:
-    print(f"    reference: pg_dump | zstd -3 > /dev/null takes {ratios['reference_wall_over_raw_pg_dump']:.2f}x raw pg_dump here (no hashing, no upload)")
+    print("    ratios: median of the per-repetition ratios (clean pairs); per repetition in the JSON")
+def show(k, text, target):
+    if k in ratios:
+        extra = f" [{', '.join(f'{v:.2f}' for v in per_run_ratios[k])}]" if repeat > 1 and k in per_run_ratios else ""
+        print(f"    {text:44} = {ratios[k]:.2f}{extra}" + (f"  (target {target}: {verdict(k)})" if k in passed else ""))
+show("stowage_wall_over_raw_pg_dump", "(c) stowage wall / (a) raw pg_dump wall", "<= 1.2")
+show("stowage_wall_over_floor", "(c) stowage wall / (b) floor wall", "<= 1.1")
+show("stowage_cpu_over_floor", "(c) stowage cpu / (b) floor cpu", "")
+show("stowage_wall_over_restic", "(c) stowage wall / (d) restic wall", "< 1")
+show("stowage_cpu_over_restic", "(c) stowage cpu / (d) restic cpu", "")
+show("stowage_peak_rss_over_floor_peak_rss", "stowage worst peak RSS / floor's best", "< 1")
+show("stowage_peak_rss_over_restic_peak_rss", "stowage worst peak RSS / restic's best", "< 1")
+show("stowage_wall_over_cron", "(c) stowage wall / (e) cron wall", "<= 0.4")
+show("stowage_gzip_wall_over_cron", "stowage gzip wall / (e) cron wall", "")
+show("reference_wall_over_raw_pg_dump", "ref pg_dump|zstd >/dev/null / raw", "")
+show("stowage_peak_rss_mib", "stowage peak RSS MiB (worst run)", "<= 64")
+show("stowage_age_wall_over_stowage_zstd", "zstd+age / zstd, wall", "<= 1.1")
+show("stowage_age_cpu_over_stowage_zstd", "zstd+age / zstd, cpu (pg_dump included)", "<= 1.1")
+show("stowage_age_own_cpu_over_stowage_zstd_own_cpu", "zstd+age / zstd, stowage's own cpu", "")
+show("restore_stowage_wall_over_pg_restore", "stowage restore / pg_restore (local file)", "<= 1.15")
+show("restore_stowage_wall_over_pg_restore_single_transaction", "stowage restore / pg_restore --single-tx", "")
+show("restore_pg_restore_j2_wall_over_pg_restore", "pg_restore -j 2 / pg_restore", "")
+show("restore_pg_restore_j4_wall_over_pg_restore", "pg_restore -j 4 / pg_restore", "")
+if "profile" in res:
+    p = res["profile"]
+    print()
+    print(f"    profile ({profile_bin}): threads {p['samples_pct_by_thread_name']}; stowage's own CPU by area:")
+    for k, v in p["stowage_areas_pct_of_stowage"].items():
+        print(f"      {v:5.1f}%  {k}")
+    print("    top symbols (% of stowage's own samples):")
+    for s in p["stowage_top_symbols"][:15]:
+        print(f"      {s['pct_of_stowage']:5.2f}%  {s['thread']:16} {s['dso']:18} {s['symbol'][:90]}")
+print(f"    noise: {noise['clean']}/{noise['measurements']} runs clean; load average before runs "
+      f"{noise['loadavg_before_min_max'][0]}-{noise['loadavg_before_min_max'][1]}; other work used "
+      f"{noise['other_cpu_s_total']} CPU-s during {noise['measured_wall_s_total']} s of measurements")
 print(f"    results: {out}")
 PY
-    SUMMARY_FILES+=("$RESULTS_DIR/$STAMP-${mib}mb.json")
+    SUMMARY_FILES+=("$json")
     psql_q "$PG_ADMIN" -c "DROP DATABASE $db"
 }
 
@@ -799,17 +1196,18 @@ if (( ${#SUMMARY_FILES[@]} > 1 )); then
     "$PY" - "${SUMMARY_FILES[@]}" <<'PY'
 import json, sys
 print()
-print("== summary (stowage zstd; age wall/cpu = (f) zstd+age over (b) zstd)")
-print(f"{'DB MiB':>7}{'raw s':>8}{'stowage s':>10}{'cron s':>8}{'/raw':>6}{'/cron':>7}{'RSS MiB':>9}{'stored MiB':>11}"
-      f"{'+age s':>8}{'age wall':>9}{'age cpu':>8}")
+print("== summary (wall s per measurement; ratios of (c) stowage zstd; '-' = not measured)")
+cols = [("raw", "raw_pg_dump"), ("floor", "floor_zstd_aws"), ("stowage", "stowage_zstd"), ("restic", "restic_stdin"),
+        ("cron", "cron_pg_dump_gzip_aws_sync"), ("restore", "restore_stowage"), ("pg_restore", "restore_pg_restore")]
+rat = [("/floor", "stowage_wall_over_floor"), ("/restic", "stowage_wall_over_restic"), ("/cron", "stowage_wall_over_cron"),
+       ("rst/pg", "restore_stowage_wall_over_pg_restore")]
+print(f"{'DB MiB':>7}" + "".join(f"{c:>11}" for c, _ in cols) + "".join(f"{c:>8}" for c, _ in rat) + f"{'RSS MiB':>9}")
 for p in sys.argv[1:]:
     r = json.load(open(p))
-    m = r["measurements"]
-    print(f"{r['pg_database_size_bytes'] / 2**20:7.0f}{m['raw_pg_dump']['wall_s']:8.2f}{m['stowage_zstd']['wall_s']:10.2f}"
-          f"{m['cron_pg_dump_gzip_aws_sync']['wall_s']:8.2f}{r['ratios']['stowage_wall_over_raw_pg_dump']:6.2f}"
-          f"{r['ratios']['stowage_wall_over_cron']:7.2f}{m['stowage_zstd']['max_peak_rss_mib']:9.1f}"
-          f"{m['stowage_zstd']['stored_bytes'] / 2**20:11.1f}"
-          f"{m['stowage_zstd_age']['wall_s']:8.2f}{r['ratios']['stowage_age_wall_over_stowage_zstd']:9.2f}"
-          f"{r['ratios']['stowage_age_cpu_over_stowage_zstd']:8.2f}")
+    m, q = r["measurements"], r["ratios"]
+    print(f"{r['pg_database_size_bytes'] / 2**20:7.0f}"
+          + "".join(f"{m[k]['wall_s']:11.2f}" if k in m else f"{'-':>11}" for _, k in cols)
+          + "".join(f"{q[k]:8.2f}" if k in q else f"{'-':>8}" for _, k in rat)
+          + (f"{m['stowage_zstd']['max_peak_rss_mib']:9.1f}" if "stowage_zstd" in m else f"{'-':>9}"))
 PY
 fi

@@ -52,6 +52,10 @@ struct Ctx {
     metrics: crate::server::Metrics,
     /// Every job's published backups, read from its destinations.
     history: crate::history::History,
+    /// Notified after each job armed in the scheduler, so its driver looks again.
+    armed: Arc<tokio::sync::Notify>,
+    /// Notified when a run, a pass or a history refresh ends: memory is shed once quiet.
+    work_done: Arc<tokio::sync::Notify>,
 }
 
 impl crate::server::View for Ctx {
@@ -160,6 +164,8 @@ pub async fn run(
         }),
         metrics: crate::server::Metrics::new(),
         history: crate::history::History::default(),
+        armed: Arc::new(tokio::sync::Notify::new()),
+        work_done: Arc::new(tokio::sync::Notify::new()),
     });
     let server_stop = CancellationToken::new();
     let server = match config.listen {
@@ -227,6 +233,11 @@ pub async fn run(
         }
     });
 
+    ctx.tracker.spawn(crate::footprint::shed_when_quiet(
+        ctx.work_done.clone(),
+        ctx.stop.clone(),
+    ));
+
     let reason = loop {
         match signals.recv().await {
             Some(Signal::Stop(name)) => break name.to_string(),
@@ -241,9 +252,7 @@ pub async fn run(
     ctx.stopping.store(true, Ordering::SeqCst);
     ctx.stop.cancel();
     info!("{reason}: stopping; no new runs will start");
-    if let Err(e) = sched.shutdown().await {
-        warn!("scheduler shutdown: {e}");
-    }
+    sched.shutdown().await;
     ctx.tracker.close();
     let grace = ctx.config().shutdown_grace;
     if !ctx.tracker.is_empty() {
@@ -319,7 +328,7 @@ fn new_slot(name: &str) -> Arc<JobSlot> {
 async fn start_scheduler(
     ctx: &Arc<Ctx>,
     slots: &BTreeMap<String, Arc<JobSlot>>,
-) -> Result<JobScheduler, DaemonError> {
+) -> Result<Scheduler, DaemonError> {
     let sched = JobScheduler::new()
         .await
         .map_err(|e| DaemonError::Scheduler(e.to_string()))?;
@@ -350,11 +359,31 @@ async fn start_scheduler(
             .await?;
         }
     }
-    sched
-        .start()
-        .await
-        .map_err(|e| DaemonError::Scheduler(e.to_string()))?;
-    Ok(sched)
+    // Not `sched.start()`: its ticker wakes every 500 ms; `ticker::drive` sleeps until
+    // the next job is due.
+    let driver = ctx.cancel.child_token();
+    ctx.tracker.spawn(crate::ticker::drive(
+        sched.clone(),
+        ctx.armed.clone(),
+        ctx.work_done.clone(),
+        driver.clone(),
+    ));
+    Ok(Scheduler { sched, driver })
+}
+
+/// The schedule engine and the task that drives it.
+struct Scheduler {
+    sched: JobScheduler,
+    driver: CancellationToken,
+}
+
+impl Scheduler {
+    async fn shutdown(&mut self) {
+        self.driver.cancel();
+        if let Err(e) = self.sched.shutdown().await {
+            warn!("scheduler shutdown: {e}");
+        }
+    }
 }
 
 /// SIGHUP: read the config file again. An invalid file is rejected as a whole and the
@@ -363,7 +392,7 @@ async fn start_scheduler(
 /// treatment (leftover cleanup, catch-up).
 async fn reload(
     ctx: &Arc<Ctx>,
-    sched: &mut JobScheduler,
+    sched: &mut Scheduler,
     slots: &mut BTreeMap<String, Arc<JobSlot>>,
 ) -> Result<(), DaemonError> {
     let old = ctx.config();
@@ -385,9 +414,7 @@ async fn reload(
         Err(poisoned) => *poisoned.into_inner() = new.clone(),
     }
     ctx.generation.fetch_add(1, Ordering::SeqCst);
-    if let Err(e) = sched.shutdown().await {
-        warn!("scheduler shutdown: {e}");
-    }
+    sched.shutdown().await;
     slots.retain(|name, _| new.jobs.contains_key(name));
     let mut added = Vec::new();
     for name in new.jobs.keys() {
@@ -496,6 +523,7 @@ fn arm(
             .add(one_shot)
             .await
             .map_err(|e| DaemonError::Scheduler(e.to_string()))?;
+        ctx.armed.notify_one();
         let when = format!(
             "{} ({})",
             next.with_timezone(&schedule.tz())
@@ -528,6 +556,7 @@ fn fire(ctx: &Arc<Ctx>, slot: &Arc<JobSlot>) {
             run_with_retries(&ctx2, &config, job, &slot2).await;
         }
         slot2.running.store(false, Ordering::SeqCst);
+        ctx2.work_done.notify_one();
     });
 }
 
@@ -668,6 +697,7 @@ fn fire_in_turn<R: Send + 'static>(
             }
         }
         busy(&slot2).store(false, Ordering::SeqCst);
+        ctx2.work_done.notify_one();
     });
 }
 
@@ -772,6 +802,7 @@ async fn refresh_history(ctx: &Arc<Ctx>, job: &str) -> crate::history::JobHistor
     };
     let h = ctx.history.refresh(&config, job).await;
     ctx.metrics.record_history(&job.name, &h);
+    ctx.work_done.notify_one();
     h
 }
 

@@ -305,6 +305,7 @@ impl Scope {
 }
 
 pub fn run(cli: Cli) -> i32 {
+    crate::footprint::limit_arenas();
     match cli.command {
         Command::CheckConfig { connect } => check_config::run(&cli.config, connect),
         Command::Health => health::run(&cli.config),

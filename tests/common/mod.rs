@@ -1302,7 +1302,21 @@ where
     I: IntoIterator<Item = S>,
     S: AsRef<OsStr>,
 {
-    let mut cmd = Command::new(stowage_bin());
+    spawn_binary_with_env(stowage_bin(), config_path, args, envs)
+}
+
+/// Like `spawn_stowage_with_env`, running the stowage binary at `bin`.
+pub fn spawn_binary_with_env<I, S>(
+    bin: impl AsRef<OsStr>,
+    config_path: impl AsRef<Path>,
+    args: I,
+    envs: &[(&str, &OsStr)],
+) -> Running
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    let mut cmd = Command::new(bin);
     cmd.arg("--config").arg(config_path.as_ref()).args(args);
     strip_aws_env(&mut cmd);
     for (k, v) in envs {

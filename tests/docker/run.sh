@@ -3,14 +3,18 @@
 #   1. Debian's docker.io + docker-compose, dockerd started here, a debian:bookworm-slim base
 #      image made with debootstrap + docker import;
 #   2. a local PostgreSQL 15 image (tests/docker/postgres) standing in for postgres:15;
-#   3. the real Dockerfile, fed a host-built release binary (docker/prebuilt/stowage): its
-#      database clients run as the image's user and talk to real MariaDB and Redis servers
-#      (Debian's, on this host), perl stays out; a second build with MONGODB_TOOLS_DEB set
-#      to a stand-in .deb (MongoDB's own cannot be fetched here) keeps just its two tools;
+#   3. the real Dockerfile, fed a host-built release binary (docker/prebuilt/stowage): the
+#      image (FROM scratch) and its CLIENTS variants are measured as `docker save | gzip`, and
+#      the default one must stay within IMAGE_LIMIT_GZ; its database clients run as the
+#      image's user and talk to real MariaDB and Redis servers (Debian's, on this host), no
+#      perl or package manager is in it, a command source's `sh -c` pipeline runs in it; a
+#      build with MONGODB_TOOLS_DEB set to a stand-in .deb (MongoDB's own cannot be fetched
+#      here) keeps just its two tools and the library they load; Dockerfile.armhf is built
+#      for this machine's architecture (no qemu here) and must match the main image;
 #   4. compose.yaml + tests/docker/compose.ci.yaml: first backup within 60 s, restore and
 #      compare, docker logs and the log volume, config edits + restart, invalid config,
 #      docker stop while idle and during a backup.
-# Prints the figures the closing note needs (image size, idle RSS, stop times).
+# Prints the figures the closing note needs (image sizes, idle RSS, stop times).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$(pwd)
@@ -24,9 +28,15 @@ WORK=$(mktemp -d)
 export STOWAGE_CI_CONFIG="$WORK/stowage.toml"
 COMPOSE=(docker-compose -p "$PROJECT" -f compose.yaml -f tests/docker/compose.ci.yaml)
 DOCKERD_PID=""
+ARMV7_STANDIN=""
 MARIADB_PID=""
 REDIS_PID=""
 FAKE_MONGO_DEB=docker/prebuilt/mongodb-database-tools-ci.deb
+# Issue 15: the image with the PostgreSQL client at most 40 MB compressed. The default image
+# (PostgreSQL, MariaDB and Redis clients) is held to it, so every smaller variant is too.
+IMAGE_LIMIT_GZ=40000000
+# The CLIENTS variants measured besides the default (tag suffix = the clients, "none" for none).
+VARIANTS=("postgres mariadb" "postgres" "")
 
 step() { printf '\n== %s\n' "$*"; }
 fail() { printf 'FAIL: %s\n' "$*" >&2; exit 1; }
@@ -55,6 +65,19 @@ free_port() {
     done
     fail "no free port"
 }
+variant_tag() { local t=${1// /-}; echo "stowage:ci-${t:-none}"; }
+mb() { awk -v b="$1" 'BEGIN { printf "%.1f MB", b / 1000000 }'; }
+# Build the image with extra build args (after the tag) into $WORK/build-TAG.log.
+image_build() {
+    local tag=$1; shift
+    docker build --force-rm -t "$tag" \
+        --build-arg BUILDER_IMAGE=debian:bookworm-slim \
+        --build-arg PG_MAJOR=15 \
+        --build-arg PG_IMAGE=stowage-ci/postgres:15 \
+        "$@" . > "$WORK/build-${tag#*:}.log" 2>&1
+}
+# Uncompressed and compressed (docker save | gzip, as a registry pull roughly costs) bytes.
+image_sizes() { echo "$(docker image inspect -f '{{.Size}}' "$1") $(docker save "$1" | gzip -c | wc -c)"; }
 # A client tool of the image, run as the image's user with the host's network (the test
 # servers listen on the host's loopback).
 in_image() { local tool=$1; shift; docker run --rm -i --network host --entrypoint "$tool" "$@"; }
@@ -80,7 +103,10 @@ cleanup() {
         "${COMPOSE[@]}" down -v --remove-orphans > /dev/null 2>&1
     fi
     rm -f "$ROOT/docker/prebuilt/stowage" "$ROOT/$FAKE_MONGO_DEB"
+    [ -z "$ARMV7_STANDIN" ] || rm -f "$ROOT/docker/prebuilt/stowage-armv7"
+    docker image rm stowage:ci-armhf > /dev/null 2>&1
     docker image rm stowage:ci-mongo > /dev/null 2>&1
+    for v in "${VARIANTS[@]}"; do docker image rm "$(variant_tag "$v")" > /dev/null 2>&1; done
     for pid in $MARIADB_PID $REDIS_PID; do
         kill "$pid" 2>/dev/null
         wait "$pid" 2>/dev/null
@@ -102,6 +128,7 @@ command -v mariadbd >/dev/null || need+=(mariadb-server)
 command -v mariadb >/dev/null || need+=(mariadb-client)
 command -v redis-server >/dev/null || need+=(redis-server)
 command -v redis-check-rdb >/dev/null || need+=(redis-tools)
+command -v cc >/dev/null || need+=(gcc libc6-dev)
 if [ ${#need[@]} -gt 0 ]; then
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" > /dev/null
@@ -146,17 +173,74 @@ echo "built in $(( ($(now_ms) - t0) / 1000 )) s"
 step "image from Dockerfile"
 rm -f "$FAKE_MONGO_DEB"
 t0=$(now_ms)
-docker build -t stowage:ci \
-    --build-arg BUILDER_IMAGE=debian:bookworm-slim \
-    --build-arg PG_MAJOR=15 \
-    --build-arg PG_IMAGE=stowage-ci/postgres:15 \
-    . > "$WORK/build.log" 2>&1 || { tail -30 "$WORK/build.log"; fail "docker build failed"; }
+image_build stowage:ci || { tail -30 "$WORK/build-ci.log"; fail "docker build failed"; }
 echo "built in $(( ($(now_ms) - t0) / 1000 )) s"
-size=$(docker image inspect -f '{{.Size}}' stowage:ci)
-base=$(docker image inspect -f '{{.Size}}' debian:bookworm-slim)
-gz=$(docker save stowage:ci | gzip -c | wc -c)
-printf 'image size: %d MB uncompressed (%d MB of it the debootstrap base, %d MB added), %d MB compressed (docker save | gzip)\n' \
-    $((size / 1000000)) $((base / 1000000)) $(((size - base) / 1000000)) $((gz / 1000000))
+read -r size gz <<< "$(image_sizes stowage:ci)"
+binary_gz=$(gzip -c docker/prebuilt/stowage | wc -c)
+printf 'image size (default: postgres mariadb redis): %s uncompressed, %s compressed (docker save | gzip; the stowage binary alone %s)\n' \
+    "$(mb "$size")" "$(mb "$gz")" "$(mb "$binary_gz")"
+[ "$gz" -le "$IMAGE_LIMIT_GZ" ] \
+    || fail "the default image is $(mb "$gz") compressed, over the limit of $(mb "$IMAGE_LIMIT_GZ")"
+
+step "CLIENTS variants: sizes, and each has only its clients"
+# A variant reruns only the assembling step: the package layer before it is cached.
+t0=$(now_ms)
+prev_gz=$gz prev_name="postgres mariadb redis"
+for v in "${VARIANTS[@]}"; do
+    tag=$(variant_tag "$v")
+    image_build "$tag" --build-arg CLIENTS="$v" || { tail -30 "$WORK/build-${tag#*:}.log"; fail "docker build with CLIENTS=\"$v\" failed"; }
+    read -r vsize vgz <<< "$(image_sizes "$tag")"
+    dropped=$(comm -23 <(tr ' ' '\n' <<< "$prev_name" | sort) <(tr ' ' '\n' <<< "$v" | sort) | xargs)
+    printf 'CLIENTS="%s": %s uncompressed, %s compressed (the %s client took %s of it)\n' \
+        "$v" "$(mb "$vsize")" "$(mb "$vgz")" "$dropped" "$(mb $((prev_gz - vgz)))"
+    [ "$vgz" -le "$IMAGE_LIMIT_GZ" ] || fail "CLIENTS=\"$v\" is $(mb "$vgz") compressed, over the limit"
+    for tool in pg_dump mariadb-dump redis-cli; do
+        case "$tool" in pg_dump) c=postgres ;; mariadb-dump) c=mariadb ;; redis-cli) c=redis ;; esac
+        if [[ " $v " == *" $c "* ]]; then
+            docker run --rm --entrypoint "$tool" "$tag" --version > /dev/null || fail "$tool missing from $tag"
+        else
+            docker run --rm --entrypoint sh "$tag" -c "! command -v $tool" > /dev/null || fail "$tool is in $tag"
+        fi
+    done
+    prev_gz=$vgz prev_name=$v
+    docker image rm "$tag" > /dev/null
+done
+! image_build stowage:ci-bad --build-arg CLIENTS="postgres mysql" || fail "CLIENTS=\"postgres mysql\" was accepted"
+grep -q 'unknown client "mysql"' "$WORK/build-ci-bad.log" || { tail "$WORK/build-ci-bad.log"; fail "no clear error for an unknown client"; }
+echo "without clients: the stowage binary $(mb "$binary_gz"), the rest (libc, BusyBox, tini, zstd, CA certificates, ...) $(mb $((prev_gz - binary_gz)))"
+echo "variants built and checked in $(( ($(now_ms) - t0) / 1000 )) s; an unknown client fails the build"
+
+step "Dockerfile.armhf, built for this machine's architecture"
+# No qemu binfmt here to run ARM binaries: the same recipe with this machine's Debian image
+# and binary checks all of it but the architecture. Its assembling step must stay the main
+# Dockerfile's, word for word.
+assembling_step() { sed -n '/^ARG CLIENTS=/,/^FROM scratch$/p' "$1"; }
+[ -n "$(assembling_step Dockerfile)" ] && [ "$(assembling_step Dockerfile)" = "$(assembling_step Dockerfile.armhf)" ] \
+    || fail "Dockerfile.armhf's assembling step (ARG CLIENTS ... FROM scratch) differs from Dockerfile's"
+if [ -e docker/prebuilt/stowage-armv7 ]; then
+    echo "skipped: docker/prebuilt/stowage-armv7 exists, and this build would need to replace it"
+else
+    cp docker/prebuilt/stowage docker/prebuilt/stowage-armv7
+    ARMV7_STANDIN=1
+    t0=$(now_ms)
+    docker build --force-rm -f Dockerfile.armhf -t stowage:ci-armhf \
+        --build-arg RUNTIME_IMAGE=debian:bookworm-slim \
+        --build-arg PG_MAJOR=15 \
+        --build-arg PG_IMAGE=stowage-ci/postgres:15 \
+        . > "$WORK/build-ci-armhf.log" 2>&1 || { tail -30 "$WORK/build-ci-armhf.log"; fail "docker build -f Dockerfile.armhf failed"; }
+    rm -f docker/prebuilt/stowage-armv7
+    ARMV7_STANDIN=""
+    for tool in stowage pg_dump mariadb-dump redis-cli; do
+        docker run --rm --entrypoint "$tool" stowage:ci-armhf --version > /dev/null || fail "$tool fails in the Dockerfile.armhf image"
+    done
+    for what in User Entrypoint Cmd Healthcheck Volumes Env; do
+        [ "$(docker inspect -f "{{json .Config.$what}}" stowage:ci-armhf)" = "$(docker inspect -f "{{json .Config.$what}}" stowage:ci)" ] \
+            || fail "Dockerfile.armhf's image differs from Dockerfile's in $what"
+    done
+    read -r asize agz <<< "$(image_sizes stowage:ci-armhf)"
+    echo "built in $(( ($(now_ms) - t0) / 1000 )) s: same config and clients as the main image; $(mb "$asize") / $(mb "$agz") compressed"
+    docker image rm stowage:ci-armhf > /dev/null
+fi
 
 step "stowage --version and check-config in the image"
 docker run --rm stowage:ci stowage --version
@@ -164,7 +248,7 @@ docker run --rm -v "$ROOT/docker/secrets/pg_password:/run/secrets/pg_password:ro
     stowage:ci stowage check-config
 docker run --rm stowage:ci pg_dump --version
 
-step "database clients in the image, as its user; no perl, no client packages"
+step "database clients in the image, as its user; no perl, no package manager"
 user=$(docker run --rm --entrypoint id stowage:ci -un)
 [ "$user" = stowage ] || fail "the image runs as $user, not stowage"
 for tool in pg_dump pg_restore psql mariadb-dump mysqldump mariadb mysql redis-cli; do
@@ -172,15 +256,39 @@ for tool in pg_dump pg_restore psql mariadb-dump mysqldump mariadb mysql redis-c
         || fail "$tool --version failed in the image: $out"
     echo "$tool: $out"
 done
-# perl-base (Debian's Essential interpreter, part of every base image) stays; the full perl
-# that mariadb-client drags in must not, nor any of the client packages themselves.
-installed=$(docker run --rm --entrypoint dpkg-query stowage:ci -W -f '${db:Status-Abbrev} ${Package}\n' | awk '$1 == "ii" {print $2}')
-for pkg in perl perl-modules-5.36 libperl5.36 mariadb-client mariadb-client-core mariadb-common redis-tools; do
-    ! grep -qx "$pkg" <<< "$installed" || fail "package $pkg is installed in the image"
-done
-docker run --rm --entrypoint sh stowage:ci -c '[ ! -e /usr/share/perl ] && ! command -v mongodump' \
-    || fail "perl's library or mongodump is in the default image"
-echo "not installed: perl, mariadb-client(-core), redis-tools; no mongodump"
+# FROM scratch: only the files the Dockerfile copies, no Debian base (perl-base, dpkg, apt).
+docker run --rm --entrypoint sh stowage:ci -c '! command -v perl && [ ! -e /usr/share/perl ] &&
+    [ ! -e /usr/share/perl5 ] && ! command -v dpkg && [ ! -e /var/lib/dpkg ] && ! command -v apt-get &&
+    ! command -v mongodump && ! command -v mongosh && [ ! -e /usr/share/doc ]' \
+    || fail "perl, a package manager, documentation or mongodump is in the default image"
+echo "no perl, dpkg, apt or mongodump; $(docker run --rm --entrypoint sh stowage:ci -c \
+    'find / -xdev ! -type d 2> /dev/null | wc -l') files and links in all"
+
+step "a command source's sh -c pipeline in the image, and a by-hand restore with zstd"
+# The command engine runs what the config names; pipelines go through sh (BusyBox's here).
+cat > "$WORK/command.toml" <<'TOML'
+[destinations.local]
+type = "local"
+path = "/var/backups/stowage"
+
+[jobs.pipe]
+schedule = "@daily"
+destinations = ["local"]
+
+[[jobs.pipe.sources]]
+type = "command"
+name = "words"
+dump = ["sh", "-c", "echo stowage-ci | gzip"]
+restore = ["sh", "-c", "zcat | grep -qx stowage-ci"]
+extension = "gz"
+TOML
+chmod 644 "$WORK/command.toml"
+docker run --rm -v "$WORK/command.toml:/config/stowage.toml:ro" stowage:ci sh -c '
+    stowage run pipe > /dev/null 2>&1 || { stowage run pipe; exit 1; }
+    stowage restore pipe latest --to - > /dev/null 2>&1 || { stowage restore pipe latest --to -; exit 1; }
+    zstd -dc /var/backups/stowage/pipe/*/words.gz.zst | zcat | grep -qx stowage-ci' \
+    || fail "a command source (sh -c with gzip) or zstd -dc failed in the image"
+echo "sh -c 'echo … | gzip' backed up and restored (zcat | grep); zstd -dc | zcat by hand"
 
 step "the image's MariaDB and Redis clients against real servers"
 mdb="$WORK/mariadb"
@@ -234,14 +342,24 @@ wait "$MARIADB_PID" "$REDIS_PID" 2>/dev/null || true
 MARIADB_PID="" REDIS_PID=""
 
 step "MONGODB_TOOLS_DEB: a build with a stand-in mongodb-database-tools .deb"
-# Same name, layout and Depends mechanics as MongoDB's package; liblzo2-2 stands for a
-# library the runtime image lacks, to see the Depends installed.
+# Same name, layout and Depends mechanics as MongoDB's package. Its two tools are programs
+# linked against liblzo2.so.2, standing for a library the image has only when the package's
+# Depends (liblzo2-2) is installed and the tools' library closure copied in; they are linked
+# here against a stub of that soname, so in the image the real library answers ("lzo 2.x").
 fake="$WORK/mongodb-tools"
-mkdir -p "$fake/DEBIAN" "$fake/usr/bin"
-for t in mongodump mongorestore bsondump; do
-    printf '#!/bin/sh\necho "%s version: 100.0.0-ci"\n' "$t" > "$fake/usr/bin/$t"
-    chmod 755 "$fake/usr/bin/$t"
+mkdir -p "$fake/DEBIAN" "$fake/usr/bin" "$WORK/lzo"
+echo 'const char *lzo_version_string(void) { return "stub"; }' > "$WORK/lzo/stub.c"
+cc -shared -fPIC -Wl,-soname,liblzo2.so.2 -o "$WORK/lzo/liblzo2.so.2" "$WORK/lzo/stub.c"
+cat > "$WORK/lzo/tool.c" <<'C'
+#include <stdio.h>
+const char *lzo_version_string(void);
+int main(void) { printf("%s version: 100.0.0-ci (lzo %s)\n", TOOL, lzo_version_string()); return 0; }
+C
+for t in mongodump mongorestore; do
+    cc -DTOOL="\"$t\"" -o "$fake/usr/bin/$t" "$WORK/lzo/tool.c" "$WORK/lzo/liblzo2.so.2"
 done
+printf '#!/bin/sh\necho "bsondump version: 100.0.0-ci"\n' > "$fake/usr/bin/bsondump"
+chmod 755 "$fake/usr/bin/bsondump"
 cat > "$fake/DEBIAN/control" <<CONTROL
 Package: mongodb-database-tools
 Version: 100.0.0-ci
@@ -252,29 +370,27 @@ Description: stand-in for MongoDB's database tools (stowage CI)
 CONTROL
 dpkg-deb --root-owner-group --build "$fake" "$FAKE_MONGO_DEB" > /dev/null
 mongo_build() {
-    docker build --force-rm -t stowage:ci-mongo \
-        --build-arg BUILDER_IMAGE=debian:bookworm-slim \
-        --build-arg PG_MAJOR=15 \
-        --build-arg PG_IMAGE=stowage-ci/postgres:15 \
+    image_build stowage:ci-mongo \
         --build-arg MONGODB_TOOLS_DEB="$FAKE_MONGO_DEB" \
-        --build-arg MONGODB_TOOLS_SHA256="$1" \
-        . > "$WORK/build-mongo.log" 2>&1
+        --build-arg MONGODB_TOOLS_SHA256="$1"
 }
 ! mongo_build 0000000000000000000000000000000000000000000000000000000000000000 \
     || fail "a wrong MONGODB_TOOLS_SHA256 was accepted"
-grep -q 'FAILED' "$WORK/build-mongo.log" || { tail "$WORK/build-mongo.log"; fail "no checksum error for a wrong MONGODB_TOOLS_SHA256"; }
+grep -q 'FAILED' "$WORK/build-ci-mongo.log" || { tail "$WORK/build-ci-mongo.log"; fail "no checksum error for a wrong MONGODB_TOOLS_SHA256"; }
 t0=$(now_ms)
 mongo_build "$(sha256sum "$FAKE_MONGO_DEB" | cut -d' ' -f1)" \
-    || { tail -30 "$WORK/build-mongo.log"; fail "docker build with MONGODB_TOOLS_DEB failed"; }
+    || { tail -30 "$WORK/build-ci-mongo.log"; fail "docker build with MONGODB_TOOLS_DEB failed"; }
 echo "built in $(( ($(now_ms) - t0) / 1000 )) s"
 for tool in mongodump mongorestore; do
-    out=$(docker run --rm --entrypoint "$tool" stowage:ci-mongo --version) || fail "$tool missing"
+    out=$(docker run --rm --entrypoint "$tool" stowage:ci-mongo --version) || fail "$tool missing or cannot run"
     echo "$tool: $out"
+    [[ "$out" == *"(lzo 2."* ]] || fail "$tool did not load the real liblzo2"
 done
 docker run --rm --entrypoint sh stowage:ci-mongo -c \
-    '! command -v bsondump && dpkg-query -W liblzo2-2 && [ ! -e /usr/local/share/stowage ]' > /dev/null \
-    || fail "the MongoDB build kept other tools or missed the package's Depends"
-echo "only mongodump and mongorestore kept; Depends (liblzo2-2) installed"
+    '! command -v bsondump && ls /usr/lib/*/liblzo2.so.2 && [ ! -e /mongo ]' > /dev/null \
+    || fail "the MongoDB build kept other tools or missed the library of the package's Depends"
+read -r msize mgz <<< "$(image_sizes stowage:ci-mongo)"
+echo "only mongodump and mongorestore kept, with liblzo2 (the Depends); $(mb "$msize") / $(mb "$mgz") compressed"
 docker image rm stowage:ci-mongo > /dev/null
 rm -f "$FAKE_MONGO_DEB"
 
@@ -327,8 +443,21 @@ hc=$(docker inspect -f '{{json .Config.Healthcheck.Test}}' "$BACKUP")
     || fail "the image's HEALTHCHECK does not run stowage health"
 
 step "idle RSS and docker stop while idle"
-sleep 3
-docker stats --no-stream --format 'idle memory: {{.MemUsage}}' "$BACKUP"
+# The daemon sheds memory a minute after its last piece of work (src/footprint.rs): read
+# its own RSS from /proc (docker stats counts the page cache too) until it has, at most
+# 150 s. Reported, not asserted: the targets are benchmarks (bench/idle.rs).
+dpid=$(docker inspect -f '{{.State.Pid}}' "$BACKUP")
+spid=$(pgrep -P "$dpid" -x stowage || true)
+idle_rss=?
+for _ in $(seq 1 30); do
+    [ -n "$spid" ] || break
+    idle_rss=$(awk '/^VmRSS:/{print $2}' "/proc/$spid/status")
+    [ "$idle_rss" -le 6144 ] && break
+    sleep 5
+done
+[ -n "$spid" ] && grep -E '^(VmRSS|RssAnon|RssFile):' "/proc/$spid/status" | tr -s ' \t' ' ' | paste -sd ';' \
+    | sed 's/^/daemon idle memory: /'
+docker stats --no-stream --format 'container memory (cgroup, page cache included): {{.MemUsage}}' "$BACKUP"
 t0=$(now_ms); docker stop "$BACKUP" > /dev/null; idle_stop=$(( $(now_ms) - t0 ))
 echo "docker stop (idle): ${idle_stop} ms"
 # Timing is reported, not asserted (it depends on the machine's load); what must hold is
@@ -392,4 +521,4 @@ leftovers=$(docker run --rm -v "$volume:/b" debian:bookworm-slim sh -c '
 echo "no partial file, no unpublished backup directory"
 
 echo
-echo "docker: all checks passed (image $((size / 1000000)) MB / $((gz / 1000000)) MB gz, idle stop ${idle_stop} ms, busy stop ${busy_stop} ms)"
+echo "docker: all checks passed (image $(mb "$size") / $(mb "$gz") gz, limit $(mb "$IMAGE_LIMIT_GZ") gz; idle stop ${idle_stop} ms, busy stop ${busy_stop} ms)"
