@@ -22,8 +22,8 @@ const QUIET: Duration = Duration::from_secs(60);
 /// One malloc arena. glibc otherwise makes one per thread that allocates (up to 8 per
 /// core), and `malloc_trim` never gives back the top of an arena other than the main one:
 /// measured, 4.5 MiB stayed resident that way after a backup. Threads then share the main
-/// arena (each keeps its own small cache in front of it), at no measurable cost to a
-/// streaming backup (bench/run.sh). Call before any thread starts.
+/// arena (each keeps its own small cache in front of it); what that costs a streaming
+/// backup is in bench/README.md ("Idle footprint"). Call before any thread starts.
 pub fn limit_arenas() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only sets a tunable of the allocator; called before other threads run.
