@@ -532,26 +532,17 @@ check_stored() {
 
 # measure_stowage DIR COMPRESSION PREFIX URL [AGE-RECIPIENT]
 measure_stowage() {
-    local d="$1" comp="$2" prefix="$3" url="$4" recipient="${5:-}" t0 t1 tpid spid="" rc=0
+    local d="$1" comp="$2" prefix="$3" url="$4" recipient="${5:-}" t0 t1 rc=0
     write_config "$d/stowage.toml" "$comp" "$prefix" "$url" "$recipient"
     wait_idle "$d"
     cpu_snapshot >"$d/cpu0"
     t0=$(now)
-    /usr/bin/time -v -o "$d/time" "$STOWAGE" --config "$d/stowage.toml" run bench >"$d/stowage.log" 2>&1 &
-    tpid=$!
-    for _ in $(seq 1 200); do
-        read -r spid _ 2>/dev/null <"/proc/$tpid/task/$tpid/children" || true
-        [[ -n "$spid" ]] && break
-        kill -0 "$tpid" 2>/dev/null || break
-        read -r -t 0.01 -u "$PAUSE_FD" _ || true
-    done
-    if [[ -n "$spid" ]]; then sample_hwm "$spid" "$d/hwm"; else echo "0 0" >"$d/hwm"; fi
-    wait "$tpid" || rc=$?
+    run_sampled "$d" "$STOWAGE" --config "$d/stowage.toml" run bench || rc=$?
     t1=$(now)
     cpu_after >"$d/cpu1"
     echo "$t0 $t1" >"$d/wall"
     if [[ "$rc" != 0 ]]; then
-        cat "$d/stowage.log" >&2
+        cat "$d/out.log" >&2
         die "stowage run ($comp${recipient:+ + age}) exited with $rc"
     fi
     s3_total_bytes "$prefix" >"$d/stored"

@@ -77,32 +77,23 @@ pub fn shed() {
 /// MADV_PAGEOUT on the read-only mappings of the executable. The kernel honours it for
 /// file pages only when the process owns the file or may write it (Linux ≥ 5.4, the
 /// ownership rule since 6.x), which is why the image installs the binary owned by the
-/// user stowage runs as; elsewhere it is a no-op, never an error. Returns the bytes
-/// advised.
-fn page_out_own_code() -> usize {
+/// user stowage runs as; elsewhere it is a no-op, never an error.
+fn page_out_own_code() {
     #[cfg(target_os = "linux")]
     {
         let Ok(exe) = std::fs::read_link("/proc/self/exe") else {
-            return 0;
+            return;
         };
         let Ok(maps) = std::fs::read_to_string("/proc/self/maps") else {
-            return 0;
+            return;
         };
-        let mut total = 0;
         for (start, end) in code_ranges(&maps, &exe.to_string_lossy()) {
-            let len = end - start;
             // SAFETY: the range is a whole mapping of this process taken from its own
             // maps; MADV_PAGEOUT changes no contents, only where the pages live.
-            let r = unsafe { libc::madvise(start as *mut libc::c_void, len, libc::MADV_PAGEOUT) };
-            if r == 0 {
-                total += len;
+            unsafe {
+                libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_PAGEOUT);
             }
         }
-        total
-    }
-    #[cfg(not(target_os = "linux"))]
-    {
-        0
     }
 }
 

@@ -78,10 +78,8 @@ async fn fire_due(sched: &JobScheduler, now: DateTime<Utc>) -> Option<DateTime<U
         let Some(id) = tick.id.as_ref().map(uuid::Uuid::from) else {
             continue;
         };
-        // Whole seconds since the epoch; 0 for a one-shot that has fired.
-        let next = (tick.next_tick != 0)
-            .then(|| DateTime::from_timestamp(i64::try_from(tick.next_tick).unwrap_or(i64::MAX), 0))
-            .flatten();
+        // 0 for a one-shot that has fired.
+        let next = (tick.next_tick != 0).then(|| utc(tick.next_tick)).flatten();
         match next {
             Some(next) if next <= now => {
                 let mut store = ctx.metadata_storage.write().await;
@@ -101,7 +99,7 @@ async fn fire_due(sched: &JobScheduler, now: DateTime<Utc>) -> Option<DateTime<U
             None => {
                 let fired_long_ago = tick
                     .last_tick
-                    .and_then(|t| DateTime::from_timestamp(i64::try_from(t).ok()?, 0))
+                    .and_then(utc)
                     .is_none_or(|last| now - last >= RETIRE_AFTER);
                 if fired_long_ago {
                     let _ = ctx.job_delete_tx.send(id);
@@ -112,11 +110,43 @@ async fn fire_due(sched: &JobScheduler, now: DateTime<Utc>) -> Option<DateTime<U
     earliest
 }
 
+/// The scheduler's store keeps times as whole seconds since the epoch.
+fn utc(secs: u64) -> Option<DateTime<Utc>> {
+    DateTime::from_timestamp(i64::try_from(secs).ok()?, 0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use tokio_cron_scheduler::Job;
+
+    /// A one-shot due in `secs` that counts its runs.
+    fn counting_one_shot(secs: u64) -> (Job, Arc<AtomicUsize>) {
+        let fired = Arc::new(AtomicUsize::new(0));
+        let f = fired.clone();
+        let job = Job::new_one_shot_async(Duration::from_secs(secs), move |_, _| {
+            let f = f.clone();
+            Box::pin(async move {
+                f.fetch_add(1, Ordering::SeqCst);
+            })
+        })
+        .expect("job");
+        (job, fired)
+    }
+
+    fn start(
+        sched: &JobScheduler,
+        armed: &Arc<Notify>,
+        stop: &CancellationToken,
+    ) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(drive(
+            sched.clone(),
+            armed.clone(),
+            Arc::new(Notify::new()),
+            stop.clone(),
+        ))
+    }
 
     /// A one-shot fires once, on time, and is retired; nothing fires before its time.
     #[tokio::test]
@@ -124,23 +154,10 @@ mod tests {
         let sched = JobScheduler::new().await.expect("scheduler");
         let armed = Arc::new(Notify::new());
         let stop = CancellationToken::new();
-        let fired = Arc::new(AtomicUsize::new(0));
-        let f = fired.clone();
-        let job = Job::new_one_shot_async(Duration::from_secs(1), move |_, _| {
-            let f = f.clone();
-            Box::pin(async move {
-                f.fetch_add(1, Ordering::SeqCst);
-            })
-        })
-        .expect("job");
+        let (job, fired) = counting_one_shot(1);
         let id = sched.add(job).await.expect("add");
         armed.notify_one();
-        let driver = tokio::spawn(drive(
-            sched.clone(),
-            armed.clone(),
-            Arc::new(Notify::new()),
-            stop.clone(),
-        ));
+        let driver = start(&sched, &armed, &stop);
         tokio::time::sleep(Duration::from_millis(200)).await;
         assert_eq!(fired.load(Ordering::SeqCst), 0, "fired early");
         tokio::time::sleep(Duration::from_millis(2500)).await;
@@ -176,22 +193,9 @@ mod tests {
         let later = Job::new_one_shot_async(Duration::from_secs(3600), |_, _| Box::pin(async {}))
             .expect("job");
         sched.add(later).await.expect("add");
-        let driver = tokio::spawn(drive(
-            sched.clone(),
-            armed.clone(),
-            Arc::new(Notify::new()),
-            stop.clone(),
-        ));
+        let driver = start(&sched, &armed, &stop);
         tokio::time::sleep(Duration::from_millis(100)).await;
-        let fired = Arc::new(AtomicUsize::new(0));
-        let f = fired.clone();
-        let soon = Job::new_one_shot_async(Duration::from_secs(1), move |_, _| {
-            let f = f.clone();
-            Box::pin(async move {
-                f.fetch_add(1, Ordering::SeqCst);
-            })
-        })
-        .expect("job");
+        let (soon, fired) = counting_one_shot(1);
         sched.add(soon).await.expect("add");
         armed.notify_one();
         tokio::time::sleep(Duration::from_millis(2500)).await;
