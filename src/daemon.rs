@@ -365,7 +365,7 @@ async fn start_scheduler(
     ctx.tracker.spawn(crate::ticker::drive(
         sched.clone(),
         ctx.armed.clone(),
-        ctx.work_done.clone(),
+        crate::footprint::shed,
         driver.clone(),
     ));
     Ok(Scheduler { sched, driver })

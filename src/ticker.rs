@@ -30,16 +30,21 @@ const RETIRE_AFTER: chrono::TimeDelta = chrono::TimeDelta::seconds(5);
 
 /// Runs the scheduler's due jobs until `stop`. `armed` must be notified after every job
 /// added to `sched`, so that a job due earlier than the current sleep is not missed.
-/// `woke` is notified after each wake-up that found nothing to do (the look every
-/// [`MAX_SLEEP`]), which runs code the daemon had given back (`crate::footprint`).
+/// `after_idle_look` runs right after each look that only the [`MAX_SLEEP`] timer caused
+/// (the daemon gives back there what the look took: `crate::footprint::shed`), in this
+/// same wake-up rather than in a second one.
 pub async fn drive(
     sched: JobScheduler,
     armed: Arc<Notify>,
-    woke: Arc<Notify>,
+    after_idle_look: fn(),
     stop: CancellationToken,
 ) {
+    let mut idle_look = false;
     loop {
         let next = fire_due(&sched, Utc::now()).await;
+        if std::mem::take(&mut idle_look) {
+            after_idle_look();
+        }
         // To the due second itself, not `time_till_next_job`'s whole seconds counted from
         // the current one, which would start a run up to a second late.
         let wait = match next {
@@ -47,11 +52,7 @@ pub async fn drive(
             None => MAX_SLEEP,
         };
         tokio::select! {
-            _ = tokio::time::sleep(wait) => {
-                if wait == MAX_SLEEP {
-                    woke.notify_one();
-                }
-            }
+            _ = tokio::time::sleep(wait) => idle_look = wait == MAX_SLEEP,
             _ = armed.notified() => {}
             _ = stop.cancelled() => return,
         }
@@ -140,12 +141,7 @@ mod tests {
         armed: &Arc<Notify>,
         stop: &CancellationToken,
     ) -> tokio::task::JoinHandle<()> {
-        tokio::spawn(drive(
-            sched.clone(),
-            armed.clone(),
-            Arc::new(Notify::new()),
-            stop.clone(),
-        ))
+        tokio::spawn(drive(sched.clone(), armed.clone(), || {}, stop.clone()))
     }
 
     /// A one-shot fires once, on time, and is retired; nothing fires before its time.
@@ -154,13 +150,14 @@ mod tests {
         let sched = JobScheduler::new().await.expect("scheduler");
         let armed = Arc::new(Notify::new());
         let stop = CancellationToken::new();
-        let (job, fired) = counting_one_shot(1);
+        // The store keeps whole seconds, so a one-shot "in 3 s" is due 2–3 s from now.
+        let (job, fired) = counting_one_shot(3);
         let id = sched.add(job).await.expect("add");
         armed.notify_one();
         let driver = start(&sched, &armed, &stop);
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
         assert_eq!(fired.load(Ordering::SeqCst), 0, "fired early");
-        tokio::time::sleep(Duration::from_millis(2500)).await;
+        tokio::time::sleep(Duration::from_millis(3500)).await;
         assert_eq!(fired.load(Ordering::SeqCst), 1, "did not fire, or twice");
         // Retired on a later pass (arming anything wakes the driver).
         tokio::time::sleep(Duration::from_secs(5)).await;
