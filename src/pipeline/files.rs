@@ -323,12 +323,7 @@ pub(super) async fn backup(
     let key = manifest::index_key(&job.name, id, name, job.form());
     // The clear list of blob keys, for sweeps (which then need neither a key nor the
     // index's JSON).
-    let refs_key = Some(crate::layout::refs_key(
-        &job.name,
-        id,
-        name,
-        job.compression,
-    ));
+    let refs_key = crate::layout::refs_key(&job.name, id, name, job.compression);
     let writers: Vec<&dyn Storage> = ctx.dests.iter().map(|d| d.storage).collect();
     let (index, index_reader) = LineSink::new();
     let (refs, refs_reader) = LineSink::new();
@@ -348,25 +343,14 @@ pub(super) async fn backup(
         completed(ok_rx),
         false,
     );
-    let refs_upload = async {
-        match &refs_key {
-            Some(k) => Some(
-                fan_out_to(
-                    crate::codec::compress(refs_reader, job.compression, None),
-                    k,
-                    &writers,
-                    cancel,
-                    completed(refs_ok_rx),
-                    false,
-                )
-                .await,
-            ),
-            None => {
-                drop(refs_reader);
-                None
-            }
-        }
-    };
+    let refs_upload = fan_out_to(
+        crate::codec::compress(refs_reader, job.compression, None),
+        &refs_key,
+        &writers,
+        cancel,
+        completed(refs_ok_rx),
+        false,
+    );
 
     let produce = async {
         // Owned here, so that however this ends, the sinks close and the uploads see it.
@@ -397,25 +381,23 @@ pub(super) async fn backup(
             if !index.write(&line).await {
                 return Err(StreamError::NoDestinationLeft);
             }
-            if refs_key.is_some() {
-                let mut r = done.entry.blob.into_bytes();
-                r.push(b'\n');
-                if !refs.write(&r).await {
-                    return Err(StreamError::NoDestinationLeft);
-                }
+            let mut r = done.entry.blob.into_bytes();
+            r.push(b'\n');
+            if !refs.write(&r).await {
+                return Err(StreamError::NoDestinationLeft);
             }
             if ctx.dests.iter().all(Dest::is_failed) {
                 return Err(StreamError::NoDestinationLeft);
             }
         }
-        if !index.finish().await || (refs_key.is_some() && !refs.finish().await) {
+        if !index.finish().await || !refs.finish().await {
             return Err(StreamError::NoDestinationLeft);
         }
         let _ = ok_tx.send(());
         let _ = refs_ok_tx.send(());
         Ok((stats, index.raw))
     };
-    let (produced, (pumped, written), refs_written) =
+    let (produced, (pumped, written), (refs_pumped, refs_written)) =
         tokio::join!(produce, index_upload, refs_upload);
     drop(results);
 
@@ -453,23 +435,18 @@ pub(super) async fn backup(
             }
         }
     }
-    let refs = match (refs_key, refs_written) {
-        (Some(k), Some((pumped, written))) => {
-            let (sha256, size, ()) = pumped?;
-            for (i, r) in dest_targets.iter().zip(written) {
-                if let Err(e) = r {
-                    targets[*i]
-                        .error
-                        .get_or_insert_with(|| format!("writing the blob list: {e}"));
-                }
-            }
-            Some(manifest::StoredRef {
-                key: k,
-                size,
-                sha256,
-            })
+    let (refs_sha256, refs_size, ()) = refs_pumped?;
+    for (i, r) in dest_targets.iter().zip(refs_written) {
+        if let Err(e) = r {
+            targets[*i]
+                .error
+                .get_or_insert_with(|| format!("writing the blob list: {e}"));
         }
-        _ => None,
+    }
+    let refs = manifest::StoredRef {
+        key: refs_key,
+        size: refs_size,
+        sha256: refs_sha256,
     };
     if !any || dest_targets.iter().all(|i| targets[*i].error.is_some()) {
         return Err(StreamError::NoDestinationLeft);
@@ -489,7 +466,7 @@ pub(super) async fn backup(
         raw_size,
         sha256,
         files: Some(stats),
-        refs,
+        refs: Some(refs),
         ..Default::default()
     })
 }
