@@ -13,12 +13,13 @@
 //! since 2020, local directories) at least one side sees the other, so a blob is never
 //! deleted between a backup deciding to reuse it and the backup's manifest being published.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::time::Duration;
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 use tokio::io::AsyncReadExt;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -32,7 +33,9 @@ use crate::storage::{Storage, StorageError};
 use std::sync::Arc;
 
 pub use crate::layout::{BLOBS_DIR, LOCKS_DIR, blob_key};
-pub const INDEX_FORMAT: u32 = 1;
+/// 2: JSON Lines (a header line, then one entry per line in [`path_order`]); 1: one JSON
+/// document with every entry in `files`, sorted by path string (still read).
+pub const INDEX_FORMAT: u32 = 2;
 
 /// A backup lock older than this belongs to a crashed run and no longer blocks sweeps.
 const BACKUP_LOCK_STALE: Duration = Duration::from_secs(24 * 3600);
@@ -41,8 +44,9 @@ const SWEEP_LOCK_STALE: Duration = Duration::from_secs(15 * 60);
 /// A sweep stops (and leaves the rest for next time) after this long.
 const SWEEP_BUDGET: Duration = Duration::from_secs(5 * 60);
 
-/// The index of one files source in one backup. Stored as JSON (compressed like the rest
-/// of the job), so it can be read with `zstd -dc | jq` when restoring by hand.
+/// The index of one files source in one backup. Stored as JSON Lines (compressed like the
+/// rest of the job), so it can be read with `zstd -dc | jq` when restoring by hand: this
+/// struct without `files` is the first line, then one [`IndexEntry`] per line.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct FileIndex {
     pub format: u32,
@@ -54,8 +58,26 @@ pub struct FileIndex {
     pub include: Vec<String>,
     #[serde(default)]
     pub exclude: Vec<String>,
-    /// Sorted by path.
+    /// Format 1 only (format 2 has the entries on the following lines); in memory, in
+    /// [`path_order`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub files: Vec<IndexEntry>,
+}
+
+/// The order of paths in a scan and an index: component by component, each compared as
+/// bytes. It is the order of a depth-first walk with sorted directories (walkdir's
+/// `sort_by_file_name`), so a scan and an index can be merged without holding either; it
+/// differs from the order of whole strings ("a.b" < "a/b" as strings, not here).
+pub fn path_order(a: &str, b: &str) -> std::cmp::Ordering {
+    a.split('/').cmp(b.split('/'))
+}
+
+/// One line of a format-2 index, newline included.
+pub fn index_line<T: Serialize>(item: &T) -> Result<Vec<u8>, BlobError> {
+    let mut line = serde_json::to_vec(item)
+        .map_err(|e| BlobError::Corrupt(format!("encoding the file index: {e}")))?;
+    line.push(b'\n');
+    Ok(line)
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -117,17 +139,9 @@ pub async fn pack_bytes(
     Ok(Bytes::from(out))
 }
 
-/// The clear list of blob keys an encrypted index references (`layout::refs_key`), so a
-/// sweep can mark without a key: it reveals only names the blob listing shows anyway.
-pub async fn encode_refs(index: &FileIndex, c: Compression) -> Result<Bytes, BlobError> {
-    let mut keys: Vec<&str> = index.files.iter().map(|f| f.blob.as_str()).collect();
-    keys.sort_unstable();
-    keys.dedup();
-    let mut text = keys.join("\n");
-    text.push('\n');
-    compress_bytes(Bytes::from(text), c, None).await
-}
-
+/// The clear list of blob keys an encrypted index references (`layout::refs_key`), one a
+/// line in index order, so a sweep can mark without a key: it reveals only names the blob
+/// listing shows anyway.
 pub async fn read_refs(
     storage: &dyn Storage,
     r: &crate::manifest::StoredRef,
@@ -140,11 +154,15 @@ pub async fn read_refs(
         .read_to_string(&mut text)
         .await
         .map_err(|e| BlobError::Corrupt(format!("reading {}: {e}", r.key)))?;
-    Ok(text
+    // Written in index order since format 2: duplicates are possible.
+    let mut keys: Vec<String> = text
         .lines()
         .filter(|l| !l.is_empty())
         .map(str::to_string)
-        .collect())
+        .collect();
+    keys.sort_unstable();
+    keys.dedup();
+    Ok(keys)
 }
 
 pub async fn compress_bytes(
@@ -163,37 +181,172 @@ pub async fn compress_bytes(
     Ok(Bytes::from(out))
 }
 
-/// Read a backup's index, checking the stored object against the manifest's sha256.
+/// Read a whole index into memory (what `verify` and archive surveys use; backups and
+/// restores stream it with [`open_index`]).
 pub async fn read_index(
     storage: &dyn Storage,
     entry: &SourceEntry,
     packing: &Packing,
 ) -> Result<FileIndex, BlobError> {
+    let (mut header, mut entries) = open_index(storage, entry, packing).await?;
+    let mut files = Vec::new();
+    while let Some(f) = entries.next().await? {
+        files.push(f);
+    }
+    header.files = files;
+    Ok(header)
+}
+
+/// The entries of an index, one at a time, in [`path_order`].
+pub struct IndexEntries {
+    source: EntrySource,
+    key: String,
+    last: Option<String>,
+    line: String,
+}
+
+enum EntrySource {
+    Lines(tokio::io::BufReader<codec::Reader>),
+    /// A format-1 index: one document, so it is in memory anyway (sorted into path order).
+    Loaded(std::vec::IntoIter<IndexEntry>),
+}
+
+impl IndexEntries {
+    /// Entries already in memory (in `path_order`): for tests of the merges.
+    #[cfg(test)]
+    pub(crate) fn from_vec(entries: Vec<IndexEntry>) -> IndexEntries {
+        IndexEntries {
+            source: EntrySource::Loaded(entries.into_iter()),
+            key: "test".to_string(),
+            last: None,
+            line: String::new(),
+        }
+    }
+
+    /// The next entry; `None` at the end, once the stored object's sha256 was checked.
+    pub async fn next(&mut self) -> Result<Option<IndexEntry>, BlobError> {
+        let entry = match &mut self.source {
+            EntrySource::Loaded(it) => it.next(),
+            EntrySource::Lines(r) => loop {
+                self.line.clear();
+                let n = tokio::io::AsyncBufReadExt::read_line(r, &mut self.line)
+                    .await
+                    .map_err(|e| BlobError::Corrupt(format!("reading {}: {e}", self.key)))?;
+                if n == 0 {
+                    break None;
+                }
+                if self.line.trim().is_empty() {
+                    continue;
+                }
+                break Some(serde_json::from_str::<IndexEntry>(&self.line).map_err(|e| {
+                    BlobError::Corrupt(format!("file index {} is not valid: {e}", self.key))
+                })?);
+            },
+        };
+        if let Some(e) = &entry {
+            // Merges with a scan rely on the order: an index out of order is refused
+            // rather than merged wrongly.
+            if let Some(last) = &self.last
+                && path_order(last, &e.path) != std::cmp::Ordering::Less
+            {
+                return Err(BlobError::Corrupt(format!(
+                    "file index {} is not in path order at \"{}\"",
+                    self.key, e.path
+                )));
+            }
+            self.last = Some(e.path.clone());
+        }
+        Ok(entry)
+    }
+}
+
+/// Open a backup's index: its header (`files` empty) and its entries, streamed. The
+/// stored object is checked against the manifest's sha256 when the last entry is read.
+/// A format-1 index is one JSON document: it is read whole (as before format 2).
+pub async fn open_index(
+    storage: &dyn Storage,
+    entry: &SourceEntry,
+    packing: &Packing,
+) -> Result<(FileIndex, IndexEntries), BlobError> {
     let raw = storage.get(&entry.key).await?;
     let verified = codec::Verify::new(raw, &entry.sha256, entry.size, &entry.key);
-    let mut r = packing
+    let r = packing
         .unpack(Box::new(verified), &entry.key)
         .await
         .map_err(|e| BlobError::Crypt(Box::new(e)))?;
-    let mut json = Vec::new();
-    r.read_to_end(&mut json)
+    let mut r = tokio::io::BufReader::with_capacity(64 * 1024, r);
+    let read_err = |e: std::io::Error| BlobError::Corrupt(format!("reading {}: {e}", entry.key));
+    let invalid = |e: serde_json::Error| {
+        BlobError::Corrupt(format!("file index {} is not valid: {e}", entry.key))
+    };
+    let mut first = String::new();
+    tokio::io::AsyncBufReadExt::read_line(&mut r, &mut first)
         .await
-        .map_err(|e| BlobError::Corrupt(format!("reading {}: {e}", entry.key)))?;
-    serde_json::from_slice(&json)
-        .map_err(|e| BlobError::Corrupt(format!("file index {} is not valid: {e}", entry.key)))
-}
-
-/// Hashes of the blobs a destination holds, from a job listing (keys in the current
-/// compression only: the index names one key per content, the same on every destination).
-pub fn existing_blobs(listing: &JobListing, job: &str, form: Form) -> HashSet<String> {
-    listing
-        .blobs
-        .iter()
-        .filter_map(|o| hash_of_blob(job, &o.key, form))
-        .collect()
+        .map_err(read_err)?;
+    let mut header: FileIndex = match serde_json::from_str(&first) {
+        Ok(h) => h,
+        // Not one line: a format-1 document written over several lines.
+        Err(_) => {
+            let mut rest = first.into_bytes();
+            r.read_to_end(&mut rest).await.map_err(read_err)?;
+            serde_json::from_slice(&rest).map_err(invalid)?
+        }
+    };
+    let source = match header.format {
+        1 => {
+            let mut files = std::mem::take(&mut header.files);
+            files.sort_by(|a, b| path_order(&a.path, &b.path));
+            // Drain to the end, so the sha256 is checked.
+            let mut rest = Vec::new();
+            r.read_to_end(&mut rest).await.map_err(read_err)?;
+            EntrySource::Loaded(files.into_iter())
+        }
+        2 => EntrySource::Lines(r),
+        n => {
+            return Err(BlobError::Corrupt(format!(
+                "file index {} has format {n}, newer than this stowage reads ({INDEX_FORMAT}); use a newer stowage",
+                entry.key
+            )));
+        }
+    };
+    Ok((
+        header,
+        IndexEntries {
+            source,
+            key: entry.key.clone(),
+            last: None,
+            line: String::new(),
+        },
+    ))
 }
 
 use crate::layout::hash_of_blob;
+
+/// A blob's name (hex) as a number, its first 64 bits: what a backup keeps of each blob a
+/// destination holds (8 bytes, not a key string). Two contents sharing 64 bits (odds of
+/// about n²/2⁶⁵) would leave the second unuploaded; verify would then report it.
+pub fn name_id(name: &str) -> Option<u64> {
+    u64::from_str_radix(name.get(..16)?, 16).ok()
+}
+
+/// The blobs stored on `storage` in `form`, as [`name_id`]s, from a paged listing.
+pub async fn blob_ids(
+    storage: &dyn Storage,
+    job: &str,
+    form: Form,
+) -> Result<HashSet<u64>, StorageError> {
+    let mut ids = HashSet::new();
+    storage
+        .list_pages(&format!("{job}/{BLOBS_DIR}/"), &mut |page| {
+            ids.extend(
+                page.iter()
+                    .filter_map(|o| hash_of_blob(job, &o.key, form))
+                    .filter_map(|h| name_id(&h)),
+            );
+        })
+        .await?;
+    Ok(ids)
+}
 
 pub fn lock_key(job: &str, id: &str, kind: LockKind) -> String {
     crate::layout::lock_key(job, id, kind.as_str())
@@ -467,6 +620,36 @@ pub async fn sweep(
     result
 }
 
+/// References one sweep round holds at most (16 bytes each): more, and the blobs are
+/// swept in several rounds, each over a share of the fan-out directories.
+const SWEEP_ROUND_REFS: u64 = 500_000;
+
+/// A blob key as a sweep remembers it: a 128-bit hash (a collision only keeps garbage).
+fn ref_id(key: &str) -> u128 {
+    let d = Sha256::digest(key.as_bytes());
+    let mut b = [0u8; 16];
+    b.copy_from_slice(&d[..16]);
+    u128::from_le_bytes(b)
+}
+
+/// The fan-out directory of a blob key (`<job>/blobs/<aa>/…`), as a number.
+fn fan_of(job: &str, key: &str) -> Option<usize> {
+    let rest = key.strip_prefix(&format!("{job}/{BLOBS_DIR}/"))?;
+    let (fan, _) = rest.split_once('/')?;
+    if fan.len() != 2 {
+        return None;
+    }
+    usize::from_str_radix(fan, 16).ok()
+}
+
+/// The files sources of the published backups: what a sweep must keep.
+struct Marked {
+    /// Per files source: its manifest (how it is stored) and entry.
+    sources: Vec<(Manifest, SourceEntry)>,
+    /// Sum of their file counts: an upper bound of the references.
+    refs: u64,
+}
+
 async fn sweep_locked(
     storage: &dyn Storage,
     job: &str,
@@ -475,8 +658,9 @@ async fn sweep_locked(
 ) -> Result<SweepOutcome, BlobError> {
     let started = std::time::Instant::now();
     let now = Utc::now();
-    let listing = JobListing::read(storage, job).await?;
-    let locks = parse_locks(job, listing.locks.iter().map(|o| o.key.clone()));
+    // Backups and locks only: the blobs are listed a fan-out directory at a time.
+    let listing = JobListing::read_backups(storage, job).await?;
+    let locks = list_locks(storage, job).await?;
     if let Some(other) = locks
         .iter()
         .find(|l| l.kind == LockKind::Backup && l.id != own_id && is_live(l, now))
@@ -485,9 +669,12 @@ async fn sweep_locked(
             by: other.id.clone(),
         });
     }
-    // Mark: every blob referenced by a published backup. Any unreadable manifest or index
-    // stops the sweep: deleting on incomplete knowledge could destroy a backup.
-    let mut referenced: HashSet<String> = HashSet::new();
+    // Every published backup's files sources. Any unreadable manifest or index stops the
+    // sweep: deleting on incomplete knowledge could destroy a backup.
+    let mut marked = Marked {
+        sources: Vec::new(),
+        refs: 0,
+    };
     for p in listing.published(job) {
         let m: Manifest = match manifest::read_manifest(storage, job, &p.id).await {
             Ok(m) => m,
@@ -501,60 +688,119 @@ async fn sweep_locked(
             }
         };
         for e in m.sources.iter().filter(|s| s.files.is_some()) {
-            let stop = |err| BlobError::Corrupt(format!("sweep stopped, backup {}: {err}", p.id));
-            match (&e.refs, m.encryption.is_some()) {
-                (Some(r), _) => {
-                    referenced.extend(read_refs(storage, r, m.compression).await.map_err(stop)?)
-                }
-                (None, true) => {
-                    return Err(BlobError::Corrupt(format!(
-                        "sweep stopped, backup {}: encrypted files source {} lists no blob references",
-                        p.id, e.name
-                    )));
-                }
-                (None, false) => {
-                    let index = read_index(storage, e, &Packing::of(&m, None))
-                        .await
-                        .map_err(stop)?;
-                    referenced.extend(index.files.into_iter().map(|f| f.blob));
-                }
+            if e.refs.is_none() && m.encryption.is_some() {
+                return Err(BlobError::Corrupt(format!(
+                    "sweep stopped, backup {}: encrypted files source {} lists no blob references",
+                    p.id, e.name
+                )));
             }
+            marked.refs += e.files.as_ref().map_or(0, |f| f.count);
+            marked.sources.push((m.clone(), e.clone()));
         }
     }
+    drop(listing);
+    // Rounds over shares of the 256 fan-out directories, so the references held at once
+    // stay bounded: each round reads every kept backup's references (streamed) and keeps
+    // those in its share, then lists its directories and deletes what is not kept.
+    let rounds = [1usize, 2, 4, 8, 16, 32, 64, 128, 256]
+        .into_iter()
+        .find(|r| marked.refs / (*r as u64) <= SWEEP_ROUND_REFS)
+        .unwrap_or(256);
+    let per_round = 256 / rounds;
     let young = |o: &crate::storage::ObjectMeta| {
         min_age.is_some_and(|min| o.modified.is_none_or(|t| Utc::now() - t < min))
     };
-    let garbage: Vec<String> = listing
-        .blobs
-        .iter()
-        .filter(|o| !young(o))
-        .map(|o| o.key.clone())
-        .filter(|k| !referenced.contains(k) && !k.ends_with(crate::storage::local::PARTIAL_SUFFIX))
-        .collect();
-    let kept = listing.blobs.len() - garbage.len();
-    let mut deleted = 0;
-    for batch in garbage.chunks(1000) {
-        if started.elapsed() > SWEEP_BUDGET {
-            break;
+    let (mut deleted, mut kept, mut left) = (0usize, 0usize, 0usize);
+    for round in 0..rounds {
+        let fans = round * per_round..(round + 1) * per_round;
+        let mut referenced: HashSet<u128> = HashSet::new();
+        for (m, e) in &marked.sources {
+            let stop = |err| BlobError::Corrupt(format!("sweep stopped, backup {}: {err}", m.id));
+            let mut keep = |key: &str| {
+                if fan_of(job, key).is_none_or(|f| fans.contains(&f)) {
+                    referenced.insert(ref_id(key));
+                }
+            };
+            match &e.refs {
+                Some(r) => for_each_ref(storage, r, m.compression, &mut keep)
+                    .await
+                    .map_err(stop)?,
+                None => {
+                    let (_, mut entries) = open_index(storage, e, &Packing::of(m, None))
+                        .await
+                        .map_err(stop)?;
+                    while let Some(f) = entries.next().await.map_err(stop)? {
+                        keep(&f.blob);
+                    }
+                }
+            }
         }
-        storage.delete(batch).await?;
-        deleted += batch.len();
+        for fan in fans {
+            let objects = storage
+                .list(&format!("{job}/{BLOBS_DIR}/{fan:02x}/"))
+                .await?;
+            let garbage: Vec<String> = objects
+                .iter()
+                .filter(|o| !young(o))
+                .map(|o| o.key.clone())
+                .filter(|k| {
+                    !referenced.contains(&ref_id(k))
+                        && !k.ends_with(crate::storage::local::PARTIAL_SUFFIX)
+                })
+                .collect();
+            kept += objects.len() - garbage.len();
+            for batch in garbage.chunks(1000) {
+                if started.elapsed() > SWEEP_BUDGET {
+                    left += batch.len();
+                    continue;
+                }
+                storage.delete(batch).await?;
+                deleted += batch.len();
+            }
+        }
     }
     Ok(SweepOutcome::Swept {
         deleted,
         kept,
-        left: garbage.len() - deleted,
+        left,
     })
 }
 
-/// The previous backup's index of this source, for `immutable` sources: path → entry.
+/// Each blob key of a stored refs list (checked against its sha256 at the end).
+async fn for_each_ref(
+    storage: &dyn Storage,
+    r: &crate::manifest::StoredRef,
+    c: Compression,
+    each: &mut (dyn FnMut(&str) + Send),
+) -> Result<(), BlobError> {
+    let raw = storage.get(&r.key).await?;
+    let verified = codec::Verify::new(raw, &r.sha256, r.size, &r.key);
+    let mut lines = tokio::io::BufReader::new(codec::decompress(Box::new(verified), c));
+    let mut line = String::new();
+    loop {
+        line.clear();
+        let n = tokio::io::AsyncBufReadExt::read_line(&mut lines, &mut line)
+            .await
+            .map_err(|e| BlobError::Corrupt(format!("reading {}: {e}", r.key)))?;
+        if n == 0 {
+            return Ok(());
+        }
+        let key = line.trim_end();
+        if !key.is_empty() {
+            each(key);
+        }
+    }
+}
+
+/// The newest published backup of this source on `storage`: its id and its index,
+/// streamed, to merge with a scan.
 pub async fn previous_index(
     storage: &dyn Storage,
     listing: &JobListing,
     job: &str,
     source: &str,
     keys: Option<Arc<Keys>>,
-) -> Option<HashMap<String, IndexEntry>> {
+) -> Option<(String, IndexEntries)> {
     for p in listing.published(job) {
         let Ok(m) = manifest::read_manifest(storage, job, &p.id).await else {
             continue;
@@ -571,8 +817,8 @@ pub async fn previous_index(
             // (nothing is uploaded again: blob names still match).
             return None;
         }
-        return match read_index(storage, e, &Packing::of(&m, keys.clone())).await {
-            Ok(ix) => Some(ix.files.into_iter().map(|f| (f.path.clone(), f)).collect()),
+        return match open_index(storage, e, &Packing::of(&m, keys.clone())).await {
+            Ok((_, entries)) => Some((p.id, entries)),
             Err(err) => {
                 warn!(
                     job,
@@ -624,6 +870,104 @@ mod tests {
         for k in [a, b] {
             assert!(!dir.path().join(&k).exists(), "{k}");
         }
+    }
+
+    #[test]
+    fn paths_order_component_by_component() {
+        use std::cmp::Ordering::*;
+        assert_eq!(path_order("a/b", "a.b"), Less);
+        assert!("a/b" > "a.b", "as whole strings it is the other way");
+        assert_eq!(path_order("a/z/z", "a0"), Less);
+        assert_eq!(path_order("a", "a/b"), Less);
+        assert_eq!(path_order("a-c/x", "a/x"), Greater);
+        assert_eq!(path_order("x/y", "x/y"), Equal);
+        let mut v = vec!["a0", "a.b/c", "a/b/c", "a-c", "a/b", "b", "a/b.c"];
+        v.sort_by(|a, b| path_order(a, b));
+        assert_eq!(v, vec!["a/b", "a/b/c", "a/b.c", "a-c", "a.b/c", "a0", "b"]);
+    }
+
+    fn entry(path: &str) -> IndexEntry {
+        IndexEntry {
+            path: path.to_string(),
+            size: 1,
+            mode: 0o644,
+            mtime: 0,
+            sha256: "ab".repeat(32),
+            blob: blob_key("app", &"ab".repeat(32), Compression::Zstd),
+        }
+    }
+
+    fn header(format: u32, files: Vec<IndexEntry>) -> FileIndex {
+        FileIndex {
+            format,
+            source: "uploads".into(),
+            root: "/data".into(),
+            include: vec![],
+            exclude: vec![],
+            files,
+        }
+    }
+
+    /// Store `body` (zstd) as an index and open it as its manifest entry would.
+    async fn stored(
+        storage: &crate::storage::local::LocalStorage,
+        body: Vec<u8>,
+    ) -> Result<(FileIndex, IndexEntries), BlobError> {
+        let packed = compress_bytes(Bytes::from(body.clone()), Compression::Zstd, None)
+            .await
+            .expect("compress");
+        let key = "app/x/uploads.files.json.zst";
+        storage.put_bytes(key, packed.clone()).await.expect("put");
+        let entry = SourceEntry {
+            key: key.into(),
+            size: packed.len() as u64,
+            raw_size: body.len() as u64,
+            sha256: hex::encode(Sha256::digest(&packed)),
+            ..Default::default()
+        };
+        open_index(storage, &entry, &Packing::plain(Compression::Zstd)).await
+    }
+
+    async fn all(mut e: IndexEntries) -> Result<Vec<String>, BlobError> {
+        let mut out = Vec::new();
+        while let Some(f) = e.next().await? {
+            out.push(f.path);
+        }
+        Ok(out)
+    }
+
+    /// Format 2 streams line by line in path order; format 1 (sorted by whole strings) is
+    /// read whole and put in path order; an index out of order is refused.
+    #[tokio::test]
+    async fn indexes_of_both_formats_read_in_path_order() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let storage = crate::storage::local::LocalStorage::new(dir.path().to_path_buf());
+        let mut body = index_line(&header(2, vec![])).expect("header");
+        for p in ["a/b", "a.b", "b"] {
+            body.extend(index_line(&entry(p)).expect("line"));
+        }
+        let (h, e) = stored(&storage, body).await.expect("open");
+        assert_eq!((h.format, h.files.len()), (2, 0));
+        assert_eq!(all(e).await.expect("entries"), vec!["a/b", "a.b", "b"]);
+
+        let old = header(1, vec![entry("a.b"), entry("a/b"), entry("b")]);
+        let (h, e) = stored(&storage, serde_json::to_vec(&old).expect("json"))
+            .await
+            .expect("open");
+        assert_eq!(h.format, 1);
+        assert_eq!(all(e).await.expect("entries"), vec!["a/b", "a.b", "b"]);
+
+        let mut body = index_line(&header(2, vec![])).expect("header");
+        for p in ["a.b", "a/b"] {
+            body.extend(index_line(&entry(p)).expect("line"));
+        }
+        let (_, e) = stored(&storage, body).await.expect("open");
+        let err = all(e).await.expect_err("out of order");
+        assert!(err.to_string().contains("not in path order"), "{err}");
+
+        let newer = index_line(&header(3, vec![])).expect("header");
+        let err = stored(&storage, newer).await.err().expect("format 3");
+        assert!(err.to_string().contains("newer"), "{err}");
     }
 
     #[test]

@@ -4,8 +4,8 @@
 //! ```text
 //! <root>/<job>/<id>/<source>.<ext>[.zst|.gz][.age]   data, one object per database source
 //! <root>/<job>/<id>/<source>.files.json[.zst][.age]  files source: index of path → content hash
-//! <root>/<job>/<id>/<source>.blobs.txt[.zst]         encrypted files source: the blob keys its
-//!                                                    index references, in clear, for blob sweeps
+//! <root>/<job>/<id>/<source>.blobs.txt[.zst]         files source: the blob keys its index
+//!                                                    references, in clear, for blob sweeps
 //! <root>/<job>/<id>/manifest.json                    written last: the backup exists once it does
 //! <root>/<job>/blobs/<aa>/<name>[.zst][.age]         file contents, shared by all backups of the job
 //! <root>/<job>/locks/<id>.backup|.sweep        a backup or a blob sweep in progress
@@ -99,7 +99,8 @@ pub fn index_key(job: &str, id: &str, source: &str, form: impl Into<Form>) -> St
     object_key(job, id, source, "files.json", form)
 }
 
-/// The clear list of blob keys an encrypted files source's index references.
+/// The clear list of blob keys a files source's index references (one a line, in index
+/// order; encrypted jobs too, so sweeps need no key).
 pub fn refs_key(job: &str, id: &str, source: &str, c: Compression) -> String {
     object_key(job, id, source, "blobs.txt", c)
 }

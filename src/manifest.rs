@@ -63,8 +63,9 @@ pub struct SourceEntry {
     /// files: what the index references and what this run uploaded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub files: Option<FilesStats>,
-    /// Encrypted files sources: the clear list of blob keys the index references, so
-    /// blob sweeps need no key to read the index.
+    /// Files sources: the clear list of blob keys the index references, so blob sweeps
+    /// need no key and no index (encrypted files sources always have one; others since
+    /// index format 2).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub refs: Option<StoredRef>,
     /// Databases: rows per table (or collection) in the dump's snapshot, when the engine

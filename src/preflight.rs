@@ -61,14 +61,24 @@ pub async fn check_job(config: &Config, job: &Job) -> Checked {
                     }
                 };
                 let root = f.path.clone();
-                match tokio::task::spawn_blocking(move || tree::scan(&root, &filter)).await {
-                    Ok(Ok(scan)) => {
-                        let bytes: u64 = scan.files.iter().map(|m| m.size).sum();
+                // Counted as the walk goes: a tree of millions of files is never held.
+                let counted = tokio::task::spawn_blocking(move || {
+                    let (mut count, mut bytes) = (0u64, 0u64);
+                    tree::walk(&root, &filter, |found| {
+                        if let tree::Found::File(m) = found {
+                            count += 1;
+                            bytes += m.size;
+                        }
+                        true
+                    })
+                    .map(|()| (count, bytes))
+                });
+                match counted.await {
+                    Ok(Ok((count, bytes))) => {
                         c.lines.push(format!(
-                            "would back up files {} from {}: {} file(s), {} (only contents no destination has are uploaded)",
+                            "would back up files {} from {}: {count} file(s), {} (only contents no destination has are uploaded)",
                             f.name,
                             f.path.display(),
-                            scan.files.len(),
                             human_bytes(bytes)
                         ));
                     }

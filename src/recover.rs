@@ -40,7 +40,9 @@ pub async fn clean(
     started: DateTime<Utc>,
 ) -> Result<Recovered, StorageError> {
     let mut out = Recovered::default();
-    let listing = JobListing::read(storage, job).await?;
+    // Backups and locks, then the blobs a page at a time: only their leftovers are kept.
+    let mut listing = JobListing::read_backups(storage, job).await?;
+    listing.locks = storage.list(&crate::layout::locks_prefix(job)).await?;
     let mut lock_state: HashMap<String, bool> = HashMap::new(); // id → holder alive
     for lock in blobs::parse_locks(job, listing.locks.iter().map(|o| o.key.clone())) {
         let key = blobs::lock_key(job, &lock.id, lock.kind);
@@ -80,13 +82,21 @@ pub async fn clean(
         dead.insert(id.clone());
     }
     // Blob uploads of dead writers: temporary files whose process is gone.
-    let partials: Vec<String> = listing
-        .blobs
+    let dead_partial = |k: &str| k.ends_with(PARTIAL_SUFFIX) && !partial_owner_alive(k);
+    let mut partials: Vec<String> = listing
+        .locks
         .iter()
-        .chain(&listing.locks)
         .map(|o| o.key.clone())
-        .filter(|k| k.ends_with(PARTIAL_SUFFIX) && !partial_owner_alive(k))
+        .filter(|k| dead_partial(k))
         .collect();
+    storage
+        .list_pages(
+            &format!("{}{}/", crate::layout::job_prefix(job), blobs::BLOBS_DIR),
+            &mut |page| {
+                partials.extend(page.into_iter().map(|o| o.key).filter(|k| dead_partial(k)))
+            },
+        )
+        .await?;
     if !partials.is_empty() {
         storage.delete(&partials).await?;
         out.partials = partials.len();

@@ -107,7 +107,7 @@ fn run_ok(setup: &Setup) -> String {
 }
 
 /// Data objects (the dump, file blobs of either size) go into the destination's class;
-/// the manifest and the files index stay STANDARD, so `list` and a restore's planning
+/// the manifest, the files index and its blob list stay STANDARD, so `list` and a restore's planning
 /// never need a retrieval.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn data_in_the_archive_class_manifests_and_indexes_standard() {
@@ -124,6 +124,7 @@ async fn data_in_the_archive_class_manifests_and_indexes_standard() {
     let dumps = of(".pgdump.zst");
     let manifests = of("manifest.json");
     let indexes = of(".files.json.zst");
+    let refs = of(".blobs.txt.zst");
     let blobs: Vec<(&String, &String)> = objects
         .iter()
         .filter(|(k, _)| k.contains("/blobs/"))
@@ -136,7 +137,8 @@ async fn data_in_the_archive_class_manifests_and_indexes_standard() {
     for (k, c) in dumps.iter().chain(&blobs) {
         assert_eq!(c.as_str(), "DEEP_ARCHIVE", "{k}");
     }
-    for (k, c) in manifests.iter().chain(&indexes) {
+    assert_eq!(refs.len(), 1, "{objects:#?}");
+    for (k, c) in manifests.iter().chain(&indexes).chain(&refs) {
         assert_eq!(c.as_str(), "STANDARD", "{k}");
     }
     // Listing reads only STANDARD objects: it works without any retrieval.
@@ -170,9 +172,9 @@ async fn retention_keeps_backups_younger_than_the_minimum_storage_duration() {
         .filter_map(|r| r.key_in(BUCKET).map(str::to_string))
         .collect();
     assert!(
-        reads
-            .iter()
-            .all(|k| k.ends_with("manifest.json") || k.ends_with(".files.json.zst")),
+        reads.iter().all(|k| k.ends_with("manifest.json")
+            || k.ends_with(".files.json.zst")
+            || k.ends_with(".blobs.txt.zst")),
         "{reads:?}"
     );
     let manifests = |prefix: &'static str| {

@@ -130,7 +130,7 @@ zstd -d < $B/db.pgdump.zst | pg_restore -L $W/list.txt --single-transaction -d "
     // Files, as in the README.
     let dest = dir.path().join("restored");
     bash(
-        r#"zstd -dc $B/uploads.files.json.zst | jq -r '.files[] | [.blob, .path] | @tsv' |
+        r#"zstd -dc $B/uploads.files.json.zst | jq -r 'select(.blob) | [.blob, .path] | @tsv' |
   while IFS=$'\t' read -r blob path; do
     mkdir -p "$DEST/$(dirname "$path")" && zstd -dc "$ROOT/$blob" > "$DEST/$path"
   done"#,

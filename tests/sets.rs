@@ -119,14 +119,37 @@ struct IndexEntry {
 }
 
 impl Index {
+    /// JSON Lines: the header (this struct without `files`), then one entry per line.
     fn parse(compressed: &[u8]) -> Index {
         let json = zstd_decompress(compressed);
-        serde_json::from_slice(&json).unwrap_or_else(|e| {
+        let bad = |e: serde_json::Error| -> ! {
             panic!(
-                "files index is not the documented JSON: {e}\n{}",
+                "files index is not the documented JSON Lines: {e}\n{}",
                 String::from_utf8_lossy(&json)
             )
-        })
+        };
+        let mut lines = json.split(|b| *b == b'\n').filter(|l| !l.is_empty());
+        let header: serde_json::Value =
+            serde_json::from_slice(lines.next().unwrap_or_default()).unwrap_or_else(|e| bad(e));
+        let strings = |v: &serde_json::Value| -> Vec<String> {
+            v.as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|s| s.as_str().map(str::to_string))
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        Index {
+            format: header["format"].as_u64().unwrap_or(0) as u32,
+            source: header["source"].as_str().unwrap_or_default().to_string(),
+            root: header["root"].as_str().unwrap_or_default().to_string(),
+            include: strings(&header["include"]),
+            exclude: strings(&header["exclude"]),
+            files: lines
+                .map(|l| serde_json::from_slice(l).unwrap_or_else(|e| bad(e)))
+                .collect(),
+        }
     }
 
     fn entry(&self, path: &str) -> &IndexEntry {
@@ -682,7 +705,7 @@ async fn rails_like_set_restores_database_and_files() {
         );
     }
     let idx = fx.local_index(&id, "uploads");
-    assert_eq!(idx.format, 1);
+    assert_eq!(idx.format, 2);
     assert_eq!(idx.source, "uploads");
     assert_eq!(Path::new(&idx.root), uploads.as_path());
     assert!(idx.include.is_empty(), "{:?}", idx.include);

@@ -645,17 +645,18 @@ async fn restore_and_compare(s: &Soak, dest: &str, id: &str) {
         .iter()
         .find(|e| e["name"] == "uploads")
         .expect("uploads source");
-    let index: serde_json::Value = serde_json::from_slice(&common::zstd_decompress(
+    // JSON Lines: a header, then one entry per line.
+    let index = common::zstd_decompress(
         &s.stores()
             .read(dest, entry["key"].as_str().expect("key"))
             .await,
-    ))
-    .expect("index");
-    let want: BTreeMap<String, String> = index["files"]
-        .as_array()
-        .expect("files")
-        .iter()
-        .map(|f| {
+    );
+    let want: BTreeMap<String, String> = index
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .skip(1)
+        .map(|l| {
+            let f: serde_json::Value = serde_json::from_slice(l).expect("an index line");
             (
                 f["path"].as_str().expect("path").to_string(),
                 f["sha256"].as_str().expect("sha").to_string(),

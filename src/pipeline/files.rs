@@ -1,24 +1,28 @@
-//! The files stage of a run: scan the tree, hash each file, upload the contents no
-//! destination has yet as blobs, then write the backup's index. A file's content goes to
-//! a destination once, ever: later backups only reference it.
+//! The files stage of a run: walk the tree, hash each file, upload the contents a
+//! destination lacks as blobs, and stream the backup's index to every destination as the
+//! files complete. A file's content goes to a destination once, ever: later backups only
+//! reference it. Nothing here holds per-file state for the whole tree: the walk, the
+//! previous index and the new index are streams in `path_order`, merged as they go.
 
-use std::collections::{HashMap, HashSet};
+use std::cmp::Ordering;
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
 use futures::future::join_all;
 use sha2::{Digest, Sha256};
+use tokio::sync::mpsc;
 use tokio_util::io::InspectReader;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use super::{StreamError, Target, fan_out, seal};
-use crate::blobs::{self, FileIndex, INDEX_FORMAT, IndexEntry};
+use super::{StreamError, Target, fan_out, fan_out_to, seal};
+use crate::blobs::{self, INDEX_FORMAT, IndexEntries, IndexEntry};
 use crate::config::{FilesConfig, Job};
 use crate::manifest::{self, FilesStats, JobListing, SourceEntry};
-use crate::source::files::{self as tree, FileMeta, PathFilter};
+use crate::source::files::{self as tree, FileMeta, Found, PathFilter};
 use crate::storage::{Storage, StorageError};
 
 /// Files up to this size are read once into memory (hash, compress, upload from the same
@@ -36,8 +40,10 @@ const ATTEMPTS: usize = 3;
 /// One destination as the files stage sees it.
 struct Dest<'a> {
     storage: &'a dyn Storage,
-    /// Contents present (or claimed by an upload of this run).
-    have: Mutex<HashSet<String>>,
+    /// Contents present, or claimed by an upload of this run, as `blobs::name_id`s: 8
+    /// bytes a blob, from a paged listing. Knowing every blob (not trusting the previous
+    /// index) is what puts a blob lost on one destination back there on the next run.
+    have: Mutex<HashSet<u64>>,
     failed: Mutex<Option<String>>,
 }
 
@@ -52,18 +58,19 @@ impl Dest<'_> {
             *f = Some(why);
         }
     }
-    /// True when this caller should upload `sha` here (nobody has or is uploading it).
-    fn claim(&self, sha: &str) -> bool {
-        !self.is_failed()
-            && self
-                .have
-                .lock()
-                .map(|mut h| h.insert(sha.to_string()))
-                .unwrap_or(false)
+    /// True when this caller should upload `name` here (nobody has or is uploading it).
+    /// A name that is not hex is never known: it goes up each time.
+    fn claim(&self, name: &str) -> bool {
+        let Some(id) = blobs::name_id(name) else {
+            return !self.is_failed();
+        };
+        !self.is_failed() && self.have.lock().map(|mut h| h.insert(id)).unwrap_or(false)
     }
-    fn unclaim(&self, sha: &str) {
-        if let Ok(mut h) = self.have.lock() {
-            h.remove(sha);
+    fn unclaim(&self, name: &str) {
+        if let Some(id) = blobs::name_id(name)
+            && let Ok(mut h) = self.have.lock()
+        {
+            h.remove(&id);
         }
     }
 }
@@ -72,7 +79,6 @@ struct Ctx<'a> {
     cfg: &'a FilesConfig,
     job: &'a Job,
     dests: Vec<Dest<'a>>,
-    previous: Option<HashMap<String, IndexEntry>>,
     cancel: &'a CancellationToken,
     big: tokio::sync::Semaphore,
 }
@@ -85,6 +91,132 @@ struct Done {
     uploaded: u64,
 }
 
+/// Entries not backed up (symlinks, sockets, names that are not UTF-8): a count and the
+/// first few names, for one warning.
+#[derive(Default)]
+struct Skipped {
+    count: usize,
+    first: Vec<String>,
+}
+
+/// The walk merged with the previous index (both in `path_order`): each file with the
+/// previous backup's entry for the same path, if any. Neither is held whole.
+struct Merge {
+    scan: mpsc::Receiver<Result<Found, String>>,
+    previous: Option<IndexEntries>,
+    head: Option<IndexEntry>,
+    skipped: Arc<Mutex<Skipped>>,
+    job: String,
+    source: String,
+}
+
+impl Merge {
+    async fn next_file(&mut self) -> Option<Result<(FileMeta, Option<IndexEntry>), String>> {
+        loop {
+            match self.scan.recv().await? {
+                Err(e) => return Some(Err(e)),
+                Ok(Found::Skipped(what)) => {
+                    if let Ok(mut s) = self.skipped.lock() {
+                        s.count += 1;
+                        if s.first.len() < 5 {
+                            s.first.push(what);
+                        }
+                    }
+                }
+                Ok(Found::File(meta)) => {
+                    let prev = self.previous_of(&meta.path).await;
+                    return Some(Ok((meta, prev)));
+                }
+            }
+        }
+    }
+
+    /// The previous entry for `path`, skipping those of files gone since.
+    async fn previous_of(&mut self, path: &str) -> Option<IndexEntry> {
+        loop {
+            if self.head.is_none() {
+                let entries = self.previous.as_mut()?;
+                match entries.next().await {
+                    Ok(Some(e)) => self.head = Some(e),
+                    Ok(None) => {
+                        self.previous = None;
+                        return None;
+                    }
+                    Err(e) => {
+                        warn!(
+                            job = %self.job,
+                            source = %self.source,
+                            "cannot read the rest of the previous index ({e}); re-reading the remaining files"
+                        );
+                        self.previous = None;
+                        return None;
+                    }
+                }
+            }
+            let head = self.head.as_ref()?;
+            match blobs::path_order(&head.path, path) {
+                Ordering::Less => self.head = None,
+                Ordering::Equal => return self.head.take(),
+                Ordering::Greater => return None,
+            }
+        }
+    }
+}
+
+/// Lines of an index (or a refs list) on their way to the uploads, in blocks of about
+/// this size.
+const LINES_BLOCK: usize = 64 * 1024;
+
+/// A sink of lines feeding a streamed upload: a bounded channel read as an `AsyncRead`.
+struct LineSink {
+    tx: Option<mpsc::Sender<Result<Bytes, std::io::Error>>>,
+    buf: BytesMut,
+    raw: u64,
+}
+
+impl LineSink {
+    fn new() -> (LineSink, crate::codec::Reader) {
+        let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(16);
+        let stream = Box::pin(futures::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|b| (b, rx))
+        }));
+        (
+            LineSink {
+                tx: Some(tx),
+                buf: BytesMut::with_capacity(LINES_BLOCK),
+                raw: 0,
+            },
+            Box::new(tokio_util::io::StreamReader::new(stream)),
+        )
+    }
+
+    /// False when the upload reading the other end has stopped.
+    async fn write(&mut self, line: &[u8]) -> bool {
+        self.raw += line.len() as u64;
+        self.buf.extend_from_slice(line);
+        if self.buf.len() >= LINES_BLOCK {
+            return self.flush().await;
+        }
+        true
+    }
+
+    async fn flush(&mut self) -> bool {
+        let block = self.buf.split().freeze();
+        match &self.tx {
+            Some(tx) if !block.is_empty() => tx.send(Ok(block)).await.is_ok(),
+            Some(_) => true,
+            None => false,
+        }
+    }
+
+    /// Flush and close: the reader sees the end.
+    async fn finish(&mut self) -> bool {
+        let ok = self.flush().await;
+        self.tx = None;
+        ok
+    }
+}
+
 pub(super) async fn backup(
     cfg: &FilesConfig,
     job: &Job,
@@ -95,49 +227,31 @@ pub(super) async fn backup(
     let name = cfg.name.as_str();
     let fail = |e: String| StreamError::Files(format!("files source {name}: {e}"));
     let filter = PathFilter::new(&cfg.include, &cfg.exclude).map_err(fail)?;
-    let root = cfg.path.clone();
-    let scan = tokio::task::spawn_blocking(move || tree::scan(&root, &filter))
-        .await
-        .map_err(|e| fail(format!("scan aborted: {e}")))?
-        .map_err(fail)?;
-    if !scan.skipped.is_empty() {
-        warn!(
-            job = %job.name,
-            source = name,
-            "{} entr{} in {} not backed up (only regular files are): {}{}",
-            scan.skipped.len(),
-            if scan.skipped.len() == 1 { "y" } else { "ies" },
-            cfg.path.display(),
-            scan.skipped.iter().take(5).cloned().collect::<Vec<_>>().join(", "),
-            if scan.skipped.len() > 5 { ", …" } else { "" }
-        );
-    }
 
-    // What each destination already holds, from one listing each.
+    // Each destination's backups, and which blobs it holds (paged, kept compact).
     let live: Vec<usize> = (0..targets.len())
         .filter(|i| targets[*i].error.is_none())
         .collect();
-    let listings = join_all(
-        live.iter()
-            .map(|i| JobListing::read(targets[*i].storage.as_ref(), &job.name)),
-    )
+    let listings = join_all(live.iter().map(|i| async {
+        let st = targets[*i].storage.as_ref();
+        let backups = JobListing::read_backups(st, &job.name).await?;
+        let have = blobs::blob_ids(st, &job.name, job.form()).await?;
+        Ok::<_, StorageError>((backups, have))
+    }))
     .await;
     let mut dests = Vec::new();
     let mut dest_targets = Vec::new();
-    let mut first_listing = None;
+    let mut backups = Vec::new();
     for (i, l) in live.iter().zip(listings) {
         match l {
-            Ok(listing) => {
-                let have = blobs::existing_blobs(&listing, &job.name, job.form());
+            Ok((listing, have)) => {
                 dests.push(Dest {
                     storage: targets[*i].storage.as_ref(),
                     have: Mutex::new(have),
                     failed: Mutex::new(None),
                 });
                 dest_targets.push(*i);
-                if first_listing.is_none() {
-                    first_listing = Some((*i, listing));
-                }
+                backups.push(listing);
             }
             Err(e) => targets[*i].error = Some(format!("cannot list existing blobs: {e}")),
         }
@@ -145,55 +259,148 @@ pub(super) async fn backup(
     if dests.is_empty() {
         return Err(StreamError::NoDestinationLeft);
     }
-    let previous = match (&first_listing, cfg.immutable) {
-        (Some((i, listing)), true) => {
-            let keys = job.encryption.as_ref().and_then(|e| e.keys.clone());
-            blobs::previous_index(targets[*i].storage.as_ref(), listing, &job.name, name, keys)
-                .await
+    // `immutable`: the previous index (of the first destination that has one), streamed
+    // and merged with the walk, gives the hashes of files whose size and mtime are
+    // unchanged, without reading them.
+    let mut previous = None;
+    if cfg.immutable {
+        let keys = job.encryption.as_ref().and_then(|e| e.keys.clone());
+        for (i, listing) in dest_targets.iter().zip(&backups) {
+            if let Some((_, entries)) = blobs::previous_index(
+                targets[*i].storage.as_ref(),
+                listing,
+                &job.name,
+                name,
+                keys.clone(),
+            )
+            .await
+            {
+                previous = Some(entries);
+                break;
+            }
         }
-        _ => None,
-    };
-    drop(first_listing);
+    }
+    drop(backups);
 
     let ctx = Ctx {
         cfg,
         job,
         dests,
-        previous,
         cancel,
         big: tokio::sync::Semaphore::new(BIG_AT_ONCE),
     };
-    let total = scan.files.len();
-    let mut results = futures::stream::iter(scan.files)
-        .map(|meta| process(&ctx, meta))
-        .buffer_unordered(CONCURRENCY);
-    let mut entries = Vec::with_capacity(total);
-    let mut stats = FilesStats::default();
-    let mut failure = None;
-    while let Some(r) = results.next().await {
-        match r {
-            Ok(Some(done)) => {
-                stats.count += 1;
-                stats.bytes += done.entry.size;
-                if done.new {
-                    stats.new_files += 1;
-                    stats.new_bytes += done.entry.size;
+    let skipped = Arc::new(Mutex::new(Skipped::default()));
+    let merge = Merge {
+        scan: tree::spawn_walk(cfg.path.clone(), filter),
+        previous,
+        head: None,
+        skipped: skipped.clone(),
+        job: job.name.clone(),
+        source: name.to_string(),
+    };
+    let files = Box::pin(futures::stream::unfold(merge, |mut m| async move {
+        let item = m.next_file().await?;
+        Some((item, m))
+    }));
+    // In order (`buffered`), so the index is written in path order as files complete.
+    let mut results = files
+        .map(|item| {
+            let ctx = &ctx;
+            async move {
+                match item {
+                    Ok((meta, prev)) => process(ctx, meta, prev).await,
+                    Err(e) => Err(StreamError::Files(format!(
+                        "files source {}: {e}",
+                        ctx.cfg.name
+                    ))),
                 }
-                stats.uploaded += done.uploaded;
-                entries.push(done.entry);
             }
-            Ok(None) => {}
-            Err(e) => {
-                failure = Some(e);
-                break;
+        })
+        .buffered(CONCURRENCY);
+
+    // The index streams to every destination while the files are processed; it is
+    // completed only if every file was (`ok_rx`), else abandoned.
+    let key = manifest::index_key(&job.name, id, name, job.form());
+    // The clear list of blob keys, for sweeps (which then need neither a key nor the
+    // index's JSON).
+    let refs_key = crate::layout::refs_key(&job.name, id, name, job.compression);
+    let writers: Vec<&dyn Storage> = ctx.dests.iter().map(|d| d.storage).collect();
+    let (index, index_reader) = LineSink::new();
+    let (refs, refs_reader) = LineSink::new();
+    let (ok_tx, ok_rx) = tokio::sync::oneshot::channel::<()>();
+    let (refs_ok_tx, refs_ok_rx) = tokio::sync::oneshot::channel::<()>();
+    let completed = |rx: tokio::sync::oneshot::Receiver<()>| async move {
+        rx.await.map_err(|_| StreamError::Cancelled)
+    };
+    let index_upload = fan_out_to(
+        seal(
+            job,
+            crate::codec::compress(index_reader, job.compression, None),
+        ),
+        &key,
+        &writers,
+        cancel,
+        completed(ok_rx),
+        false,
+    );
+    let refs_upload = fan_out_to(
+        crate::codec::compress(refs_reader, job.compression, None),
+        &refs_key,
+        &writers,
+        cancel,
+        completed(refs_ok_rx),
+        false,
+    );
+
+    let produce = async {
+        // Owned here, so that however this ends, the sinks close and the uploads see it.
+        let (mut index, mut refs) = (index, refs);
+        let mut stats = FilesStats::default();
+        let header = blobs::FileIndex {
+            format: INDEX_FORMAT,
+            source: name.to_string(),
+            root: cfg.path.display().to_string(),
+            include: cfg.include.clone(),
+            exclude: cfg.exclude.clone(),
+            files: Vec::new(),
+        };
+        let line = blobs::index_line(&header).map_err(|e| fail(e.to_string()))?;
+        if !index.write(&line).await {
+            return Err(StreamError::NoDestinationLeft);
+        }
+        while let Some(r) = results.next().await {
+            let Some(done) = r? else { continue };
+            stats.count += 1;
+            stats.bytes += done.entry.size;
+            if done.new {
+                stats.new_files += 1;
+                stats.new_bytes += done.entry.size;
+            }
+            stats.uploaded += done.uploaded;
+            let line = blobs::index_line(&done.entry).map_err(|e| fail(e.to_string()))?;
+            if !index.write(&line).await {
+                return Err(StreamError::NoDestinationLeft);
+            }
+            let mut r = done.entry.blob.into_bytes();
+            r.push(b'\n');
+            if !refs.write(&r).await {
+                return Err(StreamError::NoDestinationLeft);
+            }
+            if ctx.dests.iter().all(Dest::is_failed) {
+                return Err(StreamError::NoDestinationLeft);
             }
         }
-        if ctx.dests.iter().all(Dest::is_failed) {
-            failure = Some(StreamError::NoDestinationLeft);
-            break;
+        if !index.finish().await || !refs.finish().await {
+            return Err(StreamError::NoDestinationLeft);
         }
-    }
+        let _ = ok_tx.send(());
+        let _ = refs_ok_tx.send(());
+        Ok((stats, index.raw))
+    };
+    let (produced, (pumped, written), (refs_pumped, refs_written)) =
+        tokio::join!(produce, index_upload, refs_upload);
     drop(results);
+
     for (d, i) in ctx.dests.iter().zip(&dest_targets) {
         if let Ok(f) = d.failed.lock()
             && let Some(why) = f.as_ref()
@@ -201,86 +408,76 @@ pub(super) async fn backup(
             targets[*i].error.get_or_insert_with(|| why.clone());
         }
     }
-    if let Some(e) = failure {
-        return Err(e);
+    if let Ok(s) = skipped.lock()
+        && s.count > 0
+    {
+        warn!(
+            job = %job.name,
+            source = name,
+            "{} entr{} in {} not backed up (only regular files are): {}{}",
+            s.count,
+            if s.count == 1 { "y" } else { "ies" },
+            cfg.path.display(),
+            s.first.join(", "),
+            if s.count > s.first.len() { ", …" } else { "" }
+        );
     }
-
-    entries.sort_by(|a, b| a.path.cmp(&b.path));
-    let index = FileIndex {
-        format: INDEX_FORMAT,
-        source: name.to_string(),
-        root: cfg.path.display().to_string(),
-        include: cfg.include.clone(),
-        exclude: cfg.exclude.clone(),
-        files: entries,
-    };
-    let sealer = job.encryption.as_ref().map(|e| &e.sealer);
-    let (packed, raw_size) = blobs::encode_index(&index, job.compression, sealer)
-        .await
-        .map_err(|e| fail(e.to_string()))?;
-    let key = manifest::index_key(&job.name, id, name, job.form());
-    let refs = match sealer {
-        Some(_) => {
-            let body = blobs::encode_refs(&index, job.compression)
-                .await
-                .map_err(|e| fail(e.to_string()))?;
-            Some((
-                crate::layout::refs_key(&job.name, id, name, job.compression),
-                body,
-            ))
-        }
-        None => None,
-    };
-    let writers: Vec<usize> = dest_targets
-        .iter()
-        .copied()
-        .filter(|i| targets[*i].error.is_none())
-        .collect();
-    let written = join_all(writers.iter().map(|i| async {
-        let st = targets[*i].storage.as_ref();
-        if let Some((rk, body)) = &refs {
-            st.put_bytes(rk, body.clone()).await?;
-        }
-        st.put_bytes(&key, packed.clone()).await
-    }))
-    .await;
+    let (stats, raw_size) = produced?;
+    let (sha256, size, ()) = pumped?;
     let mut any = false;
-    for (i, r) in writers.iter().zip(written) {
+    for (i, r) in dest_targets.iter().zip(written) {
         match r {
-            Ok(()) => any = true,
-            Err(e) => targets[*i].error = Some(format!("writing the file index: {e}")),
+            Ok(_) => any = true,
+            Err(e) => {
+                targets[*i]
+                    .error
+                    .get_or_insert_with(|| format!("writing the file index: {e}"));
+            }
         }
     }
-    if !any {
+    let (refs_sha256, refs_size, ()) = refs_pumped?;
+    for (i, r) in dest_targets.iter().zip(refs_written) {
+        if let Err(e) = r {
+            targets[*i]
+                .error
+                .get_or_insert_with(|| format!("writing the blob list: {e}"));
+        }
+    }
+    let refs = manifest::StoredRef {
+        key: refs_key,
+        size: refs_size,
+        sha256: refs_sha256,
+    };
+    if !any || dest_targets.iter().all(|i| targets[*i].error.is_some()) {
         return Err(StreamError::NoDestinationLeft);
     }
     info!(
         job = %job.name,
         source = name,
         "index {key}: {} files",
-        index.files.len()
+        stats.count
     );
     Ok(SourceEntry {
         name: name.to_string(),
         kind: "files".to_string(),
-        format: "stowage file index (JSON)".to_string(),
+        format: "stowage file index (JSON Lines)".to_string(),
         key,
-        size: packed.len() as u64,
+        size,
         raw_size,
-        sha256: hex::encode(Sha256::digest(&packed)),
+        sha256,
         files: Some(stats),
-        refs: refs.map(|(key, body)| manifest::StoredRef {
-            key,
-            size: body.len() as u64,
-            sha256: hex::encode(Sha256::digest(&body)),
-        }),
+        refs: Some(refs),
         ..Default::default()
     })
 }
 
 /// Hash one file and upload its content where it is missing. `Ok(None)`: the file was
 /// deleted since the scan, so it is not part of this backup.
-async fn process(ctx: &Ctx<'_>, meta: FileMeta) -> Result<Option<Done>, StreamError> {
+async fn process(
+    ctx: &Ctx<'_>,
+    meta: FileMeta,
+    prev: Option<IndexEntry>,
+) -> Result<Option<Done>, StreamError> {
     let path = match tree::safe_join(&ctx.cfg.path, &meta.path) {
         Some(p) => p,
         None => return Ok(None),
@@ -290,11 +487,9 @@ async fn process(ctx: &Ctx<'_>, meta: FileMeta) -> Result<Option<Done>, StreamEr
         if ctx.cancel.is_cancelled() {
             return Err(StreamError::Cancelled);
         }
-        let reused = ctx
-            .previous
+        let reused = prev
             .as_ref()
             .filter(|_| trust_previous)
-            .and_then(|p| p.get(&meta.path))
             .filter(|p| p.size == meta.size && p.mtime == meta.mtime)
             .map(|p| p.sha256.clone());
         let (sha, size, data) = match reused {

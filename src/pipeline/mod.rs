@@ -542,11 +542,27 @@ fn seal(job: &Job, r: codec::Reader) -> codec::Reader {
 /// abandoned and nothing becomes visible. Returns the stored bytes' sha256 and size with
 /// what `complete` returned, and each storage's result in order.
 async fn fan_out<T>(
+    reader: codec::Reader,
+    key: &str,
+    storages: &[&dyn Storage],
+    cancel: &CancellationToken,
+    complete: impl Future<Output = Result<T, StreamError>>,
+) -> (
+    Result<(String, u64, T), StreamError>,
+    Vec<Result<u64, storage::StorageError>>,
+) {
+    fan_out_to(reader, key, storages, cancel, complete, true).await
+}
+
+/// [`fan_out`], `in_class` false: for an object stowage reads to plan (a file index),
+/// kept out of archive classes.
+async fn fan_out_to<T>(
     mut reader: codec::Reader,
     key: &str,
     storages: &[&dyn Storage],
     cancel: &CancellationToken,
     complete: impl Future<Output = Result<T, StreamError>>,
+    in_class: bool,
 ) -> (
     Result<(String, u64, T), StreamError>,
     Vec<Result<u64, storage::StorageError>>,
@@ -558,12 +574,13 @@ async fn fan_out<T>(
         senders.push(tx);
         receivers.push(rx);
     }
-    let uploads = join_all(
-        storages
-            .iter()
-            .zip(receivers)
-            .map(|(st, rx)| st.put_stream(key, rx)),
-    );
+    let uploads = join_all(storages.iter().zip(receivers).map(|(st, rx)| async move {
+        if in_class {
+            st.put_stream(key, rx).await
+        } else {
+            st.put_stream_plain(key, rx).await
+        }
+    }));
     let pump = async move {
         let mut hasher = Sha256::new();
         let mut stored = 0u64;

@@ -20,7 +20,7 @@ use crate::codec::Packing;
 
 use crate::manifest::SourceEntry;
 use crate::pipeline::human_bytes;
-use crate::source::files::{self as tree, FileMeta, PathFilter};
+use crate::source::files::{self as tree, FileMeta, Found, PathFilter};
 use crate::storage::Storage;
 
 const CONCURRENCY: usize = 8;
@@ -42,15 +42,13 @@ enum Action {
 /// A files source's backup held against the directory it would be restored into.
 pub(super) struct Compared {
     pub index: blobs::FileIndex,
-    pub dir: PathBuf,
-    /// Local files the source's filters cover, by relative path.
-    local: HashMap<String, FileMeta>,
     /// Paths whose local file has the backup's content: nothing to download.
     pub same: HashSet<String>,
 }
 
 /// Read the index and compare every file with what `dir` (default: the backup's root)
-/// holds, by size, then by sha256 of the local file (nothing is downloaded).
+/// holds, by size, then by sha256 of the local file (nothing is downloaded). In memory:
+/// for surveys of archived backups, which list every object anyway; `restore` streams.
 pub(super) async fn compare(
     storage: &dyn Storage,
     entry: &SourceEntry,
@@ -123,14 +121,83 @@ pub(super) async fn compare(
             same.insert(p);
         }
     }
-    Ok(Compared {
-        index,
-        dir,
-        local,
-        same,
-    })
+    Ok(Compared { index, same })
 }
 
+/// One step of a restore, from merging the index with the local tree.
+enum Step {
+    /// An index entry, with the size of the local file at its path (if any).
+    Entry(IndexEntry, Option<u64>),
+    /// A local file the backup does not have.
+    Orphan(String),
+}
+
+/// The index merged with a walk of the target directory (both in `path_order`), one step
+/// at a time: neither is held whole.
+struct Merge {
+    index: Option<blobs::IndexEntries>,
+    local: Option<tokio::sync::mpsc::Receiver<Result<Found, String>>>,
+    head: Option<FileMeta>,
+    entry: Option<IndexEntry>,
+}
+
+impl Merge {
+    async fn local_head(&mut self) -> Result<Option<&FileMeta>, String> {
+        while self.head.is_none() {
+            let Some(rx) = self.local.as_mut() else {
+                return Ok(None);
+            };
+            match rx.recv().await {
+                Some(Ok(Found::File(m))) => self.head = Some(m),
+                Some(Ok(Found::Skipped(_))) => {}
+                Some(Err(e)) => return Err(e),
+                None => self.local = None,
+            }
+        }
+        Ok(self.head.as_ref())
+    }
+
+    async fn index_head(&mut self) -> Result<Option<&IndexEntry>, String> {
+        if self.entry.is_none()
+            && let Some(ix) = self.index.as_mut()
+        {
+            match ix.next().await.map_err(|e| e.to_string())? {
+                Some(e) => self.entry = Some(e),
+                None => self.index = None,
+            }
+        }
+        Ok(self.entry.as_ref())
+    }
+
+    /// Orphans come before the entries that follow them, so a local file is out of the
+    /// way before a directory of the backup is made where it is; and the files of a local
+    /// directory where the backup has a file come before that file.
+    async fn next(&mut self) -> Result<Option<Step>, String> {
+        let entry_path = self.index_head().await?.map(|e| e.path.clone());
+        let local = self.local_head().await?.map(|m| (m.path.clone(), m.size));
+        Ok(match (entry_path, local) {
+            (None, None) => None,
+            (None, Some(_)) => self.head.take().map(|m| Step::Orphan(m.path)),
+            (Some(_), None) => self.entry.take().map(|e| Step::Entry(e, None)),
+            (Some(e), Some((l, size))) => {
+                let under = l.starts_with(&e) && l.as_bytes().get(e.len()) == Some(&b'/');
+                match blobs::path_order(&l, &e) {
+                    _ if under => self.head.take().map(|m| Step::Orphan(m.path)),
+                    std::cmp::Ordering::Less => self.head.take().map(|m| Step::Orphan(m.path)),
+                    std::cmp::Ordering::Equal => {
+                        self.head = None;
+                        self.entry.take().map(|e| Step::Entry(e, Some(size)))
+                    }
+                    std::cmp::Ordering::Greater => self.entry.take().map(|e| Step::Entry(e, None)),
+                }
+            }
+        })
+    }
+}
+
+/// Restore a files source, streaming: the index is merged with a walk of the directory,
+/// orphans are moved as they are met, and files are compared and fetched a few at a
+/// time. Nothing per file is kept for the whole tree.
 pub async fn restore(
     storage: &dyn Storage,
     entry: &SourceEntry,
@@ -139,12 +206,19 @@ pub async fn restore(
 ) -> Result<Vec<String>, RestoreError> {
     let name = entry.name.as_str();
     let err = |e: String| RestoreError::Files(format!("files {name}: {e}"));
-    let Compared {
-        index,
-        dir,
-        local,
-        same,
-    } = compare(storage, entry, packing, target.dir.clone()).await?;
+    let (header, entries) = blobs::open_index(storage, entry, packing)
+        .await
+        .map_err(|e| err(e.to_string()))?;
+    let dir = target
+        .dir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(&header.root));
+    if !dir.is_absolute() {
+        return Err(RestoreError::Usage(format!(
+            "--files-to {}: give an absolute path",
+            dir.display()
+        )));
+    }
     let orphan_base = target
         .orphans
         .clone()
@@ -157,125 +231,246 @@ pub async fn restore(
         )));
     }
     let orphan_dir = orphan_base.join(Utc::now().format("%Y%m%dT%H%M%SZ").to_string());
-    let wanted: HashSet<&str> = index.files.iter().map(|f| f.path.as_str()).collect();
-    let mut orphans: Vec<&String> = local
-        .keys()
-        .filter(|p| !wanted.contains(p.as_str()))
-        .collect();
-    orphans.sort();
-
-    let work: Vec<(&IndexEntry, Action)> = index
-        .files
-        .iter()
-        .filter(|f| !same.contains(f.path.as_str()))
-        .map(|f| {
-            let a = if local.contains_key(&f.path) {
-                Action::Replace
-            } else {
-                Action::Fetch
-            };
-            (f, a)
-        })
-        .collect();
-    let fetch_bytes: u64 = work.iter().map(|(f, _)| f.size).sum();
-    let replaced = work.iter().filter(|(_, a)| *a == Action::Replace).count();
-    let fetched = work.len() - replaced;
+    // What is there now, seen through the same filters the backup used.
+    let filter = PathFilter::new(&header.include, &header.exclude).map_err(err)?;
+    let local = dir.exists().then(|| tree::spawn_walk(dir.clone(), filter));
+    if !target.dry_run {
+        tokio::fs::create_dir_all(&dir)
+            .await
+            .map_err(|e| err(format!("cannot create {}: {e}", dir.display())))?;
+    }
+    let mut merge = Merge {
+        index: Some(entries),
+        local,
+        head: None,
+        entry: None,
+    };
 
     let mut lines = Vec::new();
-    if target.dry_run {
-        for (f, a) in &work {
-            let verb = match a {
-                Action::Fetch => "fetch",
-                Action::Replace => "replace",
+    let mut orphans = 0usize;
+    let (mut same, mut fetched, mut replaced, mut fetch_bytes) = (0usize, 0usize, 0usize, 0u64);
+    let progress = crate::progress::Progress::new(format!("restore {name}: files"), None);
+    let dry_run = target.dry_run;
+    let mut failure: Option<String> = None;
+    {
+        let mut work = futures::stream::FuturesOrdered::new();
+        loop {
+            // Keep a few files in flight; collect what finished.
+            while work.len() >= CONCURRENCY || (!work.is_empty() && failure.is_some()) {
+                match work.next().await {
+                    Some(r) => note(
+                        r,
+                        &mut lines,
+                        &mut failure,
+                        &mut same,
+                        &mut fetched,
+                        &mut replaced,
+                        &mut fetch_bytes,
+                        &orphan_dir,
+                        dry_run,
+                    ),
+                    None => break,
+                }
+            }
+            if failure.is_some() {
+                break;
+            }
+            let step = match merge.next().await {
+                Ok(Some(s)) => s,
+                Ok(None) => break,
+                Err(e) => {
+                    failure = Some(e);
+                    continue;
+                }
             };
-            lines.push(format!("would {verb} {} ({})", f.path, human_bytes(f.size)));
+            match step {
+                Step::Orphan(p) => {
+                    orphans += 1;
+                    let to = orphan_dir.join(&p);
+                    if dry_run {
+                        lines.push(format!("would move {p} to {}", to.display()));
+                        continue;
+                    }
+                    // Everything before it in flight touches other paths; wait for them
+                    // anyway, so a file is never fetched into a directory being moved.
+                    while let Some(r) = work.next().await {
+                        note(
+                            r,
+                            &mut lines,
+                            &mut failure,
+                            &mut same,
+                            &mut fetched,
+                            &mut replaced,
+                            &mut fetch_bytes,
+                            &orphan_dir,
+                            dry_run,
+                        );
+                    }
+                    if failure.is_some() {
+                        break;
+                    }
+                    match move_aside(&dir.join(&p), &to).await {
+                        Ok(()) => lines.push(format!("moved {p} to {}", to.display())),
+                        Err(e) => {
+                            failure = Some(format!("cannot move {p} to {}: {e}", to.display()));
+                        }
+                    }
+                }
+                Step::Entry(f, here) => {
+                    if tree::safe_join(&dir, &f.path).is_none() {
+                        failure = Some(format!(
+                            "the index names an unsafe path \"{}\"; refusing to restore it",
+                            f.path
+                        ));
+                        continue;
+                    }
+                    let (dir, orphan_dir, progress) = (&dir, &orphan_dir, &progress);
+                    work.push_back(async move {
+                        restore_one(
+                            storage, packing, dir, orphan_dir, f, here, dry_run, progress,
+                        )
+                        .await
+                    });
+                }
+            }
         }
-        for p in &orphans {
-            lines.push(format!(
-                "would move {p} to {}",
-                orphan_dir.join(p.as_str()).display()
-            ));
+        while let Some(r) = work.next().await {
+            note(
+                r,
+                &mut lines,
+                &mut failure,
+                &mut same,
+                &mut fetched,
+                &mut replaced,
+                &mut fetch_bytes,
+                &orphan_dir,
+                dry_run,
+            );
         }
+    }
+    progress.finish();
+    if let Some(e) = failure {
+        return Err(err(e));
+    }
+    if dry_run {
         lines.push(format!(
-            "files {name} into {}: would fetch {fetched}, replace {replaced} ({} to download), move {} to {}; {} unchanged",
+            "files {name} into {}: would fetch {fetched}, replace {replaced} ({} to download), move {orphans} to {}; {same} unchanged",
             dir.display(),
             human_bytes(fetch_bytes),
-            orphans.len(),
             orphan_dir.display(),
-            same.len()
         ));
         return Ok(lines);
     }
-
-    tokio::fs::create_dir_all(&dir)
-        .await
-        .map_err(|e| err(format!("cannot create {}: {e}", dir.display())))?;
-    // Orphans first: a local file may sit where the backup has a directory.
-    for p in &orphans {
-        let to = orphan_dir.join(p.as_str());
-        move_aside(&dir.join(p.as_str()), &to)
-            .await
-            .map_err(|e| err(format!("cannot move {p} to {}: {e}", to.display())))?;
-        lines.push(format!("moved {p} to {}", to.display()));
-    }
     info!(
         source = name,
-        "restoring {} file(s) ({}) into {}",
-        work.len(),
+        "restored {} file(s) ({}) into {}",
+        fetched + replaced,
         human_bytes(fetch_bytes),
         dir.display()
     );
-    let progress =
-        crate::progress::Progress::new(format!("restore {name}: files"), Some(fetch_bytes));
-    let results = futures::stream::iter(work.iter())
-        .map(|(f, a)| {
-            let dir = &dir;
-            let orphan_dir = &orphan_dir;
-            let progress = &progress;
-            async move {
-                fetch(storage, packing, dir, f).await?;
-                progress.add(f.size);
-                let path = dir.join(&f.path);
-                if *a == Action::Replace {
-                    let to = orphan_dir.join(&f.path);
-                    move_aside(&path, &to).await.map_err(|e| {
-                        format!("cannot move the old {} to {}: {e}", f.path, to.display())
-                    })?;
-                }
-                let tmp = temp_path(&path);
-                commit(&tmp, &path)
-                    .await
-                    .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
-                debug!(source = name, "restored {}", f.path);
-                Ok::<_, String>((f.path.as_str(), *a))
-            }
-        })
-        .buffer_unordered(CONCURRENCY)
-        .collect::<Vec<_>>()
-        .await;
-    progress.finish();
-    for r in results {
-        let (p, a) = r.map_err(err)?;
-        if a == Action::Replace {
-            lines.push(format!(
-                "replaced {p} (old version moved to {})",
-                orphan_dir.join(p).display()
-            ));
-        }
-    }
     lines.push(format!(
-        "files {name} into {}: {} unchanged, {fetched} fetched, {replaced} replaced ({} downloaded), {} moved to {}",
+        "files {name} into {}: {same} unchanged, {fetched} fetched, {replaced} replaced ({} downloaded), {orphans} moved to {}",
         dir.display(),
-        same.len(),
         human_bytes(fetch_bytes),
-        orphans.len(),
-        if orphans.is_empty() && replaced == 0 {
+        if orphans == 0 && replaced == 0 {
             "orphan_files (none)".to_string()
         } else {
             orphan_dir.display().to_string()
         }
     ));
     Ok(lines)
+}
+
+/// What happened to one entry of the index.
+enum Outcome {
+    Same,
+    Done(Action, IndexEntry),
+}
+
+#[allow(clippy::too_many_arguments)]
+fn note(
+    r: Result<Outcome, String>,
+    lines: &mut Vec<String>,
+    failure: &mut Option<String>,
+    same: &mut usize,
+    fetched: &mut usize,
+    replaced: &mut usize,
+    fetch_bytes: &mut u64,
+    orphan_dir: &Path,
+    dry_run: bool,
+) {
+    match r {
+        Err(e) => {
+            failure.get_or_insert(e);
+        }
+        Ok(Outcome::Same) => *same += 1,
+        Ok(Outcome::Done(a, f)) => {
+            *fetch_bytes += f.size;
+            match a {
+                Action::Fetch => *fetched += 1,
+                Action::Replace => *replaced += 1,
+            }
+            if dry_run {
+                let verb = match a {
+                    Action::Fetch => "fetch",
+                    Action::Replace => "replace",
+                };
+                lines.push(format!("would {verb} {} ({})", f.path, human_bytes(f.size)));
+            } else if a == Action::Replace {
+                lines.push(format!(
+                    "replaced {} (old version moved to {})",
+                    f.path,
+                    orphan_dir.join(&f.path).display()
+                ));
+            }
+        }
+    }
+}
+
+/// Compare one file with its local copy (same size: by sha256 of the local file), and
+/// fetch it when it differs or is missing.
+#[allow(clippy::too_many_arguments)]
+async fn restore_one(
+    storage: &dyn Storage,
+    packing: &Packing,
+    dir: &Path,
+    orphan_dir: &Path,
+    f: IndexEntry,
+    here: Option<u64>,
+    dry_run: bool,
+    progress: &crate::progress::Progress,
+) -> Result<Outcome, String> {
+    let path = dir.join(&f.path);
+    let action = match here {
+        None => Action::Fetch,
+        Some(size) if size != f.size => Action::Replace,
+        Some(_) => {
+            let p = path.clone();
+            match tokio::task::spawn_blocking(move || tree::hash_file(&p)).await {
+                Ok(Ok((sha, _))) if sha == f.sha256 => return Ok(Outcome::Same),
+                Ok(Ok(_)) => Action::Replace,
+                Ok(Err(e)) => return Err(format!("cannot read {}: {e}", path.display())),
+                Err(e) => return Err(format!("hashing aborted: {e}")),
+            }
+        }
+    };
+    if dry_run {
+        return Ok(Outcome::Done(action, f));
+    }
+    fetch(storage, packing, dir, &f).await?;
+    progress.add(f.size);
+    if action == Action::Replace {
+        let to = orphan_dir.join(&f.path);
+        move_aside(&path, &to)
+            .await
+            .map_err(|e| format!("cannot move the old {} to {}: {e}", f.path, to.display()))?;
+    }
+    let tmp = temp_path(&path);
+    commit(&tmp, &path)
+        .await
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    debug!("restored {}", f.path);
+    Ok(Outcome::Done(action, f))
 }
 
 /// Temporary name next to the target (same directory, so the rename is atomic).
@@ -408,5 +603,82 @@ async fn move_aside(from: &Path, to: &Path) -> std::io::Result<()> {
             .map_err(std::io::Error::other)?
         }
         Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(path: &str) -> IndexEntry {
+        IndexEntry {
+            path: path.to_string(),
+            size: 1,
+            mode: 0o644,
+            mtime: 0,
+            sha256: String::new(),
+            blob: String::new(),
+        }
+    }
+
+    /// The merge of an index with the local tree: entries with the local size when both
+    /// have the path, orphans for local-only files, and the files of a local directory
+    /// where the backup has a file before that file.
+    #[tokio::test]
+    async fn index_and_tree_merge_in_path_order() {
+        let index = blobs::IndexEntries::from_vec(
+            ["a/x", "a.b", "c", "d/e", "f"]
+                .into_iter()
+                .map(entry)
+                .collect(),
+        );
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        for (p, size) in [
+            ("a/x", 5),
+            ("a/y", 1),
+            ("a0", 1),
+            ("c/1", 1),
+            ("c/2", 1),
+            ("f", 7),
+            ("g", 1),
+        ] {
+            tx.send(Ok(Found::File(FileMeta {
+                path: p.to_string(),
+                size,
+                mode: 0o644,
+                mtime: 0,
+            })))
+            .await
+            .expect("send");
+        }
+        drop(tx);
+        let mut m = Merge {
+            index: Some(index),
+            local: Some(rx),
+            head: None,
+            entry: None,
+        };
+        let mut steps = Vec::new();
+        while let Some(s) = m.next().await.expect("step") {
+            steps.push(match s {
+                Step::Entry(e, here) => format!("{} {here:?}", e.path),
+                Step::Orphan(p) => format!("orphan {p}"),
+            });
+        }
+        assert_eq!(
+            steps,
+            vec![
+                "a/x Some(5)",
+                "orphan a/y",
+                "a.b None",
+                "orphan a0",
+                "orphan c/1",
+                "orphan c/2",
+                "c None",
+                "d/e None",
+                "f Some(7)",
+                "orphan g",
+            ]
+        );
     }
 }

@@ -24,7 +24,7 @@ pub struct FileMeta {
 
 #[derive(Debug, Default)]
 pub struct Scan {
-    /// Sorted by path.
+    /// In [`crate::blobs::path_order`].
     pub files: Vec<FileMeta>,
     /// Symlinks, sockets, fifos, devices and names that are not UTF-8: not backed up.
     pub skipped: Vec<String>,
@@ -45,10 +45,54 @@ pub fn system_time(ns: i64) -> SystemTime {
     }
 }
 
-/// Walk `root` (blocking: run it on a blocking thread). Files that vanish during the
-/// walk are simply not there; a directory that cannot be read fails the scan, because a
-/// backup silently missing part of the tree is worse than a failed one.
+/// What a walk finds, one entry at a time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Found {
+    File(FileMeta),
+    /// Not a regular file, or a name that is not UTF-8: not backed up.
+    Skipped(String),
+}
+
+/// The whole tree in memory: for small uses (`check`, tests). Backups and restores
+/// stream it with [`spawn_walk`].
 pub fn scan(root: &Path, filter: &PathFilter) -> Result<Scan, String> {
+    let mut out = Scan::default();
+    walk(root, filter, |f| {
+        match f {
+            Found::File(m) => out.files.push(m),
+            Found::Skipped(s) => out.skipped.push(s),
+        }
+        true
+    })?;
+    Ok(out)
+}
+
+/// Walk `root` in a blocking thread, sending what it finds (in
+/// [`crate::blobs::path_order`]) through a bounded channel: the tree is never held.
+/// An error ends the stream.
+pub fn spawn_walk(
+    root: PathBuf,
+    filter: PathFilter,
+) -> tokio::sync::mpsc::Receiver<Result<Found, String>> {
+    let (tx, rx) = tokio::sync::mpsc::channel(1024);
+    tokio::task::spawn_blocking(move || {
+        // A send fails only when the receiver is gone: the walk is no longer wanted.
+        if let Err(e) = walk(&root, &filter, |f| tx.blocking_send(Ok(f)).is_ok()) {
+            let _ = tx.blocking_send(Err(e));
+        }
+    });
+    rx
+}
+
+/// Walk `root` (blocking: run it on a blocking thread), depth first with each directory's
+/// entries sorted by name, calling `each` until it returns false. Files that vanish during
+/// the walk are simply not there; a directory that cannot be read fails the walk, because
+/// a backup silently missing part of the tree is worse than a failed one.
+pub fn walk(
+    root: &Path,
+    filter: &PathFilter,
+    mut each: impl FnMut(Found) -> bool,
+) -> Result<(), String> {
     match std::fs::metadata(root) {
         Ok(m) if m.is_dir() => {}
         Ok(_) => return Err(format!("{} is not a directory", root.display())),
@@ -60,7 +104,6 @@ pub fn scan(root: &Path, filter: &PathFilter) -> Result<Scan, String> {
         }
         Err(e) => return Err(format!("cannot read {}: {e}", root.display())),
     }
-    let mut out = Scan::default();
     let walker = walkdir::WalkDir::new(root)
         .follow_links(false)
         .sort_by_file_name();
@@ -87,15 +130,21 @@ pub fn scan(root: &Path, filter: &PathFilter) -> Result<Scan, String> {
             continue;
         };
         let Some(rel) = rel_string(rel) else {
-            out.skipped
-                .push(format!("{} (name is not UTF-8)", entry.path().display()));
+            if !each(Found::Skipped(format!(
+                "{} (name is not UTF-8)",
+                entry.path().display()
+            ))) {
+                return Ok(());
+            }
             continue;
         };
         if !filter.matches(&rel) {
             continue;
         }
         if !entry.file_type().is_file() {
-            out.skipped.push(rel);
+            if !each(Found::Skipped(rel)) {
+                return Ok(());
+            }
             continue;
         }
         let meta = match entry.metadata() {
@@ -108,14 +157,17 @@ pub fn scan(root: &Path, filter: &PathFilter) -> Result<Scan, String> {
             }
             Err(e) => return Err(format!("cannot stat {}: {e}", entry.path().display())),
         };
-        out.files.push(FileMeta {
+        let found = Found::File(FileMeta {
             path: rel,
             size: meta.len(),
             mode: meta.permissions().mode() & 0o7777,
             mtime: meta.modified().map(mtime_ns).unwrap_or(0),
         });
+        if !each(found) {
+            return Ok(());
+        }
     }
-    Ok(out)
+    Ok(())
 }
 
 fn rel_string(rel: &Path) -> Option<String> {

@@ -88,6 +88,14 @@ impl Storage for Cached {
         self.inner.put_stream(key, body).await
     }
 
+    async fn put_stream_plain(
+        &self,
+        key: &str,
+        body: mpsc::Receiver<Chunk>,
+    ) -> Result<u64, StorageError> {
+        self.inner.put_stream_plain(key, body).await
+    }
+
     async fn put_bytes(&self, key: &str, data: Bytes) -> Result<(), StorageError> {
         self.inner.put_bytes(key, data).await
     }
@@ -114,6 +122,14 @@ impl Storage for Cached {
 
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StorageError> {
         self.inner.list(prefix).await
+    }
+
+    async fn list_pages(
+        &self,
+        prefix: &str,
+        each: &mut (dyn FnMut(Vec<ObjectMeta>) + Send),
+    ) -> Result<(), StorageError> {
+        self.inner.list_pages(prefix, each).await
     }
 
     async fn list_until(&self, prefix: &str, end: &str) -> Result<Vec<ObjectMeta>, StorageError> {

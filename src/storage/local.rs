@@ -143,13 +143,26 @@ pub fn partial_owner_alive(key: &str) -> bool {
 
 impl LocalStorage {
     async fn walk(&self, prefix: &str, end: Option<&str>) -> Result<Vec<ObjectMeta>, StorageError> {
+        let mut out = Vec::new();
+        self.walk_pages(prefix, end, &mut |page| out.extend(page))
+            .await?;
+        Ok(out)
+    }
+
+    /// The walk behind listings, one directory's files at a time.
+    async fn walk_pages(
+        &self,
+        prefix: &str,
+        end: Option<&str>,
+        each: &mut (dyn FnMut(Vec<ObjectMeta>) + Send),
+    ) -> Result<(), StorageError> {
         // Walk only the directory the prefix points into: a job's backups live under
         // "<job>/", so a listing never scans other jobs' trees.
         let (dir_part, _) = prefix.rsplit_once('/').unwrap_or(("", prefix));
         let start = self.root.join(dir_part);
-        let mut out = Vec::new();
         let mut stack = vec![start];
         while let Some(dir) = stack.pop() {
+            let mut out = Vec::new();
             let mut rd = match fs::read_dir(&dir).await {
                 Ok(rd) => rd,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
@@ -202,8 +215,11 @@ impl LocalStorage {
                     }
                 }
             }
+            if !out.is_empty() {
+                each(out);
+            }
         }
-        Ok(out)
+        Ok(())
     }
 }
 
@@ -279,6 +295,14 @@ impl Storage for LocalStorage {
 
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StorageError> {
         self.walk(prefix, None).await
+    }
+
+    async fn list_pages(
+        &self,
+        prefix: &str,
+        each: &mut (dyn FnMut(Vec<ObjectMeta>) + Send),
+    ) -> Result<(), StorageError> {
+        self.walk_pages(prefix, None, each).await
     }
 
     async fn list_until(&self, prefix: &str, end: &str) -> Result<Vec<ObjectMeta>, StorageError> {

@@ -84,6 +84,16 @@ pub trait Storage: Send + Sync {
     async fn put_stream(&self, key: &str, body: mpsc::Receiver<Chunk>)
     -> Result<u64, StorageError>;
 
+    /// Like `put_stream`, for what stowage reads to plan (a file index): never in an
+    /// archive class, like `put_bytes`.
+    async fn put_stream_plain(
+        &self,
+        key: &str,
+        body: mpsc::Receiver<Chunk>,
+    ) -> Result<u64, StorageError> {
+        self.put_stream(key, body).await
+    }
+
     /// Write a small object atomically (readers see the old state or the whole new one).
     /// For what stowage reads to plan (manifests, indexes, locks): never in an archive class.
     async fn put_bytes(&self, key: &str, data: Bytes) -> Result<(), StorageError>;
@@ -104,6 +114,17 @@ pub trait Storage: Send + Sync {
             .await
             .map_err(|e| StorageError::Io(format!("reading {key}: {e}")))?;
         Ok(Bytes::from(buf))
+    }
+
+    /// Every object whose key starts with `prefix`, a page at a time (no particular
+    /// order): a listing of millions of blobs is never held whole.
+    async fn list_pages(
+        &self,
+        prefix: &str,
+        each: &mut (dyn FnMut(Vec<ObjectMeta>) + Send),
+    ) -> Result<(), StorageError> {
+        each(self.list(prefix).await?);
+        Ok(())
     }
 
     /// Every object whose key starts with `prefix`, in no particular order.

@@ -220,13 +220,14 @@ impl S3Storage {
         body: &mut mpsc::Receiver<Chunk>,
         buf: &mut BytesMut,
         total: &mut u64,
+        in_class: bool,
     ) -> Result<(), StorageError> {
         let mut create = self
             .client
             .create_multipart_upload()
             .bucket(&self.cfg.bucket)
             .key(key);
-        if let Some(class) = &self.cfg.storage_class {
+        if in_class && let Some(class) = &self.cfg.storage_class {
             create = create.storage_class(StorageClass::from(class.as_str()));
         }
         let created = create
@@ -464,49 +465,17 @@ impl Storage for S3Storage {
     async fn put_stream(
         &self,
         key: &str,
-        mut body: mpsc::Receiver<Chunk>,
+        body: mpsc::Receiver<Chunk>,
     ) -> Result<u64, StorageError> {
-        let key = self.full_key(key);
-        let part_size = self.cfg.part_size as usize;
-        let mut buf = BytesMut::with_capacity(part_size);
-        let mut total = 0u64;
-        // Small objects go up in one PutObject; the first full part switches to multipart.
-        loop {
-            match body.recv().await {
-                Some(Chunk::Data(b)) => {
-                    total += b.len() as u64;
-                    let mut parts = push(&mut buf, &b, part_size);
-                    if !parts.is_empty() {
-                        let first = parts.remove(0);
-                        // Rare (a chunk bigger than a part): put the extra parts back in front.
-                        if !parts.is_empty() {
-                            let mut rest = BytesMut::new();
-                            for p in &parts[..] {
-                                rest.extend_from_slice(p);
-                            }
-                            rest.extend_from_slice(&buf);
-                            buf = rest;
-                        }
-                        self.multipart(&key, first, &mut body, &mut buf, &mut total)
-                            .await?;
-                        return Ok(total);
-                    }
-                }
-                Some(Chunk::End) => break,
-                None => return Err(StorageError::Abandoned),
-            }
-        }
-        let mut put = self
-            .client
-            .put_object()
-            .bucket(&self.cfg.bucket)
-            .key(&key)
-            .body(ByteStream::from(buf.freeze()));
-        if let Some(class) = &self.cfg.storage_class {
-            put = put.storage_class(StorageClass::from(class.as_str()));
-        }
-        put.send().await.map_err(|e| self.map_err("uploading", e))?;
-        Ok(total)
+        self.put_streamed(key, body, true).await
+    }
+
+    async fn put_stream_plain(
+        &self,
+        key: &str,
+        body: mpsc::Receiver<Chunk>,
+    ) -> Result<u64, StorageError> {
+        self.put_streamed(key, body, false).await
     }
 
     async fn put_bytes(&self, key: &str, data: Bytes) -> Result<(), StorageError> {
@@ -570,7 +539,18 @@ impl Storage for S3Storage {
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StorageError> {
-        self.list_before(prefix, None).await
+        let mut out = Vec::new();
+        self.list_paged(prefix, None, &mut |page| out.extend(page))
+            .await?;
+        Ok(out)
+    }
+
+    async fn list_pages(
+        &self,
+        prefix: &str,
+        each: &mut (dyn FnMut(Vec<ObjectMeta>) + Send),
+    ) -> Result<(), StorageError> {
+        self.list_paged(prefix, None, each).await
     }
 
     async fn retrieval(&self, key: &str) -> Result<Retrieval, StorageError> {
@@ -624,7 +604,10 @@ impl Storage for S3Storage {
     }
 
     async fn list_until(&self, prefix: &str, end: &str) -> Result<Vec<ObjectMeta>, StorageError> {
-        self.list_before(prefix, Some(end)).await
+        let mut out = Vec::new();
+        self.list_paged(prefix, Some(end), &mut |page| out.extend(page))
+            .await?;
+        Ok(out)
     }
 
     async fn open_uploads(&self, prefix: &str) -> Result<Vec<OpenUpload>, StorageError> {
@@ -722,13 +705,67 @@ impl Storage for S3Storage {
 }
 
 impl S3Storage {
-    /// Keys under `prefix`, in S3's (lexicographic) order; with `end`, paging stops at the
-    /// first key at or after it.
-    async fn list_before(
+    /// `in_class`: in the destination's storage class (backup data), or in the default
+    /// class (what stowage reads to plan: file indexes).
+    async fn put_streamed(
+        &self,
+        key: &str,
+        mut body: mpsc::Receiver<Chunk>,
+        in_class: bool,
+    ) -> Result<u64, StorageError> {
+        let key = self.full_key(key);
+        let part_size = self.cfg.part_size as usize;
+        let mut buf = BytesMut::with_capacity(part_size);
+        let mut total = 0u64;
+        // Small objects go up in one PutObject; the first full part switches to multipart.
+        loop {
+            match body.recv().await {
+                Some(Chunk::Data(b)) => {
+                    total += b.len() as u64;
+                    let mut parts = push(&mut buf, &b, part_size);
+                    if !parts.is_empty() {
+                        let first = parts.remove(0);
+                        // Rare (a chunk bigger than a part): put the extra parts back in front.
+                        if !parts.is_empty() {
+                            let mut rest = BytesMut::new();
+                            for p in &parts[..] {
+                                rest.extend_from_slice(p);
+                            }
+                            rest.extend_from_slice(&buf);
+                            buf = rest;
+                        }
+                        self.multipart(&key, first, &mut body, &mut buf, &mut total, in_class)
+                            .await?;
+                        return Ok(total);
+                    }
+                }
+                Some(Chunk::End) => break,
+                None => return Err(StorageError::Abandoned),
+            }
+        }
+        let mut put = self
+            .client
+            .put_object()
+            .bucket(&self.cfg.bucket)
+            .key(&key)
+            .body(ByteStream::from(buf.freeze()));
+        if in_class && let Some(class) = &self.cfg.storage_class {
+            put = put.storage_class(StorageClass::from(class.as_str()));
+        }
+        put.send().await.map_err(|e| self.map_err("uploading", e))?;
+        Ok(total)
+    }
+}
+
+impl S3Storage {
+    /// Keys under `prefix`, in S3's (lexicographic) order, a page at a time; with `end`,
+    /// paging stops at the first key at or after it.
+    async fn list_paged(
         &self,
         prefix: &str,
         end: Option<&str>,
-    ) -> Result<Vec<ObjectMeta>, StorageError> {
+        each: &mut (dyn FnMut(Vec<ObjectMeta>) + Send),
+    ) -> Result<(), StorageError> {
         let full_prefix = self.full_key(prefix);
         let strip = if self.cfg.prefix.is_empty() {
             0
@@ -742,16 +779,18 @@ impl S3Storage {
             .prefix(&full_prefix)
             .into_paginator()
             .send();
-        let mut out = Vec::new();
-        'pages: while let Some(page) = pages.next().await {
+        while let Some(page) = pages.next().await {
             let page = page.map_err(|e| self.map_err("listing", e))?;
+            let mut out = Vec::with_capacity(page.contents().len());
+            let mut past_end = false;
             for obj in page.contents() {
                 if let Some(k) = obj.key()
                     && k.len() >= strip
                 {
                     let key = &k[strip..];
                     if end.is_some_and(|e| key >= e) {
-                        break 'pages;
+                        past_end = true;
+                        break;
                     }
                     out.push(ObjectMeta {
                         key: key.to_string(),
@@ -762,8 +801,12 @@ impl S3Storage {
                     });
                 }
             }
+            each(out);
+            if past_end {
+                break;
+            }
         }
-        Ok(out)
+        Ok(())
     }
 }
 

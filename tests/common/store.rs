@@ -139,10 +139,18 @@ retention = {{ keep_last = {keep_s3} }}
                     if s.get("files").is_none_or(|f| f.is_null()) {
                         continue;
                     }
-                    let index: serde_json::Value =
-                        serde_json::from_slice(&super::zstd_decompress(&body))
-                            .unwrap_or_else(|e| panic!("{dest}: index {key} of {id}: {e}"));
-                    for f in index["files"].as_array().expect("files") {
+                    // JSON Lines: a header, then one entry per line.
+                    let text = super::zstd_decompress(&body);
+                    let entries: Vec<serde_json::Value> = text
+                        .split(|b| *b == b'\n')
+                        .filter(|l| !l.is_empty())
+                        .skip(1)
+                        .map(|l| {
+                            serde_json::from_slice(l)
+                                .unwrap_or_else(|e| panic!("{dest}: index {key} of {id}: {e}"))
+                        })
+                        .collect();
+                    for f in &entries {
                         let blob = f["blob"].as_str().expect("blob").to_string();
                         assert!(
                             present.contains(&blob),
