@@ -196,9 +196,9 @@ RUN set -eu; \
 FROM scratch
 ARG PG_MAJOR
 COPY --from=rootfs /rootfs/ /
-# Owned by the user it runs as: between runs the daemon pages its own code out of memory
-# (MADV_PAGEOUT), which the kernel honours only for a file the process owns.
-COPY --chown=10001:10001 --from=build /stowage /usr/local/bin/stowage
+# Owned by root, as every other file the process only reads: a compromised daemon cannot
+# replace its own binary.
+COPY --from=build /stowage /usr/local/bin/stowage
 COPY config/compose.toml /config/stowage.toml
 ENV PATH=/usr/lib/postgresql/client/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
     STOWAGE_CONFIG=/config/stowage.toml \

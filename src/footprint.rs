@@ -121,12 +121,11 @@ fn clean_file_ranges(smaps: &str) -> Vec<(usize, usize)> {
             let path = f.nth(3).unwrap_or("");
             let private_read_only = perms.ends_with('p') && !perms.contains('w');
             candidate = (private_read_only && path.starts_with('/')).then_some((a, b));
-        } else if first == "Anonymous:" {
-            if let Some(range) = candidate.take() {
-                if f.next() == Some("0") {
-                    out.push(range);
-                }
-            }
+        } else if first == "Anonymous:"
+            && let Some(range) = candidate.take()
+            && f.next() == Some("0")
+        {
+            out.push(range);
         }
     }
     out
