@@ -56,6 +56,8 @@ struct Ctx {
     armed: Arc<tokio::sync::Notify>,
     /// Notified when a run, a pass or a history refresh ends: memory is shed once quiet.
     work_done: Arc<tokio::sync::Notify>,
+    /// The status page or the metrics were read.
+    looked_at: Looks,
 }
 
 impl crate::server::View for Ctx {
@@ -73,6 +75,9 @@ impl crate::server::View for Ctx {
     }
     fn history(&self, job: &str) -> crate::history::JobHistory {
         self.history.get(job)
+    }
+    fn looked_at(&self) {
+        self.looked_at.look();
     }
 }
 
@@ -166,6 +171,7 @@ pub async fn run(
         history: crate::history::History::default(),
         armed: Arc::new(tokio::sync::Notify::new()),
         work_done: Arc::new(tokio::sync::Notify::new()),
+        looked_at: Looks::default(),
     });
     let server_stop = CancellationToken::new();
     let server = match config.listen {
@@ -214,23 +220,19 @@ pub async fn run(
         });
     }
     // The history also changes without this daemon (`stowage run`, another host's
-    // retention): read it again now and then.
+    // retention): read it again while someone reads the page or the metrics, which are all
+    // it feeds. Not on a timer of its own: re-reading every 15 minutes with nobody looking
+    // was most of an idle daemon's wakeups.
     let ctx2 = ctx.clone();
     ctx.tracker.spawn(async move {
         // Ends with the first stop signal: a stop waits for backups, not for this.
-        loop {
-            tokio::select! {
-                _ = ctx2.stop.cancelled() => return,
-                _ = tokio::time::sleep(HISTORY_REFRESH) => {}
-            }
+        refresh_when_looked_at(&ctx2.looked_at, HISTORY_REFRESH, &ctx2.stop, || async {
             let names: Vec<String> = ctx2.config().jobs.keys().cloned().collect();
             for name in names {
-                tokio::select! {
-                    _ = ctx2.stop.cancelled() => return,
-                    _ = refresh_history(&ctx2, &name) => {}
-                }
+                refresh_history(&ctx2, &name).await;
             }
-        }
+        })
+        .await
     });
 
     ctx.tracker.spawn(crate::footprint::shed_when_quiet(
@@ -789,7 +791,56 @@ async fn run_with_retries(ctx: &Arc<Ctx>, config: &Config, job: &Job, slot: &Job
     }
 }
 
-/// How often the daemon re-reads its jobs' histories from their destinations.
+/// Reads of the page or the metrics, counted, for [`refresh_when_looked_at`].
+#[derive(Default)]
+struct Looks {
+    count: AtomicU64,
+    notify: tokio::sync::Notify,
+}
+
+impl Looks {
+    fn look(&self) {
+        self.count.fetch_add(1, Ordering::SeqCst);
+        self.notify.notify_one();
+    }
+}
+
+/// Runs `refresh` for the looks it has not served yet (each refresh serves every look
+/// before it starts), at most every `every`, the first time `every` after the start; ends
+/// with `stop`, also in the middle of a refresh.
+async fn refresh_when_looked_at<F, Fut>(
+    looks: &Looks,
+    every: std::time::Duration,
+    stop: &CancellationToken,
+    mut refresh: F,
+) where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let mut read_at = tokio::time::Instant::now();
+    let mut served = 0;
+    loop {
+        while looks.count.load(Ordering::SeqCst) == served {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = looks.notify.notified() => {}
+            }
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep_until(read_at + every) => {}
+        }
+        served = looks.count.load(Ordering::SeqCst);
+        read_at = tokio::time::Instant::now();
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = refresh() => {}
+        }
+    }
+}
+
+/// How often the daemon re-reads its jobs' histories from their destinations while the
+/// page or the metrics are being read.
 const HISTORY_REFRESH: std::time::Duration = std::time::Duration::from_secs(15 * 60);
 
 /// Read the job's published backups again (newest from the destinations' own listings,
@@ -915,8 +966,85 @@ pub fn catch_up_due(
 
 #[cfg(test)]
 mod tests {
-    use super::catch_up_due;
+    use super::{Looks, catch_up_due, refresh_when_looked_at};
     use chrono::{Duration, TimeZone, Utc};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// The history re-read with the clock paused: `looks` are the minutes at which someone
+    /// reads the page; returns the minutes at which it was re-read before `until`.
+    async fn refreshes(looks: &[u64], until: u64) -> Vec<u64> {
+        let looked = Arc::new(Looks::default());
+        let stop = tokio_util::sync::CancellationToken::new();
+        let start = tokio::time::Instant::now();
+        let at = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let count = Arc::new(AtomicUsize::new(0));
+        let task = {
+            let (looked, stop, at, count) =
+                (looked.clone(), stop.clone(), at.clone(), count.clone());
+            tokio::spawn(async move {
+                refresh_when_looked_at(
+                    &looked,
+                    std::time::Duration::from_secs(15 * 60),
+                    &stop,
+                    || {
+                        let (at, count) = (at.clone(), count.clone());
+                        async move {
+                            let minute = start.elapsed().as_secs() / 60;
+                            if let Ok(mut v) = at.lock() {
+                                v.push(minute);
+                            }
+                            count.fetch_add(1, Ordering::SeqCst);
+                        }
+                    },
+                )
+                .await
+            })
+        };
+        for minute in 0..until {
+            if looks.contains(&minute) {
+                looked.look();
+            }
+            // Stop half a minute before `until`, clear of a read due at that minute.
+            let step = if minute + 1 == until { 30 } else { 60 };
+            tokio::time::sleep(std::time::Duration::from_secs(step)).await;
+        }
+        stop.cancel();
+        task.await.expect("the refresher ends with stop");
+        let v = at.lock().map(|v| v.clone()).unwrap_or_default();
+        assert_eq!(v.len(), count.load(Ordering::SeqCst));
+        v
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn history_is_reread_only_while_someone_looks() {
+        assert_eq!(
+            refreshes(&[], 180).await,
+            Vec::<u64>::new(),
+            "nobody looks: no wake"
+        );
+        assert_eq!(
+            refreshes(&[1], 180).await,
+            vec![15],
+            "one look: one read, when due"
+        );
+        assert_eq!(
+            refreshes(&[40], 180).await,
+            vec![40],
+            "long overdue: at once"
+        );
+        let scraped: Vec<u64> = (0..60).collect();
+        assert_eq!(
+            refreshes(&scraped, 60).await,
+            vec![15, 30, 45],
+            "scraped every minute: every 15 minutes"
+        );
+        assert_eq!(
+            refreshes(&[2, 16, 17], 60).await,
+            vec![15, 30],
+            "a look after a read waits for the next, which serves every look before it"
+        );
+    }
 
     #[test]
     fn catch_up_rules() {

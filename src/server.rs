@@ -301,6 +301,9 @@ pub trait View: Send + Sync + 'static {
     fn metrics(&self) -> &Metrics;
     /// The job's published backups, as its destinations hold them.
     fn history(&self, job: &str) -> crate::history::JobHistory;
+    /// Someone read the page or the metrics: the daemon re-reads the destinations if its
+    /// copy is getting old. Only then, so that with nobody looking it does not wake for it.
+    fn looked_at(&self) {}
 }
 
 /// Bind now (so a bad address fails the start with a clear error), serve until `stop`.
@@ -342,6 +345,7 @@ async fn healthz<V: View>(State(view): State<Arc<V>>) -> Response {
 }
 
 async fn metrics<V: View>(State(view): State<Arc<V>>) -> Response {
+    view.looked_at();
     (
         [(
             header::CONTENT_TYPE,
@@ -353,6 +357,7 @@ async fn metrics<V: View>(State(view): State<Arc<V>>) -> Response {
 }
 
 async fn index<V: View>(State(view): State<Arc<V>>) -> Html<String> {
+    view.looked_at();
     let config = view.config();
     let state = view.state();
     let now = Utc::now();

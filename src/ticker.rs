@@ -42,15 +42,16 @@ pub async fn drive(
     let mut idle_look = false;
     loop {
         let next = fire_due(&sched, Utc::now()).await;
-        if std::mem::take(&mut idle_look) {
-            after_idle_look();
-        }
         // To the due second itself, not `time_till_next_job`'s whole seconds counted from
         // the current one, which would start a run up to a second late.
         let wait = match next {
             Some(t) => (t - Utc::now()).to_std().unwrap_or_default().min(MAX_SLEEP),
             None => MAX_SLEEP,
         };
+        // Last thing before sleeping: what runs after it is mapped back in.
+        if std::mem::take(&mut idle_look) {
+            after_idle_look();
+        }
         tokio::select! {
             _ = tokio::time::sleep(wait) => idle_look = wait == MAX_SLEEP,
             _ = armed.notified() => {}

@@ -457,6 +457,14 @@ for _ in $(seq 1 30); do
 done
 [ -n "$spid" ] && grep -E '^(VmRSS|RssAnon|RssFile):' "/proc/$spid/status" | tr -s ' \t' ' ' | paste -sd ';' \
     | sed 's/^/daemon idle memory: /'
+if [ -n "$spid" ]; then
+    # Where it is, for the closing note: threads, and the largest mappings by RSS
+    # (KiB rss/anonymous, per file or [heap]/[stack]/anon).
+    grep -E '^Threads:' "/proc/$spid/status" | sed 's/^/daemon /'
+    awk '/^[0-9a-f]+-[0-9a-f]+ /{m = ($6 == "" ? "anon" : $6)} /^Rss:/{r[m] += $2}
+         /^Anonymous:/{a[m] += $2} END {for (k in r) if (r[k] > 0) print r[k], a[k], k}' \
+        "/proc/$spid/smaps" | sort -rn | head -8 | sed 's/^/daemon mapping (rss anon KiB): /'
+fi
 docker stats --no-stream --format 'container memory (cgroup, page cache included): {{.MemUsage}}' "$BACKUP"
 t0=$(now_ms); docker stop "$BACKUP" > /dev/null; idle_stop=$(( $(now_ms) - t0 ))
 echo "docker stop (idle): ${idle_stop} ms"
