@@ -56,8 +56,8 @@ struct Ctx {
     armed: Arc<tokio::sync::Notify>,
     /// Notified when a run, a pass or a history refresh ends: memory is shed once quiet.
     work_done: Arc<tokio::sync::Notify>,
-    /// The status page or the metrics were read.
-    looked_at: Looks,
+    /// Bumped when the status page or the metrics are read.
+    looked_at: tokio::sync::watch::Sender<()>,
 }
 
 impl crate::server::View for Ctx {
@@ -77,7 +77,7 @@ impl crate::server::View for Ctx {
         self.history.get(job)
     }
     fn looked_at(&self) {
-        self.looked_at.look();
+        self.looked_at.send_replace(());
     }
 }
 
@@ -171,7 +171,7 @@ pub async fn run(
         history: crate::history::History::default(),
         armed: Arc::new(tokio::sync::Notify::new()),
         work_done: Arc::new(tokio::sync::Notify::new()),
-        looked_at: Looks::default(),
+        looked_at: tokio::sync::watch::Sender::new(()),
     });
     let server_stop = CancellationToken::new();
     let server = match config.listen {
@@ -224,9 +224,10 @@ pub async fn run(
     // it feeds. Not on a timer of its own: re-reading every 15 minutes with nobody looking
     // was most of an idle daemon's wakeups.
     let ctx2 = ctx.clone();
+    let looks = ctx.looked_at.subscribe();
     ctx.tracker.spawn(async move {
         // Ends with the first stop signal: a stop waits for backups, not for this.
-        refresh_when_looked_at(&ctx2.looked_at, HISTORY_REFRESH, &ctx2.stop, || async {
+        refresh_when_looked_at(looks, HISTORY_REFRESH, &ctx2.stop, || async {
             let names: Vec<String> = ctx2.config().jobs.keys().cloned().collect();
             for name in names {
                 refresh_history(&ctx2, &name).await;
@@ -791,25 +792,11 @@ async fn run_with_retries(ctx: &Arc<Ctx>, config: &Config, job: &Job, slot: &Job
     }
 }
 
-/// Reads of the page or the metrics, counted, for [`refresh_when_looked_at`].
-#[derive(Default)]
-struct Looks {
-    count: AtomicU64,
-    notify: tokio::sync::Notify,
-}
-
-impl Looks {
-    fn look(&self) {
-        self.count.fetch_add(1, Ordering::SeqCst);
-        self.notify.notify_one();
-    }
-}
-
-/// Runs `refresh` for the looks it has not served yet (each refresh serves every look
-/// before it starts), at most every `every`, the first time `every` after the start; ends
-/// with `stop`, also in the middle of a refresh.
+/// Runs `refresh` for the looks (sends on `looks`' channel) it has not served yet: each
+/// refresh serves every look before it starts. At most every `every`, the first time
+/// `every` after the start; ends with `stop`, also in the middle of a refresh.
 async fn refresh_when_looked_at<F, Fut>(
-    looks: &Looks,
+    mut looks: tokio::sync::watch::Receiver<()>,
     every: std::time::Duration,
     stop: &CancellationToken,
     mut refresh: F,
@@ -818,19 +805,16 @@ async fn refresh_when_looked_at<F, Fut>(
     Fut: std::future::Future<Output = ()>,
 {
     let mut read_at = tokio::time::Instant::now();
-    let mut served = 0;
     loop {
-        while looks.count.load(Ordering::SeqCst) == served {
-            tokio::select! {
-                _ = stop.cancelled() => return,
-                _ = looks.notify.notified() => {}
-            }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            changed = looks.changed() => if changed.is_err() { return },
         }
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep_until(read_at + every) => {}
         }
-        served = looks.count.load(Ordering::SeqCst);
+        looks.borrow_and_update();
         read_at = tokio::time::Instant::now();
         tokio::select! {
             _ = stop.cancelled() => return,
@@ -966,35 +950,30 @@ pub fn catch_up_due(
 
 #[cfg(test)]
 mod tests {
-    use super::{Looks, catch_up_due, refresh_when_looked_at};
+    use super::{catch_up_due, refresh_when_looked_at};
     use chrono::{Duration, TimeZone, Utc};
     use std::sync::Arc;
-    use std::sync::atomic::{AtomicUsize, Ordering};
 
     /// The history re-read with the clock paused: `looks` are the minutes at which someone
     /// reads the page; returns the minutes at which it was re-read before `until`.
     async fn refreshes(looks: &[u64], until: u64) -> Vec<u64> {
-        let looked = Arc::new(Looks::default());
+        let looked = tokio::sync::watch::Sender::new(());
         let stop = tokio_util::sync::CancellationToken::new();
         let start = tokio::time::Instant::now();
         let at = Arc::new(std::sync::Mutex::new(Vec::new()));
-        let count = Arc::new(AtomicUsize::new(0));
         let task = {
-            let (looked, stop, at, count) =
-                (looked.clone(), stop.clone(), at.clone(), count.clone());
+            let (looks, stop, at) = (looked.subscribe(), stop.clone(), at.clone());
             tokio::spawn(async move {
                 refresh_when_looked_at(
-                    &looked,
+                    looks,
                     std::time::Duration::from_secs(15 * 60),
                     &stop,
                     || {
-                        let (at, count) = (at.clone(), count.clone());
+                        let at = at.clone();
                         async move {
-                            let minute = start.elapsed().as_secs() / 60;
                             if let Ok(mut v) = at.lock() {
-                                v.push(minute);
+                                v.push(start.elapsed().as_secs() / 60);
                             }
-                            count.fetch_add(1, Ordering::SeqCst);
                         }
                     },
                 )
@@ -1003,7 +982,7 @@ mod tests {
         };
         for minute in 0..until {
             if looks.contains(&minute) {
-                looked.look();
+                looked.send_replace(());
             }
             // Stop half a minute before `until`, clear of a read due at that minute.
             let step = if minute + 1 == until { 30 } else { 60 };
@@ -1011,9 +990,7 @@ mod tests {
         }
         stop.cancel();
         task.await.expect("the refresher ends with stop");
-        let v = at.lock().map(|v| v.clone()).unwrap_or_default();
-        assert_eq!(v.len(), count.load(Ordering::SeqCst));
-        v
+        at.lock().map(|v| v.clone()).unwrap_or_default()
     }
 
     #[tokio::test(start_paused = true)]

@@ -455,9 +455,9 @@ for _ in $(seq 1 30); do
     [ "$idle_rss" -le 6144 ] && break
     sleep 5
 done
-[ -n "$spid" ] && grep -E '^(VmRSS|RssAnon|RssFile):' "/proc/$spid/status" | tr -s ' \t' ' ' | paste -sd ';' \
-    | sed 's/^/daemon idle memory: /'
 if [ -n "$spid" ]; then
+    grep -E '^(VmRSS|RssAnon|RssFile):' "/proc/$spid/status" | tr -s ' \t' ' ' | paste -sd ';' \
+        | sed 's/^/daemon idle memory: /'
     # Where it is, for the closing note: threads, and the largest mappings by RSS
     # (KiB rss/anonymous, per file or [heap]/[stack]/anon).
     grep -E '^Threads:' "/proc/$spid/status" | sed 's/^/daemon /'
