@@ -2,9 +2,10 @@
 //! after a scheduled backup.
 //!
 //! `cargo bench --bench idle` (release build; see bench/README.md). Starts its own
-//! PostgreSQL and moto (the test harness's, `tests/common`), then two daemons side by side:
+//! PostgreSQL and moto (the test harness's, `tests/common`), then three daemons side by side:
 //! - **minimal**: one job, a local destination, no HTTP listener;
-//! - **full**: the same job to a local and an S3 destination, with `[server] listen`.
+//! - **full**: the same job to a local and an S3 destination, with `[server] listen`;
+//! - **logdir**: the full one also writing log files (`[log] dir`, as the image's config).
 //!
 //! Each takes its catch-up backup at start (so its idle state is the one after real work),
 //! then idles for `STOWAGE_IDLE_SECS` (default 600); the job's schedule (a daily time, UTC)
@@ -111,7 +112,8 @@ async fn main() {
     let pg = PgServer::start();
     seed_sample_db(&pg, "app", 20_000);
     let s3 = S3Server::moto();
-    s3.create_bucket("backups").await;
+    s3.create_bucket("full").await;
+    s3.create_bucket("logdir").await;
     let dir = tempfile::tempdir().expect("tempdir");
     let secret = dir.path().join("secret");
     std::fs::write(&secret, s3.secret_key()).expect("secret");
@@ -138,20 +140,34 @@ url = "{}"
         )
     };
     let port = common::free_port();
+    // Each daemon to destinations of its own: two at once on one would wait for each
+    // other's lock.
+    let full = |name: &str, port: u16| {
+        format!(
+            "[server]\nlisten = \"127.0.0.1:{port}\"\n\n{}\n[destinations.offsite]\ntype = \"s3\"\nbucket = \"{name}\"\nendpoint = \"{}\"\nforce_path_style = true\naccess_key_id = \"{}\"\nsecret_access_key_file = \"{}\"\nretention = {{ keep_daily = 7 }}\n{}",
+            local(name),
+            s3.endpoint(),
+            s3.access_key(),
+            secret.display(),
+            job("\"local\", \"offsite\"")
+        )
+    };
+    let logdir_port = std::iter::repeat_with(common::free_port)
+        .find(|p| *p != port)
+        .expect("a second free port");
     let configs = [
         (
             "minimal",
             format!("{}{}", local("minimal"), job("\"local\"")),
         ),
+        ("full", full("full", port)),
+        // The image's config: the full daemon also writing log files.
         (
-            "full",
+            "logdir",
             format!(
-                "[server]\nlisten = \"127.0.0.1:{port}\"\n\n{}\n[destinations.offsite]\ntype = \"s3\"\nbucket = \"backups\"\nendpoint = \"{}\"\nforce_path_style = true\naccess_key_id = \"{}\"\nsecret_access_key_file = \"{}\"\nretention = {{ keep_daily = 7 }}\n{}",
-                local("full"),
-                s3.endpoint(),
-                s3.access_key(),
-                secret.display(),
-                job("\"local\", \"offsite\"")
+                "[log]\ndir = \"{}\"\n\n{}",
+                dir.path().join("logs").display(),
+                full("logdir", logdir_port)
             ),
         ),
     ];
@@ -186,7 +202,7 @@ url = "{}"
             .wait_for_output("backup success: job=app", Duration::from_secs(120));
     }
     eprintln!(
-        "idle: both daemons took their catch-up backup; idling until {fire_at}, then {after} s more"
+        "idle: the daemons took their catch-up backup; idling until {fire_at}, then {after} s more"
     );
     let t0 = Instant::now();
     let until_fire = (fire_at - chrono::Utc::now())

@@ -368,7 +368,6 @@ async fn start_scheduler(
     ctx.tracker.spawn(crate::ticker::drive(
         sched.clone(),
         ctx.armed.clone(),
-        crate::footprint::shed,
         driver.clone(),
     ));
     Ok(Scheduler { sched, driver })

@@ -35,6 +35,7 @@ pub fn limit_arenas() {
 /// Sheds once the daemon has been quiet for [`QUIET`] after `work_done` was last
 /// notified; ends with `stop`.
 pub async fn shed_when_quiet(work_done: std::sync::Arc<Notify>, stop: CancellationToken) {
+    let shedder = Shedder::start();
     loop {
         tokio::select! {
             _ = work_done.notified() => {}
@@ -48,9 +49,56 @@ pub async fn shed_when_quiet(work_done: std::sync::Arc<Notify>, stop: Cancellati
                 _ = stop.cancelled() => return,
             }
         }
-        // Right here, not on a blocking thread: whatever code runs after the shed is
-        // mapped back in (fault-around: up to 64 KiB a fault), so the less the better.
-        shed();
+        shedder.shed();
+    }
+}
+
+/// How long the shedding thread waits after a request: by then the runtime's threads that
+/// were busy with the request have gone to sleep.
+const SETTLE: Duration = Duration::from_secs(1);
+
+/// Sheds on a thread of its own, once the runtime's threads sleep. Whatever code runs
+/// after a shed is mapped back in (fault-around: 64 KiB a fault) and stays until the next
+/// one; shedding on a worker maps back the whole path from the shed to the worker's sleep,
+/// measured at 1.3 MiB of code. This thread's way back to sleep is a few pages.
+struct Shedder {
+    /// Full while a shed is pending; `None` if the thread could not be started.
+    requests: Option<std::sync::mpsc::SyncSender<()>>,
+}
+
+impl Shedder {
+    fn start() -> Self {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<()>(1);
+        let thread = std::thread::Builder::new()
+            .name("stowage-shed".into())
+            // Reading smaps and pagemap takes little stack; the default 2 MiB is address
+            // space only, but a small one keeps what a deep call could touch small.
+            .stack_size(256 * 1024)
+            .spawn(move || {
+                // Ends when the sender goes, with the daemon.
+                while rx.recv().is_ok() {
+                    std::thread::sleep(SETTLE);
+                    shed();
+                }
+            });
+        match thread {
+            Ok(_) => Self { requests: Some(tx) },
+            Err(e) => {
+                debug!("no shedding thread ({e}); shedding on the runtime's");
+                Self { requests: None }
+            }
+        }
+    }
+
+    fn shed(&self) {
+        match &self.requests {
+            Some(tx) => match tx.try_send(()) {
+                // Full: one is pending already, which covers this one.
+                Ok(()) | Err(std::sync::mpsc::TrySendError::Full(())) => {}
+                Err(std::sync::mpsc::TrySendError::Disconnected(())) => shed(),
+            },
+            None => shed(),
+        }
     }
 }
 
@@ -75,37 +123,66 @@ pub fn shed() {
     drop_clean_file_pages();
 }
 
-/// MADV_DONTNEED on every private, read-only file mapping none of whose pages this process
-/// has written: the code and constants of the binary and its libraries. Their resident
+/// MADV_DONTNEED on the pages of every private, read-only file mapping that this process
+/// has not written: the code and constants of the binary and its libraries. Those resident
 /// pages are counted in the process's RSS although they are copies of the file the page
 /// cache holds (shared with every other process, and the kernel's to reclaim). Dropping the
 /// mappings keeps the page cache, so running that code again costs minor faults, not the
 /// disk reads (and sleeps) of `MADV_PAGEOUT`, and needs no ownership of the file.
 ///
-/// A mapping with anonymous pages is skipped: those are written copies (the dynamic
-/// linker's relocations, made read-only afterwards) that DONTNEED would discard.
+/// Written pages are anonymous copies (the dynamic linker's relocations, made read-only
+/// afterwards) that DONTNEED would discard: a mapping holding some is dropped page by page
+/// around them, as /proc/self/pagemap tells them apart (a whole megabyte of the binary's
+/// relocated constants stayed resident before for 44 KiB of such pages). Read-only, no
+/// page of it can become written in between.
 fn drop_clean_file_pages() {
     #[cfg(target_os = "linux")]
     {
         let Ok(smaps) = std::fs::read_to_string("/proc/self/smaps") else {
             return;
         };
-        for (start, end) in clean_file_ranges(&smaps) {
-            // SAFETY: the range is a whole private, read-only file mapping of this process
-            // with no written (anonymous) page; DONTNEED on it only unmaps pages that are
-            // read back unchanged from the file on the next access.
-            unsafe {
-                libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_DONTNEED);
+        let mappings = read_only_file_mappings(&smaps);
+        let pagemap = mappings
+            .iter()
+            .any(|m| m.written)
+            .then(|| std::fs::File::open("/proc/self/pagemap").ok())
+            .flatten();
+        for m in mappings {
+            let ranges = if m.written {
+                match &pagemap {
+                    Some(pagemap) => unwritten_pages(pagemap, m.start, m.end),
+                    None => continue,
+                }
+            } else {
+                vec![(m.start, m.end)]
+            };
+            for (start, end) in ranges {
+                // SAFETY: the range lies in a private, read-only file mapping of this
+                // process and holds none of its anonymous (written) pages; DONTNEED on it
+                // only unmaps pages that are read back unchanged from the file on the next
+                // access.
+                unsafe {
+                    libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_DONTNEED);
+                }
             }
         }
     }
 }
 
-/// Address ranges, from /proc/self/smaps, of the private file mappings that are not
-/// writable and hold no anonymous page.
-fn clean_file_ranges(smaps: &str) -> Vec<(usize, usize)> {
+/// A private, read-only mapping of a file, from /proc/self/smaps.
+#[derive(Debug, PartialEq)]
+struct FileMapping {
+    start: usize,
+    end: usize,
+    /// Holds anonymous pages: copies this process wrote before the mapping became
+    /// read-only.
+    written: bool,
+}
+
+/// The private file mappings that are not writable.
+fn read_only_file_mappings(smaps: &str) -> Vec<FileMapping> {
     let mut out = Vec::new();
-    // The current mapping's range while it qualifies so far, until its Anonymous line.
+    // The current mapping while it qualifies so far, until its Anonymous line.
     let mut candidate: Option<(usize, usize)> = None;
     for line in smaps.lines() {
         let mut f = line.split_whitespace();
@@ -122,13 +199,73 @@ fn clean_file_ranges(smaps: &str) -> Vec<(usize, usize)> {
             let private_read_only = perms.ends_with('p') && !perms.contains('w');
             candidate = (private_read_only && path.starts_with('/')).then_some((a, b));
         } else if first == "Anonymous:"
-            && let Some(range) = candidate.take()
-            && f.next() == Some("0")
+            && let Some((start, end)) = candidate.take()
         {
-            out.push(range);
+            // Unreadable counts as written: then the mapping is dropped only page by page.
+            let written = f.next() != Some("0");
+            out.push(FileMapping {
+                start,
+                end,
+                written,
+            });
         }
     }
     out
+}
+
+/// /proc/self/pagemap's flags of a page: present, swapped, file-backed (or shared).
+const PAGE_PRESENT: u64 = 1 << 63;
+const PAGE_SWAPPED: u64 = 1 << 62;
+const PAGE_FILE: u64 = 1 << 61;
+
+/// The runs of pages in `start..end` that hold nothing this process wrote: resident pages
+/// of the file, and pages not resident at all. Empty if pagemap cannot be read.
+#[cfg(target_os = "linux")]
+fn unwritten_pages(pagemap: &std::fs::File, start: usize, end: usize) -> Vec<(usize, usize)> {
+    use std::os::unix::fs::FileExt;
+    // SAFETY: sysconf only reads a constant of the system. Not assumed 4 KiB: a
+    // Raspberry Pi 5's kernel uses 16 KiB pages, and a wrong size would misread pagemap.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    let Ok(page) = usize::try_from(page) else {
+        return Vec::new();
+    };
+    if page == 0 {
+        return Vec::new();
+    }
+    let mut entries = vec![0u8; (end - start) / page * 8];
+    if pagemap
+        .read_exact_at(&mut entries, (start / page * 8) as u64)
+        .is_err()
+    {
+        return Vec::new();
+    }
+    // An entry that cannot be read counts as written (all flags set).
+    let flags = entries
+        .chunks_exact(8)
+        .map(|e| e.try_into().map_or(u64::MAX, u64::from_ne_bytes));
+    unwritten_runs(flags, start, page)
+}
+
+/// Runs of consecutive pages whose pagemap entry shows no anonymous content: neither a
+/// resident page that is not the file's, nor a swapped-out one.
+fn unwritten_runs(
+    entries: impl Iterator<Item = u64>,
+    start: usize,
+    page: usize,
+) -> Vec<(usize, usize)> {
+    let mut runs: Vec<(usize, usize)> = Vec::new();
+    for (i, e) in entries.enumerate() {
+        let anonymous = e & PAGE_SWAPPED != 0 || (e & PAGE_PRESENT != 0 && e & PAGE_FILE == 0);
+        if anonymous {
+            continue;
+        }
+        let (a, b) = (start + i * page, start + (i + 1) * page);
+        match runs.last_mut() {
+            Some(last) if last.1 == a => last.1 = b,
+            _ => runs.push((a, b)),
+        }
+    }
+    runs
 }
 
 #[cfg(test)]
@@ -136,7 +273,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn clean_file_ranges_are_unwritten_read_only_file_mappings() {
+    fn read_only_file_mappings_are_found_and_marked_when_written() {
         let smaps = "\
 00400000-00500000 r--p 00000000 fd:01 123 /usr/local/bin/stowage
 Rss:                 400 kB
@@ -158,14 +295,121 @@ Anonymous:           132 kB
 7ffc00100000-7ffc00102000 r-xp 00000000 00:00 0 [vdso]
 Anonymous:             0 kB
 ";
+        let m = |start, end, written| FileMapping {
+            start,
+            end,
+            written,
+        };
         assert_eq!(
-            clean_file_ranges(smaps),
+            read_only_file_mappings(smaps),
             vec![
-                (0x400000, 0x500000),
-                (0x500000, 0x900000),
-                (0x7f0000000000, 0x7f0000200000)
+                m(0x400000, 0x500000, false),
+                m(0x500000, 0x900000, false),
+                m(0x900000, 0xa00000, true),
+                m(0x7f0000000000, 0x7f0000200000, false),
             ]
         );
+    }
+
+    #[test]
+    fn unwritten_runs_skip_anonymous_and_swapped_pages() {
+        let file = PAGE_PRESENT | PAGE_FILE;
+        let anon = PAGE_PRESENT;
+        let absent = 0;
+        let swapped = PAGE_SWAPPED;
+        // Pagemap entries, and the runs (in pages) to drop.
+        type Case<'a> = (&'a [u64], &'a [(usize, usize)]);
+        let table: [Case<'_>; 6] = [
+            (&[], &[]),
+            (&[file, file, absent], &[(0, 3)]),
+            (&[anon, anon], &[]),
+            (&[file, anon, file, absent, anon], &[(0, 1), (2, 4)]),
+            (&[swapped, file, swapped], &[(1, 2)]),
+            (&[u64::MAX, absent], &[(1, 2)]),
+        ];
+        for (entries, want) in table {
+            let want: Vec<(usize, usize)> = want
+                .iter()
+                .map(|(a, b)| (0x1000 + a * 0x1000, 0x1000 + b * 0x1000))
+                .collect();
+            assert_eq!(
+                unwritten_runs(entries.iter().copied(), 0x1000, 0x1000),
+                want,
+                "{entries:x?}"
+            );
+        }
+    }
+
+    /// A read-only private file mapping with a page written before it became read-only
+    /// (what relocations leave): shedding drops its other pages and keeps the written one.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn shedding_keeps_written_pages_of_read_only_mappings() {
+        use std::io::Write;
+        // SAFETY: sysconf only reads a constant.
+        let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).expect("page");
+        let pages = 16;
+        let mut file = tempfile::tempfile().expect("tempfile");
+        file.write_all(&vec![7u8; page * pages]).expect("write");
+        let rss = |addr: usize| -> (u64, u64) {
+            let smaps = std::fs::read_to_string("/proc/self/smaps").expect("smaps");
+            let header = format!("{addr:x}-");
+            let block: Vec<&str> = smaps
+                .lines()
+                .skip_while(|l| !l.starts_with(&header))
+                .skip(1)
+                .take_while(|l| {
+                    l.split_whitespace()
+                        .next()
+                        .is_some_and(|field| field.ends_with(':'))
+                })
+                .collect();
+            let field = |name: &str| {
+                block
+                    .iter()
+                    .find_map(|l| l.strip_prefix(name))
+                    .and_then(|v| v.split_whitespace().next()?.parse().ok())
+                    .expect("field")
+            };
+            (field("Rss:"), field("Anonymous:"))
+        };
+        // SAFETY: a fresh private mapping of our own file; unmapped at the end; no other
+        // reference to it.
+        unsafe {
+            let p = libc::mmap(
+                std::ptr::null_mut(),
+                page * pages,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE,
+                std::os::fd::AsRawFd::as_raw_fd(&file),
+                0,
+            );
+            assert_ne!(p, libc::MAP_FAILED);
+            let base = p as *mut u8;
+            // One page written (an anonymous copy), every other one read (the file's).
+            *base.add(3 * page) = 42;
+            for i in 0..pages {
+                std::ptr::read_volatile(base.add(i * page));
+            }
+            assert_eq!(libc::mprotect(p, page * pages, libc::PROT_READ), 0);
+            let before = rss(p as usize);
+            drop_clean_file_pages();
+            let after = rss(p as usize);
+            assert_eq!(before, ((page * pages / 1024) as u64, (page / 1024) as u64));
+            assert_eq!(
+                after,
+                ((page / 1024) as u64, (page / 1024) as u64),
+                "only the written page stays"
+            );
+            assert_eq!(*base.add(3 * page), 42, "the written page lost its content");
+            assert_eq!(*base.add(3 * page + 1), 7);
+            assert_eq!(
+                *base.add(5 * page),
+                7,
+                "a dropped page reads back from the file"
+            );
+            libc::munmap(p, page * pages);
+        }
     }
 
     /// On this process (the test binary): its mapped code stops being resident, it goes

@@ -17,10 +17,10 @@ use tokio_cron_scheduler::JobScheduler;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-/// Longest single sleep. Timers run on the monotonic clock while schedules are wall-clock
-/// times: a board without a real-time clock boots with a stale time that NTP later moves
-/// forward, and a sleep computed before that jump would end late. Waking this often to
-/// look again costs nothing measurable (12 wakeups an hour).
+/// Longest single sleep where the wall-clock timer is not available (see [`WallClock`]):
+/// timers of the runtime run on the monotonic clock while schedules are wall-clock times,
+/// and a board without a real-time clock boots with a stale time that NTP later moves
+/// forward; a sleep computed before that jump would end late.
 const MAX_SLEEP: Duration = Duration::from_secs(5 * 60);
 
 /// A fired one-shot is removed from the store this long after it fired, not at once: the
@@ -30,32 +30,123 @@ const RETIRE_AFTER: chrono::TimeDelta = chrono::TimeDelta::seconds(5);
 
 /// Runs the scheduler's due jobs until `stop`. `armed` must be notified after every job
 /// added to `sched`, so that a job due earlier than the current sleep is not missed.
-/// `after_idle_look` runs right after each look that only the [`MAX_SLEEP`] timer caused
-/// (the daemon gives back there what the look took: `crate::footprint::shed`), in this
-/// same wake-up rather than in a second one.
-pub async fn drive(
-    sched: JobScheduler,
-    armed: Arc<Notify>,
-    after_idle_look: fn(),
-    stop: CancellationToken,
-) {
-    let mut idle_look = false;
+/// Between jobs nothing wakes: no periodic look (measured: each 5-minute look cost the
+/// runtime's timer wheel four wakeups and mapped a megabyte of code back in).
+pub async fn drive(sched: JobScheduler, armed: Arc<Notify>, stop: CancellationToken) {
+    let clock = WallClock::new();
     loop {
         let next = fire_due(&sched, Utc::now()).await;
-        // To the due second itself, not `time_till_next_job`'s whole seconds counted from
-        // the current one, which would start a run up to a second late.
-        let wait = match next {
-            Some(t) => (t - Utc::now()).to_std().unwrap_or_default().min(MAX_SLEEP),
-            None => MAX_SLEEP,
-        };
-        // Last thing before sleeping: what runs after it is mapped back in.
-        if std::mem::take(&mut idle_look) {
-            after_idle_look();
-        }
         tokio::select! {
-            _ = tokio::time::sleep(wait) => idle_look = wait == MAX_SLEEP,
+            _ = clock.until(next) => {}
             _ = armed.notified() => {}
             _ = stop.cancelled() => return,
+        }
+    }
+}
+
+/// Sleeps until a wall-clock time. On Linux a `CLOCK_REALTIME` timerfd armed with
+/// `TFD_TIMER_CANCEL_ON_SET`: it fires when the clock reads that time, however the clock
+/// got there, and wakes at once when the clock is set (NTP's first step on a board without
+/// a real-time clock), so the caller computes the next time again. Elsewhere, or if the
+/// timerfd cannot be had, the runtime's timer, at most [`MAX_SLEEP`] at a time.
+struct WallClock {
+    #[cfg(target_os = "linux")]
+    timer: Option<tokio::io::unix::AsyncFd<std::os::fd::OwnedFd>>,
+}
+
+impl WallClock {
+    fn new() -> Self {
+        #[cfg(target_os = "linux")]
+        {
+            use rustix::time::{TimerfdClockId, TimerfdFlags, timerfd_create};
+            let timer = timerfd_create(
+                TimerfdClockId::Realtime,
+                TimerfdFlags::NONBLOCK | TimerfdFlags::CLOEXEC,
+            )
+            .map_err(std::io::Error::from)
+            .and_then(|fd| {
+                // SAFETY: `fd` is an open timerfd the AsyncFd owns from here on, so it
+                // stays open and the same for the AsyncFd's whole life.
+                unsafe {
+                    tokio::io::unix::AsyncFd::register_with_interest(
+                        fd,
+                        tokio::io::Interest::READABLE,
+                    )
+                }
+                .map_err(std::io::Error::from)
+            });
+            match timer {
+                Ok(t) => Self { timer: Some(t) },
+                Err(e) => {
+                    warn!(
+                        "scheduler: no wall-clock timer ({e}); looking at the clock every {} min instead",
+                        MAX_SLEEP.as_secs() / 60
+                    );
+                    Self { timer: None }
+                }
+            }
+        }
+        #[cfg(not(target_os = "linux"))]
+        Self {}
+    }
+
+    /// Completes at `at`, or earlier: when the clock is set, or after [`MAX_SLEEP`]
+    /// without the timerfd. `None` (nothing scheduled) never completes.
+    async fn until(&self, at: Option<DateTime<Utc>>) {
+        let Some(at) = at else {
+            return std::future::pending().await;
+        };
+        #[cfg(target_os = "linux")]
+        if let Some(timer) = &self.timer {
+            match wait_timerfd(timer, at).await {
+                Ok(()) => return,
+                Err(e) => warn!("scheduler: wall-clock timer failed ({e}); using the runtime's"),
+            }
+        }
+        let wait = (at - Utc::now()).to_std().unwrap_or_default();
+        tokio::time::sleep(wait.min(MAX_SLEEP)).await;
+    }
+}
+
+/// Arms `timer` for `at` and waits for it to fire or be cancelled by a clock change.
+#[cfg(target_os = "linux")]
+async fn wait_timerfd(
+    timer: &tokio::io::unix::AsyncFd<std::os::fd::OwnedFd>,
+    at: DateTime<Utc>,
+) -> std::io::Result<()> {
+    use rustix::time::{Itimerspec, TimerfdTimerFlags, Timespec, timerfd_settime};
+    let zero = Timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    let spec = Itimerspec {
+        it_interval: zero,
+        // A time in the past (or the epoch's second 0) fires at once.
+        it_value: Timespec {
+            tv_sec: at.timestamp().max(0),
+            tv_nsec: at.timestamp_subsec_nanos().into(),
+        },
+    };
+    // Re-arming also clears a cancellation the last clock change left.
+    timerfd_settime(
+        timer.get_ref(),
+        TimerfdTimerFlags::ABSTIME | TimerfdTimerFlags::CANCEL_ON_SET,
+        &spec,
+    )?;
+    loop {
+        let mut guard = timer.readable().await?;
+        let mut expirations = [0u8; 8];
+        match guard.try_io(|fd| {
+            rustix::io::read(fd.get_ref(), &mut expirations).map_err(std::io::Error::from)
+        }) {
+            Ok(Ok(_)) => return Ok(()),
+            Ok(Err(e)) if e.raw_os_error() == Some(rustix::io::Errno::CANCELED.raw_os_error()) => {
+                debug!("scheduler: the clock was set; looking at the jobs' times again");
+                return Ok(());
+            }
+            Ok(Err(e)) => return Err(e),
+            // Readiness without an expiration to read: wait again.
+            Err(_would_block) => continue,
         }
     }
 }
@@ -95,18 +186,24 @@ async fn fire_due(sched: &JobScheduler, now: DateTime<Utc>) -> Option<DateTime<U
                 if ctx.job_activation_tx.send(id).is_err() {
                     warn!("scheduler: its runner is gone; job {id} did not fire");
                 }
+                // A one-shot now has to be retired (below), a repeating job's next time
+                // computed: look again then.
+                let retire = now + RETIRE_AFTER;
+                earliest = Some(earliest.map_or(retire, |e| e.min(retire)));
             }
             Some(later) => earliest = Some(earliest.map_or(later, |e| e.min(later))),
-            // No next tick: a one-shot that has fired.
-            None => {
-                let fired_long_ago = tick
-                    .last_tick
-                    .and_then(utc)
-                    .is_none_or(|last| now - last >= RETIRE_AFTER);
-                if fired_long_ago {
+            // No next tick: a one-shot that has fired. Retired on a pass after
+            // RETIRE_AFTER, which counts as a due time: nothing else may wake the driver
+            // for hours, and the store would keep the job (and its code) until then.
+            None => match tick.last_tick.and_then(utc) {
+                Some(last) if now - last < RETIRE_AFTER => {
+                    let retire = last + RETIRE_AFTER;
+                    earliest = Some(earliest.map_or(retire, |e| e.min(retire)));
+                }
+                _ => {
                     let _ = ctx.job_delete_tx.send(id);
                 }
-            }
+            },
         }
     }
     earliest
@@ -142,7 +239,7 @@ mod tests {
         armed: &Arc<Notify>,
         stop: &CancellationToken,
     ) -> tokio::task::JoinHandle<()> {
-        tokio::spawn(drive(sched.clone(), armed.clone(), || {}, stop.clone()))
+        tokio::spawn(drive(sched.clone(), armed.clone(), stop.clone()))
     }
 
     /// A one-shot fires once, on time, and is retired; nothing fires before its time.
@@ -160,10 +257,8 @@ mod tests {
         assert_eq!(fired.load(Ordering::SeqCst), 0, "fired early");
         tokio::time::sleep(Duration::from_millis(3500)).await;
         assert_eq!(fired.load(Ordering::SeqCst), 1, "did not fire, or twice");
-        // Retired on a later pass (arming anything wakes the driver).
-        tokio::time::sleep(Duration::from_secs(5)).await;
-        armed.notify_one();
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        // Retired RETIRE_AFTER later by the driver's own wake: nothing else wakes it.
+        tokio::time::sleep(Duration::from_millis(5500)).await;
         let left = sched
             .context()
             .metadata_storage
@@ -200,5 +295,38 @@ mod tests {
         assert_eq!(fired.load(Ordering::SeqCst), 1);
         stop.cancel();
         driver.await.expect("driver");
+    }
+
+    /// The wall-clock timer fires at its time, not before; a time passed fires at once;
+    /// nothing scheduled never fires.
+    #[tokio::test]
+    async fn the_wall_clock_wakes_at_the_time() {
+        let clock = WallClock::new();
+        #[cfg(target_os = "linux")]
+        assert!(clock.timer.is_some(), "no timerfd on Linux");
+        let start = std::time::Instant::now();
+        clock
+            .until(Some(Utc::now() + chrono::TimeDelta::milliseconds(700)))
+            .await;
+        let took = start.elapsed();
+        assert!(
+            took >= Duration::from_millis(650) && took < Duration::from_secs(5),
+            "woke after {took:?} for a time 700 ms ahead"
+        );
+        let start = std::time::Instant::now();
+        clock
+            .until(Some(Utc::now() - chrono::TimeDelta::hours(1)))
+            .await;
+        assert!(
+            start.elapsed() < Duration::from_secs(1),
+            "a past time waited"
+        );
+        // Re-armed for a later time, the earlier arming does not fire it early.
+        let ahead = Utc::now() + chrono::TimeDelta::milliseconds(400);
+        let start = std::time::Instant::now();
+        clock.until(Some(ahead)).await;
+        assert!(start.elapsed() >= Duration::from_millis(350));
+        let never = tokio::time::timeout(Duration::from_millis(300), clock.until(None)).await;
+        assert!(never.is_err(), "nothing scheduled, yet it woke");
     }
 }
