@@ -452,7 +452,7 @@ idle_rss=?
 for _ in $(seq 1 30); do
     [ -n "$spid" ] || break
     idle_rss=$(awk '/^VmRSS:/{print $2}' "/proc/$spid/status")
-    [ "$idle_rss" -le 6144 ] && break
+    [ "$idle_rss" -le 4096 ] && break
     sleep 5
 done
 if [ -n "$spid" ]; then
