@@ -144,13 +144,13 @@ fn drop_clean_file_pages() {
         let mappings = read_only_file_mappings(&smaps);
         let pagemap = mappings
             .iter()
-            .any(|m| m.written)
+            .any(|m| m.anon_kib > 0)
             .then(|| std::fs::File::open("/proc/self/pagemap").ok())
             .flatten();
         for m in mappings {
-            let ranges = if m.written {
+            let ranges = if m.anon_kib > 0 {
                 match &pagemap {
-                    Some(pagemap) => unwritten_pages(pagemap, m.start, m.end),
+                    Some(pagemap) => unwritten_pages(pagemap, &m),
                     None => continue,
                 }
             } else {
@@ -174,9 +174,9 @@ fn drop_clean_file_pages() {
 struct FileMapping {
     start: usize,
     end: usize,
-    /// Holds anonymous pages: copies this process wrote before the mapping became
+    /// Its anonymous pages (KiB): copies this process wrote before the mapping became
     /// read-only.
-    written: bool,
+    anon_kib: u64,
 }
 
 /// The private file mappings that are not writable.
@@ -201,12 +201,12 @@ fn read_only_file_mappings(smaps: &str) -> Vec<FileMapping> {
         } else if first == "Anonymous:"
             && let Some((start, end)) = candidate.take()
         {
-            // Unreadable counts as written: then the mapping is dropped only page by page.
-            let written = f.next() != Some("0");
+            // Unreadable counts as all written: then nothing of it is dropped.
+            let anon_kib = f.next().and_then(|v| v.parse().ok()).unwrap_or(u64::MAX);
             out.push(FileMapping {
                 start,
                 end,
-                written,
+                anon_kib,
             });
         }
     }
@@ -218,10 +218,11 @@ const PAGE_PRESENT: u64 = 1 << 63;
 const PAGE_SWAPPED: u64 = 1 << 62;
 const PAGE_FILE: u64 = 1 << 61;
 
-/// The runs of pages in `start..end` that hold nothing this process wrote: resident pages
-/// of the file, and pages not resident at all. Empty if pagemap cannot be read.
+/// The runs of pages of `m` that hold nothing this process wrote: resident pages of the
+/// file, and pages not resident at all. Empty if pagemap cannot be read.
 #[cfg(target_os = "linux")]
-fn unwritten_pages(pagemap: &std::fs::File, start: usize, end: usize) -> Vec<(usize, usize)> {
+fn unwritten_pages(pagemap: &std::fs::File, m: &FileMapping) -> Vec<(usize, usize)> {
+    let (start, end) = (m.start, m.end);
     use std::os::unix::fs::FileExt;
     // SAFETY: sysconf only reads a constant of the system. Not assumed 4 KiB: a
     // Raspberry Pi 5's kernel uses 16 KiB pages, and a wrong size would misread pagemap.
@@ -243,20 +244,26 @@ fn unwritten_pages(pagemap: &std::fs::File, start: usize, end: usize) -> Vec<(us
     let flags = entries
         .chunks_exact(8)
         .map(|e| e.try_into().map_or(u64::MAX, u64::from_ne_bytes));
-    unwritten_runs(flags, start, page)
+    unwritten_runs(flags, start, page, m.anon_kib)
 }
 
 /// Runs of consecutive pages whose pagemap entry shows no anonymous content: neither a
-/// resident page that is not the file's, nor a swapped-out one.
+/// resident page that is not the file's, nor a swapped-out one. None at all unless the
+/// entries account for the `anon_kib` smaps counted: a pagemap that hides its flags (a
+/// sandbox's /proc) would make written pages look droppable, and dropping the relocated
+/// ones crashes the process.
 fn unwritten_runs(
     entries: impl Iterator<Item = u64>,
     start: usize,
     page: usize,
+    anon_kib: u64,
 ) -> Vec<(usize, usize)> {
     let mut runs: Vec<(usize, usize)> = Vec::new();
+    let mut anonymous_pages: u64 = 0;
     for (i, e) in entries.enumerate() {
         let anonymous = e & PAGE_SWAPPED != 0 || (e & PAGE_PRESENT != 0 && e & PAGE_FILE == 0);
         if anonymous {
+            anonymous_pages += 1;
             continue;
         }
         let (a, b) = (start + i * page, start + (i + 1) * page);
@@ -264,6 +271,9 @@ fn unwritten_runs(
             Some(last) if last.1 == a => last.1 = b,
             _ => runs.push((a, b)),
         }
+    }
+    if anonymous_pages.saturating_mul(page as u64 / 1024) < anon_kib {
+        return Vec::new();
     }
     runs
 }
@@ -295,18 +305,18 @@ Anonymous:           132 kB
 7ffc00100000-7ffc00102000 r-xp 00000000 00:00 0 [vdso]
 Anonymous:             0 kB
 ";
-        let m = |start, end, written| FileMapping {
+        let m = |start, end, anon_kib| FileMapping {
             start,
             end,
-            written,
+            anon_kib,
         };
         assert_eq!(
             read_only_file_mappings(smaps),
             vec![
-                m(0x400000, 0x500000, false),
-                m(0x500000, 0x900000, false),
-                m(0x900000, 0xa00000, true),
-                m(0x7f0000000000, 0x7f0000200000, false),
+                m(0x400000, 0x500000, 0),
+                m(0x500000, 0x900000, 0),
+                m(0x900000, 0xa00000, 64),
+                m(0x7f0000000000, 0x7f0000200000, 0),
             ]
         );
     }
@@ -317,25 +327,31 @@ Anonymous:             0 kB
         let anon = PAGE_PRESENT;
         let absent = 0;
         let swapped = PAGE_SWAPPED;
-        // Pagemap entries, and the runs (in pages) to drop.
-        type Case<'a> = (&'a [u64], &'a [(usize, usize)]);
-        let table: [Case<'_>; 6] = [
-            (&[], &[]),
-            (&[file, file, absent], &[(0, 3)]),
-            (&[anon, anon], &[]),
-            (&[file, anon, file, absent, anon], &[(0, 1), (2, 4)]),
-            (&[swapped, file, swapped], &[(1, 2)]),
-            (&[u64::MAX, absent], &[(1, 2)]),
+        // Pagemap entries, the anonymous KiB smaps counted (4 KiB pages), and the runs
+        // (in pages) to drop.
+        type Case<'a> = (&'a [u64], u64, &'a [(usize, usize)]);
+        let table: [Case<'_>; 9] = [
+            (&[], 0, &[]),
+            (&[file, file, absent], 0, &[(0, 3)]),
+            (&[anon, anon], 8, &[]),
+            (&[file, anon, file, absent, anon], 8, &[(0, 1), (2, 4)]),
+            (&[swapped, file, swapped], 4, &[(1, 2)]),
+            (&[u64::MAX, absent], 4, &[(1, 2)]),
+            // Fewer anonymous pages than smaps counted: pagemap hides its flags (or the
+            // count is unreadable); nothing is dropped.
+            (&[file, file, absent], 4, &[]),
+            (&[file, anon, file], 8, &[]),
+            (&[file, anon], u64::MAX, &[]),
         ];
-        for (entries, want) in table {
+        for (entries, anon_kib, want) in table {
             let want: Vec<(usize, usize)> = want
                 .iter()
                 .map(|(a, b)| (0x1000 + a * 0x1000, 0x1000 + b * 0x1000))
                 .collect();
             assert_eq!(
-                unwritten_runs(entries.iter().copied(), 0x1000, 0x1000),
+                unwritten_runs(entries.iter().copied(), 0x1000, 0x1000, anon_kib),
                 want,
-                "{entries:x?}"
+                "{entries:x?}, {anon_kib} KiB anonymous"
             );
         }
     }

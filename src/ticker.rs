@@ -121,9 +121,10 @@ async fn wait_timerfd(
     };
     let spec = Itimerspec {
         it_interval: zero,
-        // A time in the past (or the epoch's second 0) fires at once.
+        // A time in the past fires at once; not before second 1 of the epoch, as an
+        // all-zero value would disarm the timer instead.
         it_value: Timespec {
-            tv_sec: at.timestamp().max(0),
+            tv_sec: at.timestamp().max(1),
             tv_nsec: at.timestamp_subsec_nanos().into(),
         },
     };
@@ -321,6 +322,10 @@ mod tests {
             start.elapsed() < Duration::from_secs(1),
             "a past time waited"
         );
+        // Before the epoch too (an all-zero timerfd value would disarm it instead).
+        let before_epoch = DateTime::from_timestamp(-100, 0);
+        let fired = tokio::time::timeout(Duration::from_secs(1), clock.until(before_epoch)).await;
+        assert!(fired.is_ok(), "a time before the epoch never fired");
         // Re-armed for a later time, the earlier arming does not fire it early.
         let ahead = Utc::now() + chrono::TimeDelta::milliseconds(400);
         let start = std::time::Instant::now();
