@@ -222,17 +222,11 @@ const PAGE_FILE: u64 = 1 << 61;
 /// file, and pages not resident at all. Empty if pagemap cannot be read.
 #[cfg(target_os = "linux")]
 fn unwritten_pages(pagemap: &std::fs::File, m: &FileMapping) -> Vec<(usize, usize)> {
-    let (start, end) = (m.start, m.end);
     use std::os::unix::fs::FileExt;
-    // SAFETY: sysconf only reads a constant of the system. Not assumed 4 KiB: a
-    // Raspberry Pi 5's kernel uses 16 KiB pages, and a wrong size would misread pagemap.
-    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    let Ok(page) = usize::try_from(page) else {
-        return Vec::new();
-    };
-    if page == 0 {
-        return Vec::new();
-    }
+    let (start, end) = (m.start, m.end);
+    // Not assumed 4 KiB: a Raspberry Pi 5's kernel uses 16 KiB pages, and a wrong size
+    // would misread pagemap.
+    let page = rustix::param::page_size();
     let mut entries = vec![0u8; (end - start) / page * 8];
     if pagemap
         .read_exact_at(&mut entries, (start / page * 8) as u64)
@@ -362,8 +356,7 @@ Anonymous:             0 kB
     #[test]
     fn shedding_keeps_written_pages_of_read_only_mappings() {
         use std::io::Write;
-        // SAFETY: sysconf only reads a constant.
-        let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).expect("page");
+        let page = rustix::param::page_size();
         let pages = 16;
         let mut file = tempfile::tempfile().expect("tempfile");
         file.write_all(&vec![7u8; page * pages]).expect("write");

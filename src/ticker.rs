@@ -174,7 +174,8 @@ async fn fire_due(sched: &JobScheduler, now: DateTime<Utc>) -> Option<DateTime<U
         };
         // 0 for a one-shot that has fired.
         let next = (tick.next_tick != 0).then(|| utc(tick.next_tick)).flatten();
-        match next {
+        // When this job next needs the driver awake.
+        let wake = match next {
             Some(next) if next <= now => {
                 let mut store = ctx.metadata_storage.write().await;
                 // Marked before the activation: a second pass can never fire it twice.
@@ -189,23 +190,21 @@ async fn fire_due(sched: &JobScheduler, now: DateTime<Utc>) -> Option<DateTime<U
                 }
                 // A one-shot now has to be retired (below), a repeating job's next time
                 // computed: look again then.
-                let retire = now + RETIRE_AFTER;
-                earliest = Some(earliest.map_or(retire, |e| e.min(retire)));
+                Some(now + RETIRE_AFTER)
             }
-            Some(later) => earliest = Some(earliest.map_or(later, |e| e.min(later))),
+            Some(later) => Some(later),
             // No next tick: a one-shot that has fired. Retired on a pass after
             // RETIRE_AFTER, which counts as a due time: nothing else may wake the driver
             // for hours, and the store would keep the job (and its code) until then.
             None => match tick.last_tick.and_then(utc) {
-                Some(last) if now - last < RETIRE_AFTER => {
-                    let retire = last + RETIRE_AFTER;
-                    earliest = Some(earliest.map_or(retire, |e| e.min(retire)));
-                }
+                Some(last) if now - last < RETIRE_AFTER => Some(last + RETIRE_AFTER),
                 _ => {
                     let _ = ctx.job_delete_tx.send(id);
+                    None
                 }
             },
-        }
+        };
+        earliest = earliest.into_iter().chain(wake).min();
     }
     earliest
 }
