@@ -246,6 +246,16 @@ impl PostgresSource {
     /// for the table of contents and the schema, which pg_restore prints after reading
     /// only the archive's header: it exits early and the rest is never downloaded.
     async fn capture(&self, archive: &dyn Archive, args: &[&str]) -> Result<String, SourceError> {
+        self.capture_counted(archive, args).await.map(|(out, _)| out)
+    }
+
+    /// [`Self::capture`], and how many bytes of the archive pg_restore was given before it
+    /// stopped reading: at least what it read (the rest sat in the pipe).
+    async fn capture_counted(
+        &self,
+        archive: &dyn Archive,
+        args: &[&str],
+    ) -> Result<(String, usize), SourceError> {
         let mut cmd = Command::new(self.tool("pg_restore"));
         cmd.args(args)
             .stdin(Stdio::piped())
@@ -267,6 +277,7 @@ impl PostgresSource {
             stdout.read_to_end(&mut out).await.map(|_| out)
         });
         let mut buf = vec![0u8; 64 * 1024];
+        let mut fed = 0usize;
         loop {
             match data.read(&mut buf).await {
                 Ok(0) => break,
@@ -274,6 +285,7 @@ impl PostgresSource {
                     if stdin.write_all(&buf[..n]).await.is_err() {
                         break; // it has read what it needs
                     }
+                    fed += n;
                 }
                 Err(e) => {
                     let _ = child.kill().await;
@@ -288,7 +300,7 @@ impl PostgresSource {
             .map_err(|e| SourceError::Protocol(format!("pg_restore output: {e}")))?
             .map_err(|e| SourceError::io("reading pg_restore's output", e))?;
         wait_child("pg_restore", child, stderr).await?;
-        Ok(String::from_utf8_lossy(&out).into_owned())
+        Ok((String::from_utf8_lossy(&out).into_owned(), fed))
     }
 
     /// User tables of a live database ("schema.name"), to refuse restoring over data and
@@ -665,7 +677,7 @@ impl Database for PostgresSource {
             return Ok(lines);
         }
         // Both read only the archive's header: cheap even for a big dump.
-        let toc = self.capture(archive, &["--list"]).await?;
+        let (toc, header_len) = self.capture_counted(archive, &["--list"]).await?;
         let schema = self
             .capture(archive, &["--schema-only", "--file=-"])
             .await?;
@@ -737,7 +749,7 @@ impl Database for PostgresSource {
                 lines.push(self.would(opts, &url));
                 return Ok(lines);
             }
-            self.pg_restore_into(archive, opts, &url, Some(list.path()))
+            self.apply_verified(archive, opts, &url, Some(list.path()), None, 0)
                 .await?;
             return Ok(lines);
         }
@@ -823,7 +835,22 @@ impl Database for PostgresSource {
             lines.push(self.would(opts, &url));
             return Ok(lines);
         }
-        self.restore_in_transaction(archive, opts, &url, list.path(), &dependents)
+        // The archive's header, as read and checked in the restore's own pass, for
+        // re-adding the foreign keys below: never a second, unchecked read.
+        let keep = if filtered.referencing.is_empty() {
+            0
+        } else {
+            header_len
+        };
+        let header = self
+            .apply_verified(
+                archive,
+                opts,
+                &url,
+                Some(list.path()),
+                Some(&dependents),
+                keep,
+            )
             .await?;
         if !dependents.is_empty() {
             lines.push(format!(
@@ -836,7 +863,9 @@ impl Database for PostgresSource {
                     .join(", ")
             ));
         }
-        let (added, failed) = self.readd_foreign_keys(&url, &filtered.referencing).await?;
+        let (added, failed) = self
+            .readd_foreign_keys(&url, &filtered.referencing, header)
+            .await?;
         if !added.is_empty() {
             lines.push(format!(
                 "{}: re-added foreign key(s) of other tables: {}",
@@ -866,6 +895,34 @@ struct Dependent {
     label: String,
 }
 
+/// How much of the generator's output is held back until the archive has been checked.
+/// pg_restore writes `COMMIT` only after its last entry, followed by nothing but its footer
+/// (a three-line comment and `\unrestrict <key>`, under 200 bytes in PostgreSQL 15), so
+/// holding back the last 64 KiB keeps its `COMMIT` from psql until the check has passed.
+const HOLD_BACK: usize = 64 * 1024;
+
+/// Copy `from` to `to` except the last `hold` bytes, which are returned.
+async fn hold_back_copy(
+    from: &mut (impl tokio::io::AsyncRead + Unpin),
+    to: &mut (impl tokio::io::AsyncWrite + Unpin),
+    hold: usize,
+) -> std::io::Result<Vec<u8>> {
+    let mut held: Vec<u8> = Vec::with_capacity(2 * hold);
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        let n = from.read(&mut buf).await?;
+        if n == 0 {
+            return Ok(held);
+        }
+        held.extend_from_slice(&buf[..n]);
+        if held.len() > hold {
+            let cut = held.len() - hold;
+            to.write_all(&held[..cut]).await?;
+            held.drain(..cut);
+        }
+    }
+}
+
 /// The `pg_restore -L` list, in a private temp file removed when dropped.
 fn list_file(list: &str) -> Result<tempfile::NamedTempFile, SourceError> {
     let mut f = tempfile::Builder::new()
@@ -878,9 +935,12 @@ fn list_file(list: &str) -> Result<tempfile::NamedTempFile, SourceError> {
     Ok(f)
 }
 
-/// `value` as an SQL string literal (standard_conforming_strings is on since 9.1).
+/// `value` as an SQL string literal that means the same whatever the session's
+/// `standard_conforming_strings` (a role or database can turn it off with `ALTER … SET`,
+/// and then a backslash in `'…'` escapes the closing quote): an escape string with both
+/// backslashes and quotes doubled.
 fn sql_literal(value: &str) -> String {
-    format!("'{}'", value.replace('\'', "''"))
+    format!("E'{}'", value.replace('\\', "\\\\").replace('\'', "''"))
 }
 
 /// What to do when psql could not connect, from what it said; empty when unknown.
@@ -970,7 +1030,7 @@ impl PostgresSource {
         if opts.dry_run {
             return Ok(vec![self.would(opts, url)]);
         }
-        self.pg_restore_into(archive, opts, url, None).await?;
+        self.apply_verified(archive, opts, url, None, None, 0).await?;
         Ok(Vec::new())
     }
 
@@ -1027,57 +1087,43 @@ impl PostgresSource {
         Ok(())
     }
 
-    /// `pg_restore` straight into the target, in one transaction: a restore that fails
-    /// half-way leaves the target as it was.
-    async fn pg_restore_into(
+    /// Restore through `pg_restore -f -` (the SQL of the listed entries, or of all) piped
+    /// into one psql transaction that is committed only once the archive has been read to
+    /// its end and its size and sha256 checked: no byte of a corrupt or truncated object is
+    /// ever committed, not even one that comes before the damage.
+    ///
+    /// - `dependents` given (selected tables): our own `BEGIN`, then with `--clean` the
+    ///   foreign keys and views of other tables that depend on them are dropped, and after the
+    ///   archive's SQL re-added, then `COMMIT`. The generator runs without
+    ///   `--single-transaction`: such a list holds no large objects, the only entries for
+    ///   which pg_restore writes a `BEGIN`/`COMMIT` of its own.
+    /// - `None` (the whole archive, or all but excluded tables): the generator runs with
+    ///   `--single-transaction`, so its script is its fixed preamble, `BEGIN`, every entry,
+    ///   `COMMIT`, and a footer of a few hundred bytes (without it, large objects come in a
+    ///   `BEGIN`/`COMMIT` pair of their own that would commit half the restore). Its `COMMIT`
+    ///   cannot reach psql before the check: see [`HOLD_BACK`].
+    ///
+    /// Any failure (psql's, pg_restore's, the check's) ends psql's input without `COMMIT`:
+    /// the server rolls everything back. Returns the first `keep` bytes of the archive, as
+    /// read and checked in this pass.
+    async fn apply_verified(
         &self,
         archive: &dyn Archive,
         opts: &RestoreOptions,
         url: &DbUrl,
         list: Option<&std::path::Path>,
-    ) -> Result<(), SourceError> {
-        let mut cmd = self.command("pg_restore", url);
-        cmd.args(["--exit-on-error", "--single-transaction", "--dbname"])
-            .arg(url.conninfo())
-            .stdin(Stdio::piped());
-        if let Some(list) = list {
-            cmd.arg("--use-list").arg(list);
-        }
-        if opts.clean {
-            cmd.args(["--clean", "--if-exists"]);
-        }
-        if opts.no_owner {
-            cmd.args(["--no-owner", "--no-privileges"]);
-        }
-        let mut data = archive.open().await?;
-        let mut child = cmd.spawn().map_err(|e| self.spawn_err("pg_restore", e))?;
-        let (Some(stdin), Some(stderr)) = (child.stdin.take(), child.stderr.take()) else {
-            return Err(SourceError::Protocol(
-                "pg_restore started without pipes".into(),
-            ));
-        };
-        let stderr = drain_stderr(stderr);
-        super::feed(&mut data, stdin, &mut child).await?;
-        wait_child("pg_restore", child, stderr)
-            .await
-            .map_err(|e| with_hint(e, opts.clean))
-    }
-
-    /// Selected tables: `pg_restore -f -` (the SQL of the listed entries) piped into one psql
-    /// transaction, between statements of our own: with `dependents`, their foreign keys
-    /// are dropped before and re-added after, so `--clean` can replace a table that others
-    /// reference, and any failure (a row that no longer satisfies a re-added key included)
-    /// rolls everything back. COMMIT is sent only after everything else succeeded.
-    async fn restore_in_transaction(
-        &self,
-        archive: &dyn Archive,
-        opts: &RestoreOptions,
-        url: &DbUrl,
-        list: &std::path::Path,
-        dependents: &[Dependent],
-    ) -> Result<(), SourceError> {
+        dependents: Option<&[Dependent]>,
+        keep: usize,
+    ) -> Result<Vec<u8>, SourceError> {
+        use std::sync::atomic::{AtomicBool, Ordering};
         let mut sqlgen = self.command("pg_restore", url);
-        sqlgen.arg("--file=-").arg("--use-list").arg(list).stdin(Stdio::piped());
+        sqlgen.arg("--file=-").stdin(Stdio::piped());
+        if let Some(list) = list {
+            sqlgen.arg("--use-list").arg(list);
+        }
+        if dependents.is_none() {
+            sqlgen.arg("--single-transaction");
+        }
         if opts.clean {
             sqlgen.args(["--clean", "--if-exists"]);
         }
@@ -1089,7 +1135,17 @@ impl PostgresSource {
             .arg(url.conninfo())
             .stdin(Stdio::piped())
             .stdout(Stdio::null());
-        let mut data = archive.open().await?;
+        let data = archive.open().await?;
+        let prefix = Arc::new(Mutex::new(Vec::new()));
+        let kept = prefix.clone();
+        let mut data = InspectReader::new(data, move |b: &[u8]| {
+            if let Ok(mut p) = kept.lock()
+                && p.len() < keep
+            {
+                let n = b.len().min(keep - p.len());
+                p.extend_from_slice(&b[..n]);
+            }
+        });
         let mut sqlgen = sqlgen.spawn().map_err(|e| self.spawn_err("pg_restore", e))?;
         let mut psql = psql.spawn().map_err(|e| self.spawn_err("psql", e))?;
         let (Some(mut sqlgen_in), Some(mut sqlgen_out), Some(sqlgen_err)) =
@@ -1104,20 +1160,39 @@ impl PostgresSource {
         };
         let sqlgen_err = drain_stderr(sqlgen_err);
         let sql_err = drain_stderr(sql_err);
-        let mut before = String::from("BEGIN;\n");
-        for d in dependents {
-            before.push_str(&d.drop);
-            before.push('\n');
-        }
+        let (before, after) = match dependents {
+            Some(deps) => {
+                let mut before = String::from("BEGIN;\n");
+                for d in deps {
+                    before.push_str(&d.drop);
+                    before.push('\n');
+                }
+                let mut after = String::new();
+                // Reverse order: foreign keys, then views, shallowest first.
+                for d in deps.iter().rev() {
+                    after.push_str(&d.add);
+                    after.push('\n');
+                }
+                after.push_str("COMMIT;\n");
+                (before, after)
+            }
+            None => (String::new(), String::new()),
+        };
+        // Set when the restore has failed anyway: reading the rest of the archive would
+        // only waste a download.
+        let abort = AtomicBool::new(false);
         let fed = async {
             let copied = super::copy_until_closed(&mut data, &mut sqlgen_in).await;
             drop(sqlgen_in);
-            copied
+            copied?;
+            // pg_restore stops reading once its listed entries are done; the size and
+            // sha256 check speaks only at the end of the stream: read the rest.
+            super::read_to_end_unless(&mut data, &abort).await
         };
         let pump = async {
             let pumped = async {
                 sql_in.write_all(before.as_bytes()).await?;
-                tokio::io::copy(&mut sqlgen_out, &mut sql_in).await
+                hold_back_copy(&mut sqlgen_out, &mut sql_in, HOLD_BACK).await
             }
             .await;
             if pumped.is_err() {
@@ -1125,21 +1200,21 @@ impl PostgresSource {
                 // wait forever for us to read its output.
                 let _ = sqlgen.start_kill();
             }
-            pumped
-        };
-        let (fed, pumped) = tokio::join!(fed, pump);
-        let generated = wait_child("pg_restore", sqlgen, sqlgen_err).await;
-        let ok = fed.is_ok() && pumped.is_ok() && generated.is_ok();
-        if ok {
-            let mut after = String::new();
-            // Reverse order: foreign keys, then views, shallowest first.
-            for d in dependents.iter().rev() {
-                after.push_str(&d.add);
-                after.push('\n');
+            let generated = wait_child("pg_restore", sqlgen, sqlgen_err).await;
+            if pumped.is_err() || generated.is_err() {
+                abort.store(true, Ordering::Relaxed);
             }
-            after.push_str("COMMIT;\n");
+            (pumped, generated)
+        };
+        let (fed, (pumped, generated)) = tokio::join!(fed, pump);
+        if let (Ok(()), Ok(held), Ok(())) = (&fed, &pumped, &generated) {
+            // Checked: the rest of the SQL (with pg_restore's COMMIT) and our own.
             // A failed write shows in psql's exit status below.
-            let _ = sql_in.write_all(after.as_bytes()).await;
+            let _ = async {
+                sql_in.write_all(held).await?;
+                sql_in.write_all(after.as_bytes()).await
+            }
+            .await;
         }
         // Without COMMIT, psql's end of input rolls the transaction back.
         drop(sql_in);
@@ -1149,12 +1224,19 @@ impl PostgresSource {
         }
         generated.map_err(|e| with_hint(e, opts.clean))?;
         if let Err(e) = fed {
-            return Err(SourceError::io("reading the backup", e));
+            return Err(SourceError::io(
+                "the backup could not be read to its end and checked, so nothing was committed (the target is unchanged)",
+                e,
+            ));
         }
         if let Err(e) = pumped {
             return Err(SourceError::io("feeding psql", e));
         }
-        Ok(())
+        let header = prefix
+            .lock()
+            .map(|mut p| std::mem::take(&mut *p))
+            .unwrap_or_default();
+        Ok(header)
     }
 
     /// Run one query with psql and return its rows, fields split on U+001F.
@@ -1291,12 +1373,16 @@ impl PostgresSource {
 
     /// After restoring tables: add back the archive's foreign keys of other tables that point
     /// at them, where that table exists and lacks the key (a `DROP TABLE … CASCADE` removed
-    /// it). Each on its own: the restored tables stay whatever happens. Returns the keys
-    /// added and, for each that could not be, the reason and the statement.
+    /// it). Each is applied by pg_restore itself from its TOC entry alone (`-L` with that
+    /// one line), from `header`, the archive's header as read and checked by the restore:
+    /// what runs is exactly pg_dump's statement for that key. Each on its own, in its own
+    /// transaction: the restored tables and the other keys stay whatever happens. Returns
+    /// the keys added and, for each that could not be, the reason and the statement.
     async fn readd_foreign_keys(
         &self,
         url: &DbUrl,
         fks: &[toc::ForeignKey],
+        header: Vec<u8>,
     ) -> Result<(Vec<String>, Vec<String>), SourceError> {
         let (mut added, mut failed) = (Vec::new(), Vec::new());
         if fks.is_empty() {
@@ -1311,6 +1397,7 @@ impl PostgresSource {
                    join pg_catalog.pg_namespace n on n.oid = r.relnamespace where c.contype = 'f'"],
             )
             .await?;
+        let header = BytesArchive(header);
         for fk in fks {
             let table_there = live.contains(&format!("{}.{}", fk.schema, fk.table_name));
             let key_there = existing
@@ -1320,22 +1407,70 @@ impl PostgresSource {
                 continue;
             }
             let label = format!("{} on {}", fk.name, fk.table);
-            match self.query(url, &[&fk.sql]).await {
-                Ok(_) => added.push(label),
+            let list = list_file(&format!("{}\n", fk.entry))?;
+            match self.restore_entries(&header, url, list.path()).await {
+                Ok(()) => added.push(label),
                 Err(SourceError::Failed { stderr, .. }) => {
                     let why = stderr
                         .lines()
-                        .find(|l| l.contains("ERROR:"))
+                        .find(|l| l.contains("ERROR:") || l.contains("error:"))
                         .unwrap_or(stderr.as_str())
                         .trim()
                         .to_string();
-                    failed.push(format!("- {label}: {why}\n  {}", fk.sql.replace('\n', " ")));
+                    let statement = self
+                        .capture(&header, &["--file=-", "--use-list", &list.path().to_string_lossy()])
+                        .await
+                        .map(|sql| shown_statement(&sql))
+                        .unwrap_or_else(|e| format!("(pg_restore could not print it: {e})"));
+                    failed.push(format!("- {label}: {why}\n  {statement}"));
                 }
                 Err(e) => return Err(e),
             }
         }
         Ok((added, failed))
     }
+
+    /// `pg_restore -L list` of `archive` straight into the target, in one transaction.
+    async fn restore_entries(
+        &self,
+        archive: &dyn Archive,
+        url: &DbUrl,
+        list: &std::path::Path,
+    ) -> Result<(), SourceError> {
+        let mut cmd = self.command("pg_restore", url);
+        cmd.args(["--exit-on-error", "--single-transaction", "--use-list"])
+            .arg(list)
+            .arg("--dbname")
+            .arg(url.conninfo())
+            .stdin(Stdio::piped());
+        let mut data = archive.open().await?;
+        let mut child = cmd.spawn().map_err(|e| self.spawn_err("pg_restore", e))?;
+        let (Some(stdin), Some(stderr)) = (child.stdin.take(), child.stderr.take()) else {
+            return Err(SourceError::Protocol(
+                "pg_restore started without pipes".into(),
+            ));
+        };
+        let stderr = drain_stderr(stderr);
+        super::feed(&mut data, stdin, &mut child).await?;
+        wait_child("pg_restore", child, stderr).await
+    }
+}
+
+/// The statement(s) of `pg_restore -f -` output for messages, on one line: without its
+/// comments, session settings and psql meta-commands. For display only; what runs is
+/// always pg_restore's own output.
+fn shown_statement(sql: &str) -> String {
+    sql.lines()
+        .map(str::trim)
+        .filter(|l| {
+            !(l.is_empty()
+                || l.starts_with("--")
+                || l.starts_with('\\')
+                || l.starts_with("SET ")
+                || l.starts_with("SELECT pg_catalog.set_config("))
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 fn with_hint(e: SourceError, clean: bool) -> SourceError {

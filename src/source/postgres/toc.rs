@@ -275,9 +275,11 @@ pub struct ForeignKey {
     pub schema: String,
     pub table_name: String,
     pub name: String,
-    /// The archive's statement (`ALTER TABLE ONLY … ADD CONSTRAINT … FOREIGN KEY …;`),
-    /// schema-qualified as pg_dump writes it.
-    pub sql: String,
+    /// Its line of the TOC list (`<dumpId>; … FK CONSTRAINT …`): a `pg_restore -L` list of
+    /// this one line makes pg_restore produce exactly pg_dump's statement for the key. The
+    /// statement is never taken from the schema SQL's text, where a comment or a function
+    /// body can carry a forged header followed by any statement.
+    pub entry: String,
 }
 
 /// Filters the TOC `list` (`pg_restore -l`) by `sel`, using the archive's schema-only SQL
@@ -287,6 +289,7 @@ pub fn filter(list: &str, schema_sql: &str, sel: &Selection) -> Filtered {
     let sql = SchemaSql::parse(schema_sql);
     let lines: Vec<&str> = list.split_inclusive('\n').collect();
     let mut entries = Vec::new();
+    let mut entry_lines = Vec::new();
     let mut line_entry = Vec::with_capacity(lines.len());
     for line in &lines {
         let text = line.trim_end_matches(['\n', '\r']);
@@ -294,11 +297,33 @@ pub fn filter(list: &str, schema_sql: &str, sel: &Selection) -> Filtered {
             Some(e) => {
                 line_entry.push(Some(entries.len()));
                 entries.push(e);
+                entry_lines.push(text);
             }
             None => line_entry.push(None),
         }
     }
+    // pg_restore -l prints each entry on one line (PostgreSQL 15 turns a line break in a
+    // name into a space), but an older pg_restore printed names as they are: a table named
+    // "x\n123; 0 0 FK CONSTRAINT …" then makes a second line that looks like an entry.
+    // pg_restore -L selects by dump id alone, so a forged line must not be believed: every
+    // line whose dump id appears more than once is an entry of unknown kind (it belongs to
+    // no table, is left out of a table restore, and is never re-added on its own).
+    let mut seen: HashMap<&str, usize> = HashMap::new();
+    for l in &entry_lines {
+        *seen.entry(dump_id(l)).or_default() += 1;
+    }
+    for (e, l) in entries.iter_mut().zip(&entry_lines) {
+        if seen.get(dump_id(l)).copied().unwrap_or(0) > 1 {
+            *e = Entry {
+                desc: "",
+                schema: "-",
+                tag: "",
+                owner: "",
+            };
+        }
+    }
     let mut model = Model::new(entries, &sql, sel);
+    model.lines = entry_lines;
     let n = model.entries.len();
     let keep: Vec<bool> = (0..n).map(|i| model.keep(i)).collect();
 
@@ -338,10 +363,7 @@ pub fn filter(list: &str, schema_sql: &str, sel: &Selection) -> Filtered {
     let (referencing, needs) = if sel.include.is_empty() {
         (Vec::new(), Vec::new())
     } else {
-        (
-            model.referencing(&keep, schema_sql),
-            model.needs(&keep, schema_sql),
-        )
+        (model.referencing(&keep), model.needs(&keep))
     };
 
     let mut unmatched: Vec<String> = Vec::new();
@@ -364,39 +386,6 @@ pub fn filter(list: &str, schema_sql: &str, sel: &Selection) -> Filtered {
         referencing,
         needs,
     }
-}
-
-/// The statement under the schema SQL's header `-- Name: <tag>; Type: <desc>; Schema:
-/// <schema>; …`, trimmed; `None` when the archive has no such entry.
-fn section_text(sql: &str, desc: &str, schema: &str, tag: &str) -> Option<String> {
-    let header = format!("-- Name: {tag}; Type: {desc}; Schema: {schema};");
-    let at = sql.find(&header)?;
-    let rest = &sql[at + header.len()..];
-    // The header block ends with a line "--"; the statement runs to the next block.
-    let body_start = rest.find("\n--\n")? + 4;
-    let body = &rest[body_start..];
-    let end = body.find("\n--\n").unwrap_or(body.len());
-    Some(body[..end].trim().to_string())
-}
-
-/// Sequences named by `nextval('schema.seq'::regclass)` in a statement's text.
-fn nextval_names(text: &str) -> Vec<(String, String)> {
-    let mut out = Vec::new();
-    let mut rest = text;
-    while let Some(at) = rest.find("nextval('") {
-        rest = &rest[at + "nextval('".len()..];
-        let Some(end) = rest.find('\'') else { break };
-        let name = rest[..end].replace("''", "'");
-        if let Ok(TableName {
-            schema: Some(schema),
-            name,
-        }) = TableName::parse(&name)
-        {
-            out.push((schema, name));
-        }
-        rest = &rest[end..];
-    }
-    out
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -561,6 +550,11 @@ fn parse_toc_line<'a>(line: &'a str, known: &Known) -> Option<Entry<'a>> {
     })
 }
 
+/// The dump id of an entry line ("123" of "123; …"), as `pg_restore -L` reads it.
+fn dump_id(line: &str) -> &str {
+    line.trim_start().split_once(';').map_or("", |(id, _)| id)
+}
+
 /// "rest" of "123 rest".
 fn skip_number(s: &str) -> Option<&str> {
     let (num, rest) = s.split_once(' ')?;
@@ -584,7 +578,10 @@ enum Tok {
     Word(String),
     /// A double-quoted identifier, unescaped.
     Quoted(String),
-    /// A string literal, dollar-quoted string, or number: content never matters here.
+    /// A string constant ('…' or E'…'), its value unescaped: only ever compared (the
+    /// sequence name of `nextval('s'::regclass)`), never spliced into SQL.
+    Str(String),
+    /// A dollar-quoted string, bit/hex string or number: content never matters here.
     Literal,
     Punct(char),
     /// A `--` comment, without the line end.
@@ -624,8 +621,9 @@ fn lex(sql: &str) -> Vec<Tok> {
                 }
             }
         } else if c == b'\'' {
-            i = skip_string(b, i + 1, false);
-            toks.push(Tok::Literal);
+            let (end, value) = read_string(sql, i + 1, false);
+            i = end;
+            toks.push(Tok::Str(value));
         } else if c == b'"' {
             let mut s = Vec::new();
             i += 1;
@@ -674,8 +672,14 @@ fn lex(sql: &str) -> Vec<Tok> {
             let word = &sql[start..i];
             if b.get(i) == Some(&b'\'') {
                 // E'...', X'...', N'...': a literal with a prefix.
-                i = skip_string(b, i + 1, word.eq_ignore_ascii_case("e"));
-                toks.push(Tok::Literal);
+                let escapes = word.eq_ignore_ascii_case("e");
+                let (end, value) = read_string(sql, i + 1, escapes);
+                i = end;
+                toks.push(if escapes || word.eq_ignore_ascii_case("n") {
+                    Tok::Str(value)
+                } else {
+                    Tok::Literal
+                });
             } else {
                 toks.push(Tok::Word(word.to_string()));
             }
@@ -692,17 +696,39 @@ fn lex(sql: &str) -> Vec<Tok> {
     toks
 }
 
-/// Index just past the string literal whose content starts at `i`.
-fn skip_string(b: &[u8], mut i: usize, backslash: bool) -> usize {
+/// Index just past the string literal whose content starts at `i`, and its value: `''` is a
+/// quote; with `backslash` (E'…'), a backslash escapes the next character (\n, \t, \r,
+/// \b, \f stand for control characters; octal, hex and unicode escapes are kept as
+/// written: the value only serves to compare names, and pg_dump writes none there).
+fn read_string(sql: &str, mut i: usize, backslash: bool) -> (usize, String) {
+    let b = sql.as_bytes();
+    let mut value = Vec::new();
     while i < b.len() {
         match b[i] {
-            b'\\' if backslash => i += 2,
-            b'\'' if b.get(i + 1) == Some(&b'\'') => i += 2,
-            b'\'' => return i + 1,
-            _ => i += 1,
+            b'\\' if backslash => {
+                match b.get(i + 1) {
+                    Some(b'n') => value.push(b'\n'),
+                    Some(b't') => value.push(b'\t'),
+                    Some(b'r') => value.push(b'\r'),
+                    Some(b'b') => value.push(0x08),
+                    Some(b'f') => value.push(0x0c),
+                    Some(&c) => value.push(c),
+                    None => {}
+                }
+                i += 2;
+            }
+            b'\'' if b.get(i + 1) == Some(&b'\'') => {
+                value.push(b'\'');
+                i += 2;
+            }
+            b'\'' => return (i + 1, String::from_utf8_lossy(&value).into_owned()),
+            c => {
+                value.push(c);
+                i += 1;
+            }
         }
     }
-    b.len()
+    (b.len(), String::from_utf8_lossy(&value).into_owned())
 }
 
 fn is_kw(tok: Option<&Tok>, kw: &str) -> bool {
@@ -861,6 +887,8 @@ enum State {
 
 struct Model<'a> {
     entries: Vec<Entry<'a>>,
+    /// Each entry's line of the TOC list, as read.
+    lines: Vec<&'a str>,
     /// Each entry's statement from the schema SQL (empty if none).
     stmt: Vec<&'a [Tok]>,
     rels: HashMap<String, HashMap<String, Rel>>,
@@ -880,6 +908,7 @@ impl<'a> Model<'a> {
         let stmt = entries.iter().map(|e| sql.stmt(e)).collect();
         let mut model = Model {
             entries,
+            lines: Vec::new(),
             stmt,
             rels: HashMap::new(),
             belongs: Vec::with_capacity(n),
@@ -1243,7 +1272,7 @@ impl<'a> Model<'a> {
     }
 
     /// See [`Filtered::referencing`].
-    fn referencing(&self, keep: &[bool], schema_sql: &str) -> Vec<ForeignKey> {
+    fn referencing(&self, keep: &[bool]) -> Vec<ForeignKey> {
         let mut out = Vec::new();
         for (i, e) in self.entries.iter().enumerate() {
             if e.desc != "FK CONSTRAINT" || keep[i] {
@@ -1263,13 +1292,13 @@ impl<'a> Model<'a> {
                 .strip_prefix(owner.1.as_str())
                 .and_then(|t| t.strip_prefix(' '))
                 .unwrap_or(e.tag);
-            if let Some(sql) = section_text(schema_sql, e.desc, e.schema, e.tag) {
+            if let Some(line) = self.lines.get(i) {
                 out.push(ForeignKey {
                     table: display_rel(&owner.0, &owner.1),
                     schema: owner.0.clone(),
                     table_name: owner.1.clone(),
                     name: name.to_string(),
-                    sql,
+                    entry: line.to_string(),
                 });
             }
         }
@@ -1277,7 +1306,7 @@ impl<'a> Model<'a> {
     }
 
     /// See [`Filtered::needs`].
-    fn needs(&self, keep: &[bool], schema_sql: &str) -> Vec<Needed> {
+    fn needs(&self, keep: &[bool]) -> Vec<Needed> {
         let defines = |desc: &[&str], schema: &str, name: &str| {
             self.entries
                 .iter()
@@ -1336,11 +1365,11 @@ impl<'a> Model<'a> {
                 }
                 at = next;
             }
-            // A sequence in a default is a string literal: `nextval('s'::regclass)`.
-            if matches!(e.desc, "TABLE" | "DEFAULT")
-                && let Some(text) = section_text(schema_sql, e.desc, e.schema, e.tag)
-            {
-                for key in nextval_names(&text) {
+            // A sequence in a default is a string literal: `nextval('s'::regclass)`, read
+            // from the statement's tokens (a literal that only mentions `nextval(` is one
+            // token, never a call).
+            if matches!(e.desc, "TABLE" | "DEFAULT") {
+                for key in nextval_names(toks) {
                     if sequence(&key) {
                         add(Needed {
                             desc: "SEQUENCE".to_string(),
@@ -1373,6 +1402,25 @@ impl<'a> Model<'a> {
             _ => true,
         }
     }
+}
+
+/// Sequences named by `nextval('schema.seq'::regclass)` calls among `toks`: the string
+/// literal token right after `nextval` `(`.
+fn nextval_names(toks: &[Tok]) -> Vec<Key> {
+    toks.windows(3)
+        .filter_map(|w| match w {
+            [Tok::Word(f), Tok::Punct('('), Tok::Str(name)] if f.eq_ignore_ascii_case("nextval") => {
+                match TableName::parse(name) {
+                    Ok(TableName {
+                        schema: Some(schema),
+                        name,
+                    }) => Some((schema, name)),
+                    _ => None,
+                }
+            }
+            _ => None,
+        })
+        .collect()
 }
 
 /// The object an entry of no table defines: its tag, without a function's argument list.
@@ -1771,10 +1819,10 @@ mod tests {
                 ("public.orders", "orders_user_id_fkey")
             ]
         );
-        // The statement to re-add it is pg_dump's own, from the archive's schema.
+        // Re-added by its TOC entry (pg_restore -L of this one line), never from the text.
         assert_eq!(
-            f.referencing[1].sql,
-            "ALTER TABLE ONLY public.orders\n    ADD CONSTRAINT orders_user_id_fkey FOREIGN KEY (user_id) REFERENCES public.users(id);"
+            f.referencing[1].entry,
+            "3397; 2606 16525 FK CONSTRAINT public orders orders_user_id_fkey postgres"
         );
         assert_eq!(
             (f.referencing[1].schema.as_str(), f.referencing[1].table_name.as_str()),
@@ -2347,9 +2395,9 @@ mod tests {
             toks,
             vec![
                 Tok::Word("SELECT".into()),
-                Tok::Literal,
+                Tok::Str("a'b".into()),
                 Tok::Punct(','),
-                Tok::Literal,
+                Tok::Str("x'y".into()),
                 Tok::Punct(','),
                 Tok::Literal,
                 Tok::Punct(','),
@@ -2369,7 +2417,7 @@ mod tests {
             Some((vec!["public".into(), "T".into(), "c".into()], 5))
         );
         // Unterminated constructs end the input instead of failing.
-        assert_eq!(lex("'abc"), vec![Tok::Literal]);
+        assert_eq!(lex("'abc"), vec![Tok::Str("abc".into())]);
         assert_eq!(lex("$a$ x"), vec![Tok::Literal]);
         assert_eq!(lex("/* x"), vec![]);
         assert_eq!(lex("\"ab"), vec![Tok::Quoted("ab".into())]);
@@ -2396,5 +2444,152 @@ mod tests {
             Some(("t", "TABLE DATA", "public", "o"))
         );
         assert_eq!(parse_header("-- Dumped by pg_dump version 15"), None);
+    }
+
+    // --- forged text (issue 23)
+
+    /// A header block for FK `child child_parent_fkey`, as a role allowed to write a table
+    /// comment or a function body would forge it.
+    const FORGED: &str = "\n--\n-- Name: child child_parent_fkey; Type: FK CONSTRAINT; Schema: public; Owner: postgres\n--\n\nCREATE TABLE public.pwned();\n\n--\n";
+
+    fn forged_schema(wrap: &str) -> String {
+        format!(
+            "--\n-- Name: parent; Type: TABLE; Schema: public; Owner: postgres\n--\n\n\
+             CREATE TABLE public.parent (id integer NOT NULL);\n\n\
+             --\n-- Name: child; Type: TABLE; Schema: public; Owner: postgres\n--\n\n\
+             CREATE TABLE public.child (id integer DEFAULT nextval('public.child_seq'::regclass), parent_id integer);\n\n\
+             --\n-- Name: child_seq; Type: SEQUENCE; Schema: public; Owner: postgres\n--\n\n\
+             CREATE SEQUENCE public.child_seq;\n\n\
+             --\n-- Name: TABLE parent; Type: COMMENT; Schema: public; Owner: postgres\n--\n\n\
+             COMMENT ON TABLE public.parent IS {wrap};\n\n\
+             --\n-- Name: child child_parent_fkey; Type: FK CONSTRAINT; Schema: public; Owner: postgres\n--\n\n\
+             ALTER TABLE ONLY public.child\n    ADD CONSTRAINT child_parent_fkey FOREIGN KEY (parent_id) REFERENCES public.parent(id);\n"
+        )
+    }
+
+    const FORGED_LIST: &str = "10; 1259 1 TABLE public parent postgres\n\
+                               11; 1259 2 TABLE public child postgres\n\
+                               12; 1259 3 SEQUENCE public child_seq postgres\n\
+                               13; 0 0 COMMENT public TABLE parent postgres\n\
+                               14; 0 1 TABLE DATA public parent postgres\n\
+                               15; 0 2 TABLE DATA public child postgres\n\
+                               16; 2606 4 FK CONSTRAINT public child child_parent_fkey postgres\n";
+
+    #[test]
+    fn forged_headers_in_literals_bodies_and_comments_are_not_headers() {
+        let quoted = |s: &str| format!("'{}'", s.replace('\'', "''"));
+        let wraps = [
+            // A plain string, with a quote before the forged block.
+            quoted(&format!("it's{FORGED}")),
+            // E'…' with an escaped quote and backslashes before the block.
+            format!("E'x\\\\\\'y{}'", FORGED.replace('\'', "\\'")),
+            // Dollar quotes, as in a function body, with a lookalike inner delimiter.
+            format!("$body$ $b$ {FORGED} $body$"),
+            format!("$${FORGED}$$"),
+            // A block comment (nested) and a line comment around a string.
+            format!("/* a /* b */ {FORGED} */ 'x'"),
+        ];
+        for wrap in &wraps {
+            let sql = forged_schema(wrap);
+            let parsed = SchemaSql::parse(&sql);
+            let fk = parsed
+                .stmts
+                .get(&(
+                    "FK CONSTRAINT".to_string(),
+                    "public".to_string(),
+                    "child child_parent_fkey".to_string(),
+                ))
+                .expect("the real FK statement");
+            assert!(
+                !fk.iter().any(|t| *t == Tok::Word("pwned".into())
+                    || *t == Tok::Word("CREATE".into())),
+                "{wrap}: {fk:?}"
+            );
+            // The comment entry's statement ends at its own semicolon: one literal or none.
+            assert!(
+                !parsed.stmts.keys().any(|k| k.2.contains("pwned")),
+                "{wrap}"
+            );
+            let f = filter(FORGED_LIST, &sql, &sel(&["parent"], &[]));
+            assert_eq!(f.referencing.len(), 1, "{wrap}");
+            assert_eq!(
+                f.referencing[0].entry,
+                "16; 2606 4 FK CONSTRAINT public child child_parent_fkey postgres"
+            );
+            // nextval's sequence comes from the tokens of the child's statement.
+            let f = filter(FORGED_LIST, &sql, &sel(&["child"], &[]));
+            assert!(
+                f.needs.iter().any(|n| n.desc == "SEQUENCE" && n.name == "child_seq"),
+                "{wrap}: {:?}",
+                f.needs
+            );
+        }
+    }
+
+    #[test]
+    fn nextval_inside_a_literal_is_not_a_call() {
+        let sql = "-- Name: a; Type: TABLE; Schema: public; Owner: o\n\
+                   CREATE TABLE public.a (id int DEFAULT nextval('public.s1'::regclass), note text DEFAULT 'nextval(''public.s2''::regclass)', e text DEFAULT E'nextval(\\'public.s2\\')', f text DEFAULT NEXTVAL(E'public.s3'));\n\
+                   -- Name: s1; Type: SEQUENCE; Schema: public; Owner: o\nCREATE SEQUENCE public.s1;\n\
+                   -- Name: s2; Type: SEQUENCE; Schema: public; Owner: o\nCREATE SEQUENCE public.s2;\n\
+                   -- Name: s3; Type: SEQUENCE; Schema: public; Owner: o\nCREATE SEQUENCE public.s3;\n";
+        let list = "1; 1259 1 TABLE public a o\n2; 1259 2 SEQUENCE public s1 o\n\
+                    3; 1259 3 SEQUENCE public s2 o\n4; 1259 4 SEQUENCE public s3 o\n";
+        let f = filter(list, sql, &sel(&["a"], &[]));
+        assert_eq!(needed(&f), ["SEQUENCE public.s1", "SEQUENCE public.s3"]);
+    }
+
+    #[test]
+    fn lexer_string_values() {
+        assert_eq!(
+            lex("'a''b' E'c\\\\d\\'e\\n' e'x' N'n' X'ff' B'01' U&'u'"),
+            vec![
+                Tok::Str("a'b".into()),
+                Tok::Str("c\\d'e\n".into()),
+                Tok::Str("x".into()),
+                Tok::Str("n".into()),
+                Tok::Literal,
+                Tok::Literal,
+                Tok::Word("U".into()),
+                Tok::Punct('&'),
+                Tok::Str("u".into()),
+            ]
+        );
+        // Standard strings: a backslash is an ordinary character, the quote ends the string.
+        assert_eq!(
+            lex("'a\\' -- x"),
+            vec![Tok::Str("a\\".into()), Tok::Comment("-- x".into())]
+        );
+        // An identifier with a dollar inside starts no dollar quote.
+        assert_eq!(
+            lex("a$b$ -- c"),
+            vec![Tok::Word("a$b$".into()), Tok::Comment("-- c".into())]
+        );
+    }
+
+    #[test]
+    fn a_forged_toc_line_is_not_believed() {
+        // As an old pg_restore -l would print a table named
+        // "x\n16; 0 0 FK CONSTRAINT public child child_parent_fkey postgres": the second line
+        // reuses a dump id (here the table's own), so neither line is believed.
+        let list = "10; 1259 1 TABLE public parent postgres\n\
+                    11; 1259 2 TABLE public child postgres\n\
+                    17; 1259 5 TABLE public x\n\
+                    17; 0 0 FK CONSTRAINT public child child_parent_fkey postgres postgres\n\
+                    16; 2606 4 FK CONSTRAINT public child child_parent_fkey postgres\n";
+        let sql = forged_schema("'c'");
+        let f = filter(list, &sql, &sel(&["parent"], &[]));
+        assert_eq!(
+            f.referencing
+                .iter()
+                .map(|k| k.entry.as_str())
+                .collect::<Vec<_>>(),
+            ["16; 2606 4 FK CONSTRAINT public child child_parent_fkey postgres"]
+        );
+        // Both forged-id lines are left out of a table restore.
+        assert!(!ids(&f.list, true).contains(&17));
+        // The table "x" is not known by a line that cannot be trusted.
+        let f = filter(list, &sql, &sel(&[], &[]));
+        assert!(!f.tables.iter().any(|t| t.contains('x')), "{:?}", f.tables);
     }
 }
