@@ -298,19 +298,20 @@ pub(crate) async fn copy_until_closed(
 
 /// Read `data` to its end, discarding it: a restore tool that stopped reading early leaves
 /// the end of the stream unread, and the size and sha256 check of a stored object
-/// (`codec::Verify`) speaks only there. Returns an error when `abort` was set (the restore
-/// has failed anyway, the rest need not be downloaded) or when reading failed.
+/// (`codec::Verify`) speaks only there. `Ok(true)` once the end was reached (and checked),
+/// `Ok(false)` when `abort` was set first (the restore has failed anyway: the rest need not
+/// be downloaded), an error when reading failed.
 pub(crate) async fn read_to_end_unless(
     data: &mut (impl AsyncRead + Unpin + ?Sized),
     abort: &std::sync::atomic::AtomicBool,
-) -> std::io::Result<()> {
+) -> std::io::Result<bool> {
     let mut buf = vec![0u8; 256 * 1024];
     loop {
         if abort.load(std::sync::atomic::Ordering::Relaxed) {
-            return Err(std::io::Error::other("the restore stopped before the end"));
+            return Ok(false);
         }
         if data.read(&mut buf).await? == 0 {
-            return Ok(());
+            return Ok(true);
         }
     }
 }

@@ -1207,7 +1207,7 @@ impl PostgresSource {
             (pumped, generated)
         };
         let (fed, (pumped, generated)) = tokio::join!(fed, pump);
-        if let (Ok(()), Ok(held), Ok(())) = (&fed, &pumped, &generated) {
+        if let (Ok(true), Ok(held), Ok(())) = (&fed, &pumped, &generated) {
             // Checked: the rest of the SQL (with pg_restore's COMMIT) and our own.
             // A failed write shows in psql's exit status below.
             let _ = async {
@@ -1219,16 +1219,18 @@ impl PostgresSource {
         // Without COMMIT, psql's end of input rolls the transaction back.
         drop(sql_in);
         let applied = wait_child("psql", psql, sql_err).await;
-        if let Err(e) = applied {
-            return Err(with_hint(e, opts.clean));
-        }
-        generated.map_err(|e| with_hint(e, opts.clean))?;
+        // A backup that could not be read or failed its check comes first: pg_restore and
+        // psql failing on its truncated stream is only a consequence.
         if let Err(e) = fed {
             return Err(SourceError::io(
                 "the backup could not be read to its end and checked, so nothing was committed (the target is unchanged)",
                 e,
             ));
         }
+        if let Err(e) = applied {
+            return Err(with_hint(e, opts.clean));
+        }
+        generated.map_err(|e| with_hint(e, opts.clean))?;
         if let Err(e) = pumped {
             return Err(SourceError::io("feeding psql", e));
         }

@@ -1,0 +1,288 @@
+//! Issue 23, PostgreSQL: nothing from the archive runs as SQL unless it is the exact statement
+//! pg_dump wrote for that entry, and no byte of an object that fails its size and sha256
+//! check is committed. Real servers, the real binary.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+use std::time::Duration;
+
+use common::{PgServer, text};
+
+struct Setup {
+    dir: tempfile::TempDir,
+    config: PathBuf,
+}
+
+impl Setup {
+    /// A job "app" backing up `url` to a local destination; `job` is added to `[jobs.app]`
+    /// (e.g. `compression = "none"`), `heal` is the `[jobs.app.heal]` body.
+    fn new(url: &str, job: &str, heal: &str) -> Setup {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = dir.path().join("stowage.toml");
+        let body = format!(
+            r#"[log]
+level = "info"
+dir = "{logs}"
+
+[destinations.local]
+type = "local"
+path = "{local}"
+retention = {{ keep_last = 10 }}
+
+[jobs.app]
+schedule = "0 3 * * *"
+destinations = ["local"]
+{job}
+
+[[jobs.app.sources]]
+type = "postgres"
+name = "db"
+url = "{url}"
+
+[jobs.app.heal]
+{heal}
+"#,
+            logs = dir.path().join("logs").display(),
+            local = dir.path().join("local").display(),
+        );
+        std::fs::write(&config, body).expect("write config");
+        Setup { dir, config }
+    }
+
+    fn stowage(&self, args: &[&str]) -> (Option<i32>, String) {
+        let mut cmd = std::process::Command::new(common::stowage_bin());
+        cmd.arg("--config").arg(&self.config).args(args);
+        cmd.env("STOWAGE_PID_FILE", self.dir.path().join("stowage.pid"))
+            .env("STOWAGE_STATE_FILE", self.dir.path().join("state.json"))
+            .env("NO_COLOR", "1")
+            .env_remove("AWS_ACCESS_KEY_ID")
+            .env_remove("AWS_SECRET_ACCESS_KEY");
+        let out: Output = common::run_with_timeout(&mut cmd, Duration::from_secs(300));
+        (out.status.code(), text(&out))
+    }
+
+    /// `stowage run app`; the id of the one backup.
+    fn backup(&self) -> String {
+        let (code, out) = self.stowage(&["run", "app"]);
+        assert_eq!(code, Some(0), "run failed:\n{out}");
+        let app = self.dir.path().join("local").join("app");
+        let ids: Vec<String> = std::fs::read_dir(&app)
+            .expect("backups")
+            .flatten()
+            .filter(|e| e.path().is_dir())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(ids.len(), 1, "{ids:?}");
+        ids[0].clone()
+    }
+
+    /// The stored dump object of backup `id` (`db.pgdump` plus the compression's suffix).
+    fn dump(&self, id: &str) -> PathBuf {
+        let dir = self.dir.path().join("local").join("app").join(id);
+        std::fs::read_dir(&dir)
+            .expect("backup dir")
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| {
+                p.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with("db.pgdump"))
+            })
+            .unwrap_or_else(|| panic!("no dump object in {}", dir.display()))
+    }
+
+    fn restore(&self, args: &[&str], to: &str) -> (Option<i32>, String) {
+        let mut all = vec!["restore", "app", "latest"];
+        all.extend_from_slice(args);
+        all.extend_from_slice(&["--to", to]);
+        self.stowage(&all)
+    }
+}
+
+/// Foreign keys in `db`: "table name".
+fn foreign_keys(pg: &PgServer, db: &str) -> Vec<String> {
+    pg.psql(
+        db,
+        "select conrelid::regclass || ' ' || conname from pg_constraint where contype = 'f' order by 1",
+    )
+    .lines()
+    .map(str::to_string)
+    .collect()
+}
+
+fn has_table(pg: &PgServer, db: &str, name: &str) -> bool {
+    pg.psql(
+        db,
+        &format!("select to_regclass('public.{name}') is not null"),
+    ) == "t"
+}
+
+/// The header block pg_dump writes before the FK's statement, then a statement of the
+/// attacker's, as a role allowed to comment on a table (or write a function) can plant it.
+const FORGED: &str = "\n--\n-- Name: child child_parent_fkey; Type: FK CONSTRAINT; Schema: public; Owner: postgres\n--\n\nCREATE TABLE public.pwned();\n\n--\n";
+
+/// `parent` ← `child` (FK child_parent_fkey); the forged block in a table comment and in a
+/// function body.
+fn seed_forged(pg: &PgServer) {
+    pg.create_db("app");
+    pg.psql(
+        "app",
+        &format!(
+            "create table parent (id int primary key, name text);
+             create table child (id serial primary key, parent_id int not null,
+               constraint child_parent_fkey foreign key (parent_id) references parent(id));
+             insert into parent select g, 'p' || g from generate_series(1, 20) g;
+             insert into child (parent_id) select 1 + g % 20 from generate_series(1, 100) g;
+             comment on table parent is $c$parents{FORGED}$c$;
+             create function helper() returns int language plpgsql as $f$
+               begin
+                 /* {FORGED} */
+                 return 1;
+               end $f$;"
+        ),
+    );
+}
+
+/// `restore --table parent` after `DROP TABLE parent CASCADE`: the real key comes back, the
+/// forged block's statement never runs.
+#[test]
+fn table_restore_readds_the_real_foreign_key_and_never_a_forged_one() {
+    let pg = PgServer::start();
+    seed_forged(&pg);
+    let setup = Setup::new(&pg.url("app"), "", r#"watch = ["parent", "child"]"#);
+    setup.backup();
+    let before = pg.table_checksums("app");
+
+    pg.psql("app", "drop table parent cascade");
+    assert!(foreign_keys(&pg, "app").is_empty());
+    let (code, out) = setup.restore(&["--table", "parent"], &pg.url("app"));
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        !has_table(&pg, "app", "pwned"),
+        "the forged statement ran:\n{out}"
+    );
+    assert_eq!(
+        foreign_keys(&pg, "app"),
+        ["child child_parent_fkey"],
+        "{out}"
+    );
+    assert!(out.contains("child_parent_fkey"), "{out}");
+    assert_eq!(pg.table_checksums("app"), before);
+
+    // A key that cannot be re-added (a child row without its parent): named, with the
+    // statement pg_restore prints for that entry; the table stays restored.
+    pg.psql(
+        "app",
+        "drop table parent cascade; insert into child (parent_id) values (999);",
+    );
+    let (code, out) = setup.restore(&["--table", "parent"], &pg.url("app"));
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains("child_parent_fkey on public.child")
+            && out.contains(
+                "ALTER TABLE ONLY public.child ADD CONSTRAINT child_parent_fkey FOREIGN KEY (parent_id) REFERENCES public.parent(id);"
+            ),
+        "{out}"
+    );
+    assert!(!has_table(&pg, "app", "pwned"), "{out}");
+    assert!(has_table(&pg, "app", "parent"), "{out}");
+    assert!(foreign_keys(&pg, "app").is_empty());
+}
+
+/// The healer puts `parent` back after `DROP TABLE parent CASCADE`: same outcome.
+#[test]
+fn heal_readds_the_real_foreign_key_and_never_a_forged_one() {
+    let pg = PgServer::start();
+    seed_forged(&pg);
+    let setup = Setup::new(&pg.url("app"), "", r#"watch = ["parent", "child"]"#);
+    setup.backup();
+    let before = pg.table_checksums("app");
+
+    pg.psql("app", "drop table parent cascade");
+    let (code, out) = setup.stowage(&["heal", "app"]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        !has_table(&pg, "app", "pwned"),
+        "the forged statement ran:\n{out}"
+    );
+    assert_eq!(
+        foreign_keys(&pg, "app"),
+        ["child child_parent_fkey"],
+        "{out}"
+    );
+    assert_eq!(pg.table_checksums("app"), before);
+}
+
+/// `a_small` first in the dump, `z_big` (about 2 MB of rows) after it.
+fn seed_two_tables(pg: &PgServer) {
+    pg.create_db("app");
+    pg.psql(
+        "app",
+        "create table a_small (id int primary key, v text);
+         insert into a_small select g, md5(g::text) from generate_series(1, 50) g;
+         create table z_big (id int primary key, v text);
+         insert into z_big select g, md5(g::text) || md5((g * 7)::text) from generate_series(1, 30000) g;",
+    );
+}
+
+/// Flip one byte near the end of `path`, far past where `a_small` ends: an ASCII hex
+/// digit of the raw dump (made another printable character, so the COPY data still
+/// parses), or any byte of a compressed one.
+fn corrupt_near_the_end(path: &Path) {
+    let mut bytes = std::fs::read(path).expect("read dump");
+    let from = bytes.len() - 300;
+    let at = (from..bytes.len())
+        .rev()
+        .find(|&i| bytes[i].is_ascii_hexdigit())
+        .unwrap_or(from);
+    bytes[at] ^= 0x40;
+    std::fs::write(path, bytes).expect("write dump");
+}
+
+fn corrupt_tail_is_never_committed(job: &str) {
+    let pg = PgServer::start();
+    seed_two_tables(&pg);
+    let setup = Setup::new(&pg.url("app"), job, r#"watch = ["a_small"]"#);
+    let id = setup.backup();
+    let object = setup.dump(&id);
+    let key = format!("app/{id}/{}", object.file_name().unwrap().to_string_lossy());
+    corrupt_near_the_end(&object);
+
+    // A table restore: pg_restore is done with a_small long before the damage.
+    pg.psql("app", "delete from a_small where id > 10");
+    let changed = pg.table_checksums("app");
+    let (code, out) = setup.restore(&["--table", "a_small", "--clean"], &pg.url("app"));
+    assert_ne!(code, Some(0), "a corrupt object was restored:\n{out}");
+    assert!(out.contains(&key), "the error does not name {key}:\n{out}");
+    assert_eq!(pg.table_checksums("app"), changed, "{out}");
+
+    // Every table but z_big: pg_restore stops before the damage too.
+    pg.create_db("fresh");
+    let (code, out) = setup.restore(&["--exclude-table", "z_big"], &pg.url("fresh"));
+    assert_ne!(code, Some(0), "a corrupt object was restored:\n{out}");
+    assert!(out.contains(&key), "the error does not name {key}:\n{out}");
+    assert!(pg.table_names("fresh").is_empty(), "{out}");
+
+    // The whole backup into an empty database.
+    let (code, out) = setup.restore(&[], &pg.url("fresh"));
+    assert_ne!(code, Some(0), "a corrupt object was restored:\n{out}");
+    assert!(out.contains(&key), "the error does not name {key}:\n{out}");
+    assert!(pg.table_names("fresh").is_empty(), "{out}");
+
+    // The healer restores nothing from it either.
+    pg.psql("app", "drop table a_small");
+    let (code, out) = setup.stowage(&["heal", "app"]);
+    assert_ne!(code, Some(0), "{out}");
+    assert!(!has_table(&pg, "app", "a_small"), "{out}");
+}
+
+#[test]
+fn corrupt_tail_of_a_raw_dump_is_never_committed() {
+    corrupt_tail_is_never_committed("compression = \"none\"");
+}
+
+#[test]
+fn corrupt_tail_of_a_compressed_dump_is_never_committed() {
+    corrupt_tail_is_never_committed("");
+}
