@@ -286,3 +286,39 @@ fn corrupt_tail_of_a_raw_dump_is_never_committed() {
 fn corrupt_tail_of_a_compressed_dump_is_never_committed() {
     corrupt_tail_is_never_committed("");
 }
+
+/// A role or database with `standard_conforming_strings = off` (which `ALTER ROLE … SET` or
+/// `ALTER DATABASE … SET` gives it): a backslash in a name must not end a string literal of
+/// the queries stowage builds. A trigger function named `f\` that the target lacks (so its
+/// name goes into the query that looks for it) and a target database named `copy\`.
+#[test]
+fn names_with_backslashes_with_standard_conforming_strings_off() {
+    let pg = PgServer::start();
+    pg.create_db("app");
+    pg.psql(
+        "app",
+        r#"create function "f\"() returns trigger language plpgsql as $$ begin return new; end $$;
+           create table t (id int primary key);
+           create trigger tr before insert on t for each row execute function "f\"();
+           insert into t select generate_series(1, 10);"#,
+    );
+    let setup = Setup::new(&pg.url("app"), "", r#"watch = ["t"]"#);
+    setup.backup();
+    let before = pg.table_checksums("app");
+    pg.psql(
+        "postgres",
+        "alter role postgres set standard_conforming_strings = off",
+    );
+
+    let (code, out) = setup.restore(&["--table", "t", "--create"], &pg.url("copy%5C"));
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("function public.\"f\\\""), "{out}");
+    assert_eq!(pg.table_checksums("copy\\"), before);
+    assert_eq!(
+        pg.psql(
+            "copy\\",
+            r#"select count(*) from pg_proc where proname = E'f\\'"#
+        ),
+        "1"
+    );
+}
