@@ -322,3 +322,74 @@ fn names_with_backslashes_with_standard_conforming_strings_off() {
         "1"
     );
 }
+
+/// What the whole restore's guarantee rests on: `pg_restore --single-transaction -f -`
+/// writes exactly one `COMMIT`, after its last entry and within the last 64 KiB of its
+/// output (what stowage holds back until the archive is checked), large objects included;
+/// without `--single-transaction`, large objects come in a `BEGIN`/`COMMIT` pair of their
+/// own, which would commit the restore half-way.
+#[test]
+fn pg_restore_script_commits_once_at_its_end() {
+    let pg = PgServer::start();
+    pg.create_db("app");
+    pg.psql(
+        "app",
+        "create table t (id int primary key, v text);
+         insert into t select g, md5(g::text) from generate_series(1, 20000) g;
+         select lo_from_bytea(0, 'hello');
+         select lo_from_bytea(0, convert_to(repeat('x', 200000), 'UTF8'));",
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let dump = dir.path().join("app.dump");
+    let out = std::process::Command::new(pg.bin("pg_dump"))
+        .args(["-Fc", "-Z0", "-h", "127.0.0.1", "-U", "postgres", "-p"])
+        .arg(pg.port().to_string())
+        .arg("-f")
+        .arg(&dump)
+        .arg("app")
+        .output()
+        .expect("pg_dump");
+    assert!(out.status.success(), "{}", text(&out));
+    let script = |single: bool| {
+        let mut cmd = std::process::Command::new(pg.bin("pg_restore"));
+        cmd.args(["-f", "-"]);
+        if single {
+            cmd.arg("--single-transaction");
+        }
+        let out = cmd.arg(&dump).output().expect("pg_restore");
+        assert!(out.status.success(), "{}", text(&out));
+        out.stdout
+    };
+    let commits = |sql: &[u8]| -> Vec<usize> {
+        let mut at = Vec::new();
+        let mut pos = 0;
+        for line in sql.split(|&b| b == b'\n') {
+            if line == b"COMMIT;" {
+                at.push(pos);
+            }
+            pos += line.len() + 1;
+        }
+        at
+    };
+    let single = script(true);
+    let at = commits(&single);
+    assert_eq!(at.len(), 1, "{at:?}");
+    let from_end = single.len() - at[0];
+    assert!(
+        from_end < 64 * 1024,
+        "COMMIT {from_end} bytes before the end"
+    );
+    let tail = String::from_utf8_lossy(&single[at[0]..]);
+    assert!(
+        tail.lines()
+            .skip(1)
+            .all(|l| l.is_empty() || l.starts_with("--") || l.starts_with("\\unrestrict ")),
+        "{tail}"
+    );
+    // Without it: a COMMIT of the large objects' own, with statements after it.
+    let plain = script(false);
+    let at = commits(&plain);
+    assert_eq!(at.len(), 1, "{at:?}");
+    let after = String::from_utf8_lossy(&plain[at[0]..]);
+    assert!(after.contains("ADD CONSTRAINT t_pkey"), "{after}");
+}

@@ -1478,3 +1478,45 @@ fn shown_statement(sql: &str) -> String {
 fn with_hint(e: SourceError, clean: bool) -> SourceError {
     hinted(e, |stderr| restore_hint(stderr, clean).to_string())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn literals_mean_the_same_with_or_without_standard_strings() {
+        assert_eq!(sql_literal("plain"), "E'plain'");
+        assert_eq!(sql_literal("it's"), "E'it''s'");
+        // A trailing backslash would escape the closing quote in a plain '…' literal when
+        // standard_conforming_strings is off.
+        assert_eq!(sql_literal("f\\"), "E'f\\\\'");
+        assert_eq!(sql_literal("a\\'); drop table t; --"), "E'a\\\\''); drop table t; --'");
+    }
+
+    #[tokio::test]
+    async fn hold_back_copy_keeps_the_tail() {
+        let data: Vec<u8> = (0..1_000_000u32).map(|i| (i % 251) as u8).collect();
+        for hold in [0, 1, 10, 64 * 1024, 2_000_000] {
+            let mut out = Vec::new();
+            let held = hold_back_copy(&mut std::io::Cursor::new(data.clone()), &mut out, hold)
+                .await
+                .expect("copy");
+            let cut = data.len().saturating_sub(hold);
+            assert_eq!(out, data[..cut], "hold {hold}");
+            assert_eq!(held, data[cut..], "hold {hold}");
+        }
+    }
+
+    #[test]
+    fn shown_statement_is_the_statement() {
+        let sql = "--\n-- PostgreSQL database dump\n--\n\n\\restrict abc\n\nSET statement_timeout = 0;\n\
+                   SELECT pg_catalog.set_config('search_path', '', false);\n\n\
+                   --\n-- Name: c c_fkey; Type: FK CONSTRAINT; Schema: public; Owner: o\n--\n\n\
+                   ALTER TABLE ONLY public.c\n    ADD CONSTRAINT c_fkey FOREIGN KEY (p) REFERENCES public.p(id);\n\n\
+                   \\unrestrict abc\n";
+        assert_eq!(
+            shown_statement(sql),
+            "ALTER TABLE ONLY public.c ADD CONSTRAINT c_fkey FOREIGN KEY (p) REFERENCES public.p(id);"
+        );
+    }
+}
