@@ -255,6 +255,10 @@ impl IndexEntries {
                 )));
             }
             self.last = Some(e.path.clone());
+            // Paths and blob keys are untrusted: none may lead out of the restored
+            // directory, the destination's root or the job's prefix.
+            crate::layout::check_index_entry(&self.key, &e.path, &e.blob)
+                .map_err(BlobError::Corrupt)?;
         }
         Ok(entry)
     }

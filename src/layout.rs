@@ -149,3 +149,122 @@ pub fn classify<'a>(job: &str, key: &'a str) -> KeyKind<'a> {
         None => KeyKind::Other,
     }
 }
+
+/// Why a key or path read from a manifest or an index is refused.
+fn bad_part(s: &str) -> Option<&'static str> {
+    if s.is_empty() {
+        return Some("it is empty");
+    }
+    if s.contains('\0') {
+        return Some("it contains a NUL byte");
+    }
+    if s.starts_with('/') {
+        return Some("it is absolute");
+    }
+    for part in s.split('/') {
+        match part {
+            "" => return Some("it has an empty part (\"//\" or a trailing \"/\")"),
+            "." => return Some("it has a \".\" part"),
+            ".." => return Some("it has a \"..\" part"),
+            _ => {}
+        }
+    }
+    None
+}
+
+/// A storage key as every storage takes it: relative to the destination's root, '/'
+/// separated, with no part that could leave the root once a local destination turns it
+/// into a path (no absolute key, no "..", no empty or "." part, no NUL). Keys come from
+/// manifests and indexes, which whoever can write to a destination can forge.
+pub fn check_key(key: &str) -> Result<(), String> {
+    match bad_part(key) {
+        None => Ok(()),
+        Some(why) => Err(format!(
+            "refusing object key \"{}\": {why}; keys are relative to the destination's root",
+            key.escape_debug()
+        )),
+    }
+}
+
+/// [`check_key`], and the key is under the job's prefix (`<job>/`): a manifest or index of
+/// one job never makes stowage read another job's objects.
+pub fn check_job_key(job: &str, key: &str) -> Result<(), String> {
+    check_key(key)?;
+    if !key.starts_with(&job_prefix(job)) {
+        return Err(format!(
+            "refusing object key \"{}\": it is not under job {job}'s prefix \"{}\"",
+            key.escape_debug(),
+            job_prefix(job)
+        ));
+    }
+    Ok(())
+}
+
+/// A file's path in a files index: relative to the restored directory, '/' separated,
+/// with no absolute path, "..", empty or "." part, nor NUL.
+pub fn check_index_path(path: &str) -> Result<(), String> {
+    match bad_part(path) {
+        None => Ok(()),
+        Some(why) => Err(format!(
+            "unsafe path \"{}\": {why}; paths in an index are relative to the restored directory",
+            path.escape_debug()
+        )),
+    }
+}
+
+/// One entry of the files index stored at `index_key` (`<job>/<id>/…`): its path, and its
+/// blob key under the same job.
+pub fn check_index_entry(index_key: &str, path: &str, blob: &str) -> Result<(), String> {
+    let job = index_key.split('/').next().unwrap_or_default();
+    check_index_path(path)
+        .and_then(|()| check_job_key(job, blob))
+        .map_err(|e| format!("file index {index_key}: {e}"))
+}
+
+#[cfg(test)]
+mod key_tests {
+    use super::*;
+
+    #[test]
+    fn keys_and_paths_from_storage_stay_beneath() {
+        assert!(check_job_key("app", "app/20261122T030000.000Z/db.pgdump.zst").is_ok());
+        assert!(
+            check_job_key("app", &blob_key("app", &"ab".repeat(32), Compression::Zstd)).is_ok()
+        );
+        for bad in [
+            "",
+            "/etc/passwd",
+            "app/../other/x",
+            "app/./x",
+            "app//x",
+            "app/x/",
+            "app/x\0y",
+            "..",
+        ] {
+            let e = check_key(bad).expect_err(bad);
+            assert!(e.contains("refusing object key"), "{e}");
+        }
+        let e = check_job_key("app", "other/blobs/ab/x").expect_err("other job");
+        assert!(e.contains("\"app/\""), "{e}");
+        assert!(check_index_path("a/b.jpg").is_ok());
+        assert!(check_index_path(".hidden/..x").is_ok());
+        for bad in [
+            "../escape",
+            "/abs/path",
+            "a/../b",
+            "a//b",
+            "",
+            "a/./b",
+            "a\0",
+        ] {
+            let e = check_index_path(bad).expect_err(bad);
+            assert!(e.starts_with("unsafe path"), "{e}");
+        }
+        let e = check_index_entry("app/X/u.files.json.zst", "ok", "../../etc/shadow")
+            .expect_err("blob outside");
+        assert!(
+            e.contains("app/X/u.files.json.zst") && e.contains("../../etc/shadow"),
+            "{e}"
+        );
+    }
+}

@@ -208,10 +208,21 @@ pub async fn read_manifest(
 ) -> Result<Manifest, ManifestError> {
     let key = manifest_key(job, id);
     let bytes = storage.get_bytes(&key).await?;
-    serde_json::from_slice(&bytes).map_err(|e| ManifestError::Corrupt {
-        key,
+    let m: Manifest = serde_json::from_slice(&bytes).map_err(|e| ManifestError::Corrupt {
+        key: key.clone(),
         reason: e.to_string(),
-    })
+    })?;
+    // Every key a restore, verify or drill will read: under the job's prefix, nothing
+    // that could leave the destination's root.
+    for s in &m.sources {
+        for k in std::iter::once(&s.key).chain(s.refs.as_ref().map(|r| &r.key)) {
+            crate::layout::check_job_key(job, k).map_err(|reason| ManifestError::Corrupt {
+                key: key.clone(),
+                reason,
+            })?;
+        }
+    }
+    Ok(m)
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -174,6 +174,9 @@ pub enum Command {
         /// instead of refusing
         #[arg(long)]
         wait_lock: bool,
+        /// Restore files with their setuid, setgid and sticky bits (default: dropped)
+        #[arg(long)]
+        keep_special_modes: bool,
     },
     /// Where a backup on an archive destination stands: how many objects a restore needs
     /// are exists / available / pending / ready / local
@@ -357,6 +360,7 @@ pub fn run(cli: Cli) -> i32 {
             identity,
             create,
             wait_lock,
+            keep_special_modes,
         } => restore::run(
             &cli.config,
             crate::restore::RestoreRequest {
@@ -378,6 +382,7 @@ pub fn run(cli: Cli) -> i32 {
                 identity,
                 wait_lock,
                 create,
+                keep_special_modes,
             },
         ),
         Command::Status {

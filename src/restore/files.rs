@@ -1,12 +1,17 @@
 //! Put a files source back into a directory. Only what is missing or different is
 //! downloaded; each file is written to a temporary name, checked against its sha256, then
 //! renamed into place. Local files the backup does not contain (and the old version of a
-//! file that is replaced) are moved into `orphan_files/<restore time>/`, keeping their
-//! relative path: a restore never deletes anything.
+//! file that is replaced, and a link or anything else in the way of the backup's paths) are
+//! moved into `orphan_files/<restore time>/`, keeping their relative path: a restore never
+//! deletes anything.
+//!
+//! The target is written only beneath its own directory: paths are resolved from its
+//! descriptor without following links ([`beneath`]), because whoever can write in the
+//! target (a local user, the app itself) can plant a link where the backup has a directory.
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use chrono::Utc;
 use futures::StreamExt;
@@ -26,11 +31,14 @@ use crate::storage::Storage;
 const CONCURRENCY: usize = 8;
 
 pub struct Target {
-    /// Where to restore; default: the directory recorded in the backup.
+    /// Where to restore: `--files-to` or the configured source's path. None (neither is
+    /// known) is refused: the directory recorded in the backup's index is not trusted.
     pub dir: Option<PathBuf>,
     /// Where orphans go; default: `<dir>/../orphan_files`.
     pub orphans: Option<PathBuf>,
     pub dry_run: bool,
+    /// Keep setuid, setgid and sticky bits as recorded (default: dropped).
+    pub keep_special_modes: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,6 +77,10 @@ pub(super) async fn compare(
     }
     // What is there now, seen through the same filters the backup used.
     let filter = PathFilter::new(&index.include, &index.exclude).map_err(err)?;
+    for f in &index.files {
+        crate::layout::check_index_path(&f.path)
+            .map_err(|e| err(format!("{e}; refusing to restore it")))?;
+    }
     let local: HashMap<String, FileMeta> = if dir.exists() {
         let d = dir.clone();
         tokio::task::spawn_blocking(move || tree::scan(&d, &filter))
@@ -82,14 +94,17 @@ pub(super) async fn compare(
     } else {
         HashMap::new()
     };
-    for f in &index.files {
-        if tree::safe_join(&dir, &f.path).is_none() {
-            return Err(err(format!(
-                "the index names an unsafe path \"{}\"; refusing to restore it",
-                f.path
-            )));
+    let root = match local.is_empty() {
+        true => None,
+        false => {
+            let d = dir.clone();
+            let t = tokio::task::spawn_blocking(move || beneath::Tree::open(&d))
+                .await
+                .map_err(|e| err(format!("opening aborted: {e}")))?
+                .map_err(|e| err(format!("cannot open {}: {e}", dir.display())))?;
+            Some(Arc::new(t))
         }
-    }
+    };
 
     // Same size: compare content (reading the local file, no download). Items are owned
     // so the future stays `Send`.
@@ -98,15 +113,15 @@ pub(super) async fn compare(
         Some((f.path.clone(), f.sha256.clone(), f.size, here.size))
     }))
     .map(|(rel, sha256, size, here)| {
-        let path = dir.join(&rel);
+        let root = root.clone();
         async move {
-            if size != here {
+            let Some(root) = root.filter(|_| size == here) else {
                 return Ok((rel, false));
-            }
-            let p = path.clone();
-            match tokio::task::spawn_blocking(move || tree::hash_file(&p)).await {
-                Ok(Ok((sha, _))) => Ok((rel, sha == sha256)),
-                Ok(Err(e)) => Err(format!("cannot read {}: {e}", path.display())),
+            };
+            let r = rel.clone();
+            match tokio::task::spawn_blocking(move || root.hash(&r)).await {
+                Ok(Ok(sha)) => Ok((rel, sha.as_ref() == Some(&sha256))),
+                Ok(Err(e)) => Err(format!("cannot read {rel}: {e}")),
                 Err(e) => Err(format!("hashing aborted: {e}")),
             }
         }
@@ -209,10 +224,14 @@ pub async fn restore(
     let (header, entries) = blobs::open_index(storage, entry, packing)
         .await
         .map_err(|e| err(e.to_string()))?;
-    let dir = target
-        .dir
-        .clone()
-        .unwrap_or_else(|| PathBuf::from(&header.root));
+    // The index is data from the destination: whoever can write there could point its
+    // root at /etc. Only the operator (config, command line) chooses where files go.
+    let Some(dir) = target.dir.clone() else {
+        return Err(RestoreError::Usage(format!(
+            "files {name}: the config has no files source \"{name}\", and the directory recorded in the backup ({:?}) is not trusted to choose where files are written; give the directory with --files-to DIR (e.g. --files-to {:?} after checking it)",
+            header.root, header.root
+        )));
+    };
     if !dir.is_absolute() {
         return Err(RestoreError::Usage(format!(
             "--files-to {}: give an absolute path",
@@ -233,12 +252,25 @@ pub async fn restore(
     let orphan_dir = orphan_base.join(Utc::now().format("%Y%m%dT%H%M%SZ").to_string());
     // What is there now, seen through the same filters the backup used.
     let filter = PathFilter::new(&header.include, &header.exclude).map_err(err)?;
-    let local = dir.exists().then(|| tree::spawn_walk(dir.clone(), filter));
+    let exists = dir.exists();
+    let local = exists.then(|| tree::spawn_walk(dir.clone(), filter));
     if !target.dry_run {
         tokio::fs::create_dir_all(&dir)
             .await
             .map_err(|e| err(format!("cannot create {}: {e}", dir.display())))?;
     }
+    let root = if exists || !target.dry_run {
+        let d = dir.clone();
+        let t = tokio::task::spawn_blocking(move || beneath::Tree::open(&d))
+            .await
+            .map_err(|e| err(format!("opening aborted: {e}")))?
+            .map_err(|e| err(format!("cannot open {}: {e}", dir.display())))?;
+        Some(Arc::new(t))
+    } else {
+        None
+    };
+    let aside = Arc::new(beneath::Orphans::new(orphan_dir.clone()));
+    let keep_special_modes = target.keep_special_modes;
     let mut merge = Merge {
         index: Some(entries),
         local,
@@ -309,25 +341,51 @@ pub async fn restore(
                     if failure.is_some() {
                         break;
                     }
-                    match move_aside(&dir.join(&p), &to).await {
-                        Ok(()) => lines.push(format!("moved {p} to {}", to.display())),
+                    let Some(root) = root.clone() else {
+                        failure = Some("the target directory is not open".to_string());
+                        continue;
+                    };
+                    let (o, rel) = (aside.clone(), p.clone());
+                    let moved = tokio::task::spawn_blocking(move || {
+                        let (parts, name) = rel
+                            .rsplit_once('/')
+                            .map_or((Vec::new(), rel.as_str()), |(d, n)| {
+                                (d.split('/').collect(), n)
+                            });
+                        // Never through a link: a directory swapped for one since the walk
+                        // fails the move.
+                        let parent = root.dir(&parts, None)?;
+                        o.put(std::os::fd::AsFd::as_fd(&parent), name, &rel)
+                    })
+                    .await
+                    .map_err(|e| std::io::Error::other(e.to_string()))
+                    .and_then(|r| r);
+                    match moved {
+                        Ok(at) => lines.push(format!("moved {p} to {}", at.display())),
                         Err(e) => {
                             failure = Some(format!("cannot move {p} to {}: {e}", to.display()));
                         }
                     }
                 }
                 Step::Entry(f, here) => {
-                    if tree::safe_join(&dir, &f.path).is_none() {
-                        failure = Some(format!(
-                            "the index names an unsafe path \"{}\"; refusing to restore it",
-                            f.path
-                        ));
+                    // Checked where the index is read too; the check that guards the
+                    // writes stays beside them.
+                    if let Err(e) = crate::layout::check_index_entry(&entry.key, &f.path, &f.blob) {
+                        failure = Some(format!("{e}; refusing to restore it"));
                         continue;
                     }
-                    let (dir, orphan_dir, progress) = (&dir, &orphan_dir, &progress);
+                    let (root, orphans, progress) = (root.as_ref(), &aside, &progress);
                     work.push_back(async move {
                         restore_one(
-                            storage, packing, dir, orphan_dir, f, here, dry_run, progress,
+                            storage,
+                            packing,
+                            root,
+                            orphans,
+                            f,
+                            here,
+                            dry_run,
+                            keep_special_modes,
+                            progress,
                         )
                         .await
                     });
@@ -349,6 +407,9 @@ pub async fn restore(
         }
     }
     progress.finish();
+    let in_the_way = std::mem::take(&mut *aside.moved.lock().unwrap_or_else(|p| p.into_inner()));
+    orphans += in_the_way.len();
+    lines.extend(in_the_way);
     if let Some(e) = failure {
         return Err(err(e));
     }
@@ -433,23 +494,23 @@ fn note(
 async fn restore_one(
     storage: &dyn Storage,
     packing: &Packing,
-    dir: &Path,
-    orphan_dir: &Path,
+    root: Option<&Arc<beneath::Tree>>,
+    orphans: &Arc<beneath::Orphans>,
     f: IndexEntry,
     here: Option<u64>,
     dry_run: bool,
+    keep_special_modes: bool,
     progress: &crate::progress::Progress,
 ) -> Result<Outcome, String> {
-    let path = dir.join(&f.path);
-    let action = match here {
-        None => Action::Fetch,
-        Some(size) if size != f.size => Action::Replace,
-        Some(_) => {
-            let p = path.clone();
-            match tokio::task::spawn_blocking(move || tree::hash_file(&p)).await {
-                Ok(Ok((sha, _))) if sha == f.sha256 => return Ok(Outcome::Same),
+    let action = match (here, root) {
+        (None, _) | (_, None) => Action::Fetch,
+        (Some(size), _) if size != f.size => Action::Replace,
+        (Some(_), Some(root)) => {
+            let (root, rel) = (root.clone(), f.path.clone());
+            match tokio::task::spawn_blocking(move || root.hash(&rel)).await {
+                Ok(Ok(Some(sha))) if sha == f.sha256 => return Ok(Outcome::Same),
                 Ok(Ok(_)) => Action::Replace,
-                Ok(Err(e)) => return Err(format!("cannot read {}: {e}", path.display())),
+                Ok(Err(e)) => return Err(format!("cannot read {}: {e}", f.path)),
                 Err(e) => return Err(format!("hashing aborted: {e}")),
             }
         }
@@ -457,45 +518,44 @@ async fn restore_one(
     if dry_run {
         return Ok(Outcome::Done(action, f));
     }
-    fetch(storage, packing, dir, &f).await?;
+    let Some(root) = root else {
+        return Err("the target directory is not open".to_string());
+    };
+    fetch(storage, packing, root, orphans, &f, keep_special_modes).await?;
     progress.add(f.size);
-    if action == Action::Replace {
-        let to = orphan_dir.join(&f.path);
-        move_aside(&path, &to)
-            .await
-            .map_err(|e| format!("cannot move the old {} to {}: {e}", f.path, to.display()))?;
-    }
-    let tmp = temp_path(&path);
-    commit(&tmp, &path)
-        .await
-        .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
     debug!("restored {}", f.path);
     Ok(Outcome::Done(action, f))
 }
 
-/// Temporary name next to the target (same directory, so the rename is atomic).
-fn temp_path(path: &Path) -> PathBuf {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    path.with_file_name(format!(".{name}.stowage-restore-{}", std::process::id()))
+/// The mode a restored file gets: setuid, setgid and sticky are dropped unless asked for
+/// (a backup's writer must not be able to plant a setuid binary by restoring one).
+fn final_mode(mode: u32, keep_special_modes: bool) -> u32 {
+    if keep_special_modes {
+        mode & 0o7777
+    } else {
+        mode & 0o777
+    }
 }
 
-/// Download one file into its temporary name, verified, with mode and mtime set.
+/// Download one file into an exclusive temporary file beside its place (0600 while it is
+/// written), verify it, apply its mode and mtime, then rename it into place within its
+/// directory. Whatever is in the way (a link, a directory, the old version) goes to the
+/// orphans; nothing is followed.
 async fn fetch(
     storage: &dyn Storage,
     packing: &Packing,
-    dir: &Path,
+    root: &Arc<beneath::Tree>,
+    orphans: &Arc<beneath::Orphans>,
     f: &IndexEntry,
+    keep_special_modes: bool,
 ) -> Result<(), String> {
-    let path = dir.join(&f.path);
-    if let Some(parent) = path.parent() {
-        tokio::fs::create_dir_all(parent)
+    let (r, o, rel) = (root.clone(), orphans.clone(), f.path.clone());
+    let (parent, tmp, file) =
+        tokio::task::spawn_blocking(move || r.create_temp(&rel, &|p, n, at| o.take(p, n, at)))
             .await
-            .map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
-    }
-    let tmp = temp_path(&path);
+            .map_err(|e| format!("creating {} aborted: {e}", f.path))?
+            .map_err(|e| format!("cannot create a temporary file for {}: {e}", f.path))?;
+    let parent = Arc::new(parent);
     let result = async {
         let raw = storage
             .get(&f.blob)
@@ -505,9 +565,7 @@ async fn fetch(
             .unpack(raw, &f.blob)
             .await
             .map_err(|e| format!("cannot read {} for {}: {e}", f.blob, f.path))?;
-        let mut out = tokio::fs::File::create(&tmp)
-            .await
-            .map_err(|e| format!("cannot create {}: {e}", tmp.display()))?;
+        let mut out = tokio::fs::File::from_std(file);
         let mut h = Sha256::new();
         let mut n = 0u64;
         let mut buf = vec![0u8; 256 * 1024];
@@ -523,7 +581,7 @@ async fn fetch(
             n += k as u64;
             out.write_all(&buf[..k])
                 .await
-                .map_err(|e| format!("cannot write {}: {e}", tmp.display()))?;
+                .map_err(|e| format!("cannot write {}: {e}", f.path))?;
         }
         let sha = hex::encode(h.finalize());
         if sha != f.sha256 || n != f.size {
@@ -534,75 +592,481 @@ async fn fetch(
         }
         out.sync_all()
             .await
-            .map_err(|e| format!("cannot sync {}: {e}", tmp.display()))?;
+            .map_err(|e| format!("cannot sync {}: {e}", f.path))?;
         let std_file = out.into_std().await;
-        let mode = f.mode;
+        let mode = final_mode(f.mode, keep_special_modes);
         let mtime = tree::system_time(f.mtime);
-        tokio::task::spawn_blocking(move || {
+        let (parent, o, rel, tmp) = (parent.clone(), orphans.clone(), f.path.clone(), tmp.clone());
+        tokio::task::spawn_blocking(move || -> Result<(), String> {
             use std::os::unix::fs::PermissionsExt;
-            std_file.set_permissions(std::fs::Permissions::from_mode(mode))?;
-            std_file.set_modified(mtime)
+            // On the open file: the mode is applied last, to the bytes just verified.
+            std_file
+                .set_permissions(std::fs::Permissions::from_mode(mode))
+                .and_then(|()| std_file.set_modified(mtime))
+                .map_err(|e| format!("cannot set mode/mtime on {rel}: {e}"))?;
+            drop(std_file);
+            beneath::commit(&parent, &tmp, &rel, &|p, n, at| o.take(p, n, at))
+                .map_err(|e| format!("cannot write {rel}: {e}"))
         })
         .await
-        .map_err(|e| format!("setting attributes aborted: {e}"))?
-        .map_err(|e| format!("cannot set mode/mtime on {}: {e}", tmp.display()))?;
-        Ok(())
+        .map_err(|e| format!("writing {} aborted: {e}", f.path))?
     }
     .await;
     if result.is_err() {
-        let _ = tokio::fs::remove_file(&tmp).await;
+        let (parent, tmp) = (parent.clone(), tmp.clone());
+        let _ = tokio::task::spawn_blocking(move || beneath::remove(&parent, &tmp)).await;
     }
     result
 }
 
-async fn commit(tmp: &Path, path: &Path) -> std::io::Result<()> {
-    // An empty directory where the backup has a file (its contents were orphaned).
-    if tokio::fs::symlink_metadata(path)
-        .await
-        .is_ok_and(|m| m.is_dir())
-    {
-        tokio::fs::remove_dir(path).await?;
-    }
-    let r = tokio::fs::rename(tmp, path).await;
-    if r.is_err() {
-        let _ = tokio::fs::remove_file(tmp).await;
-    }
-    r
-}
+/// Paths beneath a directory, resolved without following any link: every path of an index
+/// is opened component by component from the directory's descriptor (`openat2` with
+/// `RESOLVE_BENEATH|RESOLVE_NO_SYMLINKS` where the kernel has it, else `openat` with
+/// `O_NOFOLLOW` for each part), directories are made with `mkdirat`, files with
+/// `O_CREAT|O_EXCL|O_NOFOLLOW`, and renamed with `renameat` within their directory. A
+/// link swapped in by another local user at any moment is met as a link, never crossed.
+/// Blocking calls: run them on a blocking thread.
+pub(super) mod beneath {
+    use std::io;
+    use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+    use std::path::{Path, PathBuf};
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-static MOVES: AtomicU64 = AtomicU64::new(0);
+    use rustix::fs::{self as rfs, AtFlags, FileType, Mode, OFlags};
+    use rustix::io::Errno;
+    use sha2::{Digest, Sha256};
 
-/// Move a file out of the way, keeping it. Across file systems (the orphan directory on
-/// another volume) it is copied, synced, then removed.
-async fn move_aside(from: &Path, to: &Path) -> std::io::Result<()> {
-    if let Some(parent) = to.parent() {
-        tokio::fs::create_dir_all(parent).await?;
+    /// Takes what is in the way at `name` in the directory `parent` (at `rel` of the
+    /// tree): after it returns Ok, `name` is free or a directory.
+    pub type InTheWay<'a> = &'a dyn Fn(BorrowedFd<'_>, &str, &str) -> io::Result<()>;
+
+    const DIR: OFlags = OFlags::DIRECTORY
+        .union(OFlags::NOFOLLOW)
+        .union(OFlags::CLOEXEC)
+        .union(OFlags::RDONLY);
+    const READ: OFlags = OFlags::NOFOLLOW
+        .union(OFlags::CLOEXEC)
+        .union(OFlags::RDONLY)
+        .union(OFlags::NONBLOCK);
+    /// A name that keeps changing under a restore (another process racing it) fails it
+    /// after this many tries, rather than looping.
+    const TRIES: usize = 8;
+
+    /// Cleared the first time the kernel refuses openat2 (before 5.6, gVisor, a seccomp
+    /// filter): from then on each path is opened a part at a time.
+    pub(super) static OPENAT2: AtomicBool = AtomicBool::new(true);
+
+    fn openat2_beneath(
+        dir: BorrowedFd<'_>,
+        rel: &str,
+        flags: OFlags,
+    ) -> Option<io::Result<OwnedFd>> {
+        #[cfg(target_os = "linux")]
+        {
+            use rustix::fs::ResolveFlags;
+            if !OPENAT2.load(Ordering::Relaxed) {
+                return None;
+            }
+            let how =
+                ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS;
+            match rfs::openat2(dir, rel, flags, Mode::empty(), how) {
+                Ok(fd) => Some(Ok(fd)),
+                Err(Errno::NOSYS | Errno::PERM) => {
+                    OPENAT2.store(false, Ordering::Relaxed);
+                    None
+                }
+                Err(e) => Some(Err(e.into())),
+            }
+        }
+        #[cfg(not(target_os = "linux"))]
+        {
+            let _ = (dir, rel, flags);
+            None
+        }
     }
-    let mut dest = to.to_path_buf();
-    if tokio::fs::symlink_metadata(&dest).await.is_ok() {
-        let n = MOVES.fetch_add(1, Ordering::Relaxed);
-        let mut s = dest.into_os_string();
-        s.push(format!(".{n}"));
-        dest = PathBuf::from(s);
+
+    fn kind(parent: BorrowedFd<'_>, name: &str) -> io::Result<Option<FileType>> {
+        match rfs::statat(parent, name, AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(st) => Ok(Some(FileType::from_raw_mode(st.st_mode as _))),
+            Err(Errno::NOENT) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
     }
-    match tokio::fs::rename(from, &dest).await {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::CrossesDevices => {
-            let (f, d) = (from.to_path_buf(), dest.clone());
-            tokio::task::spawn_blocking(move || -> std::io::Result<()> {
-                let meta = std::fs::metadata(&f)?;
-                std::fs::copy(&f, &d)?;
-                let out = std::fs::OpenOptions::new().write(true).open(&d)?;
+
+    pub fn describe(t: FileType) -> &'static str {
+        match t {
+            FileType::Symlink => "a symbolic link, not followed",
+            FileType::Directory => "a directory",
+            FileType::RegularFile => "a file",
+            FileType::Fifo => "a fifo",
+            FileType::Socket => "a socket",
+            FileType::CharacterDevice | FileType::BlockDevice => "a device",
+            _ => "not a regular file",
+        }
+    }
+
+    fn split(rel: &str) -> (Vec<&str>, &str) {
+        let mut parts: Vec<&str> = rel.split('/').collect();
+        let name = parts.pop().unwrap_or_default();
+        (parts, name)
+    }
+
+    /// A directory opened by the path the operator gave (config or command line): that
+    /// path is trusted; nothing beneath it is.
+    pub struct Tree {
+        fd: OwnedFd,
+        path: PathBuf,
+    }
+
+    impl Tree {
+        pub fn open(path: &Path) -> io::Result<Tree> {
+            let fd = rfs::open(
+                path,
+                OFlags::DIRECTORY | OFlags::CLOEXEC | OFlags::RDONLY,
+                Mode::empty(),
+            )?;
+            Ok(Tree {
+                fd,
+                path: path.to_path_buf(),
+            })
+        }
+
+        pub fn path(&self) -> &Path {
+            &self.path
+        }
+
+        /// The directory `parts` beneath the tree; with `in_the_way`, missing parts are made
+        /// and whatever else stands where a directory belongs is handed to it; without,
+        /// anything but a directory fails.
+        pub fn dir(&self, parts: &[&str], in_the_way: Option<InTheWay<'_>>) -> io::Result<OwnedFd> {
+            if parts.is_empty() {
+                return Ok(self.fd.try_clone()?);
+            }
+            if let Some(Ok(fd)) = openat2_beneath(self.fd.as_fd(), &parts.join("/"), DIR) {
+                return Ok(fd);
+            }
+            let mut cur = self.fd.try_clone()?;
+            for (i, name) in parts.iter().enumerate() {
+                cur = step(cur.as_fd(), name, &parts[..=i].join("/"), in_the_way)?;
+            }
+            Ok(cur)
+        }
+
+        /// sha256 of the regular file at `rel`; None when there is none (or something else
+        /// is there).
+        pub fn hash(&self, rel: &str) -> io::Result<Option<String>> {
+            let fd = match openat2_beneath(self.fd.as_fd(), rel, READ) {
+                Some(Ok(fd)) => fd,
+                Some(Err(e))
+                    if matches!(
+                        e.raw_os_error(),
+                        Some(libc::ENOENT | libc::ELOOP | libc::ENOTDIR | libc::EXDEV)
+                    ) =>
+                {
+                    return Ok(None);
+                }
+                Some(Err(e)) => return Err(e),
+                None => {
+                    let (parts, name) = split(rel);
+                    let parent = match self.dir(&parts, None) {
+                        Ok(p) => p,
+                        Err(e)
+                            if matches!(
+                                e.kind(),
+                                io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
+                            ) || e.raw_os_error() == Some(libc::ELOOP) =>
+                        {
+                            return Ok(None);
+                        }
+                        Err(e) => return Err(e),
+                    };
+                    match rfs::openat(&parent, name, READ, Mode::empty()) {
+                        Ok(fd) => fd,
+                        Err(Errno::NOENT | Errno::LOOP | Errno::NOTDIR) => return Ok(None),
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+            };
+            let mut file = std::fs::File::from(fd);
+            if !file.metadata()?.is_file() {
+                return Ok(None);
+            }
+            let mut h = Sha256::new();
+            let mut buf = vec![0u8; 256 * 1024];
+            loop {
+                let k = io::Read::read(&mut file, &mut buf)?;
+                if k == 0 {
+                    break;
+                }
+                h.update(&buf[..k]);
+            }
+            Ok(Some(hex::encode(h.finalize())))
+        }
+
+        /// A new file for `rel`'s content beside it: created exclusively, not through a
+        /// link, 0600, under an unpredictable name. Its directory is made (beneath the
+        /// tree) as needed. Returns the directory, the temporary name, and the file.
+        pub fn create_temp(
+            &self,
+            rel: &str,
+            in_the_way: InTheWay<'_>,
+        ) -> io::Result<(OwnedFd, String, std::fs::File)> {
+            let (parts, name) = split(rel);
+            let parent = self.dir(&parts, Some(in_the_way))?;
+            for _ in 0..TRIES {
+                let tmp = temp_name(name);
+                match rfs::openat(
+                    &parent,
+                    tmp.as_str(),
+                    OFlags::WRONLY
+                        | OFlags::CREATE
+                        | OFlags::EXCL
+                        | OFlags::NOFOLLOW
+                        | OFlags::CLOEXEC,
+                    Mode::from_raw_mode(0o600),
+                ) {
+                    Ok(fd) => return Ok((parent, tmp, std::fs::File::from(fd))),
+                    Err(Errno::EXIST) => continue,
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                "every temporary name tried exists already",
+            ))
+        }
+    }
+
+    /// Open (making it when told) the directory `name` in `parent`, never through a link.
+    fn step(
+        parent: BorrowedFd<'_>,
+        name: &str,
+        rel: &str,
+        in_the_way: Option<InTheWay<'_>>,
+    ) -> io::Result<OwnedFd> {
+        for _ in 0..TRIES {
+            match rfs::openat(parent, name, DIR, Mode::empty()) {
+                Ok(fd) => return Ok(fd),
+                Err(Errno::NOENT) if in_the_way.is_some() => {
+                    match rfs::mkdirat(parent, name, Mode::from_raw_mode(0o777)) {
+                        Ok(()) | Err(Errno::EXIST) => {}
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+                // O_NOFOLLOW|O_DIRECTORY on a link or a file.
+                Err(Errno::NOTDIR | Errno::LOOP) => match in_the_way {
+                    Some(take) => {
+                        if kind(parent, name)? != Some(FileType::Directory) {
+                            take(parent, name, rel)?;
+                        }
+                    }
+                    None => {
+                        return Err(io::Error::new(
+                            io::ErrorKind::NotADirectory,
+                            format!("{rel} is not a directory (a link is never followed)"),
+                        ));
+                    }
+                },
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(io::Error::other(format!(
+            "{rel} keeps changing while it is being restored"
+        )))
+    }
+
+    /// Not guessable by another local user (who could otherwise plant a link or a file
+    /// there first: O_EXCL would then fail the restore instead of being exploited).
+    fn temp_name(name: &str) -> String {
+        use std::hash::{BuildHasher, Hasher};
+        static N: AtomicU64 = AtomicU64::new(0);
+        // SipHash under the process's random keys: unpredictable from outside.
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u64(N.fetch_add(1, Ordering::Relaxed));
+        h.write_u32(std::process::id());
+        if let Ok(d) = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) {
+            h.write_u128(d.as_nanos());
+        }
+        // A long name plus the suffix must stay within NAME_MAX (255 bytes).
+        let mut end = name.len().min(200);
+        while !name.is_char_boundary(end) {
+            end -= 1;
+        }
+        format!(".{}.stowage-restore-{:016x}", &name[..end], h.finish())
+    }
+
+    /// Put the temporary file `tmp` in `parent` at `rel`'s name: whatever is there (the old
+    /// version, a link, a directory whose files were orphaned) is taken out of the way
+    /// first; an empty directory is removed.
+    pub fn commit(
+        parent: &OwnedFd,
+        tmp: &str,
+        rel: &str,
+        in_the_way: InTheWay<'_>,
+    ) -> io::Result<()> {
+        let (_, name) = split(rel);
+        for _ in 0..TRIES {
+            match kind(parent.as_fd(), name)? {
+                None => {}
+                Some(FileType::Directory) => {
+                    match rfs::unlinkat(parent, name, AtFlags::REMOVEDIR) {
+                        Ok(()) | Err(Errno::NOENT) => {}
+                        Err(Errno::NOTEMPTY | Errno::EXIST) => {
+                            in_the_way(parent.as_fd(), name, rel)?
+                        }
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+                Some(_) => in_the_way(parent.as_fd(), name, rel)?,
+            }
+            // A name taken again meanwhile is tried again: renameat would replace a file
+            // or a link silently, losing it.
+            if kind(parent.as_fd(), name)?.is_none() {
+                rfs::renameat(parent, tmp, parent, name)?;
+                return Ok(());
+            }
+        }
+        Err(io::Error::other(format!(
+            "{rel} keeps changing while it is being restored"
+        )))
+    }
+
+    pub fn remove(parent: &OwnedFd, name: &str) {
+        let _ = rfs::unlinkat(parent, name, AtFlags::empty());
+    }
+
+    /// Where what is in the way goes: `<orphans>/<restore time>/<its relative path>`, made
+    /// when first needed, and walked beneath like the target.
+    pub struct Orphans {
+        dir: PathBuf,
+        tree: Mutex<Option<std::sync::Arc<Tree>>>,
+        /// One line per thing moved outside the merge (links, directories in the way).
+        pub moved: Mutex<Vec<String>>,
+    }
+
+    static MOVES: AtomicU64 = AtomicU64::new(0);
+
+    impl Orphans {
+        pub fn new(dir: PathBuf) -> Orphans {
+            Orphans {
+                dir,
+                tree: Mutex::new(None),
+                moved: Mutex::new(Vec::new()),
+            }
+        }
+
+        fn tree(&self) -> io::Result<std::sync::Arc<Tree>> {
+            let mut t = self.tree.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(t) = t.as_ref() {
+                return Ok(t.clone());
+            }
+            std::fs::create_dir_all(&self.dir)?;
+            let tree = std::sync::Arc::new(Tree::open(&self.dir)?);
+            *t = Some(tree.clone());
+            Ok(tree)
+        }
+
+        /// Move `name` of `parent` (at `rel` of the target) into the orphans, as it is: a
+        /// link is moved, not followed.
+        pub fn take(&self, parent: BorrowedFd<'_>, name: &str, rel: &str) -> io::Result<()> {
+            let Some(what) = kind(parent, name)? else {
+                return Ok(());
+            };
+            let to = self.put(parent, name, rel)?;
+            if what != FileType::RegularFile {
+                self.moved
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(format!(
+                        "moved {rel} ({}) to {}",
+                        describe(what),
+                        to.display()
+                    ));
+            }
+            Ok(())
+        }
+
+        /// Move `name` of `parent` to `<orphans>/<rel>` (`.N` added when that is taken).
+        pub fn put(&self, parent: BorrowedFd<'_>, name: &str, rel: &str) -> io::Result<PathBuf> {
+            let tree = self.tree()?;
+            let (parts, _) = split(rel);
+            // In the orphans a non-directory in the way (a link moved there earlier) is
+            // renamed aside within them.
+            let aside = |p: BorrowedFd<'_>, n: &str, _: &str| -> io::Result<()> {
+                let free = free_name(p, n)?;
+                rfs::renameat(p, n, p, free.as_str())?;
+                Ok(())
+            };
+            let dest_dir = tree.dir(&parts, Some(&aside))?;
+            let dest = free_name(dest_dir.as_fd(), name)?;
+            let mut at = tree.path().to_path_buf();
+            at.extend(parts.iter());
+            at.push(&dest);
+            match rfs::renameat(parent, name, &dest_dir, dest.as_str()) {
+                Ok(()) => Ok(at),
+                Err(Errno::XDEV) => {
+                    copy_across(parent, name, dest_dir.as_fd(), &dest)?;
+                    Ok(at)
+                }
+                Err(e) => Err(e.into()),
+            }
+        }
+    }
+
+    fn free_name(dir: BorrowedFd<'_>, name: &str) -> io::Result<String> {
+        let mut dest = name.to_string();
+        while kind(dir, &dest)?.is_some() {
+            dest = format!("{name}.{}", MOVES.fetch_add(1, Ordering::Relaxed));
+        }
+        Ok(dest)
+    }
+
+    /// The orphans on another file system: a file is copied (synced, its mtime kept) and a
+    /// link re-made, then the original removed. A directory is refused.
+    fn copy_across(
+        from_dir: BorrowedFd<'_>,
+        name: &str,
+        to_dir: BorrowedFd<'_>,
+        dest: &str,
+    ) -> io::Result<()> {
+        match kind(from_dir, name)? {
+            Some(FileType::RegularFile) => {
+                let src = std::fs::File::from(rfs::openat(from_dir, name, READ, Mode::empty())?);
+                let meta = src.metadata()?;
+                let mut out = std::fs::File::from(rfs::openat(
+                    to_dir,
+                    dest,
+                    OFlags::WRONLY
+                        | OFlags::CREATE
+                        | OFlags::EXCL
+                        | OFlags::NOFOLLOW
+                        | OFlags::CLOEXEC,
+                    Mode::from_raw_mode(0o600),
+                )?);
+                io::copy(&mut (&src), &mut out)?;
                 out.sync_all()?;
                 if let Ok(m) = meta.modified() {
                     out.set_modified(m)?;
                 }
-                std::fs::remove_file(&f)
-            })
-            .await
-            .map_err(std::io::Error::other)?
+                rfs::unlinkat(from_dir, name, AtFlags::empty())?;
+                Ok(())
+            }
+            Some(FileType::Symlink) => {
+                let target = rfs::readlinkat(from_dir, name, Vec::new())?;
+                rfs::symlinkat(target.as_c_str(), to_dir, dest)?;
+                rfs::unlinkat(from_dir, name, AtFlags::empty())?;
+                Ok(())
+            }
+            Some(t) => Err(io::Error::new(
+                io::ErrorKind::CrossesDevices,
+                format!(
+                    "{name} is {} and the orphans are on another file system; give --orphans-to a directory on the same one",
+                    describe(t)
+                ),
+            )),
+            None => Ok(()),
         }
-        Err(e) => Err(e),
     }
 }
 
@@ -617,8 +1081,75 @@ mod tests {
             mode: 0o644,
             mtime: 0,
             sha256: String::new(),
-            blob: String::new(),
+            blob: "test/blobs/00/x".to_string(),
         }
+    }
+
+    /// A link where the index has a directory, or where it has a file, is moved to the
+    /// orphans and never crossed, with openat2 and with the part-by-part fallback (what
+    /// old kernels and gVisor get).
+    #[test]
+    fn links_in_the_way_are_moved_aside_never_followed() {
+        use std::os::fd::AsFd;
+        let run = |use_openat2: bool| {
+            let t = tempfile::tempdir().expect("tempdir");
+            let (target, outside) = (t.path().join("target"), t.path().join("outside"));
+            std::fs::create_dir_all(&target).expect("mkdir");
+            std::fs::create_dir_all(&outside).expect("mkdir");
+            std::fs::write(outside.join("victim"), b"victim").expect("victim");
+            std::os::unix::fs::symlink(&outside, target.join("a")).expect("link a");
+            std::os::unix::fs::symlink(outside.join("victim"), target.join("f")).expect("link f");
+            let root = beneath::Tree::open(&target).expect("open");
+            let orphans = beneath::Orphans::new(t.path().join("orphans"));
+            let take = |p: std::os::fd::BorrowedFd<'_>, n: &str, at: &str| orphans.take(p, n, at);
+            if !use_openat2 {
+                beneath::OPENAT2.store(false, std::sync::atomic::Ordering::Relaxed);
+            }
+            assert_eq!(root.hash("a/victim").expect("hash through a link"), None);
+            assert_eq!(root.hash("f").expect("hash of a link"), None);
+            assert!(
+                root.dir(&["a"], None).is_err(),
+                "a link opened as a directory"
+            );
+            let (parent, tmp, mut file) = root.create_temp("a/x", &take).expect("temp a/x");
+            std::io::Write::write_all(&mut file, b"x").expect("write");
+            beneath::commit(&parent, &tmp, "a/x", &take).expect("commit a/x");
+            let (parent, tmp, _) = root.create_temp("f", &take).expect("temp f");
+            beneath::commit(&parent, &tmp, "f", &take).expect("commit f");
+            let _ = parent.as_fd();
+            assert_eq!(std::fs::read_dir(&outside).expect("outside").count(), 1);
+            assert_eq!(
+                std::fs::read(outside.join("victim")).expect("victim"),
+                b"victim"
+            );
+            assert!(
+                std::fs::symlink_metadata(target.join("a"))
+                    .expect("a")
+                    .is_dir()
+            );
+            assert_eq!(std::fs::read(target.join("a/x")).expect("a/x"), b"x");
+            assert!(
+                std::fs::symlink_metadata(target.join("f"))
+                    .expect("f")
+                    .is_file()
+            );
+            for l in ["a", "f"] {
+                let m = std::fs::symlink_metadata(t.path().join("orphans").join(l)).expect(l);
+                assert!(
+                    m.file_type().is_symlink(),
+                    "{l} was not moved aside as a link"
+                );
+            }
+            let moved = orphans.moved.lock().expect("moved").clone();
+            assert!(
+                moved
+                    .iter()
+                    .any(|m| m.starts_with("moved a (a symbolic link")),
+                "{moved:?}"
+            );
+        };
+        run(true);
+        run(false);
     }
 
     /// The merge of an index with the local tree: entries with the local size when both

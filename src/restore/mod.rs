@@ -50,6 +50,8 @@ pub struct RestoreRequest {
     pub wait_lock: bool,
     /// Create a target database that does not exist.
     pub create: bool,
+    /// Files: keep setuid, setgid and sticky bits as recorded (default: dropped).
+    pub keep_special_modes: bool,
 }
 
 /// What a restore did (or would do), for the command to print.
@@ -464,6 +466,7 @@ async fn restore_locked(
                 dir: files_dir_for(job, req.files_to.as_ref(), entry),
                 orphans: req.orphans_to.clone(),
                 dry_run: req.dry_run,
+                keep_special_modes: req.keep_special_modes,
             },
         )
         .await?;

@@ -1,5 +1,7 @@
 //! A directory on a mounted volume. Objects are written as `<key>.partial` and renamed
 //! into place after an fsync, so a crash never leaves a truncated file under a real name.
+//! Objects are 0600 and directories 0700 (before the umask): another local user must not
+//! read a job's dumps.
 
 use std::path::{Path, PathBuf};
 
@@ -22,8 +24,11 @@ impl LocalStorage {
         LocalStorage { root }
     }
 
-    fn path(&self, key: &str) -> PathBuf {
-        self.root.join(key)
+    /// Keys come from manifests and indexes, which whoever can write here can forge: one
+    /// that could leave the root (absolute, "..") is refused before it becomes a path.
+    fn path(&self, key: &str) -> Result<PathBuf, StorageError> {
+        crate::layout::check_key(key).map_err(StorageError::Denied)?;
+        Ok(self.root.join(key))
     }
 
     fn io_err(&self, what: &str, path: &Path, e: std::io::Error) -> StorageError {
@@ -44,7 +49,7 @@ impl LocalStorage {
         partial: &Path,
         mut body: mpsc::Receiver<Chunk>,
     ) -> Result<u64, StorageError> {
-        let file = fs::File::create(partial)
+        let file = create_private(partial)
             .await
             .map_err(|e| self.io_err("cannot create", partial, e))?;
         let mut w = BufWriter::with_capacity(256 * 1024, file);
@@ -102,12 +107,30 @@ impl LocalStorage {
 
     async fn ensure_parent(&self, path: &Path) -> Result<(), StorageError> {
         if let Some(parent) = path.parent() {
-            fs::create_dir_all(parent)
+            create_private_dirs(parent)
                 .await
                 .map_err(|e| self.io_err("cannot create directory", parent, e))?;
         }
         Ok(())
     }
+}
+
+/// A new file only its owner can read (0600): a `.partial` name is unique to its writer,
+/// so it is created exclusively.
+async fn create_private(path: &Path) -> std::io::Result<fs::File> {
+    fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .await
+}
+
+/// Directories only their owner can enter (0700), parents included.
+async fn create_private_dirs(dir: &Path) -> std::io::Result<()> {
+    let mut b = fs::DirBuilder::new();
+    b.recursive(true).mode(0o700);
+    b.create(dir).await
 }
 
 /// `<target>.<pid>-<start>-<n>.partial`: unique per writer, because two runs may write the
@@ -230,13 +253,18 @@ impl Storage for LocalStorage {
     }
 
     async fn preflight(&self) -> Result<(), StorageError> {
-        fs::create_dir_all(&self.root)
+        create_private_dirs(&self.root)
             .await
             .map_err(|e| self.io_err("cannot create backup directory", &self.root, e))?;
         let probe = self.root.join(".stowage-write-test");
-        fs::write(&probe, b"ok")
+        let _ = fs::remove_file(&probe).await;
+        let mut f = create_private(&probe)
             .await
             .map_err(|e| self.io_err("cannot write in", &self.root, e))?;
+        f.write_all(b"ok")
+            .await
+            .map_err(|e| self.io_err("cannot write in", &self.root, e))?;
+        drop(f);
         let _ = fs::remove_file(&probe).await;
         Ok(())
     }
@@ -246,7 +274,7 @@ impl Storage for LocalStorage {
         key: &str,
         body: mpsc::Receiver<Chunk>,
     ) -> Result<u64, StorageError> {
-        let target = self.path(key);
+        let target = self.path(key)?;
         self.ensure_parent(&target).await?;
         let partial = partial_path(&target);
         match self.write_partial(&partial, body).await {
@@ -263,11 +291,11 @@ impl Storage for LocalStorage {
     }
 
     async fn put_bytes(&self, key: &str, data: Bytes) -> Result<(), StorageError> {
-        let target = self.path(key);
+        let target = self.path(key)?;
         self.ensure_parent(&target).await?;
         let partial = partial_path(&target);
         let result = async {
-            let mut f = fs::File::create(&partial)
+            let mut f = create_private(&partial)
                 .await
                 .map_err(|e| self.io_err("cannot create", &partial, e))?;
             f.write_all(&data)
@@ -286,7 +314,7 @@ impl Storage for LocalStorage {
     }
 
     async fn get(&self, key: &str) -> Result<ObjectReader, StorageError> {
-        let path = self.path(key);
+        let path = self.path(key)?;
         let f = fs::File::open(&path)
             .await
             .map_err(|e| self.io_err("cannot open", &path, e))?;
@@ -312,7 +340,7 @@ impl Storage for LocalStorage {
     async fn delete(&self, keys: &[String]) -> Result<(), StorageError> {
         let mut dirs = Vec::new();
         for key in keys {
-            let path = self.path(key);
+            let path = self.path(key)?;
             match fs::remove_file(&path).await {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
