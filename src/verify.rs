@@ -13,6 +13,7 @@ use std::sync::Arc;
 use crate::codec::{self, Packing};
 use crate::config::{Config, Job};
 use crate::crypt::Keys;
+use crate::engine::ArchiveCheck;
 use crate::manifest::{self, JobListing, Manifest, SourceEntry};
 use crate::pipeline::human_bytes;
 use crate::restore::{self, RestoreError};
@@ -302,16 +303,19 @@ async fn check_database(
         ));
     }
     let archive = restore::StoredArchive::new(storage, entry, packing, "verify");
-    let objects = db
-        .archive_objects(&archive)
+    let checked = db
+        .check_archive(&archive)
         .await
         .map_err(|e| vec![format!("{} is unreadable by {}: {e}", entry.key, db.kind())])?;
-    Ok(format!(
-        "{}, sha256 ok, {} reads it ({} table(s) or collection(s))",
-        human_bytes(entry.size),
-        db.kind(),
-        objects.len()
-    ))
+    Ok(match checked {
+        ArchiveCheck::Objects(objects) => format!(
+            "{}, sha256 ok, {} reads it ({} table(s) or collection(s))",
+            human_bytes(entry.size),
+            db.kind(),
+            objects.len()
+        ),
+        ArchiveCheck::Whole(what) => format!("{}, sha256 ok, {what}", human_bytes(entry.size)),
+    })
 }
 
 /// A files source: the index (its sha256), and every blob it names present.
