@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use common::redis::RedisServer;
 
@@ -138,4 +138,150 @@ fn verify_checks_a_redis_backup_by_its_rdb_checksum() {
         )),
         "{out}"
     );
+}
+
+/// A files source whose files `a/1.txt` and `b/same.txt` share one blob.
+fn files_setup(job_extra: &str) -> (Setup, PathBuf) {
+    let s = setup(job_extra, "");
+    let uploads = s.dir.path().join("uploads");
+    std::fs::create_dir_all(uploads.join("a")).expect("mkdir");
+    std::fs::create_dir_all(uploads.join("b")).expect("mkdir");
+    for i in 0..6 {
+        std::fs::write(uploads.join(format!("a/{i}.txt")), format!("file {i}\n")).expect("write");
+    }
+    std::fs::write(uploads.join("b/same.txt"), "file 1\n").expect("write");
+    let body = std::fs::read_to_string(&s.config).expect("read");
+    std::fs::write(
+        &s.config,
+        format!(
+            "{body}\n[[jobs.{JOB}.sources]]\ntype = \"files\"\nname = \"uploads\"\npath = \"{}\"\n",
+            uploads.display()
+        ),
+    )
+    .expect("write config");
+    (s, uploads)
+}
+
+/// The stored blob holding `content` (uncompressed, unencrypted: named by its sha256).
+fn blob_of(setup: &Setup, content: &[u8]) -> (String, PathBuf) {
+    let sha = sha256_hex(content);
+    let key = format!("{JOB}/blobs/{}/{sha}", &sha[..2]);
+    let path = setup.local().join(&key);
+    assert!(path.is_file(), "{} is stored", path.display());
+    (key, path)
+}
+
+/// Plain verify only sees that a blob exists; `--read-data` reads it and names it and
+/// every file that uses it.
+#[test]
+fn read_data_finds_a_corrupt_blob_that_presence_misses() {
+    let (setup, _uploads) = files_setup("");
+    let id = setup.backup();
+
+    let (code, out) = setup.stowage(&["verify", JOB, "--read-data"]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains("uploads: index ok, 7 file(s), all 6 blob(s) present, 6 read back intact"),
+        "{out}"
+    );
+    assert!(
+        out.contains("blob data: 6 of 6 blob(s) read (") && out.contains("), 0 bad"),
+        "{out}"
+    );
+
+    // Same name, same length, other content.
+    let (key, path) = blob_of(&setup, b"file 1\n");
+    std::fs::write(&path, b"FILE 1\n").expect("overwrite blob");
+
+    let (code, out) = setup.stowage(&["verify", JOB]);
+    assert_eq!(code, Some(0), "presence only does not see it: {out}");
+
+    let (code, out) = setup.stowage(&["verify", JOB, "--read-data"]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains(&format!("verify {JOB} {id} on local: 1 problem(s)")),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!(
+            "uploads: blob {key} is corrupt: expected 7 bytes with sha256 {}, got 7 bytes with sha256 {} (used by a/1.txt, b/same.txt)",
+            sha256_hex(b"file 1\n"),
+            sha256_hex(b"FILE 1\n")
+        )),
+        "{out}"
+    );
+    assert!(
+        out.contains("6 of 6 blob(s) read") && out.contains("1 bad"),
+        "{out}"
+    );
+
+    // A share reads that many blobs, rounded up: 10% of 6 is 1.
+    let (_, out) = setup.stowage(&["verify", JOB, "--read-data-subset", "10%"]);
+    assert!(out.contains("1 of 6 blob(s) read"), "{out}");
+    let (code, out) = setup.stowage(&["verify", JOB, "--read-data-subset", "110%"]);
+    assert_eq!(code, Some(2), "{out}");
+    assert!(out.contains("\"110%\" is more than 100%"), "{out}");
+}
+
+/// Encrypted blobs are read as a restore reads them: decrypted with the identity.
+#[test]
+fn read_data_decrypts_encrypted_blobs() {
+    use age::secrecy::ExposeSecret;
+    let keys = tempfile::tempdir().expect("tempdir");
+    let id = age::x25519::Identity::generate();
+    let identity = keys.path().join("key.txt");
+    std::fs::write(&identity, format!("{}\n", id.to_string().expose_secret())).expect("key");
+    let (setup, _uploads) = files_setup(&format!(
+        "encryption = {{ recipients = [\"{}\"] }}",
+        id.to_public()
+    ));
+    setup.backup();
+    let identity = identity.to_str().expect("utf-8");
+
+    let (code, out) = setup.stowage(&["verify", JOB, "--read-data"]);
+    assert_eq!(code, Some(2), "no key: {out}");
+    assert!(out.contains("give --identity FILE"), "{out}");
+
+    let (code, out) = setup.stowage(&["verify", JOB, "--read-data", "--identity", identity]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("6 read back intact"), "{out}");
+
+    // Damage one stored (encrypted) blob in its middle.
+    let blob = walk(&setup.local().join(JOB).join("blobs"))
+        .into_iter()
+        .next()
+        .expect("a blob");
+    let mut bytes = std::fs::read(&blob).expect("read");
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x01;
+    std::fs::write(&blob, &bytes).expect("write");
+    let (code, out) = setup.stowage(&["verify", JOB, "--identity", identity]);
+    assert_eq!(code, Some(0), "presence only: {out}");
+    let (code, out) = setup.stowage(&["verify", JOB, "--read-data", "--identity", identity]);
+    assert_eq!(code, Some(1), "{out}");
+    let name = blob
+        .file_name()
+        .expect("name")
+        .to_string_lossy()
+        .into_owned();
+    assert!(
+        out.lines().any(|l| l.contains("uploads: blob ")
+            && l.contains(&name)
+            && l.contains("(used by a/")),
+        "{out}"
+    );
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).expect("read_dir").flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out.sort();
+    out
 }
