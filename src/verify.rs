@@ -56,7 +56,7 @@ pub struct ReadTally {
     pub blobs: u64,
     /// Of those, read back and checked (the sample, for a fraction).
     pub read: u64,
-    /// Bytes of content read back.
+    /// Bytes of content read back intact.
     pub bytes: u64,
     /// Found damaged or unreadable.
     pub bad: u64,

@@ -5,8 +5,10 @@
 mod common;
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use common::redis::RedisServer;
+use common::text;
 
 const JOB: &str = "app";
 
@@ -284,4 +286,132 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
     }
     out.sort();
     out
+}
+
+/// `[jobs.NAME.verify]` with `read_data`: the daemon's verify reads the blobs, a damaged
+/// one makes health unhealthy naming it. The short form `verify = "CRON"` stays valid.
+#[test]
+fn scheduled_verify_reads_data_as_configured() {
+    let port = common::free_port();
+    let (setup, _uploads) = files_setup(&format!(
+        "\n[jobs.{JOB}.verify]\nschedule = \"*/2 * * * * *\"\nread_data = \"100%\"\n\n[server]\nlisten = \"127.0.0.1:{port}\"\n"
+    ));
+    setup.backup();
+    let (key, path) = blob_of(&setup, b"file 3\n");
+    std::fs::write(&path, b"FILE 3\n").expect("overwrite blob");
+
+    let pid = setup.dir.path().join("stowage.pid");
+    let state = setup.dir.path().join("state.json");
+    let envs = [
+        ("STOWAGE_PID_FILE", pid.as_os_str()),
+        ("STOWAGE_STATE_FILE", state.as_os_str()),
+    ];
+    let mut daemon = common::spawn_stowage_with_env(&setup.config, ["daemon"], &envs);
+    daemon.wait_for_output(
+        &format!(
+            "verify {JOB}: 1 backup copy(ies) checked, 1 problem(s); blob data: 6 of 6 blob(s) read"
+        ),
+        Duration::from_secs(60),
+    );
+    let str_envs: Vec<(&str, &str)> = envs
+        .iter()
+        .map(|(k, v)| (*k, v.to_str().expect("utf-8 path")))
+        .collect();
+    let health = || {
+        let out = common::run_stowage_with_env(&setup.config, ["health"], &str_envs);
+        (out.status.code(), text(&out))
+    };
+    common::wait_for(
+        "unhealthy after the verify",
+        Duration::from_secs(20),
+        || health().0 == Some(1),
+    );
+    let (_, said) = health();
+    assert!(
+        said.contains(&format!("uploads: blob {key} is corrupt")) && said.contains("a/3.txt"),
+        "{said}"
+    );
+    let mut metrics = String::new();
+    common::wait_for("the verify metrics", Duration::from_secs(20), || {
+        metrics = common::http_get(port, "/metrics").1;
+        metrics.contains("stowage_verify_bad_blobs_total{job=\"app\"}")
+    });
+    let value = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(&format!("{name}{{job=\"app\"}}")))
+            .and_then(|l| l.split_whitespace().last())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{name} in {metrics}"))
+    };
+    // At least one verify ran (each reads all 6 blobs, one bad).
+    let read = value("stowage_verify_read_blobs_total");
+    assert!(read >= 6.0 && read % 6.0 == 0.0, "{metrics}");
+    assert_eq!(
+        value("stowage_verify_bad_blobs_total"),
+        read / 6.0,
+        "{metrics}"
+    );
+    // 5 intact blobs of 7 bytes each per verify.
+    assert_eq!(
+        value("stowage_verify_read_blob_bytes_total"),
+        35.0 * read / 6.0,
+        "{metrics}"
+    );
+    daemon.signal("TERM");
+    let out = daemon.wait(Duration::from_secs(30));
+    assert!(out.status.success(), "{}", text(&out));
+}
+
+/// `read_data` is checked when the config is loaded, with the key and the fix.
+#[test]
+fn read_data_config_is_validated() {
+    let load = |verify: &str| {
+        let (s, _) = files_setup(verify);
+        stowage::config::load_with_env(&s.config, false)
+    };
+    let ok = load("verify = \"0 4 * * *\"").expect("short form");
+    assert!(ok.jobs[JOB].verify.is_some());
+    assert_eq!(
+        ok.jobs[JOB].verify_read_data,
+        stowage::verify::ReadData::None
+    );
+    let ok = load(&format!(
+        "\n[jobs.{JOB}.verify]\nschedule = \"0 4 * * *\"\nread_data = \"10%\"\n"
+    ))
+    .expect("table form");
+    assert!(ok.jobs[JOB].verify.is_some());
+    assert_eq!(
+        ok.jobs[JOB].verify_read_data,
+        stowage::verify::ReadData::Share(1000)
+    );
+    let ok = load("verify = { schedule = \"0 4 * * *\", read_data = \"all\" }").expect("inline");
+    assert_eq!(
+        ok.jobs[JOB].verify_read_data,
+        stowage::verify::ReadData::All
+    );
+
+    for (value, says) in [
+        ("110%", "\"110%\" is more than 100%"),
+        ("ten", "\"ten\" is not a percentage"),
+        ("0%", "\"0%\" reads nothing"),
+    ] {
+        let e = load(&format!(
+            "verify = {{ schedule = \"0 4 * * *\", read_data = \"{value}\" }}"
+        ))
+        .expect_err(value)
+        .to_string();
+        assert!(
+            e.contains(&format!("jobs.{JOB}.verify.read_data: {says}")) && e.contains("\"10%\""),
+            "{e}"
+        );
+    }
+    let e = load("verify = { schedule = \"0 4 * * *\", read_dat = \"10%\" }")
+        .expect_err("typo")
+        .to_string();
+    assert!(e.contains("read_dat") && e.contains("read_data"), "{e}");
+    let e = load("verify = { schedule = \"sundays\" }")
+        .expect_err("schedule")
+        .to_string();
+    assert!(e.contains(&format!("jobs.{JOB}.verify.schedule: ")), "{e}");
 }
