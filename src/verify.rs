@@ -567,12 +567,10 @@ async fn check_files(
         .filter(|(b, _)| sizes.contains_key(*b))
         .map(|(b, u)| (*b, u))
         .collect();
-    let mut read = ReadTally {
-        blobs: blobs.len() as u64,
-        ..ReadTally::default()
-    };
+    let mut read = ReadTally::default();
     let mut archived_blobs = 0u64;
     if read_data != ReadData::None {
+        read.blobs = blobs.len() as u64;
         let chosen = sample(present, read_data);
         let outcomes: Vec<(&str, &BlobUse<'_>, BlobRead)> =
             futures::stream::iter(chosen.into_iter().map(|(key, use_)| async move {

@@ -197,6 +197,7 @@ fn read_data_finds_a_corrupt_blob_that_presence_misses() {
 
     let (code, out) = setup.stowage(&["verify", JOB]);
     assert_eq!(code, Some(0), "presence only does not see it: {out}");
+    assert!(!out.contains("blob data"), "nothing read: {out}");
 
     let (code, out) = setup.stowage(&["verify", JOB, "--read-data"]);
     assert_eq!(code, Some(1), "{out}");
