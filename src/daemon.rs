@@ -586,12 +586,15 @@ fn fire_verify(ctx: &Arc<Ctx>, slot: &Arc<JobSlot>) {
         "verify",
         |config, job| {
             Box::pin(async move {
-                crate::verify::verify(
+                crate::verify::verify_with(
                     config,
                     job,
                     &crate::verify::Which::One("latest".into()),
                     None,
                     job.encryption.as_ref().and_then(|e| e.keys.clone()),
+                    crate::verify::Options {
+                        read_data: job.verify_read_data,
+                    },
                 )
                 .await
                 .unwrap_or_else(|e| crate::verify::VerifyReport {

@@ -99,6 +99,15 @@ pub trait Database: Send + Sync + fmt::Debug {
     }
     /// Objects (tables, collections) the archive holds, read from the archive itself.
     async fn archive_objects(&self, archive: &dyn Archive) -> Result<Vec<String>, SourceError>;
+    /// Read a whole stored archive the way this engine's own tools would, for `verify`:
+    /// what was found, or why the archive is not whole. By default the objects it lists;
+    /// an engine whose archive holds nothing to list but carries its own integrity marks
+    /// (an RDB's checksum) says [`ArchiveCheck::Whole`] instead, which is not a failure.
+    async fn check_archive(&self, archive: &dyn Archive) -> Result<ArchiveCheck, SourceError> {
+        self.archive_objects(archive)
+            .await
+            .map(ArchiveCheck::Objects)
+    }
     /// Objects present in a live database: `target` as given to restore, or the source's
     /// own database when `None`.
     async fn live_objects(&self, target: Option<&str>) -> Result<Vec<String>, SourceError>;
@@ -109,6 +118,16 @@ pub trait Database: Send + Sync + fmt::Debug {
         archive: &dyn Archive,
         opts: &RestoreOptions,
     ) -> Result<Vec<String>, SourceError>;
+}
+
+/// What [`Database::check_archive`] found in an archive it read to the end.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ArchiveCheck {
+    /// The objects (tables, collections) the engine's reader listed.
+    Objects(Vec<String>),
+    /// Checked whole by the format's own marks; nothing to list. The phrase says what was
+    /// checked, e.g. "RDB version 11: header, end marker and CRC-64 ok".
+    Whole(String),
 }
 
 /// What an engine learnt while dumping, recorded in the manifest.

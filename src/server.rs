@@ -54,6 +54,9 @@ pub struct Metrics {
     healed_objects: Family<JobLabel, Counter>,
     verifies: Family<RunLabels, Counter>,
     verify_ok: Family<JobLabel, Gauge<f64, AtomicU64>>,
+    verify_blobs: Family<JobLabel, Counter>,
+    verify_blob_bytes: Family<JobLabel, Counter>,
+    verify_bad_blobs: Family<JobLabel, Counter>,
     drills: Family<RunLabels, Counter>,
     drill_ok: Family<JobLabel, Gauge<f64, AtomicU64>>,
     drill_seconds: Family<JobLabel, Gauge<f64, AtomicU64>>,
@@ -80,6 +83,9 @@ impl Metrics {
             healed_objects: Family::default(),
             verifies: Family::default(),
             verify_ok: Family::default(),
+            verify_blobs: Family::default(),
+            verify_blob_bytes: Family::default(),
+            verify_bad_blobs: Family::default(),
             drills: Family::default(),
             drill_ok: Family::default(),
             drill_seconds: Family::default(),
@@ -135,6 +141,21 @@ impl Metrics {
             "verify_last_success_timestamp_seconds",
             "Unix time of the job's last scheduled verify that found every copy whole and readable",
             m.verify_ok.clone(),
+        );
+        registry.register(
+            "verify_read_blobs",
+            "Blobs whose content scheduled verifies read back and checked (read_data)",
+            m.verify_blobs.clone(),
+        );
+        registry.register(
+            "verify_read_blob_bytes",
+            "Bytes of intact blob content scheduled verifies read back (read_data)",
+            m.verify_blob_bytes.clone(),
+        );
+        registry.register(
+            "verify_bad_blobs",
+            "Blobs scheduled verifies found damaged or unreadable (read_data)",
+            m.verify_bad_blobs.clone(),
         );
         registry.register(
             "drills",
@@ -247,6 +268,13 @@ impl Metrics {
                 outcome: if ok { "ok" } else { "failed" }.to_string(),
             })
             .inc();
+        let read = r.read_data();
+        let job = JobLabel { job: r.job.clone() };
+        self.verify_blobs.get_or_create(&job).inc_by(read.read);
+        self.verify_blob_bytes
+            .get_or_create(&job)
+            .inc_by(read.bytes);
+        self.verify_bad_blobs.get_or_create(&job).inc_by(read.bad);
         if ok {
             self.verify_ok
                 .get_or_create(&JobLabel { job: r.job.clone() })

@@ -3,8 +3,17 @@
 //! and sha256 against the manifest; a database dump also through its engine's own reader
 //! (`pg_restore --list` for PostgreSQL); a files source's index, and that every blob it
 //! names exists. On an archive tier an object not retrieved is checked by size only.
+//!
+//! Blob presence says nothing of a blob's bytes: `--read-data` (and a scheduled verify's
+//! `read_data = "10%"`) also reads blobs back, decrypted and decompressed as a restore
+//! does, and checks each one's size and sha256 against the index. A fraction is a fresh
+//! random sample on every run, so over runs every blob is read.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+
+use futures::StreamExt;
+use sha2::{Digest, Sha256};
+use tokio::io::AsyncReadExt;
 
 use serde::Serialize;
 
@@ -13,6 +22,7 @@ use std::sync::Arc;
 use crate::codec::{self, Packing};
 use crate::config::{Config, Job};
 use crate::crypt::Keys;
+use crate::engine::ArchiveCheck;
 use crate::manifest::{self, JobListing, Manifest, SourceEntry};
 use crate::pipeline::human_bytes;
 use crate::restore::{self, RestoreError};
@@ -34,6 +44,110 @@ pub struct Checked {
     pub ok: Vec<String>,
     /// Each missing, corrupt or unreadable object, named.
     pub problems: Vec<String>,
+    /// Blobs whose content was read back (`--read-data`), all files sources together.
+    #[serde(skip_serializing_if = "ReadTally::is_empty")]
+    pub read_data: ReadTally,
+}
+
+/// What `--read-data` read of one backup copy's blobs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct ReadTally {
+    /// Distinct blobs the backup's indexes name.
+    pub blobs: u64,
+    /// Of those, read back and checked (the sample, for a fraction).
+    pub read: u64,
+    /// Bytes of content read back intact.
+    pub bytes: u64,
+    /// Found damaged or unreadable.
+    pub bad: u64,
+}
+
+impl ReadTally {
+    pub fn is_empty(&self) -> bool {
+        *self == ReadTally::default()
+    }
+
+    fn add(&mut self, other: ReadTally) {
+        self.blobs += other.blobs;
+        self.read += other.read;
+        self.bytes += other.bytes;
+        self.bad += other.bad;
+    }
+}
+
+/// How many blobs `verify` reads back: none (presence only), all (`--read-data`), or a
+/// random share of them (`read_data = "10%"`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ReadData {
+    #[default]
+    None,
+    All,
+    /// Hundredths of a percent, 1..=9999.
+    Share(u32),
+}
+
+impl ReadData {
+    /// `"10%"`, `"0.5%"`, `"100%"` or `"all"`.
+    pub fn parse(text: &str) -> Result<ReadData, String> {
+        let t = text.trim();
+        if t.eq_ignore_ascii_case("all") {
+            return Ok(ReadData::All);
+        }
+        let how = "give a percentage of the blobs to read on each run, from 0.01% to 100% (e.g. \"10%\"), or \"all\"";
+        let Some(number) = t.strip_suffix('%') else {
+            return Err(format!("\"{text}\" is not a percentage; {how}"));
+        };
+        let number = number.trim();
+        let valid = !number.is_empty()
+            && number.bytes().all(|b| b.is_ascii_digit() || b == b'.')
+            && number.bytes().filter(|b| *b == b'.').count() <= 1;
+        let pct: f64 = match number.parse() {
+            Ok(p) if valid => p,
+            _ => return Err(format!("\"{text}\" is not a percentage; {how}")),
+        };
+        let hundredths = (pct * 100.0).round();
+        if hundredths > 10_000.0 {
+            return Err(format!("\"{text}\" is more than 100%; {how}"));
+        }
+        if hundredths < 1.0 {
+            return Err(format!(
+                "\"{text}\" reads nothing; {how} (or remove the key)"
+            ));
+        }
+        // In range 1..=10_000 by the checks above.
+        let hundredths = hundredths as u32;
+        Ok(if hundredths == 10_000 {
+            ReadData::All
+        } else {
+            ReadData::Share(hundredths)
+        })
+    }
+
+    /// How many of `n` blobs to read: a share rounds up, so a small backup is still read.
+    pub fn count(self, n: usize) -> usize {
+        match self {
+            ReadData::None => 0,
+            ReadData::All => n,
+            ReadData::Share(h) => (n as u64 * u64::from(h)).div_ceil(10_000) as usize,
+        }
+    }
+}
+
+impl std::fmt::Display for ReadData {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ReadData::None => f.write_str("none"),
+            ReadData::All => f.write_str("all"),
+            ReadData::Share(h) if h % 100 == 0 => write!(f, "{}%", h / 100),
+            ReadData::Share(h) => write!(f, "{}.{:02}%", h / 100, h % 100),
+        }
+    }
+}
+
+/// What to check beyond sizes, sha256 and presence.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Options {
+    pub read_data: ReadData,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -60,6 +174,15 @@ impl VerifyReport {
             })
             .chain(self.unreachable.iter().cloned())
             .collect()
+    }
+
+    /// Blob contents read back, over every copy checked.
+    pub fn read_data(&self) -> ReadTally {
+        let mut t = ReadTally::default();
+        for c in &self.checked {
+            t.add(c.read_data);
+        }
+        t
     }
 
     /// One line per backup and destination, then its problems indented.
@@ -96,13 +219,25 @@ impl VerifyReport {
     /// The one summary line.
     pub fn summary(&self) -> String {
         let n = self.checked.len();
+        let t = self.read_data();
+        let read = if t.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "; blob data: {} of {} blob(s) read ({}), {} bad",
+                t.read,
+                t.blobs,
+                human_bytes(t.bytes),
+                t.bad
+            )
+        };
         match self.problems() {
             0 => format!(
-                "verify {}: {n} backup copy(ies) checked, all whole and readable",
+                "verify {}: {n} backup copy(ies) checked, all whole and readable{read}",
                 self.job
             ),
             p => format!(
-                "verify {}: {n} backup copy(ies) checked, {p} problem(s)",
+                "verify {}: {n} backup copy(ies) checked, {p} problem(s){read}",
                 self.job
             ),
         }
@@ -118,6 +253,18 @@ pub async fn verify(
     which: &Which,
     from: Option<&str>,
     keys: Option<Arc<Keys>>,
+) -> Result<VerifyReport, RestoreError> {
+    verify_with(config, job, which, from, keys, Options::default()).await
+}
+
+/// [`verify`], also reading blob contents as `opts` asks.
+pub async fn verify_with(
+    config: &Config,
+    job: &Job,
+    which: &Which,
+    from: Option<&str>,
+    keys: Option<Arc<Keys>>,
+    opts: Options,
 ) -> Result<VerifyReport, RestoreError> {
     let mut report = VerifyReport {
         job: job.name.clone(),
@@ -182,6 +329,7 @@ pub async fn verify(
                 destination: st.name.to_string(),
                 ok: Vec::new(),
                 problems: Vec::new(),
+                read_data: ReadTally::default(),
             };
             match manifest::read_manifest(st.storage.as_ref(), &job.name, &id).await {
                 Ok(m) => {
@@ -193,6 +341,7 @@ pub async fn verify(
                         &packing,
                         &sizes,
                         archived,
+                        opts,
                         &mut c,
                     )
                     .await
@@ -223,6 +372,7 @@ async fn check_backup(
     packing: &Packing,
     sizes: &HashMap<&str, u64>,
     archived: bool,
+    opts: Options,
     c: &mut Checked,
 ) {
     for entry in &m.sources {
@@ -254,16 +404,33 @@ async fn check_backup(
                 }
             }
         }
-        let result = if entry.files.is_some() {
-            check_files(storage, entry, packing, sizes).await
+        let checked = if entry.files.is_some() {
+            check_files(storage, entry, packing, sizes, archived, opts.read_data).await
         } else {
-            check_database(job, storage, entry, packing).await
+            SourceChecked::from(check_database(job, storage, entry, packing).await)
         };
-        match result {
+        c.read_data.add(checked.read);
+        match checked.result {
             Ok(ok) => c.ok.push(format!("{name}: {ok}")),
             Err(problems) => c
                 .problems
                 .extend(problems.into_iter().map(|p| format!("{name}: {p}"))),
+        }
+    }
+}
+
+/// One source's outcome: a phrase for what is good, or its problems; and what was read
+/// of its blobs.
+struct SourceChecked {
+    result: Result<String, Vec<String>>,
+    read: ReadTally,
+}
+
+impl From<Result<String, Vec<String>>> for SourceChecked {
+    fn from(result: Result<String, Vec<String>>) -> SourceChecked {
+        SourceChecked {
+            result,
+            read: ReadTally::default(),
         }
     }
 }
@@ -302,75 +469,315 @@ async fn check_database(
         ));
     }
     let archive = restore::StoredArchive::new(storage, entry, packing, "verify");
-    let objects = db
-        .archive_objects(&archive)
+    let checked = db
+        .check_archive(&archive)
         .await
         .map_err(|e| vec![format!("{} is unreadable by {}: {e}", entry.key, db.kind())])?;
-    Ok(format!(
-        "{}, sha256 ok, {} reads it ({} table(s) or collection(s))",
-        human_bytes(entry.size),
-        db.kind(),
-        objects.len()
-    ))
+    Ok(match checked {
+        ArchiveCheck::Objects(objects) => format!(
+            "{}, sha256 ok, {} reads it ({} table(s) or collection(s))",
+            human_bytes(entry.size),
+            db.kind(),
+            objects.len()
+        ),
+        ArchiveCheck::Whole(what) => format!("{}, sha256 ok, {what}", human_bytes(entry.size)),
+    })
 }
 
-/// A files source: the index (its sha256), and every blob it names present.
+/// A files source: the index (its sha256), every blob it names present, and with
+/// `read_data` the content of every blob (or a random share of them) read back.
 async fn check_files(
     storage: &dyn Storage,
     entry: &SourceEntry,
     packing: &Packing,
     sizes: &HashMap<&str, u64>,
-) -> Result<String, Vec<String>> {
+    archived: bool,
+    read_data: ReadData,
+) -> SourceChecked {
     // Without the key, an encrypted index is checked by its sha256 and the blobs by the
     // clear list the backup keeps for sweeps.
     if packing.encrypted
         && packing.keys.is_none()
         && let Some(r) = &entry.refs
     {
-        let raw = storage
-            .get(&entry.key)
-            .await
-            .map_err(|e| vec![format!("index {} cannot be read: {e}", entry.key)])?;
-        let mut verified = codec::Verify::new(raw, &entry.sha256, entry.size, &entry.key);
-        tokio::io::copy(&mut verified, &mut tokio::io::sink())
-            .await
-            .map_err(|e| vec![e.to_string()])?;
-        let blobs = crate::blobs::read_refs(storage, r, packing.compression)
-            .await
-            .map_err(|e| vec![format!("blob list {}: {e}", r.key)])?;
-        let problems: Vec<String> = blobs
-            .iter()
-            .filter(|b| !sizes.contains_key(b.as_str()))
-            .map(|b| format!("blob {b} is missing"))
-            .collect();
-        return if problems.is_empty() {
-            Ok(format!(
-                "index sha256 ok (encrypted: give --identity to read it), all {} blob(s) present",
-                blobs.len()
-            ))
-        } else {
-            Err(problems)
-        };
+        let result = async {
+            let raw = storage
+                .get(&entry.key)
+                .await
+                .map_err(|e| vec![format!("index {} cannot be read: {e}", entry.key)])?;
+            let mut verified = codec::Verify::new(raw, &entry.sha256, entry.size, &entry.key);
+            tokio::io::copy(&mut verified, &mut tokio::io::sink())
+                .await
+                .map_err(|e| vec![e.to_string()])?;
+            let blobs = crate::blobs::read_refs(storage, r, packing.compression)
+                .await
+                .map_err(|e| vec![format!("blob list {}: {e}", r.key)])?;
+            let mut problems: Vec<String> = blobs
+                .iter()
+                .filter(|b| !sizes.contains_key(b.as_str()))
+                .map(|b| format!("blob {b} is missing"))
+                .collect();
+            // Asked to read the blobs and unable to: that is not a pass.
+            if read_data != ReadData::None {
+                problems.push(format!(
+                    "blob data not read: the backup is encrypted and no identity was given (--identity FILE, or identity_file in the job's encryption) to decrypt its {} blob(s)",
+                    blobs.len()
+                ));
+            }
+            if problems.is_empty() {
+                Ok(format!(
+                    "index sha256 ok (encrypted: give --identity to read it), all {} blob(s) present",
+                    blobs.len()
+                ))
+            } else {
+                Err(problems)
+            }
+        }
+        .await;
+        return SourceChecked::from(result);
     }
-    let index = crate::blobs::read_index(storage, entry, packing)
-        .await
-        .map_err(|e| vec![format!("index {}: {e}", entry.key)])?;
+    let index = match crate::blobs::read_index(storage, entry, packing).await {
+        Ok(i) => i,
+        Err(e) => return SourceChecked::from(Err(vec![format!("index {}: {e}", entry.key)])),
+    };
     let mut problems = Vec::new();
-    let mut blobs: Vec<&str> = index.files.iter().map(|f| f.blob.as_str()).collect();
-    blobs.sort_unstable();
-    blobs.dedup();
+    // Each distinct blob, with the content the index records for it and the files using it.
+    let mut blobs: BTreeMap<&str, BlobUse<'_>> = BTreeMap::new();
+    for f in &index.files {
+        let use_ = blobs.entry(f.blob.as_str()).or_insert_with(|| BlobUse {
+            sha256: &f.sha256,
+            size: f.size,
+            files: Vec::new(),
+        });
+        if use_.sha256 != f.sha256 || use_.size != f.size {
+            problems.push(format!(
+                "index {} records blob {} with two contents ({} and {})",
+                entry.key, f.blob, use_.files[0], f.path
+            ));
+        }
+        use_.files.push(&f.path);
+    }
     for f in &index.files {
         if !sizes.contains_key(f.blob.as_str()) {
             problems.push(format!("blob {} is missing (file {})", f.blob, f.path));
         }
     }
-    if problems.is_empty() {
-        Ok(format!(
+    let present: Vec<(&str, &BlobUse<'_>)> = blobs
+        .iter()
+        .filter(|(b, _)| sizes.contains_key(*b))
+        .map(|(b, u)| (*b, u))
+        .collect();
+    let mut read = ReadTally::default();
+    let mut archived_blobs = 0u64;
+    if read_data != ReadData::None {
+        read.blobs = blobs.len() as u64;
+        let chosen = sample(present, read_data);
+        let outcomes: Vec<(&str, &BlobUse<'_>, BlobRead)> =
+            futures::stream::iter(chosen.into_iter().map(|(key, use_)| async move {
+                let outcome = read_blob(storage, packing, key, use_, archived).await;
+                (key, use_, outcome)
+            }))
+            .buffer_unordered(READ_CONCURRENCY)
+            .collect()
+            .await;
+        let mut bad: Vec<String> = Vec::new();
+        for (key, use_, outcome) in outcomes {
+            match outcome {
+                BlobRead::Intact(n) => {
+                    read.read += 1;
+                    read.bytes += n;
+                }
+                BlobRead::Archived => archived_blobs += 1,
+                BlobRead::Bad(why) => {
+                    read.read += 1;
+                    read.bad += 1;
+                    bad.push(format!("blob {key} {why} (used by {})", use_.named()));
+                }
+            }
+        }
+        bad.sort();
+        problems.extend(bad);
+    }
+    let result = if problems.is_empty() {
+        let mut ok = format!(
             "index ok, {} file(s), all {} blob(s) present",
             index.files.len(),
             blobs.len()
-        ))
+        );
+        if read_data != ReadData::None {
+            ok.push_str(&format!(
+                ", {} read back intact ({}; read_data {read_data})",
+                read.read,
+                human_bytes(read.bytes)
+            ));
+            if archived_blobs > 0 {
+                ok.push_str(&format!(
+                    ", {archived_blobs} archived and not read (retrieve them for a full check)"
+                ));
+            }
+        }
+        Ok(ok)
     } else {
         Err(problems)
+    };
+    SourceChecked { result, read }
+}
+
+/// Blobs read at once: small blobs on S3 are bound by round trips, not bandwidth.
+const READ_CONCURRENCY: usize = 8;
+/// Files named per damaged blob; the rest are counted.
+const FILES_NAMED: usize = 5;
+
+/// One blob as an index uses it.
+struct BlobUse<'a> {
+    sha256: &'a str,
+    size: u64,
+    files: Vec<&'a str>,
+}
+
+impl BlobUse<'_> {
+    fn named(&self) -> String {
+        let mut s = self.files[..self.files.len().min(FILES_NAMED)].join(", ");
+        if self.files.len() > FILES_NAMED {
+            s.push_str(&format!(
+                " and {} more file(s)",
+                self.files.len() - FILES_NAMED
+            ));
+        }
+        s
+    }
+}
+
+/// The blobs to read: all, or a share drawn at random. Each run draws afresh (a new
+/// random hash key per call), so a blob's chance of going unread for k runs at share p is
+/// (1-p)^k: at 10%, 1% after 44 runs.
+fn sample<T>(mut items: Vec<(&str, T)>, read_data: ReadData) -> Vec<(&str, T)> {
+    let k = read_data.count(items.len());
+    if k < items.len() {
+        use std::hash::BuildHasher;
+        let key = std::collections::hash_map::RandomState::new();
+        items.sort_by_cached_key(|(name, _)| key.hash_one(name));
+        items.truncate(k);
+    }
+    items
+}
+
+enum BlobRead {
+    /// Read to the end, size and sha256 as the index records: its content bytes.
+    Intact(u64),
+    /// On an archive tier and not retrieved: not readable now, not damaged either.
+    Archived,
+    /// Why not, phrased to follow "blob KEY".
+    Bad(String),
+}
+
+/// Read one blob back as a restore would (decrypted, decompressed) and check its content.
+async fn read_blob(
+    storage: &dyn Storage,
+    packing: &Packing,
+    key: &str,
+    use_: &BlobUse<'_>,
+    archived: bool,
+) -> BlobRead {
+    if archived {
+        match storage.retrieval(key).await {
+            Ok(Retrieval::Archived | Retrieval::Pending) => return BlobRead::Archived,
+            Ok(_) => {}
+            Err(e) => return BlobRead::Bad(format!("cannot be checked: {e}")),
+        }
+    }
+    let raw = match storage.get(key).await {
+        Ok(r) => r,
+        Err(e) => return BlobRead::Bad(format!("cannot be read: {e}")),
+    };
+    let mut r = match packing.unpack(raw, key).await {
+        Ok(r) => r,
+        Err(e) => return BlobRead::Bad(format!("cannot be decrypted: {e}")),
+    };
+    let mut h = Sha256::new();
+    let mut n = 0u64;
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        match r.read(&mut buf).await {
+            Ok(0) => break,
+            Ok(k) => {
+                h.update(&buf[..k]);
+                n += k as u64;
+            }
+            Err(e) => return BlobRead::Bad(format!("is corrupt: {e}")),
+        }
+    }
+    let sha = hex::encode(h.finalize());
+    if sha != use_.sha256 || n != use_.size {
+        return BlobRead::Bad(format!(
+            "is corrupt: expected {} bytes with sha256 {}, got {n} bytes with sha256 {sha}",
+            use_.size, use_.sha256
+        ));
+    }
+    BlobRead::Intact(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn read_data_values() {
+        assert_eq!(ReadData::parse("10%"), Ok(ReadData::Share(1000)));
+        assert_eq!(ReadData::parse(" 2.5% "), Ok(ReadData::Share(250)));
+        assert_eq!(ReadData::parse("0.01%"), Ok(ReadData::Share(1)));
+        assert_eq!(ReadData::parse("100%"), Ok(ReadData::All));
+        assert_eq!(ReadData::parse("all"), Ok(ReadData::All));
+        assert_eq!(ReadData::parse("ALL"), Ok(ReadData::All));
+        let e = ReadData::parse("110%").expect_err("over 100");
+        assert!(
+            e.contains("\"110%\" is more than 100%") && e.contains("\"10%\""),
+            "{e}"
+        );
+        let e = ReadData::parse("ten").expect_err("words");
+        assert!(e.contains("\"ten\" is not a percentage"), "{e}");
+        for bad in [
+            "10", "%", "", "-5%", "1e2%", "1.2.3%", "NaN%", "inf%", "10 %x",
+        ] {
+            assert!(ReadData::parse(bad).is_err(), "{bad}");
+        }
+        for nothing in ["0%", "0.001%"] {
+            let e = ReadData::parse(nothing).expect_err("nothing");
+            assert!(e.contains("reads nothing"), "{e}");
+        }
+        assert_eq!(ReadData::Share(1000).to_string(), "10%");
+        assert_eq!(ReadData::Share(250).to_string(), "2.50%");
+    }
+
+    #[test]
+    fn read_data_counts_round_up() {
+        assert_eq!(ReadData::None.count(50), 0);
+        assert_eq!(ReadData::All.count(50), 50);
+        assert_eq!(ReadData::Share(1000).count(50), 5);
+        assert_eq!(ReadData::Share(1000).count(51), 6);
+        assert_eq!(ReadData::Share(1).count(3), 1);
+        assert_eq!(ReadData::Share(1000).count(0), 0);
+    }
+
+    /// A share is drawn afresh each run, so runs together reach every blob.
+    #[test]
+    fn samples_differ_and_cover_everything() {
+        let names: Vec<String> = (0..100).map(|i| format!("blob-{i:03}")).collect();
+        let items = || names.iter().map(|n| (n.as_str(), ())).collect::<Vec<_>>();
+        let mut seen = std::collections::BTreeSet::new();
+        let mut samples = std::collections::BTreeSet::new();
+        for _ in 0..200 {
+            let s: Vec<&str> = sample(items(), ReadData::Share(1000))
+                .into_iter()
+                .map(|(n, _)| n)
+                .collect();
+            assert_eq!(s.len(), 10);
+            samples.insert(s.clone());
+            seen.extend(s);
+        }
+        assert!(samples.len() > 150, "samples repeat: {}", samples.len());
+        // 200 draws of 10%: a given blob is missed with odds 0.9^200, about 7e-10.
+        assert_eq!(seen.len(), 100);
+        assert_eq!(sample(items(), ReadData::All).len(), 100);
     }
 }

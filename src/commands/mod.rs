@@ -222,6 +222,14 @@ pub enum Command {
         /// identity_file; without one, encrypted objects are checked by size and sha256)
         #[arg(long, value_name = "FILE")]
         identity: Option<PathBuf>,
+        /// Also read back every blob of a files source, decrypted and decompressed as a
+        /// restore does, and check its size and sha256 (default: only that it exists)
+        #[arg(long)]
+        read_data: bool,
+        /// Like --read-data, for a random share of the blobs, e.g. 10%
+        #[arg(long, value_name = "PERCENT", conflicts_with = "read_data",
+              value_parser = crate::verify::ReadData::parse)]
+        read_data_subset: Option<crate::verify::ReadData>,
     },
     /// Restore the newest backup into the job's scratch database ([jobs.NAME.drill]),
     /// compare its tables and row counts with the backup's, run the checks, drop it;
@@ -398,6 +406,8 @@ pub fn run(cli: Cli) -> i32 {
             all,
             from,
             identity,
+            read_data,
+            read_data_subset,
         } => verify::run(
             &cli.config,
             &job,
@@ -408,6 +418,13 @@ pub fn run(cli: Cli) -> i32 {
             },
             from.as_deref(),
             identity.as_ref(),
+            crate::verify::Options {
+                read_data: match (read_data, read_data_subset) {
+                    (true, _) => crate::verify::ReadData::All,
+                    (false, Some(share)) => share,
+                    (false, None) => crate::verify::ReadData::None,
+                },
+            },
         ),
         Command::Drill { job, identity } => drill::run(&cli.config, &job, identity.as_ref()),
     }

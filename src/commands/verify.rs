@@ -3,7 +3,7 @@ use std::path::{Path, PathBuf};
 use super::{EXIT_CONFIG, EXIT_FAILED, EXIT_OK, with_job};
 use crate::logging::Console;
 use crate::restore::RestoreError;
-use crate::verify::Which;
+use crate::verify::{Options, ReadData, Which};
 
 /// Re-read the chosen backups and say, per backup and destination, whether they are whole
 /// and readable: 0 all good, 1 anything missing, corrupt or unreadable, 2 bad usage.
@@ -13,6 +13,7 @@ pub fn run(
     which: Which,
     from: Option<&str>,
     identity: Option<&PathBuf>,
+    opts: Options,
 ) -> i32 {
     with_job(path, Console::Stderr, job_name, |config, job, rt| {
         let keys = match crate::restore::keys_for(job, identity) {
@@ -22,7 +23,16 @@ pub fn run(
                 return EXIT_CONFIG;
             }
         };
-        report(rt.block_on(crate::verify::verify(config, job, &which, from, keys)))
+        if opts.read_data != ReadData::None && job.encryption.is_some() && keys.is_none() {
+            eprintln!(
+                "error: --read-data: job \"{}\" is encrypted and there is no key to read its blobs; give --identity FILE (or identity_file in [jobs.{}.encryption])",
+                job.name, job.name
+            );
+            return EXIT_CONFIG;
+        }
+        report(rt.block_on(crate::verify::verify_with(
+            config, job, &which, from, keys, opts,
+        )))
     })
 }
 

@@ -538,6 +538,9 @@ pub struct Job {
     pub heal: Option<Heal>,
     /// When the daemon verifies the newest backup on every destination.
     pub verify: Option<Schedule>,
+    /// What share of blob contents a scheduled verify reads back (`[jobs.NAME.verify]
+    /// read_data`); `None` (presence only) by default.
+    pub verify_read_data: crate::verify::ReadData,
     pub encryption: Option<crate::crypt::Encryption>,
     pub drill: Option<Drill>,
 }
@@ -1784,11 +1787,22 @@ fn validate(path: &Path, raw: raw::RawConfig) -> Result<Config, Vec<String>> {
             .heal
             .as_ref()
             .and_then(|h| heal_config(&key, h, tz.unwrap_or(Tz::UTC), &sources, &mut problems));
-        let verify = j.verify.as_deref().and_then(|expr| {
-            Schedule::parse(expr, tz.unwrap_or(Tz::UTC))
-                .map_err(|e| problems.push(format!("{key}.verify: {e}")))
+        let verify = j.verify.as_ref().and_then(|v| {
+            Schedule::parse(&v.schedule, tz.unwrap_or(Tz::UTC))
+                .map_err(|e| {
+                    // The short form's key is `verify`, the table's `verify.schedule`.
+                    let at = if v.table { ".schedule" } else { "" };
+                    problems.push(format!("{key}.verify{at}: {e}"))
+                })
                 .ok()
         });
+        let verify_read_data = match j.verify.as_ref().and_then(|v| v.read_data.as_deref()) {
+            Some(text) => crate::verify::ReadData::parse(text).unwrap_or_else(|e| {
+                problems.push(format!("{key}.verify.read_data: {e}"));
+                crate::verify::ReadData::None
+            }),
+            None => crate::verify::ReadData::None,
+        };
         let encryption = j
             .encryption
             .as_ref()
@@ -1800,7 +1814,12 @@ fn validate(path: &Path, raw: raw::RawConfig) -> Result<Config, Vec<String>> {
         if let Some(e) = &encryption
             && e.keys.is_none()
         {
-            for (what, on) in [("heal", heal.is_some()), ("drill", drill.is_some())] {
+            let reads_blobs = verify.is_some() && verify_read_data != crate::verify::ReadData::None;
+            for (what, on) in [
+                ("heal", heal.is_some()),
+                ("drill", drill.is_some()),
+                ("verify.read_data", reads_blobs),
+            ] {
                 if on {
                     problems.push(format!(
                         "{key}.{what}: the job's backups are encrypted and the daemon has no key to read them; add identity_file = \"/run/secrets/age_identity\" to {key}.encryption (or remove the {what})"
@@ -1825,6 +1844,7 @@ fn validate(path: &Path, raw: raw::RawConfig) -> Result<Config, Vec<String>> {
                     sources,
                     heal,
                     verify,
+                    verify_read_data,
                     encryption,
                     drill,
                 },

@@ -212,8 +212,9 @@ pub struct RawJob {
     pub sources: Vec<RawSource>,
     /// Put missing tables (or collections) back from the newest backups that hold them.
     pub heal: Option<RawHeal>,
-    /// Cron schedule of `stowage verify` for the newest backup on every destination.
-    pub verify: Option<String>,
+    /// Cron schedule of `stowage verify` for the newest backup on every destination, or
+    /// `[jobs.NAME.verify]` with that `schedule` and a share of blobs to read back.
+    pub verify: Option<RawVerify>,
     /// Encrypt every object holding data with age.
     pub encryption: Option<RawEncryption>,
     /// Restore the newest backup into a scratch database on a schedule, and check it.
@@ -235,6 +236,57 @@ pub struct RawEncryption {
     pub identity_file: Option<PathBuf>,
     /// A secret that keys blob names, so they do not reveal the content's sha256.
     pub blob_key_file: Option<PathBuf>,
+}
+
+/// `verify = "CRON"` on a job, or `[jobs.NAME.verify]` (`schedule`, `read_data`): the
+/// short form stays valid.
+#[derive(Debug)]
+pub struct RawVerify {
+    pub schedule: String,
+    /// Share of the blobs whose content each scheduled verify reads back: "10%", "all".
+    pub read_data: Option<String>,
+    /// Written as a table (its schedule's key is then `verify.schedule`).
+    pub table: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawVerifyTable {
+    schedule: String,
+    read_data: Option<String>,
+}
+
+impl<'de> Deserialize<'de> for RawVerify {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<RawVerify, D::Error> {
+        struct Either;
+        impl<'de> serde::de::Visitor<'de> for Either {
+            type Value = RawVerify;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a cron schedule, or a table with schedule and read_data")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<RawVerify, E> {
+                Ok(RawVerify {
+                    schedule: v.to_string(),
+                    read_data: None,
+                    table: false,
+                })
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<RawVerify, A::Error> {
+                // Through the derived table, so unknown keys get their "did you mean".
+                let t =
+                    RawVerifyTable::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
+                Ok(RawVerify {
+                    schedule: t.schedule,
+                    read_data: t.read_data,
+                    table: true,
+                })
+            }
+        }
+        d.deserialize_any(Either)
+    }
 }
 
 /// `[jobs.NAME.drill]`.

@@ -25,6 +25,7 @@ use super::{
     drain_stderr, spawn_error, tool_command,
 };
 use crate::config::{Priority, Secret, Section};
+use crate::engine::ArchiveCheck;
 use crate::pipeline::human_bytes;
 
 const URL: UrlSpec = UrlSpec {
@@ -342,6 +343,21 @@ impl Database for RedisSource {
         Err(SourceError::Refused(
             "stowage cannot list what an RDB snapshot holds without loading it; the manifest's objects are the logical databases that held keys when the backup ran".to_string(),
         ))
+    }
+
+    /// An RDB is checked the way Redis checks it before loading: header, end-of-file
+    /// opcode and CRC-64. Its logical databases are not listed (that means parsing every
+    /// encoding), so a whole file is [`ArchiveCheck::Whole`], not an error.
+    async fn check_archive(&self, archive: &dyn Archive) -> Result<ArchiveCheck, SourceError> {
+        let data = archive.open().await?;
+        match rdb::check_stream(data).await {
+            Ok(Ok(what)) => Ok(ArchiveCheck::Whole(what)),
+            Ok(Err(why)) => Err(SourceError::Protocol(format!(
+                "the RDB snapshot of {} {why}",
+                self.name
+            ))),
+            Err(e) => Err(SourceError::io("reading the backup", e)),
+        }
     }
 
     async fn live_objects(&self, target: Option<&str>) -> Result<Vec<String>, SourceError> {

@@ -143,6 +143,11 @@ impl RdbCheck {
         }
     }
 
+    /// Whether the file carries a checksum (0 means it was written without one).
+    pub fn checksum_recorded(&self) -> bool {
+        self.held.len() == CHECKSUM_LEN && self.held.iter().any(|b| *b != 0)
+    }
+
     /// Whether what was seen is a whole RDB. A stored checksum of 0 means the server
     /// runs with `rdbchecksum no`; Redis then skips the comparison, and so does this.
     pub fn finish(&self) -> Result<(), String> {
@@ -160,6 +165,53 @@ impl RdbCheck {
             ),
         }
     }
+}
+
+/// Read a whole RDB from `r` and check it as Redis would before loading it: the header,
+/// the end-of-file opcode and the CRC-64 of everything before the checksum. `Ok(Ok(what
+/// was checked))`, `Ok(Err(why it is not a whole RDB))`; a read error (the stored
+/// object's own sha256, decompression) is returned as it is, so it is named as such.
+pub async fn check_stream<R: AsyncRead + Unpin>(mut r: R) -> io::Result<Result<String, String>> {
+    use tokio::io::AsyncReadExt;
+    let mut buf = vec![0u8; CHUNK];
+    let mut head = Vec::with_capacity(HEADER_LEN);
+    while head.len() < HEADER_LEN {
+        let n = r.read(&mut buf[..HEADER_LEN - head.len()]).await?;
+        if n == 0 {
+            break;
+        }
+        head.extend_from_slice(&buf[..n]);
+    }
+    let version = match check_header(&head) {
+        Ok(v) => v,
+        Err(why) => {
+            // Drain, so a damaged object is reported by its sha256 rather than as a bad header.
+            tokio::io::copy(&mut r, &mut tokio::io::sink()).await?;
+            return Ok(Err(why));
+        }
+    };
+    let mut check = RdbCheck::new(version);
+    check.update(&head);
+    let mut size = head.len() as u64;
+    loop {
+        let n = r.read(&mut buf).await?;
+        if n == 0 {
+            break;
+        }
+        check.update(&buf[..n]);
+        size += n as u64;
+    }
+    Ok(check.finish().map(|()| {
+        if version < 5 {
+            format!("RDB version {version}, {size} bytes: header ok (an RDB before version 5 has no checksum)")
+        } else if check.checksum_recorded() {
+            format!("RDB version {version}, {size} bytes: header, end marker and CRC-64 ok")
+        } else {
+            format!(
+                "RDB version {version}, {size} bytes: header and end marker ok; no checksum recorded (the server runs with rdbchecksum no)"
+            )
+        }
+    }))
 }
 
 fn is_eof_mark(b: &[u8]) -> bool {
@@ -364,6 +416,40 @@ mod tests {
         let (out, v) = pass(&whole[..whole.len() - 20], 10, 10).await;
         assert_eq!(out.len(), whole.len() - 20);
         assert!(matches!(v, Some(Err(e)) if e.contains("incomplete")));
+    }
+
+    #[tokio::test]
+    async fn checks_a_whole_stream() {
+        let good = rdb();
+        for piece in [1, 7, 4096] {
+            let said = check_stream(pieces(&good, piece))
+                .await
+                .expect("read")
+                .expect("whole");
+            assert!(
+                said.contains("RDB version 10") && said.contains("CRC-64 ok"),
+                "{said}"
+            );
+            let mut bad = good.clone();
+            bad[100] ^= 0x40;
+            let why = check_stream(pieces(&bad, piece))
+                .await
+                .expect("read")
+                .expect_err("damaged");
+            assert!(why.contains("matching checksum"), "{why}");
+        }
+        let mut unsummed = good[..good.len() - 8].to_vec();
+        unsummed.extend_from_slice(&[0; 8]);
+        let said = check_stream(pieces(&unsummed, 50))
+            .await
+            .expect("read")
+            .expect("rdbchecksum no");
+        assert!(said.contains("no checksum recorded"), "{said}");
+        let why = check_stream(pieces(b"\x28\xb5\x2f\xfd zstd", 3))
+            .await
+            .expect("read")
+            .expect_err("not an RDB");
+        assert!(why.contains("does not start with an RDB header"), "{why}");
     }
 
     #[test]
