@@ -339,8 +339,10 @@ pub async fn verify_with(
                         st.storage.as_ref(),
                         &m,
                         &packing,
-                        &sizes,
-                        archived,
+                        Listed {
+                            sizes: &sizes,
+                            archived,
+                        },
                         opts,
                         &mut c,
                     )
@@ -365,16 +367,24 @@ pub async fn verify_with(
     Ok(report)
 }
 
+/// What a destination's listing says: stored sizes by key, and whether it is an archive
+/// tier (objects there may need a retrieval before they can be read).
+#[derive(Clone, Copy)]
+struct Listed<'a> {
+    sizes: &'a HashMap<&'a str, u64>,
+    archived: bool,
+}
+
 async fn check_backup(
     job: &Job,
     storage: &dyn Storage,
     m: &Manifest,
     packing: &Packing,
-    sizes: &HashMap<&str, u64>,
-    archived: bool,
+    listed: Listed<'_>,
     opts: Options,
     c: &mut Checked,
 ) {
+    let Listed { sizes, archived } = listed;
     for entry in &m.sources {
         let name = &entry.name;
         let Some(&stored) = sizes.get(entry.key.as_str()) else {

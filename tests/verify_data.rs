@@ -411,6 +411,19 @@ fn read_data_config_is_validated() {
         .expect_err("typo")
         .to_string();
     assert!(e.contains("read_dat") && e.contains("read_data"), "{e}");
+    // The daemon must be able to read what it is asked to read.
+    let recipient = age::x25519::Identity::generate().to_public();
+    let e = load(&format!(
+        "encryption = {{ recipients = [\"{recipient}\"] }}\nverify = {{ schedule = \"0 4 * * *\", read_data = \"5%\" }}"
+    ))
+    .expect_err("no identity")
+    .to_string();
+    assert!(
+        e.contains(&format!(
+            "jobs.{JOB}.verify.read_data: the job's backups are encrypted"
+        )) && e.contains("identity_file"),
+        "{e}"
+    );
     let e = load("verify = { schedule = \"sundays\" }")
         .expect_err("schedule")
         .to_string();
