@@ -920,16 +920,36 @@ pub(super) mod beneath {
                 }
                 Some(_) => in_the_way(parent.as_fd(), name, rel)?,
             }
-            // A name taken again meanwhile is tried again: renameat would replace a file
-            // or a link silently, losing it.
-            if kind(parent.as_fd(), name)?.is_none() {
-                rfs::renameat(parent, tmp, parent, name)?;
+            // A name taken again meanwhile is tried again: a plain rename would replace
+            // a file or a link silently, losing it.
+            if kind(parent.as_fd(), name)?.is_none()
+                && rename_free(parent.as_fd(), tmp, parent.as_fd(), name)?
+            {
                 return Ok(());
             }
         }
         Err(io::Error::other(format!(
             "{rel} keeps changing while it is being restored"
         )))
+    }
+
+    /// Rename where `to` is free; false when it was taken (`RENAME_NOREPLACE` where the
+    /// kernel and file system have it; elsewhere the caller's check just before is all).
+    fn rename_free(
+        from_dir: BorrowedFd<'_>,
+        from: &str,
+        to_dir: BorrowedFd<'_>,
+        to: &str,
+    ) -> io::Result<bool> {
+        #[cfg(target_os = "linux")]
+        match rfs::renameat_with(from_dir, from, to_dir, to, rfs::RenameFlags::NOREPLACE) {
+            Ok(()) => return Ok(true),
+            Err(Errno::EXIST) => return Ok(false),
+            Err(Errno::INVAL | Errno::NOSYS) => {}
+            Err(e) => return Err(e.into()),
+        }
+        rfs::renameat(from_dir, from, to_dir, to)?;
+        Ok(true)
     }
 
     pub fn remove(parent: &OwnedFd, name: &str) {
@@ -995,22 +1015,28 @@ pub(super) mod beneath {
             // renamed aside within them.
             let aside = |p: BorrowedFd<'_>, n: &str, _: &str| -> io::Result<()> {
                 let free = free_name(p, n)?;
-                rfs::renameat(p, n, p, free.as_str())?;
+                rename_free(p, n, p, &free)?;
                 Ok(())
             };
             let dest_dir = tree.dir(&parts, Some(&aside))?;
-            let dest = free_name(dest_dir.as_fd(), name)?;
-            let mut at = tree.path().to_path_buf();
-            at.extend(parts.iter());
-            at.push(&dest);
-            match rfs::renameat(parent, name, &dest_dir, dest.as_str()) {
-                Ok(()) => Ok(at),
-                Err(Errno::XDEV) => {
-                    copy_across(parent, name, dest_dir.as_fd(), &dest)?;
-                    Ok(at)
+            for _ in 0..TRIES {
+                let dest = free_name(dest_dir.as_fd(), name)?;
+                let mut at = tree.path().to_path_buf();
+                at.extend(parts.iter());
+                at.push(&dest);
+                match rename_free(parent, name, dest_dir.as_fd(), &dest) {
+                    Ok(true) => return Ok(at),
+                    Ok(false) => continue,
+                    Err(e) if e.kind() == io::ErrorKind::CrossesDevices => {
+                        copy_across(parent, name, dest_dir.as_fd(), &dest)?;
+                        return Ok(at);
+                    }
+                    Err(e) => return Err(e),
                 }
-                Err(e) => Err(e.into()),
             }
+            Err(io::Error::other(format!(
+                "{rel}: every name tried in the orphans is taken"
+            )))
         }
     }
 
