@@ -94,6 +94,14 @@ impl Destination {
         }
     }
 
+    /// The Object Lock every backup object written here carries, if any.
+    pub fn object_lock(&self) -> Option<ObjectLock> {
+        match &self.kind {
+            DestinationKind::S3(s) => s.object_lock,
+            DestinationKind::Local(_) => None,
+        }
+    }
+
     /// How young a backup retention must keep whatever its rules say: the class's minimum
     /// storage duration, unless `early_delete = true`.
     pub fn min_storage(&self) -> Option<(StorageClass, u32)> {
@@ -137,6 +145,40 @@ pub struct S3Config {
     /// Parts a multipart upload may have; past a tenth of them each, parts double.
     pub max_parts: u32,
     pub checksums: Checksums,
+    /// S3 Object Lock on every data object and manifest written here.
+    pub object_lock: Option<ObjectLock>,
+}
+
+/// `object_lock = { mode = "GOVERNANCE" | "COMPLIANCE", days = N }` of an S3 destination.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ObjectLock {
+    pub mode: LockMode,
+    /// Each object is retained until `days` after it is written (or referenced again).
+    pub days: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LockMode {
+    /// Users with s3:BypassGovernanceRetention can still delete or shorten the lock.
+    Governance,
+    /// Nobody, the root account included, can delete a version before its date.
+    Compliance,
+}
+
+impl LockMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LockMode::Governance => "GOVERNANCE",
+            LockMode::Compliance => "COMPLIANCE",
+        }
+    }
+}
+
+impl ObjectLock {
+    /// The retain-until date of an object written (or referenced again) at `now`.
+    pub fn until(&self, now: chrono::DateTime<Utc>) -> chrono::DateTime<Utc> {
+        now + chrono::TimeDelta::days(self.days.into())
+    }
 }
 
 #[derive(Clone)]
@@ -1515,6 +1557,7 @@ fn validate(path: &Path, raw: raw::RawConfig) -> Result<Config, Vec<String>> {
                         ("checksums", d.checksums.is_some()),
                         ("retrieval", d.retrieval.is_some()),
                         ("early_delete", d.early_delete.is_some()),
+                        ("object_lock", d.object_lock.is_some()),
                     ],
                     &mut problems,
                 );
@@ -2074,6 +2117,58 @@ fn only_for(key: &str, other: &str, keys: &[(&str, bool)], problems: &mut Vec<St
     }
 }
 
+/// Days above this are a typo (S3 itself allows up to 100 years): a lock cannot be taken back.
+const MAX_LOCK_DAYS: u32 = 36_500;
+
+fn object_lock(
+    key: &str,
+    l: &raw::RawObjectLock,
+    problems: &mut Vec<String>,
+) -> Option<ObjectLock> {
+    let key = format!("{key}.object_lock");
+    let mode = match l.mode.as_deref() {
+        None => {
+            problems.push(format!(
+                "{key}.mode: required; give mode = \"GOVERNANCE\" (an account with s3:BypassGovernanceRetention can still delete) or \"COMPLIANCE\" (nobody can)"
+            ));
+            None
+        }
+        Some(m) if m.eq_ignore_ascii_case("GOVERNANCE") => Some(LockMode::Governance),
+        Some(m) if m.eq_ignore_ascii_case("COMPLIANCE") => Some(LockMode::Compliance),
+        Some(m) => {
+            problems.push(format!(
+                "{key}.mode: unknown mode \"{m}\"; expected \"GOVERNANCE\" or \"COMPLIANCE\""
+            ));
+            None
+        }
+    };
+    let days = match l.days {
+        None => {
+            problems.push(format!(
+                "{key}.days: required; give the days each object stays locked, e.g. days = 30 (at least as long as retention keeps backups)"
+            ));
+            None
+        }
+        Some(0) => {
+            problems.push(format!(
+                "{key}.days: 0 locks nothing; give the days each object stays locked, e.g. days = 30, or remove object_lock"
+            ));
+            None
+        }
+        Some(d) if d > MAX_LOCK_DAYS => {
+            problems.push(format!(
+                "{key}.days: {d} is more than {MAX_LOCK_DAYS} (100 years); a lock cannot be shortened once written, so check the value"
+            ));
+            None
+        }
+        Some(d) => Some(d),
+    };
+    Some(ObjectLock {
+        mode: mode?,
+        days: days?,
+    })
+}
+
 fn validate_s3(key: &str, s: &raw::RawDestination, problems: &mut Vec<String>) -> S3Config {
     let bucket = s.bucket.clone().unwrap_or_default();
     if s.bucket.is_none() {
@@ -2201,7 +2296,12 @@ fn validate_s3(key: &str, s: &raw::RawDestination, problems: &mut Vec<String>) -
             10_000
         }
     };
+    let object_lock = s
+        .object_lock
+        .as_ref()
+        .and_then(|l| object_lock(key, l, problems));
     S3Config {
+        object_lock,
         bucket,
         prefix: s
             .prefix
