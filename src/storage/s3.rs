@@ -10,9 +10,9 @@ use aws_sdk_s3::config::{
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{
-    CompletedMultipartUpload, CompletedPart, Delete, GlacierJobParameters, ObjectIdentifier,
-    ObjectLockEnabled, ObjectLockMode, ObjectLockRetention, ObjectLockRetentionMode,
-    RestoreRequest, StorageClass, Tier,
+    ChecksumAlgorithm, CompletedMultipartUpload, CompletedPart, Delete, GlacierJobParameters,
+    ObjectIdentifier, ObjectLockEnabled, ObjectLockMode, ObjectLockRetention,
+    ObjectLockRetentionMode, RestoreRequest, StorageClass, Tier,
 };
 use bytes::{Bytes, BytesMut};
 use tokio::sync::mpsc;
@@ -589,9 +589,12 @@ impl Storage for S3Storage {
             .content_type("application/json")
             .body(ByteStream::from(data));
         if let Some((mode, until)) = self.lock_now() {
+            // S3 refuses lock headers on a PutObject without Content-MD5 or a checksum,
+            // which `checksums = "when_required"` would otherwise leave out.
             put = put
                 .object_lock_mode(mode)
-                .object_lock_retain_until_date(until);
+                .object_lock_retain_until_date(until)
+                .checksum_algorithm(ChecksumAlgorithm::Crc32);
         }
         put.send().await.map_err(|e| self.map_err("uploading", e))?;
         Ok(())
@@ -608,9 +611,12 @@ impl Storage for S3Storage {
             put = put.storage_class(StorageClass::from(class.as_str()));
         }
         if let Some((mode, until)) = self.lock_now() {
+            // S3 refuses lock headers on a PutObject without Content-MD5 or a checksum,
+            // which `checksums = "when_required"` would otherwise leave out.
             put = put
                 .object_lock_mode(mode)
-                .object_lock_retain_until_date(until);
+                .object_lock_retain_until_date(until)
+                .checksum_algorithm(ChecksumAlgorithm::Crc32);
         }
         put.send().await.map_err(|e| self.map_err("uploading", e))?;
         Ok(())
@@ -895,9 +901,12 @@ impl S3Storage {
             put = put.storage_class(StorageClass::from(class.as_str()));
         }
         if let Some((mode, until)) = self.lock_now() {
+            // S3 refuses lock headers on a PutObject without Content-MD5 or a checksum,
+            // which `checksums = "when_required"` would otherwise leave out.
             put = put
                 .object_lock_mode(mode)
-                .object_lock_retain_until_date(until);
+                .object_lock_retain_until_date(until)
+                .checksum_algorithm(ChecksumAlgorithm::Crc32);
         }
         put.send().await.map_err(|e| self.map_err("uploading", e))?;
         Ok(total)
