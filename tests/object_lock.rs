@@ -364,4 +364,15 @@ fn object_lock_settings_are_checked() {
     }
     let (code, out) = check(&s3("{ mode = \"GOVERNANCE\", days = 7 }"));
     assert_eq!(code, Some(0), "{out}");
+    assert!(!out.contains("warning"), "{out}");
+    // Locked longer than retention keeps: said, not refused.
+    let (code, out) = check(&format!(
+        "{}retention = {{ keep_last = 2 }}\n",
+        s3("{ mode = \"GOVERNANCE\", days = 30 }")
+    ));
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains("warning: destinations.vault.object_lock: every backup is locked for 30 days, but retention (keep_last=2) keeps backups only about 2 days"),
+        "{out}"
+    );
 }

@@ -535,6 +535,43 @@ fn early_delete_warnings(
     out
 }
 
+/// A lock longer than what retention keeps: retention keeps the locked backups anyway.
+fn object_lock_warnings(
+    destinations: &BTreeMap<String, Destination>,
+    jobs: &BTreeMap<String, Job>,
+    now: DateTime<Utc>,
+) -> Vec<String> {
+    let mut out = Vec::new();
+    for d in destinations.values() {
+        let Some(lock) = d.object_lock() else {
+            continue;
+        };
+        let Some(gap) = jobs
+            .values()
+            .filter(|j| j.destinations.contains(&d.name))
+            .filter_map(|j| j.schedule.period(now))
+            .min()
+        else {
+            continue;
+        };
+        let Some(horizon) = crate::retention::horizon(&d.retention, gap) else {
+            continue;
+        };
+        if horizon >= TimeDelta::days(lock.days.into()) {
+            continue;
+        }
+        out.push(format!(
+            "destinations.{}.object_lock: every backup is locked for {} days, but retention ({}) keeps backups only about {} days: retention keeps each backup until its lock ends (run --dry-run lists them), so expect about {} days of backups; lower days or widen retention to match",
+            d.name,
+            lock.days,
+            d.retention.describe(),
+            horizon.num_days().max(1),
+            lock.days
+        ));
+    }
+    out
+}
+
 fn healable_kinds() -> String {
     crate::engine::registered()
         .iter()
@@ -1876,6 +1913,7 @@ fn validate(path: &Path, raw: raw::RawConfig) -> Result<Config, Vec<String>> {
     }
 
     warnings.extend(early_delete_warnings(&destinations, &jobs, Utc::now()));
+    warnings.extend(object_lock_warnings(&destinations, &jobs, Utc::now()));
     if problems.is_empty() {
         Ok(Config {
             path: path.to_path_buf(),
