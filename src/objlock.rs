@@ -16,6 +16,7 @@ use chrono::{DateTime, Utc};
 
 use crate::blobs::{self, BlobError};
 use crate::codec::Packing;
+use crate::config::ObjectLock;
 use crate::manifest::Manifest;
 use crate::storage::{Storage, StorageError};
 
@@ -24,17 +25,24 @@ const IN_FLIGHT: usize = 16;
 /// Blob keys gathered before they are sent.
 const BATCH: usize = 1000;
 
-/// The retain-until date of each backup in `ids` that has one, read from its manifest
-/// (written last, so its lock is the latest of the backup's objects).
+/// Until when each backup of `doomed` (id, time) is locked, where it is: the date its
+/// manifest reports (written last, so its lock is the latest of the backup's objects), or,
+/// on a destination with `object_lock`, `days` after the backup started if that is later.
+/// The estimate covers a store that hides the lock from HeadObject (AWS does, to a caller
+/// without s3:GetObjectRetention) at the cost of keeping a backup written before the lock
+/// was configured a little longer.
 pub async fn read_locks(
     storage: &dyn Storage,
     job: &str,
-    ids: &[&str],
+    doomed: &[(&str, DateTime<Utc>)],
+    configured: Option<ObjectLock>,
 ) -> Result<Vec<(String, DateTime<Utc>)>, StorageError> {
     let mut out = Vec::new();
-    for id in ids {
+    for (id, time) in doomed {
         let key = crate::layout::manifest_key(job, id);
-        if let Some(until) = storage.locked_until(&key).await? {
+        let reported = storage.locked_until(&key).await?;
+        let assumed = configured.map(|l| l.until(*time));
+        if let Some(until) = reported.max(assumed) {
             out.push((id.to_string(), until));
         }
     }

@@ -167,12 +167,12 @@ pub async fn check_job(config: &Config, job: &Job) -> Checked {
             .min_storage()
             .map(|(_, days)| chrono::TimeDelta::days(days.into()));
         let mut decisions = retention::decide(&held, policy, job.schedule.tz(), min, now);
-        let doomed: Vec<&str> = decisions
+        let doomed: Vec<(&str, chrono::DateTime<Utc>)> = decisions
             .iter()
             .filter(|d| !d.keep)
-            .map(|d| d.id.as_str())
+            .map(|d| (d.id.as_str(), d.time))
             .collect();
-        match crate::objlock::read_locks(st, jn, &doomed).await {
+        match crate::objlock::read_locks(st, jn, &doomed, js.destination.object_lock()).await {
             Ok(locks) => retention::hold_locked(&mut decisions, &locks, now),
             Err(e) => {
                 c.problems.push(format!(

@@ -739,12 +739,13 @@ async fn apply_retention(
         .map(|(_, days)| chrono::TimeDelta::days(days.into()));
     let mut decisions = retention::decide(&input, &t.policy, job.schedule.tz(), min, now);
     // Only what the rules would remove is asked about (a HEAD each).
-    let doomed: Vec<&str> = decisions
+    let doomed: Vec<(&str, chrono::DateTime<Utc>)> = decisions
         .iter()
         .filter(|d| !d.keep)
-        .map(|d| d.id.as_str())
+        .map(|d| (d.id.as_str(), d.time))
         .collect();
-    let locks = crate::objlock::read_locks(t.storage.as_ref(), &job.name, &doomed).await?;
+    let locks =
+        crate::objlock::read_locks(t.storage.as_ref(), &job.name, &doomed, t.object_lock).await?;
     retention::hold_locked(&mut decisions, &locks, now);
     for d in decisions.iter().filter(|d| d.reasons.contains(&"locked")) {
         info!(
