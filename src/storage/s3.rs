@@ -252,7 +252,13 @@ impl S3Storage {
         if result.is_err() {
             self.abort(key, &upload_id).await;
         }
-        result
+        result?;
+        // Completed: no upload to abort now. A failure here fails the object's upload, and
+        // the run's cleanup removes it like any other object of an unpublished backup.
+        if let Some(lock) = self.cfg.object_lock {
+            self.retain(key, lock.until(chrono::Utc::now())).await?;
+        }
+        Ok(())
     }
 
     async fn upload_parts(
@@ -335,9 +341,6 @@ impl S3Storage {
             .send()
             .await
             .map_err(|e| self.map_err("completing multipart upload", e))?;
-        if let Some(lock) = self.cfg.object_lock {
-            self.retain(key, lock.until(chrono::Utc::now())).await?;
-        }
         Ok(())
     }
 
