@@ -771,7 +771,7 @@ async fn sweep_locked(
 }
 
 /// Each blob key of a stored refs list (checked against its sha256 at the end).
-async fn for_each_ref(
+pub async fn for_each_ref(
     storage: &dyn Storage,
     r: &crate::manifest::StoredRef,
     c: Compression,

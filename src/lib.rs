@@ -17,6 +17,7 @@ pub mod layout;
 pub mod logging;
 pub mod manifest;
 pub mod notify;
+pub mod objlock;
 pub mod owner;
 pub mod pathfilter;
 pub mod pipeline;

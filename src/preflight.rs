@@ -100,6 +100,37 @@ pub async fn check_job(config: &Config, job: &Job) -> Checked {
                 .push(format!("destination {name} ({}): {e}", st.location()));
             continue;
         }
+        if let Some(lock) = js.destination.object_lock() {
+            match st.object_lock_enabled().await {
+                Ok(Some(true)) => c.lines.push(format!(
+                    "destination {name} ({}): Object Lock enabled; objects are written locked in {} mode for {} day(s)",
+                    st.location(),
+                    lock.mode.as_str(),
+                    lock.days
+                )),
+                Ok(Some(false)) => {
+                    c.problems.push(format!(
+                        "destination {name} ({}): object_lock is set, but the bucket does not have Object Lock enabled; create the bucket with it (aws s3api create-bucket --object-lock-enabled-for-bucket) or enable it (aws s3api put-object-lock-configuration), or remove object_lock",
+                        st.location()
+                    ));
+                    continue;
+                }
+                Ok(None) => {
+                    c.problems.push(format!(
+                        "destination {name} ({}): object_lock is set, but this store has no Object Lock; remove object_lock",
+                        st.location()
+                    ));
+                    continue;
+                }
+                Err(e) => {
+                    c.problems.push(format!(
+                        "destination {name} ({}): cannot check Object Lock: {e}",
+                        st.location()
+                    ));
+                    continue;
+                }
+            }
+        }
         // Writable: a small object written and removed where locks go.
         if let Err(e) = st
             .put_bytes(&probe, bytes::Bytes::from_static(b"probe"))
@@ -135,7 +166,35 @@ pub async fn check_job(config: &Config, job: &Job) -> Checked {
             .destination
             .min_storage()
             .map(|(_, days)| chrono::TimeDelta::days(days.into()));
-        let decisions = retention::decide(&held, policy, job.schedule.tz(), min, now);
+        let mut decisions = retention::decide(&held, policy, job.schedule.tz(), min, now);
+        let doomed: Vec<(&str, chrono::DateTime<Utc>)> = decisions
+            .iter()
+            .filter(|d| !d.keep)
+            .map(|d| (d.id.as_str(), d.time))
+            .collect();
+        match crate::objlock::read_locks(st, jn, &doomed, js.destination.object_lock()).await {
+            Ok(locks) => retention::hold_locked(&mut decisions, &locks, now),
+            Err(e) => {
+                c.problems.push(format!(
+                    "destination {name} ({}): cannot read the Object Lock of backups retention would delete: {e}",
+                    st.location()
+                ));
+                continue;
+            }
+        }
+        let locked: Vec<String> = decisions
+            .iter()
+            .filter(|d| d.reasons.contains(&"locked"))
+            .filter_map(|d| {
+                d.locked_until.map(|u| {
+                    format!(
+                        "{} (kept: locked until {})",
+                        d.id,
+                        u.format("%Y-%m-%d %H:%M:%S UTC")
+                    )
+                })
+            })
+            .collect();
         let gone: Vec<&str> = decisions
             .iter()
             .filter(|d| !d.keep)
@@ -152,6 +211,13 @@ pub async fn check_job(config: &Config, job: &Job) -> Checked {
                 gone.join(", ")
             }
         ));
+        if !locked.is_empty() {
+            c.lines.push(format!(
+                "destination {name}: retention keeps {} backup(s) its rules would delete: {}",
+                locked.len(),
+                locked.join(", ")
+            ));
+        }
     }
     c
 }

@@ -37,6 +37,8 @@
 //! * `reasons` lists every rule that kept a backup, in the fixed order
 //!   `last, hourly, daily, weekly, monthly, yearly, max_age`, then
 //!   `future` / `newest`; it is empty exactly when the backup is removed.
+//!   [`hold_minimum`] and [`hold_locked`] then add `min_storage` / `locked`
+//!   to a backup the rules would remove.
 
 use chrono::{DateTime, Datelike, Offset, TimeDelta, Timelike, Utc};
 use chrono_tz::Tz;
@@ -118,6 +120,8 @@ pub struct Decision {
     pub keep: bool,
     /// why kept, e.g. ["last", "daily", "weekly"], or ["newest"] / ["all"]; empty when removed
     pub reasons: Vec<&'static str>,
+    /// Its S3 Object Lock retain-until date, where one was read and has not passed.
+    pub locked_until: Option<DateTime<Utc>>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -168,6 +172,7 @@ pub fn apply(
             time: *time,
             keep: false,
             reasons: Vec::new(),
+            locked_until: None,
         })
         .collect();
     decisions.sort_by(|a, b| b.time.cmp(&a.time).then_with(|| b.id.cmp(&a.id)));
@@ -298,6 +303,31 @@ pub fn hold_minimum(decisions: &mut [Decision], min: TimeDelta, now: DateTime<Ut
     }
 }
 
+/// Keep (reason `"locked"`) every backup that `decisions` would remove and whose Object
+/// Lock has not passed at `now`: `locks` holds (id, retain-until) as read from the store.
+/// A delete would not fail on a versioned bucket: it would hide the backup behind a delete
+/// marker while its bytes stay, billed, until the lock ends. So retention plans around the
+/// lock instead, and removes the backup on the first run after it. Pure, like [`apply`].
+pub fn hold_locked(
+    decisions: &mut [Decision],
+    locks: &[(String, DateTime<Utc>)],
+    now: DateTime<Utc>,
+) {
+    for d in decisions.iter_mut() {
+        let until = locks
+            .iter()
+            .filter(|(id, until)| *id == d.id && *until > now)
+            .map(|(_, until)| *until)
+            .max();
+        let Some(until) = until else { continue };
+        d.locked_until = Some(until);
+        if !d.keep {
+            d.keep = true;
+            d.reasons.push("locked");
+        }
+    }
+}
+
 /// Counts beyond the number of backups behave identically, so saturating on
 /// (hypothetical) 16-bit targets cannot change a decision.
 fn to_usize(n: u32) -> usize {
@@ -373,6 +403,67 @@ mod tests {
         let mut ds = apply(&edge, &policy_last(1), UTC, now());
         hold_minimum(&mut ds, TimeDelta::days(90), now());
         assert_eq!(kept(&ds), set(&["new", "under"]));
+    }
+
+    #[test]
+    fn locked_backups_are_kept_until_their_lock_passes() {
+        let list = backups(&[
+            ("d", "2025-06-15T11:00:00Z"),
+            ("c", "2025-06-14T12:00:00Z"),
+            ("b", "2025-06-13T12:00:00Z"),
+            ("a", "2025-06-01T12:00:00Z"),
+        ]);
+        type Row<'a> = (&'a [(&'a str, &'a str)], &'a [&'a str], &'a [&'a str]);
+        let table: [Row; 6] = [
+            // (locks, kept, kept because locked)
+            (&[], &["d"], &[]),
+            // Locked until after now: kept, whatever keep_last says.
+            (&[("b", "2025-06-20T00:00:00Z")], &["d", "b"], &["b"]),
+            // A lock that passed, or ends exactly now, holds nothing.
+            (&[("b", "2025-06-15T11:59:59Z")], &["d"], &[]),
+            (&[("b", NOW)], &["d"], &[]),
+            (&[("b", "2025-06-15T12:00:01Z")], &["d", "b"], &["b"]),
+            // The rules keep d anyway: its lock is noted, not a reason; a and c held.
+            (
+                &[
+                    ("a", "2026-01-01T00:00:00Z"),
+                    ("c", "2025-07-01T00:00:00Z"),
+                    ("d", "2025-07-15T00:00:00Z"),
+                    ("x", "2030-01-01T00:00:00Z"),
+                ],
+                &["d", "c", "a"],
+                &["c", "a"],
+            ),
+        ];
+        for (locks, want_kept, want_locked) in table {
+            let locks: Vec<(String, DateTime<Utc>)> = locks
+                .iter()
+                .map(|(id, t)| (id.to_string(), ts(t)))
+                .collect();
+            let mut ds = decide(&list, &policy_last(1), UTC, None, now());
+            hold_locked(&mut ds, &locks, now());
+            assert_eq!(kept(&ds), set(want_kept), "{locks:?}");
+            let held: Vec<&str> = ds
+                .iter()
+                .filter(|d| d.reasons.contains(&"locked"))
+                .map(|d| d.id.as_str())
+                .collect();
+            assert_eq!(held, want_locked, "{locks:?}");
+            for d in &ds {
+                let lock = locks.iter().find(|(id, _)| *id == d.id).map(|(_, t)| *t);
+                assert_eq!(d.locked_until, lock.filter(|t| *t > now()), "{}", d.id);
+                if d.reasons.contains(&"locked") {
+                    assert_eq!(d.reasons, ["locked"], "{}", d.id);
+                }
+            }
+        }
+        // Held by a minimum storage duration already: the lock is noted, not a second reason.
+        let mut ds = decide(&list, &policy_last(1), UTC, Some(TimeDelta::days(7)), now());
+        hold_locked(&mut ds, &[("b".into(), ts("2025-06-20T00:00:00Z"))], now());
+        let b = ds.iter().find(|d| d.id == "b").map(|d| d.reasons.clone());
+        assert_eq!(b, Some(vec!["min_storage"]));
+        let a = ds.iter().find(|d| d.id == "a").map(|d| d.keep);
+        assert_eq!(a, Some(false));
     }
 
     #[test]

@@ -101,6 +101,9 @@ pub fn summary(config: &Config, now: chrono::DateTime<Utc>) -> String {
                         );
                     }
                 }
+                if let Some(l) = &s.object_lock {
+                    let _ = write!(t, ", object lock {} {} days", l.mode.as_str(), l.days);
+                }
                 t.push_str(match &s.credentials {
                     Some(_) => ", credentials from config",
                     None => ", credentials from the AWS chain",

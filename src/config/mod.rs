@@ -94,6 +94,14 @@ impl Destination {
         }
     }
 
+    /// The Object Lock every backup object written here carries, if any.
+    pub fn object_lock(&self) -> Option<ObjectLock> {
+        match &self.kind {
+            DestinationKind::S3(s) => s.object_lock,
+            DestinationKind::Local(_) => None,
+        }
+    }
+
     /// How young a backup retention must keep whatever its rules say: the class's minimum
     /// storage duration, unless `early_delete = true`.
     pub fn min_storage(&self) -> Option<(StorageClass, u32)> {
@@ -137,6 +145,40 @@ pub struct S3Config {
     /// Parts a multipart upload may have; past a tenth of them each, parts double.
     pub max_parts: u32,
     pub checksums: Checksums,
+    /// S3 Object Lock on every data object and manifest written here.
+    pub object_lock: Option<ObjectLock>,
+}
+
+/// `object_lock = { mode = "GOVERNANCE" | "COMPLIANCE", days = N }` of an S3 destination.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ObjectLock {
+    pub mode: LockMode,
+    /// Each object is retained until `days` after it is written (or referenced again).
+    pub days: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LockMode {
+    /// Users with s3:BypassGovernanceRetention can still delete or shorten the lock.
+    Governance,
+    /// Nobody, the root account included, can delete a version before its date.
+    Compliance,
+}
+
+impl LockMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LockMode::Governance => "GOVERNANCE",
+            LockMode::Compliance => "COMPLIANCE",
+        }
+    }
+}
+
+impl ObjectLock {
+    /// The retain-until date of an object written (or referenced again) at `now`.
+    pub fn until(&self, now: chrono::DateTime<Utc>) -> chrono::DateTime<Utc> {
+        now + chrono::TimeDelta::days(self.days.into())
+    }
 }
 
 #[derive(Clone)]
@@ -488,6 +530,43 @@ fn early_delete_warnings(
             d.name,
             d.retention.describe(),
             horizon.num_days().max(1)
+        ));
+    }
+    out
+}
+
+/// A lock longer than what retention keeps: retention keeps the locked backups anyway.
+fn object_lock_warnings(
+    destinations: &BTreeMap<String, Destination>,
+    jobs: &BTreeMap<String, Job>,
+    now: DateTime<Utc>,
+) -> Vec<String> {
+    let mut out = Vec::new();
+    for d in destinations.values() {
+        let Some(lock) = d.object_lock() else {
+            continue;
+        };
+        let Some(gap) = jobs
+            .values()
+            .filter(|j| j.destinations.contains(&d.name))
+            .filter_map(|j| j.schedule.period(now))
+            .min()
+        else {
+            continue;
+        };
+        let Some(horizon) = crate::retention::horizon(&d.retention, gap) else {
+            continue;
+        };
+        if horizon >= TimeDelta::days(lock.days.into()) {
+            continue;
+        }
+        out.push(format!(
+            "destinations.{}.object_lock: every backup is locked for {} days, but retention ({}) keeps backups only about {} days: retention keeps each backup until its lock ends (run --dry-run lists them), so expect about {} days of backups; lower days or widen retention to match",
+            d.name,
+            lock.days,
+            d.retention.describe(),
+            horizon.num_days().max(1),
+            lock.days
         ));
     }
     out
@@ -1518,6 +1597,7 @@ fn validate(path: &Path, raw: raw::RawConfig) -> Result<Config, Vec<String>> {
                         ("checksums", d.checksums.is_some()),
                         ("retrieval", d.retrieval.is_some()),
                         ("early_delete", d.early_delete.is_some()),
+                        ("object_lock", d.object_lock.is_some()),
                     ],
                     &mut problems,
                 );
@@ -1853,6 +1933,7 @@ fn validate(path: &Path, raw: raw::RawConfig) -> Result<Config, Vec<String>> {
     }
 
     warnings.extend(early_delete_warnings(&destinations, &jobs, Utc::now()));
+    warnings.extend(object_lock_warnings(&destinations, &jobs, Utc::now()));
     if problems.is_empty() {
         Ok(Config {
             path: path.to_path_buf(),
@@ -2094,6 +2175,58 @@ fn only_for(key: &str, other: &str, keys: &[(&str, bool)], problems: &mut Vec<St
     }
 }
 
+/// Days above this are a typo (S3 itself allows up to 100 years): a lock cannot be taken back.
+const MAX_LOCK_DAYS: u32 = 36_500;
+
+fn object_lock(
+    key: &str,
+    l: &raw::RawObjectLock,
+    problems: &mut Vec<String>,
+) -> Option<ObjectLock> {
+    let key = format!("{key}.object_lock");
+    let mode = match l.mode.as_deref() {
+        None => {
+            problems.push(format!(
+                "{key}.mode: required; give mode = \"GOVERNANCE\" (an account with s3:BypassGovernanceRetention can still delete) or \"COMPLIANCE\" (nobody can)"
+            ));
+            None
+        }
+        Some(m) if m.eq_ignore_ascii_case("GOVERNANCE") => Some(LockMode::Governance),
+        Some(m) if m.eq_ignore_ascii_case("COMPLIANCE") => Some(LockMode::Compliance),
+        Some(m) => {
+            problems.push(format!(
+                "{key}.mode: unknown mode \"{m}\"; expected \"GOVERNANCE\" or \"COMPLIANCE\""
+            ));
+            None
+        }
+    };
+    let days = match l.days {
+        None => {
+            problems.push(format!(
+                "{key}.days: required; give the days each object stays locked, e.g. days = 30 (at least as long as retention keeps backups)"
+            ));
+            None
+        }
+        Some(0) => {
+            problems.push(format!(
+                "{key}.days: 0 locks nothing; give the days each object stays locked, e.g. days = 30, or remove object_lock"
+            ));
+            None
+        }
+        Some(d) if d > MAX_LOCK_DAYS => {
+            problems.push(format!(
+                "{key}.days: {d} is more than {MAX_LOCK_DAYS} (100 years); a lock cannot be shortened once written, so check the value"
+            ));
+            None
+        }
+        Some(d) => Some(d),
+    };
+    Some(ObjectLock {
+        mode: mode?,
+        days: days?,
+    })
+}
+
 fn validate_s3(key: &str, s: &raw::RawDestination, problems: &mut Vec<String>) -> S3Config {
     let bucket = s.bucket.clone().unwrap_or_default();
     if s.bucket.is_none() {
@@ -2221,7 +2354,12 @@ fn validate_s3(key: &str, s: &raw::RawDestination, problems: &mut Vec<String>) -
             10_000
         }
     };
+    let object_lock = s
+        .object_lock
+        .as_ref()
+        .and_then(|l| object_lock(key, l, problems));
     S3Config {
+        object_lock,
         bucket,
         prefix: s
             .prefix

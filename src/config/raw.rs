@@ -147,6 +147,15 @@ pub struct RawDestination {
     pub retrieval: Option<RawRetrieval>,
     /// Let retention delete backups younger than the class's minimum storage duration.
     pub early_delete: Option<bool>,
+    /// S3 Object Lock: every data object and manifest is written with a retain-until date.
+    pub object_lock: Option<RawObjectLock>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawObjectLock {
+    pub mode: Option<String>,
+    pub days: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]

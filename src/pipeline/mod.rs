@@ -89,6 +89,8 @@ struct Target {
     policy: retention::RetentionPolicy,
     /// The storage class's minimum storage duration (days), unless early_delete.
     min_storage: Option<(StorageClass, u32)>,
+    /// S3 Object Lock on what is written here.
+    object_lock: Option<crate::config::ObjectLock>,
     error: Option<String>,
     /// Whether anything of this run may have been written here (so cleanup is needed).
     touched: bool,
@@ -144,6 +146,7 @@ pub async fn run_job(
             storage: js.storage,
             policy: js.destination.retention.clone(),
             min_storage: js.destination.min_storage(),
+            object_lock: js.destination.object_lock(),
             error: None,
             touched: false,
             locked: false,
@@ -334,6 +337,32 @@ pub async fn run_job(
             sources: entries.clone(),
             tools,
         };
+        // Reused blobs locked as long as this backup, before it counts as published.
+        if job.has_files() {
+            for t in targets
+                .iter_mut()
+                .filter(|t| t.error.is_none() && t.object_lock.is_some())
+            {
+                let Some(lock) = t.object_lock else { continue };
+                let until = lock.until(Utc::now());
+                match crate::objlock::extend_blob_locks(t.storage.as_ref(), &m, until).await {
+                    Ok(n) => info!(
+                        job = jn,
+                        id = %id,
+                        destination = %t.name,
+                        "object lock on {}: {n} blob(s) this backup references locked until {}",
+                        t.name,
+                        until.format("%Y-%m-%d %H:%M:%S UTC")
+                    ),
+                    Err(e) => {
+                        t.error = Some(format!(
+                            "could not lock the file blobs this backup references until {}: {e}",
+                            until.format("%Y-%m-%d %H:%M:%S UTC")
+                        ))
+                    }
+                }
+            }
+        }
         match serde_json::to_vec_pretty(&m) {
             Ok(body) => {
                 let body = Bytes::from(body);
@@ -343,7 +372,7 @@ pub async fn run_job(
                     .collect();
                 let puts = join_all(
                     live.iter()
-                        .map(|i| targets[*i].storage.put_bytes(&key, body.clone())),
+                        .map(|i| targets[*i].storage.put_record(&key, body.clone())),
                 );
                 // Dropped on a stop: a manifest that landed anyway is removed by the cleanup
                 // below, because nothing counts as published until every put has answered.
@@ -708,7 +737,26 @@ async fn apply_retention(
     let min = t
         .min_storage
         .map(|(_, days)| chrono::TimeDelta::days(days.into()));
-    let decisions = retention::decide(&input, &t.policy, job.schedule.tz(), min, now);
+    let mut decisions = retention::decide(&input, &t.policy, job.schedule.tz(), min, now);
+    // Only what the rules would remove is asked about (a HEAD each).
+    let doomed: Vec<(&str, chrono::DateTime<Utc>)> = decisions
+        .iter()
+        .filter(|d| !d.keep)
+        .map(|d| (d.id.as_str(), d.time))
+        .collect();
+    let locks =
+        crate::objlock::read_locks(t.storage.as_ref(), &job.name, &doomed, t.object_lock).await?;
+    retention::hold_locked(&mut decisions, &locks, now);
+    for d in decisions.iter().filter(|d| d.reasons.contains(&"locked")) {
+        info!(
+            job = %job.name,
+            destination = %t.name,
+            "retention on {}: keeping backup {} the rules would remove: locked until {}",
+            t.name,
+            d.id,
+            d.locked_until.map_or_else(String::new, |u| u.format("%Y-%m-%d %H:%M:%S UTC").to_string())
+        );
+    }
     if let Some((class, days)) = t.min_storage {
         let held = decisions
             .iter()
@@ -739,9 +787,15 @@ async fn apply_retention(
     );
     // Blobs only become garbage when a backup referencing them goes.
     if removed > 0 && job.has_files() {
+        // A blob is locked at least `days` after its upload: a delete before then would only
+        // hide it behind a delete marker.
         let min_age = t
             .min_storage
-            .map(|(_, days)| chrono::TimeDelta::days(days.into()));
+            .map(|(_, days)| days)
+            .into_iter()
+            .chain(t.object_lock.map(|l| l.days))
+            .max()
+            .map(|days| chrono::TimeDelta::days(days.into()));
         match blobs::sweep(t.storage.as_ref(), &job.name, own_id, min_age).await {
             Ok(SweepOutcome::Swept {
                 deleted,

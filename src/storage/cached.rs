@@ -104,6 +104,29 @@ impl Storage for Cached {
         self.inner.put_data(key, data).await
     }
 
+    async fn put_record(&self, key: &str, data: Bytes) -> Result<(), StorageError> {
+        self.inner.put_record(key, data).await
+    }
+
+    async fn locked_until(
+        &self,
+        key: &str,
+    ) -> Result<Option<chrono::DateTime<chrono::Utc>>, StorageError> {
+        self.inner.locked_until(key).await
+    }
+
+    async fn extend_lock(
+        &self,
+        key: &str,
+        until: chrono::DateTime<chrono::Utc>,
+    ) -> Result<(), StorageError> {
+        self.inner.extend_lock(key, until).await
+    }
+
+    async fn object_lock_enabled(&self) -> Result<Option<bool>, StorageError> {
+        self.inner.object_lock_enabled().await
+    }
+
     async fn get(&self, key: &str) -> Result<ObjectReader, StorageError> {
         let Some(path) = path_for(&self.dir, key) else {
             return Err(StorageError::Io(format!(

@@ -98,6 +98,38 @@ pub trait Storage: Send + Sync {
     /// For what stowage reads to plan (manifests, indexes, locks): never in an archive class.
     async fn put_bytes(&self, key: &str, data: Bytes) -> Result<(), StorageError>;
 
+    /// Like `put_bytes`, for a small object that is part of a backup (its manifest):
+    /// written under the destination's Object Lock where one is set. `put_bytes` stays
+    /// unlocked: run locks and probes are removed again within the run.
+    async fn put_record(&self, key: &str, data: Bytes) -> Result<(), StorageError> {
+        self.put_bytes(key, data).await
+    }
+
+    /// Until when `key` cannot be deleted (its Object Lock retain-until date), if it is
+    /// locked at all. Stores without locks have none.
+    async fn locked_until(
+        &self,
+        _key: &str,
+    ) -> Result<Option<chrono::DateTime<chrono::Utc>>, StorageError> {
+        Ok(None)
+    }
+
+    /// Keep `key` locked until at least `until` (a later backup references it). A lock
+    /// that already lasts longer is left as it is. Stores without locks do nothing.
+    async fn extend_lock(
+        &self,
+        _key: &str,
+        _until: chrono::DateTime<chrono::Utc>,
+    ) -> Result<(), StorageError> {
+        Ok(())
+    }
+
+    /// Whether the store has Object Lock enabled where this destination writes (`None`:
+    /// the store has no such thing).
+    async fn object_lock_enabled(&self) -> Result<Option<bool>, StorageError> {
+        Ok(None)
+    }
+
     /// Like `put_bytes`, for backup data (a small file blob): stored in the destination's
     /// class, like `put_stream`.
     async fn put_data(&self, key: &str, data: Bytes) -> Result<(), StorageError> {

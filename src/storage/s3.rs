@@ -10,8 +10,9 @@ use aws_sdk_s3::config::{
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{
-    CompletedMultipartUpload, CompletedPart, Delete, GlacierJobParameters, ObjectIdentifier,
-    RestoreRequest, StorageClass, Tier,
+    ChecksumAlgorithm, CompletedMultipartUpload, CompletedPart, Delete, GlacierJobParameters,
+    ObjectIdentifier, ObjectLockEnabled, ObjectLockMode, ObjectLockRetention,
+    ObjectLockRetentionMode, RestoreRequest, StorageClass, Tier,
 };
 use bytes::{Bytes, BytesMut};
 use tokio::sync::mpsc;
@@ -19,7 +20,7 @@ use tokio::task::JoinSet;
 
 use super::class::RetrievalTier;
 use super::{Chunk, ObjectMeta, ObjectReader, OpenUpload, Retrieval, Storage, StorageError};
-use crate::config::{Checksums, S3Config};
+use crate::config::{Checksums, LockMode, S3Config};
 
 /// What to do about an archived object that was read before its retrieval.
 const RETRIEVE_HINT: &str = "run `stowage retrieve JOB ID --from DESTINATION`, then restore again once it is retrieved (hours; `stowage status` shows when)";
@@ -230,6 +231,13 @@ impl S3Storage {
         if in_class && let Some(class) = &self.cfg.storage_class {
             create = create.storage_class(StorageClass::from(class.as_str()));
         }
+        // Real S3 locks the object from these; some stores (moto) ignore them here, hence
+        // the PutObjectRetention after completion as well.
+        if let Some((mode, until)) = self.lock_now() {
+            create = create
+                .object_lock_mode(mode)
+                .object_lock_retain_until_date(until);
+        }
         let created = create
             .send()
             .await
@@ -244,7 +252,13 @@ impl S3Storage {
         if result.is_err() {
             self.abort(key, &upload_id).await;
         }
-        result
+        result?;
+        // Completed: no upload to abort now. A failure here fails the object's upload, and
+        // the run's cleanup removes it like any other object of an unpublished backup.
+        if let Some(lock) = self.cfg.object_lock {
+            self.retain(key, lock.until(chrono::Utc::now())).await?;
+        }
+        Ok(())
     }
 
     async fn upload_parts(
@@ -329,6 +343,82 @@ impl S3Storage {
             .map_err(|e| self.map_err("completing multipart upload", e))?;
         Ok(())
     }
+
+    /// The lock headers of an object written now, on a destination with `object_lock`.
+    fn lock_now(&self) -> Option<(ObjectLockMode, aws_sdk_s3::primitives::DateTime)> {
+        let lock = self.cfg.object_lock?;
+        let mode = match lock.mode {
+            LockMode::Governance => ObjectLockMode::Governance,
+            LockMode::Compliance => ObjectLockMode::Compliance,
+        };
+        Some((mode, s3_time(lock.until(chrono::Utc::now()))))
+    }
+
+    /// PutObjectRetention of `full` (a full key) until `until`, in the configured mode.
+    async fn retain(
+        &self,
+        full: &str,
+        until: chrono::DateTime<chrono::Utc>,
+    ) -> Result<(), StorageError> {
+        let Some(lock) = self.cfg.object_lock else {
+            return Ok(());
+        };
+        let mode = match lock.mode {
+            LockMode::Governance => ObjectLockRetentionMode::Governance,
+            LockMode::Compliance => ObjectLockRetentionMode::Compliance,
+        };
+        let retention = ObjectLockRetention::builder()
+            .mode(mode)
+            .retain_until_date(s3_time(until))
+            .build();
+        match self
+            .client
+            .put_object_retention()
+            .bucket(&self.cfg.bucket)
+            .key(full)
+            .retention(retention)
+            .send()
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                // A lock that already lasts longer (a lower `days` now than when it was
+                // written) cannot be shortened, and needs no extending.
+                if let Ok(Some(held)) = self.lock_of(full).await
+                    && held >= until
+                {
+                    return Ok(());
+                }
+                Err(self.map_err(&format!("locking {full} until {}", until.to_rfc3339()), e))
+            }
+        }
+    }
+
+    /// The retain-until date HeadObject reports for `full` (GetObjectRetention is not
+    /// used: some stores, moto among them, answer it wrongly).
+    async fn lock_of(
+        &self,
+        full: &str,
+    ) -> Result<Option<chrono::DateTime<chrono::Utc>>, StorageError> {
+        let head = match self.head(full).await {
+            Ok(h) => h,
+            Err(StorageError::NotFound(_)) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        if head.object_lock_mode().is_none() {
+            return Ok(None);
+        }
+        Ok(head
+            .object_lock_retain_until_date()
+            .and_then(|t| chrono::DateTime::from_timestamp(t.secs(), t.subsec_nanos())))
+    }
+}
+
+/// Whole seconds, rounded up: S3 keeps a retain-until date to the second, and a lock
+/// must never end before the date asked for.
+fn s3_time(t: chrono::DateTime<chrono::Utc>) -> aws_sdk_s3::primitives::DateTime {
+    let secs = t.timestamp() + i64::from(t.timestamp_subsec_nanos() > 0);
+    aws_sdk_s3::primitives::DateTime::from_secs(secs)
 }
 
 /// Append `data` without ever growing `buf` past one part (BytesMut would reallocate by
@@ -493,6 +583,26 @@ impl Storage for S3Storage {
         Ok(())
     }
 
+    async fn put_record(&self, key: &str, data: Bytes) -> Result<(), StorageError> {
+        let mut put = self
+            .client
+            .put_object()
+            .bucket(&self.cfg.bucket)
+            .key(self.full_key(key))
+            .content_type("application/json")
+            .body(ByteStream::from(data));
+        if let Some((mode, until)) = self.lock_now() {
+            // S3 refuses lock headers on a PutObject without Content-MD5 or a checksum,
+            // which `checksums = "when_required"` would otherwise leave out.
+            put = put
+                .object_lock_mode(mode)
+                .object_lock_retain_until_date(until)
+                .checksum_algorithm(ChecksumAlgorithm::Crc32);
+        }
+        put.send().await.map_err(|e| self.map_err("uploading", e))?;
+        Ok(())
+    }
+
     async fn put_data(&self, key: &str, data: Bytes) -> Result<(), StorageError> {
         let mut put = self
             .client
@@ -503,8 +613,49 @@ impl Storage for S3Storage {
         if let Some(class) = &self.cfg.storage_class {
             put = put.storage_class(StorageClass::from(class.as_str()));
         }
+        if let Some((mode, until)) = self.lock_now() {
+            // S3 refuses lock headers on a PutObject without Content-MD5 or a checksum,
+            // which `checksums = "when_required"` would otherwise leave out.
+            put = put
+                .object_lock_mode(mode)
+                .object_lock_retain_until_date(until)
+                .checksum_algorithm(ChecksumAlgorithm::Crc32);
+        }
         put.send().await.map_err(|e| self.map_err("uploading", e))?;
         Ok(())
+    }
+
+    async fn locked_until(
+        &self,
+        key: &str,
+    ) -> Result<Option<chrono::DateTime<chrono::Utc>>, StorageError> {
+        self.lock_of(&self.full_key(key)).await
+    }
+
+    async fn extend_lock(
+        &self,
+        key: &str,
+        until: chrono::DateTime<chrono::Utc>,
+    ) -> Result<(), StorageError> {
+        self.retain(&self.full_key(key), until).await
+    }
+
+    async fn object_lock_enabled(&self) -> Result<Option<bool>, StorageError> {
+        match self
+            .client
+            .get_object_lock_configuration()
+            .bucket(&self.cfg.bucket)
+            .send()
+            .await
+        {
+            Ok(out) => Ok(Some(
+                out.object_lock_configuration()
+                    .and_then(|c| c.object_lock_enabled())
+                    == Some(&ObjectLockEnabled::Enabled),
+            )),
+            Err(e) if e.code() == Some("ObjectLockConfigurationNotFoundError") => Ok(Some(false)),
+            Err(e) => Err(self.map_err("reading the bucket's Object Lock configuration", e)),
+        }
     }
 
     async fn get(&self, key: &str) -> Result<ObjectReader, StorageError> {
@@ -751,6 +902,14 @@ impl S3Storage {
             .body(ByteStream::from(buf.freeze()));
         if in_class && let Some(class) = &self.cfg.storage_class {
             put = put.storage_class(StorageClass::from(class.as_str()));
+        }
+        if let Some((mode, until)) = self.lock_now() {
+            // S3 refuses lock headers on a PutObject without Content-MD5 or a checksum,
+            // which `checksums = "when_required"` would otherwise leave out.
+            put = put
+                .object_lock_mode(mode)
+                .object_lock_retain_until_date(until)
+                .checksum_algorithm(ChecksumAlgorithm::Crc32);
         }
         put.send().await.map_err(|e| self.map_err("uploading", e))?;
         Ok(total)
