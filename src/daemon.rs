@@ -569,7 +569,7 @@ fn fire_heal(ctx: &Arc<Ctx>, slot: &Arc<JobSlot>) {
         slot,
         |s| &s.healing,
         "heal",
-        |config, job| Box::pin(crate::heal::heal(config, job, false)),
+        |config, job| Box::pin(crate::heal::heal(config, job, false, false)),
         |ctx, job, report| {
             record_heal(ctx, &report);
             Box::pin(async move { crate::notify::healed(&job, &report).await })
@@ -592,6 +592,7 @@ fn fire_verify(ctx: &Arc<Ctx>, slot: &Arc<JobSlot>) {
                     &crate::verify::Which::One("latest".into()),
                     None,
                     job.encryption.as_ref().and_then(|e| e.keys.clone()),
+                    false,
                 )
                 .await
                 .unwrap_or_else(|e| crate::verify::VerifyReport {
@@ -620,6 +621,7 @@ fn fire_drill(ctx: &Arc<Ctx>, slot: &Arc<JobSlot>) {
                 config,
                 job,
                 job.encryption.as_ref().and_then(|e| e.keys.clone()),
+                false,
             ))
         },
         |ctx, job, report| {

@@ -108,6 +108,10 @@ pub enum Command {
         /// passphrase_file)
         #[arg(long, value_name = "FILE")]
         identity: Option<PathBuf>,
+        /// Read a backup whose manifest fails the job's auth_key_file (or that is clear
+        /// where the job encrypts) anyway: disaster recovery only
+        #[arg(long)]
+        trust_unauthenticated: bool,
     },
     /// Restore a backup: its database (into --to), then its files (in place, or --files-to)
     #[command(after_help = "Examples:\n  \
@@ -174,6 +178,10 @@ pub enum Command {
         /// instead of refusing
         #[arg(long)]
         wait_lock: bool,
+        /// Read a backup whose manifest fails the job's auth_key_file (or that is clear
+        /// where the job encrypts) anyway: disaster recovery only
+        #[arg(long)]
+        trust_unauthenticated: bool,
     },
     /// Where a backup on an archive destination stands: how many objects a restore needs
     /// are exists / available / pending / ready / local
@@ -219,6 +227,10 @@ pub enum Command {
         /// identity_file; without one, encrypted objects are checked by size and sha256)
         #[arg(long, value_name = "FILE")]
         identity: Option<PathBuf>,
+        /// Read a backup whose manifest fails the job's auth_key_file (or that is clear
+        /// where the job encrypts) anyway: disaster recovery only
+        #[arg(long)]
+        trust_unauthenticated: bool,
     },
     /// Restore the newest backup into the job's scratch database ([jobs.NAME.drill]),
     /// compare its tables and row counts with the backup's, run the checks, drop it;
@@ -229,6 +241,10 @@ pub enum Command {
         /// age identity file for an encrypted backup (default: the job's identity_file)
         #[arg(long, value_name = "FILE")]
         identity: Option<PathBuf>,
+        /// Read a backup whose manifest fails the job's auth_key_file (or that is clear
+        /// where the job encrypts) anyway: disaster recovery only
+        #[arg(long)]
+        trust_unauthenticated: bool,
     },
     /// Check the job's watched tables now and restore the missing ones from the newest
     /// backups that hold them ([jobs.NAME.heal]); exit 1 if any could not be restored
@@ -238,6 +254,10 @@ pub enum Command {
         /// Say what is missing and where it would come from; restore nothing
         #[arg(long)]
         dry_run: bool,
+        /// Read a backup whose manifest fails the job's auth_key_file (or that is clear
+        /// where the job encrypts) anyway: disaster recovery only
+        #[arg(long)]
+        trust_unauthenticated: bool,
     },
     /// Validate the config and print a summary; reads nothing but the config
     CheckConfig {
@@ -316,7 +336,11 @@ pub fn run(cli: Cli) -> i32 {
         Command::Run { job, wait_lock, .. } => {
             run::run(&cli.config, &job, crate::pipeline::RunOptions { wait_lock })
         }
-        Command::Heal { job, dry_run } => heal::run(&cli.config, &job, dry_run),
+        Command::Heal {
+            job,
+            dry_run,
+            trust_unauthenticated,
+        } => heal::run(&cli.config, &job, dry_run, trust_unauthenticated),
         Command::List { job, holding, json } => {
             list::run(&cli.config, job.as_deref(), holding.as_deref(), json)
         }
@@ -327,6 +351,7 @@ pub fn run(cli: Cli) -> i32 {
             output,
             from,
             identity,
+            trust_unauthenticated,
         } => download::run(
             &cli.config,
             download::Request {
@@ -336,6 +361,7 @@ pub fn run(cli: Cli) -> i32 {
                 output,
                 from,
                 identity,
+                trust_unauthenticated,
             },
         ),
         Command::Restore {
@@ -357,6 +383,7 @@ pub fn run(cli: Cli) -> i32 {
             identity,
             create,
             wait_lock,
+            trust_unauthenticated,
         } => restore::run(
             &cli.config,
             crate::restore::RestoreRequest {
@@ -378,6 +405,7 @@ pub fn run(cli: Cli) -> i32 {
                 identity,
                 wait_lock,
                 create,
+                trust_unauthenticated,
             },
         ),
         Command::Status {
@@ -393,6 +421,7 @@ pub fn run(cli: Cli) -> i32 {
             all,
             from,
             identity,
+            trust_unauthenticated,
         } => verify::run(
             &cli.config,
             &job,
@@ -403,8 +432,13 @@ pub fn run(cli: Cli) -> i32 {
             },
             from.as_deref(),
             identity.as_ref(),
+            trust_unauthenticated,
         ),
-        Command::Drill { job, identity } => drill::run(&cli.config, &job, identity.as_ref()),
+        Command::Drill {
+            job,
+            identity,
+            trust_unauthenticated,
+        } => drill::run(&cli.config, &job, identity.as_ref(), trust_unauthenticated),
     }
 }
 

@@ -13,6 +13,7 @@ pub fn run(
     which: Which,
     from: Option<&str>,
     identity: Option<&PathBuf>,
+    trust_unauthenticated: bool,
 ) -> i32 {
     with_job(path, Console::Stderr, job_name, |config, job, rt| {
         let keys = match crate::restore::keys_for(job, identity) {
@@ -22,7 +23,14 @@ pub fn run(
                 return EXIT_CONFIG;
             }
         };
-        report(rt.block_on(crate::verify::verify(config, job, &which, from, keys)))
+        report(rt.block_on(crate::verify::verify(
+            config,
+            job,
+            &which,
+            from,
+            keys,
+            trust_unauthenticated,
+        )))
     })
 }
 
