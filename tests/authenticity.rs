@@ -31,14 +31,22 @@ struct Setup {
 }
 
 impl Setup {
-    fn start(auth: bool, retention: &str) -> Setup {
+    /// `extra` goes at the end of the config (e.g. a `[jobs.app.heal]` section).
+    fn start(auth: bool, retention: &str, extra: &str) -> Setup {
         let pg = PgServer::start();
         seed_sample_db(&pg, "app", 50);
+        pg.psql(
+            "app",
+            "create table public.ledger (id int primary key, v text); insert into public.ledger values (1, 'real');",
+        );
         // The attacker's database, dumped into the planted objects.
         pg.create_db("evil");
         pg.psql(
             "evil",
-            &format!("create table public.{PWNED} (id int); insert into public.{PWNED} values (1);"),
+            &format!(
+                "create table public.{PWNED} (id int); insert into public.{PWNED} values (1);
+                 create table public.ledger (id int primary key, v text); insert into public.ledger values (1, 'forged');"
+            ),
         );
         let dir = tempfile::tempdir().expect("tempdir");
         let id = age::x25519::Identity::generate();
@@ -67,6 +75,7 @@ encryption = {{ recipients = ["{recipient}"], identity_file = "{identity}" }}
 type = "postgres"
 name = "db"
 url = "{url}"
+{extra}
 "#,
                 local = dir.path().join("local").display(),
                 identity = identity.display(),
@@ -205,7 +214,7 @@ fn refused(out: &Output, why: &str, naming: &str) {
 /// naming it, and the target gets nothing from it.
 #[test]
 fn an_encrypted_job_refuses_a_backup_made_clear() {
-    let s = Setup::start(false, "");
+    let s = Setup::start(false, "", "");
     // check-config says what a job without auth_key_file risks.
     let out = s.stowage(&["check-config"]);
     assert!(
@@ -249,7 +258,7 @@ fn an_encrypted_job_refuses_a_backup_made_clear() {
 /// them anyway.
 #[test]
 fn manifests_are_authenticated_with_the_jobs_key() {
-    let s = Setup::start(true, "");
+    let s = Setup::start(true, "", "");
     let genuine = s.backup();
     let to = s.fresh_db("genuine");
     let out = s.stowage(&["restore", "app", &genuine, "--to", &to]);
@@ -341,7 +350,7 @@ fn manifests_are_authenticated_with_the_jobs_key() {
 /// of counting the forged ones and deleting the real ones.
 #[test]
 fn retention_ignores_forged_manifests() {
-    let s = Setup::start(true, "retention = { keep_last = 2 }");
+    let s = Setup::start(true, "retention = { keep_last = 2 }", "");
     let first = s.backup();
     let second = s.backup();
     std::thread::sleep(std::time::Duration::from_millis(1500));
@@ -374,4 +383,29 @@ fn retention_ignores_forged_manifests() {
     let out = s.stowage(&["restore", "app", &second, "--to", &to]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     s.assert_restored("second");
+}
+
+/// The healer passes over a forged newer backup (its dump swapped for one encrypted to the
+/// job's public recipient) and restores the dropped table from the genuine one.
+#[test]
+fn the_healer_does_not_use_a_forged_backup() {
+    let s = Setup::start(true, "", "[jobs.app.heal]\nwatch = [\"public.ledger\"]");
+    let genuine = s.backup();
+    let victim = s.backup();
+    let key = format!("app/{victim}/db.pgdump.zst.age");
+    let sealed = pipe("age", &["-r", &s.recipient], &s.evil_dump());
+    s.plant(&victim, &key, &sealed, |_| {});
+    s.pg.psql("app", "drop table public.ledger");
+    let out = s.stowage(&["heal", "app"]);
+    let said = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{said}");
+    assert!(said.contains(&genuine), "healed from {genuine}: {said}");
+    assert!(
+        said.contains(&format!("not using backup {victim}")),
+        "the forged backup is named: {said}"
+    );
+    assert_eq!(
+        s.pg.psql("app", "select v from public.ledger where id = 1"),
+        "real"
+    );
 }
