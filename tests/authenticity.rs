@@ -14,10 +14,18 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
 use age::secrecy::ExposeSecret;
-use common::{PgServer, Rng, run_stowage, seed_sample_db, sha256_hex, text};
+use common::{PgServer, Rng, S3Server, run_stowage, seed_sample_db, sha256_hex, text};
 
 /// What the planted dump creates: found in a target, it means stowage applied it.
 const PWNED: &str = "pwned";
+const BUCKET: &str = "auth";
+
+/// The job's one destination when it is on S3 (moto), with a runtime for the test's own
+/// S3 calls.
+struct OnS3 {
+    server: S3Server,
+    rt: tokio::runtime::Runtime,
+}
 
 struct Setup {
     pg: PgServer,
@@ -28,11 +36,17 @@ struct Setup {
     config_without_key: PathBuf,
     /// The job's age recipient: public, so a bucket writer may know it.
     recipient: String,
+    /// None: the destination is the local directory `local`.
+    s3: Option<OnS3>,
 }
 
 impl Setup {
     /// `extra` goes at the end of the config (e.g. a `[jobs.app.heal]` section).
     fn start(auth: bool, retention: &str, extra: &str) -> Setup {
+        Setup::start_on(None, auth, retention, extra)
+    }
+
+    fn start_on(s3: Option<OnS3>, auth: bool, retention: &str, extra: &str) -> Setup {
         let pg = PgServer::start();
         seed_sample_db(&pg, "app", 50);
         pg.psql(
@@ -57,17 +71,32 @@ impl Setup {
         // What `head -c 32 /dev/urandom | base64` writes: 44 characters.
         std::fs::write(&auth_key, format!("{}=\n", Rng::new(23).hex(43))).expect("write key");
         let recipient = id.to_public().to_string();
+        let destination = match &s3 {
+            None => format!(
+                "[destinations.dest]\ntype = \"local\"\npath = \"{}\"\n",
+                dir.path().join("local").display()
+            ),
+            Some(s3) => {
+                s3.rt.block_on(s3.server.create_bucket(BUCKET));
+                let secret = dir.path().join("s3_secret");
+                std::fs::write(&secret, s3.server.secret_key()).expect("write s3 secret");
+                format!(
+                    "[destinations.dest]\ntype = \"s3\"\nbucket = \"{BUCKET}\"\nendpoint = \"{}\"\nforce_path_style = true\naccess_key_id = \"{}\"\nsecret_access_key_file = \"{}\"\nregion = \"{}\"\n",
+                    s3.server.endpoint(),
+                    s3.server.access_key(),
+                    secret.display(),
+                    s3.server.region()
+                )
+            }
+        };
         let body = |with_key: bool| {
             format!(
                 r#"
-[destinations.local]
-type = "local"
-path = "{local}"
-{retention}
+{destination}{retention}
 
 [jobs.app]
 schedule = "0 3 * * *"
-destinations = ["local"]
+destinations = ["dest"]
 encryption = {{ recipients = ["{recipient}"], identity_file = "{identity}" }}
 {auth}
 
@@ -77,7 +106,6 @@ name = "db"
 url = "{url}"
 {extra}
 "#,
-                local = dir.path().join("local").display(),
                 identity = identity.display(),
                 auth = if with_key {
                     format!("auth_key_file = \"{}\"", auth_key.display())
@@ -97,6 +125,7 @@ url = "{url}"
             config,
             config_without_key,
             recipient,
+            s3,
         }
     }
 
@@ -124,19 +153,44 @@ url = "{url}"
         self.dir.path().join("local").join(key)
     }
 
+    fn read(&self, key: &str) -> Vec<u8> {
+        match &self.s3 {
+            None => std::fs::read(self.object(key)).unwrap_or_else(|e| panic!("{key}: {e}")),
+            Some(s3) => s3.rt.block_on(s3.server.get(BUCKET, key)),
+        }
+    }
+
+    /// What a bucket writer does.
+    fn write(&self, key: &str, bytes: &[u8]) {
+        match &self.s3 {
+            None => {
+                let path = self.object(key);
+                std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+                std::fs::write(path, bytes).expect("write");
+            }
+            Some(s3) => s3.rt.block_on(s3.server.put(BUCKET, key, bytes.to_vec())),
+        }
+    }
+
+    fn remove(&self, key: &str) {
+        match &self.s3 {
+            None => std::fs::remove_file(self.object(key)).expect("remove"),
+            Some(s3) => s3.rt.block_on(s3.server.delete(BUCKET, key)),
+        }
+    }
+
     fn manifest_path(&self, id: &str) -> PathBuf {
         self.object(&format!("app/{id}/manifest.json"))
     }
 
     fn manifest(&self, id: &str) -> serde_json::Value {
-        let bytes = std::fs::read(self.manifest_path(id)).expect("read manifest");
+        let bytes = self.read(&format!("app/{id}/manifest.json"));
         serde_json::from_slice(&bytes).expect("manifest is JSON")
     }
 
     fn write_manifest(&self, id: &str, m: &serde_json::Value) {
-        let path = self.manifest_path(id);
-        std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
-        std::fs::write(path, serde_json::to_vec_pretty(m).expect("json")).expect("write");
+        let body = serde_json::to_vec_pretty(m).expect("json");
+        self.write(&format!("app/{id}/manifest.json"), &body);
     }
 
     /// The attacker's pg_dump archive of `evil`, zstd-compressed (as stowage stores it).
@@ -154,8 +208,8 @@ url = "{url}"
     fn plant(&self, id: &str, key: &str, bytes: &[u8], edit: impl FnOnce(&mut serde_json::Value)) {
         let mut m = self.manifest(id);
         let old = m["sources"][0]["key"].as_str().expect("key").to_string();
-        std::fs::remove_file(self.object(&old)).expect("remove the real dump");
-        std::fs::write(self.object(key), bytes).expect("write the planted dump");
+        self.remove(&old);
+        self.write(key, bytes);
         let src = &mut m["sources"][0];
         src["key"] = key.into();
         src["sha256"] = sha256_hex(bytes).into();
@@ -214,7 +268,18 @@ fn refused(out: &Output, why: &str, naming: &str) {
 /// naming it, and the target gets nothing from it.
 #[test]
 fn an_encrypted_job_refuses_a_backup_made_clear() {
-    let s = Setup::start(false, "", "");
+    made_clear(Setup::start(false, "", ""));
+}
+
+/// The same on S3 (moto): the decision sits above the storage layer.
+#[test]
+fn an_encrypted_job_refuses_a_backup_made_clear_on_s3() {
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let server = S3Server::moto();
+    made_clear(Setup::start_on(Some(OnS3 { server, rt }), false, "", ""));
+}
+
+fn made_clear(s: Setup) {
     // check-config says what a job without auth_key_file risks.
     let out = s.stowage(&["check-config"]);
     assert!(
@@ -325,6 +390,17 @@ fn manifests_are_authenticated_with_the_jobs_key() {
         text(&out)
     );
     assert!(s.pwned("trusted"));
+
+    // "latest" passes over both to the newest authenticated backup, naming them.
+    let to = s.fresh_db("latest");
+    let out = s.stowage(&["restore", "app", "latest", "--to", &to]);
+    let said = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{said}");
+    for id in [&victim, &old] {
+        assert!(said.contains(&format!("passing over backup {id}")), "{said}");
+    }
+    assert!(!s.pwned("latest"), "latest restored the forged backup");
+    s.assert_restored("latest");
 
     // A backup from before the key: refused, then restored with the override.
     let to = s.fresh_db("old");
