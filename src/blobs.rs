@@ -818,7 +818,10 @@ pub async fn previous_index(
         let packing = match Packing::of(&m, expect, keys.clone()) {
             Ok(p) => p,
             Err(err) => {
-                warn!(job, source, "not using backup {}'s index of {source}: {err}", p.id);
+                warn!(
+                    job,
+                    source, "not using backup {}'s index of {source}: {err}", p.id
+                );
                 continue;
             }
         };

@@ -201,7 +201,16 @@ pub async fn heal(
     let dry_run = dry_run || settings.dry_run;
     let mut report = HealReport::new(&job.name, db.name(), dry_run);
     let trust = trust_unauthenticated;
-    pass(config, job, settings, db.as_ref(), dry_run, trust, &mut report).await;
+    pass(
+        config,
+        job,
+        settings,
+        db.as_ref(),
+        dry_run,
+        trust,
+        &mut report,
+    )
+    .await;
     report.duration_s = t0.elapsed().as_secs_f64();
     let line = report.summary();
     match report.outcome {

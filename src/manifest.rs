@@ -91,13 +91,13 @@ impl Authenticity {
             Authenticity::NotChecked => "not checked (the job has no auth_key_file)".to_string(),
             Authenticity::Authentic => format!("authenticated by {from}"),
             Authenticity::Unsigned => format!(
-                "not authenticated: it carries no MAC (\"auth\"), and the job authenticates its manifests with auth_key_file {from}"
+                "not authenticated: it carries no MAC (\"auth\"), and the job authenticates its manifests with {from}"
             ),
             Authenticity::OtherKey { key_id } => format!(
-                "not authenticated: it was signed with another key (key id {key_id}; the job's auth_key_file {from} has key id {ours})"
+                "not authenticated: it was signed with another key (key id {key_id}; the job's key, {from}, has key id {ours})"
             ),
             Authenticity::Forged => format!(
-                "forged or damaged: its MAC does not match its content under the job's auth_key_file {from} (key id {ours}); it was changed after it was written"
+                "forged or damaged: its MAC does not match its content under the job's key, {from} (key id {ours}); it was changed after it was written"
             ),
         }
     }
@@ -410,7 +410,11 @@ pub enum Refused {
     #[error(
         "manifest {key}: {why}; refusing backup {id}: whoever can write to the destination could have made it. If you trust what this destination holds (disaster recovery, or a backup written before auth_key_file was set), pass --trust-unauthenticated"
     )]
-    Unauthenticated { key: String, id: String, why: String },
+    Unauthenticated {
+        key: String,
+        id: String,
+        why: String,
+    },
     #[error(
         "backup {id} of job {job} ({key}, encryption {}): the job is configured to encrypt, and this backup says it is not: refusing it; whoever can write to the destination can remove the manifest's encryption field and store clear objects. A clear backup written before encryption was turned on is accepted when its manifest is authenticated (auth_key_file); to read it anyway, pass --trust-unauthenticated",
         says.as_deref().map_or("absent".to_string(), |s| format!("\"{s}\""))

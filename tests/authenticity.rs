@@ -297,7 +297,11 @@ fn made_clear(s: Setup) {
 
     let to = s.fresh_db("restored");
     let out = s.stowage(&["restore", "app", &id, "--to", &to]);
-    refused(&out, "the job is configured to encrypt, and this backup says it is not", &manifest);
+    refused(
+        &out,
+        "the job is configured to encrypt, and this backup says it is not",
+        &manifest,
+    );
     assert!(!s.pwned("restored"), "the clear dump was applied");
 
     let file = s.dir.path().join("db.pgdump");
@@ -397,7 +401,10 @@ fn manifests_are_authenticated_with_the_jobs_key() {
     let said = text(&out);
     assert_eq!(out.status.code(), Some(0), "{said}");
     for id in [&victim, &old] {
-        assert!(said.contains(&format!("passing over backup {id}")), "{said}");
+        assert!(
+            said.contains(&format!("passing over backup {id}")),
+            "{said}"
+        );
     }
     assert!(!s.pwned("latest"), "latest restored the forged backup");
     s.assert_restored("latest");
@@ -453,7 +460,10 @@ fn retention_ignores_forged_manifests() {
         "retention no longer prunes: {first} is beyond keep_last = 2"
     );
     for id in &forged {
-        assert!(s.manifest_path(id).exists(), "{id}: left alone, not deleted");
+        assert!(
+            s.manifest_path(id).exists(),
+            "{id}: left alone, not deleted"
+        );
     }
     let to = s.fresh_db("second");
     let out = s.stowage(&["restore", "app", &second, "--to", &to]);

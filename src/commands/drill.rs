@@ -25,7 +25,12 @@ pub fn run(
                 return EXIT_CONFIG;
             }
         };
-        let report = rt.block_on(crate::drill::drill(config, job, keys, trust_unauthenticated));
+        let report = rt.block_on(crate::drill::drill(
+            config,
+            job,
+            keys,
+            trust_unauthenticated,
+        ));
         for line in &report.ok {
             println!("  ok: {line}");
         }

@@ -246,9 +246,9 @@ fn to_text(shelves: &[Shelf], holding: Option<&str>) -> String {
                         manifest::Authenticity::Unsigned => {
                             sources.push_str(" [UNAUTHENTICATED: no MAC]")
                         }
-                        manifest::Authenticity::OtherKey { key_id } => sources.push_str(
-                            &format!(" [UNAUTHENTICATED: signed with another key, {key_id}]"),
-                        ),
+                        manifest::Authenticity::OtherKey { key_id } => sources.push_str(&format!(
+                            " [UNAUTHENTICATED: signed with another key, {key_id}]"
+                        )),
                         manifest::Authenticity::Forged => {
                             sources.push_str(" [UNAUTHENTICATED: MAC does not match, forged]")
                         }

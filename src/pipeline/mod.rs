@@ -744,10 +744,7 @@ pub(crate) async fn weighed(
 }
 
 /// (id, time) of the backups retention weighs; (id, why) of those it leaves alone.
-pub(crate) type WeighedBackups = (
-    Vec<(String, chrono::DateTime<Utc>)>,
-    Vec<(String, String)>,
-);
+pub(crate) type WeighedBackups = (Vec<(String, chrono::DateTime<Utc>)>, Vec<(String, String)>);
 
 async fn apply_retention(
     t: &Target,
