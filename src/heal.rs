@@ -200,14 +200,13 @@ pub async fn heal(
     };
     let dry_run = dry_run || settings.dry_run;
     let mut report = HealReport::new(&job.name, db.name(), dry_run);
-    let trust = trust_unauthenticated;
     pass(
         config,
         job,
         settings,
         db.as_ref(),
         dry_run,
-        trust,
+        trust_unauthenticated,
         &mut report,
     )
     .await;
