@@ -730,7 +730,7 @@ async fn sweep_locked(
                     .await
                     .map_err(stop)?,
                 None => {
-                    let (_, mut entries) = open_index(storage, e, &Packing::of(m, None))
+                    let (_, mut entries) = open_index(storage, e, &Packing::as_stored(m, None))
                         .await
                         .map_err(stop)?;
                     while let Some(f) = entries.next().await.map_err(stop)? {
@@ -804,6 +804,7 @@ pub async fn previous_index(
     job: &str,
     source: &str,
     keys: Option<Arc<Keys>>,
+    expect: &codec::Expect,
 ) -> Option<(String, IndexEntries)> {
     for p in listing.published(job) {
         let Ok(m) = manifest::read_manifest(storage, job, &p.id).await else {
@@ -816,12 +817,24 @@ pub async fn previous_index(
         else {
             continue;
         };
+        // A fake index would have the backup trust its hashes for files it does not read
+        // again: only one the job itself wrote is merged.
+        let packing = match Packing::of(&m, expect, keys.clone()) {
+            Ok(p) => p,
+            Err(err) => {
+                warn!(
+                    job,
+                    source, "not using backup {}'s index of {source}: {err}", p.id
+                );
+                continue;
+            }
+        };
         if m.encryption.is_some() && keys.is_none() {
             // Without the identity the index cannot be read: every file is hashed again
             // (nothing is uploaded again: blob names still match).
             return None;
         }
-        return match open_index(storage, e, &Packing::of(&m, keys.clone())).await {
+        return match open_index(storage, e, &packing).await {
             Ok((_, entries)) => Some((p.id, entries)),
             Err(err) => {
                 warn!(

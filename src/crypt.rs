@@ -258,6 +258,77 @@ impl Encryption {
     }
 }
 
+/// The key that authenticates a job's manifests (`auth_key_file`): HMAC-SHA256, held by
+/// the writer and every reader. Whoever can only write to a destination cannot make a
+/// manifest that passes, so a backup proves it was written by a holder of the key.
+pub struct AuthKey {
+    secret: crate::config::Secret,
+    id: String,
+    from: String,
+}
+
+impl std::fmt::Debug for AuthKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "AuthKey({}, key id {})", self.from, self.id)
+    }
+}
+
+/// Below this, a key file holds too little to stop a guess: `head -c 32 /dev/urandom |
+/// base64` writes 44 characters.
+pub const AUTH_KEY_MIN: usize = 32;
+
+impl AuthKey {
+    /// `secret` is the key file's text (trailing newline removed); `from` names the file.
+    pub fn new(secret: crate::config::Secret, from: &str) -> Result<AuthKey, String> {
+        let n = secret.expose().len();
+        if n < AUTH_KEY_MIN {
+            return Err(format!(
+                "{from}: {n} bytes of key material, fewer than {AUTH_KEY_MIN}; make a key with `head -c 32 /dev/urandom | base64 > FILE`"
+            ));
+        }
+        use sha2::Digest;
+        let digest = sha2::Sha256::digest(secret.expose().as_bytes());
+        Ok(AuthKey {
+            id: hex::encode(&digest[..4]),
+            secret,
+            from: from.to_string(),
+        })
+    }
+
+    /// First 8 hex digits of the key's sha256: names the key in a manifest (so a reader
+    /// with another key says so) without giving anything of it away.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The file the key was read from, for messages.
+    pub fn from(&self) -> &str {
+        &self.from
+    }
+
+    fn mac(&self) -> hmac::Hmac<sha2::Sha256> {
+        <hmac::Hmac<sha2::Sha256> as KeyInit>::new_from_slice(self.secret.expose().as_bytes())
+            .unwrap_or_else(|_| unreachable!("hmac takes keys of any length"))
+    }
+
+    /// HMAC-SHA256 of `body`, hex.
+    pub fn sign(&self, body: &[u8]) -> String {
+        let mut mac = self.mac();
+        mac.update(body);
+        hex::encode(mac.finalize().into_bytes())
+    }
+
+    /// Whether `mac_hex` is the HMAC of `body`, compared in constant time.
+    pub fn verify(&self, body: &[u8], mac_hex: &str) -> bool {
+        let Ok(tag) = hex::decode(mac_hex) else {
+            return false;
+        };
+        let mut mac = self.mac();
+        mac.update(body);
+        mac.verify_slice(&tag).is_ok()
+    }
+}
+
 fn blob_hmac(key: &[u8], sha256: &str) -> String {
     // HMAC accepts keys of any length.
     let mut mac = <hmac::Hmac<sha2::Sha256> as KeyInit>::new_from_slice(key)

@@ -569,7 +569,7 @@ fn fire_heal(ctx: &Arc<Ctx>, slot: &Arc<JobSlot>) {
         slot,
         |s| &s.healing,
         "heal",
-        |config, job| Box::pin(crate::heal::heal(config, job, false)),
+        |config, job| Box::pin(crate::heal::heal(config, job, false, false)),
         |ctx, job, report| {
             record_heal(ctx, &report);
             Box::pin(async move { crate::notify::healed(&job, &report).await })
@@ -594,6 +594,8 @@ fn fire_verify(ctx: &Arc<Ctx>, slot: &Arc<JobSlot>) {
                     job.encryption.as_ref().and_then(|e| e.keys.clone()),
                     crate::verify::Options {
                         read_data: job.verify_read_data,
+                        // The daemon never reads a backup it cannot authenticate.
+                        trust_unauthenticated: false,
                     },
                 )
                 .await
@@ -623,6 +625,7 @@ fn fire_drill(ctx: &Arc<Ctx>, slot: &Arc<JobSlot>) {
                 config,
                 job,
                 job.encryption.as_ref().and_then(|e| e.keys.clone()),
+                false,
             ))
         },
         |ctx, job, report| {

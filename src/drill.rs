@@ -60,7 +60,14 @@ impl DrillReport {
 
 /// Run the job's drill once. Never touches the source's own database: the target is
 /// refused when it names it, at config time and again here.
-pub async fn drill(config: &Config, job: &Job, keys: Option<Arc<Keys>>) -> DrillReport {
+/// `trust_unauthenticated`: drill a backup whose manifest fails the job's auth_key_file
+/// too (the command's `--trust-unauthenticated`; never the daemon).
+pub async fn drill(
+    config: &Config,
+    job: &Job,
+    keys: Option<Arc<Keys>>,
+    trust_unauthenticated: bool,
+) -> DrillReport {
     let mut report = DrillReport {
         job: job.name.clone(),
         ..Default::default()
@@ -107,7 +114,14 @@ pub async fn drill(config: &Config, job: &Job, keys: Option<Arc<Keys>>) -> Drill
         ));
         return report;
     };
-    let packing = Packing::of(&located.manifest, keys);
+    let expect = crate::codec::Expect::of(job, trust_unauthenticated);
+    let packing = match Packing::of(&located.manifest, &expect, keys) {
+        Ok(p) => p,
+        Err(e) => {
+            report.problems.push(e.to_string());
+            return report;
+        }
+    };
     if let Err(e) =
         restore::check_keys(located.storage.as_ref(), &packing, &[entry.key.as_str()]).await
     {

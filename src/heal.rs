@@ -181,7 +181,14 @@ struct Candidate {
 
 /// One pass of the healer for `job` (which must have `[jobs.NAME.heal]`). `dry_run` adds to
 /// the config's own `dry_run`. Logs one summary line.
-pub async fn heal(config: &Config, job: &Job, dry_run: bool) -> HealReport {
+/// `trust_unauthenticated`: heal from backups whose manifest fails the job's auth_key_file
+/// too (the command's `--trust-unauthenticated`; never the daemon).
+pub async fn heal(
+    config: &Config,
+    job: &Job,
+    dry_run: bool,
+    trust_unauthenticated: bool,
+) -> HealReport {
     let t0 = Instant::now();
     let (Some(settings), Some(db)) = (job.heal.as_ref(), job.heal_source()) else {
         // Config validation makes this unreachable for a loaded config.
@@ -193,7 +200,16 @@ pub async fn heal(config: &Config, job: &Job, dry_run: bool) -> HealReport {
     };
     let dry_run = dry_run || settings.dry_run;
     let mut report = HealReport::new(&job.name, db.name(), dry_run);
-    pass(config, job, settings, db.as_ref(), dry_run, &mut report).await;
+    pass(
+        config,
+        job,
+        settings,
+        db.as_ref(),
+        dry_run,
+        trust_unauthenticated,
+        &mut report,
+    )
+    .await;
     report.duration_s = t0.elapsed().as_secs_f64();
     let line = report.summary();
     match report.outcome {
@@ -210,6 +226,7 @@ async fn pass(
     settings: &crate::config::Heal,
     db: &dyn Database,
     dry_run: bool,
+    trust: bool,
     report: &mut HealReport,
 ) {
     let live = match db.live_objects(None).await {
@@ -220,7 +237,7 @@ async fn pass(
             return;
         }
     };
-    let candidates = candidates(config, job, db.name(), settings.backups).await;
+    let candidates = candidates(config, job, db.name(), settings.backups, trust).await;
     let objects_of = |c: &Candidate| -> Option<Vec<String>> {
         c.manifest
             .sources
@@ -313,7 +330,7 @@ async fn pass(
             let mut progress = false;
             for (i, objects) in pending {
                 let c = &candidates[i];
-                match restore_group(config, job, db, &target, c, &objects).await {
+                match restore_group(config, job, db, &target, c, &objects, trust).await {
                     Ok(incomplete) => {
                         progress = true;
                         report.restored.extend(objects.iter().map(|o| healed(o, c)));
@@ -362,6 +379,7 @@ async fn restore_group(
     target: &str,
     c: &Candidate,
     objects: &[String],
+    trust: bool,
 ) -> Result<Option<String>, String> {
     info!(
         job = %job.name,
@@ -379,6 +397,7 @@ async fn restore_group(
         from: Some(c.destination.clone()),
         only: vec![db.name().to_string()],
         tables: objects.to_vec(),
+        trust_unauthenticated: trust,
         ..RestoreRequest::default()
     };
     match restore::restore(config, &req).await {
@@ -412,8 +431,16 @@ fn one_line(text: &str) -> String {
 /// The newest `n` published backups of the job over all its destinations, newest first,
 /// each read from the preferred destination that has it: local volumes before object
 /// stores (fast, and no egress), then the job's order. A destination that cannot be read
-/// is skipped.
-async fn candidates(config: &Config, job: &Job, source: &str, n: usize) -> Vec<Candidate> {
+/// is skipped, and so is a backup the job must not read (`crate::codec::Expect`): a fake
+/// newer backup neither takes a slot nor is restored from.
+async fn candidates(
+    config: &Config,
+    job: &Job,
+    source: &str,
+    n: usize,
+    trust: bool,
+) -> Vec<Candidate> {
+    let expect = crate::codec::Expect::of(job, trust);
     let mut stores = storage::open_job(config, job).await;
     // An archive tier needs a retrieval (hours) before a restore: not a source for healing.
     stores.retain(|s| restore::archive_class(config, s.name).is_none());
@@ -441,12 +468,23 @@ async fn candidates(config: &Config, job: &Job, source: &str, n: usize) -> Vec<C
     }
     ids.sort_by(|a, b| b.0.time.cmp(&a.0.time).then_with(|| b.0.id.cmp(&a.0.id)));
     let mut out = Vec::new();
-    for (published, holders) in ids.into_iter().take(n) {
+    // Backups read and admitted: the newest n of those are the candidates.
+    let mut taken = 0;
+    for (published, holders) in ids.into_iter() {
+        if taken >= n {
+            break;
+        }
         let id = published.id;
         for d in holders {
             let st = &stores[d];
             match manifest::read_manifest(st.storage.as_ref(), &job.name, &id).await {
                 Ok(m) => {
+                    // Another destination may hold the genuine copy.
+                    if let Err(e) = expect.admit(&m) {
+                        warn!(job = %job.name, "heal {}: not using backup {id} on {}: {e}", job.name, st.name);
+                        continue;
+                    }
+                    taken += 1;
                     if !m.sources.iter().any(|s| s.name == source) {
                         break;
                     }

@@ -30,6 +30,145 @@ pub struct Manifest {
     pub sources: Vec<SourceEntry>,
     /// e.g. {"stowage": "0.1.0", "pg_dump": "pg_dump (PostgreSQL) 15.18"}
     pub tools: BTreeMap<String, String>,
+    /// The MAC under the job's `auth_key_file` (absent without one). Written by [`signed`]
+    /// over everything else, never set by hand.
+    #[serde(rename = "auth", default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<ManifestAuth>,
+    /// What the MAC must cover, kept from reading the stored manifest.
+    #[serde(skip)]
+    pub proof: Proof,
+}
+
+/// `"auth": {"scheme": "hmac-sha256", "key_id": "1a2b3c4d", "mac": "<64 hex>"}`: HMAC-SHA256
+/// under the job's key over the manifest's canonical JSON (every field but `auth`, keys
+/// sorted, no whitespace; see [`canonical`]).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ManifestAuth {
+    pub scheme: String,
+    /// First 8 hex digits of the key's sha256.
+    pub key_id: String,
+    /// hex
+    pub mac: String,
+}
+
+/// The only scheme: HMAC-SHA256.
+pub const AUTH_SCHEME: &str = "hmac-sha256";
+
+/// The canonical bytes of a manifest as it was stored: the MAC is checked against these,
+/// not against a re-serialization, so fields this version does not know are covered too.
+#[derive(Clone, Default, PartialEq)]
+pub struct Proof(Option<std::sync::Arc<[u8]>>);
+
+impl std::fmt::Debug for Proof {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.0 {
+            Some(b) => write!(f, "Proof({} bytes)", b.len()),
+            None => f.write_str("Proof(none)"),
+        }
+    }
+}
+
+/// Whether a manifest was written by a holder of the job's `auth_key_file`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Authenticity {
+    /// The job has no auth key: nothing to check.
+    NotChecked,
+    /// The MAC matches under the job's key.
+    Authentic,
+    /// No MAC: written without a key (before `auth_key_file` was set), or by someone else.
+    Unsigned,
+    /// Signed with a key of another id.
+    OtherKey { key_id: String },
+    /// A MAC under the job's key id that does not match: edited after it was written.
+    Forged,
+}
+
+impl Authenticity {
+    /// Why a manifest fails `key`, for messages.
+    pub fn describe(&self, key: Option<&crate::crypt::AuthKey>) -> String {
+        let (from, ours) = key.map_or(("-", "-"), |k| (k.from(), k.id()));
+        match self {
+            Authenticity::NotChecked => "not checked (the job has no auth_key_file)".to_string(),
+            Authenticity::Authentic => format!("authenticated by {from}"),
+            Authenticity::Unsigned => format!(
+                "not authenticated: it carries no MAC (\"auth\"), and the job authenticates its manifests with {from}"
+            ),
+            Authenticity::OtherKey { key_id } => format!(
+                "not authenticated: it was signed with another key (key id {key_id}; the job's key, {from}, has key id {ours})"
+            ),
+            Authenticity::Forged => format!(
+                "forged or damaged: its MAC does not match its content under the job's key, {from} (key id {ours}); it was changed after it was written"
+            ),
+        }
+    }
+
+    /// True unless the job has a key and the manifest fails it.
+    pub fn accepted(&self) -> bool {
+        matches!(self, Authenticity::NotChecked | Authenticity::Authentic)
+    }
+}
+
+/// Sorted keys, no whitespace, whatever serde_json's map type is: two serializations of
+/// the same JSON value give the same bytes.
+pub fn canonical(v: &serde_json::Value) -> Result<Vec<u8>, serde_json::Error> {
+    fn write(v: &serde_json::Value, out: &mut Vec<u8>) -> Result<(), serde_json::Error> {
+        match v {
+            serde_json::Value::Object(map) => {
+                let mut keys: Vec<&String> = map.keys().collect();
+                keys.sort();
+                out.push(b'{');
+                for (i, k) in keys.into_iter().enumerate() {
+                    if i > 0 {
+                        out.push(b',');
+                    }
+                    serde_json::to_writer(&mut *out, k)?;
+                    out.push(b':');
+                    if let Some(v) = map.get(k) {
+                        write(v, out)?;
+                    }
+                }
+                out.push(b'}');
+            }
+            serde_json::Value::Array(items) => {
+                out.push(b'[');
+                for (i, item) in items.iter().enumerate() {
+                    if i > 0 {
+                        out.push(b',');
+                    }
+                    write(item, out)?;
+                }
+                out.push(b']');
+            }
+            other => serde_json::to_writer(&mut *out, other)?,
+        }
+        Ok(())
+    }
+    let mut out = Vec::new();
+    write(v, &mut out)?;
+    Ok(out)
+}
+
+/// The stored form of `m`: pretty JSON, with `auth` computed under `key` when there is one.
+pub fn signed(
+    m: &Manifest,
+    key: Option<&crate::crypt::AuthKey>,
+) -> Result<Vec<u8>, serde_json::Error> {
+    let mut value = serde_json::to_value(m)?;
+    if let serde_json::Value::Object(map) = &mut value {
+        map.remove("auth");
+        if let Some(key) = key {
+            let mac = key.sign(&canonical(&serde_json::Value::Object(map.clone()))?);
+            map.insert(
+                "auth".to_string(),
+                serde_json::to_value(ManifestAuth {
+                    scheme: AUTH_SCHEME.to_string(),
+                    key_id: key.id().to_string(),
+                    mac,
+                })?,
+            );
+        }
+    }
+    serde_json::to_vec_pretty(&value)
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -97,6 +236,45 @@ pub struct FilesStats {
 }
 
 impl Manifest {
+    /// Parse a stored manifest, keeping what its MAC covers.
+    pub fn parse(bytes: &[u8]) -> Result<Manifest, serde_json::Error> {
+        let mut value: serde_json::Value = serde_json::from_slice(bytes)?;
+        let covered = match &mut value {
+            serde_json::Value::Object(map) => {
+                let auth = map.remove("auth");
+                let covered = canonical(&serde_json::Value::Object(map.clone()))?;
+                if let Some(a) = auth {
+                    map.insert("auth".to_string(), a);
+                }
+                Some(covered)
+            }
+            _ => None,
+        };
+        let mut m: Manifest = serde_json::from_value(value)?;
+        m.proof = Proof(covered.map(std::sync::Arc::from));
+        Ok(m)
+    }
+
+    /// Whether this manifest, as it was read, was written by a holder of `key`.
+    pub fn authenticity(&self, key: Option<&crate::crypt::AuthKey>) -> Authenticity {
+        let Some(key) = key else {
+            return Authenticity::NotChecked;
+        };
+        let (Some(auth), Some(body)) = (&self.auth, &self.proof.0) else {
+            return Authenticity::Unsigned;
+        };
+        if auth.key_id != key.id() {
+            return Authenticity::OtherKey {
+                key_id: auth.key_id.clone(),
+            };
+        }
+        if auth.scheme == AUTH_SCHEME && key.verify(body, &auth.mac) {
+            Authenticity::Authentic
+        } else {
+            Authenticity::Forged
+        }
+    }
+
     /// How this backup's objects are stored.
     pub fn form(&self) -> layout::Form {
         layout::Form {
@@ -208,10 +386,21 @@ pub async fn read_manifest(
 ) -> Result<Manifest, ManifestError> {
     let key = manifest_key(job, id);
     let bytes = storage.get_bytes(&key).await?;
-    let m: Manifest = serde_json::from_slice(&bytes).map_err(|e| ManifestError::Corrupt {
+    let m = Manifest::parse(&bytes).map_err(|e| ManifestError::Corrupt {
         key: key.clone(),
         reason: e.to_string(),
     })?;
+    // The MAC covers job and id: a genuine manifest copied to another backup's key (to pass
+    // as a newer backup, or as another job's) is refused here.
+    if m.job != job || m.id != id {
+        return Err(ManifestError::Corrupt {
+            key,
+            reason: format!(
+                "it says it is backup {} of job {}, not backup {id} of job {job}; it was copied from elsewhere",
+                m.id, m.job
+            ),
+        });
+    }
     // Every key a restore, verify or drill will read: under the job's prefix, nothing
     // that could leave the destination's root.
     for s in &m.sources {
@@ -223,6 +412,29 @@ pub async fn read_manifest(
         }
     }
     Ok(m)
+}
+
+/// A backup the job must not read (see `crate::codec::Expect::admit`).
+#[derive(Debug, thiserror::Error)]
+pub enum Refused {
+    #[error(
+        "manifest {key}: {why}; refusing backup {id}: whoever can write to the destination could have made it. If you trust what this destination holds (disaster recovery, or a backup written before auth_key_file was set), pass --trust-unauthenticated"
+    )]
+    Unauthenticated {
+        key: String,
+        id: String,
+        why: String,
+    },
+    #[error(
+        "backup {id} of job {job} ({key}, encryption {}): the job is configured to encrypt, and this backup says it is not: refusing it; whoever can write to the destination can remove the manifest's encryption field and store clear objects. A clear backup written before encryption was turned on is accepted when its manifest is authenticated (auth_key_file); to read it anyway, pass --trust-unauthenticated",
+        says.as_deref().map_or("absent".to_string(), |s| format!("\"{s}\""))
+    )]
+    NotEncrypted {
+        key: String,
+        id: String,
+        job: String,
+        says: Option<String>,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -271,6 +483,79 @@ mod tests {
         assert!(ia < ib);
         assert_eq!(parse_id(&ib), Some(b));
         assert_eq!(parse_id("garbage"), None);
+    }
+
+    fn key(text: &str) -> crate::crypt::AuthKey {
+        crate::crypt::AuthKey::new(crate::config::Secret::new(text.into()), "k").expect("key")
+    }
+
+    /// A MAC survives fields this version does not know, and catches any edit, a missing
+    /// MAC and another key, each by name.
+    #[test]
+    fn manifests_are_authenticated() {
+        let t = Utc
+            .with_ymd_and_hms(2026, 1, 2, 3, 4, 5)
+            .single()
+            .expect("valid");
+        let m = Manifest {
+            format: FORMAT_VERSION,
+            job: "app".into(),
+            id: new_id(t),
+            started_at: t,
+            finished_at: t,
+            compression: Compression::Zstd,
+            encryption: Some("age".into()),
+            sources: vec![SourceEntry {
+                name: "db".into(),
+                sha256: "ab".repeat(32),
+                size: 7,
+                ..Default::default()
+            }],
+            tools: BTreeMap::new(),
+            auth: None,
+            proof: Proof::default(),
+        };
+        let k = key(&"k".repeat(44));
+        let body = signed(&m, Some(&k)).expect("sign");
+        let read = Manifest::parse(&body).expect("parse");
+        assert_eq!(read.authenticity(Some(&k)), Authenticity::Authentic);
+        assert_eq!(read.authenticity(None), Authenticity::NotChecked);
+        let other = key(&"o".repeat(44));
+        assert!(matches!(
+            read.authenticity(Some(&other)),
+            Authenticity::OtherKey { .. }
+        ));
+        let mut v: serde_json::Value = serde_json::from_slice(&body).expect("json");
+        // A field from a newer version, added before signing, stays covered.
+        v["future_field"] = serde_json::json!({"b": 1, "a": [true, null]});
+        let obj = v.as_object_mut().expect("object");
+        obj.remove("auth");
+        let mac = k.sign(&canonical(&serde_json::Value::Object(obj.clone())).expect("canon"));
+        obj.insert(
+            "auth".into(),
+            serde_json::json!({"scheme": AUTH_SCHEME, "key_id": k.id(), "mac": mac}),
+        );
+        let newer = serde_json::to_vec(&v).expect("json");
+        let read = Manifest::parse(&newer).expect("parse");
+        assert_eq!(read.authenticity(Some(&k)), Authenticity::Authentic);
+        for (path, value) in [
+            ("/sources/0/sha256", serde_json::json!("cd".repeat(32))),
+            ("/encryption", serde_json::Value::Null),
+            ("/future_field/b", serde_json::json!(2)),
+        ] {
+            let mut edited = v.clone();
+            *edited.pointer_mut(path).expect("path") = value;
+            let read = Manifest::parse(&serde_json::to_vec(&edited).expect("json")).expect("parse");
+            assert_eq!(read.authenticity(Some(&k)), Authenticity::Forged, "{path}");
+        }
+        let plain = signed(&m, None).expect("unsigned");
+        let read = Manifest::parse(&plain).expect("parse");
+        assert_eq!(read.authenticity(Some(&k)), Authenticity::Unsigned);
+        assert!(
+            crate::crypt::AuthKey::new(crate::config::Secret::new("short".into()), "f")
+                .expect_err("short key")
+                .contains("head -c 32 /dev/urandom")
+        );
     }
 
     #[test]

@@ -153,11 +153,22 @@ pub async fn check_job(config: &Config, job: &Job) -> Checked {
                 continue;
             }
         };
-        let mut held: Vec<(String, chrono::DateTime<Utc>)> = listing
-            .published(jn)
-            .into_iter()
-            .map(|p| (p.id, p.time))
-            .collect();
+        let (mut held, left_out) =
+            match crate::pipeline::weighed(st, job, &listing.published(jn)).await {
+                Ok(w) => w,
+                Err(e) => {
+                    c.problems.push(format!(
+                        "destination {name} ({}): cannot read manifests: {e}",
+                        st.location()
+                    ));
+                    continue;
+                }
+            };
+        for (id, why) in &left_out {
+            c.lines.push(format!(
+                "destination {name}: retention leaves backup {id} alone: {why}"
+            ));
+        }
         let now = Utc::now();
         // The next backup, as retention will see it once it is published.
         held.insert(0, (crate::layout::new_id(now), now));

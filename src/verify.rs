@@ -148,6 +148,8 @@ impl std::fmt::Display for ReadData {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Options {
     pub read_data: ReadData,
+    /// Read backups whose manifest fails the job's auth_key_file (disaster recovery).
+    pub trust_unauthenticated: bool,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -246,15 +248,28 @@ impl VerifyReport {
 
 /// Verify `which` backups of `job` on `from` (default: every destination of the job).
 /// `keys` read encrypted backups; without them an encrypted object is checked by its
-/// size and sha256 only (and a files source by its clear blob list).
+/// size and sha256 only (and a files source by its clear blob list). A backup the job must
+/// not read (`codec::Expect`) is a problem, unless `trust_unauthenticated`.
 pub async fn verify(
     config: &Config,
     job: &Job,
     which: &Which,
     from: Option<&str>,
     keys: Option<Arc<Keys>>,
+    trust_unauthenticated: bool,
 ) -> Result<VerifyReport, RestoreError> {
-    verify_with(config, job, which, from, keys, Options::default()).await
+    verify_with(
+        config,
+        job,
+        which,
+        from,
+        keys,
+        Options {
+            trust_unauthenticated,
+            ..Options::default()
+        },
+    )
+    .await
 }
 
 /// [`verify`], also reading blob contents as `opts` asks.
@@ -266,6 +281,7 @@ pub async fn verify_with(
     keys: Option<Arc<Keys>>,
     opts: Options,
 ) -> Result<VerifyReport, RestoreError> {
+    let expect = codec::Expect::of(job, opts.trust_unauthenticated);
     let mut report = VerifyReport {
         job: job.name.clone(),
         ..VerifyReport::default()
@@ -332,22 +348,24 @@ pub async fn verify_with(
                 read_data: ReadTally::default(),
             };
             match manifest::read_manifest(st.storage.as_ref(), &job.name, &id).await {
-                Ok(m) => {
-                    let packing = Packing::of(&m, keys.clone());
-                    check_backup(
-                        job,
-                        st.storage.as_ref(),
-                        &m,
-                        &packing,
-                        Listed {
-                            sizes: &sizes,
-                            archived,
-                        },
-                        opts,
-                        &mut c,
-                    )
-                    .await
-                }
+                Ok(m) => match Packing::of(&m, &expect, keys.clone()) {
+                    Ok(packing) => {
+                        check_backup(
+                            job,
+                            st.storage.as_ref(),
+                            &m,
+                            &packing,
+                            Listed {
+                                sizes: &sizes,
+                                archived,
+                            },
+                            opts,
+                            &mut c,
+                        )
+                        .await
+                    }
+                    Err(e) => c.problems.push(format!("manifest: {e}")),
+                },
                 Err(e) => c.problems.push(format!("manifest: unreadable: {e}")),
             }
             report.checked.push(c);
@@ -459,11 +477,8 @@ async fn check_database(
     let progress =
         crate::progress::Progress::new(format!("verify {}: read", entry.key), Some(entry.size));
     let raw = crate::progress::counted(raw, progress.clone());
-    let mut verified = codec::Verify::new(raw, &entry.sha256, entry.size, &entry.key);
-    let mut sink = tokio::io::sink();
-    tokio::io::copy(&mut verified, &mut sink)
-        .await
-        .map_err(|e| vec![e.to_string()])?;
+    let verified = codec::Verify::new(raw, &entry.sha256, entry.size, &entry.key);
+    read_checked(verified, packing, &entry.key).await?;
     let Some(db) = restore::database_for(job, entry) else {
         return Ok(format!(
             "{}, sha256 ok (engine \"{}\" unknown here: not read further)",
@@ -494,6 +509,36 @@ async fn check_database(
     })
 }
 
+/// Read `r` to its end (so its sha256 is checked); an object of an encrypted backup must
+/// also be an age file, which is checked here even without the key to open it: a clear
+/// object with a matching sha256 is what a bucket writer would plant.
+async fn read_checked(
+    mut r: codec::Verify,
+    packing: &Packing,
+    key: &str,
+) -> Result<(), Vec<String>> {
+    use tokio::io::AsyncReadExt;
+    let magic = crate::crypt::MAGIC;
+    let mut head = Vec::with_capacity(magic.len());
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        let n = r.read(&mut buf).await.map_err(|e| vec![e.to_string()])?;
+        if n == 0 {
+            break;
+        }
+        if head.len() < magic.len() {
+            let take = n.min(magic.len() - head.len());
+            head.extend_from_slice(&buf[..take]);
+        }
+    }
+    if packing.encrypted && head != magic {
+        return Err(vec![format!(
+            "{key} is not an age file, and the backup says it is encrypted: refusing it (a clear object planted by whoever can write to the destination, or damage)"
+        )]);
+    }
+    Ok(())
+}
+
 /// A files source: the index (its sha256), every blob it names present, and with
 /// `read_data` the content of every blob (or a random share of them) read back.
 async fn check_files(
@@ -515,10 +560,8 @@ async fn check_files(
                 .get(&entry.key)
                 .await
                 .map_err(|e| vec![format!("index {} cannot be read: {e}", entry.key)])?;
-            let mut verified = codec::Verify::new(raw, &entry.sha256, entry.size, &entry.key);
-            tokio::io::copy(&mut verified, &mut tokio::io::sink())
-                .await
-                .map_err(|e| vec![e.to_string()])?;
+            let verified = codec::Verify::new(raw, &entry.sha256, entry.size, &entry.key);
+            read_checked(verified, packing, &entry.key).await?;
             let blobs = crate::blobs::read_refs(storage, r, packing.compression)
                 .await
                 .map_err(|e| vec![format!("blob list {}: {e}", r.key)])?;

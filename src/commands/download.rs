@@ -32,6 +32,8 @@ pub struct Request {
     pub output: PathBuf,
     pub from: Option<String>,
     pub identity: Option<PathBuf>,
+    /// Read a backup whose manifest fails the job's auth_key_file anyway.
+    pub trust_unauthenticated: bool,
 }
 
 impl Request {
@@ -147,7 +149,8 @@ async fn download(config: &Config, job: &Job, req: &Request) -> Result<Done, Fai
             entry.name, job.name, manifest.id, entry.name
         )));
     }
-    let packing = Packing::of(&manifest, keys);
+    let expect = crate::codec::Expect::of(job, req.trust_unauthenticated);
+    let packing = Packing::of(&manifest, &expect, keys).map_err(RestoreError::from)?;
     let pending = |what: String| {
         Failure::Pending(format!(
             "{what}; request it with `stowage retrieve {job} {id} --from {destination} --only {src}` and run this download again once `stowage status {job} {id} --from {destination} --only {src}` shows it ready",
@@ -326,6 +329,7 @@ mod tests {
             output: output.into(),
             from: None,
             identity: None,
+            trust_unauthenticated: false,
         }
     }
 

@@ -5,7 +5,12 @@ use crate::logging::Console;
 
 /// Run the job's restore drill now: 0 passed, 1 failed, 2 bad usage (no drill configured,
 /// an unreadable --identity).
-pub fn run(path: &Path, job_name: &str, identity: Option<&PathBuf>) -> i32 {
+pub fn run(
+    path: &Path,
+    job_name: &str,
+    identity: Option<&PathBuf>,
+    trust_unauthenticated: bool,
+) -> i32 {
     with_job(path, Console::Stderr, job_name, |config, job, rt| {
         if job.drill.is_none() {
             eprintln!(
@@ -20,7 +25,12 @@ pub fn run(path: &Path, job_name: &str, identity: Option<&PathBuf>) -> i32 {
                 return EXIT_CONFIG;
             }
         };
-        let report = rt.block_on(crate::drill::drill(config, job, keys));
+        let report = rt.block_on(crate::drill::drill(
+            config,
+            job,
+            keys,
+            trust_unauthenticated,
+        ));
         for line in &report.ok {
             println!("  ok: {line}");
         }

@@ -7,7 +7,7 @@ use crate::logging::Console;
 /// One pass of the job's healer: 0 when nothing is missing or all of it was restored (or,
 /// with --dry-run, can be), 1 when something could not be (or the database is
 /// unreachable), 2 for bad config.
-pub fn run(path: &Path, job_name: &str, dry_run: bool) -> i32 {
+pub fn run(path: &Path, job_name: &str, dry_run: bool, trust_unauthenticated: bool) -> i32 {
     with_job(path, Console::Stderr, job_name, |config, job, rt| {
         if job.heal.is_none() {
             eprintln!(
@@ -17,7 +17,7 @@ pub fn run(path: &Path, job_name: &str, dry_run: bool) -> i32 {
             return EXIT_CONFIG;
         }
         let report = rt.block_on(async {
-            let report = crate::heal::heal(config, job, dry_run).await;
+            let report = crate::heal::heal(config, job, dry_run, trust_unauthenticated).await;
             crate::notify::healed(job, &report).await;
             report
         });

@@ -87,6 +87,8 @@ struct Row {
     id: String,
     time: DateTime<Utc>,
     manifest: Result<Manifest, String>,
+    /// Against the job's auth_key_file (NotChecked without one).
+    auth: manifest::Authenticity,
 }
 
 impl Shelf {
@@ -141,6 +143,7 @@ async fn collect(config: &Config, only_job: Option<&str>, holding: Option<&str>)
                             Ok(m) => rows.push(Row {
                                 id: p.id.clone(),
                                 time: p.time,
+                                auth: m.authenticity(job.auth_key.as_deref()),
                                 manifest: Ok(m),
                             }),
                             // Retention in a running daemon may delete a backup between the
@@ -152,6 +155,7 @@ async fn collect(config: &Config, only_job: Option<&str>, holding: Option<&str>)
                                 id: p.id.clone(),
                                 time: p.time,
                                 manifest: Err(e.to_string()),
+                                auth: manifest::Authenticity::NotChecked,
                             }),
                         }
                     }
@@ -235,6 +239,19 @@ fn to_text(shelves: &[Shelf], holding: Option<&str>) -> String {
                         .join(", ");
                     if let Some(scheme) = &m.encryption {
                         sources.push_str(&format!(" [encrypted: {scheme}]"));
+                    }
+                    // Restores, heals and retention ignore it; say so where people look.
+                    match &row.auth {
+                        manifest::Authenticity::NotChecked | manifest::Authenticity::Authentic => {}
+                        manifest::Authenticity::Unsigned => {
+                            sources.push_str(" [UNAUTHENTICATED: no MAC]")
+                        }
+                        manifest::Authenticity::OtherKey { key_id } => sources.push_str(&format!(
+                            " [UNAUTHENTICATED: signed with another key, {key_id}]"
+                        )),
+                        manifest::Authenticity::Forged => {
+                            sources.push_str(" [UNAUTHENTICATED: MAC does not match, forged]")
+                        }
                     }
                     let _ = writeln!(
                         out,
@@ -368,6 +385,10 @@ pub struct JsonBackupDetails {
     pub tools: BTreeMap<String, String>,
     /// In the order the job dumped them.
     pub sources: Vec<JsonSource>,
+    /// With the job's auth_key_file: whether the manifest's MAC checks out (a false one is
+    /// refused by restore, heal, drill, download and verify, and ignored by retention);
+    /// null when the job has no auth_key_file.
+    pub authenticated: Option<bool>,
 }
 
 #[derive(Debug, Serialize)]
@@ -484,6 +505,10 @@ fn json_backup(row: &Row) -> JsonBackup {
                 encryption: m.encryption.clone(),
                 tools: m.tools.clone(),
                 sources: m.sources.iter().map(json_source).collect(),
+                authenticated: match row.auth {
+                    manifest::Authenticity::NotChecked => None,
+                    ref a => Some(a.accepted()),
+                },
             }),
         ),
     };
@@ -563,6 +588,8 @@ mod tests {
                 },
             ],
             tools: BTreeMap::from([("stowage".to_string(), "0.1.0".to_string())]),
+            auth: None,
+            proof: Default::default(),
         }
     }
 
@@ -598,11 +625,13 @@ mod tests {
                         id: m.id.clone(),
                         time: m.started_at,
                         manifest: Ok(m.clone()),
+                        auth: manifest::Authenticity::NotChecked,
                     },
                     Row {
                         id: "20260101T030405.000Z".into(),
                         time: manifest::parse_id("20260101T030405.000Z").expect("id"),
                         manifest: Err("manifest is not valid: eof".into()),
+                        auth: manifest::Authenticity::NotChecked,
                     },
                 ],
             }),
@@ -630,6 +659,7 @@ mod tests {
             id: m.id.clone(),
             time: m.started_at,
             manifest: Ok(m.clone()),
+            auth: manifest::Authenticity::NotChecked,
         }))
         .expect("json");
         assert_eq!(v["id"], "20260102T030405.000Z");
@@ -652,6 +682,7 @@ mod tests {
             id: "X".into(),
             time: m.started_at,
             manifest: Err("bad".into()),
+            auth: manifest::Authenticity::NotChecked,
         }))
         .expect("json");
         let mut keys: Vec<&String> = broken.as_object().expect("object").keys().collect();

@@ -108,6 +108,10 @@ pub enum Command {
         /// passphrase_file)
         #[arg(long, value_name = "FILE")]
         identity: Option<PathBuf>,
+        /// Read a backup whose manifest fails the job's auth_key_file (or that is clear
+        /// where the job encrypts) anyway: disaster recovery only
+        #[arg(long)]
+        trust_unauthenticated: bool,
     },
     /// Restore a backup: its database (into --to), then its files (in place, or --files-to)
     #[command(after_help = "Examples:\n  \
@@ -177,6 +181,10 @@ pub enum Command {
         /// Restore files with their setuid, setgid and sticky bits (default: dropped)
         #[arg(long)]
         keep_special_modes: bool,
+        /// Read a backup whose manifest fails the job's auth_key_file (or that is clear
+        /// where the job encrypts) anyway: disaster recovery only
+        #[arg(long)]
+        trust_unauthenticated: bool,
     },
     /// Where a backup on an archive destination stands: how many objects a restore needs
     /// are exists / available / pending / ready / local
@@ -230,6 +238,10 @@ pub enum Command {
         #[arg(long, value_name = "PERCENT", conflicts_with = "read_data",
               value_parser = crate::verify::ReadData::parse)]
         read_data_subset: Option<crate::verify::ReadData>,
+        /// Read a backup whose manifest fails the job's auth_key_file (or that is clear
+        /// where the job encrypts) anyway: disaster recovery only
+        #[arg(long)]
+        trust_unauthenticated: bool,
     },
     /// Restore the newest backup into the job's scratch database ([jobs.NAME.drill]),
     /// compare its tables and row counts with the backup's, run the checks, drop it;
@@ -240,6 +252,10 @@ pub enum Command {
         /// age identity file for an encrypted backup (default: the job's identity_file)
         #[arg(long, value_name = "FILE")]
         identity: Option<PathBuf>,
+        /// Read a backup whose manifest fails the job's auth_key_file (or that is clear
+        /// where the job encrypts) anyway: disaster recovery only
+        #[arg(long)]
+        trust_unauthenticated: bool,
     },
     /// Check the job's watched tables now and restore the missing ones from the newest
     /// backups that hold them ([jobs.NAME.heal]); exit 1 if any could not be restored
@@ -249,6 +265,10 @@ pub enum Command {
         /// Say what is missing and where it would come from; restore nothing
         #[arg(long)]
         dry_run: bool,
+        /// Read a backup whose manifest fails the job's auth_key_file (or that is clear
+        /// where the job encrypts) anyway: disaster recovery only
+        #[arg(long)]
+        trust_unauthenticated: bool,
     },
     /// Validate the config and print a summary; reads nothing but the config
     CheckConfig {
@@ -327,7 +347,11 @@ pub fn run(cli: Cli) -> i32 {
         Command::Run { job, wait_lock, .. } => {
             run::run(&cli.config, &job, crate::pipeline::RunOptions { wait_lock })
         }
-        Command::Heal { job, dry_run } => heal::run(&cli.config, &job, dry_run),
+        Command::Heal {
+            job,
+            dry_run,
+            trust_unauthenticated,
+        } => heal::run(&cli.config, &job, dry_run, trust_unauthenticated),
         Command::List { job, holding, json } => {
             list::run(&cli.config, job.as_deref(), holding.as_deref(), json)
         }
@@ -338,6 +362,7 @@ pub fn run(cli: Cli) -> i32 {
             output,
             from,
             identity,
+            trust_unauthenticated,
         } => download::run(
             &cli.config,
             download::Request {
@@ -347,6 +372,7 @@ pub fn run(cli: Cli) -> i32 {
                 output,
                 from,
                 identity,
+                trust_unauthenticated,
             },
         ),
         Command::Restore {
@@ -369,6 +395,7 @@ pub fn run(cli: Cli) -> i32 {
             create,
             wait_lock,
             keep_special_modes,
+            trust_unauthenticated,
         } => restore::run(
             &cli.config,
             crate::restore::RestoreRequest {
@@ -391,6 +418,7 @@ pub fn run(cli: Cli) -> i32 {
                 wait_lock,
                 create,
                 keep_special_modes,
+                trust_unauthenticated,
             },
         ),
         Command::Status {
@@ -408,6 +436,7 @@ pub fn run(cli: Cli) -> i32 {
             identity,
             read_data,
             read_data_subset,
+            trust_unauthenticated,
         } => verify::run(
             &cli.config,
             &job,
@@ -424,9 +453,14 @@ pub fn run(cli: Cli) -> i32 {
                     (false, Some(share)) => share,
                     (false, None) => crate::verify::ReadData::None,
                 },
+                trust_unauthenticated,
             },
         ),
-        Command::Drill { job, identity } => drill::run(&cli.config, &job, identity.as_ref()),
+        Command::Drill {
+            job,
+            identity,
+            trust_unauthenticated,
+        } => drill::run(&cli.config, &job, identity.as_ref(), trust_unauthenticated),
     }
 }
 

@@ -622,6 +622,8 @@ pub struct Job {
     pub verify_read_data: crate::verify::ReadData,
     pub encryption: Option<crate::crypt::Encryption>,
     pub drill: Option<Drill>,
+    /// `auth_key_file`: manifests are written with a MAC under it and refused without one.
+    pub auth_key: Option<Arc<crate::crypt::AuthKey>>,
 }
 
 /// `[jobs.NAME.drill]`, validated: see [`crate::drill`].
@@ -1907,6 +1909,19 @@ fn validate(path: &Path, raw: raw::RawConfig) -> Result<Config, Vec<String>> {
                 }
             }
         }
+        let auth_key = j.auth_key_file.as_ref().and_then(|f| {
+            let what = format!("{key}.auth_key_file");
+            let secret = read_secret(f, &what, &mut problems)?;
+            crate::crypt::AuthKey::new(secret, &format!("{what} ({})", f.display()))
+                .map_err(|e| problems.push(e))
+                .ok()
+                .map(Arc::new)
+        });
+        if encryption.is_some() && auth_key.is_none() {
+            warnings.push(format!(
+                "{key}: the job encrypts but has no auth_key_file: whoever can write to a destination can replace a backup with a manifest and clear dumps of their own (which a restore or the healer would apply), or add a newer fake backup that makes retention delete real ones; add auth_key_file = \"/run/secrets/stowage_auth_key\" (make it with `head -c 32 /dev/urandom | base64 > FILE`)"
+            ));
+        }
         if let Some(schedule) = schedule {
             jobs.insert(
                 name.clone(),
@@ -1927,6 +1942,7 @@ fn validate(path: &Path, raw: raw::RawConfig) -> Result<Config, Vec<String>> {
                     verify_read_data,
                     encryption,
                     drill,
+                    auth_key,
                 },
             );
         }

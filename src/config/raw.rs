@@ -228,6 +228,8 @@ pub struct RawJob {
     pub encryption: Option<RawEncryption>,
     /// Restore the newest backup into a scratch database on a schedule, and check it.
     pub drill: Option<RawDrill>,
+    /// A secret file (at least 32 bytes) whose key authenticates the job's manifests.
+    pub auth_key_file: Option<PathBuf>,
 }
 
 /// `encryption = { … }` on a job.

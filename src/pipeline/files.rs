@@ -272,6 +272,7 @@ pub(super) async fn backup(
                 &job.name,
                 name,
                 keys.clone(),
+                &crate::codec::Expect::of(job, false),
             )
             .await
             {

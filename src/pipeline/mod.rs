@@ -336,6 +336,8 @@ pub async fn run_job(
                 .map(|_| crate::crypt::SCHEME.to_string()),
             sources: entries.clone(),
             tools,
+            auth: None,
+            proof: Default::default(),
         };
         // Reused blobs locked as long as this backup, before it counts as published.
         if job.has_files() {
@@ -363,7 +365,7 @@ pub async fn run_job(
                 }
             }
         }
-        match serde_json::to_vec_pretty(&m) {
+        match manifest::signed(&m, job.auth_key.as_deref()) {
             Ok(body) => {
                 let body = Bytes::from(body);
                 let key = manifest::manifest_key(jn, &id);
@@ -719,6 +721,60 @@ async fn cleanup(storage: &dyn Storage, job: &str, id: &str, dest: &str, abandon
 }
 
 /// Returns how many published backups the destination holds afterwards.
+/// The backups retention weighs, and those it leaves alone with why. Without
+/// auth_key_file: every published one. With it, a manifest is read per backup (one small
+/// GET each) and only authenticated backups count, so fake newer manifests written by
+/// whoever can write to the destination cannot push real backups out of their slots;
+/// unauthenticated backups older than the oldest authenticated one are the job's own from
+/// before the key was set and are weighed like the rest (nothing newer depends on them).
+pub(crate) async fn weighed(
+    storage: &dyn Storage,
+    job: &Job,
+    published: &[manifest::Published],
+) -> Result<WeighedBackups, storage::StorageError> {
+    let all = || published.iter().map(|p| (p.id.clone(), p.time)).collect();
+    let Some(key) = job.auth_key.as_deref() else {
+        return Ok((all(), Vec::new()));
+    };
+    let mut verdicts = Vec::with_capacity(published.len());
+    for chunk in published.chunks(8) {
+        let read = join_all(
+            chunk
+                .iter()
+                .map(|p| manifest::read_manifest(storage, &job.name, &p.id)),
+        )
+        .await;
+        verdicts.extend(chunk.iter().zip(read));
+    }
+    let mut authentic = Vec::new();
+    let mut doubtful = Vec::new();
+    for (p, r) in verdicts {
+        match r {
+            Ok(m) => match m.authenticity(Some(key)) {
+                manifest::Authenticity::Authentic => authentic.push((p.id.clone(), p.time)),
+                a => doubtful.push((p, a.describe(Some(key)))),
+            },
+            // Deleted since the listing (another process's retention).
+            Err(manifest::ManifestError::Storage(storage::StorageError::NotFound(_))) => {}
+            Err(manifest::ManifestError::Storage(e)) => return Err(e),
+            Err(e @ manifest::ManifestError::Corrupt { .. }) => doubtful.push((p, e.to_string())),
+        }
+    }
+    let oldest = authentic.iter().map(|(_, t)| *t).min();
+    let mut left_out = Vec::new();
+    for (p, why) in doubtful {
+        if oldest.is_none_or(|o| p.time < o) {
+            authentic.push((p.id.clone(), p.time));
+        } else {
+            left_out.push((p.id.clone(), why));
+        }
+    }
+    Ok((authentic, left_out))
+}
+
+/// (id, time) of the backups retention weighs; (id, why) of those it leaves alone.
+pub(crate) type WeighedBackups = (Vec<(String, chrono::DateTime<Utc>)>, Vec<(String, String)>);
+
 async fn apply_retention(
     t: &Target,
     job: &Job,
@@ -731,8 +787,10 @@ async fn apply_retention(
     if t.policy.is_keep_all() {
         return Ok(published.len());
     }
-    let input: Vec<(String, chrono::DateTime<Utc>)> =
-        published.iter().map(|p| (p.id.clone(), p.time)).collect();
+    let (input, left_out) = weighed(t.storage.as_ref(), job, &published).await?;
+    for (id, why) in &left_out {
+        warn!(job = %job.name, destination = %t.name, "retention on {}: leaving backup {id} alone (not counted, not deleted): {why}; check it with `stowage list {}` and delete it by hand if it is not yours", t.name, job.name);
+    }
     let now = Utc::now();
     let min = t
         .min_storage

@@ -52,6 +52,9 @@ pub struct RestoreRequest {
     pub create: bool,
     /// Files: keep setuid, setgid and sticky bits as recorded (default: dropped).
     pub keep_special_modes: bool,
+    /// Read a backup whose manifest fails the job's auth_key_file (or is clear where the
+    /// job encrypts) anyway: disaster recovery.
+    pub trust_unauthenticated: bool,
 }
 
 /// What a restore did (or would do), for the command to print.
@@ -86,6 +89,10 @@ pub enum RestoreError {
     RetrievalPending(String),
     #[error(transparent)]
     Crypt(#[from] crate::crypt::CryptError),
+    /// The job must not read this backup: not authenticated, or clear where the job
+    /// encrypts.
+    #[error(transparent)]
+    Refused(#[from] crate::manifest::Refused),
     /// Another process is backing up or restoring the job.
     #[error("{0}")]
     Busy(String),
@@ -216,6 +223,13 @@ pub async fn locate(
             .map(|p| p.id)
             .collect();
         match resolve_id(&ids, id).map_err(RestoreError::Usage)? {
+            Some(newest) if id == "latest" && job.auth_key.is_some() => {
+                let chosen = newest_authentic(st.as_ref(), job, &name, &ids)
+                    .await
+                    .unwrap_or(newest);
+                found = Some((st, name.clone(), chosen));
+                break;
+            }
             Some(id) => {
                 found = Some((st, name.clone(), id));
                 break;
@@ -247,6 +261,35 @@ pub async fn locate(
     })
 }
 
+/// "latest" for a job with auth_key_file: the newest backup whose manifest is authenticated,
+/// so a newer fake one planted by whoever can write to the destination is passed over (and
+/// named in a warning) instead of hiding the real ones. None when none is.
+async fn newest_authentic(
+    storage: &dyn Storage,
+    job: &Job,
+    destination: &str,
+    ids: &[String],
+) -> Option<String> {
+    for id in ids {
+        let why = match manifest::read_manifest(storage, &job.name, id).await {
+            Ok(m) => {
+                let a = m.authenticity(job.auth_key.as_deref());
+                if a.accepted() {
+                    return Some(id.clone());
+                }
+                a.describe(job.auth_key.as_deref())
+            }
+            Err(e) => e.to_string(),
+        };
+        warn!(
+            job = %job.name,
+            destination = %destination,
+            "latest: passing over backup {id} on {destination}: {why}"
+        );
+    }
+    None
+}
+
 pub async fn restore(
     config: &Config,
     req: &RestoreRequest,
@@ -262,7 +305,11 @@ pub async fn restore(
         None => storage,
     };
     let plan = plan(&manifest, req, &|e| database_for(job, e))?;
-    let packing = codec::Packing::of(&manifest, keys_for(job, req.identity.as_ref())?);
+    let packing = codec::Packing::of(
+        &manifest,
+        &codec::Expect::of(job, req.trust_unauthenticated),
+        keys_for(job, req.identity.as_ref())?,
+    )?;
     // A restore never runs beside another process's backup of the job (which would dump
     // a half-restored database) or another restore.
     let lock_id = manifest::new_id(chrono::Utc::now());
@@ -522,7 +569,13 @@ pub async fn survey(config: &Config, req: &SurveyRequest) -> Result<Surveyed, Re
         .filter(|s| req.only.is_empty() || req.only.contains(&s.name))
         .collect();
     let files_dir = |e: &SourceEntry| files_dir_for(job, req.files_to.as_ref(), e);
-    let packing = codec::Packing::of(m, keys_for(job, req.identity.as_ref())?);
+    // status and retrieve only count and request objects; they refuse what a restore
+    // would refuse, so no retrieval is paid for a backup that cannot be restored.
+    let packing = codec::Packing::of(
+        m,
+        &codec::Expect::of(job, false),
+        keys_for(job, req.identity.as_ref())?,
+    )?;
     let survey = lifecycle::survey(
         located.storage.as_ref(),
         &sources,
@@ -913,6 +966,8 @@ mod tests {
             encryption: None,
             sources: sources.iter().map(|(n, k)| entry(n, k)).collect(),
             tools: Default::default(),
+            auth: None,
+            proof: Default::default(),
         }
     }
 
