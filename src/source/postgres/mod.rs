@@ -1400,6 +1400,10 @@ impl PostgresSource {
             )
             .await?;
         let header = BytesArchive(header);
+        // The entries were picked from a table of contents read before the restore; the
+        // one applied must be the same line in the archive that was checked (a store
+        // whose object changed between the two reads must not pick another entry).
+        let checked_toc = self.capture(&header, &["--list"]).await.unwrap_or_default();
         for fk in fks {
             let table_there = live.contains(&format!("{}.{}", fk.schema, fk.table_name));
             let key_there = existing
@@ -1409,6 +1413,13 @@ impl PostgresSource {
                 continue;
             }
             let label = format!("{} on {}", fk.name, fk.table);
+            if !checked_toc.lines().any(|l| l == fk.entry) {
+                failed.push(format!(
+                    "- {label}: its entry {:?} is not in the table of contents of the backup as checked; restore it again, or add the key by hand",
+                    fk.entry
+                ));
+                continue;
+            }
             let list = list_file(&format!("{}\n", fk.entry))?;
             match self.restore_entries(&header, url, list.path()).await {
                 Ok(()) => added.push(label),
