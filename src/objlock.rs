@@ -69,7 +69,8 @@ pub async fn extend_blob_locks(
                 }
             }
             None => {
-                let (_, mut entries) = blobs::open_index(storage, e, &Packing::of(m, None)).await?;
+                let (_, mut entries) =
+                    blobs::open_index(storage, e, &Packing::as_stored(m, None)).await?;
                 while let Some(f) = entries.next().await? {
                     keys.push(f.blob);
                     if keys.len() >= BATCH {
