@@ -2,8 +2,9 @@
 //! leaves an unpublished `<job>/<id>/` prefix, its lock, `.partial` files on local volumes
 //! and open multipart uploads on S3. None of it is visible as a backup, but it takes space
 //! and a stale lock holds off blob sweeps. A run is known dead when its lock names a
-//! process of this host and boot that is gone; a lock from another host counts as dead
-//! only once stale. Published backups are never touched.
+//! process of this host and boot that is gone, or when its lock has not been refreshed
+//! for `blobs::LOCK_DEAD` (every holder rewrites its lock each minute), whatever the host.
+//! Published backups are never touched.
 
 use std::collections::{BTreeSet, HashMap};
 
@@ -44,15 +45,17 @@ pub async fn clean(
     let mut listing = JobListing::read_backups(storage, job).await?;
     listing.locks = storage.list(&crate::layout::locks_prefix(job)).await?;
     let mut lock_state: HashMap<String, bool> = HashMap::new(); // id → holder alive
-    for lock in blobs::parse_locks(job, listing.locks.iter().map(|o| o.key.clone())) {
+    let now = Utc::now();
+    for lock in blobs::parse_locks(job, listing.locks.iter().cloned()) {
         let key = blobs::lock_key(job, &lock.id, lock.kind);
         let alive = match blobs::lock_owner(storage, &key)
             .await
             .and_then(|o| o.is_alive())
         {
-            Some(alive) => alive,
-            // Another host's (or an unreadable) lock: trust it until it is stale.
-            None => blobs::is_live(&lock, Utc::now()),
+            // A process of this host and boot that is gone.
+            Some(false) => false,
+            // Running here, on another host, or unreadable: alive while it is refreshed.
+            Some(true) | None => blobs::is_live(&lock, now),
         };
         if !alive {
             storage.delete(std::slice::from_ref(&key)).await?;

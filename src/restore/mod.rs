@@ -290,7 +290,7 @@ pub async fn restore(
             }
         }
     }
-    let result = restore_locked(
+    let work = restore_locked(
         config,
         req,
         job,
@@ -299,8 +299,21 @@ pub async fn restore(
         &manifest,
         plan,
         &packing,
-    )
-    .await;
+    );
+    // The lock is rewritten while the restore holds it, so a long restore keeps it and a
+    // crashed one frees the job within minutes.
+    let result = if req.dry_run {
+        work.await
+    } else {
+        crate::blobs::refreshing(
+            &[st.as_ref()],
+            &job.name,
+            &lock_id,
+            crate::blobs::LockKind::Restore,
+            work,
+        )
+        .await
+    };
     if !req.dry_run {
         crate::blobs::unlock(
             st.as_ref(),
