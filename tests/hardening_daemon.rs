@@ -1,0 +1,351 @@
+//! The daemon holds up when someone misbehaves (issue 23, item 5): a flood of idle HTTP
+//! connections, a token-protected status page, locks that stay fresh while held and free
+//! quickly when their holder dies, a lock claim that fails, and secrets that stay where
+//! they belong.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime};
+
+use common::{run_stowage, run_stowage_with_env, text};
+
+/// A GET with extra header lines; (status, head, body).
+fn get(port: u16, path: &str, headers: &str) -> (u16, String, String) {
+    let mut conn = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    conn.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    write!(
+        conn,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n{headers}\r\n"
+    )
+    .expect("request");
+    let mut raw = String::new();
+    conn.read_to_string(&mut raw).expect("response");
+    let (head, body) = raw.split_once("\r\n\r\n").expect("http response");
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .expect("status code");
+    (code, head.to_string(), body.to_string())
+}
+
+/// Published backup ids of job `app` in a local destination.
+fn published(dest: &Path) -> Vec<String> {
+    let mut ids: Vec<String> = std::fs::read_dir(dest.join("app"))
+        .map(|rd| {
+            rd.filter_map(Result::ok)
+                .filter(|e| e.path().join("manifest.json").is_file())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    ids.sort();
+    ids
+}
+
+/// A script that starts stowage with a soft limit of 1024 open files (a common default;
+/// the hard limit stays as it is), as a container runtime may.
+fn low_nofile_wrapper(dir: &Path) -> PathBuf {
+    let w = dir.join("stowage-1024");
+    std::fs::write(
+        &w,
+        format!(
+            "#!/bin/sh\nulimit -Sn 1024 || exit 97\nexec {} \"$@\"\n",
+            common::stowage_bin().display()
+        ),
+    )
+    .expect("wrapper");
+    std::fs::set_permissions(&w, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod");
+    w
+}
+
+fn raise_own_nofile(want: u64) -> u64 {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit read and write only the struct given.
+    unsafe {
+        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim), 0);
+        lim.rlim_cur = lim.rlim_max.min(want);
+        assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &lim), 0);
+    }
+    lim.rlim_cur
+}
+
+/// 2,000 idle connections opened at once: the backup scheduled every 20 s is still
+/// published on time, `/healthz` answers within a second throughout, and a connection
+/// that sends nothing is closed after the header read timeout.
+#[test]
+fn idle_connection_flood_stops_neither_the_schedule_nor_healthz() {
+    let got = raise_own_nofile(8192);
+    assert!(got >= 2100, "the test needs 2,100 open files, got {got}");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let dest = dir.path().join("backups");
+    let port = common::free_port();
+    let config = dir.path().join("stowage.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:{port}\"\n\n[destinations.local]\ntype = \"local\"\npath = \"{}\"\n\n[jobs.app]\nschedule = \"*/20 * * * * *\"\ndestinations = [\"local\"]\n\n[[jobs.app.sources]]\ntype = \"command\"\nname = \"data\"\ndump = [\"sh\", \"-c\", \"echo some data\"]\n",
+            dest.display()
+        ),
+    )
+    .expect("config");
+    // A first backup, so the daemon's runs are the scheduled ones.
+    let out = run_stowage(&config, ["run", "app"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let pid = dir.path().join("stowage.pid");
+    let state = dir.path().join("state.json");
+    let envs = [
+        ("STOWAGE_PID_FILE", pid.as_os_str()),
+        ("STOWAGE_STATE_FILE", state.as_os_str()),
+    ];
+    let wrapper = low_nofile_wrapper(dir.path());
+    let mut daemon = common::spawn_binary_with_env(&wrapper, &config, ["daemon"], &envs);
+    daemon.wait_for_output("HTTP listener on", Duration::from_secs(30));
+    let before = published(&dest);
+
+    let opened = Instant::now();
+    let mut idle: Vec<TcpStream> = Vec::with_capacity(2000);
+    for i in 0..2000 {
+        match TcpStream::connect_timeout(
+            &([127, 0, 0, 1], port).into(),
+            Duration::from_secs(5),
+        ) {
+            Ok(s) => idle.push(s),
+            Err(e) => panic!("connection {i} failed: {e}"),
+        }
+    }
+    eprintln!("2000 connections opened in {:?}", opened.elapsed());
+
+    // Through the next two scheduled runs: healthz stays quick.
+    let until = Instant::now() + Duration::from_secs(45);
+    let mut slowest = Duration::ZERO;
+    while Instant::now() < until {
+        let t = Instant::now();
+        let (code, _, body) = get(port, "/healthz", "");
+        let took = t.elapsed();
+        slowest = slowest.max(took);
+        assert!(
+            took < Duration::from_secs(1),
+            "/healthz took {took:?} with 2000 idle connections open"
+        );
+        assert!(code == 200 || code == 503, "{code} {body}");
+        if published(&dest).len() >= before.len() + 2 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    eprintln!("slowest /healthz: {slowest:?}");
+    let after = published(&dest);
+    assert!(
+        after.len() >= before.len() + 2,
+        "scheduled backups published while 2000 idle connections were open: before {before:?}, after {after:?}\n{}",
+        daemon.output_so_far()
+    );
+    // On time: each new id is a 20-second mark (the run starts at its slot).
+    for id in after.iter().filter(|i| !before.contains(i)) {
+        let secs: u32 = id[13..15].parse().expect("seconds of the id");
+        assert!(
+            secs % 20 <= 3,
+            "backup {id} started more than 3 s after its slot"
+        );
+    }
+
+    // A connection that never sends a request is closed by the header read timeout.
+    let mut fresh = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    fresh
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    let t = Instant::now();
+    let mut buf = [0u8; 16];
+    let n = fresh.read(&mut buf).unwrap_or(0);
+    let waited = t.elapsed();
+    assert_eq!(n, 0, "closed without a response");
+    assert!(
+        waited > Duration::from_secs(5) && waited < Duration::from_secs(15),
+        "an idle connection is closed after the header read timeout (10 s), not {waited:?}"
+    );
+    drop(idle);
+    daemon.signal("TERM");
+    daemon.wait(Duration::from_secs(30));
+}
+
+/// With `[server] token_file`, `/` and `/metrics` need `Authorization: Bearer <token>`
+/// (401 with `WWW-Authenticate: Bearer` otherwise); `/healthz` stays open for Docker.
+#[test]
+fn token_guards_the_page_and_metrics_but_not_healthz() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = common::free_port();
+    let token = dir.path().join("token");
+    std::fs::write(&token, "s3cr3t-t0ken\n").expect("token");
+    let config = dir.path().join("stowage.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:{port}\"\ntoken_file = \"{}\"\n\n[destinations.local]\ntype = \"local\"\npath = \"{}\"\n\n[jobs.app]\nschedule = \"0 3 * * *\"\ndestinations = [\"local\"]\n\n[[jobs.app.sources]]\ntype = \"command\"\nname = \"data\"\ndump = [\"sh\", \"-c\", \"echo some data\"]\n",
+            token.display(),
+            dir.path().join("backups").display()
+        ),
+    )
+    .expect("config");
+    let pid = dir.path().join("stowage.pid");
+    let state = dir.path().join("state.json");
+    let envs = [
+        ("STOWAGE_PID_FILE", pid.as_os_str()),
+        ("STOWAGE_STATE_FILE", state.as_os_str()),
+    ];
+    let mut daemon = common::spawn_stowage_with_env(&config, ["daemon"], &envs);
+    daemon.wait_for_output("HTTP listener on", Duration::from_secs(30));
+    for path in ["/", "/metrics"] {
+        for auth in [
+            "",
+            "Authorization: Bearer wrong\r\n",
+            "Authorization: Bearer s3cr3t-t0ke\r\n",
+            "Authorization: Basic czNjcjN0LXQwa2Vu\r\n",
+        ] {
+            let (code, head, body) = get(port, path, auth);
+            assert_eq!(code, 401, "{path} with {auth:?}: {head}\n{body}");
+            assert!(
+                head.to_ascii_lowercase()
+                    .contains("www-authenticate: bearer"),
+                "{head}"
+            );
+            assert!(!body.contains("stowage_runs"), "{body}");
+        }
+        let (code, _, body) = get(port, path, "Authorization: Bearer s3cr3t-t0ken\r\n");
+        assert_eq!(code, 200, "{path}: {body}");
+    }
+    let (code, _, body) = get(port, "/healthz", "");
+    assert!(code == 200 || code == 503, "{code}: {body}");
+    assert!(body.starts_with("ok") || body.starts_with("unhealthy"), "{body}");
+    daemon.signal("TERM");
+    daemon.wait(Duration::from_secs(30));
+}
+
+fn command_job(dir: &Path, dests: &[(&str, &Path)], dump: &str) -> PathBuf {
+    let mut cfg = String::new();
+    for (name, path) in dests {
+        cfg.push_str(&format!(
+            "[destinations.{name}]\ntype = \"local\"\npath = \"{}\"\n\n",
+            path.display()
+        ));
+    }
+    let names: Vec<String> = dests.iter().map(|(n, _)| format!("\"{n}\"")).collect();
+    cfg.push_str(&format!(
+        "[jobs.app]\nschedule = \"0 3 * * *\"\ndestinations = [{}]\n\n[[jobs.app.sources]]\ntype = \"command\"\nname = \"data\"\ndump = [\"sh\", \"-c\", \"{dump}\"]\n",
+        names.join(", ")
+    ));
+    let config = dir.join("stowage.toml");
+    std::fs::write(&config, cfg).expect("config");
+    config
+}
+
+fn lock_files(dest: &Path) -> Vec<(PathBuf, SystemTime)> {
+    std::fs::read_dir(dest.join("app/locks"))
+        .map(|rd| {
+            rd.filter_map(Result::ok)
+                .filter(|e| e.file_name().to_string_lossy().ends_with(".backup"))
+                .filter_map(|e| Some((e.path(), e.metadata().ok()?.modified().ok()?)))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// A backup's lock is written again while the backup runs: its last-modified time moves
+/// (with the refresh shortened to 300 ms for the test; it is a minute by default).
+#[test]
+fn a_held_lock_is_refreshed_while_the_backup_runs() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let dest = dir.path().join("backups");
+    let config = command_job(dir.path(), &[("local", &dest)], "sleep 4; echo done");
+    let mut run = common::spawn_stowage_with_env(
+        &config,
+        ["run", "app"],
+        &[("STOWAGE_LOCK_REFRESH", "300ms".as_ref())],
+    );
+    let mut seen: Vec<SystemTime> = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while run.exited().is_none() && Instant::now() < deadline {
+        for (_, t) in lock_files(&dest) {
+            if !seen.contains(&t) {
+                seen.push(t);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = run.wait(Duration::from_secs(30));
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        seen.len() >= 4,
+        "the lock's last-modified time moved while held: {} distinct times seen",
+        seen.len()
+    );
+    assert!(lock_files(&dest).is_empty(), "the lock is gone after the run");
+}
+
+/// A lock left by a run on another host that has not been refreshed for ten minutes is
+/// dead: the next run goes ahead (before, another host's lock held the job for a day),
+/// and a lock refreshed a moment ago still holds it.
+#[test]
+fn an_unrefreshed_lock_of_another_host_is_dead() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let dest = dir.path().join("backups");
+    let config = command_job(dir.path(), &[("local", &dest)], "echo data");
+    let locks = dest.join("app/locks");
+    std::fs::create_dir_all(&locks).expect("locks dir");
+    let started = chrono::Utc::now() - chrono::TimeDelta::minutes(10);
+    let id = started.format("%Y%m%dT%H%M%S%.3fZ").to_string();
+    let lock = locks.join(format!("{id}.backup"));
+    std::fs::write(
+        &lock,
+        r#"{"host":"elsewhere","boot":"0000","pid":4242,"start":1}"#,
+    )
+    .expect("lock");
+    let set_age = |age: Duration| {
+        let f = std::fs::File::options()
+            .write(true)
+            .open(&lock)
+            .expect("open lock");
+        f.set_modified(SystemTime::now() - age).expect("mtime");
+    };
+    // Refreshed a moment ago: the job is held.
+    set_age(Duration::from_secs(5));
+    let out = run_stowage(&config, ["run", "app"]);
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("already running"),
+        "a live lock holds the job: {}",
+        text(&out)
+    );
+    // Not refreshed for ten minutes: its holder is dead, whatever host it ran on.
+    set_age(Duration::from_secs(600));
+    let out = run_stowage(&config, ["run", "app"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(published(&dest).len(), 1);
+}
+
+/// A lock claim that fails with a storage error (here: one destination's locks/ cannot be
+/// created) stops the run, instead of backing up to the other destination without
+/// knowing whether another run holds the job.
+#[test]
+fn a_lock_claim_that_fails_stops_the_run() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let a = dir.path().join("a");
+    let b = dir.path().join("b");
+    std::fs::create_dir_all(a.join("app")).expect("a/app");
+    // A file where the locks directory belongs: no lock can be written there.
+    std::fs::write(a.join("app/locks"), "not a directory").expect("blocker");
+    let config = command_job(dir.path(), &[("a", &a), ("b", &b)], "echo data");
+    let out = run_stowage_with_env(&config, ["run", "app"], &[]);
+    let all = text(&out);
+    assert!(!out.status.success(), "{all}");
+    assert!(all.contains("cannot take the lock of job app"), "{all}");
+    assert!(published(&b).is_empty(), "nothing published on b: {all}");
+}
