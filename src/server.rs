@@ -793,3 +793,52 @@ fn esc(s: &str) -> String {
         .replace('>', "&gt;")
         .replace('"', "&quot;")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_newcomer_replaces_the_oldest_idle_connection_never_a_busy_one() {
+        let conns = Conns {
+            cap: 3,
+            epoch: std::time::Instant::now(),
+            open: Default::default(),
+        };
+        let a = conns.admit(1).expect("room");
+        let b = conns.admit(2).expect("room");
+        let c = conns.admit(3).expect("room");
+        a.busy_since.store(conns.now_ms(), Ordering::Relaxed);
+        // Full: the oldest idle one (2) makes room.
+        let d = conns.admit(4).expect("an idle one makes room");
+        assert!(!a.close.is_cancelled() && b.close.is_cancelled() && !c.close.is_cancelled());
+        c.busy_since.store(conns.now_ms(), Ordering::Relaxed);
+        d.busy_since.store(conns.now_ms(), Ordering::Relaxed);
+        // Every connection is serving a request: the newcomer is refused.
+        assert!(conns.admit(5).is_none());
+        // A request stalled past STALLED_REQUEST no longer protects its connection.
+        a.busy_since.store(1, Ordering::Relaxed);
+        std::thread::sleep(Duration::from_millis(5));
+        let stalled = Conns {
+            epoch: conns.epoch - STALLED_REQUEST - Duration::from_secs(1),
+            ..conns
+        };
+        assert!(stalled.admit(6).is_some());
+        assert!(a.close.is_cancelled());
+    }
+
+    #[test]
+    fn the_cap_follows_the_file_limit() {
+        assert_eq!(connection_cap(1024), 256);
+        assert_eq!(connection_cap(1_048_576), MAX_CONNECTIONS);
+        assert_eq!(connection_cap(20), 16);
+    }
+
+    #[test]
+    fn tokens_compare_whole() {
+        assert!(same_secret(b"abc", b"abc"));
+        assert!(!same_secret(b"abc", b"abd"));
+        assert!(!same_secret(b"abc", b"abcd"));
+        assert!(!same_secret(b"", b"abc"));
+    }
+}

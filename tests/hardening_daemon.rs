@@ -349,3 +349,198 @@ fn a_lock_claim_that_fails_stops_the_run() {
     assert!(all.contains("cannot take the lock of job app"), "{all}");
     assert!(published(&b).is_empty(), "nothing published on b: {all}");
 }
+
+/// This process's `<pid>-<start>` token, as stowage names its password files.
+fn own_token() -> String {
+    let stat = std::fs::read_to_string("/proc/self/stat").expect("stat");
+    let rest = &stat[stat.rfind(')').expect("comm") + 1..];
+    let start = rest.split_whitespace().nth(22 - 3).expect("starttime");
+    format!("{}-{start}", std::process::id())
+}
+
+/// Password files (MariaDB option files, MongoDB tool configs) left by a killed run are
+/// removed when the daemon starts; a live process's and anything else stay.
+#[test]
+fn password_files_of_killed_runs_are_removed_at_start() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let tmp = dir.path().join("tmp");
+    std::fs::create_dir_all(&tmp).expect("tmp");
+    let write = |name: &str| {
+        let p = tmp.join(name);
+        std::fs::write(&p, "[client]\npassword=\"hunter2\"\n").expect("write");
+        p
+    };
+    let dead = write("stowage-my-4000000000-1-Ab12Cd.cnf");
+    let dead_mongo = write("stowage-mongo-4000000000-1-Ab12Cd.yaml");
+    let live = write(&format!("stowage-my-{}-Zz99Yy.cnf", own_token()));
+    let other = write("unrelated.cnf");
+    let port = common::free_port();
+    let config = dir.path().join("stowage.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:{port}\"\n\n[destinations.local]\ntype = \"local\"\npath = \"{}\"\n\n[jobs.app]\nschedule = \"0 3 * * *\"\ndestinations = [\"local\"]\n\n[[jobs.app.sources]]\ntype = \"command\"\nname = \"data\"\ndump = [\"sh\", \"-c\", \"echo some data\"]\n",
+            dir.path().join("backups").display()
+        ),
+    )
+    .expect("config");
+    let pid = dir.path().join("stowage.pid");
+    let state = dir.path().join("state.json");
+    let envs = [
+        ("STOWAGE_PID_FILE", pid.as_os_str()),
+        ("STOWAGE_STATE_FILE", state.as_os_str()),
+        ("TMPDIR", tmp.as_os_str()),
+    ];
+    let mut daemon = common::spawn_stowage_with_env(&config, ["daemon"], &envs);
+    daemon.wait_for_output("HTTP listener on", Duration::from_secs(30));
+    assert!(!dead.exists() && !dead_mongo.exists(), "stale password files removed");
+    assert!(live.exists(), "a live process's password file stays");
+    assert!(other.exists(), "other files stay");
+    daemon.signal("TERM");
+    let out = daemon.wait(Duration::from_secs(30));
+    assert!(
+        text(&out).contains("a password file left by a stopped run"),
+        "{}",
+        text(&out)
+    );
+}
+
+/// A server that asks every client for its password in clear text and records what it
+/// is sent: the adversary a `--to` naming another host may be.
+struct PasswordTrap {
+    port: u16,
+    got: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl PasswordTrap {
+    fn start() -> PasswordTrap {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = got.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { continue };
+                let seen = seen.clone();
+                std::thread::spawn(move || {
+                    let _ = conn.set_read_timeout(Some(Duration::from_secs(20)));
+                    if let Some(pw) = Self::serve(&mut conn) {
+                        seen.lock().expect("lock").push(pw);
+                    }
+                });
+            }
+        });
+        PasswordTrap { port, got }
+    }
+
+    /// The PostgreSQL wire protocol up to the password message.
+    fn serve(conn: &mut TcpStream) -> Option<String> {
+        let mut len = [0u8; 4];
+        loop {
+            conn.read_exact(&mut len).ok()?;
+            let n = u32::from_be_bytes(len) as usize;
+            let mut body = vec![0u8; n.checked_sub(4)?];
+            conn.read_exact(&mut body).ok()?;
+            let code = u32::from_be_bytes(body.get(..4)?.try_into().ok()?);
+            // SSLRequest, GSSENCRequest: refused; the client goes on in the clear.
+            if code == 80877103 || code == 80877104 {
+                conn.write_all(b"N").ok()?;
+                continue;
+            }
+            break;
+        }
+        // AuthenticationCleartextPassword.
+        conn.write_all(&[b'R', 0, 0, 0, 8, 0, 0, 0, 3]).ok()?;
+        let mut tag = [0u8; 1];
+        conn.read_exact(&mut tag).ok()?;
+        conn.read_exact(&mut len).ok()?;
+        let mut body = vec![0u8; (u32::from_be_bytes(len) as usize).checked_sub(4)?];
+        conn.read_exact(&mut body).ok()?;
+        (tag[0] == b'p').then(|| String::from_utf8_lossy(&body).trim_end_matches('\0').to_string())
+    }
+
+    fn passwords(&self) -> Vec<String> {
+        self.got.lock().expect("lock").clone()
+    }
+}
+
+fn pg_job(dir: &Path, pg: &common::PgServer, password: &str) -> PathBuf {
+    let pw = dir.join("pg_password");
+    std::fs::write(&pw, format!("{password}\n")).expect("password file");
+    let config = dir.join("stowage.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[destinations.local]\ntype = \"local\"\npath = \"{}\"\n\n[jobs.app]\nschedule = \"0 3 * * *\"\ndestinations = [\"local\"]\n\n[[jobs.app.sources]]\ntype = \"postgres\"\nname = \"db\"\nurl = \"{}\"\npassword_file = \"{}\"\n",
+            dir.join("backups").display(),
+            pg.url("app"),
+            pw.display()
+        ),
+    )
+    .expect("config");
+    config
+}
+
+/// The source's password (password_file) goes only to the server it was configured for:
+/// `restore --to` another host or port, with the source's user or none, does not send it
+/// (before, any server named by `--to` received it).
+#[test]
+fn restore_to_another_server_never_gets_the_sources_password() {
+    let pg = common::PgServer::start();
+    common::seed_sample_db(&pg, "app", 50);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = pg_job(dir.path(), &pg, "source-pw-7731");
+    let out = run_stowage(&config, ["run", "app"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let trap = PasswordTrap::start();
+    for to in [
+        format!("postgres://127.0.0.1:{}/copy", trap.port),
+        format!("postgres://postgres@localhost:{}/copy", trap.port),
+    ] {
+        let out = run_stowage(
+            &config,
+            ["restore", "app", "latest", "--to", &to, "--create"],
+        );
+        assert!(!out.status.success(), "{to}: {}", text(&out));
+        assert!(!text(&out).contains("source-pw-7731"), "{}", text(&out));
+    }
+    let sent = trap.passwords();
+    assert!(
+        !sent.iter().any(|p| p.contains("source-pw-7731")),
+        "the source's password reached another server: {sent:?}"
+    );
+    // The source's own server still gets it (a restore next to the source).
+    let out = run_stowage(
+        &config,
+        [
+            "restore",
+            "app",
+            "latest",
+            "--to",
+            &pg.url("copy"),
+            "--create",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+}
+
+/// A `--to` with a password is never echoed with it: not in the log lines, not in the
+/// summary.
+#[test]
+fn a_restore_target_is_shown_without_its_password() {
+    let pg = common::PgServer::start();
+    common::seed_sample_db(&pg, "app", 50);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = pg_job(dir.path(), &pg, "source-pw-7731");
+    let out = run_stowage(&config, ["run", "app"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let to = format!("postgres://postgres:hunter2-target@127.0.0.1:{}/copy", pg.port());
+    let out = run_stowage(
+        &config,
+        ["restore", "app", "latest", "--to", &to, "--create"],
+    );
+    let all = text(&out);
+    assert!(out.status.success(), "{all}");
+    assert!(!all.contains("hunter2-target"), "{all}");
+    assert!(all.contains("postgres://postgres:***@127.0.0.1"), "{all}");
+}

@@ -430,7 +430,7 @@ async fn restore_locked(
             entry.format,
             human_bytes(entry.size),
             dest_name,
-            step.target
+            crate::source::url::redact(&step.target)
         );
         let archive = StoredArchive::new(st, entry, packing, &dest_name)
             .with_progress(format!("restore {}: read", entry.name));
@@ -464,7 +464,8 @@ async fn restore_locked(
             );
             lines.push(format!(
                 "database {}: restored into {}",
-                entry.name, step.target
+                entry.name,
+                crate::source::url::redact(&step.target)
             ));
         }
     }
