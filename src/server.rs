@@ -560,7 +560,10 @@ fn refused<V: View>(view: &V, headers: &HeaderMap) -> Option<Response> {
 pub fn same_secret(a: &[u8], b: &[u8]) -> bool {
     use sha2::{Digest, Sha256};
     let (x, y) = (Sha256::digest(a), Sha256::digest(b));
-    x.iter().zip(y.iter()).fold(0u8, |acc, (p, q)| acc | (p ^ q)) == 0
+    x.iter()
+        .zip(y.iter())
+        .fold(0u8, |acc, (p, q)| acc | (p ^ q))
+        == 0
 }
 
 async fn healthz<V: View>(State(view): State<Arc<V>>) -> Response {

@@ -114,10 +114,7 @@ fn idle_connection_flood_stops_neither_the_schedule_nor_healthz() {
     let opened = Instant::now();
     let mut idle: Vec<TcpStream> = Vec::with_capacity(2000);
     for i in 0..2000 {
-        match TcpStream::connect_timeout(
-            &([127, 0, 0, 1], port).into(),
-            Duration::from_secs(5),
-        ) {
+        match TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_secs(5)) {
             Ok(s) => idle.push(s),
             Err(e) => panic!("connection {i} failed: {e}"),
         }
@@ -224,7 +221,10 @@ fn token_guards_the_page_and_metrics_but_not_healthz() {
     }
     let (code, _, body) = get(port, "/healthz", "");
     assert!(code == 200 || code == 503, "{code}: {body}");
-    assert!(body.starts_with("ok") || body.starts_with("unhealthy"), "{body}");
+    assert!(
+        body.starts_with("ok") || body.starts_with("unhealthy"),
+        "{body}"
+    );
     daemon.signal("TERM");
     daemon.wait(Duration::from_secs(30));
 }
@@ -287,7 +287,10 @@ fn a_held_lock_is_refreshed_while_the_backup_runs() {
         "the lock's last-modified time moved while held: {} distinct times seen",
         seen.len()
     );
-    assert!(lock_files(&dest).is_empty(), "the lock is gone after the run");
+    assert!(
+        lock_files(&dest).is_empty(),
+        "the lock is gone after the run"
+    );
 }
 
 /// A lock left by a run on another host that has not been refreshed for ten minutes is
@@ -393,7 +396,10 @@ fn password_files_of_killed_runs_are_removed_at_start() {
     ];
     let mut daemon = common::spawn_stowage_with_env(&config, ["daemon"], &envs);
     daemon.wait_for_output("HTTP listener on", Duration::from_secs(30));
-    assert!(!dead.exists() && !dead_mongo.exists(), "stale password files removed");
+    assert!(
+        !dead.exists() && !dead_mongo.exists(),
+        "stale password files removed"
+    );
     assert!(live.exists(), "a live process's password file stays");
     assert!(other.exists(), "other files stay");
     daemon.signal("TERM");
@@ -456,7 +462,11 @@ impl PasswordTrap {
         conn.read_exact(&mut len).ok()?;
         let mut body = vec![0u8; (u32::from_be_bytes(len) as usize).checked_sub(4)?];
         conn.read_exact(&mut body).ok()?;
-        (tag[0] == b'p').then(|| String::from_utf8_lossy(&body).trim_end_matches('\0').to_string())
+        (tag[0] == b'p').then(|| {
+            String::from_utf8_lossy(&body)
+                .trim_end_matches('\0')
+                .to_string()
+        })
     }
 
     fn passwords(&self) -> Vec<String> {
@@ -534,7 +544,10 @@ fn a_restore_target_is_shown_without_its_password() {
     let config = pg_job(dir.path(), &pg, "source-pw-7731");
     let out = run_stowage(&config, ["run", "app"]);
     assert!(out.status.success(), "{}", text(&out));
-    let to = format!("postgres://postgres:hunter2-target@127.0.0.1:{}/copy", pg.port());
+    let to = format!(
+        "postgres://postgres:hunter2-target@127.0.0.1:{}/copy",
+        pg.port()
+    );
     let out = run_stowage(
         &config,
         ["restore", "app", "latest", "--to", &to, "--create"],

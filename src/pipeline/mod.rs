@@ -212,10 +212,7 @@ pub async fn run_job(
     // sweep may delete one of them before this backup's manifest references it.
     // A run that will not start (another holds the job) announces nothing.
     let starting = fatal.is_none();
-    for t in targets
-        .iter_mut()
-        .filter(|t| t.error.is_none() && starting)
-    {
+    for t in targets.iter_mut().filter(|t| t.error.is_none() && starting) {
         t.touched = true;
         // Even a failed attempt may have written the lock: always remove it at the end.
         t.locked = true;

@@ -300,7 +300,11 @@ mod tests {
             ("postgres://app@db:5433/copy", Some("app"), false),
             ("postgres://app@db2:5432/copy", Some("app"), false),
             ("postgres://app@db/copy?host=evil", Some("app"), false),
-            ("postgres://app@db/copy?hostaddr=10.0.0.9", Some("app"), false),
+            (
+                "postgres://app@db/copy?hostaddr=10.0.0.9",
+                Some("app"),
+                false,
+            ),
             ("postgres://other@db/copy", Some("other"), false),
             ("postgres://app:own@db/copy", Some("app"), false),
         ];
@@ -340,10 +344,7 @@ mod tests {
             ),
             ("db=postgres://u:p%40ss@h/x", "db=postgres://u:***@h/x"),
             // Unencoded '/', '@' and '?' in the password (an invalid URL, still hidden).
-            (
-                "mysql://root:a/b@c?d@host/db",
-                "mysql://root:***@host/db",
-            ),
+            ("mysql://root:a/b@c?d@host/db", "mysql://root:***@host/db"),
             (
                 "mongodb://u:pw@h1:1,h2:2/db?authSource=admin",
                 "mongodb://u:***@h1:1,h2:2/db?authSource=admin",
@@ -352,7 +353,10 @@ mod tests {
                 "postgres://app@db/x?sslmode=require&password=hunter2",
                 "postgres://app@db/x?sslmode=require&password=***",
             ),
-            ("host=db PASSWORD=hunter2 dbname=x", "host=db PASSWORD=*** dbname=x"),
+            (
+                "host=db PASSWORD=hunter2 dbname=x",
+                "host=db PASSWORD=*** dbname=x",
+            ),
             ("postgres://app@db/prod", "postgres://app@db/prod"),
             ("/var/lib/app.db", "/var/lib/app.db"),
             (
