@@ -43,9 +43,31 @@ pub async fn clean(
     let mut out = Recovered::default();
     // Backups and locks, then the blobs a page at a time: only their leftovers are kept.
     let mut listing = JobListing::read_backups(storage, job).await?;
-    listing.locks = storage.list(&crate::layout::locks_prefix(job)).await?;
+    // Locks are judged by their last-modified time against the store's clock, read off a
+    // probe written here: a host whose clock runs ahead must not take another host's live
+    // lock for dead (and delete its run's objects). Without the probe, this host's clock.
+    let probe = format!(
+        "{}{}.clock",
+        crate::layout::locks_prefix(job),
+        crate::layout::new_id(Utc::now())
+    );
+    let probed = storage
+        .put_bytes(&probe, bytes::Bytes::from_static(b"{}"))
+        .await
+        .is_ok();
+    let listed = storage.list(&crate::layout::locks_prefix(job)).await;
+    if probed {
+        let _ = storage.delete(std::slice::from_ref(&probe)).await;
+    }
+    listing.locks = listed?;
+    let now = listing
+        .locks
+        .iter()
+        .find(|o| o.key == probe)
+        .and_then(|o| o.modified)
+        .unwrap_or_else(Utc::now);
+    listing.locks.retain(|o| o.key != probe);
     let mut lock_state: HashMap<String, bool> = HashMap::new(); // id → holder alive
-    let now = Utc::now();
     for lock in blobs::parse_locks(job, listing.locks.iter().cloned()) {
         let key = blobs::lock_key(job, &lock.id, lock.kind);
         let alive = match blobs::lock_owner(storage, &key)

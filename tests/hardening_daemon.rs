@@ -557,3 +557,53 @@ fn a_restore_target_is_shown_without_its_password() {
     assert!(!all.contains("hunter2-target"), "{all}");
     assert!(all.contains("postgres://postgres:***@127.0.0.1"), "{all}");
 }
+
+/// At the daemon's start, the leftovers of a run on another host whose lock has not been
+/// refreshed for ten minutes are removed (lock and unpublished objects); a run on another
+/// host whose lock was refreshed a moment ago keeps both (before, any lock of another host
+/// counted as live for a day).
+#[test]
+fn the_daemon_start_clears_a_dead_run_of_another_host_and_keeps_a_live_one() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let dest = dir.path().join("backups");
+    let config = command_job(dir.path(), &[("local", &dest)], "echo data");
+    let locks = dest.join("app/locks");
+    std::fs::create_dir_all(&locks).expect("locks dir");
+    let run = |minutes_ago: i64, refreshed: Duration| {
+        let started = chrono::Utc::now() - chrono::TimeDelta::minutes(minutes_ago);
+        let id = started.format("%Y%m%dT%H%M%S%.3fZ").to_string();
+        let lock = locks.join(format!("{id}.backup"));
+        std::fs::write(
+            &lock,
+            r#"{"host":"elsewhere","boot":"0000","pid":4242,"start":1}"#,
+        )
+        .expect("lock");
+        std::fs::File::options()
+            .write(true)
+            .open(&lock)
+            .and_then(|f| f.set_modified(SystemTime::now() - refreshed))
+            .expect("mtime");
+        let object = dest.join("app").join(&id).join("data.txt.zst");
+        std::fs::create_dir_all(object.parent().expect("parent")).expect("run dir");
+        std::fs::write(&object, "half written").expect("object");
+        (lock, object)
+    };
+    let (dead_lock, dead_object) = run(30, Duration::from_secs(600));
+    let (live_lock, live_object) = run(20, Duration::from_secs(2));
+    let pid = dir.path().join("stowage.pid");
+    let state = dir.path().join("state.json");
+    let envs = [
+        ("STOWAGE_PID_FILE", pid.as_os_str()),
+        ("STOWAGE_STATE_FILE", state.as_os_str()),
+    ];
+    let mut daemon = common::spawn_stowage_with_env(&config, ["daemon"], &envs);
+    daemon.wait_for_output(
+        "recovered leftovers of interrupted runs on",
+        Duration::from_secs(30),
+    );
+    let out = daemon.output_so_far();
+    assert!(!dead_lock.exists() && !dead_object.exists(), "{out}");
+    assert!(live_lock.exists() && live_object.exists(), "{out}");
+    daemon.signal("TERM");
+    daemon.wait(Duration::from_secs(30));
+}
