@@ -2,6 +2,12 @@
 //! verdict as `stowage health`), `/metrics` (Prometheus text format) and `/`, a small
 //! read-only status page. Everything it shows comes from the daemon's memory: a scrape
 //! never touches a destination.
+//!
+//! It is often bound to 0.0.0.0, so it expects misbehaving clients: a client has
+//! [`HEADER_READ_TIMEOUT`] to send each request's headers (which also closes idle
+//! connections), at most [`MAX_CONNECTIONS`] are open (a newcomer replaces the oldest idle
+//! one), and with `[server] token_file` the page and the metrics need a bearer token
+//! (`/healthz` stays open for container healthchecks).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -537,11 +543,13 @@ async fn serve_conn(
 fn refused<V: View>(view: &V, headers: &HeaderMap) -> Option<Response> {
     let config = view.config();
     let token = config.server_token.as_ref()?;
+    // The scheme name is case-insensitive (RFC 9110).
     let given = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map_or("", |(_, token)| token);
     if same_secret(given.trim().as_bytes(), token.expose().as_bytes()) {
         return None;
     }

@@ -216,8 +216,13 @@ fn token_guards_the_page_and_metrics_but_not_healthz() {
             );
             assert!(!body.contains("stowage_runs"), "{body}");
         }
-        let (code, _, body) = get(port, path, "Authorization: Bearer s3cr3t-t0ken\r\n");
-        assert_eq!(code, 200, "{path}: {body}");
+        for auth in [
+            "Authorization: Bearer s3cr3t-t0ken\r\n",
+            "Authorization: bearer s3cr3t-t0ken\r\n",
+        ] {
+            let (code, _, body) = get(port, path, auth);
+            assert_eq!(code, 200, "{path} with {auth:?}: {body}");
+        }
     }
     let (code, _, body) = get(port, "/healthz", "");
     assert!(code == 200 || code == 503, "{code}: {body}");
