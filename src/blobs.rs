@@ -37,10 +37,17 @@ pub use crate::layout::{BLOBS_DIR, LOCKS_DIR, blob_key};
 /// document with every entry in `files`, sorted by path string (still read).
 pub const INDEX_FORMAT: u32 = 2;
 
-/// A backup lock older than this belongs to a crashed run and no longer blocks sweeps.
+/// Where the store gives no last-modified time: a backup lock whose id is older than this
+/// belongs to a crashed run and no longer blocks sweeps.
 const BACKUP_LOCK_STALE: Duration = Duration::from_secs(24 * 3600);
-/// Sweeps stop deleting well before this, so an older sweep lock is a crashed sweep's.
+/// Likewise for sweeps, which stop deleting well before this.
 const SWEEP_LOCK_STALE: Duration = Duration::from_secs(15 * 60);
+/// A held lock is written again this often (`STOWAGE_LOCK_REFRESH` shortens it), so its
+/// last-modified time says its holder is alive, on any host.
+pub const LOCK_REFRESH: Duration = Duration::from_secs(60);
+/// A lock not written for this long is a dead holder's, whatever host it ran on: five
+/// missed refreshes, so a slow store or a busy host does not lose a live lock.
+pub const LOCK_DEAD: Duration = Duration::from_secs(5 * 60);
 /// A sweep stops (and leaves the rest for next time) after this long.
 const SWEEP_BUDGET: Duration = Duration::from_secs(5 * 60);
 
@@ -374,19 +381,25 @@ impl LockKind {
     }
 }
 
-/// A lock seen in a listing: its id (the holder's start time) and kind.
+/// A lock seen in a listing: its id (the holder's start time), kind, and when it was
+/// last written (refreshed), where the store says.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Lock {
     pub id: String,
     pub kind: LockKind,
     pub since: DateTime<Utc>,
+    pub modified: Option<DateTime<Utc>>,
 }
 
-pub fn parse_locks(job: &str, keys: impl IntoIterator<Item = String>) -> Vec<Lock> {
+pub fn parse_locks(
+    job: &str,
+    objects: impl IntoIterator<Item = crate::storage::ObjectMeta>,
+) -> Vec<Lock> {
     let prefix = crate::layout::locks_prefix(job);
-    keys.into_iter()
-        .filter_map(|k| {
-            let name = k.strip_prefix(&prefix)?.to_string();
+    objects
+        .into_iter()
+        .filter_map(|o| {
+            let name = o.key.strip_prefix(&prefix)?.to_string();
             let (id, kind) = name.rsplit_once('.')?;
             let kind = match kind {
                 "backup" => LockKind::Backup,
@@ -399,26 +412,151 @@ pub fn parse_locks(job: &str, keys: impl IntoIterator<Item = String>) -> Vec<Loc
                 id: id.to_string(),
                 kind,
                 since,
+                modified: o.modified,
             })
         })
         .collect()
 }
 
-/// Whether a lock still counts (its holder may be alive).
+/// Whether a lock still counts (its holder may be alive). `now` is the store's clock where
+/// known (the last-modified time of a lock this process just wrote), so a host whose clock
+/// is off does not misjudge others' locks. A lock the holder has refreshed within
+/// [`LOCK_DEAD`] is live however long ago it was taken (a long backup stays locked); one
+/// not refreshed for that long is dead (a crashed holder frees the job within minutes).
+/// Only where the store gives no last-modified time does the taken-at time decide.
 pub fn is_live(lock: &Lock, now: DateTime<Utc>) -> bool {
-    let limit = match lock.kind {
-        LockKind::Backup | LockKind::Restore => BACKUP_LOCK_STALE,
-        LockKind::Sweep => SWEEP_LOCK_STALE,
+    let (from, limit) = match (lock.modified, lock.kind) {
+        (Some(m), _) => (m, LOCK_DEAD),
+        (None, LockKind::Backup | LockKind::Restore) => (lock.since, BACKUP_LOCK_STALE),
+        (None, LockKind::Sweep) => (lock.since, SWEEP_LOCK_STALE),
     };
-    now.signed_duration_since(lock.since)
+    now.signed_duration_since(from)
         .to_std()
         .map(|age| age < limit)
+        // Written "after now": a clock step, not a dead holder.
         .unwrap_or(true)
 }
 
-async fn list_locks(storage: &dyn Storage, job: &str) -> Result<Vec<Lock>, StorageError> {
+/// The job's locks, and the store's "now": the last-modified time of `own` (a lock this
+/// process has just written) when the listing has it, else this host's clock.
+async fn list_locks(
+    storage: &dyn Storage,
+    job: &str,
+    own: Option<&str>,
+) -> Result<(Vec<Lock>, DateTime<Utc>), StorageError> {
     let objs = storage.list(&crate::layout::locks_prefix(job)).await?;
-    Ok(parse_locks(job, objs.into_iter().map(|o| o.key)))
+    let now = own
+        .and_then(|k| objs.iter().find(|o| o.key == k))
+        .and_then(|o| o.modified)
+        .unwrap_or_else(Utc::now);
+    Ok((parse_locks(job, objs), now))
+}
+
+/// How often a held lock is written again: [`LOCK_REFRESH`], or `STOWAGE_LOCK_REFRESH`
+/// ("5s", "500ms") when shorter.
+pub fn lock_refresh() -> Duration {
+    std::env::var("STOWAGE_LOCK_REFRESH")
+        .ok()
+        .and_then(|v| humantime::parse_duration(&v).ok())
+        .map_or(LOCK_REFRESH, |d| {
+            d.clamp(Duration::from_millis(100), LOCK_REFRESH)
+        })
+}
+
+/// Write the lock again on every storage each [`lock_refresh`] until `done`; a write in
+/// flight when `done` fires is finished first, so a refresh never re-creates a lock after
+/// its holder removed it.
+async fn refresh_until(
+    storages: &[&dyn Storage],
+    job: &str,
+    id: &str,
+    kind: LockKind,
+    done: &CancellationToken,
+) {
+    let key = lock_key(job, id, kind);
+    let period = lock_refresh();
+    let mut failing = vec![false; storages.len()];
+    loop {
+        tokio::select! {
+            _ = done.cancelled() => return,
+            _ = tokio::time::sleep(period) => {}
+        }
+        for (st, failing) in storages.iter().zip(failing.iter_mut()) {
+            match st.put_bytes(&key, lock_body()).await {
+                Ok(()) => *failing = false,
+                Err(e) => {
+                    if !*failing {
+                        warn!(
+                            job,
+                            "cannot refresh lock {key} on {}: {e}; other processes will take the job for free after {} without a refresh",
+                            st.location(),
+                            humantime::format_duration(LOCK_DEAD)
+                        );
+                    }
+                    *failing = true;
+                }
+            }
+        }
+    }
+}
+
+/// Run `work` while keeping the lock `id` of `kind` fresh on `storages`.
+pub async fn refreshing<F: std::future::Future>(
+    storages: &[&dyn Storage],
+    job: &str,
+    id: &str,
+    kind: LockKind,
+    work: F,
+) -> F::Output {
+    let done = CancellationToken::new();
+    let work = async {
+        let out = work.await;
+        done.cancel();
+        out
+    };
+    let (out, ()) = tokio::join!(work, refresh_until(storages, job, id, kind, &done));
+    out
+}
+
+/// A held lock kept fresh by a task of its own, for holders that cannot wrap their work
+/// in [`refreshing`]. [`Heartbeat::stop`] before removing the lock.
+pub struct Heartbeat {
+    done: CancellationToken,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Heartbeat {
+    pub fn start(
+        storages: Vec<Arc<dyn Storage>>,
+        job: &str,
+        id: &str,
+        kind: LockKind,
+    ) -> Heartbeat {
+        let done = CancellationToken::new();
+        let (job, id, stop) = (job.to_string(), id.to_string(), done.clone());
+        let task = tokio::spawn(async move {
+            let refs: Vec<&dyn Storage> = storages.iter().map(|s| s.as_ref()).collect();
+            refresh_until(&refs, &job, &id, kind, &stop).await;
+        });
+        Heartbeat {
+            done,
+            task: Some(task),
+        }
+    }
+
+    /// Stop refreshing; returns once no refresh is in flight.
+    pub async fn stop(mut self) {
+        self.done.cancel();
+        if let Some(t) = self.task.take() {
+            let _ = t.await;
+        }
+    }
+}
+
+impl Drop for Heartbeat {
+    fn drop(&mut self) {
+        self.done.cancel();
+    }
 }
 
 /// The lock's content: who holds it, so a later start can tell a crashed holder.
@@ -442,18 +580,17 @@ pub async fn lock_backup(
     reuses_blobs: bool,
     cancel: &CancellationToken,
 ) -> Result<(), BlobError> {
-    storage
-        .put_bytes(&lock_key(job, id, LockKind::Backup), lock_body())
-        .await?;
+    let own = lock_key(job, id, LockKind::Backup);
+    storage.put_bytes(&own, lock_body()).await?;
     if !reuses_blobs {
         return Ok(());
     }
     let mut waited = false;
     loop {
-        let sweeping: Vec<Lock> = list_locks(storage, job)
-            .await?
+        let (locks, now) = list_locks(storage, job, Some(&own)).await?;
+        let sweeping: Vec<Lock> = locks
             .into_iter()
-            .filter(|l| l.kind == LockKind::Sweep && is_live(l, Utc::now()))
+            .filter(|l| l.kind == LockKind::Sweep && is_live(l, now))
             .collect();
         if sweeping.is_empty() {
             if waited {
@@ -517,8 +654,15 @@ pub async fn holders(
 ) -> Result<Vec<Holder>, StorageError> {
     let me = crate::owner::Owner::current();
     let mut out = Vec::new();
-    for lock in list_locks(storage, job).await? {
-        if lock.id == own_id || lock.kind == LockKind::Sweep || !is_live(&lock, Utc::now()) {
+    let (locks, now) = list_locks(storage, job, None).await?;
+    // Our own lock (any kind) was just written: its time is the store's now.
+    let now = locks
+        .iter()
+        .find(|l| l.id == own_id)
+        .and_then(|l| l.modified)
+        .unwrap_or(now);
+    for lock in locks {
+        if lock.id == own_id || lock.kind == LockKind::Sweep || !is_live(&lock, now) {
             continue;
         }
         let owner = lock_owner(storage, &lock_key(job, &lock.id, lock.kind)).await;
@@ -616,10 +760,16 @@ pub async fn sweep(
     min_age: Option<chrono::TimeDelta>,
 ) -> Result<SweepOutcome, BlobError> {
     let sweep_id = crate::layout::new_id(Utc::now());
-    storage
-        .put_bytes(&lock_key(job, &sweep_id, LockKind::Sweep), lock_body())
-        .await?;
-    let result = sweep_locked(storage, job, own_id, min_age).await;
+    let own = lock_key(job, &sweep_id, LockKind::Sweep);
+    storage.put_bytes(&own, lock_body()).await?;
+    let result = refreshing(
+        &[storage],
+        job,
+        &sweep_id,
+        LockKind::Sweep,
+        sweep_locked(storage, job, own_id, &own, min_age),
+    )
+    .await;
     unlock(storage, job, &sweep_id, LockKind::Sweep).await;
     result
 }
@@ -658,16 +808,16 @@ async fn sweep_locked(
     storage: &dyn Storage,
     job: &str,
     own_id: &str,
+    own_lock: &str,
     min_age: Option<chrono::TimeDelta>,
 ) -> Result<SweepOutcome, BlobError> {
     let started = std::time::Instant::now();
-    let now = Utc::now();
     // Backups and locks only: the blobs are listed a fan-out directory at a time.
     let listing = JobListing::read_backups(storage, job).await?;
-    let locks = list_locks(storage, job).await?;
+    let (locks, store_now) = list_locks(storage, job, Some(own_lock)).await?;
     if let Some(other) = locks
         .iter()
-        .find(|l| l.kind == LockKind::Backup && l.id != own_id && is_live(l, now))
+        .find(|l| l.kind == LockKind::Backup && l.id != own_id && is_live(l, store_now))
     {
         return Ok(SweepOutcome::Postponed {
             by: other.id.clone(),
@@ -1011,14 +1161,20 @@ mod tests {
             .with_ymd_and_hms(2026, 11, 22, 12, 0, 0)
             .single()
             .expect("valid");
-        let keys = vec![
-            "app/locks/20261122T115900.000Z.sweep".to_string(),
-            "app/locks/20261122T100000.000Z.sweep".to_string(),
-            "app/locks/20261121T130000.000Z.backup".to_string(),
-            "app/locks/20261120T120000.000Z.backup".to_string(),
-            "app/locks/garbage".to_string(),
+        // Without a last-modified time (a store that gives none): the taken-at time decides.
+        let keys = [
+            "app/locks/20261122T115900.000Z.sweep",
+            "app/locks/20261122T100000.000Z.sweep",
+            "app/locks/20261121T130000.000Z.backup",
+            "app/locks/20261120T120000.000Z.backup",
+            "app/locks/garbage",
         ];
-        let locks = parse_locks("app", keys);
+        let objects = keys.iter().map(|k| crate::storage::ObjectMeta {
+            key: k.to_string(),
+            size: 1,
+            modified: None,
+        });
+        let locks = parse_locks("app", objects);
         assert_eq!(locks.len(), 4);
         let live: Vec<(&str, LockKind)> = locks
             .iter()
@@ -1032,5 +1188,33 @@ mod tests {
                 ("20261121T130000.000Z", LockKind::Backup)
             ]
         );
+    }
+
+    #[test]
+    fn a_lock_lives_by_its_refreshes_whatever_its_age() {
+        let now = Utc
+            .with_ymd_and_hms(2026, 11, 22, 12, 0, 0)
+            .single()
+            .expect("valid");
+        let lock = |kind, taken_min: i64, written_min: i64| Lock {
+            id: "x".into(),
+            kind,
+            since: now - chrono::TimeDelta::minutes(taken_min),
+            modified: Some(now - chrono::TimeDelta::minutes(written_min)),
+        };
+        // A backup running for two days, refreshed a minute ago: still held.
+        assert!(is_live(&lock(LockKind::Backup, 2 * 24 * 60, 1), now));
+        // Taken ten minutes ago and never refreshed since: its holder died.
+        assert!(!is_live(&lock(LockKind::Backup, 10, 10), now));
+        assert!(!is_live(&lock(LockKind::Restore, 10, 10), now));
+        assert!(!is_live(&lock(LockKind::Sweep, 6, 6), now));
+        // The boundary: dead from LOCK_DEAD on.
+        let dead_min = i64::try_from(LOCK_DEAD.as_secs() / 60).expect("minutes");
+        assert!(is_live(&lock(LockKind::Backup, 60, dead_min - 1), now));
+        assert!(!is_live(&lock(LockKind::Backup, 60, dead_min), now));
+        // Written "in the future" (the store's clock ahead of ours): not dead.
+        assert!(is_live(&lock(LockKind::Backup, 0, -3), now));
+        // Several refreshes fit in the dead limit.
+        assert!(LOCK_REFRESH * 4 < LOCK_DEAD);
     }
 }

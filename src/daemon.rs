@@ -173,6 +173,13 @@ pub async fn run(
         work_done: Arc::new(tokio::sync::Notify::new()),
         looked_at: tokio::sync::watch::Sender::new(()),
     });
+    // Password files a killed run left (its tools never ran to remove them).
+    for gone in crate::owner::remove_stale_secret_files(&std::env::temp_dir()) {
+        info!(
+            "removed {}, a password file left by a stopped run",
+            gone.display()
+        );
+    }
     let server_stop = CancellationToken::new();
     let server = match config.listen {
         Some(addr) => Some(

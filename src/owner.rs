@@ -60,6 +60,59 @@ pub fn token_alive(token: &str) -> bool {
     }
 }
 
+/// Name prefixes of the private files that hold a database password while a tool runs
+/// (a MariaDB option file, a MongoDB tools config). Each is followed by the writer's
+/// [`Owner::token`] and a '-', so a later start can tell a killed run's file from a live one's.
+pub const SECRET_FILE_PREFIXES: &[&str] = &["stowage-my-", "stowage-mongo-"];
+
+/// A file of a writer that predates the token in the name: removed once this old (the
+/// tools read their password file when they start).
+const LEGACY_SECRET_FILE_AGE: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// Remove password files that killed runs left in `dir` (normally the temporary
+/// directory): those whose writer is gone, and nameless legacy ones older than an hour.
+/// Only regular files: a link by that name is left alone. Returns the paths removed.
+pub fn remove_stale_secret_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut removed = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return removed;
+    };
+    for entry in entries.filter_map(Result::ok) {
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let Some(rest) = SECRET_FILE_PREFIXES
+            .iter()
+            .find_map(|p| name.strip_prefix(p))
+        else {
+            continue;
+        };
+        let path = entry.path();
+        let Ok(meta) = std::fs::symlink_metadata(&path) else {
+            continue;
+        };
+        if !meta.file_type().is_file() {
+            continue;
+        }
+        let mut parts = rest.splitn(3, '-');
+        let stale = match (parts.next(), parts.next(), parts.next()) {
+            (Some(pid), Some(start), Some(_))
+                if pid.parse::<u32>().is_ok() && start.parse::<u64>().is_ok() =>
+            {
+                !token_alive(&format!("{pid}-{start}"))
+            }
+            _ => meta
+                .modified()
+                .ok()
+                .and_then(|m| m.elapsed().ok())
+                .is_some_and(|age| age > LEGACY_SECRET_FILE_AGE),
+        };
+        if stale && std::fs::remove_file(&path).is_ok() {
+            removed.push(path);
+        }
+    }
+    removed
+}
+
 fn read_trimmed(path: &str) -> String {
     std::fs::read_to_string(path)
         .map(|s| s.trim().to_string())
@@ -88,6 +141,40 @@ mod tests {
         let stat = "1234 (my (odd) name) S 1 1234 1234 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 987654 1000 200";
         assert_eq!(parse_start(stat), Some(987654));
         assert_eq!(parse_start("garbage"), None);
+    }
+
+    #[test]
+    fn stale_password_files_go_live_and_foreign_ones_stay() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let me = Owner::current().token();
+        let write = |name: &str| {
+            let p = dir.path().join(name);
+            std::fs::write(&p, "[client]\npassword=\"x\"\n").expect("write");
+            p
+        };
+        let dead = write("stowage-my-4000000000-1-Ab12Cd.cnf");
+        let dead_mongo = write("stowage-mongo-4000000000-1-Ab12Cd.yaml");
+        let live = write(&format!("stowage-my-{me}-Zz99Yy.cnf"));
+        let legacy_old = write("stowage-my-Qw3rty.cnf");
+        std::fs::File::options()
+            .write(true)
+            .open(&legacy_old)
+            .and_then(|f| {
+                f.set_modified(std::time::SystemTime::now() - std::time::Duration::from_secs(7200))
+            })
+            .expect("age");
+        let legacy_new = write("stowage-my-Zx9876.cnf");
+        let other = write("other-4000000000-1-x.cnf");
+        let link = dir.path().join("stowage-my-4000000000-1-link.cnf");
+        std::os::unix::fs::symlink(&other, &link).expect("symlink");
+        let mut removed = remove_stale_secret_files(dir.path());
+        removed.sort();
+        let mut want = vec![dead.clone(), dead_mongo.clone(), legacy_old.clone()];
+        want.sort();
+        assert_eq!(removed, want);
+        for kept in [&live, &legacy_new, &other, &link] {
+            assert!(std::fs::symlink_metadata(kept).is_ok(), "{kept:?} kept");
+        }
     }
 
     #[test]

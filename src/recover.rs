@@ -2,8 +2,9 @@
 //! leaves an unpublished `<job>/<id>/` prefix, its lock, `.partial` files on local volumes
 //! and open multipart uploads on S3. None of it is visible as a backup, but it takes space
 //! and a stale lock holds off blob sweeps. A run is known dead when its lock names a
-//! process of this host and boot that is gone; a lock from another host counts as dead
-//! only once stale. Published backups are never touched.
+//! process of this host and boot that is gone, or when its lock has not been refreshed
+//! for `blobs::LOCK_DEAD` (every holder rewrites its lock each minute), whatever the host.
+//! Published backups are never touched.
 
 use std::collections::{BTreeSet, HashMap};
 
@@ -42,17 +43,41 @@ pub async fn clean(
     let mut out = Recovered::default();
     // Backups and locks, then the blobs a page at a time: only their leftovers are kept.
     let mut listing = JobListing::read_backups(storage, job).await?;
-    listing.locks = storage.list(&crate::layout::locks_prefix(job)).await?;
+    // Locks are judged by their last-modified time against the store's clock, read off a
+    // probe written here: a host whose clock runs ahead must not take another host's live
+    // lock for dead (and delete its run's objects). Without the probe, this host's clock.
+    let probe = format!(
+        "{}{}.clock",
+        crate::layout::locks_prefix(job),
+        crate::layout::new_id(Utc::now())
+    );
+    let probed = storage
+        .put_bytes(&probe, bytes::Bytes::from_static(b"{}"))
+        .await
+        .is_ok();
+    let listed = storage.list(&crate::layout::locks_prefix(job)).await;
+    if probed {
+        let _ = storage.delete(std::slice::from_ref(&probe)).await;
+    }
+    listing.locks = listed?;
+    let now = listing
+        .locks
+        .iter()
+        .find(|o| o.key == probe)
+        .and_then(|o| o.modified)
+        .unwrap_or_else(Utc::now);
+    listing.locks.retain(|o| o.key != probe);
     let mut lock_state: HashMap<String, bool> = HashMap::new(); // id → holder alive
-    for lock in blobs::parse_locks(job, listing.locks.iter().map(|o| o.key.clone())) {
+    for lock in blobs::parse_locks(job, listing.locks.iter().cloned()) {
         let key = blobs::lock_key(job, &lock.id, lock.kind);
         let alive = match blobs::lock_owner(storage, &key)
             .await
             .and_then(|o| o.is_alive())
         {
-            Some(alive) => alive,
-            // Another host's (or an unreadable) lock: trust it until it is stale.
-            None => blobs::is_live(&lock, Utc::now()),
+            // A process of this host and boot that is gone.
+            Some(false) => false,
+            // Running here, on another host, or unreadable: alive while it is refreshed.
+            Some(true) | None => blobs::is_live(&lock, now),
         };
         if !alive {
             storage.delete(std::slice::from_ref(&key)).await?;

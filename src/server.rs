@@ -2,14 +2,22 @@
 //! verdict as `stowage health`), `/metrics` (Prometheus text format) and `/`, a small
 //! read-only status page. Everything it shows comes from the daemon's memory: a scrape
 //! never touches a destination.
+//!
+//! It is often bound to 0.0.0.0, so it expects misbehaving clients: a client has
+//! [`HEADER_READ_TIMEOUT`] to send each request's headers (which also closes idle
+//! connections), at most [`MAX_CONNECTIONS`] are open (a newcomer replaces the oldest idle
+//! one), and with `[server] token_file` the page and the metrics need a bearer token
+//! (`/healthz` stays open for container healthchecks).
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::State;
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use chrono::Utc;
@@ -334,29 +342,264 @@ pub trait View: Send + Sync + 'static {
     fn looked_at(&self) {}
 }
 
+/// How long a client has to send a request's headers. hyper starts this clock whenever
+/// the connection waits for a request, the first or the next one on a kept-alive
+/// connection, so it is the idle timeout as well: a connection that sends nothing is
+/// closed after this long.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// A request whose handler or response has taken longer than this no longer protects its
+/// connection from being closed for a newcomer (a client that stopped reading).
+const STALLED_REQUEST: Duration = Duration::from_secs(30);
+/// At most this many open connections (fewer when the file limit is low: a quarter of it,
+/// so that backups always have descriptors left).
+pub const MAX_CONNECTIONS: usize = 512;
+/// Pending connections the kernel queues before `accept` (capped by net.core.somaxconn).
+const BACKLOG: u32 = 4096;
+
+/// One open connection, as the accept loop sees it.
+struct Conn {
+    /// Milliseconds since `epoch` when its current request began; 0 while it waits for one.
+    busy_since: AtomicU64,
+    close: CancellationToken,
+}
+
+/// The open connections, oldest first. When the table is full, a newcomer takes the place
+/// of the oldest connection that is not serving a request (an idle or slow client), so
+/// thousands of idle connections can neither exhaust the daemon's file descriptors nor
+/// lock out `/healthz`.
+struct Conns {
+    cap: usize,
+    epoch: std::time::Instant,
+    open: std::sync::Mutex<BTreeMap<u64, Arc<Conn>>>,
+}
+
+impl Conns {
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis())
+            .unwrap_or(u64::MAX)
+            .max(1)
+    }
+
+    /// A place for connection `id`, closing an idle one if the table is full. `None`: every
+    /// connection is busy with a request, so the newcomer is refused.
+    fn admit(&self, id: u64) -> Option<Arc<Conn>> {
+        let now = self.now_ms();
+        let stalled = u64::try_from(STALLED_REQUEST.as_millis()).unwrap_or(u64::MAX);
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        if open.len() >= self.cap {
+            let victim = open
+                .iter()
+                .find(|(_, c)| {
+                    let since = c.busy_since.load(Ordering::Relaxed);
+                    since == 0 || now.saturating_sub(since) > stalled
+                })
+                .map(|(k, _)| *k)?;
+            if let Some(c) = open.remove(&victim) {
+                c.close.cancel();
+            }
+        }
+        let conn = Arc::new(Conn {
+            busy_since: AtomicU64::new(0),
+            close: CancellationToken::new(),
+        });
+        open.insert(id, conn.clone());
+        Some(conn)
+    }
+
+    fn remove(&self, id: u64) {
+        self.open
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&id);
+    }
+}
+
+/// Raise this process's soft limit of open files to its hard limit: the default soft limit
+/// (often 1024) is easily reached by a burst of connections beside a running backup.
+/// Returns the soft limit in force.
+pub fn raise_open_files_limit() -> u64 {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes only into the struct it is given.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return 1024;
+    }
+    if lim.rlim_cur < lim.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: lim.rlim_max,
+            rlim_max: lim.rlim_max,
+        };
+        // SAFETY: setrlimit only reads the struct; raising the soft limit up to the hard
+        // limit needs no privilege.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            lim.rlim_cur = lim.rlim_max;
+        }
+    }
+    lim.rlim_cur
+}
+
+/// The connection cap for a soft limit of `open_files` descriptors.
+pub fn connection_cap(open_files: u64) -> usize {
+    usize::try_from(open_files / 4)
+        .unwrap_or(usize::MAX)
+        .clamp(16, MAX_CONNECTIONS)
+}
+
 /// Bind now (so a bad address fails the start with a clear error), serve until `stop`.
 pub async fn start<V: View>(
     addr: SocketAddr,
     view: Arc<V>,
     stop: CancellationToken,
 ) -> Result<tokio::task::JoinHandle<()>, String> {
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()
+    } else {
+        tokio::net::TcpSocket::new_v6()
+    };
+    let listener = socket
+        .and_then(|s| {
+            s.set_reuseaddr(true)?;
+            s.bind(addr)?;
+            s.listen(BACKLOG)
+        })
         .map_err(|e| format!("cannot listen on {addr} (server.listen): {e}"))?;
     let app = Router::new()
         .route("/healthz", get(healthz::<V>))
         .route("/metrics", get(metrics::<V>))
         .route("/", get(index::<V>))
         .with_state(view);
-    tracing::info!("HTTP listener on {addr}: /healthz, /metrics, /");
-    Ok(tokio::spawn(async move {
-        let served = axum::serve(listener, app)
-            .with_graceful_shutdown(async move { stop.cancelled().await })
-            .await;
-        if let Err(e) = served {
-            tracing::error!("HTTP listener stopped: {e}");
+    let conns = Arc::new(Conns {
+        cap: connection_cap(raise_open_files_limit()),
+        epoch: std::time::Instant::now(),
+        open: Default::default(),
+    });
+    tracing::info!(
+        "HTTP listener on {addr}: /healthz, /metrics, / (at most {} connections)",
+        conns.cap
+    );
+    Ok(tokio::spawn(accept_loop(listener, app, conns, stop)))
+}
+
+/// Accept until `stop`. Nothing a client does ends this loop: a failed accept (out of
+/// descriptors, a connection reset before it was taken) is logged and the loop goes on.
+async fn accept_loop(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    conns: Arc<Conns>,
+    stop: CancellationToken,
+) {
+    let mut next_id = 0u64;
+    let mut last_complaint: Option<std::time::Instant> = None;
+    loop {
+        let accepted = tokio::select! {
+            _ = stop.cancelled() => break,
+            r = listener.accept() => r,
+        };
+        let stream = match accepted {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                if last_complaint.is_none_or(|t| t.elapsed() > Duration::from_secs(60)) {
+                    tracing::warn!("HTTP listener: cannot accept a connection: {e}");
+                    last_complaint = Some(std::time::Instant::now());
+                }
+                // Out of descriptors: give the open connections time to close.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        next_id += 1;
+        let id = next_id;
+        let Some(conn) = conns.admit(id) else {
+            // Every connection is serving a request: this one is closed at once.
+            drop(stream);
+            continue;
+        };
+        tokio::spawn(serve_conn(
+            stream,
+            app.clone(),
+            conn,
+            conns.clone(),
+            id,
+            stop.clone(),
+        ));
+    }
+}
+
+async fn serve_conn(
+    stream: tokio::net::TcpStream,
+    app: Router,
+    conn: Arc<Conn>,
+    conns: Arc<Conns>,
+    id: u64,
+    stop: CancellationToken,
+) {
+    let tower = hyper_util::service::TowerToHyperService::new(app);
+    let marks = conn.clone();
+    let table = conns.clone();
+    let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+        marks.busy_since.store(table.now_ms(), Ordering::Relaxed);
+        let answer = hyper::service::Service::call(&tower, req);
+        let marks = marks.clone();
+        async move {
+            let r = answer.await;
+            marks.busy_since.store(0, Ordering::Relaxed);
+            r
         }
-    }))
+    });
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .keep_alive(true);
+    let served = builder.serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+    tokio::select! {
+        r = served => {
+            if let Err(e) = r {
+                tracing::debug!("HTTP connection closed: {e}");
+            }
+        }
+        _ = conn.close.cancelled() => {}
+        _ = stop.cancelled() => {}
+    }
+    conns.remove(id);
+}
+
+/// `None` when the request may see `/` and `/metrics`: no token is configured, or the
+/// request carries it as `Authorization: Bearer <token>`. Otherwise the 401 to send.
+fn refused<V: View>(view: &V, headers: &HeaderMap) -> Option<Response> {
+    let config = view.config();
+    let token = config.server_token.as_ref()?;
+    // The scheme name is case-insensitive (RFC 9110).
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map_or("", |(_, token)| token);
+    if same_secret(given.trim().as_bytes(), token.expose().as_bytes()) {
+        return None;
+    }
+    Some(
+        (
+            StatusCode::UNAUTHORIZED,
+            [(header::WWW_AUTHENTICATE, "Bearer realm=\"stowage\"")],
+            "a bearer token is required (server.token_file)\n",
+        )
+            .into_response(),
+    )
+}
+
+/// Equality in time independent of where the inputs differ (and of their lengths: both
+/// are hashed first), so response times do not reveal the token.
+pub fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    use sha2::{Digest, Sha256};
+    let (x, y) = (Sha256::digest(a), Sha256::digest(b));
+    x.iter()
+        .zip(y.iter())
+        .fold(0u8, |acc, (p, q)| acc | (p ^ q))
+        == 0
 }
 
 async fn healthz<V: View>(State(view): State<Arc<V>>) -> Response {
@@ -372,7 +615,10 @@ async fn healthz<V: View>(State(view): State<Arc<V>>) -> Response {
     }
 }
 
-async fn metrics<V: View>(State(view): State<Arc<V>>) -> Response {
+async fn metrics<V: View>(State(view): State<Arc<V>>, headers: HeaderMap) -> Response {
+    if let Some(no) = refused(view.as_ref(), &headers) {
+        return no;
+    }
     view.looked_at();
     (
         [(
@@ -384,7 +630,10 @@ async fn metrics<V: View>(State(view): State<Arc<V>>) -> Response {
         .into_response()
 }
 
-async fn index<V: View>(State(view): State<Arc<V>>) -> Html<String> {
+async fn index<V: View>(State(view): State<Arc<V>>, headers: HeaderMap) -> Response {
+    if let Some(no) = refused(view.as_ref(), &headers) {
+        return no;
+    }
     view.looked_at();
     let config = view.config();
     let state = view.state();
@@ -448,6 +697,7 @@ async fn index<V: View>(State(view): State<Arc<V>>) -> Html<String> {
         env!("CARGO_PKG_VERSION"),
         now.format("%Y-%m-%d %H:%M:%S UTC"),
     ))
+    .into_response()
 }
 
 /// One job: its state at a glance, in the job's own timezone.
@@ -581,4 +831,53 @@ fn esc(s: &str) -> String {
         .replace('<', "&lt;")
         .replace('>', "&gt;")
         .replace('"', "&quot;")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_newcomer_replaces_the_oldest_idle_connection_never_a_busy_one() {
+        let conns = Conns {
+            cap: 3,
+            epoch: std::time::Instant::now(),
+            open: Default::default(),
+        };
+        let a = conns.admit(1).expect("room");
+        let b = conns.admit(2).expect("room");
+        let c = conns.admit(3).expect("room");
+        a.busy_since.store(conns.now_ms(), Ordering::Relaxed);
+        // Full: the oldest idle one (2) makes room.
+        let d = conns.admit(4).expect("an idle one makes room");
+        assert!(!a.close.is_cancelled() && b.close.is_cancelled() && !c.close.is_cancelled());
+        c.busy_since.store(conns.now_ms(), Ordering::Relaxed);
+        d.busy_since.store(conns.now_ms(), Ordering::Relaxed);
+        // Every connection is serving a request: the newcomer is refused.
+        assert!(conns.admit(5).is_none());
+        // A request stalled past STALLED_REQUEST no longer protects its connection.
+        a.busy_since.store(1, Ordering::Relaxed);
+        std::thread::sleep(Duration::from_millis(5));
+        let stalled = Conns {
+            epoch: conns.epoch - STALLED_REQUEST - Duration::from_secs(1),
+            ..conns
+        };
+        assert!(stalled.admit(6).is_some());
+        assert!(a.close.is_cancelled());
+    }
+
+    #[test]
+    fn the_cap_follows_the_file_limit() {
+        assert_eq!(connection_cap(1024), 256);
+        assert_eq!(connection_cap(1_048_576), MAX_CONNECTIONS);
+        assert_eq!(connection_cap(20), 16);
+    }
+
+    #[test]
+    fn tokens_compare_whole() {
+        assert!(same_secret(b"abc", b"abc"));
+        assert!(!same_secret(b"abc", b"abd"));
+        assert!(!same_secret(b"abc", b"abcd"));
+        assert!(!same_secret(b"", b"abc"));
+    }
 }

@@ -62,6 +62,8 @@ pub struct Config {
     pub shutdown_grace: std::time::Duration,
     /// Address of the HTTP listener (/healthz, /metrics, /), if any.
     pub listen: Option<std::net::SocketAddr>,
+    /// `[server] token_file`: the bearer token `/` and `/metrics` require.
+    pub server_token: Option<Secret>,
     pub log: LogConfig,
     pub destinations: BTreeMap<String, Destination>,
     pub jobs: BTreeMap<String, Job>,
@@ -1563,6 +1565,11 @@ fn validate(path: &Path, raw: raw::RawConfig) -> Result<Config, Vec<String>> {
             })
             .ok()
     });
+    let server_token = raw
+        .server
+        .as_ref()
+        .and_then(|s| s.token_file.as_deref())
+        .and_then(|f| read_secret(f, "server.token_file", &mut problems));
     let log = LogConfig {
         level: raw.log.level,
         format: raw.log.format,
@@ -1955,6 +1962,7 @@ fn validate(path: &Path, raw: raw::RawConfig) -> Result<Config, Vec<String>> {
             path: path.to_path_buf(),
             shutdown_grace,
             listen,
+            server_token,
             log,
             destinations,
             jobs,

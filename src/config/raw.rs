@@ -56,6 +56,9 @@ pub struct RawNotify {
 #[serde(deny_unknown_fields)]
 pub struct RawServer {
     pub listen: String,
+    /// A file holding the bearer token `/` and `/metrics` require (`/healthz` stays open).
+    #[serde(default)]
+    pub token_file: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]

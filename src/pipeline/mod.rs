@@ -85,7 +85,8 @@ pub struct RunReport {
 
 struct Target {
     name: String,
-    storage: Box<dyn Storage>,
+    /// Shared with the lock's heartbeat.
+    storage: std::sync::Arc<dyn Storage>,
     policy: retention::RetentionPolicy,
     /// The storage class's minimum storage duration (days), unless early_delete.
     min_storage: Option<(StorageClass, u32)>,
@@ -143,7 +144,7 @@ pub async fn run_job(
     for js in storage::open_job(config, job).await {
         targets.push(Target {
             name: js.name.to_string(),
-            storage: js.storage,
+            storage: std::sync::Arc::from(js.storage),
             policy: js.destination.retention.clone(),
             min_storage: js.destination.min_storage(),
             object_lock: js.destination.object_lock(),
@@ -195,15 +196,26 @@ pub async fn run_job(
                     Outcome::Cancelled,
                 ))
             }
-            // A destination that cannot take a lock fails on its own just below.
-            Err(e) => warn!(job = jn, "cannot check for other runs of {jn}: {e}"),
+            // Without the lock this run could overlap another (two dumps, two retentions
+            // pruning the same backups): stop rather than run without exclusivity.
+            Err(e) => {
+                fatal = Some((
+                    "run".into(),
+                    format!(
+                        "cannot take the lock of job {jn} ({e}); nothing was started. Fix the destination's locks/ (writable, listable) and run again"
+                    ),
+                    Outcome::Failed,
+                ))
+            }
         }
     }
 
     // Every run announces itself with a lock (a later start tells a crashed run's leftovers
     // by it). A job with files also reuses blobs earlier backups uploaded, so no concurrent
     // sweep may delete one of them before this backup's manifest references it.
-    for t in targets.iter_mut().filter(|t| t.error.is_none()) {
+    // A run that will not start (another holds the job) announces nothing.
+    let starting = fatal.is_none();
+    for t in targets.iter_mut().filter(|t| t.error.is_none() && starting) {
         t.touched = true;
         // Even a failed attempt may have written the lock: always remove it at the end.
         t.locked = true;
@@ -222,6 +234,19 @@ pub async fn run_job(
             }
         }
     }
+
+    // The lock is rewritten while the run holds it: a lock not refreshed for minutes is
+    // taken for a crashed run's, by any host.
+    let heartbeat = blobs::Heartbeat::start(
+        targets
+            .iter()
+            .filter(|t| t.locked && t.error.is_none())
+            .map(|t| t.storage.clone())
+            .collect(),
+        jn,
+        &id,
+        LockKind::Backup,
+    );
 
     if fatal.is_none() && targets.iter().all(|t| t.error.is_some()) {
         fatal = Some((
@@ -452,6 +477,7 @@ pub async fn run_job(
         }
     }
 
+    heartbeat.stop().await;
     for t in targets.iter().filter(|t| t.locked) {
         blobs::unlock(t.storage.as_ref(), jn, &id, LockKind::Backup).await;
     }

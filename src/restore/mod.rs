@@ -339,7 +339,7 @@ pub async fn restore(
             }
         }
     }
-    let result = restore_locked(
+    let work = restore_locked(
         config,
         req,
         job,
@@ -348,8 +348,21 @@ pub async fn restore(
         &manifest,
         plan,
         &packing,
-    )
-    .await;
+    );
+    // The lock is rewritten while the restore holds it, so a long restore keeps it and a
+    // crashed one frees the job within minutes.
+    let result = if req.dry_run {
+        work.await
+    } else {
+        crate::blobs::refreshing(
+            &[st.as_ref()],
+            &job.name,
+            &lock_id,
+            crate::blobs::LockKind::Restore,
+            work,
+        )
+        .await
+    };
     if !req.dry_run {
         crate::blobs::unlock(
             st.as_ref(),
@@ -466,7 +479,7 @@ async fn restore_locked(
             entry.format,
             human_bytes(entry.size),
             dest_name,
-            step.target
+            crate::source::url::redact(&step.target)
         );
         let archive = StoredArchive::new(st, entry, packing, &dest_name)
             .with_progress(format!("restore {}: read", entry.name));
@@ -500,7 +513,8 @@ async fn restore_locked(
             );
             lines.push(format!(
                 "database {}: restored into {}",
-                entry.name, step.target
+                entry.name,
+                crate::source::url::redact(&step.target)
             ));
         }
     }

@@ -47,7 +47,7 @@ impl DbUrl {
         if spec.database_required && url.path().trim_start_matches('/').is_empty() {
             return Err(format!("the URL names no database: expected \"{example}\""));
         }
-        let in_url = url.password().map(|p| {
+        let mut in_url = url.password().map(|p| {
             Secret::new(
                 percent_encoding::percent_decode_str(p)
                     .decode_utf8_lossy()
@@ -56,6 +56,25 @@ impl DbUrl {
         });
         // set_password only fails for URLs that cannot have credentials; ours has a host.
         let _ = url.set_password(None);
+        // libpq also takes `?password=`: split it off like the one before the '@', so it
+        // is never shown (nor on a command line).
+        if url.query_pairs().any(|(k, _)| k == "password") {
+            let kept: Vec<(String, String)> = url
+                .query_pairs()
+                .filter(|(k, _)| k != "password")
+                .map(|(k, v)| (k.into_owned(), v.into_owned()))
+                .collect();
+            let given = url
+                .query_pairs()
+                .find(|(k, _)| k == "password")
+                .map(|(_, v)| Secret::new(v.into_owned()));
+            in_url = in_url.or(given);
+            if kept.is_empty() {
+                url.set_query(None);
+            } else {
+                url.query_pairs_mut().clear().extend_pairs(kept);
+            }
+        }
         Ok(DbUrl {
             without_password: url,
             password: password_override.or(in_url),
@@ -73,8 +92,10 @@ impl DbUrl {
 
     /// A restore target without credentials of its own uses the source's: a target that
     /// names no user gets the source's user, and a target with the source's user and no
-    /// password gets the source's password (from the URL or `password_file`), on whatever
-    /// server it names: `--to postgres://postgres@db2/copy` restores as the job does.
+    /// password gets the source's password (from the URL or `password_file`), but only on
+    /// the server the source names (same host, port and connection parameters): a
+    /// `--to` naming another server must bring its own password, so the source's is
+    /// never sent to a host it was not configured for.
     pub fn or_password_of(mut self, source: Option<&DbUrl>) -> DbUrl {
         let Some(own) = source else {
             return self;
@@ -87,10 +108,38 @@ impl DbUrl {
                     .to_string();
             let _ = self.without_password.set_username(&encoded);
         }
-        if self.password.is_none() && own.user() == self.user() {
+        if self.password.is_none() && own.user() == self.user() && self.same_server(own) {
             self.password = own.password.clone();
         }
         self
+    }
+
+    /// Whether both URLs name the same server: host (case aside), port (a missing one is
+    /// the scheme's default) and the query parameters that redirect a connection.
+    pub fn same_server(&self, other: &DbUrl) -> bool {
+        let redirects = |u: &DbUrl| -> Vec<(String, String)> {
+            let mut v: Vec<(String, String)> = u
+                .without_password
+                .query_pairs()
+                .filter(|(k, _)| matches!(k.as_ref(), "host" | "hostaddr" | "port" | "service"))
+                .map(|(k, v)| (k.into_owned(), v.into_owned()))
+                .collect();
+            v.sort();
+            v
+        };
+        self.host().eq_ignore_ascii_case(other.host())
+            && self.effective_port() == other.effective_port()
+            && redirects(self) == redirects(other)
+    }
+
+    fn effective_port(&self) -> Option<u16> {
+        self.port().or(match self.without_password.scheme() {
+            "postgres" | "postgresql" => Some(5432),
+            "mysql" | "mariadb" => Some(3306),
+            "redis" | "rediss" => Some(6379),
+            "mongodb" => Some(27017),
+            _ => None,
+        })
     }
 
     /// The same server and credentials, another database (e.g. "postgres" to create one).
@@ -136,6 +185,56 @@ impl DbUrl {
             .query_pairs()
             .find(|(k, _)| k == key)
             .map(|(_, v)| v.into_owned())
+    }
+}
+
+/// `text` with every password in it replaced by `***`: the part between `user:` and `@`
+/// after a `scheme://`, and `password=` parameters. For showing a target or URL as the
+/// user gave it (a `--to` value, a command's arguments) in logs and errors. Errs on the
+/// side of hiding: in a malformed URL everything from the first ':' of the user part to
+/// the last '@' goes.
+pub fn redact(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(i) = rest.find("://") {
+        let (head, tail) = rest.split_at(i + 3);
+        out.push_str(head);
+        let end = tail.find(char::is_whitespace).unwrap_or(tail.len());
+        let word = &tail[..end];
+        match word.rfind('@') {
+            Some(at) if word[..at].contains(':') => {
+                let colon = word[..at].find(':').unwrap_or(at);
+                out.push_str(&word[..colon]);
+                out.push_str(":***");
+                out.push_str(&word[at..]);
+            }
+            _ => out.push_str(word),
+        }
+        rest = &tail[end..];
+    }
+    out.push_str(rest);
+    redact_parameters(&out)
+}
+
+/// `password=…` and `sslpassword=…` values (query parameters, conninfo strings) as `***`.
+fn redact_parameters(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    loop {
+        let lower = rest.to_ascii_lowercase();
+        let Some(i) = lower.find("password=") else {
+            out.push_str(rest);
+            return out;
+        };
+        let value = i + "password=".len();
+        out.push_str(&rest[..value]);
+        let end = rest[value..]
+            .find(|c: char| c == '&' || c == ';' || c.is_whitespace())
+            .map_or(rest.len(), |e| value + e);
+        if end > value {
+            out.push_str("***");
+        }
+        rest = &rest[end..];
     }
 }
 
@@ -194,8 +293,18 @@ mod tests {
         .expect("valid url");
         let cases = [
             // (target, user after, password taken)
-            ("postgres://db2/copy", Some("app"), true),
-            ("postgres://app@db2:5433/copy", Some("app"), true),
+            ("postgres://db/copy", Some("app"), true),
+            ("postgres://app@DB:5432/copy", Some("app"), true),
+            // Another server gets the user name, never the password.
+            ("postgres://db2/copy", Some("app"), false),
+            ("postgres://app@db:5433/copy", Some("app"), false),
+            ("postgres://app@db2:5432/copy", Some("app"), false),
+            ("postgres://app@db/copy?host=evil", Some("app"), false),
+            (
+                "postgres://app@db/copy?hostaddr=10.0.0.9",
+                Some("app"),
+                false,
+            ),
             ("postgres://other@db/copy", Some("other"), false),
             ("postgres://app:own@db/copy", Some("app"), false),
         ];
@@ -209,6 +318,54 @@ mod tests {
                 taken,
                 "{target}"
             );
+        }
+    }
+
+    #[test]
+    fn a_password_parameter_is_split_off() {
+        let u = DbUrl::parse(
+            "postgres://app@db/prod?sslmode=require&password=hunter2",
+            &PG,
+            None,
+        )
+        .expect("valid url");
+        assert_eq!(u.password().map(Secret::expose), Some("hunter2"));
+        assert_eq!(u.conninfo(), "postgres://app@db/prod?sslmode=require");
+        let u = DbUrl::parse("postgres://app@db/prod?password=x", &PG, None).expect("valid");
+        assert_eq!(u.conninfo(), "postgres://app@db/prod");
+    }
+
+    #[test]
+    fn redact_hides_every_password() {
+        let cases = [
+            (
+                "postgres://app:hunter2@db:5432/prod",
+                "postgres://app:***@db:5432/prod",
+            ),
+            ("db=postgres://u:p%40ss@h/x", "db=postgres://u:***@h/x"),
+            // Unencoded '/', '@' and '?' in the password (an invalid URL, still hidden).
+            ("mysql://root:a/b@c?d@host/db", "mysql://root:***@host/db"),
+            (
+                "mongodb://u:pw@h1:1,h2:2/db?authSource=admin",
+                "mongodb://u:***@h1:1,h2:2/db?authSource=admin",
+            ),
+            (
+                "postgres://app@db/x?sslmode=require&password=hunter2",
+                "postgres://app@db/x?sslmode=require&password=***",
+            ),
+            (
+                "host=db PASSWORD=hunter2 dbname=x",
+                "host=db PASSWORD=*** dbname=x",
+            ),
+            ("postgres://app@db/prod", "postgres://app@db/prod"),
+            ("/var/lib/app.db", "/var/lib/app.db"),
+            (
+                "a postgres://x:1@h/a and redis://:2@r b",
+                "a postgres://x:***@h/a and redis://:***@r b",
+            ),
+        ];
+        for (given, want) in cases {
+            assert_eq!(redact(given), want, "{given}");
         }
     }
 

@@ -512,16 +512,17 @@ impl Database for CommandSource {
             .iter()
             .map(|a| a.replace(TARGET_PLACEHOLDER, &opts.target))
             .collect();
-        let shown = render(
+        // The target may be a URL with a password: never shown.
+        let shown = super::url::redact(&render(
             &std::iter::once(program.clone())
                 .chain(args.iter().cloned())
                 .collect::<Vec<_>>(),
-        );
+        ));
         if opts.dry_run {
             return Ok(vec![format!(
                 "would run `{shown}` with backup {} on its standard input (STOWAGE_RESTORE_TARGET={}{})",
                 self.name,
-                opts.target,
+                super::url::redact(&opts.target),
                 if opts.clean {
                     ", STOWAGE_RESTORE_CLEAN=1"
                 } else {

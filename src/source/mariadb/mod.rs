@@ -233,7 +233,8 @@ impl Connection {
 fn write_option_file(password: &Secret) -> std::io::Result<tempfile::NamedTempFile> {
     // tempfile creates it 0600; it is removed when dropped.
     let mut f = tempfile::Builder::new()
-        .prefix("stowage-my-")
+        // The writer in the name: a later start removes the file of a killed run.
+        .prefix(&format!("stowage-my-{}-", crate::owner::Owner::current().token()))
         .suffix(".cnf")
         .tempfile()?;
     let body = format!("[client]\npassword={}\n", option_value(password.expose()));
@@ -996,6 +997,10 @@ mod tests {
         let path = c._option_file.as_ref().expect("option file").path();
         let body = std::fs::read_to_string(path).expect("read option file");
         assert_eq!(body, "[client]\npassword=\"topsecret\"\n");
+        // Named after its writer, so a later start can remove it if this run is killed.
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        let writer = format!("stowage-my-{}-", crate::owner::Owner::current().token());
+        assert!(name.starts_with(&writer), "{name}");
         use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(path).expect("stat").permissions().mode();
         assert_eq!(mode & 0o777, 0o600);

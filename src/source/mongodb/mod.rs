@@ -173,7 +173,11 @@ fn password_file(
     };
     // tempfile creates the file with mode 0600.
     let mut f = tempfile::Builder::new()
-        .prefix("stowage-mongo-")
+        // The writer in the name: a later start removes the file of a killed run.
+        .prefix(&format!(
+            "stowage-mongo-{}-",
+            crate::owner::Owner::current().token()
+        ))
         .suffix(".yaml")
         .tempfile()
         .map_err(|e| SourceError::io("cannot create the password file for the MongoDB tools", e))?;

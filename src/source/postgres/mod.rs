@@ -505,7 +505,8 @@ impl PostgresSource {
         if self.is_own_database(target) {
             return Err(SourceError::Refused(format!(
                 "{} is the database of source \"{}\"; a drill only uses a scratch database",
-                target, self.name
+                super::url::redact(target),
+                self.name
             )));
         }
         Ok(parse_target(target)
