@@ -218,7 +218,11 @@ pub fn check_index_entry(index_key: &str, path: &str, blob: &str) -> Result<(), 
     let job = index_key.split('/').next().unwrap_or_default();
     check_index_path(path)
         .and_then(|()| check_job_key(job, blob))
-        .map_err(|e| format!("file index {index_key}: {e}"))
+        .map_err(|e| {
+            format!(
+                "file index {index_key}: {e}; stowage never writes such an entry (was the index altered on the destination?): restore another backup, or from another destination with --from"
+            )
+        })
 }
 
 #[cfg(test)]

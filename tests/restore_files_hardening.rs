@@ -256,7 +256,15 @@ fn a_forged_index_is_refused_and_nothing_is_written_outside() {
     };
     let ok_blob = ok["blob"].as_str().expect("blob").to_string();
 
-    let cases: Vec<(&str, serde_json::Value, Option<(&str, PathBuf)>, &str)> = vec![
+    // What is forged, the forged entry, the manifest's key of the index (and where that
+    // index is written) when it is forged too, and what the refusal must name.
+    type Case<'a> = (
+        &'a str,
+        serde_json::Value,
+        Option<(&'a str, PathBuf)>,
+        &'a str,
+    );
+    let cases: Vec<Case> = vec![
         (
             "a path with ..",
             entry("../escape", &ok_blob, b"ok"),

@@ -741,7 +741,7 @@ pub(super) mod beneath {
         /// anything but a directory fails.
         pub fn dir(&self, parts: &[&str], in_the_way: Option<InTheWay<'_>>) -> io::Result<OwnedFd> {
             if parts.is_empty() {
-                return Ok(self.fd.try_clone()?);
+                return self.fd.try_clone();
             }
             if let Some(Ok(fd)) = openat2_beneath(self.fd.as_fd(), &parts.join("/"), DIR) {
                 return Ok(fd);
