@@ -305,6 +305,18 @@ pub async fn restore(
         None => storage,
     };
     let plan = plan(&manifest, req, &|e| database_for(job, e))?;
+    // Refused before any database is touched: the directory recorded in a backup's index is
+    // the destination's word, and only the operator chooses where files are written.
+    if let Some(f) = plan
+        .files
+        .iter()
+        .find(|f| files_dir_for(job, req.files_to.as_ref(), f).is_none())
+    {
+        return Err(RestoreError::Usage(format!(
+            "files {name}: the config has no files source \"{name}\", and the directory recorded in the backup is not trusted to choose where files are written; give the directory with --files-to DIR (with --only {name})",
+            name = f.name
+        )));
+    }
     let packing = codec::Packing::of(
         &manifest,
         &codec::Expect::of(job, req.trust_unauthenticated),
@@ -605,8 +617,8 @@ pub async fn survey(config: &Config, req: &SurveyRequest) -> Result<Surveyed, Re
     })
 }
 
-/// Where a files source is restored: `--files-to`, else the configured source's path, else
-/// (None) the directory recorded in the backup.
+/// Where a files source is restored: `--files-to`, else the configured source's path; None
+/// when neither says (the directory recorded in the backup is never used).
 fn files_dir_for(job: &Job, files_to: Option<&PathBuf>, entry: &SourceEntry) -> Option<PathBuf> {
     files_to.cloned().or_else(|| {
         job.sources.iter().find_map(|s| match s {
