@@ -379,6 +379,9 @@ async fn restore_group(
         from: Some(c.destination.clone()),
         only: vec![db.name().to_string()],
         tables: objects.to_vec(),
+        // The candidate's destination is a preference: a damaged copy there is read from
+        // another destination instead.
+        fallback: true,
         ..RestoreRequest::default()
     };
     match restore::restore(config, &req).await {

@@ -378,6 +378,7 @@ pub fn run(cli: Cli) -> i32 {
                 identity,
                 wait_lock,
                 create,
+                fallback: false,
             },
         ),
         Command::Status {

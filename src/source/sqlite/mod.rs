@@ -270,6 +270,15 @@ impl Database for SqliteSource {
         check_target_path(target)
     }
 
+    /// The image is written to a temporary file beside the target and renamed over it only
+    /// after `copy_image` has read the archive to its end (`read` returned 0), and the
+    /// archive's reader fails *before* that end when size or sha256 differ (`codec::Verify`
+    /// beneath a decoder that reads to the end of its input): a damaged object fails the
+    /// restore before the rename, and the dropped temporary file is removed.
+    fn verifies_before_commit(&self) -> bool {
+        true
+    }
+
     async fn tool_version(&self) -> Result<(String, String), SourceError> {
         Ok(("sqlite".to_string(), rusqlite::version().to_string()))
     }
