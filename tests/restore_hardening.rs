@@ -157,21 +157,21 @@ fn mariadb_restore_of_a_damaged_object_changes_nothing() {
     let target = db.url("dst");
 
     let t = setup.restore_fails(&["--to", &target, "--clean"]);
+    assert_eq!(
+        db.table_checksums("dst"),
+        before,
+        "whole restore changed the target:\n{t}"
+    );
     assert!(t.contains("corrupt"), "{t}");
     assert!(t.contains("no other destination"), "{t}");
-    assert_eq!(
-        db.table_checksums("dst"),
-        before,
-        "whole restore changed the target"
-    );
 
     let t = setup.restore_fails(&["--to", &target, "--clean", "--table", "a_orders"]);
-    assert!(t.contains("corrupt"), "{t}");
     assert_eq!(
         db.table_checksums("dst"),
         before,
-        "--table restore changed the target"
+        "--table restore changed the target:\n{t}"
     );
+    assert!(t.contains("corrupt"), "{t}");
 }
 
 /// Two destinations, the first's object damaged (then missing): without `--from` the
@@ -189,11 +189,11 @@ fn mariadb_restore_reads_an_intact_copy_from_another_destination() {
     let target = db.url("dst");
 
     let t = setup.restore_fails(&["--from", "first", "--to", &target, "--clean"]);
+    assert_eq!(db.table_checksums("dst"), before, "{t}");
     assert!(
         t.contains("destination second holds an intact copy") && t.contains("--from second"),
         "{t}"
     );
-    assert_eq!(db.table_checksums("dst"), before);
 
     let t = setup.restore_ok(&["--to", &target, "--clean"]);
     assert!(t.contains("read from second"), "{t}");
@@ -294,8 +294,17 @@ fn mariadb_text_inside_a_dump_never_opens_a_section() {
     let setup = Setup::new(&["first"], &[mariadb_source(&db, "src")]);
     setup.run();
 
+    let no_pwned = |d: &str, t: &str| {
+        let names = db.table_names(d);
+        assert!(
+            !names.iter().any(|n| n.starts_with("pwned")),
+            "{d}: {names:?}\n{t}"
+        );
+    };
     db.create_db("one");
-    setup.restore_ok(&["--to", &db.url("one"), "--table", "a_orders"]);
+    let out = setup.restore(&["--to", &db.url("one"), "--table", "a_orders"]);
+    no_pwned("one", &text(&out));
+    assert!(out.status.success(), "{}", text(&out));
     assert_eq!(db.table_names("one"), vec!["a_orders".to_string()]);
     assert_eq!(db.table_checksums("one")["a_orders"], source["a_orders"]);
 
@@ -308,16 +317,11 @@ fn mariadb_text_inside_a_dump_never_opens_a_section() {
     );
     setup.run();
     db.create_db("most");
-    setup.restore_ok(&["--to", &db.url("most"), "--exclude-table", "a_orders"]);
+    let out = setup.restore(&["--to", &db.url("most"), "--exclude-table", "a_orders"]);
+    no_pwned("most", &text(&out));
+    assert!(out.status.success(), "{}", text(&out));
     assert_eq!(db.table_names("most"), vec!["z_big".to_string()]);
-
-    for d in ["src", "one", "most"] {
-        let names = db.table_names(d);
-        assert!(
-            !names.iter().any(|n| n.starts_with("pwned")),
-            "{d}: {names:?}"
-        );
-    }
+    no_pwned("src", "");
     // The whole backup still restores, trigger and comment included, as text.
     db.create_db("whole");
     setup.restore_ok(&["--to", &db.url("whole")]);
@@ -366,4 +370,86 @@ fn command_restore_target_never_runs_as_shell_code() {
     env_setup.restore_ok(&["--to", &odd.display().to_string()]);
     assert_eq!(std::fs::read(&odd).expect("restored file"), b"payload");
     assert!(!pwned.exists());
+}
+
+/// A files tree whose blobs on the first destination are damaged or gone: without
+/// `--from` the restore goes on from the second destination and puts back every file;
+/// with `--from first` it stops and names the second.
+#[test]
+fn files_restore_goes_on_from_a_destination_holding_every_blob() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let uploads = dir.path().join("uploads");
+    std::fs::create_dir(&uploads).expect("mkdir");
+    for i in 0..40 {
+        std::fs::write(
+            uploads.join(format!("f{i:02}.txt")),
+            format!("file {i} ").repeat(200 + i),
+        )
+        .expect("write");
+    }
+    let setup = Setup::new(
+        &["first", "second"],
+        &[format!(
+            "type = \"files\"\nname = \"uploads\"\npath = {}\n",
+            toml_str(uploads.display())
+        )],
+    );
+    setup.run();
+    let root = setup.path("first/app/blobs");
+    let mut blobs: Vec<PathBuf> = common::list_tree(&root)
+        .into_iter()
+        .map(|rel| root.join(rel))
+        .collect();
+    blobs.sort();
+    assert_eq!(blobs.len(), 40, "{blobs:?}");
+    let mut bytes = std::fs::read(&blobs[10]).expect("read blob");
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x5a;
+    std::fs::write(&blobs[10], bytes).expect("write blob");
+    std::fs::remove_file(&blobs[30]).expect("remove blob");
+
+    let out1 = dir.path().join("out1");
+    let t = setup.restore_fails(&["--from", "first", "--files-to", &out1.display().to_string()]);
+    assert!(t.contains("--from second"), "{t}");
+
+    let out2 = dir.path().join("out2");
+    let t = setup.restore_ok(&["--files-to", &out2.display().to_string()]);
+    assert_eq!(common::read_tree(&out2), common::read_tree(&uploads), "{t}");
+    assert!(t.contains("finished from second"), "{t}");
+}
+
+/// Redis: the RDB file is renamed into place only after the stream checked out; a damaged
+/// object leaves no file, and without `--from` the intact copy is read instead.
+#[test]
+fn redis_restore_reads_an_intact_copy_from_another_destination() {
+    let redis = common::redis::RedisServer::start();
+    {
+        let mut c = redis.conn();
+        for i in 0..2000 {
+            c.cmd(&[
+                b"SET",
+                format!("key{i}").as_bytes(),
+                format!("value {i} {}", "x".repeat(i % 97)).as_bytes(),
+            ]);
+        }
+    }
+    let setup = Setup::new(
+        &["first", "second"],
+        &[format!(
+            "type = \"redis\"\nname = \"db\"\nurl = {}\n",
+            toml_str(redis.url())
+        )],
+    );
+    setup.run();
+    let intact = common::zstd_decompress(&std::fs::read(setup.object("second")).expect("read"));
+    setup.damage("first");
+
+    let rdb = setup.path("restored.rdb");
+    let t = setup.restore_fails(&["--from", "first", "--to", &rdb.display().to_string()]);
+    assert!(!rdb.exists(), "{t}");
+    assert!(t.contains("--from second"), "{t}");
+
+    let t = setup.restore_ok(&["--to", &rdb.display().to_string()]);
+    assert_eq!(std::fs::read(&rdb).expect("restored"), intact, "{t}");
+    assert!(t.contains("read from second"), "{t}");
 }
