@@ -601,10 +601,16 @@ pub async fn verify_object(storage: &dyn Storage, entry: &SourceEntry) -> Result
         .await
         .map_err(|e| format!("{} cannot be read: {e}", entry.key))?;
     let mut verified = codec::Verify::new(raw, &entry.sha256, entry.size, &entry.key);
-    tokio::io::copy(&mut verified, &mut tokio::io::sink())
-        .await
-        .map_err(|e| e.to_string())?;
-    Ok(())
+    // Large reads: a local file is read on the blocking pool one request at a time, and
+    // `tokio::io::copy`'s 8 KiB made the pass ten times slower than the restore's own read.
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        match tokio::io::AsyncReadExt::read(&mut verified, &mut buf).await {
+            Ok(0) => return Ok(()),
+            Ok(_) => {}
+            Err(e) => return Err(e.to_string()),
+        }
+    }
 }
 
 /// Where a database's object is read from: `None` for the located destination, when its
