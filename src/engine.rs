@@ -89,6 +89,8 @@ pub trait Database: Send + Sync + fmt::Debug {
     /// sha256 check first (a verify pass: a second read of the object), so that no byte of a
     /// damaged object reaches a live database. An engine that applies statements as they
     /// stream (a DDL that commits by itself, a tool fed on stdin) must keep false.
+    /// Restore drills skip the pass: they restore into a scratch database that is dropped
+    /// afterwards, and a damaged object fails the drill, which is what a drill is for.
     fn verifies_before_commit(&self) -> bool {
         false
     }

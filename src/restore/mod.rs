@@ -448,7 +448,11 @@ async fn restore_locked(
             Err(failed) => {
                 // An engine that checks the stream before it commits applied nothing: when
                 // its object is what failed, another destination's intact copy is tried.
-                let damaged = if !req.dry_run && step.database.verifies_before_commit() {
+                // (A refusal — a target in the way — is no reason to read the object.)
+                let damaged = if !req.dry_run
+                    && step.database.verifies_before_commit()
+                    && !matches!(failed, SourceError::Refused(_))
+                {
                     verify_object(from, entry).await.err()
                 } else {
                     None

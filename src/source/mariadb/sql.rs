@@ -538,7 +538,7 @@ impl Lexer {
             } else if !self.ml_comment && q == 0 && matches!(c, b'\'' | b'"' | b'`') {
                 self.in_string = c;
             }
-            if !self.ml_comment && !(is_space(c) && !self.pending) {
+            if !self.ml_comment && (self.pending || !is_space(c)) {
                 self.pending = true;
                 self.keep(c);
             }
