@@ -453,7 +453,10 @@ async fn restore_locked(
                     && step.database.verifies_before_commit()
                     && !matches!(failed, SourceError::Refused(_))
                 {
-                    verify_object(from, entry).await.err()
+                    match verify_object(from, entry).await {
+                        Err(Unusable::Damaged(why)) => Some(why),
+                        Ok(()) | Err(Unusable::Unreadable(_)) => None,
+                    }
                 } else {
                     None
                 };
@@ -463,7 +466,16 @@ async fn restore_locked(
                         source: failed,
                     });
                 };
-                let alt = fallback(config, job, req, &from_name, &id, entry, &problem).await?;
+                let alt = fallback(
+                    config,
+                    job,
+                    req,
+                    &from_name,
+                    &id,
+                    entry,
+                    Unusable::Damaged(problem.clone()),
+                )
+                .await?;
                 check_keys(alt.storage.as_ref(), packing, &[entry.key.as_str()]).await?;
                 lines.push(format!(
                     "database {}: read from {}: the copy on {from_name} is damaged ({problem}); the attempt from it left the target unchanged",
@@ -580,30 +592,56 @@ async fn restore_from(
     step.database.restore(&archive, opts).await
 }
 
+/// Why a destination's copy of an object cannot be used.
+#[derive(Debug)]
+pub enum Unusable {
+    /// Missing, the wrong size, or failing its sha256: the copy itself is bad.
+    Damaged(String),
+    /// The destination did not let it be read (unreachable, denied, not retrieved from an
+    /// archive class): nothing is known about the copy.
+    Unreadable(crate::storage::StorageError),
+}
+
+impl std::fmt::Display for Unusable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Unusable::Damaged(why) => f.write_str(why),
+            Unusable::Unreadable(e) => write!(f, "cannot be read: {e}"),
+        }
+    }
+}
+
+fn unusable(key: &str, e: crate::storage::StorageError) -> Unusable {
+    match e {
+        crate::storage::StorageError::NotFound(_) => Unusable::Damaged(format!("{key} is missing")),
+        other => Unusable::Unreadable(other),
+    }
+}
+
 /// Whether `storage` holds `entry`'s object whole: present with the recorded size (a
 /// listing; nothing is read).
-async fn check_present(storage: &dyn Storage, entry: &SourceEntry) -> Result<(), String> {
+async fn check_present(storage: &dyn Storage, entry: &SourceEntry) -> Result<(), Unusable> {
     let found = storage
         .list(&entry.key)
         .await
-        .map_err(|e| format!("{} cannot be listed: {e}", entry.key))?;
+        .map_err(|e| unusable(&entry.key, e))?;
     match found.iter().find(|o| o.key == entry.key) {
-        None => Err(format!("{} is missing", entry.key)),
-        Some(o) if o.size != entry.size => Err(format!(
+        None => Err(Unusable::Damaged(format!("{} is missing", entry.key))),
+        Some(o) if o.size != entry.size => Err(Unusable::Damaged(format!(
             "{} is {} bytes where the backup recorded {}",
             entry.key, o.size, entry.size
-        )),
+        ))),
         Some(_) => Ok(()),
     }
 }
 
 /// The verify pass: the whole stored object read through its size and sha256 check (the
-/// stored bytes, so neither decompressed nor decrypted). Err says what is wrong with it.
-pub async fn verify_object(storage: &dyn Storage, entry: &SourceEntry) -> Result<(), String> {
+/// stored bytes, so neither decompressed nor decrypted).
+pub async fn verify_object(storage: &dyn Storage, entry: &SourceEntry) -> Result<(), Unusable> {
     let raw = storage
         .get(&entry.key)
         .await
-        .map_err(|e| format!("{} cannot be read: {e}", entry.key))?;
+        .map_err(|e| unusable(&entry.key, e))?;
     let mut verified = codec::Verify::new(raw, &entry.sha256, entry.size, &entry.key);
     // Large reads: a local file is read on the blocking pool one request at a time, and
     // `tokio::io::copy`'s 8 KiB made the pass ten times slower than the restore's own read.
@@ -612,7 +650,14 @@ pub async fn verify_object(storage: &dyn Storage, entry: &SourceEntry) -> Result
         match tokio::io::AsyncReadExt::read(&mut verified, &mut buf).await {
             Ok(0) => return Ok(()),
             Ok(_) => {}
-            Err(e) => return Err(e.to_string()),
+            Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+                return Err(Unusable::Damaged(e.to_string()));
+            }
+            Err(e) => {
+                return Err(Unusable::Unreadable(crate::storage::StorageError::Io(
+                    format!("reading {}: {e}", entry.key),
+                )));
+            }
         }
     }
 }
@@ -646,7 +691,7 @@ async fn choose_copy<'c>(
     };
     match checked {
         Ok(()) => Ok(None),
-        Err(problem) => fallback(config, job, req, dest_name, id, entry, &problem)
+        Err(problem) => fallback(config, job, req, dest_name, id, entry, problem)
             .await
             .map(Some),
     }
@@ -663,7 +708,7 @@ async fn fallback<'c>(
     bad: &str,
     id: &str,
     entry: &SourceEntry,
-    problem: &str,
+    problem: Unusable,
 ) -> Result<JobStorage<'c>, RestoreError> {
     let mut tried = Vec::new();
     let mut found = None;
@@ -688,6 +733,17 @@ async fn fallback<'c>(
         }
     }
     let Some(alt) = found else {
+        if let Unusable::Unreadable(e) = problem {
+            // Nothing is known to be wrong with the copy: the destination's own error (an
+            // archive class says what to run) is the one to act on.
+            return Err(RestoreError::Database {
+                source_name: entry.name.clone(),
+                source: SourceError::Archive {
+                    place: bad.to_string(),
+                    source: Box::new(e),
+                },
+            });
+        }
         return Err(RestoreError::Storage(format!(
             "backup {id} of job {}: {problem} (on {bad}), and no other destination holds an intact copy{}; nothing was restored from it",
             job.name,
