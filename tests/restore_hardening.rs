@@ -453,3 +453,28 @@ fn redis_restore_reads_an_intact_copy_from_another_destination() {
     assert_eq!(std::fs::read(&rdb).expect("restored"), intact, "{t}");
     assert!(t.contains("read from second"), "{t}");
 }
+
+/// The healer restores into production: a damaged copy on the destination it prefers is
+/// never applied (MariaDB: checked whole first), and the intact copy on the other
+/// destination is read instead.
+#[test]
+fn healer_never_applies_a_damaged_copy_and_reads_the_intact_one() {
+    let db = MariaDbServer::start();
+    seed_mariadb(&db, "app");
+    let before = db.table_checksums("app");
+    let setup = Setup::new(
+        &["first", "second"],
+        &[format!(
+            "{}\n[jobs.app.heal]\nwatch = [\"a_orders\", \"z_big\"]\n",
+            mariadb_source(&db, "app")
+        )],
+    );
+    setup.run();
+    setup.damage("first");
+    db.sql("app", "drop table a_orders");
+    let out = run_stowage(&setup.config, ["heal", "app"]);
+    let t = text(&out);
+    assert_eq!(db.table_checksums("app"), before, "{t}");
+    assert!(out.status.success(), "{t}");
+    assert!(t.contains("second"), "{t}");
+}
