@@ -82,6 +82,18 @@ pub trait Database: Send + Sync + fmt::Debug {
     fn selects_objects(&self) -> bool {
         false
     }
+    /// Whether a restore applies nothing to the target until the archive stream has been
+    /// read to its end (where [`Archive::open`]'s reader checks size and sha256): the engine
+    /// stages into a transaction it commits, or a file it renames, only after that end.
+    /// When false, `restore` and the healer read the whole stored object through the
+    /// sha256 check first (a verify pass: a second read of the object), so that no byte of a
+    /// damaged object reaches a live database. An engine that applies statements as they
+    /// stream (a DDL that commits by itself, a tool fed on stdin) must keep false.
+    /// Restore drills skip the pass: they restore into a scratch database that is dropped
+    /// afterwards, and a damaged object fails the drill, which is what a drill is for.
+    fn verifies_before_commit(&self) -> bool {
+        false
+    }
     /// Dump tool name and version, e.g. ("pg_dump", "pg_dump (PostgreSQL) 15.18"). A tool
     /// that cannot report its version will not dump either: that is an error.
     async fn tool_version(&self) -> Result<(String, String), SourceError>;

@@ -398,6 +398,9 @@ async fn restore_group(
         only: vec![db.name().to_string()],
         tables: objects.to_vec(),
         trust_unauthenticated: trust,
+        // The candidate's destination is a preference: a damaged copy there is read from
+        // another destination instead.
+        fallback: true,
         ..RestoreRequest::default()
     };
     match restore::restore(config, &req).await {

@@ -499,10 +499,19 @@ fn restore_command_gets_target_and_clean() {
         )],
     );
     fx.run_ok(&cfg);
-    let out = run_stowage(&cfg, ["restore", JOB, "--to", "db=/srv/a b"]);
+    let out = run_stowage(&cfg, ["restore", JOB, "--to", "db=/srv/a.b"]);
     assert!(out.status.success(), "{}", text(&out));
     assert!(
-        text(&out).contains("got=hello target=/srv/a b clean=no arg=/srv/a b/x"),
+        text(&out).contains("got=hello target=/srv/a.b clean=no arg=/srv/a.b/x"),
+        "{}",
+        text(&out)
+    );
+    // A target with shell syntax (here a space) is not pasted into {target}: it is passed
+    // through STOWAGE_RESTORE_TARGET only (issue 23).
+    let out = run_stowage(&cfg, ["restore", JOB, "--to", "db=/srv/a b"]);
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("STOWAGE_RESTORE_TARGET"),
         "{}",
         text(&out)
     );

@@ -419,6 +419,7 @@ pub fn run(cli: Cli) -> i32 {
                 create,
                 keep_special_modes,
                 trust_unauthenticated,
+                fallback: false,
             },
         ),
         Command::Status {

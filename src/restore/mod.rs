@@ -15,7 +15,7 @@ use crate::engine::{self, Archive, Database, RestoreOptions, SourceError};
 use crate::manifest::{self, JobListing, Manifest, SourceEntry};
 use crate::pipeline::human_bytes;
 use crate::storage::class::StorageClass;
-use crate::storage::{self, Storage};
+use crate::storage::{self, JobStorage, Storage};
 
 mod files;
 pub mod lifecycle;
@@ -55,6 +55,11 @@ pub struct RestoreRequest {
     /// Read a backup whose manifest fails the job's auth_key_file (or is clear where the
     /// job encrypts) anyway: disaster recovery.
     pub trust_unauthenticated: bool,
+    /// With `from`: still read an object from another destination of the job when the
+    /// copy on `from` is missing or damaged (the healer: its choice of destination is a
+    /// preference). Without it, `--from` is the user's word: such a restore fails and names
+    /// the destination that holds an intact copy.
+    pub fallback: bool,
 }
 
 /// What a restore did (or would do), for the command to print.
@@ -458,17 +463,38 @@ async fn restore_locked(
             wait_for_retrieval(st, &mut survey, &dest_name).await?;
         }
     }
-    let reads: Vec<&str> = plan
-        .databases
-        .iter()
-        .map(|d| d.entry.key.as_str())
-        .chain(plan.files.iter().map(|e| e.key.as_str()))
-        .collect();
+    // Where each database's object is read from, chosen before anything is written: an
+    // engine that applies statements as they stream gets an object whose sha256 was
+    // checked whole (the verify pass); the others an object that is at least there whole.
+    let mut copies: Vec<Option<JobStorage<'_>>> = Vec::new();
+    for step in &plan.databases {
+        copies.push(if req.dry_run {
+            None
+        } else {
+            let full = !step.database.verifies_before_commit();
+            choose_copy(config, job, req, st, &dest_name, &id, step.entry, full).await?
+        });
+    }
+    let reads: Vec<&str> = plan.files.iter().map(|e| e.key.as_str()).collect();
     check_keys(st, packing, &reads).await?;
+    for (step, copy) in plan.databases.iter().zip(&copies) {
+        let from = copy.as_ref().map_or(st, |c| c.storage.as_ref());
+        check_keys(from, packing, &[step.entry.key.as_str()]).await?;
+    }
     // Databases first, then files: the order the set was taken in, so rows never point
     // at files that are not there yet.
-    for step in &plan.databases {
+    for (step, copy) in plan.databases.iter().zip(&copies) {
         let entry = step.entry;
+        let (from, mut from_name) = match copy {
+            Some(c) => (c.storage.as_ref(), c.name.to_string()),
+            None => (st, dest_name.clone()),
+        };
+        if from_name != dest_name {
+            lines.push(format!(
+                "database {}: read from {from_name}: the copy on {dest_name} is missing or damaged",
+                entry.name
+            ));
+        }
         let t0 = Instant::now();
         let mut exclude: Vec<String> = if req.all_tables {
             Vec::new()
@@ -482,38 +508,70 @@ async fn restore_locked(
                 .collect()
         };
         exclude.extend(req.exclude_tables.iter().cloned());
-        info!(
-            job = %job.name,
-            id = %id,
-            destination = %dest_name,
-            "restoring {} ({}, {}) from {} into {}",
-            entry.name,
-            entry.format,
-            human_bytes(entry.size),
-            dest_name,
-            crate::source::url::redact(&step.target)
-        );
-        let archive = StoredArchive::new(st, entry, packing, &dest_name)
-            .with_progress(format!("restore {}: read", entry.name));
-        let out = step
-            .database
-            .restore(
-                &archive,
-                &RestoreOptions {
-                    target: step.target.clone(),
-                    clean: req.clean,
-                    no_owner: req.no_owner,
-                    tables: req.tables.clone(),
-                    exclude_tables: exclude,
-                    dry_run: req.dry_run,
-                    create: req.create,
-                },
-            )
-            .await
-            .map_err(|e| RestoreError::Database {
-                source_name: entry.name.clone(),
-                source: e,
-            })?;
+        let opts = RestoreOptions {
+            target: step.target.clone(),
+            clean: req.clean,
+            no_owner: req.no_owner,
+            tables: req.tables.clone(),
+            exclude_tables: exclude,
+            dry_run: req.dry_run,
+            create: req.create,
+        };
+        let out = match restore_from(job, &id, step, &opts, packing, from, &from_name).await {
+            Ok(out) => out,
+            Err(failed) => {
+                // An engine that checks the stream before it commits applied nothing: when
+                // its object is what failed, another destination's intact copy is tried.
+                // (A refusal — a target in the way — is no reason to read the object.)
+                let damaged = if !req.dry_run
+                    && step.database.verifies_before_commit()
+                    && !matches!(failed, SourceError::Refused(_))
+                {
+                    match verify_object(from, entry).await {
+                        Err(Unusable::Damaged(why)) => Some(why),
+                        Ok(()) | Err(Unusable::Unreadable(_)) => None,
+                    }
+                } else {
+                    None
+                };
+                let Some(problem) = damaged else {
+                    return Err(RestoreError::Database {
+                        source_name: entry.name.clone(),
+                        source: failed,
+                    });
+                };
+                let alt = fallback(
+                    config,
+                    job,
+                    req,
+                    &from_name,
+                    &id,
+                    entry,
+                    Unusable::Damaged(problem.clone()),
+                )
+                .await?;
+                check_keys(alt.storage.as_ref(), packing, &[entry.key.as_str()]).await?;
+                lines.push(format!(
+                    "database {}: read from {}: the copy on {from_name} is damaged ({problem}); the attempt from it left the target unchanged",
+                    entry.name, alt.name
+                ));
+                from_name = alt.name.to_string();
+                restore_from(
+                    job,
+                    &id,
+                    step,
+                    &opts,
+                    packing,
+                    alt.storage.as_ref(),
+                    &from_name,
+                )
+                .await
+                .map_err(|e| RestoreError::Database {
+                    source_name: entry.name.clone(),
+                    source: e,
+                })?
+            }
+        };
         lines.extend(out);
         if !req.dry_run {
             info!(
@@ -531,18 +589,49 @@ async fn restore_locked(
         }
     }
     for entry in &plan.files {
-        let out = files::restore(
-            st,
-            entry,
-            packing,
-            files::Target {
-                dir: files_dir_for(job, req.files_to.as_ref(), entry),
-                orphans: req.orphans_to.clone(),
-                dry_run: req.dry_run,
-                keep_special_modes: req.keep_special_modes,
-            },
-        )
-        .await?;
+        let target = || files::Target {
+            dir: files_dir_for(job, req.files_to.as_ref(), entry),
+            orphans: req.orphans_to.clone(),
+            dry_run: req.dry_run,
+            keep_special_modes: req.keep_special_modes,
+        };
+        let why = match files::restore(st, entry, packing, target()).await {
+            Ok(out) => {
+                lines.extend(out);
+                continue;
+            }
+            Err(RestoreError::Files(why)) if !req.dry_run => why,
+            Err(e) => return Err(e),
+        };
+        // A blob or the index missing or damaged on this destination stopped the tree part
+        // way. What was put back stays (a second pass finds it unchanged and fetches
+        // nothing for it), so the restore goes on from a destination that holds the index
+        // intact and every blob it names.
+        let Some(alt) = files_elsewhere(config, job, &dest_name, entry, packing).await else {
+            return Err(RestoreError::Files(format!(
+                "{why}; no other destination of job {} holds this backup's file index intact and every blob it names",
+                job.name
+            )));
+        };
+        if req.from.is_some() && !req.fallback {
+            return Err(RestoreError::Files(format!(
+                "{why}; destination {0} holds this backup's file index intact and every blob it names: run the restore again with --from {0} (or without --from to let stowage pick it); the files restored so far are kept and are not fetched again",
+                alt.name
+            )));
+        }
+        warn!(
+            job = %job.name,
+            id = %id,
+            "files {}: {why}; going on from {}",
+            entry.name,
+            alt.name
+        );
+        lines.push(format!(
+            "files {}: {dest_name} failed part way ({why}); finished from {}",
+            entry.name, alt.name
+        ));
+        check_keys(alt.storage.as_ref(), packing, &[entry.key.as_str()]).await?;
+        let out = files::restore(alt.storage.as_ref(), entry, packing, target()).await?;
         lines.extend(out);
     }
     Ok(RestoreSummary {
@@ -550,6 +639,242 @@ async fn restore_locked(
         destination: dest_name,
         lines,
     })
+}
+
+/// One database restored from the copy on `from`.
+async fn restore_from(
+    job: &Job,
+    id: &str,
+    step: &DatabaseStep<'_>,
+    opts: &RestoreOptions,
+    packing: &codec::Packing,
+    from: &dyn Storage,
+    from_name: &str,
+) -> Result<Vec<String>, SourceError> {
+    let entry = step.entry;
+    info!(
+        job = %job.name,
+        id = %id,
+        destination = %from_name,
+        "restoring {} ({}, {}) from {} into {}",
+        entry.name,
+        entry.format,
+        human_bytes(entry.size),
+        from_name,
+        crate::source::url::redact(&step.target)
+    );
+    let archive = StoredArchive::new(from, entry, packing, from_name)
+        .with_progress(format!("restore {}: read", entry.name));
+    step.database.restore(&archive, opts).await
+}
+
+/// Why a destination's copy of an object cannot be used.
+#[derive(Debug)]
+pub enum Unusable {
+    /// Missing, the wrong size, or failing its sha256: the copy itself is bad.
+    Damaged(String),
+    /// The destination did not let it be read (unreachable, denied, not retrieved from an
+    /// archive class): nothing is known about the copy.
+    Unreadable(crate::storage::StorageError),
+}
+
+impl std::fmt::Display for Unusable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Unusable::Damaged(why) => f.write_str(why),
+            Unusable::Unreadable(e) => write!(f, "cannot be read: {e}"),
+        }
+    }
+}
+
+fn unusable(key: &str, e: crate::storage::StorageError) -> Unusable {
+    match e {
+        crate::storage::StorageError::NotFound(_) => Unusable::Damaged(format!("{key} is missing")),
+        other => Unusable::Unreadable(other),
+    }
+}
+
+/// Whether `storage` holds `entry`'s object whole: present with the recorded size (a
+/// listing; nothing is read).
+async fn check_present(storage: &dyn Storage, entry: &SourceEntry) -> Result<(), Unusable> {
+    let found = storage
+        .list(&entry.key)
+        .await
+        .map_err(|e| unusable(&entry.key, e))?;
+    match found.iter().find(|o| o.key == entry.key) {
+        None => Err(Unusable::Damaged(format!("{} is missing", entry.key))),
+        Some(o) if o.size != entry.size => Err(Unusable::Damaged(format!(
+            "{} is {} bytes where the backup recorded {}",
+            entry.key, o.size, entry.size
+        ))),
+        Some(_) => Ok(()),
+    }
+}
+
+/// The verify pass: the whole stored object read through its size and sha256 check (the
+/// stored bytes, so neither decompressed nor decrypted).
+pub async fn verify_object(storage: &dyn Storage, entry: &SourceEntry) -> Result<(), Unusable> {
+    let raw = storage
+        .get(&entry.key)
+        .await
+        .map_err(|e| unusable(&entry.key, e))?;
+    let mut verified = codec::Verify::new(raw, &entry.sha256, entry.size, &entry.key);
+    // Large reads: a local file is read on the blocking pool one request at a time, and
+    // `tokio::io::copy`'s 8 KiB made the pass ten times slower than the restore's own read.
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        match tokio::io::AsyncReadExt::read(&mut verified, &mut buf).await {
+            Ok(0) => return Ok(()),
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+                return Err(Unusable::Damaged(e.to_string()));
+            }
+            Err(e) => {
+                return Err(Unusable::Unreadable(crate::storage::StorageError::Io(
+                    format!("reading {}: {e}", entry.key),
+                )));
+            }
+        }
+    }
+}
+
+/// Where a database's object is read from: `None` for the located destination, when its
+/// copy passes (`full`: the verify pass; else present with its size), else another
+/// destination of the job holding an intact copy (see [`fallback`]).
+#[allow(clippy::too_many_arguments)]
+async fn choose_copy<'c>(
+    config: &'c Config,
+    job: &'c Job,
+    req: &RestoreRequest,
+    st: &dyn Storage,
+    dest_name: &str,
+    id: &str,
+    entry: &SourceEntry,
+    full: bool,
+) -> Result<Option<JobStorage<'c>>, RestoreError> {
+    let checked = if full {
+        let t0 = Instant::now();
+        let r = verify_object(st, entry).await;
+        info!(
+            "verify pass: {} ({}) on {dest_name} read in {:.2}s before restoring (the engine applies what it reads as it reads it)",
+            entry.key,
+            human_bytes(entry.size),
+            t0.elapsed().as_secs_f64()
+        );
+        r
+    } else {
+        check_present(st, entry).await
+    };
+    match checked {
+        Ok(()) => Ok(None),
+        Err(problem) => fallback(config, job, req, dest_name, id, entry, problem)
+            .await
+            .map(Some),
+    }
+}
+
+/// Another destination of the job whose copy of `entry` is intact (present with its size,
+/// then read whole through its sha256 check), in the job's order; archive classes, which
+/// need a retrieval first, are not read. Without `--from` (or with `fallback`) it is
+/// used; with `--from` the restore fails and names it.
+async fn fallback<'c>(
+    config: &'c Config,
+    job: &'c Job,
+    req: &RestoreRequest,
+    bad: &str,
+    id: &str,
+    entry: &SourceEntry,
+    problem: Unusable,
+) -> Result<JobStorage<'c>, RestoreError> {
+    let mut tried = Vec::new();
+    let mut found = None;
+    for js in storage::open_job(config, job).await {
+        if js.name == bad {
+            continue;
+        }
+        if archive_class(config, js.name).is_some() {
+            tried.push(format!("{}: archive class, not read", js.name));
+            continue;
+        }
+        let intact = match check_present(js.storage.as_ref(), entry).await {
+            Ok(()) => verify_object(js.storage.as_ref(), entry).await,
+            Err(e) => Err(e),
+        };
+        match intact {
+            Ok(()) => {
+                found = Some(js);
+                break;
+            }
+            Err(e) => tried.push(format!("{}: {e}", js.name)),
+        }
+    }
+    let Some(alt) = found else {
+        if let Unusable::Unreadable(e) = problem {
+            // Nothing is known to be wrong with the copy: the destination's own error (an
+            // archive class says what to run) is the one to act on.
+            return Err(RestoreError::Database {
+                source_name: entry.name.clone(),
+                source: SourceError::Archive {
+                    place: bad.to_string(),
+                    source: Box::new(e),
+                },
+            });
+        }
+        return Err(RestoreError::Storage(format!(
+            "backup {id} of job {}: {problem} (on {bad}), and no other destination holds an intact copy{}; nothing was restored from it",
+            job.name,
+            if tried.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", tried.join("; "))
+            }
+        )));
+    };
+    if req.from.is_some() && !req.fallback {
+        return Err(RestoreError::Storage(format!(
+            "backup {id} of job {}: {problem} (on {bad}); destination {1} holds an intact copy (size and sha256 checked): run the restore again with --from {1}, or without --from to let stowage pick it; nothing was restored from it",
+            job.name, alt.name
+        )));
+    }
+    warn!(
+        job = %job.name,
+        id = %id,
+        "{problem} (on {bad}); reading {} from {} instead, whose copy is intact",
+        entry.key,
+        alt.name
+    );
+    Ok(alt)
+}
+
+/// Another destination of the job holding `entry`'s file index intact and every blob the
+/// index names (a listing: present, not read), for a files restore that stopped part way.
+async fn files_elsewhere<'c>(
+    config: &'c Config,
+    job: &'c Job,
+    bad: &str,
+    entry: &SourceEntry,
+    packing: &codec::Packing,
+) -> Option<JobStorage<'c>> {
+    for js in storage::open_job(config, job).await {
+        if js.name == bad || archive_class(config, js.name).is_some() {
+            continue;
+        }
+        let Ok(index) = crate::blobs::read_index(js.storage.as_ref(), entry, packing).await else {
+            continue;
+        };
+        let Ok(listed) = js
+            .storage
+            .list(&format!("{}/{}/", job.name, crate::blobs::BLOBS_DIR))
+            .await
+        else {
+            continue;
+        };
+        let have: std::collections::HashSet<&str> = listed.iter().map(|o| o.key.as_str()).collect();
+        if index.files.iter().all(|f| have.contains(f.blob.as_str())) {
+            return Some(js);
+        }
+    }
+    None
 }
 
 /// What `status` and `retrieve` look at: the objects the same restore would need.

@@ -20,6 +20,14 @@
 //! (`--to -` when the restore command knows its own target). The command gets it as the
 //! environment variable `STOWAGE_RESTORE_TARGET`, and every `{target}` inside its arguments is
 //! replaced by it; `--clean` sets `STOWAGE_RESTORE_CLEAN=1`. `--no-owner` means nothing here.
+//!
+//! `{target}` is text pasted into an argument, and an argument may be a shell script
+//! (`["sh", "-c", "tool --db {target}"]`) or another program's option list: a target
+//! holding shell syntax (`x; touch /tmp/pwned`) would run as code there. So a target that
+//! replaces `{target}` may only hold letters, digits and `_-./=:,+@%`, and must not
+//! start with '-' (an option) unless it is exactly "-"; any other target is refused before
+//! anything runs. `STOWAGE_RESTORE_TARGET` carries any value safely: a script reads it as
+//! `"$STOWAGE_RESTORE_TARGET"` (quoted), which the shell never parses as code.
 //! A source without `restore` refuses and says how to restore by hand: decompress the object
 //! and pipe it into the tool.
 
@@ -439,9 +447,13 @@ impl Database for CommandSource {
         "- (or any text: the restore command gets it as STOWAGE_RESTORE_TARGET and {target})"
     }
 
-    fn check_target(&self, _target: &str) -> Result<(), String> {
-        // The target means whatever the user's restore command makes of it.
-        Ok(())
+    fn check_target(&self, target: &str) -> Result<(), String> {
+        // The target means whatever the user's restore command makes of it; only a target
+        // pasted into its arguments must be inert there.
+        match &self.restore {
+            Some(argv) if substitutes(argv) => check_substituted(target),
+            _ => Ok(()),
+        }
     }
 
     async fn tool_version(&self) -> Result<(String, String), SourceError> {
@@ -483,6 +495,17 @@ impl Database for CommandSource {
         })
     }
 
+    /// Verify: a command's output has no format stowage knows; its size and sha256 (checked
+    /// before an engine is asked) are all there is to check.
+    async fn check_archive(
+        &self,
+        _archive: &dyn Archive,
+    ) -> Result<crate::engine::ArchiveCheck, SourceError> {
+        Ok(crate::engine::ArchiveCheck::Whole(
+            "a command's output: checked by its size and sha256".to_string(),
+        ))
+    }
+
     async fn archive_objects(&self, _archive: &dyn Archive) -> Result<Vec<String>, SourceError> {
         Err(SourceError::Refused(format!(
             "source \"{}\" is a command's output, which stowage cannot look into",
@@ -508,6 +531,14 @@ impl Database for CommandSource {
         let Some((program, args)) = restore.split_first() else {
             return Err(self.no_restore());
         };
+        if substitutes(restore) {
+            check_substituted(&opts.target).map_err(|why| {
+                SourceError::Refused(format!(
+                    "source \"{}\": --to {why}",
+                    self.name
+                ))
+            })?;
+        }
         let args: Vec<String> = args
             .iter()
             .map(|a| a.replace(TARGET_PLACEHOLDER, &opts.target))
@@ -566,6 +597,33 @@ impl Database for CommandSource {
     }
 }
 
+/// Whether the restore command's arguments take the target in place of `{target}`.
+fn substitutes(argv: &[String]) -> bool {
+    argv.iter().skip(1).any(|a| a.contains(TARGET_PLACEHOLDER))
+}
+
+/// Refuse a target that could mean more than text where it replaces `{target}`: shell
+/// syntax (quotes, `;`, `$`, `|`, `&`, spaces, newlines, globs, `~`…) in a `sh -c` script,
+/// or an option (a leading '-') to the program. Quoting it instead would be right for a
+/// shell script and wrong for a plain argument (the quotes would become part of it), and
+/// stowage cannot tell which an argument is.
+fn check_substituted(target: &str) -> Result<(), String> {
+    let safe = |c: char| c.is_ascii_alphanumeric() || "_-./=:,+@%".contains(c);
+    let bad: Option<char> = target.chars().find(|c| !safe(*c));
+    let leading = (target.len() > 1 && target.starts_with('-')) || target.starts_with('=');
+    if bad.is_none() && !leading {
+        return Ok(());
+    }
+    Err(format!(
+        "\"{}\" is pasted into the restore command in place of {TARGET_PLACEHOLDER}, where {} could run as shell code or act as an option; a target there may only hold letters, digits and _-./=:,+@% (and not start with '-' or '='). Pass such a target through the environment instead: the command gets it as STOWAGE_RESTORE_TARGET (in a script: \"$STOWAGE_RESTORE_TARGET\", quoted)",
+        target.escape_debug(),
+        match bad {
+            Some(c) => format!("{:?}", c),
+            None => "its first character".to_string(),
+        }
+    ))
+}
+
 /// The last 16 KiB of a child's stdout (the same bound as its stderr).
 fn drain_output(stdout: tokio::process::ChildStdout) -> tokio::task::JoinHandle<String> {
     tokio::spawn(async move {
@@ -610,6 +668,32 @@ mod tests {
             long.ends_with('…') && long.chars().count() == SHOWN_CHARS + 1,
             "{long}"
         );
+    }
+
+    #[test]
+    fn substituted_targets_hold_no_shell_syntax() {
+        for ok in ["-", "", "db1", "/data/app.ldif", "ldap://h:389/dc=x,dc=y", "a+b@c%d"] {
+            assert_eq!(check_substituted(ok), Ok(()), "{ok}");
+        }
+        for bad in [
+            "x; touch /tmp/pwned",
+            "$(id)",
+            "`id`",
+            "a|b",
+            "a&b",
+            "a b",
+            "a\nb",
+            "'",
+            "\"",
+            "*",
+            "~root",
+            "--exec=sh",
+            "=ls",
+            "é",
+        ] {
+            let e = check_substituted(bad).expect_err(bad);
+            assert!(e.contains("STOWAGE_RESTORE_TARGET"), "{e}");
+        }
     }
 
     #[test]

@@ -10,10 +10,14 @@
 //! database`; per view, its real definition under `-- Final view structure for view `v``;
 //! and a footer restoring the session (`SET …=@OLD_…`) and `-- Dump completed`.
 //!
-//! Only the start of a line is ever looked at (markers are short comment lines), so memory
-//! stays bounded however long an INSERT line is. Inside `DELIMITER ;;` blocks (trigger,
-//! routine and event bodies, which may hold any text) no line is taken for a marker, as the
-//! client itself reads those lines as part of the statement.
+//! A marker is a comment line, and it counts only where the client that runs the restore
+//! is between two statements ([`Lexer`]: every byte is read as the client reads it, strings,
+//! identifiers, comments and `DELIMITER` blocks included). Text that a database role controls
+//! (a table or column comment, a default, a row, a routine or trigger body, an identifier)
+//! is always inside a string, an identifier, a comment or a statement there, so it can never
+//! open, close or forge a section. Only line starts are matched against markers, and the
+//! lexer keeps a few bytes of each statement, so memory stays bounded however long an
+//! INSERT line is.
 
 use std::fmt;
 
@@ -110,15 +114,6 @@ pub fn server_version(line: &[u8]) -> Option<String> {
     let rest = trim_eol(line).strip_prefix(SERVER_VERSION)?;
     let v = String::from_utf8_lossy(rest).trim().to_string();
     (!v.is_empty()).then_some(v)
-}
-
-/// Tracks `DELIMITER` commands: `Some(true)` while a `DELIMITER ;;` block is open.
-fn delimiter_change(line: &[u8]) -> Option<bool> {
-    let line = trim_eol(line);
-    let rest = line
-        .strip_prefix(b"DELIMITER ")
-        .or_else(|| line.strip_prefix(b"delimiter "))?;
-    Some(rest.trim_ascii() != b";")
 }
 
 /// Whether a line restores the session at the end of the dump ("SET TIME_ZONE=@OLD_TIME_ZONE").
@@ -237,6 +232,425 @@ impl<R: Copy> Splitter<R> {
     }
 }
 
+/// The statement delimiters mariadb-dump writes: `;`, and `;;` inside `DELIMITER ;;` blocks
+/// (trigger, routine and event bodies).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Delimiter {
+    Semi,
+    Double,
+}
+
+/// The parts of the session's sql_mode that change how the client reads strings.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Quoting {
+    /// NO_BACKSLASH_ESCAPES: a backslash in a string is a plain character.
+    no_backslash_escapes: bool,
+    /// ANSI_QUOTES (and the modes that include it): a backslash in "…" is plain.
+    ansi_quotes: bool,
+}
+
+impl Quoting {
+    fn of_mode(value: &str) -> Quoting {
+        let upper = value.to_ascii_uppercase();
+        let words: Vec<&str> = upper.split(',').map(str::trim).collect();
+        Quoting {
+            no_backslash_escapes: words.contains(&"NO_BACKSLASH_ESCAPES"),
+            ansi_quotes: words.iter().any(|w| {
+                matches!(
+                    *w,
+                    "ANSI_QUOTES" | "ANSI" | "DB2" | "MAXDB" | "MSSQL" | "ORACLE" | "POSTGRESQL"
+                )
+            }),
+        }
+    }
+}
+
+/// Where a line starts, as the client sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LineStart {
+    /// Between statements with the plain `;` delimiter, outside any string or comment:
+    /// the only place a section header of the dump can be.
+    Boundary,
+    /// Inside a statement, a string, an identifier, a comment or a `DELIMITER ;;` block.
+    Inside,
+    /// A `DELIMITER` command of the client (the line is not SQL).
+    Delimiter,
+}
+
+/// How much of a statement is kept to recognise `SET sql_mode = …`.
+const STATEMENT_HEAD: usize = 1024;
+
+/// Reads a dump the way the `mariadb` client that restores it does (`--batch
+/// --binary-mode`; `add_line` and `read_and_execute` in MariaDB's client/mysql.cc), so that
+/// a section header only counts where the client itself is between two statements: strings
+/// ('…', "…") with backslash escapes (none under NO_BACKSLASH_ESCAPES, none in "…" under
+/// ANSI_QUOTES, both followed through the dump's own `SET sql_mode` statements), `…`
+/// identifiers, `#` and `-- ` comments to the end of the line, `/* … */` comments (where
+/// `/*!…*/` and `/*M!…*/` are code), the current delimiter, and `DELIMITER` lines. Text in
+/// a routine body, a trigger, a comment, a default or a row can then never open a section,
+/// however it is worded. What this reader cannot follow exactly (another delimiter, a
+/// backslash command, a sql_mode set in an unknown way) is refused, not guessed.
+#[derive(Debug)]
+pub struct Lexer {
+    delimiter: Delimiter,
+    /// The quote of the string or identifier being read, or 0.
+    in_string: u8,
+    ml_comment: bool,
+    /// Inside `/*! … */` on this line (the client resets it with each line).
+    ss_comment: bool,
+    /// A statement has begun (the client's statement buffer is not empty).
+    pending: bool,
+    /// The rest of the line is a comment or a client command.
+    skip_line: bool,
+    quoting: Quoting,
+    /// User variables holding a saved sql_mode (`SET @saved_sql_mode = @@sql_mode`).
+    saved: Vec<(String, Quoting)>,
+    statement: Vec<u8>,
+    carry: Vec<u8>,
+    error: Option<FilterError>,
+}
+
+impl Default for Lexer {
+    fn default() -> Self {
+        Lexer {
+            delimiter: Delimiter::Semi,
+            in_string: 0,
+            ml_comment: false,
+            ss_comment: false,
+            pending: false,
+            skip_line: false,
+            quoting: Quoting::default(),
+            saved: Vec::new(),
+            statement: Vec::new(),
+            carry: Vec::new(),
+            error: None,
+        }
+    }
+}
+
+fn is_space(b: u8) -> bool {
+    matches!(b, b' ' | b'\t' | b'\n' | b'\r' | 0x0b | 0x0c)
+}
+
+impl Lexer {
+    /// The first error met, if any: a filter must not go on after it.
+    pub fn error(&self) -> Option<&FilterError> {
+        self.error.as_ref()
+    }
+
+    fn fail(&mut self, why: String) {
+        if self.error.is_none() {
+            self.error = Some(FilterError(format!(
+                "{why}; stowage cannot tell where this backup's statements begin and end, so it restores no part of it by table: restore it whole (without --table and --exclude-table)"
+            )));
+        }
+    }
+
+    /// Whether the lexer is inside a string, an identifier or a `/* */` comment.
+    pub fn in_text(&self) -> bool {
+        self.in_string != 0 || self.ml_comment
+    }
+
+    /// Called with the start of each line (see [`Lines::line`]) before its bytes are fed.
+    pub fn line_start(&mut self, head: &[u8]) -> LineStart {
+        if self.pending || self.ml_comment || self.in_string != 0 {
+            return LineStart::Inside;
+        }
+        let text = trim_eol(head);
+        let start = text.iter().position(|b| !is_space(*b)).unwrap_or(text.len());
+        let word = &text[start..];
+        if word.len() >= 9 && word[..9].eq_ignore_ascii_case(b"delimiter") {
+            // The client takes the whole line as its command.
+            self.skip_line = true;
+            let arg = word[9..].trim_ascii();
+            let spaced = word.get(9).is_some_and(|b| *b == b' ' || *b == b'\t');
+            if !head.ends_with(b"\n") && head.len() >= HEAD_MAX {
+                self.fail("a DELIMITER line is too long".to_string());
+            } else if spaced && arg == b";" {
+                self.delimiter = Delimiter::Semi;
+            } else if spaced && arg == b";;" {
+                self.delimiter = Delimiter::Double;
+            } else {
+                self.fail(format!(
+                    "the backup has the client command \"{}\", which mariadb-dump never writes",
+                    String::from_utf8_lossy(word).escape_debug()
+                ));
+            }
+            return LineStart::Delimiter;
+        }
+        if self.delimiter == Delimiter::Semi {
+            LineStart::Boundary
+        } else {
+            LineStart::Inside
+        }
+    }
+
+    /// Read the next bytes of the stream (in order, lines whole or in pieces).
+    pub fn feed(&mut self, mut input: &[u8]) {
+        while !self.carry.is_empty() && !input.is_empty() {
+            let n = input.len().min(16);
+            let mut joint = std::mem::take(&mut self.carry);
+            let old = joint.len();
+            joint.extend_from_slice(&input[..n]);
+            let used = self.run(&joint, false);
+            if used >= old {
+                input = &input[used - old..];
+            } else {
+                self.carry = joint[used..].to_vec();
+                input = &input[n..];
+            }
+        }
+        if input.is_empty() {
+            return;
+        }
+        let used = self.run(input, false);
+        self.carry = input[used..].to_vec();
+    }
+
+    /// The end of the stream.
+    pub fn finish(&mut self) {
+        let rest = std::mem::take(&mut self.carry);
+        self.run(&rest, true);
+    }
+
+    /// Lex `buf`; returns how many bytes were read (fewer when a decision needs bytes
+    /// beyond its end, at most 3).
+    fn run(&mut self, buf: &[u8], at_end: bool) -> usize {
+        // The byte `k` after `i`: 0 past the end of the line (the client reads a line as a C
+        // string); None when it has not arrived yet.
+        let peek = |i: usize, k: usize| -> Option<u8> {
+            for j in 1..=k {
+                match buf.get(i + j) {
+                    None if at_end => return Some(0),
+                    None => return None,
+                    Some(b'\n') => return Some(0),
+                    Some(b) if j == k => return Some(*b),
+                    Some(_) => {}
+                }
+            }
+            Some(0)
+        };
+        let mut i = 0;
+        while i < buf.len() {
+            let c = buf[i];
+            if c == b'\n' {
+                self.skip_line = false;
+                self.ss_comment = false;
+                if self.pending {
+                    self.keep(c);
+                }
+                i += 1;
+                continue;
+            }
+            if self.skip_line {
+                i += match buf[i..].iter().position(|b| *b == b'\n') {
+                    Some(n) => n,
+                    None => buf.len() - i,
+                };
+                continue;
+            }
+            // Inside a string, nothing but its quote and a backslash matters.
+            if self.in_string != 0 && c != self.in_string && c != b'\\' {
+                self.keep(c);
+                i += 1;
+                continue;
+            }
+            let need = match c {
+                b'/' => 3,
+                b'-' => 2,
+                b'\\' | b';' | b'*' => 1,
+                _ => 0,
+            };
+            if need > 0 && peek(i, need).is_none() {
+                return i;
+            }
+            let p = |k: usize| peek(i, k).unwrap_or(0);
+            let q = self.in_string;
+            if !self.ml_comment
+                && c == b'\\'
+                && q != b'`'
+                && !(q == b'"' && self.quoting.ansi_quotes)
+                && !(q != 0 && self.quoting.no_backslash_escapes)
+            {
+                let next = p(1);
+                if next == 0 {
+                    // The client stops reading the line here.
+                    self.skip_line = true;
+                    i += 1;
+                    continue;
+                }
+                if q != 0 || next == b'N' {
+                    self.keep(c);
+                    self.keep(next);
+                    i += 2;
+                    continue;
+                }
+                if next == b'-' {
+                    // `\-`: the client's sandbox command, which mariadb-dump puts first
+                    // ("/*M!999999\- enable the sandbox mode */"); it takes no argument.
+                    i += 2;
+                    continue;
+                }
+                self.fail(format!(
+                    "the backup has the client command \"\\{}\" outside a string",
+                    (next as char).escape_debug()
+                ));
+                self.skip_line = true;
+                i += 2;
+                continue;
+            }
+            let delim = match self.delimiter {
+                Delimiter::Semi => (c == b';').then_some(1),
+                Delimiter::Double => (c == b';' && p(1) == b';').then_some(2),
+            };
+            if !self.ml_comment && q == 0 && delim.is_some() {
+                self.end_statement();
+                i += delim.unwrap_or(1);
+                continue;
+            }
+            if !self.ml_comment
+                && q == 0
+                && (c == b'#'
+                    || (c == b'-' && p(1) == b'-' && (is_space(p(2)) || p(2) == 0 || !self.pending)))
+            {
+                self.skip_line = true;
+                i += 1;
+                continue;
+            }
+            if q == 0 && c == b'/' && p(1) == b'*' && !(p(2) == b'!' || (p(2) == b'M' && p(3) == b'!'))
+            {
+                self.ml_comment = true;
+                i += 2;
+                continue;
+            }
+            if self.ml_comment && !self.ss_comment && c == b'*' && p(1) == b'/' {
+                self.ml_comment = false;
+                i += 2;
+                continue;
+            }
+            if q == 0 && c == b'/' && p(1) == b'*' && p(2) == b'!' {
+                self.ss_comment = true;
+            } else if q == 0 && self.ss_comment && c == b'*' && p(1) == b'/' {
+                self.ss_comment = false;
+            }
+            if c == q {
+                self.in_string = 0;
+            } else if !self.ml_comment && q == 0 && matches!(c, b'\'' | b'"' | b'`') {
+                self.in_string = c;
+            }
+            if !self.ml_comment && (self.pending || !is_space(c)) {
+                self.pending = true;
+                self.keep(c);
+            }
+            i += 1;
+        }
+        buf.len()
+    }
+
+    fn keep(&mut self, c: u8) {
+        if self.statement.len() < STATEMENT_HEAD {
+            self.statement.push(c);
+        }
+    }
+
+    /// A statement ended: follow what it does to the way strings are read.
+    fn end_statement(&mut self) {
+        let statement = std::mem::take(&mut self.statement);
+        self.pending = false;
+        let text = String::from_utf8_lossy(&statement);
+        let mut t = text.trim();
+        // "/*!50003 SET …*/" and "/*M!100100 SET …*/" run as the statement they hold.
+        if let Some(rest) = t.strip_prefix("/*M!").or_else(|| t.strip_prefix("/*!")) {
+            t = rest.trim_start_matches(|c: char| c.is_ascii_digit());
+            t = t.trim_end().strip_suffix("*/").unwrap_or(t).trim();
+        }
+        let lower = t.to_ascii_lowercase();
+        if lower.starts_with("delimiter") {
+            self.fail("a statement of the backup is read by the client as a DELIMITER command".to_string());
+            return;
+        }
+        if !lower.contains("sql_mode") {
+            return;
+        }
+        let Some(list) = lower.strip_prefix("set").filter(|r| r.starts_with(is_space_char)) else {
+            // e.g. a CREATE … statement naming sql_mode in text: not a change of mode.
+            return;
+        };
+        if statement.len() >= STATEMENT_HEAD {
+            self.fail("a statement that sets sql_mode is too long to follow".to_string());
+            return;
+        }
+        // The original text for the literal's case does not matter: modes are matched
+        // without case.
+        for (lhs, rhs) in assignments(list) {
+            let var = lhs
+                .trim_start_matches("@@session.")
+                .trim_start_matches("@@local.")
+                .trim_start_matches("session ")
+                .trim_start_matches("local ")
+                .trim_start_matches("@@")
+                .trim();
+            let reads_mode = matches!(rhs.as_str(), "@@sql_mode" | "@@session.sql_mode" | "@@local.sql_mode");
+            if var == "sql_mode" {
+                if let Some(lit) = rhs.strip_prefix('\'').and_then(|r| r.strip_suffix('\'')) {
+                    self.quoting = Quoting::of_mode(lit);
+                } else if let Some(v) = rhs.strip_prefix('@').filter(|v| !v.starts_with('@')) {
+                    self.quoting = self
+                        .saved
+                        .iter()
+                        .find(|(n, _)| n == v)
+                        .map(|(_, q)| *q)
+                        .unwrap_or_default();
+                } else if !reads_mode {
+                    self.fail(format!("the backup sets sql_mode to {rhs}"));
+                    return;
+                }
+            } else if let Some(v) = var.strip_prefix('@') {
+                if reads_mode {
+                    let q = self.quoting;
+                    self.saved.retain(|(n, _)| n != v);
+                    self.saved.push((v.to_string(), q));
+                }
+            } else if var.contains("sql_mode") {
+                self.fail(format!("the backup sets {var}"));
+                return;
+            }
+        }
+    }
+}
+
+fn is_space_char(c: char) -> bool {
+    c.is_ascii_whitespace()
+}
+
+/// `a = b, c = 'x,y'` as (a, b), (c, 'x,y'): commas inside quotes do not split.
+fn assignments(list: &str) -> Vec<(String, String)> {
+    let mut parts = Vec::new();
+    let mut cur = String::new();
+    let mut quote: Option<char> = None;
+    for ch in list.chars() {
+        match quote {
+            Some(q) if ch == q => quote = None,
+            Some(_) => {}
+            None if ch == '\'' || ch == '"' => quote = Some(ch),
+            None if ch == ',' => {
+                parts.push(std::mem::take(&mut cur));
+                continue;
+            }
+            None => {}
+        }
+        cur.push(ch);
+    }
+    parts.push(cur);
+    parts
+        .into_iter()
+        .filter_map(|p| {
+            let (l, r) = p.split_once(":=").or_else(|| p.split_once('='))?;
+            Some((l.trim().to_string(), r.trim().replace('"', "'")))
+        })
+        .collect()
+}
+
 /// What a dump says about itself, read as it streams by.
 #[derive(Debug, Default)]
 pub struct Scanner {
@@ -246,7 +660,7 @@ pub struct Scanner {
 
 #[derive(Debug, Default)]
 struct ScanState {
-    in_block: bool,
+    lex: Lexer,
     tables: Vec<String>,
     server_version: Option<String>,
     /// Whether the last non-blank line is mariadb-dump's "-- Dump completed".
@@ -264,22 +678,23 @@ pub struct Scanned {
 impl Lines for ScanState {
     type Route = ();
     fn line(&mut self, head: &[u8]) {
-        if let Some(open) = delimiter_change(head) {
-            self.in_block = open;
-        } else if !self.in_block {
-            if let Some(Marker::Table(t)) = marker(head) {
-                self.tables.push(t);
-            } else if self.server_version.is_none()
-                && let Some(v) = server_version(head)
-            {
-                self.server_version = Some(v);
-            }
+        let text = self.lex.in_text();
+        let top = self.lex.line_start(head) == LineStart::Boundary;
+        if top && let Some(Marker::Table(t)) = marker(head) {
+            self.tables.push(t);
+        } else if !text
+            && self.server_version.is_none()
+            && let Some(v) = server_version(head)
+        {
+            // In the dump's header, inside its first statement (after the sandbox line).
+            self.server_version = Some(v);
         }
         if !trim_eol(head).trim_ascii().is_empty() {
-            self.completed = head.starts_with(COMPLETED);
+            self.completed = top && head.starts_with(COMPLETED);
         }
     }
-    fn emit(&mut self, _: (), _: &[u8]) -> Result<(), FilterError> {
+    fn emit(&mut self, _: (), bytes: &[u8]) -> Result<(), FilterError> {
+        self.lex.feed(bytes);
         Ok(())
     }
 }
@@ -297,6 +712,7 @@ impl Scanner {
 
     pub fn finish(mut self) -> Scanned {
         let _ = self.splitter.finish(&mut self.state);
+        self.state.lex.finish();
         Scanned {
             tables: self.state.tables,
             server_version: self.state.server_version,
@@ -360,7 +776,7 @@ pub struct Filter {
 struct FilterState {
     selection: Selection,
     section: Route,
-    in_block: bool,
+    lex: Lexer,
     in_footer: bool,
     views: Vec<ViewPart>,
     view_bytes: usize,
@@ -389,7 +805,7 @@ impl Filter {
             state: FilterState {
                 selection,
                 section: Route::Out,
-                in_block: false,
+                lex: Lexer::default(),
                 in_footer: false,
                 views: Vec::new(),
                 view_bytes: 0,
@@ -407,6 +823,15 @@ impl Filter {
     /// The end of the stream: held-back views are released.
     pub fn finish(&mut self) -> Result<(), FilterError> {
         self.splitter.finish(&mut self.state)?;
+        self.state.lex.finish();
+        if let Some(e) = self.state.lex.error() {
+            return Err(e.clone());
+        }
+        if self.state.lex.in_string != 0 || self.state.lex.ml_comment {
+            return Err(FilterError(
+                "the backup ends inside a string or a comment; it is not a whole mariadb-dump output".to_string(),
+            ));
+        }
         self.state.release_views();
         Ok(())
     }
@@ -493,14 +918,12 @@ impl Lines for FilterState {
     type Route = Route;
 
     fn line(&mut self, head: &[u8]) -> Route {
+        // Every line goes through the lexer, whatever becomes of it.
+        let start = self.lex.line_start(head);
         if self.in_footer {
             return Route::Out;
         }
-        if let Some(open) = delimiter_change(head) {
-            self.in_block = open;
-            return self.section;
-        }
-        if self.in_block {
+        if start != LineStart::Boundary {
             return self.section;
         }
         if let Some(m) = marker(head) {
@@ -543,6 +966,10 @@ impl Lines for FilterState {
     }
 
     fn emit(&mut self, route: Route, bytes: &[u8]) -> Result<(), FilterError> {
+        self.lex.feed(bytes);
+        if let Some(e) = self.lex.error() {
+            return Err(e.clone());
+        }
         match route {
             Route::Out => self.out.extend_from_slice(bytes),
             Route::Drop => {}
@@ -700,6 +1127,78 @@ mod tests {
         let s = scan(text.as_bytes(), 5);
         assert_eq!(s.tables, vec!["a".to_string()]);
         assert!(s.completed);
+    }
+
+    /// Section headers written by a database role into strings, comments, identifiers
+    /// and bodies (where mariadb-dump keeps newlines as they are) open nothing, at any
+    /// chunking, and the client's view of strings follows the dump's `SET sql_mode`.
+    #[test]
+    fn forged_headers_inside_text_open_no_section() {
+        let forged = "\nDELIMITER ;\n-- Table structure for table `a`\nCREATE TABLE pwned (x int);\n\
+                      -- Dumping routines for database 'x'\nCREATE TABLE pwned2 (x int);\n";
+        let header = "/*M!999999\\- enable the sandbox mode */ \n-- Server version\t10.11.14-MariaDB\n\
+                      /*!40101 SET @OLD_SQL_MODE=@@SQL_MODE, SQL_MODE='NO_AUTO_VALUE_ON_ZERO' */;\n";
+        let sections = |body: &str| {
+            format!(
+                "{header}--\n-- Table structure for table `a`\n--\nCREATE TABLE `a` (x int);\n\
+                 --\n-- Table structure for table `b`\n--\n{body}\n\
+                 /*!40101 SET SQL_MODE=@OLD_SQL_MODE */;\n-- Dump completed\n"
+            )
+        };
+        let bodies = [
+            // A string in a trigger body, in a DELIMITER block.
+            format!(
+                "/*!50003 SET sql_mode = 'STRICT_TRANS_TABLES' */ ;\nDELIMITER ;;\n\
+                 /*!50003 CREATE*/ /*!50003 TRIGGER t BEFORE INSERT ON b FOR EACH ROW SET @n = '{}' */;;\n\
+                 DELIMITER ;\n/*!50003 SET sql_mode = @OLD_SQL_MODE */ ;",
+                forged.replace('\'', "\\'")
+            ),
+            // The same under NO_BACKSLASH_ESCAPES, where "\'" ends the string: the forged
+            // lines are still inside it, behind a doubled quote.
+            format!(
+                "/*!50003 SET @saved_sql_mode = @@sql_mode */ ;\n\
+                 /*!50003 SET sql_mode = 'NO_BACKSLASH_ESCAPES,STRICT_TRANS_TABLES' */ ;\n\
+                 DELIMITER ;;\nCREATE PROCEDURE p() SELECT 'c:\\', '{}' ;;\nDELIMITER ;\n\
+                 /*!50003 SET sql_mode = @saved_sql_mode */ ;\nINSERT INTO b VALUES ('it\\'s');",
+                forged.replace('\'', "''")
+            ),
+            // A comment, a quoted identifier and a "…" string.
+            format!("CREATE TABLE `b` (x int /* {forged} */);"),
+            format!("CREATE TABLE `b` (`{}` int);", forged.replace('`', "``")),
+            format!("INSERT INTO b VALUES (\"{}\");", forged.replace('\'', "\\'")),
+        ];
+        for body in &bodies {
+            let text = sections(body);
+            for chunk in [1, 2, 3, 7, 4096] {
+                let s = scan(text.as_bytes(), chunk);
+                assert_eq!(s.tables, vec!["a".to_string(), "b".into()], "{body}");
+                assert!(s.completed, "{body}");
+                assert_eq!(s.server_version.as_deref(), Some("10.11.14-MariaDB"));
+                let (out, report) = filter(text.as_bytes(), sel(&["a"], &[]), chunk);
+                assert!(!out.contains("pwned"), "chunk {chunk}, {body}:\n{out}");
+                assert_eq!(report.tables, vec!["a".to_string()]);
+                let (out, _) = filter(text.as_bytes(), sel(&[], &["b"]), chunk);
+                assert!(!out.contains("pwned"), "chunk {chunk}, {body}:\n{out}");
+            }
+        }
+    }
+
+    #[test]
+    fn what_the_lexer_cannot_follow_is_refused() {
+        for bad in [
+            "DELIMITER //\nCREATE TABLE x (y int)//\n",
+            "SELECT 1;\n\\! touch /tmp/x\n",
+            "SET sql_mode = CONCAT(@@sql_mode, ',NO_BACKSLASH_ESCAPES');\n",
+            "SET GLOBAL sql_mode = 'ANSI';\n",
+        ] {
+            let mut f = Filter::new(sel(&["a"], &[]));
+            let r = f.push(bad.as_bytes()).and_then(|()| f.finish());
+            let e = r.expect_err(bad);
+            assert!(e.0.contains("restore it whole"), "{e}");
+        }
+        let mut f = Filter::new(sel(&["a"], &[]));
+        let r = f.push(b"INSERT INTO a VALUES ('open\n").and_then(|()| f.finish());
+        assert!(r.is_err(), "a dump ending inside a string");
     }
 
     #[test]

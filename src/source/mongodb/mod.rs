@@ -24,8 +24,11 @@
 //! were inserted) instead of being merged silently. `--clean` is mongorestore's `--drop`.
 //! The target's password is the one in the `--to` URL, or the source's `password_file` when
 //! the target is the source's own server and user. Unlike pg_restore, mongorestore has no
-//! single transaction: a backup found damaged part-way (its sha256 is checked as it streams)
-//! kills mongorestore, but leaves the collections restored so far; restore again with --clean.
+//! single transaction and inserts as it reads, so this engine keeps
+//! `verifies_before_commit() == false`: `restore` reads the whole object through its sha256
+//! check before mongorestore starts (a damaged object never reaches the target). A failure
+//! of mongorestore itself part-way leaves the collections restored so far; restore again
+//! with --clean.
 
 mod archive;
 mod select;

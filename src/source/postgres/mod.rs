@@ -647,6 +647,14 @@ impl Database for PostgresSource {
         self.url.as_ref().map(|u| u.to_string())
     }
 
+    /// Every restore path is `apply_verified`: pg_restore's SQL goes into one psql
+    /// transaction, and COMMIT is let through only after the archive was read to its end
+    /// (where its size and sha256 are checked); a whole restore's script is held back by its
+    /// last 64 KiB, which hold its only COMMIT.
+    fn verifies_before_commit(&self) -> bool {
+        true
+    }
+
     async fn restore(
         &self,
         archive: &dyn Archive,

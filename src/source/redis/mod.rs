@@ -337,6 +337,14 @@ impl Database for RedisSource {
         target_path(target).map(|_| ())
     }
 
+    /// The RDB file is written beside the target and renamed over it only after the archive
+    /// was read to its end (`read` returned 0), which the archive's reader never reports for
+    /// an object whose size or sha256 differ (`codec::Verify`): the rename never happens for
+    /// a damaged object, and the temporary file is removed when dropped.
+    fn verifies_before_commit(&self) -> bool {
+        true
+    }
+
     /// Stowage does not parse RDB files, so it cannot say from the archive which logical
     /// databases it holds; the manifest records them as they were when the backup ran.
     async fn archive_objects(&self, _archive: &dyn Archive) -> Result<Vec<String>, SourceError> {

@@ -270,12 +270,52 @@ impl Database for SqliteSource {
         check_target_path(target)
     }
 
+    /// The image is written to a temporary file beside the target and renamed over it only
+    /// after `copy_image` has read the archive to its end (`read` returned 0), and the
+    /// archive's reader fails *before* that end when size or sha256 differ (`codec::Verify`
+    /// beneath a decoder that reads to the end of its input): a damaged object fails the
+    /// restore before the rename, and the dropped temporary file is removed.
+    fn verifies_before_commit(&self) -> bool {
+        true
+    }
+
     async fn tool_version(&self) -> Result<(String, String), SourceError> {
         Ok(("sqlite".to_string(), rusqlite::version().to_string()))
     }
 
     async fn dump(&self) -> Result<Dump, SourceError> {
         dump::start(self.own_path()?.to_path_buf(), self.priority).await
+    }
+
+    /// Verify: the image read to its end (its sha256 checked beneath) must be an SQLite
+    /// file whose header's page size divides its length; listing its tables would need it
+    /// on disk, and the manifest's `objects` has them.
+    async fn check_archive(
+        &self,
+        archive: &dyn Archive,
+    ) -> Result<crate::engine::ArchiveCheck, SourceError> {
+        use tokio::io::AsyncReadExt;
+        let mut r = archive.open().await?;
+        let mut head = Vec::with_capacity(HEADER_CHECKED);
+        let mut total = 0u64;
+        let mut buf = vec![0u8; 256 * 1024];
+        loop {
+            let n = r
+                .read(&mut buf)
+                .await
+                .map_err(|e| SourceError::io("reading the backup", e))?;
+            if n == 0 {
+                break;
+            }
+            if head.len() < HEADER_CHECKED {
+                let take = n.min(HEADER_CHECKED - head.len());
+                head.extend_from_slice(&buf[..take]);
+            }
+            total += n as u64;
+        }
+        image_check(&head, total)
+            .map(crate::engine::ArchiveCheck::Whole)
+            .map_err(SourceError::Protocol)
     }
 
     /// Listing a backup's tables would mean reading the whole image, and it cannot be
@@ -311,9 +351,57 @@ impl Database for SqliteSource {
     }
 }
 
+/// The bytes of an image's header that [`image_check`] reads.
+const HEADER_CHECKED: usize = 100;
+
+/// What the file format promises of a whole database image of `total` bytes starting with
+/// `head`: the magic string, a page size that is a power of two from 512 to 65536, and a
+/// length that is a whole number of pages.
+fn image_check(head: &[u8], total: u64) -> Result<String, String> {
+    const MAGIC: &[u8] = b"SQLite format 3\0";
+    if head.len() < HEADER_CHECKED || !head.starts_with(MAGIC) {
+        return Err(format!(
+            "not an SQLite database image: it does not start with the 100-byte header \"SQLite format 3\" ({total} bytes)"
+        ));
+    }
+    let page = match u16::from_be_bytes([head[16], head[17]]) {
+        1 => 65536u64,
+        p if p >= 512 && p.is_power_of_two() => u64::from(p),
+        p => return Err(format!("SQLite header: invalid page size {p}")),
+    };
+    if total % page != 0 {
+        return Err(format!(
+            "SQLite image of {total} bytes is not a whole number of {page}-byte pages: it is cut short or padded"
+        ));
+    }
+    Ok(format!(
+        "SQLite image: header ok, {} page(s) of {page} bytes",
+        total / page
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn image_check_reads_the_header() {
+        let mut head = b"SQLite format 3\0".to_vec();
+        head.resize(100, 0);
+        head[16] = 0x10; // 4096
+        assert!(image_check(&head, 8192).is_ok());
+        assert!(image_check(&head, 8193).is_err());
+        assert!(image_check(&head[..50], 8192).is_err());
+        head[16] = 0;
+        head[17] = 100;
+        assert!(image_check(&head, 8192).is_err());
+        head[16] = 0;
+        head[17] = 1; // 65536
+        assert!(image_check(&head, 65536).is_ok());
+        let mut other = head.clone();
+        other[0] = b'X';
+        assert!(image_check(&other, 65536).is_err());
+    }
 
     #[test]
     fn source_paths() {
