@@ -429,3 +429,55 @@ fn read_data_config_is_validated() {
         .to_string();
     assert!(e.contains(&format!("jobs.{JOB}.verify.schedule: ")), "{e}");
 }
+
+/// SQLite and command sources verify too (they used to fail for having nothing to list):
+/// an SQLite image by its header and page count, a command's output by its sha256; an
+/// image cut short, with the manifest kept in step so only the format can tell, fails.
+#[test]
+fn verify_checks_sqlite_images_and_command_output() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let db = work.path().join("app.db");
+    let c = rusqlite::Connection::open(&db).expect("open sqlite");
+    c.execute_batch(
+        "create table t(id integer primary key, v text);
+         insert into t(v) select hex(randomblob(64)) from (select 1 union all select 2 union all select 3);",
+    )
+    .expect("fill");
+    drop(c);
+    let setup = setup(
+        "",
+        &format!(
+            "[[jobs.{JOB}.sources]]\ntype = \"sqlite\"\nname = \"db\"\npath = {db:?}\n\n\
+             [[jobs.{JOB}.sources]]\ntype = \"command\"\nname = \"out\"\ndump = [\"sh\", \"-c\", \"echo hello\"]\n"
+        ),
+    );
+    let id = setup.backup();
+    let (code, out) = setup.stowage(&["verify", JOB]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains("SQLite image: header ok")
+            && out.contains("a command's output: checked by its size and sha256"),
+        "{out}"
+    );
+
+    let manifest = setup.manifest(&id);
+    let key = manifest["sources"][0]["key"]
+        .as_str()
+        .expect("key")
+        .to_string();
+    let object = setup.local().join(&key);
+    let mut bytes = std::fs::read(&object).expect("read image");
+    bytes.truncate(bytes.len() - 100);
+    std::fs::write(&object, &bytes).expect("write image");
+    let mut m = manifest;
+    m["sources"][0]["sha256"] = sha256_hex(&bytes).into();
+    m["sources"][0]["size"] = (bytes.len() as u64).into();
+    std::fs::write(
+        setup.manifest_path(&id),
+        serde_json::to_vec(&m).expect("json"),
+    )
+    .expect("write manifest");
+    let (code, out) = setup.stowage(&["verify", JOB]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("is not a whole number of"), "{out}");
+}
