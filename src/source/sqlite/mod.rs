@@ -369,7 +369,7 @@ fn image_check(head: &[u8], total: u64) -> Result<String, String> {
         p if p >= 512 && p.is_power_of_two() => u64::from(p),
         p => return Err(format!("SQLite header: invalid page size {p}")),
     };
-    if total % page != 0 {
+    if !total.is_multiple_of(page) {
         return Err(format!(
             "SQLite image of {total} bytes is not a whole number of {page}-byte pages: it is cut short or padded"
         ));
