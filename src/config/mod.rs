@@ -486,6 +486,22 @@ fn redact_url(text: &str) -> String {
     }
 }
 
+/// About how long destination `d`'s retention keeps backups: the most frequent job writing
+/// to it decides how young its oldest kept backup is. None when it keeps them for ever, or no
+/// job writes there.
+fn retention_horizon(
+    d: &Destination,
+    jobs: &BTreeMap<String, Job>,
+    now: DateTime<Utc>,
+) -> Option<TimeDelta> {
+    let gap = jobs
+        .values()
+        .filter(|j| j.destinations.contains(&d.name))
+        .filter_map(|j| j.schedule.period(now))
+        .min()?;
+    crate::retention::horizon(&d.retention, gap)
+}
+
 /// Destinations in a class with a minimum storage duration whose retention would delete
 /// backups younger than it: they are kept that long anyway (or, with early_delete, deleted
 /// and billed as if kept), which is rarely what the rule's author meant.
@@ -503,16 +519,7 @@ fn early_delete_warnings(
         if days == 0 {
             continue;
         }
-        // The most frequent job decides how young its oldest kept backup is.
-        let Some(gap) = jobs
-            .values()
-            .filter(|j| j.destinations.contains(&d.name))
-            .filter_map(|j| j.schedule.period(now))
-            .min()
-        else {
-            continue;
-        };
-        let Some(horizon) = crate::retention::horizon(&d.retention, gap) else {
+        let Some(horizon) = retention_horizon(d, jobs, now) else {
             continue;
         };
         if horizon >= TimeDelta::days(days.into()) {
@@ -548,15 +555,7 @@ fn object_lock_warnings(
         let Some(lock) = d.object_lock() else {
             continue;
         };
-        let Some(gap) = jobs
-            .values()
-            .filter(|j| j.destinations.contains(&d.name))
-            .filter_map(|j| j.schedule.period(now))
-            .min()
-        else {
-            continue;
-        };
-        let Some(horizon) = crate::retention::horizon(&d.retention, gap) else {
+        let Some(horizon) = retention_horizon(d, jobs, now) else {
             continue;
         };
         if horizon >= TimeDelta::days(lock.days.into()) {
