@@ -418,26 +418,26 @@ impl Conns {
 /// (often 1024) is easily reached by a burst of connections beside a running backup.
 /// Returns the soft limit in force.
 pub fn raise_open_files_limit() -> u64 {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    // None is "unlimited"; rustix also hides that rlim_t is 32 bits on armv7 glibc.
+    let lim = getrlimit(Resource::Nofile);
+    let current = lim.current.unwrap_or(u64::MAX);
+    let below = match (lim.current, lim.maximum) {
+        (Some(c), Some(m)) => c < m,
+        (Some(_), None) => true,
+        (None, _) => false,
     };
-    // SAFETY: getrlimit writes only into the struct it is given.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
-        return 1024;
-    }
-    if lim.rlim_cur < lim.rlim_max {
-        let raised = libc::rlimit {
-            rlim_cur: lim.rlim_max,
-            rlim_max: lim.rlim_max,
+    if below {
+        let raised = rustix::process::Rlimit {
+            current: lim.maximum,
+            maximum: lim.maximum,
         };
-        // SAFETY: setrlimit only reads the struct; raising the soft limit up to the hard
-        // limit needs no privilege.
-        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
-            lim.rlim_cur = lim.rlim_max;
+        // Raising the soft limit up to the hard limit needs no privilege.
+        if setrlimit(Resource::Nofile, raised).is_ok() {
+            return lim.maximum.unwrap_or(u64::MAX);
         }
     }
-    lim.rlim_cur
+    current
 }
 
 /// The connection cap for a soft limit of `open_files` descriptors.
