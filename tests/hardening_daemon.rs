@@ -12,26 +12,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use common::{run_stowage, run_stowage_with_env, text};
 
-/// A GET with extra header lines; (status, head, body).
-fn get(port: u16, path: &str, headers: &str) -> (u16, String, String) {
-    let mut conn = TcpStream::connect(("127.0.0.1", port)).expect("connect");
-    conn.set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("timeout");
-    write!(
-        conn,
-        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n{headers}\r\n"
-    )
-    .expect("request");
-    let mut raw = String::new();
-    conn.read_to_string(&mut raw).expect("response");
-    let (head, body) = raw.split_once("\r\n\r\n").expect("http response");
-    let code = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .expect("status code");
-    (code, head.to_string(), body.to_string())
-}
+use common::http_get_with as get;
 
 /// Published backup ids of job `app` in a local destination.
 fn published(dest: &Path) -> Vec<String> {

@@ -354,6 +354,22 @@ impl S3Storage {
         Some((mode, s3_time(lock.until(chrono::Utc::now()))))
     }
 
+    /// `put` with the lock headers of an object written now, on a destination with
+    /// `object_lock`. S3 refuses lock headers on a PutObject without Content-MD5 or a
+    /// checksum, which `checksums = "when_required"` would otherwise leave out.
+    fn locked(
+        &self,
+        put: aws_sdk_s3::operation::put_object::builders::PutObjectFluentBuilder,
+    ) -> aws_sdk_s3::operation::put_object::builders::PutObjectFluentBuilder {
+        match self.lock_now() {
+            Some((mode, until)) => put
+                .object_lock_mode(mode)
+                .object_lock_retain_until_date(until)
+                .checksum_algorithm(ChecksumAlgorithm::Crc32),
+            None => put,
+        }
+    }
+
     /// PutObjectRetention of `full` (a full key) until `until`, in the configured mode.
     async fn retain(
         &self,
@@ -584,21 +600,14 @@ impl Storage for S3Storage {
     }
 
     async fn put_record(&self, key: &str, data: Bytes) -> Result<(), StorageError> {
-        let mut put = self
+        let put = self
             .client
             .put_object()
             .bucket(&self.cfg.bucket)
             .key(self.full_key(key))
             .content_type("application/json")
             .body(ByteStream::from(data));
-        if let Some((mode, until)) = self.lock_now() {
-            // S3 refuses lock headers on a PutObject without Content-MD5 or a checksum,
-            // which `checksums = "when_required"` would otherwise leave out.
-            put = put
-                .object_lock_mode(mode)
-                .object_lock_retain_until_date(until)
-                .checksum_algorithm(ChecksumAlgorithm::Crc32);
-        }
+        let put = self.locked(put);
         put.send().await.map_err(|e| self.map_err("uploading", e))?;
         Ok(())
     }
@@ -613,14 +622,7 @@ impl Storage for S3Storage {
         if let Some(class) = &self.cfg.storage_class {
             put = put.storage_class(StorageClass::from(class.as_str()));
         }
-        if let Some((mode, until)) = self.lock_now() {
-            // S3 refuses lock headers on a PutObject without Content-MD5 or a checksum,
-            // which `checksums = "when_required"` would otherwise leave out.
-            put = put
-                .object_lock_mode(mode)
-                .object_lock_retain_until_date(until)
-                .checksum_algorithm(ChecksumAlgorithm::Crc32);
-        }
+        let put = self.locked(put);
         put.send().await.map_err(|e| self.map_err("uploading", e))?;
         Ok(())
     }
@@ -903,14 +905,7 @@ impl S3Storage {
         if in_class && let Some(class) = &self.cfg.storage_class {
             put = put.storage_class(StorageClass::from(class.as_str()));
         }
-        if let Some((mode, until)) = self.lock_now() {
-            // S3 refuses lock headers on a PutObject without Content-MD5 or a checksum,
-            // which `checksums = "when_required"` would otherwise leave out.
-            put = put
-                .object_lock_mode(mode)
-                .object_lock_retain_until_date(until)
-                .checksum_algorithm(ChecksumAlgorithm::Crc32);
-        }
+        let put = self.locked(put);
         put.send().await.map_err(|e| self.map_err("uploading", e))?;
         Ok(total)
     }

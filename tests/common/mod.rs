@@ -1802,13 +1802,19 @@ pub fn http_post(port: u16, path: &str, body: &str) -> (u16, String) {
 }
 
 pub fn http_get(port: u16, path: &str) -> (u16, String) {
+    let (code, _, body) = http_get_with(port, path, "");
+    (code, body)
+}
+
+/// A GET with extra header lines (each ending in "\r\n"): (status, head, body).
+pub fn http_get_with(port: u16, path: &str, headers: &str) -> (u16, String, String) {
     use std::io::{Read, Write};
     let mut conn = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
     conn.set_read_timeout(Some(Duration::from_secs(10)))
         .expect("timeout");
     write!(
         conn,
-        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n{headers}\r\n"
     )
     .expect("request");
     let mut raw = String::new();
@@ -1819,7 +1825,7 @@ pub fn http_get(port: u16, path: &str) -> (u16, String) {
         .nth(1)
         .and_then(|c| c.parse().ok())
         .expect("status code");
-    (code, body.to_string())
+    (code, head.to_string(), body.to_string())
 }
 
 impl PgServer {
