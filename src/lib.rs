@@ -16,6 +16,7 @@ pub mod history;
 pub mod layout;
 pub mod logging;
 pub mod manifest;
+pub mod names;
 pub mod notify;
 pub mod objlock;
 pub mod owner;
