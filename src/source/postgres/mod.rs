@@ -3,6 +3,8 @@
 //! `pg_restore` fed from a stream. The archive is a standard custom-format dump, so
 //! `zstd -d < db.pgdump.zst | pg_restore -d …` restores it without stowage.
 
+pub mod deps;
+mod live;
 pub mod toc;
 
 use std::path::PathBuf;
@@ -669,6 +671,54 @@ impl Database for PostgresSource {
         } else {
             false
         };
+        let restored = self
+            .restore_into(archive, opts, &url, created, &mut lines)
+            .await;
+        match restored {
+            Err(e) if created && !opts.dry_run && !matches!(e, SourceError::Incomplete(_)) => {
+                // --create made an empty database for this restore: a failed restore must
+                // not leave it behind (a later --create would then find it and skip it).
+                let admin = url.with_database("postgres");
+                let dropped = self
+                    .query(
+                        &admin,
+                        &[&format!(
+                            "drop database if exists {}",
+                            quote_ident(&url.database())
+                        )],
+                    )
+                    .await;
+                Err(match dropped {
+                    Ok(_) => hinted(e, |_| {
+                        format!(
+                            "\n(database \"{}\", created by --create, was dropped again)",
+                            url.database()
+                        )
+                    }),
+                    Err(d) => hinted(e, |_| {
+                        format!(
+                            "\nwarning: database \"{}\" was created by --create and could not be dropped again: {d}",
+                            url.database()
+                        )
+                    }),
+                })
+            }
+            Err(e) => Err(e),
+            Ok(()) => Ok(lines),
+        }
+    }
+}
+
+impl PostgresSource {
+    async fn restore_into(
+        &self,
+        archive: &dyn Archive,
+        opts: &RestoreOptions,
+        url: &DbUrl,
+        created: bool,
+        lines: &mut Vec<String>,
+    ) -> Result<(), SourceError> {
+        let url = url.clone();
         let parse = |names: &[String]| -> Result<Vec<TableName>, SourceError> {
             names
                 .iter()
@@ -683,10 +733,13 @@ impl Database for PostgresSource {
         let selective = !selection.include.is_empty() || !selection.exclude.is_empty();
         if !selective {
             lines.extend(self.restore_whole(archive, opts, &url, created).await?);
-            return Ok(lines);
+            return Ok(());
         }
-        // Both read only the archive's header: cheap even for a big dump.
-        let (toc, header_len) = self.capture_counted(archive, &["--list"]).await?;
+        // Both read only the archive's header: cheap even for a big dump. `--verbose` adds
+        // each entry's dependencies (comment lines to `pg_restore -L`).
+        let (toc, header_len) = self
+            .capture_counted(archive, &["--list", "--verbose"])
+            .await?;
         let schema = self
             .capture(archive, &["--schema-only", "--file=-"])
             .await?;
@@ -697,23 +750,21 @@ impl Database for PostgresSource {
             .filter(|u| selection.include.iter().any(|t| t.to_string() == **u))
             .collect();
         if !unmatched_includes.is_empty() || filtered.tables.is_empty() {
-            let all = toc::filter(&toc, &schema, &Selection::default());
-            return Err(SourceError::Refused(format!(
-                "{}; tables in this backup: {}",
-                if unmatched_includes.is_empty() {
-                    "no table left to restore".to_string()
-                } else {
-                    format!(
-                        "table(s) not in this backup: {}",
-                        unmatched_includes
-                            .iter()
-                            .map(|s| s.as_str())
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    )
-                },
-                all.tables.join(", ")
-            )));
+            let all = toc::filter(&toc, &schema, &Selection::default()).tables;
+            return Err(SourceError::Refused(if unmatched_includes.is_empty() {
+                format!("no table left to restore; {} tables in this backup", all.len())
+            } else {
+                unmatched_includes
+                    .iter()
+                    .map(|u| {
+                        format!(
+                            "table {u} is not in this backup ({})",
+                            crate::names::closest_hint(u, &all, "tables", "in this backup")
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            }));
         }
         for u in filtered
             .unmatched
@@ -723,13 +774,7 @@ impl Database for PostgresSource {
             tracing::warn!("excluded table {u} is not in this backup");
         }
         let tables_only = !selection.include.is_empty();
-        if tables_only {
-            lines.push(format!(
-                "{}: only table(s) {}",
-                self.name,
-                filtered.tables.join(", ")
-            ));
-        } else {
+        if !tables_only {
             lines.push(format!(
                 "{}: {} table(s); skipped: {}",
                 self.name,
@@ -740,15 +785,13 @@ impl Database for PostgresSource {
                     filtered.skipped.join(", ")
                 }
             ));
-        }
-        if !filtered.dropped.is_empty() {
-            lines.push(format!(
-                "{}: left out because they need a table that is not restored: {}",
-                self.name,
-                filtered.dropped.join("; ")
-            ));
-        }
-        if !tables_only {
+            if !filtered.dropped.is_empty() {
+                lines.push(format!(
+                    "{}: left out because they need a table that is not restored: {}",
+                    self.name,
+                    filtered.dropped.join("; ")
+                ));
+            }
             let list = list_file(&filtered.list)?;
             // A dry run checks what the restore would check, and fails where it would.
             if !created {
@@ -756,15 +799,22 @@ impl Database for PostgresSource {
             }
             if opts.dry_run {
                 lines.push(self.would(opts, &url));
-                return Ok(lines);
+                return Ok(());
             }
             self.apply_verified(archive, opts, &url, Some(list.path()), None, 0)
                 .await?;
-            return Ok(lines);
+            return Ok(());
         }
+        let asked = filtered.tables.clone();
+        lines.push(format!(
+            "{}: only table(s) {}",
+            self.name,
+            filtered.tables.join(", ")
+        ));
 
         // Selected tables go into an existing database: what they need must be there or come
-        // along, and the foreign keys of other tables that point at them come back with them.
+        // along, what depended on them and is missing comes back with them, and with --clean
+        // what depends on them in the target is re-created as it was.
         // A dry run's --create: the database does not exist yet, so there is nothing to
         // look at in it.
         let not_yet = created && opts.dry_run;
@@ -786,7 +836,7 @@ impl Database for PostgresSource {
             let clash: Vec<&String> = filtered.tables.iter().filter(|t| present(t)).collect();
             if !clash.is_empty() {
                 return Err(SourceError::Refused(format!(
-                    "table(s) {} already exist in target database \"{}\"; pass --clean to replace them (foreign keys and views of other tables that depend on them are dropped and re-added in the same transaction), or drop them first",
+                    "table(s) {} already exist in target database \"{}\"; pass --clean to replace them (what depends on them in the target is dropped with them and re-created as it was, in the same transaction), or drop them first",
                     clash.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", "),
                     url.database()
                 )));
@@ -823,27 +873,135 @@ impl Database for PostgresSource {
                 filtered = toc::filter(&toc, &schema, &selection);
             }
         }
-        let list = list_file(&filtered.list)?;
-        let dependents = if opts.clean && !not_yet {
-            self.dependents(&url, &filtered.tables).await?
+
+        let entries = toc::entries(&toc, &schema);
+        let graph = deps::Graph::new(&entries);
+        let live_schema = if not_yet {
+            None
+        } else {
+            Some(self.live_schema(&url).await?)
+        };
+        let in_backup = |s: &str, n: &str| {
+            entries
+                .iter()
+                .any(|e| e.desc == "TABLE" && e.schema == s && e.tag == n)
+        };
+        let mut around = live::Around::default();
+        let mut plan = deps::Plan::default();
+        if let Some(live_schema) = &live_schema {
+            // Tables that hung on the restored ones (partitions, inheritance children) come
+            // with them; each round may find more.
+            for _ in 0..16 {
+                let kept_tables: Vec<(String, String)> = entries
+                    .iter()
+                    .filter(|e| {
+                        matches!(e.desc.as_str(), "TABLE" | "FOREIGN TABLE")
+                            && toc::kept_ids(&filtered.list).contains(&e.id)
+                    })
+                    .map(|e| (e.schema.clone(), e.tag.clone()))
+                    .collect();
+                let mut more: Vec<(String, String)> = Vec::new();
+                if opts.clean {
+                    around = self
+                        .around(&url, live_schema, &kept_tables, &in_backup)
+                        .await?;
+                    more.extend(around.children.iter().cloned());
+                }
+                let kept = toc::kept_ids(&filtered.list);
+                let replaced = |e: &toc::TocEntry| {
+                    around.recreate.contains(&deps::identity(e))
+                };
+                plan = deps::plan(
+                    &graph,
+                    &kept,
+                    &|e| live_schema.has(e),
+                    &replaced,
+                    &|e| e.desc == "FK CONSTRAINT",
+                );
+                more.extend(plan.tables.iter().cloned());
+                more.retain(|(s, n)| !kept_tables.contains(&(s.clone(), n.clone())));
+                if more.is_empty() {
+                    break;
+                }
+                lines.push(format!(
+                    "{}: also restoring table(s) {} (partitions or children of the restored ones, or tables that depend on them{})",
+                    self.name,
+                    more.iter()
+                        .map(|(s, n)| format!("{}.{}", quote_ident(s), quote_ident(n)))
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    if opts.clean { "" } else { ", missing from the target" }
+                ));
+                selection
+                    .include
+                    .extend(more.iter().map(|(s, n)| TableName::exact(s, n)));
+                filtered = toc::filter(&toc, &schema, &selection);
+            }
+        }
+        if !plan.brought.is_empty() {
+            lines.push(format!(
+                "{}: also restoring {} (restored objects need them and the target lacks them)",
+                self.name,
+                plan.brought.join(", ")
+            ));
+        }
+        if !plan.put_back.is_empty() {
+            lines.push(format!(
+                "{}: {}putting back what depended on the table(s) and is missing: {}",
+                self.name,
+                if opts.dry_run { "would be " } else { "" },
+                plan.put_back.join(", ")
+            ));
+        }
+        let list = list_file(&toc::keep_also(&filtered.list, &plan.extra))?;
+        let drops: Vec<String> = if opts.clean {
+            filtered
+                .tables
+                .iter()
+                .filter(|t| present(t))
+                .cloned()
+                .collect()
         } else {
             Vec::new()
         };
         if opts.dry_run {
-            if !dependents.is_empty() {
+            if !around.labels.is_empty() {
                 lines.push(format!(
-                    "{}: would drop and re-add in the same transaction: {}",
+                    "{}: would drop and re-create as they are, in the same transaction: {}",
                     self.name,
-                    dependents
-                        .iter()
-                        .map(|d| d.label.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", ")
+                    around.labels.join(", ")
+                ));
+            }
+            if !plan.cannot.is_empty() {
+                lines.push(format!(
+                    "{}: could not put back: {}",
+                    self.name,
+                    plan.cannot.join("; ")
                 ));
             }
             lines.push(self.would(opts, &url));
-            return Ok(lines);
+            return Ok(());
         }
+        // Our own transaction: the replaced tables dropped with everything that depends on
+        // them, the backup's entries, then the live dependents re-created from the target's
+        // own schema dump; COMMIT only after the archive was checked.
+        let mut before = String::from("BEGIN;\n");
+        if !drops.is_empty() {
+            before.push_str(&format!(
+                "DROP TABLE IF EXISTS {} CASCADE;\n",
+                drops
+                    .iter()
+                    .filter_map(|t| TableName::parse(t).ok())
+                    .map(|t| match &t.schema {
+                        Some(s) => format!("{}.{}", quote_ident(s), quote_ident(&t.name)),
+                        None => quote_ident(&t.name),
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+        let mut after = around.sql.clone();
+        after.push_str("\nCOMMIT;\n");
         // The archive's header, as read and checked in the restore's own pass, for
         // re-adding the foreign keys below: never a second, unchecked read.
         let keep = if filtered.referencing.is_empty() {
@@ -857,19 +1015,15 @@ impl Database for PostgresSource {
                 opts,
                 &url,
                 Some(list.path()),
-                Some(&dependents),
+                Some((&before, &after)),
                 keep,
             )
             .await?;
-        if !dependents.is_empty() {
+        if !around.labels.is_empty() {
             lines.push(format!(
-                "{}: dropped and re-added in the same transaction (they depend on the replaced table(s)): {}",
+                "{}: dropped and re-created as they were, in the same transaction (they depend on the replaced table(s)): {}",
                 self.name,
-                dependents
-                    .iter()
-                    .map(|d| d.label.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                around.labels.join(", ")
             ));
         }
         let (added, failed) = self
@@ -882,26 +1036,37 @@ impl Database for PostgresSource {
                 added.join(", ")
             ));
         }
+        let mut incomplete = Vec::new();
+        if !plan.cannot.is_empty() {
+            incomplete.push(format!(
+                "{} object(s) that depended on them could not be put back:\n{}",
+                plan.cannot.len(),
+                plan.cannot
+                    .iter()
+                    .map(|c| format!("- {c}"))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            ));
+        }
         if !failed.is_empty() {
-            return Err(SourceError::Incomplete(format!(
-                "restored table(s) {}, but {} foreign key(s) of other tables that point at them could not be re-added:\n{}\nfix or remove the rows that break them, then run the statement(s) above with psql",
-                filtered.tables.join(", "),
+            incomplete.push(format!(
+                "{} foreign key(s) of other tables that point at them could not be re-added:\n{}\nfix or remove the rows that break them, then run the statement(s) above with psql",
                 failed.len(),
                 failed.join("\n")
+            ));
+        }
+        if !incomplete.is_empty() {
+            for l in lines.iter() {
+                tracing::info!("{l}");
+            }
+            return Err(SourceError::Incomplete(format!(
+                "restored table(s) {}, but {}",
+                asked.join(", "),
+                incomplete.join("\nand ")
             )));
         }
-        Ok(lines)
+        Ok(())
     }
-}
-
-/// Something that depends on a table being replaced (`--clean`): a foreign key of another
-/// table, or a view over it.
-#[derive(Debug)]
-struct Dependent {
-    drop: String,
-    add: String,
-    /// "constraint on schema.table", for messages.
-    label: String,
 }
 
 /// How much of the generator's output is held back until the archive has been checked.
@@ -996,11 +1161,13 @@ fn hinted(e: SourceError, hint: impl FnOnce(&str) -> String) -> SourceError {
 }
 
 /// Hints for what pg_restore or psql said, appended to their error.
-fn restore_hint(stderr: &str, clean: bool) -> &'static str {
+fn restore_hint(stderr: &str, clean: bool, whole: bool) -> &'static str {
     if stderr.contains("role \"") && stderr.contains("does not exist") {
         "\nhint: the target lacks the backup's roles; retry with --no-owner"
+    } else if stderr.contains("because other objects depend on it") && whole {
+        "\nhint: nothing was changed. Objects of the target that are not in this backup depend on objects that --clean replaces (the DETAIL above names them): drop them first, or restore into a new, empty database (--create with another name)"
     } else if stderr.contains("because other objects depend on it") {
-        "\nhint: nothing was changed. Something stowage does not re-create for you (a materialized view, a rule) depends on the table: drop it first, or restore the whole backup into an empty database"
+        "\nhint: nothing was changed. Something in the target depends on an object the restore replaces (the DETAIL above names it): drop it first, or restore the whole backup into an empty database"
     } else if stderr.contains("violates foreign key constraint") {
         "\nhint: nothing was changed. Rows of another table point at rows that this backup's copy of the table lacks: restore that table too (one more --table), or remove those rows first"
     } else if stderr.contains("does not exist") {
@@ -1101,9 +1268,9 @@ impl PostgresSource {
     /// its end and its size and sha256 checked: no byte of a corrupt or truncated object is
     /// ever committed, not even one that comes before the damage.
     ///
-    /// - `dependents` given (selected tables): our own `BEGIN`, then with `--clean` the
-    ///   foreign keys and views of other tables that depend on them are dropped, and after the
-    ///   archive's SQL re-added, then `COMMIT`. The generator runs without
+    /// - `wrap` given (selected tables): its `before` (our own `BEGIN`, and with `--clean`
+    ///   the `DROP TABLE … CASCADE` of the replaced tables), the archive's SQL, then its
+    ///   `after` (the live dependents re-created, `COMMIT`). The generator runs without
     ///   `--single-transaction`: such a list holds no large objects, the only entries for
     ///   which pg_restore writes a `BEGIN`/`COMMIT` of its own.
     /// - `None` (the whole archive, or all but excluded tables): the generator runs with
@@ -1121,7 +1288,7 @@ impl PostgresSource {
         opts: &RestoreOptions,
         url: &DbUrl,
         list: Option<&std::path::Path>,
-        dependents: Option<&[Dependent]>,
+        wrap: Option<(&str, &str)>,
         keep: usize,
     ) -> Result<Vec<u8>, SourceError> {
         use std::sync::atomic::{AtomicBool, Ordering};
@@ -1130,11 +1297,12 @@ impl PostgresSource {
         if let Some(list) = list {
             sqlgen.arg("--use-list").arg(list);
         }
-        if dependents.is_none() {
+        if wrap.is_none() {
             sqlgen.arg("--single-transaction");
-        }
-        if opts.clean {
-            sqlgen.args(["--clean", "--if-exists"]);
+            // Selected tables are dropped by the caller's own statement (with CASCADE).
+            if opts.clean {
+                sqlgen.args(["--clean", "--if-exists"]);
+            }
         }
         if opts.no_owner {
             sqlgen.args(["--no-owner", "--no-privileges"]);
@@ -1169,24 +1337,7 @@ impl PostgresSource {
         };
         let sqlgen_err = drain_stderr(sqlgen_err);
         let sql_err = drain_stderr(sql_err);
-        let (before, after) = match dependents {
-            Some(deps) => {
-                let mut before = String::from("BEGIN;\n");
-                for d in deps {
-                    before.push_str(&d.drop);
-                    before.push('\n');
-                }
-                let mut after = String::new();
-                // Reverse order: foreign keys, then views, shallowest first.
-                for d in deps.iter().rev() {
-                    after.push_str(&d.add);
-                    after.push('\n');
-                }
-                after.push_str("COMMIT;\n");
-                (before, after)
-            }
-            None => (String::new(), String::new()),
-        };
+        let (before, after) = wrap.unwrap_or(("", ""));
         // Set when the restore has failed anyway: reading the rest of the archive would
         // only waste a download.
         let abort = AtomicBool::new(false);
@@ -1237,9 +1388,9 @@ impl PostgresSource {
             ));
         }
         if let Err(e) = applied {
-            return Err(with_hint(e, opts.clean));
+            return Err(with_hint(e, opts.clean, wrap.is_none()));
         }
-        generated.map_err(|e| with_hint(e, opts.clean))?;
+        generated.map_err(|e| with_hint(e, opts.clean, wrap.is_none()))?;
         if let Err(e) = pumped {
             return Err(SourceError::io("feeding psql", e));
         }
@@ -1310,76 +1461,6 @@ impl PostgresSource {
             .filter_map(|r| r.first()?.parse::<usize>().ok())
             .filter_map(|i| needs.get(i).cloned())
             .collect())
-    }
-
-    /// What in the target depends on `tables` and would block replacing them: foreign keys
-    /// of other tables pointing at them, and views over them.
-    async fn dependents(
-        &self,
-        url: &DbUrl,
-        tables: &[String],
-    ) -> Result<Vec<Dependent>, SourceError> {
-        let oids = format!(
-            "array[{}]::pg_catalog.oid[]",
-            tables
-                .iter()
-                .map(|t| format!("pg_catalog.to_regclass({})", sql_literal(t)))
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
-        // With an empty search_path every name comes out schema-qualified, as the restore
-        // session (pg_dump's SQL sets the same) needs them.
-        let sql = format!(
-            "select format('ALTER TABLE %s DROP CONSTRAINT %I;', c.conrelid::regclass, c.conname), \
-                    format('ALTER TABLE %s ADD CONSTRAINT %I %s;', c.conrelid::regclass, c.conname, pg_catalog.pg_get_constraintdef(c.oid)), \
-                    format('%s on %s', c.conname, c.conrelid::regclass) \
-             from pg_catalog.pg_constraint c \
-             where c.contype = 'f' and c.confrelid = any ({oids}) and not (c.conrelid = any ({oids})) \
-             order by 3"
-        );
-        // Views over them (and views over those) would block the DROP TABLE: dropped first,
-        // deepest first, and re-created from their live definition with owner and grants.
-        let views = format!(
-            "with recursive deps(oid, depth) as ( \
-               select r.ev_class, 1 \
-               from pg_catalog.pg_depend d join pg_catalog.pg_rewrite r on r.oid = d.objid \
-               where d.classid = 'pg_catalog.pg_rewrite'::pg_catalog.regclass \
-                 and d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass \
-                 and d.refobjid = any ({oids}) and not (r.ev_class = any ({oids})) \
-               union \
-               select r.ev_class, deps.depth + 1 \
-               from deps join pg_catalog.pg_depend d on d.refobjid = deps.oid \
-                 and d.classid = 'pg_catalog.pg_rewrite'::pg_catalog.regclass \
-                 and d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass \
-               join pg_catalog.pg_rewrite r on r.oid = d.objid \
-               where r.ev_class <> deps.oid and deps.depth < 32 \
-             ), v as (select oid, max(depth) as depth from deps group by oid) \
-             select format('DROP VIEW %s;', c.oid::pg_catalog.regclass), \
-                    format('CREATE VIEW %s AS %s ALTER VIEW %s OWNER TO %I;', c.oid::pg_catalog.regclass, \
-                           pg_catalog.pg_get_viewdef(c.oid), c.oid::pg_catalog.regclass, \
-                           pg_catalog.pg_get_userbyid(c.relowner)) \
-                    || coalesce((select pg_catalog.string_agg(format(' GRANT %s ON %s TO %s;', \
-                           a.privilege_type, c.oid::pg_catalog.regclass, \
-                           case when a.grantee = 0 then 'PUBLIC' \
-                                else pg_catalog.quote_ident(pg_catalog.pg_get_userbyid(a.grantee)) end), '') \
-                         from pg_catalog.aclexplode(c.relacl) a where a.grantee <> c.relowner), ''), \
-                    format('view %s', c.oid::pg_catalog.regclass) \
-             from v join pg_catalog.pg_class c on c.oid = v.oid \
-             where c.relkind = 'v' \
-             order by v.depth desc, 3"
-        );
-        let mut out = Vec::new();
-        for sql in [views, sql] {
-            let rows = self.query(url, &["set search_path = ''", &sql]).await?;
-            out.extend(
-                rows.into_iter()
-                    .filter_map(|r| match <[String; 3]>::try_from(r) {
-                        Ok([drop, add, label]) => Some(Dependent { drop, add, label }),
-                        Err(_) => None,
-                    }),
-            );
-        }
-        Ok(out)
     }
 
     /// After restoring tables: add back the archive's foreign keys of other tables that point
@@ -1495,8 +1576,8 @@ fn shown_statement(sql: &str) -> String {
         .join(" ")
 }
 
-fn with_hint(e: SourceError, clean: bool) -> SourceError {
-    hinted(e, |stderr| restore_hint(stderr, clean).to_string())
+fn with_hint(e: SourceError, clean: bool, whole: bool) -> SourceError {
+    hinted(e, |stderr| restore_hint(stderr, clean, whole).to_string())
 }
 
 #[cfg(test)]

@@ -155,6 +155,14 @@ impl TableName {
         })
     }
 
+    /// Table `name` of `schema`, as the catalog spells them (no quoting, no folding).
+    pub fn exact(schema: &str, name: &str) -> TableName {
+        TableName {
+            schema: Some(schema.to_string()),
+            name: name.to_string(),
+        }
+    }
+
     /// Whether this names table `name` of `schema` (names as in the archive, unquoted). An
     /// unqualified name matches in any schema.
     pub fn matches(&self, schema: &str, name: &str) -> bool {
@@ -386,6 +394,94 @@ pub fn filter(list: &str, schema_sql: &str, sel: &Selection) -> Filtered {
         referencing,
         needs,
     }
+}
+
+/// One entry of a TOC list, with the dump ids it depends on: the archive's own dependency
+/// data (pg_dump's, from `pg_depend`), printed by `pg_restore -l -v` as a `;\tdepends on: …`
+/// line after the entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TocEntry {
+    pub id: u32,
+    /// The entry's line, as `pg_restore -L` reads it.
+    pub line: String,
+    /// Empty when the line could not be read, or when its dump id is not unique (see
+    /// [`filter`]): such an entry is never put back on its own.
+    pub desc: String,
+    pub schema: String,
+    pub tag: String,
+    pub deps: Vec<u32>,
+}
+
+/// Every entry of `list` (`pg_restore -l`, with `-v` for the dependencies), in list order.
+pub fn entries(list: &str, schema_sql: &str) -> Vec<TocEntry> {
+    let sql = SchemaSql::parse(schema_sql);
+    let mut out: Vec<TocEntry> = Vec::new();
+    for raw in list.lines() {
+        let text = raw.trim_end_matches('\r');
+        if let Some(deps) = text
+            .strip_prefix(';')
+            .map(str::trim_start)
+            .and_then(|t| t.strip_prefix("depends on:"))
+        {
+            if let Some(last) = out.last_mut() {
+                last.deps
+                    .extend(deps.split_whitespace().filter_map(|d| d.parse::<u32>().ok()));
+            }
+            continue;
+        }
+        let Some(e) = parse_toc_line(text, &sql.known) else {
+            continue;
+        };
+        let Ok(id) = dump_id(text).parse::<u32>() else {
+            continue;
+        };
+        out.push(TocEntry {
+            id,
+            line: text.to_string(),
+            desc: e.desc.to_string(),
+            schema: e.schema.to_string(),
+            tag: e.tag.to_string(),
+            deps: Vec::new(),
+        });
+    }
+    let mut seen: HashMap<u32, usize> = HashMap::new();
+    for e in &out {
+        *seen.entry(e.id).or_default() += 1;
+    }
+    for e in &mut out {
+        if seen.get(&e.id).copied().unwrap_or(0) > 1 {
+            e.desc.clear();
+            e.deps.clear();
+        }
+    }
+    out
+}
+
+/// Dump ids of the entries `list` keeps (entry lines not commented out).
+pub fn kept_ids(list: &str) -> HashSet<u32> {
+    list.lines()
+        .filter(|l| !l.trim_start().starts_with(';'))
+        .filter_map(|l| dump_id(l).parse::<u32>().ok())
+        .collect()
+}
+
+/// `list` with the entries of `ids` kept (their leading `;` removed), everything else as it was.
+pub fn keep_also(list: &str, ids: &HashSet<u32>) -> String {
+    list.split_inclusive('\n')
+        .map(|line| match line.strip_prefix(';') {
+            Some(rest) if dump_id(rest).parse::<u32>().is_ok_and(|id| ids.contains(&id)) => rest,
+            _ => line,
+        })
+        .collect()
+}
+
+/// A list of only the entries `ids`, in the order of `all`: for a `pg_restore -L` of
+/// exactly those entries.
+pub fn only(all: &[TocEntry], ids: &HashSet<u32>) -> String {
+    all.iter()
+        .filter(|e| ids.contains(&e.id))
+        .map(|e| format!("{}\n", e.line))
+        .collect()
 }
 
 // ---------------------------------------------------------------------------------------------
