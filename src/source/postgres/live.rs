@@ -97,7 +97,11 @@ impl PostgresSource {
             .filter(|(s, n)| {
                 live.entries
                     .iter()
-                    .any(|e| e.desc == "TABLE" && e.schema == *s && e.tag == *n)
+                    .any(|e| {
+                        matches!(e.desc.as_str(), "TABLE" | "FOREIGN TABLE")
+                            && e.schema == *s
+                            && e.tag == *n
+                    })
             })
             .cloned()
             .collect();

@@ -7,6 +7,7 @@ pub mod deps;
 mod live;
 pub mod toc;
 
+use std::collections::HashSet;
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
@@ -305,34 +306,34 @@ impl PostgresSource {
         Ok((String::from_utf8_lossy(&out).into_owned(), fed))
     }
 
-    /// User tables of a live database ("schema.name"), to refuse restoring over data and
-    /// for the healer's presence checks.
+    /// User tables (and foreign tables) of a live database, as [`TableName::parse`] reads
+    /// them back (`app."table with spaces"`), to refuse restoring over data and for the
+    /// healer's presence checks.
     async fn tables_in(&self, url: &DbUrl) -> Result<Vec<String>, SourceError> {
-        let mut cmd = self.command("psql", url);
-        cmd.args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "--dbname"])
-            .arg(url.conninfo())
-            .arg("-c")
-            .arg(
-                "select n.nspname || '.' || c.relname from pg_catalog.pg_class c \
-                 join pg_catalog.pg_namespace n on n.oid = c.relnamespace \
-                 where c.relkind in ('r','p') \
-                 and n.nspname not in ('pg_catalog','information_schema') \
-                 and n.nspname not like 'pg_toast%' order by 1",
-            );
-        let out = cmd.output().await.map_err(|e| self.spawn_err("psql", e))?;
-        if !out.status.success() {
-            let stderr = String::from_utf8_lossy(&out.stderr);
-            return Err(SourceError::Refused(format!(
-                "cannot connect to target {url}: {}{}",
-                stderr.trim(),
-                connect_hint(&stderr, url)
-            )));
-        }
-        Ok(String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .map(str::trim)
-            .filter(|l| !l.is_empty())
-            .map(str::to_string)
+        let rows = self
+            .query(
+                url,
+                &["select n.nspname, c.relname from pg_catalog.pg_class c \
+                   join pg_catalog.pg_namespace n on n.oid = c.relnamespace \
+                   where c.relkind in ('r', 'p', 'f') \
+                   and n.nspname not in ('pg_catalog', 'information_schema') \
+                   and n.nspname not like 'pg_toast%' order by 1, 2"],
+            )
+            .await
+            .map_err(|e| match e {
+                SourceError::Failed { stderr, .. } => SourceError::Refused(format!(
+                    "cannot connect to target {url}: {}{}",
+                    stderr.trim(),
+                    connect_hint(&stderr, url)
+                )),
+                other => other,
+            })?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|r| match <[String; 2]>::try_from(r) {
+                Ok([schema, name]) => Some(toc::display_rel(&schema, &name)),
+                Err(_) => None,
+            })
             .collect())
     }
 }
@@ -823,12 +824,14 @@ impl PostgresSource {
         } else {
             self.tables_in(&url).await?
         };
-        // Catalog names are raw, not SQL: matched as they are, not parsed.
         let present = |t: &String| {
             TableName::parse(t).is_ok_and(|want| {
                 live.iter().any(|l| {
-                    l.split_once('.')
-                        .is_some_and(|(schema, name)| want.matches(schema, name))
+                    TableName::parse(l).is_ok_and(|have| {
+                        have.schema
+                            .as_deref()
+                            .is_some_and(|schema| want.matches(schema, &have.name))
+                    })
                 })
             })
         };
@@ -953,13 +956,39 @@ impl PostgresSource {
                 plan.put_back.join(", ")
             ));
         }
-        let list = list_file(&toc::keep_also(&filtered.list, &plan.extra))?;
-        let drops: Vec<String> = if opts.clean {
-            filtered
-                .tables
+        let mut final_list = toc::keep_also(&filtered.list, &plan.extra);
+        // A partition restored into an existing partitioned table: attached last, once its
+        // own indexes exist. Attached first (archive order), it would get an index made
+        // for it by the parent's partitioned index, under the name of its own index, whose
+        // CREATE then fails.
+        let kept = toc::kept_ids(&final_list);
+        let late: HashSet<u32> = entries
+            .iter()
+            .filter(|e| kept.contains(&e.id) && matches!(e.desc.as_str(), "TABLE ATTACH" | "INDEX ATTACH"))
+            .filter(|e| {
+                e.deps.iter().filter_map(|d| graph.get(*d)).any(|d| {
+                    matches!(d.desc.as_str(), "TABLE" | "INDEX") && d.tag != e.tag && !kept.contains(&d.id)
+                })
+            })
+            .map(|e| e.id)
+            .collect();
+        if !late.is_empty() {
+            final_list = toc::move_to_end(&final_list, &late);
+        }
+        let list = list_file(&final_list)?;
+        // (DROP statement, name) of the replaced tables: foreign tables have their own.
+        let drops: Vec<(&str, String)> = if opts.clean {
+            let kept = toc::kept_ids(&final_list);
+            entries
                 .iter()
-                .filter(|t| present(t))
-                .cloned()
+                .filter(|e| kept.contains(&e.id))
+                .filter_map(|e| match e.desc.as_str() {
+                    "TABLE" => Some(("TABLE", e)),
+                    "FOREIGN TABLE" => Some(("FOREIGN TABLE", e)),
+                    _ => None,
+                })
+                .filter(|(_, e)| present(&toc::display_rel(&e.schema, &e.tag)))
+                .map(|(kind, e)| (kind, format!("{}.{}", quote_ident(&e.schema), quote_ident(&e.tag))))
                 .collect()
         } else {
             Vec::new()
@@ -986,19 +1015,18 @@ impl PostgresSource {
         // them, the backup's entries, then the live dependents re-created from the target's
         // own schema dump; COMMIT only after the archive was checked.
         let mut before = String::from("BEGIN;\n");
-        if !drops.is_empty() {
-            before.push_str(&format!(
-                "DROP TABLE IF EXISTS {} CASCADE;\n",
-                drops
-                    .iter()
-                    .filter_map(|t| TableName::parse(t).ok())
-                    .map(|t| match &t.schema {
-                        Some(s) => format!("{}.{}", quote_ident(s), quote_ident(&t.name)),
-                        None => quote_ident(&t.name),
-                    })
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ));
+        for kind in ["TABLE", "FOREIGN TABLE"] {
+            let names: Vec<&str> = drops
+                .iter()
+                .filter(|(k, _)| *k == kind)
+                .map(|(_, n)| n.as_str())
+                .collect();
+            if !names.is_empty() {
+                before.push_str(&format!(
+                    "DROP {kind} IF EXISTS {} CASCADE;\n",
+                    names.join(", ")
+                ));
+            }
         }
         let mut after = around.sql.clone();
         after.push_str("\nCOMMIT;\n");
@@ -1019,6 +1047,27 @@ impl PostgresSource {
                 keep,
             )
             .await?;
+        // Objects created one by one get the creating role's default privileges, which a
+        // whole restore sets only after everything else (pg_dump puts them last). Said, not
+        // undone: revoking them would guess at grants the backup does not record.
+        let defaults = self
+            .query(
+                &url,
+                &["select pg_catalog.count(*) from pg_catalog.pg_default_acl d \
+                   where d.defaclrole = (select r.oid from pg_catalog.pg_roles r where r.rolname = current_user)"],
+            )
+            .await
+            .ok()
+            .and_then(|r| r.first()?.first()?.parse::<u64>().ok())
+            .unwrap_or(0);
+        if defaults > 0 {
+            let warning = format!(
+                "{}: note: the target has default privileges (ALTER DEFAULT PRIVILEGES) for the restoring role; the objects this restore created got those grants too, in addition to their own (check them with \\dp)",
+                self.name
+            );
+            tracing::warn!("{warning}");
+            lines.push(warning);
+        }
         if !around.labels.is_empty() {
             lines.push(format!(
                 "{}: dropped and re-created as they were, in the same transaction (they depend on the replaced table(s)): {}",
@@ -1495,7 +1544,7 @@ impl PostgresSource {
         // whose object changed between the two reads must not pick another entry).
         let checked_toc = self.capture(&header, &["--list"]).await.unwrap_or_default();
         for fk in fks {
-            let table_there = live.contains(&format!("{}.{}", fk.schema, fk.table_name));
+            let table_there = live.contains(&toc::display_rel(&fk.schema, &fk.table_name));
             let key_there = existing
                 .iter()
                 .any(|r| r[..] == [fk.schema.clone(), fk.table_name.clone(), fk.name.clone()]);

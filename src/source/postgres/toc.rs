@@ -200,7 +200,8 @@ fn quote_ident(name: &str) -> String {
     }
 }
 
-fn display_rel(schema: &str, name: &str) -> String {
+/// `schema.name` as [`TableName::parse`] reads it back (quoted where needed).
+pub fn display_rel(schema: &str, name: &str) -> String {
     format!("{}.{}", quote_ident(schema), quote_ident(name))
 }
 
@@ -473,6 +474,26 @@ pub fn keep_also(list: &str, ids: &HashSet<u32>) -> String {
             _ => line,
         })
         .collect()
+}
+
+/// `list` with the entry lines of `ids` moved to its end, in their order. Only for entries
+/// without data: pg_restore reads data blocks of a non-seekable archive in archive order,
+/// but applies definitions in list order.
+pub fn move_to_end(list: &str, ids: &HashSet<u32>) -> String {
+    let (moved, rest): (Vec<&str>, Vec<&str>) = list
+        .split_inclusive('\n')
+        .partition(|line| dump_id(line).parse::<u32>().is_ok_and(|id| ids.contains(&id)));
+    let mut out: String = rest.concat();
+    if !out.is_empty() && !out.ends_with('\n') {
+        out.push('\n');
+    }
+    for line in moved {
+        out.push_str(line);
+        if !line.ends_with('\n') {
+            out.push('\n');
+        }
+    }
+    out
 }
 
 /// A list of only the entries `ids`, in the order of `all`: for a `pg_restore -L` of
