@@ -14,149 +14,50 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::process::Command;
 
-use common::{PgServer, run_stowage, text};
+use common::pg_job::{PgJob, diff};
 
 const DB: &str = "tort";
 
-struct Stack {
-    pg: PgServer,
-    _dir: tempfile::TempDir,
-    config: PathBuf,
-}
-
-fn stack() -> Stack {
-    let pg = PgServer::start();
-    pg.psql(
-        "postgres",
-        "create role torture_reader nologin; create role torture_owner nologin;",
-    );
-    pg.create_db(DB);
+fn stack() -> PgJob {
     let sql = std::fs::read_to_string(
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/pg_torture.sql"),
     )
     .expect("read the torture schema");
-    pg.psql(DB, &sql);
-    let dir = tempfile::tempdir().expect("tempdir");
-    let config = dir.path().join("stowage.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"[destinations.local]
-type = "local"
-path = "{local}"
-retention = {{ keep_last = 5 }}
-
-[jobs.app]
-schedule = "0 3 * * *"
-destinations = ["local"]
-
-[[jobs.app.sources]]
-type = "postgres"
-name = "db"
-url = "{url}"
-
-[jobs.app.heal]
-watch = ["*"]
-"#,
-            local = dir.path().join("local").display(),
-            url = pg.url(DB),
-        ),
-    )
-    .expect("write config");
-    let out = run_stowage(&config, ["run", "app"]);
-    assert!(out.status.success(), "backup failed:\n{}", text(&out));
-    Stack {
-        pg,
-        _dir: dir,
-        config,
-    }
+    PgJob::start(DB, &["torture_reader", "torture_owner"], &sql)
 }
 
-impl Stack {
-    /// `pg_dump --schema-only`, without the per-run `\restrict` keys.
-    fn schema(&self) -> String {
-        let out = Command::new(self.pg.bin("pg_dump"))
-            .args(["--schema-only", "--no-password", "--dbname"])
-            .arg(self.pg.url(DB))
-            .output()
-            .expect("run pg_dump");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter(|l| !l.starts_with("\\restrict") && !l.starts_with("\\unrestrict"))
-            .collect::<Vec<_>>()
-            .join("\n")
-    }
+trait Tables {
+    fn tables(&self) -> Vec<String>;
+    fn drop_cascade(&self, table: &str);
+}
 
-    /// Rows of every table and populated materialized view.
-    fn data(&self) -> BTreeMap<String, String> {
-        let mut all = self.pg.table_checksums(DB);
-        for mv in self
-            .pg
-            .psql(
-                DB,
-                "select quote_ident(schemaname) || '.' || quote_ident(matviewname) from pg_matviews where ispopulated order by 1",
-            )
-            .lines()
-        {
-            let sum = self.pg.psql(
-                DB,
-                &format!("select count(*) || ':' || md5(coalesce(string_agg(t::text, ',' order by t::text), '')) from {mv} t"),
-            );
-            all.insert(format!("matview {mv}"), sum.trim().to_string());
-        }
-        all
-    }
-
+impl Tables for PgJob {
     /// Every table (and partition, and foreign table), schema-qualified and quoted.
     fn tables(&self) -> Vec<String> {
-        self.pg
-            .psql(
-                DB,
-                "select quote_ident(n.nspname) || '.' || quote_ident(c.relname) from pg_class c \
-                 join pg_namespace n on n.oid = c.relnamespace \
-                 where c.relkind in ('r', 'p', 'f') and n.nspname in ('app', 'Odd Schema') order by 1",
-            )
-            .lines()
-            .map(str::to_string)
-            .collect()
+        self.psql(
+            "select quote_ident(n.nspname) || '.' || quote_ident(c.relname) from pg_class c \
+             join pg_namespace n on n.oid = c.relnamespace \
+             where c.relkind in ('r', 'p', 'f') and n.nspname in ('app', 'Odd Schema') order by 1",
+        )
+        .lines()
+        .map(str::to_string)
+        .collect()
     }
 
     /// `DROP [FOREIGN] TABLE … CASCADE`.
     fn drop_cascade(&self, table: &str) {
-        let foreign = self.pg.psql(
-            DB,
-            &format!(
-                "select relkind = 'f' from pg_class where oid = '{}'::regclass",
-                table.replace('\'', "''")
-            ),
-        );
+        let foreign = self.psql(&format!(
+            "select relkind = 'f' from pg_class where oid = '{}'::regclass",
+            table.replace('\'', "''")
+        ));
         let kind = if foreign.trim() == "t" {
             "foreign table"
         } else {
             "table"
         };
-        self.pg.psql(DB, &format!("drop {kind} {table} cascade"));
-    }
-
-    fn stowage(&self, args: &[&str]) -> (Option<i32>, String) {
-        let out = run_stowage(&self.config, args);
-        (out.status.code(), text(&out))
-    }
-
-    fn restore(&self, extra: &[&str]) -> (Option<i32>, String) {
-        let url = self.pg.url(DB);
-        let mut args = vec!["restore", "app", "latest", "--to", url.as_str()];
-        args.extend_from_slice(extra);
-        self.stowage(&args)
+        self.psql(&format!("drop {kind} {table} cascade"));
     }
 }
 
@@ -175,15 +76,6 @@ fn same_but_default_grants(before: &str, after: &str, out: &str) -> bool {
             (l.starts_with("GRANT SELECT ON TABLE ") && l.ends_with(" TO torture_reader;"))
                 || (l.starts_with("-- Name: TABLE ") && l.contains("; Type: ACL;"))
         })
-}
-
-/// A readable diff of two schema dumps: the lines only one of them has.
-fn diff(before: &str, after: &str) -> String {
-    let b: Vec<&str> = before.lines().collect();
-    let a: Vec<&str> = after.lines().collect();
-    let gone: Vec<&&str> = b.iter().filter(|l| !a.contains(l)).collect();
-    let new: Vec<&&str> = a.iter().filter(|l| !b.contains(l)).collect();
-    format!("missing after:\n{gone:#?}\nnew after:\n{new:#?}")
 }
 
 #[test]

@@ -19,6 +19,7 @@
 #![allow(dead_code)]
 
 pub mod mariadb;
+pub mod pg_job;
 pub mod proxy;
 pub mod redis;
 pub mod store;

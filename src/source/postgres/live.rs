@@ -44,6 +44,43 @@ pub(super) struct Around {
 }
 
 impl PostgresSource {
+    /// pg_restore's SQL for one entry of `archive`, without its per-run `\restrict` key.
+    pub(super) async fn entry_sql(
+        &self,
+        archive: &dyn crate::engine::Archive,
+        entries: &[TocEntry],
+        id: u32,
+    ) -> Result<String, SourceError> {
+        let list = super::list_file(&toc::only(entries, &HashSet::from([id])))?;
+        let sql = self
+            .capture(
+                archive,
+                &["--file=-", "--use-list", &list.path().to_string_lossy()],
+            )
+            .await?;
+        Ok(sql
+            .lines()
+            .filter(|l| !l.starts_with("\\restrict") && !l.starts_with("\\unrestrict"))
+            .collect::<Vec<_>>()
+            .join("\n"))
+    }
+
+    /// [`Self::entry_sql`] of the live entry with `e`'s identity.
+    pub(super) async fn live_entry_sql(
+        &self,
+        live: &LiveSchema,
+        e: &TocEntry,
+    ) -> Result<Option<String>, SourceError> {
+        let want = deps::identity(e);
+        match live.entries.iter().find(|l| deps::identity(l) == want) {
+            Some(l) => self
+                .entry_sql(&live.archive, &live.entries, l.id)
+                .await
+                .map(Some),
+            None => Ok(None),
+        }
+    }
+
     pub(super) async fn live_schema(&self, url: &DbUrl) -> Result<LiveSchema, SourceError> {
         let mut cmd = self.command("pg_dump", url);
         cmd.args(["--schema-only", "--format=custom", "--dbname"])

@@ -689,19 +689,19 @@ impl Database for PostgresSource {
                         )],
                     )
                     .await;
-                Err(match dropped {
-                    Ok(_) => hinted(e, |_| {
-                        format!(
-                            "\n(database \"{}\", created by --create, was dropped again)",
-                            url.database()
-                        )
-                    }),
-                    Err(d) => hinted(e, |_| {
-                        format!(
-                            "\nwarning: database \"{}\" was created by --create and could not be dropped again: {d}",
-                            url.database()
-                        )
-                    }),
+                let note = match dropped {
+                    Ok(_) => format!(
+                        "\n(database \"{}\", created by --create, was dropped again)",
+                        url.database()
+                    ),
+                    Err(d) => format!(
+                        "\nwarning: database \"{}\" was created by --create and could not be dropped again: {d}",
+                        url.database()
+                    ),
+                };
+                Err(match e {
+                    SourceError::Refused(why) => SourceError::Refused(format!("{why}{note}")),
+                    other => hinted(other, |_| note),
                 })
             }
             Err(e) => Err(e),
@@ -939,6 +939,32 @@ impl PostgresSource {
                     .include
                     .extend(more.iter().map(|(s, n)| TableName::exact(s, n)));
                 filtered = toc::filter(&toc, &schema, &selection);
+            }
+        }
+        // A table that depends on a restored one without being its partition or child (a
+        // column of its row type) stays, but DROP … CASCADE took that column: said, never
+        // guessed at. Both definitions come from pg_restore, compared as they are.
+        if let Some(live_schema) = &live_schema
+            && !opts.clean
+        {
+            let kept = toc::kept_ids(&filtered.list);
+            for x in entries.iter().filter(|x| {
+                x.desc == "TABLE"
+                    && !kept.contains(&x.id)
+                    && live_schema.has(x)
+                    && x.deps.iter().any(|d| {
+                        kept.contains(d) && graph.get(*d).is_some_and(|t| t.desc == "TABLE")
+                    })
+            }) {
+                let then = self.entry_sql(archive, &entries, x.id).await?;
+                let now = self.live_entry_sql(live_schema, x).await?;
+                if now.as_deref() != Some(then.as_str()) {
+                    plan.cannot.push(format!(
+                        "{}: depends on a restored table and differs from the backup (DROP … CASCADE drops a column of a table's row type): restore it too, with --table {} --clean, if it should be as in the backup",
+                        deps::label(x),
+                        toc::display_rel(&x.schema, &x.tag)
+                    ));
+                }
             }
         }
         if !plan.brought.is_empty() {
