@@ -864,8 +864,9 @@ impl PostgresSource {
             }
             if !missing.is_empty() {
                 lines.push(format!(
-                    "{}: also restoring {} (the tables need them and the target lacks them)",
+                    "{}: {} {} too (the tables need them and the target lacks them)",
                     self.name,
+                    if opts.dry_run { "would restore" } else { "restoring" },
                     missing
                         .iter()
                         .map(ToString::to_string)
@@ -927,8 +928,9 @@ impl PostgresSource {
                     break;
                 }
                 lines.push(format!(
-                    "{}: also restoring table(s) {} (partitions or children of the restored ones, or tables that depend on them{})",
+                    "{}: {} table(s) {} too (partitions or children of the restored ones, or tables that depend on them{})",
                     self.name,
+                    if opts.dry_run { "would restore" } else { "restoring" },
                     more.iter()
                         .map(|(s, n)| format!("{}.{}", quote_ident(s), quote_ident(n)))
                         .collect::<Vec<_>>()
@@ -969,8 +971,9 @@ impl PostgresSource {
         }
         if !plan.brought.is_empty() {
             lines.push(format!(
-                "{}: also restoring {} (restored objects need them and the target lacks them)",
+                "{}: {} {} too (restored objects need them and the target lacks them)",
                 self.name,
+                    if opts.dry_run { "would restore" } else { "restoring" },
                 plan.brought.join(", ")
             ));
         }
