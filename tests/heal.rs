@@ -707,7 +707,10 @@ fn one_table_that_cannot_be_healed_holds_back_no_other() {
     );
     let failed = cannot_heal(&out);
     assert!(failed.contains("regions"), "shops's own error: {failed}");
-    assert!(!failed.contains("notes"), "notes reported as failed: {failed}");
+    assert!(
+        !failed.contains("notes"),
+        "notes reported as failed: {failed}"
+    );
     let now = tables(&pg);
     assert_eq!(now.get("public.notes"), before.get("public.notes"), "{out}");
     assert!(!now.contains_key("public.shops"), "{out}");
@@ -720,7 +723,11 @@ fn one_table_that_cannot_be_healed_holds_back_no_other() {
         .unwrap_or_default();
     let json: serde_json::Value = serde_json::from_str(&heal_hook).unwrap_or_default();
     assert_eq!(json["outcome"], "partial", "{heal_hook}");
-    assert_eq!(json["failed"].as_array().map(Vec::len), Some(1), "{heal_hook}");
+    assert_eq!(
+        json["failed"].as_array().map(Vec::len),
+        Some(1),
+        "{heal_hook}"
+    );
     assert_eq!(json["failed"][0][0], "public.shops", "{heal_hook}");
     assert_eq!(json["restored"][0]["object"], "public.notes", "{heal_hook}");
 
@@ -751,14 +758,19 @@ fn a_chain_of_missing_tables_heals_next_to_one_that_cannot() {
     let (code, out) = heal(&setup, &[]);
     assert_eq!(code, Some(1), "{out}");
     assert!(
-        out.contains("heal app: db: 3 missing (chain_a, chain_b, shops), partially healed; restored "),
+        out.contains(
+            "heal app: db: 3 missing (chain_a, chain_b, shops), partially healed; restored "
+        ),
         "{out}"
     );
     for t in ["public.chain_a", "public.chain_b"] {
         assert!(out.contains(&format!("{t} from {id} on local")), "{out}");
     }
     let failed = cannot_heal(&out);
-    assert!(failed.starts_with("public.shops (") && failed.contains("regions"), "{failed}");
+    assert!(
+        failed.starts_with("public.shops (") && failed.contains("regions"),
+        "{failed}"
+    );
     assert!(!failed.contains("chain"), "{failed}");
     let now = tables(&pg);
     for t in ["public.chain_a", "public.chain_b"] {
@@ -796,4 +808,49 @@ fn dry_runs_say_would_restore() {
     assert!(out.contains("would restore public.notes from"), "{out}");
     assert!(!out.contains("restoring"), "{out}");
     assert_eq!(tables(&pg), gone, "a dry run changed the database");
+}
+
+/// `mut_p` and `mut_q` reference each other, both missing, next to `shops`, which cannot be
+/// healed: neither comes back alone nor with `shops`, but the two together do, with their
+/// rows and both foreign keys; only `shops` is named.
+#[test]
+fn tables_that_reference_each_other_heal_together_next_to_one_that_cannot() {
+    let (pg, setup) = pg_stack(r#"watch = ["mut_p", "mut_q", "shops"]"#, "");
+    seed_groups(&pg);
+    pg.psql(
+        "app",
+        "create table public.mut_p (id int primary key, q_id int);
+         create table public.mut_q (id int primary key, p_id int references public.mut_p(id));
+         alter table public.mut_p add constraint mut_p_q_id_fkey
+           foreign key (q_id) references public.mut_q(id);
+         insert into public.mut_p select g, null from generate_series(1, 50) g;
+         insert into public.mut_q select g, 51 - g from generate_series(1, 50) g;
+         update public.mut_p set q_id = id;",
+    );
+    let id = setup.backup();
+    let before = tables(&pg);
+    pg.psql(
+        "app",
+        "drop table public.regions cascade; drop table public.shops;
+         drop table public.mut_p cascade; drop table public.mut_q cascade;",
+    );
+
+    let (code, out) = heal(&setup, &[]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains(&format!(
+            "heal app: db: 3 missing (mut_p, mut_q, shops), partially healed; restored public.mut_p from {id} on local, public.mut_q from {id} on local; cannot heal public.shops ("
+        )),
+        "{out}"
+    );
+    let failed = cannot_heal(&out);
+    assert!(!failed.contains("mut_"), "{failed}");
+    let now = tables(&pg);
+    for t in ["public.mut_p", "public.mut_q"] {
+        assert_eq!(now.get(t), before.get(t), "{t}: {out}");
+    }
+    let fks = foreign_keys(&pg, "app");
+    for fk in ["mut_p mut_p_q_id_fkey true", "mut_q mut_q_p_id_fkey true"] {
+        assert!(fks.contains(&fk.to_string()), "{fks:?}");
+    }
 }
