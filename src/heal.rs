@@ -338,13 +338,16 @@ async fn pass(
             candidates: &candidates,
             trust,
         };
+        let groups = plan.len();
         let done = restore_plan(&mut live, plan).await;
-        info!(
-            job = %job.name,
-            "heal {}: {} restore(s) tried",
-            job.name,
-            done.attempts
-        );
+        if done.attempts > groups {
+            info!(
+                job = %job.name,
+                "heal {}: {} restores tried (a restore of several objects that failed was taken apart, so that one object cannot hold back another)",
+                job.name,
+                done.attempts
+            );
+        }
         report.restored.extend(
             done.restored
                 .iter()
@@ -833,6 +836,18 @@ mod tests {
              note: public.orders_v2 not in the newest backup (if a missing table was renamed, the restored one is a second copy)"
         );
         assert!(!partly.outcome.healthy());
+
+        let mut some = report(HealOutcome::Partial);
+        some.missing = vec!["orders".into(), "shops".into()];
+        some.restored = vec![from("public.orders", "B2")];
+        some.failed = vec![("public.shops".into(), "needs public.regions".into())];
+        assert_eq!(
+            some.summary(),
+            "heal app: db: 2 missing (orders, shops), partially healed; restored public.orders from B2 on local; \
+             cannot heal public.shops (needs public.regions)"
+        );
+        assert!(!some.outcome.healthy());
+        assert_eq!(some.outcome.as_str(), "partial");
 
         let mut no_list = report(HealOutcome::Failed);
         no_list.watched.clear();

@@ -676,10 +676,15 @@ fn cannot_heal(out: &str) -> String {
 /// needs `regions`, dropped too and not watched), `notes` is unrelated. `notes` comes back
 /// with its rows; the exit code is 1 and the summary, the webhook and the outcome
 /// ("partial") name only `shops`, with its own error. The next pass has only `shops` left.
+/// The daemon's pass says the same in /metrics and `stowage health`.
 #[test]
 fn one_table_that_cannot_be_healed_holds_back_no_other() {
     let rx = Receiver::start();
-    let (pg, setup) = pg_stack(r#"watch = ["shops", "notes"]"#, "");
+    let port = common::free_port();
+    let (pg, setup) = pg_stack(
+        "schedule = \"*/10 * * * * *\"\nwatch = [\"shops\", \"notes\"]",
+        &format!("[server]\nlisten = \"127.0.0.1:{port}\"\n"),
+    );
     seed_groups(&pg);
     let body = std::fs::read_to_string(&setup.config).expect("read");
     std::fs::write(
@@ -738,6 +743,30 @@ fn one_table_that_cannot_be_healed_holds_back_no_other() {
         "{out}"
     );
     assert!(!out.contains("heal app: restoring public.notes"), "{out}");
+
+    pg.psql("app", "drop table public.notes");
+    let mut daemon = setup.daemon();
+    daemon.wait_for_output("partially healed", Duration::from_secs(60));
+    let (code, metrics) = http_get(port, "/metrics");
+    assert_eq!(code, 200);
+    assert!(
+        metrics.contains("stowage_heals_total{job=\"app\",outcome=\"partial\"} 1"),
+        "{metrics}"
+    );
+    let health = setup.stowage(&["health"]);
+    let said = text(&health);
+    assert_eq!(health.status.code(), Some(1), "{said}");
+    assert!(
+        said.contains(" partial: heal app: db: 2 missing (shops, notes), partially healed; restored public.notes from"),
+        "{said}"
+    );
+    assert_eq!(
+        tables(&pg).get("public.notes"),
+        before.get("public.notes"),
+        "{said}"
+    );
+    daemon.signal("TERM");
+    assert!(daemon.wait(Duration::from_secs(30)).status.success());
 }
 
 /// `chain_a → chain_b`, both missing, watched in the order that needs two rounds, next to
