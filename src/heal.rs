@@ -339,11 +339,12 @@ async fn pass(
             trust,
         };
         let groups = plan.len();
+        let objects: usize = plan.iter().map(|(_, o)| o.len()).sum();
         let done = restore_plan(&mut live, plan).await;
         if done.attempts > groups {
             info!(
                 job = %job.name,
-                "heal {}: {} restores tried (a restore of several objects that failed was taken apart, so that one object cannot hold back another)",
+                "heal {}: {} restores tried for {objects} object(s) from {groups} backup(s) (a restore that failed is tried again after the others, and its objects one by one, so that one object cannot hold back another)",
                 job.name,
                 done.attempts
             );
@@ -554,9 +555,10 @@ impl Tries {
 ///
 /// Cost: each restore reads its backup again (and an engine that does not verify before it
 /// commits reads it twice). n objects missing from one backup: 1 restore when they can all
-/// be restored; with k ≥ 1 of them that cannot be, among independent ones, 1 + n + k
-/// (+ 1 + k when k ≥ 2, the together attempts); at worst (a chain of tables each needing
-/// the next, watched in an order that defeats the alternating rounds) about n²/2 + 2n.
+/// be restored; with k ≥ 1 of them that cannot be, among independent ones, at most 1 + n + k,
+/// plus 1 when k ≥ 2 (together) and k more when k ≥ 3 (all but one). An attempt is never
+/// repeated unless something was restored since it failed, which bounds the worst case
+/// (dependencies that defeat the alternating order of the rounds) at about n² restores.
 async fn restore_plan<R: Restorer>(r: &mut R, plan: Vec<(usize, Vec<String>)>) -> Done {
     let mut t = Tries::default();
     let left = t.rounds(r, plan).await;
@@ -959,6 +961,17 @@ mod tests {
         assert_eq!(names(&done), (vec!["good"], vec![("bad", "bad is broken")]));
         // The group, each alone, and `bad` again after `good` came back.
         assert_eq!(done.attempts, 4);
+
+        // k = 2 and k = 3 of n = 5: 1 + n + (up to) k, + 1 together, + k all but one.
+        let mut db = fake(&[], &["x", "y"]);
+        let done = restore_plan(&mut db, plan(&[(0, &["x", "a", "y", "b", "c"])])).await;
+        assert_eq!(names(&done).0, ["a", "b", "c"]);
+        assert_eq!(done.attempts, 1 + 5 + 2 + 1, "{:?}", db.tried);
+        let mut db = fake(&[], &["x", "y", "z"]);
+        let done = restore_plan(&mut db, plan(&[(0, &["x", "a", "y", "b", "z"])])).await;
+        assert_eq!(names(&done).0, ["a", "b"]);
+        // z failed after the last restore that worked: not tried again alone.
+        assert_eq!(done.attempts, 1 + 5 + 2 + 1 + 3, "{:?}", db.tried);
     }
 
     #[tokio::test]
