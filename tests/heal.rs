@@ -713,6 +713,10 @@ fn one_table_that_cannot_be_healed_holds_back_no_other() {
     let failed = cannot_heal(&out);
     assert!(failed.contains("regions"), "shops's own error: {failed}");
     assert!(
+        out.contains("heal app: 4 restores tried for 2 object(s) from 1 backup(s)"),
+        "{out}"
+    );
+    assert!(
         !failed.contains("notes"),
         "notes reported as failed: {failed}"
     );
@@ -874,6 +878,10 @@ fn tables_that_reference_each_other_heal_together_next_to_one_that_cannot() {
     );
     let failed = cannot_heal(&out);
     assert!(!failed.contains("mut_"), "{failed}");
+    assert!(
+        out.contains("heal app: 8 restores tried for 3 object(s) from 1 backup(s)"),
+        "{out}"
+    );
     let now = tables(&pg);
     for t in ["public.mut_p", "public.mut_q"] {
         assert_eq!(now.get(t), before.get(t), "{t}: {out}");
