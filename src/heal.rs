@@ -30,6 +30,9 @@ pub enum HealOutcome {
     Healed,
     /// A dry run found something missing (and says where it would come from).
     DryRun,
+    /// Some missing objects were restored, others could not be (`failed` says which, each
+    /// with its own error).
+    Partial,
     /// Something missing could not be restored (or only partly: a foreign key that could
     /// not be re-added).
     Failed,
@@ -43,6 +46,7 @@ impl HealOutcome {
             HealOutcome::Ok => "ok",
             HealOutcome::Healed => "healed",
             HealOutcome::DryRun => "dry_run",
+            HealOutcome::Partial => "partial",
             HealOutcome::Failed => "failed",
             HealOutcome::Unreachable => "unreachable",
         }
@@ -135,6 +139,9 @@ impl HealReport {
                 self.missing.join(", ")
             )
         };
+        if self.outcome == HealOutcome::Partial {
+            s.push_str(", partially healed");
+        }
         if !self.restored.is_empty() {
             s.push_str(&format!(
                 "; {} {}",
@@ -215,7 +222,9 @@ pub async fn heal(
     match report.outcome {
         HealOutcome::Ok => info!(job = %job.name, "{line}"),
         HealOutcome::Healed | HealOutcome::DryRun => warn!(job = %job.name, "{line}"),
-        HealOutcome::Failed | HealOutcome::Unreachable => error!(job = %job.name, "{line}"),
+        HealOutcome::Partial | HealOutcome::Failed | HealOutcome::Unreachable => {
+            error!(job = %job.name, "{line}")
+        }
     }
     report
 }
@@ -321,45 +330,288 @@ async fn pass(
             report.restored.extend(objects.iter().map(|o| healed(o, c)));
         }
     } else {
-        // Groups from different backups may depend on each other (a table restored from an
-        // older backup with a foreign key to one from the newest): a group that fails is
-        // tried again after the others, as long as a round makes progress.
-        let mut pending = plan;
-        loop {
-            let mut failed_now = Vec::new();
-            let mut progress = false;
-            for (i, objects) in pending {
-                let c = &candidates[i];
-                match restore_group(config, job, db, &target, c, &objects, trust).await {
-                    Ok(incomplete) => {
-                        progress = true;
-                        report.restored.extend(objects.iter().map(|o| healed(o, c)));
-                        report.incomplete.extend(incomplete);
-                    }
-                    Err(why) => failed_now.push((i, objects, why)),
-                }
-            }
-            if failed_now.is_empty() {
-                break;
-            }
-            if !progress {
-                for (_, objects, why) in failed_now {
-                    report
-                        .failed
-                        .extend(objects.into_iter().map(|o| (o, why.clone())));
-                }
-                break;
-            }
-            pending = failed_now.into_iter().map(|(i, o, _)| (i, o)).collect();
+        let mut live = Live {
+            config,
+            job,
+            db,
+            target: &target,
+            candidates: &candidates,
+            trust,
+        };
+        let groups = plan.len();
+        let objects: usize = plan.iter().map(|(_, o)| o.len()).sum();
+        let done = restore_plan(&mut live, plan).await;
+        if done.attempts > groups {
+            info!(
+                job = %job.name,
+                "heal {}: {} restores tried for {objects} object(s) from {groups} backup(s) (a restore that failed is tried again after the others, and its objects one by one, so that one object cannot hold back another)",
+                job.name,
+                done.attempts
+            );
         }
+        report.restored.extend(
+            done.restored
+                .iter()
+                .map(|(i, o)| healed(o, &candidates[*i])),
+        );
+        report.incomplete.extend(done.incomplete);
+        report.failed.extend(done.failed);
     }
-    report.outcome = if !report.failed.is_empty() || !report.incomplete.is_empty() {
+    // Failures in the order the objects are watched, whichever round gave up on them.
+    let rank = |o: &str| report.missing.iter().position(|m| db.same_object(m, o));
+    let mut failed = std::mem::take(&mut report.failed);
+    failed.sort_by_key(|(o, _)| rank(o));
+    report.failed = failed;
+    report.outcome = if !report.failed.is_empty() && !report.restored.is_empty() && !dry_run {
+        HealOutcome::Partial
+    } else if !report.failed.is_empty() || !report.incomplete.is_empty() {
         HealOutcome::Failed
     } else if dry_run {
         HealOutcome::DryRun
     } else {
         HealOutcome::Healed
     };
+}
+
+/// Restores for the healer's plan, so that the order of attempts can be tested without a
+/// database.
+trait Restorer {
+    /// Restore `objects` from candidate `backup` in one restore: Ok with what it could not
+    /// finish although the objects are back (a foreign key not re-added), Err with why.
+    async fn restore(
+        &mut self,
+        backup: usize,
+        objects: &[String],
+    ) -> Result<Option<String>, String>;
+    /// Which of `objects` exist in the live database now (none when it cannot be asked).
+    async fn present(&mut self, objects: &[String]) -> Vec<String>;
+}
+
+/// The live database and the job's backups.
+struct Live<'a> {
+    config: &'a Config,
+    job: &'a Job,
+    db: &'a dyn Database,
+    target: &'a str,
+    candidates: &'a [Candidate],
+    trust: bool,
+}
+
+impl Restorer for Live<'_> {
+    async fn restore(
+        &mut self,
+        backup: usize,
+        objects: &[String],
+    ) -> Result<Option<String>, String> {
+        restore_group(
+            self.config,
+            self.job,
+            self.db,
+            self.target,
+            &self.candidates[backup],
+            objects,
+            self.trust,
+        )
+        .await
+    }
+
+    async fn present(&mut self, objects: &[String]) -> Vec<String> {
+        match self.db.live_objects(None).await {
+            Ok(live) => objects
+                .iter()
+                .filter(|o| live.iter().any(|l| self.db.same_object(o, l)))
+                .cloned()
+                .collect(),
+            Err(_) => Vec::new(),
+        }
+    }
+}
+
+/// What the restores of a plan did.
+#[derive(Debug, Default)]
+struct Done {
+    /// (candidate, object), in the order they came back.
+    restored: Vec<(usize, String)>,
+    incomplete: Vec<String>,
+    /// (object, its own error).
+    failed: Vec<(String, String)>,
+    /// Restores tried: each reads its backup again.
+    attempts: usize,
+}
+
+/// Bookkeeping of one plan's attempts.
+#[derive(Default)]
+struct Tries {
+    done: Done,
+    /// Each object's own error: from its attempt alone when it had one, else from the last
+    /// attempt it was part of.
+    own: std::collections::HashMap<String, String>,
+    /// Attempts that failed since the last one that restored something: the database has not
+    /// changed since, so they would fail again.
+    failed_since: Vec<(usize, Vec<String>)>,
+}
+
+impl Tries {
+    /// One restore of `objects` from `backup`, unless it failed already with nothing
+    /// restored since. Returns the objects still missing: none when it worked.
+    async fn attempt<R: Restorer>(
+        &mut self,
+        r: &mut R,
+        backup: usize,
+        objects: Vec<String>,
+    ) -> Vec<String> {
+        let same =
+            |o: &Vec<String>| o.len() == objects.len() && o.iter().all(|x| objects.contains(x));
+        if self
+            .failed_since
+            .iter()
+            .any(|(b, o)| *b == backup && same(o))
+        {
+            return objects;
+        }
+        self.done.attempts += 1;
+        match r.restore(backup, &objects).await {
+            Ok(incomplete) => {
+                self.failed_since.clear();
+                self.done.incomplete.extend(incomplete);
+                self.done
+                    .restored
+                    .extend(objects.into_iter().map(|o| (backup, o)));
+                Vec::new()
+            }
+            Err(why) => {
+                for o in &objects {
+                    if objects.len() == 1 {
+                        self.own.insert(o.clone(), why.clone());
+                    } else {
+                        self.own.entry(o.clone()).or_insert_with(|| why.clone());
+                    }
+                }
+                // An engine that cannot restore in one transaction may have put some of them
+                // back before it failed (and the application may have created one since the
+                // pass looked): an object that exists now is not restored over, and what
+                // the failed restore left of it is not vouched for.
+                let there = r.present(&objects).await;
+                let (there, missing): (Vec<String>, Vec<String>) =
+                    objects.into_iter().partition(|o| there.contains(o));
+                for o in there {
+                    self.done.failed.push((
+                        o,
+                        format!(
+                            "it exists again, but a restore it was part of failed ({why}); check that its rows are complete"
+                        ),
+                    ));
+                }
+                if !missing.is_empty() {
+                    self.failed_since.push((backup, missing.clone()));
+                }
+                missing
+            }
+        }
+    }
+
+    /// `units` in rounds while a round restores something (one unit may need another that
+    /// comes later, or from an older backup); the units still failing, in the order of
+    /// their last failure.
+    async fn rounds<R: Restorer>(
+        &mut self,
+        r: &mut R,
+        mut units: Vec<(usize, Vec<String>)>,
+    ) -> Vec<(usize, Vec<String>)> {
+        loop {
+            let mut failing = Vec::new();
+            let mut progress = false;
+            for (backup, objects) in units {
+                let n = objects.len();
+                let left = self.attempt(r, backup, objects).await;
+                progress |= left.len() < n;
+                if !left.is_empty() {
+                    failing.push((backup, left));
+                }
+            }
+            if failing.is_empty() || !progress {
+                return failing;
+            }
+            // The last to fail were tried after the most was restored; a chain of tables
+            // that each need the next, watched in the wrong order, then heals in two rounds
+            // instead of one round per table.
+            failing.reverse();
+            units = failing;
+        }
+    }
+}
+
+/// Restore the plan ((candidate, objects) per backup). Each backup's objects first in one
+/// restore (one transaction where the engine has them: the fast path, one restore per
+/// backup); groups that fail are tried again while others are restored (a table from an
+/// older backup may need one from the newest). What still fails is taken apart, so that one
+/// object that cannot be restored never holds back another: its objects one by one, in
+/// rounds while a round restores something (which sorts out the order of tables whose
+/// foreign keys point at other missing ones), then those still stalled from one backup
+/// together once (tables whose foreign keys point at each other), and if that fails too,
+/// all of them but one, each in turn (such tables held back by one that cannot be
+/// restored). Then rounds again while anything came back. Each object that is left is
+/// reported with its own error.
+///
+/// Cost: each restore reads its backup again (and an engine that does not verify before it
+/// commits reads it twice). n objects missing from one backup: 1 restore when they can all
+/// be restored; with k ≥ 1 of them that cannot be, among independent ones, at most 1 + n + k,
+/// plus 1 when k ≥ 2 (together) and k more when k ≥ 3 (all but one). An attempt is never
+/// repeated unless something was restored since it failed, which bounds the worst case
+/// (dependencies that defeat the alternating order of the rounds) at about n² restores.
+async fn restore_plan<R: Restorer>(r: &mut R, plan: Vec<(usize, Vec<String>)>) -> Done {
+    let mut t = Tries::default();
+    let left = t.rounds(r, plan).await;
+    let mut singles: Vec<(usize, Vec<String>)> = left
+        .into_iter()
+        .flat_map(|(b, objects)| objects.into_iter().map(move |o| (b, vec![o])))
+        .collect();
+    loop {
+        singles = t.rounds(r, singles).await;
+        let mut together: Vec<(usize, Vec<String>)> = Vec::new();
+        for (b, objects) in std::mem::take(&mut singles) {
+            match together.iter_mut().find(|(c, _)| *c == b) {
+                Some((_, all)) => all.extend(objects),
+                None => together.push((b, objects)),
+            }
+        }
+        let mut progress = false;
+        for (b, objects) in together {
+            let n = objects.len();
+            let mut left = if n > 1 {
+                t.attempt(r, b, objects).await
+            } else {
+                objects
+            };
+            // Tables that need each other, held back by one more object that cannot be
+            // restored: all but one, each in turn.
+            if left.len() > 2 {
+                for i in 0..left.len() {
+                    let mut rest = left.clone();
+                    let out = rest.remove(i);
+                    let m = rest.len();
+                    let mut still = t.attempt(r, b, rest).await;
+                    if still.len() < m {
+                        still.push(out);
+                        left = still;
+                        break;
+                    }
+                }
+            }
+            progress |= left.len() < n;
+            singles.extend(left.into_iter().map(|o| (b, vec![o])));
+        }
+        if !progress || singles.is_empty() {
+            break;
+        }
+    }
+    for (_, objects) in singles {
+        for o in objects {
+            let why = t.own.remove(&o).unwrap_or_default();
+            t.done.failed.push((o, why));
+        }
+    }
+    t.done
 }
 
 fn healed(object: &str, c: &Candidate) -> Healed {
@@ -587,6 +839,18 @@ mod tests {
         );
         assert!(!partly.outcome.healthy());
 
+        let mut some = report(HealOutcome::Partial);
+        some.missing = vec!["orders".into(), "shops".into()];
+        some.restored = vec![from("public.orders", "B2")];
+        some.failed = vec![("public.shops".into(), "needs public.regions".into())];
+        assert_eq!(
+            some.summary(),
+            "heal app: db: 2 missing (orders, shops), partially healed; restored public.orders from B2 on local; \
+             cannot heal public.shops (needs public.regions)"
+        );
+        assert!(!some.outcome.healthy());
+        assert_eq!(some.outcome.as_str(), "partial");
+
         let mut no_list = report(HealOutcome::Failed);
         no_list.watched.clear();
         no_list.failed = vec![("*".into(), "no object list".into())];
@@ -594,6 +858,183 @@ mod tests {
             no_list.summary(),
             "heal app: db; cannot heal * (no object list)"
         );
+    }
+
+    /// A database whose restores behave like PostgreSQL's: all or nothing, refused while a
+    /// table a restored one needs is neither there nor restored with it. `atomic: false`
+    /// behaves like a client fed a dump: the objects before the failing one stay.
+    struct Fake {
+        live: Vec<String>,
+        /// (table, table it needs)
+        needs: Vec<(&'static str, &'static str)>,
+        broken: Vec<&'static str>,
+        atomic: bool,
+        tried: Vec<Vec<String>>,
+    }
+
+    fn fake(needs: &[(&'static str, &'static str)], broken: &[&'static str]) -> Fake {
+        Fake {
+            live: Vec::new(),
+            needs: needs.to_vec(),
+            broken: broken.to_vec(),
+            atomic: true,
+            tried: Vec::new(),
+        }
+    }
+
+    impl Restorer for Fake {
+        async fn restore(
+            &mut self,
+            _: usize,
+            objects: &[String],
+        ) -> Result<Option<String>, String> {
+            self.tried.push(objects.to_vec());
+            for (i, o) in objects.iter().enumerate() {
+                let why = if self.broken.contains(&o.as_str()) {
+                    Some(format!("{o} is broken"))
+                } else {
+                    self.needs
+                        .iter()
+                        .find(|(t, n)| {
+                            t == o
+                                && !self.live.iter().any(|l| l == n)
+                                && !objects.iter().any(|x| x == n)
+                        })
+                        .map(|(_, n)| format!("{o} needs {n}"))
+                };
+                if let Some(why) = why {
+                    if !self.atomic {
+                        self.live.extend(objects[..i].iter().cloned());
+                    }
+                    return Err(why);
+                }
+            }
+            self.live.extend(objects.iter().cloned());
+            Ok(None)
+        }
+
+        async fn present(&mut self, objects: &[String]) -> Vec<String> {
+            objects
+                .iter()
+                .filter(|o| self.live.contains(o))
+                .cloned()
+                .collect()
+        }
+    }
+
+    fn plan(groups: &[(usize, &[&str])]) -> Vec<(usize, Vec<String>)> {
+        groups
+            .iter()
+            .map(|(b, o)| (*b, o.iter().map(|x| x.to_string()).collect()))
+            .collect()
+    }
+
+    fn names(done: &Done) -> (Vec<&str>, Vec<(&str, &str)>) {
+        let mut restored: Vec<&str> = done.restored.iter().map(|(_, o)| o.as_str()).collect();
+        restored.sort();
+        let mut failed: Vec<(&str, &str)> = done
+            .failed
+            .iter()
+            .map(|(o, w)| (o.as_str(), w.as_str()))
+            .collect();
+        failed.sort();
+        (restored, failed)
+    }
+
+    #[tokio::test]
+    async fn everything_restorable_is_one_restore_per_backup() {
+        let mut db = fake(&[("orders", "customers"), ("a", "b"), ("b", "a")], &[]);
+        let done = restore_plan(&mut db, plan(&[(0, &["orders", "customers", "a", "b"])])).await;
+        assert_eq!(done.attempts, 1);
+        assert_eq!(names(&done).1, []);
+        // A table from an older backup needing one from the newest: the older group waits.
+        let mut db = fake(&[("events", "orders")], &[]);
+        let done = restore_plan(&mut db, plan(&[(1, &["events"]), (0, &["orders"])])).await;
+        assert_eq!(names(&done), (vec!["events", "orders"], vec![]));
+        assert_eq!(done.attempts, 3);
+    }
+
+    #[tokio::test]
+    async fn one_unrestorable_object_holds_back_no_other() {
+        let mut db = fake(&[], &["bad"]);
+        let done = restore_plan(&mut db, plan(&[(0, &["bad", "good"])])).await;
+        assert_eq!(names(&done), (vec!["good"], vec![("bad", "bad is broken")]));
+        // The group, each alone, and `bad` again after `good` came back.
+        assert_eq!(done.attempts, 4);
+
+        // k = 2 and k = 3 of n = 5: 1 + n + (up to) k, + 1 together, + k all but one.
+        let mut db = fake(&[], &["x", "y"]);
+        let done = restore_plan(&mut db, plan(&[(0, &["x", "a", "y", "b", "c"])])).await;
+        assert_eq!(names(&done).0, ["a", "b", "c"]);
+        assert_eq!(done.attempts, 1 + 5 + 2 + 1, "{:?}", db.tried);
+        let mut db = fake(&[], &["x", "y", "z"]);
+        let done = restore_plan(&mut db, plan(&[(0, &["x", "a", "y", "b", "z"])])).await;
+        assert_eq!(names(&done).0, ["a", "b"]);
+        // z failed after the last restore that worked: not tried again alone.
+        assert_eq!(done.attempts, 1 + 5 + 2 + 1 + 3, "{:?}", db.tried);
+    }
+
+    #[tokio::test]
+    async fn chains_heal_in_order_and_each_failure_has_its_own_error() {
+        // a → b → c, watched in the worst order, next to two that cannot be restored.
+        let mut db = fake(&[("a", "b"), ("b", "c"), ("y", "gone")], &["x"]);
+        let done = restore_plan(&mut db, plan(&[(0, &["a", "b", "c", "x", "y"])])).await;
+        assert_eq!(
+            names(&done),
+            (
+                vec!["a", "b", "c"],
+                vec![("x", "x is broken"), ("y", "y needs gone")]
+            )
+        );
+        // The group; each alone (c back); b and a (x and y failed after c came back);
+        // x and y again; x and y together.
+        assert_eq!(done.attempts, 1 + 5 + 2 + 2 + 1, "{:?}", db.tried);
+    }
+
+    #[tokio::test]
+    async fn tables_that_need_each_other_come_back_together() {
+        // p ↔ q, held back by x; r needs p.
+        let mut db = fake(&[("p", "q"), ("q", "p"), ("r", "p")], &["x"]);
+        let done = restore_plan(&mut db, plan(&[(0, &["p", "q", "r", "x"])])).await;
+        assert_eq!(
+            names(&done),
+            (vec!["p", "q", "r"], vec![("x", "x is broken")]),
+            "{:?}",
+            db.tried
+        );
+        // Without the blocker they were one restore; with two blockers they stay (each
+        // with its own error, which names the table it needs).
+        let mut db = fake(&[("p", "q"), ("q", "p")], &["x", "y"]);
+        let done = restore_plan(&mut db, plan(&[(0, &["p", "q", "x", "y"])])).await;
+        assert_eq!(
+            names(&done).1,
+            [
+                ("p", "p needs q"),
+                ("q", "q needs p"),
+                ("x", "x is broken"),
+                ("y", "y is broken")
+            ]
+        );
+        assert!(done.attempts <= 1 + 4 + 1 + 4, "{:?}", db.tried);
+    }
+
+    #[tokio::test]
+    async fn a_partly_restored_object_is_not_restored_over_nor_called_healed() {
+        let mut db = fake(&[], &["z"]);
+        db.atomic = false;
+        let done = restore_plan(&mut db, plan(&[(0, &["a", "z"])])).await;
+        let (restored, failed) = names(&done);
+        assert!(restored.is_empty(), "{restored:?}");
+        assert_eq!(failed.len(), 2, "{failed:?}");
+        assert!(
+            failed[0].0 == "a"
+                && failed[0].1.starts_with(
+                    "it exists again, but a restore it was part of failed (z is broken)"
+                ),
+            "{failed:?}"
+        );
+        assert_eq!(failed[1], ("z", "z is broken"));
+        assert!(!db.tried.iter().any(|t| t == &["a"]), "{:?}", db.tried);
     }
 
     #[test]

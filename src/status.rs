@@ -55,7 +55,7 @@ pub struct VerifyStatus {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct HealStatus {
-    /// ok | healed | dry_run | failed | unreachable
+    /// ok | healed | dry_run | partial | failed | unreachable
     pub outcome: String,
     pub finished_at: DateTime<Utc>,
     /// The heal's one-line summary.
@@ -132,7 +132,9 @@ pub fn problems(config: &Config, state: &State, now: DateTime<Utc>) -> Vec<Strin
             ));
         }
         if let Some(heal) = &status.last_heal
-            && (heal.outcome == "failed" || heal.outcome == "unreachable")
+            && (heal.outcome == "failed"
+                || heal.outcome == "partial"
+                || heal.outcome == "unreachable")
         {
             out.push(format!(
                 "job {}: heal at {} {}: {}",
@@ -318,6 +320,7 @@ path = "/data"
         for (outcome, bad) in [
             ("unreachable", true),
             ("failed", true),
+            ("partial", true),
             ("healed", false),
             ("ok", false),
             ("dry_run", false),

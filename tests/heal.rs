@@ -640,3 +640,254 @@ fn heal_and_backup_due_together_take_turns() {
     assert!(daemon.wait(Duration::from_secs(60)).status.success());
     assert!(tables(&pg).contains_key("audit.events"));
 }
+
+/// Tables beside the sample ones: `shops → regions` (only `shops` is watched: a bad
+/// migration that drops both leaves a `shops` the healer cannot restore, since its foreign
+/// key needs a table it does not restore), `notes` (unrelated to anything) and
+/// `chain_a → chain_b`.
+fn seed_groups(pg: &PgServer) {
+    pg.psql(
+        "app",
+        "create table public.regions (id int primary key, name text not null);
+         insert into public.regions select g, 'region ' || g from generate_series(1, 20) g;
+         create table public.shops (id int primary key,
+           region_id int not null references public.regions(id), name text);
+         insert into public.shops select g, 1 + g % 20, 'shop ' || g from generate_series(1, 200) g;
+         create table public.notes (id int primary key, body text not null);
+         insert into public.notes select g, md5(g::text) from generate_series(1, 500) g;
+         create table public.chain_b (id int primary key, label text not null);
+         insert into public.chain_b select g, 'b' || g from generate_series(1, 100) g;
+         create table public.chain_a (id int primary key,
+           b_id int not null references public.chain_b(id), qty int not null);
+         insert into public.chain_a select g, 1 + g % 100, g * 3 from generate_series(1, 300) g;",
+    );
+}
+
+/// What a summary says after "cannot heal ", up to the next part.
+fn cannot_heal(out: &str) -> String {
+    out.lines()
+        .filter_map(|l| l.split_once("; cannot heal ").map(|(_, rest)| rest))
+        .map(|rest| rest.split("; but: ").next().unwrap_or(rest).to_string())
+        .next_back()
+        .unwrap_or_default()
+}
+
+/// Two tables missing from the same backup: `shops` cannot be healed (its foreign key
+/// needs `regions`, dropped too and not watched), `notes` is unrelated. `notes` comes back
+/// with its rows; the exit code is 1 and the summary, the webhook and the outcome
+/// ("partial") name only `shops`, with its own error. The next pass has only `shops` left.
+/// The daemon's pass says the same in /metrics and `stowage health`.
+#[test]
+fn one_table_that_cannot_be_healed_holds_back_no_other() {
+    let rx = Receiver::start();
+    let port = common::free_port();
+    let (pg, setup) = pg_stack(
+        "schedule = \"*/10 * * * * *\"\nwatch = [\"shops\", \"notes\"]",
+        &format!("[server]\nlisten = \"127.0.0.1:{port}\"\n"),
+    );
+    seed_groups(&pg);
+    let body = std::fs::read_to_string(&setup.config).expect("read");
+    std::fs::write(
+        &setup.config,
+        format!(
+            "{body}\n[[jobs.app.notify]]\ntype = \"webhook\"\nurl = \"http://127.0.0.1:{}/hook\"\n",
+            rx.port
+        ),
+    )
+    .expect("write");
+    let id = setup.backup();
+    let before = tables(&pg);
+    pg.psql(
+        "app",
+        "drop table public.regions cascade; drop table public.shops; drop table public.notes;",
+    );
+
+    let (code, out) = heal(&setup, &[]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains(&format!(
+            "heal app: db: 2 missing (shops, notes), partially healed; restored public.notes from {id} on local; cannot heal public.shops ("
+        )),
+        "{out}"
+    );
+    let failed = cannot_heal(&out);
+    assert!(failed.contains("regions"), "shops's own error: {failed}");
+    assert!(
+        out.contains("heal app: 4 restores tried for 2 object(s) from 1 backup(s)"),
+        "{out}"
+    );
+    assert!(
+        !failed.contains("notes"),
+        "notes reported as failed: {failed}"
+    );
+    let now = tables(&pg);
+    assert_eq!(now.get("public.notes"), before.get("public.notes"), "{out}");
+    assert!(!now.contains_key("public.shops"), "{out}");
+
+    let hooks = rx.take();
+    let heal_hook = hooks
+        .iter()
+        .find(|(_, _, b)| b.contains("\"event\":\"heal\""))
+        .map(|(_, _, b)| b.clone())
+        .unwrap_or_default();
+    let json: serde_json::Value = serde_json::from_str(&heal_hook).unwrap_or_default();
+    assert_eq!(json["outcome"], "partial", "{heal_hook}");
+    assert_eq!(
+        json["failed"].as_array().map(Vec::len),
+        Some(1),
+        "{heal_hook}"
+    );
+    assert_eq!(json["failed"][0][0], "public.shops", "{heal_hook}");
+    assert_eq!(json["restored"][0]["object"], "public.notes", "{heal_hook}");
+
+    let (code, out) = heal(&setup, &[]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains("heal app: db: 1 missing (shops); cannot heal public.shops ("),
+        "{out}"
+    );
+    assert!(!out.contains("heal app: restoring public.notes"), "{out}");
+
+    pg.psql("app", "drop table public.notes");
+    let mut daemon = setup.daemon();
+    daemon.wait_for_output("partially healed", Duration::from_secs(60));
+    let (code, metrics) = http_get(port, "/metrics");
+    assert_eq!(code, 200);
+    assert!(
+        metrics.contains("stowage_heals_total{job=\"app\",outcome=\"partial\"} 1"),
+        "{metrics}"
+    );
+    let health = setup.stowage(&["health"]);
+    let said = text(&health);
+    assert_eq!(health.status.code(), Some(1), "{said}");
+    assert!(
+        said.contains(" partial: heal app: db: 2 missing (shops, notes), partially healed; restored public.notes from"),
+        "{said}"
+    );
+    assert_eq!(
+        tables(&pg).get("public.notes"),
+        before.get("public.notes"),
+        "{said}"
+    );
+    daemon.signal("TERM");
+    assert!(daemon.wait(Duration::from_secs(30)).status.success());
+}
+
+/// `chain_a → chain_b`, both missing, watched in the order that needs two rounds, next to
+/// `shops`, which cannot be healed: both chain tables come back with their rows and the
+/// foreign key between them, and only `shops` is named.
+#[test]
+fn a_chain_of_missing_tables_heals_next_to_one_that_cannot() {
+    let (pg, setup) = pg_stack(r#"watch = ["chain_a", "chain_b", "shops"]"#, "");
+    seed_groups(&pg);
+    let id = setup.backup();
+    let before = tables(&pg);
+    pg.psql(
+        "app",
+        "drop table public.regions cascade; drop table public.shops;
+         drop table public.chain_a; drop table public.chain_b;",
+    );
+
+    let (code, out) = heal(&setup, &[]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains(
+            "heal app: db: 3 missing (chain_a, chain_b, shops), partially healed; restored "
+        ),
+        "{out}"
+    );
+    for t in ["public.chain_a", "public.chain_b"] {
+        assert!(out.contains(&format!("{t} from {id} on local")), "{out}");
+    }
+    let failed = cannot_heal(&out);
+    assert!(
+        failed.starts_with("public.shops (") && failed.contains("regions"),
+        "{failed}"
+    );
+    assert!(!failed.contains("chain"), "{failed}");
+    let now = tables(&pg);
+    for t in ["public.chain_a", "public.chain_b"] {
+        assert_eq!(now.get(t), before.get(t), "{t}: {out}");
+    }
+    assert!(
+        foreign_keys(&pg, "app").contains(&"chain_a chain_a_b_id_fkey true".to_string()),
+        "{:?}",
+        foreign_keys(&pg, "app")
+    );
+}
+
+/// A dry run says "would restore", never "restoring", and changes nothing: `restore
+/// --dry-run --table` and `heal --dry-run`.
+#[test]
+fn dry_runs_say_would_restore() {
+    let (pg, setup) = pg_stack(r#"watch = ["notes"]"#, "");
+    seed_groups(&pg);
+    setup.backup();
+    pg.psql("app", "drop table public.notes");
+    let gone = tables(&pg);
+
+    let (code, out) = restore(
+        &setup,
+        &["latest", "--table", "notes", "--dry-run"],
+        &pg.url("app"),
+    );
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("would restore db ("), "{out}");
+    assert!(!out.contains("restoring db"), "{out}");
+    assert_eq!(tables(&pg), gone, "a dry run changed the database");
+
+    let (code, out) = heal(&setup, &["--dry-run"]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("would restore public.notes from"), "{out}");
+    assert!(!out.contains("restoring"), "{out}");
+    assert_eq!(tables(&pg), gone, "a dry run changed the database");
+}
+
+/// `mut_p` and `mut_q` reference each other, both missing, next to `shops`, which cannot be
+/// healed: neither comes back alone nor with `shops`, but the two together do, with their
+/// rows and both foreign keys; only `shops` is named.
+#[test]
+fn tables_that_reference_each_other_heal_together_next_to_one_that_cannot() {
+    let (pg, setup) = pg_stack(r#"watch = ["mut_p", "mut_q", "shops"]"#, "");
+    seed_groups(&pg);
+    pg.psql(
+        "app",
+        "create table public.mut_p (id int primary key, q_id int);
+         create table public.mut_q (id int primary key, p_id int references public.mut_p(id));
+         alter table public.mut_p add constraint mut_p_q_id_fkey
+           foreign key (q_id) references public.mut_q(id);
+         insert into public.mut_p select g, null from generate_series(1, 50) g;
+         insert into public.mut_q select g, 51 - g from generate_series(1, 50) g;
+         update public.mut_p set q_id = id;",
+    );
+    let id = setup.backup();
+    let before = tables(&pg);
+    pg.psql(
+        "app",
+        "drop table public.regions cascade; drop table public.shops;
+         drop table public.mut_p cascade; drop table public.mut_q cascade;",
+    );
+
+    let (code, out) = heal(&setup, &[]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains(&format!(
+            "heal app: db: 3 missing (mut_p, mut_q, shops), partially healed; restored public.mut_p from {id} on local, public.mut_q from {id} on local; cannot heal public.shops ("
+        )),
+        "{out}"
+    );
+    let failed = cannot_heal(&out);
+    assert!(!failed.contains("mut_"), "{failed}");
+    assert!(
+        out.contains("heal app: 8 restores tried for 3 object(s) from 1 backup(s)"),
+        "{out}"
+    );
+    let now = tables(&pg);
+    for t in ["public.mut_p", "public.mut_q"] {
+        assert_eq!(now.get(t), before.get(t), "{t}: {out}");
+    }
+    let fks = foreign_keys(&pg, "app");
+    for fk in ["mut_p mut_p_q_id_fkey true", "mut_q mut_q_p_id_fkey true"] {
+        assert!(fks.contains(&fk.to_string()), "{fks:?}");
+    }
+}

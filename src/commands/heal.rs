@@ -5,8 +5,9 @@ use crate::heal::HealOutcome;
 use crate::logging::Console;
 
 /// One pass of the job's healer: 0 when nothing is missing or all of it was restored (or,
-/// with --dry-run, can be), 1 when something could not be (or the database is
-/// unreachable), 2 for bad config.
+/// with --dry-run, can be), 1 when something could not be (even if the rest was: the
+/// summary names only what failed under "cannot heal") or the database is unreachable, 2
+/// for bad config.
 pub fn run(path: &Path, job_name: &str, dry_run: bool, trust_unauthenticated: bool) -> i32 {
     with_job(path, Console::Stderr, job_name, |config, job, rt| {
         if job.heal.is_none() {
@@ -24,7 +25,7 @@ pub fn run(path: &Path, job_name: &str, dry_run: bool, trust_unauthenticated: bo
         println!("{}", report.summary());
         match report.outcome {
             HealOutcome::Ok | HealOutcome::Healed | HealOutcome::DryRun => EXIT_OK,
-            HealOutcome::Failed | HealOutcome::Unreachable => EXIT_FAILED,
+            HealOutcome::Partial | HealOutcome::Failed | HealOutcome::Unreachable => EXIT_FAILED,
         }
     })
 }

@@ -652,11 +652,17 @@ async fn restore_from(
     from_name: &str,
 ) -> Result<Vec<String>, SourceError> {
     let entry = step.entry;
+    // A dry run reads the archive too (to check it), but must not read as if it wrote.
     info!(
         job = %job.name,
         id = %id,
         destination = %from_name,
-        "restoring {} ({}, {}) from {} into {}",
+        "{} {} ({}, {}) from {} into {}",
+        if opts.dry_run {
+            "would restore"
+        } else {
+            "restoring"
+        },
         entry.name,
         entry.format,
         human_bytes(entry.size),
