@@ -160,15 +160,93 @@ pub trait Scratch: Send + Sync {
     /// Whether `target` names the source's own database, which a drill must never touch.
     fn is_own_database(&self, target: &str) -> bool;
     /// Create `target`, empty; what a crashed drill left there is dropped first.
-    async fn create(&self, target: &str) -> Result<(), SourceError>;
-    async fn drop(&self, target: &str) -> Result<(), SourceError>;
+    async fn create(&self, target: &str) -> Result<(), SourceError> {
+        Err(unnamed_scratch(target))
+    }
+    async fn drop(&self, target: &str) -> Result<(), SourceError> {
+        Err(unnamed_scratch(target))
+    }
     /// Rows per table, named as in the manifest's `objects`.
     async fn row_counts(
         &self,
         target: &str,
+    ) -> Result<std::collections::BTreeMap<String, u64>, SourceError> {
+        Err(unnamed_scratch(target))
+    }
+    /// Run a check; true when it returns one row holding true.
+    async fn check(&self, target: &str, query: &str) -> Result<bool, SourceError> {
+        let _ = query;
+        Err(unnamed_scratch(target))
+    }
+    /// What the scratch is, for messages: "database", "file", "server".
+    fn noun(&self) -> &'static str {
+        "database"
+    }
+    /// What a drill counts, for messages: the object and its unit, ("table", "row") by
+    /// default, ("database", "key") for Redis.
+    fn counted(&self) -> (&'static str, &'static str) {
+        ("table", "row")
+    }
+    /// Whether the drill's `checks` mean something here (they are SQL).
+    fn runs_checks(&self) -> bool {
+        true
+    }
+    /// The scratch of one drill, made from the drill's `to`. By default a database named by
+    /// `to` on the source's server ([`Scratch::create`], then the other methods with `to`);
+    /// an engine whose scratch is private to one drill (a temporary directory, a server of
+    /// its own) makes it here and removes it when it is removed or dropped.
+    async fn space<'a>(&'a self, to: &str) -> Result<Box<dyn ScratchSpace + 'a>, SourceError> {
+        self.create(to).await?;
+        Ok(Box::new(NamedScratch {
+            scratch: self,
+            to: to.to_string(),
+        }))
+    }
+}
+
+/// The scratch a drill restores into, inspects and removes (see [`Scratch::space`]).
+#[async_trait]
+pub trait ScratchSpace: Send + Sync {
+    /// The target [`Database::restore`] restores into.
+    fn target(&self) -> &str;
+    /// Rows (or keys) per object, named as in the manifest's `rows`.
+    async fn row_counts(
+        &mut self,
     ) -> Result<std::collections::BTreeMap<String, u64>, SourceError>;
     /// Run a check; true when it returns one row holding true.
-    async fn check(&self, target: &str, query: &str) -> Result<bool, SourceError>;
+    async fn check(&mut self, query: &str) -> Result<bool, SourceError>;
+    /// Remove the scratch, saying whether that worked.
+    async fn remove(self: Box<Self>) -> Result<(), SourceError>;
+}
+
+fn unnamed_scratch(target: &str) -> SourceError {
+    SourceError::Refused(format!(
+        "this engine makes a private scratch for each drill; \"{target}\" is not one it made"
+    ))
+}
+
+/// A scratch database named by the drill's `to`, made and dropped through [`Scratch`].
+struct NamedScratch<'a, S: ?Sized> {
+    scratch: &'a S,
+    to: String,
+}
+
+#[async_trait]
+impl<S: Scratch + ?Sized> ScratchSpace for NamedScratch<'_, S> {
+    fn target(&self) -> &str {
+        &self.to
+    }
+    async fn row_counts(
+        &mut self,
+    ) -> Result<std::collections::BTreeMap<String, u64>, SourceError> {
+        self.scratch.row_counts(&self.to).await
+    }
+    async fn check(&mut self, query: &str) -> Result<bool, SourceError> {
+        self.scratch.check(&self.to, query).await
+    }
+    async fn remove(self: Box<Self>) -> Result<(), SourceError> {
+        self.scratch.drop(&self.to).await
+    }
 }
 
 /// A running dump: read `reader` to the end, then await `finish` to learn whether the
