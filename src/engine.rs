@@ -347,3 +347,47 @@ pub fn kinds() -> Vec<&'static str> {
         .flat_map(|e| std::iter::once(e.kind()).chain(e.aliases().iter().copied()))
         .collect()
 }
+
+/// The private directory (mode 0700, a fresh name) in which an engine's drill makes its
+/// scratch (a file, a server's data), inside the drill's `to`, which must be a directory.
+/// Its name carries the drill's process (`stowage-drill-<pid>-<start>-…`): what a killed
+/// drill left in `to` is removed here first, when that process is gone and the directory
+/// (never a link) belongs to this user.
+pub fn scratch_dir(to: &str) -> Result<tempfile::TempDir, SourceError> {
+    const PREFIX: &str = "stowage-drill-";
+    if let Ok(entries) = std::fs::read_dir(to) {
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let Some(rest) = name.strip_prefix(PREFIX) else {
+                continue;
+            };
+            let token: String = rest.splitn(3, '-').take(2).collect::<Vec<_>>().join("-");
+            let mine = e.metadata().is_ok_and(|m| {
+                use std::os::unix::fs::MetadataExt;
+                // DirEntry::metadata does not follow a link: a link is never a dir here.
+                m.is_dir() && m.uid() == rustix::process::geteuid().as_raw()
+            });
+            if mine && !crate::owner::token_alive(&token) {
+                match std::fs::remove_dir_all(e.path()) {
+                    Ok(()) => tracing::info!(
+                        "removed {}, left by a drill that was killed",
+                        e.path().display()
+                    ),
+                    Err(err) => tracing::warn!(
+                        "cannot remove {}, left by a killed drill: {err}",
+                        e.path().display()
+                    ),
+                }
+            }
+        }
+    }
+    tempfile::Builder::new()
+        .prefix(&format!("{PREFIX}{}-", crate::owner::Owner::current().token()))
+        .tempdir_in(to)
+        .map_err(|e| {
+            SourceError::io(
+                format!("cannot make a private directory in {to} (the drill's `to`: a directory)"),
+                e,
+            )
+        })
+}

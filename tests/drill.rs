@@ -480,8 +480,15 @@ fn sqlite_drill_restores_into_a_private_file_and_fails_on_a_tampered_count() {
         assert_eq!(entry["rows"][table].as_u64(), Some(n), "{table} in {entry}");
     }
 
+    // What a killed drill left (its process, pid 999999999, is gone) goes; a link is kept.
+    std::fs::create_dir_all(drills.join("stowage-drill-999999999-5-abc/sub")).expect("leftover");
+    std::os::unix::fs::symlink(home.path(), drills.join("stowage-drill-999999999-6-lnk"))
+        .expect("link");
     let (code, out) = setup.stowage(&["drill", "app"]);
     assert_eq!(code, Some(0), "{out}");
+    assert_eq!(entries(&drills), ["stowage-drill-999999999-6-lnk"], "{out}");
+    std::fs::remove_file(drills.join("stowage-drill-999999999-6-lnk")).expect("unlink");
+    assert!(path.exists());
     assert!(
         out.contains("3 table(s), 252 row(s), as in the backup")
             && out.contains("check passed: select count(*) = 250 from customers"),

@@ -154,15 +154,7 @@ impl Scratch for RedisSource {
                 reason: format!("{SERVER} not found on PATH; {SERVER_HINT}"),
             });
         };
-        let dir = tempfile::Builder::new()
-            .prefix("stowage-drill-")
-            .tempdir_in(to)
-            .map_err(|e| {
-                SourceError::io(
-                    format!("cannot make a private directory in {to} (the drill's `to`: a directory)"),
-                    e,
-                )
-            })?;
+        let dir = crate::engine::scratch_dir(to)?;
         let target = dir.path().join(RDB).to_str().map(str::to_string).ok_or_else(|| {
             SourceError::Refused(format!(
                 "{} is not valid UTF-8; give a drill directory whose path is",
@@ -338,6 +330,21 @@ impl RedisScratch {
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
+        // kill_on_drop needs a drop: a stowage that is killed outright must not leave a
+        // server behind, so the kernel kills it with its parent.
+        let parent = std::process::id();
+        // SAFETY: runs in the forked child before exec; prctl, getppid and _exit are
+        // async-signal-safe, and nothing shared with the parent is touched.
+        #[cfg(target_os = "linux")]
+        unsafe {
+            cmd.pre_exec(move || {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                if libc::getppid() as u32 != parent {
+                    libc::_exit(1);
+                }
+                Ok(())
+            });
+        }
         let mut child = cmd
             .spawn()
             .map_err(|e| super::spawn_error(SERVER, e, SERVER_HINT))?;

@@ -83,15 +83,7 @@ impl Scratch for SqliteSource {
                 self.name
             )));
         }
-        let dir = tempfile::Builder::new()
-            .prefix("stowage-drill-")
-            .tempdir_in(to)
-            .map_err(|e| {
-                SourceError::io(
-                    format!("cannot make a private directory in {to} (the drill's `to`: a directory)"),
-                    e,
-                )
-            })?;
+        let dir = crate::engine::scratch_dir(to)?;
         let file = dir.path().join(format!("{}.db", file_name(&self.name)));
         let target = file.to_str().map(str::to_string).ok_or_else(|| {
             SourceError::Refused(format!(
