@@ -163,7 +163,7 @@ pub async fn drill(
                 target: space.target().to_string(),
                 // The scratch server may lack the source's roles; ownership is not what a
                 // drill proves.
-                no_owner: true,
+                no_owner: scratch.restores_without_owners(),
                 ..Default::default()
             },
         )

@@ -187,6 +187,11 @@ pub trait Scratch: Send + Sync {
     fn counted(&self) -> (&'static str, &'static str) {
         ("table", "row")
     }
+    /// Whether the drill restores with [`RestoreOptions::no_owner`] (the scratch server may
+    /// lack the source's roles); false for an engine where that option means nothing.
+    fn restores_without_owners(&self) -> bool {
+        true
+    }
     /// Whether the drill's `checks` mean something here (they are SQL).
     fn runs_checks(&self) -> bool {
         true

@@ -594,3 +594,78 @@ fn a_redis_drill_refuses_checks_and_a_server_url() {
     assert_eq!(code, Some(2), "{out}");
     assert!(out.contains("jobs.app.drill.to:"), "{out}");
 }
+
+/// The process ids whose parent is `parent` and whose name is `comm`, from /proc.
+fn children_named(parent: u32, comm: &str) -> Vec<u32> {
+    let mut found = Vec::new();
+    for e in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        let ppid = stat[close + 1..]
+            .split_whitespace()
+            .nth(1)
+            .and_then(|p| p.parse::<u32>().ok());
+        if &stat[open + 1..close] == comm && ppid == Some(parent) {
+            found.push(pid);
+        }
+    }
+    found
+}
+
+/// Gone, or a zombie nobody has reaped yet (it no longer runs).
+fn process_gone(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => stat
+            .rfind(')')
+            .and_then(|c| stat[c + 1..].split_whitespace().next())
+            .is_some_and(|state| state == "Z" || state == "X"),
+    }
+}
+
+/// A stowage killed outright (no destructor runs) while its drill's redis-server loads
+/// the backup: the kernel kills the server with it, and the next drill removes the
+/// directory it left.
+#[test]
+fn a_killed_redis_drill_leaves_no_server_running_and_its_directory_goes_next_time() {
+    let r = common::redis::RedisServer::start_with(common::redis::RedisOptions {
+        args: vec!["--enable-debug-command".into(), "yes".into()],
+        ..Default::default()
+    });
+    // Enough keys that loading them takes a while.
+    r.cmd(&[b"DEBUG", b"POPULATE", b"2000000"]);
+    let home = tempfile::tempdir().expect("tempdir");
+    let drills = home.path().join("drills");
+    std::fs::create_dir(&drills).expect("drills dir");
+    let setup = setup_with(
+        &format!("type = \"redis\"\nurl = \"{}\"", r.url()),
+        &format!("to = \"{}\"", drills.display()),
+    );
+    setup.backup();
+
+    let drill = common::spawn_stowage(&setup.config, ["drill", "app"]);
+    let mut server = Vec::new();
+    common::wait_for("the drill's redis-server", Duration::from_secs(120), || {
+        server = children_named(drill.pid(), "redis-server");
+        !server.is_empty()
+    });
+    drill.signal("KILL");
+    let pid = server[0];
+    common::wait_for("the scratch server to die with stowage", Duration::from_secs(10), || {
+        process_gone(pid)
+    });
+    let _ = drill.wait(Duration::from_secs(10));
+    assert_eq!(entries(&drills).len(), 1, "the killed drill's directory is still there");
+
+    let (code, out) = setup.stowage(&["drill", "app"]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("1 database(s), 2000000 key(s), as in the backup"), "{out}");
+    assert_eq!(entries(&drills), Vec::<String>::new(), "{out}");
+}

@@ -640,6 +640,45 @@ mod tests {
         assert_eq!(c.finish(), Ok(map(&[("t", 100_001)])));
     }
 
+    /// A figure, not a check: `cargo test --lib count::tests::throughput -- --ignored
+    /// --nocapture` (the dump's section scanner for comparison: both read every byte).
+    #[test]
+    #[ignore]
+    fn throughput() {
+        let mut dump = HEAD.as_bytes().to_vec();
+        let mut i = 0u64;
+        while dump.len() < 64 << 20 {
+            dump.extend_from_slice(b"INSERT INTO `t` VALUES ");
+            for _ in 0..2000 {
+                i += 1;
+                dump.extend_from_slice(
+                    format!("({i},'name {i} it\\'s ),( text',0x{i:016X},NULL),").as_bytes(),
+                );
+            }
+            dump.extend_from_slice(b"(0,'',0x00,NULL);\n");
+        }
+        let mb = dump.len() as f64 / 1e6;
+        let t = std::time::Instant::now();
+        let mut scanner = super::super::sql::Scanner::default();
+        for c in dump.chunks(256 * 1024) {
+            scanner.push(c);
+        }
+        scanner.finish();
+        let scan = t.elapsed().as_secs_f64();
+        let t = std::time::Instant::now();
+        let mut c = RowCounter::default();
+        for piece in dump.chunks(256 * 1024) {
+            c.push(piece);
+        }
+        let rows = c.finish().expect("counted")["t"];
+        let count = t.elapsed().as_secs_f64();
+        println!(
+            "{mb:.0} MB, {rows} rows: scanner {:.0} MB/s, row counter {:.0} MB/s",
+            mb / scan,
+            mb / count
+        );
+    }
+
     impl RowCounter {
         fn splitter_len(&self) -> usize {
             format!("{:?}", self.splitter).len()

@@ -49,6 +49,11 @@ impl Scratch for MariaDbSource {
         }
     }
 
+    /// Objects keep their DEFINER whatever the option says (the restore warns about it).
+    fn restores_without_owners(&self) -> bool {
+        false
+    }
+
     async fn create(&self, target: &str) -> Result<(), SourceError> {
         let url = self.scratch_url(target)?;
         let name = quote_name(&url.database());

@@ -389,21 +389,35 @@ impl Running {
                 };
                 return Err(self.failed(why).await);
             }
-            match self.command("INFO server").await {
+            // INFO is served while the server loads (and KEYS counts what is loaded so
+            // far): "loading:0" says the whole file is in.
+            match self.command("INFO").await {
                 Ok(Ok(text)) => {
-                    let pid = text
-                        .lines()
-                        .find_map(|l| l.trim().strip_prefix("process_id:"))
-                        .and_then(|p| p.parse::<u32>().ok());
+                    let field = |name: &str| {
+                        text.lines()
+                            .find_map(|l| l.trim().strip_prefix(name).map(str::to_string))
+                    };
+                    let pid = field("process_id:").and_then(|p| p.parse::<u32>().ok());
                     if pid.is_some() && pid == self.child.id() {
-                        return Ok(());
-                    }
-                    return Err(self
+                        match field("loading:").as_deref() {
+                            Some("0") => return Ok(()),
+                            Some("1") => accepted = true,
+                            other => {
+                                return Err(self
+                                    .failed(format!(
+                                        "INFO says loading:{other:?}, not whether it has loaded the backup"
+                                    ))
+                                    .await);
+                            }
+                        }
+                    } else {
+                        return Err(self
                         .failed(format!(
                             "another process answers on port {} (process_id {pid:?})",
                             self.port
                         ))
                         .await);
+                    }
                 }
                 Ok(Err(e)) if e.starts_with("LOADING") => accepted = true,
                 Ok(Err(e)) => return Err(self.failed(format!("INFO failed: {e}")).await),
