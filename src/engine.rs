@@ -215,9 +215,7 @@ pub trait ScratchSpace: Send + Sync {
     /// The target [`Database::restore`] restores into.
     fn target(&self) -> &str;
     /// Rows (or keys) per object, named as in the manifest's `rows`.
-    async fn row_counts(
-        &mut self,
-    ) -> Result<std::collections::BTreeMap<String, u64>, SourceError>;
+    async fn row_counts(&mut self) -> Result<std::collections::BTreeMap<String, u64>, SourceError>;
     /// Run a check; true when it returns one row holding true.
     async fn check(&mut self, query: &str) -> Result<bool, SourceError>;
     /// Remove the scratch, saying whether that worked.
@@ -241,9 +239,7 @@ impl<S: Scratch + ?Sized> ScratchSpace for NamedScratch<'_, S> {
     fn target(&self) -> &str {
         &self.to
     }
-    async fn row_counts(
-        &mut self,
-    ) -> Result<std::collections::BTreeMap<String, u64>, SourceError> {
+    async fn row_counts(&mut self) -> Result<std::collections::BTreeMap<String, u64>, SourceError> {
         self.scratch.row_counts(&self.to).await
     }
     async fn check(&mut self, query: &str) -> Result<bool, SourceError> {
@@ -387,7 +383,10 @@ pub fn scratch_dir(to: &str) -> Result<tempfile::TempDir, SourceError> {
         }
     }
     tempfile::Builder::new()
-        .prefix(&format!("{PREFIX}{}-", crate::owner::Owner::current().token()))
+        .prefix(&format!(
+            "{PREFIX}{}-",
+            crate::owner::Owner::current().token()
+        ))
         .tempdir_in(to)
         .map_err(|e| {
             SourceError::io(

@@ -332,8 +332,11 @@ impl Setup {
                 s["rows"][object] = n.into();
             }
         }
-        std::fs::write(self.manifest_path(id), serde_json::to_vec(&m).expect("json"))
-            .expect("write");
+        std::fs::write(
+            self.manifest_path(id),
+            serde_json::to_vec(&m).expect("json"),
+        )
+        .expect("write");
     }
 }
 
@@ -371,7 +374,11 @@ fn seed_mariadb(db: &common::mariadb::MariaDbServer) {
     );
     let mut orders = Vec::new();
     for i in 0..120 {
-        orders.push(format!("({i}, {}, {}, unhex('292C28275C00{i:02X}'))", i % 300, i * 3));
+        orders.push(format!(
+            "({i}, {}, {}, unhex('292C28275C00{i:02X}'))",
+            i % 300,
+            i * 3
+        ));
     }
     // The trigger adds 2 audit rows per order: 240.
     db.sql(
@@ -393,20 +400,32 @@ fn mariadb_drill_restores_into_a_scratch_database_and_fails_on_a_tampered_count(
     );
     let id = setup.backup();
     let entry = setup.source_entry(&id);
-    for (table, n) in [("customers", 300), ("orders", 120), ("audit", 240), ("empty_one", 0)] {
+    for (table, n) in [
+        ("customers", 300),
+        ("orders", 120),
+        ("audit", 240),
+        ("empty_one", 0),
+    ] {
         assert_eq!(entry["rows"][table].as_u64(), Some(n), "{table} in {entry}");
     }
-    assert!(entry["rows"].get("big_orders").is_none(), "a view has no rows: {entry}");
+    assert!(
+        entry["rows"].get("big_orders").is_none(),
+        "a view has no rows: {entry}"
+    );
 
     let (code, out) = setup.stowage(&["drill", "app"]);
     assert_eq!(code, Some(0), "{out}");
     assert!(
-        out.contains(&format!("drill app: ok, backup {id} from local restored and checked in"))
-            && out.contains("4 table(s), 660 row(s), as in the backup")
+        out.contains(&format!(
+            "drill app: ok, backup {id} from local restored and checked in"
+        )) && out.contains("4 table(s), 660 row(s), as in the backup")
             && out.contains("check passed: select count(*) > 0 from orders"),
         "{out}"
     );
-    assert!(!db.db_exists("stowage_drill"), "the scratch database is dropped");
+    assert!(
+        !db.db_exists("stowage_drill"),
+        "the scratch database is dropped"
+    );
     assert_eq!(db.sql("app", "select count(*) from orders"), "120");
 
     setup.tamper_count(&id, "customers", 299);
@@ -417,7 +436,10 @@ fn mariadb_drill_restores_into_a_scratch_database_and_fails_on_a_tampered_count(
             && out.contains("table customers: 300 row(s) restored, 299 in the backup"),
         "{out}"
     );
-    assert!(!db.db_exists("stowage_drill"), "dropped after a failed drill too");
+    assert!(
+        !db.db_exists("stowage_drill"),
+        "dropped after a failed drill too"
+    );
 }
 
 #[test]
@@ -430,12 +452,18 @@ fn a_mariadb_drill_into_the_source_or_a_system_database_is_refused() {
     assert_eq!(code, Some(2), "{out}");
     assert!(out.contains("is the database of source \"db\""), "{out}");
 
-    db.sql("app", "create table t (id int primary key); insert into t values (1);");
+    db.sql(
+        "app",
+        "create table t (id int primary key); insert into t values (1);",
+    );
     let setup = setup_with(&source, &format!("to = \"{}\"", db.url("mysql")));
     setup.backup();
     let (code, out) = setup.stowage(&["drill", "app"]);
     assert_eq!(code, Some(1), "{out}");
-    assert!(out.contains("\"mysql\" is a system database of the server"), "{out}");
+    assert!(
+        out.contains("\"mysql\" is a system database of the server"),
+        "{out}"
+    );
     assert!(db.db_exists("mysql"));
 }
 
@@ -494,7 +522,11 @@ fn sqlite_drill_restores_into_a_private_file_and_fails_on_a_tampered_count() {
             && out.contains("check passed: select count(*) = 250 from customers"),
         "{out}"
     );
-    assert_eq!(entries(&drills), Vec::<String>::new(), "the scratch directory is removed");
+    assert_eq!(
+        entries(&drills),
+        Vec::<String>::new(),
+        "the scratch directory is removed"
+    );
     let mut after = entries(path.parent().expect("data"));
     after.sort();
     let mut before = before;
@@ -508,7 +540,11 @@ fn sqlite_drill_restores_into_a_private_file_and_fails_on_a_tampered_count() {
         out.contains("table odd \"name: 2 row(s) restored, 3 in the backup"),
         "{out}"
     );
-    assert_eq!(entries(&drills), Vec::<String>::new(), "removed after a failed drill too");
+    assert_eq!(
+        entries(&drills),
+        Vec::<String>::new(),
+        "removed after a failed drill too"
+    );
 
     // The source's own directory is refused as the drill's directory.
     let setup = setup_with(
@@ -517,7 +553,10 @@ fn sqlite_drill_restores_into_a_private_file_and_fails_on_a_tampered_count() {
     );
     let (code, out) = setup.stowage(&["check-config"]);
     assert_eq!(code, Some(2), "{out}");
-    assert!(out.contains("jobs.app.drill.to:") && out.contains("source \"db\""), "{out}");
+    assert!(
+        out.contains("jobs.app.drill.to:") && out.contains("source \"db\""),
+        "{out}"
+    );
 }
 
 fn seed_redis(r: &common::redis::RedisServer) {
@@ -554,11 +593,16 @@ fn redis_drill_loads_the_rdb_into_its_own_server_and_fails_on_a_tampered_count()
     let (code, out) = setup.stowage(&["drill", "app"]);
     assert_eq!(code, Some(0), "{out}");
     assert!(
-        out.contains(&format!("drill app: ok, backup {id} from local restored and checked in"))
-            && out.contains("2 database(s), 47 key(s), as in the backup"),
+        out.contains(&format!(
+            "drill app: ok, backup {id} from local restored and checked in"
+        )) && out.contains("2 database(s), 47 key(s), as in the backup"),
         "{out}"
     );
-    assert_eq!(entries(&drills), Vec::<String>::new(), "the scratch directory is removed");
+    assert_eq!(
+        entries(&drills),
+        Vec::<String>::new(),
+        "the scratch directory is removed"
+    );
 
     setup.tamper_count(&id, "db3", 6);
     let (code, out) = setup.stowage(&["drill", "app"]);
@@ -568,10 +612,15 @@ fn redis_drill_loads_the_rdb_into_its_own_server_and_fails_on_a_tampered_count()
             && out.contains("database db3: 5 key(s) restored, 6 in the backup"),
         "{out}"
     );
-    assert_eq!(entries(&drills), Vec::<String>::new(), "removed after a failed drill too");
+    assert_eq!(
+        entries(&drills),
+        Vec::<String>::new(),
+        "removed after a failed drill too"
+    );
 
     // Without redis-server, the drill says what to install, and leaves nothing behind.
-    let out = common::run_stowage_with_env(&setup.config, ["drill", "app"], &[("PATH", "/nonexistent")]);
+    let out =
+        common::run_stowage_with_env(&setup.config, ["drill", "app"], &[("PATH", "/nonexistent")]);
     let said = text(&out);
     assert_eq!(out.status.code(), Some(1), "{said}");
     assert!(
@@ -588,7 +637,10 @@ fn a_redis_drill_refuses_checks_and_a_server_url() {
     let setup = setup_with(&source, "to = \"/var/tmp\"\nchecks = [\"select 1\"]");
     let (code, out) = setup.stowage(&["check-config"]);
     assert_eq!(code, Some(2), "{out}");
-    assert!(out.contains("jobs.app.drill.checks: a redis drill runs no checks"), "{out}");
+    assert!(
+        out.contains("jobs.app.drill.checks: a redis drill runs no checks"),
+        "{out}"
+    );
     let setup = setup_with(&source, &format!("to = \"{}\"", r.url()));
     let (code, out) = setup.stowage(&["check-config"]);
     assert_eq!(code, Some(2), "{out}");
@@ -658,14 +710,23 @@ fn a_killed_redis_drill_leaves_no_server_running_and_its_directory_goes_next_tim
     });
     drill.signal("KILL");
     let pid = server[0];
-    common::wait_for("the scratch server to die with stowage", Duration::from_secs(10), || {
-        process_gone(pid)
-    });
+    common::wait_for(
+        "the scratch server to die with stowage",
+        Duration::from_secs(10),
+        || process_gone(pid),
+    );
     let _ = drill.wait(Duration::from_secs(10));
-    assert_eq!(entries(&drills).len(), 1, "the killed drill's directory is still there");
+    assert_eq!(
+        entries(&drills).len(),
+        1,
+        "the killed drill's directory is still there"
+    );
 
     let (code, out) = setup.stowage(&["drill", "app"]);
     assert_eq!(code, Some(0), "{out}");
-    assert!(out.contains("1 database(s), 2000000 key(s), as in the backup"), "{out}");
+    assert!(
+        out.contains("1 database(s), 2000000 key(s), as in the backup"),
+        "{out}"
+    );
     assert_eq!(entries(&drills), Vec::<String>::new(), "{out}");
 }

@@ -152,7 +152,7 @@ impl Values {
                 return Ok(false);
             }
             Comment::Block { fresh, m, star } => {
-                if (fresh && c == b'!') || (m && c == b'!') {
+                if (fresh || m) && c == b'!' {
                     return Err("an executable comment (/*! … */) inside its values".into());
                 }
                 self.comment = if star && c == b'/' {
