@@ -357,6 +357,7 @@ create table empty_one (id int primary key);
 create view big_orders as select * from orders where total > 100;
 create table audit (id int auto_increment primary key, what varchar(100));
 create trigger orders_audit after insert on orders for each row insert into audit (what) values ('x'),('y');
+create sequence seq1;
 "#;
 
 fn seed_mariadb(db: &common::mariadb::MariaDbServer) {
