@@ -1,8 +1,10 @@
 //! Restore drills: prove that the newest backup restores. The drilled source's newest
-//! backup is restored, through its engine, into a scratch database the drill creates; its
-//! tables and row counts are compared with what the manifest recorded in the dump's own
-//! snapshot; the job's checks run there; the scratch database is dropped. One summary
-//! line says how it went and how long the recovery took.
+//! backup is restored, through its engine, into a scratch the drill creates (a database on
+//! the source's server for PostgreSQL and MariaDB, a file in a private directory for SQLite,
+//! a server of its own for Redis: [`crate::engine::Scratch::space`]); its tables and row
+//! counts (Redis: databases and key counts) are compared with what the manifest recorded in
+//! the dump's own snapshot; the job's checks run there; the scratch is removed, also when
+//! the drill fails. One summary line says how it went and how long the recovery took.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -14,7 +16,7 @@ use tracing::{info, warn};
 use crate::codec::Packing;
 use crate::config::{Config, Job};
 use crate::crypt::Keys;
-use crate::engine::{RestoreOptions, Scratch};
+use crate::engine::{RestoreOptions, ScratchSpace};
 use crate::restore::{self, RestoreError, StoredArchive};
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -87,7 +89,8 @@ pub async fn drill(
     };
     if scratch.is_own_database(&settings.to) {
         report.problems.push(format!(
-            "drill.to names the database of source \"{}\"; refusing to drill into it",
+            "drill.to names the {} of source \"{}\"; refusing to drill into it",
+            scratch.noun(),
             db.name()
         ));
         return report;
@@ -129,19 +132,23 @@ pub async fn drill(
         return report;
     }
 
+    let noun = scratch.noun();
     info!(
         job = %job.name,
         id = %located.manifest.id,
-        "drill: restoring {} from {} into the scratch database",
+        "drill: restoring {} from {} into a scratch {noun}",
         entry.name,
         located.destination
     );
-    if let Err(e) = scratch.create(&settings.to).await {
-        report
-            .problems
-            .push(format!("cannot create the scratch database: {e}"));
-        return report;
-    }
+    let mut space = match scratch.space(&settings.to).await {
+        Ok(s) => s,
+        Err(e) => {
+            report
+                .problems
+                .push(format!("cannot create the scratch {noun}: {e}"));
+            return report;
+        }
+    };
     let t0 = Instant::now();
     let archive = StoredArchive::new(
         located.storage.as_ref(),
@@ -153,19 +160,19 @@ pub async fn drill(
         .restore(
             &archive,
             &RestoreOptions {
-                target: settings.to.clone(),
+                target: space.target().to_string(),
                 // The scratch server may lack the source's roles; ownership is not what a
                 // drill proves.
-                no_owner: true,
+                no_owner: scratch.restores_without_owners(),
                 ..Default::default()
             },
         )
         .await;
     match restored {
         Ok(_) => {
-            compare(scratch, &settings.to, entry, &mut report).await;
+            compare(space.as_mut(), scratch.counted(), entry, &mut report).await;
             for check in &settings.checks {
-                match scratch.check(&settings.to, check).await {
+                match space.check(check).await {
                     Ok(true) => report.ok.push(format!("check passed: {check}")),
                     Ok(false) => report
                         .problems
@@ -177,8 +184,8 @@ pub async fn drill(
         Err(e) => report.problems.push(format!("restore failed: {e}")),
     }
     report.duration = t0.elapsed();
-    if let Err(e) = scratch.drop(&settings.to).await {
-        warn!(job = %job.name, "drill: cannot drop the scratch database: {e}; the next drill drops it first");
+    if let Err(e) = space.remove().await {
+        warn!(job = %job.name, "drill: cannot remove the scratch {noun}: {e}; remove it by hand if it is still there (a scratch database is also dropped by the next drill)");
     }
     report
 }
@@ -210,17 +217,17 @@ async fn newest(config: &Config, job: &Job) -> Result<restore::Located, RestoreE
 /// Tables and rows of the scratch database against the manifest: rows recorded in the
 /// dump's snapshot when the backup has them, else the table list.
 async fn compare(
-    scratch: &dyn Scratch,
-    to: &str,
+    space: &mut (dyn ScratchSpace + '_),
+    (object, unit): (&str, &str),
     entry: &crate::manifest::SourceEntry,
     report: &mut DrillReport,
 ) {
-    let restored = match scratch.row_counts(to).await {
+    let restored = match space.row_counts().await {
         Ok(r) => r,
         Err(e) => {
             report
                 .problems
-                .push(format!("cannot count the restored rows: {e}"));
+                .push(format!("cannot count the restored {unit}s: {e}"));
             return;
         }
     };
@@ -228,17 +235,15 @@ async fn compare(
         entry.rows.as_ref(),
         entry.objects.as_deref().unwrap_or_default(),
         &restored,
+        (object, unit),
     );
     if problems.is_empty() {
         let rows: u64 = restored.values().sum();
+        let n = restored.len();
         report.ok.push(match &entry.rows {
-            Some(_) => format!(
-                "{} table(s), {rows} row(s), as in the backup",
-                restored.len()
-            ),
+            Some(_) => format!("{n} {object}(s), {rows} {unit}(s), as in the backup"),
             None => format!(
-                "{} table(s) as in the backup, {rows} row(s) (the backup recorded no row counts)",
-                restored.len()
+                "{n} {object}(s) as in the backup, {rows} {unit}(s) (the backup recorded no {unit} counts)"
             ),
         });
     }
@@ -250,15 +255,16 @@ fn compare_counts(
     recorded: Option<&BTreeMap<String, u64>>,
     objects: &[String],
     restored: &BTreeMap<String, u64>,
+    (object, unit): (&str, &str),
 ) -> Vec<String> {
     let mut problems = Vec::new();
     match recorded {
         Some(rows) => {
             for (table, n) in rows {
                 match restored.get(table) {
-                    None => problems.push(format!("table {table} is missing from the restore")),
+                    None => problems.push(format!("{object} {table} is missing from the restore")),
                     Some(got) if got != n => problems.push(format!(
-                        "table {table}: {got} row(s) restored, {n} in the backup"
+                        "{object} {table}: {got} {unit}(s) restored, {n} in the backup"
                     )),
                     Some(_) => {}
                 }
@@ -267,7 +273,7 @@ fn compare_counts(
         None => {
             for table in objects {
                 if !restored.contains_key(table) {
-                    problems.push(format!("table {table} is missing from the restore"));
+                    problems.push(format!("{object} {table} is missing from the restore"));
                 }
             }
         }
@@ -313,7 +319,7 @@ mod tests {
         for (recorded, objects, want) in cases {
             let objects: Vec<String> = objects.iter().map(|s| s.to_string()).collect();
             assert_eq!(
-                compare_counts(recorded.as_ref(), &objects, &restored),
+                compare_counts(recorded.as_ref(), &objects, &restored, ("table", "row")),
                 *want,
                 "{recorded:?} {objects:?}"
             );

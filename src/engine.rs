@@ -160,15 +160,94 @@ pub trait Scratch: Send + Sync {
     /// Whether `target` names the source's own database, which a drill must never touch.
     fn is_own_database(&self, target: &str) -> bool;
     /// Create `target`, empty; what a crashed drill left there is dropped first.
-    async fn create(&self, target: &str) -> Result<(), SourceError>;
-    async fn drop(&self, target: &str) -> Result<(), SourceError>;
+    async fn create(&self, target: &str) -> Result<(), SourceError> {
+        Err(unnamed_scratch(target))
+    }
+    async fn drop(&self, target: &str) -> Result<(), SourceError> {
+        Err(unnamed_scratch(target))
+    }
     /// Rows per table, named as in the manifest's `objects`.
     async fn row_counts(
         &self,
         target: &str,
-    ) -> Result<std::collections::BTreeMap<String, u64>, SourceError>;
+    ) -> Result<std::collections::BTreeMap<String, u64>, SourceError> {
+        Err(unnamed_scratch(target))
+    }
     /// Run a check; true when it returns one row holding true.
-    async fn check(&self, target: &str, query: &str) -> Result<bool, SourceError>;
+    async fn check(&self, target: &str, query: &str) -> Result<bool, SourceError> {
+        let _ = query;
+        Err(unnamed_scratch(target))
+    }
+    /// What the scratch is, for messages: "database", "file", "server".
+    fn noun(&self) -> &'static str {
+        "database"
+    }
+    /// What a drill counts, for messages: the object and its unit, ("table", "row") by
+    /// default, ("database", "key") for Redis.
+    fn counted(&self) -> (&'static str, &'static str) {
+        ("table", "row")
+    }
+    /// Whether the drill restores with [`RestoreOptions::no_owner`] (the scratch server may
+    /// lack the source's roles); false for an engine where that option means nothing.
+    fn restores_without_owners(&self) -> bool {
+        true
+    }
+    /// Whether the drill's `checks` mean something here (they are SQL).
+    fn runs_checks(&self) -> bool {
+        true
+    }
+    /// The scratch of one drill, made from the drill's `to`. By default a database named by
+    /// `to` on the source's server ([`Scratch::create`], then the other methods with `to`);
+    /// an engine whose scratch is private to one drill (a temporary directory, a server of
+    /// its own) makes it here and removes it when it is removed or dropped.
+    async fn space<'a>(&'a self, to: &str) -> Result<Box<dyn ScratchSpace + 'a>, SourceError> {
+        self.create(to).await?;
+        Ok(Box::new(NamedScratch {
+            scratch: self,
+            to: to.to_string(),
+        }))
+    }
+}
+
+/// The scratch a drill restores into, inspects and removes (see [`Scratch::space`]).
+#[async_trait]
+pub trait ScratchSpace: Send + Sync {
+    /// The target [`Database::restore`] restores into.
+    fn target(&self) -> &str;
+    /// Rows (or keys) per object, named as in the manifest's `rows`.
+    async fn row_counts(&mut self) -> Result<std::collections::BTreeMap<String, u64>, SourceError>;
+    /// Run a check; true when it returns one row holding true.
+    async fn check(&mut self, query: &str) -> Result<bool, SourceError>;
+    /// Remove the scratch, saying whether that worked.
+    async fn remove(self: Box<Self>) -> Result<(), SourceError>;
+}
+
+fn unnamed_scratch(target: &str) -> SourceError {
+    SourceError::Refused(format!(
+        "this engine makes a private scratch for each drill; \"{target}\" is not one it made"
+    ))
+}
+
+/// A scratch database named by the drill's `to`, made and dropped through [`Scratch`].
+struct NamedScratch<'a, S: ?Sized> {
+    scratch: &'a S,
+    to: String,
+}
+
+#[async_trait]
+impl<S: Scratch + ?Sized> ScratchSpace for NamedScratch<'_, S> {
+    fn target(&self) -> &str {
+        &self.to
+    }
+    async fn row_counts(&mut self) -> Result<std::collections::BTreeMap<String, u64>, SourceError> {
+        self.scratch.row_counts(&self.to).await
+    }
+    async fn check(&mut self, query: &str) -> Result<bool, SourceError> {
+        self.scratch.check(&self.to, query).await
+    }
+    async fn remove(self: Box<Self>) -> Result<(), SourceError> {
+        self.scratch.drop(&self.to).await
+    }
 }
 
 /// A running dump: read `reader` to the end, then await `finish` to learn whether the
@@ -268,4 +347,51 @@ pub fn kinds() -> Vec<&'static str> {
         .iter()
         .flat_map(|e| std::iter::once(e.kind()).chain(e.aliases().iter().copied()))
         .collect()
+}
+
+/// The private directory (mode 0700, a fresh name) in which an engine's drill makes its
+/// scratch (a file, a server's data), inside the drill's `to`, which must be a directory.
+/// Its name carries the drill's process (`stowage-drill-<pid>-<start>-…`): what a killed
+/// drill left in `to` is removed here first, when that process is gone and the directory
+/// (never a link) belongs to this user.
+pub fn scratch_dir(to: &str) -> Result<tempfile::TempDir, SourceError> {
+    const PREFIX: &str = "stowage-drill-";
+    if let Ok(entries) = std::fs::read_dir(to) {
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let Some(rest) = name.strip_prefix(PREFIX) else {
+                continue;
+            };
+            let token: String = rest.splitn(3, '-').take(2).collect::<Vec<_>>().join("-");
+            let mine = e.metadata().is_ok_and(|m| {
+                use std::os::unix::fs::MetadataExt;
+                // DirEntry::metadata does not follow a link: a link is never a dir here.
+                m.is_dir() && m.uid() == rustix::process::geteuid().as_raw()
+            });
+            if mine && !crate::owner::token_alive(&token) {
+                match std::fs::remove_dir_all(e.path()) {
+                    Ok(()) => tracing::info!(
+                        "removed {}, left by a drill that was killed",
+                        e.path().display()
+                    ),
+                    Err(err) => tracing::warn!(
+                        "cannot remove {}, left by a killed drill: {err}",
+                        e.path().display()
+                    ),
+                }
+            }
+        }
+    }
+    tempfile::Builder::new()
+        .prefix(&format!(
+            "{PREFIX}{}-",
+            crate::owner::Owner::current().token()
+        ))
+        .tempdir_in(to)
+        .map_err(|e| {
+            SourceError::io(
+                format!("cannot make a private directory in {to} (the drill's `to`: a directory)"),
+                e,
+            )
+        })
 }

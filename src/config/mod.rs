@@ -459,6 +459,15 @@ fn drill_config(
             ));
         }
     }
+    if let Some(db) = &source
+        && !raw.checks.is_empty()
+        && db.scratch().is_some_and(|s| !s.runs_checks())
+    {
+        problems.push(format!(
+            "{key}.checks: a {} drill runs no checks (they are SQL); remove them",
+            db.kind()
+        ));
+    }
     for (i, c) in raw.checks.iter().enumerate() {
         if c.trim().is_empty() {
             problems.push(format!("{key}.checks[{i}]: empty query"));

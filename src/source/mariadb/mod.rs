@@ -7,6 +7,8 @@
 //! Passwords reach the tools through a private option file (`--defaults-extra-file`, mode
 //! 0600, removed when the tool is done) and never their command line, where `ps` shows it.
 
+mod count;
+mod scratch;
 pub mod sql;
 
 use std::ffi::OsString;
@@ -724,6 +726,15 @@ impl Database for MariaDbSource {
             }
             .boxed(),
         })
+    }
+
+    /// Rows counted in the dump's own text as it streams (`count`): its one snapshot.
+    async fn dump_counting_rows(&self) -> Result<Dump, SourceError> {
+        count::dump(self).await
+    }
+
+    fn scratch(&self) -> Option<&dyn crate::engine::Scratch> {
+        Some(self)
     }
 
     async fn archive_objects(&self, archive: &dyn Archive) -> Result<Vec<String>, SourceError> {

@@ -351,6 +351,15 @@ impl Lexer {
         self.in_string != 0 || self.ml_comment
     }
 
+    /// Whether a backslash escapes the next byte of a string or identifier opened with
+    /// `quote`, under the sql_mode the dump has set so far (for `count`, which follows the
+    /// values of INSERT statements itself).
+    pub fn backslash_escapes(&self, quote: u8) -> bool {
+        quote != b'`'
+            && !(quote == b'"' && self.quoting.ansi_quotes)
+            && !self.quoting.no_backslash_escapes
+    }
+
     /// Called with the start of each line (see [`Lines::line`]) before its bytes are fed.
     pub fn line_start(&mut self, head: &[u8]) -> LineStart {
         if self.pending || self.ml_comment || self.in_string != 0 {

@@ -7,6 +7,7 @@
 //! to load a snapshot into a running server, so the target is a path, never a URL.
 
 mod rdb;
+mod scratch;
 
 use std::io;
 use std::path::PathBuf;
@@ -458,6 +459,15 @@ impl Database for RedisSource {
             }
             .boxed(),
         })
+    }
+
+    /// Key counts per database, for the drill (`scratch::dump_counting_keys`).
+    async fn dump_counting_rows(&self) -> Result<Dump, SourceError> {
+        scratch::dump_counting_keys(self).await
+    }
+
+    fn scratch(&self) -> Option<&dyn crate::engine::Scratch> {
+        Some(self)
     }
 
     async fn restore(

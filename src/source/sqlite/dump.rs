@@ -34,6 +34,15 @@ const PAGES: &str = "SELECT data FROM sqlite_dbpage('main') ORDER BY pgno";
 /// Start a dump of `path`: the snapshot is taken (and every error about the file reported)
 /// before this returns.
 pub(super) async fn start(path: PathBuf, priority: Priority) -> Result<Dump, SourceError> {
+    start_counting(path, priority, false).await
+}
+
+/// [`start`], and with `count_rows` each table's rows counted in the dump's snapshot.
+pub(super) async fn start_counting(
+    path: PathBuf,
+    priority: Priority,
+    count_rows: bool,
+) -> Result<Dump, SourceError> {
     let (tx, mut rx) = mpsc::channel::<io::Result<Bytes>>(DEPTH);
     let (ready_tx, ready_rx) = oneshot::channel();
     let (done_tx, done_rx) = oneshot::channel();
@@ -43,7 +52,7 @@ pub(super) async fn start(path: PathBuf, priority: Priority) -> Result<Dump, Sou
         .name("stowage-sqlite-dump".into())
         .spawn(move || {
             lower_thread_priority(priority);
-            let snapshot = match Snapshot::take(&path) {
+            let snapshot = match Snapshot::take(&path, count_rows) {
                 Ok(s) => s,
                 Err(e) => {
                     let _ = ready_tx.send(Err(e));
@@ -89,12 +98,13 @@ struct Snapshot {
     conn: Connection,
     path: PathBuf,
     tables: Vec<String>,
+    rows: Option<std::collections::BTreeMap<String, u64>>,
     page_size: usize,
     page_count: u64,
 }
 
 impl Snapshot {
-    fn take(path: &Path) -> Result<Snapshot, SourceError> {
+    fn take(path: &Path, count_rows: bool) -> Result<Snapshot, SourceError> {
         let shown = path.display();
         let conn = open_read_only(path)?;
         let context = || format!("cannot read SQLite database {shown}");
@@ -123,10 +133,15 @@ impl Snapshot {
                 sql_error(context(), e)
             });
         }
+        // In the same read transaction as the pages: the counts are the image's.
+        let rows = count_rows
+            .then(|| super::scratch::counted(&conn, &tables, path))
+            .flatten();
         Ok(Snapshot {
             conn,
             path: path.to_path_buf(),
             tables,
+            rows,
             page_size: usize::try_from(page_size).unwrap_or(0),
             page_count: u64::try_from(page_count).unwrap_or(0),
         })
@@ -189,7 +204,7 @@ impl Snapshot {
         Ok(DumpInfo {
             server_version: written_by.or_else(|| Some(rusqlite::version().to_string())),
             objects: Some(self.tables.clone()),
-            rows: None,
+            rows: self.rows.clone(),
         })
     }
 }

@@ -47,6 +47,7 @@
 mod dump;
 mod header;
 mod restore;
+mod scratch;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -285,6 +286,14 @@ impl Database for SqliteSource {
 
     async fn dump(&self) -> Result<Dump, SourceError> {
         dump::start(self.own_path()?.to_path_buf(), self.priority).await
+    }
+
+    async fn dump_counting_rows(&self) -> Result<Dump, SourceError> {
+        dump::start_counting(self.own_path()?.to_path_buf(), self.priority, true).await
+    }
+
+    fn scratch(&self) -> Option<&dyn crate::engine::Scratch> {
+        Some(self)
     }
 
     /// Verify: the image read to its end (its sha256 checked beneath) must be an SQLite
