@@ -1372,6 +1372,13 @@ impl MariaDbSource {
         if !wanted.is_empty() {
             let mut problems = Vec::new();
             let held = filtered.filter.held_views();
+            if filtered.filter.report().views_not_held {
+                tracing::warn!(
+                    "the backup's view definitions exceed {} MiB: views over {} missing from the target are not put back (restore them from the backup by hand)",
+                    sql::VIEWS_MAX / (1024 * 1024),
+                    wanted.join(", ")
+                );
+            }
             let put_back = self
                 .put_back_views(&url, &wanted, &held, &mut problems)
                 .await?;

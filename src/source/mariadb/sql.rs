@@ -796,6 +796,9 @@ pub struct FilterReport {
     pub views_left_out: Vec<String>,
     /// Whether events and routines were left out.
     pub left_out_routines: bool,
+    /// With tables named: the views' definitions were too big to hold ([`VIEWS_MAX`]), so
+    /// none is available to put back.
+    pub views_not_held: bool,
 }
 
 impl Filter {
@@ -872,6 +875,9 @@ impl FilterState {
             // Held, never written: the restore puts back from these the views over the
             // restored tables that are missing from the target (`Filter::held_views`).
             self.report.views_left_out.push(name.clone());
+            if self.report.views_not_held {
+                return Route::Drop;
+            }
         }
         self.views.push(ViewPart {
             name,
@@ -1114,7 +1120,17 @@ impl Lines for FilterState {
             Route::Out => self.out.extend_from_slice(bytes),
             Route::Drop => {}
             Route::View(n) => {
+                if self.report.views_not_held {
+                    return Ok(());
+                }
                 self.view_bytes += bytes.len();
+                if self.view_bytes > VIEWS_MAX && !self.with_routines() {
+                    // Named tables restore without the views: holding them is only for
+                    // putting back the missing ones, which is given up (and said) here.
+                    self.report.views_not_held = true;
+                    self.views.clear();
+                    return Ok(());
+                }
                 if self.view_bytes > VIEWS_MAX {
                     return Err(FilterError(format!(
                         "the backup's view definitions exceed {} MiB, too much to hold back while leaving out tables; restore the whole backup instead",
@@ -1483,6 +1499,18 @@ mod tests {
         }
         let e = failed.expect("held-back views must stay bounded");
         assert!(e.0.contains("view definitions exceed"), "{e}");
+
+        // With tables named, the views are only held to put back missing ones: past the
+        // bound, that is given up, and the restore goes on.
+        let mut f = Filter::new(sel(&["t"], &[]));
+        f.push(b"-- Final view structure for view `v`\n").expect("marker");
+        for _ in 0..(VIEWS_MAX >> 20) + 2 {
+            f.push(&line).expect("named tables restore whatever the views' size");
+        }
+        f.push(b"\n-- Final view structure for view `w`\nCREATE VIEW w;\n").expect("next");
+        f.finish().expect("finish");
+        assert!(f.report().views_not_held);
+        assert!(f.held_views().is_empty());
     }
 
     #[test]
