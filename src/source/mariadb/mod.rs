@@ -636,7 +636,7 @@ impl MariaDbSource {
                 let inputs = reads.iter().find(|(n, _)| n == *v).map(|(_, r)| r);
                 inputs.is_none_or(|r| {
                     r.iter()
-                        .all(|i| i == *v || !missing.iter().any(|m| *m == i))
+                        .all(|i| i == *v || !missing.contains(&i))
                 })
             });
             // A cycle cannot be created; take the first and let the server say why.
@@ -715,7 +715,7 @@ impl MariaDbSource {
             )
             .await?;
         // (constraint, child, parent) -> [(column, referenced column)]
-        let mut fks: Vec<((String, String, String), Vec<(String, String)>)> = Vec::new();
+        let mut fks: Vec<(ForeignKey, Vec<(String, String)>)> = Vec::new();
         for k in keys {
             let [name, child, parent, col, refcol] = k.as_slice() else {
                 continue;
@@ -837,6 +837,9 @@ fn client_error(stderr: &str) -> String {
         .unwrap_or(stderr.trim())
         .to_string()
 }
+
+/// A foreign key: (constraint, child table, parent table).
+type ForeignKey = (String, String, String);
 
 /// Names as a SQL list of hex literals: `unhex('…'), unhex('…')`.
 fn hex_list(names: &[String]) -> String {
