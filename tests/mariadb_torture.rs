@@ -261,6 +261,27 @@ fn every_table_of_the_torture_schema_comes_back_whole_by_restore_and_by_heal() {
         }
         check("heal", t);
     }
+
+    // One table into another database: a view over it that also reads a table that
+    // database does not have is not "missing" there; it is left out, and said so.
+    server.create_db("scratch");
+    let out = setup.stowage(&[
+        "restore",
+        "app",
+        "latest",
+        "--to",
+        &server.url("scratch"),
+        "--table",
+        "places",
+    ]);
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    assert!(
+        t.contains("view(s) item_view over the restored table(s) not created: they also read"),
+        "{t}"
+    );
+    assert_eq!(server.table_names("scratch"), ["places"]);
+    assert!(server.view_names("scratch").is_empty());
 }
 
 /// A small schema: `c.pid → p.id`, a trigger on p, a view over p with its options and a

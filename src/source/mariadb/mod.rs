@@ -488,7 +488,10 @@ impl MariaDbSource {
                     .and_then(|n| n.parse::<u64>().ok())
                     .unwrap_or(0),
                 Err(SourceError::Failed { stderr, .. }) => {
-                    broken.push(format!("{name} on {child} → {parent}: cannot check: {stderr}"));
+                    broken.push(format!(
+                        "{name} on {child} → {parent}: cannot check: {}",
+                        client_error(&stderr)
+                    ));
                     continue;
                 }
                 Err(e) => return Err(e),
@@ -609,12 +612,17 @@ impl MariaDbSource {
     /// target, created again from the backup's own definitions (algorithm, definer, SQL
     /// SECURITY, check option as dumped), a view before the views over it. Returns the views
     /// put back; those that fail are named in `problems`.
+    /// A view that also reads a table or view of the backup that the target does not have
+    /// (a single table restored into another database) is not one that went missing: it is
+    /// left out, into `left_out`.
     async fn put_back_views(
         &self,
         url: &DbUrl,
         tables: &[String],
+        backup_tables: &[String],
         held: &[(String, Vec<u8>)],
         problems: &mut Vec<String>,
+        left_out: &mut Vec<String>,
     ) -> Result<Vec<String>, SourceError> {
         let reads: Vec<(String, Vec<String>)> = held
             .iter()
@@ -625,10 +633,25 @@ impl MariaDbSource {
             return Ok(Vec::new());
         }
         let live = self.relations(url).await?;
-        let mut missing: Vec<&String> = over
-            .iter()
-            .filter(|v| !live.iter().any(|(n, _)| n == *v))
-            .collect();
+        let is_live = |n: &String| live.iter().any(|(l, _)| l == n);
+        let mut missing: Vec<&String> = over.iter().filter(|v| !is_live(v)).collect();
+        // Inputs of the backup (its tables and views) that are neither in the target, nor
+        // restored, nor put back: the view cannot stand there.
+        loop {
+            let stranded = missing.iter().position(|v| {
+                reads.iter().find(|(n, _)| n == *v).is_some_and(|(_, r)| {
+                    r.iter().any(|i| {
+                        let in_backup = backup_tables.contains(i)
+                            || held.iter().any(|(h, _)| h == i);
+                        in_backup && !is_live(i) && !tables.contains(i) && !missing.contains(&i)
+                    })
+                })
+            });
+            match stranded {
+                Some(k) => left_out.push(missing.remove(k).clone()),
+                None => break,
+            }
+        }
         let mut done: Vec<String> = Vec::new();
         // Dependency order: a view whose missing inputs are all back goes next.
         while !missing.is_empty() {
@@ -1274,6 +1297,8 @@ impl MariaDbSource {
         // --clean drops the tables and with them their triggers: the ones made since the
         // backup do not come back, and must be named.
         let triggers_before = if opts.clean && !wanted.is_empty() {
+            // First what every restore checks, for its hints (a database that is not there).
+            self.relations(&url).await?;
             self.triggers_on(&url, &wanted).await?
         } else {
             Vec::new()
@@ -1382,9 +1407,28 @@ impl MariaDbSource {
                     wanted.join(", ")
                 );
             }
+            let backup_tables: Vec<String> = {
+                let r = filtered.filter.report();
+                r.tables.iter().chain(&r.skipped).cloned().collect()
+            };
+            let mut left_out = Vec::new();
             let put_back = self
-                .put_back_views(&url, &wanted, &held, &mut problems)
+                .put_back_views(
+                    &url,
+                    &wanted,
+                    &backup_tables,
+                    &held,
+                    &mut problems,
+                    &mut left_out,
+                )
                 .await?;
+            if !left_out.is_empty() {
+                lines.push(format!(
+                    "{}: view(s) {} over the restored table(s) not created: they also read tables or views this database does not have",
+                    self.name,
+                    left_out.join(", ")
+                ));
+            }
             let put_back_note = (!put_back.is_empty()).then(|| {
                 format!(
                     "put back view(s) {} over the restored table(s), missing from the target (from the backup)",
