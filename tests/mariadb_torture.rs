@@ -394,6 +394,35 @@ fn a_view_that_no_longer_works_is_named() {
     server.sql("app", "drop view late_v, late_v2");
 }
 
+/// A view over the restored table that is missing and cannot be made from the backup's
+/// definition (it calls a function that is gone too: routines are not part of a table
+/// restore) is named, with exit 1; the views that can be made are.
+#[test]
+fn a_missing_view_that_cannot_be_put_back_is_named() {
+    let server = MariaDbServer::start();
+    server.create_db("app");
+    server.sql("app", SMALL);
+    server.sql(
+        "app",
+        "create function twice(x int) returns int deterministic return x * 2;
+         create view doubled as select twice(id) as d from p;",
+    );
+    let setup = Setup::new(&server, "app");
+    setup.backup();
+    server.sql("app", "drop function twice");
+    drop_table(&server, "p", &["doubled", "v2"]);
+    let (code, out) = setup.restore(&["--table", "p"]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains("and put back view(s) v2")
+            && out.contains(
+                "view `doubled` reads a restored table and is missing, but cannot be put back from the backup: ERROR 1305"
+            ),
+        "{out}"
+    );
+    assert_eq!(server.view_names("app"), ["p `v1`", "v2"]);
+}
+
 /// `--clean` over a table with a trigger made after the backup: DROP TABLE takes it, the
 /// backup cannot give it back; it is named, with exit 1.
 #[test]
