@@ -490,7 +490,10 @@ impl MariaDbSource {
                     .and_then(|n| n.parse::<u64>().ok())
                     .unwrap_or(0),
                 Err(SourceError::Failed { stderr, .. }) => {
-                    broken.push(format!("{name} on {child} → {parent}: cannot check: {stderr}"));
+                    broken.push(format!(
+                        "{name} on {child} → {parent}: cannot check: {}",
+                        client_error(&stderr)
+                    ));
                     continue;
                 }
                 Err(e) => return Err(e),
@@ -504,6 +507,340 @@ impl MariaDbSource {
         Ok(broken)
     }
 
+    /// Run a script of statements fed on stdin (as a restore is): Err carries the client's
+    /// error text.
+    async fn run_script(&self, url: &DbUrl, script: &[u8]) -> Result<Result<(), String>, SourceError> {
+        let (tool, path) = self.tool(CLIENT_TOOLS);
+        let conn = Connection::new(url, self.password_for(url));
+        let mut cmd = self.command(&path, &conn);
+        cmd.args([
+            CONNECT_TIMEOUT,
+            "--batch",
+            "--binary-mode",
+            "--default-character-set=utf8mb4",
+        ])
+        .arg(url.database())
+        .stdin(Stdio::piped());
+        let mut child = cmd.spawn().map_err(|e| self.spawn_err(tool, e))?;
+        if let Some(mut stdin) = child.stdin.take() {
+            tokio::io::AsyncWriteExt::write_all(&mut stdin, script)
+                .await
+                .map_err(|e| SourceError::io(format!("writing to {tool}"), e))?;
+        }
+        let out = child
+            .wait_with_output()
+            .await
+            .map_err(|e| SourceError::io(format!("waiting for {tool}"), e))?;
+        drop(conn);
+        Ok(if out.status.success() {
+            Ok(())
+        } else {
+            Err(client_error(&String::from_utf8_lossy(&out.stderr)))
+        })
+    }
+
+    /// Rows of a query whose every field is hex (names survive the tab-separated output).
+    async fn hex_rows(&self, url: &DbUrl, sql: &str) -> Result<Vec<Vec<String>>, SourceError> {
+        self.rows(url, sql)
+            .await?
+            .into_iter()
+            .map(|row| {
+                row.iter()
+                    .map(|h| {
+                        hex::decode(h.trim())
+                            .map(|b| String::from_utf8_lossy(&b).into_owned())
+                            .map_err(|e| {
+                                SourceError::Protocol(format!(
+                                    "the server sent {h:?} where hex was asked for: {e}"
+                                ))
+                            })
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+
+    /// Triggers on `tables` in the target: (trigger, table).
+    async fn triggers_on(
+        &self,
+        url: &DbUrl,
+        tables: &[String],
+    ) -> Result<Vec<(String, String)>, SourceError> {
+        let rows = self
+            .hex_rows(
+                url,
+                &format!(
+                    "select hex(trigger_name), hex(event_object_table) from information_schema.triggers \
+                     where trigger_schema = database() and event_object_table in ({}) order by 2, 1",
+                    hex_list(tables)
+                ),
+            )
+            .await?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|r| match r.as_slice() {
+                [t, on] => Some((t.clone(), on.clone())),
+                _ => None,
+            })
+            .collect())
+    }
+
+    /// Triggers that were on the restored tables before a `--clean` restore and are not
+    /// now (made after the backup: `DROP TABLE` took them, the backup does not have them).
+    async fn lost_triggers(
+        &self,
+        url: &DbUrl,
+        before: &[(String, String)],
+    ) -> Result<Vec<String>, SourceError> {
+        if before.is_empty() {
+            return Ok(Vec::new());
+        }
+        let tables: Vec<String> = before.iter().map(|(_, t)| t.clone()).collect();
+        let now = self.triggers_on(url, &tables).await?;
+        Ok(before
+            .iter()
+            .filter(|b| !now.contains(b))
+            .map(|(t, on)| {
+                format!(
+                    "trigger {} on {} was there before --clean and is not in this backup (made after it): re-create it",
+                    sql::quote_name(t),
+                    sql::quote_name(on)
+                )
+            })
+            .collect())
+    }
+
+    /// Views of the backup that read the restored tables (or such views), missing from the
+    /// target, created again from the backup's own definitions (algorithm, definer, SQL
+    /// SECURITY, check option as dumped), a view before the views over it. Returns the views
+    /// put back; those that fail are named in `problems`.
+    /// A view that also reads a table or view of the backup that the target does not have
+    /// (a single table restored into another database) is not one that went missing: it is
+    /// left out, into `left_out`.
+    async fn put_back_views(
+        &self,
+        url: &DbUrl,
+        tables: &[String],
+        backup_tables: &[String],
+        held: &[(String, Vec<u8>)],
+        problems: &mut Vec<String>,
+        left_out: &mut Vec<String>,
+    ) -> Result<Vec<String>, SourceError> {
+        let reads: Vec<(String, Vec<String>)> = held
+            .iter()
+            .map(|(n, body)| (n.clone(), sql::view_reads(body)))
+            .collect();
+        let over = dependents(tables, &reads);
+        if over.is_empty() {
+            return Ok(Vec::new());
+        }
+        let live = self.relations(url).await?;
+        let is_live = |n: &String| live.iter().any(|(l, _)| l == n);
+        let mut missing: Vec<&String> = over.iter().filter(|v| !is_live(v)).collect();
+        // Inputs of the backup (its tables and views) that are neither in the target, nor
+        // restored, nor put back: the view cannot stand there.
+        loop {
+            let stranded = missing.iter().position(|v| {
+                reads.iter().find(|(n, _)| n == *v).is_some_and(|(_, r)| {
+                    r.iter().any(|i| {
+                        let in_backup = backup_tables.contains(i)
+                            || held.iter().any(|(h, _)| h == i);
+                        in_backup && !is_live(i) && !tables.contains(i) && !missing.contains(&i)
+                    })
+                })
+            });
+            match stranded {
+                Some(k) => left_out.push(missing.remove(k).clone()),
+                None => break,
+            }
+        }
+        let mut done: Vec<String> = Vec::new();
+        // Dependency order: a view whose missing inputs are all back goes next.
+        while !missing.is_empty() {
+            let ready = missing.iter().position(|v| {
+                let inputs = reads.iter().find(|(n, _)| n == *v).map(|(_, r)| r);
+                inputs.is_none_or(|r| {
+                    r.iter()
+                        .all(|i| i == *v || !missing.contains(&i))
+                })
+            });
+            // A cycle cannot be created; take the first and let the server say why.
+            let v = missing.remove(ready.unwrap_or(0));
+            let Some((_, body)) = held.iter().find(|(n, _)| n == v) else {
+                continue;
+            };
+            // The dump's header settings the section relies on.
+            let mut script = b"SET SESSION sql_mode = 'NO_AUTO_VALUE_ON_ZERO';\n".to_vec();
+            script.extend_from_slice(body);
+            match self.run_script(url, &script).await? {
+                Ok(()) => done.push(v.clone()),
+                Err(e) => problems.push(format!(
+                    "view {} reads a restored table and is missing, but cannot be put back from the backup: {e}",
+                    sql::quote_name(v)
+                )),
+            }
+        }
+        Ok(done)
+    }
+
+    /// Views of the target over the restored tables (directly or through other views) that
+    /// do not work now, one line each.
+    async fn broken_views(&self, url: &DbUrl, tables: &[String]) -> Result<Vec<String>, SourceError> {
+        let rows = self
+            .hex_rows(
+                url,
+                "select hex(table_name), hex(view_definition) from information_schema.views \
+                 where table_schema = database() order by table_name",
+            )
+            .await?;
+        let reads: Vec<(String, Vec<String>)> = rows
+            .into_iter()
+            .filter_map(|r| match r.as_slice() {
+                [n, d] => Some((n.clone(), sql::view_reads(d.as_bytes()))),
+                _ => None,
+            })
+            .collect();
+        let mut broken = Vec::new();
+        for v in dependents(tables, &reads) {
+            let probe = format!("select 1 from {} limit 0", sql::quote_name(&v));
+            match self.rows(url, &probe).await {
+                Ok(_) => {}
+                Err(SourceError::Failed { stderr, .. }) => broken.push(format!(
+                    "view {} over the restored table(s) does not work: {}",
+                    sql::quote_name(&v),
+                    client_error(&stderr)
+                )),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(broken)
+    }
+
+    /// Foreign keys to or from `tables` that InnoDB keeps but cannot enforce, because the
+    /// restored table no longer matches them (restored with foreign key checks off, so the
+    /// server did not refuse): no index on the referenced columns, or column types that
+    /// differ. Such a key rejects every row.
+    async fn unenforced_foreign_keys(
+        &self,
+        url: &DbUrl,
+        tables: &[String],
+    ) -> Result<Vec<String>, SourceError> {
+        let names = hex_list(tables);
+        let keys = self
+            .hex_rows(
+                url,
+                &format!(
+                    "select hex(k.constraint_name), hex(k.table_name), hex(k.referenced_table_name), \
+                            hex(k.column_name), hex(k.referenced_column_name) \
+                     from information_schema.key_column_usage k \
+                     where k.table_schema = database() and k.referenced_table_schema = database() \
+                       and (k.table_name in ({names}) or k.referenced_table_name in ({names})) \
+                     order by k.table_name, k.constraint_name, k.ordinal_position"
+                ),
+            )
+            .await?;
+        // (constraint, child, parent) -> [(column, referenced column)]
+        let mut fks: Vec<(ForeignKey, Vec<(String, String)>)> = Vec::new();
+        for k in keys {
+            let [name, child, parent, col, refcol] = k.as_slice() else {
+                continue;
+            };
+            let key = (name.clone(), child.clone(), parent.clone());
+            match fks.iter_mut().find(|(k, _)| *k == key) {
+                Some((_, cols)) => cols.push((col.clone(), refcol.clone())),
+                None => fks.push((key, vec![(col.clone(), refcol.clone())])),
+            }
+        }
+        let mut out = Vec::new();
+        for ((name, child, parent), cols) in fks {
+            let column_types = self
+                .hex_rows(
+                    url,
+                    &format!(
+                        "select hex(table_name), hex(column_name), hex(lower(column_type)), \
+                                hex(coalesce(collation_name, '')) \
+                         from information_schema.columns where table_schema = database() \
+                           and table_name in ({})",
+                        hex_list(&[child.clone(), parent.clone()])
+                    ),
+                )
+                .await?;
+            let of = |t: &str, c: &str| {
+                column_types
+                    .iter()
+                    .find(|r| r.len() == 4 && r[0] == t && r[1] == c)
+                    .map(|r| (r[2].clone(), r[3].clone()))
+            };
+            let label = format!(
+                "foreign key {} on {} → {}",
+                sql::quote_name(&name),
+                sql::quote_name(&child),
+                sql::quote_name(&parent)
+            );
+            let Some(_) = column_types.iter().find(|r| r.first() == Some(&parent)) else {
+                // No such table: the row check names it.
+                continue;
+            };
+            let mut why = Vec::new();
+            for (c, r) in &cols {
+                match (of(&child, c), of(&parent, r)) {
+                    (Some(a), Some(b)) => {
+                        if !compatible(&a, &b) {
+                            why.push(format!(
+                                "{}.{} is {} but {}.{} is {}",
+                                sql::quote_name(&child),
+                                sql::quote_name(c),
+                                a.0,
+                                sql::quote_name(&parent),
+                                sql::quote_name(r),
+                                b.0
+                            ));
+                        }
+                    }
+                    (None, _) => why.push(format!("{} has no column {}", sql::quote_name(&child), sql::quote_name(c))),
+                    (_, None) => why.push(format!("{} has no column {}", sql::quote_name(&parent), sql::quote_name(r))),
+                }
+            }
+            let index = self
+                .hex_rows(
+                    url,
+                    &format!(
+                        "select hex(index_name), hex(column_name) from information_schema.statistics \
+                         where table_schema = database() and table_name = unhex('{}') \
+                         order by index_name, seq_in_index",
+                        hex::encode(&parent)
+                    ),
+                )
+                .await?;
+            let mut indexes: Vec<(String, Vec<String>)> = Vec::new();
+            for r in index {
+                let [i, c] = r.as_slice() else { continue };
+                match indexes.iter_mut().find(|(n, _)| n == i) {
+                    Some((_, cs)) => cs.push(c.clone()),
+                    None => indexes.push((i.clone(), vec![c.clone()])),
+                }
+            }
+            let wanted: Vec<&String> = cols.iter().map(|(_, r)| r).collect();
+            let indexed = indexes
+                .iter()
+                .any(|(_, cs)| cs.len() >= wanted.len() && cs.iter().zip(&wanted).all(|(a, b)| a == *b));
+            if !indexed {
+                why.push(format!(
+                    "{} has no index starting with the referenced column(s)",
+                    sql::quote_name(&parent)
+                ));
+            }
+            if !why.is_empty() {
+                out.push(format!(
+                    "{label} is kept but cannot be enforced (it rejects every row of {}): {}; the table differs from the one the key was made for: alter it (or the key) to match",
+                    sql::quote_name(&child),
+                    why.join(", ")
+                ));
+            }
+        }
+        Ok(out)
+    }
+
     async fn base_tables(&self, url: &DbUrl) -> Result<Vec<String>, SourceError> {
         Ok(self
             .relations(url)
@@ -513,6 +850,73 @@ impl MariaDbSource {
             .map(|(name, _)| name)
             .collect())
     }
+}
+
+/// The client's error line, without the statement it echoes around it in batch mode.
+fn client_error(stderr: &str) -> String {
+    stderr
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| l.starts_with("ERROR"))
+        .unwrap_or(stderr.trim())
+        .to_string()
+}
+
+/// A foreign key: (constraint, child table, parent table).
+type ForeignKey = (String, String, String);
+
+/// Names as a SQL list of hex literals: `unhex('…'), unhex('…')`.
+fn hex_list(names: &[String]) -> String {
+    if names.is_empty() {
+        return "null".to_string();
+    }
+    names
+        .iter()
+        .map(|t| format!("unhex('{}')", hex::encode(t)))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Of `reads` (view, names it reads), the views over `tables`, directly or through other
+/// such views, in the order given.
+fn dependents(tables: &[String], reads: &[(String, Vec<String>)]) -> Vec<String> {
+    let mut over: Vec<String> = Vec::new();
+    loop {
+        let before = over.len();
+        for (v, r) in reads {
+            if !over.contains(v)
+                && !tables.contains(v)
+                && r.iter().any(|n| n != v && (tables.contains(n) || over.contains(n)))
+            {
+                over.push(v.clone());
+            }
+        }
+        if over.len() == before {
+            break;
+        }
+    }
+    reads
+        .iter()
+        .map(|(v, _)| v)
+        .filter(|v| over.contains(v))
+        .cloned()
+        .collect()
+}
+
+/// Whether InnoDB can enforce a key between columns of these (type, collation): the same
+/// type but for the length of a string (which it allows to differ), the same collation.
+fn compatible(a: &(String, String), b: &(String, String)) -> bool {
+    let base = |t: &str| -> String {
+        let string_type = ["varchar(", "char(", "varbinary(", "binary("]
+            .iter()
+            .any(|p| t.starts_with(p));
+        match (string_type, t.find('(')) {
+            (true, Some(i)) => t[..i].to_string(),
+            _ => t.to_string(),
+        }
+    };
+    base(&a.0) == base(&b.0) && a.1 == b.1
 }
 
 /// Read an archive's tables; with `until`, stop reading as soon as all of those are seen
@@ -773,6 +1177,44 @@ impl Database for MariaDbSource {
         };
         let mut lines = Vec::new();
         let created = opts.create && self.ensure_database(&url, opts, &mut lines).await?;
+        let result = self
+            .restore_into(archive, opts, &url, selection, created, lines)
+            .await;
+        match result {
+            Err(e) if created && !opts.dry_run && !matches!(e, SourceError::Incomplete(_)) => {
+                // Nothing of what the restore created is worth keeping: an empty or half
+                // database would pass for a restored one, and stop the next --create.
+                let admin = url.with_database("information_schema");
+                let drop = format!("drop database {}", sql::quote_name(&url.database()));
+                match self.rows(&admin, &drop).await {
+                    Ok(_) => tracing::warn!(
+                        "dropped database \"{}\", which this restore had created (--create), because the restore failed",
+                        url.database()
+                    ),
+                    Err(d) => tracing::warn!(
+                        "the restore failed, and the database \"{}\" it created (--create) could not be dropped: {d}; drop it by hand: {drop}",
+                        url.database()
+                    ),
+                }
+                Err(e)
+            }
+            other => other,
+        }
+    }
+}
+
+impl MariaDbSource {
+    /// The restore proper, once `--create` has made the target (`created`).
+    async fn restore_into(
+        &self,
+        archive: &dyn Archive,
+        opts: &RestoreOptions,
+        url: &DbUrl,
+        selection: Selection,
+        created: bool,
+        mut lines: Vec<String>,
+    ) -> Result<Vec<String>, SourceError> {
+        let url = url.clone();
         // A dry run's --create: nothing to look at in a database that does not exist yet.
         let not_yet = created && opts.dry_run;
         let wanted: Vec<String> = selection
@@ -796,19 +1238,24 @@ impl Database for MariaDbSource {
                 .map(String::as_str)
                 .collect();
             if !missing.is_empty() {
-                // The scan read to the end: the list is complete.
+                // The scan read to the end: the list is complete. A schema has hundreds of
+                // tables: the closest names and the count, not every name.
+                let hints: Vec<String> = missing
+                    .iter()
+                    .map(|m| {
+                        format!(
+                            "{m} ({})",
+                            crate::names::closest_hint(m, &in_backup, "tables", "in this backup")
+                        )
+                    })
+                    .collect();
                 return Err(SourceError::Refused(format!(
-                    "table(s) not in this backup: {}; tables in this backup: {}",
-                    missing.join(", "),
-                    if in_backup.is_empty() {
-                        "none".to_string()
-                    } else {
-                        in_backup.join(", ")
-                    }
+                    "table(s) not in this backup: {}",
+                    hints.join("; ")
                 )));
             }
             lines.push(format!(
-                "{}: only table(s) {} (with their triggers; views, routines and events are left out)",
+                "{}: only table(s) {} (with their triggers, and the views over them that are missing; routines and events are left out)",
                 self.name,
                 wanted.join(", ")
             ));
@@ -858,6 +1305,15 @@ impl Database for MariaDbSource {
             ));
             return Ok(lines);
         }
+        // --clean drops the tables and with them their triggers: the ones made since the
+        // backup do not come back, and must be named.
+        let triggers_before = if opts.clean && !wanted.is_empty() {
+            // First what every restore checks, for its hints (a database that is not there).
+            self.relations(&url).await?;
+            self.triggers_on(&url, &wanted).await?
+        } else {
+            Vec::new()
+        };
         let (tool, path) = self.tool(CLIENT_TOOLS);
         let conn = Connection::new(&url, self.password_for(&url));
         let mut cmd = self.command(&path, &conn);
@@ -953,15 +1409,68 @@ impl Database for MariaDbSource {
             }
         }
         if !wanted.is_empty() {
+            let mut problems = Vec::new();
+            let held = filtered.filter.held_views();
+            if filtered.filter.report().views_not_held {
+                tracing::warn!(
+                    "the backup's view definitions exceed {} MiB: views over {} missing from the target are not put back (restore them from the backup by hand)",
+                    sql::VIEWS_MAX / (1024 * 1024),
+                    wanted.join(", ")
+                );
+            }
+            let backup_tables: Vec<String> = {
+                let r = filtered.filter.report();
+                r.tables.iter().chain(&r.skipped).cloned().collect()
+            };
+            let mut left_out = Vec::new();
+            let put_back = self
+                .put_back_views(
+                    &url,
+                    &wanted,
+                    &backup_tables,
+                    &held,
+                    &mut problems,
+                    &mut left_out,
+                )
+                .await?;
+            if !left_out.is_empty() {
+                lines.push(format!(
+                    "{}: view(s) {} over the restored table(s) not created: they also read tables or views this database does not have",
+                    self.name,
+                    left_out.join(", ")
+                ));
+            }
+            let put_back_note = (!put_back.is_empty()).then(|| {
+                format!(
+                    "put back view(s) {} over the restored table(s), missing from the target (from the backup)",
+                    put_back.join(", ")
+                )
+            });
+            if let Some(note) = &put_back_note {
+                lines.push(format!("{}: {note}", self.name));
+            }
+            problems.extend(self.broken_views(&url, &wanted).await?);
+            problems.extend(self.lost_triggers(&url, &triggers_before).await?);
+            problems.extend(self.unenforced_foreign_keys(&url, &wanted).await?);
             // The dump restores with foreign key checks off, so keys to and from the
             // restored tables are kept but were never checked against the rows around them.
             let broken = self.broken_foreign_keys(&url, &wanted).await?;
             if !broken.is_empty() {
-                return Err(SourceError::Incomplete(format!(
-                    "restored table(s) {}, but rows break {} foreign key(s) to or from them:\n{}\nfix or remove those rows (the restore ran with foreign key checks off, as mariadb-dump's output asks)",
-                    wanted.join(", "),
+                problems.push(format!(
+                    "rows break {} foreign key(s) to or from them:\n{}\nfix or remove those rows (the restore ran with foreign key checks off, as mariadb-dump's output asks)",
                     broken.len(),
                     broken.join("\n")
+                ));
+            }
+            if !problems.is_empty() {
+                for p in &problems {
+                    tracing::warn!("restore of {} is incomplete: {p}", wanted.join(", "));
+                }
+                return Err(SourceError::Incomplete(format!(
+                    "restored table(s) {}{}, but:\n{}",
+                    wanted.join(", "),
+                    put_back_note.map(|n| format!(" and {n}")).unwrap_or_default(),
+                    problems.join("\n")
                 )));
             }
         }
@@ -1056,6 +1565,30 @@ mod tests {
         assert_eq!((tool, path), ("mysqldump", dir.path().join("mysqldump")));
         std::fs::write(dir.path().join("mariadb-dump"), "").expect("mariadb-dump");
         assert_eq!(source(dir.path()).tool(DUMP_TOOLS).0, "mariadb-dump");
+    }
+
+    #[test]
+    fn views_over_views_depend_on_the_table() {
+        let r = |v: &str, reads: &[&str]| {
+            (
+                v.to_string(),
+                reads.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+            )
+        };
+        let reads = vec![
+            r("big", &["paid", "total"]),
+            r("other", &["customers"]),
+            r("paid", &["orders", "id"]),
+            r("selfish", &["selfish"]),
+        ];
+        assert_eq!(dependents(&["orders".into()], &reads), vec!["big", "paid"]);
+        assert!(dependents(&["nothing".into()], &reads).is_empty());
+        let t = |ty: &str, coll: &str| (ty.to_string(), coll.to_string());
+        assert!(compatible(&t("varchar(10)", "utf8mb4_general_ci"), &t("varchar(50)", "utf8mb4_general_ci")));
+        assert!(!compatible(&t("varchar(10)", "utf8mb4_general_ci"), &t("varchar(10)", "latin1_swedish_ci")));
+        assert!(!compatible(&t("bigint(20)", ""), &t("int(11)", "")));
+        assert!(!compatible(&t("int(10) unsigned", ""), &t("int(11)", "")));
+        assert_eq!(client_error("----\nselect 1\n----\n\nERROR 1356 (HY000) at line 1: bad\n"), "ERROR 1356 (HY000) at line 1: bad");
     }
 
     #[test]

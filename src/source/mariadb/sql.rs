@@ -805,6 +805,9 @@ pub struct FilterReport {
     pub views_left_out: Vec<String>,
     /// Whether events and routines were left out.
     pub left_out_routines: bool,
+    /// With tables named: the views' definitions were too big to hold ([`VIEWS_MAX`]), so
+    /// none is available to put back.
+    pub views_not_held: bool,
 }
 
 impl Filter {
@@ -853,6 +856,19 @@ impl Filter {
     pub fn report(&self) -> &FilterReport {
         &self.state.report
     }
+
+    /// With tables named (`Selection::include`): each view's definition section from the
+    /// dump (name, bytes: `DROP VIEW IF EXISTS`, then `CREATE … VIEW` with its algorithm,
+    /// definer, SQL SECURITY and check option, between the session settings it needs), none
+    /// of it written to the output.
+    pub fn held_views(&self) -> Vec<(String, Vec<u8>)> {
+        self.state
+            .views
+            .iter()
+            .filter(|v| v.is_final)
+            .map(|v| (v.name.clone(), v.body.clone()))
+            .collect()
+    }
 }
 
 impl FilterState {
@@ -862,10 +878,15 @@ impl FilterState {
 
     fn view_part(&mut self, name: String, is_final: bool) -> Route {
         if !self.with_routines() {
-            if is_final {
-                self.report.views_left_out.push(name);
+            if !is_final {
+                return Route::Drop;
             }
-            return Route::Drop;
+            // Held, never written: the restore puts back from these the views over the
+            // restored tables that are missing from the target (`Filter::held_views`).
+            self.report.views_left_out.push(name.clone());
+            if self.report.views_not_held {
+                return Route::Drop;
+            }
         }
         self.views.push(ViewPart {
             name,
@@ -878,7 +899,7 @@ impl FilterState {
     /// Write out the view parts, placeholders first, leaving out every view that stands on
     /// a table or view that is not restored.
     fn release_views(&mut self) {
-        if self.views.is_empty() {
+        if self.views.is_empty() || !self.with_routines() {
             return;
         }
         let mut gone: Vec<String> = self.report.skipped.clone();
@@ -890,10 +911,8 @@ impl FilterState {
                 if dropped.contains(&v.name) {
                     continue;
                 }
-                if gone
-                    .iter()
-                    .any(|g| contains(&v.body, quote_name(g).as_bytes()))
-                {
+                let reads = view_reads(&v.body);
+                if gone.iter().any(|g| reads.contains(g)) {
                     dropped.push(v.name.clone());
                     gone.push(v.name.clone());
                     more = true;
@@ -919,8 +938,135 @@ impl FilterState {
     }
 }
 
-fn contains(hay: &[u8], needle: &[u8]) -> bool {
-    hay.windows(needle.len()).any(|w| w == needle)
+/// A token of a view definition, for [`view_reads`].
+#[derive(Debug, PartialEq, Eq)]
+enum Token {
+    /// A `…`-quoted identifier, unquoted.
+    Ident(String),
+    /// A bare word (a keyword: mariadb-dump and the server quote every identifier).
+    Word(String),
+    /// A string literal (its contents do not matter).
+    Str,
+    Punct(u8),
+}
+
+/// The tokens of one SQL statement as mariadb-dump or `information_schema.views` writes a
+/// view: `/*!NNNNN … */` is code, other comments are skipped, strings end where the server
+/// ends them (backslash escapes and doubled quotes).
+fn tokens(text: &[u8]) -> Vec<Token> {
+    let mut out = Vec::new();
+    let mut i = 0;
+    let word = |b: u8| b.is_ascii_alphanumeric() || b == b'_' || b == b'$' || b >= 0x80;
+    while i < text.len() {
+        let c = text[i];
+        let next = text.get(i + 1).copied().unwrap_or(0);
+        if is_space(c) {
+            i += 1;
+        } else if c == b'/' && next == b'*' {
+            let code = text.get(i + 2) == Some(&b'!')
+                || (text.get(i + 2) == Some(&b'M') && text.get(i + 3) == Some(&b'!'));
+            if code {
+                i += if text[i + 2] == b'M' { 4 } else { 3 };
+                while i < text.len() && text[i].is_ascii_digit() {
+                    i += 1;
+                }
+            } else {
+                i = match text[i + 2..].windows(2).position(|w| w == b"*/") {
+                    Some(n) => i + 2 + n + 2,
+                    None => text.len(),
+                };
+            }
+        } else if c == b'*' && next == b'/' {
+            // The end of a `/*!` code comment.
+            i += 2;
+        } else if c == b'#' || (c == b'-' && next == b'-' && is_space(text.get(i + 2).copied().unwrap_or(b' '))) {
+            i = match text[i..].iter().position(|b| *b == b'\n') {
+                Some(n) => i + n + 1,
+                None => text.len(),
+            };
+        } else if c == b'`' {
+            let mut name = Vec::new();
+            i += 1;
+            while i < text.len() {
+                if text[i] == b'`' {
+                    if text.get(i + 1) == Some(&b'`') {
+                        name.push(b'`');
+                        i += 2;
+                        continue;
+                    }
+                    i += 1;
+                    break;
+                }
+                name.push(text[i]);
+                i += 1;
+            }
+            out.push(Token::Ident(String::from_utf8_lossy(&name).into_owned()));
+        } else if c == b'\'' || c == b'"' {
+            i += 1;
+            while i < text.len() {
+                if text[i] == b'\\' {
+                    i += 2;
+                    continue;
+                }
+                if text[i] == c {
+                    if text.get(i + 1) == Some(&c) {
+                        i += 2;
+                        continue;
+                    }
+                    i += 1;
+                    break;
+                }
+                i += 1;
+            }
+            out.push(Token::Str);
+        } else if word(c) {
+            let start = i;
+            while i < text.len() && word(text[i]) {
+                i += 1;
+            }
+            out.push(Token::Word(
+                String::from_utf8_lossy(&text[start..i]).to_ascii_uppercase(),
+            ));
+        } else {
+            out.push(Token::Punct(c));
+            i += 1;
+        }
+    }
+    out
+}
+
+/// The names a view's query may read: every quoted identifier of its `SELECT` (after
+/// `VIEW name AS` in a dump, the whole text of an `information_schema.views` definition)
+/// but the aliases it gives (after `AS`) and the definer (`user`@`host`). Tables, views,
+/// table aliases and columns alike: a column named like a table makes a view count as
+/// reading that table, which errs on the side of checking (or putting back) one view too many.
+pub fn view_reads(definition: &[u8]) -> Vec<String> {
+    let toks = tokens(definition);
+    let start = toks
+        .windows(3)
+        .position(|w| {
+            matches!(
+                w,
+                [Token::Word(v), Token::Ident(_), Token::Word(a)] if v == "VIEW" && a == "AS"
+            )
+        })
+        .map(|p| p + 3)
+        .unwrap_or(0);
+    let mut reads: Vec<String> = Vec::new();
+    for (k, t) in toks.iter().enumerate().skip(start) {
+        let Token::Ident(name) = t else { continue };
+        let after_as = k > 0 && matches!(&toks[k - 1], Token::Word(w) if w == "AS");
+        let at = |j: Option<usize>| {
+            j.and_then(|j| toks.get(j)) == Some(&Token::Punct(b'@'))
+        };
+        if after_as || at(k.checked_sub(1)) || at(Some(k + 1)) {
+            continue;
+        }
+        if !reads.contains(name) {
+            reads.push(name.clone());
+        }
+    }
+    reads
 }
 
 impl Lines for FilterState {
@@ -983,7 +1129,17 @@ impl Lines for FilterState {
             Route::Out => self.out.extend_from_slice(bytes),
             Route::Drop => {}
             Route::View(n) => {
+                if self.report.views_not_held {
+                    return Ok(());
+                }
                 self.view_bytes += bytes.len();
+                if self.view_bytes > VIEWS_MAX && !self.with_routines() {
+                    // Named tables restore without the views: holding them is only for
+                    // putting back the missing ones, which is given up (and said) here.
+                    self.report.views_not_held = true;
+                    self.views.clear();
+                    return Ok(());
+                }
                 if self.view_bytes > VIEWS_MAX {
                     return Err(FilterError(format!(
                         "the backup's view definitions exceed {} MiB, too much to hold back while leaving out tables; restore the whole backup instead",
@@ -1352,6 +1508,36 @@ mod tests {
         }
         let e = failed.expect("held-back views must stay bounded");
         assert!(e.0.contains("view definitions exceed"), "{e}");
+
+        // With tables named, the views are only held to put back missing ones: past the
+        // bound, that is given up, and the restore goes on.
+        let mut f = Filter::new(sel(&["t"], &[]));
+        f.push(b"-- Final view structure for view `v`\n").expect("marker");
+        for _ in 0..(VIEWS_MAX >> 20) + 2 {
+            f.push(&line).expect("named tables restore whatever the views' size");
+        }
+        f.push(b"\n-- Final view structure for view `w`\nCREATE VIEW w;\n").expect("next");
+        f.finish().expect("finish");
+        assert!(f.report().views_not_held);
+        assert!(f.held_views().is_empty());
+    }
+
+    #[test]
+    fn what_a_view_reads_comes_from_its_tokens() {
+        // As mariadb-dump writes it: the definer, the view's own name and its column aliases
+        // are not read; a name in a string or a comment is not either.
+        let dumped = b"/*!50001 DROP VIEW IF EXISTS `v`*/;\n/*!50001 CREATE ALGORITHM=UNDEFINED */\n\
+            /*!50013 DEFINER=`orders`@`localhost` SQL SECURITY DEFINER */\n\
+            /*!50001 VIEW `v` AS select `c`.`id` AS `customers`,'`ghost`' AS `x` /* `ghost2` */ \
+            from (`odd``name` `c` join `paid orders` `o` on(`o`.`cid` = `c`.`id`)) */\n\
+            /*!50002 WITH CASCADED CHECK OPTION */;";
+        assert_eq!(
+            view_reads(dumped),
+            vec!["c", "id", "odd`name", "paid orders", "o", "cid"]
+        );
+        // As information_schema.views holds it: qualified, no VIEW prefix.
+        let live = b"select `app`.`orders`.`id` AS `id` from `app`.`orders` where `app`.`orders`.`note` = 'it\\'s `x`'";
+        assert_eq!(view_reads(live), vec!["app", "orders", "id", "note"]);
     }
 
     #[test]
