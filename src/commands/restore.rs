@@ -29,6 +29,17 @@ pub fn run(path: &Path, req: RestoreRequest) -> i32 {
             eprintln!("retrieval pending: {why}");
             EXIT_PENDING
         }
+        // The objects asked for are back, but something that went with them is not: not
+        // a failure to retry blindly, not a success either.
+        Err(
+            e @ RestoreError::Database {
+                source: crate::engine::SourceError::Incomplete(_),
+                ..
+            },
+        ) => {
+            eprintln!("restored, incomplete: {e}");
+            EXIT_FAILED
+        }
         Err(e) => {
             eprintln!("error: restore failed: {e}");
             match e {

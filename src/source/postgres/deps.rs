@@ -225,10 +225,15 @@ pub fn plan(
                 continue;
             }
         }
-        let missing = e.deps.iter().filter_map(|d| g.get(*d)).find(|d| {
-            !(kept.contains(&d.id) || ok.contains(&d.id) || (exists(d) && !later(d)))
-                && !(is_data(&d.desc) && !candidates.contains(&d.id))
-        });
+        // A dependency is met when it is restored before this entry, or there and staying;
+        // another table's data entry is no dependency of a definition.
+        let met = |d: &TocEntry| {
+            kept.contains(&d.id)
+                || ok.contains(&d.id)
+                || (exists(d) && !later(d))
+                || (is_data(&d.desc) && !candidates.contains(&d.id))
+        };
+        let missing = e.deps.iter().filter_map(|d| g.get(*d)).find(|d| !met(d));
         match missing {
             None => {
                 ok.insert(e.id);

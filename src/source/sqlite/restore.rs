@@ -48,8 +48,9 @@ pub(super) async fn restore(
     let mut lines = Vec::new();
     if let Some(link) = &target.linked_from {
         lines.push(format!(
-            "{name}: {} is a symbolic link; restoring into {}",
+            "{name}: {} is a symbolic link; {} into {}",
             link.display(),
+            if opts.dry_run { "would restore" } else { "restoring" },
             target.path.display()
         ));
     }
