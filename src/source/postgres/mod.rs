@@ -853,9 +853,33 @@ impl PostgresSource {
                 .partition(|n| n.desc == "TABLE");
             if !tables.is_empty() {
                 let names: Vec<String> = tables.iter().map(|t| t.qualified()).collect();
+                // Name the tables whose kept foreign keys point there, from the archive's
+                // dependency data; all of the selection only when that says nothing.
+                let entries = toc::entries(&toc, &schema);
+                let graph = deps::Graph::new(&entries);
+                let kept = toc::kept_ids(&filtered.list);
+                let lacking = |d: &toc::TocEntry| {
+                    d.desc == "TABLE" && tables.iter().any(|t| t.schema == d.schema && t.name == d.tag)
+                };
+                let mut holders: Vec<String> = Vec::new();
+                for fk in entries
+                    .iter()
+                    .filter(|e| e.desc == "FK CONSTRAINT" && kept.contains(&e.id))
+                    .filter(|e| e.deps.iter().filter_map(|d| graph.get(*d)).any(lacking))
+                {
+                    for t in fk.deps.iter().filter_map(|d| graph.get(*d)) {
+                        let name = toc::display_rel(&t.schema, &t.tag);
+                        if t.desc == "TABLE" && kept.contains(&t.id) && !holders.contains(&name) {
+                            holders.push(name);
+                        }
+                    }
+                }
+                if holders.is_empty() {
+                    holders = filtered.tables.clone();
+                }
                 return Err(SourceError::Refused(format!(
                     "table(s) {} have foreign keys to {}, which target database \"{}\" lacks; nothing was changed. Restore {} too (--table {}), or the whole backup into an empty database",
-                    filtered.tables.join(", "),
+                    holders.join(", "),
                     names.join(", "),
                     url.database(),
                     if names.len() == 1 { "it" } else { "them" },
