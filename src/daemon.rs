@@ -882,11 +882,13 @@ fn record(ctx: &Arc<Ctx>, job: &str, report: &pipeline::RunReport) {
 }
 
 /// Where the daemon records its pid for `stowage health` (`$STOWAGE_PID_FILE`, default
-/// `/tmp/stowage-daemon.pid`).
+/// `stowage-daemon.pid` in the state directory, beside the lock that makes it the only
+/// daemon there: a shared default would let daemons of different state directories
+/// overwrite one another's).
 pub fn pid_file() -> std::path::PathBuf {
     std::env::var_os("STOWAGE_PID_FILE")
         .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| std::path::PathBuf::from("/tmp/stowage-daemon.pid"))
+        .unwrap_or_else(|| crate::instance::state_dir().join("stowage-daemon.pid"))
 }
 
 /// Before anything else, remove what runs killed by a crash left on the job's destinations.
