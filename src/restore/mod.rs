@@ -101,6 +101,67 @@ pub enum RestoreError {
     /// Another process is backing up or restoring the job.
     #[error("{0}")]
     Busy(String),
+    /// A stop signal (SIGINT, SIGTERM) ended the restore; the text says what was changed.
+    #[error("{0}")]
+    Interrupted(String),
+}
+
+/// What a restore has done so far, for the message of one that is interrupted.
+#[derive(Default)]
+struct Progress {
+    /// Steps finished ("database app", "files uploads"): their changes are in place.
+    done: Vec<String>,
+    /// The step under way, and whether it commits only at its end (nothing of it is in
+    /// place until then).
+    current: Option<(String, bool)>,
+}
+
+impl Progress {
+    fn start(p: &std::sync::Mutex<Progress>, what: String, transactional: bool) {
+        if let Ok(mut p) = p.lock() {
+            p.current = Some((what, transactional));
+        }
+    }
+
+    fn finish(p: &std::sync::Mutex<Progress>) {
+        if let Ok(mut p) = p.lock()
+            && let Some((what, _)) = p.current.take()
+        {
+            p.done.push(what);
+        }
+    }
+
+    fn interrupted(p: &std::sync::Mutex<Progress>, signal: &str, target: &str) -> String {
+        let (done, current) = match p.lock() {
+            Ok(p) => (p.done.clone(), p.current.clone()),
+            Err(_) => (Vec::new(), Some(("the restore".to_string(), false))),
+        };
+        let mut text = format!("restore interrupted by {signal}");
+        match (&done[..], current) {
+            ([], None) => {
+                text.push_str(&format!(": stopped before anything was written; nothing was changed, {target} is as it was"));
+            }
+            ([], Some((what, true))) => text.push_str(&format!(
+                ": {what} was stopped before its commit and rolled back; nothing was changed, {target} is as it was"
+            )),
+            (done, current) => {
+                if !done.is_empty() {
+                    text.push_str(&format!(": {} already restored", done.join(", ")));
+                }
+                match current {
+                    Some((what, true)) => text.push_str(&format!(
+                        "; {what} was stopped before its commit and rolled back"
+                    )),
+                    Some((what, false)) => text.push_str(&format!(
+                        "; {what} was stopped part way and may be partly restored"
+                    )),
+                    None => {}
+                }
+                text.push_str("; run the restore again to complete it");
+            }
+        }
+        text
+    }
 }
 
 /// The keys that read `job`'s encrypted backups: `--identity FILE` when given, else the
@@ -299,6 +360,17 @@ pub async fn restore(
     config: &Config,
     req: &RestoreRequest,
 ) -> Result<RestoreSummary, RestoreError> {
+    restore_until(config, req, std::future::pending()).await
+}
+
+/// Like [`restore`], stopped when `stop` completes (with the signal's name): the work is
+/// dropped, which kills the tools it runs (an engine's transaction is then never
+/// committed) and removes its temporary files; the job's restore lock is released.
+pub async fn restore_until(
+    config: &Config,
+    req: &RestoreRequest,
+    stop: impl std::future::Future<Output = &'static str>,
+) -> Result<RestoreSummary, RestoreError> {
     let job = find_job(config, &req.job)?;
     let Located {
         storage,
@@ -356,16 +428,30 @@ pub async fn restore(
             }
         }
     }
-    let work = restore_locked(
-        config,
-        req,
-        job,
-        st.as_ref(),
-        &dest_name,
-        &manifest,
-        plan,
-        &packing,
-    );
+    let progress = std::sync::Mutex::new(Progress::default());
+    let work = async {
+        let work = restore_locked(
+            config,
+            req,
+            job,
+            st.as_ref(),
+            &dest_name,
+            &manifest,
+            plan,
+            &packing,
+            &progress,
+        );
+        tokio::select! {
+            r = work => r,
+            signal = stop => {
+                Err(RestoreError::Interrupted(if req.dry_run {
+                    format!("dry run interrupted by {signal}; nothing was changed")
+                } else {
+                    Progress::interrupted(&progress, signal, "the target")
+                }))
+            }
+        }
+    };
     // The lock is rewritten while the restore holds it, so a long restore keeps it and a
     // crashed one frees the job within minutes.
     let result = if req.dry_run {
@@ -402,6 +488,7 @@ async fn restore_locked(
     manifest: &Manifest,
     plan: Plan<'_>,
     packing: &codec::Packing,
+    progress: &std::sync::Mutex<Progress>,
 ) -> Result<RestoreSummary, RestoreError> {
     let id = manifest.id.clone();
     let dest_name = dest_name.to_string();
@@ -517,6 +604,11 @@ async fn restore_locked(
             dry_run: req.dry_run,
             create: req.create,
         };
+        Progress::start(
+            progress,
+            format!("database {}", entry.name),
+            req.dry_run || step.database.verifies_before_commit(),
+        );
         let out = match restore_from(job, &id, step, &opts, packing, from, &from_name).await {
             Ok(out) => out,
             Err(failed) => {
@@ -573,6 +665,7 @@ async fn restore_locked(
             }
         };
         lines.extend(out);
+        Progress::finish(progress);
         if !req.dry_run {
             info!(
                 job = %job.name,
@@ -595,9 +688,11 @@ async fn restore_locked(
             dry_run: req.dry_run,
             keep_special_modes: req.keep_special_modes,
         };
+        Progress::start(progress, format!("files {}", entry.name), req.dry_run);
         let why = match files::restore(st, entry, packing, target()).await {
             Ok(out) => {
                 lines.extend(out);
+                Progress::finish(progress);
                 continue;
             }
             Err(RestoreError::Files(why)) if !req.dry_run => why,
@@ -633,6 +728,7 @@ async fn restore_locked(
         check_keys(alt.storage.as_ref(), packing, &[entry.key.as_str()]).await?;
         let out = files::restore(alt.storage.as_ref(), entry, packing, target()).await?;
         lines.extend(out);
+        Progress::finish(progress);
     }
     Ok(RestoreSummary {
         manifest: manifest.clone(),
