@@ -1285,7 +1285,7 @@ fn collect_into(mut pipe: impl Read + Send + 'static, buf: Arc<Mutex<Vec<u8>>>) 
 
 /// A daemon claims its state directory (one daemon each): tests running in parallel get
 /// the config's directory rather than the shared `/tmp`, unless they name one.
-fn own_state_dir(cmd: &mut Command, config_path: &Path) {
+pub fn own_state_dir(cmd: &mut Command, config_path: &Path) {
     // Only a test's own scratch directory: a config in tests/fixtures must not get state
     // files written beside it.
     if let Some(dir) = config_path
