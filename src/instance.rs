@@ -128,20 +128,13 @@ pub fn claim(config: &Path) -> Result<Claim, ClaimError> {
     })
 }
 
-/// Whether another process holds the daemon lock of the state directory, and who: for
-/// `stowage health`, which then does not depend on a pid file alone.
-pub fn held_by() -> Option<Holder> {
-    let path = state_dir().join(LOCK_FILE);
-    let f = File::open(&path).ok()?;
-    match try_shared(&f) {
-        Ok(true) => None,
-        Ok(false) => Some(Holder(holder_of(&f).or_else(|| {
-            std::fs::read_to_string(&path)
-                .ok()
-                .and_then(|s| s.trim().parse().ok())
-        }))),
-        Err(_) => None,
-    }
+/// The pid holding the daemon lock of the state directory, for `stowage health`, which
+/// then does not depend on a pid file alone. Read from /proc/locks, never by trying the
+/// lock: a probe that held it for an instant could make a daemon starting at that moment
+/// refuse to start.
+pub fn holder() -> Option<u32> {
+    let f = File::open(state_dir().join(LOCK_FILE)).ok()?;
+    holder_of(&f)
 }
 
 /// Ok(false): someone else holds it. A file system without flock (some network mounts)
@@ -156,26 +149,8 @@ fn try_lock(f: &File) -> std::io::Result<bool> {
     }
 }
 
-#[cfg(unix)]
-fn try_shared(f: &File) -> std::io::Result<bool> {
-    use rustix::fs::{FlockOperation, flock};
-    match flock(f, FlockOperation::NonBlockingLockShared) {
-        Ok(()) => {
-            let _ = flock(f, FlockOperation::Unlock);
-            Ok(true)
-        }
-        Err(rustix::io::Errno::WOULDBLOCK) => Ok(false),
-        Err(e) => Err(e.into()),
-    }
-}
-
 #[cfg(not(unix))]
 fn try_lock(_: &File) -> std::io::Result<bool> {
-    Ok(true)
-}
-
-#[cfg(not(unix))]
-fn try_shared(_: &File) -> std::io::Result<bool> {
     Ok(true)
 }
 

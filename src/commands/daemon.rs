@@ -16,7 +16,6 @@ pub fn run(path: &Path) -> i32 {
         Ok(c) => c,
         Err(e) => {
             tracing::error!("{e}");
-            eprintln!("error: {e}");
             return EXIT_FAILED;
         }
     };

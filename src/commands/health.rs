@@ -13,7 +13,7 @@ pub fn run(path: &Path) -> i32 {
     let pid_file = crate::daemon::pid_file();
     // The daemon's lock is the surer sign: the kernel drops it when the daemon dies, and no
     // other process can take it while it runs.
-    let locked = crate::instance::held_by().and_then(|h| h.0);
+    let locked = crate::instance::holder();
     let pid = match locked
         .map(|p| Ok(p.to_string()))
         .unwrap_or_else(|| std::fs::read_to_string(&pid_file))
