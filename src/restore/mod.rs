@@ -106,9 +106,24 @@ pub enum RestoreError {
     Interrupted(String),
 }
 
+tokio::task_local! {
+    /// Set by an engine at its commit point, for the restore under way in this task.
+    static COMMITTING: Arc<std::sync::atomic::AtomicBool>;
+}
+
+/// An engine that applies all or nothing calls this just before the step that may make its
+/// changes stick (sending COMMIT, renaming a file into place, creating a database): an
+/// interrupted restore then no longer says that nothing was changed. Outside a restore
+/// (a heal, a drill) it does nothing.
+pub fn commit_point() {
+    let _ = COMMITTING.try_with(|c| c.store(true, std::sync::atomic::Ordering::SeqCst));
+}
+
 /// What a restore has done so far, for the message of one that is interrupted.
 #[derive(Default)]
 struct Progress {
+    /// The current step passed its commit point (see [`commit_point`]).
+    committing: Arc<std::sync::atomic::AtomicBool>,
     /// Steps finished ("database app", "files uploads"): their changes are in place.
     done: Vec<String>,
     /// The step under way, and whether it commits only at its end (nothing of it is in
@@ -119,6 +134,8 @@ struct Progress {
 impl Progress {
     fn start(p: &std::sync::Mutex<Progress>, what: String, transactional: bool) {
         if let Ok(mut p) = p.lock() {
+            p.committing
+                .store(false, std::sync::atomic::Ordering::SeqCst);
             p.current = Some((what, transactional));
         }
     }
@@ -133,7 +150,12 @@ impl Progress {
 
     fn interrupted(p: &std::sync::Mutex<Progress>, signal: &str, target: &str) -> String {
         let (done, current) = match p.lock() {
-            Ok(p) => (p.done.clone(), p.current.clone()),
+            Ok(p) => {
+                let committing = p.committing.load(std::sync::atomic::Ordering::SeqCst);
+                // Past its commit point, a step is as good as one that applies as it goes.
+                let current = p.current.clone().map(|(w, t)| (w, t && !committing));
+                (p.done.clone(), current)
+            }
             Err(_) => (Vec::new(), Some(("the restore".to_string(), false))),
         };
         let mut text = format!("restore interrupted by {signal}");
@@ -153,7 +175,7 @@ impl Progress {
                         "; {what} was stopped before its commit and rolled back"
                     )),
                     Some((what, false)) => text.push_str(&format!(
-                        "; {what} was stopped part way and may be partly restored"
+                        "; {what} was stopped part way or as it committed, and may be partly or wholly restored: check it"
                     )),
                     None => {}
                 }
@@ -429,6 +451,10 @@ pub async fn restore_until(
         }
     }
     let progress = std::sync::Mutex::new(Progress::default());
+    let committing = match progress.lock() {
+        Ok(p) => p.committing.clone(),
+        Err(poisoned) => poisoned.into_inner().committing.clone(),
+    };
     let work = async {
         let work = restore_locked(
             config,
@@ -442,7 +468,7 @@ pub async fn restore_until(
             &progress,
         );
         tokio::select! {
-            r = work => r,
+            r = COMMITTING.scope(committing, work) => r,
             signal = stop => {
                 Err(RestoreError::Interrupted(if req.dry_run {
                     format!("dry run interrupted by {signal}; nothing was changed")
@@ -1392,6 +1418,47 @@ impl Archive for StoredArchive<'_> {
 #[cfg(test)]
 mod tests {
     use super::{RestoreError, RestoreRequest, plan, resolve_id};
+
+    /// An interrupted restore says "nothing was changed" only while nothing was: no step
+    /// finished, and the one under way applies all or nothing and had not reached its
+    /// commit point.
+    #[tokio::test]
+    async fn an_interrupted_restore_claims_no_change_only_before_any_commit() {
+        use super::{COMMITTING, Progress, commit_point};
+        use std::sync::Mutex;
+        let says = |p: &Mutex<Progress>| Progress::interrupted(p, "SIGTERM", "the target");
+        let p = Mutex::new(Progress::default());
+        assert!(says(&p).contains("nothing was changed"), "{}", says(&p));
+        Progress::start(&p, "database db".into(), true);
+        let t = says(&p);
+        assert!(
+            t.contains("rolled back") && t.contains("nothing was changed"),
+            "{t}"
+        );
+        // The engine reaches its commit point inside the restore's scope.
+        let flag = p.lock().expect("lock").committing.clone();
+        COMMITTING.scope(flag, async { commit_point() }).await;
+        let t = says(&p);
+        assert!(
+            !t.contains("nothing was changed")
+                && t.contains("database db")
+                && t.contains("check it"),
+            "{t}"
+        );
+        Progress::finish(&p);
+        Progress::start(&p, "files uploads".into(), false);
+        let t = says(&p);
+        assert!(
+            t.contains("database db already restored")
+                && t.contains("files uploads was stopped part way")
+                && !t.contains("nothing was changed"),
+            "{t}"
+        );
+        // A new step starts uncommitted; outside a restore, commit_point does nothing.
+        commit_point();
+        Progress::start(&p, "database other".into(), true);
+        assert!(says(&p).contains("database other was stopped before its commit"));
+    }
     use crate::manifest::{FilesStats, Manifest, SourceEntry};
 
     fn entry(name: &str, kind: &str) -> SourceEntry {
