@@ -13,6 +13,7 @@ pub mod engine;
 pub mod footprint;
 pub mod heal;
 pub mod history;
+pub mod instance;
 pub mod layout;
 pub mod logging;
 pub mod manifest;

@@ -167,7 +167,10 @@ impl Drop for Running {
 }
 
 fn spawn_stowage(cfg: &Path, args: &[&str]) -> Running {
-    let child = Command::new(common::stowage_bin())
+    let mut cmd = Command::new(common::stowage_bin());
+    // One daemon per state directory: each test's own, not the shared /tmp.
+    common::own_state_dir(&mut cmd, cfg);
+    let child = cmd
         .arg("--config")
         .arg(cfg)
         .args(args)

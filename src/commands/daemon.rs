@@ -10,6 +10,15 @@ pub fn run(path: &Path) -> i32 {
         Ok(c) => c,
         Err(code) => return code,
     };
+    // Before anything else starts: a refused daemon must not touch the running one's
+    // listener, pid file or state.
+    let _claim = match crate::instance::claim(&config.path) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!("{e}");
+            return EXIT_FAILED;
+        }
+    };
     let Some(rt) = runtime() else {
         return EXIT_FAILED;
     };

@@ -11,7 +11,13 @@ pub fn run(path: &Path) -> i32 {
         return EXIT_CONFIG;
     };
     let pid_file = crate::daemon::pid_file();
-    let pid = match std::fs::read_to_string(&pid_file) {
+    // The daemon's lock is the surer sign: the kernel drops it when the daemon dies, and no
+    // other process can take it while it runs.
+    let locked = crate::instance::holder();
+    let pid = match locked
+        .map(|p| Ok(p.to_string()))
+        .unwrap_or_else(|| std::fs::read_to_string(&pid_file))
+    {
         Ok(p) => p.trim().to_string(),
         Err(e) => {
             eprintln!(

@@ -28,6 +28,8 @@ pub const EXIT_FAILED: i32 = 1;
 pub const EXIT_CONFIG: i32 = 2;
 pub const EXIT_ABANDONED: i32 = 3;
 pub const EXIT_PENDING: i32 = 4;
+/// Stopped by SIGINT/SIGTERM (128 + SIGINT, as a shell reports Ctrl-C).
+pub const EXIT_INTERRUPTED: i32 = 130;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -514,6 +516,27 @@ pub(crate) async fn shutdown_signal() {
     {
         let _ = tokio::signal::ctrl_c().await;
     }
+}
+
+/// Completes on the first SIGTERM or SIGINT, with its name. Sent to the process alone (a
+/// supervisor, `kill`), not to its terminal's process group, the tools it runs do not see
+/// it: the command must stop them itself.
+pub(crate) async fn stop_signal() -> &'static str {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) {
+            return tokio::select! {
+                _ = term.recv() => "SIGTERM",
+                _ = int.recv() => "SIGINT",
+            };
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+    "SIGINT"
 }
 
 /// SIGTERM/SIGINT (stop) and SIGHUP (reload) as a stream, for the daemon: it needs to see

@@ -1,6 +1,6 @@
 use std::path::Path;
 
-use super::{EXIT_CONFIG, EXIT_FAILED, EXIT_OK, EXIT_PENDING, runtime, start};
+use super::{EXIT_CONFIG, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_PENDING, runtime, start};
 use crate::logging::Console;
 use crate::restore::{RestoreError, RestoreRequest};
 
@@ -12,7 +12,16 @@ pub fn run(path: &Path, req: RestoreRequest) -> i32 {
     let Some(rt) = runtime() else {
         return EXIT_FAILED;
     };
-    match rt.block_on(crate::restore::restore(&config, &req)) {
+    // The handlers are in place before the restore starts: from then on a stop signal
+    // stops it cleanly instead of killing the process mid-way.
+    let result = rt.block_on(async {
+        let stop = super::stop_signal();
+        crate::restore::restore_until(&config, &req, stop).await
+    });
+    // Work still finishing in the background (a killed tool being reaped) must not keep an
+    // interrupted restore from exiting.
+    rt.shutdown_timeout(std::time::Duration::from_secs(1));
+    match result {
         Ok(summary) => {
             for line in &summary.lines {
                 println!("{line}");
@@ -39,6 +48,10 @@ pub fn run(path: &Path, req: RestoreRequest) -> i32 {
         ) => {
             eprintln!("restored, incomplete: {e}");
             EXIT_FAILED
+        }
+        Err(RestoreError::Interrupted(why)) => {
+            eprintln!("error: {why}");
+            EXIT_INTERRUPTED
         }
         Err(e) => {
             eprintln!("error: restore failed: {e}");

@@ -101,6 +101,89 @@ pub enum RestoreError {
     /// Another process is backing up or restoring the job.
     #[error("{0}")]
     Busy(String),
+    /// A stop signal (SIGINT, SIGTERM) ended the restore; the text says what was changed.
+    #[error("{0}")]
+    Interrupted(String),
+}
+
+tokio::task_local! {
+    /// Set by an engine at its commit point, for the restore under way in this task.
+    static COMMITTING: Arc<std::sync::atomic::AtomicBool>;
+}
+
+/// An engine that applies all or nothing calls this just before the step that may make its
+/// changes stick (sending COMMIT, renaming a file into place, creating a database): an
+/// interrupted restore then no longer says that nothing was changed. Outside a restore
+/// (a heal, a drill) it does nothing.
+pub fn commit_point() {
+    let _ = COMMITTING.try_with(|c| c.store(true, std::sync::atomic::Ordering::SeqCst));
+}
+
+/// What a restore has done so far, for the message of one that is interrupted.
+#[derive(Default)]
+struct Progress {
+    /// The current step passed its commit point (see [`commit_point`]).
+    committing: Arc<std::sync::atomic::AtomicBool>,
+    /// Steps finished ("database app", "files uploads"): their changes are in place.
+    done: Vec<String>,
+    /// The step under way, and whether it commits only at its end (nothing of it is in
+    /// place until then).
+    current: Option<(String, bool)>,
+}
+
+impl Progress {
+    fn start(p: &std::sync::Mutex<Progress>, what: String, transactional: bool) {
+        if let Ok(mut p) = p.lock() {
+            p.committing
+                .store(false, std::sync::atomic::Ordering::SeqCst);
+            p.current = Some((what, transactional));
+        }
+    }
+
+    fn finish(p: &std::sync::Mutex<Progress>) {
+        if let Ok(mut p) = p.lock()
+            && let Some((what, _)) = p.current.take()
+        {
+            p.done.push(what);
+        }
+    }
+
+    fn interrupted(p: &std::sync::Mutex<Progress>, signal: &str, target: &str) -> String {
+        let (done, current) = match p.lock() {
+            Ok(p) => {
+                let committing = p.committing.load(std::sync::atomic::Ordering::SeqCst);
+                // Past its commit point, a step is as good as one that applies as it goes.
+                let current = p.current.clone().map(|(w, t)| (w, t && !committing));
+                (p.done.clone(), current)
+            }
+            Err(_) => (Vec::new(), Some(("the restore".to_string(), false))),
+        };
+        let mut text = format!("restore interrupted by {signal}");
+        match (&done[..], current) {
+            ([], None) => {
+                text.push_str(&format!(": stopped before anything was written; nothing was changed, {target} is as it was"));
+            }
+            ([], Some((what, true))) => text.push_str(&format!(
+                ": {what} was stopped before its commit and rolled back; nothing was changed, {target} is as it was"
+            )),
+            (done, current) => {
+                if !done.is_empty() {
+                    text.push_str(&format!(": {} already restored", done.join(", ")));
+                }
+                match current {
+                    Some((what, true)) => text.push_str(&format!(
+                        "; {what} was stopped before its commit and rolled back"
+                    )),
+                    Some((what, false)) => text.push_str(&format!(
+                        "; {what} was stopped part way or as it committed, and may be partly or wholly restored: check it"
+                    )),
+                    None => {}
+                }
+                text.push_str("; run the restore again to complete it");
+            }
+        }
+        text
+    }
 }
 
 /// The keys that read `job`'s encrypted backups: `--identity FILE` when given, else the
@@ -299,6 +382,17 @@ pub async fn restore(
     config: &Config,
     req: &RestoreRequest,
 ) -> Result<RestoreSummary, RestoreError> {
+    restore_until(config, req, std::future::pending()).await
+}
+
+/// Like [`restore`], stopped when `stop` completes (with the signal's name): the work is
+/// dropped, which kills the tools it runs (an engine's transaction is then never
+/// committed) and removes its temporary files; the job's restore lock is released.
+pub async fn restore_until(
+    config: &Config,
+    req: &RestoreRequest,
+    stop: impl std::future::Future<Output = &'static str>,
+) -> Result<RestoreSummary, RestoreError> {
     let job = find_job(config, &req.job)?;
     let Located {
         storage,
@@ -356,16 +450,34 @@ pub async fn restore(
             }
         }
     }
-    let work = restore_locked(
-        config,
-        req,
-        job,
-        st.as_ref(),
-        &dest_name,
-        &manifest,
-        plan,
-        &packing,
-    );
+    let progress = std::sync::Mutex::new(Progress::default());
+    let committing = match progress.lock() {
+        Ok(p) => p.committing.clone(),
+        Err(poisoned) => poisoned.into_inner().committing.clone(),
+    };
+    let work = async {
+        let work = restore_locked(
+            config,
+            req,
+            job,
+            st.as_ref(),
+            &dest_name,
+            &manifest,
+            plan,
+            &packing,
+            &progress,
+        );
+        tokio::select! {
+            r = COMMITTING.scope(committing, work) => r,
+            signal = stop => {
+                Err(RestoreError::Interrupted(if req.dry_run {
+                    format!("dry run interrupted by {signal}; nothing was changed")
+                } else {
+                    Progress::interrupted(&progress, signal, "the target")
+                }))
+            }
+        }
+    };
     // The lock is rewritten while the restore holds it, so a long restore keeps it and a
     // crashed one frees the job within minutes.
     let result = if req.dry_run {
@@ -402,6 +514,7 @@ async fn restore_locked(
     manifest: &Manifest,
     plan: Plan<'_>,
     packing: &codec::Packing,
+    progress: &std::sync::Mutex<Progress>,
 ) -> Result<RestoreSummary, RestoreError> {
     let id = manifest.id.clone();
     let dest_name = dest_name.to_string();
@@ -517,6 +630,11 @@ async fn restore_locked(
             dry_run: req.dry_run,
             create: req.create,
         };
+        Progress::start(
+            progress,
+            format!("database {}", entry.name),
+            req.dry_run || step.database.verifies_before_commit(),
+        );
         let out = match restore_from(job, &id, step, &opts, packing, from, &from_name).await {
             Ok(out) => out,
             Err(failed) => {
@@ -573,6 +691,7 @@ async fn restore_locked(
             }
         };
         lines.extend(out);
+        Progress::finish(progress);
         if !req.dry_run {
             info!(
                 job = %job.name,
@@ -595,9 +714,11 @@ async fn restore_locked(
             dry_run: req.dry_run,
             keep_special_modes: req.keep_special_modes,
         };
+        Progress::start(progress, format!("files {}", entry.name), req.dry_run);
         let why = match files::restore(st, entry, packing, target()).await {
             Ok(out) => {
                 lines.extend(out);
+                Progress::finish(progress);
                 continue;
             }
             Err(RestoreError::Files(why)) if !req.dry_run => why,
@@ -633,6 +754,7 @@ async fn restore_locked(
         check_keys(alt.storage.as_ref(), packing, &[entry.key.as_str()]).await?;
         let out = files::restore(alt.storage.as_ref(), entry, packing, target()).await?;
         lines.extend(out);
+        Progress::finish(progress);
     }
     Ok(RestoreSummary {
         manifest: manifest.clone(),
@@ -1296,6 +1418,47 @@ impl Archive for StoredArchive<'_> {
 #[cfg(test)]
 mod tests {
     use super::{RestoreError, RestoreRequest, plan, resolve_id};
+
+    /// An interrupted restore says "nothing was changed" only while nothing was: no step
+    /// finished, and the one under way applies all or nothing and had not reached its
+    /// commit point.
+    #[tokio::test]
+    async fn an_interrupted_restore_claims_no_change_only_before_any_commit() {
+        use super::{COMMITTING, Progress, commit_point};
+        use std::sync::Mutex;
+        let says = |p: &Mutex<Progress>| Progress::interrupted(p, "SIGTERM", "the target");
+        let p = Mutex::new(Progress::default());
+        assert!(says(&p).contains("nothing was changed"), "{}", says(&p));
+        Progress::start(&p, "database db".into(), true);
+        let t = says(&p);
+        assert!(
+            t.contains("rolled back") && t.contains("nothing was changed"),
+            "{t}"
+        );
+        // The engine reaches its commit point inside the restore's scope.
+        let flag = p.lock().expect("lock").committing.clone();
+        COMMITTING.scope(flag, async { commit_point() }).await;
+        let t = says(&p);
+        assert!(
+            !t.contains("nothing was changed")
+                && t.contains("database db")
+                && t.contains("check it"),
+            "{t}"
+        );
+        Progress::finish(&p);
+        Progress::start(&p, "files uploads".into(), false);
+        let t = says(&p);
+        assert!(
+            t.contains("database db already restored")
+                && t.contains("files uploads was stopped part way")
+                && !t.contains("nothing was changed"),
+            "{t}"
+        );
+        // A new step starts uncommitted; outside a restore, commit_point does nothing.
+        commit_point();
+        Progress::start(&p, "database other".into(), true);
+        assert!(says(&p).contains("database other was stopped before its commit"));
+    }
     use crate::manifest::{FilesStats, Manifest, SourceEntry};
 
     fn entry(name: &str, kind: &str) -> SourceEntry {

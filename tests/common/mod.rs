@@ -213,6 +213,7 @@ where
     let mut cmd = Command::new(&bin);
     cmd.arg("--config").arg(config_path.as_ref()).args(args);
     strip_aws_env(&mut cmd);
+    own_state_dir(&mut cmd, config_path.as_ref());
     cmd.env("NO_COLOR", "1");
     for (k, v) in envs {
         cmd.env(k, v);
@@ -1282,6 +1283,19 @@ fn collect_into(mut pipe: impl Read + Send + 'static, buf: Arc<Mutex<Vec<u8>>>) 
     })
 }
 
+/// A daemon claims its state directory (one daemon each): tests running in parallel get
+/// the config's directory rather than the shared `/tmp`, unless they name one.
+pub fn own_state_dir(cmd: &mut Command, config_path: &Path) {
+    // Only a test's own scratch directory: a config in tests/fixtures must not get state
+    // files written beside it.
+    if let Some(dir) = config_path
+        .parent()
+        .filter(|d| d.starts_with(std::env::temp_dir()))
+    {
+        cmd.env("STOWAGE_STATE_FILE", dir.join("stowage-state.json"));
+    }
+}
+
 /// Start `stowage --config <config> <args...>` in the background (same environment as
 /// `run_stowage`: no inherited `AWS_*`, `NO_COLOR=1`).
 pub fn spawn_stowage<I, S>(config_path: impl AsRef<Path>, args: I) -> Running
@@ -1320,6 +1334,7 @@ where
     let mut cmd = Command::new(bin);
     cmd.arg("--config").arg(config_path.as_ref()).args(args);
     strip_aws_env(&mut cmd);
+    own_state_dir(&mut cmd, config_path.as_ref());
     for (k, v) in envs {
         cmd.env(k, v);
     }

@@ -1339,6 +1339,8 @@ impl PostgresSource {
             lines.push(format!("would create database \"{name}\" (--create)"));
             return Ok(true);
         }
+        // A new, empty database stays if the restore is then stopped.
+        crate::restore::commit_point();
         self.query(&admin, &[&format!("create database {}", quote_ident(&name))])
             .await
             .map_err(|e| with_connect_hint(e, &admin))?;
@@ -1470,6 +1472,7 @@ impl PostgresSource {
         };
         let (fed, (pumped, generated)) = tokio::join!(fed, pump);
         if let (Ok(true), Ok(held), Ok(())) = (&fed, &pumped, &generated) {
+            crate::restore::commit_point();
             // Checked: the rest of the SQL (with pg_restore's COMMIT) and our own.
             // A failed write shows in psql's exit status below.
             let _ = async {

@@ -616,6 +616,8 @@ impl Database for RedisSource {
         }
         let target = path.clone();
         let dir_for_sync = dir.clone();
+        // The rename runs on even if the restore is stopped while it waits for it.
+        crate::restore::commit_point();
         tokio::task::spawn_blocking(move || -> io::Result<()> {
             temp.persist(&target).map_err(|e| e.error)?;
             // The rename is durable only once the directory is.
