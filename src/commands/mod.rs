@@ -338,11 +338,14 @@ impl Scope {
 }
 
 pub fn run(cli: Cli) -> i32 {
-    crate::footprint::limit_arenas();
     match cli.command {
         Command::CheckConfig { connect } => check_config::run(&cli.config, connect),
         Command::Health => health::run(&cli.config),
-        Command::Daemon => daemon::run(&cli.config),
+        Command::Daemon => {
+            // The daemon only: a one-off run or restore keeps glibc's arenas (src/footprint.rs).
+            crate::footprint::limit_arenas();
+            daemon::run(&cli.config)
+        }
         Command::Run {
             job, dry_run: true, ..
         } => run::dry_run(&cli.config, &job),

@@ -442,22 +442,49 @@ hc=$(docker inspect -f '{{json .Config.Healthcheck.Test}}' "$BACKUP")
 [[ "$hc" == *'"stowage","health"'* ]] \
     || fail "the image's HEALTHCHECK does not run stowage health"
 
-step "idle RSS and docker stop while idle"
-# The daemon sheds memory a minute after its last piece of work (src/footprint.rs): read
-# its own RSS from /proc (docker stats counts the page cache too) until it has, at most
-# 150 s. Reported, not asserted: the targets are benchmarks (bench/idle.rs).
+step "idle memory (cgroup, anonymous, VmRSS) and docker stop while idle"
+# The daemon trims its heap a minute after its last piece of work (src/footprint.rs); wait
+# for that (its anonymous memory down to 2 MiB, or steady past 75 s; at most 150 s; the
+# PIE's relocated tables keep ~1.9 MiB anonymous, bench/README.md), then report what a user
+# sees: the container's cgroup usage minus its inactive file pages (what `docker stats`
+# shows and what a memory limit weighs), the daemon's anonymous memory (smaps_rollup) and
+# its VmRSS (which also counts the binary's resident code, shared page cache; reported,
+# not a target). Reported, not asserted: the targets are benchmarks (bench/idle.rs).
 dpid=$(docker inspect -f '{{.State.Pid}}' "$BACKUP")
 spid=$(pgrep -P "$dpid" -x stowage || true)
-idle_rss=?
-for _ in $(seq 1 30); do
+anon_kib() { awk '/^Anonymous:/{print $2}' "/proc/$1/smaps_rollup"; }
+prev=
+for i in $(seq 1 30); do
     [ -n "$spid" ] || break
-    idle_rss=$(awk '/^VmRSS:/{print $2}' "/proc/$spid/status")
-    [ "$idle_rss" -le 4096 ] && break
+    cur=$(anon_kib "$spid")
+    [ "$cur" -le 2048 ] && break
+    [ "$i" -gt 15 ] && [ "$cur" = "$prev" ] && break
+    prev=$cur
     sleep 5
 done
+# cgroup v2: memory.current - inactive_file; v1: usage_in_bytes - total_inactive_file (as
+# the docker CLI computes each).
+cgroup_kib() {
+    local rel v2 v1
+    rel=$(awk -F: '$1 == "0" {print $3}' "/proc/$1/cgroup")
+    v2="/sys/fs/cgroup$rel"
+    if [ -n "$rel" ] && [ -f "$v2/memory.current" ]; then
+        echo $(( ($(cat "$v2/memory.current") - $(awk '$1 == "inactive_file" {print $2}' "$v2/memory.stat")) / 1024 ))
+        return
+    fi
+    rel=$(awk -F: '$2 ~ /(^|,)memory(,|$)/ {print $3}' "/proc/$1/cgroup")
+    v1="/sys/fs/cgroup/memory$rel"
+    if [ -n "$rel" ] && [ -f "$v1/memory.usage_in_bytes" ]; then
+        echo $(( ($(cat "$v1/memory.usage_in_bytes") - $(awk '$1 == "total_inactive_file" {print $2}' "$v1/memory.stat")) / 1024 ))
+        return
+    fi
+    echo "? (no memory cgroup found for pid $1)"
+}
 if [ -n "$spid" ]; then
+    echo "container memory (cgroup usage - inactive file, KiB): $(cgroup_kib "$spid")"
+    echo "daemon anonymous memory (smaps_rollup, KiB): $(anon_kib "$spid")"
     grep -E '^(VmRSS|RssAnon|RssFile):' "/proc/$spid/status" | tr -s ' \t' ' ' | paste -sd ';' \
-        | sed 's/^/daemon idle memory: /'
+        | sed 's/^/daemon VmRSS (reported, not a target): /'
     # Where it is, for the closing note: threads, and the largest mappings by RSS
     # (KiB rss/anonymous, per file or [heap]/[stack]/anon).
     grep -E '^Threads:' "/proc/$spid/status" | sed 's/^/daemon /'
@@ -465,7 +492,7 @@ if [ -n "$spid" ]; then
          /^Anonymous:/{a[m] += $2} END {for (k in r) if (r[k] > 0) print r[k], a[k], k}' \
         "/proc/$spid/smaps" | sort -rn | head -8 | sed 's/^/daemon mapping (rss anon KiB): /'
 fi
-docker stats --no-stream --format 'container memory (cgroup, page cache included): {{.MemUsage}}' "$BACKUP"
+docker stats --no-stream --format 'docker stats: {{.MemUsage}}' "$BACKUP"
 t0=$(now_ms); docker stop "$BACKUP" > /dev/null; idle_stop=$(( $(now_ms) - t0 ))
 echo "docker stop (idle): ${idle_stop} ms"
 # Timing is reported, not asserted (it depends on the machine's load); what must hold is
