@@ -48,7 +48,7 @@ ARG RUNTIME_IMAGE=debian:bookworm-slim
 FROM ${BUILDER_IMAGE} AS build
 WORKDIR /src
 COPY docker/prebuilt/ /prebuilt/
-COPY Cargo.toml Cargo.lock build.rs ./
+COPY Cargo.toml Cargo.lock ./
 # .cargo/config.toml compiles SQLite with the page reader the sqlite engine's snapshot uses.
 COPY .cargo ./.cargo
 COPY src ./src
