@@ -181,6 +181,10 @@ struct RedisScratch {
 struct Running {
     child: Child,
     port: u16,
+    /// The server's `requirepass`: a local user who finds the loopback port must not read
+    /// the backup's keys while the drill runs. Never on a command line (other users see
+    /// those in /proc); in a config file inside the private scratch directory.
+    password: String,
     /// The replica's "master": bound, never listening, held until the server is gone.
     _hold: tokio::net::TcpSocket,
     stderr: tokio::task::JoinHandle<String>,
@@ -203,6 +207,29 @@ fn held_port() -> Result<(tokio::net::TcpSocket, u16), SourceError> {
     s.bind(SocketAddr::from(([127, 0, 0, 1], 0))).map_err(err)?;
     let port = s.local_addr().map_err(err)?.port();
     Ok((s, port))
+}
+
+/// 128 random bits, hex: the scratch server's password.
+fn scratch_password() -> Result<String, SourceError> {
+    use std::io::Read;
+    let mut bytes = [0u8; 16];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .map_err(|e| SourceError::io("cannot read /dev/urandom for the scratch server's password", e))?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// A file only this user can read (created new: never through a link someone left).
+fn write_private(path: &Path, content: &[u8]) -> Result<(), SourceError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .and_then(|mut f| f.write_all(content))
+        .map_err(|e| SourceError::io(format!("cannot write {}", path.display()), e))
 }
 
 fn tail(text: &str) -> String {
@@ -249,9 +276,25 @@ impl Running {
     async fn command(&self, cmd: &str) -> Result<Result<String, String>, std::io::Error> {
         let io = async {
             let mut s = TcpStream::connect(("127.0.0.1", self.port)).await?;
-            s.write_all(format!("{cmd}\r\n").as_bytes()).await?;
+            s.write_all(format!("AUTH {}\r\n{cmd}\r\n", self.password).as_bytes())
+                .await?;
             let mut r = BufReader::new(s);
             let mut line = String::new();
+            r.read_line(&mut line).await?;
+            match line.trim_end().strip_prefix('-') {
+                // LOADING and the like come back as the command's own error; anything else
+                // (not our server, another password) fails the command.
+                Some(e) if e.starts_with("LOADING") => return Ok(Err(e.to_string())),
+                Some(e) => return Ok(Err(format!("AUTH: {e}"))),
+                None if line.trim_end() == "+OK" => {}
+                None => {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::InvalidData,
+                        format!("unexpected reply to AUTH {:?}", line.trim_end()),
+                    ));
+                }
+            }
+            line.clear();
             r.read_line(&mut line).await?;
             let line = line.trim_end();
             if let Some(e) = line.strip_prefix('-') {
@@ -314,8 +357,13 @@ impl RedisScratch {
         let port = free_port()?;
         let (hold, hold_port) = held_port()?;
         let log = dir.join("redis.log");
+        let password = scratch_password()?;
+        let conf = dir.join(format!("scratch-{port}.conf"));
+        write_private(&conf, format!("requirepass {password}\n").as_bytes())?;
         let mut cmd = Command::new(&self.program);
-        cmd.arg("--port")
+        // The config file must be the first argument; the options after it add to it.
+        cmd.arg(&conf)
+            .arg("--port")
             .arg(port.to_string())
             .args(["--bind", "127.0.0.1", "--protected-mode", "yes"])
             .arg("--dir")
@@ -355,6 +403,7 @@ impl RedisScratch {
         Ok(Running {
             child,
             port,
+            password,
             _hold: hold,
             stderr,
             log,
@@ -482,6 +531,50 @@ impl ScratchSpace for RedisScratch {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A local user who finds the scratch server's port reads nothing: it wants the
+    /// password, which is only in a 0600 file of the private directory. Skipped (visibly)
+    /// without redis-server.
+    #[tokio::test]
+    async fn the_scratch_server_answers_only_with_its_password() {
+        if std::process::Command::new(SERVER).arg("--version").output().is_err() {
+            eprintln!("SKIP: {SERVER} not on PATH");
+            return;
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut scratch = RedisScratch {
+            program: PathBuf::from(SERVER),
+            dir: Some(dir),
+            target: String::new(),
+            server: None,
+        };
+        scratch.start().await.expect("start the scratch server");
+        let server = scratch.server.as_ref().expect("running");
+        assert!(server.command("INFO keyspace").await.expect("io").is_ok());
+
+        let mut s = TcpStream::connect(("127.0.0.1", server.port))
+            .await
+            .expect("connect");
+        s.write_all(b"INFO keyspace\r\n").await.expect("write");
+        let mut line = String::new();
+        BufReader::new(s).read_line(&mut line).await.expect("read");
+        assert!(line.starts_with("-NOAUTH"), "{line:?}");
+
+        let conf = std::fs::read_dir(scratch.dir().expect("dir"))
+            .expect("list")
+            .filter_map(Result::ok)
+            .find(|e| e.file_name().to_string_lossy().ends_with(".conf"))
+            .expect("the config file");
+        use std::os::unix::fs::PermissionsExt;
+        let mode = conf.metadata().expect("stat").permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let cmdline = std::fs::read(format!("/proc/{}/cmdline", server.child.id().unwrap_or(0)))
+            .unwrap_or_default();
+        assert!(
+            !String::from_utf8_lossy(&cmdline).contains(&server.password),
+            "the password is on the command line"
+        );
+    }
 
     #[test]
     fn keyspace() {
