@@ -78,27 +78,26 @@ fn same_but_default_grants(before: &str, after: &str, out: &str) -> bool {
         })
 }
 
-#[test]
-fn every_table_dropped_with_cascade_comes_back_with_all_that_depended_on_it() {
-    let s = stack();
+/// For every table in turn: `act` on it (it says what it did, and the exit code and output
+/// of stowage), then the database's schema and rows must be as they were; a table that
+/// fails is reported and the database restored whole before the next one.
+fn each_table(s: &PgJob, act: impl Fn(&str) -> (String, Option<i32>, String)) {
     let schema = s.schema();
     let data = s.data();
     let tables = s.tables();
     assert!(tables.len() >= 15, "{tables:?}");
     let mut failures = Vec::new();
     for table in &tables {
-        s.drop_cascade(table);
-        let (code, out) = s.restore(&["--table", table]);
+        let (what, code, out) = act(table);
         let now = s.schema();
         if code != Some(0)
             || (now != schema && !same_but_default_grants(&schema, &now, &out))
             || s.data() != data
         {
             failures.push(format!(
-                "restore --table {table}: exit {code:?}\n{out}\n{}",
+                "{what}: exit {code:?}\n{out}\n{}",
                 diff(&schema, &now)
             ));
-            // Start the next table from the original database.
             s.pg.psql("postgres", &format!("drop database {DB} with (force)"));
             s.pg.create_db(DB);
             let (code, out) = s.restore(&[]);
@@ -106,55 +105,35 @@ fn every_table_dropped_with_cascade_comes_back_with_all_that_depended_on_it() {
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+#[test]
+fn every_table_dropped_with_cascade_comes_back_with_all_that_depended_on_it() {
+    let s = stack();
+    each_table(&s, |table| {
+        s.drop_cascade(table);
+        let (code, out) = s.restore(&["--table", table]);
+        (format!("restore --table {table}"), code, out)
+    });
 }
 
 #[test]
 fn every_table_dropped_with_cascade_is_healed_with_all_that_depended_on_it() {
     let s = stack();
-    let schema = s.schema();
-    let data = s.data();
-    let mut failures = Vec::new();
-    for table in s.tables() {
-        s.drop_cascade(&table);
+    each_table(&s, |table| {
+        s.drop_cascade(table);
         let (code, out) = s.stowage(&["heal", "app"]);
-        let now = s.schema();
-        if code != Some(0)
-            || (now != schema && !same_but_default_grants(&schema, &now, &out))
-            || s.data() != data
-        {
-            failures.push(format!(
-                "heal after dropping {table}: exit {code:?}\n{out}\n{}",
-                diff(&schema, &now)
-            ));
-            s.pg.psql("postgres", &format!("drop database {DB} with (force)"));
-            s.pg.create_db(DB);
-            let (code, out) = s.restore(&[]);
-            assert_eq!(code, Some(0), "{out}");
-        }
-    }
-    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+        (format!("heal after dropping {table}"), code, out)
+    });
 }
 
+/// `--clean` over each live table: the table is dropped with everything that depends on it
+/// and all of that is re-created as it is in the target, in one transaction.
 #[test]
 fn clean_over_every_table_keeps_the_rest_exactly_as_it_was() {
     let s = stack();
-    // Changes since the backup in the rows only: --clean puts the backup's rows back and
-    // leaves every other object as it is in the target.
-    let schema = s.schema();
-    let data = s.data();
-    let mut failures = Vec::new();
-    for table in s.tables() {
-        let (code, out) = s.restore(&["--table", &table, "--clean"]);
-        let now = s.schema();
-        if code != Some(0)
-            || (now != schema && !same_but_default_grants(&schema, &now, &out))
-            || s.data() != data
-        {
-            failures.push(format!(
-                "restore --table {table} --clean: exit {code:?}\n{out}\n{}",
-                diff(&schema, &now)
-            ));
-        }
-    }
-    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+    each_table(&s, |table| {
+        let (code, out) = s.restore(&["--table", table, "--clean"]);
+        (format!("restore --table {table} --clean"), code, out)
+    });
 }
