@@ -920,11 +920,12 @@ impl PostgresSource {
             // Tables that hung on the restored ones (partitions, inheritance children) come
             // with them; each round may find more.
             for _ in 0..16 {
+                let kept = toc::kept_ids(&filtered.list);
                 let kept_tables: Vec<(String, String)> = entries
                     .iter()
                     .filter(|e| {
                         matches!(e.desc.as_str(), "TABLE" | "FOREIGN TABLE")
-                            && toc::kept_ids(&filtered.list).contains(&e.id)
+                            && kept.contains(&e.id)
                     })
                     .map(|e| (e.schema.clone(), e.tag.clone()))
                     .collect();
@@ -935,7 +936,6 @@ impl PostgresSource {
                         .await?;
                     more.extend(around.children.iter().cloned());
                 }
-                let kept = toc::kept_ids(&filtered.list);
                 let replaced = |e: &toc::TocEntry| {
                     around.recreate.contains(&deps::identity(e))
                 };
@@ -1030,8 +1030,8 @@ impl PostgresSource {
         }
         let list = list_file(&final_list)?;
         // (DROP statement, name) of the replaced tables: foreign tables have their own.
+        // Moving entries to the end keeps the same set: `kept` still holds.
         let drops: Vec<(&str, String)> = if opts.clean {
-            let kept = toc::kept_ids(&final_list);
             entries
                 .iter()
                 .filter(|e| kept.contains(&e.id))
