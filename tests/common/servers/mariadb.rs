@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use std::process::{Child, ChildStdin, ChildStdout, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use super::{describe, free_port, is_executable, read_tail, sha256_hex};
+use crate::common::{describe, free_port, is_executable, read_tail, sha256_hex};
 
 fn mariadb_tool(name: &str) -> PathBuf {
     if let Some(dir) = std::env::var_os("STOWAGE_MARIADB_BIN") {

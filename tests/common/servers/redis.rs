@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::{describe, find_tool, free_port, read_tail};
+use crate::common::{describe, find_tool, free_port, read_tail};
 
 const HINT: &str =
     "install redis-server and redis-tools (Debian: apt-get install redis-server redis-tools)";

@@ -1,0 +1,7 @@
+//! Real servers started per test on random loopback ports, torn down on `Drop`.
+
+pub mod mariadb;
+pub mod pg;
+pub mod proxy;
+pub mod redis;
+pub mod s3;
