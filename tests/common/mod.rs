@@ -4,6 +4,8 @@
 //!
 //! - `servers/`: `pg` (PostgreSQL, psql sessions, the sample database), `s3` (moto, s3s-fs,
 //!   moto's request log), `mariadb`, `redis`, `proxy` (a fault-injecting proxy before S3).
+//! - `job`: the shared fixture: a job's scratch directory, its config (`Job::new(..)…write()`)
+//!   and the commands run against it.
 //! - `run`: running the stowage binary, in the foreground or the background, and its output.
 //! - `store`: what a job's destinations hold, read straight from the directory and bucket.
 //! - `files`: seeded data (`Rng`), file trees, hashes, zstd.
@@ -25,6 +27,7 @@
 
 pub mod files;
 pub mod http;
+pub mod job;
 pub mod pg_job;
 pub mod run;
 pub mod servers;
@@ -36,6 +39,8 @@ pub mod tools;
 pub use files::*;
 #[allow(unused_imports)]
 pub use http::*;
+#[allow(unused_imports)]
+pub use job::{Job, JobBuilder, toml_str};
 #[allow(unused_imports)]
 pub use run::*;
 #[allow(unused_imports)]

@@ -3,16 +3,25 @@
 //! `pg_dump --schema-only`, every table's and materialized view's rows.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::ops::Deref;
 use std::process::Command;
 
-use super::{PgServer, run_stowage, text};
+use super::job::Job;
+use super::servers::pg::PgServer;
 
+/// The job's commands (`stowage`, `backup`, `config`…) are [`Job`]'s, through `Deref`.
 pub struct PgJob {
     pub pg: PgServer,
     pub db: String,
-    _dir: tempfile::TempDir,
-    pub config: PathBuf,
+    pub job: Job,
+}
+
+impl Deref for PgJob {
+    type Target = Job;
+
+    fn deref(&self) -> &Job {
+        &self.job
+    }
 }
 
 impl PgJob {
@@ -24,46 +33,18 @@ impl PgJob {
         }
         pg.create_db(db);
         pg.psql(db, sql);
-        let dir = tempfile::tempdir().expect("tempdir");
-        let config = dir.path().join("stowage.toml");
-        std::fs::write(
-            &config,
-            format!(
-                r#"[destinations.local]
-type = "local"
-path = "{local}"
-retention = {{ keep_last = 5 }}
-
-[jobs.app]
-schedule = "0 3 * * *"
-destinations = ["local"]
-
-[[jobs.app.sources]]
-type = "postgres"
-name = "db"
-url = "{url}"
-
-[jobs.app.heal]
-watch = ["*"]
-"#,
-                local = dir.path().join("local").display(),
-                url = pg.url(db),
-            ),
-        )
-        .expect("write config");
+        let job = Job::new("app")
+            .local("local", Some(5))
+            .postgres("db", &pg.url(db))
+            .heal(r#"watch = ["*"]"#)
+            .write();
         let job = PgJob {
             pg,
             db: db.to_string(),
-            _dir: dir,
-            config,
+            job,
         };
         job.backup();
         job
-    }
-
-    pub fn backup(&self) {
-        let out = run_stowage(&self.config, ["run", "app"]);
-        assert!(out.status.success(), "backup failed:\n{}", text(&out));
     }
 
     pub fn psql(&self, sql: &str) -> String {
@@ -104,11 +85,6 @@ watch = ["*"]
             all.insert(format!("matview {mv}"), sum.trim().to_string());
         }
         all
-    }
-
-    pub fn stowage(&self, args: &[&str]) -> (Option<i32>, String) {
-        let out = run_stowage(&self.config, args);
-        (out.status.code(), text(&out))
     }
 
     /// `stowage restore app latest --to <the database> EXTRA`.

@@ -61,6 +61,22 @@ where
     I: IntoIterator<Item = S>,
     S: AsRef<OsStr>,
 {
+    let envs: Vec<(&str, &OsStr)> = envs.iter().map(|(k, v)| (*k, OsStr::new(v))).collect();
+    run_stowage_in(config_path, args, &envs, STOWAGE_TIMEOUT)
+}
+
+/// Like `run_stowage_with_env`, with environment values that need not be UTF-8 and a
+/// timeout of the caller's.
+pub fn run_stowage_in<I, S>(
+    config_path: impl AsRef<Path>,
+    args: I,
+    envs: &[(&str, &OsStr)],
+    timeout: Duration,
+) -> Output
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
     let bin = stowage_bin();
     let mut cmd = Command::new(&bin);
     cmd.arg("--config").arg(config_path.as_ref()).args(args);
@@ -70,7 +86,7 @@ where
     for (k, v) in envs {
         cmd.env(k, v);
     }
-    run_with_timeout(&mut cmd, STOWAGE_TIMEOUT)
+    run_with_timeout(&mut cmd, timeout)
 }
 
 /// Run a command with piped stdout/stderr; kill it and panic if it exceeds `timeout`.
