@@ -7,161 +7,49 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::ffi::OsStr;
-use std::path::PathBuf;
-use std::process::Output;
 use std::time::Duration;
 
 use common::mariadb::MariaDbServer;
 use common::{
-    PgServer, Receiver, Running, S3Server, http_get, run_stowage, seed_sample_db,
-    spawn_stowage_with_env, text, wait_for,
+    Job, JobBuilder, PgServer, Receiver, S3Server, http_get, seed_sample_db, text, wait_for,
 };
 
 const ROWS: usize = 300;
 const WATCH: &str = r#"["orders", "public.customers", "audit.events"]"#;
 
-struct Setup {
-    dir: tempfile::TempDir,
-    config: PathBuf,
+/// A job "app" backing up `url` (engine `kind`) to a local destination, with `heal` as its
+/// `[jobs.app.heal]` body; `top` goes before everything (e.g. `[server]`).
+fn job(kind: &str, url: &str, heal: &str, top: &str) -> JobBuilder {
+    Job::new("app")
+        .top(top)
+        .log()
+        .local("local", Some(10))
+        .database(kind, "db", url, "")
+        .heal(heal)
 }
 
-impl Setup {
-    /// A job "app" backing up `url` (engine `kind`) to a local destination, with `heal`
-    /// as its `[jobs.app.heal]` body; `top` goes before everything (e.g. `[server]`).
-    fn new(kind: &str, url: &str, heal: &str, top: &str) -> Setup {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let config = dir.path().join("stowage.toml");
-        let body = format!(
-            r#"{top}
-[log]
-level = "info"
-dir = "{logs}"
-
-[destinations.local]
-type = "local"
-path = "{local}"
-retention = {{ keep_last = 10 }}
-
-[jobs.app]
-schedule = "0 3 * * *"
-destinations = ["local"]
-
-[[jobs.app.sources]]
-type = "{kind}"
-name = "db"
-url = "{url}"
-
-[jobs.app.heal]
-{heal}
-"#,
-            logs = dir.path().join("logs").display(),
-            local = dir.path().join("local").display(),
-        );
-        std::fs::write(&config, body).expect("write config");
-        Setup { dir, config }
-    }
-
-    /// Add S3 destination "offsite", listed before "local" in the job.
-    async fn with_s3(self, s3: &S3Server) -> Setup {
-        s3.create_bucket("backups").await;
-        let secret = self.dir.path().join("s3_secret");
-        std::fs::write(&secret, s3.secret_key()).expect("write secret");
-        let body = std::fs::read_to_string(&self.config)
-            .expect("read config")
-            .replace(
-                "destinations = [\"local\"]",
-                "destinations = [\"offsite\", \"local\"]",
-            )
-            .replace(
-                "[jobs.app]",
-                &format!(
-                    "[destinations.offsite]\ntype = \"s3\"\nbucket = \"backups\"\nendpoint = \"{}\"\n\
-                     force_path_style = true\naccess_key_id = \"{}\"\nsecret_access_key_file = \"{}\"\n\
-                     region = \"{}\"\n\n[jobs.app]",
-                    s3.endpoint(),
-                    s3.access_key(),
-                    secret.display(),
-                    s3.region()
-                ),
-            );
-        std::fs::write(&self.config, body).expect("write config");
-        self
-    }
-
-    fn envs(&self) -> [(&'static str, PathBuf); 2] {
-        [
-            ("STOWAGE_PID_FILE", self.dir.path().join("stowage.pid")),
-            ("STOWAGE_STATE_FILE", self.dir.path().join("state.json")),
-        ]
-    }
-
-    fn daemon(&self) -> Running {
-        let envs = self.envs();
-        let envs: Vec<(&str, &OsStr)> = envs.iter().map(|(k, v)| (*k, v.as_os_str())).collect();
-        spawn_stowage_with_env(&self.config, ["daemon"], &envs)
-    }
-
-    fn stowage(&self, args: &[&str]) -> Output {
-        let mut cmd = std::process::Command::new(common::stowage_bin());
-        cmd.arg("--config").arg(&self.config).args(args);
-        for (k, v) in self.envs() {
-            cmd.env(k, v);
-        }
-        cmd.env("NO_COLOR", "1")
-            .env_remove("AWS_ACCESS_KEY_ID")
-            .env_remove("AWS_SECRET_ACCESS_KEY");
-        common::run_with_timeout(&mut cmd, Duration::from_secs(300))
-    }
-
-    /// `stowage run app`; the new backup's id.
-    fn backup(&self) -> String {
-        let before = self.ids();
-        let out = run_stowage(&self.config, ["run", "app"]);
-        assert!(out.status.success(), "run failed:\n{}", text(&out));
-        let after = self.ids();
-        let new: Vec<&String> = after.iter().filter(|i| !before.contains(i)).collect();
-        assert_eq!(new.len(), 1, "{before:?} → {after:?}");
-        new[0].clone()
-    }
-
-    fn ids(&self) -> Vec<String> {
-        let out = run_stowage(&self.config, ["list", "app"]);
-        assert!(out.status.success(), "list failed:\n{}", text(&out));
-        common::parse_listing(&String::from_utf8_lossy(&out.stdout))
-            .into_iter()
-            .find(|(d, _)| d == "local")
-            .map(|(_, ids)| ids)
-            .unwrap_or_default()
-    }
-
-    fn log(&self) -> String {
-        let mut all = String::new();
-        if let Ok(dir) = std::fs::read_dir(self.dir.path().join("logs")) {
-            let mut files: Vec<PathBuf> = dir.flatten().map(|e| e.path()).collect();
-            files.sort();
-            for f in files {
-                all.push_str(&std::fs::read_to_string(f).unwrap_or_default());
-            }
-        }
-        all
-    }
+/// `stowage run app`; the new backup's id, which must be the one new backup on local.
+fn backup(setup: &Job) -> String {
+    let before = setup.ids("local");
+    let id = setup.backup();
+    let after = setup.ids("local");
+    let new: Vec<&String> = after.iter().filter(|i| !before.contains(i)).collect();
+    assert_eq!(new, [&id], "{before:?} → {after:?}");
+    id
 }
 
-fn heal(setup: &Setup, extra: &[&str]) -> (Option<i32>, String) {
+fn heal(setup: &Job, extra: &[&str]) -> (Option<i32>, String) {
     let mut args = vec!["heal", "app"];
     args.extend_from_slice(extra);
-    let out = setup.stowage(&args);
-    (out.status.code(), text(&out))
+    setup.stowage(&args)
 }
 
 /// `stowage restore app ARGS --to URL`
-fn restore(setup: &Setup, args: &[&str], to: &str) -> (Option<i32>, String) {
+fn restore(setup: &Job, args: &[&str], to: &str) -> (Option<i32>, String) {
     let mut all = vec!["restore", "app"];
     all.extend_from_slice(args);
     all.extend_from_slice(&["--to", to]);
-    let out = setup.stowage(&all);
-    (out.status.code(), text(&out))
+    setup.stowage(&all)
 }
 
 /// Foreign keys in `db`: (table, name, validated).
@@ -181,10 +69,10 @@ const ALL_FKS: [&str; 2] = [
     "orders orders_customer_id_fkey true",
 ];
 
-fn pg_stack(heal: &str, top: &str) -> (PgServer, Setup) {
+fn pg_stack(heal: &str, top: &str) -> (PgServer, Job) {
     let pg = PgServer::start();
     seed_sample_db(&pg, "app", ROWS);
-    let setup = Setup::new("postgres", &pg.url("app"), heal, top);
+    let setup = job("postgres", &pg.url("app"), heal, top).write();
     (pg, setup)
 }
 
@@ -212,7 +100,7 @@ fn daemon_heals_a_cascade_dropped_table_and_its_foreign_keys() {
         ),
     )
     .expect("write");
-    let id = setup.backup();
+    let id = backup(&setup);
     let before = tables(&pg);
     assert_eq!(foreign_keys(&pg, "app"), ALL_FKS);
 
@@ -278,12 +166,21 @@ fn daemon_heals_a_cascade_dropped_table_and_its_foreign_keys() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_table_comes_from_the_newest_backup_that_holds_it() {
     let s3 = S3Server::moto();
-    let (pg, setup) = pg_stack(r#"watch = ["audit.events", "orders", "customers"]"#, "");
-    let setup = setup.with_s3(&s3).await;
-    let older = setup.backup();
+    s3.create_bucket("backups").await;
+    let pg = PgServer::start();
+    seed_sample_db(&pg, "app", ROWS);
+    // S3 destination "offsite", listed before "local" in the job.
+    let setup = Job::new("app")
+        .log()
+        .s3("offsite", &s3, "backups", "")
+        .local("local", Some(10))
+        .postgres("db", &pg.url("app"))
+        .heal(r#"watch = ["audit.events", "orders", "customers"]"#)
+        .write();
+    let older = backup(&setup);
     let before = tables(&pg);
     pg.psql("app", "drop table audit.events");
-    let newer = setup.backup();
+    let newer = backup(&setup);
     pg.psql("app", "drop table public.orders cascade");
     let gone = tables(&pg);
 
@@ -326,7 +223,7 @@ fn unreachable_database_restores_nothing_and_is_unhealthy() {
         &format!("schedule = \"*/1 * * * * *\"\nwatch = {WATCH}"),
         "",
     );
-    setup.backup();
+    backup(&setup);
     let before = tables(&pg);
     let mut daemon = setup.daemon();
     daemon.wait_for_output("all 3 watched object(s) present", Duration::from_secs(30));
@@ -337,7 +234,7 @@ fn unreachable_database_restores_nothing_and_is_unhealthy() {
         Duration::from_secs(30),
     );
     let health = || {
-        let out = setup.stowage(&["health"]);
+        let out = setup.output(&["health"]);
         (out.status.code(), text(&out))
     };
     let (code, out) = health();
@@ -368,7 +265,7 @@ fn unreachable_database_restores_nothing_and_is_unhealthy() {
 #[test]
 fn empty_table_is_untouched() {
     let (pg, setup) = pg_stack(r#"watch = ["*"]"#, "");
-    setup.backup();
+    backup(&setup);
     pg.psql("app", "truncate audit.events");
     let (code, out) = heal(&setup, &[]);
     assert_eq!(code, Some(0), "{out}");
@@ -379,19 +276,11 @@ fn empty_table_is_untouched() {
 /// Without a [heal] section: exit 2 and what to add.
 #[test]
 fn heal_without_a_heal_section_is_a_config_error() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let config = dir.path().join("stowage.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[destinations.local]\ntype = \"local\"\npath = \"{}\"\n\n[jobs.app]\nschedule = \"0 3 * * *\"\n\
-             destinations = [\"local\"]\n\n[[jobs.app.sources]]\ntype = \"postgres\"\nname = \"db\"\n\
-             url = \"postgres://postgres@127.0.0.1:1/app\"\n",
-            dir.path().join("local").display()
-        ),
-    )
-    .expect("write");
-    let out = run_stowage(&config, ["heal", "app"]);
+    let setup = Job::new("app")
+        .local("local", None)
+        .postgres("db", "postgres://postgres@127.0.0.1:1/app")
+        .write();
+    let out = setup.output(&["heal", "app"]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     assert!(
         text(&out).contains("job \"app\" has no healer; add a [jobs.app.heal] section"),
@@ -406,7 +295,7 @@ fn heal_without_a_heal_section_is_a_config_error() {
 #[test]
 fn clean_restore_of_a_referenced_table() {
     let (pg, setup) = pg_stack(&format!("watch = {WATCH}"), "");
-    setup.backup();
+    backup(&setup);
     let before = tables(&pg);
 
     // An event for an order the backup does not have: the key cannot come back.
@@ -466,7 +355,7 @@ fn clean_restore_of_a_referenced_table() {
 #[test]
 fn table_restore_after_cascade_recreates_referencing_keys() {
     let (pg, setup) = pg_stack(&format!("watch = {WATCH}"), "");
-    setup.backup();
+    backup(&setup);
     let before = tables(&pg);
 
     pg.psql("app", "drop table orders cascade");
@@ -502,7 +391,7 @@ fn table_restore_after_cascade_recreates_referencing_keys() {
 #[test]
 fn table_restore_brings_missing_sequences_along() {
     let (pg, setup) = pg_stack(&format!("watch = {WATCH}"), "");
-    setup.backup();
+    backup(&setup);
     let before = tables(&pg);
     pg.create_db("fresh");
     let fresh = pg.url("fresh");
@@ -552,13 +441,14 @@ fn mariadb_dropped_table_is_healed() {
            foreign key (customer_id) references customers(id)) engine=innodb;
          insert into orders select seq, 1 + seq % 200 from seq_1_to_400;",
     );
-    let setup = Setup::new(
+    let setup = job(
         "mariadb",
         &db.url("app"),
         r#"watch = ["customers", "orders"]"#,
         "",
-    );
-    let id = setup.backup();
+    )
+    .write();
+    let id = backup(&setup);
     let before = db.table_checksums("app");
     db.sql("app", "drop table orders");
     let (code, out) = heal(&setup, &[]);
@@ -612,7 +502,7 @@ fn heal_and_backup_due_together_take_turns() {
         &format!("schedule = \"*/4 * * * * *\"\nwatch = {WATCH}"),
         "",
     );
-    setup.backup();
+    backup(&setup);
     let body = std::fs::read_to_string(&setup.config)
         .expect("read")
         .replace("schedule = \"0 3 * * *\"", "schedule = \"*/4 * * * * *\"");
@@ -695,7 +585,7 @@ fn one_table_that_cannot_be_healed_holds_back_no_other() {
         ),
     )
     .expect("write");
-    let id = setup.backup();
+    let id = backup(&setup);
     let before = tables(&pg);
     pg.psql(
         "app",
@@ -762,9 +652,9 @@ fn one_table_that_cannot_be_healed_holds_back_no_other() {
         },
     );
     wait_for("health to say partial", Duration::from_secs(30), || {
-        text(&setup.stowage(&["health"])).contains(" partial: heal app")
+        text(&setup.output(&["health"])).contains(" partial: heal app")
     });
-    let health = setup.stowage(&["health"]);
+    let health = setup.output(&["health"]);
     let said = text(&health);
     assert_eq!(health.status.code(), Some(1), "{said}");
     assert!(
@@ -787,7 +677,7 @@ fn one_table_that_cannot_be_healed_holds_back_no_other() {
 fn a_chain_of_missing_tables_heals_next_to_one_that_cannot() {
     let (pg, setup) = pg_stack(r#"watch = ["chain_a", "chain_b", "shops"]"#, "");
     seed_groups(&pg);
-    let id = setup.backup();
+    let id = backup(&setup);
     let before = tables(&pg);
     pg.psql(
         "app",
@@ -829,7 +719,7 @@ fn a_chain_of_missing_tables_heals_next_to_one_that_cannot() {
 fn dry_runs_say_would_restore() {
     let (pg, setup) = pg_stack(r#"watch = ["notes"]"#, "");
     seed_groups(&pg);
-    setup.backup();
+    backup(&setup);
     pg.psql("app", "drop table public.notes");
     let gone = tables(&pg);
 
@@ -867,7 +757,7 @@ fn tables_that_reference_each_other_heal_together_next_to_one_that_cannot() {
          insert into public.mut_q select g, 51 - g from generate_series(1, 50) g;
          update public.mut_p set q_id = id;",
     );
-    let id = setup.backup();
+    let id = backup(&setup);
     let before = tables(&pg);
     pg.psql(
         "app",
