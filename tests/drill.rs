@@ -8,78 +8,59 @@ mod common;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use common::{PgServer, Receiver, seed_sample_db, text};
+use common::{Job, PgServer, Receiver, seed_sample_db, text};
 
-struct Setup {
-    dir: tempfile::TempDir,
-    config: PathBuf,
+/// What the drill tests read of a job's backups on its local destination.
+trait Drilled {
+    fn dump_path(&self, id: &str) -> PathBuf;
+    fn source_entry(&self, id: &str) -> serde_json::Value;
+    fn tamper_count(&self, id: &str, object: &str, n: u64);
 }
 
-impl Setup {
-    fn stowage(&self, args: &[&str]) -> (Option<i32>, String) {
-        common::stowage_says(&self.config, args)
-    }
-
-    /// `stowage run app`; the new backup's id.
-    fn backup(&self) -> String {
-        common::backup_of(&self.config, "app")
-    }
-
-    fn manifest(&self, id: &str) -> serde_json::Value {
-        let path = self.manifest_path(id);
-        serde_json::from_slice(&std::fs::read(path).expect("manifest")).expect("json")
-    }
-
-    fn manifest_path(&self, id: &str) -> PathBuf {
-        self.dir
-            .path()
-            .join("local/app")
-            .join(id)
-            .join("manifest.json")
-    }
-
+impl Drilled for Job {
     fn dump_path(&self, id: &str) -> PathBuf {
-        self.dir
-            .path()
-            .join("local/app")
-            .join(id)
-            .join("db.pgdump.zst")
+        self.backup_dir("local", id).join("db.pgdump.zst")
+    }
+
+    fn source_entry(&self, id: &str) -> serde_json::Value {
+        let m = self.manifest("local", id);
+        m["sources"]
+            .as_array()
+            .and_then(|s| s.iter().find(|s| s["name"] == "db"))
+            .cloned()
+            .expect("db source")
+    }
+
+    /// Change the count the manifest recorded for `object` (the job has no auth key: the
+    /// manifest is plain JSON, as in the PostgreSQL test above).
+    fn tamper_count(&self, id: &str, object: &str, n: u64) {
+        let mut m = self.manifest("local", id);
+        for s in m["sources"].as_array_mut().expect("sources") {
+            if s["name"] == "db" {
+                assert!(s["rows"][object].is_u64(), "{object} recorded in {s}");
+                s["rows"][object] = n.into();
+            }
+        }
+        std::fs::write(
+            self.manifest_path("local", id),
+            serde_json::to_vec(&m).expect("json"),
+        )
+        .expect("write");
     }
 }
 
-fn stack(drill: &str) -> (PgServer, Setup) {
+fn stack(drill: &str) -> (PgServer, Job) {
     let pg = PgServer::start();
     seed_sample_db(&pg, "app", 200);
-    let dir = tempfile::tempdir().expect("tempdir");
-    let config = dir.path().join("stowage.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"
-[destinations.local]
-type = "local"
-path = "{local}"
-
-[jobs.app]
-schedule = "0 3 * * *"
-destinations = ["local"]
-
-[[jobs.app.sources]]
-type = "postgres"
-name = "db"
-url = "{url}"
-
-{drill}
-"#,
-            local = dir.path().join("local").display(),
-            url = pg.url("app"),
-            drill = drill
-                .replace("SCRATCH", &pg.url("stowage_drill"))
-                .replace("SOURCE_DB", &pg.url("app")),
-        ),
-    )
-    .expect("config");
-    (pg, Setup { dir, config })
+    let drill = drill
+        .replace("SCRATCH", &pg.url("stowage_drill"))
+        .replace("SOURCE_DB", &pg.url("app"));
+    let setup = Job::new("app")
+        .local("local", None)
+        .postgres("db", &pg.url("app"))
+        .section(&drill)
+        .write();
+    (pg, setup)
 }
 
 const DRILL: &str = r#"
@@ -102,7 +83,7 @@ fn drill_restores_compares_rows_runs_checks_and_drops_the_scratch_database() {
     let id = setup.backup();
 
     // The manifest holds the row counts of the dump's snapshot.
-    let m = setup.manifest(&id);
+    let m = setup.manifest("local", &id);
     let db = m["sources"]
         .as_array()
         .and_then(|s| s.iter().find(|s| s["name"] == "db"))
@@ -139,14 +120,14 @@ fn drill_restores_compares_rows_runs_checks_and_drops_the_scratch_database() {
     assert!(count(&pg, "public.orders") > 0);
 
     // Rows that differ from what the backup recorded are named, exit 1.
-    let mut m = setup.manifest(&id);
+    let mut m = setup.manifest("local", &id);
     for s in m["sources"].as_array_mut().expect("sources") {
         if s["name"] == "db" {
             s["rows"]["public.orders"] = 999_999u64.into();
         }
     }
     std::fs::write(
-        setup.manifest_path(&id),
+        setup.manifest_path("local", &id),
         serde_json::to_vec(&m).expect("json"),
     )
     .expect("write");
@@ -207,13 +188,7 @@ fn scheduled_drills_report_to_metrics_health_and_webhook() {
     ));
     let id = setup.backup();
 
-    let pid = setup.dir.path().join("stowage.pid");
-    let state = setup.dir.path().join("state.json");
-    let envs = [
-        ("STOWAGE_PID_FILE", pid.as_os_str()),
-        ("STOWAGE_STATE_FILE", state.as_os_str()),
-    ];
-    let mut daemon = common::spawn_stowage_with_env(&setup.config, ["daemon"], &envs);
+    let mut daemon = setup.daemon();
     daemon.wait_for_output("drill app: ok", Duration::from_secs(60));
     let mut metrics = String::new();
     common::wait_for("the drill metrics", Duration::from_secs(20), || {
@@ -240,14 +215,7 @@ fn scheduled_drills_report_to_metrics_health_and_webhook() {
     std::fs::write(&dump, bytes).expect("write");
 
     daemon.wait_for_output("drill app: FAILED", Duration::from_secs(60));
-    let str_envs: Vec<(&str, &str)> = envs
-        .iter()
-        .map(|(k, v)| (*k, v.to_str().expect("utf-8 path")))
-        .collect();
-    let health = || {
-        let out = common::run_stowage_with_env(&setup.config, ["health"], &str_envs);
-        (out.status.code(), text(&out))
-    };
+    let health = || setup.stowage(&["health"]);
     common::wait_for("unhealthy after the drill", Duration::from_secs(20), || {
         health().0 == Some(1)
     });
@@ -282,62 +250,14 @@ fn scheduled_drills_report_to_metrics_health_and_webhook() {
 // ---------------------------------------------------------------------------------------------
 
 /// A job `app` with one source and a drill; `to` is the drill's target as written in config.
-fn setup_with(source: &str, drill: &str) -> Setup {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let config = dir.path().join("stowage.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"
-[destinations.local]
-type = "local"
-path = "{local}"
-
-[jobs.app]
-schedule = "0 3 * * *"
-destinations = ["local"]
-
-[[jobs.app.sources]]
-name = "db"
-{source}
-
-[jobs.app.drill]
-schedule = "0 5 * * 0"
-{drill}
-"#,
-            local = dir.path().join("local").display(),
-        ),
-    )
-    .expect("config");
-    Setup { dir, config }
-}
-
-impl Setup {
-    fn source_entry(&self, id: &str) -> serde_json::Value {
-        let m = self.manifest(id);
-        m["sources"]
-            .as_array()
-            .and_then(|s| s.iter().find(|s| s["name"] == "db"))
-            .cloned()
-            .expect("db source")
-    }
-
-    /// Change the count the manifest recorded for `object` (the job has no auth key: the
-    /// manifest is plain JSON, as in the PostgreSQL test above).
-    fn tamper_count(&self, id: &str, object: &str, n: u64) {
-        let mut m = self.manifest(id);
-        for s in m["sources"].as_array_mut().expect("sources") {
-            if s["name"] == "db" {
-                assert!(s["rows"][object].is_u64(), "{object} recorded in {s}");
-                s["rows"][object] = n.into();
-            }
-        }
-        std::fs::write(
-            self.manifest_path(id),
-            serde_json::to_vec(&m).expect("json"),
-        )
-        .expect("write");
-    }
+fn setup_with(source: &str, drill: &str) -> Job {
+    Job::new("app")
+        .local("local", None)
+        .source(&format!("name = \"db\"\n{source}"))
+        .section(&format!(
+            "[jobs.app.drill]\nschedule = \"0 5 * * 0\"\n{drill}\n"
+        ))
+        .write()
 }
 
 /// Entries left in a directory.
