@@ -5,99 +5,55 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Output;
-use std::time::Duration;
 
-use common::{PgServer, text};
+use common::{Job, PgServer, text};
 
-struct Setup {
-    dir: tempfile::TempDir,
-    config: PathBuf,
+/// A job "app" backing up `url` to a local destination; `job` is added to `[jobs.app]`
+/// (e.g. `compression = "none"`), `heal` is the `[jobs.app.heal]` body.
+fn setup(url: &str, job: &str, heal: &str) -> Job {
+    Job::new("app")
+        .log()
+        .local("local", Some(10))
+        .job(job)
+        .postgres("db", url)
+        .heal(heal)
+        .write()
 }
 
-impl Setup {
-    /// A job "app" backing up `url` to a local destination; `job` is added to `[jobs.app]`
-    /// (e.g. `compression = "none"`), `heal` is the `[jobs.app.heal]` body.
-    fn new(url: &str, job: &str, heal: &str) -> Setup {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let config = dir.path().join("stowage.toml");
-        let body = format!(
-            r#"[log]
-level = "info"
-dir = "{logs}"
+/// `stowage run app`; the id of the one backup, which must be the only one stored.
+fn only_backup(setup: &Job) -> String {
+    let id = setup.backup();
+    let app = setup.path("local").join("app");
+    let ids: Vec<String> = std::fs::read_dir(&app)
+        .expect("backups")
+        .flatten()
+        .filter(|e| e.path().is_dir())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(ids, [id.clone()], "{ids:?}");
+    id
+}
 
-[destinations.local]
-type = "local"
-path = "{local}"
-retention = {{ keep_last = 10 }}
+/// The stored dump object of backup `id` (`db.pgdump` plus the compression's suffix).
+fn dump(setup: &Job, id: &str) -> PathBuf {
+    let dir = setup.backup_dir("local", id);
+    std::fs::read_dir(&dir)
+        .expect("backup dir")
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("db.pgdump"))
+        })
+        .unwrap_or_else(|| panic!("no dump object in {}", dir.display()))
+}
 
-[jobs.app]
-schedule = "0 3 * * *"
-destinations = ["local"]
-{job}
-
-[[jobs.app.sources]]
-type = "postgres"
-name = "db"
-url = "{url}"
-
-[jobs.app.heal]
-{heal}
-"#,
-            logs = dir.path().join("logs").display(),
-            local = dir.path().join("local").display(),
-        );
-        std::fs::write(&config, body).expect("write config");
-        Setup { dir, config }
-    }
-
-    fn stowage(&self, args: &[&str]) -> (Option<i32>, String) {
-        let mut cmd = std::process::Command::new(common::stowage_bin());
-        cmd.arg("--config").arg(&self.config).args(args);
-        cmd.env("STOWAGE_PID_FILE", self.dir.path().join("stowage.pid"))
-            .env("STOWAGE_STATE_FILE", self.dir.path().join("state.json"))
-            .env("NO_COLOR", "1")
-            .env_remove("AWS_ACCESS_KEY_ID")
-            .env_remove("AWS_SECRET_ACCESS_KEY");
-        let out: Output = common::run_with_timeout(&mut cmd, Duration::from_secs(300));
-        (out.status.code(), text(&out))
-    }
-
-    /// `stowage run app`; the id of the one backup.
-    fn backup(&self) -> String {
-        let (code, out) = self.stowage(&["run", "app"]);
-        assert_eq!(code, Some(0), "run failed:\n{out}");
-        let app = self.dir.path().join("local").join("app");
-        let ids: Vec<String> = std::fs::read_dir(&app)
-            .expect("backups")
-            .flatten()
-            .filter(|e| e.path().is_dir())
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .collect();
-        assert_eq!(ids.len(), 1, "{ids:?}");
-        ids[0].clone()
-    }
-
-    /// The stored dump object of backup `id` (`db.pgdump` plus the compression's suffix).
-    fn dump(&self, id: &str) -> PathBuf {
-        let dir = self.dir.path().join("local").join("app").join(id);
-        std::fs::read_dir(&dir)
-            .expect("backup dir")
-            .flatten()
-            .map(|e| e.path())
-            .find(|p| {
-                p.file_name()
-                    .is_some_and(|n| n.to_string_lossy().starts_with("db.pgdump"))
-            })
-            .unwrap_or_else(|| panic!("no dump object in {}", dir.display()))
-    }
-
-    fn restore(&self, args: &[&str], to: &str) -> (Option<i32>, String) {
-        let mut all = vec!["restore", "app", "latest"];
-        all.extend_from_slice(args);
-        all.extend_from_slice(&["--to", to]);
-        self.stowage(&all)
-    }
+/// `stowage restore app latest ARGS --to TO`
+fn restore(setup: &Job, args: &[&str], to: &str) -> (Option<i32>, String) {
+    let mut all = vec!["restore", "app", "latest"];
+    all.extend_from_slice(args);
+    all.extend_from_slice(&["--to", to]);
+    setup.stowage(&all)
 }
 
 /// Foreign keys in `db`: "table name".
@@ -150,13 +106,13 @@ fn seed_forged(pg: &PgServer) {
 fn table_restore_readds_the_real_foreign_key_and_never_a_forged_one() {
     let pg = PgServer::start();
     seed_forged(&pg);
-    let setup = Setup::new(&pg.url("app"), "", r#"watch = ["parent", "child"]"#);
-    setup.backup();
+    let setup = setup(&pg.url("app"), "", r#"watch = ["parent", "child"]"#);
+    only_backup(&setup);
     let before = pg.table_checksums("app");
 
     pg.psql("app", "drop table parent cascade");
     assert!(foreign_keys(&pg, "app").is_empty());
-    let (code, out) = setup.restore(&["--table", "parent"], &pg.url("app"));
+    let (code, out) = restore(&setup, &["--table", "parent"], &pg.url("app"));
     assert_eq!(code, Some(0), "{out}");
     assert!(
         !has_table(&pg, "app", "pwned"),
@@ -176,7 +132,7 @@ fn table_restore_readds_the_real_foreign_key_and_never_a_forged_one() {
         "app",
         "drop table parent cascade; insert into child (parent_id) values (999);",
     );
-    let (code, out) = setup.restore(&["--table", "parent"], &pg.url("app"));
+    let (code, out) = restore(&setup, &["--table", "parent"], &pg.url("app"));
     assert_eq!(code, Some(1), "{out}");
     assert!(
         out.contains("child_parent_fkey on public.child")
@@ -195,8 +151,8 @@ fn table_restore_readds_the_real_foreign_key_and_never_a_forged_one() {
 fn heal_readds_the_real_foreign_key_and_never_a_forged_one() {
     let pg = PgServer::start();
     seed_forged(&pg);
-    let setup = Setup::new(&pg.url("app"), "", r#"watch = ["parent", "child"]"#);
-    setup.backup();
+    let setup = setup(&pg.url("app"), "", r#"watch = ["parent", "child"]"#);
+    only_backup(&setup);
     let before = pg.table_checksums("app");
 
     pg.psql("app", "drop table parent cascade");
@@ -243,29 +199,29 @@ fn corrupt_near_the_end(path: &Path) {
 fn corrupt_tail_is_never_committed(job: &str) {
     let pg = PgServer::start();
     seed_two_tables(&pg);
-    let setup = Setup::new(&pg.url("app"), job, r#"watch = ["a_small"]"#);
-    let id = setup.backup();
-    let object = setup.dump(&id);
+    let setup = setup(&pg.url("app"), job, r#"watch = ["a_small"]"#);
+    let id = only_backup(&setup);
+    let object = dump(&setup, &id);
     let key = format!("app/{id}/{}", object.file_name().unwrap().to_string_lossy());
     corrupt_near_the_end(&object);
 
     // A table restore: pg_restore is done with a_small long before the damage.
     pg.psql("app", "delete from a_small where id > 10");
     let changed = pg.table_checksums("app");
-    let (code, out) = setup.restore(&["--table", "a_small", "--clean"], &pg.url("app"));
+    let (code, out) = restore(&setup, &["--table", "a_small", "--clean"], &pg.url("app"));
     assert_ne!(code, Some(0), "a corrupt object was restored:\n{out}");
     assert!(out.contains(&key), "the error does not name {key}:\n{out}");
     assert_eq!(pg.table_checksums("app"), changed, "{out}");
 
     // Every table but z_big: pg_restore stops before the damage too.
     pg.create_db("fresh");
-    let (code, out) = setup.restore(&["--exclude-table", "z_big"], &pg.url("fresh"));
+    let (code, out) = restore(&setup, &["--exclude-table", "z_big"], &pg.url("fresh"));
     assert_ne!(code, Some(0), "a corrupt object was restored:\n{out}");
     assert!(out.contains(&key), "the error does not name {key}:\n{out}");
     assert!(pg.table_names("fresh").is_empty(), "{out}");
 
     // The whole backup into an empty database.
-    let (code, out) = setup.restore(&[], &pg.url("fresh"));
+    let (code, out) = restore(&setup, &[], &pg.url("fresh"));
     assert_ne!(code, Some(0), "a corrupt object was restored:\n{out}");
     assert!(out.contains(&key), "the error does not name {key}:\n{out}");
     assert!(pg.table_names("fresh").is_empty(), "{out}");
@@ -302,15 +258,15 @@ fn names_with_backslashes_with_standard_conforming_strings_off() {
            create trigger tr before insert on t for each row execute function "f\"();
            insert into t select generate_series(1, 10);"#,
     );
-    let setup = Setup::new(&pg.url("app"), "", r#"watch = ["t"]"#);
-    setup.backup();
+    let setup = setup(&pg.url("app"), "", r#"watch = ["t"]"#);
+    only_backup(&setup);
     let before = pg.table_checksums("app");
     pg.psql(
         "postgres",
         "alter role postgres set standard_conforming_strings = off",
     );
 
-    let (code, out) = setup.restore(&["--table", "t", "--create"], &pg.url("copy%5C"));
+    let (code, out) = restore(&setup, &["--table", "t", "--create"], &pg.url("copy%5C"));
     assert_eq!(code, Some(0), "{out}");
     assert!(out.contains("function public.\"f\\\""), "{out}");
     assert_eq!(pg.table_checksums("copy\\"), before);
