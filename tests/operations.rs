@@ -5,42 +5,18 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::time::Duration;
 
-use common::{PgServer, run_stowage, seed_sample_db, text};
-
-struct Setup {
-    dir: tempfile::TempDir,
-    config: PathBuf,
-}
-
-impl Setup {
-    fn stowage(&self, args: &[&str]) -> (Option<i32>, String) {
-        common::stowage_says(&self.config, args)
-    }
-
-    /// `stowage run app`; the new backup's id.
-    fn backup(&self) -> String {
-        common::backup_of(&self.config, "app")
-    }
-}
+use common::{Job, PgServer, run_stowage, seed_sample_db, text};
 
 /// A job `app` with a local destination and `sources` (TOML of `[[jobs.app.sources]]`
 /// bodies), `extra` appended.
-fn setup(sources: &[String], extra: &str) -> Setup {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let config = dir.path().join("stowage.toml");
-    let mut body = format!(
-        "[destinations.local]\ntype = \"local\"\npath = \"{}\"\n\n[jobs.app]\nschedule = \"0 3 * * *\"\ndestinations = [\"local\"]\n",
-        dir.path().join("local").display()
-    );
+fn setup(sources: &[String], extra: &str) -> Job {
+    let mut job = Job::new("app").local("local", None);
     for s in sources {
-        body.push_str(&format!("\n[[jobs.app.sources]]\n{s}\n"));
+        job = job.source(s);
     }
-    body.push_str(extra);
-    std::fs::write(&config, body).expect("config");
-    Setup { dir, config }
+    job.section(extra).write()
 }
 
 fn pg_source(url: &str) -> String {
@@ -125,7 +101,7 @@ fn restore_targets_use_the_sources_password_and_say_what_is_missing() {
     pg.require_password("appuser", "s3cret-pw");
     pg.require_password("other", "other-pw");
     let s = setup(&[], "");
-    let secret = s.dir.path().join("pg_password");
+    let secret = s.path("pg_password");
     std::fs::write(&secret, "s3cret-pw\n").expect("secret");
     let url = format!("postgres://appuser@127.0.0.1:{}/app", pg.port());
     let s = setup(
@@ -185,14 +161,8 @@ fn a_second_run_of_a_job_waits_or_is_refused() {
         ],
         "",
     );
-    let pid = s.dir.path().join("stowage.pid");
-    let state = s.dir.path().join("state.json");
-    let envs = [
-        ("STOWAGE_PID_FILE", pid.as_os_str()),
-        ("STOWAGE_STATE_FILE", state.as_os_str()),
-    ];
     // No backup yet: the daemon catches up at once.
-    let mut daemon = common::spawn_stowage_with_env(&s.config, ["daemon"], &envs);
+    let mut daemon = s.daemon();
     daemon.wait_for_output("backup started", Duration::from_secs(30));
     std::thread::sleep(Duration::from_millis(500));
 
@@ -271,8 +241,10 @@ fn a_restarted_daemon_exposes_the_last_success_of_cli_runs() {
         .and_utc()
         .timestamp_millis() as f64
         / 1000.0;
-    let pid = s.dir.path().join("stowage.pid");
-    let state = s.dir.path().join("state.json");
+    // A state file of the daemon's own, not the CLI's: the metric must come from what the
+    // destination holds, not from what the CLI run recorded.
+    let pid = s.path("stowage.pid");
+    let state = s.path("state.json");
     let envs = [
         ("STOWAGE_PID_FILE", pid.as_os_str()),
         ("STOWAGE_STATE_FILE", state.as_os_str()),
@@ -381,7 +353,7 @@ fn dry_run_and_check_config_connect_check_everything() {
     assert!(listed.contains("(2 backups)"), "nothing ran: {listed}");
 
     // A second job whose database does not answer and whose destination is a file.
-    let blocker = s.dir.path().join("not-a-dir");
+    let blocker = s.path("not-a-dir");
     std::fs::write(&blocker, "x").expect("file");
     let cfg = std::fs::read_to_string(&s.config).expect("config");
     std::fs::write(

@@ -7,37 +7,17 @@ use std::path::{Path, PathBuf};
 
 use std::time::Duration;
 
-use common::{PgServer, Receiver, S3Server, seed_sample_db, text};
+use common::{Job, PgServer, Receiver, S3Server, seed_sample_db, text, toml_str};
 
 const BUCKET: &str = "verify";
 
-struct Setup {
-    dir: tempfile::TempDir,
-    config: PathBuf,
-}
-
-impl Setup {
-    fn local(&self) -> PathBuf {
-        self.dir.path().join("local")
-    }
-
-    fn stowage(&self, args: &[&str]) -> (Option<i32>, String) {
-        common::stowage_says(&self.config, args)
-    }
-
-    /// `stowage run app`; the new backup's id.
-    fn backup(&self) -> String {
-        common::backup_of(&self.config, "app")
-    }
-}
-
-async fn stack() -> (PgServer, S3Server, Setup) {
+async fn stack() -> (PgServer, S3Server, Job) {
     let pg = PgServer::start();
     seed_sample_db(&pg, "app", 100);
     let s3 = S3Server::moto();
     s3.create_bucket(BUCKET).await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let uploads = dir.path().join("uploads");
+    let job = Job::new("app");
+    let uploads = job.path("uploads");
     std::fs::create_dir_all(uploads.join("a")).expect("mkdir");
     for i in 0..5 {
         std::fs::write(
@@ -46,55 +26,20 @@ async fn stack() -> (PgServer, S3Server, Setup) {
         )
         .expect("write");
     }
-    let secret = dir.path().join("s3_secret");
-    std::fs::write(&secret, s3.secret_key()).expect("secret");
-    let config = dir.path().join("stowage.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"
-[destinations.local]
-type = "local"
-path = "{local}"
-
-[destinations.offsite]
-type = "s3"
-bucket = "{BUCKET}"
-endpoint = "{endpoint}"
-force_path_style = true
-access_key_id = "{key}"
-secret_access_key_file = "{secret}"
-region = "{region}"
-
-[jobs.app]
-schedule = "0 3 * * *"
-destinations = ["local", "offsite"]
-
-[[jobs.app.sources]]
-type = "postgres"
-name = "db"
-url = "{url}"
-
-[[jobs.app.sources]]
-type = "files"
-name = "uploads"
-path = "{uploads}"
-"#,
-            local = dir.path().join("local").display(),
-            endpoint = s3.endpoint(),
-            key = s3.access_key(),
-            secret = secret.display(),
-            region = s3.region(),
-            url = pg.url("app"),
-            uploads = uploads.display(),
-        ),
-    )
-    .expect("config");
-    (pg, s3, Setup { dir, config })
+    let setup = job
+        .local("local", None)
+        .s3("offsite", &s3, BUCKET, "")
+        .postgres("db", &pg.url("app"))
+        .source(&format!(
+            "type = \"files\"\nname = \"uploads\"\npath = {}\n",
+            toml_str(uploads.display())
+        ))
+        .write();
+    (pg, s3, setup)
 }
 
-fn dump_path(setup: &Setup, id: &str) -> PathBuf {
-    setup.local().join("app").join(id).join("db.pgdump.zst")
+fn dump_path(setup: &Job, id: &str) -> PathBuf {
+    setup.backup_dir("local", id).join("db.pgdump.zst")
 }
 
 fn flip_a_byte(path: &Path) {
@@ -205,7 +150,7 @@ async fn verify_reads_the_dump_with_the_engine() {
         out.stdout
     };
     std::fs::write(&dump, &junk).expect("write");
-    let manifest_path = setup.local().join("app").join(&id).join("manifest.json");
+    let manifest_path = setup.manifest_path("local", &id);
     let mut m: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&manifest_path).expect("read")).expect("json");
     let sha = {
@@ -252,25 +197,12 @@ async fn scheduled_verify_reports_to_health_and_webhook() {
     let id = setup.backup();
     flip_a_byte(&dump_path(&setup, &id));
 
-    let pid = setup.dir.path().join("stowage.pid");
-    let state = setup.dir.path().join("state.json");
-    let envs = [
-        ("STOWAGE_PID_FILE", pid.as_os_str()),
-        ("STOWAGE_STATE_FILE", state.as_os_str()),
-    ];
-    let mut daemon = common::spawn_stowage_with_env(&setup.config, ["daemon"], &envs);
+    let mut daemon = setup.daemon();
     daemon.wait_for_output(
         "verify app: 2 backup copy(ies) checked, 1 problem(s)",
         Duration::from_secs(60),
     );
-    let str_envs: Vec<(&str, &str)> = envs
-        .iter()
-        .map(|(k, v)| (*k, v.to_str().expect("utf-8 path")))
-        .collect();
-    let health = || {
-        let out = common::run_stowage_with_env(&setup.config, ["health"], &str_envs);
-        (out.status.code(), text(&out))
-    };
+    let health = || setup.stowage(&["health"]);
     common::wait_for(
         "unhealthy after the verify",
         Duration::from_secs(20),

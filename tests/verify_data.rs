@@ -8,65 +8,22 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::redis::RedisServer;
-use common::text;
+use common::{Job, JobBuilder, text, toml_str};
 
 const JOB: &str = "app";
 
-struct Setup {
-    dir: tempfile::TempDir,
-    config: PathBuf,
-}
-
-impl Setup {
-    fn local(&self) -> PathBuf {
-        self.dir.path().join("local")
-    }
-
-    fn stowage(&self, args: &[&str]) -> (Option<i32>, String) {
-        common::stowage_says(&self.config, args)
-    }
-
-    fn backup(&self) -> String {
-        common::backup_of(&self.config, JOB)
-    }
-
-    fn manifest_path(&self, id: &str) -> PathBuf {
-        self.local().join(JOB).join(id).join("manifest.json")
-    }
-
-    fn manifest(&self, id: &str) -> serde_json::Value {
-        serde_json::from_slice(&std::fs::read(self.manifest_path(id)).expect("read")).expect("json")
-    }
-}
-
 /// A job `app` on one local destination, stored uncompressed (so a test can damage the
-/// stored bytes exactly where it means to), with `job_extra` on the job and `sources`.
-fn setup(job_extra: &str, sources: &str) -> Setup {
-    let dir = tempfile::Builder::new()
-        .prefix("stowage-verify-data-")
-        .tempdir()
-        .expect("tempdir");
-    let config = dir.path().join("stowage.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"[destinations.local]
-type = "local"
-path = "{local}"
+/// stored bytes exactly where it means to), with `job_extra` on the job.
+fn job(job_extra: &str) -> JobBuilder {
+    Job::with_prefix(JOB, "stowage-verify-data-")
+        .local("local", None)
+        .job("compression = \"none\"")
+        .job(job_extra)
+}
 
-[jobs.{JOB}]
-schedule = "0 3 * * *"
-destinations = ["local"]
-compression = "none"
-{job_extra}
-
-{sources}
-"#,
-            local = dir.path().join("local").display(),
-        ),
-    )
-    .expect("config");
-    Setup { dir, config }
+/// [`job`] with `sources` (whole `[[jobs.app.sources]]` sections).
+fn setup(job_extra: &str, sources: &str) -> Job {
+    job(job_extra).section(sources).write()
 }
 
 fn sha256_hex(data: &[u8]) -> String {
@@ -108,13 +65,13 @@ fn verify_checks_a_redis_backup_by_its_rdb_checksum() {
     );
 
     // Damage the RDB in its middle; keep the manifest's record of the object in step.
-    let manifest = setup.manifest(&id);
+    let manifest = setup.manifest("local", &id);
     let key = manifest["sources"][0]["key"]
         .as_str()
         .expect("key")
         .to_string();
     assert!(key.ends_with("cache.rdb"), "stored uncompressed: {key}");
-    let object = setup.local().join(&key);
+    let object = setup.path("local").join(&key);
     let mut bytes = std::fs::read(&object).expect("read rdb");
     assert_eq!(&bytes[..5], b"REDIS");
     let mid = bytes.len() / 2;
@@ -123,7 +80,7 @@ fn verify_checks_a_redis_backup_by_its_rdb_checksum() {
     let mut m = manifest;
     m["sources"][0]["sha256"] = sha256_hex(&bytes).into();
     std::fs::write(
-        setup.manifest_path(&id),
+        setup.manifest_path("local", &id),
         serde_json::to_vec(&m).expect("json"),
     )
     .expect("write manifest");
@@ -143,32 +100,29 @@ fn verify_checks_a_redis_backup_by_its_rdb_checksum() {
 }
 
 /// A files source whose files `a/1.txt` and `b/same.txt` share one blob.
-fn files_setup(job_extra: &str) -> (Setup, PathBuf) {
-    let s = setup(job_extra, "");
-    let uploads = s.dir.path().join("uploads");
+fn files_setup(job_extra: &str) -> (Job, PathBuf) {
+    let job = job(job_extra);
+    let uploads = job.path("uploads");
     std::fs::create_dir_all(uploads.join("a")).expect("mkdir");
     std::fs::create_dir_all(uploads.join("b")).expect("mkdir");
     for i in 0..6 {
         std::fs::write(uploads.join(format!("a/{i}.txt")), format!("file {i}\n")).expect("write");
     }
     std::fs::write(uploads.join("b/same.txt"), "file 1\n").expect("write");
-    let body = std::fs::read_to_string(&s.config).expect("read");
-    std::fs::write(
-        &s.config,
-        format!(
-            "{body}\n[[jobs.{JOB}.sources]]\ntype = \"files\"\nname = \"uploads\"\npath = \"{}\"\n",
-            uploads.display()
-        ),
-    )
-    .expect("write config");
+    let s = job
+        .source(&format!(
+            "type = \"files\"\nname = \"uploads\"\npath = {}\n",
+            toml_str(uploads.display())
+        ))
+        .write();
     (s, uploads)
 }
 
 /// The stored blob holding `content` (uncompressed, unencrypted: named by its sha256).
-fn blob_of(setup: &Setup, content: &[u8]) -> (String, PathBuf) {
+fn blob_of(setup: &Job, content: &[u8]) -> (String, PathBuf) {
     let sha = sha256_hex(content);
     let key = format!("{JOB}/blobs/{}/{sha}", &sha[..2]);
-    let path = setup.local().join(&key);
+    let path = setup.path("local").join(&key);
     assert!(path.is_file(), "{} is stored", path.display());
     (key, path)
 }
@@ -250,7 +204,7 @@ fn read_data_decrypts_encrypted_blobs() {
     assert!(out.contains("6 read back intact"), "{out}");
 
     // Damage one stored (encrypted) blob in its middle.
-    let blob = walk(&setup.local().join(JOB).join("blobs"))
+    let blob = walk(&setup.path("local").join(JOB).join("blobs"))
         .into_iter()
         .next()
         .expect("a blob");
@@ -301,27 +255,14 @@ fn scheduled_verify_reads_data_as_configured() {
     let (key, path) = blob_of(&setup, b"file 3\n");
     std::fs::write(&path, b"FILE 3\n").expect("overwrite blob");
 
-    let pid = setup.dir.path().join("stowage.pid");
-    let state = setup.dir.path().join("state.json");
-    let envs = [
-        ("STOWAGE_PID_FILE", pid.as_os_str()),
-        ("STOWAGE_STATE_FILE", state.as_os_str()),
-    ];
-    let mut daemon = common::spawn_stowage_with_env(&setup.config, ["daemon"], &envs);
+    let mut daemon = setup.daemon();
     daemon.wait_for_output(
         &format!(
             "verify {JOB}: 1 backup copy(ies) checked, 1 problem(s); blob data: 6 of 6 blob(s) read"
         ),
         Duration::from_secs(60),
     );
-    let str_envs: Vec<(&str, &str)> = envs
-        .iter()
-        .map(|(k, v)| (*k, v.to_str().expect("utf-8 path")))
-        .collect();
-    let health = || {
-        let out = common::run_stowage_with_env(&setup.config, ["health"], &str_envs);
-        (out.status.code(), text(&out))
-    };
+    let health = || setup.stowage(&["health"]);
     common::wait_for(
         "unhealthy after the verify",
         Duration::from_secs(20),
@@ -460,12 +401,12 @@ fn verify_checks_sqlite_images_and_command_output() {
         "{out}"
     );
 
-    let manifest = setup.manifest(&id);
+    let manifest = setup.manifest("local", &id);
     let key = manifest["sources"][0]["key"]
         .as_str()
         .expect("key")
         .to_string();
-    let object = setup.local().join(&key);
+    let object = setup.path("local").join(&key);
     let mut bytes = std::fs::read(&object).expect("read image");
     bytes.truncate(bytes.len() - 100);
     std::fs::write(&object, &bytes).expect("write image");
@@ -473,7 +414,7 @@ fn verify_checks_sqlite_images_and_command_output() {
     m["sources"][0]["sha256"] = sha256_hex(&bytes).into();
     m["sources"][0]["size"] = (bytes.len() as u64).into();
     std::fs::write(
-        setup.manifest_path(&id),
+        setup.manifest_path("local", &id),
         serde_json::to_vec(&m).expect("json"),
     )
     .expect("write manifest");
