@@ -13,61 +13,41 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 
 use common::mariadb::MariaDbServer;
-use common::{run_stowage, text};
+use common::{Job, text, toml_str};
 
-fn toml_str(s: impl std::fmt::Display) -> String {
-    format!("{:?}", s.to_string())
+/// A job `app` writing to local destinations `destinations` (in the job's order, each at
+/// `path(name)`), with the given sources (TOML bodies of `[[jobs.app.sources]]`).
+fn job_with(destinations: &[&str], sources: &[String]) -> Job {
+    let mut job = Job::with_prefix("app", "stowage-hardening-").top("[log]\nlevel = \"info\"");
+    for d in destinations {
+        job = job.local(d, Some(10));
+    }
+    for s in sources {
+        job = job.source(s);
+    }
+    job.write()
 }
 
-/// A temp dir with local destinations (in the job's order) and a config whose job `app`
-/// has the given sources (TOML bodies of `[[jobs.app.sources]]`).
-struct Setup {
-    dir: tempfile::TempDir,
-    config: PathBuf,
+/// What these tests do with the job: run it, restore it, damage what it stored.
+trait Hardening {
+    fn run(&self);
+    fn restore(&self, args: &[&str]) -> Output;
+    fn restore_ok(&self, args: &[&str]) -> String;
+    fn restore_fails(&self, args: &[&str]) -> String;
+    fn object(&self, dest: &str) -> PathBuf;
+    fn damage(&self, dest: &str);
 }
 
-impl Setup {
-    fn new(destinations: &[&str], sources: &[String]) -> Setup {
-        let dir = tempfile::Builder::new()
-            .prefix("stowage-hardening-")
-            .tempdir()
-            .expect("tempdir");
-        let mut body = "[log]\nlevel = \"info\"\n\n".to_string();
-        for d in destinations {
-            body.push_str(&format!(
-                "[destinations.{d}]\ntype = \"local\"\npath = {}\nretention = {{ keep_last = 10 }}\n\n",
-                toml_str(dir.path().join(d).display())
-            ));
-        }
-        body.push_str(&format!(
-            "[jobs.app]\nschedule = \"0 3 * * *\"\ndestinations = [{}]\n\n",
-            destinations
-                .iter()
-                .map(toml_str)
-                .collect::<Vec<_>>()
-                .join(", ")
-        ));
-        for s in sources {
-            body.push_str(&format!("[[jobs.app.sources]]\n{s}\n"));
-        }
-        let config = dir.path().join("stowage.toml");
-        std::fs::write(&config, body).expect("config");
-        Setup { dir, config }
-    }
-
-    fn path(&self, rel: &str) -> PathBuf {
-        self.dir.path().join(rel)
-    }
-
+impl Hardening for Job {
     fn run(&self) {
-        let out = run_stowage(&self.config, ["run", "app"]);
+        let out = self.output(&["run", "app"]);
         assert!(out.status.success(), "run failed:\n{}", text(&out));
     }
 
     fn restore(&self, args: &[&str]) -> Output {
         let mut all = vec!["restore", "app"];
         all.extend_from_slice(args);
-        run_stowage(&self.config, all)
+        self.output(&all)
     }
 
     fn restore_ok(&self, args: &[&str]) -> String {
@@ -85,7 +65,7 @@ impl Setup {
 
     /// The stored object of source `db` on destination `dest` (the one backup there).
     fn object(&self, dest: &str) -> PathBuf {
-        let job = self.dir.path().join(dest).join("app");
+        let job = self.path(dest).join("app");
         for e in std::fs::read_dir(&job).expect("job dir").flatten() {
             if !e.path().join("manifest.json").is_file() {
                 continue;
@@ -151,7 +131,7 @@ fn mariadb_restore_of_a_damaged_object_changes_nothing() {
     let db = MariaDbServer::start();
     seed_mariadb(&db, "src");
     let before = seed_target(&db, "dst");
-    let setup = Setup::new(&["first"], &[mariadb_source(&db, "src")]);
+    let setup = job_with(&["first"], &[mariadb_source(&db, "src")]);
     setup.run();
     setup.damage("first");
     let target = db.url("dst");
@@ -183,7 +163,7 @@ fn mariadb_restore_reads_an_intact_copy_from_another_destination() {
     seed_mariadb(&db, "src");
     let source = db.table_checksums("src");
     let before = seed_target(&db, "dst");
-    let setup = Setup::new(&["first", "second"], &[mariadb_source(&db, "src")]);
+    let setup = job_with(&["first", "second"], &[mariadb_source(&db, "src")]);
     setup.run();
     setup.damage("first");
     let target = db.url("dst");
@@ -240,7 +220,7 @@ fn sqlite_restore_falls_back_after_a_damaged_stream_and_never_touches_the_target
             .collect()
     };
     let want = rows(&src);
-    let setup = Setup::new(
+    let setup = job_with(
         &["first", "second"],
         &[format!(
             "type = \"sqlite\"\nname = \"db\"\npath = {}\n",
@@ -291,7 +271,7 @@ fn mariadb_text_inside_a_dump_never_opens_a_section() {
         "alter table z_big comment = '\n-- Table structure for table `a_orders`\nCREATE TABLE pwned3 (x int);\n'",
     );
     let source = db.table_checksums("src");
-    let setup = Setup::new(&["first"], &[mariadb_source(&db, "src")]);
+    let setup = job_with(&["first"], &[mariadb_source(&db, "src")]);
     setup.run();
 
     let no_pwned = |d: &str, t: &str| {
@@ -339,7 +319,7 @@ fn mariadb_text_inside_a_dump_never_opens_a_section() {
 fn command_restore_target_never_runs_as_shell_code() {
     let dir = tempfile::tempdir().expect("tempdir");
     let pwned = dir.path().join("pwned");
-    let setup = Setup::new(
+    let setup = job_with(
         &["first"],
         &[
             "type = \"command\"\nname = \"db\"\ndump = [\"sh\", \"-c\", \"printf payload\"]\n\
@@ -357,7 +337,7 @@ fn command_restore_target_never_runs_as_shell_code() {
     setup.restore_ok(&["--to", "db1"]);
 
     // The documented way: the environment, quoted in the script.
-    let env_setup = Setup::new(
+    let env_setup = job_with(
         &["first"],
         &[
             "type = \"command\"\nname = \"db\"\ndump = [\"sh\", \"-c\", \"printf payload\"]\n\
@@ -387,7 +367,7 @@ fn files_restore_goes_on_from_a_destination_holding_every_blob() {
         )
         .expect("write");
     }
-    let setup = Setup::new(
+    let setup = job_with(
         &["first", "second"],
         &[format!(
             "type = \"files\"\nname = \"uploads\"\npath = {}\n",
@@ -433,7 +413,7 @@ fn redis_restore_reads_an_intact_copy_from_another_destination() {
             ]);
         }
     }
-    let setup = Setup::new(
+    let setup = job_with(
         &["first", "second"],
         &[format!(
             "type = \"redis\"\nname = \"db\"\nurl = {}\n",
@@ -462,7 +442,7 @@ fn healer_never_applies_a_damaged_copy_and_reads_the_intact_one() {
     let db = MariaDbServer::start();
     seed_mariadb(&db, "app");
     let before = db.table_checksums("app");
-    let setup = Setup::new(
+    let setup = job_with(
         &["first", "second"],
         &[format!(
             "{}\n[jobs.app.heal]\nwatch = [\"a_orders\", \"z_big\"]\n",
@@ -472,7 +452,7 @@ fn healer_never_applies_a_damaged_copy_and_reads_the_intact_one() {
     setup.run();
     setup.damage("first");
     db.sql("app", "drop table a_orders");
-    let out = run_stowage(&setup.config, ["heal", "app"]);
+    let out = setup.output(&["heal", "app"]);
     let t = text(&out);
     assert_eq!(db.table_checksums("app"), before, "{t}");
     assert!(out.status.success(), "{t}");
