@@ -6,69 +6,34 @@ mod common;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use common::{PgServer, S3Server, read_tree, run_stowage, seed_sample_db, text};
+use common::{Job, PgServer, S3Server, read_tree, run_stowage, seed_sample_db, text, toml_str};
 
 const BUCKET: &str = "archive";
 
-struct Setup {
-    dir: tempfile::TempDir,
-    config: PathBuf,
-}
-
-impl Setup {
-    fn uploads(&self) -> PathBuf {
-        self.dir.path().join("uploads")
-    }
-
-    fn stowage(&self, args: &[&str]) -> (Option<i32>, String) {
-        let out = run_stowage(&self.config, args);
-        (out.status.code(), text(&out))
-    }
-}
-
 /// Job "app": a PostgreSQL database and a directory of files, to S3 destination "cold"
 /// (`cold` is its extra keys) and, with `second`, a second S3 destination "hot".
-fn setup(pg: &PgServer, s3: &S3Server, cold: &str, second: Option<&str>) -> Setup {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let files = dir.path().join("uploads");
+fn setup(pg: &PgServer, s3: &S3Server, cold: &str, second: Option<&str>) -> Job {
+    let job = Job::new("app");
+    let files = job.path("uploads");
     std::fs::create_dir_all(&files).expect("mkdir");
     std::fs::write(files.join("small.txt"), "a small attachment\n").expect("write");
     // Above the small-file limit (1 MiB): streamed as its own upload.
     let big: Vec<u8> = (0..1_500_000u32).map(|i| (i % 251) as u8).collect();
     std::fs::write(files.join("big.bin"), big).expect("write");
-    let secret = dir.path().join("s3_secret");
-    std::fs::write(&secret, s3.secret_key()).expect("secret");
-    let dest = |name: &str, prefix: &str, extra: &str| {
-        format!(
-            "[destinations.{name}]\ntype = \"s3\"\nbucket = \"{BUCKET}\"\nprefix = \"{prefix}\"\nendpoint = \"{}\"\n\
-             force_path_style = true\naccess_key_id = \"{}\"\nsecret_access_key_file = \"{}\"\nregion = \"{}\"\n{extra}\n",
-            s3.endpoint(),
-            s3.access_key(),
-            secret.display(),
-            s3.region()
-        )
-    };
-    let mut body = dest("cold", "cold", cold);
-    let mut names = vec!["\"cold\""];
+    let mut job = job.s3("cold", s3, BUCKET, &format!("prefix = \"cold\"\n{cold}\n"));
     if let Some(extra) = second {
-        body.push_str(&dest("hot", "hot", extra));
-        names.push("\"hot\"");
+        job = job.s3("hot", s3, BUCKET, &format!("prefix = \"hot\"\n{extra}\n"));
     }
-    body.push_str(&format!(
-        "[jobs.app]\nschedule = \"0 3 * * *\"\ndestinations = [{}]\n\n\
-         [[jobs.app.sources]]\ntype = \"postgres\"\nname = \"db\"\nurl = \"{}\"\n\n\
-         [[jobs.app.sources]]\ntype = \"files\"\nname = \"uploads\"\npath = \"{}\"\n",
-        names.join(", "),
-        pg.url("app"),
-        files.display()
-    ));
-    let config = dir.path().join("stowage.toml");
-    std::fs::write(&config, body).expect("config");
-    Setup { dir, config }
+    job.postgres("db", &pg.url("app"))
+        .source(&format!(
+            "type = \"files\"\nname = \"uploads\"\npath = {}\n",
+            toml_str(files.display())
+        ))
+        .write()
 }
 
 /// PostgreSQL seeded with `rows`, moto with the bucket, and the job's config.
-async fn stack(rows: usize, cold: &str, second: Option<&str>) -> (PgServer, S3Server, Setup) {
+async fn stack(rows: usize, cold: &str, second: Option<&str>) -> (PgServer, S3Server, Job) {
     let pg = PgServer::start();
     seed_sample_db(&pg, "app", rows);
     let s3 = S3Server::moto();
@@ -100,7 +65,7 @@ async fn classes(s3: &S3Server, prefix: &str) -> BTreeMap<String, String> {
         .collect()
 }
 
-fn run_ok(setup: &Setup) -> String {
+fn run_ok(setup: &Job) -> String {
     let out = run_stowage(&setup.config, ["run", "app"]);
     assert!(out.status.success(), "run failed:\n{}", text(&out));
     text(&out)
@@ -205,15 +170,15 @@ fn retrievals_since(s3: &S3Server, mark: usize) -> Vec<String> {
 }
 
 /// A restore target: a new database and an empty directory.
-fn target(pg: &PgServer, setup: &Setup, name: &str) -> (String, PathBuf) {
+fn target(pg: &PgServer, setup: &Job, name: &str) -> (String, PathBuf) {
     pg.create_db(name);
-    let dir = setup.dir.path().join(format!("{name}-files"));
+    let dir = setup.path(format!("{name}-files"));
     (pg.url(name), dir)
 }
 
-fn assert_restored(pg: &PgServer, setup: &Setup, db: &str, files: &Path) {
+fn assert_restored(pg: &PgServer, setup: &Job, db: &str, files: &Path) {
     assert_eq!(pg.table_checksums(db), pg.table_checksums("app"));
-    assert_eq!(read_tree(files), read_tree(&setup.uploads()));
+    assert_eq!(read_tree(files), read_tree(&setup.path("uploads")));
 }
 
 /// The lifecycle in three restores: the first requests the retrievals and exits 4 with the
@@ -311,15 +276,15 @@ async fn files_already_there_are_not_retrieved() {
     // A few more small files: most of them will be at the target already.
     for i in 0..8 {
         std::fs::write(
-            setup.uploads().join(format!("doc-{i}.txt")),
+            setup.path("uploads").join(format!("doc-{i}.txt")),
             format!("document {i}\n"),
         )
         .expect("write");
     }
     run_ok(&setup);
-    let dir = setup.dir.path().join("restore-here");
+    let dir = setup.path("restore-here");
     std::fs::create_dir_all(&dir).expect("mkdir");
-    for (rel, bytes) in read_tree(&setup.uploads()) {
+    for (rel, bytes) in read_tree(&setup.path("uploads")) {
         if rel != "doc-3.txt" {
             std::fs::write(dir.join(&rel), bytes).expect("copy");
         }
@@ -362,7 +327,7 @@ async fn files_already_there_are_not_retrieved() {
         &files_to,
     ]);
     assert_eq!(code, Some(0), "{out}");
-    assert_eq!(read_tree(&dir), read_tree(&setup.uploads()));
+    assert_eq!(read_tree(&dir), read_tree(&setup.path("uploads")));
 }
 
 /// `retrieve` twice is fine (the second asks for nothing new while pending); with
@@ -391,7 +356,7 @@ async fn retrieve_is_idempotent_and_download_to_keeps_copies() {
     );
     assert!(retrievals_since(&s3, mark).is_empty());
 
-    let keep = setup.dir.path().join("kept");
+    let keep = setup.path("kept");
     let keep_s = keep.to_string_lossy().to_string();
     let restore_kept = |url: &str| {
         setup.stowage(&[

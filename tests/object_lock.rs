@@ -5,68 +5,44 @@
 
 mod common;
 
-use std::path::PathBuf;
-
 use chrono::{DateTime, TimeDelta, Utc};
-use common::{PgServer, Rng, S3Server, read_tree, run_stowage, seed_sample_db, text};
+use common::{
+    Job, PgServer, Rng, S3Server, read_tree, run_stowage, seed_sample_db, text, toml_str,
+};
 
 const BUCKET: &str = "locked";
 const JOB_PREFIX: &str = "vault/app/";
 
-struct Setup {
-    dir: tempfile::TempDir,
-    config: PathBuf,
-}
-
-impl Setup {
-    fn uploads(&self) -> PathBuf {
-        self.dir.path().join("uploads")
-    }
-
-    fn stowage(&self, args: &[&str]) -> (Option<i32>, String) {
-        let out = run_stowage(&self.config, args);
-        (out.status.code(), text(&out))
-    }
-
-    fn run_ok(&self) -> String {
-        let (code, out) = self.stowage(&["run", "app"]);
-        assert_eq!(code, Some(0), "run failed:\n{out}");
-        out
-    }
+fn run_ok(setup: &Job) -> String {
+    let (code, out) = setup.stowage(&["run", "app"]);
+    assert_eq!(code, Some(0), "run failed:\n{out}");
+    out
 }
 
 /// Job "app" to S3 destination "vault" (with `extra` keys): a PostgreSQL database (with
 /// `pg`) and a directory with a small file and one of 6 MiB (random, so it stays above the
 /// 5 MiB part size and goes up as a multipart upload).
-fn setup(pg: Option<&PgServer>, s3: &S3Server, bucket: &str, extra: &str) -> Setup {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let files = dir.path().join("uploads");
+fn setup(pg: Option<&PgServer>, s3: &S3Server, bucket: &str, extra: &str) -> Job {
+    let job = Job::new("app");
+    let files = job.path("uploads");
     std::fs::create_dir_all(&files).expect("mkdir");
     std::fs::write(files.join("small.txt"), "a small attachment\n").expect("write");
     std::fs::write(files.join("big.bin"), Rng::new(23).bytes(6 << 20)).expect("write");
-    let secret = dir.path().join("s3_secret");
-    std::fs::write(&secret, s3.secret_key()).expect("secret");
-    let mut body = format!(
-        "[destinations.vault]\ntype = \"s3\"\nbucket = \"{bucket}\"\nprefix = \"vault\"\nendpoint = \"{}\"\n\
-         force_path_style = true\naccess_key_id = \"{}\"\nsecret_access_key_file = \"{}\"\nregion = \"{}\"\n\
-         part_size = \"5MiB\"\n{extra}\n\n\
-         [jobs.app]\nschedule = \"0 3 * * *\"\ndestinations = [\"vault\"]\n\n\
-         [[jobs.app.sources]]\ntype = \"files\"\nname = \"uploads\"\npath = \"{}\"\n",
-        s3.endpoint(),
-        s3.access_key(),
-        secret.display(),
-        s3.region(),
-        files.display()
-    );
-    if let Some(pg) = pg {
-        body.push_str(&format!(
-            "\n[[jobs.app.sources]]\ntype = \"postgres\"\nname = \"db\"\nurl = \"{}\"\n",
-            pg.url("app")
+    let mut job = job
+        .s3(
+            "vault",
+            s3,
+            bucket,
+            &format!("prefix = \"vault\"\npart_size = \"5MiB\"\n{extra}\n"),
+        )
+        .source(&format!(
+            "type = \"files\"\nname = \"uploads\"\npath = {}\n",
+            toml_str(files.display())
         ));
+    if let Some(pg) = pg {
+        job = job.postgres("db", &pg.url("app"));
     }
-    let config = dir.path().join("stowage.toml");
-    std::fs::write(&config, body).expect("config");
-    Setup { dir, config }
+    job.write()
 }
 
 async fn create_locked_bucket(s3: &S3Server, name: &str) {
@@ -141,7 +117,7 @@ async fn backup_objects_are_locked_and_a_locked_dump_survives_a_delete() {
         "object_lock = { mode = \"GOVERNANCE\", days = 3 }",
     );
     let before = Utc::now();
-    setup.run_ok();
+    run_ok(&setup);
     let want = before + TimeDelta::days(3);
 
     let dumps = keys(&s3, ".pgdump.zst").await;
@@ -207,7 +183,7 @@ async fn backup_objects_are_locked_and_a_locked_dump_survives_a_delete() {
     // Still there, and it restores equal.
     let db = "restored";
     pg.create_db(db);
-    let files_to = setup.dir.path().join("restored-files");
+    let files_to = setup.path("restored-files");
     let (code, out) = setup.stowage(&[
         "restore",
         "app",
@@ -219,7 +195,7 @@ async fn backup_objects_are_locked_and_a_locked_dump_survives_a_delete() {
     ]);
     assert_eq!(code, Some(0), "{out}");
     assert_eq!(pg.table_checksums(db), pg.table_checksums("app"));
-    assert_eq!(read_tree(&files_to), read_tree(&setup.uploads()));
+    assert_eq!(read_tree(&files_to), read_tree(&setup.path("uploads")));
 }
 
 /// keep_last = 1 after two backups keeps the older one, whose lock has not passed, and
@@ -235,7 +211,7 @@ async fn retention_keeps_a_locked_backup_and_says_why() {
         BUCKET,
         "object_lock = { mode = \"COMPLIANCE\", days = 2 }\nretention = { keep_last = 1 }",
     );
-    setup.run_ok();
+    run_ok(&setup);
     let first = keys(&s3, "manifest.json").await;
     assert_eq!(first.len(), 1, "{first:?}");
     let (_, first_until) = lock_of(&s3, &first[0]).await;
@@ -244,7 +220,7 @@ async fn retention_keeps_a_locked_backup_and_says_why() {
     // Retain-until dates are whole seconds: the second backup's must be a later one.
     std::thread::sleep(std::time::Duration::from_millis(1100));
 
-    let log = setup.run_ok();
+    let log = run_ok(&setup);
     let manifests = keys(&s3, "manifest.json").await;
     assert_eq!(manifests.len(), 2, "the locked backup was removed:\n{log}");
     let old_id = first[0]
