@@ -8,12 +8,12 @@ mod common;
 use common::text;
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Output;
 use std::time::{Duration, Instant};
 
 use common::mariadb::{MariaDbServer, quote_string};
-use common::{S3Server, read_tree, run_stowage, spawn_stowage};
+use common::{Job, S3Server, read_tree, run_stowage, spawn_stowage};
 
 const BUCKET: &str = "backups";
 const BACKUP_USER: &str = "backup";
@@ -84,63 +84,27 @@ create event purge_audit on schedule every 1 day starts '2030-01-01 00:00:00'
     );
 }
 
-/// A temp dir with a local destination (and moto, when given) and a config whose job `app`
-/// has one source of `kind` ("mariadb" or "mysql") with the given extra keys.
-struct Setup {
-    dir: tempfile::TempDir,
-    config: PathBuf,
-    local: PathBuf,
-}
-
-fn setup(kind: &str, url: &str, source_extra: &str, s3: Option<&S3Server>) -> Setup {
-    let dir = tempfile::Builder::new()
-        .prefix("stowage-mariadb-test-")
-        .tempdir()
-        .expect("tempdir");
-    let local = dir.path().join("local");
-    let mut body = format!(
-        "[log]\nlevel = \"info\"\n\n[destinations.local]\ntype = \"local\"\npath = {}\nretention = {{ keep_last = 10 }}\n\n",
-        toml_str(local.display())
-    );
-    let mut dests = vec!["\"local\""];
+/// A job `app` with a local destination (and moto, when given) and one source of `kind`
+/// ("mariadb" or "mysql") with the given extra keys.
+fn setup(kind: &str, url: &str, source_extra: &str, s3: Option<&S3Server>) -> Job {
+    let mut job = Job::with_prefix("app", "stowage-mariadb-test-")
+        .top("[log]\nlevel = \"info\"")
+        .local("local", Some(10));
     if let Some(s3) = s3 {
-        let secret = dir.path().join("s3_secret");
-        std::fs::write(&secret, s3.secret_key()).expect("secret");
-        body.push_str(&format!(
-            "[destinations.offsite]\ntype = \"s3\"\nbucket = \"{BUCKET}\"\nprefix = \"nightly\"\n\
-             endpoint = {}\nforce_path_style = true\naccess_key_id = {}\n\
-             secret_access_key_file = {}\nretention = {{ keep_last = 10 }}\n\n",
-            toml_str(s3.endpoint()),
-            toml_str(s3.access_key()),
-            toml_str(secret.display())
-        ));
-        dests.push("\"offsite\"");
+        let keys = format!(
+            "{}prefix = \"nightly\"\nretention = {{ keep_last = 10 }}\n",
+            job.s3_keys(s3, BUCKET)
+        );
+        job = job.destination("offsite", &keys);
     }
-    body.push_str(&format!(
-        "[jobs.app]\nschedule = \"0 3 * * *\"\ndestinations = [{}]\n\n\
-         [[jobs.app.sources]]\ntype = {}\nname = \"db\"\nurl = {}\n{source_extra}\n",
-        dests.join(", "),
-        toml_str(kind),
-        toml_str(url)
-    ));
-    let config = dir.path().join("stowage.toml");
-    std::fs::write(&config, body).expect("config");
-    Setup { dir, config, local }
+    job.database(kind, "db", url, source_extra).write()
 }
 
-impl Setup {
-    /// A file holding `password`, for `password_file`.
-    fn password_file(&self, name: &str, password: &str) -> String {
-        let p = self.dir.path().join(name);
-        std::fs::write(&p, format!("{password}\n")).expect("password file");
-        format!("password_file = {}", toml_str(p.display()))
-    }
-
-    fn manifest(&self, id: &str) -> serde_json::Value {
-        let path = self.local.join("app").join(id).join("manifest.json");
-        let body = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-        serde_json::from_slice(&body).expect("manifest is JSON")
-    }
+/// A file holding `password` in the job's directory, and the `password_file` key naming it.
+fn password_file(s: &Job, name: &str, password: &str) -> String {
+    let p = s.path(name);
+    std::fs::write(&p, format!("{password}\n")).expect("password file");
+    format!("password_file = {}", toml_str(p.display()))
 }
 
 fn run_ok(cfg: &Path) -> Output {
@@ -239,7 +203,7 @@ async fn round_trip_through_s3_keeps_rows_and_objects() {
     let s3 = S3Server::moto();
     s3.create_bucket(BUCKET).await;
     let s = setup("mariadb", &db.url_as(BACKUP_USER, "shop"), "", Some(&s3));
-    let pw = s.password_file("db_password", BACKUP_PASSWORD);
+    let pw = password_file(&s, "db_password", BACKUP_PASSWORD);
     let body = std::fs::read_to_string(&s.config).expect("config") + &pw + "\n";
     std::fs::write(&s.config, body).expect("config");
 
@@ -254,7 +218,7 @@ async fn round_trip_through_s3_keeps_rows_and_objects() {
     assert_eq!(ids_on(&s.config, "local"), ids);
     let id = &ids[0];
 
-    let m = s.manifest(id);
+    let m = s.manifest("local", id);
     let src = &m["sources"][0];
     assert_eq!(src["type"], "mariadb", "{m:#}");
     assert_eq!(src["format"], "mariadb-dump SQL", "{m:#}");
@@ -282,7 +246,8 @@ async fn round_trip_through_s3_keeps_rows_and_objects() {
     assert_eq!(objects, ["audit", "customers", "odd`name here", "orders"]);
 
     // The stored object is the plain dump: zstd -d gives mariadb-dump's SQL text.
-    let stored = std::fs::read(s.local.join("app").join(id).join("db.sql.zst")).expect("dump");
+    let stored =
+        std::fs::read(s.path("local").join("app").join(id).join("db.sql.zst")).expect("dump");
     let sql = common::zstd_decompress(&stored);
     assert!(sql.starts_with(b"/*M!999999\\- enable the sandbox mode */"));
     assert!(
@@ -359,7 +324,7 @@ fn restore_refuses_a_non_empty_target_unless_clean_and_mysql_is_an_alias() {
     assert!(out.status.success(), "check-config:\n{}", text(&out));
     run_ok(&s.config);
     let id = ids_on(&s.config, "local").remove(0);
-    assert_eq!(s.manifest(&id)["sources"][0]["type"], "mariadb");
+    assert_eq!(s.manifest("local", &id)["sources"][0]["type"], "mariadb");
     let want = db.table_checksums("app");
 
     // The application changes rows after the backup.
@@ -429,7 +394,7 @@ fn restore_refuses_a_non_empty_target_unless_clean_and_mysql_is_an_alias() {
 
     // A stored dump cut short: the whole object is checked before the first statement
     // runs (issue 23), so the restore fails and nothing at all reaches the target.
-    let key = s.local.join("app").join(&id).join("db.sql.zst");
+    let key = s.path("local").join("app").join(&id).join("db.sql.zst");
     let stored = std::fs::read(&key).expect("stored dump");
     std::fs::write(&key, &stored[..stored.len() / 2]).expect("cut the dump");
     db.create_db("damaged");
@@ -580,7 +545,7 @@ fn selected_tables_restore_into_an_existing_database() {
     std::fs::write(&s.config, format!("{body}exclude_tables = [\"audit\"]\n")).expect("config");
     run_ok(&s.config);
     let id = ids_on(&s.config, "local").remove(0);
-    let m = s.manifest(&id);
+    let m = s.manifest("local", &id);
     assert_eq!(m["sources"][0]["exclude_tables"][0], "audit", "{m:#}");
     db.create_db("no_audit");
     let out = restore_ok(&s.config, &["latest", "--to", &db.url("no_audit")]);
@@ -613,15 +578,15 @@ fn failed_dumps_publish_nothing_and_leave_earlier_backups_intact() {
     );
     let s = setup("mariadb", &db.url_as(BACKUP_USER, "app"), "", None);
     let base = std::fs::read_to_string(&s.config).expect("config");
-    let good = s.password_file("good_pw", "right password");
+    let good = password_file(&s, "good_pw", "right password");
     std::fs::write(&s.config, format!("{base}{good}\n")).expect("config");
     run_ok(&s.config);
     let ids = ids_on(&s.config, "local");
     assert_eq!(ids.len(), 1);
-    let before = read_tree(&s.local);
+    let before = read_tree(&s.path("local"));
     let want = db.table_checksums("app");
 
-    let assert_clean_failure = |s: &Setup, out: &Output, expect: &[&str]| {
+    let assert_clean_failure = |s: &Job, out: &Output, expect: &[&str]| {
         let t = text(out);
         assert!(!out.status.success(), "run should fail:\n{t}");
         for e in expect {
@@ -632,11 +597,14 @@ fn failed_dumps_publish_nothing_and_leave_earlier_backups_intact() {
             "no failure summary:\n{t}"
         );
         assert_eq!(ids_on(&s.config, "local"), ids, "something was published");
-        assert!(read_tree(&s.local) == before, "the earlier backup changed");
+        assert!(
+            read_tree(&s.path("local")) == before,
+            "the earlier backup changed"
+        );
     };
 
     // 1. Wrong password.
-    let bad = s.password_file("bad_pw", "wrong password");
+    let bad = password_file(&s, "bad_pw", "wrong password");
     std::fs::write(&s.config, format!("{base}{bad}\n")).expect("config");
     let out = run_stowage(&s.config, ["run", "app"]);
     assert_clean_failure(
@@ -651,8 +619,8 @@ fn failed_dumps_publish_nothing_and_leave_earlier_backups_intact() {
     let body = std::fs::read_to_string(&missing.config)
         .expect("config")
         .replace(
-            &toml_str(missing.local.display()),
-            &toml_str(s.local.display()),
+            &toml_str(missing.path("local").display()),
+            &toml_str(s.path("local").display()),
         );
     std::fs::write(&missing.config, format!("{body}{good}\n")).expect("config");
     let out = run_stowage(&missing.config, ["run", "app"]);
@@ -688,10 +656,10 @@ fn failed_dumps_publish_nothing_and_leave_earlier_backups_intact() {
     }
     // Data was on its way to the destination when the server died.
     let streamed = || -> u64 {
-        common::list_tree(&s.local)
+        common::list_tree(&s.path("local"))
             .iter()
             .filter(|p| p.ends_with(".partial"))
-            .filter_map(|p| std::fs::metadata(s.local.join(p)).ok())
+            .filter_map(|p| std::fs::metadata(s.path("local").join(p)).ok())
             .map(|m| m.len())
             .sum()
     };

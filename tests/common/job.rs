@@ -177,6 +177,11 @@ impl Job {
 }
 
 impl JobBuilder {
+    /// The job's scratch directory.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
     /// `rel` in the job's scratch directory, for files a source or key names.
     pub fn path(&self, rel: impl AsRef<Path>) -> PathBuf {
         self.dir.path().join(rel)
@@ -209,18 +214,27 @@ impl JobBuilder {
     /// S3 destination `name` on `s3`'s bucket `bucket` (path-style, the test credentials, the
     /// secret key in the file `s3_secret`), then `extra` keys (e.g. `prefix = "x"`).
     pub fn s3(self, name: &str, s3: &S3Server, bucket: &str, extra: &str) -> Self {
+        let body = format!(
+            "{}region = {}\n{extra}",
+            self.s3_keys(s3, bucket),
+            toml_str(s3.region())
+        );
+        self.destination(name, &body)
+    }
+
+    /// The keys of an S3 destination on `s3`'s bucket `bucket`, without a region (path-style,
+    /// the test credentials, the secret key in the file `s3_secret`).
+    pub fn s3_keys(&self, s3: &S3Server, bucket: &str) -> String {
         let secret = self.path("s3_secret");
         std::fs::write(&secret, s3.secret_key()).expect("write secret");
-        let body = format!(
+        format!(
             "type = \"s3\"\nbucket = {}\nendpoint = {}\nforce_path_style = true\n\
-             access_key_id = {}\nsecret_access_key_file = {}\nregion = {}\n{extra}",
+             access_key_id = {}\nsecret_access_key_file = {}\n",
             toml_str(bucket),
             toml_str(s3.endpoint()),
             toml_str(s3.access_key()),
             toml_str(secret.display()),
-            toml_str(s3.region()),
-        );
-        self.destination(name, &body)
+        )
     }
 
     /// Destination `name` with `body` as its keys; the job writes to it.
