@@ -10,70 +10,49 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::process::Output;
 
 use common::mariadb::{MariaDbServer, quote_name, quote_string};
-use common::{run_stowage_with_env, text};
+use common::{Job, text};
 
 const TORTURE: &str = include_str!("fixtures/mariadb_torture.sql");
 
 /// A job "app" backing up database `db` of `server` to a local destination, healing all its
 /// tables.
 struct Setup {
-    dir: tempfile::TempDir,
-    config: PathBuf,
+    job: Job,
     url: String,
 }
 
 impl Setup {
     fn new(server: &MariaDbServer, db: &str) -> Setup {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let config = dir.path().join("stowage.toml");
         let url = server.url(db);
-        std::fs::write(
-            &config,
-            format!(
-                "[log]\nlevel = \"info\"\n\n[destinations.local]\ntype = \"local\"\npath = {:?}\n\
-                 retention = {{ keep_last = 10 }}\n\n[jobs.app]\nschedule = \"0 3 * * *\"\n\
-                 destinations = [\"local\"]\n\n[[jobs.app.sources]]\ntype = \"mariadb\"\n\
-                 name = \"db\"\nurl = {url:?}\n\n[jobs.app.heal]\nwatch = [\"*\"]\n",
-                dir.path().join("local").display().to_string(),
-            ),
-        )
-        .expect("write config");
-        Setup { dir, config, url }
+        let job = Job::new("app")
+            .top("[log]\nlevel = \"info\"")
+            .local("local", Some(10))
+            .database("mariadb", "db", &url, "")
+            .heal(r#"watch = ["*"]"#)
+            .write();
+        Setup { job, url }
     }
 
     fn stowage(&self, args: &[&str]) -> Output {
-        let pid = self.dir.path().join("stowage.pid");
-        let state = self.dir.path().join("state.json");
-        run_stowage_with_env(
-            &self.config,
-            args,
-            &[
-                ("STOWAGE_PID_FILE", pid.to_str().expect("utf8 path")),
-                ("STOWAGE_STATE_FILE", state.to_str().expect("utf8 path")),
-            ],
-        )
+        self.job.output(args)
     }
 
     fn backup(&self) {
-        let out = self.stowage(&["run", "app"]);
-        assert!(out.status.success(), "backup failed:\n{}", text(&out));
+        self.job.backup();
     }
 
     /// `restore app latest --to <own db> ARGS`: exit code and output.
     fn restore(&self, args: &[&str]) -> (Option<i32>, String) {
         let mut all = vec!["restore", "app", "latest", "--to", &self.url];
         all.extend_from_slice(args);
-        let out = self.stowage(&all);
-        (out.status.code(), text(&out))
+        self.job.stowage(&all)
     }
 
     fn heal(&self) -> (Option<i32>, String) {
-        let out = self.stowage(&["heal", "app"]);
-        (out.status.code(), text(&out))
+        self.job.stowage(&["heal", "app"])
     }
 }
 
