@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
 use age::secrecy::ExposeSecret;
-use common::{PgServer, Rng, S3Server, run_stowage, seed_sample_db, sha256_hex, text};
+use common::{PgServer, Rng, S3Server, run_stowage, seed_sample_db, sha256_hex, text, toml_str};
 
 /// What the planted dump creates: found in a target, it means stowage applied it.
 const PWNED: &str = "pwned";
@@ -29,9 +29,8 @@ struct OnS3 {
 
 struct Setup {
     pg: PgServer,
-    dir: tempfile::TempDir,
     /// The job as configured (with auth_key_file when asked).
-    config: PathBuf,
+    job: common::Job,
     /// The same job without auth_key_file: what wrote backups before the key was set.
     config_without_key: PathBuf,
     /// The job's age recipient: public, so a bucket writer may know it.
@@ -62,67 +61,48 @@ impl Setup {
                  create table public.ledger (id int primary key, v text); insert into public.ledger values (1, 'forged');"
             ),
         );
-        let dir = tempfile::tempdir().expect("tempdir");
+        let fixture = common::Job::new("app");
         let id = age::x25519::Identity::generate();
-        let identity = dir.path().join("key.txt");
+        let identity = fixture.path("key.txt");
         std::fs::write(&identity, format!("{}\n", id.to_string().expose_secret()))
             .expect("write key.txt");
-        let auth_key = dir.path().join("stowage_auth_key");
+        let auth_key = fixture.path("stowage_auth_key");
         // What `head -c 32 /dev/urandom | base64` writes: 44 characters.
         std::fs::write(&auth_key, format!("{}=\n", Rng::new(23).hex(43))).expect("write key");
         let recipient = id.to_public().to_string();
         let destination = match &s3 {
             None => format!(
-                "[destinations.dest]\ntype = \"local\"\npath = \"{}\"\n",
-                dir.path().join("local").display()
+                "type = \"local\"\npath = {}\n",
+                toml_str(fixture.path("local").display())
             ),
             Some(s3) => {
                 s3.rt.block_on(s3.server.create_bucket(BUCKET));
-                let secret = dir.path().join("s3_secret");
-                std::fs::write(&secret, s3.server.secret_key()).expect("write s3 secret");
                 format!(
-                    "[destinations.dest]\ntype = \"s3\"\nbucket = \"{BUCKET}\"\nendpoint = \"{}\"\nforce_path_style = true\naccess_key_id = \"{}\"\nsecret_access_key_file = \"{}\"\nregion = \"{}\"\n",
-                    s3.server.endpoint(),
-                    s3.server.access_key(),
-                    secret.display(),
-                    s3.server.region()
+                    "{}region = {}\n",
+                    fixture.s3_keys(&s3.server, BUCKET),
+                    toml_str(s3.server.region())
                 )
             }
         };
-        let body = |with_key: bool| {
-            format!(
-                r#"
-{destination}{retention}
-
-[jobs.app]
-schedule = "0 3 * * *"
-destinations = ["dest"]
-encryption = {{ recipients = ["{recipient}"], identity_file = "{identity}" }}
-{auth}
-
-[[jobs.app.sources]]
-type = "postgres"
-name = "db"
-url = "{url}"
-{extra}
-"#,
-                identity = identity.display(),
-                auth = if with_key {
-                    format!("auth_key_file = \"{}\"", auth_key.display())
-                } else {
-                    String::new()
-                },
-                url = pg.url("app"),
-            )
+        let fixture = fixture
+            .destination("dest", &format!("{destination}{retention}\n"))
+            .job(&format!(
+                "encryption = {{ recipients = [{}], identity_file = {} }}",
+                toml_str(&recipient),
+                toml_str(identity.display())
+            ))
+            .postgres("db", &pg.url("app"))
+            .section(extra);
+        let config_without_key = fixture.write_as("without-key.toml");
+        let fixture = if auth {
+            fixture.job(&format!("auth_key_file = {}", toml_str(auth_key.display())))
+        } else {
+            fixture
         };
-        let config = dir.path().join("stowage.toml");
-        std::fs::write(&config, body(auth)).expect("write config");
-        let config_without_key = dir.path().join("without-key.toml");
-        std::fs::write(&config_without_key, body(false)).expect("write config");
+        let job = fixture.write();
         Setup {
             pg,
-            dir,
-            config,
+            job,
             config_without_key,
             recipient,
             s3,
@@ -130,7 +110,7 @@ url = "{url}"
     }
 
     fn stowage(&self, args: &[&str]) -> Output {
-        run_stowage(&self.config, args)
+        run_stowage(&self.job.config, args)
     }
 
     /// A backup with `config`; its id.
@@ -146,11 +126,11 @@ url = "{url}"
     }
 
     fn backup(&self) -> String {
-        self.backup_with(&self.config)
+        self.backup_with(&self.job.config)
     }
 
     fn object(&self, key: &str) -> PathBuf {
-        self.dir.path().join("local").join(key)
+        self.job.path("local").join(key)
     }
 
     fn read(&self, key: &str) -> Vec<u8> {
@@ -304,7 +284,7 @@ fn made_clear(s: Setup) {
     );
     assert!(!s.pwned("restored"), "the clear dump was applied");
 
-    let file = s.dir.path().join("db.pgdump");
+    let file = s.job.path("db.pgdump");
     let out = s.stowage(&[
         "download",
         "app",
@@ -350,7 +330,7 @@ fn manifests_are_authenticated_with_the_jobs_key() {
     let out = s.stowage(&["restore", "app", &victim, "--to", &to]);
     refused(&out, "forged or damaged", &manifest);
     assert!(!s.pwned("forged"), "the forged dump was applied");
-    let file = s.dir.path().join("db.pgdump");
+    let file = s.job.path("db.pgdump");
     let out = s.stowage(&[
         "download",
         "app",

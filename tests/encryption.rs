@@ -12,8 +12,8 @@ use std::process::{Command, Output};
 
 use age::secrecy::ExposeSecret;
 use common::{
-    PgServer, Rng, S3Server, list_tree, read_tree, run_stowage, seed_sample_db, sha256_hex, text,
-    write_file, zstd_decompress,
+    PgServer, Rng, S3Server, list_tree, read_tree, seed_sample_db, sha256_hex, text, write_file,
+    zstd_decompress,
 };
 
 const BUCKET: &str = "encrypted";
@@ -93,8 +93,7 @@ fn to_recipient(k: &Keys) -> String {
 struct Setup {
     pg: PgServer,
     s3: S3Server,
-    dir: tempfile::TempDir,
-    config: PathBuf,
+    job: common::Job,
     keys: Keys,
     /// The files source's tree (empty without one).
     files: BTreeMap<String, Vec<u8>>,
@@ -113,78 +112,41 @@ impl Setup {
         );
         let s3 = S3Server::moto();
         s3.create_bucket(BUCKET).await;
-        let dir = tempfile::tempdir().expect("tempdir");
-        let keys = Keys::write(dir.path());
-        let uploads = dir.path().join("uploads");
+        let fixture = common::Job::new("app");
+        let keys = Keys::write(fixture.dir());
+        let uploads = fixture.path("uploads");
         let files = if job.files {
             write_uploads(&uploads)
         } else {
             BTreeMap::new()
         };
-        let files_source = if job.files {
-            format!(
-                "\n[[jobs.app.sources]]\ntype = \"files\"\nname = \"uploads\"\npath = \"{}\"\n",
-                uploads.display()
-            )
-        } else {
-            String::new()
-        };
-        let secret = dir.path().join("s3_secret");
-        std::fs::write(&secret, s3.secret_key()).expect("write s3 secret");
-        let config = dir.path().join("stowage.toml");
-        std::fs::write(
-            &config,
-            format!(
-                r#"
-[destinations.local]
-type = "local"
-path = "{local}"
-
-[destinations.s3]
-type = "s3"
-bucket = "{BUCKET}"
-endpoint = "{endpoint}"
-force_path_style = true
-access_key_id = "{key}"
-secret_access_key_file = "{secret}"
-region = "{region}"
-
-[jobs.app]
-schedule = "0 3 * * *"
-destinations = ["local", "s3"]
-encryption = {{ {encryption} }}
-
-[[jobs.app.sources]]
-type = "postgres"
-name = "db"
-url = "{url}"
-{files_source}"#,
-                local = dir.path().join("local").display(),
-                endpoint = s3.endpoint(),
-                key = s3.access_key(),
-                secret = secret.display(),
-                region = s3.region(),
-                encryption = (job.encryption)(&keys),
-                url = pg.url("app"),
-            ),
-        )
-        .expect("write config");
+        let mut fixture = fixture
+            .local("local", None)
+            .s3("s3", &s3, BUCKET, "")
+            .job(&format!("encryption = {{ {} }}", (job.encryption)(&keys)))
+            .postgres("db", &pg.url("app"));
+        if job.files {
+            fixture = fixture.source(&format!(
+                "type = \"files\"\nname = \"uploads\"\npath = {}\n",
+                common::toml_str(uploads.display())
+            ));
+        }
+        let job = fixture.write();
         Setup {
             pg,
             s3,
-            dir,
-            config,
+            job,
             keys,
             files,
         }
     }
 
     fn local(&self) -> PathBuf {
-        self.dir.path().join("local")
+        self.job.path("local")
     }
 
     fn stowage(&self, args: &[&str]) -> Output {
-        run_stowage(&self.config, args)
+        self.job.output(args)
     }
 
     /// `stowage run app`; the new backup's id.
@@ -430,7 +392,7 @@ async fn encrypted_backup_round_trip_local_and_s3() {
     for dest in ["local", "s3"] {
         let db = format!("restored_from_{dest}");
         let url = setup.fresh_db(&db);
-        let files_to = setup.dir.path().join(format!("restored-{dest}/uploads"));
+        let files_to = setup.job.path(format!("restored-{dest}/uploads"));
         std::fs::create_dir_all(&files_to).expect("mkdir files_to");
         let out = setup.stowage(&[
             "restore",
@@ -501,7 +463,7 @@ async fn wrong_or_missing_identity_fails_before_touching_target() {
     .await;
     let id = setup.backup();
     let url = setup.fresh_db("target");
-    let files_to = setup.dir.path().join("restored/uploads");
+    let files_to = setup.job.path("restored/uploads");
     std::fs::create_dir_all(&files_to).expect("mkdir files_to");
     let restore = |identity: Option<&Path>| {
         let mut args = vec![
@@ -700,7 +662,7 @@ async fn verify_encrypted() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
 
     // The daemon's way: identity_file in the job instead of --identity.
-    let body = std::fs::read_to_string(&setup.config).expect("read config");
+    let body = std::fs::read_to_string(&setup.job.config).expect("read config");
     let with_identity = body.replace(
         &format!("recipients = [\"{}\"]", setup.keys.recipient),
         &format!(
@@ -709,10 +671,10 @@ async fn verify_encrypted() {
         ),
     );
     assert_ne!(body, with_identity, "the encryption line was found");
-    std::fs::write(&setup.config, &with_identity).expect("write config");
+    std::fs::write(&setup.job.config, &with_identity).expect("write config");
     let out = setup.stowage(&["verify", "app"]);
     assert_eq!(out.status.code(), Some(0), "identity_file: {}", text(&out));
-    std::fs::write(&setup.config, &body).expect("write config");
+    std::fs::write(&setup.job.config, &body).expect("write config");
 
     // verify reads the dump through age, not only its sha256: a wrong key cannot pass.
     let key = format!("app/{id}/db.pgdump.zst.age");

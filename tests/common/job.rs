@@ -315,6 +315,15 @@ impl JobBuilder {
         body
     }
 
+    /// Write the config as it stands to `file` in the scratch directory, and go on building
+    /// (for a second config of the same job, e.g. one without a key the final one has).
+    pub fn write_as(&self, file: &str) -> PathBuf {
+        let path = self.path(file);
+        std::fs::write(&path, self.render())
+            .unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+        path
+    }
+
     /// Write `stowage.toml` into the scratch directory.
     pub fn write(self) -> Job {
         let config = self.path("stowage.toml");
