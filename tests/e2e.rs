@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{PgServer, Receiver, S3Server, http_get, run_stowage, seed_sample_db};
+use common::{Job, PgServer, Receiver, S3Server, http_get, run_stowage, seed_sample_db, toml_str};
 
 const BUCKET: &str = "backups";
 /// Rows of sample data: big enough that the compressed dump spans two 5 MiB parts.
@@ -37,50 +37,28 @@ fn write_config(
     s3_retention: &str,
     bucket: &str,
 ) -> Setup {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let local = dir.path().join("local");
-    let secret = dir.path().join("s3_secret");
-    std::fs::write(&secret, format!("{}\n", s3.secret_key())).expect("secret");
-    let config = dir.path().join("stowage.toml");
-    let body = format!(
-        r#"
-[log]
-level = "info"
-dir = "{logs}"
-
-[destinations.local]
-type = "local"
-path = "{local}"
-retention = {local_retention}
-
-[destinations.offsite]
-type = "s3"
-bucket = "{bucket}"
-prefix = "nightly"
-endpoint = "{endpoint}"
-force_path_style = true
-access_key_id = "{key}"
-secret_access_key_file = "{secret}"
-part_size = "5MiB"
-retention = {s3_retention}
-
-[jobs.app]
-schedule = "0 3 * * *"
-timezone = "Europe/Stockholm"
-destinations = ["local", "offsite"]
-
-[[jobs.app.sources]]
-type = "postgres"
-name = "db"
-url = "{pg_url}"
-"#,
-        logs = dir.path().join("logs").display(),
-        local = local.display(),
-        endpoint = s3.endpoint(),
-        key = s3.access_key(),
-        secret = secret.display(),
+    let job = Job::new("app");
+    let local = job.path("local");
+    let offsite = format!(
+        "{}prefix = \"nightly\"\npart_size = \"5MiB\"\nretention = {s3_retention}\n",
+        job.s3_keys(s3, bucket)
     );
-    std::fs::write(&config, body).expect("config");
+    let job = job
+        .log()
+        .destination(
+            "local",
+            &format!(
+                "type = \"local\"\npath = {}\nretention = {local_retention}\n",
+                toml_str(local.display())
+            ),
+        )
+        .destination("offsite", &offsite)
+        .job("timezone = \"Europe/Stockholm\"")
+        .postgres("db", pg_url)
+        .write();
+    // The secret as an editor leaves it, with a newline.
+    std::fs::write(job.path("s3_secret"), format!("{}\n", s3.secret_key())).expect("secret");
+    let Job { dir, config, .. } = job;
     Setup { dir, config, local }
 }
 
