@@ -30,7 +30,7 @@ fn only_backup(setup: &Job) -> String {
         .filter(|e| e.path().is_dir())
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .collect();
-    assert_eq!(ids, [id.clone()], "{ids:?}");
+    assert_eq!(ids, std::slice::from_ref(&id), "{ids:?}");
     id
 }
 
