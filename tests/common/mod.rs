@@ -5,7 +5,8 @@
 //! - `servers/`: `pg` (PostgreSQL, psql sessions, the sample database), `s3` (moto, s3s-fs,
 //!   moto's request log), `mariadb`, `redis`, `proxy` (a fault-injecting proxy before S3).
 //! - `job`: the shared fixture: a job's scratch directory, its config (`Job::new(..)…write()`)
-//!   and the commands run against it.
+//!   and the commands run against it; `pg_job`: `PgJob`, one PostgreSQL database and a `Job`
+//!   healing every table (for the table-restore tests).
 //! - `run`: running the stowage binary, in the foreground or the background, and its output.
 //! - `store`: what a job's destinations hold, read straight from the directory and bucket.
 //! - `files`: seeded data (`Rng`), file trees, hashes, zstd.
