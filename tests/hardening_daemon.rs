@@ -10,7 +10,7 @@ use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
-use common::{run_stowage, run_stowage_with_env, text};
+use common::{Job, run_stowage, run_stowage_with_env, text, toml_str};
 
 use common::http_get_with as get;
 
@@ -460,21 +460,24 @@ impl PasswordTrap {
     }
 }
 
-fn pg_job(dir: &Path, pg: &common::PgServer, password: &str) -> PathBuf {
-    let pw = dir.join("pg_password");
+/// Job "app" backing up `pg`'s database "app" to a local destination, the source's
+/// password in a `password_file`.
+fn pg_job(pg: &common::PgServer, password: &str) -> Job {
+    let job = Job::new("app");
+    let pw = job.path("pg_password");
     std::fs::write(&pw, format!("{password}\n")).expect("password file");
-    let config = dir.join("stowage.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[destinations.local]\ntype = \"local\"\npath = \"{}\"\n\n[jobs.app]\nschedule = \"0 3 * * *\"\ndestinations = [\"local\"]\n\n[[jobs.app.sources]]\ntype = \"postgres\"\nname = \"db\"\nurl = \"{}\"\npassword_file = \"{}\"\n",
-            dir.join("backups").display(),
-            pg.url("app"),
-            pw.display()
-        ),
-    )
-    .expect("config");
-    config
+    let local = format!(
+        "type = \"local\"\npath = {}\n",
+        toml_str(job.path("backups").display())
+    );
+    job.destination("local", &local)
+        .database(
+            "postgres",
+            "db",
+            &pg.url("app"),
+            &format!("password_file = {}", toml_str(pw.display())),
+        )
+        .write()
 }
 
 /// The source's password (password_file) goes only to the server it was configured for:
@@ -484,8 +487,8 @@ fn pg_job(dir: &Path, pg: &common::PgServer, password: &str) -> PathBuf {
 fn restore_to_another_server_never_gets_the_sources_password() {
     let pg = common::PgServer::start();
     common::seed_sample_db(&pg, "app", 50);
-    let dir = tempfile::tempdir().expect("tempdir");
-    let config = pg_job(dir.path(), &pg, "source-pw-7731");
+    let job = pg_job(&pg, "source-pw-7731");
+    let config = job.config.clone();
     let out = run_stowage(&config, ["run", "app"]);
     assert!(out.status.success(), "{}", text(&out));
     let trap = PasswordTrap::start();
@@ -526,8 +529,8 @@ fn restore_to_another_server_never_gets_the_sources_password() {
 fn a_restore_target_is_shown_without_its_password() {
     let pg = common::PgServer::start();
     common::seed_sample_db(&pg, "app", 50);
-    let dir = tempfile::tempdir().expect("tempdir");
-    let config = pg_job(dir.path(), &pg, "source-pw-7731");
+    let job = pg_job(&pg, "source-pw-7731");
+    let config = job.config.clone();
     let out = run_stowage(&config, ["run", "app"]);
     assert!(out.status.success(), "{}", text(&out));
     let to = format!(
