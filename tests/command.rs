@@ -10,7 +10,7 @@ use common::text;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use common::{Rng, read_tree, run_stowage, write_random_files, zstd_decompress};
+use common::{Job, Rng, read_tree, run_stowage, write_random_files, zstd_decompress};
 
 const JOB: &str = "app";
 
@@ -47,16 +47,13 @@ impl Fixture {
 
     /// A config whose job `app` has these sources (TOML bodies of `[[jobs.app.sources]]`).
     fn config(&self, file: &str, sources: &[String]) -> PathBuf {
-        let mut body = format!(
-            "[log]\nlevel = \"info\"\n\n[destinations.local]\ntype = \"local\"\npath = {}\nretention = {{ keep_last = 10 }}\n\n[jobs.{JOB}]\nschedule = \"0 3 * * *\"\ndestinations = [\"local\"]\n\n",
-            toml_str(self.local.display())
-        );
+        let mut job = Job::config_in(self.dir.path(), JOB)
+            .top("[log]\nlevel = \"info\"")
+            .local_at("local", &self.local, Some(10));
         for s in sources {
-            body.push_str(&format!("[[jobs.{JOB}.sources]]\n{s}\n"));
+            job = job.source(s);
         }
-        let path = self.path(file);
-        std::fs::write(&path, body).expect("write config");
-        path
+        job.write_as(file)
     }
 
     fn ids(&self) -> Vec<String> {

@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use common::{read_tree, run_stowage, sha256_hex, zstd_decompress};
+use common::{Job, read_tree, run_stowage, sha256_hex, toml_str, zstd_decompress};
 use rusqlite::Connection;
 use rusqlite::types::ValueRef;
 
@@ -45,29 +45,14 @@ impl Fixture {
 
     /// A config backing up the database at `db` (written as given, even if invalid).
     fn config(&self, file: &str, db: &str) -> PathBuf {
-        let body = format!(
-            r#"[log]
-level = "info"
-
-[destinations.local]
-type = "local"
-path = {local:?}
-retention = {{ keep_last = 10 }}
-
-[jobs.{JOB}]
-schedule = "0 3 * * *"
-destinations = ["local"]
-
-[[jobs.{JOB}.sources]]
-type = "sqlite"
-name = "db"
-path = {db:?}
-"#,
-            local = self.local.display().to_string(),
-        );
-        let path = self.path(file);
-        std::fs::write(&path, body).expect("config");
-        path
+        Job::config_in(self.dir.path(), JOB)
+            .top("[log]\nlevel = \"info\"")
+            .local_at("local", &self.local, Some(10))
+            .source(&format!(
+                "type = \"sqlite\"\nname = \"db\"\npath = {}\n",
+                toml_str(db)
+            ))
+            .write_as(file)
     }
 
     /// Published backups on `local`, oldest first.

@@ -12,8 +12,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use common::{
-    Rng, S3Request, S3Server, list_tree, read_tree, run_stowage, sha256_hex, text, write_file,
-    write_random_files, zstd_decompress,
+    Job, Rng, S3Request, S3Server, list_tree, read_tree, run_stowage, sha256_hex, text, toml_str,
+    write_file, write_random_files, zstd_decompress,
 };
 
 const BUCKET: &str = "stream";
@@ -22,7 +22,6 @@ const JOB: &str = "app";
 struct Fixture {
     s3: S3Server,
     dir: tempfile::TempDir,
-    secret: PathBuf,
 }
 
 impl Fixture {
@@ -33,9 +32,7 @@ impl Fixture {
             .prefix("stowage-stream-")
             .tempdir()
             .expect("tempdir");
-        let secret = dir.path().join("s3_secret");
-        std::fs::write(&secret, s3.secret_key()).expect("secret");
-        Fixture { s3, dir, secret }
+        Fixture { s3, dir }
     }
 
     fn path(&self, rel: &str) -> PathBuf {
@@ -45,32 +42,27 @@ impl Fixture {
     /// A config with local destinations `dests` (directories under the temp dir) plus
     /// `s3` when named, and job `app` backing up `uploads`.
     fn config(&self, file: &str, dests: &[&str], retention: &str, extra: &str) -> PathBuf {
-        let mut body = String::new();
+        let mut job = Job::config_in(self.dir.path(), JOB);
         for d in dests {
-            if *d == "s3" {
-                body.push_str(&format!(
-                    "[destinations.s3]\ntype = \"s3\"\nbucket = \"{BUCKET}\"\nendpoint = \"{}\"\nforce_path_style = true\naccess_key_id = \"{}\"\nsecret_access_key_file = {:?}\nregion = \"{}\"\nretention = {retention}\n\n",
-                    self.s3.endpoint(),
-                    self.s3.access_key(),
-                    self.secret.display().to_string(),
-                    self.s3.region()
-                ));
+            let keys = if *d == "s3" {
+                format!(
+                    "{}region = {}\n",
+                    job.s3_keys(&self.s3, BUCKET),
+                    toml_str(self.s3.region())
+                )
             } else {
-                body.push_str(&format!(
-                    "[destinations.{d}]\ntype = \"local\"\npath = {:?}\nretention = {retention}\n\n",
-                    self.path(d).display().to_string()
-                ));
-            }
+                format!(
+                    "type = \"local\"\npath = {}\n",
+                    toml_str(self.path(d).display())
+                )
+            };
+            job = job.destination(d, &format!("{keys}retention = {retention}\n"));
         }
-        let names: Vec<String> = dests.iter().map(|d| format!("{d:?}")).collect();
-        body.push_str(&format!(
-            "[jobs.{JOB}]\nschedule = \"0 3 * * *\"\ndestinations = [{}]\n\n[[jobs.{JOB}.sources]]\ntype = \"files\"\nname = \"uploads\"\npath = {:?}\n{extra}\n",
-            names.join(", "),
-            self.path("uploads").display().to_string()
-        ));
-        let p = self.path(file);
-        std::fs::write(&p, body).expect("config");
-        p
+        job.source(&format!(
+            "type = \"files\"\nname = \"uploads\"\npath = {}\n{extra}",
+            toml_str(self.path("uploads").display())
+        ))
+        .write_as(file)
     }
 
     fn run(&self, cfg: &Path) -> String {

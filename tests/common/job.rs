@@ -36,7 +36,10 @@ pub fn toml_str(s: impl std::fmt::Display) -> String {
 /// The config reads, in this order: `top`, `[log]`, the destinations, `[jobs.NAME]` (schedule
 /// `0 3 * * *`, the destinations in the order added, `job` keys), the sources, `sections`.
 pub struct JobBuilder {
-    dir: tempfile::TempDir,
+    /// The scratch directory the builder owns; None for a config in a directory of the
+    /// test's (see [`Job::config_in`]).
+    dir: Option<tempfile::TempDir>,
+    root: PathBuf,
     name: String,
     top: String,
     log: bool,
@@ -69,9 +72,21 @@ impl Job {
         Self::in_dir(name, dir)
     }
 
+    /// A config of job `name` in `root`, a directory the test keeps (for tests that write
+    /// several configs side by side): written with [`JobBuilder::write_as`].
+    pub fn config_in(root: &Path, name: &str) -> JobBuilder {
+        Self::builder(name, None, root.to_path_buf())
+    }
+
     fn in_dir(name: &str, dir: tempfile::TempDir) -> JobBuilder {
+        let root = dir.path().to_path_buf();
+        Self::builder(name, Some(dir), root)
+    }
+
+    fn builder(name: &str, dir: Option<tempfile::TempDir>, root: PathBuf) -> JobBuilder {
         JobBuilder {
             dir,
+            root,
             name: name.to_string(),
             top: String::new(),
             log: false,
@@ -179,12 +194,12 @@ impl Job {
 impl JobBuilder {
     /// The job's scratch directory.
     pub fn dir(&self) -> &Path {
-        self.dir.path()
+        &self.root
     }
 
     /// `rel` in the job's scratch directory, for files a source or key names.
     pub fn path(&self, rel: impl AsRef<Path>) -> PathBuf {
-        self.dir.path().join(rel)
+        self.root.join(rel)
     }
 
     /// Text before everything else (e.g. a `[server]` section).
@@ -201,10 +216,13 @@ impl JobBuilder {
 
     /// Local destination `name` at `path(name)`, with `retention = { keep_last = N }` if given.
     pub fn local(self, name: &str, keep_last: Option<usize>) -> Self {
-        let mut body = format!(
-            "type = \"local\"\npath = {}\n",
-            toml_str(self.path(name).display())
-        );
+        let path = self.path(name);
+        self.local_at(name, &path, keep_last)
+    }
+
+    /// Local destination `name` at `path`, with `retention = { keep_last = N }` if given.
+    pub fn local_at(self, name: &str, path: &Path, keep_last: Option<usize>) -> Self {
+        let mut body = format!("type = \"local\"\npath = {}\n", toml_str(path.display()));
         if let Some(n) = keep_last {
             body.push_str(&format!("retention = {{ keep_last = {n} }}\n"));
         }
@@ -326,11 +344,11 @@ impl JobBuilder {
 
     /// Write `stowage.toml` into the scratch directory.
     pub fn write(self) -> Job {
-        let config = self.path("stowage.toml");
-        std::fs::write(&config, self.render())
-            .unwrap_or_else(|e| panic!("write {}: {e}", config.display()));
+        let config = self.write_as("stowage.toml");
         Job {
-            dir: self.dir,
+            dir: self
+                .dir
+                .expect("a config in a directory of the test's is written with write_as"),
             config,
             name: self.name,
         }
