@@ -13,7 +13,9 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use common::redis::{RedisOptions, RedisServer, Resp};
-use common::{Rng, free_port, list_tree, read_tree, run_stowage, sha256_hex, spawn_stowage};
+use common::{
+    Job, Rng, free_port, list_tree, read_tree, run_stowage, sha256_hex, spawn_stowage, toml_str,
+};
 
 const JOB: &str = "app";
 
@@ -63,32 +65,14 @@ impl Setup {
         job_extra: &str,
     ) -> PathBuf {
         let pw = password_file
-            .map(|p| format!("password_file = {:?}\n", p.display().to_string()))
+            .map(|p| format!("password_file = {}\n", toml_str(p.display())))
             .unwrap_or_default();
-        let body = format!(
-            r#"[log]
-level = "info"
-
-[destinations.local]
-type = "local"
-path = {local:?}
-retention = {{ keep_last = 10 }}
-
-[jobs.{JOB}]
-schedule = "0 3 * * *"
-destinations = ["local"]
-{job_extra}
-
-[[jobs.{JOB}.sources]]
-type = "redis"
-name = "cache"
-url = {url:?}
-{pw}"#,
-            local = self.local.display().to_string(),
-        );
-        let path = self.path(file);
-        std::fs::write(&path, body).expect("config");
-        path
+        Job::config_in(self.dir.path(), JOB)
+            .top("[log]\nlevel = \"info\"")
+            .local_at("local", &self.local, Some(10))
+            .job(job_extra)
+            .database("redis", "cache", url, &pw)
+            .write_as(file)
     }
 
     /// Published backups, oldest first.
