@@ -7,18 +7,24 @@ mod common;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{Running, run_stowage, text};
+use common::{Job, Running, run_stowage, text, toml_str};
 
 fn write_config(path: &Path, dest: &Path, fired: &Path, schedule: &str) {
-    std::fs::write(
-        path,
-        format!(
-            "[log]\nlevel = \"debug\"\n\n[destinations.local]\ntype = \"local\"\npath = \"{}\"\nretention = {{ keep_last = 3 }}\n\n[jobs.app]\nschedule = \"{schedule}\"\ndestinations = [\"local\"]\n\n[[jobs.app.sources]]\ntype = \"command\"\nname = \"data\"\ndump = [\"sh\", \"-c\", \"date +%s.%N >> {}; echo some data\"]\n",
-            dest.display(),
-            fired.display()
-        ),
-    )
-    .expect("config");
+    let dir = path.parent().expect("config in a directory");
+    let file = path
+        .file_name()
+        .expect("config file name")
+        .to_string_lossy();
+    let dump = format!("date +%s.%N >> {}; echo some data", fired.display());
+    Job::config_in(dir, "app")
+        .top("[log]\nlevel = \"debug\"")
+        .schedule(schedule)
+        .local_at("local", dest, Some(3))
+        .source(&format!(
+            "type = \"command\"\nname = \"data\"\ndump = [\"sh\", \"-c\", {}]\n",
+            toml_str(dump)
+        ))
+        .write_as(&file);
 }
 
 fn anonymous_kib(pid: u32) -> u64 {

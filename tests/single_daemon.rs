@@ -7,20 +7,17 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::{Running, run_stowage_with_env, text};
+use common::{Job, Running, run_stowage_with_env, text};
 
 fn command_config(dir: &Path, name: &str) -> PathBuf {
     let dest = dir.join(format!("backups-{name}"));
-    let config = dir.join(format!("{name}.toml"));
-    std::fs::write(
-        &config,
-        format!(
-            "[destinations.local]\ntype = \"local\"\npath = \"{}\"\n\n[jobs.app]\nschedule = \"0 0 4 * * *\"\ndestinations = [\"local\"]\n\n[[jobs.app.sources]]\ntype = \"command\"\nname = \"data\"\ndump = [\"sh\", \"-c\", \"echo some data\"]\n",
-            dest.display()
-        ),
-    )
-    .expect("config");
-    config
+    Job::config_in(dir, "app")
+        .schedule("0 0 4 * * *")
+        .local_at("local", &dest, None)
+        .source(
+            "type = \"command\"\nname = \"data\"\ndump = [\"sh\", \"-c\", \"echo some data\"]\n",
+        )
+        .write_as(&format!("{name}.toml"))
 }
 
 fn daemon(config: &Path, state: &Path) -> Running {

@@ -33,14 +33,15 @@ pub fn toml_str(s: impl std::fmt::Display) -> String {
 }
 
 /// A job's config being put together; [`JobBuilder::write`] writes it and gives the [`Job`].
-/// The config reads, in this order: `top`, `[log]`, the destinations, `[jobs.NAME]` (schedule
-/// `0 3 * * *`, the destinations in the order added, `job` keys), the sources, `sections`.
+/// The config reads, in this order: `top`, `[log]`, the destinations, `[jobs.NAME]` (`schedule`,
+/// the destinations in the order added, `job` keys), the sources, `sections`.
 pub struct JobBuilder {
     /// The scratch directory the builder owns; None for a config in a directory of the
     /// test's (see [`Job::config_in`]).
     dir: Option<tempfile::TempDir>,
     root: PathBuf,
     name: String,
+    schedule: String,
     top: String,
     log: bool,
     destinations: Vec<(String, String)>,
@@ -88,6 +89,7 @@ impl Job {
             dir,
             root,
             name: name.to_string(),
+            schedule: "0 3 * * *".to_string(),
             top: String::new(),
             log: false,
             destinations: Vec::new(),
@@ -261,6 +263,12 @@ impl JobBuilder {
         self
     }
 
+    /// The job's `schedule` (default `0 3 * * *`: never during a test).
+    pub fn schedule(mut self, cron: &str) -> Self {
+        self.schedule = cron.to_string();
+        self
+    }
+
     /// More keys of `[jobs.NAME]` (e.g. `compression = "none"`).
     pub fn job(mut self, keys: &str) -> Self {
         self.job.push_str(keys);
@@ -321,8 +329,9 @@ impl JobBuilder {
         }
         let names: Vec<String> = self.destinations.iter().map(|(n, _)| toml_str(n)).collect();
         body.push_str(&format!(
-            "[jobs.{}]\nschedule = \"0 3 * * *\"\ndestinations = [{}]\n{}\n",
+            "[jobs.{}]\nschedule = {}\ndestinations = [{}]\n{}\n",
             self.name,
+            toml_str(&self.schedule),
             names.join(", "),
             self.job
         ));
