@@ -125,7 +125,7 @@ fn counts_of<'a>(objects: impl Iterator<Item = &'a Object>) -> String {
 pub async fn survey(
     storage: &dyn Storage,
     sources: &[&SourceEntry],
-    packing: &crate::codec::Packing,
+    packing: &crate::packing::Packing,
     files_dir: &dyn Fn(&SourceEntry) -> Option<PathBuf>,
     download_to: Option<&Path>,
 ) -> Result<Survey, RestoreError> {

@@ -11,11 +11,12 @@ use tracing::{info, warn};
 
 use crate::codec;
 use crate::config::{Config, Job, SourceConfig};
-use crate::engine::{self, Archive, Database, RestoreOptions, SourceError};
+use crate::engine::{Archive, COMMITTING, Database, RestoreOptions, SourceError};
 use crate::manifest::{self, JobListing, Manifest, SourceEntry};
-use crate::pipeline::human_bytes;
+use crate::packing;
 use crate::storage::class::StorageClass;
 use crate::storage::{self, JobStorage, Storage};
+use crate::units::human_bytes;
 
 mod files;
 pub mod lifecycle;
@@ -106,23 +107,10 @@ pub enum RestoreError {
     Interrupted(String),
 }
 
-tokio::task_local! {
-    /// Set by an engine at its commit point, for the restore under way in this task.
-    static COMMITTING: Arc<std::sync::atomic::AtomicBool>;
-}
-
-/// An engine that applies all or nothing calls this just before the step that may make its
-/// changes stick (sending COMMIT, renaming a file into place, creating a database): an
-/// interrupted restore then no longer says that nothing was changed. Outside a restore
-/// (a heal, a drill) it does nothing.
-pub fn commit_point() {
-    let _ = COMMITTING.try_with(|c| c.store(true, std::sync::atomic::Ordering::SeqCst));
-}
-
 /// What a restore has done so far, for the message of one that is interrupted.
 #[derive(Default)]
 struct Progress {
-    /// The current step passed its commit point (see [`commit_point`]).
+    /// The current step passed its commit point (see [`crate::engine::commit_point`]).
     committing: Arc<std::sync::atomic::AtomicBool>,
     /// Steps finished ("database app", "files uploads"): their changes are in place.
     done: Vec<String>,
@@ -204,7 +192,7 @@ pub fn keys_for(
 /// or missing identity fails here, before anything is written to a target.
 pub async fn check_keys(
     storage: &dyn Storage,
-    packing: &codec::Packing,
+    packing: &packing::Packing,
     keys: &[&str],
 ) -> Result<(), RestoreError> {
     if !packing.encrypted {
@@ -416,9 +404,9 @@ pub async fn restore_until(
             name = f.name
         )));
     }
-    let packing = codec::Packing::of(
+    let packing = packing::Packing::of(
         &manifest,
-        &codec::Expect::of(job, req.trust_unauthenticated),
+        &packing::Expect::of(job, req.trust_unauthenticated),
         keys_for(job, req.identity.as_ref())?,
     )?;
     // A restore never runs beside another process's backup of the job (which would dump
@@ -513,7 +501,7 @@ async fn restore_locked(
     dest_name: &str,
     manifest: &Manifest,
     plan: Plan<'_>,
-    packing: &codec::Packing,
+    packing: &packing::Packing,
     progress: &std::sync::Mutex<Progress>,
 ) -> Result<RestoreSummary, RestoreError> {
     let id = manifest.id.clone();
@@ -769,7 +757,7 @@ async fn restore_from(
     id: &str,
     step: &DatabaseStep<'_>,
     opts: &RestoreOptions,
-    packing: &codec::Packing,
+    packing: &packing::Packing,
     from: &dyn Storage,
     from_name: &str,
 ) -> Result<Vec<String>, SourceError> {
@@ -981,7 +969,7 @@ async fn files_elsewhere<'c>(
     job: &'c Job,
     bad: &str,
     entry: &SourceEntry,
-    packing: &codec::Packing,
+    packing: &packing::Packing,
 ) -> Option<JobStorage<'c>> {
     for js in storage::open_job(config, job).await {
         if js.name == bad || archive_class(config, js.name).is_some() {
@@ -1050,9 +1038,9 @@ pub async fn survey(config: &Config, req: &SurveyRequest) -> Result<Surveyed, Re
     let files_dir = |e: &SourceEntry| files_dir_for(job, req.files_to.as_ref(), e);
     // status and retrieve only count and request objects; they refuse what a restore
     // would refuse, so no retrieval is paid for a backup that cannot be restored.
-    let packing = codec::Packing::of(
+    let packing = packing::Packing::of(
         m,
-        &codec::Expect::of(job, false),
+        &packing::Expect::of(job, false),
         keys_for(job, req.identity.as_ref())?,
     )?;
     let survey = lifecycle::survey(
@@ -1141,7 +1129,7 @@ pub fn database_for(job: &Job, entry: &SourceEntry) -> Option<Arc<dyn Database>>
         .filter_map(SourceConfig::database)
         .find(|d| d.name() == entry.name && d.kind() == entry.kind)
         .cloned()
-        .or_else(|| engine::find(&entry.kind).map(|e| e.unconfigured(&entry.name)))
+        .or_else(|| crate::source::find(&entry.kind).map(|e| e.unconfigured(&entry.name)))
 }
 
 struct DatabaseStep<'a> {
@@ -1356,7 +1344,7 @@ pub struct StoredArchive<'a> {
     key: String,
     sha256: String,
     size: u64,
-    packing: codec::Packing,
+    packing: packing::Packing,
     dest: String,
     progress: Option<Arc<crate::progress::Progress>>,
 }
@@ -1371,7 +1359,7 @@ impl<'a> StoredArchive<'a> {
     pub fn new(
         storage: &'a dyn Storage,
         entry: &SourceEntry,
-        packing: &codec::Packing,
+        packing: &packing::Packing,
         dest: &str,
     ) -> StoredArchive<'a> {
         StoredArchive {
@@ -1424,7 +1412,8 @@ mod tests {
     /// commit point.
     #[tokio::test]
     async fn an_interrupted_restore_claims_no_change_only_before_any_commit() {
-        use super::{COMMITTING, Progress, commit_point};
+        use super::{COMMITTING, Progress};
+        use crate::engine::commit_point;
         use std::sync::Mutex;
         let says = |p: &Mutex<Progress>| Progress::interrupted(p, "SIGTERM", "the target");
         let p = Mutex::new(Progress::default());
@@ -1482,7 +1471,7 @@ mod tests {
             id: "X".into(),
             started_at: chrono::Utc::now(),
             finished_at: chrono::Utc::now(),
-            compression: crate::config::Compression::Zstd,
+            compression: crate::codec::Compression::Zstd,
             encryption: None,
             sources: sources.iter().map(|(n, k)| entry(n, k)).collect(),
             tools: Default::default(),
@@ -1504,7 +1493,7 @@ mod tests {
     /// Which sources a request restores (databases, then files), or its usage error.
     fn outcome(m: &Manifest, r: &RestoreRequest) -> Result<(Vec<String>, Vec<String>), String> {
         let resolve =
-            |e: &SourceEntry| crate::engine::find(&e.kind).map(|x| x.unconfigured(&e.name));
+            |e: &SourceEntry| crate::source::find(&e.kind).map(|x| x.unconfigured(&e.name));
         match plan(m, r, &resolve) {
             Ok(p) => Ok((
                 p.databases.iter().map(|s| s.entry.name.clone()).collect(),
@@ -1607,7 +1596,7 @@ mod tests {
         );
         let targets = {
             let resolve =
-                |e: &SourceEntry| crate::engine::find(&e.kind).map(|x| x.unconfigured(&e.name));
+                |e: &SourceEntry| crate::source::find(&e.kind).map(|x| x.unconfigured(&e.name));
             let r = req(named);
             let p = plan(&set, &r, &resolve).expect("plan");
             p.databases

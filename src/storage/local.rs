@@ -27,12 +27,12 @@ impl LocalStorage {
     /// Keys come from manifests and indexes, which whoever can write here can forge: one
     /// that could leave the root (absolute, "..") is refused before it becomes a path.
     fn path(&self, key: &str) -> Result<PathBuf, StorageError> {
-        crate::layout::check_key(key).map_err(StorageError::Denied)?;
+        super::check_key(key).map_err(StorageError::Denied)?;
         Ok(self.root.join(key))
     }
 
     fn io_err(&self, what: &str, path: &Path, e: std::io::Error) -> StorageError {
-        let reason = crate::config::io_reason(&e);
+        let reason = crate::units::io_reason(&e);
         match e.kind() {
             std::io::ErrorKind::NotFound => {
                 StorageError::NotFound(format!("{what} {path:?}: {reason}"))

@@ -71,6 +71,42 @@ pub enum StorageError {
     NotRetrieved(String),
 }
 
+/// Why a key or path read from a manifest or an index is refused.
+pub(crate) fn bad_part(s: &str) -> Option<&'static str> {
+    if s.is_empty() {
+        return Some("it is empty");
+    }
+    if s.contains('\0') {
+        return Some("it contains a NUL byte");
+    }
+    if s.starts_with('/') {
+        return Some("it is absolute");
+    }
+    for part in s.split('/') {
+        match part {
+            "" => return Some("it has an empty part (\"//\" or a trailing \"/\")"),
+            "." => return Some("it has a \".\" part"),
+            ".." => return Some("it has a \"..\" part"),
+            _ => {}
+        }
+    }
+    None
+}
+
+/// A storage key as every storage takes it: relative to the destination's root, '/'
+/// separated, with no part that could leave the root once a local destination turns it
+/// into a path (no absolute key, no "..", no empty or "." part, no NUL). Keys come from
+/// manifests and indexes, which whoever can write to a destination can forge.
+pub fn check_key(key: &str) -> Result<(), String> {
+    match bad_part(key) {
+        None => Ok(()),
+        Some(why) => Err(format!(
+            "refusing object key \"{}\": {why}; keys are relative to the destination's root",
+            key.escape_debug()
+        )),
+    }
+}
+
 #[async_trait]
 pub trait Storage: Send + Sync {
     /// Human-readable location, e.g. "/var/backups/stowage" or "s3://bucket/prefix".

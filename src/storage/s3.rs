@@ -306,7 +306,7 @@ impl S3Storage {
                     if cut > max_parts {
                         return Err(StorageError::Io(format!(
                             "{key}: the object outgrew {max_parts} parts of up to {} each; raise part_size",
-                            crate::pipeline::human_bytes(size as u64)
+                            crate::units::human_bytes(size as u64)
                         )));
                     }
                     pending.extend(parts);
