@@ -77,8 +77,28 @@ pub enum RestoreError {
     Usage(String),
     #[error("{0}")]
     NotFound(String),
+    /// A destination failed (unreachable, denied, not found, not retrieved): the kind stays
+    /// matchable.
+    #[error(transparent)]
+    Storage(#[from] storage::StorageError),
+    /// The same, for one object.
+    #[error("{key}: {source}")]
+    Object {
+        key: String,
+        #[source]
+        source: storage::StorageError,
+    },
+    #[error(transparent)]
+    Manifest(#[from] manifest::ManifestError),
+    #[error("cannot take the restore lock on {destination}: {source}")]
+    Lock {
+        destination: String,
+        #[source]
+        source: crate::blobs::BlobError,
+    },
+    /// An object of the backup is missing or damaged where the restore must read it.
     #[error("{0}")]
-    Storage(String),
+    NoIntactCopy(String),
     #[error(transparent)]
     Source(#[from] SourceError),
     #[error("database {source_name}: {source}")]
@@ -202,7 +222,10 @@ pub async fn check_keys(
         let raw = storage
             .get(key)
             .await
-            .map_err(|e| RestoreError::Storage(format!("{key}: {e}")))?;
+            .map_err(|source| RestoreError::Object {
+                key: key.to_string(),
+                source,
+            })?;
         crate::crypt::open(raw, packing.keys.as_ref(), key).await?;
     }
     Ok(())
@@ -327,9 +350,7 @@ pub async fn locate(
         )));
     };
 
-    let manifest = manifest::read_manifest(storage.as_ref(), &job.name, &id)
-        .await
-        .map_err(|e| RestoreError::Storage(e.to_string()))?;
+    let manifest = manifest::read_manifest(storage.as_ref(), &job.name, &id).await?;
     Ok(Located {
         storage,
         destination,
@@ -431,10 +452,11 @@ pub async fn restore_until(
                     job.name
                 )));
             }
-            Err(e) => {
-                return Err(RestoreError::Storage(format!(
-                    "cannot take the restore lock on {dest_name}: {e}"
-                )));
+            Err(source) => {
+                return Err(RestoreError::Lock {
+                    destination: dest_name.clone(),
+                    source,
+                });
             }
         }
     }
@@ -936,7 +958,7 @@ async fn fallback<'c>(
                 },
             });
         }
-        return Err(RestoreError::Storage(format!(
+        return Err(RestoreError::NoIntactCopy(format!(
             "backup {id} of job {}: {problem} (on {bad}), and no other destination holds an intact copy{}; nothing was restored from it",
             job.name,
             if tried.is_empty() {
@@ -947,7 +969,7 @@ async fn fallback<'c>(
         )));
     };
     if req.from.is_some() && !req.fallback {
-        return Err(RestoreError::Storage(format!(
+        return Err(RestoreError::NoIntactCopy(format!(
             "backup {id} of job {}: {problem} (on {bad}); destination {1} holds an intact copy (size and sha256 checked): run the restore again with --from {1}, or without --from to let stowage pick it; nothing was restored from it",
             job.name, alt.name
         )));
@@ -1406,6 +1428,43 @@ impl Archive for StoredArchive<'_> {
 #[cfg(test)]
 mod tests {
     use super::{RestoreError, RestoreRequest, plan, resolve_id};
+
+    /// A destination's failure reaches the caller with its kind (not found, denied), and
+    /// the message still quotes the object key.
+    #[tokio::test]
+    async fn a_storage_failure_keeps_its_kind_and_names_the_key() {
+        use crate::storage::StorageError;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let st = crate::storage::local::LocalStorage::new(dir.path().to_path_buf());
+        let packing = crate::packing::Packing {
+            compression: crate::codec::Compression::Zstd,
+            encrypted: true,
+            keys: None,
+        };
+        let missing = "app/20260101T000000.000Z/db.pgdump.zst.age";
+        match super::check_keys(&st, &packing, &[missing]).await {
+            Err(
+                e @ RestoreError::Object {
+                    source: StorageError::NotFound(_),
+                    ..
+                },
+            ) => {
+                assert!(e.to_string().starts_with(&format!("{missing}: ")), "{e}");
+            }
+            other => panic!("want a not-found storage error, got {other:?}"),
+        }
+        let escaping = "../outside";
+        match super::check_keys(&st, &packing, &[escaping]).await {
+            Err(RestoreError::Object {
+                key,
+                source: StorageError::Denied(why),
+            }) => {
+                assert_eq!(key, escaping);
+                assert!(why.contains("refusing object key"), "{why}");
+            }
+            other => panic!("want a denied storage error, got {other:?}"),
+        }
+    }
 
     /// An interrupted restore says "nothing was changed" only while nothing was: no step
     /// finished, and the one under way applies all or nothing and had not reached its
