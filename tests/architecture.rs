@@ -555,10 +555,8 @@ fn collect_after_root(toks: &[(Tok, usize)], k: usize, out: &mut Vec<(String, us
                         j += 1;
                         continue;
                     }
-                    Tok::Ident(name) if depth == 1 && item_start => {
-                        if name != "self" {
-                            out.push((name.clone(), toks[j].1));
-                        }
+                    Tok::Ident(name) if depth == 1 && item_start && name != "self" => {
+                        out.push((name.clone(), toks[j].1));
                     }
                     _ => {}
                 }
