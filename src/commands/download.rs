@@ -193,7 +193,7 @@ async fn download(config: &Config, job: &Job, req: &Request) -> Result<Done, Fai
 fn not_retrieved(e: &SourceError) -> Option<String> {
     match e {
         SourceError::Archive { source, .. } => match source.downcast_ref::<StorageError>() {
-            Some(StorageError::NotRetrieved(why)) => Some(why.clone()),
+            Some(StorageError::NotRetrieved(why)) => Some(why.to_string()),
             _ => None,
         },
         _ => None,

@@ -868,9 +868,10 @@ pub async fn verify_object(storage: &dyn Storage, entry: &SourceEntry) -> Result
                 return Err(Unusable::Damaged(e.to_string()));
             }
             Err(e) => {
-                return Err(Unusable::Unreadable(crate::storage::StorageError::Io(
-                    format!("reading {}: {e}", entry.key),
-                )));
+                return Err(Unusable::Unreadable(
+                    crate::storage::StorageError::Io(format!("reading {}: {e}", entry.key).into())
+                        .caused_by(e),
+                ));
             }
         }
     }
@@ -1460,7 +1461,7 @@ mod tests {
                 source: StorageError::Denied(why),
             }) => {
                 assert_eq!(key, escaping);
-                assert!(why.contains("refusing object key"), "{why}");
+                assert!(why.message().contains("refusing object key"), "{why}");
             }
             other => panic!("want a denied storage error, got {other:?}"),
         }
