@@ -24,11 +24,12 @@ use tokio::io::AsyncReadExt;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::codec::{self, Packing};
-use crate::config::Compression;
+use crate::codec;
+use crate::codec::Compression;
 use crate::crypt::{Keys, Sealer};
 use crate::layout::Form;
 use crate::manifest::{self, JobListing, Manifest, SourceEntry};
+use crate::packing::{self, Packing};
 use crate::storage::{Storage, StorageError};
 use std::sync::Arc;
 
@@ -954,7 +955,7 @@ pub async fn previous_index(
     job: &str,
     source: &str,
     keys: Option<Arc<Keys>>,
-    expect: &codec::Expect,
+    expect: &packing::Expect,
 ) -> Option<(String, IndexEntries)> {
     for p in listing.published(job) {
         let Ok(m) = manifest::read_manifest(storage, job, &p.id).await else {

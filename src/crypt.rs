@@ -199,7 +199,7 @@ impl Keys {
         let text = std::fs::read_to_string(path).map_err(|e| {
             format!(
                 "--identity {from}: cannot read it: {}",
-                crate::config::io_reason(&e)
+                crate::units::io_reason(&e)
             )
         })?;
         Keys::identity_file(&text, &from)
@@ -232,14 +232,14 @@ impl Keys {
 pub struct Encryption {
     pub sealer: Arc<Sealer>,
     pub keys: Option<Arc<Keys>>,
-    blob_key: Option<Arc<crate::config::Secret>>,
+    blob_key: Option<Arc<crate::secret::Secret>>,
 }
 
 impl Encryption {
     pub fn new(
         sealer: Sealer,
         keys: Option<Keys>,
-        blob_key: Option<crate::config::Secret>,
+        blob_key: Option<crate::secret::Secret>,
     ) -> Encryption {
         Encryption {
             sealer: Arc::new(sealer),
@@ -262,7 +262,7 @@ impl Encryption {
 /// the writer and every reader. Whoever can only write to a destination cannot make a
 /// manifest that passes, so a backup proves it was written by a holder of the key.
 pub struct AuthKey {
-    secret: crate::config::Secret,
+    secret: crate::secret::Secret,
     id: String,
     from: String,
 }
@@ -279,7 +279,7 @@ pub const AUTH_KEY_MIN: usize = 32;
 
 impl AuthKey {
     /// `secret` is the key file's text (trailing newline removed); `from` names the file.
-    pub fn new(secret: crate::config::Secret, from: &str) -> Result<AuthKey, String> {
+    pub fn new(secret: crate::secret::Secret, from: &str) -> Result<AuthKey, String> {
         let n = secret.expose().len();
         if n < AUTH_KEY_MIN {
             return Err(format!(
@@ -621,7 +621,7 @@ mod tests {
         let sha = "ab".repeat(32);
         assert_eq!(plain.blob_name(&sha), sha);
         let (sealer, _) = pair();
-        let keyed = Encryption::new(sealer, None, Some(crate::config::Secret::new("k".into())));
+        let keyed = Encryption::new(sealer, None, Some(crate::secret::Secret::new("k".into())));
         let name = keyed.blob_name(&sha);
         assert_eq!(name.len(), 64);
         assert_ne!(name, sha);

@@ -13,10 +13,10 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use tracing::{info, warn};
 
-use crate::codec::Packing;
 use crate::config::{Config, Job};
 use crate::crypt::Keys;
 use crate::engine::{RestoreOptions, ScratchSpace};
+use crate::packing::Packing;
 use crate::restore::{self, RestoreError, StoredArchive};
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -117,7 +117,7 @@ pub async fn drill(
         ));
         return report;
     };
-    let expect = crate::codec::Expect::of(job, trust_unauthenticated);
+    let expect = crate::packing::Expect::of(job, trust_unauthenticated);
     let packing = match Packing::of(&located.manifest, &expect, keys) {
         Ok(p) => p,
         Err(e) => {

@@ -328,25 +328,18 @@ impl SourceError {
     }
 }
 
-/// The engine registered for a `type` value (or alias).
-pub fn find(kind: &str) -> Option<&'static dyn Engine> {
-    crate::source::ENGINES
-        .iter()
-        .copied()
-        .find(|e| e.kind() == kind || e.aliases().contains(&kind))
+tokio::task_local! {
+    /// Set by an engine at its commit point, for the restore under way in this task (restore
+    /// scopes it around each step).
+    pub(crate) static COMMITTING: Arc<std::sync::atomic::AtomicBool>;
 }
 
-/// Every registered engine.
-pub fn registered() -> &'static [&'static dyn Engine] {
-    crate::source::ENGINES
-}
-
-/// Every accepted `type` value of a database source, for messages.
-pub fn kinds() -> Vec<&'static str> {
-    crate::source::ENGINES
-        .iter()
-        .flat_map(|e| std::iter::once(e.kind()).chain(e.aliases().iter().copied()))
-        .collect()
+/// An engine that applies all or nothing calls this just before the step that may make its
+/// changes stick (sending COMMIT, renaming a file into place, creating a database): an
+/// interrupted restore then no longer says that nothing was changed. Outside a restore
+/// (a heal, a drill) it does nothing.
+pub fn commit_point() {
+    let _ = COMMITTING.try_with(|c| c.store(true, std::sync::atomic::Ordering::SeqCst));
 }
 
 /// The private directory (mode 0700, a fresh name) in which an engine's drill makes its

@@ -686,7 +686,7 @@ fn one_line(text: &str) -> String {
 /// The newest `n` published backups of the job over all its destinations, newest first,
 /// each read from the preferred destination that has it: local volumes before object
 /// stores (fast, and no egress), then the job's order. A destination that cannot be read
-/// is skipped, and so is a backup the job must not read (`crate::codec::Expect`): a fake
+/// is skipped, and so is a backup the job must not read (`crate::packing::Expect`): a fake
 /// newer backup neither takes a slot nor is restored from.
 async fn candidates(
     config: &Config,
@@ -695,7 +695,7 @@ async fn candidates(
     n: usize,
     trust: bool,
 ) -> Vec<Candidate> {
-    let expect = crate::codec::Expect::of(job, trust);
+    let expect = crate::packing::Expect::of(job, trust);
     let mut stores = storage::open_job(config, job).await;
     // An archive tier needs a retrieval (hours) before a restore: not a source for healing.
     stores.retain(|s| restore::archive_class(config, s.name).is_none());

@@ -60,9 +60,9 @@ impl JobHistory {
         (median > 0 && newest.raw * 2 < median).then(|| {
             format!(
                 "the newest backup's sources produced {}, {}% of the usual {}: check that the database and files it reads are all there",
-                crate::pipeline::human_bytes(newest.raw),
+                crate::units::human_bytes(newest.raw),
                 newest.raw * 100 / median,
-                crate::pipeline::human_bytes(median)
+                crate::units::human_bytes(median)
             )
         })
     }
@@ -200,7 +200,7 @@ pub fn plot(h: &JobHistory) -> String {
          <text x=\"{PAD}\" y=\"{t}\" font-size=\"10\" fill=\"#666\">oldest of {n}</text>\
          <text x=\"{r}\" y=\"{t}\" font-size=\"10\" fill=\"#666\" text-anchor=\"end\">newest</text>\
          </svg>",
-        crate::pipeline::human_bytes(max_size as u64),
+        crate::units::human_bytes(max_size as u64),
         b = H - PAD,
         r = W - PAD,
         mid = W / 2.0,

@@ -17,7 +17,9 @@
 
 use chrono::{DateTime, NaiveDateTime, Utc};
 
-use crate::config::Compression;
+use crate::codec::Compression;
+use crate::storage::bad_part;
+use crate::storage::check_key;
 
 pub const MANIFEST: &str = "manifest.json";
 pub const BLOBS_DIR: &str = "blobs";
@@ -69,6 +71,14 @@ impl From<Compression> for Form {
 }
 
 impl Form {
+    /// How the job stores new objects.
+    pub fn of(job: &crate::config::Job) -> Form {
+        Form {
+            compression: job.compression,
+            encrypted: job.encryption.is_some(),
+        }
+    }
+
     pub fn suffix(self) -> String {
         format!(
             "{}{}",
@@ -147,42 +157,6 @@ pub fn classify<'a>(job: &str, key: &'a str) -> KeyKind<'a> {
         Some((LOCKS_DIR, _)) => KeyKind::Lock,
         Some((id, _)) => KeyKind::Backup(id),
         None => KeyKind::Other,
-    }
-}
-
-/// Why a key or path read from a manifest or an index is refused.
-fn bad_part(s: &str) -> Option<&'static str> {
-    if s.is_empty() {
-        return Some("it is empty");
-    }
-    if s.contains('\0') {
-        return Some("it contains a NUL byte");
-    }
-    if s.starts_with('/') {
-        return Some("it is absolute");
-    }
-    for part in s.split('/') {
-        match part {
-            "" => return Some("it has an empty part (\"//\" or a trailing \"/\")"),
-            "." => return Some("it has a \".\" part"),
-            ".." => return Some("it has a \"..\" part"),
-            _ => {}
-        }
-    }
-    None
-}
-
-/// A storage key as every storage takes it: relative to the destination's root, '/'
-/// separated, with no part that could leave the root once a local destination turns it
-/// into a path (no absolute key, no "..", no empty or "." part, no NUL). Keys come from
-/// manifests and indexes, which whoever can write to a destination can forge.
-pub fn check_key(key: &str) -> Result<(), String> {
-    match bad_part(key) {
-        None => Ok(()),
-        Some(why) => Err(format!(
-            "refusing object key \"{}\": {why}; keys are relative to the destination's root",
-            key.escape_debug()
-        )),
     }
 }
 

@@ -71,7 +71,7 @@ pub fn init(cfg: &LogConfig, console: Console) -> Result<Option<WorkerGuard>, Lo
         };
         std::fs::create_dir_all(dir).map_err(|e| LogError::Dir {
             dir: dir.clone(),
-            reason: crate::config::io_reason(&e),
+            reason: crate::units::io_reason(&e),
         })?;
         let appender = Builder::new()
             .rotation(rotation)

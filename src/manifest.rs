@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::config::Compression;
+use crate::codec::Compression;
 use crate::layout::{self, KeyKind};
 use crate::storage::{ObjectMeta, Storage, StorageError};
 
@@ -414,7 +414,7 @@ pub async fn read_manifest(
     Ok(m)
 }
 
-/// A backup the job must not read (see `crate::codec::Expect::admit`).
+/// A backup the job must not read (see `crate::packing::Expect::admit`).
 #[derive(Debug, thiserror::Error)]
 pub enum Refused {
     #[error(
@@ -486,7 +486,7 @@ mod tests {
     }
 
     fn key(text: &str) -> crate::crypt::AuthKey {
-        crate::crypt::AuthKey::new(crate::config::Secret::new(text.into()), "k").expect("key")
+        crate::crypt::AuthKey::new(crate::secret::Secret::new(text.into()), "k").expect("key")
     }
 
     /// A MAC survives fields this version does not know, and catches any edit, a missing
@@ -552,7 +552,7 @@ mod tests {
         let read = Manifest::parse(&plain).expect("parse");
         assert_eq!(read.authenticity(Some(&k)), Authenticity::Unsigned);
         assert!(
-            crate::crypt::AuthKey::new(crate::config::Secret::new("short".into()), "f")
+            crate::crypt::AuthKey::new(crate::secret::Secret::new("short".into()), "f")
                 .expect_err("short key")
                 .contains("head -c 32 /dev/urandom")
         );

@@ -10,7 +10,8 @@ use tracing::{info, warn};
 
 use crate::config::{Job, Notify, raw::NotifyType, raw::WebhookFormat};
 use crate::heal::{HealOutcome, HealReport};
-use crate::pipeline::{Outcome, RunReport, human_bytes};
+use crate::pipeline::{Outcome, RunReport};
+use crate::units::human_bytes;
 
 const TIMEOUT: Duration = Duration::from_secs(10);
 const ATTEMPTS: usize = 2;

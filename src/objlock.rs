@@ -15,9 +15,9 @@ use std::collections::HashSet;
 use chrono::{DateTime, Utc};
 
 use crate::blobs::{self, BlobError};
-use crate::codec::Packing;
 use crate::config::ObjectLock;
 use crate::manifest::Manifest;
+use crate::packing::Packing;
 use crate::storage::{Storage, StorageError};
 
 /// Extension requests in flight at once, per destination.

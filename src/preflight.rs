@@ -7,10 +7,10 @@ use chrono::Utc;
 
 use crate::config::{Config, Job, SourceConfig};
 use crate::manifest::JobListing;
-use crate::pipeline::human_bytes;
 use crate::retention;
 use crate::source::files::{self as tree, PathFilter};
 use crate::storage;
+use crate::units::human_bytes;
 
 #[derive(Debug, Default)]
 pub struct Checked {

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::codec::Reader;
-use crate::pipeline::human_bytes;
+use crate::units::human_bytes;
 
 /// How often a progress line is logged when there is no terminal; `STOWAGE_PROGRESS_INTERVAL`
 /// ("10s", "500ms") changes it.

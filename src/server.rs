@@ -782,8 +782,8 @@ fn job_section(
             "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.1}s</td></tr>",
             esc(&p.id),
             esc(&local(p.time, tz)),
-            crate::pipeline::human_bytes(p.raw),
-            crate::pipeline::human_bytes(p.stored),
+            crate::units::human_bytes(p.raw),
+            crate::units::human_bytes(p.stored),
             p.duration_s
         ));
     }

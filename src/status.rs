@@ -100,7 +100,7 @@ pub fn load() -> Result<State, String> {
         format!(
             "{} unreadable: {}",
             path.display(),
-            crate::config::io_reason(&e)
+            crate::units::io_reason(&e)
         )
     })?;
     serde_json::from_slice(&body).map_err(|e| format!("{} is not valid: {e}", path.display()))

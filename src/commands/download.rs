@@ -11,14 +11,14 @@ use std::path::{Path, PathBuf};
 use tokio::io::{AsyncBufReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 
 use super::{EXIT_CONFIG, EXIT_FAILED, EXIT_OK, EXIT_PENDING, with_job};
-use crate::codec::Packing;
 use crate::config::{Config, Job};
 use crate::engine::{Archive, SourceError};
 use crate::logging::Console;
 use crate::manifest::SourceEntry;
-use crate::pipeline::human_bytes;
+use crate::packing::Packing;
 use crate::restore::{self, Located, RestoreError, StoredArchive, lifecycle};
 use crate::storage::StorageError;
+use crate::units::human_bytes;
 
 /// What `download` was asked for.
 #[derive(Debug, Clone)]
@@ -149,7 +149,7 @@ async fn download(config: &Config, job: &Job, req: &Request) -> Result<Done, Fai
             entry.name, job.name, manifest.id, entry.name
         )));
     }
-    let expect = crate::codec::Expect::of(job, req.trust_unauthenticated);
+    let expect = crate::packing::Expect::of(job, req.trust_unauthenticated);
     let packing = Packing::of(&manifest, &expect, keys).map_err(RestoreError::from)?;
     let pending = |what: String| {
         Failure::Pending(format!(
@@ -193,7 +193,7 @@ async fn download(config: &Config, job: &Job, req: &Request) -> Result<Done, Fai
 fn not_retrieved(e: &SourceError) -> Option<String> {
     match e {
         SourceError::Archive { source, .. } => match source.downcast_ref::<StorageError>() {
-            Some(StorageError::NotRetrieved(why)) => Some(why.clone()),
+            Some(StorageError::NotRetrieved(why)) => Some(why.to_string()),
             _ => None,
         },
         _ => None,

@@ -23,7 +23,7 @@ pub fn run(path: &Path) -> i32 {
             eprintln!(
                 "unhealthy: no running daemon ({} unreadable: {})",
                 pid_file.display(),
-                crate::config::io_reason(&e)
+                crate::units::io_reason(&e)
             );
             return EXIT_FAILED;
         }

@@ -12,8 +12,8 @@ use super::{EXIT_CONFIG, EXIT_FAILED, EXIT_OK, runtime, start};
 use crate::config::{Config, Job};
 use crate::logging::Console;
 use crate::manifest::{self, JobListing, Manifest, SourceEntry};
-use crate::pipeline::human_bytes;
 use crate::storage;
+use crate::units::human_bytes;
 
 pub fn run(path: &Path, job: Option<&str>, holding: Option<&str>, json: bool) -> i32 {
     let (config, _guard) = match start(path, Console::Stderr) {
@@ -555,7 +555,7 @@ mod tests {
             id: "20260102T030405.000Z".into(),
             started_at: manifest::parse_id("20260102T030405.000Z").expect("id"),
             finished_at: manifest::parse_id("20260102T030407.500Z").expect("id"),
-            compression: crate::config::Compression::Zstd,
+            compression: crate::codec::Compression::Zstd,
             encryption: None,
             sources: vec![
                 SourceEntry {

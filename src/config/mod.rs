@@ -4,6 +4,7 @@
 //! Every problem is reported at once, one line each naming its key.
 
 pub mod raw;
+mod read_data;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -14,14 +15,18 @@ use chrono_tz::Tz;
 use figment::Figment;
 use figment::providers::{Env, Format, Toml, Yaml};
 
-pub use raw::{Checksums, Compression, LogFormat, Rotation};
+pub use crate::codec::Compression;
+pub use raw::{Checksums, LogFormat, Rotation};
+pub use read_data::ReadData;
 
 use std::sync::Arc;
 
 use crate::engine::Database;
 use crate::retention::RetentionPolicy;
 use crate::schedule::{Schedule, parse_timezone};
+use crate::secret::Secret;
 use crate::storage::class::{Retrieval, RetrievalTier, StorageClass};
+use crate::units::io_reason;
 
 /// S3 rejects multipart parts under 5 MiB (except the last one).
 pub const MIN_PART_SIZE: u64 = 5 * 1024 * 1024;
@@ -411,7 +416,7 @@ fn drill_config(
         .filter(|d| d.scratch().is_some())
         .collect();
     let kinds = || {
-        crate::engine::registered()
+        crate::source::registered()
             .iter()
             .filter(|e| e.unconfigured("x").scratch().is_some())
             .map(|e| format!("\"{}\"", e.kind()))
@@ -583,31 +588,12 @@ fn object_lock_warnings(
 }
 
 fn healable_kinds() -> String {
-    crate::engine::registered()
+    crate::source::registered()
         .iter()
         .filter(|e| e.unconfigured("-").selects_objects())
         .map(|e| format!("\"{}\"", e.kind()))
         .collect::<Vec<_>>()
         .join(", ")
-}
-
-/// A value that must never reach a log line or `check-config` output.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(value: String) -> Self {
-        Secret(value)
-    }
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("***")
-    }
 }
 
 #[derive(Debug, Clone)]
@@ -629,7 +615,7 @@ pub struct Job {
     pub verify: Option<Schedule>,
     /// What share of blob contents a scheduled verify reads back (`[jobs.NAME.verify]
     /// read_data`); `None` (presence only) by default.
-    pub verify_read_data: crate::verify::ReadData,
+    pub verify_read_data: ReadData,
     pub encryption: Option<crate::crypt::Encryption>,
     pub drill: Option<Drill>,
     /// `auth_key_file`: manifests are written with a MAC under it and refused without one.
@@ -677,14 +663,6 @@ impl Job {
             .iter()
             .filter_map(SourceConfig::database)
             .find(|d| d.name() == heal.source)
-    }
-
-    /// How the job stores new objects.
-    pub fn form(&self) -> crate::layout::Form {
-        crate::layout::Form {
-            compression: self.compression,
-            encrypted: self.encryption.is_some(),
-        }
     }
 
     /// The drilled source.
@@ -1477,14 +1455,6 @@ fn read_secret(path: &Path, key: &str, problems: &mut Vec<String>) -> Option<Sec
     }
 }
 
-pub(crate) fn io_reason(e: &std::io::Error) -> String {
-    match e.kind() {
-        std::io::ErrorKind::NotFound => "no such file".to_string(),
-        std::io::ErrorKind::PermissionDenied => "permission denied".to_string(),
-        _ => e.to_string().to_lowercase(),
-    }
-}
-
 /// Parse "8MiB", "16MB", "5242880" into bytes.
 fn parse_size(text: &str) -> Option<u64> {
     let t = text.trim();
@@ -1835,14 +1805,14 @@ fn validate(path: &Path, raw: raw::RawConfig) -> Result<Config, Vec<String>> {
                 if let Some(f) = files_source(&mut section) {
                     sources.push(SourceConfig::Files(f));
                 }
-            } else if let Some(engine) = crate::engine::find(&s.kind) {
+            } else if let Some(engine) = crate::source::find(&s.kind) {
                 let db = engine.configure(&mut section);
                 used_job_excludes |= section.used_job_excludes;
                 if let Some(db) = db {
                     sources.push(SourceConfig::Database(db));
                 }
             } else {
-                let mut kinds = crate::engine::kinds();
+                let mut kinds = crate::source::kinds();
                 kinds.push("files");
                 problems.push(format!(
                     "{skey}.type: unknown value \"{}\"{}; expected one of: {}",
@@ -1855,7 +1825,7 @@ fn validate(path: &Path, raw: raw::RawConfig) -> Result<Config, Vec<String>> {
         if !j.exclude_tables.is_empty() && !used_job_excludes {
             problems.push(format!(
                 "{key}.exclude_tables: the job has no database source with tables; remove the key or add a source with type = {}",
-                crate::engine::registered()
+                crate::source::registered()
                     .iter()
                     .filter(|e| e.has_tables())
                     .map(|e| format!("\"{}\"", e.kind()))
@@ -1894,11 +1864,11 @@ fn validate(path: &Path, raw: raw::RawConfig) -> Result<Config, Vec<String>> {
                 .ok()
         });
         let verify_read_data = match j.verify.as_ref().and_then(|v| v.read_data.as_deref()) {
-            Some(text) => crate::verify::ReadData::parse(text).unwrap_or_else(|e| {
+            Some(text) => ReadData::parse(text).unwrap_or_else(|e| {
                 problems.push(format!("{key}.verify.read_data: {e}"));
-                crate::verify::ReadData::None
+                ReadData::None
             }),
-            None => crate::verify::ReadData::None,
+            None => ReadData::None,
         };
         let encryption = j
             .encryption
@@ -1911,7 +1881,7 @@ fn validate(path: &Path, raw: raw::RawConfig) -> Result<Config, Vec<String>> {
         if let Some(e) = &encryption
             && e.keys.is_none()
         {
-            let reads_blobs = verify.is_some() && verify_read_data != crate::verify::ReadData::None;
+            let reads_blobs = verify.is_some() && verify_read_data != ReadData::None;
             for (what, on) in [
                 ("heal", heal.is_some()),
                 ("drill", drill.is_some()),
@@ -2059,7 +2029,7 @@ impl Section<'_> {
     /// "unknown key", or "only valid for type = …" when another source type takes it.
     fn unknown_key(&self, field: &str, expected: &[&str]) -> String {
         let key = self.key(field);
-        let mut owners: Vec<&str> = crate::engine::registered()
+        let mut owners: Vec<&str> = crate::source::registered()
             .iter()
             .filter(|e| e.keys().contains(&field))
             .map(|e| e.kind())

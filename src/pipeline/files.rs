@@ -235,7 +235,7 @@ pub(super) async fn backup(
     let listings = join_all(live.iter().map(|i| async {
         let st = targets[*i].storage.as_ref();
         let backups = JobListing::read_backups(st, &job.name).await?;
-        let have = blobs::blob_ids(st, &job.name, job.form()).await?;
+        let have = blobs::blob_ids(st, &job.name, crate::layout::Form::of(job)).await?;
         Ok::<_, StorageError>((backups, have))
     }))
     .await;
@@ -272,7 +272,7 @@ pub(super) async fn backup(
                 &job.name,
                 name,
                 keys.clone(),
-                &crate::codec::Expect::of(job, false),
+                &crate::packing::Expect::of(job, false),
             )
             .await
             {
@@ -321,7 +321,7 @@ pub(super) async fn backup(
 
     // The index streams to every destination while the files are processed; it is
     // completed only if every file was (`ok_rx`), else abandoned.
-    let key = manifest::index_key(&job.name, id, name, job.form());
+    let key = manifest::index_key(&job.name, id, name, crate::layout::Form::of(job));
     // The clear list of blob keys, for sweeps (which then need neither a key nor the
     // index's JSON).
     let refs_key = crate::layout::refs_key(&job.name, id, name, job.compression);
@@ -514,7 +514,7 @@ async fn process(
             Some(e) => e.blob_name(&sha),
             None => sha.clone(),
         };
-        let key = blobs::blob_key(&ctx.job.name, &name, ctx.job.form());
+        let key = blobs::blob_key(&ctx.job.name, &name, crate::layout::Form::of(ctx.job));
         let need: Vec<&Dest> = ctx.dests.iter().filter(|d| d.claim(&name)).collect();
         let entry = IndexEntry {
             path: meta.path.clone(),

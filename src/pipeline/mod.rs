@@ -32,6 +32,7 @@ use crate::manifest::{self, FORMAT_VERSION, JobListing, Manifest, SourceEntry};
 use crate::retention;
 use crate::storage::class::StorageClass;
 use crate::storage::{self, Chunk, Storage};
+use crate::units::human_bytes;
 
 const READ_CHUNK: usize = 256 * 1024;
 /// Chunks of the raw dump read ahead of the compressor (16 × 256 KiB = 4 MiB): a dump tool's
@@ -283,7 +284,13 @@ pub async fn run_job(
                         break;
                     }
                 };
-                let key = manifest::object_key(jn, &id, db.name(), db.extension(), job.form());
+                let key = manifest::object_key(
+                    jn,
+                    &id,
+                    db.name(),
+                    db.extension(),
+                    crate::layout::Form::of(job),
+                );
                 info!(job = jn, id = %id, source = db.name(), "stage: dump {} {} → {}", db.kind(), db.name(), key);
                 for t in targets.iter_mut().filter(|t| t.error.is_none()) {
                     t.touched = true;
@@ -952,20 +959,5 @@ fn log_summary(r: &RunReport) {
             duration_s = fields.2,
             "{line}"
         ),
-    }
-}
-
-pub fn human_bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = n as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u < UNITS.len() - 1 {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
     }
 }

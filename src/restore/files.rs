@@ -21,12 +21,12 @@ use tracing::{debug, info};
 
 use super::RestoreError;
 use crate::blobs::{self, IndexEntry};
-use crate::codec::Packing;
+use crate::packing::Packing;
 
 use crate::manifest::SourceEntry;
-use crate::pipeline::human_bytes;
 use crate::source::files::{self as tree, FileMeta, Found, PathFilter};
 use crate::storage::Storage;
+use crate::units::human_bytes;
 
 const CONCURRENCY: usize = 8;
 

@@ -125,7 +125,7 @@ fn counts_of<'a>(objects: impl Iterator<Item = &'a Object>) -> String {
 pub async fn survey(
     storage: &dyn Storage,
     sources: &[&SourceEntry],
-    packing: &crate::codec::Packing,
+    packing: &crate::packing::Packing,
     files_dir: &dyn Fn(&SourceEntry) -> Option<PathBuf>,
     download_to: Option<&Path>,
 ) -> Result<Survey, RestoreError> {
@@ -206,7 +206,7 @@ pub async fn request(
         .await;
     let mut requested = 0;
     for r in results {
-        let key = r.map_err(|e| RestoreError::Storage(e.to_string()))?;
+        let key = r?;
         if let Some(o) = survey.objects.iter_mut().find(|o| o.name == key) {
             o.state = State::Pending;
         }
@@ -229,17 +229,11 @@ pub async fn refresh(storage: &dyn Storage, survey: &mut Survey) -> Result<(), R
 
 /// What the store says of `key`, in lifecycle terms.
 async fn state_of(storage: &dyn Storage, key: &str) -> Result<State, RestoreError> {
-    Ok(
-        match storage
-            .retrieval(key)
-            .await
-            .map_err(|e| RestoreError::Storage(e.to_string()))?
-        {
-            Retrieval::Readable | Retrieval::Retrieved => State::Ready,
-            Retrieval::Archived => State::Available,
-            Retrieval::Pending => State::Pending,
-        },
-    )
+    Ok(match storage.retrieval(key).await? {
+        Retrieval::Readable | Retrieval::Retrieved => State::Ready,
+        Retrieval::Archived => State::Available,
+        Retrieval::Pending => State::Pending,
+    })
 }
 
 #[cfg(test)]

@@ -11,11 +11,12 @@ use tracing::{info, warn};
 
 use crate::codec;
 use crate::config::{Config, Job, SourceConfig};
-use crate::engine::{self, Archive, Database, RestoreOptions, SourceError};
+use crate::engine::{Archive, COMMITTING, Database, RestoreOptions, SourceError};
 use crate::manifest::{self, JobListing, Manifest, SourceEntry};
-use crate::pipeline::human_bytes;
+use crate::packing;
 use crate::storage::class::StorageClass;
 use crate::storage::{self, JobStorage, Storage};
+use crate::units::human_bytes;
 
 mod files;
 pub mod lifecycle;
@@ -76,8 +77,28 @@ pub enum RestoreError {
     Usage(String),
     #[error("{0}")]
     NotFound(String),
+    /// A destination failed (unreachable, denied, not found, not retrieved): the kind stays
+    /// matchable.
+    #[error(transparent)]
+    Storage(#[from] storage::StorageError),
+    /// The same, for one object.
+    #[error("{key}: {source}")]
+    Object {
+        key: String,
+        #[source]
+        source: storage::StorageError,
+    },
+    #[error(transparent)]
+    Manifest(#[from] manifest::ManifestError),
+    #[error("cannot take the restore lock on {destination}: {source}")]
+    Lock {
+        destination: String,
+        #[source]
+        source: crate::blobs::BlobError,
+    },
+    /// An object of the backup is missing or damaged where the restore must read it.
     #[error("{0}")]
-    Storage(String),
+    NoIntactCopy(String),
     #[error(transparent)]
     Source(#[from] SourceError),
     #[error("database {source_name}: {source}")]
@@ -106,23 +127,10 @@ pub enum RestoreError {
     Interrupted(String),
 }
 
-tokio::task_local! {
-    /// Set by an engine at its commit point, for the restore under way in this task.
-    static COMMITTING: Arc<std::sync::atomic::AtomicBool>;
-}
-
-/// An engine that applies all or nothing calls this just before the step that may make its
-/// changes stick (sending COMMIT, renaming a file into place, creating a database): an
-/// interrupted restore then no longer says that nothing was changed. Outside a restore
-/// (a heal, a drill) it does nothing.
-pub fn commit_point() {
-    let _ = COMMITTING.try_with(|c| c.store(true, std::sync::atomic::Ordering::SeqCst));
-}
-
 /// What a restore has done so far, for the message of one that is interrupted.
 #[derive(Default)]
 struct Progress {
-    /// The current step passed its commit point (see [`commit_point`]).
+    /// The current step passed its commit point (see [`crate::engine::commit_point`]).
     committing: Arc<std::sync::atomic::AtomicBool>,
     /// Steps finished ("database app", "files uploads"): their changes are in place.
     done: Vec<String>,
@@ -204,7 +212,7 @@ pub fn keys_for(
 /// or missing identity fails here, before anything is written to a target.
 pub async fn check_keys(
     storage: &dyn Storage,
-    packing: &codec::Packing,
+    packing: &packing::Packing,
     keys: &[&str],
 ) -> Result<(), RestoreError> {
     if !packing.encrypted {
@@ -214,7 +222,10 @@ pub async fn check_keys(
         let raw = storage
             .get(key)
             .await
-            .map_err(|e| RestoreError::Storage(format!("{key}: {e}")))?;
+            .map_err(|source| RestoreError::Object {
+                key: key.to_string(),
+                source,
+            })?;
         crate::crypt::open(raw, packing.keys.as_ref(), key).await?;
     }
     Ok(())
@@ -339,9 +350,7 @@ pub async fn locate(
         )));
     };
 
-    let manifest = manifest::read_manifest(storage.as_ref(), &job.name, &id)
-        .await
-        .map_err(|e| RestoreError::Storage(e.to_string()))?;
+    let manifest = manifest::read_manifest(storage.as_ref(), &job.name, &id).await?;
     Ok(Located {
         storage,
         destination,
@@ -416,9 +425,9 @@ pub async fn restore_until(
             name = f.name
         )));
     }
-    let packing = codec::Packing::of(
+    let packing = packing::Packing::of(
         &manifest,
-        &codec::Expect::of(job, req.trust_unauthenticated),
+        &packing::Expect::of(job, req.trust_unauthenticated),
         keys_for(job, req.identity.as_ref())?,
     )?;
     // A restore never runs beside another process's backup of the job (which would dump
@@ -443,10 +452,11 @@ pub async fn restore_until(
                     job.name
                 )));
             }
-            Err(e) => {
-                return Err(RestoreError::Storage(format!(
-                    "cannot take the restore lock on {dest_name}: {e}"
-                )));
+            Err(source) => {
+                return Err(RestoreError::Lock {
+                    destination: dest_name.clone(),
+                    source,
+                });
             }
         }
     }
@@ -513,7 +523,7 @@ async fn restore_locked(
     dest_name: &str,
     manifest: &Manifest,
     plan: Plan<'_>,
-    packing: &codec::Packing,
+    packing: &packing::Packing,
     progress: &std::sync::Mutex<Progress>,
 ) -> Result<RestoreSummary, RestoreError> {
     let id = manifest.id.clone();
@@ -769,7 +779,7 @@ async fn restore_from(
     id: &str,
     step: &DatabaseStep<'_>,
     opts: &RestoreOptions,
-    packing: &codec::Packing,
+    packing: &packing::Packing,
     from: &dyn Storage,
     from_name: &str,
 ) -> Result<Vec<String>, SourceError> {
@@ -858,9 +868,10 @@ pub async fn verify_object(storage: &dyn Storage, entry: &SourceEntry) -> Result
                 return Err(Unusable::Damaged(e.to_string()));
             }
             Err(e) => {
-                return Err(Unusable::Unreadable(crate::storage::StorageError::Io(
-                    format!("reading {}: {e}", entry.key),
-                )));
+                return Err(Unusable::Unreadable(
+                    crate::storage::StorageError::Io(format!("reading {}: {e}", entry.key).into())
+                        .caused_by(e),
+                ));
             }
         }
     }
@@ -948,7 +959,7 @@ async fn fallback<'c>(
                 },
             });
         }
-        return Err(RestoreError::Storage(format!(
+        return Err(RestoreError::NoIntactCopy(format!(
             "backup {id} of job {}: {problem} (on {bad}), and no other destination holds an intact copy{}; nothing was restored from it",
             job.name,
             if tried.is_empty() {
@@ -959,7 +970,7 @@ async fn fallback<'c>(
         )));
     };
     if req.from.is_some() && !req.fallback {
-        return Err(RestoreError::Storage(format!(
+        return Err(RestoreError::NoIntactCopy(format!(
             "backup {id} of job {}: {problem} (on {bad}); destination {1} holds an intact copy (size and sha256 checked): run the restore again with --from {1}, or without --from to let stowage pick it; nothing was restored from it",
             job.name, alt.name
         )));
@@ -981,7 +992,7 @@ async fn files_elsewhere<'c>(
     job: &'c Job,
     bad: &str,
     entry: &SourceEntry,
-    packing: &codec::Packing,
+    packing: &packing::Packing,
 ) -> Option<JobStorage<'c>> {
     for js in storage::open_job(config, job).await {
         if js.name == bad || archive_class(config, js.name).is_some() {
@@ -1050,9 +1061,9 @@ pub async fn survey(config: &Config, req: &SurveyRequest) -> Result<Surveyed, Re
     let files_dir = |e: &SourceEntry| files_dir_for(job, req.files_to.as_ref(), e);
     // status and retrieve only count and request objects; they refuse what a restore
     // would refuse, so no retrieval is paid for a backup that cannot be restored.
-    let packing = codec::Packing::of(
+    let packing = packing::Packing::of(
         m,
-        &codec::Expect::of(job, false),
+        &packing::Expect::of(job, false),
         keys_for(job, req.identity.as_ref())?,
     )?;
     let survey = lifecycle::survey(
@@ -1141,7 +1152,7 @@ pub fn database_for(job: &Job, entry: &SourceEntry) -> Option<Arc<dyn Database>>
         .filter_map(SourceConfig::database)
         .find(|d| d.name() == entry.name && d.kind() == entry.kind)
         .cloned()
-        .or_else(|| engine::find(&entry.kind).map(|e| e.unconfigured(&entry.name)))
+        .or_else(|| crate::source::find(&entry.kind).map(|e| e.unconfigured(&entry.name)))
 }
 
 struct DatabaseStep<'a> {
@@ -1356,7 +1367,7 @@ pub struct StoredArchive<'a> {
     key: String,
     sha256: String,
     size: u64,
-    packing: codec::Packing,
+    packing: packing::Packing,
     dest: String,
     progress: Option<Arc<crate::progress::Progress>>,
 }
@@ -1371,7 +1382,7 @@ impl<'a> StoredArchive<'a> {
     pub fn new(
         storage: &'a dyn Storage,
         entry: &SourceEntry,
-        packing: &codec::Packing,
+        packing: &packing::Packing,
         dest: &str,
     ) -> StoredArchive<'a> {
         StoredArchive {
@@ -1419,12 +1430,50 @@ impl Archive for StoredArchive<'_> {
 mod tests {
     use super::{RestoreError, RestoreRequest, plan, resolve_id};
 
+    /// A destination's failure reaches the caller with its kind (not found, denied), and
+    /// the message still quotes the object key.
+    #[tokio::test]
+    async fn a_storage_failure_keeps_its_kind_and_names_the_key() {
+        use crate::storage::StorageError;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let st = crate::storage::local::LocalStorage::new(dir.path().to_path_buf());
+        let packing = crate::packing::Packing {
+            compression: crate::codec::Compression::Zstd,
+            encrypted: true,
+            keys: None,
+        };
+        let missing = "app/20260101T000000.000Z/db.pgdump.zst.age";
+        match super::check_keys(&st, &packing, &[missing]).await {
+            Err(
+                e @ RestoreError::Object {
+                    source: StorageError::NotFound(_),
+                    ..
+                },
+            ) => {
+                assert!(e.to_string().starts_with(&format!("{missing}: ")), "{e}");
+            }
+            other => panic!("want a not-found storage error, got {other:?}"),
+        }
+        let escaping = "../outside";
+        match super::check_keys(&st, &packing, &[escaping]).await {
+            Err(RestoreError::Object {
+                key,
+                source: StorageError::Denied(why),
+            }) => {
+                assert_eq!(key, escaping);
+                assert!(why.message().contains("refusing object key"), "{why}");
+            }
+            other => panic!("want a denied storage error, got {other:?}"),
+        }
+    }
+
     /// An interrupted restore says "nothing was changed" only while nothing was: no step
     /// finished, and the one under way applies all or nothing and had not reached its
     /// commit point.
     #[tokio::test]
     async fn an_interrupted_restore_claims_no_change_only_before_any_commit() {
-        use super::{COMMITTING, Progress, commit_point};
+        use super::{COMMITTING, Progress};
+        use crate::engine::commit_point;
         use std::sync::Mutex;
         let says = |p: &Mutex<Progress>| Progress::interrupted(p, "SIGTERM", "the target");
         let p = Mutex::new(Progress::default());
@@ -1482,7 +1531,7 @@ mod tests {
             id: "X".into(),
             started_at: chrono::Utc::now(),
             finished_at: chrono::Utc::now(),
-            compression: crate::config::Compression::Zstd,
+            compression: crate::codec::Compression::Zstd,
             encryption: None,
             sources: sources.iter().map(|(n, k)| entry(n, k)).collect(),
             tools: Default::default(),
@@ -1504,7 +1553,7 @@ mod tests {
     /// Which sources a request restores (databases, then files), or its usage error.
     fn outcome(m: &Manifest, r: &RestoreRequest) -> Result<(Vec<String>, Vec<String>), String> {
         let resolve =
-            |e: &SourceEntry| crate::engine::find(&e.kind).map(|x| x.unconfigured(&e.name));
+            |e: &SourceEntry| crate::source::find(&e.kind).map(|x| x.unconfigured(&e.name));
         match plan(m, r, &resolve) {
             Ok(p) => Ok((
                 p.databases.iter().map(|s| s.entry.name.clone()).collect(),
@@ -1607,7 +1656,7 @@ mod tests {
         );
         let targets = {
             let resolve =
-                |e: &SourceEntry| crate::engine::find(&e.kind).map(|x| x.unconfigured(&e.name));
+                |e: &SourceEntry| crate::source::find(&e.kind).map(|x| x.unconfigured(&e.name));
             let r = req(named);
             let p = plan(&set, &r, &resolve).expect("plan");
             p.databases

@@ -36,6 +36,27 @@ engines! {
     command::Command,
 }
 
+/// The engine registered for a `type` value (or alias).
+pub fn find(kind: &str) -> Option<&'static dyn Engine> {
+    ENGINES
+        .iter()
+        .copied()
+        .find(|e| e.kind() == kind || e.aliases().contains(&kind))
+}
+
+/// Every registered engine.
+pub fn registered() -> &'static [&'static dyn Engine] {
+    ENGINES
+}
+
+/// Every accepted `type` value of a database source, for messages.
+pub fn kinds() -> Vec<&'static str> {
+    ENGINES
+        .iter()
+        .flat_map(|e| std::iter::once(e.kind()).chain(e.aliases().iter().copied()))
+        .collect()
+}
+
 /// The `url` (+ `password_file`) pair of a networked engine's section: the password file
 /// is read, the URL parsed by the engine, and a missing or bad URL reported with the
 /// engine's example. `None` when there was a problem.
@@ -43,7 +64,7 @@ pub(crate) fn section_url<U>(
     section: &mut crate::config::Section<'_>,
     url: Option<&str>,
     password_file: Option<&std::path::Path>,
-    parse: impl FnOnce(&str, Option<crate::config::Secret>) -> Result<U, String>,
+    parse: impl FnOnce(&str, Option<crate::secret::Secret>) -> Result<U, String>,
     engine: &str,
     required: &str,
 ) -> Option<U> {

@@ -5,7 +5,7 @@
 
 use std::fmt;
 
-use crate::config::Secret;
+use crate::secret::Secret;
 
 /// What an engine accepts as its URL.
 #[derive(Debug, Clone, Copy)]

@@ -35,7 +35,7 @@ pub fn path_for(dir: &Path, key: &str) -> Option<PathBuf> {
 impl Cached {
     async fn download(&self, key: &str, path: &Path) -> Result<(), StorageError> {
         let io = |what: &str, e: std::io::Error| {
-            StorageError::Io(format!("{what} {}: {e}", path.display()))
+            StorageError::Io(format!("{what} {}: {e}", path.display()).into()).caused_by(e)
         };
         if let Some(parent) = path.parent() {
             tokio::fs::create_dir_all(parent)
@@ -49,9 +49,9 @@ impl Cached {
             let mut f = tokio::fs::File::create(&tmp)
                 .await
                 .map_err(|e| io("cannot create", e))?;
-            tokio::io::copy(&mut r, &mut f)
-                .await
-                .map_err(|e| StorageError::Io(format!("downloading {key}: {e}")))?;
+            tokio::io::copy(&mut r, &mut f).await.map_err(|e| {
+                StorageError::Io(format!("downloading {key}: {e}").into()).caused_by(e)
+            })?;
             f.flush().await.map_err(|e| io("cannot write", e))?;
             f.sync_all().await.map_err(|e| io("cannot write", e))?;
             tokio::fs::rename(&tmp, path)
@@ -129,17 +129,16 @@ impl Storage for Cached {
 
     async fn get(&self, key: &str) -> Result<ObjectReader, StorageError> {
         let Some(path) = path_for(&self.dir, key) else {
-            return Err(StorageError::Io(format!(
-                "key {key:?} cannot be kept under {}",
-                self.dir.display()
-            )));
+            return Err(StorageError::Io(
+                format!("key {key:?} cannot be kept under {}", self.dir.display()).into(),
+            ));
         };
         if tokio::fs::metadata(&path).await.is_err() {
             self.download(key, &path).await?;
         }
-        let f = tokio::fs::File::open(&path)
-            .await
-            .map_err(|e| StorageError::Io(format!("cannot open {}: {e}", path.display())))?;
+        let f = tokio::fs::File::open(&path).await.map_err(|e| {
+            StorageError::Io(format!("cannot open {}: {e}", path.display()).into()).caused_by(e)
+        })?;
         Ok(Box::new(f))
     }
 

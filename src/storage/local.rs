@@ -27,21 +27,22 @@ impl LocalStorage {
     /// Keys come from manifests and indexes, which whoever can write here can forge: one
     /// that could leave the root (absolute, "..") is refused before it becomes a path.
     fn path(&self, key: &str) -> Result<PathBuf, StorageError> {
-        crate::layout::check_key(key).map_err(StorageError::Denied)?;
+        super::check_key(key).map_err(|why| StorageError::Denied(why.into()))?;
         Ok(self.root.join(key))
     }
 
     fn io_err(&self, what: &str, path: &Path, e: std::io::Error) -> StorageError {
-        let reason = crate::config::io_reason(&e);
-        match e.kind() {
+        let reason = crate::units::io_reason(&e);
+        let err = match e.kind() {
             std::io::ErrorKind::NotFound => {
-                StorageError::NotFound(format!("{what} {path:?}: {reason}"))
+                StorageError::NotFound(format!("{what} {path:?}: {reason}").into())
             }
             std::io::ErrorKind::PermissionDenied => StorageError::Denied(format!(
                 "{what} {path:?}: {reason}; the volume must be writable by the user stowage runs as"
-            )),
-            _ => StorageError::Io(format!("{what} {path:?}: {reason}")),
-        }
+            ).into()),
+            _ => StorageError::Io(format!("{what} {path:?}: {reason}").into()),
+        };
+        err.caused_by(e)
     }
 
     async fn write_partial(
@@ -356,5 +357,28 @@ impl Storage for LocalStorage {
             self.prune_empty_dirs(&dir.join("_")).await;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A failure keeps its kind and the I/O error under it; the message stays one line that
+    /// names the path.
+    #[tokio::test]
+    async fn a_missing_object_is_not_found_with_the_io_error_as_its_source() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let st = LocalStorage::new(dir.path().to_path_buf());
+        let Err(e) = st.get("job/missing").await else {
+            panic!("a missing object was read");
+        };
+        assert!(matches!(e, StorageError::NotFound(_)), "{e:?}");
+        assert!(e.to_string().contains("job/missing"), "{e}");
+        let source = std::error::Error::source(&e).expect("the io error is kept");
+        let io = source
+            .downcast_ref::<std::io::Error>()
+            .expect("an io::Error");
+        assert_eq!(io.kind(), std::io::ErrorKind::NotFound);
     }
 }

@@ -54,21 +54,117 @@ pub enum Retrieval {
     Retrieved,
 }
 
+/// What a storage failure says (one line naming the key or bucket and what to check), and
+/// the error underneath when there is one (the I/O error, the S3 SDK's), kept as its
+/// `source` so a caller can walk to it.
+#[derive(Debug)]
+pub struct Failure {
+    message: String,
+    cause: Option<Box<dyn std::error::Error + Send + Sync>>,
+}
+
+impl Failure {
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Failure {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.cause
+            .as_deref()
+            .map(|c| c as &(dyn std::error::Error + 'static))
+    }
+}
+
+impl From<String> for Failure {
+    fn from(message: String) -> Failure {
+        Failure {
+            message,
+            cause: None,
+        }
+    }
+}
+
+impl From<&str> for Failure {
+    fn from(message: &str) -> Failure {
+        message.to_string().into()
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
-    #[error("{0}")]
-    Unreachable(String),
-    #[error("{0}")]
-    Denied(String),
-    #[error("{0}")]
-    NotFound(String),
-    #[error("{0}")]
-    Io(String),
+    #[error(transparent)]
+    Unreachable(Failure),
+    #[error(transparent)]
+    Denied(Failure),
+    #[error(transparent)]
+    NotFound(Failure),
+    #[error(transparent)]
+    Io(Failure),
     #[error("upload abandoned: the data stream ended early")]
     Abandoned,
     /// An object in an archive class that has not been retrieved.
-    #[error("{0}")]
-    NotRetrieved(String),
+    #[error(transparent)]
+    NotRetrieved(Failure),
+}
+
+impl StorageError {
+    /// The same failure, with the error that caused it as its source (the message already
+    /// says what it needs of it).
+    pub fn caused_by(mut self, cause: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
+        match &mut self {
+            StorageError::Unreachable(f)
+            | StorageError::Denied(f)
+            | StorageError::NotFound(f)
+            | StorageError::Io(f)
+            | StorageError::NotRetrieved(f) => f.cause = Some(cause.into()),
+            StorageError::Abandoned => {}
+        }
+        self
+    }
+}
+
+/// Why a key or path read from a manifest or an index is refused.
+pub(crate) fn bad_part(s: &str) -> Option<&'static str> {
+    if s.is_empty() {
+        return Some("it is empty");
+    }
+    if s.contains('\0') {
+        return Some("it contains a NUL byte");
+    }
+    if s.starts_with('/') {
+        return Some("it is absolute");
+    }
+    for part in s.split('/') {
+        match part {
+            "" => return Some("it has an empty part (\"//\" or a trailing \"/\")"),
+            "." => return Some("it has a \".\" part"),
+            ".." => return Some("it has a \"..\" part"),
+            _ => {}
+        }
+    }
+    None
+}
+
+/// A storage key as every storage takes it: relative to the destination's root, '/'
+/// separated, with no part that could leave the root once a local destination turns it
+/// into a path (no absolute key, no "..", no empty or "." part, no NUL). Keys come from
+/// manifests and indexes, which whoever can write to a destination can forge.
+pub fn check_key(key: &str) -> Result<(), String> {
+    match bad_part(key) {
+        None => Ok(()),
+        Some(why) => Err(format!(
+            "refusing object key \"{}\": {why}; keys are relative to the destination's root",
+            key.escape_debug()
+        )),
+    }
 }
 
 #[async_trait]
@@ -144,7 +240,7 @@ pub trait Storage: Send + Sync {
         let mut buf = Vec::new();
         r.read_to_end(&mut buf)
             .await
-            .map_err(|e| StorageError::Io(format!("reading {key}: {e}")))?;
+            .map_err(|e| StorageError::Io(format!("reading {key}: {e}").into()).caused_by(e))?;
         Ok(Bytes::from(buf))
     }
 

@@ -118,22 +118,23 @@ impl S3Storage {
         E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
     {
         let bucket = &self.cfg.bucket;
-        match &err {
-            SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) => {
-                StorageError::Unreachable(format!(
+        let e = match &err {
+            SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) => StorageError::Unreachable(
+                format!(
                     "{what}: cannot reach {} ({}); check the endpoint and the network",
                     self.endpoint(),
                     root_cause(&err)
-                ))
-            }
+                )
+                .into(),
+            ),
             SdkError::ConstructionFailure(_) => {
                 let cause = root_cause(&err);
                 if cause.to_lowercase().contains("credential") {
                     StorageError::Denied(format!(
                         "{what}: no AWS credentials found ({cause}); set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, mount ~/.aws/credentials, or set access_key_id and secret_access_key_file"
-                    ))
+                    ).into())
                 } else {
-                    StorageError::Io(format!("{what}: {cause}"))
+                    StorageError::Io(format!("{what}: {cause}").into())
                 }
             }
             SdkError::ServiceError(se) => {
@@ -154,31 +155,32 @@ impl S3Storage {
                             .storage_class
                             .filter(|c| c.needs_retrieval())
                             .map_or("an archive storage class", |c| c.as_str())
-                    )),
+                    ).into()),
                     403 | 401 => StorageError::Denied(format!(
                         "{what}: access denied to bucket \"{bucket}\" ({detail}); check the credentials and the bucket policy"
-                    )),
+                    ).into()),
                     404 if code == "NoSuchBucket" || code.is_empty() || code == "NotFound" => {
                         StorageError::NotFound(format!(
                             "{what}: bucket \"{bucket}\" does not exist at {} ({detail}); create it or fix the bucket name",
                             self.endpoint()
-                        ))
+                        ).into())
                     }
-                    404 => StorageError::NotFound(format!("{what}: not found ({detail})")),
+                    404 => StorageError::NotFound(format!("{what}: not found ({detail})").into()),
                     301 => StorageError::Io(format!(
                         "{what}: bucket \"{bucket}\" is in another region ({detail}); set region to the bucket's region"
-                    )),
+                    ).into()),
                     // The SDK has retried it already: the store is down or overloaded
                     // (501 is a store that lacks the operation, not one that is down).
                     500 | 502..=599 => StorageError::Unreachable(format!(
                         "{what}: {} answered {detail}, and again on retries; the store is down or overloaded",
                         self.endpoint()
-                    )),
-                    _ => StorageError::Io(format!("{what}: {detail} ({})", root_cause(&err))),
+                    ).into()),
+                    _ => StorageError::Io(format!("{what}: {detail} ({})", root_cause(&err)).into()),
                 }
             }
-            _ => StorageError::Io(format!("{what}: {}", root_cause(&err))),
-        }
+            _ => StorageError::Io(format!("{what}: {}", root_cause(&err)).into()),
+        };
+        e.caused_by(err)
     }
 
     /// HEAD of `full` (a full key): its storage class and retrieval status.
@@ -306,8 +308,8 @@ impl S3Storage {
                     if cut > max_parts {
                         return Err(StorageError::Io(format!(
                             "{key}: the object outgrew {max_parts} parts of up to {} each; raise part_size",
-                            crate::pipeline::human_bytes(size as u64)
-                        )));
+                            crate::units::human_bytes(size as u64)
+                        ).into()));
                     }
                     pending.extend(parts);
                 }
@@ -471,7 +473,7 @@ fn push(buf: &mut BytesMut, mut data: &[u8], part_size: usize) -> Vec<Bytes> {
 fn flatten(
     r: Result<Result<CompletedPart, StorageError>, tokio::task::JoinError>,
 ) -> Result<CompletedPart, StorageError> {
-    r.map_err(|e| StorageError::Io(format!("part upload task failed: {e}")))?
+    r.map_err(|e| StorageError::Io(format!("part upload task failed: {e}").into()).caused_by(e))?
 }
 
 async fn join_one(
@@ -501,10 +503,8 @@ async fn upload_part(
         .send()
         .await
         .map_err(|e| {
-            StorageError::Io(format!(
-                "uploading part {number} of {key}: {}",
-                root_cause(&e)
-            ))
+            StorageError::Io(format!("uploading part {number} of {key}: {}", root_cause(&e)).into())
+                .caused_by(e)
         })?;
     Ok(CompletedPart::builder()
         .part_number(number)
@@ -673,18 +673,18 @@ impl Storage for S3Storage {
         {
             Ok(out) => out,
             // Name the object's own class (the config may not say, or say another).
-            Err(StorageError::NotRetrieved(why)) => {
+            Err(StorageError::NotRetrieved(mut why)) => {
                 let class = self
                     .head(&full)
                     .await
                     .ok()
                     .and_then(|h| h.storage_class().map(|c| c.as_str().to_string()));
-                return Err(StorageError::NotRetrieved(match class {
-                    Some(c) => format!(
+                if let Some(c) = class {
+                    why.message = format!(
                         "downloading {full}: the object is in {c} and has not been retrieved; {RETRIEVE_HINT}"
-                    ),
-                    None => why,
-                }));
+                    );
+                }
+                return Err(StorageError::NotRetrieved(why));
             }
             Err(e) => return Err(e),
         };
@@ -735,7 +735,9 @@ impl Storage for S3Storage {
         let params = GlacierJobParameters::builder()
             .tier(Tier::from(tier.as_str()))
             .build()
-            .map_err(|e| StorageError::Io(format!("retrieval request for {full}: {e}")))?;
+            .map_err(|e| {
+                StorageError::Io(format!("retrieval request for {full}: {e}").into()).caused_by(e)
+            })?;
         let request = RestoreRequest::builder()
             .days(i32::try_from(days).unwrap_or(i32::MAX))
             .glacier_job_parameters(params)
@@ -830,12 +832,16 @@ impl Storage for S3Storage {
                 .iter()
                 .map(|k| ObjectIdentifier::builder().key(self.full_key(k)).build())
                 .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| StorageError::Io(format!("building delete request: {e}")))?;
+                .map_err(|e| {
+                    StorageError::Io(format!("building delete request: {e}").into()).caused_by(e)
+                })?;
             let delete = Delete::builder()
                 .set_objects(Some(ids))
                 .quiet(true)
                 .build()
-                .map_err(|e| StorageError::Io(format!("building delete request: {e}")))?;
+                .map_err(|e| {
+                    StorageError::Io(format!("building delete request: {e}").into()).caused_by(e)
+                })?;
             let out = self
                 .client
                 .delete_objects()
@@ -845,12 +851,15 @@ impl Storage for S3Storage {
                 .await
                 .map_err(|e| self.map_err("deleting", e))?;
             if let Some(first) = out.errors().first() {
-                return Err(StorageError::Io(format!(
-                    "deleting {}: {} {}",
-                    first.key().unwrap_or("?"),
-                    first.code().unwrap_or(""),
-                    first.message().unwrap_or("")
-                )));
+                return Err(StorageError::Io(
+                    format!(
+                        "deleting {}: {} {}",
+                        first.key().unwrap_or("?"),
+                        first.code().unwrap_or(""),
+                        first.message().unwrap_or("")
+                    )
+                    .into(),
+                ));
             }
         }
         Ok(())

@@ -31,7 +31,8 @@ use super::{
     Archive, Database, Dump, DumpInfo, Engine, RestoreOptions, SourceError, drain_stderr, feed,
     wait_child,
 };
-use crate::config::{Priority, Secret, Section};
+use crate::config::{Priority, Section};
+use crate::secret::Secret;
 
 const URL: UrlSpec = UrlSpec {
     engine: "mariadb",

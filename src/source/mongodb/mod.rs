@@ -52,7 +52,8 @@ use super::{
     Archive, Database, Dump, DumpInfo, Engine, RestoreOptions, SourceError, describe_status,
     drain_stderr, feed, spawn_error, tool_command,
 };
-use crate::config::{Priority, Secret, Section};
+use crate::config::{Priority, Section};
+use crate::secret::Secret;
 
 const INSTALL_HINT: &str =
     "install the MongoDB Database Tools (mongodump, mongorestore) 100.3 or newer";

@@ -8,7 +8,7 @@ use std::fmt;
 
 use percent_encoding::{AsciiSet, CONTROLS, percent_decode_str, utf8_percent_encode};
 
-use crate::config::Secret;
+use crate::secret::Secret;
 
 pub const EXAMPLE: &str = "mongodb://user@host:27017/dbname";
 

@@ -1340,7 +1340,7 @@ impl PostgresSource {
             return Ok(true);
         }
         // A new, empty database stays if the restore is then stopped.
-        crate::restore::commit_point();
+        crate::engine::commit_point();
         self.query(&admin, &[&format!("create database {}", quote_ident(&name))])
             .await
             .map_err(|e| with_connect_hint(e, &admin))?;
@@ -1472,7 +1472,7 @@ impl PostgresSource {
         };
         let (fed, (pumped, generated)) = tokio::join!(fed, pump);
         if let (Ok(true), Ok(held), Ok(())) = (&fed, &pumped, &generated) {
-            crate::restore::commit_point();
+            crate::engine::commit_point();
             // Checked: the rest of the SQL (with pg_restore's COMMIT) and our own.
             // A failed write shows in psql's exit status below.
             let _ = async {

@@ -25,9 +25,10 @@ use super::{
     Archive, Database, Dump, DumpInfo, Engine, RestoreOptions, SourceError, describe_status,
     drain_stderr, spawn_error, tool_command,
 };
-use crate::config::{Priority, Secret, Section};
+use crate::config::{Priority, Section};
+use crate::secret::Secret;
 use crate::engine::ArchiveCheck;
-use crate::pipeline::human_bytes;
+use crate::units::human_bytes;
 
 const URL: UrlSpec = UrlSpec {
     engine: "redis",
@@ -617,7 +618,7 @@ impl Database for RedisSource {
         let target = path.clone();
         let dir_for_sync = dir.clone();
         // The rename runs on even if the restore is stopped while it waits for it.
-        crate::restore::commit_point();
+        crate::engine::commit_point();
         tokio::task::spawn_blocking(move || -> io::Result<()> {
             temp.persist(&target).map_err(|e| e.error)?;
             // The rename is durable only once the directory is.

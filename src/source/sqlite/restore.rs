@@ -26,7 +26,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::{header, sql_error, tables};
 use crate::engine::{Archive, RestoreOptions, SourceError};
-use crate::pipeline::human_bytes;
+use crate::units::human_bytes;
 
 /// How long the check that no one uses a file to be replaced waits for a lock.
 const PROBE_WAIT: Duration = Duration::from_secs(2);
