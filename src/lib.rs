@@ -35,3 +35,4 @@ pub mod status;
 pub mod storage;
 pub mod ticker;
 pub mod verify;
+pub mod zone;
