@@ -585,7 +585,7 @@ fn arm(
         ctx.armed.notify_one();
         let when = format!(
             "{} ({})",
-            next.with_timezone(&schedule.tz())
+            next.with_timezone(schedule.tz())
                 .format("%Y-%m-%d %H:%M:%S %Z"),
             next.format("%Y-%m-%dT%H:%M:%SZ")
         );

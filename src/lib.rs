@@ -38,3 +38,4 @@ pub mod storage;
 pub mod ticker;
 pub mod units;
 pub mod verify;
+pub mod zone;

@@ -40,8 +40,8 @@
 //!   [`hold_minimum`] and [`hold_locked`] then add `min_storage` / `locked`
 //!   to a backup the rules would remove.
 
+use crate::zone::Zone;
 use chrono::{DateTime, Datelike, Offset, TimeDelta, Timelike, Utc};
-use chrono_tz::Tz;
 
 /// Policy for one destination. All None = keep everything.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
@@ -137,8 +137,8 @@ enum Period {
 type BucketKey = (i32, u32, u32, i32);
 
 impl Period {
-    fn key(self, t: DateTime<Utc>, tz: Tz) -> BucketKey {
-        let local = t.with_timezone(&tz);
+    fn key(self, t: DateTime<Utc>, tz: &Zone) -> BucketKey {
+        let local = t.with_timezone(tz);
         match self {
             Period::Hour => (
                 local.year(),
@@ -162,7 +162,7 @@ impl Period {
 pub fn apply(
     backups: &[(String, DateTime<Utc>)],
     policy: &RetentionPolicy,
-    tz: Tz,
+    tz: &Zone,
     now: DateTime<Utc>,
 ) -> Vec<Decision> {
     let mut decisions: Vec<Decision> = backups
@@ -283,7 +283,7 @@ pub fn horizon(policy: &RetentionPolicy, gap: TimeDelta) -> Option<TimeDelta> {
 pub fn decide(
     backups: &[(String, DateTime<Utc>)],
     policy: &RetentionPolicy,
-    tz: Tz,
+    tz: &Zone,
     min_storage: Option<TimeDelta>,
     now: DateTime<Utc>,
 ) -> Vec<Decision> {
@@ -341,8 +341,11 @@ mod tests {
     use std::time::Duration;
 
     const NOW: &str = "2025-06-15T12:00:00Z";
-    const STO: Tz = chrono_tz::Europe::Stockholm;
-    const UTC: Tz = chrono_tz::UTC;
+    const UTC: Zone = Zone::UTC;
+
+    fn sto() -> Zone {
+        Zone::get("Europe/Stockholm").unwrap()
+    }
 
     fn ts(s: &str) -> DateTime<Utc> {
         DateTime::parse_from_rfc3339(s)
@@ -384,7 +387,7 @@ mod tests {
             (180, 180),
         ];
         for (days, n) in table {
-            let mut ds = apply(&list, &policy, UTC, now());
+            let mut ds = apply(&list, &policy, &UTC, now());
             hold_minimum(&mut ds, TimeDelta::days(days), now());
             assert_eq!(ds.iter().filter(|d| d.keep).count(), n, "{days} days");
             // The oldest held one is just younger than the minimum; the rules' reasons
@@ -400,7 +403,7 @@ mod tests {
             ("at", "2025-03-17T12:00:00Z"),
             ("under", "2025-03-17T12:00:01Z"),
         ]);
-        let mut ds = apply(&edge, &policy_last(1), UTC, now());
+        let mut ds = apply(&edge, &policy_last(1), &UTC, now());
         hold_minimum(&mut ds, TimeDelta::days(90), now());
         assert_eq!(kept(&ds), set(&["new", "under"]));
     }
@@ -440,7 +443,7 @@ mod tests {
                 .iter()
                 .map(|(id, t)| (id.to_string(), ts(t)))
                 .collect();
-            let mut ds = decide(&list, &policy_last(1), UTC, None, now());
+            let mut ds = decide(&list, &policy_last(1), &UTC, None, now());
             hold_locked(&mut ds, &locks, now());
             assert_eq!(kept(&ds), set(want_kept), "{locks:?}");
             let held: Vec<&str> = ds
@@ -458,7 +461,13 @@ mod tests {
             }
         }
         // Held by a minimum storage duration already: the lock is noted, not a second reason.
-        let mut ds = decide(&list, &policy_last(1), UTC, Some(TimeDelta::days(7)), now());
+        let mut ds = decide(
+            &list,
+            &policy_last(1),
+            &UTC,
+            Some(TimeDelta::days(7)),
+            now(),
+        );
         hold_locked(&mut ds, &[("b".into(), ts("2025-06-20T00:00:00Z"))], now());
         let b = ds.iter().find(|d| d.id == "b").map(|d| d.reasons.clone());
         assert_eq!(b, Some(vec!["min_storage"]));
@@ -550,7 +559,7 @@ mod tests {
 
     struct Case {
         name: &'static str,
-        tz: Tz,
+        tz: Zone,
         policy: RetentionPolicy,
         backups: Vec<(String, DateTime<Utc>)>,
         kept: &'static [&'static str],
@@ -776,7 +785,7 @@ mod tests {
             // 22:30Z is 00:30 next day in Stockholm (CEST, +2), 21:30Z is 23:30 same day.
             Case {
                 name: "daily bucket uses local day (Stockholm)",
-                tz: STO,
+                tz: sto(),
                 policy: RetentionPolicy {
                     keep_daily: Some(2),
                     ..p()
@@ -807,7 +816,7 @@ mod tests {
             // Sunday 2025-06-08 22:30Z is Monday 00:30 local: a new ISO week.
             Case {
                 name: "weekly bucket uses local week (Stockholm)",
-                tz: STO,
+                tz: sto(),
                 policy: RetentionPolicy {
                     keep_weekly: Some(2),
                     ..p()
@@ -840,7 +849,7 @@ mod tests {
             // 02:xx happens twice. They are two real hours and two buckets.
             Case {
                 name: "hourly across DST end (Stockholm)",
-                tz: STO,
+                tz: sto(),
                 policy: RetentionPolicy {
                     keep_hourly: Some(3),
                     ..p()
@@ -858,7 +867,7 @@ mod tests {
             // The 25-hour local day 2024-10-27 is one daily bucket.
             Case {
                 name: "daily on 25h DST-end day (Stockholm)",
-                tz: STO,
+                tz: sto(),
                 policy: RetentionPolicy {
                     keep_daily: Some(3),
                     ..p()
@@ -874,7 +883,7 @@ mod tests {
             // DST starts 2025-03-30 01:00Z; the 23-hour local day is one bucket.
             Case {
                 name: "daily on 23h DST-start day (Stockholm)",
-                tz: STO,
+                tz: sto(),
                 policy: RetentionPolicy {
                     keep_daily: Some(3),
                     ..p()
@@ -931,7 +940,7 @@ mod tests {
     #[test]
     fn table() {
         for case in cases() {
-            let ds = apply(&case.backups, &case.policy, case.tz, now());
+            let ds = apply(&case.backups, &case.policy, &case.tz, now());
             check_invariants(&case.backups, &ds, case.name);
             assert_eq!(kept(&ds), set(case.kept), "case: {}", case.name);
         }
@@ -942,8 +951,8 @@ mod tests {
         for case in cases() {
             let mut reversed = case.backups.clone();
             reversed.reverse();
-            let a = apply(&case.backups, &case.policy, case.tz, now());
-            let b = apply(&reversed, &case.policy, case.tz, now());
+            let a = apply(&case.backups, &case.policy, &case.tz, now());
+            let b = apply(&reversed, &case.policy, &case.tz, now());
             assert_eq!(a, b, "case: {}", case.name);
         }
     }
@@ -962,7 +971,7 @@ mod tests {
             },
         ];
         for p in &policies {
-            assert!(apply(&[], p, UTC, now()).is_empty(), "{}", p.describe());
+            assert!(apply(&[], p, &UTC, now()).is_empty(), "{}", p.describe());
         }
     }
 
@@ -976,7 +985,7 @@ mod tests {
             keep_monthly: Some(6),
             ..Default::default()
         };
-        let ds = apply(&input, &policy, STO, now());
+        let ds = apply(&input, &policy, &sto(), now());
         assert_eq!(ds.iter().filter(|d| d.keep).count(), 15);
         assert_eq!(
             reasons_of(&ds, "b-2025-06-15"),
@@ -1000,7 +1009,7 @@ mod tests {
             ("z", "2025-06-13T10:00:00Z"),
             ("b", "2025-06-15T10:00:00Z"),
         ]);
-        let ds = apply(&input, &RetentionPolicy::default(), UTC, now());
+        let ds = apply(&input, &RetentionPolicy::default(), &UTC, now());
         let order: Vec<&str> = ds.iter().map(|d| d.id.as_str()).collect();
         assert_eq!(order, ["b", "a", "m", "z"]);
     }
@@ -1012,19 +1021,19 @@ mod tests {
             ("a", "2025-06-15T10:00:00Z"),
             ("b", "2025-06-14T10:00:00Z"),
         ]);
-        let all = apply(&input, &RetentionPolicy::default(), UTC, now());
+        let all = apply(&input, &RetentionPolicy::default(), &UTC, now());
         assert!(all.iter().all(|d| d.reasons == ["all"]));
 
         let none = RetentionPolicy {
             keep_last: Some(0),
             ..Default::default()
         };
-        let ds = apply(&input, &none, UTC, now());
+        let ds = apply(&input, &none, &UTC, now());
         assert_eq!(reasons_of(&ds, "future"), ["future"]);
         assert_eq!(reasons_of(&ds, "a"), ["newest"]);
         assert!(reasons_of(&ds, "b").is_empty());
 
-        let ds = apply(&input[1..], &none, UTC, now());
+        let ds = apply(&input[1..], &none, &UTC, now());
         assert_eq!(reasons_of(&ds, "a"), ["newest"]);
 
         let within = RetentionPolicy {
@@ -1032,7 +1041,7 @@ mod tests {
             max_age: Some(Duration::from_secs(86400)),
             ..Default::default()
         };
-        let ds = apply(&input, &within, UTC, now());
+        let ds = apply(&input, &within, &UTC, now());
         assert_eq!(reasons_of(&ds, "a"), ["last", "max_age"]);
         assert!(reasons_of(&ds, "b").is_empty());
     }
@@ -1044,7 +1053,7 @@ mod tests {
             max_age: Some(Duration::from_secs(u64::MAX)),
             ..Default::default()
         };
-        let ds = apply(&input, &policy, UTC, now());
+        let ds = apply(&input, &policy, &UTC, now());
         assert_eq!(kept(&ds), set(&["a", "b"]));
     }
 

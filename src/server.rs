@@ -811,8 +811,8 @@ fn job_section(
 }
 
 /// "2026-12-02 03:00 CET"
-fn local(t: chrono::DateTime<Utc>, tz: chrono_tz::Tz) -> String {
-    t.with_timezone(&tz).format("%Y-%m-%d %H:%M %Z").to_string()
+fn local(t: chrono::DateTime<Utc>, tz: &crate::zone::Zone) -> String {
+    t.with_timezone(tz).format("%Y-%m-%d %H:%M %Z").to_string()
 }
 
 /// "3 h ago", "2 days ago"

@@ -71,7 +71,7 @@ struct Shelf {
     destination: String,
     location: String,
     job: String,
-    tz: chrono_tz::Tz,
+    tz: crate::zone::Zone,
     /// Published backups, newest first (with `holding`: those that hold it, and those whose
     /// manifest could not be read); or why the destination could not be listed.
     backups: Result<Listed, String>,
@@ -170,7 +170,7 @@ async fn collect(config: &Config, only_job: Option<&str>, holding: Option<&str>)
                 destination: dest.name.clone(),
                 location: st.location(),
                 job: job.name.clone(),
-                tz: job.schedule.tz(),
+                tz: job.schedule.tz().clone(),
                 backups,
             });
         }
@@ -215,7 +215,7 @@ fn to_text(shelves: &[Shelf], holding: Option<&str>) -> String {
         if listed.rows.is_empty() {
             continue;
         }
-        let tz = shelf.tz;
+        let tz = &shelf.tz;
         let _ = writeln!(
             out,
             "    {:<22}  {:<25}  {:>10}  SOURCES",
@@ -226,7 +226,7 @@ fn to_text(shelves: &[Shelf], holding: Option<&str>) -> String {
         for row in &listed.rows {
             let local = row
                 .time
-                .with_timezone(&tz)
+                .with_timezone(tz)
                 .format("%Y-%m-%d %H:%M:%S %Z")
                 .to_string();
             match &row.manifest {
@@ -617,7 +617,7 @@ mod tests {
             destination: "local".into(),
             location: "/backups".into(),
             job: "app".into(),
-            tz: chrono_tz::Tz::UTC,
+            tz: crate::zone::Zone::UTC,
             backups: Ok(Listed {
                 published: 2,
                 rows: vec![

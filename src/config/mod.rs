@@ -10,8 +10,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+use crate::zone::Zone;
 use chrono::{DateTime, TimeDelta, Utc};
-use chrono_tz::Tz;
 use figment::Figment;
 use figment::providers::{Env, Format, Toml, Yaml};
 
@@ -204,7 +204,7 @@ impl fmt::Debug for StaticCredentials {
 fn heal_config(
     key: &str,
     raw: &raw::RawHeal,
-    tz: Tz,
+    tz: Zone,
     sources: &[SourceConfig],
     problems: &mut Vec<String>,
 ) -> Option<Heal> {
@@ -401,7 +401,7 @@ fn encryption_config(
 fn drill_config(
     key: &str,
     raw: &raw::RawDrill,
-    tz: Tz,
+    tz: Zone,
     sources: &[SourceConfig],
     problems: &mut Vec<String>,
 ) -> Option<Drill> {
@@ -1626,14 +1626,14 @@ fn validate(path: &Path, raw: raw::RawConfig) -> Result<Config, Vec<String>> {
         if !valid_name(&name) {
             problems.push(format!("{key}: invalid job name \"{name}\": {NAME_RULE}"));
         }
-        let tz: Option<Tz> = match parse_timezone(&j.timezone) {
-            Ok(tz) => Some(tz),
+        let tz: Zone = match parse_timezone(&j.timezone) {
+            Ok(tz) => tz,
             Err(e) => {
                 problems.push(format!("{key}.timezone: {e}"));
-                None
+                Zone::UTC
             }
         };
-        let schedule = match Schedule::parse(&j.schedule, tz.unwrap_or(Tz::UTC)) {
+        let schedule = match Schedule::parse(&j.schedule, tz.clone()) {
             Ok(s) => Some(s),
             Err(e) => {
                 problems.push(format!("{key}.schedule: {e}"));
@@ -1853,9 +1853,9 @@ fn validate(path: &Path, raw: raw::RawConfig) -> Result<Config, Vec<String>> {
         let heal = j
             .heal
             .as_ref()
-            .and_then(|h| heal_config(&key, h, tz.unwrap_or(Tz::UTC), &sources, &mut problems));
+            .and_then(|h| heal_config(&key, h, tz.clone(), &sources, &mut problems));
         let verify = j.verify.as_ref().and_then(|v| {
-            Schedule::parse(&v.schedule, tz.unwrap_or(Tz::UTC))
+            Schedule::parse(&v.schedule, tz.clone())
                 .map_err(|e| {
                     // The short form's key is `verify`, the table's `verify.schedule`.
                     let at = if v.table { ".schedule" } else { "" };
@@ -1877,7 +1877,7 @@ fn validate(path: &Path, raw: raw::RawConfig) -> Result<Config, Vec<String>> {
         let drill = j
             .drill
             .as_ref()
-            .and_then(|d| drill_config(&key, d, tz.unwrap_or(Tz::UTC), &sources, &mut problems));
+            .and_then(|d| drill_config(&key, d, tz.clone(), &sources, &mut problems));
         if let Some(e) = &encryption
             && e.keys.is_none()
         {
