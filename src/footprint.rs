@@ -147,4 +147,27 @@ mod tests {
             libc::munmap(p, page * pages);
         }
     }
+
+    /// Run alone (`cargo test --lib footprint::tests::large`): the threshold is the
+    /// process's, and another test's frees move glibc's own.
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    #[test]
+    fn large_blocks_stay_mapped_after_a_larger_one_was_freed() {
+        fn mapped() -> usize {
+            // SAFETY: mallinfo2 only reads the allocator's counters.
+            unsafe { libc::mallinfo2().hblkhd }
+        }
+        super::map_large_blocks();
+        // With glibc's moving threshold, freeing this raises it to 8 MiB, and the parts
+        // that follow come from the heap.
+        drop(std::hint::black_box(vec![1u8; 8 << 20]));
+        let before = mapped();
+        let part = std::hint::black_box(vec![1u8; 2 << 20]);
+        let during = mapped();
+        drop(part);
+        assert!(
+            during >= before + (2 << 20),
+            "a 2 MiB block came from the heap ({before} then {during} bytes mapped)"
+        );
+    }
 }
