@@ -415,7 +415,7 @@ wait_idle() {
 # timeout on a FIFO nobody writes: no fork per sample, so it steals next to no CPU from
 # what it measures.
 sample_hwm() {
-    local pid="$1" out="$2" own=0 kids=0 k v kid kids_list zombie st t ticks=0
+    local pid="$1" out="$2" own=0 anon=0 kids=0 k v kid kids_list zombie st t ticks=0
     local -a f
     local -A kt=()
     while [[ -e "/proc/$pid/status" ]]; do
@@ -423,7 +423,8 @@ sample_hwm() {
         while read -r k v _; do
             case "$k" in
                 State:) [[ "$v" == Z ]] && zombie=1 ;;
-                VmHWM:) (( v > own )) && own=$v; break ;;
+                VmHWM:) (( v > own )) && own=$v ;;
+                RssAnon:) (( v > anon )) && anon=$v; break ;;
             esac
         done 2>/dev/null <"/proc/$pid/status" || true
         (( zombie )) && break
@@ -443,7 +444,7 @@ sample_hwm() {
         read -r -t 0.1 -u "$PAUSE_FD" _ || true
     done
     for t in "${kt[@]}"; do ticks=$(( ticks + t )); done
-    echo "$own $kids $ticks" >"$out"
+    echo "$own $kids $ticks $anon" >"$out"
 }
 
 write_config() { # file compression prefix url [age-recipient: adds encryption to the job]
@@ -862,6 +863,8 @@ def load(kind, r):
                  dump_bytes=sum(s["raw_size"] for s in man["sources"]))
         if len(hwm) > 2:  # the pg_dump child's ticks as last sampled (<= 0.1 s short)
             m.update(pg_dump_cpu_s=hwm[2] / hz, stowage_own_cpu_s=m["cpu_s"] - hwm[2] / hz)
+        if len(hwm) > 3:  # RssAnon's highest sample (every 0.1 s): the part a cgroup keeps
+            m["peak_anon_mib"] = hwm[3] / 1024
         m["encryption"] = man.get("encryption")
         m["object_key"] = read(f"{d}/object_key")  # checked by check_stored: .age (f) or not
     elif kind == "ref":
@@ -936,6 +939,8 @@ def pick_run(kind):
                         for x in runs]
     best["max_peak_rss_mib"] = max(x["peak_rss_mib"] for x in runs)
     best["min_peak_rss_mib"] = min(x["peak_rss_mib"] for x in runs)
+    if all("peak_anon_mib" in x for x in runs):
+        best["max_peak_anon_mib"] = max(x["peak_anon_mib"] for x in runs)
     return {k: (round(v, 3) if isinstance(v, float) else v) for k, v in best.items()}
 
 def wall_ratio(num, den, key="wall_s"):
@@ -1117,6 +1122,9 @@ if "zstd" in M:
     print(f"    stowage detail: RSS is stowage's own peak (worst run {z['max_peak_rss_mib']:.1f} MiB); its pg_dump child peaked at "
           f"{z['pg_dump_peak_rss_mib']:.1f} MiB; cpu s includes that child"
           + (f" (stowage {z['stowage_own_cpu_s']:.2f} + pg_dump {z['pg_dump_cpu_s']:.2f})" if "stowage_own_cpu_s" in z else ""))
+    if "max_peak_anon_mib" in z:
+        print(f"    stowage peak anonymous memory (RssAnon, sampled every 0.1 s; the rest of its RSS is the binary's and "
+              f"libraries' file pages): worst run {z['max_peak_anon_mib']:.1f} MiB")
 if "age" in M and "zstd" in M:
     fa = M["age"]
     print(f"    zstd+age stored {fa['object_key'].rsplit('/', 1)[-1]} (age header and manifest \"encryption\": "

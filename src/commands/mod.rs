@@ -338,6 +338,7 @@ impl Scope {
 }
 
 pub fn run(cli: Cli) -> i32 {
+    crate::footprint::map_large_blocks();
     match cli.command {
         Command::CheckConfig { connect } => check_config::run(&cli.config, connect),
         Command::Health => health::run(&cli.config),

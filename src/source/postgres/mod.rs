@@ -4,6 +4,7 @@
 //! `zstd -d < db.pgdump.zst | pg_restore -d …` restores it without stowage.
 
 pub mod deps;
+pub mod header;
 mod live;
 pub mod toc;
 
@@ -33,11 +34,6 @@ const URL: UrlSpec = UrlSpec {
     example: "postgres://user@host:5432/dbname",
     database_required: true,
 };
-
-/// The archive's header (TOC and schema) comes first in a custom-format dump; keeping this
-/// much of the stream lets `pg_restore --list` read what the dump holds without a second
-/// pass. A schema bigger than this only loses the object list in the manifest.
-const HEADER_KEEP: usize = 4 * 1024 * 1024;
 
 /// `type = "postgres"`.
 pub struct Postgres;
@@ -183,14 +179,13 @@ impl PostgresSource {
             ));
         };
         let stderr = drain_stderr(stderr);
-        let header = Arc::new(Mutex::new(Vec::new()));
+        // The archive's header and table of contents come first in a custom-format dump;
+        // keeping them lets `pg_restore --list` read what the dump holds without a second pass.
+        let header = Arc::new(Mutex::new(header::HeaderKeep::default()));
         let keep = header.clone();
         let reader = InspectReader::new(stdout, move |b: &[u8]| {
-            if let Ok(mut h) = keep.lock()
-                && h.len() < HEADER_KEEP
-            {
-                let n = b.len().min(HEADER_KEEP - h.len());
-                h.extend_from_slice(&b[..n]);
+            if let Ok(mut h) = keep.lock() {
+                h.push(b);
             }
         });
         // The header is read after the dump, by this source's own pg_restore.
@@ -214,7 +209,7 @@ impl PostgresSource {
                 dumped?;
                 let header = header
                     .lock()
-                    .map(|mut h| std::mem::take(&mut *h))
+                    .map(|mut h| std::mem::take(&mut *h).into_bytes())
                     .unwrap_or_default();
                 let mut info = me.header_info(header).await;
                 info.rows = rows;
