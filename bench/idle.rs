@@ -317,8 +317,11 @@ url = "{}"
     for (name, body, source_bin) in configs {
         let cfg = dir.path().join(format!("{name}.toml"));
         std::fs::write(&cfg, body).expect("config");
-        let pid = dir.path().join(format!("{name}.pid"));
-        let state = dir.path().join(format!("{name}.state"));
+        // A state directory each: one daemon per state directory (src/instance.rs).
+        let own = dir.path().join(format!("{name}-state"));
+        std::fs::create_dir_all(&own).expect("state directory");
+        let pid = own.join("stowage-daemon.pid");
+        let state = own.join("stowage-state.json");
         // Each daemon from its own copy of the binary, as each container has its own image
         // layer (RSS counts only the pages a process maps itself, so sharing one file would
         // not change the figures; the copies keep the set-up like production's).
