@@ -38,7 +38,15 @@ const LAYERS: &[&[&str]] = &[
     // what config builds its values with: encryption keys, schedules, retention policies
     &["crypt", "schedule", "retention", "footprint", "ticker"],
     // leaves: they name nothing else of stowage
-    &["codec", "units", "secret", "owner", "pathfilter", "names", "zone"],
+    &[
+        "codec",
+        "units",
+        "secret",
+        "owner",
+        "pathfilter",
+        "names",
+        "zone",
+    ],
 ];
 
 /// Edges that still climb the layering or close a circle, each with why it is there. Remove a
