@@ -1,0 +1,393 @@
+//! Diagnosis: what a serde error or a validation problem means to the user. Unknown keys
+//! with a "did you mean", types in the config file's words, which environment variable
+//! set a value, and the order problems are listed in.
+
+use std::collections::BTreeSet;
+
+use super::raw;
+use super::read::{ENV_PREFIX, KeyPath, Reading, STAND_IN, expects_table, find};
+use super::{OWN_VARIABLES, serde_fields};
+
+/// Whether `STOWAGE_<name>` is read as config: any name with `__` (a key in a section), a
+/// top-level key, or a near miss of one (so that a typo is reported, not ignored). Other
+/// `STOWAGE_…` variables (the test harness's, a user's own) are none of config's business.
+pub(super) fn is_config_variable(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    if name.contains("__") {
+        return true;
+    }
+    if OWN_VARIABLES.contains(&name.as_str()) {
+        return false;
+    }
+    serde_fields::<raw::RawConfig>().iter().any(|key| {
+        let d = strsim_distance(&name, key);
+        // Stricter than "did you mean" on short keys: STOWAGE_PG is not a typo of "log".
+        d == 0 || (d <= 2 && 2 * d < key.len())
+    })
+}
+
+impl Reading<'_> {
+    /// " (from environment variable STOWAGE_…)" when the value at `key` was set by the
+    /// environment: by one variable, or (a table) by variables for all its keys.
+    pub(super) fn env_origin(&self, key: &[String]) -> String {
+        let Some(value) = find(&self.tree, key) else {
+            return String::new();
+        };
+        let mut leaves = Vec::new();
+        collect_leaves(value, key.to_vec(), &mut leaves);
+        let from_env = |v: &figment::value::Value| {
+            self.figment
+                .get_metadata(v.tag())
+                .is_some_and(|m| m.name.contains("environment"))
+        };
+        if leaves.is_empty() || !leaves.iter().all(|(_, v)| from_env(v)) {
+            return String::new();
+        }
+        let mut names: Vec<String> = leaves
+            .iter()
+            .map(|(path, _)| self.variable_name(path))
+            .collect();
+        names.dedup();
+        format!(
+            " (from environment variable{} {})",
+            if names.len() > 1 { "s" } else { "" },
+            names.join(", ")
+        )
+    }
+
+    /// The variable that sets `key`: STOWAGE_ and the key's names joined by `__`, up to
+    /// an array (a variable sets a whole array, e.g. `STOWAGE_JOBS__APP__DESTINATIONS`).
+    fn variable_name(&self, key: &[String]) -> String {
+        let mut names = Vec::new();
+        let mut value = Some(&self.tree);
+        for seg in key {
+            match value {
+                Some(figment::value::Value::Array(..)) => break,
+                Some(v) => value = find(v, std::slice::from_ref(seg)),
+                None => {}
+            }
+            names.push(seg.to_uppercase());
+        }
+        format!("{ENV_PREFIX}{}", names.join("__"))
+    }
+
+    /// Whether a validation problem is about a key already reported, a key a "did you
+    /// mean" named, or a stand-in (its value, or, for a stand-in `type`, what that type
+    /// allows), and so adds nothing.
+    pub(super) fn is_consequence(&self, line: &str) -> bool {
+        if line.contains(STAND_IN) {
+            return true;
+        }
+        let key = problem_key(line);
+        self.is_settled(&key)
+            || self.suggested.iter().any(|s| key.starts_with(s))
+            || self.stand_ins.iter().any(|s| {
+                s.last().is_some_and(|k| k == "type")
+                    && key.starts_with(&s[..s.len() - 1])
+                    && line.contains("type = ")
+            })
+    }
+
+    /// A validation problem about a key set from the environment says which variable.
+    pub(super) fn with_origin(&self, line: &str) -> String {
+        let key = problem_key(line);
+        if line.contains("(from environment variable") {
+            return line.to_string();
+        }
+        format!("{line}{}", self.env_origin(&key))
+    }
+}
+
+/// The key a problem line names ("jobs.app.sources[1].url: …"), as a key path.
+fn problem_key(line: &str) -> KeyPath {
+    let key = line.split_once(": ").map_or(line, |(k, _)| k);
+    let mut path = Vec::new();
+    for part in key.split('.') {
+        let mut pieces = part.split('[');
+        if let Some(name) = pieces.next()
+            && !name.is_empty()
+        {
+            path.push(name.to_string());
+        }
+        for index in pieces {
+            path.push(index.trim_end_matches(']').to_string());
+        }
+    }
+    path
+}
+
+/// The values under `value` that are not tables, with their keys.
+fn collect_leaves<'v>(
+    value: &'v figment::value::Value,
+    key: KeyPath,
+    out: &mut Vec<(KeyPath, &'v figment::value::Value)>,
+) {
+    match value {
+        figment::value::Value::Dict(_, d) if !d.is_empty() => {
+            for (k, v) in d {
+                let mut sub = key.clone();
+                sub.push(k.clone());
+                collect_leaves(v, sub, out);
+            }
+        }
+        _ => out.push((key, value)),
+    }
+}
+
+/// Every problem once, sorted by the key it names (section by section, entry by entry,
+/// then key by key; array elements by index), so one mistake's lines stay together and
+/// the order does not depend on which check found a problem first. Lines naming the
+/// same key keep their order.
+pub(super) fn sort_problems(problems: &mut Vec<String>) {
+    #[derive(PartialEq, Eq, PartialOrd, Ord)]
+    enum Seg {
+        Index(usize),
+        Name(String),
+    }
+    let mut seen = BTreeSet::new();
+    problems.retain(|p| seen.insert(p.clone()));
+    problems.sort_by_cached_key(|line| {
+        problem_key(line)
+            .into_iter()
+            .map(|s| match s.parse::<usize>() {
+                Ok(i) => Seg::Index(i),
+                Err(_) => Seg::Name(s),
+            })
+            .collect::<Vec<_>>()
+    });
+}
+
+pub(super) fn describe_figment_error(e: &figment::Error) -> String {
+    // Name the variable the user actually set, e.g. STOWAGE_JOBS__APP__COMPRESSION.
+    let origin = if e
+        .metadata
+        .as_ref()
+        .is_some_and(|m| m.name.contains("environment"))
+    {
+        format!(
+            " (from environment variable {ENV_PREFIX}{})",
+            e.path.join("__").to_uppercase()
+        )
+    } else {
+        String::new()
+    };
+    describe_error(e, &origin)
+}
+
+/// One line for a serde error: the key, what is wrong, and how to fix it, then `origin`
+/// (which environment variable set the value, if one did).
+pub(super) fn describe_error(e: &figment::Error, origin: &str) -> String {
+    use figment::error::Kind;
+    let key = e.path.iter().fold(String::new(), |mut acc, seg| {
+        if seg.parse::<usize>().is_ok() {
+            acc.push_str(&format!("[{seg}]"));
+        } else {
+            if !acc.is_empty() {
+                acc.push('.');
+            }
+            acc.push_str(seg);
+        }
+        acc
+    });
+    let msg = match &e.kind {
+        Kind::UnknownField(field, expected) => {
+            let full = if key.is_empty() {
+                field.clone()
+            } else if key.ends_with(field.as_str()) {
+                key.clone()
+            } else {
+                format!("{key}.{field}")
+            };
+            format!(
+                "{full}: unknown key \"{field}\"{}; valid keys here: {}",
+                suggest(field, expected),
+                expected.join(", ")
+            )
+        }
+        Kind::MissingField(field) => {
+            let full = if key.is_empty() {
+                field.to_string()
+            } else {
+                format!("{key}.{field}")
+            };
+            format!("{full}: required key is missing")
+        }
+        Kind::UnknownVariant(value, expected) => format!(
+            "{}: unknown value \"{value}\"{}; expected one of: {}",
+            if key.is_empty() { "(top level)" } else { &key },
+            suggest(value, expected),
+            expected.join(", ")
+        ),
+        Kind::InvalidType(actual, expected) | Kind::InvalidValue(actual, expected) => format!(
+            "{}: expected {}, found {}",
+            if key.is_empty() { "(top level)" } else { &key },
+            friendly_type(expected),
+            friendly_actual(actual)
+        ),
+        Kind::Message(m) => {
+            if key.is_empty() {
+                m.clone()
+            } else {
+                format!("{key}: {m}")
+            }
+        }
+        other => {
+            if key.is_empty() {
+                other.to_string()
+            } else {
+                format!("{key}: {other}")
+            }
+        }
+    };
+    format!("{msg}{origin}")
+}
+
+fn friendly_type(expected: &str) -> &str {
+    match expected {
+        "u32" | "u64" | "usize" => "a whole number",
+        "i32" | "i64" => "an integer",
+        "a boolean" | "bool" => "true or false",
+        "a sequence" => "an array",
+        e if expects_table(e) => "a table",
+        other => other,
+    }
+}
+
+/// What was found instead, in the config file's words.
+fn friendly_actual(actual: &figment::error::Actual) -> String {
+    use figment::error::Actual;
+    match actual {
+        Actual::Unsigned(n) => format!("the number {n}"),
+        Actual::Signed(n) => format!("the number {n}"),
+        Actual::Float(n) => format!("the number {n}"),
+        Actual::Bool(b) => format!("{b}"),
+        Actual::Seq => "an array".to_string(),
+        Actual::Map => "a table".to_string(),
+        Actual::Unit | Actual::Option => "nothing".to_string(),
+        other => other.to_string(),
+    }
+}
+
+/// "did you mean" for a mistyped key or value.
+pub(super) fn suggest(got: &str, expected: &[&str]) -> String {
+    closest(got, expected)
+        .map(|e| format!(" (did you mean \"{e}\"?)"))
+        .unwrap_or_default()
+}
+
+/// The expected name closest to `got`, if close enough to be a typo of it.
+pub(super) fn closest<'e>(got: &str, expected: &[&'e str]) -> Option<&'e str> {
+    expected
+        .iter()
+        .map(|e| (strsim_distance(got, e), *e))
+        .filter(|(d, e)| *d <= 2 && *d < e.len())
+        .min()
+        .map(|(_, e)| e)
+}
+
+/// Levenshtein distance; tiny inputs only (key names).
+fn strsim_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1; b.len() + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let cost = usize::from(ca != *cb);
+            cur[j + 1] = (prev[j] + cost).min(prev[j + 1] + 1).min(cur[j] + 1);
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_variables_from_the_environment() {
+        // Keys in sections, top-level keys (any case), and near misses of those.
+        for name in [
+            "jobs__app__schedule",
+            "LOG__LEVEL",
+            "shutdown_grace",
+            "SHUTDOWN_GRACE",
+            "shutdown_gracee",
+            "SHUTDOWN_GRCE",
+            "log",
+            "jobz",
+        ] {
+            assert!(is_config_variable(name), "{name}");
+        }
+        // stowage's own variables, the test harness's, and anything not close to a key.
+        for name in [
+            "CONFIG",
+            "PID_FILE",
+            "STATE_FILE",
+            "RESTORE_TARGET",
+            "RESTORE_CLEAN",
+            "BIN",
+            "PG_BIN",
+            "CI_CONFIG",
+            "MOTO_SERVER",
+            "REDIS_SERVER",
+            "S3S_FS",
+            "MARIADB_BIN",
+            "AWS_CLI",
+            "SOAK_LOG",
+            "TIMEOUT",
+        ] {
+            assert!(!is_config_variable(name), "{name}");
+        }
+        // A top-level key named like one of stowage's own variables could never be set.
+        for key in serde_fields::<raw::RawConfig>() {
+            assert!(!OWN_VARIABLES.contains(key), "{key}");
+        }
+    }
+
+    #[test]
+    fn problems_are_sorted_by_key_and_listed_once() {
+        let mut p: Vec<String> = [
+            "jobs.app.sources[10].url: b",
+            "jobs.app.sources[2].url: a",
+            "jobs.app.schedule: c",
+            "destinations.local.path: d",
+            "jobs.app.sources[2].url: a",
+            "jobs.app.destinations: second",
+            "jobs: e",
+            "jobs.app.destinations: first",
+            "jobs.app.sources: f",
+        ]
+        .map(String::from)
+        .to_vec();
+        // Same key: the order found (validation's) is kept.
+        p.swap(5, 7);
+        sort_problems(&mut p);
+        assert_eq!(
+            p,
+            [
+                "destinations.local.path: d",
+                "jobs: e",
+                "jobs.app.destinations: first",
+                "jobs.app.destinations: second",
+                "jobs.app.schedule: c",
+                "jobs.app.sources: f",
+                "jobs.app.sources[2].url: a",
+                "jobs.app.sources[10].url: b",
+            ]
+        );
+        assert_eq!(
+            problem_key("jobs.app.sources[1].exclude[0]: invalid glob"),
+            ["jobs", "app", "sources", "1", "exclude", "0"]
+        );
+    }
+
+    #[test]
+    fn suggestions() {
+        assert_eq!(
+            suggest("scedule", &["schedule", "timezone"]),
+            " (did you mean \"schedule\"?)"
+        );
+        assert_eq!(suggest("xyz", &["schedule"]), "");
+    }
+}

@@ -1,0 +1,182 @@
+//! What a source engine sees of its own section of the config.
+
+use std::fmt;
+use std::path::Path;
+
+use super::Priority;
+use super::diagnose::{describe_figment_error, suggest};
+use super::validate::{RawFiles, read_secret};
+use crate::secret::Secret;
+
+/// A source's section of the config as its engine sees it: every key but `type` and
+/// `name`, the job-level settings that apply to it, and where to report problems (with
+/// the full key path, so messages read like every other config error).
+pub struct Section<'a> {
+    pub(super) key: String,
+    /// The source's name (already checked by config).
+    pub name: String,
+    pub(super) values: figment::value::Dict,
+    /// The job's nice/ionice, for the engine's child processes.
+    pub priority: Priority,
+    pub(super) job_exclude_tables: &'a [String],
+    pub(super) used_job_excludes: bool,
+    pub(super) problems: &'a mut Vec<String>,
+}
+
+impl Section<'_> {
+    /// Full key path of one of the section's keys, e.g. "jobs.app.sources[0].url".
+    pub fn key(&self, field: &str) -> String {
+        format!("{}.{field}", self.key)
+    }
+
+    /// Report a problem with one key: "jobs.app.sources[0].url: <message>".
+    pub fn problem(&mut self, field: &str, message: impl fmt::Display) {
+        let key = self.key(field);
+        self.problems.push(format!("{key}: {message}"));
+    }
+
+    /// Whether a problem was reported for this section since `mark` ([`Section::mark`]).
+    pub fn mark(&self) -> usize {
+        self.problems.len()
+    }
+    pub fn failed_since(&self, mark: usize) -> bool {
+        self.problems.len() > mark
+    }
+
+    /// Deserialize the section into the engine's own config type. Use
+    /// `#[serde(deny_unknown_fields)]` on it: a key of another engine is then reported as
+    /// "unknown key …; valid keys here: …", with a suggestion for a typo.
+    pub fn parse<T: serde::de::DeserializeOwned>(&mut self) -> Option<T> {
+        let mut values = self.values.clone();
+        let mut unknown = Vec::new();
+        // serde stops at the first unknown key: take each one out and try again, so every
+        // stray key gets its own line.
+        loop {
+            let value = figment::value::Value::from(values.clone());
+            match value.deserialize::<T>() {
+                // With stray keys reported, the rest is still validated: every problem of
+                // the section is listed at once (the config is invalid either way).
+                Ok(t) => {
+                    self.problems.extend(unknown);
+                    return Some(t);
+                }
+                Err(errors) => {
+                    let mut progressed = false;
+                    for e in errors {
+                        if let figment::error::Kind::UnknownField(field, expected) = &e.kind
+                            && values.remove(field).is_some()
+                        {
+                            unknown.push(self.unknown_key(field, expected));
+                            progressed = true;
+                        } else {
+                            let msg = describe_figment_error(&e);
+                            self.problems.push(format!("{}.{msg}", self.key));
+                        }
+                    }
+                    if !progressed {
+                        break;
+                    }
+                }
+            }
+        }
+        self.problems.extend(unknown);
+        None
+    }
+
+    /// "unknown key", or "only valid for type = …" when another source type takes it.
+    fn unknown_key(&self, field: &str, expected: &[&str]) -> String {
+        let key = self.key(field);
+        let mut owners: Vec<&str> = crate::source::registered()
+            .iter()
+            .filter(|e| e.keys().contains(&field))
+            .map(|e| e.kind())
+            .collect();
+        if serde_fields::<RawFiles>().contains(&field) {
+            owners.push("files");
+        }
+        if owners.is_empty() {
+            format!(
+                "{key}: unknown key \"{field}\"{}; valid keys here: {}",
+                suggest(field, expected),
+                expected.join(", ")
+            )
+        } else {
+            format!(
+                "{key}: only valid for type = {}; remove it or change the type",
+                owners
+                    .iter()
+                    .map(|o| format!("\"{o}\""))
+                    .collect::<Vec<_>>()
+                    .join(" or ")
+            )
+        }
+    }
+
+    /// Read a secret file named by key `field`; `None` (and a problem) when unreadable.
+    pub fn secret(&mut self, field: &str, path: &Path) -> Option<Secret> {
+        let key = self.key(field);
+        read_secret(path, &key, self.problems)
+    }
+
+    /// The job-level `exclude_tables`, for engines whose objects are tables. Asking for
+    /// them marks them as used (the job-level key is an error when no source uses it).
+    pub fn job_exclude_tables(&mut self) -> Vec<String> {
+        self.used_job_excludes = true;
+        self.job_exclude_tables.to_vec()
+    }
+
+    /// Report problems of the job-level `exclude_tables` entries (validated by the engine
+    /// that uses them), named by the job-level key.
+    pub fn job_exclude_problem(&mut self, index: usize, message: impl fmt::Display) {
+        let job_key = self
+            .key
+            .rsplit_once(".sources[")
+            .map_or(self.key.as_str(), |(j, _)| j);
+        let line = format!("{job_key}.exclude_tables[{index}]: {message}");
+        if !self.problems.contains(&line) {
+            self.problems.push(line);
+        }
+    }
+}
+
+/// The keys a serde struct accepts (its fields, as `deserialize_struct` is told them), so
+/// that an engine's key list is its config type and never a second list to keep in step.
+pub fn serde_fields<T: serde::de::DeserializeOwned>() -> &'static [&'static str] {
+    struct Capture(Option<&'static [&'static str]>);
+    #[derive(Debug)]
+    struct Stop;
+    impl fmt::Display for Stop {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("stop")
+        }
+    }
+    impl std::error::Error for Stop {}
+    impl serde::de::Error for Stop {
+        fn custom<M: fmt::Display>(_: M) -> Self {
+            Stop
+        }
+    }
+    impl<'de> serde::Deserializer<'de> for &mut Capture {
+        type Error = Stop;
+        fn deserialize_any<V: serde::de::Visitor<'de>>(self, _: V) -> Result<V::Value, Stop> {
+            Err(Stop)
+        }
+        fn deserialize_struct<V: serde::de::Visitor<'de>>(
+            self,
+            _: &'static str,
+            fields: &'static [&'static str],
+            _: V,
+        ) -> Result<V::Value, Stop> {
+            self.0 = Some(fields);
+            Err(Stop)
+        }
+        serde::forward_to_deserialize_any! {
+            bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes
+            byte_buf option unit unit_struct newtype_struct seq tuple tuple_struct map enum
+            identifier ignored_any
+        }
+    }
+    let mut c = Capture(None);
+    let _ = T::deserialize(&mut c);
+    c.0.unwrap_or(&[])
+}

@@ -1,0 +1,123 @@
+//! `[jobs.NAME.drill]`: a scheduled restore into a scratch database, checked against the
+//! job's sources.
+
+use std::sync::Arc;
+
+use crate::config::{Drill, SourceConfig, raw};
+use crate::engine::Database;
+use crate::schedule::Schedule;
+use crate::zone::Zone;
+
+pub(super) fn drill_config(
+    key: &str,
+    raw: &raw::RawDrill,
+    tz: Zone,
+    sources: &[SourceConfig],
+    problems: &mut Vec<String>,
+) -> Option<Drill> {
+    let key = format!("{key}.drill");
+    let mark = problems.len();
+    let schedule = Schedule::parse(&raw.schedule, tz)
+        .map_err(|e| problems.push(format!("{key}.schedule: {e}")))
+        .ok();
+    let source = drill_source(&key, raw.source.as_deref(), sources, problems);
+    if let Some(db) = &source {
+        target(&key, db, raw, problems);
+    }
+    for (i, c) in raw.checks.iter().enumerate() {
+        if c.trim().is_empty() {
+            problems.push(format!("{key}.checks[{i}]: empty query"));
+        }
+    }
+    if problems.len() > mark {
+        return None;
+    }
+    Some(Drill {
+        schedule: schedule?,
+        source: source?.name().to_string(),
+        to: raw.to.clone(),
+        checks: raw.checks.clone(),
+    })
+}
+
+/// The drilled source: the one named, or the job's only one a drill can restore.
+fn drill_source(
+    key: &str,
+    name: Option<&str>,
+    sources: &[SourceConfig],
+    problems: &mut Vec<String>,
+) -> Option<Arc<dyn Database>> {
+    let drillable: Vec<&Arc<dyn Database>> = sources
+        .iter()
+        .filter_map(SourceConfig::database)
+        .filter(|d| d.scratch().is_some())
+        .collect();
+    let kinds = || {
+        crate::source::registered()
+            .iter()
+            .filter(|e| e.unconfigured("x").scratch().is_some())
+            .map(|e| format!("\"{}\"", e.kind()))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    match (name, drillable.as_slice()) {
+        (Some(name), _) => match drillable.iter().find(|d| d.name() == name) {
+            Some(d) => Some((*d).clone()),
+            None => {
+                problems.push(format!(
+                    "{key}.source: \"{name}\" is not a database source of the job that can be drilled; drills restore sources of type {}",
+                    kinds()
+                ));
+                None
+            }
+        },
+        (None, [one]) => Some((*one).clone()),
+        (None, []) => {
+            problems.push(format!(
+                "{key}: the job has no database source a drill can restore; drills restore sources of type {}",
+                kinds()
+            ));
+            None
+        }
+        (None, several) => {
+            problems.push(format!(
+                "{key}.source: the job has {} sources a drill can restore; name one, e.g. source = \"{}\"",
+                several.len(),
+                several[0].name()
+            ));
+            None
+        }
+    }
+}
+
+/// `to` (a scratch database, never the source's own) and `checks` for the source's engine.
+fn target(key: &str, db: &Arc<dyn Database>, raw: &raw::RawDrill, problems: &mut Vec<String>) {
+    if let Err(e) = db.check_target(&raw.to) {
+        problems.push(format!("{key}.to: {e}"));
+    } else if let Some(scratch) = db.scratch()
+        && scratch.is_own_database(&raw.to)
+    {
+        problems.push(format!(
+            "{key}.to: \"{}\" is the database of source \"{}\"; a drill creates and drops its target, so give a scratch database, e.g. .../stowage_drill",
+            redact_url(&raw.to),
+            db.name()
+        ));
+    }
+    if !raw.checks.is_empty() && db.scratch().is_some_and(|s| !s.runs_checks()) {
+        problems.push(format!(
+            "{key}.checks: a {} drill runs no checks (they are SQL); remove them",
+            db.kind()
+        ));
+    }
+}
+
+/// A URL without its password, for messages.
+fn redact_url(text: &str) -> String {
+    match url::Url::parse(text) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("***"));
+            u.to_string()
+        }
+        _ => text.to_string(),
+    }
+}
