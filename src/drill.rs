@@ -13,9 +13,9 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use tracing::{info, warn};
 
-use crate::config::{Config, Job};
+use crate::config::{Config, Drill, Job};
 use crate::crypt::Keys;
-use crate::engine::{RestoreOptions, ScratchSpace};
+use crate::engine::{Database, RestoreOptions, Scratch, ScratchSpace};
 use crate::packing::Packing;
 use crate::restore::{self, RestoreError, StoredArchive};
 
@@ -74,27 +74,13 @@ pub async fn drill(
         job: job.name.clone(),
         ..Default::default()
     };
-    let (Some(settings), Some(db)) = (&job.drill, job.drill_source()) else {
-        report.problems.push(format!(
-            "job \"{}\" has no [jobs.{}.drill] section",
-            job.name, job.name
-        ));
-        return report;
+    let d = match drillable(job) {
+        Ok(d) => d,
+        Err(problem) => {
+            report.problems.push(problem);
+            return report;
+        }
     };
-    let Some(scratch) = db.scratch() else {
-        report
-            .problems
-            .push(format!("{} sources cannot be drilled", db.kind()));
-        return report;
-    };
-    if scratch.is_own_database(&settings.to) {
-        report.problems.push(format!(
-            "drill.to names the {} of source \"{}\"; refusing to drill into it",
-            scratch.noun(),
-            db.name()
-        ));
-        return report;
-    }
 
     let located = match newest(config, job).await {
         Ok(l) => l,
@@ -109,30 +95,92 @@ pub async fn drill(
         .manifest
         .sources
         .iter()
-        .find(|s| s.name == settings.source)
+        .find(|s| s.name == d.settings.source)
     else {
         report.problems.push(format!(
             "the newest backup {} has no source \"{}\"",
-            located.manifest.id, settings.source
+            located.manifest.id, d.settings.source
         ));
         return report;
     };
+    let packing = match packing_for(job, &located, entry, keys, trust_unauthenticated).await {
+        Ok(p) => p,
+        Err(problem) => {
+            report.problems.push(problem);
+            return report;
+        }
+    };
+    run_in_scratch(job, &d, &located, entry, &packing, &mut report).await;
+    report
+}
+
+/// What a drill needs of its job: its settings, the source, and the source's scratch
+/// databases.
+struct Drillable<'a> {
+    settings: &'a Drill,
+    db: &'a Arc<dyn Database>,
+    scratch: &'a dyn Scratch,
+}
+
+/// The job's drill, or why the job cannot be drilled.
+fn drillable(job: &Job) -> Result<Drillable<'_>, String> {
+    let (Some(settings), Some(db)) = (&job.drill, job.drill_source()) else {
+        return Err(format!(
+            "job \"{}\" has no [jobs.{}.drill] section",
+            job.name, job.name
+        ));
+    };
+    let Some(scratch) = db.scratch() else {
+        return Err(format!("{} sources cannot be drilled", db.kind()));
+    };
+    if scratch.is_own_database(&settings.to) {
+        return Err(format!(
+            "drill.to names the {} of source \"{}\"; refusing to drill into it",
+            scratch.noun(),
+            db.name()
+        ));
+    }
+    Ok(Drillable {
+        settings,
+        db,
+        scratch,
+    })
+}
+
+/// The backup's packing, with the keys to read `entry` checked to be there.
+async fn packing_for(
+    job: &Job,
+    located: &restore::Located,
+    entry: &crate::manifest::SourceEntry,
+    keys: Option<Arc<Keys>>,
+    trust_unauthenticated: bool,
+) -> Result<Packing, String> {
     let expect = crate::packing::Expect::of(job, trust_unauthenticated);
     let packing = match Packing::of(&located.manifest, &expect, keys) {
         Ok(p) => p,
         Err(e) => {
-            report.problems.push(e.to_string());
-            return report;
+            return Err(e.to_string());
         }
     };
     if let Err(e) =
         restore::check_keys(located.storage.as_ref(), &packing, &[entry.key.as_str()]).await
     {
-        report.problems.push(e.to_string());
-        return report;
+        return Err(e.to_string());
     }
+    Ok(packing)
+}
 
-    let noun = scratch.noun();
+/// Restores `entry` into a scratch database, compares it and runs the checks, and removes
+/// the scratch database.
+async fn run_in_scratch(
+    job: &Job,
+    d: &Drillable<'_>,
+    located: &restore::Located,
+    entry: &crate::manifest::SourceEntry,
+    packing: &Packing,
+    report: &mut DrillReport,
+) {
+    let noun = d.scratch.noun();
     info!(
         job = %job.name,
         id = %located.manifest.id,
@@ -140,38 +188,38 @@ pub async fn drill(
         entry.name,
         located.destination
     );
-    let mut space = match scratch.space(&settings.to).await {
+    let mut space = match d.scratch.space(&d.settings.to).await {
         Ok(s) => s,
         Err(e) => {
             report
                 .problems
                 .push(format!("cannot create the scratch {noun}: {e}"));
-            return report;
+            return;
         }
     };
     let t0 = Instant::now();
     let archive = StoredArchive::new(
         located.storage.as_ref(),
         entry,
-        &packing,
+        packing,
         &located.destination,
     );
-    let restored = db
-        .restore(
+    let restored =
+        d.db.restore(
             &archive,
             &RestoreOptions {
                 target: space.target().to_string(),
                 // The scratch server may lack the source's roles; ownership is not what a
                 // drill proves.
-                no_owner: scratch.restores_without_owners(),
+                no_owner: d.scratch.restores_without_owners(),
                 ..Default::default()
             },
         )
         .await;
     match restored {
         Ok(_) => {
-            compare(space.as_mut(), scratch.counted(), entry, &mut report).await;
-            for check in &settings.checks {
+            compare(space.as_mut(), d.scratch.counted(), entry, report).await;
+            for check in &d.settings.checks {
                 match space.check(check).await {
                     Ok(true) => report.ok.push(format!("check passed: {check}")),
                     Ok(false) => report
@@ -187,7 +235,6 @@ pub async fn drill(
     if let Err(e) = space.remove().await {
         warn!(job = %job.name, "drill: cannot remove the scratch {noun}: {e}; remove it by hand if it is still there (a scratch database is also dropped by the next drill)");
     }
-    report
 }
 
 /// The newest published backup on the first destination that reads without a retrieval

@@ -247,14 +247,7 @@ async fn pass(
         }
     };
     let candidates = candidates(config, job, db.name(), settings.backups, trust).await;
-    let objects_of = |c: &Candidate| -> Option<Vec<String>> {
-        c.manifest
-            .sources
-            .iter()
-            .find(|s| s.name == db.name() && s.files.is_none())
-            .and_then(|s| s.objects.clone())
-    };
-    let newest_objects = candidates.iter().find_map(objects_of);
+    let newest_objects = candidates.iter().find_map(|c| objects_of(db, c));
     report.watched = if settings.watches_all() {
         newest_objects.clone().unwrap_or_default()
     } else {
@@ -288,11 +281,50 @@ async fn pass(
             .collect();
     }
 
-    // Each missing object from the newest candidate that holds it.
+    let plan = plan_restores(db, &candidates, report);
+    let Some(target) = db.own_target() else {
+        report.outcome = HealOutcome::Failed;
+        return;
+    };
+    if dry_run {
+        for (i, objects) in plan {
+            let c = &candidates[i];
+            report.restored.extend(objects.iter().map(|o| healed(o, c)));
+        }
+    } else {
+        let live = Live {
+            config,
+            job,
+            db,
+            target: &target,
+            candidates: &candidates,
+            trust,
+        };
+        run_plan(live, plan, report).await;
+    }
+    settle(db, dry_run, report);
+}
+
+/// What a source's entry in backup `c` lists as its objects.
+fn objects_of(db: &dyn Database, c: &Candidate) -> Option<Vec<String>> {
+    c.manifest
+        .sources
+        .iter()
+        .find(|s| s.name == db.name() && s.files.is_none())
+        .and_then(|s| s.objects.clone())
+}
+
+/// Each missing object from the newest candidate that holds it: (candidate, objects);
+/// those none holds go into `report.failed`.
+fn plan_restores(
+    db: &dyn Database,
+    candidates: &[Candidate],
+    report: &mut HealReport,
+) -> Vec<(usize, Vec<String>)> {
     let mut plan: Vec<(usize, Vec<String>)> = Vec::new();
     for object in report.missing.clone() {
         let found = candidates.iter().enumerate().find_map(|(i, c)| {
-            objects_of(c)?
+            objects_of(db, c)?
                 .into_iter()
                 .find(|o| db.same_object(&object, o))
                 .map(|o| (i, o))
@@ -320,43 +352,33 @@ async fn pass(
             )),
         }
     }
-    let Some(target) = db.own_target() else {
-        report.outcome = HealOutcome::Failed;
-        return;
-    };
-    if dry_run {
-        for (i, objects) in plan {
-            let c = &candidates[i];
-            report.restored.extend(objects.iter().map(|o| healed(o, c)));
-        }
-    } else {
-        let mut live = Live {
-            config,
-            job,
-            db,
-            target: &target,
-            candidates: &candidates,
-            trust,
-        };
-        let groups = plan.len();
-        let objects: usize = plan.iter().map(|(_, o)| o.len()).sum();
-        let done = restore_plan(&mut live, plan).await;
-        if done.attempts > groups {
-            info!(
-                job = %job.name,
-                "heal {}: {} restores tried for {objects} object(s) from {groups} backup(s) (a restore that failed is tried again after the others, and its objects one by one, so that one object cannot hold back another)",
-                job.name,
-                done.attempts
-            );
-        }
-        report.restored.extend(
-            done.restored
-                .iter()
-                .map(|(i, o)| healed(o, &candidates[*i])),
+    plan
+}
+
+/// Runs the restores of `plan`, into `report`.
+async fn run_plan(mut live: Live<'_>, plan: Vec<(usize, Vec<String>)>, report: &mut HealReport) {
+    let groups = plan.len();
+    let objects: usize = plan.iter().map(|(_, o)| o.len()).sum();
+    let done = restore_plan(&mut live, plan).await;
+    if done.attempts > groups {
+        info!(
+            job = %live.job.name,
+            "heal {}: {} restores tried for {objects} object(s) from {groups} backup(s) (a restore that failed is tried again after the others, and its objects one by one, so that one object cannot hold back another)",
+            live.job.name,
+            done.attempts
         );
-        report.incomplete.extend(done.incomplete);
-        report.failed.extend(done.failed);
     }
+    report.restored.extend(
+        done.restored
+            .iter()
+            .map(|(i, o)| healed(o, &live.candidates[*i])),
+    );
+    report.incomplete.extend(done.incomplete);
+    report.failed.extend(done.failed);
+}
+
+/// Orders the failures and sets the outcome.
+fn settle(db: &dyn Database, dry_run: bool, report: &mut HealReport) {
     // Failures in the order the objects are watched, whichever round gave up on them.
     let rank = |o: &str| report.missing.iter().position(|m| db.same_object(m, o));
     let mut failed = std::mem::take(&mut report.failed);

@@ -41,6 +41,56 @@ pub async fn clean(
     started: DateTime<Utc>,
 ) -> Result<Recovered, StorageError> {
     let mut out = Recovered::default();
+    let (listing, now) = read_listing(storage, job).await?;
+    let lock_state = clear_dead_locks(storage, job, &listing, now, &mut out).await?;
+    let published: BTreeSet<String> = listing.published(job).into_iter().map(|p| p.id).collect();
+    let dead = remove_crashed_runs(
+        storage,
+        &listing,
+        &published,
+        &lock_state,
+        started,
+        &mut out,
+    )
+    .await?;
+    remove_partials(storage, job, &listing, &mut out).await?;
+    abort_uploads(
+        storage,
+        job,
+        started,
+        &published,
+        &dead,
+        &lock_state,
+        &mut out,
+    )
+    .await?;
+    if !out.is_empty() {
+        info!(
+            job,
+            destination = %storage.location(),
+            "recovered leftovers of interrupted runs on {}: {} unpublished backup(s) ({} object(s)){}, {} temporary file(s), {} open upload(s), {} stale lock(s)",
+            storage.location(),
+            out.runs.len(),
+            out.objects,
+            if out.runs.is_empty() {
+                String::new()
+            } else {
+                format!(" [{}]", out.runs.join(", "))
+            },
+            out.partials,
+            out.uploads,
+            out.locks
+        );
+    }
+    Ok(out)
+}
+
+/// The job's backups and locks; and the time to judge locks by: the store's clock, read
+/// off a probe written among the locks, or this host's.
+async fn read_listing(
+    storage: &dyn Storage,
+    job: &str,
+) -> Result<(JobListing, DateTime<Utc>), StorageError> {
     // Backups and locks, then the blobs a page at a time: only their leftovers are kept.
     let mut listing = JobListing::read_backups(storage, job).await?;
     // Locks are judged by their last-modified time against the store's clock, read off a
@@ -67,6 +117,18 @@ pub async fn clean(
         .and_then(|o| o.modified)
         .unwrap_or_else(Utc::now);
     listing.locks.retain(|o| o.key != probe);
+    Ok((listing, now))
+}
+
+/// Deletes the locks of dead holders; returns, for each backup lock's run id, whether its
+/// holder is alive.
+async fn clear_dead_locks(
+    storage: &dyn Storage,
+    job: &str,
+    listing: &JobListing,
+    now: DateTime<Utc>,
+    out: &mut Recovered,
+) -> Result<HashMap<String, bool>, StorageError> {
     let mut lock_state: HashMap<String, bool> = HashMap::new(); // id → holder alive
     for lock in blobs::parse_locks(job, listing.locks.iter().cloned()) {
         let key = blobs::lock_key(job, &lock.id, lock.kind);
@@ -87,7 +149,18 @@ pub async fn clean(
             lock_state.insert(lock.id.clone(), alive);
         }
     }
-    let published: BTreeSet<String> = listing.published(job).into_iter().map(|p| p.id).collect();
+    Ok(lock_state)
+}
+
+/// Deletes the objects of unpublished runs that crashed; returns their ids.
+async fn remove_crashed_runs(
+    storage: &dyn Storage,
+    listing: &JobListing,
+    published: &BTreeSet<String>,
+    lock_state: &HashMap<String, bool>,
+    started: DateTime<Utc>,
+    out: &mut Recovered,
+) -> Result<BTreeSet<String>, StorageError> {
     let mut dead: BTreeSet<String> = BTreeSet::new();
     for (id, objects) in &listing.backups {
         if published.contains(id) {
@@ -106,6 +179,16 @@ pub async fn clean(
         out.runs.push(id.clone());
         dead.insert(id.clone());
     }
+    Ok(dead)
+}
+
+/// Deletes the temporary files of blob uploads whose process is gone.
+async fn remove_partials(
+    storage: &dyn Storage,
+    job: &str,
+    listing: &JobListing,
+    out: &mut Recovered,
+) -> Result<(), StorageError> {
     // Blob uploads of dead writers: temporary files whose process is gone.
     let dead_partial = |k: &str| k.ends_with(PARTIAL_SUFFIX) && !partial_owner_alive(k);
     let mut partials: Vec<String> = listing
@@ -126,6 +209,19 @@ pub async fn clean(
         storage.delete(&partials).await?;
         out.partials = partials.len();
     }
+    Ok(())
+}
+
+/// Aborts the open multipart uploads of dead runs, begun before `started`.
+async fn abort_uploads(
+    storage: &dyn Storage,
+    job: &str,
+    started: DateTime<Utc>,
+    published: &BTreeSet<String>,
+    dead: &BTreeSet<String>,
+    lock_state: &HashMap<String, bool>,
+    out: &mut Recovered,
+) -> Result<(), StorageError> {
     // Open multipart uploads: of a dead run's prefix, or of blobs when no other run of the
     // job is alive (a blob upload carries no run id). Only those begun before this start.
     let others_alive = lock_state.values().any(|alive| *alive);
@@ -152,23 +248,5 @@ pub async fn clean(
             }
         }
     }
-    if !out.is_empty() {
-        info!(
-            job,
-            destination = %storage.location(),
-            "recovered leftovers of interrupted runs on {}: {} unpublished backup(s) ({} object(s)){}, {} temporary file(s), {} open upload(s), {} stale lock(s)",
-            storage.location(),
-            out.runs.len(),
-            out.objects,
-            if out.runs.is_empty() {
-                String::new()
-            } else {
-                format!(" [{}]", out.runs.join(", "))
-            },
-            out.partials,
-            out.uploads,
-            out.locks
-        );
-    }
-    Ok(out)
+    Ok(())
 }

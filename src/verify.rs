@@ -488,38 +488,7 @@ async fn check_files(
         && packing.keys.is_none()
         && let Some(r) = &entry.refs
     {
-        let result = async {
-            let raw = storage
-                .get(&entry.key)
-                .await
-                .map_err(|e| vec![format!("index {} cannot be read: {e}", entry.key)])?;
-            let verified = codec::Verify::new(raw, &entry.sha256, entry.size, &entry.key);
-            read_checked(verified, packing, &entry.key).await?;
-            let blobs = crate::blobs::read_refs(storage, r, packing.compression)
-                .await
-                .map_err(|e| vec![format!("blob list {}: {e}", r.key)])?;
-            let mut problems: Vec<String> = blobs
-                .iter()
-                .filter(|b| !sizes.contains_key(b.as_str()))
-                .map(|b| format!("blob {b} is missing"))
-                .collect();
-            // Asked to read the blobs and unable to: that is not a pass.
-            if read_data != ReadData::None {
-                problems.push(format!(
-                    "blob data not read: the backup is encrypted and no identity was given (--identity FILE, or identity_file in the job's encryption) to decrypt its {} blob(s)",
-                    blobs.len()
-                ));
-            }
-            if problems.is_empty() {
-                Ok(format!(
-                    "index sha256 ok (encrypted: give --identity to read it), all {} blob(s) present",
-                    blobs.len()
-                ))
-            } else {
-                Err(problems)
-            }
-        }
-        .await;
+        let result = check_index_without_key(storage, entry, packing, sizes, r, read_data).await;
         return SourceChecked::from(result);
     }
     let index = match crate::blobs::read_index(storage, entry, packing).await {
@@ -527,7 +496,100 @@ async fn check_files(
         Err(e) => return SourceChecked::from(Err(vec![format!("index {}: {e}", entry.key)])),
     };
     let mut problems = Vec::new();
-    // Each distinct blob, with the content the index records for it and the files using it.
+    let blobs = blob_uses(&index, entry, &mut problems);
+    for f in &index.files {
+        if !sizes.contains_key(f.blob.as_str()) {
+            problems.push(format!("blob {} is missing (file {})", f.blob, f.path));
+        }
+    }
+    let present: Vec<(&str, &BlobUse<'_>)> = blobs
+        .iter()
+        .filter(|(b, _)| sizes.contains_key(*b))
+        .map(|(b, u)| (*b, u))
+        .collect();
+    let (read, archived_blobs) = read_blobs(
+        storage,
+        packing,
+        &blobs,
+        present,
+        archived,
+        read_data,
+        &mut problems,
+    )
+    .await;
+    let result = if problems.is_empty() {
+        let mut ok = format!(
+            "index ok, {} file(s), all {} blob(s) present",
+            index.files.len(),
+            blobs.len()
+        );
+        if read_data != ReadData::None {
+            ok.push_str(&format!(
+                ", {} read back intact ({}; read_data {read_data})",
+                read.read,
+                human_bytes(read.bytes)
+            ));
+            if archived_blobs > 0 {
+                ok.push_str(&format!(
+                    ", {archived_blobs} archived and not read (retrieve them for a full check)"
+                ));
+            }
+        }
+        Ok(ok)
+    } else {
+        Err(problems)
+    };
+    SourceChecked { result, read }
+}
+
+/// Checks an encrypted files source without its key: the index by its sha256, the blobs
+/// by the clear list the backup keeps for sweeps.
+async fn check_index_without_key(
+    storage: &dyn Storage,
+    entry: &SourceEntry,
+    packing: &Packing,
+    sizes: &HashMap<&str, u64>,
+    r: &manifest::StoredRef,
+    read_data: ReadData,
+) -> Result<String, Vec<String>> {
+    let raw = storage
+        .get(&entry.key)
+        .await
+        .map_err(|e| vec![format!("index {} cannot be read: {e}", entry.key)])?;
+    let verified = codec::Verify::new(raw, &entry.sha256, entry.size, &entry.key);
+    read_checked(verified, packing, &entry.key).await?;
+    let blobs = crate::blobs::read_refs(storage, r, packing.compression)
+        .await
+        .map_err(|e| vec![format!("blob list {}: {e}", r.key)])?;
+    let mut problems: Vec<String> = blobs
+        .iter()
+        .filter(|b| !sizes.contains_key(b.as_str()))
+        .map(|b| format!("blob {b} is missing"))
+        .collect();
+    // Asked to read the blobs and unable to: that is not a pass.
+    if read_data != ReadData::None {
+        problems.push(format!(
+            "blob data not read: the backup is encrypted and no identity was given (--identity FILE, or identity_file in the job's encryption) to decrypt its {} blob(s)",
+            blobs.len()
+        ));
+    }
+    if problems.is_empty() {
+        Ok(format!(
+            "index sha256 ok (encrypted: give --identity to read it), all {} blob(s) present",
+            blobs.len()
+        ))
+    } else {
+        Err(problems)
+    }
+}
+
+/// Each distinct blob of `index`, with the content the index records for it and the files
+/// using it; a blob recorded with two contents goes into `problems`.
+fn blob_uses<'a>(
+    index: &'a crate::blobs::FileIndex,
+    entry: &SourceEntry,
+    problems: &mut Vec<String>,
+) -> BTreeMap<&'a str, BlobUse<'a>> {
     let mut blobs: BTreeMap<&str, BlobUse<'_>> = BTreeMap::new();
     for f in &index.files {
         let use_ = blobs.entry(f.blob.as_str()).or_insert_with(|| BlobUse {
@@ -543,16 +605,20 @@ async fn check_files(
         }
         use_.files.push(&f.path);
     }
-    for f in &index.files {
-        if !sizes.contains_key(f.blob.as_str()) {
-            problems.push(format!("blob {} is missing (file {})", f.blob, f.path));
-        }
-    }
-    let present: Vec<(&str, &BlobUse<'_>)> = blobs
-        .iter()
-        .filter(|(b, _)| sizes.contains_key(*b))
-        .map(|(b, u)| (*b, u))
-        .collect();
+    blobs
+}
+
+/// With `read_data`, reads back the `present` blobs (or a sample of them); the damaged ones
+/// go into `problems`. Returns the tally and how many were archived and not read.
+async fn read_blobs(
+    storage: &dyn Storage,
+    packing: &Packing,
+    blobs: &BTreeMap<&str, BlobUse<'_>>,
+    present: Vec<(&str, &BlobUse<'_>)>,
+    archived: bool,
+    read_data: ReadData,
+    problems: &mut Vec<String>,
+) -> (ReadTally, u64) {
     let mut read = ReadTally::default();
     let mut archived_blobs = 0u64;
     if read_data != ReadData::None {
@@ -584,29 +650,7 @@ async fn check_files(
         bad.sort();
         problems.extend(bad);
     }
-    let result = if problems.is_empty() {
-        let mut ok = format!(
-            "index ok, {} file(s), all {} blob(s) present",
-            index.files.len(),
-            blobs.len()
-        );
-        if read_data != ReadData::None {
-            ok.push_str(&format!(
-                ", {} read back intact ({}; read_data {read_data})",
-                read.read,
-                human_bytes(read.bytes)
-            ));
-            if archived_blobs > 0 {
-                ok.push_str(&format!(
-                    ", {archived_blobs} archived and not read (retrieve them for a full check)"
-                ));
-            }
-        }
-        Ok(ok)
-    } else {
-        Err(problems)
-    };
-    SourceChecked { result, read }
+    (read, archived_blobs)
 }
 
 /// Blobs read at once: small blobs on S3 are bound by round trips, not bandwidth.

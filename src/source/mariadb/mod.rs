@@ -726,6 +726,24 @@ impl MariaDbSource {
         url: &DbUrl,
         tables: &[String],
     ) -> Result<Vec<String>, SourceError> {
+        let mut out = Vec::new();
+        for ((name, child, parent), cols) in self.foreign_keys_of(url, tables).await? {
+            if let Some(why) = self
+                .why_unenforced(url, &name, &child, &parent, &cols)
+                .await?
+            {
+                out.push(why);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Foreign keys to or from `tables`, each with its (column, referenced column) pairs.
+    async fn foreign_keys_of(
+        &self,
+        url: &DbUrl,
+        tables: &[String],
+    ) -> Result<Vec<(ForeignKey, Vec<(String, String)>)>, SourceError> {
         let names = hex_list(tables);
         let keys = self
             .hex_rows(
@@ -752,94 +770,89 @@ impl MariaDbSource {
                 None => fks.push((key, vec![(col.clone(), refcol.clone())])),
             }
         }
-        let mut out = Vec::new();
-        for ((name, child, parent), cols) in fks {
-            let column_types = self
-                .hex_rows(
-                    url,
-                    &format!(
-                        "select hex(table_name), hex(column_name), hex(lower(column_type)), \
-                                hex(coalesce(collation_name, '')) \
-                         from information_schema.columns where table_schema = database() \
-                           and table_name in ({})",
-                        hex_list(&[child.clone(), parent.clone()])
-                    ),
-                )
-                .await?;
-            let of = |t: &str, c: &str| {
-                column_types
-                    .iter()
-                    .find(|r| r.len() == 4 && r[0] == t && r[1] == c)
-                    .map(|r| (r[2].clone(), r[3].clone()))
-            };
-            let label = format!(
-                "foreign key {} on {} → {}",
-                sql::quote_name(&name),
-                sql::quote_name(&child),
-                sql::quote_name(&parent)
-            );
-            let Some(_) = column_types.iter().find(|r| r.first() == Some(&parent)) else {
-                // No such table: the row check names it.
-                continue;
-            };
-            let mut why = Vec::new();
-            for (c, r) in &cols {
-                match (of(&child, c), of(&parent, r)) {
-                    (Some(a), Some(b)) => {
-                        if !compatible(&a, &b) {
-                            why.push(format!(
-                                "{}.{} is {} but {}.{} is {}",
-                                sql::quote_name(&child),
-                                sql::quote_name(c),
-                                a.0,
-                                sql::quote_name(&parent),
-                                sql::quote_name(r),
-                                b.0
-                            ));
-                        }
-                    }
-                    (None, _) => why.push(format!("{} has no column {}", sql::quote_name(&child), sql::quote_name(c))),
-                    (_, None) => why.push(format!("{} has no column {}", sql::quote_name(&parent), sql::quote_name(r))),
-                }
-            }
-            let index = self
-                .hex_rows(
-                    url,
-                    &format!(
-                        "select hex(index_name), hex(column_name) from information_schema.statistics \
-                         where table_schema = database() and table_name = unhex('{}') \
-                         order by index_name, seq_in_index",
-                        hex::encode(&parent)
-                    ),
-                )
-                .await?;
-            let mut indexes: Vec<(String, Vec<String>)> = Vec::new();
-            for r in index {
-                let [i, c] = r.as_slice() else { continue };
-                match indexes.iter_mut().find(|(n, _)| n == i) {
-                    Some((_, cs)) => cs.push(c.clone()),
-                    None => indexes.push((i.clone(), vec![c.clone()])),
-                }
-            }
-            let wanted: Vec<&String> = cols.iter().map(|(_, r)| r).collect();
-            let indexed = indexes
-                .iter()
-                .any(|(_, cs)| cs.len() >= wanted.len() && cs.iter().zip(&wanted).all(|(a, b)| a == *b));
-            if !indexed {
-                why.push(format!(
-                    "{} has no index starting with the referenced column(s)",
-                    sql::quote_name(&parent)
-                ));
-            }
-            if !why.is_empty() {
-                out.push(format!(
-                    "{label} is kept but cannot be enforced (it rejects every row of {}): {}; the table differs from the one the key was made for: alter it (or the key) to match",
-                    sql::quote_name(&child),
-                    why.join(", ")
-                ));
+        Ok(fks)
+    }
+
+    /// Why foreign key `name` of `child` to `parent` cannot be enforced; `None` when it can,
+    /// or when `parent` is not there (the row check names it).
+    async fn why_unenforced(
+        &self,
+        url: &DbUrl,
+        name: &str,
+        child: &str,
+        parent: &String,
+        cols: &[(String, String)],
+    ) -> Result<Option<String>, SourceError> {
+        let column_types = self
+            .hex_rows(
+                url,
+                &format!(
+                    "select hex(table_name), hex(column_name), hex(lower(column_type)), \
+                            hex(coalesce(collation_name, '')) \
+                     from information_schema.columns where table_schema = database() \
+                       and table_name in ({})",
+                    hex_list(&[child.to_string(), parent.clone()])
+                ),
+            )
+            .await?;
+        let label = format!(
+            "foreign key {} on {} → {}",
+            sql::quote_name(name),
+            sql::quote_name(child),
+            sql::quote_name(parent)
+        );
+        let Some(_) = column_types.iter().find(|r| r.first() == Some(parent)) else {
+            // No such table: the row check names it.
+            return Ok(None);
+        };
+        let mut why = column_mismatches(child, parent, cols, &column_types);
+        if !self.parent_indexed(url, parent, cols).await? {
+            why.push(format!(
+                "{} has no index starting with the referenced column(s)",
+                sql::quote_name(parent)
+            ));
+        }
+        if !why.is_empty() {
+            return Ok(Some(format!(
+                "{label} is kept but cannot be enforced (it rejects every row of {}): {}; the table differs from the one the key was made for: alter it (or the key) to match",
+                sql::quote_name(child),
+                why.join(", ")
+            )));
+        }
+        Ok(None)
+    }
+
+    /// Whether `parent` has an index that starts with the referenced columns of `cols`.
+    async fn parent_indexed(
+        &self,
+        url: &DbUrl,
+        parent: &str,
+        cols: &[(String, String)],
+    ) -> Result<bool, SourceError> {
+        let index = self
+            .hex_rows(
+                url,
+                &format!(
+                    "select hex(index_name), hex(column_name) from information_schema.statistics \
+                     where table_schema = database() and table_name = unhex('{}') \
+                     order by index_name, seq_in_index",
+                    hex::encode(parent)
+                ),
+            )
+            .await?;
+        let mut indexes: Vec<(String, Vec<String>)> = Vec::new();
+        for r in index {
+            let [i, c] = r.as_slice() else { continue };
+            match indexes.iter_mut().find(|(n, _)| n == i) {
+                Some((_, cs)) => cs.push(c.clone()),
+                None => indexes.push((i.clone(), vec![c.clone()])),
             }
         }
-        Ok(out)
+        let wanted: Vec<&String> = cols.iter().map(|(_, r)| r).collect();
+        let indexed = indexes
+            .iter()
+            .any(|(_, cs)| cs.len() >= wanted.len() && cs.iter().zip(&wanted).all(|(a, b)| a == *b));
+        Ok(indexed)
     }
 
     async fn base_tables(&self, url: &DbUrl) -> Result<Vec<String>, SourceError> {
@@ -918,6 +931,43 @@ fn compatible(a: &(String, String), b: &(String, String)) -> bool {
         }
     };
     base(&a.0) == base(&b.0) && a.1 == b.1
+}
+
+/// The columns of `cols` (child column, parent column) whose types differ, or that are
+/// missing, as rows of `column_types` (table, column, type, collation) say.
+fn column_mismatches(
+    child: &str,
+    parent: &str,
+    cols: &[(String, String)],
+    column_types: &[Vec<String>],
+) -> Vec<String> {
+    let of = |t: &str, c: &str| {
+        column_types
+            .iter()
+            .find(|r| r.len() == 4 && r[0] == t && r[1] == c)
+            .map(|r| (r[2].clone(), r[3].clone()))
+    };
+    let mut why = Vec::new();
+    for (c, r) in cols {
+        match (of(child, c), of(parent, r)) {
+            (Some(a), Some(b)) => {
+                if !compatible(&a, &b) {
+                    why.push(format!(
+                        "{}.{} is {} but {}.{} is {}",
+                        sql::quote_name(child),
+                        sql::quote_name(c),
+                        a.0,
+                        sql::quote_name(parent),
+                        sql::quote_name(r),
+                        b.0
+                    ));
+                }
+            }
+            (None, _) => why.push(format!("{} has no column {}", sql::quote_name(child), sql::quote_name(c))),
+            (_, None) => why.push(format!("{} has no column {}", sql::quote_name(parent), sql::quote_name(r))),
+        }
+    }
+    why
 }
 
 /// Read an archive's tables; with `until`, stop reading as soon as all of those are seen
@@ -1225,68 +1275,13 @@ impl MariaDbSource {
             .cloned()
             .collect();
         if !selection.include.is_empty() {
-            if wanted.is_empty() {
-                return Err(SourceError::Refused(
-                    "no table left to restore: every table named with --table is also excluded (--exclude-table, or the backup's exclude_tables without --all-tables)".to_string(),
-                ));
-            }
-            // Usually stops early: the named tables' sections are found long before the end.
-            let in_backup = scan_archive(archive, Some(&selection.include)).await?;
-            let missing: Vec<&str> = selection
-                .include
-                .iter()
-                .filter(|t| !in_backup.contains(t))
-                .map(String::as_str)
-                .collect();
-            if !missing.is_empty() {
-                // The scan read to the end: the list is complete. A schema has hundreds of
-                // tables: the closest names and the count, not every name.
-                let hints: Vec<String> = missing
-                    .iter()
-                    .map(|m| {
-                        format!(
-                            "{m} ({})",
-                            crate::names::closest_hint(m, &in_backup, "tables", "in this backup")
-                        )
-                    })
-                    .collect();
-                return Err(SourceError::Refused(format!(
-                    "table(s) not in this backup: {}",
-                    hints.join("; ")
-                )));
-            }
-            lines.push(format!(
-                "{}: only table(s) {} (with their triggers, and the views over them that are missing; routines and events are left out)",
-                self.name,
-                wanted.join(", ")
-            ));
+            self.check_named_tables(archive, &selection, &wanted, &mut lines)
+                .await?;
         }
         // The dump drops each object before creating it: without --clean, make sure that
         // replaces nothing.
         if !opts.clean && !not_yet {
-            let live = self.relations(&url).await?;
-            if selection.include.is_empty() {
-                if !live.is_empty() {
-                    return Err(SourceError::Refused(format!(
-                        "target database \"{}\" already has {} table(s); restore into an empty database, or pass --clean to drop and replace the objects in the backup, or --table NAME to restore single tables",
-                        url.database(),
-                        live.len()
-                    )));
-                }
-            } else {
-                let clash: Vec<&str> = wanted
-                    .iter()
-                    .filter(|t| live.iter().any(|(n, _)| n == *t))
-                    .map(String::as_str)
-                    .collect();
-                if !clash.is_empty() {
-                    return Err(SourceError::Refused(format!(
-                        "target database \"{}\" already has table(s) {}; pass --clean to drop and replace them, or drop them first",
-                        url.database(),
-                        clash.join(", ")
-                    )));
-                }
-            }
+            self.refuse_replacing(&url, &selection, &wanted).await?;
         }
 
         // A dry run has connected and checked what the restore checks; with --clean, it
@@ -1315,8 +1310,110 @@ impl MariaDbSource {
         } else {
             Vec::new()
         };
+        let selective = !selection.include.is_empty() || !selection.exclude.is_empty();
+        let filtered = self.run_client(archive, &url, &selection, selective).await?;
+        if selective {
+            self.report_selection(&selection, &filtered.filter, &mut lines);
+        }
+        if !wanted.is_empty() {
+            self.check_restored_tables(&url, &wanted, &filtered.filter, &triggers_before, &mut lines)
+                .await?;
+        }
+        Ok(lines)
+    }
+
+    /// With `--table`: refuses names that leave nothing or are not in the backup, and says
+    /// which tables are restored.
+    async fn check_named_tables(
+        &self,
+        archive: &dyn Archive,
+        selection: &Selection,
+        wanted: &[String],
+        lines: &mut Vec<String>,
+    ) -> Result<(), SourceError> {
+        if wanted.is_empty() {
+            return Err(SourceError::Refused(
+                "no table left to restore: every table named with --table is also excluded (--exclude-table, or the backup's exclude_tables without --all-tables)".to_string(),
+            ));
+        }
+        // Usually stops early: the named tables' sections are found long before the end.
+        let in_backup = scan_archive(archive, Some(&selection.include)).await?;
+        let missing: Vec<&str> = selection
+            .include
+            .iter()
+            .filter(|t| !in_backup.contains(t))
+            .map(String::as_str)
+            .collect();
+        if !missing.is_empty() {
+            // The scan read to the end: the list is complete. A schema has hundreds of
+            // tables: the closest names and the count, not every name.
+            let hints: Vec<String> = missing
+                .iter()
+                .map(|m| {
+                    format!(
+                        "{m} ({})",
+                        crate::names::closest_hint(m, &in_backup, "tables", "in this backup")
+                    )
+                })
+                .collect();
+            return Err(SourceError::Refused(format!(
+                "table(s) not in this backup: {}",
+                hints.join("; ")
+            )));
+        }
+        lines.push(format!(
+            "{}: only table(s) {} (with their triggers, and the views over them that are missing; routines and events are left out)",
+            self.name,
+            wanted.join(", ")
+        ));
+        Ok(())
+    }
+
+    /// Without --clean: refuses a target that has tables (the whole backup) or the named
+    /// tables (`--table`).
+    async fn refuse_replacing(
+        &self,
+        url: &DbUrl,
+        selection: &Selection,
+        wanted: &[String],
+    ) -> Result<(), SourceError> {
+        let live = self.relations(url).await?;
+        if selection.include.is_empty() {
+            if !live.is_empty() {
+                return Err(SourceError::Refused(format!(
+                    "target database \"{}\" already has {} table(s); restore into an empty database, or pass --clean to drop and replace the objects in the backup, or --table NAME to restore single tables",
+                    url.database(),
+                    live.len()
+                )));
+            }
+        } else {
+            let clash: Vec<&str> = wanted
+                .iter()
+                .filter(|t| live.iter().any(|(n, _)| n == *t))
+                .map(String::as_str)
+                .collect();
+            if !clash.is_empty() {
+                return Err(SourceError::Refused(format!(
+                    "target database \"{}\" already has table(s) {}; pass --clean to drop and replace them, or drop them first",
+                    url.database(),
+                    clash.join(", ")
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Feeds the archive (through the selection's filter when `selective`) to the client;
+    /// returns the filtered reader, whose filter says what went through.
+    async fn run_client(
+        &self,
+        archive: &dyn Archive,
+        url: &DbUrl,
+        selection: &Selection,
+        selective: bool,
+    ) -> Result<Filtered<Box<dyn AsyncRead + Send + Unpin>>, SourceError> {
         let (tool, path) = self.tool(CLIENT_TOOLS);
-        let conn = Connection::new(&url, self.password_for(&url));
+        let conn = Connection::new(url, self.password_for(url));
         let mut cmd = self.command(&path, &conn);
         // --binary-mode: the dump's bytes go to the server as they are ('\0' and '\\' in
         // data included); the server's packet limit still applies, the client's is raised.
@@ -1330,7 +1427,6 @@ impl MariaDbSource {
         .arg(url.database())
         .stdin(Stdio::piped());
         let data = archive.open().await?;
-        let selective = !selection.include.is_empty() || !selection.exclude.is_empty();
         let mut filtered = Filtered::new(data, Filter::new(selection.clone()));
         let mut child = cmd.spawn().map_err(|e| self.spawn_err(tool, e))?;
         let (Some(stdin), Some(stderr)) = (child.stdin.take(), child.stderr.take()) else {
@@ -1380,102 +1476,124 @@ impl MariaDbSource {
             }
             other => other,
         })?;
-        if selective {
-            let report = filtered.filter.report();
-            if selection.include.is_empty() {
+        Ok(filtered)
+    }
+
+    /// With `--exclude-table` only: says what was restored and skipped.
+    fn report_selection(&self, selection: &Selection, filter: &Filter, lines: &mut Vec<String>) {
+        let report = filter.report();
+        if selection.include.is_empty() {
+            lines.push(format!(
+                "{}: {} table(s); skipped: {}",
+                self.name,
+                report.tables.len(),
+                if report.skipped.is_empty() {
+                    "none".to_string()
+                } else {
+                    report.skipped.join(", ")
+                }
+            ));
+            for t in selection
+                .exclude
+                .iter()
+                .filter(|t| !report.skipped.contains(t))
+            {
+                tracing::warn!("excluded table {t} is not in this backup");
+            }
+            if !report.views_left_out.is_empty() {
                 lines.push(format!(
-                    "{}: {} table(s); skipped: {}",
+                    "{}: left out because they need a table that is not restored: view(s) {}",
                     self.name,
-                    report.tables.len(),
-                    if report.skipped.is_empty() {
-                        "none".to_string()
-                    } else {
-                        report.skipped.join(", ")
-                    }
+                    report.views_left_out.join(", ")
                 ));
-                for t in selection
-                    .exclude
-                    .iter()
-                    .filter(|t| !report.skipped.contains(t))
-                {
-                    tracing::warn!("excluded table {t} is not in this backup");
-                }
-                if !report.views_left_out.is_empty() {
-                    lines.push(format!(
-                        "{}: left out because they need a table that is not restored: view(s) {}",
-                        self.name,
-                        report.views_left_out.join(", ")
-                    ));
-                }
             }
         }
-        if !wanted.is_empty() {
-            let mut problems = Vec::new();
-            let held = filtered.filter.held_views();
-            if filtered.filter.report().views_not_held {
-                tracing::warn!(
-                    "the backup's view definitions exceed {} MiB: views over {} missing from the target are not put back (restore them from the backup by hand)",
-                    sql::VIEWS_MAX / (1024 * 1024),
-                    wanted.join(", ")
-                );
-            }
-            let backup_tables: Vec<String> = {
-                let r = filtered.filter.report();
-                r.tables.iter().chain(&r.skipped).cloned().collect()
-            };
-            let mut left_out = Vec::new();
-            let put_back = self
-                .put_back_views(
-                    &url,
-                    &wanted,
-                    &backup_tables,
-                    &held,
-                    &mut problems,
-                    &mut left_out,
-                )
-                .await?;
-            if !left_out.is_empty() {
-                lines.push(format!(
-                    "{}: view(s) {} over the restored table(s) not created: they also read tables or views this database does not have",
-                    self.name,
-                    left_out.join(", ")
-                ));
-            }
-            let put_back_note = (!put_back.is_empty()).then(|| {
-                format!(
-                    "put back view(s) {} over the restored table(s), missing from the target (from the backup)",
-                    put_back.join(", ")
-                )
-            });
-            if let Some(note) = &put_back_note {
-                lines.push(format!("{}: {note}", self.name));
-            }
-            problems.extend(self.broken_views(&url, &wanted).await?);
-            problems.extend(self.lost_triggers(&url, &triggers_before).await?);
-            problems.extend(self.unenforced_foreign_keys(&url, &wanted).await?);
-            // The dump restores with foreign key checks off, so keys to and from the
-            // restored tables are kept but were never checked against the rows around them.
-            let broken = self.broken_foreign_keys(&url, &wanted).await?;
-            if !broken.is_empty() {
-                problems.push(format!(
-                    "rows break {} foreign key(s) to or from them:\n{}\nfix or remove those rows (the restore ran with foreign key checks off, as mariadb-dump's output asks)",
-                    broken.len(),
-                    broken.join("\n")
-                ));
-            }
-            if !problems.is_empty() {
-                for p in &problems {
-                    tracing::warn!("restore of {} is incomplete: {p}", wanted.join(", "));
-                }
-                return Err(SourceError::Incomplete(format!(
-                    "restored table(s) {}{}, but:\n{}",
-                    wanted.join(", "),
-                    put_back_note.map(|n| format!(" and {n}")).unwrap_or_default(),
-                    problems.join("\n")
-                )));
-            }
+    }
+
+    /// With `--table`, after the restore: puts back the views over the tables, and fails as
+    /// incomplete on what around them does not work.
+    async fn check_restored_tables(
+        &self,
+        url: &DbUrl,
+        wanted: &[String],
+        filter: &Filter,
+        triggers_before: &[(String, String)],
+        lines: &mut Vec<String>,
+    ) -> Result<(), SourceError> {
+        let mut problems = Vec::new();
+        let put_back_note = self
+            .put_back_missing_views(url, wanted, filter, &mut problems, lines)
+            .await?;
+        problems.extend(self.broken_views(url, wanted).await?);
+        problems.extend(self.lost_triggers(url, triggers_before).await?);
+        problems.extend(self.unenforced_foreign_keys(url, wanted).await?);
+        // The dump restores with foreign key checks off, so keys to and from the
+        // restored tables are kept but were never checked against the rows around them.
+        let broken = self.broken_foreign_keys(url, wanted).await?;
+        if !broken.is_empty() {
+            problems.push(format!(
+                "rows break {} foreign key(s) to or from them:\n{}\nfix or remove those rows (the restore ran with foreign key checks off, as mariadb-dump's output asks)",
+                broken.len(),
+                broken.join("\n")
+            ));
         }
-        Ok(lines)
+        if !problems.is_empty() {
+            for p in &problems {
+                tracing::warn!("restore of {} is incomplete: {p}", wanted.join(", "));
+            }
+            return Err(SourceError::Incomplete(format!(
+                "restored table(s) {}{}, but:\n{}",
+                wanted.join(", "),
+                put_back_note.map(|n| format!(" and {n}")).unwrap_or_default(),
+                problems.join("\n")
+            )));
+        }
+        Ok(())
+    }
+
+    /// Puts back the backup's views over the restored tables that the target is missing;
+    /// returns the note that says which.
+    async fn put_back_missing_views(
+        &self,
+        url: &DbUrl,
+        wanted: &[String],
+        filter: &Filter,
+        problems: &mut Vec<String>,
+        lines: &mut Vec<String>,
+    ) -> Result<Option<String>, SourceError> {
+        let held = filter.held_views();
+        if filter.report().views_not_held {
+            tracing::warn!(
+                "the backup's view definitions exceed {} MiB: views over {} missing from the target are not put back (restore them from the backup by hand)",
+                sql::VIEWS_MAX / (1024 * 1024),
+                wanted.join(", ")
+            );
+        }
+        let backup_tables: Vec<String> = {
+            let r = filter.report();
+            r.tables.iter().chain(&r.skipped).cloned().collect()
+        };
+        let mut left_out = Vec::new();
+        let put_back = self
+            .put_back_views(url, wanted, &backup_tables, &held, problems, &mut left_out)
+            .await?;
+        if !left_out.is_empty() {
+            lines.push(format!(
+                "{}: view(s) {} over the restored table(s) not created: they also read tables or views this database does not have",
+                self.name,
+                left_out.join(", ")
+            ));
+        }
+        let put_back_note = (!put_back.is_empty()).then(|| {
+            format!(
+                "put back view(s) {} over the restored table(s), missing from the target (from the backup)",
+                put_back.join(", ")
+            )
+        });
+        if let Some(note) = &put_back_note {
+            lines.push(format!("{}: {note}", self.name));
+        }
+        Ok(put_back_note)
     }
 }
 

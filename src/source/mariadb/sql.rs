@@ -481,31 +481,7 @@ impl Lexer {
                 && !(q == b'"' && self.quoting.ansi_quotes)
                 && !(q != 0 && self.quoting.no_backslash_escapes)
             {
-                let next = p(1);
-                if next == 0 {
-                    // The client stops reading the line here.
-                    self.skip_line = true;
-                    i += 1;
-                    continue;
-                }
-                if q != 0 || next == b'N' {
-                    self.keep(c);
-                    self.keep(next);
-                    i += 2;
-                    continue;
-                }
-                if next == b'-' {
-                    // `\-`: the client's sandbox command, which mariadb-dump puts first
-                    // ("/*M!999999\- enable the sandbox mode */"); it takes no argument.
-                    i += 2;
-                    continue;
-                }
-                self.fail(format!(
-                    "the backup has the client command \"\\{}\" outside a string",
-                    (next as char).escape_debug()
-                ));
-                self.skip_line = true;
-                i += 2;
+                i += self.backslash(q, p(1));
                 continue;
             }
             let delim = match self.delimiter {
@@ -517,43 +493,73 @@ impl Lexer {
                 i += delim.unwrap_or(1);
                 continue;
             }
-            if !self.ml_comment
-                && q == 0
-                && (c == b'#'
-                    || (c == b'-' && p(1) == b'-' && (is_space(p(2)) || p(2) == 0 || !self.pending)))
-            {
-                self.skip_line = true;
-                i += 1;
-                continue;
-            }
-            if q == 0 && c == b'/' && p(1) == b'*' && !(p(2) == b'!' || (p(2) == b'M' && p(3) == b'!'))
-            {
-                self.ml_comment = true;
-                i += 2;
-                continue;
-            }
-            if self.ml_comment && !self.ss_comment && c == b'*' && p(1) == b'/' {
-                self.ml_comment = false;
-                i += 2;
-                continue;
-            }
-            if q == 0 && c == b'/' && p(1) == b'*' && p(2) == b'!' {
-                self.ss_comment = true;
-            } else if q == 0 && self.ss_comment && c == b'*' && p(1) == b'/' {
-                self.ss_comment = false;
-            }
-            if c == q {
-                self.in_string = 0;
-            } else if !self.ml_comment && q == 0 && matches!(c, b'\'' | b'"' | b'`') {
-                self.in_string = c;
-            }
-            if !self.ml_comment && (self.pending || !is_space(c)) {
-                self.pending = true;
-                self.keep(c);
-            }
-            i += 1;
+            i += self.comment_or_text(c, q, p);
         }
         buf.len()
+    }
+
+    /// A backslash that the client reads as its own (outside a comment), followed by
+    /// `next` (0 at the end of the line) in quote `q` (0 outside a string): the escape or
+    /// client command it starts. Returns how many bytes it takes.
+    fn backslash(&mut self, q: u8, next: u8) -> usize {
+        if next == 0 {
+            // The client stops reading the line here.
+            self.skip_line = true;
+            return 1;
+        }
+        if q != 0 || next == b'N' {
+            self.keep(b'\\');
+            self.keep(next);
+            return 2;
+        }
+        if next == b'-' {
+            // `\-`: the client's sandbox command, which mariadb-dump puts first
+            // ("/*M!999999\- enable the sandbox mode */"); it takes no argument.
+            return 2;
+        }
+        self.fail(format!(
+            "the backup has the client command \"\\{}\" outside a string",
+            (next as char).escape_debug()
+        ));
+        self.skip_line = true;
+        2
+    }
+
+    /// Byte `c` in quote `q` (0 outside a string), `p(k)` the byte `k` after it: comments,
+    /// strings and the statement's own bytes. Returns how many bytes it takes.
+    fn comment_or_text(&mut self, c: u8, q: u8, p: impl Fn(usize) -> u8) -> usize {
+        if !self.ml_comment
+            && q == 0
+            && (c == b'#'
+                || (c == b'-' && p(1) == b'-' && (is_space(p(2)) || p(2) == 0 || !self.pending)))
+        {
+            self.skip_line = true;
+            return 1;
+        }
+        if q == 0 && c == b'/' && p(1) == b'*' && !(p(2) == b'!' || (p(2) == b'M' && p(3) == b'!'))
+        {
+            self.ml_comment = true;
+            return 2;
+        }
+        if self.ml_comment && !self.ss_comment && c == b'*' && p(1) == b'/' {
+            self.ml_comment = false;
+            return 2;
+        }
+        if q == 0 && c == b'/' && p(1) == b'*' && p(2) == b'!' {
+            self.ss_comment = true;
+        } else if q == 0 && self.ss_comment && c == b'*' && p(1) == b'/' {
+            self.ss_comment = false;
+        }
+        if c == q {
+            self.in_string = 0;
+        } else if !self.ml_comment && q == 0 && matches!(c, b'\'' | b'"' | b'`') {
+            self.in_string = c;
+        }
+        if !self.ml_comment && (self.pending || !is_space(c)) {
+            self.pending = true;
+            self.keep(c);
+        }
+        1
     }
 
     fn keep(&mut self, c: u8) {

@@ -284,6 +284,102 @@ impl MongoSource {
         Ok(t)
     }
 
+    /// Without --clean: refuses a target that already has collections the restore writes
+    /// (any of the restored databases', or the named ones with `--table`).
+    async fn refuse_existing(
+        &self,
+        target: &MongoUrl,
+        sel: &select::Selection,
+        names: &[&str],
+        opts: &RestoreOptions,
+    ) -> Result<(), SourceError> {
+        match self.collections(target).await? {
+            Some(existing) => {
+                let clash: Vec<&String> = if opts.tables.is_empty() {
+                    let dbs = sel.target_dbs();
+                    existing
+                        .iter()
+                        .filter(|e| e.split_once('.').is_some_and(|(d, _)| dbs.contains(d)))
+                        .collect()
+                } else {
+                    existing
+                        .iter()
+                        .filter(|e| names.contains(&e.as_str()))
+                        .collect()
+                };
+                if !clash.is_empty() {
+                    return Err(SourceError::Refused(format!(
+                        "the target already has {} collection(s) ({}); restore into an empty database, or pass --clean to drop and replace the collections in the backup{}",
+                        clash.len(),
+                        clash
+                            .iter()
+                            .take(10)
+                            .map(|s| s.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", "),
+                        if opts.tables.is_empty() {
+                            ", or --table NAME to restore single collections"
+                        } else {
+                            ""
+                        }
+                    )));
+                }
+            }
+            None => tracing::warn!(
+                "mongosh is not installed: cannot check that the target is empty; mongorestore stops at the first document that already exists"
+            ),
+        }
+        Ok(())
+    }
+
+    /// Runs mongorestore with the selection's options, fed the archive; returns what it
+    /// said on stderr.
+    async fn run_mongorestore(
+        &self,
+        archive: &dyn Archive,
+        target: &MongoUrl,
+        sel: &select::Selection,
+        opts: &RestoreOptions,
+    ) -> Result<String, SourceError> {
+        let config = password_file(target.password())?;
+        if config.is_some() {
+            self.version_of("mongorestore", true).await?;
+        }
+        let mut cmd = tool_command("mongorestore", self.priority);
+        cmd.args(["--archive", "--stopOnError"])
+            .args(connection_args(
+                &target.server_uri(),
+                config.as_ref().map(|f| f.path()),
+            ))
+            .args(&sel.args)
+            .stdin(Stdio::piped());
+        if opts.clean {
+            cmd.arg("--drop");
+        }
+        let mut data = archive.open().await?;
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| spawn_error("mongorestore", e, INSTALL_HINT))?;
+        let (Some(stdin), Some(mut stdout), Some(stderr)) =
+            (child.stdin.take(), child.stdout.take(), child.stderr.take())
+        else {
+            return Err(SourceError::Protocol(
+                "mongorestore started without pipes".into(),
+            ));
+        };
+        let stderr = drain_stderr(stderr);
+        // Nothing is expected on stdout; read it anyway so it can never fill and stall.
+        let stdout = tokio::spawn(async move {
+            let mut sink = Vec::new();
+            let _ = stdout.read_to_end(&mut sink).await;
+        });
+        feed(data.as_mut(), stdin, &mut child).await?;
+        let said = wait_tool("mongorestore", child, stderr).await;
+        drop(config);
+        let _ = stdout.await;
+        said
+    }
+
     /// `TOOL --version`, checked to take `--config` when a password must be given.
     async fn version_of(&self, tool: &str, password: bool) -> Result<String, SourceError> {
         let out = tokio::process::Command::new(tool)
@@ -525,79 +621,9 @@ impl Database for MongoSource {
             return Ok(lines);
         }
         if !opts.clean {
-            match self.collections(&target).await? {
-                Some(existing) => {
-                    let clash: Vec<&String> = if opts.tables.is_empty() {
-                        let dbs = sel.target_dbs();
-                        existing
-                            .iter()
-                            .filter(|e| e.split_once('.').is_some_and(|(d, _)| dbs.contains(d)))
-                            .collect()
-                    } else {
-                        existing
-                            .iter()
-                            .filter(|e| names.contains(&e.as_str()))
-                            .collect()
-                    };
-                    if !clash.is_empty() {
-                        return Err(SourceError::Refused(format!(
-                            "the target already has {} collection(s) ({}); restore into an empty database, or pass --clean to drop and replace the collections in the backup{}",
-                            clash.len(),
-                            clash
-                                .iter()
-                                .take(10)
-                                .map(|s| s.as_str())
-                                .collect::<Vec<_>>()
-                                .join(", "),
-                            if opts.tables.is_empty() {
-                                ", or --table NAME to restore single collections"
-                            } else {
-                                ""
-                            }
-                        )));
-                    }
-                }
-                None => tracing::warn!(
-                    "mongosh is not installed: cannot check that the target is empty; mongorestore stops at the first document that already exists"
-                ),
-            }
+            self.refuse_existing(&target, &sel, &names, opts).await?;
         }
-        let config = password_file(target.password())?;
-        if config.is_some() {
-            self.version_of("mongorestore", true).await?;
-        }
-        let mut cmd = tool_command("mongorestore", self.priority);
-        cmd.args(["--archive", "--stopOnError"])
-            .args(connection_args(
-                &target.server_uri(),
-                config.as_ref().map(|f| f.path()),
-            ))
-            .args(&sel.args)
-            .stdin(Stdio::piped());
-        if opts.clean {
-            cmd.arg("--drop");
-        }
-        let mut data = archive.open().await?;
-        let mut child = cmd
-            .spawn()
-            .map_err(|e| spawn_error("mongorestore", e, INSTALL_HINT))?;
-        let (Some(stdin), Some(mut stdout), Some(stderr)) =
-            (child.stdin.take(), child.stdout.take(), child.stderr.take())
-        else {
-            return Err(SourceError::Protocol(
-                "mongorestore started without pipes".into(),
-            ));
-        };
-        let stderr = drain_stderr(stderr);
-        // Nothing is expected on stdout; read it anyway so it can never fill and stall.
-        let stdout = tokio::spawn(async move {
-            let mut sink = Vec::new();
-            let _ = stdout.read_to_end(&mut sink).await;
-        });
-        feed(data.as_mut(), stdin, &mut child).await?;
-        let said = wait_tool("mongorestore", child, stderr).await;
-        drop(config);
-        let _ = stdout.await;
+        let said = self.run_mongorestore(archive, &target, &sel, opts).await;
         if let Some(summary) = restore_summary(&said?) {
             lines.push(format!("{}: {summary}", self.name));
         }

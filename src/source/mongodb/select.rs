@@ -48,6 +48,74 @@ pub fn select(
     exclude: &[String],
 ) -> Result<Selection, String> {
     let user: Vec<&Namespace> = namespaces.iter().filter(|n| n.is_user()).collect();
+    let mut sel = Selection::default();
+    // Which of the backup's databases this restore takes.
+    let scope = database_scope(&user, target_db, &mut sel)?;
+    let candidates: Vec<&Namespace> = user
+        .iter()
+        .copied()
+        .filter(|n| scope.is_none_or(|s| n.db == s))
+        .collect();
+    let mut included: Vec<&Namespace> = Vec::new();
+    let mut missing = Vec::new();
+    for t in tables {
+        match resolve(&candidates, t)? {
+            Some(n) => {
+                if !included.contains(&n) {
+                    included.push(n);
+                }
+            }
+            None => missing.push(t.as_str()),
+        }
+    }
+    if !missing.is_empty() {
+        return Err(format!(
+            "collection(s) not in this backup: {}; collections in this backup: {}",
+            missing.join(", "),
+            known(&candidates)
+        ));
+    }
+    let mut excluded: Vec<&Namespace> = Vec::new();
+    for t in exclude {
+        match resolve(&candidates, t)? {
+            Some(n) => excluded.push(n),
+            None => sel.unmatched_excludes.push(t.clone()),
+        }
+    }
+    let chosen: Vec<&Namespace> = candidates
+        .iter()
+        .copied()
+        .filter(|n| included.is_empty() || included.contains(n))
+        .filter(|n| !excluded.contains(n))
+        .collect();
+    if chosen.is_empty() && !candidates.is_empty() {
+        return Err(format!(
+            "no collection left to restore; collections in this backup: {}",
+            known(&candidates)
+        ));
+    }
+    namespace_args(&mut sel, &included, &excluded, scope)?;
+    sel.restored = chosen
+        .iter()
+        .map(|n| {
+            let to = match &sel.rename {
+                Some((_, to)) => format!("{to}.{}", n.collection),
+                None => n.name(),
+            };
+            (n.name(), to)
+        })
+        .collect();
+    Ok(sel)
+}
+
+/// Which of the backup's databases (of `user`'s namespaces) a restore into `target_db`
+/// takes: `None` for all; sets `sel.rename` when the backup's one database is restored
+/// under another name.
+fn database_scope<'a>(
+    user: &[&'a Namespace],
+    target_db: &'a str,
+    sel: &mut Selection,
+) -> Result<Option<&'a str>, String> {
     let mut dbs: Vec<&str> = user
         .iter()
         .map(|n| n.db.as_str())
@@ -55,8 +123,6 @@ pub fn select(
         .collect();
     dbs.sort_unstable();
     dbs.dedup();
-    let mut sel = Selection::default();
-    // Which of the backup's databases this restore takes.
     let scope: Option<&str> = if target_db.is_empty() {
         None
     } else if user.iter().any(|n| n.db == target_db) {
@@ -77,79 +143,50 @@ pub fn select(
             }
         }
     };
-    let candidates: Vec<&Namespace> = user
-        .iter()
-        .copied()
-        .filter(|n| scope.is_none_or(|s| n.db == s))
-        .collect();
-    let known = || {
-        if candidates.is_empty() {
-            "none".to_string()
-        } else {
-            candidates
-                .iter()
-                .map(|n| n.name())
-                .collect::<Vec<_>>()
-                .join(", ")
-        }
-    };
-    let resolve = |wanted: &str| -> Result<Option<&Namespace>, String> {
-        if let Some(n) = candidates.iter().find(|n| n.name() == wanted) {
-            return Ok(Some(n));
-        }
-        let by_name: Vec<&&Namespace> = candidates
+    Ok(scope)
+}
+
+/// The names of `candidates`, for messages.
+fn known(candidates: &[&Namespace]) -> String {
+    if candidates.is_empty() {
+        "none".to_string()
+    } else {
+        candidates
             .iter()
-            .filter(|n| n.collection == wanted)
-            .collect();
-        match by_name.as_slice() {
-            [] => Ok(None),
-            [one] => Ok(Some(one)),
-            many => Err(format!(
-                "collection \"{wanted}\" is in several databases of the backup ({}); name one as DB.COLLECTION",
-                many.iter().map(|n| n.name()).collect::<Vec<_>>().join(", ")
-            )),
-        }
-    };
-    let mut included: Vec<&Namespace> = Vec::new();
-    let mut missing = Vec::new();
-    for t in tables {
-        match resolve(t)? {
-            Some(n) => {
-                if !included.contains(&n) {
-                    included.push(n);
-                }
-            }
-            None => missing.push(t.as_str()),
-        }
+            .map(|n| n.name())
+            .collect::<Vec<_>>()
+            .join(", ")
     }
-    if !missing.is_empty() {
-        return Err(format!(
-            "collection(s) not in this backup: {}; collections in this backup: {}",
-            missing.join(", "),
-            known()
-        ));
+}
+
+/// The namespace of `candidates` that `wanted` ("db.name" or "name") names, if any.
+fn resolve<'a>(candidates: &[&'a Namespace], wanted: &str) -> Result<Option<&'a Namespace>, String> {
+    if let Some(n) = candidates.iter().find(|n| n.name() == wanted) {
+        return Ok(Some(n));
     }
-    let mut excluded: Vec<&Namespace> = Vec::new();
-    for t in exclude {
-        match resolve(t)? {
-            Some(n) => excluded.push(n),
-            None => sel.unmatched_excludes.push(t.clone()),
-        }
-    }
-    let chosen: Vec<&Namespace> = candidates
+    let by_name: Vec<&&Namespace> = candidates
         .iter()
-        .copied()
-        .filter(|n| included.is_empty() || included.contains(n))
-        .filter(|n| !excluded.contains(n))
+        .filter(|n| n.collection == wanted)
         .collect();
-    if chosen.is_empty() && !candidates.is_empty() {
-        return Err(format!(
-            "no collection left to restore; collections in this backup: {}",
-            known()
-        ));
+    match by_name.as_slice() {
+        [] => Ok(None),
+        [one] => Ok(Some(one)),
+        many => Err(format!(
+            "collection \"{wanted}\" is in several databases of the backup ({}); name one as DB.COLLECTION",
+            many.iter().map(|n| n.name()).collect::<Vec<_>>().join(", ")
+        )),
     }
+}
+
+/// The mongorestore options for the namespaces included, excluded and renamed.
+fn namespace_args(
+    sel: &mut Selection,
+    included: &[&Namespace],
+    excluded: &[&Namespace],
+    scope: Option<&str>,
+) -> Result<(), String> {
     if !included.is_empty() {
-        for n in &included {
+        for n in included {
             if !excluded.contains(n) {
                 sel.args.push(format!("--nsInclude={}", escape(&n.name())?));
             }
@@ -157,24 +194,14 @@ pub fn select(
     } else if let Some(db) = scope {
         sel.args.push(format!("--nsInclude={}.*", escape(db)?));
     }
-    for n in &excluded {
+    for n in excluded {
         sel.args.push(format!("--nsExclude={}", escape(&n.name())?));
     }
     if let Some((from, to)) = &sel.rename {
         sel.args.push(format!("--nsFrom={}.*", escape(from)?));
         sel.args.push(format!("--nsTo={}.*", escape(to)?));
     }
-    sel.restored = chosen
-        .iter()
-        .map(|n| {
-            let to = match &sel.rename {
-                Some((_, to)) => format!("{to}.{}", n.collection),
-                None => n.name(),
-            };
-            (n.name(), to)
-        })
-        .collect();
-    Ok(sel)
+    Ok(())
 }
 
 #[cfg(test)]

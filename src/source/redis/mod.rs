@@ -478,27 +478,7 @@ impl Database for RedisSource {
     ) -> Result<Vec<String>, SourceError> {
         let path = target_path(&opts.target).map_err(SourceError::Refused)?;
         let shown = path.display().to_string();
-        let dir = match path.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-            _ => PathBuf::from("."),
-        };
-        if !dir.is_dir() {
-            return Err(SourceError::Refused(format!(
-                "directory {} does not exist; give the path of the RDB file in the server's data directory, e.g. /data/dump.rdb",
-                dir.display()
-            )));
-        }
-        let existing = match tokio::fs::metadata(&path).await {
-            Ok(m) if m.is_dir() => {
-                return Err(SourceError::Refused(format!(
-                    "{shown} is a directory; give the RDB file's path, e.g. {}",
-                    path.join("dump.rdb").display()
-                )));
-            }
-            Ok(m) => Some(m),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
-            Err(e) => return Err(SourceError::io(format!("cannot inspect {shown}"), e)),
-        };
+        let (dir, existing) = inspect_target(&path, &shown).await?;
         let replacing = existing.as_ref().filter(|m| m.len() > 0);
         if let Some(m) = replacing
             && !opts.clean
@@ -533,24 +513,7 @@ impl Database for RedisSource {
 
         let mut data = archive.open().await?;
         // The header first: an archive that is not an RDB must not even create a file.
-        let mut head = Vec::with_capacity(rdb::HEADER_LEN);
-        while head.len() < rdb::HEADER_LEN {
-            let mut b = [0u8; rdb::HEADER_LEN];
-            let n = data
-                .read(&mut b[..rdb::HEADER_LEN - head.len()])
-                .await
-                .map_err(|e| SourceError::io("reading the backup", e))?;
-            if n == 0 {
-                break;
-            }
-            head.extend_from_slice(&b[..n]);
-        }
-        let version = rdb::check_header(&head).map_err(|why| {
-            SourceError::Protocol(format!(
-                "the backup of {} {why}; it is not an RDB snapshot",
-                self.name
-            ))
-        })?;
+        let (head, version) = self.read_header(&mut data).await?;
 
         // Written beside the target and renamed over it only once complete and on disk: a
         // failure at any point leaves the old file as it was and no partial one (the temp
@@ -566,55 +529,10 @@ impl Database for RedisSource {
             .map_err(|e| {
                 SourceError::io(format!("cannot create a file in {}", dir.display()), e)
             })?;
-        let handle = temp
-            .as_file()
-            .try_clone()
-            .map_err(|e| SourceError::io("cannot open the temporary file", e))?;
-        let mut out = tokio::fs::File::from_std(handle);
-        let write_err = |e| SourceError::io(format!("cannot write {}", temp.path().display()), e);
-        out.write_all(&head).await.map_err(write_err)?;
-        let mut written = head.len() as u64;
-        let mut check = rdb::RdbCheck::new(version);
-        check.update(&head);
-        let mut buf = vec![0u8; 256 * 1024];
-        loop {
-            let n = data
-                .read(&mut buf)
-                .await
-                .map_err(|e| SourceError::io("reading the backup", e))?;
-            if n == 0 {
-                break;
-            }
-            out.write_all(&buf[..n]).await.map_err(write_err)?;
-            check.update(&buf[..n]);
-            written += n as u64;
-        }
-        check
-            .finish()
-            .map_err(|why| SourceError::Protocol(format!("the backup of {} {why}", self.name)))?;
-        out.flush().await.map_err(write_err)?;
-        out.sync_all().await.map_err(write_err)?;
-        drop(out);
-
-        // Redis must be able to read the file: keep the owner and mode of the file it
-        // replaces, or give a new one the directory's owner (mode stays 0600).
-        let like = match &existing {
-            Some(m) => Some(m.clone()),
-            None => tokio::fs::metadata(&dir).await.ok(),
-        };
-        if let Some(m) = like {
-            use std::os::unix::fs::{MetadataExt, PermissionsExt};
-            if let Err(e) = std::os::unix::fs::fchown(temp.as_file(), Some(m.uid()), Some(m.gid()))
-            {
-                tracing::debug!("cannot give {shown} the owner {}:{}: {e}", m.uid(), m.gid());
-            }
-            if existing.is_some() {
-                let mode = std::fs::Permissions::from_mode(m.permissions().mode() & 0o7777);
-                temp.as_file()
-                    .set_permissions(mode)
-                    .map_err(|e| SourceError::io(format!("cannot set the mode of {shown}"), e))?;
-            }
-        }
+        let written = self
+            .write_checked(&mut data, &head, version, &temp)
+            .await?;
+        match_owner(&temp, existing.as_ref(), &dir, &shown).await?;
         let target = path.clone();
         let dir_for_sync = dir.clone();
         // The rename runs on even if the restore is stopped while it waits for it.
@@ -634,6 +552,134 @@ impl Database for RedisSource {
             human_bytes(written)
         ));
         Ok(lines)
+    }
+}
+
+/// The directory of RDB file `path` (which must exist), and the file's metadata if it
+/// exists (refused when it is a directory).
+async fn inspect_target(
+    path: &std::path::Path,
+    shown: &str,
+) -> Result<(PathBuf, Option<std::fs::Metadata>), SourceError> {
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    if !dir.is_dir() {
+        return Err(SourceError::Refused(format!(
+            "directory {} does not exist; give the path of the RDB file in the server's data directory, e.g. /data/dump.rdb",
+            dir.display()
+        )));
+    }
+    let existing = match tokio::fs::metadata(&path).await {
+        Ok(m) if m.is_dir() => {
+            return Err(SourceError::Refused(format!(
+                "{shown} is a directory; give the RDB file's path, e.g. {}",
+                path.join("dump.rdb").display()
+            )));
+        }
+        Ok(m) => Some(m),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+        Err(e) => return Err(SourceError::io(format!("cannot inspect {shown}"), e)),
+    };
+    Ok((dir, existing))
+}
+
+/// Gives the restored file the owner (and, replacing one, the mode) of the file it
+/// replaces, or a new one the directory's owner.
+async fn match_owner(
+    temp: &tempfile::NamedTempFile,
+    existing: Option<&std::fs::Metadata>,
+    dir: &std::path::Path,
+    shown: &str,
+) -> Result<(), SourceError> {
+    // Redis must be able to read the file: keep the owner and mode of the file it
+    // replaces, or give a new one the directory's owner (mode stays 0600).
+    let like = match existing {
+        Some(m) => Some(m.clone()),
+        None => tokio::fs::metadata(&dir).await.ok(),
+    };
+    if let Some(m) = like {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        if let Err(e) = std::os::unix::fs::fchown(temp.as_file(), Some(m.uid()), Some(m.gid())) {
+            tracing::debug!("cannot give {shown} the owner {}:{}: {e}", m.uid(), m.gid());
+        }
+        if existing.is_some() {
+            let mode = std::fs::Permissions::from_mode(m.permissions().mode() & 0o7777);
+            temp.as_file()
+                .set_permissions(mode)
+                .map_err(|e| SourceError::io(format!("cannot set the mode of {shown}"), e))?;
+        }
+    }
+    Ok(())
+}
+
+impl RedisSource {
+    /// The archive's first bytes, checked to be an RDB header; and its RDB version.
+    async fn read_header(
+        &self,
+        data: &mut (dyn tokio::io::AsyncRead + Send + Unpin),
+    ) -> Result<(Vec<u8>, u32), SourceError> {
+        let mut head = Vec::with_capacity(rdb::HEADER_LEN);
+        while head.len() < rdb::HEADER_LEN {
+            let mut b = [0u8; rdb::HEADER_LEN];
+            let n = data
+                .read(&mut b[..rdb::HEADER_LEN - head.len()])
+                .await
+                .map_err(|e| SourceError::io("reading the backup", e))?;
+            if n == 0 {
+                break;
+            }
+            head.extend_from_slice(&b[..n]);
+        }
+        let version = rdb::check_header(&head).map_err(|why| {
+            SourceError::Protocol(format!(
+                "the backup of {} {why}; it is not an RDB snapshot",
+                self.name
+            ))
+        })?;
+        Ok((head, version))
+    }
+
+    /// Writes the archive (its header `head` already read) to `temp`, checking it as an RDB
+    /// file of `version`, and syncs it; returns the bytes written.
+    async fn write_checked(
+        &self,
+        data: &mut (dyn tokio::io::AsyncRead + Send + Unpin),
+        head: &[u8],
+        version: u32,
+        temp: &tempfile::NamedTempFile,
+    ) -> Result<u64, SourceError> {
+        let handle = temp
+            .as_file()
+            .try_clone()
+            .map_err(|e| SourceError::io("cannot open the temporary file", e))?;
+        let mut out = tokio::fs::File::from_std(handle);
+        let write_err = |e| SourceError::io(format!("cannot write {}", temp.path().display()), e);
+        out.write_all(head).await.map_err(write_err)?;
+        let mut written = head.len() as u64;
+        let mut check = rdb::RdbCheck::new(version);
+        check.update(head);
+        let mut buf = vec![0u8; 256 * 1024];
+        loop {
+            let n = data
+                .read(&mut buf)
+                .await
+                .map_err(|e| SourceError::io("reading the backup", e))?;
+            if n == 0 {
+                break;
+            }
+            out.write_all(&buf[..n]).await.map_err(write_err)?;
+            check.update(&buf[..n]);
+            written += n as u64;
+        }
+        check
+            .finish()
+            .map_err(|why| SourceError::Protocol(format!("the backup of {} {why}", self.name)))?;
+        out.flush().await.map_err(write_err)?;
+        out.sync_all().await.map_err(write_err)?;
+        drop(out);
+        Ok(written)
     }
 }
 

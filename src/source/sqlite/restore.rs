@@ -79,6 +79,44 @@ pub(super) async fn restore(
         target.refuse_leftovers()?;
     }
 
+    let (tmp, file, shown) = create_partial(name, &target, &mut lines)?;
+    let written = copy_image(archive, tokio::fs::File::from_std(file), &shown).await?;
+
+    let check = tmp.path().to_path_buf();
+    let tables = tokio::task::spawn_blocking(move || verify(&check))
+        .await
+        .map_err(|e| SourceError::Protocol(format!("checking the restored file: {e}")))??;
+
+    place(tmp, &target)?;
+
+    lines.push(format!(
+        "{name}: {} ({} pages, {} table(s)) written to {}{}; PRAGMA integrity_check: ok",
+        human_bytes(written.bytes),
+        written.bytes / u64::from(written.page_size),
+        tables.len(),
+        target.path.display(),
+        if replaces {
+            ", replacing the old file"
+        } else {
+            ""
+        }
+    ));
+    if written.wal {
+        lines.push(format!(
+            "{name}: the database is in WAL mode, as when it was backed up: SQLite creates {0}-wal and {0}-shm beside it when it is opened",
+            target.path.display()
+        ));
+    }
+    Ok(lines)
+}
+
+/// The hidden file beside the target that the image is written to, with the old file's
+/// mode (and owner, when allowed); a handle to write it, and its name for messages.
+fn create_partial(
+    name: &str,
+    target: &Target,
+    lines: &mut Vec<String>,
+) -> Result<(tempfile::NamedTempFile, fs::File, String), SourceError> {
     let mode = target
         .existing
         .as_ref()
@@ -122,13 +160,11 @@ pub(super) async fn restore(
             ));
         }
     }
-    let written = copy_image(archive, tokio::fs::File::from_std(file), &shown).await?;
+    Ok((tmp, file, shown))
+}
 
-    let check = tmp.path().to_path_buf();
-    let tables = tokio::task::spawn_blocking(move || verify(&check))
-        .await
-        .map_err(|e| SourceError::Protocol(format!("checking the restored file: {e}")))??;
-
+/// Renames the checked file over the target and syncs the directory.
+fn place(tmp: tempfile::NamedTempFile, target: &Target) -> Result<(), SourceError> {
     let placed = if target.existing.is_some() {
         tmp.persist(&target.path)
     } else {
@@ -149,26 +185,7 @@ pub(super) async fn restore(
     if let Err(e) = fs::File::open(&target.dir).and_then(|d| d.sync_all()) {
         tracing::warn!("cannot sync directory {}: {e}", target.dir.display());
     }
-
-    lines.push(format!(
-        "{name}: {} ({} pages, {} table(s)) written to {}{}; PRAGMA integrity_check: ok",
-        human_bytes(written.bytes),
-        written.bytes / u64::from(written.page_size),
-        tables.len(),
-        target.path.display(),
-        if replaces {
-            ", replacing the old file"
-        } else {
-            ""
-        }
-    ));
-    if written.wal {
-        lines.push(format!(
-            "{name}: the database is in WAL mode, as when it was backed up: SQLite creates {0}-wal and {0}-shm beside it when it is opened",
-            target.path.display()
-        ));
-    }
-    Ok(lines)
+    Ok(())
 }
 
 /// Where the restored file goes and what is there now.
