@@ -186,14 +186,20 @@ impl S3Storage {
     {
         let bucket = &self.cfg.bucket;
         let e = match &err {
-            SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) => StorageError::Unreachable(
-                format!(
-                    "{what}: cannot reach {} ({}); check the endpoint and the network",
-                    self.endpoint(),
-                    root_cause(&err)
+            SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) => {
+                let cause = root_cause(&err);
+                // Only picks the hint; the cause is quoted as it came.
+                let hint = if cause.to_lowercase().contains("certificate") {
+                    "the store's TLS certificate is not trusted here: give stowage the CA that \
+                     signed it (mount it and set SSL_CERT_FILE=/path/to/ca.pem, or add it to \
+                     /etc/ssl/certs)"
+                } else {
+                    "check the endpoint and the network"
+                };
+                StorageError::Unreachable(
+                    format!("{what}: cannot reach {} ({cause}); {hint}", self.endpoint()).into(),
                 )
-                .into(),
-            ),
+            }
             SdkError::ConstructionFailure(_) => {
                 let cause = root_cause(&err);
                 if cause.to_lowercase().contains("credential") {
