@@ -147,6 +147,32 @@ struct JobSlot {
     turn: tokio::sync::Mutex<()>,
 }
 
+impl Ctx {
+    fn new(config: Arc<Config>) -> Arc<Ctx> {
+        Arc::new(Ctx {
+            config: std::sync::RwLock::new(config),
+            generation: AtomicU64::new(0),
+            timers: Default::default(),
+            tracker: TaskTracker::new(),
+            cancel: CancellationToken::new(),
+            drop_now: CancellationToken::new(),
+            stopping: AtomicBool::new(false),
+            stop: CancellationToken::new(),
+            abandoned: AtomicUsize::new(0),
+            state: std::sync::Mutex::new(status::State {
+                pid: std::process::id(),
+                started_at: Some(Utc::now()),
+                jobs: Default::default(),
+            }),
+            metrics: crate::server::Metrics::new(),
+            history: crate::history::History::default(),
+            armed: Arc::new(tokio::sync::Notify::new()),
+            work_done: Arc::new(tokio::sync::Notify::new()),
+            looked_at: tokio::sync::watch::Sender::new(()),
+        })
+    }
+}
+
 /// What a timer starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum Task {
@@ -164,27 +190,7 @@ pub async fn run(
     config: Arc<Config>,
     mut signals: mpsc::Receiver<Signal>,
 ) -> Result<Stopped, DaemonError> {
-    let ctx = Arc::new(Ctx {
-        config: std::sync::RwLock::new(config.clone()),
-        generation: AtomicU64::new(0),
-        timers: Default::default(),
-        tracker: TaskTracker::new(),
-        cancel: CancellationToken::new(),
-        drop_now: CancellationToken::new(),
-        stopping: AtomicBool::new(false),
-        stop: CancellationToken::new(),
-        abandoned: AtomicUsize::new(0),
-        state: std::sync::Mutex::new(status::State {
-            pid: std::process::id(),
-            started_at: Some(Utc::now()),
-            jobs: Default::default(),
-        }),
-        metrics: crate::server::Metrics::new(),
-        history: crate::history::History::default(),
-        armed: Arc::new(tokio::sync::Notify::new()),
-        work_done: Arc::new(tokio::sync::Notify::new()),
-        looked_at: tokio::sync::watch::Sender::new(()),
-    });
+    let ctx = Ctx::new(config.clone());
     // Password files a killed run left (its tools never ran to remove them).
     for gone in crate::owner::remove_stale_secret_files(&std::env::temp_dir()) {
         info!(
@@ -227,6 +233,40 @@ pub async fn run(
         config.jobs.len(),
         config.path.display()
     );
+    spawn_background(&ctx, &slots);
+
+    let reason = loop {
+        match signals.recv().await {
+            Some(Signal::Stop(name)) => break name.to_string(),
+            Some(Signal::Reload) => {
+                if let Err(e) = reload(&ctx, &mut sched, &mut slots).await {
+                    error!("{e}");
+                }
+            }
+            None => break "end of signals".to_string(),
+        }
+    };
+    wind_down(&ctx, &mut sched, &mut signals, &reason).await;
+    // Health and metrics stay available until the last backup has stopped.
+    server_stop.cancel();
+    if let Some(h) = server {
+        let _ = h.await;
+    }
+    let _ = std::fs::remove_file(&pid_file);
+    let _ = std::fs::remove_file(status::state_file());
+    let abandoned = ctx.abandoned.load(Ordering::SeqCst);
+    if abandoned > 0 {
+        warn!("stopped; {abandoned} running backup(s) abandoned, nothing of them published");
+        Ok(Stopped::Abandoned)
+    } else {
+        info!("stopped");
+        Ok(Stopped::Clean)
+    }
+}
+
+/// At start: each job's leftover cleanup then catch-up, the history re-read while someone
+/// looks, and memory given back once quiet.
+fn spawn_background(ctx: &Arc<Ctx>, slots: &BTreeMap<String, Arc<JobSlot>>) {
     let started = Utc::now();
     for slot in slots.values() {
         let (ctx2, slot2) = (ctx.clone(), slot.clone());
@@ -259,18 +299,16 @@ pub async fn run(
         ctx.work_done.clone(),
         ctx.stop.clone(),
     ));
+}
 
-    let reason = loop {
-        match signals.recv().await {
-            Some(Signal::Stop(name)) => break name.to_string(),
-            Some(Signal::Reload) => {
-                if let Err(e) = reload(&ctx, &mut sched, &mut slots).await {
-                    error!("{e}");
-                }
-            }
-            None => break "end of signals".to_string(),
-        }
-    };
+/// Stops scheduling, gives running work the config's `shutdown_grace` (or until a second stop
+/// signal), then cancels it and waits for its cleanup, bounded by [`ABANDON_CLEANUP`].
+async fn wind_down(
+    ctx: &Arc<Ctx>,
+    sched: &mut Scheduler,
+    signals: &mut mpsc::Receiver<Signal>,
+    reason: &str,
+) {
     ctx.stopping.store(true, Ordering::SeqCst);
     ctx.stop.cancel();
     info!("{reason}: stopping; no new runs will start");
@@ -287,7 +325,7 @@ pub async fn run(
             _ = tokio::time::sleep(grace) => {
                 warn!("shutdown grace of {} is over: abandoning running backups", humantime::format_duration(grace));
             }
-            s = next_stop(&mut signals) => {
+            s = next_stop(signals) => {
                 warn!("{s} again: abandoning running backups now");
             }
         }
@@ -308,21 +346,6 @@ pub async fn run(
         // Their runtimes drop what is left (children killed) within a second.
         ctx.drop_now.cancel();
         let _ = tokio::time::timeout(RUNTIME_DROP, ctx.tracker.wait()).await;
-    }
-    // Health and metrics stay available until the last backup has stopped.
-    server_stop.cancel();
-    if let Some(h) = server {
-        let _ = h.await;
-    }
-    let _ = std::fs::remove_file(&pid_file);
-    let _ = std::fs::remove_file(status::state_file());
-    let abandoned = ctx.abandoned.load(Ordering::SeqCst);
-    if abandoned > 0 {
-        warn!("stopped; {abandoned} running backup(s) abandoned, nothing of them published");
-        Ok(Stopped::Abandoned)
-    } else {
-        info!("stopped");
-        Ok(Stopped::Clean)
     }
 }
 
