@@ -33,6 +33,10 @@ pub enum DaemonError {
 /// file's `stop_grace_period` covers `shutdown_grace` plus this.
 pub const ABANDON_CLEANUP: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// How long a run's runtime gets to drop its tasks once abandoned (see [`on_own_runtime`]),
+/// and the daemon waits for that.
+const RUNTIME_DROP: std::time::Duration = std::time::Duration::from_secs(2);
+
 struct Ctx {
     /// Swapped by a reload; each run keeps the snapshot it started with.
     config: std::sync::RwLock<Arc<Config>>,
@@ -43,6 +47,9 @@ struct Ctx {
     timers: std::sync::Mutex<std::collections::HashMap<(String, Task), uuid::Uuid>>,
     tracker: TaskTracker,
     cancel: CancellationToken,
+    /// Cancelled when abandoned runs are out of cleanup time: each run's runtime is then
+    /// dropped, which kills its child processes (see [`on_own_runtime`]).
+    drop_now: CancellationToken,
     /// Set on the first stop signal: nothing new starts from then on.
     stopping: AtomicBool,
     /// Cancelled on the first stop signal: ends waits between retries.
@@ -140,6 +147,32 @@ struct JobSlot {
     turn: tokio::sync::Mutex<()>,
 }
 
+impl Ctx {
+    fn new(config: Arc<Config>) -> Arc<Ctx> {
+        Arc::new(Ctx {
+            config: std::sync::RwLock::new(config),
+            generation: AtomicU64::new(0),
+            timers: Default::default(),
+            tracker: TaskTracker::new(),
+            cancel: CancellationToken::new(),
+            drop_now: CancellationToken::new(),
+            stopping: AtomicBool::new(false),
+            stop: CancellationToken::new(),
+            abandoned: AtomicUsize::new(0),
+            state: std::sync::Mutex::new(status::State {
+                pid: std::process::id(),
+                started_at: Some(Utc::now()),
+                jobs: Default::default(),
+            }),
+            metrics: crate::server::Metrics::new(),
+            history: crate::history::History::default(),
+            armed: Arc::new(tokio::sync::Notify::new()),
+            work_done: Arc::new(tokio::sync::Notify::new()),
+            looked_at: tokio::sync::watch::Sender::new(()),
+        })
+    }
+}
+
 /// What a timer starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum Task {
@@ -157,26 +190,7 @@ pub async fn run(
     config: Arc<Config>,
     mut signals: mpsc::Receiver<Signal>,
 ) -> Result<Stopped, DaemonError> {
-    let ctx = Arc::new(Ctx {
-        config: std::sync::RwLock::new(config.clone()),
-        generation: AtomicU64::new(0),
-        timers: Default::default(),
-        tracker: TaskTracker::new(),
-        cancel: CancellationToken::new(),
-        stopping: AtomicBool::new(false),
-        stop: CancellationToken::new(),
-        abandoned: AtomicUsize::new(0),
-        state: std::sync::Mutex::new(status::State {
-            pid: std::process::id(),
-            started_at: Some(Utc::now()),
-            jobs: Default::default(),
-        }),
-        metrics: crate::server::Metrics::new(),
-        history: crate::history::History::default(),
-        armed: Arc::new(tokio::sync::Notify::new()),
-        work_done: Arc::new(tokio::sync::Notify::new()),
-        looked_at: tokio::sync::watch::Sender::new(()),
-    });
+    let ctx = Ctx::new(config.clone());
     // Password files a killed run left (its tools never ran to remove them).
     for gone in crate::owner::remove_stale_secret_files(&std::env::temp_dir()) {
         info!(
@@ -219,6 +233,40 @@ pub async fn run(
         config.jobs.len(),
         config.path.display()
     );
+    spawn_background(&ctx, &slots);
+
+    let reason = loop {
+        match signals.recv().await {
+            Some(Signal::Stop(name)) => break name.to_string(),
+            Some(Signal::Reload) => {
+                if let Err(e) = reload(&ctx, &mut sched, &mut slots).await {
+                    error!("{e}");
+                }
+            }
+            None => break "end of signals".to_string(),
+        }
+    };
+    wind_down(&ctx, &mut sched, &mut signals, &reason).await;
+    // Health and metrics stay available until the last backup has stopped.
+    server_stop.cancel();
+    if let Some(h) = server {
+        let _ = h.await;
+    }
+    let _ = std::fs::remove_file(&pid_file);
+    let _ = std::fs::remove_file(status::state_file());
+    let abandoned = ctx.abandoned.load(Ordering::SeqCst);
+    if abandoned > 0 {
+        warn!("stopped; {abandoned} running backup(s) abandoned, nothing of them published");
+        Ok(Stopped::Abandoned)
+    } else {
+        info!("stopped");
+        Ok(Stopped::Clean)
+    }
+}
+
+/// At start: each job's leftover cleanup then catch-up, the history re-read while someone
+/// looks, and memory given back once quiet.
+fn spawn_background(ctx: &Arc<Ctx>, slots: &BTreeMap<String, Arc<JobSlot>>) {
     let started = Utc::now();
     for slot in slots.values() {
         let (ctx2, slot2) = (ctx.clone(), slot.clone());
@@ -251,18 +299,16 @@ pub async fn run(
         ctx.work_done.clone(),
         ctx.stop.clone(),
     ));
+}
 
-    let reason = loop {
-        match signals.recv().await {
-            Some(Signal::Stop(name)) => break name.to_string(),
-            Some(Signal::Reload) => {
-                if let Err(e) = reload(&ctx, &mut sched, &mut slots).await {
-                    error!("{e}");
-                }
-            }
-            None => break "end of signals".to_string(),
-        }
-    };
+/// Stops scheduling, gives running work the config's `shutdown_grace` (or until a second stop
+/// signal), then cancels it and waits for its cleanup, bounded by [`ABANDON_CLEANUP`].
+async fn wind_down(
+    ctx: &Arc<Ctx>,
+    sched: &mut Scheduler,
+    signals: &mut mpsc::Receiver<Signal>,
+    reason: &str,
+) {
     ctx.stopping.store(true, Ordering::SeqCst);
     ctx.stop.cancel();
     info!("{reason}: stopping; no new runs will start");
@@ -279,7 +325,7 @@ pub async fn run(
             _ = tokio::time::sleep(grace) => {
                 warn!("shutdown grace of {} is over: abandoning running backups", humantime::format_duration(grace));
             }
-            s = next_stop(&mut signals) => {
+            s = next_stop(signals) => {
                 warn!("{s} again: abandoning running backups now");
             }
         }
@@ -297,21 +343,9 @@ pub async fn run(
             "abandoned runs did not finish their cleanup within {}; the next start removes what they left",
             humantime::format_duration(ABANDON_CLEANUP)
         );
-    }
-    // Health and metrics stay available until the last backup has stopped.
-    server_stop.cancel();
-    if let Some(h) = server {
-        let _ = h.await;
-    }
-    let _ = std::fs::remove_file(&pid_file);
-    let _ = std::fs::remove_file(status::state_file());
-    let abandoned = ctx.abandoned.load(Ordering::SeqCst);
-    if abandoned > 0 {
-        warn!("stopped; {abandoned} running backup(s) abandoned, nothing of them published");
-        Ok(Stopped::Abandoned)
-    } else {
-        info!("stopped");
-        Ok(Stopped::Clean)
+        // Their runtimes drop what is left (children killed) within a second.
+        ctx.drop_now.cancel();
+        let _ = tokio::time::timeout(RUNTIME_DROP, ctx.tracker.wait()).await;
     }
 }
 
@@ -711,9 +745,9 @@ fn record_drill(ctx: &Arc<Ctx>, report: &crate::drill::DrillReport) {
 }
 
 /// A pass beside the backups (heal, verify, drill): one at a time (`busy`), in turn with the
-/// job's backups, dropped by a stop past the grace. The pass runs on a blocking thread
-/// because the restore and verify futures are not provably `Send` (rustc#102211: their
-/// streams borrow), and `block_on` does not ask for that.
+/// job's backups, dropped by a stop past the grace. On a runtime of its own like a backup
+/// ([`on_own_runtime`]), which also suits the restore and verify futures: they are not
+/// provably `Send` (rustc#102211: their streams borrow), and `block_on` does not ask for that.
 fn fire_in_turn<R: Send + 'static>(
     ctx: &Arc<Ctx>,
     slot: &Arc<JobSlot>,
@@ -742,18 +776,14 @@ fn fire_in_turn<R: Send + 'static>(
             if turn.is_some() && !ctx2.stopping.load(Ordering::SeqCst) {
                 let (config3, name, cancel) =
                     (config.clone(), job.name.clone(), ctx2.cancel.clone());
-                let handle = tokio::runtime::Handle::current();
-                let result = tokio::task::spawn_blocking(move || {
-                    handle.block_on(async {
-                        let job = config3.jobs.get(&name)?;
-                        tokio::select! {
-                            r = pass(&config3, job) => Some(r),
-                            _ = cancel.cancelled() => None,
-                        }
-                    })
+                let result = on_own_runtime(what, ctx2.drop_now.clone(), move || async move {
+                    let job = config3.jobs.get(&name)?;
+                    tokio::select! {
+                        r = pass(&config3, job) => Some(r),
+                        _ = cancel.cancelled() => None,
+                    }
                 })
                 .await
-                .ok()
                 .flatten();
                 drop(turn);
                 if let Some(result) = result {
@@ -804,9 +834,60 @@ fn record_heal(ctx: &Arc<Ctx>, report: &crate::heal::HealReport) {
     ctx.metrics.record_heal(report);
 }
 
+/// Runs the future `work` makes on a multi-threaded runtime of its own, on a thread of its own,
+/// and returns its output; `None` if `drop_now` came first (the runtime is then shut down,
+/// dropping every task of the work, whose child processes are killed on drop) or the thread
+/// or runtime could not start (logged).
+///
+/// Why not on the daemon's runtime: a thread keeps every stack page it ever touched. A backup
+/// polls deep futures (the S3 SDK's above all) on every worker, and the workers live as long
+/// as the daemon, so a few hundred KiB of stack stayed resident through every idle hour
+/// after the first backup (bench/README.md, "Idle footprint"). Here the run's threads end
+/// with it and their stacks are unmapped; the daemon's own runtime is one thread that only
+/// schedules, serves the status page and reads the history.
+async fn on_own_runtime<R, F, Fut>(what: &str, drop_now: CancellationToken, work: F) -> Option<R>
+where
+    R: Send + 'static,
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = R>,
+{
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let what = what.to_string();
+    let spawned = std::thread::Builder::new()
+        .name(format!("stowage-{what}"))
+        .spawn(move || {
+            let rt = match tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .thread_name(format!("stowage-{what}"))
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    error!("cannot start a runtime for the {what}: {e}");
+                    return;
+                }
+            };
+            let out = rt.block_on(async {
+                tokio::select! {
+                    r = work() => Some(r),
+                    _ = drop_now.cancelled() => None,
+                }
+            });
+            // Tasks the work left (none when it finished on its own) are dropped here.
+            rt.shutdown_timeout(RUNTIME_DROP / 2);
+            let _ = tx.send(out);
+        });
+    if let Err(e) = spawned {
+        error!("cannot start a thread for a run: {e}");
+        return None;
+    }
+    rx.await.ok().flatten()
+}
+
 /// One scheduled run, tried again up to `retries` times while it fails (never while the
 /// daemon is stopping). Each attempt is a full, independent run with its own id.
-async fn run_with_retries(ctx: &Arc<Ctx>, config: &Config, job: &Job, slot: &JobSlot) {
+async fn run_with_retries(ctx: &Arc<Ctx>, config: &Arc<Config>, job: &Job, slot: &JobSlot) {
     let mut attempt = 0;
     loop {
         let turn = match slot.turn.try_lock() {
@@ -822,8 +903,16 @@ async fn run_with_retries(ctx: &Arc<Ctx>, config: &Config, job: &Job, slot: &Job
         crate::notify::started(job).await;
         // A `stowage run` of the same job in another process: wait for it, then run.
         let opts = pipeline::RunOptions { wait_lock: true };
-        let report = pipeline::run_job(config, job, opts, ctx.cancel.child_token()).await;
+        let (config2, name, cancel) = (config.clone(), job.name.clone(), ctx.cancel.child_token());
+        let report = on_own_runtime("run", ctx.drop_now.clone(), move || async move {
+            let job = config2.jobs.get(&name)?;
+            Some(pipeline::run_job(&config2, job, opts, cancel).await)
+        })
+        .await
+        .flatten();
         drop(turn);
+        // Dropped past the cleanup time: counted as abandoned already, nothing to record.
+        let Some(report) = report else { return };
         record(ctx, &job.name, &report);
         tokio::select! {
             _ = refresh_history(ctx, &job.name) => {}

@@ -1,7 +1,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use super::{EXIT_ABANDONED, EXIT_FAILED, EXIT_OK, runtime, signals, start};
+use super::{EXIT_ABANDONED, EXIT_FAILED, EXIT_OK, signals, start};
 use crate::daemon::Stopped;
 use crate::logging::Console;
 
@@ -19,8 +19,17 @@ pub fn run(path: &Path) -> i32 {
             return EXIT_FAILED;
         }
     };
-    let Some(rt) = runtime() else {
-        return EXIT_FAILED;
+    // One thread: the daemon only schedules, serves and reads the history here; each run
+    // and pass gets a runtime of its own that ends with it (`daemon::on_own_runtime`).
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!("cannot start the async runtime: {e}");
+            return EXIT_FAILED;
+        }
     };
     let stopped = rt.block_on(async { crate::daemon::run(Arc::new(config), signals()).await });
     // Tasks still hanging on an unresponsive store (past the cleanup budget) are dropped,

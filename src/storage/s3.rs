@@ -35,6 +35,72 @@ pub struct S3Storage {
     cfg: S3Config,
 }
 
+/// The SDK's default HTTPS client (rustls on aws-lc, proxies from the environment), but trusting
+/// the system's CA certificates as read for this client alone. The default reads them once
+/// and keeps them for the process's life (`NATIVE_ROOTS` in aws-smithy-http-client, ~160 KB
+/// on Debian): an idle daemon would hold them between backups. Read afresh per client, they
+/// go with it; reading them takes a few milliseconds per run.
+fn https_client() -> aws_sdk_s3::config::SharedHttpClient {
+    use aws_smithy_http_client::tls::{self, TlsContext};
+    use aws_smithy_http_client::{Builder, ConnectorBuilder, proxy::ProxyConfig};
+    Builder::new().build_with_connector_fn(move |settings, components| {
+        let mut conn = ConnectorBuilder::default().tls_provider(tls::Provider::Rustls(
+            tls::rustls_provider::CryptoMode::AwsLc,
+        ));
+        conn.set_connector_settings(settings.cloned());
+        if let Some(c) = components {
+            conn.set_sleep_impl(c.sleep_impl());
+        }
+        conn.set_proxy_config(Some(ProxyConfig::from_env()));
+        let trust = system_trust_store();
+        match TlsContext::builder().with_trust_store(trust).build() {
+            Ok(ctx) => conn.tls_context(ctx).build(),
+            // Never with a trust store: the builder only refuses other settings.
+            Err(_) => conn.build(),
+        }
+    })
+}
+
+/// The system's CA certificates (`SSL_CERT_FILE`/`SSL_CERT_DIR` as well), as PEM, keeping only
+/// those usable as a trust anchor: the SDK takes a custom certificate as given and panics on
+/// one it cannot use, where for its own cache it skips those.
+fn system_trust_store() -> aws_smithy_http_client::tls::TrustStore {
+    use base64::Engine;
+    let loaded = rustls_native_certs::load_native_certs();
+    if !loaded.errors.is_empty() {
+        tracing::warn!(
+            "reading the system's CA certificates: {}",
+            loaded
+                .errors
+                .iter()
+                .map(|e| e.to_string())
+                .collect::<Vec<_>>()
+                .join("; ")
+        );
+    }
+    let mut store = aws_smithy_http_client::tls::TrustStore::empty().with_native_roots(false);
+    for cert in &loaded.certs {
+        if webpki::anchor_from_trusted_cert(cert).is_err() {
+            continue;
+        }
+        let body = base64::engine::general_purpose::STANDARD.encode(cert.as_ref());
+        let mut pem = String::with_capacity(body.len() + body.len() / 64 + 64);
+        pem.push_str("-----BEGIN CERTIFICATE-----\n");
+        for line in body.as_bytes().chunks(64) {
+            pem.push_str(&String::from_utf8_lossy(line));
+            pem.push('\n');
+        }
+        pem.push_str("-----END CERTIFICATE-----\n");
+        store.add_pem_certificate(pem);
+    }
+    if loaded.certs.is_empty() {
+        tracing::warn!(
+            "no CA certificates found on this system: HTTPS to S3 will fail (install ca-certificates, or set SSL_CERT_FILE)"
+        );
+    }
+    store
+}
+
 impl S3Storage {
     pub async fn new(cfg: S3Config) -> Self {
         let mut loader = aws_config::defaults(BehaviorVersion::latest());
@@ -76,6 +142,7 @@ impl S3Storage {
                 "stowage-config",
             ));
         }
+        loader = loader.http_client(https_client());
         let shared = loader.load().await;
         let mut b =
             aws_sdk_s3::config::Builder::from(&shared).force_path_style(cfg.force_path_style);
@@ -119,14 +186,20 @@ impl S3Storage {
     {
         let bucket = &self.cfg.bucket;
         let e = match &err {
-            SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) => StorageError::Unreachable(
-                format!(
-                    "{what}: cannot reach {} ({}); check the endpoint and the network",
-                    self.endpoint(),
-                    root_cause(&err)
+            SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) => {
+                let cause = root_cause(&err);
+                // Only picks the hint; the cause is quoted as it came.
+                let hint = if cause.to_lowercase().contains("certificate") {
+                    "the store's TLS certificate is not trusted here: give stowage the CA that \
+                     signed it (mount it and set SSL_CERT_FILE=/path/to/ca.pem, or add it to \
+                     /etc/ssl/certs)"
+                } else {
+                    "check the endpoint and the network"
+                };
+                StorageError::Unreachable(
+                    format!("{what}: cannot reach {} ({cause}); {hint}", self.endpoint()).into(),
                 )
-                .into(),
-            ),
+            }
             SdkError::ConstructionFailure(_) => {
                 let cause = root_cause(&err);
                 if cause.to_lowercase().contains("credential") {

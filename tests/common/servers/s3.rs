@@ -61,6 +61,8 @@ pub struct S3Server {
     child: Child,
     dir: tempfile::TempDir,
     log: PathBuf,
+    /// Serves HTTPS (`moto_tls`).
+    tls: bool,
 }
 
 impl S3Server {
@@ -71,6 +73,21 @@ impl S3Server {
         Self::spawn("moto", |port, _dir| {
             let mut c = Command::new(&bin);
             c.args(["-H", "127.0.0.1", "-p", &port.to_string()]);
+            c
+        })
+    }
+
+    /// moto serving HTTPS with the certificate `cert` (PEM, its chain) and key `key`: for the
+    /// client's trust store. Endpoint `https://127.0.0.1:PORT`.
+    pub fn moto_tls(cert: &Path, key: &Path) -> S3Server {
+        let bin = moto_binary();
+        Self::spawn_as("moto", true, |port, _dir| {
+            let mut c = Command::new(&bin);
+            c.args(["-H", "127.0.0.1", "-p", &port.to_string()])
+                .arg("-c")
+                .arg(cert)
+                .arg("-k")
+                .arg(key);
             c
         })
     }
@@ -109,12 +126,17 @@ impl S3Server {
             &mut self.child,
             self.kind,
             self.port,
+            self.tls,
             Duration::from_secs(20),
         )
         .unwrap_or_else(|e| panic!("s3s-fs did not come back: {e}"));
     }
 
     fn spawn(kind: &'static str, make: impl Fn(u16, &Path) -> Command) -> S3Server {
+        Self::spawn_as(kind, false, make)
+    }
+
+    fn spawn_as(kind: &'static str, tls: bool, make: impl Fn(u16, &Path) -> Command) -> S3Server {
         let dir = tempfile::Builder::new()
             .prefix(&format!("stowage-{kind}-"))
             .tempdir()
@@ -133,7 +155,7 @@ impl S3Server {
             let mut child = cmd
                 .spawn()
                 .unwrap_or_else(|e| panic!("spawn {kind} ({cmd:?}): {e}"));
-            match wait_ready(&mut child, kind, port, Duration::from_secs(20)) {
+            match wait_ready(&mut child, kind, port, tls, Duration::from_secs(20)) {
                 Ok(()) => {
                     return S3Server {
                         kind,
@@ -141,6 +163,7 @@ impl S3Server {
                         child,
                         dir,
                         log,
+                        tls,
                     };
                 }
                 Err(e) => {
@@ -164,9 +187,10 @@ impl S3Server {
         self.port
     }
 
-    /// `http://127.0.0.1:PORT`
+    /// `http://127.0.0.1:PORT` (`https://` for `moto_tls`).
     pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.port)
     }
 
     /// moto only: keep each retrieval (RestoreObject) pending for `reads` reads of the
@@ -376,7 +400,15 @@ impl Drop for S3Server {
 }
 
 /// Poll until the server answers HTTP, failing early if it exits.
-fn wait_ready(child: &mut Child, kind: &str, port: u16, timeout: Duration) -> Result<(), String> {
+/// Up once it answers a bare HTTP request; a TLS server once it accepts a connection (it would
+/// only answer a handshake).
+fn wait_ready(
+    child: &mut Child,
+    kind: &str,
+    port: u16,
+    tls: bool,
+    timeout: Duration,
+) -> Result<(), String> {
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let deadline = Instant::now() + timeout;
     let mut last = String::from("never connected");
@@ -384,7 +416,14 @@ fn wait_ready(child: &mut Child, kind: &str, port: u16, timeout: Duration) -> Re
         if let Some(status) = child.try_wait().map_err(|e| e.to_string())? {
             return Err(format!("{kind} exited early with {status}"));
         }
-        match http_probe(&addr) {
+        let probe = if tls {
+            TcpStream::connect_timeout(&addr, Duration::from_millis(500))
+                .map(drop)
+                .map_err(|e| format!("connect: {e}"))
+        } else {
+            http_probe(&addr)
+        };
+        match probe {
             Ok(()) => return Ok(()),
             Err(e) => last = e,
         }
