@@ -24,9 +24,9 @@ use crate::{pipeline, storage};
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
     #[error("scheduler: {0}")]
-    Scheduler(String),
+    Scheduler(#[from] tokio_cron_scheduler::JobSchedulerError),
     #[error("{0}")]
-    Server(String),
+    Server(#[from] crate::server::ListenError),
 }
 
 /// How long abandoned runs get to clean up once the grace is over. The shipped compose
@@ -380,9 +380,7 @@ async fn start_scheduler(
     ctx: &Arc<Ctx>,
     slots: &BTreeMap<String, Arc<JobSlot>>,
 ) -> Result<Scheduler, DaemonError> {
-    let sched = JobScheduler::new()
-        .await
-        .map_err(|e| DaemonError::Scheduler(e.to_string()))?;
+    let sched = JobScheduler::new().await.map_err(DaemonError::Scheduler)?;
     arm_all(ctx, &sched, slots).await?;
     // Not `sched.start()`: its ticker wakes every 500 ms; `ticker::drive` sleeps until
     // the next job is due.
@@ -595,11 +593,8 @@ fn arm(
                 }
             })
         })
-        .map_err(|e| DaemonError::Scheduler(e.to_string()))?;
-        let id = sched
-            .add(one_shot)
-            .await
-            .map_err(|e| DaemonError::Scheduler(e.to_string()))?;
+        .map_err(DaemonError::Scheduler)?;
+        let id = sched.add(one_shot).await.map_err(DaemonError::Scheduler)?;
         let current = {
             let mut timers = match ctx.timers.lock() {
                 Ok(t) => t,

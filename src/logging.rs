@@ -15,7 +15,7 @@ const LOG_QUEUE_LINES: usize = 1024;
 #[derive(Debug, thiserror::Error)]
 pub enum LogError {
     #[error("log.level: {0}")]
-    Filter(String),
+    Filter(#[from] tracing_subscriber::filter::ParseError),
     #[error("log.dir: cannot write log files in {dir:?}: {reason}")]
     Dir {
         dir: std::path::PathBuf,
@@ -41,7 +41,7 @@ pub fn init(cfg: &LogConfig, console: Console) -> Result<Option<WorkerGuard>, Lo
     } else {
         format!("{},tokio_cron_scheduler=warn", cfg.level)
     };
-    let filter = || EnvFilter::try_new(&directives).map_err(|e| LogError::Filter(e.to_string()));
+    let filter = || EnvFilter::try_new(&directives).map_err(LogError::Filter);
     let mut layers: Vec<BoxedLayer> = Vec::new();
 
     let console_layer: BoxedLayer = match (cfg.format, console) {

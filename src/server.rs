@@ -448,11 +448,20 @@ pub fn connection_cap(open_files: u64) -> usize {
 }
 
 /// Bind now (so a bad address fails the start with a clear error), serve until `stop`.
+/// The HTTP listener could not be opened.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot listen on {addr} (server.listen): {source}")]
+pub struct ListenError {
+    addr: SocketAddr,
+    #[source]
+    source: std::io::Error,
+}
+
 pub async fn start<V: View>(
     addr: SocketAddr,
     view: Arc<V>,
     stop: CancellationToken,
-) -> Result<tokio::task::JoinHandle<()>, String> {
+) -> Result<tokio::task::JoinHandle<()>, ListenError> {
     let socket = if addr.is_ipv4() {
         tokio::net::TcpSocket::new_v4()
     } else {
@@ -464,7 +473,7 @@ pub async fn start<V: View>(
             s.bind(addr)?;
             s.listen(BACKLOG)
         })
-        .map_err(|e| format!("cannot listen on {addr} (server.listen): {e}"))?;
+        .map_err(|source| ListenError { addr, source })?;
     let app = Router::new()
         .route("/healthz", get(healthz::<V>))
         .route("/metrics", get(metrics::<V>))
