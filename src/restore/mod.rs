@@ -434,31 +434,7 @@ pub async fn restore_until(
     // a half-restored database) or another restore.
     let lock_id = manifest::new_id(chrono::Utc::now());
     if !req.dry_run {
-        let never = tokio_util::sync::CancellationToken::new();
-        match crate::blobs::claim_job(
-            &[st.as_ref()],
-            &job.name,
-            &lock_id,
-            crate::blobs::LockKind::Restore,
-            req.wait_lock,
-            &never,
-        )
-        .await
-        {
-            Ok(None) => {}
-            Ok(Some(holder)) => {
-                return Err(RestoreError::Busy(format!(
-                    "job {} is busy: {holder}; nothing was restored. Wait for it to finish, or add --wait-lock to wait",
-                    job.name
-                )));
-            }
-            Err(source) => {
-                return Err(RestoreError::Lock {
-                    destination: dest_name.clone(),
-                    source,
-                });
-            }
-        }
+        claim_restore_lock(st.as_ref(), job, &lock_id, req.wait_lock, &dest_name).await?;
     }
     let progress = std::sync::Mutex::new(Progress::default());
     let committing = match progress.lock() {
@@ -512,6 +488,37 @@ pub async fn restore_until(
         .await;
     }
     result
+}
+
+/// Takes the job's restore lock on `st`, or says who holds the job.
+async fn claim_restore_lock(
+    st: &dyn Storage,
+    job: &Job,
+    lock_id: &str,
+    wait_lock: bool,
+    dest_name: &str,
+) -> Result<(), RestoreError> {
+    let never = tokio_util::sync::CancellationToken::new();
+    match crate::blobs::claim_job(
+        &[st],
+        &job.name,
+        lock_id,
+        crate::blobs::LockKind::Restore,
+        wait_lock,
+        &never,
+    )
+    .await
+    {
+        Ok(None) => Ok(()),
+        Ok(Some(holder)) => Err(RestoreError::Busy(format!(
+            "job {} is busy: {holder}; nothing was restored. Wait for it to finish, or add --wait-lock to wait",
+            job.name
+        ))),
+        Err(source) => Err(RestoreError::Lock {
+            destination: dest_name.to_string(),
+            source,
+        }),
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
