@@ -4,7 +4,7 @@ use std::path::Path;
 use chrono::Utc;
 
 use super::{EXIT_CONFIG, EXIT_OK, load_config};
-use crate::config::{Config, DestinationKind, SourceConfig};
+use crate::config::{Config, DestinationKind, Job, S3Config, SourceConfig};
 
 pub fn run(path: &Path, connect: bool) -> i32 {
     let Some(config) = load_config(path) else {
@@ -63,53 +63,18 @@ pub fn summary(config: &Config, now: chrono::DateTime<Utc>) -> String {
             ))
             .unwrap_or_default()
     );
+    destinations(&mut out, config);
+    jobs(&mut out, config, now);
+    out
+}
+
+/// Each destination: where it is, its retention, and whether any job uses it.
+fn destinations(out: &mut String, config: &Config) {
     let _ = writeln!(out, "destinations:");
     for d in config.destinations.values() {
         let what = match &d.kind {
             DestinationKind::Local(l) => format!("local {}", l.path.display()),
-            DestinationKind::S3(s) => {
-                let mut t = format!("s3://{}", s.bucket);
-                if !s.prefix.is_empty() {
-                    t.push('/');
-                    t.push_str(&s.prefix);
-                }
-                if let Some(ep) = &s.endpoint {
-                    let _ = write!(t, " at {ep}");
-                }
-                if let Some(r) = &s.region {
-                    let _ = write!(t, ", region {r}");
-                }
-                if let Some(c) = &s.storage_class {
-                    let _ = write!(t, ", class {c}");
-                    if c.needs_retrieval() {
-                        let _ = write!(
-                            t,
-                            " (retrieval: {} tier, {} days)",
-                            s.retrieval.tier, s.retrieval.days
-                        );
-                    }
-                    if c.min_storage_days() > 0 {
-                        let _ = write!(
-                            t,
-                            ", minimum storage {} days{}",
-                            c.min_storage_days(),
-                            if s.early_delete {
-                                " (early_delete)"
-                            } else {
-                                ""
-                            }
-                        );
-                    }
-                }
-                if let Some(l) = &s.object_lock {
-                    let _ = write!(t, ", object lock {} {} days", l.mode.as_str(), l.days);
-                }
-                t.push_str(match &s.credentials {
-                    Some(_) => ", credentials from config",
-                    None => ", credentials from the AWS chain",
-                });
-                t
-            }
+            DestinationKind::S3(s) => describe_s3(s),
         };
         let _ = writeln!(out, "  {:<12} {what}", d.name);
         let _ = writeln!(out, "  {:<12} retention: {}", "", d.retention.describe());
@@ -121,6 +86,55 @@ pub fn summary(config: &Config, now: chrono::DateTime<Utc>) -> String {
             let _ = writeln!(out, "  {:<12} warning: no job uses this destination", "");
         }
     }
+}
+
+/// An S3 destination in one line: bucket, endpoint, class and its costs, lock, credentials.
+fn describe_s3(s: &S3Config) -> String {
+    let mut t = format!("s3://{}", s.bucket);
+    if !s.prefix.is_empty() {
+        t.push('/');
+        t.push_str(&s.prefix);
+    }
+    if let Some(ep) = &s.endpoint {
+        let _ = write!(t, " at {ep}");
+    }
+    if let Some(r) = &s.region {
+        let _ = write!(t, ", region {r}");
+    }
+    if let Some(c) = &s.storage_class {
+        let _ = write!(t, ", class {c}");
+        if c.needs_retrieval() {
+            let _ = write!(
+                t,
+                " (retrieval: {} tier, {} days)",
+                s.retrieval.tier, s.retrieval.days
+            );
+        }
+        if c.min_storage_days() > 0 {
+            let _ = write!(
+                t,
+                ", minimum storage {} days{}",
+                c.min_storage_days(),
+                if s.early_delete {
+                    " (early_delete)"
+                } else {
+                    ""
+                }
+            );
+        }
+    }
+    if let Some(l) = &s.object_lock {
+        let _ = write!(t, ", object lock {} {} days", l.mode.as_str(), l.days);
+    }
+    t.push_str(match &s.credentials {
+        Some(_) => ", credentials from config",
+        None => ", credentials from the AWS chain",
+    });
+    t
+}
+
+/// Each job: schedule, sources, destinations, next runs, encryption and drill.
+fn jobs(out: &mut String, config: &Config, now: chrono::DateTime<Utc>) {
     let _ = writeln!(out, "jobs:");
     for j in config.jobs.values() {
         let _ = writeln!(
@@ -131,42 +145,7 @@ pub fn summary(config: &Config, now: chrono::DateTime<Utc>) -> String {
             j.schedule.tz(),
             j.compression
         );
-        for s in &j.sources {
-            match s {
-                SourceConfig::Database(d) => {
-                    let _ = writeln!(out, "  {:<12} source {} ({})", "", s.name(), d.describe());
-                    let excluded = d.default_excludes();
-                    if !excluded.is_empty() {
-                        let _ = writeln!(
-                            out,
-                            "  {:<12}   skipped on restore by default: {}",
-                            "",
-                            excluded.join(", ")
-                        );
-                    }
-                }
-                SourceConfig::Files(f) => {
-                    let _ = writeln!(
-                        out,
-                        "  {:<12} source {} (files {}{}{}{})",
-                        "",
-                        s.name(),
-                        f.path.display(),
-                        if f.include.is_empty() {
-                            String::new()
-                        } else {
-                            format!(", include {}", f.include.join(" "))
-                        },
-                        if f.exclude.is_empty() {
-                            String::new()
-                        } else {
-                            format!(", exclude {}", f.exclude.join(" "))
-                        },
-                        if f.immutable { ", immutable" } else { "" }
-                    );
-                }
-            }
-        }
+        job_sources(out, j);
         let _ = writeln!(
             out,
             "  {:<12} destinations: {}",
@@ -204,5 +183,44 @@ pub fn summary(config: &Config, now: chrono::DateTime<Utc>) -> String {
             );
         }
     }
-    out
+}
+
+/// A job's sources, one line each (with what a restore skips by default).
+fn job_sources(out: &mut String, j: &Job) {
+    for s in &j.sources {
+        match s {
+            SourceConfig::Database(d) => {
+                let _ = writeln!(out, "  {:<12} source {} ({})", "", s.name(), d.describe());
+                let excluded = d.default_excludes();
+                if !excluded.is_empty() {
+                    let _ = writeln!(
+                        out,
+                        "  {:<12}   skipped on restore by default: {}",
+                        "",
+                        excluded.join(", ")
+                    );
+                }
+            }
+            SourceConfig::Files(f) => {
+                let _ = writeln!(
+                    out,
+                    "  {:<12} source {} (files {}{}{}{})",
+                    "",
+                    s.name(),
+                    f.path.display(),
+                    if f.include.is_empty() {
+                        String::new()
+                    } else {
+                        format!(", include {}", f.include.join(" "))
+                    },
+                    if f.exclude.is_empty() {
+                        String::new()
+                    } else {
+                        format!(", exclude {}", f.exclude.join(" "))
+                    },
+                    if f.immutable { ", immutable" } else { "" }
+                );
+            }
+        }
+    }
 }

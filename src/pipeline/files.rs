@@ -38,8 +38,8 @@ const BIG_AT_ONCE: usize = 1;
 const ATTEMPTS: usize = 3;
 
 /// One destination as the files stage sees it.
-struct Dest<'a> {
-    storage: &'a dyn Storage,
+struct Dest {
+    storage: Arc<dyn Storage>,
     /// Contents present, or claimed by an upload of this run, as `blobs::name_id`s: 8
     /// bytes a blob, from a paged listing. Knowing every blob (not trusting the previous
     /// index) is what puts a blob lost on one destination back there on the next run.
@@ -47,7 +47,7 @@ struct Dest<'a> {
     failed: Mutex<Option<String>>,
 }
 
-impl Dest<'_> {
+impl Dest {
     fn is_failed(&self) -> bool {
         self.failed.lock().map(|f| f.is_some()).unwrap_or(true)
     }
@@ -78,7 +78,7 @@ impl Dest<'_> {
 struct Ctx<'a> {
     cfg: &'a FilesConfig,
     job: &'a Job,
-    dests: Vec<Dest<'a>>,
+    dests: Vec<Dest>,
     cancel: &'a CancellationToken,
     big: tokio::sync::Semaphore,
 }
@@ -225,62 +225,15 @@ pub(super) async fn backup(
     cancel: &CancellationToken,
 ) -> Result<SourceEntry, StreamError> {
     let name = cfg.name.as_str();
-    let fail = |e: String| StreamError::Files(format!("files source {name}: {e}"));
-    let filter = PathFilter::new(&cfg.include, &cfg.exclude).map_err(fail)?;
-
-    // Each destination's backups, and which blobs it holds (paged, kept compact).
-    let live: Vec<usize> = (0..targets.len())
-        .filter(|i| targets[*i].error.is_none())
-        .collect();
-    let listings = join_all(live.iter().map(|i| async {
-        let st = targets[*i].storage.as_ref();
-        let backups = JobListing::read_backups(st, &job.name).await?;
-        let have = blobs::blob_ids(st, &job.name, crate::layout::Form::of(job)).await?;
-        Ok::<_, StorageError>((backups, have))
-    }))
-    .await;
-    let mut dests = Vec::new();
-    let mut dest_targets = Vec::new();
-    let mut backups = Vec::new();
-    for (i, l) in live.iter().zip(listings) {
-        match l {
-            Ok((listing, have)) => {
-                dests.push(Dest {
-                    storage: targets[*i].storage.as_ref(),
-                    have: Mutex::new(have),
-                    failed: Mutex::new(None),
-                });
-                dest_targets.push(*i);
-                backups.push(listing);
-            }
-            Err(e) => targets[*i].error = Some(format!("cannot list existing blobs: {e}")),
-        }
-    }
+    let filter = PathFilter::new(&cfg.include, &cfg.exclude).map_err(|e| source_error(name, e))?;
+    let (dests, dest_targets, backups) = open_dests(job, targets).await;
     if dests.is_empty() {
         return Err(StreamError::NoDestinationLeft);
     }
-    // `immutable`: the previous index (of the first destination that has one), streamed
-    // and merged with the walk, gives the hashes of files whose size and mtime are
-    // unchanged, without reading them.
-    let mut previous = None;
-    if cfg.immutable {
-        let keys = job.encryption.as_ref().and_then(|e| e.keys.clone());
-        for (i, listing) in dest_targets.iter().zip(&backups) {
-            if let Some((_, entries)) = blobs::previous_index(
-                targets[*i].storage.as_ref(),
-                listing,
-                &job.name,
-                name,
-                keys.clone(),
-                &crate::packing::Expect::of(job, false),
-            )
-            .await
-            {
-                previous = Some(entries);
-                break;
-            }
-        }
-    }
+    let previous = match cfg.immutable {
+        true => read_previous_index(cfg, job, &dests, &backups).await,
+        false => None,
+    };
     drop(backups);
 
     let ctx = Ctx {
@@ -299,33 +252,124 @@ pub(super) async fn backup(
         job: job.name.clone(),
         source: name.to_string(),
     };
+    let written = write_index(&ctx, id, merge).await;
+
+    for (d, i) in ctx.dests.iter().zip(&dest_targets) {
+        if let Ok(f) = d.failed.lock()
+            && let Some(why) = f.as_ref()
+        {
+            targets[*i].error.get_or_insert_with(|| why.clone());
+        }
+    }
+    warn_skipped(cfg, job, &skipped);
+    finish_entry(cfg, job, written, &dest_targets, targets)
+}
+
+/// The error of this files source, as the run reports it.
+fn source_error(name: &str, e: impl std::fmt::Display) -> StreamError {
+    StreamError::Files(format!("files source {name}: {e}"))
+}
+
+/// Each live destination's backups, and which blobs it holds (paged, kept compact); a
+/// destination that cannot be listed fails. Returns the destinations left with their
+/// indexes in `targets` and their backups.
+async fn open_dests(job: &Job, targets: &mut [Target]) -> (Vec<Dest>, Vec<usize>, Vec<JobListing>) {
+    let live: Vec<usize> = (0..targets.len())
+        .filter(|i| targets[*i].error.is_none())
+        .collect();
+    let listings = join_all(live.iter().map(|i| async {
+        let st = targets[*i].storage.as_ref();
+        let backups = JobListing::read_backups(st, &job.name).await?;
+        let have = blobs::blob_ids(st, &job.name, crate::layout::Form::of(job)).await?;
+        Ok::<_, StorageError>((backups, have))
+    }))
+    .await;
+    let mut dests = Vec::new();
+    let mut dest_targets = Vec::new();
+    let mut backups = Vec::new();
+    for (i, l) in live.iter().zip(listings) {
+        match l {
+            Ok((listing, have)) => {
+                dests.push(Dest {
+                    storage: targets[*i].storage.clone(),
+                    have: Mutex::new(have),
+                    failed: Mutex::new(None),
+                });
+                dest_targets.push(*i);
+                backups.push(listing);
+            }
+            Err(e) => targets[*i].error = Some(format!("cannot list existing blobs: {e}")),
+        }
+    }
+    (dests, dest_targets, backups)
+}
+
+/// `immutable`: the previous index (of the first destination that has one), streamed
+/// and merged with the walk, gives the hashes of files whose size and mtime are
+/// unchanged, without reading them.
+async fn read_previous_index(
+    cfg: &FilesConfig,
+    job: &Job,
+    dests: &[Dest],
+    backups: &[JobListing],
+) -> Option<IndexEntries> {
+    let keys = job.encryption.as_ref().and_then(|e| e.keys.clone());
+    for (d, listing) in dests.iter().zip(backups) {
+        if let Some((_, entries)) = blobs::previous_index(
+            d.storage.as_ref(),
+            listing,
+            &job.name,
+            &cfg.name,
+            keys.clone(),
+            &crate::packing::Expect::of(job, false),
+        )
+        .await
+        {
+            return Some(entries);
+        }
+    }
+    None
+}
+
+/// What a streamed upload returned: the stored bytes' sha256 and size, and each
+/// destination's result.
+type Uploaded = (
+    Result<(String, u64, ()), StreamError>,
+    Vec<Result<u64, StorageError>>,
+);
+
+/// The files stage's output before it is judged: the index lines' totals and both uploads.
+struct Written {
+    key: String,
+    refs_key: String,
+    produced: Result<(FilesStats, u64), StreamError>,
+    index: Uploaded,
+    refs: Uploaded,
+}
+
+/// The files, processed as the walk yields them, and the index streaming to every
+/// destination as they complete; it is completed only if every file was, else abandoned.
+async fn write_index(ctx: &Ctx<'_>, id: &str, merge: Merge) -> Written {
+    let (cfg, job) = (ctx.cfg, ctx.job);
     let files = Box::pin(futures::stream::unfold(merge, |mut m| async move {
         let item = m.next_file().await?;
         Some((item, m))
     }));
     // In order (`buffered`), so the index is written in path order as files complete.
     let mut results = files
-        .map(|item| {
-            let ctx = &ctx;
-            async move {
-                match item {
-                    Ok((meta, prev)) => process(ctx, meta, prev).await,
-                    Err(e) => Err(StreamError::Files(format!(
-                        "files source {}: {e}",
-                        ctx.cfg.name
-                    ))),
-                }
+        .map(|item| async move {
+            match item {
+                Ok((meta, prev)) => process(ctx, meta, prev).await,
+                Err(e) => Err(source_error(&ctx.cfg.name, e)),
             }
         })
         .buffered(CONCURRENCY);
 
-    // The index streams to every destination while the files are processed; it is
-    // completed only if every file was (`ok_rx`), else abandoned.
-    let key = manifest::index_key(&job.name, id, name, crate::layout::Form::of(job));
+    let key = manifest::index_key(&job.name, id, &cfg.name, crate::layout::Form::of(job));
     // The clear list of blob keys, for sweeps (which then need neither a key nor the
     // index's JSON).
-    let refs_key = crate::layout::refs_key(&job.name, id, name, job.compression);
-    let writers: Vec<&dyn Storage> = ctx.dests.iter().map(|d| d.storage).collect();
+    let refs_key = crate::layout::refs_key(&job.name, id, &cfg.name, job.compression);
+    let writers: Vec<&dyn Storage> = ctx.dests.iter().map(|d| d.storage.as_ref()).collect();
     let (index, index_reader) = LineSink::new();
     let (refs, refs_reader) = LineSink::new();
     let (ok_tx, ok_rx) = tokio::sync::oneshot::channel::<()>();
@@ -340,7 +384,7 @@ pub(super) async fn backup(
         ),
         &key,
         &writers,
-        cancel,
+        ctx.cancel,
         completed(ok_rx),
         false,
     );
@@ -348,73 +392,85 @@ pub(super) async fn backup(
         crate::codec::compress(refs_reader, job.compression, None),
         &refs_key,
         &writers,
-        cancel,
+        ctx.cancel,
         completed(refs_ok_rx),
         false,
     );
+    let produce = write_lines(ctx, &mut results, index, refs, [ok_tx, refs_ok_tx]);
+    let (produced, index, refs) = tokio::join!(produce, index_upload, refs_upload);
+    drop(results);
+    Written {
+        key,
+        refs_key,
+        produced,
+        index,
+        refs,
+    }
+}
 
-    let produce = async {
-        // Owned here, so that however this ends, the sinks close and the uploads see it.
-        let (mut index, mut refs) = (index, refs);
-        let mut stats = FilesStats::default();
-        let header = blobs::FileIndex {
-            format: INDEX_FORMAT,
-            source: name.to_string(),
-            root: cfg.path.display().to_string(),
-            include: cfg.include.clone(),
-            exclude: cfg.exclude.clone(),
-            files: Vec::new(),
-        };
-        let line = blobs::index_line(&header).map_err(|e| fail(e.to_string()))?;
+/// The index's header, then a line per file in path order (and its blob on the refs
+/// list); `complete` tells the uploads the lines are whole. The sinks are owned here, so
+/// that however this ends, they close and the uploads see it.
+async fn write_lines(
+    ctx: &Ctx<'_>,
+    results: &mut (impl futures::Stream<Item = Result<Option<Done>, StreamError>> + Unpin),
+    mut index: LineSink,
+    mut refs: LineSink,
+    complete: [tokio::sync::oneshot::Sender<()>; 2],
+) -> Result<(FilesStats, u64), StreamError> {
+    let cfg = ctx.cfg;
+    let mut stats = FilesStats::default();
+    let header = blobs::FileIndex {
+        format: INDEX_FORMAT,
+        source: cfg.name.to_string(),
+        root: cfg.path.display().to_string(),
+        include: cfg.include.clone(),
+        exclude: cfg.exclude.clone(),
+        files: Vec::new(),
+    };
+    let line = blobs::index_line(&header).map_err(|e| source_error(&cfg.name, e))?;
+    if !index.write(&line).await {
+        return Err(StreamError::NoDestinationLeft);
+    }
+    while let Some(r) = results.next().await {
+        let Some(done) = r? else { continue };
+        stats.count += 1;
+        stats.bytes += done.entry.size;
+        if done.new {
+            stats.new_files += 1;
+            stats.new_bytes += done.entry.size;
+        }
+        stats.uploaded += done.uploaded;
+        let line = blobs::index_line(&done.entry).map_err(|e| source_error(&cfg.name, e))?;
         if !index.write(&line).await {
             return Err(StreamError::NoDestinationLeft);
         }
-        while let Some(r) = results.next().await {
-            let Some(done) = r? else { continue };
-            stats.count += 1;
-            stats.bytes += done.entry.size;
-            if done.new {
-                stats.new_files += 1;
-                stats.new_bytes += done.entry.size;
-            }
-            stats.uploaded += done.uploaded;
-            let line = blobs::index_line(&done.entry).map_err(|e| fail(e.to_string()))?;
-            if !index.write(&line).await {
-                return Err(StreamError::NoDestinationLeft);
-            }
-            let mut r = done.entry.blob.into_bytes();
-            r.push(b'\n');
-            if !refs.write(&r).await {
-                return Err(StreamError::NoDestinationLeft);
-            }
-            if ctx.dests.iter().all(Dest::is_failed) {
-                return Err(StreamError::NoDestinationLeft);
-            }
-        }
-        if !index.finish().await || !refs.finish().await {
+        let mut r = done.entry.blob.into_bytes();
+        r.push(b'\n');
+        if !refs.write(&r).await {
             return Err(StreamError::NoDestinationLeft);
         }
-        let _ = ok_tx.send(());
-        let _ = refs_ok_tx.send(());
-        Ok((stats, index.raw))
-    };
-    let (produced, (pumped, written), (refs_pumped, refs_written)) =
-        tokio::join!(produce, index_upload, refs_upload);
-    drop(results);
-
-    for (d, i) in ctx.dests.iter().zip(&dest_targets) {
-        if let Ok(f) = d.failed.lock()
-            && let Some(why) = f.as_ref()
-        {
-            targets[*i].error.get_or_insert_with(|| why.clone());
+        if ctx.dests.iter().all(Dest::is_failed) {
+            return Err(StreamError::NoDestinationLeft);
         }
     }
+    if !index.finish().await || !refs.finish().await {
+        return Err(StreamError::NoDestinationLeft);
+    }
+    for tx in complete {
+        let _ = tx.send(());
+    }
+    Ok((stats, index.raw))
+}
+
+/// One warning for every entry the walk did not back up.
+fn warn_skipped(cfg: &FilesConfig, job: &Job, skipped: &Mutex<Skipped>) {
     if let Ok(s) = skipped.lock()
         && s.count > 0
     {
         warn!(
             job = %job.name,
-            source = name,
+            source = cfg.name.as_str(),
             "{} entr{} in {} not backed up (only regular files are): {}{}",
             s.count,
             if s.count == 1 { "y" } else { "ies" },
@@ -423,6 +479,24 @@ pub(super) async fn backup(
             if s.count > s.first.len() { ", …" } else { "" }
         );
     }
+}
+
+/// The source's manifest entry, if the index landed on some destination that did not
+/// fail otherwise; a destination whose index or blob list failed fails.
+fn finish_entry(
+    cfg: &FilesConfig,
+    job: &Job,
+    written: Written,
+    dest_targets: &[usize],
+    targets: &mut [Target],
+) -> Result<SourceEntry, StreamError> {
+    let Written {
+        key,
+        refs_key,
+        produced,
+        index: (pumped, written),
+        refs: (refs_pumped, refs_written),
+    } = written;
     let (stats, raw_size) = produced?;
     let (sha256, size, ()) = pumped?;
     let mut any = false;
@@ -454,12 +528,12 @@ pub(super) async fn backup(
     }
     info!(
         job = %job.name,
-        source = name,
+        source = cfg.name.as_str(),
         "index {key}: {} files",
         stats.count
     );
     Ok(SourceEntry {
-        name: name.to_string(),
+        name: cfg.name.to_string(),
         kind: "files".to_string(),
         format: "stowage file index (JSON Lines)".to_string(),
         key,
@@ -570,7 +644,7 @@ async fn upload_small(
     ctx: &Ctx<'_>,
     key: &str,
     data: Bytes,
-    need: &[&Dest<'_>],
+    need: &[&Dest],
 ) -> Result<u64, StreamError> {
     let sealer = ctx.job.encryption.as_ref().map(|e| &e.sealer);
     let packed = blobs::pack_bytes(data, ctx.job.compression, ctx.job.compression_level, sealer)
@@ -592,7 +666,7 @@ async fn upload_streamed(
     path: &PathBuf,
     key: &str,
     sha: &str,
-    need: &[&Dest<'_>],
+    need: &[&Dest],
 ) -> Result<Option<u64>, StreamError> {
     let _permit = ctx
         .big
@@ -619,7 +693,7 @@ async fn upload_streamed(
             ctx.job.compression_level,
         ),
     );
-    let storages: Vec<&dyn Storage> = need.iter().map(|d| d.storage).collect();
+    let storages: Vec<&dyn Storage> = need.iter().map(|d| d.storage.as_ref()).collect();
     let expected = sha.to_string();
     let check = async move {
         let got = hasher

@@ -123,190 +123,304 @@ pub struct RunOptions {
     pub wait_lock: bool,
 }
 
+/// A reason the whole run stops: what failed, why, and the outcome it gives the run.
+type Fatal = (String, String, Outcome);
+
+/// The run was stopped by a shutdown.
+fn cancelled() -> Fatal {
+    (
+        "run".into(),
+        "cancelled by shutdown".into(),
+        Outcome::Cancelled,
+    )
+}
+
+/// What the stages of one run share, filled in the order the data flows.
+struct RunCtx<'a> {
+    job: &'a Job,
+    id: String,
+    started: chrono::DateTime<Utc>,
+    t0: Instant,
+    cancel: CancellationToken,
+    targets: Vec<Target>,
+    /// One per source backed up, in the job's order.
+    entries: Vec<SourceEntry>,
+    /// Tool → version, for the manifest.
+    tools: BTreeMap<String, String>,
+    /// Set by the first stage that stops the run; the stages after it then do nothing
+    /// but clean up.
+    fatal: Option<Fatal>,
+    bytes_in: u64,
+    /// Destinations that hold this run's manifest.
+    published: Vec<String>,
+    errors: Vec<(String, String)>,
+    kept: Vec<(String, usize)>,
+    retention_interrupted: bool,
+}
+
 pub async fn run_job(
     config: &Config,
     job: &Job,
     opts: RunOptions,
     cancel: CancellationToken,
 ) -> RunReport {
-    let started = Utc::now();
-    let t0 = Instant::now();
-    let id = manifest::new_id(started);
-    let jn = job.name.as_str();
-    info!(
-        job = jn,
-        id = %id,
-        "backup started: {} source(s) → {}",
-        job.sources.len(),
-        job.destinations.join(", ")
-    );
-
-    let mut targets = Vec::new();
-    for js in storage::open_job(config, job).await {
-        targets.push(Target {
-            name: js.name.to_string(),
-            storage: std::sync::Arc::from(js.storage),
-            policy: js.destination.retention.clone(),
-            min_storage: js.destination.min_storage(),
-            object_lock: js.destination.object_lock(),
-            error: None,
-            touched: false,
-            locked: false,
-        });
+    let mut run = RunCtx::start(config, job, cancel).await;
+    run.preflight().await;
+    run.claim_job(opts).await;
+    run.lock_destinations().await;
+    let heartbeat = run.start_heartbeat();
+    run.require_destination();
+    run.dump_sources().await;
+    // A stop that came while the last upload completed: abandon rather than publish.
+    if run.fatal.is_none() && run.cancel.is_cancelled() {
+        run.fatal = Some(cancelled());
     }
+    run.publish_manifest().await;
+    run.remove_leftovers().await;
+    run.collect_errors();
+    run.prune_published().await;
+    run.release_locks(heartbeat).await;
+    let report = run.into_report();
+    log_summary(&report);
+    report
+}
 
-    info!(job = jn, id = %id, "stage: preflight");
-    let checks = join_all(targets.iter().map(|t| t.storage.preflight())).await;
-    for (t, r) in targets.iter_mut().zip(checks) {
-        if let Err(e) = r {
-            error!(job = jn, destination = %t.name, "destination {} ({}): {e}", t.name, t.storage.location());
-            t.error = Some(e.to_string());
+impl<'a> RunCtx<'a> {
+    /// Names the run and opens the job's destinations.
+    async fn start(config: &Config, job: &'a Job, cancel: CancellationToken) -> RunCtx<'a> {
+        let started = Utc::now();
+        let t0 = Instant::now();
+        let id = manifest::new_id(started);
+        info!(
+            job = job.name.as_str(),
+            id = %id,
+            "backup started: {} source(s) → {}",
+            job.sources.len(),
+            job.destinations.join(", ")
+        );
+        let mut targets = Vec::new();
+        for js in storage::open_job(config, job).await {
+            targets.push(Target {
+                name: js.name.to_string(),
+                storage: std::sync::Arc::from(js.storage),
+                policy: js.destination.retention.clone(),
+                min_storage: js.destination.min_storage(),
+                object_lock: js.destination.object_lock(),
+                error: None,
+                touched: false,
+                locked: false,
+            });
+        }
+        let mut tools = BTreeMap::new();
+        tools.insert("stowage".to_string(), env!("CARGO_PKG_VERSION").to_string());
+        RunCtx {
+            job,
+            id,
+            started,
+            t0,
+            cancel,
+            targets,
+            entries: Vec::new(),
+            tools,
+            fatal: None,
+            bytes_in: 0,
+            published: Vec::new(),
+            errors: Vec::new(),
+            kept: Vec::new(),
+            retention_interrupted: false,
         }
     }
 
-    let mut entries = Vec::new();
-    let mut tools = BTreeMap::new();
-    tools.insert("stowage".to_string(), env!("CARGO_PKG_VERSION").to_string());
-    let mut fatal: Option<(String, String, Outcome)> = None;
-    let mut bytes_in = 0u64;
+    fn jn(&self) -> &'a str {
+        self.job.name.as_str()
+    }
 
-    // One run of a job at a time, across processes (`stowage run` beside the daemon): two
-    // dumps at once would double the load, and both runs' retention would prune the same
-    // backups.
-    if fatal.is_none() {
-        let live: Vec<&dyn Storage> = targets
+    /// A destination that cannot be written is left out before anything is dumped.
+    async fn preflight(&mut self) {
+        let jn = self.jn();
+        info!(job = jn, id = %self.id, "stage: preflight");
+        let checks = join_all(self.targets.iter().map(|t| t.storage.preflight())).await;
+        for (t, r) in self.targets.iter_mut().zip(checks) {
+            if let Err(e) = r {
+                error!(job = jn, destination = %t.name, "destination {} ({}): {e}", t.name, t.storage.location());
+                t.error = Some(e.to_string());
+            }
+        }
+    }
+
+    /// One run of a job at a time, across processes (`stowage run` beside the daemon): two
+    /// dumps at once would double the load, and both runs' retention would prune the same
+    /// backups.
+    async fn claim_job(&mut self, opts: RunOptions) {
+        if self.fatal.is_some() {
+            return;
+        }
+        let jn = self.jn();
+        let live: Vec<&dyn Storage> = self
+            .targets
             .iter()
             .filter(|t| t.error.is_none())
             .map(|t| t.storage.as_ref())
             .collect();
-        match blobs::claim_job(&live, jn, &id, LockKind::Backup, opts.wait_lock, &cancel).await {
-            Ok(None) => {}
-            Ok(Some(holder)) => {
-                fatal = Some((
-                    "run".into(),
-                    format!(
-                        "job {jn} is already running: {holder}; nothing was started. Wait for it to finish, or run again with --wait-lock to wait"
-                    ),
-                    Outcome::Failed,
-                ))
-            }
-            Err(blobs::BlobError::Cancelled) => {
-                fatal = Some((
-                    "run".into(),
-                    "cancelled by shutdown".into(),
-                    Outcome::Cancelled,
-                ))
-            }
+        let claimed = blobs::claim_job(
+            &live,
+            jn,
+            &self.id,
+            LockKind::Backup,
+            opts.wait_lock,
+            &self.cancel,
+        )
+        .await;
+        let fatal = match claimed {
+            Ok(None) => return,
+            Ok(Some(holder)) => (
+                "run".into(),
+                format!(
+                    "job {jn} is already running: {holder}; nothing was started. Wait for it to finish, or run again with --wait-lock to wait"
+                ),
+                Outcome::Failed,
+            ),
+            Err(blobs::BlobError::Cancelled) => cancelled(),
             // Without the lock this run could overlap another (two dumps, two retentions
             // pruning the same backups): stop rather than run without exclusivity.
-            Err(e) => {
-                fatal = Some((
-                    "run".into(),
-                    format!(
-                        "cannot take the lock of job {jn} ({e}); nothing was started. Fix the destination's locks/ (writable, listable) and run again"
-                    ),
-                    Outcome::Failed,
-                ))
-            }
-        }
+            Err(e) => (
+                "run".into(),
+                format!(
+                    "cannot take the lock of job {jn} ({e}); nothing was started. Fix the destination's locks/ (writable, listable) and run again"
+                ),
+                Outcome::Failed,
+            ),
+        };
+        self.fatal = Some(fatal);
     }
 
-    // Every run announces itself with a lock (a later start tells a crashed run's leftovers
-    // by it). A job with files also reuses blobs earlier backups uploaded, so no concurrent
-    // sweep may delete one of them before this backup's manifest references it.
-    // A run that will not start (another holds the job) announces nothing.
-    let starting = fatal.is_none();
-    for t in targets.iter_mut().filter(|t| t.error.is_none() && starting) {
-        t.touched = true;
-        // Even a failed attempt may have written the lock: always remove it at the end.
-        t.locked = true;
-        match blobs::lock_backup(t.storage.as_ref(), jn, &id, job.has_files(), &cancel).await {
-            Ok(()) => {}
-            Err(blobs::BlobError::Cancelled) => {
-                fatal = Some((
-                    "run".into(),
-                    "cancelled by shutdown".into(),
-                    Outcome::Cancelled,
-                ));
-            }
-            Err(e) => {
-                error!(job = jn, destination = %t.name, "destination {}: cannot take the backup lock: {e}", t.name);
-                t.error = Some(format!("cannot take the backup lock: {e}"));
-            }
-        }
-    }
-
-    // The lock is rewritten while the run holds it: a lock not refreshed for minutes is
-    // taken for a crashed run's, by any host.
-    let heartbeat = blobs::Heartbeat::start(
-        targets
-            .iter()
-            .filter(|t| t.locked && t.error.is_none())
-            .map(|t| t.storage.clone())
-            .collect(),
-        jn,
-        &id,
-        LockKind::Backup,
-    );
-
-    if fatal.is_none() && targets.iter().all(|t| t.error.is_some()) {
-        fatal = Some((
-            "destinations".into(),
-            "no destination is usable".into(),
-            Outcome::Failed,
-        ));
-    }
-
-    for src_cfg in &job.sources {
-        if fatal.is_some() {
-            break;
-        }
-        let result = match src_cfg {
-            SourceConfig::Files(f) => {
-                info!(job = jn, id = %id, source = %f.name, "stage: files {} from {}", f.name, f.path.display());
-                for t in targets.iter_mut().filter(|t| t.error.is_none()) {
-                    t.touched = true;
+    /// Every run announces itself with a lock (a later start tells a crashed run's leftovers
+    /// by it). A job with files also reuses blobs earlier backups uploaded, so no concurrent
+    /// sweep may delete one of them before this backup's manifest references it.
+    /// A run that will not start (another holds the job) announces nothing.
+    async fn lock_destinations(&mut self) {
+        let starting = self.fatal.is_none();
+        let (jn, reuses_blobs) = (self.jn(), self.job.has_files());
+        for t in self
+            .targets
+            .iter_mut()
+            .filter(|t| t.error.is_none() && starting)
+        {
+            t.touched = true;
+            // Even a failed attempt may have written the lock: always remove it at the end.
+            t.locked = true;
+            let storage = t.storage.as_ref();
+            match blobs::lock_backup(storage, jn, &self.id, reuses_blobs, &self.cancel).await {
+                Ok(()) => {}
+                Err(blobs::BlobError::Cancelled) => {
+                    self.fatal = Some(cancelled());
                 }
-                files::backup(f, job, &id, &mut targets, &cancel).await
+                Err(e) => {
+                    error!(job = jn, destination = %t.name, "destination {}: cannot take the backup lock: {e}", t.name);
+                    t.error = Some(format!("cannot take the backup lock: {e}"));
+                }
+            }
+        }
+    }
+
+    /// The lock is rewritten while the run holds it: a lock not refreshed for minutes is
+    /// taken for a crashed run's, by any host.
+    fn start_heartbeat(&self) -> blobs::Heartbeat {
+        blobs::Heartbeat::start(
+            self.targets
+                .iter()
+                .filter(|t| t.locked && t.error.is_none())
+                .map(|t| t.storage.clone())
+                .collect(),
+            self.jn(),
+            &self.id,
+            LockKind::Backup,
+        )
+    }
+
+    /// With no destination left there is nowhere to dump to.
+    fn require_destination(&mut self) {
+        if self.fatal.is_none() && self.targets.iter().all(|t| t.error.is_some()) {
+            self.fatal = Some((
+                "destinations".into(),
+                "no destination is usable".into(),
+                Outcome::Failed,
+            ));
+        }
+    }
+
+    /// The sources in the job's order, each streamed to every live destination; the first
+    /// failure stops the run.
+    async fn dump_sources(&mut self) {
+        let job = self.job;
+        for src_cfg in &job.sources {
+            if self.fatal.is_some() {
+                break;
+            }
+            let Some(result) = self.back_up_source(src_cfg).await else {
+                break;
+            };
+            self.record_source(src_cfg.name(), result);
+        }
+    }
+
+    /// One source to every live destination. `None`: its tool could not even tell its
+    /// version, and the run is stopped.
+    async fn back_up_source(
+        &mut self,
+        src_cfg: &'a SourceConfig,
+    ) -> Option<Result<SourceEntry, StreamError>> {
+        let jn = self.jn();
+        match src_cfg {
+            SourceConfig::Files(f) => {
+                info!(job = jn, id = %self.id, source = %f.name, "stage: files {} from {}", f.name, f.path.display());
+                self.touch_live();
+                Some(files::backup(f, self.job, &self.id, &mut self.targets, &self.cancel).await)
             }
             SourceConfig::Database(db) => {
                 let tool = match db.tool_version().await {
                     Ok((tool, version)) => {
-                        tools.insert(tool, version.clone());
+                        self.tools.insert(tool, version.clone());
                         version
                     }
                     Err(e) => {
-                        fatal = Some((
+                        self.fatal = Some((
                             format!("source {}", db.name()),
                             e.to_string(),
                             Outcome::Failed,
                         ));
-                        break;
+                        return None;
                     }
                 };
-                let key = manifest::object_key(
-                    jn,
-                    &id,
-                    db.name(),
-                    db.extension(),
-                    crate::layout::Form::of(job),
-                );
-                info!(job = jn, id = %id, source = db.name(), "stage: dump {} {} → {}", db.kind(), db.name(), key);
-                for t in targets.iter_mut().filter(|t| t.error.is_none()) {
-                    t.touched = true;
-                }
-                stream_source(db.as_ref(), &key, job, &mut targets, &cancel)
-                    .await
-                    .map(|mut entry| {
-                        entry.tool = Some(tool);
-                        entry
-                    })
+                let form = crate::layout::Form::of(self.job);
+                let key = manifest::object_key(jn, &self.id, db.name(), db.extension(), form);
+                info!(job = jn, id = %self.id, source = db.name(), "stage: dump {} {} → {}", db.kind(), db.name(), key);
+                self.touch_live();
+                let streamed =
+                    stream_source(db.as_ref(), &key, self.job, &mut self.targets, &self.cancel)
+                        .await;
+                Some(streamed.map(|mut entry| {
+                    entry.tool = Some(tool);
+                    entry
+                }))
             }
-        };
-        let name = src_cfg.name();
+        }
+    }
+
+    /// From here the live destinations may hold objects of this run, which the cleanup
+    /// removes unless the run publishes there.
+    fn touch_live(&mut self) {
+        for t in self.targets.iter_mut().filter(|t| t.error.is_none()) {
+            t.touched = true;
+        }
+    }
+
+    /// Logs what a source stored and keeps its entry for the manifest, or stops the run.
+    fn record_source(&mut self, name: &str, result: Result<SourceEntry, StreamError>) {
+        let (jn, id) = (self.jn(), &self.id);
         match result {
             Ok(entry) => {
-                bytes_in += entry.files.as_ref().map_or(entry.raw_size, |f| f.bytes);
+                self.bytes_in += entry.files.as_ref().map_or(entry.raw_size, |f| f.bytes);
                 match &entry.files {
                     Some(f) => info!(
                         job = jn,
@@ -329,194 +443,209 @@ pub async fn run_job(
                         entry.sha256
                     ),
                 }
-                entries.push(entry);
+                self.entries.push(entry);
             }
-            Err(StreamError::Cancelled) => {
-                fatal = Some((
-                    "run".into(),
-                    "cancelled by shutdown".into(),
-                    Outcome::Cancelled,
-                ));
-            }
-            Err(e) => {
-                fatal = Some((format!("source {name}"), e.to_string(), Outcome::Failed));
-            }
+            Err(StreamError::Cancelled) => self.fatal = Some(cancelled()),
+            Err(e) => self.fatal = Some((format!("source {name}"), e.to_string(), Outcome::Failed)),
         }
     }
 
-    // A stop that came while the last upload completed: abandon rather than publish.
-    if fatal.is_none() && cancel.is_cancelled() {
-        fatal = Some((
-            "run".into(),
-            "cancelled by shutdown".into(),
-            Outcome::Cancelled,
-        ));
+    /// The manifest is what makes the backup exist: written last, on each destination
+    /// that is still live.
+    async fn publish_manifest(&mut self) {
+        if self.fatal.is_some() {
+            return;
+        }
+        info!(job = self.jn(), id = %self.id, "stage: publish manifest");
+        let m = self.manifest();
+        // Reused blobs locked as long as this backup, before it counts as published.
+        if self.job.has_files() {
+            self.lock_reused_blobs(&m).await;
+        }
+        match manifest::signed(&m, self.job.auth_key.as_deref()) {
+            Ok(body) => self.put_manifest(Bytes::from(body)).await,
+            Err(e) => self.fatal = Some(("manifest".into(), e.to_string(), Outcome::Failed)),
+        }
     }
-    let mut published = Vec::new();
-    if fatal.is_none() {
-        info!(job = jn, id = %id, "stage: publish manifest");
-        let m = Manifest {
+
+    /// The manifest of what the sources stored.
+    fn manifest(&self) -> Manifest {
+        Manifest {
             format: FORMAT_VERSION,
-            job: jn.to_string(),
-            id: id.clone(),
-            started_at: started,
+            job: self.jn().to_string(),
+            id: self.id.clone(),
+            started_at: self.started,
             finished_at: Utc::now(),
-            compression: job.compression,
-            encryption: job
+            compression: self.job.compression,
+            encryption: self
+                .job
                 .encryption
                 .as_ref()
                 .map(|_| crate::crypt::SCHEME.to_string()),
-            sources: entries.clone(),
-            tools,
+            sources: self.entries.clone(),
+            tools: self.tools.clone(),
             auth: None,
             proof: Default::default(),
-        };
-        // Reused blobs locked as long as this backup, before it counts as published.
-        if job.has_files() {
-            for t in targets
-                .iter_mut()
-                .filter(|t| t.error.is_none() && t.object_lock.is_some())
-            {
-                let Some(lock) = t.object_lock else { continue };
-                let until = lock.until(Utc::now());
-                match crate::objlock::extend_blob_locks(t.storage.as_ref(), &m, until).await {
-                    Ok(n) => info!(
-                        job = jn,
-                        id = %id,
-                        destination = %t.name,
-                        "object lock on {}: {n} blob(s) this backup references locked until {}",
-                        t.name,
+        }
+    }
+
+    /// On destinations with Object Lock: the file blobs the backup references are locked
+    /// as long as the backup is; a destination where that fails does not publish.
+    async fn lock_reused_blobs(&mut self, m: &Manifest) {
+        let (jn, id) = (self.jn(), &self.id);
+        for t in self
+            .targets
+            .iter_mut()
+            .filter(|t| t.error.is_none() && t.object_lock.is_some())
+        {
+            let Some(lock) = t.object_lock else { continue };
+            let until = lock.until(Utc::now());
+            match crate::objlock::extend_blob_locks(t.storage.as_ref(), m, until).await {
+                Ok(n) => info!(
+                    job = jn,
+                    id = %id,
+                    destination = %t.name,
+                    "object lock on {}: {n} blob(s) this backup references locked until {}",
+                    t.name,
+                    until.format("%Y-%m-%d %H:%M:%S UTC")
+                ),
+                Err(e) => {
+                    t.error = Some(format!(
+                        "could not lock the file blobs this backup references until {}: {e}",
                         until.format("%Y-%m-%d %H:%M:%S UTC")
-                    ),
-                    Err(e) => {
-                        t.error = Some(format!(
-                            "could not lock the file blobs this backup references until {}: {e}",
-                            until.format("%Y-%m-%d %H:%M:%S UTC")
-                        ))
-                    }
+                    ))
                 }
             }
         }
-        match manifest::signed(&m, job.auth_key.as_deref()) {
-            Ok(body) => {
-                let body = Bytes::from(body);
-                let key = manifest::manifest_key(jn, &id);
-                let live: Vec<usize> = (0..targets.len())
-                    .filter(|i| targets[*i].error.is_none())
-                    .collect();
-                let puts = join_all(
-                    live.iter()
-                        .map(|i| targets[*i].storage.put_record(&key, body.clone())),
-                );
-                // Dropped on a stop: a manifest that landed anyway is removed by the cleanup
-                // below, because nothing counts as published until every put has answered.
-                let results = tokio::select! {
-                    r = puts => Some(r),
-                    _ = cancel.cancelled() => None,
-                };
-                match results {
-                    Some(results) => {
-                        for (i, r) in live.into_iter().zip(results) {
-                            match r {
-                                Ok(()) => published.push(targets[i].name.clone()),
-                                Err(e) => targets[i].error = Some(e.to_string()),
-                            }
-                        }
-                    }
-                    None => {
-                        fatal = Some((
-                            "run".into(),
-                            "cancelled by shutdown".into(),
-                            Outcome::Cancelled,
-                        ))
-                    }
-                }
-            }
-            Err(e) => fatal = Some(("manifest".into(), e.to_string(), Outcome::Failed)),
-        }
     }
 
-    // Remove whatever this run left on destinations where it did not publish.
-    let abandoned = matches!(fatal, Some((_, _, Outcome::Cancelled)));
-    for t in targets
-        .iter()
-        .filter(|t| t.touched && !published.contains(&t.name))
-    {
-        cleanup(t.storage.as_ref(), jn, &id, &t.name, abandoned).await;
-    }
-
-    let mut errors: Vec<(String, String)> = Vec::new();
-    for t in &targets {
-        if let Some(e) = &t.error {
-            error!(job = jn, id = %id, destination = %t.name, "destination {} failed: {e}", t.name);
-            errors.push((t.name.clone(), e.clone()));
-        }
-    }
-    if let Some((what, why, _)) = &fatal {
-        error!(job = jn, id = %id, "{what} failed: {why}");
-        errors.push((what.clone(), why.clone()));
-    }
-
-    if !published.is_empty() {
-        info!(job = jn, id = %id, "stage: retention");
-    }
-    let mut kept = Vec::new();
-    let mut retention_interrupted = false;
-    for t in targets.iter().filter(|t| published.contains(&t.name)) {
-        // Cut short by a stop, retention leaves at worst a backup whose manifest is gone and
-        // whose data is not: no longer listed, and removed by the next start's recovery.
-        let r = tokio::select! {
-            biased;
-            _ = cancel.cancelled() => None,
-            r = apply_retention(t, job, &id) => Some(r),
+    /// Writes the manifest on every live destination at once; those where it landed are
+    /// published.
+    async fn put_manifest(&mut self, body: Bytes) {
+        let key = manifest::manifest_key(self.jn(), &self.id);
+        let live: Vec<usize> = (0..self.targets.len())
+            .filter(|i| self.targets[*i].error.is_none())
+            .collect();
+        let puts = join_all(
+            live.iter()
+                .map(|i| self.targets[*i].storage.put_record(&key, body.clone())),
+        );
+        // Dropped on a stop: a manifest that landed anyway is removed by the cleanup,
+        // because nothing counts as published until every put has answered.
+        let results = tokio::select! {
+            r = puts => Some(r),
+            _ = self.cancel.cancelled() => None,
         };
-        match r {
-            Some(Ok(n)) => kept.push((t.name.clone(), n)),
-            // The backup is published; a retention failure only delays pruning.
-            Some(Err(e)) => {
-                warn!(job = jn, destination = %t.name, "retention on {} failed: {e}", t.name)
-            }
-            None => {
-                warn!(job = jn, destination = %t.name, "retention on {} interrupted by the stop; backup {id} is published, and the next run prunes what this one did not", t.name);
-                retention_interrupted = true;
-                break;
+        let Some(results) = results else {
+            self.fatal = Some(cancelled());
+            return;
+        };
+        for (i, r) in live.into_iter().zip(results) {
+            match r {
+                Ok(()) => self.published.push(self.targets[i].name.clone()),
+                Err(e) => self.targets[i].error = Some(e.to_string()),
             }
         }
     }
 
-    heartbeat.stop().await;
-    for t in targets.iter().filter(|t| t.locked) {
-        blobs::unlock(t.storage.as_ref(), jn, &id, LockKind::Backup).await;
+    /// Remove whatever this run left on destinations where it did not publish.
+    async fn remove_leftovers(&self) {
+        let abandoned = matches!(self.fatal, Some((_, _, Outcome::Cancelled)));
+        for t in self
+            .targets
+            .iter()
+            .filter(|t| t.touched && !self.published.contains(&t.name))
+        {
+            cleanup(t.storage.as_ref(), self.jn(), &self.id, &t.name, abandoned).await;
+        }
     }
 
-    let outcome = match &fatal {
-        Some((_, _, o)) => *o,
-        None if published.len() == targets.len() => Outcome::Success,
-        None if !published.is_empty() => Outcome::Partial,
-        None => Outcome::Failed,
-    };
-    let bytes_out: u64 = if published.is_empty() {
-        0
-    } else {
-        entries
+    /// Every destination's failure and the run's own, logged and kept for the report.
+    fn collect_errors(&mut self) {
+        let (jn, id) = (self.jn(), &self.id);
+        for t in &self.targets {
+            if let Some(e) = &t.error {
+                error!(job = jn, id = %id, destination = %t.name, "destination {} failed: {e}", t.name);
+                self.errors.push((t.name.clone(), e.clone()));
+            }
+        }
+        if let Some((what, why, _)) = &self.fatal {
+            error!(job = jn, id = %id, "{what} failed: {why}");
+            self.errors.push((what.clone(), why.clone()));
+        }
+    }
+
+    /// Retention, only on the destinations where this run published.
+    async fn prune_published(&mut self) {
+        let (jn, id) = (self.jn(), &self.id);
+        if !self.published.is_empty() {
+            info!(job = jn, id = %id, "stage: retention");
+        }
+        for t in self
+            .targets
             .iter()
-            .map(|e| e.size + e.files.as_ref().map_or(0, |f| f.uploaded))
-            .sum()
-    };
-    let report = RunReport {
-        job: jn.to_string(),
-        id,
-        outcome,
-        bytes_in,
-        bytes_out,
-        duration: t0.elapsed(),
-        published,
-        errors,
-        kept,
-        retention_interrupted,
-    };
-    log_summary(&report);
-    report
+            .filter(|t| self.published.contains(&t.name))
+        {
+            // Cut short by a stop, retention leaves at worst a backup whose manifest is gone
+            // and whose data is not: no longer listed, and removed by the next start's
+            // recovery.
+            let r = tokio::select! {
+                biased;
+                _ = self.cancel.cancelled() => None,
+                r = apply_retention(t, self.job, id) => Some(r),
+            };
+            match r {
+                Some(Ok(n)) => self.kept.push((t.name.clone(), n)),
+                // The backup is published; a retention failure only delays pruning.
+                Some(Err(e)) => {
+                    warn!(job = jn, destination = %t.name, "retention on {} failed: {e}", t.name)
+                }
+                None => {
+                    warn!(job = jn, destination = %t.name, "retention on {} interrupted by the stop; backup {id} is published, and the next run prunes what this one did not", t.name);
+                    self.retention_interrupted = true;
+                    break;
+                }
+            }
+        }
+    }
+
+    /// The run is over: stop refreshing its locks, then remove them.
+    async fn release_locks(&self, heartbeat: blobs::Heartbeat) {
+        heartbeat.stop().await;
+        for t in self.targets.iter().filter(|t| t.locked) {
+            blobs::unlock(t.storage.as_ref(), self.jn(), &self.id, LockKind::Backup).await;
+        }
+    }
+
+    /// The run's outcome and figures.
+    fn into_report(self) -> RunReport {
+        let outcome = match &self.fatal {
+            Some((_, _, o)) => *o,
+            None if self.published.len() == self.targets.len() => Outcome::Success,
+            None if !self.published.is_empty() => Outcome::Partial,
+            None => Outcome::Failed,
+        };
+        let bytes_out: u64 = if self.published.is_empty() {
+            0
+        } else {
+            self.entries
+                .iter()
+                .map(|e| e.size + e.files.as_ref().map_or(0, |f| f.uploaded))
+                .sum()
+        };
+        RunReport {
+            job: self.jn().to_string(),
+            id: self.id,
+            outcome,
+            bytes_in: self.bytes_in,
+            bytes_out,
+            duration: self.t0.elapsed(),
+            published: self.published,
+            errors: self.errors,
+            kept: self.kept,
+            retention_interrupted: self.retention_interrupted,
+        }
+    }
 }
 
 async fn stream_source(
@@ -878,39 +1007,44 @@ async fn apply_retention(
     );
     // Blobs only become garbage when a backup referencing them goes.
     if removed > 0 && job.has_files() {
-        // A blob is locked at least `days` after its upload: a delete before then would only
-        // hide it behind a delete marker.
-        let min_age = t
-            .min_storage
-            .map(|(_, days)| days)
-            .into_iter()
-            .chain(t.object_lock.map(|l| l.days))
-            .max()
-            .map(|days| chrono::TimeDelta::days(days.into()));
-        match blobs::sweep(t.storage.as_ref(), &job.name, own_id, min_age).await {
-            Ok(SweepOutcome::Swept {
-                deleted,
-                kept,
-                left,
-            }) => info!(
-                job = %job.name,
-                destination = %t.name,
-                "blob sweep on {}: deleted {deleted} unreferenced blob(s), kept {kept}{}",
-                t.name,
-                if left > 0 { format!(", {left} left for the next sweep (time budget)") } else { String::new() }
-            ),
-            Ok(SweepOutcome::Postponed { by }) => info!(
-                job = %job.name,
-                destination = %t.name,
-                "blob sweep postponed on {}: backup {by} of this job is in progress and may reference them",
-                t.name
-            ),
-            Err(e) => {
-                warn!(job = %job.name, destination = %t.name, "blob sweep on {} failed: {e}; unreferenced blobs stay until the next sweep", t.name)
-            }
-        }
+        sweep_blobs(t, job, own_id).await;
     }
     Ok(decisions.len() - removed)
+}
+
+/// After retention removed backups: the file blobs no backup references any more.
+async fn sweep_blobs(t: &Target, job: &Job, own_id: &str) {
+    // A blob is locked at least `days` after its upload: a delete before then would only
+    // hide it behind a delete marker.
+    let min_age = t
+        .min_storage
+        .map(|(_, days)| days)
+        .into_iter()
+        .chain(t.object_lock.map(|l| l.days))
+        .max()
+        .map(|days| chrono::TimeDelta::days(days.into()));
+    match blobs::sweep(t.storage.as_ref(), &job.name, own_id, min_age).await {
+        Ok(SweepOutcome::Swept {
+            deleted,
+            kept,
+            left,
+        }) => info!(
+            job = %job.name,
+            destination = %t.name,
+            "blob sweep on {}: deleted {deleted} unreferenced blob(s), kept {kept}{}",
+            t.name,
+            if left > 0 { format!(", {left} left for the next sweep (time budget)") } else { String::new() }
+        ),
+        Ok(SweepOutcome::Postponed { by }) => info!(
+            job = %job.name,
+            destination = %t.name,
+            "blob sweep postponed on {}: backup {by} of this job is in progress and may reference them",
+            t.name
+        ),
+        Err(e) => {
+            warn!(job = %job.name, destination = %t.name, "blob sweep on {} failed: {e}; unreferenced blobs stay until the next sweep", t.name)
+        }
+    }
 }
 
 fn log_summary(r: &RunReport) {

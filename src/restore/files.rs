@@ -151,7 +151,7 @@ enum Step {
 /// at a time: neither is held whole.
 struct Merge {
     index: Option<blobs::IndexEntries>,
-    local: Option<tokio::sync::mpsc::Receiver<Result<Found, String>>>,
+    local: Option<LocalWalk>,
     head: Option<FileMeta>,
     entry: Option<IndexEntry>,
 }
@@ -224,6 +224,47 @@ pub async fn restore(
     let (header, entries) = blobs::open_index(storage, entry, packing)
         .await
         .map_err(|e| err(e.to_string()))?;
+    let (dir, orphan_dir) = target_dirs(name, &header, &target)?;
+    let (local, root) = open_target(&header, &dir, target.dry_run)
+        .await
+        .map_err(err)?;
+    let ctx = TreeCtx {
+        storage,
+        packing,
+        entry,
+        root,
+        aside: Arc::new(beneath::Orphans::new(orphan_dir.clone())),
+        orphan_dir,
+        dry_run: target.dry_run,
+        keep_special_modes: target.keep_special_modes,
+        progress: crate::progress::Progress::new(format!("restore {name}: files"), None),
+    };
+    let mut merge = Merge {
+        index: Some(entries),
+        local,
+        head: None,
+        entry: None,
+    };
+    let mut tally = Tally::default();
+    walk(&ctx, &mut merge, &mut tally).await;
+    ctx.progress.finish();
+    let in_the_way =
+        std::mem::take(&mut *ctx.aside.moved.lock().unwrap_or_else(|p| p.into_inner()));
+    tally.orphans += in_the_way.len();
+    tally.lines.extend(in_the_way);
+    if let Some(e) = tally.failure.take() {
+        return Err(err(e));
+    }
+    Ok(tally.summary(name, &dir, &ctx))
+}
+
+/// Where the files go and where orphans are moved, both refused unless the operator
+/// chose them safely.
+fn target_dirs(
+    name: &str,
+    header: &blobs::FileIndex,
+    target: &Target,
+) -> Result<(PathBuf, PathBuf), RestoreError> {
     // The index is data from the destination: whoever can write there could point its
     // root at /etc. Only the operator (config, command line) chooses where files go.
     let Some(dir) = target.dir.clone() else {
@@ -250,242 +291,241 @@ pub async fn restore(
         )));
     }
     let orphan_dir = orphan_base.join(Utc::now().format("%Y%m%dT%H%M%SZ").to_string());
+    Ok((dir, orphan_dir))
+}
+
+/// The files a walk finds, as they are found.
+type LocalWalk = tokio::sync::mpsc::Receiver<Result<Found, String>>;
+
+/// A walk of what is in `dir` now, and `dir` opened for writing beneath it (created
+/// unless this is a dry run; a dry run of a missing directory has nothing to open).
+async fn open_target(
+    header: &blobs::FileIndex,
+    dir: &Path,
+    dry_run: bool,
+) -> Result<(Option<LocalWalk>, Option<Arc<beneath::Tree>>), String> {
     // What is there now, seen through the same filters the backup used.
-    let filter = PathFilter::new(&header.include, &header.exclude).map_err(err)?;
+    let filter = PathFilter::new(&header.include, &header.exclude)?;
     let exists = dir.exists();
-    let local = exists.then(|| tree::spawn_walk(dir.clone(), filter));
-    if !target.dry_run {
-        tokio::fs::create_dir_all(&dir)
+    let local = exists.then(|| tree::spawn_walk(dir.to_path_buf(), filter));
+    if !dry_run {
+        tokio::fs::create_dir_all(dir)
             .await
-            .map_err(|e| err(format!("cannot create {}: {e}", dir.display())))?;
+            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     }
-    let root = if exists || !target.dry_run {
-        let d = dir.clone();
+    let root = if exists || !dry_run {
+        let d = dir.to_path_buf();
         let t = tokio::task::spawn_blocking(move || beneath::Tree::open(&d))
             .await
-            .map_err(|e| err(format!("opening aborted: {e}")))?
-            .map_err(|e| err(format!("cannot open {}: {e}", dir.display())))?;
+            .map_err(|e| format!("opening aborted: {e}"))?
+            .map_err(|e| format!("cannot open {}: {e}", dir.display()))?;
         Some(Arc::new(t))
     } else {
         None
     };
-    let aside = Arc::new(beneath::Orphans::new(orphan_dir.clone()));
-    let keep_special_modes = target.keep_special_modes;
-    let mut merge = Merge {
-        index: Some(entries),
-        local,
-        head: None,
-        entry: None,
-    };
+    Ok((local, root))
+}
 
-    let mut lines = Vec::new();
-    let mut orphans = 0usize;
-    let (mut same, mut fetched, mut replaced, mut fetch_bytes) = (0usize, 0usize, 0usize, 0u64);
-    let progress = crate::progress::Progress::new(format!("restore {name}: files"), None);
-    let dry_run = target.dry_run;
-    let mut failure: Option<String> = None;
-    {
-        let mut work = futures::stream::FuturesOrdered::new();
-        loop {
-            // Keep a few files in flight; collect what finished.
-            while work.len() >= CONCURRENCY || (!work.is_empty() && failure.is_some()) {
-                match work.next().await {
-                    Some(r) => note(
-                        r,
-                        &mut lines,
-                        &mut failure,
-                        &mut same,
-                        &mut fetched,
-                        &mut replaced,
-                        &mut fetch_bytes,
-                        &orphan_dir,
-                        dry_run,
-                    ),
-                    None => break,
-                }
+/// What every step of one files restore reads.
+struct TreeCtx<'a> {
+    storage: &'a dyn Storage,
+    packing: &'a Packing,
+    entry: &'a SourceEntry,
+    /// The target directory, opened; None only in a dry run of a missing directory.
+    root: Option<Arc<beneath::Tree>>,
+    aside: Arc<beneath::Orphans>,
+    orphan_dir: PathBuf,
+    dry_run: bool,
+    keep_special_modes: bool,
+    progress: Arc<crate::progress::Progress>,
+}
+
+impl TreeCtx<'_> {
+    /// Move a local file the backup lacks into the orphans, never through a link. Returns
+    /// the line to report, or why it failed.
+    async fn move_orphan(&self, p: &str) -> Result<String, String> {
+        let to = self.orphan_dir.join(p);
+        let Some(root) = self.root.clone() else {
+            return Err("the target directory is not open".to_string());
+        };
+        let (o, rel) = (self.aside.clone(), p.to_string());
+        let moved = tokio::task::spawn_blocking(move || {
+            let (parts, name) = rel
+                .rsplit_once('/')
+                .map_or((Vec::new(), rel.as_str()), |(d, n)| {
+                    (d.split('/').collect(), n)
+                });
+            // Never through a link: a directory swapped for one since the walk fails the
+            // move.
+            let parent = root.dir(&parts, None)?;
+            o.put(std::os::fd::AsFd::as_fd(&parent), name, &rel)
+        })
+        .await
+        .map_err(|e| std::io::Error::other(e.to_string()))
+        .and_then(|r| r);
+        match moved {
+            Ok(at) => Ok(format!("moved {p} to {}", at.display())),
+            Err(e) => Err(format!("cannot move {p} to {}: {e}", to.display())),
+        }
+    }
+}
+
+/// What a files restore did so far: its lines, counts, and the first failure.
+#[derive(Default)]
+struct Tally {
+    lines: Vec<String>,
+    failure: Option<String>,
+    orphans: usize,
+    same: usize,
+    fetched: usize,
+    replaced: usize,
+    fetch_bytes: u64,
+}
+
+/// The index merged with the target, step by step: orphans moved as they are met, files
+/// compared and fetched a few at a time. The first failure stops it, once what is in
+/// flight has finished.
+async fn walk(ctx: &TreeCtx<'_>, merge: &mut Merge, tally: &mut Tally) {
+    let mut work = futures::stream::FuturesOrdered::new();
+    loop {
+        // Keep a few files in flight; collect what finished.
+        while work.len() >= CONCURRENCY || (!work.is_empty() && tally.failure.is_some()) {
+            match work.next().await {
+                Some(r) => tally.note(r, &ctx.orphan_dir, ctx.dry_run),
+                None => break,
             }
-            if failure.is_some() {
-                break;
+        }
+        if tally.failure.is_some() {
+            break;
+        }
+        let step = match merge.next().await {
+            Ok(Some(s)) => s,
+            Ok(None) => break,
+            Err(e) => {
+                tally.failure = Some(e);
+                continue;
             }
-            let step = match merge.next().await {
-                Ok(Some(s)) => s,
-                Ok(None) => break,
-                Err(e) => {
-                    failure = Some(e);
+        };
+        match step {
+            Step::Orphan(p) => {
+                tally.orphans += 1;
+                if ctx.dry_run {
+                    let to = ctx.orphan_dir.join(&p);
+                    tally
+                        .lines
+                        .push(format!("would move {p} to {}", to.display()));
                     continue;
                 }
-            };
-            match step {
-                Step::Orphan(p) => {
-                    orphans += 1;
-                    let to = orphan_dir.join(&p);
-                    if dry_run {
-                        lines.push(format!("would move {p} to {}", to.display()));
-                        continue;
-                    }
-                    // Everything before it in flight touches other paths; wait for them
-                    // anyway, so a file is never fetched into a directory being moved.
-                    while let Some(r) = work.next().await {
-                        note(
-                            r,
-                            &mut lines,
-                            &mut failure,
-                            &mut same,
-                            &mut fetched,
-                            &mut replaced,
-                            &mut fetch_bytes,
-                            &orphan_dir,
-                            dry_run,
-                        );
-                    }
-                    if failure.is_some() {
-                        break;
-                    }
-                    let Some(root) = root.clone() else {
-                        failure = Some("the target directory is not open".to_string());
-                        continue;
-                    };
-                    let (o, rel) = (aside.clone(), p.clone());
-                    let moved = tokio::task::spawn_blocking(move || {
-                        let (parts, name) = rel
-                            .rsplit_once('/')
-                            .map_or((Vec::new(), rel.as_str()), |(d, n)| {
-                                (d.split('/').collect(), n)
-                            });
-                        // Never through a link: a directory swapped for one since the walk
-                        // fails the move.
-                        let parent = root.dir(&parts, None)?;
-                        o.put(std::os::fd::AsFd::as_fd(&parent), name, &rel)
-                    })
-                    .await
-                    .map_err(|e| std::io::Error::other(e.to_string()))
-                    .and_then(|r| r);
-                    match moved {
-                        Ok(at) => lines.push(format!("moved {p} to {}", at.display())),
-                        Err(e) => {
-                            failure = Some(format!("cannot move {p} to {}: {e}", to.display()));
-                        }
-                    }
+                // Everything before it in flight touches other paths; wait for them
+                // anyway, so a file is never fetched into a directory being moved.
+                while let Some(r) = work.next().await {
+                    tally.note(r, &ctx.orphan_dir, ctx.dry_run);
                 }
-                Step::Entry(f, here) => {
-                    // Checked where the index is read too; the check that guards the
-                    // writes stays beside them.
-                    if let Err(e) = crate::layout::check_index_entry(&entry.key, &f.path, &f.blob) {
-                        failure = Some(format!("{e}; refusing to restore it"));
-                        continue;
-                    }
-                    let (root, orphans, progress) = (root.as_ref(), &aside, &progress);
-                    work.push_back(async move {
-                        restore_one(
-                            storage,
-                            packing,
-                            root,
-                            orphans,
-                            f,
-                            here,
-                            dry_run,
-                            keep_special_modes,
-                            progress,
-                        )
-                        .await
-                    });
+                if tally.failure.is_some() {
+                    break;
+                }
+                match ctx.move_orphan(&p).await {
+                    Ok(line) => tally.lines.push(line),
+                    Err(e) => tally.failure = Some(e),
+                }
+            }
+            Step::Entry(f, here) => {
+                // Checked where the index is read too; the check that guards the writes
+                // stays beside them.
+                if let Err(e) = crate::layout::check_index_entry(&ctx.entry.key, &f.path, &f.blob) {
+                    tally.failure = Some(format!("{e}; refusing to restore it"));
+                    continue;
+                }
+                work.push_back(restore_one(
+                    ctx.storage,
+                    ctx.packing,
+                    ctx.root.as_ref(),
+                    &ctx.aside,
+                    f,
+                    here,
+                    ctx.dry_run,
+                    ctx.keep_special_modes,
+                    &ctx.progress,
+                ));
+            }
+        }
+    }
+    while let Some(r) = work.next().await {
+        tally.note(r, &ctx.orphan_dir, ctx.dry_run);
+    }
+}
+
+impl Tally {
+    /// The closing lines: what would happen (dry run), or what was done.
+    fn summary(mut self, name: &str, dir: &Path, ctx: &TreeCtx<'_>) -> Vec<String> {
+        let (same, fetched, replaced, orphans) =
+            (self.same, self.fetched, self.replaced, self.orphans);
+        let orphan_dir = &ctx.orphan_dir;
+        if ctx.dry_run {
+            self.lines.push(format!(
+                "files {name} into {}: would fetch {fetched}, replace {replaced} ({} to download), move {orphans} to {}; {same} unchanged",
+                dir.display(),
+                human_bytes(self.fetch_bytes),
+                orphan_dir.display(),
+            ));
+            return self.lines;
+        }
+        info!(
+            source = name,
+            "restored {} file(s) ({}) into {}",
+            fetched + replaced,
+            human_bytes(self.fetch_bytes),
+            dir.display()
+        );
+        self.lines.push(format!(
+            "files {name} into {}: {same} unchanged, {fetched} fetched, {replaced} replaced ({} downloaded), {orphans} moved to {}",
+            dir.display(),
+            human_bytes(self.fetch_bytes),
+            if orphans == 0 && replaced == 0 {
+                "orphan_files (none)".to_string()
+            } else {
+                orphan_dir.display().to_string()
+            }
+        ));
+        self.lines
+    }
+
+    /// Counts one entry's outcome, and keeps the first failure.
+    fn note(&mut self, r: Result<Outcome, String>, orphan_dir: &Path, dry_run: bool) {
+        match r {
+            Err(e) => {
+                self.failure.get_or_insert(e);
+            }
+            Ok(Outcome::Same) => self.same += 1,
+            Ok(Outcome::Done(a, f)) => {
+                self.fetch_bytes += f.size;
+                match a {
+                    Action::Fetch => self.fetched += 1,
+                    Action::Replace => self.replaced += 1,
+                }
+                if dry_run {
+                    let verb = match a {
+                        Action::Fetch => "fetch",
+                        Action::Replace => "replace",
+                    };
+                    self.lines
+                        .push(format!("would {verb} {} ({})", f.path, human_bytes(f.size)));
+                } else if a == Action::Replace {
+                    self.lines.push(format!(
+                        "replaced {} (old version moved to {})",
+                        f.path,
+                        orphan_dir.join(&f.path).display()
+                    ));
                 }
             }
         }
-        while let Some(r) = work.next().await {
-            note(
-                r,
-                &mut lines,
-                &mut failure,
-                &mut same,
-                &mut fetched,
-                &mut replaced,
-                &mut fetch_bytes,
-                &orphan_dir,
-                dry_run,
-            );
-        }
     }
-    progress.finish();
-    let in_the_way = std::mem::take(&mut *aside.moved.lock().unwrap_or_else(|p| p.into_inner()));
-    orphans += in_the_way.len();
-    lines.extend(in_the_way);
-    if let Some(e) = failure {
-        return Err(err(e));
-    }
-    if dry_run {
-        lines.push(format!(
-            "files {name} into {}: would fetch {fetched}, replace {replaced} ({} to download), move {orphans} to {}; {same} unchanged",
-            dir.display(),
-            human_bytes(fetch_bytes),
-            orphan_dir.display(),
-        ));
-        return Ok(lines);
-    }
-    info!(
-        source = name,
-        "restored {} file(s) ({}) into {}",
-        fetched + replaced,
-        human_bytes(fetch_bytes),
-        dir.display()
-    );
-    lines.push(format!(
-        "files {name} into {}: {same} unchanged, {fetched} fetched, {replaced} replaced ({} downloaded), {orphans} moved to {}",
-        dir.display(),
-        human_bytes(fetch_bytes),
-        if orphans == 0 && replaced == 0 {
-            "orphan_files (none)".to_string()
-        } else {
-            orphan_dir.display().to_string()
-        }
-    ));
-    Ok(lines)
 }
 
 /// What happened to one entry of the index.
 enum Outcome {
     Same,
     Done(Action, IndexEntry),
-}
-
-#[allow(clippy::too_many_arguments)]
-fn note(
-    r: Result<Outcome, String>,
-    lines: &mut Vec<String>,
-    failure: &mut Option<String>,
-    same: &mut usize,
-    fetched: &mut usize,
-    replaced: &mut usize,
-    fetch_bytes: &mut u64,
-    orphan_dir: &Path,
-    dry_run: bool,
-) {
-    match r {
-        Err(e) => {
-            failure.get_or_insert(e);
-        }
-        Ok(Outcome::Same) => *same += 1,
-        Ok(Outcome::Done(a, f)) => {
-            *fetch_bytes += f.size;
-            match a {
-                Action::Fetch => *fetched += 1,
-                Action::Replace => *replaced += 1,
-            }
-            if dry_run {
-                let verb = match a {
-                    Action::Fetch => "fetch",
-                    Action::Replace => "replace",
-                };
-                lines.push(format!("would {verb} {} ({})", f.path, human_bytes(f.size)));
-            } else if a == Action::Replace {
-                lines.push(format!(
-                    "replaced {} (old version moved to {})",
-                    f.path,
-                    orphan_dir.join(&f.path).display()
-                ));
-            }
-        }
-    }
 }
 
 /// Compare one file with its local copy (same size: by sha256 of the local file), and

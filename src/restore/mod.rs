@@ -434,31 +434,7 @@ pub async fn restore_until(
     // a half-restored database) or another restore.
     let lock_id = manifest::new_id(chrono::Utc::now());
     if !req.dry_run {
-        let never = tokio_util::sync::CancellationToken::new();
-        match crate::blobs::claim_job(
-            &[st.as_ref()],
-            &job.name,
-            &lock_id,
-            crate::blobs::LockKind::Restore,
-            req.wait_lock,
-            &never,
-        )
-        .await
-        {
-            Ok(None) => {}
-            Ok(Some(holder)) => {
-                return Err(RestoreError::Busy(format!(
-                    "job {} is busy: {holder}; nothing was restored. Wait for it to finish, or add --wait-lock to wait",
-                    job.name
-                )));
-            }
-            Err(source) => {
-                return Err(RestoreError::Lock {
-                    destination: dest_name.clone(),
-                    source,
-                });
-            }
-        }
+        claim_restore_lock(st.as_ref(), job, &lock_id, req.wait_lock, &dest_name).await?;
     }
     let progress = std::sync::Mutex::new(Progress::default());
     let committing = match progress.lock() {
@@ -514,6 +490,37 @@ pub async fn restore_until(
     result
 }
 
+/// Takes the job's restore lock on `st`, or says who holds the job.
+async fn claim_restore_lock(
+    st: &dyn Storage,
+    job: &Job,
+    lock_id: &str,
+    wait_lock: bool,
+    dest_name: &str,
+) -> Result<(), RestoreError> {
+    let never = tokio_util::sync::CancellationToken::new();
+    match crate::blobs::claim_job(
+        &[st],
+        &job.name,
+        lock_id,
+        crate::blobs::LockKind::Restore,
+        wait_lock,
+        &never,
+    )
+    .await
+    {
+        Ok(None) => Ok(()),
+        Ok(Some(holder)) => Err(RestoreError::Busy(format!(
+            "job {} is busy: {holder}; nothing was restored. Wait for it to finish, or add --wait-lock to wait",
+            job.name
+        ))),
+        Err(source) => Err(RestoreError::Lock {
+            destination: dest_name.to_string(),
+            source,
+        }),
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn restore_locked(
     config: &Config,
@@ -526,16 +533,68 @@ async fn restore_locked(
     packing: &packing::Packing,
     progress: &std::sync::Mutex<Progress>,
 ) -> Result<RestoreSummary, RestoreError> {
-    let id = manifest.id.clone();
-    let dest_name = dest_name.to_string();
-    let mut lines = Vec::new();
+    let mut r = RestoreCtx {
+        config,
+        req,
+        job,
+        st,
+        dest_name: dest_name.to_string(),
+        id: manifest.id.clone(),
+        packing,
+        progress,
+        lines: Vec::new(),
+    };
     if req.dry_run {
-        lines.push(format!(
-            "dry run: nothing is changed; backup {id} of job {} from {dest_name}",
-            job.name
+        r.lines.push(format!(
+            "dry run: nothing is changed; backup {} of job {} from {}",
+            r.id, job.name, r.dest_name
         ));
     }
-    if let Some((class, settings)) = archive_class(config, &dest_name) {
+    if let Some((class, settings)) = archive_class(config, &r.dest_name) {
+        r.retrieve_archived(&plan, class, settings).await?;
+    }
+    let copies = r.choose_copies(&plan).await?;
+    r.check_all_keys(&plan, &copies).await?;
+    // Databases first, then files: the order the set was taken in, so rows never point
+    // at files that are not there yet.
+    for (step, copy) in plan.databases.iter().zip(&copies) {
+        r.restore_database(step, copy.as_ref()).await?;
+    }
+    for entry in &plan.files {
+        r.restore_tree(entry).await?;
+    }
+    Ok(RestoreSummary {
+        manifest: manifest.clone(),
+        destination: r.dest_name,
+        lines: r.lines,
+    })
+}
+
+/// What the stages of one restore share, and the lines it reports.
+struct RestoreCtx<'a> {
+    config: &'a Config,
+    req: &'a RestoreRequest,
+    job: &'a Job,
+    /// The destination chosen to read from.
+    st: &'a dyn Storage,
+    dest_name: String,
+    id: String,
+    packing: &'a packing::Packing,
+    progress: &'a std::sync::Mutex<Progress>,
+    lines: Vec<String>,
+}
+
+impl<'a> RestoreCtx<'a> {
+    /// On an archive destination, the objects to read must be retrieved first: a dry run
+    /// only reports, a restore requests the retrieval and waits or stops with "pending".
+    async fn retrieve_archived(
+        &mut self,
+        plan: &Plan<'_>,
+        class: StorageClass,
+        settings: crate::storage::class::Retrieval,
+    ) -> Result<(), RestoreError> {
+        let (req, job, st, id, dest_name) =
+            (self.req, self.job, self.st, &self.id, &self.dest_name);
         let sources: Vec<&SourceEntry> = plan
             .databases
             .iter()
@@ -546,162 +605,130 @@ async fn restore_locked(
         let mut survey = lifecycle::survey(
             st,
             &sources,
-            packing,
+            self.packing,
             &files_dir,
             req.download_to.as_deref(),
         )
         .await?;
         if req.dry_run {
-            lines.push(format!(
+            self.lines.push(format!(
                 "{dest_name} is {class}: {} (a restore requests the retrieval of the {} available)",
                 survey.counts(),
                 survey.count(lifecycle::State::Available)
             ));
-        } else if !survey.restorable() {
-            let requested = lifecycle::request(st, &mut survey, settings).await?;
-            let delay = settings.tier.usual_delay(class).unwrap_or("hours");
-            if requested > 0 {
-                info!(
-                    job = %job.name,
-                    id = %id,
-                    destination = %dest_name,
-                    "requested the retrieval of {requested} object(s) from {dest_name} ({class}, {} tier, usually {delay}; readable for {} days)",
-                    settings.tier,
-                    settings.days
-                );
-            }
-            if !req.wait {
-                return Err(RestoreError::RetrievalPending(format!(
-                    "backup {id} on {dest_name} ({class}) is not retrieved yet: {}; {}retrieval takes {delay} ({} tier). Run this restore again then (or add --wait); `stowage status {} {id}` shows progress",
-                    survey.counts(),
-                    if requested > 0 {
-                        format!("requested {requested} object(s) now; ")
-                    } else {
-                        String::new()
-                    },
-                    settings.tier,
-                    job.name
-                )));
-            }
-            wait_for_retrieval(st, &mut survey, &dest_name).await?;
+            return Ok(());
         }
+        if survey.restorable() {
+            return Ok(());
+        }
+        let requested = lifecycle::request(st, &mut survey, settings).await?;
+        let delay = settings.tier.usual_delay(class).unwrap_or("hours");
+        if requested > 0 {
+            info!(
+                job = %job.name,
+                id = %id,
+                destination = %dest_name,
+                "requested the retrieval of {requested} object(s) from {dest_name} ({class}, {} tier, usually {delay}; readable for {} days)",
+                settings.tier,
+                settings.days
+            );
+        }
+        if !req.wait {
+            return Err(RestoreError::RetrievalPending(format!(
+                "backup {id} on {dest_name} ({class}) is not retrieved yet: {}; {}retrieval takes {delay} ({} tier). Run this restore again then (or add --wait); `stowage status {} {id}` shows progress",
+                survey.counts(),
+                if requested > 0 {
+                    format!("requested {requested} object(s) now; ")
+                } else {
+                    String::new()
+                },
+                settings.tier,
+                job.name
+            )));
+        }
+        wait_for_retrieval(st, &mut survey, dest_name).await
     }
-    // Where each database's object is read from, chosen before anything is written: an
-    // engine that applies statements as they stream gets an object whose sha256 was
-    // checked whole (the verify pass); the others an object that is at least there whole.
-    let mut copies: Vec<Option<JobStorage<'_>>> = Vec::new();
-    for step in &plan.databases {
-        copies.push(if req.dry_run {
-            None
-        } else {
-            let full = !step.database.verifies_before_commit();
-            choose_copy(config, job, req, st, &dest_name, &id, step.entry, full).await?
-        });
+
+    /// Where each database's object is read from, chosen before anything is written: an
+    /// engine that applies statements as they stream gets an object whose sha256 was
+    /// checked whole (the verify pass); the others an object that is at least there whole.
+    async fn choose_copies(
+        &self,
+        plan: &Plan<'_>,
+    ) -> Result<Vec<Option<JobStorage<'a>>>, RestoreError> {
+        let mut copies = Vec::new();
+        for step in &plan.databases {
+            copies.push(if self.req.dry_run {
+                None
+            } else {
+                let full = !step.database.verifies_before_commit();
+                let (config, job, req) = (self.config, self.job, self.req);
+                let (st, dest_name, id) = (self.st, &self.dest_name, &self.id);
+                choose_copy(config, job, req, st, dest_name, id, step.entry, full).await?
+            });
+        }
+        Ok(copies)
     }
-    let reads: Vec<&str> = plan.files.iter().map(|e| e.key.as_str()).collect();
-    check_keys(st, packing, &reads).await?;
-    for (step, copy) in plan.databases.iter().zip(&copies) {
-        let from = copy.as_ref().map_or(st, |c| c.storage.as_ref());
-        check_keys(from, packing, &[step.entry.key.as_str()]).await?;
+
+    /// Every object about to be read can be opened with the keys at hand, before anything
+    /// is written.
+    async fn check_all_keys(
+        &self,
+        plan: &Plan<'_>,
+        copies: &[Option<JobStorage<'a>>],
+    ) -> Result<(), RestoreError> {
+        let reads: Vec<&str> = plan.files.iter().map(|e| e.key.as_str()).collect();
+        check_keys(self.st, self.packing, &reads).await?;
+        for (step, copy) in plan.databases.iter().zip(copies) {
+            let from = copy.as_ref().map_or(self.st, |c| c.storage.as_ref());
+            check_keys(from, self.packing, &[step.entry.key.as_str()]).await?;
+        }
+        Ok(())
     }
-    // Databases first, then files: the order the set was taken in, so rows never point
-    // at files that are not there yet.
-    for (step, copy) in plan.databases.iter().zip(&copies) {
+
+    /// One database, from its chosen copy; a copy found damaged by an engine that had not
+    /// committed is replaced by another destination's.
+    async fn restore_database(
+        &mut self,
+        step: &DatabaseStep<'_>,
+        copy: Option<&JobStorage<'a>>,
+    ) -> Result<(), RestoreError> {
+        let (req, job, id) = (self.req, self.job, self.id.clone());
         let entry = step.entry;
-        let (from, mut from_name) = match copy {
+        let (from, from_name) = match copy {
             Some(c) => (c.storage.as_ref(), c.name.to_string()),
-            None => (st, dest_name.clone()),
+            None => (self.st, self.dest_name.clone()),
         };
-        if from_name != dest_name {
-            lines.push(format!(
-                "database {}: read from {from_name}: the copy on {dest_name} is missing or damaged",
-                entry.name
+        if from_name != self.dest_name {
+            self.lines.push(format!(
+                "database {}: read from {from_name}: the copy on {} is missing or damaged",
+                entry.name, self.dest_name
             ));
         }
         let t0 = Instant::now();
-        let mut exclude: Vec<String> = if req.all_tables {
-            Vec::new()
-        } else {
-            // A table named with --table is wanted even if the job excludes it.
-            entry
-                .exclude_tables
-                .iter()
-                .filter(|t| !req.tables.iter().any(|n| step.database.same_object(n, t)))
-                .cloned()
-                .collect()
-        };
-        exclude.extend(req.exclude_tables.iter().cloned());
         let opts = RestoreOptions {
             target: step.target.clone(),
             clean: req.clean,
             no_owner: req.no_owner,
             tables: req.tables.clone(),
-            exclude_tables: exclude,
+            exclude_tables: excluded_tables(req, step),
             dry_run: req.dry_run,
             create: req.create,
         };
         Progress::start(
-            progress,
+            self.progress,
             format!("database {}", entry.name),
             req.dry_run || step.database.verifies_before_commit(),
         );
-        let out = match restore_from(job, &id, step, &opts, packing, from, &from_name).await {
+        let out = match restore_from(job, &id, step, &opts, self.packing, from, &from_name).await {
             Ok(out) => out,
             Err(failed) => {
-                // An engine that checks the stream before it commits applied nothing: when
-                // its object is what failed, another destination's intact copy is tried.
-                // (A refusal — a target in the way — is no reason to read the object.)
-                let damaged = if !req.dry_run
-                    && step.database.verifies_before_commit()
-                    && !matches!(failed, SourceError::Refused(_))
-                {
-                    match verify_object(from, entry).await {
-                        Err(Unusable::Damaged(why)) => Some(why),
-                        Ok(()) | Err(Unusable::Unreadable(_)) => None,
-                    }
-                } else {
-                    None
-                };
-                let Some(problem) = damaged else {
-                    return Err(RestoreError::Database {
-                        source_name: entry.name.clone(),
-                        source: failed,
-                    });
-                };
-                let alt = fallback(
-                    config,
-                    job,
-                    req,
-                    &from_name,
-                    &id,
-                    entry,
-                    Unusable::Damaged(problem.clone()),
-                )
-                .await?;
-                check_keys(alt.storage.as_ref(), packing, &[entry.key.as_str()]).await?;
-                lines.push(format!(
-                    "database {}: read from {}: the copy on {from_name} is damaged ({problem}); the attempt from it left the target unchanged",
-                    entry.name, alt.name
-                ));
-                from_name = alt.name.to_string();
-                restore_from(
-                    job,
-                    &id,
-                    step,
-                    &opts,
-                    packing,
-                    alt.storage.as_ref(),
-                    &from_name,
-                )
-                .await
-                .map_err(|e| RestoreError::Database {
-                    source_name: entry.name.clone(),
-                    source: e,
-                })?
+                self.retry_elsewhere(step, &opts, from, &from_name, failed)
+                    .await?
             }
         };
-        lines.extend(out);
-        Progress::finish(progress);
+        self.lines.extend(out);
+        Progress::finish(self.progress);
         if !req.dry_run {
             info!(
                 job = %job.name,
@@ -710,35 +737,92 @@ async fn restore_locked(
                 entry.name,
                 t0.elapsed().as_secs_f64()
             );
-            lines.push(format!(
+            self.lines.push(format!(
                 "database {}: restored into {}",
                 entry.name,
                 crate::source::url::redact(&step.target)
             ));
         }
+        Ok(())
     }
-    for entry in &plan.files {
+
+    /// An engine that checks the stream before it commits applied nothing: when its object
+    /// is what failed, another destination's intact copy is tried. (A refusal — a target
+    /// in the way — is no reason to read the object.)
+    async fn retry_elsewhere(
+        &mut self,
+        step: &DatabaseStep<'_>,
+        opts: &RestoreOptions,
+        from: &dyn Storage,
+        from_name: &str,
+        failed: SourceError,
+    ) -> Result<Vec<String>, RestoreError> {
+        let (req, job, entry) = (self.req, self.job, step.entry);
+        let damaged = if !req.dry_run
+            && step.database.verifies_before_commit()
+            && !matches!(failed, SourceError::Refused(_))
+        {
+            match verify_object(from, entry).await {
+                Err(Unusable::Damaged(why)) => Some(why),
+                Ok(()) | Err(Unusable::Unreadable(_)) => None,
+            }
+        } else {
+            None
+        };
+        let Some(problem) = damaged else {
+            return Err(RestoreError::Database {
+                source_name: entry.name.clone(),
+                source: failed,
+            });
+        };
+        let damaged = Unusable::Damaged(problem.clone());
+        let alt = fallback(self.config, job, req, from_name, &self.id, entry, damaged).await?;
+        check_keys(alt.storage.as_ref(), self.packing, &[entry.key.as_str()]).await?;
+        self.lines.push(format!(
+            "database {}: read from {}: the copy on {from_name} is damaged ({problem}); the attempt from it left the target unchanged",
+            entry.name, alt.name
+        ));
+        let from_name = alt.name.to_string();
+        restore_from(
+            job,
+            &self.id,
+            step,
+            opts,
+            self.packing,
+            alt.storage.as_ref(),
+            &from_name,
+        )
+        .await
+        .map_err(|e| RestoreError::Database {
+            source_name: entry.name.clone(),
+            source: e,
+        })
+    }
+
+    /// One files source. A blob or the index missing or damaged on this destination stops
+    /// the tree part way: what was put back stays (a second pass finds it unchanged and
+    /// fetches nothing for it), so the restore goes on from a destination that holds the
+    /// index intact and every blob it names.
+    async fn restore_tree(&mut self, entry: &SourceEntry) -> Result<(), RestoreError> {
+        let (config, req, job, packing) = (self.config, self.req, self.job, self.packing);
         let target = || files::Target {
             dir: files_dir_for(job, req.files_to.as_ref(), entry),
             orphans: req.orphans_to.clone(),
             dry_run: req.dry_run,
             keep_special_modes: req.keep_special_modes,
         };
-        Progress::start(progress, format!("files {}", entry.name), req.dry_run);
-        let why = match files::restore(st, entry, packing, target()).await {
+        Progress::start(self.progress, format!("files {}", entry.name), req.dry_run);
+        let why = match files::restore(self.st, entry, packing, target()).await {
             Ok(out) => {
-                lines.extend(out);
-                Progress::finish(progress);
-                continue;
+                self.lines.extend(out);
+                Progress::finish(self.progress);
+                return Ok(());
             }
             Err(RestoreError::Files(why)) if !req.dry_run => why,
             Err(e) => return Err(e),
         };
-        // A blob or the index missing or damaged on this destination stopped the tree part
-        // way. What was put back stays (a second pass finds it unchanged and fetches
-        // nothing for it), so the restore goes on from a destination that holds the index
-        // intact and every blob it names.
-        let Some(alt) = files_elsewhere(config, job, &dest_name, entry, packing).await else {
+        let dest_name = &self.dest_name;
+        let Some(alt) = files_elsewhere(config, job, dest_name, entry, packing).await else {
             return Err(RestoreError::Files(format!(
                 "{why}; no other destination of job {} holds this backup's file index intact and every blob it names",
                 job.name
@@ -752,25 +836,39 @@ async fn restore_locked(
         }
         warn!(
             job = %job.name,
-            id = %id,
+            id = %self.id,
             "files {}: {why}; going on from {}",
             entry.name,
             alt.name
         );
-        lines.push(format!(
+        self.lines.push(format!(
             "files {}: {dest_name} failed part way ({why}); finished from {}",
             entry.name, alt.name
         ));
         check_keys(alt.storage.as_ref(), packing, &[entry.key.as_str()]).await?;
         let out = files::restore(alt.storage.as_ref(), entry, packing, target()).await?;
-        lines.extend(out);
-        Progress::finish(progress);
+        self.lines.extend(out);
+        Progress::finish(self.progress);
+        Ok(())
     }
-    Ok(RestoreSummary {
-        manifest: manifest.clone(),
-        destination: dest_name,
-        lines,
-    })
+}
+
+/// The tables a database restore leaves out: those the backup marks as excluded (unless
+/// `--all-tables`), then those the request excludes.
+fn excluded_tables(req: &RestoreRequest, step: &DatabaseStep<'_>) -> Vec<String> {
+    let mut exclude: Vec<String> = if req.all_tables {
+        Vec::new()
+    } else {
+        // A table named with --table is wanted even if the job excludes it.
+        step.entry
+            .exclude_tables
+            .iter()
+            .filter(|t| !req.tables.iter().any(|n| step.database.same_object(n, t)))
+            .cloned()
+            .collect()
+    };
+    exclude.extend(req.exclude_tables.iter().cloned());
+    exclude
 }
 
 /// One database restored from the copy on `from`.
@@ -1195,6 +1293,52 @@ fn plan<'a>(
     req: &RestoreRequest,
     database_for: &dyn Fn(&SourceEntry) -> Option<Arc<dyn Database>>,
 ) -> Result<Plan<'a>, RestoreError> {
+    let chosen = chosen_sources(manifest, req)?;
+    let files: Vec<&SourceEntry> = chosen
+        .iter()
+        .copied()
+        .filter(|s| s.files.is_some())
+        .collect();
+    let dbs = databases_of(manifest, &chosen, database_for)?;
+    let (named, plain) = split_targets(&req.to);
+    let db_names: Vec<&str> = dbs.iter().map(|(s, _)| s.name.as_str()).collect();
+    check_targets(manifest, &named, &plain, &db_names)?;
+    let mut databases = Vec::new();
+    for (entry, database) in dbs {
+        let Some(target) = named
+            .get(&entry.name)
+            .cloned()
+            .or_else(|| plain.first().cloned())
+        else {
+            return Err(missing_target(
+                manifest,
+                entry,
+                database.as_ref(),
+                &files,
+                &db_names,
+            ));
+        };
+        if let Err(e) = database.check_target(&target) {
+            return Err(RestoreError::Usage(format!(
+                "invalid --to for source \"{}\" ({}) \"{target}\": {e}",
+                entry.name, entry.kind
+            )));
+        }
+        databases.push(DatabaseStep {
+            entry,
+            database,
+            target,
+        });
+    }
+    check_options(manifest, req, &databases, &files, &db_names)?;
+    Ok(Plan { databases, files })
+}
+
+/// The sources `--only` names (all of them without it), each of which must exist.
+fn chosen_sources<'a>(
+    manifest: &'a Manifest,
+    req: &RestoreRequest,
+) -> Result<Vec<&'a SourceEntry>, RestoreError> {
     let names: Vec<&str> = manifest.sources.iter().map(|s| s.name.as_str()).collect();
     for o in &req.only {
         if !names.contains(&o.as_str()) {
@@ -1205,16 +1349,23 @@ fn plan<'a>(
             )));
         }
     }
-    let chosen: Vec<&SourceEntry> = manifest
+    Ok(manifest
         .sources
         .iter()
         .filter(|s| req.only.is_empty() || req.only.contains(&s.name))
-        .collect();
-    let files: Vec<&SourceEntry> = chosen
-        .iter()
-        .copied()
-        .filter(|s| s.files.is_some())
-        .collect();
+        .collect())
+}
+
+/// A database source with the engine that restores it.
+type SourceEngine<'a> = (&'a SourceEntry, Arc<dyn Database>);
+
+/// The engine of each chosen database source; one this version does not know stops the
+/// restore.
+fn databases_of<'a>(
+    manifest: &Manifest,
+    chosen: &[&'a SourceEntry],
+    database_for: &dyn Fn(&SourceEntry) -> Option<Arc<dyn Database>>,
+) -> Result<Vec<SourceEngine<'a>>, RestoreError> {
     let mut dbs = Vec::new();
     for s in chosen.iter().copied().filter(|s| s.files.is_none()) {
         match database_for(s) {
@@ -1227,8 +1378,17 @@ fn plan<'a>(
             }
         }
     }
-    let (named, plain) = split_targets(&req.to);
-    let db_names: Vec<&str> = dbs.iter().map(|(s, _)| s.name.as_str()).collect();
+    Ok(dbs)
+}
+
+/// `--to` values fit the databases being restored: each named one is among them, and a
+/// plain one is given once, for a single database.
+fn check_targets(
+    manifest: &Manifest,
+    named: &BTreeMap<String, String>,
+    plain: &[String],
+    db_names: &[&str],
+) -> Result<(), RestoreError> {
     for n in named.keys() {
         if !db_names.contains(&n.as_str()) {
             let all_dbs: Vec<&str> = manifest
@@ -1259,58 +1419,59 @@ fn plan<'a>(
             plain.len()
         )));
     }
-    if !plain.is_empty() && dbs.len() > 1 {
+    if !plain.is_empty() && db_names.len() > 1 {
         return Err(RestoreError::Usage(format!(
             "backup {} has {} database sources ({}); name each target as --to SOURCE=TARGET, or restore one with --only NAME",
             manifest.id,
-            dbs.len(),
+            db_names.len(),
             db_names.join(", ")
         )));
     }
-    let mut databases = Vec::new();
-    for (entry, database) in dbs {
-        let Some(target) = named
-            .get(&entry.name)
-            .cloned()
-            .or_else(|| plain.first().cloned())
-        else {
-            let others = if files.is_empty() {
-                String::new()
-            } else {
-                format!(
-                    ", or restore only the files with --only {}",
-                    files
-                        .iter()
-                        .map(|s| s.name.as_str())
-                        .collect::<Vec<_>>()
-                        .join(" --only ")
-                )
-            };
-            return Err(RestoreError::Usage(format!(
-                "backup {} has database source \"{}\" ({}): give --to {}{}{others}",
-                manifest.id,
-                entry.name,
-                entry.kind,
-                database.target_example(),
-                if db_names.len() > 1 {
-                    format!(" as --to {}=TARGET", entry.name)
-                } else {
-                    String::new()
-                }
-            )));
-        };
-        if let Err(e) = database.check_target(&target) {
-            return Err(RestoreError::Usage(format!(
-                "invalid --to for source \"{}\" ({}) \"{target}\": {e}",
-                entry.name, entry.kind
-            )));
+    Ok(())
+}
+
+/// The error for a database source no `--to` gives a target, with how to give one.
+fn missing_target(
+    manifest: &Manifest,
+    entry: &SourceEntry,
+    database: &dyn Database,
+    files: &[&SourceEntry],
+    db_names: &[&str],
+) -> RestoreError {
+    let others = if files.is_empty() {
+        String::new()
+    } else {
+        format!(
+            ", or restore only the files with --only {}",
+            files
+                .iter()
+                .map(|s| s.name.as_str())
+                .collect::<Vec<_>>()
+                .join(" --only ")
+        )
+    };
+    RestoreError::Usage(format!(
+        "backup {} has database source \"{}\" ({}): give --to {}{}{others}",
+        manifest.id,
+        entry.name,
+        entry.kind,
+        database.target_example(),
+        if db_names.len() > 1 {
+            format!(" as --to {}=TARGET", entry.name)
+        } else {
+            String::new()
         }
-        databases.push(DatabaseStep {
-            entry,
-            database,
-            target,
-        });
-    }
+    ))
+}
+
+/// The table and files options fit what is being restored, and something is.
+fn check_options(
+    manifest: &Manifest,
+    req: &RestoreRequest,
+    databases: &[DatabaseStep<'_>],
+    files: &[&SourceEntry],
+    db_names: &[&str],
+) -> Result<(), RestoreError> {
     let selecting = !req.tables.is_empty() || !req.exclude_tables.is_empty() || req.all_tables;
     if selecting && databases.len() > 1 {
         return Err(RestoreError::Usage(format!(
@@ -1357,7 +1518,7 @@ fn plan<'a>(
             manifest.id
         )));
     }
-    Ok(Plan { databases, files })
+    Ok(())
 }
 
 /// A source's object on a destination, opened afresh for each pass of a restore.
