@@ -10,7 +10,7 @@ use tracing_subscriber::{EnvFilter, Layer, Registry, fmt};
 use crate::config::{LogConfig, LogFormat, Rotation};
 
 /// Lines queued for the log file's writer thread.
-const LOG_QUEUE_LINES: usize = 1024;
+const LOG_QUEUE_LINES: usize = 256;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LogError {
@@ -85,8 +85,9 @@ pub fn init(cfg: &LogConfig, console: Console) -> Result<Option<WorkerGuard>, Lo
             })?;
         // Not the default queue of 128,000 lines: it is allocated and touched whole up
         // front, 4 MiB of anonymous memory for the life of the daemon (measured in the
-        // container: the largest thing an idle daemon held). A thousand lines is more than
-        // a run logs at once; when full, logging waits for the disk rather than drop lines.
+        // container: the largest thing an idle daemon held). 256 lines (8 KiB, also touched
+        // whole) is more than a run logs at once; when full, logging waits for the disk
+        // rather than drop lines.
         let (writer, g) = tracing_appender::non_blocking::NonBlockingBuilder::default()
             .buffered_lines_limit(LOG_QUEUE_LINES)
             .lossy(false)

@@ -31,7 +31,12 @@ pub fn run(path: &Path) -> i32 {
             return EXIT_FAILED;
         }
     };
-    let stopped = rt.block_on(async { crate::daemon::run(Arc::new(config), signals()).await });
+    // Boxed: `block_on` and the layers under it take the future by value, each copying it
+    // into a stack frame of its own, and the daemon's whole state machine is large; the main
+    // thread's stack would keep every page those copies touched for the daemon's life.
+    let stopped = rt.block_on(Box::pin(async {
+        crate::daemon::run(Arc::new(config), signals()).await
+    }));
     // Tasks still hanging on an unresponsive store (past the cleanup budget) are dropped,
     // which kills their child processes; nothing may keep the process from exiting.
     rt.shutdown_timeout(std::time::Duration::from_secs(1));
