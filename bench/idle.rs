@@ -351,6 +351,11 @@ url = "{}"
             &[
                 ("STOWAGE_PID_FILE", pid.as_os_str()),
                 ("STOWAGE_STATE_FILE", state.as_os_str()),
+                // As the image sets it (Dockerfile): exited threads' stacks are unmapped.
+                (
+                    "GLIBC_TUNABLES",
+                    std::ffi::OsStr::new("glibc.pthread.stack_cache_size=0"),
+                ),
             ],
         );
         daemons.push(Daemon {
