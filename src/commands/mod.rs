@@ -381,7 +381,10 @@ pub fn run(cli: Cli) -> i32 {
                 trust_unauthenticated,
             },
         ),
-        command @ Command::Restore { .. } => restore::run(&cli.config, restore_request(command)),
+        command @ Command::Restore { .. } => match restore_request(command) {
+            Some(request) => restore::run(&cli.config, request),
+            None => EXIT_FAILED,
+        },
         Command::Status {
             job,
             id,
@@ -425,8 +428,9 @@ pub fn run(cli: Cli) -> i32 {
     }
 }
 
-/// The request of a `restore` command, as the restore module takes it.
-fn restore_request(command: Command) -> crate::restore::RestoreRequest {
+/// The request of a `restore` command, as the restore module takes it; `None` for any other
+/// command.
+fn restore_request(command: Command) -> Option<crate::restore::RestoreRequest> {
     let Command::Restore {
         job,
         id,
@@ -450,9 +454,9 @@ fn restore_request(command: Command) -> crate::restore::RestoreRequest {
         trust_unauthenticated,
     } = command
     else {
-        unreachable!("run passes only restore commands");
+        return None;
     };
-    crate::restore::RestoreRequest {
+    Some(crate::restore::RestoreRequest {
         job,
         id,
         to,
@@ -474,7 +478,7 @@ fn restore_request(command: Command) -> crate::restore::RestoreRequest {
         keep_special_modes,
         trust_unauthenticated,
         fallback: false,
-    }
+    })
 }
 
 /// Load the config or print why not; `None` means exit with [`EXIT_CONFIG`].
