@@ -27,6 +27,12 @@ const RETRIEVE_HINT: &str = "run `stowage retrieve JOB ID --from DESTINATION`, t
 
 /// Attempts per S3 request (the first one included).
 const S3_ATTEMPTS: u32 = 5;
+/// Attempts per write of a backup's data or records (parts, puts, completing an upload).
+/// Backoff is exponential (1 s doubling to 20 s) with full jitter, so five attempts may all
+/// land within a second or two of each other: a three-second blip in the store failed a
+/// whole backup in about one run in twenty. Ten attempts wait about a minute in all (never
+/// under a few seconds in practice), which a store restarting or failing over outlasts.
+const S3_WRITE_ATTEMPTS: u32 = 10;
 /// Per attempt of one request (one part, at most `part_size`).
 const S3_ATTEMPT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
 
@@ -115,15 +121,11 @@ impl S3Storage {
         loader = loader.region(Region::new(region));
         // Transient failures (connection reset, 5xx, throttling) are retried per request —
         // per part of a multipart upload — with exponential backoff and full jitter, so a
-        // blip does not fail a whole backup. A store that stays down fails the run after
-        // about a minute; the job's own `retries` take it from there.
+        // blip does not fail a whole backup. A store that stays down fails a backup's write
+        // after about a minute (`S3_WRITE_ATTEMPTS`), a read or probe after a few seconds;
+        // the job's own `retries` take it from there.
         loader = loader
-            .retry_config(
-                aws_config::retry::RetryConfig::standard()
-                    .with_max_attempts(S3_ATTEMPTS)
-                    .with_initial_backoff(std::time::Duration::from_secs(1))
-                    .with_max_backoff(std::time::Duration::from_secs(20)),
-            )
+            .retry_config(retries(S3_ATTEMPTS))
             .timeout_config(
                 aws_config::timeout::TimeoutConfig::builder()
                     .connect_timeout(std::time::Duration::from_secs(10))
@@ -314,6 +316,8 @@ impl S3Storage {
                 .object_lock_retain_until_date(until);
         }
         let created = create
+            .customize()
+            .config_override(write_retries())
             .send()
             .await
             .map_err(|e| self.map_err("starting multipart upload", e))?;
@@ -413,6 +417,8 @@ impl S3Storage {
                     .set_parts(Some(done))
                     .build(),
             )
+            .customize()
+            .config_override(write_retries())
             .send()
             .await
             .map_err(|e| self.map_err("completing multipart upload", e))?;
@@ -573,6 +579,8 @@ async fn upload_part(
         .upload_id(&upload_id)
         .part_number(number)
         .body(ByteStream::from(data))
+        .customize()
+        .config_override(write_retries())
         .send()
         .await
         .map_err(|e| {
@@ -583,6 +591,19 @@ async fn upload_part(
         .part_number(number)
         .set_e_tag(out.e_tag().map(str::to_string))
         .build())
+}
+
+fn retries(attempts: u32) -> aws_config::retry::RetryConfig {
+    aws_config::retry::RetryConfig::standard()
+        .with_max_attempts(attempts)
+        .with_initial_backoff(std::time::Duration::from_secs(1))
+        .with_max_backoff(std::time::Duration::from_secs(20))
+}
+
+/// Per-request override for the writes of a running backup: more attempts than reads and
+/// probes get (a `check-config --connect` against a dead endpoint should not take a minute).
+fn write_retries() -> aws_sdk_s3::config::Builder {
+    aws_sdk_s3::config::Builder::default().retry_config(retries(S3_WRITE_ATTEMPTS))
 }
 
 /// The innermost error's text: "connection refused (os error 111)" rather than the SDK's
@@ -666,6 +687,8 @@ impl Storage for S3Storage {
             .key(self.full_key(key))
             .content_type("application/json")
             .body(ByteStream::from(data))
+            .customize()
+            .config_override(write_retries())
             .send()
             .await
             .map_err(|e| self.map_err("uploading", e))?;
@@ -681,7 +704,11 @@ impl Storage for S3Storage {
             .content_type("application/json")
             .body(ByteStream::from(data));
         let put = self.locked(put);
-        put.send().await.map_err(|e| self.map_err("uploading", e))?;
+        put.customize()
+            .config_override(write_retries())
+            .send()
+            .await
+            .map_err(|e| self.map_err("uploading", e))?;
         Ok(())
     }
 
@@ -696,7 +723,11 @@ impl Storage for S3Storage {
             put = put.storage_class(StorageClass::from(class.as_str()));
         }
         let put = self.locked(put);
-        put.send().await.map_err(|e| self.map_err("uploading", e))?;
+        put.customize()
+            .config_override(write_retries())
+            .send()
+            .await
+            .map_err(|e| self.map_err("uploading", e))?;
         Ok(())
     }
 
@@ -988,7 +1019,11 @@ impl S3Storage {
             put = put.storage_class(StorageClass::from(class.as_str()));
         }
         let put = self.locked(put);
-        put.send().await.map_err(|e| self.map_err("uploading", e))?;
+        put.customize()
+            .config_override(write_retries())
+            .send()
+            .await
+            .map_err(|e| self.map_err("uploading", e))?;
         Ok(total)
     }
 }
