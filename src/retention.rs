@@ -566,6 +566,14 @@ mod tests {
     }
 
     fn cases() -> Vec<Case> {
+        [counting_cases(), edge_cases(), zone_cases(), future_cases()]
+            .into_iter()
+            .flatten()
+            .collect()
+    }
+
+    /// Counting and calendar buckets in UTC.
+    fn counting_cases() -> Vec<Case> {
         let p = RetentionPolicy::default;
         vec![
             Case {
@@ -668,6 +676,13 @@ mod tests {
                 ]),
                 kept: &["a", "b"],
             },
+        ]
+    }
+
+    /// Ages, zero rules, empty policies and input order.
+    fn edge_cases() -> Vec<Case> {
+        let p = RetentionPolicy::default;
+        vec![
             Case {
                 name: "max_age 30d is inclusive at the cutoff",
                 tz: UTC,
@@ -783,6 +798,13 @@ mod tests {
                 kept: &["x2"],
             },
             // 22:30Z is 00:30 next day in Stockholm (CEST, +2), 21:30Z is 23:30 same day.
+        ]
+    }
+
+    /// Buckets in the policy's time zone, across DST and the ISO new year.
+    fn zone_cases() -> Vec<Case> {
+        let p = RetentionPolicy::default;
+        vec![
             Case {
                 name: "daily bucket uses local day (Stockholm)",
                 tz: sto(),
@@ -896,6 +918,13 @@ mod tests {
                 ]),
                 kept: &["31st-00-30", "30th-23-30", "29th-23-30"],
             },
+        ]
+    }
+
+    /// Backups dated after `now` (a clock set back).
+    fn future_cases() -> Vec<Case> {
+        let p = RetentionPolicy::default;
+        vec![
             Case {
                 name: "future backup kept and does not use keep_last slot",
                 tz: UTC,
