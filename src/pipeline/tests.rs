@@ -2,62 +2,13 @@
 //! and a fake database: what a run leaves on each destination when each stage fails, and
 //! what retention removes. The integration tests run the same paths against real servers.
 
-use std::path::Path;
-
 use tokio::io::AsyncReadExt;
 
 use super::*;
 use crate::blobs::LockKind;
-use crate::storage::JobStorage;
-use crate::testkit::{FakeDb, Fault, FaultKind, MemoryStorage, Op};
+use crate::testkit::{FakeDb, Fault, FaultKind, JOB, MemoryStorage, Op, configure, open};
 
-const JOB: &str = "app";
 const SOURCE: &str = "db";
-
-// ---- The one place that knows how a job is configured (config loading and the
-// destination types are moving; adapt only here). ----
-
-/// A config with job `app` backing up one source to `destinations` (name, keep_last; no
-/// keep_last keeps all), all local: the run never opens them, `open` below hands it memory
-/// storages instead. The engine registry is a fixed list, so the source is configured as a
-/// `command` source and then replaced in the loaded job by `db`.
-fn configure(dir: &Path, destinations: &[(&str, Option<u32>)], db: &FakeDb) -> Config {
-    let mut toml = String::new();
-    for (name, keep_last) in destinations {
-        let retention = keep_last.map_or(String::new(), |n| {
-            format!("retention = {{ keep_last = {n} }}\n")
-        });
-        toml.push_str(&format!(
-            "[destinations.{name}]\ntype = \"local\"\npath = {:?}\n{retention}\n",
-            dir.join(name)
-        ));
-    }
-    let names: Vec<String> = destinations.iter().map(|(n, _)| format!("{n:?}")).collect();
-    toml.push_str(&format!(
-        "[jobs.{JOB}]\nschedule = \"@daily\"\ndestinations = [{}]\n\n[[jobs.{JOB}.sources]]\ntype = \"command\"\nname = \"{SOURCE}\"\ndump = [\"true\"]\n",
-        names.join(", ")
-    ));
-    let path = dir.join("stowage.toml");
-    std::fs::write(&path, toml).expect("write the config");
-    let mut config = crate::config::load_with_env(&path, false).expect("a valid config");
-    let job = config.jobs.get_mut(JOB).expect("the job");
-    job.sources = vec![SourceConfig::Database(Arc::new(db.clone()))];
-    config
-}
-
-/// The job's destinations as `run_job_on` takes them, each backed by its memory storage.
-fn open<'c>(config: &'c Config, stores: &'c [(String, MemoryStorage)]) -> Vec<JobStorage<'c>> {
-    stores
-        .iter()
-        .map(|(name, st)| JobStorage {
-            name,
-            destination: &config.destinations[name],
-            storage: Box::new(st.clone()),
-        })
-        .collect()
-}
-
-// ---- end of the config seam ----
 
 /// One job on memory destinations, run as often as a test likes.
 struct Setup {
@@ -68,10 +19,10 @@ struct Setup {
 }
 
 impl Setup {
-    fn new(destinations: &[(&str, Option<u32>)]) -> Setup {
+    fn new(destinations: &[(&str, Option<&str>)]) -> Setup {
         let dir = tempfile::tempdir().expect("tempdir");
         let db = FakeDb::new(SOURCE, dump_bytes(600 * 1024, 1));
-        let config = configure(dir.path(), destinations, &db);
+        let config = configure(dir.path(), destinations, std::slice::from_ref(&db));
         let stores = destinations
             .iter()
             .map(|(n, _)| (n.to_string(), MemoryStorage::new(n)))
@@ -440,7 +391,7 @@ async fn a_lock_that_cannot_be_written_stops_the_run_before_the_dump() {
 
 #[tokio::test]
 async fn retention_keeps_the_newest_keep_last_and_removes_the_rest_whole() {
-    let s = Setup::new(&[("pruned", Some(2)), ("all", None)]);
+    let s = Setup::new(&[("pruned", Some("keep_last = 2")), ("all", None)]);
     let mut ids = Vec::new();
     for seed in 1..=4 {
         s.db.set_data(dump_bytes(50 * 1024, seed));
@@ -470,7 +421,10 @@ async fn retention_keeps_the_newest_keep_last_and_removes_the_rest_whole() {
 
 #[tokio::test]
 async fn a_failed_run_never_costs_the_last_good_backup() {
-    let s = Setup::new(&[("one", Some(1)), ("two", Some(1))]);
+    let s = Setup::new(&[
+        ("one", Some("keep_last = 1")),
+        ("two", Some("keep_last = 1")),
+    ]);
     let good = s.run().await;
     assert_eq!(good.outcome, Outcome::Success, "{:?}", good.errors);
 
@@ -502,4 +456,30 @@ async fn a_failed_run_never_costs_the_last_good_backup() {
         keys_besides(s.store("two"), &[&good.id]),
         Vec::<String>::new()
     );
+}
+
+/// Where the run did not publish, retention does not run: a destination whose upload failed
+/// keeps backups its rules would now remove (max_age), until a run publishes there again.
+/// (keep_last could not show it: `retention::decide` always keeps the newest backup, and
+/// without a new one a count rule has nothing more to remove.)
+#[tokio::test]
+async fn retention_runs_only_where_the_run_published() {
+    let s = Setup::new(&[
+        ("one", Some("max_age = \"1s\"")),
+        ("two", Some("max_age = \"1s\"")),
+    ]);
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        let r = s.run().await;
+        assert_eq!(r.outcome, Outcome::Success, "{:?}", r.errors);
+        ids.push(r.id);
+    }
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    s.store("two")
+        .fail(Fault::on(Op::PutStream).key("*.fake*").after_bytes(1000));
+    let r = s.run().await;
+    assert_eq!(r.outcome, Outcome::Partial, "{:?}", r.errors);
+    assert_eq!(published(s.store("one")), vec![r.id.clone()]);
+    assert_eq!(published(s.store("two")), ids);
+    assert_no_debris(s.store("two"));
 }

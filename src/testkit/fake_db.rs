@@ -1,8 +1,10 @@
 //! A [`Database`] whose dump is bytes the test gives, and whose restores are recorded.
 //!
 //! Its dump can fail the ways a dump tool does: output that breaks off mid-stream (a pipe
-//! error), or all of it followed by a non-zero exit (`Dump::finish` fails). It has no
-//! objects and no live database, and says so rather than inventing any.
+//! error), or all of it followed by a non-zero exit (`Dump::finish` fails). Its restore
+//! applies what it reads as it reads it, like a tool fed on stdin (so it keeps
+//! `verifies_before_commit` false): a restore that fails part way leaves what it had read.
+//! It has no objects and no live database, and says so rather than inventing any.
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -31,11 +33,14 @@ struct State {
     restores: Vec<Restored>,
 }
 
-/// One restore the fake received: what it was asked and the bytes it read.
+/// One restore the fake received: what it was asked and the bytes it applied (all of the
+/// archive, or what it read before the archive failed).
 #[derive(Debug, Clone)]
 pub(crate) struct Restored {
     pub(crate) options: RestoreOptions,
-    pub(crate) data: Bytes,
+    pub(crate) data: Vec<u8>,
+    /// The archive was read to its end.
+    pub(crate) complete: bool,
 }
 
 /// Clones share their state: keep one to change what the next dump does, or to read what
@@ -199,15 +204,37 @@ impl Database for FakeDb {
         archive: &dyn Archive,
         opts: &RestoreOptions,
     ) -> Result<Vec<String>, SourceError> {
-        let data = Bytes::from(read_archive(archive).await?);
-        let line = format!("{} bytes into {}", data.len(), opts.target);
         if opts.dry_run {
-            return Ok(vec![format!("would restore {line}")]);
+            let n = read_archive(archive).await?.len();
+            return Ok(vec![format!(
+                "would restore {n} bytes into {}",
+                opts.target
+            )]);
         }
-        self.state().restores.push(Restored {
-            options: opts.clone(),
-            data,
-        });
-        Ok(vec![format!("restored {line}")])
+        let mut r = archive.open().await?;
+        let at = {
+            let mut st = self.state();
+            st.restores.push(Restored {
+                options: opts.clone(),
+                data: Vec::new(),
+                complete: false,
+            });
+            st.restores.len() - 1
+        };
+        let mut buf = vec![0u8; 8 * 1024];
+        loop {
+            let n = r
+                .read(&mut buf)
+                .await
+                .map_err(|e| SourceError::io("reading the archive", e))?;
+            let mut st = self.state();
+            let applied = &mut st.restores[at];
+            if n == 0 {
+                applied.complete = true;
+                let line = format!("restored {} bytes into {}", applied.data.len(), opts.target);
+                return Ok(vec![line]);
+            }
+            applied.data.extend_from_slice(&buf[..n]);
+        }
     }
 }

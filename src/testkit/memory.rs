@@ -186,10 +186,6 @@ impl MemoryStorage {
         self.state().rules.push(Rule { fault, seen: 0 });
     }
 
-    pub(crate) fn clear_faults(&self) {
-        self.state().rules.clear();
-    }
-
     /// Every stored key, sorted (uploads in flight are not objects).
     pub(crate) fn keys(&self) -> Vec<String> {
         self.state().objects.keys().cloned().collect()

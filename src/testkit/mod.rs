@@ -6,8 +6,10 @@
 //! They model the real things' contracts, not their mechanics: the integration tests in
 //! `tests/` still check the real storages and engines end to end.
 
+pub(crate) mod config;
 pub(crate) mod fake_db;
 pub(crate) mod memory;
 
+pub(crate) use config::{JOB, configure, open};
 pub(crate) use fake_db::FakeDb;
 pub(crate) use memory::{Fault, FaultKind, MemoryStorage, Op};
