@@ -20,12 +20,17 @@ struct Setup {
 
 impl Setup {
     fn new(destinations: &[(&str, Option<&str>)]) -> Setup {
+        Setup::with(destinations, MemoryStorage::new)
+    }
+
+    /// Destinations made by `store` (e.g. [`MemoryStorage::multipart`]).
+    fn with(destinations: &[(&str, Option<&str>)], store: fn(&str) -> MemoryStorage) -> Setup {
         let dir = tempfile::tempdir().expect("tempdir");
         let db = FakeDb::new(SOURCE, dump_bytes(600 * 1024, 1));
         let config = configure(dir.path(), destinations, std::slice::from_ref(&db));
         let stores = destinations
             .iter()
-            .map(|(n, _)| (n.to_string(), MemoryStorage::new(n)))
+            .map(|(n, _)| (n.to_string(), store(n)))
             .collect();
         Setup {
             _dir: dir,
@@ -49,12 +54,16 @@ impl Setup {
     }
 
     async fn run(&self) -> RunReport {
+        self.run_until(CancellationToken::new()).await
+    }
+
+    async fn run_until(&self, cancel: CancellationToken) -> RunReport {
         let opened = open(&self.config, &self.stores);
         let report = run_job_on(
             self.job(),
             std::future::ready(opened),
             RunOptions::default(),
-            CancellationToken::new(),
+            cancel,
         )
         .await;
         // Ids are the start time to the millisecond: the next run must get another.
@@ -482,4 +491,36 @@ async fn retention_runs_only_where_the_run_published() {
     assert_eq!(published(s.store("one")), vec![r.id.clone()]);
     assert_eq!(published(s.store("two")), ids);
     assert_no_debris(s.store("two"));
+}
+
+/// A stop while the dump streams: the run is cancelled, the uploads abandoned (nothing in
+/// flight is left, on a store where that would be an open multipart upload), nothing
+/// published, and the earlier backup untouched.
+#[tokio::test]
+async fn a_stop_mid_dump_abandons_every_upload() {
+    let s = Setup::with(&[("one", None), ("two", None)], MemoryStorage::multipart);
+    let first = s.run().await;
+    assert_eq!(first.outcome, Outcome::Success, "{:?}", first.errors);
+    let before = snapshot(&s);
+    s.db.stall_after(Some(300 * 1024));
+    let cancel = CancellationToken::new();
+    let stop = cancel.clone();
+    let one = s.store("one").clone();
+    tokio::spawn(async move {
+        // Once the dump is under way (its upload is in flight), stop.
+        while one.in_flight().is_empty() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        stop.cancel();
+    });
+    let r = tokio::time::timeout(Duration::from_secs(20), s.run_until(cancel))
+        .await
+        .expect("the run stops");
+    assert_eq!(r.outcome, Outcome::Cancelled, "{:?}", r.errors);
+    assert!(r.published.is_empty());
+    for ((name, st), (_, keys)) in s.stores.iter().zip(&before) {
+        assert_eq!(&st.keys(), keys, "{name} changed");
+        assert_no_debris(st);
+        assert!(!st.writes().contains(&object_key(&r.id, s.job())), "{name}");
+    }
 }

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use futures::FutureExt;
+use futures::{FutureExt, StreamExt};
 use tokio::io::AsyncReadExt;
 
 use crate::engine::{Archive, Database, Dump, DumpInfo, RestoreOptions, SourceError};
@@ -25,6 +25,8 @@ struct State {
     data: Bytes,
     /// The output breaks off with a read error after this many bytes.
     break_after: Option<usize>,
+    /// The tool hangs after writing this many bytes (no more output, no exit).
+    stall_after: Option<usize>,
     /// The tool exits non-zero after writing all of its output.
     fail_finish: bool,
     /// The tool cannot even report its version.
@@ -74,6 +76,11 @@ impl FakeDb {
     /// The next dumps break off after `n` bytes (`None`: they do not).
     pub(crate) fn break_after(&self, n: Option<usize>) {
         self.state().break_after = n;
+    }
+
+    /// The next dumps' tool hangs after `n` bytes (`None`: it does not).
+    pub(crate) fn stall_after(&self, n: Option<usize>) {
+        self.state().stall_after = n;
     }
 
     /// The next dumps' tool exits non-zero after its whole output.
@@ -148,12 +155,20 @@ impl Database for FakeDb {
     }
 
     async fn dump(&self) -> Result<Dump, SourceError> {
-        let (data, break_after, fail_finish) = {
+        let (data, break_after, stall_after, fail_finish) = {
             let mut st = self.state();
             st.dumps += 1;
-            (st.data.clone(), st.break_after, st.fail_finish)
+            (
+                st.data.clone(),
+                st.break_after,
+                st.stall_after,
+                st.fail_finish,
+            )
         };
-        let shown = break_after.map_or(data.len(), |n| n.min(data.len()));
+        let shown = break_after
+            .into_iter()
+            .chain(stall_after)
+            .fold(data.len(), usize::min);
         let mut pieces: Vec<std::io::Result<Bytes>> = (0..shown)
             .step_by(PIECE)
             .map(|at| Ok(data.slice(at..(at + PIECE).min(shown))))
@@ -164,7 +179,10 @@ impl Database for FakeDb {
                 "the fake dump broke off",
             )));
         }
-        let reader = tokio_util::io::StreamReader::new(futures::stream::iter(pieces));
+        let hang = stall_after.is_some() && break_after.is_none_or(|b| b > shown);
+        let rest =
+            futures::stream::iter(hang.then_some(())).flat_map(|()| futures::stream::pending());
+        let reader = tokio_util::io::StreamReader::new(futures::stream::iter(pieces).chain(rest));
         let finish = async move {
             if fail_finish {
                 return Err(SourceError::Failed {
