@@ -375,10 +375,11 @@ async fn a_job_another_run_holds_is_not_dumped() {
     );
 }
 
-#[tokio::test]
-async fn a_lock_that_cannot_be_written_stops_the_run_before_the_dump() {
+/// The job's lock cannot be written on `failing`: the run stops before the dump, and
+/// leaves no lock anywhere.
+async fn lock_refused_on(failing: &str) {
     let s = Setup::new(&[("one", None), ("two", None)]);
-    s.store("one").fail(
+    s.store(failing).fail(
         Fault::on(Op::PutBytes)
             .key("app/locks/*")
             .kind(FaultKind::Denied),
@@ -396,6 +397,21 @@ async fn a_lock_that_cannot_be_written_stops_the_run_before_the_dump() {
     for (name, st) in &s.stores {
         assert!(st.keys().is_empty(), "{name}: {:?}", st.keys());
     }
+}
+
+#[tokio::test]
+async fn a_lock_that_cannot_be_written_stops_the_run_before_the_dump() {
+    lock_refused_on("one").await;
+}
+
+/// `blobs::claim_job` returns at the first destination that refuses the lock without
+/// taking back the locks it wrote on the destinations before it, and the run, which never
+/// marked them locked, does not remove them: the lock stays until it goes dead
+/// (`blobs::LOCK_DEAD`), refusing other processes' runs of the job until then.
+#[tokio::test]
+#[ignore = "known bug: claim_job leaves the locks it wrote when a later destination refuses"]
+async fn a_lock_refused_on_a_later_destination_leaves_no_lock_on_the_earlier() {
+    lock_refused_on("two").await;
 }
 
 #[tokio::test]
