@@ -173,13 +173,14 @@ impl Database for FakeDb {
             .step_by(PIECE)
             .map(|at| Ok(data.slice(at..(at + PIECE).min(shown))))
             .collect();
-        if break_after.is_some() {
+        // Whichever comes first: the tool hangs, or its output breaks off.
+        let hang = stall_after.is_some_and(|s| break_after.is_none_or(|b| s < b));
+        if break_after.is_some() && !hang {
             pieces.push(Err(std::io::Error::new(
                 std::io::ErrorKind::BrokenPipe,
                 "the fake dump broke off",
             )));
         }
-        let hang = stall_after.is_some() && break_after.is_none_or(|b| b > shown);
         let rest =
             futures::stream::iter(hang.then_some(())).flat_map(|()| futures::stream::pending());
         let reader = tokio_util::io::StreamReader::new(futures::stream::iter(pieces).chain(rest));
