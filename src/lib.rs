@@ -35,6 +35,8 @@ pub mod server;
 pub mod source;
 pub mod status;
 pub mod storage;
+#[cfg(test)]
+pub(crate) mod testkit;
 pub mod ticker;
 pub mod units;
 pub mod verify;

@@ -24,6 +24,8 @@ const LAYERS: &[&[&str]] = &[
     &["heal", "verify", "drill"],
     // the data paths
     &["restore", "pipeline"],
+    // test-only stand-ins (a storage, a database) the data paths' unit tests run on
+    &["testkit"],
     // the repository: locks, blobs, how objects are packed, manifests, key names
     &["objlock"],
     &["blobs", "packing"],

@@ -164,7 +164,19 @@ pub async fn run_job(
     opts: RunOptions,
     cancel: CancellationToken,
 ) -> RunReport {
-    let mut run = RunCtx::start(config, job, cancel).await;
+    run_job_on(job, storage::open_job(config, job), opts, cancel).await
+}
+
+/// [`run_job`] on destinations `open` gives (unit tests hand in storages of their own).
+/// `open` is awaited once the run is named and announced, where `run_job` opens the
+/// configured destinations: the run's start time does not include opening them.
+pub(crate) async fn run_job_on<'d>(
+    job: &Job,
+    open: impl Future<Output = Vec<storage::JobStorage<'d>>>,
+    opts: RunOptions,
+    cancel: CancellationToken,
+) -> RunReport {
+    let mut run = RunCtx::start(job, open, cancel).await;
     run.preflight().await;
     run.claim_job(opts).await;
     run.lock_destinations().await;
@@ -186,8 +198,12 @@ pub async fn run_job(
 }
 
 impl<'a> RunCtx<'a> {
-    /// Names the run and opens the job's destinations.
-    async fn start(config: &Config, job: &'a Job, cancel: CancellationToken) -> RunCtx<'a> {
+    /// Names the run, then opens the job's destinations through `open`.
+    async fn start<'d>(
+        job: &'a Job,
+        open: impl Future<Output = Vec<storage::JobStorage<'d>>>,
+        cancel: CancellationToken,
+    ) -> RunCtx<'a> {
         let started = Utc::now();
         let t0 = Instant::now();
         let id = manifest::new_id(started);
@@ -199,7 +215,7 @@ impl<'a> RunCtx<'a> {
             job.destinations.join(", ")
         );
         let mut targets = Vec::new();
-        for js in storage::open_job(config, job).await {
+        for js in open.await {
             targets.push(Target {
                 name: js.name.to_string(),
                 storage: std::sync::Arc::from(js.storage),
@@ -1095,3 +1111,6 @@ fn log_summary(r: &RunReport) {
         ),
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -1588,6 +1588,9 @@ impl Archive for StoredArchive<'_> {
 }
 
 #[cfg(test)]
+mod memory_tests;
+
+#[cfg(test)]
 mod tests {
     use super::{RestoreError, RestoreRequest, plan, resolve_id};
 
