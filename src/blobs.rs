@@ -82,8 +82,7 @@ pub fn path_order(a: &str, b: &str) -> std::cmp::Ordering {
 
 /// One line of a format-2 index, newline included.
 pub fn index_line<T: Serialize>(item: &T) -> Result<Vec<u8>, BlobError> {
-    let mut line = serde_json::to_vec(item)
-        .map_err(|e| BlobError::Corrupt(format!("encoding the file index: {e}")))?;
+    let mut line = serde_json::to_vec(item).map_err(BlobError::Encode)?;
     line.push(b'\n');
     Ok(line)
 }
@@ -107,12 +106,46 @@ pub struct IndexEntry {
 pub enum BlobError {
     #[error(transparent)]
     Storage(#[from] StorageError),
+    /// A stored object is not what stowage writes; the text says what and where.
     #[error("{0}")]
     Corrupt(String),
+    /// Reading a stored object (its bytes, decompressed, checked against its sha256).
+    #[error("reading {key}: {source}")]
+    Read {
+        key: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("file index {key} is not valid: {source}")]
+    Invalid {
+        key: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("encoding the file index: {0}")]
+    Encode(#[source] serde_json::Error),
+    #[error("compressing: {0}")]
+    Compress(#[source] std::io::Error),
+    #[error("encrypting: {0}")]
+    Encrypt(#[source] std::io::Error),
     #[error(transparent)]
     Crypt(Box<crate::crypt::CryptError>),
     #[error("cancelled")]
     Cancelled,
+    /// A sweep reads every published backup's manifest before it deletes anything.
+    #[error("sweep stopped, backup {id} unreadable: {source}")]
+    SweepUnreadable {
+        id: String,
+        #[source]
+        source: Box<crate::manifest::ManifestError>,
+    },
+    /// ... and every blob reference of it.
+    #[error("sweep stopped, backup {id}: {source}")]
+    SweepStopped {
+        id: String,
+        #[source]
+        source: Box<BlobError>,
+    },
 }
 
 /// Serialize, compress and (for an encrypting job) encrypt an index.
@@ -121,8 +154,7 @@ pub async fn encode_index(
     c: Compression,
     sealer: Option<&Arc<Sealer>>,
 ) -> Result<(Bytes, u64), BlobError> {
-    let json = serde_json::to_vec(index)
-        .map_err(|e| BlobError::Corrupt(format!("encoding the file index: {e}")))?;
+    let json = serde_json::to_vec(index).map_err(BlobError::Encode)?;
     let raw = json.len() as u64;
     let packed = pack_bytes(Bytes::from(json), c, None, sealer).await?;
     Ok((packed, raw))
@@ -141,9 +173,7 @@ pub async fn pack_bytes(
     };
     let mut r = crate::crypt::seal(Box::new(std::io::Cursor::new(packed)), sealer.clone());
     let mut out = Vec::new();
-    r.read_to_end(&mut out)
-        .await
-        .map_err(|e| BlobError::Corrupt(format!("encrypting: {e}")))?;
+    r.read_to_end(&mut out).await.map_err(BlobError::Encrypt)?;
     Ok(Bytes::from(out))
 }
 
@@ -161,7 +191,10 @@ pub async fn read_refs(
     codec::decompress(Box::new(verified), c)
         .read_to_string(&mut text)
         .await
-        .map_err(|e| BlobError::Corrupt(format!("reading {}: {e}", r.key)))?;
+        .map_err(|source| BlobError::Read {
+            key: r.key.clone(),
+            source,
+        })?;
     // Written in index order since format 2: duplicates are possible.
     let mut keys: Vec<String> = text
         .lines()
@@ -183,9 +216,7 @@ pub async fn compress_bytes(
     }
     let mut r = codec::compress(Box::new(std::io::Cursor::new(data)), c, level);
     let mut out = Vec::new();
-    r.read_to_end(&mut out)
-        .await
-        .map_err(|e| BlobError::Corrupt(format!("compressing: {e}")))?;
+    r.read_to_end(&mut out).await.map_err(BlobError::Compress)?;
     Ok(Bytes::from(out))
 }
 
@@ -233,24 +264,31 @@ impl IndexEntries {
 
     /// The next entry; `None` at the end, once the stored object's sha256 was checked.
     pub async fn next(&mut self) -> Result<Option<IndexEntry>, BlobError> {
-        let entry = match &mut self.source {
-            EntrySource::Loaded(it) => it.next(),
-            EntrySource::Lines(r) => loop {
-                self.line.clear();
-                let n = tokio::io::AsyncBufReadExt::read_line(r, &mut self.line)
-                    .await
-                    .map_err(|e| BlobError::Corrupt(format!("reading {}: {e}", self.key)))?;
-                if n == 0 {
-                    break None;
-                }
-                if self.line.trim().is_empty() {
-                    continue;
-                }
-                break Some(serde_json::from_str::<IndexEntry>(&self.line).map_err(|e| {
-                    BlobError::Corrupt(format!("file index {} is not valid: {e}", self.key))
-                })?);
-            },
-        };
+        let entry =
+            match &mut self.source {
+                EntrySource::Loaded(it) => it.next(),
+                EntrySource::Lines(r) => loop {
+                    self.line.clear();
+                    let n = tokio::io::AsyncBufReadExt::read_line(r, &mut self.line)
+                        .await
+                        .map_err(|source| BlobError::Read {
+                            key: self.key.clone(),
+                            source,
+                        })?;
+                    if n == 0 {
+                        break None;
+                    }
+                    if self.line.trim().is_empty() {
+                        continue;
+                    }
+                    break Some(serde_json::from_str::<IndexEntry>(&self.line).map_err(
+                        |source| BlobError::Invalid {
+                            key: self.key.clone(),
+                            source,
+                        },
+                    )?);
+                },
+            };
         if let Some(e) = &entry {
             // Merges with a scan rely on the order: an index out of order is refused
             // rather than merged wrongly.
@@ -287,9 +325,13 @@ pub async fn open_index(
         .await
         .map_err(|e| BlobError::Crypt(Box::new(e)))?;
     let mut r = tokio::io::BufReader::with_capacity(64 * 1024, r);
-    let read_err = |e: std::io::Error| BlobError::Corrupt(format!("reading {}: {e}", entry.key));
-    let invalid = |e: serde_json::Error| {
-        BlobError::Corrupt(format!("file index {} is not valid: {e}", entry.key))
+    let read_err = |source| BlobError::Read {
+        key: entry.key.clone(),
+        source,
+    };
+    let invalid = |source| BlobError::Invalid {
+        key: entry.key.clone(),
+        source,
     };
     let mut first = String::new();
     tokio::io::AsyncBufReadExt::read_line(&mut r, &mut first)
@@ -836,10 +878,10 @@ async fn sweep_locked(
             // Deleted by a concurrent retention after the listing: references nothing now.
             Err(manifest::ManifestError::Storage(StorageError::NotFound(_))) => continue,
             Err(e) => {
-                return Err(BlobError::Corrupt(format!(
-                    "sweep stopped, backup {} unreadable: {e}",
-                    p.id
-                )));
+                return Err(BlobError::SweepUnreadable {
+                    id: p.id.clone(),
+                    source: Box::new(e),
+                });
             }
         };
         for e in m.sources.iter().filter(|s| s.files.is_some()) {
@@ -870,7 +912,10 @@ async fn sweep_locked(
         let fans = round * per_round..(round + 1) * per_round;
         let mut referenced: HashSet<u128> = HashSet::new();
         for (m, e) in &marked.sources {
-            let stop = |err| BlobError::Corrupt(format!("sweep stopped, backup {}: {err}", m.id));
+            let stop = |e| BlobError::SweepStopped {
+                id: m.id.clone(),
+                source: Box::new(e),
+            };
             let mut keep = |key: &str| {
                 if fan_of(job, key).is_none_or(|f| fans.contains(&f)) {
                     referenced.insert(ref_id(key));
@@ -936,7 +981,10 @@ pub async fn for_each_ref(
         line.clear();
         let n = tokio::io::AsyncBufReadExt::read_line(&mut lines, &mut line)
             .await
-            .map_err(|e| BlobError::Corrupt(format!("reading {}: {e}", r.key)))?;
+            .map_err(|source| BlobError::Read {
+                key: r.key.clone(),
+                source,
+            })?;
         if n == 0 {
             return Ok(());
         }

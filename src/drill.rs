@@ -106,7 +106,7 @@ pub async fn drill(
     let packing = match packing_for(job, &located, entry, keys, trust_unauthenticated).await {
         Ok(p) => p,
         Err(problem) => {
-            report.problems.push(problem);
+            report.problems.push(problem.to_string());
             return report;
         }
     };
@@ -154,19 +154,10 @@ async fn packing_for(
     entry: &crate::manifest::SourceEntry,
     keys: Option<Arc<Keys>>,
     trust_unauthenticated: bool,
-) -> Result<Packing, String> {
+) -> Result<Packing, RestoreError> {
     let expect = crate::packing::Expect::of(job, trust_unauthenticated);
-    let packing = match Packing::of(&located.manifest, &expect, keys) {
-        Ok(p) => p,
-        Err(e) => {
-            return Err(e.to_string());
-        }
-    };
-    if let Err(e) =
-        restore::check_keys(located.storage.as_ref(), &packing, &[entry.key.as_str()]).await
-    {
-        return Err(e.to_string());
-    }
+    let packing = Packing::of(&located.manifest, &expect, keys)?;
+    restore::check_keys(located.storage.as_ref(), &packing, &[entry.key.as_str()]).await?;
     Ok(packing)
 }
 

@@ -398,13 +398,15 @@ fn settle(db: &dyn Database, dry_run: bool, report: &mut HealReport) {
 /// Restores for the healer's plan, so that the order of attempts can be tested without a
 /// database.
 trait Restorer {
+    /// Why a restore failed; the report gives its text on one line.
+    type Error: std::fmt::Display;
     /// Restore `objects` from candidate `backup` in one restore: Ok with what it could not
     /// finish although the objects are back (a foreign key not re-added), Err with why.
     async fn restore(
         &mut self,
         backup: usize,
         objects: &[String],
-    ) -> Result<Option<String>, String>;
+    ) -> Result<Option<String>, Self::Error>;
     /// Which of `objects` exist in the live database now (none when it cannot be asked).
     async fn present(&mut self, objects: &[String]) -> Vec<String>;
 }
@@ -420,11 +422,13 @@ struct Live<'a> {
 }
 
 impl Restorer for Live<'_> {
+    type Error = RestoreError;
+
     async fn restore(
         &mut self,
         backup: usize,
         objects: &[String],
-    ) -> Result<Option<String>, String> {
+    ) -> Result<Option<String>, RestoreError> {
         restore_group(
             self.config,
             self.job,
@@ -501,7 +505,8 @@ impl Tries {
                     .extend(objects.into_iter().map(|o| (backup, o)));
                 Vec::new()
             }
-            Err(why) => {
+            Err(e) => {
+                let why = one_line(&e.to_string());
                 for o in &objects {
                     if objects.len() == 1 {
                         self.own.insert(o.clone(), why.clone());
@@ -654,7 +659,7 @@ async fn restore_group(
     c: &Candidate,
     objects: &[String],
     trust: bool,
-) -> Result<Option<String>, String> {
+) -> Result<Option<String>, RestoreError> {
     info!(
         job = %job.name,
         "heal {}: restoring {} into {} from backup {} on {}",
@@ -691,7 +696,7 @@ async fn restore_group(
         Err(e) => {
             let why = one_line(&e.to_string());
             warn!(job = %job.name, "heal {}: restoring {} failed: {why}", job.name, objects.join(", "));
-            Err(why)
+            Err(e)
         }
     }
 }
@@ -905,6 +910,8 @@ mod tests {
     }
 
     impl Restorer for Fake {
+        type Error = String;
+
         async fn restore(
             &mut self,
             _: usize,

@@ -4,7 +4,7 @@
 //! kept; a refresh lists the destinations and reads only the new ones.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -34,7 +34,7 @@ pub struct JobHistory {
     pub refreshed: Option<DateTime<Utc>>,
     /// Per destination, in the job's order: published backups held, or why it could not
     /// be listed.
-    pub held: Vec<(String, Result<usize, String>)>,
+    pub held: Vec<(String, Result<usize, Arc<storage::StorageError>>)>,
     /// Newest first, at most [`PLOTTED`], from the first destination that holds backups.
     pub backups: Vec<Point>,
     /// Start of the newest published backup on any destination.
@@ -103,7 +103,7 @@ impl History {
                         ));
                     }
                 }
-                Err(e) => h.held.push((js.name.to_string(), Err(e.to_string()))),
+                Err(e) => h.held.push((js.name.to_string(), Err(Arc::new(e)))),
             }
         }
         if let Some((st, ids)) = ids {

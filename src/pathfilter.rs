@@ -14,7 +14,7 @@ pub struct PathFilter {
 }
 
 impl PathFilter {
-    pub fn new(include: &[String], exclude: &[String]) -> Result<PathFilter, String> {
+    pub fn new(include: &[String], exclude: &[String]) -> Result<PathFilter, GlobError> {
         let include = if include.is_empty() {
             None
         } else {
@@ -26,9 +26,10 @@ impl PathFilter {
         })
     }
 
-    /// Validate one pattern (for config errors that name the key).
+    /// Validate one pattern (for config errors that name the key): the text is what the
+    /// config problem says.
     pub fn check_glob(pattern: &str) -> Result<(), String> {
-        expand(pattern).map(|_| ())
+        expand(pattern).map(|_| ()).map_err(|e| e.to_string())
     }
 
     /// `rel` is '/'-separated and relative to the root.
@@ -37,10 +38,25 @@ impl PathFilter {
     }
 }
 
-fn expand(pattern: &str) -> Result<Vec<Glob>, String> {
+/// A pattern, or the set of them, that globset refuses.
+#[derive(Debug, thiserror::Error)]
+pub enum GlobError {
+    #[error("empty glob pattern; remove it")]
+    Empty,
+    #[error("invalid glob \"{pattern}\": {}", .source.kind())]
+    Invalid {
+        pattern: String,
+        #[source]
+        source: globset::Error,
+    },
+    #[error("invalid globs: {0}")]
+    Set(#[source] globset::Error),
+}
+
+fn expand(pattern: &str) -> Result<Vec<Glob>, GlobError> {
     let p = pattern.trim();
     if p.is_empty() {
-        return Err("empty glob pattern; remove it".to_string());
+        return Err(GlobError::Empty);
     }
     let anchored = p.trim_start_matches('/').trim_end_matches('/');
     let bases: Vec<String> = if p.trim_end_matches('/').contains('/') {
@@ -55,19 +71,22 @@ fn expand(pattern: &str) -> Result<Vec<Glob>, String> {
                 .literal_separator(true)
                 .backslash_escape(true)
                 .build()
-                .map_err(|e| format!("invalid glob \"{pattern}\": {}", e.kind()))?;
+                .map_err(|source| GlobError::Invalid {
+                    pattern: pattern.to_string(),
+                    source,
+                })?;
             out.push(g);
         }
     }
     Ok(out)
 }
 
-fn build_set(patterns: &[String]) -> Result<GlobSet, String> {
+fn build_set(patterns: &[String]) -> Result<GlobSet, GlobError> {
     let mut b = GlobSetBuilder::new();
     for p in patterns {
         for g in expand(p)? {
             b.add(g);
         }
     }
-    b.build().map_err(|e| format!("invalid globs: {e}"))
+    b.build().map_err(GlobError::Set)
 }

@@ -94,16 +94,30 @@ pub fn save(state: &State) -> std::io::Result<()> {
     std::fs::rename(&tmp, &path)
 }
 
-pub fn load() -> Result<State, String> {
+/// Why the daemon's state file could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("{} unreadable: {}", path.display(), crate::units::io_reason(source))]
+    Unreadable {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{} is not valid: {source}", path.display())]
+    Invalid {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+pub fn load() -> Result<State, LoadError> {
     let path = state_file();
-    let body = std::fs::read(&path).map_err(|e| {
-        format!(
-            "{} unreadable: {}",
-            path.display(),
-            crate::units::io_reason(&e)
-        )
-    })?;
-    serde_json::from_slice(&body).map_err(|e| format!("{} is not valid: {e}", path.display()))
+    let body = match std::fs::read(&path) {
+        Ok(b) => b,
+        Err(source) => return Err(LoadError::Unreadable { path, source }),
+    };
+    serde_json::from_slice(&body).map_err(|source| LoadError::Invalid { path, source })
 }
 
 /// Why the daemon's jobs are unhealthy; empty means healthy. A job is unhealthy when its

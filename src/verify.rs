@@ -697,8 +697,29 @@ enum BlobRead {
     Intact(u64),
     /// On an archive tier and not retrieved: not readable now, not damaged either.
     Archived,
-    /// Why not, phrased to follow "blob KEY".
-    Bad(String),
+    Bad(BlobFault),
+}
+
+/// Why a blob read back is not intact, phrased to follow "blob KEY".
+#[derive(Debug, thiserror::Error)]
+enum BlobFault {
+    #[error("cannot be checked: {0}")]
+    Unchecked(#[source] storage::StorageError),
+    #[error("cannot be read: {0}")]
+    Unreadable(#[source] storage::StorageError),
+    #[error("cannot be decrypted: {0}")]
+    Undecryptable(#[source] Box<crate::crypt::CryptError>),
+    #[error("is corrupt: {0}")]
+    Damaged(#[source] std::io::Error),
+    #[error(
+        "is corrupt: expected {size} bytes with sha256 {sha256}, got {got_size} bytes with sha256 {got_sha256}"
+    )]
+    Mismatch {
+        size: u64,
+        sha256: String,
+        got_size: u64,
+        got_sha256: String,
+    },
 }
 
 /// Read one blob back as a restore would (decrypted, decompressed) and check its content.
@@ -713,16 +734,16 @@ async fn read_blob(
         match storage.retrieval(key).await {
             Ok(Retrieval::Archived | Retrieval::Pending) => return BlobRead::Archived,
             Ok(_) => {}
-            Err(e) => return BlobRead::Bad(format!("cannot be checked: {e}")),
+            Err(e) => return BlobRead::Bad(BlobFault::Unchecked(e)),
         }
     }
     let raw = match storage.get(key).await {
         Ok(r) => r,
-        Err(e) => return BlobRead::Bad(format!("cannot be read: {e}")),
+        Err(e) => return BlobRead::Bad(BlobFault::Unreadable(e)),
     };
     let mut r = match packing.unpack(raw, key).await {
         Ok(r) => r,
-        Err(e) => return BlobRead::Bad(format!("cannot be decrypted: {e}")),
+        Err(e) => return BlobRead::Bad(BlobFault::Undecryptable(Box::new(e))),
     };
     let mut h = Sha256::new();
     let mut n = 0u64;
@@ -734,15 +755,17 @@ async fn read_blob(
                 h.update(&buf[..k]);
                 n += k as u64;
             }
-            Err(e) => return BlobRead::Bad(format!("is corrupt: {e}")),
+            Err(e) => return BlobRead::Bad(BlobFault::Damaged(e)),
         }
     }
     let sha = hex::encode(h.finalize());
     if sha != use_.sha256 || n != use_.size {
-        return BlobRead::Bad(format!(
-            "is corrupt: expected {} bytes with sha256 {}, got {n} bytes with sha256 {sha}",
-            use_.size, use_.sha256
-        ));
+        return BlobRead::Bad(BlobFault::Mismatch {
+            size: use_.size,
+            sha256: use_.sha256.to_string(),
+            got_size: n,
+            got_sha256: sha,
+        });
     }
     BlobRead::Intact(n)
 }

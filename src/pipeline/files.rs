@@ -225,7 +225,11 @@ pub(super) async fn backup(
     cancel: &CancellationToken,
 ) -> Result<SourceEntry, StreamError> {
     let name = cfg.name.as_str();
-    let filter = PathFilter::new(&cfg.include, &cfg.exclude).map_err(|e| source_error(name, e))?;
+    let filter =
+        PathFilter::new(&cfg.include, &cfg.exclude).map_err(|source| FilesError::Filter {
+            name: name.to_string(),
+            source,
+        })?;
     let (dests, dest_targets, backups) = open_dests(job, targets).await;
     if dests.is_empty() {
         return Err(StreamError::NoDestinationLeft);
@@ -265,9 +269,54 @@ pub(super) async fn backup(
     finish_entry(cfg, job, written, &dest_targets, targets)
 }
 
-/// The error of this files source, as the run reports it.
-fn source_error(name: &str, e: impl std::fmt::Display) -> StreamError {
-    StreamError::Files(format!("files source {name}: {e}"))
+/// Why a files source stopped the run.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum FilesError {
+    #[error("files source {name}: {source}")]
+    Filter {
+        name: String,
+        #[source]
+        source: crate::pathfilter::GlobError,
+    },
+    /// The walk of the tree failed; the walk reports its cause as text.
+    #[error("files source {name}: {why}")]
+    Walk { name: String, why: String },
+    #[error("files source {name}: {source}")]
+    Index {
+        name: String,
+        #[source]
+        source: blobs::BlobError,
+    },
+    #[error("files source {name}: cannot read {}: {source}", path.display())]
+    Read {
+        name: String,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "files source {name}: {} kept changing while it was read ({attempts} attempts); exclude it, or back it up when it is not being written",
+        path.display()
+    )]
+    KeptChanging {
+        name: String,
+        path: PathBuf,
+        attempts: usize,
+    },
+    #[error("hashing aborted: {0}")]
+    HashAborted(#[source] tokio::task::JoinError),
+    /// Compressing or encrypting a small file.
+    #[error(transparent)]
+    Pack(blobs::BlobError),
+}
+
+impl FilesError {
+    fn index(name: &str, source: blobs::BlobError) -> StreamError {
+        StreamError::Files(FilesError::Index {
+            name: name.to_string(),
+            source,
+        })
+    }
 }
 
 /// Each live destination's backups, and which blobs it holds (paged, kept compact); a
@@ -360,7 +409,10 @@ async fn write_index(ctx: &Ctx<'_>, id: &str, merge: Merge) -> Written {
         .map(|item| async move {
             match item {
                 Ok((meta, prev)) => process(ctx, meta, prev).await,
-                Err(e) => Err(source_error(&ctx.cfg.name, e)),
+                Err(why) => Err(StreamError::from(FilesError::Walk {
+                    name: ctx.cfg.name.to_string(),
+                    why,
+                })),
             }
         })
         .buffered(CONCURRENCY);
@@ -428,7 +480,7 @@ async fn write_lines(
         exclude: cfg.exclude.clone(),
         files: Vec::new(),
     };
-    let line = blobs::index_line(&header).map_err(|e| source_error(&cfg.name, e))?;
+    let line = blobs::index_line(&header).map_err(|e| FilesError::index(&cfg.name, e))?;
     if !index.write(&line).await {
         return Err(StreamError::NoDestinationLeft);
     }
@@ -441,7 +493,7 @@ async fn write_lines(
             stats.new_bytes += done.entry.size;
         }
         stats.uploaded += done.uploaded;
-        let line = blobs::index_line(&done.entry).map_err(|e| source_error(&cfg.name, e))?;
+        let line = blobs::index_line(&done.entry).map_err(|e| FilesError::index(&cfg.name, e))?;
         if !index.write(&line).await {
             return Err(StreamError::NoDestinationLeft);
         }
@@ -580,7 +632,7 @@ async fn process(
                     Ok(Ok((sha, size))) => (sha, size, None),
                     Ok(Err(e)) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
                     Ok(Err(e)) => return Err(read_error(ctx, &path, e)),
-                    Err(e) => return Err(StreamError::Files(format!("hashing aborted: {e}"))),
+                    Err(e) => return Err(FilesError::HashAborted(e).into()),
                 }
             }
         };
@@ -625,19 +677,20 @@ async fn process(
             uploaded,
         }));
     }
-    Err(StreamError::Files(format!(
-        "files source {}: {} kept changing while it was read ({ATTEMPTS} attempts); exclude it, or back it up when it is not being written",
-        ctx.cfg.name,
-        path.display()
-    )))
+    Err(FilesError::KeptChanging {
+        name: ctx.cfg.name.to_string(),
+        path,
+        attempts: ATTEMPTS,
+    }
+    .into())
 }
 
-fn read_error(ctx: &Ctx<'_>, path: &Path, e: std::io::Error) -> StreamError {
-    StreamError::Files(format!(
-        "files source {}: cannot read {}: {e}",
-        ctx.cfg.name,
-        path.display()
-    ))
+fn read_error(ctx: &Ctx<'_>, path: &Path, source: std::io::Error) -> StreamError {
+    StreamError::Files(FilesError::Read {
+        name: ctx.cfg.name.to_string(),
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 async fn upload_small(
@@ -649,7 +702,7 @@ async fn upload_small(
     let sealer = ctx.job.encryption.as_ref().map(|e| &e.sealer);
     let packed = blobs::pack_bytes(data, ctx.job.compression, ctx.job.compression_level, sealer)
         .await
-        .map_err(|e| StreamError::Files(e.to_string()))?;
+        .map_err(FilesError::Pack)?;
     let results = join_all(need.iter().map(|d| d.storage.put_data(key, packed.clone()))).await;
     for (d, r) in need.iter().zip(results) {
         if let Err(e) = r {
@@ -717,11 +770,7 @@ async fn upload_streamed(
     match pumped {
         Ok((_, stored, ())) => Ok(Some(stored)),
         Err(StreamError::Changed) => Ok(None),
-        Err(StreamError::Read(e)) => Err(StreamError::Files(format!(
-            "files source {}: cannot read {}: {e}",
-            ctx.cfg.name,
-            path.display()
-        ))),
+        Err(StreamError::Read(e)) => Err(read_error(ctx, path, e)),
         Err(StreamError::NoDestinationLeft) => Ok(Some(0)),
         Err(e) => Err(e),
     }

@@ -109,9 +109,9 @@ enum StreamError {
     #[error("every destination failed")]
     NoDestinationLeft,
     #[error("reading the dump: {0}")]
-    Read(String),
-    #[error("{0}")]
-    Files(String),
+    Read(#[source] std::io::Error),
+    #[error(transparent)]
+    Files(#[from] files::FilesError),
     #[error("the file changed while it was read")]
     Changed,
 }
@@ -798,7 +798,7 @@ async fn fan_out_to<T>(
             buf.reserve(READ_CHUNK);
             let n = tokio::select! {
                 _ = cancel.cancelled() => return Err(StreamError::Cancelled),
-                r = reader.read_buf(&mut buf) => r.map_err(|e| StreamError::Read(e.to_string()))?,
+                r = reader.read_buf(&mut buf) => r.map_err(StreamError::Read)?,
             };
             if n == 0 {
                 break;

@@ -25,10 +25,165 @@ use crate::packing::Packing;
 
 use crate::manifest::SourceEntry;
 use crate::source::files::{self as tree, FileMeta, Found, PathFilter};
-use crate::storage::Storage;
+use crate::storage::{Storage, StorageError};
 use crate::units::human_bytes;
 
 const CONCURRENCY: usize = 8;
+
+/// Why restoring (or comparing) a files source failed, on one destination.
+#[derive(Debug, thiserror::Error)]
+pub enum FilesRestoreError {
+    #[error("files {name}: {source}")]
+    Tree {
+        name: String,
+        #[source]
+        source: Box<TreeError>,
+    },
+    /// The copy failed part way and no other destination holds one to finish from.
+    #[error(
+        "{source}; no other destination of job {job} holds this backup's file index intact and every blob it names"
+    )]
+    NoIntactCopy {
+        job: String,
+        #[source]
+        source: Box<FilesRestoreError>,
+    },
+    /// The copy on the destination the user chose failed part way; `destination` holds one.
+    #[error(
+        "{source}; destination {destination} holds this backup's file index intact and every blob it names: run the restore again with --from {destination} (or without --from to let stowage pick it); the files restored so far are kept and are not fetched again"
+    )]
+    IntactOn {
+        destination: String,
+        #[source]
+        source: Box<FilesRestoreError>,
+    },
+}
+
+/// One step of a files restore that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum TreeError {
+    /// The backup's file index is unreadable or damaged.
+    #[error(transparent)]
+    Index(#[from] blobs::BlobError),
+    #[error(transparent)]
+    Filter(#[from] crate::pathfilter::GlobError),
+    /// The walk of the target directory failed; the walk reports its cause as text.
+    #[error("{0}")]
+    Walk(String),
+    /// An index entry stowage never writes (the layout check's message).
+    #[error("{0}; refusing to restore it")]
+    Unsafe(String),
+    #[error("{what} aborted: {source}")]
+    Aborted {
+        what: String,
+        #[source]
+        source: tokio::task::JoinError,
+    },
+    #[error("cannot create {}: {source}", dir.display())]
+    CreateDir {
+        dir: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot open {}: {source}", dir.display())]
+    Open {
+        dir: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the target directory is not open")]
+    NotOpen,
+    /// Reading the local file, to compare it with the backup's.
+    #[error("cannot read {path}: {source}")]
+    ReadLocal {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot move {path} to {}: {source}", to.display())]
+    Move {
+        path: String,
+        to: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot create a temporary file for {path}: {source}")]
+    CreateTemp {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot fetch {blob} for {path}: {source}")]
+    Fetch {
+        blob: String,
+        path: String,
+        #[source]
+        source: StorageError,
+    },
+    #[error("cannot read {blob} for {path}: {source}")]
+    Unpack {
+        blob: String,
+        path: String,
+        #[source]
+        source: Box<crate::crypt::CryptError>,
+    },
+    #[error("cannot read {blob} for {path}: {source}")]
+    ReadBlob {
+        blob: String,
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "blob {blob} for {path} is corrupt: expected {size} bytes with sha256 {sha256}, got {got_size} bytes with {got_sha256}"
+    )]
+    Corrupt {
+        blob: String,
+        path: String,
+        size: u64,
+        sha256: String,
+        got_size: u64,
+        got_sha256: String,
+    },
+    #[error("cannot write {path}: {source}")]
+    Write {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot sync {path}: {source}")]
+    Sync {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot set mode/mtime on {path}: {source}")]
+    SetMode {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl TreeError {
+    fn aborted(what: impl Into<String>) -> impl FnOnce(tokio::task::JoinError) -> TreeError {
+        let what = what.into();
+        move |source| TreeError::Aborted { what, source }
+    }
+
+    fn open(dir: &Path) -> impl FnOnce(std::io::Error) -> TreeError {
+        let dir = dir.to_path_buf();
+        move |source| TreeError::Open { dir, source }
+    }
+
+    /// This error, in the files source `name`.
+    fn of(self, name: &str) -> RestoreError {
+        RestoreError::Files(FilesRestoreError::Tree {
+            name: name.to_string(),
+            source: Box::new(self),
+        })
+    }
+}
 
 pub struct Target {
     /// Where to restore: `--files-to` or the configured source's path. None (neither is
@@ -64,10 +219,10 @@ pub(super) async fn compare(
     dir: Option<PathBuf>,
 ) -> Result<Compared, RestoreError> {
     let name = entry.name.as_str();
-    let err = |e: String| RestoreError::Files(format!("files {name}: {e}"));
+    let err = |e: TreeError| e.of(name);
     let index = blobs::read_index(storage, entry, packing)
         .await
-        .map_err(|e| err(e.to_string()))?;
+        .map_err(|e| err(e.into()))?;
     let dir = dir.unwrap_or_else(|| PathBuf::from(&index.root));
     if !dir.is_absolute() {
         return Err(RestoreError::Usage(format!(
@@ -76,17 +231,16 @@ pub(super) async fn compare(
         )));
     }
     // What is there now, seen through the same filters the backup used.
-    let filter = PathFilter::new(&index.include, &index.exclude).map_err(err)?;
+    let filter = PathFilter::new(&index.include, &index.exclude).map_err(|e| err(e.into()))?;
     for f in &index.files {
-        crate::layout::check_index_path(&f.path)
-            .map_err(|e| err(format!("{e}; refusing to restore it")))?;
+        crate::layout::check_index_path(&f.path).map_err(|e| err(TreeError::Unsafe(e)))?;
     }
     let local: HashMap<String, FileMeta> = if dir.exists() {
         let d = dir.clone();
         tokio::task::spawn_blocking(move || tree::scan(&d, &filter))
             .await
-            .map_err(|e| err(format!("scan aborted: {e}")))?
-            .map_err(err)?
+            .map_err(|e| err(TreeError::aborted("scan")(e)))?
+            .map_err(|e| err(TreeError::Walk(e)))?
             .files
             .into_iter()
             .map(|f| (f.path.clone(), f))
@@ -100,8 +254,8 @@ pub(super) async fn compare(
             let d = dir.clone();
             let t = tokio::task::spawn_blocking(move || beneath::Tree::open(&d))
                 .await
-                .map_err(|e| err(format!("opening aborted: {e}")))?
-                .map_err(|e| err(format!("cannot open {}: {e}", dir.display())))?;
+                .map_err(|e| err(TreeError::aborted("opening")(e)))?
+                .map_err(|e| err(TreeError::open(&dir)(e)))?;
             Some(Arc::new(t))
         }
     };
@@ -121,8 +275,8 @@ pub(super) async fn compare(
             let r = rel.clone();
             match tokio::task::spawn_blocking(move || root.hash(&r)).await {
                 Ok(Ok(sha)) => Ok((rel, sha.as_ref() == Some(&sha256))),
-                Ok(Err(e)) => Err(format!("cannot read {rel}: {e}")),
-                Err(e) => Err(format!("hashing aborted: {e}")),
+                Ok(Err(source)) => Err(TreeError::ReadLocal { path: rel, source }),
+                Err(e) => Err(TreeError::aborted("hashing")(e)),
             }
         }
     })
@@ -157,7 +311,7 @@ struct Merge {
 }
 
 impl Merge {
-    async fn local_head(&mut self) -> Result<Option<&FileMeta>, String> {
+    async fn local_head(&mut self) -> Result<Option<&FileMeta>, TreeError> {
         while self.head.is_none() {
             let Some(rx) = self.local.as_mut() else {
                 return Ok(None);
@@ -165,18 +319,18 @@ impl Merge {
             match rx.recv().await {
                 Some(Ok(Found::File(m))) => self.head = Some(m),
                 Some(Ok(Found::Skipped(_))) => {}
-                Some(Err(e)) => return Err(e),
+                Some(Err(e)) => return Err(TreeError::Walk(e)),
                 None => self.local = None,
             }
         }
         Ok(self.head.as_ref())
     }
 
-    async fn index_head(&mut self) -> Result<Option<&IndexEntry>, String> {
+    async fn index_head(&mut self) -> Result<Option<&IndexEntry>, TreeError> {
         if self.entry.is_none()
             && let Some(ix) = self.index.as_mut()
         {
-            match ix.next().await.map_err(|e| e.to_string())? {
+            match ix.next().await? {
                 Some(e) => self.entry = Some(e),
                 None => self.index = None,
             }
@@ -187,7 +341,7 @@ impl Merge {
     /// Orphans come before the entries that follow them, so a local file is out of the
     /// way before a directory of the backup is made where it is; and the files of a local
     /// directory where the backup has a file come before that file.
-    async fn next(&mut self) -> Result<Option<Step>, String> {
+    async fn next(&mut self) -> Result<Option<Step>, TreeError> {
         let entry_path = self.index_head().await?.map(|e| e.path.clone());
         let local = self.local_head().await?.map(|m| (m.path.clone(), m.size));
         Ok(match (entry_path, local) {
@@ -220,14 +374,13 @@ pub async fn restore(
     target: Target,
 ) -> Result<Vec<String>, RestoreError> {
     let name = entry.name.as_str();
-    let err = |e: String| RestoreError::Files(format!("files {name}: {e}"));
     let (header, entries) = blobs::open_index(storage, entry, packing)
         .await
-        .map_err(|e| err(e.to_string()))?;
+        .map_err(|e| TreeError::from(e).of(name))?;
     let (dir, orphan_dir) = target_dirs(name, &header, &target)?;
     let (local, root) = open_target(&header, &dir, target.dry_run)
         .await
-        .map_err(err)?;
+        .map_err(|e| e.of(name))?;
     let ctx = TreeCtx {
         storage,
         packing,
@@ -253,7 +406,7 @@ pub async fn restore(
     tally.orphans += in_the_way.len();
     tally.lines.extend(in_the_way);
     if let Some(e) = tally.failure.take() {
-        return Err(err(e));
+        return Err(e.of(name));
     }
     Ok(tally.summary(name, &dir, &ctx))
 }
@@ -303,7 +456,7 @@ async fn open_target(
     header: &blobs::FileIndex,
     dir: &Path,
     dry_run: bool,
-) -> Result<(Option<LocalWalk>, Option<Arc<beneath::Tree>>), String> {
+) -> Result<(Option<LocalWalk>, Option<Arc<beneath::Tree>>), TreeError> {
     // What is there now, seen through the same filters the backup used.
     let filter = PathFilter::new(&header.include, &header.exclude)?;
     let exists = dir.exists();
@@ -311,14 +464,17 @@ async fn open_target(
     if !dry_run {
         tokio::fs::create_dir_all(dir)
             .await
-            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+            .map_err(|source| TreeError::CreateDir {
+                dir: dir.to_path_buf(),
+                source,
+            })?;
     }
     let root = if exists || !dry_run {
         let d = dir.to_path_buf();
         let t = tokio::task::spawn_blocking(move || beneath::Tree::open(&d))
             .await
-            .map_err(|e| format!("opening aborted: {e}"))?
-            .map_err(|e| format!("cannot open {}: {e}", dir.display()))?;
+            .map_err(TreeError::aborted("opening"))?
+            .map_err(TreeError::open(dir))?;
         Some(Arc::new(t))
     } else {
         None
@@ -343,10 +499,10 @@ struct TreeCtx<'a> {
 impl TreeCtx<'_> {
     /// Move a local file the backup lacks into the orphans, never through a link. Returns
     /// the line to report, or why it failed.
-    async fn move_orphan(&self, p: &str) -> Result<String, String> {
+    async fn move_orphan(&self, p: &str) -> Result<String, TreeError> {
         let to = self.orphan_dir.join(p);
         let Some(root) = self.root.clone() else {
-            return Err("the target directory is not open".to_string());
+            return Err(TreeError::NotOpen);
         };
         let (o, rel) = (self.aside.clone(), p.to_string());
         let moved = tokio::task::spawn_blocking(move || {
@@ -361,11 +517,15 @@ impl TreeCtx<'_> {
             o.put(std::os::fd::AsFd::as_fd(&parent), name, &rel)
         })
         .await
-        .map_err(|e| std::io::Error::other(e.to_string()))
+        .map_err(std::io::Error::other)
         .and_then(|r| r);
         match moved {
             Ok(at) => Ok(format!("moved {p} to {}", at.display())),
-            Err(e) => Err(format!("cannot move {p} to {}: {e}", to.display())),
+            Err(source) => Err(TreeError::Move {
+                path: p.to_string(),
+                to,
+                source,
+            }),
         }
     }
 }
@@ -374,7 +534,7 @@ impl TreeCtx<'_> {
 #[derive(Default)]
 struct Tally {
     lines: Vec<String>,
-    failure: Option<String>,
+    failure: Option<TreeError>,
     orphans: usize,
     same: usize,
     fetched: usize,
@@ -433,7 +593,7 @@ async fn walk(ctx: &TreeCtx<'_>, merge: &mut Merge, tally: &mut Tally) {
                 // Checked where the index is read too; the check that guards the writes
                 // stays beside them.
                 if let Err(e) = crate::layout::check_index_entry(&ctx.entry.key, &f.path, &f.blob) {
-                    tally.failure = Some(format!("{e}; refusing to restore it"));
+                    tally.failure = Some(TreeError::Unsafe(e));
                     continue;
                 }
                 work.push_back(restore_one(
@@ -491,7 +651,7 @@ impl Tally {
     }
 
     /// Counts one entry's outcome, and keeps the first failure.
-    fn note(&mut self, r: Result<Outcome, String>, orphan_dir: &Path, dry_run: bool) {
+    fn note(&mut self, r: Result<Outcome, TreeError>, orphan_dir: &Path, dry_run: bool) {
         match r {
             Err(e) => {
                 self.failure.get_or_insert(e);
@@ -541,7 +701,7 @@ async fn restore_one(
     dry_run: bool,
     keep_special_modes: bool,
     progress: &crate::progress::Progress,
-) -> Result<Outcome, String> {
+) -> Result<Outcome, TreeError> {
     let action = match (here, root) {
         (None, _) | (_, None) => Action::Fetch,
         (Some(size), _) if size != f.size => Action::Replace,
@@ -550,8 +710,13 @@ async fn restore_one(
             match tokio::task::spawn_blocking(move || root.hash(&rel)).await {
                 Ok(Ok(Some(sha))) if sha == f.sha256 => return Ok(Outcome::Same),
                 Ok(Ok(_)) => Action::Replace,
-                Ok(Err(e)) => return Err(format!("cannot read {}: {e}", f.path)),
-                Err(e) => return Err(format!("hashing aborted: {e}")),
+                Ok(Err(source)) => {
+                    return Err(TreeError::ReadLocal {
+                        path: f.path,
+                        source,
+                    });
+                }
+                Err(e) => return Err(TreeError::aborted("hashing")(e)),
             }
         }
     };
@@ -559,7 +724,7 @@ async fn restore_one(
         return Ok(Outcome::Done(action, f));
     }
     let Some(root) = root else {
-        return Err("the target directory is not open".to_string());
+        return Err(TreeError::NotOpen);
     };
     fetch(storage, packing, root, orphans, &f, keep_special_modes).await?;
     progress.add(f.size);
@@ -588,23 +753,34 @@ async fn fetch(
     orphans: &Arc<beneath::Orphans>,
     f: &IndexEntry,
     keep_special_modes: bool,
-) -> Result<(), String> {
+) -> Result<(), TreeError> {
     let (r, o, rel) = (root.clone(), orphans.clone(), f.path.clone());
     let (parent, tmp, file) =
         tokio::task::spawn_blocking(move || r.create_temp(&rel, &|p, n, at| o.take(p, n, at)))
             .await
-            .map_err(|e| format!("creating {} aborted: {e}", f.path))?
-            .map_err(|e| format!("cannot create a temporary file for {}: {e}", f.path))?;
+            .map_err(TreeError::aborted(format!("creating {}", f.path)))?
+            .map_err(|source| TreeError::CreateTemp {
+                path: f.path.clone(),
+                source,
+            })?;
     let parent = Arc::new(parent);
     let result = async {
         let raw = storage
             .get(&f.blob)
             .await
-            .map_err(|e| format!("cannot fetch {} for {}: {e}", f.blob, f.path))?;
+            .map_err(|source| TreeError::Fetch {
+                blob: f.blob.clone(),
+                path: f.path.clone(),
+                source,
+            })?;
         let mut r = packing
             .unpack(raw, &f.blob)
             .await
-            .map_err(|e| format!("cannot read {} for {}: {e}", f.blob, f.path))?;
+            .map_err(|e| TreeError::Unpack {
+                blob: f.blob.clone(),
+                path: f.path.clone(),
+                source: Box::new(e),
+            })?;
         let mut out = tokio::fs::File::from_std(file);
         let mut h = Sha256::new();
         let mut n = 0u64;
@@ -613,7 +789,11 @@ async fn fetch(
             let k = r
                 .read(&mut buf)
                 .await
-                .map_err(|e| format!("cannot read {} for {}: {e}", f.blob, f.path))?;
+                .map_err(|source| TreeError::ReadBlob {
+                    blob: f.blob.clone(),
+                    path: f.path.clone(),
+                    source,
+                })?;
             if k == 0 {
                 break;
             }
@@ -621,35 +801,46 @@ async fn fetch(
             n += k as u64;
             out.write_all(&buf[..k])
                 .await
-                .map_err(|e| format!("cannot write {}: {e}", f.path))?;
+                .map_err(|source| TreeError::Write {
+                    path: f.path.clone(),
+                    source,
+                })?;
         }
         let sha = hex::encode(h.finalize());
         if sha != f.sha256 || n != f.size {
-            return Err(format!(
-                "blob {} for {} is corrupt: expected {} bytes with sha256 {}, got {n} bytes with {sha}",
-                f.blob, f.path, f.size, f.sha256
-            ));
+            return Err(TreeError::Corrupt {
+                blob: f.blob.clone(),
+                path: f.path.clone(),
+                size: f.size,
+                sha256: f.sha256.clone(),
+                got_size: n,
+                got_sha256: sha,
+            });
         }
-        out.sync_all()
-            .await
-            .map_err(|e| format!("cannot sync {}: {e}", f.path))?;
+        out.sync_all().await.map_err(|source| TreeError::Sync {
+            path: f.path.clone(),
+            source,
+        })?;
         let std_file = out.into_std().await;
         let mode = final_mode(f.mode, keep_special_modes);
         let mtime = tree::system_time(f.mtime);
         let (parent, o, rel, tmp) = (parent.clone(), orphans.clone(), f.path.clone(), tmp.clone());
-        tokio::task::spawn_blocking(move || -> Result<(), String> {
+        tokio::task::spawn_blocking(move || -> Result<(), TreeError> {
             use std::os::unix::fs::PermissionsExt;
             // On the open file: the mode is applied last, to the bytes just verified.
             std_file
                 .set_permissions(std::fs::Permissions::from_mode(mode))
                 .and_then(|()| std_file.set_modified(mtime))
-                .map_err(|e| format!("cannot set mode/mtime on {rel}: {e}"))?;
+                .map_err(|source| TreeError::SetMode {
+                    path: rel.clone(),
+                    source,
+                })?;
             drop(std_file);
             beneath::commit(&parent, &tmp, &rel, &|p, n, at| o.take(p, n, at))
-                .map_err(|e| format!("cannot write {rel}: {e}"))
+                .map_err(|source| TreeError::Write { path: rel, source })
         })
         .await
-        .map_err(|e| format!("writing {} aborted: {e}", f.path))?
+        .map_err(TreeError::aborted(format!("writing {}", f.path)))?
     }
     .await;
     if result.is_err() {

@@ -107,8 +107,8 @@ pub enum RestoreError {
         #[source]
         source: SourceError,
     },
-    #[error("{0}")]
-    Files(String),
+    #[error(transparent)]
+    Files(#[from] files::FilesRestoreError),
     /// Objects of an archive destination are not retrieved yet (their retrieval has been
     /// requested): run again later.
     #[error("{0}")]
@@ -823,16 +823,18 @@ impl<'a> RestoreCtx<'a> {
         };
         let dest_name = &self.dest_name;
         let Some(alt) = files_elsewhere(config, job, dest_name, entry, packing).await else {
-            return Err(RestoreError::Files(format!(
-                "{why}; no other destination of job {} holds this backup's file index intact and every blob it names",
-                job.name
-            )));
+            return Err(RestoreError::Files(
+                files::FilesRestoreError::NoIntactCopy {
+                    job: job.name.clone(),
+                    source: Box::new(why),
+                },
+            ));
         };
         if req.from.is_some() && !req.fallback {
-            return Err(RestoreError::Files(format!(
-                "{why}; destination {0} holds this backup's file index intact and every blob it names: run the restore again with --from {0} (or without --from to let stowage pick it); the files restored so far are kept and are not fetched again",
-                alt.name
-            )));
+            return Err(RestoreError::Files(files::FilesRestoreError::IntactOn {
+                destination: alt.name.to_string(),
+                source: Box::new(why),
+            }));
         }
         warn!(
             job = %job.name,
