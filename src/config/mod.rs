@@ -1,30 +1,22 @@
-//! Configuration: read (figment: file + `STOWAGE_…` environment overrides), then
-//! validated purely into the types the scheduler and pipeline use. The only I/O here is
-//! reading the config file and checking that the secret files it names are readable.
-//! Every problem is reported at once, one line each naming its key.
-//!
-//! The steps, one file each: `read` (figment, going on past bad keys), `diagnose` (what a
-//! serde error means to the user: unknown keys, typos, which environment variable set a
-//! value) and `validate` (one function per section); `section` is what a source engine
-//! sees of its own section. This file keeps the types the rest of stowage uses and [`load`].
+//! Configuration: the types the scheduler, the pipeline and the commands use, as
+//! `crate::load` builds them from the config file (reading and validation live there, above
+//! the engine and storage registries; these types stay below them). A job's databases are
+//! `Arc<dyn Database>` (`crate::engine`), built by their engines; `raw` is the file as serde
+//! sees it.
 
-mod diagnose;
 pub mod raw;
-mod read;
 mod read_data;
-mod section;
-mod validate;
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use chrono::Utc;
 
 pub use crate::codec::Compression;
+pub use crate::section::{IoPriority, Priority};
 pub use raw::{Checksums, LogFormat, Rotation};
 pub use read_data::ReadData;
-pub use section::{Section, serde_fields};
 
 use std::sync::Arc;
 
@@ -355,41 +347,6 @@ impl Notify {
     }
 }
 
-/// Scheduling priority for child processes.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Priority {
-    /// 0 (normal) ..= 19 (lowest).
-    pub nice: Option<i32>,
-    pub io: Option<IoPriority>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum IoPriority {
-    /// Only when no one else uses the disk.
-    Idle,
-    /// 0 (highest) ..= 7 (lowest) within the normal class.
-    BestEffort(u8),
-}
-
-impl IoPriority {
-    pub fn parse(text: &str) -> Result<IoPriority, String> {
-        let t = text.trim().to_ascii_lowercase();
-        match t.split_once(':') {
-            None if t == "idle" => Ok(IoPriority::Idle),
-            None if t == "best-effort" => Ok(IoPriority::BestEffort(7)),
-            Some(("best-effort", level)) => match level.parse::<u8>() {
-                Ok(l) if l <= 7 => Ok(IoPriority::BestEffort(l)),
-                _ => Err(format!(
-                    "invalid ionice \"{text}\": the best-effort level is 0 (highest) to 7 (lowest)"
-                )),
-            },
-            _ => Err(format!(
-                "invalid ionice \"{text}\"; use \"idle\", \"best-effort\" or \"best-effort:0\"..\"best-effort:7\""
-            )),
-        }
-    }
-}
-
 /// A directory tree backed up file by file into content-addressed blobs.
 #[derive(Debug, Clone)]
 pub struct FilesConfig {
@@ -406,57 +363,3 @@ pub fn default_path() -> PathBuf {
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("/config/stowage.toml"))
 }
-
-/// Read and validate. Environment overrides are `STOWAGE_<KEY>__<KEY>…` (for example
-/// `STOWAGE_JOBS__REPLAY__SCHEDULE`), and `STOWAGE_<KEY>` for a top-level key (for example
-/// `STOWAGE_SHUTDOWN_GRACE`). Other `STOWAGE_…` variables without `__` are not config:
-/// those stowage reads for itself ([`OWN_VARIABLES`]) and any others are ignored, except
-/// near misses of a top-level key, which are reported like an unknown key in the file.
-///
-/// Every problem is reported at once: see `read_raw` for how parsing goes on past the
-/// first bad key, and `sort_problems` for the order.
-pub fn load(path: &Path) -> Result<Config, ConfigError> {
-    load_with_env(path, true)
-}
-
-pub fn load_with_env(path: &Path, use_env: bool) -> Result<Config, ConfigError> {
-    let figment = read::figment(path, use_env)?;
-    let invalid = |mut problems: Vec<String>| {
-        diagnose::sort_problems(&mut problems);
-        ConfigError::Invalid {
-            path: path.to_path_buf(),
-            problems,
-        }
-    };
-    let (raw, reading) = read::read_raw(&figment).map_err(invalid)?;
-    match validate::validate(path, raw) {
-        Ok(config) if reading.problems.is_empty() => Ok(config),
-        Ok(_) => Err(invalid(reading.problems)),
-        Err(found) => {
-            let mut problems = reading.problems.clone();
-            problems.extend(
-                found
-                    .iter()
-                    .filter(|line| !reading.is_consequence(line))
-                    .map(|line| reading.with_origin(line)),
-            );
-            if problems.is_empty() {
-                // Cannot happen (a stand-in comes with a reported problem), but never
-                // turn an invalid config into an empty list.
-                problems = found;
-            }
-            Err(invalid(problems))
-        }
-    }
-}
-
-/// `STOWAGE_<NAME>` variables stowage reads for itself (`STOWAGE_CONFIG`, the daemon's pid
-/// and state files) or sets for its child processes: never config keys.
-pub const OWN_VARIABLES: [&str; 6] = [
-    "config",
-    "pid_file",
-    "state_file",
-    "restore_target",
-    "restore_clean",
-    "progress_interval",
-];

@@ -124,17 +124,15 @@ impl S3Storage {
         // blip does not fail a whole backup. A store that stays down fails a backup's write
         // after about a minute (`S3_WRITE_ATTEMPTS`), a read or probe after a few seconds;
         // the job's own `retries` take it from there.
-        loader = loader
-            .retry_config(retries(S3_ATTEMPTS))
-            .timeout_config(
-                aws_config::timeout::TimeoutConfig::builder()
-                    .connect_timeout(std::time::Duration::from_secs(10))
-                    // A store that accepts a request and never answers would otherwise hold
-                    // the run (and every later one, skipped as overlapping) forever. Generous:
-                    // one part of a big upload over a slow uplink takes minutes.
-                    .operation_attempt_timeout(S3_ATTEMPT_TIMEOUT)
-                    .build(),
-            );
+        loader = loader.retry_config(retries(S3_ATTEMPTS)).timeout_config(
+            aws_config::timeout::TimeoutConfig::builder()
+                .connect_timeout(std::time::Duration::from_secs(10))
+                // A store that accepts a request and never answers would otherwise hold
+                // the run (and every later one, skipped as overlapping) forever. Generous:
+                // one part of a big upload over a slow uplink takes minutes.
+                .operation_attempt_timeout(S3_ATTEMPT_TIMEOUT)
+                .build(),
+        );
         if let Some(c) = &cfg.credentials {
             loader = loader.credentials_provider(Credentials::new(
                 c.access_key_id.clone(),

@@ -5,14 +5,15 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::Arc;
 
-use super::{NAME_RULE, drill, encryption, heal, notify, read_secret, source, valid_name};
-use crate::config::diagnose::suggest;
+use super::{NAME_RULE, drill, encryption, heal, notify, source, valid_name};
 use crate::config::{
     Compression, DEFAULT_RETRIES, DEFAULT_RETRY_DELAY, Destination, Drill, Heal, IoPriority, Job,
     Priority, ReadData, SourceConfig, raw,
 };
 use crate::crypt::{AuthKey, Encryption};
 use crate::schedule::{Schedule, parse_timezone};
+use crate::section::read_secret;
+use crate::section::words::suggest;
 use crate::zone::Zone;
 
 pub(super) fn jobs(

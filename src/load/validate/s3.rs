@@ -7,7 +7,7 @@ use crate::config::{
 };
 use crate::storage::class::{Retrieval, RetrievalTier, StorageClass};
 
-use super::read_secret;
+use crate::section::read_secret;
 
 pub(super) fn validate_s3(
     key: &str,

@@ -7,11 +7,11 @@ use std::path::Path;
 use figment::Figment;
 use figment::providers::{Env, Format, Toml, Yaml};
 
-use super::ConfigError;
-use super::diagnose::{closest, describe_error, describe_figment_error, is_config_variable};
-use super::raw;
-
-pub(super) const ENV_PREFIX: &str = "STOWAGE_";
+use super::diagnose::is_config_variable;
+use crate::config::{ConfigError, raw};
+use crate::section::words::{
+    ENV_PREFIX, closest, describe_error, describe_figment_error, expects_table,
+};
 
 /// The config file (by its extension) with, when `use_env`, the environment over it.
 pub(super) fn figment(path: &Path, use_env: bool) -> Result<Figment, ConfigError> {
@@ -282,11 +282,6 @@ fn find_mut<'v>(
 
 fn is_index(key: &[String]) -> bool {
     key.last().is_some_and(|k| k.parse::<usize>().is_ok())
-}
-
-/// serde's name for what a table (struct or map) deserializes from.
-pub(super) fn expects_table(expected: &str) -> bool {
-    expected.starts_with("struct ") || expected == "a map"
 }
 
 /// A stand-in of the type serde expected, for the types it can be made up for.

@@ -1,26 +1,32 @@
-//! What a source engine sees of its own section of the config.
+//! What an engine sees of its own section of the config, and what it needs to read one: the
+//! job's process priority, secret files, and serde errors in the config file's words
+//! (`words`). Below the engine interface, so an engine names config only through this.
+
+pub mod words;
 
 use std::fmt;
 use std::path::Path;
 
-use super::Priority;
-use super::diagnose::{describe_figment_error, suggest};
-use super::validate::{RawFiles, read_secret};
 use crate::secret::Secret;
+use crate::units::io_reason;
+use words::{describe_figment_error, suggest};
 
 /// A source's section of the config as its engine sees it: every key but `type` and
 /// `name`, the job-level settings that apply to it, and where to report problems (with
 /// the full key path, so messages read like every other config error).
 pub struct Section<'a> {
-    pub(super) key: String,
+    pub(crate) key: String,
     /// The source's name (already checked by config).
     pub name: String,
-    pub(super) values: figment::value::Dict,
+    pub(crate) values: figment::value::Dict,
     /// The job's nice/ionice, for the engine's child processes.
     pub priority: Priority,
-    pub(super) job_exclude_tables: &'a [String],
-    pub(super) used_job_excludes: bool,
-    pub(super) problems: &'a mut Vec<String>,
+    pub(crate) job_exclude_tables: &'a [String],
+    pub(crate) used_job_excludes: bool,
+    pub(crate) problems: &'a mut Vec<String>,
+    /// The other types that take a key (for "only valid for type = …"): the config reader
+    /// knows the registries, this module does not.
+    pub(crate) owners: &'a dyn Fn(&str) -> Vec<&'static str>,
 }
 
 impl Section<'_> {
@@ -86,14 +92,7 @@ impl Section<'_> {
     /// "unknown key", or "only valid for type = …" when another source type takes it.
     fn unknown_key(&self, field: &str, expected: &[&str]) -> String {
         let key = self.key(field);
-        let mut owners: Vec<&str> = crate::source::registered()
-            .iter()
-            .filter(|e| e.keys().contains(&field))
-            .map(|e| e.kind())
-            .collect();
-        if serde_fields::<RawFiles>().contains(&field) {
-            owners.push("files");
-        }
+        let owners = (self.owners)(field);
         if owners.is_empty() {
             format!(
                 "{key}: unknown key \"{field}\"{}; valid keys here: {}",
@@ -135,6 +134,64 @@ impl Section<'_> {
         let line = format!("{job_key}.exclude_tables[{index}]: {message}");
         if !self.problems.contains(&line) {
             self.problems.push(line);
+        }
+    }
+}
+
+/// Scheduling priority for child processes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Priority {
+    /// 0 (normal) ..= 19 (lowest).
+    pub nice: Option<i32>,
+    pub io: Option<IoPriority>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IoPriority {
+    /// Only when no one else uses the disk.
+    Idle,
+    /// 0 (highest) ..= 7 (lowest) within the normal class.
+    BestEffort(u8),
+}
+
+impl IoPriority {
+    pub fn parse(text: &str) -> Result<IoPriority, String> {
+        let t = text.trim().to_ascii_lowercase();
+        match t.split_once(':') {
+            None if t == "idle" => Ok(IoPriority::Idle),
+            None if t == "best-effort" => Ok(IoPriority::BestEffort(7)),
+            Some(("best-effort", level)) => match level.parse::<u8>() {
+                Ok(l) if l <= 7 => Ok(IoPriority::BestEffort(l)),
+                _ => Err(format!(
+                    "invalid ionice \"{text}\": the best-effort level is 0 (highest) to 7 (lowest)"
+                )),
+            },
+            _ => Err(format!(
+                "invalid ionice \"{text}\"; use \"idle\", \"best-effort\" or \"best-effort:0\"..\"best-effort:7\""
+            )),
+        }
+    }
+}
+
+/// The content of a secret file named by `key`, its trailing newline dropped; `None` (and
+/// a problem naming the key) when it is empty or unreadable.
+pub fn read_secret(path: &Path, key: &str, problems: &mut Vec<String>) -> Option<Secret> {
+    match std::fs::read_to_string(path) {
+        Ok(s) => {
+            let s = s.trim_end_matches(['\n', '\r']).to_string();
+            if s.is_empty() {
+                problems.push(format!("{key}: file {path:?} is empty"));
+                None
+            } else {
+                Some(Secret::new(s))
+            }
+        }
+        Err(e) => {
+            problems.push(format!(
+                "{key}: cannot read {path:?}: {}; mount the secret there or remove the key",
+                io_reason(&e)
+            ));
+            None
         }
     }
 }
