@@ -2,6 +2,7 @@
 //! config (raw serde → validated) → scheduler → pipeline (sources → compress → fan-out →
 //! storages → manifest publish → retention); restore reads it back.
 
+pub mod backend;
 pub mod blobs;
 pub mod codec;
 pub mod commands;

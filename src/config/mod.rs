@@ -8,28 +8,23 @@ pub mod raw;
 mod read_data;
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::path::PathBuf;
-
-use chrono::Utc;
 
 pub use crate::codec::Compression;
 pub use crate::section::{IoPriority, Priority};
-pub use raw::{Checksums, LogFormat, Rotation};
+pub use raw::{LogFormat, Rotation};
 pub use read_data::ReadData;
 
 use std::sync::Arc;
 
+use crate::backend::Place;
+use crate::backend::class::StorageClass;
+pub use crate::backend::{LockMode, ObjectLock};
 use crate::engine::Database;
 use crate::retention::RetentionPolicy;
 use crate::schedule::Schedule;
 use crate::secret::Secret;
-use crate::storage::class::{Retrieval, StorageClass};
 
-/// S3 rejects multipart parts under 5 MiB (except the last one).
-pub const MIN_PART_SIZE: u64 = 5 * 1024 * 1024;
-pub const DEFAULT_PART_SIZE: u64 = 8 * 1024 * 1024;
-pub const DEFAULT_MAX_IN_FLIGHT: usize = 2;
 pub const DEFAULT_RETRIES: u32 = 2;
 pub const DEFAULT_RETRY_DELAY: std::time::Duration = std::time::Duration::from_secs(60);
 /// Docker's own default stop timeout is 10 s; compose.yaml raises it above this.
@@ -86,115 +81,26 @@ pub struct LogConfig {
 #[derive(Debug, Clone)]
 pub struct Destination {
     pub name: String,
-    pub kind: DestinationKind,
+    /// Its type's settings, validated by that type (`src/storage/<kind>/`).
+    pub settings: Arc<dyn Place>,
     pub retention: RetentionPolicy,
 }
 
 impl Destination {
-    /// The storage class of its data objects, for S3 destinations that set one.
+    /// The storage class of its data objects, where its type sets one.
     pub fn storage_class(&self) -> Option<StorageClass> {
-        match &self.kind {
-            DestinationKind::S3(s) => s.storage_class,
-            DestinationKind::Local(_) => None,
-        }
+        self.settings.storage_class()
     }
 
     /// The Object Lock every backup object written here carries, if any.
     pub fn object_lock(&self) -> Option<ObjectLock> {
-        match &self.kind {
-            DestinationKind::S3(s) => s.object_lock,
-            DestinationKind::Local(_) => None,
-        }
+        self.settings.object_lock()
     }
 
     /// How young a backup retention must keep whatever its rules say: the class's minimum
     /// storage duration, unless `early_delete = true`.
     pub fn min_storage(&self) -> Option<(StorageClass, u32)> {
-        match &self.kind {
-            DestinationKind::S3(s) if !s.early_delete => s
-                .storage_class
-                .filter(|c| c.min_storage_days() > 0)
-                .map(|c| (c, c.min_storage_days())),
-            _ => None,
-        }
-    }
-}
-
-#[derive(Debug, Clone)]
-pub enum DestinationKind {
-    Local(LocalConfig),
-    S3(S3Config),
-}
-
-#[derive(Debug, Clone)]
-pub struct LocalConfig {
-    pub path: PathBuf,
-}
-
-#[derive(Debug, Clone)]
-pub struct S3Config {
-    pub bucket: String,
-    /// Normalised: no leading or trailing slash, may be empty.
-    pub prefix: String,
-    pub region: Option<String>,
-    pub endpoint: Option<String>,
-    pub force_path_style: bool,
-    /// Of data objects (dumps, file blobs); manifests and indexes are always STANDARD.
-    pub storage_class: Option<StorageClass>,
-    pub retrieval: Retrieval,
-    /// Retention may delete a backup younger than the class's minimum storage duration.
-    pub early_delete: bool,
-    pub credentials: Option<StaticCredentials>,
-    pub part_size: u64,
-    pub max_in_flight: usize,
-    /// Parts a multipart upload may have; past a tenth of them each, parts double.
-    pub max_parts: u32,
-    pub checksums: Checksums,
-    /// S3 Object Lock on every data object and manifest written here.
-    pub object_lock: Option<ObjectLock>,
-}
-
-/// `object_lock = { mode = "GOVERNANCE" | "COMPLIANCE", days = N }` of an S3 destination.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ObjectLock {
-    pub mode: LockMode,
-    /// Each object is retained until `days` after it is written (or referenced again).
-    pub days: u32,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LockMode {
-    /// Users with s3:BypassGovernanceRetention can still delete or shorten the lock.
-    Governance,
-    /// Nobody, the root account included, can delete a version before its date.
-    Compliance,
-}
-
-impl LockMode {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            LockMode::Governance => "GOVERNANCE",
-            LockMode::Compliance => "COMPLIANCE",
-        }
-    }
-}
-
-impl ObjectLock {
-    /// The retain-until date of an object written (or referenced again) at `now`.
-    pub fn until(&self, now: chrono::DateTime<Utc>) -> chrono::DateTime<Utc> {
-        now + chrono::TimeDelta::days(self.days.into())
-    }
-}
-
-#[derive(Clone)]
-pub struct StaticCredentials {
-    pub access_key_id: String,
-    pub secret_access_key: Secret,
-}
-
-impl fmt::Debug for StaticCredentials {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "StaticCredentials({}, ***)", self.access_key_id)
+        self.settings.min_storage()
     }
 }
 

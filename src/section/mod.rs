@@ -1,6 +1,7 @@
-//! What an engine sees of its own section of the config, and what it needs to read one: the
-//! job's process priority, secret files, and serde errors in the config file's words
-//! (`words`). Below the engine interface, so an engine names config only through this.
+//! What an engine or a destination type sees of its own section of the config, and what it
+//! needs to read one: the job's process priority, secret files, and serde errors in the
+//! config file's words (`words`). Below the engine and storage interfaces, so an engine or a
+//! storage names config only through this.
 
 pub mod words;
 
@@ -9,14 +10,15 @@ use std::path::Path;
 
 use crate::secret::Secret;
 use crate::units::io_reason;
-use words::{describe_figment_error, suggest};
+use words::{closest, describe_figment_error, suggest};
 
-/// A source's section of the config as its engine sees it: every key but `type` and
-/// `name`, the job-level settings that apply to it, and where to report problems (with
-/// the full key path, so messages read like every other config error).
+/// A section of the config as the engine or destination type its `type` names sees it:
+/// every key but `type` and `name` (a destination's: but `type` and `retention`), the
+/// job-level settings that apply to it, and where to report problems (with the full key
+/// path, so messages read like every other config error).
 pub struct Section<'a> {
     pub(crate) key: String,
-    /// The source's name (already checked by config).
+    /// The source's or destination's name (already checked by config).
     pub name: String,
     pub(crate) values: figment::value::Dict,
     /// The job's nice/ionice, for the engine's child processes.
@@ -27,9 +29,52 @@ pub struct Section<'a> {
     /// The other types that take a key (for "only valid for type = …"): the config reader
     /// knows the registries, this module does not.
     pub(crate) owners: &'a dyn Fn(&str) -> Vec<&'static str>,
+    /// The keys an "unknown key" message lists and suggests from, when not the serde type's
+    /// own (a destination's: every type's, as one table of the config file).
+    pub(crate) valid_keys: Option<&'a [&'static str]>,
+    /// Go on past a key of the wrong type (reported, taken out, the rest read again), as the
+    /// config reader does with the tables it reads itself; otherwise parsing stops there.
+    pub(crate) go_on: bool,
+    /// With `go_on`: keys reported while parsing, and absent keys a "did you mean" named.
+    /// What is said about them later adds nothing ([`Section::drop_consequences`]).
+    settled: Vec<String>,
+    /// How many problems there were when parsing ended.
+    parsed_at: Option<usize>,
+}
+
+impl<'a> Section<'a> {
+    /// A section at `key` (e.g. "jobs.app.sources[0]") with `values`, reporting into
+    /// `problems`; job-level settings are the defaults until set.
+    pub(crate) fn new(
+        key: String,
+        name: String,
+        values: figment::value::Dict,
+        problems: &'a mut Vec<String>,
+        owners: &'a dyn Fn(&str) -> Vec<&'static str>,
+    ) -> Section<'a> {
+        Section {
+            key,
+            name,
+            values,
+            priority: Priority::default(),
+            job_exclude_tables: &[],
+            used_job_excludes: false,
+            problems,
+            owners,
+            valid_keys: None,
+            go_on: false,
+            settled: Vec::new(),
+            parsed_at: None,
+        }
+    }
 }
 
 impl Section<'_> {
+    /// The section's own key path, e.g. "destinations.offsite".
+    pub fn path(&self) -> &str {
+        &self.key
+    }
+
     /// Full key path of one of the section's keys, e.g. "jobs.app.sources[0].url".
     pub fn key(&self, field: &str) -> String {
         format!("{}.{field}", self.key)
@@ -64,6 +109,7 @@ impl Section<'_> {
                 // the section is listed at once (the config is invalid either way).
                 Ok(t) => {
                     self.problems.extend(unknown);
+                    self.parsed_at = Some(self.problems.len());
                     return Some(t);
                 }
                 Err(errors) => {
@@ -72,7 +118,9 @@ impl Section<'_> {
                         if let figment::error::Kind::UnknownField(field, expected) = &e.kind
                             && values.remove(field).is_some()
                         {
-                            unknown.push(self.unknown_key(field, expected));
+                            unknown.push(self.unknown_key(field, expected, &values));
+                            progressed = true;
+                        } else if self.go_on && self.take_out(&mut values, &e) {
                             progressed = true;
                         } else {
                             let msg = describe_figment_error(&e);
@@ -86,18 +134,76 @@ impl Section<'_> {
             }
         }
         self.problems.extend(unknown);
+        self.parsed_at = Some(self.problems.len());
         None
     }
 
-    /// "unknown key", or "only valid for type = …" when another source type takes it.
-    fn unknown_key(&self, field: &str, expected: &[&str]) -> String {
+    /// With `go_on`: report a bad key below the section's top level, or a key of the wrong
+    /// type, and take it out. `false` when there is nothing to take out.
+    fn take_out(&mut self, values: &mut figment::value::Dict, e: &figment::Error) -> bool {
+        use figment::error::Kind;
+        let mut path = e.path.clone();
+        match &e.kind {
+            Kind::MissingField(_) => return false,
+            Kind::UnknownField(field, expected) => {
+                if path.last() != Some(field) {
+                    path.push(field.clone());
+                }
+                if let Some(meant) = closest(field, expected) {
+                    let mut meant_path = path[..path.len() - 1].to_vec();
+                    meant_path.push(meant.to_string());
+                    if find(values, &meant_path).is_none() {
+                        self.settled.push(self.key(&meant_path.join(".")));
+                    }
+                }
+            }
+            _ => {}
+        }
+        if !remove(values, &path) {
+            return false;
+        }
+        let msg = describe_figment_error(e);
+        self.problems.push(format!("{}.{msg}", self.key));
+        self.settled.push(self.key(&path.join(".")));
+        true
+    }
+
+    /// Drop the problems reported since parsing about a key parsing reported, or that a
+    /// "did you mean" named (its absence is no news), as the config reader does.
+    pub(crate) fn drop_consequences(&mut self) {
+        let Some(from) = self.parsed_at else {
+            return;
+        };
+        let settled = std::mem::take(&mut self.settled);
+        let mut index = 0;
+        self.problems.retain(|line| {
+            let keep = index < from || !settled.iter().any(|key| is_at_or_under(line, key));
+            index += 1;
+            keep
+        });
+    }
+
+    /// "unknown key", or "only valid for type = …" when another type takes it.
+    fn unknown_key(
+        &mut self,
+        field: &str,
+        expected: &[&str],
+        values: &figment::value::Dict,
+    ) -> String {
         let key = self.key(field);
         let owners = (self.owners)(field);
+        let valid: &[&str] = self.valid_keys.unwrap_or(expected);
         if owners.is_empty() {
+            if self.go_on
+                && let Some(meant) = closest(field, valid)
+                && !values.contains_key(meant)
+            {
+                self.settled.push(self.key(meant));
+            }
             format!(
                 "{key}: unknown key \"{field}\"{}; valid keys here: {}",
-                suggest(field, expected),
-                expected.join(", ")
+                suggest(field, valid),
+                valid.join(", ")
             )
         } else {
             format!(
@@ -171,6 +277,41 @@ impl IoPriority {
             )),
         }
     }
+}
+
+/// Whether problem `line` names `key` or a key under it.
+fn is_at_or_under(line: &str, key: &str) -> bool {
+    line.strip_prefix(key)
+        .is_some_and(|rest| rest.starts_with([':', '.', '[']))
+}
+
+fn find<'v>(
+    values: &'v figment::value::Dict,
+    path: &[String],
+) -> Option<&'v figment::value::Value> {
+    let (first, rest) = path.split_first()?;
+    let mut value = values.get(first)?;
+    for seg in rest {
+        value = match value {
+            figment::value::Value::Dict(_, d) => d.get(seg)?,
+            _ => return None,
+        };
+    }
+    Some(value)
+}
+
+fn remove(values: &mut figment::value::Dict, path: &[String]) -> bool {
+    let Some((last, parents)) = path.split_last() else {
+        return false;
+    };
+    let mut dict = values;
+    for seg in parents {
+        dict = match dict.get_mut(seg) {
+            Some(figment::value::Value::Dict(_, d)) => d,
+            _ => return false,
+        };
+    }
+    dict.remove(last).is_some()
 }
 
 /// The content of a secret file named by `key`, its trailing newline dropped; `None` (and

@@ -80,16 +80,13 @@ pub(crate) fn configure_section(
     .extract()
     .map_err(|e| vec![e.to_string()])?;
     let mut problems = Vec::new();
-    let mut section = crate::section::Section {
-        key: "jobs.app.sources[0]".to_string(),
-        name: "db".to_string(),
+    let mut section = crate::section::Section::new(
+        "jobs.app.sources[0]".to_string(),
+        "db".to_string(),
         values,
-        priority: crate::section::Priority::default(),
-        job_exclude_tables: &[],
-        used_job_excludes: false,
-        problems: &mut problems,
-        owners: &owners_of,
-    };
+        &mut problems,
+        &owners_of,
+    );
     let db = find(kind).and_then(|e| e.configure(&mut section));
     match db {
         Some(db) if problems.is_empty() => Ok(db),

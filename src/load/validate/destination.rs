@@ -1,92 +1,79 @@
-//! `[destinations.NAME]`: its type's settings (S3 ones in `s3`) and its retention.
+//! `[destinations.NAME]`: its type's settings, validated by the destination type its `type`
+//! names (`src/storage/<kind>/`, through `crate::storage::find`), and its retention.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
-use super::{NAME_RULE, s3, valid_name};
-use crate::config::{Destination, DestinationKind, LocalConfig, raw};
+use super::{NAME_RULE, valid_name};
+use crate::config::{Destination, raw};
 use crate::retention::RetentionPolicy;
+use crate::section::Section;
+use crate::section::words::suggest;
 
+/// Every `[destinations.NAME]`, and the names defined (a destination whose section has
+/// problems is still one a job may name).
 pub(super) fn destinations(
     raw: BTreeMap<String, raw::RawDestination>,
     problems: &mut Vec<String>,
-) -> BTreeMap<String, Destination> {
+) -> (BTreeMap<String, Destination>, BTreeSet<String>) {
     let mut destinations = BTreeMap::new();
+    let names = raw.keys().cloned().collect();
     for (name, d) in raw {
-        let destination = destination(name.clone(), d, problems);
-        destinations.insert(name, destination);
+        if let Some(destination) = destination(name.clone(), d, problems) {
+            destinations.insert(name, destination);
+        }
     }
-    destinations
+    (destinations, names)
 }
 
-fn destination(name: String, d: raw::RawDestination, problems: &mut Vec<String>) -> Destination {
+/// One destination: its name, its section (validated by the type it names), its retention.
+fn destination(
+    name: String,
+    d: raw::RawDestination,
+    problems: &mut Vec<String>,
+) -> Option<Destination> {
     let key = format!("destinations.{name}");
     if !valid_name(&name) {
         problems.push(format!(
             "{key}: invalid destination name \"{name}\": {NAME_RULE}"
         ));
     }
-    let kind = match d.kind {
-        raw::DestinationType::Local => local(&key, &d, problems),
-        raw::DestinationType::S3 => {
-            only_for(&key, "local", &[("path", d.path.is_some())], problems);
-            DestinationKind::S3(s3::validate_s3(&key, &d, problems))
-        }
-    };
     let retention = retention(d.retention, &key, problems);
-    Destination {
+    let known = crate::storage::find(&d.kind);
+    if known.is_none() {
+        let kinds = crate::storage::kinds();
+        problems.push(format!(
+            "{key}.type: unknown value \"{}\"{}; expected one of: {}",
+            d.kind,
+            suggest(&d.kind, &kinds),
+            kinds.join(", ")
+        ));
+    }
+    // Under an unknown (or missing) type the rest is still read, as the first type's, so
+    // that its other mistakes are listed at once; what that type says about keys of its
+    // own kind ("required for type = …", "only valid for type = …") is dropped below.
+    let kind = known.or_else(|| crate::storage::registered().first().copied())?;
+    let start = problems.len();
+    let valid = crate::storage::table_keys();
+    let owners = crate::storage::owners_of;
+    let mut section = Section::new(key, name.clone(), d.rest, problems, &owners);
+    section.valid_keys = Some(&valid);
+    section.go_on = true;
+    let settings = kind.configure(&mut section);
+    section.drop_consequences();
+    if known.is_none() {
+        let mut index = 0;
+        problems.retain(|line| {
+            let keep = index < start || !line.contains("type = ");
+            index += 1;
+            keep
+        });
+        return None;
+    }
+    Some(Destination {
         name,
-        kind,
+        settings: settings?,
         retention,
-    }
-}
-
-/// `type = "local"`: a path, and none of the S3 keys.
-fn local(key: &str, d: &raw::RawDestination, problems: &mut Vec<String>) -> DestinationKind {
-    only_for(
-        key,
-        "s3",
-        &[
-            ("bucket", d.bucket.is_some()),
-            ("prefix", d.prefix.is_some()),
-            ("region", d.region.is_some()),
-            ("endpoint", d.endpoint.is_some()),
-            ("force_path_style", d.force_path_style.is_some()),
-            ("storage_class", d.storage_class.is_some()),
-            ("access_key_id", d.access_key_id.is_some()),
-            ("secret_access_key_file", d.secret_access_key_file.is_some()),
-            ("part_size", d.part_size.is_some()),
-            ("max_in_flight", d.max_in_flight.is_some()),
-            ("max_parts", d.max_parts.is_some()),
-            ("checksums", d.checksums.is_some()),
-            ("retrieval", d.retrieval.is_some()),
-            ("early_delete", d.early_delete.is_some()),
-            ("object_lock", d.object_lock.is_some()),
-        ],
-        problems,
-    );
-    match &d.path {
-        None => problems.push(format!(
-            "{key}.path: required for type = \"local\"; e.g. path = \"/var/backups/stowage\""
-        )),
-        Some(p) if !p.is_absolute() => problems.push(format!(
-            "{key}.path: {p:?} must be an absolute path (a mounted volume such as \"/var/backups/stowage\")"
-        )),
-        Some(_) => {}
-    }
-    DestinationKind::Local(LocalConfig {
-        path: d.path.clone().unwrap_or_default(),
     })
-}
-
-/// Keys that belong to another destination type are errors, not silently ignored.
-fn only_for(key: &str, other: &str, keys: &[(&str, bool)], problems: &mut Vec<String>) {
-    for (k, present) in keys {
-        if *present {
-            problems.push(format!(
-                "{key}.{k}: only valid for type = \"{other}\"; remove it or change the type"
-            ));
-        }
-    }
 }
 
 fn retention(raw: raw::RawRetention, key: &str, problems: &mut Vec<String>) -> RetentionPolicy {

@@ -9,7 +9,6 @@ mod heal;
 mod horizon;
 mod job;
 mod notify;
-mod s3;
 mod source;
 
 use std::path::Path;
@@ -27,8 +26,8 @@ pub(super) fn validate(path: &Path, raw: raw::RawConfig) -> Result<Config, Vec<S
     let log = log(raw.log, &mut problems);
     let shutdown_grace = shutdown_grace(raw.shutdown_grace.as_deref(), &mut problems);
     let (listen, server_token) = server(raw.server.as_ref(), &mut problems);
-    let destinations = destination::destinations(raw.destinations, &mut problems);
-    let jobs = job::jobs(raw.jobs, &destinations, &mut problems, &mut warnings);
+    let (destinations, defined) = destination::destinations(raw.destinations, &mut problems);
+    let jobs = job::jobs(raw.jobs, &defined, &mut problems, &mut warnings);
 
     warnings.extend(horizon::early_delete_warnings(
         &destinations,

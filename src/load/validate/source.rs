@@ -45,16 +45,9 @@ pub(super) fn sources(
                 s.name
             ));
         }
-        let mut section = Section {
-            key: skey,
-            name: s.name,
-            values: s.rest,
-            priority,
-            job_exclude_tables,
-            used_job_excludes: false,
-            problems: &mut *problems,
-            owners: &owners,
-        };
+        let mut section = Section::new(skey, s.name, s.rest, &mut *problems, &owners);
+        section.priority = priority;
+        section.job_exclude_tables = job_exclude_tables;
         let (source, used) = source(&s.kind, &mut section);
         used_job_excludes |= used;
         sources.extend(source);
