@@ -162,7 +162,6 @@ pub(super) fn sort_problems(problems: &mut Vec<String>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::section::words::suggest;
 
     #[test]
     fn config_variables_from_the_environment() {
@@ -240,14 +239,5 @@ mod tests {
             problem_key("jobs.app.sources[1].exclude[0]: invalid glob"),
             ["jobs", "app", "sources", "1", "exclude", "0"]
         );
-    }
-
-    #[test]
-    fn suggestions() {
-        assert_eq!(
-            suggest("scedule", &["schedule", "timezone"]),
-            " (did you mean \"schedule\"?)"
-        );
-        assert_eq!(suggest("xyz", &["schedule"]), "");
     }
 }

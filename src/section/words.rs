@@ -151,3 +151,17 @@ pub fn strsim_distance(a: &str, b: &str) -> usize {
     }
     prev[b.len()]
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn suggestions() {
+        assert_eq!(
+            suggest("scedule", &["schedule", "timezone"]),
+            " (did you mean \"schedule\"?)"
+        );
+        assert_eq!(suggest("xyz", &["schedule"]), "");
+    }
+}
