@@ -454,7 +454,7 @@ async fn reload(
     slots: &mut BTreeMap<String, Arc<JobSlot>>,
 ) -> Result<(), DaemonError> {
     let old = ctx.config();
-    let new = match crate::config::load(&old.path) {
+    let new = match crate::load::load(&old.path) {
         Ok(c) => Arc::new(c),
         Err(e) => {
             error!("SIGHUP: config reload rejected, the running config stays in effect: {e}");

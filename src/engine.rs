@@ -22,7 +22,7 @@ use async_trait::async_trait;
 use futures::future::BoxFuture;
 use tokio::io::AsyncRead;
 
-pub use crate::config::Section;
+pub use crate::section::Section;
 
 /// One kind of database, registered in [`crate::source::ENGINES`].
 pub trait Engine: Send + Sync {
@@ -32,7 +32,7 @@ pub trait Engine: Send + Sync {
     fn aliases(&self) -> &'static [&'static str] {
         &[]
     }
-    /// The keys its section accepts: `crate::config::serde_fields::<ItsRawConfig>()`.
+    /// The keys its section accepts: `crate::section::serde_fields::<ItsRawConfig>()`.
     fn keys(&self) -> &'static [&'static str];
     /// Whether the engine's objects are tables that `exclude_tables` can name.
     fn has_tables(&self) -> bool {

@@ -14,7 +14,7 @@ use std::time::Instant;
 use serde::Serialize;
 use tracing::{error, info, warn};
 
-use crate::config::{Config, DestinationKind, Job};
+use crate::config::{Config, Job};
 use crate::engine::{Database, SourceError};
 use crate::manifest::{self, JobListing, Manifest};
 use crate::restore::{self, RestoreError, RestoreRequest};
@@ -727,7 +727,7 @@ async fn candidates(
     // An archive tier needs a retrieval (hours) before a restore: not a source for healing.
     stores.retain(|s| restore::archive_class(config, s.name).is_none());
     // Stable: the job's order among local ones and among the others.
-    stores.sort_by_key(|s| !matches!(s.destination.kind, DestinationKind::Local(_)));
+    stores.sort_by_key(|s| !s.destination.settings.is_nearby());
     let mut ids: Vec<(manifest::Published, Vec<usize>)> = Vec::new();
     for (d, st) in stores.iter().enumerate() {
         match JobListing::read_backups(st.storage.as_ref(), &job.name).await {

@@ -2,6 +2,7 @@
 //! config (raw serde → validated) → scheduler → pipeline (sources → compress → fan-out →
 //! storages → manifest publish → retention); restore reads it back.
 
+pub mod backend;
 pub mod blobs;
 pub mod codec;
 pub mod commands;
@@ -15,6 +16,7 @@ pub mod heal;
 pub mod history;
 pub mod instance;
 pub mod layout;
+pub mod load;
 pub mod logging;
 pub mod manifest;
 pub mod names;
@@ -31,6 +33,7 @@ pub mod restore;
 pub mod retention;
 pub mod schedule;
 pub mod secret;
+pub mod section;
 pub mod server;
 pub mod source;
 pub mod status;

@@ -249,7 +249,7 @@ path = "/data"
             ),
         )
         .expect("write");
-        crate::config::load_with_env(&path, false).expect("valid")
+        crate::load::load_with_env(&path, false).expect("valid")
     }
 
     fn run(outcome: &str, at: DateTime<Utc>) -> Option<RunStatus> {

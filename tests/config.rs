@@ -5,6 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use stowage::config::{self, ConfigError};
+use stowage::load;
 
 /// The shipped examples name secrets under /run/secrets; point those at dummy files so
 /// the example is tested exactly as shipped otherwise.
@@ -22,7 +23,7 @@ fn load_example(name: &str) -> Result<config::Config, ConfigError> {
     let text = text.replace("/run/secrets/", &format!("{}/", secrets.display()));
     let path = dir.path().join(name);
     std::fs::write(&path, text).expect("write example");
-    config::load_with_env(&path, false)
+    load::load_with_env(&path, false)
 }
 
 #[test]
@@ -92,7 +93,7 @@ fn files_before_database_is_a_warning() {
         "[[jobs.app.sources]]\ntype = \"files\"\nname = \"media\"\npath = \"/data/media\"\n\n[[jobs.app.sources]]\ntype = \"postgres\"",
     );
     std::fs::write(&path, text).expect("write");
-    let cfg = config::load_with_env(&path, false).expect("valid, with a warning");
+    let cfg = load::load_with_env(&path, false).expect("valid, with a warning");
     assert_eq!(cfg.warnings.len(), 1, "{:?}", cfg.warnings);
     assert!(
         cfg.warnings[0].contains("files source \"media\" runs before database source \"db\""),
@@ -115,7 +116,7 @@ fn retention_shorter_than_the_minimum_storage_duration_is_a_warning() {
             "\n[destinations.cold]\ntype = \"s3\"\nbucket = \"archive\"\nstorage_class = \"{class}\"\nretention = {retention}\n{extra}"
         );
         std::fs::write(&path, text).expect("write");
-        config::load_with_env(&path, false)
+        load::load_with_env(&path, false)
             .expect("valid, maybe with a warning")
             .warnings
     };
@@ -347,7 +348,7 @@ fn cases() -> Vec<Case> {
 fn message(dir: &Path, c: &Case) -> String {
     let path: PathBuf = dir.join(c.file);
     std::fs::write(&path, &c.text).expect("write case");
-    let err = match config::load_with_env(&path, false) {
+    let err = match load::load_with_env(&path, false) {
         Ok(_) => panic!("case {:?} was accepted", c.name),
         Err(e) => e.to_string(),
     };
@@ -368,7 +369,7 @@ fn bad_configs_get_specific_messages() {
 
 #[test]
 fn missing_file_says_how_to_fix() {
-    let err = config::load_with_env(Path::new("/nonexistent/stowage.toml"), false)
+    let err = load::load_with_env(Path::new("/nonexistent/stowage.toml"), false)
         .err()
         .map(|e| e.to_string())
         .unwrap_or_default();
@@ -385,7 +386,7 @@ fn base_case_is_valid() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("stowage.toml");
     std::fs::write(&path, BASE).expect("write");
-    config::load_with_env(&path, false).expect("the base config is valid");
+    load::load_with_env(&path, false).expect("the base config is valid");
 }
 
 /// Several mistakes in one file, in several sections: every one is reported, each on its
@@ -429,7 +430,7 @@ path = "media"
 "#,
     )
     .expect("write");
-    let err = config::load_with_env(&path, false)
+    let err = load::load_with_env(&path, false)
         .err()
         .map(|e| e.to_string())
         .unwrap_or_default();
@@ -620,10 +621,10 @@ fn shutdown_grace_from_the_environment_child() {
     let Some(path) = std::env::var_os(CHILD_CONFIG) else {
         return; // not the child: nothing to do
     };
-    let cfg = config::load_with_env(Path::new(&path), true).expect("loads");
+    let cfg = load::load_with_env(Path::new(&path), true).expect("loads");
     assert_eq!(cfg.shutdown_grace, std::time::Duration::from_secs(2));
     // The file's value is what applies without the environment.
-    let cfg = config::load_with_env(Path::new(&path), false).expect("loads");
+    let cfg = load::load_with_env(Path::new(&path), false).expect("loads");
     assert_eq!(cfg.shutdown_grace, std::time::Duration::from_secs(60));
     println!("child: shutdown_grace 2s");
 }

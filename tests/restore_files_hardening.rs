@@ -144,7 +144,7 @@ async fn links_at_a_file_path_and_its_temporary_name_are_not_followed() {
         .join(format!(".f.stowage-restore-{}", std::process::id()));
     symlink(fx.p("outside/victim2"), &planted).expect("plant");
 
-    let config = stowage::config::load(&cfg).expect("config");
+    let config = stowage::load::load(&cfg).expect("config");
     let req = stowage::restore::RestoreRequest {
         job: JOB.into(),
         id: "latest".into(),

@@ -310,7 +310,7 @@ fn scheduled_verify_reads_data_as_configured() {
 fn read_data_config_is_validated() {
     let load = |verify: &str| {
         let (s, _) = files_setup(verify);
-        stowage::config::load_with_env(&s.config, false)
+        stowage::load::load_with_env(&s.config, false)
     };
     let ok = load("verify = \"0 4 * * *\"").expect("short form");
     assert!(ok.jobs[JOB].verify.is_some());

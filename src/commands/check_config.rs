@@ -4,7 +4,7 @@ use std::path::Path;
 use chrono::Utc;
 
 use super::{EXIT_CONFIG, EXIT_OK, load_config};
-use crate::config::{Config, DestinationKind, Job, S3Config, SourceConfig};
+use crate::config::{Config, Job, SourceConfig};
 
 pub fn run(path: &Path, connect: bool) -> i32 {
     let Some(config) = load_config(path) else {
@@ -72,10 +72,7 @@ pub fn summary(config: &Config, now: chrono::DateTime<Utc>) -> String {
 fn destinations(out: &mut String, config: &Config) {
     let _ = writeln!(out, "destinations:");
     for d in config.destinations.values() {
-        let what = match &d.kind {
-            DestinationKind::Local(l) => format!("local {}", l.path.display()),
-            DestinationKind::S3(s) => describe_s3(s),
-        };
+        let what = d.settings.describe();
         let _ = writeln!(out, "  {:<12} {what}", d.name);
         let _ = writeln!(out, "  {:<12} retention: {}", "", d.retention.describe());
         if !config
@@ -86,51 +83,6 @@ fn destinations(out: &mut String, config: &Config) {
             let _ = writeln!(out, "  {:<12} warning: no job uses this destination", "");
         }
     }
-}
-
-/// An S3 destination in one line: bucket, endpoint, class and its costs, lock, credentials.
-fn describe_s3(s: &S3Config) -> String {
-    let mut t = format!("s3://{}", s.bucket);
-    if !s.prefix.is_empty() {
-        t.push('/');
-        t.push_str(&s.prefix);
-    }
-    if let Some(ep) = &s.endpoint {
-        let _ = write!(t, " at {ep}");
-    }
-    if let Some(r) = &s.region {
-        let _ = write!(t, ", region {r}");
-    }
-    if let Some(c) = &s.storage_class {
-        let _ = write!(t, ", class {c}");
-        if c.needs_retrieval() {
-            let _ = write!(
-                t,
-                " (retrieval: {} tier, {} days)",
-                s.retrieval.tier, s.retrieval.days
-            );
-        }
-        if c.min_storage_days() > 0 {
-            let _ = write!(
-                t,
-                ", minimum storage {} days{}",
-                c.min_storage_days(),
-                if s.early_delete {
-                    " (early_delete)"
-                } else {
-                    ""
-                }
-            );
-        }
-    }
-    if let Some(l) = &s.object_lock {
-        let _ = write!(t, ", object lock {} {} days", l.mode.as_str(), l.days);
-    }
-    t.push_str(match &s.credentials {
-        Some(_) => ", credentials from config",
-        None => ", credentials from the AWS chain",
-    });
-    t
 }
 
 /// Each job: schedule, sources, destinations, next runs, encryption and drill.

@@ -483,7 +483,7 @@ fn restore_request(command: Command) -> Option<crate::restore::RestoreRequest> {
 
 /// Load the config or print why not; `None` means exit with [`EXIT_CONFIG`].
 pub(crate) fn load_config(path: &std::path::Path) -> Option<crate::config::Config> {
-    match crate::config::load(path) {
+    match crate::load::load(path) {
         Ok(c) => Some(c),
         Err(e) => {
             eprintln!("error: {e}");

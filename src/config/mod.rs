@@ -1,43 +1,30 @@
-//! Configuration: read (figment: file + `STOWAGE_…` environment overrides), then
-//! validated purely into the types the scheduler and pipeline use. The only I/O here is
-//! reading the config file and checking that the secret files it names are readable.
-//! Every problem is reported at once, one line each naming its key.
-//!
-//! The steps, one file each: `read` (figment, going on past bad keys), `diagnose` (what a
-//! serde error means to the user: unknown keys, typos, which environment variable set a
-//! value) and `validate` (one function per section); `section` is what a source engine
-//! sees of its own section. This file keeps the types the rest of stowage uses and [`load`].
+//! Configuration: the types the scheduler, the pipeline and the commands use, as
+//! `crate::load` builds them from the config file (reading and validation live there, above
+//! the engine and storage registries; these types stay below them). A job's databases are
+//! `Arc<dyn Database>` (`crate::engine`), built by their engines; `raw` is the file as serde
+//! sees it.
 
-mod diagnose;
 pub mod raw;
-mod read;
 mod read_data;
-mod section;
-mod validate;
 
 use std::collections::BTreeMap;
-use std::fmt;
-use std::path::{Path, PathBuf};
-
-use chrono::Utc;
+use std::path::PathBuf;
 
 pub use crate::codec::Compression;
-pub use raw::{Checksums, LogFormat, Rotation};
+pub use crate::section::{IoPriority, Priority};
+pub use raw::{LogFormat, Rotation};
 pub use read_data::ReadData;
-pub use section::{Section, serde_fields};
 
 use std::sync::Arc;
 
+use crate::backend::Place;
+use crate::backend::class::StorageClass;
+pub use crate::backend::{LockMode, ObjectLock};
 use crate::engine::Database;
 use crate::retention::RetentionPolicy;
 use crate::schedule::Schedule;
 use crate::secret::Secret;
-use crate::storage::class::{Retrieval, StorageClass};
 
-/// S3 rejects multipart parts under 5 MiB (except the last one).
-pub const MIN_PART_SIZE: u64 = 5 * 1024 * 1024;
-pub const DEFAULT_PART_SIZE: u64 = 8 * 1024 * 1024;
-pub const DEFAULT_MAX_IN_FLIGHT: usize = 2;
 pub const DEFAULT_RETRIES: u32 = 2;
 pub const DEFAULT_RETRY_DELAY: std::time::Duration = std::time::Duration::from_secs(60);
 /// Docker's own default stop timeout is 10 s; compose.yaml raises it above this.
@@ -94,115 +81,26 @@ pub struct LogConfig {
 #[derive(Debug, Clone)]
 pub struct Destination {
     pub name: String,
-    pub kind: DestinationKind,
+    /// Its type's settings, validated by that type (`src/storage/<kind>/`).
+    pub settings: Arc<dyn Place>,
     pub retention: RetentionPolicy,
 }
 
 impl Destination {
-    /// The storage class of its data objects, for S3 destinations that set one.
+    /// The storage class of its data objects, where its type sets one.
     pub fn storage_class(&self) -> Option<StorageClass> {
-        match &self.kind {
-            DestinationKind::S3(s) => s.storage_class,
-            DestinationKind::Local(_) => None,
-        }
+        self.settings.storage_class()
     }
 
     /// The Object Lock every backup object written here carries, if any.
     pub fn object_lock(&self) -> Option<ObjectLock> {
-        match &self.kind {
-            DestinationKind::S3(s) => s.object_lock,
-            DestinationKind::Local(_) => None,
-        }
+        self.settings.object_lock()
     }
 
     /// How young a backup retention must keep whatever its rules say: the class's minimum
     /// storage duration, unless `early_delete = true`.
     pub fn min_storage(&self) -> Option<(StorageClass, u32)> {
-        match &self.kind {
-            DestinationKind::S3(s) if !s.early_delete => s
-                .storage_class
-                .filter(|c| c.min_storage_days() > 0)
-                .map(|c| (c, c.min_storage_days())),
-            _ => None,
-        }
-    }
-}
-
-#[derive(Debug, Clone)]
-pub enum DestinationKind {
-    Local(LocalConfig),
-    S3(S3Config),
-}
-
-#[derive(Debug, Clone)]
-pub struct LocalConfig {
-    pub path: PathBuf,
-}
-
-#[derive(Debug, Clone)]
-pub struct S3Config {
-    pub bucket: String,
-    /// Normalised: no leading or trailing slash, may be empty.
-    pub prefix: String,
-    pub region: Option<String>,
-    pub endpoint: Option<String>,
-    pub force_path_style: bool,
-    /// Of data objects (dumps, file blobs); manifests and indexes are always STANDARD.
-    pub storage_class: Option<StorageClass>,
-    pub retrieval: Retrieval,
-    /// Retention may delete a backup younger than the class's minimum storage duration.
-    pub early_delete: bool,
-    pub credentials: Option<StaticCredentials>,
-    pub part_size: u64,
-    pub max_in_flight: usize,
-    /// Parts a multipart upload may have; past a tenth of them each, parts double.
-    pub max_parts: u32,
-    pub checksums: Checksums,
-    /// S3 Object Lock on every data object and manifest written here.
-    pub object_lock: Option<ObjectLock>,
-}
-
-/// `object_lock = { mode = "GOVERNANCE" | "COMPLIANCE", days = N }` of an S3 destination.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ObjectLock {
-    pub mode: LockMode,
-    /// Each object is retained until `days` after it is written (or referenced again).
-    pub days: u32,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LockMode {
-    /// Users with s3:BypassGovernanceRetention can still delete or shorten the lock.
-    Governance,
-    /// Nobody, the root account included, can delete a version before its date.
-    Compliance,
-}
-
-impl LockMode {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            LockMode::Governance => "GOVERNANCE",
-            LockMode::Compliance => "COMPLIANCE",
-        }
-    }
-}
-
-impl ObjectLock {
-    /// The retain-until date of an object written (or referenced again) at `now`.
-    pub fn until(&self, now: chrono::DateTime<Utc>) -> chrono::DateTime<Utc> {
-        now + chrono::TimeDelta::days(self.days.into())
-    }
-}
-
-#[derive(Clone)]
-pub struct StaticCredentials {
-    pub access_key_id: String,
-    pub secret_access_key: Secret,
-}
-
-impl fmt::Debug for StaticCredentials {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "StaticCredentials({}, ***)", self.access_key_id)
+        self.settings.min_storage()
     }
 }
 
@@ -355,41 +253,6 @@ impl Notify {
     }
 }
 
-/// Scheduling priority for child processes.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Priority {
-    /// 0 (normal) ..= 19 (lowest).
-    pub nice: Option<i32>,
-    pub io: Option<IoPriority>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum IoPriority {
-    /// Only when no one else uses the disk.
-    Idle,
-    /// 0 (highest) ..= 7 (lowest) within the normal class.
-    BestEffort(u8),
-}
-
-impl IoPriority {
-    pub fn parse(text: &str) -> Result<IoPriority, String> {
-        let t = text.trim().to_ascii_lowercase();
-        match t.split_once(':') {
-            None if t == "idle" => Ok(IoPriority::Idle),
-            None if t == "best-effort" => Ok(IoPriority::BestEffort(7)),
-            Some(("best-effort", level)) => match level.parse::<u8>() {
-                Ok(l) if l <= 7 => Ok(IoPriority::BestEffort(l)),
-                _ => Err(format!(
-                    "invalid ionice \"{text}\": the best-effort level is 0 (highest) to 7 (lowest)"
-                )),
-            },
-            _ => Err(format!(
-                "invalid ionice \"{text}\"; use \"idle\", \"best-effort\" or \"best-effort:0\"..\"best-effort:7\""
-            )),
-        }
-    }
-}
-
 /// A directory tree backed up file by file into content-addressed blobs.
 #[derive(Debug, Clone)]
 pub struct FilesConfig {
@@ -406,57 +269,3 @@ pub fn default_path() -> PathBuf {
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("/config/stowage.toml"))
 }
-
-/// Read and validate. Environment overrides are `STOWAGE_<KEY>__<KEY>…` (for example
-/// `STOWAGE_JOBS__REPLAY__SCHEDULE`), and `STOWAGE_<KEY>` for a top-level key (for example
-/// `STOWAGE_SHUTDOWN_GRACE`). Other `STOWAGE_…` variables without `__` are not config:
-/// those stowage reads for itself ([`OWN_VARIABLES`]) and any others are ignored, except
-/// near misses of a top-level key, which are reported like an unknown key in the file.
-///
-/// Every problem is reported at once: see `read_raw` for how parsing goes on past the
-/// first bad key, and `sort_problems` for the order.
-pub fn load(path: &Path) -> Result<Config, ConfigError> {
-    load_with_env(path, true)
-}
-
-pub fn load_with_env(path: &Path, use_env: bool) -> Result<Config, ConfigError> {
-    let figment = read::figment(path, use_env)?;
-    let invalid = |mut problems: Vec<String>| {
-        diagnose::sort_problems(&mut problems);
-        ConfigError::Invalid {
-            path: path.to_path_buf(),
-            problems,
-        }
-    };
-    let (raw, reading) = read::read_raw(&figment).map_err(invalid)?;
-    match validate::validate(path, raw) {
-        Ok(config) if reading.problems.is_empty() => Ok(config),
-        Ok(_) => Err(invalid(reading.problems)),
-        Err(found) => {
-            let mut problems = reading.problems.clone();
-            problems.extend(
-                found
-                    .iter()
-                    .filter(|line| !reading.is_consequence(line))
-                    .map(|line| reading.with_origin(line)),
-            );
-            if problems.is_empty() {
-                // Cannot happen (a stand-in comes with a reported problem), but never
-                // turn an invalid config into an empty list.
-                problems = found;
-            }
-            Err(invalid(problems))
-        }
-    }
-}
-
-/// `STOWAGE_<NAME>` variables stowage reads for itself (`STOWAGE_CONFIG`, the daemon's pid
-/// and state files) or sets for its child processes: never config keys.
-pub const OWN_VARIABLES: [&str; 6] = [
-    "config",
-    "pid_file",
-    "state_file",
-    "restore_target",
-    "restore_clean",
-    "progress_interval",
-];

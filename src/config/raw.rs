@@ -114,68 +114,20 @@ pub enum Rotation {
     Never,
 }
 
-#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum DestinationType {
-    Local,
-    S3,
-}
-
-/// One flat struct for every destination type (rather than a serde-tagged enum) so that
-/// errors keep their full key path, and a key of the wrong type gets its own message.
+/// `[destinations.NAME]`: `type` picks who validates the rest, the destination type
+/// registered under that name (`src/storage/<kind>/`), which reads the remaining keys into
+/// its own serde type (unknown keys are errors there, with their full path). `retention` is
+/// config's own. Other keys pass serde here and are handed over as `rest`, taken from the
+/// config's value tree by the reader (not through `#[serde(flatten)]`, which would lose the
+/// key paths of errors under `retention`).
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RawDestination {
     #[serde(rename = "type")]
-    pub kind: DestinationType,
+    pub kind: String,
     #[serde(default)]
     pub retention: RawRetention,
-    // local
-    pub path: Option<PathBuf>,
-    // s3
-    pub bucket: Option<String>,
-    pub prefix: Option<String>,
-    pub region: Option<String>,
-    pub endpoint: Option<String>,
-    pub force_path_style: Option<bool>,
-    pub storage_class: Option<String>,
-    pub access_key_id: Option<String>,
-    pub secret_access_key_file: Option<PathBuf>,
-    /// "8MiB" style; bigger parts mean fewer requests but more memory per in-flight part.
-    pub part_size: Option<String>,
-    pub max_in_flight: Option<usize>,
-    /// The store's limit on parts per multipart upload (10,000 on AWS and most others).
-    pub max_parts: Option<u32>,
-    /// Some S3-compatible stores reject the SDK's default request checksums.
-    pub checksums: Option<Checksums>,
-    /// Archive classes: how a retrieval is requested.
-    pub retrieval: Option<RawRetrieval>,
-    /// Let retention delete backups younger than the class's minimum storage duration.
-    pub early_delete: Option<bool>,
-    /// S3 Object Lock: every data object and manifest is written with a retain-until date.
-    pub object_lock: Option<RawObjectLock>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawObjectLock {
-    pub mode: Option<String>,
-    pub days: Option<u32>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawRetrieval {
-    pub days: Option<u32>,
-    pub tier: Option<String>,
-}
-
-#[derive(Debug, Deserialize, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Checksums {
-    #[default]
-    WhenSupported,
-    WhenRequired,
+    #[serde(skip)]
+    pub rest: figment::value::Dict,
 }
 
 #[derive(Debug, Deserialize, Default)]

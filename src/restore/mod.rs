@@ -1200,10 +1200,7 @@ pub fn archive_class(
 ) -> Option<(StorageClass, crate::storage::class::Retrieval)> {
     let d = config.destinations.get(destination)?;
     let class = d.storage_class().filter(|c| c.needs_retrieval())?;
-    match &d.kind {
-        crate::config::DestinationKind::S3(s) => Some((class, s.retrieval)),
-        crate::config::DestinationKind::Local(_) => None,
-    }
+    Some((class, d.settings.retrieval()?))
 }
 
 /// Poll until every object is restorable: 1 s, doubling up to 10 minutes between checks

@@ -57,11 +57,48 @@ pub fn kinds() -> Vec<&'static str> {
         .collect()
 }
 
+/// Other engines that take a key, for "only valid for type = …" in a source's section.
+pub fn owners_of(field: &str) -> Vec<&'static str> {
+    ENGINES
+        .iter()
+        .filter(|e| e.keys().contains(&field))
+        .map(|e| e.kind())
+        .collect()
+}
+
+/// A source's section given as TOML, configured by the engine its `kind` names, as the
+/// config reader would (for engines' unit tests, which cannot name that reader above them):
+/// the database, or every problem found.
+#[cfg(test)]
+pub(crate) fn configure_section(
+    kind: &str,
+    toml: &str,
+) -> Result<std::sync::Arc<dyn Database>, Vec<String>> {
+    let values: figment::value::Dict = figment::Figment::from(
+        <figment::providers::Toml as figment::providers::Format>::string(toml),
+    )
+    .extract()
+    .map_err(|e| vec![e.to_string()])?;
+    let mut problems = Vec::new();
+    let mut section = crate::section::Section::new(
+        "jobs.app.sources[0]".to_string(),
+        "db".to_string(),
+        values,
+        &mut problems,
+        &owners_of,
+    );
+    let db = find(kind).and_then(|e| e.configure(&mut section));
+    match db {
+        Some(db) if problems.is_empty() => Ok(db),
+        _ => Err(problems),
+    }
+}
+
 /// The `url` (+ `password_file`) pair of a networked engine's section: the password file
 /// is read, the URL parsed by the engine, and a missing or bad URL reported with the
 /// engine's example. `None` when there was a problem.
 pub(crate) fn section_url<U>(
-    section: &mut crate::config::Section<'_>,
+    section: &mut crate::section::Section<'_>,
     url: Option<&str>,
     password_file: Option<&std::path::Path>,
     parse: impl FnOnce(&str, Option<crate::secret::Secret>) -> Result<U, String>,
@@ -84,7 +121,7 @@ pub(crate) fn section_url<U>(
 
 /// `bin_dir`, where an engine's tools are instead of PATH, must be a directory.
 pub(crate) fn check_bin_dir(
-    section: &mut crate::config::Section<'_>,
+    section: &mut crate::section::Section<'_>,
     dir: Option<&std::path::Path>,
     tool: &str,
 ) {
@@ -101,7 +138,7 @@ pub(crate) fn check_bin_dir(
 /// The tables a source skips by default on restore: the job's `exclude_tables` followed by
 /// the source's own, each name checked by the engine (`check`).
 pub(crate) fn table_excludes(
-    section: &mut crate::config::Section<'_>,
+    section: &mut crate::section::Section<'_>,
     own: Option<Vec<String>>,
     check: impl Fn(&str) -> Result<(), String>,
 ) -> Vec<String> {
@@ -123,8 +160,8 @@ pub(crate) fn table_excludes(
 }
 
 /// Apply the job's nice/ionice to a child process, in the child between fork and exec.
-pub(crate) fn lower_priority(cmd: &mut tokio::process::Command, p: crate::config::Priority) {
-    if p == crate::config::Priority::default() {
+pub(crate) fn lower_priority(cmd: &mut tokio::process::Command, p: crate::section::Priority) {
+    if p == crate::section::Priority::default() {
         return;
     }
     // SAFETY: the closure runs in the forked child before exec and only makes two
@@ -137,8 +174,8 @@ pub(crate) fn lower_priority(cmd: &mut tokio::process::Command, p: crate::config
             if let Some(io) = p.io {
                 // ioprio_set(IOPRIO_WHO_PROCESS, 0, class << 13 | level)
                 let (class, level) = match io {
-                    crate::config::IoPriority::Idle => (3i64, 0i64),
-                    crate::config::IoPriority::BestEffort(l) => (2, i64::from(l)),
+                    crate::section::IoPriority::Idle => (3i64, 0i64),
+                    crate::section::IoPriority::BestEffort(l) => (2, i64::from(l)),
                 };
                 libc::syscall(libc::SYS_ioprio_set, 1i64, 0i64, (class << 13) | level);
             }
@@ -243,7 +280,7 @@ pub(crate) fn spawn_error(tool: &str, e: std::io::Error, install_hint: &str) -> 
 /// running), and the job's priority.
 pub(crate) fn tool_command(
     program: impl AsRef<std::ffi::OsStr>,
-    priority: crate::config::Priority,
+    priority: crate::section::Priority,
 ) -> tokio::process::Command {
     let mut cmd = tokio::process::Command::new(program);
     lower_priority(&mut cmd, priority);

@@ -1,133 +1,104 @@
 //! Destinations as dumb key/value stores. Keys are relative to the destination's root
 //! (a directory, or a bucket + prefix) and use '/' separators. Everything that knows what
 //! a backup is (layout, manifests, retention) lives above this trait, written once.
+//!
+//! The destination types register here (`STORAGES`, filled by the `storages!` list), one
+//! folder each, owning its config section, its validation and its `Storage`; the interface
+//! they implement is `crate::backend` (re-exported here, so `crate::storage::Storage` and the
+//! like keep their paths).
 
 pub mod cached;
-pub mod class;
-pub mod local;
-pub mod s3;
 
-use async_trait::async_trait;
-use bytes::Bytes;
-use tokio::io::AsyncRead;
-use tokio::sync::mpsc;
+pub use crate::backend::{
+    Chunk, Failure, Kind, ObjectMeta, ObjectReader, OpenUpload, Place, Retrieval, Storage,
+    StorageError, class,
+};
 
-use crate::config::{Destination, DestinationKind};
+use crate::config::Destination;
 
-/// One item of a streamed upload. The object only becomes visible after `End`: a channel
-/// that closes without it means the producer failed, and the upload is thrown away.
-#[derive(Debug)]
-pub enum Chunk {
-    Data(Bytes),
-    End,
+/// Declares each destination type's module (its folder) and lists it in `STORAGES`.
+macro_rules! storages {
+    ($($module:ident::$kind:ident),* $(,)?) => {
+        $(pub mod $module;)*
+        /// Every destination type, in the order `type` values are listed in messages.
+        pub static STORAGES: &[&dyn Kind] = &[$(&$module::$kind),*];
+    };
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ObjectMeta {
-    pub key: String,
-    pub size: u64,
-    /// When it was written, where the store says.
-    pub modified: Option<chrono::DateTime<chrono::Utc>>,
+// Adding a destination type: its folder `src/storage/<kind>/` and one line here.
+storages! {
+    local::Local,
+    s3::S3,
 }
 
-/// An upload that was started and neither completed nor aborted (S3 multipart).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct OpenUpload {
-    /// Relative to the destination's root, like every key.
-    pub key: String,
-    pub id: String,
-    pub initiated: Option<chrono::DateTime<chrono::Utc>>,
+/// The destination type registered for a `type` value.
+pub fn find(kind: &str) -> Option<&'static dyn Kind> {
+    STORAGES.iter().copied().find(|k| k.kind() == kind)
 }
 
-pub type ObjectReader = Box<dyn AsyncRead + Send + Unpin>;
-
-/// Where an object stands with respect to reading it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Retrieval {
-    /// Readable now (any class that needs no retrieval).
-    Readable,
-    /// In an archive class, no retrieval requested (or the retrieved copy expired).
-    Archived,
-    /// A retrieval is under way.
-    Pending,
-    /// Retrieved: readable until the copy expires.
-    Retrieved,
+/// Every registered destination type.
+pub fn registered() -> &'static [&'static dyn Kind] {
+    STORAGES
 }
 
-/// What a storage failure says (one line naming the key or bucket and what to check), and
-/// the error underneath when there is one (the I/O error, the S3 SDK's), kept as its
-/// `source` so a caller can walk to it.
-#[derive(Debug)]
-pub struct Failure {
-    message: String,
-    cause: Option<Box<dyn std::error::Error + Send + Sync>>,
+/// Every accepted `type` value of a destination, for messages.
+pub fn kinds() -> Vec<&'static str> {
+    STORAGES.iter().map(|k| k.kind()).collect()
 }
 
-impl Failure {
-    pub fn message(&self) -> &str {
-        &self.message
-    }
+/// Other destination types that take a key, for "only valid for type = …".
+pub fn owners_of(field: &str) -> Vec<&'static str> {
+    STORAGES
+        .iter()
+        .filter(|k| k.keys().contains(&field))
+        .map(|k| k.kind())
+        .collect()
 }
 
-impl std::fmt::Display for Failure {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.message)
-    }
-}
-
-impl std::error::Error for Failure {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        self.cause
-            .as_deref()
-            .map(|c| c as &(dyn std::error::Error + 'static))
-    }
-}
-
-impl From<String> for Failure {
-    fn from(message: String) -> Failure {
-        Failure {
-            message,
-            cause: None,
+/// The keys of a destination's table, for "unknown key": the table is one in the config
+/// file whatever its type, so every type's keys are listed (as they are suggested from).
+pub fn table_keys() -> Vec<&'static str> {
+    let mut keys = vec!["type", "retention"];
+    for kind in STORAGES {
+        for key in kind.keys() {
+            if !keys.contains(key) {
+                keys.push(key);
+            }
         }
     }
+    keys
 }
 
-impl From<&str> for Failure {
-    fn from(message: &str) -> Failure {
-        message.to_string().into()
-    }
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum StorageError {
-    #[error(transparent)]
-    Unreachable(Failure),
-    #[error(transparent)]
-    Denied(Failure),
-    #[error(transparent)]
-    NotFound(Failure),
-    #[error(transparent)]
-    Io(Failure),
-    #[error("upload abandoned: the data stream ended early")]
-    Abandoned,
-    /// An object in an archive class that has not been retrieved.
-    #[error(transparent)]
-    NotRetrieved(Failure),
-}
-
-impl StorageError {
-    /// The same failure, with the error that caused it as its source (the message already
-    /// says what it needs of it).
-    pub fn caused_by(mut self, cause: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
-        match &mut self {
-            StorageError::Unreachable(f)
-            | StorageError::Denied(f)
-            | StorageError::NotFound(f)
-            | StorageError::Io(f)
-            | StorageError::NotRetrieved(f) => f.cause = Some(cause.into()),
-            StorageError::Abandoned => {}
-        }
-        self
+/// A destination's section given as TOML (without `type` and `retention`), configured by
+/// the type `kind` names as the config reader would (for the types' unit tests, which
+/// cannot name that reader above them): the settings, or every problem found.
+#[cfg(test)]
+pub(crate) fn configure_section(
+    kind: &str,
+    toml: &str,
+) -> Result<std::sync::Arc<dyn Place>, Vec<String>> {
+    let values: figment::value::Dict = figment::Figment::from(
+        <figment::providers::Toml as figment::providers::Format>::string(toml),
+    )
+    .extract()
+    .map_err(|e| vec![e.to_string()])?;
+    let mut problems = Vec::new();
+    let valid = table_keys();
+    let owners = owners_of;
+    let mut section = crate::section::Section::new(
+        "destinations.d".to_string(),
+        "d".to_string(),
+        values,
+        &mut problems,
+        &owners,
+    );
+    section.valid_keys = Some(&valid);
+    section.go_on = true;
+    let settings = find(kind).and_then(|k| k.configure(&mut section));
+    section.drop_consequences();
+    match settings {
+        Some(s) if problems.is_empty() => Ok(s),
+        _ => Err(problems),
     }
 }
 
@@ -167,139 +138,6 @@ pub fn check_key(key: &str) -> Result<(), String> {
     }
 }
 
-#[async_trait]
-pub trait Storage: Send + Sync {
-    /// Human-readable location, e.g. "/var/backups/stowage" or "s3://bucket/prefix".
-    fn location(&self) -> String;
-
-    /// Cheap check that the destination exists and is writable, run before any dump.
-    async fn preflight(&self) -> Result<(), StorageError>;
-
-    /// Stream `body` into `key`. Nothing is visible at `key` unless the stream ends with
-    /// [`Chunk::End`]; on any failure, partial data (files, multipart uploads) is removed.
-    async fn put_stream(&self, key: &str, body: mpsc::Receiver<Chunk>)
-    -> Result<u64, StorageError>;
-
-    /// Like `put_stream`, for what stowage reads to plan (a file index): never in an
-    /// archive class, like `put_bytes`.
-    async fn put_stream_plain(
-        &self,
-        key: &str,
-        body: mpsc::Receiver<Chunk>,
-    ) -> Result<u64, StorageError> {
-        self.put_stream(key, body).await
-    }
-
-    /// Write a small object atomically (readers see the old state or the whole new one).
-    /// For what stowage reads to plan (manifests, indexes, locks): never in an archive class.
-    async fn put_bytes(&self, key: &str, data: Bytes) -> Result<(), StorageError>;
-
-    /// Like `put_bytes`, for a small object that is part of a backup (its manifest):
-    /// written under the destination's Object Lock where one is set. `put_bytes` stays
-    /// unlocked: run locks and probes are removed again within the run.
-    async fn put_record(&self, key: &str, data: Bytes) -> Result<(), StorageError> {
-        self.put_bytes(key, data).await
-    }
-
-    /// Until when `key` cannot be deleted (its Object Lock retain-until date), if it is
-    /// locked at all. Stores without locks have none.
-    async fn locked_until(
-        &self,
-        _key: &str,
-    ) -> Result<Option<chrono::DateTime<chrono::Utc>>, StorageError> {
-        Ok(None)
-    }
-
-    /// Keep `key` locked until at least `until` (a later backup references it). A lock
-    /// that already lasts longer is left as it is. Stores without locks do nothing.
-    async fn extend_lock(
-        &self,
-        _key: &str,
-        _until: chrono::DateTime<chrono::Utc>,
-    ) -> Result<(), StorageError> {
-        Ok(())
-    }
-
-    /// Whether the store has Object Lock enabled where this destination writes (`None`:
-    /// the store has no such thing).
-    async fn object_lock_enabled(&self) -> Result<Option<bool>, StorageError> {
-        Ok(None)
-    }
-
-    /// Like `put_bytes`, for backup data (a small file blob): stored in the destination's
-    /// class, like `put_stream`.
-    async fn put_data(&self, key: &str, data: Bytes) -> Result<(), StorageError> {
-        self.put_bytes(key, data).await
-    }
-
-    async fn get(&self, key: &str) -> Result<ObjectReader, StorageError>;
-
-    async fn get_bytes(&self, key: &str) -> Result<Bytes, StorageError> {
-        use tokio::io::AsyncReadExt;
-        let mut r = self.get(key).await?;
-        let mut buf = Vec::new();
-        r.read_to_end(&mut buf)
-            .await
-            .map_err(|e| StorageError::Io(format!("reading {key}: {e}").into()).caused_by(e))?;
-        Ok(Bytes::from(buf))
-    }
-
-    /// Every object whose key starts with `prefix`, a page at a time (no particular
-    /// order): a listing of millions of blobs is never held whole.
-    async fn list_pages(
-        &self,
-        prefix: &str,
-        each: &mut (dyn FnMut(Vec<ObjectMeta>) + Send),
-    ) -> Result<(), StorageError> {
-        each(self.list(prefix).await?);
-        Ok(())
-    }
-
-    /// Every object whose key starts with `prefix`, in no particular order.
-    async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StorageError>;
-
-    /// Keys under `prefix` that sort before `end`. Stores that list in key order stop
-    /// there, so a job's backups can be listed without paging through its blobs.
-    async fn list_until(&self, prefix: &str, end: &str) -> Result<Vec<ObjectMeta>, StorageError> {
-        Ok(self
-            .list(prefix)
-            .await?
-            .into_iter()
-            .filter(|o| o.key.as_str() < end)
-            .collect())
-    }
-
-    /// Delete these keys; keys that are already gone are not an error.
-    async fn delete(&self, keys: &[String]) -> Result<(), StorageError>;
-
-    /// Whether `key` can be read now, or must (or is being) retrieved first.
-    async fn retrieval(&self, _key: &str) -> Result<Retrieval, StorageError> {
-        Ok(Retrieval::Readable)
-    }
-
-    /// Ask for an archived `key` to be made readable for `days`. Asking again while a
-    /// retrieval is under way, or for a readable object, is not an error.
-    async fn request_retrieval(
-        &self,
-        _key: &str,
-        _days: u32,
-        _tier: class::RetrievalTier,
-    ) -> Result<(), StorageError> {
-        Ok(())
-    }
-
-    /// Uploads under `prefix` left open (by a crashed process). Stores without such a
-    /// thing have none.
-    async fn open_uploads(&self, _prefix: &str) -> Result<Vec<OpenUpload>, StorageError> {
-        Ok(Vec::new())
-    }
-
-    /// Abort an open upload, freeing what its parts occupy.
-    async fn abort_upload(&self, _upload: &OpenUpload) -> Result<(), StorageError> {
-        Ok(())
-    }
-}
-
 /// One of a job's destinations, opened.
 pub struct JobStorage<'a> {
     pub name: &'a str,
@@ -329,8 +167,5 @@ pub async fn open_job<'a>(
 /// Build the backend for a destination. S3 clients are built here, when a command needs
 /// them, not at start-up: an idle daemon should not carry an HTTP stack.
 pub async fn open(dest: &Destination) -> Box<dyn Storage> {
-    match &dest.kind {
-        DestinationKind::Local(l) => Box::new(local::LocalStorage::new(l.path.clone())),
-        DestinationKind::S3(s) => Box::new(s3::S3Storage::new(s.clone()).await),
-    }
+    dest.settings.open().await
 }

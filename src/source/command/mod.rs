@@ -45,7 +45,7 @@ use super::{
     Archive, Database, Dump, DumpInfo, Engine, RestoreOptions, SourceError, drain_stderr, feed,
     spawn_dump, spawn_error, tool_command, wait_child,
 };
-use crate::config::{Priority, Section};
+use crate::section::{Priority, Section};
 
 const DEFAULT_EXTENSION: &str = "bin";
 const DEFAULT_FORMAT: &str = "command output";
@@ -75,7 +75,7 @@ impl Engine for Command {
     }
 
     fn keys(&self) -> &'static [&'static str] {
-        crate::config::serde_fields::<RawCommand>()
+        crate::section::serde_fields::<RawCommand>()
     }
 
     fn configure(&self, section: &mut Section<'_>) -> Option<Arc<dyn Database>> {

@@ -31,7 +31,7 @@ use super::{
     Archive, Database, Dump, DumpInfo, Engine, RestoreOptions, SourceError, drain_stderr, feed,
     wait_child,
 };
-use crate::config::{Priority, Section};
+use crate::section::{Priority, Section};
 use crate::secret::Secret;
 
 const URL: UrlSpec = UrlSpec {
@@ -90,7 +90,7 @@ impl Engine for MariaDb {
     }
 
     fn keys(&self) -> &'static [&'static str] {
-        crate::config::serde_fields::<RawMariaDb>()
+        crate::section::serde_fields::<RawMariaDb>()
     }
 
     fn has_tables(&self) -> bool {

@@ -52,7 +52,7 @@ use super::{
     Archive, Database, Dump, DumpInfo, Engine, RestoreOptions, SourceError, describe_status,
     drain_stderr, feed, spawn_error, tool_command,
 };
-use crate::config::{Priority, Section};
+use crate::section::{Priority, Section};
 use crate::secret::Secret;
 
 const INSTALL_HINT: &str =
@@ -80,7 +80,7 @@ impl Engine for MongoDb {
     }
 
     fn keys(&self) -> &'static [&'static str] {
-        crate::config::serde_fields::<RawMongo>()
+        crate::section::serde_fields::<RawMongo>()
     }
 
     fn configure(&self, section: &mut Section<'_>) -> Option<Arc<dyn Database>> {
@@ -701,20 +701,8 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let pw = dir.path().join("pw");
         std::fs::write(&pw, "from-file\n").expect("pw");
-        let text = format!(
-            "[destinations.local]\ntype = \"local\"\npath = \"/tmp/x\"\n[jobs.app]\nschedule = \"0 3 * * *\"\ndestinations = [\"local\"]\n[[jobs.app.sources]]\ntype = \"mongodb\"\nname = \"db\"\n{}\n",
-            body.replace("PW", &pw.display().to_string())
-        );
-        let path = dir.path().join("c.toml");
-        std::fs::write(&path, text).expect("write");
-        match crate::config::load_with_env(&path, false) {
-            Ok(c) => Ok(c.jobs["app"].sources[0]
-                .database()
-                .expect("a database")
-                .clone()),
-            Err(crate::config::ConfigError::Invalid { problems, .. }) => Err(problems),
-            Err(e) => Err(vec![e.to_string()]),
-        }
+        let text = body.replace("PW", &pw.display().to_string());
+        crate::source::configure_section("mongodb", &text)
     }
 
     #[test]

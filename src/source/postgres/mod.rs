@@ -26,7 +26,7 @@ use super::{
     Archive, Database, Dump, DumpInfo, Engine, RestoreOptions, Scratch, SourceError,
     drain_stderr, wait_child,
 };
-use crate::config::{Priority, Section};
+use crate::section::{Priority, Section};
 
 const URL: UrlSpec = UrlSpec {
     engine: "postgres",
@@ -54,7 +54,7 @@ impl Engine for Postgres {
     }
 
     fn keys(&self) -> &'static [&'static str] {
-        crate::config::serde_fields::<RawPostgres>()
+        crate::section::serde_fields::<RawPostgres>()
     }
 
     fn has_tables(&self) -> bool {

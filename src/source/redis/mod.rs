@@ -25,7 +25,7 @@ use super::{
     Archive, Database, Dump, DumpInfo, Engine, RestoreOptions, SourceError, describe_status,
     drain_stderr, spawn_error, tool_command,
 };
-use crate::config::{Priority, Section};
+use crate::section::{Priority, Section};
 use crate::secret::Secret;
 use crate::engine::ArchiveCheck;
 use crate::units::human_bytes;
@@ -65,7 +65,7 @@ impl Engine for Redis {
     }
 
     fn keys(&self) -> &'static [&'static str] {
-        crate::config::serde_fields::<RawRedis>()
+        crate::section::serde_fields::<RawRedis>()
     }
 
     fn configure(&self, section: &mut Section<'_>) -> Option<Arc<dyn Database>> {

@@ -22,7 +22,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::io::StreamReader;
 
 use super::{header, open_read_only, sql_error, tables};
-use crate::config::Priority;
+use crate::section::Priority;
 use crate::engine::{Dump, DumpInfo, SourceError};
 
 /// Pages are sent in batches of this size, at most `DEPTH` batches ahead of the reader.
@@ -266,8 +266,8 @@ fn lower_thread_priority(p: Priority) {
         if let Some(io) = p.io {
             // ioprio_set(IOPRIO_WHO_PROCESS, tid, class << 13 | level)
             let (class, level) = match io {
-                crate::config::IoPriority::Idle => (3i64, 0i64),
-                crate::config::IoPriority::BestEffort(l) => (2, i64::from(l)),
+                crate::section::IoPriority::Idle => (3i64, 0i64),
+                crate::section::IoPriority::BestEffort(l) => (2, i64::from(l)),
             };
             libc::syscall(
                 libc::SYS_ioprio_set,

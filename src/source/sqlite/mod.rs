@@ -58,7 +58,7 @@ use rusqlite::{Connection, OpenFlags};
 use serde::Deserialize;
 
 use super::{Archive, Database, Dump, Engine, RestoreOptions, SourceError};
-use crate::config::{Priority, Section};
+use crate::section::{Priority, Section};
 
 /// How long a read waits for a writer's lock (rollback-journal mode: a commit in progress;
 /// WAL mode: a recovery) before the dump gives up.
@@ -82,7 +82,7 @@ impl Engine for Sqlite {
     }
 
     fn keys(&self) -> &'static [&'static str] {
-        crate::config::serde_fields::<RawSqlite>()
+        crate::section::serde_fields::<RawSqlite>()
     }
 
     fn configure(&self, section: &mut Section<'_>) -> Option<Arc<dyn Database>> {

@@ -5,7 +5,7 @@ use crate::config::{SourceConfig, raw};
 use crate::crypt::{Encryption, Keys, Sealer, recipients_in};
 use crate::secret::Secret;
 
-use super::read_secret;
+use crate::section::read_secret;
 
 pub(super) fn encryption_config(
     key: &str,

@@ -1,8 +1,8 @@
 //! `[[jobs.NAME.notify]]`: where a job reports its runs.
 
-use super::read_secret;
 use crate::config::{Notify, raw};
 use crate::secret::Secret;
+use crate::section::read_secret;
 
 pub(super) fn notify(key: &str, raw: &[raw::RawNotify], problems: &mut Vec<String>) -> Vec<Notify> {
     raw.iter()

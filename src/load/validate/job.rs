@@ -5,19 +5,20 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::Arc;
 
-use super::{NAME_RULE, drill, encryption, heal, notify, read_secret, source, valid_name};
-use crate::config::diagnose::suggest;
+use super::{NAME_RULE, drill, encryption, heal, notify, source, valid_name};
 use crate::config::{
-    Compression, DEFAULT_RETRIES, DEFAULT_RETRY_DELAY, Destination, Drill, Heal, IoPriority, Job,
-    Priority, ReadData, SourceConfig, raw,
+    Compression, DEFAULT_RETRIES, DEFAULT_RETRY_DELAY, Drill, Heal, IoPriority, Job, Priority,
+    ReadData, SourceConfig, raw,
 };
 use crate::crypt::{AuthKey, Encryption};
 use crate::schedule::{Schedule, parse_timezone};
+use crate::section::read_secret;
+use crate::section::words::suggest;
 use crate::zone::Zone;
 
 pub(super) fn jobs(
     raw: BTreeMap<String, raw::RawJob>,
-    destinations: &BTreeMap<String, Destination>,
+    defined: &BTreeSet<String>,
     problems: &mut Vec<String>,
     warnings: &mut Vec<String>,
 ) -> BTreeMap<String, Job> {
@@ -26,7 +27,7 @@ pub(super) fn jobs(
         problems.push("jobs: no job is defined; add a [jobs.NAME] section (see config/)".into());
     }
     for (name, j) in raw {
-        if let Some(job) = job(name.clone(), j, destinations, problems, warnings) {
+        if let Some(job) = job(name.clone(), j, defined, problems, warnings) {
             jobs.insert(name, job);
         }
     }
@@ -37,7 +38,7 @@ pub(super) fn jobs(
 fn job(
     name: String,
     mut j: raw::RawJob,
-    destinations: &BTreeMap<String, Destination>,
+    defined: &BTreeSet<String>,
     problems: &mut Vec<String>,
     warnings: &mut Vec<String>,
 ) -> Option<Job> {
@@ -57,7 +58,7 @@ fn job(
     let notify = notify::notify(&key, &j.notify, problems);
     let (retries, retry_delay) = retries(&key, &j, problems);
     compression_level(&key, j.compression, j.compression_level, problems);
-    job_destinations(&key, &j.destinations, destinations, problems);
+    job_destinations(&key, &j.destinations, defined, problems);
     let raw_sources = std::mem::take(&mut j.sources);
     let sources = source::sources(
         &key,
@@ -182,7 +183,7 @@ fn compression_level(
 fn job_destinations(
     key: &str,
     listed: &[String],
-    destinations: &BTreeMap<String, Destination>,
+    defined: &BTreeSet<String>,
     problems: &mut Vec<String>,
 ) {
     if listed.is_empty() {
@@ -194,8 +195,8 @@ fn job_destinations(
     for d in listed {
         if !seen.insert(d.as_str()) {
             problems.push(format!("{key}.destinations: \"{d}\" is listed twice"));
-        } else if !destinations.contains_key(d) {
-            let defined: Vec<&str> = destinations.keys().map(String::as_str).collect();
+        } else if !defined.contains(d) {
+            let defined: Vec<&str> = defined.iter().map(String::as_str).collect();
             problems.push(format!(
                 "{key}.destinations: unknown destination \"{d}\"{}; defined destinations: {}",
                 suggest(d, &defined),

@@ -3,6 +3,10 @@
 //! Objects are 0600 and directories 0700 (before the umask): another local user must not
 //! read a job's dumps.
 
+mod config;
+
+pub use config::{Local, LocalConfig};
+
 use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;

@@ -9,18 +9,15 @@ mod heal;
 mod horizon;
 mod job;
 mod notify;
-mod s3;
 mod source;
 
 use std::path::Path;
 
 use chrono::Utc;
 
-use super::{Config, DEFAULT_SHUTDOWN_GRACE, LogConfig, raw};
+use crate::config::{Config, DEFAULT_SHUTDOWN_GRACE, LogConfig, raw};
 use crate::secret::Secret;
-use crate::units::io_reason;
-
-pub(super) use source::RawFiles;
+use crate::section::read_secret;
 
 pub(super) fn validate(path: &Path, raw: raw::RawConfig) -> Result<Config, Vec<String>> {
     let mut problems = Vec::new();
@@ -29,8 +26,8 @@ pub(super) fn validate(path: &Path, raw: raw::RawConfig) -> Result<Config, Vec<S
     let log = log(raw.log, &mut problems);
     let shutdown_grace = shutdown_grace(raw.shutdown_grace.as_deref(), &mut problems);
     let (listen, server_token) = server(raw.server.as_ref(), &mut problems);
-    let destinations = destination::destinations(raw.destinations, &mut problems);
-    let jobs = job::jobs(raw.jobs, &destinations, &mut problems, &mut warnings);
+    let (destinations, defined) = destination::destinations(raw.destinations, &mut problems);
+    let jobs = job::jobs(raw.jobs, &defined, &mut problems, &mut warnings);
 
     warnings.extend(horizon::early_delete_warnings(
         &destinations,
@@ -127,24 +124,3 @@ fn valid_name(name: &str) -> bool {
 }
 
 const NAME_RULE: &str = "use 1-64 characters from a-z, A-Z, 0-9, '-' and '_'";
-
-pub(super) fn read_secret(path: &Path, key: &str, problems: &mut Vec<String>) -> Option<Secret> {
-    match std::fs::read_to_string(path) {
-        Ok(s) => {
-            let s = s.trim_end_matches(['\n', '\r']).to_string();
-            if s.is_empty() {
-                problems.push(format!("{key}: file {path:?} is empty"));
-                None
-            } else {
-                Some(Secret::new(s))
-            }
-        }
-        Err(e) => {
-            problems.push(format!(
-                "{key}: cannot read {path:?}: {}; mount the secret there or remove the key",
-                io_reason(&e)
-            ));
-            None
-        }
-    }
-}

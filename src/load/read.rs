@@ -7,11 +7,11 @@ use std::path::Path;
 use figment::Figment;
 use figment::providers::{Env, Format, Toml, Yaml};
 
-use super::ConfigError;
-use super::diagnose::{closest, describe_error, describe_figment_error, is_config_variable};
-use super::raw;
-
-pub(super) const ENV_PREFIX: &str = "STOWAGE_";
+use super::diagnose::is_config_variable;
+use crate::config::{ConfigError, raw};
+use crate::section::words::{
+    ENV_PREFIX, closest, describe_error, describe_figment_error, expects_table,
+};
 
 /// The config file (by its extension) with, when `use_env`, the environment over it.
 pub(super) fn figment(path: &Path, use_env: bool) -> Result<Figment, ConfigError> {
@@ -93,7 +93,10 @@ pub(super) fn read_raw(figment: &Figment) -> Result<(raw::RawConfig, Reading<'_>
     };
     for _ in 0..MAX_PASSES {
         let errors = match reading.tree.deserialize::<raw::RawConfig>() {
-            Ok(raw) => return Ok((raw, reading)),
+            Ok(mut raw) => {
+                reading.hand_over_destinations(&mut raw);
+                return Ok((raw, reading));
+            }
             Err(errors) => errors,
         };
         let mut progressed = false;
@@ -108,6 +111,22 @@ pub(super) fn read_raw(figment: &Figment) -> Result<(raw::RawConfig, Reading<'_>
 }
 
 impl Reading<'_> {
+    /// Each destination's keys but `type` and `retention`, from the value tree, for the
+    /// destination type to read into its own serde type.
+    fn hand_over_destinations(&self, raw: &mut raw::RawConfig) {
+        use figment::value::Value;
+        for (name, d) in &mut raw.destinations {
+            let key = ["destinations".to_string(), name.clone()];
+            if let Some(Value::Dict(_, dict)) = find(&self.tree, &key) {
+                d.rest = dict
+                    .iter()
+                    .filter(|(k, _)| k.as_str() != "type" && k.as_str() != "retention")
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect();
+            }
+        }
+    }
+
     /// Report `e` (unless it is a consequence of an earlier problem) and change the tree
     /// so that the next pass gets past it. `false`: no way past it.
     fn take_out(&mut self, e: &figment::Error) -> bool {
@@ -282,11 +301,6 @@ fn find_mut<'v>(
 
 fn is_index(key: &[String]) -> bool {
     key.last().is_some_and(|k| k.parse::<usize>().is_ok())
-}
-
-/// serde's name for what a table (struct or map) deserializes from.
-pub(super) fn expects_table(expected: &str) -> bool {
-    expected.starts_with("struct ") || expected == "a map"
 }
 
 /// A stand-in of the type serde expected, for the types it can be made up for.

@@ -2,6 +2,13 @@
 //! number of parts in flight, so memory stays at (max_in_flight + 1) × part_size whatever
 //! the size of the backup, and nothing is ever staged on disk.
 
+mod config;
+
+pub use config::{
+    Checksums, DEFAULT_MAX_IN_FLIGHT, DEFAULT_PART_SIZE, MIN_PART_SIZE, S3, S3Config,
+    StaticCredentials,
+};
+
 use async_trait::async_trait;
 use aws_sdk_s3::Client;
 use aws_sdk_s3::config::{
@@ -20,7 +27,7 @@ use tokio::task::JoinSet;
 
 use super::class::RetrievalTier;
 use super::{Chunk, ObjectMeta, ObjectReader, OpenUpload, Retrieval, Storage, StorageError};
-use crate::config::{Checksums, LockMode, S3Config};
+use crate::backend::LockMode;
 
 /// What to do about an archived object that was read before its retrieval.
 const RETRIEVE_HINT: &str = "run `stowage retrieve JOB ID --from DESTINATION`, then restore again once it is retrieved (hours; `stowage status` shows when)";

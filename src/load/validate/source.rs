@@ -5,8 +5,9 @@ use std::collections::BTreeSet;
 use std::path::PathBuf;
 
 use super::{NAME_RULE, valid_name};
-use crate::config::diagnose::suggest;
-use crate::config::{FilesConfig, Priority, Section, SourceConfig, raw};
+use crate::config::{FilesConfig, Priority, SourceConfig, raw};
+use crate::section::words::suggest;
+use crate::section::{Section, serde_fields};
 
 pub(super) fn sources(
     key: &str,
@@ -23,6 +24,13 @@ pub(super) fn sources(
     }
     let mut names = BTreeSet::new();
     let mut sources = Vec::new();
+    let owners = |field: &str| {
+        let mut owners = crate::source::owners_of(field);
+        if serde_fields::<RawFiles>().contains(&field) {
+            owners.push("files");
+        }
+        owners
+    };
     let mut used_job_excludes = false;
     for (i, s) in raw.into_iter().enumerate() {
         let skey = format!("{key}.sources[{i}]");
@@ -37,15 +45,9 @@ pub(super) fn sources(
                 s.name
             ));
         }
-        let mut section = Section {
-            key: skey,
-            name: s.name,
-            values: s.rest,
-            priority,
-            job_exclude_tables,
-            used_job_excludes: false,
-            problems: &mut *problems,
-        };
+        let mut section = Section::new(skey, s.name, s.rest, &mut *problems, &owners);
+        section.priority = priority;
+        section.job_exclude_tables = job_exclude_tables;
         let (source, used) = source(&s.kind, &mut section);
         used_job_excludes |= used;
         sources.extend(source);
@@ -106,7 +108,7 @@ pub(super) fn order_warning(key: &str, sources: &[SourceConfig], warnings: &mut 
 
 #[derive(Debug, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(in crate::config) struct RawFiles {
+struct RawFiles {
     path: Option<PathBuf>,
     include: Option<Vec<String>>,
     exclude: Option<Vec<String>>,
