@@ -44,7 +44,7 @@ pub(crate) fn configure(
     }
     let path = dir.join("stowage.toml");
     std::fs::write(&path, toml).expect("write the config");
-    let mut config = crate::config::load_with_env(&path, false).expect("a valid config");
+    let mut config = crate::load::load_with_env(&path, false).expect("a valid config");
     let job = config.jobs.get_mut(JOB).expect("the job");
     job.sources = sources
         .iter()
