@@ -287,7 +287,11 @@ pub trait Archive: Send + Sync {
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
     #[error("cannot start {tool}: {reason}")]
-    Spawn { tool: String, reason: String },
+    Spawn {
+        tool: String,
+        #[source]
+        reason: SpawnReason,
+    },
     #[error("{tool} failed ({status}): {stderr}")]
     Failed {
         tool: String,
@@ -317,6 +321,69 @@ pub enum SourceError {
     /// Output of a tool that stowage could not make sense of.
     #[error("{0}")]
     Protocol(String),
+    /// Another error met on the way (a task that panicked, bytes that do not decode), with
+    /// what stowage was doing.
+    #[error("{context}: {source}")]
+    Internal {
+        context: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// This build of stowage lacks something the engine needs (a compile-time option of a
+    /// library built into it): the library's own error, and how to build it with it.
+    #[error("this stowage was built without {missing} ({source}); {fix}")]
+    Build {
+        missing: String,
+        fix: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+/// Why a tool could not be started. Its text is the whole reason in
+/// [`SourceError::Spawn`]'s message; the OS's error, when there was one, is its source.
+#[derive(Debug, thiserror::Error)]
+pub enum SpawnReason {
+    /// The program is not there (the OS said so, or a look at PATH found nothing): what
+    /// to install instead of the OS's words.
+    #[error("{hint}")]
+    Missing {
+        hint: String,
+        #[source]
+        source: Option<std::io::Error>,
+    },
+    /// The OS refused to start it.
+    #[error("{0}")]
+    Os(#[source] std::io::Error),
+    /// The program's file could not be looked at.
+    #[error("cannot read {program}: {source}")]
+    Unreadable {
+        program: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl SpawnReason {
+    pub fn missing(hint: impl Into<String>) -> SpawnReason {
+        SpawnReason::Missing {
+            hint: hint.into(),
+            source: None,
+        }
+    }
+}
+
+/// A reason written out: the program is missing.
+impl From<&str> for SpawnReason {
+    fn from(hint: &str) -> SpawnReason {
+        SpawnReason::missing(hint)
+    }
+}
+
+impl From<String> for SpawnReason {
+    fn from(hint: String) -> SpawnReason {
+        SpawnReason::missing(hint)
+    }
 }
 
 impl SourceError {
@@ -324,6 +391,17 @@ impl SourceError {
         SourceError::Io {
             context: context.into(),
             source,
+        }
+    }
+
+    /// Another error (not an I/O error, see [`SourceError::io`]) with what was being done.
+    pub fn internal(
+        context: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> SourceError {
+        SourceError::Internal {
+            context: context.into(),
+            source: Box::new(source),
         }
     }
 }

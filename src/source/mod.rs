@@ -14,7 +14,7 @@ use tokio::process::{Child, ChildStderr, ChildStdin};
 use tokio::task::JoinHandle;
 
 pub use crate::engine::{
-    Archive, Database, Dump, DumpInfo, Engine, RestoreOptions, Scratch, SourceError,
+    Archive, Database, Dump, DumpInfo, Engine, RestoreOptions, Scratch, SourceError, SpawnReason,
 };
 
 /// Declares each engine's module (its folder) and lists it in `ENGINES`.
@@ -265,9 +265,12 @@ pub(crate) fn describe_status(status: ExitStatus) -> String {
 /// The error for a tool that could not be started: "not found" says what to install.
 pub(crate) fn spawn_error(tool: &str, e: std::io::Error, install_hint: &str) -> SourceError {
     let reason = if e.kind() == std::io::ErrorKind::NotFound {
-        format!("{tool} not found on PATH; {install_hint}")
+        SpawnReason::Missing {
+            hint: format!("{tool} not found on PATH; {install_hint}"),
+            source: Some(e),
+        }
     } else {
-        e.to_string()
+        SpawnReason::Os(e)
     };
     SourceError::Spawn {
         tool: tool.to_string(),
@@ -371,5 +374,54 @@ pub(crate) async fn read_to_end_unless(
         if data.read(&mut buf).await? == 0 {
             return Ok(true);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::error::Error as _;
+
+    /// The OS's error is kept as the source, and the message reads as it did when the
+    /// reason was only text.
+    #[test]
+    fn spawn_errors_keep_the_os_error() {
+        let e = spawn_error(
+            "pg_dump",
+            std::io::Error::from(std::io::ErrorKind::NotFound),
+            "install it",
+        );
+        assert_eq!(
+            e.to_string(),
+            "cannot start pg_dump: pg_dump not found on PATH; install it"
+        );
+        let io = e
+            .source()
+            .and_then(|r| r.source())
+            .and_then(|s| s.downcast_ref::<std::io::Error>())
+            .expect("the io::Error is the reason's source");
+        assert_eq!(io.kind(), std::io::ErrorKind::NotFound);
+
+        let os = std::io::Error::from(std::io::ErrorKind::PermissionDenied);
+        let text = os.to_string();
+        let e = spawn_error("pg_dump", os, "install it");
+        assert_eq!(e.to_string(), format!("cannot start pg_dump: {text}"));
+        assert!(
+            e.source()
+                .and_then(|r| r.source())
+                .is_some_and(|s| s.is::<std::io::Error>())
+        );
+    }
+
+    #[test]
+    fn internal_errors_read_as_context_and_source() {
+        let bad = hex::decode("zz").expect_err("not hex");
+        let text = bad.to_string();
+        let e = SourceError::internal("bad hex \"zz\" from the server", bad);
+        assert_eq!(
+            e.to_string(),
+            format!("bad hex \"zz\" from the server: {text}")
+        );
+        assert!(e.source().is_some_and(|s| s.is::<hex::FromHexError>()));
     }
 }

@@ -42,7 +42,7 @@ use futures::FutureExt;
 use serde::Deserialize;
 
 use super::{
-    Archive, Database, Dump, DumpInfo, Engine, RestoreOptions, SourceError, drain_stderr, feed,
+    Archive, Database, Dump, DumpInfo, Engine, RestoreOptions, SourceError, SpawnReason, drain_stderr, feed,
     spawn_dump, spawn_error, tool_command, wait_child,
 };
 use crate::section::{Priority, Section};
@@ -340,7 +340,10 @@ fn render(argv: &[String]) -> String {
 
 /// Where `program` would be executed from: itself when it holds a '/', else the first
 /// executable file of that name on `path` (a PATH value).
-fn resolve_program(program: &str, path: Option<&std::ffi::OsStr>) -> Result<PathBuf, String> {
+fn resolve_program(
+    program: &str,
+    path: Option<&std::ffi::OsStr>,
+) -> Result<PathBuf, SpawnReason> {
     use std::os::unix::fs::PermissionsExt;
     let executable = |p: &Path| {
         std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
@@ -348,13 +351,17 @@ fn resolve_program(program: &str, path: Option<&std::ffi::OsStr>) -> Result<Path
     if program.contains('/') {
         let p = PathBuf::from(program);
         return match std::fs::metadata(&p) {
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                Err(format!("{program} does not exist; {INSTALL_HINT}"))
-            }
-            Err(e) => Err(format!("cannot read {program}: {e}")),
-            Ok(_) if !executable(&p) => Err(format!(
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(SpawnReason::Missing {
+                hint: format!("{program} does not exist; {INSTALL_HINT}"),
+                source: Some(e),
+            }),
+            Err(e) => Err(SpawnReason::Unreadable {
+                program: program.to_string(),
+                source: e,
+            }),
+            Ok(_) if !executable(&p) => Err(SpawnReason::missing(format!(
                 "{program} is not an executable file (chmod +x, or run it through an interpreter such as [\"sh\", \"{program}\"])"
-            )),
+            ))),
             Ok(_) => Ok(p),
         };
     }
@@ -366,11 +373,11 @@ fn resolve_program(program: &str, path: Option<&std::ffi::OsStr>) -> Result<Path
         .map(|d| d.join(program))
         .find(|p| executable(p))
         .ok_or_else(|| {
-            format!(
+            SpawnReason::missing(format!(
                 "{program} not found on PATH ({}); {INSTALL_HINT}",
                 path.map(|p| p.to_string_lossy().into_owned())
                     .unwrap_or_else(|| "PATH is not set".to_string())
-            )
+            ))
         })
 }
 
@@ -732,19 +739,22 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&tool, std::fs::Permissions::from_mode(0o755)).expect("chmod");
         let path = std::env::join_paths([Path::new("/nonexistent"), dir.path()]).expect("path");
-        assert_eq!(resolve_program("mytool", Some(&path)), Ok(tool.clone()));
-        let e = resolve_program("plain", Some(&path)).expect_err("not executable");
+        assert_eq!(
+            resolve_program("mytool", Some(&path)).expect("found"),
+            tool
+        );
+        let e = resolve_program("plain", Some(&path)).expect_err("not executable").to_string();
         assert!(
             e.contains("plain not found on PATH") && e.contains("/nonexistent"),
             "{e}"
         );
-        let e = resolve_program("mytool", None).expect_err("no PATH");
+        let e = resolve_program("mytool", None).expect_err("no PATH").to_string();
         assert!(e.contains("PATH is not set"), "{e}");
         let abs = tool.display().to_string();
-        assert_eq!(resolve_program(&abs, None), Ok(tool));
-        let e = resolve_program(&not_exec.display().to_string(), None).expect_err("not exec");
+        assert_eq!(resolve_program(&abs, None).expect("found"), tool);
+        let e = resolve_program(&not_exec.display().to_string(), None).expect_err("not exec").to_string();
         assert!(e.contains("is not an executable file"), "{e}");
-        let e = resolve_program("/nonexistent/x", None).expect_err("missing");
+        let e = resolve_program("/nonexistent/x", None).expect_err("missing").to_string();
         assert!(e.contains("/nonexistent/x does not exist"), "{e}");
     }
 }

@@ -28,7 +28,7 @@ use tokio_util::io::InspectReader;
 use self::sql::{Filter, Scanner, Selection};
 use super::url::{DbUrl, UrlSpec};
 use super::{
-    Archive, Database, Dump, DumpInfo, Engine, RestoreOptions, SourceError, drain_stderr, feed,
+    Archive, Database, Dump, DumpInfo, Engine, RestoreOptions, SourceError, SpawnReason, drain_stderr, feed,
     wait_child,
 };
 use crate::section::{Priority, Section};
@@ -306,15 +306,18 @@ impl MariaDbSource {
 
     fn spawn_err(&self, tool: &str, e: std::io::Error) -> SourceError {
         let reason = if e.kind() == std::io::ErrorKind::NotFound {
-            format!(
-                "{tool} not found{}; install the MariaDB client tools (Debian: mariadb-client) or set bin_dir",
-                self.bin_dir
-                    .as_ref()
-                    .map(|d| format!(" in {}", d.display()))
-                    .unwrap_or_else(|| " on PATH".to_string())
-            )
+            SpawnReason::Missing {
+                hint: format!(
+                    "{tool} not found{}; install the MariaDB client tools (Debian: mariadb-client) or set bin_dir",
+                    self.bin_dir
+                        .as_ref()
+                        .map(|d| format!(" in {}", d.display()))
+                        .unwrap_or_else(|| " on PATH".to_string())
+                ),
+                source: Some(e),
+            }
         } else {
-            e.to_string()
+            SpawnReason::Os(e)
         };
         SourceError::Spawn {
             tool: tool.to_string(),
@@ -353,7 +356,7 @@ impl MariaDbSource {
                 [] => continue,
             };
             let decoded = hex::decode(name.trim()).map_err(|e| {
-                SourceError::Protocol(format!("the server sent {name:?} for a table name: {e}"))
+                SourceError::internal(format!("the server sent {name:?} for a table name"), e)
             })?;
             rels.push((
                 String::from_utf8_lossy(&decoded).into_owned(),
@@ -459,7 +462,7 @@ impl MariaDbSource {
         let text = |h: &str| {
             hex::decode(h)
                 .map(|b| String::from_utf8_lossy(&b).into_owned())
-                .map_err(|e| SourceError::Protocol(format!("bad hex {h:?} from the server: {e}")))
+                .map_err(|e| SourceError::internal(format!("bad hex {h:?} from the server"), e))
         };
         let mut broken = Vec::new();
         for k in keys {
@@ -551,9 +554,10 @@ impl MariaDbSource {
                         hex::decode(h.trim())
                             .map(|b| String::from_utf8_lossy(&b).into_owned())
                             .map_err(|e| {
-                                SourceError::Protocol(format!(
-                                    "the server sent {h:?} where hex was asked for: {e}"
-                                ))
+                                SourceError::internal(
+                                    format!("the server sent {h:?} where hex was asked for"),
+                                    e,
+                                )
                             })
                     })
                     .collect()

@@ -49,7 +49,7 @@ use tokio_util::io::InspectReader;
 use self::archive::{Prelude, read_prelude};
 use self::url::MongoUrl;
 use super::{
-    Archive, Database, Dump, DumpInfo, Engine, RestoreOptions, SourceError, describe_status,
+    Archive, Database, Dump, DumpInfo, Engine, RestoreOptions, SourceError, SpawnReason, describe_status,
     drain_stderr, feed, spawn_error, tool_command,
 };
 use crate::section::{Priority, Section};
@@ -568,7 +568,7 @@ impl Database for MongoSource {
             .await?
             .ok_or_else(|| SourceError::Spawn {
                 tool: "mongosh".into(),
-                reason: format!("mongosh not found on PATH; {MONGOSH_HINT}"),
+                reason: SpawnReason::missing(format!("mongosh not found on PATH; {MONGOSH_HINT}")),
             })
     }
 

@@ -23,7 +23,7 @@ use tokio_util::io::InspectReader;
 use self::toc::{Selection, TableName};
 use super::url::{DbUrl, UrlSpec};
 use super::{
-    Archive, Database, Dump, DumpInfo, Engine, RestoreOptions, Scratch, SourceError,
+    Archive, Database, Dump, DumpInfo, Engine, RestoreOptions, Scratch, SourceError, SpawnReason,
     drain_stderr, wait_child,
 };
 use crate::section::{Priority, Section};
@@ -146,15 +146,18 @@ impl PostgresSource {
 
     fn spawn_err(&self, tool: &str, e: std::io::Error) -> SourceError {
         let reason = if e.kind() == std::io::ErrorKind::NotFound {
-            format!(
-                "{tool} not found{}; install the PostgreSQL client tools (at least the server's major version) or set bin_dir",
-                self.bin_dir
-                    .as_ref()
-                    .map(|d| format!(" in {}", d.display()))
-                    .unwrap_or_else(|| " on PATH".to_string())
-            )
+            SpawnReason::Missing {
+                hint: format!(
+                    "{tool} not found{}; install the PostgreSQL client tools (at least the server's major version) or set bin_dir",
+                    self.bin_dir
+                        .as_ref()
+                        .map(|d| format!(" in {}", d.display()))
+                        .unwrap_or_else(|| " on PATH".to_string())
+                ),
+                source: Some(e),
+            }
         } else {
-            e.to_string()
+            SpawnReason::Os(e)
         };
         SourceError::Spawn {
             tool: tool.to_string(),
@@ -295,7 +298,7 @@ impl PostgresSource {
         drop(data);
         let out = reader
             .await
-            .map_err(|e| SourceError::Protocol(format!("pg_restore output: {e}")))?
+            .map_err(|e| SourceError::internal("pg_restore output", e))?
             .map_err(|e| SourceError::io("reading pg_restore's output", e))?;
         wait_child("pg_restore", child, stderr).await?;
         Ok((String::from_utf8_lossy(&out).into_owned(), fed))
@@ -425,7 +428,7 @@ impl RowCounter {
         let _ = self.stdin.write_all(b"commit;\n").await;
         drop(self.stdin);
         wait_child("psql", self.child, self.stderr).await?;
-        let lines = counted.map_err(|e| SourceError::Protocol(format!("row counts: {e}")))??;
+        let lines = counted.map_err(|e| SourceError::internal("row counts", e))??;
         parse_counts(&lines)
     }
 }

@@ -543,7 +543,7 @@ impl Database for RedisSource {
             std::fs::File::open(&dir_for_sync)?.sync_all()
         })
         .await
-        .map_err(|e| SourceError::Protocol(format!("the rename task failed: {e}")))?
+        .map_err(|e| SourceError::internal("the rename task failed", e))?
         .map_err(|e| SourceError::io(format!("cannot move the restored file to {shown}"), e))?;
 
         lines.push(format!(

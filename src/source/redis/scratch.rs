@@ -24,7 +24,7 @@ use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
 
 use super::{RedisSource, parse_url};
-use crate::engine::{Database, Dump, Scratch, ScratchSpace, SourceError};
+use crate::engine::{Database, Dump, Scratch, ScratchSpace, SourceError, SpawnReason};
 
 const SERVER: &str = "redis-server";
 const SERVER_HINT: &str = "a Redis drill starts its own redis-server to load the backup: install it (Debian/Ubuntu: package redis-server; Alpine: package redis)";
@@ -151,7 +151,7 @@ impl Scratch for RedisSource {
         let Some(program) = on_path(SERVER) else {
             return Err(SourceError::Spawn {
                 tool: SERVER.to_string(),
-                reason: format!("{SERVER} not found on PATH; {SERVER_HINT}"),
+                reason: SpawnReason::missing(format!("{SERVER} not found on PATH; {SERVER_HINT}")),
             });
         };
         let dir = crate::engine::scratch_dir(to)?;
@@ -523,7 +523,7 @@ impl ScratchSpace for RedisScratch {
         let shown = dir.path().display().to_string();
         tokio::task::spawn_blocking(move || dir.close())
             .await
-            .map_err(|e| SourceError::Protocol(format!("removing the scratch directory: {e}")))?
+            .map_err(|e| SourceError::internal("removing the scratch directory", e))?
             .map_err(|e| SourceError::io(format!("cannot remove {shown}"), e))
     }
 }

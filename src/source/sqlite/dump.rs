@@ -126,9 +126,11 @@ impl Snapshot {
         }
         if let Err(e) = conn.prepare(PAGES) {
             return Err(if e.to_string().contains("sqlite_dbpage") {
-                SourceError::Protocol(format!(
-                    "this stowage was built without SQLite's sqlite_dbpage table ({e}); build it from its repository, whose .cargo/config.toml sets LIBSQLITE3_FLAGS=-DSQLITE_ENABLE_DBPAGE_VTAB"
-                ))
+                SourceError::Build {
+                    missing: "SQLite's sqlite_dbpage table".to_string(),
+                    fix: "build it from its repository, whose .cargo/config.toml sets LIBSQLITE3_FLAGS=-DSQLITE_ENABLE_DBPAGE_VTAB".to_string(),
+                    source: Box::new(e),
+                }
             } else {
                 sql_error(context(), e)
             });

@@ -348,7 +348,7 @@ impl Database for SqliteSource {
         };
         tokio::task::spawn_blocking(move || tables_at(&path))
             .await
-            .map_err(|e| SourceError::Protocol(format!("listing SQLite tables: {e}")))?
+            .map_err(|e| SourceError::internal("listing SQLite tables", e))?
     }
 
     async fn restore(

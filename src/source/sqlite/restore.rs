@@ -75,7 +75,7 @@ pub(super) async fn restore(
         let path = target.path.clone();
         tokio::task::spawn_blocking(move || ensure_unused(&path))
             .await
-            .map_err(|e| SourceError::Protocol(format!("checking the restore target: {e}")))??;
+            .map_err(|e| SourceError::internal("checking the restore target", e))??;
         target.refuse_leftovers()?;
     }
 
@@ -85,7 +85,7 @@ pub(super) async fn restore(
     let check = tmp.path().to_path_buf();
     let tables = tokio::task::spawn_blocking(move || verify(&check))
         .await
-        .map_err(|e| SourceError::Protocol(format!("checking the restored file: {e}")))??;
+        .map_err(|e| SourceError::internal("checking the restored file", e))??;
 
     place(tmp, &target)?;
 

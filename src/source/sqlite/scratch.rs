@@ -152,7 +152,7 @@ impl SqliteScratch {
         let conn = self.open()?;
         tokio::task::spawn_blocking(move || work(conn))
             .await
-            .map_err(|e| SourceError::Protocol(format!("the SQLite drill task failed: {e}")))?
+            .map_err(|e| SourceError::internal("the SQLite drill task failed", e))?
     }
 }
 
@@ -227,7 +227,7 @@ impl ScratchSpace for SqliteScratch {
         let shown = dir.path().display().to_string();
         tokio::task::spawn_blocking(move || dir.close())
             .await
-            .map_err(|e| SourceError::Protocol(format!("removing the scratch directory: {e}")))?
+            .map_err(|e| SourceError::internal("removing the scratch directory", e))?
             .map_err(|e| SourceError::io(format!("cannot remove {shown}"), e))
     }
 }
