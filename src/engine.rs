@@ -298,6 +298,9 @@ pub enum SourceError {
         status: String,
         stderr: String,
     },
+    /// A server stowage started stopped answering (boxed: it is the largest).
+    #[error(transparent)]
+    Lost(Box<ServerLost>),
     /// The request cannot be carried out as asked (a non-empty target, an unknown table).
     #[error("{0}")]
     Refused(String),
@@ -340,6 +343,22 @@ pub enum SourceError {
     },
 }
 
+/// A server stowage started stopped answering: what it was asked, the error talking to
+/// it, how it ended (when it did once stopped) and what it said.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "{tool} failed ({asking}: {source}{}): {stderr}",
+    .ended.as_ref().map(|s| format!("; {s}")).unwrap_or_default()
+)]
+pub struct ServerLost {
+    pub tool: String,
+    pub asking: String,
+    #[source]
+    pub source: std::io::Error,
+    pub ended: Option<String>,
+    pub stderr: String,
+}
+
 /// Why a tool could not be started. Its text is the whole reason in
 /// [`SourceError::Spawn`]'s message; the OS's error, when there was one, is its source.
 #[derive(Debug, thiserror::Error)]
@@ -365,6 +384,8 @@ pub enum SpawnReason {
 }
 
 impl SpawnReason {
+    /// A program found missing without asking the OS (a look at PATH, a file that is not
+    /// executable): there is no OS error to keep.
     pub fn missing(hint: impl Into<String>) -> SpawnReason {
         SpawnReason::Missing {
             hint: hint.into(),
@@ -373,15 +394,10 @@ impl SpawnReason {
     }
 }
 
-/// A reason written out: the program is missing.
+/// A reason given only as text is a missing program's: the test kit's fake database
+/// (`reason: "not found on PATH".into()`) still builds its `Spawn` so.
 impl From<&str> for SpawnReason {
     fn from(hint: &str) -> SpawnReason {
-        SpawnReason::missing(hint)
-    }
-}
-
-impl From<String> for SpawnReason {
-    fn from(hint: String) -> SpawnReason {
         SpawnReason::missing(hint)
     }
 }

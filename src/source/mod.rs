@@ -413,6 +413,32 @@ mod tests {
         );
     }
 
+    /// A lost server reads as the `Failed` it was built as before, with the error as source.
+    #[test]
+    fn a_lost_server_reads_as_a_failed_one() {
+        for ended in [Some("exit code 1".to_string()), None] {
+            let io = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
+            let why = format!("INFO keyspace: {io}");
+            let failed = SourceError::Failed {
+                tool: "redis-server".into(),
+                status: match &ended {
+                    Some(s) => format!("{why}; {s}"),
+                    None => why,
+                },
+                stderr: "no output".into(),
+            };
+            let lost = SourceError::Lost(Box::new(crate::engine::ServerLost {
+                tool: "redis-server".into(),
+                asking: "INFO keyspace".into(),
+                source: io,
+                ended,
+                stderr: "no output".into(),
+            }));
+            assert_eq!(lost.to_string(), failed.to_string());
+            assert!(lost.source().is_some_and(|s| s.is::<std::io::Error>()));
+        }
+    }
+
     #[test]
     fn internal_errors_read_as_context_and_source() {
         let bad = hex::decode("zz").expect_err("not hex");

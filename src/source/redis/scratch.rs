@@ -24,7 +24,9 @@ use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
 
 use super::{RedisSource, parse_url};
-use crate::engine::{Database, Dump, Scratch, ScratchSpace, SourceError, SpawnReason};
+use crate::engine::{
+    Database, Dump, Scratch, ScratchSpace, ServerLost, SourceError, SpawnReason,
+};
 
 const SERVER: &str = "redis-server";
 const SERVER_HINT: &str = "a Redis drill starts its own redis-server to load the backup: install it (Debian/Ubuntu: package redis-server; Alpine: package redis)";
@@ -258,17 +260,39 @@ impl Running {
         }
     }
 
-    async fn failed(&mut self, why: String) -> SourceError {
+    /// Kill the server: how it ended (when it did within 5 s), and what it said.
+    async fn stop(&mut self) -> (Option<String>, String) {
         let _ = self.child.start_kill();
         let status = tokio::time::timeout(Duration::from_secs(5), self.child.wait()).await;
+        let ended = match status {
+            Ok(Ok(s)) => Some(super::describe_status(s)),
+            _ => None,
+        };
+        (ended, self.said().await)
+    }
+
+    async fn failed(&mut self, why: String) -> SourceError {
+        let (ended, stderr) = self.stop().await;
         SourceError::Failed {
             tool: SERVER.to_string(),
-            status: match status {
-                Ok(Ok(s)) => format!("{why}; {}", super::describe_status(s)),
-                _ => why,
+            status: match ended {
+                Some(s) => format!("{why}; {s}"),
+                None => why,
             },
-            stderr: self.said().await,
+            stderr,
         }
+    }
+
+    /// The server stopped answering `asking`: it is stopped, and the error kept.
+    async fn lost(&mut self, asking: &str, source: std::io::Error) -> SourceError {
+        let (ended, stderr) = self.stop().await;
+        SourceError::Lost(Box::new(ServerLost {
+            tool: SERVER.to_string(),
+            asking: asking.to_string(),
+            source,
+            ended,
+            stderr,
+        }))
     }
 
     /// One command (inline form), its reply as text: a bulk or simple string, or the
@@ -493,7 +517,7 @@ impl ScratchSpace for RedisScratch {
         match server.command("INFO keyspace").await {
             Ok(Ok(text)) => Ok(key_counts(&text)),
             Ok(Err(e)) => Err(server.failed(format!("INFO keyspace failed: {e}")).await),
-            Err(e) => Err(server.failed(format!("INFO keyspace: {e}")).await),
+            Err(e) => Err(server.lost("INFO keyspace", e).await),
         }
     }
 
