@@ -394,14 +394,6 @@ impl SpawnReason {
     }
 }
 
-/// A reason given only as text is a missing program's: the test kit's fake database
-/// (`reason: "not found on PATH".into()`) still builds its `Spawn` so.
-impl From<&str> for SpawnReason {
-    fn from(hint: &str) -> SpawnReason {
-        SpawnReason::missing(hint)
-    }
-}
-
 impl SourceError {
     pub fn io(context: impl Into<String>, source: std::io::Error) -> SourceError {
         SourceError::Io {

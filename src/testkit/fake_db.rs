@@ -148,7 +148,7 @@ impl Database for FakeDb {
         if self.state().fail_version {
             return Err(SourceError::Spawn {
                 tool: TOOL.into(),
-                reason: "not found on PATH".into(),
+                reason: crate::engine::SpawnReason::missing("not found on PATH"),
             });
         }
         Ok((TOOL.into(), TOOL_VERSION.into()))
