@@ -102,7 +102,7 @@ struct Skipped {
 /// The walk merged with the previous index (both in `path_order`): each file with the
 /// previous backup's entry for the same path, if any. Neither is held whole.
 struct Merge {
-    scan: mpsc::Receiver<Result<Found, String>>,
+    scan: mpsc::Receiver<Result<Found, tree::WalkError>>,
     previous: Option<IndexEntries>,
     head: Option<IndexEntry>,
     skipped: Arc<Mutex<Skipped>>,
@@ -111,7 +111,9 @@ struct Merge {
 }
 
 impl Merge {
-    async fn next_file(&mut self) -> Option<Result<(FileMeta, Option<IndexEntry>), String>> {
+    async fn next_file(
+        &mut self,
+    ) -> Option<Result<(FileMeta, Option<IndexEntry>), tree::WalkError>> {
         loop {
             match self.scan.recv().await? {
                 Err(e) => return Some(Err(e)),
@@ -278,9 +280,12 @@ pub(super) enum FilesError {
         #[source]
         source: crate::pathfilter::GlobError,
     },
-    /// The walk of the tree failed; the walk reports its cause as text.
-    #[error("files source {name}: {why}")]
-    Walk { name: String, why: String },
+    #[error("files source {name}: {source}")]
+    Walk {
+        name: String,
+        #[source]
+        source: tree::WalkError,
+    },
     #[error("files source {name}: {source}")]
     Index {
         name: String,
@@ -409,9 +414,9 @@ async fn write_index(ctx: &Ctx<'_>, id: &str, merge: Merge) -> Written {
         .map(|item| async move {
             match item {
                 Ok((meta, prev)) => process(ctx, meta, prev).await,
-                Err(why) => Err(StreamError::from(FilesError::Walk {
+                Err(source) => Err(StreamError::from(FilesError::Walk {
                     name: ctx.cfg.name.to_string(),
-                    why,
+                    source,
                 })),
             }
         })

@@ -67,9 +67,9 @@ pub enum TreeError {
     Index(#[from] blobs::BlobError),
     #[error(transparent)]
     Filter(#[from] crate::pathfilter::GlobError),
-    /// The walk of the target directory failed; the walk reports its cause as text.
-    #[error("{0}")]
-    Walk(String),
+    /// The walk of the target directory failed.
+    #[error(transparent)]
+    Walk(#[from] tree::WalkError),
     /// An index entry stowage never writes (the layout check's message).
     #[error("{0}; refusing to restore it")]
     Unsafe(String),
@@ -448,7 +448,7 @@ fn target_dirs(
 }
 
 /// The files a walk finds, as they are found.
-type LocalWalk = tokio::sync::mpsc::Receiver<Result<Found, String>>;
+type LocalWalk = tokio::sync::mpsc::Receiver<Result<Found, tree::WalkError>>;
 
 /// A walk of what is in `dir` now, and `dir` opened for writing beneath it (created
 /// unless this is a dry run; a dry run of a missing directory has nothing to open).

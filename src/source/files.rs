@@ -53,9 +53,39 @@ pub enum Found {
     Skipped(String),
 }
 
+/// Why a walk of a files source's tree stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum WalkError {
+    #[error("{} is not a directory", .0.display())]
+    NotADirectory(PathBuf),
+    #[error(
+        "directory {} does not exist; check the source's path and the container's volume mounts",
+        .0.display()
+    )]
+    Missing(PathBuf),
+    #[error("cannot read {}: {source}", .path.display())]
+    Root {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot read {at}: {source}")]
+    Read {
+        at: String,
+        #[source]
+        source: walkdir::Error,
+    },
+    #[error("cannot stat {}: {source}", .path.display())]
+    Stat {
+        path: PathBuf,
+        #[source]
+        source: walkdir::Error,
+    },
+}
+
 /// The whole tree in memory: for small uses (`check`, tests). Backups and restores
 /// stream it with [`spawn_walk`].
-pub fn scan(root: &Path, filter: &PathFilter) -> Result<Scan, String> {
+pub fn scan(root: &Path, filter: &PathFilter) -> Result<Scan, WalkError> {
     let mut out = Scan::default();
     walk(root, filter, |f| {
         match f {
@@ -73,7 +103,7 @@ pub fn scan(root: &Path, filter: &PathFilter) -> Result<Scan, String> {
 pub fn spawn_walk(
     root: PathBuf,
     filter: PathFilter,
-) -> tokio::sync::mpsc::Receiver<Result<Found, String>> {
+) -> tokio::sync::mpsc::Receiver<Result<Found, WalkError>> {
     let (tx, rx) = tokio::sync::mpsc::channel(1024);
     tokio::task::spawn_blocking(move || {
         // A send fails only when the receiver is gone: the walk is no longer wanted.
@@ -92,17 +122,19 @@ pub fn walk(
     root: &Path,
     filter: &PathFilter,
     mut each: impl FnMut(Found) -> bool,
-) -> Result<(), String> {
+) -> Result<(), WalkError> {
     match std::fs::metadata(root) {
         Ok(m) if m.is_dir() => {}
-        Ok(_) => return Err(format!("{} is not a directory", root.display())),
+        Ok(_) => return Err(WalkError::NotADirectory(root.to_path_buf())),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(format!(
-                "directory {} does not exist; check the source's path and the container's volume mounts",
-                root.display()
-            ));
+            return Err(WalkError::Missing(root.to_path_buf()));
         }
-        Err(e) => return Err(format!("cannot read {}: {e}", root.display())),
+        Err(source) => {
+            return Err(WalkError::Root {
+                path: root.to_path_buf(),
+                source,
+            });
+        }
     }
     let walker = walkdir::WalkDir::new(root)
         .follow_links(false)
@@ -120,7 +152,7 @@ pub fn walk(
                     .path()
                     .map(|p| p.display().to_string())
                     .unwrap_or_else(|| root.display().to_string());
-                return Err(format!("cannot read {at}: {e}"));
+                return Err(WalkError::Read { at, source: e });
             }
         };
         if entry.depth() == 0 || entry.file_type().is_dir() {
@@ -155,7 +187,12 @@ pub fn walk(
             {
                 continue;
             }
-            Err(e) => return Err(format!("cannot stat {}: {e}", entry.path().display())),
+            Err(source) => {
+                return Err(WalkError::Stat {
+                    path: entry.path().to_path_buf(),
+                    source,
+                });
+            }
         };
         let found = Found::File(FileMeta {
             path: rel,
@@ -282,7 +319,7 @@ mod tests {
         assert_eq!(s.files[0].size, 3);
         assert_eq!(s.skipped, vec!["link.jpg".to_string()]);
         let missing = scan(&r.join("nope"), &f(&[], &[])).expect_err("missing root");
-        assert!(missing.contains("does not exist"), "{missing}");
+        assert!(missing.to_string().contains("does not exist"), "{missing}");
     }
 
     #[test]
