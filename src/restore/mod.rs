@@ -775,11 +775,12 @@ impl<'a> RestoreCtx<'a> {
                 source: failed,
             });
         };
-        let damaged = Unusable::Damaged(problem.clone());
+        let text = problem.to_string();
+        let damaged = Unusable::Damaged(problem);
         let alt = fallback(self.config, job, req, from_name, &self.id, entry, damaged).await?;
         check_keys(alt.storage.as_ref(), self.packing, &[entry.key.as_str()]).await?;
         self.lines.push(format!(
-            "database {}: read from {}: the copy on {from_name} is damaged ({problem}); the attempt from it left the target unchanged",
+            "database {}: read from {}: the copy on {from_name} is damaged ({text}); the attempt from it left the target unchanged",
             entry.name, alt.name
         ));
         let from_name = alt.name.to_string();
@@ -906,11 +907,27 @@ async fn restore_from(
     step.database.restore(&archive, opts).await
 }
 
+/// What is wrong with a destination's copy of an object.
+#[derive(Debug, thiserror::Error)]
+pub enum Damage {
+    #[error("{0} is missing")]
+    Missing(String),
+    #[error("{key} is {found} bytes where the backup recorded {recorded}")]
+    Size {
+        key: String,
+        found: u64,
+        recorded: u64,
+    },
+    /// Its bytes fail the recorded size or sha256 (the verifying reader's error).
+    #[error("{0}")]
+    Corrupt(#[source] std::io::Error),
+}
+
 /// Why a destination's copy of an object cannot be used.
 #[derive(Debug)]
 pub enum Unusable {
     /// Missing, the wrong size, or failing its sha256: the copy itself is bad.
-    Damaged(String),
+    Damaged(Damage),
     /// The destination did not let it be read (unreachable, denied, not retrieved from an
     /// archive class): nothing is known about the copy.
     Unreadable(crate::storage::StorageError),
@@ -919,7 +936,7 @@ pub enum Unusable {
 impl std::fmt::Display for Unusable {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Unusable::Damaged(why) => f.write_str(why),
+            Unusable::Damaged(why) => write!(f, "{why}"),
             Unusable::Unreadable(e) => write!(f, "cannot be read: {e}"),
         }
     }
@@ -927,7 +944,9 @@ impl std::fmt::Display for Unusable {
 
 fn unusable(key: &str, e: crate::storage::StorageError) -> Unusable {
     match e {
-        crate::storage::StorageError::NotFound(_) => Unusable::Damaged(format!("{key} is missing")),
+        crate::storage::StorageError::NotFound(_) => {
+            Unusable::Damaged(Damage::Missing(key.to_string()))
+        }
         other => Unusable::Unreadable(other),
     }
 }
@@ -940,11 +959,12 @@ async fn check_present(storage: &dyn Storage, entry: &SourceEntry) -> Result<(),
         .await
         .map_err(|e| unusable(&entry.key, e))?;
     match found.iter().find(|o| o.key == entry.key) {
-        None => Err(Unusable::Damaged(format!("{} is missing", entry.key))),
-        Some(o) if o.size != entry.size => Err(Unusable::Damaged(format!(
-            "{} is {} bytes where the backup recorded {}",
-            entry.key, o.size, entry.size
-        ))),
+        None => Err(Unusable::Damaged(Damage::Missing(entry.key.clone()))),
+        Some(o) if o.size != entry.size => Err(Unusable::Damaged(Damage::Size {
+            key: entry.key.clone(),
+            found: o.size,
+            recorded: entry.size,
+        })),
         Some(_) => Ok(()),
     }
 }
@@ -965,7 +985,7 @@ pub async fn verify_object(storage: &dyn Storage, entry: &SourceEntry) -> Result
             Ok(0) => return Ok(()),
             Ok(_) => {}
             Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
-                return Err(Unusable::Damaged(e.to_string()));
+                return Err(Unusable::Damaged(Damage::Corrupt(e)));
             }
             Err(e) => {
                 return Err(Unusable::Unreadable(
