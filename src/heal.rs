@@ -16,7 +16,7 @@ use tracing::{error, info, warn};
 
 use crate::config::{Config, DestinationKind, Job};
 use crate::engine::{Database, SourceError};
-use crate::manifest::{self, JobListing, Manifest};
+use crate::repo::manifest::{self, JobListing, Manifest};
 use crate::restore::{self, RestoreError, RestoreRequest};
 use crate::storage;
 
@@ -713,7 +713,7 @@ fn one_line(text: &str) -> String {
 /// The newest `n` published backups of the job over all its destinations, newest first,
 /// each read from the preferred destination that has it: local volumes before object
 /// stores (fast, and no egress), then the job's order. A destination that cannot be read
-/// is skipped, and so is a backup the job must not read (`crate::packing::Expect`): a fake
+/// is skipped, and so is a backup the job must not read (`crate::repo::packing::Expect`): a fake
 /// newer backup neither takes a slot nor is restored from.
 async fn candidates(
     config: &Config,
@@ -722,7 +722,7 @@ async fn candidates(
     n: usize,
     trust: bool,
 ) -> Vec<Candidate> {
-    let expect = crate::packing::Expect::of(job, trust);
+    let expect = crate::repo::packing::Expect::of(job, trust);
     let mut stores = storage::open_job(config, job).await;
     // An archive tier needs a retrieval (hours) before a restore: not a source for healing.
     stores.retain(|s| restore::archive_class(config, s.name).is_none());

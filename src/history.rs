@@ -10,7 +10,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use crate::config::{Config, Job};
-use crate::manifest::{self, JobListing};
+use crate::repo::manifest::{self, JobListing};
 use crate::storage;
 
 /// How many of the newest backups the page plots.

@@ -2,7 +2,6 @@
 //! config (raw serde → validated) → scheduler → pipeline (sources → compress → fan-out →
 //! storages → manifest publish → retention); restore reads it back.
 
-pub mod blobs;
 pub mod codec;
 pub mod commands;
 pub mod config;
@@ -14,19 +13,16 @@ pub mod footprint;
 pub mod heal;
 pub mod history;
 pub mod instance;
-pub mod layout;
 pub mod logging;
-pub mod manifest;
 pub mod names;
 pub mod notify;
-pub mod objlock;
 pub mod owner;
-pub mod packing;
 pub mod pathfilter;
 pub mod pipeline;
 pub mod preflight;
 pub mod progress;
 pub mod recover;
+pub mod repo;
 pub mod restore;
 pub mod retention;
 pub mod schedule;

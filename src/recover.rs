@@ -11,8 +11,8 @@ use std::collections::{BTreeSet, HashMap};
 use chrono::{DateTime, Utc};
 use tracing::{info, warn};
 
-use crate::blobs::{self, LockKind};
-use crate::manifest::{self, JobListing};
+use crate::repo::blobs::{self, LockKind};
+use crate::repo::manifest::{self, JobListing};
 use crate::storage::local::{PARTIAL_SUFFIX, partial_owner_alive};
 use crate::storage::{Storage, StorageError};
 
@@ -98,14 +98,14 @@ async fn read_listing(
     // lock for dead (and delete its run's objects). Without the probe, this host's clock.
     let probe = format!(
         "{}{}.clock",
-        crate::layout::locks_prefix(job),
-        crate::layout::new_id(Utc::now())
+        crate::repo::layout::locks_prefix(job),
+        crate::repo::layout::new_id(Utc::now())
     );
     let probed = storage
         .put_bytes(&probe, bytes::Bytes::from_static(b"{}"))
         .await
         .is_ok();
-    let listed = storage.list(&crate::layout::locks_prefix(job)).await;
+    let listed = storage.list(&crate::repo::layout::locks_prefix(job)).await;
     if probed {
         let _ = storage.delete(std::slice::from_ref(&probe)).await;
     }
@@ -199,7 +199,11 @@ async fn remove_partials(
         .collect();
     storage
         .list_pages(
-            &format!("{}{}/", crate::layout::job_prefix(job), blobs::BLOBS_DIR),
+            &format!(
+                "{}{}/",
+                crate::repo::layout::job_prefix(job),
+                blobs::BLOBS_DIR
+            ),
             &mut |page| {
                 partials.extend(page.into_iter().map(|o| o.key).filter(|k| dead_partial(k)))
             },
@@ -226,7 +230,7 @@ async fn abort_uploads(
     // job is alive (a blob upload carries no run id). Only those begun before this start.
     let others_alive = lock_state.values().any(|alive| *alive);
     for u in storage
-        .open_uploads(&crate::layout::job_prefix(job))
+        .open_uploads(&crate::repo::layout::job_prefix(job))
         .await?
     {
         if u.initiated.is_some_and(|t| t >= started) {

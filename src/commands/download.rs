@@ -14,8 +14,8 @@ use super::{EXIT_CONFIG, EXIT_FAILED, EXIT_OK, EXIT_PENDING, with_job};
 use crate::config::{Config, Job};
 use crate::engine::{Archive, SourceError};
 use crate::logging::Console;
-use crate::manifest::SourceEntry;
-use crate::packing::Packing;
+use crate::repo::manifest::SourceEntry;
+use crate::repo::packing::Packing;
 use crate::restore::{self, Located, RestoreError, StoredArchive, lifecycle};
 use crate::storage::StorageError;
 use crate::units::human_bytes;
@@ -149,7 +149,7 @@ async fn download(config: &Config, job: &Job, req: &Request) -> Result<Done, Fai
             entry.name, job.name, manifest.id, entry.name
         )));
     }
-    let expect = crate::packing::Expect::of(job, req.trust_unauthenticated);
+    let expect = crate::repo::packing::Expect::of(job, req.trust_unauthenticated);
     let packing = Packing::of(&manifest, &expect, keys).map_err(RestoreError::from)?;
     let pending = |what: String| {
         Failure::Pending(format!(

@@ -11,7 +11,7 @@ use serde::Serialize;
 use super::{EXIT_CONFIG, EXIT_FAILED, EXIT_OK, runtime, start};
 use crate::config::{Config, Job};
 use crate::logging::Console;
-use crate::manifest::{self, JobListing, Manifest, SourceEntry};
+use crate::repo::manifest::{self, JobListing, Manifest, SourceEntry};
 use crate::storage;
 use crate::units::human_bytes;
 
@@ -148,7 +148,7 @@ async fn collect(config: &Config, only_job: Option<&str>, holding: Option<&str>)
                             }),
                             // Retention in a running daemon may delete a backup between the
                             // listing and this read: it is simply gone, not an error.
-                            Err(crate::manifest::ManifestError::Storage(
+                            Err(crate::repo::manifest::ManifestError::Storage(
                                 crate::storage::StorageError::NotFound(_),
                             )) => {}
                             Err(e) => rows.push(Row {

@@ -19,9 +19,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::{StreamError, Target, fan_out, fan_out_to, seal};
-use crate::blobs::{self, INDEX_FORMAT, IndexEntries, IndexEntry};
 use crate::config::{FilesConfig, Job};
-use crate::manifest::{self, FilesStats, JobListing, SourceEntry};
+use crate::repo::blobs::{self, INDEX_FORMAT, IndexEntries, IndexEntry};
+use crate::repo::manifest::{self, FilesStats, JobListing, SourceEntry};
 use crate::source::files::{self as tree, FileMeta, Found, PathFilter};
 use crate::storage::{Storage, StorageError};
 
@@ -329,7 +329,7 @@ async fn open_dests(job: &Job, targets: &mut [Target]) -> (Vec<Dest>, Vec<usize>
     let listings = join_all(live.iter().map(|i| async {
         let st = targets[*i].storage.as_ref();
         let backups = JobListing::read_backups(st, &job.name).await?;
-        let have = blobs::blob_ids(st, &job.name, crate::layout::Form::of(job)).await?;
+        let have = blobs::blob_ids(st, &job.name, crate::repo::layout::Form::of(job)).await?;
         Ok::<_, StorageError>((backups, have))
     }))
     .await;
@@ -370,7 +370,7 @@ async fn read_previous_index(
             &job.name,
             &cfg.name,
             keys.clone(),
-            &crate::packing::Expect::of(job, false),
+            &crate::repo::packing::Expect::of(job, false),
         )
         .await
         {
@@ -417,10 +417,10 @@ async fn write_index(ctx: &Ctx<'_>, id: &str, merge: Merge) -> Written {
         })
         .buffered(CONCURRENCY);
 
-    let key = manifest::index_key(&job.name, id, &cfg.name, crate::layout::Form::of(job));
+    let key = manifest::index_key(&job.name, id, &cfg.name, crate::repo::layout::Form::of(job));
     // The clear list of blob keys, for sweeps (which then need neither a key nor the
     // index's JSON).
-    let refs_key = crate::layout::refs_key(&job.name, id, &cfg.name, job.compression);
+    let refs_key = crate::repo::layout::refs_key(&job.name, id, &cfg.name, job.compression);
     let writers: Vec<&dyn Storage> = ctx.dests.iter().map(|d| d.storage.as_ref()).collect();
     let (index, index_reader) = LineSink::new();
     let (refs, refs_reader) = LineSink::new();
@@ -640,7 +640,7 @@ async fn process(
             Some(e) => e.blob_name(&sha),
             None => sha.clone(),
         };
-        let key = blobs::blob_key(&ctx.job.name, &name, crate::layout::Form::of(ctx.job));
+        let key = blobs::blob_key(&ctx.job.name, &name, crate::repo::layout::Form::of(ctx.job));
         let need: Vec<&Dest> = ctx.dests.iter().filter(|d| d.claim(&name)).collect();
         let entry = IndexEntry {
             path: meta.path.clone(),

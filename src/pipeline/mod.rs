@@ -24,11 +24,11 @@ use tokio_util::io::InspectReader;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use crate::blobs::{self, LockKind, SweepOutcome};
 use crate::codec;
 use crate::config::{Config, Job, SourceConfig};
 use crate::engine::{Database, SourceError};
-use crate::manifest::{self, FORMAT_VERSION, JobListing, Manifest, SourceEntry};
+use crate::repo::blobs::{self, LockKind, SweepOutcome};
+use crate::repo::manifest::{self, FORMAT_VERSION, JobListing, Manifest, SourceEntry};
 use crate::retention;
 use crate::storage::class::StorageClass;
 use crate::storage::{self, Chunk, Storage};
@@ -408,7 +408,7 @@ impl<'a> RunCtx<'a> {
                         return None;
                     }
                 };
-                let form = crate::layout::Form::of(self.job);
+                let form = crate::repo::layout::Form::of(self.job);
                 let key = manifest::object_key(jn, &self.id, db.name(), db.extension(), form);
                 info!(job = jn, id = %self.id, source = db.name(), "stage: dump {} {} → {}", db.kind(), db.name(), key);
                 self.touch_live();
@@ -516,7 +516,7 @@ impl<'a> RunCtx<'a> {
         {
             let Some(lock) = t.object_lock else { continue };
             let until = lock.until(Utc::now());
-            match crate::objlock::extend_blob_locks(t.storage.as_ref(), m, until).await {
+            match crate::repo::objlock::extend_blob_locks(t.storage.as_ref(), m, until).await {
                 Ok(n) => info!(
                     job = jn,
                     id = %id,
@@ -981,7 +981,8 @@ async fn apply_retention(
         .map(|d| (d.id.as_str(), d.time))
         .collect();
     let locks =
-        crate::objlock::read_locks(t.storage.as_ref(), &job.name, &doomed, t.object_lock).await?;
+        crate::repo::objlock::read_locks(t.storage.as_ref(), &job.name, &doomed, t.object_lock)
+            .await?;
     retention::hold_locked(&mut decisions, &locks, now);
     for d in decisions.iter().filter(|d| d.reasons.contains(&"locked")) {
         info!(

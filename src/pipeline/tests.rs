@@ -5,7 +5,7 @@
 use tokio::io::AsyncReadExt;
 
 use super::*;
-use crate::blobs::LockKind;
+use crate::repo::blobs::LockKind;
 use crate::testkit::{FakeDb, Fault, FaultKind, JOB, MemoryStorage, Op, configure, open};
 
 const SOURCE: &str = "db";
@@ -87,7 +87,7 @@ fn dump_bytes(len: usize, seed: u64) -> Vec<u8> {
 }
 
 fn object_key(id: &str, job: &Job) -> String {
-    manifest::object_key(JOB, id, SOURCE, "fake", crate::layout::Form::of(job))
+    manifest::object_key(JOB, id, SOURCE, "fake", crate::repo::layout::Form::of(job))
 }
 
 /// Published backup ids on a destination, oldest first.

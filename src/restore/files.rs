@@ -20,10 +20,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tracing::{debug, info};
 
 use super::RestoreError;
-use crate::blobs::{self, IndexEntry};
-use crate::packing::Packing;
+use crate::repo::blobs::{self, IndexEntry};
+use crate::repo::packing::Packing;
 
-use crate::manifest::SourceEntry;
+use crate::repo::manifest::SourceEntry;
 use crate::source::files::{self as tree, FileMeta, Found, PathFilter};
 use crate::storage::{Storage, StorageError};
 use crate::units::human_bytes;
@@ -233,7 +233,7 @@ pub(super) async fn compare(
     // What is there now, seen through the same filters the backup used.
     let filter = PathFilter::new(&index.include, &index.exclude).map_err(|e| err(e.into()))?;
     for f in &index.files {
-        crate::layout::check_index_path(&f.path).map_err(|e| err(TreeError::Unsafe(e)))?;
+        crate::repo::layout::check_index_path(&f.path).map_err(|e| err(TreeError::Unsafe(e)))?;
     }
     let local: HashMap<String, FileMeta> = if dir.exists() {
         let d = dir.clone();
@@ -592,7 +592,9 @@ async fn walk(ctx: &TreeCtx<'_>, merge: &mut Merge, tally: &mut Tally) {
             Step::Entry(f, here) => {
                 // Checked where the index is read too; the check that guards the writes
                 // stays beside them.
-                if let Err(e) = crate::layout::check_index_entry(&ctx.entry.key, &f.path, &f.blob) {
+                if let Err(e) =
+                    crate::repo::layout::check_index_entry(&ctx.entry.key, &f.path, &f.blob)
+                {
                     tally.failure = Some(TreeError::Unsafe(e));
                     continue;
                 }

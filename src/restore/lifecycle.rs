@@ -19,7 +19,7 @@ use serde::Serialize;
 
 use super::RestoreError;
 use super::files;
-use crate::manifest::SourceEntry;
+use crate::repo::manifest::SourceEntry;
 use crate::storage::class::Retrieval as RetrievalSettings;
 use crate::storage::{Retrieval, Storage, cached};
 
@@ -125,7 +125,7 @@ fn counts_of<'a>(objects: impl Iterator<Item = &'a Object>) -> String {
 pub async fn survey(
     storage: &dyn Storage,
     sources: &[&SourceEntry],
-    packing: &crate::packing::Packing,
+    packing: &crate::repo::packing::Packing,
     files_dir: &dyn Fn(&SourceEntry) -> Option<PathBuf>,
     download_to: Option<&Path>,
 ) -> Result<Survey, RestoreError> {

@@ -12,8 +12,8 @@ use tracing::{info, warn};
 use crate::codec;
 use crate::config::{Config, Job, SourceConfig};
 use crate::engine::{Archive, COMMITTING, Database, RestoreOptions, SourceError};
-use crate::manifest::{self, JobListing, Manifest, SourceEntry};
-use crate::packing;
+use crate::repo::manifest::{self, JobListing, Manifest, SourceEntry};
+use crate::repo::packing;
 use crate::storage::class::StorageClass;
 use crate::storage::{self, JobStorage, Storage};
 use crate::units::human_bytes;
@@ -94,7 +94,7 @@ pub enum RestoreError {
     Lock {
         destination: String,
         #[source]
-        source: crate::blobs::BlobError,
+        source: crate::repo::blobs::BlobError,
     },
     /// An object of the backup is missing or damaged where the restore must read it.
     #[error("{0}")]
@@ -118,7 +118,7 @@ pub enum RestoreError {
     /// The job must not read this backup: not authenticated, or clear where the job
     /// encrypts.
     #[error(transparent)]
-    Refused(#[from] crate::manifest::Refused),
+    Refused(#[from] crate::repo::manifest::Refused),
     /// Another process is backing up or restoring the job.
     #[error("{0}")]
     Busy(String),
@@ -469,21 +469,21 @@ pub async fn restore_until(
     let result = if req.dry_run {
         work.await
     } else {
-        crate::blobs::refreshing(
+        crate::repo::blobs::refreshing(
             &[st.as_ref()],
             &job.name,
             &lock_id,
-            crate::blobs::LockKind::Restore,
+            crate::repo::blobs::LockKind::Restore,
             work,
         )
         .await
     };
     if !req.dry_run {
-        crate::blobs::unlock(
+        crate::repo::blobs::unlock(
             st.as_ref(),
             &job.name,
             &lock_id,
-            crate::blobs::LockKind::Restore,
+            crate::repo::blobs::LockKind::Restore,
         )
         .await;
     }
@@ -499,11 +499,11 @@ async fn claim_restore_lock(
     dest_name: &str,
 ) -> Result<(), RestoreError> {
     let never = tokio_util::sync::CancellationToken::new();
-    match crate::blobs::claim_job(
+    match crate::repo::blobs::claim_job(
         &[st],
         &job.name,
         lock_id,
-        crate::blobs::LockKind::Restore,
+        crate::repo::blobs::LockKind::Restore,
         wait_lock,
         &never,
     )
@@ -1098,12 +1098,13 @@ async fn files_elsewhere<'c>(
         if js.name == bad || archive_class(config, js.name).is_some() {
             continue;
         }
-        let Ok(index) = crate::blobs::read_index(js.storage.as_ref(), entry, packing).await else {
+        let Ok(index) = crate::repo::blobs::read_index(js.storage.as_ref(), entry, packing).await
+        else {
             continue;
         };
         let Ok(listed) = js
             .storage
-            .list(&format!("{}/{}/", job.name, crate::blobs::BLOBS_DIR))
+            .list(&format!("{}/{}/", job.name, crate::repo::blobs::BLOBS_DIR))
             .await
         else {
             continue;
@@ -1603,7 +1604,7 @@ mod tests {
         use crate::storage::StorageError;
         let dir = tempfile::tempdir().expect("tempdir");
         let st = crate::storage::local::LocalStorage::new(dir.path().to_path_buf());
-        let packing = crate::packing::Packing {
+        let packing = crate::repo::packing::Packing {
             compression: crate::codec::Compression::Zstd,
             encrypted: true,
             keys: None,
@@ -1674,7 +1675,7 @@ mod tests {
         Progress::start(&p, "database other".into(), true);
         assert!(says(&p).contains("database other was stopped before its commit"));
     }
-    use crate::manifest::{FilesStats, Manifest, SourceEntry};
+    use crate::repo::manifest::{FilesStats, Manifest, SourceEntry};
 
     fn entry(name: &str, kind: &str) -> SourceEntry {
         SourceEntry {

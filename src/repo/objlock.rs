@@ -14,10 +14,10 @@ use std::collections::HashSet;
 
 use chrono::{DateTime, Utc};
 
-use crate::blobs::{self, BlobError};
 use crate::config::ObjectLock;
-use crate::manifest::Manifest;
-use crate::packing::Packing;
+use crate::repo::blobs::{self, BlobError};
+use crate::repo::manifest::Manifest;
+use crate::repo::packing::Packing;
 use crate::storage::{Storage, StorageError};
 
 /// Extension requests in flight at once, per destination.
@@ -39,7 +39,7 @@ pub async fn read_locks(
 ) -> Result<Vec<(String, DateTime<Utc>)>, StorageError> {
     let mut out = Vec::new();
     for (id, time) in doomed {
-        let key = crate::layout::manifest_key(job, id);
+        let key = crate::repo::layout::manifest_key(job, id);
         let reported = storage.locked_until(&key).await?;
         let assumed = configured.map(|l| l.until(*time));
         if let Some(until) = reported.max(assumed) {

@@ -2,7 +2,7 @@
 //! backup's paths to it, and the lock protocol that keeps blob sweeps from deleting what a
 //! backup being written is about to reference.
 //!
-//! Keys (`crate::layout`): blobs at `<job>/blobs/<aa>/<sha256>[.zst|.gz]` (sha256 of the raw
+//! Keys (`crate::repo::layout`): blobs at `<job>/blobs/<aa>/<sha256>[.zst|.gz]` (sha256 of the raw
 //! bytes), one index per files source and backup, and locks at `<job>/locks/<id>.backup`
 //! (a backup that may reuse blobs is running) or `.sweep` (unreferenced blobs are being
 //! deleted).
@@ -27,13 +27,13 @@ use tracing::{info, warn};
 use crate::codec;
 use crate::codec::Compression;
 use crate::crypt::{Keys, Sealer};
-use crate::layout::Form;
-use crate::manifest::{self, JobListing, Manifest, SourceEntry};
-use crate::packing::{self, Packing};
+use crate::repo::layout::Form;
+use crate::repo::manifest::{self, JobListing, Manifest, SourceEntry};
+use crate::repo::packing::{self, Packing};
 use crate::storage::{Storage, StorageError};
 use std::sync::Arc;
 
-pub use crate::layout::{BLOBS_DIR, LOCKS_DIR, blob_key};
+pub use crate::repo::layout::{BLOBS_DIR, LOCKS_DIR, blob_key};
 /// 2: JSON Lines (a header line, then one entry per line in [`path_order`]); 1: one JSON
 /// document with every entry in `files`, sorted by path string (still read).
 pub const INDEX_FORMAT: u32 = 2;
@@ -137,7 +137,7 @@ pub enum BlobError {
     SweepUnreadable {
         id: String,
         #[source]
-        source: Box<crate::manifest::ManifestError>,
+        source: Box<crate::repo::manifest::ManifestError>,
     },
     /// ... and every blob reference of it.
     #[error("sweep stopped, backup {id}: {source}")]
@@ -182,7 +182,7 @@ pub async fn pack_bytes(
 /// listing shows anyway.
 pub async fn read_refs(
     storage: &dyn Storage,
-    r: &crate::manifest::StoredRef,
+    r: &crate::repo::manifest::StoredRef,
     c: Compression,
 ) -> Result<Vec<String>, BlobError> {
     let raw = storage.get(&r.key).await?;
@@ -303,7 +303,7 @@ impl IndexEntries {
             self.last = Some(e.path.clone());
             // Paths and blob keys are untrusted: none may lead out of the restored
             // directory, the destination's root or the job's prefix.
-            crate::layout::check_index_entry(&self.key, &e.path, &e.blob)
+            crate::repo::layout::check_index_entry(&self.key, &e.path, &e.blob)
                 .map_err(BlobError::Corrupt)?;
         }
         Ok(entry)
@@ -374,7 +374,7 @@ pub async fn open_index(
     ))
 }
 
-use crate::layout::hash_of_blob;
+use crate::repo::layout::hash_of_blob;
 
 /// A blob's name (hex) as a number, its first 64 bits: what a backup keeps of each blob a
 /// destination holds (8 bytes, not a key string). Two contents sharing 64 bits (odds of
@@ -403,7 +403,7 @@ pub async fn blob_ids(
 }
 
 pub fn lock_key(job: &str, id: &str, kind: LockKind) -> String {
-    crate::layout::lock_key(job, id, kind.as_str())
+    crate::repo::layout::lock_key(job, id, kind.as_str())
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -438,7 +438,7 @@ pub fn parse_locks(
     job: &str,
     objects: impl IntoIterator<Item = crate::storage::ObjectMeta>,
 ) -> Vec<Lock> {
-    let prefix = crate::layout::locks_prefix(job);
+    let prefix = crate::repo::layout::locks_prefix(job);
     objects
         .into_iter()
         .filter_map(|o| {
@@ -450,7 +450,7 @@ pub fn parse_locks(
                 "restore" => LockKind::Restore,
                 _ => return None,
             };
-            let since = crate::layout::parse_id(id)?;
+            let since = crate::repo::layout::parse_id(id)?;
             Some(Lock {
                 id: id.to_string(),
                 kind,
@@ -487,7 +487,9 @@ async fn list_locks(
     job: &str,
     own: Option<&str>,
 ) -> Result<(Vec<Lock>, DateTime<Utc>), StorageError> {
-    let objs = storage.list(&crate::layout::locks_prefix(job)).await?;
+    let objs = storage
+        .list(&crate::repo::layout::locks_prefix(job))
+        .await?;
     let now = own
         .and_then(|k| objs.iter().find(|o| o.key == k))
         .and_then(|o| o.modified)
@@ -802,7 +804,7 @@ pub async fn sweep(
     own_id: &str,
     min_age: Option<chrono::TimeDelta>,
 ) -> Result<SweepOutcome, BlobError> {
-    let sweep_id = crate::layout::new_id(Utc::now());
+    let sweep_id = crate::repo::layout::new_id(Utc::now());
     let own = lock_key(job, &sweep_id, LockKind::Sweep);
     storage.put_bytes(&own, lock_body()).await?;
     let result = refreshing(
@@ -969,7 +971,7 @@ async fn sweep_locked(
 /// Each blob key of a stored refs list (checked against its sha256 at the end).
 pub async fn for_each_ref(
     storage: &dyn Storage,
-    r: &crate::manifest::StoredRef,
+    r: &crate::repo::manifest::StoredRef,
     c: Compression,
     each: &mut (dyn FnMut(&str) + Send),
 ) -> Result<(), BlobError> {
