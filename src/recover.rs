@@ -3,7 +3,7 @@
 //! and open multipart uploads on S3. None of it is visible as a backup, but it takes space
 //! and a stale lock holds off blob sweeps. A run is known dead when its lock names a
 //! process of this host and boot that is gone, or when its lock has not been refreshed
-//! for `blobs::LOCK_DEAD` (every holder rewrites its lock each minute), whatever the host.
+//! for `locks::LOCK_DEAD` (every holder rewrites its lock each minute), whatever the host.
 //! Published backups are never touched.
 
 use std::collections::{BTreeSet, HashMap};
@@ -11,7 +11,8 @@ use std::collections::{BTreeSet, HashMap};
 use chrono::{DateTime, Utc};
 use tracing::{info, warn};
 
-use crate::repo::blobs::{self, LockKind};
+use crate::repo::blobs;
+use crate::repo::locks::{self, LockKind};
 use crate::repo::manifest::{self, JobListing};
 use crate::storage::local::{PARTIAL_SUFFIX, partial_owner_alive};
 use crate::storage::{Storage, StorageError};
@@ -130,16 +131,16 @@ async fn clear_dead_locks(
     out: &mut Recovered,
 ) -> Result<HashMap<String, bool>, StorageError> {
     let mut lock_state: HashMap<String, bool> = HashMap::new(); // id → holder alive
-    for lock in blobs::parse_locks(job, listing.locks.iter().cloned()) {
-        let key = blobs::lock_key(job, &lock.id, lock.kind);
-        let alive = match blobs::lock_owner(storage, &key)
+    for lock in locks::parse_locks(job, listing.locks.iter().cloned()) {
+        let key = locks::lock_key(job, &lock.id, lock.kind);
+        let alive = match locks::lock_owner(storage, &key)
             .await
             .and_then(|o| o.is_alive())
         {
             // A process of this host and boot that is gone.
             Some(false) => false,
             // Running here, on another host, or unreadable: alive while it is refreshed.
-            Some(true) | None => blobs::is_live(&lock, now),
+            Some(true) | None => locks::is_live(&lock, now),
         };
         if !alive {
             storage.delete(std::slice::from_ref(&key)).await?;

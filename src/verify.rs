@@ -491,7 +491,7 @@ async fn check_files(
         let result = check_index_without_key(storage, entry, packing, sizes, r, read_data).await;
         return SourceChecked::from(result);
     }
-    let index = match crate::repo::blobs::read_index(storage, entry, packing).await {
+    let index = match crate::repo::index::read_index(storage, entry, packing).await {
         Ok(i) => i,
         Err(e) => return SourceChecked::from(Err(vec![format!("index {}: {e}", entry.key)])),
     };
@@ -558,7 +558,7 @@ async fn check_index_without_key(
         .map_err(|e| vec![format!("index {} cannot be read: {e}", entry.key)])?;
     let verified = codec::Verify::new(raw, &entry.sha256, entry.size, &entry.key);
     read_checked(verified, packing, &entry.key).await?;
-    let blobs = crate::repo::blobs::read_refs(storage, r, packing.compression)
+    let blobs = crate::repo::index::read_refs(storage, r, packing.compression)
         .await
         .map_err(|e| vec![format!("blob list {}: {e}", r.key)])?;
     let mut problems: Vec<String> = blobs
@@ -586,7 +586,7 @@ async fn check_index_without_key(
 /// Each distinct blob of `index`, with the content the index records for it and the files
 /// using it; a blob recorded with two contents goes into `problems`.
 fn blob_uses<'a>(
-    index: &'a crate::repo::blobs::FileIndex,
+    index: &'a crate::repo::index::FileIndex,
     entry: &SourceEntry,
     problems: &mut Vec<String>,
 ) -> BTreeMap<&'a str, BlobUse<'a>> {

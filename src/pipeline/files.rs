@@ -20,7 +20,8 @@ use tracing::{info, warn};
 
 use super::{StreamError, Target, fan_out, fan_out_to, seal};
 use crate::config::{FilesConfig, Job};
-use crate::repo::blobs::{self, INDEX_FORMAT, IndexEntries, IndexEntry};
+use crate::repo::blobs;
+use crate::repo::index::{self, INDEX_FORMAT, IndexEntries, IndexEntry};
 use crate::repo::manifest::{self, FilesStats, JobListing, SourceEntry};
 use crate::source::files::{self as tree, FileMeta, Found, PathFilter};
 use crate::storage::{Storage, StorageError};
@@ -154,7 +155,7 @@ impl Merge {
                 }
             }
             let head = self.head.as_ref()?;
-            match blobs::path_order(&head.path, path) {
+            match index::path_order(&head.path, path) {
                 Ordering::Less => self.head = None,
                 Ordering::Equal => return self.head.take(),
                 Ordering::Greater => return None,
@@ -364,7 +365,7 @@ async fn read_previous_index(
 ) -> Option<IndexEntries> {
     let keys = job.encryption.as_ref().and_then(|e| e.keys.clone());
     for (d, listing) in dests.iter().zip(backups) {
-        if let Some((_, entries)) = blobs::previous_index(
+        if let Some((_, entries)) = index::previous_index(
             d.storage.as_ref(),
             listing,
             &job.name,
@@ -472,7 +473,7 @@ async fn write_lines(
 ) -> Result<(FilesStats, u64), StreamError> {
     let cfg = ctx.cfg;
     let mut stats = FilesStats::default();
-    let header = blobs::FileIndex {
+    let header = index::FileIndex {
         format: INDEX_FORMAT,
         source: cfg.name.to_string(),
         root: cfg.path.display().to_string(),
@@ -480,7 +481,7 @@ async fn write_lines(
         exclude: cfg.exclude.clone(),
         files: Vec::new(),
     };
-    let line = blobs::index_line(&header).map_err(|e| FilesError::index(&cfg.name, e))?;
+    let line = index::index_line(&header).map_err(|e| FilesError::index(&cfg.name, e))?;
     if !index.write(&line).await {
         return Err(StreamError::NoDestinationLeft);
     }
@@ -493,7 +494,7 @@ async fn write_lines(
             stats.new_bytes += done.entry.size;
         }
         stats.uploaded += done.uploaded;
-        let line = blobs::index_line(&done.entry).map_err(|e| FilesError::index(&cfg.name, e))?;
+        let line = index::index_line(&done.entry).map_err(|e| FilesError::index(&cfg.name, e))?;
         if !index.write(&line).await {
             return Err(StreamError::NoDestinationLeft);
         }

@@ -27,7 +27,8 @@ use tracing::{error, info, warn};
 use crate::codec;
 use crate::config::{Config, Job, SourceConfig};
 use crate::engine::{Database, SourceError};
-use crate::repo::blobs::{self, LockKind, SweepOutcome};
+use crate::repo::blobs::{self, SweepOutcome};
+use crate::repo::locks::{self, LockKind};
 use crate::repo::manifest::{self, FORMAT_VERSION, JobListing, Manifest, SourceEntry};
 use crate::retention;
 use crate::storage::class::StorageClass;
@@ -278,7 +279,7 @@ impl<'a> RunCtx<'a> {
             .filter(|t| t.error.is_none())
             .map(|t| t.storage.as_ref())
             .collect();
-        let claimed = blobs::claim_job(
+        let claimed = locks::claim_job(
             &live,
             jn,
             &self.id,
@@ -326,7 +327,7 @@ impl<'a> RunCtx<'a> {
             // Even a failed attempt may have written the lock: always remove it at the end.
             t.locked = true;
             let storage = t.storage.as_ref();
-            match blobs::lock_backup(storage, jn, &self.id, reuses_blobs, &self.cancel).await {
+            match locks::lock_backup(storage, jn, &self.id, reuses_blobs, &self.cancel).await {
                 Ok(()) => {}
                 Err(blobs::BlobError::Cancelled) => {
                     self.fatal = Some(cancelled());
@@ -341,8 +342,8 @@ impl<'a> RunCtx<'a> {
 
     /// The lock is rewritten while the run holds it: a lock not refreshed for minutes is
     /// taken for a crashed run's, by any host.
-    fn start_heartbeat(&self) -> blobs::Heartbeat {
-        blobs::Heartbeat::start(
+    fn start_heartbeat(&self) -> locks::Heartbeat {
+        locks::Heartbeat::start(
             self.targets
                 .iter()
                 .filter(|t| t.locked && t.error.is_none())
@@ -626,10 +627,10 @@ impl<'a> RunCtx<'a> {
     }
 
     /// The run is over: stop refreshing its locks, then remove them.
-    async fn release_locks(&self, heartbeat: blobs::Heartbeat) {
+    async fn release_locks(&self, heartbeat: locks::Heartbeat) {
         heartbeat.stop().await;
         for t in self.targets.iter().filter(|t| t.locked) {
-            blobs::unlock(t.storage.as_ref(), self.jn(), &self.id, LockKind::Backup).await;
+            locks::unlock(t.storage.as_ref(), self.jn(), &self.id, LockKind::Backup).await;
         }
     }
 

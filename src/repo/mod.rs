@@ -3,7 +3,9 @@
 //! object is packed (compression + encryption) and object-lock retention.
 
 pub mod blobs;
+pub mod index;
 pub mod layout;
+pub mod locks;
 pub mod manifest;
 pub mod objlock;
 pub mod packing;

@@ -15,7 +15,8 @@ use std::collections::HashSet;
 use chrono::{DateTime, Utc};
 
 use crate::config::ObjectLock;
-use crate::repo::blobs::{self, BlobError};
+use crate::repo::blobs::BlobError;
+use crate::repo::index;
 use crate::repo::manifest::Manifest;
 use crate::repo::packing::Packing;
 use crate::storage::{Storage, StorageError};
@@ -62,7 +63,7 @@ pub async fn extend_blob_locks(
         match &e.refs {
             // An encrypting job's clear list of references (its index is sealed).
             Some(r) => {
-                blobs::for_each_ref(storage, r, m.compression, &mut |k| keys.push(k.to_string()))
+                index::for_each_ref(storage, r, m.compression, &mut |k| keys.push(k.to_string()))
                     .await?;
                 for chunk in keys.chunks(BATCH) {
                     sent += extend(storage, chunk, until).await?;
@@ -70,7 +71,7 @@ pub async fn extend_blob_locks(
             }
             None => {
                 let (_, mut entries) =
-                    blobs::open_index(storage, e, &Packing::as_stored(m, None)).await?;
+                    index::open_index(storage, e, &Packing::as_stored(m, None)).await?;
                 while let Some(f) = entries.next().await? {
                     keys.push(f.blob);
                     if keys.len() >= BATCH {

@@ -20,7 +20,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tracing::{debug, info};
 
 use super::RestoreError;
-use crate::repo::blobs::{self, IndexEntry};
+use crate::repo::blobs;
+use crate::repo::index::{self, IndexEntry};
 use crate::repo::packing::Packing;
 
 use crate::repo::manifest::SourceEntry;
@@ -204,7 +205,7 @@ enum Action {
 
 /// A files source's backup held against the directory it would be restored into.
 pub(super) struct Compared {
-    pub index: blobs::FileIndex,
+    pub index: index::FileIndex,
     /// Paths whose local file has the backup's content: nothing to download.
     pub same: HashSet<String>,
 }
@@ -220,7 +221,7 @@ pub(super) async fn compare(
 ) -> Result<Compared, RestoreError> {
     let name = entry.name.as_str();
     let err = |e: TreeError| e.of(name);
-    let index = blobs::read_index(storage, entry, packing)
+    let index = index::read_index(storage, entry, packing)
         .await
         .map_err(|e| err(e.into()))?;
     let dir = dir.unwrap_or_else(|| PathBuf::from(&index.root));
@@ -304,7 +305,7 @@ enum Step {
 /// The index merged with a walk of the target directory (both in `path_order`), one step
 /// at a time: neither is held whole.
 struct Merge {
-    index: Option<blobs::IndexEntries>,
+    index: Option<index::IndexEntries>,
     local: Option<LocalWalk>,
     head: Option<FileMeta>,
     entry: Option<IndexEntry>,
@@ -350,7 +351,7 @@ impl Merge {
             (Some(_), None) => self.entry.take().map(|e| Step::Entry(e, None)),
             (Some(e), Some((l, size))) => {
                 let under = l.starts_with(&e) && l.as_bytes().get(e.len()) == Some(&b'/');
-                match blobs::path_order(&l, &e) {
+                match index::path_order(&l, &e) {
                     _ if under => self.head.take().map(|m| Step::Orphan(m.path)),
                     std::cmp::Ordering::Less => self.head.take().map(|m| Step::Orphan(m.path)),
                     std::cmp::Ordering::Equal => {
@@ -374,7 +375,7 @@ pub async fn restore(
     target: Target,
 ) -> Result<Vec<String>, RestoreError> {
     let name = entry.name.as_str();
-    let (header, entries) = blobs::open_index(storage, entry, packing)
+    let (header, entries) = index::open_index(storage, entry, packing)
         .await
         .map_err(|e| TreeError::from(e).of(name))?;
     let (dir, orphan_dir) = target_dirs(name, &header, &target)?;
@@ -415,7 +416,7 @@ pub async fn restore(
 /// chose them safely.
 fn target_dirs(
     name: &str,
-    header: &blobs::FileIndex,
+    header: &index::FileIndex,
     target: &Target,
 ) -> Result<(PathBuf, PathBuf), RestoreError> {
     // The index is data from the destination: whoever can write there could point its
@@ -453,7 +454,7 @@ type LocalWalk = tokio::sync::mpsc::Receiver<Result<Found, String>>;
 /// A walk of what is in `dir` now, and `dir` opened for writing beneath it (created
 /// unless this is a dry run; a dry run of a missing directory has nothing to open).
 async fn open_target(
-    header: &blobs::FileIndex,
+    header: &index::FileIndex,
     dir: &Path,
     dry_run: bool,
 ) -> Result<(Option<LocalWalk>, Option<Arc<beneath::Tree>>), TreeError> {
@@ -1416,7 +1417,7 @@ mod tests {
     /// where the backup has a file before that file.
     #[tokio::test]
     async fn index_and_tree_merge_in_path_order() {
-        let index = blobs::IndexEntries::from_vec(
+        let index = index::IndexEntries::from_vec(
             ["a/x", "a.b", "c", "d/e", "f"]
                 .into_iter()
                 .map(entry)

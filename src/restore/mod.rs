@@ -469,21 +469,21 @@ pub async fn restore_until(
     let result = if req.dry_run {
         work.await
     } else {
-        crate::repo::blobs::refreshing(
+        crate::repo::locks::refreshing(
             &[st.as_ref()],
             &job.name,
             &lock_id,
-            crate::repo::blobs::LockKind::Restore,
+            crate::repo::locks::LockKind::Restore,
             work,
         )
         .await
     };
     if !req.dry_run {
-        crate::repo::blobs::unlock(
+        crate::repo::locks::unlock(
             st.as_ref(),
             &job.name,
             &lock_id,
-            crate::repo::blobs::LockKind::Restore,
+            crate::repo::locks::LockKind::Restore,
         )
         .await;
     }
@@ -499,11 +499,11 @@ async fn claim_restore_lock(
     dest_name: &str,
 ) -> Result<(), RestoreError> {
     let never = tokio_util::sync::CancellationToken::new();
-    match crate::repo::blobs::claim_job(
+    match crate::repo::locks::claim_job(
         &[st],
         &job.name,
         lock_id,
-        crate::repo::blobs::LockKind::Restore,
+        crate::repo::locks::LockKind::Restore,
         wait_lock,
         &never,
     )
@@ -1098,7 +1098,7 @@ async fn files_elsewhere<'c>(
         if js.name == bad || archive_class(config, js.name).is_some() {
             continue;
         }
-        let Ok(index) = crate::repo::blobs::read_index(js.storage.as_ref(), entry, packing).await
+        let Ok(index) = crate::repo::index::read_index(js.storage.as_ref(), entry, packing).await
         else {
             continue;
         };
