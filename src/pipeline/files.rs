@@ -20,6 +20,7 @@ use tracing::{info, warn};
 
 use super::{StreamError, Target, fan_out, fan_out_to, seal};
 use crate::config::{FilesConfig, Job};
+use crate::repo::Repository;
 use crate::repo::blobs;
 use crate::repo::index::{self, INDEX_FORMAT, IndexEntries, IndexEntry};
 use crate::repo::manifest::{self, FilesStats, JobListing, SourceEntry};
@@ -328,9 +329,9 @@ async fn open_dests(job: &Job, targets: &mut [Target]) -> (Vec<Dest>, Vec<usize>
         .filter(|i| targets[*i].error.is_none())
         .collect();
     let listings = join_all(live.iter().map(|i| async {
-        let st = targets[*i].storage.as_ref();
-        let backups = JobListing::read_backups(st, &job.name).await?;
-        let have = blobs::blob_ids(st, &job.name, crate::repo::layout::Form::of(job)).await?;
+        let repo = Repository::new(targets[*i].storage.as_ref(), &job.name);
+        let backups = repo.backups().await?;
+        let have = repo.blob_ids(crate::repo::layout::Form::of(job)).await?;
         Ok::<_, StorageError>((backups, have))
     }))
     .await;
@@ -365,15 +366,14 @@ async fn read_previous_index(
 ) -> Option<IndexEntries> {
     let keys = job.encryption.as_ref().and_then(|e| e.keys.clone());
     for (d, listing) in dests.iter().zip(backups) {
-        if let Some((_, entries)) = index::previous_index(
-            d.storage.as_ref(),
-            listing,
-            &job.name,
-            &cfg.name,
-            keys.clone(),
-            &crate::repo::packing::Expect::of(job, false),
-        )
-        .await
+        if let Some((_, entries)) = Repository::new(d.storage.as_ref(), &job.name)
+            .previous_index(
+                listing,
+                &cfg.name,
+                keys.clone(),
+                &crate::repo::packing::Expect::of(job, false),
+            )
+            .await
         {
             return Some(entries);
         }

@@ -27,9 +27,10 @@ use tracing::{error, info, warn};
 use crate::codec;
 use crate::config::{Config, Job, SourceConfig};
 use crate::engine::{Database, SourceError};
+use crate::repo::Repository;
 use crate::repo::blobs::{self, SweepOutcome};
 use crate::repo::locks::{self, LockKind};
-use crate::repo::manifest::{self, FORMAT_VERSION, JobListing, Manifest, SourceEntry};
+use crate::repo::manifest::{self, FORMAT_VERSION, Manifest, SourceEntry};
 use crate::retention;
 use crate::storage::class::StorageClass;
 use crate::storage::{self, Chunk, Storage};
@@ -99,6 +100,13 @@ struct Target {
     touched: bool,
     /// Whether this run holds a backup lock here (it reuses shared file blobs).
     locked: bool,
+}
+
+impl Target {
+    /// The job's repository on this destination.
+    fn repo<'a>(&'a self, job: &'a str) -> Repository<'a> {
+        Repository::new(self.storage.as_ref(), job)
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -326,8 +334,11 @@ impl<'a> RunCtx<'a> {
             t.touched = true;
             // Even a failed attempt may have written the lock: always remove it at the end.
             t.locked = true;
-            let storage = t.storage.as_ref();
-            match locks::lock_backup(storage, jn, &self.id, reuses_blobs, &self.cancel).await {
+            match t
+                .repo(jn)
+                .lock_backup(&self.id, reuses_blobs, &self.cancel)
+                .await
+            {
                 Ok(()) => {}
                 Err(blobs::BlobError::Cancelled) => {
                     self.fatal = Some(cancelled());
@@ -517,7 +528,7 @@ impl<'a> RunCtx<'a> {
         {
             let Some(lock) = t.object_lock else { continue };
             let until = lock.until(Utc::now());
-            match crate::repo::objlock::extend_blob_locks(t.storage.as_ref(), m, until).await {
+            match t.repo(jn).extend_blob_locks(m, until).await {
                 Ok(n) => info!(
                     job = jn,
                     id = %id,
@@ -539,14 +550,14 @@ impl<'a> RunCtx<'a> {
     /// Writes the manifest on every live destination at once; those where it landed are
     /// published.
     async fn put_manifest(&mut self, body: Bytes) {
-        let key = manifest::manifest_key(self.jn(), &self.id);
         let live: Vec<usize> = (0..self.targets.len())
             .filter(|i| self.targets[*i].error.is_none())
             .collect();
-        let puts = join_all(
-            live.iter()
-                .map(|i| self.targets[*i].storage.put_record(&key, body.clone())),
-        );
+        let puts = join_all(live.iter().map(|i| {
+            self.targets[*i]
+                .repo(self.jn())
+                .publish_manifest(&self.id, body.clone())
+        }));
         // Dropped on a stop: a manifest that landed anyway is removed by the cleanup,
         // because nothing counts as published until every put has answered.
         let results = tokio::select! {
@@ -630,7 +641,7 @@ impl<'a> RunCtx<'a> {
     async fn release_locks(&self, heartbeat: locks::Heartbeat) {
         heartbeat.stop().await;
         for t in self.targets.iter().filter(|t| t.locked) {
-            locks::unlock(t.storage.as_ref(), self.jn(), &self.id, LockKind::Backup).await;
+            t.repo(self.jn()).unlock(&self.id, LockKind::Backup).await;
         }
     }
 
@@ -845,7 +856,7 @@ async fn fan_out_to<T>(
 }
 
 async fn cleanup(storage: &dyn Storage, job: &str, id: &str, dest: &str, abandoned: bool) {
-    let prefix = manifest::backup_prefix(job, id);
+    let prefix = Repository::new(storage, job).backup_prefix(id);
     // An abandoned upload may have been dropped before it could abort itself.
     if abandoned {
         match storage.open_uploads(&prefix).await {
@@ -920,7 +931,7 @@ pub(crate) async fn weighed(
         let read = join_all(
             chunk
                 .iter()
-                .map(|p| manifest::read_manifest(storage, &job.name, &p.id)),
+                .map(|p| Repository::new(storage, &job.name).manifest(&p.id)),
         )
         .await;
         verdicts.extend(chunk.iter().zip(read));
@@ -961,7 +972,8 @@ async fn apply_retention(
 ) -> Result<usize, storage::StorageError> {
     // From the destination's own listing, not local state: survives restarts and
     // counts backups written by other stowage processes too.
-    let listing = JobListing::read_backups(t.storage.as_ref(), &job.name).await?;
+    let repo = t.repo(&job.name);
+    let listing = repo.backups().await?;
     let published = listing.published(&job.name);
     if t.policy.is_keep_all() {
         return Ok(published.len());
@@ -981,9 +993,7 @@ async fn apply_retention(
         .filter(|d| !d.keep)
         .map(|d| (d.id.as_str(), d.time))
         .collect();
-    let locks =
-        crate::repo::objlock::read_locks(t.storage.as_ref(), &job.name, &doomed, t.object_lock)
-            .await?;
+    let locks = repo.object_locks(&doomed, t.object_lock).await?;
     retention::hold_locked(&mut decisions, &locks, now);
     for d in decisions.iter().filter(|d| d.reasons.contains(&"locked")) {
         info!(
@@ -1011,7 +1021,7 @@ async fn apply_retention(
     }
     let mut removed = 0;
     for d in decisions.iter().filter(|d| !d.keep) {
-        manifest::delete_backup(t.storage.as_ref(), &listing, &job.name, &d.id).await?;
+        repo.delete_backup(&listing, &d.id).await?;
         removed += 1;
         info!(job = %job.name, destination = %t.name, "retention: removed backup {} from {}", d.id, t.name);
     }
@@ -1041,7 +1051,7 @@ async fn sweep_blobs(t: &Target, job: &Job, own_id: &str) {
         .chain(t.object_lock.map(|l| l.days))
         .max()
         .map(|days| chrono::TimeDelta::days(days.into()));
-    match blobs::sweep(t.storage.as_ref(), &job.name, own_id, min_age).await {
+    match t.repo(&job.name).sweep(own_id, min_age).await {
         Ok(SweepOutcome::Swept {
             deleted,
             kept,
