@@ -7,7 +7,7 @@ use chrono::Utc;
 
 use crate::config::{Config, FilesConfig, Job, SourceConfig};
 use crate::engine::Database;
-use crate::repo::manifest::JobListing;
+use crate::repo::Repository;
 use crate::retention;
 use crate::source::files::{self as tree, PathFilter};
 use crate::storage::{self, JobStorage};
@@ -131,7 +131,7 @@ async fn check_destination(job: &Job, js: &JobStorage<'_>, probe: &String, c: &m
         return;
     }
     let _ = st.delete(std::slice::from_ref(probe)).await;
-    let listing = match JobListing::read_backups(st, jn).await {
+    let listing = match Repository::new(st, jn).backups().await {
         Ok(l) => l,
         Err(e) => {
             c.problems.push(format!(
@@ -220,7 +220,10 @@ async fn retention_outlook(
         .filter(|d| !d.keep)
         .map(|d| (d.id.as_str(), d.time))
         .collect();
-    match crate::repo::objlock::read_locks(st, jn, &doomed, js.destination.object_lock()).await {
+    match Repository::new(st, jn)
+        .object_locks(&doomed, js.destination.object_lock())
+        .await
+    {
         Ok(locks) => retention::hold_locked(&mut decisions, &locks, now),
         Err(e) => {
             c.problems.push(format!(

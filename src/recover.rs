@@ -11,6 +11,7 @@ use std::collections::{BTreeSet, HashMap};
 use chrono::{DateTime, Utc};
 use tracing::{info, warn};
 
+use crate::repo::Repository;
 use crate::repo::blobs;
 use crate::repo::locks::{self, LockKind};
 use crate::repo::manifest::{self, JobListing};
@@ -93,20 +94,21 @@ async fn read_listing(
     job: &str,
 ) -> Result<(JobListing, DateTime<Utc>), StorageError> {
     // Backups and locks, then the blobs a page at a time: only their leftovers are kept.
-    let mut listing = JobListing::read_backups(storage, job).await?;
+    let repo = Repository::new(storage, job);
+    let mut listing = repo.backups().await?;
     // Locks are judged by their last-modified time against the store's clock, read off a
     // probe written here: a host whose clock runs ahead must not take another host's live
     // lock for dead (and delete its run's objects). Without the probe, this host's clock.
     let probe = format!(
         "{}{}.clock",
-        crate::repo::layout::locks_prefix(job),
+        repo.locks_prefix(),
         crate::repo::layout::new_id(Utc::now())
     );
     let probed = storage
         .put_bytes(&probe, bytes::Bytes::from_static(b"{}"))
         .await
         .is_ok();
-    let listed = storage.list(&crate::repo::layout::locks_prefix(job)).await;
+    let listed = storage.list(&repo.locks_prefix()).await;
     if probed {
         let _ = storage.delete(std::slice::from_ref(&probe)).await;
     }
@@ -131,12 +133,10 @@ async fn clear_dead_locks(
     out: &mut Recovered,
 ) -> Result<HashMap<String, bool>, StorageError> {
     let mut lock_state: HashMap<String, bool> = HashMap::new(); // id → holder alive
-    for lock in locks::parse_locks(job, listing.locks.iter().cloned()) {
-        let key = locks::lock_key(job, &lock.id, lock.kind);
-        let alive = match locks::lock_owner(storage, &key)
-            .await
-            .and_then(|o| o.is_alive())
-        {
+    let repo = Repository::new(storage, job);
+    for lock in repo.locks(listing) {
+        let key = repo.lock_key(&lock.id, lock.kind);
+        let alive = match repo.lock_owner(&key).await.and_then(|o| o.is_alive()) {
             // A process of this host and boot that is gone.
             Some(false) => false,
             // Running here, on another host, or unreadable: alive while it is refreshed.
@@ -199,16 +199,9 @@ async fn remove_partials(
         .filter(|k| dead_partial(k))
         .collect();
     storage
-        .list_pages(
-            &format!(
-                "{}{}/",
-                crate::repo::layout::job_prefix(job),
-                blobs::BLOBS_DIR
-            ),
-            &mut |page| {
-                partials.extend(page.into_iter().map(|o| o.key).filter(|k| dead_partial(k)))
-            },
-        )
+        .list_pages(&Repository::new(storage, job).blobs_prefix(), &mut |page| {
+            partials.extend(page.into_iter().map(|o| o.key).filter(|k| dead_partial(k)))
+        })
         .await?;
     if !partials.is_empty() {
         storage.delete(&partials).await?;
@@ -231,7 +224,7 @@ async fn abort_uploads(
     // job is alive (a blob upload carries no run id). Only those begun before this start.
     let others_alive = lock_state.values().any(|alive| *alive);
     for u in storage
-        .open_uploads(&crate::repo::layout::job_prefix(job))
+        .open_uploads(&Repository::new(storage, job).job_prefix())
         .await?
     {
         if u.initiated.is_some_and(|t| t >= started) {

@@ -20,7 +20,7 @@ use crate::storage::{Storage, StorageError};
 use blobs::{BlobError, SweepOutcome};
 use index::{FileIndex, IndexEntries};
 use layout::Form;
-use locks::{Holder, LockKind};
+use locks::{Holder, Lock, LockKind};
 use manifest::{JobListing, Manifest, ManifestError, SourceEntry, StoredRef};
 use packing::{Expect, Packing};
 
@@ -117,6 +117,36 @@ impl<'a> Repository<'a> {
         cancel: &CancellationToken,
     ) -> Result<(), BlobError> {
         locks::lock_backup(self.storage, self.job, id, reuses_blobs, cancel).await
+    }
+
+    /// Where everything of the job is (`<job>/`).
+    pub fn job_prefix(self) -> String {
+        layout::job_prefix(self.job)
+    }
+
+    /// Where the job's locks are (`<job>/locks/`).
+    pub fn locks_prefix(self) -> String {
+        layout::locks_prefix(self.job)
+    }
+
+    /// Where the job's blobs are (`<job>/blobs/`).
+    pub fn blobs_prefix(self) -> String {
+        format!("{}{}/", layout::job_prefix(self.job), blobs::BLOBS_DIR)
+    }
+
+    /// The key of run `id`'s lock of `kind`.
+    pub fn lock_key(self, id: &str, kind: LockKind) -> String {
+        locks::lock_key(self.job, id, kind)
+    }
+
+    /// The locks among a listing's lock objects.
+    pub fn locks(self, listing: &JobListing) -> Vec<Lock> {
+        locks::parse_locks(self.job, listing.locks.iter().cloned())
+    }
+
+    /// Who wrote the lock at `key`, if it says.
+    pub async fn lock_owner(self, key: &str) -> Option<crate::owner::Owner> {
+        locks::lock_owner(self.storage, key).await
     }
 
     /// Remove run `id`'s lock (a failure is logged, not returned).
