@@ -16,6 +16,7 @@ use tracing::{info, warn};
 use crate::config::{Config, Drill, Job};
 use crate::crypt::Keys;
 use crate::engine::{Database, RestoreOptions, Scratch, ScratchSpace};
+use crate::repo::Repository;
 use crate::repo::packing::Packing;
 use crate::restore::{self, RestoreError, StoredArchive};
 
@@ -156,7 +157,11 @@ async fn packing_for(
     trust_unauthenticated: bool,
 ) -> Result<Packing, RestoreError> {
     let expect = crate::repo::packing::Expect::of(job, trust_unauthenticated);
-    let packing = Packing::of(&located.manifest, &expect, keys)?;
+    let packing = Repository::new(located.storage.as_ref(), &job.name).packing(
+        &located.manifest,
+        &expect,
+        keys,
+    )?;
     restore::check_keys(located.storage.as_ref(), &packing, &[entry.key.as_str()]).await?;
     Ok(packing)
 }

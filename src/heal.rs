@@ -16,7 +16,8 @@ use tracing::{error, info, warn};
 
 use crate::config::{Config, DestinationKind, Job};
 use crate::engine::{Database, SourceError};
-use crate::repo::manifest::{self, JobListing, Manifest};
+use crate::repo::Repository;
+use crate::repo::manifest::{self, Manifest};
 use crate::restore::{self, RestoreError, RestoreRequest};
 use crate::storage;
 
@@ -730,7 +731,10 @@ async fn candidates(
     stores.sort_by_key(|s| !matches!(s.destination.kind, DestinationKind::Local(_)));
     let mut ids: Vec<(manifest::Published, Vec<usize>)> = Vec::new();
     for (d, st) in stores.iter().enumerate() {
-        match JobListing::read_backups(st.storage.as_ref(), &job.name).await {
+        match Repository::new(st.storage.as_ref(), &job.name)
+            .backups()
+            .await
+        {
             Ok(listing) => {
                 for p in listing.published(&job.name) {
                     match ids.iter_mut().find(|(q, _)| q.id == p.id) {
@@ -759,7 +763,10 @@ async fn candidates(
         let id = published.id;
         for d in holders {
             let st = &stores[d];
-            match manifest::read_manifest(st.storage.as_ref(), &job.name, &id).await {
+            match Repository::new(st.storage.as_ref(), &job.name)
+                .manifest(&id)
+                .await
+            {
                 Ok(m) => {
                     // Another destination may hold the genuine copy.
                     if let Err(e) = expect.admit(&m) {

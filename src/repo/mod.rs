@@ -63,6 +63,17 @@ impl<'a> Repository<'a> {
         manifest::read_manifest(self.storage, self.job, id).await
     }
 
+    /// How to read backup `m` for a job that expects `expect` (see [`Packing::of`]): Err
+    /// when the job must not read it at all.
+    pub fn packing(
+        self,
+        m: &Manifest,
+        expect: &Expect,
+        keys: Option<std::sync::Arc<Keys>>,
+    ) -> Result<Packing, manifest::Refused> {
+        Packing::of(m, expect, keys)
+    }
+
     /// Write a backup's manifest (signed and serialized by the caller): the backup is
     /// published once it is there.
     pub async fn publish_manifest(self, id: &str, body: bytes::Bytes) -> Result<(), StorageError> {
