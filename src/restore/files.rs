@@ -20,6 +20,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tracing::{debug, info};
 
 use super::RestoreError;
+use crate::repo::Repository;
 use crate::repo::blobs;
 use crate::repo::index::{self, IndexEntry};
 use crate::repo::packing::Packing;
@@ -369,13 +370,15 @@ impl Merge {
 /// orphans are moved as they are met, and files are compared and fetched a few at a
 /// time. Nothing per file is kept for the whole tree.
 pub async fn restore(
-    storage: &dyn Storage,
+    repo: Repository<'_>,
     entry: &SourceEntry,
     packing: &Packing,
     target: Target,
 ) -> Result<Vec<String>, RestoreError> {
+    let storage = repo.storage();
     let name = entry.name.as_str();
-    let (header, entries) = index::open_index(storage, entry, packing)
+    let (header, entries) = repo
+        .open_index(entry, packing)
         .await
         .map_err(|e| TreeError::from(e).of(name))?;
     let (dir, orphan_dir) = target_dirs(name, &header, &target)?;

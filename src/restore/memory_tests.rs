@@ -80,7 +80,7 @@ async fn backup(configured: &[FakeDb], stored: &[(&str, Vec<u8>)]) -> Backup {
         .await
         .expect("store the manifest");
     // Read back as a restore reads it: through the listing and the stored manifest.
-    let listing = JobListing::read_backups(&st, JOB).await.expect("listing");
+    let listing = Repository::new(&st, JOB).backups().await.expect("listing");
     let published = listing.published(JOB);
     assert_eq!(published.len(), 1);
     let manifest = manifest::read_manifest(&st, JOB, &published[0].id)

@@ -12,7 +12,8 @@ use tracing::{info, warn};
 use crate::codec;
 use crate::config::{Config, Job, SourceConfig};
 use crate::engine::{Archive, COMMITTING, Database, RestoreOptions, SourceError};
-use crate::repo::manifest::{self, JobListing, Manifest, SourceEntry};
+use crate::repo::Repository;
+use crate::repo::manifest::{self, Manifest, SourceEntry};
 use crate::repo::packing;
 use crate::storage::class::StorageClass;
 use crate::storage::{self, JobStorage, Storage};
@@ -308,7 +309,7 @@ pub async fn locate(
     let mut found: Option<(Box<dyn Storage>, String, String)> = None;
     let mut tried = Vec::new();
     for (name, st) in candidates {
-        let listing = match JobListing::read_backups(st.as_ref(), &job.name).await {
+        let listing = match Repository::new(st.as_ref(), &job.name).backups().await {
             Ok(l) => l,
             Err(e) => {
                 warn!(destination = %name, "cannot list {name}: {e}");
@@ -350,7 +351,9 @@ pub async fn locate(
         )));
     };
 
-    let manifest = manifest::read_manifest(storage.as_ref(), &job.name, &id).await?;
+    let manifest = Repository::new(storage.as_ref(), &job.name)
+        .manifest(&id)
+        .await?;
     Ok(Located {
         storage,
         destination,
@@ -368,7 +371,7 @@ async fn newest_authentic(
     ids: &[String],
 ) -> Option<String> {
     for id in ids {
-        let why = match manifest::read_manifest(storage, &job.name, id).await {
+        let why = match Repository::new(storage, &job.name).manifest(id).await {
             Ok(m) => {
                 let a = m.authenticity(job.auth_key.as_deref());
                 if a.accepted() {
@@ -425,7 +428,7 @@ pub async fn restore_until(
             name = f.name
         )));
     }
-    let packing = packing::Packing::of(
+    let packing = Repository::new(st.as_ref(), &job.name).packing(
         &manifest,
         &packing::Expect::of(job, req.trust_unauthenticated),
         keys_for(job, req.identity.as_ref())?,
@@ -812,7 +815,14 @@ impl<'a> RestoreCtx<'a> {
             keep_special_modes: req.keep_special_modes,
         };
         Progress::start(self.progress, format!("files {}", entry.name), req.dry_run);
-        let why = match files::restore(self.st, entry, packing, target()).await {
+        let why = match files::restore(
+            Repository::new(self.st, &job.name),
+            entry,
+            packing,
+            target(),
+        )
+        .await
+        {
             Ok(out) => {
                 self.lines.extend(out);
                 Progress::finish(self.progress);
@@ -848,7 +858,8 @@ impl<'a> RestoreCtx<'a> {
             entry.name, alt.name
         ));
         check_keys(alt.storage.as_ref(), packing, &[entry.key.as_str()]).await?;
-        let out = files::restore(alt.storage.as_ref(), entry, packing, target()).await?;
+        let repo = Repository::new(alt.storage.as_ref(), &job.name);
+        let out = files::restore(repo, entry, packing, target()).await?;
         self.lines.extend(out);
         Progress::finish(self.progress);
         Ok(())
@@ -1098,15 +1109,11 @@ async fn files_elsewhere<'c>(
         if js.name == bad || archive_class(config, js.name).is_some() {
             continue;
         }
-        let Ok(index) = crate::repo::index::read_index(js.storage.as_ref(), entry, packing).await
-        else {
+        let repo = Repository::new(js.storage.as_ref(), &job.name);
+        let Ok(index) = repo.read_index(entry, packing).await else {
             continue;
         };
-        let Ok(listed) = js
-            .storage
-            .list(&format!("{}/{}/", job.name, crate::repo::blobs::BLOBS_DIR))
-            .await
-        else {
+        let Ok(listed) = js.storage.list(&repo.blobs_prefix()).await else {
             continue;
         };
         let have: std::collections::HashSet<&str> = listed.iter().map(|o| o.key.as_str()).collect();
@@ -1162,7 +1169,7 @@ pub async fn survey(config: &Config, req: &SurveyRequest) -> Result<Surveyed, Re
     let files_dir = |e: &SourceEntry| files_dir_for(job, req.files_to.as_ref(), e);
     // status and retrieve only count and request objects; they refuse what a restore
     // would refuse, so no retrieval is paid for a backup that cannot be restored.
-    let packing = packing::Packing::of(
+    let packing = Repository::new(located.storage.as_ref(), &job.name).packing(
         m,
         &packing::Expect::of(job, false),
         keys_for(job, req.identity.as_ref())?,
