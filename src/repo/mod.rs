@@ -160,6 +160,28 @@ impl<'a> Repository<'a> {
         locks::lock_owner(self.storage, key).await
     }
 
+    /// Claim the job here for run `id` (see [`locks::claim_job`]; a run on several
+    /// destinations claims them together through it). `Ok(None)`: the lock is held.
+    pub async fn claim(
+        self,
+        id: &str,
+        kind: LockKind,
+        wait: bool,
+        cancel: &CancellationToken,
+    ) -> Result<Option<Holder>, BlobError> {
+        locks::claim_job(&[self.storage], self.job, id, kind, wait, cancel).await
+    }
+
+    /// Run `work` while run `id`'s lock is rewritten here (see [`locks::refreshing`]).
+    pub async fn refreshing<F: std::future::Future>(
+        self,
+        id: &str,
+        kind: LockKind,
+        work: F,
+    ) -> F::Output {
+        locks::refreshing(&[self.storage], self.job, id, kind, work).await
+    }
+
     /// Remove run `id`'s lock (a failure is logged, not returned).
     pub async fn unlock(self, id: &str, kind: LockKind) {
         locks::unlock(self.storage, self.job, id, kind).await

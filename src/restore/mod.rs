@@ -13,6 +13,7 @@ use crate::codec;
 use crate::config::{Config, Job, SourceConfig};
 use crate::engine::{Archive, COMMITTING, Database, RestoreOptions, SourceError};
 use crate::repo::Repository;
+use crate::repo::locks::LockKind;
 use crate::repo::manifest::{self, Manifest, SourceEntry};
 use crate::repo::packing;
 use crate::storage::class::StorageClass;
@@ -472,23 +473,14 @@ pub async fn restore_until(
     let result = if req.dry_run {
         work.await
     } else {
-        crate::repo::locks::refreshing(
-            &[st.as_ref()],
-            &job.name,
-            &lock_id,
-            crate::repo::locks::LockKind::Restore,
-            work,
-        )
-        .await
+        Repository::new(st.as_ref(), &job.name)
+            .refreshing(&lock_id, LockKind::Restore, work)
+            .await
     };
     if !req.dry_run {
-        crate::repo::locks::unlock(
-            st.as_ref(),
-            &job.name,
-            &lock_id,
-            crate::repo::locks::LockKind::Restore,
-        )
-        .await;
+        Repository::new(st.as_ref(), &job.name)
+            .unlock(&lock_id, LockKind::Restore)
+            .await;
     }
     result
 }
@@ -502,15 +494,9 @@ async fn claim_restore_lock(
     dest_name: &str,
 ) -> Result<(), RestoreError> {
     let never = tokio_util::sync::CancellationToken::new();
-    match crate::repo::locks::claim_job(
-        &[st],
-        &job.name,
-        lock_id,
-        crate::repo::locks::LockKind::Restore,
-        wait_lock,
-        &never,
-    )
-    .await
+    match Repository::new(st, &job.name)
+        .claim(lock_id, LockKind::Restore, wait_lock, &never)
+        .await
     {
         Ok(None) => Ok(()),
         Ok(Some(holder)) => Err(RestoreError::Busy(format!(
