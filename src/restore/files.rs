@@ -215,14 +215,15 @@ pub(super) struct Compared {
 /// holds, by size, then by sha256 of the local file (nothing is downloaded). In memory:
 /// for surveys of archived backups, which list every object anyway; `restore` streams.
 pub(super) async fn compare(
-    storage: &dyn Storage,
+    repo: Repository<'_>,
     entry: &SourceEntry,
     packing: &Packing,
     dir: Option<PathBuf>,
 ) -> Result<Compared, RestoreError> {
     let name = entry.name.as_str();
     let err = |e: TreeError| e.of(name);
-    let index = index::read_index(storage, entry, packing)
+    let index = repo
+        .read_index(entry, packing)
         .await
         .map_err(|e| err(e.into()))?;
     let dir = dir.unwrap_or_else(|| PathBuf::from(&index.root));

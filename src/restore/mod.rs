@@ -592,7 +592,7 @@ impl<'a> RestoreCtx<'a> {
             .collect();
         let files_dir = |e: &SourceEntry| files_dir_for(job, req.files_to.as_ref(), e);
         let mut survey = lifecycle::survey(
-            st,
+            Repository::new(st, &job.name),
             &sources,
             self.packing,
             &files_dir,
@@ -1161,7 +1161,7 @@ pub async fn survey(config: &Config, req: &SurveyRequest) -> Result<Surveyed, Re
         keys_for(job, req.identity.as_ref())?,
     )?;
     let survey = lifecycle::survey(
-        located.storage.as_ref(),
+        Repository::new(located.storage.as_ref(), &job.name),
         &sources,
         &packing,
         &files_dir,
