@@ -993,7 +993,9 @@ fn record(ctx: &Arc<Ctx>, job: &str, report: &pipeline::RunReport) {
     }
     ctx.update(job, |s| {
         if !report.published.is_empty() {
-            s.newest_backup = s.newest_backup.max(crate::manifest::parse_id(&report.id));
+            s.newest_backup = s
+                .newest_backup
+                .max(crate::repo::manifest::parse_id(&report.id));
         }
         let run = status::RunStatus {
             id: report.id.clone(),

@@ -16,7 +16,8 @@ use tracing::{info, warn};
 use crate::config::{Config, Drill, Job};
 use crate::crypt::Keys;
 use crate::engine::{Database, RestoreOptions, Scratch, ScratchSpace};
-use crate::packing::Packing;
+use crate::repo::Repository;
+use crate::repo::packing::Packing;
 use crate::restore::{self, RestoreError, StoredArchive};
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -151,12 +152,16 @@ fn drillable(job: &Job) -> Result<Drillable<'_>, String> {
 async fn packing_for(
     job: &Job,
     located: &restore::Located,
-    entry: &crate::manifest::SourceEntry,
+    entry: &crate::repo::manifest::SourceEntry,
     keys: Option<Arc<Keys>>,
     trust_unauthenticated: bool,
 ) -> Result<Packing, RestoreError> {
-    let expect = crate::packing::Expect::of(job, trust_unauthenticated);
-    let packing = Packing::of(&located.manifest, &expect, keys)?;
+    let expect = crate::repo::packing::Expect::of(job, trust_unauthenticated);
+    let packing = Repository::new(located.storage.as_ref(), &job.name).packing(
+        &located.manifest,
+        &expect,
+        keys,
+    )?;
     restore::check_keys(located.storage.as_ref(), &packing, &[entry.key.as_str()]).await?;
     Ok(packing)
 }
@@ -167,7 +172,7 @@ async fn run_in_scratch(
     job: &Job,
     d: &Drillable<'_>,
     located: &restore::Located,
-    entry: &crate::manifest::SourceEntry,
+    entry: &crate::repo::manifest::SourceEntry,
     packing: &Packing,
     report: &mut DrillReport,
 ) {
@@ -257,7 +262,7 @@ async fn newest(config: &Config, job: &Job) -> Result<restore::Located, RestoreE
 async fn compare(
     space: &mut (dyn ScratchSpace + '_),
     (object, unit): (&str, &str),
-    entry: &crate::manifest::SourceEntry,
+    entry: &crate::repo::manifest::SourceEntry,
     report: &mut DrillReport,
 ) {
     let restored = match space.row_counts().await {

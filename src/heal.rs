@@ -16,7 +16,8 @@ use tracing::{error, info, warn};
 
 use crate::config::{Config, Job};
 use crate::engine::{Database, SourceError};
-use crate::manifest::{self, JobListing, Manifest};
+use crate::repo::Repository;
+use crate::repo::manifest::{self, Manifest};
 use crate::restore::{self, RestoreError, RestoreRequest};
 use crate::storage;
 
@@ -713,7 +714,7 @@ fn one_line(text: &str) -> String {
 /// The newest `n` published backups of the job over all its destinations, newest first,
 /// each read from the preferred destination that has it: local volumes before object
 /// stores (fast, and no egress), then the job's order. A destination that cannot be read
-/// is skipped, and so is a backup the job must not read (`crate::packing::Expect`): a fake
+/// is skipped, and so is a backup the job must not read (`crate::repo::packing::Expect`): a fake
 /// newer backup neither takes a slot nor is restored from.
 async fn candidates(
     config: &Config,
@@ -722,7 +723,7 @@ async fn candidates(
     n: usize,
     trust: bool,
 ) -> Vec<Candidate> {
-    let expect = crate::packing::Expect::of(job, trust);
+    let expect = crate::repo::packing::Expect::of(job, trust);
     let mut stores = storage::open_job(config, job).await;
     // An archive tier needs a retrieval (hours) before a restore: not a source for healing.
     stores.retain(|s| restore::archive_class(config, s.name).is_none());
@@ -730,7 +731,10 @@ async fn candidates(
     stores.sort_by_key(|s| !s.destination.settings.is_nearby());
     let mut ids: Vec<(manifest::Published, Vec<usize>)> = Vec::new();
     for (d, st) in stores.iter().enumerate() {
-        match JobListing::read_backups(st.storage.as_ref(), &job.name).await {
+        match Repository::new(st.storage.as_ref(), &job.name)
+            .backups()
+            .await
+        {
             Ok(listing) => {
                 for p in listing.published(&job.name) {
                     match ids.iter_mut().find(|(q, _)| q.id == p.id) {
@@ -759,7 +763,10 @@ async fn candidates(
         let id = published.id;
         for d in holders {
             let st = &stores[d];
-            match manifest::read_manifest(st.storage.as_ref(), &job.name, &id).await {
+            match Repository::new(st.storage.as_ref(), &job.name)
+                .manifest(&id)
+                .await
+            {
                 Ok(m) => {
                     // Another destination may hold the genuine copy.
                     if let Err(e) = expect.admit(&m) {

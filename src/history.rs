@@ -10,7 +10,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use crate::config::{Config, Job};
-use crate::manifest::{self, JobListing};
+use crate::repo::Repository;
 use crate::storage;
 
 /// How many of the newest backups the page plots.
@@ -91,7 +91,10 @@ impl History {
         };
         let mut ids: Option<(Box<dyn storage::Storage>, Vec<String>)> = None;
         for js in storage::open_job(config, job).await {
-            match JobListing::read_backups(js.storage.as_ref(), &job.name).await {
+            match Repository::new(js.storage.as_ref(), &job.name)
+                .backups()
+                .await
+            {
                 Ok(listing) => {
                     let published = listing.published(&job.name);
                     h.held.push((js.name.to_string(), Ok(published.len())));
@@ -112,7 +115,7 @@ impl History {
                 let known = self.points.lock().ok().and_then(|p| p.get(&key).cloned());
                 let point = match known {
                     Some(p) => p,
-                    None => match manifest::read_manifest(st.as_ref(), &job.name, &id).await {
+                    None => match Repository::new(st.as_ref(), &job.name).manifest(&id).await {
                         Ok(m) => {
                             let p = Point {
                                 id: id.clone(),

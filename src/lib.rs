@@ -3,7 +3,6 @@
 //! storages → manifest publish → retention); restore reads it back.
 
 pub mod backend;
-pub mod blobs;
 pub mod codec;
 pub mod commands;
 pub mod config;
@@ -15,20 +14,17 @@ pub mod footprint;
 pub mod heal;
 pub mod history;
 pub mod instance;
-pub mod layout;
 pub mod load;
 pub mod logging;
-pub mod manifest;
 pub mod names;
 pub mod notify;
-pub mod objlock;
 pub mod owner;
-pub mod packing;
 pub mod pathfilter;
 pub mod pipeline;
 pub mod preflight;
 pub mod progress;
 pub mod recover;
+pub mod repo;
 pub mod restore;
 pub mod retention;
 pub mod schedule;

@@ -7,7 +7,7 @@ use chrono::Utc;
 
 use crate::config::{Config, FilesConfig, Job, SourceConfig};
 use crate::engine::Database;
-use crate::manifest::JobListing;
+use crate::repo::Repository;
 use crate::retention;
 use crate::source::files::{self as tree, PathFilter};
 use crate::storage::{self, JobStorage};
@@ -30,8 +30,8 @@ pub async fn check_job(config: &Config, job: &Job) -> Checked {
             SourceConfig::Files(f) => check_files(f, &mut c).await,
         }
     }
-    let probe_id = crate::layout::new_id(Utc::now());
-    let probe = crate::layout::lock_key(jn, &probe_id, "probe");
+    let probe_id = crate::repo::layout::new_id(Utc::now());
+    let probe = crate::repo::layout::lock_key(jn, &probe_id, "probe");
     for js in storage::open_job(config, job).await {
         check_destination(job, &js, &probe, &mut c).await;
     }
@@ -131,7 +131,7 @@ async fn check_destination(job: &Job, js: &JobStorage<'_>, probe: &String, c: &m
         return;
     }
     let _ = st.delete(std::slice::from_ref(probe)).await;
-    let listing = match JobListing::read_backups(st, jn).await {
+    let listing = match Repository::new(st, jn).backups().await {
         Ok(l) => l,
         Err(e) => {
             c.problems.push(format!(
@@ -208,7 +208,7 @@ async fn retention_outlook(
     }
     let now = Utc::now();
     // The next backup, as retention will see it once it is published.
-    held.insert(0, (crate::layout::new_id(now), now));
+    held.insert(0, (crate::repo::layout::new_id(now), now));
     let policy = &js.destination.retention;
     let min = js
         .destination
@@ -220,7 +220,10 @@ async fn retention_outlook(
         .filter(|d| !d.keep)
         .map(|d| (d.id.as_str(), d.time))
         .collect();
-    match crate::objlock::read_locks(st, jn, &doomed, js.destination.object_lock()).await {
+    match Repository::new(st, jn)
+        .object_locks(&doomed, js.destination.object_lock())
+        .await
+    {
         Ok(locks) => retention::hold_locked(&mut decisions, &locks, now),
         Err(e) => {
             c.problems.push(format!(

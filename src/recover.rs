@@ -3,7 +3,7 @@
 //! and open multipart uploads on S3. None of it is visible as a backup, but it takes space
 //! and a stale lock holds off blob sweeps. A run is known dead when its lock names a
 //! process of this host and boot that is gone, or when its lock has not been refreshed
-//! for `blobs::LOCK_DEAD` (every holder rewrites its lock each minute), whatever the host.
+//! for `locks::LOCK_DEAD` (every holder rewrites its lock each minute), whatever the host.
 //! Published backups are never touched.
 
 use std::collections::{BTreeSet, HashMap};
@@ -11,8 +11,10 @@ use std::collections::{BTreeSet, HashMap};
 use chrono::{DateTime, Utc};
 use tracing::{info, warn};
 
-use crate::blobs::{self, LockKind};
-use crate::manifest::{self, JobListing};
+use crate::repo::Repository;
+use crate::repo::blobs;
+use crate::repo::locks::{self, LockKind};
+use crate::repo::manifest::{self, JobListing};
 use crate::storage::local::{PARTIAL_SUFFIX, partial_owner_alive};
 use crate::storage::{Storage, StorageError};
 
@@ -92,20 +94,21 @@ async fn read_listing(
     job: &str,
 ) -> Result<(JobListing, DateTime<Utc>), StorageError> {
     // Backups and locks, then the blobs a page at a time: only their leftovers are kept.
-    let mut listing = JobListing::read_backups(storage, job).await?;
+    let repo = Repository::new(storage, job);
+    let mut listing = repo.backups().await?;
     // Locks are judged by their last-modified time against the store's clock, read off a
     // probe written here: a host whose clock runs ahead must not take another host's live
     // lock for dead (and delete its run's objects). Without the probe, this host's clock.
     let probe = format!(
         "{}{}.clock",
-        crate::layout::locks_prefix(job),
-        crate::layout::new_id(Utc::now())
+        repo.locks_prefix(),
+        crate::repo::layout::new_id(Utc::now())
     );
     let probed = storage
         .put_bytes(&probe, bytes::Bytes::from_static(b"{}"))
         .await
         .is_ok();
-    let listed = storage.list(&crate::layout::locks_prefix(job)).await;
+    let listed = storage.list(&repo.locks_prefix()).await;
     if probed {
         let _ = storage.delete(std::slice::from_ref(&probe)).await;
     }
@@ -130,16 +133,14 @@ async fn clear_dead_locks(
     out: &mut Recovered,
 ) -> Result<HashMap<String, bool>, StorageError> {
     let mut lock_state: HashMap<String, bool> = HashMap::new(); // id → holder alive
-    for lock in blobs::parse_locks(job, listing.locks.iter().cloned()) {
-        let key = blobs::lock_key(job, &lock.id, lock.kind);
-        let alive = match blobs::lock_owner(storage, &key)
-            .await
-            .and_then(|o| o.is_alive())
-        {
+    let repo = Repository::new(storage, job);
+    for lock in repo.locks(listing) {
+        let key = repo.lock_key(&lock.id, lock.kind);
+        let alive = match repo.lock_owner(&key).await.and_then(|o| o.is_alive()) {
             // A process of this host and boot that is gone.
             Some(false) => false,
             // Running here, on another host, or unreadable: alive while it is refreshed.
-            Some(true) | None => blobs::is_live(&lock, now),
+            Some(true) | None => locks::is_live(&lock, now),
         };
         if !alive {
             storage.delete(std::slice::from_ref(&key)).await?;
@@ -198,12 +199,9 @@ async fn remove_partials(
         .filter(|k| dead_partial(k))
         .collect();
     storage
-        .list_pages(
-            &format!("{}{}/", crate::layout::job_prefix(job), blobs::BLOBS_DIR),
-            &mut |page| {
-                partials.extend(page.into_iter().map(|o| o.key).filter(|k| dead_partial(k)))
-            },
-        )
+        .list_pages(&Repository::new(storage, job).blobs_prefix(), &mut |page| {
+            partials.extend(page.into_iter().map(|o| o.key).filter(|k| dead_partial(k)))
+        })
         .await?;
     if !partials.is_empty() {
         storage.delete(&partials).await?;
@@ -226,7 +224,7 @@ async fn abort_uploads(
     // job is alive (a blob upload carries no run id). Only those begun before this start.
     let others_alive = lock_state.values().any(|alive| *alive);
     for u in storage
-        .open_uploads(&crate::layout::job_prefix(job))
+        .open_uploads(&Repository::new(storage, job).job_prefix())
         .await?
     {
         if u.initiated.is_some_and(|t| t >= started) {

@@ -24,8 +24,9 @@ pub use crate::config::ReadData;
 use crate::config::{Config, Job};
 use crate::crypt::Keys;
 use crate::engine::ArchiveCheck;
-use crate::manifest::{self, JobListing, Manifest, SourceEntry};
-use crate::packing::{self, Packing};
+use crate::repo::Repository;
+use crate::repo::manifest::{self, Manifest, SourceEntry};
+use crate::repo::packing::{self, Packing};
 use crate::restore::{self, RestoreError};
 use crate::storage::{self, Retrieval, Storage};
 use crate::units::human_bytes;
@@ -231,7 +232,8 @@ pub async fn verify_with(
         stores.retain(|s| s.name == f);
     }
     for st in &stores {
-        let listing = match JobListing::read(st.storage.as_ref(), &job.name).await {
+        let repo = Repository::new(st.storage.as_ref(), &job.name);
+        let listing = match repo.listing().await {
             Ok(l) => l,
             Err(e) => {
                 report
@@ -280,8 +282,8 @@ pub async fn verify_with(
                 problems: Vec::new(),
                 read_data: ReadTally::default(),
             };
-            match manifest::read_manifest(st.storage.as_ref(), &job.name, &id).await {
-                Ok(m) => match Packing::of(&m, &expect, keys.clone()) {
+            match repo.manifest(&id).await {
+                Ok(m) => match repo.packing(&m, &expect, keys.clone()) {
                     Ok(packing) => {
                         check_backup(
                             job,
@@ -366,7 +368,15 @@ async fn check_backup(
             }
         }
         let checked = if entry.files.is_some() {
-            check_files(storage, entry, packing, sizes, archived, opts.read_data).await
+            check_files(
+                Repository::new(storage, &job.name),
+                entry,
+                packing,
+                sizes,
+                archived,
+                opts.read_data,
+            )
+            .await
         } else {
             SourceChecked::from(check_database(job, storage, entry, packing).await)
         };
@@ -475,7 +485,7 @@ async fn read_checked(
 /// A files source: the index (its sha256), every blob it names present, and with
 /// `read_data` the content of every blob (or a random share of them) read back.
 async fn check_files(
-    storage: &dyn Storage,
+    repo: Repository<'_>,
     entry: &SourceEntry,
     packing: &Packing,
     sizes: &HashMap<&str, u64>,
@@ -488,10 +498,10 @@ async fn check_files(
         && packing.keys.is_none()
         && let Some(r) = &entry.refs
     {
-        let result = check_index_without_key(storage, entry, packing, sizes, r, read_data).await;
+        let result = check_index_without_key(repo, entry, packing, sizes, r, read_data).await;
         return SourceChecked::from(result);
     }
-    let index = match crate::blobs::read_index(storage, entry, packing).await {
+    let index = match repo.read_index(entry, packing).await {
         Ok(i) => i,
         Err(e) => return SourceChecked::from(Err(vec![format!("index {}: {e}", entry.key)])),
     };
@@ -508,7 +518,7 @@ async fn check_files(
         .map(|(b, u)| (*b, u))
         .collect();
     let (read, archived_blobs) = read_blobs(
-        storage,
+        repo.storage(),
         packing,
         &blobs,
         present,
@@ -545,20 +555,22 @@ async fn check_files(
 /// Checks an encrypted files source without its key: the index by its sha256, the blobs
 /// by the clear list the backup keeps for sweeps.
 async fn check_index_without_key(
-    storage: &dyn Storage,
+    repo: Repository<'_>,
     entry: &SourceEntry,
     packing: &Packing,
     sizes: &HashMap<&str, u64>,
     r: &manifest::StoredRef,
     read_data: ReadData,
 ) -> Result<String, Vec<String>> {
-    let raw = storage
+    let raw = repo
+        .storage()
         .get(&entry.key)
         .await
         .map_err(|e| vec![format!("index {} cannot be read: {e}", entry.key)])?;
     let verified = codec::Verify::new(raw, &entry.sha256, entry.size, &entry.key);
     read_checked(verified, packing, &entry.key).await?;
-    let blobs = crate::blobs::read_refs(storage, r, packing.compression)
+    let blobs = repo
+        .read_refs(r, packing.compression)
         .await
         .map_err(|e| vec![format!("blob list {}: {e}", r.key)])?;
     let mut problems: Vec<String> = blobs
@@ -586,7 +598,7 @@ async fn check_index_without_key(
 /// Each distinct blob of `index`, with the content the index records for it and the files
 /// using it; a blob recorded with two contents goes into `problems`.
 fn blob_uses<'a>(
-    index: &'a crate::blobs::FileIndex,
+    index: &'a crate::repo::index::FileIndex,
     entry: &SourceEntry,
     problems: &mut Vec<String>,
 ) -> BTreeMap<&'a str, BlobUse<'a>> {

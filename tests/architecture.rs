@@ -27,10 +27,7 @@ const LAYERS: &[&[&str]] = &[
     // test-only stand-ins (a storage, a database) the data paths' unit tests run on
     &["testkit"],
     // the repository: locks, blobs, how objects are packed, manifests, key names
-    &["objlock"],
-    &["blobs", "packing"],
-    &["manifest"],
-    &["layout"],
+    &["repo"],
     // reads and validates the config file: hands each source's section to its engine and
     // each destination's to its type, through the registries below
     &["load"],

@@ -14,8 +14,8 @@ use super::{EXIT_CONFIG, EXIT_FAILED, EXIT_OK, EXIT_PENDING, with_job};
 use crate::config::{Config, Job};
 use crate::engine::{Archive, SourceError};
 use crate::logging::Console;
-use crate::manifest::SourceEntry;
-use crate::packing::Packing;
+use crate::repo::Repository;
+use crate::repo::manifest::SourceEntry;
 use crate::restore::{self, Located, RestoreError, StoredArchive, lifecycle};
 use crate::storage::StorageError;
 use crate::units::human_bytes;
@@ -149,8 +149,11 @@ async fn download(config: &Config, job: &Job, req: &Request) -> Result<Done, Fai
             entry.name, job.name, manifest.id, entry.name
         )));
     }
-    let expect = crate::packing::Expect::of(job, req.trust_unauthenticated);
-    let packing = Packing::of(&manifest, &expect, keys).map_err(RestoreError::from)?;
+    let expect = crate::repo::packing::Expect::of(job, req.trust_unauthenticated);
+    let repo = Repository::new(storage.as_ref(), &job.name);
+    let packing = repo
+        .packing(&manifest, &expect, keys)
+        .map_err(RestoreError::from)?;
     let pending = |what: String| {
         Failure::Pending(format!(
             "{what}; request it with `stowage retrieve {job} {id} --from {destination} --only {src}` and run this download again once `stowage status {job} {id} --from {destination} --only {src}` shows it ready",
@@ -160,7 +163,7 @@ async fn download(config: &Config, job: &Job, req: &Request) -> Result<Done, Fai
         ))
     };
     if let Some((class, _)) = restore::archive_class(config, &destination) {
-        let survey = lifecycle::survey(storage.as_ref(), &[entry], &packing, &|_| None, None)
+        let survey = lifecycle::survey(repo, &[entry], &packing, &|_| None, None)
             .await
             .map_err(Failure::from)?;
         if !survey.restorable() {

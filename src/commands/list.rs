@@ -11,7 +11,8 @@ use serde::Serialize;
 use super::{EXIT_CONFIG, EXIT_FAILED, EXIT_OK, runtime, start};
 use crate::config::{Config, Job};
 use crate::logging::Console;
-use crate::manifest::{self, JobListing, Manifest, SourceEntry};
+use crate::repo::Repository;
+use crate::repo::manifest::{self, Manifest, SourceEntry};
 use crate::storage;
 use crate::units::human_bytes;
 
@@ -133,12 +134,13 @@ async fn collect(config: &Config, only_job: Option<&str>, holding: Option<&str>)
         }
         let st = storage::open(dest).await;
         for job in jobs {
-            let backups = match JobListing::read_backups(st.as_ref(), &job.name).await {
+            let repo = Repository::new(st.as_ref(), &job.name);
+            let backups = match repo.backups().await {
                 Ok(listing) => {
                     let published = listing.published(&job.name);
                     let mut rows = Vec::new();
                     for p in &published {
-                        match manifest::read_manifest(st.as_ref(), &job.name, &p.id).await {
+                        match repo.manifest(&p.id).await {
                             Ok(m) if holding.is_some_and(|h| !holds(&m, h)) => {}
                             Ok(m) => rows.push(Row {
                                 id: p.id.clone(),
@@ -148,7 +150,7 @@ async fn collect(config: &Config, only_job: Option<&str>, holding: Option<&str>)
                             }),
                             // Retention in a running daemon may delete a backup between the
                             // listing and this read: it is simply gone, not an error.
-                            Err(crate::manifest::ManifestError::Storage(
+                            Err(crate::repo::manifest::ManifestError::Storage(
                                 crate::storage::StorageError::NotFound(_),
                             )) => {}
                             Err(e) => rows.push(Row {

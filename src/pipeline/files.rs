@@ -19,9 +19,11 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::{StreamError, Target, fan_out, fan_out_to, seal};
-use crate::blobs::{self, INDEX_FORMAT, IndexEntries, IndexEntry};
 use crate::config::{FilesConfig, Job};
-use crate::manifest::{self, FilesStats, JobListing, SourceEntry};
+use crate::repo::Repository;
+use crate::repo::blobs;
+use crate::repo::index::{self, INDEX_FORMAT, IndexEntries, IndexEntry};
+use crate::repo::manifest::{self, FilesStats, JobListing, SourceEntry};
 use crate::source::files::{self as tree, FileMeta, Found, PathFilter};
 use crate::storage::{Storage, StorageError};
 
@@ -156,7 +158,7 @@ impl Merge {
                 }
             }
             let head = self.head.as_ref()?;
-            match blobs::path_order(&head.path, path) {
+            match index::path_order(&head.path, path) {
                 Ordering::Less => self.head = None,
                 Ordering::Equal => return self.head.take(),
                 Ordering::Greater => return None,
@@ -332,9 +334,9 @@ async fn open_dests(job: &Job, targets: &mut [Target]) -> (Vec<Dest>, Vec<usize>
         .filter(|i| targets[*i].error.is_none())
         .collect();
     let listings = join_all(live.iter().map(|i| async {
-        let st = targets[*i].storage.as_ref();
-        let backups = JobListing::read_backups(st, &job.name).await?;
-        let have = blobs::blob_ids(st, &job.name, crate::layout::Form::of(job)).await?;
+        let repo = Repository::new(targets[*i].storage.as_ref(), &job.name);
+        let backups = repo.backups().await?;
+        let have = repo.blob_ids(crate::repo::layout::Form::of(job)).await?;
         Ok::<_, StorageError>((backups, have))
     }))
     .await;
@@ -369,15 +371,14 @@ async fn read_previous_index(
 ) -> Option<IndexEntries> {
     let keys = job.encryption.as_ref().and_then(|e| e.keys.clone());
     for (d, listing) in dests.iter().zip(backups) {
-        if let Some((_, entries)) = blobs::previous_index(
-            d.storage.as_ref(),
-            listing,
-            &job.name,
-            &cfg.name,
-            keys.clone(),
-            &crate::packing::Expect::of(job, false),
-        )
-        .await
+        if let Some((_, entries)) = Repository::new(d.storage.as_ref(), &job.name)
+            .previous_index(
+                listing,
+                &cfg.name,
+                keys.clone(),
+                &crate::repo::packing::Expect::of(job, false),
+            )
+            .await
         {
             return Some(entries);
         }
@@ -422,10 +423,10 @@ async fn write_index(ctx: &Ctx<'_>, id: &str, merge: Merge) -> Written {
         })
         .buffered(CONCURRENCY);
 
-    let key = manifest::index_key(&job.name, id, &cfg.name, crate::layout::Form::of(job));
+    let key = manifest::index_key(&job.name, id, &cfg.name, crate::repo::layout::Form::of(job));
     // The clear list of blob keys, for sweeps (which then need neither a key nor the
     // index's JSON).
-    let refs_key = crate::layout::refs_key(&job.name, id, &cfg.name, job.compression);
+    let refs_key = crate::repo::layout::refs_key(&job.name, id, &cfg.name, job.compression);
     let writers: Vec<&dyn Storage> = ctx.dests.iter().map(|d| d.storage.as_ref()).collect();
     let (index, index_reader) = LineSink::new();
     let (refs, refs_reader) = LineSink::new();
@@ -477,7 +478,7 @@ async fn write_lines(
 ) -> Result<(FilesStats, u64), StreamError> {
     let cfg = ctx.cfg;
     let mut stats = FilesStats::default();
-    let header = blobs::FileIndex {
+    let header = index::FileIndex {
         format: INDEX_FORMAT,
         source: cfg.name.to_string(),
         root: cfg.path.display().to_string(),
@@ -485,7 +486,7 @@ async fn write_lines(
         exclude: cfg.exclude.clone(),
         files: Vec::new(),
     };
-    let line = blobs::index_line(&header).map_err(|e| FilesError::index(&cfg.name, e))?;
+    let line = index::index_line(&header).map_err(|e| FilesError::index(&cfg.name, e))?;
     if !index.write(&line).await {
         return Err(StreamError::NoDestinationLeft);
     }
@@ -498,7 +499,7 @@ async fn write_lines(
             stats.new_bytes += done.entry.size;
         }
         stats.uploaded += done.uploaded;
-        let line = blobs::index_line(&done.entry).map_err(|e| FilesError::index(&cfg.name, e))?;
+        let line = index::index_line(&done.entry).map_err(|e| FilesError::index(&cfg.name, e))?;
         if !index.write(&line).await {
             return Err(StreamError::NoDestinationLeft);
         }
@@ -645,7 +646,7 @@ async fn process(
             Some(e) => e.blob_name(&sha),
             None => sha.clone(),
         };
-        let key = blobs::blob_key(&ctx.job.name, &name, crate::layout::Form::of(ctx.job));
+        let key = blobs::blob_key(&ctx.job.name, &name, crate::repo::layout::Form::of(ctx.job));
         let need: Vec<&Dest> = ctx.dests.iter().filter(|d| d.claim(&name)).collect();
         let entry = IndexEntry {
             path: meta.path.clone(),

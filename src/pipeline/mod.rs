@@ -24,11 +24,13 @@ use tokio_util::io::InspectReader;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use crate::blobs::{self, LockKind, SweepOutcome};
 use crate::codec;
 use crate::config::{Config, Job, SourceConfig};
 use crate::engine::{Database, SourceError};
-use crate::manifest::{self, FORMAT_VERSION, JobListing, Manifest, SourceEntry};
+use crate::repo::Repository;
+use crate::repo::blobs::{self, SweepOutcome};
+use crate::repo::locks::{self, LockKind};
+use crate::repo::manifest::{self, FORMAT_VERSION, Manifest, SourceEntry};
 use crate::retention;
 use crate::storage::class::StorageClass;
 use crate::storage::{self, Chunk, Storage};
@@ -98,6 +100,13 @@ struct Target {
     touched: bool,
     /// Whether this run holds a backup lock here (it reuses shared file blobs).
     locked: bool,
+}
+
+impl Target {
+    /// The job's repository on this destination.
+    fn repo<'a>(&'a self, job: &'a str) -> Repository<'a> {
+        Repository::new(self.storage.as_ref(), job)
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -278,7 +287,7 @@ impl<'a> RunCtx<'a> {
             .filter(|t| t.error.is_none())
             .map(|t| t.storage.as_ref())
             .collect();
-        let claimed = blobs::claim_job(
+        let claimed = locks::claim_job(
             &live,
             jn,
             &self.id,
@@ -325,8 +334,11 @@ impl<'a> RunCtx<'a> {
             t.touched = true;
             // Even a failed attempt may have written the lock: always remove it at the end.
             t.locked = true;
-            let storage = t.storage.as_ref();
-            match blobs::lock_backup(storage, jn, &self.id, reuses_blobs, &self.cancel).await {
+            match t
+                .repo(jn)
+                .lock_backup(&self.id, reuses_blobs, &self.cancel)
+                .await
+            {
                 Ok(()) => {}
                 Err(blobs::BlobError::Cancelled) => {
                     self.fatal = Some(cancelled());
@@ -341,8 +353,8 @@ impl<'a> RunCtx<'a> {
 
     /// The lock is rewritten while the run holds it: a lock not refreshed for minutes is
     /// taken for a crashed run's, by any host.
-    fn start_heartbeat(&self) -> blobs::Heartbeat {
-        blobs::Heartbeat::start(
+    fn start_heartbeat(&self) -> locks::Heartbeat {
+        locks::Heartbeat::start(
             self.targets
                 .iter()
                 .filter(|t| t.locked && t.error.is_none())
@@ -408,7 +420,7 @@ impl<'a> RunCtx<'a> {
                         return None;
                     }
                 };
-                let form = crate::layout::Form::of(self.job);
+                let form = crate::repo::layout::Form::of(self.job);
                 let key = manifest::object_key(jn, &self.id, db.name(), db.extension(), form);
                 info!(job = jn, id = %self.id, source = db.name(), "stage: dump {} {} → {}", db.kind(), db.name(), key);
                 self.touch_live();
@@ -516,7 +528,7 @@ impl<'a> RunCtx<'a> {
         {
             let Some(lock) = t.object_lock else { continue };
             let until = lock.until(Utc::now());
-            match crate::objlock::extend_blob_locks(t.storage.as_ref(), m, until).await {
+            match t.repo(jn).extend_blob_locks(m, until).await {
                 Ok(n) => info!(
                     job = jn,
                     id = %id,
@@ -538,14 +550,14 @@ impl<'a> RunCtx<'a> {
     /// Writes the manifest on every live destination at once; those where it landed are
     /// published.
     async fn put_manifest(&mut self, body: Bytes) {
-        let key = manifest::manifest_key(self.jn(), &self.id);
         let live: Vec<usize> = (0..self.targets.len())
             .filter(|i| self.targets[*i].error.is_none())
             .collect();
-        let puts = join_all(
-            live.iter()
-                .map(|i| self.targets[*i].storage.put_record(&key, body.clone())),
-        );
+        let puts = join_all(live.iter().map(|i| {
+            self.targets[*i]
+                .repo(self.jn())
+                .publish_manifest(&self.id, body.clone())
+        }));
         // Dropped on a stop: a manifest that landed anyway is removed by the cleanup,
         // because nothing counts as published until every put has answered.
         let results = tokio::select! {
@@ -626,10 +638,10 @@ impl<'a> RunCtx<'a> {
     }
 
     /// The run is over: stop refreshing its locks, then remove them.
-    async fn release_locks(&self, heartbeat: blobs::Heartbeat) {
+    async fn release_locks(&self, heartbeat: locks::Heartbeat) {
         heartbeat.stop().await;
         for t in self.targets.iter().filter(|t| t.locked) {
-            blobs::unlock(t.storage.as_ref(), self.jn(), &self.id, LockKind::Backup).await;
+            t.repo(self.jn()).unlock(&self.id, LockKind::Backup).await;
         }
     }
 
@@ -844,7 +856,7 @@ async fn fan_out_to<T>(
 }
 
 async fn cleanup(storage: &dyn Storage, job: &str, id: &str, dest: &str, abandoned: bool) {
-    let prefix = manifest::backup_prefix(job, id);
+    let prefix = Repository::new(storage, job).backup_prefix(id);
     // An abandoned upload may have been dropped before it could abort itself.
     if abandoned {
         match storage.open_uploads(&prefix).await {
@@ -919,7 +931,7 @@ pub(crate) async fn weighed(
         let read = join_all(
             chunk
                 .iter()
-                .map(|p| manifest::read_manifest(storage, &job.name, &p.id)),
+                .map(|p| Repository::new(storage, &job.name).manifest(&p.id)),
         )
         .await;
         verdicts.extend(chunk.iter().zip(read));
@@ -960,7 +972,8 @@ async fn apply_retention(
 ) -> Result<usize, storage::StorageError> {
     // From the destination's own listing, not local state: survives restarts and
     // counts backups written by other stowage processes too.
-    let listing = JobListing::read_backups(t.storage.as_ref(), &job.name).await?;
+    let repo = t.repo(&job.name);
+    let listing = repo.backups().await?;
     let published = listing.published(&job.name);
     if t.policy.is_keep_all() {
         return Ok(published.len());
@@ -980,8 +993,7 @@ async fn apply_retention(
         .filter(|d| !d.keep)
         .map(|d| (d.id.as_str(), d.time))
         .collect();
-    let locks =
-        crate::objlock::read_locks(t.storage.as_ref(), &job.name, &doomed, t.object_lock).await?;
+    let locks = repo.object_locks(&doomed, t.object_lock).await?;
     retention::hold_locked(&mut decisions, &locks, now);
     for d in decisions.iter().filter(|d| d.reasons.contains(&"locked")) {
         info!(
@@ -1009,7 +1021,7 @@ async fn apply_retention(
     }
     let mut removed = 0;
     for d in decisions.iter().filter(|d| !d.keep) {
-        manifest::delete_backup(t.storage.as_ref(), &listing, &job.name, &d.id).await?;
+        repo.delete_backup(&listing, &d.id).await?;
         removed += 1;
         info!(job = %job.name, destination = %t.name, "retention: removed backup {} from {}", d.id, t.name);
     }
@@ -1039,7 +1051,7 @@ async fn sweep_blobs(t: &Target, job: &Job, own_id: &str) {
         .chain(t.object_lock.map(|l| l.days))
         .max()
         .map(|days| chrono::TimeDelta::days(days.into()));
-    match blobs::sweep(t.storage.as_ref(), &job.name, own_id, min_age).await {
+    match t.repo(&job.name).sweep(own_id, min_age).await {
         Ok(SweepOutcome::Swept {
             deleted,
             kept,

@@ -5,7 +5,7 @@
 use tokio::io::AsyncReadExt;
 
 use super::*;
-use crate::blobs::LockKind;
+use crate::repo::locks::LockKind;
 use crate::testkit::{FakeDb, Fault, FaultKind, JOB, MemoryStorage, Op, configure, open};
 
 const SOURCE: &str = "db";
@@ -87,7 +87,7 @@ fn dump_bytes(len: usize, seed: u64) -> Vec<u8> {
 }
 
 fn object_key(id: &str, job: &Job) -> String {
-    manifest::object_key(JOB, id, SOURCE, "fake", crate::layout::Form::of(job))
+    manifest::object_key(JOB, id, SOURCE, "fake", crate::repo::layout::Form::of(job))
 }
 
 /// Published backup ids on a destination, oldest first.
@@ -354,7 +354,7 @@ async fn a_manifest_that_cannot_be_written_leaves_no_backup_there() {
 async fn a_job_another_run_holds_is_not_dumped() {
     let s = Setup::new(&[("one", None), ("two", None)]);
     let other = manifest::new_id(Utc::now() - chrono::TimeDelta::minutes(1));
-    let lock = blobs::lock_key(JOB, &other, LockKind::Backup);
+    let lock = locks::lock_key(JOB, &other, LockKind::Backup);
     // A live lock (just written) whose holder cannot be told: it counts.
     s.store("two").insert(&lock, &b"{}"[..]);
     let r = s.run().await;
@@ -404,10 +404,10 @@ async fn a_lock_that_cannot_be_written_stops_the_run_before_the_dump() {
     lock_refused_on("one").await;
 }
 
-/// `blobs::claim_job` returns at the first destination that refuses the lock without
+/// `locks::claim_job` returns at the first destination that refuses the lock without
 /// taking back the locks it wrote on the destinations before it, and the run, which never
 /// marked them locked, does not remove them: the lock stays until it goes dead
-/// (`blobs::LOCK_DEAD`), refusing other processes' runs of the job until then.
+/// (`locks::LOCK_DEAD`), refusing other processes' runs of the job until then.
 #[tokio::test]
 #[ignore = "known bug: claim_job leaves the locks it wrote when a later destination refuses"]
 async fn a_lock_refused_on_a_later_destination_leaves_no_lock_on_the_earlier() {

@@ -20,10 +20,12 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tracing::{debug, info};
 
 use super::RestoreError;
-use crate::blobs::{self, IndexEntry};
-use crate::packing::Packing;
+use crate::repo::Repository;
+use crate::repo::blobs;
+use crate::repo::index::{self, IndexEntry};
+use crate::repo::packing::Packing;
 
-use crate::manifest::SourceEntry;
+use crate::repo::manifest::SourceEntry;
 use crate::source::files::{self as tree, FileMeta, Found, PathFilter};
 use crate::storage::{Storage, StorageError};
 use crate::units::human_bytes;
@@ -204,7 +206,7 @@ enum Action {
 
 /// A files source's backup held against the directory it would be restored into.
 pub(super) struct Compared {
-    pub index: blobs::FileIndex,
+    pub index: index::FileIndex,
     /// Paths whose local file has the backup's content: nothing to download.
     pub same: HashSet<String>,
 }
@@ -213,14 +215,15 @@ pub(super) struct Compared {
 /// holds, by size, then by sha256 of the local file (nothing is downloaded). In memory:
 /// for surveys of archived backups, which list every object anyway; `restore` streams.
 pub(super) async fn compare(
-    storage: &dyn Storage,
+    repo: Repository<'_>,
     entry: &SourceEntry,
     packing: &Packing,
     dir: Option<PathBuf>,
 ) -> Result<Compared, RestoreError> {
     let name = entry.name.as_str();
     let err = |e: TreeError| e.of(name);
-    let index = blobs::read_index(storage, entry, packing)
+    let index = repo
+        .read_index(entry, packing)
         .await
         .map_err(|e| err(e.into()))?;
     let dir = dir.unwrap_or_else(|| PathBuf::from(&index.root));
@@ -233,7 +236,7 @@ pub(super) async fn compare(
     // What is there now, seen through the same filters the backup used.
     let filter = PathFilter::new(&index.include, &index.exclude).map_err(|e| err(e.into()))?;
     for f in &index.files {
-        crate::layout::check_index_path(&f.path).map_err(|e| err(TreeError::Unsafe(e)))?;
+        crate::repo::layout::check_index_path(&f.path).map_err(|e| err(TreeError::Unsafe(e)))?;
     }
     let local: HashMap<String, FileMeta> = if dir.exists() {
         let d = dir.clone();
@@ -304,7 +307,7 @@ enum Step {
 /// The index merged with a walk of the target directory (both in `path_order`), one step
 /// at a time: neither is held whole.
 struct Merge {
-    index: Option<blobs::IndexEntries>,
+    index: Option<index::IndexEntries>,
     local: Option<LocalWalk>,
     head: Option<FileMeta>,
     entry: Option<IndexEntry>,
@@ -350,7 +353,7 @@ impl Merge {
             (Some(_), None) => self.entry.take().map(|e| Step::Entry(e, None)),
             (Some(e), Some((l, size))) => {
                 let under = l.starts_with(&e) && l.as_bytes().get(e.len()) == Some(&b'/');
-                match blobs::path_order(&l, &e) {
+                match index::path_order(&l, &e) {
                     _ if under => self.head.take().map(|m| Step::Orphan(m.path)),
                     std::cmp::Ordering::Less => self.head.take().map(|m| Step::Orphan(m.path)),
                     std::cmp::Ordering::Equal => {
@@ -368,13 +371,15 @@ impl Merge {
 /// orphans are moved as they are met, and files are compared and fetched a few at a
 /// time. Nothing per file is kept for the whole tree.
 pub async fn restore(
-    storage: &dyn Storage,
+    repo: Repository<'_>,
     entry: &SourceEntry,
     packing: &Packing,
     target: Target,
 ) -> Result<Vec<String>, RestoreError> {
+    let storage = repo.storage();
     let name = entry.name.as_str();
-    let (header, entries) = blobs::open_index(storage, entry, packing)
+    let (header, entries) = repo
+        .open_index(entry, packing)
         .await
         .map_err(|e| TreeError::from(e).of(name))?;
     let (dir, orphan_dir) = target_dirs(name, &header, &target)?;
@@ -415,7 +420,7 @@ pub async fn restore(
 /// chose them safely.
 fn target_dirs(
     name: &str,
-    header: &blobs::FileIndex,
+    header: &index::FileIndex,
     target: &Target,
 ) -> Result<(PathBuf, PathBuf), RestoreError> {
     // The index is data from the destination: whoever can write there could point its
@@ -453,7 +458,7 @@ type LocalWalk = tokio::sync::mpsc::Receiver<Result<Found, tree::WalkError>>;
 /// A walk of what is in `dir` now, and `dir` opened for writing beneath it (created
 /// unless this is a dry run; a dry run of a missing directory has nothing to open).
 async fn open_target(
-    header: &blobs::FileIndex,
+    header: &index::FileIndex,
     dir: &Path,
     dry_run: bool,
 ) -> Result<(Option<LocalWalk>, Option<Arc<beneath::Tree>>), TreeError> {
@@ -592,7 +597,9 @@ async fn walk(ctx: &TreeCtx<'_>, merge: &mut Merge, tally: &mut Tally) {
             Step::Entry(f, here) => {
                 // Checked where the index is read too; the check that guards the writes
                 // stays beside them.
-                if let Err(e) = crate::layout::check_index_entry(&ctx.entry.key, &f.path, &f.blob) {
+                if let Err(e) =
+                    crate::repo::layout::check_index_entry(&ctx.entry.key, &f.path, &f.blob)
+                {
                     tally.failure = Some(TreeError::Unsafe(e));
                     continue;
                 }
@@ -1414,7 +1421,7 @@ mod tests {
     /// where the backup has a file before that file.
     #[tokio::test]
     async fn index_and_tree_merge_in_path_order() {
-        let index = blobs::IndexEntries::from_vec(
+        let index = index::IndexEntries::from_vec(
             ["a/x", "a.b", "c", "d/e", "f"]
                 .into_iter()
                 .map(entry)

@@ -19,7 +19,8 @@ use serde::Serialize;
 
 use super::RestoreError;
 use super::files;
-use crate::manifest::SourceEntry;
+use crate::repo::Repository;
+use crate::repo::manifest::SourceEntry;
 use crate::storage::class::Retrieval as RetrievalSettings;
 use crate::storage::{Retrieval, Storage, cached};
 
@@ -120,15 +121,16 @@ fn counts_of<'a>(objects: impl Iterator<Item = &'a Object>) -> String {
         .join(", ")
 }
 
-/// What restoring `sources` needs from `storage`, object by object. `files_dir` gives the
+/// What restoring `sources` needs from `repo`, object by object. `files_dir` gives the
 /// directory each files source would be restored into (None: the backup's own root).
 pub async fn survey(
-    storage: &dyn Storage,
+    repo: Repository<'_>,
     sources: &[&SourceEntry],
-    packing: &crate::packing::Packing,
+    packing: &crate::repo::packing::Packing,
     files_dir: &dyn Fn(&SourceEntry) -> Option<PathBuf>,
     download_to: Option<&Path>,
 ) -> Result<Survey, RestoreError> {
+    let storage = repo.storage();
     let mut wanted: Vec<(String, String)> = Vec::new();
     let mut survey = Survey::default();
     for entry in sources {
@@ -136,7 +138,7 @@ pub async fn survey(
             wanted.push((entry.name.clone(), entry.key.clone()));
             continue;
         }
-        let compared = files::compare(storage, entry, packing, files_dir(entry)).await?;
+        let compared = files::compare(repo, entry, packing, files_dir(entry)).await?;
         let mut blobs = BTreeSet::new();
         for f in &compared.index.files {
             if compared.same.contains(&f.path) {

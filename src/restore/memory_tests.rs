@@ -10,7 +10,7 @@ use sha2::{Digest, Sha256};
 use tokio::io::AsyncReadExt;
 
 use super::*;
-use crate::manifest::FORMAT_VERSION;
+use crate::repo::manifest::FORMAT_VERSION;
 use crate::testkit::{FakeDb, Fault, FaultKind, JOB, MemoryStorage, Op, configure};
 
 /// A backup of `stored` sources, written to a memory destination the way a run writes one
@@ -37,7 +37,7 @@ async fn backup(configured: &[FakeDb], stored: &[(&str, Vec<u8>)]) -> Backup {
     let id = manifest::new_id(now);
     let mut sources = Vec::new();
     for (name, data) in stored {
-        let key = manifest::object_key(JOB, &id, name, "fake", crate::layout::Form::of(job));
+        let key = manifest::object_key(JOB, &id, name, "fake", crate::repo::layout::Form::of(job));
         let mut object = Vec::new();
         codec::compress(
             Box::new(std::io::Cursor::new(data.clone())),
@@ -80,7 +80,7 @@ async fn backup(configured: &[FakeDb], stored: &[(&str, Vec<u8>)]) -> Backup {
         .await
         .expect("store the manifest");
     // Read back as a restore reads it: through the listing and the stored manifest.
-    let listing = JobListing::read_backups(&st, JOB).await.expect("listing");
+    let listing = Repository::new(&st, JOB).backups().await.expect("listing");
     let published = listing.published(JOB);
     assert_eq!(published.len(), 1);
     let manifest = manifest::read_manifest(&st, JOB, &published[0].id)

@@ -12,8 +12,10 @@ use tracing::{info, warn};
 use crate::codec;
 use crate::config::{Config, Job, SourceConfig};
 use crate::engine::{Archive, COMMITTING, Database, RestoreOptions, SourceError};
-use crate::manifest::{self, JobListing, Manifest, SourceEntry};
-use crate::packing;
+use crate::repo::Repository;
+use crate::repo::locks::LockKind;
+use crate::repo::manifest::{self, Manifest, SourceEntry};
+use crate::repo::packing;
 use crate::storage::class::StorageClass;
 use crate::storage::{self, JobStorage, Storage};
 use crate::units::human_bytes;
@@ -94,7 +96,7 @@ pub enum RestoreError {
     Lock {
         destination: String,
         #[source]
-        source: crate::blobs::BlobError,
+        source: crate::repo::blobs::BlobError,
     },
     /// An object of the backup is missing or damaged where the restore must read it.
     #[error("{0}")]
@@ -118,7 +120,7 @@ pub enum RestoreError {
     /// The job must not read this backup: not authenticated, or clear where the job
     /// encrypts.
     #[error(transparent)]
-    Refused(#[from] crate::manifest::Refused),
+    Refused(#[from] crate::repo::manifest::Refused),
     /// Another process is backing up or restoring the job.
     #[error("{0}")]
     Busy(String),
@@ -308,7 +310,7 @@ pub async fn locate(
     let mut found: Option<(Box<dyn Storage>, String, String)> = None;
     let mut tried = Vec::new();
     for (name, st) in candidates {
-        let listing = match JobListing::read_backups(st.as_ref(), &job.name).await {
+        let listing = match Repository::new(st.as_ref(), &job.name).backups().await {
             Ok(l) => l,
             Err(e) => {
                 warn!(destination = %name, "cannot list {name}: {e}");
@@ -350,7 +352,9 @@ pub async fn locate(
         )));
     };
 
-    let manifest = manifest::read_manifest(storage.as_ref(), &job.name, &id).await?;
+    let manifest = Repository::new(storage.as_ref(), &job.name)
+        .manifest(&id)
+        .await?;
     Ok(Located {
         storage,
         destination,
@@ -368,7 +372,7 @@ async fn newest_authentic(
     ids: &[String],
 ) -> Option<String> {
     for id in ids {
-        let why = match manifest::read_manifest(storage, &job.name, id).await {
+        let why = match Repository::new(storage, &job.name).manifest(id).await {
             Ok(m) => {
                 let a = m.authenticity(job.auth_key.as_deref());
                 if a.accepted() {
@@ -425,7 +429,7 @@ pub async fn restore_until(
             name = f.name
         )));
     }
-    let packing = packing::Packing::of(
+    let packing = Repository::new(st.as_ref(), &job.name).packing(
         &manifest,
         &packing::Expect::of(job, req.trust_unauthenticated),
         keys_for(job, req.identity.as_ref())?,
@@ -469,23 +473,14 @@ pub async fn restore_until(
     let result = if req.dry_run {
         work.await
     } else {
-        crate::blobs::refreshing(
-            &[st.as_ref()],
-            &job.name,
-            &lock_id,
-            crate::blobs::LockKind::Restore,
-            work,
-        )
-        .await
+        Repository::new(st.as_ref(), &job.name)
+            .refreshing(&lock_id, LockKind::Restore, work)
+            .await
     };
     if !req.dry_run {
-        crate::blobs::unlock(
-            st.as_ref(),
-            &job.name,
-            &lock_id,
-            crate::blobs::LockKind::Restore,
-        )
-        .await;
+        Repository::new(st.as_ref(), &job.name)
+            .unlock(&lock_id, LockKind::Restore)
+            .await;
     }
     result
 }
@@ -499,15 +494,9 @@ async fn claim_restore_lock(
     dest_name: &str,
 ) -> Result<(), RestoreError> {
     let never = tokio_util::sync::CancellationToken::new();
-    match crate::blobs::claim_job(
-        &[st],
-        &job.name,
-        lock_id,
-        crate::blobs::LockKind::Restore,
-        wait_lock,
-        &never,
-    )
-    .await
+    match Repository::new(st, &job.name)
+        .claim(lock_id, LockKind::Restore, wait_lock, &never)
+        .await
     {
         Ok(None) => Ok(()),
         Ok(Some(holder)) => Err(RestoreError::Busy(format!(
@@ -603,7 +592,7 @@ impl<'a> RestoreCtx<'a> {
             .collect();
         let files_dir = |e: &SourceEntry| files_dir_for(job, req.files_to.as_ref(), e);
         let mut survey = lifecycle::survey(
-            st,
+            Repository::new(st, &job.name),
             &sources,
             self.packing,
             &files_dir,
@@ -813,7 +802,14 @@ impl<'a> RestoreCtx<'a> {
             keep_special_modes: req.keep_special_modes,
         };
         Progress::start(self.progress, format!("files {}", entry.name), req.dry_run);
-        let why = match files::restore(self.st, entry, packing, target()).await {
+        let why = match files::restore(
+            Repository::new(self.st, &job.name),
+            entry,
+            packing,
+            target(),
+        )
+        .await
+        {
             Ok(out) => {
                 self.lines.extend(out);
                 Progress::finish(self.progress);
@@ -849,7 +845,8 @@ impl<'a> RestoreCtx<'a> {
             entry.name, alt.name
         ));
         check_keys(alt.storage.as_ref(), packing, &[entry.key.as_str()]).await?;
-        let out = files::restore(alt.storage.as_ref(), entry, packing, target()).await?;
+        let repo = Repository::new(alt.storage.as_ref(), &job.name);
+        let out = files::restore(repo, entry, packing, target()).await?;
         self.lines.extend(out);
         Progress::finish(self.progress);
         Ok(())
@@ -1118,14 +1115,11 @@ async fn files_elsewhere<'c>(
         if js.name == bad || archive_class(config, js.name).is_some() {
             continue;
         }
-        let Ok(index) = crate::blobs::read_index(js.storage.as_ref(), entry, packing).await else {
+        let repo = Repository::new(js.storage.as_ref(), &job.name);
+        let Ok(index) = repo.read_index(entry, packing).await else {
             continue;
         };
-        let Ok(listed) = js
-            .storage
-            .list(&format!("{}/{}/", job.name, crate::blobs::BLOBS_DIR))
-            .await
-        else {
+        let Ok(listed) = js.storage.list(&repo.blobs_prefix()).await else {
             continue;
         };
         let have: std::collections::HashSet<&str> = listed.iter().map(|o| o.key.as_str()).collect();
@@ -1181,13 +1175,13 @@ pub async fn survey(config: &Config, req: &SurveyRequest) -> Result<Surveyed, Re
     let files_dir = |e: &SourceEntry| files_dir_for(job, req.files_to.as_ref(), e);
     // status and retrieve only count and request objects; they refuse what a restore
     // would refuse, so no retrieval is paid for a backup that cannot be restored.
-    let packing = packing::Packing::of(
+    let packing = Repository::new(located.storage.as_ref(), &job.name).packing(
         m,
         &packing::Expect::of(job, false),
         keys_for(job, req.identity.as_ref())?,
     )?;
     let survey = lifecycle::survey(
-        located.storage.as_ref(),
+        Repository::new(located.storage.as_ref(), &job.name),
         &sources,
         &packing,
         &files_dir,
@@ -1620,7 +1614,7 @@ mod tests {
         use crate::storage::StorageError;
         let dir = tempfile::tempdir().expect("tempdir");
         let st = crate::storage::local::LocalStorage::new(dir.path().to_path_buf());
-        let packing = crate::packing::Packing {
+        let packing = crate::repo::packing::Packing {
             compression: crate::codec::Compression::Zstd,
             encrypted: true,
             keys: None,
@@ -1691,7 +1685,7 @@ mod tests {
         Progress::start(&p, "database other".into(), true);
         assert!(says(&p).contains("database other was stopped before its commit"));
     }
-    use crate::manifest::{FilesStats, Manifest, SourceEntry};
+    use crate::repo::manifest::{FilesStats, Manifest, SourceEntry};
 
     fn entry(name: &str, kind: &str) -> SourceEntry {
         SourceEntry {

@@ -24,7 +24,7 @@ pub struct FileMeta {
 
 #[derive(Debug, Default)]
 pub struct Scan {
-    /// In [`crate::blobs::path_order`].
+    /// In [`crate::repo::index::path_order`].
     pub files: Vec<FileMeta>,
     /// Symlinks, sockets, fifos, devices and names that are not UTF-8: not backed up.
     pub skipped: Vec<String>,
@@ -98,7 +98,7 @@ pub fn scan(root: &Path, filter: &PathFilter) -> Result<Scan, WalkError> {
 }
 
 /// Walk `root` in a blocking thread, sending what it finds (in
-/// [`crate::blobs::path_order`]) through a bounded channel: the tree is never held.
+/// [`crate::repo::index::path_order`]) through a bounded channel: the tree is never held.
 /// An error ends the stream.
 pub fn spawn_walk(
     root: PathBuf,

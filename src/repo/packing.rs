@@ -43,8 +43,11 @@ impl Expect {
 
     /// Whether a backup may be read: the one place that decides it, so every reader
     /// (restore, heal, drill, download, verify, index reads) refuses the same backups.
-    pub fn admit(&self, m: &crate::manifest::Manifest) -> Result<(), crate::manifest::Refused> {
-        use crate::manifest::{Authenticity, Refused, manifest_key};
+    pub fn admit(
+        &self,
+        m: &crate::repo::manifest::Manifest,
+    ) -> Result<(), crate::repo::manifest::Refused> {
+        use crate::repo::manifest::{Authenticity, Refused, manifest_key};
         let auth = m.authenticity(self.auth.as_deref());
         let key = manifest_key(&m.job, &m.id);
         if !auth.accepted() {
@@ -89,10 +92,10 @@ impl Packing {
     /// How to read backup `m` for a job that expects `expect`; Err when the job must not
     /// read it at all.
     pub fn of(
-        m: &crate::manifest::Manifest,
+        m: &crate::repo::manifest::Manifest,
         expect: &Expect,
         keys: Option<Arc<Keys>>,
-    ) -> Result<Packing, crate::manifest::Refused> {
+    ) -> Result<Packing, crate::repo::manifest::Refused> {
         expect.admit(m)?;
         Ok(Packing {
             compression: m.compression,
@@ -103,7 +106,10 @@ impl Packing {
 
     /// As stored, unchecked: only for reading the references a blob sweep keeps, which
     /// never reach a target and can only keep more.
-    pub(crate) fn as_stored(m: &crate::manifest::Manifest, keys: Option<Arc<Keys>>) -> Packing {
+    pub(crate) fn as_stored(
+        m: &crate::repo::manifest::Manifest,
+        keys: Option<Arc<Keys>>,
+    ) -> Packing {
         Packing {
             compression: m.compression,
             encrypted: m.encryption.is_some(),

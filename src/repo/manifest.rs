@@ -1,5 +1,5 @@
 //! The manifest that publishes a backup, and listings of a job's backups. Key names are in
-//! `crate::layout`.
+//! `crate::repo::layout`.
 
 use std::collections::BTreeMap;
 
@@ -7,12 +7,12 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::codec::Compression;
-use crate::layout::{self, KeyKind};
+use crate::repo::layout::{self, KeyKind};
 use crate::storage::{ObjectMeta, Storage, StorageError};
 
 pub const FORMAT_VERSION: u32 = 1;
 
-pub use crate::layout::{
+pub use crate::repo::layout::{
     backup_prefix, compression_suffix, index_key, manifest_key, new_id, object_key, parse_id,
 };
 
@@ -405,16 +405,18 @@ pub async fn read_manifest(
     // that could leave the destination's root.
     for s in &m.sources {
         for k in std::iter::once(&s.key).chain(s.refs.as_ref().map(|r| &r.key)) {
-            crate::layout::check_job_key(job, k).map_err(|reason| ManifestError::Corrupt {
-                key: key.clone(),
-                reason,
+            crate::repo::layout::check_job_key(job, k).map_err(|reason| {
+                ManifestError::Corrupt {
+                    key: key.clone(),
+                    reason,
+                }
             })?;
         }
     }
     Ok(m)
 }
 
-/// A backup the job must not read (see `crate::packing::Expect::admit`).
+/// A backup the job must not read (see `crate::repo::packing::Expect::admit`).
 #[derive(Debug, thiserror::Error)]
 pub enum Refused {
     #[error(

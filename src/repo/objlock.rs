@@ -14,10 +14,11 @@ use std::collections::HashSet;
 
 use chrono::{DateTime, Utc};
 
-use crate::blobs::{self, BlobError};
 use crate::config::ObjectLock;
-use crate::manifest::Manifest;
-use crate::packing::Packing;
+use crate::repo::blobs::BlobError;
+use crate::repo::index;
+use crate::repo::manifest::Manifest;
+use crate::repo::packing::Packing;
 use crate::storage::{Storage, StorageError};
 
 /// Extension requests in flight at once, per destination.
@@ -39,7 +40,7 @@ pub async fn read_locks(
 ) -> Result<Vec<(String, DateTime<Utc>)>, StorageError> {
     let mut out = Vec::new();
     for (id, time) in doomed {
-        let key = crate::layout::manifest_key(job, id);
+        let key = crate::repo::layout::manifest_key(job, id);
         let reported = storage.locked_until(&key).await?;
         let assumed = configured.map(|l| l.until(*time));
         if let Some(until) = reported.max(assumed) {
@@ -62,7 +63,7 @@ pub async fn extend_blob_locks(
         match &e.refs {
             // An encrypting job's clear list of references (its index is sealed).
             Some(r) => {
-                blobs::for_each_ref(storage, r, m.compression, &mut |k| keys.push(k.to_string()))
+                index::for_each_ref(storage, r, m.compression, &mut |k| keys.push(k.to_string()))
                     .await?;
                 for chunk in keys.chunks(BATCH) {
                     sent += extend(storage, chunk, until).await?;
@@ -70,7 +71,7 @@ pub async fn extend_blob_locks(
             }
             None => {
                 let (_, mut entries) =
-                    blobs::open_index(storage, e, &Packing::as_stored(m, None)).await?;
+                    index::open_index(storage, e, &Packing::as_stored(m, None)).await?;
                 while let Some(f) = entries.next().await? {
                     keys.push(f.blob);
                     if keys.len() >= BATCH {

@@ -1,0 +1,255 @@
+//! The repository: what a job keeps on a destination and how. Key names (`layout`),
+//! manifests, the content-addressed blob store and its sweep, the file index, locks, how an
+//! object is packed (compression + encryption) and object-lock retention.
+
+pub mod blobs;
+pub mod index;
+pub mod layout;
+pub mod locks;
+pub mod manifest;
+pub mod objlock;
+pub mod packing;
+
+use chrono::{DateTime, Utc};
+use tokio_util::sync::CancellationToken;
+
+use crate::codec::Compression;
+use crate::config::ObjectLock;
+use crate::crypt::Keys;
+use crate::storage::{Storage, StorageError};
+use blobs::{BlobError, SweepOutcome};
+use index::{FileIndex, IndexEntries};
+use layout::Form;
+use locks::{Holder, Lock, LockKind};
+use manifest::{JobListing, Manifest, ManifestError, SourceEntry, StoredRef};
+use packing::{Expect, Packing};
+
+/// One job's repository on one destination: every key of the job is built here, and every
+/// read, write and delete of its backups, blobs, indexes and locks goes through it.
+/// A view (it borrows the storage and the job's name), so callers holding an
+/// `Arc<dyn Storage>` or a `&dyn Storage` make one where they need it; it is `Copy`, and its
+/// methods take it by value so their futures do not borrow a temporary.
+#[derive(Clone, Copy)]
+pub struct Repository<'a> {
+    storage: &'a dyn Storage,
+    job: &'a str,
+}
+
+impl<'a> Repository<'a> {
+    pub fn new(storage: &'a dyn Storage, job: &'a str) -> Repository<'a> {
+        Repository { storage, job }
+    }
+
+    pub fn storage(self) -> &'a dyn Storage {
+        self.storage
+    }
+
+    pub fn job(self) -> &'a str {
+        self.job
+    }
+
+    /// Everything the job holds here: backups, blobs and locks.
+    pub async fn listing(self) -> Result<JobListing, StorageError> {
+        JobListing::read(self.storage, self.job).await
+    }
+
+    /// The job's backups only (stops before the blobs and locks).
+    pub async fn backups(self) -> Result<JobListing, StorageError> {
+        JobListing::read_backups(self.storage, self.job).await
+    }
+
+    /// A backup's manifest, checked to be this job's and this backup's.
+    pub async fn manifest(self, id: &str) -> Result<Manifest, ManifestError> {
+        manifest::read_manifest(self.storage, self.job, id).await
+    }
+
+    /// How to read backup `m` for a job that expects `expect` (see [`Packing::of`]): Err
+    /// when the job must not read it at all.
+    pub fn packing(
+        self,
+        m: &Manifest,
+        expect: &Expect,
+        keys: Option<std::sync::Arc<Keys>>,
+    ) -> Result<Packing, manifest::Refused> {
+        Packing::of(m, expect, keys)
+    }
+
+    /// Write a backup's manifest (signed and serialized by the caller): the backup is
+    /// published once it is there.
+    pub async fn publish_manifest(self, id: &str, body: bytes::Bytes) -> Result<(), StorageError> {
+        self.storage
+            .put_record(&layout::manifest_key(self.job, id), body)
+            .await
+    }
+
+    /// Delete a backup, manifest first (see [`manifest::delete_backup`]).
+    pub async fn delete_backup(self, listing: &JobListing, id: &str) -> Result<(), StorageError> {
+        manifest::delete_backup(self.storage, listing, self.job, id).await
+    }
+
+    /// Where everything of one backup is (`<job>/<id>/`).
+    pub fn backup_prefix(self, id: &str) -> String {
+        layout::backup_prefix(self.job, id)
+    }
+
+    /// The object of a dumped source in a backup.
+    pub fn object_key(self, id: &str, source: &str, ext: &str, form: Form) -> String {
+        layout::object_key(self.job, id, source, ext, form)
+    }
+
+    /// The file index of a files source in a backup.
+    pub fn index_key(self, id: &str, source: &str, form: Form) -> String {
+        layout::index_key(self.job, id, source, form)
+    }
+
+    /// The clear list of blob keys a files source's index references.
+    pub fn refs_key(self, id: &str, source: &str, c: Compression) -> String {
+        layout::refs_key(self.job, id, source, c)
+    }
+
+    /// The key of the blob named `name` (its content's sha256, or keyed name).
+    pub fn blob_key(self, name: &str, form: Form) -> String {
+        layout::blob_key(self.job, name, form)
+    }
+
+    /// The blobs stored here in `form`, as [`blobs::name_id`]s.
+    pub async fn blob_ids(
+        self,
+        form: Form,
+    ) -> Result<std::collections::HashSet<u64>, StorageError> {
+        blobs::blob_ids(self.storage, self.job, form).await
+    }
+
+    /// Take the backup lock of run `id` (see [`locks::lock_backup`]).
+    pub async fn lock_backup(
+        self,
+        id: &str,
+        reuses_blobs: bool,
+        cancel: &CancellationToken,
+    ) -> Result<(), BlobError> {
+        locks::lock_backup(self.storage, self.job, id, reuses_blobs, cancel).await
+    }
+
+    /// Where everything of the job is (`<job>/`).
+    pub fn job_prefix(self) -> String {
+        layout::job_prefix(self.job)
+    }
+
+    /// Where the job's locks are (`<job>/locks/`).
+    pub fn locks_prefix(self) -> String {
+        layout::locks_prefix(self.job)
+    }
+
+    /// Where the job's blobs are (`<job>/blobs/`).
+    pub fn blobs_prefix(self) -> String {
+        format!("{}{}/", layout::job_prefix(self.job), blobs::BLOBS_DIR)
+    }
+
+    /// The key of run `id`'s lock of `kind`.
+    pub fn lock_key(self, id: &str, kind: LockKind) -> String {
+        locks::lock_key(self.job, id, kind)
+    }
+
+    /// The locks among a listing's lock objects.
+    pub fn locks(self, listing: &JobListing) -> Vec<Lock> {
+        locks::parse_locks(self.job, listing.locks.iter().cloned())
+    }
+
+    /// Who wrote the lock at `key`, if it says.
+    pub async fn lock_owner(self, key: &str) -> Option<crate::owner::Owner> {
+        locks::lock_owner(self.storage, key).await
+    }
+
+    /// Claim the job here for run `id` (see [`locks::claim_job`]; a run on several
+    /// destinations claims them together through it). `Ok(None)`: the lock is held.
+    pub async fn claim(
+        self,
+        id: &str,
+        kind: LockKind,
+        wait: bool,
+        cancel: &CancellationToken,
+    ) -> Result<Option<Holder>, BlobError> {
+        locks::claim_job(&[self.storage], self.job, id, kind, wait, cancel).await
+    }
+
+    /// Run `work` while run `id`'s lock is rewritten here (see [`locks::refreshing`]).
+    pub async fn refreshing<F: std::future::Future>(
+        self,
+        id: &str,
+        kind: LockKind,
+        work: F,
+    ) -> F::Output {
+        locks::refreshing(&[self.storage], self.job, id, kind, work).await
+    }
+
+    /// Remove run `id`'s lock (a failure is logged, not returned).
+    pub async fn unlock(self, id: &str, kind: LockKind) {
+        locks::unlock(self.storage, self.job, id, kind).await
+    }
+
+    /// Who else holds a live lock of the job here.
+    pub async fn holders(self, own_id: &str) -> Result<Vec<Holder>, StorageError> {
+        locks::holders(self.storage, self.job, own_id).await
+    }
+
+    /// Delete the blobs no published backup references (see [`blobs::sweep`]).
+    pub async fn sweep(
+        self,
+        own_id: &str,
+        min_age: Option<chrono::TimeDelta>,
+    ) -> Result<SweepOutcome, BlobError> {
+        blobs::sweep(self.storage, self.job, own_id, min_age).await
+    }
+
+    /// Until when each backup of `doomed` is under object lock here.
+    pub async fn object_locks(
+        self,
+        doomed: &[(&str, DateTime<Utc>)],
+        configured: Option<ObjectLock>,
+    ) -> Result<Vec<(String, DateTime<Utc>)>, StorageError> {
+        objlock::read_locks(self.storage, self.job, doomed, configured).await
+    }
+
+    /// Extend the object lock of every blob `m` references to at least `until`.
+    pub async fn extend_blob_locks(
+        self,
+        m: &Manifest,
+        until: DateTime<Utc>,
+    ) -> Result<u64, BlobError> {
+        objlock::extend_blob_locks(self.storage, m, until).await
+    }
+
+    /// The newest published backup's index of `source`, to merge with a scan.
+    pub async fn previous_index(
+        self,
+        listing: &JobListing,
+        source: &str,
+        keys: Option<std::sync::Arc<Keys>>,
+        expect: &Expect,
+    ) -> Option<(String, IndexEntries)> {
+        index::previous_index(self.storage, listing, self.job, source, keys, expect).await
+    }
+
+    /// A backup's whole file index, verified against its manifest entry.
+    pub async fn read_index(
+        self,
+        entry: &SourceEntry,
+        packing: &Packing,
+    ) -> Result<FileIndex, BlobError> {
+        index::read_index(self.storage, entry, packing).await
+    }
+
+    /// A backup's file index, streamed (checked when its last entry is read).
+    pub async fn open_index(
+        self,
+        entry: &SourceEntry,
+        packing: &Packing,
+    ) -> Result<(FileIndex, IndexEntries), BlobError> {
+        index::open_index(self.storage, entry, packing).await
+    }
+
+    /// The blob keys an index references, from its clear refs list.
+    pub async fn read_refs(self, r: &StoredRef, c: Compression) -> Result<Vec<String>, BlobError> {
+        index::read_refs(self.storage, r, c).await
+    }
+}
