@@ -404,12 +404,10 @@ async fn a_lock_that_cannot_be_written_stops_the_run_before_the_dump() {
     lock_refused_on("one").await;
 }
 
-/// `locks::claim_job` returns at the first destination that refuses the lock without
-/// taking back the locks it wrote on the destinations before it, and the run, which never
-/// marked them locked, does not remove them: the lock stays until it goes dead
-/// (`locks::LOCK_DEAD`), refusing other processes' runs of the job until then.
+/// A lock left on the destinations before the one that refused it would stay until dead
+/// (`locks::LOCK_DEAD`), refusing other processes' runs of the job until then: the run
+/// never marked them locked, so `locks::claim_job` itself takes them back.
 #[tokio::test]
-#[ignore = "known bug: claim_job leaves the locks it wrote when a later destination refuses"]
 async fn a_lock_refused_on_a_later_destination_leaves_no_lock_on_the_earlier() {
     lock_refused_on("two").await;
 }

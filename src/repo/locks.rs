@@ -365,16 +365,17 @@ pub async fn claim_job(
 ) -> Result<Option<Holder>, BlobError> {
     let mut announced = false;
     loop {
-        for st in storages {
-            st.put_bytes(&lock_key(job, id, kind), lock_body()).await?;
-        }
-        let mut holder = None;
-        for st in storages {
-            if let Some(h) = holders(*st, job, id).await?.into_iter().next() {
-                holder = Some(h);
-                break;
+        let holder = match announce(storages, job, id, kind).await {
+            Ok(holder) => holder,
+            // A lock written on an earlier destination would otherwise stay until it is
+            // dead (`LOCK_DEAD`), refusing other runs of the job until then.
+            Err(e) => {
+                for st in storages {
+                    unlock(*st, job, id, kind).await;
+                }
+                return Err(e);
             }
-        }
+        };
         let Some(holder) = holder else {
             if announced {
                 info!(job, "the other run of {job} finished; continuing");
@@ -398,6 +399,24 @@ pub async fn claim_job(
             _ = tokio::time::sleep(pause) => {}
         }
     }
+}
+
+/// Writes this run's lock on every destination, then looks for another live holder.
+async fn announce(
+    storages: &[&dyn Storage],
+    job: &str,
+    id: &str,
+    kind: LockKind,
+) -> Result<Option<Holder>, BlobError> {
+    for st in storages {
+        st.put_bytes(&lock_key(job, id, kind), lock_body()).await?;
+    }
+    for st in storages {
+        if let Some(h) = holders(*st, job, id).await?.into_iter().next() {
+            return Ok(Some(h));
+        }
+    }
+    Ok(None)
 }
 
 pub async fn unlock(storage: &dyn Storage, job: &str, id: &str, kind: LockKind) {
