@@ -443,6 +443,33 @@ impl S3Storage {
     /// `put` with the lock headers of an object written now, on a destination with
     /// `object_lock`. S3 refuses lock headers on a PutObject without Content-MD5 or a
     /// checksum, which `checksums = "when_required"` would otherwise leave out.
+    /// A PUT of a JSON object (manifest, index, lock) in the default storage class.
+    fn json_put(
+        &self,
+        key: &str,
+        data: Bytes,
+    ) -> aws_sdk_s3::operation::put_object::builders::PutObjectFluentBuilder {
+        self.client
+            .put_object()
+            .bucket(&self.cfg.bucket)
+            .key(self.full_key(key))
+            .content_type("application/json")
+            .body(ByteStream::from(data))
+    }
+
+    /// Send a PUT of a backup's write, with the writes' retries (`S3_WRITE_ATTEMPTS`).
+    async fn send_put(
+        &self,
+        put: aws_sdk_s3::operation::put_object::builders::PutObjectFluentBuilder,
+    ) -> Result<(), StorageError> {
+        put.customize()
+            .config_override(write_retries())
+            .send()
+            .await
+            .map_err(|e| self.map_err("uploading", e))?;
+        Ok(())
+    }
+
     fn locked(
         &self,
         put: aws_sdk_s3::operation::put_object::builders::PutObjectFluentBuilder,
@@ -686,35 +713,11 @@ impl Storage for S3Storage {
     async fn put_bytes(&self, key: &str, data: Bytes) -> Result<(), StorageError> {
         // Manifests, indexes and locks stay in the default class even on archive tiers:
         // listing and planning a restore must read them without a retrieval request.
-        self.client
-            .put_object()
-            .bucket(&self.cfg.bucket)
-            .key(self.full_key(key))
-            .content_type("application/json")
-            .body(ByteStream::from(data))
-            .customize()
-            .config_override(write_retries())
-            .send()
-            .await
-            .map_err(|e| self.map_err("uploading", e))?;
-        Ok(())
+        self.send_put(self.json_put(key, data)).await
     }
 
     async fn put_record(&self, key: &str, data: Bytes) -> Result<(), StorageError> {
-        let put = self
-            .client
-            .put_object()
-            .bucket(&self.cfg.bucket)
-            .key(self.full_key(key))
-            .content_type("application/json")
-            .body(ByteStream::from(data));
-        let put = self.locked(put);
-        put.customize()
-            .config_override(write_retries())
-            .send()
-            .await
-            .map_err(|e| self.map_err("uploading", e))?;
-        Ok(())
+        self.send_put(self.locked(self.json_put(key, data))).await
     }
 
     async fn put_data(&self, key: &str, data: Bytes) -> Result<(), StorageError> {
@@ -728,12 +731,7 @@ impl Storage for S3Storage {
             put = put.storage_class(StorageClass::from(class.as_str()));
         }
         let put = self.locked(put);
-        put.customize()
-            .config_override(write_retries())
-            .send()
-            .await
-            .map_err(|e| self.map_err("uploading", e))?;
-        Ok(())
+        self.send_put(put).await
     }
 
     async fn locked_until(
@@ -1023,12 +1021,7 @@ impl S3Storage {
         if in_class && let Some(class) = &self.cfg.storage_class {
             put = put.storage_class(StorageClass::from(class.as_str()));
         }
-        let put = self.locked(put);
-        put.customize()
-            .config_override(write_retries())
-            .send()
-            .await
-            .map_err(|e| self.map_err("uploading", e))?;
+        self.send_put(self.locked(put)).await?;
         Ok(total)
     }
 }
