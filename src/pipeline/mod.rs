@@ -420,8 +420,8 @@ impl<'a> RunCtx<'a> {
                         return None;
                     }
                 };
-                let form = crate::repo::layout::Form::of(self.job);
-                let key = manifest::object_key(jn, &self.id, db.name(), db.extension(), form);
+                let key =
+                    crate::repo::Names::new(self.job, &self.id).object(db.name(), db.extension());
                 info!(job = jn, id = %self.id, source = db.name(), "stage: dump {} {} → {}", db.kind(), db.name(), key);
                 self.touch_live();
                 let streamed =
