@@ -275,6 +275,21 @@ impl<'a> Repository<'a> {
         index::previous_index(self.storage, listing, self.job, source, keys, expect).await
     }
 
+    /// A backup's stored object, read from here through its manifest entry's size and
+    /// sha256 check (the stored bytes: neither decompressed nor decrypted).
+    pub async fn read_verified(
+        self,
+        entry: &SourceEntry,
+    ) -> Result<crate::codec::Verify, StorageError> {
+        let raw = self.storage.get(&entry.key).await?;
+        Ok(crate::codec::Verify::new(
+            raw,
+            &entry.sha256,
+            entry.size,
+            &entry.key,
+        ))
+    }
+
     /// A backup's whole file index, verified against its manifest entry.
     pub async fn read_index(
         self,
