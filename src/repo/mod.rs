@@ -69,6 +69,38 @@ impl<'a> Names<'a> {
     }
 }
 
+/// A run's lock of the job on several destinations at once: they are claimed together (a
+/// conflict on one takes back the others) and refreshed together.
+#[derive(Clone, Copy)]
+pub struct JobLocks<'a> {
+    job: &'a str,
+    id: &'a str,
+    kind: LockKind,
+}
+
+impl<'a> JobLocks<'a> {
+    /// Run `id`'s lock of `kind` on the job.
+    pub fn new(job: &'a str, id: &'a str, kind: LockKind) -> JobLocks<'a> {
+        JobLocks { job, id, kind }
+    }
+
+    /// Claim the job on every storage of `storages` (see [`locks::claim_job`]).
+    /// `Ok(None)`: the lock is held.
+    pub async fn claim(
+        self,
+        storages: &[&dyn Storage],
+        wait: bool,
+        cancel: &CancellationToken,
+    ) -> Result<Option<Holder>, BlobError> {
+        locks::claim_job(storages, self.job, self.id, self.kind, wait, cancel).await
+    }
+
+    /// Rewrite the lock on `storages` until the returned heartbeat is stopped.
+    pub fn heartbeat(self, storages: Vec<std::sync::Arc<dyn Storage>>) -> locks::Heartbeat {
+        locks::Heartbeat::start(storages, self.job, self.id, self.kind)
+    }
+}
+
 /// One job's repository on one destination: every key of the job is built here, and every
 /// read, write and delete of its backups, blobs, indexes and locks goes through it.
 /// A view (it borrows the storage and the job's name), so callers holding an
