@@ -23,7 +23,6 @@ pub struct Checked {
 
 pub async fn check_job(config: &Config, job: &Job) -> Checked {
     let mut c = Checked::default();
-    let jn = &job.name;
     for src in &job.sources {
         match src {
             SourceConfig::Database(db) => check_database(db.as_ref(), &mut c).await,
@@ -31,7 +30,7 @@ pub async fn check_job(config: &Config, job: &Job) -> Checked {
         }
     }
     let probe_id = crate::repo::layout::new_id(Utc::now());
-    let probe = crate::repo::layout::lock_key(jn, &probe_id, "probe");
+    let probe = crate::repo::Names::new(job, &probe_id).lock("probe");
     for js in storage::open_job(config, job).await {
         check_destination(job, &js, &probe, &mut c).await;
     }

@@ -562,12 +562,10 @@ async fn check_index_without_key(
     r: &manifest::StoredRef,
     read_data: ReadData,
 ) -> Result<String, Vec<String>> {
-    let raw = repo
-        .storage()
-        .get(&entry.key)
+    let verified = repo
+        .read_verified(entry)
         .await
         .map_err(|e| vec![format!("index {} cannot be read: {e}", entry.key)])?;
-    let verified = codec::Verify::new(raw, &entry.sha256, entry.size, &entry.key);
     read_checked(verified, packing, &entry.key).await?;
     let blobs = repo
         .read_refs(r, packing.compression)

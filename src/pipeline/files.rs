@@ -20,10 +20,10 @@ use tracing::{info, warn};
 
 use super::{StreamError, Target, fan_out, fan_out_to, seal};
 use crate::config::{FilesConfig, Job};
-use crate::repo::Repository;
 use crate::repo::blobs;
 use crate::repo::index::{self, INDEX_FORMAT, IndexEntries, IndexEntry};
 use crate::repo::manifest::{self, FilesStats, JobListing, SourceEntry};
+use crate::repo::{Form, Names, Repository};
 use crate::source::files::{self as tree, FileMeta, Found, PathFilter};
 use crate::storage::{Storage, StorageError};
 
@@ -80,6 +80,8 @@ impl Dest {
 struct Ctx<'a> {
     cfg: &'a FilesConfig,
     job: &'a Job,
+    /// The keys this run writes.
+    names: Names<'a>,
     dests: Vec<Dest>,
     cancel: &'a CancellationToken,
     big: tokio::sync::Semaphore,
@@ -247,6 +249,7 @@ pub(super) async fn backup(
     let ctx = Ctx {
         cfg,
         job,
+        names: Names::new(job, id),
         dests,
         cancel,
         big: tokio::sync::Semaphore::new(BIG_AT_ONCE),
@@ -260,7 +263,7 @@ pub(super) async fn backup(
         job: job.name.clone(),
         source: name.to_string(),
     };
-    let written = write_index(&ctx, id, merge).await;
+    let written = write_index(&ctx, merge).await;
 
     for (d, i) in ctx.dests.iter().zip(&dest_targets) {
         if let Ok(f) = d.failed.lock()
@@ -336,7 +339,7 @@ async fn open_dests(job: &Job, targets: &mut [Target]) -> (Vec<Dest>, Vec<usize>
     let listings = join_all(live.iter().map(|i| async {
         let repo = Repository::new(targets[*i].storage.as_ref(), &job.name);
         let backups = repo.backups().await?;
-        let have = repo.blob_ids(crate::repo::layout::Form::of(job)).await?;
+        let have = repo.blob_ids(Form::of(job)).await?;
         Ok::<_, StorageError>((backups, have))
     }))
     .await;
@@ -404,7 +407,7 @@ struct Written {
 
 /// The files, processed as the walk yields them, and the index streaming to every
 /// destination as they complete; it is completed only if every file was, else abandoned.
-async fn write_index(ctx: &Ctx<'_>, id: &str, merge: Merge) -> Written {
+async fn write_index(ctx: &Ctx<'_>, merge: Merge) -> Written {
     let (cfg, job) = (ctx.cfg, ctx.job);
     let files = Box::pin(futures::stream::unfold(merge, |mut m| async move {
         let item = m.next_file().await?;
@@ -423,10 +426,10 @@ async fn write_index(ctx: &Ctx<'_>, id: &str, merge: Merge) -> Written {
         })
         .buffered(CONCURRENCY);
 
-    let key = manifest::index_key(&job.name, id, &cfg.name, crate::repo::layout::Form::of(job));
+    let key = ctx.names.index(&cfg.name);
     // The clear list of blob keys, for sweeps (which then need neither a key nor the
     // index's JSON).
-    let refs_key = crate::repo::layout::refs_key(&job.name, id, &cfg.name, job.compression);
+    let refs_key = ctx.names.refs(&cfg.name);
     let writers: Vec<&dyn Storage> = ctx.dests.iter().map(|d| d.storage.as_ref()).collect();
     let (index, index_reader) = LineSink::new();
     let (refs, refs_reader) = LineSink::new();
@@ -646,7 +649,7 @@ async fn process(
             Some(e) => e.blob_name(&sha),
             None => sha.clone(),
         };
-        let key = blobs::blob_key(&ctx.job.name, &name, crate::repo::layout::Form::of(ctx.job));
+        let key = ctx.names.blob(&name);
         let need: Vec<&Dest> = ctx.dests.iter().filter(|d| d.claim(&name)).collect();
         let entry = IndexEntry {
             path: meta.path.clone(),

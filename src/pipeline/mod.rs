@@ -27,10 +27,10 @@ use tracing::{error, info, warn};
 use crate::codec;
 use crate::config::{Config, Job, SourceConfig};
 use crate::engine::{Database, SourceError};
-use crate::repo::Repository;
 use crate::repo::blobs::{self, SweepOutcome};
 use crate::repo::locks::{self, LockKind};
 use crate::repo::manifest::{self, FORMAT_VERSION, Manifest, SourceEntry};
+use crate::repo::{JobLocks, Repository};
 use crate::retention;
 use crate::storage::class::StorageClass;
 use crate::storage::{self, Chunk, Storage};
@@ -287,15 +287,9 @@ impl<'a> RunCtx<'a> {
             .filter(|t| t.error.is_none())
             .map(|t| t.storage.as_ref())
             .collect();
-        let claimed = locks::claim_job(
-            &live,
-            jn,
-            &self.id,
-            LockKind::Backup,
-            opts.wait_lock,
-            &self.cancel,
-        )
-        .await;
+        let claimed = JobLocks::new(jn, &self.id, LockKind::Backup)
+            .claim(&live, opts.wait_lock, &self.cancel)
+            .await;
         let fatal = match claimed {
             Ok(None) => return,
             Ok(Some(holder)) => (
@@ -354,15 +348,12 @@ impl<'a> RunCtx<'a> {
     /// The lock is rewritten while the run holds it: a lock not refreshed for minutes is
     /// taken for a crashed run's, by any host.
     fn start_heartbeat(&self) -> locks::Heartbeat {
-        locks::Heartbeat::start(
+        JobLocks::new(self.jn(), &self.id, LockKind::Backup).heartbeat(
             self.targets
                 .iter()
                 .filter(|t| t.locked && t.error.is_none())
                 .map(|t| t.storage.clone())
                 .collect(),
-            self.jn(),
-            &self.id,
-            LockKind::Backup,
         )
     }
 
@@ -420,8 +411,8 @@ impl<'a> RunCtx<'a> {
                         return None;
                     }
                 };
-                let form = crate::repo::layout::Form::of(self.job);
-                let key = manifest::object_key(jn, &self.id, db.name(), db.extension(), form);
+                let key =
+                    crate::repo::Names::new(self.job, &self.id).object(db.name(), db.extension());
                 info!(job = jn, id = %self.id, source = db.name(), "stage: dump {} {} → {}", db.kind(), db.name(), key);
                 self.touch_live();
                 let streamed =

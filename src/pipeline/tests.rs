@@ -87,7 +87,7 @@ fn dump_bytes(len: usize, seed: u64) -> Vec<u8> {
 }
 
 fn object_key(id: &str, job: &Job) -> String {
-    manifest::object_key(JOB, id, SOURCE, "fake", crate::repo::layout::Form::of(job))
+    crate::repo::Names::new(job, id).object(SOURCE, "fake")
 }
 
 /// Published backup ids on a destination, oldest first.

@@ -30,7 +30,7 @@ use std::sync::Arc;
 use super::index::{for_each_ref, open_index};
 use super::locks::{LockKind, is_live, list_locks, lock_body, lock_key, refreshing, unlock};
 
-pub use crate::repo::layout::{BLOBS_DIR, LOCKS_DIR, blob_key};
+pub use crate::repo::layout::{BLOBS_DIR, LOCKS_DIR};
 
 /// A sweep stops (and leaves the rest for next time) after this long.
 const SWEEP_BUDGET: Duration = Duration::from_secs(5 * 60);
@@ -329,6 +329,7 @@ async fn sweep_locked(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::repo::layout::blob_key;
 
     /// Unreferenced blobs go, unless younger than the sweep's minimum age (an archive
     /// class's minimum storage duration).

@@ -350,7 +350,8 @@ pub async fn previous_index(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::repo::blobs::{blob_key, compress_bytes};
+    use crate::repo::blobs::compress_bytes;
+    use crate::repo::layout::blob_key;
     use sha2::{Digest, Sha256};
 
     #[test]

@@ -37,20 +37,20 @@ pub fn parse_id(id: &str) -> Option<DateTime<Utc>> {
 }
 
 /// Everything of a job: backups, blobs and locks.
-pub fn job_prefix(job: &str) -> String {
+pub(super) fn job_prefix(job: &str) -> String {
     format!("{job}/")
 }
 
 /// Listing from [`job_prefix`] up to this key returns backups only.
-pub fn backups_end(job: &str) -> String {
+pub(super) fn backups_end(job: &str) -> String {
     format!("{job}/a")
 }
 
-pub fn backup_prefix(job: &str, id: &str) -> String {
+pub(super) fn backup_prefix(job: &str, id: &str) -> String {
     format!("{job}/{id}/")
 }
 
-pub fn manifest_key(job: &str, id: &str) -> String {
+pub(crate) fn manifest_key(job: &str, id: &str) -> String {
     format!("{job}/{id}/{MANIFEST}")
 }
 
@@ -100,41 +100,47 @@ pub fn compression_suffix(c: Compression) -> &'static str {
     }
 }
 
-pub fn object_key(job: &str, id: &str, source: &str, ext: &str, form: impl Into<Form>) -> String {
+pub(super) fn object_key(
+    job: &str,
+    id: &str,
+    source: &str,
+    ext: &str,
+    form: impl Into<Form>,
+) -> String {
     format!("{job}/{id}/{source}.{ext}{}", form.into().suffix())
 }
 
 /// The index of a files source: `<job>/<id>/<source>.files.json.zst`.
-pub fn index_key(job: &str, id: &str, source: &str, form: impl Into<Form>) -> String {
+pub(super) fn index_key(job: &str, id: &str, source: &str, form: impl Into<Form>) -> String {
     object_key(job, id, source, "files.json", form)
 }
 
 /// The clear list of blob keys a files source's index references (one a line, in index
 /// order; encrypted jobs too, so sweeps need no key).
-pub fn refs_key(job: &str, id: &str, source: &str, c: Compression) -> String {
+pub(super) fn refs_key(job: &str, id: &str, source: &str, c: Compression) -> String {
     object_key(job, id, source, "blobs.txt", c)
 }
 
 /// `name`: the content's sha256, or its keyed name when the job has a blob key.
-pub fn blob_key(job: &str, name: &str, form: impl Into<Form>) -> String {
+pub(super) fn blob_key(job: &str, name: &str, form: impl Into<Form>) -> String {
     let fan = name.get(..2).unwrap_or("00");
     format!("{job}/{BLOBS_DIR}/{fan}/{name}{}", form.into().suffix())
 }
 
 /// The name a blob key carries, if it is a blob stored in `form`.
-pub fn hash_of_blob(job: &str, key: &str, form: impl Into<Form>) -> Option<String> {
+pub(super) fn hash_of_blob(job: &str, key: &str, form: impl Into<Form>) -> Option<String> {
     let rest = key.strip_prefix(&format!("{job}/{BLOBS_DIR}/"))?;
     let (_, name) = rest.split_once('/')?;
     let hash = name.strip_suffix(form.into().suffix().as_str())?;
     (hash.len() == 64 && hash.bytes().all(|b| b.is_ascii_hexdigit())).then(|| hash.to_string())
 }
 
-pub fn locks_prefix(job: &str) -> String {
+pub(super) fn locks_prefix(job: &str) -> String {
     format!("{job}/{LOCKS_DIR}/")
 }
 
 /// `<job>/locks/<id>.<kind>`, kind "backup" or "sweep".
-pub fn lock_key(job: &str, id: &str, kind: &str) -> String {
+pub(super) fn lock_key(job: &str, id: &str, kind: &str) -> String {
     format!("{job}/{LOCKS_DIR}/{id}.{kind}")
 }
 

@@ -12,9 +12,8 @@ use crate::storage::{ObjectMeta, Storage, StorageError};
 
 pub const FORMAT_VERSION: u32 = 1;
 
-pub use crate::repo::layout::{
-    backup_prefix, compression_suffix, index_key, manifest_key, new_id, object_key, parse_id,
-};
+pub(crate) use crate::repo::layout::manifest_key;
+pub use crate::repo::layout::{compression_suffix, new_id, parse_id};
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Manifest {
@@ -563,7 +562,7 @@ mod tests {
     #[test]
     fn keys() {
         assert_eq!(
-            object_key("replay", "X", "db", "pgdump", Compression::Zstd),
+            layout::object_key("replay", "X", "db", "pgdump", Compression::Zstd),
             "replay/X/db.pgdump.zst"
         );
         assert_eq!(manifest_key("replay", "X"), "replay/X/manifest.json");

@@ -19,10 +19,87 @@ use crate::crypt::Keys;
 use crate::storage::{Storage, StorageError};
 use blobs::{BlobError, SweepOutcome};
 use index::{FileIndex, IndexEntries};
-use layout::Form;
+pub use layout::Form;
 use locks::{Holder, Lock, LockKind};
 use manifest::{JobListing, Manifest, ManifestError, SourceEntry, StoredRef};
 use packing::{Expect, Packing};
+
+/// The keys of one backup of a job, the same on every destination: a run builds them once
+/// for all its destinations, without a storage.
+#[derive(Clone, Copy)]
+pub struct Names<'a> {
+    job: &'a str,
+    id: &'a str,
+    form: Form,
+}
+
+impl<'a> Names<'a> {
+    /// Backup `id` of `job`, its objects stored the way the job stores new ones.
+    pub fn new(job: &'a crate::config::Job, id: &'a str) -> Names<'a> {
+        Names {
+            job: &job.name,
+            id,
+            form: Form::of(job),
+        }
+    }
+
+    /// The object of a dumped source whose dump has extension `ext`.
+    pub fn object(self, source: &str, ext: &str) -> String {
+        layout::object_key(self.job, self.id, source, ext, self.form)
+    }
+
+    /// The file index of a files source.
+    pub fn index(self, source: &str) -> String {
+        layout::index_key(self.job, self.id, source, self.form)
+    }
+
+    /// The clear list of blob keys a files source's index references.
+    pub fn refs(self, source: &str) -> String {
+        layout::refs_key(self.job, self.id, source, self.form.compression)
+    }
+
+    /// The key of the blob named `name` (its content's sha256, or keyed name).
+    pub fn blob(self, name: &str) -> String {
+        layout::blob_key(self.job, name, self.form)
+    }
+
+    /// The key of a lock of `kind` taken by this run.
+    pub fn lock(self, kind: &str) -> String {
+        layout::lock_key(self.job, self.id, kind)
+    }
+}
+
+/// A run's lock of the job on several destinations at once: they are claimed together (a
+/// conflict on one takes back the others) and refreshed together.
+#[derive(Clone, Copy)]
+pub struct JobLocks<'a> {
+    job: &'a str,
+    id: &'a str,
+    kind: LockKind,
+}
+
+impl<'a> JobLocks<'a> {
+    /// Run `id`'s lock of `kind` on the job.
+    pub fn new(job: &'a str, id: &'a str, kind: LockKind) -> JobLocks<'a> {
+        JobLocks { job, id, kind }
+    }
+
+    /// Claim the job on every storage of `storages` (see [`locks::claim_job`]).
+    /// `Ok(None)`: the lock is held.
+    pub async fn claim(
+        self,
+        storages: &[&dyn Storage],
+        wait: bool,
+        cancel: &CancellationToken,
+    ) -> Result<Option<Holder>, BlobError> {
+        locks::claim_job(storages, self.job, self.id, self.kind, wait, cancel).await
+    }
+
+    /// Rewrite the lock on `storages` until the returned heartbeat is stopped.
+    pub fn heartbeat(self, storages: Vec<std::sync::Arc<dyn Storage>>) -> locks::Heartbeat {
+        locks::Heartbeat::start(storages, self.job, self.id, self.kind)
+    }
+}
 
 /// One job's repository on one destination: every key of the job is built here, and every
 /// read, write and delete of its backups, blobs, indexes and locks goes through it.
@@ -228,6 +305,21 @@ impl<'a> Repository<'a> {
         expect: &Expect,
     ) -> Option<(String, IndexEntries)> {
         index::previous_index(self.storage, listing, self.job, source, keys, expect).await
+    }
+
+    /// A backup's stored object, read from here through its manifest entry's size and
+    /// sha256 check (the stored bytes: neither decompressed nor decrypted).
+    pub async fn read_verified(
+        self,
+        entry: &SourceEntry,
+    ) -> Result<crate::codec::Verify, StorageError> {
+        let raw = self.storage.get(&entry.key).await?;
+        Ok(crate::codec::Verify::new(
+            raw,
+            &entry.sha256,
+            entry.size,
+            &entry.key,
+        ))
     }
 
     /// A backup's whole file index, verified against its manifest entry.

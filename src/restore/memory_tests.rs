@@ -37,7 +37,7 @@ async fn backup(configured: &[FakeDb], stored: &[(&str, Vec<u8>)]) -> Backup {
     let id = manifest::new_id(now);
     let mut sources = Vec::new();
     for (name, data) in stored {
-        let key = manifest::object_key(JOB, &id, name, "fake", crate::repo::layout::Form::of(job));
+        let key = crate::repo::Names::new(job, &id).object(name, "fake");
         let mut object = Vec::new();
         codec::compress(
             Box::new(std::io::Cursor::new(data.clone())),
@@ -76,14 +76,16 @@ async fn backup(configured: &[FakeDb], stored: &[(&str, Vec<u8>)]) -> Backup {
         proof: Default::default(),
     };
     let body = manifest::signed(&m, None).expect("manifest");
-    st.put_record(&manifest::manifest_key(JOB, &id), Bytes::from(body))
+    let repo = Repository::new(&st, JOB);
+    repo.publish_manifest(&id, Bytes::from(body))
         .await
         .expect("store the manifest");
     // Read back as a restore reads it: through the listing and the stored manifest.
-    let listing = Repository::new(&st, JOB).backups().await.expect("listing");
+    let listing = repo.backups().await.expect("listing");
     let published = listing.published(JOB);
     assert_eq!(published.len(), 1);
-    let manifest = manifest::read_manifest(&st, JOB, &published[0].id)
+    let manifest = repo
+        .manifest(&published[0].id)
         .await
         .expect("the stored manifest");
     Backup {
@@ -123,7 +125,7 @@ fn request(f: impl FnOnce(&mut RestoreRequest)) -> RestoreRequest {
 async fn restore_from(b: &Backup, req: &RestoreRequest) -> Result<RestoreSummary, RestoreError> {
     let job = find_job(&b.config, &req.job)?;
     let plan = plan(&b.manifest, req, &|e| database_for(job, e))?;
-    let packing = packing::Packing::of(
+    let packing = Repository::new(&b.st, JOB).packing(
         &b.manifest,
         &packing::Expect::of(job, req.trust_unauthenticated),
         keys_for(job, None)?,

@@ -751,7 +751,7 @@ impl<'a> RestoreCtx<'a> {
             && step.database.verifies_before_commit()
             && !matches!(failed, SourceError::Refused(_))
         {
-            match verify_object(from, entry).await {
+            match verify_object(Repository::new(from, &job.name), entry).await {
                 Err(Unusable::Damaged(why)) => Some(why),
                 Ok(()) | Err(Unusable::Unreadable(_)) => None,
             }
@@ -968,12 +968,11 @@ async fn check_present(storage: &dyn Storage, entry: &SourceEntry) -> Result<(),
 
 /// The verify pass: the whole stored object read through its size and sha256 check (the
 /// stored bytes, so neither decompressed nor decrypted).
-pub async fn verify_object(storage: &dyn Storage, entry: &SourceEntry) -> Result<(), Unusable> {
-    let raw = storage
-        .get(&entry.key)
+pub async fn verify_object(repo: Repository<'_>, entry: &SourceEntry) -> Result<(), Unusable> {
+    let mut verified = repo
+        .read_verified(entry)
         .await
         .map_err(|e| unusable(&entry.key, e))?;
-    let mut verified = codec::Verify::new(raw, &entry.sha256, entry.size, &entry.key);
     // Large reads: a local file is read on the blocking pool one request at a time, and
     // `tokio::io::copy`'s 8 KiB made the pass ten times slower than the restore's own read.
     let mut buf = vec![0u8; 1 << 20];
@@ -1010,7 +1009,7 @@ async fn choose_copy<'c>(
 ) -> Result<Option<JobStorage<'c>>, RestoreError> {
     let checked = if full {
         let t0 = Instant::now();
-        let r = verify_object(st, entry).await;
+        let r = verify_object(Repository::new(st, &job.name), entry).await;
         info!(
             "verify pass: {} ({}) on {dest_name} read in {:.2}s before restoring (the engine applies what it reads as it reads it)",
             entry.key,
@@ -1053,7 +1052,7 @@ async fn fallback<'c>(
             continue;
         }
         let intact = match check_present(js.storage.as_ref(), entry).await {
-            Ok(()) => verify_object(js.storage.as_ref(), entry).await,
+            Ok(()) => verify_object(Repository::new(js.storage.as_ref(), &job.name), entry).await,
             Err(e) => Err(e),
         };
         match intact {
