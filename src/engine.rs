@@ -304,6 +304,14 @@ pub enum SourceError {
     /// The request cannot be carried out as asked (a non-empty target, an unknown table).
     #[error("{0}")]
     Refused(String),
+    /// The same, because of what the database said (`source`): the target is in use.
+    #[error("{what} is in use: another process has it open ({source}); {fix}")]
+    InUse {
+        what: String,
+        fix: &'static str,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     #[error("{context}: {source}")]
     Io {
         context: String,
@@ -395,6 +403,12 @@ impl SpawnReason {
 }
 
 impl SourceError {
+    /// Whether the engine refused the request before changing anything (nothing to verify
+    /// or retry elsewhere: another copy would be refused the same way).
+    pub fn is_refusal(&self) -> bool {
+        matches!(self, SourceError::Refused(_) | SourceError::InUse { .. })
+    }
+
     pub fn io(context: impl Into<String>, source: std::io::Error) -> SourceError {
         SourceError::Io {
             context: context.into(),

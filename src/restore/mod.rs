@@ -747,17 +747,15 @@ impl<'a> RestoreCtx<'a> {
         failed: SourceError,
     ) -> Result<Vec<String>, RestoreError> {
         let (req, job, entry) = (self.req, self.job, step.entry);
-        let damaged = if !req.dry_run
-            && step.database.verifies_before_commit()
-            && !matches!(failed, SourceError::Refused(_))
-        {
-            match verify_object(Repository::new(from, &job.name), entry).await {
-                Err(Unusable::Damaged(why)) => Some(why),
-                Ok(()) | Err(Unusable::Unreadable(_)) => None,
-            }
-        } else {
-            None
-        };
+        let damaged =
+            if !req.dry_run && step.database.verifies_before_commit() && !failed.is_refusal() {
+                match verify_object(Repository::new(from, &job.name), entry).await {
+                    Err(Unusable::Damaged(why)) => Some(why),
+                    Ok(()) | Err(Unusable::Unreadable(_)) => None,
+                }
+            } else {
+                None
+            };
         let Some(problem) = damaged else {
             return Err(RestoreError::Database {
                 source_name: entry.name.clone(),

@@ -391,9 +391,11 @@ fn ensure_unused(path: &Path) -> Result<(), SourceError> {
                 Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked)
             ) =>
         {
-            return Err(SourceError::Refused(format!(
-                "{shown} is in use: another process has it open ({e}); stop the application that uses it and retry"
-            )));
+            return Err(SourceError::InUse {
+                what: shown.to_string(),
+                fix: "stop the application that uses it and retry",
+                source: Box::new(e),
+            });
         }
         Err(e) => return Err(sql_error(check(), e)),
     }
@@ -669,7 +671,7 @@ mod tests {
         };
         match ensure_unused(Path::new(&path)) {
             Ok(()) => println!("probe: unused"),
-            Err(SourceError::Refused(e)) if e.contains("in use") => println!("probe: in use"),
+            Err(SourceError::InUse { .. }) => println!("probe: in use"),
             Err(e) => println!("probe: error {e}"),
         }
     }
