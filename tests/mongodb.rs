@@ -12,15 +12,13 @@
 
 mod common;
 
-use common::text;
-
 use std::io::Write;
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{free_port, run_stowage, run_with_timeout};
+use common::{Job, JobBuilder, free_port, run_stowage, run_with_timeout, text, toml_str};
 
 const JOB: &str = "app";
 const TOOL_TIMEOUT: Duration = Duration::from_secs(60);
@@ -65,10 +63,6 @@ fn skip(extra: &[&str]) -> bool {
         return true;
     }
     false
-}
-
-fn toml_str(s: impl std::fmt::Display) -> String {
-    format!("{:?}", s.to_string())
 }
 
 /// A mongod on a random loopback port with its data in a temp dir, killed on drop.
@@ -220,69 +214,52 @@ fn seed(uri: &str) {
     }
 }
 
-struct Fixture {
-    dir: tempfile::TempDir,
-    local: PathBuf,
+/// Job `app` backing up the mongodb source `db` at `url` (then `extra` keys) to the local
+/// destination `local`.
+fn mongodb_job(job: JobBuilder, url: &str, extra: &str) -> JobBuilder {
+    job.local("local", Some(10))
+        .database("mongodb", "db", url, extra)
 }
 
-impl Fixture {
-    fn new() -> Fixture {
-        let dir = tempfile::Builder::new()
-            .prefix("stowage-mongodb-")
-            .tempdir()
-            .expect("tempdir");
-        let local = dir.path().join("dest");
-        Fixture { dir, local }
-    }
+/// A job of its own (see [`mongodb_job`]).
+fn new_job(url: &str, extra: &str) -> Job {
+    mongodb_job(Job::with_prefix(JOB, "stowage-mongodb-"), url, extra).write()
+}
 
-    fn config(&self, file: &str, source: &str) -> PathBuf {
-        let body = format!(
-            "[destinations.local]\ntype = \"local\"\npath = {}\nretention = {{ keep_last = 10 }}\n\n[jobs.{JOB}]\nschedule = \"0 3 * * *\"\ndestinations = [\"local\"]\n\n[[jobs.{JOB}.sources]]\ntype = \"mongodb\"\nname = \"db\"\n{source}\n",
-            toml_str(self.local.display())
-        );
-        let path = self.dir.path().join(file);
-        std::fs::write(&path, body).expect("write config");
-        path
-    }
+/// Published backups on `local` (a directory with a manifest), oldest first.
+fn ids(job: &Job) -> Vec<String> {
+    let mut ids: Vec<String> = std::fs::read_dir(job.path("local").join(JOB))
+        .map(|rd| {
+            rd.flatten()
+                .filter(|e| e.path().join("manifest.json").is_file())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    ids.sort();
+    ids
+}
 
-    fn ids(&self) -> Vec<String> {
-        let mut ids: Vec<String> = std::fs::read_dir(self.local.join(JOB))
-            .map(|rd| {
-                rd.flatten()
-                    .filter(|e| e.path().join("manifest.json").is_file())
-                    .map(|e| e.file_name().to_string_lossy().into_owned())
-                    .collect()
-            })
-            .unwrap_or_default();
-        ids.sort();
-        ids
-    }
+fn run_ok(job: &Job) -> String {
+    let before = ids(job);
+    let out = job.output(&["run", JOB]);
+    assert!(out.status.success(), "run failed:\n{}", text(&out));
+    let new: Vec<String> = ids(job)
+        .into_iter()
+        .filter(|i| !before.contains(i))
+        .collect();
+    assert_eq!(new.len(), 1, "one new backup:\n{}", text(&out));
+    new[0].clone()
+}
 
-    fn run_ok(&self, cfg: &Path) -> String {
-        let before = self.ids();
-        let out = run_stowage(cfg, ["run", JOB]);
-        assert!(out.status.success(), "run failed:\n{}", text(&out));
-        let new: Vec<String> = self
-            .ids()
-            .into_iter()
-            .filter(|i| !before.contains(i))
-            .collect();
-        assert_eq!(new.len(), 1, "one new backup:\n{}", text(&out));
-        new[0].clone()
-    }
+fn entry(job: &Job, id: &str) -> serde_json::Value {
+    job.manifest("local", id)["sources"][0].clone()
+}
 
-    fn entry(&self, id: &str) -> serde_json::Value {
-        let body =
-            std::fs::read(self.local.join(JOB).join(id).join("manifest.json")).expect("manifest");
-        let m: serde_json::Value = serde_json::from_slice(&body).expect("json");
-        m["sources"][0].clone()
-    }
-
-    fn restore(&self, cfg: &Path, args: &[&str]) -> Output {
-        let mut all = vec!["restore", JOB];
-        all.extend_from_slice(args);
-        run_stowage(cfg, all)
-    }
+fn restore(job: &Job, args: &[&str]) -> Output {
+    let mut all = vec!["restore", JOB];
+    all.extend_from_slice(args);
+    job.output(&all)
 }
 
 fn assert_same(from: &str, to: &str, collections: &[&str]) {
@@ -308,10 +285,9 @@ fn round_trip_with_a_few_collections() {
     let server = Mongod::start(false);
     let shop = server.url("shop");
     seed(&shop);
-    let fx = Fixture::new();
-    let cfg = fx.config("c.toml", &format!("url = {}", toml_str(&shop)));
-    let id = fx.run_ok(&cfg);
-    let e = fx.entry(&id);
+    let job = new_job(&shop, "");
+    let id = run_ok(&job);
+    let e = entry(&job, &id);
     assert_eq!(e["format"], "mongodump archive");
     assert_eq!(
         e["objects"],
@@ -328,16 +304,14 @@ fn round_trip_with_a_few_collections() {
         "{e}"
     );
     assert!(
-        fx.local
-            .join(JOB)
-            .join(&id)
+        job.backup_dir("local", &id)
             .join("db.archive.zst")
             .is_file()
     );
 
     let copy = server.url("shop_copy");
     let all: Vec<&str> = COLLECTIONS.iter().map(|(c, _)| *c).collect();
-    let dry = fx.restore(&cfg, &["--to", &copy, "--dry-run"]);
+    let dry = restore(&job, &["--to", &copy, "--dry-run"]);
     assert!(dry.status.success(), "{}", text(&dry));
     assert!(
         text(&dry).contains("3 collection(s) from database shop into shop_copy"),
@@ -349,18 +323,18 @@ fn round_trip_with_a_few_collections() {
         "a dry run changes nothing"
     );
 
-    let r = fx.restore(&cfg, &["--to", &copy]);
+    let r = restore(&job, &["--to", &copy]);
     assert!(r.status.success(), "restore:\n{}", text(&r));
     assert_same(&shop, &copy, &all);
 
-    let again = fx.restore(&cfg, &["--to", &copy]);
+    let again = restore(&job, &["--to", &copy]);
     assert_eq!(again.status.code(), Some(1), "{}", text(&again));
     let why = text(&again);
     assert!(
         why.contains("already has") || why.contains("duplicate key"),
         "a non-empty target is refused:\n{why}"
     );
-    let clean = fx.restore(&cfg, &["--to", &copy, "--clean"]);
+    let clean = restore(&job, &["--to", &copy, "--clean"]);
     assert!(clean.status.success(), "--clean:\n{}", text(&clean));
     assert_same(&shop, &copy, &all);
 }
@@ -375,11 +349,10 @@ fn restores_one_collection() {
     let server = Mongod::start(false);
     let shop = server.url("shop");
     seed(&shop);
-    let fx = Fixture::new();
-    let cfg = fx.config("c.toml", &format!("url = {}", toml_str(&shop)));
-    fx.run_ok(&cfg);
+    let job = new_job(&shop, "");
+    run_ok(&job);
     let only = server.url("only_orders");
-    let r = fx.restore(&cfg, &["--to", &only, "--table", "orders"]);
+    let r = restore(&job, &["--to", &only, "--table", "orders"]);
     assert!(r.status.success(), "restore:\n{}", text(&r));
     assert_same(&shop, &only, &["orders"]);
     assert!(export(&only, "users").is_empty(), "users was not asked for");
@@ -388,7 +361,7 @@ fn restores_one_collection() {
         "events was not asked for"
     );
 
-    let bad = fx.restore(&cfg, &["--to", &only, "--table", "order"]);
+    let bad = restore(&job, &["--to", &only, "--table", "order"]);
     assert_eq!(bad.status.code(), Some(1), "{}", text(&bad));
     assert!(
         text(&bad).contains("not in this backup: order") && text(&bad).contains("shop.orders"),
@@ -424,22 +397,19 @@ fn wrong_password_fails() {
         )
     };
     seed(&login("shop"));
-    let fx = Fixture::new();
     let url = format!(
         "mongodb://backup@127.0.0.1:{}/shop?authSource=admin",
         server.port
     );
-    let wrong = fx.dir.path().join("wrong");
+    let password = |file: &Path| format!("password_file = {}", toml_str(file.display()));
+    // The job's own config reads the right password; `wrong.toml` beside it the wrong one.
+    let job = Job::with_prefix(JOB, "stowage-mongodb-");
+    let (wrong, right) = (job.path("wrong"), job.path("right"));
+    let wrong_cfg =
+        mongodb_job(Job::config_in(job.dir(), JOB), &url, &password(&wrong)).write_as("wrong.toml");
+    let job = mongodb_job(job, &url, &password(&right)).write();
     std::fs::write(&wrong, "Wr0ng-pass\n").expect("write");
-    let cfg = fx.config(
-        "wrong.toml",
-        &format!(
-            "url = {}\npassword_file = {}",
-            toml_str(&url),
-            toml_str(wrong.display())
-        ),
-    );
-    let out = run_stowage(&cfg, ["run", JOB]);
+    let out = run_stowage(&wrong_cfg, ["run", JOB]);
     let log = text(&out);
     assert_eq!(out.status.code(), Some(1), "{log}");
     assert!(
@@ -450,24 +420,15 @@ fn wrong_password_fails() {
         !log.contains("Wr0ng-pass"),
         "the password is never shown:\n{log}"
     );
-    assert!(fx.ids().is_empty(), "nothing published");
+    assert!(ids(&job).is_empty(), "nothing published");
 
-    let right = fx.dir.path().join("right");
     std::fs::write(&right, "right-pw\n").expect("write");
-    let cfg = fx.config(
-        "right.toml",
-        &format!(
-            "url = {}\npassword_file = {}",
-            toml_str(&url),
-            toml_str(right.display())
-        ),
-    );
-    fx.run_ok(&cfg);
+    run_ok(&job);
     let copy = format!(
         "mongodb://backup@127.0.0.1:{}/shop_copy?authSource=admin",
         server.port
     );
-    let r = fx.restore(&cfg, &["--to", &copy]);
+    let r = restore(&job, &["--to", &copy]);
     assert!(r.status.success(), "restore:\n{}", text(&r));
     assert!(!text(&r).contains("right-pw"), "{}", text(&r));
     let all: Vec<&str> = COLLECTIONS.iter().map(|(c, _)| *c).collect();
@@ -484,15 +445,10 @@ fn heal_puts_a_dropped_collection_back() {
     let server = Mongod::start(false);
     let shop = server.url("shop");
     seed(&shop);
-    let fx = Fixture::new();
-    let cfg = fx.config(
-        "c.toml",
-        &format!(
-            "url = {}\n\n[jobs.{JOB}.heal]\nwatch = [\"orders\", \"users\"]\n",
-            toml_str(&shop)
-        ),
-    );
-    fx.run_ok(&cfg);
+    let job = mongodb_job(Job::with_prefix(JOB, "stowage-mongodb-"), &shop, "")
+        .heal("watch = [\"orders\", \"users\"]")
+        .write();
+    run_ok(&job);
     let orders = export(&shop, "orders");
     tool(
         "mongosh",
@@ -500,11 +456,11 @@ fn heal_puts_a_dropped_collection_back() {
         None,
     );
     assert!(export(&shop, "orders").is_empty());
-    let out = run_stowage(&cfg, ["heal", JOB]);
+    let out = job.output(&["heal", JOB]);
     assert!(out.status.success(), "heal:\n{}", text(&out));
     assert!(text(&out).contains("1 missing (orders)"), "{}", text(&out));
     assert_eq!(export(&shop, "orders"), orders);
-    let again = run_stowage(&cfg, ["heal", JOB]);
+    let again = job.output(&["heal", JOB]);
     assert!(
         text(&again).contains("all 2 watched object(s) present"),
         "{}",

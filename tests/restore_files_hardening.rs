@@ -11,60 +11,46 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt, symlink};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{backup_of, list_tree, run_with_timeout, sha256_hex, stowage_says, text, write_file};
+use common::{
+    Job, JobBuilder, list_tree, run_with_timeout, sha256_hex, stowage_says, text, write_file,
+};
 
 const JOB: &str = "app";
 
-struct Fx {
-    dir: tempfile::TempDir,
+/// Job `app` with the local destination `local` backing up the files source `source` (at
+/// the directory of that name), `extra` keys in `[jobs.app]`.
+fn files_job(job: JobBuilder, source: &str, extra: &str) -> JobBuilder {
+    let path = job.path(source);
+    job.local("local", Some(5))
+        .job(extra)
+        .files(source, &path, "")
 }
 
-impl Fx {
-    fn new() -> Fx {
-        let dir = tempfile::Builder::new()
-            .prefix("stowage-hardening-")
-            .tempdir()
-            .expect("tempdir");
-        Fx { dir }
-    }
+/// A job of its own backing up `uploads`.
+fn uploads_job(extra: &str) -> Job {
+    files_job(
+        Job::with_prefix(JOB, "stowage-hardening-"),
+        "uploads",
+        extra,
+    )
+    .write()
+}
 
-    fn p(&self, rel: &str) -> PathBuf {
-        self.dir.path().join(rel)
-    }
+fn restore(job: &Job, args: &[&str]) -> (Option<i32>, String) {
+    let mut all = vec!["restore", JOB, "latest"];
+    all.extend_from_slice(args);
+    job.stowage(&all)
+}
 
-    /// A config with the local destination `local` and job `app` backing up the files
-    /// source `source` (at the directory of that name).
-    fn config(&self, file: &str, source: &str, extra: &str) -> PathBuf {
-        let body = format!(
-            "[destinations.local]\ntype = \"local\"\npath = {:?}\nretention = {{ keep_last = 5 }}\n\n[jobs.{JOB}]\nschedule = \"0 3 * * *\"\ndestinations = [\"local\"]\n{extra}\n\n[[jobs.{JOB}.sources]]\ntype = \"files\"\nname = \"{source}\"\npath = {:?}\n",
-            self.p("local").display().to_string(),
-            self.p(source).display().to_string()
-        );
-        let p = self.p(file);
-        std::fs::write(&p, body).expect("config");
-        p
-    }
-
-    fn restore(&self, cfg: &Path, args: &[&str]) -> (Option<i32>, String) {
-        let mut all = vec!["restore", JOB, "latest"];
-        all.extend_from_slice(args);
-        stowage_says(cfg, &all)
-    }
-
-    /// The one run directory under `orphan_files/`.
-    fn orphan_run(&self) -> PathBuf {
-        let runs: Vec<PathBuf> = std::fs::read_dir(self.p("orphan_files"))
-            .expect("orphan_files exists")
-            .flatten()
-            .map(|e| e.path())
-            .collect();
-        assert_eq!(runs.len(), 1, "{runs:?}");
-        runs[0].clone()
-    }
-
-    fn backup_dir(&self, id: &str) -> PathBuf {
-        self.p("local").join(JOB).join(id)
-    }
+/// The one run directory under `orphan_files/`.
+fn orphan_run(job: &Job) -> PathBuf {
+    let runs: Vec<PathBuf> = std::fs::read_dir(job.path("orphan_files"))
+        .expect("orphan_files exists")
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert_eq!(runs.len(), 1, "{runs:?}");
+    runs[0].clone()
 }
 
 fn is_link(p: &Path) -> bool {
@@ -88,30 +74,29 @@ fn entries(dir: &Path) -> Vec<String> {
 /// in orphan_files.
 #[test]
 fn a_link_to_a_directory_outside_is_moved_aside_not_written_through() {
-    let fx = Fx::new();
-    write_file(&fx.p("uploads"), "a/x", b"x from the backup");
-    write_file(&fx.p("uploads"), "b", b"b");
-    let cfg = fx.config("stowage.toml", "uploads", "");
-    backup_of(&cfg, JOB);
+    let job = uploads_job("");
+    write_file(&job.path("uploads"), "a/x", b"x from the backup");
+    write_file(&job.path("uploads"), "b", b"b");
+    job.backup();
 
-    std::fs::remove_dir_all(fx.p("uploads/a")).expect("rm a");
-    std::fs::create_dir(fx.p("outside")).expect("outside");
-    symlink(fx.p("outside"), fx.p("uploads/a")).expect("link a");
+    std::fs::remove_dir_all(job.path("uploads/a")).expect("rm a");
+    std::fs::create_dir(job.path("outside")).expect("outside");
+    symlink(job.path("outside"), job.path("uploads/a")).expect("link a");
 
-    let (code, out) = fx.restore(&cfg, &[]);
+    let (code, out) = restore(&job, &[]);
     assert_eq!(code, Some(0), "{out}");
     assert_eq!(
-        entries(&fx.p("outside")),
+        entries(&job.path("outside")),
         Vec::<String>::new(),
         "the restore wrote through the link:\n{out}"
     );
-    let a = std::fs::symlink_metadata(fx.p("uploads/a")).expect("a");
+    let a = std::fs::symlink_metadata(job.path("uploads/a")).expect("a");
     assert!(a.is_dir(), "a is not a real directory: {a:?}");
     assert_eq!(
-        std::fs::read(fx.p("uploads/a/x")).expect("a/x"),
+        std::fs::read(job.path("uploads/a/x")).expect("a/x"),
         b"x from the backup"
     );
-    let moved = fx.orphan_run().join("a");
+    let moved = orphan_run(&job).join("a");
     assert!(
         is_link(&moved),
         "the link was not moved to {}",
@@ -119,7 +104,7 @@ fn a_link_to_a_directory_outside_is_moved_aside_not_written_through() {
     );
     assert_eq!(
         std::fs::read_link(&moved).expect("readlink"),
-        fx.p("outside")
+        job.path("outside")
     );
     assert!(out.contains("moved a (a symbolic link"), "{out}");
 }
@@ -130,21 +115,20 @@ fn a_link_to_a_directory_outside_is_moved_aside_not_written_through() {
 /// restore runs in this process so that the planted name has the restorer's pid.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn links_at_a_file_path_and_its_temporary_name_are_not_followed() {
-    let fx = Fx::new();
-    write_file(&fx.p("uploads"), "f", b"f from the backup");
-    let cfg = fx.config("stowage.toml", "uploads", "");
-    backup_of(&cfg, JOB);
+    let job = uploads_job("");
+    write_file(&job.path("uploads"), "f", b"f from the backup");
+    job.backup();
 
-    write_file(&fx.p("outside"), "victim", b"victim");
-    write_file(&fx.p("outside"), "victim2", b"victim2");
-    std::fs::remove_file(fx.p("uploads/f")).expect("rm f");
-    symlink(fx.p("outside/victim"), fx.p("uploads/f")).expect("link f");
-    let planted = fx
-        .p("uploads")
+    write_file(&job.path("outside"), "victim", b"victim");
+    write_file(&job.path("outside"), "victim2", b"victim2");
+    std::fs::remove_file(job.path("uploads/f")).expect("rm f");
+    symlink(job.path("outside/victim"), job.path("uploads/f")).expect("link f");
+    let planted = job
+        .path("uploads")
         .join(format!(".f.stowage-restore-{}", std::process::id()));
-    symlink(fx.p("outside/victim2"), &planted).expect("plant");
+    symlink(job.path("outside/victim2"), &planted).expect("plant");
 
-    let config = stowage::load::load(&cfg).expect("config");
+    let config = stowage::load::load(&job.config).expect("config");
     let req = stowage::restore::RestoreRequest {
         job: JOB.into(),
         id: "latest".into(),
@@ -156,28 +140,28 @@ async fn links_at_a_file_path_and_its_temporary_name_are_not_followed() {
     let out = summary.lines.join("\n");
 
     assert_eq!(
-        std::fs::read(fx.p("outside/victim")).expect("victim"),
+        std::fs::read(job.path("outside/victim")).expect("victim"),
         b"victim"
     );
     assert_eq!(
-        std::fs::read(fx.p("outside/victim2")).expect("victim2"),
+        std::fs::read(job.path("outside/victim2")).expect("victim2"),
         b"victim2",
         "the temporary file was opened through a planted link:\n{out}"
     );
-    let f = std::fs::symlink_metadata(fx.p("uploads/f")).expect("f");
+    let f = std::fs::symlink_metadata(job.path("uploads/f")).expect("f");
     assert!(f.is_file(), "f is not a regular file: {f:?}\n{out}");
     assert_eq!(
-        std::fs::read(fx.p("uploads/f")).expect("f"),
+        std::fs::read(job.path("uploads/f")).expect("f"),
         b"f from the backup"
     );
-    let moved = fx.orphan_run().join("f");
+    let moved = orphan_run(&job).join("f");
     assert!(
         is_link(&moved),
         "the link at f was not kept in orphan_files:\n{out}"
     );
     assert_eq!(
         std::fs::read_link(&moved).expect("readlink"),
-        fx.p("outside/victim")
+        job.path("outside/victim")
     );
     // The planted name is no path of the backup: left alone, still a link.
     assert!(is_link(&planted));
@@ -195,13 +179,12 @@ fn path_order(a: &str, b: &str) -> std::cmp::Ordering {
 /// read from outside lands in the target).
 #[test]
 fn a_forged_index_is_refused_and_nothing_is_written_outside() {
-    let fx = Fx::new();
-    write_file(&fx.p("uploads"), "ok", b"ok");
     // Uncompressed: the forged index is plain JSON Lines, and an object outside the
     // destination would be read as it is.
-    let cfg = fx.config("stowage.toml", "uploads", "compression = \"none\"");
-    let id = backup_of(&cfg, JOB);
-    let dir = fx.backup_dir(&id);
+    let job = uploads_job("compression = \"none\"");
+    write_file(&job.path("uploads"), "ok", b"ok");
+    let id = job.backup();
+    let dir = job.backup_dir("local", &id);
     let index_path = dir.join("uploads.files.json");
     let manifest_path = dir.join("manifest.json");
     let index = std::fs::read_to_string(&index_path).expect("index");
@@ -212,9 +195,9 @@ fn a_forged_index_is_refused_and_nothing_is_written_outside() {
     assert_eq!(ok["path"], "ok");
 
     let secret = b"secret outside the destination";
-    std::fs::write(fx.p("secret"), secret).expect("secret");
-    let abs = fx.p("abs/path").display().to_string();
-    let secret_abs = fx.p("secret").display().to_string();
+    std::fs::write(job.path("secret"), secret).expect("secret");
+    let abs = job.path("abs/path").display().to_string();
+    let secret_abs = job.path("secret").display().to_string();
 
     // Write an index with `ok` plus `forged` (in path order) and fix up the manifest;
     // `key` replaces the manifest's key of the index when given.
@@ -287,14 +270,14 @@ fn a_forged_index_is_refused_and_nothing_is_written_outside() {
         (
             "a manifest key with ..",
             entry("ok2", &ok_blob, b"ok"),
-            Some(("../elsewhere.files.json", fx.p("elsewhere.files.json"))),
+            Some(("../elsewhere.files.json", job.path("elsewhere.files.json"))),
             "\"../elsewhere.files.json\"",
         ),
     ];
     for (what, forged, key, names) in cases {
-        let _ = std::fs::remove_dir_all(fx.p("uploads"));
+        let _ = std::fs::remove_dir_all(job.path("uploads"));
         forge(forged, key.as_ref().map(|(k, p)| (*k, p.as_path())));
-        let (code, out) = fx.restore(&cfg, &[]);
+        let (code, out) = restore(&job, &[]);
         assert_ne!(code, Some(0), "{what}: a forged index was restored:\n{out}");
         assert!(
             out.contains(names)
@@ -302,21 +285,21 @@ fn a_forged_index_is_refused_and_nothing_is_written_outside() {
             "{what}: the refusal does not name the bad value {names}:\n{out}"
         );
         assert!(
-            !fx.p("escape").exists(),
+            !job.path("escape").exists(),
             "{what}: wrote {}",
-            fx.p("escape").display()
+            job.path("escape").display()
         );
-        assert!(!fx.p("abs").exists(), "{what}: wrote {abs}");
+        assert!(!job.path("abs").exists(), "{what}: wrote {abs}");
         assert!(
-            !fx.p("uploads/stolen").exists(),
+            !job.path("uploads/stolen").exists(),
             "{what}: a file from outside the destination was restored"
         );
         assert!(
-            !fx.p("uploads/ok2").exists(),
+            !job.path("uploads/ok2").exists(),
             "{what}: an index from outside the destination was used"
         );
     }
-    assert_eq!(std::fs::read(fx.p("secret")).expect("secret"), secret);
+    assert_eq!(std::fs::read(job.path("secret")).expect("secret"), secret);
 }
 
 /// The directory recorded in a backup's index is data from the destination: when the
@@ -324,34 +307,44 @@ fn a_forged_index_is_refused_and_nothing_is_written_outside() {
 /// wherever the index says.
 #[test]
 fn the_index_root_does_not_choose_where_files_go() {
-    let fx = Fx::new();
-    write_file(&fx.p("uploads"), "x", b"x");
-    let cfg = fx.config("stowage.toml", "uploads", "");
-    backup_of(&cfg, JOB);
-    std::fs::remove_dir_all(fx.p("uploads")).expect("rm uploads");
+    let job = uploads_job("");
+    write_file(&job.path("uploads"), "x", b"x");
+    job.backup();
+    std::fs::remove_dir_all(job.path("uploads")).expect("rm uploads");
     // The same destination and job, whose config no longer has `uploads`.
-    std::fs::create_dir_all(fx.p("media")).expect("media");
-    let other = fx.config("other.toml", "media", "");
+    std::fs::create_dir_all(job.path("media")).expect("media");
+    let other = files_job(Job::config_in(job.dir.path(), JOB), "media", "").write_as("other.toml");
 
-    let (code, out) = fx.restore(&other, &["--only", "uploads"]);
+    let (code, out) = stowage_says(&other, &["restore", JOB, "latest", "--only", "uploads"]);
     assert_ne!(code, Some(0), "restored where the index said:\n{out}");
     assert!(out.contains("--files-to"), "{out}");
     assert!(
-        !fx.p("uploads").exists(),
+        !job.path("uploads").exists(),
         "the index's root was written:\n{out}"
     );
 
-    let to = fx.p("restored").display().to_string();
-    let (code, out) = fx.restore(&other, &["--only", "uploads", "--files-to", &to]);
+    let to = job.path("restored").display().to_string();
+    let (code, out) = stowage_says(
+        &other,
+        &[
+            "restore",
+            JOB,
+            "latest",
+            "--only",
+            "uploads",
+            "--files-to",
+            &to,
+        ],
+    );
     assert_eq!(code, Some(0), "{out}");
-    assert_eq!(std::fs::read(fx.p("restored/x")).expect("x"), b"x");
+    assert_eq!(std::fs::read(job.path("restored/x")).expect("x"), b"x");
 }
 
 /// (d) A setuid file comes back without setuid (setgid and sticky likewise), and with them
 /// under --keep-special-modes.
 #[test]
 fn special_mode_bits_come_back_only_when_asked() {
-    let fx = Fx::new();
+    let job = uploads_job("");
     let modes = [
         ("suid", 0o4755),
         ("sgid", 0o2750),
@@ -359,25 +352,24 @@ fn special_mode_bits_come_back_only_when_asked() {
         ("plain", 0o640),
     ];
     for (name, mode) in modes {
-        write_file(&fx.p("uploads"), name, name.as_bytes());
+        write_file(&job.path("uploads"), name, name.as_bytes());
         std::fs::set_permissions(
-            fx.p("uploads").join(name),
+            job.path("uploads").join(name),
             std::fs::Permissions::from_mode(mode),
         )
         .expect("chmod");
     }
-    let cfg = fx.config("stowage.toml", "uploads", "");
-    backup_of(&cfg, JOB);
+    job.backup();
 
     let mode_of = |name: &str| {
-        std::fs::metadata(fx.p("uploads").join(name))
+        std::fs::metadata(job.path("uploads").join(name))
             .expect(name)
             .mode()
             & 0o7777
     };
     for (args, keep) in [(&[][..], false), (&["--keep-special-modes"][..], true)] {
-        std::fs::remove_dir_all(fx.p("uploads")).expect("rm uploads");
-        let (code, out) = fx.restore(&cfg, args);
+        std::fs::remove_dir_all(job.path("uploads")).expect("rm uploads");
+        let (code, out) = restore(&job, args);
         assert_eq!(code, Some(0), "{out}");
         for (name, mode) in modes {
             let want = if keep { mode } else { mode & 0o777 };
@@ -395,22 +387,21 @@ fn special_mode_bits_come_back_only_when_asked() {
 /// lets through: another local user cannot read a job's dumps.
 #[test]
 fn local_destination_objects_are_private() {
-    let fx = Fx::new();
-    write_file(&fx.p("uploads"), "a/b", b"b");
-    write_file(&fx.p("uploads"), "c", b"c");
-    let cfg = fx.config("stowage.toml", "uploads", "");
+    let job = uploads_job("");
+    write_file(&job.path("uploads"), "a/b", b"b");
+    write_file(&job.path("uploads"), "c", b"c");
     // Under a permissive umask, which the old code let through.
     let mut cmd = Command::new("sh");
     cmd.arg("-c")
         .arg("umask 022 && exec \"$0\" \"$@\"")
         .arg(common::stowage_bin())
         .arg("--config")
-        .arg(&cfg)
+        .arg(&job.config)
         .args(["run", JOB]);
     let out = run_with_timeout(&mut cmd, common::STOWAGE_TIMEOUT);
     assert!(out.status.success(), "{}", text(&out));
 
-    let root = fx.p("local");
+    let root = job.path("local");
     let files = list_tree(&root);
     assert!(
         files.iter().any(|f| f.ends_with("manifest.json")),

@@ -16,8 +16,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
 use common::{
-    PgServer, PsqlSession, Rng, S3Request, S3Server, list_tree, quote_literal, read_tree,
-    run_stowage, seed_sample_db, sha256_hex, spawn_stowage, wait_for, write_file,
+    Job, JobBuilder, PgServer, PsqlSession, Rng, S3Request, S3Server, list_tree, quote_literal,
+    read_tree, run_stowage, seed_sample_db, sha256_hex, spawn_stowage, text, wait_for, write_file,
     write_random_files, zstd_decompress,
 };
 use serde::Deserialize;
@@ -41,54 +41,6 @@ struct Fixture {
     dir: tempfile::TempDir,
     /// Root of the `local` destination.
     local: PathBuf,
-    secret: PathBuf,
-}
-
-/// A job `app` in a config file (see `Fixture::config`).
-struct Job<'a> {
-    /// Inline TOML table, for both destinations.
-    retention: &'a str,
-    destinations: &'a [&'a str],
-    /// Extra job-level TOML lines (`exclude_tables = [...]`).
-    extra: &'a str,
-    sources: Vec<String>,
-}
-
-fn job(sources: Vec<String>) -> Job<'static> {
-    Job {
-        retention: "{ keep_last = 10 }",
-        destinations: &["local", "offsite"],
-        extra: "",
-        sources,
-    }
-}
-
-fn toml_str(s: impl std::fmt::Display) -> String {
-    format!("{:?}", s.to_string())
-}
-
-fn pg_source(name: &str, url: &str, extra: &str) -> String {
-    format!(
-        "[[jobs.{JOB}.sources]]\ntype = \"postgres\"\nname = {}\nurl = {}\n{extra}\n",
-        toml_str(name),
-        toml_str(url)
-    )
-}
-
-fn files_source(name: &str, path: &Path, extra: &str) -> String {
-    format!(
-        "[[jobs.{JOB}.sources]]\ntype = \"files\"\nname = {}\npath = {}\n{extra}\n",
-        toml_str(name),
-        toml_str(path.display())
-    )
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
 }
 
 /// `app/blobs/ab/<sha>.zst`: the key of a blob relative to a destination's root.
@@ -174,15 +126,7 @@ impl Fixture {
             .tempdir()
             .expect("tempdir");
         let local = dir.path().join("dest-local");
-        let secret = dir.path().join("s3_secret");
-        std::fs::write(&secret, format!("{}\n", s3.secret_key())).expect("secret");
-        Fixture {
-            pg,
-            s3,
-            dir,
-            local,
-            secret,
-        }
+        Fixture { pg, s3, dir, local }
     }
 
     fn pg(&self) -> &PgServer {
@@ -201,49 +145,18 @@ impl Fixture {
         p
     }
 
-    /// Write a config file with job `app` and the destinations it uses.
-    fn config(&self, file: &str, job: &Job) -> PathBuf {
-        let mut body = String::from("[log]\nlevel = \"info\"\n\n");
-        if job.destinations.contains(&"local") {
-            body.push_str(&format!(
-                "[destinations.local]\ntype = \"local\"\npath = {}\nretention = {}\n\n",
-                toml_str(self.local.display()),
-                job.retention
-            ));
-        }
-        if job.destinations.contains(&"offsite") {
-            body.push_str(&format!(
-                r#"[destinations.offsite]
-type = "s3"
-bucket = "{BUCKET}"
-prefix = "{PREFIX}"
-endpoint = "{endpoint}"
-force_path_style = true
-access_key_id = "{key}"
-secret_access_key_file = {secret}
-part_size = "5MiB"
-retention = {retention}
-
-"#,
-                endpoint = self.s3.endpoint(),
-                key = self.s3.access_key(),
-                secret = toml_str(self.secret.display()),
-                retention = job.retention,
-            ));
-        }
-        let dests: Vec<String> = job.destinations.iter().map(toml_str).collect();
-        body.push_str(&format!(
-            "[jobs.{JOB}]\nschedule = \"0 3 * * *\"\ndestinations = [{}]\n{}\n\n",
-            dests.join(", "),
-            job.extra
-        ));
-        for s in &job.sources {
-            body.push_str(s);
-            body.push('\n');
-        }
-        let path = self.path(file);
-        std::fs::write(&path, body).expect("write config");
-        path
+    /// A config of job `app` in the fixture's directory (written with `write_as`): `[log]`
+    /// at info and both destinations, `local` and `offsite` (the bucket's prefix `nightly`,
+    /// parts of 5 MiB), each keeping the last `keep` backups; the sources are the test's.
+    fn config(&self, keep: usize) -> JobBuilder {
+        let job = Job::config_in(self.dir.path(), JOB)
+            .top("[log]\nlevel = \"info\"")
+            .local_at("local", &self.local, Some(keep));
+        let offsite = format!(
+            "{}prefix = \"{PREFIX}\"\npart_size = \"5MiB\"\nretention = {{ keep_last = {keep} }}\n",
+            job.s3_keys(&self.s3, BUCKET)
+        );
+        job.destination("offsite", &offsite)
     }
 
     /// `stowage run app`, which must succeed; returns the id it published (on `local`).
@@ -682,16 +595,12 @@ async fn rails_like_set_restores_database_and_files() {
         ),
     );
 
-    let cfg = fx.config(
-        "stowage.toml",
-        &Job {
-            extra: "exclude_tables = [\"bookkeeping\"]",
-            ..job(vec![
-                pg_source("db", &pg.url("app"), ""),
-                files_source("uploads", &uploads, "exclude = [\"tmp/**\"]"),
-            ])
-        },
-    );
+    let cfg = fx
+        .config(10)
+        .job("exclude_tables = [\"bookkeeping\"]")
+        .postgres("db", &pg.url("app"))
+        .files("uploads", &uploads, "exclude = [\"tmp/**\"]")
+        .write_as("stowage.toml");
     let id = fx.run_backup(&cfg);
     let want = pg.table_checksums("app");
     assert_eq!(want.len(), 3, "{want:?}");
@@ -890,10 +799,10 @@ async fn unchanged_files_are_uploaded_exactly_once() {
     let mut rng = Rng::new(2);
     let uploads = fx.mkdir("uploads");
     let files = two_thousand_files(&mut rng, &uploads);
-    let cfg = fx.config(
-        "stowage.toml",
-        &job(vec![files_source("uploads", &uploads, "")]),
-    );
+    let cfg = fx
+        .config(10)
+        .files("uploads", &uploads, "")
+        .write_as("stowage.toml");
 
     let mark = fx.s3.request_mark();
     let first = fx.run_backup(&cfg);
@@ -999,10 +908,10 @@ async fn restore_fetches_only_missing_files() {
     let site = fx.mkdir("site");
     let uploads = fx.mkdir("site/uploads");
     let files = two_thousand_files(&mut rng, &uploads);
-    let cfg = fx.config(
-        "stowage.toml",
-        &job(vec![files_source("uploads", &uploads, "")]),
-    );
+    let cfg = fx
+        .config(10)
+        .files("uploads", &uploads, "")
+        .write_as("stowage.toml");
     fx.run_backup(&cfg);
 
     let all: Vec<String> = files.keys().cloned().collect();
@@ -1057,17 +966,16 @@ async fn selective_table_restore() {
            for each row execute function public.orders_touch();",
     );
     // Job-level exclusion plus one of the source's own.
-    let cfg = fx.config(
-        "stowage.toml",
-        &Job {
-            extra: "exclude_tables = [\"bookkeeping\"]",
-            ..job(vec![pg_source(
-                "db",
-                &pg.url("app"),
-                "exclude_tables = [\"job_runs\"]",
-            )])
-        },
-    );
+    let cfg = fx
+        .config(10)
+        .job("exclude_tables = [\"bookkeeping\"]")
+        .database(
+            "postgres",
+            "db",
+            &pg.url("app"),
+            "exclude_tables = [\"job_runs\"]",
+        )
+        .write_as("stowage.toml");
     fx.run_backup(&cfg);
     let want = pg.table_checksums("app");
     assert_eq!(want.len(), 5, "{want:?}");
@@ -1292,13 +1200,11 @@ async fn database_then_files_keeps_every_row_with_its_file() {
          create table public.pad (id int);",
     );
     let uploads = fx.mkdir("uploads");
-    let cfg = fx.config(
-        "stowage.toml",
-        &job(vec![
-            pg_source("db", &pg.url("app"), ""),
-            files_source("uploads", &uploads, ""),
-        ]),
-    );
+    let cfg = fx
+        .config(10)
+        .postgres("db", &pg.url("app"))
+        .files("uploads", &uploads, "")
+        .write_as("stowage.toml");
     let mut last_row = 0;
     for round in 0..3 {
         // The app writes during the whole run (and only then, to keep the tree small). The
@@ -1381,25 +1287,16 @@ async fn rotation_sweeps_unreferenced_blobs_but_never_those_of_a_running_backup(
     );
     let mut rng = Rng::new(6);
     let uploads = fx.mkdir("uploads");
-    let retention = "{ keep_last = 2 }";
     // A: only the files. B: the same job and destinations, files first, then a database.
-    let cfg_a = fx.config(
-        "a.toml",
-        &Job {
-            retention,
-            ..job(vec![files_source("uploads", &uploads, "")])
-        },
-    );
-    let cfg_b = fx.config(
-        "b.toml",
-        &Job {
-            retention,
-            ..job(vec![
-                files_source("uploads", &uploads, ""),
-                pg_source("db", &pg.url("locked"), ""),
-            ])
-        },
-    );
+    let cfg_a = fx
+        .config(2)
+        .files("uploads", &uploads, "")
+        .write_as("a.toml");
+    let cfg_b = fx
+        .config(2)
+        .files("uploads", &uploads, "")
+        .postgres("db", &pg.url("locked"))
+        .write_as("b.toml");
 
     // Several runs with files removed and added in between.
     let base = nested_paths(&mut rng, 20, &["base"]);
@@ -1609,13 +1506,11 @@ async fn failure_in_files_phase_publishes_nothing() {
     let uploads = fx.mkdir("uploads");
     let rels = nested_paths(&mut rng, 30, &["x", "y"]);
     let files = write_random_files(&mut rng, &uploads, rels, 100..8000);
-    let cfg = fx.config(
-        "stowage.toml",
-        &job(vec![
-            pg_source("db", &pg.url("app"), ""),
-            files_source("uploads", &uploads, ""),
-        ]),
-    );
+    let cfg = fx
+        .config(10)
+        .postgres("db", &pg.url("app"))
+        .files("uploads", &uploads, "")
+        .write_as("stowage.toml");
     let id1 = fx.run_backup(&cfg);
     let id2 = fx.run_backup(&cfg);
     let want = pg.table_checksums("app");
@@ -1623,13 +1518,11 @@ async fn failure_in_files_phase_publishes_nothing() {
 
     // 1. The directory does not exist.
     let missing = fx.path("no-such-dir");
-    let cfg_missing = fx.config(
-        "missing.toml",
-        &job(vec![
-            pg_source("db", &pg.url("app"), ""),
-            files_source("uploads", &missing, ""),
-        ]),
-    );
+    let cfg_missing = fx
+        .config(10)
+        .postgres("db", &pg.url("app"))
+        .files("uploads", &missing, "")
+        .write_as("missing.toml");
     let out = run_stowage(&cfg_missing, ["run", JOB]);
     let log = text(&out);
     assert_eq!(out.status.code(), Some(1), "{log}");
@@ -1702,10 +1595,10 @@ async fn immutable_files_with_same_size_and_mtime_are_not_reread() {
     let rels = nested_paths(&mut rng, 40, &["att"]);
     let files = write_random_files(&mut rng, &uploads, rels, 1000..6000);
     let rels: Vec<String> = files.keys().cloned().collect();
-    let cfg = fx.config(
-        "immutable.toml",
-        &job(vec![files_source("uploads", &uploads, "immutable = true")]),
-    );
+    let cfg = fx
+        .config(10)
+        .files("uploads", &uploads, "immutable = true")
+        .write_as("immutable.toml");
     fx.run_backup(&cfg);
 
     // f: new content, same size, mtime put back. g: new content of another size.
@@ -1740,10 +1633,10 @@ async fn immutable_files_with_same_size_and_mtime_are_not_reread() {
     );
 
     // Without immutable, f is read and its new content backed up.
-    let cfg = fx.config(
-        "mutable.toml",
-        &job(vec![files_source("uploads", &uploads, "immutable = false")]),
-    );
+    let cfg = fx
+        .config(10)
+        .files("uploads", &uploads, "immutable = false")
+        .write_as("mutable.toml");
     let mark = fx.s3.request_mark();
     let id = fx.run_backup(&cfg);
     let idx = fx.local_index(&id, "uploads");
@@ -1799,14 +1692,10 @@ async fn dry_run_prints_the_plan_and_changes_nothing() {
     let files = write_random_files(&mut rng, &uploads, rels, 100..4000);
     // Files outside the source's globs are neither backed up nor orphaned.
     write_file(&uploads, "notes/readme.txt", b"not included");
-    let cfg = fx.config(
-        "stowage.toml",
-        &job(vec![files_source(
-            "uploads",
-            &uploads,
-            "include = [\"**/*.bin\"]",
-        )]),
-    );
+    let cfg = fx
+        .config(10)
+        .files("uploads", &uploads, "include = [\"**/*.bin\"]")
+        .write_as("stowage.toml");
     let id = fx.run_backup(&cfg);
     let idx = fx.local_index(&id, "uploads");
     assert_eq!(idx.include, vec!["**/*.bin".to_string()]);

@@ -298,6 +298,16 @@ impl JobBuilder {
         self.database("postgres", name, url, "")
     }
 
+    /// A `files` source `name` backing up the directory `path`, then `extra` keys.
+    pub fn files(self, name: &str, path: &Path, extra: &str) -> Self {
+        let body = format!(
+            "type = \"files\"\nname = {}\npath = {}\n{extra}",
+            toml_str(name),
+            toml_str(path.display())
+        );
+        self.source(&body)
+    }
+
     /// `[jobs.NAME.heal]` with `body` as its keys.
     pub fn heal(self, body: &str) -> Self {
         let section = format!("[jobs.{}.heal]\n{body}\n", self.name);
