@@ -5,105 +5,43 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::Output;
+use std::path::Path;
 
 use age::secrecy::ExposeSecret;
 use chrono::{DateTime, Utc};
-use common::{PgServer, S3Server, run_stowage, seed_sample_db, sha256_hex, text};
+use common::{
+    Job, JobBuilder, PgServer, S3Server, backup_of, seed_sample_db, sha256_hex, text, toml_str,
+};
 use serde_json::Value;
 
+/// PostgreSQL with the sample database "app" and a files tree; job "app" backs both up.
 struct Setup {
     pg: PgServer,
-    dir: tempfile::TempDir,
-    config: PathBuf,
+    job: Job,
 }
 
 impl Setup {
-    /// PostgreSQL with the sample database "app" and a files tree; job "app" backs both up
-    /// to local destinations "local" then "mirror". `extra` is appended to the config.
-    fn start(extra: &str) -> Setup {
+    /// Job "app" writing to local destinations "local" then "mirror".
+    fn start() -> Setup {
         let pg = PgServer::start();
         seed_sample_db(&pg, "app", 200);
-        let dir = tempfile::tempdir().expect("tempdir");
-        let uploads = dir.path().join("uploads");
+        let config = Job::new("app");
+        let uploads = config.path("uploads");
         std::fs::create_dir_all(&uploads).expect("mkdir");
         for i in 0..3 {
             std::fs::write(uploads.join(format!("file-{i}.txt")), format!("file {i}\n"))
                 .expect("write");
         }
-        let config = dir.path().join("stowage.toml");
-        let setup = Setup { pg, dir, config };
-        setup.write_config(&["local", "mirror"], extra);
-        setup
+        let job = app_sources(local_and_mirror(config), &pg).write();
+        Setup { pg, job }
     }
 
-    fn write_config(&self, destinations: &[&str], extra: &str) {
-        let dests: Vec<String> = destinations.iter().map(|d| format!("\"{d}\"")).collect();
-        std::fs::write(
-            &self.config,
-            format!(
-                r#"
-[destinations.local]
-type = "local"
-path = "{local}"
-
-[destinations.mirror]
-type = "local"
-path = "{mirror}"
-
-[jobs.app]
-schedule = "0 3 * * *"
-destinations = [{dests}]
-
-[[jobs.app.sources]]
-type = "postgres"
-name = "db"
-url = "{url}"
-
-[[jobs.app.sources]]
-type = "files"
-name = "uploads"
-path = "{uploads}"
-{extra}
-"#,
-                local = self.dest("local").display(),
-                mirror = self.dest("mirror").display(),
-                dests = dests.join(", "),
-                url = self.pg.url("app"),
-                uploads = self.path("uploads").display(),
-            ),
-        )
-        .expect("config");
-    }
-
-    fn path(&self, rel: &str) -> PathBuf {
-        self.dir.path().join(rel)
-    }
-
-    fn dest(&self, name: &str) -> PathBuf {
-        self.path(name)
-    }
-
-    fn stowage(&self, args: &[&str]) -> Output {
-        run_stowage(&self.config, args)
-    }
-
-    /// `stowage run JOB`; the new backup's id.
-    fn backup(&self, job: &str) -> String {
-        let out = self.stowage(&["run", job]);
-        assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-        text(&out)
-            .split("id=")
-            .nth(1)
-            .and_then(|r| r.split_whitespace().next())
-            .expect("backup id")
-            .to_string()
-    }
-
-    fn manifest(&self, dest: &str, job: &str, id: &str) -> Value {
-        let p = self.dest(dest).join(job).join(id).join("manifest.json");
-        serde_json::from_slice(&std::fs::read(&p).expect("manifest")).expect("manifest json")
+    /// Write the config again, over the one the job's commands read: job "app" with its
+    /// sources, to the destinations (and after the sections) that `dests` adds.
+    fn rewrite(&self, dests: impl FnOnce(JobBuilder) -> JobBuilder) {
+        let config = dests(Job::config_in(self.job.dir.path(), "app"));
+        let written = app_sources(config, &self.pg).write_as("stowage.toml");
+        assert_eq!(written, self.job.config);
     }
 
     /// `list ARGS --json`: exit code and the parsed document (stdout only).
@@ -111,11 +49,25 @@ path = "{uploads}"
         let mut all = vec!["list"];
         all.extend_from_slice(args);
         all.push("--json");
-        let out = self.stowage(&all);
+        let out = self.job.output(&all);
         let doc: Value = serde_json::from_slice(&out.stdout)
             .unwrap_or_else(|e| panic!("list --json is not JSON ({e}):\n{}", text(&out)));
         (out.status.code(), doc, text(&out))
     }
+}
+
+/// Local destinations "local" then "mirror" in the job's directory, both written to.
+fn local_and_mirror(config: JobBuilder) -> JobBuilder {
+    config.local("local", None).local("mirror", None)
+}
+
+/// Job "app"'s sources: the database "db" and the files tree "uploads".
+fn app_sources(config: JobBuilder, pg: &PgServer) -> JobBuilder {
+    let uploads = format!(
+        "type = \"files\"\nname = \"uploads\"\npath = {}\n",
+        toml_str(config.path("uploads").display())
+    );
+    config.postgres("db", &pg.url("app")).source(&uploads)
 }
 
 fn time(v: &Value) -> DateTime<Utc> {
@@ -127,9 +79,9 @@ fn time(v: &Value) -> DateTime<Utc> {
 }
 
 /// One backup of `list --json` against its manifest on disk and the stored objects.
-fn check_backup(setup: &Setup, dest: &str, b: &Value) {
+fn check_backup(job: &Job, dest: &str, b: &Value) {
     let id = b["id"].as_str().expect("id");
-    let m = setup.manifest(dest, "app", id);
+    let m = job.manifest(dest, id);
     assert_eq!(b["error"], Value::Null, "{b}");
     // The id is the start time, to the millisecond.
     assert_eq!(
@@ -156,7 +108,7 @@ fn check_backup(setup: &Setup, dest: &str, b: &Value) {
             assert_eq!(s[field], ms[field], "{field} of {s}");
         }
         // The stored object is what the listing says.
-        let bytes = std::fs::read(setup.dest(dest).join(s["key"].as_str().expect("key")))
+        let bytes = std::fs::read(job.path(dest).join(s["key"].as_str().expect("key")))
             .expect("stored object");
         assert_eq!(s["size"].as_u64(), Some(bytes.len() as u64));
         assert_eq!(s["sha256"].as_str(), Some(sha256_hex(&bytes).as_str()));
@@ -211,9 +163,9 @@ fn ids(d: &Value) -> Vec<&str> {
 
 #[test]
 fn list_json_matches_the_manifests() {
-    let setup = Setup::start("");
-    let first = setup.backup("app");
-    let listed = text(&setup.stowage(&["list", "app"]));
+    let setup = Setup::start();
+    let first = setup.job.backup();
+    let listed = text(&setup.job.output(&["list", "app"]));
     assert!(listed.contains("job app (1 backup)"), "{listed}");
     assert!(
         listed.contains("uploads (files: 3 files, 3 new"),
@@ -224,7 +176,7 @@ fn list_json_matches_the_manifests() {
         "app",
         "create table public.notes (id int primary key, body text); insert into public.notes values (1, 'x');",
     );
-    let second = setup.backup("app");
+    let second = setup.job.backup();
 
     let (code, doc, out) = setup.list_json(&["app"]);
     assert_eq!(code, Some(0), "{out}");
@@ -245,12 +197,12 @@ fn list_json_matches_the_manifests() {
         assert_eq!(d["error"], Value::Null);
         assert_eq!(
             d["location"].as_str(),
-            Some(setup.dest(name).display().to_string().as_str())
+            Some(setup.job.path(name).display().to_string().as_str())
         );
         // Newest first, like the text listing.
         assert_eq!(ids(d), [second.as_str(), first.as_str()]);
         for b in d["backups"].as_array().expect("backups") {
-            check_backup(&setup, name, b);
+            check_backup(&setup.job, name, b);
         }
     }
 
@@ -273,7 +225,7 @@ fn list_json_matches_the_manifests() {
         ids(&held["jobs"][0]["destinations"][0]),
         [second.as_str(), first.as_str()]
     );
-    let listed = text(&setup.stowage(&["list", "app", "--holding", "notes"]));
+    let listed = text(&setup.job.output(&["list", "app", "--holding", "notes"]));
     assert!(
         listed.contains("job app (2 backups, 1 holding notes)"),
         "{listed}"
@@ -285,15 +237,9 @@ fn list_json_matches_the_manifests() {
 
     // A destination that cannot be read: its error in the document, exit 1; the others
     // are listed as before.
-    let broken = setup.path("not-a-directory");
+    let broken = setup.job.path("not-a-directory");
     std::fs::write(&broken, "x").expect("write");
-    setup.write_config(
-        &["local", "mirror", "broken"],
-        &format!(
-            "\n[destinations.broken]\ntype = \"local\"\npath = \"{}\"\n",
-            broken.display()
-        ),
-    );
+    setup.rewrite(|config| local_and_mirror(config).local_at("broken", &broken, None));
     let (code, doc, out) = setup.list_json(&["app"]);
     assert_eq!(code, Some(1), "{out}");
     let dests = doc["jobs"][0]["destinations"].as_array().expect("dests");
@@ -314,16 +260,8 @@ fn list_json_matches_the_manifests() {
     );
 
     // An unreadable manifest: that backup carries its error and nothing else; exit 1.
-    setup.write_config(&["local", "mirror"], "");
-    std::fs::write(
-        setup
-            .dest("mirror")
-            .join("app")
-            .join(&first)
-            .join("manifest.json"),
-        "{ not json",
-    )
-    .expect("write");
+    setup.rewrite(local_and_mirror);
+    std::fs::write(setup.job.manifest_path("mirror", &first), "{ not json").expect("write");
     let (code, doc, out) = setup.list_json(&["app"]);
     assert_eq!(code, Some(1), "{out}");
     let mirror = &doc["jobs"][0]["destinations"][1];
@@ -339,7 +277,7 @@ fn list_json_matches_the_manifests() {
     let mut keys: Vec<&String> = bad.as_object().expect("object").keys().collect();
     keys.sort();
     assert_eq!(keys, ["error", "id", "time"]);
-    check_backup(&setup, "mirror", &mirror["backups"][0]);
+    check_backup(&setup.job, "mirror", &mirror["backups"][0]);
 }
 
 fn pg_restore(pg: &PgServer, db: &str, file: &Path) {
@@ -373,17 +311,19 @@ fn entries(dir: &Path) -> Vec<String> {
 
 #[test]
 fn download_writes_the_plain_dump() {
-    let setup = Setup::start("");
-    let id = setup.backup("app");
-    let m = setup.manifest("local", "app", &id);
+    let setup = Setup::start();
+    let id = setup.job.backup();
+    let m = setup.job.manifest("local", &id);
     let db = &m["sources"][0];
     assert_eq!(db["name"], "db");
-    let out_dir = setup.path("out");
+    let out_dir = setup.job.path("out");
     std::fs::create_dir_all(&out_dir).expect("mkdir");
     let file = out_dir.join("app.pgdump");
     let f = file.display().to_string();
 
-    let out = setup.stowage(&["download", "app", "latest", "--only", "db", "-o", &f]);
+    let out = setup
+        .job
+        .output(&["download", "app", "latest", "--only", "db", "-o", &f]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert!(
         text(&out).contains(&format!("backup {id} of job app from local")),
@@ -411,7 +351,7 @@ fn download_writes_the_plain_dump() {
 
     // -o -: the same bytes on stdout, the summary on stderr; an id prefix and --from.
     let prefix = &id[..13];
-    let out = setup.stowage(&[
+    let out = setup.job.output(&[
         "download", "app", prefix, "--only", "db", "--from", "mirror", "-o", "-",
     ]);
     assert_eq!(
@@ -429,14 +369,18 @@ fn download_writes_the_plain_dump() {
 
     // A files source is not one file: refused, pointing at restore --files-to.
     let x = out_dir.join("x").display().to_string();
-    let out = setup.stowage(&["download", "app", "--only", "uploads", "-o", &x]);
+    let out = setup
+        .job
+        .output(&["download", "app", "--only", "uploads", "-o", &x]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     assert!(
         text(&out).contains(&format!("restore app {id} --only uploads --files-to DIR")),
         "{}",
         text(&out)
     );
-    let out = setup.stowage(&["download", "app", "--only", "nope", "-o", &x]);
+    let out = setup
+        .job
+        .output(&["download", "app", "--only", "nope", "-o", &x]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     assert!(
         text(&out).contains("no source \"nope\"; its sources: db, uploads"),
@@ -444,15 +388,22 @@ fn download_writes_the_plain_dump() {
         text(&out)
     );
     let d = out_dir.display().to_string();
-    let out = setup.stowage(&["download", "app", "--only", "db", "-o", &d]);
+    let out = setup
+        .job
+        .output(&["download", "app", "--only", "db", "-o", &d]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     assert!(text(&out).contains("is a directory"), "{}", text(&out));
     assert_eq!(entries(&out_dir), ["app.pgdump"]);
 
     // A corrupt stored object: exit 1, the existing file untouched, no partial file; a
     // new path is not created at all.
-    flip_a_byte(&setup.dest("local").join(db["key"].as_str().expect("key")));
-    let out = setup.stowage(&[
+    flip_a_byte(
+        &setup
+            .job
+            .path("local")
+            .join(db["key"].as_str().expect("key")),
+    );
+    let out = setup.job.output(&[
         "download", "app", &id, "--only", "db", "--from", "local", "-o", &f,
     ]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
@@ -467,7 +418,7 @@ fn download_writes_the_plain_dump() {
     );
     assert_eq!(entries(&out_dir), ["app.pgdump"], "a partial file was left");
     let fresh = out_dir.join("fresh.pgdump");
-    let out = setup.stowage(&[
+    let out = setup.job.output(&[
         "download",
         "app",
         &id,
@@ -480,12 +431,12 @@ fn download_writes_the_plain_dump() {
     ]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert_eq!(entries(&out_dir), ["app.pgdump"], "a partial file was left");
-    let out = setup.stowage(&[
+    let out = setup.job.output(&[
         "download", "app", &id, "--only", "db", "--from", "local", "-o", "-",
     ]);
     assert_eq!(out.status.code(), Some(1), "-o - after corruption");
     // The intact copy on the mirror still downloads.
-    let out = setup.stowage(&[
+    let out = setup.job.output(&[
         "download", "app", &id, "--only", "db", "--from", "mirror", "-o", &f,
     ]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
@@ -497,10 +448,10 @@ fn download_writes_the_plain_dump() {
 #[test]
 fn download_decrypts() {
     let key = age::x25519::Identity::generate();
-    let setup = Setup::start("");
-    let identity = setup.path("key.txt");
+    let setup = Setup::start();
+    let identity = setup.job.path("key.txt");
     std::fs::write(&identity, format!("{}\n", key.to_string().expose_secret())).expect("key");
-    let wrong = setup.path("wrong.txt");
+    let wrong = setup.job.path("wrong.txt");
     std::fs::write(
         &wrong,
         format!(
@@ -511,6 +462,7 @@ fn download_decrypts() {
         ),
     )
     .expect("key");
+    // A second job beside "app", writing to "local" only: the builder writes one job.
     let sealed = |identity_file: &str| {
         format!(
             "\n[jobs.sealed]\nschedule = \"0 3 * * *\"\ndestinations = [\"local\"]\n\
@@ -520,8 +472,8 @@ fn download_decrypts() {
             setup.pg.url("app")
         )
     };
-    setup.write_config(&["local", "mirror"], &sealed(""));
-    let id = setup.backup("sealed");
+    setup.rewrite(|config| local_and_mirror(config).section(&sealed("")));
+    let id = backup_of(&setup.job.config, "sealed");
     let (code, doc, out) = setup.list_json(&["sealed"]);
     assert_eq!(code, Some(0), "{out}");
     let b = &doc["jobs"][0]["destinations"][0]["backups"][0];
@@ -531,13 +483,15 @@ fn download_decrypts() {
         (&true.into(), &"age".into())
     );
 
-    let out_dir = setup.path("out");
+    let out_dir = setup.job.path("out");
     std::fs::create_dir_all(&out_dir).expect("mkdir");
     let file = out_dir.join("sealed.pgdump");
     let f = file.display().to_string();
-    let out = setup.stowage(&["download", "sealed", "--only", "db", "-o", &f]);
+    let out = setup
+        .job
+        .output(&["download", "sealed", "--only", "db", "-o", &f]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    let out = setup.stowage(&[
+    let out = setup.job.output(&[
         "download",
         "sealed",
         "--only",
@@ -551,7 +505,7 @@ fn download_decrypts() {
     assert!(text(&out).contains("cannot decrypt"), "{}", text(&out));
     assert!(entries(&out_dir).is_empty(), "{:?}", entries(&out_dir));
 
-    let out = setup.stowage(&[
+    let out = setup.job.output(&[
         "download",
         "sealed",
         "--only",
@@ -572,11 +526,11 @@ fn download_decrypts() {
     );
 
     // The job's identity_file serves as well.
-    setup.write_config(
-        &["local", "mirror"],
-        &sealed(&format!(", identity_file = \"{}\"", identity.display())),
-    );
-    let out = setup.stowage(&["download", "sealed", &id, "--only", "db", "-o", "-"]);
+    let identity_file = format!(", identity_file = \"{}\"", identity.display());
+    setup.rewrite(|config| local_and_mirror(config).section(&sealed(&identity_file)));
+    let out = setup
+        .job
+        .output(&["download", "sealed", &id, "--only", "db", "-o", "-"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert!(out.stdout == dump);
 }
@@ -587,25 +541,28 @@ fn download_decrypts() {
 async fn download_from_an_archive_tier_waits_for_a_retrieval() {
     let s3 = S3Server::moto();
     s3.create_bucket("cold").await;
-    let setup = Setup::start("");
-    let secret = setup.path("s3_secret");
-    std::fs::write(&secret, s3.secret_key()).expect("secret");
-    setup.write_config(
-        &["cold"],
-        &format!(
-            "\n[destinations.cold]\ntype = \"s3\"\nbucket = \"cold\"\nendpoint = \"{}\"\n\
-             force_path_style = true\naccess_key_id = \"{}\"\nsecret_access_key_file = \"{}\"\n\
-             region = \"{}\"\nstorage_class = \"DEEP_ARCHIVE\"\n",
-            s3.endpoint(),
-            s3.access_key(),
-            secret.display(),
-            s3.region()
-        ),
-    );
-    let id = setup.backup("app");
-    let file = setup.path("app.pgdump");
+    let setup = Setup::start();
+    // "local" and "mirror" stay defined; the job writes to "cold" only.
+    let idle: String = ["local", "mirror"]
+        .iter()
+        .map(|d| {
+            format!(
+                "[destinations.{d}]\ntype = \"local\"\npath = {}\n\n",
+                toml_str(setup.job.path(d).display())
+            )
+        })
+        .collect();
+    setup.rewrite(|config| {
+        config
+            .s3("cold", &s3, "cold", "storage_class = \"DEEP_ARCHIVE\"\n")
+            .section(&idle)
+    });
+    let id = setup.job.backup();
+    let file = setup.job.path("app.pgdump");
     let f = file.display().to_string();
-    let out = setup.stowage(&["download", "app", "--only", "db", "-o", &f]);
+    let out = setup
+        .job
+        .output(&["download", "app", "--only", "db", "-o", &f]);
     assert_eq!(out.status.code(), Some(4), "{}", text(&out));
     assert!(
         text(&out).contains(&format!("stowage retrieve app {id} --from cold --only db")),
@@ -614,9 +571,11 @@ async fn download_from_an_archive_tier_waits_for_a_retrieval() {
     );
     assert!(!file.exists());
 
-    let out = setup.stowage(&["retrieve", "app", &id, "--only", "db"]);
+    let out = setup.job.output(&["retrieve", "app", &id, "--only", "db"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    let out = setup.stowage(&["download", "app", &id, "--only", "db", "-o", &f]);
+    let out = setup
+        .job
+        .output(&["download", "app", &id, "--only", "db", "-o", &f]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert!(std::fs::read(&file).expect("file").starts_with(b"PGDMP"));
 }

@@ -19,13 +19,16 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::ffi::OsStr;
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::proxy::FaultProxy;
 use common::store::{Listing, Stores};
-use common::{PgServer, PsqlSession, Rng, Running, S3Server, run_stowage, seed_sample_db};
+use common::{
+    Job, JobBuilder, PgServer, PsqlSession, Rng, Running, S3Server, seed_sample_db, text, toml_str,
+};
 
 const BUCKET: &str = "backups";
 const PREFIX: &str = "soak";
@@ -44,10 +47,10 @@ struct Soak {
     pg: PgServer,
     s3: S3Server,
     proxy: FaultProxy,
-    dir: tempfile::TempDir,
-    config: PathBuf,
-    /// The same config without the proxy, for the checks and restores.
-    direct: PathBuf,
+    /// The scratch directory, and the config of the checks and restores: S3 reached directly.
+    job: Job,
+    /// The daemon's config: the same job, S3 through the fault proxy.
+    proxied: PathBuf,
     local: PathBuf,
     files: PathBuf,
     rng: Rng,
@@ -70,20 +73,37 @@ struct Soak {
     static_tables: BTreeMap<String, String>,
 }
 
-fn text(o: &std::process::Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
 fn rss_kib(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     status
         .lines()
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
+}
+
+/// Job "app" every two seconds: the database and the files tree to "local" and "offsite",
+/// whose bucket is reached at `endpoint` (the S3 server itself, or a proxy in front of it).
+fn soak_job(config: JobBuilder, s3: &S3Server, endpoint: &str, pg_url: &str) -> JobBuilder {
+    let keys = config.s3_keys(s3, BUCKET);
+    let direct = format!("endpoint = {}\n", toml_str(s3.endpoint()));
+    assert!(keys.contains(&direct), "{keys}");
+    let offsite = format!(
+        "{}prefix = {}\npart_size = \"5MiB\"\nretention = {{ keep_last = {KEEP_S3} }}\n",
+        keys.replace(&direct, &format!("endpoint = {}\n", toml_str(endpoint))),
+        toml_str(PREFIX),
+    );
+    let files = format!(
+        "type = \"files\"\nname = \"uploads\"\npath = {}\n",
+        toml_str(config.path("uploads").display())
+    );
+    config
+        .top("shutdown_grace = \"5s\"\n\n[log]\nlevel = \"info\"")
+        .local("local", Some(KEEP_LOCAL))
+        .destination("offsite", &offsite)
+        .schedule("*/2 * * * * *")
+        .job("timezone = \"UTC\"\nretries = 1\nretry_delay = \"1s\"")
+        .postgres("db", pg_url)
+        .source(&files)
 }
 
 fn without_gen(mut t: BTreeMap<String, String>) -> BTreeMap<String, String> {
@@ -100,67 +120,30 @@ impl Soak {
         let s3 = S3Server::moto();
         s3.create_bucket(BUCKET).await;
         let proxy = FaultProxy::start(&s3.endpoint());
-        let dir = tempfile::tempdir().expect("tempdir");
-        let local = dir.path().join("local");
-        let files = dir.path().join("uploads");
+        let config = Job::new("app");
+        let local = config.path("local");
+        let files = config.path("uploads");
         let mut rng = Rng::new(seed);
         for i in 0..30 {
             let size = rng.range(512, 16 * 1024);
             common::write_file(&files, &format!("f{i:04}.bin"), &rng.bytes(size));
         }
-        let secret = dir.path().join("s3_secret");
-        std::fs::write(&secret, s3.secret_key()).expect("secret");
-        let config = dir.path().join("stowage.toml");
-        let direct = dir.path().join("direct.toml");
-        let stores = Stores {
-            local: &local,
-            s3: &s3,
-            bucket: BUCKET,
-            prefix: PREFIX,
-            job: "app",
-        };
-        let write_config = |path: &PathBuf, endpoint: String| {
-            let body = format!(
-                r#"
-shutdown_grace = "5s"
-
-[log]
-level = "info"
-{destinations}
-[jobs.app]
-schedule = "*/2 * * * * *"
-timezone = "UTC"
-retries = 1
-retry_delay = "1s"
-destinations = ["local", "offsite"]
-
-[[jobs.app.sources]]
-type = "postgres"
-name = "db"
-url = "{pg}"
-
-[[jobs.app.sources]]
-type = "files"
-name = "uploads"
-path = "{files}"
-"#,
-                destinations = stores.destinations_toml(&endpoint, &secret, KEEP_LOCAL, KEEP_S3),
-                pg = pg.url("app"),
-                files = files.display(),
-            );
-            std::fs::write(path, body).expect("config");
-        };
         // The daemon goes through the fault proxy; the checks read the store directly.
-        write_config(&config, proxy.endpoint());
-        write_config(&direct, s3.endpoint());
+        let proxied = soak_job(
+            Job::config_in(config.dir(), "app"),
+            &s3,
+            &proxy.endpoint(),
+            &pg.url("app"),
+        )
+        .write_as("proxied.toml");
+        let job = soak_job(config, &s3, &s3.endpoint(), &pg.url("app")).write();
         let db = pg.session("app");
         Soak {
             pg,
             s3,
             proxy,
-            dir,
-            config,
-            direct,
+            job,
+            proxied,
             local,
             files,
             rng,
@@ -194,15 +177,13 @@ path = "{files}"
 
     fn start_daemon(&mut self) {
         assert!(self.daemon.is_none());
-        let pid = self.dir.path().join("stowage.pid");
-        let state = self.dir.path().join("state.json");
+        // The job's pid and state files, with the proxied config.
+        let envs = self.job.envs();
+        let envs: Vec<(&str, &OsStr)> = envs.iter().map(|(k, v)| (*k, v.as_os_str())).collect();
         self.daemon = Some(common::spawn_stowage_with_env(
-            &self.config,
+            &self.proxied,
             ["daemon"],
-            &[
-                ("STOWAGE_PID_FILE", pid.as_os_str()),
-                ("STOWAGE_STATE_FILE", state.as_os_str()),
-            ],
+            &envs,
         ));
         self.incarnation += 1;
         self.parsed = 0;
@@ -251,7 +232,7 @@ path = "{files}"
         let size = self.rng.range(512, 16 * 1024);
         let data = self.rng.bytes(size);
         // As an app stores an upload: write aside, rename into place.
-        let tmp = self.dir.path().join("incoming.tmp");
+        let tmp = self.job.path("incoming.tmp");
         std::fs::write(&tmp, &data).expect("write upload");
         let names: Vec<String> = common::list_tree(&self.files);
         let replace = self.rng.below(2) == 0 && !names.is_empty();
@@ -282,7 +263,7 @@ path = "{files}"
         if let Some(pid) = frozen {
             signal(pid, "STOP");
         }
-        let out = run_stowage(&self.direct, ["list", "app"]);
+        let out = self.job.output(&["list", "app"]);
         assert!(out.status.success(), "list failed:\n{}", text(&out));
         let listed: Listing = common::parse_listing(&String::from_utf8_lossy(&out.stdout))
             .into_iter()
@@ -539,7 +520,7 @@ async fn soak_with_injected_s3_errors_and_kills() {
     s.stop_daemon("TERM");
     s.check().await;
 
-    let out = run_stowage(&s.direct, ["list", "app"]);
+    let out = s.job.output(&["list", "app"]);
     let listed: Listing = common::parse_listing(&String::from_utf8_lossy(&out.stdout))
         .into_iter()
         .collect();
@@ -596,21 +577,18 @@ async fn restore_and_compare(s: &Soak, dest: &str, id: &str) {
         id.replace(['.', 'T', 'Z'], "").to_lowercase()
     );
     s.pg.create_db(&n);
-    let files_to = s.dir.path().join(format!("restored-{n}"));
-    let out = run_stowage(
-        &s.direct,
-        [
-            "restore",
-            "app",
-            id,
-            "--from",
-            dest,
-            "--to",
-            &s.pg.url(&n),
-            "--files-to",
-            &files_to.display().to_string(),
-        ],
-    );
+    let files_to = s.job.path(format!("restored-{n}"));
+    let out = s.job.output(&[
+        "restore",
+        "app",
+        id,
+        "--from",
+        dest,
+        "--to",
+        &s.pg.url(&n),
+        "--files-to",
+        &files_to.display().to_string(),
+    ]);
     assert!(
         out.status.success(),
         "restore {id} from {dest}:\n{}",
