@@ -18,7 +18,7 @@ use crate::crypt::Keys;
 use crate::engine::{Database, RestoreOptions, Scratch, ScratchSpace};
 use crate::repo::Repository;
 use crate::repo::packing::Packing;
-use crate::restore::{self, RestoreError, StoredArchive};
+use crate::restore::{self, RestoreError};
 
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct DrillReport {
@@ -194,8 +194,7 @@ async fn run_in_scratch(
         }
     };
     let t0 = Instant::now();
-    let archive = StoredArchive::new(
-        located.storage.as_ref(),
+    let archive = Repository::new(located.storage.as_ref(), &job.name).archive(
         entry,
         packing,
         &located.destination,

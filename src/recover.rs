@@ -11,10 +11,9 @@ use std::collections::{BTreeSet, HashMap};
 use chrono::{DateTime, Utc};
 use tracing::{info, warn};
 
-use crate::repo::Repository;
-use crate::repo::blobs;
-use crate::repo::locks::{self, LockKind};
+use crate::repo::locks::LockKind;
 use crate::repo::manifest::{self, JobListing};
+use crate::repo::{Repository, UploadOf};
 use crate::storage::local::{PARTIAL_SUFFIX, partial_owner_alive};
 use crate::storage::{Storage, StorageError};
 
@@ -99,11 +98,7 @@ async fn read_listing(
     // Locks are judged by their last-modified time against the store's clock, read off a
     // probe written here: a host whose clock runs ahead must not take another host's live
     // lock for dead (and delete its run's objects). Without the probe, this host's clock.
-    let probe = format!(
-        "{}{}.clock",
-        repo.locks_prefix(),
-        crate::repo::layout::new_id(Utc::now())
-    );
+    let probe = repo.clock_probe_key();
     let probed = storage
         .put_bytes(&probe, bytes::Bytes::from_static(b"{}"))
         .await
@@ -140,7 +135,7 @@ async fn clear_dead_locks(
             // A process of this host and boot that is gone.
             Some(false) => false,
             // Running here, on another host, or unreadable: alive while it is refreshed.
-            Some(true) | None => locks::is_live(&lock, now),
+            Some(true) | None => lock.is_live(now),
         };
         if !alive {
             storage.delete(std::slice::from_ref(&key)).await?;
@@ -223,21 +218,18 @@ async fn abort_uploads(
     // Open multipart uploads: of a dead run's prefix, or of blobs when no other run of the
     // job is alive (a blob upload carries no run id). Only those begun before this start.
     let others_alive = lock_state.values().any(|alive| *alive);
-    for u in storage
-        .open_uploads(&Repository::new(storage, job).job_prefix())
-        .await?
-    {
+    let repo = Repository::new(storage, job);
+    for u in storage.open_uploads(&repo.job_prefix()).await? {
         if u.initiated.is_some_and(|t| t >= started) {
             continue;
         }
-        let rest = &u.key[job.len().min(u.key.len())..];
-        let id = rest.trim_start_matches('/').split('/').next().unwrap_or("");
-        let abandon = if id == blobs::BLOBS_DIR {
-            !others_alive
-        } else {
-            dead.contains(id)
-                || published.contains(id)
-                || !lock_state.get(id).copied().unwrap_or(false)
+        let abandon = match repo.upload_of(&u.key) {
+            UploadOf::Blob => !others_alive,
+            UploadOf::Run(id) => {
+                dead.contains(id)
+                    || published.contains(id)
+                    || !lock_state.get(id).copied().unwrap_or(false)
+            }
         };
         if abandon {
             match storage.abort_upload(&u).await {

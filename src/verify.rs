@@ -378,7 +378,9 @@ async fn check_backup(
             )
             .await
         } else {
-            SourceChecked::from(check_database(job, storage, entry, packing).await)
+            SourceChecked::from(
+                check_database(job, Repository::new(storage, &job.name), entry, packing).await,
+            )
         };
         c.read_data.add(checked.read);
         match checked.result {
@@ -409,18 +411,16 @@ impl From<Result<String, Vec<String>>> for SourceChecked {
 /// The dump: its bytes against the manifest, then through the engine's reader.
 async fn check_database(
     job: &Job,
-    storage: &dyn Storage,
+    repo: Repository<'_>,
     entry: &SourceEntry,
     packing: &Packing,
 ) -> Result<String, Vec<String>> {
-    let raw = storage
-        .get(&entry.key)
-        .await
-        .map_err(|e| vec![format!("{} cannot be read: {e}", entry.key)])?;
     let progress =
         crate::progress::Progress::new(format!("verify {}: read", entry.key), Some(entry.size));
-    let raw = crate::progress::counted(raw, progress.clone());
-    let verified = codec::Verify::new(raw, &entry.sha256, entry.size, &entry.key);
+    let verified = repo
+        .read_verified(entry, Some(&progress))
+        .await
+        .map_err(|e| vec![format!("{} cannot be read: {e}", entry.key)])?;
     read_checked(verified, packing, &entry.key).await?;
     let Some(db) = restore::database_for(job, entry) else {
         return Ok(format!(
@@ -436,7 +436,7 @@ async fn check_database(
             db.kind()
         ));
     }
-    let archive = restore::StoredArchive::new(storage, entry, packing, "verify");
+    let archive = repo.archive(entry, packing, "verify");
     let checked = db
         .check_archive(&archive)
         .await
@@ -563,7 +563,7 @@ async fn check_index_without_key(
     read_data: ReadData,
 ) -> Result<String, Vec<String>> {
     let verified = repo
-        .read_verified(entry)
+        .read_verified(entry, None)
         .await
         .map_err(|e| vec![format!("index {} cannot be read: {e}", entry.key)])?;
     read_checked(verified, packing, &entry.key).await?;

@@ -16,7 +16,7 @@ use crate::engine::{Archive, SourceError};
 use crate::logging::Console;
 use crate::repo::Repository;
 use crate::repo::manifest::SourceEntry;
-use crate::restore::{self, Located, RestoreError, StoredArchive, lifecycle};
+use crate::restore::{self, Located, RestoreError, lifecycle};
 use crate::storage::StorageError;
 use crate::units::human_bytes;
 
@@ -178,7 +178,7 @@ async fn download(config: &Config, job: &Job, req: &Request) -> Result<Done, Fai
     // A wrong or missing identity fails here, before anything is written.
     restore::check_keys(storage.as_ref(), &packing, &[entry.key.as_str()]).await?;
 
-    let archive = StoredArchive::new(storage.as_ref(), entry, &packing, &destination);
+    let archive = repo.archive(entry, &packing, &destination);
     let reader = archive.open().await.map_err(|e| match not_retrieved(&e) {
         Some(why) => pending(why),
         None => Failure::Failed(e.to_string()),

@@ -30,7 +30,7 @@ use std::sync::Arc;
 use super::index::{for_each_ref, open_index};
 use super::locks::{LockKind, is_live, list_locks, lock_body, lock_key, refreshing, unlock};
 
-pub use crate::repo::layout::{BLOBS_DIR, LOCKS_DIR};
+use crate::repo::layout::BLOBS_DIR;
 
 /// A sweep stops (and leaves the rest for next time) after this long.
 const SWEEP_BUDGET: Duration = Duration::from_secs(5 * 60);
@@ -79,6 +79,16 @@ pub enum BlobError {
         #[source]
         source: Box<BlobError>,
     },
+}
+
+impl From<super::OpenError> for BlobError {
+    /// A stored object that could not be opened keeps the kind of what failed.
+    fn from(e: super::OpenError) -> BlobError {
+        match e {
+            super::OpenError::Storage(e) => BlobError::Storage(e),
+            super::OpenError::Unpack(e) => BlobError::Crypt(Box::new(e)),
+        }
+    }
 }
 
 /// Compress, then encrypt when the job encrypts: a small object as it is stored.

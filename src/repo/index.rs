@@ -91,8 +91,7 @@ pub async fn read_refs(
     r: &crate::repo::manifest::StoredRef,
     c: Compression,
 ) -> Result<Vec<String>, BlobError> {
-    let raw = storage.get(&r.key).await?;
-    let verified = codec::Verify::new(raw, &r.sha256, r.size, &r.key);
+    let verified = super::read_recorded(storage, r.into(), None).await?;
     let mut text = String::new();
     codec::decompress(Box::new(verified), c)
         .read_to_string(&mut text)
@@ -210,12 +209,7 @@ pub async fn open_index(
     entry: &SourceEntry,
     packing: &Packing,
 ) -> Result<(FileIndex, IndexEntries), BlobError> {
-    let raw = storage.get(&entry.key).await?;
-    let verified = codec::Verify::new(raw, &entry.sha256, entry.size, &entry.key);
-    let r = packing
-        .unpack(Box::new(verified), &entry.key)
-        .await
-        .map_err(|e| BlobError::Crypt(Box::new(e)))?;
+    let r = super::open_recorded(storage, entry.into(), packing, None).await?;
     let mut r = tokio::io::BufReader::with_capacity(64 * 1024, r);
     let read_err = |source| BlobError::Read {
         key: entry.key.clone(),
@@ -273,8 +267,7 @@ pub async fn for_each_ref(
     c: Compression,
     each: &mut (dyn FnMut(&str) + Send),
 ) -> Result<(), BlobError> {
-    let raw = storage.get(&r.key).await?;
-    let verified = codec::Verify::new(raw, &r.sha256, r.size, &r.key);
+    let verified = super::read_recorded(storage, r.into(), None).await?;
     let mut lines = tokio::io::BufReader::new(codec::decompress(Box::new(verified), c));
     let mut line = String::new();
     loop {

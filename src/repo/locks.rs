@@ -63,6 +63,28 @@ pub struct Lock {
     pub modified: Option<DateTime<Utc>>,
 }
 
+impl Lock {
+    /// Whether the lock still counts (its holder may be alive). `now` is the store's clock
+    /// where known (the last-modified time of a lock this process just wrote), so a host
+    /// whose clock is off does not misjudge others' locks. A lock the holder has refreshed
+    /// within [`LOCK_DEAD`] is live however long ago it was taken (a long backup stays
+    /// locked); one not refreshed for that long is dead (a crashed holder frees the job
+    /// within minutes). Only where the store gives no last-modified time does the taken-at
+    /// time decide.
+    pub fn is_live(&self, now: DateTime<Utc>) -> bool {
+        let (from, limit) = match (self.modified, self.kind) {
+            (Some(m), _) => (m, LOCK_DEAD),
+            (None, LockKind::Backup | LockKind::Restore) => (self.since, BACKUP_LOCK_STALE),
+            (None, LockKind::Sweep) => (self.since, SWEEP_LOCK_STALE),
+        };
+        now.signed_duration_since(from)
+            .to_std()
+            .map(|age| age < limit)
+            // Written "after now": a clock step, not a dead holder.
+            .unwrap_or(true)
+    }
+}
+
 pub fn parse_locks(
     job: &str,
     objects: impl IntoIterator<Item = crate::storage::ObjectMeta>,
@@ -90,23 +112,9 @@ pub fn parse_locks(
         .collect()
 }
 
-/// Whether a lock still counts (its holder may be alive). `now` is the store's clock where
-/// known (the last-modified time of a lock this process just wrote), so a host whose clock
-/// is off does not misjudge others' locks. A lock the holder has refreshed within
-/// [`LOCK_DEAD`] is live however long ago it was taken (a long backup stays locked); one
-/// not refreshed for that long is dead (a crashed holder frees the job within minutes).
-/// Only where the store gives no last-modified time does the taken-at time decide.
-pub fn is_live(lock: &Lock, now: DateTime<Utc>) -> bool {
-    let (from, limit) = match (lock.modified, lock.kind) {
-        (Some(m), _) => (m, LOCK_DEAD),
-        (None, LockKind::Backup | LockKind::Restore) => (lock.since, BACKUP_LOCK_STALE),
-        (None, LockKind::Sweep) => (lock.since, SWEEP_LOCK_STALE),
-    };
-    now.signed_duration_since(from)
-        .to_std()
-        .map(|age| age < limit)
-        // Written "after now": a clock step, not a dead holder.
-        .unwrap_or(true)
+/// [`Lock::is_live`], as a function for filters.
+pub(super) fn is_live(lock: &Lock, now: DateTime<Utc>) -> bool {
+    lock.is_live(now)
 }
 
 /// The job's locks, and the store's "now": the last-modified time of `own` (a lock this

@@ -10,12 +10,16 @@ pub mod manifest;
 pub mod objlock;
 pub mod packing;
 
+use std::sync::Arc;
+
 use chrono::{DateTime, Utc};
 use tokio_util::sync::CancellationToken;
 
-use crate::codec::Compression;
+use crate::codec::{Compression, Reader, Verify};
 use crate::config::ObjectLock;
-use crate::crypt::Keys;
+use crate::crypt::{CryptError, Keys};
+use crate::engine::{Archive, SourceError};
+use crate::progress::Progress;
 use crate::storage::{Storage, StorageError};
 use blobs::{BlobError, SweepOutcome};
 use index::{FileIndex, IndexEntries};
@@ -219,7 +223,26 @@ impl<'a> Repository<'a> {
 
     /// Where the job's blobs are (`<job>/blobs/`).
     pub fn blobs_prefix(self) -> String {
-        format!("{}{}/", layout::job_prefix(self.job), blobs::BLOBS_DIR)
+        format!("{}{}/", layout::job_prefix(self.job), layout::BLOBS_DIR)
+    }
+
+    /// A key among the job's locks for a probe object, whose last-modified time tells the
+    /// store's clock (lock listings skip it: it is no lock).
+    pub fn clock_probe_key(self) -> String {
+        format!(
+            "{}{}.clock",
+            layout::locks_prefix(self.job),
+            layout::new_id(Utc::now())
+        )
+    }
+
+    /// What an open upload at `key` (under the job's prefix) was writing.
+    pub fn upload_of<'k>(self, key: &'k str) -> UploadOf<'k> {
+        let rest = key.get(self.job.len().min(key.len())..).unwrap_or("");
+        match rest.trim_start_matches('/').split('/').next().unwrap_or("") {
+            layout::BLOBS_DIR => UploadOf::Blob,
+            id => UploadOf::Run(id),
+        }
     }
 
     /// The key of run `id`'s lock of `kind`.
@@ -246,7 +269,9 @@ impl<'a> Repository<'a> {
         wait: bool,
         cancel: &CancellationToken,
     ) -> Result<Option<Holder>, BlobError> {
-        locks::claim_job(&[self.storage], self.job, id, kind, wait, cancel).await
+        JobLocks::new(self.job, id, kind)
+            .claim(&[self.storage], wait, cancel)
+            .await
     }
 
     /// Run `work` while run `id`'s lock is rewritten here (see [`locks::refreshing`]).
@@ -308,18 +333,39 @@ impl<'a> Repository<'a> {
     }
 
     /// A backup's stored object, read from here through its manifest entry's size and
-    /// sha256 check (the stored bytes: neither decompressed nor decrypted).
-    pub async fn read_verified(
+    /// sha256 check (the stored bytes: neither decompressed nor decrypted). With
+    /// `progress`, what is read is counted there, from zero again on each read.
+    pub async fn read_verified<'e>(
         self,
-        entry: &SourceEntry,
-    ) -> Result<crate::codec::Verify, StorageError> {
-        let raw = self.storage.get(&entry.key).await?;
-        Ok(crate::codec::Verify::new(
-            raw,
-            &entry.sha256,
-            entry.size,
-            &entry.key,
-        ))
+        object: impl Into<Recorded<'e>>,
+        progress: Option<&Arc<Progress>>,
+    ) -> Result<Verify, StorageError> {
+        read_recorded(self.storage, object.into(), progress).await
+    }
+
+    /// A backup's stored object as its source wrote it: read through its size and sha256
+    /// check (see [`Repository::read_verified`]), decrypted and decompressed.
+    pub async fn open_verified<'e>(
+        self,
+        object: impl Into<Recorded<'e>>,
+        packing: &Packing,
+        progress: Option<&Arc<Progress>>,
+    ) -> Result<Reader, OpenError> {
+        open_recorded(self.storage, object.into(), packing, progress).await
+    }
+
+    /// A dumped source's object in a backup, for its engine to read (as many times as it
+    /// needs); `place` names this destination in its errors.
+    pub fn archive(self, entry: &SourceEntry, packing: &Packing, place: &str) -> StoredArchive<'a> {
+        StoredArchive {
+            repo: self,
+            key: entry.key.clone(),
+            sha256: entry.sha256.clone(),
+            size: entry.size,
+            packing: packing.clone(),
+            place: place.to_string(),
+            progress: None,
+        }
     }
 
     /// A backup's whole file index, verified against its manifest entry.
@@ -343,5 +389,132 @@ impl<'a> Repository<'a> {
     /// The blob keys an index references, from its clear refs list.
     pub async fn read_refs(self, r: &StoredRef, c: Compression) -> Result<Vec<String>, BlobError> {
         index::read_refs(self.storage, r, c).await
+    }
+}
+
+/// What an open upload was writing: a blob (which carries no run id), or an object of the
+/// run with this id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UploadOf<'k> {
+    Blob,
+    Run(&'k str),
+}
+
+/// A stored object as its backup recorded it: its key, and the size and sha256 its bytes
+/// must have.
+#[derive(Debug, Clone, Copy)]
+pub struct Recorded<'e> {
+    pub key: &'e str,
+    pub sha256: &'e str,
+    pub size: u64,
+}
+
+impl<'e> From<&'e SourceEntry> for Recorded<'e> {
+    fn from(e: &'e SourceEntry) -> Recorded<'e> {
+        Recorded {
+            key: &e.key,
+            sha256: &e.sha256,
+            size: e.size,
+        }
+    }
+}
+
+impl<'e> From<&'e StoredRef> for Recorded<'e> {
+    fn from(r: &'e StoredRef) -> Recorded<'e> {
+        Recorded {
+            key: &r.key,
+            sha256: &r.sha256,
+            size: r.size,
+        }
+    }
+}
+
+/// Why a stored object could not be opened: the destination's error, or the unpacking's
+/// (a wrong or missing identity).
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error(transparent)]
+    Unpack(#[from] CryptError),
+}
+
+impl OpenError {
+    /// The error itself, unwrapped: callers look through a boxed source for the
+    /// destination's own error (an object not retrieved from an archive class).
+    pub fn into_inner(self) -> Box<dyn std::error::Error + Send + Sync> {
+        match self {
+            OpenError::Storage(e) => Box::new(e),
+            OpenError::Unpack(e) => Box::new(e),
+        }
+    }
+}
+
+/// Every read of a recorded object goes through here: the stored bytes, counted into
+/// `progress` (restarted: a second pass counts from zero), checked against the recorded
+/// size and sha256 as they stream (failing before the reader sees the end).
+async fn read_recorded(
+    storage: &dyn Storage,
+    object: Recorded<'_>,
+    progress: Option<&Arc<Progress>>,
+) -> Result<Verify, StorageError> {
+    let raw = storage.get(object.key).await?;
+    let raw = match progress {
+        Some(p) => {
+            p.restart();
+            crate::progress::counted(raw, p.clone())
+        }
+        None => raw,
+    };
+    Ok(Verify::new(raw, object.sha256, object.size, object.key))
+}
+
+/// [`read_recorded`], then unpacked (decrypted, decompressed).
+async fn open_recorded(
+    storage: &dyn Storage,
+    object: Recorded<'_>,
+    packing: &Packing,
+    progress: Option<&Arc<Progress>>,
+) -> Result<Reader, OpenError> {
+    let verified = read_recorded(storage, object, progress).await?;
+    Ok(packing.unpack(Box::new(verified), object.key).await?)
+}
+
+/// A dumped source's object on a destination, opened afresh for each pass of a restore
+/// (see [`Repository::archive`]): checked against its manifest entry, decrypted and
+/// decompressed.
+pub struct StoredArchive<'a> {
+    repo: Repository<'a>,
+    key: String,
+    sha256: String,
+    size: u64,
+    packing: Packing,
+    place: String,
+    progress: Option<Arc<Progress>>,
+}
+
+impl StoredArchive<'_> {
+    /// Show the progress of reading it (each pass from the start).
+    pub fn with_progress(mut self, what: impl Into<String>) -> Self {
+        self.progress = Some(Progress::new(what, Some(self.size)));
+        self
+    }
+}
+
+#[async_trait::async_trait]
+impl Archive for StoredArchive<'_> {
+    async fn open(&self) -> Result<Reader, SourceError> {
+        let object = Recorded {
+            key: &self.key,
+            sha256: &self.sha256,
+            size: self.size,
+        };
+        self.repo
+            .open_verified(object, &self.packing, self.progress.as_ref())
+            .await
+            .map_err(|e| SourceError::Archive {
+                place: self.place.clone(),
+                source: e.into_inner(),
+            })
     }
 }

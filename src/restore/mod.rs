@@ -9,9 +9,11 @@ use std::time::Instant;
 
 use tracing::{info, warn};
 
+// The memory tests build their objects with it, through `super::*`.
+#[cfg(test)]
 use crate::codec;
 use crate::config::{Config, Job, SourceConfig};
-use crate::engine::{Archive, COMMITTING, Database, RestoreOptions, SourceError};
+use crate::engine::{COMMITTING, Database, RestoreOptions, SourceError};
 use crate::repo::Repository;
 use crate::repo::locks::LockKind;
 use crate::repo::manifest::{self, Manifest, SourceEntry};
@@ -897,7 +899,8 @@ async fn restore_from(
         from_name,
         crate::source::url::redact(&step.target)
     );
-    let archive = StoredArchive::new(from, entry, packing, from_name)
+    let archive = Repository::new(from, &job.name)
+        .archive(entry, packing, from_name)
         .with_progress(format!("restore {}: read", entry.name));
     step.database.restore(&archive, opts).await
 }
@@ -968,7 +971,7 @@ async fn check_present(storage: &dyn Storage, entry: &SourceEntry) -> Result<(),
 /// stored bytes, so neither decompressed nor decrypted).
 pub async fn verify_object(repo: Repository<'_>, entry: &SourceEntry) -> Result<(), Unusable> {
     let mut verified = repo
-        .read_verified(entry)
+        .read_verified(entry, None)
         .await
         .map_err(|e| unusable(&entry.key, e))?;
     // Large reads: a local file is read on the blocking pool one request at a time, and
@@ -1529,72 +1532,6 @@ fn check_options(
         )));
     }
     Ok(())
-}
-
-/// A source's object on a destination, opened afresh for each pass of a restore.
-/// A source's stored object, read back decompressed and checked against its manifest entry.
-pub struct StoredArchive<'a> {
-    storage: &'a dyn Storage,
-    key: String,
-    sha256: String,
-    size: u64,
-    packing: packing::Packing,
-    dest: String,
-    progress: Option<Arc<crate::progress::Progress>>,
-}
-
-impl<'a> StoredArchive<'a> {
-    /// Show the progress of reading it (each pass from the start).
-    pub fn with_progress(mut self, what: impl Into<String>) -> Self {
-        self.progress = Some(crate::progress::Progress::new(what, Some(self.size)));
-        self
-    }
-
-    pub fn new(
-        storage: &'a dyn Storage,
-        entry: &SourceEntry,
-        packing: &packing::Packing,
-        dest: &str,
-    ) -> StoredArchive<'a> {
-        StoredArchive {
-            storage,
-            key: entry.key.clone(),
-            sha256: entry.sha256.clone(),
-            size: entry.size,
-            packing: packing.clone(),
-            dest: dest.to_string(),
-            progress: None,
-        }
-    }
-}
-
-#[async_trait::async_trait]
-impl Archive for StoredArchive<'_> {
-    async fn open(&self) -> Result<codec::Reader, SourceError> {
-        let raw = self
-            .storage
-            .get(&self.key)
-            .await
-            .map_err(|e| SourceError::Archive {
-                place: self.dest.clone(),
-                source: Box::new(e),
-            })?;
-        let raw = match &self.progress {
-            Some(p) => {
-                p.restart();
-                crate::progress::counted(raw, p.clone())
-            }
-            None => raw,
-        };
-        let verified = codec::Verify::new(raw, &self.sha256, self.size, &self.key);
-        self.packing
-            .unpack(Box::new(verified), &self.key)
-            .await
-            .map_err(|e| SourceError::Archive {
-                place: self.dest.clone(),
-                source: Box::new(e),
-            })
-    }
 }
 
 #[cfg(test)]
