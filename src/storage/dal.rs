@@ -52,6 +52,10 @@ impl DalStorage {
     /// `op` as built by a destination type; `location` is how messages name it
     /// ("azblob://container/prefix").
     pub fn new(op: Operator, location: String, publish: Publish) -> DalStorage {
+        // OpenDAL's HTTP services send through a process-wide transport (reqwest, its client
+        // built at the first request): installed here, when a destination is first opened,
+        // so an idle daemon carries none. Installing again is a no-op.
+        opendal::install_default();
         let op = op
             .layer(
                 opendal::layers::TimeoutLayer::new()
@@ -210,6 +214,15 @@ impl DalStorage {
     }
 }
 
+/// `data` as a complete upload.
+async fn whole(data: Bytes) -> mpsc::Receiver<Chunk> {
+    let (tx, rx) = mpsc::channel(2);
+    // The channel has room for both and the receiver is alive: these sends cannot fail.
+    let _ = tx.send(Chunk::Data(data)).await;
+    let _ = tx.send(Chunk::End).await;
+    rx
+}
+
 /// OpenDAL's message without its context dump: what it was doing and the causes.
 fn describe(e: &opendal::Error) -> String {
     let mut text = e.message().to_string();
@@ -235,11 +248,10 @@ impl Storage for DalStorage {
     }
 
     async fn preflight(&self) -> Result<(), StorageError> {
+        // Written the way backups are (a WebDAV upload names a refused login precisely).
         let probe = ".stowage-write-test";
-        self.op
-            .write(probe, Bytes::from_static(b"ok"))
-            .await
-            .map_err(|e| self.error("cannot write", probe, e))?;
+        self.write(probe, whole(Bytes::from_static(b"ok")).await)
+            .await?;
         let _ = self.op.delete(probe).await;
         Ok(())
     }
@@ -253,12 +265,7 @@ impl Storage for DalStorage {
     }
 
     async fn put_bytes(&self, key: &str, data: Bytes) -> Result<(), StorageError> {
-        let (tx, rx) = mpsc::channel(2);
-        // The receiver is ours until `publish` returns: these sends cannot fail.
-        let _ = tx.send(Chunk::Data(data)).await;
-        let _ = tx.send(Chunk::End).await;
-        drop(tx);
-        self.publish(key, rx).await.map(|_| ())
+        self.publish(key, whole(data).await).await.map(|_| ())
     }
 
     async fn get(&self, key: &str) -> Result<ObjectReader, StorageError> {

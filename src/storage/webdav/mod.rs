@@ -56,6 +56,7 @@ fn open(cfg: &WebdavConfig) -> Box<dyn Storage> {
         base: cfg.url.clone(),
         auth: cfg.username.clone().zip(cfg.password.clone()),
         op: op.clone(),
+        made: Default::default(),
     };
     Box::new(dal::DalStorage::new(op, location, Publish::Rename).with_upload(Arc::new(put)))
 }
@@ -67,9 +68,89 @@ struct StreamingPut {
     auth: Option<(String, Secret)>,
     /// For creating the parent collections (`MKCOL`), as OpenDAL's own writes do.
     op: Operator,
+    /// Collections known to exist, so each upload does not ask again.
+    made: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 impl StreamingPut {
+    /// Make sure collection `dir` (relative to the root, "" for the root) exists: asked
+    /// with a `PROPFIND` of our own, so a refused login is named as such, then created
+    /// with its parents where missing.
+    async fn collection(&self, dir: &str) -> Result<(), StorageError> {
+        let known = |made: &std::collections::HashSet<String>| made.contains(dir);
+        if known(&self.made.lock().unwrap_or_else(|e| e.into_inner())) {
+            return Ok(());
+        }
+        let mut req = self
+            .client
+            .request(
+                reqwest::Method::from_bytes(b"PROPFIND").unwrap_or(reqwest::Method::GET),
+                self.collection_url(dir),
+            )
+            .header("Depth", "0");
+        if let Some((user, password)) = &self.auth {
+            req = req.basic_auth(user, Some(password.expose()));
+        }
+        let status = req
+            .send()
+            .await
+            .map_err(|e| self.send_error(dir, e))?
+            .status();
+        match status.as_u16() {
+            200..=299 => {}
+            404 => self.op.create_dir(&format!("{dir}/")).await.map_err(|e| {
+                StorageError::Io(
+                    format!("cannot create collection \"{dir}\" at {}: {e}", self.base).into(),
+                )
+                .caused_by(e)
+            })?,
+            _ => return Err(self.refused(&format!("collection \"{dir}\""), status)),
+        }
+        self.made
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(dir.to_string());
+        Ok(())
+    }
+
+    fn send_error(&self, what: &str, e: reqwest::Error) -> StorageError {
+        let message = format!(
+            "cannot reach {} for {what}: {}",
+            self.base,
+            crate::units::error_chain(&e)
+        );
+        let err = if e.is_connect() || e.is_timeout() {
+            StorageError::Unreachable(message.into())
+        } else {
+            StorageError::Io(message.into())
+        };
+        err.caused_by(e)
+    }
+
+    fn refused(&self, what: &str, status: reqwest::StatusCode) -> StorageError {
+        let message = format!("{what} at {}: the server answered {status}", self.base);
+        match status.as_u16() {
+            401 | 403 => {
+                StorageError::Denied(format!("{message}; check username and password_file").into())
+            }
+            404 | 409 => StorageError::NotFound(message.into()),
+            _ => StorageError::Io(message.into()),
+        }
+    }
+
+    /// A collection's address, with the trailing slash WebDAV servers expect.
+    fn collection_url(&self, dir: &str) -> url::Url {
+        let mut url = self.base.clone();
+        if let Ok(mut segments) = url.path_segments_mut() {
+            segments.pop_if_empty();
+            if !dir.is_empty() {
+                segments.extend(dir.split('/'));
+            }
+            segments.push("");
+        }
+        url
+    }
+
     fn url(&self, path: &str) -> url::Url {
         let mut url = self.base.clone();
         if let Ok(mut segments) = url.path_segments_mut() {
@@ -83,12 +164,8 @@ impl StreamingPut {
 impl Upload for StreamingPut {
     async fn upload(&self, path: &str, body: mpsc::Receiver<Chunk>) -> Result<u64, StorageError> {
         let url = self.url(path);
-        if let Some((parent, _)) = path.rsplit_once('/') {
-            self.op.create_dir(&format!("{parent}/")).await.map_err(|e| {
-                StorageError::Io(format!("cannot create collection {parent} at {}: {e}", self.base).into())
-                    .caused_by(e)
-            })?;
-        }
+        let parent = path.rsplit_once('/').map_or("", |(p, _)| p);
+        self.collection(parent).await?;
         let written = Arc::new(AtomicU64::new(0));
         let ended = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let stream = chunks(body, written.clone(), ended.clone());
@@ -103,27 +180,11 @@ impl Upload for StreamingPut {
         if !ended.load(Ordering::SeqCst) {
             return Err(StorageError::Abandoned);
         }
-        let resp = sent.map_err(|e| {
-            let message = format!("cannot upload {path} to {}: {}", self.base, crate::units::error_chain(&e));
-            let err = if e.is_connect() || e.is_timeout() {
-                StorageError::Unreachable(message.into())
-            } else {
-                StorageError::Io(message.into())
-            };
-            err.caused_by(e)
-        })?;
-        let status = resp.status();
+        let status = sent.map_err(|e| self.send_error(path, e))?.status();
         if status.is_success() {
             return Ok(written.load(Ordering::SeqCst));
         }
-        let message = format!("cannot upload {path} to {}: the server answered {status}", self.base);
-        Err(match status.as_u16() {
-            401 | 403 => StorageError::Denied(
-                format!("{message}; check username and password_file").into(),
-            ),
-            404 | 409 => StorageError::NotFound(message.into()),
-            _ => StorageError::Io(message.into()),
-        })
+        Err(self.refused(&format!("cannot upload {path}"), status))
     }
 }
 
