@@ -39,7 +39,12 @@ fn job(pg: &PgServer, body: &str) -> Job {
 fn suite(pg: &PgServer, body: &str, server: &Served, on_disk: Option<&Path>) {
     let job = job(pg, body);
     let first = job.backup();
-    assert_eq!(job.ids("remote"), [first.clone()], "{}", server.log());
+    assert_eq!(
+        job.ids("remote"),
+        std::slice::from_ref(&first),
+        "{}",
+        server.log()
+    );
 
     let (code, out) = job.stowage(&["check-config", "--connect"]);
     assert_eq!(code, Some(0), "check-config --connect:\n{out}");
