@@ -24,3 +24,19 @@ pub(crate) fn io_reason(e: &std::io::Error) -> String {
         _ => e.to_string().to_lowercase(),
     }
 }
+
+/// An error and its causes on one line ("a: b: c"), skipping a cause whose text the line
+/// already holds (many errors repeat their source's message).
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let part = s.to_string();
+        if !part.is_empty() && !text.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        source = s.source();
+    }
+    text
+}

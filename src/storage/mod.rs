@@ -8,6 +8,7 @@
 //! like keep their paths).
 
 pub mod cached;
+pub mod dal;
 
 pub use crate::backend::{
     Chunk, Failure, Kind, ObjectMeta, ObjectReader, OpenUpload, Place, Retrieval, Storage,
@@ -29,6 +30,8 @@ macro_rules! storages {
 storages! {
     local::Local,
     s3::S3,
+    webdav::Webdav,
+    azblob::Azblob,
 }
 
 /// The destination type registered for a `type` value.

@@ -17,7 +17,7 @@ use tokio::sync::mpsc;
 
 use super::{Chunk, ObjectMeta, ObjectReader, Storage, StorageError};
 
-pub const PARTIAL_SUFFIX: &str = ".partial";
+pub use crate::backend::{PARTIAL_SUFFIX, partial_owner_alive};
 
 pub struct LocalStorage {
     root: PathBuf,
@@ -138,35 +138,11 @@ async fn create_private_dirs(dir: &Path) -> std::io::Result<()> {
     b.create(dir).await
 }
 
-/// `<target>.<pid>-<start>-<n>.partial`: unique per writer, because two runs may write the
-/// same content-addressed blob at once and must not interleave in one temporary file; and
-/// naming its process, so that the next start can tell a crashed writer's leftovers (see
-/// [`partial_owner_alive`]).
+/// `<target>.<pid>-<start>-<n>.partial` (see [`crate::backend::partial_tag`]).
 fn partial_path(path: &Path) -> PathBuf {
-    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let mut s = path.as_os_str().to_owned();
-    s.push(format!(
-        ".{}-{n}{PARTIAL_SUFFIX}",
-        crate::owner::Owner::current().token()
-    ));
+    s.push(crate::backend::partial_tag());
     PathBuf::from(s)
-}
-
-/// Whether the process that is writing this `.partial` key is still running.
-pub fn partial_owner_alive(key: &str) -> bool {
-    let Some(stem) = key.strip_suffix(PARTIAL_SUFFIX) else {
-        return false;
-    };
-    // "<name>.<pid>-<start>-<n>"
-    let Some((_, tag)) = stem.rsplit_once('.') else {
-        return false;
-    };
-    let mut parts = tag.splitn(3, '-');
-    match (parts.next(), parts.next(), parts.next()) {
-        (Some(pid), Some(start), Some(_)) => crate::owner::token_alive(&format!("{pid}-{start}")),
-        _ => false,
-    }
 }
 
 impl LocalStorage {

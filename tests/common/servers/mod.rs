@@ -1,5 +1,6 @@
 //! Real servers started per test on random loopback ports, torn down on `Drop`.
 
+pub mod dav;
 pub mod mariadb;
 pub mod pg;
 pub mod proxy;
