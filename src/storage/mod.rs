@@ -58,8 +58,8 @@ pub fn owners_of(field: &str) -> Vec<&'static str> {
         .collect()
 }
 
-/// The keys of a destination's table, for "unknown key": the table is one in the config
-/// file whatever its type, so every type's keys are listed (as they are suggested from).
+/// Every key a destination's table may have, whatever its type: for "unknown key" under a
+/// type that is not known.
 pub fn table_keys() -> Vec<&'static str> {
     let mut keys = vec!["type", "retention"];
     for kind in STORAGES {

@@ -53,7 +53,12 @@ fn destination(
     // own kind ("required for type = …", "only valid for type = …") is dropped below.
     let kind = known.or_else(|| crate::storage::registered().first().copied())?;
     let start = problems.len();
-    let valid = crate::storage::table_keys();
+    // "valid keys here" lists the keys of the type the section names (with five types, all
+    // of them would bury the few that apply); under an unknown type, every type's.
+    let valid = match known {
+        Some(k) => [&["type", "retention"][..], k.keys()].concat(),
+        None => crate::storage::table_keys(),
+    };
     let owners = crate::storage::owners_of;
     let mut section = Section::new(key, name.clone(), d.rest, problems, &owners);
     section.valid_keys = Some(&valid);

@@ -176,7 +176,7 @@ mod tests {
         let cases = [
             ("container = \"backups\"\nsas_token_file = \"/nonexistent/sas\"", vec![
                 "destinations.d.account_name: required for type = \"azblob\"; e.g. account_name = \"mystorageaccount\"",
-                "destinations.d.sas_token_file: cannot read \"/nonexistent/sas\": no such file or directory",
+                "destinations.d.sas_token_file: cannot read \"/nonexistent/sas\": no such file; mount the secret there or remove the key",
             ]),
             ("account_name = \"a\"\ncontainer = \"Bad_Name\"", vec![
                 "destinations.d.container: \"Bad_Name\" is not a container name: 3-63 lowercase letters, digits and single hyphens, starting with a letter or digit",
