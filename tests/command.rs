@@ -10,13 +10,9 @@ use common::text;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use common::{Job, Rng, read_tree, run_stowage, write_random_files, zstd_decompress};
+use common::{Job, Rng, read_tree, run_stowage, toml_str, write_random_files, zstd_decompress};
 
 const JOB: &str = "app";
-
-fn toml_str(s: impl std::fmt::Display) -> String {
-    format!("{:?}", s.to_string())
-}
 
 fn toml_argv(argv: &[&str]) -> String {
     format!(

@@ -9,7 +9,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Job, PgServer, Receiver, S3Server, http_get, run_stowage, seed_sample_db, toml_str};
+use common::{
+    Job, JobBuilder, PgServer, Receiver, S3Server, http_get, run_stowage, seed_sample_db, text,
+    toml_str,
+};
 
 const BUCKET: &str = "backups";
 /// Rows of sample data: big enough that the compressed dump spans two 5 MiB parts.
@@ -21,14 +24,6 @@ struct Setup {
     local: PathBuf,
 }
 
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
 /// A config with a local destination and an S3 destination ("offsite").
 fn write_config(
     pg_url: &str,
@@ -36,6 +31,18 @@ fn write_config(
     local_retention: &str,
     s3_retention: &str,
     bucket: &str,
+) -> Setup {
+    write_config_with(pg_url, s3, local_retention, s3_retention, bucket, |c| c)
+}
+
+/// Like [`write_config`], `more` adding to the config (a schedule, job keys, sections).
+fn write_config_with(
+    pg_url: &str,
+    s3: &S3Server,
+    local_retention: &str,
+    s3_retention: &str,
+    bucket: &str,
+    more: impl FnOnce(JobBuilder) -> JobBuilder,
 ) -> Setup {
     let job = Job::new("app");
     let local = job.path("local");
@@ -54,8 +61,8 @@ fn write_config(
         )
         .destination("offsite", &offsite)
         .job("timezone = \"Europe/Stockholm\"")
-        .postgres("db", pg_url)
-        .write();
+        .postgres("db", pg_url);
+    let job = more(job).write();
     // The secret as an editor leaves it, with a newline.
     std::fs::write(job.path("s3_secret"), format!("{}\n", s3.secret_key())).expect("secret");
     let Job { dir, config, .. } = job;
@@ -65,11 +72,20 @@ fn write_config(
 /// The usual fixture: PostgreSQL seeded with `rows`, moto with the bucket, and a config
 /// with both destinations under the same retention rule.
 async fn moto_stack(rows: usize, retention: &str) -> (PgServer, S3Server, Setup) {
+    moto_stack_with(rows, retention, |c| c).await
+}
+
+/// Like [`moto_stack`], `more` adding to the config.
+async fn moto_stack_with(
+    rows: usize,
+    retention: &str,
+    more: impl FnOnce(JobBuilder) -> JobBuilder,
+) -> (PgServer, S3Server, Setup) {
     let pg = PgServer::start();
     seed_sample_db(&pg, "app", rows);
     let s3 = S3Server::moto();
     s3.create_bucket(BUCKET).await;
-    let setup = write_config(&pg.url("app"), &s3, retention, retention, BUCKET);
+    let setup = write_config_with(&pg.url("app"), &s3, retention, retention, BUCKET, more);
     (pg, s3, setup)
 }
 
@@ -237,14 +253,6 @@ fn wait_for_log(setup: &Setup, running: &mut Running, needle: &str) {
     poll_running(running, &format!("a log line with {needle:?}"), 30, || {
         log_count(setup, needle) > 0
     });
-}
-
-/// Add keys to `[jobs.app]` (before its `timezone` line).
-fn job_keys(setup: &Setup, keys: &str) {
-    let body = std::fs::read_to_string(&setup.config)
-        .expect("read")
-        .replace("timezone = ", &format!("{keys}\ntimezone = "));
-    std::fs::write(&setup.config, body).expect("write");
 }
 
 fn set_schedule(setup: &Setup, schedule: &str) {
@@ -623,32 +631,21 @@ fn s3_port(config: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn check_config_env_override_and_no_secrets() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let pw = dir.path().join("pw");
+    let config = Job::new("app");
+    let pw = config.path("pw");
     std::fs::write(&pw, "file-secret-123\n").expect("pw");
-    let cfg = dir.path().join("stowage.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            r#"
-[destinations.local]
-type = "local"
-path = "/var/backups/stowage"
-[jobs.app]
-schedule = "0 3 * * *"
-destinations = ["local"]
-[[jobs.app.sources]]
-type = "postgres"
-name = "db"
-url = "postgres://app:url-secret-456@db:5432/app"
-password_file = "{}"
-"#,
-            pw.display()
-        ),
-    )
-    .expect("write");
+    let job = config
+        .local_at("local", Path::new("/var/backups/stowage"), None)
+        .database(
+            "postgres",
+            "db",
+            "postgres://app:url-secret-456@db:5432/app",
+            &format!("password_file = {}", toml_str(pw.display())),
+        )
+        .write();
+    let cfg = &job.config;
     let out = common::run_stowage_with_env(
-        &cfg,
+        cfg,
         ["check-config"],
         &[("STOWAGE_JOBS__APP__SCHEDULE", "30 4 * * *")],
     );
@@ -667,7 +664,7 @@ password_file = "{}"
 
     // A bad override is reported with the variable's name.
     let out = common::run_stowage_with_env(
-        &cfg,
+        cfg,
         ["check-config"],
         &[("STOWAGE_JOBS__APP__COMPRESSION", "xz")],
     );
@@ -681,8 +678,8 @@ password_file = "{}"
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn daemon_runs_on_schedule_logs_to_files_and_stops_on_sigterm() {
-    let (_pg, s3, setup) = moto_stack(500, "{ keep_last = 3 }").await;
-    set_schedule(&setup, "*/2 * * * * *");
+    let (_pg, s3, setup) =
+        moto_stack_with(500, "{ keep_last = 3 }", |c| c.schedule("*/2 * * * * *")).await;
     let mut child = spawn_stowage(&setup.config, &["daemon"]);
     // Count finished runs in the log file (retention keeps the listing at 3).
     poll_running(&mut child, "4 backups", 60, || {
@@ -717,8 +714,8 @@ async fn daemon_runs_on_schedule_logs_to_files_and_stops_on_sigterm() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn overlapping_run_is_skipped_and_second_sigterm_abandons_cleanly() {
     // A dump that takes several seconds, against a schedule firing every second.
-    let (_pg, s3, setup) = moto_stack(100_000, "{ keep_last = 3 }").await;
-    set_schedule(&setup, "* * * * * *");
+    let (_pg, s3, setup) =
+        moto_stack_with(100_000, "{ keep_last = 3 }", |c| c.schedule("* * * * * *")).await;
     let mut child = spawn_stowage(&setup.config, &["daemon"]);
     wait_until_streaming(&setup, &mut child, 6 * 1024 * 1024);
     std::thread::sleep(Duration::from_millis(1500));
@@ -832,9 +829,10 @@ async fn sigkill_mid_upload_then_restart_cleans_the_leftovers() {
 /// never start before the time the daemon announced for it ("next run of app at …").
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scheduled_runs_never_start_early() {
-    let (_pg, _s3, setup) = moto_stack(200, "{ keep_last = 3 }").await;
-    set_schedule(&setup, "*/2 * * * * *");
-    job_keys(&setup, "catch_up = false");
+    let (_pg, _s3, setup) = moto_stack_with(200, "{ keep_last = 3 }", |c| {
+        c.schedule("*/2 * * * * *").job("catch_up = false")
+    })
+    .await;
     let mut child = spawn_stowage(&setup.config, &["daemon"]);
     poll_running(&mut child, "four scheduled runs", 60, || {
         log_count(&setup, "backup success: job=app") >= 4
@@ -887,8 +885,10 @@ async fn scheduled_runs_never_start_early() {
 /// than `max_staleness` or the last run failed, and recovers after the next good run.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_follows_staleness_and_failures() {
-    let (pg, _s3, setup) = moto_stack(500, "{ keep_last = 5 }").await;
-    job_keys(&setup, "max_staleness = \"4s\"");
+    let (pg, _s3, setup) = moto_stack_with(500, "{ keep_last = 5 }", |c| {
+        c.job("max_staleness = \"4s\"")
+    })
+    .await;
     let pid_file = setup.dir.path().join("stowage.pid");
     let state_file = setup.dir.path().join("state.json");
     let envs = [
@@ -966,8 +966,10 @@ async fn health_follows_staleness_and_failures() {
 /// the cause is gone, and the failed attempt left nothing behind.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failed_scheduled_run_is_retried() {
-    let (pg, s3, setup) = moto_stack(500, "{ keep_last = 5 }").await;
-    job_keys(&setup, "retries = 2\nretry_delay = \"2s\"");
+    let (pg, s3, setup) = moto_stack_with(500, "{ keep_last = 5 }", |c| {
+        c.job("retries = 2\nretry_delay = \"2s\"")
+    })
+    .await;
     pg.psql("postgres", "alter database app rename to app_away");
     // No backup yet: the catch-up run at start fails, then waits 2 s.
     let mut child = spawn_stowage(&setup.config, &["daemon"]);
@@ -988,8 +990,10 @@ async fn failed_scheduled_run_is_retried() {
 /// the dump is held up by a table lock).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nice_and_ionice_apply_to_pg_dump() {
-    let (pg, _s3, setup) = moto_stack(500, "{ keep_last = 5 }").await;
-    job_keys(&setup, "nice = 19\nionice = \"idle\"");
+    let (pg, _s3, setup) = moto_stack_with(500, "{ keep_last = 5 }", |c| {
+        c.job("nice = 19\nionice = \"idle\"")
+    })
+    .await;
     let mut lock = pg.session("app");
     lock.exec("begin; lock table public.orders in access exclusive mode");
     let mut child = spawn_stowage(&setup.config, &["run", "app"]);
@@ -1102,15 +1106,12 @@ fn healthz_becomes(port: u16, code: u16, secs: u64) -> String {
 /// valid Prometheus text with the per-job figures, / is a status page.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_listener_serves_health_metrics_and_status() {
-    let (_pg, _s3, setup) = moto_stack(500, "{ keep_last = 3 }").await;
     let port = common::free_port();
-    job_keys(&setup, "max_staleness = \"5s\"");
-    let body = std::fs::read_to_string(&setup.config).expect("read");
-    std::fs::write(
-        &setup.config,
-        format!("[server]\nlisten = \"127.0.0.1:{port}\"\n{body}"),
-    )
-    .expect("write");
+    let (_pg, _s3, setup) = moto_stack_with(500, "{ keep_last = 3 }", |c| {
+        c.top(&format!("[server]\nlisten = \"127.0.0.1:{port}\""))
+            .job("max_staleness = \"5s\"")
+    })
+    .await;
     let mut child = spawn_stowage(&setup.config, &["daemon"]);
     wait_for_log(&setup, &mut child, "backup success: job=app");
 
@@ -1187,16 +1188,14 @@ async fn http_listener_serves_health_metrics_and_status() {
 /// URLs (which hold tokens) never reach the log.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn notifications_report_runs() {
-    let (pg, _s3, setup) = moto_stack(500, "{ keep_last = 3 }").await;
     let rx = Receiver::start();
     let p = rx.port;
-    let body = std::fs::read_to_string(&setup.config).expect("read");
     let notify = format!(
-        "\n[[jobs.app.notify]]\ntype = \"healthchecks\"\nurl = \"http://127.0.0.1:{p}/ping/sekrit-uuid\"\n\n\
+        "[[jobs.app.notify]]\ntype = \"healthchecks\"\nurl = \"http://127.0.0.1:{p}/ping/sekrit-uuid\"\n\n\
          [[jobs.app.notify]]\ntype = \"webhook\"\nurl = \"http://127.0.0.1:{p}/hook/sekrit\"\non_success = true\n\n\
          [[jobs.app.notify]]\ntype = \"webhook\"\nformat = \"slack\"\nurl = \"http://127.0.0.1:{p}/slack/sekrit\"\n"
     );
-    std::fs::write(&setup.config, format!("{body}{notify}")).expect("write");
+    let (pg, _s3, setup) = moto_stack_with(500, "{ keep_last = 3 }", |c| c.section(&notify)).await;
 
     let out = run_stowage(&setup.config, ["run", "app"]);
     let log = text(&out);

@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use common::proxy::{FaultProxy, ProxyRequest};
 use common::store::{Listing, Stores};
-use common::{PgServer, Running, S3Server, run_stowage, seed_sample_db};
+use common::{Job, JobBuilder, PgServer, Running, S3Server, seed_sample_db, text, toml_str};
 
 const BUCKET: &str = "backups";
 const PREFIX: &str = "nightly";
@@ -40,8 +40,8 @@ struct Stack {
     pg: PgServer,
     s3: S3Server,
     proxy: FaultProxy,
-    dir: tempfile::TempDir,
-    config: PathBuf,
+    /// The scratch directory and the config, rewritten by each `configure`.
+    job: Job,
     local: PathBuf,
     keep: usize,
     /// The database never changes, so every backup must restore to these checksums.
@@ -49,12 +49,31 @@ struct Stack {
     restores: Cell<usize>,
 }
 
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
+/// Job "app": the database to "local" and "offsite" (through the proxy), both keeping
+/// `keep`, on `schedule` with this shutdown grace.
+fn stack_job(
+    config: JobBuilder,
+    s3: &S3Server,
+    proxy: &FaultProxy,
+    pg_url: &str,
+    keep: usize,
+    schedule: &str,
+    grace: &str,
+) -> JobBuilder {
+    let offsite = format!(
+        "prefix = {}\npart_size = \"5MiB\"\nretention = {{ keep_last = {keep} }}\n",
+        toml_str(PREFIX),
+    );
+    config
+        .top(&format!(
+            "shutdown_grace = {}\n\n[log]\nlevel = \"info\"",
+            toml_str(grace)
+        ))
+        .local("local", Some(keep))
+        .s3_at("offsite", s3, BUCKET, &proxy.endpoint(), &offsite)
+        .schedule(schedule)
+        .job("timezone = \"UTC\"\nretries = 0")
+        .postgres("db", pg_url)
 }
 
 impl Stack {
@@ -65,66 +84,44 @@ impl Stack {
         let s3 = S3Server::moto();
         s3.create_bucket(BUCKET).await;
         let proxy = FaultProxy::start(&s3.endpoint());
-        let dir = tempfile::tempdir().expect("tempdir");
-        let local = dir.path().join("local");
-        let st = Stack {
-            config: dir.path().join("stowage.toml"),
+        let config = stack_job(
+            Job::new("app"),
+            &s3,
+            &proxy,
+            &pg.url("app"),
+            keep,
+            DAILY,
+            "30s",
+        );
+        let local = config.path("local");
+        let job = config.write();
+        Stack {
             pg,
             s3,
             proxy,
-            dir,
+            job,
             local,
             keep,
             want,
             restores: Cell::new(0),
-        };
-        st.configure(DAILY, "30s");
-        st
+        }
     }
 
     fn configure(&self, schedule: &str, grace: &str) {
-        let secret = self.dir.path().join("s3_secret");
-        std::fs::write(&secret, self.s3.secret_key()).expect("secret");
-        let body = format!(
-            r#"
-shutdown_grace = "{grace}"
-
-[log]
-level = "info"
-{destinations}
-[jobs.app]
-schedule = "{schedule}"
-timezone = "UTC"
-retries = 0
-destinations = ["local", "offsite"]
-
-[[jobs.app.sources]]
-type = "postgres"
-name = "db"
-url = "{pg}"
-"#,
-            destinations = self.stores().destinations_toml(
-                &self.proxy.endpoint(),
-                &secret,
-                self.keep,
-                self.keep
-            ),
-            pg = self.pg.url("app"),
-        );
-        std::fs::write(&self.config, body).expect("config");
+        stack_job(
+            Job::config_in(self.job.dir.path(), "app"),
+            &self.s3,
+            &self.proxy,
+            &self.pg.url("app"),
+            self.keep,
+            schedule,
+            grace,
+        )
+        .write_as("stowage.toml");
     }
 
     fn daemon(&self) -> Running {
-        let pid = self.dir.path().join("stowage.pid");
-        let state = self.dir.path().join("state.json");
-        common::spawn_stowage_with_env(
-            &self.config,
-            ["daemon"],
-            &[
-                ("STOWAGE_PID_FILE", pid.as_os_str()),
-                ("STOWAGE_STATE_FILE", state.as_os_str()),
-            ],
-        )
+        self.job.daemon()
     }
 
     /// A daemon that runs the job at once (every second, with this grace), stopped in its
@@ -159,8 +156,7 @@ url = "{pg}"
 
     fn backups(&self, n: usize) {
         for _ in 0..n {
-            let out = run_stowage(&self.config, ["run", "app"]);
-            assert!(out.status.success(), "run failed:\n{}", text(&out));
+            self.job.backup();
         }
     }
 
@@ -177,7 +173,7 @@ url = "{pg}"
     /// What `stowage list` shows, per destination, after checking that each listed backup
     /// is whole: every object of its manifest present with the recorded size and sha256.
     async fn sound_listing(&self) -> Listing {
-        let out = run_stowage(&self.config, ["list", "app"]);
+        let out = self.job.output(&["list", "app"]);
         assert!(out.status.success(), "list failed:\n{}", text(&out));
         let listed: Listing = common::parse_listing(&String::from_utf8_lossy(&out.stdout))
             .into_iter()
@@ -204,18 +200,15 @@ url = "{pg}"
                 self.restores.set(n + 1);
                 let db = format!("restored_{n}");
                 self.pg.create_db(&db);
-                let out = run_stowage(
-                    &self.config,
-                    [
-                        "restore",
-                        "app",
-                        id,
-                        "--from",
-                        dest,
-                        "--to",
-                        &self.pg.url(&db),
-                    ],
-                );
+                let out = self.job.output(&[
+                    "restore",
+                    "app",
+                    id,
+                    "--from",
+                    dest,
+                    "--to",
+                    &self.pg.url(&db),
+                ]);
                 assert!(
                     out.status.success(),
                     "restore of {id} from {dest} failed:\n{}",
@@ -528,7 +521,7 @@ async fn s3_errors_are_retried_and_an_outage_fails_cleanly() {
     st.assert_all_restore(&before);
 
     st.proxy.set_outage(true);
-    let out = run_stowage(&st.config, ["run", "app"]);
+    let out = st.job.output(&["run", "app"]);
     st.proxy.set_outage(false);
     let log = text(&out);
     assert_eq!(out.status.code(), Some(1), "{log}");

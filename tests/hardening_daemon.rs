@@ -60,8 +60,8 @@ fn raise_own_nofile(want: u64) -> u64 {
 }
 
 /// 2,000 idle connections opened at once: the backup scheduled every 20 s is still
-/// published on time, `/healthz` answers within a second throughout, and a connection
-/// that sends nothing is closed after the header read timeout.
+/// published on time, `/healthz` keeps answering throughout, and a connection that sends
+/// nothing is closed after the header read timeout.
 #[test]
 fn idle_connection_flood_stops_neither_the_schedule_nor_healthz() {
     let got = raise_own_nofile(8192);
@@ -102,7 +102,10 @@ fn idle_connection_flood_stops_neither_the_schedule_nor_healthz() {
     }
     eprintln!("2000 connections opened in {:?}", opened.elapsed());
 
-    // Through the next two scheduled runs: healthz stays quick.
+    // Through the next two scheduled runs: healthz keeps answering. A listener starved by
+    // the idle connections would answer only once they time out (HEADER_READ_TIMEOUT,
+    // 10 s); the bound is half that, so a busy machine's slowness is not taken for it (the
+    // latency itself is a benchmark's business, not a test's).
     let until = Instant::now() + Duration::from_secs(45);
     let mut slowest = Duration::ZERO;
     while Instant::now() < until {
@@ -111,8 +114,8 @@ fn idle_connection_flood_stops_neither_the_schedule_nor_healthz() {
         let took = t.elapsed();
         slowest = slowest.max(took);
         assert!(
-            took < Duration::from_secs(1),
-            "/healthz took {took:?} with 2000 idle connections open"
+            took < Duration::from_secs(5),
+            "/healthz took {took:?} with 2000 idle connections open: starved by them"
         );
         assert!(code == 200 || code == 503, "{code} {body}");
         if published(&dest).len() >= before.len() + 2 {

@@ -13,16 +13,12 @@ use std::process::Output;
 use std::time::{Duration, Instant};
 
 use common::mariadb::{MariaDbServer, quote_string};
-use common::{Job, S3Server, read_tree, run_stowage, spawn_stowage};
+use common::{Job, S3Server, read_tree, run_stowage, spawn_stowage, toml_str};
 
 const BUCKET: &str = "backups";
 const BACKUP_USER: &str = "backup";
 /// Quotes, a backslash, a '#' and spaces: everything an option file must escape or quote.
 const BACKUP_PASSWORD: &str = "pa\"ss\\w#rd 'x";
-
-fn toml_str(s: impl std::fmt::Display) -> String {
-    format!("{:?}", s.to_string())
-}
 
 /// Every byte value once, as a hex literal.
 fn all_bytes_hex() -> String {

@@ -84,26 +84,19 @@ fn rss_kib(pid: u32) -> Option<u64> {
 /// Job "app" every two seconds: the database and the files tree to "local" and "offsite",
 /// whose bucket is reached at `endpoint` (the S3 server itself, or a proxy in front of it).
 fn soak_job(config: JobBuilder, s3: &S3Server, endpoint: &str, pg_url: &str) -> JobBuilder {
-    let keys = config.s3_keys(s3, BUCKET);
-    let direct = format!("endpoint = {}\n", toml_str(s3.endpoint()));
-    assert!(keys.contains(&direct), "{keys}");
     let offsite = format!(
-        "{}prefix = {}\npart_size = \"5MiB\"\nretention = {{ keep_last = {KEEP_S3} }}\n",
-        keys.replace(&direct, &format!("endpoint = {}\n", toml_str(endpoint))),
+        "prefix = {}\npart_size = \"5MiB\"\nretention = {{ keep_last = {KEEP_S3} }}\n",
         toml_str(PREFIX),
     );
-    let files = format!(
-        "type = \"files\"\nname = \"uploads\"\npath = {}\n",
-        toml_str(config.path("uploads").display())
-    );
+    let files = config.path("uploads");
     config
         .top("shutdown_grace = \"5s\"\n\n[log]\nlevel = \"info\"")
         .local("local", Some(KEEP_LOCAL))
-        .destination("offsite", &offsite)
+        .s3_at("offsite", s3, BUCKET, endpoint, &offsite)
         .schedule("*/2 * * * * *")
         .job("timezone = \"UTC\"\nretries = 1\nretry_delay = \"1s\"")
         .postgres("db", pg_url)
-        .source(&files)
+        .files("uploads", &files, "")
 }
 
 fn without_gen(mut t: BTreeMap<String, String>) -> BTreeMap<String, String> {

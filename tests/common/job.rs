@@ -242,16 +242,35 @@ impl JobBuilder {
         self.destination(name, &body)
     }
 
+    /// S3 destination `name` on `s3`'s bucket `bucket` reached at `endpoint` (a proxy in front
+    /// of the server), then `extra` keys: the keys of [`JobBuilder::s3_keys_at`], no region.
+    pub fn s3_at(
+        self,
+        name: &str,
+        s3: &S3Server,
+        bucket: &str,
+        endpoint: &str,
+        extra: &str,
+    ) -> Self {
+        let body = format!("{}{extra}", self.s3_keys_at(s3, bucket, endpoint));
+        self.destination(name, &body)
+    }
+
     /// The keys of an S3 destination on `s3`'s bucket `bucket`, without a region (path-style,
     /// the test credentials, the secret key in the file `s3_secret`).
     pub fn s3_keys(&self, s3: &S3Server, bucket: &str) -> String {
+        self.s3_keys_at(s3, bucket, &s3.endpoint())
+    }
+
+    /// Like [`JobBuilder::s3_keys`], the server reached at `endpoint`.
+    pub fn s3_keys_at(&self, s3: &S3Server, bucket: &str, endpoint: &str) -> String {
         let secret = self.path("s3_secret");
         std::fs::write(&secret, s3.secret_key()).expect("write secret");
         format!(
             "type = \"s3\"\nbucket = {}\nendpoint = {}\nforce_path_style = true\n\
              access_key_id = {}\nsecret_access_key_file = {}\n",
             toml_str(bucket),
-            toml_str(s3.endpoint()),
+            toml_str(endpoint),
             toml_str(s3.access_key()),
             toml_str(secret.display()),
         )

@@ -37,41 +37,6 @@ impl Stores<'_> {
         }
     }
 
-    /// The config's `[destinations.local]` and `[destinations.offsite]` for these stores,
-    /// the S3 one reached at `endpoint` (the server itself, or a proxy in front of it).
-    pub fn destinations_toml(
-        &self,
-        endpoint: &str,
-        secret_file: &Path,
-        keep_local: usize,
-        keep_s3: usize,
-    ) -> String {
-        format!(
-            r#"
-[destinations.local]
-type = "local"
-path = "{local}"
-retention = {{ keep_last = {keep_local} }}
-
-[destinations.offsite]
-type = "s3"
-bucket = "{bucket}"
-prefix = "{prefix}"
-endpoint = "{endpoint}"
-force_path_style = true
-access_key_id = "{key}"
-secret_access_key_file = "{secret}"
-part_size = "5MiB"
-retention = {{ keep_last = {keep_s3} }}
-"#,
-            local = self.local.display(),
-            bucket = self.bucket,
-            prefix = self.prefix,
-            key = self.s3.access_key(),
-            secret = secret_file.display(),
-        )
-    }
-
     /// An object's bytes; panics if it is missing.
     pub async fn read(&self, dest: &str, key: &str) -> Vec<u8> {
         if dest == "local" {
