@@ -73,11 +73,19 @@ fn suite(pg: &PgServer, body: &str, server: &Served, on_disk: Option<&Path>) {
     let (code, out) = job.stowage(&["verify", "app", "--all"]);
     assert_eq!(code, Some(0), "verify:\n{out}");
 
-    // Retention: after two more backups only the newest two are left.
+    // Retention: after two more backups only the newest two are left, and the blob of a
+    // file only the first one held is swept with it.
     write_file(&job.path("uploads"), "c/new.txt", b"written later\n");
+    std::fs::remove_file(job.path("uploads/a/small.txt")).expect("remove");
     let second = job.backup();
     let third = job.backup();
     assert_eq!(job.ids("remote"), [third.clone(), second.clone()]);
+    let (code, out) = job.stowage(&["verify", "app", "--all"]);
+    assert_eq!(
+        code,
+        Some(0),
+        "verify after retention and the sweep:\n{out}"
+    );
 
     if let Some(root) = on_disk {
         let stored = list_tree(root);
@@ -88,6 +96,11 @@ fn suite(pg: &PgServer, body: &str, server: &Served, on_disk: Option<&Path>) {
         assert!(
             !stored.iter().any(|k| k.ends_with(".partial")),
             "no temporary upload is left: {stored:#?}"
+        );
+        let blobs = stored.iter().filter(|k| k.contains("/blobs/")).count();
+        assert_eq!(
+            blobs, 2,
+            "big.bin and new.txt; small.txt's blob swept: {stored:#?}"
         );
         // A flipped byte in the newest dump is found by verify, naming the object.
         let dump = stored
