@@ -43,12 +43,34 @@ const READ_CHUNK: u32 = 255 * 1024;
 /// Removals sent at once when deleting many objects (a retention pass).
 const DELETES_IN_FLIGHT: usize = 32;
 
-/// An SFTP session and what keeps its `ssh` master reachable.
+/// An SFTP session and the directory of its `ssh` master's control socket.
 struct Connection {
     sftp: Client,
-    /// The directory of the master's control socket: dropped after the session, which
-    /// tells the master to exit through it.
-    _control: tempfile::TempDir,
+    control: tempfile::TempDir,
+}
+
+impl Drop for Connection {
+    /// The `openssh` session would ask the master to exit only once its task is dropped,
+    /// which a finishing command never waits for (and by then the socket may be gone): the
+    /// master would linger for its `ControlPersist` time. Asked here, it exits at once.
+    fn drop(&mut self) {
+        let Ok(dirs) = std::fs::read_dir(self.control.path()) else {
+            return;
+        };
+        for dir in dirs.flatten() {
+            let socket = dir.path().join("master");
+            if socket.exists() {
+                let _ = std::process::Command::new("ssh")
+                    .arg("-S")
+                    .arg(&socket)
+                    .args(["-O", "exit", "none"])
+                    .stdin(std::process::Stdio::null())
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::null())
+                    .status();
+            }
+        }
+    }
 }
 
 pub struct SftpStorage {
@@ -158,10 +180,7 @@ impl SftpStorage {
         let sftp = Client::from_session(session, options)
             .await
             .map_err(|e| self.error("cannot start SFTP on", "the server", e))?;
-        Ok(Connection {
-            sftp,
-            _control: control,
-        })
+        Ok(Connection { sftp, control })
     }
 
     /// `what` failed for `subject` (a key, or "the backup directory"): one line naming it
@@ -359,16 +378,18 @@ impl SftpStorage {
                             stack.push(key);
                         }
                     }
-                    Some(t) if t.is_file() => {
-                        if key.starts_with(prefix) && end.is_none_or(|e| key.as_str() < e) {
-                            page.push(ObjectMeta {
-                                key,
-                                size: meta.len().unwrap_or(0),
-                                modified: meta.modified().map(|t| {
-                                    chrono::DateTime::<chrono::Utc>::from(t.as_system_time())
-                                }),
-                            });
-                        }
+                    Some(t)
+                        if t.is_file()
+                            && key.starts_with(prefix)
+                            && end.is_none_or(|e| key.as_str() < e) =>
+                    {
+                        page.push(ObjectMeta {
+                            key,
+                            size: meta.len().unwrap_or(0),
+                            modified: meta.modified().map(|t| {
+                                chrono::DateTime::<chrono::Utc>::from(t.as_system_time())
+                            }),
+                        });
                     }
                     _ => {}
                 }
@@ -674,6 +695,8 @@ impl Storage for SftpStorage {
         let (location, cfg, key) = (self.location.clone(), self.cfg.clone(), key.to_string());
         let chunks = futures::stream::try_unfold(file, move |mut f| {
             let (location, cfg, key) = (location.clone(), cfg.clone(), key.clone());
+            // The reader may outlive this storage: it keeps the connection open.
+            let _alive = &c;
             async move {
                 match f
                     .read(READ_CHUNK, BytesMut::with_capacity(READ_CHUNK as usize))
