@@ -45,7 +45,8 @@ pub struct SftpConfig {
     pub host: String,
     pub port: u16,
     pub user: String,
-    /// The private key, handed to `ssh -i` by its path: stowage never reads it.
+    /// The private key, handed to `ssh -i` by its path: only its first line is ever read
+    /// here (to tell a private key from a public one), never logged or put on a command line.
     pub key_file: PathBuf,
     pub known_hosts: PathBuf,
     pub host_check: HostCheck,
