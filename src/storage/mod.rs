@@ -32,6 +32,7 @@ storages! {
     s3::S3,
     webdav::Webdav,
     azblob::Azblob,
+    sftp::Sftp,
 }
 
 /// The destination type registered for a `type` value.

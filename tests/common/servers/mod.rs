@@ -6,3 +6,4 @@ pub mod pg;
 pub mod proxy;
 pub mod redis;
 pub mod s3;
+pub mod sshd;
