@@ -2,8 +2,12 @@
 //! `serve s3`): backup and restore of a database, a files source and a streamed command
 //! dump; a multipart upload whose parts grow; more than 1,000 blob keys to list; the job
 //! lock refusing a second run; a crashed run's open upload and objects recovered by the
-//! next daemon start; retention with its blob sweep; verify. Every step is checked by
-//! restoring and comparing, not by exit codes alone.
+//! next daemon start; retention with its blob sweep; verify; `checksums = "when_required"`;
+//! wrong credentials; an archive class on a store without RestoreObject. Every step that
+//! stores data is checked by restoring and comparing, not by exit codes alone.
+//!
+//! What differed between the implementations, and how stowage handles it, is in
+//! `src/storage/s3/compat.rs`.
 
 mod common;
 

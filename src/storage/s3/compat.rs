@@ -92,6 +92,16 @@ pub(super) fn lists_no_uploads<E: ProvideErrorMetadata>(err: &SdkError<E, HttpRe
     lacks_operation(err) || (se.raw().status().as_u16() == 404 && err.code() == Some("NoSuchUpload"))
 }
 
+/// A DeleteObjects the store refuses as such, where one DeleteObject per key would do: a
+/// store without it (GCS's XML API until 2025), or one that wants the Content-MD5 that
+/// aws-sdk-s3 no longer sends (it sends a CRC32 instead, even with `checksums =
+/// "when_required"`).
+pub(super) fn deletes_one_by_one<E: ProvideErrorMetadata>(
+    err: &SdkError<E, HttpResponse>,
+) -> bool {
+    lacks_operation(err) || matches!(err.code(), Some("MissingContentMD5"))
+}
+
 /// Said after the error of a RestoreObject the store does not have.
 pub(super) const NO_RESTORE_OBJECT: &str = "this store has no RestoreObject: it does not archive, and an archive class (GLACIER, DEEP_ARCHIVE) is only a label there that stowage cannot read past; write to it without storage_class (or with STANDARD or GLACIER_IR), and copy objects already written to STANDARD (aws s3 cp --storage-class STANDARD, the object onto itself) to restore them";
 
@@ -175,5 +185,8 @@ mod tests {
         assert!(lacks_operation(&refused(400, "MethodNotAllowed")));
         assert!(!lacks_operation(&refused(404, "NoSuchUpload")));
         assert!(!lacks_operation(&refused(403, "InvalidObjectState")));
+        assert!(deletes_one_by_one(&refused(400, "MissingContentMD5")));
+        assert!(deletes_one_by_one(&refused(501, "NotImplemented")));
+        assert!(!deletes_one_by_one(&refused(403, "AccessDenied")));
     }
 }

@@ -962,14 +962,28 @@ impl Storage for S3Storage {
                 .map_err(|e| {
                     StorageError::Io(format!("building delete request: {e}").into()).caused_by(e)
                 })?;
-            let out = self
+            let out = match self
                 .client
                 .delete_objects()
                 .bucket(&self.cfg.bucket)
                 .delete(delete)
                 .send()
                 .await
-                .map_err(|e| self.map_err("deleting", e))?;
+            {
+                Ok(out) => out,
+                Err(e) if compat::deletes_one_by_one(&e) => {
+                    tracing::debug!(
+                        bucket = %self.cfg.bucket,
+                        "the store refuses DeleteObjects ({}); deleting one object at a time",
+                        root_cause(&e)
+                    );
+                    for key in batch {
+                        self.delete_one(key).await?;
+                    }
+                    continue;
+                }
+                Err(e) => return Err(self.map_err("deleting", e)),
+            };
             if let Some(first) = out.errors().first() {
                 return Err(StorageError::Io(
                     format!(
@@ -987,6 +1001,23 @@ impl Storage for S3Storage {
 }
 
 impl S3Storage {
+    /// DeleteObject of one key (relative to the prefix); one already gone is no error.
+    async fn delete_one(&self, key: &str) -> Result<(), StorageError> {
+        let full = self.full_key(key);
+        match self
+            .client
+            .delete_object()
+            .bucket(&self.cfg.bucket)
+            .key(&full)
+            .send()
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(SdkError::ServiceError(se)) if se.raw().status().as_u16() == 404 => Ok(()),
+            Err(e) => Err(self.map_err(&format!("deleting {full}"), e)),
+        }
+    }
+
     /// `in_class`: in the destination's storage class (backup data), or in the default
     /// class (what stowage reads to plan: file indexes).
     async fn put_streamed(

@@ -137,9 +137,16 @@ impl S3Server {
             .expect("write seaweedfs identities");
             // Every listener on its own free port: the defaults (9333, 8080, 8888, 8111,
             // 8181, 9101, gRPC at port + 10000) would collide between parallel tests.
-            let p = || free_port().to_string();
+            let mut ports = vec![port];
+            let mut p = || {
+                let free = free_port();
+                ports.push(free);
+                free.to_string()
+            };
             let mut c = Command::new(&bin);
-            c.arg("server")
+            // Its glog files go to $TMPDIR: keep them with the rest.
+            c.env("TMPDIR", dir)
+                .arg("server")
                 .arg(format!("-dir={}", data.display()))
                 .args(["-ip=127.0.0.1", "-ip.bind=127.0.0.1"])
                 .arg(format!("-master.port={}", p()))
@@ -158,6 +165,15 @@ impl S3Server {
                 // Small volumes: the default 30 GiB limit would have it plan for far more
                 // than a test writes.
                 .args(["-master.volumeSizeLimitMB=100", "-volume.max=20"]);
+            // Appended: a failed start's sockets are removed as well.
+            let mut listed = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(dir.join(SEAWEEDFS_PORTS))
+                .expect("open seaweedfs ports");
+            for p in &ports {
+                writeln!(listed, "{p}").expect("write seaweedfs ports");
+            }
             c
         })
     }
@@ -497,6 +513,28 @@ fn s3s_fs_command(port: u16, dir: &Path) -> Command {
 impl Drop for S3Server {
     fn drop(&mut self) {
         kill_group(&mut self.child);
+        if self.kind == "seaweedfs" {
+            remove_seaweedfs_sockets(self.dir.path());
+        }
+    }
+}
+
+/// The ports of every `weed server` started in a directory, one a line.
+const SEAWEEDFS_PORTS: &str = "ports";
+
+/// `weed` puts a Unix socket per listener in /tmp whatever $TMPDIR says
+/// (`/tmp/seaweedfs-<what>-<port>.sock`) and leaves them behind when killed.
+fn remove_seaweedfs_sockets(dir: &Path) {
+    let ports = std::fs::read_to_string(dir.join(SEAWEEDFS_PORTS)).unwrap_or_default();
+    let suffixes: Vec<String> = ports.lines().map(|p| format!("-{p}.sock")).collect();
+    let Ok(entries) = std::fs::read_dir("/tmp") else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with("seaweedfs-") && suffixes.iter().any(|s| name.ends_with(s)) {
+            let _ = std::fs::remove_file(e.path());
+        }
     }
 }
 
