@@ -167,6 +167,9 @@ impl Place for S3Config {
         if let Some(l) = &self.object_lock {
             let _ = write!(t, ", object lock {} {} days", l.mode.as_str(), l.days);
         }
+        if self.checksums == Checksums::WhenRequired {
+            t.push_str(", checksums only where required");
+        }
         t.push_str(match &self.credentials {
             Some(_) => ", credentials from config",
             None => ", credentials from the AWS chain",
@@ -551,6 +554,29 @@ mod tests {
         assert_eq!(
             e,
             ["destinations.d.path: only valid for type = \"local\"; remove it or change the type"]
+        );
+    }
+
+    #[test]
+    fn checksums_for_stores_that_reject_the_sdk_defaults() {
+        use crate::storage::configure_section;
+        let d = configure_section(
+            "s3",
+            "bucket = \"backups\"\nendpoint = \"http://127.0.0.1:9000\"\nchecksums = \"when_required\"",
+        )
+        .expect("valid");
+        assert_eq!(
+            d.describe(),
+            "s3://backups at http://127.0.0.1:9000, checksums only where required, credentials from the AWS chain"
+        );
+        let d = configure_section("s3", "bucket = \"backups\"\nchecksums = \"when_supported\"")
+            .expect("valid");
+        assert_eq!(d.describe(), "s3://backups, credentials from the AWS chain");
+        let e = configure_section("s3", "bucket = \"backups\"\nchecksums = \"never\"")
+            .expect_err("unknown mode");
+        assert_eq!(
+            e,
+            ["destinations.d.checksums: unknown value \"never\"; expected one of: when_supported, when_required"]
         );
     }
 

