@@ -553,7 +553,7 @@ mod tests {
         let e = configure_section("s3", "bucket = \"backups\"\npath = \"/x\"").expect_err("local key");
         assert_eq!(
             e,
-            ["destinations.d.path: only valid for type = \"local\"; remove it or change the type"]
+            ["destinations.d.path: only valid for type = \"local\" or \"sftp\"; remove it or change the type"]
         );
     }
 
