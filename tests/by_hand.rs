@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::Command;
 
 use common::mariadb::MariaDbServer;
-use common::{PgServer, run_stowage, seed_sample_db};
+use common::{Job, PgServer, run_stowage, seed_sample_db};
 
 fn write_tree(root: &Path) -> Vec<(String, Vec<u8>)> {
     let mut files = Vec::new();
@@ -51,35 +51,11 @@ fn readme_by_hand_restore_of_a_backup_set() {
     let uploads = dir.path().join("uploads");
     let files = write_tree(&uploads);
     let root = dir.path().join("backups");
-    let config = dir.path().join("stowage.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"
-[destinations.local]
-type = "local"
-path = "{root}"
-
-[jobs.replay]
-schedule = "0 3 * * *"
-destinations = ["local"]
-
-[[jobs.replay.sources]]
-type = "postgres"
-name = "db"
-url = "{url}"
-
-[[jobs.replay.sources]]
-type = "files"
-name = "uploads"
-path = "{uploads}"
-"#,
-            root = root.display(),
-            url = pg.url("app"),
-            uploads = uploads.display()
-        ),
-    )
-    .expect("config");
+    let config = Job::config_in(dir.path(), "replay")
+        .local_at("local", &root, None)
+        .postgres("db", &pg.url("app"))
+        .files("uploads", &uploads, "")
+        .write_as("stowage.toml");
     let out = run_stowage(&config, ["run", "replay"]);
     assert!(out.status.success(), "{}", describe(&out));
 
@@ -164,30 +140,12 @@ fn readme_by_hand_restore_of_a_mariadb_backup() {
     );
     let dir = tempfile::tempdir().expect("tempdir");
     let root = dir.path().join("backups");
-    let config = dir.path().join("stowage.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"
-[destinations.local]
-type = "local"
-path = "{root}"
-
-[jobs.shop]
-schedule = "@daily"
-catch_up = false
-destinations = ["local"]
-
-[[jobs.shop.sources]]
-type = "mariadb"
-name = "shop"
-url = "{url}"
-"#,
-            root = root.display(),
-            url = maria.url("shop"),
-        ),
-    )
-    .expect("write config");
+    let config = Job::config_in(dir.path(), "shop")
+        .local_at("local", &root, None)
+        .schedule("@daily")
+        .job("catch_up = false")
+        .database("mariadb", "shop", &maria.url("shop"), "")
+        .write_as("stowage.toml");
     let out = run_stowage(&config, ["run", "shop"]);
     assert!(out.status.success(), "backup failed: {}", describe(&out));
     let b = std::fs::read_dir(root.join("shop"))

@@ -8,7 +8,7 @@ mod common;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use common::{Job, PgServer, Receiver, seed_sample_db, text};
+use common::{Job, JobBuilder, PgServer, Receiver, seed_sample_db, text};
 
 /// What the drill tests read of a job's backups on its local destination.
 trait Drilled {
@@ -49,23 +49,30 @@ impl Drilled for Job {
     }
 }
 
+/// Job "app" backing up PostgreSQL database "app", with `drill` as the keys of its drill
+/// (`SCRATCH` and `SOURCE_DB` standing for the scratch and the source database's URL).
 fn stack(drill: &str) -> (PgServer, Job) {
+    stack_with(drill, |job| job)
+}
+
+/// Like [`stack`], `more` adding to the config.
+fn stack_with(drill: &str, more: impl FnOnce(JobBuilder) -> JobBuilder) -> (PgServer, Job) {
     let pg = PgServer::start();
     seed_sample_db(&pg, "app", 200);
     let drill = drill
         .replace("SCRATCH", &pg.url("stowage_drill"))
         .replace("SOURCE_DB", &pg.url("app"));
-    let setup = Job::new("app")
-        .local("local", None)
-        .postgres("db", &pg.url("app"))
-        .section(&drill)
-        .write();
+    let setup = more(
+        Job::new("app")
+            .local("local", None)
+            .postgres("db", &pg.url("app"))
+            .drill(&drill),
+    )
+    .write();
     (pg, setup)
 }
 
-const DRILL: &str = r#"
-[jobs.app.drill]
-schedule = "0 5 * * 0"
+const DRILL: &str = r#"schedule = "0 5 * * 0"
 to = "SCRATCH"
 checks = ["select count(*) > 0 from orders", "select not exists (select 1 from orders where total < 0)"]
 "#;
@@ -147,9 +154,7 @@ fn drill_restores_compares_rows_runs_checks_and_drops_the_scratch_database() {
 #[test]
 fn a_check_that_returns_false_fails_the_drill() {
     let (pg, setup) = stack(
-        r#"
-[jobs.app.drill]
-schedule = "0 5 * * 0"
+        r#"schedule = "0 5 * * 0"
 to = "SCRATCH"
 checks = ["select count(*) > 1000000 from orders"]
 "#,
@@ -167,7 +172,7 @@ checks = ["select count(*) > 1000000 from orders"]
 
 #[test]
 fn a_drill_into_the_source_database_is_refused() {
-    let (_pg, setup) = stack("[jobs.app.drill]\nschedule = \"0 5 * * 0\"\nto = \"SOURCE_DB\"\n");
+    let (_pg, setup) = stack("schedule = \"0 5 * * 0\"\nto = \"SOURCE_DB\"\n");
     let (code, out) = setup.stowage(&["check-config"]);
     assert_eq!(code, Some(2), "{out}");
     assert!(
@@ -182,10 +187,10 @@ fn a_drill_into_the_source_database_is_refused() {
 fn scheduled_drills_report_to_metrics_health_and_webhook() {
     let rx = Receiver::start();
     let port = common::free_port();
-    let (_pg, setup) = stack(&format!(
-        "[jobs.app.drill]\nschedule = \"*/3 * * * * *\"\nto = \"SCRATCH\"\n\n[[jobs.app.notify]]\ntype = \"webhook\"\nurl = \"http://127.0.0.1:{}/hook\"\n\n[server]\nlisten = \"127.0.0.1:{port}\"\n",
-        rx.port
-    ));
+    let (_pg, setup) = stack_with("schedule = \"*/3 * * * * *\"\nto = \"SCRATCH\"\n", |job| {
+        job.webhook(&format!("http://127.0.0.1:{}/hook", rx.port))
+            .top(&format!("[server]\nlisten = \"127.0.0.1:{port}\""))
+    });
     let id = setup.backup();
 
     let mut daemon = setup.daemon();
@@ -254,9 +259,7 @@ fn setup_with(source: &str, drill: &str) -> Job {
     Job::new("app")
         .local("local", None)
         .source(&format!("name = \"db\"\n{source}"))
-        .section(&format!(
-            "[jobs.app.drill]\nschedule = \"0 5 * * 0\"\n{drill}\n"
-        ))
+        .drill(&format!("schedule = \"0 5 * * 0\"\n{drill}"))
         .write()
 }
 

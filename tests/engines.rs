@@ -13,7 +13,9 @@ use std::process::Output;
 
 use common::mariadb::MariaDbServer;
 use common::redis::RedisServer;
-use common::{PgServer, Rng, read_tree, run_stowage, seed_sample_db, write_random_files};
+use common::{
+    Job, PgServer, Rng, read_tree, run_stowage, seed_sample_db, toml_str, write_random_files,
+};
 
 fn ok(out: &Output, what: &str) -> String {
     let t = text(out);
@@ -120,57 +122,24 @@ impl Stack {
     }
 
     fn config(&self) -> PathBuf {
-        let p = self.path("stowage.toml");
-        std::fs::write(
-            &p,
-            format!(
-                r#"
-[destinations.local]
-type = "local"
-path = "{backups}"
-
-[jobs.app]
-schedule = "@daily"
-catch_up = false
-destinations = ["local"]
-
-[[jobs.app.sources]]
-type = "postgres"
-name = "db"
-url = "{pg}"
-bin_dir = "{pg_bin}"
-
-[[jobs.app.sources]]
-type = "mariadb"
-name = "shop"
-url = "{maria}"
-
-[[jobs.app.sources]]
-type = "redis"
-name = "cache"
-url = "{redis}"
-
-[[jobs.app.sources]]
-type = "sqlite"
-name = "notes"
-path = "{sqlite}"
-
-[[jobs.app.sources]]
-type = "files"
-name = "uploads"
-path = "{uploads}"
-"#,
-                backups = self.path("backups").display(),
-                pg = self.pg.url("app"),
-                pg_bin = self.pg.bin_dir().display(),
-                maria = self.maria.url("shop"),
-                redis = self.redis.url(),
-                sqlite = self.path("notes.db").display(),
-                uploads = self.path("uploads").display(),
-            ),
-        )
-        .expect("write config");
-        p
+        Job::config_in(self.dir.path(), "app")
+            .local_at("local", &self.path("backups"), None)
+            .schedule("@daily")
+            .job("catch_up = false")
+            .database(
+                "postgres",
+                "db",
+                &self.pg.url("app"),
+                &format!("bin_dir = {}\n", toml_str(self.pg.bin_dir().display())),
+            )
+            .database("mariadb", "shop", &self.maria.url("shop"), "")
+            .database("redis", "cache", &self.redis.url(), "")
+            .source(&format!(
+                "type = \"sqlite\"\nname = \"notes\"\npath = {}\n",
+                toml_str(self.path("notes.db").display())
+            ))
+            .files("uploads", &self.path("uploads"), "")
+            .write_as("stowage.toml")
     }
 
     fn manifests(&self) -> Vec<serde_json::Value> {

@@ -10,7 +10,7 @@ use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
-use common::{Job, run_stowage, run_stowage_with_env, text, toml_str};
+use common::{Job, JobBuilder, run_stowage, run_stowage_with_env, text, toml_str};
 
 use common::http_get_with as get;
 
@@ -69,15 +69,10 @@ fn idle_connection_flood_stops_neither_the_schedule_nor_healthz() {
     let dir = tempfile::tempdir().expect("tempdir");
     let dest = dir.path().join("backups");
     let port = common::free_port();
-    let config = dir.path().join("stowage.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[server]\nlisten = \"127.0.0.1:{port}\"\n\n[destinations.local]\ntype = \"local\"\npath = \"{}\"\n\n[jobs.app]\nschedule = \"*/20 * * * * *\"\ndestinations = [\"local\"]\n\n[[jobs.app.sources]]\ntype = \"command\"\nname = \"data\"\ndump = [\"sh\", \"-c\", \"echo some data\"]\n",
-            dest.display()
-        ),
-    )
-    .expect("config");
+    let config = command_job(dir.path(), &[("local", &dest)], "echo some data")
+        .top(&format!("[server]\nlisten = \"127.0.0.1:{port}\""))
+        .schedule("*/20 * * * * *")
+        .write_as("stowage.toml");
     // A first backup, so the daemon's runs are the scheduled ones.
     let out = run_stowage(&config, ["run", "app"]);
     assert!(out.status.success(), "{}", text(&out));
@@ -166,16 +161,16 @@ fn token_guards_the_page_and_metrics_but_not_healthz() {
     let port = common::free_port();
     let token = dir.path().join("token");
     std::fs::write(&token, "s3cr3t-t0ken\n").expect("token");
-    let config = dir.path().join("stowage.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[server]\nlisten = \"127.0.0.1:{port}\"\ntoken_file = \"{}\"\n\n[destinations.local]\ntype = \"local\"\npath = \"{}\"\n\n[jobs.app]\nschedule = \"0 3 * * *\"\ndestinations = [\"local\"]\n\n[[jobs.app.sources]]\ntype = \"command\"\nname = \"data\"\ndump = [\"sh\", \"-c\", \"echo some data\"]\n",
-            token.display(),
-            dir.path().join("backups").display()
-        ),
+    let config = command_job(
+        dir.path(),
+        &[("local", &dir.path().join("backups"))],
+        "echo some data",
     )
-    .expect("config");
+    .top(&format!(
+        "[server]\nlisten = \"127.0.0.1:{port}\"\ntoken_file = {}",
+        toml_str(token.display())
+    ))
+    .write_as("stowage.toml");
     let pid = dir.path().join("stowage.pid");
     let state = dir.path().join("state.json");
     let envs = [
@@ -218,22 +213,15 @@ fn token_guards_the_page_and_metrics_but_not_healthz() {
     daemon.wait(Duration::from_secs(30));
 }
 
-fn command_job(dir: &Path, dests: &[(&str, &Path)], dump: &str) -> PathBuf {
-    let mut cfg = String::new();
-    for (name, path) in dests {
-        cfg.push_str(&format!(
-            "[destinations.{name}]\ntype = \"local\"\npath = \"{}\"\n\n",
-            path.display()
-        ));
-    }
-    let names: Vec<String> = dests.iter().map(|(n, _)| format!("\"{n}\"")).collect();
-    cfg.push_str(&format!(
-        "[jobs.app]\nschedule = \"0 3 * * *\"\ndestinations = [{}]\n\n[[jobs.app.sources]]\ntype = \"command\"\nname = \"data\"\ndump = [\"sh\", \"-c\", \"{dump}\"]\n",
-        names.join(", ")
-    ));
-    let config = dir.join("stowage.toml");
-    std::fs::write(&config, cfg).expect("config");
-    config
+/// The config of job "app" in `dir` (the caller writes it, with `write_as`), writing to the
+/// local destinations `dests`, its one source the command `sh -c DUMP`.
+fn command_job(dir: &Path, dests: &[(&str, &Path)], dump: &str) -> JobBuilder {
+    dests
+        .iter()
+        .fold(Job::config_in(dir, "app"), |job, (name, path)| {
+            job.local_at(name, path, None)
+        })
+        .command("data", &["sh", "-c", dump])
 }
 
 fn lock_files(dest: &Path) -> Vec<(PathBuf, SystemTime)> {
@@ -253,7 +241,8 @@ fn lock_files(dest: &Path) -> Vec<(PathBuf, SystemTime)> {
 fn a_held_lock_is_refreshed_while_the_backup_runs() {
     let dir = tempfile::tempdir().expect("tempdir");
     let dest = dir.path().join("backups");
-    let config = command_job(dir.path(), &[("local", &dest)], "sleep 4; echo done");
+    let config =
+        command_job(dir.path(), &[("local", &dest)], "sleep 4; echo done").write_as("stowage.toml");
     let mut run = common::spawn_stowage_with_env(
         &config,
         ["run", "app"],
@@ -289,7 +278,7 @@ fn a_held_lock_is_refreshed_while_the_backup_runs() {
 fn an_unrefreshed_lock_of_another_host_is_dead() {
     let dir = tempfile::tempdir().expect("tempdir");
     let dest = dir.path().join("backups");
-    let config = command_job(dir.path(), &[("local", &dest)], "echo data");
+    let config = command_job(dir.path(), &[("local", &dest)], "echo data").write_as("stowage.toml");
     let locks = dest.join("app/locks");
     std::fs::create_dir_all(&locks).expect("locks dir");
     let started = chrono::Utc::now() - chrono::TimeDelta::minutes(10);
@@ -334,7 +323,8 @@ fn a_lock_claim_that_fails_stops_the_run() {
     std::fs::create_dir_all(a.join("app")).expect("a/app");
     // A file where the locks directory belongs: no lock can be written there.
     std::fs::write(a.join("app/locks"), "not a directory").expect("blocker");
-    let config = command_job(dir.path(), &[("a", &a), ("b", &b)], "echo data");
+    let config =
+        command_job(dir.path(), &[("a", &a), ("b", &b)], "echo data").write_as("stowage.toml");
     let out = run_stowage_with_env(&config, ["run", "app"], &[]);
     let all = text(&out);
     assert!(!out.status.success(), "{all}");
@@ -367,15 +357,13 @@ fn password_files_of_killed_runs_are_removed_at_start() {
     let live = write(&format!("stowage-my-{}-Zz99Yy.cnf", own_token()));
     let other = write("unrelated.cnf");
     let port = common::free_port();
-    let config = dir.path().join("stowage.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[server]\nlisten = \"127.0.0.1:{port}\"\n\n[destinations.local]\ntype = \"local\"\npath = \"{}\"\n\n[jobs.app]\nschedule = \"0 3 * * *\"\ndestinations = [\"local\"]\n\n[[jobs.app.sources]]\ntype = \"command\"\nname = \"data\"\ndump = [\"sh\", \"-c\", \"echo some data\"]\n",
-            dir.path().join("backups").display()
-        ),
+    let config = command_job(
+        dir.path(),
+        &[("local", &dir.path().join("backups"))],
+        "echo some data",
     )
-    .expect("config");
+    .top(&format!("[server]\nlisten = \"127.0.0.1:{port}\""))
+    .write_as("stowage.toml");
     let pid = dir.path().join("stowage.pid");
     let state = dir.path().join("state.json");
     let envs = [
@@ -558,7 +546,7 @@ fn a_restore_target_is_shown_without_its_password() {
 fn the_daemon_start_clears_a_dead_run_of_another_host_and_keeps_a_live_one() {
     let dir = tempfile::tempdir().expect("tempdir");
     let dest = dir.path().join("backups");
-    let config = command_job(dir.path(), &[("local", &dest)], "echo data");
+    let config = command_job(dir.path(), &[("local", &dest)], "echo data").write_as("stowage.toml");
     let locks = dest.join("app/locks");
     std::fs::create_dir_all(&locks).expect("locks dir");
     let run = |minutes_ago: i64, refreshed: Duration| {

@@ -20,8 +20,12 @@ const WATCH: &str = r#"["orders", "public.customers", "audit.events"]"#;
 /// A job "app" backing up `url` (engine `kind`) to a local destination, with `heal` as its
 /// `[jobs.app.heal]` body; `top` goes before everything (e.g. `[server]`).
 fn job(kind: &str, url: &str, heal: &str, top: &str) -> JobBuilder {
-    Job::new("app")
-        .top(top)
+    configure(Job::new("app"), kind, url, heal, top)
+}
+
+/// What [`job`] configures, on the config `app`.
+fn configure(app: JobBuilder, kind: &str, url: &str, heal: &str, top: &str) -> JobBuilder {
+    app.top(top)
         .log()
         .local("local", Some(10))
         .database(kind, "db", url, "")
@@ -70,9 +74,18 @@ const ALL_FKS: [&str; 2] = [
 ];
 
 fn pg_stack(heal: &str, top: &str) -> (PgServer, Job) {
+    pg_stack_with(heal, top, |job| job)
+}
+
+/// Like [`pg_stack`], `more` adding to the config.
+fn pg_stack_with(
+    heal: &str,
+    top: &str,
+    more: impl FnOnce(JobBuilder) -> JobBuilder,
+) -> (PgServer, Job) {
     let pg = PgServer::start();
     seed_sample_db(&pg, "app", ROWS);
-    let setup = job("postgres", &pg.url("app"), heal, top).write();
+    let setup = more(job("postgres", &pg.url("app"), heal, top)).write();
     (pg, setup)
 }
 
@@ -87,19 +100,11 @@ fn tables(pg: &PgServer) -> BTreeMap<String, String> {
 fn daemon_heals_a_cascade_dropped_table_and_its_foreign_keys() {
     let rx = Receiver::start();
     let port = common::free_port();
-    let (pg, setup) = pg_stack(
+    let (pg, setup) = pg_stack_with(
         &format!("schedule = \"*/2 * * * * *\"\nwatch = {WATCH}"),
         &format!("[server]\nlisten = \"127.0.0.1:{port}\"\n"),
+        |job| job.webhook(&format!("http://127.0.0.1:{}/hook", rx.port)),
     );
-    let body = std::fs::read_to_string(&setup.config).expect("read");
-    std::fs::write(
-        &setup.config,
-        format!(
-            "{body}\n[[jobs.app.notify]]\ntype = \"webhook\"\nurl = \"http://127.0.0.1:{}/hook\"\n",
-            rx.port
-        ),
-    )
-    .expect("write");
     let id = backup(&setup);
     let before = tables(&pg);
     assert_eq!(foreign_keys(&pg, "app"), ALL_FKS);
@@ -498,15 +503,19 @@ fn mariadb_dropped_table_is_healed() {
 /// the other, and both complete.
 #[test]
 fn heal_and_backup_due_together_take_turns() {
-    let (pg, setup) = pg_stack(
-        &format!("schedule = \"*/4 * * * * *\"\nwatch = {WATCH}"),
-        "",
-    );
+    let heal = format!("schedule = \"*/4 * * * * *\"\nwatch = {WATCH}");
+    let (pg, setup) = pg_stack(&heal, "");
     backup(&setup);
-    let body = std::fs::read_to_string(&setup.config)
-        .expect("read")
-        .replace("schedule = \"0 3 * * *\"", "schedule = \"*/4 * * * * *\"");
-    std::fs::write(&setup.config, body).expect("write");
+    // The job's backups from now on due every 4 s too, at the healer's seconds.
+    configure(
+        Job::config_in(setup.dir.path(), "app"),
+        "postgres",
+        &pg.url("app"),
+        &heal,
+        "",
+    )
+    .schedule("*/4 * * * * *")
+    .write_as("stowage.toml");
     pg.psql("app", "drop table audit.events");
 
     let mut daemon = setup.daemon();
@@ -571,20 +580,12 @@ fn cannot_heal(out: &str) -> String {
 fn one_table_that_cannot_be_healed_holds_back_no_other() {
     let rx = Receiver::start();
     let port = common::free_port();
-    let (pg, setup) = pg_stack(
+    let (pg, setup) = pg_stack_with(
         "schedule = \"*/10 * * * * *\"\nwatch = [\"shops\", \"notes\"]",
         &format!("[server]\nlisten = \"127.0.0.1:{port}\"\n"),
+        |job| job.webhook(&format!("http://127.0.0.1:{}/hook", rx.port)),
     );
     seed_groups(&pg);
-    let body = std::fs::read_to_string(&setup.config).expect("read");
-    std::fs::write(
-        &setup.config,
-        format!(
-            "{body}\n[[jobs.app.notify]]\ntype = \"webhook\"\nurl = \"http://127.0.0.1:{}/hook\"\n",
-            rx.port
-        ),
-    )
-    .expect("write");
     let id = backup(&setup);
     let before = tables(&pg);
     pg.psql(

@@ -35,10 +35,7 @@ fn setup(pg: Option<&PgServer>, s3: &S3Server, bucket: &str, extra: &str) -> Job
             bucket,
             &format!("prefix = \"vault\"\npart_size = \"5MiB\"\n{extra}\n"),
         )
-        .source(&format!(
-            "type = \"files\"\nname = \"uploads\"\npath = {}\n",
-            toml_str(files.display())
-        ));
+        .files("uploads", &files, "");
     if let Some(pg) = pg {
         job = job.postgres("db", &pg.url("app"));
     }
@@ -291,23 +288,16 @@ async fn check_config_connect_needs_object_lock_on_the_bucket() {
 #[test]
 fn object_lock_settings_are_checked() {
     let dir = tempfile::tempdir().expect("tempdir");
+    // `dest`: the keys of destination "vault".
     let check = |dest: &str| -> (Option<i32>, String) {
-        let cfg = dir.path().join("stowage.toml");
-        std::fs::write(
-            &cfg,
-            format!(
-                "{dest}\n[jobs.app]\nschedule = \"0 3 * * *\"\ndestinations = [\"vault\"]\n\n\
-                 [[jobs.app.sources]]\ntype = \"files\"\nname = \"f\"\npath = \"{}\"\n",
-                dir.path().display()
-            ),
-        )
-        .expect("write");
+        let cfg = Job::config_in(dir.path(), "app")
+            .destination("vault", dest)
+            .files("f", dir.path(), "")
+            .write_as("stowage.toml");
         let out = run_stowage(&cfg, ["check-config"]);
         (out.status.code(), text(&out))
     };
-    let s3 = |lock: &str| {
-        format!("[destinations.vault]\ntype = \"s3\"\nbucket = \"locked\"\nobject_lock = {lock}\n")
-    };
+    let s3 = |lock: &str| format!("type = \"s3\"\nbucket = \"locked\"\nobject_lock = {lock}\n");
     let table = [
         (
             s3("{ mode = \"LEGAL\", days = 7 }"),
@@ -327,8 +317,8 @@ fn object_lock_settings_are_checked() {
         ),
         (
             format!(
-                "[destinations.vault]\ntype = \"local\"\npath = \"{}\"\nobject_lock = {{ mode = \"GOVERNANCE\", days = 7 }}\n",
-                dir.path().display()
+                "type = \"local\"\npath = {}\nobject_lock = {{ mode = \"GOVERNANCE\", days = 7 }}\n",
+                toml_str(dir.path().display())
             ),
             "destinations.vault.object_lock: only valid for type = \"s3\"",
         ),

@@ -7,7 +7,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Job, PgServer, run_stowage, seed_sample_db, text};
+use common::{Job, PgServer, run_stowage, seed_sample_db, text, toml_str};
 
 /// A job `app` with a local destination and `sources` (TOML of `[[jobs.app.sources]]`
 /// bodies), `extra` appended.
@@ -100,18 +100,18 @@ fn restore_targets_use_the_sources_password_and_say_what_is_missing() {
     seed_sample_db(&pg, "app", 30);
     pg.require_password("appuser", "s3cret-pw");
     pg.require_password("other", "other-pw");
-    let s = setup(&[], "");
-    let secret = s.path("pg_password");
+    let job = Job::new("app");
+    let secret = job.path("pg_password");
     std::fs::write(&secret, "s3cret-pw\n").expect("secret");
     let url = format!("postgres://appuser@127.0.0.1:{}/app", pg.port());
-    let s = setup(
-        &[format!(
-            "{}\npassword_file = \"{}\"",
+    let s = job
+        .local("local", None)
+        .source(&format!(
+            "{}\npassword_file = {}",
             pg_source(&url),
-            secret.display()
-        )],
-        "",
-    );
+            toml_str(secret.display())
+        ))
+        .write();
     s.backup();
 
     // Another database on the same server, and a target that names no user at all.
@@ -199,20 +199,12 @@ async fn s3_errors_keep_their_code() {
     let s3 = common::S3Server::s3s_fs();
     s3.create_bucket("codes").await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let secret = dir.path().join("s3_secret");
-    std::fs::write(&secret, "not-the-secret").expect("secret");
-    let config = dir.path().join("stowage.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[destinations.s3]\ntype = \"s3\"\nbucket = \"codes\"\nendpoint = \"{}\"\nforce_path_style = true\naccess_key_id = \"{}\"\nsecret_access_key_file = \"{}\"\nregion = \"{}\"\n\n[jobs.app]\nschedule = \"0 3 * * *\"\ndestinations = [\"s3\"]\n\n[[jobs.app.sources]]\ntype = \"command\"\nname = \"x\"\ndump = [\"echo\", \"hi\"]\n",
-            s3.endpoint(),
-            s3.access_key(),
-            secret.display(),
-            s3.region()
-        ),
-    )
-    .expect("config");
+    let config = Job::config_in(dir.path(), "app")
+        .s3("s3", &s3, "codes", "")
+        .command("x", &["echo", "hi"])
+        .write_as("stowage.toml");
+    // The builder wrote the right secret key; a wrong one makes the signatures fail.
+    std::fs::write(dir.path().join("s3_secret"), "not-the-secret").expect("secret");
     let out = run_stowage(&config, ["run", "app"]);
     let said = text(&out);
     assert_eq!(out.status.code(), Some(1), "{said}");
@@ -329,13 +321,10 @@ fn backups_and_restores_show_progress() {
 fn dry_run_and_check_config_connect_check_everything() {
     let pg = PgServer::start();
     seed_sample_db(&pg, "app", 30);
-    let s = setup(&[pg_source(&pg.url("app"))], "");
-    let cfg = std::fs::read_to_string(&s.config).expect("config");
-    std::fs::write(
-        &s.config,
-        cfg.replace("[jobs.app]", "retention = { keep_last = 2 }\n\n[jobs.app]"),
-    )
-    .expect("config");
+    let s = Job::new("app")
+        .local("local", Some(2))
+        .source(&pg_source(&pg.url("app")))
+        .write();
     let first = s.backup();
     s.backup();
 
@@ -355,16 +344,15 @@ fn dry_run_and_check_config_connect_check_everything() {
     // A second job whose database does not answer and whose destination is a file.
     let blocker = s.path("not-a-dir");
     std::fs::write(&blocker, "x").expect("file");
+    let other = Job::config_in(s.dir.path(), "other")
+        .local_at("broken", &blocker.join("sub"), None)
+        .postgres(
+            "db",
+            &format!("postgres://postgres@127.0.0.1:{}/app", common::free_port()),
+        )
+        .render();
     let cfg = std::fs::read_to_string(&s.config).expect("config");
-    std::fs::write(
-        &s.config,
-        format!(
-            "{cfg}\n[destinations.broken]\ntype = \"local\"\npath = \"{}\"\n\n[jobs.other]\nschedule = \"0 3 * * *\"\ndestinations = [\"broken\"]\n\n[[jobs.other.sources]]\ntype = \"postgres\"\nname = \"db\"\nurl = \"postgres://postgres@127.0.0.1:{}/app\"\n",
-            blocker.join("sub").display(),
-            common::free_port()
-        ),
-    )
-    .expect("config");
+    std::fs::write(&s.config, format!("{cfg}\n{other}")).expect("config");
     let (code, out) = s.stowage(&["check-config", "--connect"]);
     assert_eq!(code, Some(1), "{out}");
     assert!(

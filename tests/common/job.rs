@@ -327,9 +327,36 @@ impl JobBuilder {
         self.source(&body)
     }
 
+    /// A `command` source `name` whose dump is the command `argv`.
+    pub fn command(self, name: &str, argv: &[&str]) -> Self {
+        let argv: Vec<String> = argv.iter().map(toml_str).collect();
+        let body = format!(
+            "type = \"command\"\nname = {}\ndump = [{}]\n",
+            toml_str(name),
+            argv.join(", ")
+        );
+        self.source(&body)
+    }
+
     /// `[jobs.NAME.heal]` with `body` as its keys.
     pub fn heal(self, body: &str) -> Self {
         let section = format!("[jobs.{}.heal]\n{body}\n", self.name);
+        self.section(&section)
+    }
+
+    /// `[jobs.NAME.drill]` with `body` as its keys.
+    pub fn drill(self, body: &str) -> Self {
+        let section = format!("[jobs.{}.drill]\n{body}\n", self.name);
+        self.section(&section)
+    }
+
+    /// A `[[jobs.NAME.notify]]` webhook to `url`.
+    pub fn webhook(self, url: &str) -> Self {
+        let section = format!(
+            "[[jobs.{}.notify]]\ntype = \"webhook\"\nurl = {}\n",
+            self.name,
+            toml_str(url)
+        );
         self.section(&section)
     }
 
