@@ -394,3 +394,63 @@ fn unknown_destinations_name_the_jobs() {
     assert_eq!(job.ids("local"), vec![id.clone()]);
     assert_eq!(job.ids("second"), vec![id]);
 }
+
+/// On a destination with S3 Object Lock: forget refuses a locked backup before deleting
+/// anything anywhere, naming the date; a copy into it keeps the blobs it reuses locked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn object_lock_refuses_forget_and_covers_a_copy() {
+    let s3 = S3Server::moto();
+    s3.client()
+        .await
+        .create_bucket()
+        .bucket("locked")
+        .object_lock_enabled_for_bucket(true)
+        .send()
+        .await
+        .expect("create a bucket with Object Lock");
+    let scratch = tempfile::tempdir().expect("tempdir");
+    let tree = scratch.path().join("uploads");
+    seed_tree(&tree);
+    let job = Job::new("app")
+        .local("local", Some(10))
+        .s3(
+            "vault",
+            &s3,
+            "locked",
+            "object_lock = { mode = \"GOVERNANCE\", days = 2 }\n",
+        )
+        .files("uploads", &tree, "")
+        .write();
+    let older = job.backup();
+    write_file(&tree, "new.txt", b"the second backup");
+    let newer = job.backup();
+
+    let (code, out) = job.stowage(&["forget", "app", &older]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains(&format!(
+            "backup {older} on vault is under object lock until 20"
+        )),
+        "{out}"
+    );
+    // Checked before anything was deleted: the local copy is still there.
+    assert_eq!(job.ids("local"), vec![newer.clone(), older.clone()]);
+    assert_eq!(job.ids("vault"), vec![newer.clone(), older.clone()]);
+    let (code, out) = job.stowage(&["forget", "app", &older, "--from", "local"]);
+    assert_eq!(code, Some(0), "{out}");
+    assert_eq!(job.ids("local"), vec![newer.clone()]);
+
+    // Hidden behind delete markers (the locked versions stay), then copied back from local.
+    for key in s3.list_keys("locked", &format!("app/{newer}/")).await {
+        s3.delete("locked", &key).await;
+    }
+    assert_eq!(job.ids("vault"), vec![older.clone()]);
+    let (code, out) = job.stowage(&["copy", "app", &newer, "--from", "local", "--to", "vault"]);
+    assert_eq!(code, Some(0), "{out}");
+    // Every blob of it is still there (its own, and the older backup's it reuses).
+    assert!(
+        out.contains("0 file blob(s), 0 B; 13 blob(s) already there"),
+        "{out}"
+    );
+    assert_eq!(job.ids("vault"), vec![newer, older]);
+}

@@ -241,3 +241,76 @@ async fn content_of(
     }
     Ok((hex::encode(h.finalize()), n))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::Compression;
+    use crate::repo::{Recorded, Repository};
+    use crate::storage::local::LocalStorage;
+
+    fn sha(data: &[u8]) -> String {
+        hex::encode(Sha256::digest(data))
+    }
+
+    /// An object or blob whose bytes are not what was recorded never appears on the
+    /// target; an intact one arrives byte for byte.
+    #[tokio::test]
+    async fn only_checked_bytes_arrive() {
+        let (a_dir, b_dir) = (
+            tempfile::tempdir().expect("a"),
+            tempfile::tempdir().expect("b"),
+        );
+        let a_st = LocalStorage::new(a_dir.path().to_path_buf());
+        let b_st = LocalStorage::new(b_dir.path().to_path_buf());
+        let (a, b) = (Repository::new(&a_st, "app"), Repository::new(&b_st, "app"));
+        let dump = Bytes::from(vec![7u8; 600_000]);
+        let key = "app/X/db.pgdump";
+        a_st.put_data(key, dump.clone()).await.expect("put");
+        let wrong = sha(b"something else");
+        let bad = Recorded {
+            key,
+            sha256: &wrong,
+            size: dump.len() as u64,
+        };
+        let e = b
+            .copy_object_from(a, bad, Class::Data, None)
+            .await
+            .expect_err("wrong sha256");
+        assert!(matches!(e, CopyError::Damaged { .. }), "{e}");
+        assert!(b_st.list("app/").await.expect("list").is_empty());
+        let right = sha(&dump);
+        let good = Recorded {
+            key,
+            sha256: &right,
+            size: dump.len() as u64,
+        };
+        let n = b
+            .copy_object_from(a, good, Class::Plain, None)
+            .await
+            .expect("copy");
+        assert_eq!(n, dump.len() as u64);
+        assert_eq!(b_st.get_bytes(key).await.expect("get"), dump);
+
+        // A blob: its content checked, through its compression.
+        let content = Bytes::from(vec![3u8; 300_000]);
+        let name = sha(&content);
+        let blob = b.blob_key(&name, Compression::Zstd.into());
+        let packed = crate::repo::blobs::compress_bytes(content.clone(), Compression::Zstd, None)
+            .await
+            .expect("compress");
+        a_st.put_data(&blob, packed.clone()).await.expect("put");
+        let packing = Packing::plain(Compression::Zstd);
+        let size = content.len() as u64;
+        let e = b
+            .copy_blob_from(a, &blob, &packing, &name, size + 1, None)
+            .await
+            .expect_err("wrong size");
+        assert!(matches!(e, CopyError::Mismatch { .. }), "{e}");
+        assert!(b_st.list("app/blobs/").await.expect("list").is_empty());
+        b.copy_blob_from(a, &blob, &packing, &name, size, None)
+            .await
+            .expect("copy");
+        assert_eq!(b_st.get_bytes(&blob).await.expect("get"), packed);
+    }
+}
