@@ -12,28 +12,27 @@ use crate::units::human_bytes;
 
 pub fn run(path: &Path, req: Request) -> i32 {
     with_job(path, Console::Stderr, &req.job, |config, job, rt| {
+        let cancel = tokio_util::sync::CancellationToken::new();
         let result = rt.block_on(async {
-            tokio::select! {
-                r = crate::curate::copy::copy(config, job, &req) => Some(r),
-                // Dropped work abandons its uploads: nothing half-copied is published.
-                () = super::shutdown_signal() => None,
-            }
+            // A signal stops the backup under way (what it wrote is removed, its lock
+            // released) and the ones after it.
+            let stop = cancel.clone();
+            let watcher = tokio::spawn(async move {
+                super::shutdown_signal().await;
+                stop.cancel();
+            });
+            let r = crate::curate::copy::copy(config, job, &req, &cancel).await;
+            watcher.abort();
+            r
         });
         let copied = match result {
-            Some(Ok(c)) => c,
-            Some(Err(e)) => {
+            Ok(c) => c,
+            Err(e) => {
                 eprintln!("error: {e}");
                 return match e {
                     CopyStart::Usage(_) => EXIT_CONFIG,
                     _ => EXIT_FAILED,
                 };
-            }
-            None => {
-                eprintln!(
-                    "error: copy interrupted; backups whose manifest was not written are not on {} (the daemon's next start removes what was written of them)",
-                    req.to
-                );
-                return super::EXIT_INTERRUPTED;
             }
         };
         let verb = if req.dry_run { "would copy" } else { "copied" };
@@ -85,6 +84,13 @@ pub fn run(path: &Path, req: Request) -> i32 {
                     String::new()
                 }
             );
+        }
+        if cancel.is_cancelled() {
+            eprintln!(
+                "error: copy interrupted; backups not listed above as copied are not on {}",
+                req.to
+            );
+            return super::EXIT_INTERRUPTED;
         }
         match (failed, pending) {
             (0, 0) => EXIT_OK,

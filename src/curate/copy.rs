@@ -113,6 +113,9 @@ pub enum BackupFailure {
         #[source]
         source: StorageError,
     },
+    /// A stop signal ended the copy; what it wrote on the target is removed.
+    #[error("interrupted; nothing of it is on {destination}")]
+    Interrupted { destination: String },
 }
 
 impl BackupFailure {
@@ -152,8 +155,14 @@ pub struct Copied {
     pub backups: Vec<(String, Result<Done, BackupFailure>)>,
 }
 
-/// Copy what `req` asks, one backup after the other (a failed one does not stop the rest).
-pub async fn copy(config: &Config, job: &Job, req: &Request) -> Result<Copied, CopyStart> {
+/// Copy what `req` asks, one backup after the other (a failed one does not stop the rest;
+/// `cancel` stops the one under way, removing what it wrote, and the rest).
+pub async fn copy(
+    config: &Config,
+    job: &Job,
+    req: &Request,
+    cancel: &CancellationToken,
+) -> Result<Copied, CopyStart> {
     if req.from == req.to {
         return Err(CopyStart::Usage(format!(
             "--from and --to are both \"{}\": copy between two different destinations of job {} ({})",
@@ -225,9 +234,13 @@ pub async fn copy(config: &Config, job: &Job, req: &Request) -> Result<Copied, C
         b,
         keys,
         object_lock: to_dest.object_lock(),
+        cancel,
     };
     let mut backups = Vec::new();
     for id in ids {
+        if cancel.is_cancelled() {
+            break;
+        }
         let done = if on_b.contains(&id) {
             Ok(Done::Present)
         } else {
@@ -250,6 +263,7 @@ struct Ctx<'a> {
     b: Repository<'a>,
     keys: Option<Arc<crate::crypt::Keys>>,
     object_lock: Option<crate::config::ObjectLock>,
+    cancel: &'a CancellationToken,
 }
 
 /// The objects of one backup to copy.
@@ -279,7 +293,14 @@ impl Ctx<'_> {
             return Ok(plan.tally(body.len() as u64));
         }
         self.lock(id).await?;
-        let work = self.copy_locked(&m, &packing, body);
+        let work = async {
+            tokio::select! {
+                r = self.copy_locked(&m, &packing, body) => r,
+                () = self.cancel.cancelled() => Err(BackupFailure::Interrupted {
+                    destination: self.req.to.clone(),
+                }),
+            }
+        };
         let result = self.b.refreshing(id, LockKind::Backup, work).await;
         if result.is_err()
             && let Err(e) = self.b.discard_unpublished(id).await
