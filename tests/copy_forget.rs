@@ -454,3 +454,54 @@ async fn object_lock_refuses_forget_and_covers_a_copy() {
     );
     assert_eq!(job.ids("vault"), vec![newer, older]);
 }
+
+/// A backup younger than its class's minimum storage duration goes only with --force; a
+/// copy from an archive class waits for `stowage retrieve` (exit 4).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn storage_classes_hold_forget_and_copy() {
+    let s3 = S3Server::moto();
+    s3.create_bucket("classes").await;
+    let scratch = tempfile::tempdir().expect("tempdir");
+    let tree = scratch.path().join("uploads");
+    seed_tree(&tree);
+    let job = Job::new("app")
+        .local("local", Some(10))
+        .s3(
+            "ia",
+            &s3,
+            "classes",
+            "prefix = \"ia\"\nstorage_class = \"STANDARD_IA\"\n",
+        )
+        .s3(
+            "cold",
+            &s3,
+            "classes",
+            "prefix = \"cold\"\nstorage_class = \"DEEP_ARCHIVE\"\n",
+        )
+        .files("uploads", &tree, "")
+        .write();
+    let older = job.backup();
+    let newer = job.backup();
+
+    let (code, out) = job.stowage(&["forget", "app", &older, "--from", "ia"]);
+    assert_eq!(code, Some(2), "{out}");
+    assert!(
+        out.contains("younger than STANDARD_IA's minimum storage duration of 30 days"),
+        "{out}"
+    );
+    assert_eq!(job.ids("ia"), vec![newer.clone(), older.clone()]);
+    let (code, out) = job.stowage(&["forget", "app", &older, "--from", "ia", "--force"]);
+    assert_eq!(code, Some(0), "{out}");
+    assert_eq!(job.ids("ia"), vec![newer.clone()]);
+
+    std::fs::remove_dir_all(job.path("local").join("app")).expect("empty local");
+    let (code, out) = job.stowage(&["copy", "app", &newer, "--from", "cold", "--to", "local"]);
+    assert_eq!(code, Some(4), "{out}");
+    assert!(
+        out.contains(&format!(
+            "run `stowage retrieve app {newer} --from cold` first"
+        )),
+        "{out}"
+    );
+    assert!(job.ids("local").is_empty());
+}
