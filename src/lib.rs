@@ -7,6 +7,7 @@ pub mod codec;
 pub mod commands;
 pub mod config;
 pub mod crypt;
+pub mod curate;
 pub mod daemon;
 pub mod drill;
 pub mod engine;

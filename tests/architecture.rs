@@ -21,7 +21,7 @@ const LAYERS: &[&[&str]] = &[
     &["daemon"],
     &["server", "instance", "notify", "preflight"],
     &["status", "history", "recover"],
-    &["heal", "verify", "drill"],
+    &["heal", "verify", "drill", "curate"],
     // the data paths
     &["restore", "pipeline"],
     // test-only stand-ins (a storage, a database) the data paths' unit tests run on

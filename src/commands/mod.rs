@@ -2,9 +2,11 @@
 //! are printed as one clear message, never a panic or a backtrace.
 
 pub mod check_config;
+pub mod copy;
 pub mod daemon;
 pub mod download;
 pub mod drill;
+pub mod forget;
 pub mod heal;
 pub mod health;
 pub mod list;
@@ -21,8 +23,8 @@ use clap::{Parser, Subcommand};
 /// Exit codes: 0 success, 1 the operation failed, 2 bad config or usage, 3 the daemon's
 /// stop cut work short (a running backup abandoned, nothing of it published; or retention
 /// interrupted after its backup was published), 4 a restore from an archive destination
-/// waits for a retrieval (requested; run it again later), or a download from one waits
-/// for a retrieval (see `stowage retrieve`).
+/// waits for a retrieval (requested; run it again later), or a download or a copy from one
+/// waits for a retrieval (see `stowage retrieve`).
 pub const EXIT_OK: i32 = 0;
 pub const EXIT_FAILED: i32 = 1;
 pub const EXIT_CONFIG: i32 = 2;
@@ -187,6 +189,66 @@ pub enum Command {
         /// where the job encrypts) anyway: disaster recovery only
         #[arg(long)]
         trust_unauthenticated: bool,
+    },
+    /// Copy published backups of a job from one of its destinations to another: every
+    /// object checked against its manifest on the way, blobs the target has not copied
+    /// again, the manifest written last; exit 0 when every requested backup is on the
+    /// target
+    #[command(after_help = "Examples:\n  \
+        stowage copy app latest --from local --to offsite\n  \
+        stowage copy app --all --from local --to offsite --dry-run\n  \
+        stowage copy app 20261122 --from offsite --to local\n\n\
+        Exit codes: 0 every requested backup is on the target, 1 a backup was not copied, \
+        2 bad usage, 4 the source is an archive class and its objects wait for \
+        `stowage retrieve`")]
+    Copy {
+        /// Job name
+        job: String,
+        /// Backup id (or a unique prefix of one), or "latest"
+        #[arg(default_value = "latest", conflicts_with = "all")]
+        id: String,
+        /// Every backup on --from that --to lacks, oldest first
+        #[arg(long)]
+        all: bool,
+        /// Destination to copy from (one of the job's)
+        #[arg(long)]
+        from: String,
+        /// Destination to copy to (one of the job's)
+        #[arg(long)]
+        to: String,
+        /// Say which backups, objects and bytes would be copied; change nothing
+        #[arg(long)]
+        dry_run: bool,
+        /// age identity file, to check the file blobs of an encrypted backup (default: the
+        /// job's identity_file)
+        #[arg(long, value_name = "FILE")]
+        identity: Option<PathBuf>,
+    },
+    /// Delete one backup: its manifest first, then its objects, then the file blobs no
+    /// other backup references; refuses the newest backup of a destination without --force
+    #[command(after_help = "Examples:\n  \
+        stowage forget app 20261122T030000 --dry-run\n  \
+        stowage forget app 20261122T030000 --from offsite\n  \
+        stowage forget app latest --from local --force\n\n\
+        Exit codes: 0 deleted, 1 failed or refused (the job is busy, the backup is under \
+        Object Lock), 2 bad usage or refused without --force (the newest backup of a \
+        destination, or one younger than its minimum storage duration)")]
+    Forget {
+        /// Job name
+        job: String,
+        /// Backup id (or a unique prefix of one), or "latest" (then with --force: it is
+        /// the newest)
+        id: String,
+        /// Only this destination (default: every destination of the job that has it)
+        #[arg(long)]
+        from: Option<String>,
+        /// Delete the newest backup of a destination, or one younger than its minimum
+        /// storage duration (Object Lock is never overridden)
+        #[arg(long)]
+        force: bool,
+        /// List what would be deleted; change nothing
+        #[arg(long)]
+        dry_run: bool,
     },
     /// Where a backup on an archive destination stands: how many objects a restore needs
     /// are exists / available / pending / ready / local
@@ -418,6 +480,45 @@ pub fn run(cli: Cli) -> i32 {
                     (false, None) => crate::verify::ReadData::None,
                 },
                 trust_unauthenticated,
+            },
+        ),
+        Command::Copy {
+            job,
+            id,
+            all,
+            from,
+            to,
+            dry_run,
+            identity,
+        } => copy::run(
+            &cli.config,
+            crate::curate::copy::Request {
+                job,
+                which: if all {
+                    crate::curate::copy::Which::All
+                } else {
+                    crate::curate::copy::Which::One(id)
+                },
+                from,
+                to,
+                dry_run,
+                identity,
+            },
+        ),
+        Command::Forget {
+            job,
+            id,
+            from,
+            force,
+            dry_run,
+        } => forget::run(
+            &cli.config,
+            crate::curate::forget::Request {
+                job,
+                id,
+                from,
+                force,
+                dry_run,
             },
         ),
         Command::Drill {

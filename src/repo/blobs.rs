@@ -162,6 +162,19 @@ pub enum SweepOutcome {
     Postponed { by: String },
 }
 
+/// The youngest an unreferenced blob may be swept on `destination`: under its class's
+/// minimum storage duration a delete saves nothing, and under its Object Lock a delete
+/// would only hide the blob behind a delete marker.
+pub fn sweep_min_age(destination: &crate::config::Destination) -> Option<chrono::TimeDelta> {
+    destination
+        .min_storage()
+        .map(|(_, days)| days)
+        .into_iter()
+        .chain(destination.object_lock().map(|l| l.days))
+        .max()
+        .map(|days| chrono::TimeDelta::days(days.into()))
+}
+
 /// Mark and sweep: delete the blobs no published backup of the job references.
 /// `own_id` is the calling run (its own backup lock does not block it).
 /// `min_age`: unreferenced blobs younger than this stay (an archive class's minimum

@@ -383,6 +383,16 @@ pub async fn read_manifest(
     job: &str,
     id: &str,
 ) -> Result<Manifest, ManifestError> {
+    Ok(read_manifest_body(storage, job, id).await?.0)
+}
+
+/// [`read_manifest`], with the bytes as stored (what a copy writes elsewhere unchanged, so
+/// its MAC still holds).
+pub async fn read_manifest_body(
+    storage: &dyn Storage,
+    job: &str,
+    id: &str,
+) -> Result<(Manifest, bytes::Bytes), ManifestError> {
     let key = manifest_key(job, id);
     let bytes = storage.get_bytes(&key).await?;
     let m = Manifest::parse(&bytes).map_err(|e| ManifestError::Corrupt {
@@ -412,7 +422,7 @@ pub async fn read_manifest(
             })?;
         }
     }
-    Ok(m)
+    Ok((m, bytes))
 }
 
 /// A backup the job must not read (see `crate::repo::packing::Expect::admit`).

@@ -3,6 +3,7 @@
 //! object is packed (compression + encryption) and object-lock retention.
 
 pub mod blobs;
+pub mod copy;
 pub mod index;
 pub mod layout;
 pub mod locks;
@@ -144,6 +145,73 @@ impl<'a> Repository<'a> {
         manifest::read_manifest(self.storage, self.job, id).await
     }
 
+    /// A backup's manifest as [`Repository::manifest`] reads it, with its bytes as stored
+    /// (a copy publishes them unchanged elsewhere: its MAC still holds).
+    pub async fn manifest_body(self, id: &str) -> Result<(Manifest, bytes::Bytes), ManifestError> {
+        manifest::read_manifest_body(self.storage, self.job, id).await
+    }
+
+    /// Copy a recorded object (a database dump, an index, a refs list) from `from` to
+    /// here, read through its size and sha256 check as it streams; it appears here only
+    /// once every byte passed. `class`: stored in this destination's storage class, or
+    /// never archived (what stowage reads to plan). Returns the bytes stored; with
+    /// `progress`, they are counted there.
+    pub async fn copy_object_from<'e>(
+        self,
+        from: Repository<'_>,
+        object: impl Into<Recorded<'e>>,
+        class: copy::Class,
+        progress: Option<&Arc<Progress>>,
+    ) -> Result<u64, copy::CopyError> {
+        let object = object.into();
+        let verified = read_recorded(from.storage, object, None)
+            .await
+            .map_err(|source| copy::CopyError::Read {
+                key: object.key.to_string(),
+                source,
+            })?;
+        copy::copy_stream(
+            verified,
+            self.storage,
+            object.key,
+            class,
+            progress,
+            None,
+            async { Ok(()) },
+        )
+        .await
+    }
+
+    /// Copy the blob at `key` from `from` to here, its content (unpacked with `packing`)
+    /// checked against the `sha256` and `size` the file index records as it streams; it
+    /// appears here only if they match.
+    pub async fn copy_blob_from(
+        self,
+        from: Repository<'_>,
+        key: &str,
+        packing: &Packing,
+        sha256: &str,
+        size: u64,
+        progress: Option<&Arc<Progress>>,
+    ) -> Result<u64, copy::CopyError> {
+        copy::copy_blob(
+            from.storage,
+            self.storage,
+            key,
+            packing,
+            sha256,
+            size,
+            progress,
+        )
+        .await
+    }
+
+    /// The [`blobs::name_id`] of the blob at `key`, stored in `form` (what
+    /// [`Repository::blob_ids`] holds); None when `key` is no such blob of the job.
+    pub fn blob_id(self, key: &str, form: Form) -> Option<u64> {
+        layout::hash_of_blob(self.job, key, form).and_then(|h| blobs::name_id(&h))
+    }
+
     /// How to read backup `m` for a job that expects `expect` (see [`Packing::of`]): Err
     /// when the job must not read it at all.
     pub fn packing(
@@ -166,6 +234,19 @@ impl<'a> Repository<'a> {
     /// Delete a backup, manifest first (see [`manifest::delete_backup`]).
     pub async fn delete_backup(self, listing: &JobListing, id: &str) -> Result<(), StorageError> {
         manifest::delete_backup(self.storage, listing, self.job, id).await
+    }
+
+    /// Remove what is stored of backup `id` here while it has no manifest (a copy that
+    /// failed part way); a published backup is left alone. Returns how many objects went.
+    pub async fn discard_unpublished(self, id: &str) -> Result<usize, StorageError> {
+        let listing = self.backups().await?;
+        let keys = listing.keys_of(id);
+        let mk = layout::manifest_key(self.job, id);
+        if keys.is_empty() || keys.contains(&mk) {
+            return Ok(0);
+        }
+        self.storage.delete(&keys).await?;
+        Ok(keys.len())
     }
 
     /// Where everything of one backup is (`<job>/<id>/`).
