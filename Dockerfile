@@ -10,7 +10,7 @@
 #   SQLite      nothing: stowage reads SQLite files itself
 #   MongoDB     mongodump, mongorestore: only when built with MONGODB_TOOLS_DEB (below)
 #   always      tini (PID 1), BusyBox (/bin/sh and the usual commands: cat, ls, grep, gzip,
-#               ...), zstd, CA certificates
+#               ...), zstd, CA certificates, ssh (OpenSSH's client, for SFTP destinations)
 #
 #   docker build -t stowage .                                   # all three clients, PostgreSQL 17's
 #   docker build --build-arg PG_MAJOR=18 -t stowage .           # match your server's major (or newer)
@@ -105,7 +105,7 @@ RUN set -eu; \
 # along too.
 FROM ${RUNTIME_IMAGE} AS rootfs
 RUN apt-get update \
- && apt-get install -y --no-install-recommends busybox ca-certificates tini zstd \
+ && apt-get install -y --no-install-recommends busybox ca-certificates openssh-client tini zstd \
         libpq5 libreadline8 mariadb-client redis-tools \
  && rm -rf /var/lib/apt/lists/*
 COPY --from=pgclient /pgclient/ /pgclient/
@@ -141,6 +141,7 @@ RUN set -eu; \
     bin /usr/bin/tini /usr/bin/tini; \
     bin /bin/busybox /usr/bin/busybox; \
     bin /usr/bin/zstd /usr/bin/zstd; \
+    bin /usr/bin/ssh /usr/bin/ssh; \
     bin /stowage /usr/local/bin/stowage; \
     if has postgres; then \
         for t in pg_dump pg_restore psql pg_isready; do bin /pgclient/bin/$t /usr/lib/postgresql/client/bin/$t; done; \
@@ -186,6 +187,7 @@ RUN set -eu; \
     in_image stowage --version; \
     in_image tini --version; \
     in_image zstd --version; \
+    in_image ssh -V; \
     in_image sh -c 'echo ok | gzip | zcat | grep -qx ok && id -un | grep -qx stowage && ls / | grep -qx tmp'; \
     if has postgres; then for t in pg_dump pg_restore psql pg_isready; do in_image $t --version; done; fi; \
     if has mariadb; then for t in mariadb-dump mariadb mysqldump mysql; do in_image $t --version; done; fi; \
