@@ -2,15 +2,18 @@
 //! serve webdav`) and Azure Blob Storage (Azurite). One suite per destination: backup of a
 //! PostgreSQL database and a files source, `check-config --connect`, restore compared with
 //! the source, verify, retention over further backups, a corrupted object found by verify
-//! (WebDAV, whose objects are files on the server), and a refused login that publishes
-//! nothing and leaves earlier backups alone.
+//! (WebDAV, whose objects are files on the server), `copy --all` to a local destination
+//! restored from there, and a refused login that publishes nothing and leaves earlier
+//! backups alone.
 
 mod common;
 
 use std::path::Path;
 
 use common::servers::dav::{self, Served};
-use common::{Job, PgServer, list_tree, read_tree, seed_sample_db, toml_str, write_file};
+use common::{
+    Job, JobBuilder, PgServer, list_tree, read_tree, seed_sample_db, toml_str, write_file,
+};
 
 const ROWS: usize = 300;
 
@@ -22,6 +25,10 @@ fn job(pg: &PgServer, body: &str) -> Job {
     // Above the small-file limit (1 MiB): streamed as its own upload.
     let big: Vec<u8> = (0..1_500_000u32).map(|i| (i * 7 % 251) as u8).collect();
     write_file(&files, "b/big.bin", &big);
+    sources(job, pg, body, &files).write()
+}
+
+fn sources(job: JobBuilder, pg: &PgServer, body: &str, files: &Path) -> JobBuilder {
     job.destination(
         "remote",
         &format!("{body}retention = {{ keep_last = 2 }}\n"),
@@ -31,7 +38,42 @@ fn job(pg: &PgServer, body: &str) -> Job {
         "type = \"files\"\nname = \"uploads\"\npath = {}\n",
         toml_str(files.display())
     ))
-    .write()
+}
+
+/// `copy --all` from the destination into a local one the job gains, then a restore from
+/// that copy: the same tables and files.
+fn copied_back(pg: &PgServer, job: &Job, body: &str, newest: &[String]) {
+    sources(
+        Job::config_in(job.dir.path(), "app"),
+        pg,
+        body,
+        &job.path("uploads"),
+    )
+    .local_at("spare", &job.path("spare"), None)
+    .write_as("stowage.toml");
+    let (code, out) = job.stowage(&["copy", "app", "--all", "--from", "remote", "--to", "spare"]);
+    assert_eq!(code, Some(0), "copy --all:\n{out}");
+    assert_eq!(job.ids("spare"), newest, "every backup of remote, copied");
+    pg.create_db("copied");
+    let into = job.path("copied-uploads");
+    let (code, out) = job.stowage(&[
+        "restore",
+        "app",
+        &newest[0],
+        "--from",
+        "spare",
+        "--to",
+        &pg.url("copied"),
+        "--files-to",
+        into.to_str().expect("utf-8"),
+    ]);
+    assert_eq!(code, Some(0), "restore of the copy:\n{out}");
+    assert_eq!(pg.table_checksums("copied"), pg.table_checksums("app"));
+    assert!(
+        read_tree(&into) == read_tree(&job.path("uploads")),
+        "the copy's files differ: {:?}",
+        list_tree(&into)
+    );
 }
 
 /// The whole suite against the destination `body` describes. `on_disk`: where the server
@@ -86,6 +128,7 @@ fn suite(pg: &PgServer, body: &str, server: &Served, on_disk: Option<&Path>) {
         Some(0),
         "verify after retention and the sweep:\n{out}"
     );
+    copied_back(pg, &job, body, &[third.clone(), second.clone()]);
 
     if let Some(root) = on_disk {
         let stored = list_tree(root);

@@ -388,3 +388,61 @@ async fn the_storage_publishes_whole_objects_only() {
     assert!(!root.join("job").exists(), "{:#?}", files_under(&root));
     assert!(root.is_dir(), "the destination's directory stays");
 }
+
+/// `forget` removes a backup from the SFTP destination (manifest, objects, its blobs), and
+/// `copy` puts it back from a local destination of the job: restored from the server, the
+/// same data.
+#[test]
+fn forget_and_copy_over_sftp() {
+    let pg = PgServer::start();
+    seed_sample_db(&pg, "app", 200);
+    let sshd = SshServer::start();
+    let store = sshd.data_dir().join("backups/stowage");
+    let builder = Job::new("app");
+    let known_hosts = builder.path("known_hosts");
+    sshd.write_known_hosts(&known_hosts);
+    let body = sshd.destination(&store, &known_hosts);
+    let (builder, uploads) = with_uploads(builder.destination("nas", &body).local("spare", None));
+    let job = builder.postgres("db", &pg.url("app")).write();
+    let id = job.backup();
+    assert_eq!(job.ids("nas"), vec![id.clone()]);
+
+    let (code, out) = job.stowage(&["forget", "app", &id, "--from", "nas", "--force"]);
+    assert_eq!(code, Some(0), "forget:\n{out}\n{}", sshd.log());
+    assert!(job.ids("nas").is_empty(), "forgotten on nas");
+    let left = files_under(&store);
+    assert!(
+        !left
+            .iter()
+            .any(|f| f.contains(&id) || f.contains("/blobs/")),
+        "nothing of the backup is left on the server: {left:#?}"
+    );
+    assert_eq!(
+        job.ids("spare"),
+        vec![id.clone()],
+        "the other destination keeps it"
+    );
+
+    let (code, out) = job.stowage(&["copy", "app", &id, "--from", "spare", "--to", "nas"]);
+    assert_eq!(code, Some(0), "copy:\n{out}\n{}", sshd.log());
+    assert_eq!(job.ids("nas"), vec![id.clone()]);
+    pg.create_db("copied");
+    let files_to = job.path("copied-uploads");
+    let (code, out) = job.stowage(&[
+        "restore",
+        "app",
+        &id,
+        "--from",
+        "nas",
+        "--to",
+        &pg.url("copied"),
+        "--files-to",
+        files_to.to_str().expect("utf-8"),
+    ]);
+    assert_eq!(code, Some(0), "restore of the copy:\n{out}\n{}", sshd.log());
+    assert_eq!(pg.table_checksums("copied"), pg.table_checksums("app"));
+    assert!(
+        read_tree(&files_to) == read_tree(&uploads),
+        "copied files differ"
+    );
+}
