@@ -3,7 +3,8 @@
 //! dump; a multipart upload whose parts grow; more than 1,000 blob keys to list; the job
 //! lock refusing a second run; a crashed run's open upload and objects recovered by the
 //! next daemon start; retention with its blob sweep; verify; `checksums = "when_required"`;
-//! wrong credentials; an archive class on a store without RestoreObject. Every step that
+//! wrong credentials; `copy` of a local backup into the store; an archive class on a store
+//! without RestoreObject. Every step that
 //! stores data is checked by restoring and comparing, not by exit codes alone.
 //!
 //! What differed between the implementations, and how stowage handles it, is in
@@ -16,8 +17,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::{
-    Job, PgServer, Rng, S3Server, read_tree, seed_sample_db, sha256_hex, text, toml_str,
-    write_file, write_random_files,
+    Job, JobBuilder, PgServer, Rng, S3Server, read_tree, seed_sample_db, sha256_hex, text,
+    toml_str, write_file, write_random_files,
 };
 
 const BUCKET: &str = "compat";
@@ -365,7 +366,11 @@ async fn suite(s3: &S3Server) {
     //    checksums): puts and a multipart upload without them, read back without them.
     relaxed_checksums(s3, &big_file, &big).await;
 
-    // 7. A store without RestoreObject, written with an archive class: a restore fails saying
+    // 7. `copy`: a backup made to a local destination, copied into the store (the dump
+    //    in growing parts, the blobs) and restored from there.
+    copied_in(s3, &big_file, &big).await;
+
+    // 8. A store without RestoreObject, written with an archive class: a restore fails saying
     //    why, not with a bare HTTP 405.
     if !s3.supports_storage_classes() {
         no_retrieval(s3).await;
@@ -448,4 +453,60 @@ async fn relaxed_checksums(s3: &S3Server, big_file: &Path, big: &[u8]) {
     );
     let (code, out) = job.stowage(&["verify", JOB]);
     assert_eq!(code, Some(0), "{kind}: {out}");
+}
+
+/// A backup of a local destination copied into the store with `stowage copy`, then
+/// restored from the store: the same dump and files.
+async fn copied_in(s3: &S3Server, big_file: &Path, big: &[u8]) {
+    let kind = s3.kind();
+    let builder = Job::new(JOB);
+    let files = builder.path("files");
+    let want = write_random_files(
+        &mut Rng::new(8),
+        &files,
+        (0..20).map(|i| format!("d/f{i}")),
+        100..4000,
+    );
+    let out_file = builder.path("dump.restored");
+    let with_sources = |b: JobBuilder| {
+        b.source(&format!(
+            "type = \"command\"\nname = \"dump\"\ndump = [\"head\", \"-c\", \"{BEFORE_GATE}\", {}]\nrestore = [\"sh\", \"-c\", {}]\n",
+            toml_str(big_file.display()),
+            toml_str(format!("cat > {}", out_file.display()))
+        ))
+        .source(&format!(
+            "type = \"files\"\nname = \"files\"\npath = {}\n",
+            toml_str(files.display())
+        ))
+    };
+    let job = with_sources(builder.local("near", None)).write();
+    let id = job.backup();
+    with_sources(Job::config_in(job.dir.path(), JOB).local("near", None).s3(
+        "far",
+        s3,
+        BUCKET,
+        "prefix = \"copied\"\npart_size = \"5MiB\"\n",
+    ))
+    .write_as("stowage.toml");
+    let (code, out) = job.stowage(&["copy", JOB, &id, "--from", "near", "--to", "far"]);
+    assert_eq!(code, Some(0), "{kind}: copy:\n{out}");
+    assert_eq!(job.ids("far"), vec![id.clone()], "{kind}");
+    let to = job.path("restored");
+    let (code, out) = job.stowage(&[
+        "restore",
+        JOB,
+        &id,
+        "--from",
+        "far",
+        "--to",
+        "dump=-",
+        "--files-to",
+        to.to_str().expect("utf-8"),
+    ]);
+    assert_eq!(code, Some(0), "{kind}: restore of the copy:\n{out}");
+    assert!(
+        std::fs::read(&out_file).expect("dump restored") == big[..BEFORE_GATE],
+        "{kind}: the copied dump"
+    );
+    assert!(read_tree(&to) == want, "{kind}: the copied files");
 }
