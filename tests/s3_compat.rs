@@ -4,8 +4,8 @@
 //! lock refusing a second run; a crashed run's open upload and objects recovered by the
 //! next daemon start; retention with its blob sweep; verify; `checksums = "when_required"`;
 //! wrong credentials; `copy` of a local backup into the store; an archive class on a store
-//! without RestoreObject. Every step that
-//! stores data is checked by restoring and comparing, not by exit codes alone.
+//! without RestoreObject. Every step that stores data is checked by restoring and
+//! comparing, not by exit codes alone.
 //!
 //! What differed between the implementations, and how stowage handles it, is in
 //! `src/storage/s3/compat.rs`.
