@@ -198,6 +198,30 @@ impl From<&str> for Failure {
     }
 }
 
+/// Write an upload's chunks to `w` until [`Chunk::End`] (flushed), returning how many bytes
+/// went in; a channel that closes first is [`StorageError::Abandoned`]. `fail` turns a write
+/// error into the storage's own.
+pub async fn write_chunks<W: tokio::io::AsyncWrite + Unpin>(
+    body: &mut mpsc::Receiver<Chunk>,
+    w: &mut W,
+    fail: impl Fn(std::io::Error) -> StorageError,
+) -> Result<u64, StorageError> {
+    use tokio::io::AsyncWriteExt;
+    let mut written = 0u64;
+    loop {
+        match body.recv().await {
+            Some(Chunk::Data(b)) => {
+                w.write_all(&b).await.map_err(&fail)?;
+                written += b.len() as u64;
+            }
+            Some(Chunk::End) => break,
+            None => return Err(StorageError::Abandoned),
+        }
+    }
+    w.flush().await.map_err(&fail)?;
+    Ok(written)
+}
+
 /// The suffix of an object being written under a temporary name (a local file, an SFTP or
 /// WebDAV upload) until it is renamed into place.
 pub const PARTIAL_SUFFIX: &str = ".partial";

@@ -58,22 +58,10 @@ impl LocalStorage {
             .await
             .map_err(|e| self.io_err("cannot create", partial, e))?;
         let mut w = BufWriter::with_capacity(256 * 1024, file);
-        let mut written = 0u64;
-        loop {
-            match body.recv().await {
-                Some(Chunk::Data(b)) => {
-                    w.write_all(&b)
-                        .await
-                        .map_err(|e| self.io_err("cannot write", partial, e))?;
-                    written += b.len() as u64;
-                }
-                Some(Chunk::End) => break,
-                None => return Err(StorageError::Abandoned),
-            }
-        }
-        w.flush()
-            .await
-            .map_err(|e| self.io_err("cannot write", partial, e))?;
+        let written = crate::backend::write_chunks(&mut body, &mut w, |e| {
+            self.io_err("cannot write", partial, e)
+        })
+        .await?;
         w.get_ref()
             .sync_all()
             .await

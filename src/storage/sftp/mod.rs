@@ -28,7 +28,6 @@ use openssh_sftp_client::file::TokioCompatFile;
 use openssh_sftp_client::fs::Fs;
 use openssh_sftp_client::metadata::Permissions;
 use openssh_sftp_client::{Error as SftpError, Sftp as Client, SftpOptions};
-use tokio::io::AsyncWriteExt;
 use tokio::sync::{Mutex, mpsc};
 
 use super::{Chunk, ObjectMeta, ObjectReader, Storage, StorageError};
@@ -243,22 +242,10 @@ impl SftpStorage {
         let mut file = self.create(c, partial, key).await?;
         // A clone shares the handle: it syncs and closes it once the writer is done.
         let mut w = Box::pin(TokioCompatFile::new(file.clone()));
-        let mut written = 0u64;
-        loop {
-            match body.recv().await {
-                Some(Chunk::Data(b)) => {
-                    w.write_all(&b)
-                        .await
-                        .map_err(|e| self.io_error("cannot write", key, e))?;
-                    written += b.len() as u64;
-                }
-                Some(Chunk::End) => break,
-                None => return Err(StorageError::Abandoned),
-            }
-        }
-        w.flush()
-            .await
-            .map_err(|e| self.io_error("cannot write", key, e))?;
+        let written = crate::backend::write_chunks(&mut body, &mut w, |e| {
+            self.io_error("cannot write", key, e)
+        })
+        .await?;
         drop(w);
         if c.sftp.support_fsync() {
             file.sync_all()
