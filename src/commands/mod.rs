@@ -454,6 +454,20 @@ pub fn run(cli: Cli) -> i32 {
             verbose,
         } => status::run(&cli.config, &job, &id, &scope, verbose),
         Command::Retrieve { job, id, scope } => retrieve::run(&cli.config, &job, &id, &scope),
+        command @ (Command::Verify { .. } | Command::Copy { .. } | Command::Forget { .. }) => {
+            curate(&cli.config, command)
+        }
+        Command::Drill {
+            job,
+            identity,
+            trust_unauthenticated,
+        } => drill::run(&cli.config, &job, identity.as_ref(), trust_unauthenticated),
+    }
+}
+
+/// `verify`, `copy` and `forget`: their arguments as the modules below take them.
+fn curate(config: &std::path::Path, command: Command) -> i32 {
+    match command {
         Command::Verify {
             job,
             id,
@@ -464,7 +478,7 @@ pub fn run(cli: Cli) -> i32 {
             read_data_subset,
             trust_unauthenticated,
         } => verify::run(
-            &cli.config,
+            config,
             &job,
             if all {
                 crate::verify::Which::All
@@ -491,7 +505,7 @@ pub fn run(cli: Cli) -> i32 {
             dry_run,
             identity,
         } => copy::run(
-            &cli.config,
+            config,
             crate::curate::copy::Request {
                 job,
                 which: if all {
@@ -512,7 +526,7 @@ pub fn run(cli: Cli) -> i32 {
             force,
             dry_run,
         } => forget::run(
-            &cli.config,
+            config,
             crate::curate::forget::Request {
                 job,
                 id,
@@ -521,11 +535,8 @@ pub fn run(cli: Cli) -> i32 {
                 dry_run,
             },
         ),
-        Command::Drill {
-            job,
-            identity,
-            trust_unauthenticated,
-        } => drill::run(&cli.config, &job, identity.as_ref(), trust_unauthenticated),
+        // `run` hands only the three above here.
+        _ => EXIT_CONFIG,
     }
 }
 
