@@ -187,7 +187,6 @@ RUN set -eu; \
     in_image stowage --version; \
     in_image tini --version; \
     in_image zstd --version; \
-    in_image ssh -V; \
     in_image sh -c 'echo ok | gzip | zcat | grep -qx ok && id -un | grep -qx stowage && ls / | grep -qx tmp'; \
     if has postgres; then for t in pg_dump pg_restore psql pg_isready; do in_image $t --version; done; fi; \
     if has mariadb; then for t in mariadb-dump mariadb mysqldump mysql; do in_image $t --version; done; fi; \
