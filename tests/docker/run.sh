@@ -181,6 +181,9 @@ printf 'image size (default: postgres mariadb redis): %s uncompressed, %s compre
     "$(mb "$size")" "$(mb "$gz")" "$(mb "$binary_gz")"
 [ "$gz" -le "$IMAGE_LIMIT_GZ" ] \
     || fail "the default image is $(mb "$gz") compressed, over the limit of $(mb "$IMAGE_LIMIT_GZ")"
+# SFTP destinations run the image's ssh (as the stowage user, as the daemon does).
+docker run --rm --user 10001:10001 --entrypoint ssh stowage:ci -V 2>&1 | grep -q OpenSSH \
+    || fail "ssh does not run in the image (SFTP destinations need it)"
 
 step "CLIENTS variants: sizes, and each has only its clients"
 # A variant reruns only the assembling step: the package layer before it is cached.
