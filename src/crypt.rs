@@ -444,7 +444,15 @@ fn classify(e: age::DecryptError, what: &str, keys: &Keys) -> CryptError {
         age::DecryptError::NoMatchingKeys => CryptError::WrongIdentity { what, keys: from },
         age::DecryptError::InvalidHeader | age::DecryptError::UnknownFormat => CryptError::NotAge {
             what,
-            reason: e.to_string().to_lowercase(),
+            // age's text for an unknown format runs on a second line ("have you tried
+            // upgrading…"): messages here are one line, as logs and summaries read them.
+            reason: e
+                .to_string()
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .trim_end_matches('.')
+                .to_lowercase(),
         },
         age::DecryptError::Io(source) => CryptError::Io { what, source },
         e => CryptError::Decrypt { what, source: e },
@@ -546,6 +554,20 @@ mod tests {
         .err()
         .expect("not age");
         assert!(matches!(e, CryptError::NotAge { .. }), "{e}");
+        assert!(!e.to_string().contains('\n'), "one line: {e}");
+        // A damaged header (what a flipped byte early in a small blob gives) reads as an
+        // unknown format, whose age text has a second line.
+        let e = open(
+            Box::new(std::io::Cursor::new(
+                b"age-encryption.org/v9\n-> X25519 x\n".to_vec(),
+            )),
+            Some(&other),
+            "o",
+        )
+        .await
+        .err()
+        .expect("not age");
+        assert!(!e.to_string().contains('\n'), "one line: {e}");
     }
 
     #[tokio::test]
