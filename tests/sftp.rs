@@ -7,28 +7,7 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use common::servers::sshd::{SshServer, keygen};
-use common::{Job, JobBuilder, PgServer, read_tree, seed_sample_db, toml_str};
-
-/// Every file under `dir`, relative, '/'-separated.
-fn files_under(dir: &Path) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let Ok(rd) = std::fs::read_dir(&d) else {
-            continue;
-        };
-        for e in rd.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else if let Ok(rel) = p.strip_prefix(dir) {
-                out.push(rel.to_string_lossy().into_owned());
-            }
-        }
-    }
-    out.sort();
-    out
-}
+use common::{Job, JobBuilder, PgServer, list_tree, read_tree, seed_sample_db, toml_str};
 
 /// A files source `uploads` with a few files in the job's directory.
 fn with_uploads(builder: JobBuilder) -> (JobBuilder, PathBuf) {
@@ -87,7 +66,7 @@ fn backup_restore_and_list_over_sftp() {
     assert_eq!(s.job.ids("nas"), vec![id.clone()]);
 
     // Everything under the destination's path, in place, no temporary name left over.
-    let stored = files_under(&s.store);
+    let stored = list_tree(&s.store);
     assert!(
         stored.contains(&format!("app/{id}/db.pgdump.zst")),
         "{stored:#?}"
@@ -146,7 +125,7 @@ fn retention_over_sftp_removes_the_oldest_backup() {
     assert!(
         !s.store.join("app").join(&first).exists(),
         "the first backup's directory is gone: {:#?}",
-        files_under(&s.store)
+        list_tree(&s.store)
     );
     assert!(s.store.join("app").join(&second).is_dir());
 }
@@ -223,9 +202,9 @@ fn a_host_key_not_in_known_hosts_is_refused_with_a_hint() {
         "{out}"
     );
     assert!(
-        files_under(&store).is_empty(),
+        list_tree(&store).is_empty(),
         "nothing was written: {:#?}",
-        files_under(&store)
+        list_tree(&store)
     );
 
     // A known_hosts without the server at all: the same refusal, saying how to add it.
@@ -241,7 +220,7 @@ fn a_host_key_not_in_known_hosts_is_refused_with_a_hint() {
         )),
         "{out}"
     );
-    assert!(files_under(&store).is_empty());
+    assert!(list_tree(&store).is_empty());
 }
 
 #[test]
@@ -305,7 +284,7 @@ async fn the_storage_publishes_whole_objects_only() {
         .await
         .expect("preflight creates the directory");
     assert!(root.is_dir());
-    assert!(files_under(&root).is_empty(), "the probe is gone");
+    assert!(list_tree(&root).is_empty(), "the probe is gone");
 
     // A streamed upload of several chunks, larger than what is kept in flight.
     let (tx, rx) = tokio::sync::mpsc::channel(4);
@@ -336,7 +315,7 @@ async fn the_storage_publishes_whole_objects_only() {
     drop(tx);
     let e = st.put_stream("job/2/cut", rx).await.expect_err("abandoned");
     assert!(matches!(e, StorageError::Abandoned), "{e:?}");
-    assert_eq!(files_under(&root), ["job/1/big"]);
+    assert_eq!(list_tree(&root), ["job/1/big"]);
 
     // Overwrite in place, read back, list with sizes.
     st.put_bytes("job/1/small", Bytes::from_static(b"one"))
@@ -385,7 +364,7 @@ async fn the_storage_publishes_whole_objects_only() {
     ];
     st.delete(&keys).await.expect("delete");
     st.delete(&keys).await.expect("delete again");
-    assert!(!root.join("job").exists(), "{:#?}", files_under(&root));
+    assert!(!root.join("job").exists(), "{:#?}", list_tree(&root));
     assert!(root.is_dir(), "the destination's directory stays");
 }
 
@@ -410,7 +389,7 @@ fn forget_and_copy_over_sftp() {
     let (code, out) = job.stowage(&["forget", "app", &id, "--from", "nas", "--force"]);
     assert_eq!(code, Some(0), "forget:\n{out}\n{}", sshd.log());
     assert!(job.ids("nas").is_empty(), "forgotten on nas");
-    let left = files_under(&store);
+    let left = list_tree(&store);
     assert!(
         !left
             .iter()
