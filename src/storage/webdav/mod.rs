@@ -38,7 +38,10 @@ fn open(cfg: &WebdavConfig) -> Box<dyn Storage> {
         Ok(op) => op,
         Err(e) => return dal::open(Err(e), location, Publish::Rename),
     };
+    // No redirects: a redirected PUT would go on as a GET without its body (303), and an
+    // answer from elsewhere must not count as the upload; a 3xx fails it instead.
     let client = match reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
         .connect_timeout(Duration::from_secs(30))
         .tcp_keepalive(Duration::from_secs(30))
         .build()
