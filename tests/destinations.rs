@@ -1,7 +1,7 @@
 //! The destinations reached through OpenDAL, each against a real server: WebDAV (`rclone
 //! serve webdav`) and Azure Blob Storage (Azurite). One suite per destination: backup of a
 //! PostgreSQL database and a files source, `check-config --connect`, restore compared with
-//! the source, verify, retention over further backups, a corrupted object found by verify
+//! the source, verify, list, a drill, a heal of a dropped table, retention over further backups, a corrupted object found by verify
 //! (WebDAV, whose objects are files on the server), `copy --all` to a local destination
 //! restored from there, and a refused login that publishes nothing and leaves earlier
 //! backups alone.
@@ -38,6 +38,11 @@ fn sources(job: JobBuilder, pg: &PgServer, body: &str, files: &Path) -> JobBuild
         "type = \"files\"\nname = \"uploads\"\npath = {}\n",
         toml_str(files.display())
     ))
+    .drill(&format!(
+        "schedule = \"0 5 * * 0\"\nto = {}\nchecks = [\"select count(*) > 0 from orders\"]\n",
+        toml_str(pg.url("stowage_drill"))
+    ))
+    .heal("schedule = \"0 * * * *\"\nwatch = [\"orders\", \"public.customers\"]\n")
 }
 
 /// `copy --all` from the destination into a local one the job gains, then a restore from
@@ -114,6 +119,28 @@ fn suite(pg: &PgServer, body: &str, server: &Served, on_disk: Option<&Path>) {
 
     let (code, out) = job.stowage(&["verify", "app", "--all"]);
     assert_eq!(code, Some(0), "verify:\n{out}");
+
+    let (code, out) = job.stowage(&["list", "app"]);
+    assert_eq!(code, Some(0), "list:\n{out}");
+    assert!(out.contains(&first), "list shows {first}:\n{out}");
+    let (code, out) = job.stowage(&["drill", "app"]);
+    assert_eq!(code, Some(0), "drill:\n{out}");
+    assert!(
+        out.contains(&format!(
+            "drill app: ok, backup {first} from remote restored and checked"
+        )),
+        "{out}"
+    );
+    // A dropped table comes back from this destination.
+    let before = pg.table_checksums("app");
+    pg.psql("app", "drop table public.orders cascade");
+    let (code, out) = job.stowage(&["heal", "app"]);
+    assert_eq!(code, Some(0), "heal:\n{out}");
+    assert!(
+        out.contains(&format!("restored public.orders from {first} on remote")),
+        "{out}"
+    );
+    assert_eq!(pg.table_checksums("app"), before, "rows after the heal");
 
     // Retention: after two more backups only the newest two are left, and the blob of a
     // file only the first one held is swept with it.

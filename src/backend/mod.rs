@@ -16,7 +16,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use chrono::Utc;
 use tokio::io::AsyncRead;
 use tokio::sync::mpsc;
@@ -418,5 +418,90 @@ pub trait Storage: Send + Sync {
     /// Abort an open upload, freeing what its parts occupy.
     async fn abort_upload(&self, _upload: &OpenUpload) -> Result<(), StorageError> {
         Ok(())
+    }
+}
+
+/// Append `data` without ever growing `buf` past one part (BytesMut would reallocate by
+/// doubling, holding up to twice the part size): full parts are handed back, and a fresh
+/// buffer of exactly one part is started for the rest.
+pub fn push_parts(buf: &mut BytesMut, mut data: &[u8], part_size: usize) -> Vec<Bytes> {
+    let mut parts = Vec::new();
+    loop {
+        let room = part_size.saturating_sub(buf.len());
+        if data.len() < room {
+            buf.extend_from_slice(data);
+            return parts;
+        }
+        buf.extend_from_slice(&data[..room]);
+        data = &data[room..];
+        parts.push(std::mem::replace(buf, BytesMut::with_capacity(part_size)).freeze());
+    }
+}
+
+#[cfg(test)]
+mod push_parts_tests {
+    use super::push_parts;
+    use bytes::BytesMut;
+
+    #[test]
+    fn parts_are_exact_and_the_buffer_never_outgrows_one() {
+        let part = 1000;
+        let mut buf = BytesMut::with_capacity(part);
+        let mut parts = Vec::new();
+        let mut sent = Vec::new();
+        for i in 0..37u32 {
+            let chunk: Vec<u8> = (0..(97 + i * 13)).map(|k| (k + i) as u8).collect();
+            sent.extend_from_slice(&chunk);
+            parts.extend(push_parts(&mut buf, &chunk, part));
+            assert!(buf.capacity() <= part, "buffer grew to {}", buf.capacity());
+        }
+        assert!(parts.iter().all(|p| p.len() == part));
+        let mut got: Vec<u8> = parts.iter().flat_map(|p| p.to_vec()).collect();
+        got.extend_from_slice(&buf);
+        assert_eq!(got, sent);
+        // A chunk spanning several parts.
+        let mut buf = BytesMut::with_capacity(part);
+        let big = vec![7u8; 2500];
+        let parts = push_parts(&mut buf, &big, part);
+        assert_eq!(parts.len(), 2);
+        assert_eq!(buf.len(), 500);
+    }
+}
+
+/// The size of part number `part` (from 1) of a streamed upload to a store that allows
+/// `max_parts` parts. S3 allows 10,000: at a fixed 8 MiB an object could not exceed 80
+/// GiB, and the size of a streamed dump is not known in advance. So the part size doubles
+/// after every tenth of the allowed parts: 8 MiB parts for the first 8 GiB, 16 MiB for the
+/// next 16 GiB, …, about 8 TiB in all (S3's own limit is 5 TiB). Memory grows with the part
+/// size only for objects that need it.
+pub fn part_size_for(part: u32, base: usize, max_parts: u32) -> usize {
+    // In u64: 5 GiB does not fit a 32-bit usize (armv7).
+    const MAX_PART: u64 = 5 << 30;
+    let step = (max_parts / 10).max(1);
+    let doublings = (part.saturating_sub(1) / step).min(20);
+    let size = (base as u64).saturating_mul(1 << doublings).min(MAX_PART);
+    usize::try_from(size).unwrap_or(usize::MAX)
+}
+
+#[cfg(test)]
+mod part_size_tests {
+    use super::part_size_for;
+
+    #[test]
+    fn parts_double_after_each_tenth_of_the_limit() {
+        let mib = 1 << 20;
+        assert_eq!(part_size_for(1, 8 * mib, 10_000), 8 * mib);
+        assert_eq!(part_size_for(1000, 8 * mib, 10_000), 8 * mib);
+        assert_eq!(part_size_for(1001, 8 * mib, 10_000), 16 * mib);
+        assert_eq!(part_size_for(2001, 8 * mib, 10_000), 32 * mib);
+        // 10,000 parts hold more than S3's 5 TiB object limit.
+        let total: u64 = (1..=10_000)
+            .map(|p| part_size_for(p, 8 * mib, 10_000) as u64)
+            .sum();
+        assert!(total > 5 * (1u64 << 40), "{total}");
+        // Never above S3's 5 GiB part limit.
+        assert_eq!(part_size_for(10_000, 1 << 30, 10) as u64, 5u64 << 30);
+        // A tiny limit doubles at every part.
+        assert_eq!(part_size_for(3, 5 * mib, 4), 20 * mib);
     }
 }
