@@ -109,6 +109,10 @@ pub trait Database: Send + Sync + fmt::Debug {
     fn scratch(&self) -> Option<&dyn Scratch> {
         None
     }
+    /// Continuous WAL archiving: `None` for every source but PostgreSQL in physical mode.
+    fn wal_source(&self) -> Option<&dyn WalSource> {
+        None
+    }
     /// Objects (tables, collections) the archive holds, read from the archive itself.
     async fn archive_objects(&self, archive: &dyn Archive) -> Result<Vec<String>, SourceError>;
     /// Read a whole stored archive the way this engine's own tools would, for `verify`:
@@ -151,6 +155,60 @@ pub struct DumpInfo {
     pub objects: Option<Vec<String>>,
     /// Rows per table in the dump's snapshot, when asked for and the engine can tell.
     pub rows: Option<std::collections::BTreeMap<String, u64>>,
+    /// Where a physical base backup sits in the write-ahead log (PostgreSQL in
+    /// `mode = "physical"`): what point-in-time recovery starts from.
+    pub wal: Option<WalPosition>,
+}
+
+/// The write-ahead log span of a base backup: replay must start at `start_lsn` and reach
+/// `stop_lsn` before the copy is consistent.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct WalPosition {
+    pub timeline: u32,
+    /// LSNs as PostgreSQL writes them, e.g. "0/2000028".
+    pub start_lsn: String,
+    pub stop_lsn: String,
+    /// When the base backup ended: the earliest time it can recover to.
+    pub stop_time: chrono::DateTime<chrono::Utc>,
+}
+
+/// A database that archives its write-ahead log continuously (PostgreSQL in physical mode).
+/// The daemon runs [`WalSource::receive`] for as long as the job is configured and ships
+/// what appears in the spool (`crate::wal`); the engine knows the server and its tools,
+/// the shipper knows only files and destinations.
+#[async_trait]
+pub trait WalSource: Send + Sync {
+    /// Receive WAL into `spool` (a directory the daemon owns and keeps across restarts)
+    /// until the stream fails: each completed segment appears whole under its final name
+    /// (e.g. `000000010000000000000003`, written as `<name>.partial` and renamed once
+    /// complete and flushed), the segment being written as `<name>.partial`, timeline
+    /// history files as `<8 hex>.history`. Resumes from what the spool holds, and from the
+    /// replication slot beyond it. The child process is killed when the future is dropped.
+    async fn receive(&self, spool: &std::path::Path) -> Result<(), SourceError>;
+    /// How often the segment being written is shipped (`wal_flush`): the most committed
+    /// data a lost daemon can lose.
+    fn flush_interval(&self) -> std::time::Duration;
+}
+
+/// What a point-in-time restore asks of the engine beyond the base backup: where replay
+/// stops, and the command the server runs to fetch each WAL file from stowage.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Recovery {
+    pub target: RecoveryTarget,
+    /// The `restore_command` for the server, with `%f` and `%p` (built by stowage: its own
+    /// binary, config and job), written by the engine with its own quoting.
+    pub restore_command: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum RecoveryTarget {
+    /// Replay everything archived.
+    Latest,
+    Time(chrono::DateTime<chrono::Utc>),
+    /// An LSN as PostgreSQL writes them, e.g. "0/3000060" (checked by the engine).
+    Lsn(String),
+    /// A restore point made with `pg_create_restore_point`.
+    Name(String),
 }
 
 /// What a restore drill (`crate::drill`) needs from an engine: a scratch database it
@@ -275,6 +333,9 @@ pub struct RestoreOptions {
     pub dry_run: bool,
     /// Create the target database when it does not exist (engines with databases).
     pub create: bool,
+    /// A point-in-time restore of a physical base backup: where to stop and how the server
+    /// fetches WAL. `None` for every other restore.
+    pub recovery: Option<Recovery>,
 }
 
 /// A stored archive that can be read from its start more than once (selective restore

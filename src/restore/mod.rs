@@ -705,6 +705,7 @@ impl<'a> RestoreCtx<'a> {
             exclude_tables: excluded_tables(req, step),
             dry_run: req.dry_run,
             create: req.create,
+            recovery: None,
         };
         Progress::start(
             self.progress,

@@ -196,6 +196,7 @@ impl Database for FakeDb {
                 server_version: Some("1.0".into()),
                 objects: None,
                 rows: None,
+                wal: None,
             })
         }
         .boxed();

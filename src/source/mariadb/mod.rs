@@ -1181,6 +1181,7 @@ impl Database for MariaDbSource {
                     server_version: scanned.server_version,
                     objects: Some(scanned.tables),
                     rows: None,
+                    wal: None,
                 })
             }
             .boxed(),

@@ -542,6 +542,7 @@ impl Database for MongoSource {
                         server_version: p.server_version.clone(),
                         objects: Some(p.objects()),
                         rows: None,
+                        wal: None,
                     },
                     Err(e) => {
                         tracing::warn!(

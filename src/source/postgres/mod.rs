@@ -240,6 +240,7 @@ impl PostgresSource {
             server_version,
             objects,
             rows: None,
+            wal: None,
         }
     }
 

@@ -187,6 +187,7 @@ fn parse_info(text: &str) -> DumpInfo {
         server_version: None,
         objects: Some(Vec::new()),
         rows: None,
+        wal: None,
     };
     for line in text.lines().map(str::trim) {
         if let Some(v) = line.strip_prefix("redis_version:") {

@@ -207,6 +207,7 @@ impl Snapshot {
             server_version: written_by.or_else(|| Some(rusqlite::version().to_string())),
             objects: Some(self.tables.clone()),
             rows: self.rows.clone(),
+            wal: None,
         })
     }
 }
