@@ -200,6 +200,32 @@ pub struct Recovery {
     pub restore_command: Vec<String>,
 }
 
+impl WalPosition {
+    /// Whether a recovery to `target` can start from this base backup: the backup became
+    /// consistent no later than the target. (Whether the WAL to get there exists is the
+    /// archive's question, not the backup's.)
+    pub fn precedes(&self, target: &RecoveryTarget) -> bool {
+        match target {
+            RecoveryTarget::Latest | RecoveryTarget::Name(_) => true,
+            RecoveryTarget::Time(t) => self.stop_time <= *t,
+            RecoveryTarget::Lsn(l) => match (parse_lsn(&self.stop_lsn), parse_lsn(l)) {
+                (Some(stop), Some(l)) => stop <= l,
+                _ => false,
+            },
+        }
+    }
+}
+
+/// An LSN as PostgreSQL writes it ("16/B374D848": two hex halves) as one number.
+pub fn parse_lsn(text: &str) -> Option<u64> {
+    let (hi, lo) = text.split_once('/')?;
+    let ok = |h: &str| !h.is_empty() && h.len() <= 8 && h.bytes().all(|b| b.is_ascii_hexdigit());
+    if !ok(hi) || !ok(lo) {
+        return None;
+    }
+    Some((u64::from_str_radix(hi, 16).ok()? << 32) | u64::from_str_radix(lo, 16).ok()?)
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub enum RecoveryTarget {
     /// Replay everything archived.
@@ -548,4 +574,46 @@ pub fn scratch_dir(to: &str) -> Result<tempfile::TempDir, SourceError> {
                 e,
             )
         })
+}
+
+#[cfg(test)]
+mod wal_position_tests {
+    use super::{RecoveryTarget, WalPosition, parse_lsn};
+
+    #[test]
+    fn lsns_parse_as_postgresql_writes_them() {
+        assert_eq!(parse_lsn("0/0"), Some(0));
+        assert_eq!(parse_lsn("16/B374D848"), Some((0x16 << 32) | 0xB374_D848));
+        for bad in ["", "0", "/1", "1/", "g/1", "1/2/3", "123456789/0", " 0/1"] {
+            assert_eq!(parse_lsn(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn a_backup_precedes_targets_after_its_end() {
+        let at = |s: &str| {
+            chrono::DateTime::parse_from_rfc3339(s)
+                .expect("time")
+                .with_timezone(&chrono::Utc)
+        };
+        let b = WalPosition {
+            timeline: 1,
+            start_lsn: "0/2000028".into(),
+            stop_lsn: "0/2000100".into(),
+            stop_time: at("2026-12-05T08:00:00Z"),
+        };
+        let cases = [
+            (RecoveryTarget::Latest, true),
+            (RecoveryTarget::Name("before-upgrade".into()), true),
+            (RecoveryTarget::Time(at("2026-12-05T08:00:00Z")), true),
+            (RecoveryTarget::Time(at("2026-12-05T07:59:59Z")), false),
+            (RecoveryTarget::Lsn("0/2000100".into()), true),
+            (RecoveryTarget::Lsn("0/20000FF".into()), false),
+            (RecoveryTarget::Lsn("1/0".into()), true),
+            (RecoveryTarget::Lsn("nonsense".into()), false),
+        ];
+        for (target, want) in cases {
+            assert_eq!(b.precedes(&target), want, "{target:?}");
+        }
+    }
 }

@@ -122,7 +122,8 @@ pub enum Command {
         stowage restore app latest --to postgres://postgres@db:5432/app --clean\n  \
         stowage restore app latest --only uploads --dry-run\n  \
         stowage restore app 20261122 --only db --to postgres://postgres@db/app --table orders\n  \
-        stowage restore app latest --to db=postgres://postgres@db/app --to cache=/restore/dump.rdb")]
+        stowage restore app latest --to db=postgres://postgres@db/app --to cache=/restore/dump.rdb\n  \
+        stowage restore pitr --time \"2026-12-05 08:14:03+01\" --to-dir /var/lib/postgresql/data")]
     Restore {
         /// Job name
         job: String,
@@ -189,6 +190,23 @@ pub enum Command {
         /// where the job encrypts) anyway: disaster recovery only
         #[arg(long)]
         trust_unauthenticated: bool,
+        /// Physical PostgreSQL: recover to this time, with its offset ("2026-12-05
+        /// 08:14:03+01"); the base backup is the newest that ended before it
+        #[arg(long, value_name = "TIME", group = "point")]
+        time: Option<String>,
+        /// Physical PostgreSQL: recover to this LSN ("0/3000060")
+        #[arg(long, value_name = "LSN", group = "point")]
+        lsn: Option<String>,
+        /// Physical PostgreSQL: recover to this restore point (pg_create_restore_point)
+        #[arg(long = "name", value_name = "RESTORE_POINT", group = "point")]
+        restore_point: Option<String>,
+        /// Physical PostgreSQL: replay all archived WAL (the default)
+        #[arg(long, group = "point")]
+        latest: bool,
+        /// Physical PostgreSQL: the data directory to restore into (empty, or with --clean);
+        /// the same as --to DIR
+        #[arg(long, value_name = "DIR")]
+        to_dir: Option<PathBuf>,
     },
     /// Copy published backups of a job from one of its destinations to another: every
     /// object checked against its manifest on the way, blobs the target has not copied
@@ -564,10 +582,17 @@ fn restore_request(command: Command) -> Option<crate::restore::RestoreRequest> {
         wait_lock,
         keep_special_modes,
         trust_unauthenticated,
+        time,
+        lsn,
+        restore_point,
+        latest,
+        to_dir,
     } = command
     else {
         return None;
     };
+    let mut to = to;
+    to.extend(to_dir.map(|d| d.display().to_string()));
     Some(crate::restore::RestoreRequest {
         job,
         id,
@@ -590,6 +615,12 @@ fn restore_request(command: Command) -> Option<crate::restore::RestoreRequest> {
         keep_special_modes,
         trust_unauthenticated,
         fallback: false,
+        point: crate::restore::Point {
+            time,
+            lsn,
+            name: restore_point,
+            latest,
+        },
     })
 }
 

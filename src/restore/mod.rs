@@ -13,7 +13,7 @@ use tracing::{info, warn};
 #[cfg(test)]
 use crate::codec;
 use crate::config::{Config, Job, SourceConfig};
-use crate::engine::{COMMITTING, Database, RestoreOptions, SourceError};
+use crate::engine::{COMMITTING, Database, Recovery, RecoveryTarget, RestoreOptions, SourceError};
 use crate::repo::Repository;
 use crate::repo::locks::LockKind;
 use crate::repo::manifest::{self, Manifest, SourceEntry};
@@ -65,6 +65,71 @@ pub struct RestoreRequest {
     /// preference). Without it, `--from` is the user's word: such a restore fails and names
     /// the destination that holds an intact copy.
     pub fallback: bool,
+    /// Point-in-time recovery of a physical PostgreSQL source: where WAL replay stops, as
+    /// given on the command line (parsed by [`Point::target`]).
+    pub point: Point,
+}
+
+/// `--time`, `--lsn`, `--name` or `--latest` of a restore, as given.
+#[derive(Debug, Clone, Default)]
+pub struct Point {
+    pub time: Option<String>,
+    pub lsn: Option<String>,
+    pub name: Option<String>,
+    pub latest: bool,
+}
+
+impl Point {
+    /// The recovery target asked for; `None` when none was.
+    pub fn target(&self) -> Result<Option<RecoveryTarget>, String> {
+        if let Some(t) = &self.time {
+            return parse_point_time(t).map(|t| Some(RecoveryTarget::Time(t)));
+        }
+        if let Some(l) = &self.lsn {
+            return match crate::engine::parse_lsn(l) {
+                Some(_) => Ok(Some(RecoveryTarget::Lsn(l.to_ascii_uppercase()))),
+                None => Err(format!(
+                    "--lsn \"{}\" is not an LSN; PostgreSQL writes them as two hex numbers, e.g. 0/3000060 (see pg_current_wal_lsn())",
+                    l.escape_debug()
+                )),
+            };
+        }
+        if let Some(n) = &self.name {
+            // PostgreSQL's limit for restore point names (MAXFNAMELEN - 1).
+            if n.is_empty() || n.len() > 63 || n.chars().any(char::is_control) {
+                return Err(format!(
+                    "--name \"{}\" is not a restore point name: 1-63 characters, as given to pg_create_restore_point()",
+                    n.escape_debug()
+                ));
+            }
+            return Ok(Some(RecoveryTarget::Name(n.clone())));
+        }
+        Ok(self.latest.then_some(RecoveryTarget::Latest))
+    }
+}
+
+/// A `--time`: a date and time with an explicit offset ("2026-12-05 08:14:03+01",
+/// "2026-12-05T07:14:03Z"). Without an offset the same digits name different instants on
+/// the host, in the container and in PostgreSQL, and a restore at 3 a.m. must not guess.
+fn parse_point_time(text: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
+    let t = text.trim();
+    let normalized = t.replacen(' ', "T", 1);
+    let with_minutes = |s: &str| -> String {
+        // "+01" → "+01:00", so RFC 3339 takes PostgreSQL's short offsets.
+        let tail = s.rfind(['+', '-']).filter(|&i| i > 10);
+        match tail {
+            Some(i) if s.len() - i == 3 => format!("{s}:00"),
+            _ => s.to_string(),
+        }
+    };
+    chrono::DateTime::parse_from_rfc3339(&with_minutes(&normalized))
+        .map(|t| t.with_timezone(&chrono::Utc))
+        .map_err(|_| {
+            format!(
+                "--time \"{}\" is not a time with its offset; e.g. --time \"2026-12-05 08:14:03+01\" or --time 2026-12-05T07:14:03Z",
+                text.escape_debug()
+            )
+        })
 }
 
 /// What a restore did (or would do), for the command to print.
@@ -277,15 +342,13 @@ pub fn resolve_id(ids: &[String], wanted: &str) -> Result<Option<String>, String
     }
 }
 
-/// The backup `id` (an id, a unique prefix, or "latest") of `job`: from destination
-/// `from`, or the first of the job's destinations, in its order, that has it.
-pub async fn locate(
+/// The destinations a restore may read from: `from`, or the job's, in its order.
+async fn candidates(
     config: &Config,
     job: &Job,
     from: Option<&String>,
-    id: &str,
-) -> Result<Located, RestoreError> {
-    let candidates: Vec<(String, Box<dyn Storage>)> = match from {
+) -> Result<Vec<(String, Box<dyn Storage>)>, RestoreError> {
+    Ok(match from {
         Some(d) => {
             let Some(dest) = config.destinations.get(d) else {
                 return Err(RestoreError::Usage(format!(
@@ -305,7 +368,118 @@ pub async fn locate(
             .into_iter()
             .map(|js| (js.name.to_string(), js.storage))
             .collect(),
-    };
+    })
+}
+
+/// For a point-in-time restore without an id: the newest backup, on `from` or the first
+/// destination that has one, whose base backup was consistent before `target` (recovery
+/// cannot start from a backup taken after the point it stops at).
+async fn locate_point(
+    config: &Config,
+    job: &Job,
+    from: Option<&String>,
+    target: &RecoveryTarget,
+) -> Result<Located, RestoreError> {
+    let mut tried = Vec::new();
+    for (name, st) in candidates(config, job, from).await? {
+        let repo = Repository::new(st.as_ref(), &job.name);
+        let listing = match repo.backups().await {
+            Ok(l) => l,
+            Err(e) => {
+                warn!(destination = %name, "cannot list {name}: {e}");
+                tried.push(format!("{name} (unreachable: {e})"));
+                continue;
+            }
+        };
+        let ids: Vec<String> = listing
+            .published(&job.name)
+            .into_iter()
+            .map(|p| p.id)
+            .collect();
+        for id in &ids {
+            let manifest = match repo.manifest(id).await {
+                Ok(m) => m,
+                Err(e) => {
+                    warn!(job = %job.name, destination = %name, "passing over backup {id} on {name}: {e}");
+                    continue;
+                }
+            };
+            let auth = manifest.authenticity(job.auth_key.as_deref());
+            if job.auth_key.is_some() && !auth.accepted() {
+                warn!(
+                    job = %job.name,
+                    destination = %name,
+                    "passing over backup {id} on {name}: {}",
+                    auth.describe(job.auth_key.as_deref())
+                );
+                continue;
+            }
+            let fits = manifest
+                .sources
+                .iter()
+                .any(|s| s.wal.as_ref().is_some_and(|w| w.precedes(target)));
+            if fits {
+                return Ok(Located {
+                    storage: st,
+                    destination: name,
+                    manifest,
+                });
+            }
+        }
+        tried.push(format!(
+            "{name} ({} backup{}, none a base backup before the target)",
+            ids.len(),
+            if ids.len() == 1 { "" } else { "s" }
+        ));
+    }
+    Err(RestoreError::NotFound(format!(
+        "no base backup of job \"{}\" to recover to {} from, in: {}; see `stowage list {}`",
+        job.name,
+        describe_target(target),
+        tried.join(", "),
+        job.name
+    )))
+}
+
+/// A recovery target as messages name it.
+pub fn describe_target(target: &RecoveryTarget) -> String {
+    match target {
+        RecoveryTarget::Latest => "the newest archived WAL".to_string(),
+        RecoveryTarget::Time(t) => t.format("%Y-%m-%d %H:%M:%S%.f UTC").to_string(),
+        RecoveryTarget::Lsn(l) => format!("LSN {l}"),
+        RecoveryTarget::Name(n) => format!("restore point \"{n}\""),
+    }
+}
+
+/// The `restore_command` a recovering server runs: this binary's `wal-fetch`, with the
+/// config this restore was given, so WAL is fetched and checked the way the base backup was.
+fn wal_fetch_command(config: &Config, job: &str, source: &str) -> Vec<String> {
+    let exe = std::env::current_exe()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|_| "stowage".to_string());
+    let cfg = std::path::absolute(&config.path).unwrap_or_else(|_| config.path.clone());
+    vec![
+        exe,
+        "--config".to_string(),
+        cfg.display().to_string(),
+        "wal-fetch".to_string(),
+        job.to_string(),
+        "%f".to_string(),
+        "%p".to_string(),
+        "--source".to_string(),
+        source.to_string(),
+    ]
+}
+
+/// The backup `id` (an id, a unique prefix, or "latest") of `job`: from destination
+/// `from`, or the first of the job's destinations, in its order, that has it.
+pub async fn locate(
+    config: &Config,
+    job: &Job,
+    from: Option<&String>,
+    id: &str,
+) -> Result<Located, RestoreError> {
+    let candidates = candidates(config, job, from).await?;
 
     // First destination (in the job's order) that has the backup wins; an unreachable
     // one is skipped so a dead S3 endpoint does not block a restore from the local volume.
@@ -409,11 +583,24 @@ pub async fn restore_until(
     stop: impl std::future::Future<Output = &'static str>,
 ) -> Result<RestoreSummary, RestoreError> {
     let job = find_job(config, &req.job)?;
+    let point = req.point.target().map_err(RestoreError::Usage)?;
+    let located = match &point {
+        Some(target) if req.id == "latest" => {
+            locate_point(config, job, req.from.as_ref(), target).await?
+        }
+        _ => locate(config, job, req.from.as_ref(), &req.id).await?,
+    };
+    if point.is_some() && !located.manifest.sources.iter().any(|s| s.wal.is_some()) {
+        return Err(RestoreError::Usage(format!(
+            "--time, --lsn, --name and --latest restore a physical PostgreSQL source (mode = \"physical\"); backup {} of job {} holds none",
+            located.manifest.id, job.name
+        )));
+    }
     let Located {
         storage,
         destination: dest_name,
         manifest,
-    } = locate(config, job, req.from.as_ref(), &req.id).await?;
+    } = located;
     let st: Box<dyn Storage> = match &req.download_to {
         Some(dir) => Box::new(storage::cached::Cached::new(storage, dir.clone())),
         None => storage,
@@ -705,7 +892,16 @@ impl<'a> RestoreCtx<'a> {
             exclude_tables: excluded_tables(req, step),
             dry_run: req.dry_run,
             create: req.create,
-            recovery: None,
+            recovery: step.database.wal_source().map(|_| Recovery {
+                // A base backup alone is not consistent: without a target, replay it all.
+                target: req
+                    .point
+                    .target()
+                    .ok()
+                    .flatten()
+                    .unwrap_or(RecoveryTarget::Latest),
+                restore_command: wal_fetch_command(self.config, &job.name, &entry.name),
+            }),
         };
         Progress::start(
             self.progress,
