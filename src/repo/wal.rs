@@ -313,7 +313,18 @@ mod tests {
     use super::*;
     use crate::codec::Compression;
     use crate::repo::Repository;
-    use crate::testkit::MemoryStorage;
+    use crate::storage::local::LocalStorage;
+
+    /// A local destination in a fresh directory (repo sits below the test kit's memory one).
+    fn local() -> (tempfile::TempDir, LocalStorage) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let st = LocalStorage::new(dir.path().to_path_buf());
+        (dir, st)
+    }
+
+    async fn insert(st: &LocalStorage, key: &str, data: impl Into<Vec<u8>>) {
+        st.put_bytes(key, data.into().into()).await.expect("put");
+    }
 
     fn key(text: &str) -> std::sync::Arc<AuthKey> {
         std::sync::Arc::new(
@@ -384,7 +395,7 @@ mod tests {
     /// under their job and source; a missing one is `None`.
     #[tokio::test]
     async fn records_are_checked() {
-        let st = MemoryStorage::new("m");
+        let (_dir, st) = local();
         let k = key(&"k".repeat(44));
         let form = Form::from(Compression::Zstd);
         let signed = Expect {
@@ -411,9 +422,9 @@ mod tests {
         // Edited after it was written: refused by its MAC.
         let rkey = WalNames::new("app", "db").record(SEG);
         let mut v: serde_json::Value =
-            serde_json::from_slice(&st.object(&rkey).expect("stored").data).expect("json");
+            serde_json::from_slice(&st.get_bytes(&rkey).await.expect("stored")).expect("json");
         v["raw_sha256"] = serde_json::json!("ee".repeat(32));
-        st.insert(&rkey, serde_json::to_vec(&v).expect("json"));
+        insert(&st, &rkey, serde_json::to_vec(&v).expect("json")).await;
         let e = read_record(&st, "app", "db", SEG, &signed)
             .await
             .expect_err("forged");
@@ -433,21 +444,21 @@ mod tests {
         let plain = Expect::default();
         let mut other = record(form);
         other.name = "000000010000000000000009".into();
-        st.insert(&rkey, encode(&other, None).expect("encode"));
+        insert(&st, &rkey, encode(&other, None).expect("encode")).await;
         let e = read_record(&st, "app", "db", SEG, &plain)
             .await
             .expect_err("copied");
         assert!(e.to_string().contains("copied from elsewhere"), "{e}");
         let mut escape = record(form);
         escape.key = "other/wal/db/000000010000000000000003.zst".into();
-        st.insert(&rkey, encode(&escape, None).expect("encode"));
+        insert(&st, &rkey, encode(&escape, None).expect("encode")).await;
         let e = read_record(&st, "app", "db", SEG, &plain)
             .await
             .expect_err("elsewhere");
         assert!(e.to_string().contains("other/wal/db"), "{e}");
 
         // A job that encrypts refuses a clear object unless the job signed its record.
-        st.insert(&rkey, encode(&record(form), None).expect("encode"));
+        insert(&st, &rkey, encode(&record(form), None).expect("encode")).await;
         let enc = Expect {
             encrypted: true,
             ..Expect::default()
@@ -462,19 +473,19 @@ mod tests {
     /// retention, recovery and sweeps see the job's backups exactly as without them.
     #[tokio::test]
     async fn job_listings_ignore_wal() {
-        let st = MemoryStorage::new("m");
+        let (_dir, st) = local();
         let id = "20261122T030000.000Z";
-        st.insert(&format!("app/{id}/db.pgdump.zst"), "d");
-        st.insert(&format!("app/{id}/manifest.json"), "{}");
-        st.insert("app/locks/20261122T030000.000Z.backup", "{}");
+        insert(&st, &format!("app/{id}/db.pgdump.zst"), "d").await;
+        insert(&st, &format!("app/{id}/manifest.json"), "{}").await;
+        insert(&st, "app/locks/20261122T030000.000Z.backup", "{}").await;
         let bare = Repository::new(&st, "app").listing().await.expect("list");
         let n = WalNames::new("app", "db");
         let zst = Form::from(Compression::Zstd);
-        st.insert(&n.object(SEG, zst), "w");
-        st.insert(&n.record(SEG), "{}");
-        st.insert(&n.partial(SEG, 1, zst), "p");
-        st.insert(&n.pointer(), "{}");
-        st.insert("app/wal/db/00000002.history.zst", "h");
+        insert(&st, &n.object(SEG, zst), "w").await;
+        insert(&st, &n.record(SEG), "{}").await;
+        insert(&st, &n.partial(SEG, 1, zst), "p").await;
+        insert(&st, &n.pointer(), "{}").await;
+        insert(&st, "app/wal/db/00000002.history.zst", "h").await;
         for listing in [
             Repository::new(&st, "app").listing().await.expect("list"),
             Repository::new(&st, "app").backups().await.expect("list"),
