@@ -43,10 +43,8 @@ pub fn run(config_path: &Path, job: &str, req: Request) -> i32 {
         // The server asks for files that were never shipped: no noise in its log.
         Err(FetchError::NotFound { .. }) => EXIT_FAILED,
         Err(e) => {
-            eprintln!(
-                "error: wal-fetch: {}",
-                crate::units::error_chain(&e).replace('\n', " ")
-            );
+            // Each message already quotes its cause: one line, for the server's log.
+            eprintln!("error: wal-fetch: {}", e.to_string().replace('\n', " "));
             EXIT_WAL_ABORT
         }
     }

@@ -211,6 +211,14 @@ impl<'a> Shipper<'a> {
     /// Ship every completed file, then the partial segment when it is due (or `force`).
     async fn pass(&mut self, force: bool) -> Outcome {
         let mut out = Outcome::default();
+        if self.destinations.is_empty() {
+            // "On every destination" would hold of every file: never empty the spool so.
+            out.fail(format!(
+                "job {} has no destination open to ship WAL to; the spool keeps it",
+                self.job.name
+            ));
+            return out;
+        }
         let (completed, partial) = match self.scan().await {
             Ok(found) => found,
             Err(e) => {

@@ -413,3 +413,14 @@ async fn ship_runs_until_shutdown() {
     assert!(s.spooled().is_empty());
     assert_eq!(tx.borrow().last_shipped.as_deref(), Some(SEG2));
 }
+
+/// Without a destination nothing leaves the spool.
+#[tokio::test]
+async fn no_destination_keeps_the_spool() {
+    let s = Setup::new("");
+    s.put(SEG1, &data(1000, 10));
+    let mut shipper = Shipper::new(s.job(), "db", &s.spool(), &[], Duration::from_secs(10));
+    let out = shipper.pass(true).await;
+    assert!(out.failed);
+    assert_eq!(s.spooled(), vec![SEG1]);
+}
