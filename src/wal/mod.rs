@@ -299,11 +299,15 @@ impl<'a> Shipper<'a> {
     /// could not be read).
     async fn ship_file(&mut self, name: &str, path: &Path) -> Result<(), String> {
         let n = self.destinations.len();
+        if !self.done.contains_key(name) {
+            let already = self.already_shipped(name, path).await;
+            self.done.insert(name.to_string(), already);
+        }
         let have = self
             .done
-            .entry(name.to_string())
-            .or_insert_with(|| vec![false; n])
-            .clone();
+            .get(name)
+            .cloned()
+            .unwrap_or_else(|| vec![false; n]);
         let targets: Vec<usize> = (0..n).filter(|i| !have[*i]).collect();
         if targets.is_empty() {
             return Ok(());
@@ -382,6 +386,44 @@ impl<'a> Shipper<'a> {
         Ok(())
     }
 
+    /// Which destinations already hold `name` with the spool file's content: what an
+    /// earlier process shipped before it could empty the spool. Sending it again would
+    /// rewrite the object (under encryption, with other bytes) before its record, and a
+    /// fetch in between would find them apart.
+    async fn already_shipped(&self, name: &str, path: &Path) -> Vec<bool> {
+        let mut have = vec![false; self.destinations.len()];
+        let expect = crate::repo::packing::Expect::of(self.job, false);
+        let mut records = Vec::new();
+        for (i, (_, storage)) in self.destinations.iter().enumerate() {
+            let st = storage.as_ref();
+            // Mostly none (a new file): one small read per destination, no hashing.
+            if let Ok(Some(v)) =
+                wal::read_record(st, &self.job.name, self.source, name, &expect).await
+            {
+                records.push((i, v.record));
+            }
+        }
+        if records.is_empty() {
+            return have;
+        }
+        let Ok((raw_sha256, raw_size)) = hash_file(path).await else {
+            return have;
+        };
+        for (i, r) in records {
+            if r.raw_sha256 != raw_sha256 || r.raw_size != raw_size {
+                continue;
+            }
+            // The record is written after its object; the object must still be whole.
+            let listed = self.destinations[i]
+                .1
+                .list(&r.key)
+                .await
+                .unwrap_or_default();
+            have[i] = listed.iter().any(|o| o.key == r.key && o.size == r.size);
+        }
+        have
+    }
+
     /// Ship the segment being written where its content changed since it was last stored
     /// there: a new object, the pointer to it, then the object it replaces is deleted.
     async fn ship_partial(&mut self, name: &str, out: &mut Outcome) {
@@ -396,7 +438,7 @@ impl<'a> Shipper<'a> {
             return;
         }
         let raw_sha = match hash_file(&path).await {
-            Ok(h) => h,
+            Ok((h, _)) => h,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
             Err(e) => {
                 out.fail(format!(
@@ -603,9 +645,11 @@ async fn mtime(path: &Path) -> std::io::Result<SystemTime> {
     tokio::fs::metadata(path).await?.modified()
 }
 
-async fn hash_file(path: &Path) -> std::io::Result<String> {
+/// A file's sha256 and size.
+async fn hash_file(path: &Path) -> std::io::Result<(String, u64)> {
     let mut f = tokio::fs::File::open(path).await?;
     let mut digest = Sha256::new();
+    let mut size = 0u64;
     let mut buf = vec![0u8; 256 * 1024];
     loop {
         let n = f.read(&mut buf).await?;
@@ -613,8 +657,9 @@ async fn hash_file(path: &Path) -> std::io::Result<String> {
             break;
         }
         digest.update(&buf[..n]);
+        size += n as u64;
     }
-    Ok(hex::encode(digest.finalize()))
+    Ok((hex::encode(digest.finalize()), size))
 }
 
 /// Passes bytes through, counting and hashing them into `digest`.

@@ -424,3 +424,37 @@ async fn no_destination_keeps_the_spool() {
     assert!(out.failed);
     assert_eq!(s.spooled(), vec![SEG1]);
 }
+
+/// After a restart, a file whose record and object a destination already holds (the last
+/// process died before emptying the spool) is not sent there again; one that differs is.
+#[tokio::test]
+async fn a_restart_does_not_send_again_what_is_there() {
+    let s = Setup::new("");
+    let bytes = data(20_000, 11);
+    s.put(SEG1, &bytes);
+    assert!(!s.shipper().pass(false).await.failed);
+    let puts: Vec<usize> = s.stores.iter().map(|st| st.calls(Op::PutStream)).collect();
+    // The spool file back, as if the process had died before removing it.
+    s.put(SEG1, &bytes);
+    // Destination b lost the object since.
+    s.stores[1]
+        .delete(&[format!("app/wal/db/{SEG1}.zst")])
+        .await
+        .expect("delete");
+    assert!(!s.shipper().pass(false).await.failed);
+    assert!(s.spooled().is_empty());
+    assert_eq!(
+        s.stores[0].calls(Op::PutStream),
+        puts[0],
+        "a holds it: not sent"
+    );
+    assert_eq!(
+        s.stores[1].calls(Op::PutStream),
+        puts[1] + 1,
+        "b lost it: sent"
+    );
+    assert_eq!(
+        read_back(&s.stores[1], SEG1, &Expect::default()).await.1,
+        bytes
+    );
+}
