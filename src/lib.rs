@@ -40,4 +40,5 @@ pub(crate) mod testkit;
 pub mod ticker;
 pub mod units;
 pub mod verify;
+pub mod wal;
 pub mod zone;

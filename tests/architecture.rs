@@ -23,7 +23,7 @@ const LAYERS: &[&[&str]] = &[
     &["status", "history", "recover"],
     &["heal", "verify", "drill", "curate"],
     // the data paths
-    &["restore", "pipeline"],
+    &["restore", "pipeline", "wal"],
     // test-only stand-ins (a storage, a database) the data paths' unit tests run on
     &["testkit"],
     // the repository: locks, blobs, how objects are packed, manifests, key names

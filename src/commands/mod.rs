@@ -15,6 +15,7 @@ pub mod retrieve;
 pub mod run;
 pub mod status;
 pub mod verify;
+pub mod wal_fetch;
 
 use std::path::PathBuf;
 
@@ -32,6 +33,9 @@ pub const EXIT_ABANDONED: i32 = 3;
 pub const EXIT_PENDING: i32 = 4;
 /// Stopped by SIGINT/SIGTERM (128 + SIGINT, as a shell reports Ctrl-C).
 pub const EXIT_INTERRUPTED: i32 = 130;
+/// `wal-fetch` failed other than by the file not being shipped: PostgreSQL aborts
+/// recovery on an exit code above 125 rather than taking the file as not available.
+pub const EXIT_WAL_ABORT: i32 = 255;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -361,6 +365,27 @@ pub enum Command {
     },
     /// Exit 0 when the config is valid and a daemon is running (for HEALTHCHECK)
     Health,
+    /// Fetch one shipped WAL file, checked, for PostgreSQL's restore_command
+    /// (`stowage wal-fetch JOB %f %p`); exit 1 when no destination has it, 255 when it is
+    /// damaged or a destination cannot be read (PostgreSQL then stops recovery)
+    #[command(after_help = "Example (postgresql.conf or recovery settings):\n  \
+        restore_command = 'stowage --config /config/stowage.toml wal-fetch pitr %f %p'\n\n\
+        Exit codes: 0 written, 1 not shipped to any destination, 255 damaged, unreadable \
+        or misconfigured (recovery must stop)")]
+    WalFetch {
+        /// Job name
+        job: String,
+        /// The WAL file's name (%f)
+        name: String,
+        /// Where to write it (%p; relative to the working directory, the data directory)
+        path: PathBuf,
+        /// Destination to read (default: the first of the job's destinations that has it)
+        #[arg(long)]
+        from: Option<String>,
+        /// The source whose WAL it is (default: the job's WAL source)
+        #[arg(long, value_name = "SOURCE")]
+        source: Option<String>,
+    },
 }
 
 /// Which part of a backup `status` and `retrieve` look at: what the same restore would need.
@@ -480,6 +505,22 @@ pub fn run(cli: Cli) -> i32 {
             identity,
             trust_unauthenticated,
         } => drill::run(&cli.config, &job, identity.as_ref(), trust_unauthenticated),
+        Command::WalFetch {
+            job,
+            name,
+            path,
+            from,
+            source,
+        } => wal_fetch::run(
+            &cli.config,
+            &job,
+            crate::wal::fetch::Request {
+                name,
+                path,
+                from,
+                source,
+            },
+        ),
     }
 }
 

@@ -9,6 +9,10 @@
 //! <root>/<job>/<id>/manifest.json                    written last: the backup exists once it does
 //! <root>/<job>/blobs/<aa>/<name>[.zst][.age]         file contents, shared by all backups of the job
 //! <root>/<job>/locks/<id>.backup|.sweep        a backup or a blob sweep in progress
+//! <root>/<job>/wal/<source>/<name>[.zst|.gz][.age]   a WAL segment or timeline history file
+//! <root>/<job>/wal/<source>/index/<name>.json        its record: sizes and sha256 (repo/wal.rs)
+//! <root>/<job>/wal/<source>/partial/<name>.<ms>[…]   the segment being written, as last shipped
+//! <root>/<job>/wal/<source>/partial.json             the record pointing at it
 //! ```
 //! `<id>` is the UTC start time (`20261122T030000.123Z`), so ids sort by time as strings, and
 //! before `blobs/` and `locks/` (digits sort before letters): a listing of backups can stop
@@ -24,6 +28,9 @@ use crate::storage::check_key;
 pub const MANIFEST: &str = "manifest.json";
 pub const BLOBS_DIR: &str = "blobs";
 pub const LOCKS_DIR: &str = "locks";
+/// Continuous WAL of a job's sources: after `blobs/` and `locks/`, so backup listings that
+/// stop at `<job>/a` never page through it.
+pub const WAL_DIR: &str = "wal";
 const ID_FORMAT: &str = "%Y%m%dT%H%M%S%.3fZ";
 
 pub fn new_id(now: DateTime<Utc>) -> String {
@@ -144,11 +151,122 @@ pub(super) fn lock_key(job: &str, id: &str, kind: &str) -> String {
     format!("{job}/{LOCKS_DIR}/{id}.{kind}")
 }
 
+/// The WAL of `source` (`<job>/wal/<source>/`): segments, history files and their records.
+pub(super) fn wal_prefix(job: &str, source: &str) -> String {
+    format!("{job}/{WAL_DIR}/{source}/")
+}
+
+/// A shipped segment or history file: `<job>/wal/<source>/<name><suffix>`.
+pub(super) fn wal_key(job: &str, source: &str, name: &str, form: Form) -> String {
+    format!("{}{name}{}", wal_prefix(job, source), form.suffix())
+}
+
+pub(super) fn wal_index_prefix(job: &str, source: &str) -> String {
+    format!("{}index/", wal_prefix(job, source))
+}
+
+/// The record of a shipped file: `<job>/wal/<source>/index/<name>.json`.
+pub(super) fn wal_index_key(job: &str, source: &str, name: &str) -> String {
+    format!("{}{name}.json", wal_index_prefix(job, source))
+}
+
+/// The name a key of [`wal_index_prefix`] records, when it is one.
+pub(super) fn wal_name_of_index(job: &str, source: &str, key: &str) -> Option<String> {
+    let name = key
+        .strip_prefix(&wal_index_prefix(job, source))?
+        .strip_suffix(".json")?;
+    is_wal_name(name).then(|| name.to_string())
+}
+
+pub(super) fn wal_partial_prefix(job: &str, source: &str) -> String {
+    format!("{}partial/", wal_prefix(job, source))
+}
+
+/// One shipped state of the segment being written: `partial/<name>.<unix millis><suffix>`
+/// (a new key each time, so the pointer never names an object being overwritten).
+pub(super) fn wal_partial_key(
+    job: &str,
+    source: &str,
+    name: &str,
+    millis: i64,
+    form: Form,
+) -> String {
+    format!(
+        "{}{name}.{millis}{}",
+        wal_partial_prefix(job, source),
+        form.suffix()
+    )
+}
+
+/// The record of the last shipped partial segment: `<job>/wal/<source>/partial.json`.
+pub(super) fn wal_pointer_key(job: &str, source: &str) -> String {
+    format!("{}partial.json", wal_prefix(job, source))
+}
+
+/// Every form an object may be stored in, for reading back what a record names.
+const FORMS: [Form; 6] = [
+    Form {
+        compression: Compression::Zstd,
+        encrypted: false,
+    },
+    Form {
+        compression: Compression::Zstd,
+        encrypted: true,
+    },
+    Form {
+        compression: Compression::Gzip,
+        encrypted: false,
+    },
+    Form {
+        compression: Compression::Gzip,
+        encrypted: true,
+    },
+    Form {
+        compression: Compression::None,
+        encrypted: false,
+    },
+    Form {
+        compression: Compression::None,
+        encrypted: true,
+    },
+];
+
+/// The form of `key` if it is the key of WAL file `name` of `source` (whole, or a shipped
+/// partial state); `None` for any other key: a record never makes stowage read elsewhere.
+pub(super) fn wal_form_of(job: &str, source: &str, name: &str, key: &str) -> Option<Form> {
+    let whole = key
+        .strip_prefix(&wal_prefix(job, source))
+        .and_then(|r| r.strip_prefix(name))
+        .and_then(|suffix| FORMS.into_iter().find(|f| f.suffix() == suffix));
+    if whole.is_some() {
+        return whole;
+    }
+    let rest = key
+        .strip_prefix(&wal_partial_prefix(job, source))?
+        .strip_prefix(name)?
+        .strip_prefix('.')?;
+    let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+    if digits == 0 {
+        return None;
+    }
+    let suffix = &rest[digits..];
+    FORMS.into_iter().find(|f| f.suffix() == suffix)
+}
+
+/// A name PostgreSQL gives WAL files that are shipped: a segment (24 hex digits) or a
+/// timeline history file (8 hex digits, `.history`).
+pub fn is_wal_name(name: &str) -> bool {
+    let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit());
+    hex(name, 24) || name.strip_suffix(".history").is_some_and(|t| hex(t, 8))
+}
+
 /// What a key under a job's prefix is.
 #[derive(Debug, PartialEq, Eq)]
 pub enum KeyKind<'a> {
     Blob,
     Lock,
+    /// Continuous WAL (`<job>/wal/…`): no backup's, never removed with one.
+    Wal,
     /// An object of the backup with this id.
     Backup(&'a str),
     Other,
@@ -161,6 +279,7 @@ pub fn classify<'a>(job: &str, key: &'a str) -> KeyKind<'a> {
     match rest.split_once('/') {
         Some((BLOBS_DIR, _)) => KeyKind::Blob,
         Some((LOCKS_DIR, _)) => KeyKind::Lock,
+        Some((WAL_DIR, _)) => KeyKind::Wal,
         Some((id, _)) => KeyKind::Backup(id),
         None => KeyKind::Other,
     }

@@ -344,7 +344,7 @@ impl JobListing {
                     let id = id.to_string();
                     listing.backups.entry(id).or_default().push(o)
                 }
-                KeyKind::Other => {}
+                KeyKind::Wal | KeyKind::Other => {}
             }
         }
         listing

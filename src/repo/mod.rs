@@ -10,6 +10,7 @@ pub mod locks;
 pub mod manifest;
 pub mod objlock;
 pub mod packing;
+pub mod wal;
 
 use std::sync::Arc;
 

@@ -1,0 +1,691 @@
+//! Continuous WAL shipping: what an engine's `WalSource` leaves in a spool directory goes,
+//! compressed and encrypted the job's way, to every destination of the job, each file with
+//! its record (`repo::wal`); a file leaves the spool only once every destination has it.
+//! `fetch` reads it back for PostgreSQL's `restore_command`. Engine-agnostic: files and
+//! destinations only.
+//!
+//! Spool contents (as `pg_receivewal` writes them): completed segments under their 24-hex
+//! names (they appear by rename, whole and flushed), the segment being written as
+//! `<name>.partial`, timeline history files `<8 hex>.history`; anything else is ignored.
+
+pub mod fetch;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::BytesMut;
+use chrono::{DateTime, Utc};
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncRead, AsyncReadExt, ReadBuf};
+use tokio::sync::{mpsc, watch};
+use tracing::{info, warn};
+
+use crate::codec::Reader;
+use crate::config::Job;
+use crate::repo::Form;
+use crate::repo::wal::{self, WalNames, WalRecord, is_wal_name};
+use crate::storage::{Chunk, Storage, StorageError};
+use crate::units::human_bytes;
+
+/// The job's destinations, opened, in the job's order: (name, storage).
+pub type Destinations = [(String, Arc<dyn Storage>)];
+
+/// How shipping stands, for the status page and `stowage_wal_lag_seconds`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct WalStatus {
+    /// The last WAL file stored on every destination, and when.
+    pub last_shipped: Option<String>,
+    pub last_shipped_at: Option<DateTime<Utc>>,
+    /// When the partial segment was last stored on every destination.
+    pub partial_shipped_at: Option<DateTime<Utc>>,
+    /// Completed files in the spool that some destination still lacks.
+    pub pending: usize,
+    /// The last failure, until a pass ships everything (`None` then).
+    pub last_error: Option<String>,
+    /// When the oldest data not yet on every destination was written (the mtime of the
+    /// oldest pending file, or of a changed partial segment not yet shipped).
+    pub oldest_unshipped: Option<DateTime<Utc>>,
+}
+
+impl WalStatus {
+    /// How far shipping is behind at `now`: zero when nothing waits.
+    pub fn lag(&self, now: DateTime<Utc>) -> Duration {
+        self.oldest_unshipped
+            .and_then(|t| (now - t).to_std().ok())
+            .unwrap_or_default()
+    }
+}
+
+/// Ship `source`'s WAL from `spool` to `destinations` until `shutdown` completes, then make
+/// one last pass (the partial segment included) and return. Completed files are scanned
+/// for every second while some are pending, every `flush` otherwise; the partial segment
+/// is shipped every `flush` when its content changed. `status` is updated after each pass.
+/// Dropping the future is safe at any point: what was not shipped stays in the spool, and
+/// shipping a file again after a restart only rewrites the same object and record.
+pub async fn ship(
+    job: &Job,
+    source: &str,
+    spool: &Path,
+    destinations: &Destinations,
+    flush: Duration,
+    status: &watch::Sender<WalStatus>,
+    shutdown: impl Future<Output = ()>,
+) {
+    let mut shipper = Shipper::new(job, source, spool, destinations, flush);
+    tokio::pin!(shutdown);
+    let mut failures: u32 = 0;
+    loop {
+        let outcome = tokio::select! {
+            o = shipper.pass(false) => o,
+            () = &mut shutdown => break,
+        };
+        shipper.publish(status, &outcome);
+        let wait = if outcome.failed {
+            // A destination that is down is asked again, less and less often.
+            failures = failures.saturating_add(1);
+            Duration::from_secs(1 << failures.min(5).saturating_sub(1))
+                .min(flush.max(Duration::from_secs(1)))
+        } else {
+            failures = 0;
+            if outcome.pending > 0 {
+                Duration::from_secs(1)
+            } else {
+                flush
+            }
+        };
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            () = &mut shutdown => break,
+        }
+    }
+    let outcome = shipper.pass(true).await;
+    shipper.publish(status, &outcome);
+}
+
+/// What one pass left.
+#[derive(Debug, Default)]
+struct Outcome {
+    pending: usize,
+    failed: bool,
+    oldest: Option<SystemTime>,
+    error: Option<String>,
+    shipped: Option<(String, DateTime<Utc>)>,
+    partial_shipped: Option<DateTime<Utc>>,
+}
+
+impl Outcome {
+    fn fail(&mut self, message: String) {
+        self.failed = true;
+        self.error = Some(message);
+    }
+
+    fn unshipped(&mut self, t: SystemTime) {
+        self.oldest = Some(self.oldest.map_or(t, |o| o.min(t)));
+    }
+}
+
+/// The partial segment as last shipped to each destination.
+#[derive(Debug, Default, Clone)]
+struct PartialOn {
+    /// (segment name, raw sha256) stored there.
+    content: Option<(String, String)>,
+    /// The object `partial.json` names there, deleted once a newer one is pointed at.
+    key: Option<String>,
+    /// Whether leftovers of earlier processes were looked for there.
+    swept: bool,
+}
+
+struct Shipper<'a> {
+    job: &'a Job,
+    source: &'a str,
+    spool: PathBuf,
+    destinations: &'a Destinations,
+    flush: Duration,
+    /// Completed file → which destinations (by index) hold it with its record.
+    done: HashMap<String, Vec<bool>>,
+    partial: Vec<PartialOn>,
+    /// (name, size, mtime) of the partial file when it was last found shipped everywhere,
+    /// so an unchanged file is not read again.
+    partial_seen: Option<(String, u64, SystemTime)>,
+    last_partial: Option<Instant>,
+    status: WalStatus,
+}
+
+/// A WAL file read once and stored: its sizes and digests.
+struct Stored {
+    size: u64,
+    sha256: String,
+    raw_size: u64,
+    raw_sha256: String,
+}
+
+impl<'a> Shipper<'a> {
+    fn new(
+        job: &'a Job,
+        source: &'a str,
+        spool: &Path,
+        destinations: &'a Destinations,
+        flush: Duration,
+    ) -> Shipper<'a> {
+        Shipper {
+            job,
+            source,
+            spool: spool.to_path_buf(),
+            destinations,
+            flush,
+            done: HashMap::new(),
+            partial: vec![PartialOn::default(); destinations.len()],
+            partial_seen: None,
+            last_partial: None,
+            status: WalStatus::default(),
+        }
+    }
+
+    fn names(&self) -> WalNames<'a> {
+        WalNames::new(&self.job.name, self.source)
+    }
+
+    fn publish(&mut self, status: &watch::Sender<WalStatus>, o: &Outcome) {
+        if let Some((name, at)) = &o.shipped {
+            self.status.last_shipped = Some(name.clone());
+            self.status.last_shipped_at = Some(*at);
+        }
+        if o.partial_shipped.is_some() {
+            self.status.partial_shipped_at = o.partial_shipped;
+        }
+        self.status.pending = o.pending;
+        self.status.oldest_unshipped = o.oldest.map(DateTime::<Utc>::from);
+        if o.failed {
+            self.status.last_error.clone_from(&o.error);
+        } else {
+            self.status.last_error = None;
+        }
+        status.send_replace(self.status.clone());
+    }
+
+    /// Ship every completed file, then the partial segment when it is due (or `force`).
+    async fn pass(&mut self, force: bool) -> Outcome {
+        let mut out = Outcome::default();
+        if self.destinations.is_empty() {
+            // "On every destination" would hold of every file: never empty the spool so.
+            out.fail(format!(
+                "job {} has no destination open to ship WAL to; the spool keeps it",
+                self.job.name
+            ));
+            return out;
+        }
+        let (completed, partial) = match self.scan().await {
+            Ok(found) => found,
+            Err(e) => {
+                let m = format!(
+                    "cannot read the WAL spool {}: {}",
+                    self.spool.display(),
+                    crate::units::io_reason(&e)
+                );
+                warn!(job = %self.job.name, source = self.source, "{m}");
+                out.fail(m);
+                return out;
+            }
+        };
+        // What left the spool by other means is no longer tracked.
+        self.done.retain(|name, _| completed.contains(name));
+        for name in &completed {
+            let path = self.spool.join(name);
+            match self.ship_file(name, &path).await {
+                Ok(()) => {
+                    if let Err(e) = tokio::fs::remove_file(&path).await {
+                        let m = format!(
+                            "shipped {name} but cannot remove it from the spool: {}",
+                            crate::units::io_reason(&e)
+                        );
+                        warn!(job = %self.job.name, source = self.source, "{m}");
+                        out.fail(m);
+                    } else {
+                        self.done.remove(name);
+                        out.shipped = Some((name.clone(), Utc::now()));
+                    }
+                }
+                Err(m) => {
+                    out.pending += 1;
+                    if let Ok(t) = mtime(&path).await {
+                        out.unshipped(t);
+                    }
+                    out.fail(m);
+                }
+            }
+        }
+        let due = force || self.last_partial.is_none_or(|t| t.elapsed() >= self.flush);
+        if let (Some(name), true) = (partial, due) {
+            self.last_partial = Some(Instant::now());
+            self.ship_partial(&name, &mut out).await;
+        }
+        out
+    }
+
+    /// Completed files in shipping order (history files first: a restore needs a timeline's
+    /// history before its segments), and the segment being written.
+    async fn scan(&self) -> std::io::Result<(Vec<String>, Option<String>)> {
+        let mut dir = tokio::fs::read_dir(&self.spool).await?;
+        let mut completed = Vec::new();
+        let mut partial: Option<String> = None;
+        while let Some(entry) = dir.next_entry().await? {
+            let Ok(name) = entry.file_name().into_string() else {
+                continue;
+            };
+            if !entry.file_type().await.is_ok_and(|t| t.is_file()) {
+                continue;
+            }
+            if let Some(seg) = name.strip_suffix(".partial") {
+                if seg.len() == 24 && is_wal_name(seg) && partial.as_deref() < Some(seg) {
+                    partial = Some(seg.to_string());
+                }
+            } else if is_wal_name(&name) {
+                completed.push(name);
+            }
+        }
+        completed.sort_by(|a, b| {
+            (!a.ends_with(".history"), a.as_str()).cmp(&(!b.ends_with(".history"), b.as_str()))
+        });
+        Ok((completed, partial))
+    }
+
+    /// Store one completed file on every destination that lacks it: `Ok` once all hold
+    /// it; otherwise why not (a destination that failed, each warned about, or the file
+    /// could not be read).
+    async fn ship_file(&mut self, name: &str, path: &Path) -> Result<(), String> {
+        let n = self.destinations.len();
+        if !self.done.contains_key(name) {
+            let already = self.already_shipped(name, path).await;
+            self.done.insert(name.to_string(), already);
+        }
+        let have = self
+            .done
+            .get(name)
+            .cloned()
+            .unwrap_or_else(|| vec![false; n]);
+        let targets: Vec<usize> = (0..n).filter(|i| !have[*i]).collect();
+        if targets.is_empty() {
+            return Ok(());
+        }
+        let form = Form::of(self.job);
+        let key = self.names().object(name, form);
+        let file = tokio::fs::File::open(path).await.map_err(|e| {
+            format!(
+                "cannot read {} in the WAL spool: {}",
+                path.display(),
+                crate::units::io_reason(&e)
+            )
+        })?;
+        let (stored, results) = self.upload(Box::new(file), &key, &targets).await;
+        let stored = stored.map_err(|e| {
+            format!(
+                "cannot read {} in the WAL spool: {}",
+                path.display(),
+                crate::units::io_reason(&e)
+            )
+        })?;
+        let record = WalRecord {
+            name: name.to_string(),
+            key: key.clone(),
+            size: stored.size,
+            sha256: stored.sha256,
+            raw_size: stored.raw_size,
+            raw_sha256: stored.raw_sha256,
+            shipped_at: Utc::now(),
+            auth: None,
+        };
+        let mut failure = None;
+        for (&i, result) in targets.iter().zip(results) {
+            let (dest, storage) = &self.destinations[i];
+            let written = match result {
+                Ok(()) => wal::write_record(
+                    storage.as_ref(),
+                    &self.job.name,
+                    self.source,
+                    &record,
+                    self.job.auth_key.as_deref(),
+                )
+                .await
+                .map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            match written {
+                Ok(()) => {
+                    if let Some(v) = self.done.get_mut(name) {
+                        v[i] = true;
+                    }
+                }
+                Err(e) => {
+                    let m = format!("cannot ship WAL {name} to {dest}: {e}");
+                    warn!(
+                        job = %self.job.name,
+                        source = self.source,
+                        destination = %dest,
+                        "{m}; it stays in the spool and is sent again"
+                    );
+                    failure = Some(m);
+                }
+            }
+        }
+        if let Some(m) = failure {
+            return Err(m);
+        }
+        info!(
+                job = %self.job.name,
+                source = self.source,
+                "shipped WAL {name} to {} destination(s): {} stored as {}",
+                n,
+                human_bytes(record.raw_size),
+            human_bytes(record.size)
+        );
+        Ok(())
+    }
+
+    /// Which destinations already hold `name` with the spool file's content: what an
+    /// earlier process shipped before it could empty the spool. Sending it again would
+    /// rewrite the object (under encryption, with other bytes) before its record, and a
+    /// fetch in between would find them apart.
+    async fn already_shipped(&self, name: &str, path: &Path) -> Vec<bool> {
+        let mut have = vec![false; self.destinations.len()];
+        let expect = crate::repo::packing::Expect::of(self.job, false);
+        let mut records = Vec::new();
+        for (i, (_, storage)) in self.destinations.iter().enumerate() {
+            let st = storage.as_ref();
+            // Mostly none (a new file): one small read per destination, no hashing.
+            if let Ok(Some(v)) =
+                wal::read_record(st, &self.job.name, self.source, name, &expect).await
+            {
+                records.push((i, v.record));
+            }
+        }
+        if records.is_empty() {
+            return have;
+        }
+        let Ok((raw_sha256, raw_size)) = hash_file(path).await else {
+            return have;
+        };
+        for (i, r) in records {
+            if r.raw_sha256 != raw_sha256 || r.raw_size != raw_size {
+                continue;
+            }
+            // The record is written after its object; the object must still be whole.
+            let listed = self.destinations[i]
+                .1
+                .list(&r.key)
+                .await
+                .unwrap_or_default();
+            have[i] = listed.iter().any(|o| o.key == r.key && o.size == r.size);
+        }
+        have
+    }
+
+    /// Ship the segment being written where its content changed since it was last stored
+    /// there: a new object, the pointer to it, then the object it replaces is deleted.
+    async fn ship_partial(&mut self, name: &str, out: &mut Outcome) {
+        let path = self.spool.join(format!("{name}.partial"));
+        let Ok(meta) = tokio::fs::metadata(&path).await else {
+            // Renamed into a completed segment since the scan: shipped as one next pass.
+            return;
+        };
+        let modified = meta.modified().unwrap_or(SystemTime::UNIX_EPOCH);
+        let seen = (name.to_string(), meta.len(), modified);
+        if self.partial_seen.as_ref() == Some(&seen) {
+            return;
+        }
+        let raw_sha = match hash_file(&path).await {
+            Ok((h, _)) => h,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
+            Err(e) => {
+                out.fail(format!(
+                    "cannot read {}: {}",
+                    path.display(),
+                    crate::units::io_reason(&e)
+                ));
+                return;
+            }
+        };
+        let content = Some((name.to_string(), raw_sha));
+        let targets: Vec<usize> = (0..self.destinations.len())
+            .filter(|i| self.partial[*i].content != content)
+            .collect();
+        if targets.is_empty() {
+            // A write within the clock's resolution of this read could leave the same
+            // mtime behind: trust the mtime only once it is a second old.
+            if SystemTime::now()
+                .duration_since(modified)
+                .is_ok_and(|age| age > Duration::from_secs(1))
+            {
+                self.partial_seen = Some(seen);
+            }
+            return;
+        }
+        self.partial_seen = None;
+        let shipped_at = Utc::now();
+        let key = self
+            .names()
+            .partial(name, shipped_at.timestamp_millis(), Form::of(self.job));
+        let file = match tokio::fs::File::open(&path).await {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
+            Err(e) => {
+                out.fail(format!(
+                    "cannot read {}: {}",
+                    path.display(),
+                    crate::units::io_reason(&e)
+                ));
+                return;
+            }
+        };
+        let (stored, results) = self.upload(Box::new(file), &key, &targets).await;
+        let stored = match stored {
+            Ok(s) => s,
+            Err(e) => {
+                out.fail(format!(
+                    "cannot read {}: {}",
+                    path.display(),
+                    crate::units::io_reason(&e)
+                ));
+                out.unshipped(modified);
+                return;
+            }
+        };
+        let record = WalRecord {
+            name: name.to_string(),
+            key: key.clone(),
+            size: stored.size,
+            sha256: stored.sha256,
+            raw_size: stored.raw_size,
+            raw_sha256: stored.raw_sha256.clone(),
+            shipped_at,
+            auth: None,
+        };
+        let mut all = true;
+        for (&i, result) in targets.iter().zip(results) {
+            let (dest, storage) = &self.destinations[i];
+            let st = storage.as_ref();
+            let written = match result {
+                Ok(()) => wal::write_pointer(
+                    st,
+                    &self.job.name,
+                    self.source,
+                    &record,
+                    self.job.auth_key.as_deref(),
+                )
+                .await
+                .map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            if let Err(e) = written {
+                all = false;
+                let m = format!("cannot ship the partial WAL segment {name} to {dest}: {e}");
+                warn!(job = %self.job.name, source = self.source, destination = %dest, "{m}");
+                out.fail(m);
+                continue;
+            }
+            let partial_prefix = self.names().partial_prefix();
+            let on = &mut self.partial[i];
+            on.content = Some((name.to_string(), stored.raw_sha256.clone()));
+            let mut stale: Vec<String> = on.key.replace(key.clone()).into_iter().collect();
+            if !on.swept {
+                // Objects earlier processes shipped and did not get to delete.
+                match st.list(&partial_prefix).await {
+                    Ok(objs) => {
+                        on.swept = true;
+                        stale.extend(objs.into_iter().map(|o| o.key));
+                    }
+                    Err(e) => warn!(
+                        job = %self.job.name,
+                        source = self.source,
+                        destination = %dest,
+                        "cannot list old partial WAL objects on {dest}: {e}; tried again with the next one"
+                    ),
+                }
+            }
+            stale.retain(|k| *k != key);
+            stale.sort();
+            stale.dedup();
+            if !stale.is_empty()
+                && let Err(e) = st.delete(&stale).await
+            {
+                warn!(
+                    job = %self.job.name,
+                    source = self.source,
+                    destination = %dest,
+                    "cannot delete the replaced partial WAL object on {dest}: {e}"
+                );
+            }
+        }
+        if all {
+            out.partial_shipped = Some(shipped_at);
+        } else {
+            out.unshipped(modified);
+        }
+    }
+
+    /// Read `raw` once, compressed and encrypted the job's way, into `key` on each of
+    /// `targets` at once; the stored bytes are hashed on the way. Memory stays bounded by
+    /// the channels (a few 256 KiB chunks per destination). Returns what was stored (or why
+    /// `raw` could not be read: then every upload is abandoned) and each target's outcome.
+    async fn upload(
+        &self,
+        raw: Reader,
+        key: &str,
+        targets: &[usize],
+    ) -> (std::io::Result<Stored>, Vec<Result<(), StorageError>>) {
+        let raw_digest = Arc::new(Mutex::new((Sha256::new(), 0u64)));
+        let hashed: Reader = Box::new(Hashing {
+            inner: raw,
+            digest: raw_digest.clone(),
+        });
+        let mut packed =
+            crate::codec::compress(hashed, self.job.compression, self.job.compression_level);
+        if let Some(enc) = &self.job.encryption {
+            packed = crate::crypt::seal(packed, enc.sealer.clone());
+        }
+        let mut senders = Vec::new();
+        let mut puts = Vec::new();
+        for &i in targets {
+            let (tx, rx) = mpsc::channel::<Chunk>(4);
+            senders.push(Some(tx));
+            let storage = self.destinations[i].1.clone();
+            let key = key.to_string();
+            puts.push(async move { storage.put_stream(&key, rx).await.map(|_| ()) });
+        }
+        let feed = async move {
+            let mut digest = Sha256::new();
+            let mut size = 0u64;
+            loop {
+                let mut buf = BytesMut::with_capacity(256 * 1024);
+                if packed.read_buf(&mut buf).await? == 0 {
+                    break;
+                }
+                let chunk = buf.freeze();
+                digest.update(&chunk);
+                size += chunk.len() as u64;
+                for slot in senders.iter_mut() {
+                    // A destination that failed dropped its receiver; the others go on.
+                    if let Some(tx) = slot
+                        && tx.send(Chunk::Data(chunk.clone())).await.is_err()
+                    {
+                        *slot = None;
+                    }
+                }
+            }
+            for tx in senders.iter().flatten() {
+                let _ = tx.send(Chunk::End).await;
+            }
+            Ok::<_, std::io::Error>((hex::encode(digest.finalize()), size))
+        };
+        let (fed, results) = tokio::join!(feed, futures::future::join_all(puts));
+        let stored = fed.map(|(sha256, size)| {
+            let (d, raw_size) = raw_digest
+                .lock()
+                .map(|g| (g.0.clone(), g.1))
+                .unwrap_or_else(|e| {
+                    let g = e.into_inner();
+                    (g.0.clone(), g.1)
+                });
+            Stored {
+                size,
+                sha256,
+                raw_size,
+                raw_sha256: hex::encode(d.finalize()),
+            }
+        });
+        (stored, results)
+    }
+}
+
+async fn mtime(path: &Path) -> std::io::Result<SystemTime> {
+    tokio::fs::metadata(path).await?.modified()
+}
+
+/// A file's sha256 and size.
+async fn hash_file(path: &Path) -> std::io::Result<(String, u64)> {
+    let mut f = tokio::fs::File::open(path).await?;
+    let mut digest = Sha256::new();
+    let mut size = 0u64;
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        let n = f.read(&mut buf).await?;
+        if n == 0 {
+            break;
+        }
+        digest.update(&buf[..n]);
+        size += n as u64;
+    }
+    Ok((hex::encode(digest.finalize()), size))
+}
+
+/// Passes bytes through, counting and hashing them into `digest`.
+struct Hashing {
+    inner: Reader,
+    digest: Arc<Mutex<(Sha256, u64)>>,
+}
+
+impl AsyncRead for Hashing {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let this = &mut *self;
+        let r = Pin::new(&mut this.inner).poll_read(cx, buf);
+        if let Poll::Ready(Ok(())) = &r {
+            let new = &buf.filled()[before..];
+            let mut d = this.digest.lock().unwrap_or_else(|e| e.into_inner());
+            d.0.update(new);
+            d.1 += new.len() as u64;
+        }
+        r
+    }
+}
+
+#[cfg(test)]
+mod tests;
