@@ -5,18 +5,20 @@
 //! `zstd -d < db.tar.zst | tar -x -C DATADIR`, then `recovery.signal` and a
 //! `restore_command`.
 
+mod follow;
 mod restore;
 mod tarball;
 pub mod wal;
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use futures::FutureExt;
 use tokio::process::Command;
+use tokio_util::io::InspectReader;
 
 use super::super::url::{DbUrl, UrlSpec};
 use super::super::{
@@ -229,44 +231,6 @@ impl PhysicalPostgres {
     }
 }
 
-/// Where `pg_basebackup -v` says the backup starts and ends in the WAL:
-/// `write-ahead log start point: 0/2000028 on timeline 1` and
-/// `write-ahead log end point: 0/2000100`.
-fn parse_backup_points(stderr: &str) -> Result<(u32, wal::Lsn, wal::Lsn), SourceError> {
-    let mut start = None;
-    let mut stop = None;
-    for line in stderr.lines() {
-        // Lines carry the program's name first: "pg_basebackup: write-ahead log …".
-        if let Some((_, rest)) = line.split_once("write-ahead log start point: ") {
-            let (lsn, tli) = rest
-                .trim()
-                .split_once(" on timeline ")
-                .ok_or_else(|| unparsed(line))?;
-            let lsn = wal::Lsn::parse(lsn).map_err(|_| unparsed(line))?;
-            let tli: u32 = tli.trim().parse().map_err(|_| unparsed(line))?;
-            start = Some((tli, lsn));
-        } else if let Some((_, rest)) = line.split_once("write-ahead log end point: ") {
-            stop = Some(wal::Lsn::parse(rest.trim()).map_err(|_| unparsed(line))?);
-        }
-    }
-    match (start, stop) {
-        (Some((tli, start)), Some(stop)) if start <= stop => Ok((tli, start, stop)),
-        (Some((_, start)), Some(stop)) => Err(SourceError::Protocol(format!(
-            "pg_basebackup reported an end point {stop} before its start point {start}; the backup is not usable"
-        ))),
-        _ => Err(SourceError::Protocol(format!(
-            "pg_basebackup did not report its write-ahead log start and end points (with -v); without them the backup cannot be recovered: {}",
-            super::super::url::redact(stderr.lines().last().unwrap_or("no output"))
-        ))),
-    }
-}
-
-fn unparsed(line: &str) -> SourceError {
-    SourceError::Protocol(format!(
-        "cannot read pg_basebackup's line {line:?}; expected e.g. \"write-ahead log start point: 0/2000028 on timeline 1\""
-    ))
-}
-
 #[async_trait]
 impl Database for PhysicalPostgres {
     fn name(&self) -> &str {
@@ -331,7 +295,8 @@ impl Database for PhysicalPostgres {
         let mut cmd = self.command("pg_basebackup");
         // One tar of the data directory on stdout, with backup_manifest appended to it by
         // pg_basebackup itself; no WAL (the daemon archives it); an immediate checkpoint
-        // so the backup does not wait up to checkpoint_timeout; -v for the WAL points.
+        // so the backup does not wait up to checkpoint_timeout. -v says what it did, but
+        // with -X none not where in the WAL: that comes from the manifest (`follow`).
         cmd.args(["-D", "-", "-Ft", "-X", "none", "-c", "fast", "-v"])
             .arg("-d")
             .arg(self.url.conninfo());
@@ -345,13 +310,23 @@ impl Database for PhysicalPostgres {
         };
         let stderr = drain_stderr(stderr);
         let name = self.name.clone();
+        let tail = Arc::new(Mutex::new(follow::ManifestTail::default()));
+        let keep = tail.clone();
+        let reader = InspectReader::new(stdout, move |b: &[u8]| {
+            if let Ok(mut t) = keep.lock() {
+                t.push(b);
+            }
+        });
         Ok(Dump {
-            reader: Box::new(stdout),
+            reader: Box::new(reader),
             finish: async move {
                 let text = wait_child_stderr("pg_basebackup", child, stderr).await?;
                 let stop_time = chrono::Utc::now();
                 tracing::debug!(source = %name, "pg_basebackup: {text}");
-                let (timeline, start, stop) = parse_backup_points(&text)?;
+                let (timeline, start, stop) = tail
+                    .lock()
+                    .map_err(|_| SourceError::Protocol("the base backup's follower failed".into()))?
+                    .wal_range()?;
                 Ok(DumpInfo {
                     server_version: None,
                     objects: None,
@@ -604,37 +579,5 @@ mod tests {
                 "jobs.app.sources[0].mode: unknown mode \"binary\"; use \"logical\" (pg_dump) or \"physical\" (pg_basebackup and continuous WAL)"
             ]
         );
-    }
-
-    #[test]
-    fn backup_points_from_pg_basebackups_output() {
-        let out = "pg_basebackup: initiating base backup, waiting for checkpoint to complete\n\
-                   pg_basebackup: checkpoint completed\n\
-                   pg_basebackup: write-ahead log start point: 0/2000028 on timeline 1\n\
-                   pg_basebackup: write-ahead log end point: 0/2000100\n\
-                   pg_basebackup: base backup completed";
-        let (tli, start, stop) = parse_backup_points(out).expect("parsed");
-        assert_eq!(
-            (tli, start.to_string(), stop.to_string()),
-            (1, "0/2000028".to_string(), "0/2000100".to_string())
-        );
-        for (bad, why) in [
-            ("pg_basebackup: base backup completed", "did not report"),
-            (
-                "pg_basebackup: write-ahead log start point: 0/2000028 on timeline 1",
-                "did not report",
-            ),
-            (
-                "pg_basebackup: write-ahead log start point: 0/2000028\npg_basebackup: write-ahead log end point: 0/2000100",
-                "cannot read pg_basebackup's line",
-            ),
-            (
-                "pg_basebackup: write-ahead log start point: 0/3000028 on timeline 1\npg_basebackup: write-ahead log end point: 0/2000100",
-                "before its start point",
-            ),
-        ] {
-            let e = parse_backup_points(bad).expect_err(bad).to_string();
-            assert!(e.contains(why), "{bad}: {e}");
-        }
     }
 }
