@@ -358,3 +358,194 @@ async fn wal_is_received_into_the_spool_through_the_slot() {
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
 }
+
+/// `pg_ctl ARGS` on a data directory, as `postgres` when we are root.
+fn pg_ctl(pg: &PgServer, args: &[&str]) -> std::process::Output {
+    let mut cmd = if is_root() {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--"]).arg(pg.bin("pg_ctl"));
+        c
+    } else {
+        Command::new(pg.bin("pg_ctl"))
+    };
+    cmd.args(args).output().expect("run pg_ctl")
+}
+
+/// The whole engine side of a point-in-time restore: a base backup, WAL received through
+/// the slot, a restore to a named restore point with a `restore_command` (quoted by the
+/// engine) that copies from the spool, and a server started on the result that replays to
+/// exactly that point.
+#[tokio::test]
+async fn a_restore_with_recovery_settings_replays_to_the_target() {
+    use stowage::engine::{Recovery, RecoveryTarget};
+    use stowage::source::postgres::physical::wal::segment_of;
+    use tokio::io::AsyncReadExt;
+
+    let pg = PgServer::start();
+    pg.psql(
+        "postgres",
+        "create table t (id int primary key); insert into t select generate_series(1, 100);",
+    );
+    let job = physical_job(&pg);
+    let db = physical_source(&job);
+    let work = data_dir_for_postgres();
+    // A name with a space and a quote: the restore_command's quoting is exercised for real.
+    let spool = work.path().join("spool 'wal'");
+    std::fs::create_dir(&spool).unwrap();
+    let receiver = {
+        let db = db.clone();
+        let spool = spool.clone();
+        tokio::spawn(async move { db.wal_source().expect("wal").receive(&spool).await })
+    };
+
+    let mut dump = db.dump().await.expect("dump starts");
+    let mut tar = Vec::new();
+    dump.reader.read_to_end(&mut tar).await.expect("read dump");
+    let info = dump.finish.await.expect("dump finishes");
+    let wal = info.wal.expect("the WAL span");
+
+    pg.psql(
+        "postgres",
+        "insert into t select generate_series(101, 200);",
+    );
+    let point = pg.psql("postgres", "select pg_create_restore_point('before more')");
+    let point = Lsn::parse(point.trim()).expect("an LSN");
+    pg.psql(
+        "postgres",
+        "insert into t select generate_series(201, 300);",
+    );
+    pg.psql("postgres", "select pg_switch_wal()");
+    let needed = segment_of(point, wal.timeline, SegmentSize::DEFAULT);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !spool.join(&needed).exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "segment {needed} never reached the spool"
+        );
+        assert!(!receiver.is_finished(), "pg_receivewal stopped");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    receiver.abort();
+    if is_root() {
+        let out = Command::new("chown")
+            .args(["-R", "postgres:postgres"])
+            .arg(&spool)
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+    }
+
+    let data = work.path().join("data");
+    let recovery = Recovery {
+        target: RecoveryTarget::Name("before more".into()),
+        restore_command: vec![
+            "sh".into(),
+            "-c".into(),
+            "exec cp \"$0/$1\" \"$2\"".into(),
+            spool.to_str().unwrap().into(),
+            "%f".into(),
+            "%p".into(),
+        ],
+    };
+    let opts = RestoreOptions {
+        target: data.to_str().unwrap().to_string(),
+        recovery: Some(recovery),
+        ..Default::default()
+    };
+    if is_root() {
+        std::fs::create_dir(&data).unwrap();
+        std::os::unix::fs::chown(&data, Some(uid_of_postgres()), None).unwrap();
+    }
+    let lines = db.restore(&Bytes(tar), &opts).await.expect("restored");
+    let all = lines.join("\n");
+    assert!(
+        all.contains("recovery_target_name = 'before more'"),
+        "{all}"
+    );
+    assert!(all.contains("next: start PostgreSQL on"), "{all}");
+    assert!(data.join("recovery.signal").is_file());
+
+    let port = common::tools::free_port().to_string();
+    let opts = format!(
+        "-p {port} -k {} -c listen_addresses=127.0.0.1 -c archive_mode=off",
+        work.path().display()
+    );
+    let log = work.path().join("restored.log");
+    let out = pg_ctl(
+        &pg,
+        &[
+            "-D",
+            data.to_str().unwrap(),
+            "-l",
+            log.to_str().unwrap(),
+            "-w",
+            "-t",
+            "120",
+            "-o",
+            &opts,
+            "start",
+        ],
+    );
+    let log_text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        out.status.success(),
+        "the restored server did not start: {}\n{log_text}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // pg_ctl -w returns once read-only connections are accepted (hot standby); the
+    // promotion at the target follows.
+    let query = || {
+        Command::new(pg.bin("psql"))
+            .args([
+                "-X",
+                "-A",
+                "-t",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port,
+                "-U",
+                "postgres",
+            ])
+            .args([
+                "-d",
+                "postgres",
+                "-c",
+                "select count(*), max(id), pg_is_in_recovery() from t",
+            ])
+            .output()
+            .expect("psql")
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let mut count = query();
+    while String::from_utf8_lossy(&count.stdout)
+        .trim()
+        .ends_with("|t")
+        && std::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        count = query();
+    }
+    let log_text = std::fs::read_to_string(&log).unwrap_or_default();
+    let _ = pg_ctl(
+        &pg,
+        &[
+            "-D",
+            data.to_str().unwrap(),
+            "-m",
+            "immediate",
+            "-w",
+            "stop",
+        ],
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&count.stdout).trim(),
+        "200|200|f",
+        "{}\n{log_text}",
+        String::from_utf8_lossy(&count.stderr)
+    );
+    assert!(
+        log_text.contains("recovery stopping at restore point \"before more\""),
+        "{log_text}"
+    );
+}
