@@ -2,7 +2,6 @@
 //! recovery: `recovery.signal`, and in `postgresql.auto.conf` the `restore_command` that
 //! fetches WAL through stowage and where replay stops.
 
-use std::collections::HashSet;
 use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -127,40 +126,32 @@ pub(super) async fn restore(
     let euid = rustix::process::geteuid().as_raw();
     let owner = (meta.uid() != euid).then_some((meta.uid(), meta.gid()));
 
-    let found = match tarball::extract(archive.open().await?, dir.clone(), owner).await {
+    let written = write_data_dir(archive, &dir, owner, settings.as_deref()).await;
+    let found = match written {
         Ok(found) => found,
         Err(e) => {
-            return Err(SourceError::Incomplete(format!(
-                "{e}\n{} now holds part of the base backup; restore again with --clean",
-                dir.display()
-            )));
+            // Everything in the directory was written by this restore (it was empty, or
+            // emptied by --clean): take it out again, so a failed restore leaves no half
+            // data directory that PostgreSQL could be started on.
+            let undone = empty(&dir).and_then(|()| {
+                if exists {
+                    Ok(())
+                } else {
+                    std::fs::remove_dir(&dir).map_err(|err| {
+                        SourceError::io(format!("cannot remove {}", dir.display()), err)
+                    })
+                }
+            });
+            return Err(match undone {
+                Ok(()) => e,
+                Err(u) => SourceError::Incomplete(format!(
+                    "{e}; and what was written could not be removed ({u}): delete the contents of {} before starting PostgreSQL on it",
+                    dir.display()
+                )),
+            });
         }
     };
     lines.push(format!("extracted the base backup into {}: {found}", dir.display()));
-    let mut made = HashSet::new();
-    // With `-X none` the backup has no WAL directory, or an empty one; the server needs
-    // both to exist.
-    for sub in ["pg_wal", "pg_wal/archive_status"] {
-        let path = dir.join(sub);
-        match std::fs::symlink_metadata(&path) {
-            Ok(m) if m.is_dir() => {}
-            Ok(_) => {
-                return Err(SourceError::Refused(format!(
-                    "{} is in the backup but not a directory",
-                    path.display()
-                )));
-            }
-            Err(_) => {
-                std::fs::DirBuilder::new()
-                    .mode(0o700)
-                    .create(&path)
-                    .map_err(|e| {
-                        SourceError::io(format!("cannot create {}", path.display()), e)
-                    })?;
-                tarball::set_owner(&path, owner)?;
-            }
-        }
-    }
     let Some(settings) = settings else {
         lines.push(format!(
             "no recovery settings were written: this base backup holds no WAL, so PostgreSQL cannot start on {} alone; restore with a recovery target (e.g. --latest) to have it fetch WAL from stowage, or check the copy with `pg_verifybackup -n {}`",
@@ -169,18 +160,6 @@ pub(super) async fn restore(
         ));
         return Ok(lines);
     };
-    tarball::create_file(&dir, Path::new("recovery.signal"), owner, &mut made).map_err(|e| {
-        SourceError::Incomplete(format!(
-            "{e}\nthe base backup is in {} but recovery.signal was not written; restore again with --clean",
-            dir.display()
-        ))
-    })?;
-    append_conf(&dir, &settings, owner).map_err(|e| {
-        SourceError::Incomplete(format!(
-            "{e}\nthe base backup is in {} but postgresql.auto.conf lacks the recovery settings; restore again with --clean",
-            dir.display()
-        ))
-    })?;
     lines.push(format!("wrote {}/recovery.signal", dir.display()));
     lines.push(format!(
         "appended to {}/postgresql.auto.conf:",
@@ -199,6 +178,62 @@ pub(super) async fn restore(
         dir.display()
     ));
     Ok(lines)
+}
+
+/// Extract the base backup into `dir` (empty), make the WAL directories it lacks, and
+/// write the recovery settings when asked.
+async fn write_data_dir(
+    archive: &dyn Archive,
+    dir: &Path,
+    owner: Option<(u32, u32)>,
+    settings: Option<&str>,
+) -> Result<tarball::Found, SourceError> {
+    let found = tarball::extract(archive.open().await?, dir.to_path_buf(), owner).await?;
+    // With `-X none` the backup has no WAL directory, or an empty one; the server needs
+    // both to exist.
+    for sub in ["pg_wal", "pg_wal/archive_status"] {
+        let path = dir.join(sub);
+        match std::fs::symlink_metadata(&path) {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => {
+                return Err(SourceError::Refused(format!(
+                    "the backup's \"{sub}\" is not a directory; it is not a base backup PostgreSQL can start from"
+                )));
+            }
+            Err(_) => {
+                std::fs::DirBuilder::new()
+                    .mode(0o700)
+                    .create(&path)
+                    .map_err(|e| SourceError::io(format!("cannot create {}", path.display()), e))?;
+                tarball::set_owner(&path, owner)?;
+            }
+        }
+    }
+    let Some(settings) = settings else {
+        return Ok(found);
+    };
+    // A backup of a standby holds standby.signal, which would win over recovery.signal and
+    // keep the restored server waiting for a primary instead of promoting at the target.
+    let standby = dir.join("standby.signal");
+    if std::fs::symlink_metadata(&standby).is_ok() {
+        std::fs::remove_file(&standby)
+            .map_err(|e| SourceError::io(format!("cannot remove {}", standby.display()), e))?;
+    }
+    let signal = dir.join("recovery.signal");
+    let created = std::fs::symlink_metadata(&signal).is_err();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&signal)
+        .map_err(|e| SourceError::io(format!("cannot write {}", signal.display()), e))?;
+    if created {
+        tarball::set_owner(&signal, owner)?;
+    }
+    append_conf(dir, settings, owner)?;
+    Ok(found)
 }
 
 /// The names in a directory, sorted, for messages and for emptying it.
@@ -260,7 +295,8 @@ fn append_conf(dir: &Path, text: &str, owner: Option<(u32, u32)>) -> Result<(), 
 
 /// The lines appended to `postgresql.auto.conf` for a recovery.
 ///
-/// `recovery_target_inclusive` is left at its default (on): replay stops before the first
+/// `recovery_target_inclusive` is on (its default, set again against an inherited value):
+/// replay stops before the first
 /// commit later than the target, so a commit stamped exactly at the target second is part
 /// of the result, which is what "the database as it was at T" means (and what the timestamps
 /// people read from their own logs mean). PostgreSQL stamps commits in microseconds: a
@@ -273,6 +309,28 @@ pub(super) fn recovery_settings(recovery: &Recovery) -> Result<String, SourceErr
         "restore_command = {}\n",
         restore_command_setting(&recovery.restore_command).map_err(SourceError::Refused)?
     ));
+    // A backup of a server that was itself restored carries that restore's settings in
+    // postgresql.auto.conf; the last line of a name wins, so each target this restore does
+    // not set is set empty here: PostgreSQL refuses more than one target, and an inherited
+    // one would stop replay at the wrong place.
+    let ours = match &recovery.target {
+        RecoveryTarget::Latest => "",
+        RecoveryTarget::Time(_) => "recovery_target_time",
+        RecoveryTarget::Lsn(_) => "recovery_target_lsn",
+        RecoveryTarget::Name(_) => "recovery_target_name",
+    };
+    for name in [
+        "recovery_target",
+        "recovery_target_lsn",
+        "recovery_target_name",
+        "recovery_target_time",
+        "recovery_target_xid",
+    ] {
+        if name != ours {
+            out.push_str(&format!("{name} = ''\n"));
+        }
+    }
+    out.push_str("recovery_target_inclusive = on\n");
     match &recovery.target {
         RecoveryTarget::Latest => {}
         RecoveryTarget::Time(t) => {
@@ -453,7 +511,27 @@ mod tests {
             let lines: Vec<&str> = text.lines().collect();
             assert!(lines[0].starts_with("# Written by stowage"), "{text}");
             assert_eq!(lines[1], "restore_command = 'stowage wal-fetch pitr %f %p'");
-            assert_eq!(&lines[2..lines.len() - 1], &expected[..], "{target:?}");
+            let inclusive = lines
+                .iter()
+                .position(|l| *l == "recovery_target_inclusive = on")
+                .expect("inclusive set");
+            assert_eq!(&lines[inclusive + 1..lines.len() - 1], &expected[..], "{target:?}");
+            // Every other target is emptied, so none inherited from the backup adds to ours.
+            let set = expected.first().and_then(|l| l.split(' ').next());
+            for name in [
+                "recovery_target",
+                "recovery_target_lsn",
+                "recovery_target_name",
+                "recovery_target_time",
+                "recovery_target_xid",
+            ] {
+                let reset = format!("{name} = ''");
+                assert_eq!(
+                    lines[2..inclusive].contains(&reset.as_str()),
+                    Some(name) != set,
+                    "{target:?}: {name}"
+                );
+            }
             assert_eq!(lines[lines.len() - 1], "recovery_target_timeline = 'latest'");
         }
         for target in [
@@ -478,5 +556,108 @@ mod tests {
             let e = check_target(bad).unwrap_err();
             assert!(e.contains("is not an absolute path"), "{bad}: {e}");
         }
+    }
+
+    struct Bytes(Vec<u8>);
+
+    #[async_trait::async_trait]
+    impl Archive for Bytes {
+        async fn open(
+            &self,
+        ) -> Result<Box<dyn tokio::io::AsyncRead + Send + Unpin>, SourceError> {
+            Ok(Box::new(std::io::Cursor::new(self.0.clone())))
+        }
+    }
+
+    fn opts(dir: &Path, recovery: Option<RecoveryTarget>) -> RestoreOptions {
+        RestoreOptions {
+            target: dir.to_str().unwrap().to_string(),
+            recovery: recovery.map(|target| Recovery {
+                target,
+                restore_command: argv(&["stowage", "wal-fetch", "pitr", "%f", "%p"]),
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_restore_writes_the_recovery_settings() {
+        use super::super::tarball::tests::{base_tar, file};
+        let parent = tempfile::tempdir().unwrap();
+        let dir = parent.path().join("data");
+        // A backup of a standby that was itself restored once.
+        let tar = Bytes(base_tar(|b| file(b, "standby.signal", b"")));
+        let lines = restore(&tar, &opts(&dir, Some(RecoveryTarget::Latest)))
+            .await
+            .expect("restored");
+        let all = lines.join("\n");
+        assert!(all.contains(&format!("created {}", dir.display())), "{all}");
+        assert!(all.contains("replays it to the end of the archived WAL"), "{all}");
+        assert!(dir.join("recovery.signal").is_file());
+        assert!(!dir.join("standby.signal").exists());
+        assert!(dir.join("pg_wal/archive_status").is_dir());
+        let conf = std::fs::read_to_string(dir.join("postgresql.auto.conf")).unwrap();
+        assert!(
+            conf.starts_with("# Do not edit this file manually!\n\n# Written by stowage"),
+            "{conf}"
+        );
+        assert!(conf.contains("\nrestore_command = 'stowage wal-fetch pitr %f %p'\n"));
+        assert_eq!(
+            std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777,
+            0o700
+        );
+    }
+
+    #[tokio::test]
+    async fn a_non_empty_directory_is_kept_unless_clean() {
+        use super::super::tarball::tests::base_tar;
+        let parent = tempfile::tempdir().unwrap();
+        let dir = parent.path().join("data");
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::write(dir.join("old"), b"old").unwrap();
+        let tar = Bytes(base_tar(|_| {}));
+        let e = restore(&tar, &opts(&dir, None)).await.expect_err("not empty");
+        assert!(e.is_refusal());
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "data directory {} is not empty (it holds \"old\"); restore into an empty directory, or add --clean to delete its contents first",
+                dir.display()
+            )
+        );
+        let mut dry = opts(&dir, Some(RecoveryTarget::Lsn("0/3000060".into())));
+        dry.clean = true;
+        dry.dry_run = true;
+        let lines = restore(&tar, &dry).await.expect("dry run");
+        assert!(lines.iter().any(|l| l.contains("recovery_target_lsn = '0/3000060'")), "{lines:?}");
+        assert_eq!(list(&dir).unwrap(), vec!["old"]);
+
+        std::fs::write(dir.join("postmaster.pid"), b"1").unwrap();
+        let mut clean = opts(&dir, None);
+        clean.clean = true;
+        let e = restore(&tar, &clean).await.expect_err("running");
+        assert!(e.to_string().contains("holds postmaster.pid"), "{e}");
+        std::fs::remove_file(dir.join("postmaster.pid")).unwrap();
+        let lines = restore(&tar, &clean).await.expect("clean");
+        assert!(lines.iter().any(|l| l.contains("deleted the 1 entries")), "{lines:?}");
+        assert!(!dir.join("old").exists());
+    }
+
+    /// A refused entry midway: what was written before it is taken out again.
+    #[tokio::test]
+    async fn a_failed_restore_leaves_the_directory_as_it_was() {
+        use super::super::tarball::tests::{base_tar, raw_entry};
+        let parent = tempfile::tempdir().unwrap();
+        let tar = Bytes(base_tar(|b| raw_entry(b, "../x", tar::EntryType::Regular, None)));
+        let dir = parent.path().join("new");
+        let e = restore(&tar, &opts(&dir, None)).await.expect_err("refused");
+        assert!(e.is_refusal(), "{e}");
+        assert!(!dir.exists());
+        let dir = parent.path().join("kept");
+        std::fs::create_dir(&dir).unwrap();
+        restore(&tar, &opts(&dir, None)).await.expect_err("refused");
+        assert!(dir.is_dir());
+        assert_eq!(list(&dir).unwrap(), Vec::<String>::new());
+        assert!(!parent.path().join("x").exists());
     }
 }
