@@ -735,6 +735,7 @@ async fn stream_source(
         server_version: info.server_version,
         objects: info.objects,
         rows: info.rows,
+        wal: info.wal,
         files: None,
         refs: None,
     })

@@ -210,6 +210,10 @@ pub struct SourceEntry {
     /// counts them; a drill compares a restore against these.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rows: Option<BTreeMap<String, u64>>,
+    /// PostgreSQL base backups (`mode = "physical"`): the write-ahead log span a restore
+    /// must replay, and the timeline it is on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wal: Option<crate::engine::WalPosition>,
 }
 
 /// A further stored object of a source, with what checks it.

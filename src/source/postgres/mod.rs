@@ -6,6 +6,7 @@
 pub mod deps;
 pub mod header;
 mod live;
+pub mod physical;
 mod tables;
 pub mod toc;
 
@@ -46,6 +47,12 @@ struct RawPostgres {
     /// Directory holding pg_dump/pg_restore/psql; default: found on PATH.
     bin_dir: Option<PathBuf>,
     exclude_tables: Option<Vec<String>>,
+    /// "logical" (pg_dump, the default) or "physical" (pg_basebackup and continuous WAL).
+    mode: Option<String>,
+    /// Physical mode only (`physical::PHYSICAL_KEYS`).
+    slot: Option<String>,
+    wal_flush: Option<String>,
+    max_slot_wal: Option<String>,
 }
 
 impl Engine for Postgres {
@@ -63,7 +70,30 @@ impl Engine for Postgres {
 
     fn configure(&self, section: &mut Section<'_>) -> Option<Arc<dyn Database>> {
         let raw: RawPostgres = section.parse()?;
+        match raw.mode.as_deref() {
+            None | Some("logical") => {}
+            Some("physical") => return physical::configure(section, raw),
+            Some(other) => {
+                section.problem(
+                    "mode",
+                    format!("unknown mode \"{other}\"; use \"logical\" (pg_dump) or \"physical\" (pg_basebackup and continuous WAL)"),
+                );
+                return None;
+            }
+        }
         let mark = section.mark();
+        for (key, given) in physical::PHYSICAL_KEYS.iter().zip([
+            raw.slot.is_some(),
+            raw.wal_flush.is_some(),
+            raw.max_slot_wal.is_some(),
+        ]) {
+            if given {
+                section.problem(
+                    key,
+                    "only used with mode = \"physical\"; remove it or set mode = \"physical\"",
+                );
+            }
+        }
         let url = super::section_url(
             section,
             raw.url.as_deref(),
