@@ -68,6 +68,8 @@ struct Ctx {
     work_done: Arc<tokio::sync::Notify>,
     /// Bumped when the status page or the metrics are read.
     looked_at: tokio::sync::watch::Sender<()>,
+    /// The continuous WAL archiving of the current config: its stop and its tasks.
+    wal: std::sync::Mutex<Option<(CancellationToken, Vec<tokio::task::JoinHandle<()>>)>>,
 }
 
 impl crate::server::View for Ctx {
@@ -169,6 +171,7 @@ impl Ctx {
             armed: Arc::new(tokio::sync::Notify::new()),
             work_done: Arc::new(tokio::sync::Notify::new()),
             looked_at: tokio::sync::watch::Sender::new(()),
+            wal: std::sync::Mutex::new(None),
         })
     }
 }
@@ -295,10 +298,64 @@ fn spawn_background(ctx: &Arc<Ctx>, slots: &BTreeMap<String, Arc<JobSlot>>) {
         .await
     });
 
+    let ctx2 = ctx.clone();
+    ctx.tracker.spawn(async move { restart_wal(&ctx2).await });
+
     ctx.tracker.spawn(crate::footprint::shed_when_quiet(
         ctx.work_done.clone(),
         ctx.stop.clone(),
     ));
+}
+
+/// Continuous WAL archiving for every physical source of the current config: the previous
+/// config's streams stop first (each ships what it holds), then the new ones start. Ends
+/// with the first stop signal, after a last shipping pass.
+async fn restart_wal(ctx: &Arc<Ctx>) {
+    let old = match ctx.wal.lock() {
+        Ok(mut w) => w.take(),
+        Err(poisoned) => poisoned.into_inner().take(),
+    };
+    if let Some((stop, tasks)) = old {
+        stop.cancel();
+        for task in tasks {
+            // A stream that cannot finish its last pass in time must not block the new one
+            // forever; what it did not ship stays in the spool for the next.
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(60), task).await;
+        }
+    }
+    if ctx.stopping.load(Ordering::SeqCst) {
+        return;
+    }
+    let config = ctx.config();
+    let stop = ctx.stop.child_token();
+    let mut tasks = Vec::new();
+    for stream in crate::wal::run::streams(&config) {
+        let (tx, mut rx) = tokio::sync::watch::channel(crate::wal::WalStatus::default());
+        let spool = crate::wal::run::spool_dir(
+            &crate::instance::state_dir(),
+            &stream.job,
+            &stream.source,
+        );
+        let (job, source, ctx2) = (stream.job.clone(), stream.source.clone(), ctx.clone());
+        // Ends when the stream drops its sender.
+        ctx.tracker.spawn(async move {
+            while rx.changed().await.is_ok() {
+                let status = rx.borrow_and_update().clone();
+                ctx2.metrics.record_wal(&job, &source, &status);
+            }
+        });
+        tasks.push(ctx.tracker.spawn(crate::wal::run::run(
+            config.clone(),
+            stream,
+            spool,
+            tx,
+            stop.clone(),
+        )));
+    }
+    match ctx.wal.lock() {
+        Ok(mut w) => *w = Some((stop, tasks)),
+        Err(poisoned) => *poisoned.into_inner() = Some((stop, tasks)),
+    }
 }
 
 /// Stops scheduling, gives running work the config's `shutdown_grace` (or until a second stop
@@ -509,6 +566,8 @@ async fn reload(
             .metrics()
             .num_alive_tasks()
     );
+    let ctx2 = ctx.clone();
+    ctx.tracker.spawn(async move { restart_wal(&ctx2).await });
     let started = Utc::now();
     for name in added {
         let Some(slot) = slots.get(&name).cloned() else {

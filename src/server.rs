@@ -44,6 +44,12 @@ struct RunLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SourceLabels {
+    job: String,
+    source: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct DestLabels {
     job: String,
     destination: String,
@@ -68,6 +74,9 @@ pub struct Metrics {
     drills: Family<RunLabels, Counter>,
     drill_ok: Family<JobLabel, Gauge<f64, AtomicU64>>,
     drill_seconds: Family<JobLabel, Gauge<f64, AtomicU64>>,
+    wal_lag: Family<SourceLabels, Gauge<f64, AtomicU64>>,
+    wal_shipped: Family<SourceLabels, Gauge<f64, AtomicU64>>,
+    wal_pending: Family<SourceLabels, Gauge>,
     rss: Gauge,
 }
 
@@ -97,6 +106,9 @@ impl Metrics {
             drills: Family::default(),
             drill_ok: Family::default(),
             drill_seconds: Family::default(),
+            wal_lag: Family::default(),
+            wal_shipped: Family::default(),
+            wal_pending: Family::default(),
             rss: Gauge::default(),
             registry: Registry::default(),
         };
@@ -179,6 +191,21 @@ impl Metrics {
             "drill_duration_seconds",
             "How long the job's last restore drill took to restore and check: the measured recovery time",
             m.drill_seconds.clone(),
+        );
+        registry.register(
+            "wal_lag_seconds",
+            "Continuous WAL: how long the oldest WAL not yet on every destination has waited (0 when all is shipped)",
+            m.wal_lag.clone(),
+        );
+        registry.register(
+            "wal_last_shipped_timestamp_seconds",
+            "Continuous WAL: Unix time the last complete WAL file reached every destination",
+            m.wal_shipped.clone(),
+        );
+        registry.register(
+            "wal_pending_files",
+            "Continuous WAL: completed WAL files in the spool that a destination still lacks",
+            m.wal_pending.clone(),
         );
         registry.register(
             "process_resident_memory_bytes",
@@ -307,6 +334,24 @@ impl Metrics {
                 .get_or_create(&job)
                 .set(chrono::Utc::now().timestamp_millis() as f64 / 1000.0);
         }
+    }
+
+    pub fn record_wal(&self, job: &str, source: &str, status: &crate::wal::WalStatus) {
+        let labels = SourceLabels {
+            job: job.to_string(),
+            source: source.to_string(),
+        };
+        self.wal_lag
+            .get_or_create(&labels)
+            .set(status.lag(chrono::Utc::now()).as_secs_f64());
+        if let Some(t) = status.last_shipped_at {
+            self.wal_shipped
+                .get_or_create(&labels)
+                .set(t.timestamp_millis() as f64 / 1000.0);
+        }
+        self.wal_pending
+            .get_or_create(&labels)
+            .set(i64::try_from(status.pending).unwrap_or(i64::MAX));
     }
 
     pub fn render(&self) -> String {
