@@ -18,6 +18,9 @@ use crate::storage::{Storage, StorageError};
 
 pub use crate::repo::layout::is_wal_name;
 
+/// The largest record read back.
+const MAX_RECORD: u64 = 64 * 1024;
+
 /// The record of one shipped WAL file (or of the last shipped state of the partial
 /// segment, in `partial.json`).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -235,15 +238,31 @@ async fn read_checked(
     name: Option<&str>,
     expect: &Expect,
 ) -> Result<Option<Verified>, WalError> {
-    let bytes = match storage.get_bytes(key).await {
-        Ok(b) => b,
-        Err(StorageError::NotFound(_)) => return Ok(None),
-        Err(e) => return Err(e.into()),
-    };
     let corrupt = |reason: String| WalError::Corrupt {
         key: key.to_string(),
         reason,
     };
+    let reader = match storage.get(key).await {
+        Ok(r) => r,
+        Err(StorageError::NotFound(_)) => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    // A record is a few hundred bytes: a destination cannot make a fetch hold more.
+    let mut bytes = Vec::new();
+    tokio::io::AsyncReadExt::read_to_end(
+        &mut tokio::io::AsyncReadExt::take(reader, MAX_RECORD + 1),
+        &mut bytes,
+    )
+    .await
+    .map_err(|e| {
+        WalError::Storage(
+            StorageError::Io(format!("cannot read {key}: {}", e.to_string().to_lowercase()).into())
+                .caused_by(e),
+        )
+    })?;
+    if bytes.len() as u64 > MAX_RECORD {
+        return Err(corrupt(format!("it is larger than {MAX_RECORD} bytes")));
+    }
     let (record, authenticity) =
         decode(&bytes, expect.auth.as_deref()).map_err(|e| corrupt(e.to_string()))?;
     if !authenticity.accepted() && !expect.trust_unauthenticated {

@@ -315,21 +315,18 @@ impl<'a> Shipper<'a> {
         }
         let form = Form::of(self.job);
         let key = self.names().object(name, form);
-        let file = tokio::fs::File::open(path).await.map_err(|e| {
-            format!(
+        let unreadable = |e: std::io::Error| {
+            let m = format!(
                 "cannot read {} in the WAL spool: {}",
                 path.display(),
                 crate::units::io_reason(&e)
-            )
-        })?;
+            );
+            warn!(job = %self.job.name, source = self.source, "{m}; tried again on the next pass");
+            m
+        };
+        let file = tokio::fs::File::open(path).await.map_err(unreadable)?;
         let (stored, results) = self.upload(Box::new(file), &key, &targets).await;
-        let stored = stored.map_err(|e| {
-            format!(
-                "cannot read {} in the WAL spool: {}",
-                path.display(),
-                crate::units::io_reason(&e)
-            )
-        })?;
+        let stored = stored.map_err(unreadable)?;
         let record = WalRecord {
             name: name.to_string(),
             key: key.clone(),
@@ -377,11 +374,10 @@ impl<'a> Shipper<'a> {
             return Err(m);
         }
         info!(
-                job = %self.job.name,
-                source = self.source,
-                "shipped WAL {name} to {} destination(s): {} stored as {}",
-                n,
-                human_bytes(record.raw_size),
+            job = %self.job.name,
+            source = self.source,
+            "shipped WAL {name} to {n} destination(s): {} stored as {}",
+            human_bytes(record.raw_size),
             human_bytes(record.size)
         );
         Ok(())
