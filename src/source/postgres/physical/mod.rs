@@ -266,6 +266,12 @@ impl Database for PhysicalPostgres {
         restore::check_target(target)
     }
 
+    /// The base backup is extracted into a private directory inside the target and moved
+    /// into place only after the stream's end (where size and sha256 are checked).
+    fn verifies_before_commit(&self) -> bool {
+        true
+    }
+
     fn wal_source(&self) -> Option<&dyn WalSource> {
         Some(self)
     }

@@ -102,16 +102,47 @@ pub(super) async fn restore(
             })?;
         lines.push(format!("created {}", dir.display()));
     }
+    let meta = std::fs::metadata(&dir)
+        .map_err(|e| SourceError::io(format!("cannot look at {}", dir.display()), e))?;
+    let euid = rustix::process::geteuid().as_raw();
+    let owner = (meta.uid() != euid).then_some((meta.uid(), meta.gid()));
+
+    // The backup is written into a private directory inside the target and moved into
+    // place only once the stream has been read to its end, where its size and sha256 are
+    // checked: a damaged or altered backup changes nothing (not even what --clean would
+    // delete), and restore need not read the whole object a first time to check it.
+    let staging = tempfile::Builder::new()
+        .prefix(".stowage-restore-")
+        .tempdir_in(&dir)
+        .map_err(|e| SourceError::io(format!("cannot write in {}", dir.display()), e))?;
+    let written = write_data_dir(archive, staging.path(), owner, settings.as_deref()).await;
+    let found = match written {
+        Ok(found) => found,
+        Err(e) => {
+            drop(staging);
+            if !exists {
+                let _ = std::fs::remove_dir(&dir);
+            }
+            return Err(e);
+        }
+    };
+    crate::engine::commit_point();
     if !contents.is_empty() {
-        empty(&dir)?;
+        empty(&dir, staging.path())?;
         lines.push(format!(
             "deleted the {} entries that were in {} (--clean)",
             contents.len(),
             dir.display()
         ));
     }
-    let meta = std::fs::metadata(&dir)
-        .map_err(|e| SourceError::io(format!("cannot look at {}", dir.display()), e))?;
+    move_into(staging.path(), &dir).map_err(|e| {
+        SourceError::Incomplete(format!(
+            "{e}; the base backup is in {} and only partly moved into place: delete the contents of {} and restore again",
+            staging.path().display(),
+            dir.display()
+        ))
+    })?;
+    drop(staging);
     // PostgreSQL refuses a data directory that group or others can write or enter beyond
     // 0750.
     if meta.mode() & 0o027 != 0 {
@@ -123,34 +154,6 @@ pub(super) async fn restore(
             dir.display()
         ));
     }
-    let euid = rustix::process::geteuid().as_raw();
-    let owner = (meta.uid() != euid).then_some((meta.uid(), meta.gid()));
-
-    let written = write_data_dir(archive, &dir, owner, settings.as_deref()).await;
-    let found = match written {
-        Ok(found) => found,
-        Err(e) => {
-            // Everything in the directory was written by this restore (it was empty, or
-            // emptied by --clean): take it out again, so a failed restore leaves no half
-            // data directory that PostgreSQL could be started on.
-            let undone = empty(&dir).and_then(|()| {
-                if exists {
-                    Ok(())
-                } else {
-                    std::fs::remove_dir(&dir).map_err(|err| {
-                        SourceError::io(format!("cannot remove {}", dir.display()), err)
-                    })
-                }
-            });
-            return Err(match undone {
-                Ok(()) => e,
-                Err(u) => SourceError::Incomplete(format!(
-                    "{e}; and what was written could not be removed ({u}): delete the contents of {} before starting PostgreSQL on it",
-                    dir.display()
-                )),
-            });
-        }
-    };
     lines.push(format!("extracted the base backup into {}: {found}", dir.display()));
     let Some(settings) = settings else {
         lines.push(format!(
@@ -249,14 +252,18 @@ fn list(dir: &Path) -> Result<Vec<String>, SourceError> {
     Ok(names)
 }
 
-/// Delete what a directory holds, not the directory: a link is removed as a link, never
-/// followed (`remove_dir_all` does not follow links below the directory it is given).
-fn empty(dir: &Path) -> Result<(), SourceError> {
+/// Delete what a directory holds but `keep`, not the directory: a link is removed as a
+/// link, never followed (`remove_dir_all` does not follow links below the directory it is
+/// given).
+fn empty(dir: &Path, keep: &Path) -> Result<(), SourceError> {
     let entries = std::fs::read_dir(dir)
         .map_err(|e| SourceError::io(format!("cannot list {}", dir.display()), e))?;
     for e in entries {
         let e = e.map_err(|e| SourceError::io(format!("cannot list {}", dir.display()), e))?;
         let path = e.path();
+        if path == keep {
+            continue;
+        }
         let is_dir = e
             .file_type()
             .map_err(|err| SourceError::io(format!("cannot look at {}", path.display()), err))?
@@ -269,6 +276,19 @@ fn empty(dir: &Path) -> Result<(), SourceError> {
         removed.map_err(|err| {
             SourceError::io(format!("cannot delete {} (--clean)", path.display()), err)
         })?;
+    }
+    Ok(())
+}
+
+/// Move every entry of `from` into `to` (the same file system: a rename each).
+fn move_into(from: &Path, to: &Path) -> Result<(), SourceError> {
+    let entries = std::fs::read_dir(from)
+        .map_err(|e| SourceError::io(format!("cannot list {}", from.display()), e))?;
+    for e in entries {
+        let e = e.map_err(|e| SourceError::io(format!("cannot list {}", from.display()), e))?;
+        let dest = to.join(e.file_name());
+        std::fs::rename(e.path(), &dest)
+            .map_err(|err| SourceError::io(format!("cannot move {} into place", dest.display()), err))?;
     }
     Ok(())
 }
@@ -659,5 +679,38 @@ mod tests {
         assert!(dir.is_dir());
         assert_eq!(list(&dir).unwrap(), Vec::<String>::new());
         assert!(!parent.path().join("x").exists());
+    }
+
+    /// A stream that fails its check at the end (as a damaged stored object does):
+    /// nothing changes, not even what --clean would have deleted.
+    #[tokio::test]
+    async fn a_damaged_backup_changes_nothing() {
+        use super::super::tarball::tests::base_tar;
+        struct Damaged(Vec<u8>);
+        #[async_trait::async_trait]
+        impl Archive for Damaged {
+            async fn open(
+                &self,
+            ) -> Result<Box<dyn tokio::io::AsyncRead + Send + Unpin>, SourceError> {
+                let chunks: Vec<std::io::Result<bytes::Bytes>> = vec![
+                    Ok(bytes::Bytes::from(self.0.clone())),
+                    Err(std::io::Error::other("sha256 mismatch")),
+                ];
+                Ok(Box::new(tokio_util::io::StreamReader::new(
+                    futures::stream::iter(chunks),
+                )))
+            }
+        }
+        let parent = tempfile::tempdir().unwrap();
+        let dir = parent.path().join("data");
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::write(dir.join("old"), b"old").unwrap();
+        let mut clean = opts(&dir, Some(RecoveryTarget::Latest));
+        clean.clean = true;
+        let e = restore(&Damaged(base_tar(|_| {})), &clean)
+            .await
+            .expect_err("damaged");
+        assert!(e.to_string().contains("sha256 mismatch"), "{e}");
+        assert_eq!(list(&dir).unwrap(), vec!["old"]);
     }
 }
