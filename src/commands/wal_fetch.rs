@@ -13,8 +13,14 @@ use crate::wal::fetch::{FetchError, Request, fetch};
 pub fn run(config_path: &Path, job: &str, req: Request) -> i32 {
     // Every failure before the fetch (an invalid config, an unknown job) must stop
     // recovery too: `with_job`'s usage exit code (2) would read as "not available".
-    let (config, _guard) = match super::start(config_path, Console::Stderr) {
-        Ok(c) => c,
+    let Some(mut config) = super::load_config(config_path) else {
+        return EXIT_WAL_ABORT;
+    };
+    // The server runs this as its own user, who may not write the daemon's log files:
+    // its stderr goes to the server's log, which is where a failed fetch is looked for.
+    config.log.dir = None;
+    let _guard = match super::init_logging(&config, Console::Stderr) {
+        Ok(g) => g,
         Err(_) => return EXIT_WAL_ABORT,
     };
     let job = match crate::restore::find_job(&config, job) {
