@@ -4,7 +4,7 @@
 # shared libraries they load copied out), so the image has no package manager, no perl and
 # no Debian base underneath.
 #
-#   PostgreSQL  pg_dump, pg_restore, psql, pg_isready (of the major version you choose)
+#   PostgreSQL  pg_dump, pg_restore, psql, pg_isready, pg_basebackup, pg_receivewal (of the major version you choose)
 #   MariaDB     mariadb-dump, mariadb (also as mysqldump, mysql): Debian 12's 10.11 client
 #   Redis       redis-cli (Debian 12's 7.0)
 #   SQLite      nothing: stowage reads SQLite files itself
@@ -58,7 +58,7 @@ RUN if [ -x /prebuilt/stowage ]; then cp /prebuilt/stowage /stowage; \
 FROM ${PG_IMAGE} AS pgclient
 ARG PG_MAJOR
 RUN mkdir -p /pgclient/bin /pgclient/lib \
- && for t in pg_dump pg_restore psql pg_isready; do \
+ && for t in pg_dump pg_restore psql pg_isready pg_basebackup pg_receivewal; do \
         cp "/usr/lib/postgresql/${PG_MAJOR}/bin/$t" /pgclient/bin/; \
     done \
  && cp -L /usr/lib/*/libpq.so.5 /pgclient/lib/
@@ -144,7 +144,7 @@ RUN set -eu; \
     bin /usr/bin/ssh /usr/bin/ssh; \
     bin /stowage /usr/local/bin/stowage; \
     if has postgres; then \
-        for t in pg_dump pg_restore psql pg_isready; do bin /pgclient/bin/$t /usr/lib/postgresql/client/bin/$t; done; \
+        for t in pg_dump pg_restore psql pg_isready pg_basebackup pg_receivewal; do bin /pgclient/bin/$t /usr/lib/postgresql/client/bin/$t; done; \
     fi; \
     if has mariadb; then \
         bin /usr/bin/mariadb /usr/bin/mariadb; \
@@ -188,7 +188,7 @@ RUN set -eu; \
     in_image tini --version; \
     in_image zstd --version; \
     in_image sh -c 'echo ok | gzip | zcat | grep -qx ok && id -un | grep -qx stowage && ls / | grep -qx tmp'; \
-    if has postgres; then for t in pg_dump pg_restore psql pg_isready; do in_image $t --version; done; fi; \
+    if has postgres; then for t in pg_dump pg_restore psql pg_isready pg_basebackup pg_receivewal; do in_image $t --version; done; fi; \
     if has mariadb; then for t in mariadb-dump mariadb mysqldump mysql; do in_image $t --version; done; fi; \
     if has redis; then in_image redis-cli --version; fi; \
     for t in mongodump mongorestore; do if [ -e $R/usr/bin/$t ]; then in_image $t --version; fi; done; \

@@ -216,6 +216,21 @@ impl WalPosition {
     }
 }
 
+impl WalPosition {
+    /// The WAL file holding `start_lsn`, where replay of this backup begins, for the
+    /// default 16 MiB segments (a cluster made with another `--wal-segsize` names its
+    /// files differently: `restore --copy-wal` is not for it).
+    pub fn first_file(&self) -> Option<String> {
+        let lsn = parse_lsn(&self.start_lsn)?;
+        Some(format!(
+            "{:08X}{:08X}{:08X}",
+            self.timeline,
+            lsn >> 32,
+            (lsn & 0xFFFF_FFFF) >> 24
+        ))
+    }
+}
+
 /// An LSN as PostgreSQL writes it ("16/B374D848": two hex halves) as one number.
 pub fn parse_lsn(text: &str) -> Option<u64> {
     let (hi, lo) = text.split_once('/')?;
@@ -615,5 +630,15 @@ mod wal_position_tests {
         for (target, want) in cases {
             assert_eq!(b.precedes(&target), want, "{target:?}");
         }
+        assert_eq!(b.first_file().as_deref(), Some("000000010000000000000002"));
+        let later = WalPosition {
+            timeline: 3,
+            start_lsn: "16/B374D848".into(),
+            ..b
+        };
+        assert_eq!(
+            later.first_file().as_deref(),
+            Some("0000000300000016000000B3")
+        );
     }
 }

@@ -105,7 +105,16 @@ impl Recovered {
             .pg("psql")
             .args(["-X", "-A", "-t", "-h"])
             .arg(&self.socket)
-            .args(["-p", &self.port.to_string(), "-U", "postgres", "-d", "app", "-c", query])
+            .args([
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                "postgres",
+                "-d",
+                "app",
+                "-c",
+                query,
+            ])
             .output()
             .expect("psql");
         String::from_utf8_lossy(&out.stdout).trim().to_string()
@@ -233,7 +242,14 @@ async fn recovers_to_a_second_between_two_inserts_and_to_the_latest_after_sigkil
     let (code, out) = stowage_public(
         &bin,
         &job.config,
-        &["restore", "pitr", "--time", &target, "--to-dir", data.to_str().expect("utf-8")],
+        &[
+            "restore",
+            "pitr",
+            "--time",
+            &target,
+            "--to-dir",
+            data.to_str().expect("utf-8"),
+        ],
     );
     assert_eq!(code, Some(0), "restore --time {target}:\n{out}");
     // The daemon's catch-up may have taken a base backup too: either precedes the target.
@@ -258,7 +274,13 @@ async fn recovers_to_a_second_between_two_inserts_and_to_the_latest_after_sigkil
     let (code, out) = stowage_public(
         &bin,
         &job.config,
-        &["restore", "pitr", "--latest", "--to-dir", latest.to_str().expect("utf-8")],
+        &[
+            "restore",
+            "pitr",
+            "--latest",
+            "--to-dir",
+            latest.to_str().expect("utf-8"),
+        ],
     );
     assert_eq!(code, Some(0), "restore --latest:\n{out}");
     let recovered = Recovered::start(pg.bin_dir(), &latest, &run);
@@ -269,13 +291,54 @@ async fn recovers_to_a_second_between_two_inserts_and_to_the_latest_after_sigkil
         recovered.log()
     );
 
-    // A non-empty directory is refused without --clean, and nothing in it is touched.
     drop(recovered);
+
+    // --copy-wal: the WAL fetched into the data directory, for a server without stowage
+    // (here: the restore runs as root with the harness's binary, which postgres cannot run).
+    let (t8, t9) = (parse_utc(&ticks[7].1), parse_utc(&ticks[8].1));
+    let target = (t8 + (t9 - t8) / 2).to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+    let copied = scratch.path().join("copied");
+    std::fs::create_dir(&copied).expect("mkdir");
+    std::fs::set_permissions(&copied, std::fs::Permissions::from_mode(0o700)).expect("chmod");
+    chown_postgres(&copied);
+    let (code, out) = job.stowage(&[
+        "restore",
+        "pitr",
+        "--time",
+        &target,
+        "--copy-wal",
+        "--to-dir",
+        copied.to_str().expect("utf-8"),
+    ]);
+    assert_eq!(code, Some(0), "restore --copy-wal:\n{out}");
+    assert!(out.contains("WAL file(s)"), "{out}");
+    let auto = std::fs::read_to_string(copied.join("postgresql.auto.conf")).expect("auto.conf");
+    assert!(auto.contains("stowage_wal/"), "{auto}");
+    let recovered = Recovered::start(pg.bin_dir(), &copied, &run);
+    assert_eq!(
+        recovered.sql("select max(id) from ticks"),
+        "8",
+        "rows up to {target} from copied WAL:\n{}",
+        recovered.log()
+    );
+    drop(recovered);
+
+    // A non-empty directory is refused without --clean, and nothing in it is touched.
     let (code, out) = stowage_public(
         &bin,
         &job.config,
-        &["restore", "pitr", "--latest", "--to-dir", latest.to_str().expect("utf-8")],
+        &[
+            "restore",
+            "pitr",
+            "--latest",
+            "--to-dir",
+            latest.to_str().expect("utf-8"),
+        ],
     );
-    assert_ne!(code, Some(0), "a non-empty data directory must be refused:\n{out}");
+    assert_ne!(
+        code,
+        Some(0),
+        "a non-empty data directory must be refused:\n{out}"
+    );
     assert!(out.contains("--clean"), "the refusal says how:\n{out}");
 }

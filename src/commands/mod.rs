@@ -211,6 +211,11 @@ pub enum Command {
         /// the same as --to DIR
         #[arg(long, value_name = "DIR")]
         to_dir: Option<PathBuf>,
+        /// Physical PostgreSQL: fetch the WAL now into DIR/stowage_wal (checked) and have
+        /// the server copy it from there, for a server that cannot run stowage (a postgres
+        /// container); by default the server runs `stowage wal-fetch`
+        #[arg(long)]
+        copy_wal: bool,
     },
     /// Copy published backups of a job from one of its destinations to another: every
     /// object checked against its manifest on the way, blobs the target has not copied
@@ -628,6 +633,7 @@ fn restore_request(command: Command) -> Option<crate::restore::RestoreRequest> {
         restore_point,
         latest,
         to_dir,
+        copy_wal,
     } = command
     else {
         return None;
@@ -662,6 +668,7 @@ fn restore_request(command: Command) -> Option<crate::restore::RestoreRequest> {
             name: restore_point,
             latest,
         },
+        copy_wal,
     })
 }
 

@@ -68,6 +68,10 @@ pub struct RestoreRequest {
     /// Point-in-time recovery of a physical PostgreSQL source: where WAL replay stops, as
     /// given on the command line (parsed by [`Point::target`]).
     pub point: Point,
+    /// Physical PostgreSQL: fetch the WAL into the data directory now, and have the server
+    /// copy it from there, instead of running `stowage wal-fetch` (for a server that cannot
+    /// run stowage, such as a postgres container).
+    pub copy_wal: bool,
 }
 
 /// `--time`, `--lsn`, `--name` or `--latest` of a restore, as given.
@@ -900,7 +904,23 @@ impl<'a> RestoreCtx<'a> {
                     .ok()
                     .flatten()
                     .unwrap_or(RecoveryTarget::Latest),
-                restore_command: wal_fetch_command(self.config, &job.name, &entry.name),
+                restore_command: if req.copy_wal {
+                    // Run in the data directory. %f and %p stay words of their own (the
+                    // engine quotes everything else), so the directory goes in the script.
+                    vec![
+                        "sh".to_string(),
+                        "-c".to_string(),
+                        format!(
+                            "exec cp {}/\"$1\" \"$2\"",
+                            crate::wal::fetch::COPIED_WAL_DIR
+                        ),
+                        "sh".to_string(),
+                        "%f".to_string(),
+                        "%p".to_string(),
+                    ]
+                } else {
+                    wal_fetch_command(self.config, &job.name, &entry.name)
+                },
             }),
         };
         Progress::start(
@@ -917,6 +937,9 @@ impl<'a> RestoreCtx<'a> {
         };
         self.lines.extend(out);
         Progress::finish(self.progress);
+        if req.copy_wal && !req.dry_run && opts.recovery.is_some() {
+            self.copy_wal(step).await?;
+        }
         if !req.dry_run {
             info!(
                 job = %job.name,
@@ -931,6 +954,49 @@ impl<'a> RestoreCtx<'a> {
                 crate::source::url::redact(&step.target)
             ));
         }
+        Ok(())
+    }
+
+    /// `--copy-wal`: every WAL file the recovery may ask for, checked, into the restored
+    /// data directory, owned like it.
+    async fn copy_wal(&mut self, step: &DatabaseStep<'_>) -> Result<(), RestoreError> {
+        let entry = step.entry;
+        let Some(first) = entry.wal.as_ref().and_then(|w| w.first_file()) else {
+            return Err(RestoreError::Usage(format!(
+                "database {}: the backup records no WAL position; restore without --copy-wal",
+                entry.name
+            )));
+        };
+        let data = std::path::Path::new(&step.target);
+        let dir = data.join(crate::wal::fetch::COPIED_WAL_DIR);
+        let failed = |e: std::io::Error| {
+            RestoreError::Usage(format!("cannot create {}: {e}", dir.display()))
+        };
+        std::fs::create_dir(&dir).map_err(failed)?;
+        let names = crate::wal::fetch::fetch_from(self.config, self.job, &entry.name, &first, &dir)
+            .await
+            .map_err(|e| {
+                RestoreError::Usage(format!("database {}: copying the WAL: {e}", entry.name))
+            })?;
+        // The server reads them as the data directory's owner.
+        if let Ok(meta) = std::fs::metadata(data) {
+            use std::os::unix::fs::MetadataExt;
+            let own = |p: &std::path::Path| {
+                std::os::unix::fs::chown(p, Some(meta.uid()), Some(meta.gid()))
+            };
+            own(&dir).map_err(failed)?;
+            for n in &names {
+                own(&dir.join(n)).map_err(failed)?;
+            }
+        }
+        self.lines.push(match (names.first(), names.last()) {
+            (Some(a), Some(b)) => format!(
+                "copied {} WAL file(s), {a} to {b}, into {} (checked); the server copies them from there: remove the directory once recovery is done",
+                names.len(),
+                dir.display()
+            ),
+            _ => format!("no WAL shipped from {first} on: the server recovers to the end of the base backup only"),
+        });
         Ok(())
     }
 

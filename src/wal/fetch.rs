@@ -342,3 +342,101 @@ async fn write_verified(
     }
     Ok(total)
 }
+
+/// Where `restore --copy-wal` puts WAL, inside the data directory: the server's
+/// `restore_command` runs there, so `cp stowage_wal/%f %p` needs no stowage.
+pub const COPIED_WAL_DIR: &str = "stowage_wal";
+
+/// Every WAL file of `source` that a recovery from a base backup whose WAL starts in file
+/// `first` (on its timeline) may ask for: the timeline history files, the segments from
+/// `first` on (later timelines included) and the partial segment, each fetched and
+/// checked as [`fetch`] does, into `dir`. For a server that cannot run stowage (a postgres
+/// container): its restore command then copies from `dir`. The names written, in order.
+pub async fn fetch_from(
+    config: &Config,
+    job: &Job,
+    source: &str,
+    first: &str,
+    dir: &Path,
+) -> Result<Vec<String>, FetchError> {
+    let mut names = std::collections::BTreeSet::new();
+    let mut listed = 0;
+    let mut last_error = None;
+    for js in crate::storage::open_job(config, job).await {
+        match wal::shipped(js.storage.as_ref(), &job.name, source).await {
+            Ok(n) => {
+                listed += 1;
+                names.extend(n);
+            }
+            Err(e) => {
+                tracing::warn!(job = %job.name, "cannot list the WAL on {}: {e}", js.name);
+                last_error = Some((js.name.to_string(), e));
+            }
+        }
+        let expect = Expect::of(job, false);
+        if let Ok(Some(p)) =
+            wal::read_pointer(js.storage.as_ref(), &job.name, source, &expect).await
+        {
+            names.insert(p.record.name.clone());
+        }
+    }
+    if listed == 0
+        && let Some((destination, source_err)) = last_error
+    {
+        return Err(FetchError::Unreachable {
+            name: first.to_string(),
+            destination,
+            source: source_err,
+        });
+    }
+    let wanted: Vec<String> = names
+        .into_iter()
+        .filter(|n| needed_from(n, first))
+        .collect();
+    let mut written = Vec::with_capacity(wanted.len());
+    for name in wanted {
+        let req = Request {
+            name: name.clone(),
+            path: dir.join(&name),
+            from: None,
+            source: Some(source.to_string()),
+        };
+        fetch(config, job, &req).await?;
+        written.push(name);
+    }
+    Ok(written)
+}
+
+/// Whether a recovery starting in WAL file `first` may need file `name`: every history
+/// file; a segment on `first`'s timeline or a later one, at or after `first`'s position.
+fn needed_from(name: &str, first: &str) -> bool {
+    if name.ends_with(".history") {
+        return true;
+    }
+    if name.len() != 24 || first.len() != 24 {
+        return false;
+    }
+    // Fixed-width upper-case hex: text order is number order.
+    name[..8] >= first[..8] && name[8..] >= first[8..]
+}
+
+#[cfg(test)]
+mod needed_tests {
+    use super::needed_from;
+
+    #[test]
+    fn history_files_and_segments_from_the_start_on() {
+        let first = "000000010000000000000005";
+        for (name, want) in [
+            ("00000002.history", true),
+            ("000000010000000000000004", false),
+            ("000000010000000000000005", true),
+            ("000000010000000100000000", true),
+            ("000000020000000000000007", true),
+            ("000000020000000000000004", false),
+            ("garbage", false),
+        ] {
+            assert_eq!(needed_from(name, first), want, "{name}");
+        }
+    }
+}
