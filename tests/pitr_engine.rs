@@ -77,6 +77,7 @@ fn a_base_backup_records_its_wal_span_and_restores_into_a_data_directory() {
     let manifest = job.manifest("local", &id);
     let source = &manifest["sources"][0];
     assert_eq!(source["type"], "postgres");
+    assert_eq!(source["server_version"], "15");
     assert_eq!(
         source["format"],
         "pg_basebackup tar (PGDATA with backup_manifest, no WAL)"
