@@ -77,6 +77,7 @@ fn a_base_backup_records_its_wal_span_and_restores_into_a_data_directory() {
     let manifest = job.manifest("local", &id);
     let source = &manifest["sources"][0];
     assert_eq!(source["type"], "postgres");
+    assert_eq!(source["server_version"], "15");
     assert_eq!(
         source["format"],
         "pg_basebackup tar (PGDATA with backup_manifest, no WAL)"
@@ -100,7 +101,7 @@ fn a_base_backup_records_its_wal_span_and_restores_into_a_data_directory() {
     let (code, out) = job.stowage(&["verify", "pitr", "--read-data"]);
     assert_eq!(code, Some(0), "{out}");
     assert!(
-        out.contains("PostgreSQL 15 data directory"),
+        out.contains("PostgreSQL 15 data directory") && out.contains("backup_manifest checksum ok"),
         "verify did not read the tar:\n{out}"
     );
 
@@ -209,10 +210,19 @@ fn pg_like_tar(extra: impl FnOnce(&mut tar::Builder<Vec<u8>>)) -> Vec<u8> {
         b.append_data(&mut h, name, data).unwrap();
     }
     extra(&mut b);
+    // A manifest as PostgreSQL writes it: its SHA-256 covers every line but the last.
+    let mut manifest = String::from(
+        "{ \"PostgreSQL-Backup-Manifest-Version\": 1,\n\"Files\": [\n{ \"Path\": \"PG_VERSION\", \"Size\": 3 }\n],\n",
+    );
+    let sum = {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(manifest.as_bytes()))
+    };
+    manifest.push_str(&format!("\"Manifest-Checksum\": \"{sum}\"}}\n"));
     let mut h = tar::Header::new_ustar();
-    h.set_size(2);
+    h.set_size(manifest.len() as u64);
     h.set_mode(0o600);
-    b.append_data(&mut h, "backup_manifest", &b"{}"[..])
+    b.append_data(&mut h, "backup_manifest", manifest.as_bytes())
         .unwrap();
     b.into_inner().unwrap()
 }

@@ -19,6 +19,9 @@ pub(super) struct ManifestTail {
     /// Of those, the member's own bytes (the rest is padding).
     data_left: u64,
     capturing: bool,
+    /// In `PG_VERSION`'s data: the server's major version.
+    in_version: bool,
+    version: Vec<u8>,
     ended: bool,
     seen: bool,
     tail: Vec<u8>,
@@ -31,6 +34,10 @@ impl ManifestTail {
             if self.left > 0 {
                 let n = usize::try_from(self.left).unwrap_or(usize::MAX).min(bytes.len());
                 let data = usize::try_from(self.data_left).unwrap_or(usize::MAX).min(n);
+                if self.in_version && self.version.len() < 16 {
+                    let room = 16 - self.version.len();
+                    self.version.extend_from_slice(&bytes[..data.min(room)]);
+                }
                 if self.capturing {
                     self.tail.extend_from_slice(&bytes[..data]);
                     if self.tail.len() > KEEP {
@@ -69,8 +76,18 @@ impl ManifestTail {
             self.seen = true;
             self.tail.clear();
         }
+        self.in_version = name == b"PG_VERSION" && matches!(h[156], b'0' | 0);
+        if self.in_version {
+            self.version.clear();
+        }
         self.data_left = size;
         self.left = size.div_ceil(BLOCK as u64) * BLOCK as u64;
+    }
+
+    /// The major version `PG_VERSION` holds, e.g. "15".
+    pub fn server_version(&self) -> Option<String> {
+        let v = String::from_utf8_lossy(&self.version).trim().to_string();
+        (!v.is_empty() && v.bytes().all(|b| b.is_ascii_digit() || b == b'.')).then_some(v)
     }
 
     /// Timeline, start and end of the backup, from the manifest's `WAL-Ranges`.
@@ -183,6 +200,7 @@ mod tests {
                 f.push(c);
             }
             let (tli, start, end) = f.wal_range().expect("found");
+            assert_eq!(f.server_version().as_deref(), Some("15"));
             assert_eq!((tli, start.to_string(), end.to_string()), (1, "0/2000028".into(), "0/2000100".into()), "{chunk}");
         }
     }

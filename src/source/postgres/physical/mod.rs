@@ -329,12 +329,15 @@ impl Database for PhysicalPostgres {
                 let text = wait_child_stderr("pg_basebackup", child, stderr).await?;
                 let stop_time = chrono::Utc::now();
                 tracing::debug!(source = %name, "pg_basebackup: {text}");
-                let (timeline, start, stop) = tail
-                    .lock()
-                    .map_err(|_| SourceError::Protocol("the base backup's follower failed".into()))?
-                    .wal_range()?;
+                let (server_version, range) = {
+                    let t = tail.lock().map_err(|_| {
+                        SourceError::Protocol("the base backup's follower failed".into())
+                    })?;
+                    (t.server_version(), t.wal_range())
+                };
+                let (timeline, start, stop) = range?;
                 Ok(DumpInfo {
-                    server_version: None,
+                    server_version,
                     objects: None,
                     rows: None,
                     wal: Some(WalPosition {

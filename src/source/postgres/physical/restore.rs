@@ -128,7 +128,12 @@ pub(super) async fn restore(
     };
     crate::engine::commit_point();
     if !contents.is_empty() {
-        empty(&dir, staging.path())?;
+        empty(&dir, staging.path()).map_err(|e| {
+            SourceError::Incomplete(format!(
+                "{e}; --clean deleted part of what {} held and the backup was not moved in: delete the rest and restore again",
+                dir.display()
+            ))
+        })?;
         lines.push(format!(
             "deleted the {} entries that were in {} (--clean)",
             contents.len(),
@@ -137,8 +142,7 @@ pub(super) async fn restore(
     }
     move_into(staging.path(), &dir).map_err(|e| {
         SourceError::Incomplete(format!(
-            "{e}; the base backup is in {} and only partly moved into place: delete the contents of {} and restore again",
-            staging.path().display(),
+            "{e}; the base backup was only partly moved into place: delete the contents of {} and restore again",
             dir.display()
         ))
     })?;

@@ -3,7 +3,7 @@
 //! write to it controls: only plain files and directories with relative names inside the
 //! target are accepted, and nothing already in the target is followed or overwritten.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::io::Read;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
@@ -31,17 +31,20 @@ pub(super) struct Found {
     pub files: u64,
     pub dirs: u64,
     pub bytes: u64,
+    /// Files `backup_manifest` lists, each found in the tar with its size.
+    pub listed: u64,
 }
 
 impl fmt::Display for Found {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "PostgreSQL {} data directory: {} files in {} directories ({}), with PG_VERSION, global/pg_control, backup_label and backup_manifest",
+            "PostgreSQL {} data directory: {} files in {} directories ({}); backup_manifest checksum ok, its {} files present with their sizes",
             self.version,
             self.files,
             self.dirs,
-            crate::units::human_bytes(self.bytes)
+            crate::units::human_bytes(self.bytes),
+            self.listed
         )
     }
 }
@@ -85,7 +88,8 @@ pub(super) enum Visit<'a> {
 pub(super) fn walk(reader: impl Read, visit: &Visit<'_>) -> Result<Found, SourceError> {
     let mut reader = reader;
     let mut found = Found::default();
-    let mut seen: HashSet<PathBuf> = HashSet::new();
+    let mut seen: HashMap<PathBuf, u64> = HashMap::new();
+    let mut manifest: Option<Vec<u8>> = None;
     let mut made: HashSet<PathBuf> = HashSet::new();
     {
         let mut archive = tar::Archive::new(&mut reader);
@@ -116,7 +120,7 @@ pub(super) fn walk(reader: impl Read, visit: &Visit<'_>) -> Result<Found, Source
             let Some(rel) = rel else {
                 continue; // the archive's root: the target itself
             };
-            if !seen.insert(rel.clone()) {
+            if seen.insert(rel.clone(), entry.size()).is_some() {
                 return Err(refused(&shown, "a second entry of the same name"));
             }
             if kind.is_dir() {
@@ -144,6 +148,23 @@ pub(super) fn walk(reader: impl Read, visit: &Visit<'_>) -> Result<Found, Source
                 }
                 continue;
             }
+            if rel == Path::new("backup_manifest") {
+                let mut bytes = Vec::new();
+                (&mut entry)
+                    .take(MANIFEST_LIMIT + 1)
+                    .read_to_end(&mut bytes)
+                    .map_err(|e| SourceError::io("reading backup_manifest in the backup", e))?;
+                if bytes.len() as u64 > MANIFEST_LIMIT {
+                    return Err(refused(&shown, "larger than 256 MiB"));
+                }
+                if let Visit::Extract { root, owner } = visit {
+                    let mut file = create_file(root, &rel, *owner, &mut made)?;
+                    std::io::Write::write_all(&mut file, &bytes)
+                        .map_err(|e| write_err(root, &rel, e))?;
+                }
+                manifest = Some(bytes);
+                continue;
+            }
             match visit {
                 Visit::Check => {
                     std::io::copy(&mut entry, &mut std::io::sink())
@@ -159,13 +180,91 @@ pub(super) fn walk(reader: impl Read, visit: &Visit<'_>) -> Result<Found, Source
     std::io::copy(&mut reader, &mut std::io::sink())
         .map_err(|e| SourceError::io("reading the base backup to its end", e))?;
     for name in REQUIRED {
-        if !seen.contains(Path::new(name)) {
+        if !seen.contains_key(Path::new(name)) {
             return Err(SourceError::Refused(format!(
                 "the backup's tar holds no \"{name}\": it is not a whole base backup of a data directory (pg_basebackup -Ft -D - writes PG_VERSION, global/pg_control, backup_label and backup_manifest)"
             )));
         }
     }
+    if let Some(bytes) = manifest {
+        found.listed = check_manifest(&bytes, &seen)?;
+    }
     Ok(found)
+}
+
+/// A manifest past this is not pg_basebackup's (it takes about 150 bytes a file).
+const MANIFEST_LIMIT: u64 = 256 << 20;
+
+#[derive(serde::Deserialize)]
+struct Manifest {
+    #[serde(rename = "Files")]
+    files: Vec<ManifestFile>,
+    #[serde(rename = "Manifest-Checksum")]
+    checksum: String,
+}
+
+#[derive(serde::Deserialize)]
+struct ManifestFile {
+    #[serde(rename = "Path")]
+    path: Option<String>,
+    /// Hex of a name that is not valid UTF-8.
+    #[serde(rename = "Encoded-Path")]
+    encoded: Option<String>,
+    #[serde(rename = "Size")]
+    size: u64,
+}
+
+/// Check `backup_manifest` the way `pg_verifybackup` starts to: its own SHA-256 (over
+/// every line but the last), and every file it lists present in the tar with its size
+/// (the per-file CRC-32C is left to `pg_verifybackup`). The number of files listed.
+fn check_manifest(bytes: &[u8], sizes: &HashMap<PathBuf, u64>) -> Result<u64, SourceError> {
+    use sha2::{Digest, Sha256};
+    use std::os::unix::ffi::OsStrExt;
+    let bad = |why: String| {
+        SourceError::Refused(format!(
+            "the backup's backup_manifest {why}; the base backup is not whole"
+        ))
+    };
+    let manifest: Manifest = serde_json::from_slice(bytes)
+        .map_err(|e| bad(format!("cannot be read ({e})")))?;
+    let body = bytes.strip_suffix(b"\n").unwrap_or(bytes);
+    let end = body
+        .iter()
+        .rposition(|b| *b == b'\n')
+        .ok_or_else(|| bad("is one line".to_string()))?;
+    let sum = hex::encode(Sha256::digest(&body[..=end]));
+    if !sum.eq_ignore_ascii_case(&manifest.checksum) {
+        return Err(bad(format!(
+            "fails its own checksum (it says {}, its contents hash to {sum})",
+            manifest.checksum
+        )));
+    }
+    for f in &manifest.files {
+        let path = match (&f.path, &f.encoded) {
+            (Some(p), _) => PathBuf::from(p),
+            (None, Some(hexed)) => PathBuf::from(std::ffi::OsStr::from_bytes(
+                &hex::decode(hexed).map_err(|e| bad(format!("has a bad Encoded-Path ({e})")))?,
+            )),
+            (None, None) => return Err(bad("lists a file without a path".to_string())),
+        };
+        match sizes.get(&path) {
+            None => {
+                return Err(bad(format!(
+                    "lists \"{}\", which the tar lacks",
+                    path.display()
+                )));
+            }
+            Some(size) if *size != f.size => {
+                return Err(bad(format!(
+                    "gives \"{}\" {} bytes, the tar {size}",
+                    path.display(),
+                    f.size
+                )));
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(manifest.files.len() as u64)
 }
 
 fn write_err(root: &Path, rel: &Path, e: std::io::Error) -> SourceError {
@@ -303,8 +402,23 @@ pub(super) mod tests {
             file(&mut b, name, data.as_bytes());
         }
         extra(&mut b);
-        file(&mut b, "backup_manifest", b"{}");
+        file(&mut b, "backup_manifest", manifest(&[("PG_VERSION", 3), ("global/pg_control", 7)]).as_bytes());
         b.into_inner().expect("tar")
+    }
+
+    /// A backup_manifest as PostgreSQL writes it, listing `files` (path, size).
+    pub(crate) fn manifest(files: &[(&str, u64)]) -> String {
+        use sha2::{Digest, Sha256};
+        let mut m = String::from("{ \"PostgreSQL-Backup-Manifest-Version\": 1,\n\"Files\": [\n");
+        let lines: Vec<String> = files
+            .iter()
+            .map(|(p, n)| format!("{{ \"Path\": \"{p}\", \"Size\": {n} }}"))
+            .collect();
+        m.push_str(&lines.join(",\n"));
+        m.push_str("\n],\n\"WAL-Ranges\": [\n{ \"Timeline\": 1, \"Start-LSN\": \"0/2000028\", \"End-LSN\": \"0/2000100\" }\n],\n");
+        let sum = hex::encode(Sha256::digest(m.as_bytes()));
+        m.push_str(&format!("\"Manifest-Checksum\": \"{sum}\"}}\n"));
+        m
     }
 
     pub(crate) fn file(b: &mut tar::Builder<Vec<u8>>, name: &str, data: &[u8]) {
@@ -336,6 +450,7 @@ pub(super) mod tests {
         let found = walk(&base_tar(|_| {})[..], &Visit::Check).expect("whole");
         assert_eq!(found.version, "15");
         assert_eq!((found.files, found.dirs), (6, 3));
+        assert_eq!(found.listed, 2);
         assert!(found.to_string().starts_with("PostgreSQL 15 data directory: 6 files in 3 directories"));
     }
 
@@ -386,5 +501,30 @@ pub(super) mod tests {
         let dir = tempfile::tempdir().unwrap();
         let e = walk(&tar[..], &Visit::Extract { root: dir.path(), owner: None }).expect_err("twice");
         assert!(e.to_string().contains("a second entry of the same name"), "{e}");
+    }
+
+    #[test]
+    fn the_manifest_must_match_the_tar() {
+        for (m, why) in [
+            (manifest(&[("PG_VERSION", 4)]), "gives \"PG_VERSION\" 4 bytes, the tar 3"),
+            (manifest(&[("base/1/2", 4)]), "lists \"base/1/2\", which the tar lacks"),
+            (
+                manifest(&[("PG_VERSION", 3)]).replace("0/2000100", "0/2000101"),
+                "fails its own checksum",
+            ),
+            ("{}".to_string(), "cannot be read"),
+        ] {
+            let mut b = tar::Builder::new(Vec::new());
+            for (name, data) in [
+                ("PG_VERSION", &b"15\n"[..]),
+                ("backup_label", b"x"),
+                ("global/pg_control", b"control"),
+                ("backup_manifest", m.as_bytes()),
+            ] {
+                file(&mut b, name, data);
+            }
+            let e = walk(&b.into_inner().unwrap()[..], &Visit::Check).expect_err(why);
+            assert!(e.is_refusal() && e.to_string().contains(why), "{why}: {e}");
+        }
     }
 }
