@@ -58,6 +58,8 @@ pub struct Cli {
     pub command: Command,
 }
 
+// Parsed once per process and matched at once: boxing `restore`'s flags would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run every job on its schedule until SIGTERM/SIGINT (the container's command)

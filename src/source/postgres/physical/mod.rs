@@ -80,7 +80,15 @@ pub(super) fn configure(section: &mut Section<'_>, raw: RawPostgres) -> Option<A
     };
     let max_slot_wal = match raw.max_slot_wal.as_deref().map(parse_size) {
         None => None,
-        Some(Ok(n)) => Some(n),
+        // Not enforced by the receiver yet: a key that is read but does nothing would let a
+        // user believe the database's disk is protected.
+        Some(Ok(_)) => {
+            section.problem(
+                "max_slot_wal",
+                "is not enforced by stowage yet; cap the slot on the server instead: ALTER SYSTEM SET max_slot_wal_keep_size = '10GB'; SELECT pg_reload_conf(); (PostgreSQL 13+), and remove this key",
+            );
+            None::<u64>
+        }
         Some(Err(e)) => {
             section.problem("max_slot_wal", e);
             None
@@ -490,7 +498,7 @@ mod tests {
         let db = configure_section(
             "postgres",
             "mode = \"physical\"\nurl = \"postgres://replicator@db\"\nslot = \"pitr_1\"\n\
-             wal_flush = \"1s\"\nmax_slot_wal = \"10GiB\"",
+             wal_flush = \"1s\"",
         )
         .expect("valid: a replication URL needs no database");
         assert_eq!(
@@ -551,6 +559,10 @@ mod tests {
             (
                 "max_slot_wal = \"1MiB\"",
                 "jobs.app.sources[0].max_slot_wal: \"1MiB\" is less than one WAL segment (16MiB); use e.g. \"10GiB\"",
+            ),
+            (
+                "max_slot_wal = \"10GiB\"",
+                "jobs.app.sources[0].max_slot_wal: is not enforced by stowage yet; cap the slot on the server instead",
             ),
             (
                 "exclude_tables = [\"audit\"]",
