@@ -42,10 +42,20 @@ pub fn streams(config: &Config) -> Vec<Stream> {
     out
 }
 
-/// Where a source's WAL waits to be shipped, under the daemon's state directory: kept
-/// across restarts, so the receiver resumes where it stopped.
-pub fn spool_dir(state_dir: &Path, job: &str, source: &str) -> PathBuf {
-    state_dir.join("wal").join(job).join(source)
+/// Where the WAL of every source waits to be shipped: `$STOWAGE_WAL_DIR`, else `wal/` in
+/// the daemon's state directory. It must survive restarts (the receiver resumes from it)
+/// and hold a few segments of 16 MiB: in the image, a volume (the state directory is
+/// `/tmp`, a small tmpfs).
+pub fn spool_root() -> PathBuf {
+    match std::env::var_os("STOWAGE_WAL_DIR") {
+        Some(d) if !d.is_empty() => PathBuf::from(d),
+        _ => crate::instance::state_dir().join("wal"),
+    }
+}
+
+/// One source's spool under `root`.
+pub fn spool_dir(root: &Path, job: &str, source: &str) -> PathBuf {
+    root.join(job).join(source)
 }
 
 /// A failed receiver waits this long before the next start: 1, 2, 4 … 60 s.
@@ -153,7 +163,7 @@ mod tests {
     #[test]
     fn each_source_has_its_own_spool() {
         assert_eq!(
-            spool_dir(Path::new("/var/lib/stowage"), "pitr", "db"),
+            spool_dir(Path::new("/var/lib/stowage/wal"), "pitr", "db"),
             Path::new("/var/lib/stowage/wal/pitr/db")
         );
     }
