@@ -331,8 +331,11 @@ async fn restart_wal(ctx: &Arc<Ctx>) {
     let mut tasks = Vec::new();
     for stream in crate::wal::run::streams(&config) {
         let (tx, mut rx) = tokio::sync::watch::channel(crate::wal::WalStatus::default());
-        let spool =
-            crate::wal::run::spool_dir(&crate::wal::run::spool_root(), &stream.job, &stream.source);
+        let spool = crate::wal::run::spool_dir(
+            &crate::wal::run::spool_root(&crate::instance::state_dir()),
+            &stream.job,
+            &stream.source,
+        );
         let (job, source, ctx2) = (stream.job.clone(), stream.source.clone(), ctx.clone());
         // Ends when the stream drops its sender.
         ctx.tracker.spawn(async move {

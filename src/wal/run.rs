@@ -43,13 +43,13 @@ pub fn streams(config: &Config) -> Vec<Stream> {
 }
 
 /// Where the WAL of every source waits to be shipped: `$STOWAGE_WAL_DIR`, else `wal/` in
-/// the daemon's state directory. It must survive restarts (the receiver resumes from it)
+/// the daemon's state directory `state_dir`. It must survive restarts (the receiver resumes from it)
 /// and hold a few segments of 16 MiB: in the image, a volume (the state directory is
 /// `/tmp`, a small tmpfs).
-pub fn spool_root() -> PathBuf {
+pub fn spool_root(state_dir: &Path) -> PathBuf {
     match std::env::var_os("STOWAGE_WAL_DIR") {
         Some(d) if !d.is_empty() => PathBuf::from(d),
-        _ => crate::instance::state_dir().join("wal"),
+        _ => state_dir.join("wal"),
     }
 }
 
