@@ -200,6 +200,7 @@ async fn recovers_to_a_second_between_two_inserts_and_to_the_latest_after_sigkil
     let job = Job::new("pitr")
         .log()
         .s3("s3", &s3, BUCKET, "")
+        .local("local", None)
         .source(&format!(
             "type = \"postgres\"\nname = \"db\"\nmode = \"physical\"\nurl = {}\nslot = \"stowage\"\nwal_flush = \"{FLUSH_SECS}s\"\n",
             toml_str(pg.url("postgres"))
@@ -323,6 +324,20 @@ async fn recovers_to_a_second_between_two_inserts_and_to_the_latest_after_sigkil
     );
     drop(recovered);
 
+    // The README's recipe by hand, from the local destination's files: no stowage at all.
+    let (t2, t3) = (parse_utc(&ticks[1].1), parse_utc(&ticks[2].1));
+    let target = t2 + (t3 - t2) / 2;
+    let by_hand = scratch.path().join("by-hand");
+    by_hand_recovery(&job, target, &by_hand, &run);
+    let recovered = Recovered::start(pg.bin_dir(), &by_hand, &run);
+    assert_eq!(
+        recovered.sql("select string_agg(id::text, ',' order by id) from ticks"),
+        "1,2",
+        "rows up to {target} recovered by hand:\n{}",
+        recovered.log()
+    );
+    drop(recovered);
+
     // A non-empty directory is refused without --clean, and nothing in it is touched.
     let (code, out) = stowage_public(
         &bin,
@@ -341,4 +356,103 @@ async fn recovers_to_a_second_between_two_inserts_and_to_the_latest_after_sigkil
         "a non-empty data directory must be refused:\n{out}"
     );
     assert!(out.contains("--clean"), "the refusal says how:\n{out}");
+}
+
+fn sh(script: &str) {
+    let out = Command::new("sh").args(["-ec", script]).output().expect("sh");
+    assert!(
+        out.status.success(),
+        "{script}:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// README "Point-in-time recovery", "By hand, without stowage", step by step, with shell
+/// tools on the local destination's files.
+fn by_hand_recovery(job: &Job, target: chrono::DateTime<chrono::Utc>, data: &Path, run: &Path) {
+    let root = job.path("local").join("pitr");
+    // 1. The newest base backup that ended before the target.
+    let mut chosen = None;
+    for id in job.ids("local") {
+        let m = job.manifest("local", &id);
+        let wal = m["sources"][0]["wal"].clone();
+        let stop = parse_utc(wal["stop_time"].as_str().expect("stop_time"));
+        if stop <= target {
+            chosen = Some((id, wal));
+            break;
+        }
+    }
+    let (id, wal) = chosen.expect("a base backup before the target");
+    // 2. Unpack it.
+    std::fs::create_dir(data).expect("mkdir");
+    sh(&format!(
+        "zstd -dc '{}' | tar -x -C '{}'",
+        root.join(&id).join("db.tar.zst").display(),
+        data.display()
+    ));
+    chown_postgres(data);
+    std::fs::set_permissions(data, std::fs::Permissions::from_mode(0o700)).expect("chmod");
+    // 3. The WAL from the base backup's first file on, each checked against its record.
+    let (hi, lo) = wal["start_lsn"]
+        .as_str()
+        .and_then(|l| l.split_once('/'))
+        .expect("start_lsn");
+    let first = format!(
+        "{:08X}{:08X}{:08X}",
+        wal["timeline"].as_u64().expect("timeline"),
+        u64::from_str_radix(hi, 16).expect("hex"),
+        u64::from_str_radix(lo, 16).expect("hex") >> 24
+    );
+    let wal_dir = run.join("by-hand-wal");
+    std::fs::create_dir(&wal_dir).expect("mkdir");
+    let shipped = root.join("wal").join("db");
+    let mut copied = 0;
+    for entry in std::fs::read_dir(&shipped).expect("wal dir") {
+        let path = entry.expect("entry").path();
+        let file = path.file_name().unwrap_or_default().to_string_lossy().to_string();
+        let Some(name) = file.strip_suffix(".zst") else {
+            continue;
+        };
+        if !(name.ends_with(".history") || name >= first.as_str()) {
+            continue;
+        }
+        let out = wal_dir.join(name);
+        sh(&format!("zstd -q -d -c '{}' > '{}'", path.display(), out.display()));
+        let record: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(shipped.join("index").join(format!("{name}.json"))).expect("record"),
+        )
+        .expect("json");
+        let sum = Command::new("sha256sum").arg(&out).output().expect("sha256sum");
+        let sum = String::from_utf8_lossy(&sum.stdout);
+        assert_eq!(
+            sum.split_whitespace().next(),
+            record["raw_sha256"].as_str(),
+            "{name}"
+        );
+        copied += 1;
+    }
+    assert!(copied > 0, "no WAL from {first} in {}", shipped.display());
+    let pointer: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(shipped.join("partial.json")).expect("partial.json"))
+            .expect("json");
+    let partial_name = pointer["name"].as_str().expect("name");
+    if !wal_dir.join(partial_name).exists() {
+        let key = pointer["key"].as_str().expect("key");
+        sh(&format!(
+            "zstd -q -d -c '{}' > '{}'",
+            job.path("local").join(key).display(),
+            wal_dir.join(partial_name).display()
+        ));
+    }
+    chown_postgres(&wal_dir);
+    // 4. Recovery settings.
+    std::fs::write(data.join("recovery.signal"), "").expect("recovery.signal");
+    let mut auto = std::fs::read_to_string(data.join("postgresql.auto.conf")).expect("auto.conf");
+    auto.push_str(&format!(
+        "restore_command = 'cp {}/%f %p'\nrecovery_target_time = '{}'\nrecovery_target_action = 'promote'\nrecovery_target_timeline = 'latest'\n",
+        wal_dir.display(),
+        target.format("%Y-%m-%d %H:%M:%S%.6f+00")
+    ));
+    std::fs::write(data.join("postgresql.auto.conf"), auto).expect("auto.conf");
+    chown_postgres(data);
 }
