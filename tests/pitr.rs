@@ -359,7 +359,10 @@ async fn recovers_to_a_second_between_two_inserts_and_to_the_latest_after_sigkil
 }
 
 fn sh(script: &str) {
-    let out = Command::new("sh").args(["-ec", script]).output().expect("sh");
+    let out = Command::new("sh")
+        .args(["-ec", script])
+        .output()
+        .expect("sh");
     assert!(
         out.status.success(),
         "{script}:\n{}",
@@ -409,7 +412,11 @@ fn by_hand_recovery(job: &Job, target: chrono::DateTime<chrono::Utc>, data: &Pat
     let mut copied = 0;
     for entry in std::fs::read_dir(&shipped).expect("wal dir") {
         let path = entry.expect("entry").path();
-        let file = path.file_name().unwrap_or_default().to_string_lossy().to_string();
+        let file = path
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .to_string();
         let Some(name) = file.strip_suffix(".zst") else {
             continue;
         };
@@ -417,12 +424,19 @@ fn by_hand_recovery(job: &Job, target: chrono::DateTime<chrono::Utc>, data: &Pat
             continue;
         }
         let out = wal_dir.join(name);
-        sh(&format!("zstd -q -d -c '{}' > '{}'", path.display(), out.display()));
+        sh(&format!(
+            "zstd -q -d -c '{}' > '{}'",
+            path.display(),
+            out.display()
+        ));
         let record: serde_json::Value = serde_json::from_slice(
             &std::fs::read(shipped.join("index").join(format!("{name}.json"))).expect("record"),
         )
         .expect("json");
-        let sum = Command::new("sha256sum").arg(&out).output().expect("sha256sum");
+        let sum = Command::new("sha256sum")
+            .arg(&out)
+            .output()
+            .expect("sha256sum");
         let sum = String::from_utf8_lossy(&sum.stdout);
         assert_eq!(
             sum.split_whitespace().next(),

@@ -456,8 +456,11 @@ pub fn describe_target(target: &RecoveryTarget) -> String {
 }
 
 /// The `restore_command` a recovering server runs: this binary's `wal-fetch`, with the
-/// config this restore was given, so WAL is fetched and checked the way the base backup was.
-fn wal_fetch_command(config: &Config, job: &str, source: &str) -> Vec<String> {
+/// config this restore was given, so WAL is fetched and checked the way the base backup was,
+/// from the destination the base backup came from: each destination keeps its own WAL to
+/// its own retention, and one that cannot be read must not stop a recovery that does not
+/// need it.
+fn wal_fetch_command(config: &Config, job: &str, source: &str, destination: &str) -> Vec<String> {
     let exe = std::env::current_exe()
         .map(|p| p.display().to_string())
         .unwrap_or_else(|_| "stowage".to_string());
@@ -472,6 +475,8 @@ fn wal_fetch_command(config: &Config, job: &str, source: &str) -> Vec<String> {
         "%p".to_string(),
         "--source".to_string(),
         source.to_string(),
+        "--from".to_string(),
+        destination.to_string(),
     ]
 }
 
@@ -919,7 +924,7 @@ impl<'a> RestoreCtx<'a> {
                         "%p".to_string(),
                     ]
                 } else {
-                    wal_fetch_command(self.config, &job.name, &entry.name)
+                    wal_fetch_command(self.config, &job.name, &entry.name, &self.dest_name)
                 },
             }),
         };
