@@ -76,6 +76,8 @@ struct Shelf {
     /// Published backups, newest first (with `holding`: those that hold it, and those whose
     /// manifest could not be read); or why the destination could not be listed.
     backups: Result<Listed, String>,
+    /// Continuously archived sources: the recoverable window, one line each.
+    pitr: Vec<String>,
 }
 
 struct Listed {
@@ -168,16 +170,105 @@ async fn collect(config: &Config, only_job: Option<&str>, holding: Option<&str>)
                 }
                 Err(e) => Err(e.to_string()),
             };
+            let pitr = match &backups {
+                Ok(l) => pitr_lines(st.as_ref(), job, &dest.name, l).await,
+                Err(_) => Vec::new(),
+            };
             shelves.push(Shelf {
                 destination: dest.name.clone(),
                 location: st.location(),
                 job: job.name.clone(),
                 tz: job.schedule.tz().clone(),
                 backups,
+                pitr,
             });
         }
     }
     shelves
+}
+
+/// "point-in-time recovery of db on local: from … (oldest base backup) to … (newest WAL, 8 s
+/// ago)" for each continuously archived source of `job` (one or two small reads each).
+/// With `holding`, `listed` may not hold every backup: the window is then of those shown.
+async fn pitr_lines(
+    st: &dyn storage::Storage,
+    job: &Job,
+    destination: &str,
+    listed: &Listed,
+) -> Vec<String> {
+    let tz = job.schedule.tz();
+    let at = |t: DateTime<Utc>| t.with_timezone(tz).format("%Y-%m-%d %H:%M:%S").to_string();
+    let expect = crate::repo::packing::Expect::of(job, false);
+    let now = Utc::now();
+    let mut out = Vec::new();
+    for source in job
+        .sources
+        .iter()
+        .filter(|s| s.database().is_some_and(|d| d.wal_source().is_some()))
+        .map(|s| s.name())
+    {
+        let oldest = listed
+            .rows
+            .iter()
+            .filter_map(|r| r.manifest.as_ref().ok())
+            .filter_map(|m| m.sources.iter().find(|s| s.name == source)?.wal.as_ref())
+            .map(|w| w.stop_time)
+            .min();
+        let newest = newest_wal(st, &job.name, source, &expect).await;
+        let line = match (oldest, newest) {
+            (Some(from), Ok(Some(to))) => format!(
+                "from {} (oldest base backup) to {} (newest WAL, {} ago)",
+                at(from),
+                at(to),
+                ago(now - to)
+            ),
+            (None, _) => "none: no base backup with a WAL position".to_string(),
+            (Some(from), Ok(None)) => format!(
+                "from {} (oldest base backup) to the end of its base backup (no WAL shipped here)",
+                at(from)
+            ),
+            (Some(from), Err(e)) => format!(
+                "from {} (oldest base backup) to ? (cannot read the newest WAL record: {e})",
+                at(from)
+            ),
+        };
+        out.push(format!(
+            "point-in-time recovery of {source} on {destination}: {line}"
+        ));
+    }
+    out
+}
+
+/// When the newest WAL of `source` was shipped: the partial pointer's, else the newest
+/// record's.
+async fn newest_wal(
+    st: &dyn storage::Storage,
+    job: &str,
+    source: &str,
+    expect: &crate::repo::packing::Expect,
+) -> Result<Option<DateTime<Utc>>, crate::repo::wal::WalError> {
+    if let Some(p) = crate::repo::wal::read_pointer(st, job, source, expect).await? {
+        return Ok(Some(p.record.shipped_at));
+    }
+    let names = crate::repo::wal::shipped(st, job, source).await?;
+    // History files sort after segments of their timeline but are not newer WAL.
+    let Some(name) = names.iter().rev().find(|n| !n.ends_with(".history")) else {
+        return Ok(None);
+    };
+    Ok(crate::repo::wal::read_record(st, job, source, name, expect)
+        .await?
+        .map(|v| v.record.shipped_at))
+}
+
+/// "8 s", "5 min", "3 h", "2 days".
+fn ago(d: chrono::TimeDelta) -> String {
+    let s = d.num_seconds().max(0);
+    match s {
+        0..120 => format!("{s} s"),
+        120..7200 => format!("{} min", s / 60),
+        7200..172_800 => format!("{} h", s / 3600),
+        _ => format!("{} days", s / 86_400),
+    }
 }
 
 /// "1 backup", "2 backups".
@@ -214,6 +305,9 @@ fn to_text(shelves: &[Shelf], holding: Option<&str>) -> String {
             shelf.job,
             count(listed.published, "backup", "backups")
         );
+        for line in &shelf.pitr {
+            let _ = writeln!(out, "    {line}");
+        }
         if listed.rows.is_empty() {
             continue;
         }
@@ -637,8 +731,15 @@ mod tests {
                     },
                 ],
             }),
+            pitr: vec!["point-in-time recovery of db on local: from x to y".into()],
         };
         let text = to_text(std::slice::from_ref(&shelf), None);
+        assert!(
+            text.contains(
+                "  job app (2 backups)\n    point-in-time recovery of db on local: from x to y\n"
+            ),
+            "{text}"
+        );
         assert!(text.contains("  job app (2 backups)\n"), "{text}");
         assert!(
             text.contains("unreadable manifest: manifest is not valid"),

@@ -611,7 +611,13 @@ impl<'a> RunCtx<'a> {
             let r = tokio::select! {
                 biased;
                 _ = self.cancel.cancelled() => None,
-                r = apply_retention(t, self.job, id) => Some(r),
+                r = async {
+                    let r = apply_retention(t, self.job, id).await;
+                    if r.is_ok() {
+                        prune_wal(t, self.job).await;
+                    }
+                    r
+                } => Some(r),
             };
             match r {
                 Some(Ok(n)) => self.kept.push((t.name.clone(), n)),
@@ -1030,6 +1036,30 @@ async fn apply_retention(
         sweep_blobs(t, job, own_id).await;
     }
     Ok(decisions.len() - removed)
+}
+
+/// After backup retention: the WAL no retained base backup of the destination can replay
+/// (continuously archived sources only). A failure only delays it to the next run.
+async fn prune_wal(t: &Target, job: &Job) {
+    // As for blobs: a delete before the lock or minimum storage duration ends would only
+    // hide the object behind a delete marker, or be billed anyway.
+    let min_age = t
+        .min_storage
+        .map(|(_, days)| days)
+        .into_iter()
+        .chain(t.object_lock.map(|l| l.days))
+        .max()
+        .map(|days| chrono::TimeDelta::days(days.into()));
+    match crate::wal::keep::apply(t.storage.as_ref(), job, min_age).await {
+        Ok(kept) => {
+            for k in kept {
+                info!(job = %job.name, destination = %t.name, "WAL retention on {}: {}", t.name, k.describe());
+            }
+        }
+        Err(e) => {
+            warn!(job = %job.name, destination = %t.name, "WAL retention on {} failed: {e}; the WAL stays until the next run", t.name)
+        }
+    }
 }
 
 /// After retention removed backups: the file blobs no backup references any more.

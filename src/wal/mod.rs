@@ -9,6 +9,7 @@
 //! `<name>.partial`, timeline history files `<8 hex>.history`; anything else is ignored.
 
 pub mod fetch;
+pub mod keep;
 pub mod run;
 
 use std::collections::HashMap;
