@@ -130,7 +130,9 @@ pub fn check(
             // file, the backup's own first segment at least.
             let need = match switches.get(next) {
                 Some(&lsn) => segno_of(lsn).checked_sub(1),
-                None if tli == t0 => Some(s0),
+                // A switch at the backup's very first segment leaves it on the new
+                // timeline only.
+                None if tli == t0 && !present.values().any(|h| h.contains(&s0)) => Some(s0),
                 None => None,
             };
             end = end.max(need.filter(|&n| n >= start));
@@ -298,6 +300,24 @@ mod tests {
             ),
             // history files are not segments
             (&[A1, A2, "00000002.history"], None, A1, &[], 0, Some(A2)),
+            // the first segment only on the next timeline (a switch right there)
+            (
+                &["000000020000000000000001", "000000020000000000000002"],
+                None,
+                A1,
+                &[],
+                0,
+                Some("000000020000000000000002"),
+            ),
+            // nowhere at all
+            (
+                &["000000020000000000000002"],
+                None,
+                A1,
+                &[A1],
+                1,
+                Some("000000020000000000000002"),
+            ),
             // a later timeline, no switch point known: checked from its first segment
             (
                 &[
