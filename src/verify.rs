@@ -30,6 +30,7 @@ use crate::repo::packing::{self, Packing};
 use crate::restore::{self, RestoreError};
 use crate::storage::{self, Retrieval, Storage};
 use crate::units::human_bytes;
+use crate::wal::chain;
 
 /// Which backups to verify.
 #[derive(Debug, Clone)]
@@ -274,6 +275,8 @@ pub async fn verify_with(
             .map(|o| (o.key.as_str(), o.size))
             .collect();
         let archived = restore::archive_class(config, st.name).is_some();
+        // Each source's WAL on this destination, read once for all its backups.
+        let mut shipped = HashMap::new();
         for id in chosen {
             let mut c = Checked {
                 id: id.clone(),
@@ -297,7 +300,9 @@ pub async fn verify_with(
                             opts,
                             &mut c,
                         )
-                        .await
+                        .await;
+                        check_wal(job, st.storage.as_ref(), &m, &expect, &mut shipped, &mut c)
+                            .await;
                     }
                     Err(e) => c.problems.push(format!("manifest: {e}")),
                 },
@@ -389,6 +394,76 @@ async fn check_backup(
                 .problems
                 .extend(problems.into_iter().map(|p| format!("{name}: {p}"))),
         }
+    }
+}
+
+/// A physical source's WAL on this destination: the chain from the backup's first WAL file
+/// to the newest shipped must be whole, or every point-in-time restore from the backup stops
+/// at the hole.
+async fn check_wal(
+    job: &Job,
+    storage: &dyn Storage,
+    m: &Manifest,
+    expect: &packing::Expect,
+    shipped: &mut HashMap<String, Result<chain::Shipped, String>>,
+    c: &mut Checked,
+) {
+    for entry in &m.sources {
+        let Some(pos) = &entry.wal else { continue };
+        let name = &entry.name;
+        let Some(first) = pos.first_file() else {
+            c.problems.push(format!(
+                "{name}: the backup's WAL start \"{}\" is not an LSN: its WAL cannot be checked",
+                pos.start_lsn.escape_debug()
+            ));
+            continue;
+        };
+        if !shipped.contains_key(name) {
+            let read = chain::shipped_on(storage, &job.name, name, expect)
+                .await
+                .map_err(|e| e.to_string());
+            shipped.insert(name.clone(), read);
+        }
+        let on = match shipped.get(name) {
+            Some(Ok(on)) => on,
+            Some(Err(e)) => {
+                c.problems
+                    .push(format!("{name}: the shipped WAL cannot be read: {e}"));
+                continue;
+            }
+            None => continue,
+        };
+        let chain = match on.chain_from(&first) {
+            Ok(chain) => chain,
+            Err(e) => {
+                c.problems.push(format!("{name}: {e}"));
+                continue;
+            }
+        };
+        let stop = pos.stop_time.format("%Y-%m-%d %H:%M:%S UTC");
+        if chain.missing_count > 0 {
+            c.problems.push(format!(
+                "{name}: WAL has a gap: {} between base backup {} and the newest WAL{}; point-in-time recovery from this backup stops before {}",
+                chain.describe_missing(),
+                m.id,
+                chain
+                    .newest
+                    .as_ref()
+                    .map(|n| format!(" ({n})"))
+                    .unwrap_or_default(),
+                chain.missing[0]
+            ));
+            continue;
+        }
+        c.ok.push(match (&chain.newest, on.newest_at) {
+            (Some(newest), Some(at)) => format!(
+                "{name}: WAL whole from {first} to {newest}, recoverable from {stop} to {}",
+                at.format("%Y-%m-%d %H:%M:%S UTC")
+            ),
+            _ => format!(
+                "{name}: no WAL shipped from {first} on, recoverable to the end of the base backup ({stop}) only"
+            ),
+        });
     }
 }
 

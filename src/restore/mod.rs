@@ -945,6 +945,15 @@ impl<'a> RestoreCtx<'a> {
         if req.copy_wal && !req.dry_run && opts.recovery.is_some() {
             self.copy_wal(step).await?;
         }
+        if !req.dry_run
+            && opts.recovery.is_some()
+            && let Some(first) = entry.wal.as_ref().and_then(|w| w.first_file())
+        {
+            let expect = packing::Expect::of(job, req.trust_unauthenticated);
+            let warning =
+                crate::wal::chain::gap_warning(from, &job.name, &entry.name, &first, &expect);
+            self.lines.extend(warning.await);
+        }
         if !req.dry_run {
             info!(
                 job = %job.name,

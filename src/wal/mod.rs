@@ -8,6 +8,7 @@
 //! names (they appear by rename, whole and flushed), the segment being written as
 //! `<name>.partial`, timeline history files `<8 hex>.history`; anything else is ignored.
 
+pub mod chain;
 pub mod fetch;
 pub mod keep;
 pub mod run;
