@@ -105,8 +105,8 @@ fn a_base_backup_records_its_wal_span_and_restores_into_a_data_directory() {
         "verify did not read the tar:\n{out}"
     );
 
-    // (b) restore into an empty directory, with no recovery target: a data directory
-    // pg_verifybackup accepts (without WAL, which -X none leaves out).
+    // (b) restore into an empty directory: a data directory pg_verifybackup accepts
+    // (without WAL, which -X none leaves out; it ignores the recovery settings).
     let target = data_dir_for_postgres();
     let data = target.path().join("data");
     std::fs::create_dir(&data).unwrap();
@@ -117,14 +117,19 @@ fn a_base_backup_records_its_wal_span_and_restores_into_a_data_directory() {
     let (code, out) = job.stowage(&["restore", "pitr", &id, "--to", to]);
     assert_eq!(code, Some(0), "{out}");
     assert!(out.contains("extracted the base backup into"), "{out}");
-    assert!(out.contains("no recovery settings were written"), "{out}");
+    // Without --time/--lsn/--name a physical restore replays all archived WAL: a base
+    // backup taken with -X none is not consistent alone.
+    assert!(
+        out.contains("recovery_target_timeline = 'latest'") && out.contains("wal-fetch pitr %f %p"),
+        "{out}"
+    );
     let (ok, text) = verifybackup(&pg, &data);
     assert!(
         ok,
         "pg_verifybackup refused the restored directory:\n{text}"
     );
     assert!(data.join("pg_wal/archive_status").is_dir());
-    assert!(!data.join("recovery.signal").exists());
+    assert!(data.join("recovery.signal").exists());
     let label = std::fs::read_to_string(data.join("backup_label")).unwrap();
     assert!(
         label.contains(&format!("START WAL LOCATION: {start} ")),
