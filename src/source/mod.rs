@@ -7,6 +7,7 @@
 pub mod files;
 pub mod url;
 
+use std::path::Path;
 use std::process::{ExitStatus, Stdio};
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
@@ -264,9 +265,22 @@ pub(crate) fn describe_status(status: ExitStatus) -> String {
 
 /// The error for a tool that could not be started: "not found" says what to install.
 pub(crate) fn spawn_error(tool: &str, e: std::io::Error, install_hint: &str) -> SourceError {
+    spawn_error_in(tool, e, None, install_hint)
+}
+
+/// [`spawn_error`] for a tool looked up in `bin_dir` when one is configured.
+pub(crate) fn spawn_error_in(
+    tool: &str,
+    e: std::io::Error,
+    bin_dir: Option<&Path>,
+    install_hint: &str,
+) -> SourceError {
     let reason = if e.kind() == std::io::ErrorKind::NotFound {
+        let place = bin_dir
+            .map(|d| format!("in {}", d.display()))
+            .unwrap_or_else(|| "on PATH".to_string());
         SpawnReason::Missing {
-            hint: format!("{tool} not found on PATH; {install_hint}"),
+            hint: format!("{tool} not found {place}; {install_hint}"),
             source: Some(e),
         }
     } else {

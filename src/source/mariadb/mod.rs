@@ -28,7 +28,7 @@ use tokio_util::io::InspectReader;
 use self::sql::{Filter, Scanner, Selection};
 use super::url::{DbUrl, UrlSpec};
 use super::{
-    Archive, Database, Dump, DumpInfo, Engine, RestoreOptions, SourceError, SpawnReason, drain_stderr, feed,
+    Archive, Database, Dump, DumpInfo, Engine, RestoreOptions, SourceError, drain_stderr, feed,
     wait_child,
 };
 use crate::section::{Priority, Section};
@@ -305,24 +305,7 @@ impl MariaDbSource {
     }
 
     fn spawn_err(&self, tool: &str, e: std::io::Error) -> SourceError {
-        let reason = if e.kind() == std::io::ErrorKind::NotFound {
-            SpawnReason::Missing {
-                hint: format!(
-                    "{tool} not found{}; install the MariaDB client tools (Debian: mariadb-client) or set bin_dir",
-                    self.bin_dir
-                        .as_ref()
-                        .map(|d| format!(" in {}", d.display()))
-                        .unwrap_or_else(|| " on PATH".to_string())
-                ),
-                source: Some(e),
-            }
-        } else {
-            SpawnReason::Os(e)
-        };
-        SourceError::Spawn {
-            tool: tool.to_string(),
-            reason,
-        }
+        super::spawn_error_in(tool, e, self.bin_dir.as_deref(), "install the MariaDB client tools (Debian: mariadb-client) or set bin_dir")
     }
 
     /// Tables and views of a live database, with their type ("BASE TABLE", "VIEW", ...).

@@ -24,7 +24,7 @@ use tokio_util::io::InspectReader;
 use self::toc::{Selection, TableName};
 use super::url::{DbUrl, UrlSpec};
 use super::{
-    Archive, Database, Dump, DumpInfo, Engine, RestoreOptions, Scratch, SourceError, SpawnReason,
+    Archive, Database, Dump, DumpInfo, Engine, RestoreOptions, Scratch, SourceError,
     drain_stderr, wait_child,
 };
 use crate::section::{Priority, Section};
@@ -175,24 +175,7 @@ impl PostgresSource {
     }
 
     fn spawn_err(&self, tool: &str, e: std::io::Error) -> SourceError {
-        let reason = if e.kind() == std::io::ErrorKind::NotFound {
-            SpawnReason::Missing {
-                hint: format!(
-                    "{tool} not found{}; install the PostgreSQL client tools (at least the server's major version) or set bin_dir",
-                    self.bin_dir
-                        .as_ref()
-                        .map(|d| format!(" in {}", d.display()))
-                        .unwrap_or_else(|| " on PATH".to_string())
-                ),
-                source: Some(e),
-            }
-        } else {
-            SpawnReason::Os(e)
-        };
-        SourceError::Spawn {
-            tool: tool.to_string(),
-            reason,
-        }
+        super::spawn_error_in(tool, e, self.bin_dir.as_deref(), "install the PostgreSQL client tools (at least the server's major version) or set bin_dir")
     }
 
     /// `pg_dump` of the source; with a counter, in the snapshot its session exported, and

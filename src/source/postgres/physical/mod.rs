@@ -22,7 +22,7 @@ use tokio_util::io::InspectReader;
 
 use super::super::url::{DbUrl, UrlSpec};
 use super::super::{
-    Archive, Database, Dump, DumpInfo, RestoreOptions, SourceError, SpawnReason, drain_stderr,
+    Archive, Database, Dump, DumpInfo, RestoreOptions, SourceError, drain_stderr,
     wait_child_stderr,
 };
 use super::RawPostgres;
@@ -218,24 +218,7 @@ impl PhysicalPostgres {
     }
 
     fn spawn_err(&self, tool: &str, e: std::io::Error) -> SourceError {
-        let reason = if e.kind() == std::io::ErrorKind::NotFound {
-            SpawnReason::Missing {
-                hint: format!(
-                    "{tool} not found{}; install the PostgreSQL client tools (the server's major version) or set bin_dir",
-                    self.bin_dir
-                        .as_ref()
-                        .map(|d| format!(" in {}", d.display()))
-                        .unwrap_or_else(|| " on PATH".to_string())
-                ),
-                source: Some(e),
-            }
-        } else {
-            SpawnReason::Os(e)
-        };
-        SourceError::Spawn {
-            tool: tool.to_string(),
-            reason,
-        }
+        super::super::spawn_error_in(tool, e, self.bin_dir.as_deref(), "install the PostgreSQL client tools (the server's major version) or set bin_dir")
     }
 }
 
