@@ -45,6 +45,12 @@ pub trait Engine: Send + Sync {
     /// The source to restore a backup with when the job no longer configures a source of
     /// that name (the backup outlived a config change): default tool settings.
     fn unconfigured(&self, name: &str) -> Arc<dyn Database>;
+    /// [`Engine::unconfigured`] for a backup of the kind `base_backup` says: an engine with a
+    /// physical mode restores its base backups (the manifest records their WAL position)
+    /// with that mode, whatever the config says now.
+    fn unconfigured_for(&self, name: &str, base_backup: bool) -> Option<Arc<dyn Database>> {
+        (!base_backup).then(|| self.unconfigured(name))
+    }
 }
 
 /// A configured database source: dumps a byte stream and restores from one.

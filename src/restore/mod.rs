@@ -387,19 +387,9 @@ async fn locate_point(
     let mut tried = Vec::new();
     for (name, st) in candidates(config, job, from).await? {
         let repo = Repository::new(st.as_ref(), &job.name);
-        let listing = match repo.backups().await {
-            Ok(l) => l,
-            Err(e) => {
-                warn!(destination = %name, "cannot list {name}: {e}");
-                tried.push(format!("{name} (unreachable: {e})"));
-                continue;
-            }
+        let Some(ids) = published_ids(&repo, &name, &mut tried).await else {
+            continue;
         };
-        let ids: Vec<String> = listing
-            .published(&job.name)
-            .into_iter()
-            .map(|p| p.id)
-            .collect();
         for id in &ids {
             let manifest = match repo.manifest(id).await {
                 Ok(m) => m,
@@ -431,9 +421,8 @@ async fn locate_point(
             }
         }
         tried.push(format!(
-            "{name} ({} backup{}, none a base backup before the target)",
-            ids.len(),
-            if ids.len() == 1 { "" } else { "s" }
+            "{name} ({}, none a base backup before the target)",
+            backups(ids.len())
         ));
     }
     Err(RestoreError::NotFound(format!(
@@ -495,19 +484,10 @@ pub async fn locate(
     let mut found: Option<(Box<dyn Storage>, String, String)> = None;
     let mut tried = Vec::new();
     for (name, st) in candidates {
-        let listing = match Repository::new(st.as_ref(), &job.name).backups().await {
-            Ok(l) => l,
-            Err(e) => {
-                warn!(destination = %name, "cannot list {name}: {e}");
-                tried.push(format!("{name} (unreachable: {e})"));
-                continue;
-            }
+        let repo = Repository::new(st.as_ref(), &job.name);
+        let Some(ids) = published_ids(&repo, &name, &mut tried).await else {
+            continue;
         };
-        let ids: Vec<String> = listing
-            .published(&job.name)
-            .into_iter()
-            .map(|p| p.id)
-            .collect();
         match resolve_id(&ids, id).map_err(RestoreError::Usage)? {
             Some(newest) if id == "latest" && job.auth_key.is_some() => {
                 let chosen = newest_authentic(st.as_ref(), job, &name, &ids)
@@ -520,11 +500,7 @@ pub async fn locate(
                 found = Some((st, name.clone(), id));
                 break;
             }
-            None => tried.push(format!(
-                "{name} ({} backup{})",
-                ids.len(),
-                if ids.len() == 1 { "" } else { "s" }
-            )),
+            None => tried.push(format!("{name} ({})", backups(ids.len()))),
         }
     }
     let Some((storage, destination, id)) = found else {
@@ -545,6 +521,34 @@ pub async fn locate(
         destination,
         manifest,
     })
+}
+
+/// The published backups of the job on destination `name`, newest first; `None` when it
+/// cannot be listed (warned, and named in `tried` for the error if nothing is found).
+async fn published_ids(
+    repo: &Repository<'_>,
+    name: &str,
+    tried: &mut Vec<String>,
+) -> Option<Vec<String>> {
+    match repo.backups().await {
+        Ok(listing) => Some(
+            listing
+                .published(repo.job())
+                .into_iter()
+                .map(|p| p.id)
+                .collect(),
+        ),
+        Err(e) => {
+            warn!(destination = %name, "cannot list {name}: {e}");
+            tried.push(format!("{name} (unreachable: {e})"));
+            None
+        }
+    }
+}
+
+/// "3 backups", "1 backup".
+fn backups(n: usize) -> String {
+    format!("{n} backup{}", if n == 1 { "" } else { "s" })
 }
 
 /// "latest" for a job with auth_key_file: the newest backup whose manifest is authenticated,
@@ -1533,14 +1537,24 @@ async fn wait_for_retrieval(
 }
 
 /// The source a backup's database is restored with: the job's own, when the config still
-/// has a source of that name and engine (its tool settings), else the engine's defaults.
+/// has a source of that name, engine and mode (a base backup with WAL, or a dump), else the
+/// engine's defaults for that mode: a config changed from one mode to the other must not
+/// hand a base backup to the dump's restore, or the reverse.
 pub fn database_for(job: &Job, entry: &SourceEntry) -> Option<Arc<dyn Database>> {
+    let base_backup = entry.wal.is_some();
     job.sources
         .iter()
         .filter_map(SourceConfig::database)
-        .find(|d| d.name() == entry.name && d.kind() == entry.kind)
+        .find(|d| {
+            d.name() == entry.name
+                && d.kind() == entry.kind
+                && d.wal_source().is_some() == base_backup
+        })
         .cloned()
-        .or_else(|| crate::source::find(&entry.kind).map(|e| e.unconfigured(&entry.name)))
+        .or_else(|| {
+            crate::source::find(&entry.kind)
+                .and_then(|e| e.unconfigured_for(&entry.name, base_backup))
+        })
 }
 
 struct DatabaseStep<'a> {
@@ -2139,5 +2153,80 @@ mod tests {
         assert_eq!(resolve_id(&ids, "2027"), Ok(None));
         assert!(resolve_id(&ids, "2026").is_err());
         assert_eq!(resolve_id(&[], "latest"), Ok(None));
+    }
+}
+
+#[cfg(test)]
+mod engine_choice_tests {
+    use super::database_for;
+    use crate::engine::WalPosition;
+    use crate::repo::manifest::SourceEntry;
+
+    fn job_with(mode: Option<&str>) -> crate::config::Config {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("stowage.toml");
+        let mode = mode
+            .map(|m| format!("mode = \"{m}\"\n"))
+            .unwrap_or_default();
+        std::fs::write(
+            &path,
+            format!(
+                r#"
+[destinations.local]
+type = "local"
+path = "/b"
+
+[jobs.app]
+schedule = "0 3 * * *"
+destinations = ["local"]
+
+[[jobs.app.sources]]
+type = "postgres"
+name = "db"
+url = "postgres://u@h:5432/app"
+{mode}"#
+            ),
+        )
+        .expect("write");
+        crate::load::load_with_env(&path, false).expect("valid")
+    }
+
+    fn entry(base_backup: bool) -> SourceEntry {
+        SourceEntry {
+            name: "db".into(),
+            kind: "postgres".into(),
+            wal: base_backup.then(|| WalPosition {
+                timeline: 1,
+                start_lsn: "0/2000028".into(),
+                stop_lsn: "0/2000100".into(),
+                stop_time: chrono::Utc::now(),
+            }),
+            ..Default::default()
+        }
+    }
+
+    /// A base backup is restored by the physical engine and a dump by the logical one,
+    /// whichever mode the config has now, or when it has no such source at all.
+    #[test]
+    fn the_backup_not_the_config_decides_the_mode() {
+        for config_mode in [None, Some("logical"), Some("physical")] {
+            let config = job_with(config_mode);
+            let job = &config.jobs["app"];
+            for base_backup in [true, false] {
+                let db = database_for(job, &entry(base_backup)).expect("an engine");
+                assert_eq!(
+                    db.wal_source().is_some(),
+                    base_backup,
+                    "config mode {config_mode:?}, base backup {base_backup}"
+                );
+            }
+        }
+        let mut gone = job_with(None);
+        let job = gone.jobs.get_mut("app").expect("job");
+        job.sources.clear();
+        for base_backup in [true, false] {
+            let db = database_for(job, &entry(base_backup)).expect("an engine");
+            assert_eq!(db.wal_source().is_some(), base_backup);
+        }
     }
 }

@@ -127,6 +127,14 @@ impl Engine for Postgres {
             exclude_tables: Vec::new(),
         })
     }
+
+    fn unconfigured_for(&self, name: &str, base_backup: bool) -> Option<Arc<dyn Database>> {
+        if base_backup {
+            physical::unconfigured(name)
+        } else {
+            Some(self.unconfigured(name))
+        }
+    }
 }
 
 /// A configured PostgreSQL source. `url` is `None` for a source made only to restore.

@@ -108,6 +108,20 @@ pub(super) fn configure(section: &mut Section<'_>, raw: RawPostgres) -> Option<A
     }))
 }
 
+/// The source a base backup is restored with when the config no longer has it in physical
+/// mode. Restoring reads no server: the URL is only a placeholder and is never connected.
+pub(super) fn unconfigured(name: &str) -> Option<Arc<dyn Database>> {
+    Some(Arc::new(PhysicalPostgres {
+        name: name.to_string(),
+        url: DbUrl::parse(URL.example, &URL, None).ok()?,
+        bin_dir: None,
+        priority: Priority::default(),
+        slot: DEFAULT_SLOT.to_string(),
+        wal_flush: DEFAULT_WAL_FLUSH,
+        max_slot_wal: None,
+    }))
+}
+
 /// A replication slot name as the server takes it: lower-case letters, digits and
 /// underscores, at most 63 characters.
 fn check_slot_name(slot: &str) -> Result<(), String> {
