@@ -178,7 +178,7 @@ async fn remove_crashed_runs(
     Ok(dead)
 }
 
-/// Deletes the temporary files of blob uploads whose process is gone.
+/// Deletes the temporary files of blob and WAL uploads whose process is gone.
 async fn remove_partials(
     storage: &dyn Storage,
     job: &str,
@@ -193,11 +193,16 @@ async fn remove_partials(
         .map(|o| o.key.clone())
         .filter(|k| dead_partial(k))
         .collect();
-    storage
-        .list_pages(&Repository::new(storage, job).blobs_prefix(), &mut |page| {
-            partials.extend(page.into_iter().map(|o| o.key).filter(|k| dead_partial(k)))
-        })
-        .await?;
+    // Blobs, and WAL files of a shipper that died: the new one ships them again from its
+    // spool.
+    let repo = Repository::new(storage, job);
+    for prefix in [repo.blobs_prefix(), repo.wal_root()] {
+        storage
+            .list_pages(&prefix, &mut |page| {
+                partials.extend(page.into_iter().map(|o| o.key).filter(|k| dead_partial(k)))
+            })
+            .await?;
+    }
     if !partials.is_empty() {
         storage.delete(&partials).await?;
         out.partials = partials.len();
@@ -225,6 +230,9 @@ async fn abort_uploads(
         }
         let abandon = match repo.upload_of(&u.key) {
             UploadOf::Blob => !others_alive,
+            // Begun before this process: the shipper of a daemon that is gone (one runs
+            // per state directory), whose spool still holds the file.
+            UploadOf::Wal => true,
             UploadOf::Run(id) => {
                 dead.contains(id)
                     || published.contains(id)
@@ -239,4 +247,31 @@ async fn abort_uploads(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::clean;
+    use crate::storage::local::LocalStorage;
+
+    /// A shipper killed mid-upload leaves a temporary WAL file; the next start removes it
+    /// and nothing else of the WAL.
+    #[tokio::test]
+    async fn a_dead_shippers_temporary_wal_file_is_removed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let wal = dir.path().join("app/wal/db");
+        std::fs::create_dir_all(wal.join("index")).expect("mkdir");
+        let shipped = wal.join("000000010000000000000003.zst");
+        let record = wal.join("index/000000010000000000000003.json");
+        // pid 0 with an impossible start time: no such process.
+        let dead = wal.join("000000010000000000000004.zst.0-0-7.partial");
+        for f in [&shipped, &record, &dead] {
+            std::fs::write(f, b"x").expect("write");
+        }
+        let st = LocalStorage::new(dir.path().to_path_buf());
+        let out = clean(&st, "app", chrono::Utc::now()).await.expect("clean");
+        assert_eq!(out.partials, 1, "{out:?}");
+        assert!(!dead.exists());
+        assert!(shipped.exists() && record.exists());
+    }
 }

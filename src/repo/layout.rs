@@ -151,9 +151,14 @@ pub(super) fn lock_key(job: &str, id: &str, kind: &str) -> String {
     format!("{job}/{LOCKS_DIR}/{id}.{kind}")
 }
 
+/// The WAL of every source of `job`: `<job>/wal/`.
+pub(super) fn wal_root(job: &str) -> String {
+    format!("{job}/{WAL_DIR}/")
+}
+
 /// The WAL of `source` (`<job>/wal/<source>/`): segments, history files and their records.
 pub(super) fn wal_prefix(job: &str, source: &str) -> String {
-    format!("{job}/{WAL_DIR}/{source}/")
+    format!("{}{source}/", wal_root(job))
 }
 
 /// A shipped segment or history file: `<job>/wal/<source>/<name><suffix>`.

@@ -318,11 +318,17 @@ impl<'a> Repository<'a> {
         )
     }
 
+    /// Where the WAL of every source of the job is kept.
+    pub fn wal_root(self) -> String {
+        layout::wal_root(self.job)
+    }
+
     /// What an open upload at `key` (under the job's prefix) was writing.
     pub fn upload_of<'k>(self, key: &'k str) -> UploadOf<'k> {
         let rest = key.get(self.job.len().min(key.len())..).unwrap_or("");
         match rest.trim_start_matches('/').split('/').next().unwrap_or("") {
             layout::BLOBS_DIR => UploadOf::Blob,
+            layout::WAL_DIR => UploadOf::Wal,
             id => UploadOf::Run(id),
         }
     }
@@ -479,6 +485,8 @@ impl<'a> Repository<'a> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum UploadOf<'k> {
     Blob,
+    /// A WAL file the daemon's shipper was storing (it ships it again from its spool).
+    Wal,
     Run(&'k str),
 }
 
