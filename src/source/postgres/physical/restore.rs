@@ -33,57 +33,9 @@ pub(super) async fn restore(
     // Everything about the settings is checked before anything is written.
     let settings = opts.recovery.as_ref().map(recovery_settings).transpose()?;
     let mut lines = Vec::new();
-    let exists = match std::fs::metadata(&dir) {
-        Ok(m) if m.is_dir() => true,
-        Ok(_) => {
-            return Err(SourceError::Refused(format!(
-                "{} is not a directory; give the data directory to restore into",
-                dir.display()
-            )));
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
-        Err(e) => return Err(SourceError::io(format!("cannot look at {}", dir.display()), e)),
-    };
-    let contents = if exists { list(&dir)? } else { Vec::new() };
-    if contents.iter().any(|n| n == "postmaster.pid") {
-        return Err(SourceError::Refused(format!(
-            "{} holds postmaster.pid: a PostgreSQL server may be running on it; stop it first (or delete the file if the server is gone)",
-            dir.display()
-        )));
-    }
-    if !contents.is_empty() && !opts.clean {
-        return Err(SourceError::Refused(format!(
-            "data directory {} is not empty (it holds \"{}\"{}); restore into an empty directory, or add --clean to delete its contents first",
-            dir.display(),
-            contents[0],
-            if contents.len() > 1 {
-                format!(" and {} more", contents.len() - 1)
-            } else {
-                String::new()
-            }
-        )));
-    }
+    let (exists, contents) = inspect_target(&dir, opts.clean)?;
     if opts.dry_run {
-        if !exists {
-            lines.push(format!("would create {} (mode 0700)", dir.display()));
-        } else if !contents.is_empty() {
-            lines.push(format!(
-                "would delete the {} entries in {} (--clean)",
-                contents.len(),
-                dir.display()
-            ));
-        }
-        lines.push(format!(
-            "would extract the base backup into {}",
-            dir.display()
-        ));
-        if let Some(s) = &settings {
-            lines.push(format!(
-                "would write {}/recovery.signal and append to postgresql.auto.conf:",
-                dir.display()
-            ));
-            lines.extend(s.lines().map(|l| format!("  {l}")));
-        }
+        dry_run(&dir, exists, contents.len(), settings.as_deref(), &mut lines);
         return Ok(lines);
     }
 
@@ -167,13 +119,84 @@ pub(super) async fn restore(
         ));
         return Ok(lines);
     };
+    next_steps(&dir, &settings, opts.recovery.as_ref(), &mut lines);
+    Ok(lines)
+}
+
+/// Whether the data directory `dir` exists and what it holds; refused when it is not a
+/// directory, a server may be running on it, or it is not empty without `clean`.
+fn inspect_target(dir: &Path, clean: bool) -> Result<(bool, Vec<String>), SourceError> {
+    let exists = match std::fs::metadata(dir) {
+        Ok(m) if m.is_dir() => true,
+        Ok(_) => {
+            return Err(SourceError::Refused(format!(
+                "{} is not a directory; give the data directory to restore into",
+                dir.display()
+            )));
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+        Err(e) => return Err(SourceError::io(format!("cannot look at {}", dir.display()), e)),
+    };
+    let contents = if exists { list(dir)? } else { Vec::new() };
+    if contents.iter().any(|n| n == "postmaster.pid") {
+        return Err(SourceError::Refused(format!(
+            "{} holds postmaster.pid: a PostgreSQL server may be running on it; stop it first (or delete the file if the server is gone)",
+            dir.display()
+        )));
+    }
+    if !contents.is_empty() && !clean {
+        return Err(SourceError::Refused(format!(
+            "data directory {} is not empty (it holds \"{}\"{}); restore into an empty directory, or add --clean to delete its contents first",
+            dir.display(),
+            contents[0],
+            if contents.len() > 1 {
+                format!(" and {} more", contents.len() - 1)
+            } else {
+                String::new()
+            }
+        )));
+    }
+    Ok((exists, contents))
+}
+
+/// What a restore into `dir` would do.
+fn dry_run(
+    dir: &Path,
+    exists: bool,
+    entries: usize,
+    settings: Option<&str>,
+    lines: &mut Vec<String>,
+) {
+    if !exists {
+        lines.push(format!("would create {} (mode 0700)", dir.display()));
+    } else if entries > 0 {
+        lines.push(format!(
+            "would delete the {entries} entries in {} (--clean)",
+            dir.display()
+        ));
+    }
+    lines.push(format!(
+        "would extract the base backup into {}",
+        dir.display()
+    ));
+    if let Some(s) = settings {
+        lines.push(format!(
+            "would write {}/recovery.signal and append to postgresql.auto.conf:",
+            dir.display()
+        ));
+        lines.extend(s.lines().map(|l| format!("  {l}")));
+    }
+}
+
+/// The recovery settings written and the exact next step, for the restore's report.
+fn next_steps(dir: &Path, settings: &str, recovery: Option<&Recovery>, lines: &mut Vec<String>) {
     lines.push(format!("wrote {}/recovery.signal", dir.display()));
     lines.push(format!(
         "appended to {}/postgresql.auto.conf:",
         dir.display()
     ));
     lines.extend(settings.lines().map(|l| format!("  {l}")));
-    let until = match opts.recovery.as_ref().map(|r| &r.target) {
+    let until = match recovery.map(|r| &r.target) {
         Some(RecoveryTarget::Time(t)) => format!("the last commit at or before {}", conf_time(t)),
         Some(RecoveryTarget::Lsn(l)) => format!("LSN {l}"),
         Some(RecoveryTarget::Name(n)) => format!("the restore point \"{n}\""),
@@ -184,7 +207,6 @@ pub(super) async fn restore(
         dir.display(),
         dir.display()
     ));
-    Ok(lines)
 }
 
 /// Extract the base backup into `dir` (empty), make the WAL directories it lacks, and
