@@ -130,7 +130,7 @@ RUN set -eu; \
     libdir=$(ldd /usr/bin/tini | awk '$1 == "libc.so.6" { sub(/\/[^\/]*$/, "", $3); print $3 }'); \
     [ -d "$libdir" ] || { echo "cannot find the multiarch library directory" >&2; exit 1; }; \
     mkdir -p $R/usr/bin $R/usr/sbin $R/usr/lib $R/usr/local/bin $R/etc/ssl/certs $R/usr/lib/ssl \
-        $R/config $R/root $R/run $R/tmp $R/var/backups/stowage $R/var/log/stowage $R/var/lib/stowage; \
+        $R/config $R/root $R/run $R/tmp $R/var/backups/stowage $R/var/log/stowage $R/var/lib/stowage/wal; \
     for d in bin sbin lib lib32 lib64 libx32; do \
         if [ -L /$d ]; then cp -P /$d $R/$d; mkdir -p "$R/$(readlink /$d)"; \
         elif [ -d /$d ]; then mkdir -p $R/$d; fi; \
@@ -181,7 +181,10 @@ RUN set -eu; \
     printf '%s\n' 'passwd: files' 'group: files' 'hosts: files dns' > $R/etc/nsswitch.conf; \
     chmod 700 $R/root; \
     chmod 1777 $R/tmp; \
-    chown 10001:10001 $R/var/backups/stowage $R/var/log/stowage $R/var/lib/stowage; \
+    chown 10001:10001 $R/var/backups/stowage $R/var/log/stowage $R/var/lib/stowage $R/var/lib/stowage/wal; \
+    # The WAL spool's mount point (STOWAGE_WAL_DIR): a new named volume takes this owner and
+    # mode, so the unprivileged daemon can write it and nobody else can read the WAL.
+    chmod 700 $R/var/lib/stowage/wal; \
     in_image() { env -i HOME=/var/lib/stowage PATH=/usr/lib/postgresql/client/bin:/usr/local/bin:/usr/bin:/bin \
         /usr/sbin/chroot --userspec=10001:10001 $R "$@"; }; \
     in_image stowage --version; \
