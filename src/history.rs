@@ -150,13 +150,16 @@ impl JobHistory {
     }
 }
 
+/// (source, when its base backup ended) of one backup's physical sources.
+type BaseEnds = Vec<(String, DateTime<Utc>)>;
+
 #[derive(Default)]
 pub struct History {
     jobs: Mutex<BTreeMap<String, JobHistory>>,
     /// (job, id) → what its manifest says; manifests never change.
     points: Mutex<HashMap<(String, String), Point>>,
     /// (job, id) → when each of its base backups with a WAL position ended, by source.
-    bases: Mutex<HashMap<(String, String), Vec<(String, DateTime<Utc>)>>>,
+    bases: Mutex<HashMap<(String, String), BaseEnds>>,
 }
 
 impl History {
@@ -263,7 +266,7 @@ impl History {
                 Some(e) => e,
                 None => match Repository::new(st, &job.name).manifest(id).await {
                     Ok(m) => {
-                        let e: Vec<(String, DateTime<Utc>)> = sources
+                        let e: BaseEnds = sources
                             .iter()
                             .filter_map(|s| Some((s.to_string(), base_end(&m, s)?)))
                             .collect();

@@ -619,24 +619,27 @@ wal_flush = "5min"
         assert_eq!(secs(600), 1800);
     }
 
-    #[test]
-    fn wal_verdicts() {
-        let now = Utc
-            .with_ymd_and_hms(2026, 11, 23, 12, 0, 0)
-            .single()
-            .expect("valid");
-        let cfg = pitr_config();
-        let min = |m: i64| now - Duration::minutes(m);
-        let ok = WalState {
+    /// A physical source that ships, as of `now`.
+    fn shipping(now: DateTime<Utc>) -> WalState {
+        WalState {
             last_shipped: Some("000000010000000000000003".into()),
-            last_shipped_at: Some(min(1)),
-            started_at: Some(min(60)),
+            last_shipped_at: Some(now - Duration::minutes(1)),
+            started_at: Some(now - Duration::minutes(60)),
             seen_at: Some(now),
             ..WalState::default()
-        };
-        let err = Some("cannot ship WAL 000000010000000000000004 to local: denied".to_string());
-        // (what db's state is, the daemon's age in minutes, the problem expected about db)
-        let cases: Vec<(&str, Option<WalState>, i64, Option<&str>)> = vec![
+        }
+    }
+
+    const DENIED: &str = "cannot ship WAL 000000010000000000000004 to local: denied";
+
+    /// (what db's state is, the daemon's age in minutes, the problem expected about db)
+    type WalCase = (&'static str, Option<WalState>, i64, Option<&'static str>);
+
+    fn wal_cases(now: DateTime<Utc>) -> Vec<WalCase> {
+        let min = |m: i64| now - Duration::minutes(m);
+        let ok = shipping(now);
+        let err = Some(DENIED.to_string());
+        vec![
             ("shipping", Some(ok.clone()), 60, None),
             (
                 "idle for hours: nothing unshipped is not behind",
@@ -732,14 +735,24 @@ wal_flush = "5min"
                 6,
                 Some("WAL of source db is not being archived: the daemon has run 6m"),
             ),
-        ];
-        for (what, db, age, expected) in cases {
+        ]
+    }
+
+    #[test]
+    fn wal_verdicts() {
+        let now = Utc
+            .with_ymd_and_hms(2026, 11, 23, 12, 0, 0)
+            .single()
+            .expect("valid");
+        let cfg = pitr_config();
+        let min = |m: i64| now - Duration::minutes(m);
+        for (what, db, age, expected) in wal_cases(now) {
             // `slow` (wal_flush 5min, limit 15 min) is 10 min behind: within its limit.
             let slow = WalState {
                 oldest_unshipped: Some(min(10)),
                 failing_since: Some(min(10)),
-                last_error: err.clone(),
-                ..ok.clone()
+                last_error: Some(DENIED.to_string()),
+                ..shipping(now)
             };
             let mut wal: BTreeMap<String, WalState> = [("slow".to_string(), slow)].into();
             if let Some(db) = db {
@@ -790,7 +803,8 @@ wal_flush = "5min"
         };
         let mut w = WalState::default();
         // (report, at second, change, failing since, oldest unshipped)
-        let steps: Vec<(WalStatus, i64, WalChange, Option<i64>, Option<i64>)> = vec![
+        type Step = (WalStatus, i64, WalChange, Option<i64>, Option<i64>);
+        let steps: Vec<Step> = vec![
             (clean(0), 1, WalChange::Figures, None, None),
             (clean(0), 11, WalChange::Alive, None, None),
             (
