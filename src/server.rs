@@ -1040,6 +1040,64 @@ mod tests {
     }
 
     #[test]
+    fn wal_rows_are_escaped_and_the_window_ends_at_the_last_shipment() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("stowage.toml");
+        std::fs::write(
+            &path,
+            "[destinations.local]\ntype = \"local\"\npath = \"/b\"\n\n[jobs.pitr]\nschedule = \"0 3 * * *\"\ndestinations = [\"local\"]\n\n[[jobs.pitr.sources]]\ntype = \"postgres\"\nname = \"db\"\nmode = \"physical\"\nurl = \"postgres://replicator@db/postgres\"\n",
+        )
+        .expect("write");
+        let config = crate::load::load_with_env(&path, false).expect("valid");
+        let job = &config.jobs["pitr"];
+        let now = Utc::now();
+        let ago = |s: i64| now - chrono::Duration::seconds(s);
+        let mut s = status::JobStatus::default();
+        s.wal.insert(
+            "db".into(),
+            status::WalState {
+                last_shipped: Some("000000010000000000000007".into()),
+                last_shipped_at: Some(ago(8)),
+                pending: 1,
+                oldest_unshipped: Some(ago(30)),
+                failing_since: Some(ago(20)),
+                last_error: Some("cannot ship WAL to <local>: \"denied\"".into()),
+                ..Default::default()
+            },
+        );
+        let h = crate::history::JobHistory {
+            windows: vec![crate::history::Window {
+                destination: "local".into(),
+                source: "db".into(),
+                from: Some(ago(3600)),
+                to: Ok(Some(ago(600))),
+            }],
+            ..Default::default()
+        };
+        let html = wal_rows(job, &s, &h, now);
+        assert!(
+            html.contains("<th>WAL of db</th><td>last shipped 000000010000000000000007 at "),
+            "{html}"
+        );
+        assert!(html.contains("(8 s ago)"), "{html}");
+        assert!(
+            html.contains("<td class=bad>30 s, 1 completed file waiting</td>"),
+            "{html}"
+        );
+        assert!(
+            html.contains("cannot ship WAL to &lt;local&gt;: &quot;denied&quot; (failing since "),
+            "{html}"
+        );
+        assert!(!html.contains("<local>"), "{html}");
+        // The destinations were read 10 min ago; the shipper stored more since.
+        assert!(
+            html.contains("<th>recoverable window of db on local</th><td>from ")
+                && html.contains("(newest WAL, 8 s ago)"),
+            "{html}"
+        );
+    }
+
+    #[test]
     fn tokens_compare_whole() {
         assert!(same_secret(b"abc", b"abc"));
         assert!(!same_secret(b"abc", b"abd"));
