@@ -90,7 +90,8 @@ pub enum WalChange {
     Alive,
     /// What was shipped, or how much waits.
     Figures,
-    /// A failure episode began or ended, or the error changed: what `health` judges.
+    /// A failure episode began or ended: what `health` judges (a new error text within one
+    /// is [`WalChange::Figures`]: a failing shipper reports every second).
     Verdict,
 }
 
@@ -128,7 +129,9 @@ impl WalState {
                 self.clean_once = true;
             }
         }
-        if self.failing_since != before.failing_since || self.last_error != before.last_error {
+        if self.failing_since != before.failing_since
+            || self.last_error.is_some() != before.last_error.is_some()
+        {
             WalChange::Verdict
         } else if (WalState {
             seen_at: before.seen_at,
@@ -811,6 +814,17 @@ wal_flush = "5min"
                 partial_failed.clone(),
                 21,
                 WalChange::Verdict,
+                Some(21),
+                Some(-5),
+            ),
+            // Another error within the episode: no hurry to write it down.
+            (
+                WalStatus {
+                    last_error: Some(DENIED.into()),
+                    ..partial_failed.clone()
+                },
+                21,
+                WalChange::Figures,
                 Some(21),
                 Some(-5),
             ),
