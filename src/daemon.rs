@@ -115,6 +115,80 @@ impl Ctx {
     }
 }
 
+/// The shipper reports after every pass (every second while files wait): its figures reach
+/// the state file at most this often, a failure beginning or ending at once.
+const WAL_SAVE_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+/// That a quiet shipper is alive reaches the state file at most this often (`health` finds
+/// a shipper that stopped reporting by it).
+const WAL_ALIVE_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// When a stream's state was last written, and the largest change since.
+struct WalSaved {
+    at: Option<std::time::Instant>,
+    unsaved: status::WalChange,
+}
+
+impl Default for WalSaved {
+    fn default() -> Self {
+        WalSaved {
+            at: None,
+            unsaved: status::WalChange::Alive,
+        }
+    }
+}
+
+impl Ctx {
+    /// A stream of `job`'s `source` starts: `health` gives it time to report.
+    fn wal_started(&self, job: &str, source: &str) {
+        self.update(job, |s| {
+            s.wal.entry(source.to_string()).or_default().started_at = Some(Utc::now());
+        });
+    }
+
+    /// The shipper of `job`'s `source` reported `status`: kept in memory for the page and
+    /// the metrics at once, written to the state file as [`WAL_SAVE_EVERY`] and
+    /// [`WAL_ALIVE_EVERY`] allow (`saved`: when this stream last wrote it).
+    fn record_wal(
+        &self,
+        job: &str,
+        source: &str,
+        status: &crate::wal::WalStatus,
+        saved: &mut WalSaved,
+    ) {
+        let Ok(mut state) = self.state.lock() else {
+            return;
+        };
+        let w = state
+            .jobs
+            .entry(job.to_string())
+            .or_default()
+            .wal
+            .entry(source.to_string())
+            .or_default();
+        let change = w.observe(status, Utc::now()).max(saved.unsaved);
+        let since = saved.at.map_or(std::time::Duration::MAX, |t| t.elapsed());
+        let due = match change {
+            status::WalChange::Verdict => true,
+            status::WalChange::Figures => since >= WAL_SAVE_EVERY,
+            status::WalChange::Alive => since >= WAL_ALIVE_EVERY,
+        };
+        if !due {
+            saved.unsaved = change;
+            return;
+        }
+        *saved = WalSaved {
+            at: Some(std::time::Instant::now()),
+            unsaved: status::WalChange::Alive,
+        };
+        if let Err(e) = status::save(&state) {
+            warn!(
+                "cannot write {}: {e}; `stowage health` cannot see the jobs' state",
+                status::state_file().display()
+            );
+        }
+    }
+}
+
 /// What the daemon is told from outside (signals, in production).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Signal {
@@ -337,11 +411,13 @@ async fn restart_wal(ctx: &Arc<Ctx>) {
             &stream.source,
         );
         let (job, source, ctx2) = (stream.job.clone(), stream.source.clone(), ctx.clone());
+        ctx.wal_started(&job, &source);
         // Ends when the stream drops its sender.
         ctx.tracker.spawn(async move {
+            let mut saved = WalSaved::default();
             while rx.changed().await.is_ok() {
                 let status = rx.borrow_and_update().clone();
-                ctx2.metrics.record_wal(&job, &source, &status);
+                ctx2.record_wal(&job, &source, &status, &mut saved);
             }
         });
         tasks.push(ctx.tracker.spawn(crate::wal::run::run(

@@ -11,6 +11,7 @@ use serde::Serialize;
 
 use crate::config::{Config, Job};
 use crate::repo::Repository;
+use crate::repo::manifest::Manifest;
 use crate::storage;
 
 /// How many of the newest backups the page plots.
@@ -39,6 +40,87 @@ pub struct JobHistory {
     pub backups: Vec<Point>,
     /// Start of the newest published backup on any destination.
     pub newest_published: Option<DateTime<Utc>>,
+    /// Per destination (in the job's order) and continuously archived source: how far
+    /// back and up to when a point-in-time recovery reaches.
+    pub windows: Vec<Window>,
+}
+
+/// The recoverable window of one continuously archived source on one destination, as
+/// `stowage list` and the status page show it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Window {
+    pub destination: String,
+    pub source: String,
+    /// When the oldest base backup with a WAL position ended: the earliest point a
+    /// recovery reaches.
+    pub from: Option<DateTime<Utc>>,
+    /// When the newest WAL there was shipped, or why it could not be read.
+    pub to: Result<Option<DateTime<Utc>>, String>,
+}
+
+impl Window {
+    /// "from … (oldest base backup) to … (newest WAL, 8 s ago)", times written by `at`.
+    pub fn describe(&self, now: DateTime<Utc>, at: impl Fn(DateTime<Utc>) -> String) -> String {
+        match (self.from, &self.to) {
+            (Some(from), Ok(Some(to))) => format!(
+                "from {} (oldest base backup) to {} (newest WAL, {} ago)",
+                at(from),
+                at(*to),
+                ago(now - *to)
+            ),
+            (None, _) => "none: no base backup with a WAL position".to_string(),
+            (Some(from), Ok(None)) => format!(
+                "from {} (oldest base backup) to the end of its base backup (no WAL shipped here)",
+                at(from)
+            ),
+            (Some(from), Err(e)) => format!(
+                "from {} (oldest base backup) to ? (cannot read the newest WAL record: {e})",
+                at(from)
+            ),
+        }
+    }
+}
+
+/// When a base backup's copy of `source` ended, if it has a WAL position (a physical one).
+pub fn base_end(m: &Manifest, source: &str) -> Option<DateTime<Utc>> {
+    m.sources
+        .iter()
+        .find(|s| s.name == source)?
+        .wal
+        .as_ref()
+        .map(|w| w.stop_time)
+}
+
+/// When the newest WAL of `source` was shipped to `st`: the partial pointer's, else the
+/// newest record's (one or two small reads).
+pub async fn newest_wal(
+    st: &dyn storage::Storage,
+    job: &str,
+    source: &str,
+    expect: &crate::repo::packing::Expect,
+) -> Result<Option<DateTime<Utc>>, crate::repo::wal::WalError> {
+    if let Some(p) = crate::repo::wal::read_pointer(st, job, source, expect).await? {
+        return Ok(Some(p.record.shipped_at));
+    }
+    let names = crate::repo::wal::shipped(st, job, source).await?;
+    // History files sort after segments of their timeline but are not newer WAL.
+    let Some(name) = names.iter().rev().find(|n| !n.ends_with(".history")) else {
+        return Ok(None);
+    };
+    Ok(crate::repo::wal::read_record(st, job, source, name, expect)
+        .await?
+        .map(|v| v.record.shipped_at))
+}
+
+/// "8 s", "5 min", "3 h", "2 days".
+pub fn ago(d: chrono::TimeDelta) -> String {
+    let s = d.num_seconds().max(0);
+    match s {
+        0..120 => format!("{s} s"),
+        120..7200 => format!("{} min", s / 60),
+        7200..172_800 => format!("{} h", s / 3600),
+        _ => format!("{} days", s / 86_400),
+    }
 }
 
 impl JobHistory {
@@ -68,11 +150,16 @@ impl JobHistory {
     }
 }
 
+/// (source, when its base backup ended) of one backup's physical sources.
+type BaseEnds = Vec<(String, DateTime<Utc>)>;
+
 #[derive(Default)]
 pub struct History {
     jobs: Mutex<BTreeMap<String, JobHistory>>,
     /// (job, id) → what its manifest says; manifests never change.
     points: Mutex<HashMap<(String, String), Point>>,
+    /// (job, id) → when each of its base backups with a WAL position ended, by source.
+    bases: Mutex<HashMap<(String, String), BaseEnds>>,
 }
 
 impl History {
@@ -98,6 +185,9 @@ impl History {
                 Ok(listing) => {
                     let published = listing.published(&job.name);
                     h.held.push((js.name.to_string(), Ok(published.len())));
+                    let all: Vec<&str> = published.iter().map(|p| p.id.as_str()).collect();
+                    h.windows
+                        .extend(self.windows(job, js.name, js.storage.as_ref(), &all).await);
                     h.newest_published = h.newest_published.max(published.first().map(|p| p.time));
                     if ids.is_none() && !published.is_empty() {
                         ids = Some((
@@ -143,6 +233,71 @@ impl History {
             jobs.insert(job.name.clone(), h.clone());
         }
         h
+    }
+
+    /// The recoverable window of each continuously archived source of `job` on `st`, whose
+    /// published backups are `ids` (newest first): the oldest one with a WAL position for
+    /// the source, and the newest WAL shipped there. Manifests are read oldest first until
+    /// every source has its base, each once per process.
+    async fn windows(
+        &self,
+        job: &Job,
+        destination: &str,
+        st: &dyn storage::Storage,
+        ids: &[&str],
+    ) -> Vec<Window> {
+        let sources: Vec<&str> = job
+            .sources
+            .iter()
+            .filter(|s| s.database().is_some_and(|d| d.wal_source().is_some()))
+            .map(|s| s.name())
+            .collect();
+        if sources.is_empty() {
+            return Vec::new();
+        }
+        let mut from: BTreeMap<&str, DateTime<Utc>> = BTreeMap::new();
+        for id in ids.iter().rev() {
+            if sources.iter().all(|s| from.contains_key(s)) {
+                break;
+            }
+            let key = (job.name.clone(), id.to_string());
+            let known = self.bases.lock().ok().and_then(|b| b.get(&key).cloned());
+            let ends = match known {
+                Some(e) => e,
+                None => match Repository::new(st, &job.name).manifest(id).await {
+                    Ok(m) => {
+                        let e: BaseEnds = sources
+                            .iter()
+                            .filter_map(|s| Some((s.to_string(), base_end(&m, s)?)))
+                            .collect();
+                        if let Ok(mut b) = self.bases.lock() {
+                            b.insert(key, e.clone());
+                        }
+                        e
+                    }
+                    // Removed by retention since the listing, or unreadable: not a base.
+                    Err(_) => continue,
+                },
+            };
+            for (source, end) in &ends {
+                if let Some(s) = sources.iter().find(|s| **s == source.as_str()) {
+                    from.entry(*s).or_insert(*end);
+                }
+            }
+        }
+        let expect = crate::repo::packing::Expect::of(job, false);
+        let mut out = Vec::new();
+        for source in sources {
+            out.push(Window {
+                destination: destination.to_string(),
+                source: source.to_string(),
+                from: from.get(source).copied(),
+                to: newest_wal(st, &job.name, source, &expect)
+                    .await
+                    .map_err(|e| e.to_string()),
+            });
+        }
+        out
     }
 }
 

@@ -112,107 +112,122 @@ impl Metrics {
             rss: Gauge::default(),
             registry: Registry::default(),
         };
+        m.register_runs(&mut registry);
+        m.register_checks(&mut registry);
+        m.register_wal(&mut registry);
+        Metrics { registry, ..m }
+    }
+
+    /// Backups: runs, their sizes, what the destinations hold.
+    fn register_runs(&self, registry: &mut Registry) {
         registry.register(
             "runs",
             "Finished runs by outcome (success, partial, failed, cancelled)",
-            m.runs.clone(),
+            self.runs.clone(),
         );
         registry.register(
             "last_success_timestamp_seconds",
             "Unix time of the job's last run that published on every destination",
-            m.last_success.clone(),
+            self.last_success.clone(),
         );
         registry.register(
             "last_run_duration_seconds",
             "Duration of the job's last run",
-            m.last_duration.clone(),
+            self.last_duration.clone(),
         );
         registry.register(
             "read_bytes",
             "Bytes the job's sources produced (files: bytes referenced)",
-            m.bytes_in.clone(),
+            self.bytes_in.clone(),
         );
         registry.register(
             "stored_bytes",
             "Bytes the job's runs stored per destination (after compression and dedup)",
-            m.bytes_out.clone(),
+            self.bytes_out.clone(),
         );
         registry.register(
             "backups",
             "Published backups a destination holds, after the last retention",
-            m.kept.clone(),
+            self.kept.clone(),
         );
+    }
+
+    /// The healer, verifies and restore drills.
+    fn register_checks(&self, registry: &mut Registry) {
         registry.register(
             "heals",
             "Healer passes by outcome (ok, healed, dry_run, failed, unreachable)",
-            m.heals.clone(),
+            self.heals.clone(),
         );
         registry.register(
             "heal_restored_objects",
             "Tables or collections the healer restored",
-            m.healed_objects.clone(),
+            self.healed_objects.clone(),
         );
         registry.register(
             "verifies",
             "Scheduled verifies by outcome (ok, failed)",
-            m.verifies.clone(),
+            self.verifies.clone(),
         );
         registry.register(
             "verify_last_success_timestamp_seconds",
             "Unix time of the job's last scheduled verify that found every copy whole and readable",
-            m.verify_ok.clone(),
+            self.verify_ok.clone(),
         );
         registry.register(
             "verify_read_blobs",
             "Blobs whose content scheduled verifies read back and checked (read_data)",
-            m.verify_blobs.clone(),
+            self.verify_blobs.clone(),
         );
         registry.register(
             "verify_read_blob_bytes",
             "Bytes of intact blob content scheduled verifies read back (read_data)",
-            m.verify_blob_bytes.clone(),
+            self.verify_blob_bytes.clone(),
         );
         registry.register(
             "verify_bad_blobs",
             "Blobs scheduled verifies found damaged or unreadable (read_data)",
-            m.verify_bad_blobs.clone(),
+            self.verify_bad_blobs.clone(),
         );
         registry.register(
             "drills",
             "Restore drills by outcome (ok, failed)",
-            m.drills.clone(),
+            self.drills.clone(),
         );
         registry.register(
             "drill_last_success_timestamp_seconds",
             "Unix time of the job's last restore drill that passed",
-            m.drill_ok.clone(),
+            self.drill_ok.clone(),
         );
         registry.register(
             "drill_duration_seconds",
             "How long the job's last restore drill took to restore and check: the measured recovery time",
-            m.drill_seconds.clone(),
+            self.drill_seconds.clone(),
         );
+    }
+
+    /// Continuous WAL, and the process itself.
+    fn register_wal(&self, registry: &mut Registry) {
         registry.register(
             "wal_lag_seconds",
             "Continuous WAL: how long the oldest WAL not yet on every destination has waited (0 when all is shipped)",
-            m.wal_lag.clone(),
+            self.wal_lag.clone(),
         );
         registry.register(
             "wal_last_shipped_timestamp_seconds",
             "Continuous WAL: Unix time the last complete WAL file reached every destination",
-            m.wal_shipped.clone(),
+            self.wal_shipped.clone(),
         );
         registry.register(
             "wal_pending_files",
             "Continuous WAL: completed WAL files in the spool that a destination still lacks",
-            m.wal_pending.clone(),
+            self.wal_pending.clone(),
         );
         registry.register(
             "process_resident_memory_bytes",
             "Resident memory of the stowage process",
-            m.rss.clone(),
+            self.rss.clone(),
         );
-        Metrics { registry, ..m }
     }
 
     pub fn record(&self, job: &str, r: &RunReport) {
@@ -336,22 +351,28 @@ impl Metrics {
         }
     }
 
-    pub fn record_wal(&self, job: &str, source: &str, status: &crate::wal::WalStatus) {
-        let labels = SourceLabels {
-            job: job.to_string(),
-            source: source.to_string(),
-        };
-        self.wal_lag
-            .get_or_create(&labels)
-            .set(status.lag(chrono::Utc::now()).as_secs_f64());
-        if let Some(t) = status.last_shipped_at {
-            self.wal_shipped
-                .get_or_create(&labels)
-                .set(t.timestamp_millis() as f64 / 1000.0);
+    /// Each continuously archived source's shipping as the daemon last heard of it, the lag
+    /// as of `now` (set when scraped: between two reports it still grows).
+    pub fn record_wal(&self, state: &status::State, now: chrono::DateTime<Utc>) {
+        for (job, s) in &state.jobs {
+            for (source, w) in &s.wal {
+                let labels = SourceLabels {
+                    job: job.clone(),
+                    source: source.clone(),
+                };
+                self.wal_lag
+                    .get_or_create(&labels)
+                    .set(w.lag(now).num_milliseconds() as f64 / 1000.0);
+                if let Some(t) = w.last_shipped_at {
+                    self.wal_shipped
+                        .get_or_create(&labels)
+                        .set(t.timestamp_millis() as f64 / 1000.0);
+                }
+                self.wal_pending
+                    .get_or_create(&labels)
+                    .set(i64::try_from(w.pending).unwrap_or(i64::MAX));
+            }
         }
-        self.wal_pending
-            .get_or_create(&labels)
-            .set(i64::try_from(status.pending).unwrap_or(i64::MAX));
     }
 
     pub fn render(&self) -> String {
@@ -674,6 +695,7 @@ async fn metrics<V: View>(State(view): State<Arc<V>>, headers: HeaderMap) -> Res
         return no;
     }
     view.looked_at();
+    view.metrics().record_wal(&view.state(), Utc::now());
     (
         [(
             header::CONTENT_TYPE,
@@ -844,7 +866,7 @@ fn job_section(
     let row = |k: &str, v: &str| format!("<tr><th>{k}</th><td>{}</td></tr>", esc(v));
     format!(
         "<section><h2>{name}</h2><p class=muted>times in {tz}</p>{shrunk}\
-         <table><tr><td>job</td><td>{name}</td></tr>{}{}{}{}{}{}{}{}{}</table>\
+         <table><tr><td>job</td><td>{name}</td></tr>{}{}{}{}{}{}{}{}{}{wal}</table>\
          {plot}\
          <h3>last backups</h3><table><tr><th>id</th><th>started</th><th>size</th><th>stored</th><th>duration</th></tr>{last_backups}</table></section>",
         row("schedule", &format!("{} ({tz})", job.schedule.expr())),
@@ -861,7 +883,97 @@ fn job_section(
         ),
         name = esc(&job.name),
         plot = crate::history::plot(h),
+        wal = wal_rows(job, s, h, now),
     )
+}
+
+/// For each continuously archived source of `job`: how its shipping stands and, per
+/// destination, the recoverable window (its end moved up to what the shipper stored on
+/// every destination since the destinations were last read).
+fn wal_rows(
+    job: &crate::config::Job,
+    s: &status::JobStatus,
+    h: &crate::history::JobHistory,
+    now: chrono::DateTime<Utc>,
+) -> String {
+    let tz = job.schedule.tz();
+    let at = |t: chrono::DateTime<Utc>| {
+        t.with_timezone(tz)
+            .format("%Y-%m-%d %H:%M:%S %Z")
+            .to_string()
+    };
+    let mut out = String::new();
+    let mut row = |k: String, v: String, class: &str| {
+        out.push_str(&format!(
+            "<tr><th>{}</th><td{class}>{}</td></tr>",
+            esc(&k),
+            esc(&v)
+        ))
+    };
+    for db in job.sources.iter().filter_map(|x| x.database()) {
+        if db.wal_source().is_none() {
+            continue;
+        }
+        let source = db.name();
+        let w = s.wal.get(source).cloned().unwrap_or_default();
+        let shipped = match (&w.last_shipped, w.last_shipped_at) {
+            (Some(name), Some(t)) => {
+                format!("{name} at {} ({} ago)", at(t), crate::history::ago(now - t))
+            }
+            _ => "none yet".to_string(),
+        };
+        let partial = w.partial_shipped_at.map_or(String::new(), |t| {
+            format!(
+                "; the partial segment at {} ({} ago)",
+                at(t),
+                crate::history::ago(now - t)
+            )
+        });
+        row(
+            format!("WAL of {source}"),
+            format!("last shipped {shipped}{partial}"),
+            "",
+        );
+        let lag = w.lag(now);
+        let lag_class = if w.failing_since.is_some() {
+            " class=bad"
+        } else {
+            ""
+        };
+        row(
+            format!("WAL lag of {source}"),
+            format!(
+                "{}, {} completed file{} waiting",
+                crate::history::ago(lag),
+                w.pending,
+                if w.pending == 1 { "" } else { "s" }
+            ),
+            lag_class,
+        );
+        if let Some(e) = &w.last_error {
+            let since = w
+                .failing_since
+                .map_or(String::new(), |t| format!(" (failing since {})", at(t)));
+            row(
+                format!("WAL error of {source}"),
+                format!("{e}{since}"),
+                " class=bad",
+            );
+        }
+        let live = w.last_shipped_at.max(w.partial_shipped_at);
+        for win in h.windows.iter().filter(|x| x.source == source) {
+            let mut win = win.clone();
+            if let Ok(to) = &mut win.to {
+                *to = (*to).max(live);
+            }
+            row(
+                format!("recoverable window of {source} on {}", win.destination),
+                win.describe(now, at),
+                "",
+            );
+        }
+    }
+    out
 }
 
 /// "2026-12-02 03:00 CET"
@@ -925,6 +1037,64 @@ mod tests {
         assert_eq!(connection_cap(1024), 256);
         assert_eq!(connection_cap(1_048_576), MAX_CONNECTIONS);
         assert_eq!(connection_cap(20), 16);
+    }
+
+    #[test]
+    fn wal_rows_are_escaped_and_the_window_ends_at_the_last_shipment() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("stowage.toml");
+        std::fs::write(
+            &path,
+            "[destinations.local]\ntype = \"local\"\npath = \"/b\"\n\n[jobs.pitr]\nschedule = \"0 3 * * *\"\ndestinations = [\"local\"]\n\n[[jobs.pitr.sources]]\ntype = \"postgres\"\nname = \"db\"\nmode = \"physical\"\nurl = \"postgres://replicator@db/postgres\"\n",
+        )
+        .expect("write");
+        let config = crate::load::load_with_env(&path, false).expect("valid");
+        let job = &config.jobs["pitr"];
+        let now = Utc::now();
+        let ago = |s: i64| now - chrono::Duration::seconds(s);
+        let mut s = status::JobStatus::default();
+        s.wal.insert(
+            "db".into(),
+            status::WalState {
+                last_shipped: Some("000000010000000000000007".into()),
+                last_shipped_at: Some(ago(8)),
+                pending: 1,
+                oldest_unshipped: Some(ago(30)),
+                failing_since: Some(ago(20)),
+                last_error: Some("cannot ship WAL to <local>: \"denied\"".into()),
+                ..Default::default()
+            },
+        );
+        let h = crate::history::JobHistory {
+            windows: vec![crate::history::Window {
+                destination: "local".into(),
+                source: "db".into(),
+                from: Some(ago(3600)),
+                to: Ok(Some(ago(600))),
+            }],
+            ..Default::default()
+        };
+        let html = wal_rows(job, &s, &h, now);
+        assert!(
+            html.contains("<th>WAL of db</th><td>last shipped 000000010000000000000007 at "),
+            "{html}"
+        );
+        assert!(html.contains("(8 s ago)"), "{html}");
+        assert!(
+            html.contains("<td class=bad>30 s, 1 completed file waiting</td>"),
+            "{html}"
+        );
+        assert!(
+            html.contains("cannot ship WAL to &lt;local&gt;: &quot;denied&quot; (failing since "),
+            "{html}"
+        );
+        assert!(!html.contains("<local>"), "{html}");
+        // The destinations were read 10 min ago; the shipper stored more since.
+        assert!(
+            html.contains("<th>recoverable window of db on local</th><td>from ")
+                && html.contains("(newest WAL, 8 s ago)"),
+            "{html}"
+        );
     }
 
     #[test]

@@ -40,6 +40,127 @@ pub struct JobStatus {
     /// The last restore drill, when the job has one (its summary carries the duration).
     #[serde(default)]
     pub last_drill: Option<VerifyStatus>,
+    /// Continuous WAL shipping of each physical source, by source name.
+    #[serde(default)]
+    pub wal: BTreeMap<String, WalState>,
+}
+
+/// How one source's WAL shipping stands, as the daemon saw its shipper report (after every
+/// pass, at least every `wal_flush`). A failure opens an episode that only a clean pass
+/// which shipped something, or two clean passes in a row, close: the shipper's own figures
+/// drop back between two attempts at the partial segment, which would let a lasting
+/// failure look healthy half of the time.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct WalState {
+    /// The last WAL file stored on every destination, and when.
+    #[serde(default)]
+    pub last_shipped: Option<String>,
+    #[serde(default)]
+    pub last_shipped_at: Option<DateTime<Utc>>,
+    /// When the partial segment was last stored on every destination.
+    #[serde(default)]
+    pub partial_shipped_at: Option<DateTime<Utc>>,
+    /// Completed files in the spool that some destination still lacks.
+    #[serde(default)]
+    pub pending: usize,
+    /// When the oldest WAL not yet on every destination was written, through the episode.
+    #[serde(default)]
+    pub oldest_unshipped: Option<DateTime<Utc>>,
+    /// The episode's latest failure.
+    #[serde(default)]
+    pub last_error: Option<String>,
+    /// When the episode began.
+    #[serde(default)]
+    pub failing_since: Option<DateTime<Utc>>,
+    /// A clean pass came after the episode's last failure, without shipping anything.
+    #[serde(default)]
+    pub clean_once: bool,
+    /// When this daemon started the stream.
+    #[serde(default)]
+    pub started_at: Option<DateTime<Utc>>,
+    /// When the shipper last reported.
+    #[serde(default)]
+    pub seen_at: Option<DateTime<Utc>>,
+}
+
+/// What one report changed in a [`WalState`], for how soon it must reach the state file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum WalChange {
+    /// Only that the shipper is alive.
+    Alive,
+    /// What was shipped, or how much waits.
+    Figures,
+    /// A failure episode began or ended: what `health` judges (a new error text within one
+    /// is [`WalChange::Figures`]: a failing shipper reports every second).
+    Verdict,
+}
+
+impl WalState {
+    /// Take in the shipper's report `s`, seen at `now`.
+    pub fn observe(&mut self, s: &crate::wal::WalStatus, now: DateTime<Utc>) -> WalChange {
+        let before = self.clone();
+        // A restarted stream (a reload) reports from scratch: keep what the last one shipped.
+        let advanced = s.last_shipped_at > self.last_shipped_at
+            || s.partial_shipped_at > self.partial_shipped_at;
+        if s.last_shipped_at > self.last_shipped_at {
+            self.last_shipped.clone_from(&s.last_shipped);
+            self.last_shipped_at = s.last_shipped_at;
+        }
+        self.partial_shipped_at = self.partial_shipped_at.max(s.partial_shipped_at);
+        self.pending = s.pending;
+        self.seen_at = Some(now);
+        if s.last_error.is_some() || s.oldest_unshipped.is_some() || s.pending > 0 {
+            self.failing_since = self.failing_since.or(Some(now));
+            self.oldest_unshipped = match (self.oldest_unshipped, s.oldest_unshipped) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            if s.last_error.is_some() {
+                self.last_error.clone_from(&s.last_error);
+            }
+            self.clean_once = false;
+        } else if self.failing_since.is_some() {
+            if advanced || self.clean_once {
+                self.failing_since = None;
+                self.oldest_unshipped = None;
+                self.last_error = None;
+                self.clean_once = false;
+            } else {
+                self.clean_once = true;
+            }
+        }
+        if self.failing_since != before.failing_since
+            || self.last_error.is_some() != before.last_error.is_some()
+        {
+            WalChange::Verdict
+        } else if (WalState {
+            seen_at: before.seen_at,
+            ..self.clone()
+        }) != before
+        {
+            WalChange::Figures
+        } else {
+            WalChange::Alive
+        }
+    }
+
+    /// How long the oldest unshipped WAL has waited at `now`: zero when nothing waits.
+    pub fn lag(&self, now: DateTime<Utc>) -> Duration {
+        self.oldest_unshipped
+            .map_or(Duration::zero(), |t| (now - t).max(Duration::zero()))
+    }
+}
+
+/// How far behind a physical source's WAL shipping may fall before it is unhealthy:
+/// 5 minutes, or 3 × `wal_flush` when that is longer. Shipping retries a failed completed
+/// segment within 16 s, but the partial segment only every `wal_flush`, and its age when
+/// first found unshipped may already be one `wal_flush`: one failed attempt that the
+/// next one repairs reaches 2 × `wal_flush`, which must not page anyone.
+pub fn wal_lag_limit(flush: std::time::Duration) -> Duration {
+    let floor = Duration::minutes(5);
+    Duration::from_std(flush.saturating_mul(3))
+        .unwrap_or(floor)
+        .max(floor)
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -178,6 +299,7 @@ pub fn problems(config: &Config, state: &State, now: DateTime<Utc>) -> Vec<Strin
                 d.problems.join("; ")
             ));
         }
+        out.extend(wal_problems(job, &status, state.started_at, now));
         let Some(limit) = job.staleness_limit(now) else {
             continue;
         };
@@ -201,6 +323,73 @@ pub fn problems(config: &Config, state: &State, now: DateTime<Utc>) -> Vec<Strin
                     ));
                 }
             }
+        }
+    }
+    out
+}
+
+/// Each physical source of `job` whose WAL is behind or failing longer than
+/// [`wal_lag_limit`], or whose shipper stopped reporting. A source with nothing to ship is
+/// fine however long it stays idle: only WAL that exists and did not reach every
+/// destination counts as behind.
+fn wal_problems(
+    job: &crate::config::Job,
+    status: &JobStatus,
+    daemon_started: Option<DateTime<Utc>>,
+    now: DateTime<Utc>,
+) -> Vec<String> {
+    let mut out = Vec::new();
+    for db in job.sources.iter().filter_map(|s| s.database()) {
+        let Some(ws) = db.wal_source() else {
+            continue;
+        };
+        let source = db.name();
+        let limit = wal_lag_limit(ws.flush_interval());
+        let Some(w) = status.wal.get(source) else {
+            let since = daemon_started.unwrap_or(now);
+            if now - since > limit {
+                out.push(format!(
+                    "job {}: WAL of source {source} is not being archived: the daemon has run {} without starting its stream; reload it (SIGHUP) with this config, or see its log",
+                    job.name,
+                    human(now - since)
+                ));
+            }
+            continue;
+        };
+        let error = w
+            .last_error
+            .as_deref()
+            .map_or(String::new(), |e| format!(": {e}"));
+        let lag = w.lag(now);
+        let quiet = w
+            .seen_at
+            .or(w.started_at)
+            .map_or(Duration::zero(), |t| now - t);
+        if lag > limit {
+            out.push(format!(
+                "job {}: WAL of source {source} is {} behind (limit {}): the oldest WAL not on every destination was written at {}{error}",
+                job.name,
+                human(lag),
+                human(limit),
+                w.oldest_unshipped
+                    .map_or(String::new(), |t| t.format("%Y-%m-%dT%H:%M:%SZ").to_string())
+            ));
+        } else if let Some(since) = w.failing_since
+            && now - since > limit
+        {
+            out.push(format!(
+                "job {}: shipping WAL of source {source} has failed for {} (limit {}){error}",
+                job.name,
+                human(now - since),
+                human(limit)
+            ));
+        } else if quiet > limit {
+            out.push(format!(
+                "job {}: the WAL shipper of source {source} has not reported for {} (limit {}); see the daemon's log",
+                job.name,
+                human(quiet),
+                human(limit)
+            ));
         }
     }
     out
@@ -387,5 +576,303 @@ path = "/data"
         let p = problems(&strict, &state(aged(3), aged(3)), now);
         assert_eq!(p.len(), 1, "{p:?}");
         assert!(p[0].contains("max_staleness 2h"), "{p:?}");
+    }
+
+    fn pitr_config() -> Config {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("stowage.toml");
+        std::fs::write(
+            &path,
+            r#"
+[destinations.local]
+type = "local"
+path = "/b"
+
+[jobs.pitr]
+schedule = "0 3 * * *"
+destinations = ["local"]
+
+[[jobs.pitr.sources]]
+type = "postgres"
+name = "db"
+mode = "physical"
+url = "postgres://replicator@db/postgres"
+wal_flush = "10s"
+
+[[jobs.pitr.sources]]
+type = "postgres"
+name = "slow"
+mode = "physical"
+url = "postgres://replicator@db2/postgres"
+slot = "slow"
+wal_flush = "5min"
+"#,
+        )
+        .expect("write");
+        crate::load::load_with_env(&path, false).expect("valid")
+    }
+
+    #[test]
+    fn the_lag_limit_is_five_minutes_or_three_flushes() {
+        let secs = |s: u64| wal_lag_limit(std::time::Duration::from_secs(s)).num_seconds();
+        assert_eq!(secs(1), 300);
+        assert_eq!(secs(10), 300);
+        assert_eq!(secs(100), 300);
+        assert_eq!(secs(300), 900);
+        assert_eq!(secs(600), 1800);
+    }
+
+    /// A physical source that ships, as of `now`.
+    fn shipping(now: DateTime<Utc>) -> WalState {
+        WalState {
+            last_shipped: Some("000000010000000000000003".into()),
+            last_shipped_at: Some(now - Duration::minutes(1)),
+            started_at: Some(now - Duration::minutes(60)),
+            seen_at: Some(now),
+            ..WalState::default()
+        }
+    }
+
+    const DENIED: &str = "cannot ship WAL 000000010000000000000004 to local: denied";
+
+    /// (what db's state is, the daemon's age in minutes, the problem expected about db)
+    type WalCase = (&'static str, Option<WalState>, i64, Option<&'static str>);
+
+    fn wal_cases(now: DateTime<Utc>) -> Vec<WalCase> {
+        let min = |m: i64| now - Duration::minutes(m);
+        let ok = shipping(now);
+        let err = Some(DENIED.to_string());
+        vec![
+            ("shipping", Some(ok.clone()), 60, None),
+            (
+                "idle for hours: nothing unshipped is not behind",
+                Some(WalState {
+                    last_shipped_at: Some(min(600)),
+                    partial_shipped_at: Some(min(300)),
+                    ..ok.clone()
+                }),
+                900,
+                None,
+            ),
+            (
+                "behind, within the limit",
+                Some(WalState {
+                    oldest_unshipped: Some(min(4)),
+                    failing_since: Some(min(4)),
+                    last_error: err.clone(),
+                    pending: 1,
+                    ..ok.clone()
+                }),
+                60,
+                None,
+            ),
+            (
+                "behind past the limit",
+                Some(WalState {
+                    oldest_unshipped: Some(min(6)),
+                    failing_since: Some(min(2)),
+                    last_error: err.clone(),
+                    pending: 1,
+                    ..ok.clone()
+                }),
+                60,
+                Some(
+                    "is 6m behind (limit 5m): the oldest WAL not on every destination was written at 2026-11-23T11:54:00Z: cannot ship WAL 000000010000000000000004 to local: denied",
+                ),
+            ),
+            (
+                "failing past the limit with nothing waiting (the spool unreadable)",
+                Some(WalState {
+                    failing_since: Some(min(7)),
+                    last_error: Some("cannot read the WAL spool /s: denied".into()),
+                    ..ok.clone()
+                }),
+                60,
+                Some(
+                    "shipping WAL of source db has failed for 7m (limit 5m): cannot read the WAL spool /s: denied",
+                ),
+            ),
+            (
+                "failing, within the limit",
+                Some(WalState {
+                    failing_since: Some(min(3)),
+                    last_error: err.clone(),
+                    ..ok.clone()
+                }),
+                60,
+                None,
+            ),
+            (
+                "the shipper stopped reporting",
+                Some(WalState {
+                    seen_at: Some(min(8)),
+                    ..ok.clone()
+                }),
+                60,
+                Some("the WAL shipper of source db has not reported for 8m (limit 5m)"),
+            ),
+            (
+                "started, never reported, within the limit",
+                Some(WalState {
+                    seen_at: None,
+                    started_at: Some(min(2)),
+                    ..WalState::default()
+                }),
+                60,
+                None,
+            ),
+            (
+                "started, never reported, past the limit",
+                Some(WalState {
+                    seen_at: None,
+                    started_at: Some(min(9)),
+                    ..WalState::default()
+                }),
+                60,
+                Some("has not reported for 9m"),
+            ),
+            ("no stream, a young daemon", None, 2, None),
+            (
+                "no stream after the limit",
+                None,
+                6,
+                Some("WAL of source db is not being archived: the daemon has run 6m"),
+            ),
+        ]
+    }
+
+    #[test]
+    fn wal_verdicts() {
+        let now = Utc
+            .with_ymd_and_hms(2026, 11, 23, 12, 0, 0)
+            .single()
+            .expect("valid");
+        let cfg = pitr_config();
+        let min = |m: i64| now - Duration::minutes(m);
+        for (what, db, age, expected) in wal_cases(now) {
+            // `slow` (wal_flush 5min, limit 15 min) is 10 min behind: within its limit.
+            let slow = WalState {
+                oldest_unshipped: Some(min(10)),
+                failing_since: Some(min(10)),
+                last_error: Some(DENIED.to_string()),
+                ..shipping(now)
+            };
+            let mut wal: BTreeMap<String, WalState> = [("slow".to_string(), slow)].into();
+            if let Some(db) = db {
+                wal.insert("db".into(), db);
+            }
+            let state = State {
+                pid: 1,
+                started_at: Some(min(age)),
+                jobs: [(
+                    "pitr".to_string(),
+                    JobStatus {
+                        newest_backup: Some(min(60)),
+                        wal,
+                        ..JobStatus::default()
+                    },
+                )]
+                .into(),
+            };
+            let p = problems(&cfg, &state, now);
+            match expected {
+                None => assert!(p.is_empty(), "{what}: {p:?}"),
+                Some(text) => {
+                    assert_eq!(p.len(), 1, "{what}: {p:?}");
+                    assert!(p[0].starts_with("job pitr: "), "{what}: {p:?}");
+                    assert!(p[0].contains(text), "{what}: {p:?}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_failure_lasts_until_shipping_recovers() {
+        use crate::wal::WalStatus;
+        let t0 = Utc
+            .with_ymd_and_hms(2026, 11, 23, 12, 0, 0)
+            .single()
+            .expect("valid");
+        let at = |s: i64| t0 + Duration::seconds(s);
+        let clean = |shipped: i64| WalStatus {
+            last_shipped: Some("000000010000000000000003".into()),
+            last_shipped_at: Some(at(shipped)),
+            ..WalStatus::default()
+        };
+        let partial_failed = WalStatus {
+            last_error: Some("cannot ship the partial WAL segment to local: denied".into()),
+            oldest_unshipped: Some(at(-5)),
+            ..clean(0)
+        };
+        let mut w = WalState::default();
+        // (report, at second, change, failing since, oldest unshipped)
+        type Step = (WalStatus, i64, WalChange, Option<i64>, Option<i64>);
+        let steps: Vec<Step> = vec![
+            (clean(0), 1, WalChange::Figures, None, None),
+            (clean(0), 11, WalChange::Alive, None, None),
+            (
+                partial_failed.clone(),
+                21,
+                WalChange::Verdict,
+                Some(21),
+                Some(-5),
+            ),
+            // Another error within the episode: no hurry to write it down.
+            (
+                WalStatus {
+                    last_error: Some(DENIED.into()),
+                    ..partial_failed.clone()
+                },
+                21,
+                WalChange::Figures,
+                Some(21),
+                Some(-5),
+            ),
+            // The shipper's next pass did not retry the partial: still failing.
+            (clean(0), 22, WalChange::Figures, Some(21), Some(-5)),
+            (
+                WalStatus {
+                    oldest_unshipped: Some(at(20)),
+                    ..partial_failed.clone()
+                },
+                32,
+                WalChange::Figures,
+                Some(21),
+                Some(-5),
+            ),
+            (clean(0), 33, WalChange::Figures, Some(21), Some(-5)),
+            // A clean pass that shipped something ends it at once.
+            (clean(40), 43, WalChange::Verdict, None, None),
+            (
+                partial_failed.clone(),
+                53,
+                WalChange::Verdict,
+                Some(53),
+                Some(-5),
+            ),
+            (clean(40), 54, WalChange::Figures, Some(53), Some(-5)),
+            // Two clean passes in a row (the second retried the partial) end it too.
+            (clean(40), 64, WalChange::Verdict, None, None),
+        ];
+        for (i, (report, s, change, since, oldest)) in steps.into_iter().enumerate() {
+            assert_eq!(w.observe(&report, at(s)), change, "step {i}: {w:?}");
+            assert_eq!(w.failing_since, since.map(at), "step {i}: {w:?}");
+            assert_eq!(w.oldest_unshipped, oldest.map(at), "step {i}: {w:?}");
+            assert_eq!(w.seen_at, Some(at(s)));
+            assert_eq!(w.last_error.is_some(), since.is_some(), "step {i}: {w:?}");
+        }
+        assert_eq!(w.last_shipped_at, Some(at(40)));
+        // A restarted stream reports nothing shipped yet: what was shipped stays.
+        w.observe(&WalStatus::default(), at(70));
+        assert_eq!(w.last_shipped.as_deref(), Some("000000010000000000000003"));
+        assert_eq!(w.lag(at(70)), Duration::zero());
+    }
+
+    #[test]
+    fn a_state_file_of_an_older_daemon_still_reads() {
+        let old =
+            r#"{"pid":7,"started_at":null,"jobs":{"app":{"newest_backup":null,"last_run":null}}}"#;
+        let s: State = serde_json::from_str(old).expect("reads");
+        assert!(s.jobs["app"].wal.is_empty());
     }
 }

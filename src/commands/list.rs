@@ -207,68 +207,25 @@ async fn pitr_lines(
         .filter(|s| s.database().is_some_and(|d| d.wal_source().is_some()))
         .map(|s| s.name())
     {
-        let oldest = listed
-            .rows
-            .iter()
-            .filter_map(|r| r.manifest.as_ref().ok())
-            .filter_map(|m| m.sources.iter().find(|s| s.name == source)?.wal.as_ref())
-            .map(|w| w.stop_time)
-            .min();
-        let newest = newest_wal(st, &job.name, source, &expect).await;
-        let line = match (oldest, newest) {
-            (Some(from), Ok(Some(to))) => format!(
-                "from {} (oldest base backup) to {} (newest WAL, {} ago)",
-                at(from),
-                at(to),
-                ago(now - to)
-            ),
-            (None, _) => "none: no base backup with a WAL position".to_string(),
-            (Some(from), Ok(None)) => format!(
-                "from {} (oldest base backup) to the end of its base backup (no WAL shipped here)",
-                at(from)
-            ),
-            (Some(from), Err(e)) => format!(
-                "from {} (oldest base backup) to ? (cannot read the newest WAL record: {e})",
-                at(from)
-            ),
+        let window = crate::history::Window {
+            destination: destination.to_string(),
+            source: source.to_string(),
+            from: listed
+                .rows
+                .iter()
+                .filter_map(|r| r.manifest.as_ref().ok())
+                .filter_map(|m| crate::history::base_end(m, source))
+                .min(),
+            to: crate::history::newest_wal(st, &job.name, source, &expect)
+                .await
+                .map_err(|e| e.to_string()),
         };
         out.push(format!(
-            "point-in-time recovery of {source} on {destination}: {line}"
+            "point-in-time recovery of {source} on {destination}: {}",
+            window.describe(now, at)
         ));
     }
     out
-}
-
-/// When the newest WAL of `source` was shipped: the partial pointer's, else the newest
-/// record's.
-async fn newest_wal(
-    st: &dyn storage::Storage,
-    job: &str,
-    source: &str,
-    expect: &crate::repo::packing::Expect,
-) -> Result<Option<DateTime<Utc>>, crate::repo::wal::WalError> {
-    if let Some(p) = crate::repo::wal::read_pointer(st, job, source, expect).await? {
-        return Ok(Some(p.record.shipped_at));
-    }
-    let names = crate::repo::wal::shipped(st, job, source).await?;
-    // History files sort after segments of their timeline but are not newer WAL.
-    let Some(name) = names.iter().rev().find(|n| !n.ends_with(".history")) else {
-        return Ok(None);
-    };
-    Ok(crate::repo::wal::read_record(st, job, source, name, expect)
-        .await?
-        .map(|v| v.record.shipped_at))
-}
-
-/// "8 s", "5 min", "3 h", "2 days".
-fn ago(d: chrono::TimeDelta) -> String {
-    let s = d.num_seconds().max(0);
-    match s {
-        0..120 => format!("{s} s"),
-        120..7200 => format!("{} min", s / 60),
-        7200..172_800 => format!("{} h", s / 3600),
-        _ => format!("{} days", s / 86_400),
-    }
 }
 
 /// "1 backup", "2 backups".
