@@ -429,7 +429,7 @@ fn a_restarted_daemon_resumes_from_its_slot_without_a_hole() {
             while !stop.load(Ordering::Relaxed) {
                 id += 1;
                 insert(&pg, id);
-                if id % 15 == 0 {
+                if id.is_multiple_of(15) {
                     pg.psql("app", "select pg_switch_wal()");
                 }
                 std::thread::sleep(Duration::from_millis(100));
