@@ -5,8 +5,9 @@
 //!   the timeline-2 rows, none of the abandoned ones;
 //! - after the daemon is stopped with SIGTERM while rows are inserted and started again,
 //!   from its slot without a hole;
-//! - when the slot holds more than `max_slot_wal`, the slot is dropped, the loss logged,
-//!   and streaming goes on from a new slot (verify names the hole).
+//! - when the slot holds more than `max_slot_wal`, or the server invalidated it
+//!   (`max_slot_wal_keep_size`), the slot is dropped, the loss logged, and streaming goes
+//!   on from a new slot (verify names the hole).
 
 mod common;
 
@@ -522,6 +523,66 @@ fn a_slot_past_max_slot_wal_is_given_up_and_streaming_goes_on() {
     daemon.signal("TERM");
     let _ = daemon.wait(Duration::from_secs(30));
 
+    let (code, out) = job.stowage(&["verify", JOB]);
+    assert_eq!(code, Some(1), "verify names the hole:\n{out}");
+    assert!(out.contains("WAL has a gap: "), "{out}");
+}
+
+#[test]
+fn a_slot_the_server_invalidated_is_given_up_and_streaming_goes_on() {
+    let pg = PgServer::start();
+    new_ticks(&pg);
+    pg.psql(
+        "postgres",
+        "alter system set max_slot_wal_keep_size = '1MB'; select pg_reload_conf();",
+    );
+    let job = Job::new(JOB)
+        .log()
+        .job("catch_up = false")
+        .local("local", None)
+        .source(&physical_source(&pg, ""))
+        .write();
+    let mut daemon = job.daemon();
+    daemon.wait_for_output("receiving WAL", Duration::from_secs(60));
+    job.backup();
+    let first = insert(&pg, 1);
+    wait_shipped(&job, &daemon, "00000001", parse_utc(&first));
+    daemon.signal("TERM");
+    let _ = daemon.wait(Duration::from_secs(30));
+
+    // Past the server's cap, a checkpoint invalidates the slot and removes its WAL.
+    for id in 2..=6 {
+        insert(&pg, id);
+        pg.psql("app", "select pg_switch_wal()");
+    }
+    pg.psql("postgres", "checkpoint");
+    assert_eq!(
+        pg.psql(
+            "postgres",
+            "select wal_status from pg_replication_slots where slot_name = 'stowage'"
+        ),
+        "lost"
+    );
+    let mut daemon = job.daemon();
+    daemon.wait_for_output("lost to point-in-time recovery", Duration::from_secs(90));
+    let log = daemon.output_so_far();
+    assert!(
+        log.contains("the server no longer has the WAL the receiver resumes from")
+            && log.contains("dropped replication slot \"stowage\""),
+        "{log}"
+    );
+    let last = insert(&pg, 7);
+    wait_shipped(&job, &daemon, "00000001", parse_utc(&last));
+    assert_eq!(
+        pg.psql(
+            "postgres",
+            "select wal_status <> 'lost' from pg_replication_slots where slot_name = 'stowage'"
+        ),
+        "t",
+        "a new slot streams"
+    );
+    daemon.signal("TERM");
+    let _ = daemon.wait(Duration::from_secs(30));
     let (code, out) = job.stowage(&["verify", JOB]);
     assert_eq!(code, Some(1), "verify names the hole:\n{out}");
     assert!(out.contains("WAL has a gap: "), "{out}");

@@ -11,7 +11,7 @@ use tracing::{error, info, warn};
 use super::PhysicalPostgres;
 use super::server::SlotState;
 use super::spool;
-use super::wal::{Lsn, SegmentSize, history_name, segment_of};
+use super::wal::{Lsn, SegmentSize, segment_of};
 use crate::engine::SourceError;
 use crate::units::human_bytes;
 
@@ -35,7 +35,7 @@ impl PhysicalPostgres {
             if held > cap {
                 self.give_up_slot(
                     spool,
-                    (restart, id.position, id.timeline),
+                    (Some(restart), id.position, id.timeline),
                     &format!(
                         "the slot holds {} of WAL on the server, more than max_slot_wal ({})",
                         human_bytes(held),
@@ -61,7 +61,6 @@ impl PhysicalPostgres {
         };
         let plan = spool::plan_timeline(&files, server, &history);
         if !history_file.is_empty() {
-            debug_assert_eq!(history_file, history_name(server));
             spool::write_history(spool, &history_file, &content)
                 .map_err(|e| spool_err(spool, "write the timeline history", e))?;
         }
@@ -94,7 +93,7 @@ impl PhysicalPostgres {
     pub(super) async fn give_up_slot(
         &self,
         spool: &Path,
-        (from, to, timeline): (Lsn, Lsn, u32),
+        (from, to, timeline): (Option<Lsn>, Lsn, u32),
         why: &str,
     ) -> Result<(), SourceError> {
         let mut drop_slot = self.command("pg_receivewal");
@@ -129,11 +128,14 @@ impl PhysicalPostgres {
             format!("; set aside {} into {}", names.join(", "), dir.display())
         };
         let seg = SegmentSize::DEFAULT;
+        let from = match from {
+            Some(lsn) => format!("{lsn} ({})", segment_of(lsn, timeline, seg)),
+            None => "the end of the shipped WAL".to_string(),
+        };
         error!(
             source = %self.name,
-            "WAL receiver: {why}: dropped replication slot \"{}\"; WAL from {from} to {to} (segments {} to {}) is lost to point-in-time recovery until the next base backup; streaming goes on from the server's current position{aside}",
+            "WAL receiver: {why}: dropped replication slot \"{}\"; WAL from {from} to {to} ({}) is lost to point-in-time recovery until the next base backup; streaming goes on from the server's current position{aside}",
             self.slot,
-            segment_of(from, timeline, seg),
             segment_of(to, timeline, seg),
         );
         Ok(())
@@ -147,7 +149,7 @@ impl PhysicalPostgres {
             return;
         }
         let files = spool::segments(spool).unwrap_or_default();
-        let from = spool::resume_point(&files).unwrap_or_default();
+        let from = spool::resume_point(&files);
         let id = match self.identify().await {
             Ok(id) => id,
             Err(e) => {
