@@ -2,8 +2,9 @@
 //! recovery replays files in order and stops at the first one missing, so one lost
 //! segment silently caps every point-in-time restore at that point.
 //!
-//! Names only (16 MiB segments: `<8 hex timeline><8 hex log><8 hex seg>`, seg 00..FF); no
-//! file is read, so a chain check costs one listing and a record or two per destination.
+//! Names (16 MiB segments: `<8 hex timeline><8 hex log><8 hex seg>`, seg 00..FF) and the
+//! timeline history files only: no segment is read, so a chain check costs one listing, a
+//! record or two and the few small history files per destination.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -164,19 +165,103 @@ pub struct Shipped {
     /// When the newest WAL there was shipped (the partial's, when there is one): the latest
     /// time a recovery from these files can reach.
     pub newest_at: Option<DateTime<Utc>>,
+    /// Where each later timeline branched off its parent, from the shipped history files
+    /// that could be read (see [`check`]).
+    pub switches: BTreeMap<u32, u64>,
 }
 
 impl Shipped {
-    /// The chain from a base backup's first WAL file. Timeline switch points are not read
-    /// from history files here: each later timeline is checked from its first segment.
+    /// The chain from a base backup's first WAL file, across the timeline switches the
+    /// shipped history files name (a timeline without one is checked from its first
+    /// segment).
     pub fn chain_from(&self, first: &str) -> Result<Chain, NotASegment> {
-        check(
-            &self.names,
-            self.partial.as_deref(),
-            first,
-            &BTreeMap::new(),
-        )
+        check(&self.names, self.partial.as_deref(), first, &self.switches)
     }
+}
+
+/// The switch points a history file of timeline `timeline` names: each timeline in it
+/// (and `timeline` itself) by the LSN where it left its parent.
+pub fn switches_in(timeline: u32, content: &str) -> Result<BTreeMap<u32, u64>, String> {
+    let entries = crate::source::postgres::physical::wal::parse_history(content)?;
+    let mut out = BTreeMap::new();
+    for (i, e) in entries.iter().enumerate() {
+        let child = entries.get(i + 1).map_or(timeline, |n| n.parent);
+        out.insert(child, e.switch.0);
+    }
+    Ok(out)
+}
+
+/// A history file is a line per switch: more than this is no history file.
+const MAX_HISTORY: u64 = 1 << 20;
+
+/// The switch points in the history files among `names` on `storage`, each read and checked
+/// as a fetch would; one that cannot be read (encrypted without `keys`, damaged) is left out
+/// with a warning, and its timeline is then checked from its first segment.
+async fn read_switches(
+    storage: &dyn Storage,
+    job: &str,
+    source: &str,
+    names: &[String],
+    expect: &Expect,
+    keys: Option<&std::sync::Arc<crate::crypt::Keys>>,
+) -> BTreeMap<u32, u64> {
+    let mut out = BTreeMap::new();
+    for name in names {
+        let Some(tli) = name
+            .strip_suffix(".history")
+            .filter(|t| t.len() == 8)
+            .and_then(|t| u32::from_str_radix(t, 16).ok())
+        else {
+            continue;
+        };
+        match read_history(storage, job, source, name, expect, keys).await {
+            Ok(Some(text)) => match switches_in(tli, &text) {
+                Ok(s) => out.extend(s),
+                Err(e) => tracing::warn!(job = %job, "WAL history file {name} of {source}: {e}"),
+            },
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(job = %job, "WAL history file {name} of {source} cannot be read: {e}")
+            }
+        }
+    }
+    out
+}
+
+async fn read_history(
+    storage: &dyn Storage,
+    job: &str,
+    source: &str,
+    name: &str,
+    expect: &Expect,
+    keys: Option<&std::sync::Arc<crate::crypt::Keys>>,
+) -> Result<Option<String>, Box<dyn std::error::Error + Send + Sync>> {
+    use tokio::io::AsyncReadExt;
+    let Some(v) = wal::read_record(storage, job, source, name, expect).await? else {
+        return Ok(None);
+    };
+    if v.form.encrypted && keys.is_none() {
+        return Ok(None);
+    }
+    let r = &v.record;
+    let packing = crate::repo::packing::Packing {
+        compression: v.form.compression,
+        encrypted: v.form.encrypted,
+        keys: keys.cloned(),
+    };
+    let object = crate::repo::Recorded {
+        key: &r.key,
+        sha256: &r.sha256,
+        size: r.size,
+    };
+    let reader = crate::repo::Repository::new(storage, job)
+        .open_verified(object, &packing, None)
+        .await
+        .map_err(|e| e.into_inner())?;
+    let reader = crate::codec::Verify::new(reader, &r.raw_sha256, r.raw_size, &r.key);
+    let mut bytes = Vec::new();
+    reader.take(MAX_HISTORY).read_to_end(&mut bytes).await?;
+    Ok(Some(String::from_utf8(bytes)?))
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -188,12 +273,24 @@ pub enum ChainError {
 }
 
 /// Read what `storage` holds of `source`'s WAL of `job`: the listing, the partial's record
-/// and the newest whole file's (each checked as a fetch would).
+/// and the newest whole file's (each checked as a fetch would), and the switch points of
+/// the history files that are not encrypted (see [`shipped_on_with`]).
 pub async fn shipped_on(
     storage: &dyn Storage,
     job: &str,
     source: &str,
     expect: &Expect,
+) -> Result<Shipped, ChainError> {
+    shipped_on_with(storage, job, source, expect, None).await
+}
+
+/// [`shipped_on`], reading encrypted history files with `keys` (the job's).
+pub async fn shipped_on_with(
+    storage: &dyn Storage,
+    job: &str,
+    source: &str,
+    expect: &Expect,
+    keys: Option<&std::sync::Arc<crate::crypt::Keys>>,
 ) -> Result<Shipped, ChainError> {
     let names = wal::shipped(storage, job, source).await?;
     let pointer = wal::read_pointer(storage, job, source, expect).await?;
@@ -204,10 +301,12 @@ pub async fn shipped_on(
         None => None,
     };
     let newest_at = whole_at.max(pointer.as_ref().map(|p| p.record.shipped_at));
+    let switches = read_switches(storage, job, source, &names, expect, keys).await;
     Ok(Shipped {
         names,
         partial: pointer.map(|p| p.record.name),
         newest_at,
+        switches,
     })
 }
 
@@ -354,6 +453,26 @@ mod tests {
         let c = check(&shipped, Some("000000020000000000000005"), A1, &switches).expect("valid");
         assert_eq!(c.missing_count, 0);
         assert_eq!(c.newest.as_deref(), Some("000000020000000000000005"));
+    }
+
+    #[test]
+    fn switch_points_from_history_files() {
+        let s = switches_in(3, "1\t0/4000060\ta\n\n2\t0/9000000\tb\n").expect("valid");
+        assert_eq!(s, BTreeMap::from([(2, 0x0400_0060), (3, 0x0900_0000)]));
+        assert!(switches_in(2, "garbage").is_err());
+        // With them, a timeline that does not start at its switch has a hole; without,
+        // the same files look whole.
+        let shipped = names(&[A1, A2, A3, "000000020000000000000005", "00000002.history"]);
+        let mut on = Shipped {
+            names: shipped,
+            partial: None,
+            newest_at: None,
+            switches: switches_in(2, "1\t0/4000060\tx\n").expect("valid"),
+        };
+        let c = on.chain_from(A1).expect("valid");
+        assert_eq!(c.missing, ["000000020000000000000004"]);
+        on.switches.clear();
+        assert_eq!(on.chain_from(A1).expect("valid").missing_count, 0);
     }
 
     #[test]

@@ -7,11 +7,15 @@
 
 mod follow;
 mod restore;
+mod resume;
+mod server;
+mod spool;
 mod tarball;
 pub mod wal;
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -80,15 +84,7 @@ pub(super) fn configure(section: &mut Section<'_>, raw: RawPostgres) -> Option<A
     };
     let max_slot_wal = match raw.max_slot_wal.as_deref().map(parse_size) {
         None => None,
-        // Not enforced by the receiver yet: a key that is read but does nothing would let a
-        // user believe the database's disk is protected.
-        Some(Ok(_)) => {
-            section.problem(
-                "max_slot_wal",
-                "is not enforced by stowage yet; cap the slot on the server instead: ALTER SYSTEM SET max_slot_wal_keep_size = '10GB'; SELECT pg_reload_conf(); (PostgreSQL 13+), and remove this key",
-            );
-            None::<u64>
-        }
+        Some(Ok(bytes)) => Some(bytes),
         Some(Err(e)) => {
             section.problem("max_slot_wal", e);
             None
@@ -105,6 +101,7 @@ pub(super) fn configure(section: &mut Section<'_>, raw: RawPostgres) -> Option<A
         slot,
         wal_flush: wal_flush?,
         max_slot_wal,
+        slot_warned: Arc::new(AtomicBool::new(false)),
     }))
 }
 
@@ -190,6 +187,8 @@ pub struct PhysicalPostgres {
     slot: String,
     wal_flush: Duration,
     max_slot_wal: Option<u64>,
+    /// Whether the warning that this server cannot report the slot's position was given.
+    slot_warned: Arc<AtomicBool>,
 }
 
 impl PhysicalPostgres {
@@ -200,8 +199,8 @@ impl PhysicalPostgres {
 
     /// `max_slot_wal`: the most WAL, in bytes, the slot may hold back on the server before
     /// the daemon gives the slot up (dropping it so the server's disk does not fill, at the
-    /// price of a gap in the WAL chain that the next base backup closes). Only validated
-    /// and stored here; the daemon's WAL supervision acts on it.
+    /// price of a gap in the WAL chain that the next base backup closes). Checked before
+    /// every start of the receiver.
     pub fn max_slot_wal(&self) -> Option<u64> {
         self.max_slot_wal
     }
@@ -256,9 +255,12 @@ impl Database for PhysicalPostgres {
 
     fn describe(&self) -> String {
         format!(
-            "postgres physical {} (slot \"{}\", WAL flushed every {})",
+            "postgres physical {} (slot \"{}\"{}, WAL flushed every {})",
             self.url,
             self.slot,
+            self.max_slot_wal
+                .map(|b| format!(" given up past {}", crate::units::human_bytes(b)))
+                .unwrap_or_default(),
             humantime::format_duration(self.wal_flush)
         )
     }
@@ -303,6 +305,8 @@ impl Database for PhysicalPostgres {
     }
 
     async fn dump(&self) -> Result<Dump, SourceError> {
+        // Names the backup's WAL span in 16 MiB segments: another size would misname it.
+        self.check_segment_size().await?;
         let mut cmd = self.command("pg_basebackup");
         // One tar of the data directory on stdout, with backup_manifest appended to it by
         // pg_basebackup itself; no WAL (the daemon archives it); an immediate checkpoint
@@ -383,6 +387,7 @@ impl Database for PhysicalPostgres {
 #[async_trait]
 impl WalSource for PhysicalPostgres {
     async fn receive(&self, spool: &Path) -> Result<(), SourceError> {
+        self.prepare_receive(spool).await?;
         let mut create = self.command("pg_receivewal");
         create
             .args(["--create-slot", "--if-not-exists", "--slot", &self.slot])
@@ -430,7 +435,15 @@ impl WalSource for PhysicalPostgres {
         // pg_receivewal ends only when the stream does (--no-loop): the server went away,
         // the slot was dropped, or it was told to stop. Even a clean exit is the end of
         // the stream, which the caller restarts.
-        let text = wait_child_stderr("pg_receivewal", child, stderr).await?;
+        let text = match wait_child_stderr("pg_receivewal", child, stderr).await {
+            Ok(text) => text,
+            Err(e) => {
+                if let SourceError::Failed { stderr, .. } = &e {
+                    self.after_failure(spool, stderr).await;
+                }
+                return Err(e);
+            }
+        };
         tracing::info!(source = %self.name, "pg_receivewal stopped: {}", text.lines().last().unwrap_or("no output"));
         Ok(())
     }
@@ -503,6 +516,19 @@ mod tests {
             Some(Duration::from_secs(1))
         );
         assert!(db.describe().contains("slot \"pitr_1\""));
+
+        for (size, shown) in [("10GiB", "10.0 GiB"), ("512MiB", "512.0 MiB"), ("16777216", "16.0 MiB")] {
+            let db = configure_section(
+                "postgres",
+                &format!("mode = \"physical\"\nurl = \"postgres://replicator@db\"\nmax_slot_wal = \"{size}\""),
+            )
+            .expect("valid: max_slot_wal is enforced");
+            assert!(
+                db.describe().contains(&format!("slot \"stowage\" given up past {shown},")),
+                "{size}: {}",
+                db.describe()
+            );
+        }
     }
 
     #[test]
@@ -556,10 +582,6 @@ mod tests {
             (
                 "max_slot_wal = \"1MiB\"",
                 "jobs.app.sources[0].max_slot_wal: \"1MiB\" is less than one WAL segment (16MiB); use e.g. \"10GiB\"",
-            ),
-            (
-                "max_slot_wal = \"10GiB\"",
-                "jobs.app.sources[0].max_slot_wal: is not enforced by stowage yet; cap the slot on the server instead",
             ),
             (
                 "exclude_tables = [\"audit\"]",
