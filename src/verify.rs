@@ -301,8 +301,11 @@ pub async fn verify_with(
                             &mut c,
                         )
                         .await;
-                        check_wal(job, st.storage.as_ref(), &m, &expect, &mut shipped, &mut c)
-                            .await;
+                        let wal = WalCheck {
+                            expect: &expect,
+                            keys: packing.keys.as_ref(),
+                        };
+                        check_wal(job, st.storage.as_ref(), &m, wal, &mut shipped, &mut c).await;
                     }
                     Err(e) => c.problems.push(format!("manifest: {e}")),
                 },
@@ -400,11 +403,19 @@ async fn check_backup(
 /// A physical source's WAL on this destination: the chain from the backup's first WAL file
 /// to the newest shipped must be whole, or every point-in-time restore from the backup stops
 /// at the hole.
+/// How shipped WAL is read: records checked as a fetch would, history files decrypted with
+/// the keys when the job encrypts (they give the timelines' switch points).
+#[derive(Clone, Copy)]
+struct WalCheck<'a> {
+    expect: &'a packing::Expect,
+    keys: Option<&'a std::sync::Arc<crate::crypt::Keys>>,
+}
+
 async fn check_wal(
     job: &Job,
     storage: &dyn Storage,
     m: &Manifest,
-    expect: &packing::Expect,
+    wal: WalCheck<'_>,
     shipped: &mut HashMap<String, Result<chain::Shipped, String>>,
     c: &mut Checked,
 ) {
@@ -419,7 +430,7 @@ async fn check_wal(
             continue;
         };
         if !shipped.contains_key(name) {
-            let read = chain::shipped_on(storage, &job.name, name, expect)
+            let read = chain::shipped_on_with(storage, &job.name, name, wal.expect, wal.keys)
                 .await
                 .map_err(|e| e.to_string());
             shipped.insert(name.clone(), read);

@@ -954,8 +954,14 @@ impl<'a> RestoreCtx<'a> {
             && let Some(first) = entry.wal.as_ref().and_then(|w| w.first_file())
         {
             let expect = packing::Expect::of(job, req.trust_unauthenticated);
-            let warning =
-                crate::wal::chain::gap_warning(from, &job.name, &entry.name, &first, &expect);
+            let warning = crate::wal::chain::gap_warning(
+                from,
+                &job.name,
+                &entry.name,
+                &first,
+                &expect,
+                self.packing.keys.as_ref(),
+            );
             self.lines.extend(warning.await);
         }
         if !req.dry_run {

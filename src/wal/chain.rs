@@ -319,8 +319,9 @@ pub async fn gap_warning(
     source: &str,
     first: &str,
     expect: &Expect,
+    keys: Option<&std::sync::Arc<crate::crypt::Keys>>,
 ) -> Option<String> {
-    let chain = match shipped_on(storage, job, source, expect).await {
+    let chain = match shipped_on_with(storage, job, source, expect, keys).await {
         Ok(on) => on.chain_from(first).map_err(|e| e.to_string()),
         Err(e) => Err(e.to_string()),
     };

@@ -116,6 +116,7 @@ pub(super) fn unconfigured(name: &str) -> Option<Arc<dyn Database>> {
         slot: DEFAULT_SLOT.to_string(),
         wal_flush: DEFAULT_WAL_FLUSH,
         max_slot_wal: None,
+        slot_warned: Arc::new(AtomicBool::new(false)),
     }))
 }
 
