@@ -91,7 +91,7 @@ pub enum FetchError {
         destination: String,
         hint: String,
         #[source]
-        source: crate::crypt::CryptError,
+        source: Box<CryptError>,
     },
     #[error("cannot write {path}: {reason}")]
     Write {
@@ -385,7 +385,7 @@ fn undecryptable(
         key: key.to_string(),
         destination: destination.to_string(),
         hint,
-        source,
+        source: Box::new(source),
     }
 }
 
