@@ -378,7 +378,10 @@ fn undecryptable(
         CryptError::NoIdentity { .. } => format!(
             "job {job} has no identity; set encryption.identity_file (or passphrase_file) in the job, in the config wal-fetch is given"
         ),
-        _ => source.to_string(),
+        // A destination writer can replace an object with one for another key, too.
+        _ => format!(
+            "{source}; if it is the right identity, the object was replaced on the destination: fetch it from another with --from"
+        ),
     };
     FetchError::Keys {
         name: name.to_string(),
