@@ -148,8 +148,9 @@ pub fn canonical(v: &serde_json::Value) -> Result<Vec<u8>, serde_json::Error> {
 }
 
 /// The stored form of `m`: pretty JSON, with `auth` computed under `key` when there is one.
-pub fn signed(
-    m: &Manifest,
+/// Generic so that what is signed like a manifest (WAL records) is signed by this code.
+pub fn signed<T: Serialize + ?Sized>(
+    m: &T,
     key: Option<&crate::crypt::AuthKey>,
 ) -> Result<Vec<u8>, serde_json::Error> {
     let mut value = serde_json::to_value(m)?;

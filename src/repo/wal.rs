@@ -7,12 +7,13 @@
 //! file itself, and, with the job's `auth_key_file`, a MAC like a manifest's, so whoever
 //! can write to a destination cannot make stowage hand PostgreSQL WAL of their own.
 
+use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::crypt::AuthKey;
 use crate::repo::layout::{self, Form};
-use crate::repo::manifest::{AUTH_SCHEME, Authenticity, ManifestAuth, canonical};
+use crate::repo::manifest::{self, AUTH_SCHEME, Authenticity, ManifestAuth, canonical};
 use crate::repo::packing::Expect;
 use crate::storage::{Storage, StorageError};
 
@@ -114,24 +115,10 @@ impl<'a> WalNames<'a> {
     }
 }
 
-/// The stored form of `r`: pretty JSON, its `auth` computed under `key` when there is one.
+/// The stored form of `r`: pretty JSON, its `auth` computed under `key` when there is one,
+/// exactly as a manifest's.
 pub fn encode(r: &WalRecord, key: Option<&AuthKey>) -> Result<Vec<u8>, serde_json::Error> {
-    let mut value = serde_json::to_value(r)?;
-    if let serde_json::Value::Object(map) = &mut value {
-        map.remove("auth");
-        if let Some(key) = key {
-            let mac = key.sign(&canonical(&serde_json::Value::Object(map.clone()))?);
-            map.insert(
-                "auth".to_string(),
-                serde_json::to_value(ManifestAuth {
-                    scheme: AUTH_SCHEME.to_string(),
-                    key_id: key.id().to_string(),
-                    mac,
-                })?,
-            );
-        }
-    }
-    serde_json::to_vec_pretty(&value)
+    manifest::signed(r, key)
 }
 
 /// Parse a stored record and say whether `key` wrote it (the MAC over the canonical JSON of
@@ -180,12 +167,19 @@ pub async fn write_record(
     auth: Option<&AuthKey>,
 ) -> Result<(), WalError> {
     let key = WalNames::new(job, source).record(&record.name);
-    let body = encode(record, auth).map_err(|source| WalError::Encode {
-        key: key.clone(),
-        source,
-    })?;
-    storage.put_record(&key, body.into()).await?;
+    storage
+        .put_record(&key, encoded(&key, record, auth)?)
+        .await?;
     Ok(())
+}
+
+fn encoded(key: &str, record: &WalRecord, auth: Option<&AuthKey>) -> Result<Bytes, WalError> {
+    encode(record, auth)
+        .map(Bytes::from)
+        .map_err(|source| WalError::Encode {
+            key: key.to_string(),
+            source,
+        })
 }
 
 /// Point `partial.json` at a shipped partial state; its object must be stored first.
@@ -197,12 +191,10 @@ pub async fn write_pointer(
     auth: Option<&AuthKey>,
 ) -> Result<(), WalError> {
     let key = WalNames::new(job, source).pointer();
-    let body = encode(record, auth).map_err(|source| WalError::Encode {
-        key: key.clone(),
-        source,
-    })?;
     // Rewritten every flush: a plain object, not one kept under Object Lock.
-    storage.put_bytes(&key, body.into()).await?;
+    storage
+        .put_bytes(&key, encoded(&key, record, auth)?)
+        .await?;
     Ok(())
 }
 

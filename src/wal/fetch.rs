@@ -9,9 +9,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::codec::Verify;
 use crate::config::{Config, Job};
+use crate::crypt::CryptError;
 use crate::repo::packing::{Expect, Packing};
 use crate::repo::wal::{self, Verified, WalError, is_wal_name};
-use crate::repo::{Recorded, Repository};
+use crate::repo::{OpenError, Recorded, Repository};
 use crate::storage::{JobStorage, StorageError};
 use crate::units::io_reason;
 
@@ -78,6 +79,19 @@ pub enum FetchError {
         reason: String,
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// The object is encrypted and the job's identity cannot open it: no damage, and no
+    /// other destination would do better.
+    #[error(
+        "WAL file {name}: object {key} on destination {destination} cannot be decrypted: {hint}; nothing was written"
+    )]
+    Keys {
+        name: String,
+        key: String,
+        destination: String,
+        hint: String,
+        #[source]
+        source: Box<CryptError>,
     },
     #[error("cannot write {path}: {reason}")]
     Write {
@@ -283,7 +297,14 @@ async fn write_verified(
     let reader = repo
         .open_verified(object, &packing, None)
         .await
-        .map_err(|e| damaged(e.to_string(), e.into_inner()))?;
+        .map_err(|e| match e {
+            OpenError::Unpack(
+                source @ (CryptError::NoIdentity { .. }
+                | CryptError::WrongIdentity { .. }
+                | CryptError::WrongPassphrase { .. }),
+            ) => undecryptable(job, name, &r.key, st.name, source),
+            e => damaged(e.to_string(), e.into_inner()),
+        })?;
     let mut reader = Verify::new(reader, &r.raw_sha256, r.raw_size, &r.key);
 
     // A leftover of an interrupted fetch (or anything else there) goes first; create_new
@@ -341,6 +362,34 @@ async fn write_verified(
         let _ = d.sync_all().await;
     }
     Ok(total)
+}
+
+/// The job's identity cannot open an object: nothing is damaged, and no other destination
+/// would do better.
+fn undecryptable(
+    job: &str,
+    name: &str,
+    key: &str,
+    destination: &str,
+    source: CryptError,
+) -> FetchError {
+    let hint = match source {
+        // wal-fetch runs as the server's restore_command: it has no --identity.
+        CryptError::NoIdentity { .. } => format!(
+            "job {job} has no identity; set encryption.identity_file (or passphrase_file) in the job, in the config wal-fetch is given"
+        ),
+        // A destination writer can replace an object with one for another key, too.
+        _ => format!(
+            "{source}; if it is the right identity, the object was replaced on the destination: fetch it from another with --from"
+        ),
+    };
+    FetchError::Keys {
+        name: name.to_string(),
+        key: key.to_string(),
+        destination: destination.to_string(),
+        hint,
+        source: Box::new(source),
+    }
 }
 
 /// Where `restore --copy-wal` puts WAL, inside the data directory: the server's

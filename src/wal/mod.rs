@@ -31,7 +31,7 @@ use tracing::{info, warn};
 use crate::codec::Reader;
 use crate::config::Job;
 use crate::repo::Form;
-use crate::repo::wal::{self, WalNames, WalRecord, is_wal_name};
+use crate::repo::wal::{self, WalError, WalNames, WalRecord, is_wal_name};
 use crate::storage::{Chunk, Storage, StorageError};
 use crate::units::human_bytes;
 
@@ -167,6 +167,66 @@ struct Stored {
     raw_sha256: String,
 }
 
+/// Why a WAL file is not (yet) on every destination; shown on the status page as its text.
+#[derive(Debug, thiserror::Error)]
+enum ShipError {
+    #[error("cannot read {path} in the WAL spool: {reason}")]
+    Spool {
+        path: String,
+        reason: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot ship WAL {name} to {destination}: {source}")]
+    File {
+        name: String,
+        destination: String,
+        #[source]
+        source: WalError,
+    },
+    #[error("cannot ship the partial WAL segment {name} to {destination}: {source}")]
+    Partial {
+        name: String,
+        destination: String,
+        #[source]
+        source: WalError,
+    },
+}
+
+impl ShipError {
+    fn spool(path: &Path, source: std::io::Error) -> ShipError {
+        ShipError::Spool {
+            path: path.display().to_string(),
+            reason: crate::units::io_reason(&source),
+            source,
+        }
+    }
+}
+
+/// What a record written after its object names: a whole file, or the partial segment's
+/// last shipped state (`partial.json`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum RecordOf {
+    File,
+    Partial,
+}
+
+impl Stored {
+    /// The record of WAL file `name` stored as this under `key`.
+    fn record(self, name: &str, key: &str, shipped_at: DateTime<Utc>) -> WalRecord {
+        WalRecord {
+            name: name.to_string(),
+            key: key.to_string(),
+            size: self.size,
+            sha256: self.sha256,
+            raw_size: self.raw_size,
+            raw_sha256: self.raw_sha256,
+            shipped_at,
+            auth: None,
+        }
+    }
+}
+
 impl<'a> Shipper<'a> {
     fn new(
         job: &'a Job,
@@ -253,12 +313,12 @@ impl<'a> Shipper<'a> {
                         out.shipped = Some((name.clone(), Utc::now()));
                     }
                 }
-                Err(m) => {
+                Err(e) => {
                     out.pending += 1;
                     if let Ok(t) = mtime(&path).await {
                         out.unshipped(t);
                     }
-                    out.fail(m);
+                    out.fail(e.to_string());
                 }
             }
         }
@@ -300,7 +360,7 @@ impl<'a> Shipper<'a> {
     /// Store one completed file on every destination that lacks it: `Ok` once all hold
     /// it; otherwise why not (a destination that failed, each warned about, or the file
     /// could not be read).
-    async fn ship_file(&mut self, name: &str, path: &Path) -> Result<(), String> {
+    async fn ship_file(&mut self, name: &str, path: &Path) -> Result<(), ShipError> {
         let n = self.destinations.len();
         if !self.done.contains_key(name) {
             let already = self.already_shipped(name, path).await;
@@ -318,62 +378,40 @@ impl<'a> Shipper<'a> {
         let form = Form::of(self.job);
         let key = self.names().object(name, form);
         let unreadable = |e: std::io::Error| {
-            let m = format!(
-                "cannot read {} in the WAL spool: {}",
-                path.display(),
-                crate::units::io_reason(&e)
-            );
-            warn!(job = %self.job.name, source = self.source, "{m}; tried again on the next pass");
-            m
+            let e = ShipError::spool(path, e);
+            warn!(job = %self.job.name, source = self.source, "{e}; tried again on the next pass");
+            e
         };
         let file = tokio::fs::File::open(path).await.map_err(unreadable)?;
         let (stored, results) = self.upload(Box::new(file), &key, &targets).await;
-        let stored = stored.map_err(unreadable)?;
-        let record = WalRecord {
-            name: name.to_string(),
-            key: key.clone(),
-            size: stored.size,
-            sha256: stored.sha256,
-            raw_size: stored.raw_size,
-            raw_sha256: stored.raw_sha256,
-            shipped_at: Utc::now(),
-            auth: None,
-        };
+        let record = stored.map_err(unreadable)?.record(name, &key, Utc::now());
         let mut failure = None;
         for (&i, result) in targets.iter().zip(results) {
-            let (dest, storage) = &self.destinations[i];
-            let written = match result {
-                Ok(()) => wal::write_record(
-                    storage.as_ref(),
-                    &self.job.name,
-                    self.source,
-                    &record,
-                    self.job.auth_key.as_deref(),
-                )
-                .await
-                .map_err(|e| e.to_string()),
-                Err(e) => Err(e.to_string()),
-            };
-            match written {
+            match self.write_record(i, result, &record, RecordOf::File).await {
                 Ok(()) => {
                     if let Some(v) = self.done.get_mut(name) {
                         v[i] = true;
                     }
                 }
-                Err(e) => {
-                    let m = format!("cannot ship WAL {name} to {dest}: {e}");
+                Err(source) => {
+                    let dest = &self.destinations[i].0;
+                    let e = ShipError::File {
+                        name: name.to_string(),
+                        destination: dest.clone(),
+                        source,
+                    };
                     warn!(
                         job = %self.job.name,
                         source = self.source,
                         destination = %dest,
-                        "{m}; it stays in the spool and is sent again"
+                        "{e}; it stays in the spool and is sent again"
                     );
-                    failure = Some(m);
+                    failure = Some(e);
                 }
             }
         }
-        if let Some(m) = failure {
-            return Err(m);
+        if let Some(e) = failure {
+            return Err(e);
         }
         info!(
             job = %self.job.name,
@@ -383,6 +421,24 @@ impl<'a> Shipper<'a> {
             human_bytes(record.size)
         );
         Ok(())
+    }
+
+    /// Once destination `i` took the object (`uploaded`), the record that makes it
+    /// fetchable; the object's failure or the record's, with its kind and source.
+    async fn write_record(
+        &self,
+        i: usize,
+        uploaded: Result<(), StorageError>,
+        record: &WalRecord,
+        of: RecordOf,
+    ) -> Result<(), WalError> {
+        uploaded?;
+        let st = self.destinations[i].1.as_ref();
+        let (job, auth) = (&self.job.name, self.job.auth_key.as_deref());
+        match of {
+            RecordOf::File => wal::write_record(st, job, self.source, record, auth).await,
+            RecordOf::Partial => wal::write_pointer(st, job, self.source, record, auth).await,
+        }
     }
 
     /// Which destinations already hold `name` with the spool file's content: what an
@@ -427,26 +483,78 @@ impl<'a> Shipper<'a> {
     /// there: a new object, the pointer to it, then the object it replaces is deleted.
     async fn ship_partial(&mut self, name: &str, out: &mut Outcome) {
         let path = self.spool.join(format!("{name}.partial"));
-        let Ok(meta) = tokio::fs::metadata(&path).await else {
+        let (targets, modified) = match self.partial_targets(name, &path).await {
+            Ok(Some(due)) => due,
+            Ok(None) => return,
+            Err(e) => return out.fail(e.to_string()),
+        };
+        self.partial_seen = None;
+        let shipped_at = Utc::now();
+        let key = self
+            .names()
+            .partial(name, shipped_at.timestamp_millis(), Form::of(self.job));
+        let file = match tokio::fs::File::open(&path).await {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
+            Err(e) => return out.fail(ShipError::spool(&path, e).to_string()),
+        };
+        let (stored, results) = self.upload(Box::new(file), &key, &targets).await;
+        let record = match stored {
+            Ok(s) => s.record(name, &key, shipped_at),
+            Err(e) => {
+                out.fail(ShipError::spool(&path, e).to_string());
+                out.unshipped(modified);
+                return;
+            }
+        };
+        let mut all = true;
+        for (&i, result) in targets.iter().zip(results) {
+            match self
+                .write_record(i, result, &record, RecordOf::Partial)
+                .await
+            {
+                Ok(()) => self.replaced_partial(i, &record).await,
+                Err(source) => {
+                    all = false;
+                    let dest = &self.destinations[i].0;
+                    let e = ShipError::Partial {
+                        name: name.to_string(),
+                        destination: dest.clone(),
+                        source,
+                    };
+                    warn!(job = %self.job.name, source = self.source, destination = %dest, "{e}");
+                    out.fail(e.to_string());
+                }
+            }
+        }
+        if all {
+            out.partial_shipped = Some(shipped_at);
+        } else {
+            out.unshipped(modified);
+        }
+    }
+
+    /// The destinations where the partial segment `name` (at `path`) is not stored as it
+    /// now reads, and its mtime; `None` when there is nothing to ship (gone since the
+    /// scan, or shipped everywhere as it is).
+    async fn partial_targets(
+        &mut self,
+        name: &str,
+        path: &Path,
+    ) -> Result<Option<(Vec<usize>, SystemTime)>, ShipError> {
+        let Ok(meta) = tokio::fs::metadata(path).await else {
             // Renamed into a completed segment since the scan: shipped as one next pass.
-            return;
+            return Ok(None);
         };
         let modified = meta.modified().unwrap_or(SystemTime::UNIX_EPOCH);
         let seen = (name.to_string(), meta.len(), modified);
         if self.partial_seen.as_ref() == Some(&seen) {
-            return;
+            return Ok(None);
         }
-        let raw_sha = match hash_file(&path).await {
+        let raw_sha = match hash_file(path).await {
             Ok((h, _)) => h,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
-            Err(e) => {
-                out.fail(format!(
-                    "cannot read {}: {}",
-                    path.display(),
-                    crate::units::io_reason(&e)
-                ));
-                return;
-            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(ShipError::spool(path, e)),
         };
         let content = Some((name.to_string(), raw_sha));
         let targets: Vec<usize> = (0..self.destinations.len())
@@ -461,108 +569,48 @@ impl<'a> Shipper<'a> {
             {
                 self.partial_seen = Some(seen);
             }
-            return;
+            return Ok(None);
         }
-        self.partial_seen = None;
-        let shipped_at = Utc::now();
-        let key = self
-            .names()
-            .partial(name, shipped_at.timestamp_millis(), Form::of(self.job));
-        let file = match tokio::fs::File::open(&path).await {
-            Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
-            Err(e) => {
-                out.fail(format!(
-                    "cannot read {}: {}",
-                    path.display(),
-                    crate::units::io_reason(&e)
-                ));
-                return;
-            }
-        };
-        let (stored, results) = self.upload(Box::new(file), &key, &targets).await;
-        let stored = match stored {
-            Ok(s) => s,
-            Err(e) => {
-                out.fail(format!(
-                    "cannot read {}: {}",
-                    path.display(),
-                    crate::units::io_reason(&e)
-                ));
-                out.unshipped(modified);
-                return;
-            }
-        };
-        let record = WalRecord {
-            name: name.to_string(),
-            key: key.clone(),
-            size: stored.size,
-            sha256: stored.sha256,
-            raw_size: stored.raw_size,
-            raw_sha256: stored.raw_sha256.clone(),
-            shipped_at,
-            auth: None,
-        };
-        let mut all = true;
-        for (&i, result) in targets.iter().zip(results) {
-            let (dest, storage) = &self.destinations[i];
-            let st = storage.as_ref();
-            let written = match result {
-                Ok(()) => wal::write_pointer(
-                    st,
-                    &self.job.name,
-                    self.source,
-                    &record,
-                    self.job.auth_key.as_deref(),
-                )
-                .await
-                .map_err(|e| e.to_string()),
-                Err(e) => Err(e.to_string()),
-            };
-            if let Err(e) = written {
-                all = false;
-                let m = format!("cannot ship the partial WAL segment {name} to {dest}: {e}");
-                warn!(job = %self.job.name, source = self.source, destination = %dest, "{m}");
-                out.fail(m);
-                continue;
-            }
-            let partial_prefix = self.names().partial_prefix();
-            let on = &mut self.partial[i];
-            on.content = Some((name.to_string(), stored.raw_sha256.clone()));
-            let mut stale: Vec<String> = on.key.replace(key.clone()).into_iter().collect();
-            if !on.swept {
-                // Objects earlier processes shipped and did not get to delete.
-                match st.list(&partial_prefix).await {
-                    Ok(objs) => {
-                        on.swept = true;
-                        stale.extend(objs.into_iter().map(|o| o.key));
-                    }
-                    Err(e) => warn!(
-                        job = %self.job.name,
-                        source = self.source,
-                        destination = %dest,
-                        "cannot list old partial WAL objects on {dest}: {e}; tried again with the next one"
-                    ),
+        Ok(Some((targets, modified)))
+    }
+
+    /// Destination `i` now points at `record`'s partial object: the one it replaces, and
+    /// on first use those earlier processes left behind, are deleted (a failure is only
+    /// warned about: a leftover costs space, not correctness).
+    async fn replaced_partial(&mut self, i: usize, record: &WalRecord) {
+        let (dest, storage) = &self.destinations[i];
+        let st = storage.as_ref();
+        let partial_prefix = self.names().partial_prefix();
+        let on = &mut self.partial[i];
+        on.content = Some((record.name.clone(), record.raw_sha256.clone()));
+        let mut stale: Vec<String> = on.key.replace(record.key.clone()).into_iter().collect();
+        if !on.swept {
+            // Objects earlier processes shipped and did not get to delete.
+            match st.list(&partial_prefix).await {
+                Ok(objs) => {
+                    on.swept = true;
+                    stale.extend(objs.into_iter().map(|o| o.key));
                 }
-            }
-            stale.retain(|k| *k != key);
-            stale.sort();
-            stale.dedup();
-            if !stale.is_empty()
-                && let Err(e) = st.delete(&stale).await
-            {
-                warn!(
+                Err(e) => warn!(
                     job = %self.job.name,
                     source = self.source,
                     destination = %dest,
-                    "cannot delete the replaced partial WAL object on {dest}: {e}"
-                );
+                    "cannot list old partial WAL objects on {dest}: {e}; tried again with the next one"
+                ),
             }
         }
-        if all {
-            out.partial_shipped = Some(shipped_at);
-        } else {
-            out.unshipped(modified);
+        stale.retain(|k| *k != record.key);
+        stale.sort();
+        stale.dedup();
+        if !stale.is_empty()
+            && let Err(e) = st.delete(&stale).await
+        {
+            warn!(
+                job = %self.job.name,
+                source = self.source,
+                destination = %dest,
+                "cannot delete the replaced partial WAL object on {dest}: {e}"
+            );
         }
     }
 
