@@ -225,6 +225,7 @@ struct PhysicalScratch {
 /// The scratch server, killed when dropped.
 struct Running {
     child: Child,
+    data: PathBuf,
     psql: PathBuf,
     socket: PathBuf,
     log: PathBuf,
@@ -365,6 +366,7 @@ impl PhysicalScratch {
             .map_err(|e| crate::source::spawn_error(SERVER, e, SERVER_HINT))?;
         let mut running = Running {
             child,
+            data: data.clone(),
             psql,
             socket,
             log,
@@ -541,31 +543,51 @@ impl Running {
                 );
                 return Err(self.failed(why).await);
             }
-            // The source's login role exists in the copy; "postgres" is the usual
-            // bootstrap superuser when the URL named none.
-            for login in [self.superuser.clone(), "postgres".to_string()] {
-                let asked = self
-                    .query(
-                        &login,
-                        "template1",
-                        &[
-                            "select rolname from pg_catalog.pg_roles where oid = 10",
-                            "select pg_catalog.pg_is_in_recovery()",
-                        ],
-                    )
-                    .await?;
-                // Starting up or replaying (no connections yet), or no such role.
-                let Answer::Rows(rows) = asked else { continue };
-                if let [user, recovering] = rows.as_slice()
-                    && recovering.first().map(String::as_str) == Some("f")
-                    && let Some(u) = user.first()
-                {
-                    self.superuser = u.clone();
-                    return Ok(());
-                }
+            // With hot_standby off the server takes no connection before its recovery has
+            // ended; postmaster.pid says "ready" from then on (PostgreSQL's own status line,
+            // what pg_ctl waits for), so a failing query after that is a real failure.
+            if self.is_ready() {
+                return self.find_superuser().await;
             }
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
+    }
+
+    fn is_ready(&self) -> bool {
+        std::fs::read_to_string(self.data.join("postmaster.pid"))
+            .ok()
+            .and_then(|t| t.lines().nth(7).map(|l| l.trim() == "ready"))
+            .unwrap_or(false)
+    }
+
+    /// The cluster's bootstrap superuser (who reads every table), asked as the source's
+    /// login role (which the copy has) or as "postgres" (the usual bootstrap superuser).
+    async fn find_superuser(&mut self) -> Result<(), SourceError> {
+        let mut said = Vec::new();
+        for login in [self.superuser.clone(), "postgres".to_string()] {
+            match self
+                .query(
+                    &login,
+                    "template1",
+                    &["select rolname, pg_catalog.pg_is_in_recovery() from pg_catalog.pg_roles where oid = 10"],
+                )
+                .await?
+            {
+                Answer::Rows(rows) => match rows.as_slice() {
+                    [row] if row.len() == 2 && row[1] == "f" => {
+                        self.superuser = row[0].clone();
+                        return Ok(());
+                    }
+                    _ => said.push(format!("as {login}: unexpected answer {rows:?}")),
+                },
+                Answer::Error(e) => said.push(format!("as {login}: {e}")),
+            }
+        }
+        let why = format!(
+            "it says it is ready but does not answer ({})",
+            said.join("; ")
+        );
+        Err(self.failed(why).await)
     }
 
     /// How far the server replayed, checked against the drill's goal: the point reached,
@@ -586,7 +608,8 @@ impl Running {
             if lsn_text.is_empty() { "none" } else { &lsn_text },
             match &commit {
                 Some(c) => format!(" (last commit replayed at {c})"),
-                None => " (no commit replayed after the base backup)".to_string(),
+                // After the promotion PostgreSQL may no longer report it.
+                None => String::new(),
             }
         );
         if let Some((at_least, what)) = goal {
