@@ -532,6 +532,11 @@ mod tests {
             r.summary(),
             "drill app: ok, backup X from local restored and checked in 1.5s (2 table(s), 5 row(s), as in the backup)"
         );
+        r.point = Some("LSN 0/7000000".into());
+        assert_eq!(
+            r.summary(),
+            "drill app: ok, backup X from local recovered to LSN 0/7000000 and checked in 1.5s (2 table(s), 5 row(s), as in the backup)"
+        );
         r.problems.push("check returned false: select false".into());
         assert!(
             r.summary()
