@@ -301,6 +301,13 @@ pub trait Scratch: Send + Sync {
     fn runs_checks(&self) -> bool {
         true
     }
+    /// How this engine's drill takes `to`, when not as [`Database::check_target`] does (a
+    /// scratch of its own made inside a directory): syntax only, no I/O; `None` to check
+    /// `to` as a restore target.
+    fn check_to(&self, to: &str) -> Option<Result<(), String>> {
+        let _ = to;
+        None
+    }
     /// The scratch of one drill, made from the drill's `to`. By default a database named by
     /// `to` on the source's server ([`Scratch::create`], then the other methods with `to`);
     /// an engine whose scratch is private to one drill (a temporary directory, a server of
@@ -325,6 +332,23 @@ pub trait ScratchSpace: Send + Sync {
     async fn check(&mut self, query: &str) -> Result<bool, SourceError>;
     /// Remove the scratch, saying whether that worked.
     async fn remove(self: Box<Self>) -> Result<(), SourceError>;
+    /// After the restore, before anything is counted: bring the scratch up (a server of its
+    /// own that replays WAL) and check it got where it had to. Nothing to do by default.
+    async fn ready(&mut self) -> Result<(), SourceError> {
+        Ok(())
+    }
+    /// A point-in-time drill: the least WAL position (an LSN as a number, see [`parse_lsn`])
+    /// the restored server must have replayed once its recovery ends, and what that
+    /// position is, for messages (e.g. "the start of WAL file …, the newest shipped when the
+    /// drill began"). Ignored by a scratch that replays no WAL.
+    fn expect_replay(&mut self, at_least: u64, what: &str) {
+        let _ = (at_least, what);
+    }
+    /// Where the restored copy ended up, for the drill's summary (a point-in-time drill:
+    /// the LSN and the last commit replayed); `None` when there is nothing to say.
+    fn reached(&self) -> Option<String> {
+        None
+    }
 }
 
 fn unnamed_scratch(target: &str) -> SourceError {

@@ -449,7 +449,12 @@ pub fn describe_target(target: &RecoveryTarget) -> String {
 /// from the destination the base backup came from: each destination keeps its own WAL to
 /// its own retention, and one that cannot be read must not stop a recovery that does not
 /// need it.
-fn wal_fetch_command(config: &Config, job: &str, source: &str, destination: &str) -> Vec<String> {
+pub fn wal_fetch_command(
+    config: &Config,
+    job: &str,
+    source: &str,
+    destination: &str,
+) -> Vec<String> {
     let exe = std::env::current_exe()
         .map(|p| p.display().to_string())
         .unwrap_or_else(|_| "stowage".to_string());

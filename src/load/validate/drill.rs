@@ -92,7 +92,13 @@ fn drill_source(
 
 /// `to` (a scratch database, never the source's own) and `checks` for the source's engine.
 fn target(key: &str, db: &Arc<dyn Database>, raw: &raw::RawDrill, problems: &mut Vec<String>) {
-    if let Err(e) = db.check_target(&raw.to) {
+    // An engine whose drill makes its own scratch inside `to` (a directory) says how it
+    // takes it; the others take `to` as a restore target.
+    let checked = db
+        .scratch()
+        .and_then(|s| s.check_to(&raw.to))
+        .unwrap_or_else(|| db.check_target(&raw.to));
+    if let Err(e) = checked {
         problems.push(format!("{key}.to: {e}"));
     } else if let Some(scratch) = db.scratch()
         && scratch.is_own_database(&raw.to)
@@ -119,5 +125,52 @@ fn redact_url(text: &str) -> String {
             u.to_string()
         }
         _ => text.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// The problems loading `drill` (the keys of `[jobs.pitr.drill]`) reports, for a job
+    /// with one physical PostgreSQL source.
+    fn physical_drill(drill: &str) -> Result<crate::config::Config, String> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("stowage.toml");
+        let text = format!(
+            "[destinations.local]\ntype = \"local\"\npath = {:?}\n\n[jobs.pitr]\nschedule = \"0 2 * * *\"\ndestinations = [\"local\"]\n\n[[jobs.pitr.sources]]\ntype = \"postgres\"\nname = \"db\"\nmode = \"physical\"\nurl = \"postgres://replicator@db:5432/app\"\n\n[jobs.pitr.drill]\nschedule = \"0 5 * * 0\"\n{drill}\n",
+            dir.path().join("backups").display().to_string()
+        );
+        std::fs::write(&path, text).expect("write");
+        crate::load::load_with_env(&path, false).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn a_physical_drill_takes_a_directory() {
+        let config =
+            physical_drill("to = \"/var/tmp\"\nchecks = [\"select true\"]").expect("valid");
+        let job = config.jobs.get("pitr").expect("job");
+        let drill = job.drill.as_ref().expect("drill");
+        assert_eq!(
+            (drill.source.as_str(), drill.to.as_str()),
+            ("db", "/var/tmp")
+        );
+        assert_eq!(drill.checks, vec!["select true".to_string()]);
+    }
+
+    #[test]
+    fn a_physical_drill_refuses_what_is_not_a_directory() {
+        for (to, want) in [
+            (
+                "postgres://replicator:secret@db:5432/app",
+                "jobs.pitr.drill.to: \"postgres://replicator:***@db:5432/app\" is a URL; a physical drill starts its own scratch PostgreSQL server: give a directory for its private scratch data directory, e.g. to = \"/var/tmp\"",
+            ),
+            (
+                "scratch",
+                "jobs.pitr.drill.to: \"scratch\" is not an absolute path; give a directory for the drill's private scratch data directory, e.g. to = \"/var/tmp\"",
+            ),
+        ] {
+            let e = physical_drill(&format!("to = {to:?}")).expect_err(to);
+            assert!(e.contains(want), "{to}: {e}");
+            assert!(!e.contains("secret"), "the password is not shown: {e}");
+        }
     }
 }

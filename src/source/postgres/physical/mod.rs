@@ -8,6 +8,7 @@
 mod follow;
 mod restore;
 mod resume;
+mod scratch;
 mod server;
 mod spool;
 mod tarball;
@@ -281,6 +282,11 @@ impl Database for PhysicalPostgres {
     }
 
     fn wal_source(&self) -> Option<&dyn WalSource> {
+        Some(self)
+    }
+
+    /// A scratch data directory and a postgres of its own (`scratch`).
+    fn scratch(&self) -> Option<&dyn crate::engine::Scratch> {
         Some(self)
     }
 
