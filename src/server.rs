@@ -960,6 +960,16 @@ fn wal_rows(
                 " class=bad",
             );
         }
+        if let Some(e) = &w.receiver_error {
+            let since = w
+                .receiver_failing_since
+                .map_or(String::new(), |t| format!(" (failing since {})", at(t)));
+            row(
+                format!("WAL receiver of {source}"),
+                format!("{e}{since}"),
+                " class=bad",
+            );
+        }
         let live = w.last_shipped_at.max(w.partial_shipped_at);
         for win in h.windows.iter().filter(|x| x.source == source) {
             let mut win = win.clone();

@@ -81,6 +81,11 @@ pub struct WalState {
     /// When the shipper last reported.
     #[serde(default)]
     pub seen_at: Option<DateTime<Utc>>,
+    /// Why the WAL receiver keeps stopping, and since when (none while it receives).
+    #[serde(default)]
+    pub receiver_error: Option<String>,
+    #[serde(default)]
+    pub receiver_failing_since: Option<DateTime<Utc>>,
 }
 
 /// What one report changed in a [`WalState`], for how soon it must reach the state file.
@@ -109,6 +114,8 @@ impl WalState {
         self.partial_shipped_at = self.partial_shipped_at.max(s.partial_shipped_at);
         self.pending = s.pending;
         self.seen_at = Some(now);
+        self.receiver_error.clone_from(&s.receiver_error);
+        self.receiver_failing_since = s.receiver_failing_since;
         if s.last_error.is_some() || s.oldest_unshipped.is_some() || s.pending > 0 {
             self.failing_since = self.failing_since.or(Some(now));
             self.oldest_unshipped = match (self.oldest_unshipped, s.oldest_unshipped) {
@@ -131,6 +138,7 @@ impl WalState {
         }
         if self.failing_since != before.failing_since
             || self.last_error.is_some() != before.last_error.is_some()
+            || self.receiver_failing_since != before.receiver_failing_since
         {
             WalChange::Verdict
         } else if (WalState {
@@ -380,6 +388,16 @@ fn wal_problems(
             out.push(format!(
                 "job {}: shipping WAL of source {source} has failed for {} (limit {}){error}",
                 job.name,
+                human(now - since),
+                human(limit)
+            ));
+        } else if let Some(since) = w.receiver_failing_since
+            && now - since > limit
+        {
+            out.push(format!(
+                "job {}: WAL of source {source} is not being received: {} for {} (limit {}); the server's WAL since then is not archived",
+                job.name,
+                w.receiver_error.as_deref().unwrap_or("the WAL receiver keeps stopping"),
                 human(now - since),
                 human(limit)
             ));
@@ -691,6 +709,30 @@ wal_flush = "5min"
                 Some(
                     "shipping WAL of source db has failed for 7m (limit 5m): cannot read the WAL spool /s: denied",
                 ),
+            ),
+            (
+                "the receiver failing past the limit (nothing to ship looks idle)",
+                Some(WalState {
+                    receiver_error: Some(
+                        "the WAL receiver stopped: pg_receivewal: could not connect".into(),
+                    ),
+                    receiver_failing_since: Some(min(6)),
+                    ..ok.clone()
+                }),
+                60,
+                Some(
+                    "WAL of source db is not being received: the WAL receiver stopped: pg_receivewal: could not connect for 6m (limit 5m)",
+                ),
+            ),
+            (
+                "the receiver failing, within the limit",
+                Some(WalState {
+                    receiver_error: Some("the WAL receiver stopped: x".into()),
+                    receiver_failing_since: Some(min(4)),
+                    ..ok.clone()
+                }),
+                60,
+                None,
             ),
             (
                 "failing, within the limit",

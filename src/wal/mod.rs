@@ -53,6 +53,11 @@ pub struct WalStatus {
     /// When the oldest data not yet on every destination was written (the mtime of the
     /// oldest pending file, or of a changed partial segment not yet shipped).
     pub oldest_unshipped: Option<DateTime<Utc>>,
+    /// Why the receiver last stopped, while it keeps failing (cleared once a receiver has
+    /// run a minute): a stopped receiver ships nothing and would look like an idle database.
+    pub receiver_error: Option<String>,
+    /// Since when the receiver has kept failing.
+    pub receiver_failing_since: Option<DateTime<Utc>>,
 }
 
 impl WalStatus {
@@ -268,7 +273,12 @@ impl<'a> Shipper<'a> {
         } else {
             self.status.last_error = None;
         }
-        status.send_replace(self.status.clone());
+        // The receiver's fields are the receiver's (`run`): keep them.
+        status.send_modify(|s| {
+            let receiver = (s.receiver_error.take(), s.receiver_failing_since.take());
+            *s = self.status.clone();
+            (s.receiver_error, s.receiver_failing_since) = receiver;
+        });
     }
 
     /// Ship every completed file, then the partial segment when it is due (or `force`).

@@ -58,6 +58,9 @@ pub fn spool_dir(root: &Path, job: &str, source: &str) -> PathBuf {
     root.join(job).join(source)
 }
 
+/// A receiver that has run this long is taken as healthy: its failures are forgotten.
+const HEALTHY: Duration = Duration::from_secs(60);
+
 /// A failed receiver waits this long before the next start: 1, 2, 4 … 60 s.
 fn backoff(failures: u32) -> Duration {
     Duration::from_secs((1u64 << failures.min(6)).min(60))
@@ -100,16 +103,41 @@ pub async fn run(
                 spool.display()
             );
             let started = Instant::now();
-            let outcome = tokio::select! {
-                r = ws.receive(&spool) => r,
-                () = stop.cancelled() => return,
+            let receiving = ws.receive(&spool);
+            tokio::pin!(receiving);
+            let healthy = tokio::time::sleep(HEALTHY);
+            tokio::pin!(healthy);
+            let mut cleared = false;
+            let outcome = loop {
+                tokio::select! {
+                    r = &mut receiving => break r,
+                    () = &mut healthy, if !cleared => {
+                        cleared = true;
+                        status.send_if_modified(|s| {
+                            let was = s.receiver_error.is_some();
+                            s.receiver_error = None;
+                            s.receiver_failing_since = None;
+                            was
+                        });
+                    }
+                    () = stop.cancelled() => return,
+                }
             };
             // A receiver that ran a while was healthy: start counting again.
-            if started.elapsed() > Duration::from_secs(60) {
+            if started.elapsed() > HEALTHY {
                 failures = 0;
             }
             failures = failures.saturating_add(1);
             let wait = backoff(failures);
+            let why = match &outcome {
+                Err(e) => e.to_string(),
+                Ok(()) => "the stream ended".to_string(),
+            };
+            status.send_modify(|s| {
+                s.receiver_error = Some(format!("the WAL receiver stopped: {why}"));
+                s.receiver_failing_since
+                    .get_or_insert_with(chrono::Utc::now);
+            });
             match outcome {
                 Err(e) => warn!(
                     job = %job_name,
