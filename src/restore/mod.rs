@@ -641,6 +641,24 @@ pub async fn restore_until(
         &packing::Expect::of(job, req.trust_unauthenticated),
         keys_for(job, req.identity.as_ref())?,
     )?;
+    // The recovering server's WAL is fetched with the config's keys (`wal-fetch` is run by
+    // the server; `--copy-wal` reads it the same way): refused before the base backup is
+    // written, rather than after, when recovery would stop at its first segment.
+    if point.is_some()
+        && packing.encrypted
+        && req.identity.is_some()
+        && job
+            .encryption
+            .as_ref()
+            .and_then(|e| e.keys.as_ref())
+            .is_none()
+    {
+        return Err(RestoreError::Usage(format!(
+            "--identity reads the base backup, but the WAL a point-in-time recovery fetches is read with the keys in {}, and job \"{}\" has no identity_file or passphrase_file there: add encryption.identity_file to the config, then restore again",
+            config.path.display(),
+            job.name
+        )));
+    }
     // A restore never runs beside another process's backup of the job (which would dump
     // a half-restored database) or another restore.
     let lock_id = manifest::new_id(chrono::Utc::now());
