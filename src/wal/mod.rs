@@ -89,7 +89,7 @@ pub async fn ship(
     let mut failures: u32 = 0;
     loop {
         let outcome = tokio::select! {
-            o = shipper.pass(false) => o,
+            o = shipper.pass(false, status) => o,
             () = &mut shutdown => break,
         };
         shipper.publish(status, &outcome);
@@ -111,7 +111,7 @@ pub async fn ship(
             () = &mut shutdown => break,
         }
     }
-    let outcome = shipper.pass(true).await;
+    let outcome = shipper.pass(true, status).await;
     shipper.publish(status, &outcome);
 }
 
@@ -282,7 +282,7 @@ impl<'a> Shipper<'a> {
     }
 
     /// Ship every completed file, then the partial segment when it is due (or `force`).
-    async fn pass(&mut self, force: bool) -> Outcome {
+    async fn pass(&mut self, force: bool, status: &watch::Sender<WalStatus>) -> Outcome {
         let mut out = Outcome::default();
         if self.destinations.is_empty() {
             // "On every destination" would hold of every file: never empty the spool so.
@@ -307,6 +307,7 @@ impl<'a> Shipper<'a> {
         };
         // What left the spool by other means is no longer tracked.
         self.done.retain(|name, _| completed.contains(name));
+        self.announce_backlog(status, &completed).await;
         for name in &completed {
             let path = self.spool.join(name);
             match self.ship_file(name, &path).await {
@@ -338,6 +339,29 @@ impl<'a> Shipper<'a> {
             self.ship_partial(&name, &mut out).await;
         }
         out
+    }
+
+    /// Before shipping what a pass found: how many completed files wait, and since when.
+    /// A shipper that falls behind the write rate then shows as lag while it works, not
+    /// only one whose destination fails (the pass's end says what is left).
+    async fn announce_backlog(&self, status: &watch::Sender<WalStatus>, completed: &[String]) {
+        if completed.is_empty() {
+            return;
+        }
+        let mut oldest: Option<SystemTime> = None;
+        for name in completed {
+            if let Ok(t) = mtime(&self.spool.join(name)).await {
+                oldest = Some(oldest.map_or(t, |o| o.min(t)));
+            }
+        }
+        let oldest = oldest.map(DateTime::<Utc>::from);
+        status.send_modify(|s| {
+            s.pending = completed.len();
+            s.oldest_unshipped = match (s.oldest_unshipped, oldest) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+        });
     }
 
     /// Completed files in shipping order (history files first: a restore needs a timeline's

@@ -89,6 +89,11 @@ impl Setup {
 }
 
 /// Bytes that do not compress to nothing, different per `seed`.
+/// A status channel nobody reads.
+fn quiet() -> watch::Sender<WalStatus> {
+    watch::channel(WalStatus::default()).0
+}
+
 fn data(len: usize, seed: u64) -> Vec<u8> {
     let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
     (0..len)
@@ -143,9 +148,16 @@ async fn completed_files_reach_every_destination_then_leave_the_spool() {
     s.put("junk.txt", b"not WAL");
     s.put("000000010000000000000002.done", b"not WAL either");
     let mut shipper = s.shipper();
-    let out = shipper.pass(false).await;
+    // What a pass found waiting is announced before it ships: a shipper that falls
+    // behind shows as lag while it works.
+    let (tx, mut rx) = watch::channel(WalStatus::default());
+    let out = shipper.pass(false, &tx).await;
     assert!(!out.failed, "{:?}", out.error);
     assert_eq!(out.pending, 0);
+    assert!(rx.has_changed().unwrap_or(false));
+    let announced = rx.borrow_and_update().clone();
+    assert_eq!(announced.pending, 3, "{announced:?}");
+    assert!(announced.oldest_unshipped.is_some(), "{announced:?}");
     assert_eq!(
         s.spooled(),
         vec!["000000010000000000000002.done", "junk.txt"]
@@ -207,7 +219,7 @@ async fn a_failing_destination_gets_the_file_later() {
     let mut shipper = s.shipper();
     let (tx, _rx) = watch::channel(WalStatus::default());
 
-    let out = shipper.pass(false).await;
+    let out = shipper.pass(false, &quiet()).await;
     shipper.publish(&tx, &out);
     assert!(out.failed);
     assert_eq!(s.spooled(), vec![SEG3]);
@@ -229,7 +241,7 @@ async fn a_failing_destination_gets_the_file_later() {
             .is_none()
     );
 
-    let out = shipper.pass(false).await;
+    let out = shipper.pass(false, &quiet()).await;
     shipper.publish(&tx, &out);
     assert!(!out.failed, "{:?}", out.error);
     assert!(s.spooled().is_empty());
@@ -251,9 +263,9 @@ async fn a_failed_record_sends_the_file_again() {
     s.put(SEG1, &data(10_000, 4));
     s.stores[0].fail(Fault::on(Op::PutRecord).nth(1));
     let mut shipper = s.shipper();
-    assert!(shipper.pass(false).await.failed);
+    assert!(shipper.pass(false, &quiet()).await.failed);
     assert_eq!(s.spooled(), vec![SEG1]);
-    assert!(!shipper.pass(false).await.failed);
+    assert!(!shipper.pass(false, &quiet()).await.failed);
     assert!(s.spooled().is_empty());
     assert_eq!(s.stores[0].calls(Op::PutStream), 2);
     assert_eq!(s.stores[1].calls(Op::PutStream), 1);
@@ -270,7 +282,7 @@ async fn the_partial_segment_ships_when_it_changes() {
     let partial = format!("{SEG3}.partial");
     s.put(&partial, &seg);
     let mut shipper = s.shipper();
-    let out = shipper.pass(true).await;
+    let out = shipper.pass(true, &quiet()).await;
     assert!(!out.failed, "{:?}", out.error);
     assert!(out.partial_shipped.is_some());
     assert_eq!(s.spooled(), vec![partial.clone()], "the partial file stays");
@@ -294,7 +306,7 @@ async fn the_partial_segment_ships_when_it_changes() {
     );
 
     let calls = s.stores[0].calls(Op::PutStream);
-    assert!(!shipper.pass(true).await.failed);
+    assert!(!shipper.pass(true, &quiet()).await.failed);
     assert_eq!(
         s.stores[0].calls(Op::PutStream),
         calls,
@@ -304,7 +316,7 @@ async fn the_partial_segment_ships_when_it_changes() {
     tokio::time::sleep(Duration::from_millis(5)).await;
     seg[5000..9000].copy_from_slice(&data(4000, 6));
     s.put(&partial, &seg);
-    assert!(!shipper.pass(true).await.failed);
+    assert!(!shipper.pass(true, &quiet()).await.failed);
     for st in &s.stores {
         let now = pointer(st);
         assert_ne!(now.key, first.key);
@@ -323,7 +335,7 @@ async fn the_partial_segment_ships_when_it_changes() {
 
     // Once the segment is complete it ships whole, the partial file gone.
     std::fs::rename(s.spool().join(&partial), s.spool().join(SEG3)).expect("rename");
-    assert!(!shipper.pass(true).await.failed);
+    assert!(!shipper.pass(true, &quiet()).await.failed);
     assert!(s.spooled().is_empty());
     assert_eq!(
         read_back(&s.stores[1], SEG3, &Expect::default()).await.1,
@@ -350,7 +362,7 @@ async fn records_are_signed_and_objects_encrypted_as_the_job_says() {
     ));
     let bytes = data(50_000, 7);
     s.put(SEG1, &bytes);
-    assert!(!s.shipper().pass(false).await.failed);
+    assert!(!s.shipper().pass(false, &quiet()).await.failed);
     let expect = Expect::of(s.job(), false);
     let v = wal::read_record(&s.stores[0], "app", "db", SEG1, &expect)
         .await
@@ -420,7 +432,7 @@ async fn no_destination_keeps_the_spool() {
     let s = Setup::new("");
     s.put(SEG1, &data(1000, 10));
     let mut shipper = Shipper::new(s.job(), "db", &s.spool(), &[], Duration::from_secs(10));
-    let out = shipper.pass(true).await;
+    let out = shipper.pass(true, &quiet()).await;
     assert!(out.failed);
     assert_eq!(s.spooled(), vec![SEG1]);
 }
@@ -432,7 +444,7 @@ async fn a_restart_does_not_send_again_what_is_there() {
     let s = Setup::new("");
     let bytes = data(20_000, 11);
     s.put(SEG1, &bytes);
-    assert!(!s.shipper().pass(false).await.failed);
+    assert!(!s.shipper().pass(false, &quiet()).await.failed);
     let puts: Vec<usize> = s.stores.iter().map(|st| st.calls(Op::PutStream)).collect();
     // The spool file back, as if the process had died before removing it.
     s.put(SEG1, &bytes);
@@ -441,7 +453,7 @@ async fn a_restart_does_not_send_again_what_is_there() {
         .delete(&[format!("app/wal/db/{SEG1}.zst")])
         .await
         .expect("delete");
-    assert!(!s.shipper().pass(false).await.failed);
+    assert!(!s.shipper().pass(false, &quiet()).await.failed);
     assert!(s.spooled().is_empty());
     assert_eq!(
         s.stores[0].calls(Op::PutStream),
