@@ -11,27 +11,19 @@
 
 mod common;
 
-use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
+use common::pitr::{
+    chown_postgres, create_ticks, first_wal_file, open_to_postgres, public_stowage,
+};
 use common::{Job, PgServer, toml_str};
 
 const FLUSH_SECS: u64 = 2;
 
 fn is_root() -> bool {
     common::tools::is_root()
-}
-
-/// The stowage binary where the `postgres` user can run it (the drill's restore_command is
-/// this binary's path).
-fn public_stowage(dir: &Path) -> PathBuf {
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).expect("chmod");
-    let to = dir.join("stowage");
-    std::fs::copy(common::stowage_bin(), &to).expect("copy stowage");
-    std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o755)).expect("chmod");
-    to
 }
 
 /// `stowage --config CONFIG drill pitr`, as `postgres` when the test runs as root.
@@ -61,15 +53,9 @@ fn drill(bin: &Path, job: &Job, config: &Path) -> (Option<i32>, String) {
 }
 
 fn hand_to_postgres(path: &Path) {
-    if !is_root() {
-        return;
+    if is_root() {
+        chown_postgres(path);
     }
-    let out = Command::new("chown")
-        .args(["-R", "postgres:postgres"])
-        .arg(path)
-        .output()
-        .expect("chown");
-    assert!(out.status.success(), "chown: {out:?}");
 }
 
 fn leftovers(dir: &Path) -> Vec<String> {
@@ -83,11 +69,7 @@ fn leftovers(dir: &Path) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_physical_drill_recovers_to_the_newest_wal_and_fails_on_a_false_check_or_a_gap() {
     let pg = PgServer::start();
-    pg.create_db("app");
-    pg.psql(
-        "app",
-        "create table ticks (id int primary key, at timestamptz not null default clock_timestamp())",
-    );
+    create_ticks(&pg, "");
     let to = tempfile::tempdir().expect("tempdir");
     let drill_dir = to.path().to_str().expect("utf-8").to_string();
     let builder = Job::new("pitr")
@@ -142,10 +124,9 @@ async fn a_physical_drill_recovers_to_the_newest_wal_and_fails_on_a_false_check_
 
     let public = tempfile::tempdir().expect("tempdir");
     let bin = public_stowage(public.path());
-    std::fs::set_permissions(job.dir.path(), std::fs::Permissions::from_mode(0o755))
-        .expect("chmod");
+    open_to_postgres(job.dir.path());
     hand_to_postgres(job.dir.path());
-    std::fs::set_permissions(to.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    open_to_postgres(to.path());
     hand_to_postgres(to.path());
 
     let (code, out) = drill(&bin, &job, &job.config);
@@ -184,16 +165,7 @@ async fn a_physical_drill_recovers_to_the_newest_wal_and_fails_on_a_false_check_
 
     // A hole in the shipped WAL: the file after the base backup's first, record and object.
     let wal_pos = job.manifest("local", &id)["sources"][0]["wal"].clone();
-    let (hi, lo) = wal_pos["start_lsn"]
-        .as_str()
-        .and_then(|l| l.split_once('/'))
-        .expect("start_lsn");
-    let first = format!(
-        "{:08X}{:08X}{:08X}",
-        wal_pos["timeline"].as_u64().expect("timeline"),
-        u64::from_str_radix(hi, 16).expect("hex"),
-        u64::from_str_radix(lo, 16).expect("hex") >> 24
-    );
+    let first = first_wal_file(&wal_pos);
     let wal = job.path("local").join("pitr").join("wal").join("db");
     let mut segments: Vec<String> = leftovers(&wal)
         .into_iter()

@@ -14,10 +14,15 @@ mod common;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use age::secrecy::ExposeSecret;
-use common::{Job, PgServer, Rng, S3Server, free_port, sha256_hex, toml_str};
+use common::pitr::{
+    Recovered, create_ticks, empty_data_dir, first_wal_file, insert_ticks, midway,
+    open_job_to_postgres, open_to_postgres, parse_utc, physical_source, public_stowage,
+    recovery_scratch, rfc3339_micros, stowage_public,
+};
+use common::{Job, PgServer, Rng, S3Server, sha256_hex, toml_str};
 
 const BUCKET: &str = "pitr-age";
 const FLUSH_SECS: u64 = 2;
@@ -27,35 +32,6 @@ const ZSTD_MAGIC: &[u8] = &[0x28, 0xb5, 0x2f, 0xfd];
 /// The text of row `id`: found in plaintext WAL, never in a stored object.
 fn marker(id: u32) -> String {
     format!("stowage-plaintext-row-{id:04}")
-}
-
-/// A directory the `postgres` user can enter (tests run as root in temp dirs of mode 0700).
-fn open_to_postgres(dir: &Path) {
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).expect("chmod");
-}
-
-fn chown_postgres(path: &Path) {
-    let out = Command::new("chown")
-        .args(["-R", "postgres:postgres"])
-        .arg(path)
-        .output()
-        .expect("chown");
-    assert!(out.status.success(), "chown: {out:?}");
-}
-
-fn is_root() -> bool {
-    std::fs::metadata("/proc/self")
-        .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
-        .unwrap_or(false)
-}
-
-/// An empty data directory for a restore, owned by `postgres`.
-fn fresh_dir(parent: &Path, name: &str) -> PathBuf {
-    let d = parent.join(name);
-    std::fs::create_dir(&d).expect("mkdir");
-    std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o700)).expect("chmod");
-    chown_postgres(&d);
-    d
 }
 
 /// The WAL segments (24 hex names) in `dir`, if it exists.
@@ -71,122 +47,12 @@ fn segments_in(dir: &Path) -> Vec<String> {
     v
 }
 
+fn is_empty(dir: &Path) -> bool {
+    std::fs::read_dir(dir).expect("dir").next().is_none()
+}
+
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
-}
-
-/// A PostgreSQL server on a restored data directory, stopped on drop.
-struct Recovered {
-    pg_bin: PathBuf,
-    data: PathBuf,
-    socket: PathBuf,
-    port: u16,
-}
-
-impl Recovered {
-    fn new(pg_bin: &Path, data: &Path, socket: &Path) -> Recovered {
-        Recovered {
-            pg_bin: pg_bin.to_path_buf(),
-            data: data.to_path_buf(),
-            socket: socket.to_path_buf(),
-            port: free_port(),
-        }
-    }
-
-    fn pg(&self, tool: &str) -> Command {
-        let mut c = if is_root() {
-            let mut c = Command::new("runuser");
-            c.args(["-u", "postgres", "--"]).arg(self.pg_bin.join(tool));
-            c
-        } else {
-            Command::new(self.pg_bin.join(tool))
-        };
-        c.current_dir("/");
-        c
-    }
-
-    /// `pg_ctl start -w`: whether the server came up (recovery may abort it).
-    fn try_start(&self) -> bool {
-        let opts = format!(
-            "-p {} -k {} -c listen_addresses=127.0.0.1",
-            self.port,
-            self.socket.display()
-        );
-        self.pg("pg_ctl")
-            .arg("-D")
-            .arg(&self.data)
-            .arg("-l")
-            .arg(self.log_path())
-            .args(["-w", "-t", "120", "-o", &opts, "start"])
-            .output()
-            .expect("pg_ctl")
-            .status
-            .success()
-    }
-
-    /// Starts it; PostgreSQL replays WAL through the restore command, then promotes.
-    fn start(pg_bin: &Path, data: &Path, socket: &Path) -> Recovered {
-        let r = Recovered::new(pg_bin, data, socket);
-        assert!(
-            r.try_start(),
-            "the restored data directory does not start:\n{}",
-            r.log()
-        );
-        let deadline = Instant::now() + Duration::from_secs(120);
-        while r.sql("select pg_is_in_recovery()") != "f" {
-            assert!(
-                Instant::now() < deadline,
-                "still recovering after 120 s:\n{}",
-                r.log()
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        r
-    }
-
-    /// Starts it where recovery must fail: the server's log once it gave up.
-    fn start_fails(pg_bin: &Path, data: &Path, socket: &Path) -> String {
-        let r = Recovered::new(pg_bin, data, socket);
-        let started = r.try_start();
-        let log = r.log();
-        assert!(
-            !started,
-            "recovery must stop, yet the server opened:\n{log}"
-        );
-        log
-    }
-
-    fn sql(&self, query: &str) -> String {
-        let out = self
-            .pg("psql")
-            .args(["-X", "-A", "-t", "-h"])
-            .arg(&self.socket)
-            .args(["-p", &self.port.to_string(), "-U", "postgres", "-d", "app"])
-            .args(["-c", query])
-            .output()
-            .expect("psql");
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
-    }
-
-    fn log_path(&self) -> PathBuf {
-        let name = self.data.file_name().unwrap_or_default().to_string_lossy();
-        self.socket.join(format!("{name}.log"))
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.log_path()).unwrap_or_default()
-    }
-}
-
-impl Drop for Recovered {
-    fn drop(&mut self) {
-        let _ = self
-            .pg("pg_ctl")
-            .arg("-D")
-            .arg(&self.data)
-            .args(["-m", "immediate", "-w", "stop"])
-            .output();
-    }
 }
 
 /// Everything the restores and the recovering servers need.
@@ -209,16 +75,7 @@ struct Fixture {
 impl Fixture {
     /// `stowage --config CONFIG ARGS` with the public binary.
     fn stowage(&self, config: &Path, args: &[&str]) -> (Option<i32>, String) {
-        let mut cmd = Command::new(&self.bin);
-        cmd.arg("--config").arg(config).args(args);
-        for (k, _) in std::env::vars() {
-            if k.starts_with("AWS_") {
-                cmd.env_remove(k);
-            }
-        }
-        cmd.env("NO_COLOR", "1");
-        let out = common::run_with_timeout(&mut cmd, Duration::from_secs(300));
-        (out.status.code(), common::text(&out))
+        stowage_public(&self.bin, config, args)
     }
 
     fn wal_fetch(&self, config: &Path, name: &str, to: &Path) -> (Option<i32>, String) {
@@ -240,9 +97,7 @@ impl Fixture {
 
     /// The instant halfway between insert `a` and the next (1-based ids).
     fn between(&self, a: usize) -> String {
-        let t = |i: usize| parse_utc(&self.ticks[i - 1].1);
-        let (x, y) = (t(a), t(a + 1));
-        (x + (y - x) / 2).to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+        rfc3339_micros(midway(&self.ticks[a - 1].1, &self.ticks[a].1))
     }
 
     fn restore(
@@ -295,51 +150,15 @@ impl Fixture {
             .max_by(|a, b| a.0.cmp(&b.0))
             .map(|(_, wal)| wal)
             .expect("a base backup before the target");
-        let (hi, lo) = wal["start_lsn"]
-            .as_str()
-            .and_then(|l| l.split_once('/'))
-            .expect("start_lsn");
-        format!(
-            "{:08X}{:08X}{:08X}",
-            wal["timeline"].as_u64().expect("timeline"),
-            u64::from_str_radix(hi, 16).expect("hex"),
-            u64::from_str_radix(lo, 16).expect("hex") >> 24
-        )
+        first_wal_file(&wal)
     }
-}
-
-fn parse_utc(s: &str) -> chrono::DateTime<chrono::Utc> {
-    chrono::DateTime::parse_from_rfc3339(s)
-        .unwrap_or_else(|e| panic!("{s:?}: {e}"))
-        .with_timezone(&chrono::Utc)
-}
-
-/// Rows inserted one at a time about a second apart: (id, inserted at, UTC).
-fn insert_ticks(pg: &PgServer, ids: std::ops::RangeInclusive<u32>) -> Vec<(u32, String)> {
-    let mut out = Vec::new();
-    for id in ids {
-        let at = pg.psql(
-            "app",
-            &format!(
-                "insert into ticks (id, note) values ({id}, '{}') returning to_char(at at time zone 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')",
-                marker(id)
-            ),
-        );
-        out.push((id, at.lines().next().unwrap_or_default().trim().to_string()));
-        std::thread::sleep(Duration::from_millis(1000));
-    }
-    out
 }
 
 /// The job, the daemon shipping while rows 1..=8 are inserted (a segment switch after the
 /// 4th), then stopped: its last pass ships the partial segment.
 async fn setup() -> Fixture {
     let pg = PgServer::start();
-    pg.create_db("app");
-    pg.psql(
-        "app",
-        "create table ticks (id int primary key, at timestamptz not null default clock_timestamp(), note text not null)",
-    );
+    create_ticks(&pg, ", note text not null");
     let s3 = S3Server::moto();
     s3.create_bucket(BUCKET).await;
 
@@ -367,10 +186,7 @@ async fn setup() -> Fixture {
             toml_str(auth.display()),
             id.to_public()
         ))
-        .source(&format!(
-            "type = \"postgres\"\nname = \"db\"\nmode = \"physical\"\nurl = {}\nslot = \"stowage\"\nwal_flush = \"{FLUSH_SECS}s\"\n",
-            toml_str(pg.url("postgres"))
-        ))
+        .source(&physical_source(&pg, FLUSH_SECS, ""))
         .write();
     let text = std::fs::read_to_string(&job.config).expect("config");
     assert!(text.contains(&identity_line), "{text}");
@@ -383,19 +199,15 @@ async fn setup() -> Fixture {
     let mut daemon = job.daemon();
     daemon.wait_for_output("receiving WAL", Duration::from_secs(60));
     job.backup();
-    let mut ticks = insert_ticks(&pg, 1..=4);
+    let mut ticks = insert_ticks(&pg, 1..=4, |id| Some(marker(id)));
     pg.psql("app", "select pg_switch_wal()");
-    ticks.extend(insert_ticks(&pg, 5..=8));
+    ticks.extend(insert_ticks(&pg, 5..=8, |id| Some(marker(id))));
     std::thread::sleep(Duration::from_secs(FLUSH_SECS * 2 + 2));
     daemon.signal("TERM");
     let _ = daemon.wait(Duration::from_secs(30));
 
     let public = tempfile::tempdir().expect("tempdir");
-    open_to_postgres(public.path());
-    let bin = public.path().join("stowage");
-    std::fs::copy(common::stowage_bin(), &bin).expect("copy stowage");
-    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).expect("chmod");
-    open_to_postgres(job.dir.path());
+    let bin = public_stowage(public.path());
     // The recovering server reads the local destination as `postgres`; stowage writes it
     // private to its own user.
     let out = Command::new("chmod")
@@ -404,20 +216,16 @@ async fn setup() -> Fixture {
         .output()
         .expect("chmod");
     assert!(out.status.success(), "chmod: {out:?}");
-    for f in [
-        "stowage.toml",
-        "no-identity.toml",
-        "wrong-identity.toml",
-        "s3_secret",
-    ] {
-        std::fs::set_permissions(job.path(f), std::fs::Permissions::from_mode(0o644))
-            .expect("chmod");
-    }
-    let scratch = tempfile::tempdir().expect("tempdir");
-    open_to_postgres(scratch.path());
-    let run = scratch.path().join("run");
-    std::fs::create_dir(&run).expect("mkdir");
-    chown_postgres(&run);
+    open_job_to_postgres(
+        &job,
+        &[
+            "stowage.toml",
+            "no-identity.toml",
+            "wrong-identity.toml",
+            "s3_secret",
+        ],
+    );
+    let (scratch, run) = recovery_scratch();
     // Kept alive with the fixture: the configs name the key files.
     let keys = keys.keep();
     let _ = keys;
@@ -521,7 +329,7 @@ async fn stored_wal_is_encrypted(f: &Fixture) {
 /// `restore --time` between the 2nd and 3rd insert, then PostgreSQL fetching through
 /// wal-fetch with the job's identity: exactly rows 1 and 2.
 fn recovers_to_a_second_with_the_identity(f: &Fixture) {
-    let data = fresh_dir(f.scratch.path(), "data");
+    let data = empty_data_dir(f.scratch.path(), "data");
     let target = f.between(2);
     let (code, out) = f.restore(&f.job.config, &data, &target, &[]);
     assert_eq!(code, Some(0), "restore --time {target}:\n{out}");
@@ -537,7 +345,7 @@ fn recovers_to_a_second_with_the_identity(f: &Fixture) {
     drop(r);
 
     // Into the partial segment: rows 1..=6.
-    let data = fresh_dir(f.scratch.path(), "data-partial");
+    let data = empty_data_dir(f.scratch.path(), "data-partial");
     let target = f.between(6);
     let (code, out) = f.restore(&f.job.config, &data, &target, &[]);
     assert_eq!(code, Some(0), "restore --time {target}:\n{out}");
@@ -563,10 +371,7 @@ fn refused_without_the_identity(f: &Fixture) {
         "says the identity is missing, not that the object is damaged: {out}"
     );
     assert!(
-        std::fs::read_dir(pg_wal.path())
-            .expect("dir")
-            .next()
-            .is_none(),
+        is_empty(pg_wal.path()),
         "nothing written without the identity"
     );
     let (code, out) = f.wal_fetch(&f.wrong_identity, &seg, &to);
@@ -576,10 +381,7 @@ fn refused_without_the_identity(f: &Fixture) {
         "says the identity does not match: {out}"
     );
     assert!(
-        std::fs::read_dir(pg_wal.path())
-            .expect("dir")
-            .next()
-            .is_none(),
+        is_empty(pg_wal.path()),
         "nothing written with a wrong identity"
     );
 
@@ -587,12 +389,12 @@ fn refused_without_the_identity(f: &Fixture) {
     let target = f.between(2);
     for config in [&f.no_identity, &f.wrong_identity] {
         let stem = config.file_stem().unwrap_or_default().to_string_lossy();
-        let data = fresh_dir(f.scratch.path(), &format!("refused-{stem}"));
+        let data = empty_data_dir(f.scratch.path(), &format!("refused-{stem}"));
         let (code, out) = f.restore(config, &data, &target, &[]);
         assert_ne!(code, Some(0), "{}: {out}", config.display());
         assert!(out.contains("identity"), "{out}");
         assert!(
-            std::fs::read_dir(&data).expect("dir").next().is_none(),
+            is_empty(&data),
             "{}: the data directory stays empty",
             config.display()
         );
@@ -601,7 +403,7 @@ fn refused_without_the_identity(f: &Fixture) {
     // --identity would read the base backup, but the recovering server's wal-fetch reads
     // the config, which has no identity: refused before anything is written, naming the
     // key to add.
-    let data = fresh_dir(f.scratch.path(), "identity-flag-only");
+    let data = empty_data_dir(f.scratch.path(), "identity-flag-only");
     let identity = f.identity.display().to_string();
     let (code, out) = f.restore(&f.no_identity, &data, &target, &["--identity", &identity]);
     assert_ne!(code, Some(0), "restore --identity:\n{out}");
@@ -609,10 +411,7 @@ fn refused_without_the_identity(f: &Fixture) {
         out.contains("identity_file") && out.contains("--identity"),
         "{out}"
     );
-    assert!(
-        std::fs::read_dir(&data).expect("dir").next().is_none(),
-        "the data directory stays empty"
-    );
+    assert!(is_empty(&data), "the data directory stays empty");
 }
 
 /// Flip one byte of `path` in place; the original bytes, to put back.
@@ -637,14 +436,11 @@ fn a_flipped_byte_stops_recovery(f: &Fixture) {
     assert_eq!(code, Some(255), "a flipped byte: {out}");
     assert!(out.contains(&seg) && out.contains("damaged"), "{out}");
     assert!(
-        std::fs::read_dir(pg_wal.path())
-            .expect("dir")
-            .next()
-            .is_none(),
+        is_empty(pg_wal.path()),
         "nothing written from a damaged object"
     );
 
-    let data = fresh_dir(f.scratch.path(), "tampered");
+    let data = empty_data_dir(f.scratch.path(), "tampered");
     let (code, out) = f.restore(&f.job.config, &data, &f.between(2), &[]);
     assert_eq!(code, Some(0), "the base backup is intact:\n{out}");
     assert!(out.contains("from local"), "the restore reads local: {out}");
@@ -685,10 +481,7 @@ fn another_segments_object_is_refused(f: &Fixture) {
     assert_eq!(code, Some(255), "a swapped object: {out}");
     assert!(out.contains(&seg), "{out}");
     assert!(
-        std::fs::read_dir(pg_wal.path())
-            .expect("dir")
-            .next()
-            .is_none(),
+        is_empty(pg_wal.path()),
         "nothing written from a swapped object"
     );
 
@@ -700,32 +493,32 @@ fn another_segments_object_is_refused(f: &Fixture) {
     let (code, out) = f.wal_fetch(&f.job.config, &seg, &to);
     assert_eq!(code, Some(255), "a swapped record: {out}");
     assert!(out.contains(&seg) && out.contains(&other), "{out}");
-    assert!(
-        std::fs::read_dir(pg_wal.path())
-            .expect("dir")
-            .next()
-            .is_none()
-    );
+    assert!(is_empty(pg_wal.path()));
     std::fs::write(&record, orig_record).expect("put back");
     std::fs::write(&object, orig).expect("put back");
+}
+
+/// `restore --time TARGET --copy-wal` into `data` as root with the harness's binary: the
+/// server's restore_command is then a plain copy.
+fn copy_wal_as_root(f: &Fixture, target: &str, data: &Path) -> (Option<i32>, String) {
+    f.job.stowage(&[
+        "restore",
+        "pitr",
+        "--time",
+        target,
+        "--copy-wal",
+        "--to-dir",
+        data.to_str().expect("utf-8"),
+    ])
 }
 
 /// `--copy-wal` under encryption: every copied file decrypted and checked against its
 /// record (clear WAL in `stowage_wal/`), recovery from it gives the rows; a damaged object
 /// fails the restore naming it, and is not copied.
 fn copy_wal_decrypts_and_checks(f: &Fixture) {
-    let data = fresh_dir(f.scratch.path(), "copied");
+    let data = empty_data_dir(f.scratch.path(), "copied");
     let target = f.between(6);
-    // As root with the harness's binary: the server's restore_command is a plain copy.
-    let (code, out) = f.job.stowage(&[
-        "restore",
-        "pitr",
-        "--time",
-        &target,
-        "--copy-wal",
-        "--to-dir",
-        data.to_str().expect("utf-8"),
-    ]);
+    let (code, out) = copy_wal_as_root(f, &target, &data);
     assert_eq!(code, Some(0), "restore --copy-wal:\n{out}");
     let copied = data.join("stowage_wal");
     let names = segments_in(&copied);
@@ -759,16 +552,8 @@ fn copy_wal_decrypts_and_checks(f: &Fixture) {
     // A damaged object: the restore fails naming it and copies nothing of it.
     let seg = f.first_segment(&target);
     let orig = flip(&f.object(&seg));
-    let data = fresh_dir(f.scratch.path(), "copied-damaged");
-    let (code, out) = f.job.stowage(&[
-        "restore",
-        "pitr",
-        "--time",
-        &target,
-        "--copy-wal",
-        "--to-dir",
-        data.to_str().expect("utf-8"),
-    ]);
+    let data = empty_data_dir(f.scratch.path(), "copied-damaged");
+    let (code, out) = copy_wal_as_root(f, &target, &data);
     assert_ne!(
         code,
         Some(0),
@@ -779,7 +564,7 @@ fn copy_wal_decrypts_and_checks(f: &Fixture) {
     std::fs::write(f.object(&seg), orig).expect("put back");
 
     // --identity with a config that has none: the WAL cannot be decrypted; refused clearly.
-    let data = fresh_dir(f.scratch.path(), "copied-no-identity");
+    let data = empty_data_dir(f.scratch.path(), "copied-no-identity");
     let identity = f.identity.display().to_string();
     let (code, out) = f.stowage(
         &f.no_identity,

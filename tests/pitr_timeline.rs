@@ -11,194 +11,26 @@
 
 mod common;
 
-use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{Job, PgServer, S3Server, free_port, toml_str};
+use common::pitr::{
+    Recovered, chown_postgres, create_ticks, empty_data_dir, insert_tick, midway,
+    open_job_to_postgres, parse_utc, public_stowage, recovery_scratch, rfc3339_micros,
+    stowage_public,
+};
+use common::{Job, PgServer, S3Server};
 
 const JOB: &str = "pitr";
 const FLUSH_SECS: u64 = 1;
 
-fn open_to_postgres(dir: &Path) {
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).expect("chmod");
-}
-
-fn chown_postgres(path: &Path) {
-    let out = Command::new("chown")
-        .args(["-R", "postgres:postgres"])
-        .arg(path)
-        .output()
-        .expect("chown");
-    assert!(out.status.success(), "chown: {out:?}");
-}
-
-fn is_root() -> bool {
-    std::fs::metadata("/proc/self")
-        .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
-        .unwrap_or(false)
-}
-
-/// An empty data directory the `postgres` user owns, in `parent`.
-fn empty_data_dir(parent: &Path, name: &str) -> PathBuf {
-    let data = parent.join(name);
-    std::fs::create_dir(&data).expect("mkdir");
-    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o700)).expect("chmod");
-    chown_postgres(&data);
-    data
-}
-
-/// A PostgreSQL server on a restored data directory, stopped on drop.
-struct Recovered {
-    pg_bin: PathBuf,
-    data: PathBuf,
-    socket: PathBuf,
-    port: u16,
-}
-
-impl Recovered {
-    fn pg(&self, tool: &str) -> Command {
-        let mut c = if is_root() {
-            let mut c = Command::new("runuser");
-            c.args(["-u", "postgres", "--"]).arg(self.pg_bin.join(tool));
-            c
-        } else {
-            Command::new(self.pg_bin.join(tool))
-        };
-        c.current_dir("/");
-        c
-    }
-
-    /// Starts it and waits for the end of recovery.
-    fn start(pg_bin: &Path, data: &Path, socket: &Path) -> Recovered {
-        let r = Recovered {
-            pg_bin: pg_bin.to_path_buf(),
-            data: data.to_path_buf(),
-            socket: socket.to_path_buf(),
-            port: free_port(),
-        };
-        let opts = format!(
-            "-p {} -k {} -c listen_addresses=127.0.0.1",
-            r.port,
-            socket.display()
-        );
-        let out = r
-            .pg("pg_ctl")
-            .arg("-D")
-            .arg(data)
-            .arg("-l")
-            .arg(r.log_path())
-            .args(["-w", "-t", "120", "-o", &opts, "start"])
-            .output()
-            .expect("pg_ctl");
-        assert!(
-            out.status.success(),
-            "the restored data directory does not start: {}\n{}",
-            String::from_utf8_lossy(&out.stderr),
-            r.log()
-        );
-        let deadline = Instant::now() + Duration::from_secs(120);
-        while r.sql("select pg_is_in_recovery()") != "f" {
-            assert!(
-                Instant::now() < deadline,
-                "still recovering after 120 s:\n{}",
-                r.log()
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        r
-    }
-
-    fn sql(&self, query: &str) -> String {
-        let out = self
-            .pg("psql")
-            .args(["-X", "-A", "-t", "-h"])
-            .arg(&self.socket)
-            .args(["-p", &self.port.to_string(), "-U", "postgres", "-d", "app"])
-            .args(["-c", query])
-            .output()
-            .expect("psql");
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
-    }
-
-    fn log_path(&self) -> PathBuf {
-        let name = self.data.file_name().unwrap_or_default().to_string_lossy();
-        self.socket.join(format!("{name}.log"))
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.log_path()).unwrap_or_default()
-    }
-}
-
-impl Drop for Recovered {
-    fn drop(&mut self) {
-        let _ = self
-            .pg("pg_ctl")
-            .arg("-D")
-            .arg(&self.data)
-            .args(["-m", "immediate", "-w", "stop"])
-            .output();
-    }
-}
-
-/// The stowage binary where `postgres` can run it (the restore command names it).
-fn public_stowage(dir: &Path) -> PathBuf {
-    let to = dir.join("stowage");
-    std::fs::copy(common::stowage_bin(), &to).expect("copy stowage");
-    std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o755)).expect("chmod");
-    to
-}
-
-fn stowage_public(bin: &Path, config: &Path, args: &[&str]) -> (Option<i32>, String) {
-    let mut cmd = Command::new(bin);
-    cmd.arg("--config").arg(config).args(args);
-    for (k, _) in std::env::vars() {
-        if k.starts_with("AWS_") {
-            cmd.env_remove(k);
-        }
-    }
-    cmd.env("NO_COLOR", "1");
-    let out = common::run_with_timeout(&mut cmd, Duration::from_secs(300));
-    (out.status.code(), common::text(&out))
-}
-
 /// Insert row `id` into `ticks`; when it was committed (UTC, RFC 3339).
 fn insert(pg: &PgServer, id: u32) -> String {
-    pg.psql(
-        "app",
-        &format!(
-            "insert into ticks (id) values ({id}) returning to_char(at at time zone 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')"
-        ),
-    )
-    .lines()
-    .next()
-    .unwrap_or_default()
-    .trim()
-    .to_string()
-}
-
-fn parse_utc(s: &str) -> chrono::DateTime<chrono::Utc> {
-    chrono::DateTime::parse_from_rfc3339(s)
-        .unwrap_or_else(|e| panic!("{s:?}: {e}"))
-        .with_timezone(&chrono::Utc)
+    insert_tick(pg, id, None)
 }
 
 fn physical_source(pg: &PgServer, extra: &str) -> String {
-    format!(
-        "type = \"postgres\"\nname = \"db\"\nmode = \"physical\"\nurl = {}\nslot = \"stowage\"\nwal_flush = \"{FLUSH_SECS}s\"\n{extra}",
-        toml_str(pg.url("postgres"))
-    )
-}
-
-fn new_ticks(pg: &PgServer) {
-    pg.create_db("app");
-    pg.psql(
-        "app",
-        "create table ticks (id int primary key, at timestamptz not null default clock_timestamp())",
-    );
+    common::pitr::physical_source(pg, FLUSH_SECS, extra)
 }
 
 /// The partial segment's pointer on the local destination: (name, shipped at).
@@ -249,10 +81,63 @@ fn wait_until_promoted(pg: &PgServer) {
     }
 }
 
+fn stop_daemon(daemon: common::Running) {
+    daemon.signal("TERM");
+    let _ = daemon.wait(Duration::from_secs(30));
+}
+
+/// A job streaming `pg` (`extra` in its source) to a local destination, its daemon
+/// receiving WAL, and a base backup taken.
+fn streaming_local_job(pg: &PgServer, extra: &str) -> (Job, common::Running) {
+    let job = Job::new(JOB)
+        .log()
+        .job("catch_up = false")
+        .local("local", None)
+        .source(&physical_source(pg, extra))
+        .write();
+    let mut daemon = job.daemon();
+    daemon.wait_for_output("receiving WAL", Duration::from_secs(60));
+    job.backup();
+    (job, daemon)
+}
+
+/// `streaming_local_job`, row 1 inserted and shipped, then the daemon stopped: the slot
+/// holds WAL from here on.
+fn first_row_shipped(pg: &PgServer, extra: &str) -> Job {
+    let (job, daemon) = streaming_local_job(pg, extra);
+    let first = insert(pg, 1);
+    wait_shipped(&job, &daemon, "00000001", parse_utc(&first));
+    stop_daemon(daemon);
+    job
+}
+
+/// Rows 2..=6, each in a WAL segment of its own: more than either cap the slot tests set.
+fn insert_past_the_cap(pg: &PgServer) {
+    for id in 2..=6 {
+        insert(pg, id);
+        pg.psql("app", "select pg_switch_wal()");
+    }
+}
+
+fn verify_whole(job: &Job, when: &str) {
+    let (code, out) = job.stowage(&["verify", JOB]);
+    assert_eq!(code, Some(0), "verify {when}:\n{out}");
+    assert!(
+        out.contains("db: WAL whole from ") && !out.contains("gap"),
+        "{out}"
+    );
+}
+
+fn verify_names_the_hole(job: &Job) {
+    let (code, out) = job.stowage(&["verify", JOB]);
+    assert_eq!(code, Some(1), "verify names the hole:\n{out}");
+    assert!(out.contains("WAL has a gap: "), "{out}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restore_of_the_streamed_server_goes_on_on_the_new_timeline() {
     let mut pg = PgServer::start();
-    new_ticks(&pg);
+    create_ticks(&pg, "");
     let s3 = S3Server::moto();
     s3.create_bucket(JOB).await;
     let job = Job::new(JOB)
@@ -275,17 +160,11 @@ async fn a_restore_of_the_streamed_server_goes_on_on_the_new_timeline() {
 
     // The server and the recovery run as postgres: the binary, config and secret readable.
     let public = tempfile::tempdir().expect("tempdir");
-    open_to_postgres(public.path());
     let bin = public_stowage(public.path());
-    open_to_postgres(job.dir.path());
-    for f in ["stowage.toml", "s3_secret"] {
-        std::fs::set_permissions(job.path(f), std::fs::Permissions::from_mode(0o644))
-            .expect("chmod");
-    }
+    open_job_to_postgres(&job, &["stowage.toml", "s3_secret"]);
 
     // The compose way: stop the database, restore over it, start it; the daemon runs on.
-    let (t3, t4) = (parse_utc(&at[2]), parse_utc(&at[3]));
-    let target = (t3 + (t4 - t3) / 2).to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+    let target = rfc3339_micros(midway(&at[2], &at[3]));
     pg.stop();
     let data = pg.data_dir();
     let (code, out) = stowage_public(
@@ -336,8 +215,7 @@ async fn a_restore_of_the_streamed_server_goes_on_on_the_new_timeline() {
         log.contains("which left timeline 1 at") && log.contains("set aside 00000001"),
         "the abandoned timeline-1 file is set aside, by name:\n{log}"
     );
-    daemon.signal("TERM");
-    let _ = daemon.wait(Duration::from_secs(30));
+    stop_daemon(daemon);
     assert!(
         std::fs::read_dir(job.path("local").join(JOB).join("wal/db/index"))
             .expect("index")
@@ -346,18 +224,9 @@ async fn a_restore_of_the_streamed_server_goes_on_on_the_new_timeline() {
         "the history file of timeline 2 is shipped"
     );
 
-    let (code, out) = job.stowage(&["verify", JOB]);
-    assert_eq!(code, Some(0), "verify across the switch:\n{out}");
-    assert!(
-        out.contains("db: WAL whole from ") && !out.contains("gap"),
-        "{out}"
-    );
+    verify_whole(&job, "across the switch");
 
-    let scratch = tempfile::tempdir().expect("tempdir");
-    open_to_postgres(scratch.path());
-    let run = scratch.path().join("run");
-    std::fs::create_dir(&run).expect("mkdir");
-    chown_postgres(&run);
+    let (scratch, run) = recovery_scratch();
     let latest = empty_data_dir(scratch.path(), "latest");
     let (code, out) = stowage_public(
         &bin,
@@ -382,11 +251,7 @@ async fn a_restore_of_the_streamed_server_goes_on_on_the_new_timeline() {
 
 /// `stowage restore --latest --copy-wal` into a fresh directory, started: the ids in `ticks`.
 fn restored_ids(job: &Job, pg: &PgServer) -> Vec<u32> {
-    let scratch = tempfile::tempdir().expect("tempdir");
-    open_to_postgres(scratch.path());
-    let run = scratch.path().join("run");
-    std::fs::create_dir(&run).expect("mkdir");
-    chown_postgres(&run);
+    let (scratch, run) = recovery_scratch();
     let data = empty_data_dir(scratch.path(), "latest");
     let (code, out) = job.stowage(&[
         "restore",
@@ -410,16 +275,8 @@ fn restored_ids(job: &Job, pg: &PgServer) -> Vec<u32> {
 #[test]
 fn a_restarted_daemon_resumes_from_its_slot_without_a_hole() {
     let pg = PgServer::start();
-    new_ticks(&pg);
-    let job = Job::new(JOB)
-        .log()
-        .job("catch_up = false")
-        .local("local", None)
-        .source(&physical_source(&pg, ""))
-        .write();
-    let mut first = job.daemon();
-    first.wait_for_output("receiving WAL", Duration::from_secs(60));
-    job.backup();
+    create_ticks(&pg, "");
+    let (job, first) = streaming_local_job(&pg, "");
 
     // Rows go in all along, with a segment switch now and then, while the daemon is
     // stopped and started again.
@@ -458,15 +315,8 @@ fn a_restarted_daemon_resumes_from_its_slot_without_a_hole() {
         "select to_char(max(at) at time zone 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') from ticks",
     );
     wait_shipped(&job, &daemon, "00000001", parse_utc(&last));
-    daemon.signal("TERM");
-    let _ = daemon.wait(Duration::from_secs(30));
-
-    let (code, out) = job.stowage(&["verify", JOB]);
-    assert_eq!(code, Some(0), "verify after a restart:\n{out}");
-    assert!(
-        out.contains("db: WAL whole from ") && !out.contains("gap"),
-        "{out}"
-    );
+    stop_daemon(daemon);
+    verify_whole(&job, "after a restart");
     let ids = restored_ids(&job, &pg);
     assert_eq!(
         ids,
@@ -478,20 +328,8 @@ fn a_restarted_daemon_resumes_from_its_slot_without_a_hole() {
 #[test]
 fn a_slot_past_max_slot_wal_is_given_up_and_streaming_goes_on() {
     let pg = PgServer::start();
-    new_ticks(&pg);
-    let job = Job::new(JOB)
-        .log()
-        .job("catch_up = false")
-        .local("local", None)
-        .source(&physical_source(&pg, "max_slot_wal = \"32MiB\"\n"))
-        .write();
-    let mut daemon = job.daemon();
-    daemon.wait_for_output("receiving WAL", Duration::from_secs(60));
-    job.backup();
-    let first = insert(&pg, 1);
-    wait_shipped(&job, &daemon, "00000001", parse_utc(&first));
-    daemon.signal("TERM");
-    let _ = daemon.wait(Duration::from_secs(30));
+    create_ticks(&pg, "");
+    let job = first_row_shipped(&pg, "max_slot_wal = \"32MiB\"\n");
     let restart_before = pg.psql(
         "postgres",
         "select restart_lsn from pg_replication_slots where slot_name = 'stowage'",
@@ -499,10 +337,7 @@ fn a_slot_past_max_slot_wal_is_given_up_and_streaming_goes_on() {
     assert!(!restart_before.is_empty(), "the slot holds WAL");
 
     // While no daemon runs, the server writes more than the cap.
-    for id in 2..=6 {
-        insert(&pg, id);
-        pg.psql("app", "select pg_switch_wal()");
-    }
+    insert_past_the_cap(&pg);
     let mut daemon = job.daemon();
     daemon.wait_for_output("lost to point-in-time recovery", Duration::from_secs(60));
     let log = daemon.output_so_far();
@@ -520,41 +355,22 @@ fn a_slot_past_max_slot_wal_is_given_up_and_streaming_goes_on() {
         "select restart_lsn is not null or active from pg_replication_slots where slot_name = 'stowage'",
     );
     assert_eq!(restart_after, "t", "a new slot streams");
-    daemon.signal("TERM");
-    let _ = daemon.wait(Duration::from_secs(30));
-
-    let (code, out) = job.stowage(&["verify", JOB]);
-    assert_eq!(code, Some(1), "verify names the hole:\n{out}");
-    assert!(out.contains("WAL has a gap: "), "{out}");
+    stop_daemon(daemon);
+    verify_names_the_hole(&job);
 }
 
 #[test]
 fn a_slot_the_server_invalidated_is_given_up_and_streaming_goes_on() {
     let pg = PgServer::start();
-    new_ticks(&pg);
+    create_ticks(&pg, "");
     pg.psql(
         "postgres",
         "alter system set max_slot_wal_keep_size = '1MB'; select pg_reload_conf();",
     );
-    let job = Job::new(JOB)
-        .log()
-        .job("catch_up = false")
-        .local("local", None)
-        .source(&physical_source(&pg, ""))
-        .write();
-    let mut daemon = job.daemon();
-    daemon.wait_for_output("receiving WAL", Duration::from_secs(60));
-    job.backup();
-    let first = insert(&pg, 1);
-    wait_shipped(&job, &daemon, "00000001", parse_utc(&first));
-    daemon.signal("TERM");
-    let _ = daemon.wait(Duration::from_secs(30));
+    let job = first_row_shipped(&pg, "");
 
     // Past the server's cap, a checkpoint invalidates the slot and removes its WAL.
-    for id in 2..=6 {
-        insert(&pg, id);
-        pg.psql("app", "select pg_switch_wal()");
-    }
+    insert_past_the_cap(&pg);
     pg.psql("postgres", "checkpoint");
     assert_eq!(
         pg.psql(
@@ -581,9 +397,6 @@ fn a_slot_the_server_invalidated_is_given_up_and_streaming_goes_on() {
         "t",
         "a new slot streams"
     );
-    daemon.signal("TERM");
-    let _ = daemon.wait(Duration::from_secs(30));
-    let (code, out) = job.stowage(&["verify", JOB]);
-    assert_eq!(code, Some(1), "verify names the hole:\n{out}");
-    assert!(out.contains("WAL has a gap: "), "{out}");
+    stop_daemon(daemon);
+    verify_names_the_hole(&job);
 }

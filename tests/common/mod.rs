@@ -6,7 +6,8 @@
 //!   moto's request log), `mariadb`, `redis`, `proxy` (a fault-injecting proxy before S3).
 //! - `job`: the shared fixture: a job's scratch directory, its config (`Job::new(..)…write()`)
 //!   and the commands run against it; `pg_job`: `PgJob`, one PostgreSQL database and a `Job`
-//!   healing every table (for the table-restore tests).
+//!   healing every table (for the table-restore tests); `pitr`: a server recovered from a
+//!   restored data directory and the helpers around it (for the point-in-time-recovery tests).
 //! - `run`: running the stowage binary, in the foreground or the background, and its output.
 //! - `store`: what a job's destinations hold, read straight from the directory and bucket.
 //! - `files`: seeded data (`Rng`), file trees, hashes, zstd.
@@ -30,6 +31,7 @@ pub mod files;
 pub mod http;
 pub mod job;
 pub mod pg_job;
+pub mod pitr;
 pub mod run;
 pub mod servers;
 pub mod store;
