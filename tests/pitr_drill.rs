@@ -73,6 +73,9 @@ async fn a_physical_drill_recovers_to_the_newest_wal_and_fails_on_a_false_check_
     let to = tempfile::tempdir().expect("tempdir");
     let drill_dir = to.path().to_str().expect("utf-8").to_string();
     let builder = Job::new("pitr")
+        // One base backup, taken below: a catch-up backup of the daemon's, taken later,
+        // would be the one drilled, and its WAL would not need the hole made below.
+        .job("catch_up = false")
         .local("local", None)
         .source(&format!(
             "type = \"postgres\"\nname = \"db\"\nmode = \"physical\"\nurl = {}\nbin_dir = {}\nwal_flush = \"{FLUSH_SECS}s\"\n",
@@ -90,7 +93,6 @@ async fn a_physical_drill_recovers_to_the_newest_wal_and_fails_on_a_false_check_
 
     let mut daemon = job.daemon();
     daemon.wait_for_output("receiving WAL", Duration::from_secs(60));
-    // The daemon may be taking a catch-up base backup of its own: wait for it.
     let (code, out) = job.stowage(&["run", "pitr", "--wait-lock"]);
     assert_eq!(code, Some(0), "run:\n{out}");
     let id = out
