@@ -16,7 +16,7 @@
 # See bench/README.md, section "Point-in-time recovery (issue 28)".
 #
 #   bench/pitr.sh                                   # 1024 MiB, 3 runs, builds first
-#   bench/pitr.sh --size-mb 64 --runs 1 --no-build  # smoke test (~6 min)
+#   bench/pitr.sh --size-mb 64 --runs 1 --no-build  # smoke test (~5 min)
 #   bench/pitr.sh --only ship --load-secs 120
 set -euo pipefail
 
