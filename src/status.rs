@@ -86,6 +86,9 @@ pub struct WalState {
     pub receiver_error: Option<String>,
     #[serde(default)]
     pub receiver_failing_since: Option<DateTime<Utc>>,
+    /// When the shipper's pass under way began.
+    #[serde(default)]
+    pub passing_since: Option<DateTime<Utc>>,
 }
 
 /// What one report changed in a [`WalState`], for how soon it must reach the state file.
@@ -116,6 +119,7 @@ impl WalState {
         self.seen_at = Some(now);
         self.receiver_error.clone_from(&s.receiver_error);
         self.receiver_failing_since = s.receiver_failing_since;
+        self.passing_since = s.passing_since;
         if s.last_error.is_some() || s.oldest_unshipped.is_some() || s.pending > 0 {
             self.failing_since = self.failing_since.or(Some(now));
             self.oldest_unshipped = match (self.oldest_unshipped, s.oldest_unshipped) {
@@ -139,6 +143,9 @@ impl WalState {
         if self.failing_since != before.failing_since
             || self.last_error.is_some() != before.last_error.is_some()
             || self.receiver_failing_since != before.receiver_failing_since
+            // `health` reads the file: a pass's start and end must reach it, the end
+            // especially, since nothing may be reported for hours after it.
+            || self.passing_since.is_some() != before.passing_since.is_some()
         {
             WalChange::Verdict
         } else if (WalState {
@@ -369,10 +376,14 @@ fn wal_problems(
             .as_deref()
             .map_or(String::new(), |e| format!(": {e}"));
         let lag = w.lag(now);
-        let quiet = w
-            .seen_at
-            .or(w.started_at)
-            .map_or(Duration::zero(), |t| now - t);
+        // The shipper reports when it works and sleeps while the spool does not change: a
+        // pass that does not end, or no report at all since the start, is a stuck shipper;
+        // a long silence is an idle database.
+        let stuck = match (w.passing_since, w.seen_at) {
+            (Some(p), _) => Some(("has been in one pass for", now - p)),
+            (None, None) => w.started_at.map(|t| ("has not reported for", now - t)),
+            (None, Some(_)) => None,
+        };
         if lag > limit {
             out.push(format!(
                 "job {}: WAL of source {source} is {} behind (limit {}): the oldest WAL not on every destination was written at {}{error}",
@@ -401,11 +412,13 @@ fn wal_problems(
                 human(now - since),
                 human(limit)
             ));
-        } else if quiet > limit {
+        } else if let Some((what, long)) = stuck
+            && long > limit
+        {
             out.push(format!(
-                "job {}: the WAL shipper of source {source} has not reported for {} (limit {}); see the daemon's log",
+                "job {}: the WAL shipper of source {source} {what} {} (limit {}); see the daemon's log",
                 job.name,
-                human(quiet),
+                human(long),
                 human(limit)
             ));
         }
@@ -745,13 +758,23 @@ wal_flush = "5min"
                 None,
             ),
             (
-                "the shipper stopped reporting",
+                "idle: the shipper sleeps until the spool changes",
+                Some(WalState {
+                    seen_at: Some(min(300)),
+                    ..ok.clone()
+                }),
+                600,
+                None,
+            ),
+            (
+                "a pass that does not end",
                 Some(WalState {
                     seen_at: Some(min(8)),
+                    passing_since: Some(min(8)),
                     ..ok.clone()
                 }),
                 60,
-                Some("the WAL shipper of source db has not reported for 8m (limit 5m)"),
+                Some("the WAL shipper of source db has been in one pass for 8m (limit 5m)"),
             ),
             (
                 "started, never reported, within the limit",

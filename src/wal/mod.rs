@@ -9,6 +9,7 @@
 //! `<name>.partial`, timeline history files `<8 hex>.history`; anything else is ignored.
 
 pub mod chain;
+mod changes;
 pub mod fetch;
 pub mod keep;
 pub mod run;
@@ -58,6 +59,10 @@ pub struct WalStatus {
     pub receiver_error: Option<String>,
     /// Since when the receiver has kept failing.
     pub receiver_failing_since: Option<DateTime<Utc>>,
+    /// When the pass under way began (none between passes). The shipper reports only when
+    /// it works, and sleeps while the spool does not change: a pass that never ends is how
+    /// a stuck shipper shows.
+    pub passing_since: Option<DateTime<Utc>>,
 }
 
 impl WalStatus {
@@ -85,6 +90,8 @@ pub async fn ship(
     shutdown: impl Future<Output = ()>,
 ) {
     let mut shipper = Shipper::new(job, source, spool, destinations, flush);
+    // Made before the first pass: what changes during a pass is seen after it.
+    let mut changes = changes::Changes::watch(spool);
     tokio::pin!(shutdown);
     let mut failures: u32 = 0;
     loop {
@@ -106,6 +113,23 @@ pub async fn ship(
                 flush
             }
         };
+        // All shipped: nothing to do until the receiver writes again. Then a flush
+        // interval more, so the segment under way ships at most every `wal_flush`.
+        if outcome.settled
+            && !outcome.failed
+            && outcome.pending == 0
+            && let Some(c) = changes.as_mut()
+        {
+            tokio::select! {
+                r = c.changed() => {
+                    if let Err(e) = r {
+                        warn!(job = %job.name, source, "cannot watch the WAL spool {} any more ({e}); looking every {} s", spool.display(), flush.as_secs());
+                        changes = None;
+                    }
+                }
+                () = &mut shutdown => break,
+            }
+        }
         tokio::select! {
             () = tokio::time::sleep(wait) => {}
             () = &mut shutdown => break,
@@ -118,6 +142,9 @@ pub async fn ship(
 /// What one pass left.
 #[derive(Debug, Default)]
 struct Outcome {
+    /// The segment under way was looked at (or there is none): with nothing failed or
+    /// pending, everything the spool holds is shipped.
+    settled: bool,
     pending: usize,
     failed: bool,
     oldest: Option<SystemTime>,
@@ -278,11 +305,13 @@ impl<'a> Shipper<'a> {
             let receiver = (s.receiver_error.take(), s.receiver_failing_since.take());
             *s = self.status.clone();
             (s.receiver_error, s.receiver_failing_since) = receiver;
+            s.passing_since = None;
         });
     }
 
     /// Ship every completed file, then the partial segment when it is due (or `force`).
     async fn pass(&mut self, force: bool, status: &watch::Sender<WalStatus>) -> Outcome {
+        status.send_modify(|s| s.passing_since = Some(Utc::now()));
         let mut out = Outcome::default();
         if self.destinations.is_empty() {
             // "On every destination" would hold of every file: never empty the spool so.
@@ -334,6 +363,7 @@ impl<'a> Shipper<'a> {
             }
         }
         let due = force || self.last_partial.is_none_or(|t| t.elapsed() >= self.flush);
+        out.settled = partial.is_none() || due;
         if let (Some(name), true) = (partial, due) {
             self.last_partial = Some(Instant::now());
             self.ship_partial(&name, &mut out).await;
