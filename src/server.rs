@@ -1051,14 +1051,9 @@ mod tests {
 
     #[test]
     fn wal_rows_are_escaped_and_the_window_ends_at_the_last_shipment() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("stowage.toml");
-        std::fs::write(
-            &path,
+        let config = crate::testkit::config::load_toml(
             "[destinations.local]\ntype = \"local\"\npath = \"/b\"\n\n[jobs.pitr]\nschedule = \"0 3 * * *\"\ndestinations = [\"local\"]\n\n[[jobs.pitr.sources]]\ntype = \"postgres\"\nname = \"db\"\nmode = \"physical\"\nurl = \"postgres://replicator@db/postgres\"\n",
-        )
-        .expect("write");
-        let config = crate::load::load_with_env(&path, false).expect("valid");
+        );
         let job = &config.jobs["pitr"];
         let now = Utc::now();
         let ago = |s: i64| now - chrono::Duration::seconds(s);

@@ -437,12 +437,8 @@ mod tests {
     use chrono::TimeZone;
 
     fn config(extra: &str) -> Config {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("stowage.toml");
-        std::fs::write(
-            &path,
-            format!(
-                r#"
+        crate::testkit::config::load_toml(&format!(
+            r#"
 [destinations.local]
 type = "local"
 path = "/b"
@@ -466,10 +462,7 @@ type = "files"
 name = "f"
 path = "/data"
 "#
-            ),
-        )
-        .expect("write");
-        crate::load::load_with_env(&path, false).expect("valid")
+        ))
     }
 
     fn run(outcome: &str, at: DateTime<Utc>) -> Option<RunStatus> {
@@ -610,10 +603,7 @@ path = "/data"
     }
 
     fn pitr_config() -> Config {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("stowage.toml");
-        std::fs::write(
-            &path,
+        crate::testkit::config::load_toml(
             r#"
 [destinations.local]
 type = "local"
@@ -639,8 +629,6 @@ slot = "slow"
 wal_flush = "5min"
 "#,
         )
-        .expect("write");
-        crate::load::load_with_env(&path, false).expect("valid")
     }
 
     #[test]

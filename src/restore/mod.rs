@@ -2192,15 +2192,11 @@ mod engine_choice_tests {
     use crate::repo::manifest::SourceEntry;
 
     fn job_with(mode: Option<&str>) -> crate::config::Config {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("stowage.toml");
         let mode = mode
             .map(|m| format!("mode = \"{m}\"\n"))
             .unwrap_or_default();
-        std::fs::write(
-            &path,
-            format!(
-                r#"
+        crate::testkit::config::load_toml(&format!(
+            r#"
 [destinations.local]
 type = "local"
 path = "/b"
@@ -2214,10 +2210,7 @@ type = "postgres"
 name = "db"
 url = "postgres://u@h:5432/app"
 {mode}"#
-            ),
-        )
-        .expect("write");
-        crate::load::load_with_env(&path, false).expect("valid")
+        ))
     }
 
     fn entry(base_backup: bool) -> SourceEntry {

@@ -53,6 +53,14 @@ pub(crate) fn configure(
     config
 }
 
+/// `toml`, loaded through the real loader from a file of its own; it must be valid.
+pub(crate) fn load_toml(toml: &str) -> Config {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("stowage.toml");
+    std::fs::write(&path, toml).expect("write the config");
+    crate::load::load_with_env(&path, false).expect("a valid config")
+}
+
 /// The job's destinations, opened, each backed by its memory storage (in this order).
 pub(crate) fn open<'c>(
     config: &'c Config,
