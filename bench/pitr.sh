@@ -227,11 +227,23 @@ def proc(pid):
     return d
 
 
+def server_wal():
+    """The server's WAL position in bytes (BENCH_PSQL, BENCH_DB), or None."""
+    psql, db = os.environ.get("BENCH_PSQL"), os.environ.get("BENCH_DB")
+    if not psql or not db:
+        return None
+    r = subprocess.run([psql, "-X", "-A", "-t", "-d", db, "-c",
+                        "select (pg_current_wal_lsn() - '0/0'::pg_lsn)::bigint"],
+                       capture_output=True, text=True)
+    return int(r.stdout.strip()) if r.returncode == 0 and r.stdout.strip().isdigit() else None
+
+
 def cmd_idle(out, settle, secs, *named):
     """Samples each daemon and its children every 10 s over `secs`, after `settle`."""
     settle, secs = float(settle), float(secs)
     pids = dict(n.split("=") for n in named)
     time.sleep(settle)
+    wal_before = server_wal()
     t0 = time.time()
     samples = {n: [] for n in pids}
     while True:
@@ -243,7 +255,12 @@ def cmd_idle(out, settle, secs, *named):
         if now >= secs:
             break
         time.sleep(min(10.0, secs - now))
+    wal_after = server_wal()
     res = {}
+    if wal_before is not None and wal_after is not None:
+        # "The stream's own wakeups excepted while WAL flows": whether any did.
+        res["server_wal_bytes_in_window"] = wal_after - wal_before
+        print(f"  idle: the server wrote {wal_after - wal_before} bytes of WAL in the window", file=sys.stderr)
     for n, ss in samples.items():
         a, b = ss[0], ss[-1]
         if not a["own"] or not b["own"]:
@@ -552,6 +569,7 @@ def report_idle(work):
     kid = s["children"][0] if s["children"] else {}
     out = {
         "stream": s, "baseline": b,
+        "server_wal_bytes_in_window": d.get("server_wal_bytes_in_window"),
         "stream_minus_baseline": {
             "vmrss_kib": s["vmrss_kib"] - b["vmrss_kib"],
             "anonymous_kib": (s["anonymous_kib"] or 0) - (b["anonymous_kib"] or 0),
@@ -829,7 +847,7 @@ if want idle; then
     start_stream
     start_daemon baseline "$WORK/baseline.toml"
     log "idle: a streaming daemon and a logical one started; settling ${SETTLE_SECS}s, then measuring ${IDLE_SECS}s"
-    "$PY" "$WORK/pitr_tool.py" idle "$WORK/idle.json" "$SETTLE_SECS" "$IDLE_SECS" \
+    BENCH_PSQL="$PG_BIN/psql" BENCH_DB="$DB" "$PY" "$WORK/pitr_tool.py" idle "$WORK/idle.json" "$SETTLE_SECS" "$IDLE_SECS" \
         "stream=$(cat "$WORK/daemon-stream.pid")" "baseline=$(cat "$WORK/daemon-baseline.pid")"
     stop_daemon baseline
 fi

@@ -418,6 +418,11 @@ async fn restart_wal(ctx: &Arc<Ctx>) {
             while rx.changed().await.is_ok() {
                 let status = rx.borrow_and_update().clone();
                 ctx2.record_wal(&job, &source, &status, &mut saved);
+                // Shipping allocates (buffers, the client's connections): given back once
+                // the stream has been quiet a while, like after a run.
+                if status.passing_since.is_none() {
+                    ctx2.work_done.notify_one();
+                }
             }
         });
         tasks.push(ctx.tracker.spawn(crate::wal::run::run(
