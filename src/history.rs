@@ -246,12 +246,7 @@ impl History {
         st: &dyn storage::Storage,
         ids: &[&str],
     ) -> Vec<Window> {
-        let sources: Vec<&str> = job
-            .sources
-            .iter()
-            .filter(|s| s.database().is_some_and(|d| d.wal_source().is_some()))
-            .map(|s| s.name())
-            .collect();
+        let sources = job.wal_sources();
         if sources.is_empty() {
             return Vec::new();
         }

@@ -164,6 +164,15 @@ impl Heal {
 }
 
 impl Job {
+    /// The names of the sources archived continuously (PostgreSQL in physical mode).
+    pub fn wal_sources(&self) -> Vec<&str> {
+        self.sources
+            .iter()
+            .filter(|s| s.database().is_some_and(|d| d.wal_source().is_some()))
+            .map(|s| s.name())
+            .collect()
+    }
+
     /// The database source the healer watches.
     pub fn heal_source(&self) -> Option<&Arc<dyn Database>> {
         let heal = self.heal.as_ref()?;

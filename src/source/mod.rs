@@ -263,6 +263,31 @@ pub(crate) fn describe_status(status: ExitStatus) -> String {
     }
 }
 
+/// A file only this user can read (created new: never through a link someone left), for
+/// the settings of a scratch server.
+pub(crate) fn write_private(path: &Path, content: &[u8]) -> Result<(), SourceError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .and_then(|mut f| f.write_all(content))
+        .map_err(|e| SourceError::io(format!("cannot write {}", path.display()), e))
+}
+
+/// The end of a scratch server's log or output, as much as an error quotes (2 KiB).
+pub(crate) fn log_tail(text: &str) -> String {
+    const LOG_TAIL: usize = 2048;
+    let t = text.trim();
+    let mut start = t.len().saturating_sub(LOG_TAIL);
+    while !t.is_char_boundary(start) {
+        start += 1;
+    }
+    t[start..].to_string()
+}
+
 /// The error for a tool that could not be started: "not found" says what to install.
 pub(crate) fn spawn_error(tool: &str, e: std::io::Error, install_hint: &str) -> SourceError {
     spawn_error_in(tool, e, None, install_hint)

@@ -240,12 +240,7 @@ pub async fn apply(
     job: &Job,
     min_age: Option<TimeDelta>,
 ) -> Result<Vec<Kept>, StorageError> {
-    let sources: Vec<&str> = job
-        .sources
-        .iter()
-        .filter(|s| s.database().is_some_and(|d| d.wal_source().is_some()))
-        .map(|s| s.name())
-        .collect();
+    let sources = job.wal_sources();
     if sources.is_empty() {
         return Ok(Vec::new());
     }

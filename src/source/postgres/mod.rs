@@ -503,19 +503,7 @@ impl Scratch for PostgresSource {
     async fn check(&self, target: &str, query: &str) -> Result<bool, SourceError> {
         let url = self.scratch_url(target)?;
         let rows = self.query(&url, &[query]).await?;
-        match rows.as_slice() {
-            [row] if row.len() == 1 => match row[0].as_str() {
-                "t" => Ok(true),
-                "f" => Ok(false),
-                other => Err(SourceError::Refused(format!(
-                    "the check returned {other:?}, not a boolean; write it to return true or false, e.g. select count(*) > 0 from orders"
-                ))),
-            },
-            _ => Err(SourceError::Refused(format!(
-                "the check returned {} row(s); it must return one boolean, e.g. select count(*) > 0 from orders",
-                rows.len()
-            ))),
-        }
+        check_answer(&rows)
     }
 }
 
@@ -1298,6 +1286,24 @@ fn shown_statement(sql: &str) -> String {
 
 fn with_hint(e: SourceError, clean: bool, whole: bool) -> SourceError {
     hinted(e, |stderr| restore_hint(stderr, clean, whole).to_string())
+}
+
+
+/// A drill check's answer as psql gives it: one row, one boolean.
+pub(crate) fn check_answer(rows: &[Vec<String>]) -> Result<bool, SourceError> {
+    match rows {
+        [row] if row.len() == 1 => match row[0].as_str() {
+            "t" => Ok(true),
+            "f" => Ok(false),
+            other => Err(SourceError::Refused(format!(
+                "the check returned {other:?}, not a boolean; write it to return true or false, e.g. select count(*) > 0 from orders"
+            ))),
+        },
+        _ => Err(SourceError::Refused(format!(
+            "the check returned {} row(s); it must return one boolean, e.g. select count(*) > 0 from orders",
+            rows.len()
+        ))),
+    }
 }
 
 #[cfg(test)]

@@ -22,6 +22,7 @@ use futures::FutureExt;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
+use crate::source::{log_tail as tail, write_private};
 
 use super::{RedisSource, parse_url};
 use crate::engine::{
@@ -37,8 +38,6 @@ const START_TIMEOUT: Duration = Duration::from_secs(30);
 const LOAD_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 /// One reply.
 const REPLY_TIMEOUT: Duration = Duration::from_secs(30);
-/// How much of the server's log an error quotes.
-const LOG_TAIL: usize = 2048;
 
 /// `INFO keyspace` as keys per logical database: "db0:keys=12,expires=1,avg_ttl=0".
 pub(super) fn key_counts(text: &str) -> BTreeMap<String, u64> {
@@ -219,28 +218,6 @@ fn scratch_password() -> Result<String, SourceError> {
         .and_then(|mut f| f.read_exact(&mut bytes))
         .map_err(|e| SourceError::io("cannot read /dev/urandom for the scratch server's password", e))?;
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
-}
-
-/// A file only this user can read (created new: never through a link someone left).
-fn write_private(path: &Path, content: &[u8]) -> Result<(), SourceError> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .and_then(|mut f| f.write_all(content))
-        .map_err(|e| SourceError::io(format!("cannot write {}", path.display()), e))
-}
-
-fn tail(text: &str) -> String {
-    let t = text.trim();
-    let mut start = t.len().saturating_sub(LOG_TAIL);
-    while !t.is_char_boundary(start) {
-        start += 1;
-    }
-    t[start..].to_string()
 }
 
 impl Running {

@@ -25,6 +25,7 @@ use tokio::process::{Child, Command};
 
 use super::PhysicalPostgres;
 use crate::engine::{Scratch, ScratchSpace, SourceError, SpawnReason};
+use crate::source::{log_tail as tail, write_private};
 
 const SERVER: &str = "postgres";
 const SERVER_HINT: &str = "a physical drill starts its own PostgreSQL server on the restored data directory: install the PostgreSQL server of the source's major version (Debian/Ubuntu: package postgresql-15; Alpine: package postgresql15; the stowage image carries only the client tools) or set bin_dir to the directory holding postgres";
@@ -35,8 +36,6 @@ const PORT: u16 = 5432;
 const RECOVERY_TIMEOUT: Duration = Duration::from_secs(6 * 3600);
 /// A fast shutdown, before the server is killed.
 const STOP_TIMEOUT: Duration = Duration::from_secs(60);
-/// How much of the server's log an error quotes.
-const LOG_TAIL: usize = 2048;
 
 /// Where a postgres of each major version is commonly installed, newest first.
 fn usual_places() -> Vec<PathBuf> {
@@ -105,15 +104,6 @@ fn conninfo_value(v: &str) -> String {
 /// where the value is taken verbatim: double quotes keep a comma or space in the path.
 fn list_quote(v: &str) -> String {
     format!("\"{}\"", v.replace('"', "\"\""))
-}
-
-fn tail(text: &str) -> String {
-    let t = text.trim();
-    let mut start = t.len().saturating_sub(LOG_TAIL);
-    while !t.is_char_boundary(start) {
-        start += 1;
-    }
-    t[start..].to_string()
 }
 
 /// What `to` must be for a physical drill: an absolute directory path (the private scratch
@@ -395,19 +385,6 @@ impl PhysicalScratch {
     }
 }
 
-/// A file only this user can read (created new: never through a link someone left).
-fn write_private(path: &Path, content: &[u8]) -> Result<(), SourceError> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .and_then(|mut f| f.write_all(content))
-        .map_err(|e| SourceError::io(format!("cannot write {}", path.display()), e))
-}
-
 /// What a query gave: rows, or the server's error (the server is still there).
 enum Answer {
     Rows(Vec<Vec<String>>),
@@ -675,19 +652,7 @@ impl ScratchSpace for PhysicalScratch {
         let database = self.database.clone();
         let server = self.server().await?;
         let rows = server.rows(&database, query).await?;
-        match rows.as_slice() {
-            [row] if row.len() == 1 => match row[0].as_str() {
-                "t" => Ok(true),
-                "f" => Ok(false),
-                other => Err(SourceError::Refused(format!(
-                    "the check returned {other:?}, not a boolean; write it to return true or false, e.g. select count(*) > 0 from orders"
-                ))),
-            },
-            _ => Err(SourceError::Refused(format!(
-                "the check returned {} row(s); it must return one boolean, e.g. select count(*) > 0 from orders",
-                rows.len()
-            ))),
-        }
+        super::super::check_answer(&rows)
     }
 
     async fn remove(mut self: Box<Self>) -> Result<(), SourceError> {
