@@ -84,6 +84,9 @@ pub struct RunReport {
     /// The stop cut retention short: the backup is published, the pruning it would have
     /// done waits for the next run.
     pub retention_interrupted: bool,
+    /// Said in the run's summary and notified, but the run succeeded: a dump much smaller
+    /// than the ones before it, for instance.
+    pub warnings: Vec<String>,
 }
 
 struct Target {
@@ -669,6 +672,7 @@ impl<'a> RunCtx<'a> {
             errors: self.errors,
             kept: self.kept,
             retention_interrupted: self.retention_interrupted,
+            warnings: Vec::new(),
         }
     }
 }
