@@ -86,7 +86,7 @@ async fn ship_until(job: &Job, done: impl Fn(&WalStatus, &Path) -> bool) -> WalS
             &config.jobs["app"],
             "db",
             &spool,
-            &dests,
+            || std::future::ready(dests.clone()),
             Duration::from_secs(1),
             &tx,
             stop,
@@ -311,7 +311,7 @@ async fn a_destination_that_fails_gets_the_wal_when_back() {
         &config.jobs["app"],
         "db",
         &spool,
-        &dests,
+        || std::future::ready(dests.clone()),
         Duration::from_secs(1),
         &tx,
         async {

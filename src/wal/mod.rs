@@ -39,6 +39,17 @@ use crate::units::human_bytes;
 /// The job's destinations, opened, in the job's order: (name, storage).
 pub type Destinations = [(String, Arc<dyn Storage>)];
 
+/// The job's destinations as `ship`'s `open` returns them.
+pub type Opened = Vec<(String, Arc<dyn Storage>)>;
+
+/// After this long with everything shipped and the spool unchanged, the shipper closes its
+/// destinations (an S3 client holds its TLS roots, connection pool and configuration:
+/// ~0.5 MiB of heap that an idle daemon should not carry) and opens them again on the next
+/// change. Longer than `wal_flush`, so a database written every few seconds keeps its
+/// connections; shorter than the daemon's wait before it gives memory back (`footprint`),
+/// so what is closed is returned then.
+const KEEP_OPEN: Duration = Duration::from_secs(30);
+
 /// How shipping stands, for the status page and `stowage_wal_lag_seconds`.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct WalStatus {
@@ -80,23 +91,38 @@ impl WalStatus {
 /// is shipped every `flush` when its content changed. `status` is updated after each pass.
 /// Dropping the future is safe at any point: what was not shipped stays in the spool, and
 /// shipping a file again after a restart only rewrites the same object and record.
-pub async fn ship(
+pub async fn ship<F: Future<Output = Opened>>(
     job: &Job,
     source: &str,
     spool: &Path,
-    destinations: &Destinations,
+    open: impl Fn() -> F,
     flush: Duration,
     status: &watch::Sender<WalStatus>,
     shutdown: impl Future<Output = ()>,
 ) {
-    let mut shipper = Shipper::new(job, source, spool, destinations, flush);
+    let shipper = Shipper::new(job, source, spool, open().await, flush);
+    keep_shipping(shipper, open, status, shutdown).await;
+}
+
+/// `ship` with a `shipper` made.
+async fn keep_shipping<F: Future<Output = Opened>>(
+    mut shipper: Shipper<'_>,
+    open: impl Fn() -> F,
+    status: &watch::Sender<WalStatus>,
+    shutdown: impl Future<Output = ()>,
+) {
+    let (job, source, flush) = (shipper.job, shipper.source, shipper.flush);
+    let spool = shipper.spool.clone();
     // Made before the first pass: what changes during a pass is seen after it.
-    let mut changes = changes::Changes::watch(spool);
+    let mut changes = changes::Changes::watch(&spool);
     tokio::pin!(shutdown);
     let mut failures: u32 = 0;
-    loop {
+    'shipping: loop {
         let outcome = tokio::select! {
-            o = shipper.pass(false, status) => o,
+            o = async {
+                shipper.reopen(&open).await;
+                shipper.pass(false, status).await
+            } => o,
             () = &mut shutdown => break,
         };
         shipper.publish(status, &outcome);
@@ -120,14 +146,20 @@ pub async fn ship(
             && outcome.pending == 0
             && let Some(c) = changes.as_mut()
         {
-            tokio::select! {
-                r = c.changed() => {
-                    if let Err(e) = r {
-                        warn!(job = %job.name, source, "cannot watch the WAL spool {} any more ({e}); looking every {} s", spool.display(), flush.as_secs());
-                        changes = None;
+            let quiet = tokio::time::sleep(shipper.keep_open);
+            tokio::pin!(quiet);
+            loop {
+                tokio::select! {
+                    r = c.changed() => {
+                        if let Err(e) = r {
+                            warn!(job = %job.name, source, "cannot watch the WAL spool {} any more ({e}); looking every {} s", spool.display(), flush.as_secs());
+                            changes = None;
+                        }
+                        break;
                     }
+                    () = &mut quiet, if shipper.is_open() => shipper.close(),
+                    () = &mut shutdown => break 'shipping,
                 }
-                () = &mut shutdown => break,
             }
         }
         tokio::select! {
@@ -135,6 +167,7 @@ pub async fn ship(
             () = &mut shutdown => break,
         }
     }
+    shipper.reopen(&open).await;
     let outcome = shipper.pass(true, status).await;
     shipper.publish(status, &outcome);
 }
@@ -179,7 +212,11 @@ struct Shipper<'a> {
     job: &'a Job,
     source: &'a str,
     spool: PathBuf,
-    destinations: &'a Destinations,
+    /// Empty while closed (`close`): `reopen` before a pass.
+    destinations: Arc<Destinations>,
+    closed: bool,
+    /// `KEEP_OPEN`, shorter in tests.
+    keep_open: Duration,
     flush: Duration,
     /// Completed file → which destinations (by index) hold it with its record.
     done: HashMap<String, Vec<bool>>,
@@ -264,21 +301,48 @@ impl<'a> Shipper<'a> {
         job: &'a Job,
         source: &'a str,
         spool: &Path,
-        destinations: &'a Destinations,
+        destinations: Opened,
         flush: Duration,
     ) -> Shipper<'a> {
         Shipper {
             job,
             source,
             spool: spool.to_path_buf(),
-            destinations,
+            partial: vec![PartialOn::default(); destinations.len()],
+            destinations: destinations.into(),
+            closed: false,
+            keep_open: KEEP_OPEN,
             flush,
             done: HashMap::new(),
-            partial: vec![PartialOn::default(); destinations.len()],
             partial_seen: None,
             last_partial: None,
             status: WalStatus::default(),
         }
+    }
+
+    fn is_open(&self) -> bool {
+        !self.closed
+    }
+
+    /// Drop the destinations' clients; what was shipped where is kept.
+    fn close(&mut self) {
+        self.destinations = Arc::from(Vec::new());
+        self.closed = true;
+    }
+
+    async fn reopen<F: Future<Output = Opened>>(&mut self, open: &impl Fn() -> F) {
+        if !self.closed {
+            return;
+        }
+        let destinations = open().await;
+        // The same job gives the same destinations in the same order; should it not, what
+        // is known per destination no longer is.
+        if destinations.len() != self.partial.len() {
+            self.done.clear();
+            self.partial = vec![PartialOn::default(); destinations.len()];
+        }
+        self.destinations = destinations.into();
+        self.closed = false;
     }
 
     fn names(&self) -> WalNames<'a> {

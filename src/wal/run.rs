@@ -89,11 +89,21 @@ pub async fn run(
         );
         return;
     }
-    let destinations: Vec<(String, Arc<dyn Storage>)> = storage::open_job(&config, job)
-        .await
-        .into_iter()
-        .map(|js| (js.name.to_string(), Arc::from(js.storage)))
-        .collect();
+    // Opened for each stretch of shipping, closed while the database is quiet (`ship`).
+    let open = || {
+        let config = config.clone();
+        let job_name = job_name.clone();
+        async move {
+            let Some(job) = config.jobs.get(&job_name) else {
+                return super::Opened::new();
+            };
+            storage::open_job(&config, job)
+                .await
+                .into_iter()
+                .map(|js| (js.name.to_string(), Arc::<dyn Storage>::from(js.storage)))
+                .collect()
+        }
+    };
     let receive = async {
         let mut failures = 0u32;
         loop {
@@ -160,7 +170,7 @@ pub async fn run(
         job,
         source,
         &spool,
-        &destinations,
+        open,
         ws.flush_interval(),
         &status,
         stop.cancelled(),

@@ -69,7 +69,7 @@ impl Setup {
             self.job(),
             "db",
             &self.spool(),
-            &self.destinations,
+            self.destinations.clone(),
             Duration::from_secs(10),
         )
     }
@@ -402,7 +402,7 @@ async fn ship_runs_until_shutdown() {
         job,
         "db",
         &spool,
-        &s.destinations,
+        || std::future::ready(s.destinations.clone()),
         Duration::from_secs(3600),
         &tx,
         async {
@@ -426,12 +426,72 @@ async fn ship_runs_until_shutdown() {
     assert_eq!(tx.borrow().last_shipped.as_deref(), Some(SEG2));
 }
 
+/// Wait (20 s at most) until `done`.
+async fn until(what: &str, done: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A quiet spool closes the destinations (an idle daemon does not keep an S3 client), the
+/// next change opens them again, and the last pass after shutdown opens them too; what was
+/// shipped before a close is not sent again after it.
+#[tokio::test]
+async fn quiet_closes_the_destinations_and_a_change_opens_them() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let s = Setup::new("");
+    s.put(SEG1, &data(1000, 12));
+    let opens = AtomicUsize::new(0);
+    let open = || {
+        opens.fetch_add(1, Ordering::SeqCst);
+        std::future::ready(s.destinations.clone())
+    };
+    // Held only by the setup once the shipper has let go.
+    let closed = || Arc::strong_count(&s.destinations[0].1) == 1;
+    let (tx, mut rx) = watch::channel(WalStatus::default());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let job = s.job();
+    let spool = s.spool();
+    let mut shipper = Shipper::new(job, "db", &spool, open().await, Duration::from_secs(1));
+    shipper.keep_open = Duration::from_millis(300);
+    let shipping = keep_shipping(shipper, open, &tx, async {
+        let _ = stopped.await;
+    });
+    let watching = async {
+        rx.wait_for(|st| st.last_shipped.as_deref() == Some(SEG1))
+            .await
+            .expect("status");
+        until("closed after the first file", closed).await;
+        assert_eq!(opens.load(Ordering::SeqCst), 1);
+        let puts = s.stores[0].calls(Op::PutStream);
+        s.put(SEG2, &data(1000, 13));
+        rx.wait_for(|st| st.last_shipped.as_deref() == Some(SEG2))
+            .await
+            .expect("status");
+        assert_eq!(opens.load(Ordering::SeqCst), 2, "opened again for SEG2");
+        assert_eq!(s.stores[0].calls(Op::PutStream), puts + 1, "SEG2 only");
+        until("closed after the second file", closed).await;
+        s.put(SEG3, &data(1000, 14));
+        let _ = stop.send(());
+    };
+    tokio::time::timeout(Duration::from_secs(60), async {
+        tokio::join!(shipping, watching);
+    })
+    .await
+    .expect("ship returns after shutdown");
+    assert!(s.spooled().is_empty(), "the last pass shipped SEG3");
+    assert!(opens.load(Ordering::SeqCst) >= 3);
+    assert!(closed());
+}
+
 /// Without a destination nothing leaves the spool.
 #[tokio::test]
 async fn no_destination_keeps_the_spool() {
     let s = Setup::new("");
     s.put(SEG1, &data(1000, 10));
-    let mut shipper = Shipper::new(s.job(), "db", &s.spool(), &[], Duration::from_secs(10));
+    let mut shipper = Shipper::new(s.job(), "db", &s.spool(), Vec::new(), Duration::from_secs(10));
     let out = shipper.pass(true, &quiet()).await;
     assert!(out.failed);
     assert_eq!(s.spooled(), vec![SEG1]);
