@@ -27,7 +27,7 @@ use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncRead, AsyncReadExt, ReadBuf};
 use tokio::sync::{mpsc, watch};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::codec::Reader;
 use crate::config::Job;
@@ -328,6 +328,7 @@ impl<'a> Shipper<'a> {
     fn close(&mut self) {
         self.destinations = Arc::from(Vec::new());
         self.closed = true;
+        debug!(job = %self.job.name, source = self.source, "the WAL spool is quiet: destinations closed");
     }
 
     async fn reopen<F: Future<Output = Opened>>(&mut self, open: &impl Fn() -> F) {
@@ -343,6 +344,7 @@ impl<'a> Shipper<'a> {
         }
         self.destinations = destinations.into();
         self.closed = false;
+        debug!(job = %self.job.name, source = self.source, "WAL to ship: destinations opened again");
     }
 
     fn names(&self) -> WalNames<'a> {
