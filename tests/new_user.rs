@@ -296,6 +296,23 @@ fn an_identity_that_is_no_recipient_is_said_at_once() {
         ) && out.contains("remove identity_file"),
         "{out}"
     );
+    std::fs::write(
+        &path,
+        STACK.replace(
+            "ENCRYPTION",
+            &format!(
+                "encryption = {{ passphrase_file = \"{}\" }}",
+                pass.display()
+            ),
+        ),
+    )
+    .expect("write");
+    let (code, out) = check_config(&path, &[]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains("encryption: age, passphrase; the passphrase reads backups"),
+        "{out}"
+    );
 }
 
 /// A mistyped job name in a variable makes a job of its own: one line naming the variable

@@ -5,6 +5,7 @@ use chrono::Utc;
 
 use super::{EXIT_CONFIG, EXIT_OK, load_config};
 use crate::config::{Config, Job, LogConfig, LogFormat, Rotation, SourceConfig};
+use crate::crypt::Keys;
 use crate::retention::RetentionPolicy;
 use crate::schedule::Schedule;
 
@@ -201,6 +202,8 @@ fn job_checks(out: &mut String, config: &Config, j: &Job, now: chrono::DateTime<
         let mismatch = format!("jobs.{}.encryption.identity_file:", j.name);
         let keys = if e.keys.is_none() {
             "no identity here (restore needs --identity)"
+        } else if matches!(e.keys.as_deref(), Some(Keys::Passphrase { .. })) {
+            "the passphrase reads backups (heal, verify and drills can too)"
         } else if config.warnings.iter().any(|w| w.starts_with(&mismatch)) {
             "identity_file reads none of its backups (see the warning above)"
         } else {
