@@ -4,7 +4,10 @@ use std::path::Path;
 use chrono::Utc;
 
 use super::{EXIT_CONFIG, EXIT_OK, load_config};
-use crate::config::{Config, Job, SourceConfig};
+use crate::config::{Config, Job, LogConfig, LogFormat, Rotation, SourceConfig};
+use crate::crypt::Keys;
+use crate::retention::RetentionPolicy;
+use crate::schedule::Schedule;
 
 pub fn run(path: &Path, connect: bool) -> i32 {
     let Some(config) = load_config(path) else {
@@ -46,23 +49,7 @@ pub fn summary(config: &Config, now: chrono::DateTime<Utc>) -> String {
     for w in &config.warnings {
         let _ = writeln!(out, "warning: {w}");
     }
-    let _ = writeln!(
-        out,
-        "log: level {}, format {:?}{}",
-        config.log.level,
-        config.log.format,
-        config
-            .log
-            .dir
-            .as_ref()
-            .map(|d| format!(
-                ", files in {} ({:?}, keep {})",
-                d.display(),
-                config.log.rotation,
-                config.log.keep_files
-            ))
-            .unwrap_or_default()
-    );
+    let _ = writeln!(out, "{}", log_line(&config.log));
     destinations(&mut out, config);
     jobs(&mut out, config, now);
     out
@@ -74,7 +61,7 @@ fn destinations(out: &mut String, config: &Config) {
     for d in config.destinations.values() {
         let what = d.settings.describe();
         let _ = writeln!(out, "  {:<12} {what}", d.name);
-        let _ = writeln!(out, "  {:<12} retention: {}", "", d.retention.describe());
+        let _ = writeln!(out, "  {:<12} {}", "", retention(&d.retention));
         if !config
             .jobs
             .values()
@@ -85,17 +72,64 @@ fn destinations(out: &mut String, config: &Config) {
     }
 }
 
-/// Each job: schedule, sources, destinations, next runs, encryption and drill.
+/// A destination's `retention`, as the config file writes it.
+fn retention(policy: &RetentionPolicy) -> String {
+    if policy.is_keep_all() {
+        return "retention: none, every backup is kept".to_string();
+    }
+    // `describe` says `keep_daily=7 max_age=30d`: the keys, in the file's order.
+    let rules: Vec<String> = policy
+        .describe()
+        .split_whitespace()
+        .map(|rule| match rule.split_once('=') {
+            Some(("max_age", v)) => format!("max_age = \"{v}\""),
+            Some((k, v)) => format!("{k} = {v}"),
+            None => rule.to_string(),
+        })
+        .collect();
+    format!("retention = {{ {} }}", rules.join(", "))
+}
+
+/// The `[log]` settings, in the config file's words.
+fn log_line(log: &LogConfig) -> String {
+    let format = match log.format {
+        LogFormat::Text => "text",
+        LogFormat::Json => "json",
+    };
+    let files = log.dir.as_ref().map(|d| {
+        let rotation = match log.rotation {
+            Rotation::Daily => "daily",
+            Rotation::Hourly => "hourly",
+            Rotation::Never => "never",
+        };
+        format!(
+            ", files in {} (rotation = \"{rotation}\", keep_files = {})",
+            d.display(),
+            log.keep_files
+        )
+    });
+    format!(
+        "log: level = \"{}\", format = \"{format}\"{}",
+        log.level,
+        files.unwrap_or_default()
+    )
+}
+
+/// Each job: schedule, sources, destinations, next runs, then what else the daemon does
+/// with it (verify, heal, drill) with their next runs, and encryption.
 fn jobs(out: &mut String, config: &Config, now: chrono::DateTime<Utc>) {
     let _ = writeln!(out, "jobs:");
     for j in config.jobs.values() {
         let _ = writeln!(
             out,
-            "  {:<12} schedule \"{}\" ({}), compression {:?}",
+            "  {:<12} schedule \"{}\" ({}), compression = \"{}\"{}",
             j.name,
             j.schedule.expr(),
             j.schedule.tz(),
-            j.compression
+            j.compression.as_str(),
+            j.compression_level
+                .map(|l| format!(", compression_level = {l}"))
+                .unwrap_or_default()
         );
         job_sources(out, j);
         let _ = writeln!(
@@ -104,36 +138,82 @@ fn jobs(out: &mut String, config: &Config, now: chrono::DateTime<Utc>) {
             "",
             j.destinations.join(", ")
         );
-        let next: Vec<String> = j
-            .schedule
-            .upcoming(now, 3)
-            .iter()
-            .map(|t| t.format("%Y-%m-%d %H:%M:%S %Z").to_string())
-            .collect();
-        let _ = writeln!(out, "  {:<12} next runs: {}", "", next.join(", "));
-        if let Some(e) = &j.encryption {
-            let _ = writeln!(
-                out,
-                "  {:<12} encryption: age, {}; {}",
-                "",
-                e.sealer.describe(),
-                if e.keys.is_some() {
-                    "identity configured (heal, verify and drills can read backups)"
-                } else {
-                    "no identity here (restore needs --identity)"
-                }
-            );
-        }
-        if let Some(d) = &j.drill {
-            let _ = writeln!(
-                out,
-                "  {:<12} drill: {} into a scratch database ({}), {} check(s)",
-                "",
-                d.source,
-                d.schedule.expr(),
-                d.checks.len()
-            );
-        }
+        let _ = writeln!(
+            out,
+            "  {:<12} next runs: {}",
+            "",
+            next_runs(&j.schedule, now, 3)
+        );
+        job_checks(out, config, j, now);
+    }
+}
+
+/// The next `n` times `schedule` fires after `now`, in its time zone.
+fn next_runs(schedule: &Schedule, now: chrono::DateTime<Utc>, n: usize) -> String {
+    let next: Vec<String> = schedule
+        .upcoming(now, n)
+        .iter()
+        .map(|t| t.format("%Y-%m-%d %H:%M:%S %Z").to_string())
+        .collect();
+    if next.is_empty() {
+        "never".to_string()
+    } else {
+        next.join(", ")
+    }
+}
+
+/// A job's verify, heal, drill (each with its schedule and next run) and encryption.
+fn job_checks(out: &mut String, config: &Config, j: &Job, now: chrono::DateTime<Utc>) {
+    let pad = "";
+    if let Some(v) = &j.verify {
+        let _ = writeln!(
+            out,
+            "  {pad:<12} verify: schedule \"{}\", read_data = \"{}\"; next run {}",
+            v.expr(),
+            j.verify_read_data,
+            next_runs(v, now, 1)
+        );
+    }
+    if let Some(h) = &j.heal {
+        let watch: Vec<String> = h.watch.iter().map(|w| format!("\"{w}\"")).collect();
+        let _ = writeln!(
+            out,
+            "  {pad:<12} heal: source \"{}\", watch = [{}], backups = {}{}, schedule \"{}\"; next run {}",
+            h.source,
+            watch.join(", "),
+            h.backups,
+            if h.dry_run { ", dry_run = true" } else { "" },
+            h.schedule.expr(),
+            next_runs(&h.schedule, now, 1)
+        );
+    }
+    if let Some(d) = &j.drill {
+        let _ = writeln!(
+            out,
+            "  {pad:<12} drill: source \"{}\" into a scratch database, {} check(s), schedule \"{}\"; next run {}",
+            d.source,
+            d.checks.len(),
+            d.schedule.expr(),
+            next_runs(&d.schedule, now, 1)
+        );
+    }
+    if let Some(e) = &j.encryption {
+        // A mismatch between identity and recipients is one of the warnings above.
+        let mismatch = format!("jobs.{}.encryption.identity_file:", j.name);
+        let keys = if e.keys.is_none() {
+            "no identity here (restore needs --identity)"
+        } else if matches!(e.keys.as_deref(), Some(Keys::Passphrase { .. })) {
+            "the passphrase reads backups (heal, verify and drills can too)"
+        } else if config.warnings.iter().any(|w| w.starts_with(&mismatch)) {
+            "identity_file reads none of its backups (see the warning above)"
+        } else {
+            "identity configured (heal, verify and drills can read backups)"
+        };
+        let _ = writeln!(
+            out,
+            "  {pad:<12} encryption: age, {}; {keys}",
+            e.sealer.describe()
+        );
     }
 }
 

@@ -8,7 +8,7 @@ use super::OWN_VARIABLES;
 use super::read::{KeyPath, Reading, STAND_IN, find};
 use crate::config::raw;
 use crate::section::serde_fields;
-use crate::section::words::{ENV_PREFIX, strsim_distance};
+use crate::section::words::{ENV_PREFIX, closest, strsim_distance};
 
 /// Whether `STOWAGE_<name>` is read as config: any name with `__` (a key in a section), a
 /// top-level key, or a near miss of one (so that a typo is reported, not ignored). Other
@@ -98,6 +98,108 @@ impl Reading<'_> {
         }
         format!("{line}{}", self.env_origin(&key))
     }
+}
+
+/// A job that only environment variables define (the config file has no `[jobs.NAME]`),
+/// with the variables that made it: a typo in a job name (`STOWAGE_JOBS__APPP__SCHEDULE`)
+/// makes a new, empty job.
+pub(super) struct EnvOnlyJob {
+    name: String,
+    variables: Vec<String>,
+}
+
+/// The jobs the environment (`env`, its config keys) sets that are not in `file` (the
+/// config file's own tree), each with the variables that set it.
+pub(super) fn env_only_jobs(
+    file: &figment::value::Value,
+    env: &figment::value::Value,
+) -> Vec<EnvOnlyJob> {
+    let Some(figment::value::Value::Dict(_, jobs)) = find(env, &["jobs".to_string()]) else {
+        return Vec::new();
+    };
+    let mut found = Vec::new();
+    for (name, value) in jobs {
+        let key = vec!["jobs".to_string(), name.clone()];
+        if find(file, &key).is_some() {
+            continue;
+        }
+        let mut leaves = Vec::new();
+        collect_leaves(value, key, &mut leaves);
+        // A variable sets one leaf (an array is one value): its name is the leaf's path.
+        let mut variables: Vec<String> = leaves
+            .iter()
+            .map(|(path, _)| {
+                let names: Vec<String> = path.iter().map(|s| s.to_uppercase()).collect();
+                format!("{ENV_PREFIX}{}", names.join("__"))
+            })
+            .collect();
+        variables.sort();
+        variables.dedup();
+        found.push(EnvOnlyJob {
+            name: name.clone(),
+            variables,
+        });
+    }
+    found
+}
+
+/// Every problem about a job only the environment defines, as one line that names its
+/// variables and the job of the file they were probably meant for: "no destination" and
+/// "no source" about a job nobody meant to define would send the user looking in the file.
+/// A job the environment defines without a problem is left alone (that is allowed).
+pub(super) fn report_env_only_jobs(
+    problems: &mut Vec<String>,
+    jobs: &[EnvOnlyJob],
+    file: &figment::value::Value,
+) {
+    let in_file: Vec<&str> = match find(file, &["jobs".to_string()]) {
+        Some(figment::value::Value::Dict(_, d)) => d.keys().map(String::as_str).collect(),
+        _ => Vec::new(),
+    };
+    for job in jobs {
+        let before = problems.len();
+        problems.retain(|line| {
+            let key = problem_key(line);
+            !(key.len() >= 2 && key[0] == "jobs" && key[1] == job.name)
+        });
+        if problems.len() < before {
+            problems.push(env_only_line(job, &in_file));
+        }
+    }
+}
+
+fn env_only_line(job: &EnvOnlyJob, in_file: &[&str]) -> String {
+    let name = &job.name;
+    let prefix = format!("{ENV_PREFIX}JOBS__{}__", name.to_uppercase());
+    let meant = in_file
+        .iter()
+        .copied()
+        .find(|j| j.eq_ignore_ascii_case(name))
+        .or_else(|| closest(name, in_file));
+    let fix = match meant {
+        // figment reads variable names in lower case.
+        Some(j) if j.eq_ignore_ascii_case(name) => format!(
+            "; the file's job \"{j}\" has upper-case letters, which a variable cannot name (its name is read in lower case): rename the job to \"{name}\" in the file"
+        ),
+        Some(j) => format!(
+            " (did you mean \"{j}\"? its variables begin {ENV_PREFIX}JOBS__{}__, not {prefix})",
+            j.to_uppercase()
+        ),
+        None => format!(
+            "; add a [jobs.{name}] section to the file, or remove the variable{}",
+            if job.variables.len() > 1 { "s" } else { "" }
+        ),
+    };
+    format!(
+        "jobs.{name}: job \"{name}\" is not in the config file, only in environment variable{} {}{fix}; jobs in the file: {}",
+        if job.variables.len() > 1 { "s" } else { "" },
+        job.variables.join(", "),
+        if in_file.is_empty() {
+            "none".to_string()
+        } else {
+            in_file.join(", ")
+        }
+    )
 }
 
 /// The key a problem line names ("jobs.app.sources[1].url: …"), as a key path.

@@ -39,9 +39,18 @@ pub fn load_with_env(path: &Path, use_env: bool) -> Result<Config, ConfigError> 
         }
     };
     let (raw, reading) = read::read_raw(&figment).map_err(invalid)?;
+    let env_only = |mut problems: Vec<String>| {
+        // What the file and the environment each define, to tell a job only the
+        // environment made.
+        if let Some((file, env)) = use_env.then(|| read::origins(path)).flatten() {
+            let jobs = diagnose::env_only_jobs(&file, &env);
+            diagnose::report_env_only_jobs(&mut problems, &jobs, &file);
+        }
+        invalid(problems)
+    };
     match validate::validate(path, raw) {
         Ok(config) if reading.problems.is_empty() => Ok(config),
-        Ok(_) => Err(invalid(reading.problems)),
+        Ok(_) => Err(env_only(reading.problems.clone())),
         Err(found) => {
             let mut problems = reading.problems.clone();
             problems.extend(
@@ -55,7 +64,7 @@ pub fn load_with_env(path: &Path, use_env: bool) -> Result<Config, ConfigError> 
                 // turn an invalid config into an empty list.
                 problems = found;
             }
-            Err(invalid(problems))
+            Err(env_only(problems))
         }
     }
 }

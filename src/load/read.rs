@@ -34,13 +34,24 @@ pub(super) fn figment(path: &Path, use_env: bool) -> Result<Figment, ConfigError
         });
     }
     if use_env {
-        figment = figment.merge(
-            Env::prefixed(ENV_PREFIX)
-                .filter(|k| is_config_variable(k.as_str()))
-                .split("__"),
-        );
+        figment = figment.merge(environment());
     }
     Ok(figment)
+}
+
+/// The config keys the `STOWAGE_…` environment sets.
+fn environment() -> Env {
+    Env::prefixed(ENV_PREFIX)
+        .filter(|k| is_config_variable(k.as_str()))
+        .split("__")
+}
+
+/// The config file and the environment each on its own, for telling which one defines a
+/// table (`None` when either cannot be read: then the merged config's errors say why).
+pub(super) fn origins(path: &Path) -> Option<(figment::value::Value, figment::value::Value)> {
+    let file = figment(path, false).ok()?.find_value("").ok()?;
+    let env = Figment::from(environment()).find_value("").ok()?;
+    Some((file, env))
 }
 
 /// A required key's stand-in while the rest of the config is checked; a problem that

@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use super::source::Broken;
 use crate::config::{Drill, SourceConfig, raw};
 use crate::engine::Database;
 use crate::schedule::Schedule;
@@ -13,6 +14,7 @@ pub(super) fn drill_config(
     raw: &raw::RawDrill,
     tz: Zone,
     sources: &[SourceConfig],
+    broken: &Broken,
     problems: &mut Vec<String>,
 ) -> Option<Drill> {
     let key = format!("{key}.drill");
@@ -20,7 +22,7 @@ pub(super) fn drill_config(
     let schedule = Schedule::parse(&raw.schedule, tz)
         .map_err(|e| problems.push(format!("{key}.schedule: {e}")))
         .ok();
-    let source = drill_source(&key, raw.source.as_deref(), sources, problems);
+    let source = drill_source(&key, raw.source.as_deref(), sources, broken, problems);
     if let Some(db) = &source {
         target(&key, db, raw, problems);
     }
@@ -45,6 +47,7 @@ fn drill_source(
     key: &str,
     name: Option<&str>,
     sources: &[SourceConfig],
+    broken: &Broken,
     problems: &mut Vec<String>,
 ) -> Option<Arc<dyn Database>> {
     let drillable: Vec<&Arc<dyn Database>> = sources
@@ -61,6 +64,10 @@ fn drill_source(
             .join(", ")
     };
     match (name, drillable.as_slice()) {
+        // A source that did not validate: its own problems are reported, and whether a
+        // drill could restore it is not known.
+        (Some(name), _) if broken.may_be(name) && !sources.iter().any(|s| s.name() == name) => None,
+        (None, []) if !broken.is_empty() => None,
         (Some(name), _) => match drillable.iter().find(|d| d.name() == name) {
             Some(d) => Some((*d).clone()),
             None => {

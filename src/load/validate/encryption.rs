@@ -1,19 +1,26 @@
 //! `encryption = { … }` of a job: recipients (inline and from a file) or a passphrase, and
 //! the optional identity and blob key. Reads the files it names.
 
+use std::path::Path;
+use std::str::FromStr;
+
 use crate::config::{SourceConfig, raw};
 use crate::crypt::{Encryption, Keys, Sealer, recipients_in};
 use crate::secret::Secret;
 
 use crate::section::read_secret;
 
+/// `readers`: what the daemon reads the job's backups back for (heal, drill,
+/// verify.read_data): an identity that cannot read them is then an error, not a warning.
 pub(super) fn encryption_config(
     key: &str,
     raw: &raw::RawEncryption,
     sources: &[SourceConfig],
+    readers: &[&str],
     problems: &mut Vec<String>,
     warnings: &mut Vec<String>,
 ) -> Option<Encryption> {
+    let job = key.strip_prefix("jobs.").unwrap_or(key);
     let key = format!("{key}.encryption");
     let mark = problems.len();
     let listed = recipients(&key, raw, problems);
@@ -29,6 +36,20 @@ pub(super) fn encryption_config(
         .and_then(|f| read_secret(f, &format!("{key}.blob_key_file"), problems));
     if problems.len() > mark {
         return None;
+    }
+    if let (Some(keys), Some(file)) = (&keys, &raw.identity_file)
+        && let Err(e) = identity_reads(&key, job, file, &listed, keys)
+    {
+        if readers.is_empty() {
+            warnings.push(format!(
+                "{e}; restore, download and wal-fetch without --identity would fail"
+            ));
+        } else {
+            problems.push(format!(
+                "{e}; the job's {} would fail to read its backups",
+                readers.join(", ")
+            ));
+        }
     }
     if raw.passphrase_file.is_some() && sources.iter().any(|s| matches!(s, SourceConfig::Files(_)))
     {
@@ -121,4 +142,54 @@ fn keys(
         }),
         (None, None) => None,
     }
+}
+
+/// Whether the identity file reads what the job writes: an X25519 identity reads only what
+/// was encrypted to its own public key, so one of its identities must be one of the
+/// recipients; what a passphrase encrypted only the passphrase reads. `Err`: why not.
+fn identity_reads(
+    key: &str,
+    job: &str,
+    file: &Path,
+    listed: &[(String, String)],
+    keys: &Keys,
+) -> Result<(), String> {
+    let Keys::Identities { ids, .. } = keys else {
+        return Ok(());
+    };
+    let ikey = format!("{key}.identity_file");
+    if listed.is_empty() {
+        return Err(format!(
+            "{ikey}: job \"{job}\" encrypts with passphrase_file, and an age identity ({}) cannot read what a passphrase encrypted; remove identity_file (the passphrase reads the backups)",
+            file.display()
+        ));
+    }
+    let public: Vec<String> = ids.iter().map(|i| i.to_public().to_string()).collect();
+    let recipients: Vec<(&str, String)> = listed
+        .iter()
+        .filter_map(|(what, text)| {
+            let r = age::x25519::Recipient::from_str(text).ok()?;
+            Some((what.strip_prefix(key).unwrap_or(what), r.to_string()))
+        })
+        .collect();
+    if recipients.iter().any(|(_, r)| public.contains(r)) {
+        return Ok(());
+    }
+    Err(format!(
+        "{ikey}: {} holds no key of job \"{job}\": its public key{} {} {} none of the job's recipients ({}); give the identity file of one of them (age-keygen -y FILE prints a file's public key), or add {} to recipients",
+        file.display(),
+        if public.len() > 1 { "s" } else { "" },
+        public.join(", "),
+        if public.len() > 1 { "are" } else { "is" },
+        recipients
+            .iter()
+            .map(|(what, r)| format!("{r} from {}", what.trim_start_matches('.')))
+            .collect::<Vec<_>>()
+            .join(", "),
+        if public.len() > 1 {
+            "one of its public keys"
+        } else {
+            "its public key"
+        }
+    ))
 }

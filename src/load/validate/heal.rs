@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use super::source::Broken;
 use crate::config::{DEFAULT_HEAL_SCHEDULE, Heal, SourceConfig, raw};
 use crate::engine::Database;
 use crate::schedule::Schedule;
@@ -12,6 +13,7 @@ pub(super) fn heal_config(
     raw: &raw::RawHeal,
     tz: Zone,
     sources: &[SourceConfig],
+    broken: &Broken,
     problems: &mut Vec<String>,
 ) -> Option<Heal> {
     let key = format!("{key}.heal");
@@ -26,7 +28,11 @@ pub(super) fn heal_config(
         .filter(|d| d.selects_objects() && d.own_target().is_some())
         .collect();
     let source = match &raw.source {
+        // A source that did not validate: its own problems are reported, and whether the
+        // healer could watch it is not known.
+        Some(name) if broken.may_be(name) && !sources.iter().any(|s| s.name() == name) => None,
         Some(name) => named_source(&key, name, sources, &healable, problems),
+        None if healable.is_empty() && !broken.is_empty() => None,
         None => only_source(&key, &healable, problems),
     };
     watch(&key, &raw.watch, problems);

@@ -60,7 +60,7 @@ fn job(
     compression_level(&key, j.compression, j.compression_level, problems);
     job_destinations(&key, &j.destinations, defined, problems);
     let raw_sources = std::mem::take(&mut j.sources);
-    let sources = source::sources(
+    let (sources, broken) = source::sources(
         &key,
         &name,
         raw_sources,
@@ -69,7 +69,7 @@ fn job(
         problems,
     );
     source::order_warning(&key, &sources, warnings);
-    let checks = checks(&key, &j, tz, &sources, problems, warnings);
+    let checks = checks(&key, &j, tz, &sources, &broken, problems, warnings);
     Some(Job {
         name,
         schedule: schedule?,
@@ -227,35 +227,34 @@ fn checks(
     j: &raw::RawJob,
     tz: Zone,
     sources: &[SourceConfig],
+    broken: &source::Broken,
     problems: &mut Vec<String>,
     warnings: &mut Vec<String>,
 ) -> Checks {
     let heal = j
         .heal
         .as_ref()
-        .and_then(|h| heal::heal_config(key, h, tz.clone(), sources, problems));
+        .and_then(|h| heal::heal_config(key, h, tz.clone(), sources, broken, problems));
     let (verify, verify_read_data) = verify(key, j.verify.as_ref(), tz.clone(), problems);
-    let encryption = j
-        .encryption
-        .as_ref()
-        .and_then(|e| encryption::encryption_config(key, e, sources, problems, warnings));
     let drill = j
         .drill
         .as_ref()
-        .and_then(|d| drill::drill_config(key, d, tz, sources, problems));
+        .and_then(|d| drill::drill_config(key, d, tz, sources, broken, problems));
+    let reads_blobs = verify.is_some() && verify_read_data != ReadData::None;
+    let readers = [
+        ("heal", heal.is_some()),
+        ("drill", drill.is_some()),
+        ("verify.read_data", reads_blobs),
+    ];
+    let reading: Vec<&str> = readers.iter().filter(|r| r.1).map(|r| r.0).collect();
+    let encryption = j
+        .encryption
+        .as_ref()
+        .and_then(|e| encryption::encryption_config(key, e, sources, &reading, problems, warnings));
     if let Some(e) = &encryption
         && e.keys.is_none()
     {
-        let reads_blobs = verify.is_some() && verify_read_data != ReadData::None;
-        no_key_to_read(
-            key,
-            &[
-                ("heal", heal.is_some()),
-                ("drill", drill.is_some()),
-                ("verify.read_data", reads_blobs),
-            ],
-            problems,
-        );
+        no_key_to_read(key, &readers, problems);
     }
     let auth_key = j
         .auth_key_file

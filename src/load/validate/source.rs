@@ -9,6 +9,30 @@ use crate::config::{FilesConfig, Priority, SourceConfig, raw};
 use crate::section::words::suggest;
 use crate::section::{Section, serde_fields};
 
+/// The sources of a job that were declared but did not validate (their problems are
+/// reported). What names one of them, or needs one of their kind (a healer, a drill, the
+/// job's `exclude_tables`), is not checked against the sources that did: "the job has no
+/// source \"db\"" would be false, and hide the real problem among lines that are not.
+#[derive(Debug, Default)]
+pub(super) struct Broken {
+    names: BTreeSet<String>,
+    /// A source whose name itself is missing or invalid (reported): any name may be meant
+    /// for it.
+    unnamed: bool,
+}
+
+impl Broken {
+    /// Whether `name` may be a source that did not validate.
+    pub(super) fn may_be(&self, name: &str) -> bool {
+        self.unnamed || self.names.contains(name)
+    }
+
+    /// Whether every source validated (a kind that is needed may be a broken one's).
+    pub(super) fn is_empty(&self) -> bool {
+        self.names.is_empty()
+    }
+}
+
 pub(super) fn sources(
     key: &str,
     job: &str,
@@ -16,7 +40,7 @@ pub(super) fn sources(
     priority: Priority,
     job_exclude_tables: &[String],
     problems: &mut Vec<String>,
-) -> Vec<SourceConfig> {
+) -> (Vec<SourceConfig>, Broken) {
     if raw.is_empty() {
         problems.push(format!(
             "{key}.sources: the job has no source; add a [[{key}.sources]] entry"
@@ -32,9 +56,12 @@ pub(super) fn sources(
         owners
     };
     let mut used_job_excludes = false;
+    let mut broken = Broken::default();
     for (i, s) in raw.into_iter().enumerate() {
         let skey = format!("{key}.sources[{i}]");
-        if !valid_name(&s.name) {
+        let named = valid_name(&s.name);
+        let name = s.name.clone();
+        if !named {
             problems.push(format!(
                 "{skey}.name: invalid source name \"{}\": {NAME_RULE}",
                 s.name
@@ -50,9 +77,15 @@ pub(super) fn sources(
         section.job_exclude_tables = job_exclude_tables;
         let (source, used) = source(&s.kind, &mut section);
         used_job_excludes |= used;
-        sources.extend(source);
+        broken.unnamed |= !named;
+        match source {
+            Some(source) => sources.push(source),
+            None => {
+                broken.names.insert(name);
+            }
+        }
     }
-    if !job_exclude_tables.is_empty() && !used_job_excludes {
+    if !job_exclude_tables.is_empty() && !used_job_excludes && broken.is_empty() {
         problems.push(format!(
             "{key}.exclude_tables: the job has no database source with tables; remove the key or add a source with type = {}",
             crate::source::registered()
@@ -63,7 +96,7 @@ pub(super) fn sources(
                 .join(" or ")
         ));
     }
-    sources
+    (sources, broken)
 }
 
 /// One source by its `type`, and whether its engine took the job-level `exclude_tables`.
