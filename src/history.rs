@@ -420,6 +420,47 @@ mod tests {
     }
 
     #[test]
+    fn each_source_is_compared_with_itself() {
+        use crate::pipeline::shrink::SourceSize;
+        let point = |db: u64, files: u64| Point {
+            id: "x".into(),
+            time: Utc::now(),
+            stored: 1,
+            raw: db + files,
+            duration_s: 1.0,
+            sources: vec![
+                SourceSize {
+                    name: "db".into(),
+                    files: false,
+                    raw: db,
+                },
+                SourceSize {
+                    name: "uploads".into(),
+                    files: true,
+                    raw: files,
+                },
+            ],
+        };
+        // The whole backup barely moved (a large files source), the database dump did.
+        let h = JobHistory {
+            job: "app".into(),
+            backups: vec![
+                point(10, 100_000),
+                point(1000, 100_000),
+                point(1000, 100_000),
+            ],
+            ..Default::default()
+        };
+        let w = h.shrunk_sources();
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(
+            w[0].starts_with("the dump of app/db is 10 B, 1% of the usual 1000 B"),
+            "{w:?}"
+        );
+        assert_eq!(h.shrunk(), Some(w[0].clone()));
+    }
+
+    #[test]
     fn the_plot_is_inline_svg_with_both_lines_and_the_flag() {
         let svg = plot(&history(&[400, 1000, 1010, 990]));
         assert!(svg.starts_with("<svg class=\"plot\""));

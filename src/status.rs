@@ -380,7 +380,10 @@ pub fn inbox_dir() -> PathBuf {
 /// a temporary name and renamed, so the daemon never reads half a record. `Ok(false)`: no
 /// daemon to tell.
 pub fn post(record: &Record) -> std::io::Result<bool> {
-    let dir = inbox_dir();
+    post_to(&inbox_dir(), record)
+}
+
+fn post_to(dir: &std::path::Path, record: &Record) -> std::io::Result<bool> {
     if !dir.is_dir() {
         return Ok(false);
     }
@@ -418,8 +421,11 @@ pub fn post_or_say(record: &Record) {
 /// The records commands left in the inbox, oldest first, each removed once read. A file
 /// that is not a record (a partial write of a killed command) is removed and said.
 pub fn take_posted() -> (Vec<Record>, Vec<String>) {
-    let dir = inbox_dir();
-    let Ok(entries) = std::fs::read_dir(&dir) else {
+    take_from(&inbox_dir())
+}
+
+fn take_from(dir: &std::path::Path) -> (Vec<Record>, Vec<String>) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
         return (Vec::new(), Vec::new());
     };
     let mut names: Vec<PathBuf> = entries
@@ -1207,6 +1213,105 @@ wal_flush = "5min"
         w.observe(&WalStatus::default(), at(70));
         assert_eq!(w.last_shipped.as_deref(), Some("000000010000000000000003"));
         assert_eq!(w.lag(at(70)), Duration::zero());
+    }
+
+    fn run_record(id: &str, published: bool, warnings: &[&str]) -> Record {
+        Record {
+            job: "daily".into(),
+            done: Done::Run {
+                run: RunStatus {
+                    id: id.into(),
+                    outcome: if published { "success" } else { "failed" }.into(),
+                    finished_at: Utc::now(),
+                    duration_s: 1.0,
+                    bytes_in: 1,
+                    bytes_out: 1,
+                    errors: Vec::new(),
+                },
+                published: if published {
+                    vec!["local".into()]
+                } else {
+                    Vec::new()
+                },
+                kept: Vec::new(),
+                warnings: warnings.iter().map(|w| w.to_string()).collect(),
+            },
+        }
+    }
+
+    #[test]
+    fn records_a_command_posts_reach_the_daemon_in_order_once() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let inbox = root.path().join("stowage-done");
+        let first = run_record("20261206T070000.000Z", true, &[]);
+        // No daemon, no inbox: nothing is left behind.
+        assert!(!post_to(&inbox, &first).expect("post"));
+        assert!(!inbox.exists());
+        std::fs::create_dir(&inbox).expect("inbox");
+        let second = Record {
+            job: "daily".into(),
+            done: Done::Verify {
+                verify: VerifyStatus {
+                    ok: true,
+                    finished_at: Utc::now(),
+                    summary: "verify daily: all whole".into(),
+                    problems: Vec::new(),
+                },
+                read: (1, 2, 0),
+            },
+        };
+        assert!(post_to(&inbox, &first).expect("post"));
+        assert!(post_to(&inbox, &second).expect("post"));
+        // A killed command's half-written file, and one that is not a record.
+        std::fs::write(inbox.join(".x.tmp"), b"{").expect("write");
+        std::fs::write(inbox.join("zz.json"), b"{\"job\": 1}").expect("write");
+        let (records, bad) = take_from(&inbox);
+        assert_eq!(records, vec![first, second]);
+        assert_eq!(bad.len(), 1, "{bad:?}");
+        assert!(bad[0].contains("zz.json"), "{bad:?}");
+        let left: Vec<_> = std::fs::read_dir(&inbox)
+            .expect("read")
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        assert_eq!(left, vec![std::ffi::OsString::from(".x.tmp")], "taken once");
+        assert_eq!(take_from(&inbox), (Vec::new(), Vec::new()));
+    }
+
+    #[test]
+    fn a_published_runs_warnings_stand_until_the_next_published_run() {
+        let cfg = config("");
+        let mut s = JobStatus::default();
+        s.apply(
+            &run_record(
+                "20261206T070000.000Z",
+                true,
+                &["the dump of daily/db is 1 B"],
+            )
+            .done,
+        );
+        assert_eq!(
+            s.last_run.as_ref().map(|r| r.id.as_str()),
+            Some("20261206T070000.000Z")
+        );
+        assert!(s.newest_backup.is_some());
+        let state = |s: &JobStatus| State {
+            pid: 1,
+            started_at: Some(Utc::now()),
+            jobs: [("daily".to_string(), s.clone())].into(),
+        };
+        assert_eq!(
+            warnings(&cfg, &state(&s)),
+            vec!["the dump of daily/db is 1 B".to_string()]
+        );
+        // A warning is not a problem.
+        assert!(problems(&cfg, &state(&s), Utc::now()).is_empty());
+        // A failed run published nothing: the newest backup, and its warning, are the same.
+        s.apply(&run_record("20261206T080000.000Z", false, &[]).done);
+        assert_eq!(warnings(&cfg, &state(&s)).len(), 1);
+        assert_eq!(s.recent.len(), 2);
+        s.apply(&run_record("20261206T090000.000Z", true, &[]).done);
+        assert!(warnings(&cfg, &state(&s)).is_empty());
     }
 
     #[test]
