@@ -115,6 +115,32 @@ impl Ctx {
     }
 }
 
+impl Ctx {
+    /// What finished, this daemon's or a command's: into the state (and its file) and the
+    /// metrics.
+    fn take_in(&self, r: &status::Record) {
+        self.update(&r.job, |s| s.apply(&r.done));
+        self.metrics.record_done(r);
+    }
+
+    /// The shrink warnings of the job's newest backup as its destinations hold it (a
+    /// backup made by hand too), written down only when they changed.
+    fn shrunk_now(&self, job: &str, h: &crate::history::JobHistory) {
+        if h.backups.is_empty() {
+            return;
+        }
+        let now = h.shrunk_sources();
+        let same = self
+            .state
+            .lock()
+            .map(|s| s.jobs.get(job).map_or(now.is_empty(), |j| j.shrunk == now))
+            .unwrap_or(true);
+        if !same {
+            self.update(job, |s| s.shrunk = now);
+        }
+    }
+}
+
 /// The shipper reports after every pass (every second while files wait): its figures reach
 /// the state file at most this often, a failure beginning or ending at once.
 const WAL_SAVE_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
@@ -292,6 +318,11 @@ pub async fn run(
             status::state_file().display()
         );
     }
+    {
+        let ctx2 = ctx.clone();
+        ctx.tracker
+            .spawn(async move { take_in_commands(&ctx2).await });
+    }
     let mut slots: BTreeMap<String, Arc<JobSlot>> = BTreeMap::new();
     for name in config.jobs.keys() {
         slots.insert(name.clone(), new_slot(name));
@@ -331,6 +362,8 @@ pub async fn run(
     }
     let _ = std::fs::remove_file(&pid_file);
     let _ = std::fs::remove_file(status::state_file());
+    // Commands run by hand from now on have no daemon to tell.
+    let _ = std::fs::remove_dir_all(status::inbox_dir());
     let abandoned = ctx.abandoned.load(Ordering::SeqCst);
     if abandoned > 0 {
         warn!("stopped; {abandoned} running backup(s) abandoned, nothing of them published");
@@ -379,6 +412,82 @@ fn spawn_background(ctx: &Arc<Ctx>, slots: &BTreeMap<String, Arc<JobSlot>>) {
         ctx.work_done.clone(),
         ctx.stop.clone(),
     ));
+}
+
+/// How often the inbox of commands run by hand is read where it cannot be watched.
+const INBOX_POLL: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// What `stowage run`, `heal`, `verify` and `drill` run by hand beside this daemon did
+/// ([`status::post`]): on the page, in the metrics and for `health` as the daemon's own.
+/// Sleeps on an inotify watch of the inbox, which only those commands write: an idle
+/// daemon does not wake for it. Ends with the first stop signal.
+async fn take_in_commands(ctx: &Arc<Ctx>) {
+    let dir = status::inbox_dir();
+    if let Err(e) = private_dir(&dir) {
+        warn!(
+            "cannot create {}: {}; runs, heals, verifies and drills run by hand will not show on the status page or in the metrics",
+            dir.display(),
+            crate::units::io_reason(&e)
+        );
+        return;
+    }
+    let mut watch = crate::status::Watch::new(&dir);
+    loop {
+        let (records, bad) = status::take_posted();
+        for b in bad {
+            warn!("ignored {b}: not a record a stowage command wrote");
+        }
+        for r in records {
+            take_in_command(ctx, &r).await;
+        }
+        let changed = async {
+            match &mut watch {
+                Some(w) => {
+                    if w.changed().await.is_err() {
+                        watch = None;
+                    }
+                }
+                None => tokio::time::sleep(INBOX_POLL).await,
+            }
+        };
+        tokio::select! {
+            _ = changed => {}
+            _ = ctx.stop.cancelled() => return,
+        }
+    }
+}
+
+/// One command's record, said in the log; a backup made by hand also brings the job's
+/// history (plot, sizes, shrink warning) up to date.
+async fn take_in_command(ctx: &Arc<Ctx>, r: &status::Record) {
+    let (what, line, published) = match &r.done {
+        status::Done::Run { run, published, .. } => (
+            "run",
+            format!("backup {} {}", run.id, run.outcome),
+            !published.is_empty(),
+        ),
+        status::Done::Heal { heal, .. } => ("heal", heal.summary.clone(), false),
+        status::Done::Verify { verify, .. } => ("verify", verify.summary.clone(), false),
+        status::Done::Drill { drill, .. } => ("drill", drill.summary.clone(), false),
+    };
+    info!(job = %r.job, "{what} of {} run by hand: {line}", r.job);
+    ctx.take_in(r);
+    if published {
+        tokio::select! {
+            _ = refresh_history(ctx, &r.job) => {}
+            _ = ctx.stop.cancelled() => {}
+        }
+    }
+    ctx.work_done.notify_one();
+}
+
+/// `dir`, readable and writable by this user only: what lands there shows on the page.
+fn private_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    let mut b = std::fs::DirBuilder::new();
+    b.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut b, 0o700);
+    b.create(dir)
 }
 
 /// Continuous WAL archiving for every physical source of the current config: the previous
@@ -868,15 +977,7 @@ fn record_drill(ctx: &Arc<Ctx>, report: &crate::drill::DrillReport) {
     } else {
         error!(job = %report.job, "{line}");
     }
-    ctx.update(&report.job, |s| {
-        s.last_drill = Some(status::VerifyStatus {
-            ok: report.passed(),
-            finished_at: Utc::now(),
-            summary: line.clone(),
-            problems: report.problems.clone(),
-        });
-    });
-    ctx.metrics.record_drill(report);
+    ctx.take_in(&status::Record::drill(report));
 }
 
 /// A pass beside the backups (heal, verify, drill): one at a time (`busy`), in turn with the
@@ -942,31 +1043,11 @@ fn record_verify(ctx: &Arc<Ctx>, report: &crate::verify::VerifyReport) {
         }
         error!(job = %report.job, "{line}");
     }
-    ctx.update(&report.job, |s| {
-        s.last_verify = Some(status::VerifyStatus {
-            ok: problems.is_empty(),
-            finished_at: Utc::now(),
-            summary: line.clone(),
-            problems: problems.clone(),
-        });
-    });
-    ctx.metrics.record_verify(report);
+    ctx.take_in(&status::Record::verify(report));
 }
 
 fn record_heal(ctx: &Arc<Ctx>, report: &crate::heal::HealReport) {
-    ctx.update(&report.job, |s| {
-        let h = status::HealStatus {
-            outcome: report.outcome.as_str().to_string(),
-            finished_at: Utc::now(),
-            summary: report.summary(),
-        };
-        if report.outcome != crate::heal::HealOutcome::Ok {
-            s.heals.insert(0, h.clone());
-            s.heals.truncate(status::RECENT_RUNS);
-        }
-        s.last_heal = Some(h);
-    });
-    ctx.metrics.record_heal(report);
+    ctx.take_in(&status::Record::heal(report));
 }
 
 /// Runs the future `work` makes on a multi-threaded runtime of its own, on a thread of its own,
@@ -1048,7 +1129,7 @@ async fn run_with_retries(ctx: &Arc<Ctx>, config: &Arc<Config>, job: &Job, slot:
         drop(turn);
         // Dropped past the cleanup time: counted as abandoned already, nothing to record.
         let Some(report) = report else { return };
-        record(ctx, &job.name, &report);
+        record(ctx, &report);
         tokio::select! {
             _ = refresh_history(ctx, &job.name) => {}
             _ = ctx.stop.cancelled() => {}
@@ -1123,38 +1204,16 @@ async fn refresh_history(ctx: &Arc<Ctx>, job: &str) -> crate::history::JobHistor
     };
     let h = ctx.history.refresh(&config, job).await;
     ctx.metrics.record_history(&job.name, &h);
+    ctx.shrunk_now(&job.name, &h);
     ctx.work_done.notify_one();
     h
 }
 
-fn record(ctx: &Arc<Ctx>, job: &str, report: &pipeline::RunReport) {
+fn record(ctx: &Arc<Ctx>, report: &pipeline::RunReport) {
     if report.outcome == pipeline::Outcome::Cancelled || report.retention_interrupted {
         ctx.abandoned.fetch_add(1, Ordering::SeqCst);
     }
-    ctx.update(job, |s| {
-        if !report.published.is_empty() {
-            s.newest_backup = s
-                .newest_backup
-                .max(crate::repo::manifest::parse_id(&report.id));
-        }
-        let run = status::RunStatus {
-            id: report.id.clone(),
-            outcome: report.outcome.as_str().to_string(),
-            finished_at: Utc::now(),
-            duration_s: report.duration.as_secs_f64(),
-            bytes_in: report.bytes_in,
-            bytes_out: report.bytes_out,
-            errors: report
-                .errors
-                .iter()
-                .map(|(what, why)| format!("{what}: {why}"))
-                .collect(),
-        };
-        s.recent.insert(0, run.clone());
-        s.recent.truncate(status::RECENT_RUNS);
-        s.last_run = Some(run);
-    });
-    ctx.metrics.record(job, report);
+    ctx.take_in(&status::Record::run(report));
 }
 
 /// Where the daemon records its pid for `stowage health` (`$STOWAGE_PID_FILE`, default

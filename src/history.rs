@@ -28,10 +28,14 @@ pub struct Point {
     pub raw: u64,
     /// From its start to its manifest.
     pub duration_s: f64,
+    /// What each source produced.
+    #[serde(default)]
+    pub sources: Vec<crate::pipeline::shrink::SourceSize>,
 }
 
 #[derive(Debug, Clone, Default)]
 pub struct JobHistory {
+    pub job: String,
     pub refreshed: Option<DateTime<Utc>>,
     /// Per destination, in the job's order: published backups held, or why it could not
     /// be listed.
@@ -129,24 +133,38 @@ impl JobHistory {
     }
 
     /// The newest backup is much smaller than the ones before it: the classic silent
-    /// failure (an empty database dumped, a mount gone). Under half the median of up to
-    /// ten earlier backups; `None` when it is not, or there is too little history.
-    pub fn shrunk(&self) -> Option<String> {
-        let (newest, earlier) = self.backups.split_first()?;
-        let mut sizes: Vec<u64> = earlier.iter().take(10).map(|p| p.raw).collect();
-        if sizes.len() < 2 {
-            return None;
+    /// failure (an empty database dumped, a mount gone). One sentence per source that
+    /// shrank ([`crate::pipeline::shrink`], the run's own warning); empty when none did,
+    /// or there is too little history.
+    pub fn shrunk_sources(&self) -> Vec<String> {
+        let Some((newest, earlier)) = self.backups.split_first() else {
+            return Vec::new();
+        };
+        if newest.sources.is_empty() {
+            return self.shrunk_total().into_iter().collect();
         }
-        sizes.sort_unstable();
-        let median = sizes[sizes.len() / 2];
-        (median > 0 && newest.raw * 2 < median).then(|| {
-            format!(
-                "the newest backup's sources produced {}, {}% of the usual {}: check that the database and files it reads are all there",
-                crate::units::human_bytes(newest.raw),
-                newest.raw * 100 / median,
-                crate::units::human_bytes(median)
-            )
-        })
+        let earlier: Vec<Vec<crate::pipeline::shrink::SourceSize>> =
+            earlier.iter().map(|p| p.sources.clone()).collect();
+        crate::pipeline::shrink::warnings(&self.job, &newest.sources, &earlier)
+    }
+
+    /// [`JobHistory::shrunk_sources`] in one line, `None` when nothing shrank.
+    pub fn shrunk(&self) -> Option<String> {
+        let all = self.shrunk_sources();
+        (!all.is_empty()).then(|| all.join("; "))
+    }
+
+    /// The whole backup, for points that do not say what each source produced.
+    fn shrunk_total(&self) -> Option<String> {
+        let (newest, earlier) = self.backups.split_first()?;
+        let sizes: Vec<u64> = earlier.iter().map(|p| p.raw).collect();
+        let median = crate::pipeline::shrink::shrunk(newest.raw, &sizes)?;
+        Some(format!(
+            "the newest backup's sources produced {}, {}% of the usual {}: check that the database and files it reads are all there",
+            crate::units::human_bytes(newest.raw),
+            newest.raw * 100 / median,
+            crate::units::human_bytes(median)
+        ))
     }
 }
 
@@ -173,6 +191,7 @@ impl History {
     /// List the job's destinations and read the manifests not seen yet.
     pub async fn refresh(&self, config: &Config, job: &Job) -> JobHistory {
         let mut h = JobHistory {
+            job: job.name.clone(),
             refreshed: Some(Utc::now()),
             ..Default::default()
         };
@@ -216,6 +235,7 @@ impl History {
                                     .to_std()
                                     .map(|d| d.as_secs_f64())
                                     .unwrap_or(0.0),
+                                sources: crate::pipeline::shrink::manifest_sizes(&m),
                             };
                             if let Ok(mut points) = self.points.lock() {
                                 points.insert(key, p.clone());
@@ -376,6 +396,7 @@ mod tests {
                     stored: r / 3,
                     raw: *r,
                     duration_s: 1.0 + i as f64,
+                    sources: Vec::new(),
                 })
                 .collect(),
             ..Default::default()
@@ -396,6 +417,47 @@ mod tests {
             .shrunk()
             .unwrap_or_default();
         assert!(msg.contains("40% of the usual"), "{msg}");
+    }
+
+    #[test]
+    fn each_source_is_compared_with_itself() {
+        use crate::pipeline::shrink::SourceSize;
+        let point = |db: u64, files: u64| Point {
+            id: "x".into(),
+            time: Utc::now(),
+            stored: 1,
+            raw: db + files,
+            duration_s: 1.0,
+            sources: vec![
+                SourceSize {
+                    name: "db".into(),
+                    files: false,
+                    raw: db,
+                },
+                SourceSize {
+                    name: "uploads".into(),
+                    files: true,
+                    raw: files,
+                },
+            ],
+        };
+        // The whole backup barely moved (a large files source), the database dump did.
+        let h = JobHistory {
+            job: "app".into(),
+            backups: vec![
+                point(10, 100_000),
+                point(1000, 100_000),
+                point(1000, 100_000),
+            ],
+            ..Default::default()
+        };
+        let w = h.shrunk_sources();
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(
+            w[0].starts_with("the dump of app/db is 10 B, 1% of the usual 1000 B"),
+            "{w:?}"
+        );
+        assert_eq!(h.shrunk(), Some(w[0].clone()));
     }
 
     #[test]

@@ -29,7 +29,6 @@ use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-use crate::pipeline::RunReport;
 use crate::status;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -77,6 +76,7 @@ pub struct Metrics {
     wal_lag: Family<SourceLabels, Gauge<f64, AtomicU64>>,
     wal_shipped: Family<SourceLabels, Gauge<f64, AtomicU64>>,
     wal_pending: Family<SourceLabels, Gauge>,
+    shrunk: Family<JobLabel, Gauge>,
     rss: Gauge,
 }
 
@@ -109,6 +109,7 @@ impl Metrics {
             wal_lag: Family::default(),
             wal_shipped: Family::default(),
             wal_pending: Family::default(),
+            shrunk: Family::default(),
             rss: Gauge::default(),
             registry: Registry::default(),
         };
@@ -149,6 +150,11 @@ impl Metrics {
             "backups",
             "Published backups a destination holds, after the last retention",
             self.kept.clone(),
+        );
+        registry.register(
+            "backup_shrunk",
+            "1 when a source of the job's newest backup produced under half the median of the backups before it (a dump that shrank: check the database), else 0",
+            self.shrunk.clone(),
         );
     }
 
@@ -230,26 +236,58 @@ impl Metrics {
         );
     }
 
-    pub fn record(&self, job: &str, r: &RunReport) {
+    /// What finished: the daemon's own, or a command's run by hand ([`status::post`]).
+    pub fn record_done(&self, r: &status::Record) {
+        match &r.done {
+            status::Done::Run {
+                run,
+                published,
+                kept,
+                warnings,
+            } => self.record_run(&r.job, run, published, kept, warnings),
+            status::Done::Heal { heal, restored } => {
+                self.heals
+                    .get_or_create(&RunLabels {
+                        job: r.job.clone(),
+                        outcome: heal.outcome.clone(),
+                    })
+                    .inc();
+                self.healed_objects
+                    .get_or_create(&JobLabel { job: r.job.clone() })
+                    .inc_by(*restored);
+            }
+            status::Done::Verify { verify, read } => self.record_verify(&r.job, verify, *read),
+            status::Done::Drill { drill, duration_s } => {
+                self.record_drill(&r.job, drill, *duration_s)
+            }
+        }
+    }
+
+    fn record_run(
+        &self,
+        job: &str,
+        r: &status::RunStatus,
+        published: &[String],
+        kept: &[(String, usize)],
+        warnings: &[String],
+    ) {
         let job_l = JobLabel {
             job: job.to_string(),
         };
         self.runs
             .get_or_create(&RunLabels {
                 job: job.to_string(),
-                outcome: r.outcome.as_str().to_string(),
+                outcome: r.outcome.clone(),
             })
             .inc();
-        if r.outcome == crate::pipeline::Outcome::Success {
+        if r.outcome == crate::pipeline::Outcome::Success.as_str() {
             self.last_success
                 .get_or_create(&job_l)
-                .set(Utc::now().timestamp_millis() as f64 / 1000.0);
+                .set(r.finished_at.timestamp_millis() as f64 / 1000.0);
         }
-        self.last_duration
-            .get_or_create(&job_l)
-            .set(r.duration.as_secs_f64());
+        self.last_duration.get_or_create(&job_l).set(r.duration_s);
         self.bytes_in.get_or_create(&job_l).inc_by(r.bytes_in);
-        for dest in &r.published {
+        for dest in published {
             self.bytes_out
                 .get_or_create(&DestLabels {
                     job: job.to_string(),
@@ -257,7 +295,7 @@ impl Metrics {
                 })
                 .inc_by(r.bytes_out);
         }
-        for (dest, n) in &r.kept {
+        for (dest, n) in kept {
             self.kept
                 .get_or_create(&DestLabels {
                     job: job.to_string(),
@@ -265,6 +303,18 @@ impl Metrics {
                 })
                 .set(i64::try_from(*n).unwrap_or(i64::MAX));
         }
+        if !published.is_empty() {
+            self.set_shrunk(job, !warnings.is_empty());
+        }
+    }
+
+    /// Whether the job's newest backup shrank ([`crate::pipeline::shrink`]).
+    fn set_shrunk(&self, job: &str, shrunk: bool) {
+        self.shrunk
+            .get_or_create(&JobLabel {
+                job: job.to_string(),
+            })
+            .set(i64::from(shrunk));
     }
 
     /// After a start: the newest published backup found on the job's destinations, so the
@@ -295,59 +345,47 @@ impl Metrics {
         if let Some(t) = h.newest_published {
             self.seed_last_success(job, t);
         }
-    }
-
-    pub fn record_heal(&self, r: &crate::heal::HealReport) {
-        self.heals
-            .get_or_create(&RunLabels {
-                job: r.job.clone(),
-                outcome: r.outcome.as_str().to_string(),
-            })
-            .inc();
-        let restored = if r.dry_run { 0 } else { r.restored.len() };
-        self.healed_objects
-            .get_or_create(&JobLabel { job: r.job.clone() })
-            .inc_by(u64::try_from(restored).unwrap_or(0));
-    }
-
-    pub fn record_verify(&self, r: &crate::verify::VerifyReport) {
-        let ok = r.problems() == 0;
-        self.verifies
-            .get_or_create(&RunLabels {
-                job: r.job.clone(),
-                outcome: if ok { "ok" } else { "failed" }.to_string(),
-            })
-            .inc();
-        let read = r.read_data();
-        let job = JobLabel { job: r.job.clone() };
-        self.verify_blobs.get_or_create(&job).inc_by(read.read);
-        self.verify_blob_bytes
-            .get_or_create(&job)
-            .inc_by(read.bytes);
-        self.verify_bad_blobs.get_or_create(&job).inc_by(read.bad);
-        if ok {
-            self.verify_ok
-                .get_or_create(&JobLabel { job: r.job.clone() })
-                .set(chrono::Utc::now().timestamp_millis() as f64 / 1000.0);
+        if !h.backups.is_empty() {
+            self.set_shrunk(job, h.shrunk().is_some());
         }
     }
 
-    pub fn record_drill(&self, r: &crate::drill::DrillReport) {
-        let ok = r.passed();
-        let job = JobLabel { job: r.job.clone() };
-        self.drills
+    fn record_verify(&self, job: &str, v: &status::VerifyStatus, read: (u64, u64, u64)) {
+        let job_l = JobLabel {
+            job: job.to_string(),
+        };
+        self.verifies
             .get_or_create(&RunLabels {
-                job: r.job.clone(),
-                outcome: if ok { "ok" } else { "failed" }.to_string(),
+                job: job.to_string(),
+                outcome: if v.ok { "ok" } else { "failed" }.to_string(),
             })
             .inc();
-        self.drill_seconds
-            .get_or_create(&job)
-            .set(r.duration.as_secs_f64());
-        if ok {
+        let (blobs, bytes, bad) = read;
+        self.verify_blobs.get_or_create(&job_l).inc_by(blobs);
+        self.verify_blob_bytes.get_or_create(&job_l).inc_by(bytes);
+        self.verify_bad_blobs.get_or_create(&job_l).inc_by(bad);
+        if v.ok {
+            self.verify_ok
+                .get_or_create(&job_l)
+                .set(v.finished_at.timestamp_millis() as f64 / 1000.0);
+        }
+    }
+
+    fn record_drill(&self, job: &str, d: &status::VerifyStatus, duration_s: f64) {
+        let job_l = JobLabel {
+            job: job.to_string(),
+        };
+        self.drills
+            .get_or_create(&RunLabels {
+                job: job.to_string(),
+                outcome: if d.ok { "ok" } else { "failed" }.to_string(),
+            })
+            .inc();
+        self.drill_seconds.get_or_create(&job_l).set(duration_s);
+        if d.ok {
             self.drill_ok
-                .get_or_create(&job)
-                .set(chrono::Utc::now().timestamp_millis() as f64 / 1000.0);
+                .get_or_create(&job_l)
+                .set(d.finished_at.timestamp_millis() as f64 / 1000.0);
         }
     }
 
@@ -765,7 +803,7 @@ async fn index<V: View>(State(view): State<Arc<V>>, headers: HeaderMap) -> Respo
          <h1>stowage {}</h1>{health}\
          <p class=muted>as of {} (refreshes every minute)</p>\
          {jobs}\
-         <h2>Recent runs of this daemon</h2><table><tr><th>job</th><th>id</th><th>outcome</th><th>finished</th><th>duration</th><th>errors</th></tr>\n{recent}</table>\
+         <h2>Recent runs (the daemon's and those run by hand beside it)</h2><table><tr><th>job</th><th>id</th><th>outcome</th><th>finished</th><th>duration</th><th>errors</th></tr>\n{recent}</table>\
          <h2>Heals</h2><table><tr><th>job</th><th>finished</th><th>outcome</th><th>summary</th></tr>\n{heals}</table>\
          <p><a href=/metrics>metrics</a> · <a href=/healthz>healthz</a></p>\
          <script>document.body.dataset.plotsRendered=[...document.querySelectorAll('svg.plot')].filter(s=>s.getBBox().width>0).length</script>\
@@ -812,10 +850,11 @@ fn job_section(
             None => "-".into(),
         },
     };
+    // A pass run by hand shows too, scheduled or not.
     let pass = |l: &Option<status::VerifyStatus>, scheduled: Option<String>| match (scheduled, l) {
-        (None, _) => "-".to_string(),
+        (None, None) => "-".to_string(),
         (Some(expr), None) => format!("scheduled ({expr})"),
-        (Some(_), Some(l)) => format!(
+        (_, Some(l)) => format!(
             "{} at {}: {}",
             if l.ok { "ok" } else { "failed" },
             local(l.finished_at, tz),
@@ -831,9 +870,9 @@ fn job_section(
         job.drill.as_ref().map(|d| d.schedule.expr().to_string()),
     );
     let heal = match (&job.heal, &s.last_heal) {
-        (None, _) => "-".to_string(),
+        (None, None) => "-".to_string(),
         (Some(x), None) => format!("watching {} ({})", x.source, x.schedule.expr()),
-        (Some(_), Some(l)) => format!("{} at {}", l.outcome, local(l.finished_at, tz)),
+        (_, Some(l)) => format!("{} at {}", l.outcome, local(l.finished_at, tz)),
     };
     let held: Vec<String> = h
         .held

@@ -43,6 +43,10 @@ pub struct JobStatus {
     /// Continuous WAL shipping of each physical source, by source name.
     #[serde(default)]
     pub wal: BTreeMap<String, WalState>,
+    /// The newest backup's sources that produced much less than before, one sentence each
+    /// ([`crate::pipeline::shrink`]): a warning, not a failure.
+    #[serde(default)]
+    pub shrunk: Vec<String>,
 }
 
 /// How one source's WAL shipping stands, as the daemon saw its shipper report (after every
@@ -212,6 +216,296 @@ pub struct RunStatus {
     pub bytes_out: u64,
     /// "what: why" for each failure.
     pub errors: Vec<String>,
+}
+
+/// A run, heal pass, verify or drill that finished, as the daemon records it: its own, or
+/// one a `stowage` command ran by hand beside it ([`post`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Record {
+    pub job: String,
+    pub done: Done,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Done {
+    Run {
+        run: RunStatus,
+        /// Destinations that hold the backup now.
+        published: Vec<String>,
+        /// destination → published backups it holds after retention
+        kept: Vec<(String, usize)>,
+        /// The run's warnings ([`crate::pipeline::RunReport::warnings`]).
+        warnings: Vec<String>,
+    },
+    Heal {
+        heal: HealStatus,
+        /// Objects put back (none on a dry run).
+        restored: u64,
+    },
+    Verify {
+        verify: VerifyStatus,
+        /// Blob data read back: blobs, their bytes, and the bad ones.
+        read: (u64, u64, u64),
+    },
+    Drill {
+        drill: VerifyStatus,
+        duration_s: f64,
+    },
+}
+
+impl Record {
+    pub fn run(r: &crate::pipeline::RunReport) -> Record {
+        Record {
+            job: r.job.clone(),
+            done: Done::Run {
+                run: RunStatus {
+                    id: r.id.clone(),
+                    outcome: r.outcome.as_str().to_string(),
+                    finished_at: Utc::now(),
+                    duration_s: r.duration.as_secs_f64(),
+                    bytes_in: r.bytes_in,
+                    bytes_out: r.bytes_out,
+                    errors: r
+                        .errors
+                        .iter()
+                        .map(|(what, why)| format!("{what}: {why}"))
+                        .collect(),
+                },
+                published: r.published.clone(),
+                kept: r.kept.clone(),
+                warnings: r.warnings.clone(),
+            },
+        }
+    }
+
+    pub fn heal(r: &crate::heal::HealReport) -> Record {
+        Record {
+            job: r.job.clone(),
+            done: Done::Heal {
+                heal: HealStatus {
+                    outcome: r.outcome.as_str().to_string(),
+                    finished_at: Utc::now(),
+                    summary: r.summary(),
+                },
+                restored: if r.dry_run {
+                    0
+                } else {
+                    u64::try_from(r.restored.len()).unwrap_or(u64::MAX)
+                },
+            },
+        }
+    }
+
+    pub fn verify(r: &crate::verify::VerifyReport) -> Record {
+        let problems = r.problem_lines();
+        let t = r.read_data();
+        Record {
+            job: r.job.clone(),
+            done: Done::Verify {
+                verify: VerifyStatus {
+                    ok: problems.is_empty(),
+                    finished_at: Utc::now(),
+                    summary: r.summary(),
+                    problems,
+                },
+                read: (t.read, t.bytes, t.bad),
+            },
+        }
+    }
+
+    pub fn drill(r: &crate::drill::DrillReport) -> Record {
+        Record {
+            job: r.job.clone(),
+            done: Done::Drill {
+                drill: VerifyStatus {
+                    ok: r.passed(),
+                    finished_at: Utc::now(),
+                    summary: r.summary(),
+                    problems: r.problems.clone(),
+                },
+                duration_s: r.duration.as_secs_f64(),
+            },
+        }
+    }
+}
+
+impl JobStatus {
+    /// Take in what finished.
+    pub fn apply(&mut self, done: &Done) {
+        match done {
+            Done::Run {
+                run,
+                published,
+                warnings,
+                ..
+            } => {
+                if !published.is_empty() {
+                    self.newest_backup = self
+                        .newest_backup
+                        .max(crate::repo::manifest::parse_id(&run.id));
+                    self.shrunk.clone_from(warnings);
+                }
+                self.recent.insert(0, run.clone());
+                self.recent.truncate(RECENT_RUNS);
+                self.last_run = Some(run.clone());
+            }
+            Done::Heal { heal, .. } => {
+                if heal.outcome != "ok" {
+                    self.heals.insert(0, heal.clone());
+                    self.heals.truncate(RECENT_RUNS);
+                }
+                self.last_heal = Some(heal.clone());
+            }
+            Done::Verify { verify, .. } => self.last_verify = Some(verify.clone()),
+            Done::Drill { drill, .. } => self.last_drill = Some(drill.clone()),
+        }
+    }
+}
+
+/// Where `stowage` commands leave what they did for the daemon of the same state directory
+/// (one file each, which the daemon takes in and removes): the daemon alone writes the
+/// state file, so nothing a command records is lost to the daemon's next save. The daemon
+/// creates it at start and removes it at stop; commands write only while it exists.
+pub fn inbox_dir() -> PathBuf {
+    let file = state_file();
+    let dir = match file.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    dir.join("stowage-done")
+}
+
+/// Hand `record` to the daemon that uses this state directory, if one does: written under
+/// a temporary name and renamed, so the daemon never reads half a record. `Ok(false)`: no
+/// daemon to tell.
+pub fn post(record: &Record) -> std::io::Result<bool> {
+    post_to(&inbox_dir(), record)
+}
+
+fn post_to(dir: &std::path::Path, record: &Record) -> std::io::Result<bool> {
+    if !dir.is_dir() {
+        return Ok(false);
+    }
+    let name = format!(
+        "{}-{}",
+        Utc::now().format("%Y%m%dT%H%M%S%.9fZ"),
+        std::process::id()
+    );
+    let tmp = dir.join(format!(".{name}.tmp"));
+    let body = serde_json::to_vec(record).map_err(std::io::Error::other)?;
+    std::fs::write(&tmp, body)?;
+    std::fs::rename(&tmp, dir.join(format!("{name}.json")))?;
+    Ok(true)
+}
+
+/// [`post`], a failure said on stderr: what the command did stands, only the daemon's page
+/// does not show it.
+pub fn post_or_say(record: &Record) {
+    if let Err(e) = post(record) {
+        eprintln!(
+            "warning: cannot tell the running daemon about this {} of job {} (its status page and metrics will not show it): cannot write to {}: {}",
+            match record.done {
+                Done::Run { .. } => "run",
+                Done::Heal { .. } => "heal",
+                Done::Verify { .. } => "verify",
+                Done::Drill { .. } => "drill",
+            },
+            record.job,
+            inbox_dir().display(),
+            crate::units::io_reason(&e)
+        );
+    }
+}
+
+/// The records commands left in the inbox, oldest first, each removed once read. A file
+/// that is not a record (a partial write of a killed command) is removed and said.
+pub fn take_posted() -> (Vec<Record>, Vec<String>) {
+    take_from(&inbox_dir())
+}
+
+fn take_from(dir: &std::path::Path) -> (Vec<Record>, Vec<String>) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return (Vec::new(), Vec::new());
+    };
+    let mut names: Vec<PathBuf> = entries
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .collect();
+    names.sort();
+    let (mut records, mut bad) = (Vec::new(), Vec::new());
+    for path in names {
+        match std::fs::read(&path).map(|b| serde_json::from_slice::<Record>(&b)) {
+            Ok(Ok(r)) => records.push(r),
+            Ok(Err(e)) => bad.push(format!("{}: {e}", path.display())),
+            Err(e) => {
+                bad.push(format!(
+                    "{}: {}",
+                    path.display(),
+                    crate::units::io_reason(&e)
+                ));
+                continue;
+            }
+        }
+        let _ = std::fs::remove_file(&path);
+    }
+    (records, bad)
+}
+
+/// A record landing in the inbox (the rename that [`post`] ends with; nothing else wakes
+/// it). Like the WAL spool's watch (src/wal/changes.rs): events are drained, not decoded.
+pub struct Watch {
+    fd: tokio::io::unix::AsyncFd<std::os::fd::OwnedFd>,
+}
+
+impl Watch {
+    /// `None` when inotify cannot be had (no more watches, another kernel): the daemon
+    /// then reads the inbox every minute.
+    pub fn new(dir: &std::path::Path) -> Option<Watch> {
+        use rustix::fs::inotify::{self, CreateFlags, WatchFlags};
+        let fd = inotify::init(CreateFlags::NONBLOCK | CreateFlags::CLOEXEC).ok()?;
+        inotify::add_watch(&fd, dir, WatchFlags::MOVED_TO).ok()?;
+        // SAFETY: an OwnedFd is a valid open descriptor that stays the same until it is
+        // dropped, which the AsyncFd owning it does last.
+        let fd = unsafe { tokio::io::unix::AsyncFd::register(fd) }.ok()?;
+        Some(Watch { fd })
+    }
+
+    /// Wait until a record landed since the last call.
+    pub async fn changed(&mut self) -> std::io::Result<()> {
+        let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); 4096];
+        loop {
+            let mut ready = self.fd.readable().await?;
+            let mut any = false;
+            loop {
+                match rustix::io::read(self.fd.get_ref(), &mut buf) {
+                    Ok((read, _)) if !read.is_empty() => any = true,
+                    Ok(_) => break,
+                    Err(rustix::io::Errno::AGAIN) => {
+                        ready.clear_ready();
+                        break;
+                    }
+                    Err(rustix::io::Errno::INTR) => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            if any {
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// What someone should look at although nothing failed: a dump that shrank. `health`
+/// prints these and stays healthy.
+pub fn warnings(config: &Config, state: &State) -> Vec<String> {
+    config
+        .jobs
+        .values()
+        .filter_map(|job| state.jobs.get(&job.name))
+        .flat_map(|s| s.shrunk.iter().cloned())
+        .collect()
 }
 
 /// `$STOWAGE_STATE_FILE`, default `/tmp/stowage-state.json` (next to the pid file).
@@ -919,6 +1213,105 @@ wal_flush = "5min"
         w.observe(&WalStatus::default(), at(70));
         assert_eq!(w.last_shipped.as_deref(), Some("000000010000000000000003"));
         assert_eq!(w.lag(at(70)), Duration::zero());
+    }
+
+    fn run_record(id: &str, published: bool, warnings: &[&str]) -> Record {
+        Record {
+            job: "daily".into(),
+            done: Done::Run {
+                run: RunStatus {
+                    id: id.into(),
+                    outcome: if published { "success" } else { "failed" }.into(),
+                    finished_at: Utc::now(),
+                    duration_s: 1.0,
+                    bytes_in: 1,
+                    bytes_out: 1,
+                    errors: Vec::new(),
+                },
+                published: if published {
+                    vec!["local".into()]
+                } else {
+                    Vec::new()
+                },
+                kept: Vec::new(),
+                warnings: warnings.iter().map(|w| w.to_string()).collect(),
+            },
+        }
+    }
+
+    #[test]
+    fn records_a_command_posts_reach_the_daemon_in_order_once() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let inbox = root.path().join("stowage-done");
+        let first = run_record("20261206T070000.000Z", true, &[]);
+        // No daemon, no inbox: nothing is left behind.
+        assert!(!post_to(&inbox, &first).expect("post"));
+        assert!(!inbox.exists());
+        std::fs::create_dir(&inbox).expect("inbox");
+        let second = Record {
+            job: "daily".into(),
+            done: Done::Verify {
+                verify: VerifyStatus {
+                    ok: true,
+                    finished_at: Utc::now(),
+                    summary: "verify daily: all whole".into(),
+                    problems: Vec::new(),
+                },
+                read: (1, 2, 0),
+            },
+        };
+        assert!(post_to(&inbox, &first).expect("post"));
+        assert!(post_to(&inbox, &second).expect("post"));
+        // A killed command's half-written file, and one that is not a record.
+        std::fs::write(inbox.join(".x.tmp"), b"{").expect("write");
+        std::fs::write(inbox.join("zz.json"), b"{\"job\": 1}").expect("write");
+        let (records, bad) = take_from(&inbox);
+        assert_eq!(records, vec![first, second]);
+        assert_eq!(bad.len(), 1, "{bad:?}");
+        assert!(bad[0].contains("zz.json"), "{bad:?}");
+        let left: Vec<_> = std::fs::read_dir(&inbox)
+            .expect("read")
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        assert_eq!(left, vec![std::ffi::OsString::from(".x.tmp")], "taken once");
+        assert_eq!(take_from(&inbox), (Vec::new(), Vec::new()));
+    }
+
+    #[test]
+    fn a_published_runs_warnings_stand_until_the_next_published_run() {
+        let cfg = config("");
+        let mut s = JobStatus::default();
+        s.apply(
+            &run_record(
+                "20261206T070000.000Z",
+                true,
+                &["the dump of daily/db is 1 B"],
+            )
+            .done,
+        );
+        assert_eq!(
+            s.last_run.as_ref().map(|r| r.id.as_str()),
+            Some("20261206T070000.000Z")
+        );
+        assert!(s.newest_backup.is_some());
+        let state = |s: &JobStatus| State {
+            pid: 1,
+            started_at: Some(Utc::now()),
+            jobs: [("daily".to_string(), s.clone())].into(),
+        };
+        assert_eq!(
+            warnings(&cfg, &state(&s)),
+            vec!["the dump of daily/db is 1 B".to_string()]
+        );
+        // A warning is not a problem.
+        assert!(problems(&cfg, &state(&s), Utc::now()).is_empty());
+        // A failed run published nothing: the newest backup, and its warning, are the same.
+        s.apply(&run_record("20261206T080000.000Z", false, &[]).done);
+        assert_eq!(warnings(&cfg, &state(&s)).len(), 1);
+        assert_eq!(s.recent.len(), 2);
+        s.apply(&run_record("20261206T090000.000Z", true, &[]).done);
+        assert!(warnings(&cfg, &state(&s)).is_empty());
     }
 
     #[test]

@@ -31,6 +31,7 @@ pub fn run(
             keys,
             trust_unauthenticated,
         ));
+        crate::status::post_or_say(&crate::status::Record::drill(&report));
         for line in &report.ok {
             println!("  ok: {line}");
         }

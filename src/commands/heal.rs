@@ -22,6 +22,10 @@ pub fn run(path: &Path, job_name: &str, dry_run: bool, trust_unauthenticated: bo
             crate::notify::healed(job, &report).await;
             report
         });
+        // A dry run changes nothing and is not a pass of the healer.
+        if !dry_run {
+            crate::status::post_or_say(&crate::status::Record::heal(&report));
+        }
         println!("{}", report.summary());
         match report.outcome {
             HealOutcome::Ok | HealOutcome::Healed | HealOutcome::DryRun => EXIT_OK,

@@ -47,6 +47,11 @@ pub fn run(path: &Path) -> i32 {
         }
     };
     let problems = crate::status::problems(&config, &state, Utc::now());
+    // Said, healthy or not, without changing the verdict: a dump that shrank is a backup
+    // that worked, of data that may be gone.
+    for w in crate::status::warnings(&config, &state) {
+        println!("warning: {w}");
+    }
     if problems.is_empty() {
         println!(
             "healthy: daemon running (pid {pid}), {} job(s) fresh",

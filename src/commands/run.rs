@@ -40,6 +40,7 @@ pub fn run(path: &Path, job_name: &str, opts: crate::pipeline::RunOptions) -> i3
             crate::notify::finished(job, &report).await;
             report
         });
+        crate::status::post_or_say(&crate::status::Record::run(&report));
         if report.outcome == Outcome::Success {
             EXIT_OK
         } else {

@@ -30,9 +30,13 @@ pub fn run(
             );
             return EXIT_CONFIG;
         }
-        report(rt.block_on(crate::verify::verify_with(
+        let result = rt.block_on(crate::verify::verify_with(
             config, job, &which, from, keys, opts,
-        )))
+        ));
+        if let Ok(r) = &result {
+            crate::status::post_or_say(&crate::status::Record::verify(r));
+        }
+        report(result)
     })
 }
 

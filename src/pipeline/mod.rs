@@ -7,6 +7,7 @@
 //! retention never runs where the run did not publish.
 
 mod files;
+pub mod shrink;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -168,6 +169,9 @@ struct RunCtx<'a> {
     errors: Vec<(String, String)>,
     kept: Vec<(String, usize)>,
     retention_interrupted: bool,
+    /// The first destination retention listed, and the published backups it held then
+    /// (newest first): the backups this one is compared with for [`shrink`].
+    listed: Option<(Arc<dyn Storage>, Vec<manifest::Published>)>,
 }
 
 pub async fn run_job(
@@ -204,7 +208,9 @@ pub(crate) async fn run_job_on<'d>(
     run.collect_errors();
     run.prune_published().await;
     run.release_locks(heartbeat).await;
-    let report = run.into_report();
+    let warnings = run.shrink_warnings().await;
+    let mut report = run.into_report();
+    report.warnings = warnings;
     log_summary(&report);
     report
 }
@@ -256,6 +262,7 @@ impl<'a> RunCtx<'a> {
             errors: Vec::new(),
             kept: Vec::new(),
             retention_interrupted: false,
+            listed: None,
         }
     }
 
@@ -623,7 +630,12 @@ impl<'a> RunCtx<'a> {
                 } => Some(r),
             };
             match r {
-                Some(Ok(n)) => self.kept.push((t.name.clone(), n)),
+                Some(Ok((n, listed))) => {
+                    self.kept.push((t.name.clone(), n));
+                    if self.listed.is_none() {
+                        self.listed = Some((t.storage.clone(), listed));
+                    }
+                }
                 // The backup is published; a retention failure only delays pruning.
                 Some(Err(e)) => {
                     warn!(job = jn, destination = %t.name, "retention on {} failed: {e}", t.name)
@@ -643,6 +655,37 @@ impl<'a> RunCtx<'a> {
         for t in self.targets.iter().filter(|t| t.locked) {
             t.repo(self.jn()).unlock(&self.id, LockKind::Backup).await;
         }
+    }
+
+    /// A published backup whose sources produced much less than the same sources did in
+    /// the backups before it ([`shrink`]). Compared with what retention's listing of the
+    /// first destination found and left (no listing of its own): up to [`shrink::EARLIER`]
+    /// small manifest reads.
+    async fn shrink_warnings(&self) -> Vec<String> {
+        let Some((st, listed)) = &self.listed else {
+            return Vec::new();
+        };
+        if self.fatal.is_some() || self.cancel.is_cancelled() {
+            return Vec::new();
+        }
+        let mut earlier = Vec::new();
+        for p in listed.iter().filter(|p| p.id != self.id) {
+            if earlier.len() >= shrink::EARLIER {
+                break;
+            }
+            // Removed by retention just now, or unreadable: not compared with.
+            if let Ok(m) = Repository::new(st.as_ref(), self.jn())
+                .manifest(&p.id)
+                .await
+            {
+                earlier.push(shrink::manifest_sizes(&m));
+            }
+        }
+        let warnings = shrink::warnings(self.jn(), &shrink::sizes(&self.entries), &earlier);
+        for w in &warnings {
+            warn!(job = self.jn(), id = %self.id, "backup {}: {w}", self.id);
+        }
+        warnings
     }
 
     /// The run's outcome and figures.
@@ -967,18 +1010,19 @@ pub(crate) async fn weighed(
 /// (id, time) of the backups retention weighs; (id, why) of those it leaves alone.
 pub(crate) type WeighedBackups = (Vec<(String, chrono::DateTime<Utc>)>, Vec<(String, String)>);
 
+/// The published backups it holds afterwards, and those its listing found (newest first).
 async fn apply_retention(
     t: &Target,
     job: &Job,
     own_id: &str,
-) -> Result<usize, storage::StorageError> {
+) -> Result<(usize, Vec<manifest::Published>), storage::StorageError> {
     // From the destination's own listing, not local state: survives restarts and
     // counts backups written by other stowage processes too.
     let repo = t.repo(&job.name);
     let listing = repo.backups().await?;
     let published = listing.published(&job.name);
     if t.policy.is_keep_all() {
-        return Ok(published.len());
+        return Ok((published.len(), published));
     }
     let (input, left_out) = weighed(t.storage.as_ref(), job, &published).await?;
     for (id, why) in &left_out {
@@ -1039,7 +1083,7 @@ async fn apply_retention(
     if removed > 0 && job.has_files() {
         sweep_blobs(t, job, own_id).await;
     }
-    Ok(decisions.len() - removed)
+    Ok((decisions.len() - removed, published))
 }
 
 /// After backup retention: the WAL no retained base backup of the destination can replay
@@ -1129,6 +1173,13 @@ fn log_summary(r: &RunReport) {
             r.published.join(",")
         }
     );
+    // The run succeeded, but someone should look: said on the summary line itself, which
+    // is what a reader of the log (or of `docker logs`) sees of the run.
+    let line = if r.warnings.is_empty() {
+        line
+    } else {
+        format!("{line} warning: {}", r.warnings.join("; "))
+    };
     let fields = (r.bytes_in, r.bytes_out, secs);
     match r.outcome {
         Outcome::Success => info!(

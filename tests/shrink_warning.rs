@@ -1,0 +1,209 @@
+//! What a running daemon shows of work it did not do itself, and of a backup that worked
+//! but holds much less than before: a dump that shrank is said in the run's summary, in
+//! `/metrics` (`stowage_backup_shrunk`) and by `health` (a warning, still healthy); runs,
+//! heals, verifies and drills run by hand beside the daemon (same state directory) show on
+//! its page and in its metrics within a minute.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Job, PgServer, seed_sample_db, toml_str};
+
+/// Generous: the daemon wakes on the inbox at once; this only bounds a slow machine.
+const SHOWN_WITHIN: Duration = Duration::from_secs(60);
+
+fn server(port: u16) -> String {
+    format!("[server]\nlisten = \"127.0.0.1:{port}\"\n")
+}
+
+/// The value of the sample `name` (with its labels) in `metrics`.
+fn sample<'a>(metrics: &'a str, name: &str) -> Option<&'a str> {
+    metrics
+        .lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+        .and_then(|l| l.split_whitespace().last())
+}
+
+/// Waits until `/metrics` has `name` at `value`; the metrics last read.
+fn wait_for_sample(port: u16, name: &str, value: &str) -> String {
+    let mut metrics = String::new();
+    common::wait_for(&format!("{name} {value}"), SHOWN_WITHIN, || {
+        metrics = common::http_get(port, "/metrics").1;
+        sample(&metrics, name) == Some(value)
+    });
+    metrics
+}
+
+#[test]
+fn a_dump_that_shrinks_is_said_in_the_summary_metrics_and_health() {
+    let port = common::free_port();
+    let builder = Job::new("app").top(&server(port)).local("local", Some(10));
+    let data = builder.dir().join("dump.bin");
+    let job = builder
+        .command("dump", &["cat", &data.display().to_string()])
+        .write();
+    let fill = |kib: usize| {
+        let bytes: Vec<u8> = (0..kib * 1024).map(|i| (i * 31 % 251) as u8).collect();
+        std::fs::write(&data, bytes).expect("write the dump's data");
+    };
+    fill(300);
+    for _ in 0..3 {
+        let (code, out) = job.stowage(&["run", "app"]);
+        assert_eq!(code, Some(0), "{out}");
+        assert!(!out.contains("warning: the dump"), "a stable size: {out}");
+    }
+
+    let mut daemon = job.daemon();
+    daemon.wait_for_output("HTTP listener on", Duration::from_secs(30));
+    wait_for_sample(port, "stowage_backup_shrunk{job=\"app\"}", "0");
+    let (code, out) = job.stowage(&["health"]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(!out.contains("warning:"), "{out}");
+
+    // The database (here: the command's output) lost most of its data.
+    fill(30);
+    let (code, out) = job.stowage(&["run", "app"]);
+    assert_eq!(
+        code,
+        Some(0),
+        "a shrunk dump is still a backup that worked: {out}"
+    );
+    let summary = out
+        .lines()
+        .find(|l| l.contains("backup success: job=app"))
+        .unwrap_or_else(|| panic!("no summary line in:\n{out}"));
+    assert!(
+        summary.contains(
+            "warning: the dump of app/dump is 30.0 KiB, 10% of the usual 300.0 KiB (the median of the 3 backups before it): check that the database still holds its data"
+        ),
+        "{summary}"
+    );
+    let id = summary
+        .split("id=")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .expect("an id")
+        .to_string();
+
+    // The daemon did not run it, yet shows it: the run, its counter, the warning.
+    let metrics = wait_for_sample(port, "stowage_backup_shrunk{job=\"app\"}", "1");
+    assert_eq!(
+        sample(
+            &metrics,
+            "stowage_runs_total{job=\"app\",outcome=\"success\"}"
+        ),
+        Some("1"),
+        "{metrics}"
+    );
+    let page = common::http_get(port, "/").1;
+    assert!(page.contains(&format!("<td>{id}</td>")), "{page}");
+    assert!(
+        page.contains("⚠ the dump of app/dump is 30.0 KiB, 10% of the usual"),
+        "{page}"
+    );
+    assert!(
+        !page.contains("(no run by this daemon since its start)"),
+        "{page}"
+    );
+
+    let (code, out) = job.stowage(&["health"]);
+    assert_eq!(code, Some(0), "a warning, not a failure: {out}");
+    assert!(
+        out.contains("warning: the dump of app/dump is 30.0 KiB") && out.contains("healthy:"),
+        "{out}"
+    );
+
+    // Back to its usual size: the warning goes.
+    fill(300);
+    let (code, out) = job.stowage(&["run", "app"]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(!out.contains("warning: the dump"), "{out}");
+    wait_for_sample(port, "stowage_backup_shrunk{job=\"app\"}", "0");
+    let (code, out) = job.stowage(&["health"]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(!out.contains("warning:"), "{out}");
+
+    daemon.signal("TERM");
+    let out = daemon.wait(Duration::from_secs(30));
+    assert!(out.status.success(), "{}", common::text(&out));
+    assert!(
+        !job.path("stowage-done").exists(),
+        "the daemon removes its inbox when it stops"
+    );
+}
+
+#[test]
+fn heal_verify_and_drill_run_by_hand_show_on_the_running_daemons_page() {
+    let pg = PgServer::start();
+    seed_sample_db(&pg, "app", 50);
+    let port = common::free_port();
+    let job = Job::new("app")
+        .top(&server(port))
+        .local("local", None)
+        .postgres("db", &pg.url("app"))
+        .drill(&format!(
+            "schedule = \"0 5 * * 0\"\nto = {}\nchecks = [\"select count(*) > 0 from orders\"]\n",
+            toml_str(pg.url("stowage_drill"))
+        ))
+        .heal("schedule = \"0 5 * * 0\"\nwatch = [\"orders\"]\n")
+        .write();
+    job.backup();
+    let mut daemon = job.daemon();
+    daemon.wait_for_output("HTTP listener on", Duration::from_secs(30));
+    let page = common::http_get(port, "/").1;
+    assert!(
+        page.contains("<th>last verify</th><td>-</td>")
+            && page.contains("<th>last drill</th><td>scheduled (0 5 * * 0)</td>")
+            && page.contains("<th>last heal</th><td>watching "),
+        "nothing yet: {page}"
+    );
+
+    for what in ["verify", "heal", "drill"] {
+        let (code, out) = job.stowage(&[what, "app"]);
+        assert_eq!(code, Some(0), "{what}: {out}");
+    }
+    let metrics = wait_for_sample(
+        port,
+        "stowage_drills_total{job=\"app\",outcome=\"ok\"}",
+        "1",
+    );
+    assert_eq!(
+        sample(
+            &metrics,
+            "stowage_verifies_total{job=\"app\",outcome=\"ok\"}"
+        ),
+        Some("1"),
+        "{metrics}"
+    );
+    assert_eq!(
+        sample(&metrics, "stowage_heals_total{job=\"app\",outcome=\"ok\"}"),
+        Some("1"),
+        "{metrics}"
+    );
+    assert!(
+        sample(&metrics, "stowage_drill_duration_seconds{job=\"app\"}")
+            .and_then(|v| v.parse::<f64>().ok())
+            .is_some_and(|v| v > 0.0),
+        "{metrics}"
+    );
+    let page = common::http_get(port, "/").1;
+    assert!(page.contains("<th>last verify</th><td>ok at "), "{page}");
+    assert!(page.contains("<th>last drill</th><td>ok at "), "{page}");
+    assert!(page.contains("<th>last heal</th><td>ok at "), "{page}");
+    let log = daemon.output_so_far();
+    for what in ["verify", "heal", "drill"] {
+        assert!(
+            log.contains(&format!("{what} of app run by hand: ")),
+            "{what}: {log}"
+        );
+    }
+
+    daemon.signal("TERM");
+    let out = daemon.wait(Duration::from_secs(30));
+    assert!(out.status.success(), "{}", common::text(&out));
+    // No daemon: a command by hand leaves nothing behind for one.
+    let (code, out) = job.stowage(&["verify", "app"]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(!job.path("stowage-done").exists());
+}
