@@ -362,3 +362,31 @@ fn path_never_writes_through_a_link() {
     );
     assert!(out.contains("moved docs (a symbolic link"), "{out}");
 }
+
+/// A `--path` that matches nothing stops the whole set before its database is restored:
+/// "nothing was restored" is true.
+#[test]
+fn a_pattern_that_matches_nothing_stops_before_the_database() {
+    let builder = Job::new(JOB).local("local", Some(5));
+    let (db, uploads) = (builder.path("app.db"), builder.path("uploads"));
+    let job = sqlite_source(builder, "db", &db)
+        .files("uploads", &uploads, "")
+        .write();
+    sqlite_db(&db, 2);
+    write_file(&uploads, "docs/x.txt", b"x");
+    job.backup();
+
+    let copy = job.path("copy.db");
+    let to = copy.display().to_string();
+    let (code, out) = restore(&job, &["--to", &to, "--path", "nope"]);
+    assert_eq!(code, Some(2), "{out}");
+    assert!(out.contains("--path \"nope\" matches nothing"), "{out}");
+    assert!(
+        !copy.exists(),
+        "the database was restored before the files failed:\n{out}"
+    );
+
+    let (code, out) = restore(&job, &["--to", &to, "--path", "docs"]);
+    assert_eq!(code, Some(0), "{out}");
+    assert_eq!(rows(&copy), 2);
+}

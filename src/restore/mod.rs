@@ -779,6 +779,7 @@ async fn restore_locked(
     }
     let copies = r.choose_copies(&plan).await?;
     r.check_all_keys(&plan, &copies).await?;
+    r.check_paths(&plan).await?;
     // Databases first, then files: the order the set was taken in, so rows never point
     // at files that are not there yet.
     for (step, copy) in plan.databases.iter().zip(&copies) {
@@ -906,6 +907,25 @@ impl<'a> RestoreCtx<'a> {
         for (step, copy) in plan.databases.iter().zip(copies) {
             let from = copy.as_ref().map_or(self.st, |c| c.storage.as_ref());
             check_keys(from, self.packing, &[step.entry.key.as_str()]).await?;
+        }
+        Ok(())
+    }
+
+    /// `--path`: a pattern that matches nothing in a files source's backup stops the
+    /// restore before any database is touched. An index this destination cannot give is
+    /// left to the files step, which reads it from another destination.
+    async fn check_paths(&self, plan: &Plan<'_>) -> Result<(), RestoreError> {
+        if self.req.paths.is_empty() {
+            return Ok(());
+        }
+        let paths = crate::pathfilter::PathPatterns::new(&self.req.paths)
+            .map_err(|e| RestoreError::Usage(format!("--path: {e}")))?;
+        for entry in &plan.files {
+            let repo = Repository::new(self.st, &self.job.name);
+            match select::check_patterns(repo, entry, self.packing, &paths).await {
+                Ok(()) | Err(RestoreError::Files(_)) => {}
+                Err(e) => return Err(e),
+            }
         }
         Ok(())
     }
