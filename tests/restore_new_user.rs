@@ -390,3 +390,19 @@ fn a_pattern_that_matches_nothing_stops_before_the_database() {
     assert_eq!(code, Some(0), "{out}");
     assert_eq!(rows(&copy), 2);
 }
+
+/// A source file that is gone holds nothing `--clean` could drop: restoring it back is not
+/// refused.
+#[test]
+fn a_missing_sqlite_source_is_restored_without_force() {
+    let builder = Job::new(JOB).local("local", Some(5));
+    let db = builder.path("app.db");
+    let job = sqlite_source(builder, "db", &db).write();
+    sqlite_db(&db, 4);
+    job.backup();
+    std::fs::remove_file(&db).expect("rm");
+    let to = db.display().to_string();
+    let (code, out) = restore(&job, &["--to", &to, "--clean"]);
+    assert_eq!(code, Some(0), "{out}");
+    assert_eq!(rows(&db), 4);
+}

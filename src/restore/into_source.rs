@@ -145,10 +145,10 @@ pub fn is_source(database: &dyn Database, target: &str) -> Option<String> {
     }
     // SQLite knows its file (the drill asks it the same question): the same file reached
     // through another path or a link is the same file. A directory of that name is not
-    // a file a restore could replace.
+    // a file a restore could replace, and a file that is gone holds nothing to lose.
     let scratch = database.scratch()?;
-    let is_dir = std::fs::symlink_metadata(Path::new(target)).is_ok_and(|m| m.is_dir());
-    (database.kind() == "sqlite" && !is_dir && scratch.is_own_database(target))
+    let live_file = std::fs::metadata(Path::new(target)).is_ok_and(|m| m.is_file());
+    (database.kind() == "sqlite" && live_file && scratch.is_own_database(target))
         .then(|| target.to_string())
 }
 

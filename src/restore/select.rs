@@ -21,6 +21,8 @@ struct Nearest {
     wanted: String,
     anchored: bool,
     best: Vec<(f64, String)>,
+    /// The directory of the last path offered: its directories were scored already.
+    last_dir: String,
 }
 
 impl Nearest {
@@ -30,14 +32,23 @@ impl Nearest {
             anchored: wanted.contains('/'),
             wanted,
             best: Vec::new(),
+            last_dir: String::new(),
         }
     }
 
     /// Scores `path` and its directories.
     fn offer(&mut self, path: &str) {
+        let dir = path.rfind('/').map_or("", |i| &path[..i]);
+        let seen = dir == self.last_dir;
+        if !seen {
+            self.last_dir = dir.to_string();
+        }
         let mut end = path.len();
         loop {
             let candidate = &path[..end];
+            if seen && end < path.len() {
+                break;
+            }
             let compared = if self.anchored {
                 candidate
             } else {
