@@ -90,3 +90,73 @@ fn build_set(patterns: &[String]) -> Result<GlobSet, GlobError> {
     }
     b.build().map_err(GlobError::Set)
 }
+
+/// Patterns chosen one by one (`restore --path`), each in [`PathFilter`]'s syntax, that
+/// say which of them a path matched: a pattern that matches nothing is named to the user.
+#[derive(Debug, Clone)]
+pub struct PathPatterns {
+    set: GlobSet,
+    /// The pattern each glob of `set` comes from.
+    owner: Vec<usize>,
+    patterns: Vec<String>,
+}
+
+impl PathPatterns {
+    pub fn new(patterns: &[String]) -> Result<PathPatterns, GlobError> {
+        let mut b = GlobSetBuilder::new();
+        let mut owner = Vec::new();
+        for (i, p) in patterns.iter().enumerate() {
+            for g in expand(p)? {
+                b.add(g);
+                owner.push(i);
+            }
+        }
+        Ok(PathPatterns {
+            set: b.build().map_err(GlobError::Set)?,
+            owner,
+            patterns: patterns.to_vec(),
+        })
+    }
+
+    pub fn patterns(&self) -> &[String] {
+        &self.patterns
+    }
+
+    /// `rel` ('/'-separated, relative to the root) is matched by any pattern.
+    pub fn is_match(&self, rel: &str) -> bool {
+        self.set.is_match(rel)
+    }
+
+    /// Marks in `hit` (one flag per pattern) the patterns `rel` matches; whether any does.
+    pub fn mark(&self, rel: &str, hit: &mut [bool]) -> bool {
+        let found = self.set.matches(rel);
+        for g in &found {
+            if let Some(slot) = self.owner.get(*g).and_then(|i| hit.get_mut(*i)) {
+                *slot = true;
+            }
+        }
+        !found.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::PathPatterns;
+
+    #[test]
+    fn patterns_say_which_of_them_matched() {
+        let p = PathPatterns::new(&["media".into(), "docs/*.txt".into(), "*.jpg".into()])
+            .expect("patterns");
+        let mut hit = [false; 3];
+        assert!(p.mark("media/a/b.bin", &mut hit));
+        assert!(p.mark("x/media", &mut hit));
+        assert!(p.mark("deep/down/pic.jpg", &mut hit));
+        assert!(!p.mark("docs/sub/a.txt", &mut hit));
+        assert!(!p.mark("x/docs/a.txt", &mut hit));
+        assert_eq!(hit, [true, false, true]);
+        assert!(p.mark("docs/a.txt", &mut hit));
+        assert_eq!(hit, [true, true, true]);
+        assert!(p.is_match("media") && !p.is_match("mediate"));
+        assert!(PathPatterns::new(&["a[".into()]).is_err());
+    }
+}

@@ -368,7 +368,13 @@ async fn round_trip(s3: S3Server) {
     );
     let out = restore(
         &setup.config,
-        &["latest", "--to", &pg.url("app"), "--clean"],
+        &[
+            "latest",
+            "--to",
+            &pg.url("app"),
+            "--clean",
+            "--force-into-source",
+        ],
     );
     assert!(
         out.status.success(),

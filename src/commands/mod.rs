@@ -127,6 +127,7 @@ pub enum Command {
     #[command(after_help = "Examples:\n  \
         stowage restore app latest --to postgres://postgres@db:5432/app --clean\n  \
         stowage restore app latest --only uploads --dry-run\n  \
+        stowage restore app latest --only uploads --path invoices --path \"*.pdf\" --keep-extra\n  \
         stowage restore app 20261122 --only db --to postgres://postgres@db/app --table orders\n  \
         stowage restore app latest --to db=postgres://postgres@db/app --to cache=/restore/dump.rdb\n  \
         stowage restore pitr --time \"2026-12-05 08:14:03+01\" --to-dir /var/lib/postgresql/data")]
@@ -149,6 +150,10 @@ pub enum Command {
         /// Drop and replace the backup's objects in a non-empty target
         #[arg(long)]
         clean: bool,
+        /// With --clean, allow the target to be the source's own live database (the one
+        /// the backup was taken from): its objects are dropped and replaced by the backup's
+        #[arg(long, requires = "clean")]
+        force_into_source: bool,
         /// Skip ownership and privileges (when the target lacks the original roles)
         #[arg(long)]
         no_owner: bool,
@@ -167,6 +172,14 @@ pub enum Command {
         /// Move local files the backup lacks here (default: DIR/../orphan_files)
         #[arg(long, value_name = "DIR")]
         orphans_to: Option<PathBuf>,
+        /// Leave local files the backup lacks where they are (default: moved to the
+        /// orphans)
+        #[arg(long)]
+        keep_extra: bool,
+        /// Restore only the files this glob matches ("*.jpg", "invoices", "media/2026/**";
+        /// repeatable); the rest of the directory is neither restored nor moved
+        #[arg(long = "path", value_name = "PATTERN")]
+        paths: Vec<String>,
         /// Print what would be fetched, replaced and moved; change nothing
         #[arg(long)]
         dry_run: bool,
@@ -616,12 +629,15 @@ fn restore_request(command: Command) -> Option<crate::restore::RestoreRequest> {
         from,
         only,
         clean,
+        force_into_source,
         no_owner,
         table,
         exclude_table,
         all_tables,
         files_to,
         orphans_to,
+        keep_extra,
+        paths,
         dry_run,
         wait,
         download_to,
@@ -671,6 +687,9 @@ fn restore_request(command: Command) -> Option<crate::restore::RestoreRequest> {
             latest,
         },
         copy_wal,
+        force_into_source,
+        keep_extra,
+        paths,
     })
 }
 

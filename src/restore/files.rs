@@ -25,6 +25,7 @@ use crate::repo::blobs;
 use crate::repo::index::{self, IndexEntry};
 use crate::repo::packing::Packing;
 
+use crate::pathfilter::PathPatterns;
 use crate::repo::manifest::SourceEntry;
 use crate::source::files::{self as tree, FileMeta, Found, PathFilter};
 use crate::storage::{Storage, StorageError};
@@ -167,6 +168,11 @@ pub enum TreeError {
     },
 }
 
+/// The file index of `name` could not be read.
+pub(super) fn index_error(name: &str, e: blobs::BlobError) -> RestoreError {
+    TreeError::from(e).of(name)
+}
+
 impl TreeError {
     fn aborted(what: impl Into<String>) -> impl FnOnce(tokio::task::JoinError) -> TreeError {
         let what = what.into();
@@ -196,6 +202,11 @@ pub struct Target {
     pub dry_run: bool,
     /// Keep setuid, setgid and sticky bits as recorded (default: dropped).
     pub keep_special_modes: bool,
+    /// Leave local files the backup lacks where they are (`--keep-extra`).
+    pub keep_extra: bool,
+    /// Only the paths these match (`--path`): the rest of the tree is neither restored nor
+    /// moved.
+    pub paths: Option<Arc<PathPatterns>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -311,6 +322,10 @@ struct Merge {
     local: Option<LocalWalk>,
     head: Option<FileMeta>,
     entry: Option<IndexEntry>,
+    /// `--path`: what the patterns do not match is passed over, on both sides.
+    paths: Option<Arc<PathPatterns>>,
+    /// Paths passed over: entries of the backup, local files.
+    passed: (usize, usize),
 }
 
 impl Merge {
@@ -320,6 +335,11 @@ impl Merge {
                 return Ok(None);
             };
             match rx.recv().await {
+                Some(Ok(Found::File(m)))
+                    if self.paths.as_ref().is_some_and(|p| !p.is_match(&m.path)) =>
+                {
+                    self.passed.1 += 1;
+                }
                 Some(Ok(Found::File(m))) => self.head = Some(m),
                 Some(Ok(Found::Skipped(_))) => {}
                 Some(Err(e)) => return Err(TreeError::Walk(e)),
@@ -330,10 +350,13 @@ impl Merge {
     }
 
     async fn index_head(&mut self) -> Result<Option<&IndexEntry>, TreeError> {
-        if self.entry.is_none()
+        while self.entry.is_none()
             && let Some(ix) = self.index.as_mut()
         {
             match ix.next().await? {
+                Some(e) if self.paths.as_ref().is_some_and(|p| !p.is_match(&e.path)) => {
+                    self.passed.0 += 1;
+                }
                 Some(e) => self.entry = Some(e),
                 None => self.index = None,
             }
@@ -383,6 +406,11 @@ pub async fn restore(
         .await
         .map_err(|e| TreeError::from(e).of(name))?;
     let (dir, orphan_dir) = target_dirs(name, &header, &target)?;
+    if let Some(paths) = &target.paths {
+        // Every pattern must match something before anything is touched: a typo must not
+        // restore nothing and say it went well.
+        super::select::check_patterns(repo, entry, packing, paths).await?;
+    }
     let (local, root) = open_target(&header, &dir, target.dry_run)
         .await
         .map_err(|e| e.of(name))?;
@@ -395,6 +423,8 @@ pub async fn restore(
         orphan_dir,
         dry_run: target.dry_run,
         keep_special_modes: target.keep_special_modes,
+        keep_extra: target.keep_extra,
+        paths: target.paths.clone(),
         progress: crate::progress::Progress::new(format!("restore {name}: files"), None),
     };
     let mut merge = Merge {
@@ -402,9 +432,12 @@ pub async fn restore(
         local,
         head: None,
         entry: None,
+        paths: target.paths.clone(),
+        passed: (0, 0),
     };
     let mut tally = Tally::default();
     walk(&ctx, &mut merge, &mut tally).await;
+    tally.passed = merge.passed;
     ctx.progress.finish();
     let in_the_way =
         std::mem::take(&mut *ctx.aside.moved.lock().unwrap_or_else(|p| p.into_inner()));
@@ -498,6 +531,8 @@ struct TreeCtx<'a> {
     orphan_dir: PathBuf,
     dry_run: bool,
     keep_special_modes: bool,
+    keep_extra: bool,
+    paths: Option<Arc<PathPatterns>>,
     progress: Arc<crate::progress::Progress>,
 }
 
@@ -541,6 +576,10 @@ struct Tally {
     lines: Vec<String>,
     failure: Option<TreeError>,
     orphans: usize,
+    /// Local files the backup lacks, left in place (`--keep-extra`).
+    kept: usize,
+    /// `--path`: entries of the backup and local files outside the patterns.
+    passed: (usize, usize),
     same: usize,
     fetched: usize,
     replaced: usize,
@@ -572,6 +611,14 @@ async fn walk(ctx: &TreeCtx<'_>, merge: &mut Merge, tally: &mut Tally) {
             }
         };
         match step {
+            Step::Orphan(p) if ctx.keep_extra => {
+                // What stands in the way of the backup's paths is still moved, by the
+                // fetch that needs the place.
+                tally.kept += 1;
+                if ctx.dry_run {
+                    tally.lines.push(format!("would keep {p} (--keep-extra)"));
+                }
+            }
             Step::Orphan(p) => {
                 tally.orphans += 1;
                 if ctx.dry_run {
@@ -628,9 +675,25 @@ impl Tally {
         let (same, fetched, replaced, orphans) =
             (self.same, self.fetched, self.replaced, self.orphans);
         let orphan_dir = &ctx.orphan_dir;
+        let mut left = String::new();
+        if ctx.keep_extra {
+            left.push_str(&format!(
+                "; {} {} the backup lacks left in place (--keep-extra)",
+                self.kept,
+                if self.kept == 1 { "file" } else { "files" }
+            ));
+        }
+        if let Some(p) = &ctx.paths {
+            left.push_str(&format!(
+                "; only --path {}: {} of the backup's files and {} local files outside it left alone",
+                p.patterns().join(" --path "),
+                self.passed.0,
+                self.passed.1
+            ));
+        }
         if ctx.dry_run {
             self.lines.push(format!(
-                "files {name} into {}: would fetch {fetched}, replace {replaced} ({} to download), move {orphans} to {}; {same} unchanged",
+                "files {name} into {}: would fetch {fetched}, replace {replaced} ({} to download), move {orphans} to {}; {same} unchanged{left}",
                 dir.display(),
                 human_bytes(self.fetch_bytes),
                 orphan_dir.display(),
@@ -653,7 +716,7 @@ impl Tally {
             } else {
                 orphan_dir.display().to_string()
             }
-        ));
+        ) + &left);
         self.lines
     }
 
@@ -1452,6 +1515,8 @@ mod tests {
             local: Some(rx),
             head: None,
             entry: None,
+            paths: None,
+            passed: (0, 0),
         };
         let mut steps = Vec::new();
         while let Some(s) = m.next().await.expect("step") {

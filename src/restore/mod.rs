@@ -23,7 +23,9 @@ use crate::storage::{self, JobStorage, Storage};
 use crate::units::human_bytes;
 
 mod files;
+mod into_source;
 pub mod lifecycle;
+mod select;
 
 #[derive(Debug, Clone, Default)]
 pub struct RestoreRequest {
@@ -72,6 +74,14 @@ pub struct RestoreRequest {
     /// copy it from there, instead of running `stowage wal-fetch` (for a server that cannot
     /// run stowage, such as a postgres container).
     pub copy_wal: bool,
+    /// `--clean` into the database the backup was taken from (the source's own): meant.
+    pub force_into_source: bool,
+    /// Files: leave local files the backup lacks where they are (default: moved to the
+    /// orphans).
+    pub keep_extra: bool,
+    /// Files: restore only the paths these patterns match (the files source's include
+    /// syntax); the rest of the tree is neither restored nor moved.
+    pub paths: Vec<String>,
 }
 
 /// `--time`, `--lsn`, `--name` or `--latest` of a restore, as given.
@@ -769,6 +779,7 @@ async fn restore_locked(
     }
     let copies = r.choose_copies(&plan).await?;
     r.check_all_keys(&plan, &copies).await?;
+    r.check_paths(&plan).await?;
     // Databases first, then files: the order the set was taken in, so rows never point
     // at files that are not there yet.
     for (step, copy) in plan.databases.iter().zip(&copies) {
@@ -896,6 +907,25 @@ impl<'a> RestoreCtx<'a> {
         for (step, copy) in plan.databases.iter().zip(copies) {
             let from = copy.as_ref().map_or(self.st, |c| c.storage.as_ref());
             check_keys(from, self.packing, &[step.entry.key.as_str()]).await?;
+        }
+        Ok(())
+    }
+
+    /// `--path`: a pattern that matches nothing in a files source's backup stops the
+    /// restore before any database is touched. An index this destination cannot give is
+    /// left to the files step, which reads it from another destination.
+    async fn check_paths(&self, plan: &Plan<'_>) -> Result<(), RestoreError> {
+        if self.req.paths.is_empty() {
+            return Ok(());
+        }
+        let paths = crate::pathfilter::PathPatterns::new(&self.req.paths)
+            .map_err(|e| RestoreError::Usage(format!("--path: {e}")))?;
+        for entry in &plan.files {
+            let repo = Repository::new(self.st, &self.job.name);
+            match select::check_patterns(repo, entry, self.packing, &paths).await {
+                Ok(()) | Err(RestoreError::Files(_)) => {}
+                Err(e) => return Err(e),
+            }
         }
         Ok(())
     }
@@ -1105,11 +1135,20 @@ impl<'a> RestoreCtx<'a> {
     /// index intact and every blob it names.
     async fn restore_tree(&mut self, entry: &SourceEntry) -> Result<(), RestoreError> {
         let (config, req, job, packing) = (self.config, self.req, self.job, self.packing);
+        let paths = match req.paths.is_empty() {
+            true => None,
+            false => Some(Arc::new(
+                crate::pathfilter::PathPatterns::new(&req.paths)
+                    .map_err(|e| RestoreError::Usage(format!("--path: {e}")))?,
+            )),
+        };
         let target = || files::Target {
             dir: files_dir_for(job, req.files_to.as_ref(), entry),
             orphans: req.orphans_to.clone(),
             dry_run: req.dry_run,
             keep_special_modes: req.keep_special_modes,
+            keep_extra: req.keep_extra,
+            paths: paths.clone(),
         };
         Progress::start(self.progress, format!("files {}", entry.name), req.dry_run);
         let why = match files::restore(
@@ -1637,19 +1676,15 @@ fn plan<'a>(
     let db_names: Vec<&str> = dbs.iter().map(|(s, _)| s.name.as_str()).collect();
     check_targets(manifest, &named, &plain, &db_names)?;
     let mut databases = Vec::new();
+    let mut missing = Vec::new();
     for (entry, database) in dbs {
         let Some(target) = named
             .get(&entry.name)
             .cloned()
             .or_else(|| plain.first().cloned())
         else {
-            return Err(missing_target(
-                manifest,
-                entry,
-                database.as_ref(),
-                &files,
-                &db_names,
-            ));
+            missing.push((entry, database));
+            continue;
         };
         if let Err(e) = database.check_target(&target) {
             return Err(RestoreError::Usage(format!(
@@ -1662,6 +1697,12 @@ fn plan<'a>(
             database,
             target,
         });
+    }
+    if !missing.is_empty() {
+        return Err(missing_targets(manifest, &missing, &files, &db_names));
+    }
+    for step in &databases {
+        check_into_source(manifest, req, step)?;
     }
     check_options(manifest, req, &databases, &files, &db_names)?;
     Ok(Plan { databases, files })
@@ -1763,11 +1804,11 @@ fn check_targets(
     Ok(())
 }
 
-/// The error for a database source no `--to` gives a target, with how to give one.
-fn missing_target(
+/// The error for the database sources no `--to` gives a target, all of them at once, with
+/// the flags that would give each its target.
+fn missing_targets(
     manifest: &Manifest,
-    entry: &SourceEntry,
-    database: &dyn Database,
+    missing: &[SourceEngine<'_>],
     files: &[&SourceEntry],
     db_names: &[&str],
 ) -> RestoreError {
@@ -1783,18 +1824,83 @@ fn missing_target(
                 .join(" --only ")
         )
     };
+    // The engine's example without its remark ("/PATH/TO/dump.rdb (the stopped server's…)").
+    let example = |d: &dyn Database| {
+        let e = d.target_example();
+        e.split_once(" (").map_or(e, |(head, _)| head).to_string()
+    };
+    if let ([(entry, database)], 1) = (missing, db_names.len()) {
+        return RestoreError::Usage(format!(
+            "backup {} has database source \"{}\" ({}): give --to {}{others}",
+            manifest.id,
+            entry.name,
+            entry.kind,
+            database.target_example(),
+        ));
+    }
+    let listed: Vec<String> = missing
+        .iter()
+        .map(|(e, _)| format!("\"{}\" ({})", e.name, e.kind))
+        .collect();
+    let forms: Vec<String> = missing
+        .iter()
+        .map(|(e, _)| format!("--to {}=TARGET", e.name))
+        .collect();
+    let examples: Vec<String> = missing
+        .iter()
+        .map(|(e, d)| format!("--to {}={}", e.name, example(d.as_ref())))
+        .collect();
     RestoreError::Usage(format!(
-        "backup {} has database source \"{}\" ({}): give --to {}{}{others}",
+        "backup {} has {} database source{} with no target: {}; give one --to SOURCE=TARGET per database: {}, e.g. {}{others}",
         manifest.id,
-        entry.name,
-        entry.kind,
-        database.target_example(),
-        if db_names.len() > 1 {
-            format!(" as --to {}=TARGET", entry.name)
-        } else {
-            String::new()
-        }
+        missing.len(),
+        if missing.len() == 1 { "" } else { "s" },
+        listed.join(", "),
+        forms.join(" "),
+        examples.join(" "),
     ))
+}
+
+/// `--clean` into the very database a backup was taken from drops the live objects and
+/// replaces them with the backup's: refused unless `--force-into-source` says it is meant.
+/// Without `--clean` nothing live is dropped (a non-empty target, or a table that exists,
+/// is refused anyway), which is how the healer puts missing tables back.
+fn check_into_source(
+    manifest: &Manifest,
+    req: &RestoreRequest,
+    step: &DatabaseStep<'_>,
+) -> Result<(), RestoreError> {
+    if !req.clean || req.force_into_source {
+        return Ok(());
+    }
+    let Some(own) = into_source::is_source(step.database.as_ref(), &step.target) else {
+        return Ok(());
+    };
+    let (name, id) = (&step.entry.name, &manifest.id);
+    let when = manifest.started_at.format("%Y-%m-%d %H:%M UTC");
+    let target = crate::source::url::redact(&step.target);
+    let server = step.database.own_target().is_some();
+    let what = match (server, req.tables.is_empty()) {
+        (true, true) => "the live database's objects that are in the backup are dropped and replaced by the backup's, and what was written to them".to_string(),
+        (true, false) => format!(
+            "the live tables {} are dropped and replaced by the backup's, and what was written to them",
+            req.tables.join(", ")
+        ),
+        (false, _) => "the live database file is replaced by the backup's, and what was written to it".to_string(),
+    };
+    let own = if own == target {
+        String::new()
+    } else {
+        format!(" ({own})")
+    };
+    let beside = if server {
+        "a new database with --create"
+    } else {
+        "a new file"
+    };
+    Err(RestoreError::Usage(format!(
+        "--to {target} is the live database of source \"{name}\"{own}, which backup {id} was taken from: with --clean, {what} since {when} is lost; nothing was changed; to restore beside it, give another --to (e.g. {beside}) and switch over; to replace the live data anyway (stop the application first), add --force-into-source"
+    )))
 }
 
 /// The table and files options fit what is being restored, and something is.
@@ -1845,10 +1951,42 @@ fn check_options(
             "--files-to and --orphans-to are for files sources, and none is being restored".into(),
         ));
     }
+    check_files_options(manifest, req, files)?;
     if databases.is_empty() && files.is_empty() {
         return Err(RestoreError::NotFound(format!(
             "backup {} has nothing this version of stowage can restore",
             manifest.id
+        )));
+    }
+    Ok(())
+}
+
+/// `--keep-extra` and `--path` fit the files sources being restored; the patterns parse.
+fn check_files_options(
+    manifest: &Manifest,
+    req: &RestoreRequest,
+    files: &[&SourceEntry],
+) -> Result<(), RestoreError> {
+    if files.is_empty() && (req.keep_extra || !req.paths.is_empty()) {
+        return Err(RestoreError::Usage(
+            "--keep-extra and --path are for files sources, and none is being restored; remove them, or name a files source with --only".into(),
+        ));
+    }
+    if files.len() > 1 && !req.paths.is_empty() {
+        return Err(RestoreError::Usage(format!(
+            "backup {} has {} files sources ({}); --path applies to one: add --only NAME",
+            manifest.id,
+            files.len(),
+            files
+                .iter()
+                .map(|f| f.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )));
+    }
+    if let Err(e) = crate::pathfilter::PathPatterns::new(&req.paths) {
+        return Err(RestoreError::Usage(format!(
+            "--path: {e}; patterns are globs as in a files source's include (\"*.jpg\", \"media/2026/**\")"
         )));
     }
     Ok(())
