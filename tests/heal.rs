@@ -315,7 +315,13 @@ fn clean_restore_of_a_referenced_table() {
     let changed = tables(&pg);
     let (code, out) = restore(
         &setup,
-        &["latest", "--table", "orders", "--clean"],
+        &[
+            "latest",
+            "--table",
+            "orders",
+            "--clean",
+            "--force-into-source",
+        ],
         &pg.url("app"),
     );
     assert_eq!(code, Some(1), "{out}");
@@ -337,7 +343,13 @@ fn clean_restore_of_a_referenced_table() {
     );
     let (code, out) = restore(
         &setup,
-        &["latest", "--table", "orders", "--clean"],
+        &[
+            "latest",
+            "--table",
+            "orders",
+            "--clean",
+            "--force-into-source",
+        ],
         &pg.url("app"),
     );
     assert_eq!(code, Some(0), "{out}");
@@ -476,7 +488,13 @@ fn mariadb_dropped_table_is_healed() {
     // `--table customers --clean` while orders references it.
     let (code, out) = restore(
         &setup,
-        &["latest", "--table", "customers", "--clean"],
+        &[
+            "latest",
+            "--table",
+            "customers",
+            "--clean",
+            "--force-into-source",
+        ],
         &db.url("app"),
     );
     assert_eq!(code, Some(0), "{out}");

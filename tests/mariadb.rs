@@ -341,7 +341,16 @@ fn restore_refuses_a_non_empty_target_unless_clean_and_mysql_is_an_alias() {
         "a refused restore wrote"
     );
 
-    restore_ok(&s.config, &["latest", "--to", &db.url("app"), "--clean"]);
+    restore_ok(
+        &s.config,
+        &[
+            "latest",
+            "--to",
+            &db.url("app"),
+            "--clean",
+            "--force-into-source",
+        ],
+    );
     assert_eq!(db.table_checksums("app"), want);
     assert_eq!(objects_work(&db, "app")["trigger"], "1");
 
@@ -448,6 +457,7 @@ fn selected_tables_restore_into_an_existing_database() {
             "--table",
             "orders",
             "--clean",
+            "--force-into-source",
         ],
     );
     assert_eq!(db.table_checksums("app")["orders"], want["orders"]);
@@ -495,6 +505,7 @@ fn selected_tables_restore_into_an_existing_database() {
             "--table",
             "orders",
             "--clean",
+            "--force-into-source",
             "--dry-run",
         ],
     );

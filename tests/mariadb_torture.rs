@@ -226,7 +226,7 @@ fn every_table_of_the_torture_schema_comes_back_whole_by_restore_and_by_heal() {
         assert_eq!(code, Some(0), "restore --table {t}:\n{out}");
         check("restore --table", t);
 
-        let (code, out) = setup.restore(&["--table", t, "--clean"]);
+        let (code, out) = setup.restore(&["--table", t, "--clean", "--force-into-source"]);
         assert_eq!(code, Some(0), "restore --table {t} --clean:\n{out}");
         check("restore --table --clean", t);
 
@@ -413,7 +413,7 @@ fn a_trigger_lost_to_clean_is_named() {
         "app",
         "create trigger `late ``t``` after insert on p for each row set @x = 1",
     );
-    let (code, out) = setup.restore(&["--table", "p", "--clean"]);
+    let (code, out) = setup.restore(&["--table", "p", "--clean", "--force-into-source"]);
     assert_eq!(code, Some(1), "{out}");
     assert!(
         out.contains(
@@ -444,7 +444,7 @@ fn a_foreign_key_the_restored_table_cannot_serve_is_named() {
          alter table c drop foreign key c_p, modify pid bigint;
          alter table c add constraint c_p foreign key (pid) references p (id);",
     );
-    let (code, out) = setup.restore(&["--table", "p", "--clean"]);
+    let (code, out) = setup.restore(&["--table", "p", "--clean", "--force-into-source"]);
     assert_eq!(code, Some(1), "{out}");
     assert!(
         out.contains("foreign key `c_p` on `c` → `p` is kept but cannot be enforced")
@@ -472,7 +472,7 @@ fn unknown_table_names_the_closest_and_the_count() {
     server.sql("app", &sql);
     let setup = Setup::new(&server, "app");
     setup.backup();
-    let (code, out) = setup.restore(&["--table", "ordres", "--clean"]);
+    let (code, out) = setup.restore(&["--table", "ordres", "--clean", "--force-into-source"]);
     assert_eq!(code, Some(1), "{out}");
     assert!(
         out.contains(

@@ -208,7 +208,11 @@ fn corrupt_tail_is_never_committed(job: &str) {
     // A table restore: pg_restore is done with a_small long before the damage.
     pg.psql("app", "delete from a_small where id > 10");
     let changed = pg.table_checksums("app");
-    let (code, out) = restore(&setup, &["--table", "a_small", "--clean"], &pg.url("app"));
+    let (code, out) = restore(
+        &setup,
+        &["--table", "a_small", "--clean", "--force-into-source"],
+        &pg.url("app"),
+    );
     assert_ne!(code, Some(0), "a corrupt object was restored:\n{out}");
     assert!(out.contains(&key), "the error does not name {key}:\n{out}");
     assert_eq!(pg.table_checksums("app"), changed, "{out}");

@@ -70,7 +70,15 @@ fn interrupt_mid_way(job: &PgJob, tmp: &Path, signal: &str) {
     let url = job.pg.url(&job.db);
     let mut restore: Running = common::spawn_stowage_with_env(
         &job.config,
-        ["restore", "app", "latest", "--clean", "--to", url.as_str()],
+        [
+            "restore",
+            "app",
+            "latest",
+            "--clean",
+            "--force-into-source",
+            "--to",
+            url.as_str(),
+        ],
         &[("TMPDIR", tmp.as_os_str())],
     );
     // Mid-way: psql is loading the big table inside the restore's transaction.

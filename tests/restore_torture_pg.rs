@@ -133,7 +133,7 @@ fn every_table_dropped_with_cascade_is_healed_with_all_that_depended_on_it() {
 fn clean_over_every_table_keeps_the_rest_exactly_as_it_was() {
     let s = stack();
     each_table(&s, |table| {
-        let (code, out) = s.restore(&["--table", table, "--clean"]);
+        let (code, out) = s.restore(&["--table", table, "--clean", "--force-into-source"]);
         (format!("restore --table {table} --clean"), code, out)
     });
 }

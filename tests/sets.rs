@@ -683,7 +683,16 @@ async fn rails_like_set_restores_database_and_files() {
     let bookkeeping_after = pg.table_checksums("app")["public.bookkeeping"].clone();
 
     // Restore the whole set in place (database first, then files).
-    fx.restore_ok(&cfg, &["latest", "--to", &pg.url("app"), "--clean"]);
+    fx.restore_ok(
+        &cfg,
+        &[
+            "latest",
+            "--to",
+            &pg.url("app"),
+            "--clean",
+            "--force-into-source",
+        ],
+    );
 
     let got = pg.table_checksums("app");
     for (table, sum) in &want {
@@ -1099,6 +1108,7 @@ async fn selective_table_restore() {
             "--table",
             "public.orders",
             "--clean",
+            "--force-into-source",
         ],
     );
     let got = pg.table_checksums("app");

@@ -29,7 +29,7 @@ fn clean_recreates_dependent_views_exactly() {
     );
     let schema = job.schema();
     job.psql("update t set amount = 0");
-    let (code, out) = job.restore(&["--table", "t", "--clean"]);
+    let (code, out) = job.restore(&["--table", "t", "--clean", "--force-into-source"]);
     assert_eq!(code, Some(0), "{out}");
     let now = job.schema();
     assert_eq!(now, schema, "{}", diff(&schema, &now));
@@ -133,7 +133,7 @@ fn partitions_come_back_attached_and_with_their_parent() {
     ] {
         let mut args = vec!["--table", table];
         if step == "--clean" {
-            args.push("--clean");
+            args.extend(["--clean", "--force-into-source"]);
         } else {
             job.psql(step);
         }
@@ -195,7 +195,7 @@ fn errors_name_the_closest_tables_and_fit_the_restore() {
     assert!(!out.contains("t39"), "every table listed: {out}");
 
     job.psql("create table orders (id int primary key); create view extra as select * from t1;");
-    let (code, out) = job.restore(&["--clean"]);
+    let (code, out) = job.restore(&["--clean", "--force-into-source"]);
     assert_eq!(code, Some(1), "{out}");
     assert!(
         out.contains("Objects of the target that are not in this backup depend on objects that --clean replaces"),
