@@ -167,7 +167,7 @@ pub async fn run(
         hook = hook.key.as_str(),
         "hook {}: running `{}`",
         hook.key,
-        argv.join(" ")
+        hook.command.describe()
     );
     let mut output = Tail::default();
     let result = run_child(hook, &argv, env, cancel, &mut output).await;
@@ -191,6 +191,7 @@ async fn run_child(
 ) -> Result<(), HookError> {
     let key = hook.key.clone();
     let command = hook.command.describe();
+    let program = argv.first().copied().unwrap_or_default();
     let spawn_failed = |source: std::io::Error| {
         let hint = if source.kind() == std::io::ErrorKind::NotFound {
             "; install it or give its full path (hooks run without a shell unless shell = \"…\" is set)"
@@ -199,11 +200,15 @@ async fn run_child(
         };
         HookError::Spawn {
             key: key.clone(),
-            program: argv[0].to_string(),
+            program: program.to_string(),
             hint: hint.to_string(),
             source,
         }
     };
+    if program.is_empty() {
+        // Config validation refuses an empty command; a Hook built otherwise gets this.
+        return Err(spawn_failed(std::io::ErrorKind::InvalidInput.into()));
+    }
     let (write_end, mut pipe) = output_pipe().map_err(spawn_failed)?;
     let mut cmd = command_for(argv, env, write_end).map_err(spawn_failed)?;
     let spawned = cmd.spawn();
@@ -222,25 +227,21 @@ async fn run_child(
     tokio::pin!(stopped);
     let mut buf = [0u8; 4096];
     let mut open = true;
-    let status = loop {
+    let end = loop {
         tokio::select! {
-            s = child.wait() => break s,
+            s = child.wait() => break End::Exited(s),
             r = pipe.read(&mut buf), if open => match r {
                 Ok(0) | Err(_) => open = false,
                 Ok(n) => output.push(&buf[..n]),
             },
-            _ = &mut deadline => {
-                group.kill();
-                let _ = child.wait().await;
-                return Err(HookError::TimedOut { key, command, timeout: hook.timeout, output: String::new() });
-            }
-            _ = &mut stopped => {
-                group.kill();
-                let _ = child.wait().await;
-                return Err(HookError::Cancelled { key, command });
-            }
+            _ = &mut deadline => break End::TimedOut,
+            _ = &mut stopped => break End::Stopped,
         }
     };
+    if let End::TimedOut | End::Stopped = end {
+        group.kill();
+        let _ = child.wait().await;
+    }
     // Processes the hook left running are its business (a daemon it started, say); their
     // output is not waited for past a moment.
     group.disarm();
@@ -255,6 +256,18 @@ async fn run_child(
         })
         .await;
     }
+    let status = match end {
+        End::Exited(status) => status,
+        End::TimedOut => {
+            return Err(HookError::TimedOut {
+                key,
+                command,
+                timeout: hook.timeout,
+                output: String::new(),
+            });
+        }
+        End::Stopped => return Err(HookError::Cancelled { key, command }),
+    };
     let status = status.map_err(|source| HookError::Wait {
         key: key.clone(),
         command: command.clone(),
@@ -270,6 +283,13 @@ async fn run_child(
             output: String::new(),
         })
     }
+}
+
+/// How the wait for a hook ended.
+enum End {
+    Exited(std::io::Result<std::process::ExitStatus>),
+    TimedOut,
+    Stopped,
 }
 
 /// One pipe for stdout and stderr both, so the output keeps its order: the write end for
