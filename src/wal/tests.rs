@@ -491,13 +491,7 @@ async fn quiet_closes_the_destinations_and_a_change_opens_them() {
 async fn no_destination_keeps_the_spool() {
     let s = Setup::new("");
     s.put(SEG1, &data(1000, 10));
-    let mut shipper = Shipper::new(
-        s.job(),
-        "db",
-        &s.spool(),
-        Vec::new(),
-        Duration::from_secs(10),
-    );
+    let mut shipper = Shipper::new(s.job(), "db", &s.spool(), Vec::new(), Duration::from_secs(10));
     let out = shipper.pass(true, &quiet()).await;
     assert!(out.failed);
     assert_eq!(s.spooled(), vec![SEG1]);
