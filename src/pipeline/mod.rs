@@ -5,6 +5,11 @@
 //! a destination failure only loses that destination (the others still publish, the run
 //! still reports failure). Whatever a failed destination received is removed, and
 //! retention never runs where the run did not publish.
+//!
+//! Hooks (`crate::hook`): the job's `before` runs once the run holds the job, before any
+//! source, and its failure is the run's; each source's `before`/`after` wrap its dump, a
+//! failing `before` failing the source; the job's `after` runs on every run that held the
+//! job, whatever the outcome, before retention. An `after` never changes the outcome.
 
 mod files;
 
