@@ -14,6 +14,7 @@ pub mod engine;
 pub mod footprint;
 pub mod heal;
 pub mod history;
+pub mod hook;
 pub mod instance;
 pub mod load;
 pub mod logging;

@@ -31,6 +31,9 @@ const LAYERS: &[&[&str]] = &[
     // reads and validates the config file: hands each source's section to its engine and
     // each destination's to its type, through the registries below
     &["load"],
+    // a job's and a source's before/after commands, which the pipeline runs; they use the
+    // sources' child-process helpers
+    &["hook"],
     // where bytes go to and come from: the storage and engine registries and implementations
     &["storage", "source"],
     &["progress", "logging"],

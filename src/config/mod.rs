@@ -12,7 +12,7 @@ use std::path::PathBuf;
 
 pub use crate::codec::Compression;
 pub use crate::section::{IoPriority, Priority};
-pub use raw::{LogFormat, Rotation};
+pub use raw::{HookFailure, LogFormat, Rotation};
 pub use read_data::ReadData;
 
 use std::sync::Arc;
@@ -128,6 +128,66 @@ pub struct Job {
     pub drill: Option<Drill>,
     /// `auth_key_file`: manifests are written with a MAC under it and refused without one.
     pub auth_key: Option<Arc<crate::crypt::AuthKey>>,
+    /// `before`/`after` of the job: commands run around the whole run.
+    pub hooks: Hooks,
+    /// Source name → the `before`/`after` around that source's dump (sources with hooks only).
+    pub source_hooks: BTreeMap<String, Hooks>,
+}
+
+/// How long a hook may run when its `timeout` is not set.
+pub const DEFAULT_HOOK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5 * 60);
+
+/// The `before` and `after` hooks of a job or a source.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Hooks {
+    pub before: Option<Hook>,
+    pub after: Option<Hook>,
+}
+
+/// One hook, validated: see `crate::hook`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Hook {
+    /// Its key in the config (`jobs.app.before`, `jobs.app.sources[0].after`), which
+    /// messages name.
+    pub key: String,
+    pub command: HookCommand,
+    pub timeout: std::time::Duration,
+    /// `before` hooks only; an `after` hook never changes the run's outcome.
+    pub on_failure: HookFailure,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum HookCommand {
+    /// Run directly: no shell sees the arguments.
+    Argv(Vec<String>),
+    /// `sh -c TEXT`, asked for with `shell = "…"`.
+    Shell(String),
+}
+
+impl HookCommand {
+    /// The program and its arguments as executed.
+    pub fn argv(&self) -> Vec<&str> {
+        match self {
+            HookCommand::Argv(a) => a.iter().map(String::as_str).collect(),
+            HookCommand::Shell(line) => vec!["sh", "-c", line.as_str()],
+        }
+    }
+
+    /// For messages: the arguments, each quoted where a space or quote would blur it.
+    pub fn describe(&self) -> String {
+        self.argv()
+            .iter()
+            .map(|a| {
+                if a.is_empty() || a.contains(|c: char| c.is_whitespace() || c == '"' || c == '\'')
+                {
+                    format!("{a:?}")
+                } else {
+                    a.to_string()
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
 }
 
 /// `[jobs.NAME.drill]`, validated: see [`crate::drill`].

@@ -187,6 +187,9 @@ pub struct RawJob {
     pub drill: Option<RawDrill>,
     /// A secret file (at least 32 bytes) whose key authenticates the job's manifests.
     pub auth_key_file: Option<PathBuf>,
+    /// A command run before the job's sources are dumped, and one after the run.
+    pub before: Option<RawHook>,
+    pub after: Option<RawHook>,
 }
 
 /// `encryption = { … }` on a job.
@@ -305,6 +308,65 @@ pub struct RawSource {
     #[serde(rename = "type")]
     pub kind: String,
     pub name: String,
+    /// Commands run around this source's dump; named here so that the engine, which
+    /// rejects keys it does not know, never sees them.
+    pub before: Option<RawHook>,
+    pub after: Option<RawHook>,
     #[serde(flatten)]
     pub rest: figment::value::Dict,
+}
+
+/// `before`/`after`: an argv (`["redis-cli", "BGSAVE"]`), or a table with `command` or
+/// `shell` and the hook's settings.
+#[derive(Debug)]
+pub enum RawHook {
+    Argv(Vec<String>),
+    Table(RawHookTable),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHookTable {
+    pub command: Option<Vec<String>>,
+    /// A command line for `sh -c`.
+    pub shell: Option<String>,
+    pub timeout: Option<String>,
+    pub on_failure: Option<HookFailure>,
+}
+
+/// What a failing `before` hook does to the run.
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum HookFailure {
+    /// The run (or the source) fails.
+    #[default]
+    Fail,
+    /// Logged and shown in the summary; the run goes on.
+    Continue,
+}
+
+impl<'de> Deserialize<'de> for RawHook {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<RawHook, D::Error> {
+        struct Either;
+        impl<'de> serde::de::Visitor<'de> for Either {
+            type Value = RawHook;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(
+                    "a list of arguments (e.g. [\"redis-cli\", \"BGSAVE\"]) or a table with command or shell",
+                )
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, seq: A) -> Result<RawHook, A::Error> {
+                let argv =
+                    Vec::<String>::deserialize(serde::de::value::SeqAccessDeserializer::new(seq))?;
+                Ok(RawHook::Argv(argv))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<RawHook, A::Error> {
+                // Through the derived table, so unknown keys get their "did you mean".
+                let t =
+                    RawHookTable::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
+                Ok(RawHook::Table(t))
+            }
+        }
+        d.deserialize_any(Either)
+    }
 }

@@ -5,6 +5,11 @@
 //! a destination failure only loses that destination (the others still publish, the run
 //! still reports failure). Whatever a failed destination received is removed, and
 //! retention never runs where the run did not publish.
+//!
+//! Hooks (`crate::hook`): the job's `before` runs once the run holds the job, before any
+//! source, and its failure is the run's; each source's `before`/`after` wrap its dump, a
+//! failing `before` failing the source; the job's `after` runs on every run that held the
+//! job, whatever the outcome, before retention. An `after` never changes the outcome.
 
 mod files;
 pub mod shrink;
@@ -26,8 +31,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::codec;
-use crate::config::{Config, Job, SourceConfig};
+use crate::config::{Config, Hook, HookFailure, Hooks, Job, SourceConfig};
 use crate::engine::{Database, SourceError};
+use crate::hook::{HookError, HookReport};
 use crate::repo::blobs::{self, SweepOutcome};
 use crate::repo::locks::{self, LockKind};
 use crate::repo::manifest::{self, FORMAT_VERSION, Manifest, SourceEntry};
@@ -88,6 +94,8 @@ pub struct RunReport {
     /// Said in the run's summary and notified, but the run succeeded: a dump much smaller
     /// than the ones before it, for instance.
     pub warnings: Vec<String>,
+    /// The job's and its sources' `before`/`after` hooks that ran, in the order they ran.
+    pub hooks: Vec<HookReport>,
 }
 
 struct Target {
@@ -127,6 +135,8 @@ enum StreamError {
     Files(#[from] files::FilesError),
     #[error("the file changed while it was read")]
     Changed,
+    #[error(transparent)]
+    Hook(#[from] crate::hook::HookError),
 }
 
 /// How a run meets another process's run of the same job.
@@ -172,6 +182,9 @@ struct RunCtx<'a> {
     /// The first destination retention listed, and the published backups it held then
     /// (newest first): the backups this one is compared with for [`shrink`].
     listed: Option<(Arc<dyn Storage>, Vec<manifest::Published>)>,
+    /// The run holds the job (no other run of it is going on): its `after` hook runs.
+    claimed: bool,
+    hooks: Vec<HookReport>,
 }
 
 pub async fn run_job(
@@ -198,6 +211,7 @@ pub(crate) async fn run_job_on<'d>(
     run.lock_destinations().await;
     let heartbeat = run.start_heartbeat();
     run.require_destination();
+    run.job_before().await;
     run.dump_sources().await;
     // A stop that came while the last upload completed: abandon rather than publish.
     if run.fatal.is_none() && run.cancel.is_cancelled() {
@@ -206,6 +220,8 @@ pub(crate) async fn run_job_on<'d>(
     run.publish_manifest().await;
     run.remove_leftovers().await;
     run.collect_errors();
+    // Before retention, which can take long: the hook may end a maintenance window.
+    run.job_after().await;
     run.prune_published().await;
     run.release_locks(heartbeat).await;
     let warnings = run.shrink_warnings().await;
@@ -263,6 +279,8 @@ impl<'a> RunCtx<'a> {
             kept: Vec::new(),
             retention_interrupted: false,
             listed: None,
+            claimed: false,
+            hooks: Vec::new(),
         }
     }
 
@@ -301,7 +319,10 @@ impl<'a> RunCtx<'a> {
             .claim(&live, opts.wait_lock, &self.cancel)
             .await;
         let fatal = match claimed {
-            Ok(None) => return,
+            Ok(None) => {
+                self.claimed = true;
+                return;
+            }
             Ok(Some(holder)) => (
                 "run".into(),
                 format!(
@@ -386,10 +407,143 @@ impl<'a> RunCtx<'a> {
             if self.fatal.is_some() {
                 break;
             }
-            let Some(result) = self.back_up_source(src_cfg).await else {
+            let hooks = job.source_hooks.get(src_cfg.name());
+            let result = match self.source_before(src_cfg, hooks).await {
+                Ok(()) => self.back_up_source(src_cfg).await,
+                Err(e) => Some(Err(e)),
+            };
+            self.source_after(src_cfg, hooks, result.as_ref()).await;
+            let Some(result) = result else {
                 break;
             };
             self.record_source(src_cfg.name(), result);
+        }
+    }
+
+    /// The job's `before` hook, once the run holds the job and has somewhere to write: a
+    /// failure (unless `on_failure = "continue"`) stops the run before any source is dumped.
+    async fn job_before(&mut self) {
+        let Some(hook) = &self.job.hooks.before else {
+            return;
+        };
+        if self.fatal.is_some() {
+            return;
+        }
+        let env = self.hook_env("before", None);
+        if let Err(e) = self.run_hook(hook, true, env).await {
+            self.fatal = Some(match e {
+                HookError::Cancelled { .. } => cancelled(),
+                e => ("before hook".into(), e.to_string(), Outcome::Failed),
+            });
+        }
+    }
+
+    /// The job's `after` hook, whatever the outcome, on every run that held the job. Never
+    /// cut short by a stop (only by its timeout, or the daemon dropping the run).
+    async fn job_after(&mut self) {
+        let Some(hook) = &self.job.hooks.after else {
+            return;
+        };
+        if !self.claimed {
+            return;
+        }
+        let mut env = self.hook_env("after", None);
+        env.extend([
+            ("STOWAGE_OUTCOME", self.outcome().as_str().to_string()),
+            ("STOWAGE_BYTES_IN", self.bytes_in.to_string()),
+            ("STOWAGE_BYTES_OUT", self.bytes_out().to_string()),
+        ]);
+        // The outcome stays what it is: the failure is logged and in the summary.
+        let _ = self.run_hook(hook, false, env).await;
+    }
+
+    /// A source's `before` hook: its failure fails the source as a failed dump would.
+    async fn source_before(
+        &mut self,
+        src: &SourceConfig,
+        hooks: Option<&'a Hooks>,
+    ) -> Result<(), StreamError> {
+        let Some(hook) = hooks.and_then(|h| h.before.as_ref()) else {
+            return Ok(());
+        };
+        let env = self.hook_env("before", Some(src.name()));
+        match self.run_hook(hook, true, env).await {
+            Err(HookError::Cancelled { .. }) => Err(StreamError::Cancelled),
+            r => r.map_err(StreamError::from),
+        }
+    }
+
+    /// A source's `after` hook, however its dump went (`None`: it did not start).
+    async fn source_after(
+        &mut self,
+        src: &SourceConfig,
+        hooks: Option<&'a Hooks>,
+        result: Option<&Result<SourceEntry, StreamError>>,
+    ) {
+        let Some(hook) = hooks.and_then(|h| h.after.as_ref()) else {
+            return;
+        };
+        let (outcome, bytes_in, bytes_out) = match result {
+            Some(Ok(e)) => (
+                Outcome::Success,
+                e.files.as_ref().map_or(e.raw_size, |f| f.bytes),
+                e.size + e.files.as_ref().map_or(0, |f| f.uploaded),
+            ),
+            Some(Err(StreamError::Cancelled)) => (Outcome::Cancelled, 0, 0),
+            _ => (Outcome::Failed, 0, 0),
+        };
+        let mut env = self.hook_env("after", Some(src.name()));
+        env.extend([
+            ("STOWAGE_OUTCOME", outcome.as_str().to_string()),
+            ("STOWAGE_BYTES_IN", bytes_in.to_string()),
+            ("STOWAGE_BYTES_OUT", bytes_out.to_string()),
+        ]);
+        let _ = self.run_hook(hook, false, env).await;
+    }
+
+    /// What every hook of this run is told.
+    fn hook_env(&self, when: &str, source: Option<&str>) -> Vec<(&'static str, String)> {
+        let mut env = vec![
+            ("STOWAGE_JOB", self.jn().to_string()),
+            ("STOWAGE_RUN_ID", self.id.clone()),
+            ("STOWAGE_HOOK", when.to_string()),
+        ];
+        if let Some(s) = source {
+            env.push(("STOWAGE_SOURCE", s.to_string()));
+        }
+        env
+    }
+
+    /// Runs a hook, logs how it went and keeps that for the summary. A `before` hook is
+    /// killed by a stop; `Err` only for a `before` hook whose failure counts
+    /// (`on_failure = "fail"`), which the caller turns into the run's or the source's.
+    async fn run_hook(
+        &mut self,
+        hook: &Hook,
+        before: bool,
+        env: Vec<(&'static str, String)>,
+    ) -> Result<(), HookError> {
+        let (jn, id) = (self.jn(), self.id.clone());
+        let done = crate::hook::run(hook, &env, before.then_some(&self.cancel)).await;
+        // A stop ends the run whatever on_failure says.
+        let stopped = matches!(done.result, Err(HookError::Cancelled { .. }));
+        let counts = before && (hook.on_failure == HookFailure::Fail || stopped);
+        let report = done.report(hook, before && !counts);
+        match &done.result {
+            Ok(()) => info!(job = jn, id = %id, hook = %hook.key, "hook {}", report.describe()),
+            // Logged with the run's errors.
+            Err(_) if counts => {}
+            Err(e) if before => {
+                warn!(job = jn, id = %id, hook = %hook.key, "{e}; on_failure = \"continue\": the run goes on")
+            }
+            Err(e) => {
+                error!(job = jn, id = %id, hook = %hook.key, "{e}; the run's outcome stays as it is")
+            }
+        }
+        self.hooks.push(report);
+        match done.result {
+            Err(e) if counts => Err(e),
+            _ => Ok(()),
         }
     }
 
@@ -688,22 +842,32 @@ impl<'a> RunCtx<'a> {
         warnings
     }
 
-    /// The run's outcome and figures.
-    fn into_report(self) -> RunReport {
-        let outcome = match &self.fatal {
+    /// The run's outcome, once it has published (or not).
+    fn outcome(&self) -> Outcome {
+        match &self.fatal {
             Some((_, _, o)) => *o,
             None if self.published.len() == self.targets.len() => Outcome::Success,
             None if !self.published.is_empty() => Outcome::Partial,
             None => Outcome::Failed,
-        };
-        let bytes_out: u64 = if self.published.is_empty() {
+        }
+    }
+
+    /// What the run stored, counted only where it published.
+    fn bytes_out(&self) -> u64 {
+        if self.published.is_empty() {
             0
         } else {
             self.entries
                 .iter()
                 .map(|e| e.size + e.files.as_ref().map_or(0, |f| f.uploaded))
                 .sum()
-        };
+        }
+    }
+
+    /// The run's outcome and figures.
+    fn into_report(self) -> RunReport {
+        let outcome = self.outcome();
+        let bytes_out = self.bytes_out();
         RunReport {
             job: self.jn().to_string(),
             id: self.id,
@@ -716,6 +880,7 @@ impl<'a> RunCtx<'a> {
             kept: self.kept,
             retention_interrupted: self.retention_interrupted,
             warnings: Vec::new(),
+            hooks: self.hooks,
         }
     }
 }
@@ -1198,6 +1363,28 @@ fn log_summary(r: &RunReport) {
             duration_s = fields.2,
             "{line}"
         ),
+    }
+    log_hooks(r);
+}
+
+/// The hooks of the run, on one line after its summary: ok, or how each failed.
+fn log_hooks(r: &RunReport) {
+    if r.hooks.is_empty() {
+        return;
+    }
+    let line = format!(
+        "hooks of backup {}: {}",
+        r.id,
+        r.hooks
+            .iter()
+            .map(HookReport::describe)
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    if r.hooks.iter().all(|h| h.ok) {
+        info!(summary = true, job = %r.job, "{line}");
+    } else {
+        warn!(summary = true, job = %r.job, "{line}");
     }
 }
 

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::Arc;
 
-use super::{NAME_RULE, drill, encryption, heal, notify, source, valid_name};
+use super::{NAME_RULE, drill, encryption, heal, hooks, notify, source, valid_name};
 use crate::config::{
     Compression, DEFAULT_RETRIES, DEFAULT_RETRY_DELAY, Drill, Heal, IoPriority, Job, Priority,
     ReadData, SourceConfig, raw,
@@ -59,7 +59,8 @@ fn job(
     let (retries, retry_delay) = retries(&key, &j, problems);
     compression_level(&key, j.compression, j.compression_level, problems);
     job_destinations(&key, &j.destinations, defined, problems);
-    let raw_sources = std::mem::take(&mut j.sources);
+    let mut raw_sources = std::mem::take(&mut j.sources);
+    let source_hooks = hooks::source_hooks(&key, &mut raw_sources, problems);
     let (sources, broken) = source::sources(
         &key,
         &name,
@@ -70,6 +71,7 @@ fn job(
     );
     source::order_warning(&key, &sources, warnings);
     let checks = checks(&key, &j, tz, &sources, &broken, problems, warnings);
+    let hooks = hooks::hooks(&key, j.before.take(), j.after.take(), problems);
     Some(Job {
         name,
         schedule: schedule?,
@@ -88,6 +90,8 @@ fn job(
         encryption: checks.encryption,
         drill: checks.drill,
         auth_key: checks.auth_key,
+        hooks,
+        source_hooks,
     })
 }
 

@@ -6,6 +6,7 @@ mod destination;
 mod drill;
 mod encryption;
 mod heal;
+mod hooks;
 mod horizon;
 mod job;
 mod notify;
