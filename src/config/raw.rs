@@ -30,6 +30,21 @@ pub enum NotifyType {
     Webhook,
     /// healthchecks.io-style pings: URL/start, URL (success), URL/fail.
     Healthchecks,
+    /// A mail through an SMTP server.
+    Email,
+    /// A POST to an ntfy topic URL (push to phones).
+    Ntfy,
+}
+
+impl NotifyType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NotifyType::Webhook => "webhook",
+            NotifyType::Healthchecks => "healthchecks",
+            NotifyType::Email => "email",
+            NotifyType::Ntfy => "ntfy",
+        }
+    }
 }
 
 #[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default)]
@@ -41,6 +56,56 @@ pub enum WebhookFormat {
     Slack,
 }
 
+/// How an email notifier talks to its SMTP server.
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum SmtpTls {
+    /// Plain connection upgraded with STARTTLS, which the server must offer (port 587).
+    #[default]
+    Starttls,
+    /// TLS from the first byte ("SMTPS", port 465).
+    Tls,
+    /// No encryption at all: for a relay on the same host or network.
+    None,
+}
+
+impl SmtpTls {
+    pub fn default_port(self) -> u16 {
+        match self {
+            SmtpTls::Starttls => 587,
+            SmtpTls::Tls => 465,
+            SmtpTls::None => 25,
+        }
+    }
+}
+
+/// `to = "a@example.com"` or `to = ["a@example.com", "b@example.com"]`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    pub fn into_vec(self) -> Vec<String> {
+        match self {
+            OneOrMany::One(s) => vec![s],
+            OneOrMany::Many(v) => v,
+        }
+    }
+}
+
+/// ntfy's priority: 1..5, or its name.
+#[derive(Debug, Deserialize, Clone)]
+#[serde(untagged)]
+pub enum RawPriority {
+    Number(i64),
+    Name(String),
+}
+
+/// One `[[jobs.NAME.notify]]`: the keys of every type, checked against `type` when validated
+/// (a key of another type is an error saying which type it belongs to).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawNotify {
@@ -51,6 +116,19 @@ pub struct RawNotify {
     pub url_file: Option<PathBuf>,
     pub format: Option<WebhookFormat>,
     pub on_success: Option<bool>,
+    /// Email: recipients, sender, server, encryption, login.
+    pub to: Option<OneOrMany>,
+    pub from: Option<String>,
+    pub smtp_host: Option<String>,
+    pub smtp_port: Option<i64>,
+    pub tls: Option<SmtpTls>,
+    pub username: Option<String>,
+    pub password_file: Option<PathBuf>,
+    /// ntfy: an access token (a file), the priority of failure messages.
+    pub token_file: Option<PathBuf>,
+    pub priority: Option<RawPriority>,
+    /// Email and ntfy: "HH:MM", a daily summary at that time in the job's timezone.
+    pub digest: Option<String>,
 }
 
 /// The optional HTTP listener: /healthz, /metrics, and a status page.
