@@ -100,10 +100,7 @@ fn email(nkey: &str, r: &raw::RawNotify, problems: &mut Vec<String>) -> Option<E
     let before = problems.len();
     let to: Vec<String> =
         r.to.as_ref()
-            .map(|t| match t {
-                raw::OneOrMany::One(s) => vec![s.clone()],
-                raw::OneOrMany::Many(v) => v.clone(),
-            })
+            .map(raw::OneOrMany::to_vec)
             .unwrap_or_default();
     if to.is_empty() {
         problems.push(format!(
@@ -410,6 +407,30 @@ mod tests {
             p.contains("url: required; e.g. url = \"https://ntfy.sh/"),
             "{p}"
         );
+    }
+
+    #[test]
+    fn a_wrong_type_says_what_is_expected() {
+        let r = figment::Figment::from(
+            <figment::providers::Toml as figment::providers::Format>::string(
+                "type = \"email\"\nto = 3\n",
+            ),
+        )
+        .extract::<raw::RawNotify>();
+        let e = r.expect_err("to = 3").to_string();
+        assert!(e.contains("an email address, or a list of them"), "{e}");
+        let r = figment::Figment::from(
+            <figment::providers::Toml as figment::providers::Format>::string(
+                "type = \"ntfy\"\npriority = true\n",
+            ),
+        )
+        .extract::<raw::RawNotify>();
+        let e = r.expect_err("priority = true").to_string();
+        assert!(e.contains("a priority 1-5"), "{e}");
+        let (n, p) =
+            check(&EMAIL.replace("to = [\"ops@example.com\"]", "to = \"ops@example.com\""));
+        assert!(p.is_empty(), "{p:?}");
+        assert_eq!(n.and_then(|n| n.email).map(|e| e.to.len()), Some(1));
     }
 
     #[test]
