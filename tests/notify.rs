@@ -449,3 +449,54 @@ fn the_daemon_mails_each_failure_then_one_recovery() {
         mails[0].body()
     );
 }
+
+/// `stowage run` beside a daemon: whether the job failed last is read from the daemon's state
+/// file, so a manual run that succeeds after a scheduled failure mails "recovered" (and,
+/// after a success there, nothing).
+#[test]
+fn a_run_by_hand_reads_the_previous_outcome_from_the_daemons_state() {
+    let smtp = SmtpServer::start("plain", None, None);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let notify = email_notify(smtp.port, "ops@example.com", "tls = \"none\"\n");
+    let config = write_config(dir.path(), "echo data", &notify);
+    let state_file = dir.path().join("state.json");
+    let run =
+        |outcome: &str| {
+            let mut state = stowage::status::State::default();
+            // A cancelled run after the failure does not hide it.
+            for (id, o) in [("2", "cancelled"), ("1", outcome)] {
+                state.jobs.entry("app".into()).or_default().recent.push(
+                    stowage::status::RunStatus {
+                        id: id.into(),
+                        outcome: o.into(),
+                        finished_at: chrono::Utc::now(),
+                        duration_s: 1.0,
+                        bytes_in: 0,
+                        bytes_out: 0,
+                        errors: vec![],
+                    },
+                );
+            }
+            std::fs::write(&state_file, serde_json::to_vec(&state).expect("json")).expect("state");
+            let out = run_stowage_with_env(
+                &config,
+                ["run", "app"],
+                &[(
+                    "STOWAGE_STATE_FILE",
+                    state_file.to_str().expect("utf-8 path"),
+                )],
+            );
+            assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+        };
+    run("success");
+    assert!(smtp.mails().is_empty(), "{:#?}", smtp.mails());
+    run("failed");
+    let mails = smtp.mails();
+    assert_eq!(mails.len(), 1, "{mails:#?}");
+    assert!(
+        mails[0]
+            .header("Subject")
+            .is_some_and(|s| s.starts_with("stowage: job app recovered on ")),
+        "{mails:#?}"
+    );
+}
