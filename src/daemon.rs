@@ -408,6 +408,11 @@ fn spawn_background(ctx: &Arc<Ctx>, slots: &BTreeMap<String, Arc<JobSlot>>) {
     let ctx2 = ctx.clone();
     ctx.tracker.spawn(async move { restart_wal(&ctx2).await });
 
+    let ctx2 = ctx.clone();
+    let view = move || (ctx2.config(), crate::server::View::state(&*ctx2));
+    ctx.tracker
+        .spawn(crate::notify::digest_task(view, ctx.stop.clone()));
+
     ctx.tracker.spawn(crate::footprint::shed_when_quiet(
         ctx.work_done.clone(),
         ctx.stop.clone(),
@@ -1129,12 +1134,16 @@ async fn run_with_retries(ctx: &Arc<Ctx>, config: &Arc<Config>, job: &Job, slot:
         drop(turn);
         // Dropped past the cleanup time: counted as abandoned already, nothing to record.
         let Some(report) = report else { return };
+        let failed_last = ctx
+            .state
+            .lock()
+            .is_ok_and(|s| crate::notify::failed_last(&s, &job.name));
         record(ctx, &report);
         tokio::select! {
             _ = refresh_history(ctx, &job.name) => {}
             _ = ctx.stop.cancelled() => {}
         }
-        crate::notify::finished(job, &report).await;
+        crate::notify::finished(job, &report, failed_last).await;
         let failed = matches!(
             report.outcome,
             pipeline::Outcome::Failed | pipeline::Outcome::Partial

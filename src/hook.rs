@@ -314,8 +314,11 @@ fn command_for(
         // A group of its own: a timeout kills what the hook started too, and a terminal's
         // Ctrl-C reaches stowage (which stops the run) rather than the hook directly.
         .process_group(0);
+    // Config values can come from STOWAGE_… variables (secrets among them): not a hook's.
+    // Where the config file is stays, so a hook can run `stowage` itself.
     for (name, _) in std::env::vars_os() {
-        if name.to_string_lossy().starts_with("STOWAGE_") {
+        let name_text = name.to_string_lossy();
+        if name_text.starts_with("STOWAGE_") && name_text != "STOWAGE_CONFIG" {
             cmd.env_remove(name);
         }
     }

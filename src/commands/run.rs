@@ -37,7 +37,8 @@ pub fn run(path: &Path, job_name: &str, opts: crate::pipeline::RunOptions) -> i3
             });
             crate::notify::started(job).await;
             let report = crate::pipeline::run_job(config, job, opts, cancel).await;
-            crate::notify::finished(job, &report).await;
+            let failed_last = crate::notify::failed_last_on_file(&job.name);
+            crate::notify::finished(job, &report, failed_last).await;
             report
         });
         crate::status::post_or_say(&crate::status::Record::run(&report));

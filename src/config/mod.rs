@@ -300,16 +300,49 @@ impl SourceConfig {
 #[derive(Debug, Clone)]
 pub struct Notify {
     pub kind: raw::NotifyType,
-    /// May hold a token: shown only through [`Notify::redacted`].
+    /// Webhooks, healthchecks and ntfy (empty for email). May hold a token: shown only
+    /// through [`Notify::redacted`].
     pub url: Secret,
     pub format: raw::WebhookFormat,
-    /// Webhooks: also report successful runs (failures always are).
+    /// Webhooks, email, ntfy: also report successful runs (failures always are).
     pub on_success: bool,
+    /// `type = "email"`: the server and the addresses.
+    pub email: Option<Email>,
+    /// `type = "ntfy"`: `token_file`'s token.
+    pub token: Option<Secret>,
+    /// `type = "ntfy"`: the priority of failure messages, 1 (min) to 5 (urgent).
+    pub priority: u8,
+    /// Email and ntfy: a daily summary at this wall-clock time in the job's timezone.
+    pub digest: Option<DailyAt>,
+}
+
+/// A time of day, "HH:MM".
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct DailyAt {
+    pub hour: u8,
+    pub minute: u8,
+}
+
+/// An email notifier's SMTP server and addresses.
+#[derive(Debug, Clone)]
+pub struct Email {
+    pub to: Vec<lettre::message::Mailbox>,
+    pub from: lettre::message::Mailbox,
+    pub host: String,
+    pub port: u16,
+    pub tls: raw::SmtpTls,
+    pub username: Option<String>,
+    pub password: Option<Secret>,
 }
 
 impl Notify {
-    /// scheme://host[:port]/… for logs.
+    /// Where it goes, without secrets, for logs: scheme://host[:port]/… for URLs, the server
+    /// and the recipients for email.
     pub fn redacted(&self) -> String {
+        if let Some(e) = &self.email {
+            let to: Vec<String> = e.to.iter().map(|m| m.email.to_string()).collect();
+            return format!("smtp://{}:{} to {}", e.host, e.port, to.join(", "));
+        }
         match url::Url::parse(self.url.expose()) {
             Ok(u) => format!(
                 "{}://{}{}/…",

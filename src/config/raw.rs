@@ -30,6 +30,21 @@ pub enum NotifyType {
     Webhook,
     /// healthchecks.io-style pings: URL/start, URL (success), URL/fail.
     Healthchecks,
+    /// A mail through an SMTP server.
+    Email,
+    /// A POST to an ntfy topic URL (push to phones).
+    Ntfy,
+}
+
+impl NotifyType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NotifyType::Webhook => "webhook",
+            NotifyType::Healthchecks => "healthchecks",
+            NotifyType::Email => "email",
+            NotifyType::Ntfy => "ntfy",
+        }
+    }
 }
 
 #[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default)]
@@ -41,6 +56,102 @@ pub enum WebhookFormat {
     Slack,
 }
 
+/// How an email notifier talks to its SMTP server.
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum SmtpTls {
+    /// Plain connection upgraded with STARTTLS, which the server must offer (port 587).
+    #[default]
+    Starttls,
+    /// TLS from the first byte ("SMTPS", port 465).
+    Tls,
+    /// No encryption at all: for a relay on the same host or network.
+    None,
+}
+
+impl SmtpTls {
+    pub fn default_port(self) -> u16 {
+        match self {
+            SmtpTls::Starttls => 587,
+            SmtpTls::Tls => 465,
+            SmtpTls::None => 25,
+        }
+    }
+}
+
+/// `to = "a@example.com"` or `to = ["a@example.com", "b@example.com"]`.
+#[derive(Debug)]
+pub enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+// By hand rather than `#[serde(untagged)]`, whose error says only that no variant matched.
+impl<'de> Deserialize<'de> for OneOrMany {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<OneOrMany, D::Error> {
+        struct Either;
+        impl<'de> serde::de::Visitor<'de> for Either {
+            type Value = OneOrMany;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an email address, or a list of them")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<OneOrMany, E> {
+                Ok(OneOrMany::One(v.to_string()))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                seq: A,
+            ) -> Result<OneOrMany, A::Error> {
+                Vec::<String>::deserialize(serde::de::value::SeqAccessDeserializer::new(seq))
+                    .map(OneOrMany::Many)
+            }
+        }
+        d.deserialize_any(Either)
+    }
+}
+
+impl OneOrMany {
+    pub fn to_vec(&self) -> Vec<String> {
+        match self {
+            OneOrMany::One(s) => vec![s.clone()],
+            OneOrMany::Many(v) => v.clone(),
+        }
+    }
+}
+
+/// ntfy's priority: 1..5, or its name.
+#[derive(Debug, Clone)]
+pub enum RawPriority {
+    Number(i64),
+    Name(String),
+}
+
+impl<'de> Deserialize<'de> for RawPriority {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<RawPriority, D::Error> {
+        struct Either;
+        impl<'de> serde::de::Visitor<'de> for Either {
+            type Value = RawPriority;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(
+                    "a priority 1-5, or \"min\", \"low\", \"default\", \"high\", \"urgent\"",
+                )
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<RawPriority, E> {
+                Ok(RawPriority::Number(v))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<RawPriority, E> {
+                Ok(RawPriority::Number(i64::try_from(v).unwrap_or(i64::MAX)))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<RawPriority, E> {
+                Ok(RawPriority::Name(v.to_string()))
+            }
+        }
+        d.deserialize_any(Either)
+    }
+}
+
+/// One `[[jobs.NAME.notify]]`: the keys of every type, checked against `type` when validated
+/// (a key of another type is an error saying which type it belongs to).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawNotify {
@@ -51,6 +162,19 @@ pub struct RawNotify {
     pub url_file: Option<PathBuf>,
     pub format: Option<WebhookFormat>,
     pub on_success: Option<bool>,
+    /// Email: recipients, sender, server, encryption, login.
+    pub to: Option<OneOrMany>,
+    pub from: Option<String>,
+    pub smtp_host: Option<String>,
+    pub smtp_port: Option<i64>,
+    pub tls: Option<SmtpTls>,
+    pub username: Option<String>,
+    pub password_file: Option<PathBuf>,
+    /// ntfy: an access token (a file), the priority of failure messages.
+    pub token_file: Option<PathBuf>,
+    pub priority: Option<RawPriority>,
+    /// Email and ntfy: "HH:MM", a daily summary at that time in the job's timezone.
+    pub digest: Option<String>,
 }
 
 /// The optional HTTP listener: /healthz, /metrics, and a status page.

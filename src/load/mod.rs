@@ -70,12 +70,20 @@ pub fn load_with_env(path: &Path, use_env: bool) -> Result<Config, ConfigError> 
 }
 
 /// `STOWAGE_<NAME>` variables stowage reads for itself (`STOWAGE_CONFIG`, the daemon's pid
-/// and state files) or sets for its child processes: never config keys.
-pub const OWN_VARIABLES: [&str; 6] = [
+/// and state files) or sets for its child processes (restore commands, hooks: a hook may
+/// well run `stowage` itself): never config keys.
+pub const OWN_VARIABLES: [&str; 13] = [
     "config",
     "pid_file",
     "state_file",
     "restore_target",
     "restore_clean",
     "progress_interval",
+    "job",
+    "run_id",
+    "source",
+    "hook",
+    "outcome",
+    "bytes_in",
+    "bytes_out",
 ];

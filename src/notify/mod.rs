@@ -1,7 +1,17 @@
 //! Tell someone how a run went: webhooks (a JSON body, or Slack-compatible `{"text"}`)
-//! for failures (and successes if asked), and healthchecks.io-style pings (`/start`, the
-//! URL itself on success, `/fail`), whose service alerts when the pings stop. A
-//! notification that cannot be delivered is logged and never changes the run's outcome.
+//! for failures (and successes if asked), healthchecks.io-style pings (`/start`, the
+//! URL itself on success, `/fail`), whose service alerts when the pings stop, and messages
+//! people read, by email and ntfy: one per failure, per recovery, per run with warnings, and
+//! a daily digest if asked. A notification that cannot be delivered is logged and never
+//! changes the run's outcome.
+
+mod digest;
+mod email;
+mod message;
+mod ntfy;
+
+pub use digest::run as digest_task;
+pub use message::{Message, What};
 
 use std::time::Duration;
 
@@ -30,7 +40,7 @@ pub struct Event<'a> {
     pub host: String,
 }
 
-fn client() -> Option<reqwest::Client> {
+pub(crate) fn client() -> Option<reqwest::Client> {
     reqwest::Client::builder()
         .timeout(TIMEOUT)
         .user_agent(concat!("stowage/", env!("CARGO_PKG_VERSION")))
@@ -57,16 +67,31 @@ pub async fn started(job: &Job) {
 }
 
 /// After a run. A run cancelled by a stop is not reported: it is neither a failure nor a
-/// backup.
-pub async fn finished(job: &Job, report: &RunReport) {
+/// backup. `previous_failed`: the job's run before this one failed (this success is then a
+/// recovery), as [`failed_last`] tells from the daemon's state.
+pub async fn finished(job: &Job, report: &RunReport, previous_failed: bool) {
     if job.notify.is_empty() || report.outcome == Outcome::Cancelled {
         return;
     }
+    digest::note(job, report);
     let Some(client) = client() else { return };
     let ok = report.outcome == Outcome::Success;
     let summary = summary(report);
+    let what = What::of(report, previous_failed);
     for n in &job.notify {
         let req = match n.kind {
+            NotifyType::Email | NotifyType::Ntfy => {
+                if what == What::Succeeded && !n.on_success {
+                    continue;
+                }
+                let msg = Message::run(what, report, &host());
+                if n.kind == NotifyType::Email {
+                    email::send(n, &job.name, &msg).await;
+                } else {
+                    ntfy::send(&client, n, &job.name, &msg).await;
+                }
+                continue;
+            }
             NotifyType::Healthchecks => {
                 let base = n.url.expose().trim_end_matches('/').to_string();
                 let url = if ok { base } else { format!("{base}/fail") };
@@ -158,6 +183,8 @@ async fn send_pass(
                 let url = format!("{}/fail", n.url.expose().trim_end_matches('/'));
                 client.post(url).body(text.clone())
             }
+            // Runs only: a pass beside the backups is for webhooks and pings.
+            NotifyType::Email | NotifyType::Ntfy => continue,
             NotifyType::Webhook if ok && !always && !n.on_success => continue,
             NotifyType::Webhook => match n.format {
                 WebhookFormat::Json => client.post(n.url.expose()).json(&body),
@@ -170,7 +197,23 @@ async fn send_pass(
     }
 }
 
-fn host() -> String {
+/// Whether the job's newest run that finished (a cancelled one aside) failed, in the daemon's
+/// state; `state` is read before this run is recorded in it.
+pub fn failed_last(state: &crate::status::State, job: &str) -> bool {
+    state
+        .jobs
+        .get(job)
+        .and_then(|j| j.recent.iter().find(|r| r.outcome != "cancelled"))
+        .is_some_and(|r| r.outcome == "failed" || r.outcome == "partial")
+}
+
+/// [`failed_last`] from the daemon's state file, for a `stowage run` beside the daemon (no
+/// daemon, or no state file: nothing failed before).
+pub fn failed_last_on_file(job: &str) -> bool {
+    crate::status::load().is_ok_and(|s| failed_last(&s, job))
+}
+
+pub(crate) fn host() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
         .unwrap_or_default()
@@ -218,8 +261,8 @@ pub fn summary(r: &RunReport) -> String {
 
 async fn send(n: &Notify, job: &str, req: reqwest::RequestBuilder) {
     let kind = match n.kind {
-        NotifyType::Webhook => "webhook",
         NotifyType::Healthchecks => "healthchecks ping",
+        other => other.as_str(),
     };
     let mut last = String::new();
     for attempt in 1..=ATTEMPTS {

@@ -1,0 +1,502 @@
+//! Messages people read: email through a real SMTP server (aiosmtpd; plain with AUTH on
+//! loopback, STARTTLS, TLS) and ntfy to a local HTTP server. One message per failure, per
+//! recovery and per run with warnings; successes only when asked; a daily digest; a server
+//! that cannot be reached changes nothing about the run.
+
+mod common;
+#[path = "common/notify.rs"]
+mod receivers;
+
+use std::path::Path;
+use std::time::Duration;
+
+use common::{run_stowage_with_env, spawn_stowage_with_env, text, toml_str};
+use receivers::{HttpRecorder, SmtpServer, private_ca};
+use stowage::pipeline::{Outcome, RunReport};
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_default()
+}
+
+/// A config with one job `app` (a command source writing `dump`, or failing) and `notify`.
+fn write_config(dir: &Path, dump: &str, notify: &str) -> std::path::PathBuf {
+    write_config_on(dir, "0 3 * * *", dump, notify)
+}
+
+fn write_config_on(dir: &Path, schedule: &str, dump: &str, notify: &str) -> std::path::PathBuf {
+    let config = dir.join("stowage.toml");
+    let body = format!(
+        "[destinations.local]\ntype = \"local\"\npath = {}\n\n\
+         [jobs.app]\nschedule = {}\ndestinations = [\"local\"]\nretries = 0\ncatch_up = false\n\n\
+         [[jobs.app.sources]]\ntype = \"command\"\nname = \"db\"\ndump = [\"sh\", \"-c\", {}]\n\n{notify}",
+        toml_str(dir.join("store").display()),
+        toml_str(schedule),
+        toml_str(dump),
+    );
+    std::fs::write(&config, body).expect("write config");
+    config
+}
+
+fn job(config: &Path) -> stowage::config::Job {
+    let c = stowage::load::load(config).expect("config loads");
+    c.jobs.get("app").cloned().expect("job app")
+}
+
+fn report(outcome: Outcome, errors: &[(&str, &str)], warnings: &[&str]) -> RunReport {
+    RunReport {
+        job: "app".into(),
+        id: "20261206T031500Z".into(),
+        outcome,
+        bytes_in: 2048,
+        bytes_out: 1024,
+        duration: Duration::from_millis(1500),
+        published: if outcome == Outcome::Success {
+            vec!["local".into()]
+        } else {
+            vec![]
+        },
+        errors: errors
+            .iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect(),
+        kept: vec![],
+        retention_interrupted: false,
+        warnings: warnings.iter().map(|w| w.to_string()).collect(),
+    }
+}
+
+fn email_notify(port: u16, to: &str, extra: &str) -> String {
+    format!(
+        "[[jobs.app.notify]]\ntype = \"email\"\nto = [{}]\nfrom = \"stowage <backups@example.com>\"\n\
+         smtp_host = \"127.0.0.1\"\nsmtp_port = {port}\n{extra}\n",
+        toml_str(to)
+    )
+}
+
+/// A failure sends one message; the success after it one "recovered"; a success after a
+/// success none, except to a notifier with `on_success`; a success with warnings one
+/// "warning". Over a plain loopback connection with AUTH from `password_file`.
+#[tokio::test]
+async fn email_failure_recovery_warning_and_quiet_successes() {
+    let smtp = SmtpServer::start("plain", None, Some(("stowage", "s3cret pw")));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pw = dir.path().join("smtp-password");
+    std::fs::write(&pw, "s3cret pw\n").expect("write password");
+    let login = format!(
+        "tls = \"none\"\nusername = \"stowage\"\npassword_file = {}\n",
+        toml_str(pw.display())
+    );
+    let notify = email_notify(smtp.port, "ops@example.com", &login)
+        + &email_notify(
+            smtp.port,
+            "Chatty <all@example.com>",
+            &format!("{login}on_success = true\n"),
+        );
+    let job = job(&write_config(dir.path(), "echo hi", &notify));
+    let host = hostname();
+
+    let failed = report(
+        Outcome::Failed,
+        &[("source db", "connection refused (is the database up?)")],
+        &[],
+    );
+    stowage::notify::finished(&job, &failed, false).await;
+    let mails = smtp.mails();
+    // Both notifiers get the failure: on_success adds successes, never takes failures away.
+    assert_eq!(mails.len(), 2, "{mails:#?}");
+    let m = &mails[0];
+    assert_eq!(m.to, vec!["ops@example.com"]);
+    assert_eq!(m.from, "backups@example.com");
+    assert_eq!(m.login.as_deref(), Some("stowage"));
+    assert_eq!(
+        m.header("Subject").as_deref(),
+        Some(format!("stowage: job app FAILED on {host}").as_str())
+    );
+    let body = m.body();
+    assert!(
+        body.contains("- source db: connection refused (is the database up?)"),
+        "{body}"
+    );
+    assert!(body.contains("backup failed for job app"), "{body}");
+    assert!(body.contains("stowage run app"), "{body}");
+    assert!(body.contains("stowage list app"), "{body}");
+    assert!(!m.data.contains("s3cret"), "the password reached a message");
+    assert_eq!(mails[1].to, vec!["all@example.com"]);
+
+    let ok = report(Outcome::Success, &[], &[]);
+    stowage::notify::finished(&job, &ok, true).await;
+    let mails = smtp.mails();
+    assert_eq!(mails.len(), 4, "{mails:#?}");
+    assert_eq!(
+        mails[2].header("Subject").as_deref(),
+        Some(format!("stowage: job app recovered on {host}").as_str())
+    );
+    assert!(mails[2].body().contains("succeeded again after a failure"));
+
+    // A success after a success: only the on_success notifier hears of it.
+    stowage::notify::finished(&job, &ok, false).await;
+    let mails = smtp.mails();
+    assert_eq!(mails.len(), 5, "{mails:#?}");
+    assert_eq!(mails[4].to, vec!["all@example.com"]);
+    assert_eq!(
+        mails[4].header("Subject").as_deref(),
+        Some(format!("stowage: job app succeeded on {host}").as_str())
+    );
+
+    let warned = report(
+        Outcome::Success,
+        &[],
+        &["the dump of db is 40% of the previous one"],
+    );
+    stowage::notify::finished(&job, &warned, false).await;
+    let mails = smtp.mails();
+    assert_eq!(mails.len(), 7, "{mails:#?}");
+    assert_eq!(mails[5].to, vec!["ops@example.com"]);
+    assert_eq!(
+        mails[5].header("Subject").as_deref(),
+        Some(format!("stowage: job app succeeded with warnings on {host}").as_str())
+    );
+    let body = mails[5].body();
+    assert!(
+        body.contains("- the dump of db is 40% of the previous one"),
+        "{body}"
+    );
+
+    // A cancelled run is neither a failure nor a backup.
+    stowage::notify::finished(&job, &report(Outcome::Cancelled, &[], &[]), true).await;
+    assert_eq!(smtp.mails().len(), 7);
+}
+
+/// `stowage run` of a failing job mails over STARTTLS (port of the server, CA from
+/// `$SSL_CERT_FILE`) and over TLS from the first byte, with AUTH; the run's exit code is
+/// the failure's.
+#[test]
+fn a_failed_run_mails_over_starttls_and_tls() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    private_ca(dir.path());
+    let (cert, key) = (dir.path().join("server.pem"), dir.path().join("server.key"));
+    let login = Some(("ops@example.com", "pw-over-tls"));
+    let starttls = SmtpServer::start("starttls", Some((&cert, &key)), login);
+    let tls = SmtpServer::start("tls", Some((&cert, &key)), login);
+    let pw = dir.path().join("pw");
+    std::fs::write(&pw, "pw-over-tls").expect("write password");
+    let auth = format!(
+        "username = \"ops@example.com\"\npassword_file = {}\n",
+        toml_str(pw.display())
+    );
+    let notify = email_notify(starttls.port, "ops@example.com", &auth)
+        + &email_notify(
+            tls.port,
+            "ops@example.com",
+            &format!("{auth}tls = \"tls\"\n"),
+        );
+    let config = write_config(
+        dir.path(),
+        "echo 'no such table: users' >&2; exit 3",
+        &notify,
+    );
+    let ca = dir.path().join("ca.pem");
+    let state = dir.path().join("state.json");
+    let out = run_stowage_with_env(
+        &config,
+        ["run", "app"],
+        &[
+            ("SSL_CERT_FILE", ca.to_str().expect("utf-8 path")),
+            ("STOWAGE_STATE_FILE", state.to_str().expect("utf-8 path")),
+        ],
+    );
+    let log = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{log}");
+    for server in [&starttls, &tls] {
+        let mails = server.mails();
+        assert_eq!(mails.len(), 1, "{log}\n{mails:#?}");
+        assert!(mails[0].tls, "sent without TLS");
+        assert_eq!(mails[0].login.as_deref(), Some("ops@example.com"));
+        assert!(
+            mails[0]
+                .header("Subject")
+                .is_some_and(|s| s.starts_with("stowage: job app FAILED on ")),
+            "{:?}",
+            mails[0].header("Subject")
+        );
+        let body = mails[0].body();
+        assert!(body.contains("no such table: users"), "{body}");
+    }
+    assert!(!log.contains("pw-over-tls"), "{log}");
+}
+
+/// Without the CA, the STARTTLS server's certificate is refused: nothing is sent, the
+/// failure is logged, and the run's outcome (a success) stands.
+#[test]
+fn an_unreachable_or_untrusted_server_is_logged_and_changes_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    private_ca(dir.path());
+    let (cert, key) = (dir.path().join("server.pem"), dir.path().join("server.key"));
+    let untrusted = SmtpServer::start("starttls", Some((&cert, &key)), None);
+    let closed = common::free_port();
+    let notify = email_notify(
+        closed,
+        "ops@example.com",
+        "on_success = true\ntls = \"none\"\n",
+    ) + &email_notify(untrusted.port, "ops@example.com", "on_success = true\n");
+    let config = write_config(dir.path(), "echo hello", &notify);
+    let state = dir.path().join("state.json");
+    let out = run_stowage_with_env(
+        &config,
+        ["run", "app"],
+        &[("STOWAGE_STATE_FILE", state.to_str().expect("utf-8 path"))],
+    );
+    let log = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{log}");
+    assert!(
+        log.contains(&format!(
+            "could not notify email smtp://127.0.0.1:{closed} to ops@example.com"
+        )),
+        "{log}"
+    );
+    assert!(
+        log.contains(&format!(
+            "could not notify email smtp://127.0.0.1:{} to ops@example.com",
+            untrusted.port
+        )),
+        "{log}"
+    );
+    assert!(log.contains("the run's outcome is unchanged"), "{log}");
+    assert!(untrusted.mails().is_empty());
+}
+
+/// ntfy: a POST to the topic with Title, Priority and Tags headers, the token from
+/// `token_file` as a bearer, the message as the body; failures at the configured priority.
+#[tokio::test]
+async fn ntfy_posts_to_the_topic_with_title_priority_and_token() {
+    let rx = HttpRecorder::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token = dir.path().join("ntfy-token");
+    std::fs::write(&token, "tk_sekrit\n").expect("write token");
+    let notify = format!(
+        "[[jobs.app.notify]]\ntype = \"ntfy\"\nurl = \"http://127.0.0.1:{}/backups-topic\"\n\
+         token_file = {}\npriority = \"urgent\"\n",
+        rx.port,
+        toml_str(token.display())
+    );
+    let job = job(&write_config(dir.path(), "echo hi", &notify));
+    let host = hostname();
+
+    let failed = report(Outcome::Failed, &[("destination local", "disk full")], &[]);
+    stowage::notify::finished(&job, &failed, false).await;
+    let got = rx.take();
+    assert_eq!(got.len(), 1, "{got:#?}");
+    let r = &got[0];
+    assert_eq!(
+        (r.method.as_str(), r.path.as_str()),
+        ("POST", "/backups-topic")
+    );
+    assert_eq!(
+        r.header("title"),
+        Some(format!("stowage: job app FAILED on {host}").as_str())
+    );
+    assert_eq!(r.header("priority"), Some("5"));
+    assert_eq!(r.header("tags"), Some("rotating_light"));
+    assert_eq!(r.header("authorization"), Some("Bearer tk_sekrit"));
+    assert!(
+        r.body.contains("- destination local: disk full"),
+        "{}",
+        r.body
+    );
+    assert!(r.body.contains("stowage list app"), "{}", r.body);
+
+    stowage::notify::finished(&job, &report(Outcome::Success, &[], &[]), true).await;
+    let got = rx.take();
+    assert_eq!(got.len(), 1, "{got:#?}");
+    assert_eq!(
+        got[0].header("title"),
+        Some(format!("stowage: job app recovered on {host}").as_str())
+    );
+    assert_eq!(got[0].header("priority"), Some("3"));
+
+    stowage::notify::finished(&job, &report(Outcome::Success, &[], &[]), false).await;
+    assert!(
+        rx.take().is_empty(),
+        "a plain success was sent without on_success"
+    );
+
+    let warned = report(Outcome::Success, &[], &["db is 40% of the previous dump"]);
+    stowage::notify::finished(&job, &warned, false).await;
+    let got = rx.take();
+    assert_eq!(got.len(), 1, "{got:#?}");
+    assert_eq!(got[0].header("tags"), Some("warning"));
+    assert!(got[0].body.contains("db is 40% of the previous dump"));
+}
+
+/// The digest: at `digest = "HH:MM"` one message listing the job's runs since the daemon
+/// started (counts, warnings, the last error), sent by the daemon's digest task.
+#[tokio::test]
+async fn the_daily_digest_lists_the_runs_at_its_time() {
+    let smtp = SmtpServer::start("plain", None, None);
+    let dir = tempfile::tempdir().expect("tempdir");
+    // The next whole minute (UTC, the job's timezone), at least 5 s away.
+    let at = chrono::Utc::now() + chrono::TimeDelta::seconds(65);
+    let digest = format!("tls = \"none\"\ndigest = \"{}\"\n", at.format("%H:%M"));
+    let notify = email_notify(smtp.port, "ops@example.com", &digest);
+    let config = write_config(dir.path(), "echo hi", &notify);
+    let loaded = std::sync::Arc::new(stowage::load::load(&config).expect("config loads"));
+    let job = loaded.jobs["app"].clone();
+
+    let stop = tokio_util::sync::CancellationToken::new();
+    let view = {
+        let c = loaded.clone();
+        move || (c.clone(), stowage::status::State::default())
+    };
+    let task = tokio::spawn(stowage::notify::digest_task(view, stop.clone()));
+    stowage::notify::finished(
+        &job,
+        &report(Outcome::Failed, &[("source db", "timeout")], &[]),
+        false,
+    )
+    .await;
+    let warned = report(Outcome::Success, &[], &["db is 40% of the previous dump"]);
+    stowage::notify::finished(&job, &warned, true).await;
+    // The failure and the recovery were mailed at once.
+    assert_eq!(smtp.mails().len(), 2);
+
+    let mails = tokio::task::spawn_blocking(move || {
+        let m = smtp.wait_for(3, Duration::from_secs(150));
+        (m, smtp)
+    })
+    .await
+    .expect("wait");
+    let (mails, smtp) = mails;
+    stop.cancel();
+    task.await.expect("digest task ends on stop");
+    assert_eq!(mails.len(), 3, "{mails:#?}");
+    let m = &mails[2];
+    assert!(
+        m.header("Subject")
+            .is_some_and(|s| s.starts_with("stowage: daily digest for ")),
+        "{:?}",
+        m.header("Subject")
+    );
+    let body = m.body();
+    assert!(
+        body.contains("job app: 2 run(s): 1 succeeded, 1 failed, 0 partly failed"),
+        "{body}"
+    );
+    assert!(
+        body.contains("warning: db is 40% of the previous dump"),
+        "{body}"
+    );
+    assert!(body.contains("last error: source db: timeout"), "{body}");
+    drop(smtp);
+}
+
+/// The daemon: every failed run mails once, the first success after them mails "recovered"
+/// (it knows the previous outcome from its state), and the successes after that mail nothing.
+#[test]
+fn the_daemon_mails_each_failure_then_one_recovery() {
+    let smtp = SmtpServer::start("plain", None, None);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let down = dir.path().join("down");
+    std::fs::write(&down, "").expect("flag");
+    let dump = format!(
+        "if [ -e '{}' ]; then echo 'db is down' >&2; exit 3; fi; echo data",
+        down.display()
+    );
+    let notify = email_notify(smtp.port, "ops@example.com", "tls = \"none\"\n");
+    let config = write_config_on(dir.path(), "*/2 * * * * *", &dump, &notify);
+    let pid = dir.path().join("stowage.pid");
+    let daemon = spawn_stowage_with_env(
+        &config,
+        ["daemon"],
+        &[("STOWAGE_PID_FILE", pid.as_os_str())],
+    );
+    let first = smtp.wait_for(1, Duration::from_secs(60));
+    assert!(
+        first
+            .first()
+            .and_then(|m| m.header("Subject"))
+            .is_some_and(|s| s.contains("FAILED")),
+        "{}\n{first:#?}",
+        daemon.output_so_far()
+    );
+    std::fs::remove_file(&down).expect("remove flag");
+    let start = std::time::Instant::now();
+    let successes = |log: &str| log.matches("outcome=\"success\"").count();
+    while successes(&daemon.output_so_far()) < 3 && start.elapsed() < Duration::from_secs(60) {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    daemon.signal("TERM");
+    let out = daemon.wait(Duration::from_secs(60));
+    let log = text(&out);
+    assert!(successes(&log) >= 3, "{log}");
+    let failures = log.matches("outcome=\"failed\"").count();
+    let mails = smtp.mails();
+    let subjects: Vec<String> = mails.iter().filter_map(|m| m.header("Subject")).collect();
+    assert_eq!(subjects.len(), failures + 1, "{subjects:#?}\n{log}");
+    let (last, before) = subjects.split_last().expect("mails");
+    assert!(
+        last.starts_with("stowage: job app recovered on "),
+        "{subjects:#?}"
+    );
+    assert!(
+        before.iter().all(|s| s.contains(" FAILED on ")),
+        "{subjects:#?}"
+    );
+    assert!(
+        mails[0].body().contains("db is down"),
+        "{}",
+        mails[0].body()
+    );
+}
+
+/// `stowage run` beside a daemon: whether the job failed last is read from the daemon's state
+/// file, so a manual run that succeeds after a scheduled failure mails "recovered" (and,
+/// after a success there, nothing).
+#[test]
+fn a_run_by_hand_reads_the_previous_outcome_from_the_daemons_state() {
+    let smtp = SmtpServer::start("plain", None, None);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let notify = email_notify(smtp.port, "ops@example.com", "tls = \"none\"\n");
+    let config = write_config(dir.path(), "echo data", &notify);
+    let state_file = dir.path().join("state.json");
+    let run =
+        |outcome: &str| {
+            let mut state = stowage::status::State::default();
+            // A cancelled run after the failure does not hide it.
+            for (id, o) in [("2", "cancelled"), ("1", outcome)] {
+                state.jobs.entry("app".into()).or_default().recent.push(
+                    stowage::status::RunStatus {
+                        id: id.into(),
+                        outcome: o.into(),
+                        finished_at: chrono::Utc::now(),
+                        duration_s: 1.0,
+                        bytes_in: 0,
+                        bytes_out: 0,
+                        errors: vec![],
+                    },
+                );
+            }
+            std::fs::write(&state_file, serde_json::to_vec(&state).expect("json")).expect("state");
+            let out = run_stowage_with_env(
+                &config,
+                ["run", "app"],
+                &[(
+                    "STOWAGE_STATE_FILE",
+                    state_file.to_str().expect("utf-8 path"),
+                )],
+            );
+            assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+        };
+    run("success");
+    assert!(smtp.mails().is_empty(), "{:#?}", smtp.mails());
+    run("failed");
+    let mails = smtp.mails();
+    assert_eq!(mails.len(), 1, "{mails:#?}");
+    assert!(
+        mails[0]
+            .header("Subject")
+            .is_some_and(|s| s.starts_with("stowage: job app recovered on ")),
+        "{mails:#?}"
+    );
+}
