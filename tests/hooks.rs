@@ -234,6 +234,16 @@ fn failures_that_do_not_fail_the_run() {
         out.contains("cache not flushed"),
         "the after hook's output is logged:\n{out}"
     );
+    // Both are warnings of the run (which notifications send), on its summary line.
+    let summary = out
+        .lines()
+        .find(|l| l.contains("backup success:"))
+        .unwrap_or_default();
+    assert!(
+        summary.contains("warning: hook jobs.app.before")
+            && summary.contains("; hook jobs.app.after"),
+        "the failed hooks are the run's warnings:\n{summary}"
+    );
 }
 
 /// Whether process `pid` is gone (a zombie counts: it runs nothing).

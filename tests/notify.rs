@@ -63,6 +63,7 @@ fn report(outcome: Outcome, errors: &[(&str, &str)], warnings: &[&str]) -> RunRe
             .collect(),
         kept: vec![],
         retention_interrupted: false,
+        hooks: vec![],
         warnings: warnings.iter().map(|w| w.to_string()).collect(),
     }
 }

@@ -227,6 +227,7 @@ pub(crate) async fn run_job_on<'d>(
     let warnings = run.shrink_warnings().await;
     let mut report = run.into_report();
     report.warnings = warnings;
+    report.warnings.extend(hook_warnings(&report.hooks));
     log_summary(&report);
     report
 }
@@ -1365,6 +1366,21 @@ fn log_summary(r: &RunReport) {
         ),
     }
     log_hooks(r);
+}
+
+/// Hooks that failed without failing the run (an `after`, or a `before` with `on_failure =
+/// "continue"`): the backup is good, but an application may be left in maintenance mode or
+/// a cache unflushed, which someone should hear of (notifications send warnings). A `before`
+/// that failed the run is among its errors instead.
+fn hook_warnings(hooks: &[HookReport]) -> Vec<String> {
+    hooks
+        .iter()
+        .filter(|h| !h.ok && (h.ignored || h.key.ends_with(".after")))
+        .map(|h| match &h.error {
+            Some(e) => format!("hook {e}"),
+            None => format!("hook {}", h.describe()),
+        })
+        .collect()
 }
 
 /// The hooks of the run, on one line after its summary: ok, or how each failed.
