@@ -417,3 +417,25 @@ fn a_stop_kills_before_and_still_runs_after() {
     );
     assert!(job.ids("local").is_empty(), "{text}");
 }
+
+/// `check-config` lists each hook with its program and timeout, not its arguments (a token
+/// on a hook's command line must not end up in a pasted check-config output).
+#[test]
+fn check_config_lists_hooks_without_their_arguments() {
+    let b = builder();
+    let dir = b.dir().to_path_buf();
+    let job = b
+        .job("before = { command = [\"curl\", \"-H\", \"Authorization: Bearer s3cr3t\"], timeout = \"30s\", on_failure = \"continue\" }\nafter = { shell = \"echo s3cr3t\" }")
+        .source(&source(&dir, "a", "before = [\"true\"]"))
+        .write();
+    let (code, out) = job.stowage(&["check-config"]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains(
+            "hook jobs.app.before: `curl …`, timeout = \"30s\", on_failure = \"continue\""
+        ) && out.contains("hook jobs.app.after: a shell command, timeout = \"5m\"")
+            && out.contains("hook jobs.app.sources[0].before: `true …`"),
+        "every hook is listed:\n{out}"
+    );
+    assert!(!out.contains("s3cr3t"), "no argument is shown:\n{out}");
+}

@@ -145,6 +145,7 @@ fn jobs(out: &mut String, config: &Config, now: chrono::DateTime<Utc>) {
             next_runs(&j.schedule, now, 3)
         );
         job_checks(out, config, j, now);
+        job_hooks(out, j);
     }
 }
 
@@ -213,6 +214,37 @@ fn job_checks(out: &mut String, config: &Config, j: &Job, now: chrono::DateTime<
             out,
             "  {pad:<12} encryption: age, {}; {keys}",
             e.sealer.describe()
+        );
+    }
+}
+
+/// A job's hooks, one line each: the program only, as its arguments may hold a secret a
+/// pasted check-config output should not.
+fn job_hooks(out: &mut String, j: &Job) {
+    let all = std::iter::once(&j.hooks).chain(j.source_hooks.values());
+    for hook in all
+        .flat_map(|h| [h.before.as_ref(), h.after.as_ref()])
+        .flatten()
+    {
+        let program = match &hook.command {
+            crate::config::HookCommand::Argv(a) => {
+                format!("`{} …`", a.first().map_or("", String::as_str))
+            }
+            crate::config::HookCommand::Shell(_) => "a shell command".to_string(),
+        };
+        let continues = hook.key.ends_with(".before")
+            && hook.on_failure == crate::config::raw::HookFailure::Continue;
+        let _ = writeln!(
+            out,
+            "  {:<12} hook {}: {program}, timeout = \"{}\"{}",
+            "",
+            hook.key,
+            humantime::format_duration(hook.timeout),
+            if continues {
+                ", on_failure = \"continue\""
+            } else {
+                ""
+            }
         );
     }
 }
