@@ -843,6 +843,14 @@ start_stream() {
 }
 
 if want idle; then
+    # An idle window needs an idle server. After the data load, autovacuum goes on writing
+    # WAL for minutes (catalogs of every database, one database a minute), and the timed
+    # checkpoint writes WAL five minutes after the last one. Vacuum every database now, then
+    # checkpoint: the next timed one falls past the window (--settle-secs + --idle-secs < 300).
+    for d in template1 postgres; do
+        "$PG_BIN/vacuumdb" -q -z -h 127.0.0.1 -p "$PG_PORT" -U postgres -d "$d"
+    done
+    psql_q -c "CHECKPOINT"
     write_config "$WORK/baseline.toml" baseline logical "$BASELINE_PORT"
     start_stream
     start_daemon baseline "$WORK/baseline.toml"
