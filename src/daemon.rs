@@ -436,7 +436,8 @@ async fn take_in_commands(ctx: &Arc<Ctx>) {
         );
         return;
     }
-    let mut watch = crate::status::Watch::new(&dir);
+    // A record lands by a rename (`status::post`); nothing else wakes this.
+    let mut watch = crate::dirwatch::DirWatch::new(&dir, crate::dirwatch::WatchFlags::MOVED_TO);
     loop {
         let (records, bad) = status::take_posted();
         for b in bad {

@@ -9,6 +9,7 @@ pub mod config;
 pub mod crypt;
 pub mod curate;
 pub mod daemon;
+pub mod dirwatch;
 pub mod drill;
 pub mod engine;
 pub mod footprint;

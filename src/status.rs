@@ -453,50 +453,6 @@ fn take_from(dir: &std::path::Path) -> (Vec<Record>, Vec<String>) {
     (records, bad)
 }
 
-/// A record landing in the inbox (the rename that [`post`] ends with; nothing else wakes
-/// it). Like the WAL spool's watch (src/wal/changes.rs): events are drained, not decoded.
-pub struct Watch {
-    fd: tokio::io::unix::AsyncFd<std::os::fd::OwnedFd>,
-}
-
-impl Watch {
-    /// `None` when inotify cannot be had (no more watches, another kernel): the daemon
-    /// then reads the inbox every minute.
-    pub fn new(dir: &std::path::Path) -> Option<Watch> {
-        use rustix::fs::inotify::{self, CreateFlags, WatchFlags};
-        let fd = inotify::init(CreateFlags::NONBLOCK | CreateFlags::CLOEXEC).ok()?;
-        inotify::add_watch(&fd, dir, WatchFlags::MOVED_TO).ok()?;
-        // SAFETY: an OwnedFd is a valid open descriptor that stays the same until it is
-        // dropped, which the AsyncFd owning it does last.
-        let fd = unsafe { tokio::io::unix::AsyncFd::register(fd) }.ok()?;
-        Some(Watch { fd })
-    }
-
-    /// Wait until a record landed since the last call.
-    pub async fn changed(&mut self) -> std::io::Result<()> {
-        let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); 4096];
-        loop {
-            let mut ready = self.fd.readable().await?;
-            let mut any = false;
-            loop {
-                match rustix::io::read(self.fd.get_ref(), &mut buf) {
-                    Ok((read, _)) if !read.is_empty() => any = true,
-                    Ok(_) => break,
-                    Err(rustix::io::Errno::AGAIN) => {
-                        ready.clear_ready();
-                        break;
-                    }
-                    Err(rustix::io::Errno::INTR) => {}
-                    Err(e) => return Err(e.into()),
-                }
-            }
-            if any {
-                return Ok(());
-            }
-        }
-    }
-}
-
 /// What someone should look at although nothing failed: a dump that shrank. `health`
 /// prints these and stays healthy.
 pub fn warnings(config: &Config, state: &State) -> Vec<String> {

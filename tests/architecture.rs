@@ -51,6 +51,7 @@ const LAYERS: &[&[&str]] = &[
     // leaves: they name nothing else of stowage
     &[
         "codec",
+        "dirwatch",
         "units",
         "secret",
         "owner",

@@ -10,8 +10,8 @@ mod receivers;
 use std::path::Path;
 use std::time::Duration;
 
-use common::{run_stowage_with_env, spawn_stowage_with_env, text, toml_str};
-use receivers::{HttpRecorder, SmtpServer, private_ca};
+use common::{private_ca, run_stowage_with_env, spawn_stowage_with_env, text, toml_str};
+use receivers::{HttpRecorder, SmtpServer};
 use stowage::pipeline::{Outcome, RunReport};
 
 fn hostname() -> String {

@@ -11,87 +11,10 @@ use std::ffi::OsStr;
 use std::path::Path;
 use std::process::Command;
 
-use common::{Job, S3Server, run_stowage_in, text, toml_str};
+use common::{Job, S3Server, private_ca, run_stowage_in, text, toml_str};
 
 /// Per command: a run that is refused retries its requests for a while first.
 const TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
-
-/// `openssl ARGS…` in `dir`, which must succeed.
-fn openssl(dir: &Path, args: &[&str]) {
-    let out = Command::new("openssl")
-        .current_dir(dir)
-        .args(args)
-        .output()
-        .expect("run openssl");
-    assert!(out.status.success(), "openssl {args:?}:\n{}", text(&out));
-}
-
-/// A CA (`ca.pem`) and a server certificate for 127.0.0.1 it signed (`server.pem`,
-/// `server.key`), in `dir`.
-fn private_ca(dir: &Path) {
-    openssl(
-        dir,
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "2",
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.pem",
-            "-subj",
-            "/CN=stowage test CA",
-            "-addext",
-            "basicConstraints=critical,CA:TRUE",
-            "-addext",
-            "keyUsage=critical,keyCertSign,cRLSign",
-        ],
-    );
-    openssl(
-        dir,
-        &[
-            "req",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            "server.key",
-            "-out",
-            "server.csr",
-            "-subj",
-            "/CN=127.0.0.1",
-        ],
-    );
-    std::fs::write(
-        dir.join("server.ext"),
-        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
-    )
-    .expect("write server.ext");
-    openssl(
-        dir,
-        &[
-            "x509",
-            "-req",
-            "-in",
-            "server.csr",
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-days",
-            "2",
-            "-out",
-            "server.pem",
-            "-extfile",
-            "server.ext",
-        ],
-    );
-}
 
 /// Bucket `bucket` on `s3`, made with the AWS CLI trusting `ca`.
 fn create_bucket(s3: &S3Server, ca: &Path, bucket: &str) {

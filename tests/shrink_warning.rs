@@ -96,8 +96,12 @@ fn a_dump_that_shrinks_is_said_in_the_summary_metrics_and_health() {
         Some("1"),
         "{metrics}"
     );
-    let page = common::http_get(port, "/").1;
-    assert!(page.contains(&format!("<td>{id}</td>")), "{page}");
+    // Polled like the metrics: one page read can be slow on a loaded machine.
+    let mut page = String::new();
+    common::wait_for(&format!("run {id} on the page"), SHOWN_WITHIN, || {
+        page = common::http_get(port, "/").1;
+        page.contains(&format!("<td>{id}</td>"))
+    });
     assert!(
         page.contains("⚠ the dump of app/dump is 30.0 KiB, 10% of the usual"),
         "{page}"

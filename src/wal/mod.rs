@@ -9,7 +9,6 @@
 //! `<name>.partial`, timeline history files `<8 hex>.history`; anything else is ignored.
 
 pub mod chain;
-mod changes;
 pub mod fetch;
 pub mod keep;
 pub mod run;
@@ -31,6 +30,7 @@ use tracing::{debug, info, warn};
 
 use crate::codec::Reader;
 use crate::config::Job;
+use crate::dirwatch::{DirWatch, WatchFlags};
 use crate::repo::Form;
 use crate::repo::wal::{self, WalError, WalNames, WalRecord, is_wal_name};
 use crate::storage::{Chunk, Storage, StorageError};
@@ -114,7 +114,15 @@ async fn keep_shipping<F: Future<Output = Opened>>(
     let (job, source, flush) = (shipper.job, shipper.source, shipper.flush);
     let spool = shipper.spool.clone();
     // Made before the first pass: what changes during a pass is seen after it.
-    let mut changes = changes::Changes::watch(&spool);
+    // What a writer does; not the shipper's own reads and deletes.
+    let mut changes = DirWatch::new(
+        &spool,
+        WatchFlags::CREATE
+            | WatchFlags::MODIFY
+            | WatchFlags::CLOSE_WRITE
+            | WatchFlags::MOVED_TO
+            | WatchFlags::ATTRIB,
+    );
     tokio::pin!(shutdown);
     let mut failures: u32 = 0;
     'shipping: loop {

@@ -1,35 +1,30 @@
-//! Whether anything changed in the spool since the shipper last looked: the receiver
-//! writing the segment under way, completing one, writing a history file. An idle server
-//! writes nothing, and the shipper then sleeps on this instead of a timer: the daemon does
-//! not wake until WAL flows (bench/pitr.sh, "idle with a stream open").
+//! Waiting for a directory to change, by inotify: the WAL spool (the receiver writing), the
+//! daemon's inbox of records from commands run by hand. Something that waits on this instead
+//! of a timer does not wake while nothing happens (bench/idle.rs, bench/pitr.sh: 0 wakeups a
+//! minute idle). Events are drained, not decoded: any change means "look again".
 
 use std::mem::MaybeUninit;
 use std::os::fd::OwnedFd;
 use std::path::Path;
 
-use rustix::fs::inotify::{self, CreateFlags, WatchFlags};
+pub use rustix::fs::inotify::WatchFlags;
+use rustix::fs::inotify::{self, CreateFlags};
 use tokio::io::unix::AsyncFd;
 
-pub struct Changes {
+pub struct DirWatch {
     fd: AsyncFd<OwnedFd>,
 }
 
-impl Changes {
-    /// Watch `spool`. `None` when inotify cannot be had (no more watches, another kernel):
-    /// the shipper then looks every `wal_flush`, as it would anyway while WAL flows.
-    pub fn watch(spool: &Path) -> Option<Changes> {
+impl DirWatch {
+    /// Watch `dir` for the events in `what`. `None` when inotify cannot be had (no more
+    /// watches, another kernel): the caller then looks on a timer.
+    pub fn new(dir: &Path, what: WatchFlags) -> Option<DirWatch> {
         let fd = inotify::init(CreateFlags::NONBLOCK | CreateFlags::CLOEXEC).ok()?;
-        // What a writer does; not the shipper's own reads and deletes.
-        let what = WatchFlags::CREATE
-            | WatchFlags::MODIFY
-            | WatchFlags::CLOSE_WRITE
-            | WatchFlags::MOVED_TO
-            | WatchFlags::ATTRIB;
-        inotify::add_watch(&fd, spool, what).ok()?;
+        inotify::add_watch(&fd, dir, what).ok()?;
         // SAFETY: an OwnedFd is a valid open descriptor that stays the same until it is
         // dropped, which the AsyncFd owning it does last.
         let fd = unsafe { AsyncFd::register(fd) }.ok()?;
-        Some(Changes { fd })
+        Some(DirWatch { fd })
     }
 
     /// Wait until something changed since the last call. Events are drained, not decoded:
@@ -60,13 +55,14 @@ impl Changes {
 
 #[cfg(test)]
 mod tests {
-    use super::Changes;
+    use super::{DirWatch, WatchFlags};
     use std::time::Duration;
 
     #[tokio::test]
-    async fn a_write_in_the_spool_is_a_change_and_quiet_is_not() {
+    async fn a_write_is_a_change_and_quiet_is_not() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut changes = Changes::watch(dir.path()).expect("inotify");
+        let mut changes =
+            DirWatch::new(dir.path(), WatchFlags::CREATE | WatchFlags::MODIFY).expect("inotify");
         let quiet = tokio::time::timeout(Duration::from_millis(200), changes.changed()).await;
         assert!(quiet.is_err(), "nothing changed yet");
         std::fs::write(dir.path().join("000000010000000000000001.partial"), b"wal").expect("write");
