@@ -363,7 +363,11 @@ pub async fn run(
     let _ = std::fs::remove_file(&pid_file);
     let _ = std::fs::remove_file(status::state_file());
     // Commands run by hand from now on have no daemon to tell.
-    let _ = std::fs::remove_dir_all(status::inbox_dir());
+    // Only the daemon's own: not a directory someone else made there.
+    let inbox = status::inbox_dir();
+    if status::inbox_trusted(&inbox, Some(rustix::process::geteuid().as_raw())).is_ok() {
+        let _ = std::fs::remove_dir_all(inbox);
+    }
     let abandoned = ctx.abandoned.load(Ordering::SeqCst);
     if abandoned > 0 {
         warn!("stopped; {abandoned} running backup(s) abandoned, nothing of them published");
@@ -433,6 +437,13 @@ async fn take_in_commands(ctx: &Arc<Ctx>) {
             "cannot create {}: {}; runs, heals, verifies and drills run by hand will not show on the status page or in the metrics",
             dir.display(),
             crate::units::io_reason(&e)
+        );
+        return;
+    }
+    let me = Some(rustix::process::geteuid().as_raw());
+    if let Err(why) = status::inbox_trusted(&dir, me) {
+        warn!(
+            "not taking in records of commands run by hand: {why}; runs, heals, verifies and drills run by hand will not show on the status page or in the metrics"
         );
         return;
     }

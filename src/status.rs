@@ -380,12 +380,17 @@ pub fn inbox_dir() -> PathBuf {
 /// a temporary name and renamed, so the daemon never reads half a record. `Ok(false)`: no
 /// daemon to tell.
 pub fn post(record: &Record) -> std::io::Result<bool> {
-    post_to(&inbox_dir(), record)
+    post_to(&inbox_dir(), inbox_owner(), record)
 }
 
-fn post_to(dir: &std::path::Path, record: &Record) -> std::io::Result<bool> {
+fn post_to(dir: &std::path::Path, owner: Option<u32>, record: &Record) -> std::io::Result<bool> {
     if !dir.is_dir() {
         return Ok(false);
+    }
+    // The state directory is /tmp outside Docker: a directory another local user made there
+    // would read what commands record (job names, errors). Only the daemon's own.
+    if let Err(why) = inbox_trusted(dir, owner) {
+        return Err(std::io::Error::other(why));
     }
     let name = format!(
         "{}-{}",
@@ -420,6 +425,47 @@ pub fn post_or_say(record: &Record) {
 
 /// The records commands left in the inbox, oldest first, each removed once read. A file
 /// that is not a record (a partial write of a killed command) is removed and said.
+/// Whether `dir` may serve as the inbox of a daemon running as `uid`: a directory itself
+/// (not a link to one), owned by `uid`, open to no one else. Otherwise another local user
+/// could have made it, before the daemon started, to feed it records (runs that never
+/// happened, on the status page) or to have it delete files it points at.
+pub fn inbox_trusted(dir: &std::path::Path, uid: Option<u32>) -> Result<(), String> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let meta = std::fs::symlink_metadata(dir)
+        .map_err(|e| format!("{}: {}", dir.display(), crate::units::io_reason(&e)))?;
+    if !meta.file_type().is_dir() {
+        return Err(format!(
+            "{} is not a directory (a link?); remove it",
+            dir.display()
+        ));
+    }
+    if Some(meta.uid()) != uid {
+        return Err(format!(
+            "{} belongs to uid {}, not to the daemon's user; remove it",
+            dir.display(),
+            meta.uid()
+        ));
+    }
+    if meta.permissions().mode() & 0o077 != 0 {
+        return Err(format!(
+            "{} is open to other users (mode {:o}); remove it",
+            dir.display(),
+            meta.permissions().mode() & 0o777
+        ));
+    }
+    Ok(())
+}
+
+/// The daemon's user as a command sees it: the owner of the state file the daemon writes,
+/// or this process's when there is none (a command run as the daemon's user).
+fn inbox_owner() -> Option<u32> {
+    use std::os::unix::fs::MetadataExt;
+    match std::fs::symlink_metadata(state_file()) {
+        Ok(m) if m.file_type().is_file() => Some(m.uid()),
+        _ => Some(rustix::process::geteuid().as_raw()),
+    }
+}
+
 pub fn take_posted() -> (Vec<Record>, Vec<String>) {
     take_from(&inbox_dir())
 }
@@ -1200,10 +1246,13 @@ wal_flush = "5min"
         let root = tempfile::tempdir().expect("tempdir");
         let inbox = root.path().join("stowage-done");
         let first = run_record("20261206T070000.000Z", true, &[]);
+        let me = Some(rustix::process::geteuid().as_raw());
         // No daemon, no inbox: nothing is left behind.
-        assert!(!post_to(&inbox, &first).expect("post"));
+        assert!(!post_to(&inbox, me, &first).expect("post"));
         assert!(!inbox.exists());
-        std::fs::create_dir(&inbox).expect("inbox");
+        std::os::unix::fs::DirBuilderExt::mode(&mut std::fs::DirBuilder::new(), 0o700)
+            .create(&inbox)
+            .expect("inbox");
         let second = Record {
             job: "daily".into(),
             done: Done::Verify {
@@ -1216,8 +1265,8 @@ wal_flush = "5min"
                 read: (1, 2, 0),
             },
         };
-        assert!(post_to(&inbox, &first).expect("post"));
-        assert!(post_to(&inbox, &second).expect("post"));
+        assert!(post_to(&inbox, me, &first).expect("post"));
+        assert!(post_to(&inbox, me, &second).expect("post"));
         // A killed command's half-written file, and one that is not a record.
         std::fs::write(inbox.join(".x.tmp"), b"{").expect("write");
         std::fs::write(inbox.join("zz.json"), b"{\"job\": 1}").expect("write");
@@ -1276,5 +1325,32 @@ wal_flush = "5min"
             r#"{"pid":7,"started_at":null,"jobs":{"app":{"newest_backup":null,"last_run":null}}}"#;
         let s: State = serde_json::from_str(old).expect("reads");
         assert!(s.jobs["app"].wal.is_empty());
+    }
+
+    /// An inbox someone else could have made (in /tmp, before the daemon started) is not
+    /// used: neither a link, nor a directory others may write to or own.
+    #[test]
+    fn an_inbox_another_user_could_have_made_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let root = tempfile::tempdir().expect("tempdir");
+        let me = rustix::process::geteuid().as_raw();
+        let inbox = root.path().join("stowage-done");
+        std::fs::create_dir(&inbox).expect("inbox");
+        std::fs::set_permissions(&inbox, std::fs::Permissions::from_mode(0o700)).expect("chmod");
+        assert_eq!(inbox_trusted(&inbox, Some(me)), Ok(()));
+        let other = inbox_trusted(&inbox, Some(me.wrapping_add(1))).expect_err("another owner");
+        assert!(other.contains("not to the daemon's user"), "{other}");
+        std::fs::set_permissions(&inbox, std::fs::Permissions::from_mode(0o733)).expect("chmod");
+        let open = inbox_trusted(&inbox, Some(me)).expect_err("open to others");
+        assert!(open.contains("mode 733"), "{open}");
+        let link = root.path().join("link");
+        std::os::unix::fs::symlink(&inbox, &link).expect("symlink");
+        let linked = inbox_trusted(&link, Some(me)).expect_err("a link");
+        assert!(linked.contains("not a directory"), "{linked}");
+        // A command does not write into it either.
+        let record = run_record("20261206T070000.000Z", true, &[]);
+        assert!(post_to(&inbox, Some(me), &record).is_err());
+        assert!(post_to(&link, Some(me), &record).is_err());
+        assert_eq!(std::fs::read_dir(&inbox).expect("read").count(), 0);
     }
 }

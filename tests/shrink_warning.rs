@@ -211,3 +211,46 @@ fn heal_verify_and_drill_run_by_hand_show_on_the_running_daemons_page() {
     assert_eq!(code, Some(0), "{out}");
     assert!(!job.path("stowage-done").exists());
 }
+
+/// The state directory is /tmp outside Docker. A `stowage-done` someone else put there before
+/// the daemon started (here: a link to a directory holding a `.json` file) is not used: the
+/// daemon says so, takes nothing in, deletes nothing through the link, and commands do not
+/// write there.
+#[test]
+fn an_inbox_planted_before_the_daemon_is_not_used() {
+    let port = common::free_port();
+    let builder = Job::new("app").top(&server(port)).local("local", Some(10));
+    let data = builder.dir().join("dump.bin");
+    std::fs::write(&data, b"some data").expect("write");
+    let job = builder
+        .command("dump", &["cat", &data.display().to_string()])
+        .write();
+    let elsewhere = job.path("elsewhere");
+    std::fs::create_dir(&elsewhere).expect("mkdir");
+    std::fs::write(elsewhere.join("precious.json"), b"not a record").expect("write");
+    std::os::unix::fs::symlink(&elsewhere, job.path("stowage-done")).expect("symlink");
+
+    let mut daemon = job.daemon();
+    daemon.wait_for_output("not taking in records", Duration::from_secs(30));
+    let (code, out) = job.stowage(&["run", "app"]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains("cannot tell the running daemon"),
+        "the command says why the page will not show it:\n{out}"
+    );
+    daemon.signal("TERM");
+    let done = daemon.wait(Duration::from_secs(30));
+    assert!(done.status.success(), "{}", common::text(&done));
+    assert!(
+        std::fs::symlink_metadata(job.path("stowage-done"))
+            .expect("still there")
+            .file_type()
+            .is_symlink(),
+        "the link is left as it was"
+    );
+    let left: Vec<_> = std::fs::read_dir(&elsewhere)
+        .expect("read")
+        .map(|e| e.expect("entry").file_name())
+        .collect();
+    assert_eq!(left, vec![std::ffi::OsString::from("precious.json")]);
+}
