@@ -71,12 +71,13 @@ pub enum ContainersError {
         source: bollard::errors::Error,
     },
     #[error(
-        "{key}: permission denied on the Docker socket {}: stowage runs as uid 10001, which needs the socket's group; add `group_add: [\"GID\"]` to the stowage service, GID being `stat -c %g /var/run/docker.sock` on the host",
+        "{key}: permission denied on the Docker socket {}: stowage runs as uid {uid}, which needs the socket's group; add `group_add: [\"GID\"]` to the stowage service, GID being `stat -c %g /var/run/docker.sock` on the host",
         .socket.display()
     )]
     Denied {
         key: String,
         socket: PathBuf,
+        uid: u32,
         #[source]
         source: bollard::errors::Error,
     },
@@ -642,6 +643,7 @@ fn engine_error(
         Some(std::io::ErrorKind::PermissionDenied) => ContainersError::Denied {
             key,
             socket,
+            uid: rustix::process::geteuid().as_raw(),
             source,
         },
         _ => ContainersError::Engine {
