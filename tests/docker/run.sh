@@ -493,6 +493,30 @@ ct_log bad "it is stowage's own container" "stowage did not tell its own contain
 [ "$(writer '{{.State.StartedAt}}')" != "$started" ] || fail "the writer was not stopped by the failed run"
 echo "a failed run (missing directory) started the writer again"
 
+# stowage stopped (docker stop) while it reads: the run is cancelled and starts the writer
+# again before it exits. 300 MB to read, so that the stop comes during the read; should the
+# read win the race, the run succeeds and must have started the writer all the same.
+docker run --rm --network none -v "$CT-data:/data" debian:bookworm-slim \
+    sh -c 'head -c 300000000 /dev/urandom > /data/big'
+started=$(writer '{{.State.StartedAt}}')
+docker run -d --name "$CT-stowage" --network none --label stowage.stop-during=app \
+    -v "$WORK/containers-good.toml:/config/stowage.toml:ro" -v "$CT-data:/srv/app:ro" \
+    -v "$CT-backups:/var/backups/stowage" "${socket[@]}" stowage:ci sh -c 'exec stowage run app' > /dev/null
+for _ in $(seq 1 300); do
+    docker logs "$CT-stowage" > "$WORK/containers-stopped.log" 2>&1 || true
+    grep -q "stage: files appdata" "$WORK/containers-stopped.log" && break
+    sleep 0.1
+done
+docker stop -t 30 "$CT-stowage" > /dev/null
+docker logs "$CT-stowage" > "$WORK/containers-stopped.log" 2>&1 || true
+docker rm "$CT-stowage" > /dev/null
+ct_log stopped "stopped $CT-writer (labelled" "the writer was not stopped before the read"
+ct_log stopped "started $CT-writer again" "the writer was not started again after the stop"
+[ "$(writer '{{.State.Running}}')" = true ] && [ "$(writer '{{.State.StartedAt}}')" != "$started" ] \
+    || fail "the writer is not running again after stowage was stopped during the read"
+echo "stowage stopped during the read: $(grep -o -m1 'backup [a-z]*: job=app' "$WORK/containers-stopped.log" || echo 'no outcome'), the writer started again"
+docker run --rm --network none -v "$CT-data:/data" debian:bookworm-slim sh -c 'exec rm /data/big'
+
 # No socket, or no permission on it: the run fails before reading, saying how, and stops nothing.
 started=$(writer '{{.State.StartedAt}}')
 ! ct_stowage good 'stowage run app' || fail "the backup without the socket succeeded"
