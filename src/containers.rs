@@ -473,11 +473,14 @@ impl Held {
     }
 
     async fn resume(&mut self) -> Vec<NotResumed> {
-        let held = std::mem::take(&mut self.held);
+        // Kept until done: dropped halfway (the run dropped meanwhile), the drop starts
+        // them all again (a container already running again is no harm).
+        let held = self.held.clone();
         if held.is_empty() {
             return Vec::new();
         }
         let left = resume_all(self.engine.as_ref(), self.mode, &held).await;
+        self.held.clear();
         let key = &self.key;
         let back: Vec<&Container> = held
             .iter()

@@ -47,6 +47,8 @@ struct Stand {
     calls: Mutex<Vec<String>>,
     /// Id → how many more requests to it fail.
     failing: Mutex<BTreeMap<String, u32>>,
+    /// Id → how many more requests to it never answer.
+    hanging: Mutex<BTreeMap<String, u32>>,
 }
 
 impl Stand {
@@ -63,6 +65,22 @@ impl Stand {
 
     fn fail(&self, id: &str, times: u32) {
         self.failing.lock().expect("lock").insert(id.into(), times);
+    }
+
+    fn hang(&self, id: &str, times: u32) {
+        self.hanging.lock().expect("lock").insert(id.into(), times);
+    }
+
+    /// Whether this request to `id` is one that never answers.
+    fn hangs(&self, id: &str) -> bool {
+        let mut hanging = self.hanging.lock().expect("lock");
+        match hanging.get_mut(id) {
+            Some(n) if *n > 0 => {
+                *n -= 1;
+                true
+            }
+            _ => false,
+        }
     }
 
     fn state(&self, id: &str) -> String {
@@ -101,6 +119,9 @@ impl Engine for Stand {
         self.call("stop", id, "exited")
     }
     async fn start(&self, id: &str) -> Result<(), bollard::errors::Error> {
+        if self.hangs(id) {
+            std::future::pending::<()>().await;
+        }
         self.call("start", id, "running")
     }
     async fn pause(&self, id: &str) -> Result<(), bollard::errors::Error> {
@@ -323,6 +344,30 @@ async fn a_dropped_run_starts_its_containers_again() {
         drop(held);
         assert_eq!(engine.state(A), "running", "{mode:?}");
     }
+}
+
+/// A release cut short (the run dropped while it starts the containers again) leaves the
+/// drop to start them.
+#[tokio::test]
+async fn a_release_dropped_halfway_still_starts_them() {
+    let found = vec![
+        container(A, "web", "running"),
+        container(B, "worker", "running"),
+    ];
+    let engine = Stand::new(&found);
+    let held = hold(
+        engine.clone(),
+        &settings(ContainerMode::Stop),
+        found,
+        &Own::default(),
+    )
+    .await
+    .expect("held");
+    engine.hang(A, 1);
+    let cut = tokio::time::timeout(Duration::from_millis(200), held.release()).await;
+    assert!(cut.is_err(), "the release did not hang");
+    assert_eq!(engine.state(A), "running");
+    assert_eq!(engine.state(B), "running");
 }
 
 #[tokio::test]
