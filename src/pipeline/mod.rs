@@ -422,8 +422,9 @@ impl<'a> RunCtx<'a> {
                 Ok(()) => None,
                 Err(e) => Some(Err(e)),
             };
-            if Some(i) == last_files || !matches!(result, Some(Ok(_))) {
-                self.release_containers(held.take()).await;
+            let failed = !matches!(result, Some(Ok(_)));
+            if Some(i) == last_files || failed {
+                self.release_containers(held.take(), failed).await;
             }
             self.source_after(src_cfg, hooks, result.as_ref()).await;
             let Some(result) = result else {
@@ -431,7 +432,7 @@ impl<'a> RunCtx<'a> {
             };
             self.record_source(src_cfg.name(), result);
         }
-        self.release_containers(held.take()).await;
+        self.release_containers(held.take(), false).await;
     }
 
     /// Before a files source is read: the job's labelled containers stopped or paused,
@@ -461,8 +462,14 @@ impl<'a> RunCtx<'a> {
     }
 
     /// The held containers started or unpaused again, whatever happened. One that would not
-    /// fails the run, naming it: an application left stopped must not go unnoticed.
-    async fn release_containers(&mut self, held: Option<crate::containers::Held>) {
+    /// fails the run, naming it: an application left stopped must not go unnoticed. With
+    /// `source_failed` (that source's failure is about to stop the run), it is one more of
+    /// the run's errors.
+    async fn release_containers(
+        &mut self,
+        held: Option<crate::containers::Held>,
+        source_failed: bool,
+    ) {
         let Some(held) = held else {
             return;
         };
@@ -475,7 +482,7 @@ impl<'a> RunCtx<'a> {
             .map(crate::containers::NotResumed::describe)
             .collect::<Vec<_>>()
             .join("; ");
-        if self.fatal.is_none() {
+        if self.fatal.is_none() && !source_failed {
             self.fatal = Some(("containers".into(), why, Outcome::Failed));
         } else {
             error!(job = self.jn(), id = %self.id, "containers failed: {why}");
