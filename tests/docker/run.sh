@@ -408,7 +408,7 @@ step "containers labelled stowage.stop-during: stopped while the files are read,
 # stops nothing.
 CT=stowageci-ct
 ct_clean() {
-    docker rm -f "$CT-writer" "$CT-idle" "$CT-stowage" > /dev/null 2>&1 || true
+    docker rm -f "$CT-writer" "$CT-idle" "$CT-gone" "$CT-stowage" > /dev/null 2>&1 || true
     docker volume rm "$CT-data" "$CT-backups" > /dev/null 2>&1 || true
 }
 ct_clean
@@ -516,6 +516,54 @@ ct_log stopped "started $CT-writer again" "the writer was not started again afte
     || fail "the writer is not running again after stowage was stopped during the read"
 echo "stowage stopped during the read: $(grep -o -m1 'backup [a-z]*: job=app' "$WORK/containers-stopped.log" || echo 'no outcome'), the writer started again"
 docker run --rm --network none -v "$CT-data:/data" debian:bookworm-slim sh -c 'exec rm /data/big'
+
+# A container that cannot be started again (removed while the files are read: during the
+# first files source's after hook, which runs while the containers are held): the run fails
+# naming it and how to start it by hand; the others are started again.
+cat > "$WORK/containers-gone.toml" <<'TOML'
+[destinations.local]
+type = "local"
+path = "/var/backups/stowage"
+
+[jobs.app]
+schedule = "@daily"
+destinations = ["local"]
+
+[[jobs.app.sources]]
+type = "files"
+name = "appdata"
+path = "/srv/app"
+after = ["sleep", "3"]
+
+[[jobs.app.sources]]
+type = "files"
+name = "again"
+path = "/srv/app"
+
+[jobs.app.containers]
+stop_during_files = "app"
+timeout = "5s"
+TOML
+chmod 644 "$WORK/containers-gone.toml"
+docker run -d --name "$CT-gone" --network none --label stowage.stop-during=app debian:bookworm-slim sleep 1000 > /dev/null
+docker run -d --name "$CT-stowage" --network none --label stowage.stop-during=app \
+    -v "$WORK/containers-gone.toml:/config/stowage.toml:ro" -v "$CT-data:/srv/app:ro" \
+    -v "$CT-backups:/var/backups/stowage" "${socket[@]}" stowage:ci sh -c 'exec stowage run app' > /dev/null
+for _ in $(seq 1 300); do
+    docker logs "$CT-stowage" > "$WORK/containers-gone.log" 2>&1 || true
+    grep -q 'hook jobs.app.sources\[0\].after: running' "$WORK/containers-gone.log" && break
+    sleep 0.1
+done
+docker rm -f "$CT-gone" > /dev/null
+code=$(docker wait "$CT-stowage")
+docker logs "$CT-stowage" > "$WORK/containers-gone.log" 2>&1 || true
+docker rm "$CT-stowage" > /dev/null
+[ "$code" = 1 ] || { cat "$WORK/containers-gone.log"; fail "the run whose container could not be started again exited with $code"; }
+ct_log gone "could not start container $CT-gone again (" "the container that could not be started again is not named"
+ct_log gone "start it by hand: docker start $CT-gone" "no word on starting it by hand"
+ct_log gone "backup failed: job=app" "the run did not fail"
+[ "$(writer '{{.State.Running}}')" = true ] || fail "the writer is not running after the run whose other container was removed"
+echo "a container removed during the read: the run failed naming it; the writer started again"
 
 # No socket, or no permission on it: the run fails before reading, saying how, and stops nothing.
 started=$(writer '{{.State.StartedAt}}')
