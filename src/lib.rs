@@ -6,6 +6,7 @@ pub mod backend;
 pub mod codec;
 pub mod commands;
 pub mod config;
+pub mod containers;
 pub mod crypt;
 pub mod curate;
 pub mod daemon;

@@ -32,8 +32,9 @@ const LAYERS: &[&[&str]] = &[
     // each destination's to its type, through the registries below
     &["load"],
     // a job's and a source's before/after commands, which the pipeline runs; they use the
-    // sources' child-process helpers
-    &["hook"],
+    // sources' child-process helpers. The containers held while a job's files are read
+    // (the Docker Engine API), which the pipeline also runs around its sources.
+    &["hook", "containers"],
     // where bytes go to and come from: the storage and engine registries and implementations
     &["storage", "source"],
     &["progress", "logging"],

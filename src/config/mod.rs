@@ -12,7 +12,7 @@ use std::path::PathBuf;
 
 pub use crate::codec::Compression;
 pub use crate::section::{IoPriority, Priority};
-pub use raw::{HookFailure, LogFormat, Rotation};
+pub use raw::{ContainerMode, HookFailure, LogFormat, Rotation};
 pub use read_data::ReadData;
 
 use std::sync::Arc;
@@ -132,6 +132,25 @@ pub struct Job {
     pub hooks: Hooks,
     /// Source name → the `before`/`after` around that source's dump (sources with hooks only).
     pub source_hooks: BTreeMap<String, Hooks>,
+    /// `[jobs.NAME.containers]`: containers stopped or paused around the files sources.
+    pub containers: Option<Containers>,
+}
+
+/// How long a labelled container gets to stop when `timeout` is not set.
+pub const DEFAULT_CONTAINER_STOP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// `[jobs.NAME.containers]`, validated: see `crate::containers`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Containers {
+    /// `jobs.NAME.containers`, which messages name.
+    pub key: String,
+    /// The value of the `stowage.stop-during` label that picks the containers.
+    pub group: String,
+    pub mode: ContainerMode,
+    /// `socket` as configured (a path; `unix://` removed); `None`: `DOCKER_HOST` or the default.
+    pub socket: Option<PathBuf>,
+    /// `docker stop`'s timeout: after it, Docker kills the container.
+    pub stop_timeout: std::time::Duration,
 }
 
 /// How long a hook may run when its `timeout` is not set.

@@ -314,6 +314,44 @@ pub struct RawJob {
     /// A command run before the job's sources are dumped, and one after the run.
     pub before: Option<RawHook>,
     pub after: Option<RawHook>,
+    /// `[jobs.NAME.containers]`: Docker containers stopped or paused while the job's files
+    /// sources are read.
+    pub containers: Option<RawContainers>,
+}
+
+/// `[jobs.NAME.containers]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawContainers {
+    /// The containers labelled `stowage.stop-during=<this>`.
+    pub stop_during_files: String,
+    #[serde(default)]
+    pub mode: ContainerMode,
+    /// The Docker Engine's unix socket (default: `DOCKER_HOST` when it is `unix://…`, else
+    /// /var/run/docker.sock).
+    pub socket: Option<String>,
+    /// How long a container gets to stop before Docker kills it ("1m").
+    pub timeout: Option<String>,
+}
+
+/// What is done to the labelled containers while the files are read.
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ContainerMode {
+    /// `docker stop`, then `docker start`: the processes exit and flush what they hold.
+    #[default]
+    Stop,
+    /// `docker pause`, then `docker unpause`: frozen (cgroup freezer), nothing flushed.
+    Pause,
+}
+
+impl ContainerMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ContainerMode::Stop => "stop",
+            ContainerMode::Pause => "pause",
+        }
+    }
 }
 
 /// `encryption = { … }` on a job.

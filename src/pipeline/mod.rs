@@ -401,23 +401,93 @@ impl<'a> RunCtx<'a> {
     }
 
     /// The sources in the job's order, each streamed to every live destination; the first
-    /// failure stops the run.
+    /// failure stops the run. With `[jobs.NAME.containers]`, the labelled containers are
+    /// held from the first files source's read (after its `before` hook) to the end of the
+    /// last one's (before its `after` hook), and released as soon as a source fails.
     async fn dump_sources(&mut self) {
         let job = self.job;
-        for src_cfg in &job.sources {
+        let last_files = job
+            .sources
+            .iter()
+            .rposition(|s| matches!(s, SourceConfig::Files(_)));
+        let mut held = None;
+        for (i, src_cfg) in job.sources.iter().enumerate() {
             if self.fatal.is_some() {
                 break;
             }
             let hooks = job.source_hooks.get(src_cfg.name());
             let result = match self.source_before(src_cfg, hooks).await {
-                Ok(()) => self.back_up_source(src_cfg).await,
+                Ok(()) if self.hold_containers(src_cfg, &mut held).await => {
+                    self.back_up_source(src_cfg).await
+                }
+                Ok(()) => None,
                 Err(e) => Some(Err(e)),
             };
+            let failed = !matches!(result, Some(Ok(_)));
+            if Some(i) == last_files || failed {
+                self.release_containers(held.take(), failed).await;
+            }
             self.source_after(src_cfg, hooks, result.as_ref()).await;
             let Some(result) = result else {
                 break;
             };
             self.record_source(src_cfg.name(), result);
+        }
+        self.release_containers(held.take(), false).await;
+    }
+
+    /// Before a files source is read: the job's labelled containers stopped or paused,
+    /// unless they already are (or the run is being stopped, which the read then reports).
+    /// `false`: they could not be, and the run is stopped before any file is read.
+    async fn hold_containers(
+        &mut self,
+        src: &SourceConfig,
+        held: &mut Option<crate::containers::Held>,
+    ) -> bool {
+        let Some(settings) = &self.job.containers else {
+            return true;
+        };
+        if held.is_some() || !matches!(src, SourceConfig::Files(_)) || self.cancel.is_cancelled() {
+            return true;
+        }
+        match crate::containers::hold_for_job(settings).await {
+            Ok(h) => {
+                *held = Some(h);
+                true
+            }
+            Err(e) => {
+                self.fatal = Some(("containers".into(), e.to_string(), Outcome::Failed));
+                false
+            }
+        }
+    }
+
+    /// The held containers started or unpaused again, whatever happened. One that would not
+    /// fails the run, naming it: an application left stopped must not go unnoticed. With
+    /// `source_failed` (that source's failure is about to stop the run), it is one more of
+    /// the run's errors.
+    async fn release_containers(
+        &mut self,
+        held: Option<crate::containers::Held>,
+        source_failed: bool,
+    ) {
+        let Some(held) = held else {
+            return;
+        };
+        let left = held.release().await;
+        if left.is_empty() {
+            return;
+        }
+        let why = left
+            .iter()
+            .map(crate::containers::NotResumed::describe)
+            .collect::<Vec<_>>()
+            .join("; ");
+        if self.fatal.is_none() && !source_failed {
+            self.fatal = Some(("containers".into(), why, Outcome::Failed));
+        } else {
+            error!(job = self.jn(), id = %self.id, "containers failed: {why}");
+            self.errors.push(("containers".into(), why));
         }
     }
 

@@ -397,6 +397,185 @@ echo "only mongodump and mongorestore kept, with liblzo2 (the Depends); $(mb "$m
 docker image rm stowage:ci-mongo > /dev/null
 rm -f "$FAKE_MONGO_DEB"
 
+step "containers labelled stowage.stop-during: stopped while the files are read, started again"
+# [jobs.NAME.containers] (src/containers.rs) on this engine, with stowage in its image as its
+# user: the socket mounted read-only (which does not stop API calls) and its group added. A
+# writer appends a timestamp (ns) to a file on a volume five times a second; it must be
+# stopped while stowage reads that volume, so the backed-up file ends with the last line
+# written before the stop, and be running again afterwards, also when the run fails. A
+# labelled container nobody started stays so, and stowage's own container (labelled too)
+# is left alone. Without the socket, or without its group, the run fails saying so and
+# stops nothing.
+CT=stowageci-ct
+ct_clean() {
+    docker rm -f "$CT-writer" "$CT-idle" "$CT-gone" "$CT-stowage" > /dev/null 2>&1 || true
+    docker volume rm "$CT-data" "$CT-backups" > /dev/null 2>&1 || true
+}
+ct_clean
+docker volume create "$CT-data" > /dev/null
+docker volume create "$CT-backups" > /dev/null
+docker run -d --name "$CT-writer" --network none --label stowage.stop-during=app -v "$CT-data:/data" \
+    debian:bookworm-slim sh -c 'trap "exit 0" TERM; while :; do date +%s%N >> /data/log; sleep 0.2; done' > /dev/null
+docker create --name "$CT-idle" --network none --label stowage.stop-during=app \
+    debian:bookworm-slim sleep 1000 > /dev/null
+ct_toml() {
+    cat > "$WORK/containers-$1.toml" <<TOML
+[destinations.local]
+type = "local"
+path = "/var/backups/stowage"
+
+[jobs.app]
+schedule = "@daily"
+destinations = ["local"]
+
+[[jobs.app.sources]]
+type = "files"
+name = "appdata"
+path = "$2"
+
+[jobs.app.containers]
+stop_during_files = "app"
+timeout = "5s"
+TOML
+    chmod 644 "$WORK/containers-$1.toml"
+}
+ct_toml good /srv/app
+ct_toml bad /srv/missing
+# `stowage CMD` in the image with config NAME (its output in $WORK/containers-NAME.log) and
+# the docker run options given; labelled like the application.
+ct_stowage() {
+    local name=$1 cmd=$2; shift 2
+    docker run --rm --name "$CT-stowage" --network none --label stowage.stop-during=app \
+        -v "$WORK/containers-$name.toml:/config/stowage.toml:ro" -v "$CT-data:/srv/app:ro" \
+        -v "$CT-backups:/var/backups/stowage" "$@" stowage:ci sh -c "$cmd" > "$WORK/containers-$name.log" 2>&1
+}
+ct_log() { grep -qF -- "$2" "$WORK/containers-$1.log" || { cat "$WORK/containers-$1.log"; fail "$3"; }; }
+ns() { date -d "$1" +%s%N; }
+writer() { docker inspect -f "$1" "$CT-writer"; }
+socket=(--group-add "$(stat -c %g /var/run/docker.sock)" -v /var/run/docker.sock:/var/run/docker.sock:ro)
+sleep 1
+started=$(writer '{{.State.StartedAt}}')
+
+# A hostname of its own: stowage tells its container by its mounts, not by Docker's default
+# hostname (the id's first 12 characters).
+ct_stowage good 'stowage run app' --hostname stowage-ci "${socket[@]}" \
+    || { cat "$WORK/containers-good.log"; fail "the backup with a container to stop failed"; }
+ct_log good "stopped $CT-writer (labelled stowage.stop-during=app) while the files are read" "the writer was not stopped"
+ct_log good "started $CT-writer again" "the writer was not started again"
+ct_log good "leaving container $CT-idle (created) as it is: it is not running" "no word about the container nobody started"
+ct_log good "leaving container $CT-stowage (running) as it is: it is stowage's own container" "stowage did not tell its own container"
+[ "$(writer '{{.State.Running}}')" = true ] || fail "the writer is not running after the backup"
+[ "$(docker inspect -f '{{.State.Status}}' "$CT-idle")" = created ] || fail "the container nobody had started was started"
+stopped_at=$(writer '{{.State.FinishedAt}}')
+restarted=$(writer '{{.State.StartedAt}}')
+[ "$restarted" != "$started" ] || fail "the writer's StartedAt did not change: it was not stopped and started"
+read_at=$(grep -m1 -o '^[0-9T:.-]*Z .*stage: files appdata' "$WORK/containers-good.log" | cut -d' ' -f1 || true)
+[ -n "$read_at" ] && [ "$(ns "$stopped_at")" -le "$(ns "$read_at")" ] && [ "$(ns "$read_at")" -le "$(ns "$restarted")" ] \
+    || fail "the files were not read while the writer was stopped (stopped $stopped_at, read $read_at, started $restarted)"
+sleep 1
+docker run --rm --network none -v "$CT-data:/d" debian:bookworm-slim cat /d/log > "$WORK/containers-live.txt"
+last_before=$(awk -v t="$(ns "$stopped_at")" '$1 <= t' "$WORK/containers-live.txt" | tail -n1)
+[ "$(tail -n1 "$WORK/containers-live.txt")" -gt "$(ns "$restarted")" ] || fail "the writer did not write again after its start"
+ct_toml restored /srv/app
+ct_stowage restored 'stowage restore app latest --files-to /tmp/r > /tmp/restore.log 2>&1 || { cat /tmp/restore.log; exit 1; }; tail -n1 /tmp/r/log' \
+    || { cat "$WORK/containers-restored.log"; fail "restoring the files backup failed"; }
+[ -n "$last_before" ] && [ "$(cat "$WORK/containers-restored.log")" = "$last_before" ] \
+    || fail "the backed-up file ends with '$(cat "$WORK/containers-restored.log")', not with the last line written before the stop ($last_before)"
+echo "writer stopped $stopped_at, files read $read_at, started again $restarted; the backup ends with the last line before the stop"
+
+# A run that fails reading the files starts the writer again all the same.
+started=$(writer '{{.State.StartedAt}}')
+! ct_stowage bad 'stowage run app' "${socket[@]}" || fail "the backup of a missing directory succeeded"
+ct_log bad "directory /srv/missing does not exist" "the failed run does not say why"
+ct_log bad "started $CT-writer again" "the writer was not started again after the failed run"
+ct_log bad "it is stowage's own container" "stowage did not tell its own container by its hostname"
+[ "$(writer '{{.State.Running}}')" = true ] || fail "the writer is not running after the failed run"
+[ "$(writer '{{.State.StartedAt}}')" != "$started" ] || fail "the writer was not stopped by the failed run"
+echo "a failed run (missing directory) started the writer again"
+
+# stowage stopped (docker stop) while it reads: the run is cancelled and starts the writer
+# again before it exits. 300 MB to read, so that the stop comes during the read; should the
+# read win the race, the run succeeds and must have started the writer all the same.
+docker run --rm --network none -v "$CT-data:/data" debian:bookworm-slim \
+    sh -c 'head -c 300000000 /dev/urandom > /data/big'
+started=$(writer '{{.State.StartedAt}}')
+docker run -d --name "$CT-stowage" --network none --label stowage.stop-during=app \
+    -v "$WORK/containers-good.toml:/config/stowage.toml:ro" -v "$CT-data:/srv/app:ro" \
+    -v "$CT-backups:/var/backups/stowage" "${socket[@]}" stowage:ci sh -c 'exec stowage run app' > /dev/null
+for _ in $(seq 1 300); do
+    docker logs "$CT-stowage" > "$WORK/containers-stopped.log" 2>&1 || true
+    grep -q "stage: files appdata" "$WORK/containers-stopped.log" && break
+    sleep 0.1
+done
+docker stop -t 30 "$CT-stowage" > /dev/null
+docker logs "$CT-stowage" > "$WORK/containers-stopped.log" 2>&1 || true
+docker rm "$CT-stowage" > /dev/null
+ct_log stopped "stopped $CT-writer (labelled" "the writer was not stopped before the read"
+ct_log stopped "started $CT-writer again" "the writer was not started again after the stop"
+[ "$(writer '{{.State.Running}}')" = true ] && [ "$(writer '{{.State.StartedAt}}')" != "$started" ] \
+    || fail "the writer is not running again after stowage was stopped during the read"
+echo "stowage stopped during the read: $(grep -o -m1 'backup [a-z]*: job=app' "$WORK/containers-stopped.log" || echo 'no outcome'), the writer started again"
+docker run --rm --network none -v "$CT-data:/data" debian:bookworm-slim sh -c 'exec rm /data/big'
+
+# A container that cannot be started again (removed while the files are read: during the
+# first files source's after hook, which runs while the containers are held): the run fails
+# naming it and how to start it by hand; the others are started again.
+cat > "$WORK/containers-gone.toml" <<'TOML'
+[destinations.local]
+type = "local"
+path = "/var/backups/stowage"
+
+[jobs.app]
+schedule = "@daily"
+destinations = ["local"]
+
+[[jobs.app.sources]]
+type = "files"
+name = "appdata"
+path = "/srv/app"
+after = ["sleep", "3"]
+
+[[jobs.app.sources]]
+type = "files"
+name = "again"
+path = "/srv/app"
+
+[jobs.app.containers]
+stop_during_files = "app"
+timeout = "5s"
+TOML
+chmod 644 "$WORK/containers-gone.toml"
+docker run -d --name "$CT-gone" --network none --label stowage.stop-during=app debian:bookworm-slim sleep 1000 > /dev/null
+docker run -d --name "$CT-stowage" --network none --label stowage.stop-during=app \
+    -v "$WORK/containers-gone.toml:/config/stowage.toml:ro" -v "$CT-data:/srv/app:ro" \
+    -v "$CT-backups:/var/backups/stowage" "${socket[@]}" stowage:ci sh -c 'exec stowage run app' > /dev/null
+for _ in $(seq 1 300); do
+    docker logs "$CT-stowage" > "$WORK/containers-gone.log" 2>&1 || true
+    grep -q 'hook jobs.app.sources\[0\].after: running' "$WORK/containers-gone.log" && break
+    sleep 0.1
+done
+docker rm -f "$CT-gone" > /dev/null
+code=$(docker wait "$CT-stowage")
+docker logs "$CT-stowage" > "$WORK/containers-gone.log" 2>&1 || true
+docker rm "$CT-stowage" > /dev/null
+[ "$code" = 1 ] || { cat "$WORK/containers-gone.log"; fail "the run whose container could not be started again exited with $code"; }
+ct_log gone "could not start container $CT-gone again (" "the container that could not be started again is not named"
+ct_log gone "start it by hand: docker start $CT-gone" "no word on starting it by hand"
+ct_log gone "backup failed: job=app" "the run did not fail"
+[ "$(writer '{{.State.Running}}')" = true ] || fail "the writer is not running after the run whose other container was removed"
+echo "a container removed during the read: the run failed naming it; the writer started again"
+
+# No socket, or no permission on it: the run fails before reading, saying how, and stops nothing.
+started=$(writer '{{.State.StartedAt}}')
+! ct_stowage good 'stowage run app' || fail "the backup without the socket succeeded"
+ct_log good "the Docker socket /var/run/docker.sock does not exist in stowage's container; mount it" "no clear error without the socket"
+! ct_stowage good 'stowage run app' -v /var/run/docker.sock:/var/run/docker.sock:ro || fail "the backup without the socket's group succeeded"
+ct_log good "permission denied on the Docker socket /var/run/docker.sock: stowage runs as uid 10001" "no clear error without the socket's group"
+[ "$(writer '{{.State.StartedAt}}')" = "$started" ] && [ "$(writer '{{.State.Running}}')" = true ] \
+    || fail "the writer was touched by a run that could not reach the engine"
+echo "without the socket or its group: a clear error, nothing stopped"
+ct_clean
+
 step "compose stack up"
 cp config/compose.toml "$STOWAGE_CI_CONFIG"
 chmod 644 "$STOWAGE_CI_CONFIG"

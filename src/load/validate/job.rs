@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::Arc;
 
-use super::{NAME_RULE, drill, encryption, heal, hooks, notify, source, valid_name};
+use super::{NAME_RULE, containers, drill, encryption, heal, hooks, notify, source, valid_name};
 use crate::config::{
     Compression, DEFAULT_RETRIES, DEFAULT_RETRY_DELAY, Drill, Heal, IoPriority, Job, Priority,
     ReadData, SourceConfig, raw,
@@ -72,6 +72,8 @@ fn job(
     source::order_warning(&key, &sources, warnings);
     let checks = checks(&key, &j, tz, &sources, &broken, problems, warnings);
     let hooks = hooks::hooks(&key, j.before.take(), j.after.take(), problems);
+    let containers =
+        containers::containers(&key, j.containers.take(), &sources, problems, warnings);
     Some(Job {
         name,
         schedule: schedule?,
@@ -92,6 +94,7 @@ fn job(
         auth_key: checks.auth_key,
         hooks,
         source_hooks,
+        containers,
     })
 }
 

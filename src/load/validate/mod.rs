@@ -2,6 +2,7 @@
 //! uses. One function per section; each reports its problems with the full key path and
 //! goes on, so that every problem is listed at once.
 
+mod containers;
 mod destination;
 mod drill;
 mod encryption;
