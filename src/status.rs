@@ -418,13 +418,16 @@ pub fn post_or_say(record: &Record) {
             },
             record.job,
             inbox_dir().display(),
-            crate::units::io_reason(&e)
+            // Ours (an inbox not to be trusted) quotes a path: as it is, not lowercased.
+            if e.kind() == std::io::ErrorKind::Other {
+                e.to_string()
+            } else {
+                crate::units::io_reason(&e)
+            }
         );
     }
 }
 
-/// The records commands left in the inbox, oldest first, each removed once read. A file
-/// that is not a record (a partial write of a killed command) is removed and said.
 /// Whether `dir` may serve as the inbox of a daemon running as `uid`: a directory itself
 /// (not a link to one), owned by `uid`, open to no one else. Otherwise another local user
 /// could have made it, before the daemon started, to feed it records (runs that never
@@ -466,6 +469,8 @@ fn inbox_owner() -> Option<u32> {
     }
 }
 
+/// The records commands left in the inbox, oldest first, each removed once read. A file
+/// that is not a record (a partial write of a killed command) is removed and said.
 pub fn take_posted() -> (Vec<Record>, Vec<String>) {
     take_from(&inbox_dir())
 }

@@ -232,11 +232,16 @@ fn an_inbox_planted_before_the_daemon_is_not_used() {
 
     let mut daemon = job.daemon();
     daemon.wait_for_output("not taking in records", Duration::from_secs(30));
-    let (code, out) = job.stowage(&["run", "app"]);
+    // The daemon's catch-up run of the job may be under way.
+    let (code, out) = job.stowage(&["run", "--wait-lock", "app"]);
     assert_eq!(code, Some(0), "{out}");
+    let planted = job.path("stowage-done").display().to_string();
     assert!(
-        out.contains("cannot tell the running daemon"),
-        "the command says why the page will not show it:\n{out}"
+        out.contains("cannot tell the running daemon")
+            && out.contains(&format!(
+                "{planted} is not a directory (a link?); remove it"
+            )),
+        "the command says why the page will not show it, quoting the path as it is:\n{out}"
     );
     daemon.signal("TERM");
     let done = daemon.wait(Duration::from_secs(30));
