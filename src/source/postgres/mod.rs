@@ -305,10 +305,26 @@ impl PostgresSource {
             match data.read(&mut buf).await {
                 Ok(0) => break,
                 Ok(n) => {
-                    if stdin.write_all(&buf[..n]).await.is_err() {
-                        break; // it has read what it needs
+                    // Counted write by write: a chunk pg_restore took only part of before it
+                    // stopped reading must count what the pipe accepted, or the header kept
+                    // from this count (`header_len`) can end short of the table of contents.
+                    let mut rest = &buf[..n];
+                    let mut gone = false;
+                    while !rest.is_empty() {
+                        match stdin.write(rest).await {
+                            Ok(0) | Err(_) => {
+                                gone = true; // it has read what it needs
+                                break;
+                            }
+                            Ok(w) => {
+                                fed += w;
+                                rest = &rest[w..];
+                            }
+                        }
                     }
-                    fed += n;
+                    if gone {
+                        break;
+                    }
                 }
                 Err(e) => {
                     let _ = child.kill().await;
@@ -1201,7 +1217,15 @@ impl PostgresSource {
         // The entries were picked from a table of contents read before the restore; the
         // one applied must be the same line in the archive that was checked (a store
         // whose object changed between the two reads must not pick another entry).
-        let checked_toc = self.capture(&header, &["--list"]).await.unwrap_or_default();
+        let checked_toc = match self.capture(&header, &["--list"]).await {
+            Ok(toc) => toc,
+            Err(e) => {
+                failed.push(format!(
+                    "- the foreign keys of other tables that point at the restored table(s): cannot read the table of contents of the backup as checked: {e}"
+                ));
+                return Ok((added, failed));
+            }
+        };
         for fk in fks {
             let table_there = live.contains(&toc::display_rel(&fk.schema, &fk.table_name));
             let key_there = existing
