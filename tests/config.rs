@@ -7,6 +7,10 @@ use std::path::{Path, PathBuf};
 use stowage::config::{self, ConfigError};
 use stowage::load;
 
+#[path = "common/check_config.rs"]
+mod check_config;
+use check_config::check_config_with_env;
+
 /// The shipped examples name secrets under /run/secrets; point those at dummy files so
 /// the example is tested exactly as shipped otherwise.
 fn load_example(name: &str) -> Result<config::Config, ConfigError> {
@@ -484,29 +488,6 @@ path = "media"
         assert_eq!(k, key, "{err}");
         assert!(message.starts_with(what), "{key}: {message:?}\n{err}");
     }
-}
-
-/// `stowage --config PATH check-config` with `vars` set and no other `STOWAGE_…` variable
-/// (the harness's own, or an override in the developer's shell): exit status and output.
-fn check_config_with_env(path: &Path, vars: &[(&str, &str)]) -> (Option<i32>, String) {
-    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_stowage"));
-    cmd.arg("--config").arg(path).arg("check-config");
-    for (k, _) in std::env::vars_os() {
-        if k.to_string_lossy()
-            .to_ascii_uppercase()
-            .starts_with("STOWAGE_")
-        {
-            cmd.env_remove(k);
-        }
-    }
-    cmd.env("NO_COLOR", "1").envs(vars.iter().copied());
-    let out = cmd.output().expect("run stowage check-config");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.code(), text)
 }
 
 /// A top-level key is overridden by `STOWAGE_<KEY>` (no `__`): a bad value is reported

@@ -11,6 +11,10 @@ use age::secrecy::ExposeSecret as _;
 use chrono::{TimeZone as _, Utc};
 use stowage::load;
 
+#[path = "common/check_config.rs"]
+mod check_config_run;
+use check_config_run::check_config_with_env as check_config;
+
 /// The new user's config: every engine of the stack, a healer and a drill of `db`.
 const STACK: &str = r#"
 [log]
@@ -84,29 +88,6 @@ fn problems(dir: &Path, text: &str) -> Vec<String> {
             .map(|l| l.replace(&dir.display().to_string(), "<dir>"))
             .collect(),
     }
-}
-
-/// `stowage --config PATH check-config` with `vars` set and no other `STOWAGE_…` variable:
-/// exit status and output.
-fn check_config(path: &Path, vars: &[(&str, &str)]) -> (Option<i32>, String) {
-    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_stowage"));
-    cmd.arg("--config").arg(path).arg("check-config");
-    for (k, _) in std::env::vars_os() {
-        if k.to_string_lossy()
-            .to_ascii_uppercase()
-            .starts_with("STOWAGE_")
-        {
-            cmd.env_remove(k);
-        }
-    }
-    cmd.env("NO_COLOR", "1").envs(vars.iter().copied());
-    let out = cmd.output().expect("run stowage check-config");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.code(), text)
 }
 
 #[test]
