@@ -43,21 +43,91 @@ fn shipped_segments(index: &Path) -> Vec<String> {
     names
 }
 
-#[test]
-fn a_lost_segment_fails_verify_and_is_named_by_restore() {
-    let pg = PgServer::start();
-    pg.create_db("app");
-    pg.psql("app", "create table t (id int)");
-    let job = Job::new(JOB)
+/// The job of these tests: one local destination, a physical source streaming from slot
+/// `stowage` and no catch-up run (the base backups are the test's own).
+fn chain_job(pg: &PgServer) -> Job {
+    Job::new(JOB)
         .log()
-        // One base backup, taken below: a catch-up run would race it.
         .job("catch_up = false")
         .local("local", None)
         .source(&format!(
             "type = \"postgres\"\nname = \"db\"\nmode = \"physical\"\nurl = {}\nslot = \"stowage\"\nwal_flush = \"1s\"\n",
             toml_str(pg.url("postgres"))
         ))
-        .write();
+        .write()
+}
+
+/// A base backup taken before the receiver ever ran (the daemon's first catch-up run and
+/// its receiver start together; here the backup simply wins the race): the WAL from the
+/// backup's first segment on is still received and shipped, so the chain is whole from it.
+/// The slot the backup needs must hold that WAL before pg_basebackup starts; created only
+/// by the receiver, without reserving WAL, it would start at the server's position then,
+/// past the backup's start.
+#[test]
+fn a_backup_before_the_receiver_starts_is_covered_from_its_first_segment() {
+    let pg = PgServer::start();
+    pg.create_db("app");
+    pg.psql("app", "create table t (id int)");
+    let job = chain_job(&pg);
+    let id = job.backup();
+    let first = first_wal_file(&job, &id);
+    // The database writes on before the daemon starts: the slot must hold that WAL too.
+    pg.psql("app", "insert into t values (0); select pg_switch_wal();");
+
+    let mut daemon = job.daemon();
+    daemon.wait_for_output("receiving WAL", Duration::from_secs(60));
+    let index = job.path("local").join(JOB).join("wal/db/index");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut i = 0;
+    // Segments after the backup's first are shipped whether or not the first is: wait for
+    // a few of them, then look whether the first and all between came too.
+    while shipped_segments(&index)
+        .into_iter()
+        .filter(|n| *n > first)
+        .count()
+        < 3
+    {
+        assert!(
+            Instant::now() < deadline,
+            "only {:?} shipped after 120 s:\n{}",
+            shipped_segments(&index),
+            daemon.output_so_far()
+        );
+        i += 1;
+        pg.psql(
+            "app",
+            &format!("insert into t values ({i}); select pg_switch_wal();"),
+        );
+        std::thread::sleep(Duration::from_millis(1500));
+    }
+    daemon.signal("TERM");
+    let output = daemon.wait(Duration::from_secs(30));
+    let shipped = shipped_segments(&index);
+    assert!(
+        shipped.contains(&first),
+        "the backup's first segment {first} was never shipped, only {shipped:?}:\n{}",
+        common::text(&output)
+    );
+
+    let (code, out) = job.stowage(&["verify", JOB]);
+    assert_eq!(
+        code,
+        Some(0),
+        "verify from the backup's first segment:\n{out}"
+    );
+    assert!(
+        out.contains(&format!("db: WAL whole from {first} to ")),
+        "the chain is whole from the backup's first segment {first}:\n{out}"
+    );
+}
+
+#[test]
+fn a_lost_segment_fails_verify_and_is_named_by_restore() {
+    let pg = PgServer::start();
+    pg.create_db("app");
+    pg.psql("app", "create table t (id int)");
+    // One base backup, taken below: a catch-up run would race it.
+    let job = chain_job(&pg);
     let mut daemon = job.daemon();
     daemon.wait_for_output("receiving WAL", Duration::from_secs(60));
     let id = job.backup();

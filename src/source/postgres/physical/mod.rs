@@ -314,6 +314,9 @@ impl Database for PhysicalPostgres {
     async fn dump(&self) -> Result<Dump, SourceError> {
         // Names the backup's WAL span in 16 MiB segments: another size would misname it.
         self.check_segment_size().await?;
+        // The slot holds the WAL from before the backup's start, whether the receiver is
+        // running already or starts after (it then streams from the slot's position).
+        self.ensure_slot().await?;
         let mut cmd = self.command("pg_basebackup");
         // One tar of the data directory on stdout, with backup_manifest appended to it by
         // pg_basebackup itself; no WAL (the daemon archives it); an immediate checkpoint
@@ -395,21 +398,8 @@ impl Database for PhysicalPostgres {
 impl WalSource for PhysicalPostgres {
     async fn receive(&self, spool: &Path) -> Result<(), SourceError> {
         self.prepare_receive(spool).await?;
-        let mut create = self.command("pg_receivewal");
-        create
-            .args(["--create-slot", "--if-not-exists", "--slot", &self.slot])
-            .arg("-d")
-            .arg(self.url.conninfo())
-            .stdout(Stdio::null());
-        let mut child = create
-            .spawn()
-            .map_err(|e| self.spawn_err("pg_receivewal", e))?;
-        let stderr = child
-            .stderr
-            .take()
-            .map(drain_stderr)
-            .ok_or_else(|| SourceError::Protocol("pg_receivewal started without pipes".into()))?;
-        wait_child_stderr("pg_receivewal --create-slot", child, stderr).await?;
+        // After prepare_receive, which may have replaced the slot (max_slot_wal).
+        self.ensure_slot().await?;
 
         let mut cmd = self.command("pg_receivewal");
         // No --synchronous: pg_receivewal then fsyncs a segment only when it is complete,

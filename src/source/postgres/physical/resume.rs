@@ -118,6 +118,10 @@ impl PhysicalPostgres {
             Err(SourceError::Failed { stderr, .. }) if stderr.contains("does not exist") => {}
             Err(e) => return Err(e),
         }
+        // The replacement reserves no WAL (`ensure_slot` would reserve from the last
+        // checkpoint): streaming goes on from the server's current position, as logged
+        // below, not from inside the range just given up.
+        self.create_slot_if_missing().await?;
         let files = spool::segments(spool).map_err(|e| spool_err(spool, "list files", e))?;
         let names: Vec<String> = files.iter().map(|f| f.name.clone()).collect();
         let aside = if names.is_empty() {

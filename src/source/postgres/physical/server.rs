@@ -1,6 +1,7 @@
 //! What stowage asks the server over a replication connection before it streams or backs
 //! up: its timeline and position (`IDENTIFY_SYSTEM`), a timeline's history, the slot's
-//! position (`READ_REPLICATION_SLOT`, PostgreSQL 15+) and the WAL segment size. Through
+//! position (`READ_REPLICATION_SLOT`, PostgreSQL 15+) and the WAL segment size; and the
+//! slot's creation, reserving WAL (`CREATE_REPLICATION_SLOT`, `ensure_slot`). Through
 //! `psql` with `replication=true`: the same client tools as the rest, and a command line
 //! built only from constants, numbers and the validated slot name.
 
@@ -10,6 +11,16 @@ use super::super::super::{drain_stderr, wait_child_stderr};
 use super::PhysicalPostgres;
 use super::wal::{HistoryEntry, Lsn, SegmentSize, parse_history};
 use crate::engine::SourceError;
+
+/// The first `server_version_num` with `READ_REPLICATION_SLOT` (PostgreSQL 15).
+const READ_REPLICATION_SLOT_SINCE: u32 = 150000;
+
+/// The slot as an identifier in a replication command. The name passed `check_slot_name`
+/// (lower-case letters, digits, underscores), so the quotes change nothing today; they
+/// keep a future looser check from turning a name into syntax.
+fn quoted_slot(slot: &str) -> String {
+    format!("\"{}\"", slot.replace('"', "\"\""))
+}
 
 /// Where the server is: its timeline and the end of the WAL it has written (flushed).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -126,17 +137,22 @@ impl PhysicalPostgres {
         Ok((name.clone(), content, entries))
     }
 
-    /// The slot's restart position (`READ_REPLICATION_SLOT`, PostgreSQL 15+). An older
-    /// server cannot say: a warning the first time, then [`SlotState::Unknown`].
-    pub(super) async fn read_slot(&self) -> Result<SlotState, SourceError> {
-        let version = self
+    /// `server_version_num` (150004 for 15.4); 0 when the server does not say.
+    async fn server_version(&self) -> Result<u32, SourceError> {
+        Ok(self
             .replication_command("SHOW server_version_num")
             .await?
             .first()
             .and_then(|r| r.first())
             .and_then(|v| v.parse::<u32>().ok())
-            .unwrap_or(0);
-        if version < 150000 {
+            .unwrap_or(0))
+    }
+
+    /// The slot's restart position (`READ_REPLICATION_SLOT`, PostgreSQL 15+). An older
+    /// server cannot say: a warning the first time, then [`SlotState::Unknown`].
+    pub(super) async fn read_slot(&self) -> Result<SlotState, SourceError> {
+        let version = self.server_version().await?;
+        if version < READ_REPLICATION_SLOT_SINCE {
             if !self.slot_warned.swap(true, Ordering::Relaxed) {
                 tracing::warn!(
                     source = %self.name,
@@ -145,9 +161,13 @@ impl PhysicalPostgres {
             }
             return Ok(SlotState::Unknown);
         }
-        // The slot name passed check_slot_name: lower-case letters, digits and underscores.
+        self.read_slot_15().await
+    }
+
+    /// `READ_REPLICATION_SLOT`, on a server known to have it.
+    async fn read_slot_15(&self) -> Result<SlotState, SourceError> {
         let rows = self
-            .replication_command(&format!("READ_REPLICATION_SLOT {}", self.slot))
+            .replication_command(&format!("READ_REPLICATION_SLOT {}", quoted_slot(&self.slot)))
             .await?;
         let row = rows.first().cloned().unwrap_or_default();
         Ok(match (row.first().map(String::as_str), row.get(1)) {
@@ -158,6 +178,68 @@ impl PhysicalPostgres {
                 restart: Lsn::parse(l).map_err(SourceError::Protocol)?,
             },
         })
+    }
+
+    /// Make sure the slot exists, created holding WAL from the server's last checkpoint on.
+    /// Called before the receiver starts and before a base backup, which run concurrently
+    /// (at the daemon's start the catch-up backup and the receiver start together): a slot
+    /// created without reserving WAL (`pg_receivewal --create-slot` does that) holds
+    /// nothing until the receiver first streams, and pg_receivewal with an empty spool
+    /// starts at the slot's restart position, which is then the server's *current* one.
+    /// A base backup that started before that would need WAL the receiver never asks for.
+    /// Reserved here, the backup's start (its own checkpoint, later than the last one) is
+    /// held by the slot whichever of the two comes first, and received from there.
+    ///
+    /// An existing slot is left as it is: one that holds WAL is where the receiver
+    /// resumes; one that holds none (invalidated by the server, or created by an older
+    /// stowage and never streamed from) is the business of `after_failure`.
+    pub(super) async fn ensure_slot(&self) -> Result<(), SourceError> {
+        if self.server_version().await? < READ_REPLICATION_SLOT_SINCE {
+            // Before PostgreSQL 15, pg_receivewal cannot read a slot's position and starts
+            // an empty spool at the server's current position whatever the slot holds: a
+            // reservation would only keep WAL nobody asks for. Such servers keep the race.
+            return self.create_slot_if_missing().await;
+        }
+        if self.read_slot_15().await? != SlotState::Missing {
+            return Ok(());
+        }
+        let create = format!(
+            "CREATE_REPLICATION_SLOT {} PHYSICAL (RESERVE_WAL true)",
+            quoted_slot(&self.slot)
+        );
+        match self.replication_command(&create).await {
+            Ok(_) => {
+                tracing::info!(source = %self.name, "created replication slot \"{}\", holding WAL from the last checkpoint", self.slot);
+                Ok(())
+            }
+            // The base backup and the receiver ensure the slot at the same time: the one
+            // that lost the race finds it created.
+            Err(e) => match self.read_slot_15().await {
+                Ok(SlotState::Missing) | Err(_) => Err(e),
+                Ok(_) => Ok(()),
+            },
+        }
+    }
+
+    /// `pg_receivewal --create-slot --if-not-exists`: a slot reserving no WAL until the
+    /// receiver first streams from it.
+    pub(super) async fn create_slot_if_missing(&self) -> Result<(), SourceError> {
+        let mut create = self.command("pg_receivewal");
+        create
+            .args(["--create-slot", "--if-not-exists", "--slot", &self.slot])
+            .arg("-d")
+            .arg(self.url.conninfo())
+            .stdout(std::process::Stdio::null());
+        let mut child = create
+            .spawn()
+            .map_err(|e| self.spawn_err("pg_receivewal", e))?;
+        let stderr = child
+            .stderr
+            .take()
+            .map(drain_stderr)
+            .ok_or_else(|| SourceError::Protocol("pg_receivewal started without pipes".into()))?;
+        wait_child_stderr("pg_receivewal --create-slot", child, stderr).await?;
+        Ok(())
     }
 
     /// Refuse a server whose WAL segments are not 16 MiB: segment names, the chain check
@@ -273,6 +355,12 @@ mod tests {
         );
         let e = check_segment_size("lots").expect_err("unreadable");
         assert!(e.contains("\"lots\""), "{e}");
+    }
+
+    #[test]
+    fn slot_names_are_quoted_as_identifiers() {
+        assert_eq!(quoted_slot("stowage_1"), "\"stowage_1\"");
+        assert_eq!(quoted_slot("a\"b"), "\"a\"\"b\"");
     }
 
     #[test]
