@@ -207,11 +207,15 @@ COPY config/compose.toml /config/stowage.toml
 # GLIBC_TUNABLES: glibc keeps the stacks of exited threads for reuse, up to 40 MiB, each with
 # 8-24 KiB still resident; each backup's runtime starts and ends its own threads, so an idle
 # daemon held ~100 KiB of dead stacks (bench/README.md, "Idle footprint"). Unmapped at exit
-# instead; a thread start then costs one mmap.
+# instead; a thread start then costs one mmap. glibc.malloc.tcache_count=0: each thread also
+# keeps up to 7 freed blocks of each small size for itself, which an idle daemon carried
+# (~440 KiB, that malloc_trim cannot return) long after the work that freed them; without
+# that cache a backup measured the same speed and CPU within noise, with a lower peak
+# (bench/README.md, "Point-in-time recovery").
 ENV PATH=/usr/lib/postgresql/client/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
     STOWAGE_CONFIG=/config/stowage.toml \
     STOWAGE_PID_FILE=/tmp/stowage-daemon.pid \
-    GLIBC_TUNABLES=glibc.pthread.stack_cache_size=0 \
+    GLIBC_TUNABLES=glibc.pthread.stack_cache_size=0:glibc.malloc.tcache_count=0 \
     PG_MAJOR=${PG_MAJOR}
 USER stowage
 VOLUME ["/var/backups/stowage", "/var/log/stowage"]

@@ -351,10 +351,13 @@ url = "{}"
             &[
                 ("STOWAGE_PID_FILE", pid.as_os_str()),
                 ("STOWAGE_STATE_FILE", state.as_os_str()),
-                // As the image sets it (Dockerfile): exited threads' stacks are unmapped.
+                // As the image sets it (Dockerfile): exited threads' stacks are unmapped, no
+                // per-thread cache of freed blocks.
                 (
                     "GLIBC_TUNABLES",
-                    std::ffi::OsStr::new("glibc.pthread.stack_cache_size=0"),
+                    std::ffi::OsStr::new(
+                        "glibc.pthread.stack_cache_size=0:glibc.malloc.tcache_count=0",
+                    ),
                 ),
             ],
         );

@@ -801,7 +801,7 @@ start_daemon() { # name config
     mkdir -p "$WORK/$1-state"
     serve "daemon-$1" env STOWAGE_STATE_FILE="$WORK/$1-state/stowage-state.json" \
         STOWAGE_PID_FILE="$WORK/$1-state/stowage.pid" STOWAGE_WAL_DIR="$WORK/$1-state/wal" \
-        GLIBC_TUNABLES=glibc.pthread.stack_cache_size=0 NO_COLOR=1 \
+        GLIBC_TUNABLES=glibc.pthread.stack_cache_size=0:glibc.malloc.tcache_count=0 NO_COLOR=1 \
         "$STOWAGE" --config "$2" daemon
     echo "${PIDS[-1]}" >"$WORK/daemon-$1.pid"
 }
