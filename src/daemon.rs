@@ -1155,12 +1155,18 @@ async fn run_with_retries(ctx: &Arc<Ctx>, config: &Arc<Config>, job: &Job, slot:
             _ = refresh_history(ctx, &job.name) => {}
             _ = ctx.stop.cancelled() => {}
         }
-        crate::notify::finished(job, &report, failed_last).await;
         let failed = matches!(
             report.outcome,
             pipeline::Outcome::Failed | pipeline::Outcome::Partial
         );
-        if !failed || attempt >= job.retries || ctx.stopping.load(Ordering::SeqCst) {
+        let retry = failed && attempt < job.retries && !ctx.stopping.load(Ordering::SeqCst);
+        let told = crate::notify::Attempt {
+            retry: attempt,
+            retries: job.retries,
+            next_in: retry.then_some(job.retry_delay),
+        };
+        crate::notify::finished_attempt(job, &report, failed_last, told).await;
+        if !retry {
             return;
         }
         attempt += 1;

@@ -26,13 +26,21 @@ fn write_config(dir: &Path, dump: &str, notify: &str) -> std::path::PathBuf {
 }
 
 fn write_config_on(dir: &Path, schedule: &str, dump: &str, notify: &str) -> std::path::PathBuf {
+    let keys = format!(
+        "schedule = {}\nretries = 0\ncatch_up = false\n",
+        toml_str(schedule)
+    );
+    write_config_keys(dir, &keys, dump, notify)
+}
+
+/// [`write_config`] with the job's own keys (`schedule`, `retries`, ...) as given.
+fn write_config_keys(dir: &Path, keys: &str, dump: &str, notify: &str) -> std::path::PathBuf {
     let config = dir.join("stowage.toml");
     let body = format!(
         "[destinations.local]\ntype = \"local\"\npath = {}\n\n\
-         [jobs.app]\nschedule = {}\ndestinations = [\"local\"]\nretries = 0\ncatch_up = false\n\n\
+         [jobs.app]\n{keys}destinations = [\"local\"]\n\n\
          [[jobs.app.sources]]\ntype = \"command\"\nname = \"db\"\ndump = [\"sh\", \"-c\", {}]\n\n{notify}",
         toml_str(dir.join("store").display()),
-        toml_str(schedule),
         toml_str(dump),
     );
     std::fs::write(&config, body).expect("write config");
@@ -449,6 +457,92 @@ fn the_daemon_mails_each_failure_then_one_recovery() {
         "{}",
         mails[0].body()
     );
+}
+
+/// A daemon whose job has `retries = 2` and a dump that fails while the file `down` exists:
+/// its catch-up run starts at once. Returns the daemon and the flag file.
+fn retrying_daemon(
+    dir: &Path,
+    smtp: &SmtpServer,
+    retry_delay: &str,
+) -> (common::Running, std::path::PathBuf) {
+    let down = dir.join("down");
+    std::fs::write(&down, "").expect("flag");
+    let dump = format!(
+        "if [ -e '{}' ]; then echo 'db is down' >&2; exit 3; fi; echo data",
+        down.display()
+    );
+    let notify = email_notify(smtp.port, "ops@example.com", "tls = \"none\"\n");
+    let keys = format!(
+        "schedule = \"0 3 * * *\"\ncatch_up = true\nretries = 2\nretry_delay = {}\n",
+        toml_str(retry_delay)
+    );
+    let config = write_config_keys(dir, &keys, &dump, &notify);
+    let pid = dir.join("stowage.pid");
+    let daemon = spawn_stowage_with_env(
+        &config,
+        ["daemon"],
+        &[("STOWAGE_PID_FILE", pid.as_os_str())],
+    );
+    (daemon, down)
+}
+
+/// With `retries`, a scheduled run's failure is mailed once, by its first attempt, saying
+/// that retries follow; the retries that fail too send nothing more.
+#[test]
+fn a_run_whose_retries_all_fail_is_mailed_once() {
+    let smtp = SmtpServer::start("plain", None, None);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (daemon, _down) = retrying_daemon(dir.path(), &smtp, "1s");
+    let failures = |log: &str| log.matches("outcome=\"failed\"").count();
+    let start = std::time::Instant::now();
+    while failures(&daemon.output_so_far()) < 3 && start.elapsed() < Duration::from_secs(60) {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // The last attempt's notifications come right after its outcome is logged.
+    std::thread::sleep(Duration::from_secs(2));
+    daemon.signal("TERM");
+    let log = text(&daemon.wait(Duration::from_secs(60)));
+    assert_eq!(failures(&log), 3, "three attempts, all failed:\n{log}");
+    let mails = smtp.mails();
+    let subjects: Vec<String> = mails.iter().filter_map(|m| m.header("Subject")).collect();
+    assert_eq!(subjects.len(), 1, "{subjects:#?}\n{log}");
+    assert!(subjects[0].contains(" FAILED on "), "{subjects:#?}");
+    let body = mails[0].body();
+    assert!(
+        body.contains("db is down") && body.contains("stowage tries again in 1s (retry 1 of 2)"),
+        "{body}"
+    );
+    assert!(
+        log.contains("no email message for retry 2 of 2, which failed too"),
+        "{log}"
+    );
+}
+
+/// A retry that succeeds after the mailed failure is the one "recovered" message.
+#[test]
+fn a_retry_that_succeeds_is_mailed_as_the_recovery() {
+    let smtp = SmtpServer::start("plain", None, None);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (daemon, down) = retrying_daemon(dir.path(), &smtp, "4s");
+    let first = smtp.wait_for(1, Duration::from_secs(60));
+    assert_eq!(first.len(), 1, "{}", daemon.output_so_far());
+    std::fs::remove_file(&down).expect("remove flag");
+    let recovered = smtp.wait_for(2, Duration::from_secs(60));
+    daemon.signal("TERM");
+    let log = text(&daemon.wait(Duration::from_secs(60)));
+    let subjects: Vec<String> = recovered
+        .iter()
+        .filter_map(|m| m.header("Subject"))
+        .collect();
+    assert_eq!(subjects.len(), 2, "{subjects:#?}\n{log}");
+    assert!(subjects[0].contains(" FAILED on "), "{subjects:#?}");
+    assert!(
+        subjects[1].starts_with("stowage: job app recovered on "),
+        "{subjects:#?}"
+    );
+    assert_eq!(log.matches("outcome=\"failed\"").count(), 1, "{log}");
+    assert_eq!(log.matches("outcome=\"success\"").count(), 1, "{log}");
 }
 
 /// `stowage run` beside a daemon: whether the job failed last is read from the daemon's state

@@ -72,6 +72,15 @@ impl Message {
             body,
         }
     }
+
+    /// Say that the failed run is tried again: retry `next` of `retries` in `delay`.
+    pub fn retries_follow(&mut self, next: u32, retries: u32, delay: std::time::Duration) {
+        self.body.push_str(&format!(
+            "\nstowage tries again in {} (retry {next} of {retries}). No further message \
+             is sent if the retries fail too; one saying \"recovered\" if one succeeds.\n",
+            humantime::format_duration(delay)
+        ));
+    }
 }
 
 fn next_steps(what: What, job: &str) -> String {

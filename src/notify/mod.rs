@@ -66,10 +66,35 @@ pub async fn started(job: &Job) {
     }
 }
 
+/// Where a run stands among the attempts of one scheduled run (the job's `retries`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Attempt {
+    /// 0 for the scheduled run itself, n for its n-th retry.
+    pub retry: u32,
+    /// The job's `retries`.
+    pub retries: u32,
+    /// This attempt failed and the next one follows in this long.
+    pub next_in: Option<Duration>,
+}
+
 /// After a run. A run cancelled by a stop is not reported: it is neither a failure nor a
 /// backup. `previous_failed`: the job's run before this one failed (this success is then a
 /// recovery), as [`failed_last`] tells from the daemon's state.
 pub async fn finished(job: &Job, report: &RunReport, previous_failed: bool) {
+    finished_attempt(job, report, previous_failed, Attempt::default()).await;
+}
+
+/// [`finished`] for one attempt of a scheduled run. Messages people read tell a scheduled
+/// run's failure once, on its first attempt, saying that retries follow: a retry that fails
+/// again sends none (three mails a night for one outage teach people to ignore them), and
+/// one that succeeds is the recovery. Webhooks and healthchecks, read by machines, hear of
+/// every attempt.
+pub async fn finished_attempt(
+    job: &Job,
+    report: &RunReport,
+    previous_failed: bool,
+    attempt: Attempt,
+) {
     if job.notify.is_empty() || report.outcome == Outcome::Cancelled {
         return;
     }
@@ -84,7 +109,19 @@ pub async fn finished(job: &Job, report: &RunReport, previous_failed: bool) {
                 if what == What::Succeeded && !n.on_success {
                     continue;
                 }
-                let msg = Message::run(what, report, &host());
+                if what == What::Failed && attempt.retry > 0 {
+                    let kind = if n.kind == NotifyType::Email {
+                        "email"
+                    } else {
+                        "ntfy"
+                    };
+                    info!(job = %job.name, "no {kind} message for retry {} of {}, which failed too: the run's first attempt told the failure", attempt.retry, attempt.retries);
+                    continue;
+                }
+                let mut msg = Message::run(what, report, &host());
+                if let Some(delay) = attempt.next_in {
+                    msg.retries_follow(attempt.retry + 1, attempt.retries, delay);
+                }
                 if n.kind == NotifyType::Email {
                     email::send(n, &job.name, &msg).await;
                 } else {
