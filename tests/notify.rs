@@ -459,6 +459,136 @@ fn the_daemon_mails_each_failure_then_one_recovery() {
     );
 }
 
+/// Heals, verifies and drills that people should read reach email too: a failed drill, a
+/// verify that found problems, missing tables put back, and a heal failure once until a
+/// healthy pass; passes that found nothing wrong send nothing.
+#[tokio::test]
+async fn failed_drills_and_verifies_and_heals_are_mailed() {
+    use stowage::heal::{HealOutcome, HealReport, Healed};
+    let smtp = SmtpServer::start("plain", None, None);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let notify = email_notify(smtp.port, "ops@example.com", "tls = \"none\"\n");
+    let job = job(&write_config(dir.path(), "echo hi", &notify));
+    let subjects = || -> Vec<String> {
+        smtp.mails()
+            .iter()
+            .filter_map(|m| m.header("Subject"))
+            .collect()
+    };
+
+    let mut drill = stowage::drill::DrillReport {
+        job: "app".into(),
+        id: Some("20261206T031500Z".into()),
+        destination: Some("local".into()),
+        duration: Duration::from_secs(3),
+        ok: vec![],
+        problems: vec!["table orders: 0 rows restored, the dump says 12".into()],
+        point: None,
+    };
+    stowage::notify::drilled(&job, &drill).await;
+    drill.problems.clear();
+    drill.ok.push("table orders: 12 rows".into());
+    stowage::notify::drilled(&job, &drill).await;
+    let mails = smtp.mails();
+    assert_eq!(subjects().len(), 1, "{:#?}", subjects());
+    assert!(
+        subjects()[0].starts_with("stowage: job app restore drill FAILED on "),
+        "{:#?}",
+        subjects()
+    );
+    assert!(
+        mails[0]
+            .body()
+            .contains("0 rows restored, the dump says 12"),
+        "{}",
+        mails[0].body()
+    );
+
+    let mut verify = stowage::verify::VerifyReport {
+        job: "app".into(),
+        checked: vec![],
+        unreachable: vec!["cannot list offsite: access denied".into()],
+    };
+    stowage::notify::verified(&job, &verify).await;
+    verify.unreachable.clear();
+    stowage::notify::verified(&job, &verify).await;
+    assert_eq!(subjects().len(), 2, "{:#?}", subjects());
+    assert!(
+        subjects()[1].contains(" verify FAILED on "),
+        "{:#?}",
+        subjects()
+    );
+    assert!(
+        smtp.mails()[1]
+            .body()
+            .contains("cannot list offsite: access denied")
+    );
+
+    let heal = |outcome: HealOutcome, why: &str| HealReport {
+        job: "app".into(),
+        source: "db".into(),
+        dry_run: false,
+        outcome,
+        watched: vec!["public.orders".into()],
+        missing: vec!["public.orders".into()],
+        restored: if outcome == HealOutcome::Healed {
+            vec![Healed {
+                object: "public.orders".into(),
+                backup: "20261206T031500Z".into(),
+                destination: "local".into(),
+            }]
+        } else {
+            vec![]
+        },
+        failed: if outcome == HealOutcome::Failed {
+            vec![("public.orders".into(), why.into())]
+        } else {
+            vec![]
+        },
+        incomplete: vec![],
+        new_since_backup: vec![],
+        unreachable: None,
+        duration_s: 1.0,
+    };
+    let ok = || {
+        let mut r = heal(HealOutcome::Ok, "");
+        r.missing.clear();
+        r
+    };
+    stowage::notify::healed(&job, &heal(HealOutcome::Healed, "")).await;
+    stowage::notify::healed(&job, &ok()).await;
+    // Failing every pass the same way: one message; after a healthy pass, news again.
+    stowage::notify::healed(&job, &heal(HealOutcome::Failed, "permission denied")).await;
+    stowage::notify::healed(&job, &heal(HealOutcome::Failed, "permission denied")).await;
+    stowage::notify::healed(&job, &heal(HealOutcome::Failed, "disk full")).await;
+    stowage::notify::healed(&job, &ok()).await;
+    stowage::notify::healed(&job, &heal(HealOutcome::Failed, "disk full")).await;
+    let s = subjects();
+    assert_eq!(s.len(), 6, "{s:#?}");
+    assert!(
+        s[2].contains(" healed: missing objects put back on "),
+        "{s:#?}"
+    );
+    assert!(
+        s[3..].iter().all(|x| x.contains(" heal FAILED on ")),
+        "{s:#?}"
+    );
+    let mails = smtp.mails();
+    assert!(
+        mails[2]
+            .body()
+            .contains("public.orders from 20261206T031500Z on local"),
+        "{}",
+        mails[2].body()
+    );
+    assert!(
+        mails[3].body().contains("permission denied"),
+        "{}",
+        mails[3].body()
+    );
+    assert!(mails[4].body().contains("disk full"), "{}", mails[4].body());
+}
+
 /// A daemon whose job has `retries = 2` and a dump that fails while the file `down` exists:
 /// its catch-up run starts at once. Returns the daemon and the flag file.
 fn retrying_daemon(

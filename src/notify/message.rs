@@ -73,6 +73,30 @@ impl Message {
         }
     }
 
+    /// A pass beside the backups (`event`: heal, verify, drill) that people should read:
+    /// `headline` after the job's name in the subject ("drill FAILED"), `lines` the report.
+    pub fn pass(
+        what: What,
+        job: &str,
+        headline: &str,
+        lines: &[String],
+        next: &str,
+        host: &str,
+    ) -> Message {
+        let mut body = String::new();
+        for l in lines {
+            body.push_str(l);
+            body.push('\n');
+        }
+        body.push_str("\nWhat to do next:\n");
+        body.push_str(next);
+        Message {
+            what: Some(what),
+            subject: format!("stowage: job {job} {headline} on {host}"),
+            body,
+        }
+    }
+
     /// Say that the failed run is tried again: retry `next` of `retries` in `delay`.
     pub fn retries_follow(&mut self, next: u32, retries: u32, delay: std::time::Duration) {
         self.body.push_str(&format!(

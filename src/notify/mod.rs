@@ -155,14 +155,64 @@ pub async fn finished_attempt(
 /// pass that found everything present says nothing: it runs every few minutes.
 pub async fn healed(job: &Job, report: &HealReport) {
     if report.outcome == HealOutcome::Ok {
+        // Healthy again: the next failure is news.
+        if let Ok(mut told) = HEAL_TOLD.lock() {
+            told.remove(&(job.name.clone(), report.source.clone()));
+        }
         return;
     }
     // Something was missing: worth telling webhooks even when it was put back.
     let ok = report.outcome.healthy();
     let body = serde_json::to_value(report).unwrap_or_default();
     let text = format!("stowage: {}", report.summary());
-    send_pass(job, "heal", ok, true, body, text).await;
+    let people = heal_message(job, report);
+    send_pass(job, "heal", ok, true, body, text, people).await;
 }
+
+/// The message people read after a heal pass: something was put back (once: the next pass
+/// finds it present), or something could not be; a failure said once until a healthy pass
+/// or a different failure, since passes run every few minutes. None when the database was
+/// unreachable: the backups' failures tell that.
+fn heal_message(job: &Job, report: &HealReport) -> Option<Message> {
+    let (what, headline) = match report.outcome {
+        HealOutcome::Healed => (What::Warning, "healed: missing objects put back"),
+        HealOutcome::Partial | HealOutcome::Failed => (What::Failed, "heal FAILED"),
+        HealOutcome::Ok | HealOutcome::DryRun | HealOutcome::Unreachable => return None,
+    };
+    let summary = report.summary();
+    if what == What::Failed {
+        let mut told = HEAL_TOLD.lock().ok()?;
+        let key = (job.name.clone(), report.source.clone());
+        if told.get(&key) == Some(&summary) {
+            return None;
+        }
+        told.insert(key, summary.clone());
+    } else if let Ok(mut told) = HEAL_TOLD.lock() {
+        told.remove(&(job.name.clone(), report.source.clone()));
+    }
+    let next = format!(
+        "- find out what dropped them: the database's log around that time, the application's \
+         migrations, who has DROP rights\n\
+         - what was put back is as of the backup named above; rows written after it are not \
+         in it\n\
+         - `stowage heal {} --dry-run` shows what the healer watches and would do\n",
+        job.name
+    );
+    Some(Message::pass(
+        what,
+        &job.name,
+        headline,
+        &[summary],
+        &next,
+        &host(),
+    ))
+}
+
+/// The heal failure last told per (job, source), so a pass every few minutes that fails the
+/// same way sends one message, not one each time.
+static HEAL_TOLD: std::sync::LazyLock<
+    std::sync::Mutex<std::collections::HashMap<(String, String), String>>,
+> = std::sync::LazyLock::new(Default::default);
 
 /// A scheduled verify: webhooks and a healthchecks `/fail` when it found problems (and
 /// webhooks with `on_success` when it found none).
@@ -177,7 +227,26 @@ pub async fn verified(job: &Job, report: &crate::verify::VerifyReport) {
         text.push('\n');
         text.push_str(&report.lines().join("\n"));
     }
-    send_pass(job, "verify", ok, false, body, text).await;
+    let people = (!ok).then(|| {
+        let mut lines = vec![report.summary(), String::new()];
+        lines.extend(report.lines());
+        let next = format!(
+            "- a backup named above may not restore: do not count on it; take a new one now: \
+             `stowage run {job}`\n\
+             - see which backups are whole: `stowage verify {job}`, then `stowage list {job}`\n\
+             - a destination that could not be listed: check its credentials and that it is up\n",
+            job = job.name
+        );
+        Message::pass(
+            What::Failed,
+            &job.name,
+            "verify FAILED",
+            &lines,
+            &next,
+            &host(),
+        )
+    });
+    send_pass(job, "verify", ok, false, body, text, people).await;
 }
 
 /// A restore drill: like a verify, `/fail` and webhooks when it failed.
@@ -189,13 +258,31 @@ pub async fn drilled(job: &Job, report: &crate::drill::DrillReport) {
         o.insert("summary".into(), report.summary().into());
     }
     let text = format!("stowage: {}", report.summary());
-    send_pass(job, "drill", ok, false, body, text).await;
+    let people = (!ok).then(|| {
+        let mut lines = vec![report.summary(), String::new()];
+        lines.extend(report.problems.iter().map(|p| format!("- {p}")));
+        let next = format!(
+            "- the backup drilled did not restore as it should: restore it by hand to see why \
+             (README, \"Restore guide\"), and check the job's sources\n\
+             - run the drill again: `stowage drill {job}`\n",
+            job = job.name
+        );
+        Message::pass(
+            What::Failed,
+            &job.name,
+            "restore drill FAILED",
+            &lines,
+            &next,
+            &host(),
+        )
+    });
+    send_pass(job, "drill", ok, false, body, text, people).await;
 }
 
 /// Send a pass beside the backups (heal, verify, drill) to the job's notifications: healthchecks
 /// `/fail` when it leaves the job unhealthy (a success ping would tell the check a backup
 /// ran), webhooks when not `ok`, when `always`, or when they ask for successes; JSON webhooks
-/// get `body` with `"event"` and `"host"`, Slack ones `text`.
+/// get `body` with `"event"` and `"host"`, Slack ones `text`; email and ntfy `people`, if any.
 async fn send_pass(
     job: &Job,
     event: &str,
@@ -203,6 +290,7 @@ async fn send_pass(
     always: bool,
     body: serde_json::Value,
     text: String,
+    people: Option<Message>,
 ) {
     if job.notify.is_empty() {
         return;
@@ -220,8 +308,16 @@ async fn send_pass(
                 let url = format!("{}/fail", n.url.expose().trim_end_matches('/'));
                 client.post(url).body(text.clone())
             }
-            // Runs only: a pass beside the backups is for webhooks and pings.
-            NotifyType::Email | NotifyType::Ntfy => continue,
+            NotifyType::Email | NotifyType::Ntfy => {
+                if let Some(msg) = &people {
+                    if n.kind == NotifyType::Email {
+                        email::send(n, &job.name, msg).await;
+                    } else {
+                        ntfy::send(&client, n, &job.name, msg).await;
+                    }
+                }
+                continue;
+            }
             NotifyType::Webhook if ok && !always && !n.on_success => continue,
             NotifyType::Webhook => match n.format {
                 WebhookFormat::Json => client.post(n.url.expose()).json(&body),
