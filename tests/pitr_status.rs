@@ -63,8 +63,12 @@ fn page_and_health_follow_wal_shipping() {
             }
             std::thread::sleep(Duration::from_millis(1000));
             page = http_get(port, "/").1;
+            // All caught up: the receiver starts at the slot's position (the last
+            // checkpoint before the base backup), so a few segments can arrive at once
+            // and wait a pass before the lag reads 0.
             page.contains("recoverable window of db on local</th><td>from ")
                 && page.contains("<th>WAL of db</th><td>last shipped 00000001")
+                && page.contains("<th>WAL lag of db</th><td>0 s, 0 completed files waiting")
         },
     );
     assert!(
@@ -144,11 +148,19 @@ fn page_and_health_follow_wal_shipping() {
     // The destination is back: the spool empties and all is healthy again.
     std::fs::remove_file(&local).expect("unblock local");
     std::fs::rename(&away, &local).expect("move local back");
-    wait_for("health to recover", Duration::from_secs(60), || {
-        let (code, o) = job.stowage(&["health"]);
-        out = o;
-        code == Some(0)
-    });
+    wait_for(
+        "health to recover and the spool to empty",
+        Duration::from_secs(60),
+        || {
+            let (code, o) = job.stowage(&["health"]);
+            out = o;
+            code == Some(0)
+                && waiting(&spool).is_empty()
+                && http_get(port, "/")
+                    .1
+                    .contains("<th>WAL lag of db</th><td>0 s, 0 completed files waiting")
+        },
+    );
     assert!(waiting(&spool).is_empty(), "{:?}", waiting(&spool));
     let page = http_get(port, "/").1;
     assert!(!page.contains("WAL error of db"), "{page}");
