@@ -57,6 +57,40 @@ fn chain_job(pg: &PgServer) -> Job {
         .write()
 }
 
+/// Insert a row and switch WAL every 1.5 s until `count` segments that `wanted` picks are
+/// in the WAL index `index`; fails after 120 s, with the daemon's output.
+fn write_until_shipped(
+    pg: &PgServer,
+    daemon: &common::Running,
+    index: &std::path::Path,
+    wanted: impl Fn(&String) -> bool,
+    count: usize,
+) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut i = 0;
+    loop {
+        let shipped: Vec<String> = shipped_segments(index)
+            .into_iter()
+            .filter(|n| wanted(n))
+            .collect();
+        if shipped.len() >= count {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "only {shipped:?} of the wanted segments shipped after 120 s (all: {:?}):\n{}",
+            shipped_segments(index),
+            daemon.output_so_far()
+        );
+        i += 1;
+        pg.psql(
+            "app",
+            &format!("insert into t values ({i}); select pg_switch_wal();"),
+        );
+        std::thread::sleep(Duration::from_millis(1500));
+    }
+}
+
 /// A base backup taken before the receiver ever ran (the daemon's first catch-up run and
 /// its receiver start together; here the backup simply wins the race): the WAL from the
 /// backup's first segment on is still received and shipped, so the chain is whole from it.
@@ -77,29 +111,9 @@ fn a_backup_before_the_receiver_starts_is_covered_from_its_first_segment() {
     let mut daemon = job.daemon();
     daemon.wait_for_output("receiving WAL", Duration::from_secs(60));
     let index = job.path("local").join(JOB).join("wal/db/index");
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let mut i = 0;
     // Segments after the backup's first are shipped whether or not the first is: wait for
     // a few of them, then look whether the first and all between came too.
-    while shipped_segments(&index)
-        .into_iter()
-        .filter(|n| *n > first)
-        .count()
-        < 3
-    {
-        assert!(
-            Instant::now() < deadline,
-            "only {:?} shipped after 120 s:\n{}",
-            shipped_segments(&index),
-            daemon.output_so_far()
-        );
-        i += 1;
-        pg.psql(
-            "app",
-            &format!("insert into t values ({i}); select pg_switch_wal();"),
-        );
-        std::thread::sleep(Duration::from_millis(1500));
-    }
+    write_until_shipped(&pg, &daemon, &index, |n| *n > first, 3);
     daemon.signal("TERM");
     let output = daemon.wait(Duration::from_secs(30));
     let shipped = shipped_segments(&index);
@@ -135,28 +149,7 @@ fn a_lost_segment_fails_verify_and_is_named_by_restore() {
 
     // Several segments completed and shipped from the backup's first one on.
     let index = job.path("local").join(JOB).join("wal/db/index");
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let mut i = 0;
-    loop {
-        let from_first: Vec<String> = shipped_segments(&index)
-            .into_iter()
-            .filter(|n| *n >= first)
-            .collect();
-        if from_first.len() >= 4 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "only {from_first:?} shipped from {first} after 120 s:\n{}",
-            daemon.output_so_far()
-        );
-        i += 1;
-        pg.psql(
-            "app",
-            &format!("insert into t values ({i}); select pg_switch_wal();"),
-        );
-        std::thread::sleep(Duration::from_millis(1500));
-    }
+    write_until_shipped(&pg, &daemon, &index, |n| *n >= first, 4);
     daemon.signal("TERM");
     let _ = daemon.wait(Duration::from_secs(30));
 

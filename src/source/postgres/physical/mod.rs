@@ -235,6 +235,36 @@ impl PhysicalPostgres {
     fn spawn_err(&self, tool: &str, e: std::io::Error) -> SourceError {
         super::super::spawn_error_in(tool, e, self.bin_dir.as_deref(), "install the PostgreSQL client tools (the server's major version) or set bin_dir")
     }
+
+    /// Start `cmd` (the client tool `tool`) with its stderr read in the background, so a
+    /// chatty child never blocks on a full pipe and its message ends up in the error.
+    fn spawn_draining(
+        &self,
+        cmd: &mut Command,
+        tool: &str,
+    ) -> Result<(tokio::process::Child, tokio::task::JoinHandle<String>), SourceError> {
+        let mut child = cmd.spawn().map_err(|e| self.spawn_err(tool, e))?;
+        let stderr = child
+            .stderr
+            .take()
+            .map(drain_stderr)
+            .ok_or_else(|| SourceError::Protocol(format!("{tool} started without pipes")))?;
+        Ok((child, stderr))
+    }
+
+    /// `pg_receivewal ARGS -d URL` for a slot (`--create-slot`, `--drop-slot`), run to its
+    /// end; `what` names it in the error, which carries its stderr.
+    async fn slot_command(&self, args: &[&str], what: &str) -> Result<String, SourceError> {
+        let mut cmd = self.command("pg_receivewal");
+        cmd.args(args)
+            .arg("--slot")
+            .arg(&self.slot)
+            .arg("-d")
+            .arg(self.url.conninfo())
+            .stdout(Stdio::null());
+        let (child, stderr) = self.spawn_draining(&mut cmd, "pg_receivewal")?;
+        wait_child_stderr(what, child, stderr).await
+    }
 }
 
 #[async_trait]
@@ -421,14 +451,7 @@ impl WalSource for PhysicalPostgres {
             .arg(self.url.conninfo())
             .stdout(Stdio::null());
         die_with_parent(&mut cmd);
-        let mut child = cmd
-            .spawn()
-            .map_err(|e| self.spawn_err("pg_receivewal", e))?;
-        let stderr = child
-            .stderr
-            .take()
-            .map(drain_stderr)
-            .ok_or_else(|| SourceError::Protocol("pg_receivewal started without pipes".into()))?;
+        let (child, stderr) = self.spawn_draining(&mut cmd, "pg_receivewal")?;
         // pg_receivewal ends only when the stream does (--no-loop): the server went away,
         // the slot was dropped, or it was told to stop. Even a clean exit is the end of
         // the stream, which the caller restarts.

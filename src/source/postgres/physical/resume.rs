@@ -96,21 +96,8 @@ impl PhysicalPostgres {
         (from, to, timeline): (Option<Lsn>, Lsn, u32),
         why: &str,
     ) -> Result<(), SourceError> {
-        let mut drop_slot = self.command("pg_receivewal");
-        drop_slot
-            .args(["--drop-slot", "--slot", &self.slot])
-            .arg("-d")
-            .arg(self.url.conninfo())
-            .stdout(std::process::Stdio::null());
-        let mut child = drop_slot
-            .spawn()
-            .map_err(|e| self.spawn_err("pg_receivewal", e))?;
-        let stderr = child
-            .stderr
-            .take()
-            .map(super::super::super::drain_stderr)
-            .ok_or_else(|| SourceError::Protocol("pg_receivewal started without pipes".into()))?;
-        match super::super::super::wait_child_stderr("pg_receivewal --drop-slot", child, stderr)
+        match self
+            .slot_command(&["--drop-slot"], "pg_receivewal --drop-slot")
             .await
         {
             Ok(_) => {}

@@ -224,21 +224,11 @@ impl PhysicalPostgres {
     /// `pg_receivewal --create-slot --if-not-exists`: a slot reserving no WAL until the
     /// receiver first streams from it.
     pub(super) async fn create_slot_if_missing(&self) -> Result<(), SourceError> {
-        let mut create = self.command("pg_receivewal");
-        create
-            .args(["--create-slot", "--if-not-exists", "--slot", &self.slot])
-            .arg("-d")
-            .arg(self.url.conninfo())
-            .stdout(std::process::Stdio::null());
-        let mut child = create
-            .spawn()
-            .map_err(|e| self.spawn_err("pg_receivewal", e))?;
-        let stderr = child
-            .stderr
-            .take()
-            .map(drain_stderr)
-            .ok_or_else(|| SourceError::Protocol("pg_receivewal started without pipes".into()))?;
-        wait_child_stderr("pg_receivewal --create-slot", child, stderr).await?;
+        self.slot_command(
+            &["--create-slot", "--if-not-exists"],
+            "pg_receivewal --create-slot",
+        )
+        .await?;
         Ok(())
     }
 
