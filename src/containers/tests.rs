@@ -32,6 +32,15 @@ fn settings(mode: ContainerMode) -> Containers {
     }
 }
 
+/// `hold` of `found` in `mode` on a stand-in engine holding just those containers.
+async fn hold_on(found: Vec<Container>, mode: ContainerMode) -> (Arc<Stand>, Held) {
+    let engine = Stand::new(&found);
+    let held = hold(engine.clone(), &settings(mode), found, &Own::default())
+        .await
+        .expect("held");
+    (engine, held)
+}
+
 fn api_error(status_code: u16, message: &str) -> bollard::errors::Error {
     bollard::errors::Error::DockerResponseServerError {
         status_code,
@@ -201,15 +210,7 @@ async fn exactly_the_containers_that_were_running_are_started_again() {
         container(B, "worker", "exited"),
         container(C, "cron", "running"),
     ];
-    let engine = Stand::new(&found);
-    let held = hold(
-        engine.clone(),
-        &settings(ContainerMode::Stop),
-        found,
-        &Own::default(),
-    )
-    .await
-    .expect("held");
+    let (engine, held) = hold_on(found, ContainerMode::Stop).await;
     assert_eq!(sorted(engine.calls()), ["stop a", "stop c"]);
     assert_eq!(engine.state(A), "exited");
     let names: Vec<&str> = held.containers().iter().map(|c| c.name.as_str()).collect();
@@ -231,15 +232,7 @@ async fn pause_mode_pauses_and_unpauses() {
         container(A, "web", "running"),
         container(C, "cron", "paused"),
     ];
-    let engine = Stand::new(&found);
-    let held = hold(
-        engine.clone(),
-        &settings(ContainerMode::Pause),
-        found,
-        &Own::default(),
-    )
-    .await
-    .expect("held");
+    let (engine, held) = hold_on(found, ContainerMode::Pause).await;
     assert_eq!(engine.state(A), "paused");
     assert!(held.release().await.is_empty());
     assert_eq!(engine.calls(), ["pause a", "unpause a"]);
@@ -300,15 +293,7 @@ async fn a_start_is_retried_then_reported_by_name() {
         container(A, "web", "running"),
         container(B, "worker", "running"),
     ];
-    let engine = Stand::new(&found);
-    let held = hold(
-        engine.clone(),
-        &settings(ContainerMode::Stop),
-        found,
-        &Own::default(),
-    )
-    .await
-    .expect("held");
+    let (engine, held) = hold_on(found, ContainerMode::Stop).await;
     // web fails once (then starts), worker every time.
     engine.fail(A, 1);
     engine.fail(B, 99);
@@ -354,15 +339,7 @@ async fn a_release_dropped_halfway_still_starts_them() {
         container(A, "web", "running"),
         container(B, "worker", "running"),
     ];
-    let engine = Stand::new(&found);
-    let held = hold(
-        engine.clone(),
-        &settings(ContainerMode::Stop),
-        found,
-        &Own::default(),
-    )
-    .await
-    .expect("held");
+    let (engine, held) = hold_on(found, ContainerMode::Stop).await;
     engine.hang(A, 1);
     let cut = tokio::time::timeout(Duration::from_millis(200), held.release()).await;
     assert!(cut.is_err(), "the release did not hang");
