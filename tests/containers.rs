@@ -51,14 +51,6 @@ fn job(socket: &Path) -> Job {
     .write()
 }
 
-fn order(job: &Job) -> Vec<String> {
-    std::fs::read_to_string(job.path("order"))
-        .unwrap_or_default()
-        .lines()
-        .map(str::to_string)
-        .collect()
-}
-
 /// Fails the way a run whose containers cannot be held must: exit 1 with `want` said, the
 /// files never read, the files source's hooks around it, nothing published.
 fn fails_before_reading(job: &Job, want: &str) {
@@ -70,7 +62,7 @@ fn fails_before_reading(job: &Job, want: &str) {
         "the files were read:\n{out}"
     );
     assert_eq!(
-        order(job),
+        job.lines_of("order"),
         ["dump-db", "files-before", "files-after:failed"],
         "{out}"
     );

@@ -60,14 +60,6 @@ fn read_env(path: PathBuf) -> BTreeMap<String, String> {
         .collect()
 }
 
-fn order(job: &Job) -> Vec<String> {
-    std::fs::read_to_string(job.path("order"))
-        .unwrap_or_default()
-        .lines()
-        .map(str::to_string)
-        .collect()
-}
-
 fn env_of(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
     pairs
         .iter()
@@ -105,7 +97,7 @@ fn hooks_run_in_order_with_their_environment() {
     assert_eq!(ids.len(), 1, "{out}");
     let id = ids[0].as_str();
     assert_eq!(
-        order(&job),
+        job.lines_of("order"),
         [
             "job-before",
             "a-before",
@@ -189,7 +181,11 @@ fn a_failing_before_fails_the_run_and_after_still_runs() {
         out.contains("jobs.app.before: `sh -c \"echo maintenance refused >&2; exit 3\"` failed (exit code 3): maintenance refused"),
         "the error names the hook, its status and output:\n{out}"
     );
-    assert_eq!(order(&plain), ["job-after"], "no source dumped:\n{out}");
+    assert_eq!(
+        plain.lines_of("order"),
+        ["job-after"],
+        "no source dumped:\n{out}"
+    );
     assert_eq!(plain.ids("local"), before_ids, "nothing published:\n{out}");
     assert!(
         read_tree(&plain.path("local")) == before_tree,
@@ -294,7 +290,7 @@ fn a_timeout_kills_the_hook_and_its_children() {
         std::thread::sleep(Duration::from_millis(50));
     }
     assert!(gone(pid), "the hook's background child {pid} still runs");
-    assert!(order(&job).is_empty(), "no source dumped:\n{out}");
+    assert!(job.lines_of("order").is_empty(), "no source dumped:\n{out}");
 }
 
 /// argv hooks reach the program as given: no `$` expansion, `;` is an argument. `shell`
@@ -358,7 +354,7 @@ fn a_failing_source_before_fails_the_source() {
         out.contains("source a failed: jobs.app.sources[0].before: `false` failed (exit code 1)"),
         "the source's error names its hook:\n{out}"
     );
-    assert_eq!(order(&job), ["a-after"], "nothing dumped:\n{out}");
+    assert_eq!(job.lines_of("order"), ["a-after"], "nothing dumped:\n{out}");
     assert!(job.ids("local").is_empty(), "nothing published:\n{out}");
     assert_eq!(
         read_env(job.path("a-after.env"))
@@ -407,7 +403,7 @@ fn a_stop_kills_before_and_still_runs_after() {
         gone(pid),
         "the before hook's child {pid} still runs:\n{text}"
     );
-    assert_eq!(order(&job), ["job-after"], "{text}");
+    assert_eq!(job.lines_of("order"), ["job-after"], "{text}");
     assert_eq!(
         read_env(job.path("job-after.env"))
             .get("STOWAGE_OUTCOME")

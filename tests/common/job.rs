@@ -104,6 +104,16 @@ impl Job {
         self.dir.path().join(rel)
     }
 
+    /// The lines of the file `rel` in the job's directory (none when it does not exist):
+    /// what hooks and commands appended there, in order.
+    pub fn lines_of(&self, rel: impl AsRef<Path>) -> Vec<String> {
+        std::fs::read_to_string(self.path(rel))
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+
     /// The daemon's pid file and state file, in the job's directory.
     pub fn envs(&self) -> [(&'static str, PathBuf); 2] {
         [
