@@ -255,6 +255,7 @@ fn cases() -> Vec<Case> {
         case("mariadb with a postgres url", BASE.replace("type = \"postgres\"", "type = \"mariadb\"")),
         case("mariadb without url", format!("{BASE}\n[[jobs.app.sources]]\ntype = \"mysql\"\nname = \"shop\"\npassword_file = \"/nonexistent/mariadb_password\"\n")),
         case("unknown key on a mariadb source", format!("{BASE}\n[[jobs.app.sources]]\ntype = \"mariadb\"\nname = \"shop\"\nurl = \"mysql://root@shop-db:3306/shop\"\nbin_dir = \"/usr/lib/postgresql/15/bin\"\nsslmode = \"require\"\n")),
+        case("misspelt hook on a files source", format!("{BASE}{FILES}path = \"/data/media\"\nbefre = [\"true\"]\n")),
         case("sqlite without path", format!("{BASE}\n[[jobs.app.sources]]\ntype = \"sqlite\"\nname = \"local\"\n")),
         case("sqlite with relative path and a url", format!("{BASE}\n[[jobs.app.sources]]\ntype = \"sqlite\"\nname = \"local\"\npath = \"data/app.db\"\nurl = \"sqlite:///data/app.db\"\n")),
         case("redis with a database url", format!("{BASE}\n[[jobs.app.sources]]\ntype = \"redis\"\nname = \"cache\"\nurl = \"http://cache:6379\"\n")),

@@ -72,7 +72,16 @@ pub(super) fn sources(
                 s.name
             ));
         }
+        // "valid keys here" names every key this source may have, its type's and the
+        // ones every source has: a misspelt `befre` is then pointed at `before`.
+        let own: &[&str] = if s.kind == "files" {
+            serde_fields::<RawFiles>()
+        } else {
+            crate::source::find(&s.kind).map_or(&[], |e| e.keys())
+        };
+        let valid = [&["type", "name", "before", "after"][..], own].concat();
         let mut section = Section::new(skey, s.name, s.rest, &mut *problems, &owners);
+        section.valid_keys = Some(&valid);
         section.priority = priority;
         section.job_exclude_tables = job_exclude_tables;
         let (source, used) = source(&s.kind, &mut section);
