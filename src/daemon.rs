@@ -54,9 +54,10 @@ struct Ctx {
     stopping: AtomicBool,
     /// Cancelled on the first stop signal: ends waits between retries.
     stop: CancellationToken,
-    /// Runs the stop cut short: abandoned unpublished, or published with retention
-    /// interrupted.
+    /// Runs the stop abandoned: nothing of them published.
     abandoned: AtomicUsize,
+    /// Runs whose backup was published but whose retention the stop interrupted.
+    pruning_cut: AtomicUsize,
     /// For `stowage health` (saved to the state file on every change).
     state: std::sync::Mutex<status::State>,
     metrics: crate::server::Metrics,
@@ -261,6 +262,7 @@ impl Ctx {
             stopping: AtomicBool::new(false),
             stop: CancellationToken::new(),
             abandoned: AtomicUsize::new(0),
+            pruning_cut: AtomicUsize::new(0),
             state: std::sync::Mutex::new(status::State {
                 pid: std::process::id(),
                 started_at: Some(Utc::now()),
@@ -369,8 +371,16 @@ pub async fn run(
         let _ = std::fs::remove_dir_all(inbox);
     }
     let abandoned = ctx.abandoned.load(Ordering::SeqCst);
+    let pruning_cut = ctx.pruning_cut.load(Ordering::SeqCst);
     if abandoned > 0 {
         warn!("stopped; {abandoned} running backup(s) abandoned, nothing of them published");
+    }
+    if pruning_cut > 0 {
+        warn!(
+            "stopped; retention after {pruning_cut} published backup(s) cut short; the next run prunes what it did not"
+        );
+    }
+    if abandoned + pruning_cut > 0 {
         Ok(Stopped::Abandoned)
     } else {
         info!("stopped");
@@ -1237,8 +1247,10 @@ async fn refresh_history(ctx: &Arc<Ctx>, job: &str) -> crate::history::JobHistor
 }
 
 fn record(ctx: &Arc<Ctx>, report: &pipeline::RunReport) {
-    if report.outcome == pipeline::Outcome::Cancelled || report.retention_interrupted {
+    if report.outcome == pipeline::Outcome::Cancelled {
         ctx.abandoned.fetch_add(1, Ordering::SeqCst);
+    } else if report.retention_interrupted {
+        ctx.pruning_cut.fetch_add(1, Ordering::SeqCst);
     }
     ctx.take_in(&status::Record::run(report));
 }

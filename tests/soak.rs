@@ -71,6 +71,8 @@ struct Soak {
     last_sample: Instant,
     /// Every table but `gen` as seeded: never written during the soak.
     static_tables: BTreeMap<String, String>,
+    /// Every ended incarnation's output, for the lines a failure is about.
+    history: String,
 }
 
 fn rss_kib(pid: u32) -> Option<u64> {
@@ -155,6 +157,7 @@ impl Soak {
             rss: Vec::new(),
             last_sample: Instant::now(),
             static_tables,
+            history: String::new(),
         }
     }
 
@@ -294,6 +297,15 @@ impl Soak {
         }
     }
 
+    /// The daemons' log lines that name any of `ids` (with the incarnation markers).
+    fn lines_about(&self, ids: &[&str]) -> String {
+        self.history
+            .lines()
+            .filter(|l| l.starts_with("=== ") || ids.iter().any(|id| l.contains(id)))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
     fn log_tail(&self) -> String {
         let out = self
             .daemon
@@ -337,8 +349,13 @@ impl Soak {
         }
     }
 
-    /// Every incarnation's output, appended to `$STOWAGE_SOAK_LOG` when set.
-    fn keep_log(&self, output: &str) {
+    /// Every incarnation's output, kept for [`Soak::lines_about`] and appended to
+    /// `$STOWAGE_SOAK_LOG` when set.
+    fn keep_log(&mut self, output: &str) {
+        self.history.push_str(&format!(
+            "=== daemon start {} ===\n{output}\n",
+            self.incarnation
+        ));
         if let Ok(path) = std::env::var("STOWAGE_SOAK_LOG") {
             use std::io::Write as _;
             if let Ok(mut f) = std::fs::OpenOptions::new()
@@ -529,7 +546,12 @@ async fn soak_with_injected_s3_errors_and_kills() {
     );
     let referenced = s.stores().assert_whole(&listed, true).await;
     let debris = s.stores().debris().await;
-    assert!(debris.is_empty(), "left behind after recovery: {debris:#?}");
+    let ids: Vec<&str> = debris.iter().filter_map(|d| d.rsplit(' ').next()).collect();
+    assert!(
+        debris.is_empty(),
+        "left behind after recovery: {debris:#?}\nthe daemons' lines about them:\n{}",
+        s.lines_about(&ids)
+    );
     for dest in ["local", "offsite"] {
         let present = s.stores().blobs(dest).await;
         let refs: BTreeSet<String> = referenced
