@@ -29,7 +29,11 @@ pub struct Recovered {
 
 impl Recovered {
     pub fn is_empty(&self) -> bool {
-        self.objects == 0 && self.partials == 0 && self.uploads == 0 && self.locks == 0
+        self.runs.is_empty()
+            && self.objects == 0
+            && self.partials == 0
+            && self.uploads == 0
+            && self.locks == 0
     }
 }
 
@@ -54,6 +58,7 @@ pub async fn clean(
         &mut out,
     )
     .await?;
+    remove_empty_runs(storage, job, &lock_state, started, &mut out).await?;
     remove_partials(storage, job, &listing, &mut out).await?;
     abort_uploads(
         storage,
@@ -178,6 +183,34 @@ async fn remove_crashed_runs(
     Ok(dead)
 }
 
+/// Removes the directories of runs that died before their first file was in place (on a
+/// store with directories): no listing of objects shows them, and they would stay for good.
+/// The same rule as [`remove_crashed_runs`] tells a dead run's from a live one's.
+async fn remove_empty_runs(
+    storage: &dyn Storage,
+    job: &str,
+    lock_state: &HashMap<String, bool>,
+    started: DateTime<Utc>,
+    out: &mut Recovered,
+) -> Result<(), StorageError> {
+    let prefix = Repository::new(storage, job).job_prefix();
+    for dir in storage.empty_dirs(&prefix).await? {
+        let id = dir[prefix.len()..].trim_end_matches('/');
+        let Some(time) = manifest::parse_id(id) else {
+            continue;
+        };
+        let crashed = match lock_state.get(id) {
+            Some(alive) => !alive,
+            None => time < started,
+        };
+        if crashed {
+            storage.remove_empty_dir(&dir).await?;
+            out.runs.push(id.to_string());
+        }
+    }
+    Ok(())
+}
+
 /// Deletes the temporary files of blob and WAL uploads whose process is gone.
 async fn remove_partials(
     storage: &dyn Storage,
@@ -273,5 +306,26 @@ mod tests {
         assert_eq!(out.partials, 1, "{out:?}");
         assert!(!dead.exists());
         assert!(shipped.exists() && record.exists());
+    }
+
+    /// A run killed between making its backup's directory and writing its first file
+    /// leaves an empty directory no listing shows: the next start removes it, and leaves
+    /// a newer run's (this process's own) and directories that are not runs'.
+    #[tokio::test]
+    async fn a_crashed_runs_empty_directory_is_removed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let started = chrono::Utc::now();
+        let crashed = crate::repo::manifest::new_id(started - chrono::Duration::minutes(3));
+        let running = crate::repo::manifest::new_id(started + chrono::Duration::seconds(1));
+        let app = dir.path().join("app");
+        for d in [crashed.as_str(), running.as_str(), "notes"] {
+            std::fs::create_dir_all(app.join(d)).expect("mkdir");
+        }
+        let st = LocalStorage::new(dir.path().to_path_buf());
+        let out = clean(&st, "app", started).await.expect("clean");
+        assert_eq!(out.runs, vec![crashed.clone()], "{out:?}");
+        assert!(!out.is_empty(), "a removed directory is reported");
+        assert!(!app.join(&crashed).exists());
+        assert!(app.join(&running).is_dir() && app.join("notes").is_dir());
     }
 }

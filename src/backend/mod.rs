@@ -419,6 +419,20 @@ pub trait Storage: Send + Sync {
     async fn abort_upload(&self, _upload: &OpenUpload) -> Result<(), StorageError> {
         Ok(())
     }
+
+    /// The directories directly under `prefix` with nothing in them, as prefixes
+    /// (`"<prefix><name>/"`). On a store with directories, a process killed between
+    /// creating an object's directory and its file leaves one, which no listing of objects
+    /// shows. Stores without directories have none.
+    async fn empty_dirs(&self, _prefix: &str) -> Result<Vec<String>, StorageError> {
+        Ok(Vec::new())
+    }
+
+    /// Remove the directory `dir` (a prefix ending in '/') if it is empty; one that is not
+    /// (a writer got there first), or is gone, stays as it is without error.
+    async fn remove_empty_dir(&self, _dir: &str) -> Result<(), StorageError> {
+        Ok(())
+    }
 }
 
 /// Append `data` without ever growing `buf` past one part (BytesMut would reallocate by

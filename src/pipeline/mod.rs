@@ -1189,6 +1189,9 @@ async fn cleanup(storage: &dyn Storage, job: &str, id: &str, dest: &str, abandon
             "could not list leftovers of the failed run on {dest}: {e}"
         ),
     }
+    // An upload dropped between making the backup's directory and its first file leaves
+    // the directory alone, which no listing shows.
+    let _ = storage.remove_empty_dir(&prefix).await;
 }
 
 /// Returns how many published backups the destination holds afterwards.

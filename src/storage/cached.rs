@@ -185,6 +185,14 @@ impl Storage for Cached {
     async fn abort_upload(&self, upload: &OpenUpload) -> Result<(), StorageError> {
         self.inner.abort_upload(upload).await
     }
+
+    async fn empty_dirs(&self, prefix: &str) -> Result<Vec<String>, StorageError> {
+        self.inner.empty_dirs(prefix).await
+    }
+
+    async fn remove_empty_dir(&self, dir: &str) -> Result<(), StorageError> {
+        self.inner.remove_empty_dir(dir).await
+    }
 }
 
 #[cfg(test)]

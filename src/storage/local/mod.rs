@@ -306,6 +306,57 @@ impl Storage for LocalStorage {
         self.walk(prefix, Some(end)).await
     }
 
+    async fn empty_dirs(&self, prefix: &str) -> Result<Vec<String>, StorageError> {
+        let dir = self.path(prefix.trim_end_matches('/'))?;
+        let mut rd = match fs::read_dir(&dir).await {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(self.io_err("cannot list", &dir, e)),
+        };
+        let mut out = Vec::new();
+        while let Some(entry) = rd
+            .next_entry()
+            .await
+            .map_err(|e| self.io_err("cannot list", &dir, e))?
+        {
+            // The entry's own type: a link to a directory is not one of ours.
+            let is_dir = entry.file_type().await.is_ok_and(|t| t.is_dir());
+            let Some(name) = entry.file_name().to_str().map(str::to_string) else {
+                continue;
+            };
+            if !is_dir {
+                continue;
+            }
+            let empty = match fs::read_dir(entry.path()).await {
+                Ok(mut sub) => matches!(sub.next_entry().await, Ok(None)),
+                Err(_) => false,
+            };
+            if empty {
+                out.push(format!("{prefix}{name}/"));
+            }
+        }
+        Ok(out)
+    }
+
+    async fn remove_empty_dir(&self, dir: &str) -> Result<(), StorageError> {
+        let path = self.path(dir.trim_end_matches('/'))?;
+        if path == self.root {
+            return Ok(());
+        }
+        match fs::remove_dir(&path).await {
+            Ok(()) => Ok(()),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::NotFound | std::io::ErrorKind::DirectoryNotEmpty
+                ) =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(self.io_err("cannot remove directory", &path, e)),
+        }
+    }
+
     async fn delete(&self, keys: &[String]) -> Result<(), StorageError> {
         let mut dirs = Vec::new();
         for key in keys {
@@ -331,6 +382,33 @@ impl Storage for LocalStorage {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Only real, empty directories are named, and only such a one is removed: one with a
+    /// file stays, and a link to an empty directory elsewhere is never followed.
+    #[tokio::test]
+    async fn empty_directories_are_found_and_removed_and_nothing_else() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let outside = tempfile::tempdir().expect("tempdir");
+        let job = dir.path().join("app");
+        std::fs::create_dir_all(job.join("empty")).expect("mkdir");
+        std::fs::create_dir_all(job.join("full")).expect("mkdir");
+        std::fs::write(job.join("full/x"), b"x").expect("write");
+        std::fs::write(job.join("file"), b"x").expect("write");
+        std::os::unix::fs::symlink(outside.path(), job.join("link")).expect("symlink");
+        let st = LocalStorage::new(dir.path().to_path_buf());
+        assert_eq!(
+            st.empty_dirs("app/").await.expect("list"),
+            vec!["app/empty/".to_string()]
+        );
+        assert!(st.empty_dirs("none/").await.expect("list").is_empty());
+        for d in ["app/empty/", "app/full/", "app/gone/"] {
+            st.remove_empty_dir(d).await.expect("remove");
+        }
+        assert!(!job.join("empty").exists());
+        assert!(job.join("full/x").exists() && outside.path().is_dir());
+        assert!(st.remove_empty_dir("app/link/").await.is_err());
+        assert!(st.remove_empty_dir("../app/").await.is_err());
+    }
 
     /// A failure keeps its kind and the I/O error under it; the message stays one line that
     /// names the path.
