@@ -11,6 +11,7 @@ use serde::Serialize;
 use super::{EXIT_CONFIG, EXIT_FAILED, EXIT_OK, runtime, start};
 use crate::config::{Config, Job};
 use crate::logging::Console;
+use crate::pipeline::shrink;
 use crate::repo::Repository;
 use crate::repo::manifest::{self, Manifest, SourceEntry};
 use crate::storage;
@@ -95,6 +96,27 @@ struct Row {
 }
 
 impl Shelf {
+    /// Sources of the newest backup here that shrank against the backups before it (the
+    /// one rule of [`shrink`]). Not under `--holding`, whose rows are a selection.
+    fn warnings(&self, holding: Option<&str>) -> Vec<String> {
+        let Ok(listed) = &self.backups else {
+            return Vec::new();
+        };
+        if holding.is_some() {
+            return Vec::new();
+        }
+        let mut sizes = listed
+            .rows
+            .iter()
+            .filter_map(|r| r.manifest.as_ref().ok())
+            .map(shrink::manifest_sizes);
+        let Some(newest) = sizes.next() else {
+            return Vec::new();
+        };
+        let earlier: Vec<_> = sizes.take(shrink::EARLIER).collect();
+        shrink::warnings(&self.job, &newest, &earlier)
+    }
+
     fn failures(&self) -> usize {
         self.errors().len()
     }
@@ -265,6 +287,9 @@ fn to_text(shelves: &[Shelf], holding: Option<&str>) -> String {
         for line in &shelf.pitr {
             let _ = writeln!(out, "    {line}");
         }
+        for w in shelf.warnings(holding) {
+            let _ = writeln!(out, "    warning: {w}");
+        }
         if listed.rows.is_empty() {
             continue;
         }
@@ -402,6 +427,9 @@ pub struct JsonDestination {
     pub location: String,
     /// Why the destination could not be listed (then `backups` is empty), or null.
     pub error: Option<String>,
+    /// One sentence per source of the newest backup here that is under half its usual
+    /// size (the median of up to 10 backups before it); empty with `--holding`.
+    pub warnings: Vec<String>,
     /// Published backups, newest first.
     pub backups: Vec<JsonBackup>,
 }
@@ -519,7 +547,7 @@ fn to_json(
                         .iter()
                         .find(|s| s.job == job.name && &s.destination == d)
                 })
-                .map(json_destination)
+                .map(|s| json_destination(s, holding))
                 .collect(),
         })
         .collect();
@@ -530,7 +558,7 @@ fn to_json(
     }
 }
 
-fn json_destination(shelf: &Shelf) -> JsonDestination {
+fn json_destination(shelf: &Shelf, holding: Option<&str>) -> JsonDestination {
     let (error, backups) = match &shelf.backups {
         Err(e) => (Some(e.clone()), Vec::new()),
         Ok(l) => (None, l.rows.iter().map(json_backup).collect()),
@@ -539,6 +567,7 @@ fn json_destination(shelf: &Shelf) -> JsonDestination {
         destination: shelf.destination.clone(),
         location: shelf.location.clone(),
         error,
+        warnings: shelf.warnings(holding),
         backups,
     }
 }
